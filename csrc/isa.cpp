@@ -1,0 +1,72 @@
+// Run-time choice of the kernel table, and the thread count every kernel uses.
+#include <omp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+
+namespace pyconv {
+
+Isa best_supported_isa() {
+    __builtin_cpu_init();
+    // __builtin_cpu_supports consults CPUID and the OS's XSAVE state, so an AVX-512 CPU whose
+    // kernel does not save zmm registers (or valgrind, which hides AVX-512) reports false.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return Isa::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+    return Isa::generic;
+}
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::avx512: return "avx512";
+        case Isa::avx2: return "avx2";
+        default: return "generic";
+    }
+}
+
+static Isa initial_isa() {
+    Isa best = best_supported_isa();
+    // PYCONV_ISA lowers the choice (tests run every variant on one machine); it never raises it.
+    const char* forced = std::getenv("PYCONV_ISA");
+    if (forced == nullptr || *forced == '\0') return best;
+    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512})
+        if (std::strcmp(forced, isa_name(isa)) == 0) return isa <= best ? isa : best;
+    return best;
+}
+
+static std::atomic<int> g_isa{static_cast<int>(initial_isa())};
+
+Isa active_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
+
+void set_active_isa(Isa isa) {
+    if (isa > best_supported_isa())
+        throw std::invalid_argument(std::string("this CPU cannot run ISA '") + isa_name(isa) +
+                                    "'; the best it supports is '" +
+                                    isa_name(best_supported_isa()) + "'");
+    g_isa.store(static_cast<int>(isa));
+}
+
+const KernelTable& active_table() {
+    switch (active_isa()) {
+        case Isa::avx512: return table_avx512;
+        case Isa::avx2: return table_avx2;
+        default: return table_generic;
+    }
+}
+
+static std::atomic<int> g_threads{omp_get_max_threads()};
+
+int num_threads() { return g_threads.load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) {
+    if (n < 1) throw std::invalid_argument("number of threads must be >= 1");
+    g_threads.store(n);
+}
+
+}  // namespace pyconv

@@ -1,0 +1,101 @@
+"""pyconv: hand-written neural-network kernels with a small autograd and layer API.
+
+    import numpy as np, pyconv
+    from pyconv import ops
+    y = ops.conv2d(x, w, padding=1)              # C++ kernels on the "cpu" backend
+    y = ops.conv2d(x, w, padding=1, backend="reference")   # the NumPy definition
+    pyconv.info()                                # ISA, threads, backends, versions
+"""
+from __future__ import annotations
+
+import os as _os
+
+from . import backends as _registry
+from . import ops
+from .backends import get_backend, set_backend, use_backend
+
+__version__ = "0.1.0"
+__all__ = [
+    "ops", "backends", "get_backend", "set_backend", "use_backend",
+    "set_num_threads", "get_num_threads", "info",
+]
+
+
+def backends() -> list[str]:
+    """Names of the backends usable on this machine, e.g. ['reference', 'cpu', 'numba'].
+    (This function shadows the subpackage pyconv.backends, which holds the implementations.)"""
+    return _registry.names()
+
+
+_num_threads: int | None = None
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the CPU backends (C++ OpenMP kernels and Numba's parallel loops)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    _num_threads = n
+    try:
+        from . import _C
+
+        _C.set_num_threads(n)
+    except ImportError:
+        pass
+    import sys
+
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads() -> int:
+    if _num_threads is not None:
+        return _num_threads
+    try:
+        from . import _C
+
+        return _C.get_num_threads()
+    except ImportError:
+        return _os.cpu_count() or 1
+
+
+def info() -> dict:
+    """What pyconv runs on: version, backends, the C++ ISA variant, threads, library versions."""
+    import platform
+    import sys
+
+    import numpy
+
+    _b = _registry
+    out = {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "numpy": numpy.__version__,
+        "backends": backends(),
+        "default_backend": get_backend(),
+        "threads": get_num_threads(),
+    }
+    try:
+        from . import _C
+
+        out.update(isa=_C.isa(), best_isa=_C.best_isa(), compiled_isas=_C.compiled_isas(),
+                   compiler=_C.compiler())
+    except ImportError as e:
+        out.update(isa=None, cpu_backend_error=str(e))
+    for name in ("numba", "cupy", "torch"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            import importlib.util
+
+            if importlib.util.find_spec(name) is None:
+                continue
+            out[name] = "installed"
+        else:
+            out[name] = getattr(mod, "__version__", "?")
+    unavailable = {n: _b.why_unavailable(n) for n in _b._MODULES if not _b.available(n)}
+    if unavailable:
+        out["unavailable_backends"] = unavailable
+    return out

@@ -1,0 +1,210 @@
+"""Backend registry: which kernel implementations exist, and which one runs a call.
+
+A backend is a module in this package that creates one :class:`Backend` and registers its
+kernels with ``@backend.register``. Kernel names and signatures are the same on every backend
+(see ``reference.py``, whose docstrings define them); the arguments arrive already checked by
+``pyconv._spec`` and C-contiguous. A backend that lacks a kernel raises NotImplementedError
+naming the op and the backend: pyconv never falls back silently to another backend.
+
+The kernels every backend provides (g is a ``ConvGeom`` or ``PoolGeom`` from ``pyconv._spec``;
+optional arrays are None; index arrays are int64):
+
+    conv2d(x, w, b, g)                           -> y (N, K, Ho, Wo)
+    conv2d_grad_input(grad_out, w, g)            -> grad_x (N, C, H, W)   (= transpose conv)
+    conv2d_grad_weight(grad_out, x, g)           -> grad_w (K, C/groups, R, S)
+    conv2d_grad_bias(grad_out)                   -> (K,), the sum over N, H, W
+    max_pool2d(x, g, with_indices)               -> (y, indices or None)
+    max_pool2d_backward(grad_out, indices, input_shape)             -> grad_x
+    avg_pool2d(x, g, count_include_pad, divisor_override)           -> y   (divisor 0 = none)
+    avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override) -> grad_x
+    max_unpool2d(x, indices, output_shape)       -> y (N, C, H, W)
+    lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)   -> (h_new, c_new)
+    lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh)
+        -> (grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
+    lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)      -> (out (T, B, H), (h_T, c_T))
+    lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
+    box_iou(boxes1, boxes2)                      -> (N, M)
+    nms(boxes, scores, iou_threshold)            -> kept indices (int64)
+    batched_nms(boxes, scores, idxs, iou_threshold) -> kept indices (int64)
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+import warnings
+
+from .._spec import array_kind
+
+
+class Backend:
+    def __init__(self, name: str, array_kind: str, description: str):
+        self.name = name
+        self.array_kind = array_kind  # "numpy" or "cupy": the arrays its kernels take
+        self.description = description
+        self.kernels: dict = {}
+
+    def register(self, fn):
+        """Decorator: registers `fn` as this backend's kernel of the same name."""
+        self.kernels[fn.__name__] = fn
+        return fn
+
+    def kernel(self, name: str):
+        try:
+            return self.kernels[name]
+        except KeyError:
+            raise NotImplementedError(
+                f"op '{name}' is not implemented by the '{self.name}' backend yet "
+                f"(it has: {', '.join(sorted(self.kernels)) or 'nothing'}); "
+                f"pass backend='reference' to use the NumPy reference"
+            ) from None
+
+    def __repr__(self):
+        return f"<pyconv backend {self.name!r}: {len(self.kernels)} kernels>"
+
+
+# name -> module that defines it, in order of preference for listing.
+_MODULES = {
+    "reference": "pyconv.backends.reference",
+    "cpu": "pyconv.backends.cpu",
+    "numba": "pyconv.backends.numba_cpu",
+    "cuda": "pyconv.backends.cuda",
+}
+
+_loaded: dict[str, Backend] = {}
+_unavailable: dict[str, str] = {}  # name -> why it cannot be used here
+
+
+def cuda_simulator() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
+
+
+def _probe(name: str) -> str | None:
+    """Why backend `name` is unusable on this machine, or None if it is usable.
+    Cheap: it does not import numba or compile anything."""
+    if importlib.util.find_spec(_MODULES[name]) is None:
+        return "not part of this build"
+    if name == "cpu":
+        try:
+            importlib.import_module("pyconv._C")
+        except ImportError as e:
+            return f"the C++ extension pyconv._C did not import: {e}"
+    elif name == "numba":
+        if importlib.util.find_spec("numba") is None:
+            return "numba is not installed (pip install numba)"
+    elif name == "cuda":
+        if importlib.util.find_spec("numba") is None:
+            return "numba-cuda is not installed (pip install 'pyconv[cuda]')"
+        if not cuda_simulator():
+            if importlib.util.find_spec("cupy") is None:
+                return "cupy is not installed (pip install 'pyconv[cuda]')"
+            try:
+                import cupy
+
+                if not cupy.is_available():
+                    return "no usable CUDA GPU (cupy.is_available() is False)"
+            except Exception as e:  # a broken CUDA install must not break import pyconv
+                return f"cupy failed: {e}"
+    return None
+
+
+def available(name: str) -> bool:
+    if name in _loaded:
+        return True
+    if name not in _unavailable:
+        why = _probe(name)
+        if why is not None:
+            _unavailable[name] = why
+    return name not in _unavailable
+
+
+def names() -> list[str]:
+    """Names of the backends usable on this machine."""
+    return [n for n in _MODULES if available(n)]
+
+
+def why_unavailable(name: str) -> str | None:
+    return None if available(name) else _unavailable[name]
+
+
+def get(name: str) -> Backend:
+    """The Backend object called `name`, importing it on first use."""
+    if name in _loaded:
+        return _loaded[name]
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; pyconv has {', '.join(_MODULES)}")
+    if not available(name):
+        raise RuntimeError(f"backend {name!r} is not available here: {_unavailable[name]}")
+    backend = importlib.import_module(_MODULES[name]).backend
+    _loaded[name] = backend
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------
+# Which backend runs a call: the call's backend= keyword, else the one selected with
+# set_backend/use_backend, else "cuda" for CuPy arrays and "cpu" for NumPy arrays.
+
+_selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyconv_backend", default=None)
+_global_selected: str | None = None
+
+
+def _default_for_numpy() -> str:
+    if available("cpu"):
+        return "cpu"
+    warnings.warn(
+        f"pyconv: the 'cpu' backend is unavailable ({_unavailable['cpu']}); using 'reference'",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return "reference"
+
+
+def selected() -> str | None:
+    return _selected.get() or _global_selected
+
+
+def get_backend() -> str:
+    """Name of the backend that runs calls on NumPy arrays (CuPy arrays go to 'cuda' unless a
+    backend was selected explicitly)."""
+    return selected() or _default_for_numpy()
+
+
+def set_backend(name: str | None) -> None:
+    """Selects the backend for every later call (None restores the automatic choice)."""
+    global _global_selected
+    if name is not None:
+        get(name)  # fail now, not at the first call
+    _global_selected = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with pyconv.use_backend("reference"): ...`` selects a backend inside the block."""
+    get(name)
+    token = _selected.set(name)
+    try:
+        yield get(name)
+    finally:
+        _selected.reset(token)
+
+
+def resolve(name: str | None, arrays, op: str) -> Backend:
+    """The backend that runs `op` on `arrays`, after checking they are arrays it can take."""
+    kinds = {array_kind(a) for a in arrays if a is not None}
+    if len(kinds) > 1:
+        raise TypeError(f"{op}: arguments mix NumPy and CuPy arrays; move them to one device")
+    if name is None:
+        name = selected()
+        if name is None:
+            name = "cuda" if kinds == {"cupy"} else _default_for_numpy()
+    backend = get(name)
+    if kinds and kinds != {backend.array_kind}:
+        (kind,) = kinds
+        raise TypeError(
+            f"{op}: the {name!r} backend takes {backend.array_kind} arrays but got {kind} arrays "
+            f"(use backend='cuda' for CuPy arrays, a CPU backend for NumPy arrays)"
+        )
+    return backend

@@ -1,0 +1,255 @@
+"""pyconv.ops: the kernels, without autograd.
+
+Each function checks its arguments once (``pyconv._spec``), picks the backend (the
+``backend=`` keyword, else the selected one, else ``"cpu"`` for NumPy and ``"cuda"`` for CuPy
+arrays) and calls that backend's kernel with C-contiguous arrays and the computed geometry.
+Layouts are NCHW (NCL for 1-D); weights as PyTorch; float32 or float64; index arrays int64.
+Outputs are new C-contiguous arrays.
+"""
+from __future__ import annotations
+
+from . import _spec
+from . import backends as _backends
+
+__all__ = [
+    "conv1d", "conv2d", "conv1d_backward", "conv2d_backward",
+    "conv_transpose2d", "conv_transpose2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
+    "box_iou", "nms", "batched_nms",
+]
+
+
+def _run(kernel: str, op: str, backend, arrays, *params):
+    """Runs `kernel` of the chosen backend on C-contiguous copies (where needed) of `arrays`."""
+    be = _backends.resolve(backend, arrays, op)
+    fn = be.kernel(kernel)
+    if be.array_kind == "cupy":
+        import cupy as xp
+    else:
+        import numpy as xp
+    arrays = [None if a is None else xp.ascontiguousarray(a) for a in arrays]
+    return fn(*arrays, *params)
+
+
+def _as_int64(a):
+    return a if a.dtype == "int64" else a.astype("int64")
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution. conv1d runs as the conv2d with H = 1.
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> (N, K, Ho, Wo). ``padding`` is an
+    int, a pair, ``"valid"`` or ``"same"`` (stride 1; the odd pixel of padding goes bottom/right).
+    """
+    g = _spec.conv2d(x, w, b, stride, padding, dilation, groups)
+    return _run("conv2d", "conv2d", backend, (x, w, b), g)
+
+
+def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+    """1-D cross-correlation, as ``torch.nn.functional.conv1d``: x (N, C, L), w (K, C/groups, R)."""
+    g = _spec.conv1d(x, w, b, stride, padding, dilation, groups)
+    y = _run("conv2d", "conv1d", backend, (x[:, :, None, :], w[:, :, None, :], b), g)
+    return y.reshape(g.N, g.K, g.Wo)
+
+
+def _conv_backward(op, grad_out, x, w, g, needs, backend):
+    """(grad_x, grad_w, grad_b) of a direct convolution with geometry g (4-D arrays)."""
+    be = _backends.resolve(backend, (grad_out, x, w), op)
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = _run("conv2d_grad_input", op, be.name, (grad_out, w), g)
+    if needs[1]:
+        grad_w = _run("conv2d_grad_weight", op, be.name, (grad_out, x), g)
+    if needs[2]:
+        grad_b = _run("conv2d_grad_bias", op, be.name, (grad_out,))
+    return grad_x, grad_w, grad_b
+
+
+def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
+                    needs=(True, True, True), *, backend=None):
+    """Gradients of :func:`conv2d` -> ``(grad_x, grad_w, grad_b)``, None where ``needs`` is False."""
+    g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 2)
+    return _conv_backward("conv2d_backward", grad_out, x, w, g, needs, backend)
+
+
+def conv1d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
+                    needs=(True, True, True), *, backend=None):
+    """Gradients of :func:`conv1d` -> ``(grad_x, grad_w, grad_b)``."""
+    g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 1)
+    gx, gw, gb = _conv_backward(
+        "conv1d_backward", grad_out[:, :, None, :], x[:, :, None, :], w[:, :, None, :], g, needs, backend
+    )
+    return (
+        None if gx is None else gx.reshape(x.shape),
+        None if gw is None else gw.reshape(w.shape),
+        gb,
+    )
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     *, backend=None):
+    """Transpose convolution, as ``torch.nn.functional.conv_transpose2d``.
+
+    x (N, C, H, W), w (C, K/groups, R, S) -> (N, K, Ho, Wo) with
+    ``Ho = (H - 1)*stride - 2*padding + dilation*(R - 1) + output_padding + 1``. It is the input
+    gradient of the direct convolution that maps the output back to x, so backends run it with
+    the same kernel as conv2d's backward-data pass.
+    """
+    g = _spec.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
+    y = _run("conv2d_grad_input", "conv_transpose2d", backend, (x, w), g)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, needs=(True, True, True), *, backend=None):
+    """Gradients of :func:`conv_transpose2d` -> ``(grad_x, grad_w, grad_b)``.
+
+    With the direct convolution D that the transpose conv inverts: grad_x = D(grad_out),
+    grad_w = D's weight gradient with x as its output gradient, grad_b = sum of grad_out.
+    """
+    op = "conv_transpose2d_backward"
+    g, needs = _spec.conv_transpose2d_backward(grad_out, x, w, stride, padding, output_padding,
+                                               groups, dilation, needs)
+    be = _backends.resolve(backend, (grad_out, x, w), op)
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = _run("conv2d", op, be.name, (grad_out, w, None), g)
+    if needs[1]:
+        grad_w = _run("conv2d_grad_weight", op, be.name, (x, grad_out), g)
+    if needs[2]:
+        grad_b = _run("conv2d_grad_bias", op, be.name, (grad_out,))
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, backend=None):
+    """Max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    Returns y, or ``(y, indices)`` with int64 flat offsets into each H*W input plane. A NaN in
+    a window propagates to its output.
+    """
+    g = _spec.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    y, idx = _run("max_pool2d", "max_pool2d", backend, (x,), g, bool(return_indices))
+    return (y, idx) if return_indices else y
+
+
+def max_pool2d_backward(grad_out, indices, input_shape, *, backend=None):
+    """Gradient of max pooling: grad_out scattered (added) into a zero (N, C, H, W) array at
+    ``indices``."""
+    shape = _spec.max_pool2d_backward(grad_out, indices, input_shape)
+    return _run("max_pool2d_backward", "max_pool2d_backward", backend,
+                (grad_out, _as_int64(indices)), shape)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend=None):
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    g, divisor = _spec.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, divisor_override)
+    return _run("avg_pool2d", "avg_pool2d", backend, (x,), g, bool(count_include_pad), divisor)
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None,
+                        *, backend=None):
+    """Gradient of :func:`avg_pool2d` with respect to its input of shape ``input_shape``."""
+    g, divisor = _spec.avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding,
+                                           ceil_mode, divisor_override)
+    return _run("avg_pool2d_backward", "avg_pool2d_backward", backend, (grad_out,), g,
+                bool(count_include_pad), divisor)
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
+    """Inverse of max pooling, as ``torch.nn.functional.max_unpool2d``: zeros except
+    ``y.flat-per-plane[indices] = x``. Repeated indices: the last one in row-major order wins."""
+    shape = _spec.max_unpool2d(x, indices, kernel_size, stride, padding, output_size)
+    return _run("max_unpool2d", "max_unpool2d", backend, (x, _as_int64(indices)), shape)
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM (gate rows i, f, g, o as PyTorch)
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+    """One LSTM step, as ``torch.nn.LSTMCell`` -> ``(h_new, c_new)``.
+
+    x (B, I), h and c (B, H), w_ih (4H, I), w_hh (4H, H), biases (4H,) or None.
+    """
+    _spec.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return _run("lstm_cell", "lstm_cell", backend, (x, h, c, w_ih, w_hh, b_ih, b_hh))
+
+
+def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+    """Gradients of :func:`lstm_cell` -> ``(grad_x, grad_h_prev, grad_c_prev, grad_w_ih,
+    grad_w_hh, grad_b_ih, grad_b_hh)`` (bias gradients None where the bias is None).
+    grad_h or grad_c may be None (zero)."""
+    B, _, Hd = _spec.lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    grad_h, grad_c = (_zeros_like_if_none(g, x, (B, Hd)) for g in (grad_h, grad_c))
+    return _run("lstm_cell_backward", "lstm_cell_backward", backend,
+                (grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh))
+
+
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+    """A single-layer LSTM over a whole sequence: x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``.
+
+    The input projection of all T steps is one GEMM; then the recurrence runs step by step.
+    """
+    _spec.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return _run("lstm", "lstm", backend, (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+
+
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None,
+                  *, backend=None):
+    """Backpropagation through time of :func:`lstm` -> ``(grad_x, grad_h0, grad_c0, grad_w_ih,
+    grad_w_hh, grad_b_ih, grad_b_hh)``. Any of grad_out, grad_hT, grad_cT may be None (zero)."""
+    T, B, _, Hd = _spec.lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    grad_out = _zeros_like_if_none(grad_out, x, (T, B, Hd))
+    grad_hT, grad_cT = (_zeros_like_if_none(g, x, (B, Hd)) for g in (grad_hT, grad_cT))
+    return _run("lstm_backward", "lstm_backward", backend,
+                (grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+
+
+def _zeros_like_if_none(g, like, shape):
+    if g is not None:
+        return g
+    if _spec.array_kind(like) == "cupy":
+        import cupy as xp
+    else:
+        import numpy as xp
+    return xp.zeros(shape, like.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes (x1, y1, x2, y2)
+
+
+def box_iou(boxes1, boxes2, *, backend=None):
+    """Pairwise IoU -> (N, M), as ``torchvision.ops.box_iou``. Boxes with x2 < x1 or y2 < y1
+    count as empty; the IoU of two boxes whose union is empty is 0."""
+    _spec.box_iou(boxes1, boxes2)
+    return _run("box_iou", "box_iou", backend, (boxes1, boxes2))
+
+
+def nms(boxes, scores, iou_threshold, *, backend=None):
+    """Greedy non-maximum suppression, as ``torchvision.ops.nms`` -> int64 indices of the kept
+    boxes by decreasing score. A box is dropped when its IoU with a kept, higher-scored box is
+    > iou_threshold; equal scores keep the lower index first; NaN scores rank below all others."""
+    thr = _spec.nms(boxes, scores, iou_threshold)
+    return _run("nms", "nms", backend, (boxes, scores), thr)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
+    """NMS within each category ``idxs`` (boxes of different categories never suppress each
+    other), as ``torchvision.ops.batched_nms`` -> kept indices by decreasing score."""
+    thr = _spec.batched_nms(boxes, scores, idxs, iou_threshold)
+    return _run("batched_nms", "batched_nms", backend, (boxes, scores, _as_int64(idxs)), thr)

@@ -1,0 +1,26 @@
+"""The "cuda" backend: hand-written Numba CUDA kernels on CuPy arrays.
+
+Every kernel of the contract (``pyconv.backends``) runs on the GPU: convolution as a
+shared-memory tiled implicit GEMM (``conv.py``), pooling and max-unpooling (``pool.py``), the
+LSTM with CuPy's cuBLAS GEMMs and one fused elementwise kernel per step (``lstm.py``), and box
+IoU / bitmask NMS (``boxes.py``). Kernels are launched on CuPy arrays through
+``__cuda_array_interface__`` on CuPy's current stream.
+
+Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) runs the same kernels
+in Numba's CUDA simulator on NumPy arrays, which is how they are tested on CPU-only machines;
+``tests/cuda/test_ptx.py`` compiles every kernel to PTX and assembles it with ptxas.
+"""
+from .. import Backend
+from ._runtime import SIMULATOR
+
+backend = Backend(
+    "cuda",
+    "numpy" if SIMULATOR else "cupy",
+    "Numba CUDA kernels (CUDA simulator on NumPy arrays)" if SIMULATOR
+    else "Numba CUDA kernels and cuBLAS on CuPy arrays",
+)
+
+from . import conv  # noqa: E402,F401  (each module registers its kernels)
+
+# Every kernel family, for tools that walk all kernels (PTX compilation, benchmarks).
+KERNEL_FAMILIES = {"conv": conv.kernels}

@@ -1,0 +1,75 @@
+"""Where the cuda backend's kernels run: the array module, the stream, and the launch helper.
+
+On a GPU the arrays are CuPy arrays and every Numba kernel is launched on CuPy's current
+stream, so it is ordered with CuPy's own work (matmul, sum, allocation) without any
+synchronisation. Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) the arrays are
+NumPy arrays and the same kernels run as Python threads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from .. import cuda_simulator
+
+SIMULATOR = cuda_simulator()
+
+if SIMULATOR:
+    xp = np
+else:  # the registry only imports this backend where CuPy sees a GPU
+    import cupy as xp
+
+# Threads per block of the one-thread-per-element kernels: 8 warps, a multiple of every SM's
+# warp-scheduler count, small enough that 8 blocks fit on an SM (2048 threads on sm_80/sm_90).
+THREADS = 256
+# Grid-stride loops cap the grid at this many blocks: 132 SMs (H100 SXM) x 8 resident blocks
+# x 2 waves; more blocks only add scheduling overhead for the memory-bound kernels.
+MAX_BLOCKS = 132 * 8 * 2
+
+_streams: dict = {}
+
+
+def _stream():
+    """Numba's handle on CuPy's current stream."""
+    ptr = xp.cuda.get_current_stream().ptr
+    if ptr not in _streams:
+        _streams[ptr] = cuda.default_stream() if ptr == 0 else cuda.external_stream(ptr)
+    return _streams[ptr]
+
+
+def _device_view(a):
+    # CuPy's __cuda_array_interface__ names its stream, and Numba would synchronise on it at
+    # every launch; we launch on that very stream, so the synchronisation is not needed.
+    if hasattr(a, "__cuda_array_interface__") and not SIMULATOR:
+        return cuda.as_cuda_array(a, sync=False)
+    return a
+
+
+def launch(kernel, grid, block, *args):
+    """kernel[grid, block](*args) on CuPy's current stream (or in the simulator)."""
+    if SIMULATOR:
+        kernel[grid, block](*args)
+    else:
+        kernel[grid, block, _stream()](*[_device_view(a) for a in args])
+
+
+def blocks_for(n: int, threads: int = THREADS) -> int:
+    """Blocks for a grid-stride loop over n items."""
+    return max(1, min(math.ceil(n / threads), MAX_BLOCKS))
+
+
+def flat(a):
+    """The 1-D view of a C-contiguous array: every kernel takes flat arrays + sizes."""
+    return a.reshape(-1)
+
+
+def scalar(dtype, v):
+    """v as a NumPy scalar of the kernel's dtype (so float32 kernels stay in float32)."""
+    return np.dtype(dtype).type(v)
+
+
+def dummy(dtype):
+    """A 1-element array passed where an optional array is absent (kernels take a flag)."""
+    return xp.zeros(1, dtype)

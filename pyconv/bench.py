@@ -74,8 +74,8 @@ def _median_time(fn, reps, min_time=0.0):
     return statistics.median(times)
 
 
-def measure_limits(quick: bool) -> Limits:
-    n = 1024 if quick else 2048
+def measure_limits() -> Limits:
+    n = 2048
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     gemm = {"numpy": 2 * n**3 / _median_time(lambda: a @ a, 3) / 1e9}
     try:
@@ -89,7 +89,7 @@ def measure_limits(quick: bool) -> Limits:
     src = np.ones(32 * 2**20, np.float32)
     dst = np.empty_like(src)
     copy = 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), 5) / 1e9
-    best = max(gemm, key=gemm.get)
+    best = max(gemm, key=gemm.get)  # the best GEMM this process can reach is the FLOP limit
     return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32", "gemm_all": gemm})
 
 
@@ -321,7 +321,7 @@ def _nms_case(n, quick=False):
         b = a["boxes"]
         xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
         scores = a["scores"].tolist()
-        return lambda: cv2.dnn.NMSBoxes(xywh, scores, -1.0, thr)
+        return lambda: cv2.dnn.NMSBoxes(xywh, scores, 0.0, thr)  # all scores are > 0
 
     numpy_fn = lambda a: (lambda: numpy_greedy_nms(a["boxes"], a["scores"], thr))  # noqa: E731
     return Case("nms", f"{n} clustered boxes", ("nms",), make, run,
@@ -386,7 +386,7 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
     backends = [b for b in (backends or pyconv.backends()) if b != "cuda" or _backend(b).array_kind == "numpy"]
     selected = [c for c in cases(quick) if not ops_filter or any(f in c.op for f in ops_filter)]
     reps = reps or (3 if quick else 7)
-    limits = measure_limits(quick)
+    limits = measure_limits()
     rng = np.random.default_rng(0)
 
     bar = None

@@ -14,6 +14,8 @@ import functools
 import numpy as np
 from numba import cuda
 
+from ._runtime import SIMULATOR
+
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Threads per block of the block-reduction kernels (grad_bias, depthwise grad_weight).
@@ -38,14 +40,19 @@ class Kernels:
     def __init__(self, dtype):
         self.dtype = dtype
         self.kinds: dict[str, str] = {}
+        self.launch_bounds: dict[str, tuple | None] = {}
 
-    def add(self, kinds: str):
-        """Decorator: compiles fn as a kernel (lazily, ``@cuda.jit``) and records it."""
+    def add(self, kinds: str, launch_bounds: tuple | None = None):
+        """Decorator: compiles fn as a kernel (lazily, ``@cuda.jit``) and records it.
+        launch_bounds = (threads per block, blocks per SM) caps its registers so that many
+        blocks fit on an SM (PTX ``.maxntid`` / ``.minnctapersm``)."""
 
         def deco(fn):
-            kernel = cuda.jit(fn)
+            opts = {} if launch_bounds is None or SIMULATOR else {"launch_bounds": launch_bounds}
+            kernel = cuda.jit(**opts)(fn)
             setattr(self, fn.__name__, kernel)
             self.kinds[fn.__name__] = kinds
+            self.launch_bounds[fn.__name__] = launch_bounds
             return kernel
 
         return deco

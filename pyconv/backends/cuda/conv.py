@@ -78,16 +78,18 @@ def kernels(dtype):
     A_LOADS = BM * BK // GEMM_THREADS  # elements of A (and of B) each thread copies per k tile
     A_ROWS = GEMM_THREADS // BK  # row stride between one thread's A elements
     B_ROWS = GEMM_THREADS // BN  # reduction-row stride between one thread's B elements
+    AS_COLS = BM + A_PAD
     ks = Kernels(dtype)
     G = "n" * 16  # the ConvGeom fields, in their order
+    BOUNDS = (GEMM_THREADS, 1)  # see the module docstring: 2 blocks per SM would spill
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def zero_tile(acc):
         for i in range(TM):
             for j in range(TM):
                 acc[i, j] = dt(0)
 
-    @cuda.jit(device=True, inline="always")
+    @cuda.jit(device=True)
     def multiply_tiles(As, Bs, acc, tx, ty):
         """acc += this thread's 8 x 8 part of As^T Bs over the BK rows of the tiles."""
         a = cuda.local.array(TM, dt)
@@ -100,7 +102,7 @@ def kernels(dtype):
                 for j in range(TM):
                     acc[i, j] += a[i] * b[j]
 
-    @ks.add("ffnff" + G)
+    @ks.add("fffnf" + G, BOUNDS)
     def conv2d_fwd(x, w, b, has_bias, y, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
         Cg = C // groups
         Kg = K // groups
@@ -114,7 +116,7 @@ def kernels(dtype):
         tid = cuda.threadIdx.x
         tx = tid % 16
         ty = tid // 16
-        As = cuda.shared.array((BK, BM + A_PAD), dt)
+        As = cuda.shared.array((BK, AS_COLS), dt)
         Bs = cuda.shared.array((BK, BN), dt)
         q_off = cuda.shared.array(BK, np.int64)  # input offset of reduction index (c, r, s)
         q_dr = cuda.shared.array(BK, np.int64)  # r * dh
@@ -161,21 +163,23 @@ def kernels(dtype):
             multiply_tiles(As, Bs, acc, tx, ty)
             cuda.syncthreads()
 
+        # Output offset of each of this thread's pixel columns (-1 past the end), decoded
+        # before the store loop so that it unrolls and acc stays in registers.
+        out_at = cuda.local.array(TM, np.int64)
         for j in range(TM):
             p = p0 + tx + 16 * j
-            if p < P:
-                n = p // HoWo
-                out = n * K * HoWo + (p - n * HoWo)
-                for i in range(TM):
-                    m = m0 + ty + 16 * i
-                    if m < Kg:
-                        k = grp * Kg + m
-                        v = acc[i, j]
-                        if has_bias != 0:
-                            v += b[k]
-                        y[out + k * HoWo] = v
+            n = p // HoWo
+            out_at[j] = n * K * HoWo + p - n * HoWo if p < P else -1
+        for i in range(TM):
+            m = m0 + ty + 16 * i
+            if m < Kg:
+                k = grp * Kg + m
+                bias = b[k] if has_bias != 0 else dt(0)
+                for j in range(TM):
+                    if out_at[j] >= 0:
+                        y[out_at[j] + k * HoWo] = acc[i, j] + bias
 
-    @ks.add("fff" + G)
+    @ks.add("fff" + G, BOUNDS)
     def conv2d_dgrad(dy, w, dx, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
         Cg = C // groups
         Kg = K // groups
@@ -190,7 +194,7 @@ def kernels(dtype):
         tid = cuda.threadIdx.x
         tx = tid % 16
         ty = tid // 16
-        As = cuda.shared.array((BK, BM + A_PAD), dt)
+        As = cuda.shared.array((BK, AS_COLS), dt)
         Bs = cuda.shared.array((BK, BN), dt)
         q_woff = cuda.shared.array(BK, np.int64)  # weight offset of (k, r, s), less m * R*S
         q_yoff = cuda.shared.array(BK, np.int64)  # k * Ho*Wo
@@ -239,17 +243,19 @@ def kernels(dtype):
             multiply_tiles(As, Bs, acc, tx, ty)
             cuda.syncthreads()
 
+        out_at = cuda.local.array(TM, np.int64)
         for j in range(TM):
             p = p0 + tx + 16 * j
-            if p < P:
-                n = p // HW
-                out = n * C * HW + (p - n * HW)
-                for i in range(TM):
-                    m = m0 + ty + 16 * i
-                    if m < Cg:
-                        dx[out + (grp * Cg + m) * HW] = acc[i, j]
+            n = p // HW
+            out_at[j] = (n * C + grp * Cg) * HW + p - n * HW if p < P else -1
+        for i in range(TM):
+            m = m0 + ty + 16 * i
+            if m < Cg:
+                for j in range(TM):
+                    if out_at[j] >= 0:
+                        dx[out_at[j] + m * HW] = acc[i, j]
 
-    @ks.add("fffnn" + G)
+    @ks.add("fffnn" + G, BOUNDS)
     def conv2d_wgrad(dy, x, dw_parts, splits, chunk,
                      N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
         Cg = C // groups
@@ -268,7 +274,7 @@ def kernels(dtype):
         tid = cuda.threadIdx.x
         tx = tid % 16
         ty = tid // 16
-        As = cuda.shared.array((BK, BM + A_PAD), dt)
+        As = cuda.shared.array((BK, AS_COLS), dt)
         Bs = cuda.shared.array((BK, BN), dt)
         p_y = cuda.shared.array(BK, np.int64)  # grad_out offset of pixel p, less m * Ho*Wo
         p_x = cuda.shared.array(BK, np.int64)  # input offset of the pixel's window corner
@@ -323,7 +329,7 @@ def kernels(dtype):
                     if q < Q:
                         dw_parts[out + q] = acc[i, j]
 
-    @ks.add("ffnff" + G)
+    @ks.add("fffnf" + G)
     def depthwise_fwd(x, w, b, has_bias, y, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
         mult = K // C  # output channels per input channel
         HoWo = Ho * Wo

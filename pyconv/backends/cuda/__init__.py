@@ -20,7 +20,7 @@ backend = Backend(
     else "Numba CUDA kernels and cuBLAS on CuPy arrays",
 )
 
-from . import conv  # noqa: E402,F401  (each module registers its kernels)
+from . import boxes, conv, lstm, pool  # noqa: E402  (each module registers its kernels)
 
-# Every kernel family, for tools that walk all kernels (PTX compilation, benchmarks).
-KERNEL_FAMILIES = {"conv": conv.kernels}
+# Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
+KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels, "boxes": boxes.kernels}

@@ -1,0 +1,180 @@
+"""Pooling on the GPU: max/avg pooling forward and backward, and max-unpooling.
+
+All of these move far more bytes than they compute (a 2x2 max pool does 4 compares per 16 B
+read), so the design goal is memory bandwidth: >= 70% of HBM bandwidth (3.35 TB/s on H100
+SXM, 4.8 TB/s on H200). The means:
+* one thread per output element (per input element for avg_pool2d's backward), consecutive
+  threads on consecutive output columns, so a warp's loads cover contiguous runs of the input
+  rows (stride-2 windows: the even and odd columns of the same 128 B lines, the second read an
+  L1 hit) and its stores are fully coalesced: every input byte comes from DRAM once;
+* grid-stride loops over flat indices with 256-thread blocks: ~30 registers, so the SM holds
+  its maximum of 2048 threads (100% occupancy, 64 warps) and enough loads are in flight
+  (Little's law: 3.35 TB/s x ~600 ns latency = 2 MB in flight = ~15 KB per SM, i.e. ~4 B per
+  thread at full occupancy: one outstanding load per thread suffices);
+* no shared memory, no atomics on the forward paths; index decoding is 2 integer divisions
+  per element (NVPTX uses 32-bit division when the values fit), well under the ~280
+  instructions per output element the issue rate allows at full bandwidth for 2x2 pooling.
+max_pool2d's backward scatters with atomic adds (the indices may repeat when windows
+overlap); avg_pool2d's backward gathers instead (deterministic, no atomics). max_unpool2d is
+deterministic for repeated indices: an atomic max of the source position claims each output
+position (the last source in row-major order wins), then a gather writes every output.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import backend
+from ._kernel_util import Kernels, per_dtype
+from ._runtime import THREADS, blocks_for, dummy, flat, launch, xp
+
+P = "n" * 14  # the PoolGeom fields, in their order
+
+
+@per_dtype
+def kernels(dtype):
+    dt = dtype.type
+    ks = Kernels(dtype)
+
+    @cuda.jit(device=True)
+    def window_size(ho, wo, H, W, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
+        """avg_pool2d's divisor for window (ho, wo), as PyTorch: the window clipped to the
+        padded input, or to the input itself when padding is not counted."""
+        if divisor != 0:
+            return divisor
+        h0 = ho * sh - ph
+        w0 = wo * sw - pw
+        h1 = min(h0 + kh, H + ph)
+        w1 = min(w0 + kw, W + pw)
+        if count_include_pad != 0:
+            return (h1 - h0) * (w1 - w0)
+        return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0))
+
+    @ks.add("ffln" + P)
+    def max_pool_fwd(x, y, idx, with_idx, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+        HoWo = Ho * Wo
+        for e in range(cuda.grid(1), N * C * HoWo, cuda.gridsize(1)):
+            plane = e // HoWo
+            ho = (e - plane * HoWo) // Wo
+            wo = e - plane * HoWo - ho * Wo
+            x_plane = plane * H * W
+            best = dt(0)
+            best_at = -1
+            for r in range(kh):
+                hi = ho * sh - ph + r * dh
+                if 0 <= hi < H:
+                    for s in range(kw):
+                        wi = wo * sw - pw + s * dw
+                        if 0 <= wi < W:
+                            v = x[x_plane + hi * W + wi]
+                            # First maximum in window order; a NaN wins (the last one).
+                            if best_at < 0 or v > best or math.isnan(v):
+                                best = v
+                                best_at = hi * W + wi
+            y[e] = best
+            if with_idx != 0:
+                idx[e] = best_at
+
+    @ks.add("flfnnn")
+    def max_pool_bwd(dy, idx, dx, planes, in_plane, out_plane):
+        # dx must be zero; overlapping windows may send several gradients to one input.
+        for e in range(cuda.grid(1), planes * out_plane, cuda.gridsize(1)):
+            cuda.atomic.add(dx, e // out_plane * in_plane + idx[e], dy[e])
+
+    @ks.add("ffnn" + P)
+    def avg_pool_fwd(x, y, count_include_pad, divisor, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+        HoWo = Ho * Wo
+        for e in range(cuda.grid(1), N * C * HoWo, cuda.gridsize(1)):
+            plane = e // HoWo
+            ho = (e - plane * HoWo) // Wo
+            wo = e - plane * HoWo - ho * Wo
+            x_plane = plane * H * W
+            acc = dt(0)
+            for hi in range(max(ho * sh - ph, 0), min(ho * sh - ph + kh, H)):
+                for wi in range(max(wo * sw - pw, 0), min(wo * sw - pw + kw, W)):
+                    acc += x[x_plane + hi * W + wi]
+            y[e] = acc / dt(window_size(ho, wo, H, W, kh, kw, sh, sw, ph, pw, count_include_pad, divisor))
+
+    @ks.add("ffnn" + P)
+    def avg_pool_bwd(dy, dx, count_include_pad, divisor, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+        # One thread per input element sums the windows that contain it: outputs ho with
+        # ho*sh - ph <= hi < ho*sh - ph + kh.
+        HW = H * W
+        for e in range(cuda.grid(1), N * C * HW, cuda.gridsize(1)):
+            plane = e // HW
+            hi = (e - plane * HW) // W
+            wi = e - plane * HW - hi * W
+            y_plane = plane * Ho * Wo
+            acc = dt(0)
+            for ho in range(max((hi + ph - kh) // sh + 1, 0), min((hi + ph) // sh + 1, Ho)):
+                for wo in range(max((wi + pw - kw) // sw + 1, 0), min((wi + pw) // sw + 1, Wo)):
+                    n = window_size(ho, wo, H, W, kh, kw, sh, sw, ph, pw, count_include_pad, divisor)
+                    acc += dy[y_plane + ho * Wo + wo] / dt(n)
+            dx[e] = acc
+
+    @ks.add("llnnn")
+    def unpool_claim(idx, winner, planes, in_plane, out_plane):
+        # winner (planes * out_plane, filled with -1) <- the largest source position per target.
+        for e in range(cuda.grid(1), planes * in_plane, cuda.gridsize(1)):
+            plane = e // in_plane
+            cuda.atomic.max(winner, plane * out_plane + idx[e], e - plane * in_plane)
+
+    @ks.add("flfnnn")
+    def unpool_gather(x, winner, y, planes, in_plane, out_plane):
+        for e in range(cuda.grid(1), planes * out_plane, cuda.gridsize(1)):
+            src = winner[e]
+            v = dt(0)
+            if src >= 0:
+                v = x[e // out_plane * in_plane + src]
+            y[e] = v
+
+    return ks
+
+
+@backend.register
+def max_pool2d(x, g, with_indices):
+    y = xp.empty(g.output_shape, x.dtype)
+    idx = xp.empty(g.output_shape, np.int64) if with_indices else dummy(np.int64)
+    launch(kernels(x.dtype).max_pool_fwd, blocks_for(y.size), THREADS,
+           flat(x), flat(y), flat(idx), int(with_indices), *g)
+    return y, (idx if with_indices else None)
+
+
+@backend.register
+def max_pool2d_backward(grad_out, indices, input_shape):
+    N, C, H, W = input_shape
+    dx = xp.zeros(input_shape, grad_out.dtype)
+    out_plane = math.prod(grad_out.shape[2:])
+    launch(kernels(dx.dtype).max_pool_bwd, blocks_for(grad_out.size), THREADS,
+           flat(grad_out), flat(indices), flat(dx), N * C, H * W, out_plane)
+    return dx
+
+
+@backend.register
+def avg_pool2d(x, g, count_include_pad, divisor_override):
+    y = xp.empty(g.output_shape, x.dtype)
+    launch(kernels(x.dtype).avg_pool_fwd, blocks_for(y.size), THREADS,
+           flat(x), flat(y), int(count_include_pad), int(divisor_override), *g)
+    return y
+
+
+@backend.register
+def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
+    dx = xp.empty(g.input_shape, grad_out.dtype)
+    launch(kernels(dx.dtype).avg_pool_bwd, blocks_for(dx.size), THREADS,
+           flat(grad_out), flat(dx), int(count_include_pad), int(divisor_override), *g)
+    return dx
+
+
+@backend.register
+def max_unpool2d(x, indices, output_shape):
+    N, C, H, W = output_shape
+    planes, in_plane, out_plane = N * C, math.prod(x.shape[2:]), H * W
+    winner = xp.full(planes * out_plane, -1, np.int64)
+    y = xp.empty(output_shape, x.dtype)
+    ks = kernels(x.dtype)
+    launch(ks.unpool_claim, blocks_for(x.size), THREADS, flat(indices), winner, planes, in_plane, out_plane)
+    launch(ks.unpool_gather, blocks_for(y.size), THREADS, flat(x), winner, flat(y), planes, in_plane, out_plane)
+    return y

@@ -18,8 +18,11 @@ SIMULATOR = cuda_simulator()
 
 if SIMULATOR:
     xp = np
-else:  # the registry only imports this backend where CuPy sees a GPU
-    import cupy as xp
+else:
+    try:  # the registry only loads this backend where CuPy sees a GPU; the PTX tools need
+        import cupy as xp  # only the kernels, so they work without CuPy
+    except ImportError:
+        xp = None
 
 # Threads per block of the one-thread-per-element kernels: 8 warps, a multiple of every SM's
 # warp-scheduler count, small enough that 8 blocks fit on an SM (2048 threads on sm_80/sm_90).

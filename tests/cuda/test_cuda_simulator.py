@@ -16,7 +16,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SIM_FILES = sorted(glob.glob(os.path.join(HERE, "test_cuda_sim_*.py")))
-MIN_PASSED = 40  # the simulator files hold 41 tests: a run that skips them must not pass here
+MIN_PASSED = 38  # the simulator files hold 38 tests: a run that skips them must not pass here
 
 
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,

@@ -318,9 +318,10 @@ def _ranking(scores):
 def nms(boxes, scores, iou_threshold):
     """Greedy NMS: walk the boxes by decreasing score (see _ranking); keep a box unless its IoU
     with an already KEPT box is > iou_threshold (strictly). Returns the kept indices in that
-    order (int64; empty for no boxes). A NaN IoU (NaN coordinates) never suppresses."""
+    order (int64; empty for no boxes). A NaN IoU (NaN coordinates) never suppresses. The IoU,
+    computed in the boxes' dtype, is compared with the threshold in float64 (as torchvision)."""
     order = _ranking(scores)
-    iou = box_iou(boxes[order], boxes[order])
+    iou = box_iou(boxes[order], boxes[order]).astype(np.float64)
     suppressed = np.zeros(order.size, bool)
     for i in range(order.size):
         if not suppressed[i]:

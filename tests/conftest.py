@@ -33,7 +33,8 @@ def assert_close(actual, expected, dtype=None):
     tol = TOLERANCES.get(dtype, TOLERANCES[np.dtype(np.float64)])
     assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
     # Scale the absolute tolerance by the magnitude of the data (sums of many terms).
-    scale = max(1.0, float(np.nanmax(np.abs(expected), initial=0.0)))
+    finite = np.abs(expected[np.isfinite(expected)]) if expected.dtype.kind in "fc" else np.abs(expected)
+    scale = max(1.0, float(np.max(finite, initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale,
                                equal_nan=True)
 
@@ -71,3 +72,10 @@ def to_numpy(a):
     if a is None or isinstance(a, np.ndarray):
         return a
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use the `torch` fixture carry the `torch` marker (`-m "not torch"`)."""
+    for item in items:
+        if "torch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.torch)

@@ -321,11 +321,12 @@ def nms(boxes, scores, iou_threshold):
     order (int64; empty for no boxes). A NaN IoU (NaN coordinates) never suppresses. The IoU,
     computed in the boxes' dtype, is compared with the threshold in float64 (as torchvision)."""
     order = _ranking(scores)
-    iou = box_iou(boxes[order], boxes[order]).astype(np.float64)
+    ranked = boxes[order]
     suppressed = np.zeros(order.size, bool)
     for i in range(order.size):
-        if not suppressed[i]:
-            suppressed[i + 1:] |= iou[i, i + 1:] > iou_threshold
+        if not suppressed[i]:  # box i is kept: it suppresses the lower-ranked boxes it overlaps
+            iou = box_iou(ranked[i:i + 1], ranked[i + 1:])[0]
+            suppressed[i + 1:] |= iou.astype(np.float64) > iou_threshold
     return order[~suppressed].astype(np.int64)
 
 

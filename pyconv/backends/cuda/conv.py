@@ -102,6 +102,14 @@ def kernels(dtype):
                 for j in range(TM):
                     acc[i, j] += a[i] * b[j]
 
+    # The three GEMM kernels share one pipeline per k tile t (n tiles of BK reduction indices):
+    #   store the registers holding tile t into As/Bs | decode tile t+1's indices | barrier |
+    #   issue tile t+1's global loads into registers  | multiply tile t           | barrier
+    # so the global loads of the next tile are in flight while the FMAs of this one run
+    # (register prefetching: 2 x A_LOADS registers, instead of a second shared buffer). The
+    # loop starts at t = -1, which only decodes and fetches tile 0. Decoded indices live in
+    # two shared slots (t % 2), since tile t+1 is decoded while tile t's may still be read.
+
     @ks.add("fffnf" + G, BOUNDS)
     def conv2d_fwd(x, w, b, has_bias, y, N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, groups):
         Cg = C // groups
@@ -118,9 +126,11 @@ def kernels(dtype):
         ty = tid // 16
         As = cuda.shared.array((BK, AS_COLS), dt)
         Bs = cuda.shared.array((BK, BN), dt)
-        q_off = cuda.shared.array(BK, np.int64)  # input offset of reduction index (c, r, s)
-        q_dr = cuda.shared.array(BK, np.int64)  # r * dh
-        q_ds = cuda.shared.array(BK, np.int64)  # s * dw
+        q_off = cuda.shared.array((2, BK), np.int64)  # input offset of reduction index (c, r, s)
+        q_dr = cuda.shared.array((2, BK), np.int64)  # r * dh
+        q_ds = cuda.shared.array((2, BK), np.int64)  # s * dw
+        ra = cuda.local.array(A_LOADS, dt)  # this thread's elements of the next A and B tiles
+        rb = cuda.local.array(A_LOADS, dt)
 
         # The output pixel whose column of B this thread copies, decoded once.
         col = tid % BN
@@ -132,35 +142,42 @@ def kernels(dtype):
         wi0 = wo * sw - pw
         x_base = (n * C + grp * Cg) * H * W + hi0 * W + wi0
         w_base = (grp * Kg + m0) * Q
+        kk = tid % BK  # the reduction column of A this thread copies
 
         acc = cuda.local.array((TM, TM), dt)
         zero_tile(acc)
-        for k0 in range(0, Q, BK):
-            if tid < BK:
-                c = (k0 + tid) // RS
-                r = (k0 + tid - c * RS) // S
-                s = k0 + tid - c * RS - r * S
-                q_dr[tid] = r * dh
-                q_ds[tid] = s * dw
-                q_off[tid] = c * H * W + r * dh * W + s * dw
+        n_tiles = (Q + BK - 1) // BK
+        for t in range(-1, n_tiles):
+            if t >= 0:
+                for j in range(A_LOADS):
+                    As[kk, tid // BK + j * A_ROWS] = ra[j]
+                    Bs[tid // BN + j * B_ROWS, col] = rb[j]
+            k1 = (t + 1) * BK  # first reduction index of the next tile
+            slot = (t + 1) % 2
+            if tid < BK and k1 < Q:
+                c = (k1 + tid) // RS
+                r = (k1 + tid - c * RS) // S
+                s = k1 + tid - c * RS - r * S
+                q_dr[slot, tid] = r * dh
+                q_ds[slot, tid] = s * dw
+                q_off[slot, tid] = c * H * W + r * dh * W + s * dw
             cuda.syncthreads()
-            kk = tid % BK
-            for j in range(A_LOADS):
-                m = tid // BK + j * A_ROWS
-                v = dt(0)
-                if m0 + m < Kg and k0 + kk < Q:
-                    v = w[w_base + m * Q + k0 + kk]
-                As[kk, m] = v
-            for j in range(A_LOADS):
-                kb = tid // BN + j * B_ROWS
-                hi = hi0 + q_dr[kb]
-                wi = wi0 + q_ds[kb]
-                v = dt(0)
-                if p < P and k0 + kb < Q and 0 <= hi < H and 0 <= wi < W:
-                    v = x[x_base + q_off[kb]]
-                Bs[kb, col] = v
-            cuda.syncthreads()
-            multiply_tiles(As, Bs, acc, tx, ty)
+            if k1 < Q:
+                for j in range(A_LOADS):
+                    m = tid // BK + j * A_ROWS
+                    v = dt(0)
+                    if m0 + m < Kg and k1 + kk < Q:
+                        v = w[w_base + m * Q + k1 + kk]
+                    ra[j] = v
+                    kb = tid // BN + j * B_ROWS
+                    hi = hi0 + q_dr[slot, kb]
+                    wi = wi0 + q_ds[slot, kb]
+                    v = dt(0)
+                    if p < P and k1 + kb < Q and 0 <= hi < H and 0 <= wi < W:
+                        v = x[x_base + q_off[slot, kb]]
+                    rb[j] = v
+            if t >= 0:
+                multiply_tiles(As, Bs, acc, tx, ty)
             cuda.syncthreads()
 
         # Output offset of each of this thread's pixel columns (-1 past the end), decoded
@@ -196,10 +213,12 @@ def kernels(dtype):
         ty = tid // 16
         As = cuda.shared.array((BK, AS_COLS), dt)
         Bs = cuda.shared.array((BK, BN), dt)
-        q_woff = cuda.shared.array(BK, np.int64)  # weight offset of (k, r, s), less m * R*S
-        q_yoff = cuda.shared.array(BK, np.int64)  # k * Ho*Wo
-        q_dr = cuda.shared.array(BK, np.int64)
-        q_ds = cuda.shared.array(BK, np.int64)
+        q_woff = cuda.shared.array((2, BK), np.int64)  # weight offset of (k, r, s), less m * R*S
+        q_yoff = cuda.shared.array((2, BK), np.int64)  # k * Ho*Wo
+        q_dr = cuda.shared.array((2, BK), np.int64)
+        q_ds = cuda.shared.array((2, BK), np.int64)
+        ra = cuda.local.array(A_LOADS, dt)
+        rb = cuda.local.array(A_LOADS, dt)
 
         col = tid % BN
         p = p0 + col
@@ -207,40 +226,47 @@ def kernels(dtype):
         hi = (p - n * HW) // W
         wi = p - n * HW - hi * W
         y_base = (n * K + grp * Kg) * HoWo
+        kk = tid % BK
 
         acc = cuda.local.array((TM, TM), dt)
         zero_tile(acc)
-        for k0 in range(0, Q, BK):
-            if tid < BK:
-                k = (k0 + tid) // RS
-                rs = k0 + tid - k * RS
+        n_tiles = (Q + BK - 1) // BK
+        for t in range(-1, n_tiles):
+            if t >= 0:
+                for j in range(A_LOADS):
+                    As[kk, tid // BK + j * A_ROWS] = ra[j]
+                    Bs[tid // BN + j * B_ROWS, col] = rb[j]
+            k1 = (t + 1) * BK
+            slot = (t + 1) % 2
+            if tid < BK and k1 < Q:
+                k = (k1 + tid) // RS
+                rs = k1 + tid - k * RS
                 r = rs // S
-                q_woff[tid] = (grp * Kg + k) * Cg * RS + rs
-                q_yoff[tid] = k * HoWo
-                q_dr[tid] = r * dh
-                q_ds[tid] = (rs - r * S) * dw
+                q_woff[slot, tid] = (grp * Kg + k) * Cg * RS + rs
+                q_yoff[slot, tid] = k * HoWo
+                q_dr[slot, tid] = r * dh
+                q_ds[slot, tid] = (rs - r * S) * dw
             cuda.syncthreads()
-            kk = tid % BK
-            for j in range(A_LOADS):
-                m = tid // BK + j * A_ROWS
-                v = dt(0)
-                if m0 + m < Cg and k0 + kk < Q:
-                    v = w[q_woff[kk] + (m0 + m) * RS]
-                As[kk, m] = v
-            for j in range(A_LOADS):
-                kb = tid // BN + j * B_ROWS
-                # grad_out pixel (ho, wo) with ho*sh - ph + r*dh == hi, if there is one.
-                th = hi + ph - q_dr[kb]
-                tw = wi + pw - q_ds[kb]
-                ho = th // sh
-                wo = tw // sw
-                v = dt(0)
-                if (p < P and k0 + kb < Q and th >= 0 and tw >= 0 and ho * sh == th
-                        and wo * sw == tw and ho < Ho and wo < Wo):
-                    v = dy[y_base + q_yoff[kb] + ho * Wo + wo]
-                Bs[kb, col] = v
-            cuda.syncthreads()
-            multiply_tiles(As, Bs, acc, tx, ty)
+            if k1 < Q:
+                for j in range(A_LOADS):
+                    m = tid // BK + j * A_ROWS
+                    v = dt(0)
+                    if m0 + m < Cg and k1 + kk < Q:
+                        v = w[q_woff[slot, kk] + (m0 + m) * RS]
+                    ra[j] = v
+                    # grad_out pixel (ho, wo) with ho*sh - ph + r*dh == hi, if there is one.
+                    kb = tid // BN + j * B_ROWS
+                    th = hi + ph - q_dr[slot, kb]
+                    tw = wi + pw - q_ds[slot, kb]
+                    ho = th // sh
+                    wo = tw // sw
+                    v = dt(0)
+                    if (p < P and k1 + kb < Q and th >= 0 and tw >= 0 and ho * sh == th
+                            and wo * sw == tw and ho < Ho and wo < Wo):
+                        v = dy[y_base + q_yoff[slot, kb] + ho * Wo + wo]
+                    rb[j] = v
+            if t >= 0:
+                multiply_tiles(As, Bs, acc, tx, ty)
             cuda.syncthreads()
 
         out_at = cuda.local.array(TM, np.int64)
@@ -276,10 +302,12 @@ def kernels(dtype):
         ty = tid // 16
         As = cuda.shared.array((BK, AS_COLS), dt)
         Bs = cuda.shared.array((BK, BN), dt)
-        p_y = cuda.shared.array(BK, np.int64)  # grad_out offset of pixel p, less m * Ho*Wo
-        p_x = cuda.shared.array(BK, np.int64)  # input offset of the pixel's window corner
-        p_hi = cuda.shared.array(BK, np.int64)
-        p_wi = cuda.shared.array(BK, np.int64)
+        p_y = cuda.shared.array((2, BK), np.int64)  # grad_out offset of pixel p, less m * Ho*Wo
+        p_x = cuda.shared.array((2, BK), np.int64)  # input offset of the pixel's window corner
+        p_hi = cuda.shared.array((2, BK), np.int64)
+        p_wi = cuda.shared.array((2, BK), np.int64)
+        ra = cuda.local.array(A_LOADS, dt)
+        rb = cuda.local.array(A_LOADS, dt)
 
         # The reduction index (c, r, s) whose column of B this thread copies, decoded once.
         col = tid % BN
@@ -288,36 +316,43 @@ def kernels(dtype):
         r = (q - c * RS) // S
         s = q - c * RS - r * S
         q_off = c * HW + r * dh * W + s * dw
+        kk = tid % BK
 
         acc = cuda.local.array((TM, TM), dt)
         zero_tile(acc)
-        for k0 in range(p_begin, p_end, BK):
-            if tid < BK and k0 + tid < p_end:
-                n = (k0 + tid) // HoWo
-                ho = (k0 + tid - n * HoWo) // Wo
-                wo = k0 + tid - n * HoWo - ho * Wo
-                p_y[tid] = (n * K + grp * Kg) * HoWo + ho * Wo + wo
-                p_hi[tid] = ho * sh - ph
-                p_wi[tid] = wo * sw - pw
-                p_x[tid] = (n * C + grp * Cg) * HW + (ho * sh - ph) * W + wo * sw - pw
+        n_tiles = (p_end - p_begin + BK - 1) // BK
+        for t in range(-1, n_tiles):
+            if t >= 0:
+                for j in range(A_LOADS):
+                    As[kk, tid // BK + j * A_ROWS] = ra[j]
+                    Bs[tid // BN + j * B_ROWS, col] = rb[j]
+            k1 = p_begin + (t + 1) * BK
+            slot = (t + 1) % 2
+            if tid < BK and k1 + tid < p_end:
+                n = (k1 + tid) // HoWo
+                ho = (k1 + tid - n * HoWo) // Wo
+                wo = k1 + tid - n * HoWo - ho * Wo
+                p_y[slot, tid] = (n * K + grp * Kg) * HoWo + ho * Wo + wo
+                p_hi[slot, tid] = ho * sh - ph
+                p_wi[slot, tid] = wo * sw - pw
+                p_x[slot, tid] = (n * C + grp * Cg) * HW + (ho * sh - ph) * W + wo * sw - pw
             cuda.syncthreads()
-            kk = tid % BK
-            for j in range(A_LOADS):
-                m = tid // BK + j * A_ROWS
-                v = dt(0)
-                if m0 + m < Kg and k0 + kk < p_end:
-                    v = dy[p_y[kk] + (m0 + m) * HoWo]
-                As[kk, m] = v
-            for j in range(A_LOADS):
-                kb = tid // BN + j * B_ROWS
-                hi = p_hi[kb] + r * dh
-                wi = p_wi[kb] + s * dw
-                v = dt(0)
-                if q < Q and k0 + kb < p_end and 0 <= hi < H and 0 <= wi < W:
-                    v = x[p_x[kb] + q_off]
-                Bs[kb, col] = v
-            cuda.syncthreads()
-            multiply_tiles(As, Bs, acc, tx, ty)
+            if k1 < p_end:
+                for j in range(A_LOADS):
+                    m = tid // BK + j * A_ROWS
+                    v = dt(0)
+                    if m0 + m < Kg and k1 + kk < p_end:
+                        v = dy[p_y[slot, kk] + (m0 + m) * HoWo]
+                    ra[j] = v
+                    kb = tid // BN + j * B_ROWS
+                    hi = p_hi[slot, kb] + r * dh
+                    wi = p_wi[slot, kb] + s * dw
+                    v = dt(0)
+                    if q < Q and k1 + kb < p_end and 0 <= hi < H and 0 <= wi < W:
+                        v = x[p_x[slot, kb] + q_off]
+                    rb[j] = v
+            if t >= 0:
+                multiply_tiles(As, Bs, acc, tx, ty)
             cuda.syncthreads()
 
         for i in range(TM):

@@ -5,9 +5,6 @@ chosen before numba is imported, for the whole process); test_cuda_simulator.py 
 process as part of the normal test run. Inside it, the 'cuda' backend takes NumPy arrays.
 """
 import os
-import sys
-import threading
-import traceback
 
 import numpy as np
 import pytest
@@ -21,36 +18,6 @@ requires_simulator = pytest.mark.skipif(
 )
 
 
-
-def _serialise_shared_allocation():
-    """Works around a race in numba-cuda's simulator (0.30): ``FakeCUDAShared.array`` looks up
-    the block's array for a source line and creates it if missing without a lock, so two
-    threads of one block can each create their own "shared" array and never see each other's
-    stores (found here by the poisoned outputs: a few NaN outputs, in some runs only). Same
-    logic, under a lock."""
-    from numba.cuda.simulator import kernelapi
-    from numba.np import numpy_support
-
-    original = kernelapi.FakeCUDAShared.array
-    lock = threading.Lock()
-
-    def array(self, shape, dtype, alignment=None):
-        if shape == 0 or alignment is not None:  # dynamic shared memory / errors: unchanged
-            return original(self, shape, dtype, alignment)
-        if not isinstance(dtype, np.dtype) and hasattr(dtype, "bitwidth"):  # a numba type
-            dtype = numpy_support.as_dtype(dtype)
-        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # the kernel's source line
-        with lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                res = self._allocations[caller] = np.empty(shape, dtype)
-        return res
-
-    kernelapi.FakeCUDAShared.array = array
-
-
-if SIMULATOR:
-    _serialise_shared_allocation()
 
 _real_empty = np.empty
 

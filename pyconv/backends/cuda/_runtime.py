@@ -8,6 +8,9 @@ NumPy arrays and the same kernels run as Python threads.
 from __future__ import annotations
 
 import math
+import sys
+import threading
+import traceback
 
 import numpy as np
 from numba import cuda
@@ -16,8 +19,33 @@ from .. import cuda_simulator
 
 SIMULATOR = cuda_simulator()
 
+
+def _serialise_simulator_shared_memory():
+    """Works around a race in numba-cuda's simulator (0.30): ``FakeCUDAShared.array`` looks up
+    the block's array for a source line and creates it when missing without a lock, so two
+    threads of one block can each create their own "shared" array and never see each other's
+    stores (seen as a few wrong outputs in some runs). Same logic, under a lock."""
+    from numba.cuda.simulator import kernelapi
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None or not isinstance(dtype, (type, np.dtype)):
+            return original(self, shape, dtype, alignment)  # the cases this backend never uses
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # the kernel's source line
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+
+
 if SIMULATOR:
     xp = np
+    _serialise_simulator_shared_memory()
 else:
     try:  # the registry only loads this backend where CuPy sees a GPU; the PTX tools need
         import cupy as xp  # only the kernels, so they work without CuPy

@@ -22,9 +22,18 @@ instruction per clock per SM, ~67 TFLOP/s FP32, 3.35 TB/s HBM3):
   8 of B). The SM issues 4 FFMA warp-instructions per clock but only 1 LDS, so 64 FFMA take 16
   clocks and 16 LDS take 16 clocks: balanced, and the FMA pipe can stay busy. A 4 x 4 tile
   would give 16 FFMA (4 clocks) against 8 LDS (8 clocks): at most 50% of the FMA rate.
-* Registers: ptxas gives 128 per thread (64 accumulators + 16 fragments + addresses), so
-  256 x 128 = 32K registers per block and 2 blocks (16 warps, 25% occupancy) per SM. Each warp
-  has 64 independent FMA chains, so 4 warps per scheduler cover the 4-cycle FMA latency.
+* Registers and occupancy (ptxas -v, sm_90): 212 / 184 / 197 registers (forward / grad_input
+  / grad_weight), no spills, no stack: 64 accumulators + 16 fragments + 8 prefetched tile
+  elements + 64-bit index arithmetic. So one 256-thread block (8 warps, 12.5% occupancy) per
+  SM; capping at 128 registers for 2 blocks spilled ~300 B per thread. One block suffices
+  because the parallelism is inside each thread: 64 independent FMA chains per k step cover
+  the 4-cycle FMA latency with 2 warps per scheduler, and the global loads of the next tile
+  are issued into registers before the multiply of this one (register prefetching), so their
+  latency (~300 ns from L2, where most tiles come from as neighbouring blocks share them;
+  ~700 ns from DRAM) hides behind the 128 x 128 x 8 FMAs / 128 lanes = 1024 cycles (~520 ns)
+  of one tile. Exposed per tile: the shared-memory stores, two barriers and the index decode
+  (~100-150 cycles), so ~80% of the FMA peak in the main loop is the expectation, and >= 50%
+  overall for a large conv once partial edge tiles and the epilogue are counted.
 * Global memory: per k tile a block reads (128 + 128) x 8 x 4 B = 8 KB and does
   2 x 128 x 128 x 8 = 262K FLOP: 32 FLOP/B, far above the 67 TFLOP/s / 3.35 TB/s = 20 FLOP/B
   machine balance even before L2 reuse, so a large conv (e.g. 256 -> 256 channels, 3x3,
@@ -33,9 +42,7 @@ instruction per clock per SM, ~67 TFLOP/s FP32, 3.35 TB/s HBM3):
   decoded once (divisions by R*S and S) by BK threads into shared memory; every other thread
   decodes its one pixel column at the start. (64-bit divisions: NVPTX checks at run time that
   the operands fit in 32 bits and then uses the 32-bit divide.)
-float64 uses a 4 x 4 register tile (64 x 64 block): 8 x 8 doubles would need ~190 registers.
-Single-buffered tiles (load, sync, compute, sync): double buffering would overlap the global
-loads with the FMAs at the cost of 2x shared memory; left for a measured GPU run to justify.
+float64 uses a 4 x 4 register tile (64 x 64 block): 8 x 8 doubles would need ~250 registers.
 
 Depthwise (groups == C, one input channel per group): the GEMM's reduction would be only
 R*S long, so a direct kernel (one thread per output element, the window read through L1)

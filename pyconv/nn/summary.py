@@ -1,8 +1,9 @@
 """``pyconv.nn.summary``: a per-layer table of output shapes, activation memory and parameter
 counts, and ``pyconv.nn.saliency``: the gradient of a class score with respect to the image.
 
-The summary computes shapes by *shape propagation*: a Sequential passes the shape through
-its layers, and each layer that knows its output shape (convolutions, pools, linear layers,
+The summary computes shapes by *shape propagation*: a Sequential (or a model that declares
+``children_in_sequence = True``: its forward applies its children in order) passes the shape
+through its layers, and each layer that knows its output shape (convolutions, pools, linear layers,
 activations, ...) computes it from pyconv._spec's rules, without touching data. So a VGG-16
 at 3x224x224 is summarised instantly. A model with its own ``forward`` and no
 ``output_shape`` is run once on a zero batch under no_grad, and its leaf layers report
@@ -31,7 +32,7 @@ def _param_count(module):
 
 def _propagate(module, name, shape, record):
     """Output shape of `module` for an input of `shape`; records one row per leaf."""
-    if isinstance(module, Sequential):
+    if isinstance(module, Sequential) or getattr(module, "children_in_sequence", False):
         for child_name, child in module.named_children():
             shape = _propagate(child, f"{name}.{child_name}" if name else child_name, shape, record)
         return shape

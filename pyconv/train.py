@@ -124,7 +124,7 @@ class Trainer:
         self.model.train()
         totals, count = {}, 0
         desc = f"epoch {self.epoch + 1}" + (f"/{epochs}" if epochs else "")
-        bar = tqdm(loader, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=desc, disable=not self.progress, dynamic_ncols=True)
         for batch in bar:
             batch = _to_device(batch if isinstance(batch, tuple) else (batch,), self.device)
             n = len(batch[0])
@@ -133,6 +133,7 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v) * n
             count += n
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()}, refresh=False)
+        bar.refresh()  # the epoch's final running means stay on screen
         bar.close()
         return {k: v / max(count, 1) for k, v in totals.items()}
 

@@ -24,6 +24,14 @@ needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 _registry = sys.modules["pyconv.backends"]
 
 
+@pytest.fixture(autouse=True)
+def reference_backend():
+    # The default NumPy backend ("cpu") is still gaining its C++ kernels; tests that are not
+    # per-backend run on the reference backend.
+    with pyconv.use_backend("reference"):
+        yield
+
+
 def backends_with(*kernels):
     """The CPU backends (names) that register every kernel in `kernels`."""
     names = [n for n in pyconv.backends() if n != "cuda"

@@ -428,9 +428,9 @@ class MaskedConv2d(Conv2d):
 class ConvTranspose2d(_ConvNd):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32):
-        self.output_padding = output_padding
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, dtype)
+        self.output_padding = output_padding
 
     def _weight_shape(self):
         return (self.in_channels, self.out_channels // self.groups) + self.kernel_size

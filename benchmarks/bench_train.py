@@ -13,6 +13,7 @@ ratios are reported (the machine is shared: absolute times are noisy, ratios les
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -73,6 +74,27 @@ def torch_epoch(model, opt, batches):
     return losses
 
 
+@contextlib.contextmanager
+def timed_kernels(backend):
+    """Wraps every kernel of `backend` with a timer: yields {kernel name: seconds}."""
+    be = sys.modules["pyconv.backends"].get(backend)
+    original, totals = dict(be.kernels), {}
+
+    def timed(name, fn):
+        def run(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return run
+
+    be.kernels.update({name: timed(name, fn) for name, fn in original.items()})
+    try:
+        yield totals
+    finally:
+        be.kernels.update(original)
+
+
 def bench_lenet(backend, repeats, batch_size):
     import torch
 
@@ -101,8 +123,15 @@ def bench_lenet(backend, repeats, batch_size):
             if r == 0:
                 print(f"  epoch 1 first-batch loss: pyconv {losses[0]:.6f}  torch {tlosses[0]:.6f}; "
                       f"last-batch: pyconv {losses[-1]:.4f}  torch {tlosses[-1]:.4f}")
+        # One more pyconv epoch with every kernel timed: what is left is the Python layer
+        # (autograd bookkeeping, NumPy elementwise work, the optimiser).
+        with timed_kernels(backend) as kernel_s:
+            t0 = time.perf_counter()
+            pyconv_epoch(model, opt, batches)
+            profiled = time.perf_counter() - t0
     return dict(batches=len(batches), samples=len(x), pyconv_s=statistics.median(times),
-                torch_s=statistics.median(ttimes), pyconv_all=times, torch_all=ttimes)
+                torch_s=statistics.median(ttimes), pyconv_all=times, torch_all=ttimes,
+                profiled_s=profiled, kernel_s=kernel_s)
 
 
 def bench_overhead(n=2000):
@@ -166,6 +195,11 @@ def main(argv=None):
     print(f"  pyconv {r['pyconv_s'] * 1e3:9.1f} ms   torch {r['torch_s'] * 1e3:9.1f} ms   "
           f"speed vs torch {r['torch_s'] / r['pyconv_s']:.3f}x  (medians of {args.repeats}; all pyconv "
           f"{[round(t, 3) for t in r['pyconv_all']]}, torch {[round(t, 3) for t in r['torch_all']]})")
+    kernels = sum(r["kernel_s"].values())
+    print(f"  profiled pyconv epoch {r['profiled_s'] * 1e3:.1f} ms: kernels {kernels * 1e3:.1f} ms, the rest "
+          f"(autograd, NumPy elementwise, optimiser) {(r['profiled_s'] - kernels) * 1e3:.1f} ms")
+    for name, sec in sorted(r["kernel_s"].items(), key=lambda kv: -kv[1]):
+        print(f"    {name:22s} {sec * 1e3:9.1f} ms")
     print("Autograd overhead per op on (4, 4) float32 tensors:")
     for name, (mine, theirs) in bench_overhead().items():
         print(f"  {name:22s} pyconv {mine * 1e6:6.2f} us/op   torch {theirs * 1e6:6.2f} us/op   "

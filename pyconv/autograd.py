@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "array_module",
-    "concatenate", "stack", "gradcheck", "unbroadcast",
+    "concatenate", "stack", "gradcheck", "unbroadcast", "scatter_add",
 ]
 
 _grad_enabled = True

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import ops
 from .. import random as _random
-from ..autograd import Function, Tensor, array_module, unbroadcast
+from ..autograd import Function, Tensor, array_module, scatter_add, unbroadcast
 
 __all__ = [
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
@@ -190,8 +190,6 @@ class _Embedding(Function):
         return w[self.indices]
 
     def backward(self, g):
-        from ..autograd import scatter_add
-
         grad = array_module(g).zeros(self.weight_shape, self.dtype)
         scatter_add(grad, self.indices, g)  # a row used twice gets both gradients
         return grad

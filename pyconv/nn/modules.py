@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import _spec
-from ..autograd import Tensor, array_module, no_grad, stack
+from ..autograd import Tensor, array_module, stack
 from . import functional as F
 from . import init
 

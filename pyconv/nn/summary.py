@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, array_module, no_grad
 from . import modules as _modules
 from .modules import Module, Sequential
 
@@ -130,7 +130,7 @@ def saliency(model: Module, x, target):
     """Saliency map (Simonyan et al. 2014; seed 002): |d score[target] / d x|, the maximum over
     channels -> (N, H, W). x (N, C, H, W) array or Tensor; target an int or N ints. The model's
     parameters collect no gradient; its train/eval mode is left as it is."""
-    data = x.data if isinstance(x, Tensor) else np.asarray(x) if not hasattr(x, "__cuda_array_interface__") else x
+    data = x.data if isinstance(x, Tensor) else x if hasattr(x, "__cuda_array_interface__") else np.asarray(x)
     if data.ndim != 4:
         raise ValueError(f"saliency: x must be (N, C, H, W), got shape {tuple(data.shape)}")
     image = Tensor(data.copy(), requires_grad=True)
@@ -140,8 +140,9 @@ def saliency(model: Module, x, target):
     try:
         scores = model(image)
         N = data.shape[0]
-        targets = np.broadcast_to(np.asarray(target), (N,))
-        scores[np.arange(N), targets].sum().backward()
+        xp = array_module(data)
+        targets = xp.broadcast_to(xp.asarray(target), (N,))
+        scores[xp.arange(N), targets].sum().backward()
     finally:
         for p, flag in frozen:
             p.requires_grad = flag

@@ -103,3 +103,15 @@ def info() -> dict:
     if unavailable:
         out["unavailable_backends"] = unavailable
     return out
+
+
+_LAZY_SUBMODULES = ("nn", "optim", "data", "train", "models", "filters")
+
+
+def __getattr__(name):
+    """``pyconv.nn``, ``pyconv.optim``, ... without importing them at ``import pyconv``."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pyconv' has no attribute {name!r}")

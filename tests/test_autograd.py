@@ -195,6 +195,7 @@ def test_to_cpu_is_identity_and_bad_device_raises():
 # --- against PyTorch
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 def test_composite_expression_matches_torch():
     rng = np.random.default_rng(5)

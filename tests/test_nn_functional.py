@@ -20,7 +20,9 @@ try:
 except ImportError:
     torch = None
 
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+def needs_torch(test):
+    """Marks a PyTorch comparison (`-m "not torch"` deselects it); skips it without PyTorch."""
+    return pytest.mark.torch(pytest.mark.skipif(torch is None, reason="PyTorch not installed")(test))
 _registry = sys.modules["pyconv.backends"]
 
 

@@ -115,6 +115,8 @@ def test_gradcheck_kernel_functions(name, backend):
 # Array-level functions (no kernels)
 
 T2 = np.array([2, 0, 1, 2])
+T2_IGNORED = np.array([2, -100, 1, 0])
+CLASS_W = np.array([0.5, 2.0, 1.5])
 T4 = randint(3, (2, 2, 3), seed=4)
 SAME = np.array([1.0, 0.0, 1.0, 0.0])
 
@@ -142,6 +144,10 @@ CASES = {
     "cross_entropy": (lambda x: F.cross_entropy(x, T2), [(4, 3)]),
     "cross_entropy_spatial_sum": (lambda x: F.cross_entropy(x, T4, reduction="sum"), [(2, 3, 2, 3)]),
     "cross_entropy_none": (lambda x: F.cross_entropy(x, T2, reduction="none"), [(4, 3)]),
+    "cross_entropy_weight_ignore_smoothing": (lambda x: F.cross_entropy(x, T2_IGNORED, weight=CLASS_W, label_smoothing=0.2),
+                                              [(4, 3)]),
+    "nll_loss_weight_ignore": (lambda x: F.nll_loss(x, T2_IGNORED, weight=CLASS_W), [(4, 3)]),
+    "multi_margin_loss_p2_weight": (lambda x: F.multi_margin_loss(x, T2, p=2, weight=CLASS_W), [(4, 3)]),
     "nll_loss": (lambda x: F.nll_loss(x, T2), [(4, 3)]),
     "nll_loss_spatial": (lambda x: F.nll_loss(x, T4, reduction="none"), [(2, 3, 2, 3)]),
     "multi_margin_loss": (lambda x: F.multi_margin_loss(x, T2, margin=0.5), [(4, 3)]),
@@ -228,6 +234,17 @@ TORCH_CASES = {
     "cross_entropy": (lambda x: F.cross_entropy(x, T2), lambda x: TF.cross_entropy(x, _t(T2)), [(4, 3)]),
     "cross_entropy_spatial": (lambda x: F.cross_entropy(x, T4), lambda x: TF.cross_entropy(x, _t(T4)), [(2, 3, 2, 3)]),
     "nll_loss": (lambda x: F.nll_loss(x, T2, reduction="sum"), lambda x: TF.nll_loss(x, _t(T2), reduction="sum"), [(4, 3)]),
+    "cross_entropy_options": (lambda x: F.cross_entropy(x, T2_IGNORED, weight=CLASS_W, label_smoothing=0.1),
+                              lambda x: TF.cross_entropy(x, _t(T2_IGNORED), weight=_t(CLASS_W), label_smoothing=0.1),
+                              [(4, 3)]),
+    "cross_entropy_spatial_none_smoothing": (lambda x: F.cross_entropy(x, T4, reduction="none", label_smoothing=0.3),
+                                             lambda x: TF.cross_entropy(x, _t(T4), reduction="none", label_smoothing=0.3),
+                                             [(2, 3, 2, 3)]),
+    "nll_loss_weight_ignore": (lambda x: F.nll_loss(x, T2_IGNORED, weight=CLASS_W),
+                               lambda x: TF.nll_loss(x, _t(T2_IGNORED), weight=_t(CLASS_W)), [(4, 3)]),
+    "multi_margin_loss_p2_weight": (lambda x: F.multi_margin_loss(x, T2, p=2, margin=0.5, weight=CLASS_W),
+                                    lambda x: TF.multi_margin_loss(x, _t(T2), p=2, margin=0.5, weight=_t(CLASS_W)),
+                                    [(4, 3)]),
     "multi_margin_loss": (lambda x: F.multi_margin_loss(x, T2, margin=0.7),
                           lambda x: TF.multi_margin_loss(x, _t(T2), margin=0.7), [(4, 3)]),
     "mse_loss": (F.mse_loss, TF.mse_loss, [(3, 4), (3, 4)]),
@@ -339,6 +356,8 @@ def test_sigmoid_and_bce_with_logits_are_stable_for_large_inputs():
     (lambda: F.cross_entropy(rand((2, 3)), np.array([0, 3])), ValueError, r"\[0, 3\)"),
     (lambda: F.cross_entropy(rand((2, 3)), np.array([0.0, 1.0])), TypeError, "integer class indices"),
     (lambda: F.cross_entropy(rand((2, 3)), np.array([0, 1]), reduction="avg"), ValueError, "reduction"),
+    (lambda: F.cross_entropy(rand((2, 3)), np.array([0, 1]), weight=np.ones(2)), ValueError, r"weight must have shape \(3,\)"),
+    (lambda: F.multi_margin_loss(rand((2, 3)), np.array([0, 1]), p=3), ValueError, "p must be 1 or 2"),
     (lambda: F.mse_loss(rand((2, 3)), rand((3, 2))), ValueError, r"\(2, 3\) and \(3, 2\)"),
     (lambda: F.binary_cross_entropy(rand((2,)) * 3, rand((2,))), ValueError, r"probabilities in \[0, 1\]"),
     (lambda: F.maxout(rand((2, 5)), 2), ValueError, r"pool_size=2 must divide the size 5"),

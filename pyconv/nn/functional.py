@@ -534,9 +534,9 @@ def _reduce(loss, reduction, op):
     raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _class_targets(op, scores, target):
+def _class_targets(op, scores, target, ignore_index=None):
     """Checks integer class targets for scores (N, C) or (N, C, d1, ...) and returns them as an
-    array on the scores' device."""
+    array on the scores' device. Entries equal to ignore_index are allowed anywhere."""
     scores_shape = _data(scores).shape
     t = _data(target)
     if not hasattr(t, "dtype"):
@@ -550,10 +550,32 @@ def _class_targets(op, scores, target):
         raise ValueError(f"{op}: target must have shape {want} for input of shape "
                          f"{tuple(scores_shape)}, got {tuple(t.shape)}")
     C = scores_shape[1]
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= C):
+    real = t if ignore_index is None else t[t != ignore_index]
+    if real.size and (int(real.min()) < 0 or int(real.max()) >= C):
         raise ValueError(f"{op}: target classes must lie in [0, {C}), got values from "
-                         f"{int(t.min())} to {int(t.max())}")
+                         f"{int(real.min())} to {int(real.max())}")
     return array_module(_data(scores)).asarray(t)
+
+
+def _class_weights(op, weight, C, like):
+    """The per-class weight vector (C,) on like's device and dtype, or None."""
+    if weight is None:
+        return None
+    w = _data(weight)
+    if tuple(np.shape(w)) != (C,):
+        raise ValueError(f"{op}: weight must have shape ({C},) (one per class), got {tuple(np.shape(w))}")
+    return array_module(like).asarray(w, dtype=like.dtype)
+
+
+def _target_rows(t, weight, ignore_index, dtype):
+    """Flat targets with ignored entries replaced by class 0, and each row's weight
+    (weight[target], 1 without weights, 0 where ignored)."""
+    xp = array_module(t)
+    t = t.reshape(-1)
+    keep = t != ignore_index
+    safe = xp.where(keep, t, 0)
+    rows = keep.astype(dtype) if weight is None else weight[safe] * keep
+    return safe, rows
 
 
 def _classes_last(x):
@@ -563,44 +585,74 @@ def _classes_last(x):
     return array_module(x).moveaxis(x, 1, -1).reshape(-1, x.shape[1])
 
 
-class _CrossEntropy(Function):
-    """log_softmax + negative log-likelihood in one node (its gradient is softmax - one-hot)."""
+def _classes_back(grad, shape):
+    """Inverse of _classes_last for a gradient of the original `shape`."""
+    if len(shape) == 2:
+        return grad
+    return array_module(grad).moveaxis(grad.reshape((shape[0],) + shape[2:] + (shape[1],)), -1, 1)
 
-    def __init__(self, target, reduction):
-        self.target, self.reduction = target.reshape(-1), reduction
+
+class _CrossEntropy(Function):
+    """log_softmax + weighted negative log-likelihood (+ label smoothing) in one node. With
+    a = dloss/dlog_softmax, the input gradient is a - softmax * sum(a) (just softmax - one-hot
+    in the plain case)."""
+
+    def __init__(self, target, weight, ignore_index, reduction, label_smoothing):
+        self.target, self.weight, self.ignore_index = target, weight, ignore_index
+        self.reduction, self.eps = reduction, label_smoothing
 
     def forward(self, x):
+        xp = array_module(x)
         self.input_shape = x.shape
-        logp = _log_softmax_array(_classes_last(x), axis=1)
-        self.logp = logp
-        rows = array_module(x).arange(logp.shape[0])
-        losses = -logp[rows, self.target]
+        self.logp = logp = _log_softmax_array(_classes_last(x), axis=1)
+        self.safe, self.row_w = _target_rows(self.target, self.weight, self.ignore_index, x.dtype)
+        C = logp.shape[1]
+        losses = -logp[xp.arange(logp.shape[0]), self.safe] * self.row_w
+        if self.eps:
+            per_class = logp if self.weight is None else logp * self.weight
+            smooth = -per_class.sum(axis=1) * (self.row_w != 0)
+            losses = (1 - self.eps) * losses + (self.eps / C) * smooth
         if self.reduction == "none":
             return losses.reshape((x.shape[0],) + x.shape[2:])
-        return losses.mean() if self.reduction == "mean" else losses.sum()
+        if self.reduction == "sum":
+            return losses.sum()
+        self.denominator = self.row_w.sum()
+        return losses.sum() / self.denominator
 
     def backward(self, g):
         xp = array_module(g)
-        grad = xp.exp(self.logp)
-        rows = xp.arange(grad.shape[0])
-        grad[rows, self.target] -= 1
+        M, C = self.logp.shape
+        a = xp.zeros((M, C), self.logp.dtype)  # d loss_i / d logp_ic
+        a[xp.arange(M), self.safe] = -(1 - self.eps) * self.row_w
+        if self.eps:
+            per_class = 1 if self.weight is None else self.weight
+            a -= (self.eps / C) * (self.row_w != 0)[:, None] * per_class
         if self.reduction == "none":
-            grad *= g.reshape(-1, 1)
+            a *= g.reshape(-1, 1)
         else:
-            grad *= g / grad.shape[0] if self.reduction == "mean" else g
-        shape = self.input_shape
-        if len(shape) > 2:
-            grad = xp.moveaxis(grad.reshape((shape[0],) + shape[2:] + (shape[1],)), -1, 1)
-        return grad
+            a *= g / self.denominator if self.reduction == "mean" else g
+        grad = a - xp.exp(self.logp) * a.sum(axis=1, keepdims=True)
+        return _classes_back(grad, self.input_shape)
 
 
-def cross_entropy(input, target, reduction="mean") -> Tensor:
-    """-log softmax(input)[target], over class axis 1: input (N, C) or (N, C, d1, ...), target
-    integer (N,) or (N, d1, ...)."""
+def _check_reduction(op, reduction):
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    t = _class_targets("cross_entropy", input, target)
-    return _CrossEntropy(t, reduction)(input)
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0) -> Tensor:
+    """-log softmax(input)[target] over class axis 1, as ``torch.nn.functional.cross_entropy``
+    with integer targets: input (N, C) or (N, C, d1, ...), target (N,) or (N, d1, ...); optional
+    class weights (C,) (then "mean" divides by the summed weights of the targets), targets
+    equal to ignore_index contribute nothing, and label_smoothing mixes in the uniform
+    distribution."""
+    _check_reduction("cross_entropy", reduction)
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    t = _class_targets("cross_entropy", input, target, ignore_index)
+    w = _class_weights("cross_entropy", weight, _data(input).shape[1], _data(input))
+    return _CrossEntropy(t, w, ignore_index, reduction, label_smoothing)(input)
 
 
 def _pick_classes(x, t):
@@ -613,16 +665,27 @@ def _pick_classes(x, t):
     return x[xp.arange(t.size), t.reshape(-1)].reshape(t.shape)
 
 
-def nll_loss(input, target, reduction="mean") -> Tensor:
-    """-input[target] for log-probabilities input (N, C) or (N, C, d1, ...)."""
-    t = _class_targets("nll_loss", input, target)
-    return _reduce(-_pick_classes(input, t), reduction, "nll_loss")
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean") -> Tensor:
+    """-input[target] for log-probabilities input (N, C) or (N, C, d1, ...), as
+    ``torch.nn.functional.nll_loss`` (class weights, ignore_index)."""
+    _check_reduction("nll_loss", reduction)
+    t = _class_targets("nll_loss", input, target, ignore_index)
+    xd = _data(input)
+    w = _class_weights("nll_loss", weight, xd.shape[1], xd)
+    safe, row_w = _target_rows(t, w, ignore_index, xd.dtype)
+    losses = -_pick_classes(input, safe.reshape(t.shape)) * Tensor(row_w.reshape(t.shape))
+    if reduction == "mean":
+        return losses.sum() * (1.0 / float(row_w.sum()))
+    return _reduce(losses, reduction, "nll_loss")
 
 
-def multi_margin_loss(input, target, margin=1.0, reduction="mean") -> Tensor:
-    """Multiclass hinge (SVM) loss, as ``torch.nn.functional.multi_margin_loss`` with p=1:
-    sum over j != y of max(0, margin - x[y] + x[j]), divided by the number of classes C.
-    (Seed 001 writes the sum without the 1/C; multiply by C to get it.)"""
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean") -> Tensor:
+    """Multiclass hinge (SVM) loss, as ``torch.nn.functional.multi_margin_loss``:
+    sum over j != y of w[y] * max(0, margin - x[y] + x[j])^p, divided by the number of classes
+    C (p is 1 or 2). Seed 001 writes the p = 1 sum without the 1/C; multiply by C to get it."""
+    _check_reduction("multi_margin_loss", reduction)
+    if p not in (1, 2):
+        raise ValueError(f"multi_margin_loss: p must be 1 or 2, got {p!r}")
     x = _tensor(input)
     if x.ndim != 2:
         raise ValueError(f"multi_margin_loss: input must be (N, C), got shape {x.shape}")
@@ -632,6 +695,11 @@ def multi_margin_loss(input, target, margin=1.0, reduction="mean") -> Tensor:
     others = xp.ones(x.shape, x.dtype)
     others[xp.arange(t.size), t] = 0
     hinge = relu(x - correct + margin) * Tensor(others)
+    if p == 2:
+        hinge = hinge * hinge
+    w = _class_weights("multi_margin_loss", weight, x.shape[1], x.data)
+    if w is not None:
+        hinge = hinge * Tensor(w[t].reshape(-1, 1))
     return _reduce(hinge.sum(axis=1) * (1.0 / x.shape[1]), reduction, "multi_margin_loss")
 
 

@@ -385,3 +385,36 @@ def test_penalties():
     assert np.isclose(nn.elastic_net_penalty(model, 1.0, 3.0).item(), np.abs(w).sum() + 3 * (w ** 2).sum())
     nn.l2_penalty(model.parameters()).backward()  # explicit list: bias included
     np.testing.assert_allclose(model[0].bias.grad, 2 * model[0].bias.data)
+
+
+@needs_torch
+def test_embedding_with_padding_idx_matches_torch():
+    torch.manual_seed(0)
+    theirs = torch.nn.Embedding(5, 3, padding_idx=1).double()
+    mine = nn.Embedding(5, 3, padding_idx=1).double()
+    assert np.all(mine.weight.data[1] == 0)
+    mine.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    idx = np.array([[1, 2], [1, 4], [2, 2]])
+    out, tout = mine(idx), theirs(torch.tensor(idx))
+    np.testing.assert_array_equal(out.data, tout.detach().numpy())
+    w = np.random.default_rng(0).standard_normal(out.shape)
+    (out * Tensor(w)).sum().backward()
+    (tout * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(mine.weight.grad, theirs.weight.grad.numpy(), rtol=1e-12)
+
+
+@needs_torch
+def test_batch_norm_cumulative_average_matches_torch():
+    xs = np.random.default_rng(0).standard_normal((3, 5, 4, 2, 2))
+    mine, theirs = nn.BatchNorm2d(4, momentum=None).double(), torch.nn.BatchNorm2d(4, momentum=None).double()
+    for x in xs:
+        mine(Tensor(x))
+        theirs(torch.tensor(x))
+    np.testing.assert_allclose(mine.running_mean, theirs.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(mine.running_var, theirs.running_var.numpy(), rtol=1e-12)
+
+
+def test_flatten_range_of_axes():
+    flat = nn.Flatten(1, 2)
+    assert flat(rand((2, 3, 4, 5))).shape == (2, 12, 5) == flat.output_shape((2, 3, 4, 5))
+    assert nn.Flatten(0)(rand((2, 3))).shape == (6,)

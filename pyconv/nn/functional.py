@@ -182,8 +182,8 @@ def linear(x, weight, bias=None) -> Tensor:
 
 
 class _Embedding(Function):
-    def __init__(self, indices):
-        self.indices = indices
+    def __init__(self, indices, padding_idx):
+        self.indices, self.padding_idx = indices, padding_idx
 
     def forward(self, w):
         self.weight_shape, self.dtype = w.shape, w.dtype
@@ -192,11 +192,14 @@ class _Embedding(Function):
     def backward(self, g):
         grad = array_module(g).zeros(self.weight_shape, self.dtype)
         scatter_add(grad, self.indices, g)  # a row used twice gets both gradients
+        if self.padding_idx is not None:
+            grad[self.padding_idx] = 0  # the padding row stays fixed, as in PyTorch
         return grad
 
 
-def embedding(indices, weight) -> Tensor:
-    """Rows of `weight` (num_embeddings, dim) picked by integer `indices` of any shape."""
+def embedding(indices, weight, padding_idx=None) -> Tensor:
+    """Rows of `weight` (num_embeddings, dim) picked by integer `indices` of any shape; the row
+    padding_idx (if given) receives no gradient."""
     idx = _data(indices)
     if not hasattr(idx, "dtype"):
         idx = np.asarray(idx)
@@ -206,12 +209,16 @@ def embedding(indices, weight) -> Tensor:
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise ValueError(f"embedding: indices must lie in [0, {n}), got values from "
                          f"{int(idx.min())} to {int(idx.max())}")
-    return _Embedding(idx)(weight)
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += n
+    return _Embedding(array_module(_data(weight)).asarray(idx), padding_idx)(weight)
 
 
-def flatten(x, start_dim=1) -> Tensor:
-    """Merges the axes from start_dim on: (N, C, H, W) -> (N, C*H*W)."""
-    return _tensor(x).flatten(start_dim)
+def flatten(x, start_dim=1, end_dim=-1) -> Tensor:
+    """Merges the axes start_dim..end_dim: (N, C, H, W) -> (N, C*H*W) by default."""
+    x = _tensor(x)
+    start, end = start_dim % x.ndim, end_dim % x.ndim
+    return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -335,14 +335,20 @@ class Maxout(Module):
 
 
 class Embedding(Module):
-    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32):
+    """A lookup table (num_embeddings, embedding_dim), N(0, 1) initialised as PyTorch; the row
+    padding_idx starts at zero and is never updated."""
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, dtype=np.float32):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
         self.weight = _empty((num_embeddings, embedding_dim), dtype)
         init.normal_(self.weight)
+        if padding_idx is not None:
+            self.weight.data[padding_idx] = 0
 
     def forward(self, indices):
-        return F.embedding(indices, self.weight)
+        return F.embedding(indices, self.weight, self.padding_idx)
 
     def output_shape(self, shape):
         return tuple(shape) + (self.embedding_dim,)
@@ -521,10 +527,13 @@ class _BatchNorm(_ShapePreserving, Module):
             raise ValueError(f"{type(self).__name__}: expected a {' or '.join(f'{d}-D' for d in self.ndims)} "
                              f"input, got shape {tuple(x.shape)}")
         use_batch_stats = self.training or not self.track_running_stats
+        momentum = self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
+            if momentum is None:  # PyTorch's cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, self.momentum, self.eps)
+                            use_batch_stats, momentum or 0.0, self.eps)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -610,15 +619,16 @@ class LogSoftmax(Softmax):
 
 
 class Flatten(Module):
-    def __init__(self, start_dim=1):
+    def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim = start_dim
+        self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        return F.flatten(x, self.start_dim)
+        return F.flatten(x, self.start_dim, self.end_dim)
 
     def output_shape(self, shape):
-        return tuple(shape[:self.start_dim]) + (math.prod(shape[self.start_dim:]),)
+        start, end = self.start_dim % len(shape), self.end_dim % len(shape)
+        return tuple(shape[:start]) + (math.prod(shape[start:end + 1]),) + tuple(shape[end + 1:])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -418,3 +418,16 @@ def test_flatten_range_of_axes():
     flat = nn.Flatten(1, 2)
     assert flat(rand((2, 3, 4, 5))).shape == (2, 12, 5) == flat.output_shape((2, 3, 4, 5))
     assert nn.Flatten(0)(rand((2, 3))).shape == (6,)
+
+
+def test_add_module_apply_and_buffers():
+    model = nn.Module()
+    model.add_module("body", nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    seen = []
+    model.apply(lambda m: seen.append(type(m).__name__))
+    assert seen == ["Linear", "BatchNorm1d", "Sequential", "Module"]
+    assert len(model.buffers()) == 3 and len(model.parameters()) == 4
+    with pytest.raises(TypeError, match="must be a Module"):
+        model.add_module("x", 3)
+    with pytest.raises(NotImplementedError, match="bidirectional"):
+        nn.LSTM(2, 2, bidirectional=True)

@@ -76,6 +76,12 @@ class Module:
         self._buffers[name] = True
         object.__setattr__(self, name, array)
 
+    def add_module(self, name, module):
+        """Registers `module` (or None) under `name`, as an attribute assignment does."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module: {name!r} must be a Module or None, got {type(module).__name__}")
+        self.__setattr__(name, module)
+
     def register_parameter(self, name, param):
         """Registers `param` (a Parameter, or None for an absent one such as a bias)."""
         if param is None:
@@ -119,6 +125,16 @@ class Module:
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
+
+    def apply(self, fn):
+        """Calls fn(module) on every sub-module and then on self (e.g. custom initialisation)."""
+        for child in self._modules.values():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
 
     def named_buffers(self):
         for mod_name, module in self.named_modules():
@@ -685,8 +701,11 @@ class LSTM(Module):
     layer is one fused ``ops.lstm`` call forward and one ``ops.lstm_backward`` backward."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, dtype=np.float32):
+                 dropout=0.0, bidirectional=False, dtype=np.float32):
         super().__init__()
+        if bidirectional:
+            raise NotImplementedError("LSTM: bidirectional=True is not supported (run a second LSTM "
+                                      "on the reversed sequence)")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.dropout = batch_first, dropout
         for layer in range(num_layers):

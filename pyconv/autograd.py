@@ -220,6 +220,30 @@ class Tensor:
             raise TypeError("Tensor ** : only a Python number exponent is supported")
         return Pow(exponent)(self)
 
+    # -- comparisons: boolean tensors outside the graph (Tensors stay hashable by identity)
+    __hash__ = object.__hash__
+
+    def _compare(self, other, op):
+        return Tensor(op(self.data, other.data if isinstance(other, Tensor) else other))
+
+    def __eq__(self, other):
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other):
+        return self._compare(other, lambda a, b: a != b)
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b)
+
     def exp(self):
         return Exp()(self)
 

@@ -249,3 +249,13 @@ def test_load_truncated_checkpoint_raises_clear_error(tmp_path, keep):
 def test_load_missing_file():
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         pyconv.load("/nonexistent/ck.npz")
+
+
+def test_comparisons_give_boolean_tensors_outside_the_graph():
+    a = t((4,), seed=2)
+    pred = Tensor(np.array([[0.1, 0.9], [0.8, 0.2]])).argmax(axis=1)
+    assert (pred == np.array([1, 1])).data.tolist() == [True, False]
+    assert (pred == np.array([1, 1])).mean().item() == 0.5
+    assert not (a > 0).requires_grad and (a > 0).dtype == bool
+    assert ((a >= 0).data == (a.data >= 0)).all() and ((a < a).data == False).all()  # noqa: E712
+    assert len({a, a.detach()}) == 2  # hashable by identity

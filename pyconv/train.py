@@ -148,7 +148,7 @@ class Trainer:
                 logs = {"loss": float(self.loss_fn(out, y).item())} if self.loss_fn else {}
                 logs.update({name: fn(out, y) for name, fn in self.metrics.items()})
                 for k, v in logs.items():
-                    totals[k] = totals.get(k, 0.0) + v * len(x)
+                    totals[k] = totals.get(k, 0.0) + float(v) * len(x)
                 count += len(x)
         self.model.train()
         return {k: v / max(count, 1) for k, v in totals.items()}

@@ -157,7 +157,10 @@ class Tensor:
         return _ToDevice(device)(self)
 
     def astype(self, dtype) -> "Tensor":
-        """A copy in another dtype (differentiable between float types)."""
+        """A copy in another dtype (differentiable between float types; an integer or boolean
+        copy is outside the graph)."""
+        if np.dtype(dtype).kind != "f":
+            return Tensor(self.data.astype(dtype))
         return _AsType(dtype)(self)
 
     # -- gradients

@@ -639,12 +639,14 @@ class Transpose(Function):
         self.axes = axes
 
     def forward(self, a):
+        if self.axes is not None:
+            self.axes = tuple(ax % a.ndim for ax in self.axes)  # negative axes count from the end
         return a.transpose(self.axes)
 
     def backward(self, g):
         if self.axes is None:
             return g.transpose()
-        return g.transpose(np.argsort(self.axes))
+        return g.transpose(tuple(np.argsort(self.axes).tolist()))
 
 
 def _is_basic_index(index):

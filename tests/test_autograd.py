@@ -44,6 +44,7 @@ GRAD_CASES = {
     "max_axis_keepdims": (lambda a: a.max(axis=(0, 2), keepdims=True), [(2, 3, 4)]),
     "reshape_transpose": (lambda a: a.reshape(4, 6).T.reshape(2, 3, 4).transpose(2, 0, 1), [(2, 3, 4)]),
     "flatten": (lambda a: a.flatten(1), [(2, 3, 4)]),
+    "transpose_negative_axes": (lambda a: a.transpose(1, -1, 0) * np.arange(24.0).reshape(3, 4, 2), [(2, 3, 4)]),
     "getitem_basic": (lambda a: a[1:, ::2, None], [(3, 4)]),
     "getitem_advanced_repeats": (lambda a: a[[0, 2, 0, 0]], [(3, 4)]),
     "getitem_pairs": (lambda a: a[np.array([0, 1, 1]), np.array([3, 0, 0])], [(2, 4)]),

@@ -6,6 +6,7 @@ process as part of the normal test run. Inside it, the 'cuda' backend takes NumP
 """
 import os
 
+import conftest
 import numpy as np
 import pytest
 
@@ -43,18 +44,14 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(np, "empty", _poisoned_empty)
 
 
-def tolerances(dtype):
-    return {"rtol": 1e-4, "atol": 1e-4} if np.dtype(dtype) == np.float32 else {"rtol": 1e-10, "atol": 1e-10}
-
-
 def assert_close(actual, expected, dtype=None):
-    """actual (from the kernel) against expected (NumPy or torch): same shape, dtype, values."""
+    """conftest.assert_close for a kernel's NumPy output against NumPy or torch values, also
+    checking that the output is an ndarray of the expected dtype."""
     expected = expected.detach().numpy() if hasattr(expected, "detach") else np.asarray(expected)
-    dtype = dtype or expected.dtype
+    dtype = np.dtype(dtype or expected.dtype)
     assert isinstance(actual, np.ndarray), type(actual)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
     assert actual.dtype == dtype, (actual.dtype, dtype)
-    np.testing.assert_allclose(actual, expected, equal_nan=True, **tolerances(dtype))
+    conftest.assert_close(actual, expected, dtype)
 
 
 def randn(rng, shape, dtype):

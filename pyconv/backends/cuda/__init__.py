@@ -8,7 +8,8 @@ IoU / bitmask NMS (``boxes.py``). Kernels are launched on CuPy arrays through
 
 Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) runs the same kernels
 in Numba's CUDA simulator on NumPy arrays, which is how they are tested on CPU-only machines;
-``tests/cuda/test_ptx.py`` compiles every kernel to PTX and assembles it with ptxas.
+``python -m pyconv.backends.cuda.ptx`` (and tests/cuda/test_cuda_ptx.py) compiles every kernel
+to PTX for sm_75/sm_90 and assembles it with ptxas, without a device.
 """
 from .. import Backend
 from ._runtime import SIMULATOR

@@ -11,6 +11,7 @@ import math
 import sys
 import threading
 import traceback
+import warnings
 
 import numpy as np
 from numba import cuda
@@ -47,13 +48,17 @@ if SIMULATOR:
     xp = np
     _serialise_simulator_shared_memory()
 else:
+    # Numba warns about every launch of fewer than 128 blocks. Small grids are by design here
+    # (the one-block NMS sweep, small problems), so that warning would only be noise.
+    warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
     try:  # the registry only loads this backend where CuPy sees a GPU; the PTX tools need
         import cupy as xp  # only the kernels, so they work without CuPy
     except ImportError:
         xp = None
 
 # Threads per block of the one-thread-per-element kernels: 8 warps, a multiple of every SM's
-# warp-scheduler count, small enough that 8 blocks fit on an SM (2048 threads on sm_80/sm_90).
+# 4 warp schedulers; 8 such blocks fill an sm_90 SM (2048 threads) where registers allow it
+# (<= 32 per thread; the occupancy each kernel reaches is in benchmarks/RESULTS.md).
 THREADS = 256
 # Grid-stride loops cap the grid at this many blocks: 132 SMs (H100 SXM) x 8 resident blocks
 # x 2 waves; more blocks only add scheduling overhead for the memory-bound kernels.

@@ -17,8 +17,7 @@ pytestmark = [
 cp = pytest.importorskip("cupy")
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-if not cp.is_available():
-    pytest.skip("no usable CUDA GPU", allow_module_level=True)
+pytestmark.append(pytest.mark.skipif(not cp.is_available(), reason="no usable CUDA GPU"))
 
 from pyconv import backends, ops  # noqa: E402
 

@@ -45,8 +45,7 @@ def test_cuda_kernels_under_the_simulator():
     assert passed >= MIN_PASSED, f"too few simulator tests ran:\n{report}"
 
 
-@pytest.mark.slow
 def test_conformance_suite_on_cuda_under_the_simulator():
-    """The conformance suite's 'cuda' cases (~210; about 4 minutes on 2 cores)."""
+    """The conformance suite's 'cuda' cases against the reference (~210; a few minutes)."""
     passed, report = _pytest_under_simulator(os.path.join(ROOT, "tests", "test_conformance.py"), "-k", "cuda")
     assert passed >= 200, f"too few conformance cases ran on 'cuda':\n{report}"

@@ -29,8 +29,16 @@ struct Simd {
         const I64 wide = __builtin_convertvector(v, I64);
         std::memcpy(p, &wide, sizeof wide);
     }
-    static inline __attribute__((always_inline)) V splat(T v) { return V{} + v; }
-    static inline __attribute__((always_inline)) I splat_int(Int v) { return I{} + v; }
+    // Lane 0 broadcast to every lane. (Not `V{} + v`: adding +0 is not a no-op for -0, so the
+    // compiler would keep the add.)
+    static inline __attribute__((always_inline)) V splat(T v) {
+        const V r = {v};
+        return __builtin_shuffle(r, I{});
+    }
+    static inline __attribute__((always_inline)) I splat_int(Int v) {
+        const I r = {v};
+        return __builtin_shuffle(r, I{});
+    }
     // {0, 1, 2, ...}
     static inline __attribute__((always_inline)) I iota() {
         I v;

@@ -21,6 +21,12 @@ constexpr int64_t kGemmMc = 96;   // rows of A per packed block (a multiple of e
 
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Uninitialised scratch (std::vector would zero it: megabytes of writes per call for nothing).
+template <class T>
+static std::unique_ptr<T[]> scratch(int64_t n) {
+    return std::unique_ptr<T[]>(new T[size_t(n)]);
+}
+
 template <class T>
 static int64_t packed_b_size(int64_t K, int64_t N) {
     return ceil_div(N, Tile<T>::nr) * Tile<T>::nr * K;
@@ -116,12 +122,12 @@ static void gemm_packed_b_parallel(int64_t M, int64_t N, int64_t K, const T* a, 
     const int64_t blocks = ceil_div(M, kGemmMc);
 #pragma omp parallel num_threads(num_threads())
     {
-        std::vector<T> a_buf(kGemmMc * kGemmKc);
+        const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < blocks; ++b) {
             const int64_t m0 = b * kGemmMc;
             gemm_packed_b(std::min(kGemmMc, M - m0), N, K, a + m0 * a_rs, a_rs, a_cs, bp,
-                          c + m0 * ldc, ldc, false, a_buf.data());
+                          c + m0 * ldc, ldc, false, a_buf.get());
         }
     }
 }
@@ -130,11 +136,11 @@ static void gemm_packed_b_parallel(int64_t M, int64_t N, int64_t K, const T* a, 
 template <class T, class BAt>
 static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
                  BAt&& b_at, T* c, int64_t ldc) {
-    std::vector<T> bp(packed_b_size<T>(K, N));
+    const auto bp = scratch<T>(packed_b_size<T>(K, N));
     const int64_t panels = ceil_div(N, Tile<T>::nr);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < panels; ++p) pack_b(K, N, b_at, bp.data(), p, p + 1);
-    gemm_packed_b_parallel(M, N, K, a, a_rs, a_cs, bp.data(), c, ldc);
+    for (int64_t p = 0; p < panels; ++p) pack_b(K, N, b_at, bp.get(), p, p + 1);
+    gemm_packed_b_parallel(M, N, K, a, a_rs, a_cs, bp.get(), c, ldc);
 }
 
 // ==========================================================================================
@@ -211,30 +217,31 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
                               T* gates, T* out, T* c_seq, int64_t c_step) {
     constexpr int64_t U = LstmPlan<T>::U;
     const int64_t B = P.B, H = P.H, I = P.I, G = P.G, TB = P.T_ * P.B;
-    std::vector<T> w_ih_p(packed_b_size<T>(I, G)), w_hh_p(packed_b_size<T>(H, G)), bias(G);
+    const auto w_ih_p = scratch<T>(packed_b_size<T>(I, G)), w_hh_p = scratch<T>(packed_b_size<T>(H, G));
+    std::vector<T> bias(G);
     for (int64_t col = 0; col < G; ++col) bias[col] = P.bias(col);
 #pragma omp parallel num_threads(num_threads())
     {
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
         const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
-        std::vector<T> a_buf(kGemmMc * kGemmKc);
+        const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
         // Each thread packs the weight panels of its own blocks (4 panels of U per block).
         auto ih = [&](int64_t k, int64_t n) { int64_t r = P.source_row(n); return r < 0 ? T(0) : P.w.w_ih[r * I + k]; };
         auto hh = [&](int64_t k, int64_t n) { int64_t r = P.source_row(n); return r < 0 ? T(0) : P.w.w_hh[r * H + k]; };
-        pack_b(I, G, ih, w_ih_p.data(), 4 * lo, 4 * hi);
-        pack_b(H, G, hh, w_hh_p.data(), 4 * lo, 4 * hi);
+        pack_b(I, G, ih, w_ih_p.get(), 4 * lo, 4 * hi);
+        pack_b(H, G, hh, w_hh_p.get(), 4 * lo, 4 * hi);
         // Input projection of every step at once, for this thread's gate columns.
         if (cols > 0)
-            gemm_packed_b(TB, cols, I, x, I, 1, w_ih_p.data() + col0 * I, gates + col0, G,
-                          false, a_buf.data());
+            gemm_packed_b(TB, cols, I, x, I, 1, w_ih_p.get() + col0 * I, gates + col0, G,
+                          false, a_buf.get());
         for (int64_t t = 0; t < P.T_; ++t) {
             const T* h_prev = t ? out + (t - 1) * B * H : h0;
             const T* c_prev = t ? c_seq + (t - 1) * c_step : c0;
             T* c_new = c_seq + t * c_step;
             T* g_t = gates + t * B * G;
             if (cols > 0)
-                gemm_packed_b(B, cols, H, h_prev, H, 1, w_hh_p.data() + col0 * H, g_t + col0, G,
-                              true, a_buf.data());
+                gemm_packed_b(B, cols, H, h_prev, H, 1, w_hh_p.get() + col0 * H, g_t + col0, G,
+                              true, a_buf.get());
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
                     const int64_t u0 = j * U;
@@ -251,8 +258,8 @@ template <class T>
 void lstm(const LstmShape& s, const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* out,
           T* h_T, T* c_T) {
     const LstmPlan<T> P(s, w);
-    std::vector<T> gates(P.T_ * P.B * P.G);
-    lstm_forward_core(P, x, h0, c0, gates.data(), out, c_T, 0);
+    const auto gates = scratch<T>(P.T_ * P.B * P.G);
+    lstm_forward_core(P, x, h0, c0, gates.get(), out, c_T, 0);
     if (h_T) std::copy(out + (P.T_ - 1) * P.B * P.H, out + P.T_ * P.B * P.H, h_T);
 }
 
@@ -316,56 +323,58 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
 
     // Forward again, keeping every step: hs = [h0, h_1, ..., h_T], cs = [c_1, ..., c_T], and
     // the gate activations, which the backward sweep overwrites with their gradients dG.
-    std::vector<T> hs((T_ + 1) * B * H), cs(T_ * B * H), gates(T_ * B * G);
-    std::copy(h0, h0 + B * H, hs.begin());
-    lstm_forward_core(P, x, h0, c0, gates.data(), hs.data() + B * H, cs.data(), B * H);
+    const auto hs = scratch<T>((T_ + 1) * B * H), cs = scratch<T>(T_ * B * H),
+               gates = scratch<T>(T_ * B * G);
+    std::copy(h0, h0 + B * H, hs.get());
+    lstm_forward_core(P, x, h0, c0, gates.get(), hs.get() + B * H, cs.get(), B * H);
 
     // dh_rec = dG_t . W_hh (the gradient h_{t-1} receives through the gates); dc runs along.
-    std::vector<T> w_hh_t(packed_b_size<T>(G, H)), dh_rec(B * H, T(0)), dc(B * H, T(0));
+    const auto w_hh_t = scratch<T>(packed_b_size<T>(G, H));
+    std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));
     if (grad_hT) std::copy(grad_hT, grad_hT + B * H, dh_rec.begin());
     if (grad_cT) std::copy(grad_cT, grad_cT + B * H, dc.begin());
 #pragma omp parallel num_threads(num_threads())
     {
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
         const int64_t u_lo = lo * U, u_n = std::min(hi * U, H) - u_lo;  // this thread's units
-        std::vector<T> a_buf(kGemmMc * kGemmKc);
+        const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
         auto hh = [&](int64_t k, int64_t n) { int64_t r = P.source_row(k); return r < 0 ? T(0) : w.w_hh[r * H + n]; };
-        pack_b(G, H, hh, w_hh_t.data(), lo, hi);  // panels of U units = this thread's blocks
+        pack_b(G, H, hh, w_hh_t.get(), lo, hi);  // panels of U units = this thread's blocks
 #pragma omp barrier
         for (int64_t t = T_ - 1; t >= 0; --t) {
-            T* dg = gates.data() + t * B * G;
-            const T* c_prev = t ? cs.data() + (t - 1) * B * H : c0;
+            T* dg = gates.get() + t * B * G;
+            const T* c_prev = t ? cs.get() + (t - 1) * B * H : c0;
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
                     const int64_t at = b * H + j * U;
                     cell_backward(dg + b * G + 4 * U * j, U, std::min(U, H - j * U),
-                                  cs.data() + t * B * H + at, c_prev + at,
+                                  cs.get() + t * B * H + at, c_prev + at,
                                   grad_out ? grad_out + t * B * H + at : nullptr,
                                   dh_rec.data() + at, dc.data() + at);
                 }
 #pragma omp barrier
             if (u_n > 0)
-                gemm_packed_b(B, u_n, G, dg, G, 1, w_hh_t.data() + u_lo * G,
-                              dh_rec.data() + u_lo, H, false, a_buf.data());
+                gemm_packed_b(B, u_n, G, dg, G, 1, w_hh_t.get() + u_lo * G,
+                              dh_rec.data() + u_lo, H, false, a_buf.get());
         }
     }
     std::copy(dh_rec.begin(), dh_rec.end(), grad_h0);
     std::copy(dc.begin(), dc.end(), grad_c0);
 
     // The weight-shared products over all steps at once, on dG (TB x G).
-    const T* dG = gates.data();
+    const T* dG = gates.get();
     auto ih = [&](int64_t k, int64_t n) { int64_t r = P.source_row(k); return r < 0 ? T(0) : w.w_ih[r * I + n]; };
     gemm(TB, I, G, dG, G, 1, ih, grad_x, I);
-    std::vector<T> dw(G * std::max(I, H));  // weight gradients in gate-column order
+    const auto dw = scratch<T>(G * std::max(I, H));  // weight gradients in gate-column order
     auto unpermute_rows = [&](T* dst, int64_t width) {
         for (int64_t col = 0; col < G; ++col) {
             const int64_t r = P.source_row(col);
-            if (r >= 0) std::copy(dw.data() + col * width, dw.data() + (col + 1) * width, dst + r * width);
+            if (r >= 0) std::copy(dw.get() + col * width, dw.get() + (col + 1) * width, dst + r * width);
         }
     };
-    gemm(G, I, TB, dG, 1, G, [&](int64_t k, int64_t n) { return x[k * I + n]; }, dw.data(), I);
+    gemm(G, I, TB, dG, 1, G, [&](int64_t k, int64_t n) { return x[k * I + n]; }, dw.get(), I);
     unpermute_rows(grad_w_ih, I);
-    gemm(G, H, TB, dG, 1, G, [&](int64_t k, int64_t n) { return hs[k * H + n]; }, dw.data(), H);
+    gemm(G, H, TB, dG, 1, G, [&](int64_t k, int64_t n) { return hs[k * H + n]; }, dw.get(), H);
     unpermute_rows(grad_w_hh, H);
     if (grad_b) column_sums(dG, TB, G, [&](int64_t col, T sum) {
         const int64_t r = P.source_row(col);

@@ -41,7 +41,7 @@ static inline T iou_of(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2,
 
 template <class T>
 void box_iou(const T* a, int64_t n, const T* b, int64_t m, T* iou) {
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 16)
     for (int64_t i = 0; i < n; ++i) {
         const T* p = a + 4 * i;
         const T area_a = box_area(p[0], p[1], p[2], p[3]);

@@ -7,6 +7,10 @@
 // keeps every other element. Output columns whose windows cross the left or right border (and
 // any stride above 2) take the scalar path, which clips each window to the input.
 //
+// The OpenMP loops hand out small chunks dynamically rather than one static half per thread:
+// on a shared machine a thread that loses its core then delays only its current chunk, not
+// half the work (the kernels are memory-bound, so the chunk bookkeeping costs nothing visible).
+//
 // Semantics follow PyTorch: max pooling keeps the first maximum in row-major window order, a
 // NaN beats every number (the last NaN's position is reported), indices are flat offsets
 // h*W + w into the input plane; average pooling uses PyTorch's divisor rule (see avg_divisor).
@@ -142,7 +146,7 @@ static void max_row(const PoolShape& g, const T* xp, int64_t oh, T* yrow, int64_
 template <class T>
 void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32)
     for (int64_t p = 0; p < planes; ++p) {
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
             const T* xp = x + p * g.H * g.W;
@@ -159,7 +163,7 @@ template <class T>
 int64_t max_pool2d_backward(int64_t planes, int64_t out_plane, int64_t in_plane, const T* grad_y,
                          const int64_t* idx, T* grad_x) {
     int64_t bad = 0;
-#pragma omp parallel for num_threads(num_threads()) schedule(static) reduction(+ : bad)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
     for (int64_t p = 0; p < planes; ++p) {
         T* gx = grad_x + p * in_plane;
         const T* gy = grad_y + p * out_plane;
@@ -179,7 +183,7 @@ template <class T>
 int64_t max_unpool2d(int64_t planes, int64_t in_plane, int64_t out_plane, const T* x,
                   const int64_t* idx, T* y) {
     int64_t bad = 0;
-#pragma omp parallel for num_threads(num_threads()) schedule(static) reduction(+ : bad)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
     for (int64_t p = 0; p < planes; ++p) {
         T* yp = y + p * out_plane;
         const T* xp = x + p * in_plane;
@@ -258,7 +262,7 @@ template <class T>
 void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_override, const T* x,
                 T* y) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(static)
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32)
     for (int64_t p = 0; p < planes; ++p)
         for (int64_t oh = 0; oh < g.Ho; ++oh)
             avg_row(g, count_include_pad, divisor_override, x + p * g.H * g.W, oh,
@@ -270,7 +274,7 @@ template <class T>
 void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t divisor_override,
                          const T* grad_y, T* grad_x) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
     for (int64_t p = 0; p < planes; ++p) {
         T* gx = grad_x + p * g.H * g.W;
         const T* gy = grad_y + p * g.Ho * g.Wo;

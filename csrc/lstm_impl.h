@@ -3,12 +3,12 @@
 
 // ==========================================================================================
 // A small packed GEMM (GotoBLAS structure), stand-in for the project's GEMM: when
-// csrc/gemm_impl.h lands, pack_b / gemm_packed_b are the functions to replace (the LSTM
-// packs its weights once per call with pack_b and calls gemm_packed_b every step).
+// csrc/gemm_impl.h lands, pack_b_rows / pack_b_cols / gemm_packed_b are the functions to
+// replace (the LSTM packs its weights once per call and calls gemm_packed_b every step).
 //
 // C (M x N) = [C +] A (M x K) . B (K x N). B is packed into panels of `nr` columns (two
-// vectors), each panel K rows deep; A is packed per block of kGemmMc x kGemmKc into panels of
-// `mr` rows. The micro-kernel keeps an mr x nr tile of C in registers and, for each k,
+// vectors), each panel K rows deep; A is read in place when row-major, else packed per block
+// of kGemmMc x kGemmKc into panels of `mr` rows. The micro-kernel keeps an mr x nr tile of C in registers and, for each k,
 // broadcasts mr values of A against the two vectors of B.
 
 template <class T>
@@ -32,25 +32,40 @@ static int64_t packed_b_size(int64_t K, int64_t N) {
     return ceil_div(N, Tile<T>::nr) * Tile<T>::nr * K;
 }
 
-// Packs panels [p_lo, p_hi) of B, given as b_at(k, n), into bp (laid out for all panels);
-// columns past N are zero.
-template <class T, class BAt>
-static void pack_b(int64_t K, int64_t N, BAt&& b_at, T* bp, int64_t p_lo, int64_t p_hi) {
+// Packs panels [p_lo, p_hi) of B into bp (laid out for all panels; columns past N are zero).
+// pack_b_rows takes B by rows: brow(k) points at B(k, 0..N-1), or is nullptr for a zero row.
+template <class T, class Row>
+static void pack_b_rows(int64_t K, int64_t N, Row&& brow, T* bp, int64_t p_lo, int64_t p_hi) {
     constexpr int64_t nr = Tile<T>::nr;
     for (int64_t p = p_lo; p < p_hi; ++p) {
         T* dst = bp + p * nr * K;
-        for (int64_t k = 0; k < K; ++k)
-            for (int64_t j = 0; j < nr; ++j) {
-                const int64_t n = p * nr + j;
-                dst[k * nr + j] = n < N ? b_at(k, n) : T(0);
-            }
+        const int64_t n0 = p * nr, width = std::min(nr, N - n0);
+        for (int64_t k = 0; k < K; ++k, dst += nr) {
+            const T* src = brow(k);
+            for (int64_t j = 0; j < nr; ++j) dst[j] = (src && j < width) ? src[n0 + j] : T(0);
+        }
     }
 }
 
-// C tile (mv x nv valid of mr x nr) = [C +] A panel (kc x mr) . B panel (kc x nr).
-template <class T>
-static inline void micro_tile(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc,
-                              bool accumulate, int64_t mv, int64_t nv) {
+// pack_b_cols takes B by columns: bcol(n) points at B(0..K-1, n) (a row of B^T, e.g. a weight
+// row for x . W^T), or is nullptr for a zero column.
+template <class T, class Col>
+static void pack_b_cols(int64_t K, int64_t N, Col&& bcol, T* bp, int64_t p_lo, int64_t p_hi) {
+    constexpr int64_t nr = Tile<T>::nr;
+    for (int64_t p = p_lo; p < p_hi; ++p) {
+        T* dst = bp + p * nr * K;
+        for (int64_t j = 0; j < nr; ++j) {
+            const T* src = p * nr + j < N ? bcol(p * nr + j) : nullptr;
+            for (int64_t k = 0; k < K; ++k) dst[k * nr + j] = src ? src[k] : T(0);
+        }
+    }
+}
+
+// C tile (mv x nv valid of mr x nr) = [C +] A panel . B panel (kc x nr). The A panel is
+// either packed (kPackedA: kc x mr, k-major) or mr rows of a row-major A with row stride a_rs.
+template <class T, bool kPackedA>
+static inline void micro_tile(int64_t kc, const T* ap, int64_t a_rs, const T* bp, T* c,
+                              int64_t ldc, bool accumulate, int64_t mv, int64_t nv) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int64_t mr = Tile<T>::mr, L = S::lanes;
@@ -60,7 +75,7 @@ static inline void micro_tile(int64_t kc, const T* ap, const T* bp, T* c, int64_
         const V b0 = S::load(bp + k * 2 * L), b1 = S::load(bp + k * 2 * L + L);
 #pragma GCC unroll 8
         for (int64_t m = 0; m < mr; ++m) {
-            const V a = S::splat(ap[k * mr + m]);
+            const V a = S::splat(kPackedA ? ap[k * mr + m] : ap[m * a_rs + k]);
             acc[m][0] = fma<T>(a, b0, acc[m][0]);
             acc[m][1] = fma<T>(a, b1, acc[m][1]);
         }
@@ -88,8 +103,10 @@ static inline void micro_tile(int64_t kc, const T* ap, const T* bp, T* c, int64_
 }
 
 // C (M x N, row stride ldc) = [C +] A . B, with A(m, k) = a[m*a_rs + k*a_cs] and B packed by
-// pack_b (bp points at the first panel used; N may cover only some panels). Serial: callers
-// split the work. a_buf holds kGemmMc * kGemmKc elements.
+// pack_b_* (bp points at the first panel used; N may cover only some panels). A row-major A
+// (a_cs == 1) is read in place, except a last panel short of mr rows; any other A is packed
+// per block of kGemmMc x kGemmKc. Serial: callers split the work. a_buf holds
+// kGemmMc * kGemmKc elements.
 template <class T>
 static void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs,
                           int64_t a_cs, const T* bp, T* c, int64_t ldc, bool accumulate,
@@ -100,17 +117,25 @@ static void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a
         const bool acc = accumulate || k0 > 0;
         for (int64_t m0 = 0; m0 < M; m0 += kGemmMc) {
             const int64_t mc = std::min(kGemmMc, M - m0);
-            // Pack A[m0 : m0+mc, k0 : k0+kc] into panels of mr rows (rows past M are zero).
-            for (int64_t i = 0; i < mc; i += mr)
+            // Panels read in place: [0, direct); packed: [direct, mc).
+            const int64_t direct = a_cs == 1 ? mc / mr * mr : 0;
+            for (int64_t i = direct; i < mc; i += mr)
                 for (int64_t k = 0; k < kc; ++k)
                     for (int64_t m = 0; m < mr; ++m)
                         a_buf[i * kc + k * mr + m] =
                             i + m < mc ? a[(m0 + i + m) * a_rs + (k0 + k) * a_cs] : T(0);
             for (int64_t j = 0; j < N; j += nr)
-                for (int64_t i = 0; i < mc; i += mr)
-                    micro_tile<T>(kc, a_buf + i * kc, bp + j * K + k0 * nr,
-                                  c + (m0 + i) * ldc + j, ldc, acc, std::min(mr, mc - i),
-                                  std::min(nr, N - j));
+                for (int64_t i = 0; i < mc; i += mr) {
+                    const T* b_panel = bp + j * K + k0 * nr;
+                    T* c_tile = c + (m0 + i) * ldc + j;
+                    const int64_t mv = std::min(mr, mc - i), nv = std::min(nr, N - j);
+                    if (i < direct)
+                        micro_tile<T, false>(kc, a + (m0 + i) * a_rs + k0, a_rs, b_panel, c_tile,
+                                             ldc, acc, mv, nv);
+                    else
+                        micro_tile<T, true>(kc, a_buf + i * kc, 0, b_panel, c_tile, ldc, acc,
+                                            mv, nv);
+                }
         }
     }
 }
@@ -132,14 +157,15 @@ static void gemm_packed_b_parallel(int64_t M, int64_t N, int64_t K, const T* a, 
     }
 }
 
-// C = A . B with B given as b_at(k, n): packs B, then runs the parallel GEMM.
-template <class T, class BAt>
+// C = A . B with a row-major B (row stride ldb): packs B, then runs the parallel GEMM.
+template <class T>
 static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
-                 BAt&& b_at, T* c, int64_t ldc) {
+                 const T* b, int64_t ldb, T* c, int64_t ldc) {
     const auto bp = scratch<T>(packed_b_size<T>(K, N));
     const int64_t panels = ceil_div(N, Tile<T>::nr);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < panels; ++p) pack_b(K, N, b_at, bp.get(), p, p + 1);
+    auto row = [&](int64_t k) { return b + k * ldb; };
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+    for (int64_t p = 0; p < panels; ++p) pack_b_rows(K, N, row, bp.get(), p, p + 1);
     gemm_packed_b_parallel(M, N, K, a, a_rs, a_cs, bp.get(), c, ldc);
 }
 
@@ -166,6 +192,11 @@ struct LstmPlan {
     int64_t source_row(int64_t col) const {
         const int64_t block = col / (4 * U), gate = col % (4 * U) / U, u = block * U + col % U;
         return u < H ? gate * H + u : -1;
+    }
+    // That row of a (4H, width) weight matrix, or nullptr for padding.
+    const T* weight_row(const T* w_, int64_t width, int64_t col) const {
+        const int64_t r = source_row(col);
+        return r < 0 ? nullptr : w_ + r * width;
     }
     T bias(int64_t col) const {
         const int64_t r = source_row(col);
@@ -226,10 +257,9 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
         const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
         const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
         // Each thread packs the weight panels of its own blocks (4 panels of U per block).
-        auto ih = [&](int64_t k, int64_t n) { int64_t r = P.source_row(n); return r < 0 ? T(0) : P.w.w_ih[r * I + k]; };
-        auto hh = [&](int64_t k, int64_t n) { int64_t r = P.source_row(n); return r < 0 ? T(0) : P.w.w_hh[r * H + k]; };
-        pack_b(I, G, ih, w_ih_p.get(), 4 * lo, 4 * hi);
-        pack_b(H, G, hh, w_hh_p.get(), 4 * lo, 4 * hi);
+        // (Column n of B = x . W^T is weight row source_row(n).)
+        pack_b_cols(I, G, [&](int64_t n) { return P.weight_row(P.w.w_ih, I, n); }, w_ih_p.get(), 4 * lo, 4 * hi);
+        pack_b_cols(H, G, [&](int64_t n) { return P.weight_row(P.w.w_hh, H, n); }, w_hh_p.get(), 4 * lo, 4 * hi);
         // Input projection of every step at once, for this thread's gate columns.
         if (cols > 0)
             gemm_packed_b(TB, cols, I, x, I, 1, w_ih_p.get() + col0 * I, gates + col0, G,
@@ -338,8 +368,8 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
         const int64_t u_lo = lo * U, u_n = std::min(hi * U, H) - u_lo;  // this thread's units
         const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
-        auto hh = [&](int64_t k, int64_t n) { int64_t r = P.source_row(k); return r < 0 ? T(0) : w.w_hh[r * H + n]; };
-        pack_b(G, H, hh, w_hh_t.get(), lo, hi);  // panels of U units = this thread's blocks
+        // Row k of B = W_hh' is weight row source_row(k); panels of U units = this thread's blocks.
+        pack_b_rows(G, H, [&](int64_t k) { return P.weight_row(w.w_hh, H, k); }, w_hh_t.get(), lo, hi);
 #pragma omp barrier
         for (int64_t t = T_ - 1; t >= 0; --t) {
             T* dg = gates.get() + t * B * G;
@@ -363,8 +393,12 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
 
     // The weight-shared products over all steps at once, on dG (TB x G).
     const T* dG = gates.get();
-    auto ih = [&](int64_t k, int64_t n) { int64_t r = P.source_row(k); return r < 0 ? T(0) : w.w_ih[r * I + n]; };
-    gemm(TB, I, G, dG, G, 1, ih, grad_x, I);
+    {  // grad_x = dG . W_ih', B's row k being weight row source_row(k)
+        const auto bp = scratch<T>(packed_b_size<T>(G, I));
+        pack_b_rows(G, I, [&](int64_t k) { return P.weight_row(w.w_ih, I, k); }, bp.get(), 0,
+                    ceil_div(I, U));
+        gemm_packed_b_parallel(TB, I, G, dG, G, 1, bp.get(), grad_x, I);
+    }
     const auto dw = scratch<T>(G * std::max(I, H));  // weight gradients in gate-column order
     auto unpermute_rows = [&](T* dst, int64_t width) {
         for (int64_t col = 0; col < G; ++col) {
@@ -372,9 +406,9 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
             if (r >= 0) std::copy(dw.get() + col * width, dw.get() + (col + 1) * width, dst + r * width);
         }
     };
-    gemm(G, I, TB, dG, 1, G, [&](int64_t k, int64_t n) { return x[k * I + n]; }, dw.get(), I);
+    gemm(G, I, TB, dG, 1, G, x, I, dw.get(), I);
     unpermute_rows(grad_w_ih, I);
-    gemm(G, H, TB, dG, 1, G, [&](int64_t k, int64_t n) { return hs[k * H + n]; }, dw.get(), H);
+    gemm(G, H, TB, dG, 1, G, hs.get(), H, dw.get(), H);
     unpermute_rows(grad_w_hh, H);
     if (grad_b) column_sums(dG, TB, G, [&](int64_t col, T sum) {
         const int64_t r = P.source_row(col);

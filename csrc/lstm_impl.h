@@ -144,14 +144,17 @@ static void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a
 template <class T>
 static void gemm_packed_b_parallel(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs,
                                    int64_t a_cs, const T* bp, T* c, int64_t ldc) {
-    const int64_t blocks = ceil_div(M, kGemmMc);
+    // Blocks of at most kGemmMc rows, but at least 8 per thread so that they balance.
+    constexpr int64_t mr = Tile<T>::mr;
+    const int64_t rows = std::clamp(ceil_div(M, 8 * int64_t(num_threads())), mr, kGemmMc) / mr * mr;
+    const int64_t blocks = ceil_div(M, rows);
 #pragma omp parallel num_threads(num_threads())
     {
         const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t m0 = b * kGemmMc;
-            gemm_packed_b(std::min(kGemmMc, M - m0), N, K, a + m0 * a_rs, a_rs, a_cs, bp,
+            const int64_t m0 = b * rows;
+            gemm_packed_b(std::min(rows, M - m0), N, K, a + m0 * a_rs, a_rs, a_cs, bp,
                           c + m0 * ldc, ldc, false, a_buf.get());
         }
     }

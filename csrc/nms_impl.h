@@ -145,17 +145,21 @@ static int64_t sweep_scalar(Candidates<T>& c, int64_t k, int64_t from, int64_t e
 }
 
 #if PYCONV_ISA_LEVEL >= 2
+// Writes the lanes selected by m to p[0, popcount(m)) -- and garbage after them, up to a full
+// vector: callers guarantee the full vector lies in memory they may overwrite. (Compressing
+// in a register and storing the whole vector avoids the memory form of vcompress, which is
+// microcoded and very slow on some CPUs, e.g. AMD Zen 4.)
 static inline void compress_store(float* p, __mmask16 m, Simd<float>::V v) {
-    _mm512_mask_compressstoreu_ps(p, m, __m512(v));
+    _mm512_storeu_ps(p, _mm512_maskz_compress_ps(m, __m512(v)));
 }
 static inline void compress_store(double* p, __mmask8 m, Simd<double>::V v) {
-    _mm512_mask_compressstoreu_pd(p, m, __m512d(v));
+    _mm512_storeu_pd(p, _mm512_maskz_compress_pd(m, __m512d(v)));
 }
 static inline void compress_store(int32_t* p, __mmask16 m, Simd<float>::I v) {
-    _mm512_mask_compressstoreu_epi32(p, m, __m512i(v));
+    _mm512_storeu_si512(p, _mm512_maskz_compress_epi32(m, __m512i(v)));
 }
 static inline void compress_store(int64_t* p, __mmask8 m, Simd<double>::I v) {
-    _mm512_mask_compressstoreu_epi64(p, m, __m512i(v));
+    _mm512_storeu_si512(p, _mm512_maskz_compress_epi64(m, __m512i(v)));
 }
 // Lanes where !(iou > thr): a NaN IoU (from NaN coordinates) suppresses nothing.
 static inline __mmask16 survivors(Simd<float>::V iou, Simd<float>::V thr) {
@@ -166,7 +170,8 @@ static inline __mmask8 survivors(Simd<double>::V iou, Simd<double>::V thr) {
 }
 
 // AVX-512 sweep: IoU of a vector of candidates, then one compress-store per array writes the
-// survivors contiguously (in place is safe: the write position never passes the read one).
+// survivors contiguously. In place is safe: the write position w never passes the read
+// position j, so the full-vector store at w ends before j + lanes, inside the vector just read.
 template <class T>
 static int64_t sweep(Candidates<T>& c, int64_t k, int64_t from, int64_t end, T thr) {
     using S = Simd<T>;

@@ -70,6 +70,13 @@ static inline void for_each_vector(int64_t lo, int64_t hi, int64_t lanes, F&& f)
     }
 }
 
+// Calls f(ow) for the output columns outside [done.lo, done.hi).
+template <class F>
+static inline void for_each_other_column(RowRange done, int64_t Wo, F&& f) {
+    for (int64_t ow = 0; ow < done.lo; ++ow) f(ow);
+    for (int64_t ow = done.hi; ow < Wo; ++ow) f(ow);
+}
+
 // ------------------------------------------------------------------------------------------
 // Max pooling
 
@@ -134,11 +141,9 @@ static void max_row(const PoolShape& g, const T* xp, int64_t oh, T* yrow, int64_
     } else {
         cols = {0, 0};
     }
-    for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        if (ow == cols.lo) ow = cols.hi;  // skip the columns done above
-        if (ow >= g.Wo) break;
+    for_each_other_column(cols, g.Wo, [&](int64_t ow) {
         max_window(g, xp, h0, rows, ow * g.sw - g.pw, yrow + ow, kIndices ? irow + ow : nullptr);
-    }
+    });
 }
 
 // y (N,C,Ho,Wo); idx the same shape, or nullptr. The spec guarantees that every window holds
@@ -246,15 +251,13 @@ static void avg_row(const PoolShape& g, bool count_include_pad, int64_t divisor_
     } else {
         cols = {0, 0};
     }
-    for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        if (ow == cols.lo) ow = cols.hi;
-        if (ow >= g.Wo) break;
+    for_each_other_column(cols, g.Wo, [&](int64_t ow) {
         const AvgWindow a = avg_window(g, count_include_pad, divisor_override, oh, ow);
         T sum = 0;
         for (int64_t h = a.h_lo; h < a.h_hi; ++h)
             for (int64_t w = a.w_lo; w < a.w_hi; ++w) sum += xp[h * g.W + w];
         yrow[ow] = sum / T(a.divisor);
-    }
+    });
 }
 
 // divisor_override 0 means none.

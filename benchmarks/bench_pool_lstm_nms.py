@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import pyconv  # noqa: E402
 from pyconv import ops  # noqa: E402
 
-torch = pytest.importorskip("torch") if "pytest" in sys.modules else __import__("torch")
+import torch  # noqa: E402
 F = torch.nn.functional
 DRAM_COPY_GBPS = 25.0  # measured copy bandwidth of the project machine (TOOLCHAIN.md)
 
@@ -40,7 +40,6 @@ class Case:
     gflop: float = 0.0  # work, for GFLOP/s
     note: str = ""
     rounds: int | None = None  # fewer rounds for slow comparisons
-    extra: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,30 +171,22 @@ def all_cases():
 # ---------------------------------------------------------------------------------------------
 # pytest-benchmark entry points (one benchmark per case and implementation)
 
-_CASES = {}
+GROUPS = {"pool": pool_cases, "lstm": lstm_cases, "nms": nms_cases}  # three cases each
+_built: dict = {}
 
 
-def _case(name):
-    if not _CASES:
-        _CASES.update((c.name, c) for c in all_cases())
-    return _CASES[name]
-
-
-def _names():
-    return ([c.name for c in pool_cases()] + [c.name for c in lstm_cases()] +
-            [f"nms {n:,} clustered boxes (IoU 0.5), f32" for n in (1000, 10000, 50000)])
-
-
-@pytest.mark.parametrize("name", _names() if "pytest" in sys.modules else [])
+@pytest.mark.parametrize("group,i", [(g, i) for g in GROUPS for i in range(3)])
 @pytest.mark.parametrize("impl", ["pyconv", "torch", "cv2", "numpy"])
-def test_bench(benchmark, name, impl):
+def test_bench(benchmark, group, i, impl):
     pyconv.set_num_threads(2)
     torch.set_num_threads(2)
-    case = _case(name)
+    if group not in _built:  # build a group's inputs once, on first use
+        _built[group] = GROUPS[group]()
+    case = _built[group][i]
     fn = case.ours if impl == "pyconv" else case.theirs.get(impl)
     if fn is None:
         pytest.skip(f"no {impl} comparison for this case")
-    benchmark.group = name
+    benchmark.group = case.name
     benchmark(fn)
 
 

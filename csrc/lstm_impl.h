@@ -70,7 +70,15 @@ static inline void micro_tile(int64_t kc, const T* ap, int64_t a_rs, const T* bp
     using V = typename S::V;
     constexpr int64_t mr = Tile<T>::mr, L = S::lanes;
     V acc[mr][2];
-    for (int64_t m = 0; m < mr; ++m) acc[m][0] = acc[m][1] = S::splat(T(0));
+    for (int64_t m = 0; m < mr; ++m) {
+        acc[m][0] = acc[m][1] = S::splat(T(0));
+        // The C tile is read after the k loop: start fetching it now (in the LSTM it is the
+        // input projection of this step, written long ago and no longer in cache).
+        if (accumulate) {
+            __builtin_prefetch(c + m * ldc);
+            __builtin_prefetch(c + m * ldc + 2 * L - 1);
+        }
+    }
     for (int64_t k = 0; k < kc; ++k) {
         const V b0 = S::load(bp + k * 2 * L), b1 = S::load(bp + k * 2 * L + L);
 #pragma GCC unroll 8

@@ -48,15 +48,29 @@ static void pack_b_rows(int64_t K, int64_t N, Row&& brow, T* bp, int64_t p_lo, i
 }
 
 // pack_b_cols takes B by columns: bcol(n) points at B(0..K-1, n) (a row of B^T, e.g. a weight
-// row for x . W^T), or is nullptr for a zero column.
+// row for x . W^T), or is nullptr for a zero column. It is a transpose: lanes x lanes blocks
+// go through registers (transpose_block), the last K % lanes rows element by element.
 template <class T, class Col>
 static void pack_b_cols(int64_t K, int64_t N, Col&& bcol, T* bp, int64_t p_lo, int64_t p_hi) {
-    constexpr int64_t nr = Tile<T>::nr;
+    using S = Simd<T>;
+    constexpr int64_t nr = Tile<T>::nr, L = S::lanes;
     for (int64_t p = p_lo; p < p_hi; ++p) {
         T* dst = bp + p * nr * K;
-        for (int64_t j = 0; j < nr; ++j) {
-            const T* src = p * nr + j < N ? bcol(p * nr + j) : nullptr;
-            for (int64_t k = 0; k < K; ++k) dst[k * nr + j] = src ? src[k] : T(0);
+        for (int64_t half = 0; half < nr; half += L) {
+            const T* src[L];
+            for (int64_t r = 0; r < L; ++r) {
+                const int64_t n = p * nr + half + r;
+                src[r] = n < N ? bcol(n) : nullptr;
+            }
+            int64_t k0 = 0;
+            for (; k0 + L <= K; k0 += L) {
+                typename S::V rows[L];
+                for (int64_t r = 0; r < L; ++r) rows[r] = src[r] ? S::load(src[r] + k0) : S::splat(T(0));
+                transpose_block<T>(rows);
+                for (int64_t r = 0; r < L; ++r) S::store(dst + (k0 + r) * nr + half, rows[r]);
+            }
+            for (; k0 < K; ++k0)
+                for (int64_t r = 0; r < L; ++r) dst[k0 * nr + half + r] = src[r] ? src[r][k0] : T(0);
         }
     }
 }

@@ -102,3 +102,29 @@ template <class T>
 static inline __attribute__((always_inline)) typename Simd<T>::V vtanh(typename Simd<T>::V x) {
     return T(2) / (T(1) + vexp<T>(x * T(-2))) - T(1);
 }
+
+// Transposes a lanes x lanes block held in `rows` (rows[i][j] <-> rows[j][i]) in registers:
+// log2(lanes) butterfly stages; stage d swaps the off-diagonal d x d blocks of every 2d x 2d
+// block, two shuffles per pair of rows.
+template <class T>
+static inline __attribute__((always_inline)) void transpose_block(typename Simd<T>::V* rows) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    using I = typename S::I;
+    constexpr int L = S::lanes;
+#pragma GCC unroll 8
+    for (int d = 1; d < L; d *= 2) {
+        I top, bottom;  // row r takes b's left block, row r + d takes a's right block
+        for (int j = 0; j < L; ++j) {
+            top[j] = (j & d) ? L + j - d : j;
+            bottom[j] = (j & d) ? L + j : j + d;
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < L; ++r)
+            if ((r & d) == 0) {
+                const V a = rows[r], b = rows[r + d];
+                rows[r] = __builtin_shuffle(a, b, top);
+                rows[r + d] = __builtin_shuffle(a, b, bottom);
+            }
+    }
+}

@@ -124,6 +124,44 @@ static inline void micro_tile(int64_t kc, const T* ap, int64_t a_rs, const T* bp
         for (int64_t n = 0; n < nv; ++n) c[m * ldc + n] = (accumulate ? c[m * ldc + n] : T(0)) + tile[m][n];
 }
 
+// One depth block of the GEMM below: C [+]= A[:, k0 : k0+kc] . B[k0 : k0+kc, :], with B
+// packed K rows deep.
+template <class T>
+static void gemm_block(int64_t M, int64_t N, int64_t K, int64_t k0, int64_t kc, const T* a,
+                       int64_t a_rs, int64_t a_cs, const T* bp, T* c, int64_t ldc, bool accumulate,
+                       T* a_buf) {
+    constexpr int64_t mr = Tile<T>::mr, nr = Tile<T>::nr;
+    for (int64_t m0 = 0; m0 < M; m0 += kGemmMc) {
+        const int64_t mc = std::min(kGemmMc, M - m0);
+        // Panels read in place: [0, direct); packed: [direct, mc).
+        const int64_t direct = a_cs == 1 ? mc / mr * mr : 0;
+        for (int64_t i = direct; i < mc; i += mr) {
+            const int64_t rows = std::min(mr, mc - i);
+            for (int64_t k = 0; k < kc; ++k) {
+                T* dst = a_buf + i * kc + k * mr;
+                const T* src = a + (m0 + i) * a_rs + (k0 + k) * a_cs;
+                if (a_rs == 1 && rows == mr) {  // a column of A: mr contiguous values
+                    std::memcpy(dst, src, mr * sizeof(T));
+                    continue;
+                }
+                for (int64_t m = 0; m < mr; ++m) dst[m] = m < rows ? src[m * a_rs] : T(0);
+            }
+        }
+        for (int64_t j = 0; j < N; j += nr)
+            for (int64_t i = 0; i < mc; i += mr) {
+                const T* b_panel = bp + j * K + k0 * nr;
+                T* c_tile = c + (m0 + i) * ldc + j;
+                const int64_t mv = std::min(mr, mc - i), nv = std::min(nr, N - j);
+                if (i < direct)
+                    micro_tile<T, false>(kc, a + (m0 + i) * a_rs + k0, a_rs, b_panel, c_tile, ldc,
+                                         accumulate, mv, nv);
+                else
+                    micro_tile<T, true>(kc, a_buf + i * kc, 0, b_panel, c_tile, ldc, accumulate,
+                                        mv, nv);
+            }
+    }
+}
+
 // C (M x N, row stride ldc) = [C +] A . B, with A(m, k) = a[m*a_rs + k*a_cs] and B packed by
 // pack_b_* (bp points at the first panel used; N may cover only some panels). A row-major A
 // (a_cs == 1) is read in place, except a last panel short of mr rows; any other A is packed
@@ -133,36 +171,14 @@ template <class T>
 static void gemm_packed_b(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs,
                           int64_t a_cs, const T* bp, T* c, int64_t ldc, bool accumulate,
                           T* a_buf) {
-    constexpr int64_t mr = Tile<T>::mr, nr = Tile<T>::nr;
-    for (int64_t k0 = 0; k0 < K; k0 += kGemmKc) {
-        const int64_t kc = std::min(kGemmKc, K - k0);
-        const bool acc = accumulate || k0 > 0;
-        for (int64_t m0 = 0; m0 < M; m0 += kGemmMc) {
-            const int64_t mc = std::min(kGemmMc, M - m0);
-            // Panels read in place: [0, direct); packed: [direct, mc).
-            const int64_t direct = a_cs == 1 ? mc / mr * mr : 0;
-            for (int64_t i = direct; i < mc; i += mr)
-                for (int64_t k = 0; k < kc; ++k)
-                    for (int64_t m = 0; m < mr; ++m)
-                        a_buf[i * kc + k * mr + m] =
-                            i + m < mc ? a[(m0 + i + m) * a_rs + (k0 + k) * a_cs] : T(0);
-            for (int64_t j = 0; j < N; j += nr)
-                for (int64_t i = 0; i < mc; i += mr) {
-                    const T* b_panel = bp + j * K + k0 * nr;
-                    T* c_tile = c + (m0 + i) * ldc + j;
-                    const int64_t mv = std::min(mr, mc - i), nv = std::min(nr, N - j);
-                    if (i < direct)
-                        micro_tile<T, false>(kc, a + (m0 + i) * a_rs + k0, a_rs, b_panel, c_tile,
-                                             ldc, acc, mv, nv);
-                    else
-                        micro_tile<T, true>(kc, a_buf + i * kc, 0, b_panel, c_tile, ldc, acc,
-                                            mv, nv);
-                }
-        }
-    }
+    for (int64_t k0 = 0; k0 < K; k0 += kGemmKc)
+        gemm_block(M, N, K, k0, std::min(kGemmKc, K - k0), a, a_rs, a_cs, bp, c, ldc,
+                   accumulate || k0 > 0, a_buf);
 }
 
-// The same, OpenMP-parallel over blocks of rows of C (callers outside a parallel region).
+// The same (C = A . B), OpenMP-parallel over blocks of rows of C, for callers outside a
+// parallel region. The depth loop is outermost, so that each depth block of B (kGemmKc x N)
+// is read from cache by every row block rather than all of B streaming once per row block.
 template <class T>
 static void gemm_packed_b_parallel(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs,
                                    int64_t a_cs, const T* bp, T* c, int64_t ldc) {
@@ -173,25 +189,15 @@ static void gemm_packed_b_parallel(int64_t M, int64_t N, int64_t K, const T* a, 
 #pragma omp parallel num_threads(num_threads())
     {
         const auto a_buf = scratch<T>(kGemmMc * kGemmKc);
+        for (int64_t k0 = 0; k0 < K; k0 += kGemmKc) {
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t m0 = b * rows;
-            gemm_packed_b(std::min(rows, M - m0), N, K, a + m0 * a_rs, a_rs, a_cs, bp,
-                          c + m0 * ldc, ldc, false, a_buf.get());
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t m0 = b * rows;
+                gemm_block(std::min(rows, M - m0), N, K, k0, std::min(kGemmKc, K - k0),
+                           a + m0 * a_rs, a_rs, a_cs, bp, c + m0 * ldc, ldc, k0 > 0, a_buf.get());
+            }
         }
     }
-}
-
-// C = A . B with a row-major B (row stride ldb): packs B, then runs the parallel GEMM.
-template <class T>
-static void gemm(int64_t M, int64_t N, int64_t K, const T* a, int64_t a_rs, int64_t a_cs,
-                 const T* b, int64_t ldb, T* c, int64_t ldc) {
-    const auto bp = scratch<T>(packed_b_size<T>(K, N));
-    const int64_t panels = ceil_div(N, Tile<T>::nr);
-    auto row = [&](int64_t k) { return b + k * ldb; };
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
-    for (int64_t p = 0; p < panels; ++p) pack_b_rows(K, N, row, bp.get(), p, p + 1);
-    gemm_packed_b_parallel(M, N, K, a, a_rs, a_cs, bp.get(), c, ldc);
 }
 
 // ==========================================================================================
@@ -424,17 +430,30 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
                     ceil_div(I, U));
         gemm_packed_b_parallel(TB, I, G, dG, G, 1, bp.get(), grad_x, I);
     }
-    const auto dw = scratch<T>(G * std::max(I, H));  // weight gradients in gate-column order
-    auto unpermute_rows = [&](T* dst, int64_t width) {
+    // Both weight gradients in one GEMM, dG^T . [x | h_prev] (TB x (I + H)), so that dG^T is
+    // packed once: x fills the first ceil(I/U) panels of B, h_prev the next ones.
+    const int64_t x_panels = ceil_div(I, U), h_col0 = x_panels * U, width = h_col0 + H;
+    {
+        const auto bp = scratch<T>(packed_b_size<T>(TB, width));
+        const int64_t panels = ceil_div(width, U);
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+        for (int64_t p = 0; p < panels; ++p) {
+            if (p < x_panels)
+                pack_b_rows(TB, I, [&](int64_t k) { return x + k * I; }, bp.get(), p, p + 1);
+            else  // panel p - x_panels of h_prev, stored at panel p
+                pack_b_rows(TB, H, [&](int64_t k) { return hs.get() + k * H; },
+                            bp.get() + h_col0 * TB, p - x_panels, p - x_panels + 1);
+        }
+        const auto dw = scratch<T>(G * width);  // weight gradients in gate-column order
+        gemm_packed_b_parallel(G, width, TB, dG, 1, G, bp.get(), dw.get(), width);
         for (int64_t col = 0; col < G; ++col) {
             const int64_t r = P.source_row(col);
-            if (r >= 0) std::copy(dw.get() + col * width, dw.get() + (col + 1) * width, dst + r * width);
+            if (r < 0) continue;
+            const T* row = dw.get() + col * width;
+            std::copy(row, row + I, grad_w_ih + r * I);
+            std::copy(row + h_col0, row + h_col0 + H, grad_w_hh + r * H);
         }
-    };
-    gemm(G, I, TB, dG, 1, G, x, I, dw.get(), I);
-    unpermute_rows(grad_w_ih, I);
-    gemm(G, H, TB, dG, 1, G, hs.get(), H, dw.get(), H);
-    unpermute_rows(grad_w_hh, H);
+    }
     if (grad_b) column_sums(dG, TB, G, [&](int64_t col, T sum) {
         const int64_t r = P.source_row(col);
         if (r >= 0) grad_b[r] = sum;

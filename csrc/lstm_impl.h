@@ -3,13 +3,14 @@
 
 // ==========================================================================================
 // A small packed GEMM (GotoBLAS structure), stand-in for the project's GEMM: when
-// csrc/gemm_impl.h lands, pack_b_rows / pack_b_cols / gemm_packed_b are the functions to
-// replace (the LSTM packs its weights once per call and calls gemm_packed_b every step).
+// csrc/gemm_impl.h lands, pack_b_rows / pack_b_cols / gemm_packed_b(_parallel) are the
+// functions to replace (the LSTM packs its weights once per call and calls gemm_packed_b
+// every step, each thread on its own columns).
 //
 // C (M x N) = [C +] A (M x K) . B (K x N). B is packed into panels of `nr` columns (two
 // vectors), each panel K rows deep; A is read in place when row-major, else packed per block
-// of kGemmMc x kGemmKc into panels of `mr` rows. The micro-kernel keeps an mr x nr tile of C in registers and, for each k,
-// broadcasts mr values of A against the two vectors of B.
+// of kGemmMc x kGemmKc into panels of `mr` rows. The micro-kernel keeps an mr x nr tile of C
+// in registers and, for each k, broadcasts mr values of A against the two vectors of B.
 
 template <class T>
 struct Tile {

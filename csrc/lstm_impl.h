@@ -28,6 +28,24 @@ static std::unique_ptr<T[]> scratch(int64_t n) {
     return std::unique_ptr<T[]>(new T[size_t(n)]);
 }
 
+// The LSTM's large per-call buffers (gate activations of every step, saved states: tens of
+// MB), kept by the calling thread from one call to the next: fresh memory of that size comes
+// from the OS page by page, and those page faults cost ~10 % of a backward pass. `slot`
+// names the buffer; its contents do not survive a call. Memory is held until the thread
+// exits (at most the largest call's size per slot).
+template <class T>
+static T* reused_scratch(int slot, int64_t n) {
+    thread_local std::vector<T> buffers[4];
+    std::vector<T>& b = buffers[slot];
+    if (int64_t(b.size()) < n) {
+        b.clear();
+        b.shrink_to_fit();
+        b.resize(size_t(n));
+    }
+    return b.data();
+}
+enum LstmSlot { kGates = 0, kStatesH = 1, kStatesC = 2, kWeightGradB = 3 };
+
 template <class T>
 static int64_t packed_b_size(int64_t K, int64_t N) {
     return ceil_div(N, Tile<T>::nr) * Tile<T>::nr * K;
@@ -320,8 +338,8 @@ template <class T>
 void lstm(const LstmShape& s, const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* out,
           T* h_T, T* c_T) {
     const LstmPlan<T> P(s, w);
-    const auto gates = scratch<T>(P.T_ * P.B * P.G);
-    lstm_forward_core(P, x, h0, c0, gates.get(), out, c_T, 0);
+    T* gates = reused_scratch<T>(kGates, P.T_ * P.B * P.G);
+    lstm_forward_core(P, x, h0, c0, gates, out, c_T, 0);
     if (h_T) std::copy(out + (P.T_ - 1) * P.B * P.H, out + P.T_ * P.B * P.H, h_T);
 }
 
@@ -385,10 +403,11 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
 
     // Forward again, keeping every step: hs = [h0, h_1, ..., h_T], cs = [c_1, ..., c_T], and
     // the gate activations, which the backward sweep overwrites with their gradients dG.
-    const auto hs = scratch<T>((T_ + 1) * B * H), cs = scratch<T>(T_ * B * H),
-               gates = scratch<T>(T_ * B * G);
-    std::copy(h0, h0 + B * H, hs.get());
-    lstm_forward_core(P, x, h0, c0, gates.get(), hs.get() + B * H, cs.get(), B * H);
+    T* hs = reused_scratch<T>(kStatesH, (T_ + 1) * B * H);
+    T* cs = reused_scratch<T>(kStatesC, T_ * B * H);
+    T* gates = reused_scratch<T>(kGates, T_ * B * G);
+    std::copy(h0, h0 + B * H, hs);
+    lstm_forward_core(P, x, h0, c0, gates, hs + B * H, cs, B * H);
 
     // dh_rec = dG_t . W_hh (the gradient h_{t-1} receives through the gates); dc runs along.
     const auto w_hh_t = scratch<T>(packed_b_size<T>(G, H));
@@ -404,13 +423,13 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
         pack_b_rows(G, H, [&](int64_t k) { return P.weight_row(w.w_hh, H, k); }, w_hh_t.get(), lo, hi);
 #pragma omp barrier
         for (int64_t t = T_ - 1; t >= 0; --t) {
-            T* dg = gates.get() + t * B * G;
-            const T* c_prev = t ? cs.get() + (t - 1) * B * H : c0;
+            T* dg = gates + t * B * G;
+            const T* c_prev = t ? cs + (t - 1) * B * H : c0;
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
                     const int64_t at = b * H + j * U;
                     cell_backward(dg + b * G + 4 * U * j, U, std::min(U, H - j * U),
-                                  cs.get() + t * B * H + at, c_prev + at,
+                                  cs + t * B * H + at, c_prev + at,
                                   grad_out ? grad_out + t * B * H + at : nullptr,
                                   dh_rec.data() + at, dc.data() + at);
                 }
@@ -424,7 +443,7 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     std::copy(dc.begin(), dc.end(), grad_c0);
 
     // The weight-shared products over all steps at once, on dG (TB x G).
-    const T* dG = gates.get();
+    const T* dG = gates;
     {  // grad_x = dG . W_ih', B's row k being weight row source_row(k)
         const auto bp = scratch<T>(packed_b_size<T>(G, I));
         pack_b_rows(G, I, [&](int64_t k) { return P.weight_row(w.w_ih, I, k); }, bp.get(), 0,
@@ -435,18 +454,18 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     // packed once: x fills the first ceil(I/U) panels of B, h_prev the next ones.
     const int64_t x_panels = ceil_div(I, U), h_col0 = x_panels * U, width = h_col0 + H;
     {
-        const auto bp = scratch<T>(packed_b_size<T>(TB, width));
+        T* bp = reused_scratch<T>(kWeightGradB, packed_b_size<T>(TB, width));
         const int64_t panels = ceil_div(width, U);
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
         for (int64_t p = 0; p < panels; ++p) {
             if (p < x_panels)
-                pack_b_rows(TB, I, [&](int64_t k) { return x + k * I; }, bp.get(), p, p + 1);
+                pack_b_rows(TB, I, [&](int64_t k) { return x + k * I; }, bp, p, p + 1);
             else  // panel p - x_panels of h_prev, stored at panel p
-                pack_b_rows(TB, H, [&](int64_t k) { return hs.get() + k * H; },
-                            bp.get() + h_col0 * TB, p - x_panels, p - x_panels + 1);
+                pack_b_rows(TB, H, [&](int64_t k) { return hs + k * H; },
+                            bp + h_col0 * TB, p - x_panels, p - x_panels + 1);
         }
         const auto dw = scratch<T>(G * width);  // weight gradients in gate-column order
-        gemm_packed_b_parallel(G, width, TB, dG, 1, G, bp.get(), dw.get(), width);
+        gemm_packed_b_parallel(G, width, TB, dG, 1, G, bp, dw.get(), width);
         for (int64_t col = 0; col < G; ++col) {
             const int64_t r = P.source_row(col);
             if (r < 0) continue;

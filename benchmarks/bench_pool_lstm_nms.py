@@ -4,6 +4,7 @@ Two ways to run it:
 
     python -m pytest benchmarks/bench_pool_lstm_nms.py --benchmark-enable   # pytest-benchmark
     python benchmarks/bench_pool_lstm_nms.py [--threads 2] [--rounds 15]    # RESULTS.md table
+    python benchmarks/bench_pool_lstm_nms.py --cpu-time      # 1 thread, CPU clock (shared machine)
 
 The script mode times pyconv and its comparison *interleaved* in one process (one call of each
 per round, medians over the rounds), so that load from other processes on a shared machine
@@ -194,15 +195,15 @@ def test_bench(benchmark, group, i, impl):
 # Script mode: interleaved medians -> Markdown rows
 
 
-def interleaved(fns, rounds):
+def interleaved(fns, rounds, clock=time.perf_counter):
     for f in fns:  # warm up (first-call costs, page faults)
         f()
     times = [[] for _ in fns]
     for _ in range(rounds):
         for f, ts in zip(fns, times):
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
     return [float(np.median(ts)) for ts in times]
 
 
@@ -215,17 +216,25 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--only", default="", help="run cases whose name contains this")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the process's CPU clock instead of the wall clock (forces "
+                         "--threads 1): on a shared machine this leaves out the time spent "
+                         "waiting for a core")
     args = ap.parse_args(argv)
+    if args.cpu_time:
+        args.threads = 1
+    clock = time.process_time if args.cpu_time else time.perf_counter
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    print(f"threads={args.threads} isa={pyconv.info()['isa']} torch={torch.__version__}")
+    print(f"threads={args.threads} isa={pyconv.info()['isa']} torch={torch.__version__} "
+          f"clock={'process CPU time' if args.cpu_time else 'wall'}")
     print("| case | pyconv | rate | comparison | their time | speed-up | note |")
     print("|---|---|---|---|---|---|---|")
     for case in all_cases():
         if args.only not in case.name:
             continue
         names = list(case.theirs)
-        ts = interleaved([case.ours] + [case.theirs[n] for n in names], case.rounds or args.rounds)
+        ts = interleaved([case.ours] + [case.theirs[n] for n in names], case.rounds or args.rounds, clock)
         ours = ts[0]
         if case.gbytes:
             rate = f"{case.gbytes / ours:.1f} GB/s ({100 * case.gbytes / ours / DRAM_COPY_GBPS:.0f}% of copy)"

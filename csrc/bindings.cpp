@@ -9,7 +9,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -94,6 +97,200 @@ struct MaxPool2d {
     }
 };
 
+// ---- Pooling, LSTM and NMS -----------------------------------------------------------------
+
+// Data pointer of an optional array (None -> nullptr), checked like `checked`.
+template <class T>
+T* checked_or_null(const py::object& a, const std::vector<int64_t>& shape, const char* name,
+                   bool writable = false) {
+    return a.is_none() ? nullptr : checked<T>(a.cast<py::array>(), shape, name, writable);
+}
+
+void check_scatter(int64_t skipped, const char* op, const char* bound) {
+    if (skipped)
+        throw py::value_error(std::string(op) + ": " + std::to_string(skipped) +
+                              " indices lie outside [0, " + bound + ") and were skipped");
+}
+
+template <class T>
+struct MaxPool2dBackward {
+    static void run(const py::array& grad_out, const py::array& idx, const py::array& grad_x) {
+        if (grad_out.ndim() != 4 || grad_x.ndim() != 4)
+            throw py::value_error("max_pool2d_backward: grad_out and grad_x must be 4-D");
+        const int64_t N = grad_x.shape(0), C = grad_x.shape(1), H = grad_x.shape(2),
+                      W = grad_x.shape(3), Ho = grad_out.shape(2), Wo = grad_out.shape(3);
+        const T* gy = checked<T>(grad_out, {N, C, Ho, Wo}, "grad_out");
+        const int64_t* ip = checked<int64_t>(idx, {N, C, Ho, Wo}, "indices");
+        T* gx = checked<T>(grad_x, {N, C, H, W}, "grad_x", true);
+        int64_t skipped;
+        {
+            py::gil_scoped_release nogil;
+            skipped = kernels<T>().max_pool2d_backward(N * C, Ho * Wo, H * W, gy, ip, gx);
+        }
+        check_scatter(skipped, "max_pool2d_backward", "H*W");
+    }
+};
+
+template <class T>
+struct MaxUnpool2d {
+    static void run(const py::array& x, const py::array& idx, const py::array& y) {
+        if (x.ndim() != 4 || y.ndim() != 4)
+            throw py::value_error("max_unpool2d: x and y must be 4-D");
+        const int64_t N = x.shape(0), C = x.shape(1), Hi = x.shape(2), Wi = x.shape(3),
+                      H = y.shape(2), W = y.shape(3);
+        const T* xp = checked<T>(x, {N, C, Hi, Wi}, "x");
+        const int64_t* ip = checked<int64_t>(idx, {N, C, Hi, Wi}, "indices");
+        T* yp = checked<T>(y, {N, C, H, W}, "y", true);
+        int64_t skipped;
+        {
+            py::gil_scoped_release nogil;
+            skipped = kernels<T>().max_unpool2d(N * C, Hi * Wi, H * W, xp, ip, yp);
+        }
+        check_scatter(skipped, "max_unpool2d", "H*W");
+    }
+};
+
+void check_avg_shape(const PoolShape& g) {
+    check_nonnegative<float>(g);
+    if (g.dh != 1 || g.dw != 1) throw py::value_error("avg_pool2d: dilation must be 1");
+    if (g.Ho > 0 && ((g.Ho - 1) * g.sh - g.ph >= g.H || (g.Wo - 1) * g.sw - g.pw >= g.W ||
+                     g.ph >= g.kh || g.pw >= g.kw))
+        throw py::value_error("pool shape: a window lies entirely in the padding");
+}
+
+template <class T>
+struct AvgPool2d {
+    static void run(const py::array& x, const py::array& y, bool count_include_pad,
+                    int64_t divisor, const std::array<int64_t, 14>& shape) {
+        const PoolShape g = pool_shape(shape);
+        check_avg_shape(g);
+        const T* xp = checked<T>(x, {g.N, g.C, g.H, g.W}, "x");
+        T* yp = checked<T>(y, {g.N, g.C, g.Ho, g.Wo}, "y", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().avg_pool2d(g, count_include_pad, divisor, xp, yp);
+    }
+};
+
+template <class T>
+struct AvgPool2dBackward {
+    static void run(const py::array& grad_out, const py::array& grad_x, bool count_include_pad,
+                    int64_t divisor, const std::array<int64_t, 14>& shape) {
+        const PoolShape g = pool_shape(shape);
+        check_avg_shape(g);
+        const T* gy = checked<T>(grad_out, {g.N, g.C, g.Ho, g.Wo}, "grad_out");
+        T* gx = checked<T>(grad_x, {g.N, g.C, g.H, g.W}, "grad_x", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().avg_pool2d_backward(g, count_include_pad, divisor, gy, gx);
+    }
+};
+
+// Sizes of an LSTM call from x (T, B, I) and h0 (B, H), and its checked weights.
+template <class T>
+LstmShape lstm_shape(const py::array& x, const py::array& h0) {
+    if (x.ndim() != 3 || h0.ndim() != 2) throw py::value_error("lstm: x must be 3-D and h0 2-D");
+    return {x.shape(0), x.shape(1), x.shape(2), h0.shape(1)};
+}
+
+template <class T>
+LstmWeights<T> lstm_weights(const LstmShape& s, const py::array& w_ih, const py::array& w_hh,
+                            const py::object& b_ih, const py::object& b_hh) {
+    return {checked<T>(w_ih, {4 * s.H, s.I}, "w_ih"), checked<T>(w_hh, {4 * s.H, s.H}, "w_hh"),
+            checked_or_null<T>(b_ih, {4 * s.H}, "b_ih"),
+            checked_or_null<T>(b_hh, {4 * s.H}, "b_hh")};
+}
+
+template <class T>
+struct Lstm {
+    static void run(const py::array& x, const py::array& h0, const py::array& c0,
+                    const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
+                    const py::object& b_hh, const py::array& out, const py::object& h_T,
+                    const py::array& c_T) {
+        const LstmShape s = lstm_shape<T>(x, h0);
+        const T* xp = checked<T>(x, {s.T, s.B, s.I}, "x");
+        const T* hp = checked<T>(h0, {s.B, s.H}, "h0");
+        const T* cp = checked<T>(c0, {s.B, s.H}, "c0");
+        const LstmWeights<T> w = lstm_weights<T>(s, w_ih, w_hh, b_ih, b_hh);
+        T* op = checked<T>(out, {s.T, s.B, s.H}, "out", true);
+        T* hT = checked_or_null<T>(h_T, {s.B, s.H}, "h_T", true);
+        T* cT = checked<T>(c_T, {s.B, s.H}, "c_T", true);
+        if (std::min({s.T, s.B, s.I, s.H}) < 1) throw py::value_error("lstm: empty input");
+        py::gil_scoped_release nogil;
+        kernels<T>().lstm(s, xp, hp, cp, w, op, hT, cT);
+    }
+};
+
+template <class T>
+struct LstmBackward {
+    static void run(const py::array& x, const py::object& grad_out, const py::object& grad_hT,
+                    const py::object& grad_cT, const py::array& h0, const py::array& c0,
+                    const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
+                    const py::object& b_hh, const py::array& grad_x, const py::array& grad_h0,
+                    const py::array& grad_c0, const py::array& grad_w_ih,
+                    const py::array& grad_w_hh, const py::object& grad_b) {
+        const LstmShape s = lstm_shape<T>(x, h0);
+        const std::vector<int64_t> bh{s.B, s.H}, g4{4 * s.H};
+        const T* gop = checked_or_null<T>(grad_out, {s.T, s.B, s.H}, "grad_out");
+        const T* ghT = checked_or_null<T>(grad_hT, bh, "grad_hT");
+        const T* gcT = checked_or_null<T>(grad_cT, bh, "grad_cT");
+        const T* xp = checked<T>(x, {s.T, s.B, s.I}, "x");
+        const T* hp = checked<T>(h0, bh, "h0");
+        const T* cp = checked<T>(c0, bh, "c0");
+        const LstmWeights<T> w = lstm_weights<T>(s, w_ih, w_hh, b_ih, b_hh);
+        T* gx = checked<T>(grad_x, {s.T, s.B, s.I}, "grad_x", true);
+        T* gh0 = checked<T>(grad_h0, bh, "grad_h0", true);
+        T* gc0 = checked<T>(grad_c0, bh, "grad_c0", true);
+        T* gwi = checked<T>(grad_w_ih, {4 * s.H, s.I}, "grad_w_ih", true);
+        T* gwh = checked<T>(grad_w_hh, {4 * s.H, s.H}, "grad_w_hh", true);
+        T* gb = checked_or_null<T>(grad_b, g4, "grad_b", true);
+        if (std::min({s.T, s.B, s.I, s.H}) < 1) throw py::value_error("lstm_backward: empty input");
+        py::gil_scoped_release nogil;
+        kernels<T>().lstm_backward(s, gop, ghT, gcT, xp, hp, cp, w, gx, gh0, gc0, gwi, gwh, gb);
+    }
+};
+
+int64_t rows_of_boxes(const py::array& boxes, const char* name) {
+    if (boxes.ndim() != 2 || boxes.shape(1) != 4)
+        throw py::value_error(std::string(name) + ": expected shape (N, 4)");
+    return boxes.shape(0);
+}
+
+template <class T>
+struct BoxIou {
+    static void run(const py::array& a, const py::array& b, const py::array& out) {
+        const int64_t n = rows_of_boxes(a, "boxes1"), m = rows_of_boxes(b, "boxes2");
+        const T* ap = checked<T>(a, {n, 4}, "boxes1");
+        const T* bp = checked<T>(b, {m, 4}, "boxes2");
+        T* op = checked<T>(out, {n, m}, "out", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().box_iou(ap, n, bp, m, op);
+    }
+};
+
+template <class T>
+struct Nms {
+    static int64_t run(const py::array& boxes, const py::array& scores, const py::object& idxs,
+                       double iou_threshold, const py::array& keep) {
+        const int64_t n = rows_of_boxes(boxes, "boxes");
+        if (n > int64_t(std::numeric_limits<int32_t>::max()))
+            throw py::value_error("nms: at most 2**31 - 1 boxes");
+        if (std::isnan(iou_threshold)) throw py::value_error("nms: iou_threshold is NaN");
+        const T* bp = checked<T>(boxes, {n, 4}, "boxes");
+        const T* sp = checked<T>(scores, {n}, "scores");
+        const int64_t* cat = checked_or_null<int64_t>(idxs, {n}, "idxs");
+        int64_t* kp = checked<int64_t>(keep, {n}, "keep", true);
+        py::gil_scoped_release nogil;
+        return kernels<T>().nms(bp, sp, cat, n, iou_threshold, kp);
+    }
+};
+
+// by_dtype for kernels that return a value.
+template <template <class> class F, class... Args>
+auto by_dtype_ret(const py::array& x, Args&&... args) {
+    if (x.dtype().is(py::dtype::of<float>())) return F<float>::run(x, std::forward<Args>(args)...);
+    if (x.dtype().is(py::dtype::of<double>())) return F<double>::run(x, std::forward<Args>(args)...);
+    throw py::type_error("expected float32 or float64, got " + std::string(py::str(x.dtype())));
+}
+
 Isa parse_isa(const std::string& name) {
     for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512})
         if (name == isa_name(isa)) return isa;
@@ -127,4 +324,69 @@ PYBIND11_MODULE(_C, m) {
           py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("shape"),
           "max pooling into y (and indices, unless None); shape = "
           "(N,C,H,W,Ho,Wo,kh,kw,sh,sw,ph,pw,dh,dw)");
+
+    m.def("max_pool2d_backward",
+          [](const py::array& grad_out, const py::array& indices, const py::array& grad_x) {
+              by_dtype<MaxPool2dBackward>(grad_out, indices, grad_x);
+          },
+          py::arg("grad_out"), py::arg("indices"), py::arg("grad_x"),
+          "grad_x = zeros, then grad_x.flat-per-plane[indices] += grad_out");
+    m.def("max_unpool2d",
+          [](const py::array& x, const py::array& indices, const py::array& y) {
+              by_dtype<MaxUnpool2d>(x, indices, y);
+          },
+          py::arg("x"), py::arg("indices"), py::arg("y"),
+          "y = zeros, then y.flat-per-plane[indices] = x (the last repeated index wins)");
+    m.def("avg_pool2d",
+          [](const py::array& x, const py::array& y, bool count_include_pad, int64_t divisor,
+             const std::array<int64_t, 14>& shape) {
+              by_dtype<AvgPool2d>(x, y, count_include_pad, divisor, shape);
+          },
+          py::arg("x"), py::arg("y"), py::arg("count_include_pad"), py::arg("divisor_override"),
+          py::arg("shape"), "average pooling into y (divisor_override 0 = none)");
+    m.def("avg_pool2d_backward",
+          [](const py::array& grad_out, const py::array& grad_x, bool count_include_pad,
+             int64_t divisor, const std::array<int64_t, 14>& shape) {
+              by_dtype<AvgPool2dBackward>(grad_out, grad_x, count_include_pad, divisor, shape);
+          },
+          py::arg("grad_out"), py::arg("grad_x"), py::arg("count_include_pad"),
+          py::arg("divisor_override"), py::arg("shape"), "gradient of average pooling");
+    m.def("lstm",
+          [](const py::array& x, const py::array& h0, const py::array& c0, const py::array& w_ih,
+             const py::array& w_hh, const py::object& b_ih, const py::object& b_hh,
+             const py::array& out, const py::object& h_T, const py::array& c_T) {
+              by_dtype<Lstm>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, h_T, c_T);
+          },
+          py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
+          py::arg("b_ih"), py::arg("b_hh"), py::arg("out"), py::arg("h_T"), py::arg("c_T"),
+          "LSTM over x (T,B,I) into out (T,B,H), h_T (or None) and c_T");
+    m.def("lstm_backward",
+          [](const py::array& x, const py::object& grad_out, const py::object& grad_hT,
+             const py::object& grad_cT, const py::array& h0, const py::array& c0,
+             const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
+             const py::object& b_hh, const py::array& grad_x, const py::array& grad_h0,
+             const py::array& grad_c0, const py::array& grad_w_ih, const py::array& grad_w_hh,
+             const py::object& grad_b) {
+              by_dtype<LstmBackward>(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih,
+                                     b_hh, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b);
+          },
+          py::arg("x"), py::arg("grad_out"), py::arg("grad_hT"), py::arg("grad_cT"),
+          py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
+          py::arg("b_hh"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"),
+          py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_b"),
+          "backpropagation through time of lstm (grad_* outputs written in place)");
+    m.def("box_iou",
+          [](const py::array& a, const py::array& b, const py::array& out) {
+              by_dtype<BoxIou>(a, b, out);
+          },
+          py::arg("boxes1"), py::arg("boxes2"), py::arg("out"), "pairwise IoU into out (N, M)");
+    m.def("nms",
+          [](const py::array& boxes, const py::array& scores, const py::object& idxs,
+             double iou_threshold, const py::array& keep) {
+              return by_dtype_ret<Nms>(boxes, scores, idxs, iou_threshold, keep);
+          },
+          py::arg("boxes"), py::arg("scores"), py::arg("idxs"), py::arg("iou_threshold"),
+          py::arg("keep"),
+          "greedy NMS (per category when idxs is not None); writes the kept indices to keep "
+          "and returns their count");
 }

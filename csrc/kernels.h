@@ -22,10 +22,52 @@ struct PoolShape {
     int64_t N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
+// LSTM sizes: x (T,B,I), h and c (B,H), w_ih (4H,I), w_hh (4H,H), biases (4H,). A cell is the
+// sequence with T = 1.
+struct LstmShape {
+    int64_t T, B, I, H;
+};
+
+// An LSTM's parameters; either bias may be nullptr.
+template <class T>
+struct LstmWeights {
+    const T *w_ih, *w_hh, *b_ih, *b_hh;
+};
+
 template <class T>
 struct KernelsFor {
     // y (N,C,Ho,Wo); idx (N,C,Ho,Wo) flat offsets into each H*W plane, or nullptr.
     void (*max_pool2d)(const PoolShape&, const T* x, T* y, int64_t* idx);
+    // grad_x (planes, in_plane) = scatter-add of grad_y (planes, out_plane) at idx. The two
+    // scatters skip indices out of range and return how many they skipped.
+    int64_t (*max_pool2d_backward)(int64_t planes, int64_t out_plane, int64_t in_plane,
+                                const T* grad_y, const int64_t* idx, T* grad_x);
+    // divisor_override 0 = none.
+    void (*avg_pool2d)(const PoolShape&, bool count_include_pad, int64_t divisor_override,
+                       const T* x, T* y);
+    void (*avg_pool2d_backward)(const PoolShape&, bool count_include_pad,
+                                int64_t divisor_override, const T* grad_y, T* grad_x);
+    // y (planes, out_plane) = 0, then y[idx] = x (the last of repeated indices wins).
+    int64_t (*max_unpool2d)(int64_t planes, int64_t in_plane, int64_t out_plane, const T* x,
+                         const int64_t* idx, T* y);
+
+    // out (T,B,H); h_T, c_T (B,H); h_T may be nullptr (a cell's h is out itself).
+    void (*lstm)(const LstmShape&, const T* x, const T* h0, const T* c0, LstmWeights<T> w,
+                 T* out, T* h_T, T* c_T);
+    // Backpropagation through time. grad_out (T,B,H), grad_hT, grad_cT (B,H) may be nullptr
+    // (zero). grad_b is the gradient of each bias (both are the same), nullptr to skip it.
+    void (*lstm_backward)(const LstmShape&, const T* grad_out, const T* grad_hT,
+                          const T* grad_cT, const T* x, const T* h0, const T* c0,
+                          LstmWeights<T> w, T* grad_x, T* grad_h0, T* grad_c0, T* grad_w_ih,
+                          T* grad_w_hh, T* grad_b);
+
+    // iou (n, m) of boxes a (n,4) and b (m,4) as (x1, y1, x2, y2).
+    void (*box_iou)(const T* a, int64_t n, const T* b, int64_t m, T* iou);
+    // Greedy NMS; writes the kept indices (by decreasing score) to keep (room for n) and
+    // returns how many. category may be nullptr (one category): boxes of different
+    // categories never suppress each other.
+    int64_t (*nms)(const T* boxes, const T* scores, const int64_t* category, int64_t n,
+                   double iou_threshold, int64_t* keep);
 };
 
 struct KernelTable {

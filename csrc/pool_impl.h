@@ -1,41 +1,293 @@
-// Pooling kernels. Included inside namespace pyconv::<isa> by kernels_isa.inc.
+// Pooling kernels. Included inside namespace pyconv::<isa> by kernels_isa.inc (after simd_impl.h).
+//
+// Layout NCHW; every (n, c) plane is independent, so the forward kernels run OpenMP over
+// (plane, output row) pairs and vectorise along the output row: lane j of a vector holds output
+// column ow + j, whose window tap (r, s) reads input column (ow + j)*stride - pad + s*dilation.
+// For stride 1 that is one contiguous load per tap, for stride 2 two loads and one shuffle that
+// keeps every other element. Output columns whose windows cross the left or right border (and
+// any stride above 2) take the scalar path, which clips each window to the input.
+//
+// The OpenMP loops hand out small chunks dynamically rather than one static half per thread:
+// on a shared machine a thread that loses its core then delays only its current chunk, not
+// half the work (the kernels are memory-bound, so the chunk bookkeeping costs nothing visible).
+//
+// Semantics follow PyTorch: max pooling keeps the first maximum in row-major window order, a
+// NaN beats every number (the last NaN's position is reported), indices are flat offsets
+// h*W + w into the input plane; average pooling uses PyTorch's divisor rule (see avg_divisor).
 
-// Max pooling with PyTorch's semantics: the window is clipped to the input, ties keep the first
-// position in row-major window order, and a NaN wins over any number (the last NaN's index is
-// reported, as PyTorch does). The spec guarantees every window holds at least one input element.
+// `Simd<T>::lanes` elements p[0], p[kStep], p[2*kStep], ... (kStep 1 or 2). Reads nothing past
+// the last element it returns, so it is safe wherever the scalar loop would be.
+template <class T, int kStep>
+static inline __attribute__((always_inline)) typename Simd<T>::V load_strided(const T* p) {
+    using S = Simd<T>;
+    static_assert(kStep == 1 || kStep == 2, "strided loads exist for stride 1 and 2");
+    if constexpr (kStep == 1) {
+        return S::load(p);
+    } else {
+        // a = p[0 .. L-1], b = p[L-1 .. 2L-2]: lane i takes p[2i], which is a[2i] in the first
+        // half and b[2i - L + 1] (shuffle index 2i + 1) in the second.
+        typename S::I pick = S::iota() * 2;
+        for (int i = S::lanes / 2; i < S::lanes; ++i) pick[i] += 1;
+        return __builtin_shuffle(S::load(p), S::load(p + S::lanes - 1), pick);
+    }
+}
+
+// Kernel rows [r_lo, r_hi) of a window starting at input row h0 that lie inside 0..H-1.
+struct RowRange {
+    int64_t lo, hi;
+};
+
+static inline RowRange taps_inside(int64_t start, int64_t k, int64_t d, int64_t n) {
+    const int64_t lo = start >= 0 ? 0 : (-start + d - 1) / d;
+    const int64_t hi = std::min(k, (n - start + d - 1) / d);
+    return {lo, hi};
+}
+
+// Output columns [lo, hi) whose whole window lies inside the input row (may be empty).
+static inline RowRange columns_inside(const PoolShape& g) {
+    const int64_t lo = (g.pw + g.sw - 1) / g.sw;
+    const int64_t last_start = g.W - 1 - (g.kw - 1) * g.dw + g.pw;  // largest ow*sw allowed
+    const int64_t hi = last_start < 0 ? 0 : std::min(g.Wo, last_start / g.sw + 1);
+    return {lo, std::max(lo, hi)};
+}
+
+// True when an output row can use the vector path: stride 1 or 2, at least one full vector of
+// interior columns, and (for float) plane offsets that fit the int32 index lanes.
 template <class T>
-void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
-    const int64_t planes = g.N * g.C, plane_in = g.H * g.W, plane_out = g.Ho * g.Wo;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < planes; ++p) {
-        const T* xp = x + p * plane_in;
-        T* yp = y + p * plane_out;
-        int64_t* ip = idx ? idx + p * plane_out : nullptr;
-        for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            // First and one-past-last kernel rows whose input row lies inside the plane.
-            const int64_t h0 = oh * g.sh - g.ph;
-            const int64_t r_lo = h0 >= 0 ? 0 : (-h0 + g.dh - 1) / g.dh;
-            const int64_t r_hi = std::min(g.kh, (g.H - h0 + g.dh - 1) / g.dh);
-            for (int64_t ow = 0; ow < g.Wo; ++ow) {
-                const int64_t w0 = ow * g.sw - g.pw;
-                const int64_t s_lo = w0 >= 0 ? 0 : (-w0 + g.dw - 1) / g.dw;
-                const int64_t s_hi = std::min(g.kw, (g.W - w0 + g.dw - 1) / g.dw);
-                T best = -std::numeric_limits<T>::infinity();
-                int64_t best_at = (h0 + r_lo * g.dh) * g.W + (w0 + s_lo * g.dw);
-                for (int64_t r = r_lo; r < r_hi; ++r) {
-                    const int64_t row = (h0 + r * g.dh) * g.W;
-                    for (int64_t s = s_lo; s < s_hi; ++s) {
-                        const int64_t at = row + w0 + s * g.dw;
-                        const T v = xp[at];
-                        if (v > best || std::isnan(v)) {
-                            best = v;
-                            best_at = at;
-                        }
-                    }
-                }
-                yp[oh * g.Wo + ow] = best;
-                if (ip) ip[oh * g.Wo + ow] = best_at;
+static bool row_vectorisable(const PoolShape& g, RowRange cols) {
+    using Int = typename Simd<T>::Int;
+    return (g.sw == 1 || g.sw == 2) && cols.hi - cols.lo >= Simd<T>::lanes &&
+           g.H * g.W <= int64_t(std::numeric_limits<Int>::max());
+}
+
+// Calls f(ow) for vector starts covering [lo, hi): steps of `lanes`, the last one moved back so
+// that it ends at hi (it recomputes a few columns, which is harmless for a pure function).
+template <class F>
+static inline void for_each_vector(int64_t lo, int64_t hi, int64_t lanes, F&& f) {
+    for (int64_t ow = lo;; ow = std::min(ow + lanes, hi - lanes)) {
+        f(ow);
+        if (ow + lanes >= hi) break;
+    }
+}
+
+// Calls f(ow) for the output columns outside [done.lo, done.hi).
+template <class F>
+static inline void for_each_other_column(RowRange done, int64_t Wo, F&& f) {
+    for (int64_t ow = 0; ow < done.lo; ++ow) f(ow);
+    for (int64_t ow = done.hi; ow < Wo; ++ow) f(ow);
+}
+
+// ------------------------------------------------------------------------------------------
+// Max pooling
+
+// One output of max pooling over the clipped window, scalar.
+template <class T>
+static inline void max_window(const PoolShape& g, const T* xp, int64_t h0, RowRange rows,
+                              int64_t w0, T* y, int64_t* idx) {
+    const RowRange cols = taps_inside(w0, g.kw, g.dw, g.W);
+    T best = -std::numeric_limits<T>::infinity();
+    int64_t best_at = (h0 + rows.lo * g.dh) * g.W + (w0 + cols.lo * g.dw);
+    for (int64_t r = rows.lo; r < rows.hi; ++r) {
+        const int64_t row = (h0 + r * g.dh) * g.W;
+        for (int64_t s = cols.lo; s < cols.hi; ++s) {
+            const int64_t at = row + w0 + s * g.dw;
+            const T v = xp[at];
+            if (v > best || std::isnan(v)) {
+                best = v;
+                best_at = at;
             }
         }
+    }
+    *y = best;
+    if (idx) *idx = best_at;
+}
+
+// Interior columns [cols.lo, cols.hi) of one output row, `lanes` outputs at a time.
+template <class T, int kStep, bool kIndices>
+static void max_row_simd(const PoolShape& g, const T* xp, int64_t h0, RowRange rows,
+                         RowRange cols, T* yrow, int64_t* irow) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    using I = typename S::I;
+    using Int = typename S::Int;
+    const I lane_offset = S::iota() * kStep;
+    for_each_vector(cols.lo, cols.hi, S::lanes, [&](int64_t ow) {
+        const int64_t w0 = ow * kStep - g.pw;
+        V best = S::splat(-std::numeric_limits<T>::infinity());
+        I best_at = S::splat_int(Int((h0 + rows.lo * g.dh) * g.W + w0)) + lane_offset;
+        for (int64_t r = rows.lo; r < rows.hi; ++r) {
+            const int64_t row = (h0 + r * g.dh) * g.W;
+            for (int64_t s = 0; s < g.kw; ++s) {
+                const int64_t at = row + w0 + s * g.dw;
+                const V v = load_strided<T, kStep>(xp + at);
+                const auto take = (v > best) | (v != v);  // v > best, or v is NaN
+                best = take ? v : best;
+                if constexpr (kIndices) best_at = take ? S::splat_int(Int(at)) + lane_offset : best_at;
+            }
+        }
+        S::store(yrow + ow, best);
+        if constexpr (kIndices) S::store_index(irow + ow, best_at);
+    });
+}
+
+template <class T, bool kIndices>
+static void max_row(const PoolShape& g, const T* xp, int64_t oh, T* yrow, int64_t* irow) {
+    const int64_t h0 = oh * g.sh - g.ph;
+    const RowRange rows = taps_inside(h0, g.kh, g.dh, g.H);
+    RowRange cols = columns_inside(g);
+    if (row_vectorisable<T>(g, cols)) {
+        if (g.sw == 1) max_row_simd<T, 1, kIndices>(g, xp, h0, rows, cols, yrow, irow);
+        else max_row_simd<T, 2, kIndices>(g, xp, h0, rows, cols, yrow, irow);
+    } else {
+        cols = {0, 0};
+    }
+    for_each_other_column(cols, g.Wo, [&](int64_t ow) {
+        max_window(g, xp, h0, rows, ow * g.sw - g.pw, yrow + ow, kIndices ? irow + ow : nullptr);
+    });
+}
+
+// y (N,C,Ho,Wo); idx the same shape, or nullptr. The spec guarantees that every window holds
+// at least one input element.
+template <class T>
+void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
+    const int64_t planes = g.N * g.C;
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32)
+    for (int64_t p = 0; p < planes; ++p) {
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const T* xp = x + p * g.H * g.W;
+            const int64_t out = (p * g.Ho + oh) * g.Wo;
+            if (idx) max_row<T, true>(g, xp, oh, y + out, idx + out);
+            else max_row<T, false>(g, xp, oh, y + out, nullptr);
+        }
+    }
+}
+
+// grad_x (planes, in_plane) = 0, then grad_x[p, idx[p, j]] += grad_y[p, j]. Indices outside
+// [0, in_plane) (the spec rejects them) are skipped and counted; returns the count.
+template <class T>
+int64_t max_pool2d_backward(int64_t planes, int64_t out_plane, int64_t in_plane, const T* grad_y,
+                         const int64_t* idx, T* grad_x) {
+    int64_t bad = 0;
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
+    for (int64_t p = 0; p < planes; ++p) {
+        T* gx = grad_x + p * in_plane;
+        const T* gy = grad_y + p * out_plane;
+        const int64_t* ip = idx + p * out_plane;
+        std::fill(gx, gx + in_plane, T(0));
+        for (int64_t j = 0; j < out_plane; ++j) {
+            if (uint64_t(ip[j]) < uint64_t(in_plane)) gx[ip[j]] += gy[j];
+            else ++bad;
+        }
+    }
+    return bad;
+}
+
+// y (planes, out_plane) = 0, then y[p, idx[p, j]] = x[p, j] in increasing j, so that the last
+// of repeated indices wins. Indices outside [0, out_plane) are skipped and counted.
+template <class T>
+int64_t max_unpool2d(int64_t planes, int64_t in_plane, int64_t out_plane, const T* x,
+                  const int64_t* idx, T* y) {
+    int64_t bad = 0;
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
+    for (int64_t p = 0; p < planes; ++p) {
+        T* yp = y + p * out_plane;
+        const T* xp = x + p * in_plane;
+        const int64_t* ip = idx + p * in_plane;
+        std::fill(yp, yp + out_plane, T(0));
+        for (int64_t j = 0; j < in_plane; ++j) {
+            if (uint64_t(ip[j]) < uint64_t(out_plane)) yp[ip[j]] = xp[j];
+            else ++bad;
+        }
+    }
+    return bad;
+}
+
+// ------------------------------------------------------------------------------------------
+// Average pooling (no dilation: the spec passes dh = dw = 1)
+
+// PyTorch's divisor of output (oh, ow), and the window clipped to the input. The window before
+// clipping is cut at H + pad (in ceil mode it can reach further); its size is what
+// count_include_pad divides by.
+struct AvgWindow {
+    int64_t h_lo, h_hi, w_lo, w_hi, divisor;
+};
+
+static inline AvgWindow avg_window(const PoolShape& g, bool count_include_pad,
+                                   int64_t divisor_override, int64_t oh, int64_t ow) {
+    const int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
+    const int64_t he = std::min(hs + g.kh, g.H + g.ph), we = std::min(ws + g.kw, g.W + g.pw);
+    AvgWindow a{std::max<int64_t>(hs, 0), std::min(he, g.H), std::max<int64_t>(ws, 0),
+                std::min(we, g.W), 0};
+    if (divisor_override) a.divisor = divisor_override;
+    else if (count_include_pad) a.divisor = (he - hs) * (we - ws);
+    else a.divisor = (a.h_hi - a.h_lo) * (a.w_hi - a.w_lo);
+    return a;
+}
+
+template <class T, int kStep>
+static void avg_row_simd(const PoolShape& g, const T* xp, const AvgWindow& first,
+                         RowRange cols, T* yrow) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    // Interior columns all see kw input columns, so the divisor is the same along the row.
+    const V divisor = S::splat(T(first.divisor));
+    for_each_vector(cols.lo, cols.hi, S::lanes, [&](int64_t ow) {
+        const int64_t w0 = ow * kStep - g.pw;
+        V sum = S::splat(T(0));
+        for (int64_t h = first.h_lo; h < first.h_hi; ++h)
+            for (int64_t s = 0; s < g.kw; ++s) sum += load_strided<T, kStep>(xp + h * g.W + w0 + s);
+        S::store(yrow + ow, sum / divisor);
+    });
+}
+
+template <class T>
+static void avg_row(const PoolShape& g, bool count_include_pad, int64_t divisor_override,
+                    const T* xp, int64_t oh, T* yrow) {
+    RowRange cols = columns_inside(g);
+    if (row_vectorisable<T>(g, cols)) {
+        const AvgWindow first = avg_window(g, count_include_pad, divisor_override, oh, cols.lo);
+        if (g.sw == 1) avg_row_simd<T, 1>(g, xp, first, cols, yrow);
+        else avg_row_simd<T, 2>(g, xp, first, cols, yrow);
+    } else {
+        cols = {0, 0};
+    }
+    for_each_other_column(cols, g.Wo, [&](int64_t ow) {
+        const AvgWindow a = avg_window(g, count_include_pad, divisor_override, oh, ow);
+        T sum = 0;
+        for (int64_t h = a.h_lo; h < a.h_hi; ++h)
+            for (int64_t w = a.w_lo; w < a.w_hi; ++w) sum += xp[h * g.W + w];
+        yrow[ow] = sum / T(a.divisor);
+    });
+}
+
+// divisor_override 0 means none.
+template <class T>
+void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_override, const T* x,
+                T* y) {
+    const int64_t planes = g.N * g.C;
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32)
+    for (int64_t p = 0; p < planes; ++p)
+        for (int64_t oh = 0; oh < g.Ho; ++oh)
+            avg_row(g, count_include_pad, divisor_override, x + p * g.H * g.W, oh,
+                    y + (p * g.Ho + oh) * g.Wo);
+}
+
+// Each output's gradient, divided by its divisor, is added to every input of its window.
+template <class T>
+void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t divisor_override,
+                         const T* grad_y, T* grad_x) {
+    const int64_t planes = g.N * g.C;
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+    for (int64_t p = 0; p < planes; ++p) {
+        T* gx = grad_x + p * g.H * g.W;
+        const T* gy = grad_y + p * g.Ho * g.Wo;
+        std::fill(gx, gx + g.H * g.W, T(0));
+        for (int64_t oh = 0; oh < g.Ho; ++oh)
+            for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                const AvgWindow a = avg_window(g, count_include_pad, divisor_override, oh, ow);
+                const T share = gy[oh * g.Wo + ow] / T(a.divisor);
+                for (int64_t h = a.h_lo; h < a.h_hi; ++h)
+                    for (int64_t w = a.w_lo; w < a.w_hi; ++w) gx[h * g.W + w] += share;
+            }
     }
 }

@@ -243,7 +243,11 @@ def box_iou(boxes1, boxes2, *, backend=None):
 def nms(boxes, scores, iou_threshold, *, backend=None):
     """Greedy non-maximum suppression, as ``torchvision.ops.nms`` -> int64 indices of the kept
     boxes by decreasing score. A box is dropped when its IoU with a kept, higher-scored box is
-    > iou_threshold; equal scores keep the lower index first; NaN scores rank below all others."""
+    > iou_threshold; equal scores keep the lower index first; NaN scores rank below all others.
+    Boxes with x2 < x1 or y2 < y1 are empty (area 0) and the IoU of two boxes with an empty
+    union is 0, so with a threshold >= 0 an empty box neither suppresses nor is suppressed
+    (a negative threshold keeps only the top box). The IoU is computed in the boxes' precision
+    and compared exactly with the threshold. No boxes -> an empty int64 array."""
     thr = _spec.nms(boxes, scores, iou_threshold)
     return _run("nms", "nms", backend, (boxes, scores), thr)
 

@@ -18,3 +18,92 @@ def max_pool2d(x, g, with_indices):
     idx = np.empty(g.output_shape, np.int64) if with_indices else None
     _C.max_pool2d(x, y, idx, g)
     return y, idx
+
+
+@backend.register
+def max_pool2d_backward(grad_out, indices, input_shape):
+    grad_x = np.empty(input_shape, grad_out.dtype)
+    _C.max_pool2d_backward(grad_out, indices, grad_x)
+    return grad_x
+
+
+@backend.register
+def avg_pool2d(x, g, count_include_pad, divisor_override):
+    y = np.empty(g.output_shape, x.dtype)
+    _C.avg_pool2d(x, y, count_include_pad, divisor_override, g)
+    return y
+
+
+@backend.register
+def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
+    grad_x = np.empty(g.input_shape, grad_out.dtype)
+    _C.avg_pool2d_backward(grad_out, grad_x, count_include_pad, divisor_override, g)
+    return grad_x
+
+
+@backend.register
+def max_unpool2d(x, indices, output_shape):
+    y = np.empty(output_shape, x.dtype)
+    _C.max_unpool2d(x, indices, y)
+    return y
+
+
+# The C++ side has the sequence kernels only: a cell is a sequence of one step.
+
+
+@backend.register
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    out = np.empty((T, B, H), x.dtype)
+    h_T, c_T = np.empty((B, H), x.dtype), np.empty((B, H), x.dtype)
+    _C.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, h_T, c_T)
+    return out, (h_T, c_T)
+
+
+@backend.register
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    out = np.empty((1,) + h.shape, x.dtype)
+    c_new = np.empty_like(c)
+    _C.lstm(x[None], h, c, w_ih, w_hh, b_ih, b_hh, out, None, c_new)
+    return out[0], c_new
+
+
+def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    grads = [np.empty_like(a) for a in (x, h0, c0, w_ih, w_hh)]
+    grad_b = np.empty(w_ih.shape[0], x.dtype) if (b_ih is not None or b_hh is not None) else None
+    _C.lstm_backward(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih, b_hh, *grads, grad_b)
+    # Both biases enter the gates the same way, so they get the same gradient.
+    grad_b_ih = None if b_ih is None else grad_b
+    grad_b_hh = None if b_hh is None else (grad_b if b_ih is None else grad_b.copy())
+    return (*grads, grad_b_ih, grad_b_hh)
+
+
+@backend.register
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    return _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+
+
+@backend.register
+def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    gx, *rest = _lstm_grads(grad_h[None], None, grad_c, x[None], h, c, w_ih, w_hh, b_ih, b_hh)
+    return (gx[0], *rest)
+
+
+@backend.register
+def box_iou(boxes1, boxes2):
+    out = np.empty((boxes1.shape[0], boxes2.shape[0]), boxes1.dtype)
+    _C.box_iou(boxes1, boxes2, out)
+    return out
+
+
+@backend.register
+def nms(boxes, scores, iou_threshold):
+    keep = np.empty(boxes.shape[0], np.int64)
+    return keep[: _C.nms(boxes, scores, None, iou_threshold, keep)].copy()
+
+
+@backend.register
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    keep = np.empty(boxes.shape[0], np.int64)
+    return keep[: _C.nms(boxes, scores, idxs, iou_threshold, keep)].copy()

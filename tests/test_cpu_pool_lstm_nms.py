@@ -1,0 +1,418 @@
+"""The cpu backend's pooling, LSTM and NMS kernels against PyTorch, an independent NMS loop and
+OpenCV, on every ISA variant of the C++ extension (generic, AVX2, AVX-512 where the CPU has it).
+"""
+import math
+
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import ops
+
+_C = pytest.importorskip("pyconv._C")
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+BEST_ISA = _C.best_isa()
+ISAS = [isa for isa in ("generic", "avx2", "avx512") if isa in _C.compiled_isas()]
+DTYPES = [np.float32, np.float64]
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    try:
+        _C.set_isa(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU cannot run {request.param}")
+    yield request.param
+    _C.set_isa(BEST_ISA)
+
+
+def t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def close(a, b, dtype):
+    np.testing.assert_allclose(a, b.detach().numpy() if torch.is_tensor(b) else b, **TOL[dtype])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling. Widths of 40+ columns put whole vectors (16 floats with AVX-512) inside the rows, so
+# the vector path, its overlapping last vector and the scalar border columns all run.
+
+POOL_CASES = [
+    # kernel, stride, padding, dilation, ceil_mode
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 1, 1, 1, False),
+    (3, 2, 1, 1, True),
+    (2, 2, 1, 1, True),
+    ((3, 2), (2, 1), (1, 0), 1, False),
+    (3, 3, 1, 1, True),
+    (3, 1, 1, 2, False),
+    ((2, 3), 2, (1, 1), (2, 1), True),
+]
+POOL_SHAPES = [(2, 3, 9, 11), (1, 2, 13, 45), (2, 2, 7, 70)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p,d,ceil", POOL_CASES)
+def test_max_pool2d_matches_torch(isa, dtype, k, s, p, d, ceil):
+    rng = np.random.default_rng(1)
+    for shape in POOL_SHAPES:
+        # Few distinct values: many ties, which must resolve to the first maximum.
+        x = rng.integers(-3, 4, shape).astype(dtype)
+        y, idx = ops.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        ty, tidx = F.max_pool2d(t(x), k, s, p, d, ceil, return_indices=True)
+        np.testing.assert_array_equal(y, ty.numpy())
+        np.testing.assert_array_equal(idx, tidx.numpy())
+        np.testing.assert_array_equal(ops.max_pool2d(x, k, s, p, d, ceil), y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_nan_and_inf(isa, dtype):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 12, 50)).astype(dtype)
+    x.flat[rng.choice(x.size, 40, replace=False)] = np.nan
+    x[0, 0, :2] = -np.inf  # windows of -inf only report their first position
+    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1)]:
+        y, idx = ops.max_pool2d(x, k, s, p, return_indices=True)
+        ty, tidx = F.max_pool2d(t(x), k, s, p, return_indices=True)
+        np.testing.assert_array_equal(y, ty.numpy())  # NaNs in the same places
+        np.testing.assert_array_equal(idx, tidx.numpy())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p,d,ceil", POOL_CASES[:6])
+def test_max_pool2d_backward_matches_autograd(isa, dtype, k, s, p, d, ceil):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 10, 41)).astype(dtype)
+    tx = t(x).requires_grad_()
+    ty = F.max_pool2d(tx, k, s, p, d, ceil)
+    g = rng.standard_normal(ty.shape).astype(dtype)
+    ty.backward(t(g))
+    _, idx = ops.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    close(ops.max_pool2d_backward(g, idx, x.shape), tx.grad, dtype)
+
+
+AVG_CASES = [
+    # kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
+    (2, 2, 0, False, True, None),
+    (3, 2, 1, False, True, None),
+    (3, 2, 1, False, False, None),
+    (3, 2, 1, True, True, None),
+    (3, 2, 1, True, False, None),
+    (3, 1, 1, False, False, None),
+    ((3, 2), (2, 1), (1, 1), True, True, None),
+    (2, 2, 1, True, True, 3),
+    (3, 3, 1, True, False, -2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p,ceil,cip,div", AVG_CASES)
+def test_avg_pool2d_and_backward_match_torch(isa, dtype, k, s, p, ceil, cip, div):
+    rng = np.random.default_rng(4)
+    for shape in POOL_SHAPES:
+        x = rng.standard_normal(shape).astype(dtype)
+        tx = t(x).requires_grad_()
+        ty = F.avg_pool2d(tx, k, s, p, ceil, cip, div)
+        close(ops.avg_pool2d(x, k, s, p, ceil, cip, div), ty, dtype)
+        g = rng.standard_normal(ty.shape).astype(dtype)
+        ty.backward(t(g))
+        close(ops.avg_pool2d_backward(g, x.shape, k, s, p, ceil, cip, div), tx.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_unpool2d_matches_torch(isa, dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 11, 40)).astype(dtype)
+    for k, s, p, out in [(2, 2, 0, None), (3, 2, 1, (11, 40)), (2, 2, 0, (11, 41))]:
+        y, idx = ops.max_pool2d(x, k, s, p, return_indices=True)
+        got = ops.max_unpool2d(y, idx, k, s, p, output_size=out)
+        want = F.max_unpool2d(t(y), t(idx), k, s, p, output_size=out)
+        np.testing.assert_array_equal(got, want.numpy())
+
+
+def test_max_unpool2d_repeated_indices_last_wins(isa):
+    x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    idx = np.array([[[[5, 5], [0, 5]]]], np.int64)
+    y = ops.max_unpool2d(x, idx, 2)
+    want = np.zeros((1, 1, 4, 4), np.float32)
+    want.flat[0], want.flat[5] = 3, 4
+    np.testing.assert_array_equal(y, want)
+
+
+def test_max_pool2d_backward_sums_repeated_indices(isa):
+    g = np.ones((1, 1, 2, 2))
+    idx = np.array([[[[0, 0], [3, 0]]]], np.int64)
+    gx = ops.max_pool2d_backward(g, idx, (1, 1, 2, 2))
+    np.testing.assert_array_equal(gx.ravel(), [3, 0, 0, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM: shapes with H not a multiple of the gate block (a full vector pair) and B not a multiple
+# of the GEMM tile, so the padding paths run.
+
+LSTM_SIZES = [(1, 1, 1, 1), (3, 2, 5, 7), (4, 9, 33, 40), (2, 10, 17, 70)]
+
+
+def torch_lstm(I, H, bias, dtype, seed):
+    torch.manual_seed(seed)
+    m = torch.nn.LSTM(I, H, bias=bias).to(torch.float64 if dtype == np.float64 else torch.float32)
+    params = [m.weight_ih_l0, m.weight_hh_l0] + ([m.bias_ih_l0, m.bias_hh_l0] if bias else [None, None])
+    return m, params
+
+
+def arrays(params):
+    return [None if p is None else p.detach().numpy() for p in params]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("T,B,I,H", LSTM_SIZES)
+def test_lstm_forward_and_backward_match_torch(isa, dtype, bias, T, B, I, H):
+    m, params = torch_lstm(I, H, bias, dtype, seed=T * 100 + H)
+    rng = np.random.default_rng(6)
+    x, go = rng.standard_normal((T, B, I)).astype(dtype), rng.standard_normal((T, B, H)).astype(dtype)
+    h0, c0, ghT, gcT = (rng.standard_normal((B, H)).astype(dtype) for _ in range(4))
+    tx, th0, tc0 = (t(a).requires_grad_() for a in (x, h0, c0))
+    out, (hT, cT) = m(tx, (th0[None], tc0[None]))
+    (out * t(go)).sum().add((hT[0] * t(ghT)).sum()).add((cT[0] * t(gcT)).sum()).backward()
+
+    w = arrays(params)
+    y, (h, c) = ops.lstm(x, h0, c0, *w)
+    close(y, out, dtype)
+    close(h, hT[0], dtype)
+    close(c, cT[0], dtype)
+    grads = ops.lstm_backward(go, ghT, gcT, x, h0, c0, *w)
+    want = [tx.grad, th0.grad, tc0.grad] + [None if p is None else p.grad for p in params]
+    for got, ref in zip(grads, want):
+        assert (got is None) == (ref is None)
+        if ref is not None:
+            close(got, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_backward_with_missing_gradients(isa, dtype):
+    T, B, I, H = 3, 4, 6, 9
+    m, params = torch_lstm(I, H, True, dtype, seed=7)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, c0, ghT = (rng.standard_normal((B, H)).astype(dtype) for _ in range(3))
+    tx = t(x).requires_grad_()
+    _, (hT, _) = m(tx, (t(h0)[None], t(c0)[None]))
+    (hT[0] * t(ghT)).sum().backward()
+    gx, *_ = ops.lstm_backward(None, ghT, None, x, h0, c0, *arrays(params))
+    close(gx, tx.grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,I,H", [(1, 1, 1), (5, 3, 33), (64, 20, 40)])
+def test_lstm_cell_and_backward_match_torch(isa, dtype, B, I, H):
+    torch.manual_seed(B + H)
+    cell = torch.nn.LSTMCell(I, H).to(torch.float64 if dtype == np.float64 else torch.float32)
+    params = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    h, c, gh, gc = (rng.standard_normal((B, H)).astype(dtype) for _ in range(4))
+    tx, th, tc = (t(a).requires_grad_() for a in (x, h, c))
+    h1, c1 = cell(tx, (th, tc))
+    ((h1 * t(gh)).sum() + (c1 * t(gc)).sum()).backward()
+    w = arrays(params)
+    h2, c2 = ops.lstm_cell(x, h, c, *w)
+    close(h2, h1, dtype)
+    close(c2, c1, dtype)
+    grads = ops.lstm_cell_backward(gh, gc, x, h, c, *w)
+    for got, ref in zip(grads, [tx.grad, th.grad, tc.grad] + [p.grad for p in params]):
+        close(got, ref, dtype)
+
+
+def test_lstm_saturated_gates_stay_finite(isa):
+    # Huge pre-activations must saturate the sigmoid/tanh, not overflow to NaN.
+    B, I, H = 2, 3, 20
+    x = np.full((1, B, I), 1e4, np.float32)
+    w_ih = np.ones((4 * H, I), np.float32)
+    w_ih[H : 2 * H] = -1
+    h0 = c0 = np.zeros((B, H), np.float32)
+    out, (h, c) = ops.lstm(x, h0, c0, w_ih, np.zeros((4 * H, H), np.float32))
+    np.testing.assert_allclose(c, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(h, math.tanh(1.0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes
+
+
+def oracle_iou(a, b):
+    """IoU of two boxes: empty boxes (x2 < x1 or y2 < y1) have area 0; empty union -> 0."""
+    area = lambda q: max(q[2] - q[0], 0) * max(q[3] - q[1], 0)
+    w = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+    h = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+    inter = w * h
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def oracle_nms(boxes, scores, thr, categories=None):
+    """Greedy NMS as a plain loop: visit by decreasing score (ties: lower index; NaN last), keep a
+    box unless a kept box of its category overlaps it with IoU > thr."""
+    n = len(boxes)
+    cat = np.zeros(n, np.int64) if categories is None else categories
+    key = lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else -scores[i], i)
+    keep = []
+    for i in sorted(range(n), key=key):
+        if all(cat[k] != cat[i] or not oracle_iou(boxes[k], boxes[i]) > thr for k in keep):
+            keep.append(i)
+    return np.array(keep, np.int64)
+
+
+def random_boxes(rng, n, dtype, size=100.0):
+    xy = rng.uniform(0, size, (n, 2))
+    wh = rng.uniform(1, size / 3, (n, 2))
+    return np.concatenate([xy, xy + wh], 1).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_box_iou_matches_oracle(isa, dtype):
+    rng = np.random.default_rng(9)
+    a = random_boxes(rng, 23, dtype)
+    b = random_boxes(rng, 37, dtype)
+    b[:3, 2] = b[:3, 0] - 1  # empty (x2 < x1)
+    a[0] = b[0]  # two empty boxes: empty union -> 0
+    got = ops.box_iou(a, b)
+    want = np.array([[oracle_iou(p, q) for q in b.astype(np.float64)] for p in a.astype(np.float64)])
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-7)
+    assert got[0, 0] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 2, 17, 300])
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 0.7, 1.0])
+def test_nms_matches_oracle(isa, dtype, n, thr):
+    rng = np.random.default_rng(n)
+    boxes = random_boxes(rng, n, dtype)
+    scores = rng.random(n).astype(dtype)
+    keep = ops.nms(boxes, scores, thr)
+    assert keep.dtype == np.int64
+    np.testing.assert_array_equal(keep, oracle_nms(boxes, scores, thr))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nms_ties_nan_scores_and_degenerate_boxes(isa, dtype):
+    rng = np.random.default_rng(10)
+    n = 200
+    boxes = random_boxes(rng, n, dtype)
+    boxes[10:20] = boxes[0]  # exact duplicates: IoU 1, suppressed by the first kept copy
+    boxes[20:30, 2] = boxes[20:30, 0] - 5  # x2 < x1: empty, never suppress or get suppressed
+    boxes[30:35, 3] = boxes[30:35, 1]  # zero height
+    scores = rng.integers(0, 5, n).astype(dtype)  # many equal scores
+    scores[rng.choice(n, 15, replace=False)] = np.nan
+    scores[40] = -np.inf
+    scores[41] = -0.0
+    for thr in (0.2, 0.5, -0.5):
+        np.testing.assert_array_equal(ops.nms(boxes, scores, thr), oracle_nms(boxes, scores, thr))
+    keep = ops.nms(boxes, scores, 0.5)
+    assert set(range(20, 35)) <= set(keep.tolist())  # empty boxes are never suppressed
+    assert len(ops.nms(boxes, scores, -0.5)) == 1  # every IoU (>= 0) beats a negative threshold
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_nms_matches_oracle(isa, dtype):
+    rng = np.random.default_rng(11)
+    n = 400
+    boxes = random_boxes(rng, n, dtype, size=60.0)
+    scores = rng.integers(0, 50, n).astype(dtype)
+    for idxs in (rng.integers(0, 5, n), rng.integers(-3, 1000, n).astype(np.int32), np.zeros(n, np.int64)):
+        keep = ops.batched_nms(boxes, scores, idxs, 0.4)
+        np.testing.assert_array_equal(keep, oracle_nms(boxes, scores, 0.4, idxs.astype(np.int64)))
+    assert ops.batched_nms(boxes[:0], scores[:0], np.zeros(0, np.int64), 0.5).shape == (0,)
+
+
+def test_nms_threshold_is_compared_exactly(isa):
+    # IoU is exactly 0.5 in float32; the threshold 0.5 keeps both, anything just below drops one.
+    boxes = np.array([[0, 0, 2, 1], [0, 0, 1, 1]], np.float32)  # IoU 1/2
+    scores = np.array([1, 0.5], np.float32)
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert ops.nms(boxes, scores, np.nextafter(0.5, 0)).tolist() == [0]
+    assert ops.nms(boxes, scores, 0.49999999999).tolist() == [0]
+
+
+def test_nms_agrees_with_opencv_on_5000_boxes(isa):
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(12)
+    n = 5000
+    centers = rng.uniform(0, 1000, (100, 2))
+    xy = centers[rng.integers(0, 100, n)] + rng.normal(0, 10, (n, 2))
+    wh = rng.uniform(20, 60, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.uniform(0.01, 1, n).astype(np.float32)  # all above cv2's score threshold 0
+    for thr in (0.3, 0.5, 0.7):
+        # cv2 takes (x, y, w, h); it visits boxes by decreasing score, ties by index as well.
+        xywh = [(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])) for b in boxes]
+        want = np.asarray(cv2.dnn.NMSBoxes(xywh, scores.tolist(), 0.0, thr)).ravel()
+        np.testing.assert_array_equal(ops.nms(boxes, scores, thr), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input reaches the user as ValueError / TypeError, from the spec or from the bindings.
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="indices"):
+        ops.max_pool2d_backward(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 16), x.shape)
+    with pytest.raises(ValueError, match="indices"):
+        ops.max_unpool2d(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), -1), 2)
+    with pytest.raises(ValueError, match="padding"):
+        ops.avg_pool2d(x, 2, padding=2)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.max_pool2d(x.astype(np.int32), 2)
+    w = np.zeros((8, 3), np.float32)
+    with pytest.raises(ValueError, match="w_hh"):
+        ops.lstm_cell(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32),
+                      np.zeros((1, 2), np.float32), w, np.zeros((8, 3), np.float32))
+    with pytest.raises(TypeError, match="dtypes differ"):
+        ops.lstm(np.zeros((1, 1, 3)), np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32),
+                 w, np.zeros((8, 2), np.float32))
+    boxes = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        ops.nms(np.zeros((3, 5), np.float32), np.zeros(3, np.float32), 0.5)
+    with pytest.raises(ValueError, match="one entry per box"):
+        ops.nms(boxes, np.zeros(2, np.float32), 0.5)
+    with pytest.raises(TypeError, match="idxs"):
+        ops.batched_nms(boxes, np.zeros(3, np.float32), np.zeros(3, np.float32), 0.5)
+    with pytest.raises(TypeError, match="iou_threshold"):
+        ops.nms(boxes, np.zeros(3, np.float32), float("nan"))
+
+
+def test_bindings_check_buffers():
+    """A direct call into _C with wrong buffers raises instead of touching memory."""
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="grad_out"):
+        _C.max_pool2d_backward(np.zeros((1, 2, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.int64), x)
+    with pytest.raises(ValueError, match="outside"):
+        _C.max_unpool2d(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 99, np.int64), x)
+    with pytest.raises(TypeError, match="float32"):
+        _C.avg_pool2d(x, np.zeros((1, 1, 2, 2)), True, 0, (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 1, 1))
+    with pytest.raises(ValueError, match="keep"):
+        _C.nms(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), None, 0.5, np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="c_T"):
+        _C.lstm(np.zeros((1, 1, 3), np.float32), np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32),
+                np.zeros((8, 3), np.float32), np.zeros((8, 2), np.float32), None, None,
+                np.zeros((1, 1, 2), np.float32), None, np.zeros((2, 2), np.float32))
+
+
+def test_threads_setting_is_honoured():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 8, 20, 40)).astype(np.float32)
+    before = pyconv.get_num_threads()
+    try:
+        pyconv.set_num_threads(1)
+        one = ops.avg_pool2d(x, 3, 2, 1)
+        pyconv.set_num_threads(2)
+        two = ops.avg_pool2d(x, 3, 2, 1)
+    finally:
+        pyconv.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)

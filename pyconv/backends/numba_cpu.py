@@ -1,0 +1,586 @@
+"""The "numba" backend: every kernel as a plain loop nest compiled by Numba.
+
+This is the readable JIT implementation: the loops say what each op computes, ``prange``
+spreads the independent planes / rows / images over the threads (``pyconv.set_num_threads``),
+and the matrix products of convolution and LSTM go to BLAS through ``np.dot``. Kernels compile
+on first use for float32 or float64 and are cached on disk (``cache=True``).
+
+Layout of the code: the registered functions (bottom of each section) allocate outputs and
+reshape arrays; the ``@njit`` functions do the work. Each op family shares its index helpers
+between forward and backward passes rather than repeating the arithmetic.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import Backend
+
+backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
+
+# `kernel`: a function with parallel loops. `driver`: a serial sequence of BLAS calls and
+# kernel calls (the kernels it calls still run in parallel). `helper`: inlined index math.
+kernel = njit(parallel=True, cache=True)
+driver = njit(cache=True)
+helper = njit(inline="always", cache=True)
+
+
+# =============================================================================================
+# Convolution: im2col of one image at a time, then one GEMM per group.
+#
+# ConvGeom g: output (ho, wo) reads input row ho*sh - ph + r*dh, column wo*sw - pw + s*dw.
+# Column matrix of one image: row (c, r, s), column (ho, wo); it holds the input value that
+# tap (r, s) of channel c sees at output position (ho, wo), or 0 in the padding.
+
+
+@helper
+def _tap_row(g, row):
+    """(channel, kernel row, kernel column) of row `row` of the column matrix."""
+    taps = g.R * g.S
+    return row // taps, (row % taps) // g.S, row % g.S
+
+
+@kernel
+def _im2col(x, g, cols):
+    """x (C, H, W) of one image -> cols (C*R*S, Ho*Wo)."""
+    for row in prange(cols.shape[0]):
+        c, r, s = _tap_row(g, row)
+        for ho in range(g.Ho):
+            ih = ho * g.sh - g.ph + r * g.dh
+            for wo in range(g.Wo):
+                iw = wo * g.sw - g.pw + s * g.dw
+                inside = 0 <= ih < g.H and 0 <= iw < g.W
+                cols[row, ho * g.Wo + wo] = x[c, ih, iw] if inside else 0
+
+
+@kernel
+def _col2im(cols, g, x):
+    """Adjoint of _im2col: adds each column-matrix entry back into x (C, H, W) of one image.
+    Threads own channels, so no two threads write the same element."""
+    taps = g.R * g.S
+    for c in prange(g.C):
+        x[c] = 0
+        for row in range(c * taps, (c + 1) * taps):
+            _, r, s = _tap_row(g, row)
+            for ho in range(g.Ho):
+                ih = ho * g.sh - g.ph + r * g.dh
+                if ih < 0 or ih >= g.H:
+                    continue
+                for wo in range(g.Wo):
+                    iw = wo * g.sw - g.pw + s * g.dw
+                    if 0 <= iw < g.W:
+                        x[c, ih, iw] += cols[row, ho * g.Wo + wo]
+
+
+@kernel
+def _conv2d_gemm(x, w, bias, g, y):
+    """x (N, C, H, W), w (K, C/groups*R*S), bias (K,) -> y (N, K, Ho*Wo)."""
+    Kg, CgRS = g.K // g.groups, w.shape[1]
+    cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), x.dtype)
+    for n in range(g.N):
+        _im2col(x[n], g, cols)
+        for grp in range(g.groups):
+            k0, c0 = grp * Kg, grp * CgRS
+            np.dot(w[k0:k0 + Kg], cols[c0:c0 + CgRS], y[n, k0:k0 + Kg])
+    for nk in prange(g.N * g.K):
+        y[nk // g.K, nk % g.K] += bias[nk % g.K]
+
+
+@kernel
+def _conv2d_depthwise(x, w, bias, g, y):
+    """Direct loop for one input channel per group: x (N, C, H, W), w (K, 1, R, S) ->
+    y (N, K, Ho, Wo). Output channel k reads input channel k // (K/groups)."""
+    Kg = g.K // g.groups
+    for nk in prange(g.N * g.K):
+        n, k = nk // g.K, nk % g.K
+        c = k // Kg
+        for ho in range(g.Ho):
+            for wo in range(g.Wo):
+                acc = bias[k]
+                for r in range(g.R):
+                    ih = ho * g.sh - g.ph + r * g.dh
+                    if 0 <= ih < g.H:
+                        for s in range(g.S):
+                            iw = wo * g.sw - g.pw + s * g.dw
+                            if 0 <= iw < g.W:
+                                acc += w[k, 0, r, s] * x[n, c, ih, iw]
+                y[n, k, ho, wo] = acc
+
+
+@driver
+def _conv2d_grad_input(grad_out, w_t, g, grad_x):
+    """grad_out (N, K, Ho*Wo), w_t (groups, C/groups*R*S, K/groups) -> grad_x (N, C, H, W):
+    per image and group, cols = w^T @ grad_out, then col2im."""
+    Kg, CgRS = g.K // g.groups, w_t.shape[1]
+    cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), grad_out.dtype)
+    for n in range(g.N):
+        for grp in range(g.groups):
+            k0, c0 = grp * Kg, grp * CgRS
+            np.dot(w_t[grp], grad_out[n, k0:k0 + Kg], cols[c0:c0 + CgRS])
+        _col2im(cols, g, grad_x[n])
+
+
+@kernel
+def _conv2d_grad_weight(grad_out, x, g, grad_w):
+    """grad_out (N, K, Ho*Wo), x (N, C, H, W) -> grad_w (K, C/groups*R*S): the sum over
+    images of grad_out @ cols^T, per group."""
+    Kg, CgRS = g.K // g.groups, grad_w.shape[1]
+    cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), x.dtype)
+    grad_w[:] = 0
+    for n in range(g.N):
+        _im2col(x[n], g, cols)
+        for grp in range(g.groups):
+            k0, c0 = grp * Kg, grp * CgRS
+            grad_w[k0:k0 + Kg] += np.dot(grad_out[n, k0:k0 + Kg], cols[c0:c0 + CgRS].T)
+
+
+@kernel
+def _sum_over_batch_and_plane(a, out):
+    """a (N, K, P) -> out (K,) = sum over N and P."""
+    for k in prange(a.shape[1]):
+        acc = a.dtype.type(0)
+        for n in range(a.shape[0]):
+            for p in range(a.shape[2]):
+                acc += a[n, k, p]
+        out[k] = acc
+
+
+@backend.register
+def conv2d(x, w, b, g):
+    y = np.empty(g.output_shape, x.dtype)
+    bias = np.zeros(g.K, x.dtype) if b is None else b
+    if w.shape[1] == 1:
+        _conv2d_depthwise(x, w, bias, g, y)
+    else:
+        _conv2d_gemm(x, w.reshape(g.K, -1), bias, g, y.reshape(g.N, g.K, -1))
+    return y
+
+
+@backend.register
+def conv2d_grad_input(grad_out, w, g):
+    grad_x = np.empty(g.input_shape, grad_out.dtype)
+    Kg = g.K // g.groups
+    w_t = np.ascontiguousarray(w.reshape(g.groups, Kg, -1).transpose(0, 2, 1))
+    _conv2d_grad_input(grad_out.reshape(g.N, g.K, -1), w_t, g, grad_x)
+    return grad_x
+
+
+@backend.register
+def conv2d_grad_weight(grad_out, x, g):
+    grad_w = np.empty(g.weight_shape, x.dtype)
+    _conv2d_grad_weight(grad_out.reshape(g.N, g.K, -1), x, g, grad_w.reshape(g.K, -1))
+    return grad_w
+
+
+@backend.register
+def conv2d_grad_bias(grad_out):
+    N, K = grad_out.shape[:2]
+    out = np.empty(K, grad_out.dtype)
+    _sum_over_batch_and_plane(grad_out.reshape(N, K, -1), out)
+    return out
+
+
+# =============================================================================================
+# Pooling. Arrays are viewed as (planes, H, W) = (N*C, H, W); each thread takes whole planes,
+# so the scatter-adds of the backward passes never race.
+
+
+@helper
+def _max_window(o, stride, pad, dilation, kernel_size, n):
+    """Window of output position o along one axis: its first input coordinate `start` and the
+    range [lo, hi) of kernel taps whose input coordinate start + tap*dilation lies in [0, n)."""
+    start = o * stride - pad
+    lo = 0 if start >= 0 else (-start + dilation - 1) // dilation
+    hi = min(kernel_size, (n - start + dilation - 1) // dilation)
+    return start, lo, hi
+
+
+@kernel
+def _max_pool2d(x, g, y, indices, with_indices):
+    """PyTorch's rule: the first maximum in row-major window order wins, and any NaN wins
+    over numbers (the last NaN is reported)."""
+    for p in prange(x.shape[0]):
+        for oh in range(g.Ho):
+            h0, r_lo, r_hi = _max_window(oh, g.sh, g.ph, g.dh, g.kh, g.H)
+            for ow in range(g.Wo):
+                w0, s_lo, s_hi = _max_window(ow, g.sw, g.pw, g.dw, g.kw, g.W)
+                best_h, best_w = h0 + r_lo * g.dh, w0 + s_lo * g.dw
+                best = x[p, best_h, best_w]
+                for r in range(r_lo, r_hi):
+                    ih = h0 + r * g.dh
+                    for s in range(s_lo, s_hi):
+                        iw = w0 + s * g.dw
+                        v = x[p, ih, iw]
+                        if v > best or np.isnan(v):
+                            best, best_h, best_w = v, ih, iw
+                y[p, oh, ow] = best
+                if with_indices:
+                    indices[p, oh, ow] = best_h * g.W + best_w
+
+
+@kernel
+def _scatter_add_planes(values, indices, out):
+    """out[p, indices[p, j]] += values[p, j] (out zeroed first)."""
+    for p in prange(values.shape[0]):
+        out[p] = 0
+        for j in range(values.shape[1]):
+            out[p, indices[p, j]] += values[p, j]
+
+
+@kernel
+def _scatter_planes(values, indices, out):
+    """out[p, indices[p, j]] = values[p, j] (out zeroed first); a repeated index keeps the
+    last value in row-major order, as PyTorch's CPU kernel."""
+    for p in prange(values.shape[0]):
+        out[p] = 0
+        for j in range(values.shape[1]):
+            out[p, indices[p, j]] = values[p, j]
+
+
+@helper
+def _avg_window(o, stride, pad, kernel_size, n):
+    """Window of output position o along one axis, as PyTorch: the input range [lo, hi) it
+    averages and its length counting padding (the window stops at the end of the padding)."""
+    start = o * stride - pad
+    end = min(start + kernel_size, n + pad)
+    return max(start, 0), min(end, n), end - start
+
+
+@helper
+def _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad, divisor_override):
+    if divisor_override != 0:
+        return divisor_override
+    if count_include_pad:
+        return h_len * w_len
+    return (h_hi - h_lo) * (w_hi - w_lo)
+
+
+@kernel
+def _avg_pool2d(x, g, count_include_pad, divisor_override, y):
+    for p in prange(x.shape[0]):
+        for oh in range(g.Ho):
+            h_lo, h_hi, h_len = _avg_window(oh, g.sh, g.ph, g.kh, g.H)
+            for ow in range(g.Wo):
+                w_lo, w_hi, w_len = _avg_window(ow, g.sw, g.pw, g.kw, g.W)
+                acc = x.dtype.type(0)
+                for ih in range(h_lo, h_hi):
+                    for iw in range(w_lo, w_hi):
+                        acc += x[p, ih, iw]
+                d = _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad,
+                                 divisor_override)
+                y[p, oh, ow] = acc / d
+
+
+@kernel
+def _avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override, grad_x):
+    for p in prange(grad_out.shape[0]):
+        grad_x[p] = 0
+        for oh in range(g.Ho):
+            h_lo, h_hi, h_len = _avg_window(oh, g.sh, g.ph, g.kh, g.H)
+            for ow in range(g.Wo):
+                w_lo, w_hi, w_len = _avg_window(ow, g.sw, g.pw, g.kw, g.W)
+                d = _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad,
+                                 divisor_override)
+                share = grad_out[p, oh, ow] / d
+                for ih in range(h_lo, h_hi):
+                    for iw in range(w_lo, w_hi):
+                        grad_x[p, ih, iw] += share
+
+
+def _planes(a):
+    """(N, C, H, W) -> (N*C, H, W) view."""
+    return a.reshape(-1, a.shape[2], a.shape[3])
+
+
+@backend.register
+def max_pool2d(x, g, with_indices):
+    y = np.empty(g.output_shape, x.dtype)
+    # Without indices a one-element stand-in keeps a single compiled signature.
+    indices = np.empty(g.output_shape if with_indices else (1, 1, 1, 1), np.int64)
+    _max_pool2d(_planes(x), g, _planes(y), _planes(indices), with_indices)
+    return y, (indices if with_indices else None)
+
+
+@backend.register
+def max_pool2d_backward(grad_out, indices, input_shape):
+    N, C, H, W = input_shape
+    grad_x = np.empty(input_shape, grad_out.dtype)
+    _scatter_add_planes(grad_out.reshape(N * C, -1), indices.reshape(N * C, -1),
+                        grad_x.reshape(N * C, H * W))
+    return grad_x
+
+
+@backend.register
+def avg_pool2d(x, g, count_include_pad, divisor_override):
+    y = np.empty(g.output_shape, x.dtype)
+    _avg_pool2d(_planes(x), g, count_include_pad, divisor_override, _planes(y))
+    return y
+
+
+@backend.register
+def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
+    grad_x = np.empty(g.input_shape, grad_out.dtype)
+    _avg_pool2d_backward(_planes(grad_out), g, count_include_pad, divisor_override,
+                         _planes(grad_x))
+    return grad_x
+
+
+@backend.register
+def max_unpool2d(x, indices, output_shape):
+    N, C, H, W = output_shape
+    y = np.empty(output_shape, x.dtype)
+    _scatter_planes(x.reshape(N * C, -1), indices.reshape(N * C, -1), y.reshape(N * C, H * W))
+    return y
+
+
+# =============================================================================================
+# LSTM. Gate rows i, f, g, o as PyTorch:  gates = x @ w_ih^T + h @ w_hh^T + b_ih + b_hh,
+# i, f, o = sigmoid, g = tanh,  c' = f*c + i*g,  h' = o*tanh(c').
+# The GEMMs go to BLAS; everything elementwise of one step is one fused parallel pass.
+
+
+@helper
+def _sigmoid(v, one):
+    # `one` has the array's precision, so float32 math stays float32.
+    return one / (one + np.exp(-v))
+
+
+@kernel
+def _lstm_pointwise(gx, gh, bias, c, acts, c_new, h_new):
+    """Pre-activations gx + gh + bias (B, 4H) -> activated gates `acts`, c_new and h_new."""
+    B, H = c.shape
+    one = c.dtype.type(1)
+    for b in prange(B):
+        for j in range(H):
+            i = _sigmoid(gx[b, j] + gh[b, j] + bias[j], one)
+            f = _sigmoid(gx[b, H + j] + gh[b, H + j] + bias[H + j], one)
+            g = np.tanh(gx[b, 2 * H + j] + gh[b, 2 * H + j] + bias[2 * H + j])
+            o = _sigmoid(gx[b, 3 * H + j] + gh[b, 3 * H + j] + bias[3 * H + j], one)
+            acts[b, j], acts[b, H + j], acts[b, 2 * H + j], acts[b, 3 * H + j] = i, f, g, o
+            c_next = f * c[b, j] + i * g
+            c_new[b, j] = c_next
+            h_new[b, j] = o * np.tanh(c_next)
+
+
+@kernel
+def _lstm_pointwise_backward(acts, c, c_new, grad_h, grad_c, grad_gates, grad_c_prev):
+    """Gradients of one step's elementwise part: from d h', d c' to the gate pre-activations
+    (B, 4H) and to the previous cell state."""
+    B, H = c.shape
+    one = c.dtype.type(1)
+    for b in prange(B):
+        for j in range(H):
+            i, f, g, o = acts[b, j], acts[b, H + j], acts[b, 2 * H + j], acts[b, 3 * H + j]
+            tanh_c = np.tanh(c_new[b, j])
+            dc = grad_c[b, j] + grad_h[b, j] * o * (one - tanh_c * tanh_c)
+            grad_gates[b, j] = dc * g * i * (one - i)
+            grad_gates[b, H + j] = dc * c[b, j] * f * (one - f)
+            grad_gates[b, 2 * H + j] = dc * i * (one - g * g)
+            grad_gates[b, 3 * H + j] = grad_h[b, j] * tanh_c * o * (one - o)
+            grad_c_prev[b, j] = dc * f
+
+
+@driver
+def _lstm_cell(x, h, c, w_ih, w_hh, bias, acts, c_new, h_new):
+    _lstm_pointwise(np.dot(x, w_ih.T), np.dot(h, w_hh.T), bias, c, acts, c_new, h_new)
+
+
+@driver
+def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, out, cells, acts):
+    """x (T, B, I) -> out (T, B, H). cells and acts hold the c and activated gates of every
+    step when they have T rows (for the backward pass), else step t reuses row t % rows."""
+    T, B, I = x.shape
+    x_proj = np.dot(x.reshape(T * B, I), w_ih.T).reshape(T, B, -1)  # all steps, one GEMM
+    h, c = h0, c0
+    for t in range(T):
+        at = t % cells.shape[0]
+        _lstm_pointwise(x_proj[t], np.dot(h, w_hh.T), bias, c, acts[at], cells[at], out[t])
+        h, c = out[t], cells[at]
+
+
+@kernel
+def _lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, out, cells, acts,
+                   grad_gates, grad_c0):
+    """Backpropagation through time; returns the gradient of h0 (the rest go to arrays or are
+    one GEMM over all steps, done by the caller's kernel below)."""
+    T = x.shape[0]
+    grad_h = grad_hT.copy()
+    grad_c = grad_cT.copy()
+    for t in range(T - 1, -1, -1):
+        grad_h += grad_out[t]
+        c_prev = c0 if t == 0 else cells[t - 1]
+        _lstm_pointwise_backward(acts[t], c_prev, cells[t], grad_h, grad_c, grad_gates[t],
+                                 grad_c0)
+        grad_h = np.dot(grad_gates[t], w_hh)
+        grad_c[:] = grad_c0
+    return grad_h
+
+
+@kernel
+def _lstm_weight_grads(grad_gates, x, h_prev, w_ih, grad_x, grad_w_ih, grad_w_hh, grad_b):
+    """The GEMMs of the LSTM backward pass over all rows (B or T*B) at once."""
+    np.dot(grad_gates, w_ih, grad_x)
+    np.dot(grad_gates.T, x, grad_w_ih)
+    np.dot(grad_gates.T, h_prev, grad_w_hh)
+    for k in prange(grad_gates.shape[1]):
+        acc = grad_gates.dtype.type(0)
+        for row in range(grad_gates.shape[0]):
+            acc += grad_gates[row, k]
+        grad_b[k] = acc
+
+
+def _lstm_bias(b_ih, b_hh, w_ih):
+    bias = np.zeros(w_ih.shape[0], w_ih.dtype)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            bias += b
+    return bias
+
+
+def _lstm_gradients(grad_gates, x, h_prev, w_ih, b_ih, b_hh):
+    """(grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh) from the gate gradients of all
+    rows; x and h_prev are 2-D with the same rows."""
+    grad_x = np.empty_like(x)
+    grad_w_ih = np.empty_like(w_ih)
+    grad_w_hh = np.empty((w_ih.shape[0], h_prev.shape[1]), x.dtype)
+    grad_b = np.empty(w_ih.shape[0], x.dtype)
+    _lstm_weight_grads(grad_gates, x, h_prev, w_ih, grad_x, grad_w_ih, grad_w_hh, grad_b)
+    return (grad_x, grad_w_ih, grad_w_hh,
+            None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
+
+
+@backend.register
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    h_new, c_new = np.empty_like(h), np.empty_like(c)
+    acts = np.empty((h.shape[0], 4 * h.shape[1]), h.dtype)
+    _lstm_cell(x, h, c, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), acts, c_new, h_new)
+    return h_new, c_new
+
+
+@backend.register
+def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    B, H = h.shape
+    acts, grad_gates = np.empty((B, 4 * H), h.dtype), np.empty((B, 4 * H), h.dtype)
+    c_new, h_new, grad_c_prev = np.empty_like(c), np.empty_like(h), np.empty_like(c)
+    _lstm_cell(x, h, c, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), acts, c_new, h_new)
+    _lstm_pointwise_backward(acts, c, c_new, grad_h, grad_c, grad_gates, grad_c_prev)
+    grad_h_prev = grad_gates @ w_hh
+    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _lstm_gradients(
+        grad_gates, x, h, w_ih, b_ih, b_hh)
+    return grad_x, grad_h_prev, grad_c_prev, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+def _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    rows = T if keep_steps else 1
+    out = np.empty((T, B, H), x.dtype)
+    cells = np.empty((rows, B, H), x.dtype)
+    acts = np.empty((rows, B, 4 * H), x.dtype)
+    _lstm_forward(x, h0, c0, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), out, cells, acts)
+    return out, cells, acts
+
+
+@backend.register
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    out, cells, _ = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=False)
+    return out, (out[-1].copy(), cells[-1].copy())
+
+
+@backend.register
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    T, B, I = x.shape
+    H = h0.shape[1]
+    out, cells, acts = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=True)
+    grad_gates = np.empty((T, B, 4 * H), x.dtype)
+    grad_c0 = np.empty_like(c0)
+    grad_h0 = _lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, out, cells,
+                             acts, grad_gates, grad_c0)
+    h_prev = np.concatenate([h0[None], out[:-1]]).reshape(T * B, H)  # h_{t-1} of every step
+    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _lstm_gradients(
+        grad_gates.reshape(T * B, 4 * H), x.reshape(T * B, I), h_prev, w_ih, b_ih, b_hh)
+    return (grad_x.reshape(T, B, I), grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+            grad_b_ih, grad_b_hh)
+
+
+# =============================================================================================
+# Boxes (x1, y1, x2, y2). A box with x2 < x1 or y2 < y1 is empty (area 0); the IoU of two
+# boxes whose union is empty is 0.
+
+
+# `zero` is 0 in the boxes' precision, so float32 math stays float32.
+
+
+@helper
+def _area(x1, y1, x2, y2, zero):
+    return max(x2 - x1, zero) * max(y2 - y1, zero)
+
+
+@helper
+def _iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, zero):
+    inter = _area(max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2), zero)
+    union = area_a + area_b - inter
+    return inter / union if union > zero else zero
+
+
+@kernel
+def _box_iou(a, b, out):
+    zero = a.dtype.type(0)
+    for i in prange(a.shape[0]):
+        area_a = _area(a[i, 0], a[i, 1], a[i, 2], a[i, 3], zero)
+        for j in range(b.shape[0]):
+            area_b = _area(b[j, 0], b[j, 1], b[j, 2], b[j, 3], zero)
+            out[i, j] = _iou(a[i, 0], a[i, 1], a[i, 2], a[i, 3], area_a,
+                             b[j, 0], b[j, 1], b[j, 2], b[j, 3], area_b, zero)
+
+
+@kernel
+def _greedy_nms(boxes, scores, categories, iou_threshold):
+    """Greedy NMS within categories -> kept indices by decreasing score.
+
+    Order: a stable sort of -scores (ties keep the lower index; NaN sorts last). The boxes are
+    gathered in that order into separate coordinate arrays so that the suppression loop of
+    each kept box runs over contiguous memory without branches (it vectorises); it only visits
+    the boxes after the kept one, and suppressed boxes are never visited as keepers."""
+    order = np.argsort(-scores, kind="mergesort")
+    n = order.shape[0]
+    zero = boxes.dtype.type(0)
+    x1, y1 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
+    x2, y2 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
+    area, category = np.empty(n, boxes.dtype), np.empty(n, np.int64)
+    for i in prange(n):
+        k = order[i]
+        x1[i], y1[i], x2[i], y2[i] = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        area[i] = _area(x1[i], y1[i], x2[i], y2[i], zero)
+        category[i] = categories[k]
+    suppressed = np.zeros(n, np.bool_)
+    keep = np.empty(n, np.int64)
+    kept = 0
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep[kept] = order[i]
+        kept += 1
+        for j in range(i + 1, n):
+            iou = _iou(x1[i], y1[i], x2[i], y2[i], area[i],
+                       x1[j], y1[j], x2[j], y2[j], area[j], zero)
+            suppressed[j] |= (iou > iou_threshold) & (category[j] == category[i])
+    return keep[:kept].copy()
+
+
+@backend.register
+def box_iou(boxes1, boxes2):
+    out = np.empty((boxes1.shape[0], boxes2.shape[0]), boxes1.dtype)
+    _box_iou(boxes1, boxes2, out)
+    return out
+
+
+@backend.register
+def nms(boxes, scores, iou_threshold):
+    one_category = np.zeros(boxes.shape[0], np.int64)
+    return _greedy_nms(boxes, scores, one_category, float(iou_threshold))
+
+
+@backend.register
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    return _greedy_nms(boxes, scores, idxs, float(iou_threshold))

@@ -504,8 +504,9 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 
 # =============================================================================================
-# Boxes (x1, y1, x2, y2). A box with x2 < x1 or y2 < y1 is empty (area 0); the IoU of two
-# boxes whose union is empty is 0.
+# Boxes (x1, y1, x2, y2). Widths and heights are clamped at 0, so a box with x2 < x1 or
+# y2 < y1 is empty; the IoU of two boxes whose union is empty is 0. IoUs are computed in the
+# boxes' dtype and compared with the threshold in float64, as torchvision.
 
 
 # `zero` is 0 in the boxes' precision, so float32 math stays float32.
@@ -520,7 +521,8 @@ def _area(x1, y1, x2, y2, zero):
 def _iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, zero):
     inter = _area(max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2), zero)
     union = area_a + area_b - inter
-    return inter / union if union > zero else zero
+    # A NaN coordinate gives a NaN IoU, which never suppresses (NaN > threshold is False).
+    return zero if union == zero else inter / union
 
 
 @kernel

@@ -1,9 +1,15 @@
 """The "numba" backend: every kernel as a plain loop nest compiled by Numba.
 
 This is the readable JIT implementation: the loops say what each op computes, ``prange``
-spreads the independent planes / rows / images over the threads (``pyconv.set_num_threads``),
-and the matrix products of convolution and LSTM go to BLAS through ``np.dot``. Kernels compile
-on first use for float32 or float64 and are cached on disk (``cache=True``).
+spreads independent planes / images / blocks of rows over the threads
+(``pyconv.set_num_threads``), and the matrix products of convolution and LSTM go to BLAS
+through ``np.dot``. Kernels compile on first use for float32 or float64 and are cached on disk
+(``cache=True``).
+
+One thread pool: BLAS runs on one thread inside these kernels (see ``_one_blas_thread``) and
+each Numba thread makes its own BLAS calls on its own images or rows. Letting OpenBLAS start
+its own threads between Numba's parallel loops makes the two pools fight over the cores (on
+2 cores, an LSTM step became 100x slower).
 
 Layout of the code: the registered functions (bottom of each section) allocate outputs and
 reshape arrays; the ``@njit`` functions do the work. Each op family shares its index helpers
@@ -11,6 +17,9 @@ between forward and backward passes rather than repeating the arithmetic.
 """
 from __future__ import annotations
 
+import contextlib
+
+import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
@@ -19,17 +28,86 @@ from . import Backend
 
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
-# `kernel`: a function with parallel loops. `driver`: a serial sequence of BLAS calls and
-# kernel calls (the kernels it calls still run in parallel). `helper`: small functions that
-# LLVM inlines into their callers. error_model="numpy": a division by zero gives inf/NaN as
-# in NumPy instead of a check per division, which would keep loops from vectorising.
+# `kernel`: a function with parallel loops. `driver`: a serial sequence of kernel calls.
+# `helper`: a small serial function that LLVM inlines into its callers.
+# error_model="numpy": a division by zero gives inf/NaN as in NumPy, instead of a check per
+# division that would keep loops from vectorising.
 kernel = njit(parallel=True, cache=True, error_model="numpy")
 driver = njit(cache=True, error_model="numpy")
 helper = njit(cache=True, error_model="numpy")
 
 
+_blas_libraries = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Runs the block with the BLAS libraries (the one np.dot calls inside @njit is SciPy's
+    OpenBLAS) on one thread, restoring their thread counts afterwards. Needs threadpoolctl;
+    without it BLAS keeps its threads (correct, but slower)."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
+            from threadpoolctl import ThreadpoolController
+
+            _blas_libraries = [lib for lib in ThreadpoolController().lib_controllers
+                               if lib.user_api == "blas"]
+        except ImportError:
+            _blas_libraries = []
+    saved = [lib.num_threads for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas_libraries, saved):
+            lib.set_num_threads(n)
+
+
+@helper
+def _block(k, blocks, n):
+    """Rows [lo, hi) of block k when n rows are cut into `blocks` nearly equal blocks."""
+    return k * n // blocks, (k + 1) * n // blocks
+
+
+def _threads():
+    """Numba's thread count, passed to the kernels that cut work into one block per thread
+    (reading it inside a kernel would keep the kernel out of the disk cache)."""
+    return numba.get_num_threads()
+
+
+@kernel
+def _matmul(a, b, out, threads):
+    """out = a @ b, the rows of a cut into one block per thread."""
+    blocks = min(a.shape[0], threads)
+    for k in prange(blocks):
+        lo, hi = _block(k, blocks, a.shape[0])
+        np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@kernel
+def _matmul_tn(a, b, out, threads):
+    """out = a^T @ b: the shared rows cut into one block per thread, partial products summed."""
+    blocks = min(a.shape[0], threads)
+    partial = np.empty((blocks,) + out.shape, out.dtype)
+    for k in prange(blocks):
+        lo, hi = _block(k, blocks, a.shape[0])
+        np.dot(a[lo:hi].T, b[lo:hi], partial[k])
+    _sum_blocks(partial, out)
+
+
+@kernel
+def _sum_blocks(partial, out):
+    """out = partial.sum(axis=0) for partial (blocks, M, N), parallel over the rows M."""
+    for m in prange(out.shape[0]):
+        out[m] = partial[0, m]
+        for k in range(1, partial.shape[0]):
+            out[m] += partial[k, m]
+
+
 # =============================================================================================
-# Convolution: im2col of one image at a time, then one GEMM per group.
+# Convolution: per image, an explicit im2col and one GEMM per group; threads take images.
 #
 # ConvGeom g: output (ho, wo) reads input row ho*sh - ph + r*dh, column wo*sw - pw + s*dw.
 # Column matrix of one image: row (c, r, s), column (ho, wo); it holds the input value that
@@ -43,50 +121,49 @@ def _tap_row(g, row):
     return row // taps, (row % taps) // g.S, row % g.S
 
 
-@kernel
+@helper
 def _im2col(x, g, cols):
     """x (C, H, W) of one image -> cols (C*R*S, Ho*Wo)."""
-    for row in prange(cols.shape[0]):
+    zero = x.dtype.type(0)
+    for row in range(cols.shape[0]):
         c, r, s = _tap_row(g, row)
         for ho in range(g.Ho):
             ih = ho * g.sh - g.ph + r * g.dh
             for wo in range(g.Wo):
                 iw = wo * g.sw - g.pw + s * g.dw
                 inside = 0 <= ih < g.H and 0 <= iw < g.W
-                cols[row, ho * g.Wo + wo] = x[c, ih, iw] if inside else 0
+                cols[row, ho * g.Wo + wo] = x[c, ih, iw] if inside else zero
 
 
-@kernel
+@helper
 def _col2im(cols, g, x):
-    """Adjoint of _im2col: adds each column-matrix entry back into x (C, H, W) of one image.
-    Threads own channels, so no two threads write the same element."""
-    taps = g.R * g.S
-    for c in prange(g.C):
-        x[c] = 0
-        for row in range(c * taps, (c + 1) * taps):
-            _, r, s = _tap_row(g, row)
-            for ho in range(g.Ho):
-                ih = ho * g.sh - g.ph + r * g.dh
-                if ih < 0 or ih >= g.H:
-                    continue
-                for wo in range(g.Wo):
-                    iw = wo * g.sw - g.pw + s * g.dw
-                    if 0 <= iw < g.W:
-                        x[c, ih, iw] += cols[row, ho * g.Wo + wo]
+    """Adjoint of _im2col: x (C, H, W) of one image = the sum of the column-matrix entries
+    that came from each input element."""
+    x[:] = 0
+    for row in range(cols.shape[0]):
+        c, r, s = _tap_row(g, row)
+        for ho in range(g.Ho):
+            ih = ho * g.sh - g.ph + r * g.dh
+            if ih < 0 or ih >= g.H:
+                continue
+            for wo in range(g.Wo):
+                iw = wo * g.sw - g.pw + s * g.dw
+                if 0 <= iw < g.W:
+                    x[c, ih, iw] += cols[row, ho * g.Wo + wo]
 
 
 @kernel
 def _conv2d_gemm(x, w, bias, g, y):
     """x (N, C, H, W), w (K, C/groups*R*S), bias (K,) -> y (N, K, Ho*Wo)."""
     Kg, CgRS = g.K // g.groups, w.shape[1]
-    cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), x.dtype)
-    for n in range(g.N):
+    for n in prange(g.N):
+        cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), x.dtype)
         _im2col(x[n], g, cols)
         for grp in range(g.groups):
             k0, c0 = grp * Kg, grp * CgRS
             np.dot(w[k0:k0 + Kg], cols[c0:c0 + CgRS], y[n, k0:k0 + Kg])
-    for nk in prange(g.N * g.K):
-        y[nk // g.K, nk % g.K] += bias[nk % g.K]
+        for k in range(g.K):
+            y[n, k] += bias[k]
 
 
 @kernel
@@ -110,13 +187,13 @@ def _conv2d_depthwise(x, w, bias, g, y):
                 y[n, k, ho, wo] = acc
 
 
-@driver
+@kernel
 def _conv2d_grad_input(grad_out, w_t, g, grad_x):
     """grad_out (N, K, Ho*Wo), w_t (groups, C/groups*R*S, K/groups) -> grad_x (N, C, H, W):
     per image and group, cols = w^T @ grad_out, then col2im."""
     Kg, CgRS = g.K // g.groups, w_t.shape[1]
-    cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), grad_out.dtype)
-    for n in range(g.N):
+    for n in prange(g.N):
+        cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), grad_out.dtype)
         for grp in range(g.groups):
             k0, c0 = grp * Kg, grp * CgRS
             np.dot(w_t[grp], grad_out[n, k0:k0 + Kg], cols[c0:c0 + CgRS])
@@ -124,17 +201,21 @@ def _conv2d_grad_input(grad_out, w_t, g, grad_x):
 
 
 @kernel
-def _conv2d_grad_weight(grad_out, x, g, grad_w):
+def _conv2d_grad_weight(grad_out, x, g, grad_w, threads):
     """grad_out (N, K, Ho*Wo), x (N, C, H, W) -> grad_w (K, C/groups*R*S): the sum over
-    images of grad_out @ cols^T, per group."""
+    images of grad_out @ cols^T per group; each thread sums a block of images."""
     Kg, CgRS = g.K // g.groups, grad_w.shape[1]
-    cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), x.dtype)
-    grad_w[:] = 0
-    for n in range(g.N):
-        _im2col(x[n], g, cols)
-        for grp in range(g.groups):
-            k0, c0 = grp * Kg, grp * CgRS
-            grad_w[k0:k0 + Kg] += np.dot(grad_out[n, k0:k0 + Kg], cols[c0:c0 + CgRS].T)
+    blocks = min(g.N, threads)
+    partial = np.zeros((blocks,) + grad_w.shape, grad_w.dtype)
+    for k in prange(blocks):
+        cols = np.empty((g.C * g.R * g.S, g.Ho * g.Wo), x.dtype)
+        lo, hi = _block(k, blocks, g.N)
+        for n in range(lo, hi):
+            _im2col(x[n], g, cols)
+            for grp in range(g.groups):
+                k0, c0 = grp * Kg, grp * CgRS
+                partial[k, k0:k0 + Kg] += np.dot(grad_out[n, k0:k0 + Kg], cols[c0:c0 + CgRS].T)
+    _sum_blocks(partial, grad_w)
 
 
 @kernel
@@ -155,7 +236,8 @@ def conv2d(x, w, b, g):
     if w.shape[1] == 1:
         _conv2d_depthwise(x, w, bias, g, y)
     else:
-        _conv2d_gemm(x, w.reshape(g.K, -1), bias, g, y.reshape(g.N, g.K, -1))
+        with _one_blas_thread():
+            _conv2d_gemm(x, w.reshape(g.K, -1), bias, g, y.reshape(g.N, g.K, -1))
     return y
 
 
@@ -164,14 +246,17 @@ def conv2d_grad_input(grad_out, w, g):
     grad_x = np.empty(g.input_shape, grad_out.dtype)
     Kg = g.K // g.groups
     w_t = np.ascontiguousarray(w.reshape(g.groups, Kg, -1).transpose(0, 2, 1))
-    _conv2d_grad_input(grad_out.reshape(g.N, g.K, -1), w_t, g, grad_x)
+    with _one_blas_thread():
+        _conv2d_grad_input(grad_out.reshape(g.N, g.K, -1), w_t, g, grad_x)
     return grad_x
 
 
 @backend.register
 def conv2d_grad_weight(grad_out, x, g):
     grad_w = np.empty(g.weight_shape, x.dtype)
-    _conv2d_grad_weight(grad_out.reshape(g.N, g.K, -1), x, g, grad_w.reshape(g.K, -1))
+    with _one_blas_thread():
+        _conv2d_grad_weight(grad_out.reshape(g.N, g.K, -1), x, g, grad_w.reshape(g.K, -1),
+                            _threads())
     return grad_w
 
 
@@ -339,7 +424,8 @@ def max_unpool2d(x, indices, output_shape):
 # =============================================================================================
 # LSTM. Gate rows i, f, g, o as PyTorch:  gates = x @ w_ih^T + h @ w_hh^T + b_ih + b_hh,
 # i, f, o = sigmoid, g = tanh,  c' = f*c + i*g,  h' = o*tanh(c').
-# The GEMMs go to BLAS; everything elementwise of one step is one fused parallel pass.
+# The GEMMs go to BLAS; everything elementwise of one step is one fused pass over the rows of
+# the GEMM that produced them, in the same parallel region.
 
 
 # Activations in the precision of their argument. LLVM cannot vectorise calls to libm's
@@ -394,11 +480,11 @@ def _sigmoid_by_type(v):
     return lambda v: 1.0 / (1.0 + np.exp(-v))
 
 
-@kernel
+@helper
 def _lstm_pointwise(gx, gh, bias, c, acts, c_new, h_new):
-    """Pre-activations gx + gh + bias (B, 4H) -> activated gates `acts`, c_new and h_new."""
-    B, H = c.shape
-    for b in prange(B):
+    """Pre-activations gx + gh + bias (rows, 4H) -> activated gates `acts`, c_new, h_new."""
+    H = c.shape[1]
+    for b in range(c.shape[0]):
         for j in range(H):
             i = _sigmoid(gx[b, j] + gh[b, j] + bias[j])
             f = _sigmoid(gx[b, H + j] + gh[b, H + j] + bias[H + j])
@@ -410,13 +496,13 @@ def _lstm_pointwise(gx, gh, bias, c, acts, c_new, h_new):
             h_new[b, j] = o * _tanh(c_next)
 
 
-@kernel
+@helper
 def _lstm_pointwise_backward(acts, c, c_new, grad_h, grad_c, grad_gates, grad_c_prev):
     """Gradients of one step's elementwise part: from d h', d c' to the gate pre-activations
-    (B, 4H) and to the previous cell state."""
-    B, H = c.shape
+    (rows, 4H) and to the previous cell state."""
+    H = c.shape[1]
     one = c.dtype.type(1)
-    for b in prange(B):
+    for b in range(c.shape[0]):
         for j in range(H):
             i, f, g, o = acts[b, j], acts[b, H + j], acts[b, 2 * H + j], acts[b, 3 * H + j]
             tanh_c = _tanh(c_new[b, j])
@@ -428,53 +514,70 @@ def _lstm_pointwise_backward(acts, c, c_new, grad_h, grad_c, grad_gates, grad_c_
             grad_c_prev[b, j] = dc * f
 
 
-@driver
-def _lstm_cell(x, h, c, w_ih, w_hh, bias, acts, c_new, h_new):
-    _lstm_pointwise(np.dot(x, w_ih.T), np.dot(h, w_hh.T), bias, c, acts, c_new, h_new)
+@kernel
+def _lstm_step(gx, h, c, w_hh, bias, gh, acts, c_new, h_new, threads):
+    """One step; each thread takes a block of the batch: gh = h @ w_hh^T for its rows, then
+    the fused elementwise pass on the same rows (one parallel region per step)."""
+    blocks = min(h.shape[0], threads)
+    for k in prange(blocks):
+        lo, hi = _block(k, blocks, h.shape[0])
+        np.dot(h[lo:hi], w_hh.T, gh[lo:hi])
+        _lstm_pointwise(gx[lo:hi], gh[lo:hi], bias, c[lo:hi], acts[lo:hi], c_new[lo:hi],
+                        h_new[lo:hi])
+
+
+@kernel
+def _lstm_step_backward(acts, c, c_new, grad_h, grad_c, w_hh, grad_gates, grad_c_prev,
+                        grad_h_prev, threads):
+    """Backward of one step, a block of the batch per thread: the elementwise gradients, then
+    grad_h_prev = grad_gates @ w_hh for the same rows."""
+    blocks = min(c.shape[0], threads)
+    for k in prange(blocks):
+        lo, hi = _block(k, blocks, c.shape[0])
+        _lstm_pointwise_backward(acts[lo:hi], c[lo:hi], c_new[lo:hi], grad_h[lo:hi],
+                                 grad_c[lo:hi], grad_gates[lo:hi], grad_c_prev[lo:hi])
+        np.dot(grad_gates[lo:hi], w_hh, grad_h_prev[lo:hi])
 
 
 @driver
-def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, out, cells, acts):
+def _lstm_forward(x, h0, c0, w_ih, w_hh, bias, out, cells, acts, threads):
     """x (T, B, I) -> out (T, B, H). cells and acts hold the c and activated gates of every
     step when they have T rows (for the backward pass), else step t reuses row t % rows."""
     T, B, I = x.shape
-    x_proj = np.dot(x.reshape(T * B, I), w_ih.T).reshape(T, B, -1)  # all steps, one GEMM
+    x_proj = np.empty((T * B, w_ih.shape[0]), x.dtype)
+    _matmul(x.reshape(T * B, I), w_ih.T, x_proj, threads)  # the input projection of all steps at once
+    x_proj = x_proj.reshape(T, B, -1)
+    gh = np.empty((B, w_ih.shape[0]), x.dtype)
     h, c = h0, c0
     for t in range(T):
         at = t % cells.shape[0]
-        _lstm_pointwise(x_proj[t], np.dot(h, w_hh.T), bias, c, acts[at], cells[at], out[t])
+        _lstm_step(x_proj[t], h, c, w_hh, bias, gh, acts[at], cells[at], out[t], threads)
         h, c = out[t], cells[at]
 
 
-@kernel
-def _lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, out, cells, acts,
-                   grad_gates, grad_c0):
-    """Backpropagation through time; returns the gradient of h0 (the rest go to arrays or are
-    one GEMM over all steps, done by the caller's kernel below)."""
-    T = x.shape[0]
-    grad_h = grad_hT.copy()
-    grad_c = grad_cT.copy()
-    for t in range(T - 1, -1, -1):
+@driver
+def _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, cells, acts, grad_gates, threads):
+    """Backpropagation through time -> (grad_h0, grad_c0); grad_gates (T, B, 4H) receives the
+    gate gradients of every step for the weight gradients."""
+    grad_h, grad_c = grad_hT.copy(), grad_cT.copy()
+    grad_h_prev, grad_c_prev = np.empty_like(grad_h), np.empty_like(grad_c)
+    for t in range(grad_out.shape[0] - 1, -1, -1):
         grad_h += grad_out[t]
         c_prev = c0 if t == 0 else cells[t - 1]
-        _lstm_pointwise_backward(acts[t], c_prev, cells[t], grad_h, grad_c, grad_gates[t],
-                                 grad_c0)
-        grad_h = np.dot(grad_gates[t], w_hh)
-        grad_c[:] = grad_c0
-    return grad_h
+        _lstm_step_backward(acts[t], c_prev, cells[t], grad_h, grad_c, w_hh, grad_gates[t],
+                            grad_c_prev, grad_h_prev, threads)
+        grad_h, grad_h_prev = grad_h_prev, grad_h
+        grad_c, grad_c_prev = grad_c_prev, grad_c
+    return grad_h, grad_c
 
 
 @kernel
-def _lstm_weight_grads(grad_gates, x, h_prev, w_ih, grad_x, grad_w_ih, grad_w_hh, grad_b):
-    """The GEMMs of the LSTM backward pass over all rows (B or T*B) at once."""
-    np.dot(grad_gates, w_ih, grad_x)
-    np.dot(grad_gates.T, x, grad_w_ih)
-    np.dot(grad_gates.T, h_prev, grad_w_hh)
-    for k in prange(grad_gates.shape[1]):
-        acc = grad_gates.dtype.type(0)
-        for row in range(grad_gates.shape[0]):
-            acc += grad_gates[row, k]
-        grad_b[k] = acc
+def _column_sums(a, out):
+    for k in prange(a.shape[1]):
+        acc = a.dtype.type(0)
+        for row in range(a.shape[0]):
+            acc += a[row, k]
+        out[k] = acc
 
 
 def _lstm_bias(b_ih, b_hh, w_ih):
@@ -485,36 +588,45 @@ def _lstm_bias(b_ih, b_hh, w_ih):
     return bias
 
 
-def _lstm_gradients(grad_gates, x, h_prev, w_ih, b_ih, b_hh):
+def _lstm_gradients(grad_gates, x, h_prev, w_ih, w_hh, b_ih, b_hh):
     """(grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh) from the gate gradients of all
-    rows; x and h_prev are 2-D with the same rows."""
-    grad_x = np.empty_like(x)
-    grad_w_ih = np.empty_like(w_ih)
-    grad_w_hh = np.empty((w_ih.shape[0], h_prev.shape[1]), x.dtype)
+    rows (B, or T*B for a sequence) at once; x and h_prev are 2-D with the same rows."""
+    grad_x, grad_w_ih, grad_w_hh = np.empty_like(x), np.empty_like(w_ih), np.empty_like(w_hh)
     grad_b = np.empty(w_ih.shape[0], x.dtype)
-    _lstm_weight_grads(grad_gates, x, h_prev, w_ih, grad_x, grad_w_ih, grad_w_hh, grad_b)
+    _matmul(grad_gates, w_ih, grad_x, _threads())
+    _matmul_tn(grad_gates, x, grad_w_ih, _threads())
+    _matmul_tn(grad_gates, h_prev, grad_w_hh, _threads())
+    _column_sums(grad_gates, grad_b)
     return (grad_x, grad_w_ih, grad_w_hh,
             None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
 
 
+def _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """-> (acts, c_new, h_new) of one step."""
+    B, H = h.shape
+    gx, gh, acts = (np.empty((B, 4 * H), h.dtype) for _ in range(3))
+    h_new, c_new = np.empty_like(h), np.empty_like(c)
+    _matmul(x, w_ih.T, gx, _threads())
+    _lstm_step(gx, h, c, w_hh, _lstm_bias(b_ih, b_hh, w_ih), gh, acts, c_new, h_new, _threads())
+    return acts, c_new, h_new
+
+
 @backend.register
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    h_new, c_new = np.empty_like(h), np.empty_like(c)
-    acts = np.empty((h.shape[0], 4 * h.shape[1]), h.dtype)
-    _lstm_cell(x, h, c, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), acts, c_new, h_new)
+    with _one_blas_thread():
+        _, c_new, h_new = _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
     return h_new, c_new
 
 
 @backend.register
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
-    B, H = h.shape
-    acts, grad_gates = np.empty((B, 4 * H), h.dtype), np.empty((B, 4 * H), h.dtype)
-    c_new, h_new, grad_c_prev = np.empty_like(c), np.empty_like(h), np.empty_like(c)
-    _lstm_cell(x, h, c, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), acts, c_new, h_new)
-    _lstm_pointwise_backward(acts, c, c_new, grad_h, grad_c, grad_gates, grad_c_prev)
-    grad_h_prev = grad_gates @ w_hh
-    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _lstm_gradients(
-        grad_gates, x, h, w_ih, b_ih, b_hh)
+    with _one_blas_thread():
+        acts, c_new, _ = _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
+        grad_gates, grad_c_prev, grad_h_prev = np.empty_like(acts), np.empty_like(c), np.empty_like(h)
+        _lstm_step_backward(acts, c, c_new, grad_h, grad_c, w_hh, grad_gates, grad_c_prev,
+                            grad_h_prev, _threads())
+        grads = _lstm_gradients(grad_gates, x, h, w_ih, w_hh, b_ih, b_hh)
+    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
     return grad_x, grad_h_prev, grad_c_prev, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
@@ -525,13 +637,15 @@ def _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps):
     out = np.empty((T, B, H), x.dtype)
     cells = np.empty((rows, B, H), x.dtype)
     acts = np.empty((rows, B, 4 * H), x.dtype)
-    _lstm_forward(x, h0, c0, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), out, cells, acts)
+    _lstm_forward(x, h0, c0, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), out, cells, acts,
+                  _threads())
     return out, cells, acts
 
 
 @backend.register
 def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    out, cells, _ = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=False)
+    with _one_blas_thread():
+        out, cells, _ = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=False)
     return out, (out[-1].copy(), cells[-1].copy())
 
 
@@ -539,14 +653,15 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     T, B, I = x.shape
     H = h0.shape[1]
-    out, cells, acts = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=True)
-    grad_gates = np.empty((T, B, 4 * H), x.dtype)
-    grad_c0 = np.empty_like(c0)
-    grad_h0 = _lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, out, cells,
-                             acts, grad_gates, grad_c0)
-    h_prev = np.concatenate([h0[None], out[:-1]]).reshape(T * B, H)  # h_{t-1} of every step
-    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _lstm_gradients(
-        grad_gates.reshape(T * B, 4 * H), x.reshape(T * B, I), h_prev, w_ih, b_ih, b_hh)
+    with _one_blas_thread():
+        out, cells, acts = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=True)
+        grad_gates = np.empty((T, B, 4 * H), x.dtype)
+        grad_h0, grad_c0 = _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, cells,
+                                          acts, grad_gates, _threads())
+        h_prev = np.concatenate([h0[None], out[:-1]]).reshape(T * B, H)  # h_{t-1} of each step
+        grads = _lstm_gradients(grad_gates.reshape(T * B, 4 * H), x.reshape(T * B, I), h_prev,
+                                w_ih, w_hh, b_ih, b_hh)
+    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
     return (grad_x.reshape(T, B, I), grad_h0, grad_c0, grad_w_ih, grad_w_hh,
             grad_b_ih, grad_b_hh)
 

@@ -283,27 +283,76 @@ def _max_window(o, stride, pad, dilation, kernel_size, n):
     return start, lo, hi
 
 
+@helper
+def _interior_columns(Wo, W, kw, sw, pw, dw):
+    """Output columns [lo, hi) whose windows lie wholly inside the input columns: a segment
+    of a row that needs no clipping, so it can be computed one kernel tap at a time across
+    the whole segment (a loop over columns that LLVM vectorises)."""
+    lo = min((pw + sw - 1) // sw, Wo)
+    last = W - 1 - (kw - 1) * dw + pw  # ow*sw may not pass this
+    hi = min(Wo, last // sw + 1) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+@helper
+def _tap_columns(xp, g, ih, s, ow_lo, count):
+    """View of input row ih at kernel column s for output columns ow_lo .. ow_lo+count-1,
+    and the flat index of its first element."""
+    start = ow_lo * g.sw - g.pw + s * g.dw
+    return xp[ih, start:start + (count - 1) * g.sw + 1:g.sw], ih * g.W + start
+
+
+@helper
+def _max_at(xp, g, h0, r_lo, r_hi, ow):
+    """Max of the (clipped) window of output column ow in the rows of h0 -> (value, index)."""
+    w0, s_lo, s_hi = _max_window(ow, g.sw, g.pw, g.dw, g.kw, g.W)
+    best_h, best_w = h0 + r_lo * g.dh, w0 + s_lo * g.dw
+    best = xp[best_h, best_w]
+    for r in range(r_lo, r_hi):
+        ih = h0 + r * g.dh
+        for s in range(s_lo, s_hi):
+            iw = w0 + s * g.dw
+            v = xp[ih, iw]
+            if v > best or np.isnan(v):
+                best, best_h, best_w = v, ih, iw
+    return best, best_h * g.W + best_w
+
+
+@helper
+def _max_segment(xp, g, h0, r_lo, r_hi, ow_lo, y_seg, idx_seg, with_indices):
+    """_max_at for the interior columns ow_lo.. of one output row, tap by tap. Taps come in
+    the same row-major window order, so ties and NaNs resolve as in _max_at."""
+    count = y_seg.shape[0]
+    first = True
+    for r in range(r_lo, r_hi):
+        ih = h0 + r * g.dh
+        for s in range(g.kw):
+            column, at = _tap_columns(xp, g, ih, s, ow_lo, count)
+            for j in range(count):
+                v = column[j]
+                if first or v > y_seg[j] or np.isnan(v):
+                    y_seg[j] = v
+                    if with_indices:
+                        idx_seg[j] = at + j * g.sw
+            first = False
+
+
 @kernel
 def _max_pool2d(x, g, y, indices, with_indices):
     """PyTorch's rule: the first maximum in row-major window order wins, and any NaN wins
     over numbers (the last NaN is reported)."""
+    ow_lo, ow_hi = _interior_columns(g.Wo, g.W, g.kw, g.sw, g.pw, g.dw)
     for p in prange(x.shape[0]):
         for oh in range(g.Ho):
             h0, r_lo, r_hi = _max_window(oh, g.sh, g.ph, g.dh, g.kh, g.H)
+            _max_segment(x[p], g, h0, r_lo, r_hi, ow_lo, y[p, oh, ow_lo:ow_hi],
+                         indices[p, oh, ow_lo:ow_hi], with_indices)
             for ow in range(g.Wo):
-                w0, s_lo, s_hi = _max_window(ow, g.sw, g.pw, g.dw, g.kw, g.W)
-                best_h, best_w = h0 + r_lo * g.dh, w0 + s_lo * g.dw
-                best = x[p, best_h, best_w]
-                for r in range(r_lo, r_hi):
-                    ih = h0 + r * g.dh
-                    for s in range(s_lo, s_hi):
-                        iw = w0 + s * g.dw
-                        v = x[p, ih, iw]
-                        if v > best or np.isnan(v):
-                            best, best_h, best_w = v, ih, iw
-                y[p, oh, ow] = best
+                if ow_lo <= ow < ow_hi:
+                    continue  # done above
+                y[p, oh, ow], at = _max_at(x[p], g, h0, r_lo, r_hi, ow)
                 if with_indices:
-                    indices[p, oh, ow] = best_h * g.W + best_w
+                    indices[p, oh, ow] = at
 
 
 @kernel
@@ -345,18 +394,32 @@ def _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad, diviso
 
 @kernel
 def _avg_pool2d(x, g, count_include_pad, divisor_override, y):
+    ow_lo, ow_hi = _interior_columns(g.Wo, g.W, g.kw, g.sw, g.pw, 1)
     for p in prange(x.shape[0]):
         for oh in range(g.Ho):
             h_lo, h_hi, h_len = _avg_window(oh, g.sh, g.ph, g.kh, g.H)
             for ow in range(g.Wo):
+                if ow_lo <= ow < ow_hi:
+                    continue  # the interior, below
                 w_lo, w_hi, w_len = _avg_window(ow, g.sw, g.pw, g.kw, g.W)
                 acc = x.dtype.type(0)
                 for ih in range(h_lo, h_hi):
                     for iw in range(w_lo, w_hi):
                         acc += x[p, ih, iw]
-                d = _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad,
+                y[p, oh, ow] = acc / _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
+                                                  count_include_pad, divisor_override)
+            if ow_hi > ow_lo:  # interior: one tap at a time across the row segment
+                y_seg = y[p, oh, ow_lo:ow_hi]
+                y_seg[:] = 0
+                for ih in range(h_lo, h_hi):
+                    for s in range(g.kw):
+                        column, _ = _tap_columns(x[p], g, ih, s, ow_lo, y_seg.shape[0])
+                        for j in range(y_seg.shape[0]):
+                            y_seg[j] += column[j]
+                d = _avg_divisor(h_lo, h_hi, h_len, 0, g.kw, g.kw, count_include_pad,
                                  divisor_override)
-                y[p, oh, ow] = acc / d
+                for j in range(y_seg.shape[0]):
+                    y_seg[j] /= d
 
 
 @kernel
@@ -383,8 +446,8 @@ def _planes(a):
 @backend.register
 def max_pool2d(x, g, with_indices):
     y = np.empty(g.output_shape, x.dtype)
-    # Without indices a one-element stand-in keeps a single compiled signature.
-    indices = np.empty(g.output_shape if with_indices else (1, 1, 1, 1), np.int64)
+    # Allocated (not touched) even without indices: one compiled signature for both cases.
+    indices = np.empty(g.output_shape, np.int64)
     _max_pool2d(_planes(x), g, _planes(y), _planes(indices), with_indices)
     return y, (indices if with_indices else None)
 
@@ -699,7 +762,7 @@ def _box_iou(a, b, out):
                              b[j, 0], b[j, 1], b[j, 2], b[j, 3], area_b, zero)
 
 
-@kernel
+@driver
 def _greedy_nms(boxes, scores, categories, iou_threshold):
     """Greedy NMS within categories -> kept indices by decreasing score.
 
@@ -707,14 +770,15 @@ def _greedy_nms(boxes, scores, categories, iou_threshold):
     gathered in that order into one array per coordinate; then each kept box sweeps the boxes
     after it and marks the ones it suppresses. The sweep runs over views that start at 0 and
     has no branch but a masked store, so LLVM vectorises it. Suppressed boxes never sweep,
-    so the work is (kept boxes) x N, not N^2, when few boxes survive."""
+    so the work is (kept boxes) x N, not N^2, when few boxes survive. It runs on one thread:
+    each sweep depends on the previous ones, and one sweep is too short to share."""
     order = np.argsort(-scores, kind="mergesort")
     n = order.shape[0]
     zero = boxes.dtype.type(0)
     x1, y1 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
     x2, y2 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
     area, category = np.empty(n, boxes.dtype), np.empty(n, np.int64)
-    for i in prange(n):
+    for i in range(n):
         k = order[i]
         x1[i], y1[i], x2[i], y2[i] = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
         area[i] = _area(x1[i], y1[i], x2[i], y2[i], zero)

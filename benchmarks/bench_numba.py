@@ -161,8 +161,10 @@ def interleaved(case, names, reps):
 
 
 def table(selected, names, reps):
+    """Prints (as it goes) and returns the markdown table."""
     lines = ["| op | case | numba ms | cpu ms | numba / cpu | reference ms | reference / numba |",
              "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for case in selected:
         t = interleaved(case, names, reps)
         ms = {k: f"{v * 1e3:.2f}" for k, v in t.items()}
@@ -184,7 +186,7 @@ def main():
     names = [n for n in IMPLS if not (args.no_reference and n == "reference")]
     selected = [c for c in cases(args.quick) if not args.ops or any(o in c.op for o in args.ops)]
     print(f"threads: {pyconv.get_num_threads()}; numba / cpu < 1 means numba is faster")
-    print(table(selected, names, args.reps))
+    table(selected, names, args.reps)
 
 
 if __name__ == "__main__":

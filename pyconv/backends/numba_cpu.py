@@ -766,45 +766,62 @@ def _box_iou(a, b, out):
 def _greedy_nms(boxes, scores, categories, iou_threshold):
     """Greedy NMS within categories -> kept indices by decreasing score.
 
-    Order: a stable sort of -scores (ties keep the lower index; NaN sorts last). The boxes are
-    gathered in that order into one array per coordinate; then each kept box sweeps the boxes
-    after it and marks the ones it suppresses. The sweep runs over views that start at 0 and
-    has no branch but a masked store, so LLVM vectorises it. Suppressed boxes never sweep,
-    so the work is (kept boxes) x N, not N^2, when few boxes survive. It runs on one thread:
-    each sweep depends on the previous ones, and one sweep is too short to share."""
-    order = np.argsort(-scores, kind="mergesort")
+    Visiting order: a stable sort of -scores (ties keep the lower index; NaN sorts last).
+    Boxes of different categories never interact, so the boxes are grouped by category
+    (a stable sort again, which keeps the visiting order inside each group), gathered into one
+    array per coordinate, and each group runs its own greedy NMS (_nms_group). The kept boxes
+    of all groups are then listed in the visiting order. It runs on one thread: each sweep
+    depends on the ones before, and one sweep is too short to share."""
+    order = np.argsort(-scores, kind="mergesort")  # rank -> box
+    grouped = np.argsort(categories[order], kind="mergesort")  # position -> rank
     n = order.shape[0]
     zero = boxes.dtype.type(0)
     x1, y1 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
     x2, y2 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
-    area, category = np.empty(n, boxes.dtype), np.empty(n, np.int64)
+    area = np.empty(n, boxes.dtype)
     for i in range(n):
-        k = order[i]
+        k = order[grouped[i]]
         x1[i], y1[i], x2[i], y2[i] = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
         area[i] = _area(x1[i], y1[i], x2[i], y2[i], zero)
-        category[i] = categories[k]
     suppressed = np.zeros(n, np.bool_)
-    keep = np.empty(n, np.int64)
-    kept = 0
+    start = 0
+    while start < n:
+        category = categories[order[grouped[start]]]
+        end = start + 1
+        while end < n and categories[order[grouped[end]]] == category:
+            end += 1
+        group = slice(start, end)
+        _nms_group(x1[group], y1[group], x2[group], y2[group], area[group], iou_threshold,
+                   suppressed[group])
+        start = end
+    kept_by_rank = np.zeros(n, np.bool_)
     for i in range(n):
-        if suppressed[i]:
-            continue
-        keep[kept] = order[i]
-        kept += 1
-        rest = slice(i + 1, n)
-        _suppress(x1[i], y1[i], x2[i], y2[i], area[i], category[i], x1[rest], y1[rest],
-                  x2[rest], y2[rest], area[rest], category[rest], iou_threshold, suppressed[rest])
-    return keep[:kept].copy()
+        kept_by_rank[grouped[i]] = not suppressed[i]
+    return order[kept_by_rank]
 
 
 @helper
-def _suppress(kx1, ky1, kx2, ky2, k_area, k_category, x1, y1, x2, y2, area, category,
-              iou_threshold, suppressed):
-    """Marks the boxes whose IoU with the kept box k exceeds the threshold (same category)."""
+def _nms_group(x1, y1, x2, y2, area, iou_threshold, suppressed):
+    """Greedy NMS of boxes given in visiting order: each kept box sweeps the boxes after it and
+    marks those it suppresses. The sweep runs over views that start at 0 and has no branch but
+    a masked store, so LLVM vectorises it; suppressed boxes never sweep, so the work is
+    (kept boxes) x N, not N^2, when few boxes survive."""
     zero = x1.dtype.type(0)
+    n = x1.shape[0]
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        rest = slice(i + 1, n)
+        _suppress(x1[i], y1[i], x2[i], y2[i], area[i], x1[rest], y1[rest], x2[rest], y2[rest],
+                  area[rest], iou_threshold, suppressed[rest], zero)
+
+
+@helper
+def _suppress(kx1, ky1, kx2, ky2, k_area, x1, y1, x2, y2, area, iou_threshold, suppressed, zero):
+    """Marks the boxes whose IoU with the kept box k exceeds the threshold."""
     for j in range(x1.shape[0]):
         iou = _iou(kx1, ky1, kx2, ky2, k_area, x1[j], y1[j], x2[j], y2[j], area[j], zero)
-        if iou > iou_threshold and category[j] == k_category:
+        if iou > iou_threshold:
             suppressed[j] = True
 
 

@@ -35,6 +35,9 @@ backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs th
 kernel = njit(parallel=True, cache=True, error_model="numpy")
 driver = njit(cache=True, error_model="numpy")
 helper = njit(cache=True, error_model="numpy")
+# `inlined`: a helper that Numba copies into each call site, so that a call with constant
+# arguments compiles to code specialised for them (LLVM alone declines for large functions).
+inlined = njit(cache=True, error_model="numpy", inline="always")
 
 
 _blas_libraries = None
@@ -284,75 +287,91 @@ def _max_window(o, stride, pad, dilation, kernel_size, n):
 
 
 @helper
-def _interior_columns(Wo, W, kw, sw, pw, dw):
-    """Output columns [lo, hi) whose windows lie wholly inside the input columns: a segment
-    of a row that needs no clipping, so it can be computed one kernel tap at a time across
-    the whole segment (a loop over columns that LLVM vectorises)."""
-    lo = min((pw + sw - 1) // sw, Wo)
-    last = W - 1 - (kw - 1) * dw + pw  # ow*sw may not pass this
-    hi = min(Wo, last // sw + 1) if last >= 0 else 0
+def _interior(n_out, n, k, stride, pad, dilation):
+    """Output positions [lo, hi) along one axis whose windows lie wholly inside the input:
+    there the window needs no clipping and has the same shape everywhere."""
+    lo = min((pad + stride - 1) // stride, n_out)
+    last = n - 1 - (k - 1) * dilation + pad  # o*stride may not pass this
+    hi = min(n_out, last // stride + 1) if last >= 0 else 0
     return lo, max(lo, hi)
 
 
 @helper
-def _tap_columns(xp, g, ih, s, ow_lo, count):
-    """View of input row ih at kernel column s for output columns ow_lo .. ow_lo+count-1,
-    and the flat index of its first element."""
-    start = ow_lo * g.sw - g.pw + s * g.dw
-    return xp[ih, start:start + (count - 1) * g.sw + 1:g.sw], ih * g.W + start
-
-
-@helper
-def _max_at(xp, g, h0, r_lo, r_hi, ow):
-    """Max of the (clipped) window of output column ow in the rows of h0 -> (value, index)."""
-    w0, s_lo, s_hi = _max_window(ow, g.sw, g.pw, g.dw, g.kw, g.W)
-    best_h, best_w = h0 + r_lo * g.dh, w0 + s_lo * g.dw
+def _max_at(xp, h0, r_lo, r_hi, ow, W, kw, sw, pw, dh, dw):
+    """Max of the (clipped) window of output column ow over kernel rows [r_lo, r_hi) from
+    input row h0 -> (value, flat index)."""
+    w0, s_lo, s_hi = _max_window(ow, sw, pw, dw, kw, W)
+    best_h, best_w = h0 + r_lo * dh, w0 + s_lo * dw
     best = xp[best_h, best_w]
     for r in range(r_lo, r_hi):
-        ih = h0 + r * g.dh
+        ih = h0 + r * dh
         for s in range(s_lo, s_hi):
-            iw = w0 + s * g.dw
+            iw = w0 + s * dw
             v = xp[ih, iw]
             if v > best or np.isnan(v):
                 best, best_h, best_w = v, ih, iw
-    return best, best_h * g.W + best_w
+    return best, best_h * W + best_w
 
 
 @helper
-def _max_segment(xp, g, h0, r_lo, r_hi, ow_lo, y_seg, idx_seg, with_indices):
-    """_max_at for the interior columns ow_lo.. of one output row, tap by tap. Taps come in
-    the same row-major window order, so ties and NaNs resolve as in _max_at."""
-    count = y_seg.shape[0]
-    first = True
-    for r in range(r_lo, r_hi):
-        ih = h0 + r * g.dh
-        for s in range(g.kw):
-            column, at = _tap_columns(xp, g, ih, s, ow_lo, count)
-            for j in range(count):
-                v = column[j]
-                if first or v > y_seg[j] or np.isnan(v):
-                    y_seg[j] = v
-                    if with_indices:
-                        idx_seg[j] = at + j * g.sw
-            first = False
+def _inside(xp, i, j):
+    """xp[i, j] for indices known to lie inside: as unsigned ints, Numba skips its handling of
+    negative indices, which would keep LLVM from vectorising the loop around."""
+    return xp[np.uint64(i), np.uint64(j)]
+
+
+@inlined
+def _max_pool_plane(xp, yp, ip, with_indices, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """One plane. Windows wholly inside the input take the loop over columns with a fixed
+    kernel-sized window (when the geometry is a compile-time constant, LLVM unrolls the window
+    and vectorises across the columns); the others are clipped one by one."""
+    H, W = xp.shape
+    oh_lo, oh_hi = _interior(Ho, H, kh, sh, ph, dh)
+    ow_lo, ow_hi = _interior(Wo, W, kw, sw, pw, dw)
+    for oh in range(Ho):
+        h0, r_lo, r_hi = _max_window(oh, sh, ph, dh, kh, H)
+        inside = oh_lo <= oh < oh_hi
+        if inside:
+            for ow in range(ow_lo, ow_hi):
+                w0 = ow * sw - pw
+                best, best_at = xp[h0, w0], h0 * W + w0
+                for r in range(kh):
+                    for s in range(kw):
+                        ih, iw = h0 + r * dh, w0 + s * dw
+                        v = _inside(xp, ih, iw)
+                        # Selects, not branches, so that the loop over ow vectorises.
+                        take = v > best or v != v  # v != v: v is NaN
+                        best = v if take else best
+                        best_at = ih * W + iw if take else best_at
+                yp[oh, ow] = best
+                if with_indices:
+                    ip[oh, ow] = best_at
+        for ow in range(Wo):
+            if inside and ow_lo <= ow < ow_hi:
+                continue
+            yp[oh, ow], at = _max_at(xp, h0, r_lo, r_hi, ow, W, kw, sw, pw, dh, dw)
+            if with_indices:
+                ip[oh, ow] = at
+
+
+@helper
+def _is_square(g, k, s, p):
+    return g.kh == g.kw == k and g.sh == g.sw == s and g.ph == g.pw == p and g.dh == g.dw == 1
 
 
 @kernel
 def _max_pool2d(x, g, y, indices, with_indices):
     """PyTorch's rule: the first maximum in row-major window order wins, and any NaN wins
-    over numbers (the last NaN is reported)."""
-    ow_lo, ow_hi = _interior_columns(g.Wo, g.W, g.kw, g.sw, g.pw, g.dw)
+    over numbers (the last NaN is reported). The common geometries get their own compiled
+    copy of the plane loop with the window as constants."""
     for p in prange(x.shape[0]):
-        for oh in range(g.Ho):
-            h0, r_lo, r_hi = _max_window(oh, g.sh, g.ph, g.dh, g.kh, g.H)
-            _max_segment(x[p], g, h0, r_lo, r_hi, ow_lo, y[p, oh, ow_lo:ow_hi],
-                         indices[p, oh, ow_lo:ow_hi], with_indices)
-            for ow in range(g.Wo):
-                if ow_lo <= ow < ow_hi:
-                    continue  # done above
-                y[p, oh, ow], at = _max_at(x[p], g, h0, r_lo, r_hi, ow)
-                if with_indices:
-                    indices[p, oh, ow] = at
+        if _is_square(g, 2, 2, 0):
+            _max_pool_plane(x[p], y[p], indices[p], with_indices, g.Ho, g.Wo, 2, 2, 2, 2, 0, 0, 1, 1)
+        elif _is_square(g, 3, 2, 1):
+            _max_pool_plane(x[p], y[p], indices[p], with_indices, g.Ho, g.Wo, 3, 3, 2, 2, 1, 1, 1, 1)
+        else:
+            _max_pool_plane(x[p], y[p], indices[p], with_indices, g.Ho, g.Wo, g.kh, g.kw, g.sh,
+                            g.sw, g.ph, g.pw, g.dh, g.dw)
 
 
 @kernel
@@ -392,34 +411,47 @@ def _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad, diviso
     return (h_hi - h_lo) * (w_hi - w_lo)
 
 
+@inlined
+def _avg_pool_plane(xp, yp, count_include_pad, divisor_override, Ho, Wo, kh, kw, sh, sw, ph, pw):
+    """One plane; interior windows as in _max_pool_plane (there the divisor is kh*kw or the
+    override), the others clipped one by one."""
+    H, W = xp.shape
+    oh_lo, oh_hi = _interior(Ho, H, kh, sh, ph, 1)
+    ow_lo, ow_hi = _interior(Wo, W, kw, sw, pw, 1)
+    inner_divisor = divisor_override if divisor_override != 0 else kh * kw
+    for oh in range(Ho):
+        h_lo, h_hi, h_len = _avg_window(oh, sh, ph, kh, H)
+        inside = oh_lo <= oh < oh_hi
+        if inside:
+            for ow in range(ow_lo, ow_hi):
+                w0 = ow * sw - pw
+                acc = xp.dtype.type(0)
+                for r in range(kh):
+                    for s in range(kw):
+                        acc += _inside(xp, h_lo + r, w0 + s)
+                yp[oh, ow] = acc / inner_divisor
+        for ow in range(Wo):
+            if inside and ow_lo <= ow < ow_hi:
+                continue
+            w_lo, w_hi, w_len = _avg_window(ow, sw, pw, kw, W)
+            acc = xp.dtype.type(0)
+            for ih in range(h_lo, h_hi):
+                for iw in range(w_lo, w_hi):
+                    acc += xp[ih, iw]
+            yp[oh, ow] = acc / _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
+                                            count_include_pad, divisor_override)
+
+
 @kernel
 def _avg_pool2d(x, g, count_include_pad, divisor_override, y):
-    ow_lo, ow_hi = _interior_columns(g.Wo, g.W, g.kw, g.sw, g.pw, 1)
+    """The common geometry 2x2 stride 2 gets its own compiled copy (see _max_pool2d)."""
     for p in prange(x.shape[0]):
-        for oh in range(g.Ho):
-            h_lo, h_hi, h_len = _avg_window(oh, g.sh, g.ph, g.kh, g.H)
-            for ow in range(g.Wo):
-                if ow_lo <= ow < ow_hi:
-                    continue  # the interior, below
-                w_lo, w_hi, w_len = _avg_window(ow, g.sw, g.pw, g.kw, g.W)
-                acc = x.dtype.type(0)
-                for ih in range(h_lo, h_hi):
-                    for iw in range(w_lo, w_hi):
-                        acc += x[p, ih, iw]
-                y[p, oh, ow] = acc / _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
-                                                  count_include_pad, divisor_override)
-            if ow_hi > ow_lo:  # interior: one tap at a time across the row segment
-                y_seg = y[p, oh, ow_lo:ow_hi]
-                y_seg[:] = 0
-                for ih in range(h_lo, h_hi):
-                    for s in range(g.kw):
-                        column, _ = _tap_columns(x[p], g, ih, s, ow_lo, y_seg.shape[0])
-                        for j in range(y_seg.shape[0]):
-                            y_seg[j] += column[j]
-                d = _avg_divisor(h_lo, h_hi, h_len, 0, g.kw, g.kw, count_include_pad,
-                                 divisor_override)
-                for j in range(y_seg.shape[0]):
-                    y_seg[j] /= d
+        if _is_square(g, 2, 2, 0):
+            _avg_pool_plane(x[p], y[p], count_include_pad, divisor_override, g.Ho, g.Wo,
+                            2, 2, 2, 2, 0, 0)
+        else:
+            _avg_pool_plane(x[p], y[p], count_include_pad, divisor_override, g.Ho, g.Wo,
+                            g.kh, g.kw, g.sh, g.sw, g.ph, g.pw)
 
 
 @kernel

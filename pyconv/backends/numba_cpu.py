@@ -6,10 +6,10 @@ spreads independent planes / images / blocks of rows over the threads
 through ``np.dot``. Kernels compile on first use for float32 or float64 and are cached on disk
 (``cache=True``).
 
-One thread pool: BLAS runs on one thread inside these kernels (see ``_one_blas_thread``) and
-each Numba thread makes its own BLAS calls on its own images or rows. Letting OpenBLAS start
-its own threads between Numba's parallel loops makes the two pools fight over the cores (on
-2 cores, an LSTM step became 100x slower).
+One thread pool: the BLAS library these kernels call runs on one thread (see
+``_one_blas_thread``) and each Numba thread makes its own BLAS calls on its own images or
+rows. Letting OpenBLAS start its own threads between Numba's parallel loops makes the two
+pools fight over the cores (on 2 shared cores an LSTM step became 100x slower).
 
 Layout of the code: the registered functions (bottom of each section) allocate outputs and
 reshape arrays; the ``@njit`` functions do the work. Each op family shares its index helpers
@@ -17,7 +17,7 @@ between forward and backward passes rather than repeating the arithmetic.
 """
 from __future__ import annotations
 
-import contextlib
+import os
 
 import numba
 import numpy as np
@@ -40,32 +40,27 @@ helper = njit(cache=True, error_model="numpy")
 inlined = njit(cache=True, error_model="numpy", inline="always")
 
 
-_blas_libraries = None
+_blas_limited = False
 
 
-@contextlib.contextmanager
 def _one_blas_thread():
-    """Runs the block with the BLAS libraries (the one np.dot calls inside @njit is SciPy's
-    OpenBLAS) on one thread, restoring their thread counts afterwards. Needs threadpoolctl;
-    without it BLAS keeps its threads (correct, but slower)."""
-    global _blas_libraries
-    if _blas_libraries is None:
-        try:
-            import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
-            from threadpoolctl import ThreadpoolController
-
-            _blas_libraries = [lib for lib in ThreadpoolController().lib_controllers
-                               if lib.user_api == "blas"]
-        except ImportError:
-            _blas_libraries = []
-    saved = [lib.num_threads for lib in _blas_libraries]
-    for lib in _blas_libraries:
-        lib.set_num_threads(1)
+    """Makes the BLAS library that np.dot calls inside @njit (SciPy's OpenBLAS) run on one
+    thread, once per process. It stays so: switching its threads back on after every kernel
+    wakes threads that then spin against ours. NumPy's own BLAS library is left alone.
+    Needs threadpoolctl; without it BLAS keeps its threads (correct, but slower)."""
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
     try:
-        yield
-    finally:
-        for lib, n in zip(_blas_libraries, saved):
-            lib.set_num_threads(n)
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library Numba calls)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return
+    numpy_dirs = {os.path.dirname(np.__file__), os.path.dirname(np.__file__) + ".libs"}
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and os.path.dirname(lib.filepath) not in numpy_dirs:
+            lib.set_num_threads(1)
 
 
 @helper
@@ -239,8 +234,8 @@ def conv2d(x, w, b, g):
     if w.shape[1] == 1:
         _conv2d_depthwise(x, w, bias, g, y)
     else:
-        with _one_blas_thread():
-            _conv2d_gemm(x, w.reshape(g.K, -1), bias, g, y.reshape(g.N, g.K, -1))
+        _one_blas_thread()
+        _conv2d_gemm(x, w.reshape(g.K, -1), bias, g, y.reshape(g.N, g.K, -1))
     return y
 
 
@@ -249,17 +244,17 @@ def conv2d_grad_input(grad_out, w, g):
     grad_x = np.empty(g.input_shape, grad_out.dtype)
     Kg = g.K // g.groups
     w_t = np.ascontiguousarray(w.reshape(g.groups, Kg, -1).transpose(0, 2, 1))
-    with _one_blas_thread():
-        _conv2d_grad_input(grad_out.reshape(g.N, g.K, -1), w_t, g, grad_x)
+    _one_blas_thread()
+    _conv2d_grad_input(grad_out.reshape(g.N, g.K, -1), w_t, g, grad_x)
     return grad_x
 
 
 @backend.register
 def conv2d_grad_weight(grad_out, x, g):
     grad_w = np.empty(g.weight_shape, x.dtype)
-    with _one_blas_thread():
-        _conv2d_grad_weight(grad_out.reshape(g.N, g.K, -1), x, g, grad_w.reshape(g.K, -1),
-                            _threads())
+    _one_blas_thread()
+    _conv2d_grad_weight(grad_out.reshape(g.N, g.K, -1), x, g, grad_w.reshape(g.K, -1),
+                        _threads())
     return grad_w
 
 
@@ -708,19 +703,19 @@ def _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 @backend.register
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    with _one_blas_thread():
-        _, c_new, h_new = _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    _one_blas_thread()
+    _, c_new, h_new = _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
     return h_new, c_new
 
 
 @backend.register
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
-    with _one_blas_thread():
-        acts, c_new, _ = _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
-        grad_gates, grad_c_prev, grad_h_prev = np.empty_like(acts), np.empty_like(c), np.empty_like(h)
-        _lstm_step_backward(acts, c, c_new, grad_h, grad_c, w_hh, grad_gates, grad_c_prev,
-                            grad_h_prev, _threads())
-        grads = _lstm_gradients(grad_gates, x, h, w_ih, w_hh, b_ih, b_hh)
+    _one_blas_thread()
+    acts, c_new, _ = _cell_forward(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    grad_gates, grad_c_prev, grad_h_prev = np.empty_like(acts), np.empty_like(c), np.empty_like(h)
+    _lstm_step_backward(acts, c, c_new, grad_h, grad_c, w_hh, grad_gates, grad_c_prev,
+                        grad_h_prev, _threads())
+    grads = _lstm_gradients(grad_gates, x, h, w_ih, w_hh, b_ih, b_hh)
     grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
     return grad_x, grad_h_prev, grad_c_prev, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
@@ -739,8 +734,8 @@ def _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps):
 
 @backend.register
 def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    with _one_blas_thread():
-        out, cells, _ = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=False)
+    _one_blas_thread()
+    out, cells, _ = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=False)
     return out, (out[-1].copy(), cells[-1].copy())
 
 
@@ -748,14 +743,14 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     T, B, I = x.shape
     H = h0.shape[1]
-    with _one_blas_thread():
-        out, cells, acts = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=True)
-        grad_gates = np.empty((T, B, 4 * H), x.dtype)
-        grad_h0, grad_c0 = _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, cells,
-                                          acts, grad_gates, _threads())
-        h_prev = np.concatenate([h0[None], out[:-1]]).reshape(T * B, H)  # h_{t-1} of each step
-        grads = _lstm_gradients(grad_gates.reshape(T * B, 4 * H), x.reshape(T * B, I), h_prev,
-                                w_ih, w_hh, b_ih, b_hh)
+    _one_blas_thread()
+    out, cells, acts = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=True)
+    grad_gates = np.empty((T, B, 4 * H), x.dtype)
+    grad_h0, grad_c0 = _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, cells,
+                                      acts, grad_gates, _threads())
+    h_prev = np.concatenate([h0[None], out[:-1]]).reshape(T * B, H)  # h_{t-1} of each step
+    grads = _lstm_gradients(grad_gates.reshape(T * B, 4 * H), x.reshape(T * B, I), h_prev,
+                            w_ih, w_hh, b_ih, b_hh)
     grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
     return (grad_x.reshape(T, B, I), grad_h0, grad_c0, grad_w_ih, grad_w_hh,
             grad_b_ih, grad_b_hh)

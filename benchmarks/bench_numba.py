@@ -182,7 +182,11 @@ def main():
     parser.add_argument("--no-reference", action="store_true", help="skip the NumPy reference")
     parser.add_argument("--ops", nargs="*", help="only ops whose name contains one of these")
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--threads", type=int, help="pyconv.set_num_threads(N) first (for one "
+                        "thread also set NUMBA_NUM_THREADS=1: a masked Numba pool is slower)")
     args = parser.parse_args()
+    if args.threads:
+        pyconv.set_num_threads(args.threads)
     names = [n for n in IMPLS if not (args.no_reference and n == "reference")]
     selected = [c for c in cases(args.quick) if not args.ops or any(o in c.op for o in args.ops)]
     print(f"threads: {pyconv.get_num_threads()}; numba / cpu < 1 means numba is faster")

@@ -413,7 +413,8 @@ def _avg_pool_plane(xp, yp, count_include_pad, divisor_override, Ho, Wo, kh, kw,
     H, W = xp.shape
     oh_lo, oh_hi = _interior(Ho, H, kh, sh, ph, 1)
     ow_lo, ow_hi = _interior(Wo, W, kw, sw, pw, 1)
-    inner_divisor = divisor_override if divisor_override != 0 else kh * kw
+    # Divisors in the data's precision: float32 / int would compute in float64.
+    inner_divisor = xp.dtype.type(divisor_override if divisor_override != 0 else kh * kw)
     for oh in range(Ho):
         h_lo, h_hi, h_len = _avg_window(oh, sh, ph, kh, H)
         inside = oh_lo <= oh < oh_hi
@@ -433,8 +434,8 @@ def _avg_pool_plane(xp, yp, count_include_pad, divisor_override, Ho, Wo, kh, kw,
             for ih in range(h_lo, h_hi):
                 for iw in range(w_lo, w_hi):
                     acc += xp[ih, iw]
-            yp[oh, ow] = acc / _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
-                                            count_include_pad, divisor_override)
+            yp[oh, ow] = acc / xp.dtype.type(_avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
+                                                          count_include_pad, divisor_override))
 
 
 @kernel
@@ -459,7 +460,7 @@ def _avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override, grad_
                 w_lo, w_hi, w_len = _avg_window(ow, g.sw, g.pw, g.kw, g.W)
                 d = _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad,
                                  divisor_override)
-                share = grad_out[p, oh, ow] / d
+                share = grad_out[p, oh, ow] / grad_out.dtype.type(d)
                 for ih in range(h_lo, h_hi):
                     for iw in range(w_lo, w_hi):
                         grad_x[p, ih, iw] += share

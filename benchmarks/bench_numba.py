@@ -5,6 +5,8 @@ the NumPy "reference" backend; JIT compilation is done before timing (warm JIT).
     pytest benchmarks/bench_numba.py --benchmark-enable -m slow       # the large cases too
     python benchmarks/bench_numba.py [--quick] [--no-reference]       # interleaved table
 
+(from a checkout that is not the installed pyconv, prefix the script with PYTHONPATH=.)
+
 The script form times every implementation of a case interleaved (one call of each in turn,
 repeated; medians), so that load from other processes hits them alike, and prints the
 markdown table kept in benchmarks/RESULTS.md ("numba backend").

@@ -11,6 +11,9 @@ One thread pool: the BLAS library these kernels call runs on one thread (see
 rows. Letting OpenBLAS start its own threads between Numba's parallel loops makes the two
 pools fight over the cores (on 2 shared cores an LSTM step became 100x slower).
 
+Needs SciPy for ``np.dot`` inside ``@njit`` (convolution and LSTM kernels) and, for speed,
+threadpoolctl (``pip install 'pyconv[numba]'``).
+
 Layout of the code: the registered functions (bottom of each section) allocate outputs and
 reshape arrays; the ``@njit`` functions do the work. Each op family shares its index helpers
 between forward and backward passes rather than repeating the arithmetic.

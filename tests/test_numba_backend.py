@@ -52,6 +52,7 @@ CONV_CASES = [  # x shape, w shape, parameters
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # PyTorch's note on even kernels
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_shape, w_shape, params", CONV_CASES)
 def test_conv2d_and_backward(rng, x_shape, w_shape, params, dtype):

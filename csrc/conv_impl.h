@@ -1,0 +1,369 @@
+// Convolution kernels on the packed GEMM (gemm_impl.h), plus a direct kernel for grouped /
+// depthwise convolutions. Included inside namespace pyconv::<isa> by kernels_isa.inc.
+//
+// Notation (ConvShape): input x (N, C, H, W), weight w (K, Cg, R, S) with Cg = C / groups,
+// output y (N, K, Ho, Wo), Kg = K / groups. Output (ho, wo) reads input row ho*sh - ph + r*dh
+// and column wo*sw - pw + s*dw.
+//
+// As GEMMs, per group:
+//   forward      y[k, (n,ho,wo)]  = sum_{(c,r,s)} w[k, (c,r,s)] * X[(c,r,s), (n,ho,wo)]
+//   grad weight  dw[k, (c,r,s)]   = sum_{(n,ho,wo)} dy[k, (n,ho,wo)] * X[(c,r,s), (n,ho,wo)]
+//   grad input   for each stride phase (h % sh, w % sw): a stride-1 GEMM over the taps that
+//                reach that phase (transpose convolution without multiplying by zeros).
+// X is the im2col matrix; it never exists in memory: the B packing gathers it from x.
+
+// ---------------------------------------------------------------------------------------------
+// Implicit im2col.
+
+// dst[t * dst_step] = row[first + t * step] where that lies in [0, width), else 0, t < len.
+template <class T>
+inline void gather_row(const T* row, int64_t width, int64_t first, int64_t step, int64_t len,
+                       T* dst, int64_t dst_step) {
+    int64_t lo = first >= 0 ? 0 : (-first + step - 1) / step;          // first t inside
+    int64_t hi = first >= width ? 0 : (width - first + step - 1) / step;  // first t past the end
+    lo = std::min(lo, len);
+    hi = std::max(lo, std::min(hi, len));
+    for (int64_t t = 0; t < lo; ++t) dst[t * dst_step] = T(0);
+    if (step == 1 && dst_step == 1) {
+        std::memcpy(dst + lo, row + first + lo, sizeof(T) * (hi - lo));
+    } else {
+        for (int64_t t = lo; t < hi; ++t) dst[t * dst_step] = row[first + t * step];
+    }
+    for (int64_t t = hi; t < len; ++t) dst[t * dst_step] = T(0);
+}
+
+// Consecutive pixel indices j = (n * rows + a) * cols + b that share an image n and a row a:
+// b in [b0, b0 + len), the first of them at position `pos` of the range being split.
+struct PixelRun {
+    int64_t n, a, b0, len, pos;
+};
+
+// Splits pixels [j0, j0 + count) into runs; `out` has room for `count` runs. Returns how many.
+inline int64_t pixel_runs(int64_t j0, int64_t count, int64_t rows, int64_t cols, PixelRun* out) {
+    int64_t n = j0 / (rows * cols), a = (j0 / cols) % rows, b = j0 % cols, used = 0;
+    for (int64_t pos = 0; pos < count;) {
+        const int64_t len = std::min(cols - b, count - pos);
+        out[used++] = PixelRun{n, a, b, len, pos};
+        pos += len;
+        b = 0;
+        if (++a == rows) a = 0, ++n;
+    }
+    return used;
+}
+
+// One reduction row of the im2col matrix: which source channel plane and which offsets.
+struct Tap {
+    int64_t plane;       // channel offset within an image of the source, in elements
+    int64_t dh, dw;      // source row = a * sh + dh, column = b * sw + dw
+};
+
+// The im2col matrix X[tap, pixel] of a source tensor (images of `image_stride` elements, planes
+// Hs x Ws), pixels (n, a, b) over an output grid rows x cols, read with strides sh, sw.
+template <class T>
+struct Im2col {
+    const T* src;
+    int64_t image_stride, Hs, Ws;
+    int64_t rows, cols, sh, sw;
+    const Tap* taps;
+
+    // Row `tap` of X over pixels of `run`, into dst (element t at dst[t * dst_step]).
+    void gather(const Tap& tap, const PixelRun& run, T* dst, int64_t dst_step) const {
+        const int64_t h = run.a * sh + tap.dh;
+        if (h < 0 || h >= Hs) {
+            for (int64_t t = 0; t < run.len; ++t) dst[t * dst_step] = T(0);
+            return;
+        }
+        const T* row = src + run.n * image_stride + tap.plane + h * Ws;
+        gather_row(row, Ws, run.b0 * sw + tap.dw, sw, run.len, dst, dst_step);
+    }
+
+    // As GEMM operand B (taps x pixels): dst[k * NR + j] = X[k0 + k, j0 + j].
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t count, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        PixelRun runs[NR];
+        const int64_t n_runs = pixel_runs(j0, count, rows, cols, runs);
+        for (int64_t k = 0; k < kc; ++k) {
+            T* d = dst + k * NR;
+            for (int64_t r = 0; r < n_runs; ++r) gather(taps[k0 + k], runs[r], d + runs[r].pos, 1);
+            for (int64_t j = count; j < NR; ++j) d[j] = T(0);
+        }
+    }
+};
+
+// X transposed (pixels x taps): operand B of the weight gradient.
+template <class T>
+struct Im2colTransposed {
+    Im2col<T> x;
+
+    // dst[k * NR + j] = X[j0 + j, k0 + k]: pixels k0.. (the reduction), taps j0...
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t count, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        PixelRun runs[GemmTile<T>::KC];
+        const int64_t n_runs = pixel_runs(k0, kc, x.rows, x.cols, runs);
+        for (int64_t j = 0; j < NR; ++j) {
+            if (j >= count) {
+                for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
+                continue;
+            }
+            for (int64_t r = 0; r < n_runs; ++r)
+                x.gather(x.taps[j0 + j], runs[r], dst + runs[r].pos * NR + j, NR);
+        }
+    }
+};
+
+// The taps of a direct convolution over a source with planes H x W: (c, r, s) row-major.
+inline void direct_taps(const ConvShape& g, Tap* taps) {
+    const int64_t Cg = g.C / g.groups;
+    Tap* t = taps;
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s)
+                *t++ = Tap{c * g.H * g.W, r * g.dh - g.ph, s * g.dw - g.pw};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct kernels for grouped convolutions with few channels per group (depthwise: Cg = Kg = 1),
+// where a GEMM would have a handful of rows. Each works on zero-padded copies of input planes,
+// so the inner loops have no bounds checks and vectorise over output columns.
+
+inline bool direct_pays(const ConvShape& g) {
+    return g.groups > 1 && (g.C / g.groups) * (g.K / g.groups) <= 16;
+}
+
+// Padded plane geometry: every input position any output reads, padding included.
+struct PaddedPlane {
+    int64_t Hp, Wp;
+    explicit PaddedPlane(const ConvShape& g)
+        : Hp((g.Ho - 1) * g.sh + (g.R - 1) * g.dh + 1), Wp((g.Wo - 1) * g.sw + (g.S - 1) * g.dw + 1) {}
+    int64_t size() const { return Hp * Wp; }
+};
+
+// dst (Hp x Wp) = plane (H x W) shifted by the top/left padding, zeros around.
+template <class T>
+void pad_plane(const ConvShape& g, const PaddedPlane& p, const T* plane, T* dst) {
+    for (int64_t hp = 0; hp < p.Hp; ++hp) {
+        const int64_t h = hp - g.ph;
+        T* d = dst + hp * p.Wp;
+        if (h < 0 || h >= g.H) {
+            std::fill(d, d + p.Wp, T(0));
+            continue;
+        }
+        gather_row(plane + h * g.W, g.W, -g.pw, 1, p.Wp, d, 1);
+    }
+}
+
+template <class T>
+void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const PaddedPlane pp(g);
+    const int64_t jobs = g.N * g.groups;
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
+    std::vector<Scratch<T>> pads;
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size()));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+        const int64_t n = job / g.groups, grp = job % g.groups;
+        T* xp = pads[omp_get_thread_num()].get();
+        for (int64_t c = 0; c < Cg; ++c)
+            pad_plane(g, pp, x + ((n * g.C) + grp * Cg + c) * g.H * g.W, xp + c * pp.size());
+        for (int64_t kk = 0; kk < Kg; ++kk) {
+            const int64_t k = grp * Kg + kk;
+            const T* wk = w + k * Cg * RS;
+            T* yk = y + (n * g.K + k) * g.Ho * g.Wo;
+            const T b0 = bias ? bias[k] : T(0);
+            for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                T* yrow = yk + ho * g.Wo;
+                for (int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] = b0;
+                for (int64_t c = 0; c < Cg; ++c)
+                    for (int64_t r = 0; r < g.R; ++r) {
+                        const T* xrow = xp + c * pp.size() + (ho * g.sh + r * g.dh) * pp.Wp;
+                        for (int64_t s = 0; s < g.S; ++s) {
+                            const T wv = wk[c * RS + r * g.S + s];
+                            const T* xs = xrow + s * g.dw;
+#pragma omp simd
+                            for (int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] += wv * xs[wo * g.sw];
+                        }
+                    }
+            }
+        }
+    }
+}
+
+// grad_x: each output gradient element scatters into a zero-padded copy of the input planes,
+// whose interior is then copied out.
+template <class T>
+void conv2d_grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const PaddedPlane pp(g);
+    const int64_t jobs = g.N * g.groups;
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
+    std::vector<Scratch<T>> pads;
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size()));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+        const int64_t n = job / g.groups, grp = job % g.groups;
+        T* dxp = pads[omp_get_thread_num()].get();
+        std::fill(dxp, dxp + Cg * pp.size(), T(0));
+        for (int64_t kk = 0; kk < Kg; ++kk) {
+            const int64_t k = grp * Kg + kk;
+            const T* wk = w + k * Cg * RS;
+            const T* dyk = dy + (n * g.K + k) * g.Ho * g.Wo;
+            for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                const T* dyrow = dyk + ho * g.Wo;
+                for (int64_t c = 0; c < Cg; ++c)
+                    for (int64_t r = 0; r < g.R; ++r) {
+                        T* drow = dxp + c * pp.size() + (ho * g.sh + r * g.dh) * pp.Wp;
+                        for (int64_t s = 0; s < g.S; ++s) {
+                            const T wv = wk[c * RS + r * g.S + s];
+                            T* ds = drow + s * g.dw;
+#pragma omp simd
+                            for (int64_t wo = 0; wo < g.Wo; ++wo) ds[wo * g.sw] += wv * dyrow[wo];
+                        }
+                    }
+            }
+        }
+        // Interior of the padded planes; input rows/columns no output reads get zero.
+        for (int64_t c = 0; c < Cg; ++c) {
+            T* out = dx + (n * g.C + grp * Cg + c) * g.H * g.W;
+            for (int64_t h = 0; h < g.H; ++h) {
+                const int64_t hp = h + g.ph;
+                if (hp >= pp.Hp) {
+                    std::fill(out + h * g.W, out + (h + 1) * g.W, T(0));
+                    continue;
+                }
+                gather_row(dxp + c * pp.size() + hp * pp.Wp, pp.Wp, g.pw, 1, g.W, out + h * g.W, 1);
+            }
+        }
+    }
+}
+
+// grad_w: one dot product over (n, ho, wo) per weight; jobs are (group, output channel).
+template <class T>
+void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const PaddedPlane pp(g);
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.K));
+    std::vector<Scratch<T>> pads;
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(pp.size()));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t k = 0; k < g.K; ++k) {
+        const int64_t grp = k / Kg;
+        T* xp = pads[omp_get_thread_num()].get();
+        T* dwk = dw + k * Cg * RS;
+        std::fill(dwk, dwk + Cg * RS, T(0));
+        for (int64_t n = 0; n < g.N; ++n) {
+            const T* dyk = dy + (n * g.K + k) * g.Ho * g.Wo;
+            for (int64_t c = 0; c < Cg; ++c) {
+                pad_plane(g, pp, x + (n * g.C + grp * Cg + c) * g.H * g.W, xp);
+                for (int64_t r = 0; r < g.R; ++r)
+                    for (int64_t s = 0; s < g.S; ++s) {
+                        T acc = T(0);
+                        for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                            const T* xs = xp + (ho * g.sh + r * g.dh) * pp.Wp + s * g.dw;
+                            const T* dyrow = dyk + ho * g.Wo;
+#pragma omp simd reduction(+ : acc)
+                            for (int64_t wo = 0; wo < g.Wo; ++wo) acc += dyrow[wo] * xs[wo * g.sw];
+                        }
+                        dwk[c * RS + r * g.S + s] += acc;
+                    }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM-based kernels.
+
+template <class T>
+void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    std::vector<Tap> taps(taps_n);
+    direct_taps(g, taps.data());
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const InMatrixA<T> A = InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n);
+        const Im2col<T> B{x + grp * Cg * g.H * g.W, g.C * g.H * g.W, g.H, g.W,
+                          g.Ho, g.Wo, g.sh, g.sw, taps.data()};
+        OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, HoWo, 1, 1, 0, g.K * HoWo};
+        C.bias = bias ? bias + grp * Kg : nullptr;
+        gemm_parallel<T>(Kg, g.N * HoWo, taps_n, A, B, C);
+    }
+}
+
+template <class T>
+void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    std::vector<Tap> taps(taps_n);
+    direct_taps(g, taps.data());
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        // dy as A: rows k, columns (n, pixel) with images g.K * HoWo apart.
+        const InMatrixA<T> A{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
+        const Im2colTransposed<T> B{Im2col<T>{x + grp * Cg * g.H * g.W, g.C * g.H * g.W, g.H, g.W,
+                                              g.Ho, g.Wo, g.sh, g.sw, taps.data()}};
+        gemm_parallel_split_k<T>(Kg, taps_n, g.N * HoWo, A, B, dw + grp * Kg * taps_n);
+    }
+}
+
+// First kernel offset r of phase `phase` (< stride): the taps that reach input positions
+// phase, phase + stride, ... are those with (phase + pad - r * dil) divisible by stride.
+inline bool tap_reaches_phase(int64_t phase, int64_t pad, int64_t r, int64_t dil, int64_t stride) {
+    return ((phase + pad - r * dil) % stride + stride) % stride == 0;
+}
+
+// grad_x[n, c, h, w] = sum over (k, r, s) with h = ho*sh - ph + r*dh, w = wo*sw - pw + s*dw of
+// w[k, c, r, s] * dy[n, k, ho, wo]. Split by the phase (h % sh, w % sw): within one phase,
+// h = ph_h + sh*th and ho = th + (ph_h + ph - r*dh) / sh, a stride-1 convolution of dy.
+template <class T>
+void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+    std::vector<Tap> taps(Kg * RS);
+    Scratch<T> wp = scratch<T>(Cg * Kg * RS);  // the phase's weights as a plain Cg x taps matrix
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t phase_h = 0; phase_h < std::min(g.sh, g.H); ++phase_h)
+            for (int64_t phase_w = 0; phase_w < std::min(g.sw, g.W); ++phase_w) {
+                const int64_t Th = (g.H - phase_h + g.sh - 1) / g.sh;
+                const int64_t Tw = (g.W - phase_w + g.sw - 1) / g.sw;
+                int64_t n_taps = 0;
+                for (int64_t k = 0; k < Kg; ++k)
+                    for (int64_t r = 0; r < g.R; ++r) {
+                        if (!tap_reaches_phase(phase_h, g.ph, r, g.dh, g.sh)) continue;
+                        for (int64_t s = 0; s < g.S; ++s) {
+                            if (!tap_reaches_phase(phase_w, g.pw, s, g.dw, g.sw)) continue;
+                            taps[n_taps] = Tap{k * HoWo, (phase_h + g.ph - r * g.dh) / g.sh,
+                                               (phase_w + g.pw - s * g.dw) / g.sw};
+                            for (int64_t c = 0; c < Cg; ++c)
+                                wp[c * Kg * RS + n_taps] =
+                                    w[((grp * Kg + k) * Cg + c) * RS + r * g.S + s];
+                            ++n_taps;
+                        }
+                    }
+                const InMatrixA<T> A = InMatrixA<T>::plain(wp.get(), Kg * RS, n_taps);
+                const Im2col<T> B{dy + grp * Kg * HoWo, g.K * HoWo, g.Ho, g.Wo,
+                                  Th, Tw, 1, 1, taps.data()};
+                // Columns (n, th, tw) -> dx[n, c, phase_h + sh*th, phase_w + sw*tw].
+                OutMatrix<T> C{dx + grp * Cg * HW + phase_h * g.W + phase_w, HW,
+                               Tw, g.sw, Th, g.sh * g.W, g.C * HW};
+                if (C.s0 == 1 && C.s1 == C.n0) C.n0 *= C.n1, C.n1 = 1;  // whole planes are contiguous
+                gemm_parallel<T>(Cg, g.N * Th * Tw, n_taps, A, B, C);
+            }
+}
+
+template <class T>
+void conv2d_grad_bias(int64_t N, int64_t K, int64_t plane, const T* dy, T* db) {
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), K));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t k = 0; k < K; ++k) {
+        double acc = 0.0;  // float32 sums of ~10^5 terms lose digits; double costs nothing here
+        for (int64_t n = 0; n < N; ++n) {
+            const T* p = dy + (n * K + k) * plane;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t i = 0; i < plane; ++i) acc += double(p[i]);
+        }
+        db[k] = T(acc);
+    }
+}

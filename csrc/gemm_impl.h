@@ -1,0 +1,398 @@
+// Packed GEMM, BLIS/GotoBLAS structure. Included inside namespace pyconv::<isa> by
+// kernels_isa.inc, so each ISA gets its own micro-kernel (PYCONV_ISA_LEVEL picks it).
+//
+//   C[i, j] (+)= sum_k A[i, k] * B[k, j]        i < M, j < N, k < K
+//
+// The loops, outermost first (one thread's share of C):
+//   jc: NC columns of C     pc: KC of the reduction -> pack B[pc, jc] into NR-column panels
+//   ic: MC rows of C        -> pack A[ic, pc] into MR-row panels
+//   jr, ir: one MR x NR tile of C, kept in vector registers by the micro-kernel.
+// Packed panels are contiguous and zero-padded to full MR / NR, so the micro-kernel never
+// branches on edges; it streams kc columns of an A panel and kc rows of a B panel.
+//
+// A, B and C are not plain matrices here: they are "sources" and a "destination" that know how
+// to pack themselves (A: pack_panel(i0, rows, k0, kc, dst); B: pack_panel(k0, kc, j0, cols, dst))
+// and where C's elements live (tile_ptr / scatter). Convolution uses this to run implicit
+// im2col inside the B packing, and to write C straight into NCHW tensors.
+
+// ---------------------------------------------------------------------------------------------
+// SIMD vocabulary: one register type and five operations per ISA and element type.
+
+#if PYCONV_ISA_LEVEL == 2
+template <class T> struct Simd;
+template <> struct Simd<float> {
+    using reg = __m512;
+    static constexpr int lanes = 16;
+    static reg zero() { return _mm512_setzero_ps(); }
+    static reg load(const float* p) { return _mm512_loadu_ps(p); }
+    static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+    static reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+    static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+    static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+};
+template <> struct Simd<double> {
+    using reg = __m512d;
+    static constexpr int lanes = 8;
+    static reg zero() { return _mm512_setzero_pd(); }
+    static reg load(const double* p) { return _mm512_loadu_pd(p); }
+    static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
+    static reg broadcast(const double* p) { return _mm512_set1_pd(*p); }
+    static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
+    static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+};
+// 6 rows x 4 vectors: 24 accumulators + 4 B vectors + 1 broadcast of the 32 zmm registers.
+template <class T> struct GemmTile {
+    static constexpr int MR = 6, NV = 4;
+    static constexpr int64_t KC = 256, MC = 96, NC = 1536;
+};
+#elif PYCONV_ISA_LEVEL == 1
+template <class T> struct Simd;
+template <> struct Simd<float> {
+    using reg = __m256;
+    static constexpr int lanes = 8;
+    static reg zero() { return _mm256_setzero_ps(); }
+    static reg load(const float* p) { return _mm256_loadu_ps(p); }
+    static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+    static reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+    static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+    static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+};
+template <> struct Simd<double> {
+    using reg = __m256d;
+    static constexpr int lanes = 4;
+    static reg zero() { return _mm256_setzero_pd(); }
+    static reg load(const double* p) { return _mm256_loadu_pd(p); }
+    static void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
+    static reg broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+    static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+    static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+};
+// 6 rows x 2 vectors: 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers.
+template <class T> struct GemmTile {
+    static constexpr int MR = 6, NV = 2;
+    static constexpr int64_t KC = 256, MC = 96, NC = 1536;
+};
+#else
+// Generic: a short array the compiler maps onto whatever vectors the baseline ISA has.
+template <class T> struct Simd {
+    static constexpr int lanes = 16 / sizeof(T);
+    struct reg { T v[lanes]; };
+    static reg zero() { return reg{}; }
+    static reg load(const T* p) { reg r; for (int l = 0; l < lanes; ++l) r.v[l] = p[l]; return r; }
+    static void store(T* p, reg a) { for (int l = 0; l < lanes; ++l) p[l] = a.v[l]; }
+    static reg broadcast(const T* p) { reg r; for (int l = 0; l < lanes; ++l) r.v[l] = *p; return r; }
+    static reg fma(reg a, reg b, reg c) { for (int l = 0; l < lanes; ++l) c.v[l] += a.v[l] * b.v[l]; return c; }
+    static reg add(reg a, reg b) { for (int l = 0; l < lanes; ++l) a.v[l] += b.v[l]; return a; }
+};
+template <class T> struct GemmTile {
+    static constexpr int MR = 4, NV = 2;
+    static constexpr int64_t KC = 256, MC = 64, NC = 1024;
+};
+#endif
+
+template <class T> constexpr int gemm_mr() { return GemmTile<T>::MR; }
+template <class T> constexpr int gemm_nr() { return GemmTile<T>::NV * Simd<T>::lanes; }
+
+// ---------------------------------------------------------------------------------------------
+// Scratch memory: 64-byte aligned, allocated once per call (per thread), freed on scope exit.
+
+struct AlignedFree {
+    void operator()(void* p) const { std::free(p); }
+};
+template <class T>
+using Scratch = std::unique_ptr<T[], AlignedFree>;
+
+template <class T>
+Scratch<T> scratch(int64_t count) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return Scratch<T>(static_cast<T*>(p));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The micro-kernel: c[MR x NR] (row stride ldc) = acc, acc + c, or acc + bias[row], where
+// acc = a_panel (MR x kc, packed k-major) times b_panel (kc x NR, packed row-major).
+
+enum class Store { overwrite, accumulate };
+
+template <class T>
+inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
+                         int64_t ldc, Store mode, const T* bias) {
+    using V = Simd<T>;
+    constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV, L = V::lanes;
+    typename V::reg acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+    for (int64_t k = 0; k < kc; ++k) {
+        typename V::reg bv[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * L);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const typename V::reg ai = V::broadcast(a + i);
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
+        }
+        a += MR;
+        b += NV * L;
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+        T* row = c + i * ldc;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            typename V::reg out = acc[i][v];
+            if (mode == Store::accumulate) out = V::add(out, V::load(row + v * L));
+            else if (bias) out = V::add(out, V::broadcast(bias + i));
+            V::store(row + v * L, out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where C lives. Column j of C splits as j = (outer * n1 + mid) * n0 + inner and element (i, j) is
+//   base[i * row_stride + outer * s2 + mid * s1 + inner * s0]
+// which covers a plain matrix (n0 = N, s0 = 1), the (image, pixel) columns of a convolution's
+// output, and the strided phases of a transpose convolution. Optional per-row bias on overwrite.
+
+template <class T>
+struct OutMatrix {
+    T* base;
+    int64_t row_stride;
+    int64_t n0, s0, n1, s1, s2;
+    const T* bias = nullptr;  // bias[i] added when a tile is first written (Store::overwrite)
+
+    static OutMatrix plain(T* c, int64_t ldc, int64_t N) {
+        return OutMatrix{c, ldc, std::max<int64_t>(N, 1), 1, 1, 0, 0};
+    }
+
+    // Pointer to tile (i0, j0) when its nr columns are contiguous in memory, else nullptr.
+    T* tile_ptr(int64_t i0, int64_t j0, int64_t nr) const {
+        const int64_t inner = j0 % n0;
+        if (s0 != 1 || inner + nr > n0) return nullptr;
+        const int64_t outer_mid = j0 / n0;
+        return base + i0 * row_stride + (outer_mid / n1) * s2 + (outer_mid % n1) * s1 + inner;
+    }
+
+    // Writes the mr x nr corner of `tile` (row stride ld) into C, element by element.
+    void scatter(int64_t i0, int64_t j0, int64_t mr, int64_t nr, const T* tile, int64_t ld,
+                 Store mode) const {
+        int64_t inner = j0 % n0, mid = (j0 / n0) % n1, outer = j0 / n0 / n1;
+        for (int64_t j = 0; j < nr; ++j) {
+            T* col = base + i0 * row_stride + outer * s2 + mid * s1 + inner * s0;
+            for (int64_t i = 0; i < mr; ++i) {
+                T v = tile[i * ld + j];
+                if (mode == Store::accumulate) v += col[i * row_stride];
+                else if (bias) v += bias[i0 + i];
+                col[i * row_stride] = v;
+            }
+            if (++inner == n0) {
+                inner = 0;
+                if (++mid == n1) mid = 0, ++outer;
+            }
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Sources of A and B for a plain row-major matrix. A may also have two-level columns:
+// column k lies at (k / k_inner) * k_outer_stride + k % k_inner (the (image, pixel) reduction
+// of a weight gradient).
+
+template <class T>
+struct InMatrixA {
+    const T* base;
+    int64_t row_stride;
+    int64_t k_inner, k_outer_stride;
+
+    static InMatrixA plain(const T* a, int64_t lda, int64_t K) {
+        return InMatrixA{a, lda, std::max<int64_t>(K, 1), 0};
+    }
+
+    // dst[k * MR + i] = A[i0 + i, k0 + k] for i < rows, 0 for rows <= i < MR.
+    void pack_panel(int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* dst) const {
+        constexpr int MR = GemmTile<T>::MR;
+        for (int64_t i = 0; i < MR; ++i) {
+            if (i >= rows) {
+                for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = T(0);
+                continue;
+            }
+            const T* row = base + (i0 + i) * row_stride;
+            int64_t inner = k0 % k_inner, outer = k0 / k_inner;
+            for (int64_t k = 0; k < kc;) {
+                const int64_t run = std::min(kc - k, k_inner - inner);
+                const T* src = row + outer * k_outer_stride + inner;
+                for (int64_t t = 0; t < run; ++t) dst[(k + t) * MR + i] = src[t];
+                k += run;
+                inner = 0;
+                ++outer;
+            }
+        }
+    }
+};
+
+template <class T>
+struct InMatrixB {
+    const T* base;
+    int64_t row_stride;
+
+    // dst[k * NR + j] = B[k0 + k, j0 + j] for j < cols, 0 for cols <= j < NR.
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        for (int64_t k = 0; k < kc; ++k) {
+            const T* src = base + (k0 + k) * row_stride + j0;
+            T* d = dst + k * NR;
+            for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
+            for (int64_t j = cols; j < NR; ++j) d[j] = T(0);
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The driver.
+
+// Packed-panel buffers of one thread, sized for the largest blocks.
+template <class T>
+struct GemmBuffers {
+    Scratch<T> a, b;
+    GemmBuffers()
+        : a(scratch<T>(GemmTile<T>::MC * GemmTile<T>::KC)),
+          b(scratch<T>(GemmTile<T>::KC * (GemmTile<T>::NC + gemm_nr<T>()))) {}
+};
+
+// One thread's part: rows [m0, m1) x columns [n0, n1) of C, reduction [k_begin, k_end).
+// The first reduction block overwrites C (adding the bias) unless `mode` is accumulate.
+template <class T, class ASrc, class BSrc>
+void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin, int64_t k_end,
+                const ASrc& A, const BSrc& B, const OutMatrix<T>& C, Store mode,
+                GemmBuffers<T>& buf) {
+    constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>();
+    constexpr int64_t KC = GemmTile<T>::KC, MC = GemmTile<T>::MC, NC = GemmTile<T>::NC;
+    alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
+    for (int64_t jc = n0; jc < n1; jc += NC) {
+        const int64_t nc = std::min(NC, n1 - jc);
+        // An empty reduction still writes C once (zeros or bias): run pc once with kc = 0.
+        for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += KC) {
+            const int64_t kc = std::min(KC, k_end - pc);
+            const Store store = (pc == k_begin) ? mode : Store::accumulate;
+            for (int64_t jr = 0; jr < nc; jr += NR)
+                B.pack_panel(pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), buf.b.get() + jr * kc);
+            for (int64_t ic = m0; ic < m1; ic += MC) {
+                const int64_t mc = std::min(MC, m1 - ic);
+                for (int64_t ir = 0; ir < mc; ir += MR)
+                    A.pack_panel(ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, buf.a.get() + ir * kc);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const int64_t nr = std::min<int64_t>(NR, nc - jr);
+                    const T* bp = buf.b.get() + jr * kc;
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        const int64_t mr = std::min<int64_t>(MR, mc - ir);
+                        const T* ap = buf.a.get() + ir * kc;
+                        const T* bias = C.bias ? C.bias + ic + ir : nullptr;
+                        T* c = (mr == MR) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
+                        if (c != nullptr && nr == NR) {
+                            micro_kernel<T>(kc, ap, bp, c, C.row_stride, store, bias);
+                        } else {
+                            micro_kernel<T>(kc, ap, bp, edge, NR, Store::overwrite, nullptr);
+                            C.scatter(ic + ir, jc + jr, mr, nr, edge, NR, store);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// How to split an M x N output among `threads`: a grid of tm x tn blocks, preferring to split
+// columns (each thread then packs only its own B panels), in whole MR / NR panels.
+struct ThreadGrid {
+    int tm, tn;
+};
+
+template <class T>
+ThreadGrid choose_grid(int64_t M, int64_t N, int threads) {
+    const int64_t m_panels = (M + gemm_mr<T>() - 1) / gemm_mr<T>();
+    const int64_t n_panels = (N + gemm_nr<T>() - 1) / gemm_nr<T>();
+    ThreadGrid best{1, 1};
+    double best_cost = 1e300;
+    for (int tm = 1; tm <= threads; ++tm) {
+        if (threads % tm) continue;
+        const int tn = threads / tm;
+        if (tm > m_panels || tn > n_panels) continue;
+        // Work of the busiest thread, in panels, plus a small price for repacking B per row block.
+        const double cost = double((m_panels + tm - 1) / tm) * double((n_panels + tn - 1) / tn) *
+                            (1.0 + 0.05 * (tm - 1));
+        if (cost < best_cost) best_cost = cost, best = ThreadGrid{tm, tn};
+    }
+    return best;
+}
+
+// [begin, end) of part `p` of `parts` equal shares of `panels` panels of size `unit`, clipped to n.
+inline void split_range(int64_t n, int64_t unit, int p, int parts, int64_t& begin, int64_t& end) {
+    const int64_t panels = (n + unit - 1) / unit;
+    begin = std::min(n, panels * p / parts * unit);
+    end = std::min(n, panels * (p + 1) / parts * unit);
+}
+
+// C = A B (+ bias per row), M x N x K, on num_threads() threads. Must be called outside any
+// parallel region.
+template <class T, class ASrc, class BSrc>
+void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B,
+                   const OutMatrix<T>& C, Store mode = Store::overwrite) {
+    if (M <= 0 || N <= 0) return;
+    const int64_t flops = M * N * std::max<int64_t>(K, 1);
+    const int threads = flops < 32768 ? 1 : num_threads();
+    const ThreadGrid grid = choose_grid<T>(M, N, threads);
+    // Allocated before the parallel region: an exception must not escape an OpenMP thread.
+    std::vector<GemmBuffers<T>> bufs(grid.tm * grid.tn);
+#pragma omp parallel num_threads(grid.tm * grid.tn)
+    {
+        // A loop, not one part per thread: OpenMP may start fewer threads than asked for.
+        const int parts = grid.tm * grid.tn;
+        for (int t = omp_get_thread_num(); t < parts; t += omp_get_num_threads()) {
+            int64_t m0, m1, n0, n1;
+            split_range(M, gemm_mr<T>(), t / grid.tn, grid.tm, m0, m1);
+            split_range(N, gemm_nr<T>(), t % grid.tn, grid.tn, n0, n1);
+            if (m0 < m1 && n0 < n1)
+                gemm_block<T>(m0, m1, n0, n1, 0, K, A, B, C, mode, bufs[omp_get_thread_num()]);
+        }
+    }
+}
+
+// The plain row-major GEMM behind the `gemm` binding: C (M x N) = A (M x K) B (K x N) [+ C].
+template <class T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate) {
+    gemm_parallel<T>(M, N, K, InMatrixA<T>::plain(a, K, K), InMatrixB<T>{b, N},
+                     OutMatrix<T>::plain(c, N, N),
+                     accumulate ? Store::accumulate : Store::overwrite);
+}
+
+// C (plain M x N, row stride N) = A B for a long reduction and a small C (weight gradients):
+// each thread reduces its share of K into its own copy of C, then the copies are summed.
+// Falls back to gemm_parallel when C is large enough to split by itself.
+template <class T, class ASrc, class BSrc>
+void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B, T* c) {
+    const int threads = num_threads();
+    if (threads == 1 || K < 4 * std::max(M, N) || K < 2 * GemmTile<T>::KC * threads) {
+        gemm_parallel<T>(M, N, K, A, B, OutMatrix<T>::plain(c, N, N));
+        return;
+    }
+    std::vector<GemmBuffers<T>> bufs(threads);
+    Scratch<T> partial = scratch<T>((threads - 1) * M * N);
+    const int64_t size = M * N;
+#pragma omp parallel num_threads(threads)
+    {
+        // Split by the team OpenMP actually started, which may be smaller than asked for.
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
+        const int64_t k0 = K * t / team, k1 = K * (t + 1) / team;
+        T* out = t == 0 ? c : partial.get() + (t - 1) * size;
+        gemm_block<T>(0, M, 0, N, k0, k1, A, B, OutMatrix<T>::plain(out, N, N), Store::overwrite,
+                      bufs[t]);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < size; ++e)
+            for (int p = 0; p + 1 < team; ++p) c[e] += partial[p * size + e];
+    }
+}

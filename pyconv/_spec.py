@@ -222,7 +222,7 @@ def _conv_geom(op, x, w, b, stride, padding, dilation, groups, nd):
             raise ValueError(f"{op}: padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
     else:
         pad = ntuple(op, "padding", padding, nd, minimum=0)
-        out = [(n + 2 * p - s) // st + 1 for n, p, s, st in zip(spatial, pad, stride, span)]
+        out = [(n + 2 * p - s) // st + 1 for n, p, s, st in zip(spatial, pad, span, stride)]
     if min(out) < 1:
         raise ValueError(
             f"{op}: the output would be empty: input size {tuple(spatial)} with padding {pad} is "

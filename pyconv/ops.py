@@ -9,7 +9,7 @@ Outputs are new C-contiguous arrays.
 from __future__ import annotations
 
 from . import _spec
-from . import backends as _backends
+from .backends import resolve as _resolve
 
 __all__ = [
     "conv1d", "conv2d", "conv1d_backward", "conv2d_backward",
@@ -22,7 +22,7 @@ __all__ = [
 
 def _run(kernel: str, op: str, backend, arrays, *params):
     """Runs `kernel` of the chosen backend on C-contiguous copies (where needed) of `arrays`."""
-    be = _backends.resolve(backend, arrays, op)
+    be = _resolve(backend, arrays, op)
     fn = be.kernel(kernel)
     if be.array_kind == "cupy":
         import cupy as xp
@@ -59,7 +59,7 @@ def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=N
 
 def _conv_backward(op, grad_out, x, w, g, needs, backend):
     """(grad_x, grad_w, grad_b) of a direct convolution with geometry g (4-D arrays)."""
-    be = _backends.resolve(backend, (grad_out, x, w), op)
+    be = _resolve(backend, (grad_out, x, w), op)
     grad_x = grad_w = grad_b = None
     if needs[0]:
         grad_x = _run("conv2d_grad_input", op, be.name, (grad_out, w), g)
@@ -117,7 +117,7 @@ def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_paddin
     op = "conv_transpose2d_backward"
     g, needs = _spec.conv_transpose2d_backward(grad_out, x, w, stride, padding, output_padding,
                                                groups, dilation, needs)
-    be = _backends.resolve(backend, (grad_out, x, w), op)
+    be = _resolve(backend, (grad_out, x, w), op)
     grad_x = grad_w = grad_b = None
     if needs[0]:
         grad_x = _run("conv2d", op, be.name, (grad_out, w, None), g)

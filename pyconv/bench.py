@@ -1,0 +1,471 @@
+"""The code behind ``pyconv bench``: every op on every available backend, timed against the
+reference backend and, when installed, PyTorch's CPU kernels and OpenCV's NMS, in one process.
+
+Method (DESIGN.md, "Performance method"): count the work of each case (FLOPs, or the bytes that
+must move), measure the machine's limits in the same run (GEMM GFLOP/s, copy GB/s), time every
+implementation of a case interleaved (one call of each in turn, repeated) and report medians,
+so that load from other processes hits all of them alike. Ratios are only compared within a run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+import pyconv
+from pyconv import _spec, ops
+from pyconv.backends import get as _backend
+
+
+@dataclass
+class Case:
+    op: str                      # family shown in the table
+    name: str                    # what the shape is
+    kernels: tuple               # backend kernels the case needs
+    make: Callable               # rng -> dict of inputs (float32 NumPy arrays)
+    run: Callable                # (inputs, backend name) -> result
+    work: float = 0.0            # FLOPs (unit "flop") or bytes moved (unit "byte")
+    unit: str | None = None
+    # Other libraries' kernels for the same computation: name -> (inputs -> zero-argument
+    # callable, or None when that library is not installed). The first is the one the
+    # "x torch/cv2" column compares with.
+    baselines: dict = field(default_factory=dict)
+    quick: bool = False          # part of --quick
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    impl: str
+    ms: float | None
+    rate: float | None = None    # GFLOP/s or GB/s
+    unit: str | None = None
+    pct_limit: float | None = None
+    vs_reference: float | None = None  # speed-up over the reference backend
+    vs_torch: float | None = None      # speed-up over PyTorch (or OpenCV for NMS)
+    note: str = ""
+
+
+@dataclass
+class Limits:
+    gemm_gflops: float
+    copy_gbs: float
+    source: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine limits, measured in the same process as the cases
+
+
+def _median_time(fn, reps, min_time=0.0):
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_limits() -> Limits:
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    gemm = {"numpy": 2 * n**3 / _median_time(lambda: a @ a, 3) / 1e9}
+    try:
+        import torch
+
+        ta = torch.from_numpy(a)
+        gemm["torch"] = 2 * n**3 / _median_time(lambda: ta @ ta, 3) / 1e9
+    except ImportError:
+        pass
+    # Copy bandwidth from DRAM: 128 MiB read + 128 MiB written per copy.
+    src = np.ones(32 * 2**20, np.float32)
+    dst = np.empty_like(src)
+    copy = 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), 5) / 1e9
+    best = max(gemm, key=gemm.get)  # the best GEMM this process can reach is the FLOP limit
+    return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32", "gemm_all": gemm})
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases. Shapes are the issues' benchmark shapes; --quick takes a small subset.
+
+
+def _f32(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _torch():
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        return None
+
+
+def _torch_baseline(make):
+    return {"torch": lambda inputs: make(inputs) if _torch() is not None else None}
+
+
+def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C // groups, R, R) * 0.1,
+                "b": _f32(rng, K)}
+
+    def run(a, be):
+        return ops.conv2d(a["x"], a["w"], a["b"], stride, pad, 1, groups, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, w, b = (torch.from_numpy(a[k]) for k in "xwb")
+        return lambda: torch.nn.functional.conv2d(x, w, b, stride, pad, 1, groups)
+
+    g = _spec.conv2d(np.empty((N, C, H, W), np.float32), np.empty((K, C // groups, R, R), np.float32),
+                     None, stride, pad, 1, groups)
+    return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
+
+
+def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False):
+    def make(rng):
+        g = _spec.conv2d(np.empty((N, C, H, W)), np.empty((K, C, R, R)), None, 1, pad, 1, 1)
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C, R, R) * 0.1,
+                "gy": _f32(rng, *g.output_shape)}
+
+    def run(a, be):
+        return ops.conv2d_backward(a["gy"], a["x"], a["w"], 1, pad, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, w, gy = (torch.from_numpy(a[k]) for k in ("x", "w", "gy"))
+        return lambda: torch.ops.aten.convolution_backward(
+            gy, x, w, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
+
+    g = _spec.conv2d(np.empty((N, C, H, W)), np.empty((K, C, R, R)), None, 1, pad, 1, 1)
+    kernels = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
+    return Case("conv2d_backward", name, kernels, make, run, 2 * g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
+
+
+def _conv_transpose_case(name, N, C, H, W, K, R, stride, pad, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, C, K, R, R) * 0.1}
+
+    def run(a, be):
+        return ops.conv_transpose2d(a["x"], a["w"], None, stride, pad, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, w = torch.from_numpy(a["x"]), torch.from_numpy(a["w"])
+        return lambda: torch.nn.functional.conv_transpose2d(x, w, None, stride, pad)
+
+    g = _spec.conv_transpose2d(np.empty((N, C, H, W)), np.empty((C, K, R, R)), None, stride, pad, 0, 1, 1)
+    return Case("conv_transpose2d", name, ("conv2d_grad_input",), make, run, g.flops, "flop",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def _pool_case(name, kind, k, s, p, shape, quick=False):
+    N, C, H, W = shape
+
+    def make(rng):
+        return {"x": _f32(rng, *shape)}
+
+    if kind == "max":
+        def run(a, be):
+            return ops.max_pool2d(a["x"], k, s, p, return_indices=True, backend=be)
+
+        def torch_fn(a):
+            torch = _torch()
+            x = torch.from_numpy(a["x"])
+            return lambda: torch.nn.functional.max_pool2d(x, k, s, p, return_indices=True)
+    else:
+        def run(a, be):
+            return ops.avg_pool2d(a["x"], k, s, p, backend=be)
+
+        def torch_fn(a):
+            torch = _torch()
+            x = torch.from_numpy(a["x"])
+            return lambda: torch.nn.functional.avg_pool2d(x, k, s, p)
+
+    g = _spec.pool_geom("bench", shape, k, s, p, 1, False)
+    out = N * C * g.Ho * g.Wo
+    moved = 4 * (N * C * H * W + out) + (8 * out if kind == "max" else 0)
+    return Case(f"{kind}_pool2d", name, (f"{kind}_pool2d",), make, run, moved, "byte",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def _lstm_params(rng, I, Hd):
+    bound = 1 / math.sqrt(Hd)
+    return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
+            (("w_ih", (4 * Hd, I)), ("w_hh", (4 * Hd, Hd)), ("b_ih", (4 * Hd,)), ("b_hh", (4 * Hd,)))}
+
+
+def _torch_lstm(a, cell):
+    torch = _torch()
+    I, Hd = a["w_ih"].shape[1], a["w_hh"].shape[1]
+    m = torch.nn.LSTMCell(I, Hd) if cell else torch.nn.LSTM(I, Hd)
+    sfx = "" if cell else "_l0"
+    with torch.no_grad():
+        for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            name = {"w": "weight", "b": "bias"}[k[0]] + "_" + k[2:] + sfx
+            getattr(m, name).copy_(torch.from_numpy(a[k]))
+    return m
+
+
+def _lstm_case(name, T, B, I, Hd, backward, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, T, B, I), "h0": _f32(rng, B, Hd), "c0": _f32(rng, B, Hd),
+                "gout": _f32(rng, T, B, Hd), **_lstm_params(rng, I, Hd)}
+
+    weights = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+    def run(a, be):
+        args = (a["x"], a["h0"], a["c0"], *(a[k] for k in weights))
+        out = ops.lstm(*args, backend=be)
+        if backward:
+            out = ops.lstm_backward(a["gout"], None, None, *args, backend=be)
+        return out
+
+    def torch_fn(a):
+        torch = _torch()
+        m = _torch_lstm(a, cell=False)
+        x, h0, c0, gout = (torch.from_numpy(a[k]) for k in ("x", "h0", "c0", "gout"))
+        hc = (h0[None], c0[None])
+        if not backward:
+            def fwd():
+                with torch.no_grad():
+                    return m(x, hc)
+            return fwd
+        xg = x.clone().requires_grad_(True)
+
+        def fwd_bwd():
+            out, _ = m(xg, hc)
+            out.backward(gout)
+        return fwd_bwd
+
+    flops = 2 * T * B * 4 * Hd * (I + Hd) * (3 if backward else 1)
+    kernels = ("lstm", "lstm_backward") if backward else ("lstm",)
+    op = "lstm fwd+bwd" if backward else "lstm"
+    return Case(op, name, kernels, make, run, flops, "flop", _torch_baseline(torch_fn), quick=quick)
+
+
+def _lstm_cell_case(name, B, I, Hd, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, B, I), "h": _f32(rng, B, Hd), "c": _f32(rng, B, Hd),
+                **_lstm_params(rng, I, Hd)}
+
+    def run(a, be):
+        return ops.lstm_cell(*(a[k] for k in ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh")), backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        m = _torch_lstm(a, cell=True)
+        x, h, c = (torch.from_numpy(a[k]) for k in "xhc")
+
+        def step():
+            with torch.no_grad():
+                return m(x, (h, c))
+        return step
+
+    return Case("lstm_cell", name, ("lstm_cell",), make, run, 2 * B * 4 * Hd * (I + Hd), "flop",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def clustered_boxes(rng, n, clusters=None):
+    """n boxes (x1, y1, x2, y2) scattered around a few centres, as detector outputs are."""
+    clusters = clusters or max(1, n // 20)
+    centres = rng.uniform(0, 1000, (clusters, 2))
+    c = centres[rng.integers(0, clusters, n)] + rng.normal(0, 8, (n, 2))
+    wh = rng.uniform(20, 60, (n, 2))
+    boxes = np.concatenate([c - wh / 2, c + wh / 2], axis=1).astype(np.float32)
+    return boxes, rng.uniform(0, 1, n).astype(np.float32)
+
+
+def numpy_greedy_nms(boxes, scores, thr):
+    """The usual vectorised NumPy NMS (one IoU row per kept box), a common baseline."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1) * (y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        order = rest[inter / (area[i] + area[rest] - inter) <= thr]
+    return np.array(keep, np.int64)
+
+
+def _nms_case(n, quick=False):
+    thr = 0.5
+
+    def make(rng):
+        boxes, scores = clustered_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores}
+
+    def run(a, be):
+        return ops.nms(a["boxes"], a["scores"], thr, backend=be)
+
+    def opencv_fn(a):
+        try:
+            import cv2
+        except ImportError:
+            return None
+        b = a["boxes"]
+        xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
+        scores = a["scores"].tolist()
+        return lambda: cv2.dnn.NMSBoxes(xywh, scores, 0.0, thr)  # all scores are > 0
+
+    numpy_fn = lambda a: (lambda: numpy_greedy_nms(a["boxes"], a["scores"], thr))  # noqa: E731
+    return Case("nms", f"{n} clustered boxes", ("nms",), make, run,
+                baselines={"opencv": opencv_fn, "numpy greedy": numpy_fn}, quick=quick)
+
+
+def cases(quick: bool) -> list[Case]:
+    all_cases = [
+        _conv_case("LeNet conv1 64x1x28x28 k6 5x5 p2", 64, 1, 28, 28, 6, 5, pad=2, quick=True),
+        _conv_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, quick=True),
+        _conv_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1),
+        _conv_case("VGG-deep 8x256x14x14 k256 3x3 p1", 8, 256, 14, 14, 256, 3, pad=1),
+        _conv_case("1x1 8x256x28x28 k64", 8, 256, 28, 28, 64, 1),
+        _conv_case("strided 16x32x32x32 k64 3x3 s2 p1", 16, 32, 32, 32, 64, 3, stride=2, pad=1, quick=True),
+        _conv_case("depthwise 8x64x56x56 g64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1, groups=64, quick=True),
+        _conv_case("batch-1 1x64x56x56 k64 3x3 p1", 1, 64, 56, 56, 64, 3, pad=1, quick=True),
+        _conv_backward_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, 1),
+        _conv_backward_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, 0, quick=True),
+        _conv_transpose_case("DCGAN 64x128x7x7 -> 64 4x4 s2 p1", 64, 128, 7, 7, 64, 4, 2, 1, quick=True),
+        _conv_transpose_case("DCGAN 64x64x14x14 -> 1 4x4 s2 p1", 64, 64, 14, 14, 1, 4, 2, 1, quick=True),
+        _conv_transpose_case("DCGAN 16x256x8x8 -> 128 4x4 s2 p1", 16, 256, 8, 8, 128, 4, 2, 1),
+        _pool_case("2x2 s2 + indices 32x64x56x56", "max", 2, 2, 0, (32, 64, 56, 56)),
+        _pool_case("2x2 s2 + indices 8x64x56x56", "max", 2, 2, 0, (8, 64, 56, 56), quick=True),
+        _pool_case("3x3 s2 p1 + indices 32x64x56x56", "max", 3, 2, 1, (32, 64, 56, 56)),
+        _pool_case("2x2 s2 32x64x56x56", "avg", 2, 2, 0, (32, 64, 56, 56)),
+        _pool_case("2x2 s2 8x64x56x56", "avg", 2, 2, 0, (8, 64, 56, 56), quick=True),
+        _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
+        _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
+        _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),
+        _lstm_cell_case("B=64 128->256", 64, 128, 256, quick=True),
+        _nms_case(1000, quick=True),
+        _nms_case(10000),
+        _nms_case(50000),
+    ]
+    return [c for c in all_cases if c.quick or not quick]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def _impls(case, inputs, backends):
+    """name -> zero-argument callable, or name -> reason it cannot run."""
+    impls = {}
+    for be in backends:
+        missing = [k for k in case.kernels if k not in _backend(be).kernels]
+        impls[be] = f"no {', '.join(missing)} kernel" if missing else (lambda be=be: case.run(inputs, be))
+    for name, make in case.baselines.items():
+        fn = make(inputs)
+        impls[name] = fn if fn is not None else f"{name} not installed"
+    return impls
+
+
+def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, threads=None):
+    """Times every case; returns (rows, limits, metadata)."""
+    if threads is not None:
+        pyconv.set_num_threads(threads)
+    threads = pyconv.get_num_threads()
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    backends = [b for b in (backends or pyconv.backends()) if b != "cuda" or _backend(b).array_kind == "numpy"]
+    selected = [c for c in cases(quick) if not ops_filter or any(f in c.op for f in ops_filter)]
+    reps = reps or (3 if quick else 7)
+    limits = measure_limits()
+    rng = np.random.default_rng(0)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(selected), desc="pyconv bench", unit="case", leave=False)
+    rows = []
+    for case in selected:
+        if bar is not None:
+            bar.set_postfix_str(f"{case.op}: {case.name}")
+        inputs = case.make(rng)
+        impls = _impls(case, inputs, backends)
+        runnable = {k: v for k, v in impls.items() if callable(v)}
+        times = {k: [] for k in runnable}
+        for fn in runnable.values():  # warm-up (JIT compilation, first-touch allocation)
+            fn()
+        # The reference backend can be 100x slower: give it fewer repetitions.
+        for rep in range(reps):
+            for name, fn in runnable.items():
+                if name == "reference" and rep >= 2:
+                    continue
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        baseline = next((med[b] for b in case.baselines if b in med), None)
+        for name, why in impls.items():
+            if name not in med:
+                rows.append(Row(case.op, case.name, name, None, note=why))
+                continue
+            t = med[name]
+            row = Row(case.op, case.name, name, t * 1e3)
+            if case.unit:
+                row.unit = "GFLOP/s" if case.unit == "flop" else "GB/s"
+                row.rate = case.work / t / 1e9
+                limit = limits.gemm_gflops if case.unit == "flop" else limits.copy_gbs
+                row.pct_limit = 100 * row.rate / limit
+            if "reference" in med:
+                row.vs_reference = med["reference"] / t
+            if baseline is not None:
+                row.vs_torch = baseline / t
+            rows.append(row)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    meta = {"threads": threads, "reps": reps, "info": pyconv.info(), "limits": limits.__dict__}
+    return rows, limits, meta
+
+
+def format_table(rows, limits) -> str:
+    head = ("op", "case", "impl", "ms", "rate", "% limit", "x ref", "x torch/cv2")
+    lines = [
+        f"machine limits (same run): GEMM {limits.gemm_gflops:.0f} GFLOP/s "
+        f"({limits.source.get('gemm')}), copy {limits.copy_gbs:.1f} GB/s; "
+        "% limit = share of GEMM for FLOP-bound ops, of copy bandwidth for memory-bound ops",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+
+    def f(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    for r in rows:
+        rate = f"{r.rate:.1f} {r.unit}" if r.rate is not None else ""
+        ms = f(r.ms, ".3f") if r.ms is not None else f"n/a ({r.note})"
+        lines.append(
+            f"| {r.op} | {r.case} | {r.impl} | {ms} | {rate} | {f(r.pct_limit, '.0f')} | "
+            f"{f(r.vs_reference, '.2f')} | {f(r.vs_torch, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(quick=False, json_path=None, backends=None, ops_filter=None, reps=None, threads=None):
+    rows, limits, meta = run(quick, backends, ops_filter, reps, threads=threads)
+    print(format_table(rows, limits))
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"meta": meta, "rows": [r.__dict__ for r in rows]}, fh, indent=1, default=str)
+        print(f"wrote {json_path}")
+    return rows

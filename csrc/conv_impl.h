@@ -15,14 +15,24 @@
 // ---------------------------------------------------------------------------------------------
 // Implicit im2col.
 
+// [lo, hi): the t < len for which first + t * step lies in [0, width). Stride 1, the common
+// case, needs no division.
+inline void inside(int64_t first, int64_t step, int64_t width, int64_t len, int64_t& lo, int64_t& hi) {
+    if (step == 1) {
+        lo = std::clamp<int64_t>(-first, 0, len);
+        hi = std::clamp<int64_t>(width - first, lo, len);
+        return;
+    }
+    lo = std::min(len, first >= 0 ? 0 : (-first + step - 1) / step);
+    hi = std::max(lo, std::min(len, first >= width ? 0 : (width - first + step - 1) / step));
+}
+
 // dst[t * dst_step] = row[first + t * step] where that lies in [0, width), else 0, t < len.
 template <class T>
 inline void gather_row(const T* row, int64_t width, int64_t first, int64_t step, int64_t len,
                        T* dst, int64_t dst_step) {
-    int64_t lo = first >= 0 ? 0 : (-first + step - 1) / step;          // first t inside
-    int64_t hi = first >= width ? 0 : (width - first + step - 1) / step;  // first t past the end
-    lo = std::min(lo, len);
-    hi = std::max(lo, std::min(hi, len));
+    int64_t lo, hi;
+    inside(first, step, width, len, lo, hi);
     for (int64_t t = 0; t < lo; ++t) dst[t * dst_step] = T(0);
     if (step == 1 && dst_step == 1) {
         std::memcpy(dst + lo, row + first + lo, sizeof(T) * (hi - lo));
@@ -307,50 +317,77 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     }
 }
 
-// First kernel offset r of phase `phase` (< stride): the taps that reach input positions
-// phase, phase + stride, ... are those with (phase + pad - r * dil) divisible by stride.
-inline bool tap_reaches_phase(int64_t phase, int64_t pad, int64_t r, int64_t dil, int64_t stride) {
-    return ((phase + pad - r * dil) % stride + stride) % stride == 0;
-}
+// The destination of the input-gradient GEMM: C[(c,r,s), (n,ho,wo)] is added to
+// dx[n, c, ho*sh - ph + r*dh, wo*sw - pw + s*dw] where that lies inside the image (col2im).
+// Tiles are never stored in place; the caller zeroes dx first.
+template <class T>
+struct Col2im {
+    T* dx;                 // channel 0 of the group in image 0
+    int64_t image_stride;  // C * H * W
+    int64_t H, W, Ho, Wo, sh, sw;
+    const Tap* rows;       // row (c, r, s): plane c*H*W and offsets r*dh - ph, s*dw - pw
+    static constexpr int64_t row_stride = 0;
+    static constexpr const T* bias = nullptr;
 
-// grad_x[n, c, h, w] = sum over (k, r, s) with h = ho*sh - ph + r*dh, w = wo*sw - pw + s*dw of
-// w[k, c, r, s] * dy[n, k, ho, wo]. Split by the phase (h % sh, w % sw): within one phase,
-// h = ph_h + sh*th and ho = th + (ph_h + ph - r*dh) / sh, a stride-1 convolution of dy.
+    T* tile_ptr(int64_t, int64_t, int64_t) const { return nullptr; }
+
+    void scatter(int64_t i0, int64_t j0, int64_t mr, int64_t nr, const T* tile, int64_t ld,
+                 Store) const {
+        PixelRun runs[gemm_nr<T>()];
+        const int64_t n_runs = pixel_runs(j0, nr, Ho, Wo, runs);
+        for (int64_t i = 0; i < mr; ++i) {
+            const Tap& tap = rows[i0 + i];
+            for (int64_t r = 0; r < n_runs; ++r) {
+                const PixelRun& run = runs[r];
+                const int64_t h = run.a * sh + tap.dh;
+                if (h < 0 || h >= H) continue;
+                T* drow = dx + run.n * image_stride + tap.plane + h * W;
+                const T* src = tile + i * ld + run.pos;
+                const int64_t first = run.b0 * sw + tap.dw;
+                int64_t lo, hi;
+                inside(first, sw, W, run.len, lo, hi);
+                for (int64_t t = lo; t < hi; ++t) drow[first + t * sw] += src[t];
+            }
+        }
+    }
+};
+
+// grad_x = col2im(W^T dy), per group: a GEMM with rows (c, r, s) and columns (n, ho, wo) whose
+// tiles are added into grad_x. Threads own whole images (or, for small batches, whole
+// channels), so no two threads ever add into the same element. This is also the transpose
+// convolution's forward pass, which is why it must be fast for one output channel too.
 template <class T>
 void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
-    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, rows = Cg * RS;
     const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
-    std::vector<Tap> taps(Kg * RS);
-    Scratch<T> wp = scratch<T>(Cg * Kg * RS);  // the phase's weights as a plain Cg x taps matrix
+    std::vector<Tap> taps(rows);
+    direct_taps(g, taps.data());
+    // w^T per group, as a plain (c, r, s) x k matrix.
+    Scratch<T> wt = scratch<T>(g.K * rows);
     for (int64_t grp = 0; grp < g.groups; ++grp)
-        for (int64_t phase_h = 0; phase_h < std::min(g.sh, g.H); ++phase_h)
-            for (int64_t phase_w = 0; phase_w < std::min(g.sw, g.W); ++phase_w) {
-                const int64_t Th = (g.H - phase_h + g.sh - 1) / g.sh;
-                const int64_t Tw = (g.W - phase_w + g.sw - 1) / g.sw;
-                int64_t n_taps = 0;
-                for (int64_t k = 0; k < Kg; ++k)
-                    for (int64_t r = 0; r < g.R; ++r) {
-                        if (!tap_reaches_phase(phase_h, g.ph, r, g.dh, g.sh)) continue;
-                        for (int64_t s = 0; s < g.S; ++s) {
-                            if (!tap_reaches_phase(phase_w, g.pw, s, g.dw, g.sw)) continue;
-                            taps[n_taps] = Tap{k * HoWo, (phase_h + g.ph - r * g.dh) / g.sh,
-                                               (phase_w + g.pw - s * g.dw) / g.sw};
-                            for (int64_t c = 0; c < Cg; ++c)
-                                wp[c * Kg * RS + n_taps] =
-                                    w[((grp * Kg + k) * Cg + c) * RS + r * g.S + s];
-                            ++n_taps;
-                        }
-                    }
-                const InMatrixA<T> A = InMatrixA<T>::plain(wp.get(), Kg * RS, n_taps);
-                const Im2col<T> B{dy + grp * Kg * HoWo, g.K * HoWo, g.Ho, g.Wo,
-                                  Th, Tw, 1, 1, taps.data()};
-                // Columns (n, th, tw) -> dx[n, c, phase_h + sh*th, phase_w + sw*tw].
-                OutMatrix<T> C{dx + grp * Cg * HW + phase_h * g.W + phase_w, HW,
-                               Tw, g.sw, Th, g.sh * g.W, g.C * HW};
-                if (C.s0 == 1 && C.s1 == C.n0) C.n0 *= C.n1, C.n1 = 1;  // whole planes are contiguous
-                gemm_parallel<T>(Cg, g.N * Th * Tw, n_taps, A, B, C);
-            }
+        for (int64_t k = 0; k < Kg; ++k)
+            for (int64_t i = 0; i < rows; ++i)
+                wt[grp * rows * Kg + i * Kg + k] = w[(grp * Kg + k) * rows + i];
+    const int threads = num_threads();
+    const bool by_image = g.N >= threads;
+    std::vector<GemmBuffers<T>> bufs(threads);
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
+        const int64_t n0 = by_image ? g.N * t / team : 0, n1 = by_image ? g.N * (t + 1) / team : g.N;
+        const int64_t c0 = by_image ? 0 : Cg * t / team, c1 = by_image ? Cg : Cg * (t + 1) / team;
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t grp = 0; grp < g.groups; ++grp)
+                std::fill(dx + (n * g.C + grp * Cg + c0) * HW, dx + (n * g.C + grp * Cg + c1) * HW, T(0));
+        for (int64_t grp = 0; grp < g.groups && c0 < c1 && n0 < n1; ++grp) {
+            const InMatrixA<T> A = InMatrixA<T>::plain(wt.get() + grp * rows * Kg, Kg, Kg);
+            const InMatrixB<T> B{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
+            const Col2im<T> C{dx + grp * Cg * HW, g.C * HW, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, taps.data()};
+            gemm_block<T>(c0 * RS, c1 * RS, n0 * HoWo, n1 * HoWo, 0, Kg, A, B, C, Store::accumulate,
+                          bufs[t]);
+        }
+    }
 }
 
 template <class T>

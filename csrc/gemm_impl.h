@@ -234,18 +234,32 @@ struct InMatrixA {
     }
 };
 
+// B may have two-level columns too: column j lies at (j / j_inner) * j_outer_stride + j % j_inner
+// (the (image, pixel) columns of an NCHW tensor seen as channels x pixels).
 template <class T>
 struct InMatrixB {
     const T* base;
     int64_t row_stride;
+    int64_t j_inner, j_outer_stride;
+
+    static InMatrixB plain(const T* b, int64_t ldb, int64_t N) {
+        return InMatrixB{b, ldb, std::max<int64_t>(N, 1), 0};
+    }
 
     // dst[k * NR + j] = B[k0 + k, j0 + j] for j < cols, 0 for cols <= j < NR.
     void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
         constexpr int NR = gemm_nr<T>();
         for (int64_t k = 0; k < kc; ++k) {
-            const T* src = base + (k0 + k) * row_stride + j0;
+            const T* row = base + (k0 + k) * row_stride;
             T* d = dst + k * NR;
-            for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
+            int64_t inner = j0 % j_inner, outer = j0 / j_inner;
+            for (int64_t j = 0; j < cols;) {
+                const int64_t run = std::min(cols - j, j_inner - inner);
+                std::copy(row + outer * j_outer_stride + inner, row + outer * j_outer_stride + inner + run, d + j);
+                j += run;
+                inner = 0;
+                ++outer;
+            }
             for (int64_t j = cols; j < NR; ++j) d[j] = T(0);
         }
     }
@@ -265,9 +279,10 @@ struct GemmBuffers {
 
 // One thread's part: rows [m0, m1) x columns [n0, n1) of C, reduction [k_begin, k_end).
 // The first reduction block overwrites C (adding the bias) unless `mode` is accumulate.
-template <class T, class ASrc, class BSrc>
+// CDst is an OutMatrix or anything with the same members (tile_ptr, scatter, row_stride, bias).
+template <class T, class ASrc, class BSrc, class CDst>
 void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin, int64_t k_end,
-                const ASrc& A, const BSrc& B, const OutMatrix<T>& C, Store mode,
+                const ASrc& A, const BSrc& B, const CDst& C, Store mode,
                 GemmBuffers<T>& buf) {
     constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>();
     constexpr int64_t KC = GemmTile<T>::KC, MC = GemmTile<T>::MC, NC = GemmTile<T>::NC;
@@ -291,8 +306,8 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                         const int64_t mr = std::min<int64_t>(MR, mc - ir);
                         const T* ap = buf.a.get() + ir * kc;
                         const T* bias = C.bias ? C.bias + ic + ir : nullptr;
-                        T* c = (mr == MR) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
-                        if (c != nullptr && nr == NR) {
+                        T* c = (mr == MR && nr == NR) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
+                        if (c != nullptr) {
                             micro_kernel<T>(kc, ap, bp, c, C.row_stride, store, bias);
                         } else {
                             micro_kernel<T>(kc, ap, bp, edge, NR, Store::overwrite, nullptr);
@@ -364,7 +379,7 @@ void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B
 // The plain row-major GEMM behind the `gemm` binding: C (M x N) = A (M x K) B (K x N) [+ C].
 template <class T>
 void gemm(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate) {
-    gemm_parallel<T>(M, N, K, InMatrixA<T>::plain(a, K, K), InMatrixB<T>{b, N},
+    gemm_parallel<T>(M, N, K, InMatrixA<T>::plain(a, K, K), InMatrixB<T>::plain(b, N, N),
                      OutMatrix<T>::plain(c, N, N),
                      accumulate ? Store::accumulate : Store::overwrite);
 }

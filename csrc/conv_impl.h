@@ -132,6 +132,86 @@ inline void direct_taps(const ConvShape& g, Tap* taps) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The phase grid: x copied once into zero-padded planes split by stride phase, so that every
+// tap of the convolution reads a *contiguous* run of the output grid.
+//
+// Tap (c, r, s) at output (ho, wo) reads x row (ho + qh)*sh + rh - ph with qh = r*dh / sh and
+// rh = r*dh % sh (columns alike). Phase plane (c, rh, rw) holds x[h'*sh + rh - ph, w'*sw + rw - pw]
+// for h' < Hq, w' < Wq, where Hq = Ho + max qh and Wq = Wo + max qw. On a grid of Wq columns
+// per output row, output q = ho*Wq + wo reads plane offset q + qh*Wq + qw: the packing of B is a
+// plain copy. Columns wo >= Wo of the grid are computed and dropped (Wq - Wo of every Wq).
+
+struct PhaseGrid {
+    int64_t phases, Hq, Wq, plane, image, slack;
+    explicit PhaseGrid(const ConvShape& g)
+        : phases(g.sh * g.sw),
+          Hq(g.Ho + (g.R - 1) * g.dh / g.sh),
+          Wq(g.Wo + (g.S - 1) * g.dw / g.sw),
+          plane(Hq * Wq),
+          image(g.C * phases * plane),
+          slack((g.S - 1) * g.dw / g.sw) {}  // the last taps read this far past the last plane
+    int64_t pixels(const ConvShape& g) const { return g.Ho * Wq; }
+    int64_t size(const ConvShape& g) const { return g.N * image + slack; }
+
+    // Offset of tap (c, r, s) from the start of an image's planes (c counted within the group).
+    int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+        const int64_t phase = (r * g.dh % g.sh) * g.sw + s * g.dw % g.sw;
+        return (c * phases + phase) * plane + (r * g.dh / g.sh) * Wq + s * g.dw / g.sw;
+    }
+};
+
+// Worth it when few columns are wasted, or when the GEMM has so few rows (output channels)
+// that packing, which the grid makes a copy, is the larger cost.
+inline bool phase_grid_pays(const ConvShape& g) {
+    const PhaseGrid pg(g);
+    return g.K / g.groups <= 64 || pg.Wq * 10 <= g.Wo * 11;
+}
+
+template <class T>
+void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
+    const int64_t planes = g.N * g.C;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+        const T* src = x + p * g.H * g.W;
+        for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
+            for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
+                T* dst = xq + (p * pg.phases + ph_h * g.sw + ph_w) * pg.plane;
+                for (int64_t hq = 0; hq < pg.Hq; ++hq) {
+                    const int64_t h = hq * g.sh + ph_h - g.ph;
+                    T* d = dst + hq * pg.Wq;
+                    if (h < 0 || h >= g.H) std::fill(d, d + pg.Wq, T(0));
+                    else gather_row(src + h * g.W, g.W, ph_w - g.pw, g.sw, pg.Wq, d, 1);
+                }
+            }
+    }
+    std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
+}
+
+// Forward convolution on the phase grid: per group, y[k, (n, ho, wo)] over the grid's columns.
+template <class T>
+void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    const PhaseGrid pg(g);
+    Scratch<T> xq = scratch<T>(pg.size(g));
+    fill_phase_grid(g, pg, x, xq.get());
+    std::vector<int64_t> offsets(taps_n);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const InMatrixA<T> A = InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n);
+        InMatrixB<T> B{xq.get() + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
+        B.row_offsets = offsets.data();
+        // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo.
+        OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, pg.Wq, 1, g.Ho, g.Wo, g.K * HoWo};
+        C.n0_valid = g.Wo;
+        C.bias = bias ? bias + grp * Kg : nullptr;
+        gemm_parallel<T>(Kg, g.N * pg.pixels(g), taps_n, A, B, C);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Direct kernels for grouped convolutions with few channels per group (depthwise: Cg = Kg = 1),
 // where a GEMM would have a handful of rows. Each works on zero-padded copies of input planes,
 // so the inner loops have no bounds checks and vectorise over output columns.
@@ -287,6 +367,7 @@ void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* d
 template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
     if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
+    if (phase_grid_pays(g)) return conv2d_forward_grid(g, x, w, bias, y);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const int64_t HoWo = g.Ho * g.Wo;
     std::vector<Tap> taps(taps_n);

@@ -164,6 +164,7 @@ struct OutMatrix {
     int64_t row_stride;
     int64_t n0, s0, n1, s1, s2;
     const T* bias = nullptr;  // bias[i] added when a tile is first written (Store::overwrite)
+    int64_t n0_valid = std::numeric_limits<int64_t>::max();  // inner indices past this are dropped
 
     static OutMatrix plain(T* c, int64_t ldc, int64_t N) {
         return OutMatrix{c, ldc, std::max<int64_t>(N, 1), 1, 1, 0, 0};
@@ -172,27 +173,33 @@ struct OutMatrix {
     // Pointer to tile (i0, j0) when its nr columns are contiguous in memory, else nullptr.
     T* tile_ptr(int64_t i0, int64_t j0, int64_t nr) const {
         const int64_t inner = j0 % n0;
-        if (s0 != 1 || inner + nr > n0) return nullptr;
+        if (s0 != 1 || inner + nr > std::min(n0, n0_valid)) return nullptr;
         const int64_t outer_mid = j0 / n0;
         return base + i0 * row_stride + (outer_mid / n1) * s2 + (outer_mid % n1) * s1 + inner;
     }
 
-    // Writes the mr x nr corner of `tile` (row stride ld) into C, element by element.
+    // Writes the mr x nr corner of `tile` (row stride ld) into C, one run of contiguous
+    // columns at a time. Columns whose inner index is >= n0_valid are dropped.
     void scatter(int64_t i0, int64_t j0, int64_t mr, int64_t nr, const T* tile, int64_t ld,
                  Store mode) const {
         int64_t inner = j0 % n0, mid = (j0 / n0) % n1, outer = j0 / n0 / n1;
-        for (int64_t j = 0; j < nr; ++j) {
+        for (int64_t j = 0; j < nr;) {
+            const int64_t run = std::min(nr - j, n0 - inner);
+            const int64_t valid = std::clamp<int64_t>(std::min(n0_valid, n0) - inner, 0, run);
             T* col = base + i0 * row_stride + outer * s2 + mid * s1 + inner * s0;
             for (int64_t i = 0; i < mr; ++i) {
-                T v = tile[i * ld + j];
-                if (mode == Store::accumulate) v += col[i * row_stride];
-                else if (bias) v += bias[i0 + i];
-                col[i * row_stride] = v;
+                T* dst = col + i * row_stride;
+                const T* src = tile + i * ld + j;
+                if (mode == Store::accumulate) {
+                    for (int64_t t = 0; t < valid; ++t) dst[t * s0] += src[t];
+                } else {
+                    const T b = bias ? bias[i0 + i] : T(0);
+                    for (int64_t t = 0; t < valid; ++t) dst[t * s0] = src[t] + b;
+                }
             }
-            if (++inner == n0) {
-                inner = 0;
-                if (++mid == n1) mid = 0, ++outer;
-            }
+            j += run;
+            inner = 0;
+            if (++mid == n1) mid = 0, ++outer;
         }
     }
 };
@@ -241,6 +248,7 @@ struct InMatrixB {
     const T* base;
     int64_t row_stride;
     int64_t j_inner, j_outer_stride;
+    const int64_t* row_offsets = nullptr;  // row k at base + row_offsets[k] instead of k * row_stride
 
     static InMatrixB plain(const T* b, int64_t ldb, int64_t N) {
         return InMatrixB{b, ldb, std::max<int64_t>(N, 1), 0};
@@ -249,18 +257,23 @@ struct InMatrixB {
     // dst[k * NR + j] = B[k0 + k, j0 + j] for j < cols, 0 for cols <= j < NR.
     void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
         constexpr int NR = gemm_nr<T>();
+        // The panel's columns as runs that are contiguous in memory (at most NR of them).
+        int64_t run_offset[NR], run_length[NR], runs = 0;
+        for (int64_t j = 0, inner = j0 % j_inner, outer = j0 / j_inner; j < cols; ++runs) {
+            run_offset[runs] = outer * j_outer_stride + inner;
+            run_length[runs] = std::min(cols - j, j_inner - inner);
+            j += run_length[runs];
+            inner = 0;
+            ++outer;
+        }
         for (int64_t k = 0; k < kc; ++k) {
-            const T* row = base + (k0 + k) * row_stride;
+            const T* row = base + (row_offsets ? row_offsets[k0 + k] : (k0 + k) * row_stride);
             T* d = dst + k * NR;
-            int64_t inner = j0 % j_inner, outer = j0 / j_inner;
-            for (int64_t j = 0; j < cols;) {
-                const int64_t run = std::min(cols - j, j_inner - inner);
-                std::copy(row + outer * j_outer_stride + inner, row + outer * j_outer_stride + inner + run, d + j);
-                j += run;
-                inner = 0;
-                ++outer;
+            for (int64_t r = 0; r < runs; ++r) {
+                std::copy(row + run_offset[r], row + run_offset[r] + run_length[r], d);
+                d += run_length[r];
             }
-            for (int64_t j = cols; j < NR; ++j) d[j] = T(0);
+            for (int64_t j = cols; j < NR; ++j) dst[k * NR + j] = T(0);
         }
     }
 };

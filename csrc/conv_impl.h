@@ -211,6 +211,36 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
     }
 }
 
+// Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
+// along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
+// with zeros in the columns wo >= Wo that the grid computes and drops.
+template <class T>
+void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const PhaseGrid pg(g);
+    const int64_t pixels = pg.pixels(g);
+    Scratch<T> xq = scratch<T>(pg.size(g));
+    fill_phase_grid(g, pg, x, xq.get());
+    Scratch<T> dyq = scratch<T>(g.N * g.K * pixels);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t p = 0; p < g.N * g.K; ++p)
+        for (int64_t ho = 0; ho < g.Ho; ++ho) {
+            T* d = dyq.get() + p * pixels + ho * pg.Wq;
+            std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
+            std::fill(d + g.Wo, d + pg.Wq, T(0));
+        }
+    std::vector<int64_t> offsets(taps_n);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
+        const PixelRows<T> B{xq.get() + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
+                             pg.image};
+        gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw + grp * Kg * taps_n);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Direct kernels for grouped convolutions with few channels per group (depthwise: Cg = Kg = 1),
 // where a GEMM would have a handful of rows. Each works on zero-padded copies of input planes,
@@ -385,6 +415,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const int64_t HoWo = g.Ho * g.Wo;
     std::vector<Tap> taps(taps_n);

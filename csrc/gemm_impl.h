@@ -29,6 +29,12 @@ template <> struct Simd<float> {
     static reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
     static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
     static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+    static float sum(reg a) {  // (_mm512_reduce_add_ps trips -Wmaybe-uninitialized in GCC 12)
+        __m256 v8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+        __m128 v = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
+        v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+    }
 };
 template <> struct Simd<double> {
     using reg = __m512d;
@@ -39,8 +45,15 @@ template <> struct Simd<double> {
     static reg broadcast(const double* p) { return _mm512_set1_pd(*p); }
     static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
     static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+    static double sum(reg a) {
+        __m256d v4 = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
+        __m128d v = _mm_add_pd(_mm256_castpd256_pd128(v4), _mm256_extractf128_pd(v4, 1));
+        return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v)));
+    }
 };
 // 6 rows x 4 vectors: 24 accumulators + 4 B vectors + 1 broadcast of the 32 zmm registers.
+// Dot-product form: 4 x 6 accumulators + 6 B vectors + 1 A vector.
+template <class T> struct DotTile { static constexpr int MR = 4, NR = 6; };
 template <class T> struct GemmTile {
     static constexpr int MR = 6, NV = 4;
     static constexpr int64_t KC = 256, MC = 96, NC = 1536;
@@ -56,6 +69,11 @@ template <> struct Simd<float> {
     static reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
     static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
     static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+    static float sum(reg a) {
+        __m128 v = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+    }
 };
 template <> struct Simd<double> {
     using reg = __m256d;
@@ -66,8 +84,14 @@ template <> struct Simd<double> {
     static reg broadcast(const double* p) { return _mm256_broadcast_sd(p); }
     static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
     static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+    static double sum(reg a) {
+        __m128d v = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+        return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v)));
+    }
 };
 // 6 rows x 2 vectors: 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers.
+// Dot-product form: 3 x 4 accumulators + 4 B vectors + 1 A vector.
+template <class T> struct DotTile { static constexpr int MR = 3, NR = 4; };
 template <class T> struct GemmTile {
     static constexpr int MR = 6, NV = 2;
     static constexpr int64_t KC = 256, MC = 96, NC = 1536;
@@ -83,7 +107,9 @@ template <class T> struct Simd {
     static reg broadcast(const T* p) { reg r; for (int l = 0; l < lanes; ++l) r.v[l] = *p; return r; }
     static reg fma(reg a, reg b, reg c) { for (int l = 0; l < lanes; ++l) c.v[l] += a.v[l] * b.v[l]; return c; }
     static reg add(reg a, reg b) { for (int l = 0; l < lanes; ++l) a.v[l] += b.v[l]; return a; }
+    static T sum(reg a) { T t = 0; for (int l = 0; l < lanes; ++l) t += a.v[l]; return t; }
 };
+template <class T> struct DotTile { static constexpr int MR = 2, NR = 4; };
 template <class T> struct GemmTile {
     static constexpr int MR = 4, NV = 2;
     static constexpr int64_t KC = 256, MC = 64, NC = 1024;
@@ -190,10 +216,14 @@ struct OutMatrix {
             for (int64_t i = 0; i < mr; ++i) {
                 T* dst = col + i * row_stride;
                 const T* src = tile + i * ld + j;
-                if (mode == Store::accumulate) {
+                const T b = (mode == Store::overwrite && bias) ? bias[i0 + i] : T(0);
+                if (mode == Store::accumulate && s0 == 1) {
+                    for (int64_t t = 0; t < valid; ++t) dst[t] += src[t];
+                } else if (mode == Store::accumulate) {
                     for (int64_t t = 0; t < valid; ++t) dst[t * s0] += src[t];
+                } else if (s0 == 1) {
+                    for (int64_t t = 0; t < valid; ++t) dst[t] = src[t] + b;
                 } else {
-                    const T b = bias ? bias[i0 + i] : T(0);
                     for (int64_t t = 0; t < valid; ++t) dst[t * s0] = src[t] + b;
                 }
             }
@@ -418,6 +448,128 @@ void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const
         T* out = t == 0 ? c : partial.get() + (t - 1) * size;
         gemm_block<T>(0, M, 0, N, k0, k1, A, B, OutMatrix<T>::plain(out, N, N), Store::overwrite,
                       bufs[t]);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < size; ++e)
+            for (int p = 0; p + 1 < team; ++p) c[e] += partial[p * size + e];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dot-product form, for a long reduction that is contiguous in memory in both operands (the
+// weight gradient: output gradient and input both run along pixels). Panels are packed
+// k-contiguous (dst[row * kcp + k], kcp = kc rounded up to whole vectors), so packing is a
+// plain copy; the micro-kernel keeps DotTile::MR x NR vector accumulators and sums each one
+// across lanes once per reduction block.
+//
+//   C[i, j] (+)= sum_k A[i, k] * B[j, k]
+
+template <class T>
+constexpr int64_t dot_kc() { return 1024 * 4 / sizeof(T); }
+
+template <class T>
+inline void dot_micro_kernel(int64_t kcp, const T* __restrict a, const T* __restrict b, T* c,
+                             int64_t ldc, int64_t mr, int64_t nr, Store mode) {
+    using V = Simd<T>;
+    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = V::lanes;
+    typename V::reg acc[MR][NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
+    for (int64_t k = 0; k < kcp; k += L) {
+        typename V::reg bv[NR];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) bv[j] = V::load(b + j * kcp + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const typename V::reg av = V::load(a + i * kcp + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; ++i)
+        for (int j = 0; j < nr; ++j) {
+            const T v = V::sum(acc[i][j]);
+            c[i * ldc + j] = mode == Store::accumulate ? c[i * ldc + j] + v : v;
+        }
+}
+
+// Rows of an operand whose columns are pixels of NCHW images: row i starts at
+// base + row_offset(i), and pixel q at (q / pixels) * image_stride + q % pixels from there.
+template <class T>
+struct PixelRows {
+    const T* base;
+    int64_t row_stride;                     // row i at i * row_stride ...
+    const int64_t* row_offsets;             // ... or at row_offsets[i] when given
+    int64_t pixels, image_stride;
+
+    // dst[i * kcp + k] = row (i0 + i), pixel (k0 + k); zeros for k >= kc and i >= rows.
+    void pack(int64_t i0, int64_t rows, int64_t rows_padded, int64_t k0, int64_t kc, int64_t kcp,
+              T* dst) const {
+        for (int64_t i = 0; i < rows_padded; ++i) {
+            T* d = dst + i * kcp;
+            if (i >= rows) {
+                std::fill(d, d + kcp, T(0));
+                continue;
+            }
+            const T* row = base + (row_offsets ? row_offsets[i0 + i] : (i0 + i) * row_stride);
+            for (int64_t k = 0, q = k0 % pixels, n = k0 / pixels; k < kc; q = 0, ++n) {
+                const int64_t run = std::min(kc - k, pixels - q);
+                std::copy(row + n * image_stride + q, row + n * image_stride + q + run, d + k);
+                k += run;
+            }
+            std::fill(d + kc, d + kcp, T(0));
+        }
+    }
+};
+
+// Buffers of one thread for the dot-product form: all rows of A and NC_DOT rows of B per block.
+template <class T>
+struct DotBuffers {
+    static constexpr int64_t NC = 16 * DotTile<T>::NR;
+    Scratch<T> a, b;
+    explicit DotBuffers(int64_t M)
+        : a(scratch<T>((M + DotTile<T>::MR) * dot_kc<T>())), b(scratch<T>(NC * dot_kc<T>())) {}
+};
+
+// C (M x N, row stride ldc) = A B^T over reduction [k_begin, k_end), one thread.
+template <class T>
+void gemm_dot_block(int64_t M, int64_t N, int64_t k_begin, int64_t k_end, const PixelRows<T>& A,
+                    const PixelRows<T>& B, T* c, int64_t ldc, DotBuffers<T>& buf) {
+    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = Simd<T>::lanes;
+    constexpr int64_t NC = DotBuffers<T>::NC;
+    const int64_t Mp = (M + MR - 1) / MR * MR;
+    for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += dot_kc<T>()) {
+        const int64_t kc = std::min(dot_kc<T>(), k_end - pc), kcp = (kc + L - 1) / L * L;
+        const Store mode = pc == k_begin ? Store::overwrite : Store::accumulate;
+        A.pack(0, M, Mp, pc, kc, kcp, buf.a.get());
+        for (int64_t jc = 0; jc < N; jc += NC) {
+            const int64_t nc = std::min(NC, N - jc), ncp = (nc + NR - 1) / NR * NR;
+            B.pack(jc, nc, ncp, pc, kc, kcp, buf.b.get());
+            for (int64_t jr = 0; jr < nc; jr += NR)
+                for (int64_t ir = 0; ir < M; ir += MR)
+                    dot_micro_kernel<T>(kcp, buf.a.get() + ir * kcp, buf.b.get() + jr * kcp,
+                                        c + ir * ldc + jc + jr, ldc, std::min<int64_t>(MR, M - ir),
+                                        std::min<int64_t>(NR, nc - jr), mode);
+        }
+    }
+}
+
+// C (plain M x N) = A B^T with the reduction split across threads, partial results summed.
+template <class T>
+void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
+                       const PixelRows<T>& B, T* c) {
+    const int threads = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, K / 256)));
+    std::vector<DotBuffers<T>> bufs;
+    for (int t = 0; t < threads; ++t) bufs.emplace_back(M);
+    Scratch<T> partial = scratch<T>((threads - 1) * M * N);
+    const int64_t size = M * N;
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
+        T* out = t == 0 ? c : partial.get() + (t - 1) * size;
+        gemm_dot_block<T>(M, N, K * t / team, K * (t + 1) / team, A, B, out, N, bufs[t]);
 #pragma omp barrier
 #pragma omp for schedule(static)
         for (int64_t e = 0; e < size; ++e)

@@ -29,11 +29,12 @@ template <> struct Simd<float> {
     static reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
     static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
     static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
-    static float sum(reg a) {  // (_mm512_reduce_add_ps trips -Wmaybe-uninitialized in GCC 12)
-        __m256 v8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-        __m128 v = _mm_add_ps(_mm256_castps256_ps128(v8), _mm256_extractf128_ps(v8, 1));
-        v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+    static float sum(reg a) {  // whole-register shuffles: GCC 12 warns on the extract intrinsics
+        a = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)));
+        a = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)));
+        a = _mm512_add_ps(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)));
+        a = _mm512_add_ps(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)));
+        return _mm512_cvtss_f32(a);
     }
 };
 template <> struct Simd<double> {
@@ -46,9 +47,10 @@ template <> struct Simd<double> {
     static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
     static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
     static double sum(reg a) {
-        __m256d v4 = _mm256_add_pd(_mm512_castpd512_pd256(a), _mm512_extractf64x4_pd(a, 1));
-        __m128d v = _mm_add_pd(_mm256_castpd256_pd128(v4), _mm256_extractf128_pd(v4, 1));
-        return _mm_cvtsd_f64(_mm_add_sd(v, _mm_unpackhi_pd(v, v)));
+        a = _mm512_add_pd(a, _mm512_shuffle_f64x2(a, a, _MM_SHUFFLE(1, 0, 3, 2)));
+        a = _mm512_add_pd(a, _mm512_shuffle_f64x2(a, a, _MM_SHUFFLE(2, 3, 0, 1)));
+        a = _mm512_add_pd(a, _mm512_permute_pd(a, 0x55));
+        return _mm512_cvtsd_f64(a);
     }
 };
 // 6 rows x 4 vectors: 24 accumulators + 4 B vectors + 1 broadcast of the 32 zmm registers.

@@ -429,6 +429,25 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     }
 }
 
+// A row (c, r, s) of the input-gradient GEMM, seen from grad_x: the plane it adds into, its
+// offsets, and the output columns [wo_lo, wo_hi) whose input column lies inside the image
+// (precomputed: a division per tile row would cost as much as the tile's arithmetic).
+struct ScatterTap {
+    int64_t plane, dh, dw, wo_lo, wo_hi;
+};
+
+inline void scatter_taps(const ConvShape& g, ScatterTap* taps) {
+    const int64_t Cg = g.C / g.groups;
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) {
+                const int64_t dw = s * g.dw - g.pw;
+                int64_t lo, hi;
+                inside(dw, g.sw, g.W, g.Wo, lo, hi);
+                *taps++ = ScatterTap{c * g.H * g.W, r * g.dh - g.ph, dw, lo, hi};
+            }
+}
+
 // The destination of the input-gradient GEMM: C[(c,r,s), (n,ho,wo)] is added to
 // dx[n, c, ho*sh - ph + r*dh, wo*sw - pw + s*dw] where that lies inside the image (col2im).
 // Tiles are never stored in place; the caller zeroes dx first.
@@ -437,7 +456,7 @@ struct Col2im {
     T* dx;                 // channel 0 of the group in image 0
     int64_t image_stride;  // C * H * W
     int64_t H, W, Ho, Wo, sh, sw;
-    const Tap* rows;       // row (c, r, s): plane c*H*W and offsets r*dh - ph, s*dw - pw
+    const ScatterTap* rows;
     static constexpr int64_t row_stride = 0;
     static constexpr const T* bias = nullptr;
 
@@ -448,17 +467,19 @@ struct Col2im {
         PixelRun runs[gemm_nr<T>()];
         const int64_t n_runs = pixel_runs(j0, nr, Ho, Wo, runs);
         for (int64_t i = 0; i < mr; ++i) {
-            const Tap& tap = rows[i0 + i];
+            const ScatterTap& tap = rows[i0 + i];
             for (int64_t r = 0; r < n_runs; ++r) {
                 const PixelRun& run = runs[r];
                 const int64_t h = run.a * sh + tap.dh;
                 if (h < 0 || h >= H) continue;
                 T* drow = dx + run.n * image_stride + tap.plane + h * W;
-                const T* src = tile + i * ld + run.pos;
-                const int64_t first = run.b0 * sw + tap.dw;
-                int64_t lo, hi;
-                inside(first, sw, W, run.len, lo, hi);
-                for (int64_t t = lo; t < hi; ++t) drow[first + t * sw] += src[t];
+                const T* src = tile + i * ld + run.pos - run.b0;  // indexed by wo
+                const int64_t lo = std::max(tap.wo_lo, run.b0), hi = std::min(tap.wo_hi, run.b0 + run.len);
+                if (sw == 1) {
+                    for (int64_t wo = lo; wo < hi; ++wo) drow[wo + tap.dw] += src[wo];
+                } else {
+                    for (int64_t wo = lo; wo < hi; ++wo) drow[wo * sw + tap.dw] += src[wo];
+                }
             }
         }
     }
@@ -473,8 +494,8 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, rows = Cg * RS;
     const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
-    std::vector<Tap> taps(rows);
-    direct_taps(g, taps.data());
+    std::vector<ScatterTap> taps(rows);
+    scatter_taps(g, taps.data());
     // w^T per group, as a plain (c, r, s) x k matrix.
     Scratch<T> wt = scratch<T>(g.K * rows);
     for (int64_t grp = 0; grp < g.groups; ++grp)

@@ -53,11 +53,12 @@ template <> struct Simd<double> {
         return _mm512_cvtsd_f64(a);
     }
 };
-// 6 rows x 4 vectors: 24 accumulators + 4 B vectors + 1 broadcast of the 32 zmm registers.
+// 8 rows x 3 vectors: 24 accumulators + 3 B vectors + 1 broadcast of the 32 zmm registers
+// (8 rows: channel counts are mostly multiples of 8).
 // Dot-product form: 4 x 6 accumulators + 6 B vectors + 1 A vector.
 template <class T> struct DotTile { static constexpr int MR = 4, NR = 6; };
 template <class T> struct GemmTile {
-    static constexpr int MR = 6, NV = 4;
+    static constexpr int MR = 8, NV = 3;
     static constexpr int64_t KC = 256, MC = 96, NC = 1536;
 };
 #elif PYCONV_ISA_LEVEL == 1

@@ -251,10 +251,12 @@ inline bool direct_pays(const ConvShape& g) {
 }
 
 // Padded plane geometry: every input position any output reads, padding included.
+// Rows are widened so that whole vectors of outputs (a last one past Wo included) read inside.
 struct PaddedPlane {
     int64_t Hp, Wp;
-    explicit PaddedPlane(const ConvShape& g)
-        : Hp((g.Ho - 1) * g.sh + (g.R - 1) * g.dh + 1), Wp((g.Wo - 1) * g.sw + (g.S - 1) * g.dw + 1) {}
+    PaddedPlane(const ConvShape& g, int64_t lanes = 1)
+        : Hp((g.Ho - 1) * g.sh + (g.R - 1) * g.dh + 1),
+          Wp(((g.Wo + lanes - 1) / lanes * lanes - 1) * g.sw + (g.S - 1) * g.dw + 1) {}
     int64_t size() const { return Hp * Wp; }
 };
 
@@ -274,16 +276,18 @@ void pad_plane(const ConvShape& g, const PaddedPlane& p, const T* plane, T* dst)
 
 template <class T>
 void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    using V = Simd<T>;
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
-    const PaddedPlane pp(g);
+    const PaddedPlane pp(g, V::lanes);
     const int64_t jobs = g.N * g.groups;
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
-    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size()));
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size() + V::lanes));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t n = job / g.groups, grp = job % g.groups;
         T* xp = pads[omp_get_thread_num()].get();
+        T* last = xp + Cg * pp.size();  // the vector of outputs that straddles Wo
         for (int64_t c = 0; c < Cg; ++c)
             pad_plane(g, pp, x + ((n * g.C) + grp * Cg + c) * g.H * g.W, xp + c * pp.size());
         for (int64_t kk = 0; kk < Kg; ++kk) {
@@ -293,17 +297,31 @@ void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* 
             const T b0 = bias ? bias[k] : T(0);
             for (int64_t ho = 0; ho < g.Ho; ++ho) {
                 T* yrow = yk + ho * g.Wo;
-                for (int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] = b0;
-                for (int64_t c = 0; c < Cg; ++c)
-                    for (int64_t r = 0; r < g.R; ++r) {
-                        const T* xrow = xp + c * pp.size() + (ho * g.sh + r * g.dh) * pp.Wp;
-                        for (int64_t s = 0; s < g.S; ++s) {
-                            const T wv = wk[c * RS + r * g.S + s];
-                            const T* xs = xrow + s * g.dw;
-#pragma omp simd
-                            for (int64_t wo = 0; wo < g.Wo; ++wo) yrow[wo] += wv * xs[wo * g.sw];
-                        }
+                const T* xrow = xp + ho * g.sh * pp.Wp;
+                // A vector of outputs accumulates every tap in registers and is stored once.
+                for (int64_t wo = 0; g.sw == 1 && wo < g.Wo; wo += V::lanes) {
+                    typename V::reg acc = V::broadcast(&b0);
+                    for (int64_t c = 0; c < Cg; ++c)
+                        for (int64_t r = 0; r < g.R; ++r)
+                            for (int64_t s = 0; s < g.S; ++s)
+                                acc = V::fma(V::broadcast(wk + c * RS + r * g.S + s),
+                                             V::load(xrow + c * pp.size() + r * g.dh * pp.Wp + wo + s * g.dw), acc);
+                    if (wo + V::lanes <= g.Wo) {
+                        V::store(yrow + wo, acc);
+                    } else {
+                        V::store(last, acc);
+                        std::copy(last, last + (g.Wo - wo), yrow + wo);
                     }
+                }
+                for (int64_t wo = 0; g.sw != 1 && wo < g.Wo; ++wo) {
+                    T acc = b0;
+                    for (int64_t c = 0; c < Cg; ++c)
+                        for (int64_t r = 0; r < g.R; ++r)
+                            for (int64_t s = 0; s < g.S; ++s)
+                                acc += wk[c * RS + r * g.S + s] *
+                                       xrow[c * pp.size() + r * g.dh * pp.Wp + wo * g.sw + s * g.dw];
+                    yrow[wo] = acc;
+                }
             }
         }
     }

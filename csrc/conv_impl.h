@@ -507,9 +507,33 @@ struct Col2im {
 // tiles are added into grad_x. Threads own whole images (or, for small batches, whole
 // channels), so no two threads ever add into the same element. This is also the transpose
 // convolution's forward pass, which is why it must be fast for one output channel too.
+// With stride 1, grad_x is itself a convolution: dy convolved with the weights flipped in
+// space and transposed in channels, padded by (R-1)*dh - ph. That runs on the forward kernel,
+// which stores tiles in place instead of scattering them; with few input channels (the rows
+// of that GEMM) the col2im form, whose rows are (c, r, s), fills the micro-tiles better.
+inline bool grad_input_as_forward(const ConvShape& g) {
+    return g.sh == 1 && g.sw == 1 && g.ph <= (g.R - 1) * g.dh && g.pw <= (g.S - 1) * g.dw &&
+           g.C / g.groups >= 32;
+}
+
+template <class T>
+void conv2d_grad_input_by_forward(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const ConvShape f{g.N, g.K, g.Ho, g.Wo, g.C, g.R, g.S, g.H, g.W, 1, 1,
+                      (g.R - 1) * g.dh - g.ph, (g.S - 1) * g.dw - g.pw, g.dh, g.dw, g.groups};
+    Scratch<T> wf = scratch<T>(g.C * Kg * RS);  // (C, Kg, R, S), flipped
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t k = 0; k < Kg; ++k)
+                for (int64_t rs = 0; rs < RS; ++rs)
+                    wf[((grp * Cg + c) * Kg + k) * RS + (RS - 1 - rs)] = w[((grp * Kg + k) * Cg + c) * RS + rs];
+    conv2d_forward(f, dy, wf.get(), static_cast<const T*>(nullptr), dx);
+}
+
 template <class T>
 void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (grad_input_as_forward(g)) return conv2d_grad_input_by_forward(g, dy, w, dx);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, rows = Cg * RS;
     const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
     std::vector<ScatterTap> taps(rows);

@@ -49,6 +49,9 @@ CONV_CASES = [
     (1, 40, 5, 7, 3, 3, 3, 1, 1, 1, 1),             # reduction 360 taps > one KC block
     (3, 64, 14, 14, 1, 4, 4, 2, 1, 1, 1),           # one input channel to the transpose side
     (2, 3, 5, 5, 4, 5, 5, 1, 4, 1, 1),              # padding as large as the kernel
+    (2, 48, 9, 8, 16, 3, 2, 1, (2, 0), (1, 2), 1),  # grad_x as a forward conv (C >= 32)
+    (1, 64, 6, 7, 16, 3, 3, 1, 1, 1, 2),            # ... per group
+    (1, 40, 6, 6, 8, 2, 2, 1, 2, 1, 1),             # ... padding beyond the kernel: col2im
 ]
 
 
@@ -151,8 +154,8 @@ def test_thread_counts_agree(threads):
 # ---------------------------------------------------------------------------------------------
 # GEMM against NumPy: sizes that are primes, 1, or just off the block sizes (MR, NR, KC, MC, NC).
 
-GEMM_SIZES = [(1, 1, 1), (2, 3, 5), (7, 13, 11), (6, 64, 256), (97, 131, 67), (5, 1, 300),
-              (1, 70, 3), (103, 1601, 257), (193, 65, 513)]
+GEMM_SIZES = [(1, 1, 1), (2, 3, 5), (7, 13, 11), (6, 64, 256), (8, 48, 256), (9, 49, 257),
+              (97, 131, 67), (5, 1, 300), (1, 70, 3), (103, 1601, 257), (193, 65, 513)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -176,11 +176,21 @@ void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq)
         for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
             for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
                 T* dst = xq + (p * pg.phases + ph_h * g.sw + ph_w) * pg.plane;
+                const int64_t first = ph_w - g.pw;  // input column of grid column 0
+                int64_t lo, hi;                     // grid columns inside the input, for every row
+                inside(first, g.sw, g.W, pg.Wq, lo, hi);
                 for (int64_t hq = 0; hq < pg.Hq; ++hq) {
                     const int64_t h = hq * g.sh + ph_h - g.ph;
                     T* d = dst + hq * pg.Wq;
-                    if (h < 0 || h >= g.H) std::fill(d, d + pg.Wq, T(0));
-                    else gather_row(src + h * g.W, g.W, ph_w - g.pw, g.sw, pg.Wq, d, 1);
+                    if (h < 0 || h >= g.H) {
+                        std::fill(d, d + pg.Wq, T(0));
+                        continue;
+                    }
+                    const T* row = src + h * g.W;
+                    std::fill(d, d + lo, T(0));
+                    if (g.sw == 1) std::copy(row + first + lo, row + first + hi, d + lo);
+                    else for (int64_t t = lo; t < hi; ++t) d[t] = row[first + t * g.sw];
+                    std::fill(d + hi, d + pg.Wq, T(0));
                 }
             }
     }

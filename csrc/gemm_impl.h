@@ -333,11 +333,15 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
     constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>();
     constexpr int64_t KC = GemmTile<T>::KC, MC = GemmTile<T>::MC, NC = GemmTile<T>::NC;
     alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
+    // Equal reduction blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
+    // would pay the tile loads and stores for little arithmetic).
+    const int64_t k_blocks = std::max<int64_t>(1, (k_end - k_begin + KC - 1) / KC);
+    const int64_t kc_step = std::max<int64_t>(1, (k_end - k_begin + k_blocks - 1) / k_blocks);
     for (int64_t jc = n0; jc < n1; jc += NC) {
         const int64_t nc = std::min(NC, n1 - jc);
         // An empty reduction still writes C once (zeros or bias): run pc once with kc = 0.
-        for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += KC) {
-            const int64_t kc = std::min(KC, k_end - pc);
+        for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += kc_step) {
+            const int64_t kc = std::min(kc_step, k_end - pc);
             const Store store = (pc == k_begin) ? mode : Store::accumulate;
             for (int64_t jr = 0; jr < nc; jr += NR)
                 B.pack_panel(pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), buf.b.get() + jr * kc);

@@ -13,11 +13,15 @@ import os as _os
 from . import backends as _registry
 from . import ops
 from .backends import get_backend, set_backend, use_backend
+from .autograd import Tensor, enable_grad, no_grad
+from .random import manual_seed
+from .serialization import CheckpointError, load, save
 
 __version__ = "0.1.0"
 __all__ = [
     "ops", "backends", "get_backend", "set_backend", "use_backend",
     "set_num_threads", "get_num_threads", "info",
+    "Tensor", "no_grad", "enable_grad", "manual_seed", "save", "load", "CheckpointError",
 ]
 
 
@@ -99,3 +103,15 @@ def info() -> dict:
     if unavailable:
         out["unavailable_backends"] = unavailable
     return out
+
+
+_LAZY_SUBMODULES = ("nn", "optim", "data", "train", "models", "filters")
+
+
+def __getattr__(name):
+    """``pyconv.nn``, ``pyconv.optim``, ... without importing them at ``import pyconv``."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pyconv' has no attribute {name!r}")

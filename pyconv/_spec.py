@@ -247,6 +247,8 @@ def conv1d(x, w, b, stride, padding, dilation, groups, op="conv1d"):
 def _check_needs(op, needs):
     if not isinstance(needs, (tuple, list)) or len(needs) != 3:
         raise ValueError(f"{op}: needs must be a 3-tuple of bools (grad_x, grad_w, grad_b), got {needs!r}")
+    if not all(isinstance(n, (bool, np.bool_)) for n in needs):
+        raise TypeError(f"{op}: needs must hold bools (grad_x, grad_w, grad_b), got {needs!r}")
     return tuple(bool(n) for n in needs)
 
 
@@ -477,21 +479,23 @@ def max_unpool2d(x, indices, kernel_size, stride, padding, output_size):
 # LSTM
 
 
-def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh):
-    check_array(op, "h", h, 2)
-    check_array(op, "c", c, 2)
+def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
+    h_name, c_name = state_names
+    check_array(op, h_name, h, 2)
+    check_array(op, c_name, c, 2)
     check_array(op, "w_ih", w_ih, 2)
     check_array(op, "w_hh", w_hh, 2)
     check_array(op, "b_ih", b_ih, 1, allow_none=True)
     check_array(op, "b_hh", b_hh, 1, allow_none=True)
-    check_float_dtypes(op, x=x, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    given = {"x": x, h_name: h, c_name: c, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    check_float_dtypes(op, **given)
+    del given["x"]
     B, I = x.shape[-2:]
     Hd = h.shape[1]
     expected = {
-        "h": (B, Hd), "c": (B, Hd), "w_ih": (4 * Hd, I), "w_hh": (4 * Hd, Hd),
+        h_name: (B, Hd), c_name: (B, Hd), "w_ih": (4 * Hd, I), "w_hh": (4 * Hd, Hd),
         "b_ih": (4 * Hd,), "b_hh": (4 * Hd,),
     }
-    given = {"h": h, "c": c, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
     for name, a in given.items():
         if a is not None and tuple(a.shape) != expected[name]:
             raise ValueError(
@@ -499,7 +503,7 @@ def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh):
                 f"size {Hd}, got {shape_of(a)}"
             )
     if min(B, I, Hd) < 1:
-        raise ValueError(f"{op}: empty input (x.shape={shape_of(x)}, h.shape={shape_of(h)})")
+        raise ValueError(f"{op}: empty input (x.shape={shape_of(x)}, {h_name}.shape={shape_of(h)})")
     return B, I, Hd
 
 
@@ -512,7 +516,7 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, op="lstm"):
     check_array(op, "x", x, 3)
     if x.shape[0] < 1:
         raise ValueError(f"{op}: x must hold at least one time step, got shape {shape_of(x)}")
-    return (x.shape[0],) + _lstm_weights(op, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return (x.shape[0],) + _lstm_weights(op, x, h0, c0, w_ih, w_hh, b_ih, b_hh, ("h0", "c0"))
 
 
 def _optional_grads(op, dtype, **grads_and_shapes):

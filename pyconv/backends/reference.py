@@ -1,0 +1,342 @@
+"""The "reference" backend: every kernel in plain, vectorised NumPy.
+
+This module is the definition of what each kernel computes; the other backends are tested
+against it. It favours clarity over speed: convolutions gather every input window into one
+array (``_unfold``) and contract it with the weights; their input gradients scatter the
+windows back (``_fold``, the transpose of ``_unfold``). Everything is computed in the dtype of
+the inputs (float32 or float64). Arguments arrive checked by ``pyconv._spec`` and C-contiguous.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from . import Backend
+
+backend = Backend("reference", "numpy", "plain NumPy: the definition of every kernel")
+
+
+# --------------------------------------------------------------------------------------------
+# Windows. A geometry g (ConvGeom or PoolGeom) places output (ho, wo) over the input rows
+# ho*sh - ph + r*dh (r < kernel height) and columns wo*sw - pw + s*dw.
+
+
+def _kernel_hw(g):
+    return (g.R, g.S) if hasattr(g, "R") else (g.kh, g.kw)
+
+
+def _padded_hw(g, H, W):
+    """Size of a canvas holding the top/left padding, the input and every window."""
+    R, S = _kernel_hw(g)
+    return (max(g.ph + H, (g.Ho - 1) * g.sh + g.dh * (R - 1) + 1),
+            max(g.pw + W, (g.Wo - 1) * g.sw + g.dw * (S - 1) + 1))
+
+
+def _unfold(x, g, fill=0.0):
+    """(N, C, Ho, Wo, R, S) read-only view: the input pixels under each output's window, with
+    `fill` where the window hangs over the padding."""
+    N, C, H, W = x.shape
+    R, S = _kernel_hw(g)
+    canvas = np.full((N, C, *_padded_hw(g, H, W)), fill, x.dtype)
+    canvas[:, :, g.ph:g.ph + H, g.pw:g.pw + W] = x
+    sn, sc, sh, sw = canvas.strides
+    return as_strided(canvas, (N, C, g.Ho, g.Wo, R, S),
+                      (sn, sc, sh * g.sh, sw * g.sw, sh * g.dh, sw * g.dw), writeable=False)
+
+
+def _fold(cols, g, H, W):
+    """Transpose of `_unfold`: adds each window entry cols[n, c, ho, wo, r, s] onto the input
+    pixel it was read from (entries that fall on the padding are dropped) -> (N, C, H, W)."""
+    N, C, Ho, Wo, R, S = cols.shape
+    canvas = np.zeros((N, C, *_padded_hw(g, H, W)), cols.dtype)
+    for r in range(R):
+        for s in range(S):
+            rows = slice(r * g.dh, r * g.dh + (Ho - 1) * g.sh + 1, g.sh)
+            columns = slice(s * g.dw, s * g.dw + (Wo - 1) * g.sw + 1, g.sw)
+            canvas[:, :, rows, columns] += cols[..., r, s]
+    return np.ascontiguousarray(canvas[:, :, g.ph:g.ph + H, g.pw:g.pw + W])
+
+
+def _grouped(a, groups, axis=1):
+    """Splits `axis` (channels) into (groups, channels per group)."""
+    shape = a.shape
+    return a.reshape(shape[:axis] + (groups, shape[axis] // groups) + shape[axis + 1:])
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution (cross-correlation, as every deep-learning library computes it)
+
+
+@backend.register
+def conv2d(x, w, b, g):
+    """y[n, k, ho, wo] = b[k] + sum over c in k's group, r, s of
+    x[n, c, ho*sh - ph + r*dh, wo*sw - pw + s*dw] * w[k, c mod C/groups, r, s]
+    (x read as 0 outside the input)."""
+    windows = _grouped(_unfold(x, g), g.groups)                  # (N, G, C/G, Ho, Wo, R, S)
+    y = np.einsum("ngchwrs,gkcrs->ngkhw", windows, _grouped(w, g.groups, 0), optimize=True)
+    y = y.reshape(g.output_shape)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return np.ascontiguousarray(y)
+
+
+@backend.register
+def conv2d_grad_input(grad_out, w, g):
+    """Gradient of conv2d with respect to x: each output's gradient times the weights, scattered
+    back onto the window it read (the transpose convolution). Only the Ho x Wo outputs of g
+    contribute, so an input pixel below/right of every window gets 0."""
+    cols = np.einsum("ngkhw,gkcrs->ngchwrs", _grouped(grad_out, g.groups),
+                     _grouped(w, g.groups, 0), optimize=True)
+    cols = cols.reshape(g.N, g.C, g.Ho, g.Wo, *_kernel_hw(g))
+    return _fold(cols, g, g.H, g.W)
+
+
+@backend.register
+def conv2d_grad_weight(grad_out, x, g):
+    """Gradient of conv2d with respect to w: the correlation of each window with the output
+    gradient, summed over the batch and the output positions."""
+    windows = _grouped(_unfold(x, g), g.groups)
+    gw = np.einsum("ngchwrs,ngkhw->gkcrs", windows, _grouped(grad_out, g.groups), optimize=True)
+    return np.ascontiguousarray(gw.reshape(g.weight_shape))
+
+
+@backend.register
+def conv2d_grad_bias(grad_out):
+    """Gradient of conv2d with respect to b: grad_out summed over N, H, W."""
+    return grad_out.sum(axis=(0, 2, 3))
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling
+
+
+@backend.register
+def max_pool2d(x, g, with_indices):
+    """Maximum over each window, as PyTorch (padding never wins; ceil-mode windows are clipped
+    to the input). Index = flat offset ih*W + iw into the input plane. The scan is row-major
+    and takes a value when ``v > best or isnan(v)``: so the first maximum wins, any NaN makes
+    the output NaN with the index of the window's last NaN, and an all -inf window reports its
+    first input pixel."""
+    N, C, H, W = x.shape
+    plane_index = np.arange(H * W, dtype=np.int64).reshape(1, 1, H, W)
+    index = _unfold(plane_index, g, fill=-1).reshape(1, 1, g.Ho, g.Wo, -1)
+    values = _unfold(x, g, fill=-np.inf).reshape(N, C, g.Ho, g.Wo, -1)
+    inside = index >= 0
+    best = values.max(axis=-1, keepdims=True)
+    first_max = np.argmax(inside & (values == best), axis=-1)
+    nan = np.isnan(values)
+    last_nan = nan.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    pick = np.where(nan.any(axis=-1), last_nan, first_max)[..., None]
+    y = np.take_along_axis(values, pick, axis=-1)[..., 0]
+    if not with_indices:
+        return y, None
+    idx = np.take_along_axis(np.broadcast_to(index, values.shape), pick, axis=-1)[..., 0]
+    return y, idx
+
+
+@backend.register
+def max_pool2d_backward(grad_out, indices, input_shape):
+    """grad_x = 0, then grad_x[n, c].flat[indices[n, c, i, j]] += grad_out[n, c, i, j]
+    (a scatter-ADD: a pixel that is the maximum of several windows collects all of them)."""
+    N, C, H, W = input_shape
+    grad_x = np.zeros((N * C, H * W), grad_out.dtype)
+    planes = np.arange(N * C)[:, None]
+    np.add.at(grad_x, (planes, indices.reshape(N * C, -1)), grad_out.reshape(N * C, -1))
+    return grad_x.reshape(input_shape)
+
+
+def _avg_divisors(g, count_include_pad, divisor_override, dtype):
+    """(Ho, Wo) divisors, as PyTorch: a window spans [o*s - p, min(o*s - p + k, n + p)); its
+    size counts the padding it covers, its clipped count only the input pixels."""
+    if divisor_override:
+        return np.full((g.Ho, g.Wo), divisor_override, dtype)
+
+    def sizes(n_out, n, k, s, p):
+        start = np.arange(n_out) * s - p
+        end = np.minimum(start + k, n + p)
+        if count_include_pad:
+            return end - start
+        return np.minimum(end, n) - np.maximum(start, 0)
+
+    rows = sizes(g.Ho, g.H, g.kh, g.sh, g.ph)
+    cols = sizes(g.Wo, g.W, g.kw, g.sw, g.pw)
+    return np.multiply.outer(rows, cols).astype(dtype)
+
+
+@backend.register
+def avg_pool2d(x, g, count_include_pad, divisor_override):
+    """Sum over each window (padding counts as 0) divided by: divisor_override if non-zero,
+    else the window size including the padding it covers (count_include_pad), else the number
+    of input pixels it covers. Ceil-mode windows past the padding are clipped first."""
+    sums = _unfold(x, g).sum(axis=(-2, -1))
+    return sums / _avg_divisors(g, count_include_pad, divisor_override, x.dtype)
+
+
+@backend.register
+def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
+    """Each output's gradient divided by its divisor, spread over every input pixel of its
+    window (the transpose of avg_pool2d)."""
+    share = grad_out / _avg_divisors(g, count_include_pad, divisor_override, grad_out.dtype)
+    cols = np.broadcast_to(share[..., None, None], share.shape + (g.kh, g.kw))
+    return _fold(cols, g, g.H, g.W)
+
+
+@backend.register
+def max_unpool2d(x, indices, output_shape):
+    """y = 0, then y[n, c].flat[indices[n, c, i, j]] = x[n, c, i, j]. When an index repeats
+    within a plane, the last write in row-major order wins (as PyTorch's CPU loop)."""
+    N, C, H, W = output_shape
+    target = (np.arange(N * C)[:, None] * (H * W) + indices.reshape(N * C, -1)).ravel()
+    # np.unique on the reversed targets finds each target's LAST write.
+    _, last = np.unique(target[::-1], return_index=True)
+    last = target.size - 1 - last
+    y = np.zeros(N * C * H * W, x.dtype)
+    y[target[last]] = x.ravel()[last]
+    return y.reshape(output_shape)
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM. Gate rows of w_ih, w_hh and the biases are in the order i, f, g, o (as PyTorch):
+#   i, f, o = sigmoid(.), g = tanh(.),  c' = f*c + i*g,  h' = o*tanh(c').
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1/(1 + exp(-z)), without overflow
+
+
+def _gates(z):
+    """Pre-activations (B, 4H) -> activated gates i, f, g, o, each (B, H)."""
+    zi, zf, zg, zo = np.split(z, 4, axis=1)
+    return _sigmoid(zi), _sigmoid(zf), np.tanh(zg), _sigmoid(zo)
+
+
+def _step_backward(grad_h, grad_c, c, z):
+    """One cell's backward pass from its input cell state c and pre-activations z
+    -> (grad of z (B, 4H), grad of c)."""
+    i, f, g, o = _gates(z)
+    tanh_c = np.tanh(f * c + i * g)
+    grad_c = grad_c + grad_h * o * (1 - tanh_c**2)
+    grad_z = np.concatenate([
+        grad_c * g * i * (1 - i),
+        grad_c * c * f * (1 - f),
+        grad_c * i * (1 - g**2),
+        grad_h * tanh_c * o * (1 - o),
+    ], axis=1)
+    return grad_z, grad_c * f
+
+
+def _bias(b):
+    return 0 if b is None else b
+
+
+@backend.register
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One step: z = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh -> (h', c') (biases may be None)."""
+    i, f, g, o = _gates(x @ w_ih.T + _bias(b_ih) + h @ w_hh.T + _bias(b_hh))
+    c_new = f * c + i * g
+    return o * np.tanh(c_new), c_new
+
+
+@backend.register
+def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """Gradients of lstm_cell given those of h' and c' (it recomputes the gates)."""
+    z = x @ w_ih.T + _bias(b_ih) + h @ w_hh.T + _bias(b_hh)
+    grad_z, grad_c_prev = _step_backward(grad_h, grad_c, c, z)
+    grad_b = grad_z.sum(axis=0)
+    return (grad_z @ w_ih, grad_z @ w_hh, grad_c_prev, grad_z.T @ x, grad_z.T @ h,
+            None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
+
+
+def _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """Runs the sequence; returns hs, cs (T+1, B, H) (index 0 = initial state) and the
+    pre-activations zs (T, B, 4H)."""
+    T = x.shape[0]
+    x_proj = x @ w_ih.T + _bias(b_ih)        # the input projection of all T steps at once
+    hs = np.empty((T + 1,) + h0.shape, x.dtype)
+    cs = np.empty_like(hs)
+    zs = np.empty(x_proj.shape, x.dtype)
+    hs[0], cs[0] = h0, c0
+    for t in range(T):
+        zs[t] = x_proj[t] + hs[t] @ w_hh.T + _bias(b_hh)
+        i, f, g, o = _gates(zs[t])
+        cs[t + 1] = f * cs[t] + i * g
+        hs[t + 1] = o * np.tanh(cs[t + 1])
+    return hs, cs, zs
+
+
+@backend.register
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """x (T, B, I) -> (out (T, B, H) = h_1..h_T, (h_T, c_T))."""
+    hs, cs, _ = _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return hs[1:], (hs[-1].copy(), cs[-1].copy())
+
+
+@backend.register
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """Backpropagation through time: recomputes the forward pass, then walks back from T,
+    carrying the gradients of h and c to the previous step."""
+    hs, cs, zs = _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    grad_z = np.empty_like(zs)
+    grad_h, grad_c = grad_hT, grad_cT
+    for t in reversed(range(x.shape[0])):
+        grad_z[t], grad_c = _step_backward(grad_out[t] + grad_h, grad_c, cs[t], zs[t])
+        grad_h = grad_z[t] @ w_hh
+    grad_b = grad_z.sum(axis=(0, 1))
+    return (grad_z @ w_ih, grad_h, grad_c,
+            np.einsum("tbg,tbi->gi", grad_z, x), np.einsum("tbg,tbh->gh", grad_z, hs[:-1]),
+            None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes (x1, y1, x2, y2)
+
+
+def _area(boxes):
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+@backend.register
+def box_iou(boxes1, boxes2):
+    """IoU[i, j] = area(b1[i] & b2[j]) / area(b1[i] | b2[j]). Widths and heights are clamped at
+    0, so a degenerate box (x2 < x1 or y2 < y1) is empty; where the union is 0 the IoU is 0.
+    A NaN coordinate gives NaN IoU for the pairs it is in."""
+    top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = np.clip(bottom_right - top_left, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union == 0, 0, inter / union).astype(boxes1.dtype)
+
+
+def _ranking(scores):
+    """Indices by decreasing score; equal scores keep the lower index first; NaN scores last."""
+    return np.argsort(-scores, kind="stable")  # NumPy sorts NaN after every number
+
+
+@backend.register
+def nms(boxes, scores, iou_threshold):
+    """Greedy NMS: walk the boxes by decreasing score (see _ranking); keep a box unless its IoU
+    with an already KEPT box is > iou_threshold (strictly). Returns the kept indices in that
+    order (int64; empty for no boxes). A NaN IoU (NaN coordinates) never suppresses. The IoU,
+    computed in the boxes' dtype, is compared with the threshold in float64 (as torchvision)."""
+    order = _ranking(scores)
+    ranked = boxes[order]
+    suppressed = np.zeros(order.size, bool)
+    for i in range(order.size):
+        if not suppressed[i]:  # box i is kept: it suppresses the lower-ranked boxes it overlaps
+            iou = box_iou(ranked[i:i + 1], ranked[i + 1:])[0]
+            suppressed[i + 1:] |= iou.astype(np.float64) > iou_threshold
+    return order[~suppressed].astype(np.int64)
+
+
+@backend.register
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """NMS run separately within each category idxs (boxes of different categories never
+    suppress each other); the survivors of all categories, ranked as in nms."""
+    kept = np.zeros(boxes.shape[0], bool)
+    for category in np.unique(idxs):
+        members = np.flatnonzero(idxs == category)
+        kept[members[nms(boxes[members], scores[members], iou_threshold)]] = True
+    order = _ranking(scores)
+    return order[kept[order]].astype(np.int64)

@@ -1,0 +1,217 @@
+"""Data: DNA one-hot encoding, the digits and MNIST loaders, a DataLoader with seeded
+shuffling, a train/test split and small synthetic sets for tests and examples.
+
+Images come back as float32 arrays (N, 1, H, W) scaled to [0, 1], labels as int64 (N,).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+
+__all__ = [
+    "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
+    "synthetic_classification", "synthetic_images",
+]
+
+# ---------------------------------------------------------------------------------------------
+# DNA (seed 000's table: each IUPAC symbol's fractional membership of A, C, G, T)
+
+_H, _T, _Q = 1 / 2, 1 / 3, 1 / 4
+_IUPAC = {
+    "A": (1, 0, 0, 0), "C": (0, 1, 0, 0), "G": (0, 0, 1, 0), "T": (0, 0, 0, 1),
+    "W": (_H, 0, 0, _H), "S": (0, _H, _H, 0), "M": (_H, _H, 0, 0), "K": (0, 0, _H, _H),
+    "R": (_H, 0, _H, 0), "Y": (0, _H, 0, _H),
+    "B": (0, _T, _T, _T), "D": (_T, 0, _T, _T), "H": (_T, _T, 0, _T), "V": (_T, _T, _T, 0),
+    "N": (_Q, _Q, _Q, _Q), "Z": (0, 0, 0, 0),
+}
+
+
+def one_hot_dna(seq: str, dtype=np.float32) -> np.ndarray:
+    """(4, L) encoding of a DNA string over rows A, C, G, T; ambiguous IUPAC symbols get
+    fractional memberships (W = A or T -> 1/2, 0, 0, 1/2; N -> 1/4 each; Z -> 0). Lower case
+    is accepted. An unknown symbol raises ValueError naming it and its position."""
+    if not isinstance(seq, str):
+        raise TypeError(f"one_hot_dna: seq must be a str, got {type(seq).__name__}")
+    out = np.empty((4, len(seq)), dtype)
+    for i, symbol in enumerate(seq.upper()):
+        try:
+            out[:, i] = _IUPAC[symbol]
+        except KeyError:
+            raise ValueError(f"one_hot_dna: unknown symbol {seq[i]!r} at position {i} "
+                             f"(expected one of {''.join(_IUPAC)})") from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Image data sets
+
+
+def load_digits(dtype=np.float32):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, offline) ->
+    (images (1797, 1, 8, 8) in [0, 1], labels (1797,) int64)."""
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    images = (bunch.images / 16.0).astype(dtype)[:, None]
+    return images, bunch.target.astype(np.int64)
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Reads one IDX file (gzipped or not): magic 0 0 <dtype code> <ndim>, then ndim big-endian
+    uint32 sizes, then the data."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"read_idx: no file {path!r}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"read_idx: {path!r} is a corrupt or truncated gzip file: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"read_idx: {path!r} is not an IDX file (bad magic number {raw[:4]!r})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"read_idx: {path!r} is truncated inside its header")
+    shape = tuple(int(v) for v in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"read_idx: {path!r} holds {len(raw) - header} data bytes but its header "
+                         f"announces shape {shape} ({expected} bytes): truncated or corrupt")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find(folder, stem):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"load_mnist: no {stem} (or {stem}.gz) in {folder!r}")
+
+
+def load_mnist(path, kind="train", dtype=np.float32):
+    """MNIST (or Fashion-MNIST) from the standard IDX files in folder `path`:
+    ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` with or without ``.gz``.
+    kind "train" or "test" -> (images (N, 1, 28, 28) in [0, 1], labels (N,) int64)."""
+    if kind not in ("train", "test"):
+        raise ValueError(f"load_mnist: kind must be 'train' or 'test', got {kind!r}")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"load_mnist: {path!r} is not a folder")
+    prefix = "train" if kind == "train" else "t10k"
+    images = read_idx(_find(path, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(path, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"load_mnist: images {images.shape} and labels {labels.shape} do not match")
+    return (images.astype(dtype) / 255)[:, None], labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+class DataLoader:
+    """Iterates over a data set in batches.
+
+    `dataset` is a tuple/list of arrays with the same first dimension (e.g. (images, labels)),
+    or a single array, or any object with ``__len__`` and ``__getitem__`` taking an index array
+    and returning a tuple of arrays. Each iteration yields tuples of arrays (a single array for
+    a single-array dataset). With shuffle, each epoch draws a new permutation from a generator
+    seeded with `seed`; ``state_dict()`` / ``load_state_dict()`` save and restore it, so a
+    resumed training run sees the same batches.
+    """
+
+    def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(dataset, (tuple, list)):
+            lengths = {len(a) for a in dataset}
+            if len(lengths) != 1:
+                raise ValueError(f"DataLoader: arrays have different lengths "
+                                 f"{[len(a) for a in dataset]}")
+        self.dataset = dataset
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _num_samples(self):
+        return len(self.dataset[0]) if isinstance(self.dataset, (tuple, list)) else len(self.dataset)
+
+    def _take(self, idx):
+        if isinstance(self.dataset, (tuple, list)):
+            return tuple(a[idx] for a in self.dataset)
+        return self.dataset[idx]
+
+    def __iter__(self):
+        n = self._num_samples()
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            yield self._take(order[start:start + self.batch_size])
+
+    def state_dict(self) -> dict:
+        return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state):
+        value = state["rng"]
+        self.rng.bit_generator.state = json.loads(value.item() if hasattr(value, "item") else value)
+
+
+def train_test_split(*arrays, test_size=0.2, seed=0, shuffle=True):
+    """Splits arrays of equal length -> (a_train, a_test, b_train, b_test, ...), as
+    scikit-learn's function. test_size is a fraction in (0, 1) or a count."""
+    if not arrays:
+        raise ValueError("train_test_split: needs at least one array")
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"train_test_split: arrays have different lengths {[len(a) for a in arrays]}")
+    n_test = int(round(test_size * n)) if isinstance(test_size, float) else int(test_size)
+    if not 0 < n_test < n:
+        raise ValueError(f"train_test_split: test_size={test_size} leaves an empty split of {n} samples")
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    test, train = order[:n_test], order[n_test:]
+    out = []
+    for a in arrays:
+        out += [a[train], a[test]]
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic sets
+
+
+def synthetic_classification(n=200, n_features=2, n_classes=3, seed=0, dtype=np.float32):
+    """Gaussian blobs, one per class, with centres on a circle -> (x (n, n_features), y (n,))."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    angles = 2 * np.pi * np.arange(n_classes) / n_classes
+    centres = np.zeros((n_classes, n_features))
+    centres[:, 0], centres[:, min(1, n_features - 1)] = 3 * np.cos(angles), 3 * np.sin(angles)
+    x = centres[y] + rng.standard_normal((n, n_features))
+    return x.astype(dtype), y.astype(np.int64)
+
+
+def synthetic_images(n=64, size=8, seed=0, dtype=np.float32):
+    """Noisy images (n, 1, size, size) of a horizontal (label 0) or vertical (label 1) bar at a
+    random position: a small task a conv net solves in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = 0.1 * rng.standard_normal((n, 1, size, size))
+    pos = rng.integers(1, size - 1, n)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, 0, pos[i], :] += 1
+        else:
+            x[i, 0, :, pos[i]] += 1
+    return x.astype(dtype), y.astype(np.int64)

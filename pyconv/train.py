@@ -1,0 +1,212 @@
+"""``pyconv.train.Trainer``: the training loop, with a progress bar, metrics, evaluation,
+early stopping, atomic checkpoints and exact resume.
+
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.05, momentum=0.9),
+                      loss_fn=F.cross_entropy, metrics={"accuracy": accuracy},
+                      checkpoint_path="run/last.npz")
+    history = trainer.fit(train_loader, epochs=10, val_loader=val_loader, resume=True)
+
+A checkpoint, written at the end of every epoch, holds the model's state, every optimiser's
+state, pyconv's random generator (dropout), the training loader's shuffling generator, the
+history and the early-stopping counters: a run resumed from it continues exactly as the
+uninterrupted run would have, bit for bit.
+
+Custom training steps (a GAN's alternating discriminator and generator updates) replace the
+default step: ``step_fn(trainer, batch) -> dict of floats``; ``trainer.optimizers`` is then a
+dict of named optimisers.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from . import random as _random
+from .autograd import Tensor, no_grad
+from .serialization import CheckpointError, load, save
+
+__all__ = ["Trainer", "accuracy", "supervised_step"]
+
+_FORMAT = "pyconv.Trainer/1"
+
+
+def accuracy(output, target) -> float:
+    """Fraction of rows whose highest score is the target class."""
+    scores = output.data if isinstance(output, Tensor) else output
+    return float((scores.argmax(axis=1) == target).mean())
+
+
+def _to_device(batch, device):
+    if device == "cpu":
+        return batch
+    import cupy
+
+    return tuple(cupy.asarray(a) for a in batch)
+
+
+def supervised_step(trainer, batch) -> dict:
+    """The default step: forward, loss, backward, optimiser step; returns loss and metrics."""
+    x, y = batch[0], batch[1]
+    out = trainer.model(Tensor(x))
+    loss = trainer.loss_fn(out, y)
+    trainer.optimizer.zero_grad()
+    loss.backward()
+    trainer.optimizer.step()
+    logs = {"loss": float(loss.item())}
+    for name, fn in trainer.metrics.items():
+        logs[name] = fn(out, y)
+    return logs
+
+
+class Trainer:
+    """Trains `model` with `optimizer` (one Optimizer, or a dict of them for custom steps).
+
+    loss_fn(output, target) -> scalar Tensor; metrics: {name: fn(output, target) -> float};
+    step_fn(trainer, batch) -> {name: float} replaces the default supervised step;
+    early_stopping: stop after this many epochs without improvement of `monitor`
+    ("val_loss" by default; mode "min" or "max"); checkpoint_path: where each epoch's
+    checkpoint goes (atomically); progress: show a tqdm bar with the running loss/metrics.
+    """
+
+    def __init__(self, model, optimizer, loss_fn=None, metrics=None, step_fn=None, device="cpu",
+                 checkpoint_path=None, early_stopping=None, monitor="val_loss", mode="min",
+                 progress=True):
+        if loss_fn is None and step_fn is None:
+            from .nn.functional import cross_entropy as loss_fn
+        if mode not in ("min", "max"):
+            raise ValueError(f"Trainer: mode must be 'min' or 'max', got {mode!r}")
+        self.model = model.to(device) if device != "cpu" else model
+        self.optimizers = optimizer if isinstance(optimizer, dict) else {"optimizer": optimizer}
+        self.loss_fn, self.metrics = loss_fn, dict(metrics or {})
+        self.step_fn = step_fn or supervised_step
+        self.device, self.checkpoint_path = device, checkpoint_path
+        self.early_stopping, self.monitor, self.mode = early_stopping, monitor, mode
+        self.progress = progress
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+        self.best = None
+        self.bad_epochs = 0
+
+    @property
+    def optimizer(self):
+        if len(self.optimizers) != 1:
+            raise AttributeError("Trainer.optimizer: this trainer has several optimizers; use trainer.optimizers[name]")
+        return next(iter(self.optimizers.values()))
+
+    # -- the loop
+    def fit(self, train_loader, epochs, val_loader=None, resume=False) -> list[dict]:
+        """Trains until `epochs` epochs are complete (counting those of a resumed run).
+        resume: True to continue from checkpoint_path when that file exists, or a path."""
+        if resume:
+            path = self.checkpoint_path if resume is True else resume
+            if path is not None and os.path.exists(path):
+                self.load_checkpoint(path, train_loader)
+            elif resume is not True:
+                raise FileNotFoundError(f"Trainer.fit: no checkpoint at {path!r} to resume from")
+        while self.epoch < epochs:
+            logs = self.train_epoch(train_loader, epochs)
+            if val_loader is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
+            self.epoch += 1
+            logs["epoch"] = self.epoch
+            self.history.append(logs)
+            stop = self._update_early_stopping(logs)
+            if self.checkpoint_path is not None:
+                self.save_checkpoint(self.checkpoint_path, train_loader)
+            if stop:
+                break
+        return self.history
+
+    def train_epoch(self, loader, epochs=None) -> dict:
+        from tqdm.auto import tqdm
+
+        self.model.train()
+        totals, count = {}, 0
+        desc = f"epoch {self.epoch + 1}" + (f"/{epochs}" if epochs else "")
+        bar = tqdm(loader, desc=desc, disable=not self.progress, dynamic_ncols=True)
+        for batch in bar:
+            batch = _to_device(batch if isinstance(batch, tuple) else (batch,), self.device)
+            n = len(batch[0])
+            logs = self.step_fn(self, batch)
+            for k, v in logs.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+            count += n
+            bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()}, refresh=False)
+        bar.refresh()  # the epoch's final running means stay on screen
+        bar.close()
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    def evaluate(self, loader) -> dict:
+        """Mean loss and metrics over `loader`, in eval mode without a graph."""
+        self.model.eval()
+        totals, count = {}, 0
+        with no_grad():
+            for batch in loader:
+                x, y = _to_device(batch, self.device)[:2]
+                out = self.model(Tensor(x))
+                logs = {"loss": float(self.loss_fn(out, y).item())} if self.loss_fn else {}
+                logs.update({name: fn(out, y) for name, fn in self.metrics.items()})
+                for k, v in logs.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * len(x)
+                count += len(x)
+        self.model.train()
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    def _update_early_stopping(self, logs) -> bool:
+        if self.early_stopping is None:
+            return False
+        if self.monitor not in logs:
+            raise KeyError(f"Trainer: early stopping monitors {self.monitor!r}, but the epoch logged "
+                           f"only {sorted(logs)} (pass a val_loader or another monitor)")
+        value = logs[self.monitor]
+        improved = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if improved:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.early_stopping
+
+    # -- checkpoints
+    def save_checkpoint(self, path, train_loader=None):
+        """Writes model, optimisers, RNG states and counters to `path`, atomically."""
+        state = {
+            "format": _FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "rng": _random.get_rng_state(),
+            "history": json.dumps(self.history),
+            "early_stopping": {"best": np.nan if self.best is None else self.best,
+                               "bad_epochs": self.bad_epochs},
+        }
+        if train_loader is not None and hasattr(train_loader, "state_dict"):
+            state["loader"] = train_loader.state_dict()
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        save(state, path)
+
+    def load_checkpoint(self, path, train_loader=None):
+        """Restores everything :meth:`save_checkpoint` wrote. Raises FileNotFoundError,
+        or CheckpointError (a ValueError) for a truncated, corrupt or mismatched file."""
+        state = load(path)
+        if "format" not in state or str(state["format"]) != _FORMAT:
+            raise CheckpointError(f"Trainer: {path!r} is not a pyconv Trainer checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            saved_opts = state["optimizers"]
+            if set(saved_opts) != set(self.optimizers):
+                raise ValueError(f"the checkpoint has optimizers {sorted(saved_opts)}, this trainer "
+                                 f"{sorted(self.optimizers)}")
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(saved_opts[name])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"Trainer: checkpoint {path!r} does not fit this model/optimizer: {e}") from e
+        _random.set_rng_state(str(state["rng"]))
+        if train_loader is not None and "loader" in state and hasattr(train_loader, "load_state_dict"):
+            train_loader.load_state_dict(state["loader"])
+        self.epoch = int(state["epoch"])
+        self.history = json.loads(str(state["history"]))
+        best = float(state["early_stopping"]["best"])
+        self.best = None if np.isnan(best) else best
+        self.bad_epochs = int(state["early_stopping"]["bad_epochs"])

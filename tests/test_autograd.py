@@ -1,0 +1,262 @@
+"""pyconv.autograd: Tensor arithmetic, reductions, shapes and the backward pass, checked with
+finite differences (float64) and against PyTorch where it is installed."""
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import Tensor
+from pyconv.autograd import concatenate, gradcheck, stack
+
+try:
+    import torch
+except ImportError:  # the PyTorch comparisons skip
+    torch = None
+
+
+def t(shape, seed=0, requires_grad=True, low=-1.0, high=1.0):
+    rng = np.random.default_rng(seed)
+    return Tensor(rng.uniform(low, high, shape), requires_grad=requires_grad)
+
+
+# --- gradients of every primitive, by finite differences
+
+GRAD_CASES = {
+    "add_broadcast": (lambda a, b: a + b, [(3, 4), (4,)]),
+    "sub_broadcast": (lambda a, b: a - b, [(2, 1, 4), (3, 1)]),
+    "mul_broadcast": (lambda a, b: a * b, [(3, 4), (3, 1)]),
+    "div": (lambda a, b: a / (b * b + 1), [(3, 4), (1, 4)]),
+    "scalar_ops": (lambda a: 2 - a * 3 + 1 / (a * a + 2) - (-a) / 4, [(5,)]),
+    "pow": (lambda a: (a * a + 1) ** 1.5, [(2, 3)]),
+    "sqrt_exp_log_abs": (lambda a: (a * a + 1).sqrt() + a.exp() + (a.abs() + 1).log(), [(4,)]),
+    "clip": (lambda a: a.clip(-0.5, 0.3), [(20,)]),
+    "matmul_2d": (lambda a, b: a @ b, [(3, 4), (4, 2)]),
+    "matmul_batched_broadcast": (lambda a, b: a @ b, [(2, 3, 4), (4, 5)]),
+    "matmul_vec_mat": (lambda a, b: a @ b, [(4,), (4, 3)]),
+    "matmul_mat_vec": (lambda a, b: a @ b, [(3, 4), (4,)]),
+    "matmul_vec_vec": (lambda a, b: a @ b, [(4,), (4,)]),
+    "sum_all": (lambda a: a.sum(), [(3, 4)]),
+    "sum_axis": (lambda a: a.sum(axis=(0, 2)), [(2, 3, 4)]),
+    "sum_keepdims": (lambda a: a.sum(axis=1, keepdims=True) * a, [(2, 3)]),
+    "mean": (lambda a: a.mean(axis=-1), [(2, 5)]),
+    "var": (lambda a: a.var(axis=0), [(4, 3)]),
+    "max_all": (lambda a: a.max(), [(3, 4)]),
+    "max_axis": (lambda a: a.max(axis=1), [(3, 4)]),
+    "max_axis_keepdims": (lambda a: a.max(axis=(0, 2), keepdims=True), [(2, 3, 4)]),
+    "reshape_transpose": (lambda a: a.reshape(4, 6).T.reshape(2, 3, 4).transpose(2, 0, 1), [(2, 3, 4)]),
+    "flatten": (lambda a: a.flatten(1), [(2, 3, 4)]),
+    "transpose_negative_axes": (lambda a: a.transpose(1, -1, 0) * np.arange(24.0).reshape(3, 4, 2), [(2, 3, 4)]),
+    "getitem_basic": (lambda a: a[1:, ::2, None], [(3, 4)]),
+    "getitem_advanced_repeats": (lambda a: a[[0, 2, 0, 0]], [(3, 4)]),
+    "getitem_pairs": (lambda a: a[np.array([0, 1, 1]), np.array([3, 0, 0])], [(2, 4)]),
+    "concatenate": (lambda a, b: concatenate([a, b, a], axis=1), [(2, 3), (2, 1)]),
+    "stack": (lambda a, b: stack([a, b * 2], axis=1), [(2, 3), (2, 3)]),
+    "astype_roundtrip": (lambda a: a.astype(np.float64) * 2, [(3,)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_CASES))
+def test_gradcheck_primitives(name):
+    fn, shapes = GRAD_CASES[name]
+    inputs = [t(s, seed=i) for i, s in enumerate(shapes)]
+    assert gradcheck(fn, inputs)
+
+
+def test_gradcheck_detects_a_wrong_gradient():
+    from pyconv.autograd import Function
+
+    class WrongSquare(Function):
+        def forward(self, a):
+            self.a = a
+            return a * a
+
+        def backward(self, g):
+            return g * self.a  # should be 2 a
+
+    with pytest.raises(AssertionError, match="analytic"):
+        gradcheck(lambda a: WrongSquare()(a), [t((3,))])
+
+
+# --- the graph
+
+
+def test_gradients_accumulate_across_backward_calls():
+    a = t((3,))
+    (a * 2).sum().backward()
+    (a * 3).sum().backward()
+    np.testing.assert_allclose(a.grad, np.full(3, 5.0))
+
+
+def test_shared_subexpression_gets_both_gradients():
+    a = t((3,), seed=3)
+    b = a * a
+    (b + b * a).sum().backward()  # d/da (a^2 + a^3) = 2a + 3a^2
+    np.testing.assert_allclose(a.grad, 2 * a.data + 3 * a.data ** 2)
+
+
+def test_diamond_graph_runs_each_backward_once():
+    a = t((2,), seed=1)
+    b = a.exp()
+    c = b * 2 + b * 3  # two consumers of b
+    c.sum().backward()
+    np.testing.assert_allclose(a.grad, 5 * np.exp(a.data))
+
+
+def test_deep_chain_does_not_recurse():
+    a = t((1,))
+    y = a
+    for _ in range(5000):
+        y = y + 1.0
+    y.sum().backward()
+    assert a.grad[0] == 1.0
+
+
+def test_no_grad_records_nothing():
+    a = t((3,))
+    with pyconv.no_grad():
+        b = a * 2
+    assert not b.requires_grad and b.is_leaf
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        b.sum().backward()
+
+
+def test_enable_grad_inside_no_grad():
+    a = t((3,))
+    with pyconv.no_grad():
+        with pyconv.enable_grad():
+            b = a * 2
+    assert b.requires_grad
+
+
+def test_detach_cuts_the_graph():
+    a = t((3,))
+    b = (a * 2).detach()
+    c = (b * a).sum()
+    c.backward()
+    np.testing.assert_allclose(a.grad, b.data)
+
+
+def test_inputs_without_requires_grad_get_no_grad():
+    a, b = t((3,)), t((3,), requires_grad=False)
+    (a * b).sum().backward()
+    assert b.grad is None and a.grad is not None
+
+
+def test_backward_needs_scalar_or_grad():
+    a = t((3,))
+    with pytest.raises(ValueError, match="one-element"):
+        (a * 2).backward()
+    (a * 2).backward(np.ones(3))
+    np.testing.assert_allclose(a.grad, 2)
+    with pytest.raises(ValueError, match=r"grad has shape \(2,\), expected \(3,\)"):
+        (a * 2).backward(np.ones(2))
+
+
+def test_mixed_precision_is_a_type_error():
+    a = Tensor(np.ones(3, np.float32))
+    b = Tensor(np.ones(3, np.float64))
+    with pytest.raises(TypeError, match="float32 and float64"):
+        a + b
+    with pytest.raises(TypeError, match="different dtypes"):
+        concatenate([a, b])
+
+
+def test_python_scalars_keep_float32():
+    a = Tensor(np.ones(3, np.float32), requires_grad=True)
+    y = (a * 0.5 + 1) / 3
+    assert y.dtype == np.float32
+    y.sum().backward()
+    assert a.grad.dtype == np.float32
+
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(TypeError, match="floating-point"):
+        Tensor(np.arange(3), requires_grad=True)
+
+
+def test_stack_shape_mismatch_names_shapes():
+    with pytest.raises(ValueError, match=r"\(2,\).*\(3,\)"):
+        stack([t((2,)), t((3,))])
+
+
+def test_ndarray_on_the_left_defers_to_tensor():
+    a = t((3,))
+    y = np.full(3, 2.0) * a
+    assert isinstance(y, Tensor)
+    y.sum().backward()
+    np.testing.assert_allclose(a.grad, 2)
+
+
+def test_to_cpu_is_identity_and_bad_device_raises():
+    a = t((2,))
+    assert a.to("cpu") is a
+    with pytest.raises(ValueError, match="device"):
+        a.to("tpu")
+
+
+# --- against PyTorch
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+def test_composite_expression_matches_torch():
+    rng = np.random.default_rng(5)
+    xa, wa, ba = rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), rng.standard_normal(5)
+    x, w, b = (Tensor(v, requires_grad=True) for v in (xa, wa, ba))
+    tx, tw, tb = (torch.tensor(v, requires_grad=True) for v in (xa, wa, ba))
+    y = ((x @ w + b).exp().mean(axis=0) - (x[1:, :2] ** 2).sum()).max()
+    ty = ((tx @ tw + tb).exp().mean(dim=0) - (tx[1:, :2] ** 2).sum()).max()
+    y.backward()
+    ty.backward()
+    np.testing.assert_allclose(y.item(), ty.item(), rtol=1e-12)
+    for mine, theirs in ((x, tx), (w, tw), (b, tb)):
+        np.testing.assert_allclose(mine.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# --- save / load
+
+
+def test_save_load_roundtrip_nested(tmp_path):
+    state = {"w": np.arange(6.0).reshape(2, 3), "n": 3, "s": "hello",
+             "inner": {"a": np.float32(1.5), "empty": {}}, "t": Tensor(np.ones(2))}
+    path = tmp_path / "ck.npz"
+    pyconv.save(state, path)
+    back = pyconv.load(path)
+    np.testing.assert_array_equal(back["w"], state["w"])
+    assert back["n"].item() == 3 and str(back["s"]) == "hello"
+    assert back["inner"]["a"].dtype == np.float32 and back["inner"]["empty"] == {}
+    np.testing.assert_array_equal(back["t"], np.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]  # no temporary file left
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path):
+    path = tmp_path / "ck.npz"
+    pyconv.save({"w": np.ones(3)}, path)
+    with pytest.raises(TypeError):
+        pyconv.save({"w": np.ones(3), "bad": object()}, path)
+    np.testing.assert_array_equal(pyconv.load(path)["w"], np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.npz"]
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, -30])
+def test_load_truncated_checkpoint_raises_clear_error(tmp_path, keep):
+    path = tmp_path / "ck.npz"
+    pyconv.save({"w": np.arange(100.0), "v": np.ones(50)}, path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:keep] if keep >= 0 else raw[:keep])
+    with pytest.raises(pyconv.CheckpointError, match="truncated or corrupt"):
+        pyconv.load(path)
+
+
+def test_load_missing_file():
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pyconv.load("/nonexistent/ck.npz")
+
+
+def test_comparisons_give_boolean_tensors_outside_the_graph():
+    a = t((4,), seed=2)
+    pred = Tensor(np.array([[0.1, 0.9], [0.8, 0.2]])).argmax(axis=1)
+    assert (pred == np.array([1, 1])).data.tolist() == [True, False]
+    assert (pred == np.array([1, 1])).mean().item() == 0.5
+    assert not (a > 0).requires_grad and (a > 0).dtype == bool
+    assert ((a >= 0).data == (a.data >= 0)).all() and ((a < a).data == False).all()  # noqa: E712
+    assert len({a, a.detach()}) == 2  # hashable by identity

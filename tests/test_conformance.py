@@ -1,0 +1,432 @@
+"""Every backend against the reference, through the public API (pyconv.ops with backend=...).
+
+One table of cases per op; each case builds its inputs from a seeded RNG for a dtype. The suite
+is parametrised over op x case x dtype x every available non-reference backend that registers
+the kernels the op needs; test_kernel_coverage makes sure no backend lacks a kernel silently.
+"""
+import importlib
+import zlib
+
+import numpy as np
+import pytest
+from conftest import assert_close, on_backend, to_numpy
+
+import pyconv
+from pyconv import ops
+
+registry = importlib.import_module("pyconv.backends")
+
+# The kernel contract (pyconv/backends/__init__.py).
+CONTRACT = {
+    "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
+    "box_iou", "nms", "batched_nms",
+}
+
+# Kernels each backend is known to lack today. Issues 3/4 (the C++ kernels) remove the cpu
+# entries as they land; a backend not listed here must implement the whole contract.
+EXPECTED_MISSING = {
+    "reference": set(),
+    "cpu": CONTRACT - {"max_pool2d"},
+}
+
+# The kernels each public op runs.
+CONV_BACKWARD = {"conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias"}
+OP_KERNELS = {
+    "conv2d": {"conv2d"},
+    "conv1d": {"conv2d"},
+    "conv2d_backward": CONV_BACKWARD,
+    "conv1d_backward": CONV_BACKWARD,
+    "conv_transpose2d": {"conv2d_grad_input"},
+    "conv_transpose2d_backward": {"conv2d", "conv2d_grad_weight", "conv2d_grad_bias"},
+    "max_pool2d": {"max_pool2d"},
+    "max_pool2d_backward": {"max_pool2d_backward"},
+    "avg_pool2d": {"avg_pool2d"},
+    "avg_pool2d_backward": {"avg_pool2d_backward"},
+    "max_unpool2d": {"max_unpool2d"},
+    "lstm_cell": {"lstm_cell"},
+    "lstm_cell_backward": {"lstm_cell_backward"},
+    "lstm": {"lstm"},
+    "lstm_backward": {"lstm_backward"},
+    "box_iou": {"box_iou"},
+    "nms": {"nms"},
+    "batched_nms": {"batched_nms"},
+}
+
+REF = dict(backend="reference")
+DTYPES = [np.float32, np.float64]
+
+
+# --------------------------------------------------------------------------------------------
+# Input builders: each returns build(rng, dtype) -> (positional args, keyword args).
+
+
+def array(rng, shape, dtype, noncontiguous=False):
+    a = rng.standard_normal(shape).astype(dtype)
+    if noncontiguous:  # the same values, every other element of a wider array
+        wide = np.repeat(a, 2, axis=-1)
+        a = wide[..., ::2]
+        assert not a.flags.c_contiguous
+    return a
+
+
+def conv(x, w, bias=True, noncontiguous=False, nd=2, **params):
+    def build(rng, dtype):
+        b = array(rng, w[0], dtype) if bias else None
+        return (array(rng, x, dtype, noncontiguous), array(rng, w, dtype), b), params
+    return build
+
+
+def conv_backward(x, w, needs=(True, True, True), noncontiguous=False, nd=2, **params):
+    forward = ops.conv1d if nd == 1 else ops.conv2d
+
+    def build(rng, dtype):
+        xs, ws = array(rng, x, dtype, noncontiguous), array(rng, w, dtype)
+        grad_out = array(rng, forward(xs, ws, **params, **REF).shape, dtype, noncontiguous)
+        return (grad_out, xs, ws), dict(params, needs=needs)
+    return build
+
+
+def conv_transpose(x, w, bias=True, noncontiguous=False, **params):
+    def build(rng, dtype):
+        b = array(rng, w[1] * params.get("groups", 1), dtype) if bias else None
+        return (array(rng, x, dtype, noncontiguous), array(rng, w, dtype), b), params
+    return build
+
+
+def conv_transpose_backward(x, w, needs=(True, True, True), **params):
+    def build(rng, dtype):
+        xs, ws = array(rng, x, dtype), array(rng, w, dtype)
+        grad_out = array(rng, ops.conv_transpose2d(xs, ws, **params, **REF).shape, dtype)
+        return (grad_out, xs, ws), dict(params, needs=needs)
+    return build
+
+
+def pool_input(rng, shape, dtype, ties=False, specials=False, noncontiguous=False):
+    x = array(rng, shape, dtype, noncontiguous)
+    if ties:  # small integers: windows hold equal maxima
+        x[...] = rng.integers(0, 3, shape)
+    if specials:
+        x.flat[rng.integers(0, x.size, 3)] = [np.nan, -np.inf, np.inf]
+    return x
+
+
+def max_pool(shape, ties=False, specials=False, noncontiguous=False, **params):
+    def build(rng, dtype):
+        return (pool_input(rng, shape, dtype, ties, specials, noncontiguous),), params
+    return build
+
+
+def max_pool_backward(shape, ties=False, **params):
+    def build(rng, dtype):
+        x = pool_input(rng, shape, dtype, ties)
+        y, idx = ops.max_pool2d(x, return_indices=True, **params, **REF)
+        return (array(rng, y.shape, dtype), idx, shape), {}
+    return build
+
+
+def avg_pool(shape, noncontiguous=False, **params):
+    def build(rng, dtype):
+        return (array(rng, shape, dtype, noncontiguous),), params
+    return build
+
+
+def avg_pool_backward(shape, **params):
+    def build(rng, dtype):
+        y = ops.avg_pool2d(np.zeros(shape, dtype), **params, **REF)
+        return (array(rng, y.shape, dtype), shape), params
+    return build
+
+
+def max_unpool(shape, kernel_size, stride=None, padding=0, with_output_size=False):
+    def build(rng, dtype):
+        x = pool_input(rng, shape, dtype, ties=True)
+        y, idx = ops.max_pool2d(x, kernel_size, stride, padding, return_indices=True, **REF)
+        output_size = shape[-2:] if with_output_size else None
+        return (y, idx, kernel_size, stride, padding, output_size), {}
+    return build
+
+
+def lstm_cell_args(rng, dtype, B, I, H, bias):
+    w = [0.5 * array(rng, s, dtype) for s in ((4 * H, I), (4 * H, H))]
+    b = [0.5 * array(rng, 4 * H, dtype) if bias else None for _ in range(2)]
+    return (array(rng, (B, H), dtype), array(rng, (B, H), dtype), *w, *b)
+
+
+def lstm_cell(B, I, H, bias=True):
+    def build(rng, dtype):
+        return (array(rng, (B, I), dtype), *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
+    return build
+
+
+def lstm_cell_backward(B, I, H, bias=True, grads=(True, True)):
+    def build(rng, dtype):
+        gh, gc = (array(rng, (B, H), dtype) if g else None for g in grads)
+        return (gh, gc, array(rng, (B, I), dtype), *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
+    return build
+
+
+def lstm(T, B, I, H, bias=True, noncontiguous=False):
+    def build(rng, dtype):
+        x = array(rng, (T, B, I), dtype, noncontiguous)
+        return (x, *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
+    return build
+
+
+def lstm_backward(T, B, I, H, bias=True, grads=(True, True, True)):
+    def build(rng, dtype):
+        shapes = ((T, B, H), (B, H), (B, H))
+        upstream = [array(rng, s, dtype) if g else None for s, g in zip(shapes, grads)]
+        x = array(rng, (T, B, I), dtype)
+        return (*upstream, x, *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
+    return build
+
+
+def boxes(rng, n, dtype):
+    """Integer-grid boxes (overlapping, some degenerate, a duplicate), plus a random fraction."""
+    corner = rng.integers(0, 10, (n, 2))
+    b = np.concatenate([corner, corner + rng.integers(-1, 8, (n, 2))], axis=1).astype(dtype)
+    if n > 1:
+        b[-1] = b[0]
+    return b + (rng.random((n, 4)) * 0.5).astype(dtype)
+
+
+def scores(rng, n, dtype, ties=False, nan=False):
+    s = (rng.integers(0, 4, n) if ties else rng.random(n)).astype(dtype)
+    if nan and n:
+        s[rng.integers(0, n, 2)] = np.nan
+    return s
+
+
+def box_iou(n, m):
+    def build(rng, dtype):
+        return (boxes(rng, n, dtype), boxes(rng, m, dtype)), {}
+    return build
+
+
+def nms(n, threshold, ties=False, nan=False):
+    def build(rng, dtype):
+        return (boxes(rng, n, dtype), scores(rng, n, dtype, ties, nan), threshold), {}
+    return build
+
+
+def batched_nms(n, threshold, categories, ties=False, nan=False):
+    def build(rng, dtype):
+        idxs = rng.integers(0, categories, n)
+        return (boxes(rng, n, dtype), scores(rng, n, dtype, ties, nan), idxs, threshold), {}
+    return build
+
+
+# --------------------------------------------------------------------------------------------
+# The case table: op -> {case id: builder}
+
+CASES = {
+    "conv2d": {
+        "basic": conv((2, 3, 8, 9), (4, 3, 3, 3)),
+        "no_bias": conv((2, 3, 8, 9), (4, 3, 3, 3), bias=False),
+        "stride2_pad1": conv((2, 3, 9, 8), (5, 3, 3, 3), stride=2, padding=1),
+        "stride_pad_tuples": conv((1, 2, 9, 7), (3, 2, 3, 2), stride=(2, 1), padding=(1, 0)),
+        "dilation": conv((2, 2, 9, 10), (3, 2, 3, 3), dilation=(2, 3), padding=2),
+        "groups2": conv((2, 4, 7, 7), (6, 2, 3, 3), groups=2, padding=1),
+        "depthwise": conv((2, 4, 7, 7), (4, 1, 3, 3), groups=4, padding=1),
+        "depthwise_multiplier2": conv((1, 3, 6, 6), (6, 1, 3, 3), groups=3, stride=2),
+        "same_odd": conv((1, 2, 7, 6), (3, 2, 3, 5), padding="same"),
+        "same_even_asymmetric": conv((2, 2, 7, 6), (3, 2, 4, 2), padding="same"),
+        "same_even_dilated": conv((1, 2, 8, 8), (2, 2, 2, 4), padding="same", dilation=(3, 1)),
+        "valid": conv((1, 2, 7, 9), (3, 2, 3, 4), padding="valid", stride=2),
+        "batch1_kernel1x1": conv((1, 5, 4, 4), (3, 5, 1, 1)),
+        "spatial1x1": conv((2, 3, 1, 1), (4, 3, 1, 1)),
+        "spatial1x1_padded": conv((2, 3, 1, 1), (4, 3, 3, 3), padding=1),
+        "kernel_equals_input": conv((2, 3, 5, 4), (2, 3, 5, 4)),
+        "noncontiguous": conv((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
+    },
+    "conv1d": {
+        "basic": conv((2, 3, 12), (4, 3, 3), nd=1),
+        "stride_pad_dilation": conv((2, 2, 15), (3, 2, 4), stride=2, padding=3, dilation=2, nd=1),
+        "groups": conv((1, 4, 10), (6, 2, 3), groups=2, nd=1),
+        "depthwise": conv((2, 4, 9), (4, 1, 5), groups=4, padding="same", nd=1),
+        "same_even": conv((2, 2, 9), (3, 2, 4), padding="same", nd=1),
+        "valid_length1": conv((1, 3, 1), (2, 3, 1), padding="valid", nd=1),
+        "noncontiguous": conv((2, 3, 11), (2, 3, 3), noncontiguous=True, nd=1),
+    },
+    "conv2d_backward": {
+        "basic": conv_backward((2, 3, 8, 9), (4, 3, 3, 3)),
+        "stride2_pad1": conv_backward((2, 3, 9, 8), (5, 3, 3, 3), stride=2, padding=1),
+        "stride_drops_input": conv_backward((1, 2, 8, 9), (3, 2, 2, 2), stride=3),
+        "dilation": conv_backward((2, 2, 9, 10), (3, 2, 3, 3), dilation=(2, 3), padding=(1, 2)),
+        "groups2": conv_backward((2, 4, 7, 7), (6, 2, 3, 3), groups=2, padding=1),
+        "depthwise": conv_backward((2, 4, 7, 7), (4, 1, 3, 3), groups=4, padding=1, stride=2),
+        "same_even_asymmetric": conv_backward((2, 2, 7, 6), (3, 2, 4, 2), padding="same"),
+        "spatial1x1": conv_backward((2, 3, 1, 1), (4, 3, 1, 1)),
+        "needs_x_only": conv_backward((2, 3, 6, 6), (4, 3, 3, 3), needs=(True, False, False)),
+        "needs_w_b": conv_backward((2, 3, 6, 6), (4, 3, 3, 3), needs=(False, True, True)),
+        "noncontiguous": conv_backward((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
+    },
+    "conv1d_backward": {
+        "stride_pad_dilation": conv_backward((2, 2, 15), (3, 2, 4), stride=2, padding=3, dilation=2, nd=1),
+        "groups_same": conv_backward((2, 4, 9), (4, 2, 4), groups=2, padding="same", nd=1),
+    },
+    "conv_transpose2d": {
+        "ones_stride1": conv_transpose((1, 2, 4, 4), (2, 3, 3, 3)),
+        "stride2": conv_transpose((2, 3, 4, 5), (3, 2, 3, 3), stride=2, padding=1),
+        "output_padding": conv_transpose((2, 2, 3, 4), (2, 3, 3, 2), stride=(2, 3), padding=1, output_padding=(1, 2)),
+        "dilation_output_padding": conv_transpose((1, 2, 4, 3), (2, 2, 2, 3), stride=1, dilation=2, output_padding=1),
+        "groups": conv_transpose((2, 4, 3, 3), (4, 3, 3, 3), groups=2, stride=2),
+        "depthwise": conv_transpose((2, 3, 4, 4), (3, 1, 3, 3), groups=3, padding=1),
+        "no_bias": conv_transpose((1, 2, 3, 3), (2, 2, 2, 2), bias=False, stride=2),
+        "spatial1x1": conv_transpose((2, 3, 1, 1), (3, 2, 1, 1)),
+        "noncontiguous": conv_transpose((2, 2, 4, 5), (2, 3, 3, 3), stride=2, noncontiguous=True),
+    },
+    "conv_transpose2d_backward": {
+        "stride2": conv_transpose_backward((2, 3, 4, 5), (3, 2, 3, 3), stride=2, padding=1),
+        "output_padding_groups": conv_transpose_backward(
+            (2, 4, 3, 4), (4, 2, 3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2),
+        "dilation": conv_transpose_backward((1, 2, 4, 3), (2, 2, 2, 3), dilation=2, output_padding=1),
+        "needs_w_only": conv_transpose_backward((1, 2, 3, 3), (2, 2, 2, 2), stride=2, needs=(False, True, False)),
+    },
+    "max_pool2d": {
+        "2x2": max_pool((2, 3, 8, 8), kernel_size=2),
+        "3x3_stride2_pad1": max_pool((2, 2, 9, 8), kernel_size=3, stride=2, padding=1, return_indices=True),
+        "ties_overlapping": max_pool((2, 2, 7, 7), kernel_size=3, stride=1, ties=True, return_indices=True),
+        "ceil_mode": max_pool((1, 2, 7, 8), kernel_size=2, stride=2, ceil_mode=True, return_indices=True),
+        "ceil_mode_pad": max_pool((1, 2, 8, 7), kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True),
+        "dilation": max_pool((2, 1, 10, 9), kernel_size=(3, 2), stride=(2, 1), dilation=(2, 3), padding=1, return_indices=True),
+        "nan_inf": max_pool((2, 2, 6, 6), kernel_size=3, stride=2, padding=1, specials=True, return_indices=True),
+        "rectangular": max_pool((1, 3, 5, 9), kernel_size=(1, 3), stride=(1, 2), return_indices=True),
+        "spatial1x1": max_pool((3, 2, 1, 1), kernel_size=1, return_indices=True),
+        "noncontiguous": max_pool((2, 2, 6, 6), kernel_size=2, noncontiguous=True, return_indices=True),
+    },
+    "max_pool2d_backward": {
+        "2x2": max_pool_backward((2, 3, 8, 8), kernel_size=2),
+        "overlapping_ties": max_pool_backward((2, 2, 7, 7), kernel_size=3, stride=1, padding=1, ties=True),
+        "ceil_dilation": max_pool_backward((1, 2, 9, 8), kernel_size=2, stride=2, dilation=2, ceil_mode=True),
+    },
+    "avg_pool2d": {
+        "2x2": avg_pool((2, 3, 8, 8), kernel_size=2),
+        "pad_include": avg_pool((2, 2, 7, 8), kernel_size=3, stride=2, padding=1),
+        "pad_exclude": avg_pool((2, 2, 7, 8), kernel_size=3, stride=2, padding=1, count_include_pad=False),
+        "ceil_include": avg_pool((1, 2, 7, 7), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        "ceil_exclude": avg_pool((1, 2, 6, 7), kernel_size=(2, 4), stride=(2, 3), padding=(1, 2), ceil_mode=True, count_include_pad=False),
+        "divisor_override": avg_pool((2, 2, 6, 6), kernel_size=3, stride=2, padding=1, divisor_override=5),
+        "divisor_override_negative": avg_pool((1, 1, 4, 4), kernel_size=2, divisor_override=-3),
+        "spatial1x1": avg_pool((2, 3, 1, 1), kernel_size=1),
+        "noncontiguous": avg_pool((2, 2, 6, 6), kernel_size=2, noncontiguous=True),
+    },
+    "avg_pool2d_backward": {
+        "2x2": avg_pool_backward((2, 3, 8, 8), kernel_size=2),
+        "overlapping_pad_exclude": avg_pool_backward((2, 2, 7, 8), kernel_size=3, stride=1, padding=1, count_include_pad=False),
+        "ceil_include": avg_pool_backward((1, 2, 7, 7), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        "divisor_override": avg_pool_backward((2, 2, 6, 6), kernel_size=3, stride=2, divisor_override=2),
+    },
+    "max_unpool2d": {
+        "2x2": max_unpool((2, 3, 8, 8), 2),
+        "overlapping_repeats": max_unpool((2, 2, 7, 7), 3, stride=2, padding=1, with_output_size=True),
+        "output_size": max_unpool((1, 2, 9, 7), 2, with_output_size=True),
+    },
+    "lstm_cell": {
+        "basic": lstm_cell(3, 4, 5),
+        "no_bias": lstm_cell(2, 3, 2, bias=False),
+        "batch1_hidden1": lstm_cell(1, 1, 1),
+    },
+    "lstm_cell_backward": {
+        "basic": lstm_cell_backward(3, 4, 5),
+        "no_bias": lstm_cell_backward(2, 3, 2, bias=False),
+        "grad_c_none": lstm_cell_backward(2, 3, 4, grads=(True, False)),
+        "grad_h_none": lstm_cell_backward(2, 3, 4, grads=(False, True)),
+    },
+    "lstm": {
+        "basic": lstm(5, 3, 4, 6),
+        "one_step": lstm(1, 2, 3, 2),
+        "no_bias": lstm(4, 1, 2, 3, bias=False),
+        "noncontiguous": lstm(3, 2, 4, 3, noncontiguous=True),
+    },
+    "lstm_backward": {
+        "basic": lstm_backward(5, 3, 4, 6),
+        "no_bias": lstm_backward(3, 2, 2, 3, bias=False),
+        "only_grad_out": lstm_backward(4, 2, 3, 2, grads=(True, False, False)),
+        "only_final_state": lstm_backward(4, 2, 3, 2, grads=(False, True, True)),
+    },
+    "box_iou": {
+        "basic": box_iou(7, 5),
+        "empty": box_iou(0, 4),
+    },
+    "nms": {
+        "basic": nms(30, 0.5),
+        "ties_nan": nms(30, 0.3, ties=True, nan=True),
+        "threshold0": nms(20, 0.0, ties=True),
+        "threshold1": nms(20, 1.0),
+        "empty": nms(0, 0.5),
+        "one": nms(1, 0.5),
+    },
+    "batched_nms": {
+        "basic": batched_nms(30, 0.5, 3),
+        "ties_nan": batched_nms(30, 0.3, 4, ties=True, nan=True),
+        "one_category": batched_nms(20, 0.4, 1),
+        "empty": batched_nms(0, 0.5, 2),
+    },
+}
+
+
+def backends_for(op):
+    """The available non-reference backends that register every kernel `op` runs."""
+    return [name for name in pyconv.backends()
+            if name != "reference" and OP_KERNELS[op] <= set(registry.get(name).kernels)]
+
+
+def parameters():
+    return [
+        pytest.param(op, case_id, backend, dtype, id=f"{op}-{case_id}-{backend}-{np.dtype(dtype).name}")
+        for op, table in CASES.items()
+        for case_id in table
+        for backend in backends_for(op)
+        for dtype in DTYPES
+    ]
+
+
+def assert_same_result(actual, expected, dtype):
+    if isinstance(expected, (tuple, list)):
+        assert isinstance(actual, (tuple, list)) and len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same_result(a, e, dtype)
+    elif expected is None:
+        assert actual is None
+    else:
+        actual = to_numpy(actual)
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        assert actual.flags.c_contiguous
+        if expected.dtype.kind in "iu":
+            np.testing.assert_array_equal(actual, expected)
+        else:
+            assert_close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("op, case_id, backend, dtype", parameters())
+def test_matches_reference(op, case_id, backend, dtype):
+    rng = np.random.default_rng(zlib.crc32(f"{op}/{case_id}".encode()))
+    args, kwargs = CASES[op][case_id](rng, dtype)
+    expected = getattr(ops, op)(*args, **kwargs, backend="reference")
+    moved = [on_backend(backend, a) if isinstance(a, np.ndarray) else a for a in args]
+    actual = getattr(ops, op)(*moved, **kwargs, backend=backend)
+    assert_same_result(actual, expected, dtype)
+
+
+def test_case_table_covers_every_op():
+    assert set(CASES) == set(OP_KERNELS) == set(ops.__all__)
+
+
+def test_reference_cases_run():
+    """Every case of the table is valid input (the reference accepts it)."""
+    for op, table in CASES.items():
+        for case_id, build in table.items():
+            args, kwargs = build(np.random.default_rng(0), np.float64)
+            getattr(ops, op)(*args, **kwargs, backend="reference")
+
+
+@pytest.mark.parametrize("backend", pyconv.backends())
+def test_kernel_coverage(backend):
+    kernels = set(registry.get(backend).kernels)
+    assert kernels <= CONTRACT, f"{backend} registers kernels outside the contract: {kernels - CONTRACT}"
+    assert CONTRACT - kernels == EXPECTED_MISSING.get(backend, set()), (
+        f"the {backend!r} backend lacks {sorted(CONTRACT - kernels)}; update EXPECTED_MISSING "
+        "only when that is intended")

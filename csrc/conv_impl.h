@@ -151,6 +151,10 @@ struct PhaseGrid {
           image(g.C * phases * plane),
           slack((g.S - 1) * g.dw / g.sw) {}  // the last taps read this far past the last plane
     int64_t pixels(const ConvShape& g) const { return g.Ho * Wq; }
+    // True when the grid is x itself (1x1, stride 1, no padding): no copy needed.
+    bool is_input(const ConvShape& g) const {
+        return phases == 1 && g.ph == 0 && g.pw == 0 && Hq == g.H && Wq == g.W && slack == 0;
+    }
     int64_t size(const ConvShape& g) const { return g.N * image + slack; }
 
     // Offset of tap (c, r, s) from the start of an image's planes (c counted within the group).
@@ -165,6 +169,18 @@ struct PhaseGrid {
 inline bool phase_grid_pays(const ConvShape& g) {
     const PhaseGrid pg(g);
     return g.K / g.groups <= 64 || pg.Wq * 10 <= g.Wo * 11;
+}
+
+template <class T>
+void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq);
+
+// The phase grid of x: x itself where they coincide, else a copy filled into `storage`.
+template <class T>
+const T* phase_grid_of(const ConvShape& g, const PhaseGrid& pg, const T* x, Scratch<T>& storage) {
+    if (pg.is_input(g)) return x;
+    storage = scratch<T>(pg.size(g));
+    fill_phase_grid(g, pg, x, storage.get());
+    return storage.get();
 }
 
 template <class T>
@@ -203,15 +219,15 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const int64_t HoWo = g.Ho * g.Wo;
     const PhaseGrid pg(g);
-    Scratch<T> xq = scratch<T>(pg.size(g));
-    fill_phase_grid(g, pg, x, xq.get());
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
     std::vector<int64_t> offsets(taps_n);
     for (int64_t c = 0, i = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         const InMatrixA<T> A = InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n);
-        InMatrixB<T> B{xq.get() + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
+        InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
         B.row_offsets = offsets.data();
         // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo.
         OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, pg.Wq, 1, g.Ho, g.Wo, g.K * HoWo};
@@ -229,8 +245,8 @@ void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const PhaseGrid pg(g);
     const int64_t pixels = pg.pixels(g);
-    Scratch<T> xq = scratch<T>(pg.size(g));
-    fill_phase_grid(g, pg, x, xq.get());
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
     Scratch<T> dyq = scratch<T>(g.N * g.K * pixels);
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
     for (int64_t p = 0; p < g.N * g.K; ++p)
@@ -245,7 +261,7 @@ void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
             for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
-        const PixelRows<T> B{xq.get() + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
+        const PixelRows<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
                              pg.image};
         gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw + grp * Kg * taps_n);
     }

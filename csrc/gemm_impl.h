@@ -59,7 +59,7 @@ template <> struct Simd<double> {
 template <class T> struct DotTile { static constexpr int MR = 4, NR = 6; };
 template <class T> struct GemmTile {
     static constexpr int MR = 8, NV = 3;
-    static constexpr int64_t KC = 256, MC = 96, NC = 1536;
+    static constexpr int64_t KC = 256, MC = 96, NC = 480;
 };
 #elif PYCONV_ISA_LEVEL == 1
 template <class T> struct Simd;
@@ -97,7 +97,7 @@ template <> struct Simd<double> {
 template <class T> struct DotTile { static constexpr int MR = 3, NR = 4; };
 template <class T> struct GemmTile {
     static constexpr int MR = 6, NV = 2;
-    static constexpr int64_t KC = 256, MC = 96, NC = 1536;
+    static constexpr int64_t KC = 256, MC = 96, NC = 480;
 };
 #else
 // Generic: a short array the compiler maps onto whatever vectors the baseline ISA has.

@@ -226,7 +226,7 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const InMatrixA<T> A = InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n);
+        const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
         InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
         B.row_offsets = offsets.data();
         // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo.
@@ -447,7 +447,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
     std::vector<Tap> taps(taps_n);
     direct_taps(g, taps.data());
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const InMatrixA<T> A = InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n);
+        const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
         const Im2col<T> B{x + grp * Cg * g.H * g.W, g.C * g.H * g.W, g.H, g.W,
                           g.Ho, g.Wo, g.sh, g.sw, taps.data()};
         OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, HoWo, 1, 1, 0, g.K * HoWo};

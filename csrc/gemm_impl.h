@@ -311,6 +311,32 @@ struct InMatrixB {
     }
 };
 
+// A packed into MR-row panels once per call, for an A (the weights of a convolution) that every
+// column block and every thread would otherwise pack again. Panel p holds rows p*MR.. as
+// [k][MR] over the whole reduction, so any reduction block of it is one contiguous copy.
+// Row blocks must start at multiples of MR (gemm_parallel's always do).
+template <class T>
+struct PrepackedA {
+    Scratch<T> data;
+    int64_t K;
+
+    template <class ASrc>
+    PrepackedA(int64_t M, int64_t K_, const ASrc& A) : K(std::max<int64_t>(K_, 1)) {
+        constexpr int MR = GemmTile<T>::MR;
+        const int64_t panels = (M + MR - 1) / MR;
+        data = scratch<T>(panels * MR * K);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        for (int64_t p = 0; p < panels; ++p)
+            A.pack_panel(p * MR, std::min<int64_t>(MR, M - p * MR), 0, K_, data.get() + p * MR * K);
+    }
+
+    void pack_panel(int64_t i0, int64_t, int64_t k0, int64_t kc, T* dst) const {
+        constexpr int MR = GemmTile<T>::MR;
+        const T* src = data.get() + i0 * K + k0 * MR;  // i0 is a multiple of MR
+        std::copy(src, src + kc * MR, dst);
+    }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The driver.
 

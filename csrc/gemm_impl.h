@@ -299,9 +299,16 @@ struct InMatrixB {
             inner = 0;
             ++outer;
         }
+        using V = Simd<T>;
         for (int64_t k = 0; k < kc; ++k) {
             const T* row = base + (row_offsets ? row_offsets[k0 + k] : (k0 + k) * row_stride);
             T* d = dst + k * NR;
+            if (runs == 1 && cols == NR) {  // the common case: one full row of the panel, in registers
+                const T* src = row + run_offset[0];
+#pragma GCC unroll 8
+                for (int v = 0; v < GemmTile<T>::NV; ++v) V::store(d + v * V::lanes, V::load(src + v * V::lanes));
+                continue;
+            }
             for (int64_t r = 0; r < runs; ++r) {
                 std::copy(row + run_offset[r], row + run_offset[r] + run_length[r], d);
                 d += run_length[r];

@@ -5,12 +5,19 @@
 // output y (N, K, Ho, Wo), Kg = K / groups. Output (ho, wo) reads input row ho*sh - ph + r*dh
 // and column wo*sw - pw + s*dw.
 //
-// As GEMMs, per group:
-//   forward      y[k, (n,ho,wo)]  = sum_{(c,r,s)} w[k, (c,r,s)] * X[(c,r,s), (n,ho,wo)]
-//   grad weight  dw[k, (c,r,s)]   = sum_{(n,ho,wo)} dy[k, (n,ho,wo)] * X[(c,r,s), (n,ho,wo)]
-//   grad input   for each stride phase (h % sh, w % sw): a stride-1 GEMM over the taps that
-//                reach that phase (transpose convolution without multiplying by zeros).
-// X is the im2col matrix; it never exists in memory: the B packing gathers it from x.
+// As GEMMs, per group, with X the im2col matrix X[(c,r,s), (n,ho,wo)] (never stored whole):
+//   forward      y[k, (n,ho,wo)] = sum_{(c,r,s)} w[k, (c,r,s)] X[(c,r,s), (n,ho,wo)]
+//                B is packed from a "phase grid" (x copied once, padded and split by stride
+//                phase, so each tap reads contiguous pixels) or, when the grid would waste many
+//                columns on a wide GEMM, gathered from x row run by row run.
+//   grad weight  dw[k, (c,r,s)] = sum_{(n,ho,wo)} dy[k, (n,ho,wo)] X[(c,r,s), (n,ho,wo)]
+//                on the phase grid in the GEMM's dot-product form (both operands run along
+//                pixels), else with X transposed while packing.
+//   grad input   stride 1: the forward convolution of dy with flipped, transposed weights;
+//                otherwise col[(c,r,s), (n,ho,wo)] = sum_k w[k, (c,r,s)] dy[k, (n,ho,wo)] with
+//                each tile of col added into grad_x where it belongs (col2im). This is also the
+//                transpose convolution's forward pass.
+// Grouped convolutions with few channels per group (depthwise) run a direct kernel instead.
 
 // ---------------------------------------------------------------------------------------------
 // Implicit im2col.
@@ -35,7 +42,7 @@ inline void gather_row(const T* row, int64_t width, int64_t first, int64_t step,
     inside(first, step, width, len, lo, hi);
     for (int64_t t = 0; t < lo; ++t) dst[t * dst_step] = T(0);
     if (step == 1 && dst_step == 1) {
-        std::memcpy(dst + lo, row + first + lo, sizeof(T) * (hi - lo));
+        if (hi > lo) std::memcpy(dst + lo, row + first + lo, sizeof(T) * (hi - lo));
     } else {
         for (int64_t t = lo; t < hi; ++t) dst[t * dst_step] = row[first + t * step];
     }
@@ -172,18 +179,6 @@ inline bool phase_grid_pays(const ConvShape& g) {
 }
 
 template <class T>
-void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq);
-
-// The phase grid of x: x itself where they coincide, else a copy filled into `storage`.
-template <class T>
-const T* phase_grid_of(const ConvShape& g, const PhaseGrid& pg, const T* x, Scratch<T>& storage) {
-    if (pg.is_input(g)) return x;
-    storage = scratch<T>(pg.size(g));
-    fill_phase_grid(g, pg, x, storage.get());
-    return storage.get();
-}
-
-template <class T>
 void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
     const int64_t planes = g.N * g.C;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
@@ -211,6 +206,15 @@ void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq)
             }
     }
     std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
+}
+
+// The phase grid of x: x itself where they coincide, else a copy filled into `storage`.
+template <class T>
+const T* phase_grid_of(const ConvShape& g, const PhaseGrid& pg, const T* x, Scratch<T>& storage) {
+    if (pg.is_input(g)) return x;
+    storage = scratch<T>(pg.size(g));
+    fill_phase_grid(g, pg, x, storage.get());
+    return storage.get();
 }
 
 // Forward convolution on the phase grid: per group, y[k, (n, ho, wo)] over the grid's columns.

@@ -14,6 +14,10 @@
 // to pack themselves (A: pack_panel(i0, rows, k0, kc, dst); B: pack_panel(k0, kc, j0, cols, dst))
 // and where C's elements live (tile_ptr / scatter). Convolution uses this to run implicit
 // im2col inside the B packing, and to write C straight into NCHW tensors.
+//
+// Also here: PrepackedA (an A packed once per call and reused by every block and thread) and a
+// dot-product form of the GEMM (C = A B^T with both operands contiguous along the reduction,
+// for weight gradients), each with its own micro-kernel.
 
 // ---------------------------------------------------------------------------------------------
 // SIMD vocabulary: one register type and five operations per ISA and element type.

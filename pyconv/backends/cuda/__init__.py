@@ -1,0 +1,27 @@
+"""The "cuda" backend: hand-written Numba CUDA kernels on CuPy arrays.
+
+Every kernel of the contract (``pyconv.backends``) runs on the GPU: convolution as a
+shared-memory tiled implicit GEMM (``conv.py``), pooling and max-unpooling (``pool.py``), the
+LSTM with CuPy's cuBLAS GEMMs and one fused elementwise kernel per step (``lstm.py``), and box
+IoU / bitmask NMS (``boxes.py``). Kernels are launched on CuPy arrays through
+``__cuda_array_interface__`` on CuPy's current stream.
+
+Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) runs the same kernels
+in Numba's CUDA simulator on NumPy arrays, which is how they are tested on CPU-only machines;
+``python -m pyconv.backends.cuda.ptx`` (and tests/cuda/test_cuda_ptx.py) compiles every kernel
+to PTX for sm_75/sm_90 and assembles it with ptxas, without a device.
+"""
+from .. import Backend
+from ._runtime import SIMULATOR
+
+backend = Backend(
+    "cuda",
+    "numpy" if SIMULATOR else "cupy",
+    "Numba CUDA kernels (CUDA simulator on NumPy arrays)" if SIMULATOR
+    else "Numba CUDA kernels and cuBLAS on CuPy arrays",
+)
+
+from . import boxes, conv, lstm, pool  # noqa: E402  (each module registers its kernels)
+
+# Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
+KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels, "boxes": boxes.kernels}

@@ -1,0 +1,109 @@
+"""The 'cuda' backend on a real GPU with CuPy arrays (deselected by default: ``pytest -m gpu``).
+
+Each op runs on CuPy arrays and is compared with the same op on NumPy copies through PyTorch's
+CPU kernels; the dispatch rules for CuPy arrays are checked too.
+"""
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"),
+                       reason="needs the real GPU, not the simulator"),
+]
+
+cp = pytest.importorskip("cupy")
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+pytestmark.append(pytest.mark.skipif(not cp.is_available(), reason="no usable CUDA GPU"))
+
+from pyconv import backends, ops  # noqa: E402
+
+
+def _close(got, want, dtype=np.float32):
+    assert isinstance(got, cp.ndarray)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    want = want.detach().numpy() if hasattr(want, "detach") else want
+    np.testing.assert_allclose(cp.asnumpy(got), want, equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,H,W,K,R,S,stride,padding,dilation,groups", [
+    (4, 16, 20, 18, 24, 3, 3, 1, 1, 1, 1),
+    (2, 130, 9, 9, 140, 3, 3, 2, 1, 1, 1),  # several tiles along every GEMM dimension
+    (2, 8, 11, 11, 12, 5, 3, 1, 2, 2, 4),
+    (2, 16, 12, 12, 32, 3, 3, 1, 1, 1, 16),  # depthwise, channel multiplier 2
+])
+def test_conv2d_all_passes(dtype, N, C, H, W, K, R, S, stride, padding, dilation, groups):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C // groups, R, S)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    y = ops.conv2d(cp.asarray(x), cp.asarray(w), cp.asarray(b), stride, padding, dilation, groups)
+    xt, wt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
+    yt = F.conv2d(xt, wt, bt, stride, padding, dilation, groups)
+    _close(y, yt, dtype)
+    gy = rng.standard_normal(yt.shape).astype(dtype)
+    yt.backward(torch.from_numpy(gy))
+    grads = ops.conv2d_backward(cp.asarray(gy), cp.asarray(x), cp.asarray(w), stride, padding, dilation, groups)
+    for got, want in zip(grads, (xt.grad, wt.grad, bt.grad)):
+        _close(got, want, dtype)
+
+
+def test_conv_transpose2d():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 8, 7, 7)).astype(np.float32), rng.standard_normal((8, 6, 4, 4)).astype(np.float32)
+    y = ops.conv_transpose2d(cp.asarray(x), cp.asarray(w), None, 2, 1)
+    _close(y, F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), None, 2, 1))
+
+
+def test_pooling_and_unpooling():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 8, 33, 31)).astype(np.float32)
+    y, idx = ops.max_pool2d(cp.asarray(x), 3, 2, 1, return_indices=True)
+    yt, it = F.max_pool2d(torch.from_numpy(x), 3, 2, 1, return_indices=True)
+    _close(y, yt)
+    np.testing.assert_array_equal(cp.asnumpy(idx), it.numpy())
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_()
+    F.max_pool2d(xt, 3, 2, 1).backward(torch.from_numpy(gy))
+    _close(ops.max_pool2d_backward(cp.asarray(gy), idx, x.shape), xt.grad)
+    _close(ops.avg_pool2d(cp.asarray(x), 3, 2, 1, True, False), F.avg_pool2d(torch.from_numpy(x), 3, 2, 1, True, False))
+    up = ops.max_unpool2d(y, idx, 3, 2, 1, output_size=x.shape[2:])
+    _close(up, F.max_unpool2d(yt, it, 3, 2, 1, output_size=x.shape[2:]))
+
+
+def test_lstm_and_boxes():
+    rng = np.random.default_rng(3)
+    T, B, I, H = 5, 3, 7, 16
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    w_ih, w_hh = rng.standard_normal((4 * H, I)) * 0.3, rng.standard_normal((4 * H, H)) * 0.3
+    out, (hT, cT) = ops.lstm(*(cp.asarray(a) for a in (x, h0, c0, w_ih, w_hh)))
+    m = torch.nn.LSTM(I, H, bias=False).double()
+    with torch.no_grad():
+        m.weight_ih_l0.copy_(torch.from_numpy(w_ih))
+        m.weight_hh_l0.copy_(torch.from_numpy(w_hh))
+    out_t, _ = m(torch.from_numpy(x), (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
+    _close(out, out_t, np.float64)
+    boxes = rng.uniform(0, 50, (300, 2))
+    boxes = np.concatenate([boxes, boxes + rng.uniform(1, 20, (300, 2))], 1).astype(np.float32)
+    scores = rng.uniform(size=300).astype(np.float32)
+    keep = ops.nms(cp.asarray(boxes), cp.asarray(scores), 0.4)
+    keep_ref = ops.nms(boxes, scores, 0.4, backend="reference") if "reference" in backends.names() else None
+    assert keep.dtype == np.int64 and len(keep) > 0
+    if keep_ref is not None:
+        np.testing.assert_array_equal(cp.asnumpy(keep), keep_ref)
+
+
+def test_dispatch_of_cupy_arrays():
+    x = cp.zeros((1, 1, 4, 4), cp.float32)
+    assert isinstance(ops.max_pool2d(x, 2), cp.ndarray)  # CuPy arrays go to 'cuda' by default
+    with pytest.raises(TypeError, match="cuda"):
+        ops.max_pool2d(x, 2, backend="reference")
+    with pytest.raises(TypeError, match="cupy"):
+        ops.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2, backend="cuda")
+    with pytest.raises(TypeError, match="mix"):
+        ops.conv2d(x, np.zeros((1, 1, 2, 2), np.float32))

@@ -51,6 +51,7 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     libasan, libstdcxx = gcc_runtime("libasan.so"), gcc_runtime("libstdc++.so")
     if libasan is None or shutil.which("g++") is None:
         pytest.skip("g++ with libasan is not installed")
+    pytest.importorskip("pybind11", reason="the rebuild needs pybind11 (pip install '.[test]')")
     copy_tree(tmp_path)
     # -O0 (PYCONV_DEBUG) keeps the instrumented build to ~15 s of CPU instead of ~100 s at -O3.
     env = dict(os.environ, PYCONV_SANITIZE="1", PYCONV_DEBUG="1", PYCONV_BUILD_JOBS="2")

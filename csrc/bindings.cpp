@@ -291,6 +291,87 @@ auto by_dtype_ret(const py::array& x, Args&&... args) {
     throw py::type_error("expected float32 or float64, got " + std::string(py::str(x.dtype())));
 }
 
+// ---- convolution and GEMM
+
+ConvShape conv_shape(const std::array<int64_t, 16>& a) {
+    ConvShape g{a[0], a[1], a[2],  a[3],  a[4],  a[5],  a[6],  a[7],
+                a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]};
+    for (int64_t v : {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.Ho, g.Wo, g.sh, g.sw, g.dh, g.dw, g.groups})
+        if (v < 1) throw py::value_error("conv shape: sizes, strides, dilations and groups must be >= 1");
+    if (g.ph < 0 || g.pw < 0) throw py::value_error("conv shape: negative padding");
+    if (g.C % g.groups || g.K % g.groups)
+        throw py::value_error("conv shape: groups must divide C and K");
+    return g;
+}
+
+std::vector<int64_t> weight_dims(const ConvShape& g) { return {g.K, g.C / g.groups, g.R, g.S}; }
+
+template <class T>
+struct Conv2d {
+    static void run(const py::array& x, const py::array& w, const py::object& b,
+                    const py::array& y, const std::array<int64_t, 16>& shape) {
+        const ConvShape g = conv_shape(shape);
+        const T* xp = checked<T>(x, {g.N, g.C, g.H, g.W}, "x");
+        const T* wp = checked<T>(w, weight_dims(g), "w");
+        const T* bp = b.is_none() ? nullptr : checked<T>(b.cast<py::array>(), {g.K}, "b");
+        T* yp = checked<T>(y, {g.N, g.K, g.Ho, g.Wo}, "y", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().conv2d(g, xp, wp, bp, yp);
+    }
+};
+
+template <class T>
+struct Conv2dGradInput {
+    static void run(const py::array& grad_y, const py::array& w, const py::array& grad_x,
+                    const std::array<int64_t, 16>& shape) {
+        const ConvShape g = conv_shape(shape);
+        const T* gy = checked<T>(grad_y, {g.N, g.K, g.Ho, g.Wo}, "grad_y");
+        const T* wp = checked<T>(w, weight_dims(g), "w");
+        T* gx = checked<T>(grad_x, {g.N, g.C, g.H, g.W}, "grad_x", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().conv2d_grad_input(g, gy, wp, gx);
+    }
+};
+
+template <class T>
+struct Conv2dGradWeight {
+    static void run(const py::array& grad_y, const py::array& x, const py::array& grad_w,
+                    const std::array<int64_t, 16>& shape) {
+        const ConvShape g = conv_shape(shape);
+        const T* gy = checked<T>(grad_y, {g.N, g.K, g.Ho, g.Wo}, "grad_y");
+        const T* xp = checked<T>(x, {g.N, g.C, g.H, g.W}, "x");
+        T* gw = checked<T>(grad_w, weight_dims(g), "grad_w", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().conv2d_grad_weight(g, gy, xp, gw);
+    }
+};
+
+template <class T>
+struct Conv2dGradBias {
+    static void run(const py::array& grad_y, const py::array& grad_b) {
+        if (grad_y.ndim() != 4) throw py::value_error("grad_y: expected a 4-D array");
+        const int64_t N = grad_y.shape(0), K = grad_y.shape(1);
+        const int64_t plane = grad_y.shape(2) * grad_y.shape(3);
+        const T* gy = checked<T>(grad_y, {N, K, grad_y.shape(2), grad_y.shape(3)}, "grad_y");
+        T* gb = checked<T>(grad_b, {K}, "grad_b", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().conv2d_grad_bias(N, K, plane, gy, gb);
+    }
+};
+
+template <class T>
+struct Gemm {
+    static void run(const py::array& a, const py::array& b, const py::array& c, bool accumulate) {
+        if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("gemm: a and b must be 2-D");
+        const int64_t M = a.shape(0), K = a.shape(1), N = b.shape(1);
+        const T* ap = checked<T>(a, {M, K}, "a");
+        const T* bp = checked<T>(b, {K, N}, "b");
+        T* cp = checked<T>(c, {M, N}, "c", true);
+        py::gil_scoped_release nogil;
+        kernels<T>().gemm(M, N, K, ap, bp, cp, accumulate);
+    }
+};
+
 Isa parse_isa(const std::string& name) {
     for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512})
         if (name == isa_name(isa)) return isa;
@@ -389,4 +470,34 @@ PYBIND11_MODULE(_C, m) {
           py::arg("keep"),
           "greedy NMS (per category when idxs is not None); writes the kept indices to keep "
           "and returns their count");
+
+    const char* conv_shape_doc = "shape = (N,C,H,W,K,R,S,Ho,Wo,sh,sw,ph,pw,dh,dw,groups)";
+    m.def("conv2d",
+          [](const py::array& x, const py::array& w, const py::object& b, const py::array& y,
+             const std::array<int64_t, 16>& shape) { by_dtype<Conv2d>(x, w, b, y, shape); },
+          py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("shape"),
+          (std::string("convolution into y; ") + conv_shape_doc).c_str());
+    m.def("conv2d_grad_input",
+          [](const py::array& grad_y, const py::array& w, const py::array& grad_x,
+             const std::array<int64_t, 16>& shape) {
+              by_dtype<Conv2dGradInput>(grad_y, w, grad_x, shape);
+          },
+          py::arg("grad_y"), py::arg("w"), py::arg("grad_x"), py::arg("shape"),
+          (std::string("input gradient (= transpose convolution) into grad_x; ") + conv_shape_doc).c_str());
+    m.def("conv2d_grad_weight",
+          [](const py::array& grad_y, const py::array& x, const py::array& grad_w,
+             const std::array<int64_t, 16>& shape) {
+              by_dtype<Conv2dGradWeight>(grad_y, x, grad_w, shape);
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("grad_w"), py::arg("shape"),
+          (std::string("weight gradient into grad_w; ") + conv_shape_doc).c_str());
+    m.def("conv2d_grad_bias",
+          [](const py::array& grad_y, const py::array& grad_b) { by_dtype<Conv2dGradBias>(grad_y, grad_b); },
+          py::arg("grad_y"), py::arg("grad_b"), "bias gradient: grad_b[k] = grad_y[:, k].sum()");
+    m.def("gemm",
+          [](const py::array& a, const py::array& b, const py::array& c, bool accumulate) {
+              by_dtype<Gemm>(a, b, c, accumulate);
+          },
+          py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false,
+          "packed GEMM: c = a @ b (or c += a @ b); row-major, C-contiguous");
 }

@@ -68,6 +68,15 @@ struct KernelsFor {
     // categories never suppress each other.
     int64_t (*nms)(const T* boxes, const T* scores, const int64_t* category, int64_t n,
                    double iou_threshold, int64_t* keep);
+
+    // Row-major C (M x N) = A (M x K) B (K x N), or C += A B when accumulate.
+    void (*gemm)(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate);
+    // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
+    void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y);
+    void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);
+    void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);
+    // grad_b[k] = sum over n and the plane of grad_y (N, K, plane).
+    void (*conv2d_grad_bias)(int64_t N, int64_t K, int64_t plane, const T* grad_y, T* grad_b);
 };
 
 struct KernelTable {

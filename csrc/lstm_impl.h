@@ -22,12 +22,6 @@ constexpr int64_t kGemmMc = 96;   // rows of A per packed block (a multiple of e
 
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Uninitialised scratch (std::vector would zero it: megabytes of writes per call for nothing).
-template <class T>
-static std::unique_ptr<T[]> scratch(int64_t n) {
-    return std::unique_ptr<T[]>(new T[size_t(n)]);
-}
-
 // The LSTM's large per-call buffers (gate activations of every step, saved states: tens of
 // MB), kept by the calling thread from one call to the next: fresh memory of that size comes
 // from the OS page by page, and those page faults cost ~10 % of a backward pass. `slot`

@@ -3,7 +3,12 @@
 // std:: function could otherwise be picked by the linker for the generic path).
 #pragma once
 
+// GCC 12's AVX-512 headers pass _mm*_undefined_*() as the unused source of shuffles and
+// extracts, which -Wmaybe-uninitialized reports inside them (GCC bug 105593): silence it there.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #include <omp.h>
 
 #include <algorithm>

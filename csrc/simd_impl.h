@@ -45,6 +45,17 @@ struct Simd {
         for (int i = 0; i < lanes; ++i) v[i] = i;
         return v;
     }
+    // The register vocabulary of the GEMM and convolution micro-kernels.
+    using reg = V;
+    static inline __attribute__((always_inline)) V zero() { return V{}; }
+    static inline __attribute__((always_inline)) V broadcast(const T* p) { return splat(*p); }
+    static inline __attribute__((always_inline)) V fma(V a, V b, V c);  // a*b + c, defined below
+    static inline __attribute__((always_inline)) V add(V a, V b) { return a + b; }
+    static inline __attribute__((always_inline)) T sum(V a) {
+        T t = 0;
+        for (int i = 0; i < lanes; ++i) t += a[i];
+        return t;
+    }
 };
 
 // a*b + c in one rounding (FMA instructions where the ISA has them).
@@ -63,6 +74,11 @@ static inline __attribute__((always_inline)) typename Simd<T>::V fma(typename Si
 #else
     return a * b + c;
 #endif
+}
+
+template <class T>
+inline typename Simd<T>::V Simd<T>::fma(V a, V b, V c) {
+    return pyconv::PYCONV_ISA::fma<T>(a, b, c);
 }
 
 // e^x of every lane: x = n*ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial (degree 7

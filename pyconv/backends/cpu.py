@@ -21,6 +21,34 @@ def max_pool2d(x, g, with_indices):
 
 
 @backend.register
+def conv2d(x, w, b, g):
+    y = np.empty(g.output_shape, x.dtype)
+    _C.conv2d(x, w, b, y, g)
+    return y
+
+
+@backend.register
+def conv2d_grad_input(grad_out, w, g):
+    grad_x = np.empty(g.input_shape, grad_out.dtype)
+    _C.conv2d_grad_input(grad_out, w, grad_x, g)
+    return grad_x
+
+
+@backend.register
+def conv2d_grad_weight(grad_out, x, g):
+    grad_w = np.empty(g.weight_shape, x.dtype)
+    _C.conv2d_grad_weight(grad_out, x, grad_w, g)
+    return grad_w
+
+
+@backend.register
+def conv2d_grad_bias(grad_out):
+    grad_b = np.empty(grad_out.shape[1], grad_out.dtype)
+    _C.conv2d_grad_bias(grad_out, grad_b)
+    return grad_b
+
+
+@backend.register
 def max_pool2d_backward(grad_out, indices, input_shape):
     grad_x = np.empty(input_shape, grad_out.dtype)
     _C.max_pool2d_backward(grad_out, indices, grad_x)

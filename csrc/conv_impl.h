@@ -1,0 +1,611 @@
+// Convolution kernels on the packed GEMM (gemm_impl.h), plus a direct kernel for grouped /
+// depthwise convolutions. Included inside namespace pyconv::<isa> by kernels_isa.inc.
+//
+// Notation (ConvShape): input x (N, C, H, W), weight w (K, Cg, R, S) with Cg = C / groups,
+// output y (N, K, Ho, Wo), Kg = K / groups. Output (ho, wo) reads input row ho*sh - ph + r*dh
+// and column wo*sw - pw + s*dw.
+//
+// As GEMMs, per group, with X the im2col matrix X[(c,r,s), (n,ho,wo)] (never stored whole):
+//   forward      y[k, (n,ho,wo)] = sum_{(c,r,s)} w[k, (c,r,s)] X[(c,r,s), (n,ho,wo)]
+//                B is packed from a "phase grid" (x copied once, padded and split by stride
+//                phase, so each tap reads contiguous pixels) or, when the grid would waste many
+//                columns on a wide GEMM, gathered from x row run by row run.
+//   grad weight  dw[k, (c,r,s)] = sum_{(n,ho,wo)} dy[k, (n,ho,wo)] X[(c,r,s), (n,ho,wo)]
+//                on the phase grid in the GEMM's dot-product form (both operands run along
+//                pixels), else with X transposed while packing.
+//   grad input   stride 1: the forward convolution of dy with flipped, transposed weights;
+//                otherwise col[(c,r,s), (n,ho,wo)] = sum_k w[k, (c,r,s)] dy[k, (n,ho,wo)] with
+//                each tile of col added into grad_x where it belongs (col2im). This is also the
+//                transpose convolution's forward pass.
+// Grouped convolutions with few channels per group (depthwise) run a direct kernel instead.
+
+// ---------------------------------------------------------------------------------------------
+// Implicit im2col.
+
+// [lo, hi): the t < len for which first + t * step lies in [0, width). Stride 1, the common
+// case, needs no division.
+inline void inside(int64_t first, int64_t step, int64_t width, int64_t len, int64_t& lo, int64_t& hi) {
+    if (step == 1) {
+        lo = std::clamp<int64_t>(-first, 0, len);
+        hi = std::clamp<int64_t>(width - first, lo, len);
+        return;
+    }
+    lo = std::min(len, first >= 0 ? 0 : (-first + step - 1) / step);
+    hi = std::max(lo, std::min(len, first >= width ? 0 : (width - first + step - 1) / step));
+}
+
+// dst[t * dst_step] = row[first + t * step] where that lies in [0, width), else 0, t < len.
+template <class T>
+inline void gather_row(const T* row, int64_t width, int64_t first, int64_t step, int64_t len,
+                       T* dst, int64_t dst_step) {
+    int64_t lo, hi;
+    inside(first, step, width, len, lo, hi);
+    for (int64_t t = 0; t < lo; ++t) dst[t * dst_step] = T(0);
+    if (step == 1 && dst_step == 1) {
+        if (hi > lo) std::memcpy(dst + lo, row + first + lo, sizeof(T) * (hi - lo));
+    } else {
+        for (int64_t t = lo; t < hi; ++t) dst[t * dst_step] = row[first + t * step];
+    }
+    for (int64_t t = hi; t < len; ++t) dst[t * dst_step] = T(0);
+}
+
+// Consecutive pixel indices j = (n * rows + a) * cols + b that share an image n and a row a:
+// b in [b0, b0 + len), the first of them at position `pos` of the range being split.
+struct PixelRun {
+    int64_t n, a, b0, len, pos;
+};
+
+// Splits pixels [j0, j0 + count) into runs; `out` has room for `count` runs. Returns how many.
+inline int64_t pixel_runs(int64_t j0, int64_t count, int64_t rows, int64_t cols, PixelRun* out) {
+    int64_t n = j0 / (rows * cols), a = (j0 / cols) % rows, b = j0 % cols, used = 0;
+    for (int64_t pos = 0; pos < count;) {
+        const int64_t len = std::min(cols - b, count - pos);
+        out[used++] = PixelRun{n, a, b, len, pos};
+        pos += len;
+        b = 0;
+        if (++a == rows) a = 0, ++n;
+    }
+    return used;
+}
+
+// One reduction row of the im2col matrix: which source channel plane and which offsets.
+struct Tap {
+    int64_t plane;       // channel offset within an image of the source, in elements
+    int64_t dh, dw;      // source row = a * sh + dh, column = b * sw + dw
+};
+
+// The im2col matrix X[tap, pixel] of a source tensor (images of `image_stride` elements, planes
+// Hs x Ws), pixels (n, a, b) over an output grid rows x cols, read with strides sh, sw.
+template <class T>
+struct Im2col {
+    const T* src;
+    int64_t image_stride, Hs, Ws;
+    int64_t rows, cols, sh, sw;
+    const Tap* taps;
+
+    // Row `tap` of X over pixels of `run`, into dst (element t at dst[t * dst_step]).
+    void gather(const Tap& tap, const PixelRun& run, T* dst, int64_t dst_step) const {
+        const int64_t h = run.a * sh + tap.dh;
+        if (h < 0 || h >= Hs) {
+            for (int64_t t = 0; t < run.len; ++t) dst[t * dst_step] = T(0);
+            return;
+        }
+        const T* row = src + run.n * image_stride + tap.plane + h * Ws;
+        gather_row(row, Ws, run.b0 * sw + tap.dw, sw, run.len, dst, dst_step);
+    }
+
+    // As GEMM operand B (taps x pixels): dst[k * NR + j] = X[k0 + k, j0 + j].
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t count, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        PixelRun runs[NR];
+        const int64_t n_runs = pixel_runs(j0, count, rows, cols, runs);
+        for (int64_t k = 0; k < kc; ++k) {
+            T* d = dst + k * NR;
+            for (int64_t r = 0; r < n_runs; ++r) gather(taps[k0 + k], runs[r], d + runs[r].pos, 1);
+            for (int64_t j = count; j < NR; ++j) d[j] = T(0);
+        }
+    }
+};
+
+// X transposed (pixels x taps): operand B of the weight gradient.
+template <class T>
+struct Im2colTransposed {
+    Im2col<T> x;
+
+    // dst[k * NR + j] = X[j0 + j, k0 + k]: pixels k0.. (the reduction), taps j0...
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t count, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        PixelRun runs[GemmTile<T>::KC];
+        const int64_t n_runs = pixel_runs(k0, kc, x.rows, x.cols, runs);
+        for (int64_t j = 0; j < NR; ++j) {
+            if (j >= count) {
+                for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = T(0);
+                continue;
+            }
+            for (int64_t r = 0; r < n_runs; ++r)
+                x.gather(x.taps[j0 + j], runs[r], dst + runs[r].pos * NR + j, NR);
+        }
+    }
+};
+
+// The taps of a direct convolution over a source with planes H x W: (c, r, s) row-major.
+inline void direct_taps(const ConvShape& g, Tap* taps) {
+    const int64_t Cg = g.C / g.groups;
+    Tap* t = taps;
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s)
+                *t++ = Tap{c * g.H * g.W, r * g.dh - g.ph, s * g.dw - g.pw};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The phase grid: x copied once into zero-padded planes split by stride phase, so that every
+// tap of the convolution reads a *contiguous* run of the output grid.
+//
+// Tap (c, r, s) at output (ho, wo) reads x row (ho + qh)*sh + rh - ph with qh = r*dh / sh and
+// rh = r*dh % sh (columns alike). Phase plane (c, rh, rw) holds x[h'*sh + rh - ph, w'*sw + rw - pw]
+// for h' < Hq, w' < Wq, where Hq = Ho + max qh and Wq = Wo + max qw. On a grid of Wq columns
+// per output row, output q = ho*Wq + wo reads plane offset q + qh*Wq + qw: the packing of B is a
+// plain copy. Columns wo >= Wo of the grid are computed and dropped (Wq - Wo of every Wq).
+
+struct PhaseGrid {
+    int64_t phases, Hq, Wq, plane, image, slack;
+    explicit PhaseGrid(const ConvShape& g)
+        : phases(g.sh * g.sw),
+          Hq(g.Ho + (g.R - 1) * g.dh / g.sh),
+          Wq(g.Wo + (g.S - 1) * g.dw / g.sw),
+          plane(Hq * Wq),
+          image(g.C * phases * plane),
+          slack((g.S - 1) * g.dw / g.sw) {}  // the last taps read this far past the last plane
+    int64_t pixels(const ConvShape& g) const { return g.Ho * Wq; }
+    // True when the grid is x itself (1x1, stride 1, no padding): no copy needed.
+    bool is_input(const ConvShape& g) const {
+        return phases == 1 && g.ph == 0 && g.pw == 0 && Hq == g.H && Wq == g.W && slack == 0;
+    }
+    int64_t size(const ConvShape& g) const { return g.N * image + slack; }
+
+    // Offset of tap (c, r, s) from the start of an image's planes (c counted within the group).
+    int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+        const int64_t phase = (r * g.dh % g.sh) * g.sw + s * g.dw % g.sw;
+        return (c * phases + phase) * plane + (r * g.dh / g.sh) * Wq + s * g.dw / g.sw;
+    }
+};
+
+// Worth it when few columns are wasted, or when the GEMM has so few rows (output channels)
+// that packing, which the grid makes a copy, is the larger cost.
+inline bool phase_grid_pays(const ConvShape& g) {
+    const PhaseGrid pg(g);
+    return g.K / g.groups <= 64 || pg.Wq * 10 <= g.Wo * 11;
+}
+
+template <class T>
+void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
+    const int64_t planes = g.N * g.C;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+        const T* src = x + p * g.H * g.W;
+        for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
+            for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
+                T* dst = xq + (p * pg.phases + ph_h * g.sw + ph_w) * pg.plane;
+                const int64_t first = ph_w - g.pw;  // input column of grid column 0
+                int64_t lo, hi;                     // grid columns inside the input, for every row
+                inside(first, g.sw, g.W, pg.Wq, lo, hi);
+                for (int64_t hq = 0; hq < pg.Hq; ++hq) {
+                    const int64_t h = hq * g.sh + ph_h - g.ph;
+                    T* d = dst + hq * pg.Wq;
+                    if (h < 0 || h >= g.H) {
+                        std::fill(d, d + pg.Wq, T(0));
+                        continue;
+                    }
+                    const T* row = src + h * g.W;
+                    std::fill(d, d + lo, T(0));
+                    if (g.sw == 1) std::copy(row + first + lo, row + first + hi, d + lo);
+                    else for (int64_t t = lo; t < hi; ++t) d[t] = row[first + t * g.sw];
+                    std::fill(d + hi, d + pg.Wq, T(0));
+                }
+            }
+    }
+    std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
+}
+
+// The phase grid of x: x itself where they coincide, else a copy filled into `storage`.
+template <class T>
+const T* phase_grid_of(const ConvShape& g, const PhaseGrid& pg, const T* x, Scratch<T>& storage) {
+    if (pg.is_input(g)) return x;
+    storage = scratch<T>(pg.size(g));
+    fill_phase_grid(g, pg, x, storage.get());
+    return storage.get();
+}
+
+// Forward convolution on the phase grid: per group, y[k, (n, ho, wo)] over the grid's columns.
+template <class T>
+void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    const PhaseGrid pg(g);
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
+    std::vector<int64_t> offsets(taps_n);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
+        InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
+        B.row_offsets = offsets.data();
+        // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo.
+        OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, pg.Wq, 1, g.Ho, g.Wo, g.K * HoWo};
+        C.n0_valid = g.Wo;
+        C.bias = bias ? bias + grp * Kg : nullptr;
+        gemm_parallel<T>(Kg, g.N * pg.pixels(g), taps_n, A, B, C);
+    }
+}
+
+// Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
+// along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
+// with zeros in the columns wo >= Wo that the grid computes and drops.
+template <class T>
+void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const PhaseGrid pg(g);
+    const int64_t pixels = pg.pixels(g);
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
+    Scratch<T> dyq = scratch<T>(g.N * g.K * pixels);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t p = 0; p < g.N * g.K; ++p)
+        for (int64_t ho = 0; ho < g.Ho; ++ho) {
+            T* d = dyq.get() + p * pixels + ho * pg.Wq;
+            std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
+            std::fill(d + g.Wo, d + pg.Wq, T(0));
+        }
+    std::vector<int64_t> offsets(taps_n);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
+        const PixelRows<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
+                             pg.image};
+        gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw + grp * Kg * taps_n);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct kernels for grouped convolutions with few channels per group (depthwise: Cg = Kg = 1),
+// where a GEMM would have a handful of rows. Each works on zero-padded copies of input planes,
+// so the inner loops have no bounds checks and vectorise over output columns.
+
+inline bool direct_pays(const ConvShape& g) {
+    return g.groups > 1 && (g.C / g.groups) * (g.K / g.groups) <= 16;
+}
+
+// Padded plane geometry: every input position any output reads, padding included.
+// Rows are widened so that whole vectors of outputs (a last one past Wo included) read inside.
+struct PaddedPlane {
+    int64_t Hp, Wp;
+    PaddedPlane(const ConvShape& g, int64_t lanes = 1)
+        : Hp((g.Ho - 1) * g.sh + (g.R - 1) * g.dh + 1),
+          Wp(((g.Wo + lanes - 1) / lanes * lanes - 1) * g.sw + (g.S - 1) * g.dw + 1) {}
+    int64_t size() const { return Hp * Wp; }
+};
+
+// dst (Hp x Wp) = plane (H x W) shifted by the top/left padding, zeros around.
+template <class T>
+void pad_plane(const ConvShape& g, const PaddedPlane& p, const T* plane, T* dst) {
+    for (int64_t hp = 0; hp < p.Hp; ++hp) {
+        const int64_t h = hp - g.ph;
+        T* d = dst + hp * p.Wp;
+        if (h < 0 || h >= g.H) {
+            std::fill(d, d + p.Wp, T(0));
+            continue;
+        }
+        gather_row(plane + h * g.W, g.W, -g.pw, 1, p.Wp, d, 1);
+    }
+}
+
+template <class T>
+void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    using V = Simd<T>;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const PaddedPlane pp(g, V::lanes);
+    const int64_t jobs = g.N * g.groups;
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
+    std::vector<Scratch<T>> pads;
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size() + V::lanes));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+        const int64_t n = job / g.groups, grp = job % g.groups;
+        T* xp = pads[omp_get_thread_num()].get();
+        T* last = xp + Cg * pp.size();  // the vector of outputs that straddles Wo
+        for (int64_t c = 0; c < Cg; ++c)
+            pad_plane(g, pp, x + ((n * g.C) + grp * Cg + c) * g.H * g.W, xp + c * pp.size());
+        for (int64_t kk = 0; kk < Kg; ++kk) {
+            const int64_t k = grp * Kg + kk;
+            const T* wk = w + k * Cg * RS;
+            T* yk = y + (n * g.K + k) * g.Ho * g.Wo;
+            const T b0 = bias ? bias[k] : T(0);
+            for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                T* yrow = yk + ho * g.Wo;
+                const T* xrow = xp + ho * g.sh * pp.Wp;
+                // A vector of outputs accumulates every tap in registers and is stored once.
+                for (int64_t wo = 0; g.sw == 1 && wo < g.Wo; wo += V::lanes) {
+                    typename V::reg acc = V::broadcast(&b0);
+                    for (int64_t c = 0; c < Cg; ++c)
+                        for (int64_t r = 0; r < g.R; ++r)
+                            for (int64_t s = 0; s < g.S; ++s)
+                                acc = V::fma(V::broadcast(wk + c * RS + r * g.S + s),
+                                             V::load(xrow + c * pp.size() + r * g.dh * pp.Wp + wo + s * g.dw), acc);
+                    if (wo + V::lanes <= g.Wo) {
+                        V::store(yrow + wo, acc);
+                    } else {
+                        V::store(last, acc);
+                        std::copy(last, last + (g.Wo - wo), yrow + wo);
+                    }
+                }
+                for (int64_t wo = 0; g.sw != 1 && wo < g.Wo; ++wo) {
+                    T acc = b0;
+                    for (int64_t c = 0; c < Cg; ++c)
+                        for (int64_t r = 0; r < g.R; ++r)
+                            for (int64_t s = 0; s < g.S; ++s)
+                                acc += wk[c * RS + r * g.S + s] *
+                                       xrow[c * pp.size() + r * g.dh * pp.Wp + wo * g.sw + s * g.dw];
+                    yrow[wo] = acc;
+                }
+            }
+        }
+    }
+}
+
+// grad_x: each output gradient element scatters into a zero-padded copy of the input planes,
+// whose interior is then copied out.
+template <class T>
+void conv2d_grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const PaddedPlane pp(g);
+    const int64_t jobs = g.N * g.groups;
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
+    std::vector<Scratch<T>> pads;
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size()));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs; ++job) {
+        const int64_t n = job / g.groups, grp = job % g.groups;
+        T* dxp = pads[omp_get_thread_num()].get();
+        std::fill(dxp, dxp + Cg * pp.size(), T(0));
+        for (int64_t kk = 0; kk < Kg; ++kk) {
+            const int64_t k = grp * Kg + kk;
+            const T* wk = w + k * Cg * RS;
+            const T* dyk = dy + (n * g.K + k) * g.Ho * g.Wo;
+            for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                const T* dyrow = dyk + ho * g.Wo;
+                for (int64_t c = 0; c < Cg; ++c)
+                    for (int64_t r = 0; r < g.R; ++r) {
+                        T* drow = dxp + c * pp.size() + (ho * g.sh + r * g.dh) * pp.Wp;
+                        for (int64_t s = 0; s < g.S; ++s) {
+                            const T wv = wk[c * RS + r * g.S + s];
+                            T* ds = drow + s * g.dw;
+#pragma omp simd
+                            for (int64_t wo = 0; wo < g.Wo; ++wo) ds[wo * g.sw] += wv * dyrow[wo];
+                        }
+                    }
+            }
+        }
+        // Interior of the padded planes; input rows/columns no output reads get zero.
+        for (int64_t c = 0; c < Cg; ++c) {
+            T* out = dx + (n * g.C + grp * Cg + c) * g.H * g.W;
+            for (int64_t h = 0; h < g.H; ++h) {
+                const int64_t hp = h + g.ph;
+                if (hp >= pp.Hp) {
+                    std::fill(out + h * g.W, out + (h + 1) * g.W, T(0));
+                    continue;
+                }
+                gather_row(dxp + c * pp.size() + hp * pp.Wp, pp.Wp, g.pw, 1, g.W, out + h * g.W, 1);
+            }
+        }
+    }
+}
+
+// grad_w: one dot product over (n, ho, wo) per weight; jobs are (group, output channel).
+template <class T>
+void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const PaddedPlane pp(g);
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.K));
+    std::vector<Scratch<T>> pads;
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(pp.size()));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t k = 0; k < g.K; ++k) {
+        const int64_t grp = k / Kg;
+        T* xp = pads[omp_get_thread_num()].get();
+        T* dwk = dw + k * Cg * RS;
+        std::fill(dwk, dwk + Cg * RS, T(0));
+        for (int64_t n = 0; n < g.N; ++n) {
+            const T* dyk = dy + (n * g.K + k) * g.Ho * g.Wo;
+            for (int64_t c = 0; c < Cg; ++c) {
+                pad_plane(g, pp, x + (n * g.C + grp * Cg + c) * g.H * g.W, xp);
+                for (int64_t r = 0; r < g.R; ++r)
+                    for (int64_t s = 0; s < g.S; ++s) {
+                        T acc = T(0);
+                        for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                            const T* xs = xp + (ho * g.sh + r * g.dh) * pp.Wp + s * g.dw;
+                            const T* dyrow = dyk + ho * g.Wo;
+#pragma omp simd reduction(+ : acc)
+                            for (int64_t wo = 0; wo < g.Wo; ++wo) acc += dyrow[wo] * xs[wo * g.sw];
+                        }
+                        dwk[c * RS + r * g.S + s] += acc;
+                    }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM-based kernels.
+
+template <class T>
+void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
+    if (phase_grid_pays(g)) return conv2d_forward_grid(g, x, w, bias, y);
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    std::vector<Tap> taps(taps_n);
+    direct_taps(g, taps.data());
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
+        const Im2col<T> B{x + grp * Cg * g.H * g.W, g.C * g.H * g.W, g.H, g.W,
+                          g.Ho, g.Wo, g.sh, g.sw, taps.data()};
+        OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, HoWo, 1, 1, 0, g.K * HoWo};
+        C.bias = bias ? bias + grp * Kg : nullptr;
+        gemm_parallel<T>(Kg, g.N * HoWo, taps_n, A, B, C);
+    }
+}
+
+template <class T>
+void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    std::vector<Tap> taps(taps_n);
+    direct_taps(g, taps.data());
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        // dy as A: rows k, columns (n, pixel) with images g.K * HoWo apart.
+        const InMatrixA<T> A{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
+        const Im2colTransposed<T> B{Im2col<T>{x + grp * Cg * g.H * g.W, g.C * g.H * g.W, g.H, g.W,
+                                              g.Ho, g.Wo, g.sh, g.sw, taps.data()}};
+        gemm_parallel_split_k<T>(Kg, taps_n, g.N * HoWo, A, B, dw + grp * Kg * taps_n);
+    }
+}
+
+// A row (c, r, s) of the input-gradient GEMM, seen from grad_x: the plane it adds into, its
+// offsets, and the output columns [wo_lo, wo_hi) whose input column lies inside the image
+// (precomputed: a division per tile row would cost as much as the tile's arithmetic).
+struct ScatterTap {
+    int64_t plane, dh, dw, wo_lo, wo_hi;
+};
+
+inline void scatter_taps(const ConvShape& g, ScatterTap* taps) {
+    const int64_t Cg = g.C / g.groups;
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) {
+                const int64_t dw = s * g.dw - g.pw;
+                int64_t lo, hi;
+                inside(dw, g.sw, g.W, g.Wo, lo, hi);
+                *taps++ = ScatterTap{c * g.H * g.W, r * g.dh - g.ph, dw, lo, hi};
+            }
+}
+
+// The destination of the input-gradient GEMM: C[(c,r,s), (n,ho,wo)] is added to
+// dx[n, c, ho*sh - ph + r*dh, wo*sw - pw + s*dw] where that lies inside the image (col2im).
+// Tiles are never stored in place; the caller zeroes dx first.
+template <class T>
+struct Col2im {
+    T* dx;                 // channel 0 of the group in image 0
+    int64_t image_stride;  // C * H * W
+    int64_t H, W, Ho, Wo, sh, sw;
+    const ScatterTap* rows;
+    static constexpr int64_t row_stride = 0;
+    static constexpr const T* bias = nullptr;
+
+    T* tile_ptr(int64_t, int64_t, int64_t) const { return nullptr; }
+
+    void scatter(int64_t i0, int64_t j0, int64_t mr, int64_t nr, const T* tile, int64_t ld,
+                 Store) const {
+        PixelRun runs[gemm_nr<T>()];
+        const int64_t n_runs = pixel_runs(j0, nr, Ho, Wo, runs);
+        for (int64_t i = 0; i < mr; ++i) {
+            const ScatterTap& tap = rows[i0 + i];
+            for (int64_t r = 0; r < n_runs; ++r) {
+                const PixelRun& run = runs[r];
+                const int64_t h = run.a * sh + tap.dh;
+                if (h < 0 || h >= H) continue;
+                T* drow = dx + run.n * image_stride + tap.plane + h * W;
+                const T* src = tile + i * ld + run.pos - run.b0;  // indexed by wo
+                const int64_t lo = std::max(tap.wo_lo, run.b0), hi = std::min(tap.wo_hi, run.b0 + run.len);
+                if (sw == 1) {
+                    for (int64_t wo = lo; wo < hi; ++wo) drow[wo + tap.dw] += src[wo];
+                } else {
+                    for (int64_t wo = lo; wo < hi; ++wo) drow[wo * sw + tap.dw] += src[wo];
+                }
+            }
+        }
+    }
+};
+
+// grad_x = col2im(W^T dy), per group: a GEMM with rows (c, r, s) and columns (n, ho, wo) whose
+// tiles are added into grad_x. Threads own whole images (or, for small batches, whole
+// channels), so no two threads ever add into the same element. This is also the transpose
+// convolution's forward pass, which is why it must be fast for one output channel too.
+// With stride 1, grad_x is itself a convolution: dy convolved with the weights flipped in
+// space and transposed in channels, padded by (R-1)*dh - ph. That runs on the forward kernel,
+// which stores tiles in place instead of scattering them; with few input channels (the rows
+// of that GEMM) the col2im form, whose rows are (c, r, s), fills the micro-tiles better.
+inline bool grad_input_as_forward(const ConvShape& g) {
+    return g.sh == 1 && g.sw == 1 && g.ph <= (g.R - 1) * g.dh && g.pw <= (g.S - 1) * g.dw &&
+           g.C / g.groups >= 32;
+}
+
+template <class T>
+void conv2d_grad_input_by_forward(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    const ConvShape f{g.N, g.K, g.Ho, g.Wo, g.C, g.R, g.S, g.H, g.W, 1, 1,
+                      (g.R - 1) * g.dh - g.ph, (g.S - 1) * g.dw - g.pw, g.dh, g.dw, g.groups};
+    Scratch<T> wf = scratch<T>(g.C * Kg * RS);  // (C, Kg, R, S), flipped
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t k = 0; k < Kg; ++k)
+                for (int64_t rs = 0; rs < RS; ++rs)
+                    wf[((grp * Cg + c) * Kg + k) * RS + (RS - 1 - rs)] = w[((grp * Kg + k) * Cg + c) * RS + rs];
+    conv2d_forward(f, dy, wf.get(), static_cast<const T*>(nullptr), dx);
+}
+
+template <class T>
+void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (grad_input_as_forward(g)) return conv2d_grad_input_by_forward(g, dy, w, dx);
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, rows = Cg * RS;
+    const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+    std::vector<ScatterTap> taps(rows);
+    scatter_taps(g, taps.data());
+    // w^T per group, as a plain (c, r, s) x k matrix.
+    Scratch<T> wt = scratch<T>(g.K * rows);
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t k = 0; k < Kg; ++k)
+            for (int64_t i = 0; i < rows; ++i)
+                wt[grp * rows * Kg + i * Kg + k] = w[(grp * Kg + k) * rows + i];
+    const int threads = num_threads();
+    const bool by_image = g.N >= threads;
+    std::vector<GemmBuffers<T>> bufs(threads);
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
+        const int64_t n0 = by_image ? g.N * t / team : 0, n1 = by_image ? g.N * (t + 1) / team : g.N;
+        const int64_t c0 = by_image ? 0 : Cg * t / team, c1 = by_image ? Cg : Cg * (t + 1) / team;
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t grp = 0; grp < g.groups; ++grp)
+                std::fill(dx + (n * g.C + grp * Cg + c0) * HW, dx + (n * g.C + grp * Cg + c1) * HW, T(0));
+        for (int64_t grp = 0; grp < g.groups && c0 < c1 && n0 < n1; ++grp) {
+            const InMatrixA<T> A = InMatrixA<T>::plain(wt.get() + grp * rows * Kg, Kg, Kg);
+            const InMatrixB<T> B{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
+            const Col2im<T> C{dx + grp * Cg * HW, g.C * HW, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, taps.data()};
+            gemm_block<T>(c0 * RS, c1 * RS, n0 * HoWo, n1 * HoWo, 0, Kg, A, B, C, Store::accumulate,
+                          bufs[t]);
+        }
+    }
+}
+
+template <class T>
+void conv2d_grad_bias(int64_t N, int64_t K, int64_t plane, const T* dy, T* db) {
+    const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), K));
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t k = 0; k < K; ++k) {
+        double acc = 0.0;  // float32 sums of ~10^5 terms lose digits; double costs nothing here
+        for (int64_t n = 0; n < N; ++n) {
+            const T* p = dy + (n * K + k) * plane;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t i = 0; i < plane; ++i) acc += double(p[i]);
+        }
+        db[k] = T(acc);
+    }
+}

@@ -57,6 +57,7 @@ class Limits:
     gemm_gflops: float
     copy_gbs: float
     source: dict = field(default_factory=dict)
+    gpu: tuple | None = None  # (GEMM GFLOP/s, copy GB/s) of the GPU, when one is timed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +92,21 @@ def measure_limits() -> Limits:
     copy = 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), 5) / 1e9
     best = max(gemm, key=gemm.get)  # the best GEMM this process can reach is the FLOP limit
     return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32", "gemm_all": gemm})
+
+
+def measure_gpu_limits():
+    """(cuBLAS SGEMM GFLOP/s at 4096^3, device-to-device copy GB/s) of the current GPU."""
+    import cupy
+
+    n = 4096
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    src = cupy.ones(64 * 2**20, cupy.float32)
+    dst = cupy.empty_like(src)
+    sync = cupy.cuda.get_current_stream().synchronize
+
+    def timed(fn):
+        return _median_time(lambda: (fn(), sync()), 5)
+    return 2 * n**3 / timed(lambda: a @ a) / 1e9, 2 * src.nbytes / timed(lambda: dst.__setitem__(..., src)) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,12 +379,32 @@ def cases(quick: bool) -> list[Case]:
 # Running
 
 
+def _on_gpu(case, inputs, be):
+    """A callable running the case on CuPy copies of the inputs, waiting for the GPU to finish
+    (a kernel launch returns at once; the time that counts is until the result exists)."""
+    import cupy
+
+    device_inputs = {k: cupy.asarray(v) for k, v in inputs.items()}
+    stream = cupy.cuda.get_current_stream()
+
+    def run():
+        out = case.run(device_inputs, be)
+        stream.synchronize()
+        return out
+    return run
+
+
 def _impls(case, inputs, backends):
     """name -> zero-argument callable, or name -> reason it cannot run."""
     impls = {}
     for be in backends:
         missing = [k for k in case.kernels if k not in _backend(be).kernels]
-        impls[be] = f"no {', '.join(missing)} kernel" if missing else (lambda be=be: case.run(inputs, be))
+        if missing:
+            impls[be] = f"no {', '.join(missing)} kernel"
+        elif _backend(be).array_kind == "cupy":
+            impls[be] = _on_gpu(case, inputs, be)
+        else:
+            impls[be] = lambda be=be: case.run(inputs, be)
     for name, make in case.baselines.items():
         fn = make(inputs)
         impls[name] = fn if fn is not None else f"{name} not installed"
@@ -383,10 +419,13 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
-    backends = [b for b in (backends or pyconv.backends()) if b != "cuda" or _backend(b).array_kind == "numpy"]
+    if backends is None:  # all, but not the CUDA simulator (it runs a kernel per thread in Python)
+        backends = [b for b in pyconv.backends() if b != "cuda" or _backend(b).array_kind == "cupy"]
     selected = [c for c in cases(quick) if not ops_filter or any(f in c.op for f in ops_filter)]
     reps = reps or (3 if quick else 7)
     limits = measure_limits()
+    if any(_backend(b).array_kind == "cupy" for b in backends):
+        limits.gpu = measure_gpu_limits()
     rng = np.random.default_rng(0)
 
     bar = None
@@ -423,7 +462,9 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
             if case.unit:
                 row.unit = "GFLOP/s" if case.unit == "flop" else "GB/s"
                 row.rate = case.work / t / 1e9
-                limit = limits.gemm_gflops if case.unit == "flop" else limits.copy_gbs
+                gpu = name in backends and _backend(name).array_kind == "cupy"
+                flop_limit, byte_limit = (limits.gpu if gpu else (limits.gemm_gflops, limits.copy_gbs))
+                limit = flop_limit if case.unit == "flop" else byte_limit
                 row.pct_limit = 100 * row.rate / limit
             if "reference" in med:
                 row.vs_reference = med["reference"] / t
@@ -440,9 +481,12 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
 
 def format_table(rows, limits) -> str:
     head = ("op", "case", "impl", "ms", "rate", "% limit", "x ref", "x torch/cv2")
+    gpu = "" if limits.gpu is None else (
+        f"; GPU rows against the GPU's cuBLAS SGEMM {limits.gpu[0]:.0f} GFLOP/s and copy "
+        f"{limits.gpu[1]:.0f} GB/s")
     lines = [
         f"machine limits (same run): GEMM {limits.gemm_gflops:.0f} GFLOP/s "
-        f"({limits.source.get('gemm')}), copy {limits.copy_gbs:.1f} GB/s; "
+        f"({limits.source.get('gemm')}), copy {limits.copy_gbs:.1f} GB/s{gpu}; "
         "% limit = share of GEMM for FLOP-bound ops, of copy bandwidth for memory-bound ops",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

@@ -15,9 +15,14 @@
 // and where C's elements live (tile_ptr / scatter). Convolution uses this to run implicit
 // im2col inside the B packing, and to write C straight into NCHW tensors.
 //
-// Also here: PrepackedA (an A packed once per call and reused by every block and thread) and a
-// dot-product form of the GEMM (C = A B^T with both operands contiguous along the reduction,
-// for weight gradients), each with its own micro-kernel.
+// Also here: PrepackedA (an A packed once per call and reused by every block and thread),
+// PrepackedB (a B packed once and read in place by many GEMMs: an LSTM's recurrent weights,
+// one skinny batch x 4H x H product per time step), sources for a transposed A (InMatrixAT) and
+// for a B given by rows or by columns in any order (RowsB, ColumnsB: the LSTM's gate-ordered
+// weights), and a dot-product form of the GEMM (C = A B^T with both operands contiguous along
+// the reduction, for weight gradients) with its own micro-kernel. A last column panel that is
+// only partly used runs the micro-kernel on just the vectors it needs (N = 128 or 256 with
+// NR = 48), so skinny products waste no work on padding and store their tiles in place.
 
 // ---------------------------------------------------------------------------------------------
 // Register tiles per ISA (the SIMD vocabulary, Simd<T>, is in simd_impl.h).
@@ -67,21 +72,30 @@ Scratch<T> scratch(int64_t count) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The micro-kernel: c[MR x NR] (row stride ldc) = acc, acc + c, or acc + bias[row], where
-// acc = a_panel (MR x kc, packed k-major) times b_panel (kc x NR, packed row-major).
+// The micro-kernel: c[MR x NV*L] (row stride ldc) = acc, acc + c, or acc + bias[row], where
+// acc = a_panel (MR x kc, packed k-major) times the first NV vectors of b_panel (kc x NR, packed
+// row-major). NV < GemmTile::NV serves a last column panel that is only partly used (N = 128
+// with NR = 48): no work on its padding, and its tile can still be stored in place.
 
 enum class Store { overwrite, accumulate };
 
-template <class T>
+template <class T, int NV = GemmTile<T>::NV>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
                          int64_t ldc, Store mode, const T* bias) {
     using V = Simd<T>;
-    constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV, L = V::lanes;
+    constexpr int MR = GemmTile<T>::MR, L = V::lanes, NR = GemmTile<T>::NV * L;
     typename V::reg acc[MR][NV];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+    // The C tile is read after the k loop: start fetching it now (an LSTM step adds to the
+    // input projection of its gates, written long before and no longer in cache).
+    if (mode == Store::accumulate)
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i)
+            for (int64_t byte = 0; byte < int64_t(NV * L * sizeof(T)); byte += 64)
+                __builtin_prefetch(reinterpret_cast<const char*>(c + i * ldc) + byte);
     for (int64_t k = 0; k < kc; ++k) {
         typename V::reg bv[NV];
 #pragma GCC unroll 8
@@ -93,7 +107,7 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
             for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
         }
         a += MR;
-        b += NV * L;
+        b += NR;
     }
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
@@ -106,6 +120,15 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
             V::store(row + v * L, out);
         }
     }
+}
+
+// The micro-kernel on the first nv vectors of the panels (1 <= nv <= GemmTile::NV).
+template <class T, int NV = GemmTile<T>::NV>
+inline void micro_kernel_cols(int nv, int64_t kc, const T* a, const T* b, T* c, int64_t ldc,
+                              Store mode, const T* bias) {
+    if constexpr (NV > 1)
+        if (nv < NV) return micro_kernel_cols<T, NV - 1>(nv, kc, a, b, c, ldc, mode, bias);
+    micro_kernel<T, NV>(kc, a, b, c, ldc, mode, bias);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,16 +294,136 @@ struct PrepackedA {
     }
 };
 
+// A whose columns are contiguous (A given column-major: A[i, k] = base[k * col_stride + i]), e.g.
+// the transpose of a row-major matrix (the gate gradients of an LSTM's weight gradient).
+template <class T>
+struct InMatrixAT {
+    const T* base;
+    int64_t col_stride;
+
+    // dst[k * MR + i] = A[i0 + i, k0 + k] for i < rows, 0 for rows <= i < MR.
+    void pack_panel(int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* dst) const {
+        constexpr int MR = GemmTile<T>::MR;
+        for (int64_t k = 0; k < kc; ++k) {
+            const T* src = base + (k0 + k) * col_stride + i0;
+            T* d = dst + k * MR;
+            if (rows == MR) {
+#pragma GCC unroll 8
+                for (int i = 0; i < MR; ++i) d[i] = src[i];
+            } else {
+                for (int64_t i = 0; i < MR; ++i) d[i] = i < rows ? src[i] : T(0);
+            }
+        }
+    }
+};
+
+// B given row by row: row(k) points at B[k, 0..N), or is nullptr for a row of zeros (e.g. the
+// rows of a weight matrix in some permuted order, with padding rows).
+template <class T, class RowFn>
+struct RowsB {
+    RowFn row;
+
+    // dst[k * NR + j] = B[k0 + k, j0 + j] for j < cols, 0 for cols <= j < NR.
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        for (int64_t k = 0; k < kc; ++k) {
+            const T* src = row(k0 + k);
+            T* d = dst + k * NR;
+            if (src) std::copy(src + j0, src + j0 + cols, d);
+            else std::fill(d, d + cols, T(0));
+            std::fill(d + cols, d + NR, T(0));
+        }
+    }
+};
+template <class T, class RowFn>
+RowsB<T, RowFn> rows_b(RowFn row) { return RowsB<T, RowFn>{row}; }
+
+// B given column by column: col(j) points at B[0..K), j], or is nullptr for a column of zeros
+// (B = W^T for a row-major weight W, as in x . W^T). Packing is a transpose: lanes x lanes
+// blocks go through registers (transpose_block), the last kc % lanes rows element by element.
+template <class T, class ColFn>
+struct ColumnsB {
+    ColFn col;
+
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
+        using V = Simd<T>;
+        constexpr int NR = gemm_nr<T>(), L = V::lanes;
+        for (int64_t v = 0; v < GemmTile<T>::NV; ++v) {
+            const T* src[L];
+            for (int64_t r = 0; r < L; ++r) {
+                const int64_t j = v * L + r;
+                src[r] = j < cols ? col(j0 + j) : nullptr;
+                if (src[r]) src[r] += k0;
+            }
+            int64_t k = 0;
+            for (; k + L <= kc; k += L) {
+                typename V::reg block[L];
+                for (int64_t r = 0; r < L; ++r) block[r] = src[r] ? V::load(src[r] + k) : V::zero();
+                transpose_block<T>(block);
+                for (int64_t r = 0; r < L; ++r) V::store(dst + (k + r) * NR + v * L, block[r]);
+            }
+            for (; k < kc; ++k)
+                for (int64_t r = 0; r < L; ++r) dst[k * NR + v * L + r] = src[r] ? src[r][k] : T(0);
+        }
+    }
+};
+template <class T, class ColFn>
+ColumnsB<T, ColFn> columns_b(ColFn col) { return ColumnsB<T, ColFn>{col}; }
+
+// B packed into NR-column panels once, for a B that many GEMMs reuse (an LSTM's recurrent
+// weights, once per time step). Panel p holds columns p*NR.. as [k][NR] over the whole
+// reduction, the layout gemm_block packs into, so gemm_block reads its blocks in place (see
+// panel()) instead of copying them. Packs serially: threads that share a GEMM by columns each
+// prepack their own columns.
+template <class T>
+struct PrepackedB {
+    Scratch<T> data;
+    int64_t K;
+
+    template <class BSrc>
+    PrepackedB(int64_t K_, int64_t N, const BSrc& B) : K(std::max<int64_t>(K_, 1)) {
+        constexpr int NR = gemm_nr<T>();
+        const int64_t panels = (N + NR - 1) / NR;
+        data = scratch<T>(panels * NR * K);
+        for (int64_t p = 0; p < panels; ++p)
+            B.pack_panel(0, K_, p * NR, std::min<int64_t>(NR, N - p * NR), data.get() + p * NR * K);
+    }
+
+    // The packed kc x NR block at reduction row k0 of the panel starting at column j0 (a
+    // multiple of NR: gemm_block's column blocks always are).
+    const T* panel(int64_t k0, int64_t j0) const { return data.get() + j0 * K + k0 * gemm_nr<T>(); }
+
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t, T* dst) const {
+        const T* src = panel(k0, j0);
+        std::copy(src, src + kc * gemm_nr<T>(), dst);
+    }
+};
+
+// Whether a B source holds its panels packed already (has panel(k0, j0)).
+template <class BSrc, class = void>
+struct PanelsInPlace : std::false_type {};
+template <class BSrc>
+struct PanelsInPlace<BSrc, std::void_t<decltype(std::declval<const BSrc&>().panel(int64_t(0), int64_t(0)))>>
+    : std::true_type {};
+
+// The packed B block gemm_block multiplies: B's own panel when prepacked, else its copy in buf.
+template <class T, class BSrc>
+const T* b_block(const BSrc& B, int64_t k0, int64_t j0, const T* copied) {
+    if constexpr (PanelsInPlace<BSrc>::value) return B.panel(k0, j0);
+    else return copied;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The driver.
 
-// Packed-panel buffers of one thread, sized for the largest blocks.
+// Packed-panel buffers of one thread, sized for the largest blocks. Without pack_b (every B is a
+// PrepackedB) there is no B buffer: it is large, and a fresh one costs page faults on every call.
 template <class T>
 struct GemmBuffers {
     Scratch<T> a, b;
-    GemmBuffers()
+    explicit GemmBuffers(bool pack_b = true)
         : a(scratch<T>(GemmTile<T>::MC * GemmTile<T>::KC)),
-          b(scratch<T>(GemmTile<T>::KC * (GemmTile<T>::NC + gemm_nr<T>()))) {}
+          b(scratch<T>(pack_b ? GemmTile<T>::KC * (GemmTile<T>::NC + gemm_nr<T>()) : 1)) {}
 };
 
 // One thread's part: rows [m0, m1) x columns [n0, n1) of C, reduction [k_begin, k_end).
@@ -290,37 +433,43 @@ template <class T, class ASrc, class BSrc, class CDst>
 void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin, int64_t k_end,
                 const ASrc& A, const BSrc& B, const CDst& C, Store mode,
                 GemmBuffers<T>& buf) {
-    constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>();
+    constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>(), L = Simd<T>::lanes;
     constexpr int64_t KC = GemmTile<T>::KC, MC = GemmTile<T>::MC, NC = GemmTile<T>::NC;
+    constexpr bool kPrepackedB = PanelsInPlace<BSrc>::value;
     alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
     // Equal reduction blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
     // would pay the tile loads and stores for little arithmetic).
     const int64_t k_blocks = std::max<int64_t>(1, (k_end - k_begin + KC - 1) / KC);
     const int64_t kc_step = std::max<int64_t>(1, (k_end - k_begin + k_blocks - 1) / k_blocks);
-    for (int64_t jc = n0; jc < n1; jc += NC) {
-        const int64_t nc = std::min(NC, n1 - jc);
+    // NC bounds the B block that is packed per column block; a prepacked B is not copied, so
+    // its columns are one block and A is packed once per reduction block.
+    const int64_t nc_max = kPrepackedB ? std::max<int64_t>(1, n1 - n0) : NC;
+    for (int64_t jc = n0; jc < n1; jc += nc_max) {
+        const int64_t nc = std::min(nc_max, n1 - jc);
         // An empty reduction still writes C once (zeros or bias): run pc once with kc = 0.
         for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += kc_step) {
             const int64_t kc = std::min(kc_step, k_end - pc);
             const Store store = (pc == k_begin) ? mode : Store::accumulate;
-            for (int64_t jr = 0; jr < nc; jr += NR)
-                B.pack_panel(pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), buf.b.get() + jr * kc);
+            if constexpr (!kPrepackedB)
+                for (int64_t jr = 0; jr < nc; jr += NR)
+                    B.pack_panel(pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), buf.b.get() + jr * kc);
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 for (int64_t ir = 0; ir < mc; ir += MR)
                     A.pack_panel(ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, buf.a.get() + ir * kc);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const int64_t nr = std::min<int64_t>(NR, nc - jr);
-                    const T* bp = buf.b.get() + jr * kc;
+                    const int nv = static_cast<int>((nr + L - 1) / L);  // vectors of the panel in use
+                    const T* bp = b_block<T>(B, pc, jc + jr, buf.b.get() + jr * kc);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int64_t mr = std::min<int64_t>(MR, mc - ir);
                         const T* ap = buf.a.get() + ir * kc;
                         const T* bias = C.bias ? C.bias + ic + ir : nullptr;
-                        T* c = (mr == MR && nr == NR) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
+                        T* c = (mr == MR && nr == nv * L) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
                         if (c != nullptr) {
-                            micro_kernel<T>(kc, ap, bp, c, C.row_stride, store, bias);
+                            micro_kernel_cols<T>(nv, kc, ap, bp, c, C.row_stride, store, bias);
                         } else {
-                            micro_kernel<T>(kc, ap, bp, edge, NR, Store::overwrite, nullptr);
+                            micro_kernel_cols<T>(nv, kc, ap, bp, edge, NR, Store::overwrite, nullptr);
                             C.scatter(ic + ir, jc + jr, mr, nr, edge, NR, store);
                         }
                     }

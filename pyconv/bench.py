@@ -86,6 +86,13 @@ def measure_limits() -> Limits:
         gemm["torch"] = 2 * n**3 / _median_time(lambda: ta @ ta, 3) / 1e9
     except ImportError:
         pass
+    try:
+        from pyconv import _C
+
+        c = np.empty_like(a)
+        gemm["pyconv"] = 2 * n**3 / _median_time(lambda: _C.gemm(a, a, c), 3) / 1e9
+    except ImportError:
+        pass
     # Copy bandwidth from DRAM: 128 MiB read + 128 MiB written per copy.
     src = np.ones(32 * 2**20, np.float32)
     dst = np.empty_like(src)

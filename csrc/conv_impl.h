@@ -234,8 +234,8 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
         InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
         B.row_offsets = offsets.data();
         // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo. With no columns to
-        // drop (1x1, no padding) an image's pixels are one contiguous run, so whole tiles
-        // store in place instead of going through the edge tile in runs of Wo.
+        // drop (kernels no wider than the stride, e.g. 1x1) an image's pixels are one contiguous
+        // run, so whole tiles store in place instead of going through the edge tile in runs of Wo.
         OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, pg.Wq, 1, g.Ho, g.Wo, g.K * HoWo};
         if (pg.Wq == g.Wo) C = OutMatrix<T>{y + grp * Kg * HoWo, HoWo, HoWo, 1, 1, 0, g.K * HoWo};
         else C.n0_valid = g.Wo;

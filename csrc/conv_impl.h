@@ -233,9 +233,12 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
         const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
         InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
         B.row_offsets = offsets.data();
-        // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo.
+        // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo. With no columns to
+        // drop (kernels no wider than the stride, e.g. 1x1) an image's pixels are one contiguous
+        // run, so whole tiles store in place instead of going through the edge tile in runs of Wo.
         OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, pg.Wq, 1, g.Ho, g.Wo, g.K * HoWo};
-        C.n0_valid = g.Wo;
+        if (pg.Wq == g.Wo) C = OutMatrix<T>{y + grp * Kg * HoWo, HoWo, HoWo, 1, 1, 0, g.K * HoWo};
+        else C.n0_valid = g.Wo;
         C.bias = bias ? bias + grp * Kg : nullptr;
         gemm_parallel<T>(Kg, g.N * pg.pixels(g), taps_n, A, B, C);
     }

@@ -44,6 +44,8 @@ CONV_CASES = [
     (2, 12, 9, 9, 12, 3, 3, 1, 0, 1, 4),            # grouped, 3 channels per group (direct)
     (2, 7, 17, 19, 13, 5, 3, 3, 2, 2, 1),           # primes, stride 3, dilation 2
     (2, 5, 6, 6, 7, 1, 1, 1, 0, 1, 1),              # 1x1
+    (3, 16, 7, 7, 16, 1, 1, 1, 0, 1, 2),            # 1x1, full tiles stored in place across images
+    (2, 8, 9, 9, 16, 1, 1, 2, 0, 1, 1),             # 1x1 strided
     (1, 3, 31, 37, 70, 3, 3, 1, 1, 1, 1),           # K > one MR panel, pixels > NR, ragged
     (2, 20, 9, 9, 9, 3, 3, 1, 1, 1, 1),             # reduction 180 taps, ragged
     (1, 40, 5, 7, 3, 3, 3, 1, 1, 1, 1),             # reduction 360 taps > one KC block

@@ -162,44 +162,42 @@ void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
     }
 }
 
-// grad_x (planes, in_plane) = 0, then grad_x[p, idx[p, j]] += grad_y[p, j]. Indices outside
-// [0, in_plane) (the spec rejects them) are skipped and counted; returns the count.
-template <class T>
-int64_t max_pool2d_backward(int64_t planes, int64_t out_plane, int64_t in_plane, const T* grad_y,
-                         const int64_t* idx, T* grad_x) {
+// out (planes, out_plane) = 0, then out[p, idx[p, j]] (+)= in[p, j] for j = 0, 1, ... of each
+// plane. With Add this is max pooling's backward (a scatter-add: a pixel that was the maximum
+// of several windows collects every gradient); without, max-unpooling (the last of repeated
+// indices wins). Indices outside [0, out_plane) (the spec rejects them) are skipped and
+// counted; returns the count.
+template <bool Add, class T>
+int64_t scatter_planes(int64_t planes, int64_t in_plane, int64_t out_plane, const T* in,
+                       const int64_t* idx, T* out) {
     int64_t bad = 0;
 #pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
     for (int64_t p = 0; p < planes; ++p) {
-        T* gx = grad_x + p * in_plane;
-        const T* gy = grad_y + p * out_plane;
-        const int64_t* ip = idx + p * out_plane;
-        std::fill(gx, gx + in_plane, T(0));
-        for (int64_t j = 0; j < out_plane; ++j) {
-            if (uint64_t(ip[j]) < uint64_t(in_plane)) gx[ip[j]] += gy[j];
-            else ++bad;
+        T* op = out + p * out_plane;
+        const T* src = in + p * in_plane;
+        const int64_t* ip = idx + p * in_plane;
+        std::fill(op, op + out_plane, T(0));
+        for (int64_t j = 0; j < in_plane; ++j) {
+            if (uint64_t(ip[j]) >= uint64_t(out_plane)) ++bad;
+            else if (Add) op[ip[j]] += src[j];
+            else op[ip[j]] = src[j];
         }
     }
     return bad;
 }
 
-// y (planes, out_plane) = 0, then y[p, idx[p, j]] = x[p, j] in increasing j, so that the last
-// of repeated indices wins. Indices outside [0, out_plane) are skipped and counted.
+// grad_x (planes, in_plane) = scatter-add of grad_y (planes, out_plane) at idx.
+template <class T>
+int64_t max_pool2d_backward(int64_t planes, int64_t out_plane, int64_t in_plane, const T* grad_y,
+                            const int64_t* idx, T* grad_x) {
+    return scatter_planes<true>(planes, out_plane, in_plane, grad_y, idx, grad_x);
+}
+
+// y (planes, out_plane) = x (planes, in_plane) placed at idx.
 template <class T>
 int64_t max_unpool2d(int64_t planes, int64_t in_plane, int64_t out_plane, const T* x,
-                  const int64_t* idx, T* y) {
-    int64_t bad = 0;
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
-    for (int64_t p = 0; p < planes; ++p) {
-        T* yp = y + p * out_plane;
-        const T* xp = x + p * in_plane;
-        const int64_t* ip = idx + p * in_plane;
-        std::fill(yp, yp + out_plane, T(0));
-        for (int64_t j = 0; j < in_plane; ++j) {
-            if (uint64_t(ip[j]) < uint64_t(out_plane)) yp[ip[j]] = xp[j];
-            else ++bad;
-        }
-    }
-    return bad;
+                     const int64_t* idx, T* y) {
+    return scatter_planes<false>(planes, in_plane, out_plane, x, idx, y);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -20,6 +20,17 @@ TOLERANCES = {
 }
 
 
+def central_difference(loss, a, i, eps=1e-6):
+    """(loss(a[i] + eps) - loss(a[i] - eps)) / 2 eps, changing a[i] in place and restoring it."""
+    old = a[i]
+    a[i] = old + eps
+    plus = loss()
+    a[i] = old - eps
+    minus = loss()
+    a[i] = old
+    return (plus - minus) / (2 * eps)
+
+
 @pytest.fixture
 def rng():
     """A NumPy Generator with a fixed seed, fresh for every test."""

@@ -3,7 +3,7 @@ shapes and parameters; against a loop-based oracle of torchvision's box semantic
 backward kernels against float64 central finite differences."""
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, central_difference
 
 from pyconv import _spec, ops
 
@@ -460,13 +460,7 @@ def numerical_gradient(loss, a, eps=1e-6):
     and restored)."""
     grad = np.zeros_like(a)
     for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        plus = loss()
-        a[i] = old - eps
-        minus = loss()
-        a[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
+        grad[i] = central_difference(loss, a, i, eps)
     return grad
 
 

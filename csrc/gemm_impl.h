@@ -79,11 +79,45 @@ Scratch<T> scratch(int64_t count) {
 
 enum class Store { overwrite, accumulate };
 
-template <class T, int NV = GemmTile<T>::NV>
-inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c,
+// Where row k of a B panel starts: a packed panel steps by NR; a panel read in place (see
+// InMatrixB::rows_in_place) follows its row offsets.
+template <class T, int NR = gemm_nr<T>()>
+struct PackedRows {
+    const T* b;
+    const T* operator()(int64_t k) const { return b + k * NR; }
+};
+template <class T>
+struct OffsetRows {
+    const T* base;
+    const int64_t* offsets;
+    const T* operator()(int64_t k) const { return base + offsets[k]; }
+};
+
+// Where element i of column k of an A panel is: a packed panel steps by MR with its rows
+// adjacent; pixels read in place from a convolution's phase grid (conv2d_forward_by_channels)
+// sit at the tap's offset plus the pixel's own.
+template <class T>
+struct PackedCols {
+    static constexpr int rows = GemmTile<T>::MR;
+    const T* a;
+    const T* col(int64_t k) const { return a + k * rows; }
+    int64_t row(int i) const { return i; }
+};
+template <class T, int MR>
+struct GridPixels {
+    static constexpr int rows = MR;
+    const T* base;
+    const int64_t* taps;
+    int64_t pixel[MR];
+    const T* col(int64_t k) const { return base + taps[k]; }
+    int64_t row(int i) const { return pixel[i]; }
+};
+
+template <class T, int NV = GemmTile<T>::NV, class ACols, class BRows>
+inline void micro_kernel(int64_t kc, const ACols& a, const BRows& b, T* c,
                          int64_t ldc, Store mode, const T* bias) {
     using V = Simd<T>;
-    constexpr int MR = GemmTile<T>::MR, L = V::lanes, NR = GemmTile<T>::NV * L;
+    constexpr int MR = ACols::rows, L = V::lanes;
     typename V::reg acc[MR][NV];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
@@ -97,17 +131,16 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
             for (int64_t byte = 0; byte < int64_t(NV * L * sizeof(T)); byte += 64)
                 __builtin_prefetch(reinterpret_cast<const char*>(c + i * ldc) + byte);
     for (int64_t k = 0; k < kc; ++k) {
+        const T* bk = b(k);
         typename V::reg bv[NV];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * L);
+        for (int v = 0; v < NV; ++v) bv[v] = V::load(bk + v * L);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
-            const typename V::reg ai = V::broadcast(a + i);
+            const typename V::reg ai = V::broadcast(a.col(k) + a.row(i));
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
         }
-        a += MR;
-        b += NR;
     }
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
@@ -123,13 +156,14 @@ inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict 
 }
 
 // The micro-kernel on the first nv vectors of the panels (1 <= nv <= GemmTile::NV).
-template <class T, int NV = GemmTile<T>::NV>
-inline void micro_kernel_cols(int nv, int64_t kc, const T* a, const T* b, T* c, int64_t ldc,
+template <class T, int NV = GemmTile<T>::NV, class ACols, class BRows>
+inline void micro_kernel_cols(int nv, int64_t kc, const ACols& a, const BRows& b, T* c, int64_t ldc,
                               Store mode, const T* bias) {
     if constexpr (NV > 1)
         if (nv < NV) return micro_kernel_cols<T, NV - 1>(nv, kc, a, b, c, ldc, mode, bias);
     micro_kernel<T, NV>(kc, a, b, c, ldc, mode, bias);
 }
+
 
 // ---------------------------------------------------------------------------------------------
 // Where C lives. Column j of C splits as j = (outer * n1 + mid) * n0 + inner and element (i, j) is
@@ -235,6 +269,17 @@ struct InMatrixB {
 
     static InMatrixB plain(const T* b, int64_t ldb, int64_t N) {
         return InMatrixB{b, ldb, std::max<int64_t>(N, 1), 0};
+    }
+
+    // A full panel whose columns are one run can be read where it lies instead of packed: the
+    // micro-kernel loads row k from base + offset[k] + the run's start. Only with row offsets
+    // (the phase grid of a convolution, whose rows overlap, so the panel's rows are few cache
+    // lines); plain rows a large power of two apart would compete for the same L1 sets.
+    // Returns false when the panel must be packed.
+    bool rows_in_place(int64_t k0, int64_t j0, int64_t cols, OffsetRows<T>& rows) const {
+        if (row_offsets == nullptr || cols != gemm_nr<T>() || j0 % j_inner + cols > j_inner) return false;
+        rows = OffsetRows<T>{base + (j0 / j_inner) * j_outer_stride + j0 % j_inner, row_offsets + k0};
+        return true;
     }
 
     // dst[k * NR + j] = B[k0 + k, j0 + j] for j < cols, 0 for cols <= j < NR.
@@ -413,6 +458,29 @@ const T* b_block(const BSrc& B, int64_t k0, int64_t j0, const T* copied) {
     else return copied;
 }
 
+// Whether a B source can hand out panels to read in place (InMatrixB::rows_in_place).
+template <class BSrc, class = void>
+struct HasRowsInPlace : std::false_type {};
+template <class BSrc>
+struct HasRowsInPlace<BSrc, std::void_t<decltype(&BSrc::rows_in_place)>> : std::true_type {};
+
+// One B panel of gemm_block: read in place when the source allows it, else packed.
+template <class T, class BSrc>
+struct BPanel {
+    bool in_place = false;
+    OffsetRows<T> rows{};
+    BPanel(const BSrc& B, int64_t k0, int64_t j0, int64_t cols) {
+        if constexpr (HasRowsInPlace<BSrc>::value) in_place = B.rows_in_place(k0, j0, cols, rows);
+    }
+    // c = a_panel times this panel's first nv vectors (see micro_kernel).
+    void multiply(int nv, int64_t kc, const T* a, const T* packed, T* c, int64_t ldc, Store mode,
+                  const T* bias) const {
+        if constexpr (HasRowsInPlace<BSrc>::value)
+            if (in_place) return micro_kernel_cols<T>(nv, kc, PackedCols<T>{a}, rows, c, ldc, mode, bias);
+        micro_kernel_cols<T>(nv, kc, PackedCols<T>{a}, PackedRows<T>{packed}, c, ldc, mode, bias);
+    }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The driver.
 
@@ -451,8 +519,11 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
             const int64_t kc = std::min(kc_step, k_end - pc);
             const Store store = (pc == k_begin) ? mode : Store::accumulate;
             if constexpr (!kPrepackedB)
-                for (int64_t jr = 0; jr < nc; jr += NR)
-                    B.pack_panel(pc, kc, jc + jr, std::min<int64_t>(NR, nc - jr), buf.b.get() + jr * kc);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const int64_t nr = std::min<int64_t>(NR, nc - jr);
+                    if (!BPanel<T, BSrc>(B, pc, jc + jr, nr).in_place)
+                        B.pack_panel(pc, kc, jc + jr, nr, buf.b.get() + jr * kc);
+                }
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
                 for (int64_t ir = 0; ir < mc; ir += MR)
@@ -461,15 +532,16 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                     const int64_t nr = std::min<int64_t>(NR, nc - jr);
                     const int nv = static_cast<int>((nr + L - 1) / L);  // vectors of the panel in use
                     const T* bp = b_block<T>(B, pc, jc + jr, buf.b.get() + jr * kc);
+                    const BPanel<T, BSrc> panel(B, pc, jc + jr, nr);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int64_t mr = std::min<int64_t>(MR, mc - ir);
                         const T* ap = buf.a.get() + ir * kc;
                         const T* bias = C.bias ? C.bias + ic + ir : nullptr;
                         T* c = (mr == MR && nr == nv * L) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
                         if (c != nullptr) {
-                            micro_kernel_cols<T>(nv, kc, ap, bp, c, C.row_stride, store, bias);
+                            panel.multiply(nv, kc, ap, bp, c, C.row_stride, store, bias);
                         } else {
-                            micro_kernel_cols<T>(nv, kc, ap, bp, edge, NR, Store::overwrite, nullptr);
+                            panel.multiply(nv, kc, ap, bp, edge, NR, Store::overwrite, nullptr);
                             C.scatter(ic + ir, jc + jr, mr, nr, edge, NR, store);
                         }
                     }

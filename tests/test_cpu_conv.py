@@ -54,6 +54,10 @@ CONV_CASES = [
     (2, 48, 9, 8, 16, 3, 2, 1, (2, 0), (1, 2), 1),  # grad_x as a forward conv (C >= 32)
     (1, 64, 6, 7, 16, 3, 3, 1, 1, 1, 2),            # ... per group
     (1, 40, 6, 6, 8, 2, 2, 1, 2, 1, 1),             # ... padding beyond the kernel: col2im
+    # Vectorised over output channels (>= 64 per group, kernels larger than 1x1):
+    (2, 9, 7, 6, 64, 3, 3, 2, 1, 2, 1),             # one full channel panel, strided, dilated
+    (2, 6, 5, 5, 130, 2, 2, 1, 1, 1, 2),            # 65 per group: a ragged last panel
+    (1, 70, 9, 8, 64, 3, 3, 1, 1, 1, 1),            # 630 taps: several reduction blocks; grad_x too
 ]
 
 

@@ -288,16 +288,93 @@ Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
     return packed;
 }
 
+// One GEMM of the channel-vectorised convolution. Output pixel (n, a, b), a < rows, b < cols,
+// reads tap k at grid + n*grid_image + a*grid_row + b + taps[k]; output channel k of it goes to
+// y + n*y_image + k*y_channel + a*y_row + b*y_col.
 template <class T>
-void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+struct ChannelGemm {
+    const T* grid;
+    int64_t grid_image, grid_row;
+    const int64_t* taps;
+    int64_t taps_n;
+    const T* weights;  // channel_panels of the (K, taps_n) weights
+    int64_t K;
+    const T* bias;     // or nullptr
+    T* y;
+    int64_t y_image, y_channel, y_row, y_col;
+    int64_t N, rows, cols;
+
+    int64_t pixels() const { return N * rows * cols; }
+};
+
+// Runs the GEMMs (one per group) in one parallel region; threads move on to the next GEMM
+// without waiting.
+template <class T>
+void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (KC from 64 to
     // 256 measured the same).
     constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
-    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
-    const int64_t HoWo = g.Ho * g.Wo, M = g.N * HoWo, panels = (Kg + NR - 1) / NR;
-    const int64_t k_blocks = std::max<int64_t>(1, (taps_n + KC - 1) / KC);
-    const int64_t kc_step = std::max<int64_t>(1, (taps_n + k_blocks - 1) / k_blocks);
+    int64_t blocks = 0, panels_max = 1;
+    for (const ChannelGemm<T>& m : gemms) {
+        blocks += (m.pixels() + MC - 1) / MC;
+        panels_max = std::max(panels_max, (m.K + NR - 1) / NR);
+    }
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> acc = scratch<T>(tiles_max * panels_max * MR * NR);
+        GridPixels<T, MR> tiles[tiles_max];
+        for (const ChannelGemm<T>& m : gemms) {
+            const int64_t plane = m.rows * m.cols, M = m.pixels(), panels = (m.K + NR - 1) / NR;
+            const int64_t k_blocks = std::max<int64_t>(1, (m.taps_n + KC - 1) / KC);
+            const int64_t kc_step = std::max<int64_t>(1, (m.taps_n + k_blocks - 1) / k_blocks);
+#pragma omp for schedule(static) nowait
+            for (int64_t block = 0; block < (M + MC - 1) / MC; ++block) {
+                const int64_t i0 = block * MC, mc = std::min(MC, M - i0), n_tiles = (mc + MR - 1) / MR;
+                // Grid offsets of the block's pixels; a last partial tile repeats its last pixel.
+                for (int64_t t = 0; t < n_tiles; ++t)
+                    for (int i = 0; i < MR; ++i) {
+                        const int64_t p = std::min(i0 + t * MR + i, i0 + mc - 1), q = p % plane;
+                        tiles[t].pixel[i] = (p / plane) * m.grid_image + (q / m.cols) * m.grid_row + q % m.cols;
+                    }
+                for (int64_t pc = 0; pc < m.taps_n; pc += kc_step) {
+                    const int64_t kc = std::min(kc_step, m.taps_n - pc);
+                    const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
+                    for (int64_t jp = 0; jp < panels; ++jp) {
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, m.K - jp * NR) + L - 1) / L);
+                        const PackedRows<T, NR> b{m.weights + (jp * m.taps_n + pc) * NR};
+                        for (int64_t t = 0; t < n_tiles; ++t) {
+                            tiles[t].base = m.grid;
+                            tiles[t].taps = m.taps + pc;
+                            micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
+                                                     NR, store, nullptr);
+                        }
+                    }
+                }
+                // Transposed store, channel by channel.
+                for (int64_t t = 0; t < n_tiles; ++t) {
+                    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - t * MR));
+                    T* dst[MR];
+                    for (int i = 0; i < rows; ++i) {
+                        const int64_t p = i0 + t * MR + i, q = p % plane;
+                        dst[i] = m.y + (p / plane) * m.y_image + (q / m.cols) * m.y_row + (q % m.cols) * m.y_col;
+                    }
+                    for (int64_t k = 0; k < m.K; ++k) {
+                        const T* src = acc.get() + (t * panels + k / NR) * MR * NR + k % NR;
+                        const T b = m.bias ? m.bias[k] : T(0);
+                        for (int i = 0; i < rows; ++i) dst[i][k * m.y_channel] = src[i * NR] + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <class T>
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
     const PhaseGrid pg(g);
     Scratch<T> storage;
     const T* xq = phase_grid_of(g, pg, x, storage);
@@ -305,58 +382,16 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
     for (int64_t c = 0, i = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
-    const int64_t blocks = (M + MC - 1) / MC;
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
+    std::vector<Scratch<T>> panels;
+    std::vector<ChannelGemm<T>> gemms;
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const T* wg = w + grp * Kg * taps_n;
-        const Scratch<T> B = channel_panels<T, NR>(wg, Kg, taps_n);
-        const T* xg = xq + grp * Cg * pg.phases * pg.plane;
-        const T* bg = bias ? bias + grp * Kg : nullptr;
-        T* yg = y + grp * Kg * HoWo;
-#pragma omp parallel num_threads(threads)
-        {
-            Scratch<T> acc = scratch<T>(tiles_max * panels * MR * NR);
-            GridPixels<T, MR> tiles[tiles_max];
-#pragma omp for schedule(static)
-            for (int64_t block = 0; block < blocks; ++block) {
-                const int64_t i0 = block * MC, mc = std::min(MC, M - i0), n_tiles = (mc + MR - 1) / MR;
-                // Grid offsets of the block's pixels; a last partial tile repeats its last pixel.
-                for (int64_t t = 0; t < n_tiles; ++t)
-                    for (int i = 0; i < MR; ++i) {
-                        const int64_t p = std::min(i0 + t * MR + i, i0 + mc - 1), q = p % HoWo;
-                        tiles[t].pixel[i] = (p / HoWo) * pg.image + (q / g.Wo) * pg.Wq + q % g.Wo;
-                    }
-                for (int64_t pc = 0; pc < taps_n; pc += kc_step) {
-                    const int64_t kc = std::min(kc_step, taps_n - pc);
-                    const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
-                    for (int64_t jp = 0; jp < panels; ++jp) {
-                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
-                        const PackedRows<T, NR> b{B.get() + (jp * taps_n + pc) * NR};
-                        for (int64_t t = 0; t < n_tiles; ++t) {
-                            tiles[t].base = xg;
-                            tiles[t].taps = offsets.data() + pc;
-                            micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
-                                                     NR, store, nullptr);
-                        }
-                    }
-                }
-                // Transposed store: channel by channel, the tile's pixels are (mostly) adjacent in y.
-                for (int64_t t = 0; t < n_tiles; ++t) {
-                    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - t * MR));
-                    T* dst[MR];
-                    for (int i = 0; i < rows; ++i) {
-                        const int64_t p = i0 + t * MR + i, q = p % HoWo;
-                        dst[i] = yg + (p / HoWo) * g.K * HoWo + q;
-                    }
-                    for (int64_t k = 0; k < Kg; ++k) {
-                        const T* src = acc.get() + (t * panels + k / NR) * MR * NR + k % NR;
-                        const T b = bg ? bg[k] : T(0);
-                        for (int i = 0; i < rows; ++i) dst[i][k * HoWo] = src[i * NR] + b;
-                    }
-                }
-            }
-        }
+        panels.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
+        gemms.push_back(ChannelGemm<T>{xq + grp * Cg * pg.phases * pg.plane, pg.image, pg.Wq,
+                                       offsets.data(), taps_n, panels.back().get(), Kg,
+                                       bias ? bias + grp * Kg : nullptr, y + grp * Kg * HoWo,
+                                       g.K * HoWo, HoWo, g.Wo, 1, g.N, g.Ho, g.Wo});
     }
+    run_channel_gemms(gemms);
 }
 
 // Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run

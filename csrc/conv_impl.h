@@ -394,6 +394,67 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
     run_channel_gemms(gemms);
 }
 
+// Weight gradient vectorised over output channels, the forward's counterpart:
+//   dw^T[(c,r,s), k] = sum_{(n,ho,wo)} X[(c,r,s), (n,ho,wo)] dy^T[(n,ho,wo), k],
+// a micro-tile is MR taps x NR output channels and the reduction runs over pixels. The
+// micro-kernel broadcasts X straight from the phase grid (pixel offset + tap offset: the
+// forward's addressing with the roles of the two offsets swapped); dy is transposed once into
+// NR-channel panels. Threads split the taps, so each owns its rows of dw.
+template <class T>
+void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+    constexpr int64_t KC = 128;  // pixels per reduction block: a dy panel block is KC x NR
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo, P = g.N * HoWo, panels = (Kg + NR - 1) / NR;
+    const int64_t tiles = (taps_n + MR - 1) / MR;
+    const PhaseGrid pg(g);
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
+    std::vector<int64_t> taps(tiles * MR), pixels(P);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) taps[i++] = pg.tap_offset(g, c, r, s);
+    for (int64_t i = taps_n; i < tiles * MR; ++i) taps[i] = taps[taps_n - 1];  // a partial last tile
+    for (int64_t p = 0; p < P; ++p) pixels[p] = (p / HoWo) * pg.image + (p % HoWo / g.Wo) * pg.Wq + p % g.Wo;
+    Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+#pragma omp parallel num_threads(threads)
+        {
+            // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
+#pragma omp for schedule(static)
+            for (int64_t p = 0; p < P; ++p) {
+                const T* src = dy + ((p / HoWo) * g.K + grp * Kg) * HoWo + p % HoWo;
+                for (int64_t k = 0; k < panels * NR; ++k)
+                    dyt[((k / NR) * P + p) * NR + k % NR] = k < Kg ? src[k * HoWo] : T(0);
+            }
+            // Each thread's share of the tap tiles over every pixel block.
+            const int t = omp_get_thread_num(), team = omp_get_num_threads();
+            const int64_t tile0 = tiles * t / team, tile1 = tiles * (t + 1) / team;
+            GridPixels<T, MR> a{};
+            a.base = xq + grp * Cg * pg.phases * pg.plane;
+            for (int64_t pc = 0; pc < P; pc += KC) {
+                const int64_t kc = std::min(KC, P - pc);
+                const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
+                a.taps = pixels.data() + pc;
+                for (int64_t tile = tile0; tile < tile1; ++tile) {
+                    for (int i = 0; i < MR; ++i) a.pixel[i] = taps[tile * MR + i];
+                    for (int64_t jp = 0; jp < panels; ++jp) {
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
+                        micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
+                                                 dwt.get() + (tile * panels + jp) * MR * NR, NR, store, nullptr);
+                    }
+                }
+            }
+            // dw[grp*Kg + k, tap] from this thread's tiles.
+            for (int64_t tap = tile0 * MR; tap < std::min(taps_n, tile1 * MR); ++tap)
+                for (int64_t k = 0; k < Kg; ++k)
+                    dw[(grp * Kg + k) * taps_n + tap] =
+                        dwt[((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR];
+        }
+    }
+}
+
 // Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
 // along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
 // with zeros in the columns wo >= Wo that the grid computes and drops.
@@ -617,6 +678,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (forward_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
     if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const int64_t HoWo = g.Ho * g.Wo;

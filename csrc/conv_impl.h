@@ -422,11 +422,20 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
 #pragma omp parallel num_threads(threads)
         {
             // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
+            // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
+            // the chunk's panel rows (64 x NR) stay in L1 while every channel is written in.
+            constexpr int64_t chunk = 64;
+            const int64_t chunks = (HoWo + chunk - 1) / chunk;
 #pragma omp for schedule(static)
-            for (int64_t p = 0; p < P; ++p) {
-                const T* src = dy + ((p / HoWo) * g.K + grp * Kg) * HoWo + p % HoWo;
-                for (int64_t k = 0; k < panels * NR; ++k)
-                    dyt[((k / NR) * P + p) * NR + k % NR] = k < Kg ? src[k * HoWo] : T(0);
+            for (int64_t job = 0; job < g.N * chunks; ++job) {
+                const int64_t n = job / chunks, q0 = job % chunks * chunk, len = std::min(chunk, HoWo - q0);
+                T* dst = dyt.get() + (n * HoWo + q0) * NR;
+                for (int64_t k = 0; k < panels * NR; ++k) {
+                    T* d = dst + (k / NR) * P * NR + k % NR;
+                    const T* src = dy + ((n * g.K + grp * Kg + k) * HoWo + q0);
+                    if (k < Kg) for (int64_t q = 0; q < len; ++q) d[q * NR] = src[q];
+                    else for (int64_t q = 0; q < len; ++q) d[q * NR] = T(0);
+                }
             }
             // Each thread's share of the tap tiles over every pixel block.
             const int t = omp_get_thread_num(), team = omp_get_num_threads();

@@ -244,226 +244,6 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
     }
 }
 
-// Forward convolution vectorised over output channels: the GEMM transposed,
-//   y^T[(n,ho,wo), k] = sum_{(c,r,s)} X^T[(n,ho,wo), (c,r,s)] w^T[(c,r,s), k],
-// so a micro-tile is MR pixels x NR output channels. x is not packed at all: the micro-kernel
-// broadcasts each pixel's tap straight from the phase grid (tap offset + pixel offset), and
-// only the weights are packed, once. The MR pixels of a tile are any consecutive outputs, so
-// nothing is wasted at row or image ends, where the pixel-vectorised GEMM drops grid columns
-// and stores tiles through the edge buffer in runs of Wo. The price: tiles are stored
-// transposed (output channels are HoWo apart in NCHW), once per MC pixels after the whole
-// reduction, from a per-thread accumulator that stays in cache. Measured faster than the
-// pixel-vectorised GEMM from 7x7 to 56x56 images with 64 or more output channels (1 thread:
-// VGG 8x64x56x56 0.85x -> 1.0x PyTorch, 8x256x14x14 0.82x -> 0.94x); 1x1 convolutions read
-// x in place and stay with the GEMM.
-inline bool forward_by_channels_pays(const ConvShape& g) {
-    return g.K / g.groups >= 64 && g.C / g.groups > 0 && g.R * g.S > 1;
-}
-
-// Its register tile: MR pixels x NV vectors of channels. With AVX-512, 6 x 4: 64 channels, so
-// the usual channel counts fill every panel.
-#if PYCONV_ISA_LEVEL == 2
-template <class T> struct ChannelTile { static constexpr int MR = 6, NV = 4; };
-#else
-template <class T> struct ChannelTile { static constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV; };
-#endif
-
-// w (Kg, taps) of one group as NR-channel panels [panel][tap][NR], zero-padded past Kg.
-template <class T, int NR>
-Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
-    const int64_t panels = (Kg + NR - 1) / NR;
-    Scratch<T> packed = scratch<T>(panels * taps_n * NR);
-    // A transpose, 16 taps at a time: each weight row is read a cache line at a time (rows a
-    // power of two apart would otherwise evict each other from L1 on every tap).
-    constexpr int64_t step = 16;
-    for (int64_t p = 0; p < panels; ++p)
-        for (int64_t k0 = 0; k0 < taps_n; k0 += step) {
-            const int64_t kn = std::min(step, taps_n - k0);
-            T* dst = packed.get() + (p * taps_n + k0) * NR;
-            for (int64_t j = 0; j < NR; ++j) {
-                const T* src = p * NR + j < Kg ? w + (p * NR + j) * taps_n + k0 : nullptr;
-                for (int64_t k = 0; k < kn; ++k) dst[k * NR + j] = src ? src[k] : T(0);
-            }
-        }
-    return packed;
-}
-
-// One GEMM of the channel-vectorised convolution. Output pixel (n, a, b), a < rows, b < cols,
-// reads tap k at grid + n*grid_image + a*grid_row + b + taps[k]; output channel k of it goes to
-// y + n*y_image + k*y_channel + a*y_row + b*y_col.
-template <class T>
-struct ChannelGemm {
-    const T* grid;
-    int64_t grid_image, grid_row;
-    const int64_t* taps;
-    int64_t taps_n;
-    const T* weights;  // channel_panels of the (K, taps_n) weights
-    int64_t K;
-    const T* bias;     // or nullptr
-    T* y;
-    int64_t y_image, y_channel, y_row, y_col;
-    int64_t N, rows, cols;
-
-    int64_t pixels() const { return N * rows * cols; }
-};
-
-// Runs the GEMMs (one per group) in one parallel region; threads move on to the next GEMM
-// without waiting.
-template <class T>
-void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
-    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
-    // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (KC from 64 to
-    // 256 measured the same).
-    constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
-    int64_t blocks = 0, panels_max = 1;
-    for (const ChannelGemm<T>& m : gemms) {
-        blocks += (m.pixels() + MC - 1) / MC;
-        panels_max = std::max(panels_max, (m.K + NR - 1) / NR);
-    }
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
-#pragma omp parallel num_threads(threads)
-    {
-        Scratch<T> acc = scratch<T>(tiles_max * panels_max * MR * NR);
-        GridPixels<T, MR> tiles[tiles_max];
-        for (const ChannelGemm<T>& m : gemms) {
-            const int64_t plane = m.rows * m.cols, M = m.pixels(), panels = (m.K + NR - 1) / NR;
-            const int64_t k_blocks = std::max<int64_t>(1, (m.taps_n + KC - 1) / KC);
-            const int64_t kc_step = std::max<int64_t>(1, (m.taps_n + k_blocks - 1) / k_blocks);
-#pragma omp for schedule(static) nowait
-            for (int64_t block = 0; block < (M + MC - 1) / MC; ++block) {
-                const int64_t i0 = block * MC, mc = std::min(MC, M - i0), n_tiles = (mc + MR - 1) / MR;
-                // Grid offsets of the block's pixels; a last partial tile repeats its last pixel.
-                for (int64_t t = 0; t < n_tiles; ++t)
-                    for (int i = 0; i < MR; ++i) {
-                        const int64_t p = std::min(i0 + t * MR + i, i0 + mc - 1), q = p % plane;
-                        tiles[t].pixel[i] = (p / plane) * m.grid_image + (q / m.cols) * m.grid_row + q % m.cols;
-                    }
-                for (int64_t pc = 0; pc < m.taps_n; pc += kc_step) {
-                    const int64_t kc = std::min(kc_step, m.taps_n - pc);
-                    const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
-                    for (int64_t jp = 0; jp < panels; ++jp) {
-                        const int nv = static_cast<int>((std::min<int64_t>(NR, m.K - jp * NR) + L - 1) / L);
-                        const PackedRows<T, NR> b{m.weights + (jp * m.taps_n + pc) * NR};
-                        for (int64_t t = 0; t < n_tiles; ++t) {
-                            tiles[t].base = m.grid;
-                            tiles[t].taps = m.taps + pc;
-                            micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
-                                                     NR, store, nullptr);
-                        }
-                    }
-                }
-                // Transposed store, channel by channel.
-                for (int64_t t = 0; t < n_tiles; ++t) {
-                    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - t * MR));
-                    T* dst[MR];
-                    for (int i = 0; i < rows; ++i) {
-                        const int64_t p = i0 + t * MR + i, q = p % plane;
-                        dst[i] = m.y + (p / plane) * m.y_image + (q / m.cols) * m.y_row + (q % m.cols) * m.y_col;
-                    }
-                    for (int64_t k = 0; k < m.K; ++k) {
-                        const T* src = acc.get() + (t * panels + k / NR) * MR * NR + k % NR;
-                        const T b = m.bias ? m.bias[k] : T(0);
-                        for (int i = 0; i < rows; ++i) dst[i][k * m.y_channel] = src[i * NR] + b;
-                    }
-                }
-            }
-        }
-    }
-}
-
-template <class T>
-void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
-    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
-    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
-    const PhaseGrid pg(g);
-    Scratch<T> storage;
-    const T* xq = phase_grid_of(g, pg, x, storage);
-    std::vector<int64_t> offsets(taps_n);
-    for (int64_t c = 0, i = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
-    std::vector<Scratch<T>> panels;
-    std::vector<ChannelGemm<T>> gemms;
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-        panels.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
-        gemms.push_back(ChannelGemm<T>{xq + grp * Cg * pg.phases * pg.plane, pg.image, pg.Wq,
-                                       offsets.data(), taps_n, panels.back().get(), Kg,
-                                       bias ? bias + grp * Kg : nullptr, y + grp * Kg * HoWo,
-                                       g.K * HoWo, HoWo, g.Wo, 1, g.N, g.Ho, g.Wo});
-    }
-    run_channel_gemms(gemms);
-}
-
-// Weight gradient vectorised over output channels, the forward's counterpart:
-//   dw^T[(c,r,s), k] = sum_{(n,ho,wo)} X[(c,r,s), (n,ho,wo)] dy^T[(n,ho,wo), k],
-// a micro-tile is MR taps x NR output channels and the reduction runs over pixels. The
-// micro-kernel broadcasts X straight from the phase grid (pixel offset + tap offset: the
-// forward's addressing with the roles of the two offsets swapped); dy is transposed once into
-// NR-channel panels. Threads split the taps, so each owns its rows of dw.
-template <class T>
-void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x, T* dw) {
-    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
-    constexpr int64_t KC = 128;  // pixels per reduction block: a dy panel block is KC x NR
-    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
-    const int64_t HoWo = g.Ho * g.Wo, P = g.N * HoWo, panels = (Kg + NR - 1) / NR;
-    const int64_t tiles = (taps_n + MR - 1) / MR;
-    const PhaseGrid pg(g);
-    Scratch<T> storage;
-    const T* xq = phase_grid_of(g, pg, x, storage);
-    std::vector<int64_t> taps(tiles * MR), pixels(P);
-    for (int64_t c = 0, i = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) taps[i++] = pg.tap_offset(g, c, r, s);
-    for (int64_t i = taps_n; i < tiles * MR; ++i) taps[i] = taps[taps_n - 1];  // a partial last tile
-    for (int64_t p = 0; p < P; ++p) pixels[p] = (p / HoWo) * pg.image + (p % HoWo / g.Wo) * pg.Wq + p % g.Wo;
-    Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-#pragma omp parallel num_threads(threads)
-        {
-            // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
-            // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
-            // the chunk's panel rows (64 x NR) stay in L1 while every channel is written in.
-            constexpr int64_t chunk = 64;
-            const int64_t chunks = (HoWo + chunk - 1) / chunk;
-#pragma omp for schedule(static)
-            for (int64_t job = 0; job < g.N * chunks; ++job) {
-                const int64_t n = job / chunks, q0 = job % chunks * chunk, len = std::min(chunk, HoWo - q0);
-                T* dst = dyt.get() + (n * HoWo + q0) * NR;
-                for (int64_t k = 0; k < panels * NR; ++k) {
-                    T* d = dst + (k / NR) * P * NR + k % NR;
-                    const T* src = dy + ((n * g.K + grp * Kg + k) * HoWo + q0);
-                    if (k < Kg) for (int64_t q = 0; q < len; ++q) d[q * NR] = src[q];
-                    else for (int64_t q = 0; q < len; ++q) d[q * NR] = T(0);
-                }
-            }
-            // Each thread's share of the tap tiles over every pixel block.
-            const int t = omp_get_thread_num(), team = omp_get_num_threads();
-            const int64_t tile0 = tiles * t / team, tile1 = tiles * (t + 1) / team;
-            GridPixels<T, MR> a{};
-            a.base = xq + grp * Cg * pg.phases * pg.plane;
-            for (int64_t pc = 0; pc < P; pc += KC) {
-                const int64_t kc = std::min(KC, P - pc);
-                const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
-                a.taps = pixels.data() + pc;
-                for (int64_t tile = tile0; tile < tile1; ++tile) {
-                    for (int i = 0; i < MR; ++i) a.pixel[i] = taps[tile * MR + i];
-                    for (int64_t jp = 0; jp < panels; ++jp) {
-                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
-                        micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
-                                                 dwt.get() + (tile * panels + jp) * MR * NR, NR, store, nullptr);
-                    }
-                }
-            }
-            // dw[grp*Kg + k, tap] from this thread's tiles.
-            for (int64_t tap = tile0 * MR; tap < std::min(taps_n, tile1 * MR); ++tap)
-                for (int64_t k = 0; k < Kg; ++k)
-                    dw[(grp * Kg + k) * taps_n + tap] =
-                        dwt[((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR];
-        }
-    }
-}
-
 // Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
 // along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
 // with zeros in the columns wo >= Wo that the grid computes and drops.
@@ -658,6 +438,256 @@ void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* d
                         dwk[c * RS + r * g.S + s] += acc;
                     }
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel-vectorised kernels.
+
+// x zero-padded for the channel-vectorised kernels, which read single elements and so need
+// no phase split for strides: planes of Hp x Wp covering every position an output reads
+// (padding included), or x itself when nothing is padded. Input (c, h, w) of image n, counted
+// from the top-left padding, is at data + n*image + c*plane + h*row + w.
+template <class T>
+struct PaddedInput {
+    const T* data;
+    int64_t image, plane, row;
+    Scratch<T> storage;
+
+    PaddedInput(const ConvShape& g, const T* x) {
+        const PaddedPlane pp(g);
+        if (g.ph == 0 && g.pw == 0 && pp.Hp <= g.H && pp.Wp <= g.W) {
+            data = x, image = g.C * g.H * g.W, plane = g.H * g.W, row = g.W;
+            return;
+        }
+        storage = scratch<T>(g.N * g.C * pp.size());
+        data = storage.get(), image = g.C * pp.size(), plane = pp.size(), row = pp.Wp;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        for (int64_t p = 0; p < g.N * g.C; ++p) pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane);
+    }
+    int64_t tap(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+        return c * plane + r * g.dh * row + s * g.dw;
+    }
+    // Offset of output pixel p = (n, ho, wo), counted over the whole batch.
+    int64_t pixel(const ConvShape& g, int64_t p) const {
+        const int64_t HoWo = g.Ho * g.Wo, q = p % HoWo;
+        return (p / HoWo) * image + (q / g.Wo) * g.sh * row + (q % g.Wo) * g.sw;
+    }
+};
+
+// Forward convolution vectorised over output channels: the GEMM transposed,
+//   y^T[(n,ho,wo), k] = sum_{(c,r,s)} X^T[(n,ho,wo), (c,r,s)] w^T[(c,r,s), k],
+// so a micro-tile is MR pixels x NR output channels. x is not packed at all: the micro-kernel
+// broadcasts each pixel's tap straight from the padded input (tap offset + pixel offset), and
+// only the weights are packed, once. The MR pixels of a tile are any consecutive outputs, so
+// nothing is wasted at row or image ends, where the pixel-vectorised GEMM drops grid columns
+// and stores tiles through the edge buffer in runs of Wo. The price: tiles are stored
+// transposed (output channels are HoWo apart in NCHW), once per MC pixels after the whole
+// reduction, from a per-thread accumulator that stays in cache. Measured faster than the
+// pixel-vectorised GEMM from 7x7 to 56x56 images with 64 or more output channels (1 thread:
+// VGG 8x64x56x56 0.85x -> 1.0x PyTorch, 8x256x14x14 0.82x -> 0.94x); 1x1 convolutions read
+// x in place and stay with the GEMM.
+inline bool forward_by_channels_pays(const ConvShape& g) {
+    return g.K / g.groups >= 64 && g.C / g.groups > 0 && g.R * g.S > 1;
+}
+
+// Its register tile: MR pixels x NV vectors of channels. With AVX-512, 6 x 4: 64 channels, so
+// the usual channel counts fill every panel.
+#if PYCONV_ISA_LEVEL == 2
+template <class T> struct ChannelTile { static constexpr int MR = 6, NV = 4; };
+#else
+template <class T> struct ChannelTile { static constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV; };
+#endif
+
+// w (Kg, taps) of one group as NR-channel panels [panel][tap][NR], zero-padded past Kg.
+template <class T, int NR>
+Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
+    const int64_t panels = (Kg + NR - 1) / NR;
+    Scratch<T> packed = scratch<T>(panels * taps_n * NR);
+    // A transpose, 16 taps at a time: each weight row is read a cache line at a time (rows a
+    // power of two apart would otherwise evict each other from L1 on every tap).
+    constexpr int64_t step = 16;
+    for (int64_t p = 0; p < panels; ++p)
+        for (int64_t k0 = 0; k0 < taps_n; k0 += step) {
+            const int64_t kn = std::min(step, taps_n - k0);
+            T* dst = packed.get() + (p * taps_n + k0) * NR;
+            for (int64_t j = 0; j < NR; ++j) {
+                const T* src = p * NR + j < Kg ? w + (p * NR + j) * taps_n + k0 : nullptr;
+                for (int64_t k = 0; k < kn; ++k) dst[k * NR + j] = src ? src[k] : T(0);
+            }
+        }
+    return packed;
+}
+
+// One GEMM of the channel-vectorised convolution. Output pixel (n, a, b), a < rows, b < cols,
+// reads tap k at input + n*input_image + a*input_row + b*input_col + taps[k]; output channel k
+// of it goes to y + n*y_image + k*y_channel + a*y_row + b*y_col.
+template <class T>
+struct ChannelGemm {
+    const T* input;
+    int64_t input_image, input_row, input_col;
+    const int64_t* taps;
+    int64_t taps_n;
+    const T* weights;  // channel_panels of the (K, taps_n) weights
+    int64_t K;
+    const T* bias;     // or nullptr
+    T* y;
+    int64_t y_image, y_channel, y_row, y_col;
+    int64_t N, rows, cols;
+
+    int64_t pixels() const { return N * rows * cols; }
+};
+
+// Runs the GEMMs (one per group) in one parallel region; threads move on to the next GEMM
+// without waiting.
+template <class T>
+void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+    // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (KC from 64 to
+    // 256 measured the same).
+    constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
+    int64_t blocks = 0, panels_max = 1;
+    for (const ChannelGemm<T>& m : gemms) {
+        blocks += (m.pixels() + MC - 1) / MC;
+        panels_max = std::max(panels_max, (m.K + NR - 1) / NR);
+    }
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> acc = scratch<T>(tiles_max * panels_max * MR * NR);
+        GridPixels<T, MR> tiles[tiles_max];
+        for (const ChannelGemm<T>& m : gemms) {
+            const int64_t plane = m.rows * m.cols, M = m.pixels(), panels = (m.K + NR - 1) / NR;
+            const int64_t k_blocks = std::max<int64_t>(1, (m.taps_n + KC - 1) / KC);
+            const int64_t kc_step = std::max<int64_t>(1, (m.taps_n + k_blocks - 1) / k_blocks);
+#pragma omp for schedule(static) nowait
+            for (int64_t block = 0; block < (M + MC - 1) / MC; ++block) {
+                const int64_t i0 = block * MC, mc = std::min(MC, M - i0), n_tiles = (mc + MR - 1) / MR;
+                // Grid offsets of the block's pixels; a last partial tile repeats its last pixel.
+                for (int64_t t = 0; t < n_tiles; ++t)
+                    for (int i = 0; i < MR; ++i) {
+                        const int64_t p = std::min(i0 + t * MR + i, i0 + mc - 1), q = p % plane;
+                        tiles[t].pixel[i] = (p / plane) * m.input_image + (q / m.cols) * m.input_row + (q % m.cols) * m.input_col;
+                    }
+                for (int64_t pc = 0; pc < m.taps_n; pc += kc_step) {
+                    const int64_t kc = std::min(kc_step, m.taps_n - pc);
+                    const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
+                    for (int64_t jp = 0; jp < panels; ++jp) {
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, m.K - jp * NR) + L - 1) / L);
+                        const PackedRows<T, NR> b{m.weights + (jp * m.taps_n + pc) * NR};
+                        for (int64_t t = 0; t < n_tiles; ++t) {
+                            tiles[t].base = m.input;
+                            tiles[t].taps = m.taps + pc;
+                            micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
+                                                     NR, store, nullptr);
+                        }
+                    }
+                }
+                // Transposed store, channel by channel.
+                for (int64_t t = 0; t < n_tiles; ++t) {
+                    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - t * MR));
+                    T* dst[MR];
+                    for (int i = 0; i < rows; ++i) {
+                        const int64_t p = i0 + t * MR + i, q = p % plane;
+                        dst[i] = m.y + (p / plane) * m.y_image + (q / m.cols) * m.y_row + (q % m.cols) * m.y_col;
+                    }
+                    for (int64_t k = 0; k < m.K; ++k) {
+                        const T* src = acc.get() + (t * panels + k / NR) * MR * NR + k % NR;
+                        const T b = m.bias ? m.bias[k] : T(0);
+                        for (int i = 0; i < rows; ++i) dst[i][k * m.y_channel] = src[i * NR] + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <class T>
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
+    const PaddedInput<T> xp(g, x);
+    std::vector<int64_t> offsets(taps_n);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = xp.tap(g, c, r, s);
+    std::vector<Scratch<T>> panels;
+    std::vector<ChannelGemm<T>> gemms;
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        panels.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
+        gemms.push_back(ChannelGemm<T>{xp.data + grp * Cg * xp.plane, xp.image, g.sh * xp.row, g.sw,
+                                       offsets.data(), taps_n, panels.back().get(), Kg,
+                                       bias ? bias + grp * Kg : nullptr, y + grp * Kg * HoWo,
+                                       g.K * HoWo, HoWo, g.Wo, 1, g.N, g.Ho, g.Wo});
+    }
+    run_channel_gemms(gemms);
+}
+
+// Weight gradient vectorised over output channels, the forward's counterpart:
+//   dw^T[(c,r,s), k] = sum_{(n,ho,wo)} X[(c,r,s), (n,ho,wo)] dy^T[(n,ho,wo), k],
+// a micro-tile is MR taps x NR output channels and the reduction runs over pixels. The
+// micro-kernel broadcasts X straight from the padded input (pixel offset + tap offset: the
+// forward's addressing with the roles of the two offsets swapped); dy is transposed once into
+// NR-channel panels. Threads split the taps, so each owns its rows of dw.
+template <class T>
+void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+    constexpr int64_t KC = 128;  // pixels per reduction block: a dy panel block is KC x NR
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo, P = g.N * HoWo, panels = (Kg + NR - 1) / NR;
+    const int64_t tiles = (taps_n + MR - 1) / MR;
+    const PaddedInput<T> xp(g, x);
+    std::vector<int64_t> taps(tiles * MR), pixels(P);
+    for (int64_t c = 0, i = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) taps[i++] = xp.tap(g, c, r, s);
+    for (int64_t i = taps_n; i < tiles * MR; ++i) taps[i] = taps[taps_n - 1];  // a partial last tile
+    for (int64_t p = 0; p < P; ++p) pixels[p] = xp.pixel(g, p);
+    Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+#pragma omp parallel num_threads(threads)
+        {
+            // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
+            // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
+            // the chunk's panel rows (64 x NR) stay in L1 while every channel is written in.
+            constexpr int64_t chunk = 64;
+            const int64_t chunks = (HoWo + chunk - 1) / chunk;
+#pragma omp for schedule(static)
+            for (int64_t job = 0; job < g.N * chunks; ++job) {
+                const int64_t n = job / chunks, q0 = job % chunks * chunk, len = std::min(chunk, HoWo - q0);
+                T* dst = dyt.get() + (n * HoWo + q0) * NR;
+                for (int64_t k = 0; k < panels * NR; ++k) {
+                    T* d = dst + (k / NR) * P * NR + k % NR;
+                    const T* src = dy + ((n * g.K + grp * Kg + k) * HoWo + q0);
+                    if (k < Kg) for (int64_t q = 0; q < len; ++q) d[q * NR] = src[q];
+                    else for (int64_t q = 0; q < len; ++q) d[q * NR] = T(0);
+                }
+            }
+            // Each thread's share of the tap tiles over every pixel block.
+            const int t = omp_get_thread_num(), team = omp_get_num_threads();
+            const int64_t tile0 = tiles * t / team, tile1 = tiles * (t + 1) / team;
+            GridPixels<T, MR> a{};
+            a.base = xp.data + grp * Cg * xp.plane;
+            for (int64_t pc = 0; pc < P; pc += KC) {
+                const int64_t kc = std::min(KC, P - pc);
+                const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
+                a.taps = pixels.data() + pc;
+                for (int64_t tile = tile0; tile < tile1; ++tile) {
+                    for (int i = 0; i < MR; ++i) a.pixel[i] = taps[tile * MR + i];
+                    for (int64_t jp = 0; jp < panels; ++jp) {
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
+                        micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
+                                                 dwt.get() + (tile * panels + jp) * MR * NR, NR, store, nullptr);
+                    }
+                }
+            }
+            // dw[grp*Kg + k, tap] from this thread's tiles.
+            for (int64_t tap = tile0 * MR; tap < std::min(taps_n, tile1 * MR); ++tap)
+                for (int64_t k = 0; k < Kg; ++k)
+                    dw[(grp * Kg + k) * taps_n + tap] =
+                        dwt[((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR];
         }
     }
 }

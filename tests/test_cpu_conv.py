@@ -58,6 +58,7 @@ CONV_CASES = [
     (2, 9, 7, 6, 64, 3, 3, 2, 1, 2, 1),             # one full channel panel, strided, dilated
     (2, 6, 5, 5, 130, 2, 2, 1, 1, 1, 2),            # 65 per group: a ragged last panel
     (1, 70, 9, 8, 64, 3, 3, 1, 1, 1, 1),            # 630 taps: several reduction blocks; grad_x too
+    (2, 5, 10, 9, 64, 3, 2, (2, 1), 0, 1, 1),       # no padding: x is read in place
 ]
 
 

@@ -630,6 +630,13 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
 // micro-kernel broadcasts X straight from the padded input (pixel offset + tap offset: the
 // forward's addressing with the roles of the two offsets swapped); dy is transposed once into
 // NR-channel panels. Threads split the taps, so each owns its rows of dw.
+// Here one vector of output channels (LeNet's 16) is already worth it: the dot-product form it
+// replaces reduces every accumulator across lanes and pads the grid's rows (1 thread, LeNet-5
+// conv2: 0.45 -> 0.38 ms).
+inline bool weight_grad_by_channels_pays(const ConvShape& g) {
+    return g.K / g.groups >= 16 && g.C / g.groups > 0 && g.R * g.S > 1;
+}
+
 template <class T>
 void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x, T* dw) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
@@ -717,7 +724,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
-    if (forward_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
+    if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
     if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const int64_t HoWo = g.Ho * g.Wo;

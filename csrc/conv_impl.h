@@ -7,12 +7,16 @@
 //
 // As GEMMs, per group, with X the im2col matrix X[(c,r,s), (n,ho,wo)] (never stored whole):
 //   forward      y[k, (n,ho,wo)] = sum_{(c,r,s)} w[k, (c,r,s)] X[(c,r,s), (n,ho,wo)]
-//                B is packed from a "phase grid" (x copied once, padded and split by stride
-//                phase, so each tap reads contiguous pixels) or, when the grid would waste many
-//                columns on a wide GEMM, gathered from x row run by row run.
+//                With 64+ output channels per group (and a kernel larger than 1x1) transposed,
+//                vectorised over output channels, X broadcast element by element from a padded
+//                copy of x (see "Channel-vectorised kernels"). Otherwise vectorised over pixels:
+//                B read from a "phase grid" (x copied once, padded and split by stride phase, so
+//                each tap reads contiguous pixels) or, when the grid would waste many columns on
+//                a wide GEMM, gathered from x row run by row run.
 //   grad weight  dw[k, (c,r,s)] = sum_{(n,ho,wo)} dy[k, (n,ho,wo)] X[(c,r,s), (n,ho,wo)]
-//                on the phase grid in the GEMM's dot-product form (both operands run along
-//                pixels), else with X transposed while packing.
+//                vectorised over output channels from 16 per group; else on the phase grid in
+//                the GEMM's dot-product form (both operands run along pixels), else with X
+//                transposed while packing.
 //   grad input   stride 1: the forward convolution of dy with flipped, transposed weights;
 //                otherwise col[(c,r,s), (n,ho,wo)] = sum_k w[k, (c,r,s)] dy[k, (n,ho,wo)] with
 //                each tile of col added into grad_x where it belongs (col2im). This is also the

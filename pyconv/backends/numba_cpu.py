@@ -312,44 +312,56 @@ def _max_at(xp, h0, r_lo, r_hi, ow, W, kw, sw, pw, dh, dw):
 
 
 @helper
-def _inside(xp, i, j):
-    """xp[i, j] for indices known to lie inside: as unsigned ints, Numba skips its handling of
-    negative indices, which would keep LLVM from vectorising the loop around."""
-    return xp[np.uint64(i), np.uint64(j)]
+def _u(i):
+    """i (known to be >= 0) as an unsigned int. Indexing with unsigned ints skips Numba's
+    handling of negative indices, which would keep LLVM from vectorising the loop around."""
+    return np.uint64(i)
+
+
+@helper
+def _max_pool_border(xp, yp, ip, oh, ow_from, ow_to, h0, r_lo, r_hi, kw, sw, pw, dh, dw):
+    """Output columns [ow_from, ow_to) of row oh, windows clipped to the input one by one."""
+    for ow in range(ow_from, ow_to):
+        yp[oh, ow], ip[oh, ow] = _max_at(xp, h0, r_lo, r_hi, ow, xp.shape[1], kw, sw, pw, dh, dw)
 
 
 @inlined
-def _max_pool_plane(xp, yp, ip, with_indices, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
-    """One plane. Windows wholly inside the input take the loop over columns with a fixed
-    kernel-sized window (when the geometry is a compile-time constant, LLVM unrolls the window
-    and vectorises across the columns); the others are clipped one by one."""
+def _max_pool_interior(xp, yp, ip, oh, ow_lo, ow_hi, h0, kh, kw, sw, pw, dh, dw):
+    """Output columns [ow_lo, ow_hi) of row oh, whose windows lie wholly inside the input: a
+    fixed kernel-sized window (unrolled when the geometry is a compile-time constant) and a
+    loop over columns that LLVM vectorises, all indices unsigned."""
+    W = _u(xp.shape[1])
+    for o in range(ow_lo, ow_hi):
+        ow = _u(o)
+        w0 = ow * _u(sw) - _u(pw)
+        best, best_at = xp[_u(h0), w0], _u(h0) * W + w0
+        for r in range(kh):
+            ih = _u(h0 + r * dh)
+            for s in range(kw):
+                iw = w0 + _u(s * dw)
+                v = xp[ih, iw]
+                # Selects, not branches, so that the loop over ow vectorises.
+                take = v > best or v != v  # v != v: v is NaN
+                best = v if take else best
+                best_at = ih * W + iw if take else best_at
+        yp[_u(oh), ow] = best
+        ip[_u(oh), ow] = best_at
+
+
+@inlined
+def _max_pool_plane(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """One plane: interior windows by _max_pool_interior, the border ones clipped."""
     H, W = xp.shape
     oh_lo, oh_hi = _interior(Ho, H, kh, sh, ph, dh)
     ow_lo, ow_hi = _interior(Wo, W, kw, sw, pw, dw)
     for oh in range(Ho):
         h0, r_lo, r_hi = _max_window(oh, sh, ph, dh, kh, H)
-        inside = oh_lo <= oh < oh_hi
-        if inside:
-            for ow in range(ow_lo, ow_hi):
-                w0 = ow * sw - pw
-                best, best_at = xp[h0, w0], h0 * W + w0
-                for r in range(kh):
-                    for s in range(kw):
-                        ih, iw = h0 + r * dh, w0 + s * dw
-                        v = _inside(xp, ih, iw)
-                        # Selects, not branches, so that the loop over ow vectorises.
-                        take = v > best or v != v  # v != v: v is NaN
-                        best = v if take else best
-                        best_at = ih * W + iw if take else best_at
-                yp[oh, ow] = best
-                if with_indices:
-                    ip[oh, ow] = best_at
-        for ow in range(Wo):
-            if inside and ow_lo <= ow < ow_hi:
-                continue
-            yp[oh, ow], at = _max_at(xp, h0, r_lo, r_hi, ow, W, kw, sw, pw, dh, dw)
-            if with_indices:
-                ip[oh, ow] = at
+        if oh_lo <= oh < oh_hi:
+            _max_pool_interior(xp, yp, ip, oh, ow_lo, ow_hi, h0, kh, kw, sw, pw, dh, dw)
+            _max_pool_border(xp, yp, ip, oh, 0, ow_lo, h0, r_lo, r_hi, kw, sw, pw, dh, dw)
+            _max_pool_border(xp, yp, ip, oh, ow_hi, Wo, h0, r_lo, r_hi, kw, sw, pw, dh, dw)
+        else:
+            _max_pool_border(xp, yp, ip, oh, 0, Wo, h0, r_lo, r_hi, kw, sw, pw, dh, dw)
 
 
 @helper
@@ -358,17 +370,17 @@ def _is_square(g, k, s, p):
 
 
 @kernel
-def _max_pool2d(x, g, y, indices, with_indices):
+def _max_pool2d(x, g, y, indices):
     """PyTorch's rule: the first maximum in row-major window order wins, and any NaN wins
     over numbers (the last NaN is reported). The common geometries get their own compiled
     copy of the plane loop with the window as constants."""
     for p in prange(x.shape[0]):
         if _is_square(g, 2, 2, 0):
-            _max_pool_plane(x[p], y[p], indices[p], with_indices, g.Ho, g.Wo, 2, 2, 2, 2, 0, 0, 1, 1)
+            _max_pool_plane(x[p], y[p], indices[p], g.Ho, g.Wo, 2, 2, 2, 2, 0, 0, 1, 1)
         elif _is_square(g, 3, 2, 1):
-            _max_pool_plane(x[p], y[p], indices[p], with_indices, g.Ho, g.Wo, 3, 3, 2, 2, 1, 1, 1, 1)
+            _max_pool_plane(x[p], y[p], indices[p], g.Ho, g.Wo, 3, 3, 2, 2, 1, 1, 1, 1)
         else:
-            _max_pool_plane(x[p], y[p], indices[p], with_indices, g.Ho, g.Wo, g.kh, g.kw, g.sh,
+            _max_pool_plane(x[p], y[p], indices[p], g.Ho, g.Wo, g.kh, g.kw, g.sh,
                             g.sw, g.ph, g.pw, g.dh, g.dw)
 
 
@@ -409,6 +421,34 @@ def _avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len, count_include_pad, diviso
     return (h_hi - h_lo) * (w_hi - w_lo)
 
 
+@helper
+def _avg_pool_border(xp, yp, oh, ow_from, ow_to, h_lo, h_hi, h_len, kw, sw, pw,
+                     count_include_pad, divisor_override):
+    """Output columns [ow_from, ow_to) of row oh, windows clipped to the input one by one."""
+    W = xp.shape[1]
+    for ow in range(ow_from, ow_to):
+        w_lo, w_hi, w_len = _avg_window(ow, sw, pw, kw, W)
+        acc = xp.dtype.type(0)
+        for ih in range(h_lo, h_hi):
+            for iw in range(w_lo, w_hi):
+                acc += xp[ih, iw]
+        yp[oh, ow] = acc / xp.dtype.type(_avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
+                                                      count_include_pad, divisor_override))
+
+
+@inlined
+def _avg_pool_interior(xp, yp, oh, ow_lo, ow_hi, h0, kh, kw, sw, pw, divisor):
+    """Output columns [ow_lo, ow_hi) of row oh, windows wholly inside (see _max_pool_interior)."""
+    for o in range(ow_lo, ow_hi):
+        ow = _u(o)
+        w0 = ow * _u(sw) - _u(pw)
+        acc = xp.dtype.type(0)
+        for r in range(kh):
+            for s in range(kw):
+                acc += xp[_u(h0 + r), w0 + _u(s)]
+        yp[_u(oh), ow] = acc / divisor
+
+
 @inlined
 def _avg_pool_plane(xp, yp, count_include_pad, divisor_override, Ho, Wo, kh, kw, sh, sw, ph, pw):
     """One plane; interior windows as in _max_pool_plane (there the divisor is kh*kw or the
@@ -420,25 +460,13 @@ def _avg_pool_plane(xp, yp, count_include_pad, divisor_override, Ho, Wo, kh, kw,
     inner_divisor = xp.dtype.type(divisor_override if divisor_override != 0 else kh * kw)
     for oh in range(Ho):
         h_lo, h_hi, h_len = _avg_window(oh, sh, ph, kh, H)
-        inside = oh_lo <= oh < oh_hi
-        if inside:
-            for ow in range(ow_lo, ow_hi):
-                w0 = ow * sw - pw
-                acc = xp.dtype.type(0)
-                for r in range(kh):
-                    for s in range(kw):
-                        acc += _inside(xp, h_lo + r, w0 + s)
-                yp[oh, ow] = acc / inner_divisor
-        for ow in range(Wo):
-            if inside and ow_lo <= ow < ow_hi:
-                continue
-            w_lo, w_hi, w_len = _avg_window(ow, sw, pw, kw, W)
-            acc = xp.dtype.type(0)
-            for ih in range(h_lo, h_hi):
-                for iw in range(w_lo, w_hi):
-                    acc += xp[ih, iw]
-            yp[oh, ow] = acc / xp.dtype.type(_avg_divisor(h_lo, h_hi, h_len, w_lo, w_hi, w_len,
-                                                          count_include_pad, divisor_override))
+        border = (kw, sw, pw, count_include_pad, divisor_override)
+        if oh_lo <= oh < oh_hi:
+            _avg_pool_interior(xp, yp, oh, ow_lo, ow_hi, h_lo, kh, kw, sw, pw, inner_divisor)
+            _avg_pool_border(xp, yp, oh, 0, ow_lo, h_lo, h_hi, h_len, *border)
+            _avg_pool_border(xp, yp, oh, ow_hi, Wo, h_lo, h_hi, h_len, *border)
+        else:
+            _avg_pool_border(xp, yp, oh, 0, Wo, h_lo, h_hi, h_len, *border)
 
 
 @kernel
@@ -477,9 +505,10 @@ def _planes(a):
 @backend.register
 def max_pool2d(x, g, with_indices):
     y = np.empty(g.output_shape, x.dtype)
-    # Allocated (not touched) even without indices: one compiled signature for both cases.
+    # Computed even when not asked for: a select per tap costs little next to the loads, and
+    # one loop for both cases keeps the code and the compiled copies down.
     indices = np.empty(g.output_shape, np.int64)
-    _max_pool2d(_planes(x), g, _planes(y), _planes(indices), with_indices)
+    _max_pool2d(_planes(x), g, _planes(y), _planes(indices))
     return y, (indices if with_indices else None)
 
 

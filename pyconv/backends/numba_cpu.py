@@ -349,8 +349,9 @@ def _max_pool_interior(xp, yp, ip, oh, ow_lo, ow_hi, h0, kh, kw, sw, pw, dh, dw)
 
 
 @inlined
-def _max_pool_plane(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
-    """One plane: interior windows by _max_pool_interior, the border ones clipped."""
+def _max_pool_plane_direct(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """One plane, each window read whole: interior windows by _max_pool_interior, the border
+    ones clipped."""
     H, W = xp.shape
     oh_lo, oh_hi = _interior(Ho, H, kh, sh, ph, dh)
     ow_lo, ow_hi = _interior(Wo, W, kw, sw, pw, dw)
@@ -362,6 +363,91 @@ def _max_pool_plane(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
             _max_pool_border(xp, yp, ip, oh, ow_hi, Wo, h0, r_lo, r_hi, kw, sw, pw, dh, dw)
         else:
             _max_pool_border(xp, yp, ip, oh, 0, Wo, h0, r_lo, r_hi, kw, sw, pw, dh, dw)
+
+
+# Overlapping windows (3x3 stride 2, ...) are cheaper taken apart: per output row, the max of
+# each input column over the window's rows (contiguous loads, shared by all windows of the
+# row), then the max over each window's columns. Candidates then no longer come in row-major
+# window order, so ties are settled by flat index, which grows in that order.
+
+
+@helper
+def _wins(v, at, best, best_at):
+    """Whether candidate (v, at) replaces (best, best_at) under PyTorch's rule, in any order of
+    candidates: the larger value; between equal values the lower flat index (the first in
+    row-major window order); NaN over numbers, and between NaNs the higher index (the last).
+    Bitwise operators, not `and`/`or`: no branches, so the loops around vectorise."""
+    return ((v > best) | ((v == best) & (at < best_at))
+            | ((v != v) & ((best == best) | (at > best_at))))
+
+
+@inlined
+def _max_over_rows(xp, h0, r_lo, r_hi, dh, col_best, col_at):
+    """col_best[w], col_at[w] = max of input column w over window rows [r_lo, r_hi). Rows come
+    in increasing index order, so a tie keeps the earlier row and a NaN replaces."""
+    W = _u(xp.shape[1])
+    ih = _u(h0 + r_lo * dh)
+    for w in range(W):
+        col_best[w], col_at[w] = xp[ih, w], ih * W + w
+    for r in range(r_lo + 1, r_hi):
+        ih = _u(h0 + r * dh)
+        for w in range(W):
+            v, best = xp[ih, w], col_best[w]
+            take = (v > best) | (v != v)
+            col_best[w] = v if take else best
+            col_at[w] = ih * W + w if take else col_at[w]
+
+
+@inlined
+def _max_over_columns(col_best, col_at, yrow, irow, ow_lo, ow_hi, kw, sw, pw, dw):
+    """Outputs [ow_lo, ow_hi) of one row, whose windows lie wholly inside the columns."""
+    for o in range(ow_lo, ow_hi):
+        ow = _u(o)
+        w0 = ow * _u(sw) - _u(pw)
+        best, best_at = col_best[w0], col_at[w0]
+        for s in range(1, kw):
+            v, at = col_best[w0 + _u(s * dw)], col_at[w0 + _u(s * dw)]
+            take = _wins(v, at, best, best_at)
+            best = v if take else best
+            best_at = at if take else best_at
+        yrow[ow], irow[ow] = best, best_at
+
+
+@helper
+def _max_over_columns_clipped(col_best, col_at, yrow, irow, ow_from, ow_to, kw, sw, pw, dw):
+    """Outputs [ow_from, ow_to) of one row, windows clipped to the columns one by one."""
+    for ow in range(ow_from, ow_to):
+        w0, s_lo, s_hi = _max_window(ow, sw, pw, dw, kw, col_best.shape[0])
+        best, best_at = col_best[w0 + s_lo * dw], col_at[w0 + s_lo * dw]
+        for s in range(s_lo + 1, s_hi):
+            v, at = col_best[w0 + s * dw], col_at[w0 + s * dw]
+            if _wins(v, at, best, best_at):
+                best, best_at = v, at
+        yrow[ow], irow[ow] = best, best_at
+
+
+@inlined
+def _max_pool_plane_separable(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """One plane, rows first, then columns."""
+    H, W = xp.shape
+    col_best, col_at = np.empty(W, xp.dtype), np.empty(W, np.int64)
+    ow_lo, ow_hi = _interior(Wo, W, kw, sw, pw, dw)
+    for oh in range(Ho):
+        h0, r_lo, r_hi = _max_window(oh, sh, ph, dh, kh, H)
+        _max_over_rows(xp, h0, r_lo, r_hi, dh, col_best, col_at)
+        yrow, irow = yp[oh], ip[oh]
+        _max_over_columns(col_best, col_at, yrow, irow, ow_lo, ow_hi, kw, sw, pw, dw)
+        _max_over_columns_clipped(col_best, col_at, yrow, irow, 0, ow_lo, kw, sw, pw, dw)
+        _max_over_columns_clipped(col_best, col_at, yrow, irow, ow_hi, Wo, kw, sw, pw, dw)
+
+
+@inlined
+def _max_pool_plane(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Windows that do not overlap (2x2 stride 2) share no work: each is read whole."""
+    if (kh - 1) * dh < sh and (kw - 1) * dw < sw:
+        _max_pool_plane_direct(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
+    else:
+        _max_pool_plane_separable(xp, yp, ip, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 @helper

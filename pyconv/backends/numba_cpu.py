@@ -689,20 +689,103 @@ def _sigmoid_by_type(v):
     return lambda v: 1.0 / (1.0 + np.exp(-v))
 
 
+# The elementwise passes are short loops over one row (H values) each, with unsigned indices
+# (see _u) and few arrays per loop: LLVM vectorises a loop only after checking at run time
+# that its arrays do not overlap, and gives up when there are too many pairs to check. One loop
+# doing a whole step's elementwise work stayed scalar (float32, one thread: 17.9 ns per hidden
+# unit forward, 5.7 ns backward).
+
+
+@helper
+def _sigmoid_row(pre_x, pre_h, bias, out):
+    for col in range(out.shape[0]):
+        j = _u(col)
+        out[j] = _sigmoid(pre_x[j] + pre_h[j] + bias[j])
+
+
+@helper
+def _tanh_row(pre_x, pre_h, bias, out):
+    for col in range(out.shape[0]):
+        j = _u(col)
+        out[j] = _tanh(pre_x[j] + pre_h[j] + bias[j])
+
+
+@helper
+def _cell_row(i, f, g, c, c_new):
+    for col in range(c.shape[0]):
+        j = _u(col)
+        c_new[j] = f[j] * c[j] + i[j] * g[j]
+
+
+@helper
+def _hidden_row(o, c_new, h_new):
+    for col in range(o.shape[0]):
+        j = _u(col)
+        h_new[j] = o[j] * _tanh(c_new[j])
+
+
+@helper
+def _gates(a, H):
+    """The four gate blocks i, f, g, o of one row of a (., 4H) array."""
+    return a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:]
+
+
 @helper
 def _lstm_pointwise(gx, gh, bias, c, acts, c_new, h_new):
     """Pre-activations gx + gh + bias (rows, 4H) -> activated gates `acts`, c_new, h_new."""
     H = c.shape[1]
+    bi, bf, bg, bo = _gates(bias, H)
     for b in range(c.shape[0]):
-        for j in range(H):
-            i = _sigmoid(gx[b, j] + gh[b, j] + bias[j])
-            f = _sigmoid(gx[b, H + j] + gh[b, H + j] + bias[H + j])
-            g = _tanh(gx[b, 2 * H + j] + gh[b, 2 * H + j] + bias[2 * H + j])
-            o = _sigmoid(gx[b, 3 * H + j] + gh[b, 3 * H + j] + bias[3 * H + j])
-            acts[b, j], acts[b, H + j], acts[b, 2 * H + j], acts[b, 3 * H + j] = i, f, g, o
-            c_next = f * c[b, j] + i * g
-            c_new[b, j] = c_next
-            h_new[b, j] = o * _tanh(c_next)
+        xi, xf, xg, xo = _gates(gx[b], H)
+        hi, hf, hg, ho = _gates(gh[b], H)
+        i, f, g, o = _gates(acts[b], H)
+        _sigmoid_row(xi, hi, bi, i)
+        _sigmoid_row(xf, hf, bf, f)
+        _tanh_row(xg, hg, bg, g)
+        _sigmoid_row(xo, ho, bo, o)
+        _cell_row(i, f, g, c[b], c_new[b])
+        _hidden_row(o, c_new[b], h_new[b])
+
+
+@helper
+def _tanh_of_row(a, out):
+    for col in range(a.shape[0]):
+        j = _u(col)
+        out[j] = _tanh(a[j])
+
+
+@helper
+def _grad_cell_row(grad_c, grad_h, o, tanh_c, out):
+    """d c' in full: the incoming cell gradient plus the path through h' = o*tanh(c')."""
+    one = out.dtype.type(1)
+    for col in range(out.shape[0]):
+        j = _u(col)
+        out[j] = grad_c[j] + grad_h[j] * o[j] * (one - tanh_c[j] * tanh_c[j])
+
+
+@helper
+def _grad_sigmoid_gate_row(d, other, gate, out):
+    """out = d * other * gate'(pre-activation) for a sigmoid gate (gate' = gate*(1-gate))."""
+    one = out.dtype.type(1)
+    for col in range(out.shape[0]):
+        j = _u(col)
+        out[j] = d[j] * other[j] * gate[j] * (one - gate[j])
+
+
+@helper
+def _grad_tanh_gate_row(d, other, gate, out):
+    """out = d * other * (1 - gate^2), gate = tanh(pre-activation)."""
+    one = out.dtype.type(1)
+    for col in range(out.shape[0]):
+        j = _u(col)
+        out[j] = d[j] * other[j] * (one - gate[j] * gate[j])
+
+
+@helper
+def _scale_row(a, factor):
+    for col in range(a.shape[0]):
+        j = _u(col)
+        a[j] *= factor[j]
 
 
 @helper
@@ -710,17 +793,17 @@ def _lstm_pointwise_backward(acts, c, c_new, grad_h, grad_c, grad_gates, grad_c_
     """Gradients of one step's elementwise part: from d h', d c' to the gate pre-activations
     (rows, 4H) and to the previous cell state."""
     H = c.shape[1]
-    one = c.dtype.type(1)
     for b in range(c.shape[0]):
-        for j in range(H):
-            i, f, g, o = acts[b, j], acts[b, H + j], acts[b, 2 * H + j], acts[b, 3 * H + j]
-            tanh_c = _tanh(c_new[b, j])
-            dc = grad_c[b, j] + grad_h[b, j] * o * (one - tanh_c * tanh_c)
-            grad_gates[b, j] = dc * g * i * (one - i)
-            grad_gates[b, H + j] = dc * c[b, j] * f * (one - f)
-            grad_gates[b, 2 * H + j] = dc * i * (one - g * g)
-            grad_gates[b, 3 * H + j] = grad_h[b, j] * tanh_c * o * (one - o)
-            grad_c_prev[b, j] = dc * f
+        i, f, g, o = _gates(acts[b], H)
+        di, df, dg, do = _gates(grad_gates[b], H)
+        tanh_c, dc = do, grad_c_prev[b]  # scratch rows, overwritten last
+        _tanh_of_row(c_new[b], tanh_c)
+        _grad_cell_row(grad_c[b], grad_h[b], o, tanh_c, dc)
+        _grad_sigmoid_gate_row(grad_h[b], tanh_c, o, do)
+        _grad_sigmoid_gate_row(dc, g, i, di)
+        _grad_sigmoid_gate_row(dc, c[b], f, df)
+        _grad_tanh_gate_row(dc, i, g, dg)
+        _scale_row(dc, f)  # d c = d c' * f
 
 
 @kernel

@@ -863,13 +863,24 @@ def _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, cells, acts, grad_g
     return grad_h, grad_c
 
 
+@helper
+def _add_rows(a, out):
+    """out += the sum of the rows of a, row by row (contiguous, vectorised)."""
+    for row in range(a.shape[0]):
+        for col in range(a.shape[1]):
+            out[_u(col)] += a[_u(row), _u(col)]
+
+
 @kernel
-def _column_sums(a, out):
-    for k in prange(a.shape[1]):
-        acc = a.dtype.type(0)
-        for row in range(a.shape[0]):
-            acc += a[row, k]
-        out[k] = acc
+def _column_sums(a, out, threads):
+    """out = a.sum(axis=0): each thread sums a block of rows, then the blocks are added.
+    (A loop down each column would read a whole cache line per element.)"""
+    blocks = min(a.shape[0], threads)
+    partial = np.zeros((blocks, a.shape[1]), a.dtype)
+    for k in prange(blocks):
+        lo, hi = _block(k, blocks, a.shape[0])
+        _add_rows(a[lo:hi], partial[k])
+    _sum_blocks(partial, out)
 
 
 def _lstm_bias(b_ih, b_hh, w_ih):
@@ -888,7 +899,7 @@ def _lstm_gradients(grad_gates, x, h_prev, w_ih, w_hh, b_ih, b_hh):
     _matmul(grad_gates, w_ih, grad_x, _threads())
     _matmul_tn(grad_gates, x, grad_w_ih, _threads())
     _matmul_tn(grad_gates, h_prev, grad_w_hh, _threads())
-    _column_sums(grad_gates, grad_b)
+    _column_sums(grad_gates, grad_b, _threads())
     return (grad_x, grad_w_ih, grad_w_hh,
             None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
 

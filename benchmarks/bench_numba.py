@@ -178,6 +178,89 @@ def table(selected, names, reps):
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# LSTM: the elementwise work apart from the GEMMs
+
+
+def lstm_elementwise_split(T, B, I, H, reps):
+    """Milliseconds of an LSTM forward (float32) per backend: total, the same GEMMs alone
+    (the input projection of all steps, then one h @ w_hh^T per step) and the difference,
+    i.e. the elementwise work plus the per-step overheads; for numba also its fused elementwise
+    pass alone (_lstm_pointwise on every step's rows). The C++ GEMMs are timed through
+    pyconv._C.gemm, which packs w_hh on every call where the LSTM packs it once: the C++
+    difference is therefore an underestimate."""
+    import numba
+
+    from pyconv import _C
+    from pyconv.backends import numba_cpu as nb
+
+    rng = np.random.default_rng(0)
+    x, h0, c0 = (rng.standard_normal(s, dtype=np.float32) for s in ((T, B, I), (B, H), (B, H)))
+    w_ih, w_hh, b_ih, b_hh = (bench._lstm_params(rng, I, H)[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh"))
+    w_ih_t, w_hh_t = np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)
+    x2 = x.reshape(T * B, I)
+    x_proj, gh = np.empty((T * B, 4 * H), np.float32), np.empty((B, 4 * H), np.float32)
+    acts, gates = np.empty((B, 4 * H), np.float32), np.random.default_rng(1).random((B, 4 * H), np.float32)
+    c_new, h_new = np.empty((B, H), np.float32), np.empty((B, H), np.float32)
+    bias = b_ih + b_hh
+    threads = nb._threads()
+    nb._one_blas_thread()
+
+    @numba.njit(parallel=True)
+    def numba_step_gemms(h, w_hh, gh, T, threads):  # the GEMMs of _lstm_step, T times
+        blocks = min(h.shape[0], threads)
+        for _ in range(T):
+            for k in numba.prange(blocks):
+                lo, hi = nb._block(k, blocks, h.shape[0])
+                np.dot(h[lo:hi], w_hh.T, gh[lo:hi])
+
+    @numba.njit(parallel=True)
+    def numba_pointwise(gates, bias, c, acts, c_new, h_new, T, threads):  # as in _lstm_step
+        blocks = min(c.shape[0], threads)
+        for _ in range(T):
+            for k in numba.prange(blocks):
+                lo, hi = nb._block(k, blocks, c.shape[0])
+                nb._lstm_pointwise(gates[lo:hi], gates[lo:hi], bias, c[lo:hi], acts[lo:hi],
+                                   c_new[lo:hi], h_new[lo:hi])
+
+    def numba_gemms():
+        nb._matmul(x2, w_ih.T, x_proj, threads)
+        numba_step_gemms(h0, w_hh, gh, T, threads)
+
+    def cpu_gemms():
+        _C.gemm(x2, w_ih_t, x_proj)
+        for _ in range(T):
+            _C.gemm(h0, w_hh_t, gh)
+
+    args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    fns = {
+        "numba total": lambda: ops.lstm(*args, backend="numba"),
+        "numba GEMMs": numba_gemms,
+        "numba elementwise pass": lambda: numba_pointwise(gates, bias, c0, acts, c_new, h_new, T, threads),
+        "cpu total": lambda: ops.lstm(*args, backend="cpu"),
+        "cpu GEMMs": cpu_gemms,
+    }
+    times = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    ms["numba total - GEMMs"] = ms["numba total"] - ms["numba GEMMs"]
+    ms["cpu total - GEMMs"] = ms["cpu total"] - ms["cpu GEMMs"]
+    units = T * B * H
+    print(f"LSTM T={T} B={B} {I}->{H}, float32, {threads} threads, median of {reps} (ms): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
+          + f"; per hidden unit and step (ns): numba elementwise pass "
+          f"{ms['numba elementwise pass'] / units * 1e6:.2f}, numba total - GEMMs "
+          f"{ms['numba total - GEMMs'] / units * 1e6:.2f}, cpu total - GEMMs "
+          f"{ms['cpu total - GEMMs'] / units * 1e6:.2f}")
+    return ms
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the small cases only")
@@ -186,9 +269,17 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, help="pyconv.set_num_threads(N) first (for one "
                         "thread also set NUMBA_NUM_THREADS=1: a masked Numba pool is slower)")
+    parser.add_argument("--lstm-split", action="store_true", help="only the LSTM forward split "
+                        "into GEMMs and elementwise work (lstm_elementwise_split)")
     args = parser.parse_args()
     if args.threads:
         pyconv.set_num_threads(args.threads)
+    if args.lstm_split:
+        # The benchmark shapes, and one where the GEMMs are small (K = 16) next to the
+        # elementwise work, so that the C++ difference is not lost in the GEMM timing.
+        for shape in ((100, 64, 128, 256), (20, 32, 64, 128), (20, 1024, 16, 16)):
+            lstm_elementwise_split(*shape, args.reps)
+        return
     names = [n for n in IMPLS if not (args.no_reference and n == "reference")]
     selected = [c for c in cases(args.quick) if not args.ops or any(o in c.op for o in args.ops)]
     print(f"threads: {pyconv.get_num_threads()}; numba / cpu < 1 means numba is faster")

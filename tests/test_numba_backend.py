@@ -131,6 +131,25 @@ def test_max_pool2d_and_backward(rng, params, dtype):
     assert_close(got, torch_grads(yt, grad_out, xt)[0])
 
 
+@pytest.mark.parametrize("params", [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=1, padding=1),
+    dict(kernel_size=(2, 3), stride=(2, 2), dilation=(2, 1), ceil_mode=True),
+])
+def test_max_pool2d_ties_nan_and_inf_everywhere(rng, params):
+    """Values from {-inf, 0, 1, 2, NaN}: most windows hold ties and several NaNs, so the
+    winner's index checks the tie and NaN rules (the rows-then-columns path of overlapping
+    windows meets candidates out of window order)."""
+    x = rng.integers(0, 3, (2, 3, 9, 11)).astype(np.float32)
+    u = rng.random(x.shape)
+    x[u < 0.1], x[u > 0.9] = np.nan, -np.inf
+    yt, it = F.max_pool2d(torch.from_numpy(x), **params, return_indices=True)
+    y, idx = ops.max_pool2d(x, **params, return_indices=True, **NB)
+    np.testing.assert_array_equal(y, yt.numpy())
+    np.testing.assert_array_equal(idx, it.numpy())
+
+
 AVG_POOL_CASES = [
     dict(kernel_size=2),
     dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),

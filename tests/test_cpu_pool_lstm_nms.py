@@ -186,12 +186,18 @@ def test_lstm_forward_and_backward_match_torch(isa, dtype, bias, T, B, I, H):
     close(y, out, dtype)
     close(h, hT[0], dtype)
     close(c, cT[0], dtype)
-    grads = ops.lstm_backward(go, ghT, gcT, x, h0, c0, *w)
+    # The forward that keeps its gates and states computes the same; the backward from them
+    # and the one that runs the forward again both match PyTorch.
+    y_saved, (h_saved, c_saved), saved = ops.lstm(x, h0, c0, *w, save_for_backward=True)
+    for got, ref in ((y_saved, y), (h_saved, h), (c_saved, c)):
+        np.testing.assert_array_equal(got, ref)
     want = [tx.grad, th0.grad, tc0.grad] + [None if p is None else p.grad for p in params]
-    for got, ref in zip(grads, want):
-        assert (got is None) == (ref is None)
-        if ref is not None:
-            close(got, ref, dtype)
+    for grads in (ops.lstm_backward(go, ghT, gcT, x, h0, c0, *w),
+                  ops.lstm_backward(go, ghT, gcT, x, h0, c0, *w, saved=saved)):
+        for got, ref in zip(grads, want):
+            assert (got is None) == (ref is None)
+            if ref is not None:
+                close(got, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

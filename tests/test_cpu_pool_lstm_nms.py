@@ -124,6 +124,14 @@ def test_avg_pool2d_and_backward_match_torch(isa, dtype, k, s, p, ceil, cip, div
         close(ops.avg_pool2d_backward(g, x.shape, k, s, p, ceil, cip, div), tx.grad, dtype)
 
 
+def test_avg_pool2d_of_an_input_larger_than_the_cache_matches_torch(isa):
+    """Above 24 MiB of input + output the kernel streams its output from a buffer, block of
+    rows by block of rows: odd widths put the blocks at unaligned addresses."""
+    x = np.random.default_rng(9).standard_normal((3, 5, 647, 661)).astype(np.float32)  # 25.7 MB
+    for k, s, p in [(2, 2, 0), (3, 2, 1)]:
+        close(ops.avg_pool2d(x, k, s, p), F.avg_pool2d(t(x), k, s, p), np.float32)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_unpool2d_matches_torch(isa, dtype):
     rng = np.random.default_rng(5)

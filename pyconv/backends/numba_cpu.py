@@ -726,18 +726,21 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 def _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     """-> (out, c_T, the LstmSaved of the run if save else None). Saving keeps the cells and
-    gates of every step, and out is then hs[1:] of the record."""
+    gates of every step (else one row of each is reused), and out is then hs[1:] of the record."""
     T, B, _ = x.shape
     H = h0.shape[1]
     rows = T if save else 1
-    hs = np.empty((T + 1 if save else 1, B, H), x.dtype)
+    hs = np.empty((T + 1, B, H), x.dtype) if save else None
     out = hs[1:] if save else np.empty((T, B, H), x.dtype)
     cs = np.empty((rows + 1, B, H), x.dtype)
     gates = np.empty((rows, B, 4 * H), x.dtype)
-    hs[0], cs[0] = h0, c0
+    cs[0] = c0
     _lstm_forward(x, h0, c0, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), out, cs[1:], gates,
                   _threads())
-    return out, cs[-1], LstmSaved(backend.name, gates, hs, cs) if save else None
+    if not save:
+        return out, cs[-1], None
+    hs[0] = h0
+    return out, cs[-1], LstmSaved(backend.name, gates, hs, cs)
 
 
 @backend.register

@@ -204,7 +204,8 @@ struct Lstm {
     static void run(const py::array& x, const py::array& h0, const py::array& c0,
                     const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
                     const py::object& b_hh, const py::array& out, const py::object& h_T,
-                    const py::array& c_T) {
+                    const py::array& c_T, const py::object& saved_gates,
+                    const py::object& saved_cells) {
         const LstmShape s = lstm_shape<T>(x, h0);
         const T* xp = checked<T>(x, {s.T, s.B, s.I}, "x");
         const T* hp = checked<T>(h0, {s.B, s.H}, "h0");
@@ -214,8 +215,12 @@ struct Lstm {
         T* hT = checked_or_null<T>(h_T, {s.B, s.H}, "h_T", true);
         T* cT = checked<T>(c_T, {s.B, s.H}, "c_T", true);
         if (std::min({s.T, s.B, s.I, s.H}) < 1) throw py::value_error("lstm: empty input");
+        T* sg = checked_or_null<T>(saved_gates, {s.T, s.B, kernels<T>().lstm_gate_columns(s.H)},
+                                   "saved_gates", true);
+        T* sc = checked_or_null<T>(saved_cells, {s.T, s.B, s.H}, "saved_cells", true);
+        if (!sg != !sc) throw py::value_error("lstm: pass both saved_gates and saved_cells, or neither");
         py::gil_scoped_release nogil;
-        kernels<T>().lstm(s, xp, hp, cp, w, op, hT, cT);
+        kernels<T>().lstm(s, xp, hp, cp, w, op, hT, cT, sg, sc);
     }
 };
 
@@ -226,7 +231,9 @@ struct LstmBackward {
                     const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
                     const py::object& b_hh, const py::array& grad_x, const py::array& grad_h0,
                     const py::array& grad_c0, const py::array& grad_w_ih,
-                    const py::array& grad_w_hh, const py::object& grad_b) {
+                    const py::array& grad_w_hh, const py::object& grad_b,
+                    const py::object& saved_gates, const py::object& saved_hs,
+                    const py::object& saved_cs) {
         const LstmShape s = lstm_shape<T>(x, h0);
         const std::vector<int64_t> bh{s.B, s.H}, g4{4 * s.H};
         const T* gop = checked_or_null<T>(grad_out, {s.T, s.B, s.H}, "grad_out");
@@ -243,8 +250,16 @@ struct LstmBackward {
         T* gwh = checked<T>(grad_w_hh, {4 * s.H, s.H}, "grad_w_hh", true);
         T* gb = checked_or_null<T>(grad_b, g4, "grad_b", true);
         if (std::min({s.T, s.B, s.I, s.H}) < 1) throw py::value_error("lstm_backward: empty input");
+        const std::vector<int64_t> states{s.T + 1, s.B, s.H};
+        const T* sg = checked_or_null<T>(
+            saved_gates, {s.T, s.B, kernels<T>().lstm_gate_columns(s.H)}, "saved_gates");
+        const T* sh = checked_or_null<T>(saved_hs, states, "saved_hs");
+        const T* sc = checked_or_null<T>(saved_cs, states, "saved_cs");
+        if (!sg != !sh || !sg != !sc)
+            throw py::value_error("lstm_backward: pass all of saved_gates, saved_hs and saved_cs, or none");
         py::gil_scoped_release nogil;
-        kernels<T>().lstm_backward(s, gop, ghT, gcT, xp, hp, cp, w, gx, gh0, gc0, gwi, gwh, gb);
+        kernels<T>().lstm_backward(s, gop, ghT, gcT, xp, hp, cp, w, gx, gh0, gc0, gwi, gwh, gb,
+                                   sg, sh, sc);
     }
 };
 
@@ -435,27 +450,47 @@ PYBIND11_MODULE(_C, m) {
     m.def("lstm",
           [](const py::array& x, const py::array& h0, const py::array& c0, const py::array& w_ih,
              const py::array& w_hh, const py::object& b_ih, const py::object& b_hh,
-             const py::array& out, const py::object& h_T, const py::array& c_T) {
-              by_dtype<Lstm>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, h_T, c_T);
+             const py::array& out, const py::object& h_T, const py::array& c_T,
+             const py::object& saved_gates, const py::object& saved_cells) {
+              by_dtype<Lstm>(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, h_T, c_T, saved_gates,
+                             saved_cells);
           },
           py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"),
           py::arg("b_ih"), py::arg("b_hh"), py::arg("out"), py::arg("h_T"), py::arg("c_T"),
-          "LSTM over x (T,B,I) into out (T,B,H), h_T (or None) and c_T");
+          py::arg("saved_gates") = py::none(), py::arg("saved_cells") = py::none(),
+          "LSTM over x (T,B,I) into out (T,B,H), h_T (or None) and c_T; to keep the forward "
+          "for lstm_backward, saved_gates (T,B,lstm_gate_columns(H)) and saved_cells (T,B,H) "
+          "receive the activated gates and c_1..c_T");
+    m.def("lstm_gate_columns",
+          [](int64_t H, const py::dtype& dtype) {
+              if (H < 1) throw py::value_error("lstm_gate_columns: H must be >= 1");
+              if (dtype.is(py::dtype::of<float>())) return kernels<float>().lstm_gate_columns(H);
+              if (dtype.is(py::dtype::of<double>())) return kernels<double>().lstm_gate_columns(H);
+              throw py::type_error("expected float32 or float64, got " + std::string(py::str(dtype)));
+          },
+          py::arg("H"), py::arg("dtype"),
+          "width of lstm's saved gate rows for H hidden units (the kernels' padded gate layout)");
     m.def("lstm_backward",
           [](const py::array& x, const py::object& grad_out, const py::object& grad_hT,
              const py::object& grad_cT, const py::array& h0, const py::array& c0,
              const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
              const py::object& b_hh, const py::array& grad_x, const py::array& grad_h0,
              const py::array& grad_c0, const py::array& grad_w_ih, const py::array& grad_w_hh,
-             const py::object& grad_b) {
+             const py::object& grad_b, const py::object& saved_gates,
+             const py::object& saved_hs, const py::object& saved_cs) {
               by_dtype<LstmBackward>(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih,
-                                     b_hh, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b);
+                                     b_hh, grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b,
+                                     saved_gates, saved_hs, saved_cs);
           },
           py::arg("x"), py::arg("grad_out"), py::arg("grad_hT"), py::arg("grad_cT"),
           py::arg("h0"), py::arg("c0"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
           py::arg("b_hh"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"),
           py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_b"),
-          "backpropagation through time of lstm (grad_* outputs written in place)");
+          py::arg("saved_gates") = py::none(), py::arg("saved_hs") = py::none(),
+          py::arg("saved_cs") = py::none(),
+          "backpropagation through time of lstm (grad_* outputs written in place), from the "
+          "saved forward (gates as lstm saved them, hs and cs (T+1,B,H) = h_0..h_T, c_0..c_T) "
+          "or, when they are None, running the forward again");
     m.def("box_iou",
           [](const py::array& a, const py::array& b, const py::array& out) {
               by_dtype<BoxIou>(a, b, out);

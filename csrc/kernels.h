@@ -52,14 +52,22 @@ struct KernelsFor {
                          const int64_t* idx, T* y);
 
     // out (T,B,H); h_T, c_T (B,H); h_T may be nullptr (a cell's h is out itself).
+    // To keep the forward for the backward, saved_gates (T,B,lstm_gate_columns(H)) receives
+    // the activated gates in the kernels' own layout and saved_cells (T,B,H) c_1..c_T; both
+    // nullptr (nothing kept) or both set.
     void (*lstm)(const LstmShape&, const T* x, const T* h0, const T* c0, LstmWeights<T> w,
-                 T* out, T* h_T, T* c_T);
+                 T* out, T* h_T, T* c_T, T* saved_gates, T* saved_cells);
+    // Width of the saved gates' rows for H hidden units (4H rounded up to whole blocks).
+    int64_t (*lstm_gate_columns)(int64_t H);
     // Backpropagation through time. grad_out (T,B,H), grad_hT, grad_cT (B,H) may be nullptr
     // (zero). grad_b is the gradient of each bias (both are the same), nullptr to skip it.
+    // saved_gates as from lstm, saved_hs and saved_cs (T+1,B,H) = h_0..h_T and c_0..c_T: the
+    // forward of the same inputs (read only), or all nullptr to run the forward again.
     void (*lstm_backward)(const LstmShape&, const T* grad_out, const T* grad_hT,
                           const T* grad_cT, const T* x, const T* h0, const T* c0,
                           LstmWeights<T> w, T* grad_x, T* grad_h0, T* grad_c0, T* grad_w_ih,
-                          T* grad_w_hh, T* grad_b);
+                          T* grad_w_hh, T* grad_b, const T* saved_gates, const T* saved_hs,
+                          const T* saved_cs);
 
     // iou (n, m) of boxes a (n,4) and b (m,4) as (x1, y1, x2, y2).
     void (*box_iou)(const T* a, int64_t n, const T* b, int64_t m, T* iou);

@@ -146,20 +146,31 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
 }
 
 template <class T>
+int64_t lstm_gate_columns(int64_t H) {
+    return 4 * LstmPlan<T>::U * ceil_div(H, LstmPlan<T>::U);
+}
+
+template <class T>
 void lstm(const LstmShape& s, const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* out,
-          T* h_T, T* c_T) {
+          T* h_T, T* c_T, T* saved_gates, T* saved_cells) {
     const LstmPlan<T> P(s, w);
-    T* gates = reused_scratch<T>(kGates, P.T_ * P.B * P.G);
-    lstm_forward_core(P, x, h0, c0, gates, out, c_T, 0);
-    if (h_T) std::copy(out + (P.T_ - 1) * P.B * P.H, out + P.T_ * P.B * P.H, h_T);
+    const int64_t BH = P.B * P.H;
+    if (saved_gates) {  // keeping the forward: the gates and every c_t go to the caller's buffers
+        lstm_forward_core(P, x, h0, c0, saved_gates, out, saved_cells, BH);
+        std::copy(saved_cells + (P.T_ - 1) * BH, saved_cells + P.T_ * BH, c_T);
+    } else {
+        lstm_forward_core(P, x, h0, c0, reused_scratch<T>(kGates, P.T_ * P.B * P.G), out, c_T, 0);
+    }
+    if (h_T) std::copy(out + (P.T_ - 1) * BH, out + P.T_ * BH, h_T);
 }
 
 // Backward of the cell update for units [0, n) of one batch row. act holds the block's gate
-// activations and receives the pre-activation gradients; dh is the gradient reaching h_t, dc
-// the one reaching c_t (replaced by the gradient reaching c_{t-1}).
+// activations, dgate receives the pre-activation gradients (it may be act itself: each vector
+// is read before it is written); dh is the gradient reaching h_t, dc the one reaching c_t
+// (replaced by the gradient reaching c_{t-1}).
 template <class T>
-static inline void cell_backward(T* act, int64_t U, int64_t n, const T* c, const T* c_prev,
-                                 const T* grad_out, const T* dh_rec, T* dc) {
+static inline void cell_backward(const T* act, T* dgate, int64_t U, int64_t n, const T* c,
+                                 const T* c_prev, const T* grad_out, const T* dh_rec, T* dc) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int64_t L = S::lanes;
@@ -170,10 +181,10 @@ static inline void cell_backward(T* act, int64_t U, int64_t n, const T* c, const
         const V tc = vtanh<T>(S::load(c + u));
         const V dh = S::load(dh_rec + u) + (grad_out ? S::load(grad_out + u) : S::splat(T(0)));
         const V dct = S::load(dc + u) + dh * o * (T(1) - tc * tc);
-        S::store(act + u, dct * g * i * (T(1) - i));
-        S::store(act + U + u, dct * S::load(c_prev + u) * f * (T(1) - f));
-        S::store(act + 2 * U + u, dct * i * (T(1) - g * g));
-        S::store(act + 3 * U + u, dh * tc * o * (T(1) - o));
+        S::store(dgate + u, dct * g * i * (T(1) - i));
+        S::store(dgate + U + u, dct * S::load(c_prev + u) * f * (T(1) - f));
+        S::store(dgate + 2 * U + u, dct * i * (T(1) - g * g));
+        S::store(dgate + 3 * U + u, dh * tc * o * (T(1) - o));
         S::store(dc + u, dct * f);
     }
     for (; u < n; ++u) {
@@ -181,12 +192,14 @@ static inline void cell_backward(T* act, int64_t U, int64_t n, const T* c, const
         const T tc = std::tanh(c[u]);
         const T dh = dh_rec[u] + (grad_out ? grad_out[u] : T(0));
         const T dct = dc[u] + dh * o * (T(1) - tc * tc);
-        act[u] = dct * g * i * (T(1) - i);
-        act[U + u] = dct * c_prev[u] * f * (T(1) - f);
-        act[2 * U + u] = dct * i * (T(1) - g * g);
-        act[3 * U + u] = dh * tc * o * (T(1) - o);
+        dgate[u] = dct * g * i * (T(1) - i);
+        dgate[U + u] = dct * c_prev[u] * f * (T(1) - f);
+        dgate[2 * U + u] = dct * i * (T(1) - g * g);
+        dgate[3 * U + u] = dh * tc * o * (T(1) - o);
         dc[u] = dct * f;
     }
+    for (; u < U; ++u)  // padding units past H get no gradient (whatever the activations hold)
+        dgate[u] = dgate[U + u] = dgate[2 * U + u] = dgate[3 * U + u] = T(0);
 }
 
 // Calls put(col, sum of column col) for each column of a (rows x cols) row-major matrix,
@@ -220,18 +233,26 @@ struct InputsAndStates {
 template <class T>
 void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, const T* grad_cT,
                    const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* grad_x,
-                   T* grad_h0, T* grad_c0, T* grad_w_ih, T* grad_w_hh, T* grad_b) {
+                   T* grad_h0, T* grad_c0, T* grad_w_ih, T* grad_w_hh, T* grad_b,
+                   const T* saved_gates, const T* saved_hs, const T* saved_cs) {
     constexpr int64_t U = LstmPlan<T>::U;
     const LstmPlan<T> P(s, w);
-    const int64_t B = P.B, H = P.H, I = P.I, G = P.G, T_ = P.T_, TB = T_ * B;
+    const int64_t B = P.B, H = P.H, I = P.I, G = P.G, T_ = P.T_, TB = T_ * B, BH = B * H;
 
-    // Forward again, keeping every step: hs = [h0, h_1, ..., h_T], cs = [c_1, ..., c_T], and
-    // the gate activations, which the backward sweep overwrites with their gradients dG.
-    T* hs = reused_scratch<T>(kStatesH, (T_ + 1) * B * H);
-    T* cs = reused_scratch<T>(kStatesC, T_ * B * H);
-    T* gates = reused_scratch<T>(kGates, T_ * B * G);
-    std::copy(h0, h0 + B * H, hs);
-    lstm_forward_core(P, x, h0, c0, gates, hs + B * H, cs, B * H);
+    // The gate gradients dG of every step. The forward's activations come from the caller's
+    // saved buffers, or from running the forward again into dG itself (the backward sweep then
+    // overwrites each step's activations with their gradients), with hs = [h0, h_1, ..., h_T]
+    // and cs = [c0, c_1, ..., c_T].
+    T* dG = reused_scratch<T>(kGates, T_ * B * G);
+    const T *acts = saved_gates, *hs = saved_hs, *cs = saved_cs;
+    if (!saved_gates) {
+        T* hs_run = reused_scratch<T>(kStatesH, (T_ + 1) * BH);
+        T* cs_run = reused_scratch<T>(kStatesC, (T_ + 1) * BH);
+        std::copy(h0, h0 + BH, hs_run);
+        std::copy(c0, c0 + BH, cs_run);
+        lstm_forward_core(P, x, h0, c0, dG, hs_run + BH, cs_run + BH, BH);
+        acts = dG, hs = hs_run, cs = cs_run;
+    }
 
     // dh_rec = dG_t . W_hh (the gradient h_{t-1} receives through the gates); dc runs along.
     std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));
@@ -248,14 +269,14 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
             return row ? row + u_lo : nullptr;
         }));
         for (int64_t t = T_ - 1; t >= 0; --t) {
-            T* dg = gates + t * B * G;
-            const T* c_prev = t ? cs + (t - 1) * B * H : c0;
+            T* dg = dG + t * B * G;
+            const T* act = acts + t * B * G;
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
-                    const int64_t at = b * H + j * U;
-                    cell_backward(dg + b * G + 4 * U * j, U, std::min(U, H - j * U),
-                                  cs + t * B * H + at, c_prev + at,
-                                  grad_out ? grad_out + t * B * H + at : nullptr,
+                    const int64_t at = b * H + j * U, gate_at = b * G + 4 * U * j;
+                    cell_backward(act + gate_at, dg + gate_at, U, std::min(U, H - j * U),
+                                  cs + (t + 1) * BH + at, cs + t * BH + at,
+                                  grad_out ? grad_out + t * BH + at : nullptr,
                                   dh_rec.data() + at, dc.data() + at);
                 }
 #pragma omp barrier
@@ -268,7 +289,6 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     std::copy(dc.begin(), dc.end(), grad_c0);
 
     // The weight-shared products over all steps at once, on dG (TB x G).
-    const T* dG = gates;
     // grad_x = dG . W_ih in gate order (row k of B is weight row source_row(k)).
     gemm_parallel<T>(TB, I, G, InMatrixA<T>::plain(dG, G, G),
                      rows_b<T>([&](int64_t k) { return P.weight_row(w.w_ih, I, k); }),

@@ -249,10 +249,11 @@ def _lstm_case(name, T, B, I, Hd, backward, quick=False):
 
     def run(a, be):
         args = (a["x"], a["h0"], a["c0"], *(a[k] for k in weights))
-        out = ops.lstm(*args, backend=be)
-        if backward:
-            out = ops.lstm_backward(a["gout"], None, None, *args, backend=be)
-        return out
+        if not backward:
+            return ops.lstm(*args, backend=be)
+        # As the autograd does: the forward keeps its gates and states for the backward.
+        *_, saved = ops.lstm(*args, backend=be, save_for_backward=True)
+        return ops.lstm_backward(a["gout"], None, None, *args, backend=be, saved=saved)
 
     def torch_fn(a):
         torch = _torch()

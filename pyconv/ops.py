@@ -9,6 +9,7 @@ Outputs are new C-contiguous arrays.
 from __future__ import annotations
 
 from . import _spec
+from .backends import LstmSaved as _LstmSaved
 from .backends import resolve as _resolve
 
 __all__ = [
@@ -199,24 +200,38 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None
                 (grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh))
 
 
-def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None, save_for_backward=False):
     """A single-layer LSTM over a whole sequence: x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``.
 
     The input projection of all T steps is one GEMM; then the recurrence runs step by step.
+    With ``save_for_backward=True`` it returns ``(out, (h_T, c_T), saved)``: ``saved`` holds
+    the gates and states of every step (opaque; pass it to :func:`lstm_backward`, which then
+    skips running the forward again). Do not modify ``out`` in place while ``saved`` is in use:
+    it may share memory with it.
     """
     _spec.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    return _run("lstm", "lstm", backend, (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    out, state, saved = _run("lstm", "lstm", backend, (x, h0, c0, w_ih, w_hh, b_ih, b_hh),
+                             bool(save_for_backward))
+    return (out, state, saved) if save_for_backward else (out, state)
 
 
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None,
-                  *, backend=None):
+                  *, backend=None, saved=None):
     """Backpropagation through time of :func:`lstm` -> ``(grad_x, grad_h0, grad_c0, grad_w_ih,
-    grad_w_hh, grad_b_ih, grad_b_hh)``. Any of grad_out, grad_hT, grad_cT may be None (zero)."""
+    grad_w_hh, grad_b_ih, grad_b_hh)``. Any of grad_out, grad_hT, grad_cT may be None (zero).
+    ``saved``: what ``lstm(..., save_for_backward=True)`` returned for the same inputs on the
+    same backend; without it the forward recurrence is computed again."""
     T, B, _, Hd = _spec.lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     grad_out = _zeros_like_if_none(grad_out, x, (T, B, Hd))
     grad_hT, grad_cT = (_zeros_like_if_none(g, x, (B, Hd)) for g in (grad_hT, grad_cT))
-    return _run("lstm_backward", "lstm_backward", backend,
-                (grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    arrays = (grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    be = _resolve(backend, arrays, "lstm_backward")
+    if saved is not None:
+        if not isinstance(saved, _LstmSaved):
+            raise ValueError("lstm_backward: saved must be the third value returned by "
+                             f"lstm(..., save_for_backward=True), got {type(saved).__name__}")
+        saved.check("lstm_backward", be, x, h0)
+    return _run("lstm_backward", "lstm_backward", be.name, arrays, saved)
 
 
 def _zeros_like_if_none(g, like, shape):

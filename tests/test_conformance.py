@@ -430,3 +430,80 @@ def test_kernel_coverage(backend):
     assert CONTRACT - kernels == EXPECTED_MISSING.get(backend, set()), (
         f"the {backend!r} backend lacks {sorted(CONTRACT - kernels)}; update EXPECTED_MISSING "
         "only when that is intended")
+
+
+# --------------------------------------------------------------------------------------------
+# lstm(..., save_for_backward=True) and lstm_backward(..., saved=): the backward from the
+# saved forward gives what the recomputing backward gives, on every backend.
+
+SAVED_CASES = ("basic", "no_bias", "only_grad_out")
+
+
+def _numpy_results(results):
+    return tuple(tuple(_numpy_results(r)) if isinstance(r, tuple) else to_numpy(r) for r in results)
+
+
+@pytest.mark.parametrize("case_id, backend, dtype", [
+    pytest.param(case_id, backend, dtype, id=f"lstm_saved-{case_id}-{backend}-{np.dtype(dtype).name}")
+    for case_id in SAVED_CASES for backend in pyconv.backends() for dtype in DTYPES
+])
+def test_lstm_backward_from_the_saved_forward(case_id, backend, dtype):
+    rng = np.random.default_rng(zlib.crc32(f"lstm_saved/{case_id}".encode()))
+    args, _ = CASES["lstm_backward"][case_id](rng, dtype)
+    upstream = on_backend(backend, *args[:3])
+    inputs = on_backend(backend, *args[3:])
+    plain = ops.lstm(*inputs, backend=backend)
+    out, state, saved = ops.lstm(*inputs, backend=backend, save_for_backward=True)
+    assert_same_result((out, state), _numpy_results(plain), dtype)
+
+    recomputed = _numpy_results(ops.lstm_backward(*upstream, *inputs, backend=backend))
+    from_saved = ops.lstm_backward(*upstream, *inputs, backend=backend, saved=saved)
+    assert_same_result(from_saved, recomputed, dtype)
+    assert_same_result(from_saved, ops.lstm_backward(*args, backend="reference"), dtype)
+    # The backward only reads the record: a second backward from it gives the same again.
+    again = ops.lstm_backward(*upstream, *inputs, backend=backend, saved=saved)
+    assert_same_result(again, _numpy_results(from_saved), dtype)
+
+
+def _lstm_inputs(T, dtype=np.float64, B=2, I=3, H=6):
+    rng = np.random.default_rng(T)
+    return (array(rng, (T, B, I), dtype), *lstm_cell_args(rng, dtype, B, I, H, True))
+
+
+def _saved(inputs, backend):
+    return ops.lstm(*inputs, backend=backend, save_for_backward=True)[2]
+
+
+def _record_with(backend, **arrays):
+    saved = _saved(_lstm_inputs(3), "reference")
+    fields = {"gates": saved.gates, "hs": saved.hs, "cs": saved.cs, **arrays}
+    return registry.LstmSaved(backend, **fields)
+
+
+NUMPY_BACKENDS = [b for b in pyconv.backends() if registry.get(b).array_kind == "numpy"]
+BAD_SAVED = {
+    "not_a_record": (lambda be: (1, 2, 3), "saved must be the third value"),
+    "other_backend": (lambda be: _record_with("elsewhere"), "comes from the 'elsewhere' backend"),
+    "other_dtype": (lambda be: _saved(_lstm_inputs(3, np.float32), be), "saved.gates is float32"),
+    "other_length": (lambda be: _saved(_lstm_inputs(4), be), r"saved.gates has shape \(4,"),
+    "other_batch": (lambda be: _saved(_lstm_inputs(3, B=3), be), r"saved.gates has shape \(3, 3,"),
+    "states_shape": (lambda be: _record_with(be, hs=np.zeros((3, 2, 6))), r"saved.hs has shape \(3, 2, 6\)"),
+}
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+@pytest.mark.parametrize("case_id", BAD_SAVED)
+def test_lstm_backward_rejects_a_saved_record_that_does_not_fit(case_id, backend):
+    make, message = BAD_SAVED[case_id]
+    inputs = _lstm_inputs(3)
+    with pytest.raises(ValueError, match=message):
+        ops.lstm_backward(np.ones((3, 2, 6)), None, None, *inputs, backend=backend, saved=make(backend))
+
+
+@pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
+def test_cpu_lstm_backward_rejects_gates_of_another_layout():
+    """The C++ kernels save gates in their own padded layout: the reference's (T, B, 4H) gates
+    have the right leading dimensions but not the width the kernels would read."""
+    with pytest.raises(ValueError, match="saved_gates: expected shape"):
+        ops.lstm_backward(np.ones((3, 2, 6)), None, None, *_lstm_inputs(3), backend="cpu",
+                          saved=_record_with("cpu"))

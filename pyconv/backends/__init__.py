@@ -21,9 +21,12 @@ optional arrays are None; index arrays are int64):
     lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)   -> (h_new, c_new)
     lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh)
         -> (grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
-    lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)      -> (out (T, B, H), (h_T, c_T))
-    lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save)
+        -> (out (T, B, H), (h_T, c_T), an LstmSaved if save else None)
+    lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved)
         -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
+        saved: None (the backward recomputes the forward) or the LstmSaved of this backend's
+        lstm on the same inputs, already checked against x and h0 (LstmSaved.check)
     box_iou(boxes1, boxes2)                      -> (N, M)
     nms(boxes, scores, iou_threshold)            -> kept indices (int64)
     batched_nms(boxes, scores, idxs, iou_threshold) -> kept indices (int64)
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -64,6 +68,41 @@ class Backend:
 
     def __repr__(self):
         return f"<pyconv backend {self.name!r}: {len(self.kernels)} kernels>"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LstmSaved:
+    """What an LSTM forward keeps so that its backward need not run the recurrence again
+    (cuDNN's "reserve space"): made by a backend's ``lstm`` kernel when asked to save, handed
+    back to the same backend's ``lstm_backward``. Its arrays belong to that backend and are
+    read, never written, by the backward (so one record serves several backward calls).
+
+        gates  (T, B, G)      the activated gates i, f, g, o of every step; G = 4H, or wider
+                              in a backend's own (padded, interleaved) gate layout
+        hs, cs (T + 1, B, H)  the hidden and cell states h_0..h_T and c_0..c_T
+    """
+
+    backend: str
+    gates: object
+    hs: object
+    cs: object
+
+    def check(self, op: str, backend: "Backend", x, h0) -> None:
+        """ValueError unless this record can serve a backward of `backend` on x (T, B, I), h0."""
+        if self.backend != backend.name:
+            raise ValueError(f"{op}: saved comes from the {self.backend!r} backend but this call "
+                             f"runs on {backend.name!r}")
+        T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+        for name, a, lead in (("gates", self.gates, (T, B)), ("hs", self.hs, (T + 1, B, H)),
+                              ("cs", self.cs, (T + 1, B, H))):
+            if array_kind(a) != backend.array_kind:
+                raise ValueError(f"{op}: saved.{name} is a {array_kind(a)} array, the "
+                                 f"{backend.name!r} backend takes {backend.array_kind} arrays")
+            if a.dtype != x.dtype:
+                raise ValueError(f"{op}: saved.{name} is {a.dtype} but x is {x.dtype}")
+            if a.ndim != 3 or tuple(a.shape[:len(lead)]) != lead:
+                raise ValueError(f"{op}: saved.{name} has shape {tuple(a.shape)}, which does not "
+                                 f"match x {tuple(x.shape)} and h0 {tuple(h0.shape)}")
 
 
 # name -> module that defines it, in order of preference for listing.

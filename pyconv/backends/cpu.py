@@ -7,7 +7,7 @@ and hands the C++ side contiguous buffers and the geometry from ``pyconv._spec``
 import numpy as np
 
 from .. import _C
-from . import Backend
+from . import Backend, LstmSaved
 
 backend = Backend("cpu", "numpy", "C++ kernels (pybind11, OpenMP, run-time ISA dispatch)")
 
@@ -80,13 +80,20 @@ def max_unpool2d(x, indices, output_shape):
 
 
 @backend.register
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     T, B, _ = x.shape
     H = h0.shape[1]
-    out = np.empty((T, B, H), x.dtype)
     h_T, c_T = np.empty((B, H), x.dtype), np.empty((B, H), x.dtype)
-    _C.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, h_T, c_T)
-    return out, (h_T, c_T)
+    if not save:
+        out = np.empty((T, B, H), x.dtype)
+        _C.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, h_T, c_T)
+        return out, (h_T, c_T), None
+    # The kernel writes h_1..h_T (out) and c_1..c_T straight into the saved states.
+    gates = np.empty((T, B, _C.lstm_gate_columns(H, x.dtype)), x.dtype)
+    hs, cs = np.empty((T + 1, B, H), x.dtype), np.empty((T + 1, B, H), x.dtype)
+    hs[0], cs[0] = h0, c0
+    _C.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, hs[1:], h_T, c_T, gates, cs[1:])
+    return hs[1:], (h_T, c_T), LstmSaved(backend.name, gates, hs, cs)
 
 
 @backend.register
@@ -97,10 +104,12 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
     return out[0], c_new
 
 
-def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved=None):
     grads = [np.empty_like(a) for a in (x, h0, c0, w_ih, w_hh)]
     grad_b = np.empty(w_ih.shape[0], x.dtype) if (b_ih is not None or b_hh is not None) else None
-    _C.lstm_backward(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih, b_hh, *grads, grad_b)
+    kept = (saved.gates, saved.hs, saved.cs) if saved is not None else (None, None, None)
+    _C.lstm_backward(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih, b_hh, *grads, grad_b,
+                     *kept)
     # Both biases enter the gates the same way, so they get the same gradient.
     grad_b_ih = None if b_ih is None else grad_b
     grad_b_hh = None if b_hh is None else (grad_b if b_ih is None else grad_b.copy())
@@ -108,8 +117,8 @@ def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 
 
 @backend.register
-def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    return _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved):
+    return _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved)
 
 
 @backend.register

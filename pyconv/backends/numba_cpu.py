@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from . import Backend
+from . import Backend, LstmSaved
 
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
@@ -933,35 +933,43 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
     return grad_x, grad_h_prev, grad_c_prev, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
 
 
-def _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps):
+def _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
+    """-> (out, c_T, the LstmSaved of the run if save else None). Saving keeps the cells and
+    gates of every step (else one row of each is reused), and out is then hs[1:] of the record."""
     T, B, _ = x.shape
     H = h0.shape[1]
-    rows = T if keep_steps else 1
-    out = np.empty((T, B, H), x.dtype)
-    cells = np.empty((rows, B, H), x.dtype)
-    acts = np.empty((rows, B, 4 * H), x.dtype)
-    _lstm_forward(x, h0, c0, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), out, cells, acts,
+    rows = T if save else 1
+    hs = np.empty((T + 1, B, H), x.dtype) if save else None
+    out = hs[1:] if save else np.empty((T, B, H), x.dtype)
+    cs = np.empty((rows + 1, B, H), x.dtype)
+    gates = np.empty((rows, B, 4 * H), x.dtype)
+    cs[0] = c0
+    _lstm_forward(x, h0, c0, w_ih, w_hh, _lstm_bias(b_ih, b_hh, w_ih), out, cs[1:], gates,
                   _threads())
-    return out, cells, acts
+    if not save:
+        return out, cs[-1], None
+    hs[0] = h0
+    return out, cs[-1], LstmSaved(backend.name, gates, hs, cs)
 
 
 @backend.register
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
     _one_blas_thread()
-    out, cells, _ = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=False)
-    return out, (out[-1].copy(), cells[-1].copy())
+    out, c_T, saved = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save)
+    return out, (out[-1].copy(), c_T.copy()), saved
 
 
 @backend.register
-def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved):
     T, B, I = x.shape
     H = h0.shape[1]
     _one_blas_thread()
-    out, cells, acts = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_steps=True)
+    if saved is None:
+        _, _, saved = _run_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save=True)
     grad_gates = np.empty((T, B, 4 * H), x.dtype)
-    grad_h0, grad_c0 = _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, cells,
-                                      acts, grad_gates, _threads())
-    h_prev = np.concatenate([h0[None], out[:-1]]).reshape(T * B, H)  # h_{t-1} of each step
+    grad_h0, grad_c0 = _lstm_backward(grad_out, grad_hT, grad_cT, h0, c0, w_hh, saved.cs[1:],
+                                      saved.gates, grad_gates, _threads())
+    h_prev = saved.hs[:-1].reshape(T * B, H)  # h_{t-1} of each step
     grads = _lstm_gradients(grad_gates.reshape(T * B, 4 * H), x.reshape(T * B, I), h_prev,
                             w_ih, w_hh, b_ih, b_hh)
     grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import Backend
+from . import Backend, LstmSaved
 
 backend = Backend("reference", "numpy", "plain NumPy: the definition of every kernel")
 
@@ -210,11 +210,11 @@ def _gates(z):
     return _sigmoid(zi), _sigmoid(zf), np.tanh(zg), _sigmoid(zo)
 
 
-def _step_backward(grad_h, grad_c, c, z):
-    """One cell's backward pass from its input cell state c and pre-activations z
-    -> (grad of z (B, 4H), grad of c)."""
-    i, f, g, o = _gates(z)
-    tanh_c = np.tanh(f * c + i * g)
+def _step_backward(grad_h, grad_c, c, c_new, gates):
+    """One cell's backward pass from its input cell state c, output cell state c_new and
+    activated gates (B, 4H) -> (grad of the pre-activations (B, 4H), grad of c)."""
+    i, f, g, o = np.split(gates, 4, axis=1)
+    tanh_c = np.tanh(c_new)
     grad_c = grad_c + grad_h * o * (1 - tanh_c**2)
     grad_z = np.concatenate([
         grad_c * g * i * (1 - i),
@@ -229,61 +229,70 @@ def _bias(b):
     return 0 if b is None else b
 
 
+def _cell_update(z, c):
+    """Pre-activations z (B, 4H) and cell state c -> (h', c', activated gates (B, 4H))."""
+    gates = _gates(z)
+    i, f, g, o = gates
+    c_new = f * c + i * g
+    return o * np.tanh(c_new), c_new, np.concatenate(gates, axis=1)
+
+
+def _cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One step: z = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh -> (h', c', activated gates)."""
+    return _cell_update(x @ w_ih.T + _bias(b_ih) + h @ w_hh.T + _bias(b_hh), c)
+
+
 @backend.register
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    """One step: z = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh -> (h', c') (biases may be None)."""
-    i, f, g, o = _gates(x @ w_ih.T + _bias(b_ih) + h @ w_hh.T + _bias(b_hh))
-    c_new = f * c + i * g
-    return o * np.tanh(c_new), c_new
+    """One step (biases may be None) -> (h', c')."""
+    h_new, c_new, _ = _cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return h_new, c_new
 
 
 @backend.register
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
     """Gradients of lstm_cell given those of h' and c' (it recomputes the gates)."""
-    z = x @ w_ih.T + _bias(b_ih) + h @ w_hh.T + _bias(b_hh)
-    grad_z, grad_c_prev = _step_backward(grad_h, grad_c, c, z)
+    _, c_new, gates = _cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    grad_z, grad_c_prev = _step_backward(grad_h, grad_c, c, c_new, gates)
     grad_b = grad_z.sum(axis=0)
     return (grad_z @ w_ih, grad_z @ w_hh, grad_c_prev, grad_z.T @ x, grad_z.T @ h,
             None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
 
 
 def _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """Runs the sequence; returns hs, cs (T+1, B, H) (index 0 = initial state) and the
-    pre-activations zs (T, B, 4H)."""
+    """Runs the sequence -> LstmSaved: hs, cs (T+1, B, H) (index 0 = initial state) and the
+    activated gates (T, B, 4H). The input projection of all T steps is one product."""
     T = x.shape[0]
-    x_proj = x @ w_ih.T + _bias(b_ih)        # the input projection of all T steps at once
+    x_proj = x @ w_ih.T + _bias(b_ih)
     hs = np.empty((T + 1,) + h0.shape, x.dtype)
     cs = np.empty_like(hs)
-    zs = np.empty(x_proj.shape, x.dtype)
+    gates = np.empty(x_proj.shape, x.dtype)
     hs[0], cs[0] = h0, c0
     for t in range(T):
-        zs[t] = x_proj[t] + hs[t] @ w_hh.T + _bias(b_hh)
-        i, f, g, o = _gates(zs[t])
-        cs[t + 1] = f * cs[t] + i * g
-        hs[t + 1] = o * np.tanh(cs[t + 1])
-    return hs, cs, zs
+        hs[t + 1], cs[t + 1], gates[t] = _cell_update(x_proj[t] + hs[t] @ w_hh.T + _bias(b_hh), cs[t])
+    return LstmSaved(backend.name, gates, hs, cs)
 
 
 @backend.register
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """x (T, B, I) -> (out (T, B, H) = h_1..h_T, (h_T, c_T))."""
-    hs, cs, _ = _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    return hs[1:], (hs[-1].copy(), cs[-1].copy())
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
+    """x (T, B, I) -> (out (T, B, H) = h_1..h_T, (h_T, c_T), the LstmSaved if save)."""
+    s = _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return s.hs[1:], (s.hs[-1].copy(), s.cs[-1].copy()), s if save else None
 
 
 @backend.register
-def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """Backpropagation through time: recomputes the forward pass, then walks back from T,
-    carrying the gradients of h and c to the previous step."""
-    hs, cs, zs = _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    grad_z = np.empty_like(zs)
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved):
+    """Backpropagation through time: from the saved forward (recomputed when saved is None),
+    walks back from T, carrying the gradients of h and c to the previous step."""
+    s = saved if saved is not None else _lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    grad_z = np.empty_like(s.gates)
     grad_h, grad_c = grad_hT, grad_cT
     for t in reversed(range(x.shape[0])):
-        grad_z[t], grad_c = _step_backward(grad_out[t] + grad_h, grad_c, cs[t], zs[t])
+        grad_z[t], grad_c = _step_backward(grad_out[t] + grad_h, grad_c, s.cs[t], s.cs[t + 1], s.gates[t])
         grad_h = grad_z[t] @ w_hh
     grad_b = grad_z.sum(axis=(0, 1))
     return (grad_z @ w_ih, grad_h, grad_c,
-            np.einsum("tbg,tbi->gi", grad_z, x), np.einsum("tbg,tbh->gh", grad_z, hs[:-1]),
+            np.einsum("tbg,tbi->gi", grad_z, x), np.einsum("tbg,tbh->gh", grad_z, s.hs[:-1]),
             None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
 
 

@@ -482,11 +482,18 @@ def _zeros_state(x, batch, hidden):
 class _LSTM(Function):
     def forward(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         self.saved = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        out, (h, c) = ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        self.forward_record = None
+        if True not in self.needs_input_grad:
+            out, (h, c) = ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        else:  # keep the gates and states of every step, so the backward need not recompute them
+            out, (h, c), self.forward_record = ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                        save_for_backward=True)
         return out, h, c
 
     def backward(self, g_out, g_h, g_c):
-        return tuple(ops.lstm_backward(g_out, g_h, g_c, *self.saved))
+        record = self.forward_record
+        backend = None if record is None else record.backend  # where the forward ran
+        return tuple(ops.lstm_backward(g_out, g_h, g_c, *self.saved, backend=backend, saved=record))
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):

@@ -18,6 +18,7 @@ import math
 
 from numba import cuda
 
+from .. import LstmSaved
 from . import backend
 from ._kernel_util import Kernels, per_dtype
 from ._runtime import THREADS, blocks_for, dummy, flat, launch, xp
@@ -85,12 +86,13 @@ def _bias(b_ih, b_hh, Hd, dtype):
 
 def _forward(x, h0, c0, w_ih, w_hh, bias, store):
     """Runs the recurrence over x (T, B, I). Returns out (T, B, H), the cells (T + 1, B, H) or
-    just the last, and the activated gates (T, B, 4H) when store."""
+    just two, the index of c_T in them, and when store the LstmSaved (out is then its hs[1:])."""
     T, B, _ = x.shape
     Hd = h0.shape[1]
     ks = kernels(x.dtype)
     gx = (x.reshape(T * B, -1) @ w_ih.T).reshape(T, B, 4 * Hd)  # all steps in one GEMM
-    out = xp.empty((T, B, Hd), x.dtype)
+    hs = xp.empty((T + 1, B, Hd), x.dtype) if store else None
+    out = hs[1:] if store else xp.empty((T, B, Hd), x.dtype)
     cells = xp.empty((T + 1 if store else 2, B, Hd), x.dtype)
     cells[0] = c0
     acts = xp.empty((T, B, 4 * Hd), x.dtype) if store else dummy(x.dtype)
@@ -102,14 +104,19 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, store):
                flat(gx[t]), flat(gh), bias, flat(cells[c_prev]), flat(out[t]), flat(cells[c_next]),
                flat(acts[t]) if store else acts, int(store), B, Hd)
         h = out[t]
-    return out, cells, acts, (T if store else T % 2)
+    if store:
+        hs[0] = h0
+        return out, cells, T, LstmSaved(backend.name, acts, hs, cells)
+    return out, cells, T % 2, None
 
 
-def _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved):
     T, B, I = x.shape
     Hd = h0.shape[1]
-    out, cells, acts, _ = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, Hd, x.dtype), True)
+    if saved is None:
+        saved = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, Hd, x.dtype), True)[3]
     ks = kernels(x.dtype)
+    acts, cells = saved.gates, saved.cs
     dgates = xp.empty((T, B, 4 * Hd), x.dtype)
     dh, dc = grad_hT, grad_cT.copy()  # dc is updated in place, step by step
     for t in reversed(range(T)):
@@ -118,7 +125,7 @@ def _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
                flat(dc), flat(dgates[t]), flat(dc), B, Hd)
         dh = dgates[t] @ w_hh
     dg = dgates.reshape(T * B, 4 * Hd)
-    h_prev = xp.concatenate([h0[None], out[:-1]]).reshape(T * B, Hd)
+    h_prev = saved.hs[:-1].reshape(T * B, Hd)
     grad_x = (dg @ w_ih).reshape(T, B, I)
     grad_w_ih = dg.T @ x.reshape(T * B, I)
     grad_w_hh = dg.T @ h_prev
@@ -129,23 +136,23 @@ def _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 
 @backend.register
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    out, cells, _, last = _forward(x[None], h, c, w_ih, w_hh, _bias(b_ih, b_hh, h.shape[1], x.dtype), False)
+    out, cells, last, _ = _forward(x[None], h, c, w_ih, w_hh, _bias(b_ih, b_hh, h.shape[1], x.dtype), False)
     return out[0], cells[last]
 
 
 @backend.register
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
     gx, gh, gc, gw_ih, gw_hh, gb_ih, gb_hh = _backward(
-        grad_h[None], xp.zeros_like(h), grad_c, x[None], h, c, w_ih, w_hh, b_ih, b_hh)
+        grad_h[None], xp.zeros_like(h), grad_c, x[None], h, c, w_ih, w_hh, b_ih, b_hh, None)
     return gx[0], gh, gc, gw_ih, gw_hh, gb_ih, gb_hh
 
 
 @backend.register
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    out, cells, _, last = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, h0.shape[1], x.dtype), False)
-    return out, (out[-1].copy(), cells[last].copy())
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
+    out, cells, last, saved = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, h0.shape[1], x.dtype), save)
+    return out, (out[-1].copy(), cells[last].copy()), saved
 
 
 @backend.register
-def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    return _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved):
+    return _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved)

@@ -59,6 +59,7 @@ CONV_CASES = [
     (2, 6, 5, 5, 130, 2, 2, 1, 1, 1, 2),            # 65 per group: a ragged last panel
     (1, 70, 9, 8, 64, 3, 3, 1, 1, 1, 1),            # 630 taps: several reduction blocks; grad_x too
     (2, 5, 10, 9, 64, 3, 2, (2, 1), 0, 1, 1),       # no padding: x is read in place
+    (2, 66, 9, 8, 8, 3, 3, 2, 1, 1, 1),             # strided grad_x over 66 channels, channels-last
 ]
 
 
@@ -94,6 +95,10 @@ TRANSPOSE_CASES = [
     (2, 6, 5, 5, 6, 3, 3, 2, 0, 1, 6, 2),           # depthwise transpose, output_padding < dilation
     (1, 5, 3, 3, 3, 5, 5, 1, 2, 0, 1, 1),           # stride 1
     (2, 3, 4, 4, 5, 2, 2, 3, 0, 2, 1, 1),           # stride > kernel: phases without taps
+    # 64+ output channels: grad_x vectorised over channels, accumulated channels-last
+    (2, 5, 7, 7, 64, 4, 4, 2, 1, 0, 1, 1),          # DCGAN generator layer
+    (3, 7, 4, 5, 70, 3, 3, 2, 1, 1, 1, 2),          # a ragged channel panel, output_padding, dilation
+    (2, 130, 3, 3, 65, 4, 4, (2, 3), 2, 0, 1, 1),   # 130 input channels: two reduction blocks
 ]
 
 

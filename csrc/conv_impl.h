@@ -561,7 +561,7 @@ void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
 #pragma omp parallel num_threads(threads)
     {
         Scratch<T> acc = scratch<T>(tiles_max * panels_max * MR * NR);
-        GridPixels<T, MR> tiles[tiles_max];
+        OffsetCols<T, MR> tiles[tiles_max];
         for (const ChannelGemm<T>& m : gemms) {
             const int64_t plane = m.rows * m.cols, M = m.pixels(), panels = (m.K + NR - 1) / NR;
             const int64_t k_blocks = std::max<int64_t>(1, (m.taps_n + KC - 1) / KC);
@@ -573,7 +573,7 @@ void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
                 for (int64_t t = 0; t < n_tiles; ++t)
                     for (int i = 0; i < MR; ++i) {
                         const int64_t p = std::min(i0 + t * MR + i, i0 + mc - 1), q = p % plane;
-                        tiles[t].pixel[i] = (p / plane) * m.input_image + (q / m.cols) * m.input_row + (q % m.cols) * m.input_col;
+                        tiles[t].i_offsets[i] = (p / plane) * m.input_image + (q / m.cols) * m.input_row + (q % m.cols) * m.input_col;
                     }
                 for (int64_t pc = 0; pc < m.taps_n; pc += kc_step) {
                     const int64_t kc = std::min(kc_step, m.taps_n - pc);
@@ -583,7 +583,7 @@ void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
                         const PackedRows<T, NR> b{m.weights + (jp * m.taps_n + pc) * NR};
                         for (int64_t t = 0; t < n_tiles; ++t) {
                             tiles[t].base = m.input;
-                            tiles[t].taps = m.taps + pc;
+                            tiles[t].k_offsets = m.taps + pc;
                             micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
                                                      NR, store, nullptr);
                         }
@@ -680,14 +680,14 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
             // Each thread's share of the tap tiles over every pixel block.
             const int t = omp_get_thread_num(), team = omp_get_num_threads();
             const int64_t tile0 = tiles * t / team, tile1 = tiles * (t + 1) / team;
-            GridPixels<T, MR> a{};
+            OffsetCols<T, MR> a{};
             a.base = xp.data + grp * Cg * xp.plane;
             for (int64_t pc = 0; pc < P; pc += KC) {
                 const int64_t kc = std::min(KC, P - pc);
                 const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
-                a.taps = pixels.data() + pc;
+                a.k_offsets = pixels.data() + pc;
                 for (int64_t tile = tile0; tile < tile1; ++tile) {
-                    for (int i = 0; i < MR; ++i) a.pixel[i] = taps[tile * MR + i];
+                    for (int i = 0; i < MR; ++i) a.i_offsets[i] = taps[tile * MR + i];
                     for (int64_t jp = 0; jp < panels; ++jp) {
                         const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
                         micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
@@ -866,7 +866,7 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < g.N; ++n) {
             std::fill(acc.get(), acc.get() + pp.size() * Cp, T(0));
-            GridPixels<T, MR> a{};
+            OffsetCols<T, MR> a{};
             a.base = dy + n * g.K * HoWo;
             for (int64_t rs = 0; rs < RS; ++rs) {
                 const int64_t tap = (rs / g.S) * g.dh * pp.Wp + (rs % g.S) * g.dw;
@@ -875,9 +875,9 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
                     const T* panel = B.get() + (rs * c_panels + cp) * g.K * NR;
                     for (int64_t t = 0; t < tiles; ++t) {
                         const int rows = static_cast<int>(std::min<int64_t>(MR, HoWo - t * MR));
-                        for (int i = 0; i < MR; ++i) a.pixel[i] = t * MR + std::min(i, rows - 1);
+                        for (int i = 0; i < MR; ++i) a.i_offsets[i] = t * MR + std::min(i, rows - 1);
                         for (int64_t pc = 0; pc < g.K; pc += KC) {
-                            a.taps = channel_offsets.data() + pc;
+                            a.k_offsets = channel_offsets.data() + pc;
                             micro_kernel_cols<T, NV>(nv, std::min(KC, g.K - pc), a,
                                                      PackedRows<T, NR>{panel + pc * NR}, tile, NR,
                                                      Store::overwrite, nullptr);

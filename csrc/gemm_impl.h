@@ -93,9 +93,9 @@ struct OffsetRows {
     const T* operator()(int64_t k) const { return base + offsets[k]; }
 };
 
-// Where element i of column k of an A panel is: a packed panel steps by MR with its rows
-// adjacent; pixels read in place from a convolution's phase grid (conv2d_forward_by_channels)
-// sit at the tap's offset plus the pixel's own.
+// Where element (i, k) of an A panel is: a packed panel steps by MR with its rows adjacent; an
+// A read in place sits at base + k_offsets[k] + i_offsets[i] (the channel-vectorised
+// convolutions of conv_impl.h: a tap's offset plus a pixel's, in either role).
 template <class T>
 struct PackedCols {
     static constexpr int rows = GemmTile<T>::MR;
@@ -104,13 +104,13 @@ struct PackedCols {
     int64_t row(int i) const { return i; }
 };
 template <class T, int MR>
-struct GridPixels {
+struct OffsetCols {
     static constexpr int rows = MR;
     const T* base;
-    const int64_t* taps;
-    int64_t pixel[MR];
-    const T* col(int64_t k) const { return base + taps[k]; }
-    int64_t row(int i) const { return pixel[i]; }
+    const int64_t* k_offsets;
+    int64_t i_offsets[MR];
+    const T* col(int64_t k) const { return base + k_offsets[k]; }
+    int64_t row(int i) const { return i_offsets[i]; }
 };
 
 template <class T, int NV = GemmTile<T>::NV, class ACols, class BRows>

@@ -835,8 +835,10 @@ void conv2d_grad_input_by_forward(const ConvShape& g, const T* dy, const T* w, T
 // copy, padded so every position any tap reaches exists, goes to NCHW once at the end. col2im
 // instead adds every GEMM element into grad_x with scalar, strided read-modify-writes in runs
 // of Wo (half the time on 7x7 inputs).
-inline bool grad_input_channels_last_pays(const ConvShape& g) {
-    return g.groups == 1 && g.C >= 64 && g.K > 0 && g.N >= num_threads();
+inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_bytes) {
+    // One image's channels-last grad_x per thread, kept within the L3 share of a thread.
+    const double copy_bytes = double(PaddedPlane(g).size()) * double((g.C + 63) / 64 * 64) * double(element_bytes);
+    return g.groups == 1 && g.C >= 64 && g.K > 0 && g.N >= num_threads() && copy_bytes <= 16.0 * (1 << 20);
 }
 
 template <class T>
@@ -910,7 +912,7 @@ template <class T>
 void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (grad_input_as_forward(g)) return conv2d_grad_input_by_forward(g, dy, w, dx);
-    if (grad_input_channels_last_pays(g)) return conv2d_grad_input_channels_last(g, dy, w, dx);
+    if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, rows = Cg * RS;
     const int64_t HW = g.H * g.W, HoWo = g.Ho * g.Wo;
     std::vector<ScatterTap> taps(rows);

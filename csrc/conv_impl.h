@@ -176,6 +176,18 @@ struct PhaseGrid {
     }
 };
 
+// Offsets of the taps (c, r, s) of one group, row-major, in a source layout that has
+// tap_offset(g, c, r, s) (PhaseGrid, PaddedInput).
+template <class Layout>
+std::vector<int64_t> tap_offsets(const ConvShape& g, const Layout& source) {
+    std::vector<int64_t> offsets;
+    offsets.reserve(g.C / g.groups * g.R * g.S);
+    for (int64_t c = 0; c < g.C / g.groups; ++c)
+        for (int64_t r = 0; r < g.R; ++r)
+            for (int64_t s = 0; s < g.S; ++s) offsets.push_back(source.tap_offset(g, c, r, s));
+    return offsets;
+}
+
 // Worth it when few columns are wasted, or when the GEMM has so few rows (output channels)
 // that packing, which the grid makes a copy, is the larger cost.
 inline bool phase_grid_pays(const ConvShape& g) {
@@ -230,10 +242,7 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
     const PhaseGrid pg(g);
     Scratch<T> storage;
     const T* xq = phase_grid_of(g, pg, x, storage);
-    std::vector<int64_t> offsets(taps_n);
-    for (int64_t c = 0, i = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
+    const std::vector<int64_t> offsets = tap_offsets(g, pg);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
         InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
@@ -267,10 +276,7 @@ void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
             std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
             std::fill(d + g.Wo, d + pg.Wq, T(0));
         }
-    std::vector<int64_t> offsets(taps_n);
-    for (int64_t c = 0, i = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = pg.tap_offset(g, c, r, s);
+    const std::vector<int64_t> offsets = tap_offsets(g, pg);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
         const PixelRows<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
@@ -471,7 +477,7 @@ struct PaddedInput {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
         for (int64_t p = 0; p < g.N * g.C; ++p) pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane);
     }
-    int64_t tap(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+    int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
         return c * plane + r * g.dh * row + s * g.dw;
     }
     // Offset of output pixel p = (n, ho, wo), counted over the whole batch.
@@ -525,108 +531,65 @@ Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
     return packed;
 }
 
-// One GEMM of the channel-vectorised convolution. Output pixel (n, a, b), a < rows, b < cols,
-// reads tap k at input + n*input_image + a*input_row + b*input_col + taps[k]; output channel k
-// of it goes to y + n*y_image + k*y_channel + a*y_row + b*y_col.
 template <class T>
-struct ChannelGemm {
-    const T* input;
-    int64_t input_image, input_row, input_col;
-    const int64_t* taps;
-    int64_t taps_n;
-    const T* weights;  // channel_panels of the (K, taps_n) weights
-    int64_t K;
-    const T* bias;     // or nullptr
-    T* y;
-    int64_t y_image, y_channel, y_row, y_col;
-    int64_t N, rows, cols;
-
-    int64_t pixels() const { return N * rows * cols; }
-};
-
-// Runs the GEMMs (one per group) in one parallel region; threads move on to the next GEMM
-// without waiting.
-template <class T>
-void run_channel_gemms(const std::vector<ChannelGemm<T>>& gemms) {
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (KC from 64 to
     // 256 measured the same).
     constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
-    int64_t blocks = 0, panels_max = 1;
-    for (const ChannelGemm<T>& m : gemms) {
-        blocks += (m.pixels() + MC - 1) / MC;
-        panels_max = std::max(panels_max, (m.K + NR - 1) / NR);
-    }
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks)));
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
+    const int64_t M = g.N * HoWo, blocks = (M + MC - 1) / MC, panels = (Kg + NR - 1) / NR;
+    const int64_t k_blocks = std::max<int64_t>(1, (taps_n + KC - 1) / KC);
+    const int64_t kc_step = std::max<int64_t>(1, (taps_n + k_blocks - 1) / k_blocks);
+    const PaddedInput<T> xp(g, x);
+    const std::vector<int64_t> offsets = tap_offsets(g, xp);
+    std::vector<Scratch<T>> weights;
+    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks * g.groups)));
+    // Every group's GEMM in one parallel region; threads move on to the next group without waiting.
 #pragma omp parallel num_threads(threads)
     {
-        Scratch<T> acc = scratch<T>(tiles_max * panels_max * MR * NR);
+        Scratch<T> acc = scratch<T>(tiles_max * panels * MR * NR);
         OffsetCols<T, MR> tiles[tiles_max];
-        for (const ChannelGemm<T>& m : gemms) {
-            const int64_t plane = m.rows * m.cols, M = m.pixels(), panels = (m.K + NR - 1) / NR;
-            const int64_t k_blocks = std::max<int64_t>(1, (m.taps_n + KC - 1) / KC);
-            const int64_t kc_step = std::max<int64_t>(1, (m.taps_n + k_blocks - 1) / k_blocks);
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
 #pragma omp for schedule(static) nowait
-            for (int64_t block = 0; block < (M + MC - 1) / MC; ++block) {
+            for (int64_t block = 0; block < blocks; ++block) {
                 const int64_t i0 = block * MC, mc = std::min(MC, M - i0), n_tiles = (mc + MR - 1) / MR;
-                // Grid offsets of the block's pixels; a last partial tile repeats its last pixel.
-                for (int64_t t = 0; t < n_tiles; ++t)
-                    for (int i = 0; i < MR; ++i) {
-                        const int64_t p = std::min(i0 + t * MR + i, i0 + mc - 1), q = p % plane;
-                        tiles[t].i_offsets[i] = (p / plane) * m.input_image + (q / m.cols) * m.input_row + (q % m.cols) * m.input_col;
-                    }
-                for (int64_t pc = 0; pc < m.taps_n; pc += kc_step) {
-                    const int64_t kc = std::min(kc_step, m.taps_n - pc);
+                // Offsets of the block's pixels; a last partial tile repeats its last pixel.
+                for (int64_t t = 0; t < n_tiles; ++t) {
+                    tiles[t].base = xp.data + grp * Cg * xp.plane;
+                    for (int i = 0; i < MR; ++i) tiles[t].i_offsets[i] = xp.pixel(g, std::min(i0 + t * MR + i, i0 + mc - 1));
+                }
+                for (int64_t pc = 0; pc < taps_n; pc += kc_step) {
+                    const int64_t kc = std::min(kc_step, taps_n - pc);
                     const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
                     for (int64_t jp = 0; jp < panels; ++jp) {
-                        const int nv = static_cast<int>((std::min<int64_t>(NR, m.K - jp * NR) + L - 1) / L);
-                        const PackedRows<T, NR> b{m.weights + (jp * m.taps_n + pc) * NR};
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
+                        const PackedRows<T, NR> b{weights[grp].get() + (jp * taps_n + pc) * NR};
                         for (int64_t t = 0; t < n_tiles; ++t) {
-                            tiles[t].base = m.input;
-                            tiles[t].k_offsets = m.taps + pc;
+                            tiles[t].k_offsets = offsets.data() + pc;
                             micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
                                                      NR, store, nullptr);
                         }
                     }
                 }
-                // Transposed store, channel by channel.
+                // Transposed store: channel by channel, the tile's pixels are (mostly) adjacent in y.
                 for (int64_t t = 0; t < n_tiles; ++t) {
                     const int rows = static_cast<int>(std::min<int64_t>(MR, mc - t * MR));
                     T* dst[MR];
                     for (int i = 0; i < rows; ++i) {
-                        const int64_t p = i0 + t * MR + i, q = p % plane;
-                        dst[i] = m.y + (p / plane) * m.y_image + (q / m.cols) * m.y_row + (q % m.cols) * m.y_col;
+                        const int64_t p = i0 + t * MR + i;
+                        dst[i] = y + ((p / HoWo) * g.K + grp * Kg) * HoWo + p % HoWo;
                     }
-                    for (int64_t k = 0; k < m.K; ++k) {
+                    for (int64_t k = 0; k < Kg; ++k) {
                         const T* src = acc.get() + (t * panels + k / NR) * MR * NR + k % NR;
-                        const T b = m.bias ? m.bias[k] : T(0);
-                        for (int i = 0; i < rows; ++i) dst[i][k * m.y_channel] = src[i * NR] + b;
+                        const T b = bias ? bias[grp * Kg + k] : T(0);
+                        for (int i = 0; i < rows; ++i) dst[i][k * HoWo] = src[i * NR] + b;
                     }
                 }
             }
         }
     }
-}
-
-template <class T>
-void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
-    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
-    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
-    const PaddedInput<T> xp(g, x);
-    std::vector<int64_t> offsets(taps_n);
-    for (int64_t c = 0, i = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) offsets[i++] = xp.tap(g, c, r, s);
-    std::vector<Scratch<T>> panels;
-    std::vector<ChannelGemm<T>> gemms;
-    for (int64_t grp = 0; grp < g.groups; ++grp) {
-        panels.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
-        gemms.push_back(ChannelGemm<T>{xp.data + grp * Cg * xp.plane, xp.image, g.sh * xp.row, g.sw,
-                                       offsets.data(), taps_n, panels.back().get(), Kg,
-                                       bias ? bias + grp * Kg : nullptr, y + grp * Kg * HoWo,
-                                       g.K * HoWo, HoWo, g.Wo, 1, g.N, g.Ho, g.Wo});
-    }
-    run_channel_gemms(gemms);
 }
 
 // Weight gradient vectorised over output channels, the forward's counterpart:
@@ -650,11 +613,8 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
     const int64_t HoWo = g.Ho * g.Wo, P = g.N * HoWo, panels = (Kg + NR - 1) / NR;
     const int64_t tiles = (taps_n + MR - 1) / MR;
     const PaddedInput<T> xp(g, x);
-    std::vector<int64_t> taps(tiles * MR), pixels(P);
-    for (int64_t c = 0, i = 0; c < Cg; ++c)
-        for (int64_t r = 0; r < g.R; ++r)
-            for (int64_t s = 0; s < g.S; ++s) taps[i++] = xp.tap(g, c, r, s);
-    for (int64_t i = taps_n; i < tiles * MR; ++i) taps[i] = taps[taps_n - 1];  // a partial last tile
+    std::vector<int64_t> taps = tap_offsets(g, xp), pixels(P);
+    taps.resize(tiles * MR, taps.back());  // a partial last tile repeats the last tap
     for (int64_t p = 0; p < P; ++p) pixels[p] = xp.pixel(g, p);
     Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));

@@ -122,6 +122,9 @@ def info() -> dict:
             out[name] = "installed"
         else:
             out[name] = getattr(mod, "__version__", "?")
+    # Ops each usable backend lacks, computed from the op catalogue (empty: it runs them all).
+    out["missing_ops"] = {n: [op for op, ok in _b.get(n).coverage().items() if not ok]
+                          for n in backends()}
     unavailable = {n: _b.why_unavailable(n) for n in _b._MODULES if not _b.available(n)}
     if unavailable:
         out["unavailable_backends"] = unavailable

@@ -188,6 +188,28 @@ def test_missing_kernel_raises_not_implemented(partial_backend, kernel):
     CALLS["max_pool2d"]("partial")  # the kernel it has still runs
 
 
+def test_register_checks_kernels_against_the_catalogue():
+    backend = registry.Backend("checked", "numpy", "test backend")
+
+    def conv2d(x, w, b, g):
+        pass
+
+    assert backend.register(conv2d) is conv2d and backend.kernels == {"conv2d": conv2d}
+    assert backend.coverage()["conv2d"] and not backend.coverage()["conv2d_backward"]
+
+    def conv2d_fused(x, w, b, g):
+        pass
+
+    with pytest.raises(TypeError, match="not in the op catalogue"):
+        backend.register(conv2d_fused)
+
+    def nms(boxes, scores):  # a parameter short
+        pass
+
+    with pytest.raises(TypeError, match=r"does not match the catalogue's nms\('boxes', 'scores', 'iou_threshold'\)"):
+        backend.register(nms)
+
+
 def test_reference_runs_every_call():
     for call in CALLS.values():
         call("reference")

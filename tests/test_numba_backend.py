@@ -28,18 +28,6 @@ def torch_grads(out, grad_out, *leaves):
     return [None if t is None else t.grad.numpy() for t in leaves]
 
 
-def test_every_contract_kernel_is_registered():
-    from pyconv.backends import get
-
-    contract = {
-        "conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
-        "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
-        "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-        "box_iou", "nms", "batched_nms",
-    }
-    assert set(get("numba").kernels) == contract
-
-
 # --------------------------------------------------------------------------------------------
 # Convolution
 

@@ -1,35 +1,12 @@
 """Backend registry: which kernel implementations exist, and which one runs a call.
 
 A backend is a module in this package that creates one :class:`Backend` and registers its
-kernels with ``@backend.register``. Kernel names and signatures are the same on every backend
-(see ``reference.py``, whose docstrings define them); the arguments arrive already checked by
-``pyconv._spec`` and C-contiguous. A backend that lacks a kernel raises NotImplementedError
+kernels with ``@backend.register``. Kernel names and signatures are the same on every backend;
+the arguments arrive already checked by ``pyconv._spec`` and C-contiguous. A backend that lacks a kernel raises NotImplementedError
 naming the op and the backend: pyconv never falls back silently to another backend.
 
-The kernels every backend provides (g is a ``ConvGeom`` or ``PoolGeom`` from ``pyconv._spec``;
-optional arrays are None; index arrays are int64):
-
-    conv2d(x, w, b, g)                           -> y (N, K, Ho, Wo)
-    conv2d_grad_input(grad_out, w, g)            -> grad_x (N, C, H, W)   (= transpose conv)
-    conv2d_grad_weight(grad_out, x, g)           -> grad_w (K, C/groups, R, S)
-    conv2d_grad_bias(grad_out)                   -> (K,), the sum over N, H, W
-    max_pool2d(x, g, with_indices)               -> (y, indices or None)
-    max_pool2d_backward(grad_out, indices, input_shape)             -> grad_x
-    avg_pool2d(x, g, count_include_pad, divisor_override)           -> y   (divisor 0 = none)
-    avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override) -> grad_x
-    max_unpool2d(x, indices, output_shape)       -> y (N, C, H, W)
-    lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)   -> (h_new, c_new)
-    lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh)
-        -> (grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
-    lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save)
-        -> (out (T, B, H), (h_T, c_T), an LstmSaved if save else None)
-    lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved)
-        -> (grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
-        saved: None (the backward recomputes the forward) or the LstmSaved of this backend's
-        lstm on the same inputs, already checked against x and h0 (LstmSaved.check)
-    box_iou(boxes1, boxes2)                      -> (N, M)
-    nms(boxes, scores, iou_threshold)            -> kept indices (int64)
-    batched_nms(boxes, scores, idxs, iou_threshold) -> kept indices (int64)
+The kernels and their signatures are declared once, in the op catalogue
+(``pyconv/backends/_contract.py``); ``register`` checks every kernel against it.
 """
 from __future__ import annotations
 
@@ -42,6 +19,7 @@ import os
 import warnings
 
 from .._spec import array_kind
+from ._contract import KERNELS, OPS, check_kernel, op_coverage  # noqa: F401 (re-exported)
 
 
 class Backend:
@@ -52,9 +30,14 @@ class Backend:
         self.kernels: dict = {}
 
     def register(self, fn):
-        """Decorator: registers `fn` as this backend's kernel of the same name."""
-        self.kernels[fn.__name__] = fn
+        """Decorator: registers `fn` as this backend's kernel of the same name, after checking
+        its name and parameters against the op catalogue."""
+        self.kernels[check_kernel(self.name, fn).name] = fn
         return fn
+
+    def coverage(self) -> dict[str, bool]:
+        """Public op -> whether this backend runs it (computed from the catalogue)."""
+        return op_coverage(self.kernels)
 
     def kernel(self, name: str):
         try:

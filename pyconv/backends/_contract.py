@@ -1,0 +1,102 @@
+"""The op catalogue: every kernel a backend may implement, with its signature, and the kernels
+each public op of :mod:`pyconv.ops` runs. Declared here once; everything else reads it:
+``Backend.register`` refuses a kernel whose name or parameters differ from its entry, the
+conformance suite parametrises over ``OPS``, ``pyconv bench`` and ``pyconv info`` compute a
+backend's coverage from it.
+
+Kernels receive arguments already checked by :mod:`pyconv._spec`, arrays C-contiguous and on
+the backend's device. ``g`` is the typed geometry of the call (``ConvGeom`` or ``PoolGeom``
+from ``pyconv._spec``); optional arrays are None; index arrays are int64.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import NamedTuple
+
+
+class KernelSpec(NamedTuple):
+    name: str
+    params: tuple      # parameter names, in order, as every backend spells them
+    returns: str       # what the kernel returns (shapes in the geometry's names)
+
+
+def _kernels(*specs):
+    return {s.name: s for s in specs}
+
+
+KERNELS: dict[str, KernelSpec] = _kernels(
+    # Convolution: one direct-convolution geometry drives all four passes. The transpose
+    # convolution is conv2d_grad_input of the direct convolution it inverts.
+    KernelSpec("conv2d", ("x", "w", "b", "g"), "y (N, K, Ho, Wo)"),
+    KernelSpec("conv2d_grad_input", ("grad_out", "w", "g"), "grad_x (N, C, H, W)"),
+    KernelSpec("conv2d_grad_weight", ("grad_out", "x", "g"), "grad_w (K, C/groups, R, S)"),
+    KernelSpec("conv2d_grad_bias", ("grad_out",), "grad_b (K,): the sum over N, H, W"),
+    # Pooling. divisor_override 0 means none.
+    KernelSpec("max_pool2d", ("x", "g", "with_indices"), "(y, indices or None)"),
+    KernelSpec("max_pool2d_backward", ("grad_out", "indices", "input_shape"), "grad_x"),
+    KernelSpec("avg_pool2d", ("x", "g", "count_include_pad", "divisor_override"), "y"),
+    KernelSpec("avg_pool2d_backward", ("grad_out", "g", "count_include_pad", "divisor_override"),
+               "grad_x"),
+    KernelSpec("max_unpool2d", ("x", "indices", "output_shape"), "y (N, C, H, W)"),
+    # LSTM, gate rows i, f, g, o. `saved` is None (the backward recomputes the forward) or the
+    # LstmSaved that this backend's lstm made for the same inputs, already checked.
+    KernelSpec("lstm_cell", ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"), "(h_new, c_new)"),
+    KernelSpec("lstm_cell_backward",
+               ("grad_h", "grad_c", "x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh"),
+               "(grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)"),
+    KernelSpec("lstm", ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "save"),
+               "(out (T, B, H), (h_T, c_T), LstmSaved if save else None)"),
+    KernelSpec("lstm_backward",
+               ("grad_out", "grad_hT", "grad_cT", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh",
+                "saved"),
+               "(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)"),
+    # Boxes (x1, y1, x2, y2).
+    KernelSpec("box_iou", ("boxes1", "boxes2"), "(N, M)"),
+    KernelSpec("nms", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
+    KernelSpec("batched_nms", ("boxes", "scores", "idxs", "iou_threshold"),
+               "kept indices (int64)"),
+)
+
+_CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
+
+# Public op (a function of pyconv.ops) -> the kernels it runs.
+OPS: dict[str, tuple[str, ...]] = {
+    "conv2d": ("conv2d",),
+    "conv1d": ("conv2d",),
+    "conv2d_backward": _CONV_BACKWARD,
+    "conv1d_backward": _CONV_BACKWARD,
+    "conv_transpose2d": ("conv2d_grad_input",),
+    "conv_transpose2d_backward": ("conv2d", "conv2d_grad_weight", "conv2d_grad_bias"),
+    "max_pool2d": ("max_pool2d",),
+    "max_pool2d_backward": ("max_pool2d_backward",),
+    "avg_pool2d": ("avg_pool2d",),
+    "avg_pool2d_backward": ("avg_pool2d_backward",),
+    "max_unpool2d": ("max_unpool2d",),
+    "lstm_cell": ("lstm_cell",),
+    "lstm_cell_backward": ("lstm_cell_backward",),
+    "lstm": ("lstm",),
+    "lstm_backward": ("lstm_backward",),
+    "box_iou": ("box_iou",),
+    "nms": ("nms",),
+    "batched_nms": ("batched_nms",),
+}
+
+
+def check_kernel(backend: str, fn) -> KernelSpec:
+    """The catalogue entry of `fn`, after checking that its name and parameters match it."""
+    name = getattr(fn, "__name__", repr(fn))
+    spec = KERNELS.get(name)
+    if spec is None:
+        raise TypeError(f"backend {backend!r} registers {name!r}, which is not in the op "
+                        f"catalogue (pyconv/backends/_contract.py)")
+    params = tuple(inspect.signature(fn).parameters)
+    if params != spec.params:
+        raise TypeError(f"backend {backend!r}: kernel {name}{params} does not match the "
+                        f"catalogue's {name}{spec.params}")
+    return spec
+
+
+def op_coverage(kernels) -> dict[str, bool]:
+    """Public op -> whether a backend with these kernels runs it."""
+    have = set(kernels)
+    return {op: set(needs) <= have for op, needs in OPS.items()}

@@ -1,4 +1,5 @@
-"""The classic 3x3 image kernels of seed 003 (float32 arrays), for ``ops.conv2d`` on images:
+"""The classic 3x3 image kernels (identity, edge detection, sharpen, box blur, Sobel) as
+float32 arrays, for ``ops.conv2d`` on images:
 
     y = pyconv.ops.conv2d(image[None, None], pyconv.filters.sobel_x[None, None])
 

@@ -56,7 +56,9 @@ def save(state: dict, path) -> None:
     _flatten(state, "", arrays)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    prefix = _temporary_prefix(path)
+    _remove_stale_temporaries(folder, prefix)
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -67,6 +69,39 @@ def save(state: dict, path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _temporary_prefix(path) -> str:
+    return f".tmp-{os.path.basename(path)}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder, prefix) -> None:
+    """Removes the temporaries of earlier saves of the same target whose writing process is
+    gone (killed mid-write). A temporary of a live process may still be renamed into place,
+    so it stays."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".npz")):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass  # another save removed it first
 
 
 def _unflatten(flat):
@@ -92,7 +127,10 @@ def load(path) -> dict:
         with np.load(path, allow_pickle=False) as npz:
             flat = {name: npz[name] for name in npz.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        # NumPy's own message for a file that is not a zip archive advises loading it with
+        # pickles enabled; a checkpoint never holds pickles, so that advice is not passed on.
         raise CheckpointError(
-            f"load: {path!r} is not a readable pyconv checkpoint (truncated or corrupt?): {e}"
+            f"load: {path!r} is not a readable pyconv checkpoint: the file is truncated or "
+            f"corrupt, or was not written by pyconv.save ({type(e).__name__})"
         ) from e
     return _unflatten(flat)

@@ -14,6 +14,7 @@ from numba import prange
 from . import backend
 from ._jit import _block, _one_blas_thread, _sum_blocks, _threads, helper, kernel
 
+
 @helper
 def _tap_row(g, row):
     """(channel, kernel row, kernel column) of row `row` of the column matrix."""

@@ -15,6 +15,7 @@ from numba import prange
 from . import backend
 from ._jit import _u, helper, inlined, kernel
 
+
 @helper
 def _max_window(o, stride, pad, dilation, kernel_size, n):
     """Window of output position o along one axis: its first input coordinate `start` and the

@@ -192,7 +192,8 @@ def lstm_elementwise_split(T, B, I, H, reps):
     import numba
 
     from pyconv import _C
-    from pyconv.backends import numba_cpu as nb
+    from pyconv.backends.numba import _jit as nb
+    from pyconv.backends.numba.lstm import _lstm_pointwise
 
     rng = np.random.default_rng(0)
     x, h0, c0 = (rng.standard_normal(s, dtype=np.float32) for s in ((T, B, I), (B, H), (B, H)))
@@ -220,8 +221,8 @@ def lstm_elementwise_split(T, B, I, H, reps):
         for _ in range(T):
             for k in numba.prange(blocks):
                 lo, hi = nb._block(k, blocks, c.shape[0])
-                nb._lstm_pointwise(gates[lo:hi], gates[lo:hi], bias, c[lo:hi], acts[lo:hi],
-                                   c_new[lo:hi], h_new[lo:hi])
+                _lstm_pointwise(gates[lo:hi], gates[lo:hi], bias, c[lo:hi], acts[lo:hi],
+                                c_new[lo:hi], h_new[lo:hi])
 
     def numba_gemms():
         nb._matmul(x2, w_ih.T, x_proj, threads)

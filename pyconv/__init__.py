@@ -15,8 +15,8 @@ def _load_extension_with_sleeping_workers():
     """Imports pyconv._C so that its OpenMP runtime's idle workers sleep instead of spinning.
 
     Spinning workers keep a core busy while the Python thread runs the NumPy glue between
-    kernels (or while NumPy's BLAS or another library's pool wants that core): on 2 cores a
-    LeNet training epoch took 430 ms with spinning workers and 190 ms with sleeping ones.
+    kernels (or while NumPy's BLAS or another library's pool wants that core), which slows
+    training on a machine with few cores.
     libgomp reads OMP_WAIT_POLICY once, when it loads; the variable is set only for that
     moment (and not at all if the user set it), so other libraries loaded later (PyTorch ships
     its own libgomp) keep their defaults."""

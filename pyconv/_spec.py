@@ -4,6 +4,11 @@ Every public op in :mod:`pyconv.ops` calls its spec first; backends receive the 
 arguments (and the geometry computed here) and never validate again. Error messages name the
 op, the argument and the shapes involved, so a user can see at once what was wrong.
 
+The rules read only the shapes and dtypes of their array arguments, so each also accepts a
+:class:`ShapeDtype` (a shape and a dtype, no data) in place of an array: layers and benchmarks
+compute output shapes and geometries that way without allocating anything. Real arrays are
+still checked to be NumPy or CuPy arrays, and index arrays for their values.
+
 Geometry conventions shared by every backend:
 
 * ``ConvGeom`` describes a *direct* convolution: input (N, C, H, W), weight (K, C/groups, R, S),
@@ -16,8 +21,10 @@ Geometry conventions shared by every backend:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -86,6 +93,24 @@ class PoolGeom(NamedTuple):
         return (self.N, self.C, self.Ho, self.Wo)
 
 
+@dataclasses.dataclass(frozen=True)
+class ShapeDtype:
+    """An abstract array: its shape and dtype, without data. Every rule of this module takes
+    one wherever it takes an array; ``ShapeDtype(x.shape, x.dtype)`` gives the same geometry
+    and the same errors as ``x`` itself."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(operator.index(n) for n in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 # --------------------------------------------------------------------------------------------
 # Small helpers
 
@@ -104,16 +129,18 @@ def array_kind(a) -> str:
 
 
 def check_array(op, name, a, ndim=None, *, allow_none=False):
+    """`a` must be a NumPy or CuPy array (or a ShapeDtype) of `ndim` dimensions."""
     if a is None:
         if allow_none:
             return
         raise TypeError(f"{op}: {name} must be an array, got None")
-    try:
-        array_kind(a)
-    except TypeError:
-        raise TypeError(
-            f"{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}"
-        ) from None
+    if not isinstance(a, ShapeDtype):
+        try:
+            array_kind(a)
+        except TypeError:
+            raise TypeError(
+                f"{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}"
+            ) from None
     if ndim is not None and a.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         want = " or ".join(f"{d}-D" for d in (ndim if isinstance(ndim, tuple) else (ndim,)))
         raise ValueError(f"{op}: {name} must be {want}, got shape {shape_of(a)}")
@@ -413,7 +440,8 @@ def _check_indices(op, name, idx, shape, plane):
     check_index_dtype(op, name, idx)
     if tuple(idx.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {shape_of(idx)}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= plane):
+    has_values = not isinstance(idx, ShapeDtype) and idx.size
+    if has_values and (int(idx.min()) < 0 or int(idx.max()) >= plane):
         raise ValueError(
             f"{op}: {name} must lie in [0, {plane}) (flat offsets into each output plane), "
             f"got values in [{int(idx.min())}, {int(idx.max())}]"

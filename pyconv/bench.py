@@ -160,14 +160,16 @@ def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False):
         x, w, b = (torch.from_numpy(a[k]) for k in "xwb")
         return lambda: torch.nn.functional.conv2d(x, w, b, stride, pad, 1, groups)
 
-    g = _spec.conv2d(np.empty((N, C, H, W), np.float32), np.empty((K, C // groups, R, R), np.float32),
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                     _spec.ShapeDtype((K, C // groups, R, R), np.float32),
                      None, stride, pad, 1, groups)
     return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
 
 
 def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False):
     def make(rng):
-        g = _spec.conv2d(np.empty((N, C, H, W)), np.empty((K, C, R, R)), None, 1, pad, 1, 1)
+        g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                         _spec.ShapeDtype((K, C, R, R), np.float32), None, 1, pad, 1, 1)
         return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C, R, R) * 0.1,
                 "gy": _f32(rng, *g.output_shape)}
 
@@ -180,7 +182,8 @@ def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False):
         return lambda: torch.ops.aten.convolution_backward(
             gy, x, w, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
 
-    g = _spec.conv2d(np.empty((N, C, H, W)), np.empty((K, C, R, R)), None, 1, pad, 1, 1)
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                     _spec.ShapeDtype((K, C, R, R), np.float32), None, 1, pad, 1, 1)
     kernels = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
     return Case("conv2d_backward", name, kernels, make, run, 2 * g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
 
@@ -197,7 +200,9 @@ def _conv_transpose_case(name, N, C, H, W, K, R, stride, pad, quick=False):
         x, w = torch.from_numpy(a["x"]), torch.from_numpy(a["w"])
         return lambda: torch.nn.functional.conv_transpose2d(x, w, None, stride, pad)
 
-    g = _spec.conv_transpose2d(np.empty((N, C, H, W)), np.empty((C, K, R, R)), None, stride, pad, 0, 1, 1)
+    g = _spec.conv_transpose2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                               _spec.ShapeDtype((C, K, R, R), np.float32),
+                               None, stride, pad, 0, 1, 1)
     return Case("conv_transpose2d", name, ("conv2d_grad_input",), make, run, g.flops, "flop",
                 _torch_baseline(torch_fn), quick=quick)
 

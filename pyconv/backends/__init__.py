@@ -1,9 +1,10 @@
 """Backend registry: which kernel implementations exist, and which one runs a call.
 
-A backend is a module in this package that creates one :class:`Backend` and registers its
-kernels with ``@backend.register``. Kernel names and signatures are the same on every backend;
-the arguments arrive already checked by ``pyconv._spec`` and C-contiguous. A backend that lacks a kernel raises NotImplementedError
-naming the op and the backend: pyconv never falls back silently to another backend.
+A backend is a module (or package) in this package that creates one :class:`Backend` and
+registers its kernels with ``@backend.register``. Kernel names and signatures are the same on
+every backend; the arguments arrive already checked by ``pyconv._spec`` and C-contiguous. A
+backend that lacks a kernel raises NotImplementedError naming the op and the backend: pyconv
+never falls back silently to another backend.
 
 The kernels and their signatures are declared once, in the op catalogue
 (``pyconv/backends/_contract.py``); ``register`` checks every kernel against it.
@@ -92,7 +93,7 @@ class LstmSaved:
 _MODULES = {
     "reference": "pyconv.backends.reference",
     "cpu": "pyconv.backends.cpu",
-    "numba": "pyconv.backends.numba_cpu",
+    "numba": "pyconv.backends.numba",
     "cuda": "pyconv.backends.cuda",
 }
 

@@ -1,7 +1,7 @@
-"""The "reference" backend: every kernel in plain, vectorised NumPy.
+"""The "reference" backend: the readable definition of every kernel, in vectorised NumPy.
 
-This module is the definition of what each kernel computes; the other backends are tested
-against it. It favours clarity over speed: convolutions gather every input window into one
+This module says what each kernel computes; the other backends are tested against it. It
+favours clarity over speed: convolutions gather every input window into one
 array (``_unfold``) and contract it with the weights; their input gradients scatter the
 windows back (``_fold``, the transpose of ``_unfold``). Everything is computed in the dtype of
 the inputs (float32 or float64). Arguments arrive checked by ``pyconv._spec`` and C-contiguous.

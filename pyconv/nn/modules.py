@@ -292,11 +292,6 @@ class Sequential(Module):
         return shape
 
 
-def _shape_only(shape, dtype=np.float32):
-    """An array of `shape` that occupies no memory (for pyconv._spec's shape rules)."""
-    return np.broadcast_to(np.zeros((), dtype), tuple(shape))
-
-
 class _ShapePreserving:
     """Mixin: output shape = input shape (activations, normalisation, dropout)."""
 
@@ -401,8 +396,8 @@ class _ConvNd(Module):
         return self.stride, self.padding, self.dilation, self.groups
 
     def output_shape(self, shape):
-        x = _shape_only(shape, self.weight.dtype)
-        w = _shape_only(self.weight.shape, self.weight.dtype)
+        x = _spec.ShapeDtype(shape, self.weight.dtype)
+        w = _spec.ShapeDtype(self.weight.shape, self.weight.dtype)
         g = (_spec.conv2d if self.nd == 2 else _spec.conv1d)(x, w, None, *self._conv_args())
         return g.output_shape if self.nd == 2 else (g.N, g.K, g.Wo)
 
@@ -462,8 +457,8 @@ class ConvTranspose2d(_ConvNd):
                                   self.output_padding, self.groups, self.dilation)
 
     def output_shape(self, shape):
-        x = _shape_only(shape, self.weight.dtype)
-        w = _shape_only(self.weight.shape, self.weight.dtype)
+        x = _spec.ShapeDtype(shape, self.weight.dtype)
+        w = _spec.ShapeDtype(self.weight.shape, self.weight.dtype)
         g = _spec.conv_transpose2d(x, w, None, self.stride, self.padding, self.output_padding,
                                    self.groups, self.dilation)
         return g.input_shape  # the transpose conv's output is the direct conv's input

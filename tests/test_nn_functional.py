@@ -12,7 +12,7 @@ import pytest
 import pyconv
 import pyconv.nn.functional as F
 from pyconv import Tensor
-from pyconv.autograd import gradcheck
+from pyconv.testing import gradcheck
 
 try:
     import torch

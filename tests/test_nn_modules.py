@@ -9,7 +9,7 @@ import pytest
 import pyconv
 import pyconv.nn as nn
 from pyconv import Tensor
-from pyconv.autograd import gradcheck
+from pyconv.testing import gradcheck
 from pyconv.models import LeNet5
 
 try:

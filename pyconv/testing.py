@@ -131,9 +131,10 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
         if bad.any():
             worst = np.unravel_index(int(np.argmax(err - rtol * np.abs(numeric))), t.shape)
             raise AssertionError(
-                f"gradcheck: input {k} (shape {t.shape}): at index {tuple(map(int, worst))} the "
-                f"analytic gradient is {float(analytic[worst])!r} but the numeric one is {float(numeric[worst])!r}; "
-                f"{int(bad.sum())} of {bad.size} elements differ by more than "
-                f"atol + rtol * |numeric| (atol={atol}, rtol={rtol}; max abs error {err.max():.3g})"
+                f"gradcheck: input {k} (shape {t.shape}): at index {tuple(map(int, worst))} "
+                f"the analytic gradient is {float(analytic[worst])!r} but the numeric one is "
+                f"{float(numeric[worst])!r}; {int(bad.sum())} of {bad.size} elements differ by "
+                f"more than atol + rtol * |numeric| (atol={atol}, rtol={rtol}; max abs error "
+                f"{err.max():.3g})"
             )
     return True

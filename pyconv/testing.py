@@ -30,7 +30,6 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Tensor, array_module, no_grad
-from .autograd.tensor import _move
 
 __all__ = ["gradcheck", "numeric_gradient", "central_difference"]
 
@@ -66,6 +65,10 @@ def numeric_gradient(f, a, eps=1e-6):
     for index in np.ndindex(a.shape):
         grad[index] = central_difference(f, a, index, eps)
     return grad
+
+
+def _to_numpy(a):
+    return a if isinstance(a, np.ndarray) else a.get()
 
 
 def _tensors_in(out):
@@ -104,7 +107,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
 
     def weighted_sum():  # L, evaluated without recording a graph
         with no_grad():
-            return sum(float((_move(o.data, "cpu") * w).sum())
+            return sum(float((_to_numpy(o.data) * w).sum())
                        for o, w in zip(_tensors_in(fn(*inputs)), weights))
 
     # The analytic gradients: backward from L.
@@ -123,8 +126,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, seed=0):
     for k, t in enumerate(inputs):
         if not (isinstance(t, Tensor) and t.requires_grad):
             continue
-        analytic = _move(t.grad, "cpu") if t.grad is not None else np.zeros(t.shape)
-        t.data = array_module(t.data).ascontiguousarray(t.data)  # writable, to perturb in place
+        analytic = _to_numpy(t.grad) if t.grad is not None else np.zeros(t.shape)
+        t.data = array_module(t.data).ascontiguousarray(t.data)  # a strided view becomes its own array
         numeric = numeric_gradient(weighted_sum, t.data, eps)
         err = np.abs(analytic - numeric)
         bad = err > atol + rtol * np.abs(numeric)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import pyconv
+from pyconv.testing import central_difference  # noqa: F401  (the tests import it from here)
 
 # pyconv.backends is the function listing backends; the registry module is reached by name.
 _registry = importlib.import_module("pyconv.backends")
@@ -18,17 +19,6 @@ TOLERANCES = {
     np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5),
     np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
 }
-
-
-def central_difference(loss, a, i, eps=1e-6):
-    """(loss(a[i] + eps) - loss(a[i] - eps)) / 2 eps, changing a[i] in place and restoring it."""
-    old = a[i]
-    a[i] = old + eps
-    plus = loss()
-    a[i] = old - eps
-    minus = loss()
-    a[i] = old
-    return (plus - minus) / (2 * eps)
 
 
 @pytest.fixture

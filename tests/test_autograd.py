@@ -5,7 +5,8 @@ import pytest
 
 import pyconv
 from pyconv import Tensor
-from pyconv.autograd import concatenate, gradcheck, stack
+from pyconv.autograd import concatenate, stack
+from pyconv.testing import gradcheck
 
 try:
     import torch
@@ -59,21 +60,6 @@ def test_gradcheck_primitives(name):
     fn, shapes = GRAD_CASES[name]
     inputs = [t(s, seed=i) for i, s in enumerate(shapes)]
     assert gradcheck(fn, inputs)
-
-
-def test_gradcheck_detects_a_wrong_gradient():
-    from pyconv.autograd import Function
-
-    class WrongSquare(Function):
-        def forward(self, a):
-            self.a = a
-            return a * a
-
-        def backward(self, g):
-            return g * self.a  # should be 2 a
-
-    with pytest.raises(AssertionError, match="analytic"):
-        gradcheck(lambda a: WrongSquare()(a), [t((3,))])
 
 
 # --- the graph

@@ -12,7 +12,7 @@ import pytest
 import pyconv
 import pyconv.nn.functional as F
 from pyconv import Tensor
-from pyconv.autograd import gradcheck
+from pyconv.testing import gradcheck
 
 try:
     import torch
@@ -28,8 +28,8 @@ _registry = sys.modules["pyconv.backends"]
 
 @pytest.fixture(autouse=True)
 def reference_backend():
-    # The default NumPy backend ("cpu") is still gaining its C++ kernels; tests that are not
-    # per-backend run on the reference backend.
+    # Tests that are not per-backend run on the reference backend (the NumPy ground truth),
+    # which implements every kernel; the per-backend checks pick their backends explicitly.
     with pyconv.use_backend("reference"):
         yield
 

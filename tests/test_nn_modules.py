@@ -9,7 +9,7 @@ import pytest
 import pyconv
 import pyconv.nn as nn
 from pyconv import Tensor
-from pyconv.autograd import gradcheck
+from pyconv.testing import gradcheck
 from pyconv.models import LeNet5
 
 try:
@@ -24,8 +24,8 @@ def needs_torch(test):
 
 @pytest.fixture(autouse=True)
 def reference_backend():
-    # Layers call pyconv.ops, whose default NumPy backend ("cpu") is still gaining its C++
-    # kernels; the reference backend has them all. Per-backend checks are in test_nn_functional.
+    # Layers call pyconv.ops; these tests run them on the reference backend, which implements
+    # every kernel. Per-backend checks are in test_nn_functional.
     with pyconv.use_backend("reference"):
         yield
 
@@ -363,7 +363,7 @@ def test_summary_runs_forward_for_custom_models():
 def test_summary_lists_lenet_layers():
     result = nn.summary(LeNet5(), (1, 32, 32), print_fn=None)
     assert result["total_params"] == 61_706
-    assert result["layers"][0]["output_shape"] == (1, 6, 28, 28)  # 4704 neurons, as seed 002 says
+    assert result["layers"][0]["output_shape"] == (1, 6, 28, 28)  # C1: 6 x 28 x 28 = 4704 neurons
     assert result["layers"][3]["output_shape"] == (1, 16, 10, 10)  # 1600 neurons
 
 

@@ -106,7 +106,7 @@ def test_errors():
 
 
 def test_weight_decay_equals_l2_penalty_gradient():
-    """SGD's weight_decay=wd is the gradient of the penalty (wd / 2) * sum w^2 (seed 001)."""
+    """SGD's weight_decay=wd is the gradient of the penalty (wd / 2) * sum w^2."""
     w0 = np.random.default_rng(3).standard_normal(4)
     a, b = Tensor(w0.copy(), requires_grad=True), Tensor(w0.copy(), requires_grad=True)
     SGD_a, SGD_b = SGD([a], lr=0.1, weight_decay=0.2), SGD([b], lr=0.1)

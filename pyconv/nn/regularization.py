@@ -1,4 +1,5 @@
-"""Weight penalties of seed 001 (L = mean loss + lambda R(W)): add them to the loss.
+"""Weight penalties R(W) for regularised training, L = mean loss + lambda R(W): add them
+to the loss.
 
 Given a Module, the penalties cover its weights (parameters whose name ends in "weight",
 as is usual: biases and normalisation shifts are not penalised); given an iterable of Tensors,

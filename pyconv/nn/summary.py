@@ -16,8 +16,8 @@ import math
 import numpy as np
 
 from ..autograd import Tensor, array_module, no_grad
-from . import modules as _modules
 from .modules import Module, Sequential
+from .modules.module import _forward_hooks
 
 __all__ = ["summary", "saliency"]
 
@@ -53,12 +53,12 @@ def _rows_by_forward(model, shape, dtype, record):
             if isinstance(first, Tensor):
                 record(names.get(id(module), type(module).__name__), module, first.shape)
 
-    _modules._forward_hooks.append(hook)
+    _forward_hooks.append(hook)
     try:
         with no_grad():
             model(Tensor(np.zeros(shape, dtype)))
     finally:
-        _modules._forward_hooks.remove(hook)
+        _forward_hooks.remove(hook)
 
 
 def _fmt_bytes(n):
@@ -127,7 +127,7 @@ def _table(result, input_shape):
 
 
 def saliency(model: Module, x, target):
-    """Saliency map (Simonyan et al. 2014; seed 002): |d score[target] / d x|, the maximum over
+    """Saliency map (Simonyan, Vedaldi & Zisserman 2014): |d score[target] / d x|, the maximum over
     channels -> (N, H, W). x (N, C, H, W) array or Tensor; target an int or N ints. The model's
     parameters collect no gradient; its train/eval mode is left as it is."""
     data = x.data if isinstance(x, Tensor) else x if hasattr(x, "__cuda_array_interface__") else np.asarray(x)

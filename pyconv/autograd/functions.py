@@ -1,0 +1,406 @@
+"""Differentiable operations: the :class:`Function` base class and the array-level primitives
+behind Tensor's operators (arithmetic with broadcasting, ``@``, reductions, reshaping,
+indexing, concatenation, dtype and device moves).
+
+A Function computes its output from plain arrays (NumPy on the CPU, CuPy on the GPU) in
+``forward`` and maps output gradients back to input gradients in ``backward``, again on plain
+arrays. Calling a Function on Tensors runs ``forward`` and, when some input requires a
+gradient, links the outputs to the Function: that link is the whole graph. The heavy layers
+(convolutions, pooling, LSTM) are Functions too, in :mod:`pyconv.nn.functional`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .tensor import Tensor, _axes, _move, array_module, is_grad_enabled
+
+__all__ = ["Function", "concatenate", "stack", "unbroadcast", "scatter_add"]
+
+
+class Function:
+    """One differentiable operation. Subclasses implement
+
+    ``forward(self, *arrays)`` -> an array, or a tuple of arrays for several outputs;
+    ``backward(self, *grad_outputs)`` -> one gradient (or None) per input, as a tuple (a
+    single array is accepted for one input).
+
+    Inputs that are not Tensors (scalars, index arrays, None for an absent bias) reach
+    ``forward`` unchanged and get no gradient. ``self.needs_input_grad`` (a tuple of bools)
+    is set before ``forward`` runs, so it can skip saving what backward will not need. With
+    several outputs, a grad_output is None where that output received no gradient.
+
+        class Square(Function):
+            def forward(self, a):
+                self.a = a
+                return a * a
+
+            def backward(self, g):
+                return 2 * self.a * g
+
+        y = Square()(x)     # a Tensor; y.backward(...) reaches x.grad
+
+    :func:`pyconv.testing.gradcheck` checks a ``backward`` against finite differences.
+    """
+
+    inputs = ()
+    needs_input_grad = ()
+
+    def __call__(self, *inputs):
+        needs = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs) if is_grad_enabled() else ()
+        record = True in needs
+        self.needs_input_grad = needs
+        out = self.forward(*[t.data if isinstance(t, Tensor) else t for t in inputs])
+        creator = self if record else None
+        if record:
+            self.inputs = inputs
+        if type(out) is tuple:
+            if record:
+                self._grad_outputs = [None] * len(out)
+            return tuple(Tensor._from_function(o, creator, i) for i, o in enumerate(out))
+        if record:
+            self._grad_outputs = [None]
+        return Tensor._from_function(out, creator, 0)
+
+    def forward(self, *arrays):
+        raise NotImplementedError
+
+    def backward(self, *grad_outputs):
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+
+def unbroadcast(grad, shape):
+    """Sums `grad` over the axes that broadcasting added or stretched, back to `shape`."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1
+    )
+    return grad.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def scatter_add(target, index, values):
+    """target[index] += values, adding repeated positions (np.add.at / cupyx.scatter_add)."""
+    if isinstance(target, np.ndarray):
+        np.add.at(target, index, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
+
+
+def _shape(a):
+    return getattr(a, "shape", ())
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise arithmetic
+
+
+class Add(Function):
+    def forward(self, a, b):
+        self.shapes = _shape(a), _shape(b)
+        return a + b
+
+    def backward(self, g):
+        return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.shapes = _shape(a), _shape(b)
+        return a - b
+
+    def backward(self, g):
+        gb = -unbroadcast(g, self.shapes[1]) if self.needs_input_grad[1] else None
+        return unbroadcast(g, self.shapes[0]), gb
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, g):
+        na, nb = self.needs_input_grad
+        ga = unbroadcast(g * self.b, _shape(self.a)) if na else None
+        gb = unbroadcast(g * self.a, _shape(self.b)) if nb else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, g):
+        na, nb = self.needs_input_grad
+        ga = unbroadcast(g / self.b, _shape(self.a)) if na else None
+        gb = unbroadcast(-g * self.a / (self.b * self.b), _shape(self.b)) if nb else None
+        return ga, gb
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return -g
+
+
+class Pow(Function):
+    def __init__(self, exponent):
+        self.exponent = exponent
+
+    def forward(self, a):
+        self.a = a
+        return a ** self.exponent
+
+    def backward(self, g):
+        return g * self.exponent * self.a ** (self.exponent - 1)
+
+
+class Exp(Function):
+    def forward(self, a):
+        self.y = array_module(a).exp(a)
+        return self.y
+
+    def backward(self, g):
+        return g * self.y
+
+
+class Log(Function):
+    def forward(self, a):
+        self.a = a
+        return array_module(a).log(a)
+
+    def backward(self, g):
+        return g / self.a
+
+
+class Abs(Function):
+    def forward(self, a):
+        self.a = a
+        return abs(a)
+
+    def backward(self, g):
+        return g * array_module(self.a).sign(self.a)
+
+
+class Clip(Function):
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+
+    def forward(self, a):
+        self.a = a
+        return array_module(a).clip(a, self.lo, self.hi)
+
+    def backward(self, g):
+        inside = True
+        if self.lo is not None:
+            inside = self.a >= self.lo
+        if self.hi is not None:
+            inside = inside & (self.a <= self.hi)
+        return g * inside
+
+
+class MatMul(Function):
+    """``a @ b`` with NumPy's rules: 1-D operands are promoted and the added axis dropped,
+    leading (batch) axes broadcast."""
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        # Promote 1-D operands (and the matching axis of g) so both products are matrix products.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        if a.ndim == 1:
+            g = g[..., None, :] if b.ndim > 1 else g[..., None]
+        if b.ndim == 1:
+            g = g[..., None]
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = unbroadcast(g @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            gb = unbroadcast(a2.swapaxes(-1, -2) @ g, b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+class AsType(Function):
+    """A copy in another floating-point dtype; the gradient goes back in the source dtype."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def forward(self, a):
+        self.source_dtype = a.dtype
+        return a.astype(self.dtype)
+
+    def backward(self, g):
+        return g.astype(self.source_dtype)
+
+
+class ToDevice(Function):
+    """A copy on another device ("cpu" or "cuda"); the gradient goes back to the source device."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def forward(self, a):
+        self.source = "cpu" if isinstance(a, np.ndarray) else "cuda"
+        return _move(a, self.device)
+
+    def backward(self, g):
+        return _move(g, self.source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reductions
+
+
+class Sum(Function):
+    def __init__(self, axis, keepdims):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, a):
+        self.shape = a.shape
+        return a.sum(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, g):
+        if self.axis is not None and not self.keepdims:
+            g = array_module(g).expand_dims(g, _axes(self.axis, len(self.shape)))
+        return array_module(g).broadcast_to(g, self.shape)
+
+
+class Max(Function):
+    """Maximum; where several elements tie for the maximum they share its gradient equally."""
+
+    def __init__(self, axis, keepdims):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, a):
+        self.a = a
+        self.y = a.max(axis=self.axis, keepdims=True)
+        if self.keepdims:
+            return self.y
+        return self.y.reshape(()) if self.axis is None else self.y.squeeze(_axes(self.axis, a.ndim))
+
+    def backward(self, g):
+        if not self.keepdims:
+            g = g.reshape(self.y.shape)
+        winners = self.a == self.y
+        return winners * (g / winners.sum(axis=self.axis, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape and indexing
+
+
+class Reshape(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, a):
+        self.source_shape = a.shape
+        return a.reshape(self.shape)
+
+    def backward(self, g):
+        return g.reshape(self.source_shape)
+
+
+class Transpose(Function):
+    def __init__(self, axes):
+        self.axes = axes
+
+    def forward(self, a):
+        if self.axes is not None:
+            self.axes = tuple(ax % a.ndim for ax in self.axes)  # negative axes count from the end
+        return a.transpose(self.axes)
+
+    def backward(self, g):
+        if self.axes is None:
+            return g.transpose()
+        return g.transpose(tuple(np.argsort(self.axes).tolist()))
+
+
+def _is_basic_index(index):
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in items)
+
+
+def _unwrap_index(index):
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index.data if isinstance(index, Tensor) else index
+
+
+class GetItem(Function):
+    def __init__(self, index):
+        self.index = _unwrap_index(index)
+
+    def forward(self, a):
+        self.source_shape, self.dtype = a.shape, a.dtype
+        return a[self.index]
+
+    def backward(self, g):
+        xp = array_module(g)
+        grad = xp.zeros(self.source_shape, self.dtype)
+        if _is_basic_index(self.index):
+            grad[self.index] = g
+        else:  # advanced indexing may repeat positions: their gradients add up
+            scatter_add(grad, self.index, g)
+        return grad
+
+
+class Concatenate(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *arrays):
+        self.sizes = [a.shape[self.axis] for a in arrays]
+        return array_module(arrays[0]).concatenate(arrays, axis=self.axis)
+
+    def backward(self, g):
+        bounds = np.cumsum(self.sizes)[:-1].tolist()
+        return tuple(array_module(g).split(g, bounds, axis=self.axis))
+
+
+class Stack(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *arrays):
+        return array_module(arrays[0]).stack(arrays, axis=self.axis)
+
+    def backward(self, g):
+        return tuple(g.take(i, axis=self.axis) for i in range(g.shape[self.axis]))
+
+
+def _check_same_dtype(op, tensors):
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"{op}: tensors have different dtypes {sorted(map(str, dtypes))}")
+
+
+def concatenate(tensors, axis=0) -> Tensor:
+    """Joins tensors along an existing axis (differentiable)."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("concatenate: needs at least one tensor")
+    _check_same_dtype("concatenate", tensors)
+    return Concatenate(axis)(*tensors)
+
+
+def stack(tensors, axis=0) -> Tensor:
+    """Joins equally shaped tensors along a new axis (differentiable)."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    shapes = {t.shape for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"stack: all tensors must have the same shape, got {sorted(shapes)}")
+    _check_same_dtype("stack", tensors)
+    return Stack(axis)(*tensors)

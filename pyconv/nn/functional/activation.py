@@ -1,0 +1,163 @@
+"""Activation functions: relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax, log_softmax and
+maxout. Each is array code on the input's array module (NumPy or CuPy)."""
+from __future__ import annotations
+
+from ...autograd import Function, Tensor, array_module, unbroadcast
+from ._util import _channel_shape, _data, _tensor
+
+__all__ = ["relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax", "log_softmax", "maxout"]
+
+
+class _ReLU(Function):
+    def forward(self, x):
+        self.y = array_module(x).maximum(x, 0)
+        return self.y
+
+    def backward(self, g):
+        return g * (self.y > 0)
+
+
+def relu(x) -> Tensor:
+    return _ReLU()(x)
+
+
+class _LeakyReLU(Function):
+    def __init__(self, slope):
+        self.slope = slope
+
+    def forward(self, x):
+        self.positive = x > 0
+        return array_module(x).where(self.positive, x, x * self.slope)
+
+    def backward(self, g):
+        return array_module(g).where(self.positive, g, g * self.slope)
+
+
+def leaky_relu(x, negative_slope=0.01) -> Tensor:
+    """max(0, x) + negative_slope * min(0, x)."""
+    return _LeakyReLU(negative_slope)(x)
+
+
+class _PReLU(Function):
+    def forward(self, x, w):
+        self.x, self.w_shape = x, w.shape
+        self.slope = w.reshape(_channel_shape(x.ndim, w.shape[0]))
+        self.positive = x > 0
+        return array_module(x).where(self.positive, x, x * self.slope)
+
+    def backward(self, g):
+        xp = array_module(g)
+        gx = xp.where(self.positive, g, g * self.slope) if self.needs_input_grad[0] else None
+        gw = None
+        if self.needs_input_grad[1]:
+            per_channel = unbroadcast(xp.where(self.positive, 0, g * self.x), self.slope.shape)
+            gw = per_channel.reshape(self.w_shape)
+        return gx, gw
+
+
+def prelu(x, weight) -> Tensor:
+    """Leaky ReLU with a learned slope per channel (axis 1): weight (C,) or (1,)."""
+    n, xs = _data(weight).shape, _data(x).shape
+    if len(n) != 1 or (n[0] != 1 and (len(xs) < 2 or xs[1] != n[0])):
+        raise ValueError(f"prelu: weight of shape {tuple(n)} must be (1,) or (C,) with C = x.shape[1] "
+                         f"(x.shape={tuple(xs)})")
+    return _PReLU()(x, weight)
+
+
+class _ELU(Function):
+    def __init__(self, alpha):
+        self.alpha = alpha
+
+    def forward(self, x):
+        xp = array_module(x)
+        self.positive = x > 0
+        self.y = xp.where(self.positive, x, self.alpha * xp.expm1(xp.minimum(x, 0)))
+        return self.y
+
+    def backward(self, g):
+        return array_module(g).where(self.positive, g, g * (self.y + self.alpha))
+
+
+def elu(x, alpha=1.0) -> Tensor:
+    """x for x > 0, alpha * (exp(x) - 1) otherwise."""
+    return _ELU(alpha)(x)
+
+
+class _Sigmoid(Function):
+    def forward(self, x):
+        # 0.5 (1 + tanh(x/2)) equals 1 / (1 + exp(-x)) and never overflows.
+        self.y = 0.5 * (1 + array_module(x).tanh(0.5 * x))
+        return self.y
+
+    def backward(self, g):
+        return g * self.y * (1 - self.y)
+
+
+def sigmoid(x) -> Tensor:
+    return _Sigmoid()(x)
+
+
+class _Tanh(Function):
+    def forward(self, x):
+        self.y = array_module(x).tanh(x)
+        return self.y
+
+    def backward(self, g):
+        return g * (1 - self.y * self.y)
+
+
+def tanh(x) -> Tensor:
+    return _Tanh()(x)
+
+
+class _Softmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        e = array_module(x).exp(x - x.max(axis=self.axis, keepdims=True))
+        self.y = e / e.sum(axis=self.axis, keepdims=True)
+        return self.y
+
+    def backward(self, g):
+        y = self.y
+        return y * (g - (g * y).sum(axis=self.axis, keepdims=True))
+
+
+def softmax(x, dim=-1) -> Tensor:
+    return _Softmax(dim)(x)
+
+
+def _log_softmax_array(x, axis):
+    xp = array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class _LogSoftmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        self.y = _log_softmax_array(x, self.axis)
+        return self.y
+
+    def backward(self, g):
+        return g - array_module(g).exp(self.y) * g.sum(axis=self.axis, keepdims=True)
+
+
+def log_softmax(x, dim=-1) -> Tensor:
+    return _LogSoftmax(dim)(x)
+
+
+def maxout(x, pool_size, dim=1) -> Tensor:
+    """Maxout (Goodfellow et al. 2013): the maximum over groups of `pool_size` consecutive
+    features along `dim` -> that axis shrinks pool_size times."""
+    x = _tensor(x)
+    dim = dim % x.ndim
+    n = x.shape[dim]
+    if pool_size < 1 or n % pool_size:
+        raise ValueError(f"maxout: pool_size={pool_size} must divide the size {n} of dim {dim} "
+                         f"(x.shape={x.shape})")
+    grouped = x.reshape(x.shape[:dim] + (n // pool_size, pool_size) + x.shape[dim + 1:])
+    return grouped.max(axis=dim + 1)

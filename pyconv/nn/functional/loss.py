@@ -1,0 +1,315 @@
+"""Loss functions. Each takes reduction "mean" (the default), "sum" or "none", as PyTorch."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...autograd import Function, Tensor, array_module
+from ._util import _data, _tensor
+from .activation import _log_softmax_array, relu
+
+__all__ = [
+    "cross_entropy", "nll_loss", "multi_margin_loss", "mse_loss", "l1_loss", "mean_bias_error",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_normal", "contrastive_loss",
+]
+
+
+def _reduce(loss, reduction, op):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _class_targets(op, scores, target, ignore_index=None):
+    """Checks integer class targets for scores (N, C) or (N, C, d1, ...) and returns them as an
+    array on the scores' device. Entries equal to ignore_index are allowed anywhere."""
+    scores_shape = _data(scores).shape
+    t = _data(target)
+    if not hasattr(t, "dtype"):
+        t = np.asarray(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{op}: target must hold integer class indices, got dtype {t.dtype}")
+    if len(scores_shape) < 2:
+        raise ValueError(f"{op}: input must be (N, C) or (N, C, d1, ...), got shape {tuple(scores_shape)}")
+    want = (scores_shape[0],) + tuple(scores_shape[2:])
+    if tuple(t.shape) != want:
+        raise ValueError(f"{op}: target must have shape {want} for input of shape "
+                         f"{tuple(scores_shape)}, got {tuple(t.shape)}")
+    C = scores_shape[1]
+    real = t if ignore_index is None else t[t != ignore_index]
+    if real.size and (int(real.min()) < 0 or int(real.max()) >= C):
+        raise ValueError(f"{op}: target classes must lie in [0, {C}), got values from "
+                         f"{int(real.min())} to {int(real.max())}")
+    return array_module(_data(scores)).asarray(t)
+
+
+def _class_weights(op, weight, C, like):
+    """The per-class weight vector (C,) on like's device and dtype, or None."""
+    if weight is None:
+        return None
+    w = _data(weight)
+    if tuple(np.shape(w)) != (C,):
+        raise ValueError(f"{op}: weight must have shape ({C},) (one per class), got {tuple(np.shape(w))}")
+    return array_module(like).asarray(w, dtype=like.dtype)
+
+
+def _target_rows(t, weight, ignore_index, dtype):
+    """Flat targets with ignored entries replaced by class 0, and each row's weight
+    (weight[target], 1 without weights, 0 where ignored)."""
+    xp = array_module(t)
+    t = t.reshape(-1)
+    keep = t != ignore_index
+    safe = xp.where(keep, t, 0)
+    rows = keep.astype(dtype) if weight is None else weight[safe] * keep
+    return safe, rows
+
+
+def _classes_last(x):
+    """(N, C, d1, ...) -> (N*d1*..., C) so per-class work is along the last axis."""
+    if x.ndim == 2:
+        return x
+    return array_module(x).moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+
+
+def _classes_back(grad, shape):
+    """Inverse of _classes_last for a gradient of the original `shape`."""
+    if len(shape) == 2:
+        return grad
+    return array_module(grad).moveaxis(grad.reshape((shape[0],) + shape[2:] + (shape[1],)), -1, 1)
+
+
+class _CrossEntropy(Function):
+    """log_softmax + weighted negative log-likelihood (+ label smoothing) in one node. With
+    a = dloss/dlog_softmax, the input gradient is a - softmax * sum(a) (just softmax - one-hot
+    in the plain case)."""
+
+    def __init__(self, target, weight, ignore_index, reduction, label_smoothing):
+        self.target, self.weight, self.ignore_index = target, weight, ignore_index
+        self.reduction, self.eps = reduction, label_smoothing
+
+    def forward(self, x):
+        xp = array_module(x)
+        self.input_shape = x.shape
+        self.logp = logp = _log_softmax_array(_classes_last(x), axis=1)
+        self.safe, self.row_w = _target_rows(self.target, self.weight, self.ignore_index, x.dtype)
+        C = logp.shape[1]
+        losses = -logp[xp.arange(logp.shape[0]), self.safe] * self.row_w
+        if self.eps:
+            per_class = logp if self.weight is None else logp * self.weight
+            smooth = -per_class.sum(axis=1) * (self.row_w != 0)
+            losses = (1 - self.eps) * losses + (self.eps / C) * smooth
+        if self.reduction == "none":
+            return losses.reshape((x.shape[0],) + x.shape[2:])
+        if self.reduction == "sum":
+            return losses.sum()
+        self.denominator = self.row_w.sum()
+        return losses.sum() / self.denominator
+
+    def backward(self, g):
+        xp = array_module(g)
+        M, C = self.logp.shape
+        a = xp.zeros((M, C), self.logp.dtype)  # d loss_i / d logp_ic
+        a[xp.arange(M), self.safe] = -(1 - self.eps) * self.row_w
+        if self.eps:
+            per_class = 1 if self.weight is None else self.weight
+            a -= (self.eps / C) * (self.row_w != 0)[:, None] * per_class
+        if self.reduction == "none":
+            a *= g.reshape(-1, 1)
+        else:
+            a *= g / self.denominator if self.reduction == "mean" else g
+        grad = a - xp.exp(self.logp) * a.sum(axis=1, keepdims=True)
+        return _classes_back(grad, self.input_shape)
+
+
+def _check_reduction(op, reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0) -> Tensor:
+    """-log softmax(input)[target] over class axis 1, as ``torch.nn.functional.cross_entropy``
+    with integer targets: input (N, C) or (N, C, d1, ...), target (N,) or (N, d1, ...); optional
+    class weights (C,) (then "mean" divides by the summed weights of the targets), targets
+    equal to ignore_index contribute nothing, and label_smoothing mixes in the uniform
+    distribution."""
+    _check_reduction("cross_entropy", reduction)
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    t = _class_targets("cross_entropy", input, target, ignore_index)
+    w = _class_weights("cross_entropy", weight, _data(input).shape[1], _data(input))
+    return _CrossEntropy(t, w, ignore_index, reduction, label_smoothing)(input)
+
+
+def _pick_classes(x, t):
+    """x[n, t[n], d...] for scores x (N, C, d...) and integer targets t (N, d...)."""
+    x = _tensor(x)
+    if x.ndim > 2:
+        axes = (0,) + tuple(range(2, x.ndim)) + (1,)
+        x = x.transpose(axes).reshape(-1, x.shape[1])
+    xp = array_module(t)
+    return x[xp.arange(t.size), t.reshape(-1)].reshape(t.shape)
+
+
+def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean") -> Tensor:
+    """-input[target] for log-probabilities input (N, C) or (N, C, d1, ...), as
+    ``torch.nn.functional.nll_loss`` (class weights, ignore_index)."""
+    _check_reduction("nll_loss", reduction)
+    t = _class_targets("nll_loss", input, target, ignore_index)
+    xd = _data(input)
+    w = _class_weights("nll_loss", weight, xd.shape[1], xd)
+    safe, row_w = _target_rows(t, w, ignore_index, xd.dtype)
+    losses = -_pick_classes(input, safe.reshape(t.shape)) * Tensor(row_w.reshape(t.shape))
+    if reduction == "mean":
+        return losses.sum() * (1.0 / float(row_w.sum()))
+    return _reduce(losses, reduction, "nll_loss")
+
+
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean") -> Tensor:
+    """Multiclass hinge (SVM) loss, as ``torch.nn.functional.multi_margin_loss``:
+    sum over j != y of w[y] * max(0, margin - x[y] + x[j])^p, divided by the number of classes
+    C (p is 1 or 2). The multiclass SVM loss as usually written, sum over j != y of
+    max(0, x[j] - x[y] + 1), is the p = 1, margin = 1 case without the 1/C: multiply by C."""
+    _check_reduction("multi_margin_loss", reduction)
+    if p not in (1, 2):
+        raise ValueError(f"multi_margin_loss: p must be 1 or 2, got {p!r}")
+    x = _tensor(input)
+    if x.ndim != 2:
+        raise ValueError(f"multi_margin_loss: input must be (N, C), got shape {x.shape}")
+    t = _class_targets("multi_margin_loss", x, target)
+    xp = array_module(x.data)
+    correct = _pick_classes(x, t).reshape(-1, 1)
+    others = xp.ones(x.shape, x.dtype)
+    others[xp.arange(t.size), t] = 0
+    hinge = relu(x - correct + margin) * Tensor(others)
+    if p == 2:
+        hinge = hinge * hinge
+    w = _class_weights("multi_margin_loss", weight, x.shape[1], x.data)
+    if w is not None:
+        hinge = hinge * Tensor(w[t].reshape(-1, 1))
+    return _reduce(hinge.sum(axis=1) * (1.0 / x.shape[1]), reduction, "multi_margin_loss")
+
+
+def _same_shape(op, a, b):
+    sa, sb = tuple(_data(a).shape), tuple(_data(b).shape)
+    if sa != sb:
+        raise ValueError(f"{op}: input and target must have the same shape, got {sa} and {sb}")
+
+
+def mse_loss(input, target, reduction="mean") -> Tensor:
+    """Mean squared error (L2 loss)."""
+    _same_shape("mse_loss", input, target)
+    diff = _tensor(input) - target
+    return _reduce(diff * diff, reduction, "mse_loss")
+
+
+def l1_loss(input, target, reduction="mean") -> Tensor:
+    """Mean absolute error (L1 loss)."""
+    _same_shape("l1_loss", input, target)
+    return _reduce((_tensor(input) - target).abs(), reduction, "l1_loss")
+
+
+def mean_bias_error(input, target, reduction="mean") -> Tensor:
+    """Mean bias error: mean(target - input); positive when predictions are too low (unlike MSE
+    and L1, errors of opposite sign cancel, so it measures systematic bias)."""
+    _same_shape("mean_bias_error", input, target)
+    return _reduce(_tensor(target) - input, reduction, "mean_bias_error")
+
+
+class _BinaryCrossEntropy(Function):
+    """-(t log p + (1 - t) log(1 - p)) with each log clamped at -100, as PyTorch."""
+
+    def forward(self, p, t):
+        xp = array_module(p)
+        self.p, self.t = p, t
+        self.log_p = xp.maximum(xp.log(p), -100)
+        self.log_q = xp.maximum(xp.log1p(-p), -100)
+        return -(t * self.log_p + (1 - t) * self.log_q)
+
+    def backward(self, g):
+        xp = array_module(g)
+        p, t = self.p, self.t
+        gp = g * (p - t) / xp.maximum(p * (1 - p), 1e-12) if self.needs_input_grad[0] else None
+        gt = g * (self.log_q - self.log_p) if self.needs_input_grad[1] else None
+        return gp, gt
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean") -> Tensor:
+    """Binary cross-entropy of probabilities `input` in [0, 1] against `target`."""
+    _same_shape("binary_cross_entropy", input, target)
+    p = _data(input)
+    if p.size and (float(p.min()) < 0 or float(p.max()) > 1):
+        raise ValueError("binary_cross_entropy: input must hold probabilities in [0, 1] "
+                         "(use binary_cross_entropy_with_logits for scores)")
+    loss = _BinaryCrossEntropy()(input, target)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction, "binary_cross_entropy")
+
+
+class _BCEWithLogits(Function):
+    """(1 - t) x + (1 + (w - 1) t) softplus(-x), w the pos_weight (1 without one)."""
+
+    def __init__(self, pos_weight):
+        self.pos_weight = pos_weight
+
+    def forward(self, x, t):
+        xp = array_module(x)
+        self.x, self.t = x, t
+        self.softplus_neg = xp.log1p(xp.exp(-abs(x))) + xp.maximum(-x, 0)  # log(1 + e^-x), stable
+        self.lw = 1 if self.pos_weight is None else 1 + (self.pos_weight - 1) * t
+        return (1 - t) * x + self.lw * self.softplus_neg
+
+    def backward(self, g):
+        xp = array_module(g)
+        sig = 0.5 * (1 + xp.tanh(0.5 * self.x))
+        gx = g * ((1 - self.t) - self.lw * (1 - sig)) if self.needs_input_grad[0] else None
+        gt = None
+        if self.needs_input_grad[1]:
+            pw = 1 if self.pos_weight is None else self.pos_weight
+            gt = g * (-self.x + (pw - 1) * self.softplus_neg)
+        return gx, gt
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
+                                     reduction="mean") -> Tensor:
+    """Binary cross-entropy of sigmoid(input) against target, computed stably from the logits."""
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    loss = _BCEWithLogits(_data(pos_weight))(input, target)
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
+
+
+def kl_normal(mu, logvar, reduction="mean") -> Tensor:
+    """KL( N(mu, exp(logvar)) || N(0, I) ) of a VAE's encoder, summed over the latent axes:
+    -1/2 sum(1 + logvar - mu^2 - exp(logvar)) per sample; "mean" averages over the batch."""
+    _same_shape("kl_normal", mu, logvar)
+    mu, logvar = _tensor(mu), _tensor(logvar)
+    per_element = (1 + logvar - mu * mu - logvar.exp()) * -0.5
+    per_sample = per_element.reshape(mu.shape[0], -1).sum(axis=1) if mu.ndim > 1 else per_element
+    return _reduce(per_sample, reduction, "kl_normal")
+
+
+def contrastive_loss(a, b, same, margin=1.0, reduction="mean") -> Tensor:
+    """Contrastive loss of embedding pairs (Hadsell, Chopra & LeCun 2006), for metric
+    learning: 1/2 d^2 for similar pairs (same = 1) and 1/2 max(0, margin - d)^2 for dissimilar
+    ones (same = 0), d the Euclidean distance between rows of a and b (N, D)."""
+    _same_shape("contrastive_loss", a, b)
+    diff = _tensor(a) - b
+    if diff.ndim != 2:
+        raise ValueError(f"contrastive_loss: a and b must be (N, D), got shape {diff.shape}")
+    s = _data(same)
+    if not hasattr(s, "shape"):
+        s = np.asarray(s)
+    if tuple(s.shape) != (diff.shape[0],):
+        raise ValueError(f"contrastive_loss: same must have shape ({diff.shape[0]},), got {tuple(s.shape)}")
+    s = array_module(diff.data).asarray(s, dtype=diff.dtype)
+    sq = (diff * diff).sum(axis=1)
+    d = (sq + 1e-12) ** 0.5  # the epsilon keeps the gradient finite for identical embeddings
+    gap = relu(margin - d)
+    loss = (sq * Tensor(s) + gap * gap * Tensor(1 - s)) * 0.5
+    return _reduce(loss, reduction, "contrastive_loss")

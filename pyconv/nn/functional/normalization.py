@@ -1,0 +1,74 @@
+"""Batch normalisation (Ioffe & Szegedy 2015) over axis 1, with running statistics."""
+from __future__ import annotations
+
+from ...autograd import Function, Tensor, array_module
+from ._util import _channel_shape, _data
+
+__all__ = ["batch_norm"]
+
+
+class _BatchNorm(Function):
+    def __init__(self, mean, invstd, training):
+        self.mean, self.invstd, self.training = mean, invstd, training
+
+    def forward(self, x, w, b):
+        C = x.shape[1]
+        self.axes = (0,) + tuple(range(2, x.ndim))
+        shape = _channel_shape(x.ndim, C)
+        self.xhat = (x - self.mean.reshape(shape)) * self.invstd.reshape(shape)
+        self.scale = self.invstd.reshape(shape) if w is None else (w * self.invstd).reshape(shape)
+        y = self.xhat if w is None else self.xhat * w.reshape(shape)
+        return y if b is None else y + b.reshape(shape)
+
+    def backward(self, g):
+        nx, nw, nb = self.needs_input_grad
+        axes, xhat = self.axes, self.xhat
+        gw = (g * xhat).sum(axis=axes) if nw else None
+        gb = g.sum(axis=axes) if nb else None
+        gx = None
+        if nx:
+            if self.training:  # the batch statistics depend on x too
+                n = g.size // g.shape[1]
+                sum_g = g.sum(axis=axes, keepdims=True)
+                sum_gx = (g * xhat).sum(axis=axes, keepdims=True)
+                gx = self.scale * (g - (sum_g + xhat * sum_gx) / n)
+            else:
+                gx = g * self.scale
+        return gx, gw, gb
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5) -> Tensor:
+    """Batch normalisation over axis 1, as ``torch.nn.functional.batch_norm``. In training it
+    normalises with the batch statistics and updates running_mean / running_var in place
+    (running_var with the unbiased variance); otherwise it uses the running statistics."""
+    xd = _data(x)
+    if xd.ndim < 2:
+        raise ValueError(f"batch_norm: x must be at least 2-D (N, C, ...), got shape {xd.shape}")
+    C = xd.shape[1]
+    for name, a in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if a is not None and _data(a).shape != (C,):
+            raise ValueError(f"batch_norm: {name} must have shape ({C},) for x of shape {xd.shape}, "
+                             f"got {_data(a).shape}")
+    xp = array_module(xd)
+    rm, rv = _data(running_mean), _data(running_var)
+    if training:
+        axes = (0,) + tuple(range(2, xd.ndim))
+        n = xd.size // C
+        if n < 2:
+            raise ValueError(f"batch_norm: training needs more than one value per channel, got x of shape {xd.shape}")
+        mean = xd.mean(axis=axes)
+        var = xd.var(axis=axes)
+        if rm is not None:
+            rm *= 1 - momentum
+            rm += momentum * mean
+        if rv is not None:
+            rv *= 1 - momentum
+            rv += momentum * var * (n / (n - 1))
+    else:
+        if rm is None or rv is None:
+            raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
+        mean, var = rm, rv
+    invstd = 1.0 / xp.sqrt(var + eps)
+    return _BatchNorm(mean.astype(xd.dtype), invstd.astype(xd.dtype), training)(x, weight, bias)

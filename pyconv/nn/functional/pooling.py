@@ -1,0 +1,69 @@
+"""Pooling: max_pool2d, avg_pool2d and max_unpool2d, on :mod:`pyconv.ops` kernels."""
+from __future__ import annotations
+
+from ... import ops
+from ...autograd import Function, Tensor, array_module
+from ._util import _data
+
+__all__ = ["max_pool2d", "avg_pool2d", "max_unpool2d"]
+
+
+class _MaxPool2d(Function):
+    def __init__(self, *params):
+        self.params = params
+
+    def forward(self, x):
+        self.input_shape = x.shape
+        y, self.indices = ops.max_pool2d(x, *self.params, return_indices=True)
+        return y
+
+    def backward(self, g):
+        return ops.max_pool2d_backward(g, self.indices, self.input_shape)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """Max pooling; with ``return_indices`` -> ``(y, indices)`` (indices an int64 Tensor of
+    flat offsets into each H*W plane, for :func:`max_unpool2d`)."""
+    fn = _MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode)
+    y = fn(x)
+    return (y, Tensor(fn.indices)) if return_indices else y
+
+
+class _AvgPool2d(Function):
+    def __init__(self, *params):
+        self.params = params
+
+    def forward(self, x):
+        self.input_shape = x.shape
+        return ops.avg_pool2d(x, *self.params)
+
+    def backward(self, g):
+        return ops.avg_pool2d_backward(g, self.input_shape, *self.params)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None) -> Tensor:
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    return _AvgPool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)(x)
+
+
+class _MaxUnpool2d(Function):
+    def __init__(self, indices, *params):
+        self.indices, self.params = indices, params
+
+    def forward(self, x):
+        self.input_shape = x.shape
+        return ops.max_unpool2d(x, self.indices, *self.params)
+
+    def backward(self, g):
+        # Each input element was written to one output position: its gradient is read back there.
+        N, C = self.input_shape[:2]
+        picked = array_module(g).take_along_axis(
+            g.reshape(N, C, -1), self.indices.reshape(N, C, -1).astype("int64"), axis=2)
+        return picked.reshape(self.input_shape)
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
+    """Inverse of max pooling: zeros except at the remembered positions."""
+    return _MaxUnpool2d(_data(indices), kernel_size, stride, padding, output_size)(x)

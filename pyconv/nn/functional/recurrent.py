@@ -1,0 +1,70 @@
+"""Recurrent layers: a whole-sequence LSTM, one LSTM step and one Elman RNN step. Gate rows are
+ordered i, f, g, o, as PyTorch; the LSTM forward and backward are fused :mod:`pyconv.ops` kernels."""
+from __future__ import annotations
+
+from ... import ops
+from ...autograd import Function, Tensor, array_module
+from ._util import _data
+from .activation import relu, tanh
+from .linear import linear
+
+__all__ = ["lstm", "lstm_cell", "rnn_cell"]
+
+
+def _zeros_state(x, batch, hidden):
+    return array_module(x).zeros((batch, hidden), x.dtype)
+
+
+class _LSTM(Function):
+    def forward(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        self.saved = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        self.forward_record = None
+        if True not in self.needs_input_grad:
+            out, (h, c) = ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        else:  # keep the gates and states of every step, so the backward need not recompute them
+            out, (h, c), self.forward_record = ops.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                        save_for_backward=True)
+        return out, h, c
+
+    def backward(self, g_out, g_h, g_c):
+        record = self.forward_record
+        backend = None if record is None else record.backend  # where the forward ran
+        return tuple(ops.lstm_backward(g_out, g_h, g_c, *self.saved, backend=backend, saved=record))
+
+
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """A single-layer LSTM over a sequence x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``;
+    h0/c0 may be None (zeros). Backpropagation through time is one ``ops.lstm_backward``."""
+    T, B, _ = _data(x).shape
+    H = _data(w_hh).shape[1]
+    h0 = _zeros_state(_data(x), B, H) if h0 is None else h0
+    c0 = _zeros_state(_data(x), B, H) if c0 is None else c0
+    out, h, c = _LSTM()(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    return out, (h, c)
+
+
+class _LSTMCell(Function):
+    def forward(self, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        self.saved = (x, h, c, w_ih, w_hh, b_ih, b_hh)
+        return ops.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+    def backward(self, g_h, g_c):
+        return tuple(ops.lstm_cell_backward(g_h, g_c, *self.saved))
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One LSTM step -> ``(h_new, c_new)``; h/c may be None (zeros)."""
+    B, H = _data(x).shape[0], _data(w_hh).shape[1]
+    h = _zeros_state(_data(x), B, H) if h is None else h
+    c = _zeros_state(_data(x), B, H) if c is None else c
+    return _LSTMCell()(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh") -> Tensor:
+    """Elman RNN step: act(x w_ih^T + b_ih + h w_hh^T + b_hh), as ``torch.nn.RNNCell``."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    if h is None:
+        h = _zeros_state(_data(x), _data(x).shape[0], _data(w_hh).shape[1])
+    pre = linear(x, w_ih, b_ih) + linear(h, w_hh, b_hh)
+    return tanh(pre) if nonlinearity == "tanh" else relu(pre)

@@ -1,0 +1,108 @@
+"""Convolution layers: Conv1d, Conv2d, ConvTranspose2d, and PixelCNN's MaskedConv2d. Output
+shapes come from :mod:`pyconv._spec`'s shape rules, computed without data."""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import _spec
+from ...autograd import Tensor, array_module
+from .. import functional as F
+from .. import init
+from .module import Module, _empty
+
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d", "MaskedConv2d"]
+
+
+def _pair(v, n):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+class _ConvNd(Module):
+    nd = 2
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, dtype=np.float32):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{type(self).__name__}: groups={groups} must divide in_channels="
+                             f"{in_channels} and out_channels={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _pair(kernel_size, self.nd)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.weight = _empty(self._weight_shape(), dtype)
+        self.register_parameter("bias", _empty((out_channels,), dtype) if bias else None)
+        init.default_layer_init_(self.weight, self.bias)
+
+    def _weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+
+    def _conv_args(self):
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def output_shape(self, shape):
+        x = _spec.ShapeDtype(shape, self.weight.dtype)
+        w = _spec.ShapeDtype(self.weight.shape, self.weight.dtype)
+        g = (_spec.conv2d if self.nd == 2 else _spec.conv1d)(x, w, None, *self._conv_args())
+        return g.output_shape if self.nd == 2 else (g.N, g.K, g.Wo)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+class Conv2d(_ConvNd):
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, *self._conv_args())
+
+
+class Conv1d(_ConvNd):
+    nd = 1
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, self.bias, *self._conv_args())
+
+
+class MaskedConv2d(Conv2d):
+    """PixelCNN's masked convolution (van den Oord et al. 2016): the kernel sees only pixels
+    above the centre and left of it in the centre row; mask "A" (first layer) also hides the
+    centre pixel itself, mask "B" (later layers) lets it through. The mask is spatial (the same
+    for every channel pair); the weight keeps Conv2d's layout and state-dict names."""
+
+    def __init__(self, mask_type, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, dtype=np.float32):
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"MaskedConv2d: mask_type must be 'A' or 'B', got {mask_type!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, dtype)
+        self.mask_type = mask_type
+        R, S = self.kernel_size
+        mask = np.ones((R, S), dtype)
+        mask[R // 2, S // 2 + (mask_type == "B"):] = 0
+        mask[R // 2 + 1:, :] = 0
+        self.mask = mask
+
+    def forward(self, x):
+        mask = array_module(self.weight.data).asarray(self.mask, dtype=self.weight.dtype)
+        return F.conv2d(x, self.weight * Tensor(mask), self.bias, *self._conv_args())
+
+
+class ConvTranspose2d(_ConvNd):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, dtype)
+        self.output_padding = output_padding
+
+    def _weight_shape(self):
+        return (self.in_channels, self.out_channels // self.groups) + self.kernel_size
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
+
+    def output_shape(self, shape):
+        x = _spec.ShapeDtype(shape, self.weight.dtype)
+        w = _spec.ShapeDtype(self.weight.shape, self.weight.dtype)
+        g = _spec.conv_transpose2d(x, w, None, self.stride, self.padding, self.output_padding,
+                                   self.groups, self.dilation)
+        return g.input_shape  # the transpose conv's output is the direct conv's input

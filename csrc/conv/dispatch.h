@@ -20,7 +20,6 @@
 #pragma once
 
 #include "common/prelude.h"
-#include "conv/bias.h"
 #include "conv/by_channels.h"
 #include "conv/col2im.h"
 #include "conv/direct.h"

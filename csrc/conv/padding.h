@@ -3,7 +3,6 @@
 
 #include "common/prelude.h"
 #include "common/scratch.h"
-#include "common/simd.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {

@@ -20,13 +20,13 @@
 // gemm/operands.h (the sources of A and B and the destination C), this driver, and
 // gemm/dot.h (the dot-product form).
 //
-// In gemm/operands.h: PrepackedA (an A packed once per call and reused by every block and thread),
-// PrepackedB (a B packed once and read in place by many GEMMs: an LSTM's recurrent weights,
-// one skinny batch x 4H x H product per time step), sources for a transposed A (InMatrixAT) and
-// for a B given by rows or by columns in any order (RowsB, ColumnsB: the LSTM's gate-ordered
-// weights). A last column panel that is
-// only partly used runs the micro-kernel on just the vectors it needs (N = 128 or 256 with
-// NR = 48), so skinny products waste no work on padding and store their tiles in place.
+// In gemm/operands.h: PrepackedA (an A packed once per call and reused by every block and
+// thread), PrepackedB (a B packed once and read in place by many GEMMs: an LSTM's recurrent
+// weights, one skinny batch x 4H x H product per time step), sources for a transposed A
+// (InMatrixAT) and for a B given by rows or by columns in any order (RowsB, ColumnsB: the
+// LSTM's gate-ordered weights). A last column panel that is only partly used runs the
+// micro-kernel on just the vectors it needs (N = 128 or 256 with NR = 48), so skinny products
+// waste no work on padding and store their tiles in place.
 #pragma once
 
 #include "common/prelude.h"

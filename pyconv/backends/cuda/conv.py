@@ -495,7 +495,8 @@ def conv2d(x, w, b, g):
     bias = dummy(x.dtype) if b is None else b
     buffers = (flat(x), flat(w), bias, int(b is not None), flat(y))
     if is_depthwise(g):
-        launch(ks.depthwise_fwd, blocks_for(y.size), THREADS, *geometry_args(ks.depthwise_fwd, g, *buffers))
+        launch(ks.depthwise_fwd, blocks_for(y.size), THREADS,
+               *geometry_args(ks.depthwise_fwd, g, *buffers))
     else:
         tile = gemm_tile(x.dtype)
         grid = (_cdiv(g.N * g.Ho * g.Wo, tile), _cdiv(g.K // g.groups, tile), g.groups)
@@ -509,7 +510,8 @@ def conv2d_grad_input(grad_out, w, g):
     ks = kernels(grad_out.dtype)
     buffers = (flat(grad_out), flat(w), flat(dx))
     if is_depthwise(g):
-        launch(ks.depthwise_dgrad, blocks_for(dx.size), THREADS, *geometry_args(ks.depthwise_dgrad, g, *buffers))
+        launch(ks.depthwise_dgrad, blocks_for(dx.size), THREADS,
+               *geometry_args(ks.depthwise_dgrad, g, *buffers))
     else:
         tile = gemm_tile(dx.dtype)
         grid = (_cdiv(g.N * g.H * g.W, tile), _cdiv(g.C // g.groups, tile), g.groups)

@@ -15,16 +15,6 @@
 namespace pyconv {
 namespace PYCONV_ISA {
 
-// Forward convolution vectorised over output channels: the GEMM transposed,
-//   y^T[(n,ho,wo), k] = sum_{(c,r,s)} X^T[(n,ho,wo), (c,r,s)] w^T[(c,r,s), k],
-// so a micro-tile is MR pixels x NR output channels. x is not packed at all: the micro-kernel
-// broadcasts each pixel's tap straight from the padded input (tap offset + pixel offset), and
-// only the weights are packed, once. The MR pixels of a tile are any consecutive outputs, so
-// nothing is wasted at row or image ends, where the pixel-vectorised GEMM drops grid columns
-// and stores tiles through the edge buffer in runs of Wo. The price: tiles are stored
-// transposed (output channels are HoWo apart in NCHW), once per MC pixels after the whole
-// reduction, from a per-thread accumulator that stays in cache.
-
 // The register tile: MR pixels x NV vectors of channels. With AVX-512, 6 x 4: 64 channels, so
 // the usual channel counts fill every panel.
 #if PYCONV_ISA_LEVEL == 2
@@ -53,6 +43,15 @@ Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
     return packed;
 }
 
+// Forward convolution vectorised over output channels: the GEMM transposed,
+//   y^T[(n,ho,wo), k] = sum_{(c,r,s)} X^T[(n,ho,wo), (c,r,s)] w^T[(c,r,s), k],
+// so a micro-tile is MR pixels x NR output channels. x is not packed at all: the micro-kernel
+// broadcasts each pixel's tap straight from the padded input (tap offset + pixel offset), and
+// only the weights are packed, once. The MR pixels of a tile are any consecutive outputs, so
+// nothing is wasted at row or image ends, where the pixel-vectorised GEMM drops grid columns
+// and stores tiles through the edge buffer in runs of Wo. The price: tiles are stored
+// transposed (output channels are HoWo apart in NCHW), once per MC pixels after the whole
+// reduction, from a per-thread accumulator that stays in cache.
 template <class T>
 void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;

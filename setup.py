@@ -40,7 +40,7 @@ ext = Pybind11Extension(
     "pyconv._C",
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
-    depends=sorted(glob("csrc/*.h")),
+    depends=sorted(glob("csrc/**/*.h", recursive=True) + glob("csrc/*.inc")),
     cxx_std=17,
     extra_compile_args=compile_args,
     extra_link_args=link_args,

@@ -3,7 +3,9 @@
 // in its own namespace and fills one table; isa.cpp picks the table at run time.
 //
 // Shapes arrive already validated by pyconv/_spec.py and re-checked against the buffers in
-// bindings.cpp, so kernels trust them. All sizes and offsets are int64_t.
+// bindings.cpp, so kernels trust them. All sizes and offsets are int64_t. ConvShape and
+// PoolShape carry the fields of pyconv/_spec.py's ConvGeom and PoolGeom under the same names;
+// bindings.cpp copies them by name, so neither side depends on the other's field order.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-"""The cpu backend's convolution kernels and packed GEMM (csrc/gemm_impl.h, csrc/conv_impl.h)
+"""The cpu backend's convolution kernels and packed GEMM (csrc/gemm/, csrc/conv/)
 against PyTorch and NumPy, on every ISA variant this CPU can run."""
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from pyconv import _C, ops  # noqa: E402
+from pyconv._spec import ConvGeom  # noqa: E402
 
 ISAS = [isa for isa in ("generic", "avx2", "avx512")
         if ("generic", "avx2", "avx512").index(isa) <= ("generic", "avx2", "avx512").index(_C.best_isa())]
@@ -187,7 +188,8 @@ def test_gemm_matches_numpy(isa, mnk, dtype):
 
 
 def test_bindings_reject_bad_buffers():
-    g = (1, 2, 5, 5, 3, 3, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1)
+    g = ConvGeom(N=1, C=2, H=5, W=5, K=3, R=3, S=3, Ho=3, Wo=3, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1,
+                 groups=1)
     x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
         _C.conv2d(x, w, None, np.zeros((1, 3, 3, 4), np.float32), g)
@@ -196,6 +198,8 @@ def test_bindings_reject_bad_buffers():
     with pytest.raises(ValueError, match="contiguous"):
         _C.conv2d(x, w, None, np.zeros((1, 3, 3, 6), np.float32)[..., ::2], g)
     with pytest.raises(ValueError, match="groups"):
-        _C.conv2d(x, w, None, np.zeros((1, 3, 3, 3), np.float32), g[:-1] + (2,))
+        _C.conv2d(x, w, None, np.zeros((1, 3, 3, 3), np.float32), g._replace(groups=2))
+    with pytest.raises(TypeError, match="ConvGeom"):  # the geometry is read by field name
+        _C.conv2d(x, w, None, np.zeros((1, 3, 3, 3), np.float32), tuple(g))
     with pytest.raises(ValueError, match="shape"):
         _C.gemm(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), np.zeros((2, 2), np.float32))

@@ -8,6 +8,7 @@ import pytest
 
 import pyconv
 from pyconv import ops
+from pyconv._spec import PoolGeom
 
 _C = pytest.importorskip("pyconv._C")
 torch = pytest.importorskip("torch")
@@ -409,7 +410,8 @@ def test_bindings_check_buffers():
     with pytest.raises(ValueError, match="outside"):
         _C.max_unpool2d(np.ones((1, 1, 2, 2), np.float32), np.full((1, 1, 2, 2), 99, np.int64), x)
     with pytest.raises(TypeError, match="float32"):
-        _C.avg_pool2d(x, np.zeros((1, 1, 2, 2)), True, 0, (1, 1, 4, 4, 2, 2, 2, 2, 2, 2, 0, 0, 1, 1))
+        _C.avg_pool2d(x, np.zeros((1, 1, 2, 2)), True, 0,
+                      PoolGeom(N=1, C=1, H=4, W=4, Ho=2, Wo=2, kh=2, kw=2, sh=2, sw=2, ph=0, pw=0, dh=1, dw=1))
     with pytest.raises(ValueError, match="keep"):
         _C.nms(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), None, 0.5, np.zeros(2, np.int64))
     with pytest.raises(ValueError, match="c_T"):

@@ -10,6 +10,7 @@ the PTX signatures simple.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import numpy as np
 from numba import cuda
@@ -59,6 +60,20 @@ class Kernels:
 
     def names(self):
         return list(self.kinds)
+
+
+def geometry_args(kernel, g, *leading):
+    """The arguments of `kernel`: `leading` (its buffers and flags, in order), then each of its
+    remaining parameters read from the geometry `g` (a ConvGeom or PoolGeom) by name. A kernel
+    names its size parameters after the geometry's fields, so no call site depends on the
+    order of those fields."""
+    names = _parameter_names(kernel.py_func)[len(leading):]
+    return (*leading, *(getattr(g, name) for name in names))
+
+
+@functools.lru_cache(maxsize=None)
+def _parameter_names(fn) -> tuple[str, ...]:
+    return tuple(inspect.signature(fn).parameters)
 
 
 def argtypes(dtype, kinds: str):

@@ -56,7 +56,7 @@ import numpy as np
 from numba import cuda
 
 from . import backend
-from ._kernel_util import REDUCE_THREADS, Kernels, block_sum, per_dtype
+from ._kernel_util import REDUCE_THREADS, Kernels, block_sum, geometry_args, per_dtype
 from ._runtime import THREADS, blocks_for, dummy, flat, launch, xp
 
 GEMM_THREADS = 256  # 16 x 16 threads per implicit-GEMM block
@@ -493,13 +493,14 @@ def conv2d(x, w, b, g):
     y = xp.empty(g.output_shape, x.dtype)
     ks = kernels(x.dtype)
     bias = dummy(x.dtype) if b is None else b
-    args = (flat(x), flat(w), bias, int(b is not None), flat(y), *g)
+    buffers = (flat(x), flat(w), bias, int(b is not None), flat(y))
     if is_depthwise(g):
-        launch(ks.depthwise_fwd, blocks_for(y.size), THREADS, *args)
+        launch(ks.depthwise_fwd, blocks_for(y.size), THREADS,
+               *geometry_args(ks.depthwise_fwd, g, *buffers))
     else:
         tile = gemm_tile(x.dtype)
         grid = (_cdiv(g.N * g.Ho * g.Wo, tile), _cdiv(g.K // g.groups, tile), g.groups)
-        launch(ks.conv2d_fwd, grid, GEMM_THREADS, *args)
+        launch(ks.conv2d_fwd, grid, GEMM_THREADS, *geometry_args(ks.conv2d_fwd, g, *buffers))
     return y
 
 
@@ -507,13 +508,14 @@ def conv2d(x, w, b, g):
 def conv2d_grad_input(grad_out, w, g):
     dx = xp.empty(g.input_shape, grad_out.dtype)
     ks = kernels(grad_out.dtype)
-    args = (flat(grad_out), flat(w), flat(dx), *g)
+    buffers = (flat(grad_out), flat(w), flat(dx))
     if is_depthwise(g):
-        launch(ks.depthwise_dgrad, blocks_for(dx.size), THREADS, *args)
+        launch(ks.depthwise_dgrad, blocks_for(dx.size), THREADS,
+               *geometry_args(ks.depthwise_dgrad, g, *buffers))
     else:
         tile = gemm_tile(dx.dtype)
         grid = (_cdiv(g.N * g.H * g.W, tile), _cdiv(g.C // g.groups, tile), g.groups)
-        launch(ks.conv2d_dgrad, grid, GEMM_THREADS, *args)
+        launch(ks.conv2d_dgrad, grid, GEMM_THREADS, *geometry_args(ks.conv2d_dgrad, g, *buffers))
     return dx
 
 
@@ -522,13 +524,15 @@ def conv2d_grad_weight(grad_out, x, g):
     ks = kernels(x.dtype)
     if is_depthwise(g):
         dw = xp.empty(g.weight_shape, x.dtype)
-        launch(ks.depthwise_wgrad, (g.R * g.S, g.K), REDUCE_THREADS, flat(grad_out), flat(x), flat(dw), *g)
+        launch(ks.depthwise_wgrad, (g.R * g.S, g.K), REDUCE_THREADS,
+               *geometry_args(ks.depthwise_wgrad, g, flat(grad_out), flat(x), flat(dw)))
         return dw
     splits, chunk = wgrad_split(g, x.dtype)
     parts = xp.empty((splits,) + g.weight_shape, x.dtype)
     tile = gemm_tile(x.dtype)
     grid = (_cdiv(g.C // g.groups * g.R * g.S, tile), _cdiv(g.K // g.groups, tile), g.groups * splits)
-    launch(ks.conv2d_wgrad, grid, GEMM_THREADS, flat(grad_out), flat(x), flat(parts), splits, chunk, *g)
+    launch(ks.conv2d_wgrad, grid, GEMM_THREADS,
+           *geometry_args(ks.conv2d_wgrad, g, flat(grad_out), flat(x), flat(parts), splits, chunk))
     return parts[0] if splits == 1 else parts.sum(axis=0)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from numba import cuda
 
 from . import backend
-from ._kernel_util import Kernels, per_dtype
+from ._kernel_util import Kernels, geometry_args, per_dtype
 from ._runtime import THREADS, blocks_for, dummy, flat, launch, xp
 
 P = "n" * 14  # the PoolGeom fields, in their order
@@ -154,8 +154,9 @@ def kernels(dtype):
 def max_pool2d(x, g, with_indices):
     y = xp.empty(g.output_shape, x.dtype)
     idx = xp.empty(g.output_shape, np.int64) if with_indices else dummy(np.int64)
-    launch(kernels(x.dtype).max_pool_fwd, blocks_for(y.size), THREADS,
-           flat(x), flat(y), flat(idx), int(with_indices), *g)
+    kernel = kernels(x.dtype).max_pool_fwd
+    launch(kernel, blocks_for(y.size), THREADS,
+           *geometry_args(kernel, g, flat(x), flat(y), flat(idx), int(with_indices)))
     return y, (idx if with_indices else None)
 
 
@@ -172,16 +173,18 @@ def max_pool2d_backward(grad_out, indices, input_shape):
 @backend.register
 def avg_pool2d(x, g, count_include_pad, divisor_override):
     y = xp.empty(g.output_shape, x.dtype)
-    launch(kernels(x.dtype).avg_pool_fwd, blocks_for(y.size), THREADS,
-           flat(x), flat(y), int(count_include_pad), int(divisor_override), *g)
+    kernel = kernels(x.dtype).avg_pool_fwd
+    launch(kernel, blocks_for(y.size), THREADS,
+           *geometry_args(kernel, g, flat(x), flat(y), int(count_include_pad), int(divisor_override)))
     return y
 
 
 @backend.register
 def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
     dx = xp.empty(g.input_shape, grad_out.dtype)
-    launch(kernels(dx.dtype).avg_pool_bwd, blocks_for(dx.size), THREADS,
-           flat(grad_out), flat(dx), int(count_include_pad), int(divisor_override), *g)
+    kernel = kernels(dx.dtype).avg_pool_bwd
+    launch(kernel, blocks_for(dx.size), THREADS,
+           *geometry_args(kernel, g, flat(grad_out), flat(dx), int(count_include_pad), int(divisor_override)))
     return dx
 
 

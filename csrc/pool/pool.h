@@ -1,4 +1,4 @@
-// Pooling kernels. Included inside namespace pyconv::<isa> by kernels_isa.inc (after simd_impl.h).
+// Pooling kernels.
 //
 // Layout NCHW; every (n, c) plane is independent, so the forward kernels run OpenMP over
 // (plane, output row) pairs and vectorise along the output row: lane j of a vector holds output
@@ -14,6 +14,13 @@
 // Semantics follow PyTorch: max pooling keeps the first maximum in row-major window order, a
 // NaN beats every number (the last NaN's position is reported), indices are flat offsets
 // h*W + w into the input plane; average pooling uses PyTorch's divisor rule (see avg_divisor).
+#pragma once
+
+#include "common/prelude.h"
+#include "common/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
 
 // `Simd<T>::lanes` elements p[0], p[kStep], p[2*kStep], ... (kStep 1 or 2). Reads nothing past
 // the last element it returns, so it is safe wherever the scalar loop would be.
@@ -332,3 +339,6 @@ void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t div
             }
     }
 }
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,5 +1,4 @@
-// Box IoU and greedy non-maximum suppression. Included inside namespace pyconv::<isa> by
-// kernels_isa.inc (after simd_impl.h).
+// Box IoU and greedy non-maximum suppression.
 //
 // Semantics (torchvision's, made exact where it leaves them open):
 // - boxes are (x1, y1, x2, y2); a box with x2 < x1 or y2 < y1 is empty (width and height are
@@ -14,6 +13,13 @@
 // kept box with every remaining candidate, a vector of candidates at a time, and compacts the
 // survivors in place. The list shrinks as boxes are suppressed, so the work is the sum of the
 // list lengths at each kept box rather than all N^2 pairs when few boxes survive.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/simd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
 
 // Largest T that is <= t: then `iou > t` (exact, in double) is the same as `iou > floor_to(t)`
 // computed in T, for every iou representable in T.
@@ -270,3 +276,6 @@ int64_t nms(const T* boxes, const T* scores, const int64_t* category, int64_t n,
         if (kept[r]) keep[count++] = order[r];
     return count;
 }
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,17 +1,27 @@
-// LSTM kernels (gate order i, f, g, o as PyTorch). Included inside namespace pyconv::<isa> by
-// kernels_isa.inc (after simd_impl.h and gemm_impl.h).
+// LSTM kernels (gate order i, f, g, o as PyTorch).
 //
-// Every matrix product runs in the project GEMM (gemm_impl.h): the input projection of all
+// Every matrix product runs in the project GEMM (gemm/driver.h): the input projection of all
 // steps at once, one recurrent product per step (h_{t-1} . W_hh^T, B x 4H x H, each thread on
 // its own gate columns, its slice of W_hh prepacked once per call as a PrepackedB), and in the
 // backward pass the per-step dG_t . W_hh, grad_x = dG . W_ih and both weight gradients in one
 // GEMM. The weights are read through RowsB / ColumnsB sources that follow the gate layout below.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+#include "common/simd.h"
+#include "gemm/tile.h"
+#include "gemm/operands.h"
+#include "gemm/driver.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
 
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The LSTM's large per-call buffers (gate activations of every step, saved states: tens of
 // MB), kept by the calling thread from one call to the next: fresh memory of that size comes
-// from the OS page by page, and those page faults cost ~10 % of a backward pass. `slot`
+// from the OS page by page, and those page faults are a visible share of a backward pass. `slot`
 // names the buffer; its contents do not survive a call. Memory is held until the thread
 // exits (at most the largest call's size per slot).
 template <class T>
@@ -312,3 +322,6 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
         if (r >= 0) grad_b[r] = sum;
     });
 }
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,7 +1,12 @@
 // Portable SIMD vectors for one ISA build, written with GCC's vector extensions: arithmetic,
 // comparisons (which yield lane masks), `mask ? a : b` blends and __builtin_shuffle compile to
 // AVX-512, AVX2 or SSE2 instructions depending on the target pragma of the including file.
-// Included inside namespace pyconv::<isa> by kernels_isa.inc.
+#pragma once
+
+#include "common/prelude.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
 
 // Bytes per vector in this build: 16 floats / 8 doubles with AVX-512, 8 / 4 with AVX2, 4 / 2
 // with SSE2.
@@ -144,3 +149,6 @@ static inline __attribute__((always_inline)) void transpose_block(typename Simd<
             }
     }
 }
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,255 @@
+// Channel-vectorised convolution kernels: the micro-kernel's vectors run along channels (output
+// channels for the forward and the weight gradient, input channels for the input gradient)
+// instead of pixels, and one operand is read in place from a zero-padded x or from dy, element
+// by element, through OffsetCols (gemm/addressing.h). conv/dispatch.h says when each pays.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+#include "common/simd.h"
+#include "gemm/tile.h"
+#include "gemm/micro_kernel.h"
+#include "conv/im2col.h"
+#include "conv/padding.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// The register tile: MR pixels x NV vectors of channels. With AVX-512, 6 x 4: 64 channels, so
+// the usual channel counts fill every panel.
+#if PYCONV_ISA_LEVEL == 2
+template <class T> struct ChannelTile { static constexpr int MR = 6, NV = 4; };
+#else
+template <class T> struct ChannelTile { static constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV; };
+#endif
+
+// w (Kg, taps) of one group as NR-channel panels [panel][tap][NR], zero-padded past Kg.
+template <class T, int NR>
+Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
+    const int64_t panels = (Kg + NR - 1) / NR;
+    Scratch<T> packed = scratch<T>(panels * taps_n * NR);
+    // A transpose, 16 taps at a time: each weight row is read a cache line at a time (rows a
+    // power of two apart would otherwise evict each other from L1 on every tap).
+    constexpr int64_t step = 16;
+    for (int64_t p = 0; p < panels; ++p)
+        for (int64_t k0 = 0; k0 < taps_n; k0 += step) {
+            const int64_t kn = std::min(step, taps_n - k0);
+            T* dst = packed.get() + (p * taps_n + k0) * NR;
+            for (int64_t j = 0; j < NR; ++j) {
+                const T* src = p * NR + j < Kg ? w + (p * NR + j) * taps_n + k0 : nullptr;
+                for (int64_t k = 0; k < kn; ++k) dst[k * NR + j] = src ? src[k] : T(0);
+            }
+        }
+    return packed;
+}
+
+// Forward convolution vectorised over output channels: the GEMM transposed,
+//   y^T[(n,ho,wo), k] = sum_{(c,r,s)} X^T[(n,ho,wo), (c,r,s)] w^T[(c,r,s), k],
+// so a micro-tile is MR pixels x NR output channels. x is not packed at all: the micro-kernel
+// broadcasts each pixel's tap straight from the padded input (tap offset + pixel offset), and
+// only the weights are packed, once. The MR pixels of a tile are any consecutive outputs, so
+// nothing is wasted at row or image ends, where the pixel-vectorised GEMM drops grid columns
+// and stores tiles through the edge buffer in runs of Wo. The price: tiles are stored
+// transposed (output channels are HoWo apart in NCHW), once per MC pixels after the whole
+// reduction, from a per-thread accumulator that stays in cache.
+template <class T>
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+    // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (smaller and
+    // larger KC measured the same).
+    constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
+    const int64_t M = g.N * HoWo, blocks = (M + MC - 1) / MC, panels = (Kg + NR - 1) / NR;
+    const int64_t k_blocks = std::max<int64_t>(1, (taps_n + KC - 1) / KC);
+    const int64_t kc_step = std::max<int64_t>(1, (taps_n + k_blocks - 1) / k_blocks);
+    const PaddedInput<T> xp(g, x);
+    const std::vector<int64_t> offsets = tap_offsets(g, xp);
+    std::vector<Scratch<T>> weights;
+    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks * g.groups)));
+    // Every group's GEMM in one parallel region; threads move on to the next group without waiting.
+#pragma omp parallel num_threads(threads)
+    {
+        Scratch<T> acc = scratch<T>(tiles_max * panels * MR * NR);
+        OffsetCols<T, MR> tiles[tiles_max];
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+#pragma omp for schedule(static) nowait
+            for (int64_t block = 0; block < blocks; ++block) {
+                const int64_t i0 = block * MC, mc = std::min(MC, M - i0), n_tiles = (mc + MR - 1) / MR;
+                // Offsets of the block's pixels; a last partial tile repeats its last pixel.
+                for (int64_t t = 0; t < n_tiles; ++t) {
+                    tiles[t].base = xp.data + grp * Cg * xp.plane;
+                    for (int i = 0; i < MR; ++i) tiles[t].i_offsets[i] = xp.pixel(g, std::min(i0 + t * MR + i, i0 + mc - 1));
+                }
+                for (int64_t pc = 0; pc < taps_n; pc += kc_step) {
+                    const int64_t kc = std::min(kc_step, taps_n - pc);
+                    const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
+                    for (int64_t jp = 0; jp < panels; ++jp) {
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
+                        const PackedRows<T, NR> b{weights[grp].get() + (jp * taps_n + pc) * NR};
+                        for (int64_t t = 0; t < n_tiles; ++t) {
+                            tiles[t].k_offsets = offsets.data() + pc;
+                            micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
+                                                     NR, store, nullptr);
+                        }
+                    }
+                }
+                // Transposed store: channel by channel, the tile's pixels are (mostly) adjacent in y.
+                for (int64_t t = 0; t < n_tiles; ++t) {
+                    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - t * MR));
+                    T* dst[MR];
+                    for (int i = 0; i < rows; ++i) {
+                        const int64_t p = i0 + t * MR + i;
+                        dst[i] = y + ((p / HoWo) * g.K + grp * Kg) * HoWo + p % HoWo;
+                    }
+                    for (int64_t k = 0; k < Kg; ++k) {
+                        const T* src = acc.get() + (t * panels + k / NR) * MR * NR + k % NR;
+                        const T b = bias ? bias[grp * Kg + k] : T(0);
+                        for (int i = 0; i < rows; ++i) dst[i][k * HoWo] = src[i * NR] + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Weight gradient vectorised over output channels, the forward's counterpart:
+//   dw^T[(c,r,s), k] = sum_{(n,ho,wo)} X[(c,r,s), (n,ho,wo)] dy^T[(n,ho,wo), k],
+// a micro-tile is MR taps x NR output channels and the reduction runs over pixels. The
+// micro-kernel broadcasts X straight from the padded input (pixel offset + tap offset: the
+// forward's addressing with the roles of the two offsets swapped); dy is transposed once into
+// NR-channel panels. Threads split the taps, so each owns its rows of dw.
+template <class T>
+void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+    constexpr int64_t KC = 128;  // pixels per reduction block: a dy panel block is KC x NR
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo, P = g.N * HoWo, panels = (Kg + NR - 1) / NR;
+    const int64_t tiles = (taps_n + MR - 1) / MR;
+    const PaddedInput<T> xp(g, x);
+    std::vector<int64_t> taps = tap_offsets(g, xp), pixels(P);
+    taps.resize(tiles * MR, taps.back());  // a partial last tile repeats the last tap
+    for (int64_t p = 0; p < P; ++p) pixels[p] = xp.pixel(g, p);
+    Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+#pragma omp parallel num_threads(threads)
+        {
+            // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
+            // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
+            // the chunk's panel rows (64 x NR) stay in L1 while every channel is written in.
+            constexpr int64_t chunk = 64;
+            const int64_t chunks = (HoWo + chunk - 1) / chunk;
+#pragma omp for schedule(static)
+            for (int64_t job = 0; job < g.N * chunks; ++job) {
+                const int64_t n = job / chunks, q0 = job % chunks * chunk, len = std::min(chunk, HoWo - q0);
+                T* dst = dyt.get() + (n * HoWo + q0) * NR;
+                for (int64_t k = 0; k < panels * NR; ++k) {
+                    T* d = dst + (k / NR) * P * NR + k % NR;
+                    const T* src = dy + ((n * g.K + grp * Kg + k) * HoWo + q0);
+                    if (k < Kg) for (int64_t q = 0; q < len; ++q) d[q * NR] = src[q];
+                    else for (int64_t q = 0; q < len; ++q) d[q * NR] = T(0);
+                }
+            }
+            // Each thread's share of the tap tiles over every pixel block.
+            const int t = omp_get_thread_num(), team = omp_get_num_threads();
+            const int64_t tile0 = tiles * t / team, tile1 = tiles * (t + 1) / team;
+            OffsetCols<T, MR> a{};
+            a.base = xp.data + grp * Cg * xp.plane;
+            for (int64_t pc = 0; pc < P; pc += KC) {
+                const int64_t kc = std::min(KC, P - pc);
+                const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
+                a.k_offsets = pixels.data() + pc;
+                for (int64_t tile = tile0; tile < tile1; ++tile) {
+                    for (int i = 0; i < MR; ++i) a.i_offsets[i] = taps[tile * MR + i];
+                    for (int64_t jp = 0; jp < panels; ++jp) {
+                        const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
+                        micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
+                                                 dwt.get() + (tile * panels + jp) * MR * NR, NR, store, nullptr);
+                    }
+                }
+            }
+            // dw[grp*Kg + k, tap] from this thread's tiles.
+            for (int64_t tap = tile0 * MR; tap < std::min(taps_n, tile1 * MR); ++tap)
+                for (int64_t k = 0; k < Kg; ++k)
+                    dw[(grp * Kg + k) * taps_n + tap] =
+                        dwt[((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR];
+        }
+    }
+}
+
+// grad_x vectorised over input channels, for the transpose convolutions of generators (stride
+// 2, 64+ channels): per image, the GEMM dy^T[pixels, k] w[k, (r, s, c)] in tiles of 6 dy pixels
+// x 64 channels c of one tap (r, s), dy broadcast straight from NCHW. Each tile row is the
+// contribution of one dy pixel through one tap to 64 channels of one grad_x position, so it
+// is added into a per-thread channels-last copy of the image's grad_x with 4 vector adds; that
+// copy, padded so every position any tap reaches exists, goes to NCHW once at the end.
+template <class T>
+void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+    constexpr int64_t KC = 128;  // a weight panel block of KC x NR (32 KiB)
+    const int64_t HoWo = g.Ho * g.Wo, RS = g.R * g.S, c_panels = (g.C + NR - 1) / NR, Cp = c_panels * NR;
+    const PaddedPlane pp(g);  // every grad_x position a tap reaches, from (-ph, -pw)
+    // w as B: per tap (r, s) and block of NR channels, a K x NR panel [k][NR] (zero past C).
+    Scratch<T> B = scratch<T>(RS * c_panels * g.K * NR);
+    for (int64_t rs = 0; rs < RS; ++rs)
+        for (int64_t cp = 0; cp < c_panels; ++cp)
+            for (int64_t k = 0; k < g.K; ++k) {
+                T* dst = B.get() + ((rs * c_panels + cp) * g.K + k) * NR;
+                for (int64_t j = 0; j < NR; ++j) {
+                    const int64_t c = cp * NR + j;
+                    dst[j] = c < g.C ? w[(k * g.C + c) * RS + rs] : T(0);
+                }
+            }
+    std::vector<int64_t> channel_offsets(g.K);  // dy's channel k of an image, for the broadcasts
+    for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
+    const int64_t tiles = (HoWo + MR - 1) / MR;
+#pragma omp parallel num_threads(num_threads())
+    {
+        Scratch<T> acc = scratch<T>(pp.size() * Cp);  // grad_x of one image, channels last
+        alignas(64) T tile[MR * NR];
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < g.N; ++n) {
+            std::fill(acc.get(), acc.get() + pp.size() * Cp, T(0));
+            OffsetCols<T, MR> a{};
+            a.base = dy + n * g.K * HoWo;
+            for (int64_t rs = 0; rs < RS; ++rs) {
+                const int64_t tap = (rs / g.S) * g.dh * pp.Wp + (rs % g.S) * g.dw;
+                for (int64_t cp = 0; cp < c_panels; ++cp) {
+                    const int nv = static_cast<int>((std::min<int64_t>(NR, g.C - cp * NR) + L - 1) / L);
+                    const T* panel = B.get() + (rs * c_panels + cp) * g.K * NR;
+                    for (int64_t t = 0; t < tiles; ++t) {
+                        const int rows = static_cast<int>(std::min<int64_t>(MR, HoWo - t * MR));
+                        for (int i = 0; i < MR; ++i) a.i_offsets[i] = t * MR + std::min(i, rows - 1);
+                        for (int64_t pc = 0; pc < g.K; pc += KC) {
+                            a.k_offsets = channel_offsets.data() + pc;
+                            micro_kernel_cols<T, NV>(nv, std::min(KC, g.K - pc), a,
+                                                     PackedRows<T, NR>{panel + pc * NR}, tile, NR,
+                                                     Store::overwrite, nullptr);
+                            // Row i: dy pixel (ho, wo) through tap (r, s) to position
+                            // (ho*sh + r*dh, wo*sw + s*dw) of the padded image.
+                            for (int i = 0; i < rows; ++i) {
+                                const int64_t q = t * MR + i, pos = (q / g.Wo) * g.sh * pp.Wp + (q % g.Wo) * g.sw + tap;
+                                T* dst = acc.get() + pos * Cp + cp * NR;
+                                for (int v = 0; v < nv; ++v)
+                                    Simd<T>::store(dst + v * L, Simd<T>::load(dst + v * L) + Simd<T>::load(tile + i * NR + v * L));
+                            }
+                        }
+                    }
+                }
+            }
+            // Channels last -> NCHW, dropping the padding; grad_x rows or columns no tap reaches are 0.
+            for (int64_t c = 0; c < g.C; ++c) {
+                T* out = dx + (n * g.C + c) * g.H * g.W;
+                for (int64_t h = 0; h < g.H; ++h)
+                    for (int64_t x = 0; x < g.W; ++x) {
+                        const int64_t hp = h + g.ph, wp = x + g.pw;
+                        out[h * g.W + x] = hp < pp.Hp && wp < pp.Wp ? acc[(hp * pp.Wp + wp) * Cp + c] : T(0);
+                    }
+            }
+        }
+    }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

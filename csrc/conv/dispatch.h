@@ -1,0 +1,117 @@
+// Which convolution algorithm runs for which shape: every rule in one place, then the three
+// entry points of the kernel table that apply them.
+//
+// Notation (ConvShape): input x (N, C, H, W), weight w (K, Cg, R, S) with Cg = C / groups,
+// output y (N, K, Ho, Wo), Kg = K / groups. Output (ho, wo) reads input row ho*sh - ph + r*dh
+// and column wo*sw - pw + s*dw. As GEMMs, per group, with X the im2col matrix
+// X[(c,r,s), (n,ho,wo)] (conv/im2col.h):
+//   forward      y[k, (n,ho,wo)]  = sum_{(c,r,s)} w[k, (c,r,s)] X[(c,r,s), (n,ho,wo)]
+//   grad weight  dw[k, (c,r,s)]   = sum_{(n,ho,wo)} dy[k, (n,ho,wo)] X[(c,r,s), (n,ho,wo)]
+//   grad input   col[(c,r,s), (n,ho,wo)] = sum_k w[k, (c,r,s)] dy[k, (n,ho,wo)], added into
+//                grad_x where it belongs (col2im); also the transpose convolution's forward.
+//
+// The algorithms, one header each:
+//   conv/direct.h        direct loops over zero-padded planes (grouped, few channels per group)
+//   conv/by_channels.h   micro-kernel vectorised over channels, x or dy read in place
+//   conv/phase_grid.h    x copied once onto a grid split by stride phase; B packing is a copy
+//   conv/im2col_gemm.h   B gathered from x row run by row run while packing (the general case)
+//   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x
+//   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
+#pragma once
+
+#include "common/prelude.h"
+#include "conv/by_channels.h"
+#include "conv/col2im.h"
+#include "conv/direct.h"
+#include "conv/grad_input_as_forward.h"
+#include "conv/im2col_gemm.h"
+#include "conv/padding.h"
+#include "conv/phase_grid.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// ---- The rules --------------------------------------------------------------------------------
+
+// Grouped convolutions with few channels per group (depthwise: Cg = Kg = 1): a GEMM would have
+// a handful of rows, so the direct loops, vectorised along output rows, win. First in every
+// pass, before any GEMM form.
+inline bool direct_pays(const ConvShape& g) {
+    return g.groups > 1 && (g.C / g.groups) * (g.K / g.groups) <= 16;
+}
+
+// Forward vectorised over output channels: from 64 output channels per group every vector
+// panel is full, and the pixels of a tile are any consecutive outputs, so nothing is wasted at
+// row or image ends (the pixel-vectorised GEMM drops grid columns there). Measured faster than
+// the pixel-vectorised GEMM from 7x7 to 56x56 images. A 1x1 kernel reads x in place as a plain
+// matrix and stays with the GEMM.
+inline bool forward_by_channels_pays(const ConvShape& g) {
+    return g.K / g.groups >= 64 && g.C / g.groups > 0 && g.R * g.S > 1;
+}
+
+// Weight gradient vectorised over output channels: here one vector of output channels (16)
+// is already worth it, because the dot-product form it replaces reduces every accumulator
+// across lanes and pads the grid's rows.
+inline bool weight_grad_by_channels_pays(const ConvShape& g) {
+    return g.K / g.groups >= 16 && g.C / g.groups > 0 && g.R * g.S > 1;
+}
+
+// The phase grid (forward and weight gradient, pixel-vectorised): worth its copy of x when it
+// wastes few columns (its rows are Wq >= Wo wide), or when the GEMM has so few rows (output
+// channels) that packing B, which the grid turns into a plain copy, is the larger cost.
+inline bool phase_grid_pays(const ConvShape& g) {
+    const PhaseGrid pg(g);
+    return g.K / g.groups <= 64 || pg.Wq * 10 <= g.Wo * 11;
+}
+
+// Input gradient as a forward convolution (stride 1, and padding no larger than the kernel's
+// reach, so the flipped convolution's padding is not negative): the forward kernels store
+// tiles in place instead of scattering them. With few input channels (the rows of that GEMM)
+// the col2im form, whose rows are (c, r, s), fills the micro-tiles better.
+inline bool grad_input_as_forward(const ConvShape& g) {
+    return g.sh == 1 && g.sw == 1 && g.ph <= (g.R - 1) * g.dh && g.pw <= (g.S - 1) * g.dw &&
+           g.C / g.groups >= 32;
+}
+
+// Input gradient vectorised over input channels into a channels-last copy of each image
+// (strided transpose convolutions with 64+ channels): col2im instead adds every GEMM element
+// into grad_x with scalar, strided read-modify-writes in runs of Wo, which dominates on small
+// images. Needs one image per thread (threads own images), and the per-thread copy kept
+// within a thread's share of the last-level cache, else col2im is faster.
+inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_bytes) {
+    const double copy_bytes = double(PaddedPlane(g).size()) * double((g.C + 63) / 64 * 64) * double(element_bytes);
+    return g.groups == 1 && g.C >= 64 && g.K > 0 && g.N >= num_threads() && copy_bytes <= 16.0 * (1 << 20);
+}
+
+// ---- The entry points -------------------------------------------------------------------------
+
+template <class T>
+void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
+    if (forward_by_channels_pays(g)) return conv2d_forward_by_channels(g, x, w, bias, y);
+    if (phase_grid_pays(g)) return conv2d_forward_grid(g, x, w, bias, y);
+    conv2d_forward_im2col(g, x, w, bias, y);
+}
+
+template <class T>
+void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
+    if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
+    conv2d_grad_weight_im2col(g, dy, x, dw);
+}
+
+template <class T>
+void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (grad_input_as_forward(g)) {
+        const Scratch<T> flipped = flipped_transposed_weights(g, w);
+        return conv2d_forward(grad_input_as_forward_shape(g), dy, flipped.get(),
+                              static_cast<const T*>(nullptr), dx);
+    }
+    if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);
+    conv2d_grad_input_col2im(g, dy, w, dx);
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,66 @@
+// Zero-padded copies of the input, for the kernels whose inner loops must not test bounds.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// Padded plane geometry: every input position any output reads, padding included.
+// Rows are widened so that whole vectors of outputs (a last one past Wo included) read inside.
+struct PaddedPlane {
+    int64_t Hp, Wp;
+    PaddedPlane(const ConvShape& g, int64_t lanes = 1)
+        : Hp((g.Ho - 1) * g.sh + (g.R - 1) * g.dh + 1),
+          Wp(((g.Wo + lanes - 1) / lanes * lanes - 1) * g.sw + (g.S - 1) * g.dw + 1) {}
+    int64_t size() const { return Hp * Wp; }
+};
+
+// dst (Hp x Wp) = plane (H x W) shifted by the top/left padding, zeros around.
+template <class T>
+void pad_plane(const ConvShape& g, const PaddedPlane& p, const T* plane, T* dst) {
+    for (int64_t hp = 0; hp < p.Hp; ++hp) {
+        const int64_t h = hp - g.ph;
+        T* d = dst + hp * p.Wp;
+        if (h < 0 || h >= g.H) {
+            std::fill(d, d + p.Wp, T(0));
+            continue;
+        }
+        gather_row(plane + h * g.W, g.W, -g.pw, 1, p.Wp, d, 1);
+    }
+}
+
+// x zero-padded for the channel-vectorised kernels, which read single elements and so need
+// no phase split for strides: planes of Hp x Wp covering every position an output reads
+// (padding included), or x itself when nothing is padded. Input (c, h, w) of image n, counted
+// from the top-left padding, is at data + n*image + c*plane + h*row + w.
+template <class T>
+struct PaddedInput {
+    const T* data;
+    int64_t image, plane, row;
+    Scratch<T> storage;
+
+    PaddedInput(const ConvShape& g, const T* x) {
+        const PaddedPlane pp(g);
+        if (g.ph == 0 && g.pw == 0 && pp.Hp <= g.H && pp.Wp <= g.W) {
+            data = x, image = g.C * g.H * g.W, plane = g.H * g.W, row = g.W;
+            return;
+        }
+        storage = scratch<T>(g.N * g.C * pp.size());
+        data = storage.get(), image = g.C * pp.size(), plane = pp.size(), row = pp.Wp;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        for (int64_t p = 0; p < g.N * g.C; ++p) pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane);
+    }
+    int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+        return c * plane + r * g.dh * row + s * g.dw;
+    }
+    // Offset of output pixel p = (n, ho, wo), counted over the whole batch.
+    int64_t pixel(const ConvShape& g, int64_t p) const {
+        const int64_t HoWo = g.Ho * g.Wo, q = p % HoWo;
+        return (p / HoWo) * image + (q / g.Wo) * g.sh * row + (q % g.Wo) * g.sw;
+    }
+};
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

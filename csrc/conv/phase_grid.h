@@ -1,0 +1,135 @@
+// The phase grid: x copied once into zero-padded planes split by stride phase, so that every
+// tap of the convolution reads a *contiguous* run of the output grid.
+//
+// Tap (c, r, s) at output (ho, wo) reads x row (ho + qh)*sh + rh - ph with qh = r*dh / sh and
+// rh = r*dh % sh (columns alike). Phase plane (c, rh, rw) holds x[h'*sh + rh - ph, w'*sw + rw - pw]
+// for h' < Hq, w' < Wq, where Hq = Ho + max qh and Wq = Wo + max qw. On a grid of Wq columns
+// per output row, output q = ho*Wq + wo reads plane offset q + qh*Wq + qw: the packing of B is a
+// plain copy. Columns wo >= Wo of the grid are computed and dropped (Wq - Wo of every Wq).
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+#include "gemm/operands.h"
+#include "gemm/driver.h"
+#include "gemm/dot.h"
+#include "conv/im2col.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+struct PhaseGrid {
+    int64_t phases, Hq, Wq, plane, image, slack;
+    explicit PhaseGrid(const ConvShape& g)
+        : phases(g.sh * g.sw),
+          Hq(g.Ho + (g.R - 1) * g.dh / g.sh),
+          Wq(g.Wo + (g.S - 1) * g.dw / g.sw),
+          plane(Hq * Wq),
+          image(g.C * phases * plane),
+          slack((g.S - 1) * g.dw / g.sw) {}  // the last taps read this far past the last plane
+    int64_t pixels(const ConvShape& g) const { return g.Ho * Wq; }
+    // True when the grid is x itself (1x1, stride 1, no padding): no copy needed.
+    bool is_input(const ConvShape& g) const {
+        return phases == 1 && g.ph == 0 && g.pw == 0 && Hq == g.H && Wq == g.W && slack == 0;
+    }
+    int64_t size(const ConvShape& g) const { return g.N * image + slack; }
+
+    // Offset of tap (c, r, s) from the start of an image's planes (c counted within the group).
+    int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+        const int64_t phase = (r * g.dh % g.sh) * g.sw + s * g.dw % g.sw;
+        return (c * phases + phase) * plane + (r * g.dh / g.sh) * Wq + s * g.dw / g.sw;
+    }
+};
+
+template <class T>
+void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
+    const int64_t planes = g.N * g.C;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+        const T* src = x + p * g.H * g.W;
+        for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
+            for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
+                T* dst = xq + (p * pg.phases + ph_h * g.sw + ph_w) * pg.plane;
+                const int64_t first = ph_w - g.pw;  // input column of grid column 0
+                int64_t lo, hi;                     // grid columns inside the input, for every row
+                inside(first, g.sw, g.W, pg.Wq, lo, hi);
+                for (int64_t hq = 0; hq < pg.Hq; ++hq) {
+                    const int64_t h = hq * g.sh + ph_h - g.ph;
+                    T* d = dst + hq * pg.Wq;
+                    if (h < 0 || h >= g.H) {
+                        std::fill(d, d + pg.Wq, T(0));
+                        continue;
+                    }
+                    const T* row = src + h * g.W;
+                    std::fill(d, d + lo, T(0));
+                    if (g.sw == 1) std::copy(row + first + lo, row + first + hi, d + lo);
+                    else for (int64_t t = lo; t < hi; ++t) d[t] = row[first + t * g.sw];
+                    std::fill(d + hi, d + pg.Wq, T(0));
+                }
+            }
+    }
+    std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
+}
+
+// The phase grid of x: x itself where they coincide, else a copy filled into `storage`.
+template <class T>
+const T* phase_grid_of(const ConvShape& g, const PhaseGrid& pg, const T* x, Scratch<T>& storage) {
+    if (pg.is_input(g)) return x;
+    storage = scratch<T>(pg.size(g));
+    fill_phase_grid(g, pg, x, storage.get());
+    return storage.get();
+}
+
+// Forward convolution on the phase grid: per group, y[k, (n, ho, wo)] over the grid's columns.
+template <class T>
+void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const int64_t HoWo = g.Ho * g.Wo;
+    const PhaseGrid pg(g);
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
+    const std::vector<int64_t> offsets = tap_offsets(g, pg);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const PrepackedA<T> A(Kg, taps_n, InMatrixA<T>::plain(w + grp * Kg * taps_n, taps_n, taps_n));
+        InMatrixB<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, pg.pixels(g), pg.image};
+        B.row_offsets = offsets.data();
+        // Grid column (n, ho, wo) -> y[n, k, ho, wo], dropped when wo >= Wo. With no columns to
+        // drop (kernels no wider than the stride, e.g. 1x1) an image's pixels are one contiguous
+        // run, so whole tiles store in place instead of going through the edge tile in runs of Wo.
+        OutMatrix<T> C{y + grp * Kg * HoWo, HoWo, pg.Wq, 1, g.Ho, g.Wo, g.K * HoWo};
+        if (pg.Wq == g.Wo) C = OutMatrix<T>{y + grp * Kg * HoWo, HoWo, HoWo, 1, 1, 0, g.K * HoWo};
+        else C.n0_valid = g.Wo;
+        C.bias = bias ? bias + grp * Kg : nullptr;
+        gemm_parallel<T>(Kg, g.N * pg.pixels(g), taps_n, A, B, C);
+    }
+}
+
+// Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
+// along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
+// with zeros in the columns wo >= Wo that the grid computes and drops.
+template <class T>
+void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
+    const PhaseGrid pg(g);
+    const int64_t pixels = pg.pixels(g);
+    Scratch<T> storage;
+    const T* xq = phase_grid_of(g, pg, x, storage);
+    Scratch<T> dyq = scratch<T>(g.N * g.K * pixels);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t p = 0; p < g.N * g.K; ++p)
+        for (int64_t ho = 0; ho < g.Ho; ++ho) {
+            T* d = dyq.get() + p * pixels + ho * pg.Wq;
+            std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
+            std::fill(d + g.Wo, d + pg.Wq, T(0));
+        }
+    const std::vector<int64_t> offsets = tap_offsets(g, pg);
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
+        const PixelRows<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
+                             pg.image};
+        gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw + grp * Kg * taps_n);
+    }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,133 @@
+// Dot-product form, for a long reduction that is contiguous in memory in both operands (the
+// weight gradient: output gradient and input both run along pixels). Panels are packed
+// k-contiguous (dst[row * kcp + k], kcp = kc rounded up to whole vectors), so packing is a
+// plain copy; the micro-kernel keeps DotTile::MR x NR vector accumulators and sums each one
+// across lanes once per reduction block.
+//
+//   C[i, j] (+)= sum_k A[i, k] * B[j, k]
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+#include "common/simd.h"
+#include "gemm/tile.h"
+#include "gemm/micro_kernel.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+template <class T>
+constexpr int64_t dot_kc() { return 1024 * 4 / sizeof(T); }
+
+template <class T>
+inline void dot_micro_kernel(int64_t kcp, const T* __restrict a, const T* __restrict b, T* c,
+                             int64_t ldc, int64_t mr, int64_t nr, Store mode) {
+    using V = Simd<T>;
+    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = V::lanes;
+    typename V::reg acc[MR][NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
+    for (int64_t k = 0; k < kcp; k += L) {
+        typename V::reg bv[NR];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) bv[j] = V::load(b + j * kcp + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const typename V::reg av = V::load(a + i * kcp + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; ++i)
+        for (int j = 0; j < nr; ++j) {
+            const T v = V::sum(acc[i][j]);
+            c[i * ldc + j] = mode == Store::accumulate ? c[i * ldc + j] + v : v;
+        }
+}
+
+// Rows of an operand whose columns are pixels of NCHW images: row i starts at
+// base + row_offset(i), and pixel q at (q / pixels) * image_stride + q % pixels from there.
+template <class T>
+struct PixelRows {
+    const T* base;
+    int64_t row_stride;                     // row i at i * row_stride ...
+    const int64_t* row_offsets;             // ... or at row_offsets[i] when given
+    int64_t pixels, image_stride;
+
+    // dst[i * kcp + k] = row (i0 + i), pixel (k0 + k); zeros for k >= kc and i >= rows.
+    void pack(int64_t i0, int64_t rows, int64_t rows_padded, int64_t k0, int64_t kc, int64_t kcp,
+              T* dst) const {
+        for (int64_t i = 0; i < rows_padded; ++i) {
+            T* d = dst + i * kcp;
+            if (i >= rows) {
+                std::fill(d, d + kcp, T(0));
+                continue;
+            }
+            const T* row = base + (row_offsets ? row_offsets[i0 + i] : (i0 + i) * row_stride);
+            for (int64_t k = 0, q = k0 % pixels, n = k0 / pixels; k < kc; q = 0, ++n) {
+                const int64_t run = std::min(kc - k, pixels - q);
+                std::copy(row + n * image_stride + q, row + n * image_stride + q + run, d + k);
+                k += run;
+            }
+            std::fill(d + kc, d + kcp, T(0));
+        }
+    }
+};
+
+// Buffers of one thread for the dot-product form: all rows of A and NC_DOT rows of B per block.
+template <class T>
+struct DotBuffers {
+    static constexpr int64_t NC = 16 * DotTile<T>::NR;
+    Scratch<T> a, b;
+    explicit DotBuffers(int64_t M)
+        : a(scratch<T>((M + DotTile<T>::MR) * dot_kc<T>())), b(scratch<T>(NC * dot_kc<T>())) {}
+};
+
+// C (M x N, row stride ldc) = A B^T over reduction [k_begin, k_end), one thread.
+template <class T>
+void gemm_dot_block(int64_t M, int64_t N, int64_t k_begin, int64_t k_end, const PixelRows<T>& A,
+                    const PixelRows<T>& B, T* c, int64_t ldc, DotBuffers<T>& buf) {
+    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = Simd<T>::lanes;
+    constexpr int64_t NC = DotBuffers<T>::NC;
+    const int64_t Mp = (M + MR - 1) / MR * MR;
+    for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += dot_kc<T>()) {
+        const int64_t kc = std::min(dot_kc<T>(), k_end - pc), kcp = (kc + L - 1) / L * L;
+        const Store mode = pc == k_begin ? Store::overwrite : Store::accumulate;
+        A.pack(0, M, Mp, pc, kc, kcp, buf.a.get());
+        for (int64_t jc = 0; jc < N; jc += NC) {
+            const int64_t nc = std::min(NC, N - jc), ncp = (nc + NR - 1) / NR * NR;
+            B.pack(jc, nc, ncp, pc, kc, kcp, buf.b.get());
+            for (int64_t jr = 0; jr < nc; jr += NR)
+                for (int64_t ir = 0; ir < M; ir += MR)
+                    dot_micro_kernel<T>(kcp, buf.a.get() + ir * kcp, buf.b.get() + jr * kcp,
+                                        c + ir * ldc + jc + jr, ldc, std::min<int64_t>(MR, M - ir),
+                                        std::min<int64_t>(NR, nc - jr), mode);
+        }
+    }
+}
+
+// C (plain M x N) = A B^T with the reduction split across threads, partial results summed.
+template <class T>
+void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
+                       const PixelRows<T>& B, T* c) {
+    const int threads = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, K / 256)));
+    std::vector<DotBuffers<T>> bufs;
+    for (int t = 0; t < threads; ++t) bufs.emplace_back(M);
+    Scratch<T> partial = scratch<T>((threads - 1) * M * N);
+    const int64_t size = M * N;
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
+        T* out = t == 0 ? c : partial.get() + (t - 1) * size;
+        gemm_dot_block<T>(M, N, K * t / team, K * (t + 1) / team, A, B, out, N, bufs[t]);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < size; ++e)
+            for (int p = 0; p + 1 < team; ++p) c[e] += partial[p * size + e];
+    }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,201 @@
+// The packed GEMM's driver, BLIS/GotoBLAS structure. Compiled once per ISA (see
+// kernels_isa.inc), so each ISA gets its own micro-kernel and tiles (gemm/tile.h).
+//
+//   C[i, j] (+)= sum_k A[i, k] * B[k, j]        i < M, j < N, k < K
+//
+// The loops, outermost first (one thread's share of C):
+//   jc: NC columns of C     pc: KC of the reduction -> pack B[pc, jc] into NR-column panels
+//   ic: MC rows of C        -> pack A[ic, pc] into MR-row panels
+//   jr, ir: one MR x NR tile of C, kept in vector registers by the micro-kernel.
+// Packed panels are contiguous and zero-padded to full MR / NR, so the micro-kernel never
+// branches on edges; it streams kc columns of an A panel and kc rows of a B panel.
+//
+// A, B and C are not plain matrices here: they are "sources" and a "destination" that know how
+// to pack themselves (A: pack_panel(i0, rows, k0, kc, dst); B: pack_panel(k0, kc, j0, cols, dst))
+// and where C's elements live (tile_ptr / scatter). Convolution uses this to run implicit
+// im2col inside the B packing, and to write C straight into NCHW tensors.
+//
+// The layers, one header each: gemm/tile.h (register tile and cache blocks per ISA),
+// gemm/addressing.h (where the micro-kernel finds panel elements), gemm/micro_kernel.h,
+// gemm/operands.h (the sources of A and B and the destination C), this driver, and
+// gemm/dot.h (the dot-product form).
+//
+// In gemm/operands.h: PrepackedA (an A packed once per call and reused by every block and
+// thread), PrepackedB (a B packed once and read in place by many GEMMs: an LSTM's recurrent
+// weights, one skinny batch x 4H x H product per time step), sources for a transposed A
+// (InMatrixAT) and for a B given by rows or by columns in any order (RowsB, ColumnsB: the
+// LSTM's gate-ordered weights). A last column panel that is only partly used runs the
+// micro-kernel on just the vectors it needs (N = 128 or 256 with NR = 48), so skinny products
+// waste no work on padding and store their tiles in place.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+#include "gemm/tile.h"
+#include "gemm/micro_kernel.h"
+#include "gemm/operands.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// Packed-panel buffers of one thread, sized for the largest blocks. Without pack_b (every B is a
+// PrepackedB) there is no B buffer: it is large, and a fresh one costs page faults on every call.
+template <class T>
+struct GemmBuffers {
+    Scratch<T> a, b;
+    explicit GemmBuffers(bool pack_b = true)
+        : a(scratch<T>(GemmTile<T>::MC * GemmTile<T>::KC)),
+          b(scratch<T>(pack_b ? GemmTile<T>::KC * (GemmTile<T>::NC + gemm_nr<T>()) : 1)) {}
+};
+
+// One thread's part: rows [m0, m1) x columns [n0, n1) of C, reduction [k_begin, k_end).
+// The first reduction block overwrites C (adding the bias) unless `mode` is accumulate.
+// CDst is an OutMatrix or anything with the same members (tile_ptr, scatter, row_stride, bias).
+template <class T, class ASrc, class BSrc, class CDst>
+void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin, int64_t k_end,
+                const ASrc& A, const BSrc& B, const CDst& C, Store mode,
+                GemmBuffers<T>& buf) {
+    constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>(), L = Simd<T>::lanes;
+    constexpr int64_t KC = GemmTile<T>::KC, MC = GemmTile<T>::MC, NC = GemmTile<T>::NC;
+    constexpr bool kPrepackedB = PanelsInPlace<BSrc>::value;
+    alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
+    // Equal reduction blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
+    // would pay the tile loads and stores for little arithmetic).
+    const int64_t k_blocks = std::max<int64_t>(1, (k_end - k_begin + KC - 1) / KC);
+    const int64_t kc_step = std::max<int64_t>(1, (k_end - k_begin + k_blocks - 1) / k_blocks);
+    // NC bounds the B block that is packed per column block; a prepacked B is not copied, so
+    // its columns are one block and A is packed once per reduction block.
+    const int64_t nc_max = kPrepackedB ? std::max<int64_t>(1, n1 - n0) : NC;
+    for (int64_t jc = n0; jc < n1; jc += nc_max) {
+        const int64_t nc = std::min(nc_max, n1 - jc);
+        // An empty reduction still writes C once (zeros or bias): run pc once with kc = 0.
+        for (int64_t pc = k_begin; pc == k_begin || pc < k_end; pc += kc_step) {
+            const int64_t kc = std::min(kc_step, k_end - pc);
+            const Store store = (pc == k_begin) ? mode : Store::accumulate;
+            if constexpr (!kPrepackedB)
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const int64_t nr = std::min<int64_t>(NR, nc - jr);
+                    if (!BPanel<T, BSrc>(B, pc, jc + jr, nr).in_place)
+                        B.pack_panel(pc, kc, jc + jr, nr, buf.b.get() + jr * kc);
+                }
+            for (int64_t ic = m0; ic < m1; ic += MC) {
+                const int64_t mc = std::min(MC, m1 - ic);
+                for (int64_t ir = 0; ir < mc; ir += MR)
+                    A.pack_panel(ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, buf.a.get() + ir * kc);
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const int64_t nr = std::min<int64_t>(NR, nc - jr);
+                    const int nv = static_cast<int>((nr + L - 1) / L);  // vectors of the panel in use
+                    const T* bp = b_block<T>(B, pc, jc + jr, buf.b.get() + jr * kc);
+                    const BPanel<T, BSrc> panel(B, pc, jc + jr, nr);
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        const int64_t mr = std::min<int64_t>(MR, mc - ir);
+                        const T* ap = buf.a.get() + ir * kc;
+                        const T* bias = C.bias ? C.bias + ic + ir : nullptr;
+                        T* c = (mr == MR && nr == nv * L) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
+                        if (c != nullptr) {
+                            panel.multiply(nv, kc, ap, bp, c, C.row_stride, store, bias);
+                        } else {
+                            panel.multiply(nv, kc, ap, bp, edge, NR, Store::overwrite, nullptr);
+                            C.scatter(ic + ir, jc + jr, mr, nr, edge, NR, store);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// How to split an M x N output among `threads`: a grid of tm x tn blocks, preferring to split
+// columns (each thread then packs only its own B panels), in whole MR / NR panels.
+struct ThreadGrid {
+    int tm, tn;
+};
+
+template <class T>
+ThreadGrid choose_grid(int64_t M, int64_t N, int threads) {
+    const int64_t m_panels = (M + gemm_mr<T>() - 1) / gemm_mr<T>();
+    const int64_t n_panels = (N + gemm_nr<T>() - 1) / gemm_nr<T>();
+    ThreadGrid best{1, 1};
+    double best_cost = 1e300;
+    for (int tm = 1; tm <= threads; ++tm) {
+        if (threads % tm) continue;
+        const int tn = threads / tm;
+        if (tm > m_panels || tn > n_panels) continue;
+        // Work of the busiest thread, in panels, plus a small price for repacking B per row block.
+        const double cost = double((m_panels + tm - 1) / tm) * double((n_panels + tn - 1) / tn) *
+                            (1.0 + 0.05 * (tm - 1));
+        if (cost < best_cost) best_cost = cost, best = ThreadGrid{tm, tn};
+    }
+    return best;
+}
+
+// [begin, end) of part `p` of `parts` equal shares of `panels` panels of size `unit`, clipped to n.
+inline void split_range(int64_t n, int64_t unit, int p, int parts, int64_t& begin, int64_t& end) {
+    const int64_t panels = (n + unit - 1) / unit;
+    begin = std::min(n, panels * p / parts * unit);
+    end = std::min(n, panels * (p + 1) / parts * unit);
+}
+
+// C = A B (+ bias per row), M x N x K, on num_threads() threads. Must be called outside any
+// parallel region.
+template <class T, class ASrc, class BSrc>
+void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B,
+                   const OutMatrix<T>& C, Store mode = Store::overwrite) {
+    if (M <= 0 || N <= 0) return;
+    const int64_t flops = M * N * std::max<int64_t>(K, 1);
+    const int threads = flops < 32768 ? 1 : num_threads();
+    const ThreadGrid grid = choose_grid<T>(M, N, threads);
+    // Allocated before the parallel region: an exception must not escape an OpenMP thread.
+    std::vector<GemmBuffers<T>> bufs(grid.tm * grid.tn);
+#pragma omp parallel num_threads(grid.tm * grid.tn)
+    {
+        // A loop, not one part per thread: OpenMP may start fewer threads than asked for.
+        const int parts = grid.tm * grid.tn;
+        for (int t = omp_get_thread_num(); t < parts; t += omp_get_num_threads()) {
+            int64_t m0, m1, n0, n1;
+            split_range(M, gemm_mr<T>(), t / grid.tn, grid.tm, m0, m1);
+            split_range(N, gemm_nr<T>(), t % grid.tn, grid.tn, n0, n1);
+            if (m0 < m1 && n0 < n1)
+                gemm_block<T>(m0, m1, n0, n1, 0, K, A, B, C, mode, bufs[omp_get_thread_num()]);
+        }
+    }
+}
+
+// The plain row-major GEMM behind the `gemm` binding: C (M x N) = A (M x K) B (K x N) [+ C].
+template <class T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate) {
+    gemm_parallel<T>(M, N, K, InMatrixA<T>::plain(a, K, K), InMatrixB<T>::plain(b, N, N),
+                     OutMatrix<T>::plain(c, N, N),
+                     accumulate ? Store::accumulate : Store::overwrite);
+}
+
+// C (plain M x N, row stride N) = A B for a long reduction and a small C (weight gradients):
+// each thread reduces its share of K into its own copy of C, then the copies are summed.
+// Falls back to gemm_parallel when C is large enough to split by itself.
+template <class T, class ASrc, class BSrc>
+void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B, T* c) {
+    const int threads = num_threads();
+    if (threads == 1 || K < 4 * std::max(M, N) || K < 2 * GemmTile<T>::KC * threads) {
+        gemm_parallel<T>(M, N, K, A, B, OutMatrix<T>::plain(c, N, N));
+        return;
+    }
+    std::vector<GemmBuffers<T>> bufs(threads);
+    Scratch<T> partial = scratch<T>((threads - 1) * M * N);
+    const int64_t size = M * N;
+#pragma omp parallel num_threads(threads)
+    {
+        // Split by the team OpenMP actually started, which may be smaller than asked for.
+        const int t = omp_get_thread_num(), team = omp_get_num_threads();
+        const int64_t k0 = K * t / team, k1 = K * (t + 1) / team;
+        T* out = t == 0 ? c : partial.get() + (t - 1) * size;
+        gemm_block<T>(0, M, 0, N, k0, k1, A, B, OutMatrix<T>::plain(out, N, N), Store::overwrite,
+                      bufs[t]);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < size; ++e)
+            for (int p = 0; p + 1 < team; ++p) c[e] += partial[p * size + e];
+    }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

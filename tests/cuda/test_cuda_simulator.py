@@ -54,6 +54,6 @@ def test_cuda_kernels_under_the_simulator():
 
 
 def test_conformance_suite_on_cuda_under_the_simulator():
-    """The conformance suite's 'cuda' cases against the reference (~280; a few minutes)."""
+    """The conformance suite's 'cuda' cases against the reference (~237; a few minutes)."""
     passed, report = _pytest_under_simulator(os.path.join(TESTS_DIR, "test_conformance.py"), "-k", "cuda")
-    assert passed >= 250, f"too few conformance cases ran on 'cuda':\n{report}"
+    assert passed >= 225, f"too few conformance cases ran on 'cuda':\n{report}"

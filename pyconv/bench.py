@@ -1,10 +1,11 @@
-"""The code behind ``pyconv bench``: every op on every available backend, timed against the
-reference backend and, when installed, PyTorch's CPU kernels and OpenCV's NMS, in one process.
+"""The benchmark cases and their timing: ``pyconv bench`` (every op on every available backend,
+timed against the reference backend and, when installed, PyTorch's CPU kernels and OpenCV's
+NMS, in one process) and the pytest-benchmark suites in benchmarks/ use what is defined here.
 
-Method (DESIGN.md, "Performance method"): count the work of each case (FLOPs, or the bytes that
-must move), measure the machine's limits in the same run (GEMM GFLOP/s, copy GB/s), time every
-implementation of a case interleaved (one call of each in turn, repeated) and report medians,
-so that load from other processes hits all of them alike. Ratios are only compared within a run.
+Method: count the work of each case (FLOPs, or the bytes that must move), measure the machine's
+limits in the same run (GEMM GFLOP/s, copy GB/s), time every implementation of a case
+interleaved (one call of each in turn, repeated) and report medians, so that load from other
+processes hits all of them alike. Ratios are only compared within a run.
 """
 from __future__ import annotations
 
@@ -73,36 +74,55 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
-def _median_time(fn, reps, min_time=0.0):
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < reps or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict, reps: int, clock=time.perf_counter) -> dict:
+    """Median seconds of each zero-argument callable: one warm-up call of each (JIT compilation,
+    first-touch allocation), then `reps` rounds timing one call of each in turn, so that load
+    from other processes hits them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure_limits() -> Limits:
-    n = 2048
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    gemm = {"numpy": 2 * n**3 / _median_time(lambda: a @ a, 3) / 1e9}
-    time.sleep(_BLAS_SPIN_SECONDS)  # OpenBLAS's threads spin a while after the call
-    try:
-        import torch
+def _median_time(fn, reps):
+    return interleaved_medians({"fn": fn}, reps)["fn"]
 
-        ta = torch.from_numpy(a)
-        gemm["torch"] = 2 * n**3 / _median_time(lambda: ta @ ta, 3) / 1e9
-    except ImportError:
-        pass
+
+GEMM_N = 2048
+
+
+def gemm_impls(n=GEMM_N) -> dict:
+    """name -> zero-argument callable: an n x n x n float32 matrix product by NumPy and, where
+    available, PyTorch and pyconv's own packed GEMM (the cpu backend's)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    impls = {"numpy": lambda: a @ b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta @ tb
     try:
         from pyconv import _C
 
         c = np.empty_like(a)
-        gemm["pyconv"] = 2 * n**3 / _median_time(lambda: _C.gemm(a, a, c), 3) / 1e9
+        impls["pyconv"] = lambda: _C.gemm(a, b, c)
     except ImportError:
         pass
+    return impls
+
+
+def measure_limits() -> Limits:
+    n = GEMM_N
+    gemm = {}
+    for name, fn in gemm_impls(n).items():
+        gemm[name] = 2 * n**3 / _median_time(fn, 3) / 1e9
+        if name == "numpy":
+            time.sleep(_BLAS_SPIN_SECONDS)  # OpenBLAS's threads spin a while after the call
     # Copy bandwidth from DRAM: 128 MiB read + 128 MiB written per copy.
     src = np.ones(32 * 2**20, np.float32)
     dst = np.empty_like(src)
@@ -127,7 +147,8 @@ def measure_gpu_limits():
 
 
 # ---------------------------------------------------------------------------------------------
-# The cases. Shapes are the issues' benchmark shapes; --quick takes a small subset.
+# The cases: layers of common networks (LeNet, VGG, DCGAN), LSTMs and detector-like NMS
+# inputs; --quick takes a small subset.
 
 
 def _f32(rng, *shape):
@@ -398,6 +419,90 @@ def cases(quick: bool) -> list[Case]:
     return [c for c in all_cases if c.quick or not quick]
 
 
+# One case for each kernel that the cases above do not time on its own.
+
+_POOL_SHAPE = (32, 64, 56, 56)
+
+
+def _pool_backward_case(kind):
+    k, s, p = (3, 2, 1) if kind == "max" else (2, 2, 0)
+
+    def make(rng):
+        x = _f32(rng, *_POOL_SHAPE)
+        y, idx = ops.max_pool2d(x, k, s, p, return_indices=True, backend="reference")
+        return {"x": x, "idx": idx, "gy": _f32(rng, *y.shape)}
+
+    if kind == "max":
+        def run(a, be):
+            return ops.max_pool2d_backward(a["gy"], a["idx"], _POOL_SHAPE, backend=be)
+    else:
+        def run(a, be):
+            return ops.avg_pool2d_backward(a["gy"], _POOL_SHAPE, k, s, p, backend=be)
+
+    name = f"{k}x{k} s{s} p{p} {'x'.join(map(str, _POOL_SHAPE))}"
+    return Case(f"{kind}_pool2d_backward", name, (f"{kind}_pool2d_backward",), make, run)
+
+
+def _unpool_case():
+    def make(rng):
+        x = _f32(rng, *_POOL_SHAPE)
+        y, idx = ops.max_pool2d(x, 2, 2, return_indices=True, backend="reference")
+        return {"y": y, "idx": idx}
+
+    def run(a, be):
+        return ops.max_unpool2d(a["y"], a["idx"], 2, 2, backend=be)
+
+    return Case("max_unpool2d", "2x2 s2 -> 32x64x56x56", ("max_unpool2d",), make, run)
+
+
+def _lstm_cell_backward_case(B, I, Hd):
+    def make(rng):
+        arrays = {k: _f32(rng, *s) for k, s in
+                  (("gh", (B, Hd)), ("gc", (B, Hd)), ("x", (B, I)), ("h", (B, Hd)), ("c", (B, Hd)))}
+        return {**arrays, **_lstm_params(rng, I, Hd)}
+
+    def run(a, be):
+        keys = ("gh", "gc", "x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh")
+        return ops.lstm_cell_backward(*(a[k] for k in keys), backend=be)
+
+    return Case("lstm_cell_backward", f"B={B} {I}->{Hd}", ("lstm_cell_backward",), make, run, quick=True)
+
+
+def _box_iou_case(n):
+    def make(rng):
+        return {"boxes": clustered_boxes(rng, n)[0]}
+
+    def run(a, be):
+        return ops.box_iou(a["boxes"], a["boxes"], backend=be)
+
+    return Case("box_iou", f"{n}x{n} clustered boxes", ("box_iou",), make, run, quick=True)
+
+
+def _batched_nms_case(n, categories):
+    def make(rng):
+        boxes, scores = clustered_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores, "idxs": rng.integers(0, categories, n)}
+
+    def run(a, be):
+        return ops.batched_nms(a["boxes"], a["scores"], a["idxs"], 0.5, backend=be)
+
+    return Case("batched_nms", f"{n} clustered boxes, {categories} categories", ("batched_nms",), make, run)
+
+
+def kernel_cases(quick: bool) -> list[Case]:
+    """cases() and one case for each kernel they leave out (the pooling backward passes,
+    unpooling, the LSTM cell backward, box_iou and batched_nms)."""
+    extra = [
+        _pool_backward_case("max"),
+        _pool_backward_case("avg"),
+        _unpool_case(),
+        _lstm_cell_backward_case(64, 128, 256),
+        _box_iou_case(1000),
+        _batched_nms_case(10000, 20),
+    ]
+    return cases(quick) + [c for c in extra if c.quick or not quick]
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 
@@ -417,21 +522,26 @@ def _on_gpu(case, inputs, be):
     return run
 
 
+def implementation(case, inputs, impl):
+    """A zero-argument callable running `case` on `impl` (a backend, or one of the case's
+    baselines), or a string saying why it cannot run."""
+    if impl in case.baselines:
+        fn = case.baselines[impl](inputs)
+        return fn if fn is not None else f"{impl} not installed"
+    if impl not in pyconv.backends():
+        return f"backend {impl!r} is not available here"
+    missing = [k for k in case.kernels if k not in _backend(impl).kernels]
+    if missing:
+        return f"no {', '.join(missing)} kernel"
+    if _backend(impl).array_kind == "cupy":
+        return _on_gpu(case, inputs, impl)
+    return lambda: case.run(inputs, impl)
+
+
 def _impls(case, inputs, backends):
-    """name -> zero-argument callable, or name -> reason it cannot run."""
-    impls = {}
-    for be in backends:
-        missing = [k for k in case.kernels if k not in _backend(be).kernels]
-        if missing:
-            impls[be] = f"no {', '.join(missing)} kernel"
-        elif _backend(be).array_kind == "cupy":
-            impls[be] = _on_gpu(case, inputs, be)
-        else:
-            impls[be] = lambda be=be: case.run(inputs, be)
-    for name, make in case.baselines.items():
-        fn = make(inputs)
-        impls[name] = fn if fn is not None else f"{name} not installed"
-    return impls
+    """name -> zero-argument callable, or name -> reason it cannot run: the backends, then the
+    case's baselines."""
+    return {name: implementation(case, inputs, name) for name in (*backends, *case.baselines)}
 
 
 def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, threads=None):
@@ -463,20 +573,16 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
         inputs = case.make(rng)
         impls = _impls(case, inputs, backends)
         runnable = {k: v for k, v in impls.items() if callable(v)}
-        times = {k: [] for k in runnable}
-        fast = [name for name in runnable if name != "reference"]
-        for name in fast:  # warm-up (JIT compilation, first-touch allocation)
-            runnable[name]()
+        med = {}
         if "reference" in runnable:
             # After a NumPy BLAS call, OpenBLAS's worker threads spin for about 0.1 s and take a
             # core from whatever runs next (a 2-thread VGG conv measured 7 ms -> 15 ms): the
-            # reference backend runs outside the others' timings, followed by a pause.
-            times["reference"] = [_seconds(runnable["reference"]) for _ in range(3)][1:]
+            # reference backend runs outside the others' timings (it can also be 100x slower:
+            # two timed calls), followed by a pause.
+            reference = runnable.pop("reference")
+            med["reference"] = statistics.median([_seconds(reference) for _ in range(3)][1:])
             time.sleep(_BLAS_SPIN_SECONDS)
-        for rep in range(reps):
-            for name in fast:
-                times[name].append(_seconds(runnable[name]))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med.update(interleaved_medians(runnable, reps))
         baseline = next((med[b] for b in case.baselines if b in med), None)
         for name, why in impls.items():
             if name not in med:

@@ -1,7 +1,7 @@
 """The `pyconv` command line: info and a minimal bench run."""
 import json
-import subprocess
-import sys
+
+from child_python import run_python
 
 from pyconv import bench, cli
 
@@ -35,5 +35,5 @@ def test_numpy_greedy_nms_baseline_matches_reference():
 
 
 def test_module_entry_point_help():
-    r = subprocess.run([sys.executable, "-m", "pyconv", "--help"], capture_output=True, text=True)
+    r = run_python("-m", "pyconv", "--help")
     assert r.returncode == 0 and "bench" in r.stdout and "info" in r.stdout

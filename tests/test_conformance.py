@@ -1,9 +1,13 @@
 """Every backend against the reference, through the public API (pyconv.ops with backend=...).
 
-One table of cases per op; each case builds its inputs from a seeded RNG for a dtype. The suite
-is parametrised over op x case x dtype x every available non-reference backend that registers
-the kernels the op needs; test_kernel_coverage makes sure no backend lacks a kernel silently;
-the op -> kernels map comes from the op catalogue (pyconv/backends/_contract.py).
+One table of cases per op; each case builds its inputs from a seeded RNG for a dtype. Besides
+the edge cases of each op's semantics, the table holds shapes that reach each algorithm branch
+of the C++ kernels (GEMM panels and blocks, the channel-vectorised paths, the direct kernels,
+wide pooling rows). The suite is parametrised over op x case x dtype x every available
+non-reference backend that registers the kernels the op needs, the cpu backend once per ISA
+variant this CPU can run (cpu/avx512, cpu/avx2, cpu/generic); test_kernel_coverage makes sure
+no backend lacks a kernel silently; the op -> kernels map comes from the op catalogue
+(pyconv/backends/_contract.py).
 """
 import importlib
 import zlib
@@ -184,6 +188,14 @@ def batched_nms(n, threshold, categories, ties=False, nan=False):
     return build
 
 
+def cpu_path(build):
+    """Marks a case whose shape exists to reach a branch of the C++ kernels. The CUDA simulator
+    runs every GPU thread in Python, where such shapes take minutes each: it leaves them to the
+    other backends and to a real GPU."""
+    build.for_simulator = False
+    return build
+
+
 # --------------------------------------------------------------------------------------------
 # The case table: op -> {case id: builder}
 
@@ -205,6 +217,22 @@ CASES = {
         "spatial1x1": conv((2, 3, 1, 1), (4, 3, 1, 1)),
         "spatial1x1_padded": conv((2, 3, 1, 1), (4, 3, 3, 3), padding=1),
         "kernel_equals_input": conv((2, 3, 5, 4), (2, 3, 5, 4)),
+        # The cpu backend's algorithm branches: GEMM panels and blocks, the direct kernels,
+        # and the forward vectorised over output channels (64+ per group, kernel > 1x1).
+        "gemm_k_over_a_panel_ragged": cpu_path(conv((1, 3, 31, 37), (70, 3, 3, 3), padding=1)),
+        "gemm_reduction_over_a_block": cpu_path(conv((1, 40, 5, 7), (3, 40, 3, 3), padding=1)),
+        "gemm_reduction_ragged": cpu_path(conv((2, 20, 9, 9), (9, 20, 3, 3), padding=1)),
+        "asymmetric_groups": cpu_path(conv((3, 6, 13, 7), (4, 3, 2, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), groups=2)),
+        "primes_stride3_dilation2": cpu_path(conv((2, 7, 17, 19), (13, 7, 5, 3), stride=3, padding=2, dilation=2)),
+        "pointwise_in_place_groups": cpu_path(conv((3, 16, 7, 7), (16, 8, 1, 1), groups=2)),
+        "pointwise_strided": cpu_path(conv((2, 8, 9, 9), (16, 8, 1, 1), stride=2)),
+        "grouped_direct": cpu_path(conv((2, 12, 9, 9), (12, 3, 3, 3), groups=4)),
+        "depthwise_x2_strided_dilated": cpu_path(conv((2, 8, 12, 12), (16, 1, 3, 3), stride=2, padding=1, dilation=2, groups=8)),
+        "padding_as_large_as_kernel": cpu_path(conv((2, 3, 5, 5), (4, 3, 5, 5), padding=4)),
+        "channel_panel_strided_dilated": cpu_path(conv((2, 9, 7, 6), (64, 9, 3, 3), stride=2, padding=1, dilation=2)),
+        "channel_panel_ragged_groups": cpu_path(conv((2, 6, 5, 5), (130, 3, 2, 2), padding=1, groups=2)),
+        "channel_panel_reduction_blocks": cpu_path(conv((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
+        "channel_panel_unpadded_in_place": cpu_path(conv((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
         "noncontiguous": conv((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
     },
     "conv1d": {
@@ -227,6 +255,20 @@ CASES = {
         "spatial1x1": conv_backward((2, 3, 1, 1), (4, 3, 1, 1)),
         "needs_x_only": conv_backward((2, 3, 6, 6), (4, 3, 3, 3), needs=(True, False, False)),
         "needs_w_b": conv_backward((2, 3, 6, 6), (4, 3, 3, 3), needs=(False, True, True)),
+        # The cpu backend's grad_x branches: as a forward conv (32+ channels), col2im, and
+        # vectorised over channels (64+) with a channels-last accumulation.
+        "grad_x_as_forward_conv": cpu_path(conv_backward((2, 48, 9, 8), (16, 48, 3, 2), padding=(2, 0), dilation=(1, 2))),
+        "asymmetric_groups": cpu_path(conv_backward((3, 6, 13, 7), (4, 3, 2, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1),
+                                           groups=2)),
+        "primes_stride3_dilation2": cpu_path(conv_backward((2, 7, 17, 19), (13, 7, 5, 3), stride=3, padding=2, dilation=2)),
+        "grad_x_as_forward_conv_groups": cpu_path(conv_backward((1, 64, 6, 7), (16, 32, 3, 3), padding=1, groups=2)),
+        "grad_x_col2im_padding_over_kernel": cpu_path(conv_backward((1, 40, 6, 6), (8, 40, 2, 2), padding=2)),
+        "grad_x_one_output_channel": cpu_path(conv_backward((3, 64, 14, 14), (1, 64, 4, 4), stride=2, padding=1)),
+        "channel_panel_strided_dilated": cpu_path(conv_backward((2, 9, 7, 6), (64, 9, 3, 3), stride=2, padding=1, dilation=2)),
+        "channel_panel_ragged_groups": cpu_path(conv_backward((2, 6, 5, 5), (130, 3, 2, 2), padding=1, groups=2)),
+        "channel_panel_reduction_blocks": cpu_path(conv_backward((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
+        "channel_panel_unpadded_in_place": cpu_path(conv_backward((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
+        "channels_last_grad_x_strided": cpu_path(conv_backward((2, 66, 9, 8), (8, 66, 3, 3), stride=2, padding=1)),
         "noncontiguous": conv_backward((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
     },
     "conv1d_backward": {
@@ -242,6 +284,17 @@ CASES = {
         "depthwise": conv_transpose((2, 3, 4, 4), (3, 1, 3, 3), groups=3, padding=1),
         "no_bias": conv_transpose((1, 2, 3, 3), (2, 2, 2, 2), bias=False, stride=2),
         "spatial1x1": conv_transpose((2, 3, 1, 1), (3, 2, 1, 1)),
+        "stride_over_kernel": cpu_path(conv_transpose((2, 3, 4, 4), (3, 5, 2, 2), stride=3, output_padding=2)),
+        "one_output_channel": cpu_path(conv_transpose((2, 8, 7, 7), (8, 1, 4, 4), stride=2, padding=1)),
+        "asymmetric_stride3_dilation": cpu_path(conv_transpose(
+            (1, 3, 4, 5), (3, 2, 3, 2), stride=(3, 2), padding=(1, 0), output_padding=(2, 1), dilation=(1, 2))),
+        "depthwise_output_padding_below_dilation": cpu_path(conv_transpose(
+            (2, 6, 5, 5), (6, 1, 3, 3), stride=2, output_padding=1, groups=6, dilation=2)),
+        # 64+ output channels: vectorised over channels, accumulated channels-last
+        "channel_panel_dcgan": cpu_path(conv_transpose((2, 5, 7, 7), (5, 64, 4, 4), stride=2, padding=1)),
+        "channel_panel_ragged_output_padding_dilation": cpu_path(conv_transpose(
+            (3, 7, 4, 5), (7, 70, 3, 3), stride=2, padding=1, output_padding=1, dilation=2)),
+        "channel_panel_reduction_blocks": cpu_path(conv_transpose((2, 130, 3, 3), (130, 65, 4, 4), stride=(2, 3), padding=2)),
         "noncontiguous": conv_transpose((2, 2, 4, 5), (2, 3, 3, 3), stride=2, noncontiguous=True),
     },
     "conv_transpose2d_backward": {
@@ -250,6 +303,14 @@ CASES = {
             (2, 4, 3, 4), (4, 2, 3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2),
         "dilation": conv_transpose_backward((1, 2, 4, 3), (2, 2, 2, 3), dilation=2, output_padding=1),
         "needs_w_only": conv_transpose_backward((1, 2, 3, 3), (2, 2, 2, 2), stride=2, needs=(False, True, False)),
+        "stride_over_kernel": cpu_path(conv_transpose_backward((2, 3, 4, 4), (3, 5, 2, 2), stride=3, output_padding=2)),
+        "asymmetric_stride3_dilation": cpu_path(conv_transpose_backward(
+            (1, 3, 4, 5), (3, 2, 3, 2), stride=(3, 2), padding=(1, 0), output_padding=(2, 1), dilation=(1, 2))),
+        "channel_panel_dcgan": cpu_path(conv_transpose_backward((2, 5, 7, 7), (5, 64, 4, 4), stride=2, padding=1)),
+        "channel_panel_ragged_output_padding_dilation": cpu_path(conv_transpose_backward(
+            (3, 7, 4, 5), (7, 70, 3, 3), stride=2, padding=1, output_padding=1, dilation=2)),
+        "channel_panel_reduction_blocks": cpu_path(conv_transpose_backward(
+            (2, 130, 3, 3), (130, 65, 4, 4), stride=(2, 3), padding=2)),
     },
     "max_pool2d": {
         "2x2": max_pool((2, 3, 8, 8), kernel_size=2),
@@ -262,11 +323,18 @@ CASES = {
         "rectangular": max_pool((1, 3, 5, 9), kernel_size=(1, 3), stride=(1, 2), return_indices=True),
         "spatial1x1": max_pool((3, 2, 1, 1), kernel_size=1, return_indices=True),
         "noncontiguous": max_pool((2, 2, 6, 6), kernel_size=2, noncontiguous=True, return_indices=True),
+        # Rows of 40+ columns: whole vectors, the overlapping last vector and scalar borders.
+        "wide_rows_overlapping": cpu_path(max_pool((1, 2, 13, 45), kernel_size=3, stride=2, padding=1, ties=True, return_indices=True)),
+        "wide_rows_stride1": cpu_path(max_pool((2, 2, 7, 70), kernel_size=3, stride=1, padding=1, ties=True, return_indices=True)),
+        "wide_rows_dilated_ceil": cpu_path(max_pool((1, 2, 13, 45), kernel_size=(2, 3), stride=2, padding=1, dilation=(2, 1),
+                                           ceil_mode=True, ties=True, return_indices=True)),
+        "ceil_clipped_windows": max_pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True),
     },
     "max_pool2d_backward": {
         "2x2": max_pool_backward((2, 3, 8, 8), kernel_size=2),
         "overlapping_ties": max_pool_backward((2, 2, 7, 7), kernel_size=3, stride=1, padding=1, ties=True),
         "ceil_dilation": max_pool_backward((1, 2, 9, 8), kernel_size=2, stride=2, dilation=2, ceil_mode=True),
+        "wide_rows_overlapping": cpu_path(max_pool_backward((1, 2, 13, 45), kernel_size=3, stride=2, padding=1, ties=True)),
     },
     "avg_pool2d": {
         "2x2": avg_pool((2, 3, 8, 8), kernel_size=2),
@@ -278,12 +346,24 @@ CASES = {
         "divisor_override_negative": avg_pool((1, 1, 4, 4), kernel_size=2, divisor_override=-3),
         "spatial1x1": avg_pool((2, 3, 1, 1), kernel_size=1),
         "noncontiguous": avg_pool((2, 2, 6, 6), kernel_size=2, noncontiguous=True),
+        "wide_rows": cpu_path(avg_pool((2, 2, 7, 70), kernel_size=3, stride=2, padding=1)),
+        "wide_rows_ceil_exclude": cpu_path(avg_pool((1, 2, 13, 45), kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                           count_include_pad=False)),
+        # Ceil mode with a last window that runs past the padding and is clipped to it (the
+        # divisor counts only the part inside the padded input).
+        "ceil_clipped_include": avg_pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        "ceil_clipped_exclude": avg_pool((2, 2, 6, 8), kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                         count_include_pad=False),
+        "ceil_clipped_rectangular": avg_pool((1, 2, 6, 7), kernel_size=(3, 4), stride=(3, 2), padding=1, ceil_mode=True),
     },
     "avg_pool2d_backward": {
         "2x2": avg_pool_backward((2, 3, 8, 8), kernel_size=2),
         "overlapping_pad_exclude": avg_pool_backward((2, 2, 7, 8), kernel_size=3, stride=1, padding=1, count_include_pad=False),
         "ceil_include": avg_pool_backward((1, 2, 7, 7), kernel_size=3, stride=2, padding=1, ceil_mode=True),
         "divisor_override": avg_pool_backward((2, 2, 6, 6), kernel_size=3, stride=2, divisor_override=2),
+        "ceil_clipped_include": avg_pool_backward((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        "ceil_clipped_rectangular": avg_pool_backward((1, 2, 6, 7), kernel_size=(3, 4), stride=(3, 2), padding=1,
+                                                      ceil_mode=True, count_include_pad=False),
     },
     "max_unpool2d": {
         "2x2": max_unpool((2, 3, 8, 8), 2),
@@ -294,24 +374,31 @@ CASES = {
         "basic": lstm_cell(3, 4, 5),
         "no_bias": lstm_cell(2, 3, 2, bias=False),
         "batch1_hidden1": lstm_cell(1, 1, 1),
+        "hidden_over_a_gate_block": cpu_path(lstm_cell(5, 3, 33)),
+        "batch_over_a_tile": cpu_path(lstm_cell(64, 20, 40)),
     },
     "lstm_cell_backward": {
         "basic": lstm_cell_backward(3, 4, 5),
         "no_bias": lstm_cell_backward(2, 3, 2, bias=False),
         "grad_c_none": lstm_cell_backward(2, 3, 4, grads=(True, False)),
         "grad_h_none": lstm_cell_backward(2, 3, 4, grads=(False, True)),
+        "hidden_over_a_gate_block": cpu_path(lstm_cell_backward(5, 3, 33)),
     },
     "lstm": {
         "basic": lstm(5, 3, 4, 6),
         "one_step": lstm(1, 2, 3, 2),
         "no_bias": lstm(4, 1, 2, 3, bias=False),
         "noncontiguous": lstm(3, 2, 4, 3, noncontiguous=True),
+        "padded_gate_blocks": cpu_path(lstm(4, 9, 33, 40)),
+        "wide_hidden": cpu_path(lstm(2, 10, 17, 70)),
     },
     "lstm_backward": {
         "basic": lstm_backward(5, 3, 4, 6),
         "no_bias": lstm_backward(3, 2, 2, 3, bias=False),
         "only_grad_out": lstm_backward(4, 2, 3, 2, grads=(True, False, False)),
         "only_final_state": lstm_backward(4, 2, 3, 2, grads=(False, True, True)),
+        "padded_gate_blocks": cpu_path(lstm_backward(4, 9, 33, 40)),
+        "wide_hidden": cpu_path(lstm_backward(2, 10, 17, 70)),
     },
     "box_iou": {
         "basic": box_iou(7, 5),
@@ -340,14 +427,48 @@ def backends_for(op):
             if name != "reference" and OP_KERNELS[op] <= set(registry.get(name).kernels)]
 
 
+def runnable_isas():
+    """The C++ ISA variants this CPU can run, best first (the cpu backend's dispatch targets)."""
+    if "cpu" not in pyconv.backends():
+        return []
+    order = ["avx512", "avx2", "generic"]
+    best = order.index(pyconv._C.best_isa())
+    return [isa for isa in order[best:] if isa in pyconv._C.compiled_isas()]
+
+
+def variants(backend):
+    """The backend under each of its code paths: 'cpu/<isa>' for every runnable ISA variant."""
+    return [f"cpu/{isa}" for isa in runnable_isas()] if backend == "cpu" else [backend]
+
+
 def parameters():
     return [
-        pytest.param(op, case_id, backend, dtype, id=f"{op}-{case_id}-{backend}-{np.dtype(dtype).name}")
+        pytest.param(op, case_id, variant, dtype, id=f"{op}-{case_id}-{variant}-{np.dtype(dtype).name}")
         for op, table in CASES.items()
         for case_id in table
         for backend in backends_for(op)
+        if not (backend == "cuda" and registry.cuda_simulator() and not getattr(table[case_id], "for_simulator", True))
+        for variant in variants(backend)
         for dtype in DTYPES
     ]
+
+
+@pytest.fixture
+def on_variant():
+    """on_variant('cpu/avx2') selects that ISA variant and returns 'cpu'; other names pass
+    through. The ISA selected before the test is restored after it."""
+    saved = pyconv._C.isa() if runnable_isas() else None
+
+    def select(variant):
+        backend, _, isa = variant.partition("/")
+        if isa:
+            pyconv._C.set_isa(isa)
+            assert pyconv._C.isa() == isa
+        return backend
+
+    yield select
+    if saved is not None:
+        pyconv._C.set_isa(saved)
 
 
 def assert_same_result(actual, expected, dtype):
@@ -367,8 +488,9 @@ def assert_same_result(actual, expected, dtype):
             assert_close(actual, expected, dtype)
 
 
-@pytest.mark.parametrize("op, case_id, backend, dtype", parameters())
-def test_matches_reference(op, case_id, backend, dtype):
+@pytest.mark.parametrize("op, case_id, variant, dtype", parameters())
+def test_matches_reference(op, case_id, variant, dtype, on_variant):
+    backend = on_variant(variant)
     rng = np.random.default_rng(zlib.crc32(f"{op}/{case_id}".encode()))
     args, kwargs = CASES[op][case_id](rng, dtype)
     expected = getattr(ops, op)(*args, **kwargs, backend="reference")

@@ -1,4 +1,5 @@
-"""pyconv.data: DNA encoding (seed 000's table), digits, MNIST IDX files, DataLoader, split."""
+"""pyconv.data: DNA encoding (IUPAC codes as base fractions), digits, MNIST IDX files, DataLoader,
+split."""
 import gzip
 import struct
 
@@ -8,7 +9,7 @@ import pytest
 from pyconv import data
 
 
-def test_one_hot_dna_table_of_seed_000():
+def test_one_hot_dna_table():
     enc = data.one_hot_dna("ACGTWSMKRYBDHVNZ")
     expected = np.array([
         [1, 0, 0, 0, 1 / 2, 0, 1 / 2, 0, 1 / 2, 0, 0, 1 / 3, 1 / 3, 1 / 3, 1 / 4, 0],

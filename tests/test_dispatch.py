@@ -1,11 +1,10 @@
 """Backend selection, the NotImplementedError contract, threads, info() and the C++ ISA switch."""
 import importlib
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from child_python import run_python
 
 import pyconv
 from pyconv import ops
@@ -75,7 +74,7 @@ def test_backends_stays_the_function_after_importing_submodules():
 def test_backends_is_the_function_in_a_fresh_process():
     code = ("import pyconv.backends.reference, pyconv.backends as b, pyconv; "
             "assert callable(pyconv.backends), pyconv.backends; print(pyconv.backends())")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd())
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     assert "reference" in result.stdout
 
@@ -303,7 +302,6 @@ def test_pyconv_isa_environment_variable(isa):
         pytest.skip(f"this CPU cannot run {isa}")
     env = dict(os.environ, PYCONV_ISA=isa)
     code = "import pyconv; print(pyconv.info()['isa'])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                            cwd=os.getcwd())
+    result = run_python("-c", code, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == isa

@@ -3,6 +3,7 @@ for the box ops, and its backward kernels against float64 central finite differe
 (The shared conformance suite also compares every kernel with the reference backend.)"""
 import numpy as np
 import pytest
+import oracles
 from conftest import assert_close, central_difference
 
 from pyconv import ops
@@ -266,23 +267,6 @@ def test_lstm_backward_without_output_grads(rng):
 # Boxes
 
 
-def iou_oracle(a, b):
-    """One pair at a time, in float64, with the documented rules."""
-    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0)
-    union = max(a[2] - a[0], 0) * max(a[3] - a[1], 0) + max(b[2] - b[0], 0) * max(b[3] - b[1], 0) - inter
-    return 0.0 if union == 0 else inter / union
-
-
-def nms_oracle(boxes, scores, thr, categories=None):
-    categories = np.zeros(len(boxes), int) if categories is None else categories
-    order = sorted(range(len(boxes)), key=lambda i: (np.isnan(scores[i]), -np.nan_to_num(scores[i]), i))
-    keep = []
-    for i in order:
-        if all(categories[k] != categories[i] or not iou_oracle(boxes[k], boxes[i]) > thr for k in keep):
-            keep.append(i)
-    return np.array(keep, np.int64)
-
-
 def random_boxes(rng, n, dtype, spread=20.0):
     """Clustered boxes on a coarse grid (so scores and coordinates repeat), a few degenerate."""
     corner = np.round(rng.uniform(0, spread, (n, 2)) * 2) / 2
@@ -297,7 +281,7 @@ def test_box_iou(rng, dtype):
     a[0] = b[0]  # union 0 -> IoU 0
     got = ops.box_iou(a, b, **NB)
     assert got.dtype == dtype and got[0, 0] == 0
-    assert_close(got, np.array([[iou_oracle(p, q) for q in b.astype(float)] for p in a.astype(float)]), dtype)
+    assert_close(got, oracles.iou_matrix(a.astype(float), b.astype(float)), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -308,10 +292,10 @@ def test_nms_against_oracle(rng, thr, dtype):
     scores[[3, 50, 77]] = np.nan
     got = ops.nms(boxes, scores, thr, **NB)
     assert got.dtype == np.int64
-    np.testing.assert_array_equal(got, nms_oracle(boxes.astype(float), scores, thr))
+    np.testing.assert_array_equal(got, oracles.nms(boxes.astype(float), scores, thr))
     categories = rng.integers(0, 4, 120)
     np.testing.assert_array_equal(ops.batched_nms(boxes, scores, categories, thr, **NB),
-                                  nms_oracle(boxes.astype(float), scores, thr, categories))
+                                  oracles.nms(boxes.astype(float), scores, thr, categories))
 
 
 def test_nms_special_cases():

@@ -3,6 +3,7 @@ shapes and parameters; against a loop-based oracle of torchvision's box semantic
 backward kernels against float64 central finite differences."""
 import numpy as np
 import pytest
+import oracles
 from conftest import assert_close, central_difference
 
 from pyconv import _spec, ops
@@ -208,6 +209,31 @@ def test_avg_pool2d_against_torch(torch, seed, dtype):
     assert_close(ops.avg_pool2d_backward(grad_out, x.shape, **params, **REF), expected, dtype)
 
 
+# Ceil mode where the last window runs past the padding: PyTorch clips it to the padded input
+# before counting its size (shape, kernel, stride, padding).
+CLIPPED_WINDOWS = [
+    ((1, 2, 6, 6), 3, 2, 1),
+    ((2, 1, 6, 8), 3, 2, 1),
+    ((1, 2, 6, 7), (3, 4), (3, 2), 1),
+]
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("shape, kernel_size, stride, padding", CLIPPED_WINDOWS)
+def test_avg_pool2d_clipped_ceil_windows_against_torch(torch, shape, kernel_size, stride, padding,
+                                                       count_include_pad):
+    rng = np.random.default_rng(sum(shape))
+    params = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=True,
+                  count_include_pad=count_include_pad)
+    x = normal(rng, shape, np.float64)
+    xt = leaf(torch, x)
+    yt = torch.nn.functional.avg_pool2d(xt, **params)
+    assert_close(ops.avg_pool2d(x, **params, **REF), yt.detach().numpy())
+    grad_out = normal(rng, yt.shape, np.float64)
+    (expected,) = torch_grads(torch, yt, grad_out, xt)
+    assert_close(ops.avg_pool2d_backward(grad_out, shape, **params, **REF), expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(12))
 def test_max_unpool2d_against_torch(torch, seed, dtype):
@@ -348,38 +374,6 @@ def test_lstm_against_torch(torch, seed, dtype):
 # done in the boxes' dtype, as the kernels do; thresholds are compared in float64.
 
 
-def oracle_iou(a, b):
-    zero = a.dtype.type(0)
-    area_a = max(zero, a[2] - a[0]) * max(zero, a[3] - a[1])
-    area_b = max(zero, b[2] - b[0]) * max(zero, b[3] - b[1])
-    w = max(zero, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(zero, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else zero
-
-
-def oracle_rank(scores):
-    """Decreasing score, lower index first among equals, NaN scores last."""
-    return sorted(range(len(scores)), key=lambda i: (np.isnan(scores[i]), -np.nan_to_num(scores[i]), i))
-
-
-def oracle_nms(boxes, scores, threshold):
-    kept = []
-    for i in oracle_rank(scores):
-        if all(not np.float64(oracle_iou(boxes[i], boxes[k])) > threshold for k in kept):
-            kept.append(i)
-    return kept
-
-
-def oracle_batched_nms(boxes, scores, idxs, threshold):
-    kept = set()
-    for category in set(idxs.tolist()):
-        members = [i for i in range(len(idxs)) if idxs[i] == category]
-        kept |= {members[j] for j in oracle_nms(boxes[members], scores[members], threshold)}
-    return [i for i in oracle_rank(scores) if i in kept]
-
-
 def random_boxes(rng, n, dtype):
     """Boxes on a small integer grid (so many overlap), some degenerate, some identical."""
     top_left = rng.integers(0, 12, (n, 2))
@@ -403,7 +397,7 @@ def test_box_iou_against_oracle(seed, dtype):
     a, b = random_boxes(rng, int(rng.integers(0, 8)), dtype), random_boxes(rng, int(rng.integers(1, 8)), dtype)
     iou = ops.box_iou(a, b, **REF)
     assert iou.dtype == dtype and iou.shape == (len(a), len(b))
-    expected = np.array([[oracle_iou(p, q) for q in b] for p in a], dtype).reshape(len(a), len(b))
+    expected = oracles.iou_matrix(a, b)
     assert_close(iou, expected, dtype)
     assert np.all((iou >= 0) & (iou <= 1))
 
@@ -426,12 +420,12 @@ def test_nms_against_oracle(seed, dtype):
     threshold = float(rng.choice([0.0, 0.1, 0.3, 0.5, 0.7, 1.0]))
     kept = ops.nms(boxes, scores, threshold, **REF)
     assert kept.dtype == np.int64
-    np.testing.assert_array_equal(kept, oracle_nms(boxes, scores, threshold))
+    np.testing.assert_array_equal(kept, oracles.nms(boxes, scores, threshold))
 
     idxs = rng.integers(0, 3, n)
     kept = ops.batched_nms(boxes, scores, idxs, threshold, **REF)
     assert kept.dtype == np.int64
-    np.testing.assert_array_equal(kept, oracle_batched_nms(boxes, scores, idxs, threshold))
+    np.testing.assert_array_equal(kept, oracles.nms(boxes, scores, threshold, idxs))
 
 
 def test_nms_special_cases():

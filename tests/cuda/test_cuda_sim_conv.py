@@ -98,7 +98,7 @@ def test_conv_transpose2d_forward_and_backward(stride, padding, output_padding, 
 
 
 def test_transpose_conv_worked_example():
-    # API.md: a 4x4 input of ones, a 3x3 kernel of ones, stride 1 -> outer([1,2,3,3,2,1]).
+    # A 4x4 input of ones, a 3x3 kernel of ones, stride 1 -> outer([1,2,3,3,2,1]).
     y = ops.conv_transpose2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), backend="cuda")
     v = np.array([1, 2, 3, 3, 2, 1.0])
     np.testing.assert_array_equal(y[0, 0], np.outer(v, v))

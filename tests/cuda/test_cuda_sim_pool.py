@@ -38,7 +38,7 @@ def test_max_pool2d_without_indices_and_worked_example():
     x = np.array([[2, 3, 1, 9], [4, 7, 3, 5], [8, 2, 2, 2], [1, 3, 4, 5]], np.float32)[None, None]
     y = ops.max_pool2d(x, 2, backend="cuda")
     np.testing.assert_array_equal(y[0, 0], [[7, 9], [8, 5]])
-    # (API.md lists 3.25 for the bottom-left window, but (8 + 2 + 1 + 3) / 4 = 3.5.)
+    # The bottom-left window: (8 + 2 + 1 + 3) / 4 = 3.5.
     np.testing.assert_array_equal(ops.avg_pool2d(x, 2, backend="cuda")[0, 0], [[4, 4.5], [3.5, 3.25]])
 
 

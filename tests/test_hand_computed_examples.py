@@ -1,5 +1,6 @@
-"""The worked examples of API.md (from the seed lecture notes), exactly, on every backend that
-implements the kernel."""
+"""Small examples worked out by hand (pooling, unpooling, a Sobel filter, a transposed
+convolution, the output-size formula), checked exactly on every backend that implements the
+kernel."""
 import numpy as np
 import pytest
 from conftest import backends_with, on_backend, to_numpy
@@ -9,8 +10,8 @@ from pyconv import ops
 POOL_INPUT = [[2, 3, 1, 9], [4, 7, 3, 5], [8, 2, 2, 2], [1, 3, 4, 5]]
 UNPOOL_SOURCE = [[1, 2, 6, 3], [3, 5, 2, 1], [1, 2, 2, 1], [7, 3, 4, 8]]
 
-# The 8x8 "source layer" image of seed 003_f5233e9057ce4163.txt.
-SEED_IMAGE = [
+# An 8x8 image whose Sobel response at the top left is 5.
+IMAGE = [
     [2, 2, 6, 8, 2, 0, 1, 2],
     [4, 3, 4, 5, 1, 9, 6, 3],
     [3, 9, 4, 4, 7, 7, 6, 9],
@@ -43,8 +44,7 @@ def test_max_pool_2x2(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", backends_with("avg_pool2d"))
 def test_avg_pool_2x2(backend, dtype):
-    # Seed 000 and API.md print [[4, 4.5], [3.25, 3.25]], but the bottom-left window holds
-    # 8, 2, 1, 3, whose mean is 3.5 (PyTorch agrees): the slide has an arithmetic slip.
+    # The bottom-left window holds 8, 2, 1, 3: its mean is 3.5 (PyTorch agrees).
     y = ops.avg_pool2d(on_backend(backend, plane(POOL_INPUT, dtype)), 2, 2, backend=backend)
     np.testing.assert_array_equal(to_numpy(y)[0, 0], [[4, 4.5], [3.5, 3.25]])
 
@@ -71,7 +71,7 @@ def test_max_unpool(backend, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", backends_with("conv2d"))
 def test_sobel_top_left_is_5(backend, dtype):
-    x, w = on_backend(backend, plane(SEED_IMAGE, dtype), plane(SOBEL_X, dtype))
+    x, w = on_backend(backend, plane(IMAGE, dtype), plane(SOBEL_X, dtype))
     y = to_numpy(ops.conv2d(x, w, backend=backend))
     assert y.shape == (1, 1, 6, 6)
     assert y[0, 0, 0, 0] == 5
@@ -94,8 +94,8 @@ def test_transpose_conv_of_ones(backend, dtype):
     np.testing.assert_array_equal(y[0, 0], np.outer(profile, profile))
 
 
-def seed_output_size(H, kernel, pad_before, pad_after, stride):
-    """Seed 004's formula: H'' = 1 + floor((H - H' + P- + P+) / S)."""
+def output_size(H, kernel, pad_before, pad_after, stride):
+    """The textbook formula: H'' = 1 + floor((H - H' + P- + P+) / S)."""
     return 1 + (H - kernel + pad_before + pad_after) // stride
 
 
@@ -113,8 +113,8 @@ def test_output_size_formula(backend, H, kernel, padding, stride):
         before = after = padding
     x, w = on_backend(backend, np.ones((1, 1, H, H + 1)), np.ones((1, 1, kernel, kernel)))
     y = ops.conv2d(x, w, stride=stride, padding=padding, backend=backend)
-    expected = seed_output_size(H, kernel, before, after, stride)
-    assert y.shape == (1, 1, expected, seed_output_size(H + 1, kernel, before, after, stride))
+    expected = output_size(H, kernel, before, after, stride)
+    assert y.shape == (1, 1, expected, output_size(H + 1, kernel, before, after, stride))
     # The top-left window covers `before` rows/columns of padding: ones counted = its overlap.
     overlap = (kernel - before) ** 2
     assert float(to_numpy(y)[0, 0, 0, 0]) == overlap

@@ -85,8 +85,8 @@ def cases():
             }[pass_]
             return fn, tfn
 
-        g = _spec.conv2d(np.empty((N, C, H, W), np.float32), np.empty((K, C // groups, R, R), np.float32),
-                         None, stride, pad, 1, groups)
+        g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                         _spec.ShapeDtype((K, C // groups, R, R), np.float32), None, stride, pad, 1, groups)
         if groups == C:  # depthwise: bandwidth-bound, count the bytes of input + output
             return Case(name, "byte", 4 * (N * C * H * W + N * K * g.Ho * g.Wo), make)
         return Case(name, "flop", g.flops, make)

@@ -514,4 +514,33 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false,
           "packed GEMM: c = a @ b (or c += a @ b); row-major, C-contiguous");
+
+    // ---- Elementwise -------------------------------------------------------------------------
+    m.def("leaky_relu",
+          [](Array x, double negative_slope, Array y) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const T* xp = checked<T>(x, shape, "x");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  without_gil([&] { kernels<T>().leaky_relu(x.size(), xp, T(negative_slope), yp); });
+              });
+          },
+          py::arg("x"), py::arg("negative_slope"), py::arg("y"),
+          "y = x where x > 0, else negative_slope * x");
+    m.def("leaky_relu_backward",
+          [](Array grad_y, Array x, double negative_slope, Array grad_x) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const T* xp = checked<T>(x, shape, "x");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  without_gil([&] {
+                      kernels<T>().leaky_relu_backward(x.size(), gy, xp, T(negative_slope), gx);
+                  });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("negative_slope"), py::arg("grad_x"),
+          "grad_x = grad_y where x > 0, else negative_slope * grad_y");
 }

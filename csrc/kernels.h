@@ -87,6 +87,11 @@ struct KernelsFor {
     void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);
     // grad_b[k] = sum over n and the plane of grad_y (N, K, plane).
     void (*conv2d_grad_bias)(int64_t N, int64_t K, int64_t plane, const T* grad_y, T* grad_b);
+
+    // Elementwise over n contiguous elements.
+    void (*leaky_relu)(int64_t n, const T* x, T negative_slope, T* y);
+    void (*leaky_relu_backward)(int64_t n, const T* grad_y, const T* x, T negative_slope,
+                                T* grad_x);
 };
 
 struct KernelTable {

@@ -612,3 +612,20 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
             f"{op}: idxs must have one category per box: boxes {shape_of(boxes)}, idxs {shape_of(idxs)}"
         )
     return thr
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise activations
+
+
+def leaky_relu(x, negative_slope, op="leaky_relu"):
+    check_array(op, "x", x)
+    check_float_dtypes(op, x=x)
+    return real(op, "negative_slope", negative_slope)
+
+
+def leaky_relu_backward(grad_out, x, negative_slope):
+    op = "leaky_relu_backward"
+    slope = leaky_relu(x, negative_slope, op=op)
+    _check_grad_out(op, grad_out, x.shape, x.dtype)
+    return slope

@@ -258,6 +258,30 @@ def _pool_case(name, kind, k, s, p, shape, quick=False):
                 _torch_baseline(torch_fn), quick=quick)
 
 
+def _leaky_relu_case(name, shape, backward, quick=False):
+    """LeakyReLU forward (reads x, writes y) or backward (reads grad and x, writes grad_x)."""
+    slope = 0.2
+
+    def make(rng):
+        return {"x": _f32(rng, *shape), "g": _f32(rng, *shape)}
+
+    def run(a, be):
+        if backward:
+            return ops.leaky_relu_backward(a["g"], a["x"], slope, backend=be)
+        return ops.leaky_relu(a["x"], slope, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, g = torch.from_numpy(a["x"]), torch.from_numpy(a["g"])
+        if backward:
+            return lambda: torch.ops.aten.leaky_relu_backward(g, x, slope, False)
+        return lambda: torch.nn.functional.leaky_relu(x, slope)
+
+    op = "leaky_relu_backward" if backward else "leaky_relu"
+    moved = 4 * math.prod(shape) * (3 if backward else 2)
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
 def _lstm_params(rng, I, Hd):
     bound = 1 / math.sqrt(Hd)
     return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
@@ -408,6 +432,9 @@ def cases(quick: bool) -> list[Case]:
         _pool_case("3x3 s2 p1 + indices 32x64x56x56", "max", 3, 2, 1, (32, 64, 56, 56)),
         _pool_case("2x2 s2 32x64x56x56", "avg", 2, 2, 0, (32, 64, 56, 56)),
         _pool_case("2x2 s2 8x64x56x56", "avg", 2, 2, 0, (8, 64, 56, 56), quick=True),
+        _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=False),
+        _leaky_relu_case("8x64x56x56", (8, 64, 56, 56), backward=False, quick=True),
+        _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
         _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),

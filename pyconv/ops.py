@@ -18,6 +18,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
     "box_iou", "nms", "batched_nms",
+    "leaky_relu", "leaky_relu_backward",
 ]
 
 
@@ -272,3 +273,21 @@ def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
     other), as ``torchvision.ops.batched_nms`` -> kept indices by decreasing score."""
     thr = _spec.batched_nms(boxes, scores, idxs, iou_threshold)
     return _run("batched_nms", "batched_nms", backend, (boxes, scores, _as_int64(idxs)), thr)
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise activations
+
+
+def leaky_relu(x, negative_slope=0.01, *, backend=None):
+    """``x`` where ``x > 0``, else ``negative_slope * x``, as ``torch.nn.functional.leaky_relu``
+    (a slope of 0 is ReLU). Any shape; NaN stays NaN."""
+    slope = _spec.leaky_relu(x, negative_slope)
+    return _run("leaky_relu", "leaky_relu", backend, (x,), slope)
+
+
+def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
+    """Gradient of :func:`leaky_relu` at ``x``: ``grad_out`` where ``x > 0``, else
+    ``negative_slope * grad_out`` (at 0 the slope, as PyTorch)."""
+    slope = _spec.leaky_relu_backward(grad_out, x, negative_slope)
+    return _run("leaky_relu_backward", "leaky_relu_backward", backend, (grad_out, x), slope)

@@ -188,6 +188,29 @@ def batched_nms(n, threshold, categories, ties=False, nan=False):
     return build
 
 
+def activation_input(rng, shape, dtype, noncontiguous=False):
+    """Normal values with exact zeros (where the gradient's slope switches) and NaN/+-inf."""
+    x = pool_input(rng, shape, dtype, specials=x_size(shape) >= 8, noncontiguous=noncontiguous)
+    x.flat[: min(3, x.size)] = 0
+    return x
+
+
+def x_size(shape):
+    return int(np.prod(shape))
+
+
+def leaky_relu(shape, slope, noncontiguous=False):
+    def build(rng, dtype):
+        return (activation_input(rng, shape, dtype, noncontiguous), slope), {}
+    return build
+
+
+def leaky_relu_backward(shape, slope):
+    def build(rng, dtype):
+        return (array(rng, shape, dtype), activation_input(rng, shape, dtype), slope), {}
+    return build
+
+
 def cpu_path(build):
     """Marks a case whose shape exists to reach a branch of the C++ kernels. The CUDA simulator
     runs every GPU thread in Python, where such shapes take minutes each: it leaves them to the
@@ -417,6 +440,19 @@ CASES = {
         "ties_nan": batched_nms(30, 0.3, 4, ties=True, nan=True),
         "one_category": batched_nms(20, 0.4, 1),
         "empty": batched_nms(0, 0.5, 2),
+    },
+    "leaky_relu": {
+        "relu": leaky_relu((2, 3, 5, 7), 0.0),
+        "slope": leaky_relu((4, 9), 0.2, noncontiguous=True),
+        "negative_slope_above_one": leaky_relu((3, 11), 1.5),
+        "threads_split": leaky_relu((3, 70001), 0.01),  # past the C++ kernel's parallel threshold
+        "empty": leaky_relu((0, 3), 0.1),
+    },
+    "leaky_relu_backward": {
+        "relu": leaky_relu_backward((2, 3, 5, 7), 0.0),
+        "slope": leaky_relu_backward((4, 9), 0.2),
+        "threads_split": leaky_relu_backward((3, 70001), 0.01),
+        "empty": leaky_relu_backward((0, 3), 0.1),
     },
 }
 

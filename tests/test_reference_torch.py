@@ -549,3 +549,22 @@ def test_lstm_backward_finite_differences(rng):
 
     grads = ops.lstm_backward(Go, Gh, Gc, *a.values(), **REF)
     assert_gradients(loss, a, dict(zip(a, grads)))
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise activations
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.2, 1.5, -0.3])
+def test_leaky_relu_against_torch(dtype, slope):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 17)).astype(dtype)
+    x[0, :6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-30]
+    g = rng.standard_normal(x.shape).astype(dtype)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = torch.nn.functional.leaky_relu(xt, slope)
+    yt.backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(ops.leaky_relu(x, slope, **REF), yt.detach().numpy())
+    np.testing.assert_array_equal(ops.leaky_relu_backward(g, x, slope, **REF), xt.grad.numpy())

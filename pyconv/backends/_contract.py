@@ -55,6 +55,9 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("nms", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
     KernelSpec("batched_nms", ("boxes", "scores", "idxs", "iou_threshold"),
                "kept indices (int64)"),
+    # Elementwise activations, any shape (ReLU is a slope of 0).
+    KernelSpec("leaky_relu", ("x", "negative_slope"), "y, x's shape"),
+    KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
 )
 
 _CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
@@ -79,6 +82,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "box_iou": ("box_iou",),
     "nms": ("nms",),
     "batched_nms": ("batched_nms",),
+    "leaky_relu": ("leaky_relu",),
+    "leaky_relu_backward": ("leaky_relu_backward",),
 }
 
 

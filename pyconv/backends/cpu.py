@@ -144,3 +144,17 @@ def nms(boxes, scores, iou_threshold):
 def batched_nms(boxes, scores, idxs, iou_threshold):
     keep = np.empty(boxes.shape[0], np.int64)
     return keep[: _C.nms(boxes, scores, idxs, iou_threshold, keep)].copy()
+
+
+@backend.register
+def leaky_relu(x, negative_slope):
+    y = np.empty_like(x)
+    _C.leaky_relu(x, negative_slope, y)
+    return y
+
+
+@backend.register
+def leaky_relu_backward(grad_out, x, negative_slope):
+    grad_x = np.empty_like(x)
+    _C.leaky_relu_backward(grad_out, x, negative_slope, grad_x)
+    return grad_x

@@ -349,3 +349,19 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
         kept[members[nms(boxes[members], scores[members], iou_threshold)]] = True
     order = _ranking(scores)
     return order[kept[order]].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise activations
+
+
+@backend.register
+def leaky_relu(x, negative_slope):
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in PyTorch
+        return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+
+
+@backend.register
+def leaky_relu_backward(grad_out, x, negative_slope):
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))

@@ -1,7 +1,9 @@
 """Activation functions: relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax, log_softmax and
-maxout. Each is array code on the input's array module (NumPy or CuPy)."""
+maxout. leaky_relu runs the selected backend's kernel (pyconv.ops); the others are array code
+on the input's array module (NumPy or CuPy)."""
 from __future__ import annotations
 
+from ... import ops
 from ...autograd import Function, Tensor, array_module, unbroadcast
 from ._util import _channel_shape, _data, _tensor
 
@@ -26,11 +28,11 @@ class _LeakyReLU(Function):
         self.slope = slope
 
     def forward(self, x):
-        self.positive = x > 0
-        return array_module(x).where(self.positive, x, x * self.slope)
+        self.x = x
+        return ops.leaky_relu(x, self.slope)
 
     def backward(self, g):
-        return array_module(g).where(self.positive, g, g * self.slope)
+        return ops.leaky_relu_backward(g, self.x, self.slope)
 
 
 def leaky_relu(x, negative_slope=0.01) -> Tensor:

@@ -1,9 +1,12 @@
-"""The cpu backend's pooling, LSTM and NMS kernels against PyTorch, an independent NMS loop and
-OpenCV, on every ISA variant of the C++ extension (generic, AVX2, AVX-512 where the CPU has it).
-"""
+"""What is specific to the cpu backend's pooling, LSTM and NMS kernels, on every ISA variant of
+the C++ extension: the streaming average pool, repeated indices, saturated gates, NMS on ties,
+NaN scores and degenerate boxes against the oracle and OpenCV, and the bindings' own checks.
+(Every kernel's results are checked against the reference, under every ISA, in
+test_conformance.py.)"""
 import math
 
 import numpy as np
+import oracles
 import pytest
 
 import pyconv
@@ -42,88 +45,6 @@ def close(a, b, dtype):
 # Pooling. Widths of 40+ columns put whole vectors (16 floats with AVX-512) inside the rows, so
 # the vector path, its overlapping last vector and the scalar border columns all run.
 
-POOL_CASES = [
-    # kernel, stride, padding, dilation, ceil_mode
-    (2, 2, 0, 1, False),
-    (3, 2, 1, 1, False),
-    (3, 1, 1, 1, False),
-    (3, 2, 1, 1, True),
-    (2, 2, 1, 1, True),
-    ((3, 2), (2, 1), (1, 0), 1, False),
-    (3, 3, 1, 1, True),
-    (3, 1, 1, 2, False),
-    ((2, 3), 2, (1, 1), (2, 1), True),
-]
-POOL_SHAPES = [(2, 3, 9, 11), (1, 2, 13, 45), (2, 2, 7, 70)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k,s,p,d,ceil", POOL_CASES)
-def test_max_pool2d_matches_torch(isa, dtype, k, s, p, d, ceil):
-    rng = np.random.default_rng(1)
-    for shape in POOL_SHAPES:
-        # Few distinct values: many ties, which must resolve to the first maximum.
-        x = rng.integers(-3, 4, shape).astype(dtype)
-        y, idx = ops.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
-        ty, tidx = F.max_pool2d(t(x), k, s, p, d, ceil, return_indices=True)
-        np.testing.assert_array_equal(y, ty.numpy())
-        np.testing.assert_array_equal(idx, tidx.numpy())
-        np.testing.assert_array_equal(ops.max_pool2d(x, k, s, p, d, ceil), y)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_max_pool2d_nan_and_inf(isa, dtype):
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 3, 12, 50)).astype(dtype)
-    x.flat[rng.choice(x.size, 40, replace=False)] = np.nan
-    x[0, 0, :2] = -np.inf  # windows of -inf only report their first position
-    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1)]:
-        y, idx = ops.max_pool2d(x, k, s, p, return_indices=True)
-        ty, tidx = F.max_pool2d(t(x), k, s, p, return_indices=True)
-        np.testing.assert_array_equal(y, ty.numpy())  # NaNs in the same places
-        np.testing.assert_array_equal(idx, tidx.numpy())
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k,s,p,d,ceil", POOL_CASES[:6])
-def test_max_pool2d_backward_matches_autograd(isa, dtype, k, s, p, d, ceil):
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 10, 41)).astype(dtype)
-    tx = t(x).requires_grad_()
-    ty = F.max_pool2d(tx, k, s, p, d, ceil)
-    g = rng.standard_normal(ty.shape).astype(dtype)
-    ty.backward(t(g))
-    _, idx = ops.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
-    close(ops.max_pool2d_backward(g, idx, x.shape), tx.grad, dtype)
-
-
-AVG_CASES = [
-    # kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
-    (2, 2, 0, False, True, None),
-    (3, 2, 1, False, True, None),
-    (3, 2, 1, False, False, None),
-    (3, 2, 1, True, True, None),
-    (3, 2, 1, True, False, None),
-    (3, 1, 1, False, False, None),
-    ((3, 2), (2, 1), (1, 1), True, True, None),
-    (2, 2, 1, True, True, 3),
-    (3, 3, 1, True, False, -2),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k,s,p,ceil,cip,div", AVG_CASES)
-def test_avg_pool2d_and_backward_match_torch(isa, dtype, k, s, p, ceil, cip, div):
-    rng = np.random.default_rng(4)
-    for shape in POOL_SHAPES:
-        x = rng.standard_normal(shape).astype(dtype)
-        tx = t(x).requires_grad_()
-        ty = F.avg_pool2d(tx, k, s, p, ceil, cip, div)
-        close(ops.avg_pool2d(x, k, s, p, ceil, cip, div), ty, dtype)
-        g = rng.standard_normal(ty.shape).astype(dtype)
-        ty.backward(t(g))
-        close(ops.avg_pool2d_backward(g, x.shape, k, s, p, ceil, cip, div), tx.grad, dtype)
-
 
 def test_avg_pool2d_of_an_input_larger_than_the_cache_matches_torch(isa):
     """Above 24 MiB of input + output the kernel streams its output from a buffer, block of
@@ -131,17 +52,6 @@ def test_avg_pool2d_of_an_input_larger_than_the_cache_matches_torch(isa):
     x = np.random.default_rng(9).standard_normal((3, 5, 647, 661)).astype(np.float32)  # 25.7 MB
     for k, s, p in [(2, 2, 0), (3, 2, 1)]:
         close(ops.avg_pool2d(x, k, s, p), F.avg_pool2d(t(x), k, s, p), np.float32)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_max_unpool2d_matches_torch(isa, dtype):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 3, 11, 40)).astype(dtype)
-    for k, s, p, out in [(2, 2, 0, None), (3, 2, 1, (11, 40)), (2, 2, 0, (11, 41))]:
-        y, idx = ops.max_pool2d(x, k, s, p, return_indices=True)
-        got = ops.max_unpool2d(y, idx, k, s, p, output_size=out)
-        want = F.max_unpool2d(t(y), t(idx), k, s, p, output_size=out)
-        np.testing.assert_array_equal(got, want.numpy())
 
 
 def test_max_unpool2d_repeated_indices_last_wins(isa):
@@ -164,8 +74,6 @@ def test_max_pool2d_backward_sums_repeated_indices(isa):
 # LSTM: shapes with H not a multiple of the gate block (a full vector pair) and B not a multiple
 # of the GEMM tile, so the padding paths run.
 
-LSTM_SIZES = [(1, 1, 1, 1), (3, 2, 5, 7), (4, 9, 33, 40), (2, 10, 17, 70)]
-
 
 def torch_lstm(I, H, bias, dtype, seed):
     torch.manual_seed(seed)
@@ -176,37 +84,6 @@ def torch_lstm(I, H, bias, dtype, seed):
 
 def arrays(params):
     return [None if p is None else p.detach().numpy() for p in params]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("T,B,I,H", LSTM_SIZES)
-def test_lstm_forward_and_backward_match_torch(isa, dtype, bias, T, B, I, H):
-    m, params = torch_lstm(I, H, bias, dtype, seed=T * 100 + H)
-    rng = np.random.default_rng(6)
-    x, go = rng.standard_normal((T, B, I)).astype(dtype), rng.standard_normal((T, B, H)).astype(dtype)
-    h0, c0, ghT, gcT = (rng.standard_normal((B, H)).astype(dtype) for _ in range(4))
-    tx, th0, tc0 = (t(a).requires_grad_() for a in (x, h0, c0))
-    out, (hT, cT) = m(tx, (th0[None], tc0[None]))
-    (out * t(go)).sum().add((hT[0] * t(ghT)).sum()).add((cT[0] * t(gcT)).sum()).backward()
-
-    w = arrays(params)
-    y, (h, c) = ops.lstm(x, h0, c0, *w)
-    close(y, out, dtype)
-    close(h, hT[0], dtype)
-    close(c, cT[0], dtype)
-    # The forward that keeps its gates and states computes the same; the backward from them
-    # and the one that runs the forward again both match PyTorch.
-    y_saved, (h_saved, c_saved), saved = ops.lstm(x, h0, c0, *w, save_for_backward=True)
-    for got, ref in ((y_saved, y), (h_saved, h), (c_saved, c)):
-        np.testing.assert_array_equal(got, ref)
-    want = [tx.grad, th0.grad, tc0.grad] + [None if p is None else p.grad for p in params]
-    for grads in (ops.lstm_backward(go, ghT, gcT, x, h0, c0, *w),
-                  ops.lstm_backward(go, ghT, gcT, x, h0, c0, *w, saved=saved)):
-        for got, ref in zip(grads, want):
-            assert (got is None) == (ref is None)
-            if ref is not None:
-                close(got, ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -221,27 +98,6 @@ def test_lstm_backward_with_missing_gradients(isa, dtype):
     (hT[0] * t(ghT)).sum().backward()
     gx, *_ = ops.lstm_backward(None, ghT, None, x, h0, c0, *arrays(params))
     close(gx, tx.grad, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,I,H", [(1, 1, 1), (5, 3, 33), (64, 20, 40)])
-def test_lstm_cell_and_backward_match_torch(isa, dtype, B, I, H):
-    torch.manual_seed(B + H)
-    cell = torch.nn.LSTMCell(I, H).to(torch.float64 if dtype == np.float64 else torch.float32)
-    params = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal((B, I)).astype(dtype)
-    h, c, gh, gc = (rng.standard_normal((B, H)).astype(dtype) for _ in range(4))
-    tx, th, tc = (t(a).requires_grad_() for a in (x, h, c))
-    h1, c1 = cell(tx, (th, tc))
-    ((h1 * t(gh)).sum() + (c1 * t(gc)).sum()).backward()
-    w = arrays(params)
-    h2, c2 = ops.lstm_cell(x, h, c, *w)
-    close(h2, h1, dtype)
-    close(c2, c1, dtype)
-    grads = ops.lstm_cell_backward(gh, gc, x, h, c, *w)
-    for got, ref in zip(grads, [tx.grad, th.grad, tc.grad] + [p.grad for p in params]):
-        close(got, ref, dtype)
 
 
 def test_lstm_saturated_gates_stay_finite(isa):
@@ -260,58 +116,10 @@ def test_lstm_saturated_gates_stay_finite(isa):
 # Boxes
 
 
-def oracle_iou(a, b):
-    """IoU of two boxes: empty boxes (x2 < x1 or y2 < y1) have area 0; empty union -> 0."""
-    area = lambda q: max(q[2] - q[0], 0) * max(q[3] - q[1], 0)
-    w = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
-    h = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
-    inter = w * h
-    union = area(a) + area(b) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def oracle_nms(boxes, scores, thr, categories=None):
-    """Greedy NMS as a plain loop: visit by decreasing score (ties: lower index; NaN last), keep a
-    box unless a kept box of its category overlaps it with IoU > thr."""
-    n = len(boxes)
-    cat = np.zeros(n, np.int64) if categories is None else categories
-    key = lambda i: (math.isnan(scores[i]), 0.0 if math.isnan(scores[i]) else -scores[i], i)
-    keep = []
-    for i in sorted(range(n), key=key):
-        if all(cat[k] != cat[i] or not oracle_iou(boxes[k], boxes[i]) > thr for k in keep):
-            keep.append(i)
-    return np.array(keep, np.int64)
-
-
 def random_boxes(rng, n, dtype, size=100.0):
     xy = rng.uniform(0, size, (n, 2))
     wh = rng.uniform(1, size / 3, (n, 2))
     return np.concatenate([xy, xy + wh], 1).astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_box_iou_matches_oracle(isa, dtype):
-    rng = np.random.default_rng(9)
-    a = random_boxes(rng, 23, dtype)
-    b = random_boxes(rng, 37, dtype)
-    b[:3, 2] = b[:3, 0] - 1  # empty (x2 < x1)
-    a[0] = b[0]  # two empty boxes: empty union -> 0
-    got = ops.box_iou(a, b)
-    want = np.array([[oracle_iou(p, q) for q in b.astype(np.float64)] for p in a.astype(np.float64)])
-    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-7)
-    assert got[0, 0] == 0
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [0, 1, 2, 17, 300])
-@pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 0.7, 1.0])
-def test_nms_matches_oracle(isa, dtype, n, thr):
-    rng = np.random.default_rng(n)
-    boxes = random_boxes(rng, n, dtype)
-    scores = rng.random(n).astype(dtype)
-    keep = ops.nms(boxes, scores, thr)
-    assert keep.dtype == np.int64
-    np.testing.assert_array_equal(keep, oracle_nms(boxes, scores, thr))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -327,7 +135,7 @@ def test_nms_ties_nan_scores_and_degenerate_boxes(isa, dtype):
     scores[40] = -np.inf
     scores[41] = -0.0
     for thr in (0.2, 0.5, -0.5):
-        np.testing.assert_array_equal(ops.nms(boxes, scores, thr), oracle_nms(boxes, scores, thr))
+        np.testing.assert_array_equal(ops.nms(boxes, scores, thr), oracles.nms(boxes, scores, thr))
     keep = ops.nms(boxes, scores, 0.5)
     assert set(range(20, 35)) <= set(keep.tolist())  # empty boxes are never suppressed
     assert len(ops.nms(boxes, scores, -0.5)) == 1  # every IoU (>= 0) beats a negative threshold
@@ -341,7 +149,7 @@ def test_batched_nms_matches_oracle(isa, dtype):
     scores = rng.integers(0, 50, n).astype(dtype)
     for idxs in (rng.integers(0, 5, n), rng.integers(-3, 1000, n).astype(np.int32), np.zeros(n, np.int64)):
         keep = ops.batched_nms(boxes, scores, idxs, 0.4)
-        np.testing.assert_array_equal(keep, oracle_nms(boxes, scores, 0.4, idxs.astype(np.int64)))
+        np.testing.assert_array_equal(keep, oracles.nms(boxes, scores, 0.4, idxs.astype(np.int64)))
     assert ops.batched_nms(boxes[:0], scores[:0], np.zeros(0, np.int64), 0.5).shape == (0,)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 import pyconv
 from pyconv import _spec, ops
+from pyconv.backends import KERNELS
 from pyconv.backends import get as _backend
 
 
@@ -528,6 +529,12 @@ def kernel_cases(quick: bool) -> list[Case]:
         _batched_nms_case(10000, 20),
     ]
     return cases(quick) + [c for c in extra if c.quick or not quick]
+
+
+def untimed_kernels() -> list[str]:
+    """Kernels of the op catalogue that no case times (a new kernel needs a case here)."""
+    timed = {k for case in kernel_cases(quick=False) for k in case.kernels}
+    return sorted(set(KERNELS) - timed)
 
 
 # ---------------------------------------------------------------------------------------------

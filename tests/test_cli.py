@@ -37,3 +37,7 @@ def test_numpy_greedy_nms_baseline_matches_reference():
 def test_module_entry_point_help():
     r = run_python("-m", "pyconv", "--help")
     assert r.returncode == 0 and "bench" in r.stdout and "info" in r.stdout
+
+
+def test_every_catalogue_kernel_has_a_benchmark_case():
+    assert bench.untimed_kernels() == []

@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = [
     "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
-    "synthetic_classification", "synthetic_images",
+    "synthetic_classification", "synthetic_images", "resize_images",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -57,6 +57,30 @@ def load_digits(dtype=np.float32):
     bunch = _sk_load_digits()
     images = (bunch.images / 16.0).astype(dtype)[:, None]
     return images, bunch.target.astype(np.int64)
+
+
+def _interpolation_matrix(n_out, n_in):
+    """(n_out, n_in) weights of linear interpolation with aligned pixel centres."""
+    pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def resize_images(images, size) -> np.ndarray:
+    """Bilinear resize of images (N, C, H, W) to (N, C, size, size) (size an int or a pair),
+    e.g. the 8x8 digits to 16x16 for a generative model or 32x32 for LeNet-5."""
+    images = np.asarray(images)
+    out_h, out_w = (size, size) if np.isscalar(size) else size
+    rows = _interpolation_matrix(out_h, images.shape[2])
+    cols = _interpolation_matrix(out_w, images.shape[3])
+    out = np.einsum("ih,nchw,jw->ncij", rows, images.astype(np.float64), cols, optimize=True)
+    return out.astype(images.dtype)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

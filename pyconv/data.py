@@ -13,7 +13,8 @@ import numpy as np
 
 __all__ = [
     "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
-    "synthetic_classification", "synthetic_images", "resize_images",
+    "synthetic_classification", "synthetic_images", "resize_images", "synthetic_corpus",
+    "TextStreams",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -239,3 +240,70 @@ def synthetic_images(n=64, size=8, seed=0, dtype=np.float32):
         else:
             x[i, 0, :, pos[i]] += 1
     return x.astype(dtype), y.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+_NAMES = ["ana", "ben", "carla", "dmitri", "eva", "farid", "greta", "hugo", "ines", "jonas",
+          "kemal", "lucia", "marco", "nora", "oscar", "paula", "rosa", "sven", "tomas", "ulla"]
+# (country, language): the languages' first letters all differ, so predicting the letter after
+# "speaks " needs the country, named dozens of characters earlier.
+_COUNTRIES = [("france", "french"), ("spain", "spanish"), ("germany", "german"),
+              ("italy", "italian"), ("japan", "japanese"), ("korea", "korean"),
+              ("brazil", "portuguese"), ("russia", "russian"), ("holland", "dutch"),
+              ("turkey", "turkish")]
+_WORDS = ["the", "old", "house", "by", "a", "river", "with", "green", "doors", "and", "many",
+          "cats", "near", "small", "town", "where", "people", "sing", "at", "night", "over",
+          "hills", "under", "blue", "sky", "every", "summer", "long", "ago"]
+
+
+def synthetic_corpus(n_chars=100_000, seed=0) -> str:
+    """A generated English-like text with long-range dependencies, for character models:
+
+        ines grew up in japan (near small town [with green doors] at night) so ines speaks japanese.
+
+    The language follows from the country 30 to 70 characters before it, the name is
+    repeated across the aside, and each bracket closes many characters after it opens (round
+    brackets may hold a square pair). A model with a short memory cannot predict those."""
+    rng = np.random.default_rng(seed)
+    parts, total = [], 0
+    while total < n_chars:
+        name = _NAMES[rng.integers(len(_NAMES))]
+        country, language = _COUNTRIES[rng.integers(len(_COUNTRIES))]
+        words = [_WORDS[k] for k in rng.integers(len(_WORDS), size=rng.integers(3, 9))]
+        if rng.random() < 0.5:
+            a = rng.integers(len(words))
+            b = rng.integers(a, len(words))
+            words[a] = "[" + words[a]
+            words[b] = words[b] + "]"
+        sentence = f"{name} grew up in {country} ({' '.join(words)}) so {name} speaks {language}. "
+        parts.append(sentence)
+        total += len(sentence)
+    return "".join(parts)[:n_chars]
+
+
+class TextStreams:
+    """Batches for truncated backpropagation through time over one long sequence of token
+    ids: the sequence is cut into `batch_size` contiguous streams, read side by side in
+    windows of `seq_len`; window k of every stream continues window k - 1, so a model can
+    carry its hidden state from one batch to the next (detached: gradients stop at the
+    window's start). Yields ``(x, y, first)``: inputs (B, T), the next tokens (B, T), and
+    whether this is the epoch's first window (time to reset the state)."""
+
+    def __init__(self, ids, batch_size=32, seq_len=64):
+        ids = np.asarray(ids, np.int64)
+        per_stream = (len(ids) - 1) // batch_size
+        if per_stream < 2:
+            raise ValueError(f"TextStreams: {len(ids)} tokens are too few for {batch_size} streams")
+        self.x = ids[:per_stream * batch_size].reshape(batch_size, per_stream)
+        self.y = ids[1:per_stream * batch_size + 1].reshape(batch_size, per_stream)
+        self.seq_len = seq_len
+
+    def __len__(self):
+        return -(-self.x.shape[1] // self.seq_len)
+
+    def __iter__(self):
+        for k, start in enumerate(range(0, self.x.shape[1], self.seq_len)):
+            stop = start + self.seq_len
+            yield self.x[:, start:stop], self.y[:, start:stop], np.array([k == 0])

@@ -1,9 +1,10 @@
 """Models built from pyconv.nn layers: LeNet-5, DCGAN / conditional GAN, a convolutional VAE,
 a gated PixelCNN, a character-level LSTM, SegNet, a DNA-motif CNN, and YOLO-style detection
 post-processing."""
+from .charlstm import CharLSTM
 from .dcgan import DCGAN
 from .lenet import LeNet5
 from .pixelcnn import PixelCNN
 from .vae import VAE
 
-__all__ = ["LeNet5", "DCGAN", "VAE", "PixelCNN"]
+__all__ = ["LeNet5", "DCGAN", "VAE", "PixelCNN", "CharLSTM"]

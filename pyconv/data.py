@@ -14,7 +14,7 @@ import numpy as np
 __all__ = [
     "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
     "synthetic_classification", "synthetic_images", "resize_images", "synthetic_corpus",
-    "TextStreams",
+    "TextStreams", "synthetic_shapes", "SHAPE_CLASSES", "synthetic_dna",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -44,6 +44,29 @@ def one_hot_dna(seq: str, dtype=np.float32) -> np.ndarray:
             raise ValueError(f"one_hot_dna: unknown symbol {seq[i]!r} at position {i} "
                              f"(expected one of {''.join(_IUPAC)})") from None
     return out
+
+
+_MEMBERS = {symbol: "".join(b for b, w in zip("ACGT", weights) if w) for symbol, weights in _IUPAC.items()}
+
+
+def synthetic_dna(n=1000, length=80, motifs=("TGASTCA", "GGGRNTTYCC"), seed=0, dtype=np.float32):
+    """DNA sequences for a motif-finding CNN: class 0 is uniform random background; class k
+    (1 .. len(motifs)) has one instance of IUPAC motif k planted at a random position, each
+    ambiguous symbol drawn from the bases it stands for (S -> C or G, N -> any, ...).
+    -> (x (n, 4, length) one-hot via :func:`one_hot_dna`, labels (n,) int64, sequences)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(motifs) + 1, n)
+    sequences = []
+    for label in labels:
+        seq = list(rng.choice(list("ACGT"), length))
+        if label:
+            motif = motifs[label - 1]
+            start = rng.integers(0, length - len(motif) + 1)
+            for i, symbol in enumerate(motif):
+                seq[start + i] = rng.choice(list(_MEMBERS[symbol]))
+        sequences.append("".join(seq))
+    x = np.stack([one_hot_dna(s, dtype) for s in sequences])
+    return x, labels.astype(np.int64), sequences
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +263,38 @@ def synthetic_images(n=64, size=8, seed=0, dtype=np.float32):
         else:
             x[i, 0, :, pos[i]] += 1
     return x.astype(dtype), y.astype(np.int64)
+
+
+SHAPE_CLASSES = ("background", "square", "disc", "triangle")
+
+
+def synthetic_shapes(n=500, size=32, seed=0, dtype=np.float32):
+    """Grey images (n, 1, size, size) of one to three shapes (squares, discs, triangles) of
+    random size, position and brightness on a noisy background, with per-pixel class masks
+    (n, size, size) int64 (indices into SHAPE_CLASSES; a later shape covers an earlier one).
+    Brightness does not tell the classes apart: a segmenter must look at the shape."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:size, 0:size]
+    images = np.empty((n, 1, size, size), dtype)
+    masks = np.zeros((n, size, size), np.int64)
+    for k in range(n):
+        image = rng.uniform(0.0, 0.3) + 0.08 * rng.standard_normal((size, size))
+        for _ in range(rng.integers(1, 4)):
+            cls = int(rng.integers(1, 4))
+            half = rng.uniform(size * 0.1, size * 0.22)
+            cy, cx = rng.uniform(half, size - half, 2)
+            if cls == 1:
+                inside = (np.abs(rows - cy) <= half) & (np.abs(cols - cx) <= half)
+            elif cls == 2:
+                inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= half ** 2
+            else:  # apex up: the width grows linearly from the top row to the base
+                top = cy - half
+                inside = (rows >= top) & (rows <= cy + half) & \
+                    (np.abs(cols - cx) <= (rows - top) / 2)
+            image[inside] = rng.uniform(0.5, 1.0) + 0.08 * rng.standard_normal(inside.sum())
+            masks[k][inside] = cls
+        images[k, 0] = image
+    return images, masks
 
 
 # ---------------------------------------------------------------------------------------------

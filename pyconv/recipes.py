@@ -496,8 +496,8 @@ class CharLSTMRecipe(Recipe):
         path = os.path.join(out, "samples.txt")
         prefix = data["test_text"][:20]
         with open(path, "w") as f:
-            for t in (0.5, 0.8, 1.0):
-                text = trainer.model.sample(prefix, 300, temperature=t, rng=np.random.default_rng(0))
+            for t in (0.5, 1.0):
+                text = trainer.model.sample(prefix, 240, temperature=t, rng=np.random.default_rng(0))
                 f.write(f"--- temperature {t}\n{text}\n")
         return [path]
 

@@ -47,9 +47,22 @@ def test_cgan_train_resume_and_sample(tmp_path, capsys):
     ("lenet", ["saliency.png"], "test_accuracy"),
     ("vae", ["samples.png", "reconstructions.png", "interpolations.png"], "test_neg_elbo_nats"),
     ("pixelcnn", ["samples.png"], "test_bits_per_dim"),
+    ("segnet", ["segmentation.png"], "test_mean_iou"),
+    ("motif", ["filters.png"], "test_accuracy"),
 ])
 def test_train_writes_the_model_pictures(tmp_path, model, pictures, figure):
     result = train(model, tmp_path)
     for name in ["checkpoint.npz", "loss.png"] + pictures:
         assert (tmp_path / name).stat().st_size > 0, name
     assert figure in result["summary"] and np.isfinite(result["summary"][figure])
+
+
+def test_charlstm_train_and_sample_text(tmp_path):
+    result = train("charlstm", tmp_path)
+    assert (tmp_path / "samples.txt").read_text().startswith("--- temperature")
+    for figure in ("test_bits_per_char", "unigram_bits_per_char", "rnn_test_bits_per_char"):
+        assert np.isfinite(result["summary"][figure])
+    out = tmp_path / "text.txt"
+    assert cli.main(["sample", "charlstm", "--checkpoint", str(tmp_path / "checkpoint.npz"),
+                     "--out", str(out), "--n", "50", "--temperature", "0.5"]) == 0
+    assert len(out.read_text()) == 51

@@ -147,8 +147,9 @@ class Recipe:
     def val_loader(self, data, batch_size):
         return None
 
-    def epoch_metrics(self, trainer, data) -> dict:
-        """Extra figures logged after each epoch (e.g. a test loss)."""
+    def epoch_metrics(self, trainer, data, out) -> dict:
+        """Extra figures logged after each epoch (e.g. a test loss); may write pictures to
+        folder `out`."""
         return {}
 
     # -- results
@@ -232,10 +233,19 @@ class DCGANRecipe(Recipe):
 
         return GANTrainer(model, lr=lr, fixed_samples=100 if self.conditional else 64, **kwargs)
 
+    def epoch_metrics(self, trainer, data, out):
+        """The fixed noise batch's samples after every epoch (out/epochs/), comparable
+        picture to picture."""
+        folder = os.path.join(out, "epochs")
+        os.makedirs(folder, exist_ok=True)
+        pictures.save_grid(trainer.sample_fixed(), os.path.join(folder, f"samples_{trainer.epoch:03d}.png"),
+                           nrow=10 if self.conditional else 8)
+        return {}
+
     def pictures(self, trainer, data, out):
         path = os.path.join(out, "samples.png")
         pictures.save_grid(trainer.sample_fixed(), path, nrow=10 if self.conditional else 8)
-        return [path]
+        return [path, os.path.join(out, "epochs")]
 
     def sample(self, model, n, label=None, temperature=1.0, rng=None):
         labels = None
@@ -311,7 +321,7 @@ class VAERecipe(Recipe):
             return total / len(x)
         return _eval_mode(model, run)
 
-    def epoch_metrics(self, trainer, data):
+    def epoch_metrics(self, trainer, data, out):
         return {"val_neg_elbo": -self.test_elbo(trainer.model, data["test"][0])}
 
     def summary(self, trainer, data):
@@ -374,7 +384,7 @@ class PixelCNNRecipe(VAERecipe):
         return _eval_mode(model, lambda: float(np.mean(np.concatenate(
             [model.bits_per_dim(b).data for (b,) in _batches((x,), 256)]))))
 
-    def epoch_metrics(self, trainer, data):
+    def epoch_metrics(self, trainer, data, out):
         return {"val_bits_per_dim": self.test_bits_per_dim(trainer.model, data["test"][0])}
 
     def summary(self, trainer, data):
@@ -452,7 +462,7 @@ class CharLSTMRecipe(Recipe):
 
         return Trainer(model, Adam(model.parameters(), lr=lr), step_fn=step, **kwargs)
 
-    def epoch_metrics(self, trainer, data):
+    def epoch_metrics(self, trainer, data, out):
         return {"val_bits_per_char": trainer.model.bits_per_char(trainer.model.encode(data["test_text"]))}
 
     def cue_accuracy(self, model, text):
@@ -482,6 +492,8 @@ class CharLSTMRecipe(Recipe):
         out = {"test_bits_per_char": model.bits_per_char(test_ids), "unigram_bits_per_char": float(unigram),
                "test_cue_accuracy": self.cue_accuracy(model, data["test_text"])}
         # the same network with plain RNN layers, trained the same way, for comparison
+        print(f"charlstm: training the same network with plain RNN layers ({trainer.epoch} epochs) "
+              f"for comparison", flush=True)
         config = dict(model.config, cell="rnn")
         manual_seed(0)
         rnn = self.build(config)
@@ -655,7 +667,7 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     epoch_start = [start]
 
     def on_epoch_end(trainer, logs):
-        logs.update(recipe.epoch_metrics(trainer, dataset))
+        logs.update(recipe.epoch_metrics(trainer, dataset, out))
         now = time.perf_counter()
         logs["seconds"] = now - epoch_start[0]
         epoch_start[0] = now

@@ -21,7 +21,7 @@ def test_cgan_train_resume_and_sample(tmp_path, capsys):
     out = tmp_path / "cgan"
     first = train("cgan", out)
     assert [h["epoch"] for h in first["history"]] == [1]
-    for name in ("checkpoint.npz", "history.json", "loss.png", "samples.png"):
+    for name in ("checkpoint.npz", "history.json", "loss.png", "samples.png", "epochs/samples_001.png"):
         assert (out / name).stat().st_size > 0
     printed = capsys.readouterr().out
     assert "epoch 1/1" in printed and "sample_accuracy" in printed

@@ -14,7 +14,7 @@ import numpy as np
 __all__ = [
     "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
     "synthetic_classification", "synthetic_images", "resize_images", "synthetic_corpus",
-    "TextStreams", "synthetic_shapes", "SHAPE_CLASSES", "synthetic_dna",
+    "TextStreams", "synthetic_shapes", "SHAPE_CLASSES", "synthetic_dna", "random_shift",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -174,10 +174,13 @@ class DataLoader:
     and returning a tuple of arrays. Each iteration yields tuples of arrays (a single array for
     a single-array dataset). With shuffle, each epoch draws a new permutation from a generator
     seeded with `seed`; ``state_dict()`` / ``load_state_dict()`` save and restore it, so a
-    resumed training run sees the same batches.
+    resumed training run sees the same batches. transform(batch, rng) -> batch, if given,
+    changes each batch (data augmentation, e.g. :func:`random_shift`) with random draws from
+    that same generator, so augmented runs resume exactly too.
     """
 
-    def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False):
+    def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False,
+                 transform=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if isinstance(dataset, (tuple, list)):
@@ -187,6 +190,7 @@ class DataLoader:
                                  f"{[len(a) for a in dataset]}")
         self.dataset = dataset
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.transform = transform
         self.rng = np.random.default_rng(seed)
 
     def __len__(self):
@@ -206,7 +210,8 @@ class DataLoader:
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            yield self._take(order[start:start + self.batch_size])
+            batch = self._take(order[start:start + self.batch_size])
+            yield batch if self.transform is None else self.transform(batch, self.rng)
 
     def state_dict(self) -> dict:
         return {"rng": json.dumps(self.rng.bit_generator.state)}
@@ -214,6 +219,20 @@ class DataLoader:
     def load_state_dict(self, state):
         value = state["rng"]
         self.rng.bit_generator.state = json.loads(value.item() if hasattr(value, "item") else value)
+
+
+def random_shift(max_shift):
+    """A DataLoader transform: each image of the batch's first array (N, C, H, W) moves by
+    up to `max_shift` pixels in each direction, the uncovered border filled with zeros."""
+    def transform(batch, rng):
+        images, *rest = batch if isinstance(batch, tuple) else (batch,)
+        n, _, h, w = images.shape
+        m = max_shift
+        padded = np.pad(images, ((0, 0), (0, 0), (m, m), (m, m)))
+        dy, dx = rng.integers(0, 2 * m + 1, (2, n))
+        out = np.stack([padded[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+        return (out, *rest) if rest or isinstance(batch, tuple) else out
+    return transform
 
 
 def train_test_split(*arrays, test_size=0.2, seed=0, shuffle=True):
@@ -313,21 +332,23 @@ _WORDS = ["the", "old", "house", "by", "a", "river", "with", "green", "doors", "
           "hills", "under", "blue", "sky", "every", "summer", "long", "ago"]
 
 
-def synthetic_corpus(n_chars=100_000, seed=0) -> str:
+def synthetic_corpus(n_chars=100_000, seed=0, aside_words=(3, 8)) -> str:
     """A generated English-like text with long-range dependencies, for character models:
 
         ines grew up in japan (near small town [with green doors] at night) so ines speaks japanese.
 
     The language follows from the country 30 to 70 characters before it, the name is
     repeated across the aside, and each bracket closes many characters after it opens (round
-    brackets may hold a square pair). A model with a short memory cannot predict those."""
+    brackets may hold a square pair). A model with a short memory cannot predict those.
+    aside_words: the smallest and largest number of words in the bracketed aside."""
     rng = np.random.default_rng(seed)
     parts, total = [], 0
     while total < n_chars:
         name = _NAMES[rng.integers(len(_NAMES))]
         country, language = _COUNTRIES[rng.integers(len(_COUNTRIES))]
-        words = [_WORDS[k] for k in rng.integers(len(_WORDS), size=rng.integers(3, 9))]
-        if rng.random() < 0.5:
+        count = rng.integers(aside_words[0], aside_words[1] + 1)
+        words = [_WORDS[k] for k in rng.integers(len(_WORDS), size=count)]
+        if words and rng.random() < 0.5:
             a = rng.integers(len(words))
             b = rng.integers(a, len(words))
             words[a] = "[" + words[a]

@@ -46,6 +46,10 @@ class CharLSTM(nn.Module):
         self.embed = nn.Embedding(len(vocab), embed_dim, dtype=dtype)
         if cell == "lstm":
             self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, dtype=dtype)
+            # forget gates start open (bias 1, Jozefowicz et al. 2015): the cell state keeps what
+            # it read from the start of training, so long-range gradients do not vanish at once
+            for k in range(num_layers):
+                getattr(self.rnn, f"bias_ih_l{k}").data[hidden_size:2 * hidden_size] = 1.0
         else:
             self.cells = nn.Sequential(*[nn.RNNCell(embed_dim if k == 0 else hidden_size, hidden_size,
                                                     dtype=dtype) for k in range(num_layers)])

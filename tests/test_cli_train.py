@@ -2,6 +2,7 @@
 writes, the printed summary, --resume, and the samples (with labels for a conditional model)."""
 import json
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -66,3 +67,17 @@ def test_charlstm_train_and_sample_text(tmp_path):
     assert cli.main(["sample", "charlstm", "--checkpoint", str(tmp_path / "checkpoint.npz"),
                      "--out", str(out), "--n", "50", "--temperature", "0.5"]) == 0
     assert len(out.read_text()) == 51
+
+
+def test_train_on_mnist_idx_files(tmp_path):
+    """--data mnist:PATH reads the IDX files (here a small fake set with MNIST's layout)."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+            (tmp_path / f"{prefix}-{kind}-ubyte").write_bytes(header + array.tobytes())
+    result = train("lenet", tmp_path / "run", "--data", f"mnist:{tmp_path}")
+    assert result["data"] == f"mnist:{tmp_path}" and result["config"] == {}
+    assert np.isfinite(result["summary"]["test_accuracy"])

@@ -170,7 +170,7 @@ class Recipe:
 class LeNetRecipe(Recipe):
     name = "lenet"
     description = "LeNet-5 digit classifier (test accuracy, saliency maps)"
-    epochs, batch_size, lr = 20, 32, 1e-3
+    epochs, batch_size, lr = 30, 32, 2e-3
     lr_decay = 0.9
 
     def train_loader(self, data, batch_size, seed):

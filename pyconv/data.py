@@ -319,8 +319,6 @@ def synthetic_shapes(n=500, size=32, seed=0, dtype=np.float32):
 # ---------------------------------------------------------------------------------------------
 # Text
 
-_NAMES = ["ana", "ben", "carla", "dmitri", "eva", "farid", "greta", "hugo", "ines", "jonas",
-          "kemal", "lucia", "marco", "nora", "oscar", "paula", "rosa", "sven", "tomas", "ulla"]
 # (country, language): the languages' first letters all differ, so predicting the letter after
 # "speaks " needs the country, named dozens of characters earlier.
 _COUNTRIES = [("france", "french"), ("spain", "spanish"), ("germany", "german"),
@@ -332,19 +330,18 @@ _WORDS = ["the", "old", "house", "by", "a", "river", "with", "green", "doors", "
           "hills", "under", "blue", "sky", "every", "summer", "long", "ago"]
 
 
-def synthetic_corpus(n_chars=100_000, seed=0, aside_words=(3, 8)) -> str:
+def synthetic_corpus(n_chars=100_000, seed=0, aside_words=(0, 4)) -> str:
     """A generated English-like text with long-range dependencies, for character models:
 
-        ines grew up in japan (near small town [with green doors] at night) so ines speaks japanese.
+        grew up in japan (near small [town] at night) so speaks japanese.
 
-    The language follows from the country 30 to 70 characters before it, the name is
-    repeated across the aside, and each bracket closes many characters after it opens (round
-    brackets may hold a square pair). A model with a short memory cannot predict those.
-    aside_words: the smallest and largest number of words in the bracketed aside."""
+    The language follows from the country named 15 to 40 characters before it, and each
+    bracket closes characters after it opens (the round brackets may hold a square pair): a
+    model with a short memory cannot predict either. aside_words: the smallest and largest
+    number of words in the bracketed aside."""
     rng = np.random.default_rng(seed)
     parts, total = [], 0
     while total < n_chars:
-        name = _NAMES[rng.integers(len(_NAMES))]
         country, language = _COUNTRIES[rng.integers(len(_COUNTRIES))]
         count = rng.integers(aside_words[0], aside_words[1] + 1)
         words = [_WORDS[k] for k in rng.integers(len(_WORDS), size=count)]
@@ -353,7 +350,7 @@ def synthetic_corpus(n_chars=100_000, seed=0, aside_words=(3, 8)) -> str:
             b = rng.integers(a, len(words))
             words[a] = "[" + words[a]
             words[b] = words[b] + "]"
-        sentence = f"{name} grew up in {country} ({' '.join(words)}) so {name} speaks {language}. "
+        sentence = f"grew up in {country} ({' '.join(words)}) so speaks {language}. "
         parts.append(sentence)
         total += len(sentence)
     return "".join(parts)[:n_chars]

@@ -422,9 +422,9 @@ class PixelCNNRecipe(VAERecipe):
 class CharLSTMRecipe(Recipe):
     name = "charlstm"
     description = "character LSTM on a generated corpus with long-range dependencies (bits/char vs unigram and a plain RNN)"
-    epochs, batch_size, lr = 15, 32, 3e-3
+    epochs, batch_size, lr = 16, 16, 3e-3
     default_data = "corpus"
-    seq_len = 64
+    seq_len = 100
     cue = "speaks "  # in the built-in corpus the next letter needs the country named long before
 
     def load_data(self, spec, seed=0, limit=None):

@@ -1,4 +1,5 @@
-"""The ``pyconv`` command: ``pyconv info``, ``pyconv bench``."""
+"""The ``pyconv`` command: ``pyconv info``, ``pyconv bench``, ``pyconv train MODEL``,
+``pyconv sample MODEL``."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,38 @@ def _bench(args):
                ops_filter=args.ops, reps=args.reps, threads=args.threads)
 
 
+def _setup(args):
+    import pyconv
+
+    if args.backend:
+        pyconv.set_backend(args.backend)
+    if args.threads:
+        pyconv.set_num_threads(args.threads)
+
+
+def _train(args):
+    from pyconv import recipes
+
+    _setup(args)
+    recipes.train(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  data=args.data, out=args.out, resume=args.resume, seed=args.seed,
+                  limit=args.limit, progress=not args.no_progress)
+
+
+def _sample(args):
+    from pyconv import recipes
+
+    _setup(args)
+    recipes.sample(args.model, args.checkpoint, args.out, n=args.n, npz=args.npz,
+                   temperature=args.temperature, label=args.label, seed=args.seed)
+
+
+def _model_names():
+    from pyconv.recipes import RECIPES
+
+    return sorted(RECIPES)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="pyconv", description="pyconv: hand-written neural-network kernels")
@@ -47,6 +80,43 @@ def build_parser():
     p.add_argument("--reps", type=int, help="timed repetitions per implementation")
     p.add_argument("--threads", type=int, help="threads for pyconv and PyTorch (default: all cores)")
     p.set_defaults(func=_bench)
+
+    models = _model_names()
+    p = sub.add_parser(
+        "train", help="train a model on offline data; metrics, checkpoint, history and pictures",
+        description="Trains MODEL (defaults need no download: the bundled digits, synthetic "
+        "shapes/DNA/text) with a progress bar and per-epoch metrics, then prints its quality "
+        "figures and writes into --out: checkpoint.npz, history.json, loss.png and the model's "
+        "pictures.")
+    p.add_argument("model", choices=models)
+    p.add_argument("--epochs", type=int, help="epochs (default: the model's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the model's)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the model's)")
+    p.add_argument("--data", help="digits (default for images), mnist:PATH (IDX files in PATH), "
+                   "text:FILE (charlstm)")
+    p.add_argument("--out", help="output folder (default runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only this many training (and test) samples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--backend", help="kernel backend (default: cpu)")
+    p.add_argument("--threads", type=int, help="threads for the CPU backends")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid",
+                       description="Draws samples from the model in --checkpoint (written by "
+                       "'pyconv train') into a PNG grid, or a text file for charlstm.")
+    p.add_argument("model", choices=models)
+    p.add_argument("--checkpoint", required=True, help="checkpoint.npz written by 'pyconv train'")
+    p.add_argument("--out", required=True, help="the PNG grid (text file for charlstm)")
+    p.add_argument("--n", type=int, default=64, help="number of samples (characters for charlstm)")
+    p.add_argument("--npz", help="also write the raw samples (and labels) to this .npz")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--label", type=int, help="class to condition on (conditional models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", help="kernel backend (default: cpu)")
+    p.add_argument("--threads", type=int, help="threads for the CPU backends")
+    p.set_defaults(func=_sample)
     return parser
 
 

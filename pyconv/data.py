@@ -13,7 +13,8 @@ import numpy as np
 
 __all__ = [
     "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
-    "synthetic_classification", "synthetic_images",
+    "synthetic_classification", "synthetic_images", "resize_images", "synthetic_corpus",
+    "TextStreams", "synthetic_shapes", "SHAPE_CLASSES", "synthetic_dna", "random_shift",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -45,6 +46,29 @@ def one_hot_dna(seq: str, dtype=np.float32) -> np.ndarray:
     return out
 
 
+_MEMBERS = {symbol: "".join(b for b, w in zip("ACGT", weights) if w) for symbol, weights in _IUPAC.items()}
+
+
+def synthetic_dna(n=1000, length=80, motifs=("TGASTCA", "GGGRNTTYCC"), seed=0, dtype=np.float32):
+    """DNA sequences for a motif-finding CNN: class 0 is uniform random background; class k
+    (1 .. len(motifs)) has one instance of IUPAC motif k planted at a random position, each
+    ambiguous symbol drawn from the bases it stands for (S -> C or G, N -> any, ...).
+    -> (x (n, 4, length) one-hot via :func:`one_hot_dna`, labels (n,) int64, sequences)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(motifs) + 1, n)
+    sequences = []
+    for label in labels:
+        seq = list(rng.choice(list("ACGT"), length))
+        if label:
+            motif = motifs[label - 1]
+            start = rng.integers(0, length - len(motif) + 1)
+            for i, symbol in enumerate(motif):
+                seq[start + i] = rng.choice(list(_MEMBERS[symbol]))
+        sequences.append("".join(seq))
+    x = np.stack([one_hot_dna(s, dtype) for s in sequences])
+    return x, labels.astype(np.int64), sequences
+
+
 # ---------------------------------------------------------------------------------------------
 # Image data sets
 
@@ -57,6 +81,30 @@ def load_digits(dtype=np.float32):
     bunch = _sk_load_digits()
     images = (bunch.images / 16.0).astype(dtype)[:, None]
     return images, bunch.target.astype(np.int64)
+
+
+def _interpolation_matrix(n_out, n_in):
+    """(n_out, n_in) weights of linear interpolation with aligned pixel centres."""
+    pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    pos = np.clip(pos, 0, n_in - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), lo] += 1 - frac
+    m[np.arange(n_out), hi] += frac
+    return m
+
+
+def resize_images(images, size) -> np.ndarray:
+    """Bilinear resize of images (N, C, H, W) to (N, C, size, size) (size an int or a pair),
+    e.g. the 8x8 digits to 16x16 for a generative model or 32x32 for LeNet-5."""
+    images = np.asarray(images)
+    out_h, out_w = (size, size) if np.isscalar(size) else size
+    rows = _interpolation_matrix(out_h, images.shape[2])
+    cols = _interpolation_matrix(out_w, images.shape[3])
+    out = np.einsum("ih,nchw,jw->ncij", rows, images.astype(np.float64), cols, optimize=True)
+    return out.astype(images.dtype)
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -126,10 +174,13 @@ class DataLoader:
     and returning a tuple of arrays. Each iteration yields tuples of arrays (a single array for
     a single-array dataset). With shuffle, each epoch draws a new permutation from a generator
     seeded with `seed`; ``state_dict()`` / ``load_state_dict()`` save and restore it, so a
-    resumed training run sees the same batches.
+    resumed training run sees the same batches. transform(batch, rng) -> batch, if given,
+    changes each batch (data augmentation, e.g. :func:`random_shift`) with random draws from
+    that same generator, so augmented runs resume exactly too.
     """
 
-    def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False):
+    def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False,
+                 transform=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if isinstance(dataset, (tuple, list)):
@@ -139,6 +190,7 @@ class DataLoader:
                                  f"{[len(a) for a in dataset]}")
         self.dataset = dataset
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.transform = transform
         self.rng = np.random.default_rng(seed)
 
     def __len__(self):
@@ -158,7 +210,8 @@ class DataLoader:
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            yield self._take(order[start:start + self.batch_size])
+            batch = self._take(order[start:start + self.batch_size])
+            yield batch if self.transform is None else self.transform(batch, self.rng)
 
     def state_dict(self) -> dict:
         return {"rng": json.dumps(self.rng.bit_generator.state)}
@@ -166,6 +219,20 @@ class DataLoader:
     def load_state_dict(self, state):
         value = state["rng"]
         self.rng.bit_generator.state = json.loads(value.item() if hasattr(value, "item") else value)
+
+
+def random_shift(max_shift):
+    """A DataLoader transform: each image of the batch's first array (N, C, H, W) moves by
+    up to `max_shift` pixels in each direction, the uncovered border filled with zeros."""
+    def transform(batch, rng):
+        images, *rest = batch if isinstance(batch, tuple) else (batch,)
+        n, _, h, w = images.shape
+        m = max_shift
+        padded = np.pad(images, ((0, 0), (0, 0), (m, m), (m, m)))
+        dy, dx = rng.integers(0, 2 * m + 1, (2, n))
+        out = np.stack([padded[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+        return (out, *rest) if rest or isinstance(batch, tuple) else out
+    return transform
 
 
 def train_test_split(*arrays, test_size=0.2, seed=0, shuffle=True):
@@ -215,3 +282,101 @@ def synthetic_images(n=64, size=8, seed=0, dtype=np.float32):
         else:
             x[i, 0, :, pos[i]] += 1
     return x.astype(dtype), y.astype(np.int64)
+
+
+SHAPE_CLASSES = ("background", "square", "disc", "triangle")
+
+
+def synthetic_shapes(n=500, size=32, seed=0, dtype=np.float32):
+    """Grey images (n, 1, size, size) of one to three shapes (squares, discs, triangles) of
+    random size, position and brightness on a noisy background, with per-pixel class masks
+    (n, size, size) int64 (indices into SHAPE_CLASSES; a later shape covers an earlier one).
+    Brightness does not tell the classes apart: a segmenter must look at the shape."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:size, 0:size]
+    images = np.empty((n, 1, size, size), dtype)
+    masks = np.zeros((n, size, size), np.int64)
+    for k in range(n):
+        image = rng.uniform(0.0, 0.3) + 0.08 * rng.standard_normal((size, size))
+        for _ in range(rng.integers(1, 4)):
+            cls = int(rng.integers(1, 4))
+            half = rng.uniform(size * 0.1, size * 0.22)
+            cy, cx = rng.uniform(half, size - half, 2)
+            if cls == 1:
+                inside = (np.abs(rows - cy) <= half) & (np.abs(cols - cx) <= half)
+            elif cls == 2:
+                inside = (rows - cy) ** 2 + (cols - cx) ** 2 <= half ** 2
+            else:  # apex up: the width grows linearly from the top row to the base
+                top = cy - half
+                inside = (rows >= top) & (rows <= cy + half) & \
+                    (np.abs(cols - cx) <= (rows - top) / 2)
+            image[inside] = rng.uniform(0.5, 1.0) + 0.08 * rng.standard_normal(inside.sum())
+            masks[k][inside] = cls
+        images[k, 0] = image
+    return images, masks
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+# (country, language): the languages' first letters all differ, so predicting the letter after
+# "speaks " needs the country, named dozens of characters earlier.
+_COUNTRIES = [("france", "french"), ("spain", "spanish"), ("germany", "german"),
+              ("italy", "italian"), ("japan", "japanese"), ("korea", "korean"),
+              ("brazil", "portuguese"), ("russia", "russian"), ("holland", "dutch"),
+              ("turkey", "turkish")]
+_WORDS = ["the", "old", "house", "by", "a", "river", "with", "green", "doors", "and", "many",
+          "cats", "near", "small", "town", "where", "people", "sing", "at", "night", "over",
+          "hills", "under", "blue", "sky", "every", "summer", "long", "ago"]
+
+
+def synthetic_corpus(n_chars=100_000, seed=0, aside_words=(0, 4)) -> str:
+    """A generated English-like text with long-range dependencies, for character models:
+
+        grew up in japan (near small [town] at night) so speaks japanese.
+
+    The language follows from the country named 15 to 40 characters before it, and each
+    bracket closes characters after it opens (the round brackets may hold a square pair): a
+    model with a short memory cannot predict either. aside_words: the smallest and largest
+    number of words in the bracketed aside."""
+    rng = np.random.default_rng(seed)
+    parts, total = [], 0
+    while total < n_chars:
+        country, language = _COUNTRIES[rng.integers(len(_COUNTRIES))]
+        count = rng.integers(aside_words[0], aside_words[1] + 1)
+        words = [_WORDS[k] for k in rng.integers(len(_WORDS), size=count)]
+        if words and rng.random() < 0.5:
+            a = rng.integers(len(words))
+            b = rng.integers(a, len(words))
+            words[a] = "[" + words[a]
+            words[b] = words[b] + "]"
+        sentence = f"grew up in {country} ({' '.join(words)}) so speaks {language}. "
+        parts.append(sentence)
+        total += len(sentence)
+    return "".join(parts)[:n_chars]
+
+
+class TextStreams:
+    """Batches for truncated backpropagation through time over one long sequence of token
+    ids: the sequence is cut into `batch_size` contiguous streams, read side by side in
+    windows of `seq_len`; window k of every stream continues window k - 1, so a model can
+    carry its hidden state from one batch to the next (detached: gradients stop at the
+    window's start). Yields ``(x, y, first)``: inputs (B, T), the next tokens (B, T), and
+    whether this is the epoch's first window (time to reset the state)."""
+
+    def __init__(self, ids, batch_size=32, seq_len=64):
+        ids = np.asarray(ids, np.int64)
+        per_stream = (len(ids) - 1) // batch_size
+        if per_stream < 2:
+            raise ValueError(f"TextStreams: {len(ids)} tokens are too few for {batch_size} streams")
+        self.x = ids[:per_stream * batch_size].reshape(batch_size, per_stream)
+        self.y = ids[1:per_stream * batch_size + 1].reshape(batch_size, per_stream)
+        self.seq_len = seq_len
+
+    def __len__(self):
+        return -(-self.x.shape[1] // self.seq_len)
+
+    def __iter__(self):
+        for k, start in enumerate(range(0, self.x.shape[1], self.seq_len)):
+            stop = start + self.seq_len
+            yield self.x[:, start:stop], self.y[:, start:stop], np.array([k == 0])

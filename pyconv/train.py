@@ -11,9 +11,9 @@ state, pyconv's random generator (dropout), the training loader's shuffling gene
 history and the early-stopping counters: a run resumed from it continues exactly as the
 uninterrupted run would have, bit for bit.
 
-Custom training steps (a GAN's alternating discriminator and generator updates) replace the
-default step: ``step_fn(trainer, batch) -> dict of floats``; ``trainer.optimizers`` is then a
-dict of named optimisers.
+Custom training steps replace the default step: ``step_fn(trainer, batch) -> dict of
+floats``; ``trainer.optimizers`` is then a dict of named optimisers. :class:`GANTrainer` is such
+a trainer: alternating discriminator and generator steps with the non-saturating generator loss.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from . import random as _random
 from .autograd import Tensor, no_grad
 from .serialization import CheckpointError, load, save
 
-__all__ = ["Trainer", "accuracy", "supervised_step"]
+__all__ = ["Trainer", "GANTrainer", "accuracy", "supervised_step", "gan_step"]
 
 _FORMAT = "pyconv.Trainer/1"
 
@@ -71,7 +71,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, metrics=None, step_fn=None, device="cpu",
                  checkpoint_path=None, early_stopping=None, monitor="val_loss", mode="min",
-                 progress=True):
+                 progress=True, metadata=None):
         if loss_fn is None and step_fn is None:
             from .nn.functional import cross_entropy as loss_fn
         if mode not in ("min", "max"):
@@ -83,6 +83,7 @@ class Trainer:
         self.device, self.checkpoint_path = device, checkpoint_path
         self.early_stopping, self.monitor, self.mode = early_stopping, monitor, mode
         self.progress = progress
+        self.metadata = dict(metadata or {})
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
         self.best = None
@@ -95,9 +96,11 @@ class Trainer:
         return next(iter(self.optimizers.values()))
 
     # -- the loop
-    def fit(self, train_loader, epochs, val_loader=None, resume=False) -> list[dict]:
+    def fit(self, train_loader, epochs, val_loader=None, resume=False, on_epoch_end=None) -> list[dict]:
         """Trains until `epochs` epochs are complete (counting those of a resumed run).
-        resume: True to continue from checkpoint_path when that file exists, or a path."""
+        resume: True to continue from checkpoint_path when that file exists, or a path.
+        on_epoch_end(trainer, logs): called after each epoch, before its checkpoint; it may add
+        entries (e.g. a test metric) to `logs`, which go into the history."""
         if resume:
             path = self.checkpoint_path if resume is True else resume
             if path is not None and os.path.exists(path):
@@ -110,6 +113,8 @@ class Trainer:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
             self.epoch += 1
             logs["epoch"] = self.epoch
+            if on_epoch_end is not None:
+                on_epoch_end(self, logs)
             self.history.append(logs)
             stop = self._update_early_stopping(logs)
             if self.checkpoint_path is not None:
@@ -180,6 +185,8 @@ class Trainer:
             "early_stopping": {"best": np.nan if self.best is None else self.best,
                                "bad_epochs": self.bad_epochs},
         }
+        if self.metadata:
+            state["metadata"] = self.metadata
         if train_loader is not None and hasattr(train_loader, "state_dict"):
             state["loader"] = train_loader.state_dict()
         folder = os.path.dirname(os.path.abspath(path))
@@ -210,3 +217,80 @@ class Trainer:
         best = float(state["early_stopping"]["best"])
         self.best = None if np.isnan(best) else best
         self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
+
+
+# ---------------------------------------------------------------------------------------------
+# GANs
+
+
+def gan_step(trainer, batch) -> dict:
+    """One GAN update on a batch of real images (and labels, for a conditional model):
+
+    1. the discriminator learns to tell the real images (target 1) from the generator's
+       samples (target 0), the generator frozen;
+    2. the generator learns to make the discriminator call its samples real, the
+       discriminator frozen. The loss is the non-saturating -log D(G(z)) rather than
+       log(1 - D(G(z))), whose gradient vanishes while the discriminator wins easily, as it
+       does early in training.
+
+    `trainer.model` has ``generator``, ``discriminator``, ``conditional`` and ``noise(n)``;
+    `trainer.optimizers` has "generator" and "discriminator"."""
+    from .nn.functional import binary_cross_entropy_with_logits as bce
+
+    gan = trainer.model
+    G, D = gan.generator, gan.discriminator
+    real = Tensor(batch[0])
+    labels = batch[1] if gan.conditional else None
+    n = len(batch[0])
+    ones, zeros = np.ones(n, real.dtype), np.zeros(n, real.dtype)
+
+    G.requires_grad_(False)
+    fake = G(gan.noise(n), labels)  # no graph: nothing in G requires a gradient
+    d_real, d_fake = D(real, labels), D(fake, labels)
+    loss_d = bce(d_real, ones) + bce(d_fake, zeros)
+    trainer.optimizers["discriminator"].zero_grad()
+    loss_d.backward()
+    trainer.optimizers["discriminator"].step()
+    G.requires_grad_(True)
+
+    D.requires_grad_(False)
+    d_gen = D(G(gan.noise(n), labels), labels)
+    loss_g = bce(d_gen, ones)
+    trainer.optimizers["generator"].zero_grad()
+    loss_g.backward()
+    trainer.optimizers["generator"].step()
+    D.requires_grad_(True)
+
+    def mean_probability(logits):
+        return float((1 / (1 + np.exp(-logits.data.astype(np.float64)))).mean())
+
+    return {"loss_d": float(loss_d.item()), "loss_g": float(loss_g.item()),
+            "D(x)": mean_probability(d_real), "D(G(z))": mean_probability(d_fake)}
+
+
+class GANTrainer(Trainer):
+    """A :class:`Trainer` for a GAN (e.g. :class:`pyconv.models.DCGAN`): Adam for both networks
+    (lr 2e-4, betas (0.5, 0.999) as DCGAN) and :func:`gan_step`. A fixed batch of noise (and
+    labels in blocks of equal size, class by class, for a conditional model), drawn once from `seed`, is reused by
+    :meth:`sample_fixed` after every epoch, so that the sample grids of successive epochs and
+    of resumed runs show the same latent points.
+
+        trainer = GANTrainer(DCGAN(), checkpoint_path="run/last.npz")
+        trainer.fit(loader, epochs=20, on_epoch_end=lambda t, logs: save_grid(t.sample_fixed(), ...))
+    """
+
+    def __init__(self, gan, lr=2e-4, betas=(0.5, 0.999), fixed_samples=64, seed=0, **kwargs):
+        from .optim import Adam
+
+        optimizers = {"generator": Adam(gan.generator.parameters(), lr=lr, betas=betas),
+                      "discriminator": Adam(gan.discriminator.parameters(), lr=lr, betas=betas)}
+        super().__init__(gan, optimizers, step_fn=gan_step, **kwargs)
+        self.fixed_noise = gan.noise(fixed_samples, np.random.default_rng(seed))
+        # Conditional: class 0 for the first n/K samples, then class 1, ... (a row per class).
+        per_class = -(-fixed_samples // gan.num_classes)
+        self.fixed_labels = np.repeat(np.arange(gan.num_classes), per_class)[:fixed_samples] \
+            if gan.conditional else None
+
+    def sample_fixed(self) -> np.ndarray:
+        """The generator's images (in [0, 1]) for the fixed noise batch."""
+        return self.model.sample(z=self.fixed_noise, labels=self.fixed_labels)

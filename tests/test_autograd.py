@@ -246,3 +246,22 @@ def test_comparisons_give_boolean_tensors_outside_the_graph():
     assert not (a > 0).requires_grad and (a > 0).dtype == bool
     assert ((a >= 0).data == (a.data >= 0)).all() and ((a < a).data == False).all()  # noqa: E712
     assert len({a, a.detach()}) == 2  # hashable by identity
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_max_gradient_keeps_the_dtype_and_splits_ties(axis):
+    a = Tensor(np.array([[1.0, 3.0, 3.0], [2.0, 0.0, -1.0]], np.float32), requires_grad=True)
+    a.max(axis=axis).sum().backward()
+    expected = [[0, 0.5, 0.5], [0, 0, 0]] if axis is None else [[0, 0.5, 0.5], [1, 0, 0]]
+    np.testing.assert_array_equal(a.grad, np.array(expected, np.float32))
+
+
+def test_max_passes_a_float32_gradient_to_the_kernels_before_it():
+    """A max over a conv1d's output (global max pooling): the conv's backward kernel takes
+    only gradients of its own dtype."""
+    import pyconv.nn.functional as F
+
+    x = Tensor(np.ones((2, 3, 8), np.float32), requires_grad=True)
+    w = Tensor(np.full((4, 3, 3), 0.1, np.float32), requires_grad=True)
+    F.conv1d(x, w).max(axis=2).sum().backward()
+    assert x.grad.dtype == w.grad.dtype == np.float32

@@ -292,7 +292,9 @@ class Max(Function):
         if not self.keepdims:
             g = g.reshape(self.y.shape)
         winners = self.a == self.y
-        return winners * (g / winners.sum(axis=self.axis, keepdims=True))
+        # The tie count is an integer array: cast it so the gradient keeps g's dtype.
+        ties = winners.sum(axis=self.axis, keepdims=True).astype(g.dtype)
+        return winners * (g / ties)
 
 
 # ---------------------------------------------------------------------------------------------

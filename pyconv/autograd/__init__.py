@@ -20,15 +20,5 @@ from .tensor import Tensor, array_module, enable_grad, is_grad_enabled, no_grad
 
 __all__ = [
     "Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "array_module",
-    "concatenate", "stack", "gradcheck", "unbroadcast", "scatter_add",
+    "concatenate", "stack", "unbroadcast", "scatter_add",
 ]
-
-
-def __getattr__(name):
-    # gradcheck is a testing tool defined in pyconv.testing, which builds on this package, so
-    # it is imported on first access rather than at load time.
-    if name == "gradcheck":
-        from ..testing import gradcheck
-
-        return gradcheck
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -407,6 +407,9 @@ def conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation,
         for n, s, p, d, k, o in zip((Hin, Win), stride, pad, dilation, (R, S), out_pad)
     )
     context = f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})"
+    for axis, n, s, out_size in (("height", Hin, stride[0], Hout), ("width", Win, stride[1], Wout)):
+        check_extent(op, f"the output {axis} ((input {n} - 1) * stride {s} - 2*padding + "
+                         "dilated kernel + output_padding)", out_size, context)
     if min(Hout, Wout) < 1:
         raise ValueError(
             f"{op}: the output would be empty ({Hout}x{Wout}): padding {pad} is too large{context}"

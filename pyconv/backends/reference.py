@@ -335,13 +335,14 @@ def _area(boxes):
 def box_iou(boxes1, boxes2):
     """IoU[i, j] = area(b1[i] & b2[j]) / area(b1[i] | b2[j]). Widths and heights are clamped at
     0, so a degenerate box (x2 < x1 or y2 < y1) is empty; where the union is 0 the IoU is 0.
-    A NaN coordinate gives NaN IoU for the pairs it is in."""
-    top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = np.clip(bottom_right - top_left, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter
+    NaN and inf follow IEEE arithmetic (np.maximum, np.minimum and np.clip propagate NaN): a
+    NaN coordinate gives NaN IoU for the pairs it is in; inf - inf and 0 * inf give NaN."""
     with np.errstate(invalid="ignore", divide="ignore"):
+        top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+        bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+        wh = np.clip(bottom_right - top_left, 0, None)
+        inter = wh[..., 0] * wh[..., 1]
+        union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter
         return np.where(union == 0, 0, inter / union).astype(boxes1.dtype)
 
 

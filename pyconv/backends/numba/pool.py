@@ -207,21 +207,54 @@ def _max_pool2d(x, g, y, indices):
 
 @kernel
 def _scatter_add_planes(values, indices, out):
-    """out[p, indices[p, j]] += values[p, j] (out zeroed first)."""
+    """out[p, indices[p, j]] += values[p, j] (out zeroed first). Indices outside
+    [0, out.shape[1]) are skipped and counted -> the count."""
+    skipped = 0
     for p in prange(values.shape[0]):
         out[p] = 0
         for j in range(values.shape[1]):
-            out[p, indices[p, j]] += values[p, j]
+            i = indices[p, j]
+            if _u(i) < _u(out.shape[1]):  # unsigned: a negative index is out of range too
+                out[p, i] += values[p, j]
+            else:
+                skipped += 1
+    return skipped
 
 
 @kernel
 def _scatter_planes(values, indices, out):
     """out[p, indices[p, j]] = values[p, j] (out zeroed first); a repeated index keeps the
-    last value in row-major order, as PyTorch's CPU kernel."""
+    last value in row-major order, as PyTorch's CPU kernel. Indices outside [0, out.shape[1])
+    are skipped and counted -> the count."""
+    skipped = 0
     for p in prange(values.shape[0]):
         out[p] = 0
         for j in range(values.shape[1]):
-            out[p, indices[p, j]] = values[p, j]
+            i = indices[p, j]
+            if _u(i) < _u(out.shape[1]):
+                out[p, i] = values[p, j]
+            else:
+                skipped += 1
+    return skipped
+
+
+def _scatter(op, scatter, values, indices, output_shape, dtype):
+    """Runs a plane scatter of values (N, C, h, w) at indices (same shape) into a new array of
+    output_shape (N, C, H, W), after checking the shapes it relies on; raises ValueError
+    naming the op for indices outside [0, H*W) (the public ops reject them before)."""
+    N, C, H, W = output_shape
+    if (values.ndim != 4 or tuple(indices.shape) != tuple(values.shape)
+            or tuple(values.shape[:2]) != (N, C) or indices.dtype != np.int64):
+        raise ValueError(f"{op}: values {values.shape} and int64 indices {indices.shape} must "
+                         f"have one shape, with batch and channels of {tuple(output_shape)}"
+                         f" (indices are {indices.dtype})")
+    out = np.empty(output_shape, dtype)
+    skipped = scatter(values.reshape(N * C, -1), indices.reshape(N * C, -1),
+                      out.reshape(N * C, H * W))
+    if skipped:
+        raise ValueError(f"{op}: {skipped} indices lie outside [0, {H * W}) (H*W) and were "
+                         "skipped")
+    return out
 
 
 @helper
@@ -335,11 +368,8 @@ def max_pool2d(x, g, with_indices):
 
 @backend.register
 def max_pool2d_backward(grad_out, indices, input_shape):
-    N, C, H, W = input_shape
-    grad_x = np.empty(input_shape, grad_out.dtype)
-    _scatter_add_planes(grad_out.reshape(N * C, -1), indices.reshape(N * C, -1),
-                        grad_x.reshape(N * C, H * W))
-    return grad_x
+    return _scatter("max_pool2d_backward", _scatter_add_planes, grad_out, indices, input_shape,
+                    grad_out.dtype)
 
 
 @backend.register
@@ -359,7 +389,4 @@ def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
 
 @backend.register
 def max_unpool2d(x, indices, output_shape):
-    N, C, H, W = output_shape
-    y = np.empty(output_shape, x.dtype)
-    _scatter_planes(x.reshape(N * C, -1), indices.reshape(N * C, -1), y.reshape(N * C, H * W))
-    return y
+    return _scatter("max_unpool2d", _scatter_planes, x, indices, output_shape, x.dtype)

@@ -70,8 +70,10 @@ def _conv2d_gemm(x, w, bias, g, y):
 @kernel
 def _conv2d_depthwise(x, w, bias, g, y):
     """Direct loop for one input channel per group: x (N, C, H, W), w (K, 1, R, S) ->
-    y (N, K, Ho, Wo). Output channel k reads input channel k // (K/groups)."""
+    y (N, K, Ho, Wo). Output channel k reads input channel k // (K/groups). The padding enters
+    the sum as zeros, as in the GEMM path: a NaN or infinite weight over it gives NaN."""
     Kg = g.K // g.groups
+    zero = x.dtype.type(0)
     for nk in prange(g.N * g.K):
         n, k = nk // g.K, nk % g.K
         c = k // Kg
@@ -80,11 +82,11 @@ def _conv2d_depthwise(x, w, bias, g, y):
                 acc = bias[k]
                 for r in range(g.R):
                     ih = ho * g.sh - g.ph + r * g.dh
-                    if 0 <= ih < g.H:
-                        for s in range(g.S):
-                            iw = wo * g.sw - g.pw + s * g.dw
-                            if 0 <= iw < g.W:
-                                acc += w[k, 0, r, s] * x[n, c, ih, iw]
+                    row_inside = 0 <= ih < g.H
+                    for s in range(g.S):
+                        iw = wo * g.sw - g.pw + s * g.dw
+                        inside = row_inside and 0 <= iw < g.W
+                        acc += w[k, 0, r, s] * (x[n, c, ih, iw] if inside else zero)
                 y[n, k, ho, wo] = acc
 
 

@@ -442,7 +442,7 @@ def pool_output_size(n, k, s, p, d, ceil_mode):
     return out
 
 
-def _windows_touch_input(n, out, k, s, p, d):
+def windows_touch_input(n, out, k, s, p, d):
     """True when every one of `out` windows holds at least one of the n input positions.
 
     Window o starts at o*s - p. pool_output_size keeps every start below n, so a window that
@@ -474,7 +474,7 @@ def pool_geom(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
         for n, k, s, p, d in zip((H, W), kernel, stride, pad, dilation)
     ]
     if min(out) < 1 or not all(
-        _windows_touch_input(n, o, k, s, p, d)
+        windows_touch_input(n, o, k, s, p, d)
         for n, o, k, s, p, d in zip((H, W), out, kernel, stride, pad, dilation)
     ):
         raise ValueError(

@@ -388,3 +388,34 @@ def test_nms_nan_iou_never_suppresses(backend, threshold):
     # Box 2 duplicates box 0 (IoU 1); box 3 has IoU 0 with box 0 (kept at threshold >= 0).
     expected = {0.5: [0, 1, 3], 0.0: [0, 1, 3], -1.0: [0, 1]}[threshold]
     np.testing.assert_array_equal(kept, expected)
+
+
+@pytest.mark.skipif("numba" not in pyconv.backends(), reason="numba backend not available")
+def test_numba_kernels_check_the_geometry_they_rely_on():
+    """Called directly with arrays or geometries the public ops would never pass, the numba
+    kernels raise ValueError naming the kernel instead of indexing out of bounds."""
+    from pyconv import _spec
+
+    kernels = _registry.get("numba").kernels
+    x = f32(1, 2, 4, 4)
+    g = _spec.conv2d(x, W, None, 1, 0, 1, 1)
+    pool = _spec.max_pool2d(x, 2, None, 0, 1, False)
+    bad_calls = [
+        ("conv2d", lambda: kernels["conv2d"](f32(1, 2, 5, 4), W, None, g)),
+        ("conv2d", lambda: kernels["conv2d"](x, f32(3, 1, 1, 1), None, g)),
+        ("conv2d", lambda: kernels["conv2d"](x, W, f32(2), g)),
+        ("conv2d", lambda: kernels["conv2d"](x, W, None, g._replace(groups=2))),
+        ("conv2d_grad_input", lambda: kernels["conv2d_grad_input"](f32(1, 3, 4, 3), W, g)),
+        ("conv2d_grad_weight", lambda: kernels["conv2d_grad_weight"](GO, f32(1, 2, 4, 3), g)),
+        ("max_pool2d", lambda: kernels["max_pool2d"](f32(1, 2, 3, 4), pool, True)),
+        ("max_pool2d", lambda: kernels["max_pool2d"](x, pool._replace(ph=1, kh=1), True)),
+        ("max_pool2d", lambda: kernels["max_pool2d"](x, pool._replace(Ho=3), True)),
+        ("max_pool2d", lambda: kernels["max_pool2d"](x, pool._replace(Ho=5), True)),
+        ("avg_pool2d", lambda: kernels["avg_pool2d"](x, pool._replace(pw=2, kw=2), True, 0)),
+        ("avg_pool2d", lambda: kernels["avg_pool2d"](x, pool._replace(dh=2), True, 0)),
+        ("avg_pool2d_backward", lambda: kernels["avg_pool2d_backward"](f32(1, 2, 3, 2), pool, True, 0)),
+    ]
+    for kernel, call in bad_calls:
+        with pytest.raises(ValueError, match=f"^{kernel}: "):
+            call()
+    np.testing.assert_array_equal(kernels["max_pool2d"](x, pool, True)[0], f32(1, 2, 2, 2))

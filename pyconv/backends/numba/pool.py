@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ... import _spec
 from . import backend
-from ._jit import _u, helper, inlined, kernel
+from ._jit import _u, check_shapes, helper, inlined, kernel
 
 
 @helper
@@ -356,8 +357,20 @@ def _planes(a):
     return a.reshape(-1, a.shape[2], a.shape[3])
 
 
+def _check_windows(op, g):
+    """Every window must hold an input pixel: the loops start from a window's first tap
+    inside the input without checking that there is one. The spec's rule, checked again."""
+    for n, out, k, s, p, d in ((g.H, g.Ho, g.kh, g.sh, g.ph, g.dh),
+                               (g.W, g.Wo, g.kw, g.sw, g.pw, g.dw)):
+        if (min(k, s, d) < 1 or p < 0 or p > k // 2 or (out - 1) * s - p >= n
+                or not _spec.windows_touch_input(n, out, k, s, p, d)):
+            raise ValueError(f"{op}: {g} has a window that lies entirely in the padding")
+
+
 @backend.register
 def max_pool2d(x, g, with_indices):
+    _check_windows("max_pool2d", g)
+    check_shapes("max_pool2d", x=(x, g.input_shape))
     y = np.empty(g.output_shape, x.dtype)
     # Computed even when not asked for: a select per tap costs little next to the loads, and
     # one loop for both cases keeps the code and the compiled copies down.
@@ -374,6 +387,10 @@ def max_pool2d_backward(grad_out, indices, input_shape):
 
 @backend.register
 def avg_pool2d(x, g, count_include_pad, divisor_override):
+    _check_windows("avg_pool2d", g)
+    if g.dh != 1 or g.dw != 1:  # the loops below assume it
+        raise ValueError(f"avg_pool2d: dilation must be 1, got {(g.dh, g.dw)}")
+    check_shapes("avg_pool2d", x=(x, g.input_shape))
     y = np.empty(g.output_shape, x.dtype)
     _avg_pool2d(_planes(x), g, count_include_pad, divisor_override, _planes(y))
     return y
@@ -381,6 +398,10 @@ def avg_pool2d(x, g, count_include_pad, divisor_override):
 
 @backend.register
 def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
+    _check_windows("avg_pool2d_backward", g)
+    if g.dh != 1 or g.dw != 1:  # the loops below assume it
+        raise ValueError(f"avg_pool2d_backward: dilation must be 1, got {(g.dh, g.dw)}")
+    check_shapes("avg_pool2d_backward", grad_out=(grad_out, g.output_shape))
     grad_x = np.empty(g.input_shape, grad_out.dtype)
     _avg_pool2d_backward(_planes(grad_out), g, count_include_pad, divisor_override,
                          _planes(grad_x))

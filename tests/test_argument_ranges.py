@@ -30,12 +30,11 @@ def f32(*shape):
 
 
 X, W = f32(1, 2, 4, 4), f32(3, 2, 1, 1)
-W3 = f32(3, 2, 3, 3)
 X1, W1 = f32(1, 2, 4), f32(3, 2, 1)
 GO = f32(1, 3, 4, 4)                       # grad_out of conv2d(X, W)
 WT = f32(2, 3, 1, 1)                       # conv_transpose2d(X, WT): (1, 3, 4, 4)
 PG, PI = f32(1, 2, 2, 2), np.zeros((1, 2, 2, 2), np.int64)
-H, C, LX, WIH, WHH = f32(3, 5), f32(3, 4), f32(3, 4), f32(20, 4), f32(20, 5)
+LX, WIH, WHH = f32(3, 4), f32(20, 4), f32(20, 5)
 BOXES, SCORES = np.array([[0, 0, 1, 1], [0, 0, 2, 2]], np.float32), np.array([1, 2], np.float32)
 # Zero-stride views: shapes far beyond memory that cost nothing, for the size checks.
 MANY_BOXES = np.broadcast_to(np.float32(1), (2**31, 4))
@@ -419,3 +418,27 @@ def test_numba_kernels_check_the_geometry_they_rely_on():
         with pytest.raises(ValueError, match=f"^{kernel}: "):
             call()
     np.testing.assert_array_equal(kernels["max_pool2d"](x, pool, True)[0], f32(1, 2, 2, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM gates saturated by infinite pre-activations: sigmoid(-inf) is exactly 0 and tanh(+-inf)
+# exactly +-1 on every backend (so 0 * inf in the cell update is NaN, as in the reference).
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lstm_cell_saturated_gates(backend, dtype):
+    B, I, Hd = 2, 1, 3
+    x = np.full((B, I), 0.5, dtype)
+    h = np.full((B, Hd), 0.25, dtype)
+    c = np.array([[1, 2, 3], [4, 5, np.inf]], dtype)
+    w_ih = np.zeros((4 * Hd, I), dtype)
+    w_hh = np.zeros((4 * Hd, Hd), dtype)
+    w_hh[Hd:2 * Hd, 0] = -np.inf        # forget gate: sigmoid(-inf) = 0 for every unit
+    w_ih[2 * Hd:3 * Hd, 0] = 40.0       # cell input: tanh(20) = 1 in both precisions
+    w_ih[3 * Hd:, 0] = np.inf           # output gate: sigmoid(inf) = 1
+    h_new, c_new = ops.lstm_cell(x, h, c, w_ih, w_hh, backend=backend)
+    expected_c = np.full((B, Hd), 0.5, dtype)   # 0 * c + sigmoid(0) * 1
+    expected_c[1, 2] = np.nan                   # 0 * inf
+    np.testing.assert_array_equal(c_new, expected_c)
+    assert_close(h_new, np.tanh(expected_c))   # tanh approximations differ in the last bits

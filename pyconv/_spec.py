@@ -22,10 +22,11 @@ Geometry conventions shared by every backend:
 Ranges. Kernels compute indices and byte offsets in signed 64-bit integers. So every integer
 argument lies in (-2**62, 2**62), and every quantity derived from the arguments that a kernel
 may compute (padded extent ``H + 2*padding``, dilated kernel span ``dilation*(kernel - 1) + 1``,
-the reach of the windows ``(Ho - 1)*stride + span``, output sizes, and each output's size in
-bytes) must be below ``2**62``: then a sum of two of them still fits in an int64. Anything
-beyond is a ValueError naming the op and the argument, the same on every backend. Large but
-consistent values stay valid (a stride of 2**40 with one output position, as PyTorch allows).
+the reach of the windows ``(Ho - 1)*stride + span``, output sizes, the window area of average
+pooling, and each output's size in bytes) must be below ``2**62``: then a sum of two of them
+still fits in an int64. NMS takes at most 2**31 - 1 boxes. Anything beyond is a ValueError
+naming the op and the argument, the same on every backend. Large but consistent values stay
+valid (a stride of 2**40 with one output position, as PyTorch allows).
 """
 from __future__ import annotations
 

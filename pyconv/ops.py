@@ -4,7 +4,9 @@ Each function checks its arguments once (``pyconv._spec``), picks the backend (t
 ``backend=`` keyword, else the selected one, else ``"cpu"`` for NumPy and ``"cuda"`` for CuPy
 arrays) and calls that backend's kernel with C-contiguous arrays and the computed geometry.
 Layouts are NCHW (NCL for 1-D); weights as PyTorch; float32 or float64; index arrays int64.
-Outputs are new C-contiguous arrays.
+Outputs are new C-contiguous arrays. Arguments out of the supported ranges (``pyconv._spec``)
+raise ValueError before any backend runs; an output too large for the memory at hand raises
+MemoryError naming the op.
 """
 from __future__ import annotations
 

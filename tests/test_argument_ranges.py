@@ -7,6 +7,7 @@ the argument, raised before any backend runs, identical on every backend. Consis
 values (a stride of 2**62 - 1 with one output position) stay valid.
 """
 import importlib
+import inspect
 from fractions import Fraction
 
 import numpy as np
@@ -104,9 +105,14 @@ def test_out_of_range_is_a_value_error_naming_op_and_argument(op, args, kwargs, 
         assert word in message, message
 
 
-def test_out_of_range_cases_cover_every_pooling_and_conv_op():
-    covered = {op for op, *_ in OUT_OF_RANGE}
-    assert covered >= set(ops.__all__) - {"lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward"}
+SIZE_ARGUMENTS = {"stride", "padding", "dilation", "groups", "kernel_size", "output_padding",
+                  "output_size", "input_shape", "divisor_override", "iou_threshold"}
+
+
+def test_out_of_range_cases_cover_every_op_with_size_arguments():
+    with_sizes = {op for op in ops.__all__
+                  if SIZE_ARGUMENTS & set(inspect.signature(getattr(ops, op)).parameters)}
+    assert {op for op, *_ in OUT_OF_RANGE} >= with_sizes
 
 
 def test_the_message_is_the_same_on_every_backend():

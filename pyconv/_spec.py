@@ -18,6 +18,15 @@ Geometry conventions shared by every backend:
   conv1d is the conv2d with H = R = 1. A transpose convolution is described by the geometry of
   the direct convolution whose input gradient it is: its output is that convolution's input.
 * ``PoolGeom`` describes a pooling window: input (N, C, H, W) -> output (N, C, Ho, Wo).
+
+Ranges. Kernels compute indices and byte offsets in signed 64-bit integers. So every integer
+argument lies in (-2**62, 2**62), and every quantity derived from the arguments that a kernel
+may compute (padded extent ``H + 2*padding``, dilated kernel span ``dilation*(kernel - 1) + 1``,
+the reach of the windows ``(Ho - 1)*stride + span``, output sizes, the window area of average
+pooling, and each output's size in bytes) must be below ``2**62``: then a sum of two of them
+still fits in an int64. NMS takes at most 2**31 - 1 boxes. Anything beyond is a ValueError
+naming the op and the argument, the same on every backend. Large but consistent values stay
+valid (a stride of 2**40 with one output position, as PyTorch allows).
 """
 from __future__ import annotations
 
@@ -30,6 +39,11 @@ from typing import NamedTuple
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Bound on integer arguments and derived extents (see "Ranges" above).
+SIZE_LIMIT = 2**62
+# NMS ranks boxes with 32-bit positions on some backends.
+MAX_BOXES = 2**31 - 1
 
 
 class ConvGeom(NamedTuple):
@@ -170,9 +184,32 @@ def check_index_dtype(op, name, a):
 
 
 def _int(op, name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    """An int argument: Python or NumPy integers, not bools (nor floats, even integral ones),
+    in (-2**62, 2**62)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__} {v!r}")
-    return int(v)
+    v = int(v)
+    if abs(v) >= SIZE_LIMIT:
+        raise ValueError(f"{op}: {name} must lie in (-2**62, 2**62), got {v}")
+    return v
+
+
+def check_extent(op, what, value, context=""):
+    """A derived size or offset must be below SIZE_LIMIT (see "Ranges" above)."""
+    if value >= SIZE_LIMIT:
+        raise ValueError(
+            f"{op}: {what} would be {value}, beyond the supported 2**62{context}"
+        )
+
+
+def check_allocatable(op, what, shape, dtype):
+    """An output of this shape and dtype must be addressable: fewer than 2**62 bytes."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes >= SIZE_LIMIT:
+        raise ValueError(
+            f"{op}: the {what} of shape {tuple(shape)} and dtype {np.dtype(dtype)} would take "
+            f"{nbytes} bytes, beyond the supported 2**62"
+        )
 
 
 def ntuple(op, name, value, n, *, minimum):
@@ -198,9 +235,32 @@ def check_shape_tuple(op, name, shape, n):
 
 
 def real(op, name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
-    return float(v)
+    try:
+        v = float(v)
+    except OverflowError:
+        raise ValueError(f"{op}: {name} is too large for a float") from None
+    if math.isnan(v):
+        raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
+    return v
+
+
+def _check_window_extents(op, axes, context):
+    """Per spatial axis (name, input size n, kernel k, stride s, padding p, dilation d, output
+    size out): the extents that window index arithmetic reaches must fit (see "Ranges")."""
+    for axis, n, k, s, p, d, out in axes:
+        check_extent(op, f"the padded {axis} (input {n} + 2*padding {p})", n + 2 * p, context)
+        span = d * (k - 1) + 1
+        check_extent(op, f"the dilated kernel {axis} (dilation {d} * (kernel {k} - 1) + 1)",
+                     span, context)
+        check_extent(op, f"the reach of the windows along the {axis} ((output {out} - 1) * "
+                         f"stride {s} + dilated kernel {span})", (out - 1) * s + span, context)
+
+
+def _conv_extents(op, g, context):
+    _check_window_extents(op, (("height", g.H, g.R, g.sh, g.ph, g.dh, g.Ho),
+                               ("width", g.W, g.S, g.sw, g.pw, g.dw, g.Wo)), context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,9 +318,16 @@ def _conv_geom(op, x, w, b, stride, padding, dilation, groups, nd):
         )
     if nd == 1:
         (L,), (R,), (Lo,) = spatial, kernel, out
-        return ConvGeom(N, C, 1, L, K, 1, R, 1, Lo, 1, stride[0], 0, pad[0], 1, dilation[0], groups)
-    (H, W), (R, S), (Ho, Wo) = spatial, kernel, out
-    return ConvGeom(N, C, H, W, K, R, S, Ho, Wo, *stride, *pad, *dilation, groups)
+        g = ConvGeom(N, C, 1, L, K, 1, R, 1, Lo, 1, stride[0], 0, pad[0], 1, dilation[0], groups)
+        out_shape = (N, K, Lo)
+    else:
+        (H, W), (R, S), (Ho, Wo) = spatial, kernel, out
+        g = ConvGeom(N, C, H, W, K, R, S, Ho, Wo, *stride, *pad, *dilation, groups)
+        out_shape = g.output_shape
+    context = f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})"
+    _conv_extents(op, g, context)
+    check_allocatable(op, "output", out_shape, x.dtype)
+    return g
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups, op="conv2d"):
@@ -340,12 +407,18 @@ def conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation,
         (n - 1) * s - 2 * p + d * (k - 1) + o + 1
         for n, s, p, d, k, o in zip((Hin, Win), stride, pad, dilation, (R, S), out_pad)
     )
+    context = f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})"
+    for axis, n, s, out_size in (("height", Hin, stride[0], Hout), ("width", Win, stride[1], Wout)):
+        check_extent(op, f"the output {axis} ((input {n} - 1) * stride {s} - 2*padding + "
+                         "dilated kernel + output_padding)", out_size, context)
     if min(Hout, Wout) < 1:
         raise ValueError(
-            f"{op}: the output would be empty ({Hout}x{Wout}): padding {pad} is too large "
-            f"(x.shape={shape_of(x)}, w.shape={shape_of(w)})"
+            f"{op}: the output would be empty ({Hout}x{Wout}): padding {pad} is too large{context}"
         )
-    return ConvGeom(N, Cout, Hout, Wout, Cin, R, S, Hin, Win, *stride, *pad, *dilation, groups)
+    g = ConvGeom(N, Cout, Hout, Wout, Cin, R, S, Hin, Win, *stride, *pad, *dilation, groups)
+    _conv_extents(op, g, context)
+    check_allocatable(op, "output", g.input_shape, x.dtype)
+    return g
 
 
 def conv_transpose2d_backward(grad_out, x, w, stride, padding, output_padding, groups, dilation, needs):
@@ -370,11 +443,18 @@ def pool_output_size(n, k, s, p, d, ceil_mode):
     return out
 
 
-def _windows_touch_input(n, out, k, s, p, d):
-    """True when every one of `out` windows holds at least one of the n input positions."""
-    starts = np.arange(out) * s - p
-    first = np.where(starts >= 0, starts, starts + (-starts + d - 1) // d * d)
-    return bool(np.all((first < n) & (first <= starts + d * (k - 1))))
+def windows_touch_input(n, out, k, s, p, d):
+    """True when every one of `out` windows holds at least one of the n input positions.
+
+    Window o starts at o*s - p. pool_output_size keeps every start below n, so a window that
+    starts at or after 0 holds its first tap. One that starts in the padding (start < 0) first
+    reaches the input at start mod d, by its tap ceil(-start/d) <= p/d <= k - 1 (as p <= k/2):
+    it holds an input position unless start mod d >= n. That needs d > n; then a non-empty
+    output (span = d*(k - 1) + 1 <= n + 2p + s - 1 in either mode) with p <= k/2 leaves p <= s:
+    at most one window starts in the padding, so the loop below is short."""
+    if d <= n:
+        return True
+    return all((o * s - p) % d < n for o in range(min(out, -(-p // s))))
 
 
 def pool_geom(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
@@ -395,7 +475,7 @@ def pool_geom(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
         for n, k, s, p, d in zip((H, W), kernel, stride, pad, dilation)
     ]
     if min(out) < 1 or not all(
-        _windows_touch_input(n, o, k, s, p, d)
+        windows_touch_input(n, o, k, s, p, d)
         for n, o, k, s, p, d in zip((H, W), out, kernel, stride, pad, dilation)
     ):
         raise ValueError(
@@ -403,6 +483,9 @@ def pool_geom(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
             f"dilation={dilation}, padding={pad} (the output would be empty or hold windows that "
             "see only padding)"
         )
+    _check_window_extents(op, (("height", H, kernel[0], stride[0], pad[0], dilation[0], out[0]),
+                               ("width", W, kernel[1], stride[1], pad[1], dilation[1], out[1])),
+                          f" (input shape {tuple(x_shape)})")
     return PoolGeom(N, C, H, W, out[0], out[1], *kernel, *stride, *pad, *dilation)
 
 
@@ -413,10 +496,16 @@ def _pool_input(op, x):
 
 
 def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode):
-    return pool_geom("max_pool2d", _pool_input("max_pool2d", x), kernel_size, stride, padding, dilation, ceil_mode)
+    op = "max_pool2d"
+    g = pool_geom(op, _pool_input(op, x), kernel_size, stride, padding, dilation, ceil_mode)
+    check_allocatable(op, "indices", g.output_shape, np.int64)
+    return g
 
 
-def _divisor(op, divisor_override):
+def _divisor(op, g, divisor_override):
+    """The divisor override (0 for none). The default divisor is a window's area, which
+    kernels compute as an int64 product: it must fit too."""
+    check_extent(op, f"the window area (kernel {g.kh} * {g.kw})", g.kh * g.kw)
     if divisor_override is None:
         return 0
     d = _int(op, "divisor_override", divisor_override)
@@ -428,7 +517,8 @@ def _divisor(op, divisor_override):
 def avg_pool2d(x, kernel_size, stride, padding, ceil_mode, divisor_override):
     op = "avg_pool2d"
     g = pool_geom(op, _pool_input(op, x), kernel_size, stride, padding, 1, ceil_mode)
-    return g, _divisor(op, divisor_override)
+    check_allocatable(op, "output", g.output_shape, x.dtype)
+    return g, _divisor(op, g, divisor_override)
 
 
 def _input_shape(op, input_shape):
@@ -458,6 +548,7 @@ def max_pool2d_backward(grad_out, indices, input_shape):
             f"{op}: grad_out {shape_of(grad_out)} and input_shape {(N, C, H, W)} differ in "
             "batch or channels"
         )
+    check_allocatable(op, "output", (N, C, H, W), grad_out.dtype)
     _check_indices(op, "indices", indices, grad_out.shape, H * W)
     return (N, C, H, W)
 
@@ -472,7 +563,8 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding, cei
         raise ValueError(
             f"{op}: grad_out must have the pooled shape {g.output_shape}, got {shape_of(grad_out)}"
         )
-    return g, _divisor(op, divisor_override)
+    check_allocatable(op, "output", shape, grad_out.dtype)
+    return g, _divisor(op, g, divisor_override)
 
 
 def max_unpool2d(x, indices, kernel_size, stride, padding, output_size):
@@ -483,6 +575,10 @@ def max_unpool2d(x, indices, kernel_size, stride, padding, output_size):
     kernel = ntuple(op, "kernel_size", kernel_size, 2, minimum=1)
     stride = kernel if stride is None else ntuple(op, "stride", stride, 2, minimum=1)
     pad = ntuple(op, "padding", padding, 2, minimum=0)
+    context = f" (x.shape={shape_of(x)})"
+    for axis, n, s in (("height", Hi, stride[0]), ("width", Wi, stride[1])):
+        check_extent(op, f"the reach of the windows along the {axis} ((input {n} - 1) * "
+                         f"stride {s})", (n - 1) * s, context)
     default = [(n - 1) * s - 2 * p + k for n, s, p, k in zip((Hi, Wi), stride, pad, kernel)]
     if output_size is None:
         out = default
@@ -499,6 +595,7 @@ def max_unpool2d(x, indices, kernel_size, stride, padding, output_size):
                 )
     if min(N, C, Hi, Wi, *out) < 1:
         raise ValueError(f"{op}: empty input or output (x.shape={shape_of(x)}, output {tuple(out)})")
+    check_allocatable(op, "output", (N, C, *out), x.dtype)
     _check_indices(op, "indices", indices, x.shape, out[0] * out[1])
     return (N, C, out[0], out[1])
 
@@ -520,6 +617,13 @@ def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
     del given["x"]
     B, I = x.shape[-2:]
     Hd = h.shape[1]
+    if h.shape[0] == c.shape[0] == B and tuple(h.shape) != tuple(c.shape):
+        # Either state may be the wrong one: name both rather than blame c.
+        raise ValueError(
+            f"{op}: {h_name} and {c_name} disagree: {h_name} has shape {shape_of(h)} and "
+            f"{c_name} has shape {shape_of(c)} ({c_name} must have shape equal to {h_name}'s, "
+            "(batch, hidden size))"
+        )
     expected = {
         h_name: (B, Hd), c_name: (B, Hd), "w_ih": (4 * Hd, I), "w_hh": (4 * Hd, Hd),
         "b_ih": (4 * Hd,), "b_hh": (4 * Hd,),
@@ -586,9 +690,11 @@ def _boxes(op, name, boxes):
 
 
 def box_iou(boxes1, boxes2):
-    _boxes("box_iou", "boxes1", boxes1)
-    _boxes("box_iou", "boxes2", boxes2)
-    check_float_dtypes("box_iou", boxes1=boxes1, boxes2=boxes2)
+    op = "box_iou"
+    _boxes(op, "boxes1", boxes1)
+    _boxes(op, "boxes2", boxes2)
+    dtype = check_float_dtypes(op, boxes1=boxes1, boxes2=boxes2)
+    check_allocatable(op, "output", (boxes1.shape[0], boxes2.shape[0]), dtype)
 
 
 def nms(boxes, scores, iou_threshold, op="nms"):
@@ -599,6 +705,8 @@ def nms(boxes, scores, iou_threshold, op="nms"):
         raise ValueError(
             f"{op}: scores must have one entry per box: boxes {shape_of(boxes)}, scores {shape_of(scores)}"
         )
+    if boxes.shape[0] > MAX_BOXES:
+        raise ValueError(f"{op}: at most 2**31 - 1 boxes are supported, got {boxes.shape[0]}")
     return real(op, "iou_threshold", iou_threshold)
 
 

@@ -4,7 +4,9 @@ Each function checks its arguments once (``pyconv._spec``), picks the backend (t
 ``backend=`` keyword, else the selected one, else ``"cpu"`` for NumPy and ``"cuda"`` for CuPy
 arrays) and calls that backend's kernel with C-contiguous arrays and the computed geometry.
 Layouts are NCHW (NCL for 1-D); weights as PyTorch; float32 or float64; index arrays int64.
-Outputs are new C-contiguous arrays.
+Outputs are new C-contiguous arrays. Arguments out of the supported ranges (``pyconv._spec``)
+raise ValueError before any backend runs; an output too large for the memory at hand raises
+MemoryError naming the op.
 """
 from __future__ import annotations
 
@@ -31,7 +33,11 @@ def _run(kernel: str, op: str, backend, arrays, *params):
     else:
         import numpy as xp
     arrays = [None if a is None else xp.ascontiguousarray(a) for a in arrays]
-    return fn(*arrays, *params)
+    try:
+        return fn(*arrays, *params)
+    except MemoryError as e:
+        # The spec bounds every output; what is left is a machine without that much memory.
+        raise MemoryError(f"{op}: not enough memory on backend {be.name!r}: {e}") from e
 
 
 def _as_int64(a):
@@ -251,7 +257,16 @@ def _zeros_like_if_none(g, like, shape):
 
 def box_iou(boxes1, boxes2, *, backend=None):
     """Pairwise IoU -> (N, M), as ``torchvision.ops.box_iou``. Boxes with x2 < x1 or y2 < y1
-    count as empty; the IoU of two boxes whose union is empty is 0."""
+    count as empty; the IoU of two boxes whose union is empty is 0.
+
+    The rule, in the boxes' dtype with IEEE arithmetic: area = max(x2 - x1, 0) * max(y2 - y1, 0)
+    (max propagating NaN); the intersection is the area of (max(x1), max(y1), min(x2), min(y2));
+    union = area1 + area2 - intersection; IoU = 0 where union == 0, else intersection / union.
+    So, as torchvision, a NaN coordinate makes the IoU of every pair with its box NaN, and
+    infinite coordinates give what that arithmetic gives: an infinite box against a finite one
+    has IoU 0, against itself NaN (inf / inf), and so does an infinitely wide box of zero
+    height (0 * inf). Unlike torchvision, inverted boxes have area 0 rather than a negative
+    one, and an empty union gives 0 rather than 0 / 0."""
     _spec.box_iou(boxes1, boxes2)
     return _run("box_iou", "box_iou", backend, (boxes1, boxes2))
 
@@ -263,7 +278,8 @@ def nms(boxes, scores, iou_threshold, *, backend=None):
     Boxes with x2 < x1 or y2 < y1 are empty (area 0) and the IoU of two boxes with an empty
     union is 0, so with a threshold >= 0 an empty box neither suppresses nor is suppressed
     (a negative threshold keeps only the top box). The IoU is computed in the boxes' precision
-    and compared exactly with the threshold. No boxes -> an empty int64 array."""
+    and compared exactly with the threshold. A NaN IoU (see :func:`box_iou`) suppresses
+    nothing, whatever the threshold. No boxes -> an empty int64 array."""
     thr = _spec.nms(boxes, scores, iou_threshold)
     return _run("nms", "nms", backend, (boxes, scores), thr)
 

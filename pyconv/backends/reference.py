@@ -9,7 +9,6 @@ the inputs (float32 or float64). Arguments arrive checked by ``pyconv._spec`` an
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from . import Backend, LstmSaved
 
@@ -25,36 +24,60 @@ def _kernel_hw(g):
     return (g.R, g.S) if hasattr(g, "R") else (g.kh, g.kw)
 
 
-def _padded_hw(g, H, W):
-    """Size of a canvas holding the top/left padding, the input and every window."""
-    R, S = _kernel_hw(g)
-    return (max(g.ph + H, (g.Ho - 1) * g.sh + g.dh * (R - 1) + 1),
-            max(g.pw + W, (g.Wo - 1) * g.sw + g.dw * (S - 1) + 1))
+def _reads(n_out, n, stride, pad, dilation, tap):
+    """Along one axis: the outputs whose kernel `tap` lands inside the input [0, n), and the
+    input positions they read with it -> (slice of outputs, slice of inputs)."""
+    first = tap * dilation - pad                     # what output 0 reads
+    o_lo = max(0, -(first // stride))                # first output reading at or after 0
+    o_hi = max(o_lo, min(n_out, (n - 1 - first) // stride + 1))
+    if o_lo == o_hi:
+        return slice(0, 0), slice(0, 0)
+    i_lo = first + o_lo * stride
+    return slice(o_lo, o_hi), slice(i_lo, i_lo + (o_hi - o_lo - 1) * stride + 1, stride)
 
 
-def _unfold(x, g, fill=0.0):
-    """(N, C, Ho, Wo, R, S) read-only view: the input pixels under each output's window, with
-    `fill` where the window hangs over the padding."""
+def _touching_taps(n_out, n, k, stride, pad, dilation):
+    """Along one axis: the kernel taps [lo, hi) that land inside the input for some output.
+    A pooling window may be far larger than the input; its other taps only see padding."""
+    lo = max(0, -(((n_out - 1) * stride - pad) // dilation))
+    hi = min(k, (n - 1 + pad) // dilation + 1)
+    return lo, max(lo, hi)
+
+
+def _pool_taps(g):
+    return (_touching_taps(g.Ho, g.H, g.kh, g.sh, g.ph, g.dh),
+            _touching_taps(g.Wo, g.W, g.kw, g.sw, g.pw, g.dw))
+
+
+def _unfold(x, g, fill=0.0, taps=None):
+    """(N, C, Ho, Wo, R, S): the input pixels under each output's window, with `fill` where the
+    window hangs over the padding. `taps` ((r0, r1), (s0, s1)) keeps only those kernel rows and
+    columns (default: all of them)."""
     N, C, H, W = x.shape
     R, S = _kernel_hw(g)
-    canvas = np.full((N, C, *_padded_hw(g, H, W)), fill, x.dtype)
-    canvas[:, :, g.ph:g.ph + H, g.pw:g.pw + W] = x
-    sn, sc, sh, sw = canvas.strides
-    return as_strided(canvas, (N, C, g.Ho, g.Wo, R, S),
-                      (sn, sc, sh * g.sh, sw * g.sw, sh * g.dh, sw * g.dw), writeable=False)
+    (r0, r1), (s0, s1) = taps or ((0, R), (0, S))
+    windows = np.full((N, C, g.Ho, g.Wo, r1 - r0, s1 - s0), fill, x.dtype)
+    for r in range(r0, r1):
+        out_rows, in_rows = _reads(g.Ho, H, g.sh, g.ph, g.dh, r)
+        for s in range(s0, s1):
+            out_cols, in_cols = _reads(g.Wo, W, g.sw, g.pw, g.dw, s)
+            windows[:, :, out_rows, out_cols, r - r0, s - s0] = x[:, :, in_rows, in_cols]
+    return windows
 
 
-def _fold(cols, g, H, W):
+def _fold(cols, g, H, W, taps=None):
     """Transpose of `_unfold`: adds each window entry cols[n, c, ho, wo, r, s] onto the input
     pixel it was read from (entries that fall on the padding are dropped) -> (N, C, H, W)."""
-    N, C, Ho, Wo, R, S = cols.shape
-    canvas = np.zeros((N, C, *_padded_hw(g, H, W)), cols.dtype)
-    for r in range(R):
-        for s in range(S):
-            rows = slice(r * g.dh, r * g.dh + (Ho - 1) * g.sh + 1, g.sh)
-            columns = slice(s * g.dw, s * g.dw + (Wo - 1) * g.sw + 1, g.sw)
-            canvas[:, :, rows, columns] += cols[..., r, s]
-    return np.ascontiguousarray(canvas[:, :, g.ph:g.ph + H, g.pw:g.pw + W])
+    N, C, _, _, R, S = cols.shape
+    (r0, _), (s0, _) = taps or ((0, R), (0, S))
+    grad = np.zeros((N, C, H, W), cols.dtype)
+    for r in range(r0, r0 + R):
+        out_rows, in_rows = _reads(g.Ho, H, g.sh, g.ph, g.dh, r)
+        for s in range(s0, s0 + S):
+            out_cols, in_cols = _reads(g.Wo, W, g.sw, g.pw, g.dw, s)
+            # One tap reads distinct pixels for distinct outputs: no index repeats here.
+            grad[:, :, in_rows, in_cols] += cols[:, :, out_rows, out_cols, r - r0, s - s0]
+    return grad
 
 
 def _grouped(a, groups, axis=1):
@@ -72,6 +95,7 @@ def conv2d(x, w, b, g):
     """y[n, k, ho, wo] = b[k] + sum over c in k's group, r, s of
     x[n, c, ho*sh - ph + r*dh, wo*sw - pw + s*dw] * w[k, c mod C/groups, r, s]
     (x read as 0 outside the input)."""
+    # Every tap, even one that only ever sees padding: 0 * inf is NaN, as zero padding gives.
     windows = _grouped(_unfold(x, g), g.groups)                  # (N, G, C/G, Ho, Wo, R, S)
     y = np.einsum("ngchwrs,gkcrs->ngkhw", windows, _grouped(w, g.groups, 0), optimize=True)
     y = y.reshape(g.output_shape)
@@ -118,9 +142,10 @@ def max_pool2d(x, g, with_indices):
     the output NaN with the index of the window's last NaN, and an all -inf window reports its
     first input pixel."""
     N, C, H, W = x.shape
+    taps = _pool_taps(g)
     plane_index = np.arange(H * W, dtype=np.int64).reshape(1, 1, H, W)
-    index = _unfold(plane_index, g, fill=-1).reshape(1, 1, g.Ho, g.Wo, -1)
-    values = _unfold(x, g, fill=-np.inf).reshape(N, C, g.Ho, g.Wo, -1)
+    index = _unfold(plane_index, g, fill=-1, taps=taps).reshape(1, 1, g.Ho, g.Wo, -1)
+    values = _unfold(x, g, fill=-np.inf, taps=taps).reshape(N, C, g.Ho, g.Wo, -1)
     inside = index >= 0
     best = values.max(axis=-1, keepdims=True)
     first_max = np.argmax(inside & (values == best), axis=-1)
@@ -168,7 +193,7 @@ def avg_pool2d(x, g, count_include_pad, divisor_override):
     """Sum over each window (padding counts as 0) divided by: divisor_override if non-zero,
     else the window size including the padding it covers (count_include_pad), else the number
     of input pixels it covers. Ceil-mode windows past the padding are clipped first."""
-    sums = _unfold(x, g).sum(axis=(-2, -1))
+    sums = _unfold(x, g, taps=_pool_taps(g)).sum(axis=(-2, -1))
     return sums / _avg_divisors(g, count_include_pad, divisor_override, x.dtype)
 
 
@@ -177,8 +202,10 @@ def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
     """Each output's gradient divided by its divisor, spread over every input pixel of its
     window (the transpose of avg_pool2d)."""
     share = grad_out / _avg_divisors(g, count_include_pad, divisor_override, grad_out.dtype)
-    cols = np.broadcast_to(share[..., None, None], share.shape + (g.kh, g.kw))
-    return _fold(cols, g, g.H, g.W)
+    taps = _pool_taps(g)
+    (r0, r1), (s0, s1) = taps
+    cols = np.broadcast_to(share[..., None, None], share.shape + (r1 - r0, s1 - s0))
+    return _fold(cols, g, g.H, g.W, taps)
 
 
 @backend.register
@@ -308,13 +335,14 @@ def _area(boxes):
 def box_iou(boxes1, boxes2):
     """IoU[i, j] = area(b1[i] & b2[j]) / area(b1[i] | b2[j]). Widths and heights are clamped at
     0, so a degenerate box (x2 < x1 or y2 < y1) is empty; where the union is 0 the IoU is 0.
-    A NaN coordinate gives NaN IoU for the pairs it is in."""
-    top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = np.clip(bottom_right - top_left, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter
+    NaN and inf follow IEEE arithmetic (np.maximum, np.minimum and np.clip propagate NaN): a
+    NaN coordinate gives NaN IoU for the pairs it is in; inf - inf and 0 * inf give NaN."""
     with np.errstate(invalid="ignore", divide="ignore"):
+        top_left = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+        bottom_right = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+        wh = np.clip(bottom_right - top_left, 0, None)
+        inter = wh[..., 0] * wh[..., 1]
+        union = _area(boxes1)[:, None] + _area(boxes2)[None, :] - inter
         return np.where(union == 0, 0, inter / union).astype(boxes1.dtype)
 
 

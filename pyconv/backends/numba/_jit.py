@@ -50,6 +50,16 @@ def _one_blas_thread():
             lib.set_num_threads(1)
 
 
+def check_shapes(op, **arrays_and_shapes):
+    """Each array a kernel indexes must have the shape its geometry implies. The public ops
+    guarantee it; the loops do not check bounds, so a direct call with other shapes would read
+    or write out of bounds: it raises ValueError naming the op instead. Optional arrays may be
+    None."""
+    for name, (a, shape) in arrays_and_shapes.items():
+        if a is not None and tuple(a.shape) != tuple(shape):
+            raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+
+
 @helper
 def _u(i):
     """i (known to be >= 0) as an unsigned int. Indexing with unsigned ints skips Numba's

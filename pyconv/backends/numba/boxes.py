@@ -25,7 +25,9 @@ def _area(x1, y1, x2, y2, zero):
 def _iou(ax1, ay1, ax2, ay2, area_a, bx1, by1, bx2, by2, area_b, zero):
     inter = _area(max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2), zero)
     union = area_a + area_b - inter
-    # A NaN coordinate gives a NaN IoU, which never suppresses (NaN > threshold is False).
+    # A NaN coordinate makes its box's area NaN (Numba's max propagates a NaN first argument),
+    # so the union and the IoU are NaN, and a NaN IoU never suppresses (NaN > threshold is
+    # False). `union == zero`, not `union > zero`: a NaN union must stay NaN, not become 0.
     return zero if union == zero else inter / union
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from . import backend
-from ._jit import _block, _one_blas_thread, _sum_blocks, _threads, helper, kernel
+from ._jit import _block, _one_blas_thread, _sum_blocks, _threads, check_shapes, helper, kernel
 
 
 @helper
@@ -70,8 +70,10 @@ def _conv2d_gemm(x, w, bias, g, y):
 @kernel
 def _conv2d_depthwise(x, w, bias, g, y):
     """Direct loop for one input channel per group: x (N, C, H, W), w (K, 1, R, S) ->
-    y (N, K, Ho, Wo). Output channel k reads input channel k // (K/groups)."""
+    y (N, K, Ho, Wo). Output channel k reads input channel k // (K/groups). The padding enters
+    the sum as zeros, as in the GEMM path: a NaN or infinite weight over it gives NaN."""
     Kg = g.K // g.groups
+    zero = x.dtype.type(0)
     for nk in prange(g.N * g.K):
         n, k = nk // g.K, nk % g.K
         c = k // Kg
@@ -80,11 +82,11 @@ def _conv2d_depthwise(x, w, bias, g, y):
                 acc = bias[k]
                 for r in range(g.R):
                     ih = ho * g.sh - g.ph + r * g.dh
-                    if 0 <= ih < g.H:
-                        for s in range(g.S):
-                            iw = wo * g.sw - g.pw + s * g.dw
-                            if 0 <= iw < g.W:
-                                acc += w[k, 0, r, s] * x[n, c, ih, iw]
+                    row_inside = 0 <= ih < g.H
+                    for s in range(g.S):
+                        iw = wo * g.sw - g.pw + s * g.dw
+                        inside = row_inside and 0 <= iw < g.W
+                        acc += w[k, 0, r, s] * (x[n, c, ih, iw] if inside else zero)
                 y[n, k, ho, wo] = acc
 
 
@@ -130,8 +132,15 @@ def _sum_over_batch_and_plane(a, out):
         out[k] = acc
 
 
+def _check_groups(op, g):
+    if g.groups < 1 or g.C % g.groups or g.K % g.groups:
+        raise ValueError(f"{op}: groups={g.groups} must divide C={g.C} and K={g.K}")
+
+
 @backend.register
 def conv2d(x, w, b, g):
+    _check_groups("conv2d", g)
+    check_shapes("conv2d", x=(x, g.input_shape), w=(w, g.weight_shape), b=(b, (g.K,)))
     y = np.empty(g.output_shape, x.dtype)
     bias = np.zeros(g.K, x.dtype) if b is None else b
     if w.shape[1] == 1:
@@ -144,6 +153,8 @@ def conv2d(x, w, b, g):
 
 @backend.register
 def conv2d_grad_input(grad_out, w, g):
+    _check_groups("conv2d_grad_input", g)
+    check_shapes("conv2d_grad_input", grad_out=(grad_out, g.output_shape), w=(w, g.weight_shape))
     grad_x = np.empty(g.input_shape, grad_out.dtype)
     Kg = g.K // g.groups
     w_t = np.ascontiguousarray(w.reshape(g.groups, Kg, -1).transpose(0, 2, 1))
@@ -154,6 +165,8 @@ def conv2d_grad_input(grad_out, w, g):
 
 @backend.register
 def conv2d_grad_weight(grad_out, x, g):
+    _check_groups("conv2d_grad_weight", g)
+    check_shapes("conv2d_grad_weight", grad_out=(grad_out, g.output_shape), x=(x, g.input_shape))
     grad_w = np.empty(g.weight_shape, x.dtype)
     _one_blas_thread()
     _conv2d_grad_weight(grad_out.reshape(g.N, g.K, -1), x, g, grad_w.reshape(g.K, -1),

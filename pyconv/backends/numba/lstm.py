@@ -24,7 +24,11 @@ from ._jit import (_block, _matmul, _matmul_tn, _one_blas_thread, _sum_blocks, _
 # far slower than the C++ one; so float32 uses a rational approximation of tanh made only of
 # multiplies, adds, one divide and clamps (max error 3.3e-7, about 6 float32 ulp of 1), and
 # float64 keeps libm's functions for full precision.
-_TANH_CLAMP = 9.0  # tanh(9) rounds to 1 in float32
+_TANH_CLAMP = 9.0  # the fit below holds on [-9, 9]
+# From here on tanh(x) rounds to 1 in float32 (1 - tanh(x) < 2**-25). The fit stays below 1
+# at 9, so beyond this the result is set to +-1 exactly: then sigmoid(-inf) is 0, not 3e-8,
+# and a saturated gate keeps nothing of its input (0 * inf is NaN, as in the reference).
+_TANH_ONE = 9.011
 # tanh(x) ~ x * P(x^2) / Q(x^2) on [-9, 9]: weighted least-squares fit of the relative error.
 _TANH_P = (0.9999999832268885, 0.1339243766664803, 0.0035091402134343587,
            2.0832047111265118e-05, 1.3663552261844458e-08)
@@ -45,7 +49,8 @@ def _tanh_float32(v):
     z = x * x
     p = (((f(_TANH_P[4]) * z + f(_TANH_P[3])) * z + f(_TANH_P[2])) * z + f(_TANH_P[1])) * z + f(_TANH_P[0])
     q = (((f(_TANH_Q[4]) * z + f(_TANH_Q[3])) * z + f(_TANH_Q[2])) * z + f(_TANH_Q[1])) * z + f(_TANH_Q[0])
-    return _clamp(x * p / q, f(-1), f(1))
+    r = _clamp(x * p / q, f(-1), f(1))
+    return f(1) if v >= f(_TANH_ONE) else (f(-1) if v <= f(-_TANH_ONE) else r)
 
 
 def _tanh(v):

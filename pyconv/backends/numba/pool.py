@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ... import _spec
 from . import backend
-from ._jit import _u, helper, inlined, kernel
+from ._jit import _u, check_shapes, helper, inlined, kernel
 
 
 @helper
@@ -207,21 +208,54 @@ def _max_pool2d(x, g, y, indices):
 
 @kernel
 def _scatter_add_planes(values, indices, out):
-    """out[p, indices[p, j]] += values[p, j] (out zeroed first)."""
+    """out[p, indices[p, j]] += values[p, j] (out zeroed first). Indices outside
+    [0, out.shape[1]) are skipped and counted -> the count."""
+    skipped = 0
     for p in prange(values.shape[0]):
         out[p] = 0
         for j in range(values.shape[1]):
-            out[p, indices[p, j]] += values[p, j]
+            i = indices[p, j]
+            if _u(i) < _u(out.shape[1]):  # unsigned: a negative index is out of range too
+                out[p, i] += values[p, j]
+            else:
+                skipped += 1
+    return skipped
 
 
 @kernel
 def _scatter_planes(values, indices, out):
     """out[p, indices[p, j]] = values[p, j] (out zeroed first); a repeated index keeps the
-    last value in row-major order, as PyTorch's CPU kernel."""
+    last value in row-major order, as PyTorch's CPU kernel. Indices outside [0, out.shape[1])
+    are skipped and counted -> the count."""
+    skipped = 0
     for p in prange(values.shape[0]):
         out[p] = 0
         for j in range(values.shape[1]):
-            out[p, indices[p, j]] = values[p, j]
+            i = indices[p, j]
+            if _u(i) < _u(out.shape[1]):
+                out[p, i] = values[p, j]
+            else:
+                skipped += 1
+    return skipped
+
+
+def _scatter(op, scatter, values, indices, output_shape, dtype):
+    """Runs a plane scatter of values (N, C, h, w) at indices (same shape) into a new array of
+    output_shape (N, C, H, W), after checking the shapes it relies on; raises ValueError
+    naming the op for indices outside [0, H*W) (the public ops reject them before)."""
+    N, C, H, W = output_shape
+    if (values.ndim != 4 or tuple(indices.shape) != tuple(values.shape)
+            or tuple(values.shape[:2]) != (N, C) or indices.dtype != np.int64):
+        raise ValueError(f"{op}: values {values.shape} and int64 indices {indices.shape} must "
+                         f"have one shape, with batch and channels of {tuple(output_shape)}"
+                         f" (indices are {indices.dtype})")
+    out = np.empty(output_shape, dtype)
+    skipped = scatter(values.reshape(N * C, -1), indices.reshape(N * C, -1),
+                      out.reshape(N * C, H * W))
+    if skipped:
+        raise ValueError(f"{op}: {skipped} indices lie outside [0, {H * W}) (H*W) and were "
+                         "skipped")
+    return out
 
 
 @helper
@@ -323,8 +357,20 @@ def _planes(a):
     return a.reshape(-1, a.shape[2], a.shape[3])
 
 
+def _check_windows(op, g):
+    """Every window must hold an input pixel: the loops start from a window's first tap
+    inside the input without checking that there is one. The spec's rule, checked again."""
+    for n, out, k, s, p, d in ((g.H, g.Ho, g.kh, g.sh, g.ph, g.dh),
+                               (g.W, g.Wo, g.kw, g.sw, g.pw, g.dw)):
+        if (min(k, s, d) < 1 or p < 0 or p > k // 2 or (out - 1) * s - p >= n
+                or not _spec.windows_touch_input(n, out, k, s, p, d)):
+            raise ValueError(f"{op}: {g} has a window that lies entirely in the padding")
+
+
 @backend.register
 def max_pool2d(x, g, with_indices):
+    _check_windows("max_pool2d", g)
+    check_shapes("max_pool2d", x=(x, g.input_shape))
     y = np.empty(g.output_shape, x.dtype)
     # Computed even when not asked for: a select per tap costs little next to the loads, and
     # one loop for both cases keeps the code and the compiled copies down.
@@ -335,15 +381,16 @@ def max_pool2d(x, g, with_indices):
 
 @backend.register
 def max_pool2d_backward(grad_out, indices, input_shape):
-    N, C, H, W = input_shape
-    grad_x = np.empty(input_shape, grad_out.dtype)
-    _scatter_add_planes(grad_out.reshape(N * C, -1), indices.reshape(N * C, -1),
-                        grad_x.reshape(N * C, H * W))
-    return grad_x
+    return _scatter("max_pool2d_backward", _scatter_add_planes, grad_out, indices, input_shape,
+                    grad_out.dtype)
 
 
 @backend.register
 def avg_pool2d(x, g, count_include_pad, divisor_override):
+    _check_windows("avg_pool2d", g)
+    if g.dh != 1 or g.dw != 1:  # the loops below assume it
+        raise ValueError(f"avg_pool2d: dilation must be 1, got {(g.dh, g.dw)}")
+    check_shapes("avg_pool2d", x=(x, g.input_shape))
     y = np.empty(g.output_shape, x.dtype)
     _avg_pool2d(_planes(x), g, count_include_pad, divisor_override, _planes(y))
     return y
@@ -351,6 +398,10 @@ def avg_pool2d(x, g, count_include_pad, divisor_override):
 
 @backend.register
 def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
+    _check_windows("avg_pool2d_backward", g)
+    if g.dh != 1 or g.dw != 1:  # the loops below assume it
+        raise ValueError(f"avg_pool2d_backward: dilation must be 1, got {(g.dh, g.dw)}")
+    check_shapes("avg_pool2d_backward", grad_out=(grad_out, g.output_shape))
     grad_x = np.empty(g.input_shape, grad_out.dtype)
     _avg_pool2d_backward(_planes(grad_out), g, count_include_pad, divisor_override,
                          _planes(grad_x))
@@ -359,7 +410,4 @@ def avg_pool2d_backward(grad_out, g, count_include_pad, divisor_override):
 
 @backend.register
 def max_unpool2d(x, indices, output_shape):
-    N, C, H, W = output_shape
-    y = np.empty(output_shape, x.dtype)
-    _scatter_planes(x.reshape(N * C, -1), indices.reshape(N * C, -1), y.reshape(N * C, H * W))
-    return y
+    return _scatter("max_unpool2d", _scatter_planes, x, indices, output_shape, x.dtype)

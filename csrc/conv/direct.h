@@ -19,7 +19,7 @@ void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* 
     const int64_t jobs = g.N * g.groups;
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
-    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size() + V::lanes));
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(checked_add(checked_mul(Cg, pp.size()), V::lanes)));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t n = job / g.groups, grp = job % g.groups;
@@ -73,7 +73,7 @@ void conv2d_grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx
     const int64_t jobs = g.N * g.groups;
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
-    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size()));
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(checked_mul(Cg, pp.size())));
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t n = job / g.groups, grp = job % g.groups;

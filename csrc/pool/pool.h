@@ -212,9 +212,11 @@ int64_t max_unpool2d(int64_t planes, int64_t in_plane, int64_t out_plane, const 
 
 // PyTorch's divisor of output (oh, ow), and the window clipped to the input. The window before
 // clipping is cut at H + pad (in ceil mode it can reach further); its size is what
-// count_include_pad divides by.
+// count_include_pad divides by. The divisor is a double: a window of kh x kw can hold more
+// than int64_t counts (a huge kernel over a small padded input).
 struct AvgWindow {
-    int64_t h_lo, h_hi, w_lo, w_hi, divisor;
+    int64_t h_lo, h_hi, w_lo, w_hi;
+    double divisor;
 };
 
 static inline AvgWindow avg_window(const PoolShape& g, bool count_include_pad,
@@ -222,10 +224,10 @@ static inline AvgWindow avg_window(const PoolShape& g, bool count_include_pad,
     const int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
     const int64_t he = std::min(hs + g.kh, g.H + g.ph), we = std::min(ws + g.kw, g.W + g.pw);
     AvgWindow a{std::max<int64_t>(hs, 0), std::min(he, g.H), std::max<int64_t>(ws, 0),
-                std::min(we, g.W), 0};
+                std::min(we, g.W), 0.0};
     if (divisor_override) a.divisor = divisor_override;
-    else if (count_include_pad) a.divisor = (he - hs) * (we - ws);
-    else a.divisor = (a.h_hi - a.h_lo) * (a.w_hi - a.w_lo);
+    else if (count_include_pad) a.divisor = double(he - hs) * double(we - ws);
+    else a.divisor = double(a.h_hi - a.h_lo) * double(a.w_hi - a.w_lo);
     return a;
 }
 

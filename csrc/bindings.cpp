@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/checked.h"
+#include "common/denormals.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -147,10 +148,12 @@ decltype(auto) by_dtype(const py::dtype& dtype, Body&& body) {
     throw py::type_error("expected float32 or float64, got " + std::string(py::str(dtype)));
 }
 
-// Runs a kernel call with the GIL released.
+// Runs a kernel call with the GIL released, and subnormal floats flushed to zero on the calling
+// thread (the kernels' parallel regions flush on their workers; common/denormals.h).
 template <class Call>
 decltype(auto) without_gil(Call&& call) {
     py::gil_scoped_release nogil;
+    const generic::FlushDenormals ftz;
     return call();
 }
 
@@ -279,6 +282,15 @@ PYBIND11_MODULE(_C, m) {
         set_num_threads(n);
     });
     m.def("compiler", [] { return std::string("GCC ") + __VERSION__; });
+    m.def("mxcsr", [] { return _mm_getcsr(); },
+          "this thread's MXCSR (SSE control and status: FTZ is bit 15, DAZ bit 6)");
+    m.def("worker_mxcsrs", [](int threads) {
+              std::vector<unsigned> csr(threads);
+#pragma omp parallel num_threads(threads)
+              csr[omp_get_thread_num()] = _mm_getcsr();
+              return csr;
+          },
+          py::arg("threads"), "the MXCSR of each thread of an OpenMP team of this size");
 
     // ---- Pooling
 

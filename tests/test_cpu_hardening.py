@@ -208,3 +208,62 @@ def test_nms_with_nan_boxes_keeps_what_the_reference_keeps(isa, rng, dtype, thre
         np.testing.assert_array_equal(
             ops.batched_nms(boxes, scores, idxs, threshold, backend="cpu"),
             ops.batched_nms(boxes, scores, idxs, threshold, backend="reference"))
+
+
+# ---- Subnormal floats: flushed to zero inside the kernels, the caller's MXCSR untouched --------
+
+FTZ_DAZ = 0x8040  # MXCSR bits 15 (flush to zero) and 6 (denormals are zero)
+
+
+def run_every_op(rng):
+    """One call of every cpu kernel family, on small inputs."""
+    x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    y = ops.conv2d(x, w, padding=1, stride=2, backend="cpu")
+    ops.conv2d_backward(np.ones_like(y), x, w, padding=1, stride=2, backend="cpu")
+    ops.conv2d(x, np.ones((8, 1, 3, 3), np.float32), groups=8, backend="cpu")
+    ops.max_pool2d(x, 2, return_indices=True, backend="cpu")
+    ops.avg_pool2d(x, 3, stride=2, padding=1, backend="cpu")
+    seq = rng.standard_normal((3, 2, 5)).astype(np.float32)
+    h = np.zeros((2, 4), np.float32)
+    ops.lstm(seq, h, h, rng.standard_normal((16, 5)).astype(np.float32),
+             rng.standard_normal((16, 4)).astype(np.float32), backend="cpu")
+    boxes = nan_boxes(rng, 50, np.float32)
+    ops.box_iou(boxes, boxes, backend="cpu")
+    ops.nms(boxes, rng.random(50).astype(np.float32), 0.5, backend="cpu")
+
+
+def test_kernels_leave_every_threads_mxcsr_as_they_found_it(rng):
+    import pyconv
+
+    threads = pyconv.get_num_threads()
+    pyconv.set_num_threads(3)
+    try:
+        caller, workers = _C.mxcsr(), _C.worker_mxcsrs(3)
+        assert not caller & FTZ_DAZ
+        run_every_op(rng)
+        assert _C.mxcsr() == caller
+        assert _C.worker_mxcsrs(3) == workers
+    finally:
+        pyconv.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype, tiny", [(np.float32, 1e-39), (np.float64, 1e-310)])
+def test_subnormal_weights_act_as_zero(isa, rng, dtype, tiny):
+    """Subnormal weights are read as zero: the result equals that of the weights flushed."""
+    x = rng.standard_normal((2, 16, 12, 12)).astype(dtype)
+    b = rng.standard_normal(32).astype(dtype)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(dtype)
+    subnormal = rng.random(w.shape) < 0.5
+    w[subnormal] *= tiny
+    assert np.all(np.abs(w[subnormal]) < np.finfo(dtype).tiny)
+    flushed = np.where(subnormal, 0, w).astype(dtype)
+    for args in (dict(padding=1), dict(stride=2), dict(groups=16)):
+        wa, fa = (w, flushed) if "groups" not in args else (w[:, :1], flushed[:, :1])
+        np.testing.assert_array_equal(ops.conv2d(x, wa, b, **args, backend="cpu"),
+                                      ops.conv2d(x, fa, b, **args, backend="cpu"))
+    w_all = (rng.standard_normal((32, 16, 3, 3)) * tiny).astype(dtype)
+    y = ops.conv2d(x, w_all, b, padding=1, backend="cpu")
+    np.testing.assert_array_equal(y, np.broadcast_to(b[:, None, None], y.shape[1:])[None].repeat(2, 0))
+    gx, _, _ = ops.conv2d_backward(np.ones_like(y), x, w_all, padding=1, backend="cpu")
+    assert not np.any(gx)

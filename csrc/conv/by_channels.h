@@ -5,6 +5,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "gemm/tile.h"
@@ -71,7 +72,8 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
     std::vector<Scratch<T>> accs;
     for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(tiles_max * panels * MR * NR));
     // Every group's GEMM in one parallel region; threads move on to the next group without waiting.
-#pragma omp parallel num_threads(threads)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
         const Scratch<T>& acc = accs[omp_get_thread_num()];
         OffsetCols<T, MR> tiles[tiles_max];
@@ -136,7 +138,8 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
     Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-#pragma omp parallel num_threads(threads)
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
         {
             // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
             // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
@@ -212,7 +215,8 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
     const int threads = num_threads();
     std::vector<Scratch<T>> accs;
     for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(checked_mul(pp.size(), Cp)));
-#pragma omp parallel num_threads(threads)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
         const Scratch<T>& acc = accs[omp_get_thread_num()];
         alignas(64) T tile[MR * NR];

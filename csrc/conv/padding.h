@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 
 namespace pyconv {
@@ -71,7 +72,8 @@ struct PaddedInput {
         }
         storage = scratch<T>(checked_mul(g.N, g.C, pp.size()));
         data = storage.get(), image = g.C * pp.size(), plane = pp.size(), row = pp.Wp;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
         for (int64_t p = 0; p < g.N * g.C; ++p) pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane);
     }
     int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {

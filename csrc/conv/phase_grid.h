@@ -9,6 +9,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "gemm/operands.h"
 #include "gemm/driver.h"
@@ -50,7 +51,8 @@ struct PhaseGrid {
 template <class T>
 void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         const T* src = x + p * g.H * g.W;
         for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
@@ -121,7 +123,8 @@ void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
     Scratch<T> storage;
     const T* xq = phase_grid_of(g, pg, x, storage);
     Scratch<T> dyq = scratch<T>(checked_mul(g.N, g.K, pixels));
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
     for (int64_t p = 0; p < g.N * g.K; ++p)
         for (int64_t ho = 0; ho < g.Ho; ++ho) {
             T* d = dyq.get() + p * pixels + ho * pg.Wq;

@@ -18,6 +18,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/simd.h"
 
 namespace pyconv {
@@ -59,7 +60,8 @@ static inline T iou_of(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2,
 
 template <class T>
 void box_iou(const T* a, int64_t n, const T* b, int64_t m, T* iou) {
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 16)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 16) firstprivate(ftz)
     for (int64_t i = 0; i < n; ++i) {
         const T* p = a + 4 * i;
         const T area_a = box_area(p[0], p[1], p[2], p[3]);
@@ -272,7 +274,8 @@ int64_t nms(const T* boxes, const T* scores, const int64_t* category, int64_t n,
     std::vector<uint8_t> kept(n, 0);
     const int64_t n_groups = int64_t(groups.size()) - 1;
     std::exception_ptr failure;  // a failed allocation, rethrown outside the parallel region
-#pragma omp parallel num_threads(num_threads()) if (n_groups > 1)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(num_threads()) if (n_groups > 1) firstprivate(ftz)
     {
         Candidates<T> c;  // one scratch list per thread, reused across its groups
 #pragma omp for schedule(dynamic, 1)

@@ -238,8 +238,14 @@ Isa parse_isa(const std::string& name) {
 using Array = const py::array&;
 using Optional = const py::object&;  // an array or None
 
+[[noreturn]] void throw_memory_error(const std::string& message) {
+    PyErr_SetString(PyExc_MemoryError, message.c_str());
+    throw py::error_already_set();
+}
+
 // A kernel binding whose C++ errors name the op: a size that overflows 64-bit arithmetic
-// (std::length_error) becomes a ValueError, a failed allocation a MemoryError with its size.
+// (std::length_error) becomes a ValueError, a failed allocation a MemoryError (with its size
+// when it was scratch memory).
 template <class R, class... Args>
 auto naming_errors(const char* op, std::function<R(Args...)> body) {
     return [op, body](Args... args) -> R {
@@ -247,12 +253,10 @@ auto naming_errors(const char* op, std::function<R(Args...)> body) {
             return body(std::forward<Args>(args)...);
         } catch (const std::length_error& e) {
             throw py::value_error(std::string(op) + ": " + e.what());
-        } catch (const std::bad_alloc& e) {
-            const std::string what = e.what();
-            PyErr_SetString(PyExc_MemoryError,
-                            (std::string(op) + ": " +
-                             (what == "std::bad_alloc" ? "out of memory" : what)).c_str());
-            throw py::error_already_set();
+        } catch (const OutOfMemory& e) {
+            throw_memory_error(std::string(op) + ": " + e.what());
+        } catch (const std::bad_alloc&) {
+            throw_memory_error(std::string(op) + ": out of memory");
         }
     };
 }
@@ -285,6 +289,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("mxcsr", [] { return _mm_getcsr(); },
           "this thread's MXCSR (SSE control and status: FTZ is bit 15, DAZ bit 6)");
     m.def("worker_mxcsrs", [](int threads) {
+              if (threads < 1) throw py::value_error("worker_mxcsrs: threads must be >= 1");
               std::vector<unsigned> csr(threads);
 #pragma omp parallel num_threads(threads)
               csr[omp_get_thread_num()] = _mm_getcsr();

@@ -40,7 +40,7 @@ namespace PYCONV_ISA {
 // dilations or padding far beyond the input go to im2col / col2im instead.
 inline bool direct_pays(const ConvShape& g) {
     return g.groups > 1 && (g.C / g.groups) * (g.K / g.groups) <= 16 &&
-           padded_planes_fit(g, double(num_threads()) * double(g.C / g.groups));
+           padded_planes_fit(g, double(g.N) * double(g.C));
 }
 
 // Forward vectorised over output channels: from 64 output channels per group every vector

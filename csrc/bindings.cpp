@@ -15,12 +15,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "common/checked.h"
+#include "common/denormals.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -145,20 +148,32 @@ decltype(auto) by_dtype(const py::dtype& dtype, Body&& body) {
     throw py::type_error("expected float32 or float64, got " + std::string(py::str(dtype)));
 }
 
-// Runs a kernel call with the GIL released.
+// Runs a kernel call with the GIL released, and subnormal floats flushed to zero on the calling
+// thread (the kernels' parallel regions flush on their workers; common/denormals.h).
 template <class Call>
 decltype(auto) without_gil(Call&& call) {
     py::gil_scoped_release nogil;
+    const generic::FlushDenormals ftz;
     return call();
 }
 
 // ---- Geometry checks (the spec has validated it; a direct call may not have) --------------------
+
+// The kernels index rows up to (out - 1) * stride + (taps - 1) * dilation from -pad, and add
+// the input size, the padding and the stride to such positions: all of that must fit int64_t
+// (checked_add / checked_mul throw std::length_error, a ValueError naming the op, if not).
+void check_reach(int64_t out, int64_t stride, int64_t taps, int64_t dilation, int64_t in, int64_t pad) {
+    const int64_t reach = checked_add(checked_mul(out - 1, stride), checked_mul(taps - 1, dilation), 1);
+    checked_add(reach, in, pad, stride, dilation);
+}
 
 void check_pool_shape(const PoolShape& g) {
     for (int64_t v : {g.N, g.C, g.H, g.W, g.Ho, g.Wo, g.ph, g.pw})
         if (v < 0) throw py::value_error("pool shape: negative size");
     for (int64_t v : {g.kh, g.kw, g.sh, g.sw, g.dh, g.dw})
         if (v < 1) throw py::value_error("pool shape: kernel, stride and dilation must be >= 1");
+    check_reach(std::max<int64_t>(g.Ho, 1), g.sh, g.kh, g.dh, g.H, g.ph);
+    check_reach(std::max<int64_t>(g.Wo, 1), g.sw, g.kw, g.dw, g.W, g.pw);
 }
 
 // Every window must hold an input element (the spec guarantees it; re-check the extremes).
@@ -180,6 +195,8 @@ void check_conv_shape(const ConvShape& g) {
     if (g.ph < 0 || g.pw < 0) throw py::value_error("conv shape: negative padding");
     if (g.C % g.groups || g.K % g.groups)
         throw py::value_error("conv shape: groups must divide C and K");
+    check_reach(g.Ho, g.sh, g.R, g.dh, g.H, g.ph);
+    check_reach(g.Wo, g.sw, g.S, g.dw, g.W, g.pw);
 }
 
 std::vector<int64_t> input_dims(const ConvShape& g) { return {g.N, g.C, g.H, g.W}; }
@@ -221,6 +238,34 @@ Isa parse_isa(const std::string& name) {
 using Array = const py::array&;
 using Optional = const py::object&;  // an array or None
 
+[[noreturn]] void throw_memory_error(const std::string& message) {
+    PyErr_SetString(PyExc_MemoryError, message.c_str());
+    throw py::error_already_set();
+}
+
+// A kernel binding whose C++ errors name the op: a size that overflows 64-bit arithmetic
+// (std::length_error) becomes a ValueError, a failed allocation a MemoryError (with its size
+// when it was scratch memory).
+template <class R, class... Args>
+auto naming_errors(const char* op, std::function<R(Args...)> body) {
+    return [op, body](Args... args) -> R {
+        try {
+            return body(std::forward<Args>(args)...);
+        } catch (const std::length_error& e) {
+            throw py::value_error(std::string(op) + ": " + e.what());
+        } catch (const OutOfMemory& e) {
+            throw_memory_error(std::string(op) + ": " + e.what());
+        } catch (const std::bad_alloc&) {
+            throw_memory_error(std::string(op) + ": out of memory");
+        }
+    };
+}
+
+template <class Body, class... Extra>
+void def_op(py::module_& m, const char* op, Body&& body, const Extra&... extra) {
+    m.def(op, naming_errors(op, std::function(std::forward<Body>(body))), extra...);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -241,10 +286,20 @@ PYBIND11_MODULE(_C, m) {
         set_num_threads(n);
     });
     m.def("compiler", [] { return std::string("GCC ") + __VERSION__; });
+    m.def("mxcsr", [] { return _mm_getcsr(); },
+          "this thread's MXCSR (SSE control and status: FTZ is bit 15, DAZ bit 6)");
+    m.def("worker_mxcsrs", [](int threads) {
+              if (threads < 1) throw py::value_error("worker_mxcsrs: threads must be >= 1");
+              std::vector<unsigned> csr(threads);
+#pragma omp parallel num_threads(threads)
+              csr[omp_get_thread_num()] = _mm_getcsr();
+              return csr;
+          },
+          py::arg("threads"), "the MXCSR of each thread of an OpenMP team of this size");
 
     // ---- Pooling
 
-    m.def("max_pool2d",
+    def_op(m, "max_pool2d",
           [](Array x, Array y, Optional indices, const PoolShape& g) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -258,7 +313,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("shape"),
           "max pooling into y (and indices, unless None); shape: a PoolGeom");
-    m.def("max_pool2d_backward",
+    def_op(m, "max_pool2d_backward",
           [](Array grad_out, Array indices, Array grad_x) {
               by_dtype(grad_out.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -276,7 +331,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("grad_out"), py::arg("indices"), py::arg("grad_x"),
           "grad_x = zeros, then grad_x.flat-per-plane[indices] += grad_out");
-    m.def("max_unpool2d",
+    def_op(m, "max_unpool2d",
           [](Array x, Array indices, Array y) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -294,7 +349,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("x"), py::arg("indices"), py::arg("y"),
           "y = zeros, then y.flat-per-plane[indices] = x (the last repeated index wins)");
-    m.def("avg_pool2d",
+    def_op(m, "avg_pool2d",
           [](Array x, Array y, bool count_include_pad, int64_t divisor, const PoolShape& g) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -306,7 +361,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("x"), py::arg("y"), py::arg("count_include_pad"), py::arg("divisor_override"),
           py::arg("shape"), "average pooling into y (divisor_override 0 = none); shape: a PoolGeom");
-    m.def("avg_pool2d_backward",
+    def_op(m, "avg_pool2d_backward",
           [](Array grad_out, Array grad_x, bool count_include_pad, int64_t divisor,
              const PoolShape& g) {
               by_dtype(grad_out.dtype(), [&](auto t) {
@@ -325,7 +380,7 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- LSTM
 
-    m.def("lstm",
+    def_op(m, "lstm",
           [](Array x, Array h0, Array c0, Array w_ih, Array w_hh, Optional b_ih, Optional b_hh,
              Array out, Optional h_T, Array c_T, Optional saved_gates, Optional saved_cells) {
               by_dtype(x.dtype(), [&](auto t) {
@@ -363,7 +418,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("H"), py::arg("dtype"),
           "width of lstm's saved gate rows for H hidden units (the kernels' padded gate layout)");
-    m.def("lstm_backward",
+    def_op(m, "lstm_backward",
           [](Array x, Optional grad_out, Optional grad_hT, Optional grad_cT, Array h0, Array c0,
              Array w_ih, Array w_hh, Optional b_ih, Optional b_hh, Array grad_x, Array grad_h0,
              Array grad_c0, Array grad_w_ih, Array grad_w_hh, Optional grad_b,
@@ -413,7 +468,7 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- Boxes
 
-    m.def("box_iou",
+    def_op(m, "box_iou",
           [](Array boxes1, Array boxes2, Array out) {
               by_dtype(boxes1.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -425,7 +480,7 @@ PYBIND11_MODULE(_C, m) {
               });
           },
           py::arg("boxes1"), py::arg("boxes2"), py::arg("out"), "pairwise IoU into out (N, M)");
-    m.def("nms",
+    def_op(m, "nms",
           [](Array boxes, Array scores, Optional idxs, double iou_threshold, Array keep) {
               return by_dtype(boxes.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -447,7 +502,7 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- Convolution and GEMM
 
-    m.def("conv2d",
+    def_op(m, "conv2d",
           [](Array x, Array w, Optional b, Array y, const ConvShape& g) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -461,7 +516,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("shape"),
           "convolution into y; shape: a ConvGeom");
-    m.def("conv2d_grad_input",
+    def_op(m, "conv2d_grad_input",
           [](Array grad_y, Array w, Array grad_x, const ConvShape& g) {
               by_dtype(grad_y.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -474,7 +529,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("grad_y"), py::arg("w"), py::arg("grad_x"), py::arg("shape"),
           "input gradient (= transpose convolution) into grad_x; shape: a ConvGeom");
-    m.def("conv2d_grad_weight",
+    def_op(m, "conv2d_grad_weight",
           [](Array grad_y, Array x, Array grad_w, const ConvShape& g) {
               by_dtype(grad_y.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -487,7 +542,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("grad_y"), py::arg("x"), py::arg("grad_w"), py::arg("shape"),
           "weight gradient into grad_w; shape: a ConvGeom");
-    m.def("conv2d_grad_bias",
+    def_op(m, "conv2d_grad_bias",
           [](Array grad_y, Array grad_b) {
               by_dtype(grad_y.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -500,7 +555,7 @@ PYBIND11_MODULE(_C, m) {
               });
           },
           py::arg("grad_y"), py::arg("grad_b"), "bias gradient: grad_b[k] = grad_y[:, k].sum()");
-    m.def("gemm",
+    def_op(m, "gemm",
           [](Array a, Array b, Array c, bool accumulate) {
               by_dtype(a.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -516,7 +571,7 @@ PYBIND11_MODULE(_C, m) {
           "packed GEMM: c = a @ b (or c += a @ b); row-major, C-contiguous");
 
     // ---- Elementwise -------------------------------------------------------------------------
-    m.def("leaky_relu",
+    def_op(m, "leaky_relu",
           [](Array x, double negative_slope, Array y) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -528,7 +583,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("x"), py::arg("negative_slope"), py::arg("y"),
           "y = x where x > 0, else negative_slope * x");
-    m.def("leaky_relu_backward",
+    def_op(m, "leaky_relu_backward",
           [](Array grad_y, Array x, double negative_slope, Array grad_x) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);

@@ -1,5 +1,6 @@
 // Run-time choice of the kernel table, and the thread count every kernel uses.
 #include <omp.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -62,7 +63,20 @@ const KernelTable& active_table() {
 
 static std::atomic<int> g_threads{omp_get_max_threads()};
 
-int num_threads() { return g_threads.load(std::memory_order_relaxed); }
+// Fork safety. GNU OpenMP is not fork-safe: a child forked after a parallel region ran inherits
+// a thread pool whose threads do not exist in it, and the child's next parallel region with
+// more than one thread waits for them forever. A team of one thread does not use the pool, so
+// in a forked child every kernel runs on the calling thread alone, whatever set_num_threads
+// asks for (a process pool of forked workers is parallel across its processes anyway).
+static std::atomic<bool> g_forked_child{false};
+
+static void on_fork_in_child() { g_forked_child.store(true); }
+
+static const int g_fork_handler = pthread_atfork(nullptr, nullptr, on_fork_in_child);
+
+int num_threads() {
+    return g_forked_child.load(std::memory_order_relaxed) ? 1 : g_threads.load(std::memory_order_relaxed);
+}
 
 void set_num_threads(int n) {
     if (n < 1) throw std::invalid_argument("number of threads must be >= 1");

@@ -169,9 +169,9 @@ def _torch_baseline(make):
     return {"torch": lambda inputs: make(inputs) if _torch() is not None else None}
 
 
-def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False):
+def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False, weight_scale=0.1):
     def make(rng):
-        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C // groups, R, R) * 0.1,
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C // groups, R, R) * weight_scale,
                 "b": _f32(rng, K)}
 
     def run(a, be):
@@ -423,6 +423,11 @@ def cases(quick: bool) -> list[Case]:
         _conv_case("strided 16x32x32x32 k64 3x3 s2 p1", 16, 32, 32, 32, 64, 3, stride=2, pad=1, quick=True),
         _conv_case("depthwise 8x64x56x56 g64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1, groups=64, quick=True),
         _conv_case("batch-1 1x64x56x56 k64 3x3 p1", 1, 64, 56, 56, 64, 3, pad=1, quick=True),
+        # The same convolution twice: the speed of the second must not depend on its weights
+        # being subnormal (x86 handles subnormal operands 10-100x slower unless flushed).
+        _conv_case("8x64x28x28 k64 3x3 p1", 8, 64, 28, 28, 64, 3, pad=1),
+        _conv_case("8x64x28x28 k64 3x3 p1, subnormal weights", 8, 64, 28, 28, 64, 3, pad=1,
+                   weight_scale=1e-39),
         _conv_backward_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, 1),
         _conv_backward_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, 0, quick=True),
         _conv_transpose_case("DCGAN 64x128x7x7 -> 64 4x4 s2 p1", 64, 128, 7, 7, 64, 4, 2, 1, quick=True),

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <memory>
 #include <new>
@@ -30,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/checked.h"
 #include "kernels.h"
 
 // The ISA of this compilation: kernels_<isa>.cpp define both before including anything. A

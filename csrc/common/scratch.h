@@ -12,11 +12,14 @@ struct AlignedFree {
 template <class T>
 using Scratch = std::unique_ptr<T[], AlignedFree>;
 
+// Room for `count` elements (a size computed with checked arithmetic, so never negative). Throws
+// OutOfMemory, which names the size, when the allocation fails.
 template <class T>
 Scratch<T> scratch(int64_t count) {
-    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, bytes);
-    if (p == nullptr) throw std::bad_alloc();
+    if (count < 0) throw std::length_error("negative scratch size " + std::to_string(count));
+    const int64_t bytes = checked_add(checked_mul(std::max<int64_t>(count, 1), int64_t(sizeof(T))), 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, static_cast<size_t>(bytes));
+    if (p == nullptr) throw OutOfMemory(bytes);
     return Scratch<T>(static_cast<T*>(p));
 }
 

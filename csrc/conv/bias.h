@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -9,7 +10,8 @@ namespace PYCONV_ISA {
 template <class T>
 void conv2d_grad_bias(int64_t N, int64_t K, int64_t plane, const T* dy, T* db) {
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), K));
-#pragma omp parallel for num_threads(threads) schedule(static)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
     for (int64_t k = 0; k < K; ++k) {
         double acc = 0.0;  // float32 sums of ~10^5 terms lose digits; double costs nothing here
         for (int64_t n = 0; n < N; ++n) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "gemm/tile.h"
@@ -67,10 +68,14 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
     std::vector<Scratch<T>> weights;
     for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), blocks * g.groups)));
+    // Per-thread accumulators, allocated here: an exception must not leave a parallel region.
+    std::vector<Scratch<T>> accs;
+    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(tiles_max * panels * MR * NR));
     // Every group's GEMM in one parallel region; threads move on to the next group without waiting.
-#pragma omp parallel num_threads(threads)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
-        Scratch<T> acc = scratch<T>(tiles_max * panels * MR * NR);
+        const Scratch<T>& acc = accs[omp_get_thread_num()];
         OffsetCols<T, MR> tiles[tiles_max];
         for (int64_t grp = 0; grp < g.groups; ++grp) {
 #pragma omp for schedule(static) nowait
@@ -133,7 +138,8 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
     Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-#pragma omp parallel num_threads(threads)
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
         {
             // dy^T panels: dyt[(jp * P + p) * NR + j] = dy[n, grp*Kg + jp*NR + j, q], zero past Kg.
             // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
@@ -204,9 +210,15 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
     std::vector<int64_t> channel_offsets(g.K);  // dy's channel k of an image, for the broadcasts
     for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
     const int64_t tiles = (HoWo + MR - 1) / MR;
-#pragma omp parallel num_threads(num_threads())
+    // Per thread, grad_x of one image, channels last (allocated outside the parallel region,
+    // which an exception must not leave).
+    const int threads = num_threads();
+    std::vector<Scratch<T>> accs;
+    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(checked_mul(pp.size(), Cp)));
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
-        Scratch<T> acc = scratch<T>(pp.size() * Cp);  // grad_x of one image, channels last
+        const Scratch<T>& acc = accs[omp_get_thread_num()];
         alignas(64) T tile[MR * NR];
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < g.N; ++n) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "gemm/micro_kernel.h"
 #include "gemm/operands.h"
@@ -87,7 +88,8 @@ void conv2d_grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx
     const int threads = num_threads();
     const bool by_image = g.N >= threads;
     std::vector<GemmBuffers<T>> bufs(threads);
-#pragma omp parallel num_threads(threads)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
         const int t = omp_get_thread_num(), team = omp_get_num_threads();
         const int64_t n0 = by_image ? g.N * t / team : 0, n1 = by_image ? g.N * (t + 1) / team : g.N;

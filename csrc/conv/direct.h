@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "conv/padding.h"
@@ -19,8 +20,9 @@ void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* 
     const int64_t jobs = g.N * g.groups;
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
-    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size() + V::lanes));
-#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(checked_add(checked_mul(Cg, pp.size()), V::lanes)));
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t n = job / g.groups, grp = job % g.groups;
         T* xp = pads[omp_get_thread_num()].get();
@@ -73,8 +75,9 @@ void conv2d_grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx
     const int64_t jobs = g.N * g.groups;
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
-    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(Cg * pp.size()));
-#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(checked_mul(Cg, pp.size())));
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t n = job / g.groups, grp = job % g.groups;
         T* dxp = pads[omp_get_thread_num()].get();
@@ -120,7 +123,8 @@ void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* d
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.K));
     std::vector<Scratch<T>> pads;
     for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(pp.size()));
-#pragma omp parallel for num_threads(threads) schedule(static)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
     for (int64_t k = 0; k < g.K; ++k) {
         const int64_t grp = k / Kg;
         T* xp = pads[omp_get_thread_num()].get();

@@ -35,9 +35,12 @@ namespace PYCONV_ISA {
 
 // Grouped convolutions with few channels per group (depthwise: Cg = Kg = 1): a GEMM would have
 // a handful of rows, so the direct loops, vectorised along output rows, win. First in every
-// pass, before any GEMM form.
+// pass, before any GEMM form. Every algorithm below that copies x into padded planes or a
+// phase grid also needs that copy to be bounded by the operands (scratch_fits): strides,
+// dilations or padding far beyond the input go to im2col / col2im instead.
 inline bool direct_pays(const ConvShape& g) {
-    return g.groups > 1 && (g.C / g.groups) * (g.K / g.groups) <= 16;
+    return g.groups > 1 && (g.C / g.groups) * (g.K / g.groups) <= 16 &&
+           padded_planes_fit(g, double(g.N) * double(g.C));
 }
 
 // Forward vectorised over output channels: from 64 output channels per group every vector
@@ -46,20 +49,23 @@ inline bool direct_pays(const ConvShape& g) {
 // the pixel-vectorised GEMM from 7x7 to 56x56 images. A 1x1 kernel reads x in place as a plain
 // matrix and stays with the GEMM.
 inline bool forward_by_channels_pays(const ConvShape& g) {
-    return g.K / g.groups >= 64 && g.C / g.groups > 0 && g.R * g.S > 1;
+    return g.K / g.groups >= 64 && g.C / g.groups > 0 && g.R * g.S > 1 &&
+           padded_planes_fit(g, double(g.N) * double(g.C));
 }
 
 // Weight gradient vectorised over output channels: here one vector of output channels (16)
 // is already worth it, because the dot-product form it replaces reduces every accumulator
 // across lanes and pads the grid's rows.
 inline bool weight_grad_by_channels_pays(const ConvShape& g) {
-    return g.K / g.groups >= 16 && g.C / g.groups > 0 && g.R * g.S > 1;
+    return g.K / g.groups >= 16 && g.C / g.groups > 0 && g.R * g.S > 1 &&
+           padded_planes_fit(g, double(g.N) * double(g.C));
 }
 
 // The phase grid (forward and weight gradient, pixel-vectorised): worth its copy of x when it
 // wastes few columns (its rows are Wq >= Wo wide), or when the GEMM has so few rows (output
 // channels) that packing B, which the grid turns into a plain copy, is the larger cost.
 inline bool phase_grid_pays(const ConvShape& g) {
+    if (!scratch_fits(g, PhaseGrid::elements(g))) return false;
     const PhaseGrid pg(g);
     return g.K / g.groups <= 64 || pg.Wq * 10 <= g.Wo * 11;
 }
@@ -79,7 +85,7 @@ inline bool grad_input_as_forward(const ConvShape& g) {
 // images. Needs one image per thread (threads own images), and the per-thread copy kept
 // within a thread's share of the last-level cache, else col2im is faster.
 inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_bytes) {
-    const double copy_bytes = double(PaddedPlane(g).size()) * double((g.C + 63) / 64 * 64) * double(element_bytes);
+    const double copy_bytes = PaddedPlane(g).area() * double((g.C + 63) / 64 * 64) * double(element_bytes);
     return g.groups == 1 && g.C >= 64 && g.K > 0 && g.N >= num_threads() && copy_bytes <= 16.0 * (1 << 20);
 }
 

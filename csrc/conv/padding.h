@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 
 namespace pyconv {
@@ -12,10 +13,32 @@ namespace PYCONV_ISA {
 struct PaddedPlane {
     int64_t Hp, Wp;
     PaddedPlane(const ConvShape& g, int64_t lanes = 1)
-        : Hp((g.Ho - 1) * g.sh + (g.R - 1) * g.dh + 1),
-          Wp(((g.Wo + lanes - 1) / lanes * lanes - 1) * g.sw + (g.S - 1) * g.dw + 1) {}
-    int64_t size() const { return Hp * Wp; }
+        : Hp(checked_add(checked_mul(g.Ho - 1, g.sh), checked_mul(g.R - 1, g.dh), 1)),
+          Wp(checked_add(checked_mul((g.Wo + lanes - 1) / lanes * lanes - 1, g.sw),
+                         checked_mul(g.S - 1, g.dw), 1)) {}
+    int64_t size() const { return checked_mul(Hp, Wp); }
+    // The size as a double, for the rules that weigh it (never overflows).
+    double area() const { return double(Hp) * double(Wp); }
 };
+
+// Whether scratch of `elements` (estimated in double, which cannot overflow) stays within a
+// small multiple of the call's own operands. Padded copies and phase grids grow with padding,
+// dilation and stride, not with the data alone: a stride or dilation far beyond the input
+// would make them huge (or their size overflow) for a tiny convolution. Algorithms whose
+// scratch fails this give way to im2col / col2im, whose scratch is a few GEMM tiles.
+inline bool scratch_fits(const ConvShape& g, double elements) {
+    const double operands = double(g.N) * double(g.C) * double(g.H) * double(g.W) +
+                            double(g.N) * double(g.K) * double(g.Ho) * double(g.Wo) +
+                            double(g.K) * double(g.C / g.groups) * double(g.R) * double(g.S);
+    return elements <= 16.0 * operands + double(1 << 20);
+}
+
+// Whether `copies` zero-padded input planes fit that budget (rows widened for up to 16 lanes).
+inline bool padded_planes_fit(const ConvShape& g, double copies) {
+    const double Hp = double(g.Ho - 1) * double(g.sh) + double(g.R - 1) * double(g.dh) + 1;
+    const double Wp = double(g.Wo + 15) * double(g.sw) + double(g.S - 1) * double(g.dw) + 1;
+    return scratch_fits(g, copies * Hp * Wp);
+}
 
 // dst (Hp x Wp) = plane (H x W) shifted by the top/left padding, zeros around.
 template <class T>
@@ -47,9 +70,10 @@ struct PaddedInput {
             data = x, image = g.C * g.H * g.W, plane = g.H * g.W, row = g.W;
             return;
         }
-        storage = scratch<T>(g.N * g.C * pp.size());
+        storage = scratch<T>(checked_mul(g.N, g.C, pp.size()));
         data = storage.get(), image = g.C * pp.size(), plane = pp.size(), row = pp.Wp;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
         for (int64_t p = 0; p < g.N * g.C; ++p) pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane);
     }
     int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {

@@ -9,11 +9,13 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "gemm/operands.h"
 #include "gemm/driver.h"
 #include "gemm/dot.h"
 #include "conv/im2col.h"
+#include "conv/padding.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -21,18 +23,23 @@ namespace PYCONV_ISA {
 struct PhaseGrid {
     int64_t phases, Hq, Wq, plane, image, slack;
     explicit PhaseGrid(const ConvShape& g)
-        : phases(g.sh * g.sw),
+        : phases(checked_mul(g.sh, g.sw)),
           Hq(g.Ho + (g.R - 1) * g.dh / g.sh),
           Wq(g.Wo + (g.S - 1) * g.dw / g.sw),
-          plane(Hq * Wq),
-          image(g.C * phases * plane),
+          plane(checked_mul(Hq, Wq)),
+          image(checked_mul(g.C, phases, plane)),
           slack((g.S - 1) * g.dw / g.sw) {}  // the last taps read this far past the last plane
+    // The grid's size as a double, for the rule that weighs it before building one.
+    static double elements(const ConvShape& g) {
+        return double(g.N) * double(g.C) * double(g.sh) * double(g.sw) *
+               double(g.Ho + (g.R - 1) * g.dh / g.sh) * double(g.Wo + (g.S - 1) * g.dw / g.sw);
+    }
     int64_t pixels(const ConvShape& g) const { return g.Ho * Wq; }
     // True when the grid is x itself (1x1, stride 1, no padding): no copy needed.
     bool is_input(const ConvShape& g) const {
         return phases == 1 && g.ph == 0 && g.pw == 0 && Hq == g.H && Wq == g.W && slack == 0;
     }
-    int64_t size(const ConvShape& g) const { return g.N * image + slack; }
+    int64_t size(const ConvShape& g) const { return checked_add(checked_mul(g.N, image), slack); }
 
     // Offset of tap (c, r, s) from the start of an image's planes (c counted within the group).
     int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
@@ -44,7 +51,8 @@ struct PhaseGrid {
 template <class T>
 void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         const T* src = x + p * g.H * g.W;
         for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
@@ -114,8 +122,9 @@ void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
     const int64_t pixels = pg.pixels(g);
     Scratch<T> storage;
     const T* xq = phase_grid_of(g, pg, x, storage);
-    Scratch<T> dyq = scratch<T>(g.N * g.K * pixels);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    Scratch<T> dyq = scratch<T>(checked_mul(g.N, g.K, pixels));
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
     for (int64_t p = 0; p < g.N * g.K; ++p)
         for (int64_t ho = 0; ho < g.Ho; ++ho) {
             T* d = dyq.get() + p * pixels + ho * pg.Wq;

@@ -6,6 +6,7 @@
 // than the pass itself.
 #pragma once
 
+#include "common/denormals.h"
 #include "common/prelude.h"
 
 namespace pyconv {
@@ -17,7 +18,8 @@ constexpr int64_t kParallelElementwise = int64_t(1) << 15;
 // y = x where x > 0, else negative_slope * x (ReLU for a slope of 0). NaN stays NaN.
 template <class T>
 void leaky_relu(int64_t n, const T* x, T negative_slope, T* y) {
-#pragma omp parallel for simd num_threads(num_threads()) schedule(static) \
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for simd num_threads(num_threads()) schedule(static) firstprivate(ftz) \
     if (n >= kParallelElementwise)
     for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : x[i] * negative_slope;
 }
@@ -25,7 +27,8 @@ void leaky_relu(int64_t n, const T* x, T negative_slope, T* y) {
 // grad_x = grad_y where x > 0, else negative_slope * grad_y.
 template <class T>
 void leaky_relu_backward(int64_t n, const T* grad_y, const T* x, T negative_slope, T* grad_x) {
-#pragma omp parallel for simd num_threads(num_threads()) schedule(static) \
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for simd num_threads(num_threads()) schedule(static) firstprivate(ftz) \
     if (n >= kParallelElementwise)
     for (int64_t i = 0; i < n; ++i) grad_x[i] = x[i] > T(0) ? grad_y[i] : grad_y[i] * negative_slope;
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "gemm/tile.h"
@@ -117,7 +118,8 @@ void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
     for (int t = 0; t < threads; ++t) bufs.emplace_back(M);
     Scratch<T> partial = scratch<T>((threads - 1) * M * N);
     const int64_t size = M * N;
-#pragma omp parallel num_threads(threads)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
         const int t = omp_get_thread_num(), team = omp_get_num_threads();
         T* out = t == 0 ? c : partial.get() + (t - 1) * size;

@@ -30,6 +30,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
@@ -147,7 +148,8 @@ void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B
     const ThreadGrid grid = choose_grid<T>(M, N, threads);
     // Allocated before the parallel region: an exception must not escape an OpenMP thread.
     std::vector<GemmBuffers<T>> bufs(grid.tm * grid.tn);
-#pragma omp parallel num_threads(grid.tm * grid.tn)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(grid.tm * grid.tn) firstprivate(ftz)
     {
         // A loop, not one part per thread: OpenMP may start fewer threads than asked for.
         const int parts = grid.tm * grid.tn;
@@ -182,7 +184,8 @@ void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const
     std::vector<GemmBuffers<T>> bufs(threads);
     Scratch<T> partial = scratch<T>((threads - 1) * M * N);
     const int64_t size = M * N;
-#pragma omp parallel num_threads(threads)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
         // Split by the team OpenMP actually started, which may be smaller than asked for.
         const int t = omp_get_thread_num(), team = omp_get_num_threads();

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "gemm/tile.h"
@@ -173,7 +174,8 @@ struct PrepackedA {
         constexpr int MR = GemmTile<T>::MR;
         const int64_t panels = (M + MR - 1) / MR;
         data = scratch<T>(panels * MR * K);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
         for (int64_t p = 0; p < panels; ++p)
             A.pack_panel(p * MR, std::min<int64_t>(MR, M - p * MR), 0, K_, data.get() + p * MR * K);
     }

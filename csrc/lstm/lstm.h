@@ -8,6 +8,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "gemm/tile.h"
@@ -118,7 +119,8 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
     const int64_t B = P.B, H = P.H, I = P.I, G = P.G, TB = P.T_ * P.B;
     std::vector<T> bias(G);
     for (int64_t col = 0; col < G; ++col) bias[col] = P.bias(col);
-#pragma omp parallel num_threads(num_threads())
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
     {
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
         const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
@@ -217,7 +219,8 @@ static inline void cell_backward(const T* act, T* dgate, int64_t U, int64_t n, c
 template <class T, class Put>
 static void column_sums(const T* a, int64_t rows, int64_t cols, Put&& put) {
     constexpr int64_t chunk = 64;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
     for (int64_t c0 = 0; c0 < cols; c0 += chunk) {
         const int64_t n = std::min(chunk, cols - c0);
         T sum[chunk] = {};
@@ -268,7 +271,8 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));
     if (grad_hT) std::copy(grad_hT, grad_hT + B * H, dh_rec.begin());
     if (grad_cT) std::copy(grad_cT, grad_cT + B * H, dc.begin());
-#pragma omp parallel num_threads(num_threads())
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
     {
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
         const int64_t u_lo = lo * U, u_n = std::min(hi * U, H) - u_lo;  // this thread's units

@@ -3,6 +3,8 @@
 // Semantics (torchvision's, made exact where it leaves them open):
 // - boxes are (x1, y1, x2, y2); a box with x2 < x1 or y2 < y1 is empty (width and height are
 //   clamped at 0), and the IoU of two boxes whose union is empty is 0;
+// - a NaN coordinate makes the IoU of every pair the box is in NaN (minimum, maximum and the
+//   clamp at 0 propagate NaN, as NumPy's do), and a NaN IoU suppresses nothing;
 // - greedy NMS visits boxes by decreasing score, ties by increasing index, NaN scores after
 //   every other score; a box is dropped when its IoU with an already kept box is strictly
 //   greater than the threshold. The threshold is compared exactly, as a double, with the IoU
@@ -16,6 +18,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/simd.h"
 
 namespace pyconv {
@@ -30,24 +33,35 @@ static inline T floor_to(double t) {
     return f;
 }
 
+// Minimum, maximum and the clamp at 0 that return NaN when an operand is NaN. (std::min,
+// std::max and plain selects return one operand or the other depending on the order.) The
+// same forms serve scalars and SIMD vectors, whose comparisons yield lane masks.
+template <class V>
+static inline V min_nan(V a, V b) { return (a < b) | (a != a) ? a : b; }
+template <class V>
+static inline V max_nan(V a, V b) { return (a > b) | (a != a) ? a : b; }
+template <class V>
+static inline V clamp0_nan(V v, V zero) { return v < zero ? zero : v; }
+
 template <class T>
 static inline T box_area(T x1, T y1, T x2, T y2) {
-    return std::max(x2 - x1, T(0)) * std::max(y2 - y1, T(0));
+    return clamp0_nan(x2 - x1, T(0)) * clamp0_nan(y2 - y1, T(0));
 }
 
 // IoU of two boxes given with their areas; the vector code below computes the same formula.
 template <class T>
 static inline T iou_of(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2, T by2, T barea) {
-    const T w = std::max(std::min(ax2, bx2) - std::max(ax1, bx1), T(0));
-    const T h = std::max(std::min(ay2, by2) - std::max(ay1, by1), T(0));
+    const T w = clamp0_nan(min_nan(ax2, bx2) - max_nan(ax1, bx1), T(0));
+    const T h = clamp0_nan(min_nan(ay2, by2) - max_nan(ay1, by1), T(0));
     const T inter = w * h;
     const T uni = aarea + barea - inter;
-    return uni > T(0) ? inter / uni : T(0);
+    return uni == T(0) ? T(0) : inter / uni;
 }
 
 template <class T>
 void box_iou(const T* a, int64_t n, const T* b, int64_t m, T* iou) {
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 16)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 16) firstprivate(ftz)
     for (int64_t i = 0; i < n; ++i) {
         const T* p = a + 4 * i;
         const T area_a = box_area(p[0], p[1], p[2], p[3]);
@@ -193,13 +207,11 @@ static int64_t sweep(Candidates<T>& c, int64_t k, int64_t from, int64_t end, T t
                 y2 = S::load(&c.y2[j]), area = S::load(&c.area[j]);
         I rank;
         std::memcpy(&rank, &c.rank[j], sizeof rank);
-        V iw = (x2 < kx2 ? x2 : kx2) - (x1 > kx1 ? x1 : kx1);
-        V ih = (y2 < ky2 ? y2 : ky2) - (y1 > ky1 ? y1 : ky1);
-        iw = iw > zero ? iw : zero;
-        ih = ih > zero ? ih : zero;
+        const V iw = clamp0_nan(min_nan(x2, kx2) - max_nan(x1, kx1), zero);
+        const V ih = clamp0_nan(min_nan(y2, ky2) - max_nan(y1, ky1), zero);
         const V inter = iw * ih;
         const V uni = karea + area - inter;
-        const V iou = uni > zero ? inter / uni : zero;
+        const V iou = uni == zero ? zero : inter / uni;
         const Mask m = survivors(iou, vthr);
         compress_store(&c.x1[w], m, x1);
         compress_store(&c.y1[w], m, y1);
@@ -261,16 +273,24 @@ int64_t nms(const T* boxes, const T* scores, const int64_t* category, int64_t n,
     const T thr = floor_to<T>(iou_threshold);
     std::vector<uint8_t> kept(n, 0);
     const int64_t n_groups = int64_t(groups.size()) - 1;
-#pragma omp parallel num_threads(num_threads()) if (n_groups > 1)
+    std::exception_ptr failure;  // a failed allocation, rethrown outside the parallel region
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(num_threads()) if (n_groups > 1) firstprivate(ftz)
     {
         Candidates<T> c;  // one scratch list per thread, reused across its groups
 #pragma omp for schedule(dynamic, 1)
         for (int64_t gi = 0; gi < n_groups; ++gi) {
-            const int64_t lo = groups[gi], size = groups[gi + 1] - lo;
-            c.fill(boxes, order.data(), ranks.data() + lo, size);
-            suppress(c, size, thr, kept.data());
+            try {
+                const int64_t lo = groups[gi], size = groups[gi + 1] - lo;
+                c.fill(boxes, order.data(), ranks.data() + lo, size);
+                suppress(c, size, thr, kept.data());
+            } catch (...) {
+#pragma omp critical(pyconv_nms_failure)
+                if (!failure) failure = std::current_exception();
+            }
         }
     }
+    if (failure) std::rethrow_exception(failure);
     int64_t count = 0;
     for (int64_t r = 0; r < n; ++r)
         if (kept[r]) keep[count++] = order[r];

@@ -17,6 +17,7 @@
 #pragma once
 
 #include "common/prelude.h"
+#include "common/denormals.h"
 #include "common/simd.h"
 
 namespace pyconv {
@@ -158,7 +159,8 @@ static void max_row(const PoolShape& g, const T* xp, int64_t oh, T* yrow, int64_
 template <class T>
 void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
             const T* xp = x + p * g.H * g.W;
@@ -178,7 +180,8 @@ template <bool Add, class T>
 int64_t scatter_planes(int64_t planes, int64_t in_plane, int64_t out_plane, const T* in,
                        const int64_t* idx, T* out) {
     int64_t bad = 0;
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         T* op = out + p * out_plane;
         const T* src = in + p * in_plane;
@@ -212,9 +215,11 @@ int64_t max_unpool2d(int64_t planes, int64_t in_plane, int64_t out_plane, const 
 
 // PyTorch's divisor of output (oh, ow), and the window clipped to the input. The window before
 // clipping is cut at H + pad (in ceil mode it can reach further); its size is what
-// count_include_pad divides by.
+// count_include_pad divides by. The divisor is a double: a window of kh x kw can hold more
+// than int64_t counts (a huge kernel over a small padded input).
 struct AvgWindow {
-    int64_t h_lo, h_hi, w_lo, w_hi, divisor;
+    int64_t h_lo, h_hi, w_lo, w_hi;
+    double divisor;
 };
 
 static inline AvgWindow avg_window(const PoolShape& g, bool count_include_pad,
@@ -222,10 +227,10 @@ static inline AvgWindow avg_window(const PoolShape& g, bool count_include_pad,
     const int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
     const int64_t he = std::min(hs + g.kh, g.H + g.ph), we = std::min(ws + g.kw, g.W + g.pw);
     AvgWindow a{std::max<int64_t>(hs, 0), std::min(he, g.H), std::max<int64_t>(ws, 0),
-                std::min(we, g.W), 0};
+                std::min(we, g.W), 0.0};
     if (divisor_override) a.divisor = divisor_override;
-    else if (count_include_pad) a.divisor = (he - hs) * (we - ws);
-    else a.divisor = (a.h_hi - a.h_lo) * (a.w_hi - a.w_lo);
+    else if (count_include_pad) a.divisor = double(he - hs) * double(we - ws);
+    else a.divisor = double(a.h_hi - a.h_lo) * double(a.w_hi - a.w_lo);
     return a;
 }
 
@@ -295,7 +300,8 @@ void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_over
     constexpr int64_t kBlock = 4096 / sizeof(T) * 4;  // elements: 16 KiB
     const int64_t bytes = planes * (g.H * g.W + g.Ho * g.Wo) * int64_t(sizeof(T));
     if (bytes < kStreamingPoolBytes || g.Wo > kBlock) {
-#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32)
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32) firstprivate(ftz)
         for (int64_t p = 0; p < planes; ++p)
             for (int64_t oh = 0; oh < g.Ho; ++oh)
                 avg_row(g, count_include_pad, divisor_override, x + p * g.H * g.W, oh,
@@ -304,7 +310,8 @@ void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_over
     }
     const int64_t rows = std::min(g.Ho, kBlock / g.Wo);  // output rows per block
     const int64_t blocks_per_plane = (g.Ho + rows - 1) / rows;
-#pragma omp parallel num_threads(num_threads())
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
     {
         alignas(64) T buf[kBlock];
 #pragma omp for schedule(dynamic, 4) nowait
@@ -325,7 +332,8 @@ template <class T>
 void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t divisor_override,
                          const T* grad_y, T* grad_x) {
     const int64_t planes = g.N * g.C;
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1)
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         T* gx = grad_x + p * g.H * g.W;
         const T* gy = grad_y + p * g.Ho * g.Wo;

@@ -16,8 +16,38 @@ and reshape arrays; the ``@njit`` functions do the work.
 Needs SciPy for ``np.dot`` inside ``@njit`` (convolution and LSTM kernels) and, for speed,
 threadpoolctl (``pip install 'pyconv[numba]'``).
 """
+import functools
+import os
+import threading
+
 from .. import Backend
 
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
 from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
+
+# One kernel at a time, process-wide: the fork-safe threading layer chosen in _jit.py may be
+# "workqueue", which aborts the process when two threads launch parallel loops at once. A
+# kernel already runs on every thread, so callers on other threads lose no parallelism. The
+# lock is re-created in a forked child, which must not inherit it held by a parent's thread.
+_one_kernel_at_a_time = threading.RLock()
+
+
+def _new_lock_in_child():
+    global _one_kernel_at_a_time
+    _one_kernel_at_a_time = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
+def _serialised(kernel):
+    @functools.wraps(kernel)
+    def run(*args, **kwargs):
+        with _one_kernel_at_a_time:
+            return kernel(*args, **kwargs)
+
+    return run
+
+
+backend.kernels = {name: _serialised(kernel) for name, kernel in backend.kernels.items()}

@@ -2,6 +2,14 @@
 thread glue between Numba's parallel loops and BLAS, and the small parallel helpers (row
 blocks, block sums, BLAS products cut into one block per thread) that several op families use.
 
+Fork safety: Numba's parallel loops run on a threading layer chosen when the first one runs.
+Its default on Linux without TBB is GNU OpenMP, which is not fork-safe: a child forked after a
+parallel loop ran is killed by Numba ("fork() called from a process already using GNU
+OpenMP") when it runs one. Unless the user chose a layer (NUMBA_THREADING_LAYER), this module
+asks for Numba's "forksafe" selection, TBB if installed, else "workqueue". The workqueue layer
+is not thread-safe (two threads launching parallel loops at once abort the process), so the
+backend runs one kernel at a time (``pyconv.backends.numba``); each uses every thread anyway.
+
 One thread pool: the BLAS library these kernels call runs on one thread (``_one_blas_thread``)
 and each Numba thread makes its own BLAS calls on its own images or rows. Letting OpenBLAS
 start its own threads between Numba's parallel loops makes the two pools fight over the cores.
@@ -25,6 +33,16 @@ helper = njit(cache=True, error_model="numpy")
 # `inlined`: a helper that Numba copies into each call site, so that a call with constant
 # arguments compiles to code specialised for them (LLVM alone declines for large functions).
 inlined = njit(cache=True, error_model="numpy", inline="always")
+
+
+def _choose_fork_safe_threading_layer():
+    """Numba's "forksafe" threading layer, unless the user named one. No effect once a parallel
+    loop has run (Numba then keeps the layer it loaded)."""
+    if str(numba.config.THREADING_LAYER).lower() == "default":
+        numba.config.THREADING_LAYER = "forksafe"
+
+
+_choose_fork_safe_threading_layer()
 
 
 _blas_limited = False

@@ -118,7 +118,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 template <class T>
 T* checked(const py::array& a, const std::vector<int64_t>& shape, const char* name,
            bool writable = false) {
-    if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+    if (!py::isinstance<py::array_t<T>>(a))
         throw py::type_error(std::string(name) + ": expected dtype " +
                              std::string(py::str(py::dtype::of<T>())) + ", got " +
                              std::string(py::str(a.dtype())));
@@ -140,11 +140,19 @@ T* checked_or_null(const py::object& a, const std::vector<int64_t>& shape, const
     return a.is_none() ? nullptr : checked<T>(a.cast<py::array>(), shape, name, writable);
 }
 
+// Whether `dtype` is T's dtype. Compared by value as NumPy does (the check array_t<T> makes),
+// not by object identity: an array that was pickled and loaded again (as a multiprocessing
+// worker's are) carries an equal dtype that is another object.
+template <class T>
+bool is_dtype(const py::dtype& dtype) {
+    return py::detail::npy_api::get().PyArray_EquivTypes_(py::dtype::of<T>().ptr(), dtype.ptr());
+}
+
 // body(T()) with T the C++ type of `dtype`: one binding body serves float32 and float64.
 template <class Body>
 decltype(auto) by_dtype(const py::dtype& dtype, Body&& body) {
-    if (dtype.is(py::dtype::of<float>())) return body(float());
-    if (dtype.is(py::dtype::of<double>())) return body(double());
+    if (is_dtype<float>(dtype)) return body(float());
+    if (is_dtype<double>(dtype)) return body(double());
     throw py::type_error("expected float32 or float64, got " + std::string(py::str(dtype)));
 }
 

@@ -21,9 +21,9 @@ from conftest import assert_close
 _registry = importlib.import_module("pyconv.backends")
 
 CPU_BACKENDS = [b for b in ("reference", "cpu", "numba") if b in pyconv.backends()]
-# Backends that can run the large-but-valid geometries below. The cpu backend's C++ kernels
-# cannot yet: with stride 2**31 or more they crash, so those calls are not made here.
-LARGE_GEOMETRY_BACKENDS = [b for b in ("reference", "numba") if b in pyconv.backends()]
+# Every backend runs the large-but-valid geometries below (strides, dilations and windows up
+# to 2**62 - 1) with scratch bounded by its operands.
+LARGE_GEOMETRY_BACKENDS = CPU_BACKENDS
 
 
 def f32(*shape):
@@ -321,12 +321,7 @@ def test_numba_scatter_checks_the_shapes_it_relies_on(kernel):
 # NaN and infinite box coordinates (the rule is in ops.box_iou's docstring).
 
 nan, inf = np.nan, np.inf
-# The cpu backend maps a NaN union to IoU 0 (it tests `union > 0`): a known wrong result.
-BOX_BACKENDS = [
-    pytest.param(b, marks=pytest.mark.xfail(strict=True, reason="cpu box_iou turns a NaN IoU into 0"))
-    if b == "cpu" else b
-    for b in CPU_BACKENDS
-]
+BOX_BACKENDS = CPU_BACKENDS
 
 # box a, box b, IoU
 BOX_CASES = [
@@ -381,11 +376,7 @@ def test_box_iou_follows_torchvision_where_it_is_defined(backend, torch):
     assert np.isnan(got[has_nan]).all() and np.isnan(got[:, has_nan]).all()
 
 
-@pytest.mark.parametrize("backend, threshold", [
-    pytest.param(b, t, marks=pytest.mark.xfail(strict=True, reason="cpu nms treats a NaN IoU as 0"))
-    if b == "cpu" and t < 0 else (b, t)
-    for b in CPU_BACKENDS for t in (0.5, 0.0, -1.0)
-])
+@pytest.mark.parametrize("backend, threshold", [(b, t) for b in CPU_BACKENDS for t in (0.5, 0.0, -1.0)])
 def test_nms_nan_iou_never_suppresses(backend, threshold):
     boxes = np.array([[0, 0, 1, 1], [nan, 0, 1, 1], [0, 0, 1, 1], [0, 0, inf, inf]], np.float32)
     scores = np.array([4, 3, 2, 1], np.float32)

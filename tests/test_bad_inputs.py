@@ -196,6 +196,13 @@ CASES = [
     ("batched_nms", "idxs_rank", (BOXES, SCORES, i64(2, 1), 0.5), {}, ValueError, "idxs"),
     ("batched_nms", "idxs_list", (BOXES, SCORES, [0, 1], 0.5), {}, TypeError, "idxs"),
     ("batched_nms", "threshold_nan", (BOXES, SCORES, i64(2), float("nan")), {}, TypeError, "iou_threshold"),
+    ("leaky_relu", "int_dtype", (i64(3),), {}, TypeError, "x must be float32 or float64"),
+    ("leaky_relu", "list", ([1.0, -1.0],), {}, TypeError, "x"),
+    ("leaky_relu", "slope_nan", (P, float("nan")), {}, TypeError, "negative_slope"),
+    ("leaky_relu", "slope_string", (P, "0.1"), {}, TypeError, "negative_slope"),
+    ("leaky_relu_backward", "grad_shape", (f32(1, 2, 4, 3), P), {}, ValueError, "grad_out"),
+    ("leaky_relu_backward", "grad_dtype", (P.astype(np.float64), P), {}, TypeError, "grad_out"),
+    ("leaky_relu_backward", "x_int", (P, P.astype(np.int32)), {}, TypeError, "x"),
 ]
 
 BACKENDS = ["reference", None]  # None: the default backend ("cpu" where it is built)

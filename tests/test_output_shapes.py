@@ -1,6 +1,6 @@
 """Output shapes against PyTorch on random seeded geometries.
 
-Every backend takes its output shape from the same shape rules (pyconv/_spec.py), so the
+Every backend takes its output shape from the same shape rules (pyconv/_spec/), so the
 conformance suite cannot see a wrong rule; here each op's output shape is compared with
 PyTorch's for many small random geometries.
 """

@@ -1,0 +1,50 @@
+"""One place per op: argument normalisation, validation and output-shape rules, one module
+per op family (conv, pool, lstm, boxes, elementwise) over a shared vocabulary (core).
+
+Every public op in :mod:`pyconv.ops` calls its spec first; backends receive the checked
+arguments (and the geometry computed here) and never validate again. Error messages name the
+op, the argument and the shapes involved, so a user can see at once what was wrong.
+
+The rules read only the shapes and dtypes of their array arguments, so each also accepts a
+:class:`ShapeDtype` (a shape and a dtype, no data) in place of an array: layers and benchmarks
+compute output shapes and geometries that way without allocating anything. Real arrays are
+still checked to be NumPy or CuPy arrays, and index arrays for their values.
+
+Geometry conventions shared by every backend:
+
+* ``ConvGeom`` describes a *direct* convolution: input (N, C, H, W), weight (K, C/groups, R, S),
+  output (N, K, Ho, Wo). Only the top/left padding (``ph``, ``pw``) enters index arithmetic:
+  output (ho, wo) reads input row ``ho*sh - ph + r*dh`` and column ``wo*sw - pw + s*dw``; the
+  bottom/right padding is implied by Ho/Wo (so PyTorch's asymmetric ``"same"`` fits).
+  conv1d is the conv2d with H = R = 1. A transpose convolution is described by the geometry of
+  the direct convolution whose input gradient it is: its output is that convolution's input.
+* ``PoolGeom`` describes a pooling window: input (N, C, H, W) -> output (N, C, Ho, Wo).
+
+Ranges. Kernels compute indices and byte offsets in signed 64-bit integers. So every integer
+argument lies in (-2**62, 2**62), and every quantity derived from the arguments that a kernel
+may compute (padded extent ``H + 2*padding``, dilated kernel span ``dilation*(kernel - 1) + 1``,
+the reach of the windows ``(Ho - 1)*stride + span``, output sizes, the window area of average
+pooling, and each output's size in bytes) must be below ``2**62``: then a sum of two of them
+still fits in an int64. NMS takes at most 2**31 - 1 boxes. Anything beyond is a ValueError
+naming the op and the argument, the same on every backend. Large but consistent values stay
+valid (a stride of 2**40 with one output position, as PyTorch allows).
+"""
+from .boxes import batched_nms, box_iou, nms
+from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
+                   conv_transpose2d_backward)
+from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
+                   check_array, check_float_dtypes, shape_of)
+from .elementwise import leaky_relu, leaky_relu_backward
+from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
+from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
+                   pool_geom, pool_output_size, windows_touch_input)
+
+__all__ = [
+    "FLOAT_DTYPES", "SIZE_LIMIT", "MAX_BOXES", "ConvGeom", "PoolGeom", "ShapeDtype", "array_kind",
+    "check_array", "check_float_dtypes", "shape_of",
+    "conv1d", "conv2d", "conv_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
+    "pool_geom", "pool_output_size", "windows_touch_input",
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
+    "box_iou", "nms", "batched_nms", "leaky_relu", "leaky_relu_backward", "_conv_geom",
+]

@@ -1,0 +1,234 @@
+"""The vocabulary every spec shares: geometries, abstract values, argument and range checks."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Bound on integer arguments and derived extents (see "Ranges" above).
+SIZE_LIMIT = 2**62
+# NMS ranks boxes with 32-bit positions on some backends.
+MAX_BOXES = 2**31 - 1
+
+
+class ConvGeom(NamedTuple):
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    Ho: int
+    Wo: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    groups: int
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def weight_shape(self):
+        return (self.K, self.C // self.groups, self.R, self.S)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.K, self.Ho, self.Wo)
+
+    @property
+    def flops(self):
+        """Multiply-adds x 2 of the forward pass (each backward pass costs the same)."""
+        return 2 * self.N * self.K * self.Ho * self.Wo * (self.C // self.groups) * self.R * self.S
+
+
+class PoolGeom(NamedTuple):
+    N: int
+    C: int
+    H: int
+    W: int
+    Ho: int
+    Wo: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.C, self.Ho, self.Wo)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeDtype:
+    """An abstract array: its shape and dtype, without data. Every rule of this module takes
+    one wherever it takes an array; ``ShapeDtype(x.shape, x.dtype)`` gives the same geometry
+    and the same errors as ``x`` itself."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(operator.index(n) for n in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def shape_of(a) -> str:
+    return "None" if a is None else str(tuple(a.shape))
+
+
+def array_kind(a) -> str:
+    """'numpy' or 'cupy'; TypeError for anything that is not an array."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if type(a).__module__.split(".")[0] == "cupy" and hasattr(a, "__cuda_array_interface__"):
+        return "cupy"
+    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
+
+
+def check_array(op, name, a, ndim=None, *, allow_none=False):
+    """`a` must be a NumPy or CuPy array (or a ShapeDtype) of `ndim` dimensions."""
+    if a is None:
+        if allow_none:
+            return
+        raise TypeError(f"{op}: {name} must be an array, got None")
+    if not isinstance(a, ShapeDtype):
+        try:
+            array_kind(a)
+        except TypeError:
+            raise TypeError(
+                f"{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}"
+            ) from None
+    if ndim is not None and a.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
+        want = " or ".join(f"{d}-D" for d in (ndim if isinstance(ndim, tuple) else (ndim,)))
+        raise ValueError(f"{op}: {name} must be {want}, got shape {shape_of(a)}")
+
+
+def check_float_dtypes(op, **arrays):
+    """All given (non-None) arrays must share one dtype, float32 or float64."""
+    dtype = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        if dtype is None:
+            dtype, first = a.dtype, name
+        elif a.dtype != dtype:
+            raise TypeError(
+                f"{op}: dtypes differ: {first} is {dtype} but {name} is {a.dtype} "
+                "(convert explicitly; pyconv does not mix precisions)"
+            )
+    return dtype
+
+
+def check_index_dtype(op, name, a):
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{op}: {name} must be an integer array, got {a.dtype}")
+
+
+def _int(op, name, v):
+    """An int argument: Python or NumPy integers, not bools (nor floats, even integral ones),
+    in (-2**62, 2**62)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if abs(v) >= SIZE_LIMIT:
+        raise ValueError(f"{op}: {name} must lie in (-2**62, 2**62), got {v}")
+    return v
+
+
+def check_extent(op, what, value, context=""):
+    """A derived size or offset must be below SIZE_LIMIT (see "Ranges" above)."""
+    if value >= SIZE_LIMIT:
+        raise ValueError(
+            f"{op}: {what} would be {value}, beyond the supported 2**62{context}"
+        )
+
+
+def check_allocatable(op, what, shape, dtype):
+    """An output of this shape and dtype must be addressable: fewer than 2**62 bytes."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes >= SIZE_LIMIT:
+        raise ValueError(
+            f"{op}: the {what} of shape {tuple(shape)} and dtype {np.dtype(dtype)} would take "
+            f"{nbytes} bytes, beyond the supported 2**62"
+        )
+
+
+def ntuple(op, name, value, n, *, minimum):
+    """An int or a length-n sequence of ints -> n-tuple of ints >= minimum."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ValueError(f"{op}: {name} must be an int or a {n}-tuple, got {value!r}")
+        out = tuple(_int(op, name, v) for v in value)
+    else:
+        out = (_int(op, name, value),) * n
+    if any(v < minimum for v in out):
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+def check_shape_tuple(op, name, shape, n):
+    if not isinstance(shape, (tuple, list)) or len(shape) != n:
+        raise ValueError(f"{op}: {name} must be a {n}-tuple of ints, got {shape!r}")
+    out = tuple(_int(op, name, v) for v in shape)
+    if any(v < 1 for v in out):
+        raise ValueError(f"{op}: {name} must hold positive sizes, got {shape!r}")
+    return out
+
+
+def real(op, name, v):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
+    try:
+        v = float(v)
+    except OverflowError:
+        raise ValueError(f"{op}: {name} is too large for a float") from None
+    if math.isnan(v):
+        raise TypeError(f"{op}: {name} must be a real number, got {v!r}")
+    return v
+
+
+def _check_window_extents(op, axes, context):
+    """Per spatial axis (name, input size n, kernel k, stride s, padding p, dilation d, output
+    size out): the extents that window index arithmetic reaches must fit (see "Ranges")."""
+    for axis, n, k, s, p, d, out in axes:
+        check_extent(op, f"the padded {axis} (input {n} + 2*padding {p})", n + 2 * p, context)
+        span = d * (k - 1) + 1
+        check_extent(op, f"the dilated kernel {axis} (dilation {d} * (kernel {k} - 1) + 1)",
+                     span, context)
+        check_extent(op, f"the reach of the windows along the {axis} ((output {out} - 1) * "
+                         f"stride {s} + dilated kernel {span})", (out - 1) * s + span, context)
+
+
+def _conv_extents(op, g, context):
+    _check_window_extents(op, (("height", g.H, g.R, g.sh, g.ph, g.dh, g.Ho),
+                               ("width", g.W, g.S, g.sw, g.pw, g.dw, g.Wo)), context)

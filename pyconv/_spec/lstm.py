@@ -1,0 +1,79 @@
+"""The LSTM cell and sequence, and their gradients."""
+from __future__ import annotations
+
+from .core import (check_array, check_float_dtypes, shape_of)
+
+
+def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
+    h_name, c_name = state_names
+    check_array(op, h_name, h, 2)
+    check_array(op, c_name, c, 2)
+    check_array(op, "w_ih", w_ih, 2)
+    check_array(op, "w_hh", w_hh, 2)
+    check_array(op, "b_ih", b_ih, 1, allow_none=True)
+    check_array(op, "b_hh", b_hh, 1, allow_none=True)
+    given = {"x": x, h_name: h, c_name: c, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    check_float_dtypes(op, **given)
+    del given["x"]
+    B, I = x.shape[-2:]
+    Hd = h.shape[1]
+    if h.shape[0] == c.shape[0] == B and tuple(h.shape) != tuple(c.shape):
+        # Either state may be the wrong one: name both rather than blame c.
+        raise ValueError(
+            f"{op}: {h_name} and {c_name} disagree: {h_name} has shape {shape_of(h)} and "
+            f"{c_name} has shape {shape_of(c)} ({c_name} must have shape equal to {h_name}'s, "
+            "(batch, hidden size))"
+        )
+    expected = {
+        h_name: (B, Hd), c_name: (B, Hd), "w_ih": (4 * Hd, I), "w_hh": (4 * Hd, Hd),
+        "b_ih": (4 * Hd,), "b_hh": (4 * Hd,),
+    }
+    for name, a in given.items():
+        if a is not None and tuple(a.shape) != expected[name]:
+            raise ValueError(
+                f"{op}: {name} must have shape {expected[name]} for x {shape_of(x)} and hidden "
+                f"size {Hd}, got {shape_of(a)}"
+            )
+    if min(B, I, Hd) < 1:
+        raise ValueError(f"{op}: empty input (x.shape={shape_of(x)}, {h_name}.shape={shape_of(h)})")
+    return B, I, Hd
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, op="lstm_cell"):
+    check_array(op, "x", x, 2)
+    return _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, op="lstm"):
+    check_array(op, "x", x, 3)
+    if x.shape[0] < 1:
+        raise ValueError(f"{op}: x must hold at least one time step, got shape {shape_of(x)}")
+    return (x.shape[0],) + _lstm_weights(op, x, h0, c0, w_ih, w_hh, b_ih, b_hh, ("h0", "c0"))
+
+
+def _optional_grads(op, dtype, **grads_and_shapes):
+    for name, (g, shape) in grads_and_shapes.items():
+        if g is None:
+            continue
+        check_array(op, name, g)
+        if tuple(g.shape) != tuple(shape):
+            raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {shape_of(g)}")
+        if g.dtype != dtype:
+            raise TypeError(f"{op}: {name} is {g.dtype} but the inputs are {dtype}")
+
+
+def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    op = "lstm_cell_backward"
+    B, I, Hd = lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, op=op)
+    _optional_grads(op, x.dtype, grad_h=(grad_h, (B, Hd)), grad_c=(grad_c, (B, Hd)))
+    return B, I, Hd
+
+
+def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    op = "lstm_backward"
+    T, B, I, Hd = lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, op=op)
+    _optional_grads(
+        op, x.dtype,
+        grad_out=(grad_out, (T, B, Hd)), grad_hT=(grad_hT, (B, Hd)), grad_cT=(grad_cT, (B, Hd)),
+    )
+    return T, B, I, Hd

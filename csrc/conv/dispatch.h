@@ -17,6 +17,7 @@
 //   conv/im2col_gemm.h   B gathered from x row run by row run while packing (the general case)
 //   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
+//   conv/whole_window.h  the window covers the whole input: plain matrix products
 #pragma once
 
 #include "common/prelude.h"
@@ -27,11 +28,21 @@
 #include "conv/im2col_gemm.h"
 #include "conv/padding.h"
 #include "conv/phase_grid.h"
+#include "conv/whole_window.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
 
 // ---- The rules --------------------------------------------------------------------------------
+
+// The kernel window covers the whole padded input (one output pixel per image): each pass is
+// one plain GEMM with the batch as a dimension, where the convolution kernels would see
+// 1-pixel images (a transpose convolution from 1x1 inputs measured 20x slower through col2im).
+// First in every pass.
+inline bool whole_window_pays(const ConvShape& g) {
+    return g.groups == 1 && g.dh == 1 && g.dw == 1 && g.H + 2 * g.ph == g.R && g.W + 2 * g.pw == g.S &&
+           g.R * g.S > 1;
+}
 
 // Grouped convolutions with few channels per group (depthwise: Cg = Kg = 1): a GEMM would have
 // a handful of rows, so the direct loops, vectorised along output rows, win. First in every
@@ -87,6 +98,7 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 
 template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    if (whole_window_pays(g)) return conv2d_forward_whole_window(g, x, w, bias, y);
     if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
     if (forward_by_channels_pays(g)) return conv2d_forward_by_channels(g, x, w, bias, y);
     if (phase_grid_pays(g)) return conv2d_forward_grid(g, x, w, bias, y);
@@ -95,6 +107,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
     if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
@@ -103,6 +116,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
 
 template <class T>
 void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    if (whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
     if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (grad_input_as_forward(g)) {
         const Scratch<T> flipped = flipped_transposed_weights(g, w);

@@ -417,6 +417,9 @@ def cases(quick: bool) -> list[Case]:
     all_cases = [
         _conv_case("LeNet conv1 64x1x28x28 k6 5x5 p2", 64, 1, 28, 28, 6, 5, pad=2, quick=True),
         _conv_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, quick=True),
+        _conv_case("DCGAN D conv1 64x1x28x28 k64 4x4 s2 p1", 64, 1, 28, 28, 64, 4, stride=2, pad=1),
+        _conv_case("RGB input 16x3x32x32 k64 3x3 p1", 16, 3, 32, 32, 64, 3, pad=1),
+        _conv_case("PixelCNN 32x1x28x28 k64 7x7 p3", 32, 1, 28, 28, 64, 7, pad=3),
         _conv_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1),
         _conv_case("VGG-deep 8x256x14x14 k256 3x3 p1", 8, 256, 14, 14, 256, 3, pad=1),
         _conv_case("1x1 8x256x28x28 k64", 8, 256, 28, 28, 64, 1),
@@ -430,6 +433,8 @@ def cases(quick: bool) -> list[Case]:
                    weight_scale=1e-39),
         _conv_backward_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, 1),
         _conv_backward_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, 0, quick=True),
+        _conv_backward_case("RGB input 16x3x32x32 k64 3x3 p1", 16, 3, 32, 32, 64, 3, 1),
+        _conv_transpose_case("DCGAN 64x100x1x1 -> 128 7x7", 64, 100, 1, 1, 128, 7, 1, 0),
         _conv_transpose_case("DCGAN 64x128x7x7 -> 64 4x4 s2 p1", 64, 128, 7, 7, 64, 4, 2, 1, quick=True),
         _conv_transpose_case("DCGAN 64x64x14x14 -> 1 4x4 s2 p1", 64, 64, 14, 14, 1, 4, 2, 1, quick=True),
         _conv_transpose_case("DCGAN 16x256x8x8 -> 128 4x4 s2 p1", 16, 256, 8, 8, 128, 4, 2, 1),
@@ -583,17 +588,22 @@ def _impls(case, inputs, backends):
     return {name: implementation(case, inputs, name) for name in (*backends, *case.baselines)}
 
 
-def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, threads=None):
-    """Times every case; returns (rows, limits, metadata)."""
+def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, threads=None,
+        models=False):
+    """Times every case (with `models`, the training steps and layers of model_cases() instead,
+    on the cpu backend unless `backends` says otherwise); returns (rows, limits, metadata)."""
     if threads is not None:
         pyconv.set_num_threads(threads)
     threads = pyconv.get_num_threads()
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
+    if backends is None and models:
+        backends = [b for b in ("cpu",) if b in pyconv.backends()] or ["reference"]
     if backends is None:  # all, but not the CUDA simulator (it runs a kernel per thread in Python)
         backends = [b for b in pyconv.backends() if b != "cuda" or _backend(b).array_kind == "cupy"]
-    selected = [c for c in cases(quick) if not ops_filter or any(f in c.op for f in ops_filter)]
+    candidates = model_cases(layers=not quick) if models else cases(quick)
+    selected = [c for c in candidates if not ops_filter or any(f in c.op for f in ops_filter)]
     reps = reps or (3 if quick else 7)
     limits = measure_limits()
     if any(_backend(b).array_kind == "cupy" for b in backends):
@@ -675,11 +685,227 @@ def format_table(rows, limits) -> str:
     return "\n".join(lines)
 
 
-def main(quick=False, json_path=None, backends=None, ops_filter=None, reps=None, threads=None):
-    rows, limits, meta = run(quick, backends, ops_filter, reps, threads=threads)
+def main(quick=False, json_path=None, backends=None, ops_filter=None, reps=None, threads=None,
+         models=False):
+    rows, limits, meta = run(quick, backends, ops_filter, reps, threads=threads, models=models)
     print(format_table(rows, limits))
     if json_path:
         with open(json_path, "w") as fh:
             json.dump({"meta": meta, "rows": [r.__dict__ for r in rows]}, fh, indent=1, default=str)
         print(f"wrote {json_path}")
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole networks: one training step (forward, loss, backward, optimiser step) of small models
+# built from pyconv.nn, against a PyTorch twin holding identical weights; and the same models
+# layer by layer (forward + backward of each layer on the input it sees in the network).
+
+
+def _dcgan_generator(nn):
+    return nn.Sequential(
+        nn.ConvTranspose2d(100, 128, 7, bias=False), nn.BatchNorm2d(128), nn.ReLU(),
+        nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh())
+
+
+def _dcgan_discriminator(nn):
+    return nn.Sequential(
+        nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
+        nn.Flatten(), nn.Linear(128 * 7 * 7, 1))
+
+
+def _vgg_block(nn):
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128 * 8 * 8, 10))
+
+
+def _leaves(module):
+    """The layers of a model whose forward runs its children in order, flattened."""
+    children = list(module.children())
+    if not children:
+        return [module]
+    return [leaf for child in children for leaf in _leaves(child)]
+
+
+def _torch_layer(layer):
+    """The PyTorch module computing what the pyconv leaf layer `layer` computes, with its
+    parameters copied."""
+    import torch
+
+    from pyconv import nn
+
+    tnn = torch.nn
+    kind = type(layer).__name__
+    if isinstance(layer, nn.ConvTranspose2d):
+        t = tnn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                layer.padding, layer.output_padding, layer.groups, layer.bias is not None,
+                                layer.dilation)
+    elif isinstance(layer, nn.Conv2d):
+        t = tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                       layer.padding, layer.dilation, layer.groups, layer.bias is not None)
+    elif isinstance(layer, nn.Linear):
+        t = tnn.Linear(layer.weight.shape[1], layer.weight.shape[0], layer.bias is not None)
+    elif isinstance(layer, nn.BatchNorm2d):
+        t = tnn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
+    elif isinstance(layer, nn.LeakyReLU):
+        t = tnn.LeakyReLU(layer.negative_slope)
+    elif isinstance(layer, nn.MaxPool2d):
+        t = tnn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+    elif kind in ("ReLU", "Tanh", "Flatten"):
+        t = getattr(tnn, kind)()
+    else:
+        raise TypeError(f"no PyTorch twin for {kind}")
+    with torch.no_grad():
+        for name, p in layer._parameters.items():
+            if p is not None:
+                getattr(t, name).copy_(torch.from_numpy(np.array(p.data)))
+    return t
+
+
+def _twin(model):
+    """(the pyconv model's layers, a torch.nn.Sequential twin with the same weights)."""
+    import torch
+
+    layers = _leaves(model)
+    return layers, torch.nn.Sequential(*(_torch_layer(layer) for layer in layers))
+
+
+# name, model builder (takes pyconv.nn), input shape, loss ("ce": 10 classes, "bce": one logit,
+# "mse": against an image batch of the output's shape).
+_MODELS = (
+    ("LeNet-5 64x1x32x32", lambda nn: __import__("pyconv.models", fromlist=["LeNet5"]).LeNet5(),
+     (64, 1, 32, 32), "ce"),
+    ("DCGAN generator 64x100 -> 1x28x28", _dcgan_generator, (64, 100, 1, 1), "mse"),
+    ("DCGAN discriminator 64x1x28x28", _dcgan_discriminator, (64, 1, 28, 28), "bce"),
+    ("VGG block 16x3x32x32", _vgg_block, (16, 3, 32, 32), "ce"),
+)
+
+
+def _model_inputs(rng, shape, loss, out_shape):
+    x = _f32(rng, *shape)
+    if loss == "ce":
+        target = rng.integers(0, out_shape[1], shape[0])
+    elif loss == "bce":
+        target = rng.integers(0, 2, out_shape).astype(np.float32)
+    else:
+        target = np.tanh(_f32(rng, *out_shape))
+    return x, target
+
+
+def _pyconv_loss(F, loss, out, target):
+    if loss == "ce":
+        return F.cross_entropy(out, target)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(out, target)
+    return F.mse_loss(out, target)
+
+
+def _torch_loss(loss, out, target):
+    torch = _torch()
+    F = torch.nn.functional
+    if loss == "ce":
+        return F.cross_entropy(out, target)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(out, target)
+    return F.mse_loss(out, target)
+
+
+def _model_case(name, build, shape, loss, lr=1e-3):
+    from pyconv import Tensor, nn
+    import pyconv.nn.functional as F
+    from pyconv.optim import Adam
+
+    def make(rng):
+        torch = _torch()
+        pyconv.manual_seed(0)
+        model = build(nn)
+        _, tmodel = _twin(model)
+        x, target = _model_inputs(rng, shape, loss, model.output_shape(shape))
+        tx, ttarget = torch.from_numpy(x), torch.from_numpy(target)
+        opt, topt = Adam(model.parameters(), lr=lr), torch.optim.Adam(tmodel.parameters(), lr=lr)
+
+        def step():
+            value = _pyconv_loss(F, loss, model(Tensor(x)), target)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            return value.item()
+
+        def torch_step():
+            value = _torch_loss(loss, tmodel(tx), ttarget)
+            topt.zero_grad()
+            value.backward()
+            topt.step()
+            return value.item()
+
+        # The twin computes the same thing: the first losses agree to float32 round-off.
+        with pyconv.use_backend("cpu" if "cpu" in pyconv.backends() else "reference"):
+            ours = _pyconv_loss(F, loss, model(Tensor(x)), target).item()
+        theirs = _torch_loss(loss, tmodel(tx), ttarget).item()
+        assert abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs)), (name, ours, theirs)
+        return {"step": step, "torch_step": torch_step}
+
+    def run(a, be):
+        with pyconv.use_backend(be):
+            return a["step"]()
+
+    baselines = {"torch": lambda a: a["torch_step"] if _torch() is not None else None}
+    return Case("model step", name, ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"), make, run,
+                baselines=baselines, quick=True)
+
+
+def _layer_case(model_name, index, layers, shape):
+    """Forward + backward of layer `index` of a model on the input it sees there."""
+    from pyconv import Tensor
+
+    layer = layers[index]
+    in_shape = tuple(shape)
+    for previous in layers[:index]:
+        in_shape = tuple(previous.output_shape(in_shape))
+
+    def make(rng):
+        torch = _torch()
+        tlayer = _torch_layer(layer)
+        x = _f32(rng, *in_shape)
+        gy = _f32(rng, *layer.output_shape(in_shape))
+        tx, tgy = torch.from_numpy(x), torch.from_numpy(gy)
+        # A network's input needs no gradient: the first layer computes none for it.
+        needs_grad = index > 0
+        tx.requires_grad_(needs_grad)
+        xt = Tensor(x, requires_grad=needs_grad)
+
+        def step():
+            layer(xt).backward(gy)
+
+        def torch_step():
+            tlayer(tx).backward(tgy)
+        return {"step": step, "torch_step": torch_step}
+
+    def run(a, be):
+        with pyconv.use_backend(be):
+            return a["step"]()
+
+    baselines = {"torch": lambda a: a["torch_step"] if _torch() is not None else None}
+    return Case("layer fwd+bwd", f"{model_name} #{index} {layer!r} on {'x'.join(map(str, in_shape))}",
+                (), make, run, baselines=baselines)
+
+
+def model_cases(layers=True) -> list[Case]:
+    """A training step of each model of _MODELS; with `layers`, then each of their layers that
+    has parameters or pools (forward + backward on the input it sees in the network)."""
+    from pyconv import nn
+
+    out = []
+    for name, build, shape, loss in _MODELS:
+        out.append(_model_case(name, build, shape, loss))
+        if layers:
+            pyconv.manual_seed(0)
+            model_layers = _leaves(build(nn))
+            out += [_layer_case(name, i, model_layers, shape) for i, layer in enumerate(model_layers)
+                    if layer._parameters or isinstance(layer, nn.MaxPool2d)]
+    return out

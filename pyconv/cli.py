@@ -23,7 +23,7 @@ def _bench(args):
     from pyconv import bench
 
     bench.main(quick=args.quick, json_path=args.json, backends=args.backends,
-               ops_filter=args.ops, reps=args.reps, threads=args.threads)
+               ops_filter=args.ops, reps=args.reps, threads=args.threads, models=args.models)
 
 
 def _setup(args):
@@ -79,6 +79,9 @@ def build_parser():
     p.add_argument("--ops", nargs="+", metavar="OP", help="only cases whose op contains one of these")
     p.add_argument("--reps", type=int, help="timed repetitions per implementation")
     p.add_argument("--threads", type=int, help="threads for pyconv and PyTorch (default: all cores)")
+    p.add_argument("--models", action="store_true",
+                   help="instead: one training step of small models (LeNet-5, DCGAN, VGG block) and "
+                   "each of their layers, against PyTorch twins with the same weights")
     p.set_defaults(func=_bench)
 
     models = _model_names()

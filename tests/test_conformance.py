@@ -256,6 +256,17 @@ CASES = {
         "channel_panel_ragged_groups": cpu_path(conv((2, 6, 5, 5), (130, 3, 2, 2), padding=1, groups=2)),
         "channel_panel_reduction_blocks": cpu_path(conv((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
         "channel_panel_unpadded_in_place": cpu_path(conv((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
+        # The channel panels again with 128+ taps (below that the forward is pixel-vectorised:
+        # the rows above with fewer taps run im2col or the phase grid).
+        "channel_panel_strided_dilated_many_taps": cpu_path(conv((2, 15, 7, 6), (64, 15, 3, 3), stride=2, padding=1, dilation=2)),
+        "channel_panel_ragged_groups_many_taps": cpu_path(conv((2, 66, 5, 5), (130, 33, 2, 2), padding=1, groups=2)),
+        "channel_panel_unpadded_in_place_many_taps": cpu_path(conv((2, 22, 10, 9), (64, 22, 3, 2), stride=(2, 1))),
+        # Few taps, 64+ output channels: im2col up to 4x4 kernels, the phase grid above.
+        "few_taps_im2col_strided": cpu_path(conv((3, 1, 13, 12), (64, 1, 4, 4), stride=2, padding=1)),
+        "few_taps_grid_7x7": cpu_path(conv((2, 1, 12, 11), (66, 1, 7, 7), padding=3)),
+        # The window covers the whole (padded) input: plain matrix products over the batch.
+        "whole_window": cpu_path(conv((5, 20, 7, 6), (70, 20, 7, 6))),
+        "whole_window_padded_strided": cpu_path(conv((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "noncontiguous": conv((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
     },
     "conv1d": {
@@ -292,6 +303,8 @@ CASES = {
         "channel_panel_reduction_blocks": cpu_path(conv_backward((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
         "channel_panel_unpadded_in_place": cpu_path(conv_backward((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
         "channels_last_grad_x_strided": cpu_path(conv_backward((2, 66, 9, 8), (8, 66, 3, 3), stride=2, padding=1)),
+        "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
+        "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "noncontiguous": conv_backward((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
     },
     "conv1d_backward": {
@@ -318,6 +331,9 @@ CASES = {
         "channel_panel_ragged_output_padding_dilation": cpu_path(conv_transpose(
             (3, 7, 4, 5), (7, 70, 3, 3), stride=2, padding=1, output_padding=1, dilation=2)),
         "channel_panel_reduction_blocks": cpu_path(conv_transpose((2, 130, 3, 3), (130, 65, 4, 4), stride=(2, 3), padding=2)),
+        # From 1x1 inputs (a generator's first layer): one matrix product, then the padding cropped.
+        "from_1x1_generator": cpu_path(conv_transpose((5, 100, 1, 1), (100, 70, 7, 7))),
+        "from_1x1_padding_cropped": cpu_path(conv_transpose((3, 9, 1, 1), (9, 5, 4, 5), padding=(1, 2), stride=2)),
         "noncontiguous": conv_transpose((2, 2, 4, 5), (2, 3, 3, 3), stride=2, noncontiguous=True),
     },
     "conv_transpose2d_backward": {
@@ -334,6 +350,8 @@ CASES = {
             (3, 7, 4, 5), (7, 70, 3, 3), stride=2, padding=1, output_padding=1, dilation=2)),
         "channel_panel_reduction_blocks": cpu_path(conv_transpose_backward(
             (2, 130, 3, 3), (130, 65, 4, 4), stride=(2, 3), padding=2)),
+        "from_1x1_generator": cpu_path(conv_transpose_backward((5, 100, 1, 1), (100, 70, 7, 7))),
+        "from_1x1_padding_cropped": cpu_path(conv_transpose_backward((3, 9, 1, 1), (9, 5, 4, 5), padding=(1, 2), stride=2)),
     },
     "max_pool2d": {
         "2x2": max_pool((2, 3, 8, 8), kernel_size=2),

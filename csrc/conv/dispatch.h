@@ -17,6 +17,7 @@
 //   conv/im2col_gemm.h   B gathered from x row run by row run while packing (the general case)
 //   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
+//   conv/whole_window.h  the window covers the whole input: plain matrix products
 #pragma once
 
 #include "common/prelude.h"
@@ -27,6 +28,7 @@
 #include "conv/im2col_gemm.h"
 #include "conv/padding.h"
 #include "conv/phase_grid.h"
+#include "conv/whole_window.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -79,6 +81,31 @@ inline bool grad_input_as_forward(const ConvShape& g) {
            g.C / g.groups >= 32;
 }
 
+// The kernel window covers the whole padded input (one output pixel per image): each pass is
+// one plain GEMM with the batch as a dimension, where the convolution kernels would see
+// 1-pixel images (a transpose convolution from 1x1 inputs measured 20x slower through col2im).
+// First in every pass.
+inline bool whole_window_pays(const ConvShape& g) {
+    return g.groups == 1 && g.dh == 1 && g.dw == 1 && g.H + 2 * g.ph == g.R && g.W + 2 * g.pw == g.S &&
+           g.R * g.S > 1;
+}
+
+// Few taps per output (Cg R S < 128: first layers on 1-8 channel images). The channel-vectorised
+// forward (forward_by_channels_pays) then stores each tile transposed for about as long as it
+// computes it: on 1-8 channel layers with 64-128 output channels the pixel-vectorised GEMMs,
+// which store whole vectors of pixels, measured 1.3-2.5x faster.
+inline bool few_taps(const ConvShape& g) {
+    return (g.C / g.groups) * g.R * g.S < 128;
+}
+
+// A forward with few taps and 64+ output channels (a first layer on 1-3 channel images):
+// of the pixel-vectorised GEMMs, the im2col one, which gathers B's panels straight from x,
+// measured 1.3-2x faster than the phase grid for kernels up to 4x4, and the grid faster for
+// larger ones (7x7 on one channel), whose B panels im2col gathers in many short row runs.
+inline bool forward_im2col_pays(const ConvShape& g) {
+    return few_taps(g) && g.K / g.groups >= 64 && g.R * g.S > 1 && g.R * g.S <= 16;
+}
+
 // Input gradient vectorised over input channels into a channels-last copy of each image
 // (strided transpose convolutions with 64+ channels): col2im instead adds every GEMM element
 // into grad_x with scalar, strided read-modify-writes in runs of Wo, which dominates on small
@@ -93,14 +120,17 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 
 template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    if (whole_window_pays(g)) return conv2d_forward_whole_window(g, x, w, bias, y);
     if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
-    if (forward_by_channels_pays(g)) return conv2d_forward_by_channels(g, x, w, bias, y);
+    if (!few_taps(g) && forward_by_channels_pays(g)) return conv2d_forward_by_channels(g, x, w, bias, y);
+    if (forward_im2col_pays(g)) return conv2d_forward_im2col(g, x, w, bias, y);
     if (phase_grid_pays(g)) return conv2d_forward_grid(g, x, w, bias, y);
     conv2d_forward_im2col(g, x, w, bias, y);
 }
 
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
     if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
@@ -109,6 +139,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
 
 template <class T>
 void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    if (whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
     if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (grad_input_as_forward(g)) {
         const Scratch<T> flipped = flipped_transposed_weights(g, w);

@@ -87,7 +87,8 @@ inline bool grad_input_as_forward(const ConvShape& g) {
 // First in every pass.
 inline bool whole_window_pays(const ConvShape& g) {
     return g.groups == 1 && g.dh == 1 && g.dw == 1 && g.H + 2 * g.ph == g.R && g.W + 2 * g.pw == g.S &&
-           g.R * g.S > 1;
+           g.R * g.S > 1 &&
+           scratch_fits(g, double(g.N) * double(g.C) * double(g.R) * double(g.S));  // padded copy
 }
 
 // Few taps per output (Cg R S < 128: first layers on 1-8 channel images). The channel-vectorised

@@ -463,13 +463,13 @@ CASES = {
         "relu": leaky_relu((2, 3, 5, 7), 0.0),
         "slope": leaky_relu((4, 9), 0.2, noncontiguous=True),
         "negative_slope_above_one": leaky_relu((3, 11), 1.5),
-        "threads_split": leaky_relu((3, 70001), 0.01),  # past the C++ kernel's parallel threshold
+        "threads_split": cpu_path(leaky_relu((3, 70001), 0.01)),  # past the C++ parallel threshold
         "empty": leaky_relu((0, 3), 0.1),
     },
     "leaky_relu_backward": {
         "relu": leaky_relu_backward((2, 3, 5, 7), 0.0),
         "slope": leaky_relu_backward((4, 9), 0.2),
-        "threads_split": leaky_relu_backward((3, 70001), 0.01),
+        "threads_split": cpu_path(leaky_relu_backward((3, 70001), 0.01)),
         "empty": leaky_relu_backward((0, 3), 0.1),
     },
 }

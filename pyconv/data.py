@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# DNA (seed 000's table: each IUPAC symbol's fractional membership of A, C, G, T)
+# DNA: each IUPAC nucleotide code's fractional membership of A, C, G, T (W = A or T, N = any, ...)
 
 _H, _T, _Q = 1 / 2, 1 / 3, 1 / 4
 _IUPAC = {

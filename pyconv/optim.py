@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .autograd import Tensor, array_module
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -48,22 +50,32 @@ class Optimizer:
         return {"lr": self.lr, "state": {str(i): dict(s) for i, s in enumerate(self.state)}}
 
     def load_state_dict(self, state: dict):
-        saved = state["state"]
+        """Restores what :meth:`state_dict` returned. All or nothing: a state that does not fit
+        (ValueError) leaves the optimiser as it was."""
+        op = f"{type(self).__name__}.load_state_dict"
+        try:
+            saved, lr = state["state"], float(state["lr"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{op}: not an optimiser state ({e!r})") from e
         if len(saved) != len(self.params):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is for {len(saved)} "
-                             f"parameters, this optimiser has {len(self.params)}")
-        self.lr = float(state["lr"])
+            raise ValueError(f"{op}: the state is for {len(saved)} parameters, this optimiser has "
+                             f"{len(self.params)}")
+        states = []
         for i, p in enumerate(self.params):
+            if str(i) not in saved:
+                raise ValueError(f"{op}: the state has no entry for parameter {i}")
             restored = {}
             for name, value in saved[str(i)].items():
-                if getattr(value, "ndim", 1) == 0:
-                    restored[name] = value.item()
+                if np.ndim(value) == 0:  # a counter: a number, or a 0-d array from a file
+                    restored[name] = value.item() if hasattr(value, "item") else value
                     continue
                 if tuple(value.shape) != p.shape:
-                    raise ValueError(f"{type(self).__name__}.load_state_dict: {name} of parameter {i} "
-                                     f"has shape {tuple(value.shape)}, the parameter {p.shape}")
+                    raise ValueError(f"{op}: {name} of parameter {i} has shape "
+                                     f"{tuple(value.shape)}, the parameter {p.shape}")
                 restored[name] = array_module(p.data).asarray(value, dtype=p.dtype).copy()
-            self.state[i] = restored
+            states.append(restored)
+        self.lr = lr
+        self.state[:] = states
         return self
 
 

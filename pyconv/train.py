@@ -195,28 +195,43 @@ class Trainer:
 
     def load_checkpoint(self, path, train_loader=None):
         """Restores everything :meth:`save_checkpoint` wrote. Raises FileNotFoundError,
-        or CheckpointError (a ValueError) for a truncated, corrupt or mismatched file."""
+        or CheckpointError (a ValueError) for a truncated, corrupt or mismatched file. All or
+        nothing: every part of the checkpoint is read and checked before the trainer changes,
+        and a model or optimiser state that does not fit puts back what was loaded before it."""
         state = load(path)
         if "format" not in state or str(state["format"]) != _FORMAT:
             raise CheckpointError(f"Trainer: {path!r} is not a pyconv Trainer checkpoint")
         try:
-            self.model.load_state_dict(state["model"])
             saved_opts = state["optimizers"]
             if set(saved_opts) != set(self.optimizers):
                 raise ValueError(f"the checkpoint has optimizers {sorted(saved_opts)}, this trainer "
                                  f"{sorted(self.optimizers)}")
-            for name, opt in self.optimizers.items():
-                opt.load_state_dict(saved_opts[name])
-        except (ValueError, KeyError) as e:
+            epoch = int(state["epoch"])
+            history = json.loads(str(state["history"]))
+            best = float(state["early_stopping"]["best"])
+            bad_epochs = int(state["early_stopping"]["bad_epochs"])
+            rng_state = str(state["rng"])
+            json.loads(rng_state)
+            model_before = self.model.state_dict()
+            optimizers_before = {name: opt.state_dict() for name, opt in self.optimizers.items()}
+            try:
+                self.model.load_state_dict(state["model"])
+                for name, opt in self.optimizers.items():
+                    opt.load_state_dict(saved_opts[name])
+            except BaseException:
+                self.model.load_state_dict(model_before)
+                for name, opt in self.optimizers.items():
+                    opt.load_state_dict(optimizers_before[name])
+                raise
+        except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"Trainer: checkpoint {path!r} does not fit this model/optimizer: {e}") from e
-        _random.set_rng_state(str(state["rng"]))
+        _random.set_rng_state(rng_state)
         if train_loader is not None and "loader" in state and hasattr(train_loader, "load_state_dict"):
             train_loader.load_state_dict(state["loader"])
-        self.epoch = int(state["epoch"])
-        self.history = json.loads(str(state["history"]))
-        best = float(state["early_stopping"]["best"])
+        self.epoch = epoch
+        self.history = history
         self.best = None if np.isnan(best) else best
-        self.bad_epochs = int(state["early_stopping"]["bad_epochs"])
+        self.bad_epochs = bad_epochs
 
 
 # ---------------------------------------------------------------------------------------------

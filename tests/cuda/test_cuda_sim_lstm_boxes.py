@@ -124,3 +124,17 @@ def test_batched_nms_and_empty_input():
     np.testing.assert_array_equal(keep, oracles.nms(boxes, scores, 0.3, cats))
     empty = ops.nms(boxes[:0], scores[:0], 0.5, backend="cuda")
     assert empty.shape == (0,) and empty.dtype == np.int64
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_box_iou_and_nms_follow_the_reference_on_nan_and_inf():
+    rng = np.random.default_rng(4)
+    values = [0, 1, 2, np.nan, np.inf, -np.inf]
+    boxes = rng.choice(values, (30, 4)).astype(np.float32)
+    boxes[:3] = [[0, 0, 2, 2], [np.nan, 0, 2, 2], [0, 0, 1, 1]]
+    np.testing.assert_array_equal(ops.box_iou(boxes, boxes, backend="cuda"),
+                                  ops.box_iou(boxes, boxes, backend="reference"))
+    scores = rng.random(30).astype(np.float32)
+    for threshold in (0.5, 0.0, -0.5):
+        np.testing.assert_array_equal(ops.nms(boxes, scores, threshold, backend="cuda"),
+                                      ops.nms(boxes, scores, threshold, backend="reference"))

@@ -33,15 +33,27 @@ def kernels(dtype):
     dt = dtype.type
     ks = Kernels(dtype)
 
+    # NaN-propagating min/max (as NumPy's minimum/maximum): a comparison with NaN is false,
+    # so each returns its first argument when that is NaN and the second when the second is.
+    @cuda.jit(device=True)
+    def nan_max(a, b):
+        return a if not (a < b) and b == b else b
+
+    @cuda.jit(device=True)
+    def nan_min(a, b):
+        return a if not (a > b) and b == b else b
+
     @cuda.jit(device=True)
     def iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
-        """IoU of two (x1, y1, x2, y2) boxes; inverted boxes are empty; 0 for an empty union."""
+        """IoU of two (x1, y1, x2, y2) boxes; inverted boxes are empty; 0 for an empty union; a
+        NaN coordinate gives NaN (the reference backend's rule)."""
         zero = dt(0)
-        area_a = max(ax2 - ax1, zero) * max(ay2 - ay1, zero)
-        area_b = max(bx2 - bx1, zero) * max(by2 - by1, zero)
-        inter = max(min(ax2, bx2) - max(ax1, bx1), zero) * max(min(ay2, by2) - max(ay1, by1), zero)
+        area_a = nan_max(ax2 - ax1, zero) * nan_max(ay2 - ay1, zero)
+        area_b = nan_max(bx2 - bx1, zero) * nan_max(by2 - by1, zero)
+        inter = (nan_max(nan_min(ax2, bx2) - nan_max(ax1, bx1), zero) *
+                 nan_max(nan_min(ay2, by2) - nan_max(ay1, by1), zero))
         union = area_a + area_b - inter
-        return inter / union if union > zero else zero
+        return zero if union == zero else inter / union
 
     @ks.add("fffnn")
     def box_iou_kernel(a, b, out, N, M):

@@ -197,7 +197,8 @@ class Module:
         """Copies arrays from `state` (as returned by state_dict(), or a PyTorch module's
         state_dict converted to NumPy) into the parameters and buffers, casting to their dtype
         and device. With strict, missing or unexpected keys raise ValueError; a shape mismatch
-        always does."""
+        or a value that cannot be cast always does. All or nothing: every entry is checked and
+        converted before the first one is assigned, so a failed load leaves the model as it was."""
         targets = OrderedDict()
         for mod_name, module in self.named_modules():
             prefix = f"{mod_name}." if mod_name else ""
@@ -210,6 +211,7 @@ class Module:
         unexpected = [k for k in state if k not in targets]
         if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        converted = []
         for key, (module, name, is_param) in targets.items():
             if key not in state:
                 continue
@@ -221,9 +223,15 @@ class Module:
             if tuple(np.shape(value)) != tuple(current.shape):
                 raise ValueError(f"load_state_dict: {key!r} has shape {tuple(np.shape(value))} in the "
                                  f"state but {tuple(current.shape)} in the model")
-            new = array_module(current).asarray(value, dtype=current.dtype)
+            try:
+                new = array_module(current).array(value, dtype=current.dtype, copy=True)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"load_state_dict: {key!r} cannot be converted to "
+                                 f"{current.dtype}: {e}") from e
+            converted.append((module, name, is_param, current, new))
+        for module, name, is_param, current, new in converted:
             if is_param:
-                getattr(module, name).data = new.copy()
+                getattr(module, name).data = new
             else:
                 current[...] = new
         return self

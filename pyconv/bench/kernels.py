@@ -1,0 +1,397 @@
+"""The kernel cases: layers of common networks (LeNet, VGG, DCGAN), LSTMs and detector-like NMS
+inputs, each against PyTorch or OpenCV where they have it; --quick takes a small subset."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pyconv import _spec, ops
+from pyconv.backends import KERNELS
+from .measure import Case, _torch
+
+
+def _f32(rng, *shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _torch_baseline(make):
+    return {"torch": lambda inputs: make(inputs) if _torch() is not None else None}
+
+
+def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False, weight_scale=0.1):
+    def make(rng):
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C // groups, R, R) * weight_scale,
+                "b": _f32(rng, K)}
+
+    def run(a, be):
+        return ops.conv2d(a["x"], a["w"], a["b"], stride, pad, 1, groups, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, w, b = (torch.from_numpy(a[k]) for k in "xwb")
+        return lambda: torch.nn.functional.conv2d(x, w, b, stride, pad, 1, groups)
+
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                     _spec.ShapeDtype((K, C // groups, R, R), np.float32),
+                     None, stride, pad, 1, groups)
+    return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
+
+
+def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False):
+    def make(rng):
+        g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                         _spec.ShapeDtype((K, C, R, R), np.float32), None, 1, pad, 1, 1)
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C, R, R) * 0.1,
+                "gy": _f32(rng, *g.output_shape)}
+
+    def run(a, be):
+        return ops.conv2d_backward(a["gy"], a["x"], a["w"], 1, pad, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, w, gy = (torch.from_numpy(a[k]) for k in ("x", "w", "gy"))
+        return lambda: torch.ops.aten.convolution_backward(
+            gy, x, w, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
+
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                     _spec.ShapeDtype((K, C, R, R), np.float32), None, 1, pad, 1, 1)
+    kernels = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
+    return Case("conv2d_backward", name, kernels, make, run, 2 * g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
+
+
+def _conv_transpose_case(name, N, C, H, W, K, R, stride, pad, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, C, K, R, R) * 0.1}
+
+    def run(a, be):
+        return ops.conv_transpose2d(a["x"], a["w"], None, stride, pad, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, w = torch.from_numpy(a["x"]), torch.from_numpy(a["w"])
+        return lambda: torch.nn.functional.conv_transpose2d(x, w, None, stride, pad)
+
+    g = _spec.conv_transpose2d(_spec.ShapeDtype((N, C, H, W), np.float32),
+                               _spec.ShapeDtype((C, K, R, R), np.float32),
+                               None, stride, pad, 0, 1, 1)
+    return Case("conv_transpose2d", name, ("conv2d_grad_input",), make, run, g.flops, "flop",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def _pool_case(name, kind, k, s, p, shape, quick=False):
+    N, C, H, W = shape
+
+    def make(rng):
+        return {"x": _f32(rng, *shape)}
+
+    if kind == "max":
+        def run(a, be):
+            return ops.max_pool2d(a["x"], k, s, p, return_indices=True, backend=be)
+
+        def torch_fn(a):
+            torch = _torch()
+            x = torch.from_numpy(a["x"])
+            return lambda: torch.nn.functional.max_pool2d(x, k, s, p, return_indices=True)
+    else:
+        def run(a, be):
+            return ops.avg_pool2d(a["x"], k, s, p, backend=be)
+
+        def torch_fn(a):
+            torch = _torch()
+            x = torch.from_numpy(a["x"])
+            return lambda: torch.nn.functional.avg_pool2d(x, k, s, p)
+
+    g = _spec.pool_geom("bench", shape, k, s, p, 1, False)
+    out = N * C * g.Ho * g.Wo
+    moved = 4 * (N * C * H * W + out) + (8 * out if kind == "max" else 0)
+    return Case(f"{kind}_pool2d", name, (f"{kind}_pool2d",), make, run, moved, "byte",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def _leaky_relu_case(name, shape, backward, quick=False):
+    """LeakyReLU forward (reads x, writes y) or backward (reads grad and x, writes grad_x)."""
+    slope = 0.2
+
+    def make(rng):
+        return {"x": _f32(rng, *shape), "g": _f32(rng, *shape)}
+
+    def run(a, be):
+        if backward:
+            return ops.leaky_relu_backward(a["g"], a["x"], slope, backend=be)
+        return ops.leaky_relu(a["x"], slope, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, g = torch.from_numpy(a["x"]), torch.from_numpy(a["g"])
+        if backward:
+            return lambda: torch.ops.aten.leaky_relu_backward(g, x, slope, False)
+        return lambda: torch.nn.functional.leaky_relu(x, slope)
+
+    op = "leaky_relu_backward" if backward else "leaky_relu"
+    moved = 4 * math.prod(shape) * (3 if backward else 2)
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
+def _lstm_params(rng, I, Hd):
+    bound = 1 / math.sqrt(Hd)
+    return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
+            (("w_ih", (4 * Hd, I)), ("w_hh", (4 * Hd, Hd)), ("b_ih", (4 * Hd,)), ("b_hh", (4 * Hd,)))}
+
+
+def _torch_lstm(a, cell):
+    torch = _torch()
+    I, Hd = a["w_ih"].shape[1], a["w_hh"].shape[1]
+    m = torch.nn.LSTMCell(I, Hd) if cell else torch.nn.LSTM(I, Hd)
+    sfx = "" if cell else "_l0"
+    with torch.no_grad():
+        for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            name = {"w": "weight", "b": "bias"}[k[0]] + "_" + k[2:] + sfx
+            getattr(m, name).copy_(torch.from_numpy(a[k]))
+    return m
+
+
+def _lstm_case(name, T, B, I, Hd, backward, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, T, B, I), "h0": _f32(rng, B, Hd), "c0": _f32(rng, B, Hd),
+                "gout": _f32(rng, T, B, Hd), **_lstm_params(rng, I, Hd)}
+
+    weights = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+    def run(a, be):
+        args = (a["x"], a["h0"], a["c0"], *(a[k] for k in weights))
+        if not backward:
+            return ops.lstm(*args, backend=be)
+        # As the autograd does: the forward keeps its gates and states for the backward.
+        *_, saved = ops.lstm(*args, backend=be, save_for_backward=True)
+        return ops.lstm_backward(a["gout"], None, None, *args, backend=be, saved=saved)
+
+    def torch_fn(a):
+        torch = _torch()
+        m = _torch_lstm(a, cell=False)
+        x, h0, c0, gout = (torch.from_numpy(a[k]) for k in ("x", "h0", "c0", "gout"))
+        hc = (h0[None], c0[None])
+        if not backward:
+            def fwd():
+                with torch.no_grad():
+                    return m(x, hc)
+            return fwd
+        xg = x.clone().requires_grad_(True)
+
+        def fwd_bwd():
+            out, _ = m(xg, hc)
+            out.backward(gout)
+        return fwd_bwd
+
+    flops = 2 * T * B * 4 * Hd * (I + Hd) * (3 if backward else 1)
+    kernels = ("lstm", "lstm_backward") if backward else ("lstm",)
+    op = "lstm fwd+bwd" if backward else "lstm"
+    return Case(op, name, kernels, make, run, flops, "flop", _torch_baseline(torch_fn), quick=quick)
+
+
+def _lstm_cell_case(name, B, I, Hd, quick=False):
+    def make(rng):
+        return {"x": _f32(rng, B, I), "h": _f32(rng, B, Hd), "c": _f32(rng, B, Hd),
+                **_lstm_params(rng, I, Hd)}
+
+    def run(a, be):
+        return ops.lstm_cell(*(a[k] for k in ("x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh")), backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        m = _torch_lstm(a, cell=True)
+        x, h, c = (torch.from_numpy(a[k]) for k in "xhc")
+
+        def step():
+            with torch.no_grad():
+                return m(x, (h, c))
+        return step
+
+    return Case("lstm_cell", name, ("lstm_cell",), make, run, 2 * B * 4 * Hd * (I + Hd), "flop",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def clustered_boxes(rng, n, clusters=None):
+    """n boxes (x1, y1, x2, y2) scattered around a few centres, as detector outputs are."""
+    clusters = clusters or max(1, n // 20)
+    centres = rng.uniform(0, 1000, (clusters, 2))
+    c = centres[rng.integers(0, clusters, n)] + rng.normal(0, 8, (n, 2))
+    wh = rng.uniform(20, 60, (n, 2))
+    boxes = np.concatenate([c - wh / 2, c + wh / 2], axis=1).astype(np.float32)
+    return boxes, rng.uniform(0, 1, n).astype(np.float32)
+
+
+def numpy_greedy_nms(boxes, scores, thr):
+    """The usual vectorised NumPy NMS (one IoU row per kept box), a common baseline."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1) * (y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        order = rest[inter / (area[i] + area[rest] - inter) <= thr]
+    return np.array(keep, np.int64)
+
+
+def _nms_case(n, quick=False):
+    thr = 0.5
+
+    def make(rng):
+        boxes, scores = clustered_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores}
+
+    def run(a, be):
+        return ops.nms(a["boxes"], a["scores"], thr, backend=be)
+
+    def opencv_fn(a):
+        try:
+            import cv2
+        except ImportError:
+            return None
+        b = a["boxes"]
+        xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
+        scores = a["scores"].tolist()
+        return lambda: cv2.dnn.NMSBoxes(xywh, scores, 0.0, thr)  # all scores are > 0
+
+    numpy_fn = lambda a: (lambda: numpy_greedy_nms(a["boxes"], a["scores"], thr))  # noqa: E731
+    return Case("nms", f"{n} clustered boxes", ("nms",), make, run,
+                baselines={"opencv": opencv_fn, "numpy greedy": numpy_fn}, quick=quick)
+
+
+def cases(quick: bool) -> list[Case]:
+    all_cases = [
+        _conv_case("LeNet conv1 64x1x28x28 k6 5x5 p2", 64, 1, 28, 28, 6, 5, pad=2, quick=True),
+        _conv_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, quick=True),
+        _conv_case("DCGAN D conv1 64x1x28x28 k64 4x4 s2 p1", 64, 1, 28, 28, 64, 4, stride=2, pad=1),
+        _conv_case("RGB input 16x3x32x32 k64 3x3 p1", 16, 3, 32, 32, 64, 3, pad=1),
+        _conv_case("PixelCNN 32x1x28x28 k64 7x7 p3", 32, 1, 28, 28, 64, 7, pad=3),
+        _conv_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1),
+        _conv_case("VGG-deep 8x256x14x14 k256 3x3 p1", 8, 256, 14, 14, 256, 3, pad=1),
+        _conv_case("1x1 8x256x28x28 k64", 8, 256, 28, 28, 64, 1),
+        _conv_case("strided 16x32x32x32 k64 3x3 s2 p1", 16, 32, 32, 32, 64, 3, stride=2, pad=1, quick=True),
+        _conv_case("depthwise 8x64x56x56 g64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1, groups=64, quick=True),
+        _conv_case("batch-1 1x64x56x56 k64 3x3 p1", 1, 64, 56, 56, 64, 3, pad=1, quick=True),
+        # The same convolution twice: the speed of the second must not depend on its weights
+        # being subnormal (x86 handles subnormal operands 10-100x slower unless flushed).
+        _conv_case("8x64x28x28 k64 3x3 p1", 8, 64, 28, 28, 64, 3, pad=1),
+        _conv_case("8x64x28x28 k64 3x3 p1, subnormal weights", 8, 64, 28, 28, 64, 3, pad=1,
+                   weight_scale=1e-39),
+        _conv_backward_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, 1),
+        _conv_backward_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, 0, quick=True),
+        _conv_backward_case("RGB input 16x3x32x32 k64 3x3 p1", 16, 3, 32, 32, 64, 3, 1),
+        _conv_transpose_case("DCGAN 64x100x1x1 -> 128 7x7", 64, 100, 1, 1, 128, 7, 1, 0),
+        _conv_transpose_case("DCGAN 64x128x7x7 -> 64 4x4 s2 p1", 64, 128, 7, 7, 64, 4, 2, 1, quick=True),
+        _conv_transpose_case("DCGAN 64x64x14x14 -> 1 4x4 s2 p1", 64, 64, 14, 14, 1, 4, 2, 1, quick=True),
+        _conv_transpose_case("DCGAN 16x256x8x8 -> 128 4x4 s2 p1", 16, 256, 8, 8, 128, 4, 2, 1),
+        _pool_case("2x2 s2 + indices 32x64x56x56", "max", 2, 2, 0, (32, 64, 56, 56)),
+        _pool_case("2x2 s2 + indices 8x64x56x56", "max", 2, 2, 0, (8, 64, 56, 56), quick=True),
+        _pool_case("3x3 s2 p1 + indices 32x64x56x56", "max", 3, 2, 1, (32, 64, 56, 56)),
+        _pool_case("2x2 s2 32x64x56x56", "avg", 2, 2, 0, (32, 64, 56, 56)),
+        _pool_case("2x2 s2 8x64x56x56", "avg", 2, 2, 0, (8, 64, 56, 56), quick=True),
+        _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=False),
+        _leaky_relu_case("8x64x56x56", (8, 64, 56, 56), backward=False, quick=True),
+        _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=True),
+        _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
+        _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
+        _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),
+        _lstm_cell_case("B=64 128->256", 64, 128, 256, quick=True),
+        _nms_case(1000, quick=True),
+        _nms_case(10000),
+        _nms_case(50000),
+    ]
+    return [c for c in all_cases if c.quick or not quick]
+
+
+# One case for each kernel that the cases above do not time on its own.
+
+_POOL_SHAPE = (32, 64, 56, 56)
+
+
+def _pool_backward_case(kind):
+    k, s, p = (3, 2, 1) if kind == "max" else (2, 2, 0)
+
+    def make(rng):
+        x = _f32(rng, *_POOL_SHAPE)
+        y, idx = ops.max_pool2d(x, k, s, p, return_indices=True, backend="reference")
+        return {"x": x, "idx": idx, "gy": _f32(rng, *y.shape)}
+
+    if kind == "max":
+        def run(a, be):
+            return ops.max_pool2d_backward(a["gy"], a["idx"], _POOL_SHAPE, backend=be)
+    else:
+        def run(a, be):
+            return ops.avg_pool2d_backward(a["gy"], _POOL_SHAPE, k, s, p, backend=be)
+
+    name = f"{k}x{k} s{s} p{p} {'x'.join(map(str, _POOL_SHAPE))}"
+    return Case(f"{kind}_pool2d_backward", name, (f"{kind}_pool2d_backward",), make, run)
+
+
+def _unpool_case():
+    def make(rng):
+        x = _f32(rng, *_POOL_SHAPE)
+        y, idx = ops.max_pool2d(x, 2, 2, return_indices=True, backend="reference")
+        return {"y": y, "idx": idx}
+
+    def run(a, be):
+        return ops.max_unpool2d(a["y"], a["idx"], 2, 2, backend=be)
+
+    return Case("max_unpool2d", "2x2 s2 -> 32x64x56x56", ("max_unpool2d",), make, run)
+
+
+def _lstm_cell_backward_case(B, I, Hd):
+    def make(rng):
+        arrays = {k: _f32(rng, *s) for k, s in
+                  (("gh", (B, Hd)), ("gc", (B, Hd)), ("x", (B, I)), ("h", (B, Hd)), ("c", (B, Hd)))}
+        return {**arrays, **_lstm_params(rng, I, Hd)}
+
+    def run(a, be):
+        keys = ("gh", "gc", "x", "h", "c", "w_ih", "w_hh", "b_ih", "b_hh")
+        return ops.lstm_cell_backward(*(a[k] for k in keys), backend=be)
+
+    return Case("lstm_cell_backward", f"B={B} {I}->{Hd}", ("lstm_cell_backward",), make, run, quick=True)
+
+
+def _box_iou_case(n):
+    def make(rng):
+        return {"boxes": clustered_boxes(rng, n)[0]}
+
+    def run(a, be):
+        return ops.box_iou(a["boxes"], a["boxes"], backend=be)
+
+    return Case("box_iou", f"{n}x{n} clustered boxes", ("box_iou",), make, run, quick=True)
+
+
+def _batched_nms_case(n, categories):
+    def make(rng):
+        boxes, scores = clustered_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores, "idxs": rng.integers(0, categories, n)}
+
+    def run(a, be):
+        return ops.batched_nms(a["boxes"], a["scores"], a["idxs"], 0.5, backend=be)
+
+    return Case("batched_nms", f"{n} clustered boxes, {categories} categories", ("batched_nms",), make, run)
+
+
+def kernel_cases(quick: bool) -> list[Case]:
+    """cases() and one case for each kernel they leave out (the pooling backward passes,
+    unpooling, the LSTM cell backward, box_iou and batched_nms)."""
+    extra = [
+        _pool_backward_case("max"),
+        _pool_backward_case("avg"),
+        _unpool_case(),
+        _lstm_cell_backward_case(64, 128, 256),
+        _box_iou_case(1000),
+        _batched_nms_case(10000, 20),
+    ]
+    return cases(quick) + [c for c in extra if c.quick or not quick]
+
+
+def untimed_kernels() -> list[str]:
+    """Kernels of the op catalogue that no case times (a new kernel needs a case here)."""
+    timed = {k for case in kernel_cases(quick=False) for k in case.kernels}
+    return sorted(set(KERNELS) - timed)

@@ -1,0 +1,142 @@
+"""Benchmark records (Case, Row, Limits), the interleaved timing and the machine's limits
+(GEMM GFLOP/s, copy GB/s) measured in the same process."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+def _torch():
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        return None
+
+
+@dataclass
+class Case:
+    op: str                      # family shown in the table
+    name: str                    # what the shape is
+    kernels: tuple               # backend kernels the case needs
+    make: Callable               # rng -> dict of inputs (float32 NumPy arrays)
+    run: Callable                # (inputs, backend name) -> result
+    work: float = 0.0            # FLOPs (unit "flop") or bytes moved (unit "byte")
+    unit: str | None = None
+    # Other libraries' kernels for the same computation: name -> (inputs -> zero-argument
+    # callable, or None when that library is not installed). The first is the one the
+    # "x torch/cv2" column compares with.
+    baselines: dict = field(default_factory=dict)
+    quick: bool = False          # part of --quick
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    impl: str
+    ms: float | None
+    rate: float | None = None    # GFLOP/s or GB/s
+    unit: str | None = None
+    pct_limit: float | None = None
+    vs_reference: float | None = None  # speed-up over the reference backend
+    vs_torch: float | None = None      # speed-up over PyTorch (or OpenCV for NMS)
+    note: str = ""
+
+
+@dataclass
+class Limits:
+    gemm_gflops: float
+    copy_gbs: float
+    source: dict = field(default_factory=dict)
+    gpu: tuple | None = None  # (GEMM GFLOP/s, copy GB/s) of the GPU, when one is timed
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine limits, measured in the same process as the cases
+
+
+_BLAS_SPIN_SECONDS = 0.25
+
+
+def _seconds(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved_medians(fns: dict, reps: int, clock=time.perf_counter) -> dict:
+    """Median seconds of each zero-argument callable: one warm-up call of each (JIT compilation,
+    first-touch allocation), then `reps` rounds timing one call of each in turn, so that load
+    from other processes hits them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _median_time(fn, reps):
+    return interleaved_medians({"fn": fn}, reps)["fn"]
+
+
+GEMM_N = 2048
+
+
+def gemm_impls(n=GEMM_N) -> dict:
+    """name -> zero-argument callable: an n x n x n float32 matrix product by NumPy and, where
+    available, PyTorch and pyconv's own packed GEMM (the cpu backend's)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    impls = {"numpy": lambda: a @ b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta @ tb
+    try:
+        from pyconv import _C
+
+        c = np.empty_like(a)
+        impls["pyconv"] = lambda: _C.gemm(a, b, c)
+    except ImportError:
+        pass
+    return impls
+
+
+def measure_limits() -> Limits:
+    n = GEMM_N
+    gemm = {}
+    for name, fn in gemm_impls(n).items():
+        gemm[name] = 2 * n**3 / _median_time(fn, 3) / 1e9
+        if name == "numpy":
+            time.sleep(_BLAS_SPIN_SECONDS)  # OpenBLAS's threads spin a while after the call
+    # Copy bandwidth from DRAM: 128 MiB read + 128 MiB written per copy.
+    src = np.ones(32 * 2**20, np.float32)
+    dst = np.empty_like(src)
+    copy = 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), 5) / 1e9
+    best = max(gemm, key=gemm.get)  # the best GEMM this process can reach is the FLOP limit
+    return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32", "gemm_all": gemm})
+
+
+def measure_gpu_limits():
+    """(cuBLAS SGEMM GFLOP/s at 4096^3, device-to-device copy GB/s) of the current GPU."""
+    import cupy
+
+    n = 4096
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    src = cupy.ones(64 * 2**20, cupy.float32)
+    dst = cupy.empty_like(src)
+    sync = cupy.cuda.get_current_stream().synchronize
+
+    def timed(fn):
+        return _median_time(lambda: (fn(), sync()), 5)
+    return 2 * n**3 / timed(lambda: a @ a) / 1e9, 2 * src.nbytes / timed(lambda: dst.__setitem__(..., src)) / 1e9

@@ -122,6 +122,18 @@ def train_classifier(x, y, epochs=8, seed=0, lr=2e-3):
     return model
 
 
+def class_match(data, draw, num_classes, per_class, full):
+    """How well a class-conditional generator keeps to its class: a classifier trained
+    separately on the real training images (data["train"] = (x, y), x in [-1, 1]) labels
+    `per_class` samples of each class, drawn by ``draw(labels)`` (in [-1, 1]) -> its accuracy on
+    the real test images and the fraction of samples it puts in their conditioning class."""
+    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
+    clf = train_classifier(x_train, y_train, epochs=8 if full else 1, seed=1)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return {"classifier_test_accuracy": float((predict(clf, x_test) == y_test).mean()),
+            "sample_accuracy": float((predict(clf, draw(labels)) == labels).mean())}
+
+
 def predict(model, x, batch_size=256):
     return _eval_mode(model, lambda: np.concatenate(
         [model(Tensor(b)).data.argmax(axis=1) for (b,) in _batches((x,), batch_size)]))
@@ -300,16 +312,13 @@ class CGANRecipe(DCGANRecipe):
     def summary(self, trainer, data):
         """Accuracy of an independently trained classifier on generated samples labelled with
         the class they were conditioned on."""
-        x_train, y_train = data["train"]
-        x_test, y_test = data["test"]
-        full = len(x_train) > 500  # a tiny run (tests) gets a token check
-        clf = train_classifier(x_train, y_train, epochs=8 if full else 1, seed=1)
-        k = trainer.model.num_classes
-        labels = np.repeat(np.arange(k), 100 if full else 5)
-        z = trainer.model.noise(len(labels), np.random.default_rng(12345))
-        fakes = trainer.model.sample(z=z, labels=labels) * 2 - 1
-        return {"classifier_test_accuracy": float((predict(clf, x_test) == y_test).mean()),
-                "sample_accuracy": float((predict(clf, fakes) == labels).mean())}
+        model = trainer.model
+        full = len(data["train"][0]) > 500  # a tiny run (tests) gets a token check
+
+        def draw(labels):
+            z = model.noise(len(labels), np.random.default_rng(12345))
+            return model.sample(z=z, labels=labels) * 2 - 1
+        return class_match(data, draw, model.num_classes, 100 if full else 5, full)
 
 
 class VAERecipe(Recipe):
@@ -449,8 +458,17 @@ class PixelCNNRecipe(VAERecipe):
             baseline = bernoulli_baseline_nats(x_train, x_test) / LN2 / x_test[0].size
         else:
             baseline = grey_level_baseline_bits(x_train, x_test)
-        return {"test_bits_per_dim": self.held_out_bits_per_dim(trainer.model, *data["test"]),
-                "baseline_bits_per_dim": baseline}
+        figures = {"test_bits_per_dim": self.held_out_bits_per_dim(trainer.model, *data["test"]),
+                   "baseline_bits_per_dim": baseline}
+        model = trainer.model
+        if model.num_classes:
+            full = len(x_train) > 500  # a tiny run (tests) gets a token check
+            centred = {part: (data[part][0] * 2 - 1, data[part][1]) for part in ("train", "test")}
+
+            def draw(labels):  # sampling is sequential: 20 of each class
+                return model.sample(len(labels), labels, rng=np.random.default_rng(12345)) * 2 - 1
+            figures.update(class_match(centred, draw, model.num_classes, 20 if full else 1, full))
+        return figures
 
     def pictures(self, trainer, data, out):
         """Samples; for a class-conditional model column k is class k."""

@@ -65,6 +65,7 @@ def test_pixelcnn_grey_levels_conditional_train_and_sample(tmp_path):
     assert result["config"] == {"image_size": 16, "levels": 256, "num_classes": 10}
     for figure in ("test_bits_per_dim", "baseline_bits_per_dim"):
         assert np.isfinite(result["summary"][figure])
+    assert 0 <= result["summary"]["sample_accuracy"] <= 1  # samples in their conditioning class
     assert result["summary"]["baseline_bits_per_dim"] > 1  # grey levels: far more than 1 bit a pixel
     assert (tmp_path / "samples.png").stat().st_size > 0
 

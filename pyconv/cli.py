@@ -39,9 +39,13 @@ def _train(args):
     from pyconv import recipes
 
     _setup(args)
+    # only the settings given on the command line: the others keep the recipe's defaults
+    options = {key: value for key, value in (("levels", args.levels),
+                                             ("conditional", args.conditional or None))
+               if value is not None}
     recipes.train(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   data=args.data, out=args.out, resume=args.resume, seed=args.seed,
-                  limit=args.limit, progress=not args.no_progress)
+                  limit=args.limit, progress=not args.no_progress, options=options)
 
 
 def _sample(args):
@@ -102,6 +106,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, help="use only this many training (and test) samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--levels", type=int, choices=(2, 256),
+                   help="pixelcnn: 2 (binarised pixels, the default) or 256 (grey levels, a 256-way softmax)")
+    p.add_argument("--conditional", action="store_true",
+                   help="pixelcnn: class-conditional (then 'pyconv sample pixelcnn --label K')")
     p.add_argument("--backend", help="kernel backend (default: cpu)")
     p.add_argument("--threads", type=int, help="threads for the CPU backends")
     p.set_defaults(func=_train)

@@ -12,6 +12,7 @@ motifs, a text corpus with long-range dependencies).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -67,6 +68,21 @@ def bernoulli_baseline_nats(x_train, x_test):
     return float(nll.reshape(len(x_test), -1).sum(axis=1).mean())
 
 
+def grey_level_baseline_bits(x_train, x_test, alpha=0.5):
+    """Test bits per pixel of independent 256-way categorical pixels (images in [0, 1],
+    multiples of 1/255) whose probabilities are the training set's grey-level frequencies at
+    each pixel, plus `alpha` of every level so that a level unseen in training stays possible:
+    the yardstick for the 256-level PixelCNN."""
+    def levels(x):
+        return np.rint(np.asarray(x) * 255).astype(np.int64).reshape(len(x), -1)
+    k_train, k_test = levels(x_train), levels(x_test)
+    pixels = np.arange(k_train.shape[1])
+    counts = np.full((len(pixels), 256), alpha)
+    np.add.at(counts, (np.broadcast_to(pixels, k_train.shape), k_train), 1)
+    p = counts / counts.sum(axis=1, keepdims=True)
+    return float(-np.log2(p[pixels, k_test]).mean())
+
+
 def _batches(arrays, batch_size):
     n = len(arrays[0])
     for start in range(0, n, batch_size):
@@ -106,6 +122,18 @@ def train_classifier(x, y, epochs=8, seed=0, lr=2e-3):
     return model
 
 
+def class_match(data, draw, num_classes, per_class, full):
+    """How well a class-conditional generator keeps to its class: a classifier trained
+    separately on the real training images (data["train"] = (x, y), x in [-1, 1]) labels
+    `per_class` samples of each class, drawn by ``draw(labels)`` (in [-1, 1]) -> its accuracy on
+    the real test images and the fraction of samples it puts in their conditioning class."""
+    (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
+    clf = train_classifier(x_train, y_train, epochs=8 if full else 1, seed=1)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return {"classifier_test_accuracy": float((predict(clf, x_test) == y_test).mean()),
+            "sample_accuracy": float((predict(clf, draw(labels)) == labels).mean())}
+
+
 def predict(model, x, batch_size=256):
     return _eval_mode(model, lambda: np.concatenate(
         [model(Tensor(b)).data.argmax(axis=1) for (b,) in _batches((x,), batch_size)]))
@@ -123,6 +151,18 @@ class Recipe:
     epochs, batch_size, lr = 10, 64, 1e-3
     lr_decay = 1.0  # the learning rate after epoch k is lr * lr_decay ** k
     default_data = "digits"
+    options = ()  # names of model-specific settings (class attributes) ``pyconv train`` may change
+
+    def with_options(self, **options):
+        """A copy of this recipe with some of its model-specific settings changed."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{self.name}: no option {', '.join(unknown)} "
+                             f"(its options: {', '.join(self.options) or 'none'})")
+        recipe = copy.copy(self)
+        for key, value in options.items():
+            setattr(recipe, key, value)
+        return recipe
 
     # -- data and model
     def load_data(self, spec, seed=0, limit=None) -> dict:
@@ -272,16 +312,13 @@ class CGANRecipe(DCGANRecipe):
     def summary(self, trainer, data):
         """Accuracy of an independently trained classifier on generated samples labelled with
         the class they were conditioned on."""
-        x_train, y_train = data["train"]
-        x_test, y_test = data["test"]
-        full = len(x_train) > 500  # a tiny run (tests) gets a token check
-        clf = train_classifier(x_train, y_train, epochs=8 if full else 1, seed=1)
-        k = trainer.model.num_classes
-        labels = np.repeat(np.arange(k), 100 if full else 5)
-        z = trainer.model.noise(len(labels), np.random.default_rng(12345))
-        fakes = trainer.model.sample(z=z, labels=labels) * 2 - 1
-        return {"classifier_test_accuracy": float((predict(clf, x_test) == y_test).mean()),
-                "sample_accuracy": float((predict(clf, fakes) == labels).mean())}
+        model = trainer.model
+        full = len(data["train"][0]) > 500  # a tiny run (tests) gets a token check
+
+        def draw(labels):
+            z = model.noise(len(labels), np.random.default_rng(12345))
+            return model.sample(z=z, labels=labels) * 2 - 1
+        return class_match(data, draw, model.num_classes, 100 if full else 5, full)
 
 
 class VAERecipe(Recipe):
@@ -361,17 +398,30 @@ class VAERecipe(Recipe):
 
 class PixelCNNRecipe(VAERecipe):
     name = "pixelcnn"
-    description = "gated PixelCNN on binarised digits (test bits/dim, samples)"
+    description = "gated PixelCNN on the digits (test bits/dim, samples)"
     epochs, batch_size, lr = 8, 32, 2e-3
+    options = ("levels", "conditional")
+    levels = 2           # 2: binarised pixels (a Bernoulli each); 256: 8-bit grey levels (a softmax)
+    conditional = False  # True: every pixel's prediction also sees the image's class
+
+    def quantise(self, x):
+        if self.levels == 2:
+            return (x > 0.5).astype(np.float32)
+        return (np.rint(x * 255) / 255).astype(np.float32)
 
     def load_data(self, spec, seed=0, limit=None):
-        d = super().load_data(spec, seed, limit)
-        x_train, y_train, x_test, y_test = load_images(spec, d["image_size"], seed, limit)
-        d["train"] = (d["train"][0], y_train)
-        return d
+        size = 32 if spec.startswith("mnist:") else 16
+        x_train, y_train, x_test, y_test = load_images(spec, size, seed, limit)
+        return {"train": (self.quantise(x_train), y_train), "test": (self.quantise(x_test), y_test),
+                "image_size": size}
 
     def config(self, data):
-        return {"image_size": data["image_size"]}
+        config = {"image_size": data["image_size"]}
+        if self.levels != 2:
+            config["levels"] = self.levels
+        if self.conditional:
+            config["num_classes"] = 10
+        return config
 
     def build(self, config):
         from .models import PixelCNN
@@ -383,7 +433,8 @@ class PixelCNNRecipe(VAERecipe):
         from .train import Trainer
 
         def step(trainer, batch):
-            loss = trainer.model.loss(batch[0])
+            x, labels = batch
+            loss = trainer.model.loss(x, labels if trainer.model.num_classes else None)
             trainer.optimizer.zero_grad()
             loss.backward()
             trainer.optimizer.step()
@@ -391,23 +442,45 @@ class PixelCNNRecipe(VAERecipe):
 
         return Trainer(model, Adam(model.parameters(), lr=lr), step_fn=step, **kwargs)
 
-    def held_out_bits_per_dim(self, model, x):
-        return _eval_mode(model, lambda: float(np.mean(np.concatenate(
-            [model.bits_per_dim(b).data for (b,) in _batches((x,), 256)]))))
+    def held_out_bits_per_dim(self, model, x, y):
+        def run():
+            return float(np.mean(np.concatenate(
+                [model.bits_per_dim(b, c if model.num_classes else None).data
+                 for b, c in _batches((x, y), 256)])))
+        return _eval_mode(model, run)
 
     def epoch_metrics(self, trainer, data, out):
-        return {"val_bits_per_dim": self.held_out_bits_per_dim(trainer.model, data["test"][0])}
+        return {"val_bits_per_dim": self.held_out_bits_per_dim(trainer.model, *data["test"])}
 
     def summary(self, trainer, data):
         x_train, x_test = data["train"][0], data["test"][0]
-        baseline = bernoulli_baseline_nats(x_train, x_test) / LN2 / x_test[0].size
-        return {"test_bits_per_dim": self.held_out_bits_per_dim(trainer.model, x_test),
-                "baseline_bits_per_dim": baseline}
+        if self.levels == 2:
+            baseline = bernoulli_baseline_nats(x_train, x_test) / LN2 / x_test[0].size
+        else:
+            baseline = grey_level_baseline_bits(x_train, x_test)
+        figures = {"test_bits_per_dim": self.held_out_bits_per_dim(trainer.model, *data["test"]),
+                   "baseline_bits_per_dim": baseline}
+        model = trainer.model
+        if model.num_classes:
+            full = len(x_train) > 500  # a tiny run (tests) gets a token check
+            centred = {part: (data[part][0] * 2 - 1, data[part][1]) for part in ("train", "test")}
+
+            def draw(labels):  # sampling is sequential: 20 of each class
+                return model.sample(len(labels), labels, rng=np.random.default_rng(12345)) * 2 - 1
+            figures.update(class_match(centred, draw, model.num_classes, 20 if full else 1, full))
+        return figures
 
     def pictures(self, trainer, data, out):
+        """Samples; for a class-conditional model column k is class k."""
         path = os.path.join(out, "samples.png")
-        n = 32 if len(data["train"][0]) > 100 else 8  # sampling is sequential: few for tiny runs
-        pictures.save_grid(trainer.model.sample(n, rng=np.random.default_rng(0)), path)
+        full = len(data["train"][0]) > 100  # sampling is sequential: few for tiny runs
+        model, rng = trainer.model, np.random.default_rng(0)
+        if model.num_classes:
+            n = 4 * model.num_classes if full else model.num_classes
+            images = model.sample(n, np.arange(n) % model.num_classes, rng=rng)
+            pictures.save_grid(images, path, nrow=model.num_classes)
+        else:
+            pictures.save_grid(model.sample(32 if full else 8, rng=rng), path)
         return [path]
 
     def sample(self, model, n, label=None, temperature=1.0, rng=None):
@@ -638,16 +711,18 @@ def _format(value):
 
 
 def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resume=False, seed=0,
-          limit=None, progress=True, print_fn=print) -> dict:
+          limit=None, progress=True, print_fn=print, options=None) -> dict:
     """Trains model `name` and writes into `out`: checkpoint.npz (the Trainer's checkpoint,
     also what ``pyconv sample`` reads), history.json (per-epoch logs, the final summary and
-    the timing), loss.png and the model's pictures. Returns the history.json content."""
+    the timing), loss.png and the model's pictures. `options`: model-specific settings (the
+    recipe's ``options``, e.g. ``{"levels": 256, "conditional": True}`` for pixelcnn). Returns
+    the history.json content."""
     import json
     import time
 
     from . import manual_seed
 
-    recipe = RECIPES[name]
+    recipe = RECIPES[name].with_options(**(options or {}))
     epochs = epochs or recipe.epochs
     batch_size = batch_size or recipe.batch_size
     lr = lr or recipe.lr

@@ -58,6 +58,30 @@ def test_train_writes_the_model_pictures(tmp_path, model, pictures, figure):
     assert figure in result["summary"] and np.isfinite(result["summary"][figure])
 
 
+def test_pixelcnn_grey_levels_conditional_train_and_sample(tmp_path):
+    """--levels 256 --conditional reach the model (a 256-way softmax, the class embedding) and
+    the data (grey levels, not binarised); sample --label K draws class K."""
+    result = train("pixelcnn", tmp_path, "--levels", "256", "--conditional")
+    assert result["config"] == {"image_size": 16, "levels": 256, "num_classes": 10}
+    for figure in ("test_bits_per_dim", "baseline_bits_per_dim"):
+        assert np.isfinite(result["summary"][figure])
+    assert 0 <= result["summary"]["sample_accuracy"] <= 1  # samples in their conditioning class
+    assert result["summary"]["baseline_bits_per_dim"] > 1  # grey levels: far more than 1 bit a pixel
+    assert (tmp_path / "samples.png").stat().st_size > 0
+
+    npz = tmp_path / "threes.npz"
+    assert cli.main(["sample", "pixelcnn", "--checkpoint", str(tmp_path / "checkpoint.npz"),
+                     "--out", str(tmp_path / "threes.png"), "--n", "2", "--label", "3",
+                     "--npz", str(npz)]) == 0
+    saved = np.load(npz)
+    assert list(saved["labels"]) == [3, 3] and saved["samples"].shape == (2, 1, 16, 16)
+    levels = saved["samples"] * 255
+    np.testing.assert_allclose(levels, np.rint(levels), atol=1e-3)
+    assert len(np.unique(np.rint(levels))) > 2  # grey levels, not black and white
+    with pytest.raises(ValueError, match="no option levels"):
+        train("lenet", tmp_path / "lenet", "--levels", "256")
+
+
 def test_charlstm_train_and_sample_text(tmp_path):
     result = train("charlstm", tmp_path)
     assert (tmp_path / "samples.txt").read_text().startswith("--- temperature")
@@ -81,3 +105,17 @@ def test_train_on_mnist_idx_files(tmp_path):
     result = train("lenet", tmp_path / "run", "--data", f"mnist:{tmp_path}")
     assert result["data"] == f"mnist:{tmp_path}" and result["config"] == {}
     assert np.isfinite(result["summary"]["test_accuracy"])
+
+
+def test_grey_level_baseline():
+    """Per-pixel grey-level frequencies plus half a count of every level: a pixel always black
+    in 10 training images costs -log2((10 + 0.5) / (10 + 128)) bits when black, and a level
+    never seen costs -log2(0.5 / 138)."""
+    from pyconv.recipes import grey_level_baseline_bits
+
+    x_train = np.zeros((10, 1, 2, 2), np.float32)
+    x_test = np.zeros((3, 1, 2, 2), np.float32)
+    assert np.isclose(grey_level_baseline_bits(x_train, x_test), -np.log2(10.5 / 138))
+    x_test[:, :, 0, 0] = 7 / 255
+    expected = (3 * -np.log2(10.5 / 138) + -np.log2(0.5 / 138)) / 4
+    assert np.isclose(grey_level_baseline_bits(x_train, x_test), expected)

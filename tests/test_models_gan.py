@@ -44,6 +44,28 @@ def test_shapes_and_ranges(conditional):
         assert not np.allclose(by_label[0], by_label[1])  # the label reaches the generator
 
 
+def test_conditional_discriminator_sees_the_label_at_input_and_features():
+    """Cutting either path of the label (the first convolution's weights on the label planes,
+    or the 1x1 convolution's weights on the label beside the last features) leaves the score
+    still depending on the label through the other one."""
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)
+
+    def scores_by_label(cut):
+        gan = small_gan(conditional=True)
+        d = gan.discriminator
+        d.eval()
+        first, joint = d.net[0], d.joint[0]
+        if cut == "input":
+            first.weight.data[:, 1:] = 0          # the image has 1 channel, the label planes follow
+        else:
+            joint.weight.data[:, joint.weight.shape[1] - 4:] = 0   # embed_dim 4 label planes last
+        return [d(images, np.full(4, k)).data for k in range(3)]
+
+    for cut in ("input", "features"):
+        s0, s1, s2 = scores_by_label(cut)
+        assert np.abs(s0 - s1).min() > 1e-4 and np.abs(s1 - s2).min() > 1e-4, cut
+
+
 def test_gan_step_freezes_the_other_network():
     gan = small_gan(conditional=True)
     trainer = GANTrainer(gan, progress=False)

@@ -68,7 +68,11 @@ class Discriminator(nn.Module):
     """Images (N, C, S, S) [+ labels (N,)] -> real/fake logits (N,): stride-2 4x4 convolutions
     that halve the size and double the channels down to 4x4 (batch norm after each but the
     first), then a 4x4 convolution to one logit. A conditional discriminator sees the label's
-    embedding as extra constant input planes."""
+    embedding twice: as extra constant planes beside the image, and again beside the 4x4
+    features, which a 1x1 convolution (+ batch norm, LeakyReLU) mixes with it before the last
+    convolution scores them, so that the judgement "is this a real image of class k" does not
+    rest only on what the first layer kept of the label. (Planes concatenated straight before
+    the last, linear, convolution would only add a per-class constant to the logit.)"""
 
     def __init__(self, channels=1, image_size=16, width=32, num_classes=0, embed_dim=10,
                  dtype=np.float32):
@@ -86,14 +90,22 @@ class Discriminator(nn.Module):
             c *= 2
         layers += [nn.Conv2d(c, 1, 4, 1, 0, dtype=dtype)]
         self.net = nn.Sequential(*layers)
+        if num_classes:
+            self.joint = nn.Sequential(nn.Conv2d(c + embed_dim, c, 1, bias=False, dtype=dtype),
+                                       nn.BatchNorm2d(c, dtype=dtype), nn.LeakyReLU(0.2))
 
     def forward(self, x, labels=None):
         x = x if isinstance(x, Tensor) else Tensor(x)
-        if self.num_classes:
-            if labels is None:
-                raise ValueError("Discriminator: a conditional discriminator needs labels")
-            x = concatenate([x, _label_maps(self.embed, labels, x.shape[2], x.shape[3])], axis=1)
-        return self.net(x).reshape(x.shape[0])
+        if not self.num_classes:
+            return self.net(x).reshape(x.shape[0])
+        if labels is None:
+            raise ValueError("Discriminator: a conditional discriminator needs labels")
+        h = concatenate([x, _label_maps(self.embed, labels, x.shape[2], x.shape[3])], axis=1)
+        *features, score = self.net
+        for layer in features:
+            h = layer(h)
+        h = concatenate([h, _label_maps(self.embed, labels, h.shape[2], h.shape[3])], axis=1)
+        return score(self.joint(h)).reshape(x.shape[0])
 
 
 def _dcgan_init(module):
@@ -111,7 +123,8 @@ class DCGAN(nn.Module):
     """A generator and a discriminator (``.generator``, ``.discriminator``); calling the model
     runs the generator. ``conditional=True`` (with `num_classes`) makes it a class-conditional
     GAN: both networks also get the label, through a learned embedding concatenated to the
-    noise and to the discriminator's input planes.
+    noise, and to the discriminator's input planes and (through a 1x1 convolution) to its last
+    features.
 
         gan = DCGAN(z_dim=32, image_size=16, conditional=True, num_classes=10)
         images = gan.sample(16, labels=np.arange(16) % 10)    # (16, 1, 16, 16) in [0, 1]

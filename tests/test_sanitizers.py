@@ -17,9 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # What a build and the kernel tests need; nothing built (build/, *.so) is copied.
-TREE = ["setup.py", "pyproject.toml", "README.md", "csrc", "pyconv", "tests/test_cpu_conv.py",
-        "tests/test_cpu_pool_lstm_nms.py",
-        "tests/conftest.py"]
+TREE = ["setup.py", "pyproject.toml", "README.md", "csrc", "pyconv", "tests/conftest.py",
+        "tests/oracles.py", "tests/test_cpu_conv.py", "tests/test_cpu_pool_lstm_nms.py",
+        "tests/test_conformance.py", "tests/test_cpu_hardening.py"]
 
 
 def copy_tree(dst: Path):
@@ -70,8 +70,15 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     check = "import pyconv._C as C; print(C.__file__)"
     rc, out = run([sys.executable, "-c", check], tmp_path, env)
     assert rc == 0 and str(tmp_path) in out, out[-4000:]
+    # Every conformance row on the C++ kernels (the rows that reach each algorithm branch),
+    # the backend's own checks, and the huge-geometry paths; not the address-space-limit test,
+    # which AddressSanitizer's shadow memory cannot run under.
     rc, out = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                   "tests/test_cpu_conv.py", "tests/test_cpu_pool_lstm_nms.py"], tmp_path, env)
+                   "tests/test_cpu_conv.py", "tests/test_cpu_pool_lstm_nms.py",
+                   "tests/test_cpu_hardening.py", "tests/test_conformance.py",
+                   "-k", "not test_conformance or cpu/avx512",
+                   "--deselect", "tests/test_cpu_hardening.py::"
+                   "test_allocation_failure_is_a_memory_error_naming_the_op"], tmp_path, env)
     assert rc == 0, out[-6000:]
     assert "passed" in out and "ERROR: AddressSanitizer" not in out and "runtime error" not in out
 

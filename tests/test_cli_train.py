@@ -111,7 +111,7 @@ def test_grey_level_baseline():
     """Per-pixel grey-level frequencies plus half a count of every level: a pixel always black
     in 10 training images costs -log2((10 + 0.5) / (10 + 128)) bits when black, and a level
     never seen costs -log2(0.5 / 138)."""
-    from pyconv.recipes import grey_level_baseline_bits
+    from pyconv.recipes.common import grey_level_baseline_bits
 
     x_train = np.zeros((10, 1, 2, 2), np.float32)
     x_test = np.zeros((3, 1, 2, 2), np.float32)

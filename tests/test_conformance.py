@@ -7,7 +7,8 @@ wide pooling rows). The suite is parametrised over op x case x dtype x every ava
 non-reference backend that registers the kernels the op needs, the cpu backend once per ISA
 variant this CPU can run (cpu/avx512, cpu/avx2, cpu/generic); test_kernel_coverage makes sure
 no backend lacks a kernel silently; the op -> kernels map comes from the op catalogue
-(pyconv/backends/_contract.py).
+(pyconv/backends/_contract.py). One file on purpose: the table is the list a contributor
+extends, and reads best in one place with its builders.
 """
 import importlib
 import zlib

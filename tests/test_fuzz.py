@@ -5,6 +5,7 @@ memory layouts (Fortran order, negative strides, gaps, read-only), values (NaN, 
 denormals, -0.0) and integer arguments from small to 2**70, negative, or of a wrong type. The
 call runs on every backend in a child process (a long-lived worker fed through a pipe and
 restarted after a crash), so a crash or a hang fails the test instead of ending the run.
+(One file: the worker protocol, the strategies and the verdict are one mechanism.)
 
 The verdict: where pyconv._spec rejects the call, every backend raises its error (same type,
 same message); where it accepts, every backend returns what the reference backend returns

@@ -1,0 +1,283 @@
+"""Loading an ONNX model into a plan that pyconv runs: the nodes in topological order, each
+bound once to the function that computes it (:mod:`._nodes`), constants folded, batch
+normalisation folded into the convolution before it, and every intermediate array dropped
+after its last use."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ._nodes import BUILDERS, VIEW_OPS, Node, UnsupportedError, _ABSENT, _RUNTIME, batch_norm_affine
+
+__all__ = ["Graph", "load", "SUPPORTED_OPS"]
+
+SUPPORTED_OPS = tuple(sorted(BUILDERS))
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_MIN_OPSET = 9
+
+
+class _RawNode:
+    """A node of the graph as read from the model (and rewritten by the planner)."""
+
+    def __init__(self, name, op_type, domain, inputs, outputs, attrs):
+        self.name, self.op_type, self.domain = name, op_type, domain
+        self.inputs, self.outputs, self.attrs = list(inputs), list(outputs), attrs
+
+
+def _read_model(path_or_model):
+    import onnx
+
+    if isinstance(path_or_model, (str, os.PathLike)):
+        return onnx.load(os.fspath(path_or_model))
+    if isinstance(path_or_model, bytes):
+        return onnx.load_from_string(path_or_model)
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model
+    raise TypeError(f"pyconv.onnx.load: expected a path, bytes or an onnx.ModelProto, got "
+                    f"{type(path_or_model).__name__}")
+
+
+def _attributes(node_proto):
+    from onnx import AttributeProto
+    from onnx.helper import get_attribute_value
+
+    attrs = {}
+    for a in node_proto.attribute:
+        if a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+            raise UnsupportedError(f"pyconv.onnx: node {node_proto.name!r} ({node_proto.op_type}) has "
+                                   f"a subgraph attribute {a.name!r}; control flow is not supported")
+        v = get_attribute_value(a)
+        attrs[a.name] = v.decode() if isinstance(v, bytes) else v
+    return attrs
+
+
+def _topological(nodes, available):
+    """The nodes ordered so that each comes after the producers of its inputs (depth first,
+    iterative, so deep graphs do not hit the recursion limit)."""
+    producers = {o: i for i, n in enumerate(nodes) for o in n.outputs if o}
+    order, state = [], [0] * len(nodes)  # 0 unseen, 1 being expanded, 2 placed
+    for start in range(len(nodes)):
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if expanded:
+                state[i] = 2
+                order.append(nodes[i])
+                continue
+            if state[i] == 2:
+                continue
+            if state[i] == 1:  # reached again from one of its own descendants
+                raise ValueError(f"pyconv.onnx: the graph has a cycle through node {nodes[i].name!r}")
+            state[i] = 1
+            stack.append((i, True))
+            for name in nodes[i].inputs:
+                if not name or name in available:
+                    continue
+                if name not in producers:
+                    raise ValueError(f"pyconv.onnx: node {nodes[i].name!r} reads {name!r}, which "
+                                     "no node, input or initializer of the graph defines")
+                if state[producers[name]] != 2:
+                    stack.append((producers[name], False))
+    return order
+
+
+def _fold_batch_norms(nodes, consts, graph_outputs):
+    """Conv/ConvTranspose -> BatchNormalization (inference, constant parameters, the conv's output
+    used only there) becomes one conv with scaled weights and a shifted bias. Exact up to float
+    rounding: bn(conv(x)) = conv(x) * s + t with per-channel s, t."""
+    consumers = {}
+    for n in nodes:
+        for name in n.inputs:
+            consumers[name] = consumers.get(name, 0) + 1
+    producer = {o: n for n in nodes for o in n.outputs}
+    kept = []
+    for n in nodes:
+        conv = producer.get(n.inputs[0]) if n.op_type == "BatchNormalization" else None
+        if (conv is None or conv.op_type not in ("Conv", "ConvTranspose") or n.attrs.get("training_mode", 0)
+                or len([o for o in n.outputs if o]) != 1 or consumers.get(n.inputs[0]) != 1
+                or n.inputs[0] in graph_outputs or conv.inputs[1] not in consts
+                or (len(conv.inputs) > 2 and conv.inputs[2] and conv.inputs[2] not in consts)
+                or not all(p in consts for p in n.inputs[1:5])):
+            kept.append(n)
+            continue
+        w = consts[conv.inputs[1]]
+        s, t = batch_norm_affine(*(consts[p] for p in n.inputs[1:5]), n.attrs.get("epsilon", 1e-5))
+        if conv.op_type == "Conv":
+            w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        else:  # (C, K/group, ...): output channel g*K/group + j is column j of group g's rows
+            g = conv.attrs.get("group", 1)
+            C, Kg = w.shape[:2]
+            w = (w.reshape((g, C // g, Kg) + w.shape[2:])
+                 * s.reshape((g, 1, Kg) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        b = consts[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else 0.0
+        dtype = consts[conv.inputs[1]].dtype
+        w_name, b_name = f"{conv.inputs[1]}__bn_{n.name}", f"{n.outputs[0]}__bn_bias"
+        consts[w_name] = np.ascontiguousarray(w.astype(dtype))
+        consts[b_name] = (b * s + t).astype(dtype)
+        conv.inputs = [conv.inputs[0], w_name, b_name]
+        conv.outputs = [n.outputs[0]]
+    return kept
+
+
+class Graph:
+    """An ONNX graph bound to pyconv's kernels. ``run(output_names, feeds)`` mirrors
+    ``onnxruntime.InferenceSession.run``; ``graph(**feeds)`` returns the single output (or a
+    tuple of all outputs)."""
+
+    def __init__(self, model):
+        graph = model.graph
+        opsets = {o.domain: o.version for o in model.opset_import}
+        self.opset = opsets.get("", opsets.get("ai.onnx"))
+        if self.opset is None:
+            raise UnsupportedError("pyconv.onnx: the model imports no default-domain (ai.onnx) opset")
+        if self.opset < _MIN_OPSET:
+            raise UnsupportedError(f"pyconv.onnx: opset {self.opset} is older than the oldest "
+                                   f"supported, {_MIN_OPSET}")
+        from onnx.helper import tensor_dtype_to_np_dtype
+        from onnx.numpy_helper import to_array
+
+        consts = {t.name: to_array(t) for t in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in consts]
+        self.output_names = [o.name for o in graph.output]
+        self._input_specs = {}
+        for i in graph.input:
+            if i.name in consts:
+                continue
+            t = i.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] \
+                if t.HasField("shape") else None
+            self._input_specs[i.name] = (tensor_dtype_to_np_dtype(t.elem_type), dims)
+
+        nodes = [_RawNode(n.name or f"{n.op_type}_{k}", n.op_type, n.domain, n.input, n.output,
+                          _attributes(n)) for k, n in enumerate(graph.node)]
+        nodes = _topological(nodes, set(consts) | set(self.input_names))
+        for n in nodes:  # the first node pyconv cannot run, in execution order
+            if n.domain not in _DEFAULT_DOMAINS or n.op_type not in BUILDERS:
+                opset = opsets.get(n.domain, "?")
+                raise UnsupportedError(
+                    f"pyconv.onnx: node {n.name!r} (op_type {n.op_type}, domain "
+                    f"{n.domain or 'ai.onnx'!r}, opset {opset}) is not supported; pyconv runs "
+                    f"{', '.join(SUPPORTED_OPS)} from the default domain")
+        nodes = _fold_batch_norms(nodes, consts, set(self.output_names))
+        self._plan(nodes, consts)
+
+    def _plan(self, nodes, consts):
+        graph_outputs = set(self.output_names)
+        consumers = {}
+        for n in nodes:
+            for name in n.inputs:
+                if name:
+                    consumers[name] = consumers.get(name, 0) + 1
+        fresh = set()  # values computed here into memory of their own (not views, constants, inputs)
+        steps = []
+        for n in nodes:
+            known = [(_ABSENT if not name else consts.get(name, _RUNTIME)) for name in n.inputs]
+            node = Node(n.name, n.op_type, self.opset, n.attrs, len(n.inputs),
+                        len([o for o in n.outputs if o]), known)
+            first = n.inputs[0] if n.inputs else None
+            node.overwrite_first = (first in fresh and consumers.get(first) == 1
+                                    and first not in graph_outputs)
+            fn = BUILDERS[n.op_type](node)
+            if all(v is not _RUNTIME for v in known):  # every input is known: compute it now
+                outs = fn(*[None if v is _ABSENT else v for v in known])
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                for name, value in zip(n.outputs, outs):
+                    if name:
+                        consts[name] = np.asarray(value)
+                continue
+            if n.op_type not in VIEW_OPS:
+                fresh.update(o for o in n.outputs if o)
+            steps.append((fn, n.inputs, n.outputs, n.name, n.op_type))
+        # each step also lists the values it reads for the last time, to drop them after it
+        last_use = {}
+        for k, (_, inputs, _, _, _) in enumerate(steps):
+            for name in inputs:
+                if name:
+                    last_use[name] = k
+        self._steps = []
+        for k, (fn, inputs, outputs, name, op_type) in enumerate(steps):
+            drop = tuple(v for v in dict.fromkeys(inputs)
+                         if v and last_use.get(v) == k and v not in graph_outputs and v not in consts)
+            self._steps.append((fn, tuple(i or None for i in inputs), tuple(outputs), drop, name, op_type))
+        self._consts = consts
+        missing = [o for o in self.output_names if o not in consts
+                   and not any(o in s[2] for s in self._steps) and o not in self.input_names]
+        if missing:
+            raise ValueError(f"pyconv.onnx: graph outputs {missing} are computed by no node")
+
+    def _check_feeds(self, feeds):
+        unknown = [k for k in feeds if k not in self._input_specs]
+        if unknown:
+            raise ValueError(f"pyconv.onnx: {unknown} are not inputs of the graph; its inputs are "
+                             f"{self.input_names}")
+        env = {}
+        for name in self.input_names:
+            if name not in feeds:
+                raise ValueError(f"pyconv.onnx: input {name!r} is missing from the feeds")
+            value = feeds[name]
+            dtype, dims = self._input_specs[name]
+            if not isinstance(value, np.ndarray) or value.dtype != dtype:
+                raise TypeError(f"pyconv.onnx: input {name!r} must be a NumPy array of dtype {dtype}, "
+                                f"got {getattr(value, 'dtype', type(value).__name__)}")
+            if dims is not None and (len(dims) != value.ndim or any(
+                    d is not None and d > 0 and d != n for d, n in zip(dims, value.shape))):
+                raise ValueError(f"pyconv.onnx: input {name!r} must have shape "
+                                 f"{['?' if d is None else d for d in dims]}, got {value.shape}")
+            env[name] = value
+        return env
+
+    def _execute(self, env, timings=None):
+        consts = self._consts
+        for fn, inputs, outputs, drop, name, op_type in self._steps:
+            args = [None if i is None else (env[i] if i in env else consts[i]) for i in inputs]
+            while args and args[-1] is None:  # trailing optional inputs left out
+                args.pop()
+            if timings is None:
+                outs = fn(*args)
+            else:
+                t0 = time.perf_counter()
+                outs = fn(*args)
+                timings.append((name, op_type, time.perf_counter() - t0))
+            if type(outs) is tuple:
+                for o, v in zip(outputs, outs):
+                    if o:
+                        env[o] = v
+            else:
+                env[outputs[0]] = outs
+            for v in drop:
+                del env[v]
+        return env
+
+    def run(self, output_names, feeds, *, timings=None):
+        """Computes the graph on `feeds` (input name -> NumPy array) and returns the arrays named
+        by `output_names` (None: every output), as ``onnxruntime.InferenceSession.run``. A list
+        passed as `timings` receives (node name, op type, seconds) per node run."""
+        env = self._execute(self._check_feeds(feeds), timings)
+        names = self.output_names if output_names is None else output_names
+        out = []
+        for n in names:
+            if n in env:
+                out.append(env[n])
+            elif n in self._consts:
+                out.append(self._consts[n])
+            else:
+                raise ValueError(f"pyconv.onnx: {n!r} is not an output of the graph; its outputs "
+                                 f"are {self.output_names}")
+        return out
+
+    def __call__(self, **feeds):
+        out = self.run(None, feeds)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def __repr__(self):
+        return (f"pyconv.onnx.Graph(inputs={self.input_names}, outputs={self.output_names}, "
+                f"{len(self._steps)} steps, opset {self.opset})")
+
+
+def load(path_or_model) -> Graph:
+    """Loads an ONNX model (a file path, its bytes or an ``onnx.ModelProto``) and plans it for
+    pyconv: -> a :class:`Graph`. Raises :class:`UnsupportedError` naming the first node (in
+    execution order) or attribute value that pyconv cannot run."""
+    return Graph(_read_model(path_or_model))

@@ -86,14 +86,17 @@ def _same_pads(n, k, s, d, upper):
     return (small, total - small) if upper else (total - small, small)
 
 
+def _auto_pad(node):
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise node.refuse(f"auto_pad={auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+    return auto_pad
+
+
 def _pads_rule(node, nd):
     """A function (spatial input sizes, kernel sizes, strides, dilations) -> (begins, ends)
     following the node's auto_pad and pads attributes."""
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
-    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-        raise node.refuse(f"auto_pad={auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+    auto_pad = _auto_pad(node)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         upper = auto_pad == "SAME_UPPER"
 
@@ -115,9 +118,7 @@ def _ints(node, name, nd, default):
     return v
 
 
-def _spatial_rank(node, x_rank_hint=None):
-    k = node.attr("kernel_shape")
-    nd = len(k) if k is not None else x_rank_hint
+def _spatial_rank(node, nd):
     if nd not in (1, 2):
         raise node.refuse(f"only 1-D and 2-D {node.op_type} is supported, got {nd}-D")
     return nd
@@ -140,10 +141,30 @@ def _pair(nd, v, one):
 # Convolution
 
 
+def _per_rank(build):
+    """A builder for a conv-like node whose spatial rank (1-D or 2-D) comes from kernel_shape or
+    its constant weight, else from the weight it is given when the graph runs."""
+    def builder_(node):
+        _auto_pad(node)
+        w = node.const(1)
+        nd = len(node.attr("kernel_shape")) if node.attr("kernel_shape") is not None else (
+            None if w is None else w.ndim - 2)
+        if nd is not None:
+            return build(node, _spatial_rank(node, nd))
+        by_rank = {}
+
+        def run(x, w, b=None):
+            nd = w.ndim - 2
+            if nd not in by_rank:
+                by_rank[nd] = build(node, _spatial_rank(node, nd))
+            return by_rank[nd](x, w, b)
+        return run
+    return builder_
+
+
 @builder("Conv")
-def _conv(node):
-    w = node.const(1)
-    nd = _spatial_rank(node, None if w is None else w.ndim - 2)
+@_per_rank
+def _conv(node, nd):
     strides, dilations = _ints(node, "strides", nd, 1), _ints(node, "dilations", nd, 1)
     group = node.attr("group", 1)
     pads = _pads_rule(node, nd)
@@ -166,14 +187,12 @@ def _conv(node):
 
 
 @builder("ConvTranspose")
-def _conv_transpose(node):
-    w = node.const(1)
-    nd = _spatial_rank(node, None if w is None else w.ndim - 2)
+@_per_rank
+def _conv_transpose(node, nd):
     strides, dilations = _ints(node, "strides", nd, 1), _ints(node, "dilations", nd, 1)
     out_pad = _ints(node, "output_padding", nd, 0)
     group = node.attr("group", 1)
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = _auto_pad(node)
     output_shape = node.attr("output_shape")
     if output_shape is not None:
         output_shape = list(output_shape)[-nd:]
@@ -229,7 +248,9 @@ def _conv_transpose(node):
 
 
 def _pool_common(node):
-    nd = _spatial_rank(node)
+    if node.attr("kernel_shape") is None:
+        raise node.refuse("kernel_shape is missing")
+    nd = _spatial_rank(node, len(node.attr("kernel_shape")))
     kernel = list(node.attr("kernel_shape"))
     strides, dilations = _ints(node, "strides", nd, 1), _ints(node, "dilations", nd, 1)
     return nd, kernel, strides, dilations, _pads_rule(node, nd), bool(node.attr("ceil_mode", 0))

@@ -20,6 +20,12 @@ def _info(args):
 
 
 def _bench(args):
+    if args.onnx:
+        from pyconv.bench import onnx_graphs
+
+        onnx_graphs.main(args.onnx, batch=args.batch, reps=args.reps or 20, threads=args.threads or 2,
+                         json_path=args.json)
+        return
     from pyconv import bench
 
     bench.main(quick=args.quick, json_path=args.json, backends=args.backends,
@@ -86,6 +92,12 @@ def build_parser():
     p.add_argument("--models", action="store_true",
                    help="instead: one training step of small models (LeNet-5, DCGAN, VGG block) and "
                    "each of their layers, against PyTorch twins with the same weights")
+    p.add_argument("--onnx", nargs="+", metavar="GRAPH",
+                   help="instead: ONNX graphs (files, or built-in lenet, dcgan, resnet) run by pyconv "
+                   "and by ONNX Runtime's CPU provider, interleaved, with a per-op-type split "
+                   "(--threads defaults to 2 here)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="with --onnx: the size given to a graph input's symbolic dimensions")
     p.set_defaults(func=_bench)
 
     models = _model_names()

@@ -319,37 +319,64 @@ def _global_pool(node):
 # Dense layers and elementwise arithmetic
 
 
+def _packed_gemm():
+    """pyconv's own packed GEMM (the cpu backend's, on pyconv's threads), or None without the
+    C++ extension. NumPy's BLAS would bring its own thread pool, which fights pyconv's for the
+    cores between nodes."""
+    try:
+        from .. import _C
+    except ImportError:
+        return None
+    return _C.gemm
+
+
+def matmul_2d(a, b, c=None):
+    """a (M, K) @ b (K, N) [+ c, broadcast to (M, N)] on pyconv's GEMM where it applies."""
+    gemm = _packed_gemm()
+    if gemm is None or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f" \
+            or (c is not None and np.result_type(a, c) != a.dtype) or 0 in a.shape + b.shape:
+        y = a @ b
+        if c is not None:
+            y += c
+        return y
+    shape = (a.shape[0], b.shape[1])
+    if c is None:
+        y = np.empty(shape, a.dtype)
+    else:
+        y = np.empty(shape, a.dtype)
+        y[...] = c
+    gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), y, c is not None)
+    return y
+
+
 @builder("Gemm")
 def _gemm(node):
     trans_a, trans_b = node.attr("transA", 0), node.attr("transB", 0)
     alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
     b_const, c_const = node.const(1), node.const(2)
-    if b_const is not None:  # fold transB and alpha into the constant once
-        b_const = np.ascontiguousarray((b_const.T if trans_b else b_const) * np.float32(alpha)
-                                       if alpha != 1.0 else (b_const.T if trans_b else b_const))
+    if b_const is not None:  # transB and alpha folded into the constant once
+        b_const = b_const.T if trans_b else b_const
+        b_const = np.ascontiguousarray(b_const * b_const.dtype.type(alpha) if alpha != 1.0 else b_const)
     if c_const is not None and beta != 1.0:
-        c_const = (c_const * np.float32(beta)).astype(c_const.dtype)
+        c_const = c_const * c_const.dtype.type(beta)
 
     def run(a, b, c=None):
         a = a.T if trans_a else a
         if b_const is not None:
-            y = a @ b_const
-        else:
-            y = a @ (b.T if trans_b else b)
-            if alpha != 1.0:
-                y *= alpha
+            return matmul_2d(a, b_const, c_const if c is not None and c_const is not None else
+                             (None if c is None else c * beta))
+        y = matmul_2d(a, b.T if trans_b else b)
+        if alpha != 1.0:
+            y *= alpha
         if c is not None:
-            if c_const is not None:
-                y += c_const
-            else:
-                y += c * beta if beta != 1.0 else c
+            y += c * beta if beta != 1.0 else c
         return y
     return run
 
 
 @builder("MatMul")
 def _matmul(node):
-    return np.matmul
+    return lambda a, b: matmul_2d(a, b) if a.ndim == 2 and b.ndim == 2 else np.matmul(a, b)
 
 
 def _binary(fn):

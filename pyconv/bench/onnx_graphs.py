@@ -1,0 +1,185 @@
+"""``pyconv bench --onnx``: one ONNX graph run by pyconv (:func:`pyconv.onnx.load`) and by ONNX
+Runtime (CPU provider), interleaved in one process with the same thread count, with the
+outputs compared and the time split per op type for both.
+
+The graphs are files, or built in (written with :func:`pyconv.onnx.export` from pyconv's
+models, so no download and no PyTorch is needed): ``lenet`` (LeNet-5, 64 images 32x32),
+``dcgan`` (the DCGAN generator, 64 samples of 32x32 from 100-d noise, width 64) and
+``resnet`` (a CIFAR-sized ResNet: a 3x3 stem and six basic blocks 16-32-64, 16 images).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+import pyconv
+
+__all__ = ["BUILT_IN", "built_in_graph", "compare", "main"]
+
+
+def _lenet(rng):
+    from pyconv.models import LeNet5
+
+    return LeNet5(), rng.standard_normal((64, 1, 32, 32)).astype(np.float32)
+
+
+def _dcgan(rng):
+    from pyconv.models import DCGAN
+
+    gan = DCGAN(z_dim=100, image_size=32, width=64)
+    _randomise_batch_norms(gan, rng)
+    return gan.generator, rng.standard_normal((64, 100)).astype(np.float32)
+
+
+def _resnet(rng):
+    from pyconv import nn
+
+    blocks = [nn.ResidualBlock(16, 16), nn.ResidualBlock(16, 16), nn.ResidualBlock(16, 32, 2),
+              nn.ResidualBlock(32, 32), nn.ResidualBlock(32, 64, 2), nn.ResidualBlock(64, 64)]
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          *blocks, nn.AvgPool2d(8), nn.Flatten(), nn.Linear(64, 10))
+    _randomise_batch_norms(model, rng)
+    return model, rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+
+
+def _randomise_batch_norms(model, rng):
+    """Running statistics away from (0, 1), so that batch norm does real work in the graph."""
+    from pyconv import nn
+
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[...] = rng.standard_normal(m.running_mean.shape) * 0.1
+            m.running_var[...] = rng.random(m.running_var.shape) + 0.5
+
+
+BUILT_IN = {"lenet": _lenet, "dcgan": _dcgan, "resnet": _resnet}
+
+
+def built_in_graph(name, path):
+    """Writes the built-in graph `name` to `path` -> the example input it was traced with."""
+    pyconv.manual_seed(0)
+    model, x = BUILT_IN[name](np.random.default_rng(0))
+    pyconv.onnx.export(model, x, path)
+    return x
+
+
+def _feeds(session, batch, rng):
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
+        if "int" in i.type:
+            feeds[i.name] = rng.integers(0, 2, shape).astype(np.int64)
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def _ort_session(onnxruntime, path, threads, profile=False):
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_per_op(onnxruntime, path, threads, feeds, reps):
+    """Seconds per op type and run, from ONNX Runtime's own profiler (node kernel times)."""
+    session = _ort_session(onnxruntime, path, threads, profile=True)
+    session.run(None, feeds)
+    for _ in range(reps):
+        session.run(None, feeds)
+    with open(session.end_profiling()) as fh:
+        events = json.load(fh)
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    after_warm_up = runs[0]["ts"] + runs[0]["dur"] if runs else 0
+    per_op = collections.defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after_warm_up:
+            per_op[e["args"]["op_name"]] += e["dur"] * 1e-6
+    return {op: t / reps for op, t in per_op.items()}
+
+
+def _pyconv_per_op(graph, feeds, reps):
+    per_op = collections.defaultdict(float)
+    for _ in range(reps):
+        timings = []
+        graph.run(None, feeds, timings=timings)
+        for _, op_type, seconds in timings:
+            per_op[op_type] += seconds
+    return {op: t / reps for op, t in per_op.items()}
+
+
+def compare(path, batch=1, reps=20, threads=2):
+    """Times `path` on pyconv and ONNX Runtime -> dict with the medians (s), the largest output
+    difference and the per-op-type split of both."""
+    import onnxruntime
+
+    pyconv.set_num_threads(threads)
+    graph = pyconv.onnx.load(path)
+    session = _ort_session(onnxruntime, path, threads)
+    feeds = _feeds(session, batch, np.random.default_rng(1))
+    diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+               for a, b in zip(graph.run(None, feeds), session.run(None, feeds)))
+    fns = {"pyconv": lambda: graph.run(None, feeds), "onnxruntime": lambda: session.run(None, feeds)}
+    for fn in fns.values():  # warm-up
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    profile_reps = max(3, reps // 4)
+    return {"graph": os.path.basename(path), "threads": threads, "reps": reps,
+            "pyconv_s": med["pyconv"], "onnxruntime_s": med["onnxruntime"],
+            "speedup": med["onnxruntime"] / med["pyconv"], "max_abs_diff": diff,
+            "pyconv_per_op": _pyconv_per_op(graph, feeds, profile_reps),
+            "onnxruntime_per_op": _ort_per_op(onnxruntime, path, threads, feeds, profile_reps)}
+
+
+def format_result(r) -> str:
+    lines = [f"{r['graph']}: pyconv {r['pyconv_s'] * 1e3:.3f} ms, ONNX Runtime {r['onnxruntime_s'] * 1e3:.3f} ms "
+             f"-> pyconv {r['speedup']:.2f}x ONNX Runtime ({r['threads']} threads, median of {r['reps']} "
+             f"interleaved runs; outputs differ by at most {r['max_abs_diff']:.1e})",
+             "| op type | pyconv ms | ONNX Runtime ms |", "|---|---|---|"]
+    ops = sorted(set(r["pyconv_per_op"]) | set(r["onnxruntime_per_op"]),
+                 key=lambda op: -r["pyconv_per_op"].get(op, 0.0))
+    for op in ops:
+        p, o = r["pyconv_per_op"].get(op), r["onnxruntime_per_op"].get(op)
+        lines.append(f"| {op} | {'' if p is None else f'{p * 1e3:.3f}'} | {'' if o is None else f'{o * 1e3:.3f}'} |")
+    lines.append(f"| (sum of nodes) | {sum(r['pyconv_per_op'].values()) * 1e3:.3f} | "
+                 f"{sum(r['onnxruntime_per_op'].values()) * 1e3:.3f} |")
+    return "\n".join(lines)
+
+
+def main(graphs, batch=1, reps=20, threads=2, json_path=None):
+    """`graphs`: ONNX files or built-in names (lenet, dcgan, resnet). Prints one table each."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for g in graphs:
+            path = g
+            if g in BUILT_IN:
+                path = os.path.join(tmp, f"{g}.onnx")
+                built_in_graph(g, path)
+            elif not os.path.exists(g):
+                raise SystemExit(f"pyconv bench --onnx: {g!r} is neither a file nor one of "
+                                 f"{', '.join(BUILT_IN)}")
+            r = compare(path, batch, reps, threads)
+            results.append(r)
+            print(format_result(r), flush=True)
+            print()
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=1)
+        print(f"wrote {json_path}")
+    return results

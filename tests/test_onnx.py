@@ -575,3 +575,25 @@ def test_export_restores_training_mode_and_refuses_what_it_cannot_map():
         ponnx.export(Unpool(), _rand(1, 1, 4, 4))
     with pytest.raises(ponnx.UnsupportedError, match="divisor_override"):
         ponnx.export(lambda x: nn.functional.avg_pool2d(x, 2, divisor_override=3), _rand(1, 1, 4, 4))
+
+
+def test_bench_compare_runs_a_graph_on_both(tmp_path):
+    from pyconv.bench import onnx_graphs
+
+    path = str(tmp_path / "lenet.onnx")
+    onnx_graphs.built_in_graph("lenet", path)
+    r = onnx_graphs.compare(path, reps=2, threads=1)
+    assert r["max_abs_diff"] < 1e-4
+    assert r["pyconv_s"] > 0 and r["onnxruntime_s"] > 0
+    assert "Conv" in r["pyconv_per_op"] and "MaxPool" in r["pyconv_per_op"]
+    assert "| Conv |" in onnx_graphs.format_result(r)
+
+
+def test_reference_backend_runs_the_same_graph():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"], transB=1)]
+    model = _model(nodes, {"x": _rand(2, 3, 4, 4)}, {"w": _rand(2, 3, 3, 3, seed=1), "g": _rand(5, 32, seed=2)})
+    graph = ponnx.load(model)
+    with pyconv.use_backend("reference"):
+        np.testing.assert_allclose(graph(x=_rand(2, 3, 4, 4)), _ort(model, {"x": _rand(2, 3, 4, 4)})[0],
+                                   rtol=RTOL, atol=ATOL)

@@ -9,9 +9,12 @@ since that is what the tests compare with.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import ops
+from ..backends import get_backend
 
 __all__ = ["BUILDERS", "VIEW_OPS", "UnsupportedError", "Node"]
 
@@ -319,15 +322,20 @@ def _global_pool(node):
 # Dense layers and elementwise arithmetic
 
 
-def _packed_gemm():
-    """pyconv's own packed GEMM (the cpu backend's, on pyconv's threads), or None without the
-    C++ extension. NumPy's BLAS would bring its own thread pool, which fights pyconv's for the
-    cores between nodes."""
+@functools.lru_cache(maxsize=None)
+def _extension_gemm():
     try:
         from .. import _C
     except ImportError:
         return None
     return _C.gemm
+
+
+def _packed_gemm():
+    """pyconv's own packed GEMM when the cpu backend is selected (it runs on pyconv's threads:
+    NumPy's BLAS would bring a thread pool of its own, which fights pyconv's for the cores
+    between nodes), else None."""
+    return _extension_gemm() if get_backend() == "cpu" else None
 
 
 def matmul_2d(a, b, c=None):

@@ -81,41 +81,44 @@ def _feeds(session, batch, rng):
 
 
 def _ort_session(onnxruntime, path, threads, profile=False):
+    """ONNX Runtime's CPU provider on `threads` threads. Its idle threads are told not to spin:
+    by default they busy-wait after each run, which in an interleaved comparison takes the cores
+    from pyconv's next run (pyconv's idle OpenMP threads sleep)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _ort_per_op(onnxruntime, path, threads, feeds, reps):
-    """Seconds per op type and run, from ONNX Runtime's own profiler (node kernel times)."""
+def _per_op(graph, onnxruntime, path, threads, feeds, reps):
+    """Median seconds per op type and run for pyconv (timed around each node) and ONNX Runtime
+    (its profiler's node kernel times), the two runs interleaved as in the main timing."""
     session = _ort_session(onnxruntime, path, threads, profile=True)
-    session.run(None, feeds)
-    for _ in range(reps):
-        session.run(None, feeds)
-    with open(session.end_profiling()) as fh:
-        events = json.load(fh)
-    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    after_warm_up = runs[0]["ts"] + runs[0]["dur"] if runs else 0
-    per_op = collections.defaultdict(float)
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after_warm_up:
-            per_op[e["args"]["op_name"]] += e["dur"] * 1e-6
-    return {op: t / reps for op, t in per_op.items()}
-
-
-def _pyconv_per_op(graph, feeds, reps):
-    per_op = collections.defaultdict(float)
-    for _ in range(reps):
+    session.run(None, feeds)  # warm-up, left out below
+    mine = collections.defaultdict(lambda: [0.0] * reps)
+    for k in range(reps):
         timings = []
         graph.run(None, feeds, timings=timings)
         for _, op_type, seconds in timings:
-            per_op[op_type] += seconds
-    return {op: t / reps for op, t in per_op.items()}
+            mine[op_type][k] += seconds
+        session.run(None, feeds)
+    with open(session.end_profiling()) as fh:
+        events = json.load(fh)
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[1:]
+    theirs = collections.defaultdict(lambda: [0.0] * len(runs))
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        for k, run in enumerate(runs):
+            if run["ts"] <= e["ts"] <= run["ts"] + run["dur"]:
+                theirs[e["args"]["op_name"]][k] += e["dur"] * 1e-6
+    return ({op: statistics.median(t) for op, t in mine.items()},
+            {op: statistics.median(t) for op, t in theirs.items()})
 
 
 def compare(path, batch=1, reps=20, threads=2):
@@ -139,26 +142,25 @@ def compare(path, batch=1, reps=20, threads=2):
             fn()
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
-    profile_reps = max(3, reps // 4)
+    mine, theirs = _per_op(graph, onnxruntime, path, threads, feeds, max(3, reps // 2))
     return {"graph": os.path.basename(path), "threads": threads, "reps": reps,
             "pyconv_s": med["pyconv"], "onnxruntime_s": med["onnxruntime"],
             "speedup": med["onnxruntime"] / med["pyconv"], "max_abs_diff": diff,
-            "pyconv_per_op": _pyconv_per_op(graph, feeds, profile_reps),
-            "onnxruntime_per_op": _ort_per_op(onnxruntime, path, threads, feeds, profile_reps)}
+            "pyconv_per_op": mine, "onnxruntime_per_op": theirs}
 
 
 def format_result(r) -> str:
     lines = [f"{r['graph']}: pyconv {r['pyconv_s'] * 1e3:.3f} ms, ONNX Runtime {r['onnxruntime_s'] * 1e3:.3f} ms "
              f"-> pyconv {r['speedup']:.2f}x ONNX Runtime ({r['threads']} threads, median of {r['reps']} "
              f"interleaved runs; outputs differ by at most {r['max_abs_diff']:.1e})",
+             "per op type (medians over separate runs with per-node timing, interleaved the same way; "
+             "ONNX Runtime fuses some nodes into others, e.g. Relu and Add into Conv):",
              "| op type | pyconv ms | ONNX Runtime ms |", "|---|---|---|"]
     ops = sorted(set(r["pyconv_per_op"]) | set(r["onnxruntime_per_op"]),
                  key=lambda op: -r["pyconv_per_op"].get(op, 0.0))
     for op in ops:
         p, o = r["pyconv_per_op"].get(op), r["onnxruntime_per_op"].get(op)
         lines.append(f"| {op} | {'' if p is None else f'{p * 1e3:.3f}'} | {'' if o is None else f'{o * 1e3:.3f}'} |")
-    lines.append(f"| (sum of nodes) | {sum(r['pyconv_per_op'].values()) * 1e3:.3f} | "
-                 f"{sum(r['onnxruntime_per_op'].values()) * 1e3:.3f} |")
     return "\n".join(lines)
 
 

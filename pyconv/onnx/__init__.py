@@ -17,6 +17,6 @@ from __future__ import annotations
 
 from ._export import OPSET, export
 from ._graph import SUPPORTED_OPS, Graph, load
-from ._nodes import UnsupportedError
+from ._registry import UnsupportedError
 
 __all__ = ["load", "export", "Graph", "UnsupportedError", "SUPPORTED_OPS", "OPSET"]

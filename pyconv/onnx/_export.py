@@ -17,7 +17,7 @@ import contextlib
 import numpy as np
 
 from ..autograd import Function, Tensor, no_grad
-from ._nodes import UnsupportedError
+from ._registry import UnsupportedError
 
 __all__ = ["export", "OPSET", "IR_VERSION"]
 

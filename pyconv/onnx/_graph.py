@@ -1,5 +1,5 @@
 """Loading an ONNX model into a plan that pyconv runs: the nodes in topological order, each
-bound once to the function that computes it (:mod:`._nodes`), constants folded, batch
+bound once to the function that computes it (the builders of ``_registry``), constants folded, batch
 normalisation folded into the convolution before it, and every intermediate array dropped
 after its last use."""
 from __future__ import annotations
@@ -9,7 +9,9 @@ import time
 
 import numpy as np
 
-from ._nodes import BUILDERS, VIEW_OPS, Node, UnsupportedError, _ABSENT, _RUNTIME, batch_norm_affine
+from . import _ops_conv, _ops_dense, _ops_sequence  # noqa: F401  (they fill BUILDERS)
+from ._ops_dense import batch_norm_affine
+from ._registry import _ABSENT, _RUNTIME, BUILDERS, VIEW_OPS, Node, UnsupportedError
 
 __all__ = ["Graph", "load", "SUPPORTED_OPS"]
 

@@ -1,0 +1,249 @@
+"""ONNX Conv, ConvTranspose, MaxPool, AveragePool and the global pools on pyconv's kernels
+(:mod:`pyconv.ops`), with ONNX's padding rules (auto_pad, asymmetric pads) mapped onto them."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ._registry import builder
+
+# ---------------------------------------------------------------------------------------------
+# Padding geometry shared by Conv, ConvTranspose and the pools
+
+
+def _same_pads(n, k, s, d, upper):
+    """(begin, end) padding of one axis for auto_pad SAME_UPPER / SAME_LOWER: the output has
+    ceil(n / s) positions and the odd pixel goes at the end (UPPER) or the beginning (LOWER)."""
+    out = -(-n // s)
+    total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
+    small = total // 2
+    return (small, total - small) if upper else (total - small, small)
+
+
+def _auto_pad(node):
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise node.refuse(f"auto_pad={auto_pad!r} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+    return auto_pad
+
+
+def _pads_rule(node, nd):
+    """A function (spatial input sizes, kernel sizes, strides, dilations) -> (begins, ends)
+    following the node's auto_pad and pads attributes."""
+    auto_pad = _auto_pad(node)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        upper = auto_pad == "SAME_UPPER"
+
+        def same(sizes, kernel, strides, dilations):
+            both = [_same_pads(n, k, s, d, upper) for n, k, s, d in zip(sizes, kernel, strides, dilations)]
+            return [b for b, _ in both], [e for _, e in both]
+        return same
+    pads = [0] * (2 * nd) if auto_pad == "VALID" else list(node.attr("pads", [0] * (2 * nd)))
+    if len(pads) != 2 * nd or min(pads) < 0:
+        raise node.refuse(f"pads={pads} must hold {2 * nd} non-negative values")
+    begins, ends = pads[:nd], pads[nd:]
+    return lambda sizes, kernel, strides, dilations: (begins, ends)
+
+
+def _ints(node, name, nd, default):
+    v = list(node.attr(name, [default] * nd))
+    if len(v) != nd:
+        raise node.refuse(f"{name}={v} must hold {nd} values (one per spatial axis)")
+    return v
+
+
+def _spatial_rank(node, nd):
+    if nd not in (1, 2):
+        raise node.refuse(f"only 1-D and 2-D {node.op_type} is supported, got {nd}-D")
+    return nd
+
+
+def _pad_array(x, begins, ends, value=0.0):
+    return np.pad(x, [(0, 0), (0, 0)] + list(zip(begins, ends)), constant_values=value)
+
+
+def _to_2d(nd, x):
+    """1-D spatial data (N, C, L) as 2-D (N, C, 1, L), so the 2-D kernels run it."""
+    return x[:, :, None, :] if nd == 1 else x
+
+
+def _pair(nd, v, one):
+    return (one, v[0]) if nd == 1 else tuple(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution
+
+
+def _per_rank(build):
+    """A builder for a conv-like node whose spatial rank (1-D or 2-D) comes from kernel_shape or
+    its constant weight, else from the weight it is given when the graph runs."""
+    def builder_(node):
+        _auto_pad(node)
+        w = node.const(1)
+        nd = len(node.attr("kernel_shape")) if node.attr("kernel_shape") is not None else (
+            None if w is None else w.ndim - 2)
+        if nd is not None:
+            return build(node, _spatial_rank(node, nd))
+        by_rank = {}
+
+        def run(x, w, b=None):
+            nd = w.ndim - 2
+            if nd not in by_rank:
+                by_rank[nd] = build(node, _spatial_rank(node, nd))
+            return by_rank[nd](x, w, b)
+        return run
+    return builder_
+
+
+@builder("Conv")
+@_per_rank
+def _conv(node, nd):
+    strides, dilations = _ints(node, "strides", nd, 1), _ints(node, "dilations", nd, 1)
+    group = node.attr("group", 1)
+    pads = _pads_rule(node, nd)
+    kernel_attr = node.attr("kernel_shape")
+
+    def run(x, w, b=None):
+        kernel = w.shape[2:]
+        if kernel_attr is not None and list(kernel_attr) != list(kernel):
+            raise ValueError(f"pyconv.onnx: {node.where()}: kernel_shape={list(kernel_attr)} but "
+                             f"the weight has shape {w.shape}")
+        begins, ends = pads(x.shape[2:], kernel, strides, dilations)
+        common = [min(b_, e) for b_, e in zip(begins, ends)]
+        if begins != common or ends != common:  # asymmetric: the extra zeros go in first
+            x = _pad_array(x, [b_ - c for b_, c in zip(begins, common)],
+                           [e - c for e, c in zip(ends, common)])
+        if nd == 1:
+            return ops.conv1d(x, w, b, strides[0], common[0], dilations[0], group)
+        return ops.conv2d(x, w, b, tuple(strides), tuple(common), tuple(dilations), group)
+    return run
+
+
+@builder("ConvTranspose")
+@_per_rank
+def _conv_transpose(node, nd):
+    strides, dilations = _ints(node, "strides", nd, 1), _ints(node, "dilations", nd, 1)
+    out_pad = _ints(node, "output_padding", nd, 0)
+    group = node.attr("group", 1)
+    auto_pad = _auto_pad(node)
+    output_shape = node.attr("output_shape")
+    if output_shape is not None:
+        output_shape = list(output_shape)[-nd:]
+    explicit = _pads_rule(node, nd) if auto_pad in ("NOTSET", "VALID") and output_shape is None else None
+    if explicit is None and auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
+        raise node.refuse(f"auto_pad={auto_pad!r} with output_shape is not supported")
+
+    def crops(sizes, kernel):
+        """(begins, ends): how much of the full transpose convolution each side drops."""
+        if explicit is not None:
+            return explicit(sizes, kernel, strides, dilations)
+        full = [s * (n - 1) + op + (k - 1) * d + 1
+                for n, k, s, d, op in zip(sizes, kernel, strides, dilations, out_pad)]
+        target = output_shape if output_shape is not None else [n * s for n, s in zip(sizes, strides)]
+        totals = [f - t for f, t in zip(full, target)]
+        if auto_pad == "SAME_UPPER":
+            return [t // 2 for t in totals], [t - t // 2 for t in totals]
+        return [t - t // 2 for t in totals], [t // 2 for t in totals]
+
+    def run(x, w, b=None):
+        kernel = w.shape[2:]
+        begins, ends = crops(x.shape[2:], kernel)
+        native = (begins == ends and min(begins) >= 0
+                  and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations)))
+        if native:
+            y = ops.conv_transpose2d(_to_2d(nd, x), _to_2d(nd, w), b, _pair(nd, strides, 1),
+                                     _pair(nd, begins, 0), _pair(nd, out_pad, 0), group,
+                                     _pair(nd, dilations, 1))
+            return y[:, :, 0, :] if nd == 1 else y
+        # The whole transpose convolution, then the window [begin, begin + out) of it, with
+        # zeros where that window reaches past it (output_padding, negative pads).
+        full = ops.conv_transpose2d(_to_2d(nd, x), _to_2d(nd, w), None, _pair(nd, strides, 1), 0, 0,
+                                    group, _pair(nd, dilations, 1))
+        full = full[:, :, 0, :] if nd == 1 else full
+        sizes = [f + op - b_ - e for f, op, b_, e in zip(full.shape[2:], out_pad, begins, ends)]
+        if min(sizes) < 1:
+            raise ValueError(f"pyconv.onnx: {node.where()}: empty output {sizes}")
+        y = np.zeros(full.shape[:2] + tuple(sizes), full.dtype)
+        src, dst = [slice(None)] * 2, [slice(None)] * 2
+        for f, b_, n in zip(full.shape[2:], begins, sizes):
+            lo, hi = max(b_, 0), min(f, b_ + n)
+            src.append(slice(lo, max(hi, lo)))
+            dst.append(slice(lo - b_, max(hi, lo) - b_))
+        y[tuple(dst)] = full[tuple(src)]
+        if b is not None:
+            y += b.reshape((1, -1) + (1,) * nd)
+        return y
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling
+
+
+def _pool_common(node):
+    if node.attr("kernel_shape") is None:
+        raise node.refuse("kernel_shape is missing")
+    nd = _spatial_rank(node, len(node.attr("kernel_shape")))
+    kernel = list(node.attr("kernel_shape"))
+    strides, dilations = _ints(node, "strides", nd, 1), _ints(node, "dilations", nd, 1)
+    return nd, kernel, strides, dilations, _pads_rule(node, nd), bool(node.attr("ceil_mode", 0))
+
+
+@builder("MaxPool")
+def _max_pool(node):
+    nd, kernel, strides, dilations, pads, ceil_mode = _pool_common(node)
+    with_indices = node.n_outputs > 1
+    if with_indices and node.attr("storage_order", 0) != 0:
+        raise node.refuse("storage_order=1 (column-major indices) is not supported")
+
+    def run(x):
+        begins, ends = pads(x.shape[2:], kernel, strides, dilations)
+        x2 = _to_2d(nd, x)
+        k2, s2, d2 = _pair(nd, kernel, 1), _pair(nd, strides, 1), _pair(nd, dilations, 1)
+        if begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel)):
+            res = ops.max_pool2d(x2, k2, s2, _pair(nd, begins, 0), d2, ceil_mode,
+                                 return_indices=with_indices)
+        else:
+            if with_indices:
+                raise node.refuse(f"the Indices output with pads {begins + ends} (asymmetric or "
+                                  "over half the kernel) is not supported")
+            res = ops.max_pool2d(_pad_array(x2, _pair(nd, begins, 0), _pair(nd, ends, 0), -np.inf),
+                                 k2, s2, 0, d2, ceil_mode)
+        if not with_indices:
+            return res[:, :, 0, :] if nd == 1 else res
+        y, idx = res
+        N, C, H, W = x2.shape
+        # pyconv's indices count within each plane; ONNX's count over the whole tensor
+        idx += (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1)
+        return (y[:, :, 0, :], idx[:, :, 0, :]) if nd == 1 else (y, idx)
+    return run
+
+
+@builder("AveragePool")
+def _avg_pool(node):
+    nd, kernel, strides, dilations, pads, ceil_mode = _pool_common(node)
+    if any(d != 1 for d in dilations):
+        raise node.refuse(f"dilations={dilations} is not supported for AveragePool")
+    include_pad = bool(node.attr("count_include_pad", 0))
+
+    def run(x):
+        begins, ends = pads(x.shape[2:], kernel, strides, dilations)
+        x2 = _to_2d(nd, x)
+        k2, s2 = _pair(nd, kernel, 1), _pair(nd, strides, 1)
+        if begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel)):
+            y = ops.avg_pool2d(x2, k2, s2, _pair(nd, begins, 0), ceil_mode, include_pad)
+        else:
+            b2, e2 = _pair(nd, begins, 0), _pair(nd, ends, 0)
+            y = ops.avg_pool2d(_pad_array(x2, b2, e2), k2, s2, 0, ceil_mode, True)
+            if not include_pad:  # the mean over the real inputs: divide by their share
+                ones = _pad_array(np.ones((1, 1) + x2.shape[2:], x2.dtype), b2, e2)
+                y /= ops.avg_pool2d(ones, k2, s2, 0, ceil_mode, True)
+        return y[:, :, 0, :] if nd == 1 else y
+    return run
+
+
+@builder("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(node):
+    reduce = np.mean if node.op_type == "GlobalAveragePool" else np.max
+    return lambda x: reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)

@@ -597,3 +597,15 @@ def test_reference_backend_runs_the_same_graph():
     with pyconv.use_backend("reference"):
         np.testing.assert_allclose(graph(x=_rand(2, 3, 4, 4)), _ort(model, {"x": _rand(2, 3, 4, 4)})[0],
                                    rtol=RTOL, atol=ATOL)
+
+
+def test_cli_bench_onnx_file(tmp_path, capsys):
+    from pyconv import cli
+
+    path = str(tmp_path / "small.onnx")
+    ponnx.export(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2)), _rand(2, 1, 8, 8), path)
+    cli.main(["bench", "--onnx", path, "--reps", "2", "--threads", "1", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "small.onnx: pyconv" in out and "| MaxPool |" in out
+    with pytest.raises(SystemExit, match="neither a file nor"):
+        cli.main(["bench", "--onnx", str(tmp_path / "missing.onnx")])

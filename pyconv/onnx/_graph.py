@@ -262,8 +262,8 @@ class Graph:
         for n in names:
             if n in env:
                 out.append(env[n])
-            elif n in self._consts:
-                out.append(self._consts[n])
+            elif n in self._consts:  # a copy: the caller may write to what it gets
+                out.append(self._consts[n].copy())
             else:
                 raise ValueError(f"pyconv.onnx: {n!r} is not an output of the graph; its outputs "
                                  f"are {self.output_names}")

@@ -383,6 +383,15 @@ def test_unsupported_attribute_values(node, match):
         ponnx.load(model)
 
 
+def test_malformed_graphs():
+    cycle = [helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    with pytest.raises(ValueError, match="cycle"):
+        ponnx.load(_model(cycle, {"x": _rand(2)}))
+    with pytest.raises(ValueError, match="'nowhere', which no node"):
+        ponnx.load(_model([helper.make_node("Add", ["x", "nowhere"], ["y"])], {"x": _rand(2)}))
+
+
 def test_bad_feeds():
     graph = ponnx.load(_model([helper.make_node("Relu", ["x"], ["y"])], {"x": _rand(2, 3)}))
     with pytest.raises(ValueError, match="'x' is missing"):

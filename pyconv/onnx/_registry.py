@@ -9,7 +9,6 @@ specification (default domain).
 """
 from __future__ import annotations
 
-
 __all__ = ["BUILDERS", "VIEW_OPS", "UnsupportedError", "Node", "builder"]
 
 
@@ -45,12 +44,6 @@ class Node:
         v = self.consts[i]
         return None if v is _ABSENT or v is _RUNTIME else v
 
-    def only(self, name, allowed):
-        value = self.attrs.get(name)
-        if value is not None and value not in allowed:
-            raise self.refuse(f"attribute {name}={value!r} is not supported (supported: "
-                              f"{', '.join(map(repr, allowed))})")
-
 
 _ABSENT = object()   # an optional input left out ('' in the node's input list)
 _RUNTIME = object()  # an input computed when the graph runs
@@ -63,6 +56,7 @@ VIEW_OPS = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity
 
 
 def builder(*op_types):
+    """Registers the decorated function as the builder of `op_types`."""
     def register(fn):
         for t in op_types:
             BUILDERS[t] = fn

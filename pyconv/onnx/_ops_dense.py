@@ -113,7 +113,9 @@ def _sigmoid(x, out=None):
 
 
 def _relu(x, out=None):
-    if x.dtype.kind == "f":  # pyconv's fused kernel (a slope of 0 is ReLU): vectorised, threaded
+    # In place where the planner allows it: a new output's first touch of fresh pages costs
+    # more than the pass itself. Otherwise pyconv's fused kernel (a slope of 0 is ReLU).
+    if out is None and x.dtype.kind == "f":
         return ops.leaky_relu(x, 0.0)
     return np.maximum(x, 0, out=out)
 

@@ -94,7 +94,15 @@ TRANSPOSE_CASES = {
     "same_lower": dict(strides=[2, 2], auto_pad="SAME_LOWER"),
     "dilated": dict(dilations=[2, 2], pads=[1, 1, 1, 1]),
     "groups": dict(group=2, strides=[2, 1]),
+    "output_shape_past_full": dict(strides=[2, 2], output_shape=[12, 15], auto_pad="SAME_UPPER"),
+    "output_shape_valid": dict(strides=[2, 2], output_shape=[10, 13], auto_pad="VALID"),
 }
+
+
+def test_conv_transpose_same_padding_negative_total():
+    """A 1x1 kernel with stride 3: the full output is shorter than input * stride."""
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[3, 3], auto_pad="SAME_UPPER")
+    _check([node], {"x": _rand(2, 4, 5, 6)}, {"w": _rand(4, 3, 1, 1, seed=1)})
 
 
 @pytest.mark.parametrize("case", sorted(TRANSPOSE_CASES))
@@ -140,6 +148,7 @@ MAXPOOL_CASES = {
     "same_upper": dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
     "same_lower": dict(kernel_shape=[2, 2], strides=[2, 2], auto_pad="SAME_LOWER"),
     "asymmetric_pads": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0]),
+    "asymmetric_pads_ceil": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 0, 2], ceil_mode=1),
 }
 
 
@@ -161,6 +170,7 @@ AVGPOOL_CASES = {
     "ceil_mode": dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
     "asymmetric_exclude": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0]),
     "asymmetric_include": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0], count_include_pad=1),
+    "asymmetric_ceil": dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 0, 2], ceil_mode=1),
     "same_upper": dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
 }
 

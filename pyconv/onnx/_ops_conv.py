@@ -130,9 +130,8 @@ def _conv_transpose(node, nd):
     output_shape = node.attr("output_shape")
     if output_shape is not None:
         output_shape = list(output_shape)[-nd:]
+    # output_shape, where given, decides the padding whatever pads and auto_pad say
     explicit = _pads_rule(node, nd) if auto_pad in ("NOTSET", "VALID") and output_shape is None else None
-    if explicit is None and auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
-        raise node.refuse(f"auto_pad={auto_pad!r} with output_shape is not supported")
 
     def crops(sizes, kernel):
         """(begins, ends): how much of the full transpose convolution each side drops."""
@@ -141,10 +140,18 @@ def _conv_transpose(node, nd):
         full = [s * (n - 1) + op + (k - 1) * d + 1
                 for n, k, s, d, op in zip(sizes, kernel, strides, dilations, out_pad)]
         target = output_shape if output_shape is not None else [n * s for n, s in zip(sizes, strides)]
-        totals = [f - t for f, t in zip(full, target)]
-        if auto_pad == "SAME_UPPER":
-            return [t // 2 for t in totals], [t - t // 2 for t in totals]
-        return [t - t // 2 for t in totals], [t // 2 for t in totals]
+        begins, ends = [], []
+        for t in (f - t for f, t in zip(full, target)):
+            if t < 0:  # larger than the full output: as ONNX Runtime, an explicit output_shape
+                # gets zeros appended at the end; auto_pad alone keeps the full output
+                b_, e = 0, t if output_shape is not None else 0
+            elif auto_pad == "SAME_UPPER":
+                b_, e = t // 2, t - t // 2
+            else:
+                b_, e = t - t // 2, t // 2
+            begins.append(b_)
+            ends.append(e)
+        return begins, ends
 
     def run(x, w, b=None):
         kernel = w.shape[2:]
@@ -181,6 +188,25 @@ def _conv_transpose(node, nd):
 # Pooling
 
 
+def _pool_output_size(n, k, s, d, begin, end, ceil_mode):
+    """Output positions of one pooled axis, as ONNX Runtime (and PyTorch) count them: in ceil
+    mode a last window that would start past the input and the leading padding is dropped."""
+    span = (k - 1) * d + 1
+    out = (-(-(n + begin + end - span) // s) if ceil_mode else (n + begin + end - span) // s) + 1
+    if ceil_mode and (out - 1) * s >= n + begin:
+        out -= 1
+    return out
+
+
+def _crop_to(nd, y, sizes, kernel, strides, dilations, begins, ends, ceil_mode):
+    """y pooled from an input padded beforehand, cut to the output ONNX asks for (in ceil mode
+    the kernel, seeing no padding, may keep a window more)."""
+    if not ceil_mode:
+        return y
+    out = [_pool_output_size(*a, ceil_mode) for a in zip(sizes, kernel, strides, dilations, begins, ends)]
+    return y[(..., *[slice(0, o) for o in _pair(nd, out, 1)])]
+
+
 def _pool_common(node):
     if node.attr("kernel_shape") is None:
         raise node.refuse("kernel_shape is missing")
@@ -210,6 +236,7 @@ def _max_pool(node):
                                   "over half the kernel) is not supported")
             res = ops.max_pool2d(_pad_array(x2, _pair(nd, begins, 0), _pair(nd, ends, 0), -np.inf),
                                  k2, s2, 0, d2, ceil_mode)
+            res = _crop_to(nd, res, x.shape[2:], kernel, strides, dilations, begins, ends, ceil_mode)
         if not with_indices:
             return res[:, :, 0, :] if nd == 1 else res
         y, idx = res
@@ -235,10 +262,11 @@ def _avg_pool(node):
             y = ops.avg_pool2d(x2, k2, s2, _pair(nd, begins, 0), ceil_mode, include_pad)
         else:
             b2, e2 = _pair(nd, begins, 0), _pair(nd, ends, 0)
-            y = ops.avg_pool2d(_pad_array(x2, b2, e2), k2, s2, 0, ceil_mode, True)
+            geometry = (x.shape[2:], kernel, strides, dilations, begins, ends, ceil_mode)
+            y = _crop_to(nd, ops.avg_pool2d(_pad_array(x2, b2, e2), k2, s2, 0, ceil_mode, True), *geometry)
             if not include_pad:  # the mean over the real inputs: divide by their share
                 ones = _pad_array(np.ones((1, 1) + x2.shape[2:], x2.dtype), b2, e2)
-                y /= ops.avg_pool2d(ones, k2, s2, 0, ceil_mode, True)
+                y /= _crop_to(nd, ops.avg_pool2d(ones, k2, s2, 0, ceil_mode, True), *geometry)
         return y[:, :, 0, :] if nd == 1 else y
     return run
 

@@ -381,6 +381,8 @@ def export(model, example_input, path=None, *, input_names=None, output_names=No
     operations (+ - * / @, neg, pow, exp, log, abs, clip, sum, max, reshape, transpose,
     basic indexing, concatenate, stack, astype). Anything else raises
     :class:`~pyconv.onnx.UnsupportedError` naming it. The graph has the example inputs' shapes.
+    While it traces, every Function call in the process is recorded: run nothing else on pyconv
+    in other threads meanwhile.
     """
     import onnx
     from onnx import helper

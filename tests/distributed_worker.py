@@ -147,6 +147,16 @@ def fail():
         opt.step()
 
 
+def stuck():
+    """Rank 1 hangs (without failing); rank 0 gives up on its collective after the timeout."""
+    dist.init(timeout=2)
+    if dist.rank() == 1:
+        import time
+
+        time.sleep(120)
+    dist.barrier()
+
+
 def trainer(folder):
     """Trainer(distributed) for 2 epochs, then resumed for a third: the replicas stay equal,
     the logged loss is the mean over the ranks, rank 0 alone writes."""
@@ -182,7 +192,7 @@ if __name__ == "__main__":
     assert dist.world_size() == 2, "run under mpiexec -n 2"
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "buckets": buckets, "sync_batch_norm": sync_batch_norm,
-     "fail": fail, "trainer": trainer}[scenario](*args)
+     "fail": fail, "stuck": stuck, "trainer": trainer}[scenario](*args)
     dist.barrier()
     if dist.is_main():
         print(f"ok {scenario}")

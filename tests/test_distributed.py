@@ -71,6 +71,13 @@ def test_a_failing_rank_ends_the_job_on_every_rank_naming_it():
 
 
 @needs_mpi
+def test_a_stuck_rank_makes_the_collectives_of_the_others_time_out():
+    done = mpiexec([WORKER, "stuck"], timeout=60)
+    assert done.returncode != 0
+    assert "rank 0: barrier did not complete within 2 s" in done.stdout
+
+
+@needs_mpi
 def test_pyconv_train_lenet_distributed_end_to_end(tmp_path):
     args = ["-m", "pyconv", "train", "lenet", "--distributed", "--epochs", "1", "--limit", "48",
             "--batch-size", "8", "--no-progress", "--out", str(tmp_path)]

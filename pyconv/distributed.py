@@ -23,7 +23,9 @@ How gradients are averaged: the parameters are grouped, in reverse order of regi
 when the last gradient of a bucket is final, a non-blocking allreduce (``Iallreduce``) of the
 whole bucket starts while the backward pass goes on with earlier layers. At the end of the
 pass (:func:`pyconv.autograd.engine.queue_callback`) the reducer waits for every bucket and
-writes the averaged gradients back into ``.grad``. One allreduce per bucket rather than per
+writes the averaged gradients back into ``.grad``. MPICH advances a non-blocking collective only
+inside MPI calls, so a helper thread makes one every 0.2 ms while buckets are in flight (the
+kernels release the GIL, so it runs beside them). One allreduce per bucket rather than per
 parameter: the per-message latency is paid a few times per step, not once per tensor.
 
 Batch normalisation keeps per-rank batch statistics unless the model is built with
@@ -72,6 +74,7 @@ class _World:
     rank, size, local_size = 0, 1, 1
     timeout = DEFAULT_TIMEOUT
     initialized = False
+    thread_multiple = False  # whether MPI may be called from a second thread (the progress thread)
     failure_notices: list = []  # keeps the outgoing notices' buffers alive until MPI_Abort
 
 
@@ -89,8 +92,8 @@ def init(threads=None, timeout=DEFAULT_TIMEOUT) -> int:
     and every collective below is a no-op. Calling it again changes nothing but the timeout.
 
     threads: CPU threads for this rank's kernels; by default, when several ranks share a
-    machine, the machine's cores divided by the ranks on it, so that ranks x threads does not
-    oversubscribe the cores. timeout: seconds any collective waits before raising
+    machine and OMP_NUM_THREADS is not set, the machine's cores divided by the ranks on it, so
+    that ranks x threads does not oversubscribe the cores. timeout: seconds any collective waits before raising
     :class:`DistributedError`."""
     if not timeout > 0:
         raise ValueError(f"init: timeout must be > 0 seconds, got {timeout!r}")
@@ -114,7 +117,8 @@ def init(threads=None, timeout=DEFAULT_TIMEOUT) -> int:
         _install_failure_handler()
     from . import get_num_threads, set_num_threads
 
-    if threads is None and _world.local_size > 1:
+    _world.thread_multiple = MPI.Query_thread() == MPI.THREAD_MULTIPLE
+    if threads is None and _world.local_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, _available_cores() // _world.local_size)
     if threads is not None and threads != get_num_threads():
         set_num_threads(threads)
@@ -357,6 +361,9 @@ class GradientReducer:
     Every rank must use the same parameters in each pass (a parameter that no rank
     differentiates keeps ``grad`` None; one that only some ranks differentiate counts as a
     zero gradient on the others). Frozen parameters (``requires_grad`` False) are skipped.
+    progress_thread: while buckets are in flight, a helper thread makes an MPI call every
+    0.2 ms so that their transfers advance during the backward's kernels (see
+    :class:`_ProgressThread`); without it they advance only when a gradient becomes final.
     ``remove()`` takes the hooks off again."""
 
     def __init__(self, params, bucket_cap_mb=1.0, progress_thread=True):
@@ -394,7 +401,7 @@ class GradientReducer:
         if bucket.pending == 0:
             self._start(bucket)
             self.buckets_started_early += 1
-            if self.progress_thread and self._progress is None:
+            if self.progress_thread and _world.thread_multiple and self._progress is None:
                 self._progress = _ProgressThread()
         if self._progress is None:
             self._poke()

@@ -156,3 +156,13 @@ def test_sync_batch_norm_convert_keeps_parameters_and_matches_batch_norm_alone()
     np.testing.assert_array_equal(model(Tensor(x)).data, expected)
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, reference_state[key])
+
+
+@needs_mpi
+def test_pyconv_train_a_gan_distributed_wraps_both_networks(tmp_path):
+    """Two models, two optimisers: each network averages its own gradients."""
+    done = mpiexec(["-m", "pyconv", "train", "dcgan", "--epochs", "1", "--limit", "32", "--batch-size",
+                    "8", "--no-progress", "--out", str(tmp_path)], timeout=300)  # distributed by default
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.count("epoch 1/1") == 1 and "on 2 ranks" in done.stdout
+    assert (tmp_path / "samples.png").stat().st_size > 0

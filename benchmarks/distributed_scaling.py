@@ -1,0 +1,190 @@
+"""Data-parallel training measurements behind benchmarks/RESULTS.md's "Data-parallel training":
+
+    mpiexec -n 2 python benchmarks/distributed_scaling.py allreduce      # bandwidth and latency
+    mpiexec -n 2 python benchmarks/distributed_scaling.py overlap        # communication share of a step
+    python benchmarks/distributed_scaling.py epoch --threads 2           # one LeNet-5 epoch on 1 rank x 2 threads
+    mpiexec -n 2 python benchmarks/distributed_scaling.py epoch --threads 1   # ... on 2 ranks x 1 thread
+
+`epoch` trains one epoch of the 1437 training digits at 32x32 with a global batch of 64 (32 per
+rank on 2 ranks), for LeNet-5 and for a wider CNN of 1.2M parameters, and prints seconds per
+epoch (rank 0). `overlap` runs, interleaved in one job, training steps of the 1.2M-parameter
+CNN (32 images per rank) three ways: no communication at all (the compute alone), gradients
+averaged after the backward pass (allreduce_gradients, blocking) and averaged during it
+(DistributedDataParallel); it prints median step times and the time each step waits for
+communication. Run on an otherwise idle machine for numbers worth comparing.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import pyconv  # noqa: E402
+import pyconv.nn.functional as F  # noqa: E402
+from pyconv import Tensor, data, distributed as dist, nn  # noqa: E402
+from pyconv.optim import Adam  # noqa: E402
+
+
+def wide_cnn():
+    """A CNN for 32x32 digits with 1.2M parameters (most of them in the first linear layer)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(128 * 4 * 4, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def build(name):
+    pyconv.manual_seed(0)
+    if name == "lenet":
+        from pyconv.models import LeNet5
+
+        return LeNet5()
+    return wide_cnn()
+
+
+def digits():
+    x, y = data.load_digits()
+    x = data.resize_images(x, 32)
+    x_train, _, y_train, _ = data.train_test_split(x, y, test_size=0.2, seed=0)
+    return np.ascontiguousarray(x_train), y_train
+
+
+def median_of(samples):
+    return float(np.median(samples))
+
+
+def allreduce_benchmark(reps):
+    from mpi4py import MPI
+
+    comm, p = MPI.COMM_WORLD, dist.world_size()
+    rows = []
+    for size in [2 ** k for k in range(2, 27, 2)]:  # bytes: 4 B .. 64 MiB
+        buf = np.ones(size // 4, np.float32)
+        times = []
+        for _ in range(reps if size < 2 ** 22 else max(3, reps // 4)):
+            comm.Barrier()
+            start = time.perf_counter()
+            comm.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
+            times.append(time.perf_counter() - start)
+        t = median_of(times)
+        rows.append((size, t, 2 * (p - 1) / p * size / t / 1e9))
+    if dist.is_main():
+        print(f"allreduce on {p} ranks ({MPI.Get_library_version().splitlines()[0].strip()}):")
+        print(f"{'bytes':>10} {'median us':>10} {'bus GB/s':>9}")
+        for size, t, bw in rows:
+            print(f"{size:>10} {t * 1e6:>10.1f} {bw:>9.3f}")
+
+
+def epoch_benchmark(models, global_batch, repeats):
+    x, y = digits()
+    r, p = dist.rank(), dist.world_size()
+    for name in models:
+        model = dist.DistributedDataParallel(build(name)) if p > 1 else build(name)
+        opt = Adam(model.parameters(), lr=1e-3)
+        loader = data.DataLoader((x, y), global_batch // p, shuffle=True, seed=0, rank=r, world_size=p)
+        seconds = []
+        for _ in range(repeats + 1):  # the first epoch warms up
+            dist.barrier()
+            start = time.perf_counter()
+            for xb, yb in loader:
+                opt.zero_grad()
+                F.cross_entropy(model(Tensor(xb)), yb).backward()
+                opt.step()
+            dist.barrier()
+            seconds.append(time.perf_counter() - start)
+        params = sum(q.size for q in model.parameters())
+        if dist.is_main():
+            print(f"epoch {name} ({params:,} parameters), {p} rank(s) x {pyconv.get_num_threads()} "
+                  f"thread(s), global batch {global_batch}: median {median_of(seconds[1:]):.3f} s "
+                  f"of {[round(s, 3) for s in seconds[1:]]}")
+
+
+def overlap_benchmark(rounds, per_rank):
+    x, y = digits()
+    r, p = dist.rank(), dist.world_size()
+    xb, yb = x[r * per_rank:(r + 1) * per_rank], y[r * per_rank:(r + 1) * per_rank]
+    plain = build("wide")
+    ddp = dist.DistributedDataParallel(build("wide"))
+    reducer = ddp.reducer
+    threaded = dist.DistributedDataParallel(build("wide"))
+    threaded.reducer.progress_thread = True
+    opt_plain, opt_ddp = Adam(plain.parameters(), lr=1e-4), Adam(ddp.parameters(), lr=1e-4)
+    opt_threaded = Adam(threaded.parameters(), lr=1e-4)
+    nbytes = sum(q.data.nbytes for q in plain.parameters())
+
+    def step(model, opt, after_backward=None):
+        opt.zero_grad()
+        F.cross_entropy(model(Tensor(xb)), yb).backward()
+        if after_backward:
+            after_backward()
+        opt.step()
+
+    blocking_wait = []
+
+    def blocking_allreduce():
+        start = time.perf_counter()
+        dist.allreduce_gradients(plain)
+        blocking_wait.append(time.perf_counter() - start)
+
+    variants = {
+        "compute only (no communication)": lambda: step(plain, opt_plain),
+        "allreduce after backward (blocking)": lambda: step(plain, opt_plain, blocking_allreduce),
+        "overlapped (DistributedDataParallel)": lambda: step(ddp, opt_ddp),
+        "overlapped, with a progress thread": lambda: step(threaded, opt_threaded),
+    }
+    times = {k: [] for k in variants}
+    overlapped_wait, threaded_wait = [], []
+    names = list(variants)
+    for k in range(rounds + 1):
+        for name in names[k % len(names):] + names[:k % len(names)]:  # rotated: none always first
+            run = variants[name]
+            before = reducer.communication_seconds
+            before_threaded = threaded.reducer.communication_seconds
+            dist.barrier()
+            start = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            if k:  # round 0 warms up
+                times[name].append(elapsed)
+                if name.startswith("overlapped ("):
+                    overlapped_wait.append(reducer.communication_seconds - before)
+                elif name.startswith("overlapped,"):
+                    threaded_wait.append(threaded.reducer.communication_seconds - before_threaded)
+    if dist.is_main():
+        base = median_of(times["compute only (no communication)"])
+        print(f"overlap: wide CNN, {nbytes / 2 ** 20:.2f} MiB of float32 gradients in "
+              f"{len(reducer.buckets)} buckets, {per_rank} images per rank, {p} ranks x "
+              f"{pyconv.get_num_threads()} thread(s), {rounds} interleaved rounds (medians)")
+        for name, samples in times.items():
+            t = median_of(samples)
+            print(f"  {name:<40} {t * 1e3:8.1f} ms  ({(t / base - 1) * 100:+.1f}% over compute only)")
+        print(f"  blocking allreduce of all gradients:     {median_of(blocking_wait) * 1e3:8.1f} ms")
+        print(f"  overlapped: wait at the end of backward: {median_of(overlapped_wait) * 1e3:8.1f} ms "
+              f"({reducer.buckets_started_early} of {len(reducer.buckets)} buckets started during backward)")
+        print(f"  with a progress thread: wait at the end: {median_of(threaded_wait) * 1e3:8.1f} ms")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=("allreduce", "epoch", "overlap"))
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=["lenet", "wide"])
+    args = parser.parse_args()
+    dist.init(threads=args.threads)
+    if args.threads:
+        pyconv.set_num_threads(args.threads)
+    if args.what == "allreduce":
+        allreduce_benchmark(args.reps)
+    elif args.what == "epoch":
+        epoch_benchmark(args.models, 64, repeats=max(1, args.reps // 10))
+    else:
+        overlap_benchmark(args.reps, 32)
+
+
+if __name__ == "__main__":
+    main()

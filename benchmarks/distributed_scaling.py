@@ -2,6 +2,7 @@
 
     mpiexec -n 2 python benchmarks/distributed_scaling.py allreduce      # bandwidth and latency
     mpiexec -n 2 python benchmarks/distributed_scaling.py overlap        # communication share of a step
+    python benchmarks/distributed_scaling.py project --bytes B --compute-ms T --bandwidth BW --latency L
     python benchmarks/distributed_scaling.py epoch --threads 2           # one LeNet-5 epoch on 1 rank x 2 threads
     mpiexec -n 2 python benchmarks/distributed_scaling.py epoch --threads 1   # ... on 2 ranks x 1 thread
 
@@ -168,9 +169,40 @@ def overlap_benchmark(rounds, per_rank):
         print(f"  with a progress thread: wait at the end: {median_of(threaded_wait) * 1e3:8.1f} ms")
 
 
+# Published link rates: InfiniBand HDR 200 Gb/s (25 GB/s per direction) with ~1 us MPI latency
+# per message plus software, taken as 2 us per ring step; 100 Gb/s Ethernet (12.5 GB/s) with
+# RoCE, taken as 5 us per step.
+NETWORKS = {"InfiniBand HDR 200 Gb/s": (25e9, 2e-6), "100 Gb/s Ethernet (RoCE)": (12.5e9, 5e-6)}
+
+
+def ring_allreduce_seconds(nbytes, ranks, bandwidth, latency):
+    """The ring allreduce's cost model: 2(p-1)/p of the bytes cross every link, in 2(p-1) steps."""
+    return 2 * (ranks - 1) / ranks * nbytes / bandwidth + 2 * (ranks - 1) * latency
+
+
+def project(nbytes, compute_ms, measured_bandwidth, measured_latency):
+    """Projected communication per step for 8, 64 and 512 ranks (weak scaling: the per-rank
+    batch and so the compute per step stay fixed), on the published networks and on a network
+    as fast as this machine's loopback."""
+    networks = dict(NETWORKS)
+    networks["this machine's loopback (measured)"] = (measured_bandwidth, measured_latency)
+    print(f"ring allreduce of {nbytes / 1e6:.2f} MB per step, compute {compute_ms:.1f} ms per step")
+    for name, (bw, lat) in networks.items():
+        for p in (2, 8, 64, 512):
+            t = ring_allreduce_seconds(nbytes, p, bw, lat)
+            bandwidth_part = 2 * (p - 1) / p * nbytes / bw
+            print(f"  {name:<36} p={p:<4} {t * 1e3:8.3f} ms (bandwidth {bandwidth_part * 1e3:.3f}, "
+                  f"latency {(t - bandwidth_part) * 1e3:.3f}) = {t * 1e3 / compute_ms * 100:6.1f}% of compute")
+        print(f"  {name:<36} latency term = bandwidth term at p ~ {nbytes / (bw * lat):.0f}")
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("allreduce", "epoch", "overlap"))
+    parser.add_argument("what", choices=("allreduce", "epoch", "overlap", "project"))
+    parser.add_argument("--bytes", type=float, help="project: gradient bytes per step")
+    parser.add_argument("--compute-ms", type=float, help="project: compute per step")
+    parser.add_argument("--bandwidth", type=float, help="project: measured loopback bus bandwidth, bytes/s")
+    parser.add_argument("--latency", type=float, help="project: measured per-step latency, s")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--models", nargs="+", default=["lenet", "wide"])
@@ -182,8 +214,10 @@ def main():
         allreduce_benchmark(args.reps)
     elif args.what == "epoch":
         epoch_benchmark(args.models, 64, repeats=max(1, args.reps // 10))
-    else:
+    elif args.what == "overlap":
         overlap_benchmark(args.reps, 32)
+    else:
+        project(args.bytes, args.compute_ms, args.bandwidth, args.latency)
 
 
 if __name__ == "__main__":

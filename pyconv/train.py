@@ -197,7 +197,8 @@ class Trainer:
         return self._mean_over_ranks(totals, count)
 
     def evaluate(self, loader) -> dict:
-        """Mean loss and metrics over `loader`, in eval mode without a graph."""
+        """Mean loss and metrics over `loader`, in eval mode without a graph (when distributed,
+        over every rank's batches: each rank must call it)."""
         self.model.eval()
         totals, count = {}, 0
         with no_grad():

@@ -3,16 +3,17 @@
     mpiexec -n 2 python benchmarks/distributed_scaling.py allreduce      # bandwidth and latency
     mpiexec -n 2 python benchmarks/distributed_scaling.py overlap        # communication share of a step
     python benchmarks/distributed_scaling.py project --bytes B --compute-ms T --bandwidth BW --latency L
-    python benchmarks/distributed_scaling.py epoch --threads 2           # one LeNet-5 epoch on 1 rank x 2 threads
-    mpiexec -n 2 python benchmarks/distributed_scaling.py epoch --threads 1   # ... on 2 ranks x 1 thread
+    python benchmarks/distributed_scaling.py epoch --threads 2               # 1 rank x 2 threads
+    mpiexec -n 2 python benchmarks/distributed_scaling.py epoch --threads 1  # 2 ranks x 1 thread
 
 `epoch` trains one epoch of the 1437 training digits at 32x32 with a global batch of 64 (32 per
-rank on 2 ranks), for LeNet-5 and for a wider CNN of 1.2M parameters, and prints seconds per
-epoch (rank 0). `overlap` runs, interleaved in one job, training steps of the 1.2M-parameter
-CNN (32 images per rank) three ways: no communication at all (the compute alone), gradients
+rank on 2 ranks), for LeNet-5 and for a wider CNN of 1.15M parameters, and prints seconds per
+epoch (rank 0). `overlap` runs, interleaved in one job, training steps of the 1.15M-parameter
+CNN (32 images per rank) four ways: no communication at all (the compute alone), gradients
 averaged after the backward pass (allreduce_gradients, blocking) and averaged during it
-(DistributedDataParallel); it prints median step times and the time each step waits for
-communication. Run on an otherwise idle machine for numbers worth comparing.
+(DistributedDataParallel) with and without its progress thread; it prints median and fastest
+step times and the time each step waits for communication. `project` applies the ring
+allreduce's cost model to the measured numbers and to published network speeds. Run on an otherwise idle machine for numbers worth comparing.
 """
 import argparse
 import os
@@ -30,7 +31,7 @@ from pyconv.optim import Adam  # noqa: E402
 
 
 def wide_cnn():
-    """A CNN for 32x32 digits with 1.2M parameters (most of them in the first linear layer)."""
+    """A CNN for 32x32 digits with 1.15M parameters (most of them in the first linear layer)."""
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -196,8 +197,9 @@ def project(nbytes, compute_ms, measured_bandwidth, measured_latency):
         for p in (2, 8, 64, 512):
             t = ring_allreduce_seconds(nbytes, p, bw, lat)
             bandwidth_part = 2 * (p - 1) / p * nbytes / bw
+            share = t * 1e3 / compute_ms * 100
             print(f"  {name:<36} p={p:<4} {t * 1e3:8.3f} ms (bandwidth {bandwidth_part * 1e3:.3f}, "
-                  f"latency {(t - bandwidth_part) * 1e3:.3f}) = {t * 1e3 / compute_ms * 100:6.1f}% of compute")
+                  f"latency {(t - bandwidth_part) * 1e3:.3f}) = {share:6.1f}% of compute")
         print(f"  {name:<36} latency term = bandwidth term at p ~ {nbytes / (bw * lat):.0f}")
 
 

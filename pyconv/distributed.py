@@ -56,9 +56,9 @@ from .nn.modules.normalization import _BatchNorm
 
 __all__ = [
     "init", "is_initialized", "rank", "world_size", "local_world_size", "is_main", "barrier",
-    "broadcast_parameters", "broadcast_optimizer_state", "broadcast_object", "allreduce",
-    "allgather_object", "allreduce_gradients", "GradientReducer", "DistributedDataParallel",
-    "SyncBatchNorm", "DistributedError",
+    "broadcast_parameters", "broadcast_optimizer_state", "average_buffers", "broadcast_object",
+    "allreduce", "allgather_object", "allreduce_gradients", "GradientReducer",
+    "DistributedDataParallel", "SyncBatchNorm", "DistributedError",
 ]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the slowest rank
@@ -93,8 +93,8 @@ def init(threads=None, timeout=DEFAULT_TIMEOUT) -> int:
 
     threads: CPU threads for this rank's kernels; by default, when several ranks share a
     machine and OMP_NUM_THREADS is not set, the machine's cores divided by the ranks on it, so
-    that ranks x threads does not oversubscribe the cores. timeout: seconds any collective waits before raising
-    :class:`DistributedError`."""
+    that ranks x threads does not oversubscribe the cores. timeout: seconds any collective
+    waits before raising :class:`DistributedError`."""
     if not timeout > 0:
         raise ValueError(f"init: timeout must be > 0 seconds, got {timeout!r}")
     _world.timeout = float(timeout)
@@ -282,6 +282,20 @@ def broadcast_parameters(model, root=0):
     state = broadcast_object(model.state_dict() if _world.rank == root else None, root)
     if _world.rank != root:
         model.load_state_dict(state)
+    return model
+
+
+def average_buffers(model):
+    """Replaces every floating-point buffer of `model` (BatchNorm's running mean and variance,
+    which each rank updates from its own batches) by its mean over the ranks, so that the
+    replicas evaluate, and checkpoint, alike."""
+    if _world.size == 1:
+        return model
+    for module in model.modules():
+        for name in module._buffers:
+            value = getattr(module, name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                value[...] = allreduce(value, "mean")
     return model
 
 
@@ -517,7 +531,6 @@ def _global_moments(x, axes):
     m2 = ((x - mean.reshape(_channel_shape(x.ndim, x.shape[1]))) ** 2).sum(axis=axes)
     if _world.size == 1:
         return mean, m2 / n, n
-    MPI = _mpi()
     C = x.shape[1]
     mine = np.concatenate([[n], mean, m2]).astype(np.float64)
     every = np.empty((_world.size, 1 + 2 * C))

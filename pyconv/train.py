@@ -19,9 +19,12 @@ Data-parallel training (``distributed=True``, or automatically when launched by 
 more than one rank, see :mod:`pyconv.distributed`): rank 0's weights and optimiser states are
 broadcast at the start, every optimiser's parameters get a gradient reducer (the GAN's two
 networks each their own), the logged losses and metrics are averaged over the ranks, and only
-rank 0 shows the progress bar and writes checkpoints. Each rank shards the data itself (give
-the training loader ``rank=`` and ``world_size=``). On resume every rank reads the checkpoint
-(the ranks must share a file system) and restores its own random generator.
+rank 0 shows the progress bar and writes checkpoints; after every epoch the floating-point
+buffers (batch norm's running statistics, per rank unless the model uses
+:class:`~pyconv.distributed.SyncBatchNorm`) are replaced by their mean over the ranks. Each
+rank shards the data itself (give the training loader ``rank=`` and ``world_size=``). On
+resume every rank reads the checkpoint (the ranks must share a file system) and restores its
+own random generator.
 """
 from __future__ import annotations
 
@@ -159,6 +162,8 @@ class Trainer:
                 raise FileNotFoundError(f"Trainer.fit: no checkpoint at {path!r} to resume from")
         while self.epoch < epochs:
             logs = self.train_epoch(train_loader, epochs)
+            if self.distributed:  # per-rank batch-norm statistics -> their mean, on every rank
+                _dist.average_buffers(self.model)
             if val_loader is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
             self.epoch += 1

@@ -84,7 +84,7 @@ def test_pyconv_train_lenet_distributed_end_to_end(tmp_path):
     done = mpiexec(args, timeout=300)
     assert done.returncode == 0, done.stdout
     assert done.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
-    assert "on 2 ranks x 1 threads" in done.stdout
+    assert "epochs on 2 ranks x 1 thread\n" in done.stdout  # OMP_NUM_THREADS=1 per rank
     with open(tmp_path / "history.json") as f:
         history = json.load(f)
     assert [h["epoch"] for h in history["history"]] == [1]

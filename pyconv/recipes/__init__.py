@@ -88,7 +88,8 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
                                  world_size=ranks)
     val = recipe.val_loader(dataset, batch_size)
     n_train = len(dataset["train"][0])
-    on_ranks = f" on {ranks} ranks x {get_num_threads()} threads" if distributed else ""
+    threads = get_num_threads()
+    on_ranks = f" on {ranks} ranks x {threads} thread{'s' * (threads != 1)}" if distributed else ""
     print_fn(f"{name}: {recipe.description}; {n_train} training samples from {spec!r}, "
              f"{sum(p.size for p in model.parameters()):,} parameters, {epochs} epochs{on_ranks}")
 

@@ -19,7 +19,7 @@ This module works on any object with ``_creator``/``_index`` (Tensors) and ``inp
 """
 from __future__ import annotations
 
-__all__ = ["run_backward", "queue_callback"]
+__all__ = ["run_backward", "queue_callback", "RemovableHandle"]
 
 # Callables to run when the backward pass in progress ends (None: no pass is running).
 _final_callbacks: list | None = None
@@ -67,6 +67,23 @@ def queue_callback(callback):
     _final_callbacks.append(callback)
 
 
+class RemovableHandle:
+    """What registering a hook returns: ``remove()`` unregisters it (once; later calls do nothing)."""
+
+    _next_key = 0
+    live = 0  # hooks registered and not removed: while none are, backward skips counting uses
+
+    def __init__(self, hooks: dict, hook):
+        self._hooks, self.key = hooks, RemovableHandle._next_key
+        RemovableHandle._next_key += 1
+        RemovableHandle.live += 1
+        hooks[self.key] = hook
+
+    def remove(self):
+        if self._hooks.pop(self.key, None) is not None:
+            RemovableHandle.live -= 1
+
+
 def _run_hooks(t):
     for hook in list(t._post_accumulate_grad_hooks.values()):
         hook(t)
@@ -107,7 +124,7 @@ def _propagate(root, grad):
         return
     root._creator._grad_outputs[root._index] = grad
     order = topological_order(root._creator)
-    pending = _hooked_leaf_uses(order)
+    pending = _hooked_leaf_uses(order) if RemovableHandle.live else None
     for fn in reversed(order):
         grad_outputs = fn._grad_outputs
         fn._grad_outputs = [None] * len(grad_outputs)  # ready for another backward pass

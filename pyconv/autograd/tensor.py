@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine import run_backward
+from .engine import RemovableHandle, run_backward
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "array_module"]
 
@@ -96,20 +96,6 @@ def _functions():
 
         _functions_module = functions
     return _functions_module
-
-
-class RemovableHandle:
-    """What registering a hook returns: ``remove()`` unregisters it (once; later calls do nothing)."""
-
-    _next_key = 0
-
-    def __init__(self, hooks: dict, hook):
-        self._hooks, self.key = hooks, RemovableHandle._next_key
-        RemovableHandle._next_key += 1
-        hooks[self.key] = hook
-
-    def remove(self):
-        self._hooks.pop(self.key, None)
 
 
 class Tensor:

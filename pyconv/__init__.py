@@ -131,7 +131,7 @@ def info() -> dict:
     return out
 
 
-_LAZY_SUBMODULES = ("nn", "optim", "data", "train", "models", "filters", "distributed")
+_LAZY_SUBMODULES = ("nn", "optim", "data", "train", "models", "filters")
 
 
 def __getattr__(name):

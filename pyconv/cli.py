@@ -42,16 +42,19 @@ def _setup(args):
 
 
 def _train(args):
-    from pyconv import recipes
+    from pyconv import distributed, recipes
 
     _setup(args)
+    # under mpiexec: join the job; threads per rank default to the cores / ranks on this machine
+    distributed.init(threads=args.threads)
     # only the settings given on the command line: the others keep the recipe's defaults
     options = {key: value for key, value in (("levels", args.levels),
                                              ("conditional", args.conditional or None))
                if value is not None}
     recipes.train(args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   data=args.data, out=args.out, resume=args.resume, seed=args.seed,
-                  limit=args.limit, progress=not args.no_progress, options=options)
+                  limit=args.limit, progress=not args.no_progress, options=options,
+                  distributed=True if args.distributed else None)
 
 
 def _sample(args):
@@ -122,8 +125,12 @@ def build_parser():
                    help="pixelcnn: 2 (binarised pixels, the default) or 256 (grey levels, a 256-way softmax)")
     p.add_argument("--conditional", action="store_true",
                    help="pixelcnn: class-conditional (then 'pyconv sample pixelcnn --label K')")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: run as 'mpiexec -n N python -m pyconv train ... "
+                   "--distributed' (the default under mpiexec with N > 1); --batch-size is per rank")
     p.add_argument("--backend", help="kernel backend (default: cpu)")
-    p.add_argument("--threads", type=int, help="threads for the CPU backends")
+    p.add_argument("--threads", type=int, help="threads for the CPU backends (per rank; default "
+                   "under mpiexec: the cores divided by the ranks on the machine)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid",

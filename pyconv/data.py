@@ -177,12 +177,24 @@ class DataLoader:
     resumed training run sees the same batches. transform(batch, rng) -> batch, if given,
     changes each batch (data augmentation, e.g. :func:`random_shift`) with random draws from
     that same generator, so augmented runs resume exactly too.
+
+    Data-parallel training: with ``world_size`` > 1 this loader yields only shard `rank` of
+    each epoch (batches of `batch_size` samples per rank). Every rank draws the same
+    permutation from `seed` and takes every world_size-th sample of it, starting at `rank`, so
+    that the ranks' shards are disjoint and together cover the epoch. When world_size does not
+    divide the number of samples, the permutation is padded by repeating its first samples
+    (each rank gets ceil(n / world_size) samples; a few samples are seen twice in that epoch),
+    or, with drop_last, cut to a multiple of world_size (a few samples are not seen in that
+    epoch, different ones each epoch when shuffling); drop_last also drops each rank's last
+    partial batch. The shards have equal sizes, so every rank runs the same number of steps
+    and the generators of all ranks stay equal.
     """
 
     def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False,
-                 transform=None):
+                 transform=None, rank=None, world_size=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        self.rank, self.world_size = _check_shard("DataLoader", rank, world_size)
         if isinstance(dataset, (tuple, list)):
             lengths = {len(a) for a in dataset}
             if len(lengths) != 1:
@@ -194,8 +206,12 @@ class DataLoader:
         self.rng = np.random.default_rng(seed)
 
     def __len__(self):
-        n = self._num_samples()
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _shard_size(self):
+        n, ws = self._num_samples(), self.world_size
+        return n // ws if self.drop_last else -(-n // ws)
 
     def _num_samples(self):
         return len(self.dataset[0]) if isinstance(self.dataset, (tuple, list)) else len(self.dataset)
@@ -208,6 +224,9 @@ class DataLoader:
     def __iter__(self):
         n = self._num_samples()
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.world_size > 1:
+            order = np.resize(order, self._shard_size() * self.world_size)[self.rank::self.world_size]
+            n = len(order)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             batch = self._take(order[start:start + self.batch_size])
@@ -219,6 +238,18 @@ class DataLoader:
     def load_state_dict(self, state):
         value = state["rng"]
         self.rng.bit_generator.state = json.loads(value.item() if hasattr(value, "item") else value)
+
+
+def _check_shard(owner, rank, world_size):
+    """(rank, world_size) checked; (0, 1) when both are None (no sharding)."""
+    if rank is None and world_size is None:
+        return 0, 1
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{owner}: {name} must be an int (give both rank and world_size), got {value!r}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"{owner}: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return int(rank), int(world_size)
 
 
 def random_shift(max_shift):
@@ -362,15 +393,23 @@ class TextStreams:
     windows of `seq_len`; window k of every stream continues window k - 1, so a model can
     carry its hidden state from one batch to the next (detached: gradients stop at the
     window's start). Yields ``(x, y, first)``: inputs (B, T), the next tokens (B, T), and
-    whether this is the epoch's first window (time to reset the state)."""
+    whether this is the epoch's first window (time to reset the state).
 
-    def __init__(self, ids, batch_size=32, seq_len=64):
+    Data-parallel training: with ``world_size`` > 1 the sequence is cut into
+    ``batch_size * world_size`` streams and rank `rank` reads streams
+    ``rank * batch_size .. (rank + 1) * batch_size - 1``; the tail that does not fill a whole
+    stream is left out, as with one rank."""
+
+    def __init__(self, ids, batch_size=32, seq_len=64, rank=None, world_size=None):
+        rank, world_size = _check_shard("TextStreams", rank, world_size)
         ids = np.asarray(ids, np.int64)
-        per_stream = (len(ids) - 1) // batch_size
+        streams = batch_size * world_size
+        per_stream = (len(ids) - 1) // streams
         if per_stream < 2:
-            raise ValueError(f"TextStreams: {len(ids)} tokens are too few for {batch_size} streams")
-        self.x = ids[:per_stream * batch_size].reshape(batch_size, per_stream)
-        self.y = ids[1:per_stream * batch_size + 1].reshape(batch_size, per_stream)
+            raise ValueError(f"TextStreams: {len(ids)} tokens are too few for {streams} streams")
+        mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        self.x = ids[:per_stream * streams].reshape(streams, per_stream)[mine]
+        self.y = ids[1:per_stream * streams + 1].reshape(streams, per_stream)[mine]
         self.seq_len = seq_len
 
     def __len__(self):

@@ -14,6 +14,17 @@ uninterrupted run would have, bit for bit.
 Custom training steps replace the default step: ``step_fn(trainer, batch) -> dict of
 floats``; ``trainer.optimizers`` is then a dict of named optimisers. :class:`GANTrainer` is such
 a trainer: alternating discriminator and generator steps with the non-saturating generator loss.
+
+Data-parallel training (``distributed=True``, or automatically when launched by ``mpiexec`` on
+more than one rank, see :mod:`pyconv.distributed`): rank 0's weights and optimiser states are
+broadcast at the start, every optimiser's parameters get a gradient reducer (the GAN's two
+networks each their own), the logged losses and metrics are averaged over the ranks, and only
+rank 0 shows the progress bar and writes checkpoints; after every epoch the floating-point
+buffers (batch norm's running statistics, per rank unless the model uses
+:class:`~pyconv.distributed.SyncBatchNorm`) are replaced by their mean over the ranks. Each
+rank shards the data itself (give the training loader ``rank=`` and ``world_size=``). On
+resume every rank reads the checkpoint (the ranks must share a file system) and restores its
+own random generator.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ import os
 
 import numpy as np
 
+from . import distributed as _dist
 from . import random as _random
 from .autograd import Tensor, no_grad
 from .serialization import CheckpointError, load, save
@@ -59,6 +71,14 @@ def supervised_step(trainer, batch) -> dict:
     return logs
 
 
+def _split_random_stream():
+    """Gives each rank its own stream of pyconv's generator (dropout masks, GAN noise): the
+    shared stream jumped ahead rank times, so that the ranks do not draw the same numbers."""
+    if _dist.rank() > 0:
+        bit_generator = _random.generator().bit_generator
+        bit_generator.state = bit_generator.jumped(_dist.rank()).state
+
+
 class Trainer:
     """Trains `model` with `optimizer` (one Optimizer, or a dict of them for custom steps).
 
@@ -67,11 +87,13 @@ class Trainer:
     early_stopping: stop after this many epochs without improvement of `monitor`
     ("val_loss" by default; mode "min" or "max"); checkpoint_path: where each epoch's
     checkpoint goes (atomically); progress: show a tqdm bar with the running loss/metrics.
+    distributed: data-parallel over the MPI ranks (None: when launched on more than one rank);
+    bucket_cap_mb: the size of its gradient buckets.
     """
 
     def __init__(self, model, optimizer, loss_fn=None, metrics=None, step_fn=None, device="cpu",
                  checkpoint_path=None, early_stopping=None, monitor="val_loss", mode="min",
-                 progress=True, metadata=None):
+                 progress=True, metadata=None, distributed=None, bucket_cap_mb=1.0):
         if loss_fn is None and step_fn is None:
             from .nn.functional import cross_entropy as loss_fn
         if mode not in ("min", "max"):
@@ -88,6 +110,34 @@ class Trainer:
         self.history: list[dict] = []
         self.best = None
         self.bad_epochs = 0
+        if distributed is None:
+            distributed = _dist.init() > 1
+        self.distributed = bool(distributed)
+        self.reducers = []
+        if self.distributed:
+            _dist.init()
+            self.progress = progress and _dist.is_main()
+            self._synchronize_replicas()
+            self.reducers = [_dist.GradientReducer(opt.params, bucket_cap_mb)
+                             for opt in self.optimizers.values()]
+            _split_random_stream()
+
+    def _synchronize_replicas(self):
+        """Rank 0's weights, buffers and optimiser states on every rank."""
+        _dist.broadcast_parameters(self.model)
+        for opt in self.optimizers.values():
+            _dist.broadcast_optimizer_state(opt)
+
+    def _is_writer(self) -> bool:
+        return not self.distributed or _dist.is_main()
+
+    def _mean_over_ranks(self, totals, count) -> dict:
+        """{name: total / count}, totals and counts summed over the ranks when distributed."""
+        names = list(totals)  # every rank logs the same names in the same order
+        if self.distributed:
+            summed = _dist.allreduce(np.array([totals[k] for k in names] + [count], np.float64))
+            totals, count = dict(zip(names, summed[:-1].tolist())), summed[-1]
+        return {k: totals[k] / max(count, 1) for k in names}
 
     @property
     def optimizer(self):
@@ -103,12 +153,17 @@ class Trainer:
         entries (e.g. a test metric) to `logs`, which go into the history."""
         if resume:
             path = self.checkpoint_path if resume is True else resume
-            if path is not None and os.path.exists(path):
+            exists = path is not None and os.path.exists(path)
+            if self.distributed:  # rank 0 decides, so that no rank resumes alone
+                exists = _dist.broadcast_object(exists)
+            if exists:
                 self.load_checkpoint(path, train_loader)
             elif resume is not True:
                 raise FileNotFoundError(f"Trainer.fit: no checkpoint at {path!r} to resume from")
         while self.epoch < epochs:
             logs = self.train_epoch(train_loader, epochs)
+            if self.distributed:  # per-rank batch-norm statistics -> their mean, on every rank
+                _dist.average_buffers(self.model)
             if val_loader is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(val_loader).items()})
             self.epoch += 1
@@ -117,8 +172,12 @@ class Trainer:
                 on_epoch_end(self, logs)
             self.history.append(logs)
             stop = self._update_early_stopping(logs)
+            if self.distributed:  # rank 0's decision, so that no rank stops alone
+                stop = _dist.broadcast_object(stop)
             if self.checkpoint_path is not None:
                 self.save_checkpoint(self.checkpoint_path, train_loader)
+                if self.distributed:  # the file is complete before any rank may read it
+                    _dist.barrier()
             if stop:
                 break
         return self.history
@@ -140,10 +199,11 @@ class Trainer:
             bar.set_postfix({k: f"{v / count:.4f}" for k, v in totals.items()}, refresh=False)
         bar.refresh()  # the epoch's final running means stay on screen
         bar.close()
-        return {k: v / max(count, 1) for k, v in totals.items()}
+        return self._mean_over_ranks(totals, count)
 
     def evaluate(self, loader) -> dict:
-        """Mean loss and metrics over `loader`, in eval mode without a graph."""
+        """Mean loss and metrics over `loader`, in eval mode without a graph (when distributed,
+        over every rank's batches: each rank must call it)."""
         self.model.eval()
         totals, count = {}, 0
         with no_grad():
@@ -156,7 +216,7 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + float(v) * len(x)
                 count += len(x)
         self.model.train()
-        return {k: v / max(count, 1) for k, v in totals.items()}
+        return self._mean_over_ranks(totals, count)
 
     def _update_early_stopping(self, logs) -> bool:
         if self.early_stopping is None:
@@ -174,7 +234,12 @@ class Trainer:
 
     # -- checkpoints
     def save_checkpoint(self, path, train_loader=None):
-        """Writes model, optimisers, RNG states and counters to `path`, atomically."""
+        """Writes model, optimisers, RNG states and counters to `path`, atomically. When
+        distributed, every rank must call it (the ranks' random generators are gathered) and
+        rank 0 alone writes."""
+        rank_rngs = _dist.allgather_object(_random.get_rng_state()) if self.distributed else None
+        if not self._is_writer():
+            return
         state = {
             "format": _FORMAT,
             "epoch": self.epoch,
@@ -185,6 +250,8 @@ class Trainer:
             "early_stopping": {"best": np.nan if self.best is None else self.best,
                                "bad_epochs": self.bad_epochs},
         }
+        if rank_rngs is not None:
+            state["rank_rngs"] = json.dumps(rank_rngs)
         if self.metadata:
             state["metadata"] = self.metadata
         if train_loader is not None and hasattr(train_loader, "state_dict"):
@@ -226,6 +293,12 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"Trainer: checkpoint {path!r} does not fit this model/optimizer: {e}") from e
         _random.set_rng_state(rng_state)
+        if self.distributed:
+            rank_rngs = json.loads(str(state["rank_rngs"])) if "rank_rngs" in state else []
+            if len(rank_rngs) == _dist.world_size():
+                _random.set_rng_state(rank_rngs[_dist.rank()])
+            else:  # saved by a run on another number of ranks
+                _split_random_stream()
         if train_loader is not None and "loader" in state and hasattr(train_loader, "load_state_dict"):
             train_loader.load_state_dict(state["loader"])
         self.epoch = epoch

@@ -265,3 +265,68 @@ def test_max_passes_a_float32_gradient_to_the_kernels_before_it():
     w = Tensor(np.full((4, 3, 3), 0.1, np.float32), requires_grad=True)
     F.conv1d(x, w).max(axis=2).sum().backward()
     assert x.grad.dtype == w.grad.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Hooks: post-accumulate-grad hooks and end-of-pass callbacks (what data-parallel training uses)
+
+
+def test_post_accumulate_grad_hook_runs_once_when_the_gradient_is_final():
+    from pyconv.autograd.engine import queue_callback
+
+    x, w = t((3,), 1), t((3,), 2)
+    events = []
+    w.register_post_accumulate_grad_hook(lambda p: events.append(("w", p.grad.copy())))
+    x.register_post_accumulate_grad_hook(lambda p: events.append(("x", p.grad.copy())))
+    x.register_post_accumulate_grad_hook(lambda p: queue_callback(lambda: events.append("end")))
+    y = (x * w * x).sum() + (w * 3).sum()  # x used twice in one product, w in two branches
+    y.backward()
+    names = [e if isinstance(e, str) else e[0] for e in events]
+    assert sorted(names[:2]) == ["w", "x"] and names[2:] == ["end"]
+    grads = dict(e for e in events if not isinstance(e, str))
+    np.testing.assert_allclose(grads["x"], 2 * x.data * w.data)  # every contribution is in
+    np.testing.assert_allclose(grads["w"], x.data ** 2 + 3)
+
+
+def test_hooks_of_the_last_layer_run_before_those_of_the_first():
+    from pyconv import nn
+
+    pyconv.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    order = []
+    for name, p in model.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, name=name: order.append((name, p.grad is not None)))
+    model(Tensor(np.ones((2, 3), np.float32))).sum().backward()
+    assert {n for n, _ in order} == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert all(has_grad for _, has_grad in order)
+    assert max(order.index(("2.weight", True)), order.index(("2.bias", True))) < \
+        min(order.index(("0.weight", True)), order.index(("0.bias", True)))
+
+
+def test_hook_removal_frozen_tensors_and_misuse():
+    from pyconv.autograd.engine import queue_callback
+
+    x, frozen = t((2,), 1), t((2,), 2, requires_grad=False)
+    calls = []
+    handle = x.register_post_accumulate_grad_hook(lambda p: calls.append(1))
+    frozen.register_post_accumulate_grad_hook(lambda p: calls.append("frozen"))
+    (x * frozen).sum().backward()
+    handle.remove()
+    handle.remove()  # a second remove does nothing
+    (x * frozen).sum().backward()
+    assert calls == [1]
+    with pytest.raises(RuntimeError, match="leaf"):
+        (x * 2).register_post_accumulate_grad_hook(lambda p: None)
+    with pytest.raises(TypeError, match="callable"):
+        x.register_post_accumulate_grad_hook(3)
+    with pytest.raises(RuntimeError, match="no backward pass"):
+        queue_callback(lambda: None)
+
+
+def test_a_hook_on_a_root_leaf_and_on_an_unused_input():
+    x, unused = t((2,), 1), t((2,), 2)
+    calls = []
+    x.register_post_accumulate_grad_hook(lambda p: calls.append("x"))
+    unused.register_post_accumulate_grad_hook(lambda p: calls.append("unused"))
+    x.backward(np.ones(2))  # the root is the leaf itself
+    assert calls == ["x"]

@@ -129,3 +129,52 @@ def test_synthetic_sets():
     assert x.shape == (50, 3) and set(y) <= set(range(4))
     imgs, labels = data.synthetic_images(10, 6)
     assert imgs.shape == (10, 1, 6, 6) and set(labels) <= {0, 1}
+
+
+@pytest.mark.parametrize("n, world_size", [(12, 3), (10, 3), (7, 2), (2, 4)])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_dataloader_shards_cover_the_epoch(n, world_size, drop_last):
+    """The ranks' shards are disjoint and cover the epoch once; when world_size does not divide
+    n, padding repeats the epoch's first samples, drop_last leaves its last ones out."""
+    for epoch_seed in (0, 1):
+        order = np.random.default_rng(epoch_seed).permutation(n)
+        shards = []
+        for rank in range(world_size):
+            loader = data.DataLoader(np.arange(n), 2, shuffle=True, seed=epoch_seed, drop_last=drop_last,
+                                     rank=rank, world_size=world_size)
+            batches = list(loader)
+            assert len(batches) == len(loader)
+            shards.append(np.concatenate(batches) if batches else np.array([], int))
+        if drop_last:
+            per_rank = (n // world_size) // 2 * 2  # then each rank's last partial batch goes
+            assert all(len(s) == per_rank for s in shards)
+            seen = np.concatenate(shards)
+            assert len(set(seen.tolist())) == len(seen)  # no sample twice
+            assert set(seen.tolist()) <= set(order[:n // world_size * world_size].tolist())
+        else:
+            per_rank = -(-n // world_size)
+            assert all(len(s) == per_rank for s in shards)
+            seen = np.concatenate(shards)
+            assert sorted(seen.tolist()) == sorted(np.resize(order, per_rank * world_size).tolist())
+            assert set(seen.tolist()) == set(range(n))  # every sample at least once
+
+
+def test_dataloader_shards_follow_the_shared_seed_and_check_their_arguments():
+    a = [list(b) for b in data.DataLoader(np.arange(20), 5, shuffle=True, seed=3, rank=0, world_size=2)]
+    b = [list(b) for b in data.DataLoader(np.arange(20), 5, shuffle=True, seed=3, rank=1, world_size=2)]
+    order = np.random.default_rng(3).permutation(20)
+    assert sum(a, []) == order[0::2].tolist() and sum(b, []) == order[1::2].tolist()
+    with pytest.raises(ValueError, match="rank"):
+        data.DataLoader(np.arange(4), 2, rank=2, world_size=2)
+    with pytest.raises(TypeError, match="world_size"):
+        data.DataLoader(np.arange(4), 2, rank=0)
+
+
+def test_text_streams_shards_are_disjoint_streams():
+    ids = np.arange(101)
+    whole = data.TextStreams(ids, batch_size=4, seq_len=5)
+    parts = [data.TextStreams(ids, batch_size=2, seq_len=5, rank=r, world_size=2) for r in range(2)]
+    for (x, y, first), (x0, y0, f0), (x1, y1, f1) in zip(whole, *parts):
+        np.testing.assert_array_equal(x, np.concatenate([x0, x1]))
+        np.testing.assert_array_equal(y, np.concatenate([y0, y1]))
+        assert first[0] == f0[0] == f1[0]

@@ -15,7 +15,7 @@ LAYERS = [
     ("ops",),
     ("autograd",),
     ("testing", "nn"),
-    ("optim", "data"),
+    ("optim", "data", "distributed"),
     ("train",),
     ("models",),
     ("pictures", "recipes", "bench"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine import run_backward
+from .engine import RemovableHandle, run_backward
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "array_module"]
 
@@ -102,7 +102,8 @@ class Tensor:
     """An array with an optional gradient. ``data`` is the array (NumPy or CuPy), ``grad``
     the accumulated gradient (same shape) or None."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_creator", "_index", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_creator", "_index", "_post_accumulate_grad_hooks",
+                 "__weakref__")
     __array_ufunc__ = None  # ndarray <op> Tensor defers to Tensor's reflected operator
 
     def __init__(self, data, requires_grad=False):
@@ -117,6 +118,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self._creator = None  # the Function that produced this tensor (None for a leaf)
         self._index = 0  # which output of _creator this is
+        self._post_accumulate_grad_hooks = None  # {key: hook}, see register_post_accumulate_grad_hook
 
     @classmethod
     def _from_function(cls, data, creator, index):
@@ -124,6 +126,7 @@ class Tensor:
             data = np.asarray(data)
         t = object.__new__(cls)
         t.data, t.grad, t._creator, t._index = data, None, creator, index
+        t._post_accumulate_grad_hooks = None
         t.requires_grad = creator is not None
         return t
 
@@ -199,6 +202,20 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward: grad has shape {tuple(grad.shape)}, expected {self.shape}")
         run_backward(self, grad)
+
+    def register_post_accumulate_grad_hook(self, hook) -> "RemovableHandle":
+        """Calls ``hook(self)`` during every backward pass as soon as this leaf's ``.grad`` is
+        final for that pass (every Function that uses the tensor has delivered its gradient),
+        while the rest of the backward pass is still to run; data-parallel training starts
+        averaging gradients there. Returns a handle whose ``remove()`` unregisters the hook."""
+        if self._creator is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor (one made by "
+                               "the user, such as a parameter) accumulates a gradient")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        return RemovableHandle(self._post_accumulate_grad_hooks, hook)
 
     # -- arithmetic (broadcasting as NumPy; gradients summed back to each operand's shape)
     def __add__(self, other):

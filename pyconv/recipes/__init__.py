@@ -40,16 +40,32 @@ def _format(value):
 
 
 def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resume=False, seed=0,
-          limit=None, progress=True, print_fn=print, options=None) -> dict:
+          limit=None, progress=True, print_fn=print, options=None, distributed=None) -> dict:
     """Trains model `name` and writes into `out`: checkpoint.npz (the Trainer's checkpoint,
     also what ``pyconv sample`` reads), history.json (per-epoch logs, the final summary and
     the timing), loss.png and the model's pictures. `options`: model-specific settings (the
     recipe's ``options``, e.g. ``{"levels": 256, "conditional": True}`` for pixelcnn). Returns
-    the history.json content."""
+    the history.json content.
+
+    distributed: data-parallel over the MPI ranks this process was launched with (None: when
+    there are several); each rank trains on its shard of every epoch with `batch_size` samples
+    per step, and rank 0 alone prints, measures the model after training and writes the
+    files. The other ranks return None once training is over."""
     import json
     import time
 
-    from .. import manual_seed
+    from .. import distributed as dist
+    from .. import get_num_threads, manual_seed
+
+    if distributed is None:
+        distributed = dist.init() > 1
+    elif distributed:
+        dist.init()
+    main = not distributed or dist.is_main()
+    if not main:
+        def print_fn(*args, **kwargs):
+            pass
+        progress = False
 
     recipe = RECIPES[name].with_options(**(options or {}))
     epochs = epochs or recipe.epochs
@@ -66,12 +82,16 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     model = recipe.build(config)
     metadata = {"model": name, "config": json.dumps(config), "data": spec}
     trainer = recipe.trainer(model, lr, checkpoint_path=os.path.join(out, "checkpoint.npz"),
-                             progress=progress, metadata=metadata)
-    loader = recipe.train_loader(dataset, batch_size, seed)
+                             progress=progress, metadata=metadata, distributed=distributed)
+    ranks = dist.world_size() if distributed else 1
+    loader = recipe.train_loader(dataset, batch_size, seed, rank=dist.rank() if distributed else 0,
+                                 world_size=ranks)
     val = recipe.val_loader(dataset, batch_size)
     n_train = len(dataset["train"][0])
+    threads = get_num_threads()
+    on_ranks = f" on {ranks} ranks x {threads} thread{'s' * (threads != 1)}" if distributed else ""
     print_fn(f"{name}: {recipe.description}; {n_train} training samples from {spec!r}, "
-             f"{sum(p.size for p in model.parameters()):,} parameters, {epochs} epochs")
+             f"{sum(p.size for p in model.parameters()):,} parameters, {epochs} epochs{on_ranks}")
 
     start = time.perf_counter()
     epoch_start = [start]
@@ -79,7 +99,8 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     def on_epoch_end(trainer, logs):
         for opt in trainer.optimizers.values():
             opt.lr = lr * recipe.lr_decay ** trainer.epoch
-        logs.update(recipe.epoch_metrics(trainer, dataset, out))
+        if main:  # held-out figures and pictures: the replicas are equal, one rank measures
+            logs.update(recipe.epoch_metrics(trainer, dataset, out))
         now = time.perf_counter()
         logs["seconds"] = now - epoch_start[0]
         epoch_start[0] = now
@@ -88,6 +109,8 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
 
     history = trainer.fit(loader, epochs, val_loader=val, resume=resume, on_epoch_end=on_epoch_end)
     train_seconds = time.perf_counter() - start
+    if not main:
+        return None
     summary = recipe.summary(trainer, dataset)
     files = [os.path.join(out, "checkpoint.npz")]
     if history:

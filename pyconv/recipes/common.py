@@ -103,7 +103,8 @@ def train_classifier(x, y, epochs=8, seed=0, lr=2e-3):
     from ..train import Trainer
 
     model = small_classifier(x.shape[-1], int(y.max()) + 1, seed)
-    trainer = Trainer(model, Adam(model.parameters(), lr=lr), progress=False)
+    # distributed=False: only one rank judges the samples, after training
+    trainer = Trainer(model, Adam(model.parameters(), lr=lr), progress=False, distributed=False)
     trainer.fit(_data.DataLoader((x, y), 32, shuffle=True, seed=seed), epochs)
     return model
 
@@ -168,8 +169,10 @@ class Recipe:
 
         return Trainer(model, Adam(model.parameters(), lr=lr), **kwargs)
 
-    def train_loader(self, data, batch_size, seed):
-        return _data.DataLoader(data["train"], batch_size, shuffle=True, seed=seed)
+    def train_loader(self, data, batch_size, seed, rank=0, world_size=1):
+        """The training batches; with several ranks, this rank's shard of each epoch."""
+        return _data.DataLoader(data["train"], batch_size, shuffle=True, seed=seed,
+                                rank=rank, world_size=world_size)
 
     def val_loader(self, data, batch_size):
         return None

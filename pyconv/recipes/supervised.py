@@ -17,10 +17,10 @@ class LeNetRecipe(Recipe):
     epochs, batch_size, lr = 30, 32, 2e-3
     lr_decay = 0.9
 
-    def train_loader(self, data, batch_size, seed):
+    def train_loader(self, data, batch_size, seed, rank=0, world_size=1):
         # shifts of up to 2 of the 32 pixels: the 1437 training digits alone overfit
         return _data.DataLoader(data["train"], batch_size, shuffle=True, seed=seed,
-                                transform=_data.random_shift(2))
+                                transform=_data.random_shift(2), rank=rank, world_size=world_size)
 
     def load_data(self, spec, seed=0, limit=None):
         x_train, y_train, x_test, y_test = load_images(spec, 32, seed, limit)

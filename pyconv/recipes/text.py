@@ -41,10 +41,10 @@ class CharLSTMRecipe(Recipe):
 
         return CharLSTM(**config)
 
-    def train_loader(self, data, batch_size, seed):
+    def train_loader(self, data, batch_size, seed, rank=0, world_size=1):
         model_vocab = {ch: i for i, ch in enumerate(data["vocab"])}
         ids = np.array([model_vocab[ch] for ch in data["train_text"]], np.int64)
-        return _data.TextStreams(ids, batch_size, self.seq_len)
+        return _data.TextStreams(ids, batch_size, self.seq_len, rank=rank, world_size=world_size)
 
     def trainer(self, model, lr, **kwargs):
         from ..optim import Adam
@@ -100,7 +100,7 @@ class CharLSTMRecipe(Recipe):
         config = dict(model.config, cell="rnn")
         manual_seed(0)
         rnn = self.build(config)
-        rnn_trainer = self.trainer(rnn, trainer.optimizer.lr, progress=False)
+        rnn_trainer = self.trainer(rnn, trainer.optimizer.lr, progress=False, distributed=False)
         loader = self.train_loader(data, data["batch_size"], 0)
         rnn_trainer.fit(loader, trainer.epoch)
         out["rnn_test_bits_per_char"] = rnn.bits_per_char(test_ids)

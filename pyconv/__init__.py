@@ -131,7 +131,7 @@ def info() -> dict:
     return out
 
 
-_LAZY_SUBMODULES = ("nn", "optim", "data", "train", "models", "filters", "onnx")
+_LAZY_SUBMODULES = ("nn", "optim", "data", "train", "models", "filters", "onnx", "distributed")
 
 
 def __getattr__(name):

@@ -14,7 +14,7 @@ LAYERS = [
     ("backends", "_C"),
     ("ops",),
     ("autograd",),
-    ("testing", "nn"),
+    ("testing", "nn", "onnx"),
     ("optim", "data", "distributed"),
     ("train",),
     ("models",),

@@ -131,6 +131,33 @@ def check_array(op, name, a, ndim=None, *, allow_none=False):
         raise ValueError(f"{op}: {name} must be {want}, got shape {shape_of(a)}")
 
 
+def check_batch_optional(op, name, a, layout, batch_axis=0):
+    """`a` must be an array laid out as `layout` (one letter per axis, e.g. "NCHW"), or as
+    `layout` without its batch axis (PyTorch's unbatched input: one sample). Returns a's shape
+    with the batch axis, of size 1 where it was left out, and whether it was."""
+    check_array(op, name, a)
+    batched = tuple(layout)
+    unbatched = batched[:batch_axis] + batched[batch_axis + 1:]
+    if a.ndim == len(batched):
+        return tuple(a.shape), False
+    if a.ndim == len(unbatched):
+        shape = tuple(a.shape)
+        return shape[:batch_axis] + (1,) + shape[batch_axis:], True
+    def spelled(axes):
+        return "(" + ", ".join(axes) + ("," if len(axes) == 1 else "") + ")"
+
+    raise ValueError(
+        f"{op}: {name} must be {len(unbatched)}-D {spelled(unbatched)} or "
+        f"{len(batched)}-D {spelled(batched)}, got shape {shape_of(a)}"
+    )
+
+
+def without_batch(shape, unbatched, batch_axis=0):
+    """`shape` less its batch axis where the call was unbatched (see check_batch_optional)."""
+    shape = tuple(shape)
+    return shape[:batch_axis] + shape[batch_axis + 1:] if unbatched else shape
+
+
 def check_float_dtypes(op, **arrays):
     """All given (non-None) arrays must share one dtype, float32 or float64."""
     dtype = None
@@ -197,8 +224,11 @@ def ntuple(op, name, value, n, *, minimum):
 
 
 def check_shape_tuple(op, name, shape, n):
-    if not isinstance(shape, (tuple, list)) or len(shape) != n:
-        raise ValueError(f"{op}: {name} must be a {n}-tuple of ints, got {shape!r}")
+    """A tuple of positive ints of length n (or of any length in the tuple n)."""
+    lengths = n if isinstance(n, tuple) else (n,)
+    if not isinstance(shape, (tuple, list)) or len(shape) not in lengths:
+        want = " or ".join(f"{k}-tuple" for k in lengths)
+        raise ValueError(f"{op}: {name} must be a {want} of ints, got {shape!r}")
     out = tuple(_int(op, name, v) for v in shape)
     if any(v < 1 for v in out):
         raise ValueError(f"{op}: {name} must hold positive sizes, got {shape!r}")

@@ -7,8 +7,22 @@ Layouts are NCHW (NCL for 1-D); weights as PyTorch; float32 or float64; index ar
 Outputs are new C-contiguous arrays. Arguments out of the supported ranges (``pyconv._spec``)
 raise ValueError before any backend runs; an output too large for the memory at hand raises
 MemoryError naming the op.
+
+Unbatched inputs: as PyTorch, the convolutions, pooling and unpooling also take one sample
+without its batch axis ((C, H, W), or (C, L) for conv1d), the LSTM cell x (I,) with states
+(H,), and the LSTM sequence x (T, I) with states (H,); their outputs and gradients then have
+no batch axis either. They run as a batch of one: the axis is added and removed as views.
+
+Arrays from other libraries: any argument may be an array that speaks DLPack
+(``__dlpack__``: a PyTorch tensor, a JAX array, ...). It is taken without a copy, as a NumPy
+array when it is in host memory and as a CuPy array when it is in CUDA memory (by its
+``__dlpack_device__``), and the results are NumPy or CuPy arrays accordingly. A PyTorch
+tensor that requires grad cannot be exported: pass ``tensor.detach()``.
 """
 from __future__ import annotations
+
+import functools
+import inspect
 
 from . import _spec
 from .backends import LstmSaved as _LstmSaved
@@ -40,6 +54,24 @@ def _run(kernel: str, op: str, backend, arrays, *params):
         raise MemoryError(f"{op}: not enough memory on backend {be.name!r}: {e}") from e
 
 
+def _takes_dlpack(op):
+    """Lets the public op `op` take, for any array argument, another library's array that
+    speaks DLPack (see the module docstring): such arguments become NumPy or CuPy arrays on
+    the same memory before the op sees them."""
+    signature = inspect.signature(op)
+
+    @functools.wraps(op)
+    def taking_dlpack(*args, **kwargs):
+        if any(map(_spec.is_foreign_array, args)) or any(map(_spec.is_foreign_array, kwargs.values())):
+            bound = signature.bind(*args, **kwargs)
+            for name, value in bound.arguments.items():
+                bound.arguments[name] = _spec.from_dlpack(op.__name__, name, value)
+            args, kwargs = bound.args, bound.kwargs
+        return op(*args, **kwargs)
+
+    return taking_dlpack
+
+
 def _as_int64(a):
     return a if a.dtype == "int64" else a.astype("int64")
 
@@ -64,6 +96,7 @@ class _BatchAxis:
 # Convolution. conv1d runs as the conv2d with H = 1.
 
 
+@_takes_dlpack
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
@@ -76,6 +109,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=N
     return batch.drop(_run("conv2d", "conv2d", backend, (batch.add(x), w, b), g))
 
 
+@_takes_dlpack
 def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
     """1-D cross-correlation, as ``torch.nn.functional.conv1d``: x (N, C, L) or unbatched
     (C, L), w (K, C/groups, R)."""
@@ -99,6 +133,7 @@ def _conv_backward(op, grad_out, x, w, g, needs, backend):
     return grad_x, grad_w, grad_b
 
 
+@_takes_dlpack
 def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
                     needs=(True, True, True), *, backend=None):
     """Gradients of :func:`conv2d` -> ``(grad_x, grad_w, grad_b)``, None where ``needs`` is False.
@@ -110,6 +145,7 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     return batch.drop(gx), gw, gb
 
 
+@_takes_dlpack
 def conv1d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
                     needs=(True, True, True), *, backend=None):
     """Gradients of :func:`conv1d` -> ``(grad_x, grad_w, grad_b)`` (grad_x unbatched for an
@@ -127,6 +163,7 @@ def conv1d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     )
 
 
+@_takes_dlpack
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                      *, backend=None):
     """Transpose convolution, as ``torch.nn.functional.conv_transpose2d``.
@@ -144,6 +181,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
     return batch.drop(y)
 
 
+@_takes_dlpack
 def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_padding=0, groups=1,
                               dilation=1, needs=(True, True, True), *, backend=None):
     """Gradients of :func:`conv_transpose2d` -> ``(grad_x, grad_w, grad_b)``.
@@ -171,6 +209,7 @@ def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_paddin
 # Pooling
 
 
+@_takes_dlpack
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, backend=None):
     """Max pooling, as ``torch.nn.functional.max_pool2d``.
@@ -184,6 +223,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (batch.drop(y), batch.drop(idx)) if return_indices else batch.drop(y)
 
 
+@_takes_dlpack
 def max_pool2d_backward(grad_out, indices, input_shape, *, backend=None):
     """Gradient of max pooling: grad_out scattered (added) into a zero array of ``input_shape``
     ((N, C, H, W), or unbatched (C, H, W)) at ``indices``."""
@@ -193,6 +233,7 @@ def max_pool2d_backward(grad_out, indices, input_shape, *, backend=None):
                            (batch.add(grad_out), batch.add(_as_int64(indices))), shape))
 
 
+@_takes_dlpack
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, backend=None):
     """Average pooling, as ``torch.nn.functional.avg_pool2d``: x (N, C, H, W) or unbatched
@@ -203,6 +244,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
                            bool(count_include_pad), divisor))
 
 
+@_takes_dlpack
 def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
                         *, backend=None):
@@ -215,6 +257,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
                            (batch.add(grad_out),), g, bool(count_include_pad), divisor))
 
 
+@_takes_dlpack
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
     """Inverse of max pooling, as ``torch.nn.functional.max_unpool2d``: zeros except
     ``y.flat-per-plane[indices] = x``. Repeated indices: the last one in row-major order wins.
@@ -229,6 +272,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
 # LSTM (gate rows i, f, g, o as PyTorch)
 
 
+@_takes_dlpack
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step, as ``torch.nn.LSTMCell`` -> ``(h_new, c_new)``.
 
@@ -242,6 +286,7 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     return batch.drop(h_new), batch.drop(c_new)
 
 
+@_takes_dlpack
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """Gradients of :func:`lstm_cell` -> ``(grad_x, grad_h_prev, grad_c_prev, grad_w_ih,
     grad_w_hh, grad_b_ih, grad_b_hh)`` (bias gradients None where the bias is None).
@@ -257,6 +302,7 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None
     return (batch.drop(grad_x), batch.drop(grad_h), batch.drop(grad_c), *grad_weights)
 
 
+@_takes_dlpack
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None, save_for_backward=False):
     """A single-layer LSTM over a whole sequence: x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``
     with h0, c0, h_T and c_T (B, H); unbatched, x (T, I) -> out (T, H) with states (H,).
@@ -277,6 +323,7 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None, save_for_
     return (out, state, saved) if save_for_backward else (out, state)
 
 
+@_takes_dlpack
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None,
                   *, backend=None, saved=None):
     """Backpropagation through time of :func:`lstm` -> ``(grad_x, grad_h0, grad_c0, grad_w_ih,
@@ -316,6 +363,7 @@ def _zeros_like_if_none(g, like, shape):
 # Boxes (x1, y1, x2, y2)
 
 
+@_takes_dlpack
 def box_iou(boxes1, boxes2, *, backend=None):
     """Pairwise IoU -> (N, M), as ``torchvision.ops.box_iou``. Boxes with x2 < x1 or y2 < y1
     count as empty; the IoU of two boxes whose union is empty is 0.
@@ -332,6 +380,7 @@ def box_iou(boxes1, boxes2, *, backend=None):
     return _run("box_iou", "box_iou", backend, (boxes1, boxes2))
 
 
+@_takes_dlpack
 def nms(boxes, scores, iou_threshold, *, backend=None):
     """Greedy non-maximum suppression, as ``torchvision.ops.nms`` -> int64 indices of the kept
     boxes by decreasing score. A box is dropped when its IoU with a kept, higher-scored box is
@@ -345,6 +394,7 @@ def nms(boxes, scores, iou_threshold, *, backend=None):
     return _run("nms", "nms", backend, (boxes, scores), thr)
 
 
+@_takes_dlpack
 def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
     """NMS within each category ``idxs`` (boxes of different categories never suppress each
     other), as ``torchvision.ops.batched_nms`` -> kept indices by decreasing score."""
@@ -356,6 +406,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
 # Elementwise activations
 
 
+@_takes_dlpack
 def leaky_relu(x, negative_slope=0.01, *, backend=None):
     """``x`` where ``x > 0``, else ``negative_slope * x``, as ``torch.nn.functional.leaky_relu``
     (a slope of 0 is ReLU). Any shape; NaN stays NaN."""
@@ -363,6 +414,7 @@ def leaky_relu(x, negative_slope=0.01, *, backend=None):
     return _run("leaky_relu", "leaky_relu", backend, (x,), slope)
 
 
+@_takes_dlpack
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
     """Gradient of :func:`leaky_relu` at ``x``: ``grad_out`` where ``x > 0``, else
     ``negative_slope * grad_out`` (at 0 the slope, as PyTorch)."""

@@ -33,7 +33,8 @@ from .boxes import batched_nms, box_iou, nms
 from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
                    conv_transpose2d_backward)
 from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
-                   check_array, check_batch_optional, check_float_dtypes, shape_of, without_batch)
+                   check_array, check_batch_optional, check_float_dtypes, from_dlpack,
+                   is_foreign_array, shape_of, without_batch)
 from .elementwise import leaky_relu, leaky_relu_backward
 from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
@@ -42,6 +43,7 @@ from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backw
 __all__ = [
     "FLOAT_DTYPES", "SIZE_LIMIT", "MAX_BOXES", "ConvGeom", "PoolGeom", "ShapeDtype", "array_kind",
     "check_array", "check_batch_optional", "check_float_dtypes", "shape_of", "without_batch",
+    "from_dlpack", "is_foreign_array",
     "conv1d", "conv2d", "conv_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",

@@ -113,6 +113,45 @@ def array_kind(a) -> str:
     raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
 
 
+# DLPack device types (DLDeviceType in dlpack.h) whose memory pyconv takes.
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
+
+
+def is_foreign_array(a) -> bool:
+    """Whether `a` is another library's array that speaks DLPack (a PyTorch tensor, a JAX
+    array, ...): neither a NumPy nor a CuPy array, but with ``__dlpack__``."""
+    if isinstance(a, (np.ndarray, ShapeDtype)) or not hasattr(a, "__dlpack__"):
+        return False
+    return type(a).__module__.split(".")[0] != "cupy"
+
+
+def from_dlpack(op, name, a):
+    """`a` as a NumPy array (host memory) or CuPy array (CUDA memory) sharing its memory, where
+    it is a foreign array (see is_foreign_array); anything else is returned as it is, for the
+    checks that follow to judge. A PyTorch tensor that requires grad cannot be exported (the
+    copy would leave the graph): TypeError telling to detach it."""
+    if not is_foreign_array(a):
+        return a
+    if getattr(a, "requires_grad", False):
+        raise TypeError(f"{op}: {name} is a tensor that requires grad, which DLPack cannot export: "
+                        f"pass {name}.detach()")
+    try:
+        device = a.__dlpack_device__()[0]
+        if device == _DLPACK_CPU:
+            return np.from_dlpack(a)
+        if device == _DLPACK_CUDA:
+            try:
+                import cupy
+            except ImportError:
+                raise TypeError(f"{op}: {name} is in CUDA memory; taking it needs CuPy, which is "
+                                "not installed") from None
+            return cupy.from_dlpack(a)
+    except (BufferError, RuntimeError, ValueError) as e:
+        raise TypeError(f"{op}: {name} ({type(a).__name__}) could not be taken through DLPack: {e}") from e
+    raise TypeError(f"{op}: {name} is on DLPack device type {device}; pyconv takes host memory "
+                    f"({_DLPACK_CPU}) and CUDA memory ({_DLPACK_CUDA})")
+
+
 def check_array(op, name, a, ndim=None, *, allow_none=False):
     """`a` must be a NumPy or CuPy array (or a ShapeDtype) of `ndim` dimensions."""
     if a is None:

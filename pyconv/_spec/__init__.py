@@ -19,6 +19,9 @@ Geometry conventions shared by every backend:
   conv1d is the conv2d with H = R = 1. A transpose convolution is described by the geometry of
   the direct convolution whose input gradient it is: its output is that convolution's input.
 * ``PoolGeom`` describes a pooling window: input (N, C, H, W) -> output (N, C, Ho, Wo).
+* An unbatched call (one sample without its batch axis, as PyTorch allows: (C, H, W), (C, L),
+  an LSTM's (I,) or (T, I) with (H,) states) is checked as such, so that its errors show the
+  shapes given, and described as a batch of one (N = 1 in the geometry).
 
 Ranges. Kernels compute indices and byte offsets in signed 64-bit integers. So every integer
 argument lies in (-2**62, 2**62), and every quantity derived from the arguments that a kernel

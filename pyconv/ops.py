@@ -58,15 +58,16 @@ def _takes_dlpack(op):
     """Lets the public op `op` take, for any array argument, another library's array that
     speaks DLPack (see the module docstring): such arguments become NumPy or CuPy arrays on
     the same memory before the op sees them."""
-    signature = inspect.signature(op)
+    names = tuple(inspect.signature(op).parameters)
 
     @functools.wraps(op)
     def taking_dlpack(*args, **kwargs):
         if any(map(_spec.is_foreign_array, args)) or any(map(_spec.is_foreign_array, kwargs.values())):
-            bound = signature.bind(*args, **kwargs)
-            for name, value in bound.arguments.items():
-                bound.arguments[name] = _spec.from_dlpack(op.__name__, name, value)
-            args, kwargs = bound.args, bound.kwargs
+            # Positional arguments beyond the signature pass through, for the call to refuse.
+            args = tuple(_spec.from_dlpack(op.__name__, name, value)
+                         for name, value in zip(names, args)) + args[len(names):]
+            kwargs = {name: _spec.from_dlpack(op.__name__, name, value)
+                      for name, value in kwargs.items()}
         return op(*args, **kwargs)
 
     return taking_dlpack

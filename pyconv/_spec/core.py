@@ -182,6 +182,7 @@ def check_batch_optional(op, name, a, layout, batch_axis=0):
     if a.ndim == len(unbatched):
         shape = tuple(a.shape)
         return shape[:batch_axis] + (1,) + shape[batch_axis:], True
+
     def spelled(axes):
         return "(" + ", ".join(axes) + ("," if len(axes) == 1 else "") + ")"
 

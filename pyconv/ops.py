@@ -7,8 +7,22 @@ Layouts are NCHW (NCL for 1-D); weights as PyTorch; float32 or float64; index ar
 Outputs are new C-contiguous arrays. Arguments out of the supported ranges (``pyconv._spec``)
 raise ValueError before any backend runs; an output too large for the memory at hand raises
 MemoryError naming the op.
+
+Unbatched inputs: as PyTorch, the convolutions, pooling and unpooling also take one sample
+without its batch axis ((C, H, W), or (C, L) for conv1d), the LSTM cell x (I,) with states
+(H,), and the LSTM sequence x (T, I) with states (H,); their outputs and gradients then have
+no batch axis either. They run as a batch of one: the axis is added and removed as views.
+
+Arrays from other libraries: any argument may be an array that speaks DLPack
+(``__dlpack__``: a PyTorch tensor, a JAX array, ...). It is taken without a copy, as a NumPy
+array when it is in host memory and as a CuPy array when it is in CUDA memory (by its
+``__dlpack_device__``), and the results are NumPy or CuPy arrays accordingly. A PyTorch
+tensor that requires grad cannot be exported: pass ``tensor.detach()``.
 """
 from __future__ import annotations
+
+import functools
+import inspect
 
 from . import _spec
 from .backends import LstmSaved as _LstmSaved
@@ -40,29 +54,71 @@ def _run(kernel: str, op: str, backend, arrays, *params):
         raise MemoryError(f"{op}: not enough memory on backend {be.name!r}: {e}") from e
 
 
+def _takes_dlpack(op):
+    """Lets the public op `op` take, for any array argument, another library's array that
+    speaks DLPack (see the module docstring): such arguments become NumPy or CuPy arrays on
+    the same memory before the op sees them."""
+    names = tuple(inspect.signature(op).parameters)
+
+    @functools.wraps(op)
+    def taking_dlpack(*args, **kwargs):
+        if any(map(_spec.is_foreign_array, args)) or any(map(_spec.is_foreign_array, kwargs.values())):
+            # Positional arguments beyond the signature pass through, for the call to refuse.
+            args = tuple(_spec.from_dlpack(op.__name__, name, value)
+                         for name, value in zip(names, args)) + args[len(names):]
+            kwargs = {name: _spec.from_dlpack(op.__name__, name, value)
+                      for name, value in kwargs.items()}
+        return op(*args, **kwargs)
+
+    return taking_dlpack
+
+
 def _as_int64(a):
     return a if a.dtype == "int64" else a.astype("int64")
+
+
+class _BatchAxis:
+    """An op called on one sample, its batch axis left out (as PyTorch allows), runs as a batch
+    of one: ``add`` gives an input that axis, of size 1, and ``drop`` takes it from an output,
+    both as views (no copy). For a batched call both return their argument unchanged.
+    `reference` is the argument whose rank tells, `batched_ndim` its rank with a batch axis."""
+
+    def __init__(self, reference, batched_ndim):
+        self.missing = reference.ndim == batched_ndim - 1
+
+    def add(self, a, axis=0):
+        return a if a is None or not self.missing else a[(slice(None),) * axis + (None,)]
+
+    def drop(self, a, axis=0):
+        return a if a is None or not self.missing else a[(slice(None),) * axis + (0,)]
 
 
 # --------------------------------------------------------------------------------------------
 # Convolution. conv1d runs as the conv2d with H = 1.
 
 
+@_takes_dlpack
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
-    x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> (N, K, Ho, Wo). ``padding`` is an
-    int, a pair, ``"valid"`` or ``"same"`` (stride 1; the odd pixel of padding goes bottom/right).
+    x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> (N, K, Ho, Wo); an unbatched x
+    (C, H, W) gives (K, Ho, Wo). ``padding`` is an int, a pair, ``"valid"`` or ``"same"``
+    (stride 1; the odd pixel of padding goes bottom/right).
     """
     g = _spec.conv2d(x, w, b, stride, padding, dilation, groups)
-    return _run("conv2d", "conv2d", backend, (x, w, b), g)
+    batch = _BatchAxis(x, 4)
+    return batch.drop(_run("conv2d", "conv2d", backend, (batch.add(x), w, b), g))
 
 
+@_takes_dlpack
 def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
-    """1-D cross-correlation, as ``torch.nn.functional.conv1d``: x (N, C, L), w (K, C/groups, R)."""
+    """1-D cross-correlation, as ``torch.nn.functional.conv1d``: x (N, C, L) or unbatched
+    (C, L), w (K, C/groups, R)."""
     g = _spec.conv1d(x, w, b, stride, padding, dilation, groups)
+    batch = _BatchAxis(x, 3)
+    x = batch.add(x)
     y = _run("conv2d", "conv1d", backend, (x[:, :, None, :], w[:, :, None, :], b), g)
-    return y.reshape(g.N, g.K, g.Wo)
+    return batch.drop(y.reshape(g.N, g.K, g.Wo))
 
 
 def _conv_backward(op, grad_out, x, w, g, needs, backend):
@@ -78,43 +134,55 @@ def _conv_backward(op, grad_out, x, w, g, needs, backend):
     return grad_x, grad_w, grad_b
 
 
+@_takes_dlpack
 def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
                     needs=(True, True, True), *, backend=None):
-    """Gradients of :func:`conv2d` -> ``(grad_x, grad_w, grad_b)``, None where ``needs`` is False."""
+    """Gradients of :func:`conv2d` -> ``(grad_x, grad_w, grad_b)``, None where ``needs`` is False.
+    An unbatched call (x (C, H, W), grad_out (K, Ho, Wo)) gives an unbatched grad_x."""
     g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 2)
-    return _conv_backward("conv2d_backward", grad_out, x, w, g, needs, backend)
+    batch = _BatchAxis(x, 4)
+    gx, gw, gb = _conv_backward("conv2d_backward", batch.add(grad_out), batch.add(x), w, g, needs,
+                                backend)
+    return batch.drop(gx), gw, gb
 
 
+@_takes_dlpack
 def conv1d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
                     needs=(True, True, True), *, backend=None):
-    """Gradients of :func:`conv1d` -> ``(grad_x, grad_w, grad_b)``."""
+    """Gradients of :func:`conv1d` -> ``(grad_x, grad_w, grad_b)`` (grad_x unbatched for an
+    unbatched call)."""
     g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 1)
+    batch = _BatchAxis(x, 3)
+    grad_out, x = batch.add(grad_out), batch.add(x)
     gx, gw, gb = _conv_backward(
         "conv1d_backward", grad_out[:, :, None, :], x[:, :, None, :], w[:, :, None, :], g, needs, backend
     )
     return (
-        None if gx is None else gx.reshape(x.shape),
+        None if gx is None else batch.drop(gx.reshape(x.shape)),
         None if gw is None else gw.reshape(w.shape),
         gb,
     )
 
 
+@_takes_dlpack
 def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                      *, backend=None):
     """Transpose convolution, as ``torch.nn.functional.conv_transpose2d``.
 
-    x (N, C, H, W), w (C, K/groups, R, S) -> (N, K, Ho, Wo) with
-    ``Ho = (H - 1)*stride - 2*padding + dilation*(R - 1) + output_padding + 1``. It is the input
-    gradient of the direct convolution that maps the output back to x, so backends run it with
-    the same kernel as conv2d's backward-data pass.
+    x (N, C, H, W), w (C, K/groups, R, S) -> (N, K, Ho, Wo), or unbatched (C, H, W) ->
+    (K, Ho, Wo), with ``Ho = (H - 1)*stride - 2*padding + dilation*(R - 1) + output_padding + 1``.
+    It is the input gradient of the direct convolution that maps the output back to x, so
+    backends run it with the same kernel as conv2d's backward-data pass.
     """
     g = _spec.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
-    y = _run("conv2d_grad_input", "conv_transpose2d", backend, (x, w), g)
+    batch = _BatchAxis(x, 4)
+    y = _run("conv2d_grad_input", "conv_transpose2d", backend, (batch.add(x), w), g)
     if b is not None:
         y += b.reshape(1, -1, 1, 1)
-    return y
+    return batch.drop(y)
 
 
+@_takes_dlpack
 def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_padding=0, groups=1,
                               dilation=1, needs=(True, True, True), *, backend=None):
     """Gradients of :func:`conv_transpose2d` -> ``(grad_x, grad_w, grad_b)``.
@@ -125,6 +193,8 @@ def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_paddin
     op = "conv_transpose2d_backward"
     g, needs = _spec.conv_transpose2d_backward(grad_out, x, w, stride, padding, output_padding,
                                                groups, dilation, needs)
+    batch = _BatchAxis(x, 4)
+    grad_out, x = batch.add(grad_out), batch.add(x)
     be = _resolve(backend, (grad_out, x, w), op)
     grad_x = grad_w = grad_b = None
     if needs[0]:
@@ -133,82 +203,110 @@ def conv_transpose2d_backward(grad_out, x, w, stride=1, padding=0, output_paddin
         grad_w = _run("conv2d_grad_weight", op, be.name, (x, grad_out), g)
     if needs[2]:
         grad_b = _run("conv2d_grad_bias", op, be.name, (grad_out,))
-    return grad_x, grad_w, grad_b
+    return batch.drop(grad_x), grad_w, grad_b
 
 
 # --------------------------------------------------------------------------------------------
 # Pooling
 
 
+@_takes_dlpack
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False, *, backend=None):
     """Max pooling, as ``torch.nn.functional.max_pool2d``.
 
-    Returns y, or ``(y, indices)`` with int64 flat offsets into each H*W input plane. A NaN in
-    a window propagates to its output.
+    x (N, C, H, W) or unbatched (C, H, W). Returns y, or ``(y, indices)`` with int64 flat
+    offsets into each H*W input plane. A NaN in a window propagates to its output.
     """
     g = _spec.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-    y, idx = _run("max_pool2d", "max_pool2d", backend, (x,), g, bool(return_indices))
-    return (y, idx) if return_indices else y
+    batch = _BatchAxis(x, 4)
+    y, idx = _run("max_pool2d", "max_pool2d", backend, (batch.add(x),), g, bool(return_indices))
+    return (batch.drop(y), batch.drop(idx)) if return_indices else batch.drop(y)
 
 
+@_takes_dlpack
 def max_pool2d_backward(grad_out, indices, input_shape, *, backend=None):
-    """Gradient of max pooling: grad_out scattered (added) into a zero (N, C, H, W) array at
-    ``indices``."""
+    """Gradient of max pooling: grad_out scattered (added) into a zero array of ``input_shape``
+    ((N, C, H, W), or unbatched (C, H, W)) at ``indices``."""
     shape = _spec.max_pool2d_backward(grad_out, indices, input_shape)
-    return _run("max_pool2d_backward", "max_pool2d_backward", backend,
-                (grad_out, _as_int64(indices)), shape)
+    batch = _BatchAxis(grad_out, 4)
+    return batch.drop(_run("max_pool2d_backward", "max_pool2d_backward", backend,
+                           (batch.add(grad_out), batch.add(_as_int64(indices))), shape))
 
 
+@_takes_dlpack
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, backend=None):
-    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``: x (N, C, H, W) or unbatched
+    (C, H, W)."""
     g, divisor = _spec.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, divisor_override)
-    return _run("avg_pool2d", "avg_pool2d", backend, (x,), g, bool(count_include_pad), divisor)
+    batch = _BatchAxis(x, 4)
+    return batch.drop(_run("avg_pool2d", "avg_pool2d", backend, (batch.add(x),), g,
+                           bool(count_include_pad), divisor))
 
 
+@_takes_dlpack
 def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
                         *, backend=None):
-    """Gradient of :func:`avg_pool2d` with respect to its input of shape ``input_shape``."""
+    """Gradient of :func:`avg_pool2d` with respect to its input of shape ``input_shape``
+    ((N, C, H, W), or unbatched (C, H, W))."""
     g, divisor = _spec.avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding,
                                            ceil_mode, divisor_override)
-    return _run("avg_pool2d_backward", "avg_pool2d_backward", backend, (grad_out,), g,
-                bool(count_include_pad), divisor)
+    batch = _BatchAxis(grad_out, 4)
+    return batch.drop(_run("avg_pool2d_backward", "avg_pool2d_backward", backend,
+                           (batch.add(grad_out),), g, bool(count_include_pad), divisor))
 
 
+@_takes_dlpack
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None, *, backend=None):
     """Inverse of max pooling, as ``torch.nn.functional.max_unpool2d``: zeros except
-    ``y.flat-per-plane[indices] = x``. Repeated indices: the last one in row-major order wins."""
+    ``y.flat-per-plane[indices] = x``. Repeated indices: the last one in row-major order wins.
+    x and indices (N, C, H, W), or unbatched (C, H, W)."""
     shape = _spec.max_unpool2d(x, indices, kernel_size, stride, padding, output_size)
-    return _run("max_unpool2d", "max_unpool2d", backend, (x, _as_int64(indices)), shape)
+    batch = _BatchAxis(x, 4)
+    return batch.drop(_run("max_unpool2d", "max_unpool2d", backend,
+                           (batch.add(x), batch.add(_as_int64(indices))), shape))
 
 
 # --------------------------------------------------------------------------------------------
 # LSTM (gate rows i, f, g, o as PyTorch)
 
 
+@_takes_dlpack
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step, as ``torch.nn.LSTMCell`` -> ``(h_new, c_new)``.
 
-    x (B, I), h and c (B, H), w_ih (4H, I), w_hh (4H, H), biases (4H,) or None.
+    x (B, I), h and c (B, H), w_ih (4H, I), w_hh (4H, H), biases (4H,) or None; unbatched, x (I,)
+    with h and c (H,).
     """
     _spec.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
-    return _run("lstm_cell", "lstm_cell", backend, (x, h, c, w_ih, w_hh, b_ih, b_hh))
+    batch = _BatchAxis(x, 2)
+    h_new, c_new = _run("lstm_cell", "lstm_cell", backend,
+                        (batch.add(x), batch.add(h), batch.add(c), w_ih, w_hh, b_ih, b_hh))
+    return batch.drop(h_new), batch.drop(c_new)
 
 
+@_takes_dlpack
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """Gradients of :func:`lstm_cell` -> ``(grad_x, grad_h_prev, grad_c_prev, grad_w_ih,
     grad_w_hh, grad_b_ih, grad_b_hh)`` (bias gradients None where the bias is None).
-    grad_h or grad_c may be None (zero)."""
+    grad_h or grad_c may be None (zero). Unbatched (x (I,), states (H,)): grad_x, grad_h_prev
+    and grad_c_prev unbatched too."""
     B, _, Hd = _spec.lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    batch = _BatchAxis(x, 2)
+    grad_h, grad_c, x, h, c = (batch.add(a) for a in (grad_h, grad_c, x, h, c))
     grad_h, grad_c = (_zeros_like_if_none(g, x, (B, Hd)) for g in (grad_h, grad_c))
-    return _run("lstm_cell_backward", "lstm_cell_backward", backend,
-                (grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh))
+    grad_x, grad_h, grad_c, *grad_weights = _run(
+        "lstm_cell_backward", "lstm_cell_backward", backend,
+        (grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh))
+    return (batch.drop(grad_x), batch.drop(grad_h), batch.drop(grad_c), *grad_weights)
 
 
+@_takes_dlpack
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None, save_for_backward=False):
-    """A single-layer LSTM over a whole sequence: x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``.
+    """A single-layer LSTM over a whole sequence: x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``
+    with h0, c0, h_T and c_T (B, H); unbatched, x (T, I) -> out (T, H) with states (H,).
 
     The input projection of all T steps is one GEMM; then the recurrence runs step by step.
     With ``save_for_backward=True`` it returns ``(out, (h_T, c_T), saved)``: ``saved`` holds
@@ -217,18 +315,27 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None, save_for_
     it may share memory with it.
     """
     _spec.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    out, state, saved = _run("lstm", "lstm", backend, (x, h0, c0, w_ih, w_hh, b_ih, b_hh),
-                             bool(save_for_backward))
+    batch = _BatchAxis(x, 3)
+    out, (h, c), saved = _run(
+        "lstm", "lstm", backend,
+        (batch.add(x, axis=1), batch.add(h0), batch.add(c0), w_ih, w_hh, b_ih, b_hh),
+        bool(save_for_backward))
+    out, state = batch.drop(out, axis=1), (batch.drop(h), batch.drop(c))
     return (out, state, saved) if save_for_backward else (out, state)
 
 
+@_takes_dlpack
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None,
                   *, backend=None, saved=None):
     """Backpropagation through time of :func:`lstm` -> ``(grad_x, grad_h0, grad_c0, grad_w_ih,
-    grad_w_hh, grad_b_ih, grad_b_hh)``. Any of grad_out, grad_hT, grad_cT may be None (zero).
+    grad_w_hh, grad_b_ih, grad_b_hh)``, unbatched for an unbatched call (x (T, I), grad_out
+    (T, H), states (H,)). Any of grad_out, grad_hT, grad_cT may be None (zero).
     ``saved``: what ``lstm(..., save_for_backward=True)`` returned for the same inputs on the
     same backend; without it the forward recurrence is computed again."""
     T, B, _, Hd = _spec.lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    batch = _BatchAxis(x, 3)
+    grad_out, x = batch.add(grad_out, axis=1), batch.add(x, axis=1)
+    grad_hT, grad_cT, h0, c0 = (batch.add(a) for a in (grad_hT, grad_cT, h0, c0))
     grad_out = _zeros_like_if_none(grad_out, x, (T, B, Hd))
     grad_hT, grad_cT = (_zeros_like_if_none(g, x, (B, Hd)) for g in (grad_hT, grad_cT))
     arrays = (grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
@@ -238,7 +345,9 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, 
             raise ValueError("lstm_backward: saved must be the third value returned by "
                              f"lstm(..., save_for_backward=True), got {type(saved).__name__}")
         saved.check("lstm_backward", be, x, h0)
-    return _run("lstm_backward", "lstm_backward", be.name, arrays, saved)
+    grad_x, grad_h0, grad_c0, *grad_weights = _run("lstm_backward", "lstm_backward", be.name,
+                                                   arrays, saved)
+    return (batch.drop(grad_x, axis=1), batch.drop(grad_h0), batch.drop(grad_c0), *grad_weights)
 
 
 def _zeros_like_if_none(g, like, shape):
@@ -255,6 +364,7 @@ def _zeros_like_if_none(g, like, shape):
 # Boxes (x1, y1, x2, y2)
 
 
+@_takes_dlpack
 def box_iou(boxes1, boxes2, *, backend=None):
     """Pairwise IoU -> (N, M), as ``torchvision.ops.box_iou``. Boxes with x2 < x1 or y2 < y1
     count as empty; the IoU of two boxes whose union is empty is 0.
@@ -271,6 +381,7 @@ def box_iou(boxes1, boxes2, *, backend=None):
     return _run("box_iou", "box_iou", backend, (boxes1, boxes2))
 
 
+@_takes_dlpack
 def nms(boxes, scores, iou_threshold, *, backend=None):
     """Greedy non-maximum suppression, as ``torchvision.ops.nms`` -> int64 indices of the kept
     boxes by decreasing score. A box is dropped when its IoU with a kept, higher-scored box is
@@ -284,6 +395,7 @@ def nms(boxes, scores, iou_threshold, *, backend=None):
     return _run("nms", "nms", backend, (boxes, scores), thr)
 
 
+@_takes_dlpack
 def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
     """NMS within each category ``idxs`` (boxes of different categories never suppress each
     other), as ``torchvision.ops.batched_nms`` -> kept indices by decreasing score."""
@@ -295,6 +407,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
 # Elementwise activations
 
 
+@_takes_dlpack
 def leaky_relu(x, negative_slope=0.01, *, backend=None):
     """``x`` where ``x > 0``, else ``negative_slope * x``, as ``torch.nn.functional.leaky_relu``
     (a slope of 0 is ReLU). Any shape; NaN stays NaN."""
@@ -302,6 +415,7 @@ def leaky_relu(x, negative_slope=0.01, *, backend=None):
     return _run("leaky_relu", "leaky_relu", backend, (x,), slope)
 
 
+@_takes_dlpack
 def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
     """Gradient of :func:`leaky_relu` at ``x``: ``grad_out`` where ``x > 0``, else
     ``negative_slope * grad_out`` (at 0 the slope, as PyTorch)."""

@@ -119,37 +119,43 @@ def max_unpool(shape, kernel_size, stride=None, padding=0, with_output_size=Fals
     return build
 
 
+def batch(B):
+    """The batch axis of the LSTM builders' shapes: B=None builds an unbatched call."""
+    return () if B is None else (B,)
+
+
 def lstm_cell_args(rng, dtype, B, I, H, bias):
     w = [0.5 * array(rng, s, dtype) for s in ((4 * H, I), (4 * H, H))]
     b = [0.5 * array(rng, 4 * H, dtype) if bias else None for _ in range(2)]
-    return (array(rng, (B, H), dtype), array(rng, (B, H), dtype), *w, *b)
+    return (array(rng, (*batch(B), H), dtype), array(rng, (*batch(B), H), dtype), *w, *b)
 
 
 def lstm_cell(B, I, H, bias=True):
     def build(rng, dtype):
-        return (array(rng, (B, I), dtype), *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
+        return (array(rng, (*batch(B), I), dtype), *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
     return build
 
 
 def lstm_cell_backward(B, I, H, bias=True, grads=(True, True)):
     def build(rng, dtype):
-        gh, gc = (array(rng, (B, H), dtype) if g else None for g in grads)
-        return (gh, gc, array(rng, (B, I), dtype), *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
+        gh, gc = (array(rng, (*batch(B), H), dtype) if g else None for g in grads)
+        x = array(rng, (*batch(B), I), dtype)
+        return (gh, gc, x, *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
     return build
 
 
 def lstm(T, B, I, H, bias=True, noncontiguous=False):
     def build(rng, dtype):
-        x = array(rng, (T, B, I), dtype, noncontiguous)
+        x = array(rng, (T, *batch(B), I), dtype, noncontiguous)
         return (x, *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
     return build
 
 
 def lstm_backward(T, B, I, H, bias=True, grads=(True, True, True)):
     def build(rng, dtype):
-        shapes = ((T, B, H), (B, H), (B, H))
+        shapes = ((T, *batch(B), H), (*batch(B), H), (*batch(B), H))
         upstream = [array(rng, s, dtype) if g else None for s, g in zip(shapes, grads)]
-        x = array(rng, (T, B, I), dtype)
+        x = array(rng, (T, *batch(B), I), dtype)
         return (*upstream, x, *lstm_cell_args(rng, dtype, B, I, H, bias)), {}
     return build
 
@@ -269,6 +275,9 @@ CASES = {
         "whole_window": cpu_path(conv((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "noncontiguous": conv((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
+        # Without the batch axis, as PyTorch allows: (C, H, W) -> (K, Ho, Wo).
+        "unbatched": conv((3, 8, 9), (4, 3, 3, 3), stride=2, padding=1),
+        "unbatched_groups_noncontiguous": conv((4, 7, 7), (6, 2, 3, 3), groups=2, padding="same", noncontiguous=True),
     },
     "conv1d": {
         "basic": conv((2, 3, 12), (4, 3, 3), nd=1),
@@ -278,6 +287,8 @@ CASES = {
         "same_even": conv((2, 2, 9), (3, 2, 4), padding="same", nd=1),
         "valid_length1": conv((1, 3, 1), (2, 3, 1), padding="valid", nd=1),
         "noncontiguous": conv((2, 3, 11), (2, 3, 3), noncontiguous=True, nd=1),
+        "unbatched": conv((3, 12), (4, 3, 3), padding=1, dilation=2, nd=1),
+        "unbatched_noncontiguous": conv((2, 11), (2, 2, 3), stride=2, noncontiguous=True, nd=1),
     },
     "conv2d_backward": {
         "basic": conv_backward((2, 3, 8, 9), (4, 3, 3, 3)),
@@ -307,10 +318,14 @@ CASES = {
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "noncontiguous": conv_backward((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
+        "unbatched": conv_backward((3, 8, 9), (4, 3, 3, 3), stride=2, padding=1),
+        "unbatched_needs_x_noncontiguous": conv_backward((2, 6, 7), (4, 2, 3, 3), padding=1, needs=(True, False, False),
+                                                         noncontiguous=True),
     },
     "conv1d_backward": {
         "stride_pad_dilation": conv_backward((2, 2, 15), (3, 2, 4), stride=2, padding=3, dilation=2, nd=1),
         "groups_same": conv_backward((2, 4, 9), (4, 2, 4), groups=2, padding="same", nd=1),
+        "unbatched": conv_backward((4, 9), (4, 2, 4), groups=2, padding="same", nd=1),
     },
     "conv_transpose2d": {
         "ones_stride1": conv_transpose((1, 2, 4, 4), (2, 3, 3, 3)),
@@ -336,6 +351,8 @@ CASES = {
         "from_1x1_generator": cpu_path(conv_transpose((5, 100, 1, 1), (100, 70, 7, 7))),
         "from_1x1_padding_cropped": cpu_path(conv_transpose((3, 9, 1, 1), (9, 5, 4, 5), padding=(1, 2), stride=2)),
         "noncontiguous": conv_transpose((2, 2, 4, 5), (2, 3, 3, 3), stride=2, noncontiguous=True),
+        "unbatched": conv_transpose((3, 4, 5), (3, 2, 3, 3), stride=2, padding=1, output_padding=1),
+        "unbatched_noncontiguous": conv_transpose((2, 3, 4), (2, 3, 2, 2), bias=False, noncontiguous=True),
     },
     "conv_transpose2d_backward": {
         "stride2": conv_transpose_backward((2, 3, 4, 5), (3, 2, 3, 3), stride=2, padding=1),
@@ -353,6 +370,7 @@ CASES = {
             (2, 130, 3, 3), (130, 65, 4, 4), stride=(2, 3), padding=2)),
         "from_1x1_generator": cpu_path(conv_transpose_backward((5, 100, 1, 1), (100, 70, 7, 7))),
         "from_1x1_padding_cropped": cpu_path(conv_transpose_backward((3, 9, 1, 1), (9, 5, 4, 5), padding=(1, 2), stride=2)),
+        "unbatched": conv_transpose_backward((3, 4, 5), (3, 2, 3, 3), stride=2, padding=1, output_padding=1),
     },
     "max_pool2d": {
         "2x2": max_pool((2, 3, 8, 8), kernel_size=2),
@@ -371,12 +389,15 @@ CASES = {
         "wide_rows_dilated_ceil": cpu_path(max_pool((1, 2, 13, 45), kernel_size=(2, 3), stride=2, padding=1, dilation=(2, 1),
                                            ceil_mode=True, ties=True, return_indices=True)),
         "ceil_clipped_windows": max_pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True),
+        "unbatched": max_pool((3, 7, 8), kernel_size=3, stride=2, padding=1, ties=True, return_indices=True),
+        "unbatched_noncontiguous": max_pool((2, 6, 6), kernel_size=2, noncontiguous=True),
     },
     "max_pool2d_backward": {
         "2x2": max_pool_backward((2, 3, 8, 8), kernel_size=2),
         "overlapping_ties": max_pool_backward((2, 2, 7, 7), kernel_size=3, stride=1, padding=1, ties=True),
         "ceil_dilation": max_pool_backward((1, 2, 9, 8), kernel_size=2, stride=2, dilation=2, ceil_mode=True),
         "wide_rows_overlapping": cpu_path(max_pool_backward((1, 2, 13, 45), kernel_size=3, stride=2, padding=1, ties=True)),
+        "unbatched": max_pool_backward((2, 7, 7), kernel_size=3, stride=1, padding=1, ties=True),
     },
     "avg_pool2d": {
         "2x2": avg_pool((2, 3, 8, 8), kernel_size=2),
@@ -397,6 +418,8 @@ CASES = {
         "ceil_clipped_exclude": avg_pool((2, 2, 6, 8), kernel_size=3, stride=2, padding=1, ceil_mode=True,
                                          count_include_pad=False),
         "ceil_clipped_rectangular": avg_pool((1, 2, 6, 7), kernel_size=(3, 4), stride=(3, 2), padding=1, ceil_mode=True),
+        "unbatched": avg_pool((2, 7, 8), kernel_size=3, stride=2, padding=1, count_include_pad=False),
+        "unbatched_noncontiguous": avg_pool((3, 6, 6), kernel_size=2, noncontiguous=True),
     },
     "avg_pool2d_backward": {
         "2x2": avg_pool_backward((2, 3, 8, 8), kernel_size=2),
@@ -406,11 +429,13 @@ CASES = {
         "ceil_clipped_include": avg_pool_backward((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True),
         "ceil_clipped_rectangular": avg_pool_backward((1, 2, 6, 7), kernel_size=(3, 4), stride=(3, 2), padding=1,
                                                       ceil_mode=True, count_include_pad=False),
+        "unbatched": avg_pool_backward((2, 7, 7), kernel_size=3, stride=2, padding=1, ceil_mode=True),
     },
     "max_unpool2d": {
         "2x2": max_unpool((2, 3, 8, 8), 2),
         "overlapping_repeats": max_unpool((2, 2, 7, 7), 3, stride=2, padding=1, with_output_size=True),
         "output_size": max_unpool((1, 2, 9, 7), 2, with_output_size=True),
+        "unbatched": max_unpool((2, 7, 7), 3, stride=2, padding=1, with_output_size=True),
     },
     "lstm_cell": {
         "basic": lstm_cell(3, 4, 5),
@@ -418,6 +443,7 @@ CASES = {
         "batch1_hidden1": lstm_cell(1, 1, 1),
         "hidden_over_a_gate_block": cpu_path(lstm_cell(5, 3, 33)),
         "batch_over_a_tile": cpu_path(lstm_cell(64, 20, 40)),
+        "unbatched": lstm_cell(None, 4, 5),  # x (I,), h and c (H,)
     },
     "lstm_cell_backward": {
         "basic": lstm_cell_backward(3, 4, 5),
@@ -425,6 +451,8 @@ CASES = {
         "grad_c_none": lstm_cell_backward(2, 3, 4, grads=(True, False)),
         "grad_h_none": lstm_cell_backward(2, 3, 4, grads=(False, True)),
         "hidden_over_a_gate_block": cpu_path(lstm_cell_backward(5, 3, 33)),
+        "unbatched": lstm_cell_backward(None, 4, 5),
+        "unbatched_grad_h_none": lstm_cell_backward(None, 3, 4, grads=(False, True)),
     },
     "lstm": {
         "basic": lstm(5, 3, 4, 6),
@@ -433,6 +461,8 @@ CASES = {
         "noncontiguous": lstm(3, 2, 4, 3, noncontiguous=True),
         "padded_gate_blocks": cpu_path(lstm(4, 9, 33, 40)),
         "wide_hidden": cpu_path(lstm(2, 10, 17, 70)),
+        "unbatched": lstm(5, None, 4, 6),  # x (T, I), h0 and c0 (H,)
+        "unbatched_noncontiguous": lstm(3, None, 4, 3, bias=False, noncontiguous=True),
     },
     "lstm_backward": {
         "basic": lstm_backward(5, 3, 4, 6),
@@ -441,6 +471,8 @@ CASES = {
         "only_final_state": lstm_backward(4, 2, 3, 2, grads=(False, True, True)),
         "padded_gate_blocks": cpu_path(lstm_backward(4, 9, 33, 40)),
         "wide_hidden": cpu_path(lstm_backward(2, 10, 17, 70)),
+        "unbatched": lstm_backward(5, None, 4, 6),
+        "unbatched_only_final_state": lstm_backward(4, None, 3, 2, grads=(False, True, True)),
     },
     "box_iou": {
         "basic": box_iou(7, 5),
@@ -578,7 +610,7 @@ def test_kernel_coverage(backend):
 # lstm(..., save_for_backward=True) and lstm_backward(..., saved=): the backward from the
 # saved forward gives what the recomputing backward gives, on every backend.
 
-SAVED_CASES = ("basic", "no_bias", "only_grad_out")
+SAVED_CASES = ("basic", "no_bias", "only_grad_out", "unbatched")
 
 
 def _numpy_results(results):

@@ -1,10 +1,11 @@
 """Property-based fuzzing (Hypothesis) of the public ops on every CPU backend.
 
-Each example is one call: shapes (zero-size ones too), dtypes (float32, float64 and wrong ones),
-memory layouts (Fortran order, negative strides, gaps, read-only), values (NaN, infinities,
-denormals, -0.0) and integer arguments from small to 2**70, negative, or of a wrong type. The
-call runs on every backend in a child process (a long-lived worker fed through a pipe and
-restarted after a crash), so a crash or a hang fails the test instead of ending the run.
+Each example is one call: shapes (zero-size ones too, and unbatched ones without the batch
+axis), dtypes (float32, float64 and wrong ones), memory layouts (Fortran order, negative
+strides, gaps, read-only), values (NaN, infinities, denormals, -0.0) and integer arguments
+from small to 2**70, negative, or of a wrong type. The call runs on every backend in a child
+process (a long-lived worker fed through a pipe and restarted after a crash), so a crash or a
+hang fails the test instead of ending the run.
 (One file: the worker protocol, the strategies and the verdict are one mechanism.)
 
 The verdict: where pyconv._spec rejects the call, every backend raises its error (same type,
@@ -439,6 +440,11 @@ def perturb(draw, kwargs, keys):
     return {**kwargs, key: value}
 
 
+def batch_axis(draw, n):
+    """The leading batch axis (n,), or, one time in four, none: an unbatched call."""
+    return () if draw(st.integers(0, 3)) == 0 else (n,)
+
+
 def small_pair(draw, lo, hi):
     a, b = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
     return a if a == b and draw(st.booleans()) else (a, b)
@@ -450,7 +456,7 @@ def conv_calls(draw, nd):
     N, cg, kg, *spatial = sizes(draw, (1, 2), (1, 2), (1, 2), *[(3, 7)] * nd)
     groups = draw(st.integers(1, 2))
     kernel = [draw(st.integers(1, 3)) for _ in range(nd)]
-    x = draw(arrays((N, groups * cg, *spatial), dtype))
+    x = draw(arrays((*batch_axis(draw, N), groups * cg, *spatial), dtype))
     w = draw(arrays((groups * kg, cg, *kernel), other))
     b = draw(st.one_of(st.none(), arrays((groups * kg,), dtype)))
     pick = (lambda lo, hi: small_pair(draw, lo, hi)) if nd == 2 else (lambda lo, hi: draw(st.integers(lo, hi)))
@@ -466,7 +472,7 @@ def conv_transpose_calls(draw):
     dtype, other = dtypes(draw)
     N, cg, kg, H, W = sizes(draw, (1, 2), (1, 2), (1, 2), (1, 5), (1, 5))
     groups, R, S = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    x = draw(arrays((N, groups * cg, H, W), dtype))
+    x = draw(arrays((*batch_axis(draw, N), groups * cg, H, W), dtype))
     w = draw(arrays((groups * cg, kg, R, S), other))
     b = draw(st.one_of(st.none(), arrays((groups * kg,), dtype)))
     stride = small_pair(draw, 1, 3)
@@ -483,7 +489,7 @@ def pool_calls(draw, op):
     if draw(st.integers(0, 7)) == 0:
         dtype = draw(st.sampled_from(WRONG_DTYPES))
     N, C, H, W = sizes(draw, (1, 2), (1, 3), (2, 7), (2, 7))
-    x = draw(arrays((N, C, H, W), dtype))
+    x = draw(arrays((*batch_axis(draw, N), C, H, W), dtype))
     if draw(st.integers(0, 5)) == 0:
         # A window far larger than the input, centred on it, is valid.
         kernel = draw(st.sampled_from((2**31, 2**40, 2**61)))
@@ -509,13 +515,14 @@ def pool_calls(draw, op):
 def unpool_calls(draw):
     dtype, _ = dtypes(draw)
     N, C, H, W = sizes(draw, (1, 2), (1, 2), (1, 3), (1, 3))
-    x = draw(arrays((N, C, H, W), dtype))
+    lead = batch_axis(draw, N)
+    x = draw(arrays((*lead, C, H, W), dtype))
     k, s, p = draw(st.integers(2, 3)), draw(st.integers(1, 3)), draw(st.integers(0, 1))
     out_h, out_w = ((n - 1) * s - 2 * p + k for n in (H, W))
     plane = max(1, out_h * out_w)
     low, high = (-1, plane + 1) if draw(st.integers(0, 5)) == 0 else (0, plane)
     index_dtype = draw(st.sampled_from(("int64",) * 6 + ("int32", "float32")))
-    indices = draw(arrays((N, C, H, W), index_dtype,
+    indices = draw(arrays((*lead, C, H, W), index_dtype,
                           values=lambda rng, shape: rng.integers(low, high, shape)))
     output_size = draw(st.one_of(st.none(), st.tuples(st.integers(out_h - 1, out_h + 1),
                                                       st.integers(out_w - 1, out_w + 1))))
@@ -529,8 +536,9 @@ def lstm_cell_calls(draw):
     dtype, other = dtypes(draw)
     B, I, Hd = sizes(draw, (1, 3), (1, 4), (1, 4))
     Hc = Hd if draw(st.integers(0, 7)) else draw(st.integers(1, 5))
-    x = draw(arrays((B, I), dtype))
-    h, c = draw(arrays((B, Hd), dtype)), draw(arrays((B, Hc), other))
+    lead = batch_axis(draw, B)
+    x = draw(arrays((*lead, I), dtype))
+    h, c = draw(arrays((*lead, Hd), dtype)), draw(arrays((*lead, Hc), other))
     w_ih, w_hh = draw(arrays((4 * Hd, I), dtype)), draw(arrays((4 * Hd, Hd), dtype))
     b_ih = draw(st.one_of(st.none(), arrays((4 * Hd,), dtype)))
     b_hh = draw(st.one_of(st.none(), arrays((4 * Hd,), dtype)))

@@ -81,6 +81,26 @@ KERNEL_CASES = {
                                [(2, 3, 2), (12, 2), (12, 3)]),
     "lstm_cell": (("lstm_cell", "lstm_cell_backward"), lambda x, h, c, wi, wh, bi, bh: F.lstm_cell(x, h, c, wi, wh, bi, bh),
                   [(2, 4), (2, 3), (2, 3), (12, 4), (12, 3), (12,), (12,)]),
+    # Unbatched inputs (one sample, no batch axis), as PyTorch takes them.
+    "conv2d_unbatched": (CONV, lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [(3, 5, 6), (4, 3, 3, 2), (4,)]),
+    "conv1d_unbatched": (CONV, lambda x, w, b: F.conv1d(x, w, b, padding="same", groups=2), [(2, 7), (4, 1, 3), (4,)]),
+    "conv_transpose2d_unbatched": (CONV, lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, output_padding=1),
+                                   [(2, 3, 3), (2, 3, 2, 2), (3,)]),
+    "max_pool2d_unbatched": (("max_pool2d", "max_pool2d_backward"),
+                             lambda x: F.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True), [(2, 6, 5)]),
+    "avg_pool2d_unbatched": (("avg_pool2d", "avg_pool2d_backward"),
+                             lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), [(2, 6, 5)]),
+    "max_unpool2d_unbatched": (("max_pool2d", "max_unpool2d"),
+                               lambda x: F.max_unpool2d(x * 2, F.max_pool2d(rand((2, 4, 6), 9, requires_grad=False), 2,
+                                                                            return_indices=True)[1], 2),
+                               [(2, 2, 3)]),
+    "lstm_unbatched": (("lstm", "lstm_backward"), lambda x, h, c, wi, wh, bi, bh: F.lstm(x, h, c, wi, wh, bi, bh),
+                       [(3, 4), (5,), (5,), (20, 4), (20, 5), (20,), (20,)]),
+    "lstm_unbatched_zero_state": (("lstm", "lstm_backward"), lambda x, wi, wh: F.lstm(x, None, None, wi, wh),
+                                  [(2, 2), (12, 2), (12, 3)]),
+    "lstm_cell_unbatched": (("lstm_cell", "lstm_cell_backward"),
+                            lambda x, h, c, wi, wh, bi, bh: F.lstm_cell(x, h, c, wi, wh, bi, bh),
+                            [(4,), (3,), (3,), (12, 4), (12, 3), (12,), (12,)]),
 }
 
 

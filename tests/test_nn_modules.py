@@ -51,6 +51,11 @@ MODULE_CASES = {
     "MaskedConv2d_A": (lambda: nn.MaskedConv2d("A", 2, 3, 3, padding=1), (1, 2, 4, 4)),
     "MaskedConv2d_B": (lambda: nn.MaskedConv2d("B", 2, 2, 3, padding=1), (1, 2, 4, 4)),
     "MaxPool2d": (lambda: nn.MaxPool2d(2), (1, 2, 4, 4)),
+    "MaxPool2d_unbatched": (lambda: nn.MaxPool2d(2), (2, 4, 4)),
+    "AvgPool2d_unbatched": (lambda: nn.AvgPool2d(2), (2, 4, 5)),
+    "Conv2d_unbatched": (lambda: nn.Conv2d(2, 4, 3, padding=1, groups=2), (2, 4, 4)),
+    "LSTMCell_unbatched": (lambda: nn.LSTMCell(3, 2), (3,)),
+    "LSTM_2layers_unbatched": (lambda: nn.LSTM(3, 2, num_layers=2, batch_first=True), (4, 3)),
     "AvgPool2d": (lambda: nn.AvgPool2d(3, 2, 1), (1, 2, 5, 5)),
     "BatchNorm1d_train": (lambda: nn.BatchNorm1d(3), (4, 3)),
     "BatchNorm1d_eval": (lambda: nn.BatchNorm1d(3).eval(), (4, 3, 2)),
@@ -136,6 +141,14 @@ TORCH_PAIRS = {
     "LSTMCell": (lambda: nn.LSTMCell(3, 4), lambda: torch.nn.LSTMCell(3, 4), (2, 3)),
     "LSTM": (lambda: nn.LSTM(3, 4, num_layers=2, batch_first=True),
              lambda: torch.nn.LSTM(3, 4, num_layers=2, batch_first=True), (2, 5, 3)),
+    # Unbatched inputs: one sample without its batch axis.
+    "Conv1d_unbatched": (lambda: nn.Conv1d(2, 4, 3, padding=1, groups=2), lambda: torch.nn.Conv1d(2, 4, 3, padding=1, groups=2), (2, 5)),
+    "Conv2d_unbatched": (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), lambda: torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), (3, 5, 5)),
+    "ConvTranspose2d_unbatched": (lambda: nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1),
+                                  lambda: torch.nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1), (3, 3, 3)),
+    "LSTMCell_unbatched": (lambda: nn.LSTMCell(3, 4), lambda: torch.nn.LSTMCell(3, 4), (3,)),
+    "LSTM_unbatched": (lambda: nn.LSTM(3, 4, num_layers=2, batch_first=True),
+                       lambda: torch.nn.LSTM(3, 4, num_layers=2, batch_first=True), (5, 3)),
     "ResidualBlock": (lambda: nn.ResidualBlock(2, 3, stride=2), lambda: TorchBasicBlock(2, 3, 2), (2, 2, 5, 5)),
     "Sequential": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(8, 2)),
                    lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(8, 2)),
@@ -431,3 +444,33 @@ def test_add_module_apply_and_buffers():
         model.add_module("x", 3)
     with pytest.raises(NotImplementedError, match="bidirectional"):
         nn.LSTM(2, 2, bidirectional=True)
+
+
+@needs_torch
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_lstm_takes_and_gives_layer_states_as_torch(batch_first):
+    """An unbatched sequence (T, I): states (num_layers, H) in and out, batch_first ignored."""
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(3, 4, num_layers=2, batch_first=batch_first).double()
+    mine = nn.LSTM(3, 4, num_layers=2, batch_first=batch_first, dtype=np.float64)
+    mine.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    rng = np.random.default_rng(4)
+    x, h0, c0 = rng.standard_normal((5, 3)), rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+    out, (h_n, c_n) = mine(Tensor(x), (Tensor(h0), Tensor(c0)))
+    tout, (th_n, tc_n) = theirs(torch.tensor(x), (torch.tensor(h0), torch.tensor(c0)))
+    for a, b in ((out, tout), (h_n, th_n), (c_n, tc_n)):
+        assert a.shape == tuple(b.shape)
+        np.testing.assert_allclose(a.data, b.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer, shape, expected", [
+    (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (3, 5, 5), (4, 3, 3)),
+    (lambda: nn.Conv1d(2, 4, 3), (2, 6), (4, 4)),
+    (lambda: nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1), (3, 3, 3), (2, 6, 6)),
+    (lambda: nn.MaxPool2d(2), (2, 5, 4), (2, 2, 2)),
+    (lambda: nn.AvgPool2d(3, 2, 1), (2, 5, 5), (2, 3, 3)),
+])
+def test_output_shape_of_an_unbatched_input(layer, shape, expected):
+    module = layer()
+    assert module.output_shape(shape) == expected
+    assert module(Tensor(np.zeros(shape, np.float32))).shape == expected

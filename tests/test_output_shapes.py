@@ -2,7 +2,7 @@
 
 Every backend takes its output shape from the same shape rules (pyconv/_spec/), so the
 conformance suite cannot see a wrong rule; here each op's output shape is compared with
-PyTorch's for many small random geometries.
+PyTorch's for many small random geometries, batched and unbatched.
 """
 import numpy as np
 import pytest
@@ -53,6 +53,11 @@ def windows_hold_input(shape, x_shape, kernel_size, stride, padding, dilation=1)
     return True
 
 
+def batch(rng):
+    """The leading batch axis (1,), or, one time in three, none: an unbatched input."""
+    return () if rng.random() < 1 / 3 else (1,)
+
+
 def draws(seed):
     rng = np.random.default_rng(seed)
     return [rng for _ in range(DRAWS)]
@@ -71,7 +76,7 @@ def test_conv1d_and_conv2d():
             if padding == "same":
                 stride = (1,) * nd
             geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-            x, w = np.zeros((1, C) + spatial), np.zeros((K, C // groups) + kernel)
+            x, w = np.zeros(batch(rng) + (C,) + spatial), np.zeros((K, C // groups) + kernel)
             conv, tconv = (ops.conv2d, F.conv2d) if nd == 2 else (ops.conv1d, F.conv1d)
             ours = outcome(lambda: conv(x, w, **geometry, backend="reference"))
             theirs = outcome(lambda: tconv(torch.from_numpy(x), torch.from_numpy(w), **geometry))
@@ -88,7 +93,7 @@ def test_conv_transpose2d():
         stride, dilation = ints(rng, 1, 4), ints(rng, 1, 3)
         geometry = dict(stride=stride, padding=ints(rng, 0, 3), dilation=dilation, groups=groups,
                         output_padding=tuple(int(rng.integers(0, max(s, d))) for s, d in zip(stride, dilation)))
-        x, w = np.zeros((1, C) + ints(rng, 1, 8)), np.zeros((C, Kg) + ints(rng, 1, 5))
+        x, w = np.zeros(batch(rng) + (C,) + ints(rng, 1, 8)), np.zeros((C, Kg) + ints(rng, 1, 5))
         ours = outcome(lambda: ops.conv_transpose2d(x, w, **geometry, backend="reference"))
         theirs = outcome(lambda: F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), **geometry))
         assert_same_shape(ours, theirs, (x.shape, w.shape, geometry))
@@ -98,7 +103,7 @@ def test_conv_transpose2d():
 
 def draw_pool(rng):
     kernel = ints(rng, 1, 5)
-    return np.zeros((1, 1) + ints(rng, 1, 12)), dict(
+    return np.zeros(batch(rng) + (1,) + ints(rng, 1, 12)), dict(
         kernel_size=kernel, stride=None if rng.random() < 0.2 else ints(rng, 1, 4),
         padding=tuple(int(rng.integers(0, k // 2 + 1)) for k in kernel), ceil_mode=bool(rng.random() < 0.6))
 
@@ -139,7 +144,8 @@ def test_max_unpool2d_with_and_without_output_size():
         output_size = None if rng.random() < 0.3 else tuple(
             int(d + rng.integers(-s, s + 1)) for d, s in zip(default, stride))
         geometry = dict(kernel_size=kernel, stride=stride, padding=padding, output_size=output_size)
-        x, idx = np.zeros((1, 1) + spatial), np.zeros((1, 1) + spatial, np.int64)
+        shape = batch(rng) + (1,) + spatial
+        x, idx = np.zeros(shape), np.zeros(shape, np.int64)
         ours = outcome(lambda: ops.max_unpool2d(x, idx, **geometry, backend="reference"))
         theirs = outcome(lambda: F.max_unpool2d(torch.from_numpy(x), torch.from_numpy(idx), **geometry))
         empty_output = theirs is not None and min(theirs) == 0

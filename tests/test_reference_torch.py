@@ -1,12 +1,18 @@
 """The reference backend against PyTorch (values and gradients, by autograd) on random seeded
 shapes and parameters; against a loop-based oracle of torchvision's box semantics; and its
-backward kernels against float64 central finite differences."""
+backward kernels against float64 central finite differences. Unbatched samples (one sample
+without its batch axis) run on every NumPy backend against PyTorch."""
+import importlib
+
 import numpy as np
 import pytest
 import oracles
 from conftest import assert_close, central_difference
 
+import pyconv
 from pyconv import _spec, ops
+
+registry = importlib.import_module("pyconv.backends")
 
 # PyTorch warns that "same" padding with even kernels copies the input: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same.:UserWarning")
@@ -366,6 +372,130 @@ def test_lstm_against_torch(torch, seed, dtype):
         else:
             assert g.dtype == dtype
             assert_close(g, e.grad.numpy(), dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Unbatched samples: one sample without its batch axis, as PyTorch's functions take it
+# (conv (C, H, W) / (C, L), pooling and unpooling (C, H, W), LSTM (I,) and (T, I)), on every
+# NumPy backend: values, shapes and gradients as PyTorch's.
+
+NUMPY_BACKENDS = [b for b in pyconv.backends() if registry.get(b).array_kind == "numpy"]
+
+
+def assert_same(got, expected, dtype=np.float64):
+    expected = expected.detach().numpy() if hasattr(expected, "detach") else expected
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    if expected.dtype.kind in "iu":
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert_close(got, expected, dtype)
+
+
+def assert_grads(got, torch_leaves):
+    for g, t in zip(got, torch_leaves):
+        if t is None:
+            assert g is None
+        else:
+            assert_same(g, t.grad)
+
+
+UNBATCHED_CONV = [
+    (1, (3, 9), (4, 3, 3), dict(stride=2, padding=1)),
+    (1, (4, 8), (4, 2, 4), dict(padding="same", groups=2)),
+    (2, (3, 7, 8), (4, 3, 3, 2), dict(stride=(2, 1), padding=1, dilation=(1, 2))),
+    (2, (4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding="valid")),
+]
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+@pytest.mark.parametrize("case", range(len(UNBATCHED_CONV)))
+def test_unbatched_conv_against_torch(torch, case, backend):
+    nd, x_shape, w_shape, params = UNBATCHED_CONV[case]
+    rng = np.random.default_rng(900 + case)
+    x, w, b = (normal(rng, s, np.float64) for s in (x_shape, w_shape, w_shape[0]))
+    xt, wt, bt = leaf(torch, x), leaf(torch, w), leaf(torch, b)
+    yt = getattr(torch.nn.functional, f"conv{nd}d")(xt, wt, bt, **params)
+    y = getattr(ops, f"conv{nd}d")(x, w, b, **params, backend=backend)
+    assert_same(y, yt)
+    grad_out = normal(rng, y.shape, np.float64)
+    yt.backward(torch.tensor(grad_out))
+    assert_grads(getattr(ops, f"conv{nd}d_backward")(grad_out, x, w, **params, backend=backend), (xt, wt, bt))
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+def test_unbatched_conv_transpose2d_against_torch(torch, backend):
+    rng = np.random.default_rng(910)
+    params = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=(1, 2))
+    x, w, b = (normal(rng, s, np.float64) for s in ((4, 3, 5), (4, 3, 3, 2), 6))
+    xt, wt, bt = leaf(torch, x), leaf(torch, w), leaf(torch, b)
+    yt = torch.nn.functional.conv_transpose2d(xt, wt, bt, **params)
+    y = ops.conv_transpose2d(x, w, b, **params, backend=backend)
+    assert_same(y, yt)
+    grad_out = normal(rng, y.shape, np.float64)
+    yt.backward(torch.tensor(grad_out))
+    assert_grads(ops.conv_transpose2d_backward(grad_out, x, w, **params, backend=backend), (xt, wt, bt))
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+def test_unbatched_pooling_against_torch(torch, backend):
+    F = torch.nn.functional
+    rng = np.random.default_rng(920)
+    x = rng.integers(0, 4, (3, 7, 8)).astype(np.float64)  # ties
+    xt = leaf(torch, x)
+    params = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    yt, it = F.max_pool2d(xt, **params, return_indices=True)
+    y, idx = ops.max_pool2d(x, **params, return_indices=True, backend=backend)
+    assert_same(y, yt)
+    assert_same(idx, it.numpy())
+    grad_out = normal(rng, y.shape, np.float64)
+    yt.backward(torch.tensor(grad_out))
+    assert_same(ops.max_pool2d_backward(grad_out, idx, x.shape, backend=backend), xt.grad)
+    unpooled = ops.max_unpool2d(y, idx, 3, 2, 1, output_size=x.shape[-2:], backend=backend)
+    assert_same(unpooled, F.max_unpool2d(yt.detach(), it, 3, 2, 1, output_size=x.shape[-2:]))
+
+    xt = leaf(torch, x)
+    params = dict(kernel_size=(3, 2), stride=(2, 1), padding=1, ceil_mode=True, count_include_pad=False)
+    yt = F.avg_pool2d(xt, **params)
+    y = ops.avg_pool2d(x, **params, backend=backend)
+    assert_same(y, yt)
+    grad_out = normal(rng, y.shape, np.float64)
+    yt.backward(torch.tensor(grad_out))
+    assert_same(ops.avg_pool2d_backward(grad_out, x.shape, **params, backend=backend), xt.grad)
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+def test_unbatched_lstm_cell_and_sequence_against_torch(torch, backend):
+    rng = np.random.default_rng(930)
+    T, I, H = 4, 3, 5
+    weights = lstm_weights(rng, I, H, np.float64, True)
+    x, h, c = normal(rng, I, np.float64), normal(rng, H, np.float64), normal(rng, H, np.float64)
+    cell = torch.nn.LSTMCell(I, H, dtype=torch.float64)
+    params = copy_weights(torch, cell, weights)
+    xt, ht, ct = leaf(torch, x), leaf(torch, h), leaf(torch, c)
+    h_new_t, c_new_t = cell(xt, (ht, ct))
+    h_new, c_new = ops.lstm_cell(x, h, c, *weights, backend=backend)
+    assert_same(h_new, h_new_t)
+    assert_same(c_new, c_new_t)
+    grad_h, grad_c = normal(rng, H, np.float64), normal(rng, H, np.float64)
+    ((h_new_t * torch.tensor(grad_h)).sum() + (c_new_t * torch.tensor(grad_c)).sum()).backward()
+    got = ops.lstm_cell_backward(grad_h, grad_c, x, h, c, *weights, backend=backend)
+    assert_grads(got, [xt, ht, ct] + params)
+
+    # nn.LSTM takes an unbatched (T, I) sequence with (num_layers, H) states: here one layer.
+    x = normal(rng, (T, I), np.float64)
+    net = torch.nn.LSTM(I, H, dtype=torch.float64)
+    params = copy_weights(torch, net, weights, suffix="_l0")
+    xt, ht, ct = leaf(torch, x), leaf(torch, h), leaf(torch, c)
+    out_t, (hT_t, cT_t) = net(xt, (ht[None], ct[None]))
+    out, (hT, cT), saved = ops.lstm(x, h, c, *weights, backend=backend, save_for_backward=True)
+    assert_same(out, out_t)
+    assert_same(hT, hT_t[0])
+    assert_same(cT, cT_t[0])
+    grad_out, grad_hT = normal(rng, (T, H), np.float64), normal(rng, H, np.float64)
+    ((out_t * torch.tensor(grad_out)).sum() + (hT_t[0] * torch.tensor(grad_hT)).sum()).backward()
+    for record in (None, saved):
+        got = ops.lstm_backward(grad_out, grad_hT, None, x, h, c, *weights, backend=backend, saved=record)
+        assert_grads(got, [xt, ht, ct] + params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ Geometry conventions shared by every backend:
   conv1d is the conv2d with H = R = 1. A transpose convolution is described by the geometry of
   the direct convolution whose input gradient it is: its output is that convolution's input.
 * ``PoolGeom`` describes a pooling window: input (N, C, H, W) -> output (N, C, Ho, Wo).
+* An unbatched call (one sample without its batch axis, as PyTorch allows: (C, H, W), (C, L),
+  an LSTM's (I,) or (T, I) with (H,) states) is checked as such, so that its errors show the
+  shapes given, and described as a batch of one (N = 1 in the geometry).
 
 Ranges. Kernels compute indices and byte offsets in signed 64-bit integers. So every integer
 argument lies in (-2**62, 2**62), and every quantity derived from the arguments that a kernel
@@ -33,7 +36,8 @@ from .boxes import batched_nms, box_iou, nms
 from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
                    conv_transpose2d_backward)
 from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
-                   check_array, check_float_dtypes, shape_of)
+                   check_array, check_batch_optional, check_float_dtypes, from_dlpack,
+                   is_foreign_array, shape_of, without_batch)
 from .elementwise import leaky_relu, leaky_relu_backward
 from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
@@ -41,7 +45,8 @@ from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backw
 
 __all__ = [
     "FLOAT_DTYPES", "SIZE_LIMIT", "MAX_BOXES", "ConvGeom", "PoolGeom", "ShapeDtype", "array_kind",
-    "check_array", "check_float_dtypes", "shape_of",
+    "check_array", "check_batch_optional", "check_float_dtypes", "shape_of", "without_batch",
+    "from_dlpack", "is_foreign_array",
     "conv1d", "conv2d", "conv_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",

@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import (ConvGeom, _conv_extents, _int, check_allocatable, check_array, check_extent, check_float_dtypes, ntuple, shape_of)
+from .core import (ConvGeom, _conv_extents, _int, check_allocatable, check_array, check_batch_optional,
+                   check_extent, check_float_dtypes, ntuple, shape_of, without_batch)
 
 
 def _conv_geom(op, x, w, b, stride, padding, dilation, groups, nd):
-    """Checks a direct conv1d/conv2d call; returns its ConvGeom (conv1d as H = R = 1)."""
-    check_array(op, "x", x, nd + 2)
+    """Checks a direct conv1d/conv2d call; returns its ConvGeom (conv1d as H = R = 1; an
+    unbatched x, without its N axis, as a batch of one)."""
+    x_shape, _ = check_batch_optional(op, "x", x, "NCHW" if nd == 2 else "NCL")
     check_array(op, "w", w, nd + 2)
     check_array(op, "b", b, 1, allow_none=True)
     check_float_dtypes(op, x=x, w=w, b=b)
     groups = _int(op, "groups", groups)
     if groups < 1:
         raise ValueError(f"{op}: groups must be >= 1, got {groups}")
-    N, C, *spatial = x.shape
+    N, C, *spatial = x_shape
     K, Cg, *kernel = w.shape
     if C % groups or K % groups:
         raise ValueError(
@@ -100,20 +102,21 @@ def conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, nd):
     op = f"conv{nd}d_backward"
     g = _conv_geom(op, x, w, None, stride, padding, dilation, groups, nd)
     out_shape = g.output_shape if nd == 2 else (g.N, g.K, g.Wo)
-    _check_grad_out(op, grad_out, out_shape, x.dtype)
+    _check_grad_out(op, grad_out, without_batch(out_shape, x.ndim == nd + 1), x.dtype)
     return g, _check_needs(op, needs)
 
 
 def conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation, op="conv_transpose2d"):
-    """Checks a transpose convolution; returns the geometry of the direct conv it inverts."""
-    check_array(op, "x", x, 4)
+    """Checks a transpose convolution; returns the geometry of the direct conv it inverts (an
+    unbatched x, without its N axis, as a batch of one)."""
+    x_shape, _ = check_batch_optional(op, "x", x, "NCHW")
     check_array(op, "w", w, 4)
     check_array(op, "b", b, 1, allow_none=True)
     check_float_dtypes(op, x=x, w=w, b=b)
     groups = _int(op, "groups", groups)
     if groups < 1:
         raise ValueError(f"{op}: groups must be >= 1, got {groups}")
-    N, Cin, Hin, Win = x.shape
+    N, Cin, Hin, Win = x_shape
     wc, Kg, R, S = w.shape
     if wc != Cin:
         raise ValueError(
@@ -163,5 +166,5 @@ def conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation,
 def conv_transpose2d_backward(grad_out, x, w, stride, padding, output_padding, groups, dilation, needs):
     op = "conv_transpose2d_backward"
     g = conv_transpose2d(x, w, None, stride, padding, output_padding, groups, dilation, op=op)
-    _check_grad_out(op, grad_out, g.input_shape, x.dtype)
+    _check_grad_out(op, grad_out, without_batch(g.input_shape, x.ndim == 3), x.dtype)
     return g, _check_needs(op, needs)

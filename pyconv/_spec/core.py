@@ -113,6 +113,45 @@ def array_kind(a) -> str:
     raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
 
 
+# DLPack device types (DLDeviceType in dlpack.h) whose memory pyconv takes.
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
+
+
+def is_foreign_array(a) -> bool:
+    """Whether `a` is another library's array that speaks DLPack (a PyTorch tensor, a JAX
+    array, ...): neither a NumPy nor a CuPy array, but with ``__dlpack__``."""
+    if isinstance(a, (np.ndarray, ShapeDtype)) or not hasattr(a, "__dlpack__"):
+        return False
+    return type(a).__module__.split(".")[0] != "cupy"
+
+
+def from_dlpack(op, name, a):
+    """`a` as a NumPy array (host memory) or CuPy array (CUDA memory) sharing its memory, where
+    it is a foreign array (see is_foreign_array); anything else is returned as it is, for the
+    checks that follow to judge. A PyTorch tensor that requires grad cannot be exported (the
+    copy would leave the graph): TypeError telling to detach it."""
+    if not is_foreign_array(a):
+        return a
+    if getattr(a, "requires_grad", False):
+        raise TypeError(f"{op}: {name} is a tensor that requires grad, which DLPack cannot export: "
+                        f"pass {name}.detach()")
+    try:
+        device = a.__dlpack_device__()[0]
+        if device == _DLPACK_CPU:
+            return np.from_dlpack(a)
+        if device == _DLPACK_CUDA:
+            try:
+                import cupy
+            except ImportError:
+                raise TypeError(f"{op}: {name} is in CUDA memory; taking it needs CuPy, which is "
+                                "not installed") from None
+            return cupy.from_dlpack(a)
+    except (BufferError, RuntimeError, ValueError) as e:
+        raise TypeError(f"{op}: {name} ({type(a).__name__}) could not be taken through DLPack: {e}") from e
+    raise TypeError(f"{op}: {name} is on DLPack device type {device}; pyconv takes host memory "
+                    f"({_DLPACK_CPU}) and CUDA memory ({_DLPACK_CUDA})")
+
+
 def check_array(op, name, a, ndim=None, *, allow_none=False):
     """`a` must be a NumPy or CuPy array (or a ShapeDtype) of `ndim` dimensions."""
     if a is None:
@@ -129,6 +168,34 @@ def check_array(op, name, a, ndim=None, *, allow_none=False):
     if ndim is not None and a.ndim not in (ndim if isinstance(ndim, tuple) else (ndim,)):
         want = " or ".join(f"{d}-D" for d in (ndim if isinstance(ndim, tuple) else (ndim,)))
         raise ValueError(f"{op}: {name} must be {want}, got shape {shape_of(a)}")
+
+
+def check_batch_optional(op, name, a, layout, batch_axis=0):
+    """`a` must be an array laid out as `layout` (one letter per axis, e.g. "NCHW"), or as
+    `layout` without its batch axis (PyTorch's unbatched input: one sample). Returns a's shape
+    with the batch axis, of size 1 where it was left out, and whether it was."""
+    check_array(op, name, a)
+    batched = tuple(layout)
+    unbatched = batched[:batch_axis] + batched[batch_axis + 1:]
+    if a.ndim == len(batched):
+        return tuple(a.shape), False
+    if a.ndim == len(unbatched):
+        shape = tuple(a.shape)
+        return shape[:batch_axis] + (1,) + shape[batch_axis:], True
+
+    def spelled(axes):
+        return "(" + ", ".join(axes) + ("," if len(axes) == 1 else "") + ")"
+
+    raise ValueError(
+        f"{op}: {name} must be {len(unbatched)}-D {spelled(unbatched)} or "
+        f"{len(batched)}-D {spelled(batched)}, got shape {shape_of(a)}"
+    )
+
+
+def without_batch(shape, unbatched, batch_axis=0):
+    """`shape` less its batch axis where the call was unbatched (see check_batch_optional)."""
+    shape = tuple(shape)
+    return shape[:batch_axis] + shape[batch_axis + 1:] if unbatched else shape
 
 
 def check_float_dtypes(op, **arrays):
@@ -197,8 +264,11 @@ def ntuple(op, name, value, n, *, minimum):
 
 
 def check_shape_tuple(op, name, shape, n):
-    if not isinstance(shape, (tuple, list)) or len(shape) != n:
-        raise ValueError(f"{op}: {name} must be a {n}-tuple of ints, got {shape!r}")
+    """A tuple of positive ints of length n (or of any length in the tuple n)."""
+    lengths = n if isinstance(n, tuple) else (n,)
+    if not isinstance(shape, (tuple, list)) or len(shape) not in lengths:
+        want = " or ".join(f"{k}-tuple" for k in lengths)
+        raise ValueError(f"{op}: {name} must be a {want} of ints, got {shape!r}")
     out = tuple(_int(op, name, v) for v in shape)
     if any(v < 1 for v in out):
         raise ValueError(f"{op}: {name} must hold positive sizes, got {shape!r}")

@@ -1,13 +1,19 @@
 """The LSTM cell and sequence, and their gradients."""
 from __future__ import annotations
 
-from .core import (check_array, check_float_dtypes, shape_of)
+from .core import (check_array, check_batch_optional, check_float_dtypes, shape_of, without_batch)
 
 
-def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
+def _lstm_weights(op, x, B, I, unbatched, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
+    """Checks the states and weights of a call on x with batch B and input size I (an unbatched
+    x, without its batch axis, takes states without it too: (H,) rather than (B, H))."""
     h_name, c_name = state_names
-    check_array(op, h_name, h, 2)
-    check_array(op, c_name, c, 2)
+    state_layout = "(H,) for an unbatched x" if unbatched else "(B, H)"
+    for name, state in ((h_name, h), (c_name, c)):
+        check_array(op, name, state)
+        if state.ndim != 2 - unbatched:
+            raise ValueError(f"{op}: {name} must be {2 - unbatched}-D {state_layout} "
+                             f"(x has shape {shape_of(x)}), got shape {shape_of(state)}")
     check_array(op, "w_ih", w_ih, 2)
     check_array(op, "w_hh", w_hh, 2)
     check_array(op, "b_ih", b_ih, 1, allow_none=True)
@@ -15,17 +21,17 @@ def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
     given = {"x": x, h_name: h, c_name: c, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
     check_float_dtypes(op, **given)
     del given["x"]
-    B, I = x.shape[-2:]
-    Hd = h.shape[1]
-    if h.shape[0] == c.shape[0] == B and tuple(h.shape) != tuple(c.shape):
+    Hd = h.shape[-1]
+    if h.shape[:-1] == c.shape[:-1] == without_batch((B,), unbatched) and h.shape != c.shape:
         # Either state may be the wrong one: name both rather than blame c.
         raise ValueError(
             f"{op}: {h_name} and {c_name} disagree: {h_name} has shape {shape_of(h)} and "
             f"{c_name} has shape {shape_of(c)} ({c_name} must have shape equal to {h_name}'s, "
-            "(batch, hidden size))"
+            f"{'(hidden size,)' if unbatched else '(batch, hidden size)'})"
         )
+    state = without_batch((B, Hd), unbatched)
     expected = {
-        h_name: (B, Hd), c_name: (B, Hd), "w_ih": (4 * Hd, I), "w_hh": (4 * Hd, Hd),
+        h_name: state, c_name: state, "w_ih": (4 * Hd, I), "w_hh": (4 * Hd, Hd),
         "b_ih": (4 * Hd,), "b_hh": (4 * Hd,),
     }
     for name, a in given.items():
@@ -40,15 +46,17 @@ def _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh, state_names=("h", "c")):
 
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, op="lstm_cell"):
-    check_array(op, "x", x, 2)
-    return _lstm_weights(op, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    """Returns (B, I, H), B = 1 for an unbatched x (I,)."""
+    (B, I), unbatched = check_batch_optional(op, "x", x, "BI")
+    return _lstm_weights(op, x, B, I, unbatched, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, op="lstm"):
-    check_array(op, "x", x, 3)
-    if x.shape[0] < 1:
+    """Returns (T, B, I, H), B = 1 for an unbatched x (T, I)."""
+    (T, B, I), unbatched = check_batch_optional(op, "x", x, "TBI", batch_axis=1)
+    if T < 1:
         raise ValueError(f"{op}: x must hold at least one time step, got shape {shape_of(x)}")
-    return (x.shape[0],) + _lstm_weights(op, x, h0, c0, w_ih, w_hh, b_ih, b_hh, ("h0", "c0"))
+    return (T,) + _lstm_weights(op, x, B, I, unbatched, h0, c0, w_ih, w_hh, b_ih, b_hh, ("h0", "c0"))
 
 
 def _optional_grads(op, dtype, **grads_and_shapes):
@@ -65,15 +73,18 @@ def _optional_grads(op, dtype, **grads_and_shapes):
 def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
     op = "lstm_cell_backward"
     B, I, Hd = lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, op=op)
-    _optional_grads(op, x.dtype, grad_h=(grad_h, (B, Hd)), grad_c=(grad_c, (B, Hd)))
+    state = without_batch((B, Hd), x.ndim == 1)
+    _optional_grads(op, x.dtype, grad_h=(grad_h, state), grad_c=(grad_c, state))
     return B, I, Hd
 
 
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     op = "lstm_backward"
     T, B, I, Hd = lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, op=op)
+    unbatched = x.ndim == 2
+    state = without_batch((B, Hd), unbatched)
     _optional_grads(
-        op, x.dtype,
-        grad_out=(grad_out, (T, B, Hd)), grad_hT=(grad_hT, (B, Hd)), grad_cT=(grad_cT, (B, Hd)),
+        op, x.dtype, grad_out=(grad_out, without_batch((T, B, Hd), unbatched, 1)),
+        grad_hT=(grad_hT, state), grad_cT=(grad_cT, state),
     )
     return T, B, I, Hd

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import (PoolGeom, ShapeDtype, _check_window_extents, _int, check_allocatable, check_array, check_extent, check_float_dtypes, check_index_dtype, check_shape_tuple, ntuple, shape_of)
+from .core import (PoolGeom, ShapeDtype, _check_window_extents, _int, check_allocatable, check_array,
+                   check_batch_optional, check_extent, check_float_dtypes, check_index_dtype,
+                   check_shape_tuple, ntuple, shape_of, without_batch)
 
 
 def pool_output_size(n, k, s, p, d, ceil_mode):
@@ -32,7 +34,10 @@ def windows_touch_input(n, out, k, s, p, d):
 
 
 def pool_geom(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
-    N, C, H, W = x_shape
+    """The window geometry of pooling an (N, C, H, W) input, or a (C, H, W) one as a batch of one."""
+    if len(x_shape) not in (3, 4):
+        raise ValueError(f"{op}: the input must be (C, H, W) or (N, C, H, W), got shape {tuple(x_shape)}")
+    N, C, H, W = x_shape if len(x_shape) == 4 else (1, *x_shape)
     kernel = ntuple(op, "kernel_size", kernel_size, 2, minimum=1)
     stride = kernel if stride is None else ntuple(op, "stride", stride, 2, minimum=1)
     pad = ntuple(op, "padding", padding, 2, minimum=0)
@@ -64,7 +69,7 @@ def pool_geom(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 def _pool_input(op, x):
-    check_array(op, "x", x, 4)
+    check_batch_optional(op, "x", x, "NCHW")
     check_float_dtypes(op, x=x)
     return x.shape
 
@@ -96,11 +101,13 @@ def avg_pool2d(x, kernel_size, stride, padding, ceil_mode, divisor_override):
 
 
 def _input_shape(op, input_shape):
-    return check_shape_tuple(op, "input_shape", input_shape, 4)
+    """input_shape as (N, C, H, W), and whether it was given unbatched as (C, H, W)."""
+    shape = check_shape_tuple(op, "input_shape", input_shape, (3, 4))
+    return (1, *shape) if len(shape) == 3 else shape, len(shape) == 3
 
 
 def _check_indices(op, name, idx, shape, plane):
-    check_array(op, name, idx, 4)
+    check_array(op, name, idx, len(shape))
     check_index_dtype(op, name, idx)
     if tuple(idx.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {shape_of(idx)}")
@@ -113,13 +120,14 @@ def _check_indices(op, name, idx, shape, plane):
 
 
 def max_pool2d_backward(grad_out, indices, input_shape):
+    """Returns input_shape with its batch axis (see _input_shape)."""
     op = "max_pool2d_backward"
-    N, C, H, W = _input_shape(op, input_shape)
-    check_array(op, "grad_out", grad_out, 4)
+    (N, C, H, W), unbatched = _input_shape(op, input_shape)
+    check_array(op, "grad_out", grad_out, 3 if unbatched else 4)
     check_float_dtypes(op, grad_out=grad_out)
-    if tuple(grad_out.shape[:2]) != (N, C):
+    if tuple(grad_out.shape[:-2]) != without_batch((N, C), unbatched):
         raise ValueError(
-            f"{op}: grad_out {shape_of(grad_out)} and input_shape {(N, C, H, W)} differ in "
+            f"{op}: grad_out {shape_of(grad_out)} and input_shape {tuple(input_shape)} differ in "
             "batch or channels"
         )
     check_allocatable(op, "output", (N, C, H, W), grad_out.dtype)
@@ -129,23 +137,23 @@ def max_pool2d_backward(grad_out, indices, input_shape):
 
 def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding, ceil_mode, divisor_override):
     op = "avg_pool2d_backward"
-    shape = _input_shape(op, input_shape)
+    shape, unbatched = _input_shape(op, input_shape)
     g = pool_geom(op, shape, kernel_size, stride, padding, 1, ceil_mode)
-    check_array(op, "grad_out", grad_out, 4)
+    pooled = without_batch(g.output_shape, unbatched)
+    check_array(op, "grad_out", grad_out, len(pooled))
     check_float_dtypes(op, grad_out=grad_out)
-    if tuple(grad_out.shape) != g.output_shape:
-        raise ValueError(
-            f"{op}: grad_out must have the pooled shape {g.output_shape}, got {shape_of(grad_out)}"
-        )
+    if tuple(grad_out.shape) != pooled:
+        raise ValueError(f"{op}: grad_out must have the pooled shape {pooled}, got {shape_of(grad_out)}")
     check_allocatable(op, "output", shape, grad_out.dtype)
     return g, _divisor(op, g, divisor_override)
 
 
 def max_unpool2d(x, indices, kernel_size, stride, padding, output_size):
+    """Returns the output's shape with its batch axis (of size 1 for an unbatched x)."""
     op = "max_unpool2d"
-    check_array(op, "x", x, 4)
+    x_shape, _ = check_batch_optional(op, "x", x, "NCHW")
     check_float_dtypes(op, x=x)
-    N, C, Hi, Wi = x.shape
+    N, C, Hi, Wi = x_shape
     kernel = ntuple(op, "kernel_size", kernel_size, 2, minimum=1)
     stride = kernel if stride is None else ntuple(op, "stride", stride, 2, minimum=1)
     pad = ntuple(op, "padding", padding, 2, minimum=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _spec
 from .engine import RemovableHandle, run_backward
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "array_module"]
@@ -100,7 +101,8 @@ def _functions():
 
 class Tensor:
     """An array with an optional gradient. ``data`` is the array (NumPy or CuPy), ``grad``
-    the accumulated gradient (same shape) or None."""
+    the accumulated gradient (same shape) or None. Made from another library's array that
+    speaks DLPack (a detached PyTorch tensor, a JAX array), ``data`` shares its memory."""
 
     __slots__ = ("data", "grad", "requires_grad", "_creator", "_index", "_post_accumulate_grad_hooks",
                  "__weakref__")
@@ -109,6 +111,8 @@ class Tensor:
     def __init__(self, data, requires_grad=False):
         if isinstance(data, Tensor):
             data = data.data
+        elif _spec.is_foreign_array(data):  # a PyTorch tensor, a JAX array, ...: no copy
+            data = _spec.from_dlpack("Tensor", "data", data)
         elif not _is_array(data):
             data = np.asarray(data)
         if requires_grad and data.dtype.kind != "f":

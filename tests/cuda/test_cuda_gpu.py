@@ -107,3 +107,31 @@ def test_dispatch_of_cupy_arrays():
         ops.max_pool2d(np.zeros((1, 1, 4, 4), np.float32), 2, backend="cuda")
     with pytest.raises(TypeError, match="mix"):
         ops.conv2d(x, np.zeros((1, 1, 2, 2), np.float32))
+
+
+class _CudaExporter:
+    """Another library's array in CUDA memory, as DLPack shows it (CuPy's export underneath)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+
+def test_unbatched_and_dlpack_inputs_on_the_gpu():
+    """An unbatched (C, H, W) input from a DLPack producer in CUDA memory: taken as a CuPy
+    array on the same memory, run on the 'cuda' backend, returned as CuPy without a batch axis."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    x_gpu = cp.asarray(x)
+    y = ops.conv2d(_CudaExporter(x_gpu), cp.asarray(w), padding=1)
+    _close(y, F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1))
+    pooled, idx = ops.max_pool2d(_CudaExporter(x_gpu), 2, return_indices=True)
+    pooled_t, idx_t = F.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    _close(pooled, pooled_t)
+    np.testing.assert_array_equal(cp.asnumpy(idx), idx_t.numpy())

@@ -24,12 +24,14 @@ class _Conv(Function):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
-    """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S) -> (N, K, Ho, Wo)."""
+    """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S) -> (N, K, Ho, Wo); an
+    unbatched x (C, H, W) -> (K, Ho, Wo)."""
     return _Conv(2, stride, padding, dilation, groups)(x, weight, bias)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
-    """1-D cross-correlation: x (N, C, L), weight (K, C/groups, R) -> (N, K, Lo)."""
+    """1-D cross-correlation: x (N, C, L), weight (K, C/groups, R) -> (N, K, Lo); an unbatched
+    x (C, L) -> (K, Lo)."""
     return _Conv(1, stride, padding, dilation, groups)(x, weight, bias)
 
 
@@ -49,5 +51,6 @@ class _ConvTranspose2d(Function):
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1) -> Tensor:
-    """Transpose convolution: x (N, C, H, W), weight (C, K/groups, R, S) -> (N, K, Ho, Wo)."""
+    """Transpose convolution: x (N, C, H, W), weight (C, K/groups, R, S) -> (N, K, Ho, Wo); an
+    unbatched x (C, H, W) -> (K, Ho, Wo)."""
     return _ConvTranspose2d(stride, padding, output_padding, groups, dilation)(x, weight, bias)

@@ -23,8 +23,9 @@ class _MaxPool2d(Function):
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
-    """Max pooling; with ``return_indices`` -> ``(y, indices)`` (indices an int64 Tensor of
-    flat offsets into each H*W plane, for :func:`max_unpool2d`)."""
+    """Max pooling of x (N, C, H, W) or unbatched (C, H, W); with ``return_indices`` ->
+    ``(y, indices)`` (indices an int64 Tensor of flat offsets into each H*W plane, for
+    :func:`max_unpool2d`)."""
     fn = _MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode)
     y = fn(x)
     return (y, Tensor(fn.indices)) if return_indices else y
@@ -44,7 +45,7 @@ class _AvgPool2d(Function):
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None) -> Tensor:
-    """Average pooling, as ``torch.nn.functional.avg_pool2d``."""
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``: x (N, C, H, W) or (C, H, W)."""
     return _AvgPool2d(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)(x)
 
 
@@ -57,13 +58,15 @@ class _MaxUnpool2d(Function):
         return ops.max_unpool2d(x, self.indices, *self.params)
 
     def backward(self, g):
-        # Each input element was written to one output position: its gradient is read back there.
-        N, C = self.input_shape[:2]
+        # Each input element was written to one output position: its gradient is read back
+        # there, plane by plane (the leading axes are (N, C), or (C,) unbatched).
+        planes = self.input_shape[:-2]
         picked = array_module(g).take_along_axis(
-            g.reshape(N, C, -1), self.indices.reshape(N, C, -1).astype("int64"), axis=2)
+            g.reshape(*planes, -1), self.indices.reshape(*planes, -1).astype("int64"), axis=-1)
         return picked.reshape(self.input_shape)
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None) -> Tensor:
-    """Inverse of max pooling: zeros except at the remembered positions."""
+    """Inverse of max pooling: zeros except at the remembered positions; x and indices
+    (N, C, H, W) or unbatched (C, H, W)."""
     return _MaxUnpool2d(_data(indices), kernel_size, stride, padding, output_size)(x)

@@ -11,8 +11,10 @@ from .linear import linear
 __all__ = ["lstm", "lstm_cell", "rnn_cell"]
 
 
-def _zeros_state(x, batch, hidden):
-    return array_module(x).zeros((batch, hidden), x.dtype)
+def _zeros_state(x, hidden, batched_ndim):
+    """A zero (B, hidden) state for x, or (hidden,) when x is unbatched (no batch axis)."""
+    batch = x.shape[-2:-1] if x.ndim == batched_ndim else ()
+    return array_module(x).zeros(batch + (hidden,), x.dtype)
 
 
 class _LSTM(Function):
@@ -33,12 +35,12 @@ class _LSTM(Function):
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
-    """A single-layer LSTM over a sequence x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``;
-    h0/c0 may be None (zeros). Backpropagation through time is one ``ops.lstm_backward``."""
-    T, B, _ = _data(x).shape
+    """A single-layer LSTM over a sequence x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``, or
+    unbatched x (T, I) -> ``(out (T, H), (h_T, c_T))`` with (H,) states; h0/c0 may be None
+    (zeros). Backpropagation through time is one ``ops.lstm_backward``."""
     H = _data(w_hh).shape[1]
-    h0 = _zeros_state(_data(x), B, H) if h0 is None else h0
-    c0 = _zeros_state(_data(x), B, H) if c0 is None else c0
+    h0 = _zeros_state(_data(x), H, 3) if h0 is None else h0
+    c0 = _zeros_state(_data(x), H, 3) if c0 is None else c0
     out, h, c = _LSTM()(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     return out, (h, c)
 
@@ -53,10 +55,11 @@ class _LSTMCell(Function):
 
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
-    """One LSTM step -> ``(h_new, c_new)``; h/c may be None (zeros)."""
-    B, H = _data(x).shape[0], _data(w_hh).shape[1]
-    h = _zeros_state(_data(x), B, H) if h is None else h
-    c = _zeros_state(_data(x), B, H) if c is None else c
+    """One LSTM step on x (B, I), or unbatched (I,) with (H,) states -> ``(h_new, c_new)``;
+    h/c may be None (zeros)."""
+    H = _data(w_hh).shape[1]
+    h = _zeros_state(_data(x), H, 2) if h is None else h
+    c = _zeros_state(_data(x), H, 2) if c is None else c
     return _LSTMCell()(x, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
@@ -65,6 +68,6 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh") -> Ten
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     if h is None:
-        h = _zeros_state(_data(x), _data(x).shape[0], _data(w_hh).shape[1])
+        h = _zeros_state(_data(x), _data(w_hh).shape[1], 2)
     pre = linear(x, w_ih, b_ih) + linear(h, w_hh, b_hh)
     return tanh(pre) if nonlinearity == "tanh" else relu(pre)

@@ -43,7 +43,8 @@ class _ConvNd(Module):
         x = _spec.ShapeDtype(shape, self.weight.dtype)
         w = _spec.ShapeDtype(self.weight.shape, self.weight.dtype)
         g = (_spec.conv2d if self.nd == 2 else _spec.conv1d)(x, w, None, *self._conv_args())
-        return g.output_shape if self.nd == 2 else (g.N, g.K, g.Wo)
+        out = g.output_shape if self.nd == 2 else (g.N, g.K, g.Wo)
+        return _spec.without_batch(out, x.ndim == self.nd + 1)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -105,4 +106,5 @@ class ConvTranspose2d(_ConvNd):
         w = _spec.ShapeDtype(self.weight.shape, self.weight.dtype)
         g = _spec.conv_transpose2d(x, w, None, self.stride, self.padding, self.output_padding,
                                    self.groups, self.dilation)
-        return g.input_shape  # the transpose conv's output is the direct conv's input
+        # The transpose conv's output is the direct conv's input.
+        return _spec.without_batch(g.input_shape, x.ndim == 3)

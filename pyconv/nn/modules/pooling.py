@@ -20,8 +20,9 @@ class MaxPool2d(Module):
                             self.ceil_mode, self.return_indices)
 
     def output_shape(self, shape):
-        return _spec.pool_geom("MaxPool2d", tuple(shape), self.kernel_size, self.stride,
-                               self.padding, self.dilation, self.ceil_mode).output_shape
+        g = _spec.pool_geom("MaxPool2d", tuple(shape), self.kernel_size, self.stride,
+                            self.padding, self.dilation, self.ceil_mode)
+        return _spec.without_batch(g.output_shape, len(shape) == 3)
 
 
 class AvgPool2d(Module):
@@ -35,7 +36,8 @@ class AvgPool2d(Module):
 
     def output_shape(self, shape):
         k, s, p, ceil = self.args[:4]
-        return _spec.pool_geom("AvgPool2d", tuple(shape), k, s, p, 1, ceil).output_shape
+        g = _spec.pool_geom("AvgPool2d", tuple(shape), k, s, p, 1, ceil)
+        return _spec.without_batch(g.output_shape, len(shape) == 3)
 
 
 class MaxUnpool2d(Module):

@@ -60,7 +60,8 @@ class LSTMCell(_CellBase):
 
 class LSTM(Module):
     """A stack of LSTM layers over a sequence, as torch.nn.LSTM (unidirectional): x (T, B, I),
-    or (B, T, I) with batch_first -> ``(out, (h_n, c_n))``, h_n/c_n (num_layers, B, H). Each
+    or (B, T, I) with batch_first -> ``(out, (h_n, c_n))``, h_n/c_n (num_layers, B, H); an
+    unbatched x (T, I) (batch_first or not) takes and gives states (num_layers, H). Each
     layer is one fused ``ops.lstm`` call forward and one ``ops.lstm_backward`` backward."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -81,10 +82,12 @@ class LSTM(Module):
 
     def forward(self, x, hx=None):
         x = x if isinstance(x, Tensor) else Tensor(x)
-        if x.ndim != 3 or x.shape[2] != self.input_size:
+        if x.ndim not in (2, 3) or x.shape[-1] != self.input_size:
             raise ValueError(f"LSTM: expected input (T, B, {self.input_size})"
-                             f"{' with batch_first as (B, T, I)' if self.batch_first else ''}, got {x.shape}")
-        if self.batch_first:
+                             f"{' with batch_first as (B, T, I)' if self.batch_first else ''}"
+                             f" or unbatched (T, {self.input_size}), got {x.shape}")
+        batch_first = self.batch_first and x.ndim == 3  # an unbatched sequence has no batch axis
+        if batch_first:
             x = x.transpose(1, 0, 2)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -97,5 +100,5 @@ class LSTM(Module):
             c_n.append(c)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout)
-        out = x.transpose(1, 0, 2) if self.batch_first else x
+        out = x.transpose(1, 0, 2) if batch_first else x
         return out, (stack(h_n), stack(c_n))

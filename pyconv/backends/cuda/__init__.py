@@ -22,7 +22,9 @@ backend = Backend(
 )
 
 from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
+from . import boxes_rotated  # noqa: E402
 
 # Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,
-                   "boxes": boxes.kernels, "elementwise": elementwise.kernels}
+                   "boxes": boxes.kernels, "elementwise": elementwise.kernels,
+                   "boxes_rotated": boxes_rotated.kernels}

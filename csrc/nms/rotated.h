@@ -144,37 +144,34 @@ int64_t nms_rotated(const T* boxes, const T* scores, int64_t n, double iou_thres
     std::vector<int64_t> order;
     visiting_order(scores, n, order);
     const T thr = floor_to<T>(iou_threshold);
-    // Candidates in visiting order: the circle test's operands as a structure of arrays, the
-    // prepared box, and the rank (position in the visiting order) of each.
-    std::vector<double> cx(n), cy(n), radius(n);
+    // box[r]: the prepared box of rank r (position in the visiting order). The candidates
+    // still alive are a list of ranks with the circle test's operands beside them (a structure
+    // of arrays), compacted as boxes are suppressed; the prepared boxes themselves stay put.
     std::vector<RotatedBox> box(n);
+    std::vector<double> cx(n), cy(n), radius(n);
     std::vector<int64_t> rank(n);
-    for (int64_t k = 0; k < n; ++k) {
-        box[k] = prepare_rotated(boxes + 5 * order[k]);
-        cx[k] = box[k].cx, cy[k] = box[k].cy, radius[k] = box[k].radius;
-        rank[k] = k;
+    for (int64_t r = 0; r < n; ++r) {
+        box[r] = prepare_rotated(boxes + 5 * order[r]);
+        cx[r] = box[r].cx, cy[r] = box[r].cy, radius[r] = box[r].radius;
+        rank[r] = r;
     }
+    // With a threshold >= 0, an IoU of 0 (circles apart, an empty box) or NaN (a box that is
+    // not finite) suppresses nothing, so those pairs need no clipping and such a kept box no
+    // sweep; a negative threshold is passed by IoU 0 too, so then every pair is computed.
+    const bool zero_passes = thr >= T(0);
     std::vector<uint8_t> kept(n, 0);
     FlushDenormals ftz;
     for (int64_t head = 0, end = n; head < end; ++head) {
+        const RotatedBox& k = box[rank[head]];
         kept[rank[head]] = 1;
-        const RotatedBox& k = box[head];
-        // Only a finite, non-empty box suppresses anything (an IoU with it is NaN or 0 <= any
-        // threshold that could suppress: a negative threshold suppresses on IoU 0 too).
-        const bool can_skip = thr >= T(0);
-        if (can_skip && (!k.finite || k.empty)) continue;
+        if (zero_passes && (!k.finite || k.empty)) continue;
         int64_t w = head + 1;
         for (int64_t j = head + 1; j < end; ++j) {
             const double dx = cx[j] - k.cx, dy = cy[j] - k.cy, reach = k.radius + radius[j];
-            bool survives;
-            if (can_skip && dx * dx + dy * dy > reach * reach) {
-                survives = true;  // IoU 0 (or NaN, for a non-finite box): no suppression
-            } else {
-                survives = !(T(rotated_iou(k, box[j])) > thr);
-            }
+            const bool survives = (zero_passes && dx * dx + dy * dy > reach * reach) ||
+                                  !(T(rotated_iou(k, box[rank[j]])) > thr);
             if (survives) {
-                if (w != j) cx[w] = cx[j], cy[w] = cy[j], radius[w] = radius[j],
-                            box[w] = box[j], rank[w] = rank[j];
+                cx[w] = cx[j], cy[w] = cy[j], radius[w] = radius[j], rank[w] = rank[j];
                 ++w;
             }
         }

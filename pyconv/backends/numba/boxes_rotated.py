@@ -133,42 +133,42 @@ def _box_iou_rotated(pa, pb, out):
 @driver
 def _greedy_nms_rotated(prepared, order, threshold, single):
     """Greedy NMS of the prepared boxes visited in `order` -> kept indices. With `single` (float32
-    boxes) each IoU is rounded to float32 before the comparison, as box_iou_rotated returns it."""
+    boxes) each IoU is rounded to float32 before the comparison, as box_iou_rotated returns it.
+
+    The candidates still alive are a list of indices with the circle test's operands beside
+    them, compacted as boxes are suppressed; the prepared rows themselves stay put."""
     n = order.shape[0]
-    ranked = np.empty((n, PREPARED), np.float64)
-    rank = np.empty(n, np.int64)
+    alive = order.copy()
+    cx, cy, radius = np.empty(n), np.empty(n), np.empty(n)
     for k in range(n):
-        ranked[k] = prepared[order[k]]
-        rank[k] = k
-    kept = np.zeros(n, np.bool_)
+        cx[k], cy[k], radius[k] = prepared[alive[k], CX], prepared[alive[k], CY], prepared[alive[k], RADIUS]
+    kept = np.zeros(n, np.bool_)  # by box index
     buf = np.empty((5, MAX_VERTICES), np.float64)
-    can_skip = threshold >= 0  # then an IoU of 0 (apart circles, empty box) suppresses nothing
+    # With a threshold >= 0, an IoU of 0 (circles apart, an empty box) or NaN suppresses nothing.
+    zero_passes = threshold >= 0
     end = n
-    for head in range(n):
-        if head >= end:
-            break
-        kept[rank[head]] = True
-        k = ranked[head]
-        if can_skip and k[STATE] != FINITE:
-            continue
-        w = head + 1
-        for j in range(head + 1, end):
-            dx, dy = ranked[j, CX] - k[CX], ranked[j, CY] - k[CY]
-            reach = k[RADIUS] + ranked[j, RADIUS]
-            if can_skip and dx * dx + dy * dy > reach * reach:
-                survives = True
-            else:
-                iou = _iou(k, ranked[j], buf)
-                if single:
-                    iou = float(np.float32(iou))
-                survives = not (iou > threshold)
-            if survives:
-                if w != j:
-                    ranked[w] = ranked[j]
-                    rank[w] = rank[j]
-                w += 1
-        end = w
-    return order[kept]
+    head = 0
+    while head < end:
+        k = prepared[alive[head]]
+        kept[alive[head]] = True
+        if not (zero_passes and k[STATE] != FINITE):
+            w = head + 1
+            for j in range(head + 1, end):
+                dx, dy = cx[j] - k[CX], cy[j] - k[CY]
+                reach = k[RADIUS] + radius[j]
+                if zero_passes and dx * dx + dy * dy > reach * reach:
+                    survives = True
+                else:
+                    iou = _iou(k, prepared[alive[j]], buf)
+                    if single:
+                        iou = float(np.float32(iou))
+                    survives = not (iou > threshold)
+                if survives:
+                    cx[w], cy[w], radius[w], alive[w] = cx[j], cy[j], radius[j], alive[j]
+                    w += 1
+            end = w
+        head += 1
+    return order[kept[order]]
 
 
 @backend.register

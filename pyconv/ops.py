@@ -319,7 +319,8 @@ def box_iou_rotated(boxes1, boxes2, *, backend=None):
 
     A box is (cx, cy, w, h, angle): its centre, its width and height, and its rotation in
     degrees, counter-clockwise as seen on an image (y pointing down): at angle a the width runs
-    along (cos a, -sin a) and the height along (sin a, cos a). So angle 180 or 360 is the
+    along (cos a, -sin a) and the height along (sin a, cos a) (OpenCV's ``RotatedRect`` angle
+    turns the other way: it is minus this one). So angle 180 or 360 is the
     unrotated box and angle 90 is the box with w and h swapped (exactly: the angle is reduced
     to a quarter turn plus a remainder of at most 45 degrees before any sine or cosine).
 
@@ -327,7 +328,8 @@ def box_iou_rotated(boxes1, boxes2, *, backend=None):
     float64 whatever the boxes' dtype, and rounded to that dtype at the end. A box with w <= 0
     or h <= 0 is empty: its IoU with any box is 0. A box with a NaN or infinite value has no
     defined polygon: its IoU with every box is NaN (which :func:`nms_rotated` never counts as
-    an overlap)."""
+    an overlap). Unlike detectron2, which computes in the boxes' precision and treats boxes of
+    area below 1e-14 as empty, only w <= 0 or h <= 0 makes a box empty here."""
     _spec.box_iou_rotated(boxes1, boxes2)
     return _run("box_iou_rotated", "box_iou_rotated", backend, (boxes1, boxes2))
 

@@ -3,7 +3,8 @@
 Every kernel of the contract (``pyconv.backends``) runs on the GPU: convolution as a
 shared-memory tiled implicit GEMM (``conv.py``), pooling and max-unpooling (``pool.py``), the
 LSTM with CuPy's cuBLAS GEMMs and one fused elementwise kernel per step (``lstm.py``), box
-IoU / bitmask NMS (``boxes.py``) and elementwise activations (``elementwise.py``). Kernels are launched on CuPy arrays through
+IoU / bitmask NMS (``boxes.py``), the same for rotated boxes (``boxes_rotated.py``) and
+elementwise activations (``elementwise.py``). Kernels are launched on CuPy arrays through
 ``__cuda_array_interface__`` on CuPy's current stream.
 
 Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) runs the same kernels

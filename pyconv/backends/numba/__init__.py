@@ -8,9 +8,9 @@ go to BLAS through ``np.dot``. Kernels compile on first use for float32 or float
 cached on disk (``cache=True``).
 
 One family of ops per module: convolution (``conv.py``), pooling and max-unpooling
-(``pool.py``), the LSTM (``lstm.py``), box IoU / NMS (``boxes.py``) and elementwise
-activations (``elementwise.py``); ``_jit.py`` holds the
-JIT options and the thread glue they share. In each, the registered functions allocate outputs
+(``pool.py``), the LSTM (``lstm.py``), box IoU / NMS (``boxes.py``), their rotated-box
+versions (``boxes_rotated.py``) and elementwise activations (``elementwise.py``); ``_jit.py``
+holds the JIT options and the thread glue they share. In each, the registered functions allocate outputs
 and reshape arrays; the ``@njit`` functions do the work.
 
 Needs SciPy for ``np.dot`` inside ``@njit`` (convolution and LSTM kernels) and, for speed,

@@ -223,6 +223,12 @@ int64_t rows_of_boxes(const py::array& boxes, const char* name) {
     return boxes.shape(0);
 }
 
+int64_t rows_of_rotated_boxes(const py::array& boxes, const char* name) {
+    if (boxes.ndim() != 2 || boxes.shape(1) != 5)
+        throw py::value_error(std::string(name) + ": expected shape (N, 5)");
+    return boxes.shape(0);
+}
+
 // Sizes of an LSTM call from x (T, B, I) and h0 (B, H), and its checked weights.
 LstmShape lstm_shape(const py::array& x, const py::array& h0) {
     if (x.ndim() != 3 || h0.ndim() != 2) throw py::value_error("lstm: x must be 3-D and h0 2-D");
@@ -606,4 +612,38 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("grad_y"), py::arg("x"), py::arg("negative_slope"), py::arg("grad_x"),
           "grad_x = grad_y where x > 0, else negative_slope * grad_y");
+
+    // ---- Rotated boxes
+
+    def_op(m, "box_iou_rotated",
+          [](Array boxes1, Array boxes2, Array out) {
+              by_dtype(boxes1.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const int64_t n = rows_of_rotated_boxes(boxes1, "boxes1");
+                  const int64_t m = rows_of_rotated_boxes(boxes2, "boxes2");
+                  const T* ap = checked<T>(boxes1, {n, 5}, "boxes1");
+                  const T* bp = checked<T>(boxes2, {m, 5}, "boxes2");
+                  T* op = checked<T>(out, {n, m}, "out", true);
+                  without_gil([&] { kernels<T>().box_iou_rotated(ap, n, bp, m, op); });
+              });
+          },
+          py::arg("boxes1"), py::arg("boxes2"), py::arg("out"),
+          "pairwise IoU of rotated boxes (cx, cy, w, h, angle in degrees) into out (N, M)");
+    def_op(m, "nms_rotated",
+          [](Array boxes, Array scores, double iou_threshold, Array keep) {
+              return by_dtype(boxes.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const int64_t n = rows_of_rotated_boxes(boxes, "boxes");
+                  if (n > int64_t(std::numeric_limits<int32_t>::max()))
+                      throw py::value_error("nms_rotated: at most 2**31 - 1 boxes");
+                  if (std::isnan(iou_threshold))
+                      throw py::value_error("nms_rotated: iou_threshold is NaN");
+                  const T* bp = checked<T>(boxes, {n, 5}, "boxes");
+                  const T* sp = checked<T>(scores, {n}, "scores");
+                  int64_t* kp = checked<int64_t>(keep, {n}, "keep", true);
+                  return without_gil([&] { return kernels<T>().nms_rotated(bp, sp, n, iou_threshold, kp); });
+              });
+          },
+          py::arg("boxes"), py::arg("scores"), py::arg("iou_threshold"), py::arg("keep"),
+          "greedy NMS of rotated boxes; writes the kept indices to keep and returns their count");
 }

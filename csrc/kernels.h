@@ -92,6 +92,12 @@ struct KernelsFor {
     void (*leaky_relu)(int64_t n, const T* x, T negative_slope, T* y);
     void (*leaky_relu_backward)(int64_t n, const T* grad_y, const T* x, T negative_slope,
                                 T* grad_x);
+
+    // Rotated boxes (n,5) as (cx, cy, w, h, angle in degrees): iou (n, m), and greedy NMS
+    // writing the kept indices to keep (room for n), returning how many.
+    void (*box_iou_rotated)(const T* a, int64_t n, const T* b, int64_t m, T* iou);
+    int64_t (*nms_rotated)(const T* boxes, const T* scores, int64_t n, double iou_threshold,
+                           int64_t* keep);
 };
 
 struct KernelTable {

@@ -35,6 +35,7 @@ __all__ = [
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
     "box_iou", "nms", "batched_nms",
     "leaky_relu", "leaky_relu_backward",
+    "box_iou_rotated", "nms_rotated",
 ]
 
 
@@ -421,3 +422,38 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
     ``negative_slope * grad_out`` (at 0 the slope, as PyTorch)."""
     slope = _spec.leaky_relu_backward(grad_out, x, negative_slope)
     return _run("leaky_relu_backward", "leaky_relu_backward", backend, (grad_out, x), slope)
+
+
+# --------------------------------------------------------------------------------------------
+# Rotated boxes
+
+
+def box_iou_rotated(boxes1, boxes2, *, backend=None):
+    """Pairwise IoU of rotated boxes -> (N, M), as detectron2's ``pairwise_iou_rotated``.
+
+    A box is (cx, cy, w, h, angle): its centre, its width and height, and its rotation in
+    degrees, counter-clockwise as seen on an image (y pointing down): at angle a the width runs
+    along (cos a, -sin a) and the height along (sin a, cos a) (OpenCV's ``RotatedRect`` angle
+    turns the other way: it is minus this one). So angle 180 or 360 is the
+    unrotated box and angle 90 is the box with w and h swapped (exactly: the angle is reduced
+    to a quarter turn plus a remainder of at most 45 degrees before any sine or cosine).
+
+    The intersection is the exact convex polygon where the two rectangles overlap, computed in
+    float64 whatever the boxes' dtype, and rounded to that dtype at the end. A box with w <= 0
+    or h <= 0 is empty: its IoU with any box is 0. A box with a NaN or infinite value has no
+    defined polygon: its IoU with every box is NaN (which :func:`nms_rotated` never counts as
+    an overlap). Unlike detectron2, which computes in the boxes' precision and treats boxes of
+    area below 1e-14 as empty, only w <= 0 or h <= 0 makes a box empty here."""
+    _spec.box_iou_rotated(boxes1, boxes2)
+    return _run("box_iou_rotated", "box_iou_rotated", backend, (boxes1, boxes2))
+
+
+def nms_rotated(boxes, scores, iou_threshold, *, backend=None):
+    """Greedy non-maximum suppression of rotated boxes (see :func:`box_iou_rotated`), as
+    detectron2's ``nms_rotated`` -> int64 indices of the kept boxes by decreasing score. A box
+    is dropped when its IoU with a kept, higher-scored box is > iou_threshold; equal scores keep
+    the lower index first; NaN scores rank below all others. The IoU, rounded to the boxes'
+    dtype as :func:`box_iou_rotated` returns it, is compared exactly with the threshold; a NaN
+    IoU suppresses nothing. No boxes -> an empty int64 array."""
+    thr = _spec.nms_rotated(boxes, scores, iou_threshold)
+    return _run("nms_rotated", "nms_rotated", backend, (boxes, scores), thr)

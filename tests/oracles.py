@@ -4,6 +4,9 @@ as their definitions so that they are easy to trust.
 The arithmetic happens in the dtype of the boxes passed in (NumPy scalars keep it): pass
 float64 boxes for an exact oracle, or the kernel's float32 boxes to round as the kernel does.
 """
+import math
+from fractions import Fraction
+
 import numpy as np
 
 
@@ -42,5 +45,108 @@ def nms(boxes, scores, threshold, categories=None):
     keep = []
     for i in score_order(scores):
         if not any(same(i, k) and float(iou(boxes[k], boxes[i])) > threshold for k in keep):
+            keep.append(i)
+    return np.array(keep, np.int64)
+
+
+# Rotated boxes (cx, cy, w, h, angle in degrees, counter-clockwise on an image). A different
+# algorithm from the backends' polygon clipping, in exact rational arithmetic on the corners:
+# the intersection of two convex polygons is the convex hull of the corners of each that lie in
+# the other and of the points where their edges cross.
+
+
+def rotated_corners(box):
+    """The corners (as exact Fractions of their float64 values), counter-clockwise: the width
+    runs along (cos, -sin) of the angle and the height along (sin, cos)."""
+    cx, cy, w, h, angle = (float(v) for v in box)
+    t = math.radians(math.fmod(angle, 360.0))
+    c, s = math.cos(t), math.sin(t)
+    u = (c * w / 2, -s * w / 2)
+    v = (s * h / 2, c * h / 2)
+    signs = ((-1, -1), (1, -1), (1, 1), (-1, 1))
+    return [(Fraction(cx + a * u[0] + b * v[0]), Fraction(cy + a * u[1] + b * v[1])) for a, b in signs]
+
+
+def _cross(o, p, q):
+    return (p[0] - o[0]) * (q[1] - o[1]) - (p[1] - o[1]) * (q[0] - o[0])
+
+
+def _inside(p, polygon):
+    n = len(polygon)
+    return all(_cross(polygon[k], polygon[(k + 1) % n], p) >= 0 for k in range(n))
+
+
+def _edge_crossings(P, Q):
+    out = []
+    for k in range(len(P)):
+        p1, p2 = P[k], P[(k + 1) % len(P)]
+        for m in range(len(Q)):
+            q1, q2 = Q[m], Q[(m + 1) % len(Q)]
+            d = (p2[0] - p1[0]) * (q2[1] - q1[1]) - (p2[1] - p1[1]) * (q2[0] - q1[0])
+            if d == 0:  # parallel: an overlap's ends are corners inside the other polygon
+                continue
+            t = ((q1[0] - p1[0]) * (q2[1] - q1[1]) - (q1[1] - p1[1]) * (q2[0] - q1[0])) / d
+            u = ((q1[0] - p1[0]) * (p2[1] - p1[1]) - (q1[1] - p1[1]) * (p2[0] - p1[0])) / d
+            if 0 <= t <= 1 and 0 <= u <= 1:
+                out.append((p1[0] + t * (p2[0] - p1[0]), p1[1] + t * (p2[1] - p1[1])))
+    return out
+
+
+def _hull_area(points):
+    """Area of the convex hull of exact points (Andrew's monotone chain, then the shoelace)."""
+    pts = sorted(set(points))
+    if len(pts) < 3:
+        return Fraction(0)
+
+    def half(seq):
+        chain = []
+        for p in seq:
+            while len(chain) >= 2 and _cross(chain[-2], chain[-1], p) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain[:-1]
+
+    hull = half(pts) + half(pts[::-1])
+    return sum(_cross((0, 0), hull[k], hull[(k + 1) % len(hull)]) for k in range(len(hull))) / 2
+
+
+def rotated_iou(a, b):
+    """IoU of two rotated boxes, as a float: NaN if a value is not finite, 0 if a box has w <= 0
+    or h <= 0, else exact for the quadrilaterals of the float64 corners of both."""
+    if not np.all(np.isfinite(np.concatenate([a, b]).astype(np.float64))):
+        return math.nan
+    if not (a[2] > 0 and a[3] > 0 and b[2] > 0 and b[3] > 0):
+        return 0.0
+    P, Q = rotated_corners(a), rotated_corners(b)
+    if (max(p[0] for p in P) < min(q[0] for q in Q) or max(q[0] for q in Q) < min(p[0] for p in P)
+            or max(p[1] for p in P) < min(q[1] for q in Q) or max(q[1] for q in Q) < min(p[1] for p in P)):
+        return 0.0  # the bounding boxes are apart
+    points = [p for p in P if _inside(p, Q)] + [q for q in Q if _inside(q, P)] + _edge_crossings(P, Q)
+    # Areas of the same float corners, so that identical boxes give exactly 1.
+    inter = _hull_area(points)
+    union = _hull_area(P) + _hull_area(Q) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def rotated_iou_matrix(a, b=None):
+    """rotated_iou of every pair of `a` and `b` (of `a` with itself, computed once per pair,
+    when b is None)."""
+    if b is not None:
+        return np.array([[rotated_iou(p, q) for q in b] for p in a], np.float64).reshape(len(a), len(b))
+    out = np.empty((len(a), len(a)))
+    for i in range(len(a)):
+        for j in range(i, len(a)):
+            out[i, j] = out[j, i] = rotated_iou(a[i], a[j])
+    return out
+
+
+def nms_rotated(boxes, scores, threshold, iou=None):
+    """Greedy NMS with rotated_iou (or the given matrix of it) rounded to the boxes' dtype and
+    compared in float64."""
+    if iou is None:
+        iou = rotated_iou_matrix(boxes)
+    keep = []
+    for i in score_order(scores):
+        if not any(float(boxes.dtype.type(iou[k, i])) > threshold for k in keep):
             keep.append(i)
     return np.array(keep, np.int64)

@@ -41,6 +41,8 @@ BOXES, SCORES = np.array([[0, 0, 1, 1], [0, 0, 2, 2]], np.float32), np.array([1,
 MANY_BOXES = np.broadcast_to(np.float32(1), (2**31, 4))
 MANY_SCORES = np.broadcast_to(np.float32(1), (2**31,))
 MANY_IDXS = np.broadcast_to(np.int64(0), (2**31,))
+ROTATED = np.array([[0, 0, 1, 1, 0], [0, 0, 2, 2, 30]], np.float32)
+MANY_ROTATED = np.broadcast_to(np.float32(1), (2**31, 5))
 
 # op, case id, args, kwargs, substrings the ValueError message must contain
 OUT_OF_RANGE = [
@@ -89,6 +91,9 @@ OUT_OF_RANGE = [
     ("nms", "boxes_2**31", (MANY_BOXES, MANY_SCORES, 0.5), {}, ["2**31 - 1 boxes"]),
     ("batched_nms", "boxes_2**31", (MANY_BOXES, MANY_SCORES, MANY_IDXS, 0.5), {}, ["2**31 - 1 boxes"]),
     ("nms", "iou_threshold_10**400", (BOXES, SCORES, 10**400), {}, ["iou_threshold"]),
+    ("box_iou_rotated", "output_bytes", (MANY_ROTATED, MANY_ROTATED), {}, ["output of shape"]),
+    ("nms_rotated", "boxes_2**31", (MANY_ROTATED, MANY_SCORES, 0.5), {}, ["2**31 - 1 boxes"]),
+    ("nms_rotated", "iou_threshold_10**400", (ROTATED, SCORES, 10**400), {}, ["iou_threshold"]),
 ]
 
 

@@ -28,6 +28,7 @@ PG, PI = f32(1, 2, 2, 2), i64(1, 2, 2, 2)
 LX, LH, LC, WIH, WHH, BIH = f32(3, 4), f32(3, 5), f32(3, 5), f32(20, 4), f32(20, 5), f32(20)
 SX = f32(6, 3, 4)  # lstm sequence
 BOXES, SCORES = np.array([[0, 0, 1, 1], [0, 0, 2, 2]], np.float32), np.array([1, 2], np.float32)
+ROTATED = np.array([[0, 0, 1, 1, 0], [0, 0, 2, 2, 30]], np.float32)
 
 # op, case id, args, kwargs, exception, substring the message must contain
 CASES = [
@@ -222,6 +223,17 @@ CASES = [
     ("leaky_relu_backward", "grad_shape", (f32(1, 2, 4, 3), P), {}, ValueError, "grad_out"),
     ("leaky_relu_backward", "grad_dtype", (P.astype(np.float64), P), {}, TypeError, "grad_out"),
     ("leaky_relu_backward", "x_int", (P, P.astype(np.int32)), {}, TypeError, "x"),
+    # box_iou_rotated / nms_rotated: (N, 5) boxes
+    ("box_iou_rotated", "four_columns", (BOXES, ROTATED), {}, ValueError, "boxes1"),
+    ("box_iou_rotated", "rank1", (ROTATED, f32(5)), {}, ValueError, "boxes2"),
+    ("box_iou_rotated", "int_dtype", (ROTATED.astype(np.int64), ROTATED), {}, TypeError, "boxes1"),
+    ("box_iou_rotated", "mixed_dtypes", (ROTATED, ROTATED.astype(np.float64)), {}, TypeError, "dtypes differ"),
+    ("box_iou_rotated", "list", (ROTATED.tolist(), ROTATED), {}, TypeError, "boxes1"),
+    ("nms_rotated", "scores_length", (ROTATED, f32(3), 0.5), {}, ValueError, "scores"),
+    ("nms_rotated", "scores_dtype", (ROTATED, SCORES.astype(np.float64), 0.5), {}, TypeError, "dtypes differ"),
+    ("nms_rotated", "threshold_nan", (ROTATED, SCORES, float("nan")), {}, TypeError, "iou_threshold"),
+    ("nms_rotated", "threshold_string", (ROTATED, SCORES, "0.5"), {}, TypeError, "iou_threshold"),
+    ("nms_rotated", "boxes_shape", (BOXES, SCORES, 0.5), {}, ValueError, "boxes"),
 ]
 
 BACKENDS = ["reference", None]  # None: the default backend ("cpu" where it is built)

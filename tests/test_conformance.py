@@ -206,6 +206,35 @@ def x_size(shape):
     return int(np.prod(shape))
 
 
+def rotated_boxes(rng, n, dtype, nan=False):
+    """(cx, cy, w, h, angle): grid centres and sizes, angles at and between quarter turns (and
+    past a full turn), an empty box, a duplicate, a contained box; NaN/inf boxes if asked."""
+    centres = rng.integers(0, 8, (n, 2)) + (rng.random((n, 2)) * 0.5)
+    sizes = rng.integers(1, 6, (n, 2)) + (rng.random((n, 2)) * 0.5)
+    angles = np.where(rng.random(n) < 0.5, rng.choice([0, 90, -90, 180, 45, 450], n),
+                      rng.uniform(-400, 400, n))
+    b = np.concatenate([centres, sizes, angles[:, None]], axis=1)
+    if n > 3:
+        b[1, 2] = 0
+        b[-1] = b[0]
+        b[-2] = b[0] * [1, 1, 0.5, 0.5, 1] + [0, 0, 0, 0, 30]
+    if nan and n > 5:
+        b[3, 0], b[4, 4] = np.nan, np.inf
+    return b.astype(dtype)
+
+
+def box_iou_rotated(n, m, nan=False):
+    def build(rng, dtype):
+        return (rotated_boxes(rng, n, dtype, nan), rotated_boxes(rng, m, dtype, nan)), {}
+    return build
+
+
+def nms_rotated(n, threshold, ties=False, nan=False):
+    def build(rng, dtype):
+        return (rotated_boxes(rng, n, dtype, nan), scores(rng, n, dtype, ties, nan), threshold), {}
+    return build
+
+
 def leaky_relu(shape, slope, noncontiguous=False):
     def build(rng, dtype):
         return (activation_input(rng, shape, dtype, noncontiguous), slope), {}
@@ -504,6 +533,20 @@ CASES = {
         "slope": leaky_relu_backward((4, 9), 0.2),
         "threads_split": cpu_path(leaky_relu_backward((3, 70001), 0.01)),
         "empty": leaky_relu_backward((0, 3), 0.1),
+    },
+    "box_iou_rotated": {
+        "basic": box_iou_rotated(9, 7),
+        "nan_inf": box_iou_rotated(8, 8, nan=True),
+        "empty": box_iou_rotated(0, 4),
+    },
+    "nms_rotated": {
+        "basic": nms_rotated(30, 0.5),
+        "ties_nan": nms_rotated(30, 0.3, ties=True, nan=True),
+        "threshold0": nms_rotated(20, 0.0, ties=True),
+        "threshold1": nms_rotated(20, 1.0),
+        "negative_threshold": nms_rotated(12, -0.5, nan=True),
+        "empty": nms_rotated(0, 0.5),
+        "one": nms_rotated(1, 0.5),
     },
 }
 

@@ -233,6 +233,9 @@ def run_every_op(rng):
     boxes = nan_boxes(rng, 50, np.float32)
     ops.box_iou(boxes, boxes, backend="cpu")
     ops.nms(boxes, rng.random(50).astype(np.float32), 0.5, backend="cpu")
+    rotated = np.concatenate([boxes[:, :2], np.abs(boxes[:, 2:] - boxes[:, :2]), boxes[:, :1]], axis=1)
+    ops.box_iou_rotated(rotated, rotated, backend="cpu")
+    ops.nms_rotated(rotated, rng.random(50).astype(np.float32), 0.5, backend="cpu")
 
 
 def test_kernels_leave_every_threads_mxcsr_as_they_found_it(rng):

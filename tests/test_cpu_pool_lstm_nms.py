@@ -153,6 +153,15 @@ def test_batched_nms_matches_oracle(isa, dtype):
     assert ops.batched_nms(boxes[:0], scores[:0], np.zeros(0, np.int64), 0.5).shape == (0,)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nms_ranks_subnormal_scores_above_zero(isa, dtype):
+    # The kernels run with denormals-are-zero; the ranking must still see the smallest scores.
+    tiny = np.finfo(dtype).smallest_subnormal
+    scores = np.array([0, tiny, -0.0, tiny, -tiny], dtype)
+    boxes = np.array([[4 * k, 0, 4 * k + 1, 1] for k in range(5)], dtype)  # apart: all kept
+    assert ops.nms(boxes, scores, 0.5).tolist() == [1, 3, 0, 2, 4]
+
+
 def test_nms_threshold_is_compared_exactly(isa):
     # IoU is exactly 0.5 in float32; the threshold 0.5 keeps both, anything just below drops one.
     boxes = np.array([[0, 0, 2, 1], [0, 0, 1, 1]], np.float32)  # IoU 1/2

@@ -88,9 +88,11 @@ static inline UIntOf<T> visiting_key(T score) {
     using U = UIntOf<T>;
     constexpr U sign = U(1) << (8 * sizeof(T) - 1);
     if (std::isnan(score)) return ~U(0);
-    if (score == T(0)) score = T(0);
     U bits;
     std::memcpy(&bits, &score, sizeof bits);
+    // -0 -> +0, tested on the bits: the kernels run with denormals-are-zero, under which a
+    // subnormal score would compare equal to 0 and lose its rank.
+    if ((bits & ~sign) == 0) bits = 0;
     const U ascending = (bits & sign) ? ~bits : (bits | sign);  // order of the float values
     return ~ascending;
 }

@@ -32,7 +32,7 @@ still fits in an int64. NMS takes at most 2**31 - 1 boxes. Anything beyond is a 
 naming the op and the argument, the same on every backend. Large but consistent values stay
 valid (a stride of 2**40 with one output position, as PyTorch allows).
 """
-from .boxes import batched_nms, box_iou, nms
+from .boxes import batched_nms, box_iou, box_iou_rotated, nms, nms_rotated
 from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
                    conv_transpose2d_backward)
 from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,

@@ -58,6 +58,9 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     # Elementwise activations, any shape (ReLU is a slope of 0).
     KernelSpec("leaky_relu", ("x", "negative_slope"), "y, x's shape"),
     KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
+    # Rotated boxes (cx, cy, w, h, angle in degrees, counter-clockwise on an image).
+    KernelSpec("box_iou_rotated", ("boxes1", "boxes2"), "(N, M)"),
+    KernelSpec("nms_rotated", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
 )
 
 _CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
@@ -84,6 +87,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "batched_nms": ("batched_nms",),
     "leaky_relu": ("leaky_relu",),
     "leaky_relu_backward": ("leaky_relu_backward",),
+    "box_iou_rotated": ("box_iou_rotated",),
+    "nms_rotated": ("nms_rotated",),
 }
 
 

@@ -158,3 +158,16 @@ def leaky_relu_backward(grad_out, x, negative_slope):
     grad_x = np.empty_like(x)
     _C.leaky_relu_backward(grad_out, x, negative_slope, grad_x)
     return grad_x
+
+
+@backend.register
+def box_iou_rotated(boxes1, boxes2):
+    out = np.empty((boxes1.shape[0], boxes2.shape[0]), boxes1.dtype)
+    _C.box_iou_rotated(boxes1, boxes2, out)
+    return out
+
+
+@backend.register
+def nms_rotated(boxes, scores, iou_threshold):
+    keep = np.empty(boxes.shape[0], np.int64)
+    return keep[: _C.nms_rotated(boxes, scores, iou_threshold, keep)].copy()

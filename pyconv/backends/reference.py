@@ -4,9 +4,12 @@ This module says what each kernel computes; the other backends are tested agains
 favours clarity over speed: convolutions gather every input window into one
 array (``_unfold``) and contract it with the weights; their input gradients scatter the
 windows back (``_fold``, the transpose of ``_unfold``). Everything is computed in the dtype of
-the inputs (float32 or float64). Arguments arrive checked by ``pyconv._spec`` and C-contiguous.
+the inputs (float32 or float64), except the rotated-box IoU, a polygon clipping computed in
+float64 one pair at a time. Arguments arrive checked by ``pyconv._spec`` and C-contiguous.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -393,3 +396,105 @@ def leaky_relu(x, negative_slope):
 def leaky_relu_backward(grad_out, x, negative_slope):
     with np.errstate(invalid="ignore"):
         return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))
+
+
+# --------------------------------------------------------------------------------------------
+# Rotated boxes (cx, cy, w, h, angle in degrees). Every backend follows these steps, in float64.
+
+
+def _cos_sin_degrees(angle):
+    """cos and sin of `angle` degrees. The angle is reduced to q quarter turns plus a remainder
+    r with |r| <= 45 (both steps exact), so multiples of 90 degrees give exact 0 and +-1."""
+    a = math.fmod(angle, 360.0)
+    q = math.floor(a / 90.0 + 0.5)
+    t = (a - 90.0 * q) * (math.pi / 180.0)
+    c, s = math.cos(t), math.sin(t)
+    return ((c, s), (-s, c), (-c, -s), (s, -c))[q % 4]
+
+
+def _rotated_corners(box):
+    """The corners of `box` relative to its centre, counter-clockwise (positive shoelace area).
+    The width runs along (cos, -sin), the height along (sin, cos)."""
+    _, _, w, h, angle = box
+    c, s = _cos_sin_degrees(angle)
+    hw, hh = 0.5 * w, 0.5 * h
+    ux, uy = c * hw, -s * hw
+    vx, vy = s * hh, c * hh
+    return [(-ux - vx, -uy - vy), (ux - vx, uy - vy), (ux + vx, uy + vy), (-ux + vx, -uy + vy)]
+
+
+# Exact clipping of a quadrilateral by four half-planes leaves at most 8 vertices. Rounding can
+# give a sliver lying along a clipping line alternating signs, and so more crossings; every
+# backend keeps the first 8 vertices (a sliver's area is within rounding of 0 anyway).
+MAX_VERTICES = 8
+
+
+def _clip(polygon, a, b):
+    """Sutherland-Hodgman: the part of a convex polygon on the left of (or on) the line a -> b."""
+    ex, ey = b[0] - a[0], b[1] - a[1]
+    side = [ex * (y - a[1]) - ey * (x - a[0]) for x, y in polygon]
+    out = []
+    for k, (cur, s_cur) in enumerate(zip(polygon, side)):
+        nxt, s_nxt = polygon[(k + 1) % len(polygon)], side[(k + 1) % len(polygon)]
+        if s_cur >= 0:
+            out.append(cur)
+        if (s_cur > 0 and s_nxt < 0) or (s_cur < 0 and s_nxt > 0):
+            t = s_cur / (s_cur - s_nxt)
+            out.append((cur[0] + t * (nxt[0] - cur[0]), cur[1] + t * (nxt[1] - cur[1])))
+    return out[:MAX_VERTICES]
+
+
+def _rotated_iou(a, b):
+    """IoU of two rotated boxes (5 Python floats each): NaN when a value is not finite, 0 when a
+    box is empty (w or h <= 0), else the area of a's rectangle clipped by the four edges of b's
+    (in coordinates centred on a, for precision) over the union."""
+    if not all(math.isfinite(v) for v in (*a, *b)):
+        return math.nan
+    if not (a[2] > 0 and a[3] > 0 and b[2] > 0 and b[3] > 0):
+        return 0.0
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    ra, rb = 0.5 * math.sqrt(a[2] * a[2] + a[3] * a[3]), 0.5 * math.sqrt(b[2] * b[2] + b[3] * b[3])
+    if dx * dx + dy * dy > (ra + rb) * (ra + rb):  # the circumscribed circles are apart
+        return 0.0
+    polygon = _rotated_corners(a)
+    edges = [(dx + x, dy + y) for x, y in _rotated_corners(b)]
+    for k in range(4):
+        polygon = _clip(polygon, edges[k], edges[(k + 1) % 4])
+    twice = sum(p[0] * q[1] - q[0] * p[1] for p, q in zip(polygon, polygon[1:] + polygon[:1]))
+    area_a, area_b = a[2] * a[3], b[2] * b[3]
+    inter = min(max(0.5 * twice, 0.0), area_a, area_b)
+    union = area_a + area_b - inter
+    return 0.0 if union <= 0 else inter / union
+
+
+@backend.register
+def box_iou_rotated(boxes1, boxes2):
+    """_rotated_iou of every pair, rounded to the boxes' dtype. Pairs of finite boxes whose
+    circumscribed circles are apart (most pairs, usually) are found with array operations
+    first: their IoU is 0, as _rotated_iou would say, and only the others go through it."""
+    a, b = boxes1.astype(np.float64), boxes2.astype(np.float64)
+    out = np.zeros((len(a), len(b)), np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite_a, finite_b = np.isfinite(a).all(axis=1), np.isfinite(b).all(axis=1)
+        radius_a = 0.5 * np.sqrt(a[:, 2] ** 2 + a[:, 3] ** 2)
+        radius_b = 0.5 * np.sqrt(b[:, 2] ** 2 + b[:, 3] ** 2)
+        dx = b[None, :, 0] - a[:, None, 0]
+        dy = b[None, :, 1] - a[:, None, 1]
+        reach = radius_a[:, None] + radius_b[None, :]
+        apart = (dx * dx + dy * dy > reach * reach) & finite_a[:, None] & finite_b[None, :]
+    for i, j in zip(*np.nonzero(~apart)):
+        out[i, j] = _rotated_iou(a[i].tolist(), b[j].tolist())
+    return out.astype(boxes1.dtype)
+
+
+@backend.register
+def nms_rotated(boxes, scores, iou_threshold):
+    """Greedy NMS as nms, with box_iou_rotated's IoU (rounded to the boxes' dtype)."""
+    order = _ranking(scores)
+    ranked = boxes[order]
+    suppressed = np.zeros(order.size, bool)
+    for i in range(order.size):
+        if not suppressed[i]:
+            iou = box_iou_rotated(ranked[i:i + 1], ranked[i + 1:])[0]
+            suppressed[i + 1:] |= iou.astype(np.float64) > iou_threshold
+    return order[~suppressed].astype(np.int64)

@@ -263,6 +263,42 @@ def _nms_case(n, quick=False):
                 baselines={"opencv": opencv_fn, "numpy greedy": numpy_fn}, quick=quick)
 
 
+def clustered_rotated_boxes(rng, n, clusters=None):
+    """n rotated boxes (cx, cy, w, h, angle in degrees) scattered around a few centres, with
+    angles spread around a direction per cluster, as a rotated detector's outputs are."""
+    clusters = clusters or max(1, n // 20)
+    cluster = rng.integers(0, clusters, n)
+    centres = rng.uniform(0, 1000, (clusters, 2))[cluster] + rng.normal(0, 8, (n, 2))
+    sizes = rng.uniform(20, 60, (n, 2))
+    angles = rng.uniform(-90, 90, clusters)[cluster] + rng.normal(0, 10, n)
+    boxes = np.concatenate([centres, sizes, angles[:, None]], axis=1).astype(np.float32)
+    return boxes, rng.uniform(0, 1, n).astype(np.float32)
+
+
+def _nms_rotated_case(n, quick=False):
+    thr = 0.5
+
+    def make(rng):
+        boxes, scores = clustered_rotated_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores}
+
+    def run(a, be):
+        return ops.nms_rotated(a["boxes"], a["scores"], thr, backend=be)
+
+    def opencv_fn(a):
+        try:
+            import cv2
+        except ImportError:
+            return None
+        # RotatedRect angles turn the other way (its width runs along (cos a, sin a)).
+        rects = [((x, y), (w, h), -t) for x, y, w, h, t in a["boxes"].tolist()]
+        scores = a["scores"].tolist()
+        return lambda: cv2.dnn.NMSBoxesRotated(rects, scores, 0.0, thr)  # all scores are > 0
+
+    return Case("nms_rotated", f"{n} clustered rotated boxes", ("nms_rotated",), make, run,
+                baselines={"opencv": opencv_fn}, quick=quick)
+
+
 def cases(quick: bool) -> list[Case]:
     all_cases = [
         _conv_case("LeNet conv1 64x1x28x28 k6 5x5 p2", 64, 1, 28, 28, 6, 5, pad=2, quick=True),
@@ -303,6 +339,8 @@ def cases(quick: bool) -> list[Case]:
         _nms_case(1000, quick=True),
         _nms_case(10000),
         _nms_case(50000),
+        _nms_rotated_case(1000, quick=True),
+        _nms_rotated_case(10000),
     ]
     return [c for c in all_cases if c.quick or not quick]
 
@@ -377,6 +415,17 @@ def _batched_nms_case(n, categories):
     return Case("batched_nms", f"{n} clustered boxes, {categories} categories", ("batched_nms",), make, run)
 
 
+def _box_iou_rotated_case(n):
+    def make(rng):
+        return {"boxes": clustered_rotated_boxes(rng, n)[0]}
+
+    def run(a, be):
+        return ops.box_iou_rotated(a["boxes"], a["boxes"], backend=be)
+
+    return Case("box_iou_rotated", f"{n}x{n} clustered rotated boxes", ("box_iou_rotated",), make,
+                run, quick=True)
+
+
 def kernel_cases(quick: bool) -> list[Case]:
     """cases() and one case for each kernel they leave out (the pooling backward passes,
     unpooling, the LSTM cell backward, box_iou and batched_nms)."""
@@ -387,6 +436,7 @@ def kernel_cases(quick: bool) -> list[Case]:
         _lstm_cell_backward_case(64, 128, 256),
         _box_iou_case(1000),
         _batched_nms_case(10000, 20),
+        _box_iou_rotated_case(1000),
     ]
     return cases(quick) + [c for c in extra if c.quick or not quick]
 

@@ -78,14 +78,14 @@ def _parameter_names(fn) -> tuple[str, ...]:
 
 def argtypes(dtype, kinds: str):
     """Numba argument types for a kernel: one letter per argument, 'f' a flat array of the
-    float dtype, 'l' of int64, 'u' of uint64, 'b' of uint8, 'n' an int64 scalar, 's' a scalar
-    of the float dtype."""
+    float dtype, 'l' of int64, 'u' of uint64, 'b' of uint8, 'd' of float64 (whatever the float
+    dtype), 'n' an int64 scalar, 's' a scalar of the float dtype."""
     from numba import types
 
     ft = types.float32 if np.dtype(dtype) == np.float32 else types.float64
     table = {
         "f": ft[::1], "l": types.int64[::1], "u": types.uint64[::1], "b": types.uint8[::1],
-        "n": types.int64, "s": ft,
+        "n": types.int64, "s": ft, "d": types.float64[::1],
     }
     return tuple(table[k] for k in kinds)
 

@@ -428,6 +428,7 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
 # Rotated boxes
 
 
+@_takes_dlpack
 def box_iou_rotated(boxes1, boxes2, *, backend=None):
     """Pairwise IoU of rotated boxes -> (N, M), as detectron2's ``pairwise_iou_rotated``.
 
@@ -448,6 +449,7 @@ def box_iou_rotated(boxes1, boxes2, *, backend=None):
     return _run("box_iou_rotated", "box_iou_rotated", backend, (boxes1, boxes2))
 
 
+@_takes_dlpack
 def nms_rotated(boxes, scores, iou_threshold, *, backend=None):
     """Greedy non-maximum suppression of rotated boxes (see :func:`box_iou_rotated`), as
     detectron2's ``nms_rotated`` -> int64 indices of the kept boxes by decreasing score. A box

@@ -120,11 +120,12 @@ def test_cuda_memory_goes_to_cupy(monkeypatch):
         pyconv._spec.from_dlpack("op", "x", on_gpu)
 
 
-def test_the_wrapped_ops_keep_their_signatures_and_docstrings():
+def test_every_op_takes_dlpack_and_keeps_its_signature_and_docstring():
     for name in ops.__all__:
         op = getattr(ops, name)
         assert op.__name__ == name and op.__doc__
         assert "backend" in inspect.signature(op).parameters
+        assert op.__code__ is ops._takes_dlpack(lambda: None).__code__, f"{name} takes no DLPack arrays"
 
 
 def test_a_pyconv_tensor_made_from_a_torch_tensor_shares_its_memory():

@@ -20,6 +20,11 @@ def _info(args):
 
 
 def _bench(args):
+    if args.torch_model:
+        from pyconv.bench import torch_models
+
+        torch_models.main(threads=args.threads or 2, reps=args.reps, quick=args.quick)
+        return
     from pyconv import bench
 
     bench.main(quick=args.quick, json_path=args.json, backends=args.backends,
@@ -86,6 +91,10 @@ def build_parser():
     p.add_argument("--models", action="store_true",
                    help="instead: one training step of small models (LeNet-5, DCGAN, VGG block) and "
                    "each of their layers, against PyTorch twins with the same weights")
+    p.add_argument("--torch-model", action="store_true",
+                   help="instead: PyTorch models (ResNet-style, DCGAN) converted with "
+                   "pyconv.torch.convert against native PyTorch, forward and training step and the "
+                   "ResNet's layers (default 2 threads; needs PyTorch)")
     p.set_defaults(func=_bench)
 
     models = _model_names()

@@ -4,6 +4,8 @@ modules, torch.compile without graph breaks), the refusals, and the torchvision-
 from __future__ import annotations
 
 import copy
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -422,3 +424,16 @@ def test_cuda_tensors_run_on_the_cuda_backend():
     w = torch.randn(4, 3, 3, 3, device="cuda")
     torch.testing.assert_close(pt.conv2d(x, w, padding=1), TF.conv2d(x, w, padding=1),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_readme_example_runs(tmp_path):
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## From PyTorch", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    root = str(pathlib.Path(__file__).parents[1])
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["torch.Size([8, 10])", "tensor([0, 2])"]

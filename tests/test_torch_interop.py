@@ -437,3 +437,13 @@ def test_readme_example_runs(tmp_path):
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["torch.Size([8, 10])", "tensor([0, 2])"]
+
+
+def test_bench_torch_model_runs(capsys):
+    from pyconv import cli
+
+    cli.main(["bench", "--torch-model", "--quick", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert "| ResNet-style (32x32x3, width 32) | training step |" in out
+    assert "| DCGAN (28x28, nz 100) | forward |" in out
+    assert "| 3.conv1 | Conv2d | (8, 32, 32, 32) |" in out

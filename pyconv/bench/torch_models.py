@@ -7,12 +7,17 @@ For each: the forward pass (no grad) and one training step (forward, loss, backw
 step; for the DCGAN a discriminator step and a generator step), native and converted timed
 interleaved, one call of each in turn, medians reported. Then the ResNet's converted layers one
 by one (forward + backward on the input each sees in the network), to show where time goes.
-Ratios are native time / pyconv time: above 1, pyconv is faster.
+Ratios are native time / pyconv time: above 1, pyconv is faster. Besides wall-clock time, the
+whole-model passes are timed a second time in CPU time of the process (all threads): on a
+shared machine the wall-clock time of a 2-thread step depends on when the scheduler runs the
+second thread, its CPU time much less (idle OpenMP workers that sleep cost none; spinning
+ones count).
 """
 from __future__ import annotations
 
 import copy
 import os
+import time
 
 from .measure import interleaved_medians
 
@@ -120,8 +125,10 @@ def _layer_rows(torch, native, converted, x, reps):
                 out = out[0] if isinstance(out, tuple) else out
                 out.backward(torch.ones_like(out))
             return run
-        med = interleaved_medians({k: fwd_bwd(m) for k, m in pair.items()}, reps)
-        rows.append((path, type(pair["torch"]).__name__, tuple(inp.shape), med["torch"], med["pyconv"]))
+        runs = {k: fwd_bwd(m) for k, m in pair.items()}
+        med = interleaved_medians(runs, reps)
+        cpu = interleaved_medians(runs, reps, clock=time.process_time)
+        rows.append((path, type(pair["torch"]).__name__, tuple(inp.shape), med, cpu))
     return rows
 
 
@@ -156,25 +163,32 @@ def main(threads=2, reps=None, quick=False):
     print(f"PyTorch {torch.__version__}, pyconv {pyconv.__version__} (backend cpu, "
           f"ISA {pyconv.info().get('isa')}), {threads} threads each, batch {batch}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; OpenMP runtimes "
-          f"loaded: {', '.join(_loaded_openmp()) or 'none found'}")
-    print("| model | pass | torch ms | pyconv ms | torch / pyconv |")
-    print("|---|---|---|---|---|")
+          f"loaded: {', '.join(_loaded_openmp()) or 'none found'}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| model | pass | torch ms | pyconv ms | torch / pyconv | torch CPU ms | pyconv CPU ms | "
+          "torch / pyconv (CPU) |")
+    print("|---|---|---|---|---|---|---|---|")
     results = {}
     for name, (native, make_steps, data) in models.items():
         converted = pt.convert(copy.deepcopy(native))
         native_steps = make_steps(torch, native, *data)
         pyconv_steps = make_steps(torch, converted, *data)
         for i, what in enumerate(("forward", "training step")):
-            med = interleaved_medians({"torch": native_steps[i], "pyconv": pyconv_steps[i]}, reps)
-            results[(name, what)] = med
+            pair = {"torch": native_steps[i], "pyconv": pyconv_steps[i]}
+            med = interleaved_medians(pair, reps)
+            cpu = interleaved_medians(pair, reps, clock=time.process_time)
+            results[(name, what)] = med, cpu
             print(f"| {name} | {what} | {med['torch'] * 1e3:.1f} | {med['pyconv'] * 1e3:.1f} | "
-                  f"{med['torch'] / med['pyconv']:.2f} |", flush=True)
+                  f"{med['torch'] / med['pyconv']:.2f} | {cpu['torch'] * 1e3:.1f} | "
+                  f"{cpu['pyconv'] * 1e3:.1f} | {cpu['torch'] / cpu['pyconv']:.2f} |", flush=True)
     native, _, (x, _) = models["ResNet-style (32x32x3, width 32)"]
     converted = pt.convert(copy.deepcopy(native))
     print("\nResNet-style, converted layers one by one (forward + backward on the input each sees):")
-    print("| layer | type | input | torch ms | pyconv ms | torch / pyconv |")
-    print("|---|---|---|---|---|---|")
-    for path, kind, shape, t_torch, t_pyconv in _layer_rows(torch, native, converted, x, reps):
-        print(f"| {path} | {kind} | {shape} | {t_torch * 1e3:.2f} | {t_pyconv * 1e3:.2f} | "
-              f"{t_torch / t_pyconv:.2f} |", flush=True)
+    print("| layer | type | input | torch ms | pyconv ms | torch / pyconv | torch CPU ms | "
+          "pyconv CPU ms | torch / pyconv (CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path, kind, shape, med, cpu in _layer_rows(torch, native, converted, x, reps):
+        print(f"| {path} | {kind} | {shape} | {med['torch'] * 1e3:.2f} | {med['pyconv'] * 1e3:.2f} | "
+              f"{med['torch'] / med['pyconv']:.2f} | {cpu['torch'] * 1e3:.2f} | "
+              f"{cpu['pyconv'] * 1e3:.2f} | {cpu['torch'] / cpu['pyconv']:.2f} |", flush=True)
     return results

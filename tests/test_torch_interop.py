@@ -447,3 +447,23 @@ def test_bench_torch_model_runs(capsys):
     assert "| ResNet-style (32x32x3, width 32) | training step |" in out
     assert "| DCGAN (28x28, nz 100) | forward |" in out
     assert "| 3.conv1 | Conv2d | (8, 32, 32, 32) |" in out
+
+
+def test_eager_calls_and_dispatcher_calls_agree():
+    """Plain eager calls skip torch's dispatcher (pyconv.torch._library.call); under the
+    profiler they go through it. Both give the same values and gradients."""
+    model = pt.convert(resnet(torch.float64))
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+
+    def run():
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    eager = run()
+    with torch.profiler.profile() as prof:
+        dispatched = run()
+    names = {e.key for e in prof.key_averages()}
+    assert {"pyconv::conv2d", "pyconv::conv2d_backward", "pyconv::max_pool2d"} <= names
+    torch.testing.assert_close(dispatched, eager, rtol=0, atol=0)

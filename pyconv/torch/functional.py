@@ -79,8 +79,9 @@ def _conv(op, fn, nd, input, weight, bias, stride, padding, dilation, groups, ba
             raise ValueError(f"{op}: padding must be an int, a tuple, 'same' or 'valid', "
                              f"got {padding!r}")
         padding = 0
-    y = fn(x, weight, bias, _ints(op, "stride", stride, nd, 1), _ints(op, "padding", padding, nd),
-           same, _ints(op, "dilation", dilation, nd, 1), groups, _backend(backend, x))
+    y = _lib.call(fn, x, weight, bias, _ints(op, "stride", stride, nd, 1),
+                  _ints(op, "padding", padding, nd), same, _ints(op, "dilation", dilation, nd, 1),
+                  groups, _backend(backend, x))
     return y.squeeze(0) if unbatched else y
 
 
@@ -101,10 +102,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """As ``torch.nn.functional.conv_transpose2d``: weight (C, K/groups, R, S)."""
     op = "conv_transpose2d"
     x, unbatched = _batched(op, input, 4)
-    y = _lib.conv_transpose2d(x, weight, bias, _ints(op, "stride", stride, 2, 1),
-                              _ints(op, "padding", padding, 2),
-                              _ints(op, "output_padding", output_padding, 2), groups,
-                              _ints(op, "dilation", dilation, 2, 1), _backend(backend, x))
+    y = _lib.call(_lib.conv_transpose2d, x, weight, bias, _ints(op, "stride", stride, 2, 1),
+                  _ints(op, "padding", padding, 2),
+                  _ints(op, "output_padding", output_padding, 2), groups,
+                  _ints(op, "dilation", dilation, 2, 1), _backend(backend, x))
     return y.squeeze(0) if unbatched else y
 
 
@@ -121,9 +122,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     stride = kernel if stride is None or stride == [] else _ints(op, "stride", stride, 2, 1)
     # The backward scatters the gradient to the maxima, so training needs their positions.
     with_indices = bool(return_indices) or (torch.is_grad_enabled() and x.requires_grad)
-    y, indices = _lib.max_pool2d(x, kernel, stride, _ints(op, "padding", padding, 2),
-                                 _ints(op, "dilation", dilation, 2, 1), bool(ceil_mode),
-                                 with_indices, _backend(backend, x))
+    y, indices = _lib.call(_lib.max_pool2d, x, kernel, stride, _ints(op, "padding", padding, 2),
+                           _ints(op, "dilation", dilation, 2, 1), bool(ceil_mode),
+                           with_indices, _backend(backend, x))
     if unbatched:
         y, indices = y.squeeze(0), indices.squeeze(0)
     return (y, indices) if return_indices else y
@@ -136,8 +137,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     x, unbatched = _batched(op, input, 4)
     kernel = _ints(op, "kernel_size", kernel_size, 2, 1)
     stride = kernel if stride is None or stride == [] else _ints(op, "stride", stride, 2, 1)
-    y = _lib.avg_pool2d(x, kernel, stride, _ints(op, "padding", padding, 2), bool(ceil_mode),
-                        bool(count_include_pad), divisor_override, _backend(backend, x))
+    y = _lib.call(_lib.avg_pool2d, x, kernel, stride, _ints(op, "padding", padding, 2),
+                  bool(ceil_mode), bool(count_include_pad), divisor_override, _backend(backend, x))
     return y.squeeze(0) if unbatched else y
 
 
@@ -152,8 +153,8 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     stride = kernel if stride is None else _ints(op, "stride", stride, 2, 1)
     if output_size is not None:
         output_size = [int(n) for n in output_size][-2:]
-    y = _lib.max_unpool2d(x, indices, kernel, stride, _ints(op, "padding", padding, 2),
-                          output_size, _backend(backend, x))
+    y = _lib.call(_lib.max_unpool2d, x, indices, kernel, stride, _ints(op, "padding", padding, 2),
+                  output_size, _backend(backend, x))
     return y.squeeze(0) if unbatched else y
 
 
@@ -163,12 +164,12 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step, as ``torch.nn.LSTMCell`` -> ``(h_new, c_new)``: x (B, I), h and c (B, H)."""
-    return _lib.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, _backend(backend, x))
+    return _lib.call(_lib.lstm_cell, x, h, c, w_ih, w_hh, b_ih, b_hh, _backend(backend, x))
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM layer over a sequence x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``."""
-    out, h, c = _lib.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, _backend(backend, x))
+    out, h, c = _lib.call(_lib.lstm, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _backend(backend, x))
     return out, (h, c)
 
 
@@ -178,7 +179,7 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
 
 def leaky_relu(input, negative_slope=0.01, *, backend=None):
     """As ``torch.nn.functional.leaky_relu`` (not in place)."""
-    return _lib.leaky_relu(input, float(negative_slope), _backend(backend, input))
+    return _lib.call(_lib.leaky_relu, input, float(negative_slope), _backend(backend, input))
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,17 +189,17 @@ def leaky_relu(input, negative_slope=0.01, *, backend=None):
 def box_iou(boxes1, boxes2, *, backend=None):
     """As ``torchvision.ops.box_iou``: (N, 4) and (M, 4) boxes -> (N, M) IoU. Inverted boxes
     (x2 < x1 or y2 < y1) count as empty and an empty union gives 0 (see ``pyconv.ops.box_iou``)."""
-    return _lib.box_iou(boxes1, boxes2, _backend(backend, boxes1))
+    return _lib.call(_lib.box_iou, boxes1, boxes2, _backend(backend, boxes1))
 
 
 def nms(boxes, scores, iou_threshold, *, backend=None):
     """As ``torchvision.ops.nms``: int64 indices of the kept boxes, by decreasing score. A box
     is dropped when its IoU with a kept, higher-scored box is > iou_threshold."""
-    return _lib.nms(boxes, scores, float(iou_threshold), _backend(backend, boxes))
+    return _lib.call(_lib.nms, boxes, scores, float(iou_threshold), _backend(backend, boxes))
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
     """As ``torchvision.ops.batched_nms``: NMS within each category ``idxs`` (int64); indices
     of the kept boxes by decreasing score."""
-    return _lib.batched_nms(boxes, scores, idxs.to(torch.int64), float(iou_threshold),
-                            _backend(backend, boxes))
+    return _lib.call(_lib.batched_nms, boxes, scores, idxs.to(torch.int64), float(iou_threshold),
+                     _backend(backend, boxes))

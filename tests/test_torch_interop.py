@@ -344,8 +344,13 @@ def test_convert_ops_limits_the_types():
     with pytest.raises(ValueError, match="ops must name module types"):
         pt.convert(model, ops=["Linear"])
     root = nn.Conv2d(1, 2, 3)
-    twin = pt.convert(root)
+    twin = pt.convert(root, backend="reference")
     assert isinstance(twin, pt.nn.Conv2d) and twin.weight is root.weight
+    assert twin.backend == "reference"
+    x = torch.randn(1, 1, 5, 5)
+    torch.testing.assert_close(twin(x), root(x))
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        pt.convert(nn.Conv2d(1, 2, 3), backend="tpu")
 
 
 @pytest.mark.parametrize("module, message", [

@@ -21,6 +21,12 @@ selected backend, else ``"cpu"`` (``"cuda"`` for CUDA tensors).
 """
 from __future__ import annotations
 
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as e:
+    raise ImportError("pyconv.torch needs PyTorch (pip install torch); the rest of pyconv runs "
+                      "without it") from e
+
 from . import _library, functional, nn
 from ._library import OPERATORS
 from .functional import (avg_pool2d, batched_nms, box_iou, conv1d, conv2d, conv_transpose2d,

@@ -472,3 +472,16 @@ def test_eager_calls_and_dispatcher_calls_agree():
     names = {e.key for e in prof.key_averages()}
     assert {"pyconv::conv2d", "pyconv::conv2d_backward", "pyconv::max_pool2d"} <= names
     torch.testing.assert_close(dispatched, eager, rtol=0, atol=0)
+
+
+def test_lstm_dropout_between_layers_draws_as_torch():
+    native = nn.LSTM(3, 4, num_layers=3, dropout=0.5, bidirectional=True).double()
+    converted = pt.convert(copy.deepcopy(native))
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    results = []
+    for model in (native, converted):
+        torch.manual_seed(1)
+        out, (h, c) = model(x)
+        (out.sum() + h.sum() + c.sum()).backward()
+        results.append((out, h, c, [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)

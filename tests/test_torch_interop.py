@@ -76,8 +76,8 @@ def _opcheck_samples():
         "max_unpool2d": (y_pool.requires_grad_(), idx, [2, 2], [2, 2], [0, 0], [7, 7], "cpu"),
         "lstm_cell": (*cell_args, "cpu"),
         "lstm_cell_backward": (g(3, 6), g(3, 6), *cell_args, "cpu"),
-        "lstm": (*lstm_args, "cpu"),
-        "lstm_backward": (g(5, 3, 6), g(3, 6), g(3, 6), *lstm_args, "cpu"),
+        "lstm": (*lstm_args, True, "cpu"),
+        "lstm_backward": (g(5, 3, 6), g(3, 6), g(3, 6), *lstm_args, None, None, None, "cpu"),
         "box_iou": (_boxes(5), _boxes(3), "cpu"),
         "nms": (_boxes(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
         "batched_nms": (_boxes(8), torch.rand(8, dtype=torch.float64),
@@ -485,3 +485,16 @@ def test_lstm_dropout_between_layers_draws_as_torch():
         (out.sum() + h.sum() + c.sum()).backward()
         results.append((out, h, c, [p.grad for p in model.parameters()]))
     torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)
+
+
+def test_lstm_backward_reuses_the_forward_record():
+    args = [_randn(5, 3, 4, grad=False), _randn(3, 6, grad=False), _randn(3, 6, grad=False),
+            _randn(24, 4, grad=False), _randn(24, 6, grad=False), _randn(24, grad=False), None]
+    out, h, c, gates, cells = torch.ops.pyconv.lstm(*args, True, "cpu")
+    grads = (_randn(5, 3, 6, grad=False), _randn(3, 6, grad=False), _randn(3, 6, grad=False))
+    reused = torch.ops.pyconv.lstm_backward(*grads, *args, out, gates, cells, "cpu")
+    recomputed = torch.ops.pyconv.lstm_backward(*grads, *args, None, None, None, "cpu")
+    torch.testing.assert_close(reused, recomputed, rtol=1e-12, atol=1e-12)
+    result = torch.library.opcheck(torch.ops.pyconv.lstm_backward.default,
+                                   (*grads, *args, out, gates, cells, "cpu"))
+    assert set(result.values()) == {"SUCCESS"}, result

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _get_dispatch_mode
 
 from .. import _spec, ops
+from ..backends import LstmSaved
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
 
@@ -477,47 +478,87 @@ def _lstm_autograd(backward_op, n_outputs):
 lstm_cell.register_autograd(_lstm_autograd(lstm_cell_backward, 2), setup_context=_lstm_setup)
 
 
+def _saved_gate_columns(backend: str, hidden: int, dtype) -> int:
+    """Width of the gate rows that `backend`'s lstm keeps for its backward: 4H, or wider in
+    the C++ kernels' padded layout."""
+    if backend == "cpu":
+        from .. import _C
+
+        return _C.lstm_gate_columns(int(hidden), np.dtype(_NUMPY_DTYPES[dtype]))
+    return 4 * hidden
+
+
 @torch.library.custom_op("pyconv::lstm", mutates_args=())
 def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-         b_hh: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """A single-layer LSTM over x (T, B, I) -> (out (T, B, H), h_T, c_T)."""
-    out, (h, c) = _run(ops.lstm, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend=backend)
-    return out, h, c
+         b_hh: Optional[Tensor], save: bool,
+         backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A single-layer LSTM over x (T, B, I) -> (out (T, B, H), h_T, c_T, gates, cells). With
+    `save`, gates and cells are what the backward reuses instead of running the recurrence
+    again: the activated gates of every step, in the backend's layout, and c_0..c_T; without
+    it they are empty."""
+    arrays = [to_array(t, "lstm") for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    with _on_stream_of(x):
+        out, (h, c), *record = ops.lstm(*arrays, backend=backend, save_for_backward=save)
+    out, h, c = to_tensor(out), to_tensor(h), to_tensor(c)
+    if not save:
+        return out, h, c, _empty(x), _empty(x)
+    # out is a view of the record's hs, which the backward rebuilds from h0 and out: returning
+    # both would make two outputs share memory.
+    return out, h, c, to_tensor(record[0].gates), to_tensor(record[0].cs)
 
 
 @lstm.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
-    _spec.lstm(*map(_shape, (x, h0, c0, w_ih, w_hh, b_ih, b_hh)))
-    return _new(x, (x.shape[0], *h0.shape)), _new(h0, h0.shape), _new(c0, c0.shape)
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save, backend):
+    T, B, _, H = _spec.lstm(*map(_shape, (x, h0, c0, w_ih, w_hh, b_ih, b_hh)))
+    if save:
+        gates = _new(x, (T, B, _saved_gate_columns(backend, H, x.dtype)))
+        cells = _new(x, (T + 1, B, H))
+    else:
+        gates, cells = _new(x, (0,)), _new(x, (0,))
+    return _new(x, (T, B, H)), _new(h0, h0.shape), _new(c0, c0.shape), gates, cells
 
 
 @torch.library.custom_op("pyconv::lstm_backward", mutates_args=())
 def lstm_backward(grad_out: Tensor, grad_hT: Tensor, grad_cT: Tensor, x: Tensor, h0: Tensor,
                   c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                  b_hh: Optional[Tensor], backend: str) -> _LSTM_GRADS:
-    """Backpropagation through time. The forward's per-step gates stay inside pyconv (their
-    layout is the backend's own), so this runs the recurrence again before going back."""
+                  b_hh: Optional[Tensor], out: Optional[Tensor], gates: Optional[Tensor],
+                  cells: Optional[Tensor], backend: str) -> _LSTM_GRADS:
+    """Backpropagation through time. Given the forward's out, gates and cells (``lstm`` with
+    save) it reuses them; without (None) it runs the recurrence again first."""
+    saved = None
+    if gates is not None:
+        hs = torch.cat([h0.detach()[None], out.detach()])
+        saved = LstmSaved(backend, *(to_array(t, "lstm_backward") for t in (gates, hs, cells)))
     grads = _run(ops.lstm_backward, grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                 backend=backend)
+                 backend=backend, saved=saved)
     return _or_empty(grads, x)
 
 
 @lstm_backward.register_fake
-def _(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
+def _(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, gates, cells, backend):
     return _lstm_grads_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
 
-def _lstm_seq_autograd(ctx, grad_out, grad_h, grad_c):
+def _lstm_seq_setup(ctx, inputs, output):
+    *tensors, save, backend = inputs
+    out, _, _, gates, cells = output
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.save_for_backward(*tensors, *((out, gates, cells) if save else ()))
+    ctx.backend = backend
+
+
+def _lstm_seq_autograd(ctx, grad_out, grad_h, grad_c, _grad_gates, _grad_cells):
     x, h0, c0 = ctx.saved_tensors[:3]
     grads = [torch.zeros((x.shape[0], *h0.shape), dtype=x.dtype, device=x.device)
              if grad_out is None else grad_out,
              torch.zeros_like(h0) if grad_h is None else grad_h,
              torch.zeros_like(c0) if grad_c is None else grad_c]
-    out = call(lstm_backward, *grads, *ctx.saved_tensors, ctx.backend)
-    return (*_or_none(out, ctx.needs_input_grad[:7]), None)
+    inputs, record = ctx.saved_tensors[:7], ctx.saved_tensors[7:] or (None, None, None)
+    out = call(lstm_backward, *grads, *inputs, *record, ctx.backend)
+    return (*_or_none(out, ctx.needs_input_grad[:7]), None, None)
 
 
-lstm.register_autograd(_lstm_seq_autograd, setup_context=_lstm_setup)
+lstm.register_autograd(_lstm_seq_autograd, setup_context=_lstm_seq_setup)
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,7 +169,11 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM layer over a sequence x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``."""
-    out, h, c = _lib.call(_lib.lstm, x, h0, c0, w_ih, w_hh, b_ih, b_hh, _backend(backend, x))
+    # Keep the gates of every step for the backward only when there will be one.
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    out, h, c, _, _ = _lib.call(_lib.lstm, x, h0, c0, w_ih, w_hh, b_ih, b_hh, save,
+                                _backend(backend, x))
     return out, (h, c)
 
 

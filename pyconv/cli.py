@@ -20,6 +20,11 @@ def _info(args):
 
 
 def _bench(args):
+    if args.torch_model:
+        from pyconv.bench import torch_models
+
+        torch_models.main(threads=args.threads or 2, reps=args.reps, quick=args.quick)
+        return
     if args.onnx:
         from pyconv.bench import onnx_graphs
 
@@ -95,6 +100,10 @@ def build_parser():
     p.add_argument("--models", action="store_true",
                    help="instead: one training step of small models (LeNet-5, DCGAN, VGG block) and "
                    "each of their layers, against PyTorch twins with the same weights")
+    p.add_argument("--torch-model", action="store_true",
+                   help="instead: PyTorch models (ResNet-style, DCGAN) converted with "
+                   "pyconv.torch.convert against native PyTorch, forward and training step and the "
+                   "ResNet's layers (default 2 threads; needs PyTorch)")
     p.add_argument("--onnx", nargs="+", metavar="GRAPH",
                    help="instead: ONNX graphs (files, or built-in lenet, dcgan, resnet) run by pyconv "
                    "and by ONNX Runtime's CPU provider, interleaved, with a per-op-type split "

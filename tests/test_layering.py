@@ -13,7 +13,7 @@ LAYERS = [
     ("random", "_spec", "filters", "serialization"),
     ("backends", "_C"),
     ("ops",),
-    ("autograd",),
+    ("autograd", "torch"),
     ("testing", "nn", "onnx"),
     ("optim", "data", "distributed"),
     ("train",),

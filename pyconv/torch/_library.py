@@ -1,0 +1,681 @@
+"""The ``pyconv::*`` PyTorch custom operators: every op of :mod:`pyconv.ops` (and the backward
+kernels that train them) registered with ``torch.library.custom_op``.
+
+Each operator hands its tensors to pyconv without copying (``Tensor.numpy()`` on the CPU,
+DLPack to CuPy on a CUDA device), runs the pyconv kernel on the backend named by its ``backend``
+argument and wraps the result the same way (``torch.from_numpy`` / ``torch.from_dlpack``).
+Each has a fake implementation that computes the output's shape and dtype with the op's own
+shape rules (:mod:`pyconv._spec`, on abstract shapes), so ``torch.compile`` traces through it
+as one opaque node, and the differentiable ones have an autograd formula that calls the
+pyconv backward operators (themselves custom operators, so a compiled backward stays one
+graph too). Backward operators are not differentiable again (no double backward).
+
+Argument conventions of the schemas (torch's schemas have no int-or-tuple or optional-string
+types): sizes are lists with one int per spatial dimension; a convolution's ``padding="same"``
+is ``same=True`` with ``padding`` ignored; an unneeded gradient is returned as an empty tensor
+(the ``needs`` mask says which are wanted).
+"""
+# No ``from __future__ import annotations``: torch.library reads the schemas from the
+# annotations as written.
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _get_dispatch_mode
+
+from .. import _spec, ops
+from ..backends import LstmSaved
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+
+
+# --------------------------------------------------------------------------------------------
+# Crossing between torch tensors and pyconv arrays, without copies.
+
+
+def to_array(t: Optional[Tensor], op: str = "pyconv.torch"):
+    """A NumPy (CPU) or CuPy (CUDA) array sharing the tensor's memory; None stays None."""
+    if t is None:
+        return None
+    if t.dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"{op}: pyconv runs float32 and float64 tensors (int64 for indices), "
+                        f"got {t.dtype}")
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t.numpy()
+    if t.device.type == "cuda":
+        import cupy
+
+        return cupy.from_dlpack(t)
+    raise TypeError(f"{op}: pyconv runs tensors on the CPU or a CUDA device, got {t.device}")
+
+
+def to_tensor(a) -> Tensor:
+    """A torch tensor sharing the array's memory (NumPy -> CPU, CuPy -> CUDA)."""
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+class _on_stream_of:
+    """Runs the enclosed CuPy work on torch's current CUDA stream, so that it is ordered after
+    the kernels that produced its inputs and before those that consume its outputs; nothing on
+    the CPU."""
+
+    def __init__(self, t: Tensor):
+        self.device = t.device if t.device.type == "cuda" else None
+
+    def __enter__(self):
+        if self.device is not None:
+            import cupy
+
+            stream = torch.cuda.current_stream(self.device)
+            self._stream = cupy.cuda.ExternalStream(stream.cuda_stream, self.device.index)
+            self._stream.__enter__()
+
+    def __exit__(self, *exc):
+        if self.device is not None:
+            self._stream.__exit__(*exc)
+
+
+def _shape(t: Optional[Tensor]):
+    """The abstract array (shape, dtype) of a tensor, for pyconv's shape rules."""
+    if t is None:
+        return None
+    if t.dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"pyconv: float32 or float64 tensors expected, got {t.dtype}")
+    return _spec.ShapeDtype(tuple(int(n) for n in t.shape), _NUMPY_DTYPES[t.dtype])
+
+
+def _run(fn, *args, **kwargs):
+    """Calls the pyconv op `fn` on arrays viewing the tensor arguments; tensors back out."""
+    first = next(a for a in args if isinstance(a, Tensor))
+    arrays = [to_array(a, fn.__name__) if isinstance(a, Tensor) else a for a in args]
+    with _on_stream_of(first):
+        out = fn(*arrays, **kwargs)
+    return _wrap(out)
+
+
+def _wrap(out):
+    if out is None:
+        return None
+    if isinstance(out, (tuple, list)):
+        return tuple(_wrap(o) for o in out)
+    return to_tensor(out)
+
+
+def _empty(like: Tensor) -> Tensor:
+    """What an operator returns for a gradient nobody asked for."""
+    return like.new_empty((0,))
+
+
+def _or_empty(grads, like: Tensor):
+    return tuple(_empty(like) if g is None else g for g in grads)
+
+
+def _or_none(grads, wanted):
+    return tuple(g if w else None for g, w in zip(grads, wanted))
+
+
+def _padding(padding, same):
+    return "same" if same else tuple(padding)
+
+
+def _new(like: Tensor, shape, dtype=None) -> Tensor:
+    return like.new_empty(tuple(shape), dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Calling an operator. Through torch's dispatcher a Python custom operator costs some tens of
+# microseconds more per call than the kernel's own Python glue (argument defaults, the
+# redispatch past autograd, a torch.compile guard), paid again by its backward. In plain eager
+# calls, `call` skips that: it runs the operator's implementation directly, under an
+# autograd.Function made of the operator's own setup_context and backward. Whenever anything
+# may be watching the dispatcher (torch.compile, export or other tracing, fake tensors, tensor
+# subclasses, torch.func transforms, dispatch or function modes, the profiler), it goes
+# through the dispatcher as registered.
+
+_direct: dict = {}
+
+
+def _direct_form(op):
+    """(implementation, autograd.Function or None) of a custom operator; None if this torch
+    does not expose them."""
+    if op not in _direct:
+        impl = getattr(op, "_init_fn", None)
+        setup, backward = getattr(op, "_setup_context_fn", None), getattr(op, "_backward_fn", None)
+        function = None
+        if impl is not None and backward is not None and setup is not None:
+            function = type(f"pyconv_{op._name}", (torch.autograd.Function,), {
+                "forward": staticmethod(impl),
+                "setup_context": staticmethod(setup),
+                "backward": staticmethod(backward),
+            })
+        _direct[op] = None if impl is None else (impl, function)
+    return _direct[op]
+
+
+def _plain_eager(args) -> bool:
+    if (torch.compiler.is_compiling() or torch.autograd.profiler._is_profiler_enabled
+            or _get_dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    return all(type(a) in (Tensor, torch.nn.Parameter) for a in args if isinstance(a, Tensor))
+
+
+def call(op, *args):
+    """Runs the custom operator `op` on `args` (see above for when it skips the dispatcher)."""
+    form = _direct_form(op) if _plain_eager(args) else None
+    if form is None:
+        return op(*args)
+    impl, function = form
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(a, Tensor) and a.requires_grad for a in args)
+    if needs_grad and function is not None:
+        return function.apply(*args)
+    if needs_grad:
+        return op(*args)  # the dispatcher says why it cannot be differentiated
+    with torch.no_grad():
+        return impl(*args)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution
+
+
+@torch.library.custom_op("pyconv::conv2d", mutates_args=())
+def conv2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: list[int], padding: list[int],
+           same: bool, dilation: list[int], groups: int, backend: str) -> Tensor:
+    return _run(ops.conv2d, x, w, b, tuple(stride), _padding(padding, same), tuple(dilation),
+                groups, backend=backend)
+
+
+@conv2d.register_fake
+def _(x, w, b, stride, padding, same, dilation, groups, backend):
+    g = _spec.conv2d(_shape(x), _shape(w), _shape(b), tuple(stride), _padding(padding, same),
+                     tuple(dilation), groups)
+    return _new(x, g.output_shape)
+
+
+@torch.library.custom_op("pyconv::conv2d_backward", mutates_args=())
+def conv2d_backward(grad_out: Tensor, x: Tensor, w: Tensor, stride: list[int],
+                    padding: list[int], same: bool, dilation: list[int], groups: int,
+                    needs: list[bool], backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _run(ops.conv2d_backward, grad_out, x, w, tuple(stride), _padding(padding, same),
+                 tuple(dilation), groups, tuple(needs), backend=backend)
+    return _or_empty(grads, x)
+
+
+@torch.library.custom_op("pyconv::conv1d", mutates_args=())
+def conv1d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: list[int], padding: list[int],
+           same: bool, dilation: list[int], groups: int, backend: str) -> Tensor:
+    return _run(ops.conv1d, x, w, b, tuple(stride), _padding(padding, same), tuple(dilation),
+                groups, backend=backend)
+
+
+@conv1d.register_fake
+def _(x, w, b, stride, padding, same, dilation, groups, backend):
+    g = _spec.conv1d(_shape(x), _shape(w), _shape(b), tuple(stride), _padding(padding, same),
+                     tuple(dilation), groups)
+    return _new(x, (g.N, g.K, g.Wo))
+
+
+@torch.library.custom_op("pyconv::conv1d_backward", mutates_args=())
+def conv1d_backward(grad_out: Tensor, x: Tensor, w: Tensor, stride: list[int],
+                    padding: list[int], same: bool, dilation: list[int], groups: int,
+                    needs: list[bool], backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _run(ops.conv1d_backward, grad_out, x, w, tuple(stride), _padding(padding, same),
+                 tuple(dilation), groups, tuple(needs), backend=backend)
+    return _or_empty(grads, x)
+
+
+def _conv_grads_fake(x, w, needs, bias_size):
+    shapes = (x.shape, w.shape, (bias_size,))
+    return tuple(_new(x, s if n else (0,)) for s, n in zip(shapes, needs))
+
+
+@conv2d_backward.register_fake
+def _(grad_out, x, w, stride, padding, same, dilation, groups, needs, backend):
+    return _conv_grads_fake(x, w, needs, w.shape[0])
+
+
+@conv1d_backward.register_fake
+def _(grad_out, x, w, stride, padding, same, dilation, groups, needs, backend):
+    return _conv_grads_fake(x, w, needs, w.shape[0])
+
+
+def _conv_setup(ctx, inputs, output):
+    x, w, _b, *params = inputs
+    ctx.save_for_backward(x, w)
+    ctx.params = params
+
+
+def _conv_autograd(backward_op):
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:3])
+        grads = call(backward_op, grad, x, w, *ctx.params[:-1], needs, ctx.params[-1])
+        return (*_or_none(grads, needs), *(None,) * len(ctx.params))
+    return backward
+
+
+conv2d.register_autograd(_conv_autograd(conv2d_backward), setup_context=_conv_setup)
+conv1d.register_autograd(_conv_autograd(conv1d_backward), setup_context=_conv_setup)
+
+
+@torch.library.custom_op("pyconv::conv_transpose2d", mutates_args=())
+def conv_transpose2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: list[int],
+                     padding: list[int], output_padding: list[int], groups: int,
+                     dilation: list[int], backend: str) -> Tensor:
+    return _run(ops.conv_transpose2d, x, w, b, tuple(stride), tuple(padding),
+                tuple(output_padding), groups, tuple(dilation), backend=backend)
+
+
+@conv_transpose2d.register_fake
+def _(x, w, b, stride, padding, output_padding, groups, dilation, backend):
+    g = _spec.conv_transpose2d(_shape(x), _shape(w), _shape(b), tuple(stride), tuple(padding),
+                               tuple(output_padding), groups, tuple(dilation))
+    return _new(x, g.input_shape)
+
+
+@torch.library.custom_op("pyconv::conv_transpose2d_backward", mutates_args=())
+def conv_transpose2d_backward(grad_out: Tensor, x: Tensor, w: Tensor, stride: list[int],
+                              padding: list[int], output_padding: list[int], groups: int,
+                              dilation: list[int], needs: list[bool],
+                              backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    grads = _run(ops.conv_transpose2d_backward, grad_out, x, w, tuple(stride), tuple(padding),
+                 tuple(output_padding), groups, tuple(dilation), tuple(needs), backend=backend)
+    return _or_empty(grads, x)
+
+
+@conv_transpose2d_backward.register_fake
+def _(grad_out, x, w, stride, padding, output_padding, groups, dilation, needs, backend):
+    return _conv_grads_fake(x, w, needs, w.shape[1] * groups)
+
+
+conv_transpose2d.register_autograd(_conv_autograd(conv_transpose2d_backward),
+                                   setup_context=_conv_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling
+
+
+@torch.library.custom_op("pyconv::max_pool2d", mutates_args=())
+def max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+               dilation: list[int], ceil_mode: bool, return_indices: bool,
+               backend: str) -> tuple[Tensor, Tensor]:
+    """-> (y, indices); indices is empty unless return_indices (the backward needs them)."""
+    out = _run(ops.max_pool2d, x, tuple(kernel_size), tuple(stride), tuple(padding),
+               tuple(dilation), ceil_mode, return_indices, backend=backend)
+    return out if return_indices else (out, x.new_empty((0,), dtype=torch.int64))
+
+
+@max_pool2d.register_fake
+def _(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend):
+    g = _spec.max_pool2d(_shape(x), tuple(kernel_size), tuple(stride), tuple(padding),
+                         tuple(dilation), ceil_mode)
+    return _new(x, g.output_shape), _new(x, g.output_shape if return_indices else (0,), torch.int64)
+
+
+@torch.library.custom_op("pyconv::max_pool2d_backward", mutates_args=())
+def max_pool2d_backward(grad_out: Tensor, indices: Tensor, input_shape: list[int],
+                        backend: str) -> Tensor:
+    return _run(ops.max_pool2d_backward, grad_out, indices, tuple(input_shape), backend=backend)
+
+
+@max_pool2d_backward.register_fake
+def _(grad_out, indices, input_shape, backend):
+    return _new(grad_out, input_shape)
+
+
+def _max_pool_setup(ctx, inputs, output):
+    x, *_, return_indices, backend = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.input_shape, ctx.backend = list(x.shape), backend
+
+
+def _max_pool_backward(ctx, grad, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    if indices.numel() == 0:
+        raise RuntimeError("pyconv::max_pool2d: its gradient needs the positions of the maxima; "
+                           "call it with return_indices=True")
+    return (call(max_pool2d_backward, grad, indices, ctx.input_shape, ctx.backend),) + (None,) * 7
+
+
+max_pool2d.register_autograd(_max_pool_backward, setup_context=_max_pool_setup)
+
+
+@torch.library.custom_op("pyconv::avg_pool2d", mutates_args=())
+def avg_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+               ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
+               backend: str) -> Tensor:
+    return _run(ops.avg_pool2d, x, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode,
+                count_include_pad, divisor_override, backend=backend)
+
+
+@avg_pool2d.register_fake
+def _(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend):
+    g, _ = _spec.avg_pool2d(_shape(x), tuple(kernel_size), tuple(stride), tuple(padding),
+                            ceil_mode, divisor_override)
+    return _new(x, g.output_shape)
+
+
+@torch.library.custom_op("pyconv::avg_pool2d_backward", mutates_args=())
+def avg_pool2d_backward(grad_out: Tensor, input_shape: list[int], kernel_size: list[int],
+                        stride: list[int], padding: list[int], ceil_mode: bool,
+                        count_include_pad: bool, divisor_override: Optional[int],
+                        backend: str) -> Tensor:
+    return _run(ops.avg_pool2d_backward, grad_out, tuple(input_shape), tuple(kernel_size),
+                tuple(stride), tuple(padding), ceil_mode, count_include_pad, divisor_override,
+                backend=backend)
+
+
+@avg_pool2d_backward.register_fake
+def _(grad_out, input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+      divisor_override, backend):
+    return _new(grad_out, input_shape)
+
+
+def _avg_pool_setup(ctx, inputs, output):
+    x, *params = inputs
+    ctx.input_shape, ctx.params = list(x.shape), params
+
+
+def _avg_pool_backward(ctx, grad):
+    return (call(avg_pool2d_backward, grad, ctx.input_shape, *ctx.params),) + (None,) * 7
+
+
+avg_pool2d.register_autograd(_avg_pool_backward, setup_context=_avg_pool_setup)
+
+
+@torch.library.custom_op("pyconv::max_unpool2d", mutates_args=())
+def max_unpool2d(x: Tensor, indices: Tensor, kernel_size: list[int], stride: list[int],
+                 padding: list[int], output_size: Optional[list[int]], backend: str) -> Tensor:
+    return _run(ops.max_unpool2d, x, indices, tuple(kernel_size), tuple(stride), tuple(padding),
+                None if output_size is None else tuple(output_size), backend=backend)
+
+
+@max_unpool2d.register_fake
+def _(x, indices, kernel_size, stride, padding, output_size, backend):
+    shape = _spec.max_unpool2d(_shape(x), _spec.ShapeDtype(tuple(indices.shape), np.int64),
+                               tuple(kernel_size), tuple(stride), tuple(padding),
+                               None if output_size is None else tuple(output_size))
+    return _new(x, shape)
+
+
+def _max_unpool_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _max_unpool_backward(ctx, grad):
+    # The unpooling wrote x at `indices`; its adjoint reads the gradient back from there.
+    (indices,) = ctx.saved_tensors
+    grad_x = grad.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+    return (grad_x,) + (None,) * 6
+
+
+max_unpool2d.register_autograd(_max_unpool_backward, setup_context=_max_unpool_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM
+
+
+@torch.library.custom_op("pyconv::lstm_cell", mutates_args=())
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor]:
+    return _run(ops.lstm_cell, x, h, c, w_ih, w_hh, b_ih, b_hh, backend=backend)
+
+
+@lstm_cell.register_fake
+def _(x, h, c, w_ih, w_hh, b_ih, b_hh, backend):
+    _spec.lstm_cell(*map(_shape, (x, h, c, w_ih, w_hh, b_ih, b_hh)))
+    return _new(h, h.shape), _new(c, c.shape)
+
+
+_LSTM_GRADS = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.library.custom_op("pyconv::lstm_cell_backward", mutates_args=())
+def lstm_cell_backward(grad_h: Tensor, grad_c: Tensor, x: Tensor, h: Tensor, c: Tensor,
+                       w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                       backend: str) -> _LSTM_GRADS:
+    grads = _run(ops.lstm_cell_backward, grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh,
+                 backend=backend)
+    return _or_empty(grads, x)
+
+
+def _lstm_grads_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    return tuple(_new(x, (0,) if a is None else a.shape)
+                 for a in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+
+
+@lstm_cell_backward.register_fake
+def _(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh, backend):
+    return _lstm_grads_fake(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def _lstm_setup(ctx, inputs, output):
+    *tensors, backend = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.backend = backend
+
+
+def _lstm_autograd(backward_op, n_outputs):
+    def backward(ctx, *grads):
+        # Output gradients nobody used arrive as None; pyconv reads None as zero.
+        grads = [torch.zeros_like(o) if g is None else g
+                 for g, o in zip(grads, ctx.saved_tensors[1:1 + n_outputs])]
+        out = call(backward_op, *grads, *ctx.saved_tensors, ctx.backend)
+        return (*_or_none(out, ctx.needs_input_grad[:7]), None)
+    return backward
+
+
+lstm_cell.register_autograd(_lstm_autograd(lstm_cell_backward, 2), setup_context=_lstm_setup)
+
+
+def _saved_gate_columns(backend: str, hidden: int, dtype) -> int:
+    """Width of the gate rows that `backend`'s lstm keeps for its backward: 4H, or wider in
+    the C++ kernels' padded layout."""
+    if backend == "cpu":
+        from .. import _C
+
+        return _C.lstm_gate_columns(int(hidden), np.dtype(_NUMPY_DTYPES[dtype]))
+    return 4 * hidden
+
+
+@torch.library.custom_op("pyconv::lstm", mutates_args=())
+def lstm(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+         b_hh: Optional[Tensor], save: bool,
+         backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A single-layer LSTM over x (T, B, I) -> (out (T, B, H), h_T, c_T, gates, cells). With
+    `save`, gates and cells are what the backward reuses instead of running the recurrence
+    again: the activated gates of every step, in the backend's layout, and c_0..c_T; without
+    it they are empty."""
+    arrays = [to_array(t, "lstm") for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
+    with _on_stream_of(x):
+        out, (h, c), *record = ops.lstm(*arrays, backend=backend, save_for_backward=save)
+    out, h, c = to_tensor(out), to_tensor(h), to_tensor(c)
+    if not save:
+        return out, h, c, _empty(x), _empty(x)
+    # out is a view of the record's hs, which the backward rebuilds from h0 and out: returning
+    # both would make two outputs share memory.
+    return out, h, c, to_tensor(record[0].gates), to_tensor(record[0].cs)
+
+
+@lstm.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save, backend):
+    T, B, _, H = _spec.lstm(*map(_shape, (x, h0, c0, w_ih, w_hh, b_ih, b_hh)))
+    if save:
+        gates = _new(x, (T, B, _saved_gate_columns(backend, H, x.dtype)))
+        cells = _new(x, (T + 1, B, H))
+    else:
+        gates, cells = _new(x, (0,)), _new(x, (0,))
+    return _new(x, (T, B, H)), _new(h0, h0.shape), _new(c0, c0.shape), gates, cells
+
+
+@torch.library.custom_op("pyconv::lstm_backward", mutates_args=())
+def lstm_backward(grad_out: Tensor, grad_hT: Tensor, grad_cT: Tensor, x: Tensor, h0: Tensor,
+                  c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                  b_hh: Optional[Tensor], out: Optional[Tensor], gates: Optional[Tensor],
+                  cells: Optional[Tensor], backend: str) -> _LSTM_GRADS:
+    """Backpropagation through time. Given the forward's out, gates and cells (``lstm`` with
+    save) it reuses them; without (None) it runs the recurrence again first."""
+    saved = None
+    if gates is not None:
+        hs = torch.cat([h0.detach()[None], out.detach()])
+        saved = LstmSaved(backend, *(to_array(t, "lstm_backward") for t in (gates, hs, cells)))
+    grads = _run(ops.lstm_backward, grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                 backend=backend, saved=saved)
+    return _or_empty(grads, x)
+
+
+@lstm_backward.register_fake
+def _(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, out, gates, cells, backend):
+    return _lstm_grads_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+
+
+def _lstm_seq_setup(ctx, inputs, output):
+    *tensors, save, backend = inputs
+    out, _, _, gates, cells = output
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.save_for_backward(*tensors, *((out, gates, cells) if save else ()))
+    ctx.backend = backend
+
+
+def _lstm_seq_autograd(ctx, grad_out, grad_h, grad_c, _grad_gates, _grad_cells):
+    x, h0, c0 = ctx.saved_tensors[:3]
+    grads = [torch.zeros((x.shape[0], *h0.shape), dtype=x.dtype, device=x.device)
+             if grad_out is None else grad_out,
+             torch.zeros_like(h0) if grad_h is None else grad_h,
+             torch.zeros_like(c0) if grad_c is None else grad_c]
+    inputs, record = ctx.saved_tensors[:7], ctx.saved_tensors[7:] or (None, None, None)
+    out = call(lstm_backward, *grads, *inputs, *record, ctx.backend)
+    return (*_or_none(out, ctx.needs_input_grad[:7]), None, None)
+
+
+lstm.register_autograd(_lstm_seq_autograd, setup_context=_lstm_seq_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes (not differentiable)
+
+
+@torch.library.custom_op("pyconv::box_iou", mutates_args=())
+def box_iou(boxes1: Tensor, boxes2: Tensor, backend: str) -> Tensor:
+    return _run(ops.box_iou, boxes1, boxes2, backend=backend)
+
+
+@box_iou.register_fake
+def _(boxes1, boxes2, backend):
+    _spec.box_iou(_shape(boxes1), _shape(boxes2))
+    return _new(boxes1, (boxes1.shape[0], boxes2.shape[0]))
+
+
+@torch.library.custom_op("pyconv::nms", mutates_args=())
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
+    return _run(ops.nms, boxes, scores, iou_threshold, backend=backend)
+
+
+def _kept_indices_fake(boxes):
+    # How many boxes survive depends on their values: a size unknown until run time.
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((kept,), dtype=torch.int64)
+
+
+@nms.register_fake
+def _(boxes, scores, iou_threshold, backend):
+    _spec.nms(_shape(boxes), _shape(scores), iou_threshold)
+    return _kept_indices_fake(boxes)
+
+
+@torch.library.custom_op("pyconv::batched_nms", mutates_args=())
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
+                backend: str) -> Tensor:
+    return _run(ops.batched_nms, boxes, scores, idxs, iou_threshold, backend=backend)
+
+
+@batched_nms.register_fake
+def _(boxes, scores, idxs, iou_threshold, backend):
+    _spec.batched_nms(_shape(boxes), _shape(scores), _shape(idxs), iou_threshold)
+    return _kept_indices_fake(boxes)
+
+
+@torch.library.custom_op("pyconv::box_iou_rotated", mutates_args=())
+def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, backend: str) -> Tensor:
+    return _run(ops.box_iou_rotated, boxes1, boxes2, backend=backend)
+
+
+@box_iou_rotated.register_fake
+def _(boxes1, boxes2, backend):
+    _spec.box_iou_rotated(_shape(boxes1), _shape(boxes2))
+    return _new(boxes1, (boxes1.shape[0], boxes2.shape[0]))
+
+
+@torch.library.custom_op("pyconv::nms_rotated", mutates_args=())
+def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
+    return _run(ops.nms_rotated, boxes, scores, iou_threshold, backend=backend)
+
+
+@nms_rotated.register_fake
+def _(boxes, scores, iou_threshold, backend):
+    _spec.nms_rotated(_shape(boxes), _shape(scores), iou_threshold)
+    return _kept_indices_fake(boxes)
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise
+
+
+@torch.library.custom_op("pyconv::leaky_relu", mutates_args=())
+def leaky_relu(x: Tensor, negative_slope: float, backend: str) -> Tensor:
+    return _run(ops.leaky_relu, x, negative_slope, backend=backend)
+
+
+@leaky_relu.register_fake
+def _(x, negative_slope, backend):
+    _spec.leaky_relu(_shape(x), negative_slope)
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::leaky_relu_backward", mutates_args=())
+def leaky_relu_backward(grad_out: Tensor, x: Tensor, negative_slope: float, backend: str) -> Tensor:
+    return _run(ops.leaky_relu_backward, grad_out, x, negative_slope, backend=backend)
+
+
+@leaky_relu_backward.register_fake
+def _(grad_out, x, negative_slope, backend):
+    _spec.leaky_relu_backward(_shape(grad_out), _shape(x), negative_slope)
+    return _new(x, x.shape)
+
+
+def _leaky_relu_setup(ctx, inputs, output):
+    x, slope, backend = inputs
+    ctx.save_for_backward(x)
+    ctx.slope, ctx.backend = slope, backend
+
+
+def _leaky_relu_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return call(leaky_relu_backward, grad, x, ctx.slope, ctx.backend), None, None
+
+
+leaky_relu.register_autograd(_leaky_relu_backward, setup_context=_leaky_relu_setup)
+
+# Public op of pyconv.ops -> its operator here (torch.ops.pyconv.<name> is the same object).
+OPERATORS = {
+    "conv1d": conv1d, "conv2d": conv2d, "conv1d_backward": conv1d_backward,
+    "conv2d_backward": conv2d_backward, "conv_transpose2d": conv_transpose2d,
+    "conv_transpose2d_backward": conv_transpose2d_backward,
+    "max_pool2d": max_pool2d, "max_pool2d_backward": max_pool2d_backward,
+    "avg_pool2d": avg_pool2d, "avg_pool2d_backward": avg_pool2d_backward,
+    "max_unpool2d": max_unpool2d, "lstm_cell": lstm_cell, "lstm_cell_backward": lstm_cell_backward,
+    "lstm": lstm, "lstm_backward": lstm_backward, "box_iou": box_iou, "nms": nms,
+    "batched_nms": batched_nms, "box_iou_rotated": box_iou_rotated, "nms_rotated": nms_rotated,
+    "leaky_relu": leaky_relu,
+    "leaky_relu_backward": leaky_relu_backward,
+}

@@ -49,6 +49,11 @@ def _boxes(n, grad=False):
     return torch.cat([xy, xy + wh], 1).requires_grad_(grad)
 
 
+def _rotated(n):
+    return torch.cat([_boxes(n)[:, :2], torch.rand(n, 2, dtype=torch.float64) * 5 + 0.5,
+                      torch.rand(n, 1, dtype=torch.float64) * 90], 1)
+
+
 def _opcheck_samples():
     x4, w4, b4 = _randn(2, 4, 7, 7), _randn(6, 2, 3, 3), _randn(6)
     x3, w3 = _randn(2, 4, 9), _randn(6, 4, 3)
@@ -82,6 +87,8 @@ def _opcheck_samples():
         "nms": (_boxes(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
         "batched_nms": (_boxes(8), torch.rand(8, dtype=torch.float64),
                         torch.tensor([0, 1, 0, 1, 2, 0, 1, 2]), 0.3, "cpu"),
+        "box_iou_rotated": (_rotated(5), _rotated(3), "cpu"),
+        "nms_rotated": (_rotated(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
         "leaky_relu": (x4, 0.2, "cpu"),
         "leaky_relu_backward": (g(2, 4, 7, 7), x4, 0.2, "cpu"),
     }
@@ -230,6 +237,9 @@ def test_box_ops_as_torchvision():
     assert keep.tolist() == [0, 3, 2]  # box 1 overlaps box 3, of its category, by 81/119
     empty = pt.nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
     assert empty.shape == (0,) and empty.dtype == torch.int64
+    rotated = torch.tensor([[5, 5, 10, 4, 0], [5, 5, 4, 10, 90], [30, 30, 2, 2, 45.]])
+    _close(pt.box_iou_rotated(rotated, rotated)[0, 1], torch.tensor(1.0), torch.float32)
+    assert pt.nms_rotated(rotated, torch.tensor([0.5, 0.9, 0.1]), 0.5).tolist() == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------

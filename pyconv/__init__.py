@@ -33,6 +33,21 @@ def _load_extension_with_sleeping_workers():
 
 _load_extension_with_sleeping_workers()
 
+
+def _numba_threading_layer_now():
+    """With Numba already imported, its threading layer is chosen now, before user code can run
+    a parallel loop that would load the default one (see pyconv/_numba_threading.py). Numba
+    is not imported here otherwise: pyconv's numba backend makes the choice when it loads."""
+    import sys
+
+    if "numba" in sys.modules:
+        from ._numba_threading import choose_fork_safe_threading_layer
+
+        choose_fork_safe_threading_layer()
+
+
+_numba_threading_layer_now()
+
 from . import backends as _registry
 from . import ops
 from .backends import get_backend, set_backend, use_backend

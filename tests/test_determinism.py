@@ -4,15 +4,16 @@ the same bits at 1, 2, 3 and 4 threads, and so does a short training run.
 Inputs: every case of the conformance table (tests/test_conformance.py) plus larger shapes
 that split their work between threads in every way the C++ kernels do (reductions long
 enough to be split, images and channels shared out, the algorithm rules that look at the
-batch). Each case runs at every thread count in this process (pyconv.set_num_threads), and
-the results must be identical byte for byte, in float32 and float64.
+batch). Each case runs at every thread count in this process (pyconv.set_num_threads), under
+each ISA variant this CPU runs, and the results must be identical byte for byte, in float32
+and float64.
 """
 import zlib
 
 import numpy as np
 import pytest
 from test_conformance import (CASES, conv, conv_backward, conv_transpose, conv_transpose_backward,
-                              lstm, lstm_backward, lstm_cell_backward)
+                              lstm, lstm_backward, lstm_cell_backward, runnable_isas)
 
 import pyconv
 from pyconv import ops
@@ -93,14 +94,18 @@ def differences(results, where):
 
 @pytest.fixture
 def restore_threads():
-    saved = pyconv.get_num_threads()
+    saved_threads, saved_isa = pyconv.get_num_threads(), pyconv._C.isa()
     yield
-    pyconv.set_num_threads(saved)
+    pyconv.set_num_threads(saved_threads)
+    pyconv._C.set_isa(saved_isa)
 
 
+@pytest.mark.parametrize("isa", runnable_isas())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("op", list(CASES))
-def test_same_bits_at_every_thread_count(op, dtype, restore_threads):
+def test_same_bits_at_every_thread_count(op, dtype, isa, restore_threads):
+    """Each ISA variant on its own: the variants differ among themselves (README)."""
+    pyconv._C.set_isa(isa)
     found = []
     for case_id, build in _all_cases(op).items():
         rng = np.random.default_rng(zlib.crc32(f"{op}/{case_id}".encode()))

@@ -5,6 +5,7 @@
 #include "common/prelude.h"
 #include "common/denormals.h"
 #include "common/scratch.h"
+#include "gemm/chunked_reduction.h"
 #include "gemm/micro_kernel.h"
 #include "gemm/operands.h"
 #include "gemm/driver.h"
@@ -90,10 +91,11 @@ inline Col2imUnits col2im_units(const ConvShape& g) {
     constexpr int64_t kMinRows = 64;        // GEMM rows (c, r, s) per unit: each unit packs its
                                             // own copy of dy
     const int64_t Cg = g.C / g.groups, RS = g.R * g.S;
+    // Powers of two of each, so that the units share out evenly among the usual thread counts.
     const int64_t by_columns = g.N * g.Ho * g.Wo / kMinColumns;
-    const int64_t image_units = std::max<int64_t>(1, std::min({kUnits, by_columns, g.N}));
-    const int64_t wanted = (kUnits + image_units - 1) / image_units;
-    const int64_t channel_units = std::max<int64_t>(1, std::min({wanted, Cg, Cg * RS / kMinRows}));
+    const int64_t image_units = power_of_two_floor(std::max<int64_t>(1, std::min({kUnits, by_columns, g.N})));
+    const int64_t wanted = kUnits / image_units;
+    const int64_t channel_units = power_of_two_floor(std::max<int64_t>(1, std::min({wanted, Cg, Cg * RS / kMinRows})));
     return Col2imUnits{g.N, Cg, image_units, channel_units};
 }
 

@@ -13,11 +13,13 @@
 namespace pyconv {
 namespace PYCONV_ISA {
 
-// [0, K) cut into `count` chunks of `size` (the last one shorter).
+// [0, K) cut into `count` chunks of whole reduction blocks of `granule` (the last block may
+// be shorter), as many blocks in each as an even share allows.
 struct ReductionChunks {
-    int64_t K, count, size;
-    int64_t begin(int64_t i) const { return std::min(K, i * size); }
-    int64_t end(int64_t i) const { return std::min(K, (i + 1) * size); }
+    int64_t K, granule, count;
+    int64_t blocks() const { return (K + granule - 1) / granule; }
+    int64_t begin(int64_t i) const { return std::min(K, blocks() * i / count * granule); }
+    int64_t end(int64_t i) const { return begin(i + 1); }
 };
 
 // At most this many chunks: enough for the threads of a large machine, while their partial
@@ -26,16 +28,23 @@ constexpr int64_t kMaxReductionChunks = 32;
 // The partial results of all chunks together hold at most this many elements.
 constexpr int64_t kMaxPartialElements = int64_t(1) << 23;
 
-// The chunks for a reduction of length K into `outputs` elements: whole multiples of
-// `granule` (a reduction block of the kernel, so that no chunk ends in a short block), at
-// least `min_chunk` long. One chunk means the reduction is not worth splitting.
-inline ReductionChunks reduction_chunks(int64_t K, int64_t outputs, int64_t granule, int64_t min_chunk) {
-    int64_t count = std::min<int64_t>(kMaxReductionChunks, K / std::max<int64_t>(min_chunk, 1));
-    count = std::min<int64_t>(count, kMaxPartialElements / std::max<int64_t>(outputs, 1));
-    count = std::max<int64_t>(count, 1);
-    int64_t size = (K + count - 1) / count;
-    size = std::max<int64_t>(granule, (size + granule - 1) / granule * granule);
-    return ReductionChunks{K, std::max<int64_t>(1, (K + size - 1) / size), size};
+// The largest power of two <= n (n >= 1).
+inline int64_t power_of_two_floor(int64_t n) {
+    int64_t p = 1;
+    while (p * 2 <= n) p *= 2;
+    return p;
+}
+
+// The chunks for a reduction of length K into `outputs` elements: whole blocks of `granule`
+// (the kernel's reduction block, so that splitting adds no short blocks), at least
+// `min_blocks` of them per chunk, and a power of two of chunks, so that they share out evenly
+// among the usual thread counts (2, 4, 8, 16). One chunk means the reduction is not worth
+// splitting.
+inline ReductionChunks reduction_chunks(int64_t K, int64_t outputs, int64_t granule, int64_t min_blocks) {
+    const ReductionChunks one{K, std::max<int64_t>(granule, 1), 1};
+    const int64_t most = std::min({kMaxReductionChunks, one.blocks() / std::max<int64_t>(min_blocks, 1),
+                                   kMaxPartialElements / std::max<int64_t>(outputs, 1)});
+    return ReductionChunks{K, one.granule, power_of_two_floor(std::max<int64_t>(most, 1))};
 }
 
 // c[0, size) = the sum over chunks, in chunk order, of the partial results that

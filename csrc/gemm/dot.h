@@ -115,7 +115,7 @@ void gemm_dot_block(int64_t M, int64_t N, int64_t k_begin, int64_t k_end, const 
 template <class T>
 void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
                        const PixelRows<T>& B, T* c) {
-    const ReductionChunks chunks = reduction_chunks(K, M * N, dot_kc<T>(), dot_kc<T>());
+    const ReductionChunks chunks = reduction_chunks(K, M * N, dot_kc<T>(), 1);
     sum_of_chunks<T>(chunks, M * N, c, [M] { return DotBuffers<T>(M); },
                      [&](int64_t k0, int64_t k1, T* out, DotBuffers<T>& buf) {
                          gemm_dot_block<T>(M, N, k0, k1, A, B, out, N, buf);

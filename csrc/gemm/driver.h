@@ -179,7 +179,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool ac
 // be split by itself, or K too short to be worth cutting.
 template <class T, class ASrc, class BSrc>
 void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B, T* c) {
-    const ReductionChunks chunks = reduction_chunks(K, M * N, GemmTile<T>::KC, 2 * GemmTile<T>::KC);
+    const ReductionChunks chunks = reduction_chunks(K, M * N, GemmTile<T>::KC, 2);
     if (K < 4 * std::max(M, N) || chunks.count == 1) {
         gemm_parallel<T>(M, N, K, A, B, OutMatrix<T>::plain(c, N, N));
         return;

@@ -132,24 +132,12 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
     conv2d_forward_im2col(g, x, w, bias, y);
 }
 
-// The phase grid's weight gradient multiplies the grid columns wo >= Wo, which it drops, by
-// zeros of dy: an infinity or NaN of x there would turn into a NaN in weights that never read
-// it (0 * inf = NaN). Such an x goes to im2col, which reads only what the convolution reads.
-template <class T>
-bool grid_weight_grad_exact(const ConvShape& g, const T* x) {
-    if (PhaseGrid(g).Wq == g.Wo) return true;  // no dropped columns
-    const int64_t n = g.N * g.C * g.H * g.W;
-    bool finite = true;
-    for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(x[i]);
-    return finite;
-}
-
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
-    if (phase_grid_pays(g) && grid_weight_grad_exact(g, x)) return conv2d_grad_weight_grid(g, dy, x, dw);
+    if (phase_grid_pays(g) && conv2d_grad_weight_grid(g, dy, x, dw)) return;  // else x has inf/NaN
     conv2d_grad_weight_im2col(g, dy, x, dw);
 }
 

@@ -73,7 +73,10 @@ _num_threads: int | None = None
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the CPU backends (C++ OpenMP kernels and Numba's parallel loops)."""
+    """Threads used by the CPU backends (C++ OpenMP kernels and Numba's parallel loops).
+
+    The cpu backend's results have the same bits whatever `n` (README, "Thread-count
+    determinism"); the numba backend's may differ in the last bits."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")

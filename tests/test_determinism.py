@@ -119,25 +119,21 @@ def test_same_bits_at_every_thread_count(op, dtype, isa, restore_threads):
 
 
 def _train_lenet(threads):
-    """A few SGD steps of LeNet-5 on random 32x32 images; its parameters after them."""
-    import pyconv.nn.functional as F
-    from pyconv import Tensor
+    """Three SGD steps of a Trainer on LeNet-5 and random 32x32 images; the parameters after."""
+    from pyconv import data
     from pyconv.models import LeNet5
     from pyconv.optim import SGD
+    from pyconv.train import Trainer
 
     pyconv.set_num_threads(threads)
     pyconv.manual_seed(0)
-    model = LeNet5()
-    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
     rng = np.random.default_rng(0)
+    x = rng.random((96, 1, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 96)
     with pyconv.use_backend("cpu"):
-        for _ in range(3):
-            x = rng.random((32, 1, 32, 32), dtype=np.float32)
-            y = rng.integers(0, 10, 32)
-            opt.zero_grad()
-            loss = F.cross_entropy(model(Tensor(x)), y)
-            loss.backward()
-            opt.step()
+        model = LeNet5()
+        trainer = Trainer(model, SGD(model.parameters(), lr=0.05, momentum=0.9), progress=False)
+        trainer.fit(data.DataLoader((x, y), batch_size=32, shuffle=True, seed=0), epochs=1)
     return {name: p.data.copy() for name, p in model.named_parameters()}
 
 

@@ -33,6 +33,21 @@ def _load_extension_with_sleeping_workers():
 
 _load_extension_with_sleeping_workers()
 
+
+def _numba_threading_layer_now():
+    """With Numba already imported, its threading layer is chosen now, before user code can run
+    a parallel loop that would load the default one (see pyconv/_numba_threading.py). Numba
+    is not imported here otherwise: pyconv's numba backend makes the choice when it loads."""
+    import sys
+
+    if "numba" in sys.modules:
+        from ._numba_threading import choose_fork_safe_threading_layer
+
+        choose_fork_safe_threading_layer()
+
+
+_numba_threading_layer_now()
+
 from . import backends as _registry
 from . import ops
 from .backends import get_backend, set_backend, use_backend
@@ -58,7 +73,10 @@ _num_threads: int | None = None
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the CPU backends (C++ OpenMP kernels and Numba's parallel loops)."""
+    """Threads used by the CPU backends (C++ OpenMP kernels and Numba's parallel loops).
+
+    The cpu backend's results have the same bits whatever `n` (README, "Thread-count
+    determinism"); the numba backend's may differ in the last bits."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (Hypothesis) of the public ops on every CPU backend.
+"""Property-based fuzzing (Hypothesis) of every public op on every CPU backend.
 
 Each example is one call: shapes (zero-size ones too, and unbatched ones without the batch
 axis), dtypes (float32, float64 and wrong ones), memory layouts (Fortran order, negative
@@ -262,12 +262,13 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import pyconv  # noqa: E402
-from pyconv import ops  # noqa: E402
+from pyconv import _spec, ops  # noqa: E402
 
 BACKENDS = [b for b in ("reference", "cpu", "numba") if b in pyconv.backends()]
 CALL_TIMEOUT = 300          # seconds: a cold Numba cache compiles on the first calls
 CI = settings(max_examples=30, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
+CI_BACKWARD = settings(CI, max_examples=15)
 LONG = settings(CI, max_examples=1500)
 
 
@@ -577,6 +578,159 @@ def nms_calls(draw):
     return Call("nms", (boxes, scores, threshold), {})
 
 
+# The backward ops: each draws the forward call above and adds the gradient arguments, shaped
+# as the forward's output (the spec's shape rule, on shapes only) or, in one example out of
+# eight, one size off.
+
+
+def forward_shape(rule):
+    """The shape `rule()` (a pyconv._spec rule on ShapeDtype values) gives, or None where the
+    spec rejects the forward call."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tuple(rule())
+    except Exception:  # noqa: BLE001  (a rejected forward: the backward is rejected too)
+        return None
+
+
+def abstract(value, dtype=None):
+    """A call's array as a pyconv._spec.ShapeDtype (in `dtype`, default its own)."""
+    return _spec.ShapeDtype(value[1].shape, dtype or value[1].dtype)
+
+
+def gradient(draw, shape, fallback, dtype):
+    """An array for a gradient of `shape` (`fallback` where the forward is invalid or its output
+    too large to draw), in one example out of eight with one size off by one."""
+    if shape is None or math.prod(shape) > 2**20:
+        shape = fallback
+    shape = list(shape)
+    if shape and draw(st.integers(0, 7)) == 0:
+        axis = draw(st.integers(0, len(shape) - 1))
+        shape[axis] = max(0, shape[axis] + draw(st.sampled_from((-1, 1))))
+    return draw(arrays(tuple(shape), dtype))
+
+
+NEEDS = ((True, True, True),) * 3 + ((True, False, False), (False, True, False), (False, False, True),
+                                     (False, True, True), (False, False, False))
+
+
+@st.composite
+def conv_backward_calls(draw, nd):
+    forward = draw(conv_calls(nd))
+    x, w, _ = forward.args
+    k = forward.kwargs
+    dtype = x[1].dtype
+    if nd == 2:
+        shape = forward_shape(lambda: _spec.conv2d(abstract(x), abstract(w, dtype), None, k["stride"],
+                                                   k["padding"], k["dilation"], k["groups"]).output_shape)
+    else:
+        shape = forward_shape(lambda: (lambda g: (g.N, g.K, g.Wo))(_spec.conv1d(
+            abstract(x), abstract(w, dtype), None, k["stride"], k["padding"], k["dilation"], k["groups"])))
+    grad_out = gradient(draw, shape, (x[1].shape[0], w[1].shape[0]) + (2,) * nd, dtype)
+    return Call(f"conv{nd}d_backward", (grad_out, x, w), dict(k, needs=draw(st.sampled_from(NEEDS))))
+
+
+@st.composite
+def conv_transpose_backward_calls(draw):
+    forward = draw(conv_transpose_calls())
+    x, w, _ = forward.args
+    k = forward.kwargs
+    dtype = x[1].dtype
+    shape = forward_shape(lambda: _spec.conv_transpose2d(
+        abstract(x), abstract(w, dtype), None, k["stride"], k["padding"], k["output_padding"],
+        k["groups"], k["dilation"]).input_shape)
+    grad_out = gradient(draw, shape, (x[1].shape[0], w[1].shape[1], 3, 3), dtype)
+    return Call("conv_transpose2d_backward", (grad_out, x, w), dict(k, needs=draw(st.sampled_from(NEEDS))))
+
+
+def input_shape(draw, shape):
+    """The pooled input's shape as the backward takes it; now and then wrong (a size off, three
+    sizes, a list, a negative size)."""
+    mode = draw(st.integers(0, 11))
+    if mode == 0:
+        return shape[:3]
+    if mode == 1:
+        return [shape[0], shape[1] + 1, *shape[2:]]
+    if mode == 2:
+        return (shape[0], shape[1], -shape[2], shape[3])
+    return list(shape) if mode == 3 else tuple(shape)
+
+
+@st.composite
+def max_pool_backward_calls(draw):
+    forward = draw(pool_calls("max_pool2d"))
+    (x,), k = forward.args, forward.kwargs
+    dtype = x[1].dtype if x[1].dtype.kind == "f" else np.dtype("float32")
+    shape = forward_shape(lambda: _spec.max_pool2d(abstract(x, dtype), k["kernel_size"], k["stride"],
+                                                   k["padding"], k["dilation"], k["ceil_mode"]).output_shape)
+    grad_out = gradient(draw, shape, x[1].shape[:2] + (1, 1), x[1].dtype)
+    plane = max(1, x[1].shape[2] * x[1].shape[3])
+    low, high = (-1, plane + 1) if draw(st.integers(0, 5)) == 0 else (0, plane)
+    index_dtype = draw(st.sampled_from(("int64",) * 6 + ("int32", "float32")))
+    indices = draw(arrays(grad_out[1].shape, index_dtype,
+                          values=lambda rng, s: rng.integers(low, high, s)))
+    return Call("max_pool2d_backward", (grad_out, indices, input_shape(draw, x[1].shape)), {})
+
+
+@st.composite
+def avg_pool_backward_calls(draw):
+    forward = draw(pool_calls("avg_pool2d"))
+    (x,), k = forward.args, forward.kwargs
+    dtype = x[1].dtype if x[1].dtype.kind == "f" else np.dtype("float32")
+    shape = forward_shape(lambda: _spec.avg_pool2d(abstract(x, dtype), k["kernel_size"], k["stride"],
+                                                   k["padding"], k["ceil_mode"], k["divisor_override"])[0].output_shape)
+    grad_out = gradient(draw, shape, x[1].shape[:2] + (1, 1), x[1].dtype)
+    return Call("avg_pool2d_backward", (grad_out, input_shape(draw, x[1].shape)), k)
+
+
+def optional_gradient(draw, shape, dtype):
+    return None if draw(st.integers(0, 3)) == 0 else gradient(draw, shape, shape, dtype)
+
+
+@st.composite
+def lstm_cell_backward_calls(draw):
+    forward = draw(lstm_cell_calls())
+    x, h = forward.args[:2]
+    dtype = x[1].dtype
+    grads = (optional_gradient(draw, h[1].shape, dtype), optional_gradient(draw, h[1].shape, dtype))
+    return Call("lstm_cell_backward", grads + forward.args, {})
+
+
+@st.composite
+def lstm_calls(draw):
+    dtype, other = dtypes(draw)
+    T, B, I, Hd = sizes(draw, (1, 3), (1, 3), (1, 4), (1, 4))
+    Hc = Hd if draw(st.integers(0, 7)) else draw(st.integers(1, 5))
+    x = draw(arrays((T, B, I), dtype))
+    h0, c0 = draw(arrays((B, Hd), dtype)), draw(arrays((B, Hc), other))
+    w_ih, w_hh = draw(arrays((4 * Hd, I), dtype)), draw(arrays((4 * Hd, Hd), dtype))
+    b_ih = draw(st.one_of(st.none(), arrays((4 * Hd,), dtype)))
+    b_hh = draw(st.one_of(st.none(), arrays((4 * Hd,), dtype)))
+    return Call("lstm", (x, h0, c0, w_ih, w_hh, b_ih, b_hh), {})
+
+
+@st.composite
+def lstm_backward_calls(draw):
+    forward = draw(lstm_calls())
+    x, h0 = forward.args[:2]
+    (T, B, _), Hd = x[1].shape, h0[1].shape[1]
+    dtype = x[1].dtype
+    grads = (optional_gradient(draw, (T, B, Hd), dtype), optional_gradient(draw, (B, Hd), dtype),
+             optional_gradient(draw, (B, Hd), dtype))
+    return Call("lstm_backward", grads + forward.args, {})
+
+
+@st.composite
+def batched_nms_calls(draw):
+    forward = draw(nms_calls())
+    boxes, scores, threshold = forward.args
+    n = boxes[1].shape[0] + (draw(st.sampled_from((-1, 1))) if draw(st.integers(0, 9)) == 0 else 0)
+    index_dtype = draw(st.sampled_from(("int64",) * 6 + ("int32", "float32")))
+    idxs = draw(arrays((max(n, 0),), index_dtype, values=lambda rng, s: rng.integers(0, 3, s)))
+    return Call("batched_nms", (boxes, scores, idxs, threshold), {})
+
+
 STRATEGIES = {
     "conv1d": conv_calls(1),
     "conv2d": conv_calls(2),
@@ -588,12 +742,26 @@ STRATEGIES = {
     "box_iou": box_iou_calls(),
     "nms": nms_calls(),
 }
+# The backward ops get half the forward ops' examples in CI: their calls include a forward's
+# (already fuzzed above), so most of what they add is the gradient arguments.
+BACKWARD_STRATEGIES = {
+    "conv1d_backward": conv_backward_calls(1),
+    "conv2d_backward": conv_backward_calls(2),
+    "conv_transpose2d_backward": conv_transpose_backward_calls(),
+    "max_pool2d_backward": max_pool_backward_calls(),
+    "avg_pool2d_backward": avg_pool_backward_calls(),
+    "lstm": lstm_calls(),
+    "lstm_cell_backward": lstm_cell_backward_calls(),
+    "lstm_backward": lstm_backward_calls(),
+    "batched_nms": batched_nms_calls(),
+}
+ALL_STRATEGIES = {**STRATEGIES, **BACKWARD_STRATEGIES}
 
 
-@pytest.mark.parametrize("op", list(STRATEGIES))
+@pytest.mark.parametrize("op", list(ALL_STRATEGIES))
 def test_fuzz(op, worker):
-    @CI
-    @given(call=STRATEGIES[op])
+    @(CI if op in STRATEGIES else CI_BACKWARD)
+    @given(call=ALL_STRATEGIES[op])
     def fuzz(call):
         check(worker, call)
 
@@ -601,10 +769,10 @@ def test_fuzz(op, worker):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op", list(STRATEGIES))
+@pytest.mark.parametrize("op", list(ALL_STRATEGIES))
 def test_fuzz_long(op, worker):
     @LONG
-    @given(call=STRATEGIES[op])
+    @given(call=ALL_STRATEGIES[op])
     def fuzz(call):
         check(worker, call)
 
@@ -628,7 +796,8 @@ _NAN_BOXES = np.array([[0, 0, 2, 2], [np.nan, 0, 2, 2]], np.float32)
 # What the fuzzer found, kept as fixed calls on every backend: the cpu backend crashed, ran out
 # of memory or hung on huge strides, turned NaN IoUs into 0, and refused arrays whose dtype is
 # an unpickled copy (as every array of these calls is); the numba backend dropped NaN weights
-# over the padding.
+# over the padding; the cpu backend's weight gradient turned an x's NaN into NaNs in weights
+# that never read it.
 FOUND_BY_FUZZING = [
     ("conv2d-stride_2**31", Call("conv2d", (_array(_X), _array(_W)), dict(stride=2**31))),
     ("conv2d-stride_2**16", Call("conv2d", (_array(_X), _array(_W)), dict(stride=2**16))),
@@ -640,6 +809,11 @@ FOUND_BY_FUZZING = [
     ("box_iou-nan", Call("box_iou", (_array(_NAN_BOXES), _array(_NAN_BOXES)), {})),
     ("nms-nan_iou_below_0",
      Call("nms", (_array(_NAN_BOXES), _array(np.array([2, 1], np.float32)), -0.5), {})),
+    ("conv2d_backward-nan_in_a_dropped_grid_column",
+     Call("conv2d_backward",
+          (_array(np.ones((1, 1, 3, 2), np.float32)),
+           _array(np.array([[[[0.1, -0.1, 0.6], [0.1, -0.5, np.nan], [1.3, 0.9, -0.7]]]], np.float32)),
+           _array(np.array([[[[0.1, -0.1]]]], np.float32))), {})),
     ("conv1d-nan_weight_over_padding",
      Call("conv1d", (_array(np.array([[[0.1, -0.1, 0.6]]], np.float32)),
                      _array(np.array([[[np.nan]]], np.float32))), dict(padding=1))),

@@ -188,20 +188,22 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
 // 2, 64+ channels): per image, the GEMM dy^T[pixels, k] w[k, (r, s, c)] in tiles of 6 dy pixels
 // x 64 channels c of one tap (r, s), dy broadcast straight from NCHW. Each tile row is the
 // contribution of one dy pixel through one tap to 64 channels of one grad_x position, so it
-// is added into a per-thread channels-last copy of the image's grad_x with 4 vector adds; that
-// copy, padded so every position any tap reaches exists, goes to NCHW once at the end.
+// is added into a per-thread channels-last copy of those channels of the image's grad_x with
+// 4 vector adds; that copy, padded so every position any tap reaches exists, goes to NCHW once
+// at the end. A job is one image and one panel of channels, computed by one thread in a fixed
+// order: the result does not depend on the number of threads.
 template <class T>
 void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w, T* dx) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     constexpr int64_t KC = 128;  // a weight panel block of KC x NR (32 KiB)
-    const int64_t HoWo = g.Ho * g.Wo, RS = g.R * g.S, c_panels = (g.C + NR - 1) / NR, Cp = c_panels * NR;
+    const int64_t HoWo = g.Ho * g.Wo, RS = g.R * g.S, c_panels = (g.C + NR - 1) / NR;
     const PaddedPlane pp(g);  // every grad_x position a tap reaches, from (-ph, -pw)
-    // w as B: per tap (r, s) and block of NR channels, a K x NR panel [k][NR] (zero past C).
+    // w as B: per block of NR channels and tap (r, s), a K x NR panel [k][NR] (zero past C).
     Scratch<T> B = scratch<T>(RS * c_panels * g.K * NR);
-    for (int64_t rs = 0; rs < RS; ++rs)
-        for (int64_t cp = 0; cp < c_panels; ++cp)
+    for (int64_t cp = 0; cp < c_panels; ++cp)
+        for (int64_t rs = 0; rs < RS; ++rs)
             for (int64_t k = 0; k < g.K; ++k) {
-                T* dst = B.get() + ((rs * c_panels + cp) * g.K + k) * NR;
+                T* dst = B.get() + ((cp * RS + rs) * g.K + k) * NR;
                 for (int64_t j = 0; j < NR; ++j) {
                     const int64_t c = cp * NR + j;
                     dst[j] = c < g.C ? w[(k * g.C + c) * RS + rs] : T(0);
@@ -209,54 +211,53 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
             }
     std::vector<int64_t> channel_offsets(g.K);  // dy's channel k of an image, for the broadcasts
     for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
-    const int64_t tiles = (HoWo + MR - 1) / MR;
-    // Per thread, grad_x of one image, channels last (allocated outside the parallel region,
-    // which an exception must not leave).
-    const int threads = num_threads();
+    const int64_t tiles = (HoWo + MR - 1) / MR, jobs = g.N * c_panels;
+    // Per thread, NR channels of one image's grad_x, channels last (allocated outside the
+    // parallel region, which an exception must not leave).
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
     std::vector<Scratch<T>> accs;
-    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(checked_mul(pp.size(), Cp)));
+    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(checked_mul(pp.size(), NR)));
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
 #pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
         const Scratch<T>& acc = accs[omp_get_thread_num()];
         alignas(64) T tile[MR * NR];
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < g.N; ++n) {
-            std::fill(acc.get(), acc.get() + pp.size() * Cp, T(0));
+        for (int64_t job = 0; job < jobs; ++job) {
+            const int64_t n = job / c_panels, cp = job % c_panels;
+            const int nv = static_cast<int>((std::min<int64_t>(NR, g.C - cp * NR) + L - 1) / L);
+            std::fill(acc.get(), acc.get() + pp.size() * NR, T(0));
             OffsetCols<T, MR> a{};
             a.base = dy + n * g.K * HoWo;
             for (int64_t rs = 0; rs < RS; ++rs) {
                 const int64_t tap = (rs / g.S) * g.dh * pp.Wp + (rs % g.S) * g.dw;
-                for (int64_t cp = 0; cp < c_panels; ++cp) {
-                    const int nv = static_cast<int>((std::min<int64_t>(NR, g.C - cp * NR) + L - 1) / L);
-                    const T* panel = B.get() + (rs * c_panels + cp) * g.K * NR;
-                    for (int64_t t = 0; t < tiles; ++t) {
-                        const int rows = static_cast<int>(std::min<int64_t>(MR, HoWo - t * MR));
-                        for (int i = 0; i < MR; ++i) a.i_offsets[i] = t * MR + std::min(i, rows - 1);
-                        for (int64_t pc = 0; pc < g.K; pc += KC) {
-                            a.k_offsets = channel_offsets.data() + pc;
-                            micro_kernel_cols<T, NV>(nv, std::min(KC, g.K - pc), a,
-                                                     PackedRows<T, NR>{panel + pc * NR}, tile, NR,
-                                                     Store::overwrite, nullptr);
-                            // Row i: dy pixel (ho, wo) through tap (r, s) to position
-                            // (ho*sh + r*dh, wo*sw + s*dw) of the padded image.
-                            for (int i = 0; i < rows; ++i) {
-                                const int64_t q = t * MR + i, pos = (q / g.Wo) * g.sh * pp.Wp + (q % g.Wo) * g.sw + tap;
-                                T* dst = acc.get() + pos * Cp + cp * NR;
-                                for (int v = 0; v < nv; ++v)
-                                    Simd<T>::store(dst + v * L, Simd<T>::load(dst + v * L) + Simd<T>::load(tile + i * NR + v * L));
-                            }
+                const T* panel = B.get() + (cp * RS + rs) * g.K * NR;
+                for (int64_t t = 0; t < tiles; ++t) {
+                    const int rows = static_cast<int>(std::min<int64_t>(MR, HoWo - t * MR));
+                    for (int i = 0; i < MR; ++i) a.i_offsets[i] = t * MR + std::min(i, rows - 1);
+                    for (int64_t pc = 0; pc < g.K; pc += KC) {
+                        a.k_offsets = channel_offsets.data() + pc;
+                        micro_kernel_cols<T, NV>(nv, std::min(KC, g.K - pc), a,
+                                                 PackedRows<T, NR>{panel + pc * NR}, tile, NR,
+                                                 Store::overwrite, nullptr);
+                        // Row i: dy pixel (ho, wo) through tap (r, s) to position
+                        // (ho*sh + r*dh, wo*sw + s*dw) of the padded image.
+                        for (int i = 0; i < rows; ++i) {
+                            const int64_t q = t * MR + i, pos = (q / g.Wo) * g.sh * pp.Wp + (q % g.Wo) * g.sw + tap;
+                            T* dst = acc.get() + pos * NR;
+                            for (int v = 0; v < nv; ++v)
+                                Simd<T>::store(dst + v * L, Simd<T>::load(dst + v * L) + Simd<T>::load(tile + i * NR + v * L));
                         }
                     }
                 }
             }
             // Channels last -> NCHW, dropping the padding; grad_x rows or columns no tap reaches are 0.
-            for (int64_t c = 0; c < g.C; ++c) {
+            for (int64_t c = cp * NR; c < std::min(g.C, (cp + 1) * NR); ++c) {
                 T* out = dx + (n * g.C + c) * g.H * g.W;
                 for (int64_t h = 0; h < g.H; ++h)
                     for (int64_t x = 0; x < g.W; ++x) {
                         const int64_t hp = h + g.ph, wp = x + g.pw;
-                        out[h * g.W + x] = hp < pp.Hp && wp < pp.Wp ? acc[(hp * pp.Wp + wp) * Cp + c] : T(0);
+                        out[h * g.W + x] = hp < pp.Hp && wp < pp.Wp ? acc[(hp * pp.Wp + wp) * NR + c - cp * NR] : T(0);
                     }
             }
         }

@@ -5,6 +5,7 @@
 #include "common/prelude.h"
 #include "common/denormals.h"
 #include "common/scratch.h"
+#include "gemm/chunked_reduction.h"
 #include "gemm/micro_kernel.h"
 #include "gemm/operands.h"
 #include "gemm/driver.h"
@@ -69,10 +70,39 @@ struct Col2im {
     }
 };
 
+// The input gradient's work units, fixed by the shape and never by the thread count: a unit
+// is a run of images and, when the batch alone gives too few units, a run of channels. Each
+// unit is one GEMM block per group whose tiles add into grad_x elements that no other unit
+// touches, in an order that the unit alone fixes, so grad_x has the same bits on any number
+// of threads. Units are shares of the images and channels as equal as whole ones allow.
+struct Col2imUnits {
+    int64_t N, Cg, image_units, channel_units;
+    int64_t count() const { return image_units * channel_units; }
+    int64_t image_begin(int64_t unit) const { return N * (unit / channel_units) / image_units; }
+    int64_t image_end(int64_t unit) const { return N * (unit / channel_units + 1) / image_units; }
+    int64_t channel_begin(int64_t unit) const { return Cg * (unit % channel_units) / channel_units; }
+    int64_t channel_end(int64_t unit) const { return Cg * (unit % channel_units + 1) / channel_units; }
+};
+
+inline Col2imUnits col2im_units(const ConvShape& g) {
+    constexpr int64_t kUnits = 16;          // enough to share among the threads of a large machine
+    constexpr int64_t kMinColumns = 1024;   // GEMM columns (n, ho, wo) per unit: its last column
+                                            // panel is partly wasted
+    constexpr int64_t kMinRows = 64;        // GEMM rows (c, r, s) per unit: each unit packs its
+                                            // own copy of dy
+    const int64_t Cg = g.C / g.groups, RS = g.R * g.S;
+    // Powers of two of each, so that the units share out evenly among the usual thread counts.
+    const int64_t by_columns = g.N * g.Ho * g.Wo / kMinColumns;
+    const int64_t image_units = power_of_two_floor(std::max<int64_t>(1, std::min({kUnits, by_columns, g.N})));
+    const int64_t wanted = kUnits / image_units;
+    const int64_t channel_units = power_of_two_floor(std::max<int64_t>(1, std::min({wanted, Cg, Cg * RS / kMinRows})));
+    return Col2imUnits{g.N, Cg, image_units, channel_units};
+}
+
 // grad_x = col2im(W^T dy), per group: a GEMM with rows (c, r, s) and columns (n, ho, wo) whose
-// tiles are added into grad_x. Threads own whole images (or, for small batches, whole
-// channels), so no two threads ever add into the same element. This is also the transpose
-// convolution's forward pass, which is why it must be fast for one output channel too.
+// tiles are added into grad_x, shared out among threads by the units above. This is also the
+// transpose convolution's forward pass, which is why it must be fast for one output channel
+// too.
 template <class T>
 void conv2d_grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx) {
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, rows = Cg * RS;
@@ -85,24 +115,26 @@ void conv2d_grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx
         for (int64_t k = 0; k < Kg; ++k)
             for (int64_t i = 0; i < rows; ++i)
                 wt[grp * rows * Kg + i * Kg + k] = w[(grp * Kg + k) * rows + i];
-    const int threads = num_threads();
-    const bool by_image = g.N >= threads;
+    const Col2imUnits units = col2im_units(g);
+    const int threads = static_cast<int>(std::min<int64_t>(num_threads(), units.count()));
     std::vector<GemmBuffers<T>> bufs(threads);
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
 #pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
-        const int t = omp_get_thread_num(), team = omp_get_num_threads();
-        const int64_t n0 = by_image ? g.N * t / team : 0, n1 = by_image ? g.N * (t + 1) / team : g.N;
-        const int64_t c0 = by_image ? 0 : Cg * t / team, c1 = by_image ? Cg : Cg * (t + 1) / team;
-        for (int64_t n = n0; n < n1; ++n)
-            for (int64_t grp = 0; grp < g.groups; ++grp)
-                std::fill(dx + (n * g.C + grp * Cg + c0) * HW, dx + (n * g.C + grp * Cg + c1) * HW, T(0));
-        for (int64_t grp = 0; grp < g.groups && c0 < c1 && n0 < n1; ++grp) {
-            const InMatrixA<T> A = InMatrixA<T>::plain(wt.get() + grp * rows * Kg, Kg, Kg);
-            const InMatrixB<T> B{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
-            const Col2im<T> C{dx + grp * Cg * HW, g.C * HW, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, taps.data()};
-            gemm_block<T>(c0 * RS, c1 * RS, n0 * HoWo, n1 * HoWo, 0, Kg, A, B, C, Store::accumulate,
-                          bufs[t]);
+        GemmBuffers<T>& buf = bufs[omp_get_thread_num()];
+#pragma omp for schedule(static)
+        for (int64_t unit = 0; unit < units.count(); ++unit) {
+            const int64_t n0 = units.image_begin(unit), n1 = units.image_end(unit);
+            const int64_t c0 = units.channel_begin(unit), c1 = units.channel_end(unit);
+            for (int64_t n = n0; n < n1; ++n)
+                for (int64_t grp = 0; grp < g.groups; ++grp)
+                    std::fill(dx + (n * g.C + grp * Cg + c0) * HW, dx + (n * g.C + grp * Cg + c1) * HW, T(0));
+            for (int64_t grp = 0; grp < g.groups && c0 < c1 && n0 < n1; ++grp) {
+                const InMatrixA<T> A = InMatrixA<T>::plain(wt.get() + grp * rows * Kg, Kg, Kg);
+                const InMatrixB<T> B{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
+                const Col2im<T> C{dx + grp * Cg * HW, g.C * HW, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, taps.data()};
+                gemm_block<T>(c0 * RS, c1 * RS, n0 * HoWo, n1 * HoWo, 0, Kg, A, B, C, Store::accumulate, buf);
+            }
         }
     }
 }

@@ -110,11 +110,14 @@ inline bool forward_im2col_pays(const ConvShape& g) {
 // Input gradient vectorised over input channels into a channels-last copy of each image
 // (strided transpose convolutions with 64+ channels): col2im instead adds every GEMM element
 // into grad_x with scalar, strided read-modify-writes in runs of Wo, which dominates on small
-// images. Needs one image per thread (threads own images), and the per-thread copy kept
-// within a thread's share of the last-level cache, else col2im is faster.
+// images (3x slower for one 64-channel image on one thread). Needs the per-thread copy kept
+// within a thread's share of the last-level cache, else col2im is faster. The rule does not
+// look at the thread count, although a batch smaller than the team leaves threads idle here
+// (threads share out images and 64-channel panels): the two algorithms sum in different
+// orders, and the result must not depend on how many threads computed it.
 inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_bytes) {
     const double copy_bytes = PaddedPlane(g).area() * double((g.C + 63) / 64 * 64) * double(element_bytes);
-    return g.groups == 1 && g.C >= 64 && g.K > 0 && g.N >= num_threads() && copy_bytes <= 16.0 * (1 << 20);
+    return g.groups == 1 && g.C >= 64 && g.K > 0 && copy_bytes <= 16.0 * (1 << 20);
 }
 
 // ---- The entry points -------------------------------------------------------------------------
@@ -134,7 +137,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
     if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
-    if (phase_grid_pays(g)) return conv2d_grad_weight_grid(g, dy, x, dw);
+    if (phase_grid_pays(g) && conv2d_grad_weight_grid(g, dy, x, dw)) return;  // else x has inf/NaN
     conv2d_grad_weight_im2col(g, dy, x, dw);
 }
 

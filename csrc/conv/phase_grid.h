@@ -112,16 +112,38 @@ void conv2d_forward_grid(const ConvShape& g, const T* x, const T* w, const T* bi
     }
 }
 
+// Whether every grid element that the dropped columns wo >= Wo read is finite. Those outputs
+// meet zeros of dy in the weight gradient, and 0 * inf or 0 * NaN would make NaNs of weights
+// that never read the element. They read the grid columns [Wo, Wq) of each row and, past a
+// row's end, the first `slack` columns of the rows below.
+template <class T>
+bool dropped_columns_finite(const ConvShape& g, const PhaseGrid& pg, const T* xq) {
+    if (pg.Wq == g.Wo) return true;
+    const int64_t rows = g.N * g.C * pg.phases * pg.Hq;
+    int64_t bad = 0;
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) reduction(+ : bad) firstprivate(ftz)
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* row = xq + r * pg.Wq;
+        for (int64_t w = 0; w < pg.slack; ++w) bad += !(row[w] - row[w] == T(0));  // NaN unless finite
+        for (int64_t w = g.Wo; w < pg.Wq; ++w) bad += !(row[w] - row[w] == T(0));
+    }
+    return bad == 0;
+}
+
 // Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
 // along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
-// with zeros in the columns wo >= Wo that the grid computes and drops.
+// with zeros in the columns wo >= Wo that the grid computes and drops. Returns false, having
+// written nothing, when those columns meet an inf or NaN of x (dropped_columns_finite): the
+// caller then takes another algorithm.
 template <class T>
-void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw) {
+bool conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw) {
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const PhaseGrid pg(g);
     const int64_t pixels = pg.pixels(g);
     Scratch<T> storage;
     const T* xq = phase_grid_of(g, pg, x, storage);
+    if (!dropped_columns_finite(g, pg, xq)) return false;
     Scratch<T> dyq = scratch<T>(checked_mul(g.N, g.K, pixels));
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
 #pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
@@ -138,6 +160,7 @@ void conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
                              pg.image};
         gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw + grp * Kg * taps_n);
     }
+    return true;
 }
 
 }  // namespace PYCONV_ISA

@@ -11,6 +11,7 @@
 #include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
+#include "gemm/chunked_reduction.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
 
@@ -109,26 +110,16 @@ void gemm_dot_block(int64_t M, int64_t N, int64_t k_begin, int64_t k_end, const 
     }
 }
 
-// C (plain M x N) = A B^T with the reduction split across threads, partial results summed.
+// C (plain M x N) = A B^T, the reduction cut into chunks fixed by the shape
+// (gemm/chunked_reduction.h): the same result on any number of threads.
 template <class T>
 void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
                        const PixelRows<T>& B, T* c) {
-    const int threads = static_cast<int>(std::min<int64_t>(num_threads(), std::max<int64_t>(1, K / 256)));
-    std::vector<DotBuffers<T>> bufs;
-    for (int t = 0; t < threads; ++t) bufs.emplace_back(M);
-    Scratch<T> partial = scratch<T>((threads - 1) * M * N);
-    const int64_t size = M * N;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int t = omp_get_thread_num(), team = omp_get_num_threads();
-        T* out = t == 0 ? c : partial.get() + (t - 1) * size;
-        gemm_dot_block<T>(M, N, K * t / team, K * (t + 1) / team, A, B, out, N, bufs[t]);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (int64_t e = 0; e < size; ++e)
-            for (int p = 0; p + 1 < team; ++p) c[e] += partial[p * size + e];
-    }
+    const ReductionChunks chunks = reduction_chunks(K, M * N, dot_kc<T>(), 1);
+    sum_of_chunks<T>(chunks, M * N, c, [M] { return DotBuffers<T>(M); },
+                     [&](int64_t k0, int64_t k1, T* out, DotBuffers<T>& buf) {
+                         gemm_dot_block<T>(M, N, k0, k1, A, B, out, N, buf);
+                     });
 }
 
 }  // namespace PYCONV_ISA

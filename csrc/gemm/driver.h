@@ -17,8 +17,9 @@
 //
 // The layers, one header each: gemm/tile.h (register tile and cache blocks per ISA),
 // gemm/addressing.h (where the micro-kernel finds panel elements), gemm/micro_kernel.h,
-// gemm/operands.h (the sources of A and B and the destination C), this driver, and
-// gemm/dot.h (the dot-product form).
+// gemm/operands.h (the sources of A and B and the destination C), this driver,
+// gemm/dot.h (the dot-product form) and gemm/chunked_reduction.h (a long reduction split
+// between threads in chunks fixed by the shape).
 //
 // In gemm/operands.h: PrepackedA (an A packed once per call and reused by every block and
 // thread), PrepackedB (a B packed once and read in place by many GEMMs: an LSTM's recurrent
@@ -32,6 +33,7 @@
 #include "common/prelude.h"
 #include "common/denormals.h"
 #include "common/scratch.h"
+#include "gemm/chunked_reduction.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
 #include "gemm/operands.h"
@@ -172,32 +174,21 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool ac
 }
 
 // C (plain M x N, row stride N) = A B for a long reduction and a small C (weight gradients):
-// each thread reduces its share of K into its own copy of C, then the copies are summed.
-// Falls back to gemm_parallel when C is large enough to split by itself.
+// the reduction is cut into chunks fixed by the shape (gemm/chunked_reduction.h), so the
+// result is the same on any number of threads. Runs gemm_parallel when C is large enough to
+// be split by itself, or K too short to be worth cutting.
 template <class T, class ASrc, class BSrc>
 void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B, T* c) {
-    const int threads = num_threads();
-    if (threads == 1 || K < 4 * std::max(M, N) || K < 2 * GemmTile<T>::KC * threads) {
+    const ReductionChunks chunks = reduction_chunks(K, M * N, GemmTile<T>::KC, 2);
+    if (K < 4 * std::max(M, N) || chunks.count == 1) {
         gemm_parallel<T>(M, N, K, A, B, OutMatrix<T>::plain(c, N, N));
         return;
     }
-    std::vector<GemmBuffers<T>> bufs(threads);
-    Scratch<T> partial = scratch<T>((threads - 1) * M * N);
-    const int64_t size = M * N;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        // Split by the team OpenMP actually started, which may be smaller than asked for.
-        const int t = omp_get_thread_num(), team = omp_get_num_threads();
-        const int64_t k0 = K * t / team, k1 = K * (t + 1) / team;
-        T* out = t == 0 ? c : partial.get() + (t - 1) * size;
-        gemm_block<T>(0, M, 0, N, k0, k1, A, B, OutMatrix<T>::plain(out, N, N), Store::overwrite,
-                      bufs[t]);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (int64_t e = 0; e < size; ++e)
-            for (int p = 0; p + 1 < team; ++p) c[e] += partial[p * size + e];
-    }
+    sum_of_chunks<T>(chunks, M * N, c, [] { return GemmBuffers<T>(); },
+                     [&](int64_t k0, int64_t k1, T* out, GemmBuffers<T>& buf) {
+                         gemm_block<T>(0, M, 0, N, k0, k1, A, B, OutMatrix<T>::plain(out, N, N),
+                                       Store::overwrite, buf);
+                     });
 }
 
 }  // namespace PYCONV_ISA

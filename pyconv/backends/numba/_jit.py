@@ -2,13 +2,11 @@
 thread glue between Numba's parallel loops and BLAS, and the small parallel helpers (row
 blocks, block sums, BLAS products cut into one block per thread) that several op families use.
 
-Fork safety: Numba's parallel loops run on a threading layer chosen when the first one runs.
-Its default on Linux without TBB is GNU OpenMP, which is not fork-safe: a child forked after a
-parallel loop ran is killed by Numba ("fork() called from a process already using GNU
-OpenMP") when it runs one. Unless the user chose a layer (NUMBA_THREADING_LAYER), this module
-asks for Numba's "forksafe" selection, TBB if installed, else "workqueue". The workqueue layer
-is not thread-safe (two threads launching parallel loops at once abort the process), so the
-backend runs one kernel at a time (``pyconv.backends.numba``); each uses every thread anyway.
+Fork safety: this module selects Numba's fork-safe threading layer (pyconv/_numba_threading.py;
+``import pyconv`` does it already when Numba is loaded by then): TBB if installed, else
+"workqueue". The workqueue layer is not thread-safe (two threads launching parallel loops at
+once abort the process), so the backend runs one kernel at a time (``pyconv.backends.numba``);
+each uses every thread anyway.
 
 One thread pool: the BLAS library these kernels call runs on one thread (``_one_blas_thread``)
 and each Numba thread makes its own BLAS calls on its own images or rows. Letting OpenBLAS
@@ -21,6 +19,8 @@ import os
 import numba
 import numpy as np
 from numba import njit, prange
+
+from ..._numba_threading import choose_fork_safe_threading_layer
 
 
 # `kernel`: a function with parallel loops. `driver`: a serial sequence of kernel calls.
@@ -35,14 +35,7 @@ helper = njit(cache=True, error_model="numpy")
 inlined = njit(cache=True, error_model="numpy", inline="always")
 
 
-def _choose_fork_safe_threading_layer():
-    """Numba's "forksafe" threading layer, unless the user named one. No effect once a parallel
-    loop has run (Numba then keeps the layer it loaded)."""
-    if str(numba.config.THREADING_LAYER).lower() == "default":
-        numba.config.THREADING_LAYER = "forksafe"
-
-
-_choose_fork_safe_threading_layer()
+choose_fork_safe_threading_layer()
 
 
 _blas_limited = False

@@ -1,0 +1,146 @@
+"""The cpu backend's results do not depend on how many threads computed them: every op gives
+the same bits at 1, 2, 3 and 4 threads, and so does a short training run.
+
+Inputs: every case of the conformance table (tests/test_conformance.py) plus larger shapes
+that split their work between threads in every way the C++ kernels do (reductions long
+enough to be split, images and channels shared out, the algorithm rules that look at the
+batch). Each case runs at every thread count in this process (pyconv.set_num_threads), under
+each ISA variant this CPU runs, and the results must be identical byte for byte, in float32
+and float64.
+"""
+import zlib
+
+import numpy as np
+import pytest
+from test_conformance import (CASES, conv, conv_backward, conv_transpose, conv_transpose_backward,
+                              lstm, lstm_backward, lstm_cell_backward, runnable_isas)
+
+import pyconv
+from pyconv import ops
+
+pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
+
+THREADS = (1, 2, 3, 4)
+
+# Shapes big enough that each thread count splits the work differently.
+LARGE_CASES = {
+    "conv2d_backward": {
+        # Weight gradients: the reduction over (n, ho, wo) is long and C small, so it is cut
+        # into pieces (the im2col GEMM, the dot-product form on the phase grid, by channels).
+        "grad_w_pointwise_long_reduction": conv_backward((8, 32, 24, 24), (24, 32, 1, 1)),
+        "grad_w_pointwise_strided_wide": conv_backward((8, 64, 28, 28), (96, 64, 1, 1), stride=2),
+        "grad_w_few_output_channels": conv_backward((6, 16, 30, 30), (8, 16, 3, 3), padding=1),
+        "grad_w_first_layer": conv_backward((16, 1, 32, 32), (6, 1, 5, 5)),
+        "grad_w_by_channels": conv_backward((4, 32, 20, 20), (32, 32, 3, 3), padding=1),
+        # Input gradients through col2im: batches smaller and larger than the team, channels
+        # shared out when the batch is small.
+        "grad_x_col2im_one_image": conv_backward((1, 32, 20, 20), (64, 32, 3, 3), stride=2, padding=1),
+        "grad_x_col2im_batch5": conv_backward((5, 24, 17, 15), (40, 24, 3, 3), stride=2, padding=1),
+        "grad_x_col2im_long_reduction": conv_backward((3, 8, 12, 12), (600, 8, 3, 3), stride=2, padding=1),
+        # 64+ channels, strided: the channels-last input gradient, batch 3 (smaller than some
+        # of the thread counts).
+        "grad_x_channels_last_batch3": conv_backward((3, 64, 10, 10), (32, 64, 3, 3), stride=2, padding=1),
+        "grad_x_channels_last_batch1": conv_backward((1, 130, 8, 8), (16, 130, 4, 4), stride=2, padding=1),
+    },
+    "conv_transpose2d": {
+        "generator_batch3": conv_transpose((3, 64, 8, 8), (64, 32, 4, 4), stride=2, padding=1),
+        "generator_wide_batch2": conv_transpose((2, 100, 4, 4), (100, 128, 4, 4), stride=2, padding=1),
+        "few_channels_batch1": conv_transpose((1, 40, 9, 9), (40, 8, 3, 3), stride=2),
+    },
+    "conv_transpose2d_backward": {
+        "generator_batch3": conv_transpose_backward((3, 64, 8, 8), (64, 32, 4, 4), stride=2, padding=1),
+    },
+    "conv2d": {
+        "im2col_batch3": conv((3, 16, 23, 21), (70, 16, 3, 3), padding=1),
+        "by_channels_batch2": conv((2, 32, 14, 14), (64, 32, 3, 3), padding=1),
+    },
+    "lstm_backward": {
+        # Weight gradients over T * B = 2048 rows: a split reduction.
+        "long_sequence": lstm_backward(64, 32, 24, 40),
+        "wide_hidden": lstm_backward(16, 32, 16, 130),
+    },
+    "lstm": {"wide_hidden": lstm(8, 16, 32, 130)},
+    "lstm_cell_backward": {"batch_512": lstm_cell_backward(512, 64, 48)},
+}
+
+
+def _all_cases(op):
+    return {**CASES[op], **LARGE_CASES.get(op, {})}
+
+
+def _flatten(result):
+    if isinstance(result, (tuple, list)):
+        return [a for r in result for a in _flatten(r)]
+    if isinstance(result, np.ndarray):
+        return [result]
+    return [] if result is None else [np.asarray(result)]
+
+
+def differences(results, where):
+    """What differs between the first result (1 thread) and the others, as messages."""
+    found = []
+    first = _flatten(results[0])
+    for threads, result in zip(THREADS[1:], results[1:]):
+        other = _flatten(result)
+        assert len(other) == len(first), where
+        for i, (a, b) in enumerate(zip(first, other)):
+            assert a.dtype == b.dtype and a.shape == b.shape, f"{where}[{i}]"
+            if not np.array_equal(a.view(np.uint8), b.view(np.uint8)):
+                diff = np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))
+                found.append(f"{where}, output {i}: 1 thread and {threads} threads differ "
+                             f"(largest difference {diff:.3g})")
+    return found
+
+
+@pytest.fixture
+def restore_threads():
+    saved_threads, saved_isa = pyconv.get_num_threads(), pyconv._C.isa()
+    yield
+    pyconv.set_num_threads(saved_threads)
+    pyconv._C.set_isa(saved_isa)
+
+
+@pytest.mark.parametrize("isa", runnable_isas())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("op", list(CASES))
+def test_same_bits_at_every_thread_count(op, dtype, isa, restore_threads):
+    """Each ISA variant on its own: the variants differ among themselves (README)."""
+    pyconv._C.set_isa(isa)
+    found = []
+    for case_id, build in _all_cases(op).items():
+        rng = np.random.default_rng(zlib.crc32(f"{op}/{case_id}".encode()))
+        args, kwargs = build(rng, dtype)
+        results = []
+        for threads in THREADS:
+            pyconv.set_num_threads(threads)
+            results.append(getattr(ops, op)(*args, **kwargs, backend="cpu"))
+        found += differences(results, f"{op}/{case_id}")
+    assert not found, "\n".join(found)
+
+
+def _train_lenet(threads):
+    """Three SGD steps of a Trainer on LeNet-5 and random 32x32 images; the parameters after."""
+    from pyconv import data
+    from pyconv.models import LeNet5
+    from pyconv.optim import SGD
+    from pyconv.train import Trainer
+
+    pyconv.set_num_threads(threads)
+    pyconv.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 1, 32, 32), dtype=np.float32)
+    y = rng.integers(0, 10, 96)
+    with pyconv.use_backend("cpu"):
+        model = LeNet5()
+        trainer = Trainer(model, SGD(model.parameters(), lr=0.05, momentum=0.9), progress=False)
+        trainer.fit(data.DataLoader((x, y), batch_size=32, shuffle=True, seed=0), epochs=1)
+    return {name: p.data.copy() for name, p in model.named_parameters()}
+
+
+def test_training_gives_the_same_parameters_at_1_and_2_threads(restore_threads):
+    one, two = _train_lenet(1), _train_lenet(2)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert np.array_equal(one[name].view(np.uint8), two[name].view(np.uint8)), (
+            f"{name}: differs between 1 and 2 threads "
+            f"(largest difference {np.max(np.abs(one[name] - two[name])):.3g})")

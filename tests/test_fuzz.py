@@ -338,6 +338,17 @@ def flush_subnormals(value):
     return value
 
 
+# Arguments the C++ kernels read exactly, subnormals included: NMS ranks scores by their bits.
+READ_EXACTLY_ON_CPU = {"nms": (1,), "batched_nms": (1,)}
+
+
+def as_the_cpu_reads(call):
+    """(args, kwargs) of `call` as the cpu backend's kernels see them (see flush_subnormals)."""
+    exact = READ_EXACTLY_ON_CPU.get(call.op, ())
+    args = tuple(a if i in exact else flush_subnormals(a) for i, a in enumerate(call.args))
+    return args, flush_subnormals(call.kwargs)
+
+
 def check(worker, call, backends=None, memory_errors=True):
     """Runs `call` on `backends` (default: every backend) and
     checks the verdict described in the module docstring against the reference backend.
@@ -369,8 +380,7 @@ def check(worker, call, backends=None, memory_errors=True):
         assert not got[2], f"{where}: modified its inputs {got[2]}"
         want = expected
         if backend == "cpu":  # the C++ kernels read subnormal inputs as zero
-            want = worker.run((call.op, flush_subnormals(call.args), flush_subnormals(call.kwargs),
-                               "reference"))
+            want = worker.run((call.op, *as_the_cpu_reads(call), "reference"))
         _compare(want[1], got[1], where)
 
 
@@ -645,15 +655,15 @@ def conv_transpose_backward_calls(draw):
 
 
 def input_shape(draw, shape):
-    """The pooled input's shape as the backward takes it; now and then wrong (a size off, three
-    sizes, a list, a negative size)."""
+    """The pooled input's shape (batched or not) as the backward takes it; now and then wrong (a
+    size off, a size missing, a list, a negative size)."""
     mode = draw(st.integers(0, 11))
     if mode == 0:
-        return shape[:3]
+        return shape[:-1]
     if mode == 1:
-        return [shape[0], shape[1] + 1, *shape[2:]]
+        return [*shape[:-3], shape[-3] + 1, *shape[-2:]]
     if mode == 2:
-        return (shape[0], shape[1], -shape[2], shape[3])
+        return (*shape[:-2], -shape[-2], shape[-1])
     return list(shape) if mode == 3 else tuple(shape)
 
 
@@ -664,8 +674,8 @@ def max_pool_backward_calls(draw):
     dtype = x[1].dtype if x[1].dtype.kind == "f" else np.dtype("float32")
     shape = forward_shape(lambda: _spec.max_pool2d(abstract(x, dtype), k["kernel_size"], k["stride"],
                                                    k["padding"], k["dilation"], k["ceil_mode"]).output_shape)
-    grad_out = gradient(draw, shape, x[1].shape[:2] + (1, 1), x[1].dtype)
-    plane = max(1, x[1].shape[2] * x[1].shape[3])
+    grad_out = gradient(draw, shape, x[1].shape[:-2] + (1, 1), x[1].dtype)
+    plane = max(1, x[1].shape[-2] * x[1].shape[-1])
     low, high = (-1, plane + 1) if draw(st.integers(0, 5)) == 0 else (0, plane)
     index_dtype = draw(st.sampled_from(("int64",) * 6 + ("int32", "float32")))
     indices = draw(arrays(grad_out[1].shape, index_dtype,
@@ -680,7 +690,7 @@ def avg_pool_backward_calls(draw):
     dtype = x[1].dtype if x[1].dtype.kind == "f" else np.dtype("float32")
     shape = forward_shape(lambda: _spec.avg_pool2d(abstract(x, dtype), k["kernel_size"], k["stride"],
                                                    k["padding"], k["ceil_mode"], k["divisor_override"])[0].output_shape)
-    grad_out = gradient(draw, shape, x[1].shape[:2] + (1, 1), x[1].dtype)
+    grad_out = gradient(draw, shape, x[1].shape[:-2] + (1, 1), x[1].dtype)
     return Call("avg_pool2d_backward", (grad_out, input_shape(draw, x[1].shape)), k)
 
 

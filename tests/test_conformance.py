@@ -371,6 +371,15 @@ CASES = {
         "wide_rows_dilated_ceil": cpu_path(max_pool((1, 2, 13, 45), kernel_size=(2, 3), stride=2, padding=1, dilation=(2, 1),
                                            ceil_mode=True, ties=True, return_indices=True)),
         "ceil_clipped_windows": max_pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True),
+        # Rows shorter than a vector (one partial vector each): stride 2 with more than half a
+        # vector of columns (the second load of a strided pair), odd widths with scalar borders,
+        # stride 1; NaN, infinities and ties inside them.
+        "short_rows_stride2": cpu_path(max_pool((2, 3, 28, 28), kernel_size=2, ties=True, specials=True, return_indices=True)),
+        "short_rows_odd_width": cpu_path(max_pool((2, 2, 27, 27), kernel_size=2, ties=True, specials=True, return_indices=True)),
+        "short_rows_3x3_stride2_pad1": cpu_path(max_pool((2, 2, 13, 13), kernel_size=3, stride=2, padding=1, ties=True,
+                                                specials=True, return_indices=True)),
+        "short_rows_stride1": cpu_path(max_pool((2, 2, 9, 11), kernel_size=3, stride=1, ties=True, specials=True, return_indices=True)),
+        "short_rows_no_indices": cpu_path(max_pool((2, 2, 10, 10), kernel_size=2, specials=True)),
     },
     "max_pool2d_backward": {
         "2x2": max_pool_backward((2, 3, 8, 8), kernel_size=2),
@@ -397,6 +406,12 @@ CASES = {
         "ceil_clipped_exclude": avg_pool((2, 2, 6, 8), kernel_size=3, stride=2, padding=1, ceil_mode=True,
                                          count_include_pad=False),
         "ceil_clipped_rectangular": avg_pool((1, 2, 6, 7), kernel_size=(3, 4), stride=(3, 2), padding=1, ceil_mode=True),
+        # Rows shorter than a vector (see max_pool2d's short rows).
+        "short_rows_stride2": cpu_path(avg_pool((2, 3, 28, 28), kernel_size=2)),
+        "short_rows_odd_width": cpu_path(avg_pool((2, 2, 27, 27), kernel_size=2)),
+        "short_rows_3x3_stride2_pad1_exclude": cpu_path(avg_pool((2, 2, 13, 13), kernel_size=3, stride=2, padding=1,
+                                                        count_include_pad=False)),
+        "short_rows_stride1_pad1": cpu_path(avg_pool((1, 2, 9, 11), kernel_size=3, stride=1, padding=1)),
     },
     "avg_pool2d_backward": {
         "2x2": avg_pool_backward((2, 3, 8, 8), kernel_size=2),

@@ -577,6 +577,22 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false,
           "packed GEMM: c = a @ b (or c += a @ b); row-major, C-contiguous");
+    def_op(m, "matmul",
+          [](Array a, bool trans_a, Array b, bool trans_b, Array c, bool accumulate) {
+              by_dtype(a.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("matmul: a and b must be 2-D");
+                  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+                  const int64_t N = trans_b ? b.shape(0) : b.shape(1);
+                  const T* ap = checked<T>(a, {a.shape(0), a.shape(1)}, "a");
+                  const T* bp = checked<T>(b, trans_b ? std::vector<int64_t>{N, K} : std::vector<int64_t>{K, N}, "b");
+                  T* cp = checked<T>(c, {M, N}, "c", true);
+                  without_gil([&] { kernels<T>().matmul(M, N, K, ap, trans_a, bp, trans_b, cp, accumulate); });
+              });
+          },
+          py::arg("a"), py::arg("trans_a"), py::arg("b"), py::arg("trans_b"), py::arg("c"),
+          py::arg("accumulate") = false,
+          "c = op(a) @ op(b) (or c += ...), op(x) = x.T where trans_x; C-contiguous operands");
 
     // ---- Elementwise -------------------------------------------------------------------------
     def_op(m, "leaky_relu",

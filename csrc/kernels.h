@@ -81,6 +81,10 @@ struct KernelsFor {
 
     // Row-major C (M x N) = A (M x K) B (K x N), or C += A B when accumulate.
     void (*gemm)(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate);
+    // C (M x N) (+)= op(A) op(B): A stored (M, K), or (K, M) when trans_a; B stored (K, N), or
+    // (N, K) when trans_b.
+    void (*matmul)(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b,
+                   bool trans_b, T* c, bool accumulate);
     // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
     void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y);
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);

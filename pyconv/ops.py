@@ -21,6 +21,7 @@ __all__ = [
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
     "box_iou", "nms", "batched_nms",
     "leaky_relu", "leaky_relu_backward",
+    "matmul",
 ]
 
 
@@ -307,3 +308,15 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
     ``negative_slope * grad_out`` (at 0 the slope, as PyTorch)."""
     slope = _spec.leaky_relu_backward(grad_out, x, negative_slope)
     return _run("leaky_relu_backward", "leaky_relu_backward", backend, (grad_out, x), slope)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense
+
+
+def matmul(a, b, trans_a=False, trans_b=False, *, backend=None):
+    """Matrix product ``op(a) @ op(b)`` of 2-D arrays, ``op(m)`` being ``m.T`` where its flag is
+    set: a dense layer's ``x @ w.T`` is ``matmul(x, w, trans_b=True)`` and its weight gradient
+    ``matmul(g, x, trans_a=True)``, with no transposed copy made."""
+    trans_a, trans_b = _spec.matmul(a, b, trans_a, trans_b)
+    return _run("matmul", "matmul", backend, (a, b), trans_a, trans_b)

@@ -203,6 +203,15 @@ CASES = [
     ("leaky_relu_backward", "grad_shape", (f32(1, 2, 4, 3), P), {}, ValueError, "grad_out"),
     ("leaky_relu_backward", "grad_dtype", (P.astype(np.float64), P), {}, TypeError, "grad_out"),
     ("leaky_relu_backward", "x_int", (P, P.astype(np.int32)), {}, TypeError, "x"),
+    ("matmul", "inner_mismatch", (f32(2, 3), f32(4, 5)), {}, ValueError, "inner sizes differ"),
+    ("matmul", "inner_mismatch_transposed", (f32(2, 3), f32(4, 3)), dict(trans_a=True, trans_b=True), ValueError,
+     "a (transposed) of shape (2, 3)"),
+    ("matmul", "a_rank3", (f32(1, 2, 3), f32(3, 4)), {}, ValueError, "a must be 2-D"),
+    ("matmul", "b_vector", (f32(2, 3), f32(3)), {}, ValueError, "b must be 2-D"),
+    ("matmul", "dtypes_differ", (f32(2, 3), f64(3, 4)), {}, TypeError, "dtypes differ"),
+    ("matmul", "int_dtype", (i64(2, 3), i64(3, 4)), {}, TypeError, "a must be float32 or float64"),
+    ("matmul", "b_list", (f32(2, 3), [[1.0]] * 3), {}, TypeError, "b"),
+    ("matmul", "flag_int", (f32(2, 3), f32(3, 4)), dict(trans_a=0), TypeError, "trans_a must be a bool"),
 ]
 
 BACKENDS = ["reference", None]  # None: the default backend ("cpu" where it is built)

@@ -119,6 +119,14 @@ def max_unpool(shape, kernel_size, stride=None, padding=0, with_output_size=Fals
     return build
 
 
+def matmul(m, k, n, trans_a=False, trans_b=False, noncontiguous=False):
+    def build(rng, dtype):
+        a = array(rng, (k, m) if trans_a else (m, k), dtype, noncontiguous)
+        b = array(rng, (n, k) if trans_b else (k, n), dtype)
+        return (a, b, trans_a, trans_b), {}
+    return build
+
+
 def lstm_cell_args(rng, dtype, B, I, H, bias):
     w = [0.5 * array(rng, s, dtype) for s in ((4 * H, I), (4 * H, H))]
     b = [0.5 * array(rng, 4 * H, dtype) if bias else None for _ in range(2)]
@@ -487,6 +495,20 @@ CASES = {
         "slope": leaky_relu_backward((4, 9), 0.2),
         "threads_split": cpu_path(leaky_relu_backward((3, 70001), 0.01)),
         "empty": leaky_relu_backward((0, 3), 0.1),
+    },
+    "matmul": {
+        "plain": matmul(5, 7, 3),
+        "trans_a": matmul(6, 4, 9, trans_a=True),
+        "trans_b": matmul(6, 11, 5, trans_b=True),
+        "both_transposed": matmul(3, 5, 4, trans_a=True, trans_b=True),
+        "noncontiguous": matmul(4, 6, 5, noncontiguous=True),
+        "one_column": matmul(64, 50, 1, trans_b=True),
+        "empty_reduction": matmul(3, 0, 4, trans_a=True),
+        "empty_rows": matmul(0, 3, 4, trans_b=True),
+        # Past one register tile and one reduction block, each transpose packed by its source.
+        "blocks_trans_a": cpu_path(matmul(70, 600, 100, trans_a=True)),
+        "blocks_trans_b": cpu_path(matmul(70, 600, 100, trans_b=True)),
+        "blocks_both_transposed": cpu_path(matmul(70, 600, 100, trans_a=True, trans_b=True)),
     },
 }
 

@@ -58,6 +58,8 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     # Elementwise activations, any shape (ReLU is a slope of 0).
     KernelSpec("leaky_relu", ("x", "negative_slope"), "y, x's shape"),
     KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
+    # Dense: op(a) (M, K) @ op(b) (K, N), op(m) = m.T where its flag is set.
+    KernelSpec("matmul", ("a", "b", "trans_a", "trans_b"), "(M, N)"),
 )
 
 _CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
@@ -84,6 +86,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "batched_nms": ("batched_nms",),
     "leaky_relu": ("leaky_relu",),
     "leaky_relu_backward": ("leaky_relu_backward",),
+    "matmul": ("matmul",),
 }
 
 

@@ -158,3 +158,15 @@ def leaky_relu_backward(grad_out, x, negative_slope):
     grad_x = np.empty_like(x)
     _C.leaky_relu_backward(grad_out, x, negative_slope, grad_x)
     return grad_x
+
+
+@backend.register
+def matmul(a, b, trans_a, trans_b):
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    k = a.shape[0] if trans_a else a.shape[1]
+    if k == 0:  # an empty sum: the GEMM would leave its output unwritten
+        return np.zeros((m, n), a.dtype)
+    y = np.empty((m, n), a.dtype)
+    _C.matmul(a, trans_a, b, trans_b, y)
+    return y

@@ -393,3 +393,8 @@ def leaky_relu(x, negative_slope):
 def leaky_relu_backward(grad_out, x, negative_slope):
     with np.errstate(invalid="ignore"):
         return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))
+
+
+@backend.register
+def matmul(a, b, trans_a, trans_b):
+    return np.ascontiguousarray((a.T if trans_a else a) @ (b.T if trans_b else b))

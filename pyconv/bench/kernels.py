@@ -133,6 +133,25 @@ def _leaky_relu_case(name, shape, backward, quick=False):
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
+def _matmul_case(name, m, k, n, trans_a=False, trans_b=False, quick=False):
+    """op(a) (m, k) @ op(b) (k, n), the transposed operands as stored (a dense layer's x W^T
+    is trans_b, its weight gradient g^T x trans_a)."""
+    def make(rng):
+        return {"a": _f32(rng, *((k, m) if trans_a else (m, k))),
+                "b": _f32(rng, *((n, k) if trans_b else (k, n)))}
+
+    def run(a, be):
+        return ops.matmul(a["a"], a["b"], trans_a, trans_b, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        ta, tb = torch.from_numpy(a["a"]), torch.from_numpy(a["b"])
+        return lambda: torch.matmul(ta.T if trans_a else ta, tb.T if trans_b else tb)
+
+    return Case("matmul", name, ("matmul",), make, run, 2 * m * k * n, "flop",
+                _torch_baseline(torch_fn), quick=quick)
+
+
 def _lstm_params(rng, I, Hd):
     bound = 1 / math.sqrt(Hd)
     return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
@@ -296,6 +315,9 @@ def cases(quick: bool) -> list[Case]:
         _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=False),
         _leaky_relu_case("8x64x56x56", (8, 64, 56, 56), backward=False, quick=True),
         _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=True),
+        _matmul_case("LeNet fc1 x W^T 64x400 -> 120", 64, 400, 120, trans_b=True, quick=True),
+        _matmul_case("LeNet fc1 grad_w g^T x 120x64 . 64x400", 120, 64, 400, trans_a=True),
+        _matmul_case("1024x1024 . (1024x1024)^T", 1024, 1024, 1024, trans_b=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
         _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),

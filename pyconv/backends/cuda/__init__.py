@@ -21,7 +21,7 @@ backend = Backend(
     else "Numba CUDA kernels and cuBLAS on CuPy arrays",
 )
 
-from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
+from . import boxes, conv, dense, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
 
 # Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,

@@ -24,7 +24,7 @@ from .. import Backend
 
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
-from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
+from . import boxes, conv, dense, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
 
 # One kernel at a time, process-wide: the fork-safe threading layer chosen in _jit.py may be
 # "workqueue", which aborts the process when two threads launch parallel loops at once. A

@@ -127,6 +127,26 @@ def matmul(m, k, n, trans_a=False, trans_b=False, noncontiguous=False):
     return build
 
 
+def batch_norm_train(shape, affine=True, offset=0.0, noncontiguous=False):
+    def build(rng, dtype):
+        C = shape[1]
+        x = array(rng, shape, dtype, noncontiguous) * 3 + offset
+        w, b = (array(rng, C, dtype), array(rng, C, dtype)) if affine else (None, None)
+        return (x, w, b), dict(eps=1e-3)
+    return build
+
+
+def batch_norm_train_backward(shape, affine=True):
+    def build(rng, dtype):
+        C = shape[1]
+        x = array(rng, shape, dtype) * 2 + 1
+        _, mean, var = ops.batch_norm_train(x, **REF)
+        invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        w = array(rng, C, dtype) if affine else None
+        return (array(rng, shape, dtype), x, mean, invstd, w), {}
+    return build
+
+
 def lstm_cell_args(rng, dtype, B, I, H, bias):
     w = [0.5 * array(rng, s, dtype) for s in ((4 * H, I), (4 * H, H))]
     b = [0.5 * array(rng, 4 * H, dtype) if bias else None for _ in range(2)]
@@ -509,6 +529,22 @@ CASES = {
         "blocks_trans_a": cpu_path(matmul(70, 600, 100, trans_a=True)),
         "blocks_trans_b": cpu_path(matmul(70, 600, 100, trans_b=True)),
         "blocks_both_transposed": cpu_path(matmul(70, 600, 100, trans_a=True, trans_b=True)),
+    },
+    "batch_norm_train": {
+        "nchw": batch_norm_train((4, 3, 5, 6)),
+        "no_affine": batch_norm_train((3, 4, 2, 3), affine=False),
+        "vectors": batch_norm_train((7, 5)),
+        "nc_l": batch_norm_train((2, 3, 9)),
+        "far_from_zero": batch_norm_train((4, 2, 6, 6), offset=1000.0),  # variance from deviations
+        "noncontiguous": batch_norm_train((2, 3, 4, 4), noncontiguous=True),
+        # Rows past whole vectors with a tail, channels over both threads.
+        "dcgan_rows": cpu_path(batch_norm_train((8, 16, 14, 14))),
+    },
+    "batch_norm_train_backward": {
+        "nchw": batch_norm_train_backward((4, 3, 5, 6)),
+        "no_affine": batch_norm_train_backward((3, 4, 2, 3), affine=False),
+        "vectors": batch_norm_train_backward((7, 5)),
+        "dcgan_rows": cpu_path(batch_norm_train_backward((8, 16, 14, 14))),
     },
 }
 

@@ -1,5 +1,6 @@
 """One place per op: argument normalisation, validation and output-shape rules, one module
-per op family (conv, pool, lstm, boxes, elementwise, dense) over a shared vocabulary (core).
+per op family (conv, pool, lstm, boxes, elementwise,
+dense, norm) over a shared vocabulary (core).
 
 Every public op in :mod:`pyconv.ops` calls its spec first; backends receive the checked
 arguments (and the geometry computed here) and never validate again. Error messages name the
@@ -36,6 +37,7 @@ from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, Shap
                    check_array, check_float_dtypes, shape_of)
 from .dense import matmul
 from .elementwise import leaky_relu, leaky_relu_backward
+from .norm import batch_norm_train, batch_norm_train_backward
 from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
                    pool_geom, pool_output_size, windows_touch_input)
@@ -47,5 +49,5 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-    "box_iou", "nms", "batched_nms", "leaky_relu", "leaky_relu_backward", "matmul", "_conv_geom",
+    "box_iou", "nms", "batched_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
 ]

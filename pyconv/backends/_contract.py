@@ -60,6 +60,11 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
     # Dense: op(a) (M, K) @ op(b) (K, N), op(m) = m.T where its flag is set.
     KernelSpec("matmul", ("a", "b", "trans_a", "trans_b"), "(M, N)"),
+    # Batch normalisation with batch statistics over every axis but 1 of x (N, C, ...); weight
+    # and bias (C,) or None. var is the biased variance; invstd = 1/sqrt(var + eps).
+    KernelSpec("batch_norm_train", ("x", "weight", "bias", "eps"), "(y, mean (C,), var (C,))"),
+    KernelSpec("batch_norm_train_backward", ("grad_out", "x", "mean", "invstd", "weight"),
+               "(grad_x, grad_weight (C,), grad_bias (C,))"),
 )
 
 _CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
@@ -87,6 +92,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "leaky_relu": ("leaky_relu",),
     "leaky_relu_backward": ("leaky_relu_backward",),
     "matmul": ("matmul",),
+    "batch_norm_train": ("batch_norm_train",),
+    "batch_norm_train_backward": ("batch_norm_train_backward",),
 }
 
 

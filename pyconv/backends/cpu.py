@@ -170,3 +170,19 @@ def matmul(a, b, trans_a, trans_b):
     y = np.empty((m, n), a.dtype)
     _C.matmul(a, trans_a, b, trans_b, y)
     return y
+
+
+@backend.register
+def batch_norm_train(x, weight, bias, eps):
+    y = np.empty_like(x)
+    mean, var = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
+    _C.batch_norm_forward(x, weight, bias, eps, y, mean, var)
+    return y, mean, var
+
+
+@backend.register
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
+    grad_x = np.empty_like(x)
+    grad_weight, grad_bias = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
+    _C.batch_norm_backward(grad_out, x, mean, invstd, weight, grad_x, grad_weight, grad_bias)
+    return grad_x, grad_weight, grad_bias

@@ -8,8 +8,9 @@ go to BLAS through ``np.dot``. Kernels compile on first use for float32 or float
 cached on disk (``cache=True``).
 
 One family of ops per module: convolution (``conv.py``), pooling and max-unpooling
-(``pool.py``), the LSTM (``lstm.py``), box IoU / NMS (``boxes.py``) and elementwise
-activations (``elementwise.py``); ``_jit.py`` holds the
+(``pool.py``), the LSTM (``lstm.py``), box IoU / NMS (``boxes.py``), elementwise
+activations (``elementwise.py``), matrix products (``dense.py``) and batch normalisation
+(``norm.py``); ``_jit.py`` holds the
 JIT options and the thread glue they share. In each, the registered functions allocate outputs
 and reshape arrays; the ``@njit`` functions do the work.
 
@@ -24,7 +25,7 @@ from .. import Backend
 
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
-from . import boxes, conv, dense, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
+from . import boxes, conv, dense, elementwise, lstm, norm, pool  # noqa: E402  (each module registers its kernels)
 
 # One kernel at a time, process-wide: the fork-safe threading layer chosen in _jit.py may be
 # "workqueue", which aborts the process when two threads launch parallel loops at once. A

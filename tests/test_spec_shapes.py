@@ -131,7 +131,8 @@ def test_numba_backend_is_the_package():
     backend = registry.get("numba")
     assert backend is package.backend and backend.name == "numba"
     families = {fn.__module__ for fn in backend.kernels.values()}
-    assert families == {f"pyconv.backends.numba.{m}" for m in ("conv", "pool", "lstm", "boxes", "elementwise")}
+    assert families == {f"pyconv.backends.numba.{m}" for m in ("conv", "pool", "lstm", "boxes", "elementwise",
+                                                                     "dense", "norm")}
     # Inside the package, `import numba` still means the Numba library.
     jit = importlib.import_module("pyconv.backends.numba._jit")
     assert jit.numba.__name__ == "numba" and hasattr(jit.numba, "njit")

@@ -583,6 +583,70 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("a"), py::arg("b"), py::arg("c"), py::arg("accumulate") = false,
           "packed GEMM: c = a @ b (or c += a @ b); row-major, C-contiguous");
+    def_op(m, "matmul",
+          [](Array a, bool trans_a, Array b, bool trans_b, Array c, bool accumulate) {
+              by_dtype(a.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("matmul: a and b must be 2-D");
+                  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+                  const int64_t N = trans_b ? b.shape(0) : b.shape(1);
+                  const T* ap = checked<T>(a, {a.shape(0), a.shape(1)}, "a");
+                  const T* bp = checked<T>(b, trans_b ? std::vector<int64_t>{N, K} : std::vector<int64_t>{K, N}, "b");
+                  T* cp = checked<T>(c, {M, N}, "c", true);
+                  without_gil([&] { kernels<T>().matmul(M, N, K, ap, trans_a, bp, trans_b, cp, accumulate); });
+              });
+          },
+          py::arg("a"), py::arg("trans_a"), py::arg("b"), py::arg("trans_b"), py::arg("c"),
+          py::arg("accumulate") = false,
+          "c = op(a) @ op(b) (or c += ...), op(x) = x.T where trans_x; C-contiguous operands");
+    def_op(m, "batch_norm_forward",
+          [](Array x, py::object w, py::object b, double eps, Array y, Array mean, Array var) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (x.ndim() < 2) throw py::value_error("x: expected (N, C, ...)");
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const int64_t N = shape[0], C = shape[1];
+                  int64_t L = 1;
+                  for (size_t i = 2; i < shape.size(); ++i) L *= shape[i];
+                  const T* xp = checked<T>(x, shape, "x");
+                  const T* wp = checked_or_null<T>(w, {C}, "w");
+                  const T* bp = checked_or_null<T>(b, {C}, "b");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  T* mp = checked<T>(mean, {C}, "mean", true);
+                  T* vp = checked<T>(var, {C}, "var", true);
+                  if (N * L < 1) throw py::value_error("x: needs at least one value per channel");
+                  without_gil([&] { kernels<T>().batch_norm_forward(N, C, L, xp, wp, bp, eps, yp, mp, vp); });
+              });
+          },
+          py::arg("x"), py::arg("w"), py::arg("b"), py::arg("eps"), py::arg("y"), py::arg("mean"),
+          py::arg("var"), "batch normalisation with batch statistics; mean and var (biased) out");
+    def_op(m, "batch_norm_backward",
+          [](Array grad_y, Array x, Array mean, Array invstd, py::object w, Array grad_x,
+             Array grad_w, Array grad_b) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (x.ndim() < 2) throw py::value_error("x: expected (N, C, ...)");
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const int64_t N = shape[0], C = shape[1];
+                  int64_t L = 1;
+                  for (size_t i = 2; i < shape.size(); ++i) L *= shape[i];
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const T* mp = checked<T>(mean, {C}, "mean");
+                  const T* ip = checked<T>(invstd, {C}, "invstd");
+                  const T* wp = checked_or_null<T>(w, {C}, "w");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  T* gw = checked<T>(grad_w, {C}, "grad_w", true);
+                  T* gb = checked<T>(grad_b, {C}, "grad_b", true);
+                  if (N * L < 1) throw py::value_error("x: needs at least one value per channel");
+                  without_gil([&] {
+                      kernels<T>().batch_norm_backward(N, C, L, gy, xp, mp, ip, wp, gx, gw, gb);
+                  });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("w"),
+          py::arg("grad_x"), py::arg("grad_w"), py::arg("grad_b"),
+          "gradients of batch_norm_forward (training) into grad_x, grad_w, grad_b");
 
     // ---- Elementwise -------------------------------------------------------------------------
     def_op(m, "leaky_relu",

@@ -81,6 +81,19 @@ struct KernelsFor {
 
     // Row-major C (M x N) = A (M x K) B (K x N), or C += A B when accumulate.
     void (*gemm)(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate);
+    // C (M x N) (+)= op(A) op(B): A stored (M, K), or (K, M) when trans_a; B stored (K, N), or
+    // (N, K) when trans_b.
+    void (*matmul)(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b,
+                   bool trans_b, T* c, bool accumulate);
+
+    // Batch normalisation with batch statistics over x (N, C, L); w, b may be nullptr. mean,
+    // var (C,): the biased statistics used.
+    void (*batch_norm_forward)(int64_t N, int64_t C, int64_t L, const T* x, const T* w,
+                               const T* b, double eps, T* y, T* mean, T* var);
+    // Its gradients given the mean and invstd = 1/sqrt(var + eps); w may be nullptr.
+    void (*batch_norm_backward)(int64_t N, int64_t C, int64_t L, const T* grad_y, const T* x,
+                                const T* mean, const T* invstd, const T* w, T* grad_x,
+                                T* grad_w, T* grad_b);
     // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
     void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y);
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);

@@ -36,6 +36,7 @@ __all__ = [
     "box_iou", "nms", "batched_nms",
     "leaky_relu", "leaky_relu_backward",
     "box_iou_rotated", "nms_rotated",
+    "matmul", "batch_norm_train", "batch_norm_train_backward",
 ]
 
 
@@ -459,3 +460,38 @@ def nms_rotated(boxes, scores, iou_threshold, *, backend=None):
     IoU suppresses nothing. No boxes -> an empty int64 array."""
     thr = _spec.nms_rotated(boxes, scores, iou_threshold)
     return _run("nms_rotated", "nms_rotated", backend, (boxes, scores), thr)
+
+# Dense
+
+
+@_takes_dlpack
+def matmul(a, b, trans_a=False, trans_b=False, *, backend=None):
+    """Matrix product ``op(a) @ op(b)`` of 2-D arrays, ``op(m)`` being ``m.T`` where its flag is
+    set: a dense layer's ``x @ w.T`` is ``matmul(x, w, trans_b=True)`` and its weight gradient
+    ``matmul(g, x, trans_a=True)``, with no transposed copy made."""
+    trans_a, trans_b = _spec.matmul(a, b, trans_a, trans_b)
+    return _run("matmul", "matmul", backend, (a, b), trans_a, trans_b)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+
+
+@_takes_dlpack
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend=None):
+    """Batch normalisation with the batch's statistics, as ``torch.nn.functional.batch_norm``
+    in training mode: x (N, C, ...) normalised per channel over every other axis, then scaled by
+    weight and shifted by bias (C,) where given. Returns ``(y, mean, var)``, var the biased
+    variance the normalisation divided by (the running statistics are the caller's)."""
+    eps = _spec.batch_norm_train(x, weight, bias, eps)
+    return _run("batch_norm_train", "batch_norm_train", backend, (x, weight, bias), eps)
+
+
+@_takes_dlpack
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight=None, *, backend=None):
+    """Gradients ``(grad_x, grad_weight, grad_bias)`` of :func:`batch_norm_train` at x, given
+    the mean and ``invstd = 1 / sqrt(var + eps)`` of its forward (grad_x includes the path
+    through the batch statistics)."""
+    _spec.batch_norm_train_backward(grad_out, x, mean, invstd, weight)
+    return _run("batch_norm_train_backward", "batch_norm_train_backward", backend,
+                (grad_out, x, mean, invstd, weight))

@@ -234,6 +234,27 @@ CASES = [
     ("nms_rotated", "threshold_nan", (ROTATED, SCORES, float("nan")), {}, TypeError, "iou_threshold"),
     ("nms_rotated", "threshold_string", (ROTATED, SCORES, "0.5"), {}, TypeError, "iou_threshold"),
     ("nms_rotated", "boxes_shape", (BOXES, SCORES, 0.5), {}, ValueError, "boxes"),
+
+    ("matmul", "inner_mismatch", (f32(2, 3), f32(4, 5)), {}, ValueError, "inner sizes differ"),
+    ("matmul", "inner_mismatch_transposed", (f32(2, 3), f32(4, 3)), dict(trans_a=True, trans_b=True), ValueError,
+     "a (transposed) of shape (2, 3)"),
+    ("matmul", "a_rank3", (f32(1, 2, 3), f32(3, 4)), {}, ValueError, "a must be 2-D"),
+    ("matmul", "b_vector", (f32(2, 3), f32(3)), {}, ValueError, "b must be 2-D"),
+    ("matmul", "dtypes_differ", (f32(2, 3), f64(3, 4)), {}, TypeError, "dtypes differ"),
+    ("matmul", "int_dtype", (i64(2, 3), i64(3, 4)), {}, TypeError, "a must be float32 or float64"),
+    ("matmul", "b_list", (f32(2, 3), [[1.0]] * 3), {}, TypeError, "b"),
+    ("batch_norm_train", "x_vector", (f32(5),), {}, ValueError, "x must be at least 2-D"),
+    ("batch_norm_train", "one_value_per_channel", (f32(1, 3),), {}, ValueError, "more than one value per channel"),
+    ("batch_norm_train", "weight_shape", (P, f32(3)), {}, ValueError, "weight must have shape (2,)"),
+    ("batch_norm_train", "bias_dtype", (P, None, f64(2)), {}, TypeError, "bias"),
+    ("batch_norm_train", "x_int", (i64(2, 3),), {}, TypeError, "x must be float32 or float64"),
+    ("batch_norm_train", "eps_negative", (P,), dict(eps=-1e-5), ValueError, "eps"),
+    ("batch_norm_train", "eps_string", (P,), dict(eps="1e-5"), TypeError, "eps"),
+    ("batch_norm_train_backward", "grad_shape", (f32(1, 2, 4, 3), P, f32(2), f32(2)), {}, ValueError, "grad_out"),
+    ("batch_norm_train_backward", "mean_shape", (P, P, f32(3), f32(2)), {}, ValueError, "mean must have shape (2,)"),
+    ("batch_norm_train_backward", "invstd_none", (P, P, f32(2), None), {}, TypeError, "invstd"),
+    ("batch_norm_train_backward", "weight_dtype", (P, P, f32(2), f32(2), f64(2)), {}, TypeError, "weight"),
+    ("matmul", "flag_int", (f32(2, 3), f32(3, 4)), dict(trans_a=0), TypeError, "trans_a must be a bool"),
 ]
 
 BACKENDS = ["reference", None]  # None: the default backend ("cpu" where it is built)

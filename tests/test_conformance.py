@@ -123,6 +123,33 @@ def batch(B):
     """The batch axis of the LSTM builders' shapes: B=None builds an unbatched call."""
     return () if B is None else (B,)
 
+def matmul(m, k, n, trans_a=False, trans_b=False, noncontiguous=False):
+    def build(rng, dtype):
+        a = array(rng, (k, m) if trans_a else (m, k), dtype, noncontiguous)
+        b = array(rng, (n, k) if trans_b else (k, n), dtype)
+        return (a, b, trans_a, trans_b), {}
+    return build
+
+
+def batch_norm_train(shape, affine=True, offset=0.0, noncontiguous=False):
+    def build(rng, dtype):
+        C = shape[1]
+        x = array(rng, shape, dtype, noncontiguous) * 3 + offset
+        w, b = (array(rng, C, dtype), array(rng, C, dtype)) if affine else (None, None)
+        return (x, w, b), dict(eps=1e-3)
+    return build
+
+
+def batch_norm_train_backward(shape, affine=True):
+    def build(rng, dtype):
+        C = shape[1]
+        x = array(rng, shape, dtype) * 2 + 1
+        _, mean, var = ops.batch_norm_train(x, **REF)
+        invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        w = array(rng, C, dtype) if affine else None
+        return (array(rng, shape, dtype), x, mean, invstd, w), {}
+    return build
+
 
 def lstm_cell_args(rng, dtype, B, I, H, bias):
     w = [0.5 * array(rng, s, dtype) for s in ((4 * H, I), (4 * H, H))]
@@ -420,6 +447,15 @@ CASES = {
         "ceil_clipped_windows": max_pool((1, 2, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, return_indices=True),
         "unbatched": max_pool((3, 7, 8), kernel_size=3, stride=2, padding=1, ties=True, return_indices=True),
         "unbatched_noncontiguous": max_pool((2, 6, 6), kernel_size=2, noncontiguous=True),
+        # Rows shorter than a vector (one partial vector each): stride 2 with more than half a
+        # vector of columns (the second load of a strided pair), odd widths with scalar borders,
+        # stride 1; NaN, infinities and ties inside them.
+        "short_rows_stride2": cpu_path(max_pool((2, 3, 28, 28), kernel_size=2, ties=True, specials=True, return_indices=True)),
+        "short_rows_odd_width": cpu_path(max_pool((2, 2, 27, 27), kernel_size=2, ties=True, specials=True, return_indices=True)),
+        "short_rows_3x3_stride2_pad1": cpu_path(max_pool((2, 2, 13, 13), kernel_size=3, stride=2, padding=1, ties=True,
+                                                specials=True, return_indices=True)),
+        "short_rows_stride1": cpu_path(max_pool((2, 2, 9, 11), kernel_size=3, stride=1, ties=True, specials=True, return_indices=True)),
+        "short_rows_no_indices": cpu_path(max_pool((2, 2, 10, 10), kernel_size=2, specials=True)),
     },
     "max_pool2d_backward": {
         "2x2": max_pool_backward((2, 3, 8, 8), kernel_size=2),
@@ -449,6 +485,12 @@ CASES = {
         "ceil_clipped_rectangular": avg_pool((1, 2, 6, 7), kernel_size=(3, 4), stride=(3, 2), padding=1, ceil_mode=True),
         "unbatched": avg_pool((2, 7, 8), kernel_size=3, stride=2, padding=1, count_include_pad=False),
         "unbatched_noncontiguous": avg_pool((3, 6, 6), kernel_size=2, noncontiguous=True),
+        # Rows shorter than a vector (see max_pool2d's short rows).
+        "short_rows_stride2": cpu_path(avg_pool((2, 3, 28, 28), kernel_size=2)),
+        "short_rows_odd_width": cpu_path(avg_pool((2, 2, 27, 27), kernel_size=2)),
+        "short_rows_3x3_stride2_pad1_exclude": cpu_path(avg_pool((2, 2, 13, 13), kernel_size=3, stride=2, padding=1,
+                                                        count_include_pad=False)),
+        "short_rows_stride1_pad1": cpu_path(avg_pool((1, 2, 9, 11), kernel_size=3, stride=1, padding=1)),
     },
     "avg_pool2d_backward": {
         "2x2": avg_pool_backward((2, 3, 8, 8), kernel_size=2),
@@ -547,6 +589,36 @@ CASES = {
         "negative_threshold": nms_rotated(12, -0.5, nan=True),
         "empty": nms_rotated(0, 0.5),
         "one": nms_rotated(1, 0.5),
+    },
+    "matmul": {
+        "plain": matmul(5, 7, 3),
+        "trans_a": matmul(6, 4, 9, trans_a=True),
+        "trans_b": matmul(6, 11, 5, trans_b=True),
+        "both_transposed": matmul(3, 5, 4, trans_a=True, trans_b=True),
+        "noncontiguous": matmul(4, 6, 5, noncontiguous=True),
+        "one_column": matmul(64, 50, 1, trans_b=True),
+        "empty_reduction": matmul(3, 0, 4, trans_a=True),
+        "empty_rows": matmul(0, 3, 4, trans_b=True),
+        # Past one register tile and one reduction block, each transpose packed by its source.
+        "blocks_trans_a": cpu_path(matmul(70, 600, 100, trans_a=True)),
+        "blocks_trans_b": cpu_path(matmul(70, 600, 100, trans_b=True)),
+        "blocks_both_transposed": cpu_path(matmul(70, 600, 100, trans_a=True, trans_b=True)),
+    },
+    "batch_norm_train": {
+        "nchw": batch_norm_train((4, 3, 5, 6)),
+        "no_affine": batch_norm_train((3, 4, 2, 3), affine=False),
+        "vectors": batch_norm_train((7, 5)),
+        "nc_l": batch_norm_train((2, 3, 9)),
+        "far_from_zero": batch_norm_train((4, 2, 6, 6), offset=1000.0),  # variance from deviations
+        "noncontiguous": batch_norm_train((2, 3, 4, 4), noncontiguous=True),
+        # Rows past whole vectors with a tail, channels over both threads.
+        "dcgan_rows": cpu_path(batch_norm_train((8, 16, 14, 14))),
+    },
+    "batch_norm_train_backward": {
+        "nchw": batch_norm_train_backward((4, 3, 5, 6)),
+        "no_affine": batch_norm_train_backward((3, 4, 2, 3), affine=False),
+        "vectors": batch_norm_train_backward((7, 5)),
+        "dcgan_rows": cpu_path(batch_norm_train_backward((8, 16, 14, 14))),
     },
 }
 

@@ -75,6 +75,16 @@ KERNEL_CASES = {
                      lambda x: F.max_unpool2d(x * 2, F.max_pool2d(rand((2, 2, 4, 6), 9, requires_grad=False), 2,
                                                                   return_indices=True)[1], 2),
                      [(2, 2, 2, 3)]),
+    "linear": (("matmul",), lambda x, w, b: F.linear(x, w, b), [(2, 3, 4), (5, 4), (5,)]),
+    "linear_nobias": (("matmul",), lambda x, w: F.linear(x, w), [(3, 4), (2, 4)]),
+    # More rows and columns than one register tile of the C++ GEMM.
+    "linear_past_a_tile": (("matmul",), lambda x, w, b: F.linear(x, w, b), [(17, 9), (50, 9), (50,)]),
+    "batch_norm_train_fused": (("batch_norm_train", "batch_norm_train_backward"),
+                               lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+                               [(4, 3, 2, 5), (3,), (3,)]),
+    "batch_norm_train_fused_no_affine": (("batch_norm_train", "batch_norm_train_backward"),
+                                         lambda x: F.batch_norm(x, np.zeros(3), np.ones(3), training=True),
+                                         [(5, 3)]),
     "lstm": (("lstm", "lstm_backward"), lambda x, h, c, wi, wh, bi, bh: F.lstm(x, h, c, wi, wh, bi, bh),
              [(3, 2, 4), (2, 5), (2, 5), (20, 4), (20, 5), (20,), (20,)]),
     "lstm_zero_state_nobias": (("lstm", "lstm_backward"), lambda x, wi, wh: F.lstm(x, None, None, wi, wh)[1],
@@ -141,8 +151,6 @@ T4 = randint(3, (2, 2, 3), seed=4)
 SAME = np.array([1.0, 0.0, 1.0, 0.0])
 
 CASES = {
-    "linear": (lambda x, w, b: F.linear(x, w, b), [(2, 3, 4), (5, 4), (5,)]),
-    "linear_nobias": (lambda x, w: F.linear(x, w), [(3, 4), (2, 4)]),
     "relu": (F.relu, [(3, 4)]),
     "leaky_relu": (lambda x: F.leaky_relu(x, 0.2), [(3, 4)]),
     "prelu_channels": (F.prelu, [(2, 3, 2, 2), (3,)]),

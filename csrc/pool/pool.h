@@ -4,8 +4,11 @@
 // (plane, output row) pairs and vectorise along the output row: lane j of a vector holds output
 // column ow + j, whose window tap (r, s) reads input column (ow + j)*stride - pad + s*dilation.
 // For stride 1 that is one contiguous load per tap, for stride 2 two loads and one shuffle that
-// keeps every other element. Output columns whose windows cross the left or right border (and
-// any stride above 2) take the scalar path, which clips each window to the input.
+// keeps every other element. A row with fewer interior columns than a vector has lanes (LeNet's
+// 28 -> 14 pooling under AVX-512) runs as one partial vector: masked loads that read only the
+// elements its columns use, and a store of just those columns. Output columns whose windows
+// cross the left or right border (and any stride above 2) take the scalar path, which clips
+// each window to the input.
 //
 // The OpenMP loops hand out small chunks dynamically rather than one static half per thread:
 // on a shared machine a thread that loses its core then delays only its current chunk, not
@@ -40,6 +43,62 @@ static inline __attribute__((always_inline)) typename Simd<T>::V load_strided(co
     }
 }
 
+// p[0 .. n-1] in the first n lanes (0 < n <= lanes), zeros in the others; reads nothing else.
+template <class T>
+static inline __attribute__((always_inline)) typename Simd<T>::V load_first(const T* p, int n) {
+    using V = typename Simd<T>::V;
+#if PYCONV_ISA_LEVEL >= 2
+    if constexpr (sizeof(T) == 4) return V(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
+    else return V(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
+#elif PYCONV_ISA_LEVEL == 1
+    using S = Simd<T>;
+    const auto in = S::iota() < S::splat_int(typename S::Int(n));  // all-ones lanes below n
+    if constexpr (sizeof(T) == 4) return V(_mm256_maskload_ps(p, __m256i(in)));
+    else return V(_mm256_maskload_pd(p, __m256i(in)));
+#else
+    V v{};
+    std::memcpy(&v, p, size_t(n) * sizeof(T));
+    return v;
+#endif
+}
+
+// The first n lanes (0 < n <= lanes) of v to p[0 .. n-1]; writes nothing else.
+template <class T>
+static inline __attribute__((always_inline)) void store_first(T* p, typename Simd<T>::V v, int n) {
+#if PYCONV_ISA_LEVEL >= 2
+    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
+    else _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), __m512d(v));
+#elif PYCONV_ISA_LEVEL == 1
+    using S = Simd<T>;
+    const auto in = S::iota() < S::splat_int(typename S::Int(n));
+    if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, __m256i(in), __m256(v));
+    else _mm256_maskstore_pd(p, __m256i(in), __m256d(v));
+#else
+    std::memcpy(p, &v, size_t(n) * sizeof(T));
+#endif
+}
+
+// load_strided's first n lanes (0 < n < lanes), zeros in the others: reads only p[0],
+// p[kStep], ..., p[(n-1)*kStep], and what lies between them.
+template <class T, int kStep>
+static inline __attribute__((always_inline)) typename Simd<T>::V load_strided_first(const T* p,
+                                                                                     int n) {
+    using S = Simd<T>;
+    if constexpr (kStep == 1) {
+        return load_first<T>(p, n);
+    } else {
+        // The elements used are p[0 .. 2n-2]: the first min(2n-1, L) from a, the rest from b,
+        // which starts at p[L-1] (see load_strided).
+        const int used = 2 * n - 1;
+        const typename S::V a = load_first<T>(p, std::min(used, S::lanes));
+        const typename S::V b = used > S::lanes ? load_first<T>(p + S::lanes - 1, used - S::lanes + 1)
+                                                : S::splat(T(0));
+        typename S::I pick = S::iota() * 2;
+        for (int i = S::lanes / 2; i < S::lanes; ++i) pick[i] += 1;
+        return __builtin_shuffle(a, b, pick);
+    }
+}
+
 // Kernel rows [r_lo, r_hi) of a window starting at input row h0 that lie inside 0..H-1.
 struct RowRange {
     int64_t lo, hi;
@@ -59,13 +118,20 @@ static inline RowRange columns_inside(const PoolShape& g) {
     return {lo, std::max(lo, hi)};
 }
 
-// True when an output row can use the vector path: stride 1 or 2, at least one full vector of
-// interior columns, and (for float) plane offsets that fit the int32 index lanes.
+// True when an output row can use the vector path: stride 1 or 2, at least one interior
+// column, and (for float) plane offsets that fit the int32 index lanes.
 template <class T>
 static bool row_vectorisable(const PoolShape& g, RowRange cols) {
     using Int = typename Simd<T>::Int;
-    return (g.sw == 1 || g.sw == 2) && cols.hi - cols.lo >= Simd<T>::lanes &&
+    return (g.sw == 1 || g.sw == 2) && cols.hi > cols.lo &&
            g.H * g.W <= int64_t(std::numeric_limits<Int>::max());
+}
+
+// Loads `n` lanes for output columns starting at p: a whole vector, or its first n lanes.
+template <class T, int kStep, bool kPartial>
+static inline __attribute__((always_inline)) typename Simd<T>::V load_columns(const T* p, int n) {
+    if constexpr (kPartial) return load_strided_first<T, kStep>(p, n);
+    else return load_strided<T, kStep>(p);
 }
 
 // Calls f(ow) for vector starts covering [lo, hi): steps of `lanes`, the last one moved back so
@@ -83,6 +149,18 @@ template <class F>
 static inline void for_each_other_column(RowRange done, int64_t Wo, F&& f) {
     for (int64_t ow = 0; ow < done.lo; ++ow) f(ow);
     for (int64_t ow = done.hi; ow < Wo; ++ow) f(ow);
+}
+
+// Calls vector<kPartial>(ow, n) for the columns [lo, hi) (not empty): one partial vector of
+// n = hi - lo lanes when the run is shorter than a vector, else whole vectors (n = lanes).
+template <class T, class F>
+static inline void for_each_column_vector(RowRange cols, F&& vector) {
+    constexpr int L = Simd<T>::lanes;
+    if (cols.hi - cols.lo < L) {
+        vector(std::true_type{}, cols.lo, int(cols.hi - cols.lo));
+        return;
+    }
+    for_each_vector(cols.lo, cols.hi, L, [&](int64_t ow) { vector(std::false_type{}, ow, L); });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -119,7 +197,8 @@ static void max_row_simd(const PoolShape& g, const T* xp, int64_t h0, RowRange r
     using I = typename S::I;
     using Int = typename S::Int;
     const I lane_offset = S::iota() * kStep;
-    for_each_vector(cols.lo, cols.hi, S::lanes, [&](int64_t ow) {
+    for_each_column_vector<T>(cols, [&](auto partial, int64_t ow, int n) {
+        constexpr bool kPartial = decltype(partial)::value;
         const int64_t w0 = ow * kStep - g.pw;
         V best = S::splat(-std::numeric_limits<T>::infinity());
         I best_at = S::splat_int(Int((h0 + rows.lo * g.dh) * g.W + w0)) + lane_offset;
@@ -127,14 +206,22 @@ static void max_row_simd(const PoolShape& g, const T* xp, int64_t h0, RowRange r
             const int64_t row = (h0 + r * g.dh) * g.W;
             for (int64_t s = 0; s < g.kw; ++s) {
                 const int64_t at = row + w0 + s * g.dw;
-                const V v = load_strided<T, kStep>(xp + at);
+                const V v = load_columns<T, kStep, kPartial>(xp + at, n);
                 const auto take = (v > best) | (v != v);  // v > best, or v is NaN
                 best = take ? v : best;
                 if constexpr (kIndices) best_at = take ? S::splat_int(Int(at)) + lane_offset : best_at;
             }
         }
-        S::store(yrow + ow, best);
-        if constexpr (kIndices) S::store_index(irow + ow, best_at);
+        if constexpr (kPartial) {
+            store_first<T>(yrow + ow, best, n);
+            if constexpr (kIndices) {
+                const typename S::I64 wide = __builtin_convertvector(best_at, typename S::I64);
+                for (int j = 0; j < n; ++j) irow[ow + j] = wide[j];
+            }
+        } else {
+            S::store(yrow + ow, best);
+            if constexpr (kIndices) S::store_index(irow + ow, best_at);
+        }
     });
 }
 
@@ -241,12 +328,15 @@ static void avg_row_simd(const PoolShape& g, const T* xp, const AvgWindow& first
     using V = typename S::V;
     // Interior columns all see kw input columns, so the divisor is the same along the row.
     const V divisor = S::splat(T(first.divisor));
-    for_each_vector(cols.lo, cols.hi, S::lanes, [&](int64_t ow) {
+    for_each_column_vector<T>(cols, [&](auto partial, int64_t ow, int n) {
+        constexpr bool kPartial = decltype(partial)::value;
         const int64_t w0 = ow * kStep - g.pw;
         V sum = S::splat(T(0));
         for (int64_t h = first.h_lo; h < first.h_hi; ++h)
-            for (int64_t s = 0; s < g.kw; ++s) sum += load_strided<T, kStep>(xp + h * g.W + w0 + s);
-        S::store(yrow + ow, sum / divisor);
+            for (int64_t s = 0; s < g.kw; ++s)
+                sum += load_columns<T, kStep, kPartial>(xp + h * g.W + w0 + s, n);
+        if constexpr (kPartial) store_first<T>(yrow + ow, sum / divisor, n);
+        else S::store(yrow + ow, sum / divisor);
     });
 }
 

@@ -1,5 +1,6 @@
 """One place per op: argument normalisation, validation and output-shape rules, one module
-per op family (conv, pool, lstm, boxes, elementwise) over a shared vocabulary (core).
+per op family (conv, pool, lstm, boxes, elementwise,
+dense, norm) over a shared vocabulary (core).
 
 Every public op in :mod:`pyconv.ops` calls its spec first; backends receive the checked
 arguments (and the geometry computed here) and never validate again. Error messages name the
@@ -38,7 +39,9 @@ from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
 from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
                    check_array, check_batch_optional, check_float_dtypes, from_dlpack,
                    is_foreign_array, shape_of, without_batch)
+from .dense import matmul
 from .elementwise import leaky_relu, leaky_relu_backward
+from .norm import batch_norm_train, batch_norm_train_backward
 from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
                    pool_geom, pool_output_size, windows_touch_input)
@@ -51,5 +54,5 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-    "box_iou", "nms", "batched_nms", "leaky_relu", "leaky_relu_backward", "_conv_geom",
+    "box_iou", "nms", "batched_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
 ]

@@ -61,6 +61,14 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     # Rotated boxes (cx, cy, w, h, angle in degrees, counter-clockwise on an image).
     KernelSpec("box_iou_rotated", ("boxes1", "boxes2"), "(N, M)"),
     KernelSpec("nms_rotated", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
+
+    # Dense: op(a) (M, K) @ op(b) (K, N), op(m) = m.T where its flag is set.
+    KernelSpec("matmul", ("a", "b", "trans_a", "trans_b"), "(M, N)"),
+    # Batch normalisation with batch statistics over every axis but 1 of x (N, C, ...); weight
+    # and bias (C,) or None. var is the biased variance; invstd = 1/sqrt(var + eps).
+    KernelSpec("batch_norm_train", ("x", "weight", "bias", "eps"), "(y, mean (C,), var (C,))"),
+    KernelSpec("batch_norm_train_backward", ("grad_out", "x", "mean", "invstd", "weight"),
+               "(grad_x, grad_weight (C,), grad_bias (C,))"),
 )
 
 _CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
@@ -89,6 +97,9 @@ OPS: dict[str, tuple[str, ...]] = {
     "leaky_relu_backward": ("leaky_relu_backward",),
     "box_iou_rotated": ("box_iou_rotated",),
     "nms_rotated": ("nms_rotated",),
+    "matmul": ("matmul",),
+    "batch_norm_train": ("batch_norm_train",),
+    "batch_norm_train_backward": ("batch_norm_train_backward",),
 }
 
 

@@ -171,3 +171,29 @@ def box_iou_rotated(boxes1, boxes2):
 def nms_rotated(boxes, scores, iou_threshold):
     keep = np.empty(boxes.shape[0], np.int64)
     return keep[: _C.nms_rotated(boxes, scores, iou_threshold, keep)].copy()
+
+def matmul(a, b, trans_a, trans_b):
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    k = a.shape[0] if trans_a else a.shape[1]
+    if k == 0:  # an empty sum: the GEMM would leave its output unwritten
+        return np.zeros((m, n), a.dtype)
+    y = np.empty((m, n), a.dtype)
+    _C.matmul(a, trans_a, b, trans_b, y)
+    return y
+
+
+@backend.register
+def batch_norm_train(x, weight, bias, eps):
+    y = np.empty_like(x)
+    mean, var = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
+    _C.batch_norm_forward(x, weight, bias, eps, y, mean, var)
+    return y, mean, var
+
+
+@backend.register
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
+    grad_x = np.empty_like(x)
+    grad_weight, grad_bias = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
+    _C.batch_norm_backward(grad_out, x, mean, invstd, weight, grad_x, grad_weight, grad_bias)
+    return grad_x, grad_weight, grad_bias

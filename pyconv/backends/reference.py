@@ -498,3 +498,41 @@ def nms_rotated(boxes, scores, iou_threshold):
             iou = box_iou_rotated(ranked[i:i + 1], ranked[i + 1:])[0]
             suppressed[i + 1:] |= iou.astype(np.float64) > iou_threshold
     return order[~suppressed].astype(np.int64)
+
+@backend.register
+def matmul(a, b, trans_a, trans_b):
+    return np.ascontiguousarray((a.T if trans_a else a) @ (b.T if trans_b else b))
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+
+
+def _per_channel_axes(x):
+    return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+@backend.register
+def batch_norm_train(x, weight, bias, eps):
+    axes, shape = _per_channel_axes(x)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+    invstd = 1 / np.sqrt(var.astype(np.float64) + eps)
+    y = (x - mean.reshape(shape)) * invstd.astype(x.dtype).reshape(shape)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y, mean, var
+
+
+@backend.register
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
+    axes, shape = _per_channel_axes(x)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    grad_bias = grad_out.sum(axis=axes)
+    grad_weight = (grad_out * xhat).sum(axis=axes)
+    scale = invstd if weight is None else invstd * weight
+    n = x.size // x.shape[1]
+    grad_x = scale.reshape(shape) * (grad_out - (grad_bias.reshape(shape) + xhat * grad_weight.reshape(shape)) / n)
+    return grad_x, grad_weight, grad_bias

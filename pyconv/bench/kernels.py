@@ -133,6 +133,55 @@ def _leaky_relu_case(name, shape, backward, quick=False):
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
+def _matmul_case(name, m, k, n, trans_a=False, trans_b=False, quick=False):
+    """op(a) (m, k) @ op(b) (k, n), the transposed operands as stored (a dense layer's x W^T
+    is trans_b, its weight gradient g^T x trans_a)."""
+    def make(rng):
+        return {"a": _f32(rng, *((k, m) if trans_a else (m, k))),
+                "b": _f32(rng, *((n, k) if trans_b else (k, n)))}
+
+    def run(a, be):
+        return ops.matmul(a["a"], a["b"], trans_a, trans_b, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        ta, tb = torch.from_numpy(a["a"]), torch.from_numpy(a["b"])
+        return lambda: torch.matmul(ta.T if trans_a else ta, tb.T if trans_b else tb)
+
+    return Case("matmul", name, ("matmul",), make, run, 2 * m * k * n, "flop",
+                _torch_baseline(torch_fn), quick=quick)
+
+
+def _batch_norm_case(name, shape, backward, quick=False):
+    """Batch normalisation with batch statistics, forward or backward, against PyTorch's
+    native_batch_norm (training) and its backward."""
+    C, eps = shape[1], 1e-5
+
+    def make(rng):
+        x = _f32(rng, *shape)
+        _, mean, var = ops.batch_norm_train(x, backend="reference")
+        return {"x": x, "g": _f32(rng, *shape), "w": _f32(rng, C), "b": _f32(rng, C), "mean": mean,
+                "invstd": (1 / np.sqrt(var + eps)).astype(np.float32)}
+
+    def run(a, be):
+        if backward:
+            return ops.batch_norm_train_backward(a["g"], a["x"], a["mean"], a["invstd"], a["w"], backend=be)
+        return ops.batch_norm_train(a["x"], a["w"], a["b"], eps, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, g, w, b = (torch.from_numpy(a[k]) for k in ("x", "g", "w", "b"))
+        mean, invstd = torch.from_numpy(a["mean"]), torch.from_numpy(a["invstd"])
+        if backward:
+            return lambda: torch.ops.aten.native_batch_norm_backward(
+                g, x, w, None, None, mean, invstd, True, eps, [True, True, True])
+        return lambda: torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.1, eps)
+
+    op = "batch_norm_train_backward" if backward else "batch_norm_train"
+    moved = 4 * math.prod(shape) * (3 if backward else 2)  # x (and grad) read, result written
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
 def _lstm_params(rng, I, Hd):
     bound = 1 / math.sqrt(Hd)
     return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
@@ -332,6 +381,12 @@ def cases(quick: bool) -> list[Case]:
         _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=False),
         _leaky_relu_case("8x64x56x56", (8, 64, 56, 56), backward=False, quick=True),
         _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=True),
+        _matmul_case("LeNet fc1 x W^T 64x400 -> 120", 64, 400, 120, trans_b=True, quick=True),
+        _matmul_case("LeNet fc1 grad_w g^T x 120x64 . 64x400", 120, 64, 400, trans_a=True),
+        _matmul_case("1024x1024 . (1024x1024)^T", 1024, 1024, 1024, trans_b=True),
+        _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),
+        _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=True, quick=True),
+        _batch_norm_case("32x64x56x56", (32, 64, 56, 56), backward=False),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
         _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),

@@ -338,6 +338,7 @@ _lstm.array_inputs = _lstm_cell.array_inputs = (3, 4, 5, 6)
 CONVERTERS = {
     "_Conv": _conv, "_ConvTranspose2d": _conv_transpose, "_MaxPool2d": _max_pool,
     "_AvgPool2d": _avg_pool, "_Linear": _linear, "_BatchNorm": _batch_norm,
+    "_BatchNormTrain": _batch_norm,
     "_ReLU": _simple("Relu"), "_Sigmoid": _simple("Sigmoid"), "_Tanh": _simple("Tanh"),
     "_LeakyReLU": _with_attrs("LeakyRelu", alpha="slope"), "_ELU": _with_attrs("Elu", alpha="alpha"),
     "_Softmax": _with_attrs("Softmax", axis="axis"), "_LogSoftmax": _with_attrs("LogSoftmax", axis="axis"),

@@ -3,8 +3,10 @@
 Every kernel of the contract (``pyconv.backends``) runs on the GPU: convolution as a
 shared-memory tiled implicit GEMM (``conv.py``), pooling and max-unpooling (``pool.py``), the
 LSTM with CuPy's cuBLAS GEMMs and one fused elementwise kernel per step (``lstm.py``), box
-IoU / bitmask NMS (``boxes.py``), the same for rotated boxes (``boxes_rotated.py``) and
-elementwise activations (``elementwise.py``). Kernels are launched on CuPy arrays through
+IoU / bitmask NMS (``boxes.py``), the same for rotated boxes (``boxes_rotated.py``),
+elementwise activations (``elementwise.py``), and CuPy's matmul (``dense.py``) and reductions
+(``norm.py``) for matrix products and batch normalisation. Kernels are launched on CuPy arrays
+through
 ``__cuda_array_interface__`` on CuPy's current stream.
 
 Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) runs the same kernels
@@ -22,8 +24,7 @@ backend = Backend(
     else "Numba CUDA kernels and cuBLAS on CuPy arrays",
 )
 
-from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
-from . import boxes_rotated  # noqa: E402
+from . import boxes, boxes_rotated, conv, dense, elementwise, lstm, norm, pool  # noqa: E402,F401  (each registers its kernels)
 
 # Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,

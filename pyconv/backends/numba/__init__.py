@@ -9,8 +9,9 @@ cached on disk (``cache=True``).
 
 One family of ops per module: convolution (``conv.py``), pooling and max-unpooling
 (``pool.py``), the LSTM (``lstm.py``), box IoU / NMS (``boxes.py``), their rotated-box
-versions (``boxes_rotated.py``) and elementwise activations (``elementwise.py``); ``_jit.py``
-holds the JIT options and the thread glue they share. In each, the registered functions allocate outputs
+versions (``boxes_rotated.py``), elementwise activations (``elementwise.py``), matrix products
+(``dense.py``) and batch normalisation (``norm.py``); ``_jit.py`` holds the JIT options and the
+thread glue they share. In each, the registered functions allocate outputs
 and reshape arrays; the ``@njit`` functions do the work.
 
 Needs SciPy for ``np.dot`` inside ``@njit`` (convolution and LSTM kernels) and, for speed,
@@ -24,8 +25,7 @@ from .. import Backend
 
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
-from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module registers its kernels)
-from . import boxes_rotated  # noqa: E402
+from . import boxes, boxes_rotated, conv, dense, elementwise, lstm, norm, pool  # noqa: E402,F401  (each registers its kernels)
 
 # One kernel at a time, process-wide: the fork-safe threading layer chosen in _jit.py may be
 # "workqueue", which aborts the process when two threads launch parallel loops at once. A

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import ops
+from ..._spec import FLOAT_DTYPES
 from ...autograd import Function, Tensor, array_module, scatter_add
 from ._util import _data, _tensor
 
 __all__ = ["linear", "embedding", "flatten"]
 
 
+def _product(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) on the selected backend's matmul kernel (on the cpu backend pyconv's packed
+    GEMM, on pyconv's threads: NumPy's BLAS would bring a thread pool of its own, which fights
+    pyconv's for the cores between layers); in NumPy for what the kernels do not take (mixed or
+    non-float dtypes)."""
+    if a.dtype == b.dtype and a.dtype in FLOAT_DTYPES:
+        return ops.matmul(a, b, trans_a, trans_b)
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
 class _Linear(Function):
     def forward(self, x, w, b):
         self.x, self.w = x, w
-        y = x @ w.T
+        y = _product(x.reshape(-1, x.shape[-1]), w, trans_b=True).reshape(x.shape[:-1] + w.shape[:1])
         if b is not None:
             y += b
         return y
@@ -22,8 +34,8 @@ class _Linear(Function):
         nx, nw, nb = self.needs_input_grad
         x, w = self.x, self.w
         g2 = g.reshape(-1, g.shape[-1])
-        gx = (g @ w) if nx else None
-        gw = (g2.T @ x.reshape(-1, x.shape[-1])) if nw else None
+        gx = _product(g2, w).reshape(x.shape) if nx else None
+        gw = _product(g2, x.reshape(-1, x.shape[-1]), trans_a=True) if nw else None
         gb = g2.sum(axis=0) if nb else None
         return gx, gw, gb
 

@@ -1,6 +1,8 @@
 """Batch normalisation (Ioffe & Szegedy 2015) over axis 1, with running statistics."""
 from __future__ import annotations
 
+from ... import ops
+from ..._spec import FLOAT_DTYPES
 from ...autograd import Function, Tensor, array_module
 from ._util import _channel_shape, _data
 
@@ -37,6 +39,33 @@ class _BatchNorm(Function):
         return gx, gw, gb
 
 
+class _BatchNormTrain(Function):
+    """Training mode on the fused kernels of the selected backend: one pass per channel for the
+    statistics and the normalisation, one for the three gradients."""
+
+    training = True  # what exporters read: batch statistics, not running ones
+
+    def __init__(self, eps):
+        self.eps = eps
+
+    def forward(self, x, w, b):
+        y, self.mean, self.var = ops.batch_norm_train(x, w, b, self.eps)
+        self.x, self.w = x, w
+        return y
+
+    def backward(self, g):
+        nx, nw, nb = self.needs_input_grad
+        invstd = 1 / array_module(g).sqrt(self.var + self.x.dtype.type(self.eps))
+        gx, gw, gb = ops.batch_norm_train_backward(g, self.x, self.mean, invstd, self.w)
+        return gx if nx else None, gw if nw else None, gb if nb else None
+
+
+def _fused_kernels_apply(xd, weight, bias):
+    """Whether the batch-statistics kernels take these arguments (one float dtype)."""
+    return xd.dtype in FLOAT_DTYPES and all(
+        a is None or _data(a).dtype == xd.dtype for a in (weight, bias))
+
+
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5) -> Tensor:
     """Batch normalisation over axis 1, as ``torch.nn.functional.batch_norm``. In training it
@@ -58,17 +87,28 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         n = xd.size // C
         if n < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, got x of shape {xd.shape}")
+        if _fused_kernels_apply(xd, weight, bias):
+            fn = _BatchNormTrain(eps)
+            y = fn(x, weight, bias)
+            _update_running(rm, rv, fn.mean, fn.var, momentum, n)
+            return y
         mean = xd.mean(axis=axes)
         var = xd.var(axis=axes)
-        if rm is not None:
-            rm *= 1 - momentum
-            rm += momentum * mean
-        if rv is not None:
-            rv *= 1 - momentum
-            rv += momentum * var * (n / (n - 1))
+        _update_running(rm, rv, mean, var, momentum, n)
     else:
         if rm is None or rv is None:
             raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
         mean, var = rm, rv
     invstd = 1.0 / xp.sqrt(var + eps)
     return _BatchNorm(mean.astype(xd.dtype), invstd.astype(xd.dtype), training)(x, weight, bias)
+
+
+def _update_running(rm, rv, mean, var, momentum, n):
+    """Moves the running statistics towards the batch's (running_var towards the unbiased
+    variance), in place."""
+    if rm is not None:
+        rm *= 1 - momentum
+        rm += momentum * mean
+    if rv is not None:
+        rv *= 1 - momentum
+        rv += momentum * var * (n / (n - 1))

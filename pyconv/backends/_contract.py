@@ -55,6 +55,13 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("nms", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
     KernelSpec("batched_nms", ("boxes", "scores", "idxs", "iou_threshold"),
                "kept indices (int64)"),
+    # The NMS family. method and kernel are "gaussian" or "linear"; labels are int64.
+    KernelSpec("soft_nms",
+               ("boxes", "scores", "sigma", "iou_threshold", "score_threshold", "method"),
+               "(kept indices (int64), their decayed scores), in the order picked"),
+    KernelSpec("diou_nms", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
+    KernelSpec("matrix_nms", ("boxes", "scores", "labels", "kernel", "sigma"),
+               "decayed scores (N,), input order"),
     # Elementwise activations, any shape (ReLU is a slope of 0).
     KernelSpec("leaky_relu", ("x", "negative_slope"), "y, x's shape"),
     KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
@@ -81,7 +88,10 @@ OPS: dict[str, tuple[str, ...]] = {
     "lstm_backward": ("lstm_backward",),
     "box_iou": ("box_iou",),
     "nms": ("nms",),
-    "batched_nms": ("batched_nms",),
+    "batched_nms": ("batched_nms", "nms"),
+    "soft_nms": ("soft_nms",),
+    "diou_nms": ("diou_nms",),
+    "matrix_nms": ("matrix_nms",),
     "leaky_relu": ("leaky_relu",),
     "leaky_relu_backward": ("leaky_relu_backward",),
 }

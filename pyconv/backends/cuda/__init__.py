@@ -25,4 +25,5 @@ from . import boxes, conv, elementwise, lstm, pool  # noqa: E402  (each module r
 
 # Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,
-                   "boxes": boxes.kernels, "elementwise": elementwise.kernels}
+                   "boxes": boxes.kernels, "nms_family": boxes.nms_family_kernels,
+                   "elementwise": elementwise.kernels}

@@ -340,8 +340,9 @@ def diou_nms(boxes, scores, iou_threshold, *, backend=None):
     Arithmetic, in the boxes' dtype: the IoU of :func:`box_iou`; centres ``(x1 + x2) * 0.5``;
     ``d2 = dx * dx + dy * dy``; ``c2 = cw * cw + ch * ch`` with ``cw = max(x2) - min(x1)``
     and ``ch = max(y2) - min(y1)`` over the pair; the penalty ``d2 / c2`` is 0 where
-    ``c2 == 0`` (two boxes that are the same point). DIoU <= IoU, so DIoU-NMS never drops a
-    box that :func:`nms` keeps at the same threshold."""
+    ``c2 == 0`` (two boxes that are the same point). DIoU <= IoU: a box suppresses another
+    only where :func:`nms` would at the same threshold (the greedy outcomes may still differ
+    either way, as a box kept here may suppress others)."""
     thr = _spec.diou_nms(boxes, scores, iou_threshold)
     return _run("diou_nms", "diou_nms", backend, (boxes, scores), thr)
 

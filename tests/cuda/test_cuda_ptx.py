@@ -13,7 +13,7 @@ pytestmark = [
                        reason="PTX compilation needs a process without the CUDA simulator"),
 ]
 
-FAMILIES = ["conv", "pool", "lstm", "boxes"]
+FAMILIES = ["conv", "pool", "lstm", "boxes", "nms_family"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Boxes on the GPU: pairwise IoU, and non-maximum suppression as a bitmask.
+"""Boxes on the GPU: pairwise IoU, non-maximum suppression as a bitmask, and the NMS family
+(soft-NMS, DIoU-NMS, Matrix NMS; see the section at the end).
 
 NMS in three steps, all but the sort on the device:
 1. sort the boxes by decreasing score (stable: equal scores keep the lower index first; NaN
@@ -12,7 +13,8 @@ NMS in three steps, all but the sort on the device:
    device (no copy of the mask to the host): for each box in order, all threads read whether it
    is still alive, and if so OR its mask row into the `removed` words, each thread a strided
    share of the words. Two barriers per box; n x n/64 word ORs spread over 256 threads.
-batched_nms is the same with the category compared inside the mask kernel (exact, unlike the
+batched_nms runs that NMS on each category's boxes (a mask the size of the category squared),
+then lists the survivors in score order: no work across categories, and exact (unlike the
 trick of offsetting the boxes of each category by a large coordinate, which rounds).
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Boxes on the "numba" backend: pairwise IoU and greedy non-maximum suppression.
+"""Boxes on the "numba" backend: pairwise IoU, greedy non-maximum suppression, and the NMS
+family (soft-NMS, DIoU-NMS, Matrix NMS).
 
 Boxes are (x1, y1, x2, y2). Widths and heights are clamped at 0, so a box with x2 < x1 or
 y2 < y1 is empty; the IoU of two boxes whose union is empty is 0. IoUs are computed in the
@@ -138,6 +139,13 @@ def _min_nan(a, b):
     return a if a < b or a != a else b
 
 
+@helper
+def _intersect(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2, zero):
+    """Whether the intersection of boxes a and b (as _iou computes it) has width and height > 0;
+    False where it is empty or NaN, which gives an IoU of 0 or NaN."""
+    return min(ax2, bx2) - max(ax1, bx1) > zero and min(ay2, by2) - max(ay1, by1) > zero
+
+
 @driver
 def _soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, gaussian):
     """Each pick sweeps the live boxes (kept in index order, compacted as they go): it decays
@@ -171,9 +179,14 @@ def _soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, gaussian):
             j = ids[t]
             if j == k:
                 continue
-            iou = _iou(boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], area[k],
-                       boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3], area[j], zero)
-            # Only an IoU > 0 changes a score (NaN is > nothing).
+            # Only an IoU > 0 changes a score (NaN is > nothing), which needs the boxes to
+            # intersect: test that first, without the division.
+            if _intersect(boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3],
+                          boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3], zero):
+                iou = _iou(boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], area[k],
+                           boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3], area[j], zero)
+            else:
+                iou = zero
             if iou > zero and (gaussian or np.float64(iou) > iou_threshold):
                 weight = np.exp(-(iou * iou) / sigma) if gaussian else one - iou
                 current[j] = current[j] * weight
@@ -213,13 +226,18 @@ def _diou_nms(boxes, scores, iou_threshold):
         ranked[r] = boxes[order[r]]
         area[r] = _area(ranked[r, 0], ranked[r, 1], ranked[r, 2], ranked[r, 3], zero)
     suppressed = np.zeros(n, np.bool_)
+    # DIoU <= IoU: with a threshold >= 0 only intersecting boxes can be suppressed.
+    only_overlaps = iou_threshold >= 0
     for i in range(n):
         if suppressed[i]:
             continue
         for j in range(i + 1, n):
-            if not suppressed[j] and _diou(ranked[i, 0], ranked[i, 1], ranked[i, 2], ranked[i, 3],
-                                           area[i], ranked[j, 0], ranked[j, 1], ranked[j, 2],
-                                           ranked[j, 3], area[j], zero) > iou_threshold:
+            if suppressed[j] or (only_overlaps and not _intersect(
+                    ranked[i, 0], ranked[i, 1], ranked[i, 2], ranked[i, 3],
+                    ranked[j, 0], ranked[j, 1], ranked[j, 2], ranked[j, 3], zero)):
+                continue
+            if _diou(ranked[i, 0], ranked[i, 1], ranked[i, 2], ranked[i, 3], area[i], ranked[j, 0],
+                     ranked[j, 1], ranked[j, 2], ranked[j, 3], area[j], zero) > iou_threshold:
                 suppressed[j] = True
     return order[~suppressed]
 

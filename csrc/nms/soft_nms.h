@@ -6,9 +6,10 @@
 // Algorithm. A decay changes a score only where the IoU is > 0, and on detector output a box
 // overlaps few others. So the live boxes are kept sorted by x1, and each pick computes IoUs
 // only for the stretch of them whose x1 lets them intersect it (sweep and prune, along x).
-// The next pick is the root of a tournament tree over the scores (one leaf-to-root walk per
-// decay). The sorted list is compacted when half of it is dead. Work: one sort, (picks x
-// boxes in a stretch) IoUs, and a walk of the tree (log2 n steps) per decay.
+// The next pick is the root of a tournament tree over the scores; a decay walks up from the
+// box's leaf and stops where the box was not the winner. The sorted list is compacted when
+// half of it is dead. Work: one sort, (picks x boxes in a stretch) intersection tests, and an
+// IoU and at most log2 n tree steps per decay.
 #pragma once
 
 #include "common/prelude.h"
@@ -72,7 +73,8 @@ struct SortedBoxes {
 
 // The next pick: a tournament tree over the boxes whose every node holds the better of its two
 // children -- the live box of higher current score, of lower index among equal scores -- so
-// the root is the pick, and a changed or dropped box costs one walk from its leaf to the root.
+// the root is the pick, and a changed or dropped box costs at most one walk from its leaf to
+// the root.
 template <class T>
 struct PickTree {
     const std::vector<T>& score;
@@ -94,11 +96,16 @@ struct PickTree {
         return score[b] > score[a] || (score[b] == score[a] && b < a) ? b : a;
     }
 
-    // After box i's score or liveness changed.
-    void update(int64_t i) {
+    // After box i's score or liveness changed. A box that got worse (a lower score, or dead)
+    // changes only the nodes it won, which lie on a path up from its leaf: the walk stops at the
+    // first node that another box won.
+    void update(int64_t i, bool worse) {
         int64_t p = size + i;
         node[p] = live[i] ? i : -1;
-        for (p /= 2; p >= 1; p /= 2) node[p] = better(node[2 * p], node[2 * p + 1]);
+        for (p /= 2; p >= 1; p /= 2) {
+            if (worse && node[p] != i) break;
+            node[p] = better(node[2 * p], node[2 * p + 1]);
+        }
     }
 
     int64_t top() const { return node[1]; }
@@ -129,7 +136,7 @@ int64_t soft_nms(const T* boxes, const T* scores, int64_t n, double sigma, doubl
         keep[count] = k;
         kept_scores[count++] = current[k];
         live[k] = 0;
-        picks.update(k);
+        picks.update(k, true);
         ++dead;
         const T* b = boxes + 4 * k;
         if (!SortedBoxes<T>::decayable(b)) continue;  // it decays nothing
@@ -149,12 +156,13 @@ int64_t soft_nms(const T* boxes, const T* scores, int64_t n, double sigma, doubl
             const T w = gaussian ? T(std::exp(-(o * o) / sig)) : T(1) - o;
             const T s = current[i] * w;
             if (s == current[i]) continue;
+            const bool worse = s < current[i];  // a negative score decays upwards
             current[i] = s;
             if (!(double(s) >= score_threshold)) {
                 live[i] = 0;
                 ++dead;
             }
-            picks.update(i);
+            picks.update(i, worse || !live[i]);
         }
         if (2 * dead > int64_t(list.id.size())) {
             list.compact(live);

@@ -221,9 +221,11 @@ def nms_family_input(rng, n, dtype, ties, nan, adversarial, specials):
 
 
 def soft_nms(n, method="gaussian", sigma=0.5, iou_threshold=0.3, score_threshold=0.001, ties=False,
-             nan=False, adversarial=False, specials=False, identical=False):
+             nan=False, adversarial=False, specials=False, identical=False, shift=0.0):
+    """`shift` is subtracted from the scores: negative scores grow as they decay."""
     def build(rng, dtype):
         b, s = nms_family_input(rng, n, dtype, ties, nan, adversarial, specials)
+        s -= dtype(shift)
         if identical:
             b[:] = b[:1]
         return (b, s, sigma, iou_threshold, score_threshold, method), {}
@@ -537,6 +539,7 @@ CASES = {
         "identical": soft_nms(8, "linear", 0.5, 0.5, 0.0, ties=True, identical=True),
         "thresholds": soft_nms(25, "linear", 0.5, -0.5, 0.4),
         "narrow_sigma": soft_nms(25, sigma=0.05, score_threshold=0.2),
+        "negative_scores": soft_nms(30, score_threshold=-0.6, ties=True, adversarial=True, shift=0.8),
         "empty": soft_nms(0),
         "one": soft_nms(1),
         "many": cpu_path(soft_nms(700, ties=True, adversarial=True)),  # vectors, compaction

@@ -513,6 +513,63 @@ PYBIND11_MODULE(_C, m) {
           py::arg("keep"),
           "greedy NMS (per category when idxs is not None); writes the kept indices to keep "
           "and returns their count");
+    def_op(m, "soft_nms",
+          [](Array boxes, Array scores, double sigma, double iou_threshold,
+             double score_threshold, bool gaussian, Array keep, Array kept_scores) {
+              return by_dtype(boxes.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const int64_t n = rows_of_boxes(boxes, "boxes");
+                  if (n > int64_t(std::numeric_limits<int32_t>::max()))
+                      throw py::value_error("soft_nms: at most 2**31 - 1 boxes");
+                  for (double v : {iou_threshold, score_threshold})
+                      if (!std::isfinite(v)) throw py::value_error("soft_nms: thresholds must be finite");
+                  if (!(sigma > 0) || !std::isfinite(sigma)) throw py::value_error("soft_nms: sigma must be > 0");
+                  const T* bp = checked<T>(boxes, {n, 4}, "boxes");
+                  const T* sp = checked<T>(scores, {n}, "scores");
+                  int64_t* kp = checked<int64_t>(keep, {n}, "keep", true);
+                  T* ksp = checked<T>(kept_scores, {n}, "kept_scores", true);
+                  return without_gil([&] {
+                      return kernels<T>().soft_nms(bp, sp, n, sigma, iou_threshold, score_threshold,
+                                                   gaussian, kp, ksp);
+                  });
+              });
+          },
+          py::arg("boxes"), py::arg("scores"), py::arg("sigma"), py::arg("iou_threshold"),
+          py::arg("score_threshold"), py::arg("gaussian"), py::arg("keep"), py::arg("kept_scores"),
+          "soft-NMS; writes the picked indices and their scores and returns their count");
+    def_op(m, "diou_nms",
+          [](Array boxes, Array scores, double iou_threshold, Array keep) {
+              return by_dtype(boxes.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const int64_t n = rows_of_boxes(boxes, "boxes");
+                  if (n > int64_t(std::numeric_limits<int32_t>::max()))
+                      throw py::value_error("diou_nms: at most 2**31 - 1 boxes");
+                  if (std::isnan(iou_threshold)) throw py::value_error("diou_nms: iou_threshold is NaN");
+                  const T* bp = checked<T>(boxes, {n, 4}, "boxes");
+                  const T* sp = checked<T>(scores, {n}, "scores");
+                  int64_t* kp = checked<int64_t>(keep, {n}, "keep", true);
+                  return without_gil([&] { return kernels<T>().diou_nms(bp, sp, n, iou_threshold, kp); });
+              });
+          },
+          py::arg("boxes"), py::arg("scores"), py::arg("iou_threshold"), py::arg("keep"),
+          "greedy DIoU-NMS; writes the kept indices to keep and returns their count");
+    def_op(m, "matrix_nms",
+          [](Array boxes, Array scores, Array labels, bool gaussian, double sigma, Array out) {
+              by_dtype(boxes.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const int64_t n = rows_of_boxes(boxes, "boxes");
+                  if (n > int64_t(std::numeric_limits<int32_t>::max()))
+                      throw py::value_error("matrix_nms: at most 2**31 - 1 boxes");
+                  if (!(sigma > 0) || !std::isfinite(sigma)) throw py::value_error("matrix_nms: sigma must be > 0");
+                  const T* bp = checked<T>(boxes, {n, 4}, "boxes");
+                  const T* sp = checked<T>(scores, {n}, "scores");
+                  const int64_t* lp = checked<int64_t>(labels, {n}, "labels");
+                  T* op = checked<T>(out, {n}, "out", true);
+                  without_gil([&] { kernels<T>().matrix_nms(bp, sp, lp, n, gaussian, sigma, op); });
+              });
+          },
+          py::arg("boxes"), py::arg("scores"), py::arg("labels"), py::arg("gaussian"), py::arg("sigma"),
+          py::arg("out"), "Matrix NMS: every box's decayed score into out (N,)");
 
     // ---- Convolution and GEMM
 

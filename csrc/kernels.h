@@ -78,6 +78,17 @@ struct KernelsFor {
     // categories never suppress each other.
     int64_t (*nms)(const T* boxes, const T* scores, const int64_t* category, int64_t n,
                    double iou_threshold, int64_t* keep);
+    // Soft-NMS (gaussian, else linear decay): writes the picked indices and their scores at
+    // the pick to keep and kept_scores (room for n each) and returns how many.
+    int64_t (*soft_nms)(const T* boxes, const T* scores, int64_t n, double sigma,
+                        double iou_threshold, double score_threshold, bool gaussian,
+                        int64_t* keep, T* kept_scores);
+    // Greedy NMS on the distance-IoU; as nms without categories.
+    int64_t (*diou_nms)(const T* boxes, const T* scores, int64_t n, double iou_threshold,
+                        int64_t* keep);
+    // Matrix NMS within each label: out (n,) = every box's decayed score, in input order.
+    void (*matrix_nms)(const T* boxes, const T* scores, const int64_t* labels, int64_t n,
+                       bool gaussian, double sigma, T* out);
 
     // Row-major C (M x N) = A (M x K) B (K x N), or C += A B when accumulate.
     void (*gemm)(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool accumulate);

@@ -33,7 +33,7 @@ __all__ = [
     "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-    "box_iou", "nms", "batched_nms",
+    "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms",
     "leaky_relu", "leaky_relu_backward",
     "box_iou_rotated", "nms_rotated",
     "matmul", "batch_norm_train", "batch_norm_train_backward",
@@ -398,11 +398,93 @@ def nms(boxes, scores, iou_threshold, *, backend=None):
 
 
 @_takes_dlpack
-def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
+def batched_nms(boxes, scores, idxs, iou_threshold, *, class_agnostic=False, backend=None):
     """NMS within each category ``idxs`` (boxes of different categories never suppress each
-    other), as ``torchvision.ops.batched_nms`` -> kept indices by decreasing score."""
-    thr = _spec.batched_nms(boxes, scores, idxs, iou_threshold)
+    other), as ``torchvision.ops.batched_nms`` -> kept indices by decreasing score, ties and
+    NaN as :func:`nms`. The boxes are sorted once, grouped by category and each group runs
+    its own greedy NMS, so the work is the sum over categories of the work within each: no
+    box is compared with a box of another category (torchvision's trick of shifting each
+    category's boxes by a large coordinate offset compares all pairs, and rounds).
+
+    ``class_agnostic=True`` ignores ``idxs`` (which may then be None): plain :func:`nms` over
+    all boxes, as mmcv's ``batched_nms`` with ``class_agnostic``."""
+    thr = _spec.batched_nms(boxes, scores, idxs, iou_threshold, class_agnostic)
+    if class_agnostic:
+        return _run("nms", "batched_nms", backend, (boxes, scores), thr)
     return _run("batched_nms", "batched_nms", backend, (boxes, scores, _as_int64(idxs)), thr)
+
+
+@_takes_dlpack
+def soft_nms(boxes, scores, sigma=0.5, iou_threshold=0.3, score_threshold=0.001,
+             method="gaussian", *, backend=None):
+    """Soft-NMS (Bodla et al. 2017) -> (kept int64 indices, their decayed scores), in the
+    order picked.
+
+    Every box starts with its score. Repeatedly the box with the highest current score is
+    picked (equal scores: the lower index first) and every box not yet picked has its score
+    multiplied by a decay of its IoU with the picked box: ``exp(-iou**2 / sigma)`` for
+    ``method="gaussian"`` (iou_threshold unused), ``1 - iou`` where ``iou > iou_threshold``
+    for ``method="linear"``. A box whose current score is not >= score_threshold is dropped
+    (never picked); so are NaN scores. The kept scores are the scores at the time each box
+    was picked; with scores >= 0 they do not increase along the output.
+
+    Arithmetic, in the boxes' dtype: the IoU of :func:`box_iou`; ``w = exp(-(iou * iou) /
+    sigma)`` or ``w = 1 - iou``; ``score = score * w``. The linear method's IoU is compared
+    exactly (as a double) with the threshold, as in :func:`nms`. A NaN IoU (NaN coordinates)
+    decays nothing, as it suppresses nothing in :func:`nms`. ``exp`` may differ in its last
+    bit between backends, so decayed scores agree to rounding, and equal scores stay equal
+    (ties are broken alike) on every backend; the linear method is exact.
+
+    The same as OpenCV's ``cv2.dnn.softNMSBoxes(boxes, scores, score_threshold,
+    iou_threshold, sigma=sigma, method=...)`` (picks, order, decays, ties and the threshold
+    test), except that OpenCV takes integer (x, y, w, h) rectangles and keeps scores in
+    float32, where pyconv takes (x1, y1, x2, y2) boxes of either precision. mmcv's
+    ``soft_nms`` also outputs a top box scoring under ``min_score``; pyconv, as OpenCV, never
+    keeps a box under score_threshold. No boxes -> two empty arrays."""
+    params = _spec.soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, method)
+    return _run("soft_nms", "soft_nms", backend, (boxes, scores), *params)
+
+
+@_takes_dlpack
+def diou_nms(boxes, scores, iou_threshold, *, backend=None):
+    """Greedy NMS on the distance-IoU (Zheng et al. 2020) -> int64 indices of the kept boxes
+    by decreasing score: a box is dropped when ``DIoU = IoU - d**2 / c**2`` with a kept,
+    higher-scored box is > iou_threshold, d being the distance between the two boxes'
+    centres and c the diagonal of the smallest box enclosing both. Order, ties, NaN scores
+    and empty boxes as :func:`nms`; a NaN DIoU suppresses nothing.
+
+    Arithmetic, in the boxes' dtype: the IoU of :func:`box_iou`; centres ``(x1 + x2) * 0.5``;
+    ``d2 = dx * dx + dy * dy``; ``c2 = cw * cw + ch * ch`` with ``cw = max(x2) - min(x1)``
+    and ``ch = max(y2) - min(y1)`` over the pair; the penalty ``d2 / c2`` is 0 where
+    ``c2 == 0`` (two boxes that are the same point). DIoU <= IoU: a box suppresses another
+    only where :func:`nms` would at the same threshold (the greedy outcomes may still differ
+    either way, as a box kept here may suppress others)."""
+    thr = _spec.diou_nms(boxes, scores, iou_threshold)
+    return _run("diou_nms", "diou_nms", backend, (boxes, scores), thr)
+
+
+@_takes_dlpack
+def matrix_nms(boxes, scores, labels, kernel="gaussian", sigma=2.0, *, backend=None):
+    """Matrix NMS (SOLOv2, Wang et al. 2020) on boxes -> every box's decayed score, shape
+    (N,), in input order (the caller thresholds them; nothing is dropped here).
+
+    Within each label, the boxes are ranked by decreasing score (equal scores: the lower
+    index first; NaN scores last). For box j, ``comp_j`` is its largest IoU with a box ranked
+    before it (0 for none), and its decay is ``min(1, min_i f(iou_ij) / f(comp_i))`` over the
+    boxes i of its label ranked before it: ``f(iou) = exp(-sigma * iou**2)`` for
+    ``kernel="gaussian"`` (computed as ``exp(-sigma * (iou_ij**2 - comp_i**2))``), ``1 -
+    iou`` for ``kernel="linear"`` (a term with ``comp_i == 1``, a box i that is itself
+    certainly suppressed, is left out). The output is ``scores * decay``; boxes of different
+    labels never decay each other. All in the boxes' dtype, one parallel pass over the IoUs.
+
+    This is SOLOv2's / mmdet's ``mask_matrix_nms`` decay on box IoUs without its pre- and
+    post-filtering: their formula takes the min over every row of the IoU matrix, whose extra
+    terms are >= 1 and change nothing, except the linear 0 / 0 (left out here) and a NaN in
+    an unrelated box (ignored here). NaN is otherwise propagated: a NaN IoU with a box ranked
+    before it (NaN coordinates) makes a box's decayed score NaN."""
+    kernel_name, sigma = _spec.matrix_nms(boxes, scores, labels, kernel, sigma)
+    return _run("matrix_nms", "matrix_nms", backend, (boxes, scores, _as_int64(labels)),
+                kernel_name, sigma)
 
 
 # --------------------------------------------------------------------------------------------

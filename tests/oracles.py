@@ -150,3 +150,88 @@ def nms_rotated(boxes, scores, threshold, iou=None):
         if not any(float(boxes.dtype.type(iou[k, i])) > threshold for k in keep):
             keep.append(i)
     return np.array(keep, np.int64)
+
+# The NMS family, each from its paper, one box pair at a time. Like nms above: arithmetic in
+# the boxes' dtype, threshold comparisons in float64, a NaN IoU suppresses or decays nothing.
+
+
+def soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, method):
+    """Soft-NMS (Bodla et al. 2017, Algorithm 1): while boxes remain, move the one of highest
+    score (the lowest index among equal ones) to the output, then rescore each remaining box by
+    its IoU with it; boxes under score_threshold leave. -> (indices, scores at their pick)."""
+    dt = boxes.dtype.type
+    remaining = {i: scores[i] for i in range(len(scores)) if scores[i] >= score_threshold}
+    keep, kept_scores = [], []
+    while remaining:
+        best = None
+        for i in sorted(remaining):
+            if best is None or remaining[i] > remaining[best]:
+                best = i
+        keep.append(best)
+        kept_scores.append(remaining.pop(best))
+        for i in list(remaining):
+            overlap = iou(boxes[best], boxes[i])
+            if np.isnan(overlap):
+                continue
+            if method == "gaussian":
+                remaining[i] = remaining[i] * dt(np.exp(-(overlap * overlap) / dt(sigma)))
+            elif float(overlap) > iou_threshold:
+                remaining[i] = remaining[i] * (dt(1) - overlap)
+            if not remaining[i] >= score_threshold:
+                del remaining[i]
+    return np.array(keep, np.int64), np.array(kept_scores, scores.dtype)
+
+
+def diou(a, b):
+    """Distance-IoU (Zheng et al. 2020): IoU - (centre distance)^2 / (enclosing diagonal)^2,
+    the penalty taken as 0 when the enclosing box is a point."""
+    zero, half = a.dtype.type(0), a.dtype.type(0.5)
+    centre_dx = (a[0] + a[2]) * half - (b[0] + b[2]) * half
+    centre_dy = (a[1] + a[3]) * half - (b[1] + b[3]) * half
+    enclosing_w = max(a[2], b[2]) - min(a[0], b[0])
+    enclosing_h = max(a[3], b[3]) - min(a[1], b[1])
+    diagonal2 = enclosing_w * enclosing_w + enclosing_h * enclosing_h
+    penalty = zero if diagonal2 == 0 else (centre_dx * centre_dx + centre_dy * centre_dy) / diagonal2
+    return iou(a, b) - penalty
+
+
+def diou_nms(boxes, scores, threshold):
+    """Greedy NMS (as nms) with DIoU in place of IoU."""
+    keep = []
+    for i in score_order(scores):
+        if not any(float(diou(boxes[k], boxes[i])) > threshold for k in keep):
+            keep.append(i)
+    return np.array(keep, np.int64)
+
+
+def matrix_nms(boxes, scores, labels, kernel, sigma):
+    """Matrix NMS (Wang et al. 2020, SOLOv2, its Algorithm 1 on boxes), written per box: for
+    box j, each higher-ranked box i of its label would decay it by f(iou_ij), compensated by
+    how much i is itself suppressed, f(comp_i), comp_i being i's largest IoU with a box ranked
+    above it; the decay is the smallest such ratio (at most 1)."""
+    dt = boxes.dtype.type
+    f = (lambda x: np.exp(-dt(sigma) * x * x)) if kernel == "gaussian" else (lambda x: dt(1) - x)
+    order = score_order(scores)
+    rank = {i: r for r, i in enumerate(order)}
+    out = np.empty(len(scores), scores.dtype)
+
+    def above(j):
+        return [i for i in order[:rank[j]] if labels[i] == labels[j]]
+
+    def comp(i):
+        overlaps = [iou(boxes[k], boxes[i]) for k in above(i)]
+        return dt(np.max(overlaps)) if overlaps else dt(0)  # np.max propagates NaN
+
+    for j in range(len(scores)):
+        decay = dt(1)
+        for i in above(j):
+            c = comp(i)
+            overlap = iou(boxes[i], boxes[j])
+            if kernel == "linear" and c == 1:
+                continue  # box i is certainly suppressed: it decays nothing
+            ratio = f(overlap) / f(c)
+            decay = ratio if np.isnan(ratio) or ratio < decay else decay
+            if np.isnan(decay):
+                break
+        out[j] = scores[j] * decay
+    return out

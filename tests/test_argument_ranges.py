@@ -94,6 +94,15 @@ OUT_OF_RANGE = [
     ("box_iou_rotated", "output_bytes", (MANY_ROTATED, MANY_ROTATED), {}, ["output of shape"]),
     ("nms_rotated", "boxes_2**31", (MANY_ROTATED, MANY_SCORES, 0.5), {}, ["2**31 - 1 boxes"]),
     ("nms_rotated", "iou_threshold_10**400", (ROTATED, SCORES, 10**400), {}, ["iou_threshold"]),
+    ("soft_nms", "boxes_2**31", (MANY_BOXES, MANY_SCORES), {}, ["2**31 - 1 boxes"]),
+    ("soft_nms", "iou_threshold_inf", (BOXES, SCORES, 0.5, float("inf")), {}, ["iou_threshold", "finite"]),
+    ("soft_nms", "score_threshold_inf", (BOXES, SCORES), {"score_threshold": -float("inf")}, ["score_threshold"]),
+    ("soft_nms", "sigma_0", (BOXES, SCORES, 0.0), {}, ["sigma", "> 0"]),
+    ("soft_nms", "sigma_inf", (BOXES, SCORES, float("inf")), {}, ["sigma"]),
+    ("diou_nms", "boxes_2**31", (MANY_BOXES, MANY_SCORES, 0.5), {}, ["2**31 - 1 boxes"]),
+    ("diou_nms", "iou_threshold_inf", (BOXES, SCORES, float("inf")), {}, ["iou_threshold", "finite"]),
+    ("matrix_nms", "boxes_2**31", (MANY_BOXES, MANY_SCORES, MANY_IDXS), {}, ["2**31 - 1 boxes"]),
+    ("matrix_nms", "sigma_negative", (BOXES, SCORES, np.zeros(2, np.int64)), {"sigma": -1.0}, ["sigma", "> 0"]),
 ]
 
 

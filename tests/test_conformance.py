@@ -222,6 +222,74 @@ def batched_nms(n, threshold, categories, ties=False, nan=False):
     return build
 
 
+def adversarial_boxes(rng, n, dtype, specials=False):
+    """Boxes that test tie-breaking and edge arithmetic: identical copies, nested boxes,
+    translated copies (equal IoUs with a common neighbour), zero-area boxes, and with
+    `specials` NaN and +-inf coordinates."""
+    b = boxes(rng, n, dtype)
+    for i in range(0, n - 4, 5):
+        b[i + 1] = b[i]                                       # an identical copy
+        b[i + 2] = b[i] + np.array([0.25, 0.25, -0.25, -0.25], dtype)  # nested inside it
+        b[i + 3] = b[i] + np.array([2, 0, 2, 0], dtype)       # translated copy
+        b[i + 4, 2:] = b[i + 4, :2]                           # zero area
+    if specials and n >= 4:
+        b[rng.integers(0, n, 4), rng.integers(0, 4, 4)] = [np.nan, np.inf, -np.inf, np.nan]
+    return b
+
+
+def tied_scores(rng, n, dtype):
+    """Few distinct values, and some one ulp above another (near-ties)."""
+    s = (rng.integers(1, 4, n) / 4).astype(dtype)
+    near = rng.random(n) < 0.3
+    s[near] = np.nextafter(s[near], dtype(1))
+    return s
+
+
+def nms_family_input(rng, n, dtype, ties, nan, adversarial, specials):
+    b = adversarial_boxes(rng, n, dtype, specials) if adversarial else boxes(rng, n, dtype)
+    s = tied_scores(rng, n, dtype) if ties else scores(rng, n, dtype, nan=nan)
+    if ties and nan and n:
+        s[rng.integers(0, n, 2)] = np.nan
+    return b, s
+
+
+def soft_nms(n, method="gaussian", sigma=0.5, iou_threshold=0.3, score_threshold=0.001, ties=False,
+             nan=False, adversarial=False, specials=False, identical=False, shift=0.0):
+    """`shift` is subtracted from the scores: negative scores grow as they decay."""
+    def build(rng, dtype):
+        b, s = nms_family_input(rng, n, dtype, ties, nan, adversarial, specials)
+        s -= dtype(shift)
+        if identical:
+            b[:] = b[:1]
+        return (b, s, sigma, iou_threshold, score_threshold, method), {}
+    return build
+
+
+def diou_nms(n, threshold, ties=False, nan=False, adversarial=False, specials=False, identical=False):
+    def build(rng, dtype):
+        b, s = nms_family_input(rng, n, dtype, ties, nan, adversarial, specials)
+        if identical:
+            b[:] = b[:1]
+        return (b, s, threshold), {}
+    return build
+
+
+def matrix_nms(n, labels, kernel="gaussian", sigma=2.0, ties=False, nan=False, adversarial=False,
+               specials=False, identical=False):
+    def build(rng, dtype):
+        b, s = nms_family_input(rng, n, dtype, ties, nan, adversarial, specials)
+        if identical:
+            b[:] = b[:1]
+        return (b, s, rng.integers(0, labels, n), kernel, sigma), {}
+    return build
+
+
+def batched_nms_class_agnostic(n, threshold):
+    def build(rng, dtype):
+        return (boxes(rng, n, dtype), scores(rng, n, dtype), None, threshold), {"class_agnostic": True}
+    return build
+
+
 def activation_input(rng, shape, dtype, noncontiguous=False):
     """Normal values with exact zeros (where the gradient's slope switches) and NaN/+-inf."""
     x = pool_input(rng, shape, dtype, specials=x_size(shape) >= 8, noncontiguous=noncontiguous)
@@ -562,6 +630,43 @@ CASES = {
         "ties_nan": batched_nms(30, 0.3, 4, ties=True, nan=True),
         "one_category": batched_nms(20, 0.4, 1),
         "empty": batched_nms(0, 0.5, 2),
+        "class_agnostic": batched_nms_class_agnostic(20, 0.4),
+        "many_categories": cpu_path(batched_nms(500, 0.5, 40, ties=True)),
+    },
+    "soft_nms": {
+        "gaussian": soft_nms(30),
+        "linear": soft_nms(30, "linear"),
+        "ties_nan": soft_nms(25, ties=True, nan=True, adversarial=True),
+        "linear_ties": soft_nms(25, "linear", ties=True, adversarial=True),
+        "nan_inf_boxes": soft_nms(20, specials=True, adversarial=True),
+        "identical": soft_nms(8, "linear", 0.5, 0.5, 0.0, ties=True, identical=True),
+        "thresholds": soft_nms(25, "linear", 0.5, -0.5, 0.4),
+        "narrow_sigma": soft_nms(25, sigma=0.05, score_threshold=0.2),
+        "negative_scores": soft_nms(30, score_threshold=-0.6, ties=True, adversarial=True, shift=0.8),
+        "empty": soft_nms(0),
+        "one": soft_nms(1),
+        "many": cpu_path(soft_nms(700, ties=True, adversarial=True)),  # vectors, compaction
+    },
+    "diou_nms": {
+        "basic": diou_nms(30, 0.5),
+        "ties_nan": diou_nms(30, 0.3, ties=True, nan=True, adversarial=True),
+        "negative_threshold": diou_nms(20, -0.3, adversarial=True),
+        "nan_inf_boxes": diou_nms(20, 0.3, specials=True, adversarial=True),
+        "identical": diou_nms(6, 0.5, ties=True, identical=True),
+        "empty": diou_nms(0, 0.5),
+        "one": diou_nms(1, 0.5),
+    },
+    "matrix_nms": {
+        "gaussian": matrix_nms(30, 3),
+        "linear": matrix_nms(30, 3, "linear"),
+        "ties_nan": matrix_nms(25, 2, ties=True, nan=True, adversarial=True),
+        "linear_ties": matrix_nms(25, 1, "linear", ties=True, adversarial=True),
+        "nan_inf_boxes": matrix_nms(20, 2, "linear", specials=True, adversarial=True),
+        "identical": matrix_nms(6, 1, "linear", ties=True, identical=True),
+        "wide_sigma": matrix_nms(20, 1, sigma=30.0, adversarial=True),
+        "empty": matrix_nms(0, 2),
+        "one": matrix_nms(1, 2),
+        "many": cpu_path(matrix_nms(300, 3, ties=True, adversarial=True)),  # vectors and tails
     },
     "leaky_relu": {
         "relu": leaky_relu((2, 3, 5, 7), 0.0),

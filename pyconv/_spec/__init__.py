@@ -33,7 +33,8 @@ still fits in an int64. NMS takes at most 2**31 - 1 boxes. Anything beyond is a 
 naming the op and the argument, the same on every backend. Large but consistent values stay
 valid (a stride of 2**40 with one output position, as PyTorch allows).
 """
-from .boxes import batched_nms, box_iou, box_iou_rotated, nms, nms_rotated
+from .boxes import (batched_nms, box_iou, box_iou_rotated, diou_nms, matrix_nms, nms, nms_rotated,
+                    soft_nms)
 from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
                    conv_transpose2d_backward)
 from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
@@ -54,5 +55,5 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-    "box_iou", "nms", "batched_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
+    "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
 ]

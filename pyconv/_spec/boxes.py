@@ -1,5 +1,9 @@
-"""Boxes: IoU and non-maximum suppression."""
+"""Boxes: IoU and non-maximum suppression (greedy, batched, soft, distance-IoU and Matrix NMS)."""
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from .core import (MAX_BOXES, check_allocatable, check_array, check_float_dtypes, check_index_dtype, real, shape_of)
 
@@ -31,9 +35,13 @@ def nms(boxes, scores, iou_threshold, op="nms"):
     return real(op, "iou_threshold", iou_threshold)
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold):
+def batched_nms(boxes, scores, idxs, iou_threshold, class_agnostic=False):
     op = "batched_nms"
     thr = nms(boxes, scores, iou_threshold, op=op)
+    if not isinstance(class_agnostic, (bool, np.bool_)):
+        raise TypeError(f"{op}: class_agnostic must be a bool, got {class_agnostic!r}")
+    if idxs is None and class_agnostic:
+        return thr
     check_array(op, "idxs", idxs, 1)
     check_index_dtype(op, "idxs", idxs)
     if idxs.shape[0] != boxes.shape[0]:
@@ -74,3 +82,57 @@ def nms_rotated(boxes, scores, iou_threshold):
     if boxes.shape[0] > MAX_BOXES:
         raise ValueError(f"{op}: at most 2**31 - 1 boxes are supported, got {boxes.shape[0]}")
     return real(op, "iou_threshold", iou_threshold)
+
+# --------------------------------------------------------------------------------------------
+# The NMS family: soft-NMS, DIoU-NMS, Matrix NMS.
+
+SOFT_NMS_METHODS = ("gaussian", "linear")
+MATRIX_NMS_KERNELS = ("gaussian", "linear")
+
+
+def _choice(op, name, value, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _finite(op, name, value):
+    v = real(op, name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{op}: {name} must be finite, got {value!r}")
+    return v
+
+
+def _positive(op, name, value):
+    v = _finite(op, name, value)
+    if not v > 0:
+        raise ValueError(f"{op}: {name} must be > 0, got {value!r}")
+    return v
+
+
+def soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, method):
+    """-> (sigma, iou_threshold, score_threshold, method), checked."""
+    op = "soft_nms"
+    nms(boxes, scores, 0.0, op=op)
+    return (_positive(op, "sigma", sigma), _finite(op, "iou_threshold", iou_threshold),
+            _finite(op, "score_threshold", score_threshold),
+            _choice(op, "method", method, SOFT_NMS_METHODS))
+
+
+def diou_nms(boxes, scores, iou_threshold):
+    op = "diou_nms"
+    nms(boxes, scores, 0.0, op=op)
+    return _finite(op, "iou_threshold", iou_threshold)
+
+
+def matrix_nms(boxes, scores, labels, kernel, sigma):
+    """-> (kernel, sigma), checked."""
+    op = "matrix_nms"
+    nms(boxes, scores, 0.0, op=op)
+    check_array(op, "labels", labels, 1)
+    check_index_dtype(op, "labels", labels)
+    if labels.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"{op}: labels must have one label per box: boxes {shape_of(boxes)}, labels {shape_of(labels)}"
+        )
+    return _choice(op, "kernel", kernel, MATRIX_NMS_KERNELS), _positive(op, "sigma", sigma)

@@ -147,6 +147,28 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 
 
 @backend.register
+def soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, method):
+    keep = np.empty(boxes.shape[0], np.int64)
+    kept_scores = np.empty(boxes.shape[0], scores.dtype)
+    count = _C.soft_nms(boxes, scores, sigma, iou_threshold, score_threshold,
+                        method == "gaussian", keep, kept_scores)
+    return keep[:count].copy(), kept_scores[:count].copy()
+
+
+@backend.register
+def diou_nms(boxes, scores, iou_threshold):
+    keep = np.empty(boxes.shape[0], np.int64)
+    return keep[: _C.diou_nms(boxes, scores, iou_threshold, keep)].copy()
+
+
+@backend.register
+def matrix_nms(boxes, scores, labels, kernel, sigma):
+    out = np.empty_like(scores)
+    _C.matrix_nms(boxes, scores, labels, kernel == "gaussian", sigma, out)
+    return out
+
+
+@backend.register
 def leaky_relu(x, negative_slope):
     y = np.empty_like(x)
     _C.leaky_relu(x, negative_slope, y)

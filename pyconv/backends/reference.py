@@ -370,16 +370,104 @@ def nms(boxes, scores, iou_threshold):
     return order[~suppressed].astype(np.int64)
 
 
+def _groups(labels):
+    """The box indices of each label, from one stable sort (increasing index in each)."""
+    by_label = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.diff(labels[by_label], prepend=labels[by_label[:1]] - 1))
+    return np.split(by_label, starts[1:]) if by_label.size else []
+
+
 @backend.register
 def batched_nms(boxes, scores, idxs, iou_threshold):
     """NMS run separately within each category idxs (boxes of different categories never
     suppress each other); the survivors of all categories, ranked as in nms."""
     kept = np.zeros(boxes.shape[0], bool)
-    for category in np.unique(idxs):
-        members = np.flatnonzero(idxs == category)
+    for members in _groups(idxs):
         kept[members[nms(boxes[members], scores[members], iou_threshold)]] = True
     order = _ranking(scores)
     return order[kept[order]].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# The NMS family: soft-NMS, DIoU-NMS, Matrix NMS
+
+
+@backend.register
+def soft_nms(boxes, scores, sigma, iou_threshold, score_threshold, method):
+    """Soft-NMS: pick the box of highest current score (np.argmax: the lower index among
+    equal scores), decay the others by their IoU with it, drop those no longer >=
+    score_threshold; repeat. All arithmetic in the boxes' dtype; a NaN IoU decays nothing."""
+    dt = boxes.dtype.type
+    current = scores.copy()
+    alive = current >= score_threshold  # False for NaN
+    keep, kept_scores = [], []
+    with np.errstate(invalid="ignore", over="ignore"):
+        while alive.any():
+            k = int(np.argmax(np.where(alive, current, -np.inf)))  # alive scores are > -inf
+            keep.append(k)
+            kept_scores.append(current[k])
+            alive[k] = False
+            iou = box_iou(boxes[k:k + 1], boxes)[0]
+            if method == "gaussian":
+                weight = np.exp(-(iou * iou) / dt(sigma))
+            else:
+                weight = np.where(iou.astype(np.float64) > iou_threshold, dt(1) - iou, dt(1))
+            weight = np.where(np.isnan(iou), dt(1), weight).astype(boxes.dtype)
+            current = np.where(alive, current * weight, current)
+            alive &= current >= score_threshold
+    return np.array(keep, np.int64), np.array(kept_scores, scores.dtype)
+
+
+def _diou(box, boxes):
+    """DIoU = IoU - d^2 / c^2 of one box (4,) with each of boxes (M, 4), in their dtype."""
+    dt = boxes.dtype.type
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = box_iou(box[None], boxes)[0]
+        half = dt(0.5)
+        dx = (box[0] + box[2]) * half - (boxes[:, 0] + boxes[:, 2]) * half
+        dy = (box[1] + box[3]) * half - (boxes[:, 1] + boxes[:, 3]) * half
+        cw = np.maximum(box[2], boxes[:, 2]) - np.minimum(box[0], boxes[:, 0])
+        ch = np.maximum(box[3], boxes[:, 3]) - np.minimum(box[1], boxes[:, 1])
+        d2 = dx * dx + dy * dy
+        c2 = cw * cw + ch * ch
+        return iou - np.where(c2 == 0, dt(0), d2 / c2).astype(boxes.dtype)
+
+
+@backend.register
+def diou_nms(boxes, scores, iou_threshold):
+    """Greedy NMS as nms, on the DIoU instead of the IoU (compared in float64)."""
+    order = _ranking(scores)
+    ranked = boxes[order]
+    suppressed = np.zeros(order.size, bool)
+    for i in range(order.size):
+        if not suppressed[i]:
+            diou = _diou(ranked[i], ranked[i + 1:])
+            suppressed[i + 1:] |= diou.astype(np.float64) > iou_threshold
+    return order[~suppressed].astype(np.int64)
+
+
+@backend.register
+def matrix_nms(boxes, scores, labels, kernel, sigma):
+    """Matrix NMS: per label, the IoU matrix of the boxes ranked by score, kept above the
+    diagonal (i ranked before j); comp = its column maxima; decay_j = min(1, min over the
+    rows i of the terms f(iou_ij) / f(comp_i)); np.min and np.max propagate NaN."""
+    dt = boxes.dtype.type
+    decayed = np.empty_like(scores)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for members in _groups(labels):
+            members = members[_ranking(scores[members])]
+            n = members.size
+            iou = box_iou(boxes[members], boxes[members])
+            before = np.triu(np.ones((n, n), bool), 1)  # [i, j]: i ranked before j
+            comp = np.max(np.where(before, iou, dt(0)), axis=0)[:, None]  # comp_i per row i
+            if kernel == "gaussian":
+                term = np.exp(-dt(sigma) * (iou * iou - comp * comp))
+            else:
+                term = (dt(1) - iou) / (dt(1) - comp)
+                before &= ~(comp == 1)  # box i certainly suppressed: it decays nothing
+            decay = np.min(np.where(before, term, dt(1)), axis=0, initial=dt(1))
+            decayed[members] = scores[members] * decay.astype(scores.dtype)
+    return decayed
 
 
 # --------------------------------------------------------------------------------------------

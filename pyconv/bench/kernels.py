@@ -396,6 +396,12 @@ def cases(quick: bool) -> list[Case]:
         _nms_case(50000),
         _nms_rotated_case(1000, quick=True),
         _nms_rotated_case(10000),
+        _soft_nms_case(1000, quick=True),
+        _soft_nms_case(10000),
+        _diou_nms_case(1000, quick=True),
+        _diou_nms_case(10000),
+        _matrix_nms_case(1000, 1, quick=True),
+        _matrix_nms_case(10000, 4),
     ]
     return [c for c in all_cases if c.quick or not quick]
 
@@ -479,6 +485,107 @@ def _box_iou_rotated_case(n):
 
     return Case("box_iou_rotated", f"{n}x{n} clustered rotated boxes", ("box_iou_rotated",), make,
                 run, quick=True)
+
+# The NMS family, against OpenCV's soft-NMS and vectorised NumPy versions of the others.
+
+
+def numpy_greedy_diou_nms(boxes, scores, thr):
+    """numpy_greedy_nms with the distance-IoU: one DIoU row per kept box."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1) * (y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        dx = (x1[i] + x2[i]) - (x1[rest] + x2[rest])
+        dy = (y1[i] + y2[i]) - (y1[rest] + y2[rest])
+        cw = np.maximum(x2[i], x2[rest]) - np.minimum(x1[i], x1[rest])
+        ch = np.maximum(y2[i], y2[rest]) - np.minimum(y1[i], y1[rest])
+        diou = inter / (area[i] + area[rest] - inter) - 0.25 * (dx * dx + dy * dy) / (cw * cw + ch * ch)
+        order = rest[diou <= thr]
+    return np.array(keep, np.int64)
+
+
+def numpy_matrix_nms(boxes, scores, labels, sigma):
+    """Gaussian Matrix NMS as SOLOv2 writes it (upper-triangular IoU matrix, column maxima,
+    the min of the decay ratios), vectorised over all pairs of each label."""
+    out = np.empty_like(scores)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[np.argsort(-scores[members], kind="stable")]
+        b = boxes[members]
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+        h = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+        inter = w * h
+        iou = np.triu(inter / (area[:, None] + area[None, :] - inter), 1)
+        comp = iou.max(axis=0)
+        decay = np.exp(-sigma * (iou**2 - comp[:, None] ** 2)).min(axis=0)
+        out[members] = scores[members] * decay
+    return out
+
+
+def _integer_boxes(rng, n):
+    """clustered_boxes with integer corners, so that OpenCV's integer rectangles hold them."""
+    boxes, scores = clustered_boxes(rng, n)
+    return np.round(boxes), scores
+
+
+def _soft_nms_case(n, quick=False):
+    sigma, score_threshold = 0.5, 0.001
+
+    def make(rng):
+        boxes, scores = _integer_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores}
+
+    def run(a, be):
+        return ops.soft_nms(a["boxes"], a["scores"], sigma, 0.3, score_threshold, backend=be)
+
+    def opencv_fn(a):
+        try:
+            import cv2
+        except ImportError:
+            return None
+        b = a["boxes"].astype(np.int64)
+        xywh = [tuple(r) for r in np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()]
+        scores = a["scores"].tolist()
+        return lambda: cv2.dnn.softNMSBoxes(xywh, scores, score_threshold, 0.3, sigma=sigma)
+
+    return Case("soft_nms", f"{n} clustered boxes, gaussian", ("soft_nms",), make, run,
+                baselines={"opencv": opencv_fn}, quick=quick)
+
+
+def _diou_nms_case(n, quick=False):
+    def make(rng):
+        boxes, scores = clustered_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores}
+
+    def run(a, be):
+        return ops.diou_nms(a["boxes"], a["scores"], 0.5, backend=be)
+
+    numpy_fn = lambda a: (lambda: numpy_greedy_diou_nms(a["boxes"], a["scores"], 0.5))  # noqa: E731
+    return Case("diou_nms", f"{n} clustered boxes", ("diou_nms",), make, run,
+                baselines={"numpy greedy": numpy_fn}, quick=quick)
+
+
+def _matrix_nms_case(n, labels, quick=False):
+    sigma = 2.0
+
+    def make(rng):
+        boxes, scores = clustered_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores, "labels": rng.integers(0, labels, n)}
+
+    def run(a, be):
+        return ops.matrix_nms(a["boxes"], a["scores"], a["labels"], "gaussian", sigma, backend=be)
+
+    numpy_fn = lambda a: (lambda: numpy_matrix_nms(a["boxes"], a["scores"], a["labels"], sigma))  # noqa: E731
+    return Case("matrix_nms", f"{n} clustered boxes, {labels} labels", ("matrix_nms",), make, run,
+                baselines={"numpy": numpy_fn}, quick=quick)
 
 
 def kernel_cases(quick: bool) -> list[Case]:

@@ -28,5 +28,5 @@ from . import boxes, boxes_rotated, conv, dense, elementwise, lstm, norm, pool  
 
 # Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,
-                   "boxes": boxes.kernels, "elementwise": elementwise.kernels,
-                   "boxes_rotated": boxes_rotated.kernels}
+                   "boxes": boxes.kernels, "nms_family": boxes.nms_family_kernels,
+                   "elementwise": elementwise.kernels, "boxes_rotated": boxes_rotated.kernels}

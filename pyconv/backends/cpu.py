@@ -194,6 +194,8 @@ def nms_rotated(boxes, scores, iou_threshold):
     keep = np.empty(boxes.shape[0], np.int64)
     return keep[: _C.nms_rotated(boxes, scores, iou_threshold, keep)].copy()
 
+
+@backend.register
 def matmul(a, b, trans_a, trans_b):
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]

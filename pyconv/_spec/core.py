@@ -95,6 +95,10 @@ class ShapeDtype:
     def ndim(self) -> int:
         return len(self.shape)
 
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
 
 # --------------------------------------------------------------------------------------------
 # Small helpers

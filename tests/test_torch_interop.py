@@ -86,11 +86,20 @@ def _opcheck_samples():
         "box_iou": (_boxes(5), _boxes(3), "cpu"),
         "nms": (_boxes(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
         "batched_nms": (_boxes(8), torch.rand(8, dtype=torch.float64),
-                        torch.tensor([0, 1, 0, 1, 2, 0, 1, 2]), 0.3, "cpu"),
+                        torch.tensor([0, 1, 0, 1, 2, 0, 1, 2]), 0.3, False, "cpu"),
+        "soft_nms": (_boxes(8), torch.rand(8, dtype=torch.float64), 0.5, 0.3, 0.001, "linear",
+                     "cpu"),
+        "diou_nms": (_boxes(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
+        "matrix_nms": (_boxes(8), torch.rand(8, dtype=torch.float64),
+                       torch.tensor([0, 1, 0, 1, 2, 0, 1, 2]), "gaussian", 2.0, "cpu"),
         "box_iou_rotated": (_rotated(5), _rotated(3), "cpu"),
         "nms_rotated": (_rotated(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
         "leaky_relu": (x4, 0.2, "cpu"),
         "leaky_relu_backward": (g(2, 4, 7, 7), x4, 0.2, "cpu"),
+        "matmul": (_randn(4, 3), _randn(5, 4), True, True, "cpu"),
+        "batch_norm_train": (x4, _randn(4), None, 1e-5, "cpu"),
+        "batch_norm_train_backward": (g(2, 4, 7, 7), x4, g(4), g(4).abs() + 0.5, _randn(4),
+                                      "cpu"),
     }
 
 
@@ -136,6 +145,13 @@ GRADCHECK_CASES = {
     "lstm": (lambda x, h, c, wi, wh, bi: _flat(pt.lstm(x, h, c, wi, wh, bi)),
              (_randn(4, 2, 3), _randn(2, 5), _randn(2, 5), _randn(20, 3), _randn(20, 5), _randn(20))),
     "leaky_relu": (lambda x: pt.leaky_relu(x, 0.1), (_randn(3, 4, 5),)),
+    "matmul": (pt.matmul, (_randn(3, 4), _randn(4, 5))),
+    "matmul_trans_a": (lambda a, b: pt.matmul(a, b, trans_a=True), (_randn(4, 3), _randn(4, 5))),
+    "matmul_trans_b": (lambda a, b: pt.matmul(a, b, trans_b=True), (_randn(3, 4), _randn(5, 4))),
+    "matmul_trans_both": (lambda a, b: pt.matmul(a, b, True, True), (_randn(4, 3), _randn(5, 4))),
+    "batch_norm_train": (lambda x, w, b: pt.batch_norm_train(x, w, b, eps=1e-3)[0],
+                         (_randn(3, 4, 2, 3), _randn(4), _randn(4))),
+    "batch_norm_train_no_affine": (lambda x: pt.batch_norm_train(x)[0], (_randn(4, 3, 5),)),
 }
 
 
@@ -182,6 +198,74 @@ def test_functions_match_torch(dtype):
     _close(pt.max_unpool2d(y, i, 3, 2, 1, x.shape), TF.max_unpool2d(y, i, 3, 2, 1, x.shape), dtype)
     _close(pt.avg_pool2d(x, 3, 2, 1, True, False), TF.avg_pool2d(x, 3, 2, 1, True, False), dtype)
     _close(pt.leaky_relu(x, 0.3), TF.leaky_relu(x, 0.3), dtype)
+    a, b = x[0, 0], x[1, 1]  # (9, 8) each
+    _close(pt.matmul(a, b, trans_b=True), a @ b.T, dtype)
+    _close(pt.matmul(a, b, trans_a=True), a.T @ b, dtype)
+    weight, bias = torch.randn(4, dtype=dtype), torch.randn(4, dtype=dtype)
+    y, mean, var = pt.batch_norm_train(x, weight, bias, eps=1e-3)
+    _close(y, TF.batch_norm(x, None, None, weight, bias, training=True, eps=1e-3), dtype)
+    _close(mean, x.mean((0, 2, 3)), dtype)
+    _close(var, x.var((0, 2, 3), unbiased=False), dtype)
+
+
+def _boxes_scores_labels(n, dtype):
+    gen = torch.Generator().manual_seed(2)
+    xy = torch.rand(n, 2, generator=gen, dtype=dtype) * 20
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=gen, dtype=dtype) * 8 + 1], 1)
+    return boxes, torch.rand(n, generator=gen, dtype=dtype), torch.randint(0, 3, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_functions_return_what_pyconv_ops_returns(dtype):
+    """matmul, batch_norm_train, the NMS variants and batched_nms' class_agnostic, against
+    the pyconv ops they wrap (same backend, so exactly)."""
+    from pyconv import ops
+
+    boxes, scores, labels = _boxes_scores_labels(40, dtype)
+    a, b, c = (torch.randn(5, 7, dtype=dtype), torch.randn(6, 7, dtype=dtype),
+               torch.randn(6, 5, dtype=dtype))
+    x, w, bias = (torch.randn(3, 4, 5, dtype=dtype), torch.randn(4, dtype=dtype),
+                  torch.randn(4, dtype=dtype))
+    n = lambda t: t.numpy()  # noqa: E731
+    cases = [
+        (pt.matmul(a, b, trans_b=True), ops.matmul(n(a), n(b), trans_b=True)),
+        (pt.matmul(b, c, True, False), ops.matmul(n(b), n(c), True, False)),
+        (pt.matmul(c, a), ops.matmul(n(c), n(a))),
+        (pt.batch_norm_train(x, w, bias, 1e-3), ops.batch_norm_train(n(x), n(w), n(bias), 1e-3)),
+        (pt.batch_norm_train(x), ops.batch_norm_train(n(x))),
+        (pt.soft_nms(boxes, scores), ops.soft_nms(n(boxes), n(scores))),
+        (pt.soft_nms(boxes, scores, 0.3, 0.2, 0.05, "linear"),
+         ops.soft_nms(n(boxes), n(scores), 0.3, 0.2, 0.05, "linear")),
+        (pt.diou_nms(boxes, scores, 0.3), ops.diou_nms(n(boxes), n(scores), 0.3)),
+        (pt.matrix_nms(boxes, scores, labels), ops.matrix_nms(n(boxes), n(scores), n(labels))),
+        (pt.matrix_nms(boxes, scores, labels, "linear", 0.5),
+         ops.matrix_nms(n(boxes), n(scores), n(labels), "linear", 0.5)),
+        (pt.batched_nms(boxes, scores, labels, 0.3), ops.batched_nms(n(boxes), n(scores), n(labels), 0.3)),
+        (pt.batched_nms(boxes, scores, None, 0.3, class_agnostic=True),
+         ops.batched_nms(n(boxes), n(scores), None, 0.3, class_agnostic=True)),
+    ]
+    for got, expected in cases:
+        got = got if isinstance(got, tuple) else (got,)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert isinstance(g, torch.Tensor) and g.dtype == torch.from_numpy(e).dtype
+            torch.testing.assert_close(g, torch.from_numpy(e), rtol=0, atol=0)
+    kept = pt.batched_nms(boxes, scores, labels, 0.3, class_agnostic=True)
+    assert torch.equal(kept, pt.nms(boxes, scores, 0.3))  # the categories are ignored
+    assert len(kept) < len(pt.batched_nms(boxes, scores, labels, 0.3))
+
+
+def test_batch_norm_gradients_match_torch():
+    """Only y carries a gradient; with no bias given, none is computed for it."""
+    x, w = _randn(4, 3, 5), _randn(3)
+    y, mean, var = pt.batch_norm_train(x, w)
+    assert y.requires_grad and not mean.requires_grad and not var.requires_grad
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, w), g)
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    expected = torch.autograd.grad(TF.batch_norm(x2, None, None, w2, None, training=True), (x2, w2), g)
+    _close(grads, expected)
 
 
 def test_zero_copy_on_the_cpu():
@@ -423,12 +507,14 @@ def test_compile_lstm_and_nms():
     torch.testing.assert_close(torch.compile(model, backend="aot_eager", fullgraph=True)(x), model(x))
 
     def detect(boxes, scores):
-        return pt.nms(boxes, scores, 0.5)
+        kept, soft_scores = pt.soft_nms(boxes, scores, method="linear")
+        return pt.nms(boxes, scores, 0.5), kept, soft_scores
 
     boxes, scores = _boxes(20), torch.rand(20, dtype=torch.float64)
     with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
         kept = torch.compile(detect, backend="eager", fullgraph=True)(boxes, scores)
-    assert torch.equal(kept, detect(boxes, scores))
+    for got, expected in zip(kept, detect(boxes, scores)):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.gpu

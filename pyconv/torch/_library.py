@@ -581,10 +581,13 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Te
     return _run(ops.nms, boxes, scores, iou_threshold, backend=backend)
 
 
-def _kept_indices_fake(boxes):
+def _kept_size():
     # How many boxes survive depends on their values: a size unknown until run time.
-    kept = torch.library.get_ctx().new_dynamic_size()
-    return boxes.new_empty((kept,), dtype=torch.int64)
+    return torch.library.get_ctx().new_dynamic_size()
+
+
+def _kept_indices_fake(boxes):
+    return boxes.new_empty((_kept_size(),), dtype=torch.int64)
 
 
 @nms.register_fake
@@ -594,14 +597,16 @@ def _(boxes, scores, iou_threshold, backend):
 
 
 @torch.library.custom_op("pyconv::batched_nms", mutates_args=())
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float,
-                backend: str) -> Tensor:
-    return _run(ops.batched_nms, boxes, scores, idxs, iou_threshold, backend=backend)
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                class_agnostic: bool, backend: str) -> Tensor:
+    """idxs may be None when class_agnostic (plain NMS over all boxes)."""
+    return _run(ops.batched_nms, boxes, scores, idxs, iou_threshold,
+                class_agnostic=class_agnostic, backend=backend)
 
 
 @batched_nms.register_fake
-def _(boxes, scores, idxs, iou_threshold, backend):
-    _spec.batched_nms(_shape(boxes), _shape(scores), _shape(idxs), iou_threshold)
+def _(boxes, scores, idxs, iou_threshold, class_agnostic, backend):
+    _spec.batched_nms(_shape(boxes), _shape(scores), _shape(idxs), iou_threshold, class_agnostic)
     return _kept_indices_fake(boxes)
 
 
@@ -625,6 +630,45 @@ def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: st
 def _(boxes, scores, iou_threshold, backend):
     _spec.nms_rotated(_shape(boxes), _shape(scores), iou_threshold)
     return _kept_indices_fake(boxes)
+
+
+@torch.library.custom_op("pyconv::soft_nms", mutates_args=())
+def soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float,
+             score_threshold: float, method: str, backend: str) -> tuple[Tensor, Tensor]:
+    """-> (kept int64 indices, their decayed scores), in the order picked."""
+    return _run(ops.soft_nms, boxes, scores, sigma, iou_threshold, score_threshold, method,
+                backend=backend)
+
+
+@soft_nms.register_fake
+def _(boxes, scores, sigma, iou_threshold, score_threshold, method, backend):
+    _spec.soft_nms(_shape(boxes), _shape(scores), sigma, iou_threshold, score_threshold, method)
+    kept = _kept_size()  # one size for both outputs: one score per kept index
+    return boxes.new_empty((kept,), dtype=torch.int64), _new(scores, (kept,))
+
+
+@torch.library.custom_op("pyconv::diou_nms", mutates_args=())
+def diou_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
+    return _run(ops.diou_nms, boxes, scores, iou_threshold, backend=backend)
+
+
+@diou_nms.register_fake
+def _(boxes, scores, iou_threshold, backend):
+    _spec.diou_nms(_shape(boxes), _shape(scores), iou_threshold)
+    return _kept_indices_fake(boxes)
+
+
+@torch.library.custom_op("pyconv::matrix_nms", mutates_args=())
+def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
+               backend: str) -> Tensor:
+    """-> every box's decayed score (N,), in input order."""
+    return _run(ops.matrix_nms, boxes, scores, labels, kernel, sigma, backend=backend)
+
+
+@matrix_nms.register_fake
+def _(boxes, scores, labels, kernel, sigma, backend):
+    _spec.matrix_nms(_shape(boxes), _shape(scores), _shape(labels), kernel, sigma)
+    return _new(scores, scores.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -666,6 +710,103 @@ def _leaky_relu_backward(ctx, grad):
 
 leaky_relu.register_autograd(_leaky_relu_backward, setup_context=_leaky_relu_setup)
 
+
+# --------------------------------------------------------------------------------------------
+# Dense
+
+
+@torch.library.custom_op("pyconv::matmul", mutates_args=())
+def matmul(a: Tensor, b: Tensor, trans_a: bool, trans_b: bool, backend: str) -> Tensor:
+    """op(a) @ op(b), op(m) being m.T where its flag is set."""
+    return _run(ops.matmul, a, b, trans_a, trans_b, backend=backend)
+
+
+@matmul.register_fake
+def _(a, b, trans_a, trans_b, backend):
+    _spec.matmul(_shape(a), _shape(b), trans_a, trans_b)
+    rows = a.shape[1] if trans_a else a.shape[0]
+    cols = b.shape[0] if trans_b else b.shape[1]
+    return _new(a, (rows, cols))
+
+
+def _matmul_setup(ctx, inputs, output):
+    a, b, ctx.trans_a, ctx.trans_b, ctx.backend = inputs
+    ctx.save_for_backward(a, b)
+
+
+def _matmul_backward(ctx, grad):
+    # With C = A @ B for A = op(a), B = op(b): dA = grad @ B.T and dB = A.T @ grad, and where
+    # a (or b) is stored transposed its gradient is the transpose of that. Each is one matmul
+    # with the flags that read the stored arrays in the right orientation; since the backward
+    # is matmul again, it is itself differentiable.
+    a, b = ctx.saved_tensors
+    ta, tb, backend = ctx.trans_a, ctx.trans_b, ctx.backend
+    grad_a = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_a = (call(matmul, b, grad, tb, True, backend) if ta
+                  else call(matmul, grad, b, False, not tb, backend))
+    if ctx.needs_input_grad[1]:
+        grad_b = (call(matmul, grad, a, True, ta, backend) if tb
+                  else call(matmul, a, grad, not ta, False, backend))
+    return grad_a, grad_b, None, None, None
+
+
+matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+
+
+@torch.library.custom_op("pyconv::batch_norm_train", mutates_args=())
+def batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                     backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (y, mean, var) with the batch's statistics. Only y is differentiable: mean and var
+    are returned for the caller's running statistics, and no gradient flows back through
+    them (the gradient of y already includes the path through the statistics)."""
+    return _run(ops.batch_norm_train, x, weight, bias, eps, backend=backend)
+
+
+@batch_norm_train.register_fake
+def _(x, weight, bias, eps, backend):
+    _spec.batch_norm_train(_shape(x), _shape(weight), _shape(bias), eps)
+    channels = (x.shape[1],)
+    return _new(x, x.shape), _new(x, channels), _new(x, channels)
+
+
+@torch.library.custom_op("pyconv::batch_norm_train_backward", mutates_args=())
+def batch_norm_train_backward(grad_out: Tensor, x: Tensor, mean: Tensor, invstd: Tensor,
+                              weight: Optional[Tensor],
+                              backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (grad_x, grad_weight, grad_bias); the last two whether or not there is a weight."""
+    return _run(ops.batch_norm_train_backward, grad_out, x, mean, invstd, weight,
+                backend=backend)
+
+
+@batch_norm_train_backward.register_fake
+def _(grad_out, x, mean, invstd, weight, backend):
+    _spec.batch_norm_train_backward(*map(_shape, (grad_out, x, mean, invstd, weight)))
+    channels = (x.shape[1],)
+    return _new(x, x.shape), _new(x, channels), _new(x, channels)
+
+
+def _batch_norm_setup(ctx, inputs, output):
+    x, weight, _bias, ctx.eps, ctx.backend = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(x, weight, mean, var)
+
+
+def _batch_norm_backward(ctx, grad, _grad_mean, _grad_var):
+    x, weight, mean, var = ctx.saved_tensors
+    invstd = torch.rsqrt(var + ctx.eps)
+    grads = call(batch_norm_train_backward, grad, x, mean, invstd, weight, ctx.backend)
+    return (*_or_none(grads, ctx.needs_input_grad[:3]), None, None)
+
+
+batch_norm_train.register_autograd(_batch_norm_backward, setup_context=_batch_norm_setup)
+
+
 # Public op of pyconv.ops -> its operator here (torch.ops.pyconv.<name> is the same object).
 OPERATORS = {
     "conv1d": conv1d, "conv2d": conv2d, "conv1d_backward": conv1d_backward,
@@ -678,4 +819,6 @@ OPERATORS = {
     "batched_nms": batched_nms, "box_iou_rotated": box_iou_rotated, "nms_rotated": nms_rotated,
     "leaky_relu": leaky_relu,
     "leaky_relu_backward": leaky_relu_backward,
+    "soft_nms": soft_nms, "diou_nms": diou_nms, "matrix_nms": matrix_nms, "matmul": matmul,
+    "batch_norm_train": batch_norm_train, "batch_norm_train_backward": batch_norm_train_backward,
 }

@@ -20,7 +20,7 @@ __all__ = [
     "set_backend", "get_backend",
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
     "lstm_cell", "lstm", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
-    "nms_rotated",
+    "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "batch_norm_train",
 ]
 
 _chosen: str | None = None
@@ -203,11 +203,14 @@ def nms(boxes, scores, iou_threshold, *, backend=None):
     return _lib.call(_lib.nms, boxes, scores, float(iou_threshold), _backend(backend, boxes))
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
+def batched_nms(boxes, scores, idxs, iou_threshold, *, class_agnostic=False, backend=None):
     """As ``torchvision.ops.batched_nms``: NMS within each category ``idxs`` (int64); indices
-    of the kept boxes by decreasing score."""
-    return _lib.call(_lib.batched_nms, boxes, scores, idxs.to(torch.int64), float(iou_threshold),
-                     _backend(backend, boxes))
+    of the kept boxes by decreasing score. ``class_agnostic=True`` ignores ``idxs`` (which may
+    then be None): plain NMS over all boxes."""
+    if idxs is not None:
+        idxs = idxs.to(torch.int64)
+    return _lib.call(_lib.batched_nms, boxes, scores, idxs, float(iou_threshold),
+                     class_agnostic, _backend(backend, boxes))
 
 
 def box_iou_rotated(boxes1, boxes2, *, backend=None):
@@ -221,3 +224,44 @@ def nms_rotated(boxes, scores, iou_threshold, *, backend=None):
     by decreasing score."""
     return _lib.call(_lib.nms_rotated, boxes, scores, float(iou_threshold),
                      _backend(backend, boxes))
+
+
+def soft_nms(boxes, scores, sigma=0.5, iou_threshold=0.3, score_threshold=0.001,
+             method="gaussian", *, backend=None):
+    """Soft-NMS -> (kept int64 indices, their decayed scores), in the order picked;
+    ``method`` is "gaussian" or "linear" (see ``pyconv.ops.soft_nms``)."""
+    return _lib.call(_lib.soft_nms, boxes, scores, float(sigma), float(iou_threshold),
+                     float(score_threshold), method, _backend(backend, boxes))
+
+
+def diou_nms(boxes, scores, iou_threshold, *, backend=None):
+    """Greedy NMS on the distance-IoU: int64 indices of the kept boxes, by decreasing score
+    (see ``pyconv.ops.diou_nms``)."""
+    return _lib.call(_lib.diou_nms, boxes, scores, float(iou_threshold), _backend(backend, boxes))
+
+
+def matrix_nms(boxes, scores, labels, kernel="gaussian", sigma=2.0, *, backend=None):
+    """Matrix NMS -> every box's decayed score (N,), in input order; boxes of different
+    ``labels`` (int64) never decay each other (see ``pyconv.ops.matrix_nms``)."""
+    return _lib.call(_lib.matrix_nms, boxes, scores, labels.to(torch.int64), kernel, float(sigma),
+                     _backend(backend, boxes))
+
+
+# --------------------------------------------------------------------------------------------
+# Dense and normalisation (pyconv's own signatures: torch has no transpose flags, and its
+# batch_norm updates running statistics that are the caller's here)
+
+
+def matmul(a, b, trans_a=False, trans_b=False, *, backend=None):
+    """``op(a) @ op(b)`` of 2-D tensors, ``op(m)`` being ``m.T`` where its flag is set, without
+    a transposed copy: a linear layer's ``x @ w.T`` is ``matmul(x, w, trans_b=True)``."""
+    return _lib.call(_lib.matmul, a, b, bool(trans_a), bool(trans_b), _backend(backend, a))
+
+
+def batch_norm_train(input, weight=None, bias=None, eps=1e-5, *, backend=None):
+    """Batch normalisation with the batch's statistics, as ``torch.nn.functional.batch_norm``
+    with ``training=True`` -> ``(y, mean, var)``: input (N, C, ...), weight and bias (C,) or
+    None, var the biased variance y was normalised by. Only y carries a gradient (it includes
+    the path through the statistics); mean and var are for the caller's running statistics."""
+    return _lib.call(_lib.batch_norm_train, input, weight, bias, float(eps),
+                     _backend(backend, input))

@@ -339,7 +339,7 @@ def flush_subnormals(value):
 
 
 # Arguments the C++ kernels read exactly, subnormals included: NMS ranks scores by their bits.
-READ_EXACTLY_ON_CPU = {"nms": (1,), "batched_nms": (1,)}
+READ_EXACTLY_ON_CPU = {"nms": (1,), "batched_nms": (1,), "diou_nms": (1,), "nms_rotated": (1,)}
 
 
 def as_the_cpu_reads(call):
@@ -741,6 +741,104 @@ def batched_nms_calls(draw):
     return Call("batched_nms", (boxes, scores, idxs, threshold), {})
 
 
+def _rotated_boxes(rng, shape):
+    """(cx, cy, w, h, angle) on a coarse grid: boxes that overlap, coincide, are empty (w or
+    h <= 0) or turned by multiples of 45 degrees; a last dimension other than 5 keeps the first
+    columns."""
+    full = shape[:-1] + (5,)
+    boxes = rng.integers(-1, 5, full).astype(np.float64)
+    boxes[..., 4] = rng.integers(-4, 5, full[:-1]) * 45.0
+    return boxes[..., :shape[-1]]
+
+
+def thresholds(draw):
+    return draw(st.one_of(st.sampled_from((0.5, 0.0, 0.3, 1.0, -0.5, math.inf)), st.floats(-1, 2),
+                          st.sampled_from((math.nan, "0.5", None, True, 10**400))))
+
+
+def coarse_scores(draw, n, dtype):
+    """Scores on a coarse grid, so that ties are common."""
+    return draw(arrays((n,), dtype, values=lambda rng, shape: rng.integers(0, 4, shape) / 4))
+
+
+@st.composite
+def soft_nms_calls(draw):
+    forward = draw(nms_calls())
+    boxes, scores, threshold = forward.args
+    sigma = draw(st.sampled_from((0.5, 0.1, 2.0, 0.0, -1.0, math.inf, math.nan, "0.5")))
+    score_threshold = draw(st.sampled_from((0.001, 0.0, 0.3, -1.0, math.inf, math.nan)))
+    method = draw(st.sampled_from(("gaussian", "linear", "linear", "hard", None)))
+    return Call("soft_nms", (boxes, scores), dict(sigma=sigma, iou_threshold=threshold,
+                                                   score_threshold=score_threshold, method=method))
+
+
+@st.composite
+def diou_nms_calls(draw):
+    forward = draw(nms_calls())
+    return Call("diou_nms", forward.args, {})
+
+
+@st.composite
+def matrix_nms_calls(draw):
+    forward = draw(batched_nms_calls())
+    boxes, scores, labels, _ = forward.args
+    kernel = draw(st.sampled_from(("gaussian", "linear", "linear", "box", 3)))
+    sigma = draw(st.sampled_from((2.0, 0.5, 0.0, -1.0, math.inf, math.nan)))
+    return Call("matrix_nms", (boxes, scores, labels), dict(kernel=kernel, sigma=sigma))
+
+
+@st.composite
+def box_iou_rotated_calls(draw):
+    dtype, other = dtypes(draw)
+    n, m = draw(st.integers(0, 6)), draw(st.integers(0, 6))
+    columns = 5 if draw(st.integers(0, 9)) else 4
+    return Call("box_iou_rotated", (draw(arrays((n, columns), dtype, values=_rotated_boxes)),
+                                    draw(arrays((m, 5), other, values=_rotated_boxes))), {})
+
+
+@st.composite
+def nms_rotated_calls(draw):
+    dtype, other = dtypes(draw)
+    n = draw(st.integers(0, 10))
+    boxes = draw(arrays((n, 5), dtype, values=_rotated_boxes))
+    return Call("nms_rotated", (boxes, coarse_scores(draw, n, other), thresholds(draw)), {})
+
+
+@st.composite
+def matmul_calls(draw):
+    dtype, other = dtypes(draw)
+    m, k, n = sizes(draw, (0, 9), (0, 9), (0, 9))
+    trans_a, trans_b = draw(st.sampled_from((False, True, 0, None))), draw(st.booleans())
+    inner = k if draw(st.integers(0, 9)) else k + 1
+    a = draw(arrays((k, m) if trans_a else (m, k), dtype))
+    b = draw(arrays((n, inner) if trans_b else (inner, n), other))
+    return Call("matmul", (a, b), dict(trans_a=trans_a, trans_b=trans_b))
+
+
+@st.composite
+def batch_norm_train_calls(draw):
+    dtype, other = dtypes(draw)
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=4)))
+    C = shape[1] if len(shape) > 1 else 1
+    weight = draw(st.one_of(st.none(), arrays((C,), other)))
+    bias = draw(st.one_of(st.none(), arrays((C + (draw(st.integers(0, 9)) == 0),), dtype)))
+    eps = draw(st.sampled_from((1e-5, 0.0, 1e-3, -1e-5, math.inf, math.nan, "1e-5")))
+    return Call("batch_norm_train", (draw(arrays(shape, dtype)), weight, bias), dict(eps=eps))
+
+
+@st.composite
+def batch_norm_train_backward_calls(draw):
+    forward = draw(batch_norm_train_calls())
+    x, weight, _ = forward.args
+    dtype = x[1].dtype
+    shape = x[1].shape
+    C = shape[1] if len(shape) > 1 else 1
+    grad_out = gradient(draw, shape, shape, dtype)
+    mean = draw(arrays((C,), dtype))
+    invstd = draw(arrays((C,), dtype, values=lambda rng, s: rng.uniform(0.1, 3, s)))
+    return Call("batch_norm_train_backward", (grad_out, x, mean, invstd, weight), {})
+
+
 STRATEGIES = {
     "conv1d": conv_calls(1),
     "conv2d": conv_calls(2),
@@ -764,6 +862,15 @@ BACKWARD_STRATEGIES = {
     "lstm_cell_backward": lstm_cell_backward_calls(),
     "lstm_backward": lstm_backward_calls(),
     "batched_nms": batched_nms_calls(),
+    # Ops whose calls are drawn like another's (nms, batched_nms) or are cheap: half the budget.
+    "soft_nms": soft_nms_calls(),
+    "diou_nms": diou_nms_calls(),
+    "matrix_nms": matrix_nms_calls(),
+    "box_iou_rotated": box_iou_rotated_calls(),
+    "nms_rotated": nms_rotated_calls(),
+    "matmul": matmul_calls(),
+    "batch_norm_train": batch_norm_train_calls(),
+    "batch_norm_train_backward": batch_norm_train_backward_calls(),
 }
 ALL_STRATEGIES = {**STRATEGIES, **BACKWARD_STRATEGIES}
 

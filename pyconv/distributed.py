@@ -173,8 +173,13 @@ def _check_failure_notices():
     if _world.comm.Iprobe(MPI.ANY_SOURCE, _FAILURE_TAG, status):
         buf = bytearray(status.Get_count(MPI.BYTE))
         _world.comm.Recv([buf, MPI.BYTE], status.Get_source(), _FAILURE_TAG)
-        raise DistributedError(f"rank {_world.rank}: stopping because rank {status.Get_source()} "
-                               f"failed: {buf.decode(errors='replace')}")
+        reason = (f"rank {_world.rank}: stopping because rank {status.Get_source()} failed: "
+                  f"{buf.decode(errors='replace')}")
+        # Said at once: the failed rank aborts the whole job soon, maybe before a traceback of
+        # this error could be printed.
+        sys.stderr.write(f"pyconv.distributed: {reason}\n")
+        sys.stderr.flush()
+        raise DistributedError(reason)
 
 
 def _wait(requests, what):
@@ -200,7 +205,6 @@ def _install_failure_handler():
     previous = sys.excepthook
 
     def abort_job(exc_type, exc, tb):
-        previous(exc_type, exc, tb)
         MPI = _mpi()
         if not isinstance(exc, DistributedError):  # a peer's failure is announced by the peer
             message = f"{exc_type.__name__}: {exc}".encode()
@@ -208,8 +212,11 @@ def _install_failure_handler():
                 if other != _world.rank:
                     _world.failure_notices.append(
                         _world.comm.Isend([message, MPI.BYTE], other, _FAILURE_TAG))
+        # The one-line cause first: MPI_Abort may cut the traceback short on a loaded machine.
         sys.stderr.write(f"pyconv.distributed: rank {_world.rank} of {_world.size} failed "
                          f"({exc_type.__name__}: {exc}); aborting the job\n")
+        sys.stderr.flush()
+        previous(exc_type, exc, tb)
         sys.stderr.flush()
         if _world.failure_notices:
             time.sleep(2.0)  # lets the others, waiting in a collective, report the cause first

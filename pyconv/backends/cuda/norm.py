@@ -2,12 +2,10 @@
 statistics are a handful of fused CuPy kernels; no hand-written kernel pays here)."""
 from __future__ import annotations
 
+from .. import reference
+from ..reference import _per_channel_axes
 from . import backend
 from ._runtime import xp
-
-
-def _per_channel_axes(x):
-    return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
 @backend.register
@@ -27,11 +25,6 @@ def batch_norm_train(x, weight, bias, eps):
 
 @backend.register
 def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
-    axes, shape = _per_channel_axes(x)
-    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
-    grad_bias = grad_out.sum(axis=axes)
-    grad_weight = (grad_out * xhat).sum(axis=axes)
-    scale = invstd if weight is None else invstd * weight
-    n = x.size // x.shape[1]
-    grad_x = scale.reshape(shape) * (grad_out - (grad_bias.reshape(shape) + xhat * grad_weight.reshape(shape)) / n)
+    # The reference's formula uses only array methods and operators, so CuPy runs it as is.
+    grad_x, grad_weight, grad_bias = reference.batch_norm_train_backward(grad_out, x, mean, invstd, weight)
     return xp.ascontiguousarray(grad_x), grad_weight, grad_bias

@@ -187,11 +187,14 @@ class DataLoader:
     or, with drop_last, cut to a multiple of world_size (a few samples are not seen in that
     epoch, different ones each epoch when shuffling); drop_last also drops each rank's last
     partial batch. The shards have equal sizes, so every rank runs the same number of steps
-    and the generators of all ranks stay equal.
+    and the generators of all ranks stay equal. For evaluation, where the ranks make no
+    collective call per batch, ``even_shards=False`` gives every sample to exactly one rank
+    instead (the shards' sizes then differ by up to one sample), so that sums over the ranks'
+    shards are sums over the data set.
     """
 
     def __init__(self, dataset, batch_size=32, shuffle=False, seed=None, drop_last=False,
-                 transform=None, rank=None, world_size=None):
+                 transform=None, rank=None, world_size=None, even_shards=True):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         self.rank, self.world_size = _check_shard("DataLoader", rank, world_size)
@@ -202,6 +205,7 @@ class DataLoader:
                                  f"{[len(a) for a in dataset]}")
         self.dataset = dataset
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.even_shards = bool(even_shards)
         self.transform = transform
         self.rng = np.random.default_rng(seed)
 
@@ -211,6 +215,8 @@ class DataLoader:
 
     def _shard_size(self):
         n, ws = self._num_samples(), self.world_size
+        if not self.even_shards:
+            return len(range(self.rank, n, ws))
         return n // ws if self.drop_last else -(-n // ws)
 
     def _num_samples(self):
@@ -225,7 +231,9 @@ class DataLoader:
         n = self._num_samples()
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         if self.world_size > 1:
-            order = np.resize(order, self._shard_size() * self.world_size)[self.rank::self.world_size]
+            if self.even_shards:
+                order = np.resize(order, self._shard_size() * self.world_size)
+            order = order[self.rank::self.world_size]
             n = len(order)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):

@@ -38,7 +38,14 @@ instead of hanging. An exception that escapes on one rank is printed with the ra
 announced to the other ranks (each stops at its next wait, naming the failed rank and the
 cause) and then ends the whole job through ``MPI_Abort``.
 
-Only NumPy (CPU) arrays are communicated; the GPU backend is not supported here.
+Devices: NumPy (CPU) arrays travel through MPI, CuPy (GPU) arrays through NCCL
+(:class:`NcclCommunicator`: one NCCL communicator per world, its unique id broadcast over MPI;
+each bucket's allreduce queued on a communication stream after a CUDA event that marks the end
+of its packing on the compute stream, so the overlap with the backward pass is the same). Both
+offer the same few operations (see :class:`MpiCommunicator`), so bucketing, overlap,
+SyncBatchNorm and the broadcasts are written once. The NCCL path is tested only with a fake
+NCCL module (NumPy arrays standing in for device memory, the collectives done through MPI):
+it has not run on GPUs.
 """
 from __future__ import annotations
 
@@ -51,14 +58,15 @@ import numpy as np
 
 from . import nn
 from .autograd import Function, Tensor, array_module
-from .autograd.engine import queue_callback
+from .autograd.engine import current_pass, queue_callback
 from .nn.modules.normalization import _BatchNorm
 
 __all__ = [
     "init", "is_initialized", "rank", "world_size", "local_world_size", "is_main", "barrier",
     "broadcast_parameters", "broadcast_optimizer_state", "average_buffers", "broadcast_object",
     "allreduce", "allgather_object", "allreduce_gradients", "GradientReducer",
-    "DistributedDataParallel", "SyncBatchNorm", "DistributedError",
+    "DistributedDataParallel", "SyncBatchNorm", "DistributedError", "MpiCommunicator",
+    "NcclCommunicator", "communicator_for",
 ]
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the slowest rank
@@ -76,6 +84,8 @@ class _World:
     initialized = False
     thread_multiple = False  # whether MPI may be called from a second thread (the progress thread)
     failure_notices: list = []  # keeps the outgoing notices' buffers alive until MPI_Abort
+    mpi = None  # the MpiCommunicator over comm
+    nccl = None  # the NcclCommunicator, made when CuPy arrays first need one
 
 
 _world = _World()
@@ -109,6 +119,7 @@ def init(threads=None, timeout=DEFAULT_TIMEOUT) -> int:
         return 1
     world = MPI.COMM_WORLD
     _world.comm = world.Dup()
+    _world.mpi = MpiCommunicator(_world.comm)
     _world.rank, _world.size = world.Get_rank(), world.Get_size()
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
     _world.local_size = node.Get_size()
@@ -183,14 +194,20 @@ def _check_failure_notices():
 
 
 def _wait(requests, what):
-    """Waits for every request, polling so that a failed or stuck peer ends the wait: raises
+    """Waits for every MPI request (see :func:`_wait_until`)."""
+    MPI = _mpi()
+    _wait_until(lambda: MPI.Request.Testall(requests), what)
+
+
+def _wait_until(done, what):
+    """Polls ``done()`` until it is true, so that a failed or stuck peer ends the wait: raises
     DistributedError after the timeout or when another rank announces a failure. The short
     sleeps between polls leave the cores to the ranks still computing."""
-    MPI = _mpi()
     deadline = time.monotonic() + _world.timeout
     pause = 0.0
-    while not MPI.Request.Testall(requests):
-        _check_failure_notices()
+    while not done():
+        if _world.size > 1:
+            _check_failure_notices()
         if time.monotonic() > deadline:
             raise DistributedError(
                 f"rank {_world.rank}: {what} did not complete within {_world.timeout:g} s "
@@ -226,6 +243,136 @@ def _install_failure_handler():
 
 
 # ---------------------------------------------------------------------------------------------
+# Communicators: how arrays of one kind move between the ranks
+
+
+class MpiCommunicator:
+    """Moves NumPy arrays between the ranks with MPI. Every communicator offers the same few
+    operations, on arrays of its own kind:
+
+    - ``start_allreduce(buffer, op)``: starts an in-place sum ("sum") or maximum ("max") of a
+      contiguous array over the ranks; returns a handle;
+    - ``wait(handles, what)``: returns once those operations are complete (raising
+      :class:`DistributedError` on a timeout or a peer's failure);
+    - ``advance(handles)``: lets operations in flight move on; ``progress_thread()``: a helper
+      that does so in the background (an object with ``stop()``), or None;
+    - ``allgather(array)``: every rank's array, stacked along a new first axis;
+    - ``broadcast(array, root)``: rank `root`'s array copied into `array` on every rank."""
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def start_allreduce(self, buffer, op="sum"):
+        MPI = _mpi()
+        return self.comm.Iallreduce(MPI.IN_PLACE, buffer, MPI.MAX if op == "max" else MPI.SUM)
+
+    def wait(self, handles, what):
+        _wait(handles, what)
+
+    def advance(self, handles):
+        # MPICH advances a non-blocking collective only inside MPI calls
+        for request in handles:
+            request.Test()
+
+    def progress_thread(self):
+        return _ProgressThread(self.comm) if _world.thread_multiple else None
+
+    def allgather(self, array):
+        out = np.empty((_world.size,) + array.shape, array.dtype)
+        self.wait([self.comm.Iallgather(np.ascontiguousarray(array), out)], "allgather")
+        return out
+
+    def broadcast(self, array, root):
+        self.wait([self.comm.Ibcast(array, root)], "broadcast")
+
+
+def _device_pointer(array):
+    """The address of `array`'s first element: CuPy's device pointer, or the host address of a
+    NumPy array (which stands in for device memory when a fake NCCL module is used in tests)."""
+    return array.data.ptr if hasattr(array.data, "ptr") else array.ctypes.data
+
+
+class NcclCommunicator:
+    """Moves CuPy arrays between the ranks' GPUs with NCCL (``cupy.cuda.nccl``), with the
+    operations of :class:`MpiCommunicator`. One NCCL communicator spans the world: rank 0 makes
+    its unique id and MPI broadcasts it. Every operation runs on a communication stream of its
+    own, ordered after the work queued so far on the current (compute) stream by a CUDA event,
+    so that an allreduce reads a bucket only once its packing kernels are done, while the
+    compute stream goes on with the backward pass; an event recorded after the operation tells
+    :meth:`wait` when it is complete. The GPU advances NCCL's transfers by itself: no progress
+    thread is needed.
+
+    nccl, cuda: the modules to use (``cupy.cuda.nccl`` and ``cupy.cuda`` by default; the tests
+    pass fakes). This path has been exercised only through such a fake, never on GPUs."""
+
+    def __init__(self, nccl=None, cuda=None):
+        if nccl is None:
+            from cupy.cuda import nccl
+        if cuda is None:
+            from cupy import cuda
+        self.nccl, self.cuda = nccl, cuda
+        unique_id = broadcast_object(nccl.get_unique_id() if _world.rank == 0 else None)
+        self.comm = nccl.NcclCommunicator(_world.size, unique_id, _world.rank)
+        self.stream = cuda.Stream(non_blocking=True)
+
+    def _datatype(self, array):
+        code = getattr(self.nccl, f"NCCL_{array.dtype.name.upper()}", None)
+        if code is None:
+            raise TypeError(f"NcclCommunicator: NCCL cannot reduce {array.dtype} arrays")
+        return code
+
+    def _enqueue(self, collective):
+        """Queues collective(stream pointer) on the communication stream after the compute
+        stream's work so far; returns the event recorded after it."""
+        ready = self.cuda.Event()
+        ready.record(self.cuda.get_current_stream())
+        self.stream.wait_event(ready)
+        collective(self.stream.ptr)
+        done = self.cuda.Event()
+        done.record(self.stream)
+        return done
+
+    def start_allreduce(self, buffer, op="sum"):
+        pointer, code = _device_pointer(buffer), self._datatype(buffer)
+        reduction = self.nccl.NCCL_MAX if op == "max" else self.nccl.NCCL_SUM
+        return self._enqueue(
+            lambda stream: self.comm.allReduce(pointer, pointer, buffer.size, code, reduction, stream))
+
+    def wait(self, handles, what):
+        _wait_until(lambda: all(event.done for event in handles), what)
+
+    def advance(self, handles):
+        pass
+
+    def progress_thread(self):
+        return None
+
+    def allgather(self, array):
+        xp = array_module(array)
+        array = xp.ascontiguousarray(array)
+        out = xp.empty((_world.size,) + array.shape, array.dtype)
+        send, receive, code = _device_pointer(array), _device_pointer(out), self._datatype(array)
+        self.wait([self._enqueue(lambda stream: self.comm.allGather(send, receive, array.size, code, stream))],
+                  "allgather")
+        return out
+
+    def broadcast(self, array, root):
+        pointer, code = _device_pointer(array), self._datatype(array)
+        self.wait([self._enqueue(lambda stream: self.comm.bcast(pointer, array.size, code, root, stream))],
+                  "broadcast")
+
+
+def communicator_for(array):
+    """The world's communicator for arrays like `array`: MPI for NumPy arrays, NCCL for CuPy
+    arrays (made on first use; every rank must then reach this call)."""
+    if array_module(array) is np:
+        return _world.mpi
+    if _world.nccl is None:
+        _world.nccl = NcclCommunicator()
+    return _world.nccl
+
+
+# ---------------------------------------------------------------------------------------------
 # Collectives on arrays and objects
 
 
@@ -235,16 +382,19 @@ def barrier():
         _wait([_world.comm.Ibarrier()], "barrier")
 
 
-def allreduce(array, op="sum"):
-    """The element-wise sum (op "sum"), mean ("mean") or maximum ("max") of a NumPy array over
-    the ranks, as a new array (identical on every rank)."""
+def _check_op(op):
     if op not in ("sum", "mean", "max"):
         raise ValueError(f"allreduce: op must be 'sum', 'mean' or 'max', got {op!r}")
-    out = np.array(array, copy=True, order="C")
+
+
+def allreduce(array, op="sum", communicator=None):
+    """The element-wise sum (op "sum"), mean ("mean") or maximum ("max") of a NumPy or CuPy
+    array over the ranks, as a new array (identical on every rank)."""
+    _check_op(op)
+    out = array_module(array).array(array, copy=True, order="C")
     if _world.size > 1:
-        MPI = _mpi()
-        _wait([_world.comm.Iallreduce(MPI.IN_PLACE, out, MPI.MAX if op == "max" else MPI.SUM)],
-              "allreduce")
+        comm = communicator or communicator_for(out)
+        comm.wait([comm.start_allreduce(out, "max" if op == "max" else "sum")], "allreduce")
     if op == "mean":
         out /= _world.size
     return out
@@ -280,29 +430,38 @@ def _check_root(root):
         raise ValueError(f"root must be a rank in 0..{_world.size - 1}, got {root!r}")
 
 
-def broadcast_parameters(model, root=0):
+def _model_arrays(model):
+    """Every parameter's and buffer's array of `model`, in the same order on every rank."""
+    return [p.data for p in model.parameters()] + list(model.buffers())
+
+
+def broadcast_parameters(model, root=0, communicator=None):
     """Copies rank `root`'s parameters and buffers (running statistics) into every other rank's
-    model, so that the replicas start equal."""
+    model, in place, so that the replicas start equal (NumPy arrays through MPI, CuPy arrays
+    through NCCL, or all through `communicator`)."""
     _check_root(root)
     if _world.size == 1:
         return model
-    state = broadcast_object(model.state_dict() if _world.rank == root else None, root)
-    if _world.rank != root:
-        model.load_state_dict(state)
+    for array in _model_arrays(model):
+        comm = communicator or communicator_for(array)
+        if array.flags.c_contiguous:
+            comm.broadcast(array, root)
+        else:
+            contiguous = array_module(array).ascontiguousarray(array)
+            comm.broadcast(contiguous, root)
+            array[...] = contiguous
     return model
 
 
-def average_buffers(model):
+def average_buffers(model, communicator=None):
     """Replaces every floating-point buffer of `model` (BatchNorm's running mean and variance,
     which each rank updates from its own batches) by its mean over the ranks, so that the
     replicas evaluate, and checkpoint, alike."""
     if _world.size == 1:
         return model
-    for module in model.modules():
-        for name in module._buffers:
-            value = getattr(module, name)
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                value[...] = allreduce(value, "mean")
+    for value in model.buffers():
+        if value.dtype.kind == "f":
+            value[...] = allreduce(value, "mean", communicator)
     return model
 
 
@@ -328,8 +487,8 @@ class _Bucket:
     def __init__(self, params):
         self.params = params
         self.offsets = np.cumsum([0] + [p.size for p in params]).tolist()
-        self.buffer = np.zeros(self.offsets[-1], params[0].dtype)
-        self.request = None
+        self.buffer = array_module(params[0].data).zeros(self.offsets[-1], params[0].dtype)
+        self.handle = None  # the communicator's handle of the allreduce in flight
         self.pending = 0  # gradients of this backward pass not final yet
 
     def pack(self):
@@ -348,12 +507,12 @@ class _Bucket:
 def _make_buckets(params, bucket_cap_mb):
     """Parameters (reversed: the backward pass finishes the last layers first) in consecutive
     groups of one dtype of about bucket_cap_mb each; a larger parameter gets a bucket of its own."""
+    if len({array_module(p.data).__name__ for p in params}) > 1:
+        raise ValueError("pyconv.distributed: the parameters are on different devices "
+                         "(NumPy and CuPy arrays); move the model to one device first")
     cap = bucket_cap_mb * 2 ** 20
     buckets, current, size = [], [], 0
     for p in reversed(params):
-        if not isinstance(p.data, np.ndarray):
-            raise NotImplementedError("pyconv.distributed: only CPU (NumPy) parameters can be "
-                                      "averaged; the GPU backend is not supported here")
         if current and (size + p.data.nbytes > cap or p.dtype != current[0].dtype):
             buckets.append(_Bucket(current))
             current, size = [], 0
@@ -382,12 +541,16 @@ class GradientReducer:
     Every rank must use the same parameters in each pass (a parameter that no rank
     differentiates keeps ``grad`` None; one that only some ranks differentiate counts as a
     zero gradient on the others). Frozen parameters (``requires_grad`` False) are skipped.
-    progress_thread: while buckets are in flight, a helper thread makes an MPI call every
-    0.2 ms so that their transfers advance during the backward's kernels (see
+    A backward pass that an exception interrupts leaves its gradients unaveraged; the next
+    pass starts afresh, provided every rank met the exception at the same point (a rank that
+    fails alone must end the job: the others wait for its buckets).
+    progress_thread: while buckets are in flight through MPI, a helper thread makes an MPI
+    call every 0.2 ms so that their transfers advance during the backward's kernels (see
     :class:`_ProgressThread`); without it they advance only when a gradient becomes final.
-    ``remove()`` takes the hooks off again."""
+    communicator: how the buckets travel (by default MPI for NumPy parameters, NCCL for CuPy
+    ones, see :func:`communicator_for`). ``remove()`` takes the hooks off again."""
 
-    def __init__(self, params, bucket_cap_mb=1.0, progress_thread=True):
+    def __init__(self, params, bucket_cap_mb=1.0, progress_thread=True, communicator=None):
         if not bucket_cap_mb > 0:
             raise ValueError(f"GradientReducer: bucket_cap_mb must be > 0, got {bucket_cap_mb!r}")
         params = _unique(params)
@@ -395,92 +558,103 @@ class GradientReducer:
             raise ValueError("GradientReducer: got no parameters")
         self.buckets = _make_buckets(params, bucket_cap_mb)
         self._bucket_of = {id(p): b for b in self.buckets for p in b.params}
-        self._in_pass = False
+        self._pass = None  # the number of the backward pass whose gradients are being averaged
         self.progress_thread = progress_thread
-        self._progress = None  # the _ProgressThread of the pass in progress
+        self._progress = None  # the progress thread of the pass in progress
         # measurements: seconds spent waiting at the end of backward passes (all passes), and
         # the buckets whose allreduce the last pass started before its end (overlapped)
         self.communication_seconds = 0.0
         self.buckets_started_early = 0
-        self._handles = [] if _world.size == 1 else [
-            p.register_post_accumulate_grad_hook(self._gradient_ready) for p in params]
+        self._handles = []
+        if _world.size > 1:
+            self.communicator = communicator or communicator_for(params[0].data)
+            self._handles = [p.register_post_accumulate_grad_hook(self._gradient_ready) for p in params]
 
     def remove(self):
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
+    def _in_flight(self):
+        return [b.handle for b in self.buckets if b.handle is not None]
+
+    def _begin_pass(self):
+        """Resets the counters for the pass in progress. A pass interrupted by an exception
+        may have left allreduces in flight: they complete first (the communicator owns their
+        buffers until then) and their results are dropped."""
+        self._stop_progress()
+        if self._in_flight():
+            self.communicator.wait(self._in_flight(), "gradient allreduce of an interrupted pass")
+        for b in self.buckets:
+            b.handle = None
+            b.pending = sum(q.requires_grad for q in b.params)
+        self.buckets_started_early = 0
+        self._pass = current_pass()
+        queue_callback(self._finish)
+
     def _gradient_ready(self, p):
-        if not self._in_pass:  # the first final gradient of this backward pass
-            self._in_pass = True
-            for b in self.buckets:
-                b.pending = sum(q.requires_grad for q in b.params)
-            self.buckets_started_early = 0
-            queue_callback(self._finish)
+        if self._pass != current_pass():  # the first final gradient of this backward pass
+            self._begin_pass()
         bucket = self._bucket_of[id(p)]
         bucket.pending -= 1
         if bucket.pending == 0:
             self._start(bucket)
             self.buckets_started_early += 1
-            if self.progress_thread and _world.thread_multiple and self._progress is None:
-                self._progress = _ProgressThread()
+            if self.progress_thread and self._progress is None:
+                self._progress = self.communicator.progress_thread()
         if self._progress is None:
-            self._poke()
+            # moves the allreduces in flight on, once per final gradient
+            self.communicator.advance(self._in_flight())
 
     def _start(self, bucket):
-        MPI = _mpi()
         bucket.pack()
-        bucket.request = _world.comm.Iallreduce(MPI.IN_PLACE, bucket.buffer, MPI.SUM)
+        bucket.handle = self.communicator.start_allreduce(bucket.buffer)
 
-    def _poke(self):
-        """Lets MPI move the allreduces in flight on (MPICH advances a non-blocking collective
-        only inside MPI calls): once per final gradient, between the backward's kernels."""
-        for b in self.buckets:
-            if b.request is not None:
-                b.request.Test()
-
-    def _finish(self):
-        self._in_pass = False
-        start = time.perf_counter()
+    def _stop_progress(self):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+    def _finish(self):
+        start = time.perf_counter()
+        self._stop_progress()
         for b in self.buckets:
-            if b.request is None:  # some parameter of it got no gradient in this pass
+            if b.handle is None:  # some parameter of it got no gradient in this pass
                 self._start(b)
-        _wait([b.request for b in self.buckets], "gradient allreduce")
+        self.communicator.wait(self._in_flight(), "gradient allreduce")
         self.communication_seconds += time.perf_counter() - start
         for b in self.buckets:
-            b.request = None
+            b.handle = None
             b.unpack(1.0 / _world.size)
+        self._pass = None
 
 
 class _ProgressThread:
-    """Moves the allreduces in flight on while the backward pass computes. MPICH advances a
-    non-blocking collective only inside MPI calls, and the kernels of the backward pass make
+    """Moves the MPI allreduces in flight on while the backward pass computes. MPICH advances
+    a non-blocking collective only inside MPI calls, and the kernels of the backward pass make
     none (they release the GIL, so this thread runs beside them): without it, a large
     bucket's transfer would mostly wait for the end of the pass."""
 
     interval = 2e-4  # seconds between MPI progress calls: negligible CPU, sub-millisecond delay
 
-    def __init__(self):
+    def __init__(self, comm):
         import threading
 
+        self._comm = comm
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pyconv-mpi-progress", daemon=True)
         self._thread.start()
 
     def _run(self):
-        comm = _world.comm
         while not self._stop.wait(self.interval):
-            comm.Iprobe(tag=_FAILURE_TAG)  # any MPI call drives MPICH's progress engine
+            self._comm.Iprobe(tag=_FAILURE_TAG)  # any MPI call drives MPICH's progress engine
 
     def stop(self):
         self._stop.set()
         self._thread.join()
 
 
-def allreduce_gradients(model, bucket_cap_mb=25.0):
+def allreduce_gradients(model, bucket_cap_mb=25.0, communicator=None):
     """Averages the gradients of `model`'s parameters (a Module or a list of parameters) over
     the ranks now, after the backward pass: one flat allreduce per bucket of about
     bucket_cap_mb, all buckets in flight at once. :class:`DistributedDataParallel` does the
@@ -491,13 +665,13 @@ def allreduce_gradients(model, bucket_cap_mb=25.0):
     params = [p for p in _unique(params) if p.requires_grad]
     if not params:
         return
-    MPI = _mpi()
     buckets = _make_buckets(params, bucket_cap_mb)
-    requests = []
+    comm = communicator or communicator_for(params[0].data)
+    handles = []
     for b in buckets:
         b.pack()
-        requests.append(_world.comm.Iallreduce(MPI.IN_PLACE, b.buffer, MPI.SUM))
-    _wait(requests, "gradient allreduce")
+        handles.append(comm.start_allreduce(b.buffer))
+    comm.wait(handles, "gradient allreduce")
     for b in buckets:
         b.unpack(1.0 / _world.size)
 
@@ -510,16 +684,18 @@ class DistributedDataParallel(nn.Module):
 
     sync_batch_norm: replace the BatchNorm layers by :class:`SyncBatchNorm` (statistics of the
     global batch) first; otherwise each rank normalises with its own batch statistics.
-    bucket_cap_mb: the size of the gradient buckets."""
+    bucket_cap_mb: the size of the gradient buckets. communicator: how arrays travel (by
+    default MPI for a NumPy model, NCCL for a CuPy one)."""
 
-    def __init__(self, module, bucket_cap_mb=1.0, sync_batch_norm=False):
+    def __init__(self, module, bucket_cap_mb=1.0, sync_batch_norm=False, communicator=None):
         super().__init__()
         init()
         if sync_batch_norm:
-            module = SyncBatchNorm.convert(module)
+            module = SyncBatchNorm.convert(module, communicator)
         self.module = module
-        broadcast_parameters(module)
-        object.__setattr__(self, "reducer", GradientReducer(module.parameters(), bucket_cap_mb))
+        broadcast_parameters(module, communicator=communicator)
+        object.__setattr__(self, "reducer", GradientReducer(module.parameters(), bucket_cap_mb,
+                                                            communicator=communicator))
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -529,19 +705,19 @@ class DistributedDataParallel(nn.Module):
 # Synchronised batch normalisation
 
 
-def _global_moments(x, axes):
+def _global_moments(x, axes, comm):
     """(mean, biased variance, count) per channel over every rank's x, combined from each
     rank's count, mean and sum of squared deviations (Chan et al.'s parallel formula, in the
     same order on every rank, so every rank gets the same numbers)."""
+    xp = array_module(x)
     n = x.size // x.shape[1]
     mean = x.mean(axis=axes)
     m2 = ((x - mean.reshape(_channel_shape(x.ndim, x.shape[1]))) ** 2).sum(axis=axes)
     if _world.size == 1:
         return mean, m2 / n, n
     C = x.shape[1]
-    mine = np.concatenate([[n], mean, m2]).astype(np.float64)
-    every = np.empty((_world.size, 1 + 2 * C))
-    _wait([_world.comm.Iallgather(mine, every)], "SyncBatchNorm statistics")
+    mine = xp.concatenate([xp.full(1, n, xp.float64), mean.astype(xp.float64), m2.astype(xp.float64)])
+    every = comm.allgather(mine)
     total, mean_all, m2_all = every[0, 0], every[0, 1:1 + C], every[0, 1 + C:]
     for row in every[1:]:
         count, mean_r, m2_r = row[0], row[1:1 + C], row[1 + C:]
@@ -561,8 +737,8 @@ class _SyncBatchNormFunction(Function):
     """Batch norm with the global batch's statistics. The gradient of x needs two sums over the
     global batch (of g and of g * xhat): one allreduce in the backward pass."""
 
-    def __init__(self, mean, invstd, count):
-        self.mean, self.invstd, self.count = mean, invstd, count
+    def __init__(self, mean, invstd, count, comm):
+        self.mean, self.invstd, self.count, self.comm = mean, invstd, count, comm
 
     def forward(self, x, w, b):
         shape = _channel_shape(x.ndim, x.shape[1])
@@ -580,7 +756,7 @@ class _SyncBatchNormFunction(Function):
         gx = None
         if nx:
             # every rank runs this collective in the same order: the graphs are the same
-            sums = allreduce(np.concatenate([sum_g, sum_gx]))
+            sums = allreduce(array_module(g).concatenate([sum_g, sum_gx]), communicator=self.comm)
             C = g.shape[1]
             shape = _channel_shape(g.ndim, C)
             all_g, all_gx = sums[:C].reshape(shape), sums[C:].reshape(shape)
@@ -592,18 +768,22 @@ class SyncBatchNorm(_BatchNorm):
     """Batch normalisation whose training statistics are those of the global batch (every
     rank's samples), for (N, C), (N, C, L) or (N, C, H, W) inputs; in eval mode it is a plain
     BatchNorm. Trained on p ranks with batches of B it computes what one BatchNorm computes on
-    the concatenated batch of p*B, forward and backward. Use :meth:`convert` on a built model."""
+    the concatenated batch of p*B, forward and backward. Use :meth:`convert` on a built model.
+    ``communicator``: how its statistics travel (None: by the input's kind, see
+    :func:`communicator_for`)."""
 
     ndims = (2, 3, 4)
+    communicator = None
 
     def forward(self, x):
         if not (self.training or not self.track_running_stats) or _world.size == 1:
             return super().forward(x)
-        xd = x.data if isinstance(x, Tensor) else np.asarray(x)
+        xd = x.data if isinstance(x, Tensor) else x
         if xd.ndim not in self.ndims:
             raise ValueError(f"SyncBatchNorm: expected a 2-D, 3-D or 4-D input, got shape {xd.shape}")
+        comm = self.communicator or communicator_for(xd)
         axes = (0,) + tuple(range(2, xd.ndim))
-        mean, var, count = _global_moments(xd, axes)
+        mean, var, count = _global_moments(xd, axes, comm)
         if count < 2:
             raise ValueError(f"SyncBatchNorm: training needs more than one value per channel, "
                              f"got {count} over all ranks")
@@ -616,13 +796,14 @@ class SyncBatchNorm(_BatchNorm):
             self.running_var += momentum * var * (count / (count - 1))
         invstd = (1.0 / array_module(var).sqrt(var + self.eps)).astype(xd.dtype)
         x = x if isinstance(x, Tensor) else Tensor(xd)
-        return _SyncBatchNormFunction(mean, invstd, count)(x, self.weight, self.bias)
+        return _SyncBatchNormFunction(mean, invstd, count, comm)(x, self.weight, self.bias)
 
     @classmethod
-    def convert(cls, module):
+    def convert(cls, module, communicator=None):
         """`module` with every BatchNorm1d/BatchNorm2d inside it replaced, in place, by a
         SyncBatchNorm holding the same parameters and running statistics (a BatchNorm
-        `module` itself comes back converted)."""
+        `module` itself comes back converted), whose statistics travel through
+        `communicator` (None: chosen by the input's kind)."""
         if isinstance(module, _BatchNorm) and not isinstance(module, cls):
             sync = cls.__new__(cls)
             nn.Module.__init__(sync)
@@ -631,10 +812,11 @@ class SyncBatchNorm(_BatchNorm):
                     object.__setattr__(sync, key, value)
             sync._parameters.update(module._parameters)
             sync._buffers.update(module._buffers)
+            object.__setattr__(sync, "communicator", communicator)
             return sync
         for name, child in list(module._modules.items()):
             if child is not None:
-                converted = cls.convert(child)
+                converted = cls.convert(child, communicator)
                 if converted is not child:
                     module.add_module(name, converted)
         return module

@@ -22,7 +22,8 @@ networks each their own), the logged losses and metrics are averaged over the ra
 rank 0 shows the progress bar and writes checkpoints; after every epoch the floating-point
 buffers (batch norm's running statistics, per rank unless the model uses
 :class:`~pyconv.distributed.SyncBatchNorm`) are replaced by their mean over the ranks. Each
-rank shards the data itself (give the training loader ``rank=`` and ``world_size=``). On
+rank shards the data itself (give the training loader ``rank=`` and ``world_size=``; the
+validation loader too, with ``even_shards=False``, so that every rank evaluates a part). On
 resume every rank reads the checkpoint (the ranks must share a file system) and restores its
 own random generator.
 """
@@ -202,10 +203,16 @@ class Trainer:
         return self._mean_over_ranks(totals, count)
 
     def evaluate(self, loader) -> dict:
-        """Mean loss and metrics over `loader`, in eval mode without a graph (when distributed,
-        over every rank's batches: each rank must call it)."""
+        """Mean loss and metrics over `loader`, in eval mode without a graph. When distributed,
+        each rank must call it, with its own shard of the data (e.g. a DataLoader with
+        ``rank``, ``world_size`` and ``even_shards=False``): the result is the mean over all
+        the ranks' samples, as one process computes it over the whole data set, since the
+        ranks' sums and sample counts are added up before dividing. The loss and every metric
+        must be means over the samples of a batch."""
         self.model.eval()
-        totals, count = {}, 0
+        # named before the first batch: a rank with an empty shard sends its zeros all the same
+        totals = dict.fromkeys((["loss"] if self.loss_fn else []) + list(self.metrics), 0.0)
+        count = 0
         with no_grad():
             for batch in loader:
                 x, y = _to_device(batch, self.device)[:2]

@@ -33,16 +33,43 @@ def batches(steps, per_rank, ranks, dtype=np.float64):
              rng.integers(0, 3, ranks * per_rank)) for _ in range(steps)]
 
 
+def communicator(kind):
+    """None (the default: MPI for these NumPy models), or "nccl": the NCCL communicator driven
+    by the fake NCCL module of tests/fake_nccl.py."""
+    if kind in (None, "mpi"):
+        return None
+    import fake_nccl
+
+    fake_nccl.log.clear()
+    return dist.NcclCommunicator(nccl=fake_nccl, cuda=fake_nccl.cuda)
+
+
+def check_stream_order(comm, collectives):
+    """Every fake NCCL collective was queued as: an event recorded on the compute stream, the
+    communication stream made to wait for it, the collective on the communication stream, an
+    event recorded after it there; and `collectives` of them were."""
+    import fake_nccl
+
+    log, compute, stream = fake_nccl.log, 0, comm.stream.ptr
+    assert len(log) == 4 * collectives, (len(log), collectives)
+    for i in range(0, len(log), 4):
+        (r, ready, on), (w, waiter, awaited), (_, runs_on, _), (d, _, done_on) = log[i:i + 4]
+        assert (r, on, w, waiter, awaited) == ("record", compute, "wait", stream, ready)
+        assert (runs_on, d, done_on) == (stream, "record", stream)
+
+
 def gather_params(model):
     return dist.allgather_object([p.data.copy() for p in model.parameters()])
 
 
-def equivalence(steps=4, per_rank=6):
+def equivalence(kind=None, steps=4, per_rank=6):
     """K steps on 2 ranks (SyncBatchNorm, averaged gradients) against one process on the
     concatenated batches, from the same seed."""
     r, p = dist.rank(), dist.world_size()
     data = batches(steps, per_rank, p)
-    ddp = dist.DistributedDataParallel(small_cnn(), bucket_cap_mb=0.004, sync_batch_norm=True)
+    comm = communicator(kind)
+    ddp = dist.DistributedDataParallel(small_cnn(), bucket_cap_mb=0.004, sync_batch_norm=True,
+                                       communicator=comm)
     assert len(ddp.reducer.buckets) > 1
     opt = Adam(ddp.parameters(), lr=0.01)
     single = small_cnn()
@@ -64,11 +91,13 @@ def equivalence(steps=4, per_rank=6):
     for name in ("running_mean", "running_var"):
         a, b = getattr(ddp.module[1], name), getattr(single[1], name)
         assert np.max(np.abs(a - b)) <= 1e-12, name
+    if comm is not None:  # the broadcasts; per step two SyncBatchNorm collectives and the buckets
+        check_stream_order(comm, len(dist._model_arrays(ddp)) + steps * (2 + len(ddp.reducer.buckets)))
     if r == 0:
         print(f"largest parameter difference from one process after {steps} steps: {worst:.3g}")
 
 
-def buckets():
+def buckets(kind=None):
     """Gradients averaged in overlapped buckets == gradients averaged one parameter at a time
     after the backward pass == allreduce_gradients."""
     from mpi4py import MPI
@@ -88,19 +117,23 @@ def buckets():
         total = np.empty_like(g)
         MPI.COMM_WORLD.Allreduce(g, total, MPI.SUM)
         expected.append(total * (1.0 / dist.world_size()))
-    ddp = dist.DistributedDataParallel(small_cnn(), bucket_cap_mb=0.002)
+    comm = communicator(kind)
+    ddp = dist.DistributedDataParallel(small_cnn(), bucket_cap_mb=0.002, communicator=comm)
     got = local_grads(ddp)
     assert len(ddp.reducer.buckets) >= 3
     assert ddp.reducer.buckets_started_early == len(ddp.reducer.buckets)  # all overlapped
     for a, b in zip(got, expected):
         assert np.array_equal(a, b)
     local_grads(plain)
-    dist.allreduce_gradients(plain)
+    dist.allreduce_gradients(plain, communicator=comm)
     for p, b in zip(plain.parameters(), expected):
         assert np.array_equal(p.grad, b)
+    if comm is not None:  # the broadcasts, then the buckets of the reducer and allreduce_gradients
+        check_stream_order(comm, len(dist._model_arrays(ddp)) + len(ddp.reducer.buckets)
+                           + len(dist._make_buckets(plain.parameters(), 25.0)))
 
 
-def sync_batch_norm():
+def sync_batch_norm(kind=None):
     """SyncBatchNorm on 2 ranks == BatchNorm on the concatenated batch: output, running
     statistics and the gradients of x, weight and bias (float64)."""
     r, p = dist.rank(), dist.world_size()
@@ -121,7 +154,7 @@ def sync_batch_norm():
         layer.bias.data[:] = [0.1, 0.2, 0.3]
         return layer
 
-    sync = dist.SyncBatchNorm.convert(bn())
+    sync = dist.SyncBatchNorm.convert(bn(), communicator(kind))
     assert isinstance(sync, dist.SyncBatchNorm)
     y, gx, gw, gb = run(sync, x[mine], g[mine])
     y1, gx1, gw1, gb1 = run(single := bn(), x, g)
@@ -132,6 +165,89 @@ def sync_batch_norm():
     np.testing.assert_allclose(dist.allreduce(gb), gb1, rtol=0, atol=1e-12)
     np.testing.assert_allclose(sync.running_var, single.running_var, rtol=0, atol=1e-12)
     np.testing.assert_allclose(sync.running_mean, single.running_mean, rtol=0, atol=1e-12)
+
+
+class _Interrupt(pyconv.autograd.Function):
+    """The identity, whose backward raises while `armed`."""
+
+    armed = False
+
+    def forward(self, x):
+        return x
+
+    def backward(self, g):
+        if _Interrupt.armed:
+            raise FloatingPointError("planted failure in the backward pass")
+        return g
+
+
+class Interrupt(nn.Module):
+    def forward(self, x):
+        return _Interrupt()(x)
+
+
+def interrupted_backward(kind=None):
+    """An exception caught in the middle of a backward pass, after some buckets' allreduces
+    started, on every rank: the next passes average their gradients as if it had not happened."""
+    from mpi4py import MPI
+
+    r = dist.rank()
+    x, y = batches(1, 6, dist.world_size())[0]
+    x, y = x[r::2], y[r::2]
+
+    def cnn_with_interrupt():
+        layers = list(small_cnn())
+        return nn.Sequential(*layers[:3], Interrupt(), *layers[3:])  # after the convolution block
+
+    def local_grads(model):
+        model.zero_grad()
+        F.cross_entropy(model(Tensor(x)), y).backward()
+        return [p.grad.copy() for p in model.parameters()]
+
+    expected = []
+    for g in local_grads(cnn_with_interrupt()):
+        total = np.empty_like(g)
+        MPI.COMM_WORLD.Allreduce(g, total, MPI.SUM)
+        expected.append(total * (1.0 / dist.world_size()))
+    ddp = dist.DistributedDataParallel(cnn_with_interrupt(), bucket_cap_mb=0.002,
+                                       communicator=communicator(kind))
+    _Interrupt.armed = True
+    try:
+        local_grads(ddp)
+        raise AssertionError("the planted failure did not happen")
+    except FloatingPointError:
+        pass
+    _Interrupt.armed = False
+    started = [b.handle is not None for b in ddp.reducer.buckets]
+    assert any(started) and not all(started), started  # interrupted with buckets in flight
+    for _ in range(2):
+        got = local_grads(ddp)
+        assert ddp.reducer.buckets_started_early == len(ddp.reducer.buckets)
+        for a, b in zip(got, expected):
+            assert np.array_equal(a, b)
+
+
+def sharded_validation():
+    """Trainer.evaluate with each rank on its own part of the data (shards of unequal sizes,
+    one of them empty) == one process evaluating the whole data set."""
+    from pyconv.data import DataLoader
+    from pyconv.train import Trainer, accuracy
+
+    model = small_cnn()
+    x, y = batches(1, 23, 1)[0]
+    for n in (23, 1):  # shards of 12 and 11 samples; of 1 and 0
+        def trainer(distributed):
+            return Trainer(model, SGD(model.parameters(), lr=0.1), metrics={"accuracy": accuracy},
+                           progress=False, distributed=distributed)
+
+        sharded = DataLoader((x[:n], y[:n]), 5, rank=dist.rank(), world_size=dist.world_size(),
+                             even_shards=False)
+        assert sum(dist.allgather_object(sum(len(b[0]) for b in sharded))) == n
+        got = trainer(True).evaluate(sharded)
+        expected = trainer(False).evaluate(DataLoader((x[:n], y[:n]), 7))
+        assert got.keys() == expected.keys() == {"loss", "accuracy"}
+        for key in got:
+            assert abs(got[key] - expected[key]) <= 1e-12 * abs(expected[key]), (key, got, expected)
 
 
 def fail():
@@ -194,7 +310,8 @@ if __name__ == "__main__":
     assert dist.world_size() == 2, "run under mpiexec -n 2"
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "buckets": buckets, "sync_batch_norm": sync_batch_norm,
-     "fail": fail, "stuck": stuck, "trainer": trainer}[scenario](*args)
+     "fail": fail, "stuck": stuck, "trainer": trainer, "interrupted_backward": interrupted_backward,
+     "sharded_validation": sharded_validation}[scenario](*args)
     dist.barrier()
     if dist.is_main():
         print(f"ok {scenario}")

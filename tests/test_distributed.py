@@ -37,21 +37,41 @@ def run_scenario(name, *args):
     return done.stdout
 
 
+# "mpi": NumPy arrays through MPI; "nccl": the NCCL communicator's logic, driven by the fake
+# NCCL module of tests/fake_nccl.py (NumPy arrays for device memory, collectives through MPI,
+# the order of the stream and event calls checked). No test here runs real NCCL on GPUs.
+communicators = pytest.mark.parametrize("kind", ["mpi", "nccl"])
+
+
 @needs_mpi
-def test_two_ranks_train_as_one_process_on_the_concatenated_batches():
+@communicators
+def test_two_ranks_train_as_one_process_on_the_concatenated_batches(kind):
     """After 4 Adam steps (float64, SyncBatchNorm, several buckets) both replicas are bit for
     bit equal, and within 1e-12 of one process trained on the concatenated batches."""
-    run_scenario("equivalence")
+    run_scenario("equivalence", kind)
 
 
 @needs_mpi
-def test_bucketed_overlapped_allreduce_gives_the_per_parameter_average():
-    run_scenario("buckets")
+@communicators
+def test_bucketed_overlapped_allreduce_gives_the_per_parameter_average(kind):
+    run_scenario("buckets", kind)
 
 
 @needs_mpi
-def test_sync_batch_norm_forward_and_backward_match_the_combined_batch():
-    run_scenario("sync_batch_norm")
+@communicators
+def test_sync_batch_norm_forward_and_backward_match_the_combined_batch(kind):
+    run_scenario("sync_batch_norm", kind)
+
+
+@needs_mpi
+@communicators
+def test_an_exception_caught_mid_backward_leaves_the_reducer_usable(kind):
+    run_scenario("interrupted_backward", kind)
+
+
+@needs_mpi
+def test_validation_sharded_over_ranks_gives_the_single_process_metrics():
+    run_scenario("sharded_validation")
 
 
 @needs_mpi
@@ -128,6 +148,20 @@ def test_ddp_in_a_world_of_one_leaves_gradients_alone():
     for p, q in zip(model.parameters(), wrapped.parameters()):
         np.testing.assert_array_equal(p.grad, q.grad)
     assert list(wrapped.state_dict())[0] == "module.0.weight"
+
+
+def test_uneven_shards_give_every_sample_to_exactly_one_rank():
+    from pyconv.data import DataLoader
+
+    data = np.arange(23)
+    loaders = [DataLoader(data, 5, shuffle=True, seed=3, rank=r, world_size=3, even_shards=False)
+               for r in range(3)]
+    shards = [np.concatenate(list(loader)) for loader in loaders]
+    assert [len(s) for s in shards] == [8, 8, 7]
+    assert [len(loader) for loader in loaders] == [2, 2, 2]
+    np.testing.assert_array_equal(np.sort(np.concatenate(shards)), data)
+    tiny = [list(DataLoader(data[:1], 5, rank=r, world_size=2, even_shards=False)) for r in range(2)]
+    assert [len(batches) for batches in tiny] == [1, 0]
 
 
 def test_buckets_group_parameters_in_reverse_order_up_to_the_cap():

@@ -12,17 +12,19 @@ Two hooks let other code (data-parallel training) act while the backward pass ru
   soon as its ``.grad`` is final for this pass, i.e. after the last Function that takes it as an
   input has delivered its gradient (the engine counts those Functions before it starts);
 - :func:`queue_callback` (only during a pass, typically from such a hook) runs a callable once
-  the whole pass is over.
+  the whole pass is over; :func:`current_pass` numbers the passes, so that such code can tell a
+  new pass from the one an exception interrupted (whose callbacks never run).
 
 This module works on any object with ``_creator``/``_index`` (Tensors) and ``inputs``/
 ``backward`` (Functions); it imports neither class, so both can import it.
 """
 from __future__ import annotations
 
-__all__ = ["run_backward", "queue_callback", "RemovableHandle"]
+__all__ = ["run_backward", "queue_callback", "current_pass", "RemovableHandle"]
 
 # Callables to run when the backward pass in progress ends (None: no pass is running).
 _final_callbacks: list | None = None
+_passes_started = 0
 
 
 def _creator(value):
@@ -67,6 +69,12 @@ def queue_callback(callback):
     _final_callbacks.append(callback)
 
 
+def current_pass() -> int | None:
+    """The number of the backward pass in progress (1 for the first of this process), or None
+    outside a pass."""
+    return None if _final_callbacks is None else _passes_started
+
+
 class RemovableHandle:
     """What registering a hook returns: ``remove()`` unregisters it (once; later calls do nothing)."""
 
@@ -103,10 +111,11 @@ def _hooked_leaf_uses(order):
 def run_backward(root, grad):
     """Propagates `grad` (d loss / d root, an array of root's shape) to every leaf that
     requires a gradient, accumulating into the leaves' ``.grad``."""
-    global _final_callbacks
+    global _final_callbacks, _passes_started
     if _final_callbacks is not None:
         raise RuntimeError("backward: called from inside another backward pass")
     _final_callbacks = []
+    _passes_started += 1
     try:
         _propagate(root, grad)
         callbacks = _final_callbacks

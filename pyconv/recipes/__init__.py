@@ -84,9 +84,9 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     trainer = recipe.trainer(model, lr, checkpoint_path=os.path.join(out, "checkpoint.npz"),
                              progress=progress, metadata=metadata, distributed=distributed)
     ranks = dist.world_size() if distributed else 1
-    loader = recipe.train_loader(dataset, batch_size, seed, rank=dist.rank() if distributed else 0,
-                                 world_size=ranks)
-    val = recipe.val_loader(dataset, batch_size)
+    rank = dist.rank() if distributed else 0
+    loader = recipe.train_loader(dataset, batch_size, seed, rank=rank, world_size=ranks)
+    val = recipe.val_loader(dataset, batch_size, rank=rank, world_size=ranks)
     n_train = len(dataset["train"][0])
     threads = get_num_threads()
     on_ranks = f" on {ranks} ranks x {threads} thread{'s' * (threads != 1)}" if distributed else ""

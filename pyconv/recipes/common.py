@@ -174,7 +174,9 @@ class Recipe:
         return _data.DataLoader(data["train"], batch_size, shuffle=True, seed=seed,
                                 rank=rank, world_size=world_size)
 
-    def val_loader(self, data, batch_size):
+    def val_loader(self, data, batch_size, rank=0, world_size=1):
+        """The validation batches (None: no validation); with several ranks, this rank's part
+        of the data, every sample in exactly one rank's part."""
         return None
 
     def epoch_metrics(self, trainer, data, out) -> dict:

@@ -37,8 +37,8 @@ class LeNetRecipe(Recipe):
 
         return Trainer(model, Adam(model.parameters(), lr=lr), metrics={"accuracy": accuracy}, **kwargs)
 
-    def val_loader(self, data, batch_size):
-        return _data.DataLoader(data["test"], 256)
+    def val_loader(self, data, batch_size, rank=0, world_size=1):
+        return _data.DataLoader(data["test"], 256, rank=rank, world_size=world_size, even_shards=False)
 
     def summary(self, trainer, data):
         x, y = data["test"]
@@ -90,8 +90,8 @@ class SegNetRecipe(Recipe):
         return Trainer(model, Adam(model.parameters(), lr=lr), metrics={"pixel_accuracy": pixel_accuracy},
                        **kwargs)
 
-    def val_loader(self, data, batch_size):
-        return _data.DataLoader(data["test"], 64)
+    def val_loader(self, data, batch_size, rank=0, world_size=1):
+        return _data.DataLoader(data["test"], 64, rank=rank, world_size=world_size, even_shards=False)
 
     def summary(self, trainer, data):
         from ..models.segnet import segmentation_scores

@@ -17,6 +17,7 @@ is ``same=True`` with ``padding`` ignored; an unneeded gradient is returned as a
 """
 # No ``from __future__ import annotations``: torch.library reads the schemas from the
 # annotations as written.
+import inspect
 from typing import Optional
 
 import numpy as np
@@ -565,20 +566,27 @@ lstm.register_autograd(_lstm_seq_autograd, setup_context=_lstm_seq_setup)
 # Boxes (not differentiable)
 
 
-@torch.library.custom_op("pyconv::box_iou", mutates_args=())
-def box_iou(boxes1: Tensor, boxes2: Tensor, backend: str) -> Tensor:
-    return _run(ops.box_iou, boxes1, boxes2, backend=backend)
+def _checked_operator(outputs):
+    """Decorator for an operator without a gradient: registers the function as the operator
+    ``pyconv::<its name>``, with a fake implementation that checks the arguments with
+    ``_spec.<its name>`` (tensors passed as their shapes, everything but ``backend``, in the
+    signature's order) and returns ``outputs(*arguments)``, empty tensors of the outputs'
+    shapes."""
+    def register(implementation):
+        name = implementation.__name__
+        operator = torch.library.custom_op(f"pyconv::{name}", mutates_args=())(implementation)
+        check, signature = getattr(_spec, name), inspect.signature(implementation)
 
+        @operator.register_fake
+        def _(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            check(*(_shape(v) if isinstance(v, Tensor) else v
+                    for k, v in arguments.items() if k != "backend"))
+            return outputs(*arguments.values())
 
-@box_iou.register_fake
-def _(boxes1, boxes2, backend):
-    _spec.box_iou(_shape(boxes1), _shape(boxes2))
-    return _new(boxes1, (boxes1.shape[0], boxes2.shape[0]))
+        return operator
 
-
-@torch.library.custom_op("pyconv::nms", mutates_args=())
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
-    return _run(ops.nms, boxes, scores, iou_threshold, backend=backend)
+    return register
 
 
 def _kept_size():
@@ -586,17 +594,30 @@ def _kept_size():
     return torch.library.get_ctx().new_dynamic_size()
 
 
-def _kept_indices_fake(boxes):
-    return boxes.new_empty((_kept_size(),), dtype=torch.int64)
+# For the NMS operators that return the int64 indices of the boxes they keep.
+_kept_indices_operator = _checked_operator(
+    lambda boxes, *_: boxes.new_empty((_kept_size(),), dtype=torch.int64))
+# For the operators that return the IoU matrix of two sets of boxes.
+_pairwise_operator = _checked_operator(
+    lambda boxes1, boxes2, *_: _new(boxes1, (boxes1.shape[0], boxes2.shape[0])))
 
 
-@nms.register_fake
-def _(boxes, scores, iou_threshold, backend):
-    _spec.nms(_shape(boxes), _shape(scores), iou_threshold)
-    return _kept_indices_fake(boxes)
+@_pairwise_operator
+def box_iou(boxes1: Tensor, boxes2: Tensor, backend: str) -> Tensor:
+    return _run(ops.box_iou, boxes1, boxes2, backend=backend)
 
 
-@torch.library.custom_op("pyconv::batched_nms", mutates_args=())
+@_pairwise_operator
+def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, backend: str) -> Tensor:
+    return _run(ops.box_iou_rotated, boxes1, boxes2, backend=backend)
+
+
+@_kept_indices_operator
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
+    return _run(ops.nms, boxes, scores, iou_threshold, backend=backend)
+
+
+@_kept_indices_operator
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
                 class_agnostic: bool, backend: str) -> Tensor:
     """idxs may be None when class_agnostic (plain NMS over all boxes)."""
@@ -604,35 +625,22 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_thres
                 class_agnostic=class_agnostic, backend=backend)
 
 
-@batched_nms.register_fake
-def _(boxes, scores, idxs, iou_threshold, class_agnostic, backend):
-    _spec.batched_nms(_shape(boxes), _shape(scores), _shape(idxs), iou_threshold, class_agnostic)
-    return _kept_indices_fake(boxes)
-
-
-@torch.library.custom_op("pyconv::box_iou_rotated", mutates_args=())
-def box_iou_rotated(boxes1: Tensor, boxes2: Tensor, backend: str) -> Tensor:
-    return _run(ops.box_iou_rotated, boxes1, boxes2, backend=backend)
-
-
-@box_iou_rotated.register_fake
-def _(boxes1, boxes2, backend):
-    _spec.box_iou_rotated(_shape(boxes1), _shape(boxes2))
-    return _new(boxes1, (boxes1.shape[0], boxes2.shape[0]))
-
-
-@torch.library.custom_op("pyconv::nms_rotated", mutates_args=())
+@_kept_indices_operator
 def nms_rotated(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
     return _run(ops.nms_rotated, boxes, scores, iou_threshold, backend=backend)
 
 
-@nms_rotated.register_fake
-def _(boxes, scores, iou_threshold, backend):
-    _spec.nms_rotated(_shape(boxes), _shape(scores), iou_threshold)
-    return _kept_indices_fake(boxes)
+@_kept_indices_operator
+def diou_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
+    return _run(ops.diou_nms, boxes, scores, iou_threshold, backend=backend)
 
 
-@torch.library.custom_op("pyconv::soft_nms", mutates_args=())
+def _kept_indices_and_scores(boxes, scores, *_):
+    kept = _kept_size()  # one size for both outputs: one score per kept index
+    return boxes.new_empty((kept,), dtype=torch.int64), _new(scores, (kept,))
+
+
+@_checked_operator(_kept_indices_and_scores)
 def soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float,
              score_threshold: float, method: str, backend: str) -> tuple[Tensor, Tensor]:
     """-> (kept int64 indices, their decayed scores), in the order picked."""
@@ -640,35 +648,11 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float,
                 backend=backend)
 
 
-@soft_nms.register_fake
-def _(boxes, scores, sigma, iou_threshold, score_threshold, method, backend):
-    _spec.soft_nms(_shape(boxes), _shape(scores), sigma, iou_threshold, score_threshold, method)
-    kept = _kept_size()  # one size for both outputs: one score per kept index
-    return boxes.new_empty((kept,), dtype=torch.int64), _new(scores, (kept,))
-
-
-@torch.library.custom_op("pyconv::diou_nms", mutates_args=())
-def diou_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) -> Tensor:
-    return _run(ops.diou_nms, boxes, scores, iou_threshold, backend=backend)
-
-
-@diou_nms.register_fake
-def _(boxes, scores, iou_threshold, backend):
-    _spec.diou_nms(_shape(boxes), _shape(scores), iou_threshold)
-    return _kept_indices_fake(boxes)
-
-
-@torch.library.custom_op("pyconv::matrix_nms", mutates_args=())
+@_checked_operator(lambda boxes, scores, *_: _new(scores, scores.shape))
 def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
                backend: str) -> Tensor:
     """-> every box's decayed score (N,), in input order."""
     return _run(ops.matrix_nms, boxes, scores, labels, kernel, sigma, backend=backend)
-
-
-@matrix_nms.register_fake
-def _(boxes, scores, labels, kernel, sigma, backend):
-    _spec.matrix_nms(_shape(boxes), _shape(scores), _shape(labels), kernel, sigma)
-    return _new(scores, scores.shape)
 
 
 # --------------------------------------------------------------------------------------------

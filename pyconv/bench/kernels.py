@@ -270,46 +270,82 @@ def clustered_boxes(rng, n, clusters=None):
     return boxes, rng.uniform(0, 1, n).astype(np.float32)
 
 
-def numpy_greedy_nms(boxes, scores, thr):
-    """The usual vectorised NumPy NMS (one IoU row per kept box), a common baseline."""
+def _numpy_greedy(boxes, scores, thr, overlap):
+    """Greedy NMS vectorised in NumPy, one row of overlaps per kept box:
+    overlap(corners, area, i, rest) -> the overlap of box i with each box of rest."""
     order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
-    area = (x2 - x1) * (y2 - y1)
+    corners = boxes.T
+    area = (corners[2] - corners[0]) * (corners[3] - corners[1])
     keep = []
     while order.size:
         i = order[0]
         keep.append(i)
         rest = order[1:]
-        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = w * h
-        order = rest[inter / (area[i] + area[rest] - inter) <= thr]
+        order = rest[overlap(corners, area, i, rest) <= thr]
     return np.array(keep, np.int64)
+
+
+def _iou_row(corners, area, i, rest):
+    x1, y1, x2, y2 = corners
+    w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+    h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+    inter = w * h
+    return inter / (area[i] + area[rest] - inter)
+
+
+def _diou_row(corners, area, i, rest):
+    x1, y1, x2, y2 = corners
+    dx = (x1[i] + x2[i]) - (x1[rest] + x2[rest])
+    dy = (y1[i] + y2[i]) - (y1[rest] + y2[rest])
+    cw = np.maximum(x2[i], x2[rest]) - np.minimum(x1[i], x1[rest])
+    ch = np.maximum(y2[i], y2[rest]) - np.minimum(y1[i], y1[rest])
+    return _iou_row(corners, area, i, rest) - 0.25 * (dx * dx + dy * dy) / (cw * cw + ch * ch)
+
+
+def numpy_greedy_nms(boxes, scores, thr):
+    """The usual vectorised NumPy NMS (one IoU row per kept box), a common baseline."""
+    return _numpy_greedy(boxes, scores, thr, _iou_row)
+
+
+def numpy_greedy_diou_nms(boxes, scores, thr):
+    """numpy_greedy_nms with the distance-IoU: one DIoU row per kept box."""
+    return _numpy_greedy(boxes, scores, thr, _diou_row)
+
+
+def _boxes_and_scores(n, make_boxes=clustered_boxes):
+    """A case's make(rng): n boxes and their scores, from make_boxes(rng, n)."""
+    def make(rng):
+        boxes, scores = make_boxes(rng, n)
+        return {"boxes": boxes, "scores": scores}
+    return make
+
+
+def _opencv_baseline(build):
+    """A baseline from build(cv2, inputs) -> the timed callable; none without OpenCV."""
+    def baseline(a):
+        try:
+            import cv2
+        except ImportError:
+            return None
+        return build(cv2, a)
+    return baseline
 
 
 def _nms_case(n, quick=False):
     thr = 0.5
 
-    def make(rng):
-        boxes, scores = clustered_boxes(rng, n)
-        return {"boxes": boxes, "scores": scores}
-
     def run(a, be):
         return ops.nms(a["boxes"], a["scores"], thr, backend=be)
 
-    def opencv_fn(a):
-        try:
-            import cv2
-        except ImportError:
-            return None
+    def opencv_fn(cv2, a):
         b = a["boxes"]
         xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()
         scores = a["scores"].tolist()
         return lambda: cv2.dnn.NMSBoxes(xywh, scores, 0.0, thr)  # all scores are > 0
 
     numpy_fn = lambda a: (lambda: numpy_greedy_nms(a["boxes"], a["scores"], thr))  # noqa: E731
-    return Case("nms", f"{n} clustered boxes", ("nms",), make, run,
-                baselines={"opencv": opencv_fn, "numpy greedy": numpy_fn}, quick=quick)
+    return Case("nms", f"{n} clustered boxes", ("nms",), _boxes_and_scores(n), run,
+                baselines={"opencv": _opencv_baseline(opencv_fn), "numpy greedy": numpy_fn}, quick=quick)
 
 
 def clustered_rotated_boxes(rng, n, clusters=None):
@@ -327,26 +363,18 @@ def clustered_rotated_boxes(rng, n, clusters=None):
 def _nms_rotated_case(n, quick=False):
     thr = 0.5
 
-    def make(rng):
-        boxes, scores = clustered_rotated_boxes(rng, n)
-        return {"boxes": boxes, "scores": scores}
-
     def run(a, be):
         return ops.nms_rotated(a["boxes"], a["scores"], thr, backend=be)
 
-    def opencv_fn(a):
-        try:
-            import cv2
-        except ImportError:
-            return None
+    def opencv_fn(cv2, a):
         # RotatedRect angles turn the other way (its width runs along (cos a, sin a)).
         rects = [((x, y), (w, h), -t) for x, y, w, h, t in a["boxes"].tolist()]
         scores = a["scores"].tolist()
         return lambda: cv2.dnn.NMSBoxesRotated(rects, scores, 0.0, thr)  # all scores are > 0
 
-    return Case("nms_rotated", f"{n} clustered rotated boxes", ("nms_rotated",), make, run,
-                baselines={"opencv": opencv_fn}, quick=quick)
-
+    return Case("nms_rotated", f"{n} clustered rotated boxes", ("nms_rotated",),
+                _boxes_and_scores(n, clustered_rotated_boxes), run,
+                baselines={"opencv": _opencv_baseline(opencv_fn)}, quick=quick)
 
 def cases(quick: bool) -> list[Case]:
     all_cases = [
@@ -489,28 +517,6 @@ def _box_iou_rotated_case(n):
 # The NMS family, against OpenCV's soft-NMS and vectorised NumPy versions of the others.
 
 
-def numpy_greedy_diou_nms(boxes, scores, thr):
-    """numpy_greedy_nms with the distance-IoU: one DIoU row per kept box."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
-    area = (x2 - x1) * (y2 - y1)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = w * h
-        dx = (x1[i] + x2[i]) - (x1[rest] + x2[rest])
-        dy = (y1[i] + y2[i]) - (y1[rest] + y2[rest])
-        cw = np.maximum(x2[i], x2[rest]) - np.minimum(x1[i], x1[rest])
-        ch = np.maximum(y2[i], y2[rest]) - np.minimum(y1[i], y1[rest])
-        diou = inter / (area[i] + area[rest] - inter) - 0.25 * (dx * dx + dy * dy) / (cw * cw + ch * ch)
-        order = rest[diou <= thr]
-    return np.array(keep, np.int64)
-
-
 def numpy_matrix_nms(boxes, scores, labels, sigma):
     """Gaussian Matrix NMS as SOLOv2 writes it (upper-triangular IoU matrix, column maxima,
     the min of the decay ratios), vectorised over all pairs of each label."""
@@ -539,37 +545,26 @@ def _integer_boxes(rng, n):
 def _soft_nms_case(n, quick=False):
     sigma, score_threshold = 0.5, 0.001
 
-    def make(rng):
-        boxes, scores = _integer_boxes(rng, n)
-        return {"boxes": boxes, "scores": scores}
-
     def run(a, be):
         return ops.soft_nms(a["boxes"], a["scores"], sigma, 0.3, score_threshold, backend=be)
 
-    def opencv_fn(a):
-        try:
-            import cv2
-        except ImportError:
-            return None
+    def opencv_fn(cv2, a):
         b = a["boxes"].astype(np.int64)
         xywh = [tuple(r) for r in np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).tolist()]
         scores = a["scores"].tolist()
         return lambda: cv2.dnn.softNMSBoxes(xywh, scores, score_threshold, 0.3, sigma=sigma)
 
-    return Case("soft_nms", f"{n} clustered boxes, gaussian", ("soft_nms",), make, run,
-                baselines={"opencv": opencv_fn}, quick=quick)
+    return Case("soft_nms", f"{n} clustered boxes, gaussian", ("soft_nms",),
+                _boxes_and_scores(n, _integer_boxes), run,
+                baselines={"opencv": _opencv_baseline(opencv_fn)}, quick=quick)
 
 
 def _diou_nms_case(n, quick=False):
-    def make(rng):
-        boxes, scores = clustered_boxes(rng, n)
-        return {"boxes": boxes, "scores": scores}
-
     def run(a, be):
         return ops.diou_nms(a["boxes"], a["scores"], 0.5, backend=be)
 
     numpy_fn = lambda a: (lambda: numpy_greedy_diou_nms(a["boxes"], a["scores"], 0.5))  # noqa: E731
-    return Case("diou_nms", f"{n} clustered boxes", ("diou_nms",), make, run,
+    return Case("diou_nms", f"{n} clustered boxes", ("diou_nms",), _boxes_and_scores(n), run,
                 baselines={"numpy greedy": numpy_fn}, quick=quick)
 
 

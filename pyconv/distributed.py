@@ -62,9 +62,9 @@ from .autograd.engine import current_pass, queue_callback
 from .nn.modules.normalization import _BatchNorm
 
 __all__ = [
-    "init", "is_initialized", "rank", "world_size", "local_world_size", "is_main", "barrier",
-    "broadcast_parameters", "broadcast_optimizer_state", "average_buffers", "broadcast_object",
-    "allreduce", "allgather_object", "allreduce_gradients", "GradientReducer",
+    "init", "is_initialized", "rank", "world_size", "local_rank", "local_world_size", "is_main",
+    "barrier", "broadcast_parameters", "broadcast_optimizer_state", "average_buffers",
+    "broadcast_object", "allreduce", "allgather_object", "allreduce_gradients", "GradientReducer",
     "DistributedDataParallel", "SyncBatchNorm", "DistributedError", "MpiCommunicator",
     "NcclCommunicator", "communicator_for",
 ]
@@ -79,7 +79,7 @@ class DistributedError(RuntimeError):
 
 class _World:
     comm = None  # our own duplicate of MPI_COMM_WORLD (None: no MPI, a world of one)
-    rank, size, local_size = 0, 1, 1
+    rank, size, local_rank, local_size = 0, 1, 0, 1
     timeout = DEFAULT_TIMEOUT
     initialized = False
     thread_multiple = False  # whether MPI may be called from a second thread (the progress thread)
@@ -122,7 +122,7 @@ def init(threads=None, timeout=DEFAULT_TIMEOUT) -> int:
     _world.mpi = MpiCommunicator(_world.comm)
     _world.rank, _world.size = world.Get_rank(), world.Get_size()
     node = world.Split_type(MPI.COMM_TYPE_SHARED)
-    _world.local_size = node.Get_size()
+    _world.local_rank, _world.local_size = node.Get_rank(), node.Get_size()
     node.Free()
     if _world.size > 1:
         _install_failure_handler()
@@ -155,6 +155,12 @@ def rank() -> int:
 def world_size() -> int:
     """The number of ranks (1 without MPI or before :func:`init`)."""
     return _world.size
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its machine (0 without MPI): the GPU it should
+    use, e.g. ``cupy.cuda.Device(local_rank()).use()`` before the model moves to the GPU."""
+    return _world.local_rank
 
 
 def local_world_size() -> int:
@@ -303,7 +309,8 @@ class NcclCommunicator:
     thread is needed.
 
     nccl, cuda: the modules to use (``cupy.cuda.nccl`` and ``cupy.cuda`` by default; the tests
-    pass fakes). This path has been exercised only through such a fake, never on GPUs."""
+    pass fakes). Each rank must use a GPU of its own (see :func:`local_rank`). This path has
+    been exercised only through such a fake, never on GPUs."""
 
     def __init__(self, nccl=None, cuda=None):
         if nccl is None:

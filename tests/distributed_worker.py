@@ -308,6 +308,7 @@ def trainer(folder):
 if __name__ == "__main__":
     dist.init(threads=1)
     assert dist.world_size() == 2, "run under mpiexec -n 2"
+    assert (dist.local_rank(), dist.local_world_size()) == (dist.rank(), 2)  # one machine
     scenario, args = sys.argv[1], sys.argv[2:]
     {"equivalence": equivalence, "buckets": buckets, "sync_batch_norm": sync_batch_norm,
      "fail": fail, "stuck": stuck, "trainer": trainer, "interrupted_backward": interrupted_backward,

@@ -288,6 +288,24 @@ def test_post_accumulate_grad_hook_runs_once_when_the_gradient_is_final():
     np.testing.assert_allclose(grads["w"], x.data ** 2 + 3)
 
 
+def test_current_pass_numbers_the_passes_even_one_an_exception_ended():
+    from pyconv.autograd.engine import current_pass
+
+    x = t((3,), 1)
+    seen = []
+    record = x.register_post_accumulate_grad_hook(lambda p: seen.append(current_pass()))
+    assert current_pass() is None
+    (x * 2).sum().backward()
+    fail = x.register_post_accumulate_grad_hook(lambda p: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        (x * 2).sum().backward()
+    assert current_pass() is None
+    fail.remove()
+    (x * 2).sum().backward()
+    record.remove()
+    assert seen[0] < seen[1] < seen[2]
+
+
 def test_hooks_of_the_last_layer_run_before_those_of_the_first():
     from pyconv import nn
 

@@ -127,6 +127,7 @@ def test_pyconv_train_lenet_distributed_end_to_end(tmp_path):
 def test_without_mpi_the_world_is_this_process():
     assert dist.init() == 1
     assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
+    assert (dist.local_rank(), dist.local_world_size()) == (0, 1)
     dist.barrier()
     np.testing.assert_array_equal(dist.allreduce(np.arange(3.0), "mean"), np.arange(3.0))
     assert dist.broadcast_object({"a": 1}) == {"a": 1}

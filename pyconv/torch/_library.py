@@ -9,6 +9,8 @@ shape rules (:mod:`pyconv._spec`, on abstract shapes), so ``torch.compile`` trac
 as one opaque node, and the differentiable ones have an autograd formula that calls the
 pyconv backward operators (themselves custom operators, so a compiled backward stays one
 graph too). Backward operators are not differentiable again (no double backward).
+An operator without a gradient whose fake implementation is just its ``_spec`` check and the
+outputs' shapes registers in one line, with the ``_checked_operator`` decorator.
 
 Argument conventions of the schemas (torch's schemas have no int-or-tuple or optional-string
 types): sizes are lists with one int per spatial dimension; a convolution's ``padding="same"``

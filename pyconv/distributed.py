@@ -785,7 +785,8 @@ class SyncBatchNorm(_BatchNorm):
     def forward(self, x):
         if not (self.training or not self.track_running_stats) or _world.size == 1:
             return super().forward(x)
-        xd = x.data if isinstance(x, Tensor) else x
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        xd = x.data
         if xd.ndim not in self.ndims:
             raise ValueError(f"SyncBatchNorm: expected a 2-D, 3-D or 4-D input, got shape {xd.shape}")
         comm = self.communicator or communicator_for(xd)
@@ -802,7 +803,6 @@ class SyncBatchNorm(_BatchNorm):
             self.running_var *= 1 - momentum
             self.running_var += momentum * var * (count / (count - 1))
         invstd = (1.0 / array_module(var).sqrt(var + self.eps)).astype(xd.dtype)
-        x = x if isinstance(x, Tensor) else Tensor(xd)
         return _SyncBatchNormFunction(mean, invstd, count, comm)(x, self.weight, self.bias)
 
     @classmethod

@@ -122,6 +122,24 @@ def test_opcheck(name):
     assert set(result.values()) == {"SUCCESS"}, result
 
 
+BOX_OPERATORS = ["box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms",
+                 "box_iou_rotated", "nms_rotated"]
+
+
+@pytest.mark.parametrize("name", BOX_OPERATORS)
+def test_fake_box_operators_check_their_arguments(name):
+    """Traced on fake tensors, a box operator refuses bad boxes (3 coordinates) as the eager
+    op does, naming itself."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    bad_boxes, *rest = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                        for a in (torch.zeros(8, 3, dtype=torch.float64), *_opcheck_samples()[name][1:])]
+    with mode:
+        with pytest.raises(ValueError, match=f"^{name}: boxes1? must have shape"):
+            lib.OPERATORS[name](bad_boxes, *rest)
+
+
 # --------------------------------------------------------------------------------------------
 # Gradients in float64: torch.autograd.gradcheck through the pyconv backward operators.
 

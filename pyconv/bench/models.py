@@ -41,47 +41,14 @@ def _leaves(module):
     return [leaf for child in children for leaf in _leaves(child)]
 
 
-def _torch_layer(layer):
-    """The PyTorch module computing what the pyconv leaf layer `layer` computes, with its
-    parameters copied."""
-    import torch
-
-    from pyconv import nn
-
-    tnn = torch.nn
-    kind = type(layer).__name__
-    if isinstance(layer, nn.ConvTranspose2d):
-        t = tnn.ConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                layer.padding, layer.output_padding, layer.groups, layer.bias is not None,
-                                layer.dilation)
-    elif isinstance(layer, nn.Conv2d):
-        t = tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                       layer.padding, layer.dilation, layer.groups, layer.bias is not None)
-    elif isinstance(layer, nn.Linear):
-        t = tnn.Linear(layer.weight.shape[1], layer.weight.shape[0], layer.bias is not None)
-    elif isinstance(layer, nn.BatchNorm2d):
-        t = tnn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
-    elif isinstance(layer, nn.LeakyReLU):
-        t = tnn.LeakyReLU(layer.negative_slope)
-    elif isinstance(layer, nn.MaxPool2d):
-        t = tnn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
-    elif kind in ("ReLU", "Tanh", "Flatten"):
-        t = getattr(tnn, kind)()
-    else:
-        raise TypeError(f"no PyTorch twin for {kind}")
-    with torch.no_grad():
-        for name, p in layer._parameters.items():
-            if p is not None:
-                getattr(t, name).copy_(torch.from_numpy(np.array(p.data)))
-    return t
-
-
 def _twin(model):
     """(the pyconv model's layers, a torch.nn.Sequential twin with the same weights)."""
     import torch
 
+    from .twins import torch_layer
+
     layers = _leaves(model)
-    return layers, torch.nn.Sequential(*(_torch_layer(layer) for layer in layers))
+    return layers, torch.nn.Sequential(*(torch_layer(layer) for layer in layers))
 
 
 # name, model builder (takes pyconv.nn), input shape, loss ("ce": 10 classes, "bce": one logit,
@@ -178,8 +145,10 @@ def _layer_case(model_name, index, layers, shape):
         in_shape = tuple(previous.output_shape(in_shape))
 
     def make(rng):
+        from .twins import torch_layer
+
         torch = _torch()
-        tlayer = _torch_layer(layer)
+        tlayer = torch_layer(layer)
         x = _f32(rng, *in_shape)
         gy = _f32(rng, *layer.output_shape(in_shape))
         tx, tgy = torch.from_numpy(x), torch.from_numpy(gy)

@@ -99,7 +99,8 @@ def build_parser():
     p.add_argument("--threads", type=int, help="threads for pyconv and PyTorch (default: all cores)")
     p.add_argument("--models", action="store_true",
                    help="instead: one training step of small models (LeNet-5, DCGAN, VGG block) and "
-                   "each of their layers, against PyTorch twins with the same weights")
+                   "of every model of pyconv.models (DCGAN, VAE, PixelCNN, CharLSTM, SegNet, "
+                   "MotifCNN) and each of their layers, against PyTorch twins with the same weights")
     p.add_argument("--torch-model", action="store_true",
                    help="instead: PyTorch models (ResNet-style, DCGAN) converted with "
                    "pyconv.torch.convert against native PyTorch, forward and training step and the "

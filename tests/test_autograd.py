@@ -96,6 +96,68 @@ def test_deep_chain_does_not_recurse():
     assert a.grad[0] == 1.0
 
 
+def test_backward_frees_the_graph_and_a_second_pass_says_retain_graph():
+    import weakref
+
+    a = t((3,))
+    h = a * 3
+    alive = weakref.ref(h)
+    y = (h * h).sum()
+    del h
+    y.backward()
+    assert alive() is None  # freed with the graph though y (its consumer's output) lives on
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        y.backward()
+    b = t((3,))
+    z = (b * b).sum()
+    z.backward(retain_graph=True)
+    z.backward()
+    np.testing.assert_allclose(b.grad, 4 * b.data)
+
+
+def test_a_new_graph_on_a_freed_one_cannot_reach_through_it():
+    a = t((3,))
+    h = a * 2
+    h.sum().backward()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        (h * h).sum().backward()
+
+
+def test_summed_gradients_never_write_into_arrays_seen_elsewhere():
+    """Gradients meeting at a tensor are summed in place only into arrays the pass made: the
+    caller's seed gradient, the arrays a backward passes through unchanged and a .grad from an
+    earlier pass stay as they were."""
+    a = t((2, 3))
+    seed = np.ones((2, 3))
+    y = a.reshape(2, 3)  # backward hands the seed itself to a
+    (y + y + y + y).backward(seed)
+    np.testing.assert_array_equal(seed, np.ones((2, 3)))
+    np.testing.assert_array_equal(a.grad, np.full((2, 3), 4.0))
+    earlier = a.grad
+    b = a * 1
+    (b + b + b).sum().backward()
+    np.testing.assert_array_equal(earlier, np.full((2, 3), 4.0))
+    np.testing.assert_array_equal(a.grad, np.full((2, 3), 7.0))
+
+
+def test_a_tensor_sliced_step_by_step_gets_the_summed_gradient():
+    """Indexing adds its gradient into the input's in place (basic and advanced indices,
+    repeated positions included)."""
+    x = t((5, 3), seed=4)
+    h = x * 2
+    w = np.arange(1.0, 6.0)
+    parts = [h[i] * w[i] for i in range(5)] + [h[[0, 0, 4]], h[1:3] * 10]
+    total = parts[0]
+    for p in parts[1:5]:
+        total = total + p
+    (total.sum() + parts[5].sum() + parts[6].sum()).backward()
+    expected = np.broadcast_to(w[:, None], (5, 3)).copy()
+    expected[0] += 2
+    expected[4] += 1
+    expected[1:3] += 10
+    np.testing.assert_allclose(x.grad, 2 * expected)
+
+
 def test_no_grad_records_nothing():
     a = t((3,))
     with pyconv.no_grad():

@@ -6,6 +6,14 @@ reachable from the root topologically and calls each ``backward`` once, after ev
 its outputs has delivered its gradient: gradients meeting at one output are summed first, and
 gradients reaching a leaf are added to its ``.grad``.
 
+Memory: once a Function's backward has run, the pass drops what its forward saved and its
+links to its inputs (``Function.release``), so intermediate arrays are freed while the pass is
+still running, and a graph kept alive by a Tensor the caller holds costs nothing afterwards. A
+second backward through the same graph then raises, unless the first was told
+``retain_graph=True``. Gradients meeting at one tensor are summed into one array, in place once
+the pass has allocated that array itself (never into an array that a Function's backward
+handed over, which may be a view of the caller's own ``grad`` or another tensor's gradient).
+
 Two hooks let other code (data-parallel training) act while the backward pass runs:
 
 - a leaf's post-accumulate-grad hooks (``Tensor.register_post_accumulate_grad_hook``) run as
@@ -52,12 +60,30 @@ def topological_order(root_fn):
     return order
 
 
-def _accumulate_into_leaf(t, g):
+_FREED = ("backward: this graph was already gone through by a backward pass, which freed what "
+          "it saved; to go through it again, pass retain_graph=True to the first backward")
+
+
+def _add(total, g, owned):
+    """total + g, the sum of the gradients reaching one tensor so far (total None: none yet).
+    `owned` holds the arrays this pass allocated and handed to nobody: those are added into in
+    place; any other array may be seen elsewhere, so a sum with it is a new (owned) array."""
+    if total is None:
+        return g
+    if owned.get(id(total)) is total and total.dtype == g.dtype and total.shape == g.shape:
+        total += g
+        return total
+    total = total + g
+    owned[id(total)] = total
+    return total
+
+
+def _accumulate_into_leaf(t, g, owned):
     if g.shape != t.data.shape:  # a Function's backward returned the wrong shape: a bug
         raise RuntimeError(f"gradient of shape {g.shape} for a tensor of shape {t.data.shape}")
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
-    t.grad = g if t.grad is None else t.grad + g
+    t.grad = _add(t.grad, g, owned)
 
 
 def queue_callback(callback):
@@ -108,16 +134,17 @@ def _hooked_leaf_uses(order):
     return uses
 
 
-def run_backward(root, grad):
+def run_backward(root, grad, retain_graph=False):
     """Propagates `grad` (d loss / d root, an array of root's shape) to every leaf that
-    requires a gradient, accumulating into the leaves' ``.grad``."""
+    requires a gradient, accumulating into the leaves' ``.grad``; frees the graph's saved
+    arrays on the way unless `retain_graph`."""
     global _final_callbacks, _passes_started
     if _final_callbacks is not None:
         raise RuntimeError("backward: called from inside another backward pass")
     _final_callbacks = []
     _passes_started += 1
     try:
-        _propagate(root, grad)
+        _propagate(root, grad, retain_graph)
         callbacks = _final_callbacks
     finally:
         _final_callbacks = None
@@ -125,31 +152,62 @@ def run_backward(root, grad):
         callback()
 
 
-def _propagate(root, grad):
+def _propagate(root, grad, retain_graph):
+    owned = {}  # id -> array: gradient sums this pass allocated, safe to add into in place
     if root._creator is None:
-        _accumulate_into_leaf(root, grad)
+        _accumulate_into_leaf(root, grad, owned)
         if root._post_accumulate_grad_hooks:
             _run_hooks(root)
         return
+    if root._creator.released:
+        raise RuntimeError(_FREED)
     root._creator._grad_outputs[root._index] = grad
     order = topological_order(root._creator)
+    if any(fn.released for fn in order):  # the new graph reaches into one an earlier pass freed
+        raise RuntimeError(_FREED)
     pending = _hooked_leaf_uses(order) if RemovableHandle.live else None
     for fn in reversed(order):
         grad_outputs = fn._grad_outputs
         fn._grad_outputs = [None] * len(grad_outputs)  # ready for another backward pass
-        grads = fn.backward(*grad_outputs)
-        if type(grads) is not tuple:
-            grads = (grads,)
+        for g in grad_outputs:  # handed over: backward may pass it on, or views of it
+            owned.pop(id(g), None)
+        if _added_in_place(fn, grad_outputs, owned):
+            grads = ()
+        else:
+            grads = fn.backward(*grad_outputs)
+            if type(grads) is not tuple:
+                grads = (grads,)
         for t, g, need in zip(fn.inputs, grads, fn.needs_input_grad):
             if not need:
                 continue
             if t._creator is None:
                 if g is not None:
-                    _accumulate_into_leaf(t, g)
+                    _accumulate_into_leaf(t, g, owned)
                 if pending and id(t) in pending:
                     pending[id(t)] -= 1
                     if pending[id(t)] == 0:
                         _run_hooks(t)
             elif g is not None:
                 slots, i = t._creator._grad_outputs, t._index
-                slots[i] = g if slots[i] is None else slots[i] + g
+                slots[i] = _add(slots[i], g, owned)
+        if not retain_graph:
+            fn.release()
+
+
+def _added_in_place(fn, grad_outputs, owned):
+    """For a Function that can add its input's gradient into an existing array
+    (``add_input_grad``, e.g. indexing: only the indexed part changes), does so into the
+    input's gradient sum when this pass owns it (or starts one); False when it cannot."""
+    add = getattr(fn, "add_input_grad", None)
+    if add is None or not fn.needs_input_grad[0] or fn.inputs[0]._creator is None:
+        return False
+    t = fn.inputs[0]
+    slots, i = t._creator._grad_outputs, t._index
+    total = slots[i]
+    if total is not None and owned.get(id(total)) is not total:
+        return False
+    total = add(total, *grad_outputs)
+    if total is None:
+        return False
+    owned[id(total)] = slots[i] = total
+    return True

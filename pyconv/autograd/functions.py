@@ -44,6 +44,7 @@ class Function:
 
     inputs = ()
     needs_input_grad = ()
+    released = False  # True once a backward pass has used and dropped what forward saved
 
     def __call__(self, *inputs):
         needs = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs) if is_grad_enabled() else ()
@@ -66,6 +67,13 @@ class Function:
 
     def backward(self, *grad_outputs):
         raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def release(self):
+        """Drops what forward saved for backward and the links to the inputs: the backward
+        pass calls it once this Function's backward has run (unless told to retain the
+        graph), so that the arrays can be freed while the pass goes on."""
+        self.__dict__.clear()
+        self.released = True
 
 
 def unbroadcast(grad, shape):
@@ -348,13 +356,22 @@ class GetItem(Function):
         return a[self.index]
 
     def backward(self, g):
-        xp = array_module(g)
-        grad = xp.zeros(self.source_shape, self.dtype)
+        return self.add_input_grad(None, g)
+
+    def add_input_grad(self, total, g):
+        """`total` (the input's gradient so far, an array the caller owns, or None for
+        zeros) plus this op's gradient for its input, added in place: only the indexed part
+        changes, so a tensor sliced many times (a sequence read step by step) costs a full-size
+        array once rather than once per slice."""
+        if total is None:
+            total = array_module(g).zeros(self.source_shape, self.dtype)
+        elif total.dtype != self.dtype:
+            return None
         if _is_basic_index(self.index):
-            grad[self.index] = g
+            total[self.index] += g
         else:  # advanced indexing may repeat positions: their gradients add up
-            scatter_add(grad, self.index, g)
-        return grad
+            scatter_add(total, self.index, g)
+        return total
 
 
 class Concatenate(Function):
@@ -378,7 +395,8 @@ class Stack(Function):
         return array_module(arrays[0]).stack(arrays, axis=self.axis)
 
     def backward(self, g):
-        return tuple(g.take(i, axis=self.axis) for i in range(g.shape[self.axis]))
+        lead = (slice(None),) * (self.axis % g.ndim)
+        return tuple(g[lead + (i,)] for i in range(g.shape[self.axis]))  # views, not copies
 
 
 def _check_same_dtype(op, tensors):

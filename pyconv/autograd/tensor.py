@@ -187,9 +187,11 @@ class Tensor:
         return _functions().AsType(dtype)(self)
 
     # -- gradients
-    def backward(self, grad=None):
+    def backward(self, grad=None, retain_graph=False):
         """Accumulates d(self)/d(leaf) * grad into every leaf that requires a gradient. Without
-        `grad`, self must hold one element (a loss) and the seed gradient is 1."""
+        `grad`, self must hold one element (a loss) and the seed gradient is 1. The pass frees
+        what the graph saved for it as it goes; `retain_graph` keeps it, for another backward
+        through the same graph."""
         if not self.requires_grad:
             raise RuntimeError(
                 "backward: this tensor does not require a gradient (no input of the computation "
@@ -205,7 +207,7 @@ class Tensor:
             grad = grad.data if isinstance(grad, Tensor) else grad
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward: grad has shape {tuple(grad.shape)}, expected {self.shape}")
-        run_backward(self, grad)
+        run_backward(self, grad, retain_graph)
 
     def register_post_accumulate_grad_hook(self, hook) -> "RemovableHandle":
         """Calls ``hook(self)`` during every backward pass as soon as this leaf's ``.grad`` is

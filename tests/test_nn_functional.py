@@ -111,6 +111,15 @@ KERNEL_CASES = {
     "lstm_cell_unbatched": (("lstm_cell", "lstm_cell_backward"),
                             lambda x, h, c, wi, wh, bi, bh: F.lstm_cell(x, h, c, wi, wh, bi, bh),
                             [(4,), (3,), (3,), (12, 4), (12, 3), (12,), (12,)]),
+    # The fused activations and dropout, on every backend.
+    "relu_fused": (("leaky_relu", "leaky_relu_backward"), F.relu, [(3, 4)]),
+    "elu_fused": (("elu", "elu_backward"), lambda x: F.elu(x * 3, 0.7), [(3, 4, 5)]),
+    "prelu_fused_channels": (("prelu", "prelu_backward"), F.prelu, [(2, 3, 2, 2), (3,)]),
+    "prelu_fused_single": (("prelu", "prelu_backward"), F.prelu, [(2, 3), (1,)]),
+    "sigmoid_fused": (("sigmoid", "sigmoid_backward"), lambda x: F.sigmoid(x * 4), [(3, 4, 5)]),
+    "tanh_fused": (("tanh", "tanh_backward"), lambda x: F.tanh(x * 2), [(3, 4, 5)]),
+    "dropout_fused": (("dropout", "dropout_backward"),
+                      lambda x: (pyconv.manual_seed(3), F.dropout(x, 0.3))[1], [(4, 5, 3)]),
 }
 
 

@@ -547,13 +547,11 @@ _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
-def philox4x32_10(blocks, seed):
-    """Philox4x32-10 (Salmon et al., SC 2011) of the counters (block mod 2^32, block // 2^32,
-    0, 0) under the key (seed mod 2^32, seed // 2^32) -> (len(blocks), 4) uint32 words."""
-    blocks = np.asarray(blocks, np.uint64)
-    c0, c1 = blocks & _LOW32, blocks >> np.uint64(32)
-    c2 = c3 = np.zeros_like(blocks)
-    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+def philox4x32_10(counters, key):
+    """Philox4x32-10 (Salmon et al., SC 2011): counters (n, 4) and key (k0, k1), 32-bit words
+    -> (n, 4) uint32 words."""
+    c0, c1, c2, c3 = np.asarray(counters, np.uint64).T
+    k0, k1 = int(key[0]), int(key[1])
     for _ in range(10):
         p0, p1 = _PHILOX_M0 * c0, _PHILOX_M1 * c2  # 32 x 32 -> 64 bits, exact in uint64
         c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & _LOW32,
@@ -562,10 +560,19 @@ def philox4x32_10(blocks, seed):
     return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)
 
 
+def dropout_words(n, seed):
+    """The 32-bit draw of each of n elements: element i takes word i % 4 of block i // 4, the
+    block's counter (i // 4 mod 2^32, i // 4 // 2^32, 0, 0), the key (seed mod 2^32, seed //
+    2^32)."""
+    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    zeros = np.zeros_like(blocks)
+    counters = np.stack([blocks & _LOW32, blocks >> np.uint64(32), zeros, zeros], axis=1)
+    return philox4x32_10(counters, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
+
+
 @backend.register
 def dropout(x, keep_threshold, scale, seed):
-    words = philox4x32_10(np.arange((x.size + 3) // 4), seed).reshape(-1)[:x.size]
-    mask = ((words >> 8) < keep_threshold).astype(np.uint8).reshape(x.shape)
+    mask = ((dropout_words(x.size, seed) >> 8) < keep_threshold).astype(np.uint8).reshape(x.shape)
     with np.errstate(invalid="ignore"):
         y = x * np.where(mask == 1, x.dtype.type(scale), x.dtype.type(0))
     return y, mask

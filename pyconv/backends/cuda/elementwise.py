@@ -64,8 +64,14 @@ def kernels(dtype):
 
     @ks.add("ffn")
     def sigmoid_kernel(x, y, n):
+        # e^x only of non-positive x: it never overflows (the simulator's math.exp would raise).
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            y[i] = dt(1) / (dt(1) + dt(math.exp(-x[i])))
+            v = x[i]
+            if v >= dt(0):
+                y[i] = dt(1) / (dt(1) + dt(math.exp(-v)))
+            else:
+                e = dt(math.exp(v))
+                y[i] = e / (dt(1) + e)
 
     @ks.add("fffn")
     def sigmoid_backward_kernel(grad_y, y, grad_x, n):

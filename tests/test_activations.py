@@ -175,3 +175,24 @@ def test_nn_dropout_is_reproducible_from_manual_seed():
     assert not np.array_equal(layer(x).data, first)  # the next draw moves on
     layer.eval()
     assert layer(x) is x
+
+
+@needs_cpu
+def test_prelu_weight_gradient_does_not_depend_on_the_thread_count():
+    """Each (sample, channel) row is summed whole by one thread, then the rows of a channel in
+    order: the sum is the same bits for any number of threads."""
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((2, 16, 8, 40, 40)).astype(np.float32)
+    results = []
+    saved = pyconv.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            pyconv.set_num_threads(threads)
+            results.append([ops.prelu_backward(g, x, w, backend="cpu")
+                            for w in (np.full(8, 0.2, np.float32), np.full(1, 0.2, np.float32))])
+    finally:
+        pyconv.set_num_threads(saved)
+    for other in results[1:]:
+        for (gx, gw), (gx0, gw0) in zip(other, results[0]):
+            np.testing.assert_array_equal(gx, gx0)
+            np.testing.assert_array_equal(gw, gw0)

@@ -398,7 +398,7 @@ def test_sigmoid_and_bce_with_logits_are_stable_for_large_inputs():
     (lambda: F.mse_loss(rand((2, 3)), rand((3, 2))), ValueError, r"\(2, 3\) and \(3, 2\)"),
     (lambda: F.binary_cross_entropy(rand((2,)) * 3, rand((2,))), ValueError, r"probabilities in \[0, 1\]"),
     (lambda: F.maxout(rand((2, 5)), 2), ValueError, r"pool_size=2 must divide the size 5"),
-    (lambda: F.prelu(rand((2, 3, 4)), rand((4,))), ValueError, r"weight of shape \(4,\)"),
+    (lambda: F.prelu(rand((2, 3, 4)), rand((4,))), ValueError, r"prelu: weight must have shape \(1,\) or \(3,\).*got \(4,\)"),
     (lambda: F.batch_norm(rand((2, 3)), np.zeros(4), np.ones(4)), ValueError, r"running_mean must have shape \(3,\)"),
     (lambda: F.batch_norm(rand((1, 3)), None, None, training=True), ValueError, "more than one value per channel"),
     (lambda: F.embedding(np.array([0, 5]), rand((4, 2))), ValueError, r"\[0, 4\)"),

@@ -734,6 +734,143 @@ PYBIND11_MODULE(_C, m) {
           py::arg("grad_y"), py::arg("x"), py::arg("negative_slope"), py::arg("grad_x"),
           "grad_x = grad_y where x > 0, else negative_slope * grad_y");
 
+    // ---- Fused activations and dropout (elementwise/activation.h, elementwise/dropout.h)
+    def_op(m, "elu",
+          [](Array x, double alpha, Array y) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const T* xp = checked<T>(x, shape, "x");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  without_gil([&] { kernels<T>().elu(x.size(), xp, T(alpha), yp); });
+              });
+          },
+          py::arg("x"), py::arg("alpha"), py::arg("y"), "y = x where x > 0, else alpha * expm1(x)");
+    def_op(m, "elu_backward",
+          [](Array grad_y, Array x, double alpha, Array grad_x) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const T* xp = checked<T>(x, shape, "x");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  without_gil([&] { kernels<T>().elu_backward(x.size(), gy, xp, T(alpha), gx); });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("alpha"), py::arg("grad_x"),
+          "grad_x = grad_y where x > 0, else grad_y * alpha * exp(x)");
+    // sigmoid and tanh: y = f(x); their backward: grad_x from grad_y and the forward's y.
+    auto def_unary = [&m](const char* name, auto pick, const char* doc) {
+        def_op(m, name,
+              [pick](Array x, Array y) {
+                  by_dtype(x.dtype(), [&](auto t) {
+                      using T = decltype(t);
+                      const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                      const T* xp = checked<T>(x, shape, "x");
+                      T* yp = checked<T>(y, shape, "y", true);
+                      without_gil([&] { pick(kernels<T>())(x.size(), xp, yp); });
+                  });
+              },
+              py::arg("x"), py::arg("y"), doc);
+    };
+    auto def_from_output = [&m](const char* name, auto pick, const char* doc) {
+        def_op(m, name,
+              [pick](Array grad_y, Array y, Array grad_x) {
+                  by_dtype(y.dtype(), [&](auto t) {
+                      using T = decltype(t);
+                      const std::vector<int64_t> shape(y.shape(), y.shape() + y.ndim());
+                      const T* gy = checked<T>(grad_y, shape, "grad_y");
+                      const T* yp = checked<T>(y, shape, "y");
+                      T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                      without_gil([&] { pick(kernels<T>())(y.size(), gy, yp, gx); });
+                  });
+              },
+              py::arg("grad_y"), py::arg("y"), py::arg("grad_x"), doc);
+    };
+    def_unary("sigmoid", [](const auto& k) { return k.sigmoid; }, "y = 1 / (1 + exp(-x))");
+    def_from_output("sigmoid_backward", [](const auto& k) { return k.sigmoid_backward; },
+                    "grad_x = grad_y * (1 - y) * y");
+    def_unary("tanh", [](const auto& k) { return k.tanh; }, "y = tanh(x)");
+    def_from_output("tanh_backward", [](const auto& k) { return k.tanh_backward; },
+                    "grad_x = grad_y * (1 - y * y)");
+    def_op(m, "prelu",
+          [](Array x, Array w, Array y) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  // Without a channel axis (fewer than 2 dimensions), one row of one channel.
+                  const bool channels = x.ndim() >= 2;
+                  const int64_t N = channels ? shape[0] : 1, C = channels ? shape[1] : 1;
+                  const int64_t inner = N * C > 0 ? int64_t(x.size()) / (N * C) : 0;
+                  const int64_t w_size = w.ndim() == 1 ? w.shape(0) : -1;
+                  if (w_size != 1 && w_size != C)
+                      throw py::value_error("w: expected 1 or x.shape[1] slopes");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const T* wp = checked<T>(w, {w_size}, "w");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  without_gil([&] { kernels<T>().prelu(N, C, inner, xp, wp, w_size, yp); });
+              });
+          },
+          py::arg("x"), py::arg("w"), py::arg("y"),
+          "y = x where x > 0, else w[channel] * x (channels on axis 1)");
+    def_op(m, "prelu_backward",
+          [](Array grad_y, Array x, Array w, Array grad_x, Array grad_w) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  // Without a channel axis (fewer than 2 dimensions), one row of one channel.
+                  const bool channels = x.ndim() >= 2;
+                  const int64_t N = channels ? shape[0] : 1, C = channels ? shape[1] : 1;
+                  const int64_t inner = N * C > 0 ? int64_t(x.size()) / (N * C) : 0;
+                  const int64_t w_size = w.ndim() == 1 ? w.shape(0) : -1;
+                  if (w_size != 1 && w_size != C)
+                      throw py::value_error("w: expected 1 or x.shape[1] slopes");
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const T* wp = checked<T>(w, {w_size}, "w");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  T* gw = checked<T>(grad_w, {w_size}, "grad_w", true);
+                  without_gil([&] {
+                      kernels<T>().prelu_backward(N, C, inner, gy, xp, wp, w_size, gx, gw);
+                  });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("w"), py::arg("grad_x"), py::arg("grad_w"),
+          "gradients of prelu into grad_x and grad_w");
+    def_op(m, "dropout",
+          [](Array x, uint64_t seed, uint32_t keep_threshold, double scale, Array y, Array mask) {
+              if (keep_threshold > (uint32_t(1) << 24))
+                  throw py::value_error("keep_threshold: must be at most 2^24");
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const T* xp = checked<T>(x, shape, "x");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  uint8_t* mp = checked<uint8_t>(mask, shape, "mask", true);
+                  without_gil([&] {
+                      kernels<T>().dropout(x.size(), xp, seed, keep_threshold, T(scale), yp, mp);
+                  });
+              });
+          },
+          py::arg("x"), py::arg("seed"), py::arg("keep_threshold"), py::arg("scale"), py::arg("y"),
+          py::arg("mask"),
+          "y = x * scale where Philox4x32-10 keeps the element (mask 1), else x * 0 (mask 0)");
+    def_op(m, "dropout_backward",
+          [](Array grad_y, Array mask, double scale, Array grad_x) {
+              by_dtype(grad_y.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const std::vector<int64_t> shape(grad_y.shape(), grad_y.shape() + grad_y.ndim());
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const uint8_t* mp = checked<uint8_t>(mask, shape, "mask");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  without_gil([&] {
+                      kernels<T>().dropout_backward(grad_y.size(), gy, mp, T(scale), gx);
+                  });
+              });
+          },
+          py::arg("grad_y"), py::arg("mask"), py::arg("scale"), py::arg("grad_x"),
+          "grad_x = grad_y * scale where mask, else grad_y * 0");
+
     // ---- Rotated boxes
 
     def_op(m, "box_iou_rotated",

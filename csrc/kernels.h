@@ -116,6 +116,21 @@ struct KernelsFor {
     void (*leaky_relu)(int64_t n, const T* x, T negative_slope, T* y);
     void (*leaky_relu_backward)(int64_t n, const T* grad_y, const T* x, T negative_slope,
                                 T* grad_x);
+    void (*elu)(int64_t n, const T* x, T alpha, T* y);
+    void (*elu_backward)(int64_t n, const T* grad_y, const T* x, T alpha, T* grad_x);
+    void (*sigmoid)(int64_t n, const T* x, T* y);
+    void (*sigmoid_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
+    void (*tanh)(int64_t n, const T* x, T* y);
+    void (*tanh_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
+    // x (N, C, inner); w (w_size,) with w_size C or 1 (one slope for every channel).
+    void (*prelu)(int64_t N, int64_t C, int64_t inner, const T* x, const T* w, int64_t w_size,
+                  T* y);
+    void (*prelu_backward)(int64_t N, int64_t C, int64_t inner, const T* grad_y, const T* x,
+                           const T* w, int64_t w_size, T* grad_x, T* grad_w);
+    // mask (n,) of 0 / 1; keep_threshold in [0, 2^24] (elementwise/dropout.h).
+    void (*dropout)(int64_t n, const T* x, uint64_t seed, uint32_t keep_threshold, T scale, T* y,
+                    uint8_t* mask);
+    void (*dropout_backward)(int64_t n, const T* grad_y, const uint8_t* mask, T scale, T* grad_x);
 
     // Rotated boxes (n,5) as (cx, cy, w, h, angle in degrees): iou (n, m), and greedy NMS
     // writing the kept indices to keep (room for n), returning how many.

@@ -37,6 +37,8 @@ __all__ = [
     "leaky_relu", "leaky_relu_backward",
     "box_iou_rotated", "nms_rotated",
     "matmul", "batch_norm_train", "batch_norm_train_backward",
+    "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward", "dropout", "dropout_backward",
 ]
 
 
@@ -505,6 +507,88 @@ def leaky_relu_backward(grad_out, x, negative_slope=0.01, *, backend=None):
     ``negative_slope * grad_out`` (at 0 the slope, as PyTorch)."""
     slope = _spec.leaky_relu_backward(grad_out, x, negative_slope)
     return _run("leaky_relu_backward", "leaky_relu_backward", backend, (grad_out, x), slope)
+
+
+@_takes_dlpack
+def elu(x, alpha=1.0, *, backend=None):
+    """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``, as ``torch.nn.functional.elu``.
+    Any shape; NaN stays NaN."""
+    alpha = _spec.elu(x, alpha)
+    return _run("elu", "elu", backend, (x,), alpha)
+
+
+@_takes_dlpack
+def elu_backward(grad_out, x, alpha=1.0, *, backend=None):
+    """Gradient of :func:`elu` at ``x``: ``grad_out`` where ``x > 0``, else
+    ``grad_out * alpha * exp(x)``."""
+    alpha = _spec.elu_backward(grad_out, x, alpha)
+    return _run("elu_backward", "elu_backward", backend, (grad_out, x), alpha)
+
+
+@_takes_dlpack
+def prelu(x, weight, *, backend=None):
+    """``x`` where ``x > 0``, else ``weight[c] * x`` for the channel c of the element (axis 1;
+    x with fewer than two axes has one channel), as ``torch.nn.functional.prelu``: weight (C,)
+    or (1,), one slope shared by every channel."""
+    _spec.prelu(x, weight)
+    return _run("prelu", "prelu", backend, (x, weight))
+
+
+@_takes_dlpack
+def prelu_backward(grad_out, x, weight, *, backend=None):
+    """Gradients ``(grad_x, grad_weight)`` of :func:`prelu` at ``x``: grad_x is ``grad_out``
+    where ``x > 0``, else ``weight[c] * grad_out``; grad_weight (weight's shape) sums
+    ``grad_out * x`` over the elements ``x <= 0`` of each channel (of all, for one slope)."""
+    _spec.prelu_backward(grad_out, x, weight)
+    return _run("prelu_backward", "prelu_backward", backend, (grad_out, x, weight))
+
+
+@_takes_dlpack
+def sigmoid(x, *, backend=None):
+    """``1 / (1 + exp(-x))``, as ``torch.sigmoid``: 0 at -inf, 1 at inf."""
+    _spec.sigmoid(x)
+    return _run("sigmoid", "sigmoid", backend, (x,))
+
+
+@_takes_dlpack
+def sigmoid_backward(grad_out, y, *, backend=None):
+    """Gradient of :func:`sigmoid` from its output ``y``: ``grad_out * (1 - y) * y``."""
+    _spec.sigmoid_backward(grad_out, y)
+    return _run("sigmoid_backward", "sigmoid_backward", backend, (grad_out, y))
+
+
+@_takes_dlpack
+def tanh(x, *, backend=None):
+    """The hyperbolic tangent, as ``torch.tanh``."""
+    _spec.tanh(x)
+    return _run("tanh", "tanh", backend, (x,))
+
+
+@_takes_dlpack
+def tanh_backward(grad_out, y, *, backend=None):
+    """Gradient of :func:`tanh` from its output ``y``: ``grad_out * (1 - y * y)``."""
+    _spec.tanh_backward(grad_out, y)
+    return _run("tanh_backward", "tanh_backward", backend, (grad_out, y))
+
+
+@_takes_dlpack
+def dropout(x, p, seed, *, backend=None):
+    """Dropout in training mode -> ``(y, mask)``: each element is kept with probability
+    ``1 - p`` and then scaled by ``1 / (1 - p)``, else multiplied by 0; mask (uint8, x's shape)
+    is 1 where kept. The draw is Philox4x32-10 keyed by ``seed`` (an int in [0, 2**64)) and
+    counted by the element's flat index: the same seed gives the same mask on every backend
+    and for any number of threads. (``pyconv.nn.functional.dropout`` draws the seed from
+    pyconv's generator.) p is resolved to 2**-24: the element is kept when its 24-bit draw is
+    below ``round((1 - p) * 2**24)``."""
+    draw, seed = _spec.dropout(x, p, seed)
+    return _run("dropout", "dropout", backend, (x,), draw.keep_threshold, draw.scale, seed)
+
+
+@_takes_dlpack
+def dropout_backward(grad_out, mask, p, *, backend=None):
+    """Gradient of :func:`dropout`: ``grad_out * (1 / (1 - p) if mask else 0)``."""
+    scale = _spec.dropout_backward(grad_out, mask, p)
+    return _run("dropout_backward", "dropout_backward", backend, (grad_out, mask), scale)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A single seeded ``numpy.random.Generator`` makes runs reproducible: ``pyconv.manual_seed(0)``
 before building a model gives the same weights every time, and the training loop saves and
 restores the generator's state so that a resumed run draws the same dropout masks as an
-uninterrupted one. Dropout on CuPy arrays draws its mask on the CPU generator too (then moves
-it), so CPU and GPU runs with one seed see the same masks.
+uninterrupted one. Dropout draws one seed per call from it and its kernels derive the mask from
+that seed alone (Philox4x32-10, the same on every backend), so CPU and GPU runs with one seed
+see the same masks.
 """
 from __future__ import annotations
 

@@ -342,6 +342,66 @@ def leaky_relu_backward(shape, slope):
     return build
 
 
+def smooth_input(rng, shape, dtype, spread, noncontiguous=False):
+    """activation_input times `spread` (past the overflow point of exp at 100), with -0 and
+    values near 0 where e^x - 1 must keep its relative accuracy."""
+    x = activation_input(rng, shape, dtype, noncontiguous) * dtype(spread)
+    x.flat[3: min(7, x.size)] = np.array([-0.0, 1e-7, -3e-5, 0.2], dtype)[: max(0, min(7, x.size) - 3)]
+    return x
+
+
+def elu(shape, alpha, spread=3.0, noncontiguous=False):
+    def build(rng, dtype):
+        return (smooth_input(rng, shape, dtype, spread, noncontiguous), alpha), {}
+    return build
+
+
+def elu_backward(shape, alpha, spread=3.0):
+    def build(rng, dtype):
+        return (array(rng, shape, dtype), smooth_input(rng, shape, dtype, spread), alpha), {}
+    return build
+
+
+def prelu(shape, slopes, noncontiguous=False):
+    def build(rng, dtype):
+        return (activation_input(rng, shape, dtype, noncontiguous), 0.5 * array(rng, slopes, dtype)), {}
+    return build
+
+
+def prelu_backward(shape, slopes):
+    def build(rng, dtype):
+        x = activation_input(rng, shape, dtype)
+        return (array(rng, shape, dtype), x, 0.5 * array(rng, slopes, dtype)), {}
+    return build
+
+
+def smooth(shape, spread=3.0, noncontiguous=False):
+    def build(rng, dtype):
+        return (smooth_input(rng, shape, dtype, spread, noncontiguous),), {}
+    return build
+
+
+def smooth_backward(forward, shape, spread=3.0):
+    """grad_out and the forward's output (from the reference)."""
+    def build(rng, dtype):
+        y = getattr(ops, forward)(smooth_input(rng, shape, dtype, spread), **REF)
+        return (array(rng, shape, dtype), y), {}
+    return build
+
+
+def dropout(shape, p, seed=12345, noncontiguous=False):
+    def build(rng, dtype):
+        return (activation_input(rng, shape, dtype, noncontiguous), p, seed), {}
+    return build
+
+
+def dropout_backward(shape, p):
+    def build(rng, dtype):
+        _, mask = ops.dropout(array(rng, shape, dtype), p, 7, **REF)
+        return (activation_input(rng, shape, dtype), mask, p), {}
+    return build
+
+
 def cpu_path(build):
     """Marks a case whose shape exists to reach a branch of the C++ kernels. The CUDA simulator
     runs every GPU thread in Python, where such shapes take minutes each: it leaves them to the
@@ -680,6 +740,73 @@ CASES = {
         "slope": leaky_relu_backward((4, 9), 0.2),
         "threads_split": cpu_path(leaky_relu_backward((3, 70001), 0.01)),
         "empty": leaky_relu_backward((0, 3), 0.1),
+    },
+    "elu": {
+        "alpha_one": elu((2, 3, 5, 7), 1.0),
+        "alpha": elu((4, 9), 0.3, noncontiguous=True),
+        "overflow_range": elu((3, 33), 1.5, spread=300.0),  # e^x underflows, +x overflows
+        "threads_split": cpu_path(elu((3, 70001), 1.0)),  # past the C++ parallel threshold
+        "empty": elu((0, 3), 1.0),
+    },
+    "elu_backward": {
+        "alpha_one": elu_backward((2, 3, 5, 7), 1.0),
+        "overflow_range": elu_backward((3, 33), 0.7, spread=300.0),
+        "threads_split": cpu_path(elu_backward((3, 70001), 1.0)),
+        "empty": elu_backward((0, 3), 1.0),
+    },
+    "prelu": {
+        "per_channel": prelu((2, 3, 5, 7), 3),
+        "one_slope": prelu((2, 3, 5, 7), 1),
+        "features": prelu((6, 4), 4, noncontiguous=True),  # (N, C): one element per row
+        "vector": prelu((19,), 1),
+        "threads_split": cpu_path(prelu((4, 8, 70, 70), 8)),
+        "empty": prelu((0, 3, 2), 3),
+    },
+    "prelu_backward": {
+        "per_channel": prelu_backward((2, 3, 5, 7), 3),
+        "one_slope": prelu_backward((2, 3, 5, 7), 1),
+        "features": prelu_backward((6, 4), 4),
+        "vector": prelu_backward((19,), 1),
+        "threads_split": cpu_path(prelu_backward((4, 8, 70, 70), 8)),
+        "empty": prelu_backward((0, 3, 2), 3),
+    },
+    "sigmoid": {
+        "normal": smooth((2, 3, 5, 7)),
+        "overflow_range": smooth((3, 33), spread=300.0, noncontiguous=True),
+        "threads_split": cpu_path(smooth((3, 70001))),
+        "empty": smooth((0, 3)),
+    },
+    "sigmoid_backward": {
+        "normal": smooth_backward("sigmoid", (2, 3, 5, 7)),
+        "saturated": smooth_backward("sigmoid", (3, 33), spread=300.0),
+        "threads_split": cpu_path(smooth_backward("sigmoid", (3, 70001))),
+        "empty": smooth_backward("sigmoid", (0, 3)),
+    },
+    "tanh": {
+        "normal": smooth((2, 3, 5, 7)),
+        "overflow_range": smooth((3, 33), spread=300.0, noncontiguous=True),
+        "threads_split": cpu_path(smooth((3, 70001))),
+        "empty": smooth((0, 3)),
+    },
+    "tanh_backward": {
+        "normal": smooth_backward("tanh", (2, 3, 5, 7)),
+        "saturated": smooth_backward("tanh", (3, 33), spread=300.0),
+        "threads_split": cpu_path(smooth_backward("tanh", (3, 70001))),
+        "empty": smooth_backward("tanh", (0, 3)),
+    },
+    "dropout": {
+        "half": dropout((2, 3, 5, 7), 0.5),
+        "partial_chunk": dropout((3, 43), 0.2, seed=2**64 - 1, noncontiguous=True),  # not whole blocks
+        "keep_all": dropout((4, 9), 0.0),
+        "drop_all": dropout((4, 9), 1.0),
+        "threads_split": cpu_path(dropout((3, 70001), 0.3, seed=2**40 + 5)),
+        "empty": dropout((0, 3), 0.5),
+    },
+    "dropout_backward": {
+        "half": dropout_backward((2, 3, 5, 7), 0.5),
+        "drop_all": dropout_backward((4, 9), 1.0),
+        "threads_split": cpu_path(dropout_backward((3, 70001), 0.3)),
+        "empty": dropout_backward((0, 3), 0.5),
     },
     "box_iou_rotated": {
         "basic": box_iou_rotated(9, 7),

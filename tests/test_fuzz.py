@@ -839,6 +839,83 @@ def batch_norm_train_backward_calls(draw):
     return Call("batch_norm_train_backward", (grad_out, x, mean, invstd, weight), {})
 
 
+def any_shape(draw):
+    return tuple(draw(st.lists(st.integers(0, 5), max_size=4)))
+
+
+# Real-number arguments: valid ones, and ones the spec must refuse.
+REALS = (1.0, 0.3, -0.7, 0.0, 2, math.inf, math.nan, "1", None)
+PROBABILITIES = (0.5, 0.0, 1.0, 0.1, 0.999, -0.1, 1.5, math.nan, "0.5")
+SEEDS = (0, 1, 12345, 2**63, 2**64 - 1, np.uint64(7), -1, 2**64, 1.0, None, True)
+
+
+@st.composite
+def elu_calls(draw):
+    dtype, _ = dtypes(draw)
+    return Call("elu", (draw(arrays(any_shape(draw), dtype)),), dict(alpha=draw(st.sampled_from(REALS))))
+
+
+@st.composite
+def elu_backward_calls(draw):
+    forward = draw(elu_calls())
+    x = forward.args[0]
+    _, other = dtypes(draw)
+    return Call("elu_backward", (gradient(draw, x[1].shape, x[1].shape, other), x), forward.kwargs)
+
+
+@st.composite
+def prelu_calls(draw):
+    dtype, other = dtypes(draw)
+    shape = any_shape(draw)
+    channels = shape[1] if len(shape) >= 2 else 1
+    slopes = draw(st.sampled_from((channels, 1, 1, channels + 1, 0)))
+    weight_shape = (slopes,) if draw(st.integers(0, 9)) else (slopes, 1)
+    return Call("prelu", (draw(arrays(shape, dtype)), draw(arrays(weight_shape, other))), {})
+
+
+@st.composite
+def prelu_backward_calls(draw):
+    forward = draw(prelu_calls())
+    x, weight = forward.args
+    return Call("prelu_backward", (gradient(draw, x[1].shape, x[1].shape, x[1].dtype), x, weight), {})
+
+
+def unary_calls(op):
+    @st.composite
+    def calls(draw):
+        dtype, _ = dtypes(draw)
+        return Call(op, (draw(arrays(any_shape(draw), dtype)),), {})
+    return calls()
+
+
+def from_output_calls(op):
+    """grad_out and a forward's output y (values in [-1, 1], as sigmoid's and tanh's)."""
+    @st.composite
+    def calls(draw):
+        dtype, other = dtypes(draw)
+        shape = any_shape(draw)
+        y = draw(arrays(shape, dtype, values=lambda rng, s: rng.uniform(-1, 1, s)))
+        return Call(op, (gradient(draw, shape, shape, other), y), {})
+    return calls()
+
+
+@st.composite
+def dropout_calls(draw):
+    dtype, _ = dtypes(draw)
+    return Call("dropout", (draw(arrays(any_shape(draw), dtype)), draw(st.sampled_from(PROBABILITIES)),
+                            draw(st.sampled_from(SEEDS))), {})
+
+
+@st.composite
+def dropout_backward_calls(draw):
+    dtype, _ = dtypes(draw)
+    shape = any_shape(draw)
+    mask_dtype = "uint8" if draw(st.integers(0, 7)) else draw(st.sampled_from(("bool", "int64", "float32")))
+    mask = draw(arrays(shape, mask_dtype, values=lambda rng, s: rng.integers(0, 2, s)))
+    return Call("dropout_backward", (gradient(draw, shape, shape, dtype), mask,
+                                     draw(st.sampled_from(PROBABILITIES))), {})
+
+
 STRATEGIES = {
     "conv1d": conv_calls(1),
     "conv2d": conv_calls(2),
@@ -871,6 +948,16 @@ BACKWARD_STRATEGIES = {
     "matmul": matmul_calls(),
     "batch_norm_train": batch_norm_train_calls(),
     "batch_norm_train_backward": batch_norm_train_backward_calls(),
+    "elu": elu_calls(),
+    "elu_backward": elu_backward_calls(),
+    "prelu": prelu_calls(),
+    "prelu_backward": prelu_backward_calls(),
+    "sigmoid": unary_calls("sigmoid"),
+    "sigmoid_backward": from_output_calls("sigmoid_backward"),
+    "tanh": unary_calls("tanh"),
+    "tanh_backward": from_output_calls("tanh_backward"),
+    "dropout": dropout_calls(),
+    "dropout_backward": dropout_backward_calls(),
 }
 ALL_STRATEGIES = {**STRATEGIES, **BACKWARD_STRATEGIES}
 

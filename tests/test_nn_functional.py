@@ -111,6 +111,15 @@ KERNEL_CASES = {
     "lstm_cell_unbatched": (("lstm_cell", "lstm_cell_backward"),
                             lambda x, h, c, wi, wh, bi, bh: F.lstm_cell(x, h, c, wi, wh, bi, bh),
                             [(4,), (3,), (3,), (12, 4), (12, 3), (12,), (12,)]),
+    # The fused activations and dropout, on every backend.
+    "relu_fused": (("leaky_relu", "leaky_relu_backward"), F.relu, [(3, 4)]),
+    "elu_fused": (("elu", "elu_backward"), lambda x: F.elu(x * 3, 0.7), [(3, 4, 5)]),
+    "prelu_fused_channels": (("prelu", "prelu_backward"), F.prelu, [(2, 3, 2, 2), (3,)]),
+    "prelu_fused_single": (("prelu", "prelu_backward"), F.prelu, [(2, 3), (1,)]),
+    "sigmoid_fused": (("sigmoid", "sigmoid_backward"), lambda x: F.sigmoid(x * 4), [(3, 4, 5)]),
+    "tanh_fused": (("tanh", "tanh_backward"), lambda x: F.tanh(x * 2), [(3, 4, 5)]),
+    "dropout_fused": (("dropout", "dropout_backward"),
+                      lambda x: (pyconv.manual_seed(3), F.dropout(x, 0.3))[1], [(4, 5, 3)]),
 }
 
 
@@ -389,7 +398,7 @@ def test_sigmoid_and_bce_with_logits_are_stable_for_large_inputs():
     (lambda: F.mse_loss(rand((2, 3)), rand((3, 2))), ValueError, r"\(2, 3\) and \(3, 2\)"),
     (lambda: F.binary_cross_entropy(rand((2,)) * 3, rand((2,))), ValueError, r"probabilities in \[0, 1\]"),
     (lambda: F.maxout(rand((2, 5)), 2), ValueError, r"pool_size=2 must divide the size 5"),
-    (lambda: F.prelu(rand((2, 3, 4)), rand((4,))), ValueError, r"weight of shape \(4,\)"),
+    (lambda: F.prelu(rand((2, 3, 4)), rand((4,))), ValueError, r"prelu: weight must have shape \(1,\) or \(3,\).*got \(4,\)"),
     (lambda: F.batch_norm(rand((2, 3)), np.zeros(4), np.ones(4)), ValueError, r"running_mean must have shape \(3,\)"),
     (lambda: F.batch_norm(rand((1, 3)), None, None, training=True), ValueError, "more than one value per channel"),
     (lambda: F.embedding(np.array([0, 5]), rand((4, 2))), ValueError, r"\[0, 4\)"),

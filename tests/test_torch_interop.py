@@ -100,6 +100,17 @@ def _opcheck_samples():
         "batch_norm_train": (x4, _randn(4), None, 1e-5, "cpu"),
         "batch_norm_train_backward": (g(2, 4, 7, 7), x4, g(4), g(4).abs() + 0.5, _randn(4),
                                       "cpu"),
+        "elu": (x4, 0.7, "cpu"),
+        "elu_backward": (g(2, 4, 7, 7), x4, 0.7, "cpu"),
+        "prelu": (x4, _randn(4), "cpu"),
+        "prelu_backward": (g(2, 4, 7, 7), x4, _randn(1), "cpu"),
+        "sigmoid": (x4, "cpu"),
+        "sigmoid_backward": (g(2, 4, 7, 7), torch.sigmoid(g(2, 4, 7, 7)), "cpu"),
+        "tanh": (x4, "cpu"),
+        "tanh_backward": (g(2, 4, 7, 7), torch.tanh(g(2, 4, 7, 7)), "cpu"),
+        "dropout": (x4, 0.3, 5, "cpu"),
+        "dropout_backward": (g(2, 4, 7, 7), (torch.rand(2, 4, 7, 7) > 0.3).to(torch.uint8), 0.3,
+                             "cpu"),
     }
 
 
@@ -170,6 +181,12 @@ GRADCHECK_CASES = {
     "batch_norm_train": (lambda x, w, b: pt.batch_norm_train(x, w, b, eps=1e-3)[0],
                          (_randn(3, 4, 2, 3), _randn(4), _randn(4))),
     "batch_norm_train_no_affine": (lambda x: pt.batch_norm_train(x)[0], (_randn(4, 3, 5),)),
+    "elu": (lambda x: torch.ops.pyconv.elu(x, 0.7, "cpu"), (_randn(3, 4, 5),)),
+    "prelu": (lambda x, w: torch.ops.pyconv.prelu(x, w, "cpu"), (_randn(3, 4, 5), _randn(4))),
+    "prelu_one_slope": (lambda x, w: torch.ops.pyconv.prelu(x, w, "cpu"), (_randn(3, 4, 5), _randn(1))),
+    "sigmoid": (lambda x: torch.ops.pyconv.sigmoid(x, "cpu"), (_randn(3, 4, 5),)),
+    "tanh": (lambda x: torch.ops.pyconv.tanh(x, "cpu"), (_randn(3, 4, 5),)),
+    "dropout": (lambda x: torch.ops.pyconv.dropout(x, 0.4, 9, "cpu")[0], (_randn(3, 4, 5),)),
 }
 
 
@@ -185,7 +202,7 @@ _UNPOOL_IDX = TF.max_pool2d(torch.randn(1, 2, 6, 6), 2, return_indices=True)[1]
 def test_gradcheck(name):
     fn, inputs = GRADCHECK_CASES[name]
     # Keep the inputs away from the kinks of max and leaky_relu (finite differences straddle them).
-    if name in ("max_pool2d", "leaky_relu"):
+    if name in ("max_pool2d", "leaky_relu", "elu", "prelu", "prelu_one_slope"):
         inputs = tuple(torch.linspace(-3, 3, a.numel(), dtype=torch.float64)[torch.randperm(a.numel())]
                        .reshape(a.shape).requires_grad_() for a in inputs)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
@@ -216,6 +233,12 @@ def test_functions_match_torch(dtype):
     _close(pt.max_unpool2d(y, i, 3, 2, 1, x.shape), TF.max_unpool2d(y, i, 3, 2, 1, x.shape), dtype)
     _close(pt.avg_pool2d(x, 3, 2, 1, True, False), TF.avg_pool2d(x, 3, 2, 1, True, False), dtype)
     _close(pt.leaky_relu(x, 0.3), TF.leaky_relu(x, 0.3), dtype)
+    pyc = torch.ops.pyconv
+    _close(pyc.elu(x, 0.7, "cpu"), TF.elu(x, 0.7), dtype)
+    slopes = torch.randn(4, dtype=dtype)
+    _close(pyc.prelu(x, slopes, "cpu"), TF.prelu(x, slopes), dtype)
+    _close(pyc.sigmoid(x, "cpu"), torch.sigmoid(x), dtype)
+    _close(pyc.tanh(x, "cpu"), torch.tanh(x), dtype)
     a, b = x[0, 0], x[1, 1]  # (9, 8) each
     _close(pt.matmul(a, b, trans_b=True), a @ b.T, dtype)
     _close(pt.matmul(a, b, trans_a=True), a.T @ b, dtype)

@@ -8,6 +8,8 @@
 
 #include "common/denormals.h"
 #include "common/prelude.h"
+#include "common/simd.h"
+#include "elementwise/exp.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -31,6 +33,163 @@ void leaky_relu_backward(int64_t n, const T* grad_y, const T* x, T negative_slop
 #pragma omp parallel for simd num_threads(num_threads()) schedule(static) firstprivate(ftz) \
     if (n >= kParallelElementwise)
     for (int64_t i = 0; i < n; ++i) grad_x[i] = x[i] > T(0) ? grad_y[i] : grad_y[i] * negative_slope;
+}
+
+// ---- Smooth activations: ELU, sigmoid, tanh --------------------------------------------------
+//
+// Written on SIMD vectors (the vectorised e^x of elementwise/exp.h; the compiler cannot
+// vectorise std::exp). The last, partial vector goes through the same vector code on a
+// zero-padded copy, so that every element sees the same arithmetic wherever it sits and
+// however the array is split between threads.
+
+// out[i] = op(in[i]...) for the n elements of each input; op maps vectors to a vector.
+template <class T, class Op, class... In>
+void map_vectors(int64_t n, T* out, Op op, const In*... in) {
+    using S = Simd<T>;
+    constexpr int L = S::lanes;
+    const int64_t vectors = n / L;
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (n >= kParallelElementwise)
+    for (int64_t v = 0; v < vectors; ++v) S::store(out + v * L, op(S::load(in + v * L)...));
+    const int64_t done = vectors * L, tail = n - done;
+    if (tail == 0) return;
+    auto padded = [&](const T* p) {
+        T lanes[L] = {};
+        std::memcpy(lanes, p + done, size_t(tail) * sizeof(T));
+        return S::load(lanes);
+    };
+    T result[L];
+    S::store(result, op(padded(in)...));
+    std::memcpy(out + done, result, size_t(tail) * sizeof(T));
+}
+
+// The vector functions, as small structs rather than lambdas: their operator() is compiled
+// with this build's target ISA and inlined into the loop (a lambda's conversion to a function
+// pointer would be a function that passes vectors by the baseline ABI).
+#define PYCONV_VECTOR_OP inline __attribute__((always_inline)) typename Simd<T>::V operator()
+
+// y = x where x > 0, else alpha (e^x - 1), as torch.nn.functional.elu.
+template <class T>
+struct Elu {
+    T alpha;
+    PYCONV_VECTOR_OP(typename Simd<T>::V x) const { return x > T(0) ? x : alpha * expm1_full<T>(x); }
+};
+
+// grad_x = grad_y where x > 0, else grad_y alpha e^x (PyTorch's elu_backward from the input).
+template <class T>
+struct EluBackward {
+    T alpha;
+    PYCONV_VECTOR_OP(typename Simd<T>::V g, typename Simd<T>::V x) const {
+        return x > T(0) ? g : g * (alpha * exp_full<T>(x));
+    }
+};
+
+// y = 1 / (1 + e^-x): 0 at -inf, 1 at inf, relative accuracy kept for large negative x.
+template <class T>
+struct Sigmoid {
+    PYCONV_VECTOR_OP(typename Simd<T>::V x) const { return T(1) / (T(1) + exp_full<T>(-x)); }
+};
+
+// grad_x = grad_y (1 - y) y, from the forward's output y.
+template <class T>
+struct SigmoidBackward {
+    PYCONV_VECTOR_OP(typename Simd<T>::V g, typename Simd<T>::V y) const { return g * (T(1) - y) * y; }
+};
+
+// tanh x = -m / (2 + m) with m = e^(-2|x|) - 1, the sign of x put back: no cancellation near
+// 0 (m is accurate there), +-1 for |x| -> inf, NaN for NaN, -0 for -0.
+template <class T>
+struct Tanh {
+    PYCONV_VECTOR_OP(typename Simd<T>::V x) const {
+        using S = Simd<T>;
+        using V = typename S::V;
+        using I = typename S::I;
+        const I sign = I(S::splat(T(-0.0)));
+        const V m = expm1_full<T>(V(I(x) & ~sign) * T(-2));
+        const V t = -m / (T(2) + m);
+        return V((I(t) & ~sign) | (I(x) & sign));
+    }
+};
+
+// grad_x = grad_y (1 - y^2), from the forward's output y.
+template <class T>
+struct TanhBackward {
+    PYCONV_VECTOR_OP(typename Simd<T>::V g, typename Simd<T>::V y) const { return g * (T(1) - y * y); }
+};
+
+#undef PYCONV_VECTOR_OP
+
+template <class T>
+void elu(int64_t n, const T* x, T alpha, T* y) { map_vectors<T>(n, y, Elu<T>{alpha}, x); }
+
+template <class T>
+void elu_backward(int64_t n, const T* grad_y, const T* x, T alpha, T* grad_x) {
+    map_vectors<T>(n, grad_x, EluBackward<T>{alpha}, grad_y, x);
+}
+
+template <class T>
+void sigmoid(int64_t n, const T* x, T* y) { map_vectors<T>(n, y, Sigmoid<T>{}, x); }
+
+template <class T>
+void sigmoid_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {
+    map_vectors<T>(n, grad_x, SigmoidBackward<T>{}, grad_y, y);
+}
+
+template <class T>
+void tanh_forward(int64_t n, const T* x, T* y) { map_vectors<T>(n, y, Tanh<T>{}, x); }
+
+template <class T>
+void tanh_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {
+    map_vectors<T>(n, grad_x, TanhBackward<T>{}, grad_y, y);
+}
+
+// ---- PReLU: a learned slope per channel ------------------------------------------------------
+//
+// x is (N, C, inner) (inner: the product of the axes after the channel); w has C slopes, or
+// one (w_size 1) shared by every channel. Rows (n, c) are independent: they are split between
+// threads whole, and the slope's gradient sums each row into its own slot before the rows of a
+// channel are added in order, so the sum does not depend on the number of threads.
+
+template <class T>
+void prelu(int64_t N, int64_t C, int64_t inner, const T* x, const T* w, int64_t w_size, T* y) {
+    FlushDenormals ftz;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (N * C * inner >= kParallelElementwise)
+    for (int64_t row = 0; row < N * C; ++row) {
+        const T slope = w[w_size == 1 ? 0 : row % C];
+        const T* xr = x + row * inner;
+        T* yr = y + row * inner;
+#pragma omp simd
+        for (int64_t i = 0; i < inner; ++i) yr[i] = xr[i] > T(0) ? xr[i] : xr[i] * slope;
+    }
+}
+
+template <class T>
+void prelu_backward(int64_t N, int64_t C, int64_t inner, const T* grad_y, const T* x,
+                    const T* w, int64_t w_size, T* grad_x, T* grad_w) {
+    std::vector<double> row_sums(size_t(N * C));
+    FlushDenormals ftz;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (N * C * inner >= kParallelElementwise)
+    for (int64_t row = 0; row < N * C; ++row) {
+        const T slope = w[w_size == 1 ? 0 : row % C];
+        const T* xr = x + row * inner;
+        const T* gr = grad_y + row * inner;
+        T* gxr = grad_x + row * inner;
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < inner; ++i) {
+            const bool positive = xr[i] > T(0);
+            gxr[i] = positive ? gr[i] : gr[i] * slope;
+            sum += positive ? T(0) : gr[i] * xr[i];
+        }
+        row_sums[size_t(row)] = sum;
+    }
+    std::vector<double> totals(size_t(w_size), 0.0);
+    for (int64_t row = 0; row < N * C; ++row)
+        totals[size_t(w_size == 1 ? 0 : row % C)] += row_sums[size_t(row)];
+    for (int64_t k = 0; k < w_size; ++k) grad_w[k] = T(totals[size_t(k)]);
 }
 
 }  // namespace PYCONV_ISA

@@ -42,6 +42,9 @@ from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, Shap
                    is_foreign_array, shape_of, without_batch)
 from .dense import matmul
 from .elementwise import leaky_relu, leaky_relu_backward
+from .elementwise import (DROPOUT_RESOLUTION, DropoutDraw, dropout, dropout_backward, dropout_draw, elu,
+                          elu_backward, prelu, prelu_backward, sigmoid, sigmoid_backward, tanh,
+                          tanh_backward)
 from .norm import batch_norm_train, batch_norm_train_backward
 from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
@@ -56,4 +59,6 @@ __all__ = [
     "pool_geom", "pool_output_size", "windows_touch_input",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
     "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
+    "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward", "tanh",
+    "tanh_backward", "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",
 ]

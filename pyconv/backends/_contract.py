@@ -65,6 +65,21 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     # Elementwise activations, any shape (ReLU is a slope of 0).
     KernelSpec("leaky_relu", ("x", "negative_slope"), "y, x's shape"),
     KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
+    # Fused activations. prelu's weight is (C,) or (1,) (C = x.shape[1]); sigmoid and tanh
+    # backward take the forward's output y.
+    KernelSpec("elu", ("x", "alpha"), "y, x's shape"),
+    KernelSpec("elu_backward", ("grad_out", "x", "alpha"), "grad_x, x's shape"),
+    KernelSpec("prelu", ("x", "weight"), "y, x's shape"),
+    KernelSpec("prelu_backward", ("grad_out", "x", "weight"), "(grad_x, grad_weight)"),
+    KernelSpec("sigmoid", ("x",), "y, x's shape"),
+    KernelSpec("sigmoid_backward", ("grad_out", "y"), "grad_x, y's shape"),
+    KernelSpec("tanh", ("x",), "y, x's shape"),
+    KernelSpec("tanh_backward", ("grad_out", "y"), "grad_x, y's shape"),
+    # Dropout: Philox4x32-10 keyed by seed (an int in [0, 2^64)), element i reading word i % 4
+    # of block i // 4; kept where the word's top 24 bits are below keep_threshold.
+    KernelSpec("dropout", ("x", "keep_threshold", "scale", "seed"),
+               "(y, mask (uint8 0 / 1, x's shape))"),
+    KernelSpec("dropout_backward", ("grad_out", "mask", "scale"), "grad_x, mask's shape"),
     # Rotated boxes (cx, cy, w, h, angle in degrees, counter-clockwise on an image).
     KernelSpec("box_iou_rotated", ("boxes1", "boxes2"), "(N, M)"),
     KernelSpec("nms_rotated", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
@@ -105,6 +120,16 @@ OPS: dict[str, tuple[str, ...]] = {
     "matrix_nms": ("matrix_nms",),
     "leaky_relu": ("leaky_relu",),
     "leaky_relu_backward": ("leaky_relu_backward",),
+    "elu": ("elu",),
+    "elu_backward": ("elu_backward",),
+    "prelu": ("prelu",),
+    "prelu_backward": ("prelu_backward",),
+    "sigmoid": ("sigmoid",),
+    "sigmoid_backward": ("sigmoid_backward",),
+    "tanh": ("tanh",),
+    "tanh_backward": ("tanh_backward",),
+    "dropout": ("dropout",),
+    "dropout_backward": ("dropout_backward",),
     "box_iou_rotated": ("box_iou_rotated",),
     "nms_rotated": ("nms_rotated",),
     "matmul": ("matmul",),

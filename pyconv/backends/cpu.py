@@ -221,3 +221,76 @@ def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
     grad_weight, grad_bias = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
     _C.batch_norm_backward(grad_out, x, mean, invstd, weight, grad_x, grad_weight, grad_bias)
     return grad_x, grad_weight, grad_bias
+
+
+# Fused activations and dropout (csrc/elementwise).
+
+
+@backend.register
+def elu(x, alpha):
+    y = np.empty_like(x)
+    _C.elu(x, alpha, y)
+    return y
+
+
+@backend.register
+def elu_backward(grad_out, x, alpha):
+    grad_x = np.empty_like(x)
+    _C.elu_backward(grad_out, x, alpha, grad_x)
+    return grad_x
+
+
+@backend.register
+def prelu(x, weight):
+    y = np.empty_like(x)
+    _C.prelu(x, weight, y)
+    return y
+
+
+@backend.register
+def prelu_backward(grad_out, x, weight):
+    grad_x, grad_weight = np.empty_like(x), np.empty_like(weight)
+    _C.prelu_backward(grad_out, x, weight, grad_x, grad_weight)
+    return grad_x, grad_weight
+
+
+@backend.register
+def sigmoid(x):
+    y = np.empty_like(x)
+    _C.sigmoid(x, y)
+    return y
+
+
+@backend.register
+def sigmoid_backward(grad_out, y):
+    grad_x = np.empty_like(y)
+    _C.sigmoid_backward(grad_out, y, grad_x)
+    return grad_x
+
+
+@backend.register
+def tanh(x):
+    y = np.empty_like(x)
+    _C.tanh(x, y)
+    return y
+
+
+@backend.register
+def tanh_backward(grad_out, y):
+    grad_x = np.empty_like(y)
+    _C.tanh_backward(grad_out, y, grad_x)
+    return grad_x
+
+
+@backend.register
+def dropout(x, keep_threshold, scale, seed):
+    y, mask = np.empty_like(x), np.empty(x.shape, np.uint8)
+    _C.dropout(x, seed, keep_threshold, scale, y, mask)
+    return y, mask
+
+
+@backend.register
+def dropout_backward(grad_out, mask, scale):
+    grad_x = np.empty_like(grad_out)
+    _C.dropout_backward(grad_out, mask, scale, grad_x)
+    return grad_x

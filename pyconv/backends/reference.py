@@ -486,6 +486,104 @@ def leaky_relu_backward(grad_out, x, negative_slope):
         return np.where(x > 0, grad_out, grad_out * x.dtype.type(negative_slope))
 
 
+@backend.register
+def elu(x, alpha):
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0)))
+
+
+@backend.register
+def elu_backward(grad_out, x, alpha):
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 0, grad_out, grad_out * (x.dtype.type(alpha) * np.exp(np.minimum(x, 0))))
+
+
+def _channel_slopes(x, weight):
+    """weight as an array that broadcasts against x along its channel axis (1)."""
+    return weight.reshape((1, -1) + (1,) * (x.ndim - 2)) if x.ndim >= 2 else weight
+
+
+@backend.register
+def prelu(x, weight):
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 0, x, x * _channel_slopes(x, weight))
+
+
+@backend.register
+def prelu_backward(grad_out, x, weight):
+    with np.errstate(invalid="ignore"):
+        grad_x = np.where(x > 0, grad_out, grad_out * _channel_slopes(x, weight))
+        per_element = np.where(x > 0, 0, grad_out * x)
+    if weight.shape[0] == 1 or x.ndim < 2:
+        grad_weight = per_element.sum(dtype=np.float64).reshape(1)
+    else:
+        grad_weight = per_element.sum(axis=(0,) + tuple(range(2, x.ndim)), dtype=np.float64)
+    return grad_x, grad_weight.astype(x.dtype)
+
+
+@backend.register
+def sigmoid(x):
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+@backend.register
+def sigmoid_backward(grad_out, y):
+    return grad_out * (1 - y) * y
+
+
+@backend.register
+def tanh(x):
+    return np.tanh(x)
+
+
+@backend.register
+def tanh_backward(grad_out, y):
+    return grad_out * (1 - y * y)
+
+
+_PHILOX_M0, _PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10(counters, key):
+    """Philox4x32-10 (Salmon et al., SC 2011): counters (n, 4) and key (k0, k1), 32-bit words
+    -> (n, 4) uint32 words."""
+    c0, c1, c2, c3 = np.asarray(counters, np.uint64).T
+    k0, k1 = int(key[0]), int(key[1])
+    for _ in range(10):
+        p0, p1 = _PHILOX_M0 * c0, _PHILOX_M1 * c2  # 32 x 32 -> 64 bits, exact in uint64
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & _LOW32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & _LOW32)
+        k0, k1 = (k0 + _PHILOX_W0) & 0xFFFFFFFF, (k1 + _PHILOX_W1) & 0xFFFFFFFF
+    return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)
+
+
+def dropout_words(n, seed):
+    """The 32-bit draw of each of n elements: element i takes word i % 4 of block i // 4, the
+    block's counter (i // 4 mod 2^32, i // 4 // 2^32, 0, 0), the key (seed mod 2^32, seed //
+    2^32)."""
+    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    zeros = np.zeros_like(blocks)
+    counters = np.stack([blocks & _LOW32, blocks >> np.uint64(32), zeros, zeros], axis=1)
+    return philox4x32_10(counters, (seed & 0xFFFFFFFF, seed >> 32)).reshape(-1)[:n]
+
+
+@backend.register
+def dropout(x, keep_threshold, scale, seed):
+    mask = ((dropout_words(x.size, seed) >> 8) < keep_threshold).astype(np.uint8).reshape(x.shape)
+    with np.errstate(invalid="ignore"):
+        y = x * np.where(mask == 1, x.dtype.type(scale), x.dtype.type(0))
+    return y, mask
+
+
+@backend.register
+def dropout_backward(grad_out, mask, scale):
+    with np.errstate(invalid="ignore"):
+        return grad_out * np.where(mask == 1, grad_out.dtype.type(scale), grad_out.dtype.type(0))
+
+
 # --------------------------------------------------------------------------------------------
 # Rotated boxes (cx, cy, w, h, angle in degrees). Every backend follows these steps, in float64.
 

@@ -133,6 +133,60 @@ def _leaky_relu_case(name, shape, backward, quick=False):
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
+def _fused_activation_case(op, shape, quick=False):
+    """A fused activation or dropout, forward or backward (op ends in "_backward"), at a
+    layer's activation size, against PyTorch's kernel for the same pass."""
+    channels = shape[1]
+
+    def make(rng):
+        x = _f32(rng, *shape)
+        _, mask = ops.dropout(x, 0.5, 1, backend="reference")
+        return {"x": x, "g": _f32(rng, *shape), "w": np.full(channels, 0.25, np.float32),
+                "y": ops.sigmoid(x, backend="reference") if "sigmoid" in op
+                else ops.tanh(x, backend="reference"), "mask": mask}
+
+    def run(a, be):
+        x, g = a["x"], a["g"]
+        return {
+            "elu": lambda: ops.elu(x, 1.0, backend=be),
+            "elu_backward": lambda: ops.elu_backward(g, x, 1.0, backend=be),
+            "prelu": lambda: ops.prelu(x, a["w"], backend=be),
+            "prelu_backward": lambda: ops.prelu_backward(g, x, a["w"], backend=be),
+            "sigmoid": lambda: ops.sigmoid(x, backend=be),
+            "sigmoid_backward": lambda: ops.sigmoid_backward(g, a["y"], backend=be),
+            "tanh": lambda: ops.tanh(x, backend=be),
+            "tanh_backward": lambda: ops.tanh_backward(g, a["y"], backend=be),
+            "dropout": lambda: ops.dropout(x, 0.5, 1, backend=be),
+            "dropout_backward": lambda: ops.dropout_backward(g, a["mask"], 0.5, backend=be),
+        }[op]()
+
+    def torch_fn(a):
+        torch = _torch()
+        x, g, y = torch.from_numpy(a["x"]), torch.from_numpy(a["g"]), torch.from_numpy(a["y"])
+        w, mask = torch.from_numpy(a["w"]), torch.from_numpy(a["mask"].astype(bool))
+        return {
+            "elu": lambda: torch.nn.functional.elu(x),
+            "elu_backward": lambda: torch.ops.aten.elu_backward(g, 1.0, 1, 1, False, x),
+            "prelu": lambda: torch.nn.functional.prelu(x, w),
+            "prelu_backward": lambda: torch.ops.aten._prelu_kernel_backward(
+                g, x, w.reshape((1, channels) + (1,) * (len(shape) - 2))),
+            "sigmoid": lambda: torch.sigmoid(x),
+            "sigmoid_backward": lambda: torch.ops.aten.sigmoid_backward(g, y),
+            "tanh": lambda: torch.tanh(x),
+            "tanh_backward": lambda: torch.ops.aten.tanh_backward(g, y),
+            "dropout": lambda: torch.native_dropout(x, 0.5, True),
+            "dropout_backward": lambda: torch.ops.aten.native_dropout_backward(g, mask, 2.0),
+        }[op]
+
+    arrays_read = 2 if op.endswith("_backward") else 1
+    moved = 4 * math.prod(shape) * (arrays_read + 1) + (math.prod(shape) if "dropout" in op else 0)
+    name = "x".join(map(str, shape))
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
+_FUSED_OPS = ("elu", "prelu", "sigmoid", "tanh", "dropout")
+
+
 def _matmul_case(name, m, k, n, trans_a=False, trans_b=False, quick=False):
     """op(a) (m, k) @ op(b) (k, n), the transposed operands as stored (a dense layer's x W^T
     is trans_b, its weight gradient g^T x trans_a)."""
@@ -409,6 +463,10 @@ def cases(quick: bool) -> list[Case]:
         _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=False),
         _leaky_relu_case("8x64x56x56", (8, 64, 56, 56), backward=False, quick=True),
         _leaky_relu_case("32x64x56x56", (32, 64, 56, 56), backward=True),
+        # The fused activations and dropout at a DCGAN layer's activation sizes.
+        *(_fused_activation_case(f"{op}{suffix}", shape, quick=shape[1] == 64)
+          for op in _FUSED_OPS for suffix in ("", "_backward")
+          for shape in ((64, 64, 14, 14), (64, 128, 7, 7))),
         _matmul_case("LeNet fc1 x W^T 64x400 -> 120", 64, 400, 120, trans_b=True, quick=True),
         _matmul_case("LeNet fc1 grad_w g^T x 120x64 . 64x400", 120, 64, 400, trans_a=True),
         _matmul_case("1024x1024 . (1024x1024)^T", 1024, 1024, 1024, trans_b=True),

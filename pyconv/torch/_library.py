@@ -31,7 +31,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _get_disp
 from .. import _spec, ops
 from ..backends import LstmSaved
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64,
+                 torch.uint8: np.uint8}  # uint8: dropout's mask
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,6 +698,184 @@ def _leaky_relu_backward(ctx, grad):
 leaky_relu.register_autograd(_leaky_relu_backward, setup_context=_leaky_relu_setup)
 
 
+# Fused activations and dropout: forward operators differentiable through their backward
+# operators; sigmoid and tanh save their output, elu and prelu their input.
+
+
+@torch.library.custom_op("pyconv::elu", mutates_args=())
+def elu(x: Tensor, alpha: float, backend: str) -> Tensor:
+    return _run(ops.elu, x, alpha, backend=backend)
+
+
+@elu.register_fake
+def _(x, alpha, backend):
+    _spec.elu(_shape(x), alpha)
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::elu_backward", mutates_args=())
+def elu_backward(grad_out: Tensor, x: Tensor, alpha: float, backend: str) -> Tensor:
+    return _run(ops.elu_backward, grad_out, x, alpha, backend=backend)
+
+
+@elu_backward.register_fake
+def _(grad_out, x, alpha, backend):
+    _spec.elu_backward(_shape(grad_out), _shape(x), alpha)
+    return _new(x, x.shape)
+
+
+def _elu_setup(ctx, inputs, output):
+    x, ctx.alpha, ctx.backend = inputs
+    ctx.save_for_backward(x)
+
+
+def _elu_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return call(elu_backward, grad, x, ctx.alpha, ctx.backend), None, None
+
+
+elu.register_autograd(_elu_backward, setup_context=_elu_setup)
+
+
+@torch.library.custom_op("pyconv::prelu", mutates_args=())
+def prelu(x: Tensor, weight: Tensor, backend: str) -> Tensor:
+    return _run(ops.prelu, x, weight, backend=backend)
+
+
+@prelu.register_fake
+def _(x, weight, backend):
+    _spec.prelu(_shape(x), _shape(weight))
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::prelu_backward", mutates_args=())
+def prelu_backward(grad_out: Tensor, x: Tensor, weight: Tensor,
+                   backend: str) -> tuple[Tensor, Tensor]:
+    """-> (grad_x, grad_weight)."""
+    return _run(ops.prelu_backward, grad_out, x, weight, backend=backend)
+
+
+@prelu_backward.register_fake
+def _(grad_out, x, weight, backend):
+    _spec.prelu_backward(_shape(grad_out), _shape(x), _shape(weight))
+    return _new(x, x.shape), _new(weight, weight.shape)
+
+
+def _prelu_setup(ctx, inputs, output):
+    x, weight, ctx.backend = inputs
+    ctx.save_for_backward(x, weight)
+
+
+def _prelu_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grads = call(prelu_backward, grad, x, weight, ctx.backend)
+    return (*_or_none(grads, ctx.needs_input_grad[:2]), None)
+
+
+prelu.register_autograd(_prelu_backward, setup_context=_prelu_setup)
+
+
+@torch.library.custom_op("pyconv::sigmoid", mutates_args=())
+def sigmoid(x: Tensor, backend: str) -> Tensor:
+    return _run(ops.sigmoid, x, backend=backend)
+
+
+@sigmoid.register_fake
+def _(x, backend):
+    _spec.sigmoid(_shape(x))
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::sigmoid_backward", mutates_args=())
+def sigmoid_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
+    return _run(ops.sigmoid_backward, grad_out, y, backend=backend)
+
+
+@sigmoid_backward.register_fake
+def _(grad_out, y, backend):
+    _spec.sigmoid_backward(_shape(grad_out), _shape(y))
+    return _new(y, y.shape)
+
+
+@torch.library.custom_op("pyconv::tanh", mutates_args=())
+def tanh(x: Tensor, backend: str) -> Tensor:
+    return _run(ops.tanh, x, backend=backend)
+
+
+@tanh.register_fake
+def _(x, backend):
+    _spec.tanh(_shape(x))
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::tanh_backward", mutates_args=())
+def tanh_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
+    return _run(ops.tanh_backward, grad_out, y, backend=backend)
+
+
+@tanh_backward.register_fake
+def _(grad_out, y, backend):
+    _spec.tanh_backward(_shape(grad_out), _shape(y))
+    return _new(y, y.shape)
+
+
+def _save_output(ctx, inputs, output):
+    ctx.backend = inputs[-1]
+    ctx.save_for_backward(output)
+
+
+def _sigmoid_backward(ctx, grad):
+    (y,) = ctx.saved_tensors
+    return call(sigmoid_backward, grad, y, ctx.backend), None
+
+
+def _tanh_backward(ctx, grad):
+    (y,) = ctx.saved_tensors
+    return call(tanh_backward, grad, y, ctx.backend), None
+
+
+sigmoid.register_autograd(_sigmoid_backward, setup_context=_save_output)
+tanh.register_autograd(_tanh_backward, setup_context=_save_output)
+
+
+@torch.library.custom_op("pyconv::dropout", mutates_args=())
+def dropout(x: Tensor, p: float, seed: int, backend: str) -> tuple[Tensor, Tensor]:
+    """-> (y, mask (uint8)); the mask is a function of seed (an int in [0, 2**63) here)."""
+    return _run(ops.dropout, x, p, seed, backend=backend)
+
+
+@dropout.register_fake
+def _(x, p, seed, backend):
+    _spec.dropout(_shape(x), p, seed)
+    return _new(x, x.shape), _new(x, x.shape, torch.uint8)
+
+
+@torch.library.custom_op("pyconv::dropout_backward", mutates_args=())
+def dropout_backward(grad_out: Tensor, mask: Tensor, p: float, backend: str) -> Tensor:
+    return _run(ops.dropout_backward, grad_out, mask, p, backend=backend)
+
+
+@dropout_backward.register_fake
+def _(grad_out, mask, p, backend):
+    _spec.dropout_backward(_shape(grad_out), _shape(mask), p)
+    return _new(grad_out, grad_out.shape)
+
+
+def _dropout_setup(ctx, inputs, output):
+    _x, ctx.p, _seed, ctx.backend = inputs
+    _, mask = output
+    ctx.mark_non_differentiable(mask)
+    ctx.save_for_backward(mask)
+
+
+def _dropout_backward(ctx, grad, _grad_mask):
+    (mask,) = ctx.saved_tensors
+    return call(dropout_backward, grad, mask, ctx.p, ctx.backend), None, None, None
+
+
+dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup)
+
+
 # --------------------------------------------------------------------------------------------
 # Dense
 
@@ -807,4 +986,7 @@ OPERATORS = {
     "leaky_relu_backward": leaky_relu_backward,
     "soft_nms": soft_nms, "diou_nms": diou_nms, "matrix_nms": matrix_nms, "matmul": matmul,
     "batch_norm_train": batch_norm_train, "batch_norm_train_backward": batch_norm_train_backward,
+    "elu": elu, "elu_backward": elu_backward, "prelu": prelu, "prelu_backward": prelu_backward,
+    "sigmoid": sigmoid, "sigmoid_backward": sigmoid_backward, "tanh": tanh,
+    "tanh_backward": tanh_backward, "dropout": dropout, "dropout_backward": dropout_backward,
 }

@@ -1,25 +1,27 @@
 """Activation functions: relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax, log_softmax and
-maxout. leaky_relu runs the selected backend's kernel (pyconv.ops); the others are array code
-on the input's array module (NumPy or CuPy)."""
+maxout. relu, leaky_relu, prelu, elu, sigmoid and tanh run the selected backend's fused kernels
+(pyconv.ops), forward and backward; the others are array code on the input's array module
+(NumPy or CuPy)."""
 from __future__ import annotations
 
-from ... import ops
-from ...autograd import Function, Tensor, array_module, unbroadcast
-from ._util import _channel_shape, _data, _tensor
+from ... import _spec, ops
+from ...autograd import Function, Tensor, array_module
+from ._util import _data, _tensor
 
 __all__ = ["relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax", "log_softmax", "maxout"]
 
 
 class _ReLU(Function):
     def forward(self, x):
-        self.y = array_module(x).maximum(x, 0)
-        return self.y
+        self.x = x
+        return ops.leaky_relu(x, 0.0)
 
     def backward(self, g):
-        return g * (self.y > 0)
+        return ops.leaky_relu_backward(g, self.x, 0.0)
 
 
 def relu(x) -> Tensor:
+    """max(0, x) (the leaky_relu kernel with a slope of 0)."""
     return _ReLU()(x)
 
 
@@ -42,27 +44,18 @@ def leaky_relu(x, negative_slope=0.01) -> Tensor:
 
 class _PReLU(Function):
     def forward(self, x, w):
-        self.x, self.w_shape = x, w.shape
-        self.slope = w.reshape(_channel_shape(x.ndim, w.shape[0]))
-        self.positive = x > 0
-        return array_module(x).where(self.positive, x, x * self.slope)
+        self.x, self.w = x, w
+        return ops.prelu(x, w)
 
     def backward(self, g):
-        xp = array_module(g)
-        gx = xp.where(self.positive, g, g * self.slope) if self.needs_input_grad[0] else None
-        gw = None
-        if self.needs_input_grad[1]:
-            per_channel = unbroadcast(xp.where(self.positive, 0, g * self.x), self.slope.shape)
-            gw = per_channel.reshape(self.w_shape)
-        return gx, gw
+        grad_x, grad_w = ops.prelu_backward(g, self.x, self.w)
+        return (grad_x if self.needs_input_grad[0] else None,
+                grad_w if self.needs_input_grad[1] else None)
 
 
 def prelu(x, weight) -> Tensor:
     """Leaky ReLU with a learned slope per channel (axis 1): weight (C,) or (1,)."""
-    n, xs = _data(weight).shape, _data(x).shape
-    if len(n) != 1 or (n[0] != 1 and (len(xs) < 2 or xs[1] != n[0])):
-        raise ValueError(f"prelu: weight of shape {tuple(n)} must be (1,) or (C,) with C = x.shape[1] "
-                         f"(x.shape={tuple(xs)})")
+    _spec.prelu(_data(x), _data(weight))
     return _PReLU()(x, weight)
 
 
@@ -71,13 +64,11 @@ class _ELU(Function):
         self.alpha = alpha
 
     def forward(self, x):
-        xp = array_module(x)
-        self.positive = x > 0
-        self.y = xp.where(self.positive, x, self.alpha * xp.expm1(xp.minimum(x, 0)))
-        return self.y
+        self.x = x
+        return ops.elu(x, self.alpha)
 
     def backward(self, g):
-        return array_module(g).where(self.positive, g, g * (self.y + self.alpha))
+        return ops.elu_backward(g, self.x, self.alpha)
 
 
 def elu(x, alpha=1.0) -> Tensor:
@@ -87,12 +78,11 @@ def elu(x, alpha=1.0) -> Tensor:
 
 class _Sigmoid(Function):
     def forward(self, x):
-        # 0.5 (1 + tanh(x/2)) equals 1 / (1 + exp(-x)) and never overflows.
-        self.y = 0.5 * (1 + array_module(x).tanh(0.5 * x))
+        self.y = ops.sigmoid(x)
         return self.y
 
     def backward(self, g):
-        return g * self.y * (1 - self.y)
+        return ops.sigmoid_backward(g, self.y)
 
 
 def sigmoid(x) -> Tensor:
@@ -101,11 +91,11 @@ def sigmoid(x) -> Tensor:
 
 class _Tanh(Function):
     def forward(self, x):
-        self.y = array_module(x).tanh(x)
+        self.y = ops.tanh(x)
         return self.y
 
     def backward(self, g):
-        return g * (1 - self.y * self.y)
+        return ops.tanh_backward(g, self.y)
 
 
 def tanh(x) -> Tensor:

@@ -1,23 +1,36 @@
-"""Dropout (Srivastava et al. 2014): random zeroing during training."""
+"""Dropout (Srivastava et al. 2014): random zeroing during training, one fused kernel each way
+(pyconv.ops.dropout draws the mask from a seed and applies it in one pass)."""
 from __future__ import annotations
 
+import numpy as np
+
+from ... import _spec, ops
 from ... import random as _random
-from ...autograd import Tensor, array_module
+from ...autograd import Function, Tensor
 from ._util import _tensor
 
 __all__ = ["dropout"]
 
 
+class _Dropout(Function):
+    def __init__(self, p, seed):
+        self.p, self.seed = p, seed
+
+    def forward(self, x):
+        y, self.mask = ops.dropout(x, self.p, self.seed)
+        return y
+
+    def backward(self, g):
+        return ops.dropout_backward(g, self.mask, self.p)
+
+
 def dropout(x, p=0.5, training=True) -> Tensor:
     """Zeros each element with probability p and scales the rest by 1/(1-p) (training only).
-    The mask comes from pyconv's seeded generator (:func:`pyconv.manual_seed`)."""
-    if not 0 <= p <= 1:
-        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    The mask is a function of a seed drawn from pyconv's generator (:func:`pyconv.manual_seed`)
+    and of the element's position, so it is the same on every backend."""
+    _spec.dropout_draw("dropout", p)
     x = _tensor(x)
     if not training or p == 0:
         return x
-    if p == 1:
-        return x * 0.0
-    keep = _random.generator().random(x.shape) >= p
-    mask = array_module(x.data).asarray(keep.astype(x.dtype) * (1.0 / (1.0 - p)), dtype=x.dtype)
-    return x * Tensor(mask)
+    seed = int(_random.generator().integers(0, 2**64, dtype=np.uint64))
+    return _Dropout(p, seed)(x)

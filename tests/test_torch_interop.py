@@ -100,6 +100,22 @@ def _opcheck_samples():
         "batch_norm_train": (x4, _randn(4), None, 1e-5, "cpu"),
         "batch_norm_train_backward": (g(2, 4, 7, 7), x4, g(4), g(4).abs() + 0.5, _randn(4),
                                       "cpu"),
+        "softmax": (_randn(3, 5), "cpu"),
+        "softmax_backward": (g(3, 5), torch.softmax(g(3, 5), -1), "cpu"),
+        "log_softmax": (_randn(2, 3, 4), "cpu"),
+        "log_softmax_backward": (g(3, 5), torch.log_softmax(g(3, 5), -1), "cpu"),
+        "cross_entropy": (_randn(6, 4), torch.tensor([0, 3, -100, 1, 2, 2]), g(4).abs(), -100,
+                          0.1, "cpu"),
+        "cross_entropy_backward": (g(6), g(6, 4), torch.tensor([0, 3, -100, 1, 2, 2]),
+                                   torch.logsumexp(g(6, 4), -1), None, -100, 0.0, "cpu"),
+        "binary_cross_entropy_with_logits": (_randn(5, 3), torch.rand(5, 3, dtype=torch.float64),
+                                             g(3).abs(), "cpu"),
+        "binary_cross_entropy_with_logits_backward": (g(5, 3), g(5, 3), torch.rand(5, 3, dtype=torch.float64),
+                                                      None, "cpu"),
+        "sgd_step": ([g(3, 2), g(4)], [g(3, 2), g(4)], [g(3, 2), g(4)], 0.1, 0.9, 0.0, True, 0.01,
+                     False, "cpu"),
+        "adam_step": ([g(3, 2), g(4)], [g(3, 2), g(4)], [g(3, 2), g(4)], [g(3, 2).abs(), g(4).abs()],
+                      2, 1e-2, 0.9, 0.999, 1e-8, 0.01, True, "cpu"),
     }
 
 

@@ -665,8 +665,10 @@ def cross_entropy_backward(grad_loss, x, target, lse, weight=None, ignore_index=
 def binary_cross_entropy_with_logits(x, target, pos_weight=None, *, backend=None):
     """Element-wise binary cross-entropy of sigmoid(x) against target, as
     ``torch.nn.functional.binary_cross_entropy_with_logits(..., reduction="none")``, computed
-    stably from the logits: ``(1 - t) x + (1 + (p - 1) t) (log1p(exp(-|x|)) + max(-x, 0))``,
-    p the pos_weight of the column (its last-axis position; 1 where None)."""
+    stably from the logits: ``(1 - t) x + (1 + (p - 1) t) log(1 + exp(-x))``, p the pos_weight
+    of the column (its last-axis position; 1 where None), evaluated per sign of x as
+    ``(1 + (p - 1) t) log1p(exp(-|x|)) + ((1 - t) x if x >= 0 else -p t x)`` so that no two
+    large terms cancel."""
     _spec.binary_cross_entropy_with_logits(x, target, pos_weight)
     loss = _run("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits", backend,
                 (_rows_of(x), _rows_of(target), pos_weight))
@@ -677,7 +679,7 @@ def binary_cross_entropy_with_logits(x, target, pos_weight=None, *, backend=None
 def binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight=None, *,
                                               backend=None):
     """Gradient of :func:`binary_cross_entropy_with_logits` with respect to x:
-    ``grad_out * ((1 - t) - (1 + (p - 1) t) sigmoid(-x))``."""
+    ``grad_out * ((1 - t) - (1 + (p - 1) t) sigmoid(-x))``, evaluated per sign of x."""
     _spec.binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight)
     grad = _run("binary_cross_entropy_with_logits_backward",
                 "binary_cross_entropy_with_logits_backward", backend,

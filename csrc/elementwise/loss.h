@@ -192,8 +192,11 @@ inline void for_column_blocks(int64_t M, int64_t C, Block&& block) {
     }
 }
 
-// loss = (1 - t) x + (1 + (p - 1) t) (log1p(exp(-|x|)) + max(-x, 0)), p = pos_weight[c] (1
-// where pos_weight is nullptr).
+// The binary cross-entropy of logits, (1 - t) x + (1 + (p - 1) t) log(1 + exp(-x)) with p =
+// pos_weight[c] (1 where pos_weight is nullptr), and its gradient, written per sign of x so
+// that no two large terms cancel (with L = log1p(exp(-|x|)), e = exp(-|x|)):
+//   loss = (1 + (p - 1) t) L + ((1 - t) x if x >= 0 else -p t x),
+//   d loss / dx = ((1 - t - p t e) if x >= 0 else (e (1 - t) - p t)) / (1 + e).
 template <class T>
 void bce_with_logits_forward(int64_t M, int64_t C, const T* x, const T* target,
                              const T* pos_weight, T* loss) {
@@ -204,15 +207,14 @@ void bce_with_logits_forward(int64_t M, int64_t C, const T* x, const T* target,
 #pragma omp simd
         for (int64_t c = c0; c < c1; ++c) {
             const T v = xr[c], t = tr[c];
-            const T abs_v = v < T(0) ? -v : v;
-            const T softplus_neg = vlog1p<T>(vexp<T>(-abs_v)) + (v < T(0) ? -v : T(0));
-            const T lw = pos_weight ? T(1) + (pos_weight[c] - T(1)) * t : T(1);
-            lr[c] = (T(1) - t) * v + lw * softplus_neg;
+            const T p = pos_weight ? pos_weight[c] : T(1);
+            const T softplus = vlog1p<T>(vexp<T>(v < T(0) ? v : -v));
+            const T linear = v >= T(0) ? (T(1) - t) * v : -p * t * v;
+            lr[c] = (T(1) + (p - T(1)) * t) * softplus + linear;
         }
     });
 }
 
-// grad_x = grad_y ((1 - t) - (1 + (p - 1) t) sigmoid(-x)), sigmoid(-x) from e = exp(-|x|).
 template <class T>
 void bce_with_logits_backward(int64_t M, int64_t C, const T* grad_y, const T* x,
                               const T* target, const T* pos_weight, T* grad_x) {
@@ -224,10 +226,10 @@ void bce_with_logits_backward(int64_t M, int64_t C, const T* grad_y, const T* x,
 #pragma omp simd
         for (int64_t c = c0; c < c1; ++c) {
             const T v = xr[c], t = tr[c];
+            const T p = pos_weight ? pos_weight[c] : T(1);
             const T e = vexp<T>(v < T(0) ? v : -v);
-            const T sig_neg = (v >= T(0) ? e : T(1)) / (T(1) + e);
-            const T lw = pos_weight ? T(1) + (pos_weight[c] - T(1)) * t : T(1);
-            gx[c] = gr[c] * ((T(1) - t) - lw * sig_neg);
+            const T slope = v >= T(0) ? T(1) - t - p * t * e : e * (T(1) - t) - p * t;
+            gx[c] = gr[c] * (slope / (T(1) + e));
         }
     });
 }

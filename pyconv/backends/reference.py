@@ -718,29 +718,35 @@ def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, labe
     return xp.where(counts, grad, x.dtype.type(0))
 
 
-def _sigmoid_of_minus(x):
-    """sigmoid(-x) = 1 / (1 + exp(x)), from exp(-|x|) so that nothing overflows."""
-    xp = _module_of(x)
-    e = xp.exp(-abs(x))
-    return xp.where(x >= 0, e / (1 + e), 1 / (1 + e))
+def _positive_weights(pos_weight):
+    return 1 if pos_weight is None else pos_weight
 
 
-def _positive_weights(target, pos_weight):
-    return 1 if pos_weight is None else 1 + (pos_weight - 1) * target
+# With p the pos_weight, the loss (1 - t) x + (1 + (p - 1) t) log(1 + exp(-x)) and its
+# gradient are written per sign of x so that no two large terms cancel: with
+# L = log1p(exp(-|x|)) and e = exp(-|x|),
+#   loss = (1 + (p - 1) t) L + ((1 - t) x if x >= 0 else -p t x),
+#   d loss / dx = ((1 - t - p t e) if x >= 0 else (e (1 - t) - p t)) / (1 + e).
 
 
 @backend.register
 def binary_cross_entropy_with_logits(x, target, pos_weight):
     xp = _module_of(x)
+    p = _positive_weights(pos_weight)
     with np.errstate(invalid="ignore", over="ignore"):
-        softplus_neg = xp.log1p(xp.exp(-abs(x))) + xp.maximum(-x, 0)  # log(1 + exp(-x))
-        return (1 - target) * x + _positive_weights(target, pos_weight) * softplus_neg
+        softplus = xp.log1p(xp.exp(-abs(x)))
+        linear = xp.where(x >= 0, (1 - target) * x, -p * target * x)
+        return (1 + (p - 1) * target) * softplus + linear
 
 
 @backend.register
 def binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight):
+    xp = _module_of(x)
+    p = _positive_weights(pos_weight)
     with np.errstate(invalid="ignore", over="ignore"):
-        return grad_out * ((1 - target) - _positive_weights(target, pos_weight) * _sigmoid_of_minus(x))
+        e = xp.exp(-abs(x))
+        slope = xp.where(x >= 0, 1 - target - p * target * e, e * (1 - target) - p * target)
+        return grad_out * (slope / (1 + e))
 
 
 # --------------------------------------------------------------------------------------------

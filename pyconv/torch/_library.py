@@ -944,12 +944,13 @@ binary_cross_entropy_with_logits.register_autograd(_bce_backward, setup_context=
 
 
 @torch.library.custom_op("pyconv::sgd_step", mutates_args=("params", "momentum_buffers"))
-def sgd_step(params: list[Tensor], grads: list[Tensor], momentum_buffers: Optional[list[Tensor]],
+def sgd_step(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],
              lr: float, momentum: float, dampening: float, nesterov: bool, weight_decay: float,
              first_step: bool, backend: str) -> None:
-    arrays = lambda ts: None if ts is None else [to_array(t, "sgd_step") for t in ts]  # noqa: E731
+    """momentum_buffers is an empty list without momentum."""
+    arrays = lambda ts: [to_array(t, "sgd_step") for t in ts]  # noqa: E731
     with _on_stream_of(params[0]) if params else contextlib.nullcontext():
-        ops.sgd_step(arrays(params), arrays(grads), arrays(momentum_buffers), lr, momentum,
+        ops.sgd_step(arrays(params), arrays(grads), arrays(momentum_buffers) or None, lr, momentum,
                      dampening, nesterov, weight_decay, first_step, backend=backend)
 
 

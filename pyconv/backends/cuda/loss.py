@@ -112,22 +112,24 @@ def kernels(dtype):
             t = target[i]
             grad_x[base + t] = dt(grad_x[base + t] - g * (1 - float64(eps)) * row_w)
 
+    # Per sign of x, so that no two large terms cancel (see the reference backend).
     @ks.add("fffnfnn")
     def bce_with_logits_kernel(x, target, pos_weight, has_pos_weight, loss, n, C):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             v, t = x[i], target[i]
-            lw = dt(1) + (pos_weight[i % C] - dt(1)) * t if has_pos_weight else dt(1)
-            softplus_neg = dt(math.log1p(math.exp(-abs(v)))) + (-v if v < 0 else dt(0))
-            loss[i] = (dt(1) - t) * v + lw * softplus_neg
+            p = pos_weight[i % C] if has_pos_weight else dt(1)
+            softplus = dt(math.log1p(math.exp(-abs(v))))
+            linear = (dt(1) - t) * v if v >= 0 else -p * t * v
+            loss[i] = (dt(1) + (p - dt(1)) * t) * softplus + linear
 
     @ks.add("ffffnfnn")
     def bce_with_logits_backward_kernel(grad_y, x, target, pos_weight, has_pos_weight, grad_x, n, C):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             v, t = x[i], target[i]
-            lw = dt(1) + (pos_weight[i % C] - dt(1)) * t if has_pos_weight else dt(1)
-            e = math.exp(-abs(v))
-            sig_neg = (e if v >= 0 else dt(1)) / (dt(1) + e)
-            grad_x[i] = grad_y[i] * ((dt(1) - t) - lw * sig_neg)
+            p = pos_weight[i % C] if has_pos_weight else dt(1)
+            e = dt(math.exp(-abs(v)))
+            slope = dt(1) - t - p * t * e if v >= 0 else e * (dt(1) - t) - p * t
+            grad_x[i] = grad_y[i] * (slope / (dt(1) + e))
 
     return ks
 

@@ -8,7 +8,7 @@ from numba import cuda
 
 from . import backend
 from ._kernel_util import Kernels, per_dtype
-from ._runtime import THREADS, blocks_for, flat, launch, scalar
+from ._runtime import THREADS, blocks_for, dummy, flat, launch, scalar
 
 
 @per_dtype
@@ -59,7 +59,9 @@ def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov,
         if not p.size:
             continue
         s = lambda v: scalar(p.dtype, v)  # noqa: E731
-        buf = flat(momentum_buffers[k]) if momentum else flat(p)
+        # Without momentum the kernel never reads buf: a stand-in (not p itself, which the
+        # simulator would copy back twice).
+        buf = flat(momentum_buffers[k]) if momentum else dummy(p.dtype)
         launch(kernels(p.dtype).sgd_kernel, blocks_for(p.size), THREADS, flat(p), flat(g), buf,
                s(lr), s(momentum), s(1 - dampening), s(weight_decay), int(weight_decay != 0),
                int(momentum != 0), int(dampening != 0), int(nesterov), int(first_step), p.size)

@@ -112,29 +112,27 @@ def _cross_entropy_backward(grad_loss, x, target, weight, has_weight, lse, ignor
         grad_x[i, t] -= g * (1 - eps) * row_w
 
 
-@helper
-def _sigmoid_of_minus(v):
-    e = np.exp(-abs(v))
-    return (e if v >= 0 else 1.0) / (1.0 + e)
-
-
+# Per sign of x, so that no two large terms cancel (see the reference backend).
 @kernel
 def _bce_with_logits(x, target, pos_weight, has_pos_weight, loss):
     for i in prange(x.shape[0]):
         for c in range(x.shape[1]):
             v, t = x[i, c], target[i, c]
-            lw = 1 + (pos_weight[c] - 1) * t if has_pos_weight else 1.0
-            softplus_neg = np.log1p(np.exp(-abs(v))) + max(-v, 0)
-            loss[i, c] = (1 - t) * v + lw * softplus_neg
+            p = pos_weight[c] if has_pos_weight else 1.0
+            softplus = np.log1p(np.exp(-abs(v)))
+            linear = (1 - t) * v if v >= 0 else -p * t * v
+            loss[i, c] = (1 + (p - 1) * t) * softplus + linear
 
 
 @kernel
 def _bce_with_logits_backward(grad_y, x, target, pos_weight, has_pos_weight, grad_x):
     for i in prange(x.shape[0]):
         for c in range(x.shape[1]):
-            t = target[i, c]
-            lw = 1 + (pos_weight[c] - 1) * t if has_pos_weight else 1.0
-            grad_x[i, c] = grad_y[i, c] * ((1 - t) - lw * _sigmoid_of_minus(x[i, c]))
+            v, t = x[i, c], target[i, c]
+            p = pos_weight[c] if has_pos_weight else 1.0
+            e = np.exp(-abs(v))
+            slope = 1 - t - p * t * e if v >= 0 else e * (1 - t) - p * t
+            grad_x[i, c] = grad_y[i, c] * (slope / (1 + e))
 
 
 def _or_placeholder(a, dtype):

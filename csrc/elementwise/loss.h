@@ -26,12 +26,22 @@ inline T row_max(const T* x, int64_t C) {
     return m;
 }
 
-// Sum of exp(x - m) over a row, accumulated in double.
+// Sum of exp(x - m) over a row, accumulated in double. The exponentials go through a block on
+// the stack first: a loop that only computes them vectorises fully, while one that also widens
+// them into a double sum runs several times slower (measured with GCC 12).
+constexpr int64_t kExpBlock = 256;
+
 template <class T>
 inline double row_sum_exp(const T* x, int64_t C, T m) {
+    T e[kExpBlock];
     double s = 0;
+    for (int64_t c0 = 0; c0 < C; c0 += kExpBlock) {
+        const int64_t n = std::min(kExpBlock, C - c0);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) e[j] = vexp<T>(x[c0 + j] - m);
 #pragma omp simd reduction(+ : s)
-    for (int64_t c = 0; c < C; ++c) s += double(vexp<T>(x[c] - m));
+        for (int64_t j = 0; j < n; ++j) s += double(e[j]);
+    }
     return s;
 }
 
@@ -57,13 +67,11 @@ void softmax_forward(int64_t M, int64_t C, const T* x, bool log, T* y) {
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) - log_sum;
         } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) yr[c] = vexp<T>(xr[c] - m);
             double s = 0;
 #pragma omp simd reduction(+ : s)
-            for (int64_t c = 0; c < C; ++c) {
-                const T e = vexp<T>(xr[c] - m);
-                yr[c] = e;
-                s += double(e);
-            }
+            for (int64_t c = 0; c < C; ++c) s += double(yr[c]);
             const T inv = T(1 / s);
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) yr[c] *= inv;

@@ -168,6 +168,15 @@ GRADCHECK_CASES = {
     "batch_norm_train": (lambda x, w, b: pt.batch_norm_train(x, w, b, eps=1e-3)[0],
                          (_randn(3, 4, 2, 3), _randn(4), _randn(4))),
     "batch_norm_train_no_affine": (lambda x: pt.batch_norm_train(x)[0], (_randn(4, 3, 5),)),
+    "softmax": (lambda x: lib.call(lib.softmax, x, "cpu"), (_randn(3, 5),)),
+    "log_softmax": (lambda x: lib.call(lib.log_softmax, x, "cpu"), (_randn(2, 3, 4),)),
+    "cross_entropy": (lambda x: lib.call(lib.cross_entropy, x, torch.tensor([0, 3, -100, 1, 2]),
+                                         torch.tensor([1.0, 0.5, 2.0, 1.5], dtype=torch.float64),
+                                         -100, 0.2, "cpu")[0], (_randn(5, 4),)),
+    "binary_cross_entropy_with_logits": (
+        lambda x: lib.call(lib.binary_cross_entropy_with_logits, x,
+                           torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+                           torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64), "cpu"), (_randn(4, 3),)),
 }
 
 

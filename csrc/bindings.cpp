@@ -280,6 +280,62 @@ void def_op(py::module_& m, const char* op, Body&& body, const Extra&... extra) 
     m.def(op, naming_errors(op, std::function(std::forward<Body>(body))), extra...);
 }
 
+// ---- Rows of classes and lists of tensors (losses, optimiser steps) -----------------------------
+
+// (M, C) of a 2-D array of rows.
+std::vector<int64_t> rows_of(const py::array& x, const char* name) {
+    if (x.ndim() != 2) throw py::value_error(std::string(name) + ": expected shape (M, C)");
+    return {x.shape(0), x.shape(1)};
+}
+
+// The shapes of a list of parameter arrays.
+std::vector<std::vector<int64_t>> shapes_of(const py::list& params) {
+    std::vector<std::vector<int64_t>> shapes;
+    for (size_t k = 0; k < params.size(); ++k) {
+        if (!py::isinstance<py::array>(params[k]))
+            throw py::type_error("params[" + std::to_string(k) + "]: expected an array");
+        const auto a = params[k].cast<py::array>();
+        shapes.emplace_back(a.shape(), a.shape() + a.ndim());
+    }
+    return shapes;
+}
+
+// Data pointers of a list of arrays, entry k checked like `checked` against shapes[k].
+template <class T>
+std::vector<T*> checked_list(const py::list& arrays, const std::vector<std::vector<int64_t>>& shapes,
+                             const char* name, bool writable = false) {
+    if (arrays.size() != shapes.size())
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(shapes.size()) +
+                              " arrays, got " + std::to_string(arrays.size()));
+    std::vector<T*> pointers;
+    for (size_t k = 0; k < shapes.size(); ++k) {
+        const std::string entry = std::string(name) + "[" + std::to_string(k) + "]";
+        if (!py::isinstance<py::array>(arrays[k])) throw py::type_error(entry + ": expected an array");
+        pointers.push_back(checked<T>(arrays[k].cast<py::array>(), shapes[k], entry.c_str(), writable));
+    }
+    return pointers;
+}
+
+std::vector<int64_t> sizes_of(const std::vector<std::vector<int64_t>>& shapes) {
+    std::vector<int64_t> sizes;
+    for (const auto& s : shapes) {
+        int64_t n = 1;
+        for (int64_t d : s) n = checked_mul(n, d);
+        sizes.push_back(n);
+    }
+    return sizes;
+}
+
+// Class targets (M,): each in [0, C) or ignore_index (the kernels index rows with them).
+const int64_t* checked_targets(const py::array& target, int64_t M, int64_t C, int64_t ignore_index) {
+    const int64_t* t = checked<int64_t>(target, {M}, "target");
+    for (int64_t i = 0; i < M; ++i)
+        if (t[i] != ignore_index && (t[i] < 0 || t[i] >= C))
+            throw py::value_error("target: class " + std::to_string(t[i]) + " outside [0, " +
+                                  std::to_string(C) + ")");
+    return t;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -704,6 +760,170 @@ PYBIND11_MODULE(_C, m) {
           py::arg("grad_y"), py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("w"),
           py::arg("grad_x"), py::arg("grad_w"), py::arg("grad_b"),
           "gradients of batch_norm_forward (training) into grad_x, grad_w, grad_b");
+
+    // ---- Softmax and losses over rows (M, C) ---------------------------------------------------
+    for (const bool log : {false, true}) {
+        def_op(m, log ? "log_softmax" : "softmax",
+              [log](Array x, Array y) {
+                  by_dtype(x.dtype(), [&](auto t) {
+                      using T = decltype(t);
+                      const auto shape = rows_of(x, "x");
+                      const T* xp = checked<T>(x, shape, "x");
+                      T* yp = checked<T>(y, shape, "y", true);
+                      without_gil([&] { kernels<T>().softmax_forward(shape[0], shape[1], xp, log, yp); });
+                  });
+              },
+              py::arg("x"), py::arg("y"), "softmax (log_softmax) over each row of x (M, C) into y");
+        def_op(m, log ? "log_softmax_backward" : "softmax_backward",
+              [log](Array grad_y, Array y, Array grad_x) {
+                  by_dtype(y.dtype(), [&](auto t) {
+                      using T = decltype(t);
+                      const auto shape = rows_of(y, "y");
+                      const T* gy = checked<T>(grad_y, shape, "grad_y");
+                      const T* yp = checked<T>(y, shape, "y");
+                      T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                      without_gil([&] {
+                          kernels<T>().softmax_backward(shape[0], shape[1], gy, yp, log, gx);
+                      });
+                  });
+              },
+              py::arg("grad_y"), py::arg("y"), py::arg("grad_x"),
+              "gradient of softmax (log_softmax) given its output y, into grad_x");
+    }
+    def_op(m, "cross_entropy",
+          [](Array x, Array target, Optional weight, int64_t ignore_index, double label_smoothing,
+             Array loss, Array lse) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = rows_of(x, "x");
+                  const int64_t M = shape[0], C = shape[1];
+                  if (C < 1 && M > 0) throw py::value_error("x: needs at least one class");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const int64_t* tp = checked_targets(target, M, C, ignore_index);
+                  const T* wp = checked_or_null<T>(weight, {C}, "weight");
+                  T* lp = checked<T>(loss, {M}, "loss", true);
+                  T* sp = checked<T>(lse, {M}, "lse", true);
+                  without_gil([&] {
+                      kernels<T>().cross_entropy_forward(M, C, xp, tp, wp, ignore_index,
+                                                         label_smoothing, lp, sp);
+                  });
+              });
+          },
+          py::arg("x"), py::arg("target"), py::arg("weight"), py::arg("ignore_index"),
+          py::arg("label_smoothing"), py::arg("loss"), py::arg("lse"),
+          "per-row cross-entropy of x (M, C) against target (M,) into loss, log-sum-exp into lse");
+    def_op(m, "cross_entropy_backward",
+          [](Array grad_loss, Array x, Array target, Optional weight, Array lse,
+             int64_t ignore_index, double label_smoothing, Array grad_x) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = rows_of(x, "x");
+                  const int64_t M = shape[0], C = shape[1];
+                  if (C < 1 && M > 0) throw py::value_error("x: needs at least one class");
+                  const T* gl = checked<T>(grad_loss, {M}, "grad_loss");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const int64_t* tp = checked_targets(target, M, C, ignore_index);
+                  const T* wp = checked_or_null<T>(weight, {C}, "weight");
+                  const T* sp = checked<T>(lse, {M}, "lse");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  without_gil([&] {
+                      kernels<T>().cross_entropy_backward(M, C, gl, xp, tp, wp, sp, ignore_index,
+                                                          label_smoothing, gx);
+                  });
+              });
+          },
+          py::arg("grad_loss"), py::arg("x"), py::arg("target"), py::arg("weight"), py::arg("lse"),
+          py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("grad_x"),
+          "gradient of cross_entropy with respect to x, into grad_x");
+    def_op(m, "binary_cross_entropy_with_logits",
+          [](Array x, Array target, Optional pos_weight, Array loss) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = rows_of(x, "x");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const T* tp = checked<T>(target, shape, "target");
+                  const T* pw = checked_or_null<T>(pos_weight, {shape[1]}, "pos_weight");
+                  T* lp = checked<T>(loss, shape, "loss", true);
+                  without_gil([&] {
+                      kernels<T>().bce_with_logits_forward(shape[0], shape[1], xp, tp, pw, lp);
+                  });
+              });
+          },
+          py::arg("x"), py::arg("target"), py::arg("pos_weight"), py::arg("loss"),
+          "element-wise binary cross-entropy of logits x (M, C) into loss");
+    def_op(m, "binary_cross_entropy_with_logits_backward",
+          [](Array grad_y, Array x, Array target, Optional pos_weight, Array grad_x) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = rows_of(x, "x");
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const T* xp = checked<T>(x, shape, "x");
+                  const T* tp = checked<T>(target, shape, "target");
+                  const T* pw = checked_or_null<T>(pos_weight, {shape[1]}, "pos_weight");
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  without_gil([&] {
+                      kernels<T>().bce_with_logits_backward(shape[0], shape[1], gy, xp, tp, pw, gx);
+                  });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("target"), py::arg("pos_weight"),
+          py::arg("grad_x"), "gradient of binary_cross_entropy_with_logits, into grad_x");
+
+    // ---- Optimiser steps over lists of tensors, in place -------------------------------------
+    def_op(m, "sgd_step",
+          [](const py::list& params, const py::list& grads, Optional momentum_buffers, double lr,
+             double momentum, double dampening, bool nesterov, double weight_decay,
+             bool first_step) {
+              if (params.empty()) return;
+              const auto shapes = shapes_of(params);
+              const auto sizes = sizes_of(shapes);
+              by_dtype(params[0].cast<py::array>().dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto p = checked_list<T>(params, shapes, "params", true);
+                  const auto g = checked_list<T>(grads, shapes, "grads");
+                  std::vector<T*> b;
+                  if (momentum != 0) {
+                      if (momentum_buffers.is_none())
+                          throw py::value_error("momentum_buffers: needed with a momentum");
+                      b = checked_list<T>(momentum_buffers.cast<py::list>(), shapes,
+                                          "momentum_buffers", true);
+                  }
+                  without_gil([&] {
+                      kernels<T>().sgd_step(int64_t(shapes.size()), sizes.data(), p.data(),
+                                            const_cast<const T* const*>(g.data()),
+                                            b.empty() ? nullptr : b.data(), lr, momentum,
+                                            dampening, nesterov, weight_decay, first_step);
+                  });
+              });
+          },
+          py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("lr"),
+          py::arg("momentum"), py::arg("dampening"), py::arg("nesterov"), py::arg("weight_decay"),
+          py::arg("first_step"), "one SGD step over lists of arrays, in place");
+    def_op(m, "adam_step",
+          [](const py::list& params, const py::list& grads, const py::list& exp_avgs,
+             const py::list& exp_avg_sqs, int64_t step, double lr, double beta1, double beta2,
+             double eps, double weight_decay, bool decoupled_weight_decay) {
+              if (params.empty()) return;
+              const auto shapes = shapes_of(params);
+              const auto sizes = sizes_of(shapes);
+              by_dtype(params[0].cast<py::array>().dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto p = checked_list<T>(params, shapes, "params", true);
+                  const auto g = checked_list<T>(grads, shapes, "grads");
+                  const auto m1 = checked_list<T>(exp_avgs, shapes, "exp_avgs", true);
+                  const auto m2 = checked_list<T>(exp_avg_sqs, shapes, "exp_avg_sqs", true);
+                  without_gil([&] {
+                      kernels<T>().adam_step(int64_t(shapes.size()), sizes.data(), p.data(),
+                                             const_cast<const T* const*>(g.data()), m1.data(),
+                                             m2.data(), step, lr, beta1, beta2, eps, weight_decay,
+                                             decoupled_weight_decay);
+                  });
+              });
+          },
+          py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+          py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+          py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
+          "one Adam (AdamW) step over lists of arrays, in place");
 
     // ---- Elementwise -------------------------------------------------------------------------
     def_op(m, "leaky_relu",

@@ -105,6 +105,33 @@ struct KernelsFor {
     void (*batch_norm_backward)(int64_t N, int64_t C, int64_t L, const T* grad_y, const T* x,
                                 const T* mean, const T* invstd, const T* w, T* grad_x,
                                 T* grad_w, T* grad_b);
+
+    // Softmax (log_softmax where `log`) over the rows of x (M, C), and its gradient given y.
+    void (*softmax_forward)(int64_t M, int64_t C, const T* x, bool log, T* y);
+    void (*softmax_backward)(int64_t M, int64_t C, const T* grad_y, const T* y, bool log,
+                             T* grad_x);
+    // Cross-entropy of rows x (M, C) against target (M,) (entries in [0, C) or ignore_index),
+    // class weights (C,) or nullptr, label smoothing eps: loss (M,) and each row's lse (M,).
+    void (*cross_entropy_forward)(int64_t M, int64_t C, const T* x, const int64_t* target,
+                                  const T* weight, int64_t ignore_index, double eps, T* loss,
+                                  T* lse);
+    void (*cross_entropy_backward)(int64_t M, int64_t C, const T* grad_loss, const T* x,
+                                   const int64_t* target, const T* weight, const T* lse,
+                                   int64_t ignore_index, double eps, T* grad_x);
+    // Binary cross-entropy of logits x (M, C) against target (M, C); pos_weight (C,) or nullptr.
+    void (*bce_with_logits_forward)(int64_t M, int64_t C, const T* x, const T* target,
+                                    const T* pos_weight, T* loss);
+    void (*bce_with_logits_backward)(int64_t M, int64_t C, const T* grad_y, const T* x,
+                                     const T* target, const T* pos_weight, T* grad_x);
+    // Optimiser steps over `count` tensors of sizes[k] elements, in place on the parameters
+    // and state buffers (bufs nullptr for SGD without momentum).
+    void (*sgd_step)(int64_t count, const int64_t* sizes, T* const* params,
+                     const T* const* grads, T* const* bufs, double lr, double momentum,
+                     double dampening, bool nesterov, double weight_decay, bool first_step);
+    void (*adam_step)(int64_t count, const int64_t* sizes, T* const* params,
+                      const T* const* grads, T* const* exp_avgs, T* const* exp_avg_sqs,
+                      int64_t step, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, bool decoupled_weight_decay);
     // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
     void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y);
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);

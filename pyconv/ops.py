@@ -39,6 +39,10 @@ __all__ = [
     "matmul", "batch_norm_train", "batch_norm_train_backward",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "dropout", "dropout_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+    "cross_entropy", "cross_entropy_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
+    "sgd_step", "adam_step",
 ]
 
 
@@ -661,3 +665,156 @@ def batch_norm_train_backward(grad_out, x, mean, invstd, weight=None, *, backend
     _spec.batch_norm_train_backward(grad_out, x, mean, invstd, weight)
     return _run("batch_norm_train_backward", "batch_norm_train_backward", backend,
                 (grad_out, x, mean, invstd, weight))
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax and losses over the class axis, the last: x (..., C) runs as rows (M, C).
+
+
+def _rows_of(a):
+    """a (..., C) as (M, C): a view where a is contiguous (a copy otherwise, as _run makes)."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+
+
+def _row_values(a):
+    return a.reshape(-1)
+
+
+@_takes_dlpack
+def softmax(x, *, backend=None):
+    """``exp(x) / sum(exp(x))`` over the last axis of x (..., C), as
+    ``torch.softmax(x, dim=-1)``: one pass per row after its maximum is subtracted."""
+    _spec.softmax(x)
+    return _run("softmax", "softmax", backend, (_rows_of(x),)).reshape(x.shape)
+
+
+@_takes_dlpack
+def softmax_backward(grad_out, y, *, backend=None):
+    """Gradient of :func:`softmax` given its output y: ``y * (grad_out - sum(grad_out * y))``
+    over the last axis."""
+    _spec.softmax_backward(grad_out, y)
+    return _run("softmax_backward", "softmax_backward", backend,
+                (_rows_of(grad_out), _rows_of(y))).reshape(y.shape)
+
+
+@_takes_dlpack
+def log_softmax(x, *, backend=None):
+    """``x - max - log(sum(exp(x - max)))`` over the last axis of x (..., C), as
+    ``torch.log_softmax(x, dim=-1)``."""
+    _spec.softmax(x, op="log_softmax")
+    return _run("log_softmax", "log_softmax", backend, (_rows_of(x),)).reshape(x.shape)
+
+
+@_takes_dlpack
+def log_softmax_backward(grad_out, y, *, backend=None):
+    """Gradient of :func:`log_softmax` given its output y: ``grad_out - exp(y) * sum(grad_out)``
+    over the last axis."""
+    _spec.softmax_backward(grad_out, y, op="log_softmax_backward")
+    return _run("log_softmax_backward", "log_softmax_backward", backend,
+                (_rows_of(grad_out), _rows_of(y))).reshape(y.shape)
+
+
+@_takes_dlpack
+def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, *, backend=None):
+    """Per-row cross-entropy of logits x (..., C) against integer classes target (...), as
+    ``torch.nn.functional.cross_entropy(..., reduction="none")`` with the classes on the last
+    axis: ``-(1 - s) w[t] log_softmax(x)[t] - (s / C) sum_c w[c] log_softmax(x)[c]``, s the
+    label smoothing, w the class weights (ones where None); rows whose target is ignore_index
+    (or whose class weight is 0) give 0. One pass per row, no log-probabilities stored.
+
+    Returns ``(loss (...), lse (...))``, lse each row's log-sum-exp (what
+    :func:`cross_entropy_backward` needs). A "mean" reduction divides the summed loss by the
+    summed ``w[t]`` of the rows not ignored."""
+    ignore_index, eps = _spec.cross_entropy(x, target, weight, ignore_index, label_smoothing)
+    loss, lse = _run("cross_entropy", "cross_entropy", backend,
+                     (_rows_of(x), _row_values(_as_int64(target)), weight), ignore_index, eps)
+    return loss.reshape(x.shape[:-1]), lse.reshape(x.shape[:-1])
+
+
+@_takes_dlpack
+def cross_entropy_backward(grad_loss, x, target, lse, weight=None, ignore_index=-100,
+                           label_smoothing=0.0, *, backend=None):
+    """Gradient of :func:`cross_entropy` with respect to x, given each row's upstream gradient
+    grad_loss (...) and the lse the forward returned: ``grad_loss * (softmax(x) * A - a)`` with
+    a the loss's derivative with respect to log_softmax(x) and A its sum over the row."""
+    ignore_index, eps = _spec.cross_entropy_backward(grad_loss, x, target, lse, weight,
+                                                     ignore_index, label_smoothing)
+    grad = _run("cross_entropy_backward", "cross_entropy_backward", backend,
+                (_row_values(grad_loss), _rows_of(x), _row_values(_as_int64(target)), weight,
+                 _row_values(lse)), ignore_index, eps)
+    return grad.reshape(x.shape)
+
+
+@_takes_dlpack
+def binary_cross_entropy_with_logits(x, target, pos_weight=None, *, backend=None):
+    """Element-wise binary cross-entropy of sigmoid(x) against target, as
+    ``torch.nn.functional.binary_cross_entropy_with_logits(..., reduction="none")``, computed
+    stably from the logits: ``(1 - t) x + (1 + (p - 1) t) log(1 + exp(-x))``, p the pos_weight
+    of the column (its last-axis position; 1 where None), evaluated per sign of x as
+    ``(1 + (p - 1) t) log1p(exp(-|x|)) + ((1 - t) x if x >= 0 else -p t x)`` so that no two
+    large terms cancel."""
+    _spec.binary_cross_entropy_with_logits(x, target, pos_weight)
+    loss = _run("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits", backend,
+                (_rows_of(x), _rows_of(target), pos_weight))
+    return loss.reshape(x.shape)
+
+
+@_takes_dlpack
+def binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight=None, *,
+                                              backend=None):
+    """Gradient of :func:`binary_cross_entropy_with_logits` with respect to x:
+    ``grad_out * ((1 - t) - (1 + (p - 1) t) sigmoid(-x))``, evaluated per sign of x."""
+    _spec.binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight)
+    grad = _run("binary_cross_entropy_with_logits_backward",
+                "binary_cross_entropy_with_logits_backward", backend,
+                (_rows_of(grad_out), _rows_of(x), _rows_of(target), pos_weight))
+    return grad.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser steps: in place, over lists of parameters, gradients and state buffers.
+
+
+def _run_in_place(kernel, backend, lists, *params):
+    """Runs the in-place `kernel` on `lists` of arrays: gradients (read only) may be copied to
+    C-contiguous arrays; parameters and state are the caller's arrays (the spec made sure they
+    are contiguous and writable)."""
+    flat = [a for arrays in lists if arrays is not None for a in arrays]
+    be = _resolve(backend, flat, kernel)
+    if be.array_kind == "cupy":
+        import cupy as xp
+    else:
+        import numpy as xp
+    lists = list(lists)
+    lists[1] = [xp.ascontiguousarray(g) for g in lists[1]]
+    be.kernel(kernel)(*[None if arrays is None else list(arrays) for arrays in lists], *params)
+
+
+@_takes_dlpack
+def sgd_step(params, grads, momentum_buffers=None, lr=1e-3, momentum=0.0, dampening=0.0,
+             nesterov=False, weight_decay=0.0, first_step=False, *, backend=None):
+    """One step of SGD over lists of parameters and their gradients, in place, as
+    ``torch.optim.SGD``: ``g = grad + weight_decay * p``; with momentum,
+    ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` on the first step) and
+    ``g = g + momentum * buf`` (Nesterov) or ``g = buf``; then ``p -= lr * g``. One pass over
+    every element of every parameter. Returns ``(params, momentum_buffers)``, updated."""
+    norm = _spec.sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov,
+                          weight_decay, first_step)
+    _run_in_place("sgd_step", backend,
+                  (params, grads, momentum_buffers if norm[1] else None), *norm)
+    return params, momentum_buffers
+
+
+@_takes_dlpack
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr=1e-3, beta1=0.9, beta2=0.999,
+              eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *, backend=None):
+    """Step number `step` (from 1) of Adam over lists of parameters, gradients and moment
+    estimates, in place, as ``torch.optim.Adam`` (or ``torch.optim.AdamW`` with
+    ``decoupled_weight_decay``): ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``; weight decay adds
+    ``weight_decay * p`` to g, or (decoupled) scales p by ``1 - lr * weight_decay`` first.
+    Returns ``(params, exp_avgs, exp_avg_sqs)``, updated."""
+    norm = _spec.adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps,
+                           weight_decay, decoupled_weight_decay)
+    _run_in_place("adam_step", backend, (params, grads, exp_avgs, exp_avg_sqs), *norm)
+    return params, exp_avgs, exp_avg_sqs

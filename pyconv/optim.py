@@ -1,22 +1,24 @@
-"""Optimisers: SGD (momentum, Nesterov, weight decay) and Adam, with the exact update rules of
-torch.optim.SGD and torch.optim.Adam, so a pyconv model and a PyTorch model that start from the
-same weights and see the same gradients stay equal step after step.
+"""Optimisers: SGD (momentum, dampening, Nesterov, weight decay), Adam and AdamW, with the
+update rules of torch.optim.SGD, torch.optim.Adam and torch.optim.AdamW, so a pyconv model and a
+PyTorch model that start from the same weights and see the same gradients stay equal step after
+step (to rounding: torch orders some operations differently).
 
     opt = pyconv.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     opt.zero_grad(); loss.backward(); opt.step()
 
-Updates run in place on the parameters' arrays (NumPy or CuPy). ``state_dict()`` /
-``load_state_dict()`` hold the per-parameter buffers and step counts, for exact resume.
+A step is one kernel call over every parameter (``pyconv.ops.sgd_step`` / ``adam_step`` on the
+backend of the parameters' arrays, NumPy or CuPy), updating the parameters and the state in
+place. ``state_dict()`` / ``load_state_dict()`` hold the per-parameter buffers and step counts,
+for exact resume.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from . import ops
 from .autograd import Tensor, array_module
 
-__all__ = ["Optimizer", "SGD", "Adam"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
 class Optimizer:
@@ -38,9 +40,16 @@ class Optimizer:
             p.grad = None
 
     def step(self):
-        for p, state in zip(self.params, self.state):
-            if p.grad is not None:
-                self._update(p, p.grad, state)
+        live = [(p, state) for p, state in zip(self.params, self.state) if p.grad is not None]
+        if live:
+            self._step(live)
+
+    def _step(self, live):
+        """Updates every (parameter, state) pair of `live` (those with a gradient). Subclasses
+        override it with one kernel call over all of them, or implement ``_update(p, grad,
+        state)`` for one parameter at a time."""
+        for p, state in live:
+            self._update(p, p.grad, state)
 
     def _update(self, p, grad, state):
         raise NotImplementedError
@@ -80,57 +89,76 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, as torch.optim.SGD (dampening 0):
-    g <- grad + weight_decay * p; buf <- momentum * buf + g (buf = g at the first step);
-    g <- g + momentum * buf with Nesterov, else buf; p <- p - lr * g."""
+    """Stochastic gradient descent, as torch.optim.SGD:
+    g <- grad + weight_decay * p; buf <- momentum * buf + (1 - dampening) * g (buf = g at the
+    first step); g <- g + momentum * buf with Nesterov, else buf; p <- p - lr * g."""
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False, dampening=0.0):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
-        if nesterov and momentum <= 0:
-            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        if momentum < 0 or weight_decay < 0 or dampening < 0:
+            raise ValueError(f"SGD: momentum, weight_decay and dampening must be >= 0, got "
+                             f"{momentum}, {weight_decay}, {dampening}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov=True needs a momentum > 0 and dampening 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        self.dampening = dampening
 
-    def _update(self, p, grad, state):
-        if self.weight_decay:
-            grad = grad + self.weight_decay * p.data
-        if self.momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.copy()
-            else:
-                buf *= self.momentum
-                buf += grad
-            grad = grad + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * grad
+    def _step(self, live):
+        hyper = dict(lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+                     nesterov=self.nesterov, weight_decay=self.weight_decay)
+        if not self.momentum:
+            ops.sgd_step([p.data for p, _ in live], [p.grad for p, _ in live], None, **hyper)
+            return
+        # Parameters whose buffer starts now take it as their gradient: a call of their own.
+        starting = [(p, s) for p, s in live if "momentum_buffer" not in s]
+        going = [(p, s) for p, s in live if "momentum_buffer" in s]
+        for p, s in starting:
+            s["momentum_buffer"] = array_module(p.data).empty_like(p.data)
+        for first_step, group in ((True, starting), (False, going)):
+            if not group:
+                continue
+            ops.sgd_step([p.data for p, _ in group], [p.grad for p, _ in group],
+                         [s["momentum_buffer"] for _, s in group], first_step=first_step, **hyper)
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015), as torch.optim.Adam (weight decay added to the gradient, i.e.
-    L2 regularisation, not AdamW):
+    L2 regularisation; see AdamW for the decoupled form):
     m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
+
+    decoupled_weight_decay = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
         if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas}")
+            raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: eps and weight_decay must be >= 0, got "
+                             f"{eps}, {weight_decay}")
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
 
-    def _update(self, p, grad, state):
-        b1, b2 = self.betas
-        if self.weight_decay:
-            grad = grad + self.weight_decay * p.data
-        if "step" not in state:
-            xp = array_module(p.data)
-            state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
-        state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= b1
-        m += (1 - b1) * grad
-        v *= b2
-        v += (1 - b2) * grad * grad
-        denom = array_module(v).sqrt(v) / math.sqrt(1 - b2 ** t) + self.eps
-        p.data -= (self.lr / (1 - b1 ** t)) * m / denom
+    def _step(self, live):
+        by_step = {}  # parameters that joined later count their own steps: one call per count
+        for p, state in live:
+            if "step" not in state:
+                xp = array_module(p.data)
+                state.update(step=0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+            state["step"] += 1
+            by_step.setdefault(state["step"], []).append((p, state))
+        for t, group in by_step.items():
+            ops.adam_step([p.data for p, _ in group], [p.grad for p, _ in group],
+                          [s["exp_avg"] for _, s in group], [s["exp_avg_sq"] for _, s in group],
+                          t, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                          weight_decay=self.weight_decay,
+                          decoupled_weight_decay=self.decoupled_weight_decay)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as torch.optim.AdamW:
+    p <- p * (1 - lr * weight_decay) before the Adam step, whose gradient has no decay term."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)

@@ -342,6 +342,121 @@ def leaky_relu_backward(shape, slope):
     return build
 
 
+def class_rows(rng, shape, dtype, noncontiguous=False, offset=0.0, specials=False):
+    """Logits (..., C): normal values times 3 around `offset`; with specials, -inf entries in
+    the first row (classes that cannot occur), a NaN in the second row and +inf in the third."""
+    x = array(rng, shape, dtype, noncontiguous) * 3 + dtype(offset)
+    if specials:
+        rows = x.reshape(-1, shape[-1])
+        rows[0, ::2] = -np.inf
+        rows[1, 1] = np.nan
+        rows[2, 0] = np.inf
+    return x
+
+
+def softmax(shape, noncontiguous=False, offset=0.0, specials=False):
+    def build(rng, dtype):
+        return (class_rows(rng, shape, dtype, noncontiguous, offset, specials),), {}
+    return build
+
+
+def softmax_backward(shape, log=False):
+    def build(rng, dtype):
+        x = class_rows(rng, shape, dtype)
+        y = (ops.log_softmax if log else ops.softmax)(x, **REF)
+        return (array(rng, shape, dtype), y), {}
+    return build
+
+
+def class_targets(rng, shape, C, ignore_index=None):
+    t = rng.integers(0, C, shape)
+    if ignore_index is not None and t.size:
+        t.reshape(-1)[::3] = ignore_index
+    return t
+
+
+def cross_entropy(shape, weight=False, label_smoothing=0.0, ignore_index=None, offset=0.0,
+                  specials=False, target_dtype=np.int64):
+    def build(rng, dtype):
+        x = class_rows(rng, shape, dtype, offset=offset, specials=specials)
+        t = class_targets(rng, shape[:-1], shape[-1], ignore_index).astype(target_dtype)
+        if specials:  # the -inf classes of the first row are not its target
+            t.reshape(-1)[0] = 1
+        kwargs = dict(label_smoothing=label_smoothing)
+        if ignore_index is not None:
+            kwargs["ignore_index"] = ignore_index
+        w = (rng.random(shape[-1]) + 0.25).astype(dtype) if weight else None
+        if weight and shape[-1] > 2:
+            w[2] = 0  # a class that counts for nothing
+        return (x, t, w), kwargs
+    return build
+
+
+def cross_entropy_backward(shape, weight=False, label_smoothing=0.0, ignore_index=None, offset=0.0):
+    def build(rng, dtype):
+        (x, t, w), kwargs = cross_entropy(shape, weight, label_smoothing, ignore_index, offset)(rng, dtype)
+        _, lse = ops.cross_entropy(x, t, w, **kwargs, **REF)
+        return (array(rng, shape[:-1], dtype), x, t, lse, w), kwargs
+    return build
+
+
+def logits_and_targets(rng, shape, dtype, binary):
+    """Logits over a wide range (exp(-|x|) from 1 down to underflow) with exact zeros, targets
+    in {0, 1} or soft in [0, 1]."""
+    x = (array(rng, shape, dtype) * 8).astype(dtype)
+    flat = x.reshape(-1)
+    flat[: min(3, flat.size)] = 0
+    if flat.size > 8:
+        flat[3:8] = [40, -40, 120, -120, 1e-3]
+    t = (rng.random(shape) < 0.5) if binary else rng.random(shape)
+    return x, t.astype(dtype)
+
+
+def bce_with_logits(shape, pos_weight=False, binary=True):
+    def build(rng, dtype):
+        x, t = logits_and_targets(rng, shape, dtype, binary)
+        pw = (rng.random(shape[-1]) * 3).astype(dtype) if pos_weight else None
+        return (x, t, pw), {}
+    return build
+
+
+def bce_with_logits_backward(shape, pos_weight=False, binary=True):
+    def build(rng, dtype):
+        (x, t, pw), _ = bce_with_logits(shape, pos_weight, binary)(rng, dtype)
+        return (array(rng, shape, dtype), x, t, pw), {}
+    return build
+
+
+PARAMETER_SHAPES = [(6, 1, 5, 5), (6,), (16, 150), (10,), (3, 7)]  # a small network's
+
+
+def parameters_and_grads(rng, dtype, shapes):
+    params = [array(rng, s, dtype) for s in shapes]
+    grads = [array(rng, s, dtype) for s in shapes]
+    return params, grads
+
+
+def sgd_step(momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, first_step=False,
+             shapes=PARAMETER_SHAPES):
+    def build(rng, dtype):
+        params, grads = parameters_and_grads(rng, dtype, shapes)
+        bufs = [array(rng, s, dtype) for s in shapes] if momentum else None
+        return (params, grads, bufs), dict(lr=0.05, momentum=momentum, dampening=dampening,
+                                           nesterov=nesterov, weight_decay=weight_decay,
+                                           first_step=first_step)
+    return build
+
+
+def adam_step(step=3, weight_decay=0.0, decoupled=False, shapes=PARAMETER_SHAPES):
+    def build(rng, dtype):
+        params, grads = parameters_and_grads(rng, dtype, shapes)
+        m = [array(rng, s, dtype) * 0.1 for s in shapes]
+        v = [np.abs(array(rng, s, dtype)) * 0.01 for s in shapes]
+        return (params, grads, m, v, step), dict(lr=1e-2, weight_decay=weight_decay,
+                                                 decoupled_weight_decay=decoupled)
+    return build
+
+
 def smooth_input(rng, shape, dtype, spread, noncontiguous=False):
     """activation_input times `spread` (past the overflow point of exp at 100), with -0 and
     values near 0 where e^x - 1 must keep its relative accuracy."""
@@ -852,6 +967,104 @@ CASES = {
         "vectors": batch_norm_train_backward((7, 5)),
         "dcgan_rows": cpu_path(batch_norm_train_backward((8, 16, 14, 14))),
     },
+    "softmax": {
+        "rows": softmax((5, 7)),
+        "batched": softmax((2, 3, 10)),
+        "vector": softmax((9,)),
+        "noncontiguous": softmax((4, 6), noncontiguous=True),
+        "far_from_zero": softmax((3, 8), offset=1000.0),  # the maximum is subtracted first
+        "inf_nan": softmax((4, 9), specials=True),
+        "one_class": softmax((4, 1)),
+        "no_rows": softmax((0, 5)),
+        "no_classes": softmax((3, 0)),
+        "threads_split": cpu_path(softmax((300, 65))),  # past the C++ parallel threshold
+        "long_rows": cpu_path(softmax((3, 5001))),  # whole vectors and a tail
+    },
+    "softmax_backward": {
+        "rows": softmax_backward((5, 7)),
+        "batched": softmax_backward((2, 3, 10)),
+        "no_rows": softmax_backward((0, 5)),
+        "threads_split": cpu_path(softmax_backward((300, 65))),
+    },
+    "log_softmax": {
+        "rows": softmax((5, 7)),
+        "batched": softmax((2, 3, 10)),
+        "vector": softmax((9,)),
+        "noncontiguous": softmax((4, 6), noncontiguous=True),
+        "far_from_zero": softmax((3, 8), offset=-1000.0),
+        "inf_nan": softmax((4, 9), specials=True),
+        "one_class": softmax((4, 1)),
+        "no_rows": softmax((0, 5)),
+        "no_classes": softmax((3, 0)),
+        "threads_split": cpu_path(softmax((300, 65))),
+        "long_rows": cpu_path(softmax((3, 5001))),
+    },
+    "log_softmax_backward": {
+        "rows": softmax_backward((5, 7), log=True),
+        "batched": softmax_backward((2, 3, 10), log=True),
+        "no_rows": softmax_backward((0, 5), log=True),
+        "threads_split": cpu_path(softmax_backward((300, 65), log=True)),
+    },
+    "cross_entropy": {
+        "plain": cross_entropy((8, 5)),
+        "weights": cross_entropy((8, 5), weight=True),
+        "ignore_index": cross_entropy((9, 4), ignore_index=-100),
+        "ignore_a_class": cross_entropy((9, 4), weight=True, ignore_index=1),
+        "label_smoothing": cross_entropy((7, 6), label_smoothing=0.1),
+        "smoothing_weights_ignore": cross_entropy((9, 6), weight=True, label_smoothing=0.3, ignore_index=-1),
+        "far_from_zero": cross_entropy((6, 5), label_smoothing=0.2, offset=500.0),
+        "minus_inf_classes": cross_entropy((5, 6), specials=True),
+        "batched": cross_entropy((2, 3, 4)),
+        "one_row": cross_entropy((7,)),
+        "int32_targets": cross_entropy((6, 3), target_dtype=np.int32),
+        "one_class": cross_entropy((4, 1)),
+        "no_rows": cross_entropy((0, 3)),
+        "threads_split": cpu_path(cross_entropy((3200, 65), weight=True, label_smoothing=0.1)),
+    },
+    "cross_entropy_backward": {
+        "plain": cross_entropy_backward((8, 5)),
+        "weights": cross_entropy_backward((8, 5), weight=True),
+        "ignore_index": cross_entropy_backward((9, 4), ignore_index=-100),
+        "smoothing_weights_ignore": cross_entropy_backward((9, 6), weight=True, label_smoothing=0.3, ignore_index=2),
+        "far_from_zero": cross_entropy_backward((6, 5), label_smoothing=0.2, offset=-500.0),
+        "batched": cross_entropy_backward((2, 3, 4)),
+        "no_rows": cross_entropy_backward((0, 3)),
+        "threads_split": cpu_path(cross_entropy_backward((3200, 65), label_smoothing=0.1)),
+    },
+    "binary_cross_entropy_with_logits": {
+        "column": bce_with_logits((64, 1)),
+        "rows": bce_with_logits((5, 7), binary=False),
+        "pos_weight": bce_with_logits((6, 4), pos_weight=True),
+        "soft_pos_weight": bce_with_logits((3, 2, 5), pos_weight=True, binary=False),
+        "vector": bce_with_logits((9,)),
+        "empty": bce_with_logits((0, 3)),
+        "threads_split": cpu_path(bce_with_logits((5, 9001), pos_weight=True)),  # column blocks
+    },
+    "binary_cross_entropy_with_logits_backward": {
+        "column": bce_with_logits_backward((64, 1)),
+        "pos_weight": bce_with_logits_backward((6, 4), pos_weight=True, binary=False),
+        "empty": bce_with_logits_backward((0, 3)),
+        "threads_split": cpu_path(bce_with_logits_backward((5, 9001), pos_weight=True)),
+    },
+    "sgd_step": {
+        "plain": sgd_step(),
+        "weight_decay": sgd_step(weight_decay=1e-2),
+        "momentum_first_step": sgd_step(momentum=0.9, first_step=True),
+        "momentum": sgd_step(momentum=0.9, weight_decay=1e-3),
+        "dampening": sgd_step(momentum=0.8, dampening=0.3),
+        "nesterov": sgd_step(momentum=0.9, nesterov=True, weight_decay=1e-2),
+        "empty_list": sgd_step(shapes=[]),
+        "empty_tensor": sgd_step(momentum=0.5, shapes=[(0, 3), (4,)]),
+        "threads_split": cpu_path(sgd_step(momentum=0.9, shapes=[(50, 1000), (7,), (20001,)])),
+    },
+    "adam_step": {
+        "first_step": adam_step(step=1),
+        "later_step": adam_step(step=7),
+        "weight_decay": adam_step(weight_decay=1e-2),
+        "decoupled_weight_decay": adam_step(weight_decay=1e-2, decoupled=True),
+        "empty_list": adam_step(shapes=[]),
+        "threads_split": cpu_path(adam_step(shapes=[(50, 1000), (7,), (20001,)])),
+    },
 }
 
 
@@ -905,6 +1118,12 @@ def on_variant():
         pyconv._C.set_isa(saved)
 
 
+def own_copy(arg):
+    """A list of arrays (the tensors an optimiser step updates in place) copied, so that each
+    backend starts from the same values; other arguments as they are."""
+    return [a.copy() for a in arg] if isinstance(arg, list) else arg
+
+
 def assert_same_result(actual, expected, dtype):
     if isinstance(expected, (tuple, list)):
         assert isinstance(actual, (tuple, list)) and len(actual) == len(expected)
@@ -927,8 +1146,10 @@ def test_matches_reference(op, case_id, variant, dtype, on_variant):
     backend = on_variant(variant)
     rng = np.random.default_rng(zlib.crc32(f"{op}/{case_id}".encode()))
     args, kwargs = CASES[op][case_id](rng, dtype)
-    expected = getattr(ops, op)(*args, **kwargs, backend="reference")
-    moved = [on_backend(backend, a) if isinstance(a, np.ndarray) else a for a in args]
+    expected = getattr(ops, op)(*map(own_copy, args), **kwargs, backend="reference")
+    moved = [on_backend(backend, a) if isinstance(a, np.ndarray)
+             else [on_backend(backend, x) for x in a] if isinstance(a, list) else a
+             for a in map(own_copy, args)]
     actual = getattr(ops, op)(*moved, **kwargs, backend=backend)
     assert_same_result(actual, expected, dtype)
 

@@ -7,7 +7,8 @@ import pyconv
 import pyconv.nn as nn
 import pyconv.nn.functional as F
 from pyconv import Tensor
-from pyconv.optim import SGD, Adam
+from pyconv import ops
+from pyconv.optim import SGD, Adam, AdamW
 
 try:
     import torch
@@ -23,8 +24,11 @@ CONFIGS = [
     ("SGD", dict(lr=0.05, momentum=0.9)),
     ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
     ("SGD", dict(lr=0.05, momentum=0.5, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01)),
     ("Adam", dict(lr=0.01)),
     ("Adam", dict(lr=0.003, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01)),
+    ("AdamW", dict(lr=0.003, betas=(0.5, 0.9), eps=1e-6, weight_decay=0.1)),
 ]
 
 
@@ -35,7 +39,7 @@ def test_steps_match_torch(name, kwargs):
     w0 = [rng.standard_normal((3, 4)), rng.standard_normal(4)]
     mine = [Tensor(w.copy(), requires_grad=True) for w in w0]
     theirs = [torch.tensor(w.copy(), requires_grad=True) for w in w0]
-    opt = {"SGD": SGD, "Adam": Adam}[name](mine, **kwargs)
+    opt = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}[name](mine, **kwargs)
     topt = getattr(torch.optim, name)(theirs, **kwargs)
     for step in range(6):
         opt.zero_grad()
@@ -115,3 +119,76 @@ def test_weight_decay_equals_l2_penalty_gradient():
     SGD_a.step()
     SGD_b.step()
     np.testing.assert_allclose(a.data, b.data, rtol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# Every backend's step kernels against the reference's NumPy arithmetic, bit for bit: each
+# element goes through the same roundings (scalars rounded to the dtype first, no fused
+# multiply-adds). Values stay in the normal range (the C++ kernels flush subnormals to zero).
+
+STEP_CASES = {
+    "sgd": dict(lr=0.05),
+    "sgd_momentum_decay": dict(lr=0.05, momentum=0.9, weight_decay=1e-2),
+    "sgd_dampening": dict(lr=0.05, momentum=0.8, dampening=0.3),
+    "sgd_nesterov": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    "adam": dict(lr=1e-2),
+    "adam_decay": dict(lr=1e-2, weight_decay=1e-2),
+    "adamw": dict(lr=1e-2, weight_decay=1e-2, decoupled_weight_decay=True),
+}
+# Numba and C++ on NumPy arrays; the cpu backend under every ISA variant it can run.
+BIT_BACKENDS = [b for b in ("cpu", "numba") if b in pyconv.backends()]
+
+
+def _isas():
+    if "cpu" not in pyconv.backends():
+        return []
+    order = ["avx512", "avx2", "generic"]
+    return order[order.index(pyconv._C.best_isa()):]
+
+
+def _run_steps(backend, case, dtype, steps=4):
+    rng = np.random.default_rng(7)
+    shapes = [(6, 1, 5, 5), (6,), (120, 400), (3, 7), (0,), (20001,)]  # past the split threshold
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    kwargs = dict(STEP_CASES[case])
+    adam = case.startswith("adam")
+    state = [[np.zeros_like(p) for p in params] for _ in range(2 if adam else 1)]
+    for t in range(1, steps + 1):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
+        if adam:
+            ops.adam_step(params, grads, *state, t, **kwargs, backend=backend)
+        else:
+            ops.sgd_step(params, grads, state[0] if kwargs.get("momentum") else None,
+                         first_step=t == 1, **kwargs, backend=backend)
+    return params + [a for arrays in state for a in arrays]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STEP_CASES)
+@pytest.mark.parametrize("backend", BIT_BACKENDS)
+def test_step_kernels_are_bitwise_the_reference(backend, case, dtype):
+    expected = _run_steps("reference", case, dtype)
+    variants = [None] if backend != "cpu" else _isas()
+    saved = pyconv._C.isa() if backend == "cpu" else None
+    try:
+        for isa in variants:
+            if isa is not None:
+                pyconv._C.set_isa(isa)
+            for got, want in zip(_run_steps(backend, case, dtype), expected):
+                np.testing.assert_array_equal(got, want, err_msg=f"{backend}/{isa}")
+    finally:
+        if saved is not None:
+            pyconv._C.set_isa(saved)
+
+
+def test_adam_step_counts_are_per_parameter():
+    """A parameter that got no gradient for a step keeps its own count (as torch.optim)."""
+    a, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(2), requires_grad=True)
+    opt = Adam([a, b], lr=0.1)
+    a.grad, b.grad = np.ones(3), None
+    opt.step()
+    a.grad, b.grad = np.ones(3), np.ones(2)
+    opt.step()
+    assert [s["step"] for s in opt.state] == [2, 1]
+    # Adam's first step moves every element by lr (m/sqrt(v) = 1 after bias correction).
+    np.testing.assert_allclose(b.data, 1 - 0.1, rtol=1e-7)

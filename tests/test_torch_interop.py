@@ -111,6 +111,22 @@ def _opcheck_samples():
         "dropout": (x4, 0.3, 5, "cpu"),
         "dropout_backward": (g(2, 4, 7, 7), (torch.rand(2, 4, 7, 7) > 0.3).to(torch.uint8), 0.3,
                              "cpu"),
+        "softmax": (_randn(3, 5), "cpu"),
+        "softmax_backward": (g(3, 5), torch.softmax(g(3, 5), -1), "cpu"),
+        "log_softmax": (_randn(2, 3, 4), "cpu"),
+        "log_softmax_backward": (g(3, 5), torch.log_softmax(g(3, 5), -1), "cpu"),
+        "cross_entropy": (_randn(6, 4), torch.tensor([0, 3, -100, 1, 2, 2]), g(4).abs(), -100,
+                          0.1, "cpu"),
+        "cross_entropy_backward": (g(6), g(6, 4), torch.tensor([0, 3, -100, 1, 2, 2]),
+                                   torch.logsumexp(g(6, 4), -1), None, -100, 0.0, "cpu"),
+        "binary_cross_entropy_with_logits": (_randn(5, 3), torch.rand(5, 3, dtype=torch.float64),
+                                             g(3).abs(), "cpu"),
+        "binary_cross_entropy_with_logits_backward": (g(5, 3), g(5, 3), torch.rand(5, 3, dtype=torch.float64),
+                                                      None, "cpu"),
+        "sgd_step": ([g(3, 2), g(4)], [g(3, 2), g(4)], [g(3, 2), g(4)], 0.1, 0.9, 0.0, True, 0.01,
+                     False, "cpu"),
+        "adam_step": ([g(3, 2), g(4)], [g(3, 2), g(4)], [g(3, 2), g(4)], [g(3, 2).abs(), g(4).abs()],
+                      2, 1e-2, 0.9, 0.999, 1e-8, 0.01, True, "cpu"),
     }
 
 
@@ -187,6 +203,15 @@ GRADCHECK_CASES = {
     "sigmoid": (lambda x: torch.ops.pyconv.sigmoid(x, "cpu"), (_randn(3, 4, 5),)),
     "tanh": (lambda x: torch.ops.pyconv.tanh(x, "cpu"), (_randn(3, 4, 5),)),
     "dropout": (lambda x: torch.ops.pyconv.dropout(x, 0.4, 9, "cpu")[0], (_randn(3, 4, 5),)),
+    "softmax": (lambda x: lib.call(lib.softmax, x, "cpu"), (_randn(3, 5),)),
+    "log_softmax": (lambda x: lib.call(lib.log_softmax, x, "cpu"), (_randn(2, 3, 4),)),
+    "cross_entropy": (lambda x: lib.call(lib.cross_entropy, x, torch.tensor([0, 3, -100, 1, 2]),
+                                         torch.tensor([1.0, 0.5, 2.0, 1.5], dtype=torch.float64),
+                                         -100, 0.2, "cpu")[0], (_randn(5, 4),)),
+    "binary_cross_entropy_with_logits": (
+        lambda x: lib.call(lib.binary_cross_entropy_with_logits, x,
+                           torch.rand(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+                           torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64), "cpu"), (_randn(4, 3),)),
 }
 
 

@@ -1,6 +1,6 @@
 """One place per op: argument normalisation, validation and output-shape rules, one module
 per op family (conv, pool, lstm, boxes, elementwise,
-dense, norm) over a shared vocabulary (core).
+dense, norm, loss, optim) over a shared vocabulary (core).
 
 Every public op in :mod:`pyconv.ops` calls its spec first; backends receive the checked
 arguments (and the geometry computed here) and never validate again. Error messages name the
@@ -47,6 +47,9 @@ from .elementwise import (DROPOUT_RESOLUTION, DropoutDraw, dropout, dropout_back
                           tanh_backward)
 from .norm import batch_norm_train, batch_norm_train_backward
 from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
+from .loss import (binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_backward,
+                   cross_entropy, cross_entropy_backward, softmax, softmax_backward)
+from .optim import adam_step, sgd_step
 from .pool import (avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d,
                    pool_geom, pool_output_size, windows_touch_input)
 
@@ -61,4 +64,7 @@ __all__ = [
     "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward", "tanh",
     "tanh_backward", "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",
+    "softmax", "softmax_backward", "cross_entropy", "cross_entropy_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
+    "sgd_step", "adam_step",
 ]

@@ -91,6 +91,29 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("batch_norm_train", ("x", "weight", "bias", "eps"), "(y, mean (C,), var (C,))"),
     KernelSpec("batch_norm_train_backward", ("grad_out", "x", "mean", "invstd", "weight"),
                "(grad_x, grad_weight (C,), grad_bias (C,))"),
+
+    # Softmax and losses over the class axis of x (M, C): rows of C classes. target (M,) is
+    # int64, each in [0, C) or equal to ignore_index; weight (C,) or None. cross_entropy's lse
+    # is each row's log-sum-exp, what its backward needs besides x.
+    KernelSpec("softmax", ("x",), "y (M, C)"),
+    KernelSpec("softmax_backward", ("grad_out", "y"), "grad_x (M, C)"),
+    KernelSpec("log_softmax", ("x",), "y (M, C)"),
+    KernelSpec("log_softmax_backward", ("grad_out", "y"), "grad_x (M, C)"),
+    KernelSpec("cross_entropy", ("x", "target", "weight", "ignore_index", "label_smoothing"),
+               "(loss (M,), lse (M,))"),
+    KernelSpec("cross_entropy_backward",
+               ("grad_loss", "x", "target", "weight", "lse", "ignore_index", "label_smoothing"),
+               "grad_x (M, C)"),
+    # Binary cross-entropy of logits x (M, C) against target (M, C); pos_weight (C,) or None.
+    KernelSpec("binary_cross_entropy_with_logits", ("x", "target", "pos_weight"), "loss (M, C)"),
+    KernelSpec("binary_cross_entropy_with_logits_backward",
+               ("grad_out", "x", "target", "pos_weight"), "grad_x (M, C)"),
+    # Optimiser steps over lists of parameters, gradients and state buffers (entry i of every
+    # list has parameter i's shape): parameters and state updated in place.
+    KernelSpec("sgd_step", ("params", "grads", "momentum_buffers", "lr", "momentum", "dampening",
+                            "nesterov", "weight_decay", "first_step"), "None"),
+    KernelSpec("adam_step", ("params", "grads", "exp_avgs", "exp_avg_sqs", "step", "lr", "beta1",
+                             "beta2", "eps", "weight_decay", "decoupled_weight_decay"), "None"),
 )
 
 _CONV_BACKWARD = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
@@ -135,6 +158,16 @@ OPS: dict[str, tuple[str, ...]] = {
     "matmul": ("matmul",),
     "batch_norm_train": ("batch_norm_train",),
     "batch_norm_train_backward": ("batch_norm_train_backward",),
+    "softmax": ("softmax",),
+    "softmax_backward": ("softmax_backward",),
+    "log_softmax": ("log_softmax",),
+    "log_softmax_backward": ("log_softmax_backward",),
+    "cross_entropy": ("cross_entropy",),
+    "cross_entropy_backward": ("cross_entropy_backward",),
+    "binary_cross_entropy_with_logits": ("binary_cross_entropy_with_logits",),
+    "binary_cross_entropy_with_logits_backward": ("binary_cross_entropy_with_logits_backward",),
+    "sgd_step": ("sgd_step",),
+    "adam_step": ("adam_step",),
 }
 
 

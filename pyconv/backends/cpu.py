@@ -294,3 +294,77 @@ def dropout_backward(grad_out, mask, scale):
     grad_x = np.empty_like(grad_out)
     _C.dropout_backward(grad_out, mask, scale, grad_x)
     return grad_x
+
+
+# Fused losses and optimiser steps (csrc/elementwise).
+
+
+@backend.register
+def softmax(x):
+    y = np.empty_like(x)
+    _C.softmax(x, y)
+    return y
+
+
+@backend.register
+def softmax_backward(grad_out, y):
+    grad_x = np.empty_like(y)
+    _C.softmax_backward(grad_out, y, grad_x)
+    return grad_x
+
+
+@backend.register
+def log_softmax(x):
+    y = np.empty_like(x)
+    _C.log_softmax(x, y)
+    return y
+
+
+@backend.register
+def log_softmax_backward(grad_out, y):
+    grad_x = np.empty_like(y)
+    _C.log_softmax_backward(grad_out, y, grad_x)
+    return grad_x
+
+
+@backend.register
+def cross_entropy(x, target, weight, ignore_index, label_smoothing):
+    loss, lse = np.empty(x.shape[0], x.dtype), np.empty(x.shape[0], x.dtype)
+    _C.cross_entropy(x, target, weight, ignore_index, label_smoothing, loss, lse)
+    return loss, lse
+
+
+@backend.register
+def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing):
+    grad_x = np.empty_like(x)
+    _C.cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing,
+                              grad_x)
+    return grad_x
+
+
+@backend.register
+def binary_cross_entropy_with_logits(x, target, pos_weight):
+    loss = np.empty_like(x)
+    _C.binary_cross_entropy_with_logits(x, target, pos_weight, loss)
+    return loss
+
+
+@backend.register
+def binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight):
+    grad_x = np.empty_like(x)
+    _C.binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight, grad_x)
+    return grad_x
+
+
+@backend.register
+def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
+             first_step):
+    _C.sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
+                first_step)
+
+
+@backend.register
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
+              decoupled_weight_decay):
+    _C.adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
+                 decoupled_weight_decay)

@@ -722,3 +722,165 @@ def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
     n = x.size // x.shape[1]
     grad_x = scale.reshape(shape) * (grad_out - (grad_bias.reshape(shape) + xhat * grad_weight.reshape(shape)) / n)
     return grad_x, grad_weight, grad_bias
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax and losses over rows x (M, C). Written with array methods and the module of the
+# arrays (NumPy here; the cuda backend runs the same formulas on CuPy arrays).
+
+
+def _module_of(a):
+    if isinstance(a, np.ndarray):
+        return np
+    import cupy
+
+    return cupy
+
+
+def _shifted(x):
+    """x minus each row's maximum (rows of no classes stay as they are)."""
+    return x - x.max(axis=1, keepdims=True) if x.shape[1] else x
+
+
+@backend.register
+def softmax(x):
+    xp = _module_of(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = xp.exp(_shifted(x))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+@backend.register
+def softmax_backward(grad_out, y):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return y * (grad_out - (grad_out * y).sum(axis=1, keepdims=True))
+
+
+@backend.register
+def log_softmax(x):
+    xp = _module_of(x)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        shifted = _shifted(x)
+        return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+@backend.register
+def log_softmax_backward(grad_out, y):
+    xp = _module_of(y)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return grad_out - xp.exp(y) * grad_out.sum(axis=1, keepdims=True)
+
+
+def _target_weights(target, weight, ignore_index, dtype):
+    """Targets with ignored rows pointed at class 0, and each row's weight w[t] (0 where
+    ignored)."""
+    xp = _module_of(target)
+    keep = target != ignore_index
+    safe = xp.where(keep, target, 0)
+    row_w = keep.astype(dtype) if weight is None else weight[safe] * keep
+    return safe, row_w
+
+
+@backend.register
+def cross_entropy(x, target, weight, ignore_index, label_smoothing):
+    xp = _module_of(x)
+    M, C = x.shape
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = x.max(axis=1, keepdims=True)
+        lse = m + xp.log(xp.exp(x - m).sum(axis=1, keepdims=True))
+        logp = x - lse
+        safe, row_w = _target_weights(target, weight, ignore_index, x.dtype)
+        counts = row_w != 0
+        loss = -logp[xp.arange(M), safe] * row_w
+        if label_smoothing:
+            per_class = logp if weight is None else logp * weight
+            loss = (1 - label_smoothing) * loss + (label_smoothing / C) * -per_class.sum(axis=1)
+        loss = xp.where(counts, loss, x.dtype.type(0))
+    return loss, lse.reshape(M)
+
+
+@backend.register
+def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing):
+    xp = _module_of(x)
+    M, C = x.shape
+    safe, row_w = _target_weights(target, weight, ignore_index, x.dtype)
+    counts = (row_w != 0)[:, None]
+    a = xp.zeros((M, C), x.dtype)  # d loss / d log_softmax(x)
+    a[xp.arange(M), safe] = -(1 - label_smoothing) * row_w
+    if label_smoothing:
+        per_class = xp.ones(C, x.dtype) if weight is None else weight
+        a -= (label_smoothing / C) * per_class
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = xp.exp(x - lse[:, None])
+        grad = grad_loss[:, None] * (a - p * a.sum(axis=1, keepdims=True))
+    return xp.where(counts, grad, x.dtype.type(0))
+
+
+def _positive_weights(pos_weight):
+    return 1 if pos_weight is None else pos_weight
+
+
+# With p the pos_weight, the loss (1 - t) x + (1 + (p - 1) t) log(1 + exp(-x)) and its
+# gradient are written per sign of x so that no two large terms cancel: with
+# L = log1p(exp(-|x|)) and e = exp(-|x|),
+#   loss = (1 + (p - 1) t) L + ((1 - t) x if x >= 0 else -p t x),
+#   d loss / dx = ((1 - t - p t e) if x >= 0 else (e (1 - t) - p t)) / (1 + e).
+
+
+@backend.register
+def binary_cross_entropy_with_logits(x, target, pos_weight):
+    xp = _module_of(x)
+    p = _positive_weights(pos_weight)
+    with np.errstate(invalid="ignore", over="ignore"):
+        softplus = xp.log1p(xp.exp(-abs(x)))
+        linear = xp.where(x >= 0, (1 - target) * x, -p * target * x)
+        return (1 + (p - 1) * target) * softplus + linear
+
+
+@backend.register
+def binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight):
+    xp = _module_of(x)
+    p = _positive_weights(pos_weight)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = xp.exp(-abs(x))
+        slope = xp.where(x >= 0, 1 - target - p * target * e, e * (1 - target) - p * target)
+        return grad_out * (slope / (1 + e))
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser steps, in place, one parameter after another. Python scalars meet the arrays as
+# scalars of the arrays' dtype (NumPy's promotion rules), which the other backends reproduce.
+
+
+@backend.register
+def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
+             first_step):
+    for i, (p, g) in enumerate(zip(params, grads)):
+        if weight_decay:
+            g = g + weight_decay * p
+        if momentum:
+            buf = momentum_buffers[i]
+            if first_step:
+                buf[...] = g
+            else:
+                buf *= momentum
+                buf += (1 - dampening) * g if dampening else g
+            g = g + momentum * buf if nesterov else buf
+        p -= lr * g
+
+
+@backend.register
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
+              decoupled_weight_decay):
+    step_size = lr / (1 - beta1 ** step)
+    bias2_sqrt = math.sqrt(1 - beta2 ** step)
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        if weight_decay and decoupled_weight_decay:
+            p *= 1 - lr * weight_decay
+        elif weight_decay:
+            g = g + weight_decay * p
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * g * g
+        p -= step_size * m / (_module_of(v).sqrt(v) / bias2_sqrt + eps)

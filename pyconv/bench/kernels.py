@@ -236,6 +236,28 @@ def _batch_norm_case(name, shape, backward, quick=False):
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
+def _class_rows_case(op, name, shape, quick=False):
+    """log_softmax or the fused cross-entropy (per-row loss and log-sum-exp) over rows of
+    classes, against torch.log_softmax / torch's cross_entropy(reduction="none")."""
+    def make(rng):
+        return {"x": _f32(rng, *shape), "t": rng.integers(0, shape[1], shape[0])}
+
+    def run(a, be):
+        if op == "log_softmax":
+            return ops.log_softmax(a["x"], backend=be)
+        return ops.cross_entropy(a["x"], a["t"], backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
+        if op == "log_softmax":
+            return lambda: torch.log_softmax(x, -1)
+        return lambda: torch.nn.functional.cross_entropy(x, t, reduction="none")
+
+    moved = 4 * math.prod(shape) * (2 if op == "log_softmax" else 1)
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
 def _lstm_params(rng, I, Hd):
     bound = 1 / math.sqrt(Hd)
     return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
@@ -473,6 +495,8 @@ def cases(quick: bool) -> list[Case]:
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=True, quick=True),
         _batch_norm_case("32x64x56x56", (32, 64, 56, 56), backward=False),
+        _class_rows_case("log_softmax", "char-LSTM 3200x65", (3200, 65), quick=True),
+        _class_rows_case("cross_entropy", "char-LSTM 3200x65", (3200, 65), quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
         _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),

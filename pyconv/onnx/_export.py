@@ -205,6 +205,10 @@ def _with_attrs(op_type, **attr_of):
     return convert
 
 
+def _softmax(b, fn, names, inputs, outs, out_names):
+    b.node("LogSoftmax" if fn.log else "Softmax", names, out_names, axis=fn.axis)
+
+
 def _prelu(b, fn, names, inputs, outs, out_names):
     x, w = inputs
     if id(w) in b.traced:
@@ -341,7 +345,7 @@ CONVERTERS = {
     "_BatchNormTrain": _batch_norm,
     "_ReLU": _simple("Relu"), "_Sigmoid": _simple("Sigmoid"), "_Tanh": _simple("Tanh"),
     "_LeakyReLU": _with_attrs("LeakyRelu", alpha="slope"), "_ELU": _with_attrs("Elu", alpha="alpha"),
-    "_Softmax": _with_attrs("Softmax", axis="axis"), "_LogSoftmax": _with_attrs("LogSoftmax", axis="axis"),
+    "_Softmax": _softmax,
     "_PReLU": _prelu,
     "Add": _simple("Add"), "Sub": _simple("Sub"), "Mul": _simple("Mul"), "Div": _simple("Div"),
     "MatMul": _simple("MatMul"), "Neg": _simple("Neg"), "Exp": _simple("Exp"), "Log": _simple("Log"),

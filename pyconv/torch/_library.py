@@ -20,6 +20,7 @@ is ``same=True`` with ``padding`` ignored; an unneeded gradient is returned as a
 # No ``from __future__ import annotations``: torch.library reads the schemas from the
 # annotations as written.
 import inspect
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -972,6 +973,163 @@ def _batch_norm_backward(ctx, grad, _grad_mean, _grad_var):
 batch_norm_train.register_autograd(_batch_norm_backward, setup_context=_batch_norm_setup)
 
 
+# --------------------------------------------------------------------------------------------
+# Softmax and losses over the last axis
+
+
+def _softmax_operators(name, public, public_backward):
+    """The operator pair of softmax or log_softmax: forward, backward, and the forward's
+    autograd through the backward operator."""
+
+    @torch.library.custom_op(f"pyconv::{name}", mutates_args=())
+    def forward(x: Tensor, backend: str) -> Tensor:
+        return _run(public, x, backend=backend)
+
+    @forward.register_fake
+    def _(x, backend):
+        _spec.softmax(_shape(x), op=name)
+        return _new(x, x.shape)
+
+    @torch.library.custom_op(f"pyconv::{name}_backward", mutates_args=())
+    def backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
+        return _run(public_backward, grad_out, y, backend=backend)
+
+    @backward.register_fake
+    def _(grad_out, y, backend):
+        _spec.softmax_backward(_shape(grad_out), _shape(y), op=f"{name}_backward")
+        return _new(y, y.shape)
+
+    def setup(ctx, inputs, output):
+        ctx.backend = inputs[1]
+        ctx.save_for_backward(output)
+
+    def differentiate(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return call(backward, grad, y, ctx.backend), None
+
+    forward.register_autograd(differentiate, setup_context=setup)
+    return forward, backward
+
+
+softmax, softmax_backward = _softmax_operators("softmax", ops.softmax, ops.softmax_backward)
+log_softmax, log_softmax_backward = _softmax_operators("log_softmax", ops.log_softmax,
+                                                       ops.log_softmax_backward)
+
+
+@torch.library.custom_op("pyconv::cross_entropy", mutates_args=())
+def cross_entropy(x: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                  label_smoothing: float, backend: str) -> tuple[Tensor, Tensor]:
+    """-> (per-row loss, per-row log-sum-exp); only the loss is differentiable (in x)."""
+    return _run(ops.cross_entropy, x, target, weight, ignore_index, label_smoothing,
+                backend=backend)
+
+
+@cross_entropy.register_fake
+def _(x, target, weight, ignore_index, label_smoothing, backend):
+    _spec.cross_entropy(_shape(x), _shape(target), _shape(weight), ignore_index, label_smoothing)
+    return _new(x, x.shape[:-1]), _new(x, x.shape[:-1])
+
+
+@torch.library.custom_op("pyconv::cross_entropy_backward", mutates_args=())
+def cross_entropy_backward(grad_loss: Tensor, x: Tensor, target: Tensor, lse: Tensor,
+                           weight: Optional[Tensor], ignore_index: int, label_smoothing: float,
+                           backend: str) -> Tensor:
+    return _run(ops.cross_entropy_backward, grad_loss, x, target, lse, weight, ignore_index,
+                label_smoothing, backend=backend)
+
+
+@cross_entropy_backward.register_fake
+def _(grad_loss, x, target, lse, weight, ignore_index, label_smoothing, backend):
+    _spec.cross_entropy_backward(*map(_shape, (grad_loss, x, target, lse, weight)), ignore_index,
+                                 label_smoothing)
+    return _new(x, x.shape)
+
+
+def _cross_entropy_setup(ctx, inputs, output):
+    x, target, weight, ctx.ignore_index, ctx.label_smoothing, ctx.backend = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(x, target, weight, lse)
+
+
+def _cross_entropy_backward(ctx, grad, _grad_lse):
+    x, target, weight, lse = ctx.saved_tensors
+    grad_x = call(cross_entropy_backward, grad.contiguous(), x, target, lse, weight,
+                  ctx.ignore_index, ctx.label_smoothing, ctx.backend)
+    return grad_x, None, None, None, None, None
+
+
+cross_entropy.register_autograd(_cross_entropy_backward, setup_context=_cross_entropy_setup)
+
+
+@torch.library.custom_op("pyconv::binary_cross_entropy_with_logits", mutates_args=())
+def binary_cross_entropy_with_logits(x: Tensor, target: Tensor, pos_weight: Optional[Tensor],
+                                     backend: str) -> Tensor:
+    """Element-wise loss; differentiable in x only."""
+    return _run(ops.binary_cross_entropy_with_logits, x, target, pos_weight, backend=backend)
+
+
+@binary_cross_entropy_with_logits.register_fake
+def _(x, target, pos_weight, backend):
+    _spec.binary_cross_entropy_with_logits(_shape(x), _shape(target), _shape(pos_weight))
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::binary_cross_entropy_with_logits_backward", mutates_args=())
+def binary_cross_entropy_with_logits_backward(grad_out: Tensor, x: Tensor, target: Tensor,
+                                              pos_weight: Optional[Tensor], backend: str) -> Tensor:
+    return _run(ops.binary_cross_entropy_with_logits_backward, grad_out, x, target, pos_weight,
+                backend=backend)
+
+
+@binary_cross_entropy_with_logits_backward.register_fake
+def _(grad_out, x, target, pos_weight, backend):
+    _spec.binary_cross_entropy_with_logits_backward(*map(_shape, (grad_out, x, target, pos_weight)))
+    return _new(x, x.shape)
+
+
+def _bce_setup(ctx, inputs, output):
+    x, target, pos_weight, ctx.backend = inputs
+    ctx.save_for_backward(x, target, pos_weight)
+
+
+def _bce_backward(ctx, grad):
+    x, target, pos_weight = ctx.saved_tensors
+    grad_x = call(binary_cross_entropy_with_logits_backward, grad.contiguous(), x, target,
+                  pos_weight, ctx.backend)
+    return grad_x, None, None, None
+
+
+binary_cross_entropy_with_logits.register_autograd(_bce_backward, setup_context=_bce_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser steps: in place on the parameters and the state (torch.optim's own classes are
+# what a torch user steps with; these let such a user run pyconv's kernels on torch tensors).
+
+
+@torch.library.custom_op("pyconv::sgd_step", mutates_args=("params", "momentum_buffers"))
+def sgd_step(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor],
+             lr: float, momentum: float, dampening: float, nesterov: bool, weight_decay: float,
+             first_step: bool, backend: str) -> None:
+    """momentum_buffers is an empty list without momentum."""
+    arrays = lambda ts: [to_array(t, "sgd_step") for t in ts]  # noqa: E731
+    with _on_stream_of(params[0]) if params else contextlib.nullcontext():
+        ops.sgd_step(arrays(params), arrays(grads), arrays(momentum_buffers) or None, lr, momentum,
+                     dampening, nesterov, weight_decay, first_step, backend=backend)
+
+
+@torch.library.custom_op("pyconv::adam_step",
+                         mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+def adam_step(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+              exp_avg_sqs: list[Tensor], step: int, lr: float, beta1: float, beta2: float,
+              eps: float, weight_decay: float, decoupled_weight_decay: bool, backend: str) -> None:
+    arrays = lambda ts: [to_array(t, "adam_step") for t in ts]  # noqa: E731
+    with _on_stream_of(params[0]) if params else contextlib.nullcontext():
+        ops.adam_step(arrays(params), arrays(grads), arrays(exp_avgs), arrays(exp_avg_sqs), step,
+                      lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, backend=backend)
+
+
 # Public op of pyconv.ops -> its operator here (torch.ops.pyconv.<name> is the same object).
 OPERATORS = {
     "conv1d": conv1d, "conv2d": conv2d, "conv1d_backward": conv1d_backward,
@@ -989,4 +1147,10 @@ OPERATORS = {
     "elu": elu, "elu_backward": elu_backward, "prelu": prelu, "prelu_backward": prelu_backward,
     "sigmoid": sigmoid, "sigmoid_backward": sigmoid_backward, "tanh": tanh,
     "tanh_backward": tanh_backward, "dropout": dropout, "dropout_backward": dropout_backward,
+    "softmax": softmax, "softmax_backward": softmax_backward, "log_softmax": log_softmax,
+    "log_softmax_backward": log_softmax_backward, "cross_entropy": cross_entropy,
+    "cross_entropy_backward": cross_entropy_backward,
+    "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
+    "binary_cross_entropy_with_logits_backward": binary_cross_entropy_with_logits_backward,
+    "sgd_step": sgd_step, "adam_step": adam_step,
 }

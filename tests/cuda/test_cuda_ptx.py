@@ -13,7 +13,7 @@ pytestmark = [
                        reason="PTX compilation needs a process without the CUDA simulator"),
 ]
 
-FAMILIES = ["conv", "pool", "lstm", "boxes", "boxes_rotated", "nms_family", "elementwise"]
+FAMILIES = ["conv", "pool", "lstm", "boxes", "boxes_rotated", "nms_family", "elementwise", "loss", "optim"]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ Every kernel of the contract (``pyconv.backends``) runs on the GPU: convolution 
 shared-memory tiled implicit GEMM (``conv.py``), pooling and max-unpooling (``pool.py``), the
 LSTM with CuPy's cuBLAS GEMMs and one fused elementwise kernel per step (``lstm.py``), box
 IoU / bitmask NMS (``boxes.py``), the same for rotated boxes (``boxes_rotated.py``),
-elementwise activations (``elementwise.py``), and CuPy's matmul (``dense.py``) and reductions
+elementwise activations (``elementwise.py``), softmax and losses (``loss.py``),
+optimiser steps (``optim.py``), and CuPy's matmul (``dense.py``) and reductions
 (``norm.py``) for matrix products and batch normalisation. Kernels are launched on CuPy arrays
 through
 ``__cuda_array_interface__`` on CuPy's current stream.
@@ -25,8 +26,10 @@ backend = Backend(
 )
 
 from . import boxes, boxes_rotated, conv, dense, elementwise, lstm, norm, pool  # noqa: E402,F401  (each registers its kernels)
+from . import loss, optim  # noqa: E402,F401
 
 # Every kernel family: a factory dtype -> Kernels, for tools that walk all kernels (PTX).
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,
                    "boxes": boxes.kernels, "nms_family": boxes.nms_family_kernels,
-                   "elementwise": elementwise.kernels, "boxes_rotated": boxes_rotated.kernels}
+                   "elementwise": elementwise.kernels, "boxes_rotated": boxes_rotated.kernels,
+                   "loss": loss.kernels, "optim": optim.kernels}

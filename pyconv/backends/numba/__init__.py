@@ -26,6 +26,7 @@ from .. import Backend
 backend = Backend("numba", "numpy", "Numba JIT kernels (parallel loops; GEMMs through BLAS)")
 
 from . import boxes, boxes_rotated, conv, dense, elementwise, lstm, norm, pool  # noqa: E402,F401  (each registers its kernels)
+from . import loss, optim  # noqa: E402,F401
 
 # One kernel at a time, process-wide: the fork-safe threading layer chosen in _jit.py may be
 # "workqueue", which aborts the process when two threads launch parallel loops at once. A

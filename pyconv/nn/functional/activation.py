@@ -1,7 +1,7 @@
 """Activation functions: relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax, log_softmax and
-maxout. relu, leaky_relu, prelu, elu, sigmoid and tanh run the selected backend's fused kernels
-(pyconv.ops), forward and backward; the others are array code on the input's array module
-(NumPy or CuPy)."""
+maxout. relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax and log_softmax run the selected
+backend's fused kernels (pyconv.ops), forward and backward; maxout is array code on the input's
+array module (NumPy or CuPy)."""
 from __future__ import annotations
 
 from ... import _spec, ops
@@ -103,43 +103,40 @@ def tanh(x) -> Tensor:
 
 
 class _Softmax(Function):
-    def __init__(self, axis):
-        self.axis = axis
+    """softmax, or log_softmax, along one axis: the fused row kernels of pyconv.ops, which run
+    over the last axis (another axis is moved there: a copy in, a view out)."""
+
+    def __init__(self, axis, log):
+        self.axis, self.log = axis, log
 
     def forward(self, x):
-        e = array_module(x).exp(x - x.max(axis=self.axis, keepdims=True))
-        self.y = e / e.sum(axis=self.axis, keepdims=True)
-        return self.y
+        xp = array_module(x)
+        self.scalar = x.ndim == 0
+        if self.scalar:
+            x = x.reshape(1)
+        self.axis = self.axis % x.ndim
+        rows = xp.moveaxis(x, self.axis, -1)
+        self.y = (ops.log_softmax if self.log else ops.softmax)(rows)
+        y = xp.moveaxis(self.y, -1, self.axis)
+        return y.reshape(()) if self.scalar else y
 
     def backward(self, g):
-        y = self.y
-        return y * (g - (g * y).sum(axis=self.axis, keepdims=True))
+        xp = array_module(g)
+        if self.scalar:
+            g = g.reshape(1)
+        backward = ops.log_softmax_backward if self.log else ops.softmax_backward
+        grad = xp.moveaxis(backward(xp.moveaxis(g, self.axis, -1), self.y), -1, self.axis)
+        return grad.reshape(()) if self.scalar else grad
 
 
 def softmax(x, dim=-1) -> Tensor:
-    return _Softmax(dim)(x)
-
-
-def _log_softmax_array(x, axis):
-    xp = array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
-
-
-class _LogSoftmax(Function):
-    def __init__(self, axis):
-        self.axis = axis
-
-    def forward(self, x):
-        self.y = _log_softmax_array(x, self.axis)
-        return self.y
-
-    def backward(self, g):
-        return g - array_module(g).exp(self.y) * g.sum(axis=self.axis, keepdims=True)
+    """exp(x) / sum(exp(x)) along `dim`, as ``torch.softmax``."""
+    return _Softmax(dim, log=False)(x)
 
 
 def log_softmax(x, dim=-1) -> Tensor:
-    return _LogSoftmax(dim)(x)
+    """log(softmax(x)) along `dim`, computed stably, as ``torch.log_softmax``."""
+    return _Softmax(dim, log=True)(x)
 
 
 def maxout(x, pool_size, dim=1) -> Tensor:

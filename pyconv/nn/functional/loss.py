@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import ops
 from ...autograd import Function, Tensor, array_module
 from ._util import _data, _tensor
-from .activation import _log_softmax_array, relu
+from .activation import relu
 
 __all__ = [
     "cross_entropy", "nll_loss", "multi_margin_loss", "mse_loss", "l1_loss", "mean_bias_error",
@@ -81,46 +82,44 @@ def _classes_back(grad, shape):
     return array_module(grad).moveaxis(grad.reshape((shape[0],) + shape[2:] + (shape[1],)), -1, 1)
 
 
+def _grad_per_row(g, reduction, rows, denominator, dtype):
+    """The upstream gradient of a per-row loss (rows,) under `reduction`."""
+    xp = array_module(g)
+    if reduction == "none":
+        return xp.ascontiguousarray(g.reshape(-1), dtype=dtype)
+    scale = g / denominator if reduction == "mean" else g
+    return xp.full(rows, scale, dtype)
+
+
 class _CrossEntropy(Function):
-    """log_softmax + weighted negative log-likelihood (+ label smoothing) in one node. With
-    a = dloss/dlog_softmax, the input gradient is a - softmax * sum(a) (just softmax - one-hot
-    in the plain case)."""
+    """log_softmax + weighted negative log-likelihood (+ label smoothing) in one node, run by
+    the fused kernels of pyconv.ops: the forward is one pass per row of logits, giving the
+    row's loss and log-sum-exp; the backward is one more pass from the logits and that
+    log-sum-exp (no log-probabilities are stored)."""
 
     def __init__(self, target, weight, ignore_index, reduction, label_smoothing):
         self.target, self.weight, self.ignore_index = target, weight, ignore_index
         self.reduction, self.eps = reduction, label_smoothing
 
     def forward(self, x):
-        xp = array_module(x)
         self.input_shape = x.shape
-        self.logp = logp = _log_softmax_array(_classes_last(x), axis=1)
-        self.safe, self.row_w = _target_rows(self.target, self.weight, self.ignore_index, x.dtype)
-        C = logp.shape[1]
-        losses = -logp[xp.arange(logp.shape[0]), self.safe] * self.row_w
-        if self.eps:
-            per_class = logp if self.weight is None else logp * self.weight
-            smooth = -per_class.sum(axis=1) * (self.row_w != 0)
-            losses = (1 - self.eps) * losses + (self.eps / C) * smooth
+        self.rows = _classes_last(x)
+        self.target = self.target.reshape(-1)
+        losses, self.lse = ops.cross_entropy(self.rows, self.target, self.weight,
+                                             self.ignore_index, self.eps)
         if self.reduction == "none":
             return losses.reshape((x.shape[0],) + x.shape[2:])
         if self.reduction == "sum":
             return losses.sum()
-        self.denominator = self.row_w.sum()
+        _, row_w = _target_rows(self.target, self.weight, self.ignore_index, x.dtype)
+        self.denominator = row_w.sum()
         return losses.sum() / self.denominator
 
     def backward(self, g):
-        xp = array_module(g)
-        M, C = self.logp.shape
-        a = xp.zeros((M, C), self.logp.dtype)  # d loss_i / d logp_ic
-        a[xp.arange(M), self.safe] = -(1 - self.eps) * self.row_w
-        if self.eps:
-            per_class = 1 if self.weight is None else self.weight
-            a -= (self.eps / C) * (self.row_w != 0)[:, None] * per_class
-        if self.reduction == "none":
-            a *= g.reshape(-1, 1)
-        else:
-            a *= g / self.denominator if self.reduction == "mean" else g
-        grad = a - xp.exp(self.logp) * a.sum(axis=1, keepdims=True)
+        grad_loss = _grad_per_row(g, self.reduction, self.rows.shape[0],
+                                  getattr(self, "denominator", None), self.rows.dtype)
+        grad = ops.cross_entropy_backward(grad_loss, self.rows, self.target, self.lse,
+                                          self.weight, self.ignore_index, self.eps)
         return _classes_back(grad, self.input_shape)
 
 
@@ -154,6 +153,36 @@ def _pick_classes(x, t):
     return x[xp.arange(t.size), t.reshape(-1)].reshape(t.shape)
 
 
+class _NllLoss(Function):
+    """-w[t] logp[t] per row in one node: a gather forward, a scatter backward."""
+
+    def __init__(self, target, weight, ignore_index, reduction):
+        self.target, self.weight, self.ignore_index = target, weight, ignore_index
+        self.reduction = reduction
+
+    def forward(self, logp):
+        xp = array_module(logp)
+        self.input_shape = logp.shape
+        rows = _classes_last(logp)
+        self.safe, self.row_w = _target_rows(self.target, self.weight, self.ignore_index, logp.dtype)
+        losses = -rows[xp.arange(rows.shape[0]), self.safe] * self.row_w
+        if self.reduction == "none":
+            return losses.reshape(self.target.shape)
+        if self.reduction == "sum":
+            return losses.sum()
+        self.denominator = self.row_w.sum()
+        return losses.sum() / self.denominator
+
+    def backward(self, g):
+        xp = array_module(g)
+        M = self.safe.shape[0]
+        grad_loss = _grad_per_row(g, self.reduction, M, getattr(self, "denominator", None),
+                                  self.row_w.dtype)
+        grad = xp.zeros((M, self.input_shape[1]), self.row_w.dtype)
+        grad[xp.arange(M), self.safe] = -grad_loss * self.row_w
+        return _classes_back(grad, self.input_shape)
+
+
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean") -> Tensor:
     """-input[target] for log-probabilities input (N, C) or (N, C, d1, ...), as
     ``torch.nn.functional.nll_loss`` (class weights, ignore_index)."""
@@ -161,11 +190,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean") ->
     t = _class_targets("nll_loss", input, target, ignore_index)
     xd = _data(input)
     w = _class_weights("nll_loss", weight, xd.shape[1], xd)
-    safe, row_w = _target_rows(t, w, ignore_index, xd.dtype)
-    losses = -_pick_classes(input, safe.reshape(t.shape)) * Tensor(row_w.reshape(t.shape))
-    if reduction == "mean":
-        return losses.sum() * (1.0 / float(row_w.sum()))
-    return _reduce(losses, reduction, "nll_loss")
+    return _NllLoss(t, w, ignore_index, reduction)(input)
 
 
 def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean") -> Tensor:
@@ -251,32 +276,56 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean") -> Tensor
 
 
 class _BCEWithLogits(Function):
-    """(1 - t) x + (1 + (w - 1) t) softplus(-x), w the pos_weight (1 without one)."""
+    """(1 - t) x + (1 + (w - 1) t) softplus(-x), w the pos_weight (1 without one), by the fused
+    kernels of pyconv.ops (one pass forward, one backward). A pos_weight that broadcasts along
+    the last axis goes to the kernels as one weight per column; any other broadcast is spread
+    over every element (the array then runs as one row)."""
 
     def __init__(self, pos_weight):
         self.pos_weight = pos_weight
 
     def forward(self, x, t):
         xp = array_module(x)
-        self.x, self.t = x, t
-        self.softplus_neg = xp.log1p(xp.exp(-abs(x))) + xp.maximum(-x, 0)  # log(1 + e^-x), stable
-        self.lw = 1 if self.pos_weight is None else 1 + (self.pos_weight - 1) * t
-        return (1 - t) * x + self.lw * self.softplus_neg
+        t = xp.asarray(t, dtype=x.dtype)
+        self.shape = x.shape
+        rows = x.reshape(1, -1) if x.ndim == 0 else x
+        pw = None
+        if self.pos_weight is not None:
+            pw = xp.asarray(self.pos_weight, dtype=x.dtype)
+            columns = (rows.shape[-1],)
+            if pw.ndim <= 1 and pw.size in (1, columns[0]):
+                pw = xp.ascontiguousarray(xp.broadcast_to(pw.reshape(-1), columns))
+            else:
+                try:
+                    pw = xp.ascontiguousarray(xp.broadcast_to(pw, x.shape)).reshape(-1)
+                except ValueError:
+                    raise ValueError(f"binary_cross_entropy_with_logits: pos_weight of shape "
+                                     f"{tuple(pw.shape)} does not broadcast to the input's "
+                                     f"{tuple(x.shape)}") from None
+                rows = x.reshape(1, -1)
+        self.rows, self.t, self.pw = rows, t.reshape(rows.shape), pw
+        return ops.binary_cross_entropy_with_logits(rows, self.t, pw).reshape(self.shape)
 
     def backward(self, g):
         xp = array_module(g)
-        sig = 0.5 * (1 + xp.tanh(0.5 * self.x))
-        gx = g * ((1 - self.t) - self.lw * (1 - sig)) if self.needs_input_grad[0] else None
-        gt = None
-        if self.needs_input_grad[1]:
-            pw = 1 if self.pos_weight is None else self.pos_weight
-            gt = g * (-self.x + (pw - 1) * self.softplus_neg)
+        gx = gt = None
+        g_rows = g.reshape(self.rows.shape)
+        if self.needs_input_grad[0]:
+            gx = ops.binary_cross_entropy_with_logits_backward(
+                xp.ascontiguousarray(g_rows), self.rows, self.t, self.pw).reshape(self.shape)
+        if self.needs_input_grad[1]:  # rarely wanted: plain array code
+            x = self.rows
+            softplus_neg = xp.log1p(xp.exp(-abs(x))) + xp.maximum(-x, 0)
+            pw = 1 if self.pw is None else self.pw
+            gt = (g_rows * (-x + (pw - 1) * softplus_neg)).reshape(self.shape)
         return gx, gt
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
                                      reduction="mean") -> Tensor:
-    """Binary cross-entropy of sigmoid(input) against target, computed stably from the logits."""
+    """Binary cross-entropy of sigmoid(input) against target, computed stably from the logits,
+    as ``torch.nn.functional.binary_cross_entropy_with_logits`` (pos_weight broadcasts against
+    the input, usually one weight per class of the last axis)."""
     _same_shape("binary_cross_entropy_with_logits", input, target)
     loss = _BCEWithLogits(_data(pos_weight))(input, target)
     if weight is not None:

@@ -1,0 +1,246 @@
+// Softmax, log_softmax and the losses over rows x (M, C) of C classes, forward and backward,
+// each one pass per row (after the row's maximum): the exponentials come from
+// elementwise/vector_math.h, so the passes vectorise.
+//
+// Sums over a row accumulate in double (float32 rows lose nothing to cancellation or
+// ordering); a row is always summed by one thread, in one order, so results do not depend on
+// the thread count. Rows are split between threads once a call has kParallelRows elements.
+#pragma once
+
+#include "common/denormals.h"
+#include "common/prelude.h"
+#include "elementwise/vector_math.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// Elements from which rows are split between threads (the exponentials cost ~10 flops each,
+// so the split pays earlier than for a copy-like pass).
+constexpr int64_t kParallelRows = int64_t(1) << 14;
+
+template <class T>
+inline T row_max(const T* x, int64_t C) {
+    T m = x[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t c = 1; c < C; ++c) m = x[c] > m ? x[c] : m;
+    return m;
+}
+
+// Sum of exp(x - m) over a row, accumulated in double. The exponentials go through a block on
+// the stack first: a loop that only computes them vectorises fully, while one that also widens
+// them into a double sum runs several times slower (measured with GCC 12).
+constexpr int64_t kExpBlock = 256;
+
+template <class T>
+inline double row_sum_exp(const T* x, int64_t C, T m) {
+    T e[kExpBlock];
+    double s = 0;
+    for (int64_t c0 = 0; c0 < C; c0 += kExpBlock) {
+        const int64_t n = std::min(kExpBlock, C - c0);
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) e[j] = vexp<T>(x[c0 + j] - m);
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; ++j) s += double(e[j]);
+    }
+    return s;
+}
+
+// Runs row(i) for every row, on the team once there is enough work.
+template <class Row>
+inline void for_rows(int64_t M, int64_t C, Row&& row) {
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (M > 1 && M * C >= kParallelRows)
+    for (int64_t i = 0; i < M; ++i) row(i);
+}
+
+// y = softmax(x) (log_softmax when `log`) over each row.
+template <class T>
+void softmax_forward(int64_t M, int64_t C, const T* x, bool log, T* y) {
+    if (C == 0) return;
+    for_rows(M, C, [&](int64_t i) {
+        const T* xr = x + i * C;
+        T* yr = y + i * C;
+        const T m = row_max(xr, C);
+        if (log) {
+            const T log_sum = T(std::log(row_sum_exp(xr, C, m)));
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) - log_sum;
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) yr[c] = vexp<T>(xr[c] - m);
+            double s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t c = 0; c < C; ++c) s += double(yr[c]);
+            const T inv = T(1 / s);
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
+        }
+    });
+}
+
+// grad_x from grad_y and the forward's y: softmax: y (g - sum(g y)); log_softmax:
+// g - exp(y) sum(g).
+template <class T>
+void softmax_backward(int64_t M, int64_t C, const T* grad_y, const T* y, bool log, T* grad_x) {
+    if (C == 0) return;
+    for_rows(M, C, [&](int64_t i) {
+        const T* g = grad_y + i * C;
+        const T* yr = y + i * C;
+        T* gx = grad_x + i * C;
+        double s = 0;
+        if (log) {
+#pragma omp simd reduction(+ : s)
+            for (int64_t c = 0; c < C; ++c) s += double(g[c]);
+            const T sum = T(s);
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) gx[c] = g[c] - vexp<T>(yr[c]) * sum;
+        } else {
+#pragma omp simd reduction(+ : s)
+            for (int64_t c = 0; c < C; ++c) s += double(g[c]) * double(yr[c]);
+            const T dot = T(s);
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) gx[c] = yr[c] * (g[c] - dot);
+        }
+    });
+}
+
+// Cross-entropy of each row against its target class (rows whose target is ignore_index, or
+// whose class weight is 0, give 0), with label smoothing eps:
+//   loss = -(1 - eps) w[t] logp[t] - (eps / C) sum_c w[c] logp[c],  logp = x - lse.
+// weight may be nullptr (all ones). lse (M,): each row's log-sum-exp, for the backward.
+template <class T>
+void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* target,
+                           const T* weight, int64_t ignore_index, double eps, T* loss, T* lse) {
+    for_rows(M, C, [&](int64_t i) {
+        const T* xr = x + i * C;
+        const T m = row_max(xr, C);
+        const double log_sum = std::log(row_sum_exp(xr, C, m));
+        lse[i] = T(double(m) + log_sum);
+        const int64_t t = target[i];
+        const double row_w = t == ignore_index ? 0.0 : (weight ? double(weight[t]) : 1.0);
+        if (row_w == 0) {
+            loss[i] = T(0);
+            return;
+        }
+        // logp[c] = (x[c] - m) - log_sum: the shifted values are <= 0, so their sums do not
+        // cancel whatever the logits' offset.
+        double l = -(1 - eps) * row_w * (double(xr[t] - m) - log_sum);
+        if (eps != 0) {
+            double wx = 0, w_sum = 0;
+            if (weight) {
+#pragma omp simd reduction(+ : wx, w_sum)
+                for (int64_t c = 0; c < C; ++c) {
+                    wx += double(weight[c]) * double(xr[c] - m);
+                    w_sum += double(weight[c]);
+                }
+            } else {
+#pragma omp simd reduction(+ : wx)
+                for (int64_t c = 0; c < C; ++c) wx += double(xr[c] - m);
+                w_sum = double(C);
+            }
+            l += (eps / double(C)) * (w_sum * log_sum - wx);
+        }
+        loss[i] = T(l);
+    });
+}
+
+// grad_x[i, c] = grad_loss[i] * (p[c] A - a[c]) with p = exp(x - lse), a the loss's derivative
+// with respect to logp (-(1 - eps) w[t] at t, -(eps / C) w[c] everywhere) and A = sum(a);
+// rows that give no loss get zeros.
+template <class T>
+void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x,
+                            const int64_t* target, const T* weight, const T* lse,
+                            int64_t ignore_index, double eps, T* grad_x) {
+    double w_sum = double(C);
+    if (weight) {
+        w_sum = 0;
+        for (int64_t c = 0; c < C; ++c) w_sum += double(weight[c]);
+    }
+    for_rows(M, C, [&](int64_t i) {
+        const T* xr = x + i * C;
+        T* gx = grad_x + i * C;
+        const int64_t t = target[i];
+        const double row_w = t == ignore_index ? 0.0 : (weight ? double(weight[t]) : 1.0);
+        if (row_w == 0) {
+            std::fill(gx, gx + C, T(0));
+            return;
+        }
+        const double g = double(grad_loss[i]);
+        const double smooth = eps / double(C);
+        const T minus_gA = T(g * ((1 - eps) * row_w + smooth * w_sum));  // -g A
+        const T l = lse[i];
+        if (smooth != 0 && weight) {
+            const T gs = T(g * smooth);
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) gx[c] = vexp<T>(xr[c] - l) * minus_gA - gs * weight[c];
+        } else {
+            const T gs = T(g * smooth);
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) gx[c] = vexp<T>(xr[c] - l) * minus_gA - gs;
+        }
+        gx[t] -= T(g * (1 - eps) * row_w);
+    });
+}
+
+// Work items of an elementwise pass over rows (M, C) whose columns carry a per-column value:
+// (row, block of columns) pairs, so that one long row is split between threads too.
+constexpr int64_t kColumnBlock = 4096;
+
+template <class Block>
+inline void for_column_blocks(int64_t M, int64_t C, Block&& block) {
+    if (M == 0 || C == 0) return;
+    const int64_t per_row = (C + kColumnBlock - 1) / kColumnBlock;
+    FlushDenormals ftz;
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (M * per_row > 1 && M * C >= kParallelRows)
+    for (int64_t w = 0; w < M * per_row; ++w) {
+        const int64_t i = w / per_row, c0 = (w % per_row) * kColumnBlock;
+        block(i, c0, std::min(C, c0 + kColumnBlock));
+    }
+}
+
+// The binary cross-entropy of logits, (1 - t) x + (1 + (p - 1) t) log(1 + exp(-x)) with p =
+// pos_weight[c] (1 where pos_weight is nullptr), and its gradient, written per sign of x so
+// that no two large terms cancel (with L = log1p(exp(-|x|)), e = exp(-|x|)):
+//   loss = (1 + (p - 1) t) L + ((1 - t) x if x >= 0 else -p t x),
+//   d loss / dx = ((1 - t - p t e) if x >= 0 else (e (1 - t) - p t)) / (1 + e).
+template <class T>
+void bce_with_logits_forward(int64_t M, int64_t C, const T* x, const T* target,
+                             const T* pos_weight, T* loss) {
+    for_column_blocks(M, C, [&](int64_t i, int64_t c0, int64_t c1) {
+        const T* xr = x + i * C;
+        const T* tr = target + i * C;
+        T* lr = loss + i * C;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) {
+            const T v = xr[c], t = tr[c];
+            const T p = pos_weight ? pos_weight[c] : T(1);
+            const T softplus = vlog1p<T>(vexp<T>(v < T(0) ? v : -v));
+            const T linear = v >= T(0) ? (T(1) - t) * v : -p * t * v;
+            lr[c] = (T(1) + (p - T(1)) * t) * softplus + linear;
+        }
+    });
+}
+
+template <class T>
+void bce_with_logits_backward(int64_t M, int64_t C, const T* grad_y, const T* x,
+                              const T* target, const T* pos_weight, T* grad_x) {
+    for_column_blocks(M, C, [&](int64_t i, int64_t c0, int64_t c1) {
+        const T* xr = x + i * C;
+        const T* tr = target + i * C;
+        const T* gr = grad_y + i * C;
+        T* gx = grad_x + i * C;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) {
+            const T v = xr[c], t = tr[c];
+            const T p = pos_weight ? pos_weight[c] : T(1);
+            const T e = vexp<T>(v < T(0) ? v : -v);
+            const T slope = v >= T(0) ? T(1) - t - p * t * e : e * (T(1) - t) - p * t;
+            gx[c] = gr[c] * (slope / (T(1) + e));
+        }
+    });
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

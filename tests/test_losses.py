@@ -1,0 +1,88 @@
+"""The loss kernels beyond the conformance table: the accuracy of the C++ kernels'
+vectorised exp and log1p (csrc/elementwise/vector_math.h) against float64, the stability of the
+binary cross-entropy of logits far from zero, and results that do not depend on the thread
+count."""
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import ops
+
+pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
+
+
+def isas():
+    if "cpu" not in pyconv.backends():
+        return []
+    order = ["avx512", "avx2", "generic"]
+    return order[order.index(pyconv._C.best_isa()):]
+
+
+@pytest.fixture(params=isas())
+def isa(request):
+    saved = pyconv._C.isa()
+    pyconv._C.set_isa(request.param)
+    yield request.param
+    pyconv._C.set_isa(saved)
+
+
+def ulps(actual, exact, dtype):
+    """|actual - exact| in units of the last place of exact rounded to dtype."""
+    spacing = np.spacing(np.abs(exact.astype(dtype))).astype(np.float64)
+    return np.abs(actual.astype(np.float64) - exact) / spacing
+
+
+def kernel_exp(y):
+    """exp(y) as the C++ kernels compute it: log_softmax_backward of rows [y, 0] with upstream
+    gradient [0, 1] is [-exp(y), 1 - exp(0)]."""
+    rows = np.stack([y, np.zeros_like(y)], axis=1)
+    grad = np.zeros_like(rows)
+    grad[:, 1] = 1
+    return -ops.log_softmax_backward(grad, rows, backend="cpu")[:, 0]
+
+
+def arguments(dtype, low, high):
+    rng = np.random.default_rng(0)
+    return np.concatenate([np.linspace(low, high, 20001), rng.uniform(low, high, 20000)]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype, bound", [(np.float32, 1.5), (np.float64, 1.5)])
+def test_exp_is_within_its_stated_error(isa, dtype, bound):
+    lowest = -87.0 if dtype == np.float32 else -700.0  # results stay normal
+    y = arguments(dtype, lowest, 0.0)
+    assert ulps(kernel_exp(y), np.exp(y.astype(np.float64)), dtype).max() <= bound
+
+
+def softplus(x):
+    """log(1 + exp(x)) by the kernels: the binary cross-entropy of logit x against target 0."""
+    return ops.binary_cross_entropy_with_logits(x[None], np.zeros((1, x.size), x.dtype), backend="cpu")[0]
+
+
+@pytest.mark.parametrize("dtype, bound", [(np.float32, 3.5), (np.float64, 3.5)])
+def test_softplus_is_within_its_stated_error_far_from_zero_too(isa, dtype, bound):
+    """log1p(exp(-|x|)) and the linear part never cancel: the relative error stays a few ulps
+    out to x = -80, where softplus(x) is 2e-35 (a form such as (1 - t) x + log(1 + exp(-x))
+    cancels to 0 there)."""
+    x = arguments(dtype, -80.0, 80.0)
+    exact = np.logaddexp(0, x.astype(np.float64))
+    assert ulps(softplus(x), exact, dtype).max() <= bound
+
+
+def test_cross_entropy_results_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3200, 65)).astype(np.float32)
+    t = rng.integers(0, 65, 3200)
+    saved = pyconv.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            pyconv.set_num_threads(threads)
+            loss, lse = ops.cross_entropy(x, t, label_smoothing=0.1, backend="cpu")
+            grad = ops.cross_entropy_backward(np.ones(3200, np.float32), x, t, lse,
+                                              label_smoothing=0.1, backend="cpu")
+            results.append((loss, lse, grad))
+    finally:
+        pyconv.set_num_threads(saved)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)

@@ -200,16 +200,23 @@ struct TileOrigin {
     int64_t n, i, j;
 };
 
-// The zero-padded copies of the input rows under a tile row (transform_input): column
-// 4 j + b of tile j at left() + 4 j + b, with room on the left for lanes that start up to L - 1
-// tiles before the row and on the right for the loads past its last tile.
+// The zero-padded copies of the input rows under the tile rows of a block (transform_input):
+// row after row, column 4 j + b of tile j at 4 j + b. Loads for lanes outside a tile row read
+// the neighbouring rows' values, which the blends drop; the buffer has room before its first
+// row for lanes that start up to L - 1 tiles early, and after its last for the loads past its
+// last tile.
 struct InputRows {
     template <class T>
-    static constexpr int64_t left() { return 4 * Simd<T>::lanes; }
+    static constexpr int64_t before() { return 4 * Simd<T>::lanes; }
     template <class T>
-    static int64_t width(const struct Tiling& tl) { return left<T>() + 4 * tl.cols + 2 + 6 * Simd<T>::lanes; }
-    // Tile rows a block of `block` tiles touches, at most.
-    static int64_t tile_rows(const struct Tiling& tl, int64_t block) { return block / tl.cols + 2; }
+    static constexpr int64_t after() { return 6 * Simd<T>::lanes; }
+    static int64_t width(const struct Tiling& tl) { return 4 * tl.cols + 2; }
+    // Elements of the buffer for a block of `block` tiles, which touches at most
+    // block / cols + 2 tile rows.
+    template <class T>
+    static int64_t size(const struct Tiling& tl, int64_t block) {
+        return checked_add(checked_mul((block / tl.cols + 2) * 6, width(tl)), before<T>() + after<T>());
+    }
 };
 
 inline TileOrigin tile_origin(const ConvShape& g, const Tiling& tl, int64_t t) {
@@ -265,7 +272,8 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
     constexpr int64_t NR = gemm_nr<T>();
     const int64_t HW = g.H * g.W, C = g.C;
     const int64_t groups = (nt + L - 1) / L;
-    const int64_t width = InputRows::width<T>(tl);
+    const int64_t width = InputRows::width(tl);
+    T* const first_row = rows + InputRows::before<T>();
     // The tile rows of the block (as their first tile's index) and, per tile, its tile row's
     // ordinal and its column.
     std::vector<int64_t> row_first, ordinal(nt), column(nt);
@@ -281,15 +289,15 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
             const TileOrigin o = tile_origin(g, tl, row_first[q]);
             const T* plane = x + o.image + c * HW;
             for (int r = 0; r < kAlpha; ++r) {
-                T* dst = rows + (int64_t(q) * kAlpha + r) * width;
-                const int64_t h = o.h0 + r, start = InputRows::left<T>() + g.pw;
+                T* dst = first_row + (int64_t(q) * kAlpha + r) * width;
+                const int64_t h = o.h0 + r;
                 if (h < 0 || h >= g.H) {
                     zero_run(width, dst);
                     continue;
                 }
-                zero_run(start, dst);
-                copy_run(plane + h * g.W, g.W, dst + start);
-                zero_run(width - start - g.W, dst + start + g.W);
+                zero_run(g.pw, dst);
+                copy_run(plane + h * g.W, g.W, dst + g.pw);
+                zero_run(width - g.pw - g.W, dst + g.pw + g.W);
             }
         }
         for (int64_t grp = 0; grp < groups; ++grp) {
@@ -300,7 +308,7 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
                 int end = l + 1;
                 while (end < valid && ordinal[grp * L + end] == q) ++end;
                 // Lane l' reads tile column column[first] - l + l' of tile row q.
-                const T* base = rows + q * kAlpha * width + InputRows::left<T>() + 4 * (column[first] - l);
+                const T* base = first_row + q * kAlpha * width + 4 * (column[first] - l);
                 const I run = (lane >= l) & (lane < end);
                 for (int r = 0; r < kAlpha; ++r) {
                     V d[kAlpha];
@@ -416,14 +424,14 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
     // region: an exception must not escape an OpenMP thread.
     const int64_t v_size = checked_mul(checked_mul(int64_t(kPoints), g.C), tl.block);
     const int64_t m_size = checked_mul(checked_mul(int64_t(kPoints), g.K), tl.block);
-    const int64_t rows_size = checked_mul(checked_mul(InputRows::tile_rows(tl, tl.block), int64_t(kAlpha)),
-                                          InputRows::width<T>(tl));
+    const int64_t rows_size = InputRows::size<T>(tl, tl.block);
     std::vector<Scratch<T>> vs, ms, rows;
     std::vector<GemmBuffers<T>> bufs;
     for (int t = 0; t < threads; ++t) {
         vs.push_back(scratch<T>(v_size));
         ms.push_back(scratch<T>(m_size));
         rows.push_back(scratch<T>(rows_size));
+        std::fill(rows.back().get(), rows.back().get() + rows_size, T(0));  // the margins stay zero
         bufs.emplace_back(false);
     }
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)

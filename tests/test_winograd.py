@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pyconv
-from pyconv import nn, ops
+from pyconv import _spec, nn, ops
 from pyconv.autograd import Tensor
 from pyconv.nn import functional as F
 from pyconv.testing import gradcheck
@@ -126,3 +126,23 @@ def test_layer_gradients_through_winograd():
     y.sum().backward()
     exact = ops.conv2d_backward(np.ones(y.shape), x.data, layer.weight.data, 1, 1, backend="reference")
     np.testing.assert_allclose(x.grad, exact[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((8, 64, 56, 56, 64), "winograd"),     # VGG layers
+    ((8, 128, 28, 28, 128), "winograd"),
+    ((8, 256, 14, 14, 256), "winograd"),
+    ((3, 16, 28, 28, 17), "winograd"),     # the conformance table's row for the rule
+    ((8, 64, 14, 14, 64), "gemm"),         # narrow images, few channel pairs
+    ((8, 256, 7, 7, 256), "gemm"),         # under 12 columns
+    ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
+    ((16, 3, 32, 32, 64), "gemm"),         # 3 input channels
+    ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
+])
+def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):
+    N, C, H, W, K = shape
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32), _spec.ShapeDtype((K, C, 3, 3), np.float32),
+                     None, 1, 1, 1, 1)
+    assert pyconv._C.conv2d_algorithm(g, np.dtype(np.float32)).startswith(expected)
+    forced = g._replace(algorithm=_spec.CONV_ALGORITHMS.index("gemm"))
+    assert pyconv._C.conv2d_algorithm(forced, np.dtype(np.float32)).startswith("gemm")

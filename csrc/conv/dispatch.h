@@ -128,12 +128,16 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 
 // Winograd F(4x4, 3x3) on 3x3 stride-1 layers: a quarter of the multiplications of the GEMMs,
 // plus transforms that cost per channel and tile (not per channel pair) and a filter transform
-// per call. Measured (benchmarks/RESULTS.md) to lose below 32 channels in or out, on images
-// narrower than 12 columns (a tile row then fills few lanes) and with fewer than 128 tiles
-// (the filter transform is not amortised).
+// per call. Measured against the GEMM forms on 2 threads, batch 8 (benchmarks/RESULTS.md):
+// 1.2-1.8x from 16 channels on images of 28+ columns; on 14-column images only with
+// 128 x 128 channel pairs or more (the transforms fill few lanes per tile row); never below 12
+// columns, nor with fewer than 128 tiles (the filter transform is not amortised), nor above
+// 256 x 256 channel pairs (the transformed filters, 36 K C elements, outgrow the cache that
+// every block of tiles reads them from: 512 x 512 ran 0.4-0.8x).
 inline bool winograd_pays(const ConvShape& g) {
-    const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4);
-    return winograd_applies(g) && g.C >= 32 && g.K >= 32 && g.Wo >= 12 && tiles >= 128;
+    const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
+    return winograd_applies(g) && g.C >= 16 && g.K >= 16 && pairs <= 256 * 256 && tiles >= 128 &&
+           g.Wo >= 12 && (g.Wo >= 28 || pairs >= 128 * 128);
 }
 
 // Which pass runs which algorithm.

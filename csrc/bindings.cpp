@@ -19,6 +19,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -73,6 +74,9 @@ Shape shape_from(py::handle geometry) {
                                  name + "'");
         shape.*member = py::cast<int64_t>(py::getattr(geometry, name));
     }
+    if constexpr (std::is_same_v<Shape, ConvShape>)  // optional: absent means automatic
+        if (py::hasattr(geometry, "algorithm"))
+            shape.algorithm = py::cast<int64_t>(py::getattr(geometry, "algorithm"));
     return shape;
 }
 
@@ -205,6 +209,12 @@ void check_conv_shape(const ConvShape& g) {
         throw py::value_error("conv shape: groups must divide C and K");
     check_reach(g.Ho, g.sh, g.R, g.dh, g.H, g.ph);
     check_reach(g.Wo, g.sw, g.S, g.dw, g.W, g.pw);
+    if (g.algorithm < conv_auto || g.algorithm > conv_direct)
+        throw py::value_error("conv shape: algorithm must be 0 (auto), 1 (gemm), 2 (winograd) or 3 (direct)");
+    const bool winograd_applies = g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
+                                  g.dw == 1 && g.groups == 1;
+    if (g.algorithm == conv_winograd && !winograd_applies)
+        throw py::value_error("conv shape: algorithm winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1");
 }
 
 std::vector<int64_t> input_dims(const ConvShape& g) { return {g.N, g.C, g.H, g.W}; }
@@ -643,6 +653,15 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("shape"),
           "convolution into y; shape: a ConvGeom");
+    def_op(m, "conv2d_algorithm",
+          [](const ConvShape& g, py::dtype dtype) {
+              return by_dtype(dtype, [&](auto t) {
+                  using T = decltype(t);
+                  check_conv_shape(g);
+                  return std::string(kernels<T>().conv2d_algorithm(g));
+              });
+          },
+          py::arg("shape"), py::arg("dtype"), "the name of the algorithm conv2d runs for shape");
     def_op(m, "conv2d_grad_input",
           [](Array grad_y, Array w, Array grad_x, const ConvShape& g) {
               by_dtype(grad_y.dtype(), [&](auto t) {

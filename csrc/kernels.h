@@ -17,7 +17,13 @@ namespace pyconv {
 // Transpose convolution is described by the geometry of the direct convolution it inverts.
 struct ConvShape {
     int64_t N, C, H, W, K, R, S, Ho, Wo, sh, sw, ph, pw, dh, dw, groups;
+    int64_t algorithm = 0;  // a ConvAlgorithm
 };
+
+// The algorithm a caller asks for (pyconv._spec's CONV_ALGORITHMS, in this order): automatic
+// picks by shape (conv/dispatch.h); winograd runs forward passes and input gradients;
+// direct and gemm every pass.
+enum ConvAlgorithm : int64_t { conv_auto = 0, conv_gemm = 1, conv_winograd = 2, conv_direct = 3 };
 
 // Pooling geometry: input (N,C,H,W) -> output (N,C,Ho,Wo), window kh x kw.
 struct PoolShape {
@@ -134,6 +140,7 @@ struct KernelsFor {
                       double weight_decay, bool decoupled_weight_decay);
     // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
     void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y);
+    const char* (*conv2d_algorithm)(const ConvShape&);  // the name of the algorithm conv2d runs
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);
     void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);
     // grad_b[k] = sum over n and the plane of grad_y (N, K, plane).

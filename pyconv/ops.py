@@ -106,14 +106,21 @@ class _BatchAxis:
 
 
 @_takes_dlpack
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, backend=None):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="auto",
+           backend=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
     x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None -> (N, K, Ho, Wo); an unbatched x
     (C, H, W) gives (K, Ho, Wo). ``padding`` is an int, a pair, ``"valid"`` or ``"same"``
     (stride 1; the odd pixel of padding goes bottom/right).
+
+    ``algorithm``: ``"auto"`` (the backend picks by shape), ``"gemm"``, ``"direct"`` or
+    ``"winograd"`` (F(4x4, 3x3): 3x3 kernels with stride 1, dilation 1 and groups 1 only; a
+    ValueError otherwise). The cpu backend honours it; the others accept it and pick their
+    own. Winograd's float32 error is larger than a direct sum's (README, "Convolution
+    algorithms").
     """
-    g = _spec.conv2d(x, w, b, stride, padding, dilation, groups)
+    g = _spec.conv2d(x, w, b, stride, padding, dilation, groups, algorithm=algorithm)
     batch = _BatchAxis(x, 4)
     return batch.drop(_run("conv2d", "conv2d", backend, (batch.add(x), w, b), g))
 
@@ -144,10 +151,13 @@ def _conv_backward(op, grad_out, x, w, g, needs, backend):
 
 @_takes_dlpack
 def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
-                    needs=(True, True, True), *, backend=None):
+                    needs=(True, True, True), *, algorithm="auto", backend=None):
     """Gradients of :func:`conv2d` -> ``(grad_x, grad_w, grad_b)``, None where ``needs`` is False.
-    An unbatched call (x (C, H, W), grad_out (K, Ho, Wo)) gives an unbatched grad_x."""
-    g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 2)
+    An unbatched call (x (C, H, W), grad_out (K, Ho, Wo)) gives an unbatched grad_x.
+    ``algorithm`` as for :func:`conv2d`; on the cpu backend "winograd" computes grad_x (as the
+    forward convolution with the flipped weights, when padding <= 2) and grad_w by the GEMM."""
+    g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 2,
+                                   algorithm=algorithm)
     batch = _BatchAxis(x, 4)
     gx, gw, gb = _conv_backward("conv2d_backward", batch.add(grad_out), batch.add(x), w, g, needs,
                                 backend)

@@ -573,6 +573,13 @@ CASES = {
         # The window covers the whole (padded) input: plain matrix products over the batch.
         "whole_window": cpu_path(conv((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
+        # Each algorithm forced (the cpu backend honours algorithm=, the others ignore it), and
+        # Winograd picked by the rule (tests/test_winograd.py checks that it is).
+        "algorithm_winograd_odd": conv((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),
+        "algorithm_winograd_padding3": conv((1, 4, 6, 7), (5, 4, 3, 3), padding=3, algorithm="winograd"),
+        "algorithm_gemm": conv((2, 6, 9, 8), (7, 6, 3, 3), padding=1, algorithm="gemm"),
+        "algorithm_direct_strided": conv((2, 3, 9, 8), (4, 3, 3, 2), stride=2, padding=1, algorithm="direct"),
+        "winograd_by_rule": cpu_path(conv((3, 16, 28, 28), (17, 16, 3, 3), padding=1)),
         "noncontiguous": conv((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
         # Without the batch axis, as PyTorch allows: (C, H, W) -> (K, Ho, Wo).
         "unbatched": conv((3, 8, 9), (4, 3, 3, 3), stride=2, padding=1),
@@ -616,6 +623,11 @@ CASES = {
         "channels_last_grad_x_strided": cpu_path(conv_backward((2, 66, 9, 8), (8, 66, 3, 3), stride=2, padding=1)),
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
+        "algorithm_winograd": conv_backward((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),
+        "algorithm_winograd_padding3": conv_backward((1, 4, 6, 7), (5, 4, 3, 3), padding=3, algorithm="winograd"),
+        "algorithm_gemm": conv_backward((2, 6, 9, 8), (7, 6, 3, 3), padding=1, algorithm="gemm"),
+        "algorithm_direct": conv_backward((2, 3, 9, 8), (4, 3, 3, 2), stride=2, padding=1, algorithm="direct"),
+        "winograd_by_rule": cpu_path(conv_backward((3, 16, 28, 28), (17, 16, 3, 3), padding=1)),
         "noncontiguous": conv_backward((2, 3, 6, 7), (4, 3, 3, 3), padding=1, noncontiguous=True),
         "unbatched": conv_backward((3, 8, 9), (4, 3, 3, 3), stride=2, padding=1),
         "unbatched_needs_x_noncontiguous": conv_backward((2, 6, 7), (4, 2, 3, 3), padding=1, needs=(True, False, False),

@@ -18,6 +18,11 @@
 //   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
 //   conv/whole_window.h  the window covers the whole input: plain matrix products
+//   conv/winograd.h      F(4x4, 3x3) Winograd: 3x3, stride 1, 36 GEMMs in the transform domain
+//
+// ConvShape::algorithm may force one: winograd (forward and input gradient; the bindings
+// reject shapes it cannot do), direct (every pass, when its padded copies fit), or gemm (every
+// algorithm but those two, by the rules below).
 #pragma once
 
 #include "common/prelude.h"
@@ -29,6 +34,7 @@
 #include "conv/padding.h"
 #include "conv/phase_grid.h"
 #include "conv/whole_window.h"
+#include "conv/winograd.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -120,22 +126,73 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
     return g.groups == 1 && g.C >= 64 && g.K > 0 && copy_bytes <= 16.0 * (1 << 20);
 }
 
+// Winograd F(4x4, 3x3) on 3x3 stride-1 layers: a quarter of the multiplications of the GEMMs,
+// plus transforms that cost per channel and tile (not per channel pair) and a filter transform
+// per call. Measured against the GEMM forms on 2 threads, batch 8 (benchmarks/RESULTS.md):
+// 1.2-1.8x from 16 channels on images of 28+ columns; on 14-column images only with
+// 128 x 128 channel pairs or more (the transforms fill few lanes per tile row); never below 12
+// columns, nor with fewer than 128 tiles (the filter transform is not amortised), nor above
+// 256 x 256 channel pairs (the transformed filters, 36 K C elements, outgrow the cache that
+// every block of tiles reads them from: 512 x 512 ran 0.4-0.8x).
+inline bool winograd_pays(const ConvShape& g) {
+    const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
+    return winograd_applies(g) && g.C >= 16 && g.K >= 16 && pairs <= 256 * 256 && tiles >= 128 &&
+           g.Wo >= 12 && (g.Wo >= 28 || pairs >= 128 * 128);
+}
+
+// Which pass runs which algorithm.
+inline bool use_winograd(const ConvShape& g) {
+    return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
+}
+inline bool use_direct(const ConvShape& g) {
+    const bool fits = padded_planes_fit(g, double(g.N) * double(g.C));
+    return fits && (g.algorithm == conv_direct || (g.algorithm == conv_auto && direct_pays(g)));
+}
+
 // ---- The entry points -------------------------------------------------------------------------
+
+// The forward's algorithm for g: the rules above, in order.
+enum class ForwardAlgorithm { winograd, direct, whole_window, by_channels, im2col, phase_grid };
+inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
+    if (use_winograd(g)) return ForwardAlgorithm::winograd;
+    if (use_direct(g)) return ForwardAlgorithm::direct;
+    if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
+    if (!few_taps(g) && forward_by_channels_pays(g)) return ForwardAlgorithm::by_channels;
+    if (forward_im2col_pays(g)) return ForwardAlgorithm::im2col;
+    if (phase_grid_pays(g)) return ForwardAlgorithm::phase_grid;
+    return ForwardAlgorithm::im2col;
+}
+
+// Its name, for reports (pyconv bench): the GEMM forms are "gemm (<form>)".
+inline const char* conv2d_forward_algorithm(const ConvShape& g) {
+    switch (forward_algorithm(g)) {
+        case ForwardAlgorithm::winograd: return "winograd";
+        case ForwardAlgorithm::direct: return "direct";
+        case ForwardAlgorithm::whole_window: return "gemm (whole window)";
+        case ForwardAlgorithm::by_channels: return "gemm (by channels)";
+        case ForwardAlgorithm::phase_grid: return "gemm (phase grid)";
+        case ForwardAlgorithm::im2col: break;
+    }
+    return "gemm (im2col)";
+}
 
 template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
-    if (whole_window_pays(g)) return conv2d_forward_whole_window(g, x, w, bias, y);
-    if (direct_pays(g)) return conv2d_forward_direct(g, x, w, bias, y);
-    if (!few_taps(g) && forward_by_channels_pays(g)) return conv2d_forward_by_channels(g, x, w, bias, y);
-    if (forward_im2col_pays(g)) return conv2d_forward_im2col(g, x, w, bias, y);
-    if (phase_grid_pays(g)) return conv2d_forward_grid(g, x, w, bias, y);
+    switch (forward_algorithm(g)) {
+        case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y);
+        case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
+        case ForwardAlgorithm::whole_window: return conv2d_forward_whole_window(g, x, w, bias, y);
+        case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
+        case ForwardAlgorithm::phase_grid: return conv2d_forward_grid(g, x, w, bias, y);
+        case ForwardAlgorithm::im2col: break;
+    }
     conv2d_forward_im2col(g, x, w, bias, y);
 }
 
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    if (use_direct(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
-    if (direct_pays(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
     if (phase_grid_pays(g) && conv2d_grad_weight_grid(g, dy, x, dw)) return;  // else x has inf/NaN
     conv2d_grad_weight_im2col(g, dy, x, dw);
@@ -143,11 +200,16 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
 
 template <class T>
 void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
-    if (whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
-    if (direct_pays(g)) return conv2d_grad_input_direct(g, dy, w, dx);
-    if (grad_input_as_forward(g)) {
+    // Winograd on the flipped forward convolution (conv/grad_input_as_forward.h), whose
+    // padding 2 - ph must not be negative.
+    const bool winograd = use_winograd(g) && g.ph <= 2 && g.pw <= 2;
+    if (use_direct(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (!winograd && whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
+    if (winograd || grad_input_as_forward(g)) {
         const Scratch<T> flipped = flipped_transposed_weights(g, w);
-        return conv2d_forward(grad_input_as_forward_shape(g), dy, flipped.get(),
+        ConvShape forward = grad_input_as_forward_shape(g);
+        forward.algorithm = g.algorithm;
+        return conv2d_forward(forward, dy, flipped.get(),
                               static_cast<const T*>(nullptr), dx);
     }
     if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);

@@ -35,9 +35,9 @@ valid (a stride of 2**40 with one output position, as PyTorch allows).
 """
 from .boxes import (batched_nms, box_iou, box_iou_rotated, diou_nms, matrix_nms, nms, nms_rotated,
                     soft_nms)
-from .conv import (_conv_geom, conv1d, conv2d, conv_backward, conv_transpose2d,
+from .conv import (_conv_geom, conv1d, conv2d, conv_algorithm, conv_backward, conv_transpose2d,
                    conv_transpose2d_backward)
-from .core import (FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
+from .core import (CONV_ALGORITHMS, FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
                    check_array, check_batch_optional, check_float_dtypes, from_dlpack,
                    is_foreign_array, shape_of, without_batch)
 from .dense import matmul

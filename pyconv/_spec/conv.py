@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import (ConvGeom, _conv_extents, _int, check_allocatable, check_array, check_batch_optional,
+from .core import (CONV_ALGORITHMS, ConvGeom, _conv_extents, _int, check_allocatable, check_array, check_batch_optional,
                    check_extent, check_float_dtypes, ntuple, shape_of, without_batch)
 
 
@@ -71,8 +71,26 @@ def _conv_geom(op, x, w, b, stride, padding, dilation, groups, nd):
     return g
 
 
-def conv2d(x, w, b, stride, padding, dilation, groups, op="conv2d"):
-    return _conv_geom(op, x, w, b, stride, padding, dilation, groups, 2)
+def conv2d(x, w, b, stride, padding, dilation, groups, op="conv2d", algorithm="auto"):
+    g = _conv_geom(op, x, w, b, stride, padding, dilation, groups, 2)
+    return g._replace(algorithm=conv_algorithm(op, algorithm, (g.R, g.S), (g.sh, g.sw), (g.dh, g.dw),
+                                               g.groups))
+
+
+def conv_algorithm(op, algorithm, kernel_size, stride, dilation, groups):
+    """The index in CONV_ALGORITHMS of ``algorithm`` for a convolution with these parameters
+    (pairs); "winograd" only for the layers F(4x4, 3x3) computes."""
+    if not isinstance(algorithm, str) or algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"{op}: algorithm must be one of {', '.join(map(repr, CONV_ALGORITHMS))}, "
+                         f"got {algorithm!r}")
+    if algorithm == "winograd" and not (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
+                                        and tuple(dilation) == (1, 1) and groups == 1):
+        raise ValueError(
+            f"{op}: algorithm='winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups 1, got "
+            f"kernel_size={tuple(kernel_size)}, stride={tuple(stride)}, dilation={tuple(dilation)}, "
+            f"groups={groups}"
+        )
+    return CONV_ALGORITHMS.index(algorithm)
 
 
 def conv1d(x, w, b, stride, padding, dilation, groups, op="conv1d"):
@@ -98,9 +116,11 @@ def _check_grad_out(op, grad_out, expected_shape, dtype):
         raise TypeError(f"{op}: grad_out is {grad_out.dtype} but the inputs are {dtype}")
 
 
-def conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, nd):
+def conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, nd, algorithm="auto"):
     op = f"conv{nd}d_backward"
     g = _conv_geom(op, x, w, None, stride, padding, dilation, groups, nd)
+    g = g._replace(algorithm=conv_algorithm(op, algorithm, (g.R, g.S), (g.sh, g.sw), (g.dh, g.dw),
+                                            g.groups))
     out_shape = g.output_shape if nd == 2 else (g.N, g.K, g.Wo)
     _check_grad_out(op, grad_out, without_batch(out_shape, x.ndim == nd + 1), x.dtype)
     return g, _check_needs(op, needs)

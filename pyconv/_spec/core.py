@@ -17,6 +17,12 @@ SIZE_LIMIT = 2**62
 MAX_BOXES = 2**31 - 1
 
 
+# The convolution algorithms a caller may ask for (ConvGeom.algorithm is an index into this; the
+# C++ kernels' ConvAlgorithm has the same order). "auto" lets the backend pick by shape;
+# "winograd" is F(4x4, 3x3): 3x3 kernels, stride 1, dilation 1, groups 1.
+CONV_ALGORITHMS = ("auto", "gemm", "winograd", "direct")
+
+
 class ConvGeom(NamedTuple):
     N: int
     C: int
@@ -34,6 +40,8 @@ class ConvGeom(NamedTuple):
     dh: int
     dw: int
     groups: int
+    # The algorithm asked for, as its index in CONV_ALGORITHMS (backends may ignore it).
+    algorithm: int = 0
 
     @property
     def input_shape(self):

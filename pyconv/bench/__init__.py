@@ -119,6 +119,8 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
                 continue
             t = med[name]
             row = Row(case.op, case.name, name, t * 1e3)
+            if case.algorithm is not None and name in backends:
+                row.algorithm = case.algorithm(name)
             if case.unit:
                 row.unit = "GFLOP/s" if case.unit == "flop" else "GB/s"
                 row.rate = case.work / t / 1e9
@@ -158,8 +160,9 @@ def format_table(rows, limits) -> str:
     for r in rows:
         rate = f"{r.rate:.1f} {r.unit}" if r.rate is not None else ""
         ms = f(r.ms, ".3f") if r.ms is not None else f"n/a ({r.note})"
+        impl = f"{r.impl} ({r.algorithm})" if r.algorithm else r.impl
         lines.append(
-            f"| {r.op} | {r.case} | {r.impl} | {ms} | {rate} | {f(r.pct_limit, '.0f')} | "
+            f"| {r.op} | {r.case} | {impl} | {ms} | {rate} | {f(r.pct_limit, '.0f')} | "
             f"{f(r.vs_reference, '.2f')} | {f(r.vs_torch, '.2f')} |"
         )
     return "\n".join(lines)

@@ -35,7 +35,16 @@ def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False, w
     g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
                      _spec.ShapeDtype((K, C // groups, R, R), np.float32),
                      None, stride, pad, 1, groups)
-    return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
+    return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", _torch_baseline(torch_fn), quick=quick,
+                algorithm=lambda be: _cpu_conv2d_algorithm(be, g))
+
+
+def _cpu_conv2d_algorithm(backend, g):
+    """The algorithm the cpu backend's conv2d runs for g (float32), None for other backends."""
+    if backend != "cpu":
+        return None
+    from pyconv import _C
+    return _C.conv2d_algorithm(g, np.dtype(np.float32))
 
 
 def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False):
@@ -460,6 +469,7 @@ def cases(quick: bool) -> list[Case]:
         _conv_case("RGB input 16x3x32x32 k64 3x3 p1", 16, 3, 32, 32, 64, 3, pad=1),
         _conv_case("PixelCNN 32x1x28x28 k64 7x7 p3", 32, 1, 28, 28, 64, 7, pad=3),
         _conv_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1),
+        _conv_case("VGG-mid 8x128x28x28 k128 3x3 p1", 8, 128, 28, 28, 128, 3, pad=1),
         _conv_case("VGG-deep 8x256x14x14 k256 3x3 p1", 8, 256, 14, 14, 256, 3, pad=1),
         _conv_case("1x1 8x256x28x28 k64", 8, 256, 28, 28, 64, 1),
         _conv_case("strided 16x32x32x32 k64 3x3 s2 p1", 16, 32, 32, 32, 64, 3, stride=2, pad=1, quick=True),

@@ -33,6 +33,9 @@ class Case:
     # "x torch/cv2" column compares with.
     baselines: dict = field(default_factory=dict)
     quick: bool = False          # part of --quick
+    # backend name -> the name of the algorithm it runs for this case, or None (shown next to
+    # the backend in the table: the cpu backend's convolution picks one by shape)
+    algorithm: Callable | None = None
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Row:
     vs_reference: float | None = None  # speed-up over the reference backend
     vs_torch: float | None = None      # speed-up over PyTorch (or OpenCV for NMS)
     note: str = ""
+    algorithm: str | None = None       # what the backend ran, when the case says (Case.algorithm)
 
 
 @dataclass

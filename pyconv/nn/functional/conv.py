@@ -9,24 +9,28 @@ __all__ = ["conv1d", "conv2d", "conv_transpose2d"]
 
 
 class _Conv(Function):
-    def __init__(self, nd, stride, padding, dilation, groups):
+    def __init__(self, nd, stride, padding, dilation, groups, algorithm=None):
         self.forward_op = ops.conv2d if nd == 2 else ops.conv1d
         self.backward_op = ops.conv2d_backward if nd == 2 else ops.conv1d_backward
         self.params = (stride, padding, dilation, groups)
+        # conv2d's algorithm= (conv1d has none)
+        self.options = {} if algorithm is None else {"algorithm": algorithm}
 
     def forward(self, x, w, b):
         self.x, self.w, self.has_bias = x, w, b is not None
-        return self.forward_op(x, w, b, *self.params)
+        return self.forward_op(x, w, b, *self.params, **self.options)
 
     def backward(self, g):
         nx, nw, nb = self.needs_input_grad
-        return self.backward_op(g, self.x, self.w, *self.params, needs=(nx, nw, nb and self.has_bias))
+        return self.backward_op(g, self.x, self.w, *self.params, needs=(nx, nw, nb and self.has_bias),
+                                **self.options)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto") -> Tensor:
     """2-D cross-correlation: x (N, C, H, W), weight (K, C/groups, R, S) -> (N, K, Ho, Wo); an
-    unbatched x (C, H, W) -> (K, Ho, Wo)."""
-    return _Conv(2, stride, padding, dilation, groups)(x, weight, bias)
+    unbatched x (C, H, W) -> (K, Ho, Wo). ``algorithm``: see :func:`pyconv.ops.conv2d`."""
+    return _Conv(2, stride, padding, dilation, groups, algorithm)(x, weight, bias)
 
 
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:

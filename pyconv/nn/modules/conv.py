@@ -52,8 +52,23 @@ class _ConvNd(Module):
 
 
 class Conv2d(_ConvNd):
+    """``algorithm``: "auto", "gemm", "winograd" or "direct" (see :func:`pyconv.ops.conv2d`);
+    "winograd" only for 3x3 kernels with stride 1, dilation 1 and groups 1."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, dtype=np.float32, *, algorithm="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         bias, dtype)
+        _spec.conv_algorithm(type(self).__name__, algorithm, self.kernel_size, _pair(stride, 2),
+                             _pair(dilation, 2), groups)
+        self.algorithm = algorithm
+
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, *self._conv_args())
+        return F.conv2d(x, self.weight, self.bias, *self._conv_args(), algorithm=self.algorithm)
+
+    def extra_repr(self):
+        extra = "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
+        return super().extra_repr() + extra
 
 
 class Conv1d(_ConvNd):

@@ -1,0 +1,459 @@
+// Winograd convolution F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2016) for 3x3 kernels with stride 1, dilation 1 and one group, any padding.
+//
+// Each 4x4 tile of the output is computed from the 6x6 tile of (zero-padded) input under it:
+//   Y = A^T [ sum_c (G w[k,c] G^T) * (B^T d[c] B) ] A          (* elementwise, 6x6)
+// so that per tile the 16 outputs cost 36 multiplications per channel pair instead of 144.
+// The sum over channels of the 36 elementwise products is 36 GEMMs, one per transform-domain
+// position xi:
+//   M[xi] (K x tiles) = U[xi] (K x C) V[xi] (C x tiles)
+// U (the transformed filters) is computed once per call and packed as the GEMM's A; V is
+// written by the input transform directly in the GEMM's packed B layout, so the GEMM reads it
+// in place. Transforms run vectorised over tiles (one lane per tile).
+//
+// The tiles are processed in blocks of a size fixed by the shape, small enough that a block's
+// V and M stay in a core's cache; each block is transformed, multiplied and transformed back
+// by one thread, so the result does not depend on the number of threads.
+//
+// Accuracy: the transforms' coefficients (up to 8, and 1/6, 1/24) amplify rounding; the error
+// against the exact result measured 4-50x the GEMM's, largest in the last row of each tile
+// (README, "Convolution algorithms"; tests/test_winograd.py holds it to a bound). Filters are
+// transformed in double precision and rounded once.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/denormals.h"
+#include "common/scratch.h"
+#include "common/simd.h"
+#include "gemm/driver.h"
+#include "gemm/operands.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// Whether F(4x4, 3x3) computes this convolution (padding is free).
+inline bool winograd_applies(const ConvShape& g) {
+    return g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.groups == 1;
+}
+
+namespace winograd {
+
+constexpr int kTile = 4;        // outputs per tile side
+constexpr int kAlpha = 6;       // inputs per tile side (kTile + 3 - 1)
+constexpr int kPoints = 36;     // kAlpha * kAlpha transform-domain positions
+
+// B^T applied to 6 values (input transform, one dimension).
+template <class V>
+static inline __attribute__((always_inline)) void input_1d(const V* x, int step, V* o, int ostep) {
+    const V x0 = x[0], x1 = x[step], x2 = x[2 * step], x3 = x[3 * step], x4 = x[4 * step], x5 = x[5 * step];
+    const V s42 = x4 - x2, d31 = x3 - x1;
+    o[0] = x0 * 4 - x2 * 5 + x4;
+    o[ostep] = (x4 + x3) - (x1 + x2) * 4;
+    o[2 * ostep] = (x4 - x3) + (x1 - x2) * 4;
+    o[3 * ostep] = s42 + d31 * 2;
+    o[4 * ostep] = s42 - d31 * 2;
+    o[5 * ostep] = x1 * 4 - x3 * 5 + x5;
+}
+
+// A^T applied to 6 values (output transform, one dimension).
+template <class V>
+static inline __attribute__((always_inline)) void output_1d(const V* m, int step, V* o, int ostep) {
+    const V m0 = m[0], m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step], m5 = m[5 * step];
+    const V p12 = m1 + m2, d12 = m1 - m2, p34 = m3 + m4, d34 = m3 - m4;
+    o[0] = m0 + p12 + p34;
+    o[ostep] = d12 + d34 * 2;
+    o[2 * ostep] = p12 + p34 * 4;
+    o[3 * ostep] = d12 + d34 * 8 + m5;
+}
+
+// G applied to 3 arrays of n values (the filter transform, one dimension), elementwise: the
+// compiler vectorises over the arrays. Products with the reciprocals, not divisions: their
+// rounding in double precision is far below float32's.
+template <int n>
+static inline void filter_1d(const double* const* w, double* const* o) {
+    constexpr double sixth = 1.0 / 6, twelfth = 1.0 / 12, twenty_fourth = 1.0 / 24;
+    for (int i = 0; i < n; ++i) {
+        const double w0 = w[0][i], w1 = w[1][i], w2 = w[2][i];
+        o[0][i] = w0 * 0.25;
+        o[1][i] = -(w0 + w1 + w2) * sixth;
+        o[2][i] = -(w0 - w1 + w2) * sixth;
+        o[3][i] = w0 * twenty_fourth + w1 * twelfth + w2 * sixth;
+        o[4][i] = w0 * twenty_fourth - w1 * twelfth + w2 * sixth;
+        o[5][i] = w2;
+    }
+}
+
+// The transformed filters U[xi] (K x C), each packed as the GEMM's A: MR-row panels with
+// rows p*MR.. stored as [c][MR] (PrepackedA's layout), rows past K zero. Computed in double
+// precision and rounded once, for MR rows x 8 channels at a time, so that each panel's run
+// of U[xi] is stored contiguously.
+template <class T>
+struct TransformedFilters {
+    static constexpr int MR = GemmTile<T>::MR;
+    Scratch<T> data;
+    int64_t C, panel_size, xi_size;
+
+    TransformedFilters(const ConvShape& g, const T* w)
+        : C(g.C), panel_size(int64_t(MR) * g.C), xi_size(checked_mul((g.K + MR - 1) / MR, panel_size)) {
+        constexpr int channels = 8, n = MR * channels;  // pairs per pass: (c, row) with the row fastest
+        data = scratch<T>(checked_mul(int64_t(kPoints), xi_size));
+        const int64_t panels = (g.K + MR - 1) / MR, chunks = (g.C + channels - 1) / channels;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+        for (int64_t job = 0; job < panels * chunks; ++job) {
+            const int64_t p = job / chunks, c0 = job % chunks * channels;
+            double taps[9][n], half[kAlpha][3][n], full[kPoints][n];
+            for (int e = 0; e < n; ++e) {
+                const int64_t k = p * MR + e % MR, c = c0 + e / MR;
+                for (int j = 0; j < 9; ++j) taps[j][e] = (k < g.K && c < g.C) ? double(w[(k * g.C + c) * 9 + j]) : 0.0;
+            }
+            for (int s = 0; s < 3; ++s) {  // G w: column s of the 3x3 kernel
+                const double* in[3] = {taps[s], taps[3 + s], taps[6 + s]};
+                double* out[kAlpha] = {half[0][s], half[1][s], half[2][s], half[3][s], half[4][s], half[5][s]};
+                filter_1d<n>(in, out);
+            }
+            for (int a = 0; a < kAlpha; ++a) {  // (G w) G^T: row a
+                const double* in[3] = {half[a][0], half[a][1], half[a][2]};
+                double* out[kAlpha];
+                for (int b = 0; b < kAlpha; ++b) out[b] = full[a * kAlpha + b];
+                filter_1d<n>(in, out);
+            }
+            const int64_t run = std::min<int64_t>(channels, g.C - c0) * MR;
+            for (int xi = 0; xi < kPoints; ++xi) {
+                T* dst = data.get() + xi * xi_size + p * panel_size + c0 * MR;
+                for (int64_t e = 0; e < run; ++e) dst[e] = T(full[xi][e]);
+            }
+        }
+    }
+
+    // The A source of position xi (PrepackedA's pack_panel).
+    struct Position {
+        const T* data;
+        int64_t C;
+        void pack_panel(int64_t i0, int64_t, int64_t k0, int64_t kc, T* dst) const {
+            const T* src = data + i0 * C + k0 * MR;  // i0 is a multiple of MR
+            std::copy(src, src + kc * MR, dst);
+        }
+    };
+    Position operator[](int xi) const { return Position{data.get() + xi * xi_size, C}; }
+};
+
+// V[xi] of one block, in the packed B layout: panel p (tiles p*NR..) as [c][NR], read in place
+// by gemm_block (it has panel()).
+template <class T>
+struct TransformedTiles {
+    const T* data;
+    int64_t C;
+    const T* panel(int64_t k0, int64_t j0) const { return data + j0 * C + k0 * gemm_nr<T>(); }
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t, T* dst) const {
+        const T* src = panel(k0, j0);
+        std::copy(src, src + kc * gemm_nr<T>(), dst);
+    }
+};
+
+// How the output is cut into tiles and the tiles into blocks.
+struct Tiling {
+    int64_t rows, cols;   // tiles per image, down and across
+    int64_t total;        // over the batch
+    int64_t block;        // tiles per block: a multiple of the GEMM's NR
+    int64_t blocks;
+
+    template <class T>
+    static Tiling of(const ConvShape& g) {
+        Tiling t;
+        t.rows = (g.Ho + kTile - 1) / kTile;
+        t.cols = (g.Wo + kTile - 1) / kTile;
+        t.total = checked_mul(checked_mul(g.N, t.rows), t.cols);
+        constexpr int64_t NR = gemm_nr<T>();
+        // V and M of a block (36 (C + K) tiles elements) within about 1 MiB, in whole panels,
+        // 1 to 4 of them; and at least 8 blocks when the output has enough tiles, so that the
+        // threads share the work evenly. A function of the shape only (see the header).
+        const double per_tile = double(kPoints) * double(g.C + g.K) * double(sizeof(T));
+        const int64_t fit = int64_t(double(1 << 20) / per_tile) / NR * NR;
+        const int64_t spread = (t.total / 8) / NR * NR;
+        t.block = std::clamp<int64_t>(std::min(fit, std::max<int64_t>(spread, NR)), NR, 4 * NR);
+        t.blocks = (t.total + t.block - 1) / t.block;
+        return t;
+    }
+};
+
+// Short copies and fills in whole vectors, inline (a library call costs as much as the copy
+// for the few dozen elements of an image row).
+template <class T>
+static inline void copy_run(const T* src, int64_t n, T* dst) {
+    using S = Simd<T>;
+    int64_t e = 0;
+    for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::load(src + e));
+    for (; e < n; ++e) dst[e] = src[e];
+}
+template <class T>
+static inline void zero_run(int64_t n, T* dst) {
+    using S = Simd<T>;
+    int64_t e = 0;
+    for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::zero());
+    for (; e < n; ++e) dst[e] = T(0);
+}
+
+// Where a tile's 6x6 input window starts: x's plane offset of its image, top-left corner.
+struct TileOrigin {
+    int64_t image;   // n * C * H * W
+    int64_t h0, w0;  // may be negative (padding)
+    int64_t n, i, j;
+};
+
+// The zero-padded copies of the input rows under the tile rows of a block (transform_input):
+// row after row, column 4 j + b of tile j at 4 j + b. Loads for lanes outside a tile row read
+// the neighbouring rows' values, which the blends drop; the buffer has room before its first
+// row for lanes that start up to L - 1 tiles early, and after its last for the loads past its
+// last tile.
+struct InputRows {
+    template <class T>
+    static constexpr int64_t before() { return 4 * Simd<T>::lanes; }
+    template <class T>
+    static constexpr int64_t after() { return 6 * Simd<T>::lanes; }
+    static int64_t width(const struct Tiling& tl) { return 4 * tl.cols + 2; }
+    // Elements of the buffer for a block of `block` tiles, which touches at most
+    // block / cols + 2 tile rows.
+    template <class T>
+    static int64_t size(const struct Tiling& tl, int64_t block) {
+        return checked_add(checked_mul((block / tl.cols + 2) * 6, width(tl)), before<T>() + after<T>());
+    }
+};
+
+inline TileOrigin tile_origin(const ConvShape& g, const Tiling& tl, int64_t t) {
+    const int64_t per_image = tl.rows * tl.cols;
+    const int64_t n = t / per_image, i = t % per_image / tl.cols, j = t % tl.cols;
+    return TileOrigin{n * g.C * g.H * g.W, i * kTile - g.ph, j * kTile - g.pw, n, i, j};
+}
+
+// The six vectors d[b] with lanes d[b][l] = row[4 l + b]: the columns of L consecutive tiles'
+// windows in one input row, gathered by shuffles from five loads (row[0 .. 5 L)).
+template <class T>
+static inline __attribute__((always_inline)) void deinterleave_row(const T* row, typename Simd<T>::V* d) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    using I = typename S::I;
+    constexpr int L = S::lanes;
+    V q[5];
+    for (int m = 0; m < 5; ++m) q[m] = S::load(row + m * L);
+    I low, high, halves, next;
+    for (int l = 0; l < L; ++l) {
+        halves[l] = l < L / 2 ? l : L + l;   // lanes of a below L/2, of b from there
+        next[l] = l + 1;                     // a's lanes shifted down by one, then b's first
+    }
+#pragma GCC unroll 4
+    for (int b = 0; b < 4; ++b) {
+        for (int l = 0; l < L; ++l) {
+            low[l] = l < L / 2 ? 4 * l + b : 0;            // from q0, q1
+            high[l] = l < L / 2 ? 0 : 4 * l + b - 2 * L;   // from q2, q3
+        }
+        d[b] = __builtin_shuffle(__builtin_shuffle(q[0], q[1], low), __builtin_shuffle(q[2], q[3], high),
+                                 halves);
+    }
+    // Column 4 l + 4 (+1) is column 4 (l + 1) (+1): lanes shifted by one, the last from q4.
+    I q4_first = next, q4_second = next;
+    q4_first[L - 1] = L;
+    q4_second[L - 1] = L + 1;
+    d[4] = __builtin_shuffle(d[0], q[4], q4_first);
+    d[5] = __builtin_shuffle(d[1], q[4], q4_second);
+}
+
+// Input transform of tiles [t0, t0 + nt): V[xi][panel][c][lane] (see TransformedTiles).
+// Per channel, the six input rows under each tile row of the block are copied once, zero
+// padded, into `rows`; lanes of consecutive tiles in one tile row are then gathered with
+// shuffles (deinterleave_row), a group of L tiles that spans tile rows blending one run of
+// lanes per tile row.
+template <class T>
+void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t0, int64_t nt,
+                     T* v, int64_t block, T* rows) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    using I = typename S::I;
+    constexpr int L = S::lanes;
+    constexpr int64_t NR = gemm_nr<T>();
+    const int64_t HW = g.H * g.W, C = g.C;
+    const int64_t groups = (nt + L - 1) / L;
+    const int64_t width = InputRows::width(tl);
+    T* const first_row = rows + InputRows::before<T>();
+    // The tile rows of the block (as their first tile's index) and, per tile, its tile row's
+    // ordinal and its column.
+    std::vector<int64_t> row_first, ordinal(nt), column(nt);
+    for (int64_t l = 0; l < nt; ++l) {
+        const int64_t t = t0 + l;
+        if (l == 0 || t % tl.cols == 0) row_first.push_back(t);
+        ordinal[l] = int64_t(row_first.size()) - 1;
+        column[l] = t % tl.cols;
+    }
+    const I lane = S::iota();
+    for (int64_t c = 0; c < C; ++c) {
+        for (size_t q = 0; q < row_first.size(); ++q) {
+            const TileOrigin o = tile_origin(g, tl, row_first[q]);
+            const T* plane = x + o.image + c * HW;
+            for (int r = 0; r < kAlpha; ++r) {
+                T* dst = first_row + (int64_t(q) * kAlpha + r) * width;
+                const int64_t h = o.h0 + r;
+                if (h < 0 || h >= g.H) {
+                    zero_run(width, dst);
+                    continue;
+                }
+                zero_run(g.pw, dst);
+                copy_run(plane + h * g.W, g.W, dst + g.pw);
+                zero_run(width - g.pw - g.W, dst + g.pw + g.W);
+            }
+        }
+        for (int64_t grp = 0; grp < groups; ++grp) {
+            V in[kPoints];
+            const int valid = int(std::min<int64_t>(L, nt - grp * L));
+            for (int l = 0; l < valid;) {
+                const int64_t first = grp * L + l, q = ordinal[first];
+                int end = l + 1;
+                while (end < valid && ordinal[grp * L + end] == q) ++end;
+                // Lane l' reads tile column column[first] - l + l' of tile row q.
+                const T* base = first_row + q * kAlpha * width + 4 * (column[first] - l);
+                const I run = (lane >= l) & (lane < end);
+                for (int r = 0; r < kAlpha; ++r) {
+                    V d[kAlpha];
+                    deinterleave_row<T>(base + r * width, d);
+                    // The first run sets every lane; later ones replace theirs.
+                    for (int b = 0; b < kAlpha; ++b)
+                        in[r * kAlpha + b] = l == 0 ? d[b] : (run ? d[b] : in[r * kAlpha + b]);
+                }
+                l = end;
+            }
+            if (valid < L)  // lanes past the block's tiles: zeros
+                for (int p = 0; p < kPoints; ++p) in[p] = lane < valid ? in[p] : S::zero();
+            V mid[kPoints], out[kPoints];
+            for (int s = 0; s < kAlpha; ++s) input_1d(in + s, kAlpha, mid + s, kAlpha);      // B^T d
+            for (int a = 0; a < kAlpha; ++a) input_1d(mid + a * kAlpha, 1, out + a * kAlpha, 1);  // (.) B
+            const int64_t first = grp * L;
+            T* dst = v + (first / NR) * NR * C + c * NR + first % NR;
+            for (int p = 0; p < kPoints; ++p) S::store(dst + p * block * C, out[p]);
+        }
+    }
+}
+
+// The inverse of deinterleave_row for four vectors: z[4 l + s] = o[s][l], the output columns
+// of L consecutive tiles' rows in order.
+template <class T>
+static inline __attribute__((always_inline)) void interleave_row(const typename Simd<T>::V* o, T* z) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    using I = typename S::I;
+    constexpr int L = S::lanes;
+    I pairs_low, pairs_high, quads[2];
+    for (int e = 0; e < L; ++e) {
+        pairs_low[e] = e / 2 + (e % 2) * L;  // a[0], b[0], a[1], b[1], ... from the first halves
+        pairs_high[e] = L / 2 + e / 2 + (e % 2) * L;
+    }
+    for (int half = 0; half < 2; ++half)
+        for (int e = 0; e < L; ++e) {
+            const int index = half * L + e, t = index / 4, s = index % 4;
+            quads[half][e] = s < 2 ? 2 * t + s : L + 2 * t + s - 2;
+        }
+    const V lo01 = __builtin_shuffle(o[0], o[1], pairs_low), hi01 = __builtin_shuffle(o[0], o[1], pairs_high);
+    const V lo23 = __builtin_shuffle(o[2], o[3], pairs_low), hi23 = __builtin_shuffle(o[2], o[3], pairs_high);
+    S::store(z, __builtin_shuffle(lo01, lo23, quads[0]));
+    S::store(z + L, __builtin_shuffle(lo01, lo23, quads[1]));
+    S::store(z + 2 * L, __builtin_shuffle(hi01, hi23, quads[0]));
+    S::store(z + 3 * L, __builtin_shuffle(hi01, hi23, quads[1]));
+}
+
+// Output transform of tiles [t0, t0 + nt) from M[xi] (K x block, row stride block) into y.
+// Each output row of a group of L tiles is interleaved in registers (interleave_row) and
+// stored as one run per tile row the group spans.
+template <class T>
+void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t t0, int64_t nt,
+                      int64_t block, const T* bias, T* y) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes;
+    const int64_t K = g.K, HoWo = g.Ho * g.Wo;
+    const int64_t groups = (nt + L - 1) / L;
+    // Per tile row of the block: where its outputs start (channel 0) and how many rows exist;
+    // per tile: its tile row's ordinal and its column.
+    struct Row {
+        int64_t offset;
+        int rows;
+    };
+    std::vector<Row> tile_rows;
+    std::vector<int64_t> ordinal(nt), column(nt);
+    for (int64_t l = 0; l < nt; ++l) {
+        const int64_t t = t0 + l;
+        if (l == 0 || t % tl.cols == 0) {
+            const TileOrigin o = tile_origin(g, tl, t);
+            tile_rows.push_back(Row{o.n * K * HoWo + o.i * kTile * g.Wo,
+                                    int(std::min<int64_t>(kTile, g.Ho - o.i * kTile))});
+        }
+        ordinal[l] = int64_t(tile_rows.size()) - 1;
+        column[l] = t % tl.cols;
+    }
+    alignas(64) T z[kTile][kTile * L];
+    for (int64_t k = 0; k < K; ++k) {
+        const T b = bias ? bias[k] : T(0);
+        for (int64_t grp = 0; grp < groups; ++grp) {
+            V in[kPoints], mid[kTile * kAlpha], out[kTile * kTile];
+            for (int p = 0; p < kPoints; ++p) in[p] = S::load(m + (p * K + k) * block + grp * L);
+            for (int s = 0; s < kAlpha; ++s) output_1d(in + s, kAlpha, mid + s, kAlpha);      // A^T m
+            for (int r = 0; r < kTile; ++r) output_1d(mid + r * kAlpha, 1, out + r * kTile, 1);  // (.) A
+            for (int p = 0; p < kTile * kTile; ++p) out[p] += b;
+            for (int r = 0; r < kTile; ++r) interleave_row<T>(out + r * kTile, z[r]);
+            const int valid = int(std::min<int64_t>(L, nt - grp * L));
+            for (int l = 0; l < valid;) {
+                const int64_t first = grp * L + l, q = ordinal[first];
+                int end = l + 1;
+                while (end < valid && ordinal[grp * L + end] == q) ++end;
+                const Row& row = tile_rows[q];
+                const int64_t wo0 = column[first] * kTile;
+                const int64_t count = std::min<int64_t>(kTile * (end - l), g.Wo - wo0);
+                T* dst = y + row.offset + k * HoWo + wo0;
+                for (int r = 0; r < row.rows; ++r) copy_run(z[r] + kTile * l, count, dst + r * g.Wo);
+                l = end;
+            }
+        }
+    }
+}
+
+}  // namespace winograd
+
+template <class T>
+void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    using namespace winograd;
+    const Tiling tl = Tiling::of<T>(g);
+    const TransformedFilters<T> U(g, w);
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
+    // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the parallel
+    // region: an exception must not escape an OpenMP thread.
+    const int64_t v_size = checked_mul(checked_mul(int64_t(kPoints), g.C), tl.block);
+    const int64_t m_size = checked_mul(checked_mul(int64_t(kPoints), g.K), tl.block);
+    const int64_t rows_size = InputRows::size<T>(tl, tl.block);
+    std::vector<Scratch<T>> vs, ms, rows;
+    std::vector<GemmBuffers<T>> bufs;
+    for (int t = 0; t < threads; ++t) {
+        vs.push_back(scratch<T>(v_size));
+        ms.push_back(scratch<T>(m_size));
+        rows.push_back(scratch<T>(rows_size));
+        std::fill(rows.back().get(), rows.back().get() + rows_size, T(0));  // the margins stay zero
+        bufs.emplace_back(false);
+    }
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+        const int me = omp_get_thread_num();
+        T* v = vs[me].get();
+        T* m = ms[me].get();
+        for (int64_t b = me; b < tl.blocks; b += omp_get_num_threads()) {
+            const int64_t t0 = b * tl.block, nt = std::min(tl.block, tl.total - t0);
+            transform_input(g, tl, x, t0, nt, v, tl.block, rows[me].get());
+            // Columns in whole vectors: the input transform wrote them (zeros past nt).
+            const int64_t cols = std::min(tl.block, (nt + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes);
+            for (int xi = 0; xi < kPoints; ++xi) {
+                const TransformedTiles<T> B{v + xi * tl.block * g.C, g.C};
+                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * g.K * tl.block, tl.block, tl.block);
+                gemm_block<T>(0, g.K, 0, cols, 0, g.C, U[xi], B, M, Store::overwrite, bufs[me]);
+            }
+            transform_output(g, tl, m, t0, nt, tl.block, bias, y);
+        }
+    }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,148 @@
+"""Winograd convolution F(4x4, 3x3) on the cpu backend (algorithm="winograd"): its error
+against the exact result, the layers it accepts, and the input gradient routed through it.
+
+The error bound: for inputs and weights of unit variance, the largest error of an output
+against the exact sum is below WINOGRAD_ERROR_BOUND * eps * 9 C (eps the dtype's machine
+epsilon, 9 C the reduction length; the GEMM's own error grows the same way, from its long
+sums). README, "Convolution algorithms", gives the measured values.
+"""
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import _spec, nn, ops
+from pyconv.autograd import Tensor
+from pyconv.nn import functional as F
+from pyconv.testing import gradcheck
+
+pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
+
+# Multiples of eps * 9 C; the largest measured is 27 (README: 3 input channels, where the
+# transforms, not the sums, dominate; 4-12 from 64 channels).
+WINOGRAD_ERROR_BOUND = 64.0
+
+# (N, C, H, W, K, padding): VGG-like layers, reduced in batch, a first layer, odd sizes whose
+# tiles overhang the image, padding beyond the kernel, and enough tiles for several blocks.
+SHAPES = [
+    (1, 64, 56, 56, 64, 1),
+    (1, 128, 28, 28, 128, 1),
+    (2, 256, 14, 14, 256, 1),
+    (2, 3, 32, 32, 64, 1),
+    (3, 5, 7, 9, 6, 0),
+    (2, 17, 13, 11, 9, 2),
+    (1, 33, 5, 6, 40, 3),
+    (1, 1, 3, 3, 1, 0),
+]
+
+
+def _data(shape, dtype, seed):
+    N, C, H, W, K, _ = shape
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((N, C, H, W)).astype(dtype), rng.standard_normal((K, C, 3, 3)).astype(dtype),
+            rng.standard_normal(K).astype(dtype))
+
+
+def _exact(x, w, b, padding):
+    return ops.conv2d(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), 1, padding,
+                      backend="reference")
+
+
+def relative_error(y, exact, C, dtype):
+    """Largest error in units of eps * 9 C."""
+    return float(np.max(np.abs(y - exact))) / (np.finfo(dtype).eps * 9 * C)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_error_within_the_bound(shape, dtype):
+    x, w, b = _data(shape, dtype, 0)
+    y = ops.conv2d(x, w, b, 1, shape[-1], algorithm="winograd", backend="cpu")
+    assert y.dtype == dtype
+    assert relative_error(y, _exact(x, w, b, shape[-1]), shape[1], dtype) < WINOGRAD_ERROR_BOUND
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES[2:], ids=lambda s: "x".join(map(str, s)))
+def test_input_gradient_error_within_the_bound(shape, dtype):
+    x, w, _ = _data(shape, dtype, 1)
+    pad = shape[-1]
+    grad_out = np.random.default_rng(2).standard_normal(ops.conv2d(x, w, None, 1, pad).shape).astype(dtype)
+    gx, gw, gb = ops.conv2d_backward(grad_out, x, w, 1, pad, algorithm="winograd", backend="cpu")
+    exact = ops.conv2d_backward(grad_out.astype(np.float64), x.astype(np.float64), w.astype(np.float64), 1, pad,
+                                backend="reference")
+    # grad_x sums 9 K terms per element.
+    assert relative_error(gx, exact[0], shape[4], dtype) < WINOGRAD_ERROR_BOUND
+    np.testing.assert_allclose(gw, exact[1], rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=(1e-4 if dtype == np.float32 else 1e-10) * np.abs(exact[1]).max())
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "direct", "winograd", "auto"])
+def test_every_algorithm_matches_the_reference_in_float64(algorithm):
+    x, w, b = _data((2, 8, 9, 10, 12, 1), np.float64, 3)
+    y = ops.conv2d(x, w, b, 1, 1, algorithm=algorithm, backend="cpu")
+    np.testing.assert_allclose(y, _exact(x, w, b, 1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("params", [dict(stride=2), dict(dilation=2), dict(groups=2)],
+                         ids=["stride", "dilation", "groups"])
+def test_winograd_refused_where_it_does_not_apply(params):
+    x, w = np.ones((1, 4, 8, 8), np.float32), np.ones((4, 4 // params.get("groups", 1), 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d: algorithm='winograd' needs a 3x3 kernel"):
+        ops.conv2d(x, w, None, algorithm="winograd", **params)
+    with pytest.raises(ValueError, match=r"conv2d: algorithm='winograd'"):
+        ops.conv2d(x, np.ones((4, 4, 5, 5), np.float32), None, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"conv2d_backward: algorithm='winograd'"):
+        ops.conv2d_backward(np.ones((1, 4, 4, 4), np.float32), x, np.ones((4, 4, 5, 5), np.float32),
+                            algorithm="winograd")
+
+
+def test_unknown_algorithm_refused():
+    x, w = np.ones((1, 2, 5, 5)), np.ones((2, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: algorithm must be one of 'auto', 'gemm'"):
+        ops.conv2d(x, w, algorithm="fft")
+    with pytest.raises(ValueError, match=r"conv2d: algorithm"):
+        ops.conv2d(x, w, algorithm=None)
+    with pytest.raises(ValueError, match=r"Conv2d: algorithm='winograd' needs a 3x3 kernel"):
+        nn.Conv2d(2, 2, 3, stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"Conv2d: algorithm must be one of"):
+        nn.Conv2d(2, 2, 3, algorithm="Winograd")
+
+
+@pytest.mark.parametrize("backend", [b for b in pyconv.backends() if b not in ("cpu", "cuda")])
+def test_other_backends_accept_the_argument(backend):
+    x, w, b = _data((1, 3, 6, 6, 4, 1), np.float64, 4)
+    y = ops.conv2d(x, w, b, 1, 1, algorithm="winograd", backend=backend)
+    np.testing.assert_allclose(y, _exact(x, w, b, 1), rtol=1e-10, atol=1e-10)
+
+
+def test_layer_gradients_through_winograd():
+    layer = nn.Conv2d(3, 4, 3, padding=1, dtype=np.float64, algorithm="winograd")
+    assert "algorithm='winograd'" in repr(layer)
+    x = Tensor(np.random.default_rng(5).standard_normal((2, 3, 6, 7)), requires_grad=True)
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=1, algorithm="winograd"),
+                     (x, layer.weight, layer.bias))
+    x = Tensor(x.data, requires_grad=True)  # without the gradient gradcheck left
+    y = layer(x)
+    y.sum().backward()
+    exact = ops.conv2d_backward(np.ones(y.shape), x.data, layer.weight.data, 1, 1, backend="reference")
+    np.testing.assert_allclose(x.grad, exact[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((8, 64, 56, 56, 64), "winograd"),     # VGG layers
+    ((8, 128, 28, 28, 128), "winograd"),
+    ((8, 256, 14, 14, 256), "winograd"),
+    ((3, 16, 28, 28, 17), "winograd"),     # the conformance table's row for the rule
+    ((8, 64, 14, 14, 64), "gemm"),         # narrow images, few channel pairs
+    ((8, 256, 7, 7, 256), "gemm"),         # under 12 columns
+    ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
+    ((16, 3, 32, 32, 64), "gemm"),         # 3 input channels
+    ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
+])
+def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):
+    N, C, H, W, K = shape
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32), _spec.ShapeDtype((K, C, 3, 3), np.float32),
+                     None, 1, 1, 1, 1)
+    assert pyconv._C.conv2d_algorithm(g, np.dtype(np.float32)).startswith(expected)
+    forced = g._replace(algorithm=_spec.CONV_ALGORITHMS.index("gemm"))
+    assert pyconv._C.conv2d_algorithm(forced, np.dtype(np.float32)).startswith("gemm")

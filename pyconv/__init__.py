@@ -127,7 +127,9 @@ def info() -> dict:
         from . import _C
 
         out.update(isa=_C.isa(), best_isa=_C.best_isa(), compiled_isas=_C.compiled_isas(),
-                   compiler=_C.compiler())
+                   compiler=_C.compiler(), cpu_caches=_C.cpu_caches(),
+                   gemm_blocking={dtype: _C.gemm_blocking(_C.isa(), dtype)
+                                  for dtype in ("float32", "float64")})
     except ImportError as e:
         out.update(isa=None, cpu_backend_error=str(e))
     for name in ("numba", "cupy", "torch"):

@@ -127,9 +127,11 @@ def info() -> dict:
         from . import _C
 
         out.update(isa=_C.isa(), best_isa=_C.best_isa(), compiled_isas=_C.compiled_isas(),
-                   compiler=_C.compiler(), cpu_caches=_C.cpu_caches(),
-                   gemm_blocking={dtype: _C.gemm_blocking(_C.isa(), dtype)
-                                  for dtype in ("float32", "float64")})
+                   compiler=_C.compiler())
+        from . import tuning
+
+        out.update(cpu_caches=tuning.caches(),
+                   gemm_blocking={dtype: tuning.blocking(dtype) for dtype in tuning.DTYPES})
     except ImportError as e:
         out.update(isa=None, cpu_backend_error=str(e))
     for name in ("numba", "cupy", "torch"):

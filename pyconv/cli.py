@@ -41,7 +41,6 @@ def _tune(args):
     import pyconv
     from pyconv import tuning
 
-    pyconv.backends()  # loads the C++ backend, which applies the tuned file if there is one
     if args.threads:
         pyconv.set_num_threads(args.threads)
     print(tuning.describe())

@@ -25,6 +25,9 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--main-build", metavar="SO",
+                   help="also time this build of pyconv._C (e.g. a copy of main's, with the blocks "
+                   "fixed at compile time), called directly")
     p.add_argument("--simulate", default="l1d=32K,l1d_ways=8,l2=2M,l3=32M,l3_shared_by=16",
                    help="caches of the simulated machine (default: a Xeon-like 32K L1d, 2M L2)")
     args = p.parse_args()
@@ -62,6 +65,20 @@ def main():
         return run
 
     impls = {f"pyconv {name}": pyconv_with(b) for name, b in blockings.items()}
+    if args.main_build:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_C", args.main_build)
+        main_C = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(main_C)
+        main_C.set_num_threads(args.threads)
+
+        def main_build(a, b):
+            c = np.empty((a.shape[0], b.shape[1]), a.dtype)
+            main_C.matmul(a, False, b, False, c, False)
+            return c
+
+        impls["main build (compile-time blocks)"] = main_build
     impls["numpy (OpenBLAS)"] = lambda a, b: a @ b
     impls["torch.matmul (MKL)"] = lambda a, b: torch.matmul(torch.from_numpy(a), torch.from_numpy(b))
 

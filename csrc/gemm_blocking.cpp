@@ -37,6 +37,12 @@ int64_t parse_size(std::string s) {
     return value * scale;
 }
 
+// "12" -> 12; -1 when not a plain decimal number.
+int64_t parse_count(const std::string& s) {
+    if (s.empty() || s.size() > 15 || s.find_first_not_of("0123456789") != std::string::npos) return -1;
+    return std::stoll(s);
+}
+
 // The number of CPUs in a list such as "0-3,8,10-11"; 0 when malformed.
 int64_t count_cpu_list(const std::string& list) {
     int64_t count = 0;
@@ -46,8 +52,8 @@ int64_t count_cpu_list(const std::string& list) {
         if (end == std::string::npos) end = list.size();
         const std::string item = list.substr(pos, end - pos);
         const size_t dash = item.find('-');
-        const int64_t first = parse_size(item.substr(0, dash));
-        const int64_t last = dash == std::string::npos ? first : parse_size(item.substr(dash + 1));
+        const int64_t first = parse_count(item.substr(0, dash));
+        const int64_t last = dash == std::string::npos ? first : parse_count(item.substr(dash + 1));
         if (first < 0 || last < first) return 0;
         count += last - first + 1;
         pos = end + 1;
@@ -74,8 +80,8 @@ CpuCaches sysfs_caches(const std::string& cpu_dir) {
         const int64_t sharing = read_line(dir + "shared_cpu_list", shared) ? count_cpu_list(shared) : 0;
         if (level == "1") {
             c.l1d = bytes;
-            if (read_line(dir + "ways_of_associativity", ways)) c.l1d_ways = std::max<int64_t>(0, parse_size(ways));
-            if (read_line(dir + "coherency_line_size", line)) c.line = std::max<int64_t>(0, parse_size(line));
+            if (read_line(dir + "ways_of_associativity", ways)) c.l1d_ways = std::max<int64_t>(0, parse_count(ways));
+            if (read_line(dir + "coherency_line_size", line)) c.line = std::max<int64_t>(0, parse_count(line));
         } else if (level == "2") {
             c.l2 = bytes;
             c.l2_shared_by = std::max<int64_t>(1, sharing);
@@ -152,15 +158,9 @@ CpuCaches detect_cpu_caches(const char* cpu_dir, const char* override_spec, bool
     bool ok = true;
     if (override_spec != nullptr && *override_spec != '\0') {
         ok = apply_override(override_spec, c);
-        if (ok) {
-            static const std::string sources[] = {"sysfs+PYCONV_CACHE_SIZES", "cpuid+PYCONV_CACHE_SIZES",
-                                                  "compiled-in+PYCONV_CACHE_SIZES"};
-            for (const std::string& s : sources)
-                if (s.compare(0, std::strlen(c.source), c.source) == 0) {
-                    c.source = s.c_str();
-                    break;
-                }
-        }
+        if (ok) c.source = std::strcmp(c.source, "sysfs") == 0   ? "sysfs+PYCONV_CACHE_SIZES"
+                           : std::strcmp(c.source, "cpuid") == 0 ? "cpuid+PYCONV_CACHE_SIZES"
+                                                                 : "compiled-in+PYCONV_CACHE_SIZES";
     }
     if (override_ok) *override_ok = ok;
     return c;

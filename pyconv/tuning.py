@@ -98,26 +98,26 @@ def describe() -> str:
 
 class use_blocking:
     """Context manager: run the GEMM of `dtype` with (kc, mc, nc) (rounded to whole register
-    tiles) on the active ISA, then restore what ran before."""
+    tiles) on the active ISA, then restore what every ISA and dtype ran before."""
 
     def __init__(self, kc: int, mc: int, nc: int, dtype: str = "float32"):
         self.blocks, self.dtype = (kc, mc, nc), dtype
 
     def __enter__(self):
         C = _C()
-        self.isa = C.isa()
-        self.before = C.gemm_blocking(self.isa, self.dtype)
-        return C.set_gemm_blocking(self.isa, self.dtype, *self.blocks, "set")
+        # Blockings that were set (a tuned file, another use_blocking) must be set again after
+        # the reset below; the others are what the table finds again on its own.
+        self.set_before = [(isa, dtype, C.gemm_blocking(isa, dtype)) for isa in C.compiled_isas()
+                           for dtype in DTYPES]
+        self.set_before = [(isa, dtype, b) for isa, dtype, b in self.set_before
+                           if b["source"] in ("tuned", "set")]
+        return C.set_gemm_blocking(C.isa(), self.dtype, *self.blocks, "set")
 
     def __exit__(self, *exc):
-        C, b = _C(), self.before
-        # "tuned" and "set" are the only sources that can be put back as they were; the
-        # others are what the table finds again on its own after a reset.
-        if b["source"] in ("tuned", "set"):
-            C.set_gemm_blocking(self.isa, self.dtype, b["kc"], b["mc"], b["nc"], b["source"])
-        else:
-            C.reset_gemm_blocking()
-            apply_tuned_file(warn=False)
+        C = _C()
+        C.reset_gemm_blocking()
+        for isa, dtype, b in self.set_before:
+            C.set_gemm_blocking(isa, dtype, b["kc"], b["mc"], b["nc"], b["source"])
         return False
 
 

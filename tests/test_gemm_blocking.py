@@ -257,3 +257,12 @@ def test_info_and_tune_commands_say_which_blocking_runs(tmp_path, capsys, restor
     cli.main(["tune", "--sizes", "48", "--reps", "1", "--dry-run"])
     out = capsys.readouterr().out
     assert out.startswith("GEMM blocking [") and "float32: model kc=" in out and "wrote" not in out
+
+
+def test_use_blocking_restores_every_blocking(restore_blocking):
+    isa = _C.isa()
+    _C.set_gemm_blocking(isa, "float64", 64, 64, 96, "tuned")
+    before = {d: _C.gemm_blocking(isa, d) for d in ELEM_SIZE}
+    with tuning.use_blocking(40, 16, 96, dtype="float32") as blocks:
+        assert _C.gemm_blocking(isa, "float32")["kc"] == blocks[0] == 40
+    assert {d: _C.gemm_blocking(isa, d) for d in ELEM_SIZE} == before

@@ -146,6 +146,15 @@ def test_cache_override_drives_the_model_in_a_new_process():
     assert mc * kc * 4 <= 128 << 10
 
 
+@pytest.mark.parametrize("name, value", [("PYCONV_CACHE_SIZES", "l2=lots"), ("PYCONV_GEMM_BLOCKING", "1,2")])
+def test_malformed_override_warns_when_the_backend_loads(name, value):
+    env = dict(os.environ, **{name: value})
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", "import pyconv.backends.cpu"],
+                         env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(pyconv.__file__)))
+    assert out.returncode != 0 and f"{name}='{value}' is malformed" in out.stderr
+
+
 def test_tuned_file_round_trip(tmp_path, monkeypatch, restore_blocking):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("PYCONV_GEMM_BLOCKING", raising=False)

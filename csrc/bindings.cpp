@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -25,6 +26,7 @@
 
 #include "common/checked.h"
 #include "common/denormals.h"
+#include "gemm/blocking.h"
 #include "kernels.h"
 
 namespace py = pybind11;
@@ -253,10 +255,44 @@ LstmWeights<T> lstm_weights(const LstmShape& s, const py::array& w_ih, const py:
             checked_or_null<T>(b_hh, {4 * s.H}, "b_hh")};
 }
 
+// ---- GEMM cache blocking: the caches as a dict, and the element size of a dtype name
+
+constexpr std::pair<const char*, int64_t CpuCaches::*> kCacheFields[] = {
+    {"l1d", &CpuCaches::l1d}, {"l1d_ways", &CpuCaches::l1d_ways},
+    {"l2", &CpuCaches::l2},   {"l2_shared_by", &CpuCaches::l2_shared_by},
+    {"l3", &CpuCaches::l3},   {"l3_shared_by", &CpuCaches::l3_shared_by},
+    {"line", &CpuCaches::line}, {"cpus", &CpuCaches::cpus},
+};
+
+py::dict caches_to_dict(const CpuCaches& c) {
+    py::dict d;
+    for (const auto& [name, field] : kCacheFields) d[name] = c.*field;
+    d["source"] = c.source;
+    return d;
+}
+
+CpuCaches caches_from_dict(const py::dict& d) {
+    CpuCaches c{0, 0, 0, 1, 0, 1, 0, 1, "given"};
+    for (const auto& [name, field] : kCacheFields)
+        if (d.contains(name)) c.*field = d[name].cast<int64_t>();
+    return c;
+}
+
+int dtype_size(const std::string& dtype) {
+    if (dtype == "float32") return 4;
+    if (dtype == "float64") return 8;
+    throw py::value_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+}
+
 Isa parse_isa(const std::string& name) {
     for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512})
         if (name == isa_name(isa)) return isa;
     throw py::value_error("isa: expected 'generic', 'avx2' or 'avx512', got '" + name + "'");
+}
+
+const GemmTileShape& gemm_tile_of(Isa isa, int elem_size) {
+    const KernelTable& t = isa == Isa::avx512 ? table_avx512 : isa == Isa::avx2 ? table_avx2 : table_generic;
+    return elem_size == 4 ? t.f32.gemm_tile : t.f64.gemm_tile;
 }
 
 using Array = const py::array&;
@@ -365,6 +401,53 @@ PYBIND11_MODULE(_C, m) {
         if (n < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(n));
         set_num_threads(n);
     });
+    // ---- GEMM cache blocking (gemm/blocking.h)
+    m.def("cpu_caches",
+          [](const std::optional<std::string>& cpu_dir, const std::optional<std::string>& override_spec) {
+              if (!cpu_dir && !override_spec) return caches_to_dict(cpu_caches());
+              bool ok = true;
+              const CpuCaches c = detect_cpu_caches(cpu_dir ? cpu_dir->c_str() : "/sys/devices/system/cpu",
+                                                    override_spec ? override_spec->c_str() : nullptr, &ok);
+              if (!ok) throw py::value_error("cpu_caches: malformed override '" + *override_spec + "'");
+              return caches_to_dict(c);
+          },
+          py::arg("cpu_dir") = py::none(), py::arg("override") = py::none(),
+          "the CPU's caches (detected once), or detected afresh under cpu_dir with an override");
+    m.def("model_gemm_blocking",
+          [](const std::string& isa, const std::string& dtype, const py::dict& caches) {
+              const GemmTileShape& t = gemm_tile_of(parse_isa(isa), dtype_size(dtype));
+              const GemmBlocking b = model_gemm_blocking(caches_from_dict(caches), t.mr, t.nr, dtype_size(dtype));
+              return py::make_tuple(b.kc, b.mc, b.nc);
+          },
+          py::arg("isa"), py::arg("dtype"), py::arg("caches"), "(kc, mc, nc) of the cache model");
+    m.def("gemm_blocking",
+          [](const std::string& isa, const std::string& dtype) {
+              const int level = static_cast<int>(parse_isa(isa)), size = dtype_size(dtype);
+              const GemmBlocking b = gemm_blocking(level, size);
+              const GemmTileShape& t = gemm_tile_of(parse_isa(isa), size);
+              py::dict d;
+              d["kc"] = b.kc, d["mc"] = b.mc, d["nc"] = b.nc;
+              d["source"] = gemm_blocking_source(level, size);
+              d["mr"] = t.mr, d["nr"] = t.nr;
+              d["compiled"] = py::make_tuple(t.kc, t.mc, t.nc);
+              return d;
+          },
+          py::arg("isa"), py::arg("dtype"), "the packed GEMM's blocking now, and where it comes from");
+    m.def("set_gemm_blocking",
+          [](const std::string& isa, const std::string& dtype, int64_t kc, int64_t mc, int64_t nc,
+             const std::string& source) {
+              if (kc < 1 || mc < 1 || nc < 1)
+                  throw py::value_error("set_gemm_blocking: kc, mc, nc must be >= 1");
+              if (source != "tuned" && source != "set")
+                  throw py::value_error("set_gemm_blocking: source must be 'tuned' or 'set'");
+              const GemmBlocking b = set_gemm_blocking(static_cast<int>(parse_isa(isa)), dtype_size(dtype),
+                                                       GemmBlocking{kc, mc, nc}, source == "tuned" ? "tuned" : "set");
+              return py::make_tuple(b.kc, b.mc, b.nc);
+          },
+          py::arg("isa"), py::arg("dtype"), py::arg("kc"), py::arg("mc"), py::arg("nc"),
+          py::arg("source") = "set", "run the GEMM with these blocks (rounded to whole panels)");
+    m.def("reset_gemm_blocking", &reset_gemm_blocking,
+          "back to the blocking of PYCONV_GEMM_BLOCKING, the cache model or the compile-time default");
     m.def("compiler", [] { return std::string("GCC ") + __VERSION__; });
     m.def("mxcsr", [] { return _mm_getcsr(); },
           "this thread's MXCSR (SSE control and status: FTZ is bit 15, DAZ bit 6)");

@@ -42,8 +42,16 @@ struct LstmWeights {
     const T *w_ih, *w_hh, *b_ih, *b_hh;
 };
 
+// The packed GEMM's register tile (MR x NR) and compile-time cache blocks (gemm/tile.h); the
+// blocks it runs with are chosen at run time (gemm/blocking.h).
+struct GemmTileShape {
+    int mr, nr;
+    int64_t kc, mc, nc;
+};
+
 template <class T>
 struct KernelsFor {
+    GemmTileShape gemm_tile;
     // y (N,C,Ho,Wo); idx (N,C,Ho,Wo) flat offsets into each H*W plane, or nullptr.
     void (*max_pool2d)(const PoolShape&, const T* x, T* y, int64_t* idx);
     // grad_x (planes, in_plane) = scatter-add of grad_y (planes, out_plane) at idx. The two

@@ -128,6 +128,10 @@ def info() -> dict:
 
         out.update(isa=_C.isa(), best_isa=_C.best_isa(), compiled_isas=_C.compiled_isas(),
                    compiler=_C.compiler())
+        from . import tuning
+
+        out.update(cpu_caches=tuning.caches(),
+                   gemm_blocking={dtype: tuning.blocking(dtype) for dtype in tuning.DTYPES})
     except ImportError as e:
         out.update(isa=None, cpu_backend_error=str(e))
     for name in ("numba", "cupy", "torch"):

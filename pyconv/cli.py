@@ -1,5 +1,5 @@
-"""The ``pyconv`` command: ``pyconv info``, ``pyconv bench``, ``pyconv train MODEL``,
-``pyconv sample MODEL``."""
+"""The ``pyconv`` command: ``pyconv info``, ``pyconv bench``, ``pyconv tune``,
+``pyconv train MODEL``, ``pyconv sample MODEL``."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +35,16 @@ def _bench(args):
 
     bench.main(quick=args.quick, json_path=args.json, backends=args.backends,
                ops_filter=args.ops, reps=args.reps, threads=args.threads, models=args.models)
+
+
+def _tune(args):
+    import pyconv
+    from pyconv import tuning
+
+    if args.threads:
+        pyconv.set_num_threads(args.threads)
+    print(tuning.describe())
+    tuning.tune(sizes=tuple(args.sizes), reps=args.reps, write=not args.dry_run)
 
 
 def _setup(args):
@@ -112,6 +122,19 @@ def build_parser():
     p.add_argument("--batch", type=int, default=1,
                    help="with --onnx: the size given to a graph input's symbolic dimensions")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "tune", help="time GEMM cache blockings on this CPU and keep the fastest",
+        description="Times a few cache blockings (KC, MC, NC) of the C++ backend's GEMM around "
+        "the cache model's for float32 and float64, and writes the fastest for this CPU model "
+        "and ISA to gemm_blocking.json in $XDG_CACHE_HOME/pyconv (else ~/.cache/pyconv), "
+        "which pyconv applies when it loads.")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024],
+                   help="square GEMM sizes to time (default 512 1024)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per blocking and size (median)")
+    p.add_argument("--threads", type=int, help="threads for the GEMM (default: all cores)")
+    p.add_argument("--dry-run", action="store_true", help="time and report, but write no file")
+    p.set_defaults(func=_tune)
 
     models = _model_names()
     p = sub.add_parser(

@@ -103,7 +103,7 @@ struct Im2colTransposed {
     // dst[k * NR + j] = X[j0 + j, k0 + k]: pixels k0.. (the reduction), taps j0...
     void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t count, T* dst) const {
         constexpr int NR = gemm_nr<T>();
-        PixelRun runs[GemmTile<T>::KC];
+        PixelRun runs[kGemmMaxKC];  // kc <= kGemmMaxKC (gemm/blocking.h)
         const int64_t n_runs = pixel_runs(k0, kc, x.rows, x.cols, runs);
         for (int64_t j = 0; j < NR; ++j) {
             if (j >= count) {

@@ -15,7 +15,8 @@
 // and where C's elements live (tile_ptr / scatter). Convolution uses this to run implicit
 // im2col inside the B packing, and to write C straight into NCHW tensors.
 //
-// The layers, one header each: gemm/tile.h (register tile and cache blocks per ISA),
+// The layers, one header each: gemm/tile.h (register tile per ISA), gemm/blocking.h (cache
+// blocks chosen at run time from the CPU's caches),
 // gemm/addressing.h (where the micro-kernel finds panel elements), gemm/micro_kernel.h,
 // gemm/operands.h (the sources of A and B and the destination C), this driver,
 // gemm/dot.h (the dot-product form) and gemm/chunked_reduction.h (a long reduction split
@@ -41,14 +42,18 @@
 namespace pyconv {
 namespace PYCONV_ISA {
 
-// Packed-panel buffers of one thread, sized for the largest blocks. Without pack_b (every B is a
-// PrepackedB) there is no B buffer: it is large, and a fresh one costs page faults on every call.
+// Packed-panel buffers of one thread, sized for the cache blocks of this call, which gemm_block
+// follows (read once here, so that a blocking changed meanwhile cannot overrun them). Without
+// pack_b (every B is a PrepackedB) there is no B buffer: it is large, and a fresh one costs page
+// faults on every call.
 template <class T>
 struct GemmBuffers {
+    GemmBlocking blocks;
     Scratch<T> a, b;
     explicit GemmBuffers(bool pack_b = true)
-        : a(scratch<T>(GemmTile<T>::MC * GemmTile<T>::KC)),
-          b(scratch<T>(pack_b ? GemmTile<T>::KC * (GemmTile<T>::NC + gemm_nr<T>()) : 1)) {}
+        : blocks(gemm_blocking<T>()),
+          a(scratch<T>(blocks.mc * blocks.kc)),
+          b(scratch<T>(pack_b ? blocks.kc * (blocks.nc + gemm_nr<T>()) : 1)) {}
 };
 
 // One thread's part: rows [m0, m1) x columns [n0, n1) of C, reduction [k_begin, k_end).
@@ -59,7 +64,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                 const ASrc& A, const BSrc& B, const CDst& C, Store mode,
                 GemmBuffers<T>& buf) {
     constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>(), L = Simd<T>::lanes;
-    constexpr int64_t KC = GemmTile<T>::KC, MC = GemmTile<T>::MC, NC = GemmTile<T>::NC;
+    const int64_t KC = buf.blocks.kc, MC = buf.blocks.mc, NC = buf.blocks.nc;
     constexpr bool kPrepackedB = PanelsInPlace<BSrc>::value;
     alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
     // Equal reduction blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
@@ -179,6 +184,9 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* a, const T* b, T* c, bool ac
 // be split by itself, or K too short to be worth cutting.
 template <class T, class ASrc, class BSrc>
 void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B, T* c) {
+    // Chunks of whole compile-time KC blocks, not of the run-time KC: the split must follow from
+    // the shape alone. (Each chunk is then reduced in blocks of the run-time KC, so a different
+    // blocking rounds differently; a fixed one gives the same bytes on any number of threads.)
     const ReductionChunks chunks = reduction_chunks(K, M * N, GemmTile<T>::KC, 2);
     if (K < 4 * std::max(M, N) || chunks.count == 1) {
         gemm_parallel<T>(M, N, K, A, B, OutMatrix<T>::plain(c, N, N));

@@ -1,10 +1,16 @@
 // The packed GEMM's register tile (MR rows x NV vectors of C kept in registers by the
-// micro-kernel) and cache blocks (KC x NC panels of B, MC x KC of A) for this ISA; DotTile is
-// the tile of the dot-product form (gemm/dot.h).
+// micro-kernel) and compile-time cache blocks (KC x NC panels of B, MC x KC of A) for this ISA;
+// DotTile is the tile of the dot-product form (gemm/dot.h).
+//
+// The blocks the GEMM runs with are chosen at run time from the CPU's caches (gemm/blocking.h,
+// gemm_blocking<T>() below); the constants here are the fallback when no cache size is found,
+// and KC is also the reduction granule of the chunked weight-gradient sums, which must depend
+// on the shape alone.
 #pragma once
 
 #include "common/prelude.h"
 #include "common/simd.h"
+#include "gemm/blocking.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -36,6 +42,9 @@ template <class T> struct GemmTile {
 
 template <class T> constexpr int gemm_mr() { return GemmTile<T>::MR; }
 template <class T> constexpr int gemm_nr() { return GemmTile<T>::NV * Simd<T>::lanes; }
+
+// The cache blocks this ISA's GEMM of T runs with now (gemm/blocking.h).
+template <class T> GemmBlocking gemm_blocking() { return pyconv::gemm_blocking(PYCONV_ISA_LEVEL, sizeof(T)); }
 
 }  // namespace PYCONV_ISA
 }  // namespace pyconv

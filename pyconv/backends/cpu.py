@@ -6,8 +6,10 @@ and hands the C++ side contiguous buffers and the geometry from ``pyconv._spec``
 """
 import numpy as np
 
-from .. import _C
+from .. import _C, tuning
 from . import Backend, LstmSaved
+
+tuning.apply_at_import()
 
 backend = Backend("cpu", "numpy", "C++ kernels (pybind11, OpenMP, run-time ISA dispatch)")
 

@@ -171,6 +171,10 @@ def format_table(rows, limits) -> str:
 def main(quick=False, json_path=None, backends=None, ops_filter=None, reps=None, threads=None,
          models=False):
     rows, limits, meta = run(quick, backends, ops_filter, reps, threads=threads, models=models)
+    if "cpu" in pyconv.backends():
+        from pyconv import tuning
+
+        print(tuning.describe())
     print(format_table(rows, limits))
     if json_path:
         with open(json_path, "w") as fh:

@@ -240,6 +240,44 @@ def test_in_place_activation_keeps_values_still_needed():
     _check(nodes, {"x": _rand(2, 3, 5, 5)}, {"w": _rand(3, 3, 1, 1, seed=1)})
 
 
+def test_relu_before_max_pool_runs_after_it_with_the_same_result():
+    """Relu -> MaxPool is planned as MaxPool -> Relu (max is monotone: exact), unless the
+    Relu's output is read elsewhere too."""
+    x, w = {"x": _rand(2, 3, 8, 8)}, {"w": _rand(4, 3, 3, 3, seed=1)}
+    swapped = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+               helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    kept = swapped + [helper.make_node("Identity", ["r"], ["r2"])]
+    got = _check(swapped, x, w)[0]
+    plan = [step[-1] for step in ponnx.load(_model(swapped, x, w))._steps]
+    assert plan == ["Conv", "MaxPool", "Relu"]
+    plan = [step[-1] for step in ponnx.load(_model(kept, x, w, outputs=("y", "r2")))._steps]
+    assert plan[:3] == ["Conv", "Relu", "MaxPool"]
+    np.testing.assert_array_equal(got, ponnx.load(_model(kept, x, w, outputs=("y", "r2"))).run(["y"], x)[0])
+
+
+def test_average_pool_over_the_whole_plane():
+    _check([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[5, 4])], {"x": _rand(2, 3, 5, 4)})
+    _check([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[5, 4], strides=[2, 2], ceil_mode=1)],
+           {"x": _rand(2, 3, 5, 4)})
+
+
+def test_a_graph_runs_at_several_batch_sizes():
+    """Nodes check their arguments once per input shape: a new batch size gets its own geometry,
+    and the first one's is still right when it comes back."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("ConvTranspose", ["p", "t"], ["u"], strides=[2, 2]),
+             helper.make_node("AveragePool", ["u"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inits = {"w": _rand(4, 3, 3, 3, seed=1), "t": _rand(4, 2, 2, 2, seed=2)}
+    model = _model(nodes, {"x": _rand(1, 3, 8, 8)}, inits)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    graph = ponnx.load(model)
+    for n in (2, 5, 2, 1):
+        x = _rand(n, 3, 8, 8, seed=n)
+        np.testing.assert_allclose(graph(x=x), _ort(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
+
+
 def test_softmax_before_opset_13_coerces_to_2d():
     _check([helper.make_node("Softmax", ["x"], ["y"], axis=1)], {"x": _rand(2, 3, 4)}, opset=11)
 

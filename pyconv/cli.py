@@ -108,8 +108,9 @@ def build_parser():
                    help="instead: ONNX graphs (files, or built-in lenet, dcgan, resnet) run by pyconv "
                    "and by ONNX Runtime's CPU provider, interleaved, with a per-op-type split "
                    "(--threads defaults to 2 here)")
-    p.add_argument("--batch", type=int, default=1,
-                   help="with --onnx: the size given to a graph input's symbolic dimensions")
+    p.add_argument("--batch", type=int, default=None,
+                   help="with --onnx: the size given to a graph input's symbolic dimensions "
+                        "(default: 1, or a built-in graph's own batch size)")
     p.set_defaults(func=_bench)
 
     models = _model_names()

@@ -621,6 +621,46 @@ def test_pyconv_models_exported_run_in_onnxruntime(name, tmp_path):
         np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
 
 
+def _dims(values):
+    return [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values]
+
+
+def _more_samples(a, n, seed):
+    rng = np.random.default_rng(seed)
+    if a.dtype.kind == "f":
+        return rng.standard_normal((n,) + a.shape[1:]).astype(a.dtype)
+    return rng.integers(0, int(a.max()) + 1, (n,) + a.shape[1:]).astype(a.dtype)
+
+
+@pytest.mark.parametrize("name", ["lenet", "cgan_generator", "vae_encoder", "resnet"])
+def test_exported_batch_size_is_symbolic(name):
+    """The graph, exported at one batch size, runs in ONNX Runtime and pyconv at others."""
+    model, fn, args = _pyconv_models()[name]
+    fn = fn if fn is not None else model
+    proto = ponnx.export(fn, args if len(args) > 1 else args[0])
+    assert all(dims[0] == "batch" for dims in _dims(proto.graph.input) + _dims(proto.graph.output))
+    model.eval()
+    for n in (1, 5):
+        feeds = [_more_samples(a, n, seed=n) for a in args]
+        expected = _pyconv_outputs(fn, feeds)
+        names = [i.name for i in proto.graph.input]
+        for got in (_ort(proto, dict(zip(names, feeds))), ponnx.load(proto).run(None, dict(zip(names, feeds)))):
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
+
+
+def test_export_keeps_the_batch_size_where_the_model_fixes_it():
+    model, _, args = _pyconv_models()["charlstm"]  # its default LSTM states are constants (layers, batch, H)
+    assert _dims(ponnx.export(model, args[0]).graph.input) == [list(args[0].shape)]
+    x = _rand(3, 2, 4)
+    merged = ponnx.export(lambda t: t.reshape(-1, 4) * 2.0, x)  # batch and the next axis in one
+    assert _dims(merged.graph.input) == [["batch", 2, 4]] and _dims(merged.graph.output) == [[0, 4]]
+    np.testing.assert_allclose(_ort(merged, {"input": _rand(5, 2, 4)})[0], _rand(5, 2, 4).reshape(10, 4) * 2)
+    fixed = ponnx.export(lambda t: t.reshape(2, 12), x)  # fails at another batch size: fixed
+    assert _dims(fixed.graph.input) == [[3, 2, 4]]
+    assert _dims(ponnx.export(nn.Linear(4, 2), _rand(3, 4), dynamic_batch=False).graph.input) == [[3, 4]]
+
+
 def test_export_restores_training_mode_and_refuses_what_it_cannot_map():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2))
     model.train()

@@ -5,7 +5,8 @@ outputs compared and the time split per op type for both.
 The graphs are files, or built in (written with :func:`pyconv.onnx.export` from pyconv's
 models, so no download and no PyTorch is needed): ``lenet`` (LeNet-5, 64 images 32x32),
 ``dcgan`` (the DCGAN generator, 64 samples of 32x32 from 100-d noise, width 64) and
-``resnet`` (a CIFAR-sized ResNet: a 3x3 stem and six basic blocks 16-32-64, 16 images).
+``resnet`` (a CIFAR-sized ResNet: a 3x3 stem and six basic blocks 16-32-64, 16 images); their
+batch size is symbolic in the graph and set to those sizes unless ``--batch`` says otherwise.
 """
 from __future__ import annotations
 
@@ -164,19 +165,21 @@ def format_result(r) -> str:
     return "\n".join(lines)
 
 
-def main(graphs, batch=1, reps=20, threads=2, json_path=None):
-    """`graphs`: ONNX files or built-in names (lenet, dcgan, resnet). Prints one table each."""
+def main(graphs, batch=None, reps=20, threads=2, json_path=None):
+    """`graphs`: ONNX files or built-in names (lenet, dcgan, resnet). Prints one table each.
+    `batch`: the size of the graphs' symbolic dimensions (None: a built-in graph's own batch
+    size, 1 for files)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for g in graphs:
-            path = g
+            path, size = g, batch or 1
             if g in BUILT_IN:
                 path = os.path.join(tmp, f"{g}.onnx")
-                built_in_graph(g, path)
+                size = batch or built_in_graph(g, path).shape[0]
             elif not os.path.exists(g):
                 raise SystemExit(f"pyconv bench --onnx: {g!r} is neither a file nor one of "
                                  f"{', '.join(BUILT_IN)}")
-            r = compare(path, batch, reps, threads)
+            r = compare(path, size, reps, threads)
             results.append(r)
             print(format_result(r), flush=True)
             print()

@@ -89,7 +89,8 @@ def build_parser():
         "bench",
         help="time every op on every backend against the reference, PyTorch and OpenCV",
         description="Times every op on each available backend against the reference backend "
-        "and, when installed, PyTorch's CPU kernels and OpenCV's NMS, in one process. Prints "
+        "and, when installed, PyTorch's CPU kernels, OpenCV's NMS and (conv2d) ONNX Runtime, in "
+        "one process. Prints "
         "time, GFLOP/s or GB/s, %% of the machine limits measured in the same run, and ratios.")
     p.add_argument("--quick", action="store_true", help="small subset of cases (about a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

@@ -690,6 +690,22 @@ def test_bench_compare_runs_a_graph_on_both(tmp_path):
     assert "| Conv |" in onnx_graphs.format_result(r)
 
 
+def test_bench_conv2d_has_an_onnxruntime_anchor(monkeypatch):
+    """pyconv bench times conv2d against a one-node ONNX Runtime graph too, computing the same."""
+    import pyconv.bench as bench
+
+    case = next(c for c in bench.cases(quick=True) if c.op == "conv2d" and c.name.startswith("LeNet conv2"))
+    inputs = case.make(np.random.default_rng(0))
+    (y,) = case.baselines["onnxruntime"](inputs)()
+    np.testing.assert_allclose(y, case.run(inputs, "cpu"), rtol=RTOL, atol=ATOL)
+    monkeypatch.setattr(bench, "cases", lambda quick: [case])
+    monkeypatch.setattr(bench, "measure_limits", lambda: bench.Limits(100.0, 10.0))  # not what is tested
+    rows, limits, _ = bench.run(quick=True, backends=["cpu"], reps=1, progress=False, threads=1)
+    cpu = next(r for r in rows if r.impl == "cpu")
+    assert cpu.vs_onnxruntime > 0 and any(r.impl == "onnxruntime" and r.ms > 0 for r in rows)
+    assert "| x ort |" in bench.format_table(rows, limits)
+
+
 def test_reference_backend_runs_the_same_graph():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"], transB=1)]

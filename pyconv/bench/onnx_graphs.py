@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import pyconv
+from .measure import ort_session
 
 __all__ = ["BUILT_IN", "built_in_graph", "compare", "main"]
 
@@ -81,25 +82,10 @@ def _feeds(session, batch, rng):
     return feeds
 
 
-def _ort_session(onnxruntime, path, threads, profile=False):
-    """ONNX Runtime's CPU provider on `threads` threads. Its idle threads are told not to spin:
-    by default they busy-wait after each run, which in an interleaved comparison takes the cores
-    from pyconv's next run (pyconv's idle OpenMP threads sleep)."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def _per_op(graph, onnxruntime, path, threads, feeds, reps):
+def _per_op(graph, path, threads, feeds, reps):
     """Median seconds per op type and run for pyconv (timed around each node) and ONNX Runtime
     (its profiler's node kernel times), the two runs interleaved as in the main timing."""
-    session = _ort_session(onnxruntime, path, threads, profile=True)
+    session = ort_session(path, threads, os.path.join(tempfile.mkdtemp(), "ort"))
     session.run(None, feeds)  # warm-up, left out below
     mine = collections.defaultdict(lambda: [0.0] * reps)
     for k in range(reps):
@@ -125,11 +111,9 @@ def _per_op(graph, onnxruntime, path, threads, feeds, reps):
 def compare(path, batch=1, reps=20, threads=2):
     """Times `path` on pyconv and ONNX Runtime -> dict with the medians (s), the largest output
     difference and the per-op-type split of both."""
-    import onnxruntime
-
     pyconv.set_num_threads(threads)
     graph = pyconv.onnx.load(path)
-    session = _ort_session(onnxruntime, path, threads)
+    session = ort_session(path, threads)
     feeds = _feeds(session, batch, np.random.default_rng(1))
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
                for a, b in zip(graph.run(None, feeds), session.run(None, feeds)))
@@ -143,7 +127,7 @@ def compare(path, batch=1, reps=20, threads=2):
             fn()
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
-    mine, theirs = _per_op(graph, onnxruntime, path, threads, feeds, max(3, reps // 2))
+    mine, theirs = _per_op(graph, path, threads, feeds, max(3, reps // 2))
     return {"graph": os.path.basename(path), "threads": threads, "reps": reps,
             "pyconv_s": med["pyconv"], "onnxruntime_s": med["onnxruntime"],
             "speedup": med["onnxruntime"] / med["pyconv"], "max_abs_diff": diff,

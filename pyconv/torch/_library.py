@@ -263,14 +263,17 @@ def _(x, w, b, stride, padding, same, dilation, groups, backend):
 def conv2d_backward(grad_out: Tensor, x: Tensor, w: Tensor, stride: list[int],
                     padding: list[int], same: bool, dilation: list[int], groups: int,
                     needs: list[bool], backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    if _host_backend(backend, 4, x, grad_out, w) is not None:
+    be = _host_backend(backend, 4, x, grad_out, w)
+    if be is not None:
         key = ("conv2d_backward", backend, _signature(grad_out, x, w), tuple(stride), tuple(padding),
                same, tuple(dilation), groups, tuple(needs))
         g, wanted = _geometry(key, lambda: _spec.conv_backward(
             _shape(grad_out), _shape(x), _shape(w), tuple(stride), _padding(padding, same),
             tuple(dilation), groups, tuple(needs), 2))
-        grads = ops._conv_backward("conv2d_backward", _array(grad_out), _array(x), _array(w), g,
-                                   wanted, backend)
+        gy = _array(grad_out)
+        grads = (be.kernel("conv2d_grad_input")(gy, _array(w), g) if wanted[0] else None,
+                 be.kernel("conv2d_grad_weight")(gy, _array(x), g) if wanted[1] else None,
+                 be.kernel("conv2d_grad_bias")(gy) if wanted[2] else None)
         return _or_empty(_wrap(grads), x)
     grads = _run(ops.conv2d_backward, grad_out, x, w, tuple(stride), _padding(padding, same),
                  tuple(dilation), groups, tuple(needs), backend=backend)

@@ -44,7 +44,8 @@ def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False, w
 
         node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4,
                                 group=groups)
-        graph = helper.make_graph([node], "conv2d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, a["x"].shape)],
+        graph = helper.make_graph([node], "conv2d",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, a["x"].shape)],
                                   [helper.make_empty_tensor_value_info("y")],
                                   initializer=[numpy_helper.from_array(a[k], k) for k in "wb"])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -18,20 +18,19 @@ __all__ = ["batch_norm_affine", "matmul_2d"]
 
 
 @functools.lru_cache(maxsize=None)
-def _extension(name):
-    """The C++ extension's function `name`, or None without the extension."""
+def _extension_gemm():
     try:
         from .. import _C
     except ImportError:
         return None
-    return getattr(_C, name)
+    return _C.gemm
 
 
 def _packed_gemm():
     """pyconv's own packed GEMM when the cpu backend is selected (it runs on pyconv's threads:
     NumPy's BLAS would bring a thread pool of its own, which fights pyconv's for the cores
     between nodes), else None."""
-    return _extension("gemm") if get_backend() == "cpu" else None
+    return _extension_gemm() if get_backend() == "cpu" else None
 
 
 def matmul_2d(a, b, c=None):
@@ -113,23 +112,15 @@ def _sigmoid(x, out=None):
     return y
 
 
-# Below this many elements NumPy's in-place maximum beats a call of the threaded kernel
-_RELU_KERNEL_FROM = 16384
-
-
 def _relu(x, out=None):
     # In place where the planner allows it: a new output's first touch of fresh pages costs
-    # more than the pass itself. On pyconv's kernel (a slope of 0 is ReLU) for floats: NumPy's
-    # maximum, which also orders NaNs, took 2x as long in place.
-    if x.dtype.kind != "f":
-        return np.maximum(x, 0, out=out)
-    if out is None:
+    # more than the pass itself. Otherwise pyconv's fused kernel (a slope of 0 is ReLU). In
+    # place, NumPy's single-threaded pass rather than that kernel: on a loaded host each
+    # OpenMP region may wait a time slice for a descheduled worker (1 MiB in place: median 46
+    # us on 2 threads against 98 us, but mean 1070 us against 100 us).
+    if out is None and x.dtype.kind == "f":
         return ops.leaky_relu(x, 0.0)
-    leaky_relu = _extension("leaky_relu") if get_backend() == "cpu" and x.size >= _RELU_KERNEL_FROM else None
-    if leaky_relu is None or out is not x or x.dtype.char not in "fd" or not x.flags.c_contiguous:
-        return np.maximum(x, 0, out=out)
-    leaky_relu(x, 0.0, x)
-    return x
+    return np.maximum(x, 0, out=out)
 
 
 _UNARY = {"Relu": _relu, "Sigmoid": _sigmoid, "Tanh": np.tanh, "Exp": np.exp, "Log": np.log,

@@ -1,7 +1,7 @@
 """Loading an ONNX model into a plan that pyconv runs: the nodes in topological order, each
 bound once to the function that computes it (the builders of ``_registry``), constants folded, batch
-normalisation folded into the convolution before it, and every intermediate array dropped
-after its last use."""
+normalisation folded into the convolution before it, a Relu before a MaxPool moved after it,
+and every intermediate array dropped after its last use."""
 from __future__ import annotations
 
 import os

@@ -79,6 +79,21 @@ def test_conv(case, bias):
     _check([node], {"x": _rand(2, 4, 9, 8)}, inits)
 
 
+@pytest.mark.parametrize("strides,pads", [([2, 2], [0, 0, 0, 0]), ([2, 3], [0, 0, 0, 0]), ([2, 2], [1, 1, 1, 1]),
+                                          ([3], [0, 0])])
+def test_strided_1x1_conv_same_bits_as_the_strided_kernel(strides, pads):
+    """A strided 1x1 convolution without padding runs on the pixels it reads, unstrided."""
+    from pyconv import ops
+
+    nd = len(strides)
+    x, w, b = _rand(2, 6, *[9] * nd), _rand(5, 6, *[1] * nd, seed=1), _rand(5, seed=2)
+    got = _check([helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=strides, pads=pads)], {"x": x},
+                 {"w": w, "b": b})[0]
+    conv = ops.conv2d if nd == 2 else ops.conv1d
+    np.testing.assert_array_equal(got, conv(x, w, b, tuple(strides) if nd == 2 else strides[0],
+                                            pads[0] if nd == 1 else tuple(pads[:2])))
+
+
 def test_conv_1d_and_weight_as_input():
     node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[2], pads=[1, 2])
     _check([node], {"x": _rand(2, 3, 11), "w": _rand(5, 3, 4, seed=1)})

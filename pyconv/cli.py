@@ -99,7 +99,8 @@ def build_parser():
         "bench",
         help="time every op on every backend against the reference, PyTorch and OpenCV",
         description="Times every op on each available backend against the reference backend "
-        "and, when installed, PyTorch's CPU kernels and OpenCV's NMS, in one process. Prints "
+        "and, when installed, PyTorch's CPU kernels, OpenCV's NMS and (conv2d) ONNX Runtime, in "
+        "one process. Prints "
         "time, GFLOP/s or GB/s, %% of the machine limits measured in the same run, and ratios.")
     p.add_argument("--quick", action="store_true", help="small subset of cases (about a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -119,8 +120,9 @@ def build_parser():
                    help="instead: ONNX graphs (files, or built-in lenet, dcgan, resnet) run by pyconv "
                    "and by ONNX Runtime's CPU provider, interleaved, with a per-op-type split "
                    "(--threads defaults to 2 here)")
-    p.add_argument("--batch", type=int, default=1,
-                   help="with --onnx: the size given to a graph input's symbolic dimensions")
+    p.add_argument("--batch", type=int, default=None,
+                   help="with --onnx: the size given to a graph input's symbolic dimensions "
+                        "(default: 1, or a built-in graph's own batch size)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser(

@@ -79,6 +79,21 @@ def test_conv(case, bias):
     _check([node], {"x": _rand(2, 4, 9, 8)}, inits)
 
 
+@pytest.mark.parametrize("strides,pads", [([2, 2], [0, 0, 0, 0]), ([2, 3], [0, 0, 0, 0]), ([2, 2], [1, 1, 1, 1]),
+                                          ([3], [0, 0])])
+def test_strided_1x1_conv_same_bits_as_the_strided_kernel(strides, pads):
+    """A strided 1x1 convolution without padding runs on the pixels it reads, unstrided."""
+    from pyconv import ops
+
+    nd = len(strides)
+    x, w, b = _rand(2, 6, *[9] * nd), _rand(5, 6, *[1] * nd, seed=1), _rand(5, seed=2)
+    got = _check([helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=strides, pads=pads)], {"x": x},
+                 {"w": w, "b": b})[0]
+    conv = ops.conv2d if nd == 2 else ops.conv1d
+    np.testing.assert_array_equal(got, conv(x, w, b, tuple(strides) if nd == 2 else strides[0],
+                                            pads[0] if nd == 1 else tuple(pads[:2])))
+
+
 def test_conv_1d_and_weight_as_input():
     node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[2], pads=[1, 2])
     _check([node], {"x": _rand(2, 3, 11), "w": _rand(5, 3, 4, seed=1)})
@@ -238,6 +253,44 @@ def test_in_place_activation_keeps_values_still_needed():
              helper.make_node("Relu", ["x"], ["rx"]),        # x is a graph input
              helper.make_node("Concat", ["r", "s", "t", "rx"], ["y"], axis=1)]
     _check(nodes, {"x": _rand(2, 3, 5, 5)}, {"w": _rand(3, 3, 1, 1, seed=1)})
+
+
+def test_relu_before_max_pool_runs_after_it_with_the_same_result():
+    """Relu -> MaxPool is planned as MaxPool -> Relu (max is monotone: exact), unless the
+    Relu's output is read elsewhere too."""
+    x, w = {"x": _rand(2, 3, 8, 8)}, {"w": _rand(4, 3, 3, 3, seed=1)}
+    swapped = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+               helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    kept = swapped + [helper.make_node("Identity", ["r"], ["r2"])]
+    got = _check(swapped, x, w)[0]
+    plan = [step[-1] for step in ponnx.load(_model(swapped, x, w))._steps]
+    assert plan == ["Conv", "MaxPool", "Relu"]
+    plan = [step[-1] for step in ponnx.load(_model(kept, x, w, outputs=("y", "r2")))._steps]
+    assert plan[:3] == ["Conv", "Relu", "MaxPool"]
+    np.testing.assert_array_equal(got, ponnx.load(_model(kept, x, w, outputs=("y", "r2"))).run(["y"], x)[0])
+
+
+def test_average_pool_over_the_whole_plane():
+    _check([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[5, 4])], {"x": _rand(2, 3, 5, 4)})
+    _check([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[5, 4], strides=[2, 2], ceil_mode=1)],
+           {"x": _rand(2, 3, 5, 4)})
+
+
+def test_a_graph_runs_at_several_batch_sizes():
+    """Nodes check their arguments once per input shape: a new batch size gets its own geometry,
+    and the first one's is still right when it comes back."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("ConvTranspose", ["p", "t"], ["u"], strides=[2, 2]),
+             helper.make_node("AveragePool", ["u"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    inits = {"w": _rand(4, 3, 3, 3, seed=1), "t": _rand(4, 2, 2, 2, seed=2)}
+    model = _model(nodes, {"x": _rand(1, 3, 8, 8)}, inits)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    graph = ponnx.load(model)
+    for n in (2, 5, 2, 1):
+        x = _rand(n, 3, 8, 8, seed=n)
+        np.testing.assert_allclose(graph(x=x), _ort(model, {"x": x})[0], rtol=RTOL, atol=ATOL)
 
 
 def test_softmax_before_opset_13_coerces_to_2d():
@@ -583,6 +636,46 @@ def test_pyconv_models_exported_run_in_onnxruntime(name, tmp_path):
         np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
 
 
+def _dims(values):
+    return [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values]
+
+
+def _more_samples(a, n, seed):
+    rng = np.random.default_rng(seed)
+    if a.dtype.kind == "f":
+        return rng.standard_normal((n,) + a.shape[1:]).astype(a.dtype)
+    return rng.integers(0, int(a.max()) + 1, (n,) + a.shape[1:]).astype(a.dtype)
+
+
+@pytest.mark.parametrize("name", ["lenet", "cgan_generator", "vae_encoder", "resnet"])
+def test_exported_batch_size_is_symbolic(name):
+    """The graph, exported at one batch size, runs in ONNX Runtime and pyconv at others."""
+    model, fn, args = _pyconv_models()[name]
+    fn = fn if fn is not None else model
+    proto = ponnx.export(fn, args if len(args) > 1 else args[0])
+    assert all(dims[0] == "batch" for dims in _dims(proto.graph.input) + _dims(proto.graph.output))
+    model.eval()
+    for n in (1, 5):
+        feeds = [_more_samples(a, n, seed=n) for a in args]
+        expected = _pyconv_outputs(fn, feeds)
+        names = [i.name for i in proto.graph.input]
+        for got in (_ort(proto, dict(zip(names, feeds))), ponnx.load(proto).run(None, dict(zip(names, feeds)))):
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
+
+
+def test_export_keeps_the_batch_size_where_the_model_fixes_it():
+    model, _, args = _pyconv_models()["charlstm"]  # its default LSTM states are constants (layers, batch, H)
+    assert _dims(ponnx.export(model, args[0]).graph.input) == [list(args[0].shape)]
+    x = _rand(3, 2, 4)
+    merged = ponnx.export(lambda t: t.reshape(-1, 4) * 2.0, x)  # batch and the next axis in one
+    assert _dims(merged.graph.input) == [["batch", 2, 4]] and _dims(merged.graph.output) == [[0, 4]]
+    np.testing.assert_allclose(_ort(merged, {"input": _rand(5, 2, 4)})[0], _rand(5, 2, 4).reshape(10, 4) * 2)
+    fixed = ponnx.export(lambda t: t.reshape(2, 12), x)  # fails at another batch size: fixed
+    assert _dims(fixed.graph.input) == [[3, 2, 4]]
+    assert _dims(ponnx.export(nn.Linear(4, 2), _rand(3, 4), dynamic_batch=False).graph.input) == [[3, 4]]
+
+
 def test_export_restores_training_mode_and_refuses_what_it_cannot_map():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2))
     model.train()
@@ -610,6 +703,22 @@ def test_bench_compare_runs_a_graph_on_both(tmp_path):
     assert r["pyconv_s"] > 0 and r["onnxruntime_s"] > 0
     assert "Conv" in r["pyconv_per_op"] and "MaxPool" in r["pyconv_per_op"]
     assert "| Conv |" in onnx_graphs.format_result(r)
+
+
+def test_bench_conv2d_has_an_onnxruntime_anchor(monkeypatch):
+    """pyconv bench times conv2d against a one-node ONNX Runtime graph too, computing the same."""
+    import pyconv.bench as bench
+
+    case = next(c for c in bench.cases(quick=True) if c.op == "conv2d" and c.name.startswith("LeNet conv2"))
+    inputs = case.make(np.random.default_rng(0))
+    (y,) = case.baselines["onnxruntime"](inputs)()
+    np.testing.assert_allclose(y, case.run(inputs, "cpu"), rtol=RTOL, atol=ATOL)
+    monkeypatch.setattr(bench, "cases", lambda quick: [case])
+    monkeypatch.setattr(bench, "measure_limits", lambda: bench.Limits(100.0, 10.0))  # not what is tested
+    rows, limits, _ = bench.run(quick=True, backends=["cpu"], reps=1, progress=False, threads=1)
+    cpu = next(r for r in rows if r.impl == "cpu")
+    assert cpu.vs_onnxruntime > 0 and any(r.impl == "onnxruntime" and r.ms > 0 for r in rows)
+    assert "| x ort |" in bench.format_table(rows, limits)
 
 
 def test_reference_backend_runs_the_same_graph():

@@ -660,3 +660,39 @@ def test_lstm_backward_reuses_the_forward_record():
     result = torch.library.opcheck(torch.ops.pyconv.lstm_backward.default,
                                    (*grads, *args, out, gates, cells, "cpu"))
     assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_operators_check_their_arguments_once_per_signature(monkeypatch):
+    """The convolution and pooling operators run the op's argument checks the first time they
+    see a signature (shapes, dtypes, settings, backend), then call the kernel directly: same
+    values as the public op, a new signature checked again, a bad one refused as before."""
+    from pyconv import _spec, ops
+
+    x, w, b = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3), torch.randn(4)
+    expected = torch.from_numpy(ops.conv2d(x.numpy(), w.numpy(), b.numpy(), 2, 1))
+    checks = []
+    real = _spec.conv2d
+    monkeypatch.setattr(_spec, "conv2d", lambda *a: checks.append(a) or real(*a))
+    monkeypatch.setattr(lib, "_GEOMETRY", {})
+    for _ in range(3):
+        y = pt.conv2d(x, w, b, stride=2, padding=1)
+    assert len(checks) == 1
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    pt.conv2d(x[:1], w, b, stride=2, padding=1)
+    pt.conv2d(x, w, b, stride=2, padding=1, backend="reference")
+    pt.conv2d(x.double(), w.double(), b.double(), stride=2, padding=1)
+    assert len(checks) == 4
+    with pytest.raises(ValueError, match="conv2d: w expects 3 input channels"):
+        pt.conv2d(torch.randn(2, 5, 9, 9), w)
+    # a non-contiguous input is copied for the kernel, as the public op does
+    xt = torch.randn(2, 3, 9, 9).transpose(2, 3)
+    torch.testing.assert_close(pt.conv2d(xt, w), pt.conv2d(xt.contiguous(), w), rtol=0, atol=0)
+    # the pools and their gradients, against the public ops
+    xg = torch.randn(2, 3, 8, 8, requires_grad=True)
+    for pool, op in ((pt.max_pool2d, ops.max_pool2d), (pt.avg_pool2d, ops.avg_pool2d)):
+        y = pool(xg, 3, 2, 1)
+        torch.testing.assert_close(y.detach(), torch.from_numpy(op(xg.detach().numpy(), 3, 2, 1)), rtol=0, atol=0)
+        (grad,) = torch.autograd.grad(y.sum(), xg)
+        xr = xg.detach().clone().requires_grad_()
+        (expected,) = torch.autograd.grad(pool(xr, 3, 2, 1, backend="reference").sum(), xr)
+        torch.testing.assert_close(grad, expected)

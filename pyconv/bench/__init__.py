@@ -1,8 +1,8 @@
 """The benchmark cases and their timing: ``pyconv bench`` (every op on every available backend,
-timed against the reference backend and, when installed, PyTorch's CPU kernels and OpenCV's
-NMS, in one process) and the pytest-benchmark suites in benchmarks/ use what is defined here:
-the records and timing in ``measure``, the kernel cases in ``kernels``, whole networks in
-``models``, and the run and its table here.
+timed against the reference backend and, when installed, PyTorch's CPU kernels, OpenCV's NMS
+and, for conv2d, ONNX Runtime on a one-node graph, in one process) and the pytest-benchmark
+suites in benchmarks/ use what is defined here: the records and timing in ``measure``, the
+kernel cases in ``kernels``, whole networks in ``models``, and the run and its table here.
 
 Method: count the work of each case (FLOPs, or the bytes that must move), measure the machine's
 limits in the same run (GEMM GFLOP/s, copy GB/s), time every implementation of a case
@@ -112,7 +112,7 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
             med["reference"] = statistics.median([_seconds(reference) for _ in range(3)][1:])
             time.sleep(_BLAS_SPIN_SECONDS)
         med.update(interleaved_medians(runnable, reps))
-        baseline = next((med[b] for b in case.baselines if b in med), None)
+        baseline = next((med[b] for b in case.baselines if b in med and b != "onnxruntime"), None)
         for name, why in impls.items():
             if name not in med:
                 rows.append(Row(case.op, case.name, name, None, note=why))
@@ -132,6 +132,8 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
                 row.vs_reference = med["reference"] / t
             if baseline is not None:
                 row.vs_torch = baseline / t
+            if "onnxruntime" in med:
+                row.vs_onnxruntime = med["onnxruntime"] / t
             rows.append(row)
         if bar is not None:
             bar.update()
@@ -142,7 +144,7 @@ def run(quick=False, backends=None, ops_filter=None, reps=None, progress=True, t
 
 
 def format_table(rows, limits) -> str:
-    head = ("op", "case", "impl", "ms", "rate", "% limit", "x ref", "x torch/cv2")
+    head = ("op", "case", "impl", "ms", "rate", "% limit", "x ref", "x torch/cv2", "x ort")
     gpu = "" if limits.gpu is None else (
         f"; GPU rows against the GPU's cuBLAS SGEMM {limits.gpu[0]:.0f} GFLOP/s and copy "
         f"{limits.gpu[1]:.0f} GB/s")
@@ -163,7 +165,7 @@ def format_table(rows, limits) -> str:
         impl = f"{r.impl} ({r.algorithm})" if r.algorithm else r.impl
         lines.append(
             f"| {r.op} | {r.case} | {impl} | {ms} | {rate} | {f(r.pct_limit, '.0f')} | "
-            f"{f(r.vs_reference, '.2f')} | {f(r.vs_torch, '.2f')} |"
+            f"{f(r.vs_reference, '.2f')} | {f(r.vs_torch, '.2f')} | {f(r.vs_onnxruntime, '.2f')} |"
         )
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from pyconv import _spec, ops
 from pyconv.backends import KERNELS
-from .measure import Case, _torch
+from .measure import Case, _onnxruntime, _torch, ort_session
 
 
 def _f32(rng, *shape):
@@ -17,6 +17,11 @@ def _f32(rng, *shape):
 
 def _torch_baseline(make):
     return {"torch": lambda inputs: make(inputs) if _torch() is not None else None}
+
+
+def _onnxruntime_baseline(make):
+    """A single-node ONNX graph run by ONNX Runtime's CPU provider on pyconv's thread count."""
+    return {"onnxruntime": lambda inputs: make(inputs) if _onnxruntime() is not None else None}
 
 
 def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False, weight_scale=0.1):
@@ -32,10 +37,26 @@ def _conv_case(name, N, C, H, W, K, R, stride=1, pad=0, groups=1, quick=False, w
         x, w, b = (torch.from_numpy(a[k]) for k in "xwb")
         return lambda: torch.nn.functional.conv2d(x, w, b, stride, pad, 1, groups)
 
+    def onnxruntime_fn(a):
+        from onnx import TensorProto, helper, numpy_helper
+
+        import pyconv
+
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4,
+                                group=groups)
+        graph = helper.make_graph([node], "conv2d",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, a["x"].shape)],
+                                  [helper.make_empty_tensor_value_info("y")],
+                                  initializer=[numpy_helper.from_array(a[k], k) for k in "wb"])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        session, feeds = ort_session(model, pyconv.get_num_threads()), {"x": a["x"]}
+        return lambda: session.run(None, feeds)
+
     g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
                      _spec.ShapeDtype((K, C // groups, R, R), np.float32),
                      None, stride, pad, 1, groups)
-    return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", _torch_baseline(torch_fn), quick=quick,
+    baselines = {**_torch_baseline(torch_fn), **_onnxruntime_baseline(onnxruntime_fn)}
+    return Case("conv2d", name, ("conv2d",), make, run, g.flops, "flop", baselines, quick=quick,
                 algorithm=lambda be: _cpu_conv2d_algorithm(be, g))
 
 

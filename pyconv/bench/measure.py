@@ -19,6 +19,35 @@ def _torch():
         return None
 
 
+def _onnxruntime():
+    try:
+        import onnx  # noqa: F401  (the graphs are written with onnx.helper)
+        import onnxruntime
+
+        return onnxruntime
+    except ImportError:
+        return None
+
+
+def ort_session(model, threads, profile_prefix=None):
+    """An ONNX Runtime CPU session of `model` (a file path or an onnx.ModelProto) on `threads`
+    intra-op threads, profiling into files starting with `profile_prefix` where given. Its idle
+    threads are told not to spin: by default they busy-wait after each run, which in an
+    interleaved comparison takes the cores from the next implementation's run (pyconv's idle
+    OpenMP threads sleep)."""
+    onnxruntime = _onnxruntime()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 @dataclass
 class Case:
     op: str                      # family shown in the table
@@ -49,6 +78,7 @@ class Row:
     pct_limit: float | None = None
     vs_reference: float | None = None  # speed-up over the reference backend
     vs_torch: float | None = None      # speed-up over PyTorch (or OpenCV for NMS)
+    vs_onnxruntime: float | None = None  # speed-up over ONNX Runtime, where the case has it
     note: str = ""
     algorithm: str | None = None       # what the backend ran, when the case says (Case.algorithm)
 

@@ -5,7 +5,8 @@ outputs compared and the time split per op type for both.
 The graphs are files, or built in (written with :func:`pyconv.onnx.export` from pyconv's
 models, so no download and no PyTorch is needed): ``lenet`` (LeNet-5, 64 images 32x32),
 ``dcgan`` (the DCGAN generator, 64 samples of 32x32 from 100-d noise, width 64) and
-``resnet`` (a CIFAR-sized ResNet: a 3x3 stem and six basic blocks 16-32-64, 16 images).
+``resnet`` (a CIFAR-sized ResNet: a 3x3 stem and six basic blocks 16-32-64, 16 images); their
+batch size is symbolic in the graph and set to those sizes unless ``--batch`` says otherwise.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time
 import numpy as np
 
 import pyconv
+from .measure import ort_session
 
 __all__ = ["BUILT_IN", "built_in_graph", "compare", "main"]
 
@@ -80,25 +82,10 @@ def _feeds(session, batch, rng):
     return feeds
 
 
-def _ort_session(onnxruntime, path, threads, profile=False):
-    """ONNX Runtime's CPU provider on `threads` threads. Its idle threads are told not to spin:
-    by default they busy-wait after each run, which in an interleaved comparison takes the cores
-    from pyconv's next run (pyconv's idle OpenMP threads sleep)."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def _per_op(graph, onnxruntime, path, threads, feeds, reps):
+def _per_op(graph, path, threads, feeds, reps):
     """Median seconds per op type and run for pyconv (timed around each node) and ONNX Runtime
     (its profiler's node kernel times), the two runs interleaved as in the main timing."""
-    session = _ort_session(onnxruntime, path, threads, profile=True)
+    session = ort_session(path, threads, os.path.join(tempfile.mkdtemp(), "ort"))
     session.run(None, feeds)  # warm-up, left out below
     mine = collections.defaultdict(lambda: [0.0] * reps)
     for k in range(reps):
@@ -124,11 +111,9 @@ def _per_op(graph, onnxruntime, path, threads, feeds, reps):
 def compare(path, batch=1, reps=20, threads=2):
     """Times `path` on pyconv and ONNX Runtime -> dict with the medians (s), the largest output
     difference and the per-op-type split of both."""
-    import onnxruntime
-
     pyconv.set_num_threads(threads)
     graph = pyconv.onnx.load(path)
-    session = _ort_session(onnxruntime, path, threads)
+    session = ort_session(path, threads)
     feeds = _feeds(session, batch, np.random.default_rng(1))
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
                for a, b in zip(graph.run(None, feeds), session.run(None, feeds)))
@@ -142,7 +127,7 @@ def compare(path, batch=1, reps=20, threads=2):
             fn()
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t) for name, t in times.items()}
-    mine, theirs = _per_op(graph, onnxruntime, path, threads, feeds, max(3, reps // 2))
+    mine, theirs = _per_op(graph, path, threads, feeds, max(3, reps // 2))
     return {"graph": os.path.basename(path), "threads": threads, "reps": reps,
             "pyconv_s": med["pyconv"], "onnxruntime_s": med["onnxruntime"],
             "speedup": med["onnxruntime"] / med["pyconv"], "max_abs_diff": diff,
@@ -164,19 +149,21 @@ def format_result(r) -> str:
     return "\n".join(lines)
 
 
-def main(graphs, batch=1, reps=20, threads=2, json_path=None):
-    """`graphs`: ONNX files or built-in names (lenet, dcgan, resnet). Prints one table each."""
+def main(graphs, batch=None, reps=20, threads=2, json_path=None):
+    """`graphs`: ONNX files or built-in names (lenet, dcgan, resnet). Prints one table each.
+    `batch`: the size of the graphs' symbolic dimensions (None: a built-in graph's own batch
+    size, 1 for files)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for g in graphs:
-            path = g
+            path, size = g, batch or 1
             if g in BUILT_IN:
                 path = os.path.join(tmp, f"{g}.onnx")
-                built_in_graph(g, path)
+                size = batch or built_in_graph(g, path).shape[0]
             elif not os.path.exists(g):
                 raise SystemExit(f"pyconv bench --onnx: {g!r} is neither a file nor one of "
                                  f"{', '.join(BUILT_IN)}")
-            r = compare(path, batch, reps, threads)
+            r = compare(path, size, reps, threads)
             results.append(r)
             print(format_result(r), flush=True)
             print()

@@ -7,8 +7,12 @@ padding, axes, ...), producing which tensors. Each recorded Function becomes one
 nodes; tensors that no recorded Function produced are the model's inputs (the example inputs)
 or constants (parameters under their ``named_parameters`` names, and any other array).
 
-Shapes are those of the example inputs: the graph is exported for that batch size (reshapes,
-LSTM states and constant planes take the traced sizes).
+The batch size (axis 0 of every input) is left symbolic where the model allows: the model is
+traced a second time with one more sample, every reshape whose target changes with the batch
+gets -1 on the one axis that follows it, and the graph is checked (run by pyconv at the second
+batch size) against that trace. A model whose graph would still hold the batch size (a constant
+shaped by it, such as default LSTM states, or a reshape with two axes that follow it) is
+exported for the example's batch size only.
 """
 from __future__ import annotations
 
@@ -61,6 +65,21 @@ class _Builder:
         self.param_names = param_names
         self.counter = 0
         self.keep = []            # objects whose id() names a value: kept alive while exporting
+        # id of a traced Tensor -> its shape in the trace with one more sample (dynamic batch)
+        self.shapes_at_next_batch = None
+
+    def target_shape(self, out):
+        """The shape to reshape to for the traced Tensor `out`: its traced shape, with -1 on the
+        axis that follows the batch size (when the batch is symbolic)."""
+        shape = list(out.shape)
+        if self.shapes_at_next_batch is None:
+            return shape
+        changed = [k for k, (a, b) in enumerate(zip(shape, self.shapes_at_next_batch[id(out)])) if a != b]
+        if len(changed) > 1:
+            raise _BatchBound(f"a reshape to {tuple(out.shape)} changes {len(changed)} axes with the batch")
+        for k in changed:
+            shape[k] = -1
+        return shape
 
     def fresh(self, hint):
         self.counter += 1
@@ -243,7 +262,7 @@ def _reduce(op_type):
 
 
 def _reshape(b, fn, names, inputs, outs, out_names):
-    b.node("Reshape", [names[0], b.ints(outs[0].shape)], out_names)
+    b.node("Reshape", [names[0], b.ints(b.target_shape(outs[0]))], out_names)
 
 
 def _transpose(b, fn, names, inputs, outs, out_names):
@@ -277,7 +296,7 @@ def _get_item(b, fn, names, inputs, outs, out_names):
     x = names[0]
     if axes:
         x = b.node("Slice", [x, b.ints(starts), b.ints(ends), b.ints(axes), b.ints(steps)])
-    b.node("Reshape", [x, b.ints(outs[0].shape)], out_names)  # drops int axes, adds None axes
+    b.node("Reshape", [x, b.ints(b.target_shape(outs[0]))], out_names)  # drops int axes, adds None axes
 
 
 def _concat(b, fn, names, inputs, outs, out_names):
@@ -373,7 +392,47 @@ def _embedding_indices(b, fn, int_inputs):
     return b.const(np.asarray(idx, np.int64), "indices")
 
 
-def export(model, example_input, path=None, *, input_names=None, output_names=None):
+class _BatchBound(Exception):
+    """The graph cannot leave the batch size symbolic (the message says why)."""
+
+
+def _trace(model, args):
+    """Runs `model` once on `args` in eval mode without gradients -> (records, output Tensors)."""
+    records = []
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with no_grad(), _recording(records):
+            result = model(*args)
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    return records, _flatten(result)
+
+
+def _one_more_sample(examples):
+    """The example inputs with their first sample repeated at the end (batch size + 1), or None
+    where they do not share a batch axis."""
+    if any(e.ndim == 0 for e in examples) or len({e.shape[0] for e in examples}) != 1 or examples[0].shape[0] == 0:
+        return None
+    return [np.concatenate([e, e[:1]]) for e in examples]
+
+
+def _shapes_at_next_batch(records, outputs, records2, outputs2):
+    """id of each traced Tensor -> its shape in the second trace; _BatchBound where the two
+    traces did not run the same Functions."""
+    if len(records) != len(records2) or len(outputs) != len(outputs2) or any(
+            type(f) is not type(f2) for (f, _, _), (f2, _, _) in zip(records, records2)):
+        raise _BatchBound("the model runs other operations at another batch size")
+    shapes = {}
+    for (_, _, out), (_, _, out2) in zip(records, records2):
+        for t, t2 in zip(out if isinstance(out, tuple) else [out], out2 if isinstance(out2, tuple) else [out2]):
+            shapes[id(t)] = t2.shape
+    return shapes
+
+
+def export(model, example_input, path=None, *, input_names=None, output_names=None, dynamic_batch=True):
     """Writes `model` (a pyconv.nn.Module, or any callable on Tensors) as an ONNX graph (opset 17,
     IR version 8) by running it once, in eval mode and without gradients, on `example_input`
     (a NumPy array, or a tuple of them for several inputs; integer arrays are passed as they are,
@@ -385,13 +444,15 @@ def export(model, example_input, path=None, *, input_names=None, output_names=No
     softmax, log_softmax, embedding (indices from an input), LSTM and LSTMCell, and the Tensor
     operations (+ - * / @, neg, pow, exp, log, abs, clip, sum, max, reshape, transpose,
     basic indexing, concatenate, stack, astype). Anything else raises
-    :class:`~pyconv.onnx.UnsupportedError` naming it. The graph has the example inputs' shapes.
-    While it traces, every Function call in the process is recorded: run nothing else on pyconv
-    in other threads meanwhile.
-    """
-    import onnx
-    from onnx import helper
+    :class:`~pyconv.onnx.UnsupportedError` naming it.
 
+    With `dynamic_batch` (the default) axis 0 of the inputs, and the output axes that follow
+    it, are the symbolic dimension ``batch``, so the graph runs at any batch size, where the
+    model allows (see the module's description: the model is traced and the graph checked at a
+    second batch size); where it does not, and with ``dynamic_batch=False``, the graph has the
+    example inputs' shapes. While it traces, every Function call in the process is recorded:
+    run nothing else on pyconv in other threads meanwhile.
+    """
     single = not isinstance(example_input, (tuple, list))
     examples = [example_input] if single else list(example_input)
     examples = [np.asarray(e.data if isinstance(e, Tensor) else e) for e in examples]
@@ -400,6 +461,54 @@ def export(model, example_input, path=None, *, input_names=None, output_names=No
     if len(input_names) != len(examples):
         raise ValueError(f"pyconv.onnx.export: {len(input_names)} input names for {len(examples)} inputs")
     args = [Tensor(e) if e.dtype.kind == "f" else e for e in examples]
+    records, outputs = _trace(model, args)
+    output_names = list(output_names) if output_names else (
+        ["output"] if len(outputs) == 1 else [f"output_{k}" for k in range(len(outputs))])
+    if len(output_names) != len(outputs):
+        raise ValueError(f"pyconv.onnx.export: {len(output_names)} output names for {len(outputs)} outputs")
+
+    bigger = _one_more_sample(examples) if dynamic_batch else None
+    proto = None
+    if bigger is not None:
+        args2 = [Tensor(e) if e.dtype.kind == "f" else e for e in bigger]
+        try:
+            try:
+                records2, outputs2 = _trace(model, args2)
+            except Exception as e:  # whatever the model raises: it is bound to the batch size
+                raise _BatchBound(f"the model fails at another batch size: {e}") from e
+            shapes = _shapes_at_next_batch(records, outputs, records2, outputs2)
+            proto = _graph(model, examples, args, records, outputs, input_names, output_names, shapes)
+            _check_at_next_batch(proto, input_names, bigger, [t.data for t in outputs2])
+        except _BatchBound:
+            proto = None
+    if proto is None:
+        proto = _graph(model, examples, args, records, outputs, input_names, output_names, None)
+    if path is not None:
+        import onnx
+
+        onnx.save(proto, path)
+    return proto
+
+
+def _check_at_next_batch(proto, input_names, inputs, expected):
+    """_BatchBound unless the graph, run by pyconv on `inputs`, gives `expected`."""
+    from ._graph import Graph
+
+    try:
+        got = Graph(proto).run(None, dict(zip(input_names, inputs)))
+    except (ValueError, TypeError, NotImplementedError) as e:
+        raise _BatchBound(f"the graph fails at another batch size: {e}") from e
+    for g, e in zip(got, expected):
+        if g.shape != e.shape or not np.allclose(g, e, rtol=1e-4, atol=1e-4, equal_nan=True):
+            raise _BatchBound("the graph computes something else at another batch size")
+
+
+def _graph(model, examples, args, records, outputs, input_names, output_names, shapes_at_next_batch):
+    """The ONNX model of the traced `records`; with `shapes_at_next_batch`, axis 0 of the inputs
+    and the output axes that follow it are the symbolic dimension ``batch``."""
+    import onnx
+    from onnx import helper
+
     params = dict(model.named_parameters()) if hasattr(model, "named_parameters") else {}
     buffers = {}
     if hasattr(model, "state_dict"):
@@ -407,19 +516,8 @@ def export(model, example_input, path=None, *, input_names=None, output_names=No
     param_names = {id(p.data): name for name, p in params.items()}
     param_names.update({id(a): name for name, a in buffers.items() if hasattr(a, "shape")})
 
-    records = []
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        with no_grad(), _recording(records):
-            result = model(*args)
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-    outputs = _flatten(result)
-
     b = _Builder(param_names)
+    b.shapes_at_next_batch = shapes_at_next_batch
     int_inputs = []
     for name, arg in zip(input_names, args):
         if isinstance(arg, Tensor):
@@ -445,23 +543,27 @@ def export(model, example_input, path=None, *, input_names=None, output_names=No
             b.traced.add(id(t))
         b.keep.append(outs)
 
-    output_names = list(output_names) if output_names else (
-        ["output"] if len(outputs) == 1 else [f"output_{k}" for k in range(len(outputs))])
-    if len(output_names) != len(outputs):
-        raise ValueError(f"pyconv.onnx.export: {len(output_names)} output names for {len(outputs)} outputs")
     for t, name in zip(outputs, output_names):
         b.node("Identity", [b.value(t)], [name])
 
-    def info(name, a):
-        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+    def info(name, a, dims=None):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                             list(a.shape) if dims is None else dims)
 
+    def output_dims(t):
+        if shapes_at_next_batch is None or id(t) not in shapes_at_next_batch:
+            return None
+        batch = examples[0].shape[0]
+        return [d if d == d2 else ("batch" if (d, d2) == (batch, batch + 1) else None)
+                for d, d2 in zip(t.shape, shapes_at_next_batch[id(t)])]
+
+    dynamic = shapes_at_next_batch is not None
     graph = helper.make_graph(b.nodes, type(model).__name__,
-                              [info(n, e) for n, e in zip(input_names, examples)],
-                              [info(n, t.data) for n, t in zip(output_names, outputs)],
+                              [info(n, e, ["batch", *e.shape[1:]] if dynamic else None)
+                               for n, e in zip(input_names, examples)],
+                              [info(n, t.data, output_dims(t)) for n, t in zip(output_names, outputs)],
                               initializer=b.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               ir_version=IR_VERSION, producer_name="pyconv")
     onnx.checker.check_model(proto)
-    if path is not None:
-        onnx.save(proto, path)
     return proto

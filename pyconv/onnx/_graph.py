@@ -1,7 +1,7 @@
 """Loading an ONNX model into a plan that pyconv runs: the nodes in topological order, each
 bound once to the function that computes it (the builders of ``_registry``), constants folded, batch
-normalisation folded into the convolution before it, and every intermediate array dropped
-after its last use."""
+normalisation folded into the convolution before it, a Relu before a MaxPool moved after it,
+and every intermediate array dropped after its last use."""
 from __future__ import annotations
 
 import os
@@ -123,6 +123,30 @@ def _fold_batch_norms(nodes, consts, graph_outputs):
     return kept
 
 
+def _pool_before_relu(nodes, graph_outputs):
+    """Relu -> MaxPool (no indices, the Relu's output read only there) becomes MaxPool -> Relu:
+    max is monotone, so relu(max(x)) = max(relu(x)) exactly, and the Relu then runs on the
+    pooled, smaller array."""
+    consumers = {}
+    for n in nodes:
+        for name in n.inputs:
+            consumers.setdefault(name, []).append(n)
+    order = list(nodes)
+    for relu in nodes:
+        if relu.op_type != "Relu" or relu.outputs[0] in graph_outputs:
+            continue
+        readers = consumers.get(relu.outputs[0], [])
+        if len(readers) != 1 or readers[0].op_type != "MaxPool" or len([o for o in readers[0].outputs if o]) != 1:
+            continue
+        pool = readers[0]
+        pooled = pool.outputs[0]
+        pool.inputs[0], pool.outputs[0] = relu.inputs[0], f"{pooled}__before_relu"
+        relu.inputs[0], relu.outputs[0] = pool.outputs[0], pooled
+        order.remove(relu)
+        order.insert(order.index(pool) + 1, relu)
+    return order
+
+
 class Graph:
     """An ONNX graph bound to pyconv's kernels. ``run(output_names, feeds)`` mirrors
     ``onnxruntime.InferenceSession.run``; ``graph(**feeds)`` returns the single output (or a
@@ -163,6 +187,7 @@ class Graph:
                     f"{n.domain or 'ai.onnx'!r}, opset {opset}) is not supported; pyconv runs "
                     f"{', '.join(SUPPORTED_OPS)} from the default domain")
         nodes = _fold_batch_norms(nodes, consts, set(self.output_names))
+        nodes = _pool_before_relu(nodes, set(self.output_names))
         self._plan(nodes, consts)
 
     def _plan(self, nodes, consts):

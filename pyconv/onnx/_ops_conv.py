@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from ._registry import builder
+from .. import _spec
+from ._registry import KernelCall, builder
 
 # ---------------------------------------------------------------------------------------------
 # Padding geometry shared by Conv, ConvTranspose and the pools
@@ -103,20 +104,47 @@ def _conv(node, nd):
     group = node.attr("group", 1)
     pads = _pads_rule(node, nd)
     kernel_attr = node.attr("kernel_shape")
+    # (x.shape[2:], w.shape) -> (extra begin and end padding or None, common padding, stride)
+    geometry = {}
 
-    def run(x, w, b=None):
+    def plan(x, w):
         kernel = w.shape[2:]
         if kernel_attr is not None and list(kernel_attr) != list(kernel):
             raise ValueError(f"pyconv.onnx: {node.where()}: kernel_shape={list(kernel_attr)} but "
                              f"the weight has shape {w.shape}")
         begins, ends = pads(x.shape[2:], kernel, strides, dilations)
         common = [min(b_, e) for b_, e in zip(begins, ends)]
+        extra = None
         if begins != common or ends != common:  # asymmetric: the extra zeros go in first
-            x = _pad_array(x, [b_ - c for b_, c in zip(begins, common)],
-                           [e - c for e, c in zip(ends, common)])
+            extra = ([b_ - c for b_, c in zip(begins, common)], [e - c for e, c in zip(ends, common)])
+        stride = tuple(_pair(nd, strides, 1))
+        if all(k == 1 for k in kernel) and not any(begins + ends) and max(strides) > 1:
+            stride = None  # see run
+        return extra, tuple(_pair(nd, common, 0)), stride
+
+    conv = KernelCall("conv2d", "conv2d", lambda x, w, b, padding, stride: (_spec.conv2d(
+        x, w, b, stride, padding, _pair(nd, dilations, 1), group),))
+
+    def run(x, w, b=None):
+        if x.ndim != nd + 2 or w.ndim != nd + 2:
+            raise ValueError(f"pyconv.onnx: {node.where()}: x {x.shape} and w {w.shape} must both "
+                             f"have {nd + 2} dimensions (batch, channels and {nd} spatial)")
+        key = x.shape[2:], w.shape
+        if key not in geometry:
+            geometry[key] = plan(x, w)
+        extra, common, stride = geometry[key]
+        if extra is not None:
+            x = _pad_array(x, *extra)
+        if stride is None:
+            # A strided 1x1 convolution without padding reads only every stride-th pixel: on
+            # those, copied out, it is the unstrided 1x1 convolution, a plain matrix product
+            # on x in place (the same sums, bit for bit; 1.9x faster for 16x16x32x32 -> 32
+            # channels at stride 2 than the strided kernel).
+            x = x[(slice(None), slice(None)) + tuple(slice(None, None, s_) for s_ in strides)]
+            stride = (1, 1)
         if nd == 1:
-            return ops.conv1d(x, w, b, strides[0], common[0], dilations[0], group)
-        return ops.conv2d(x, w, b, tuple(strides), tuple(common), tuple(dilations), group)
+            return conv((x[:, :, None, :], w[:, :, None, :], b), common, stride)[:, :, 0, :]
+        return conv((x, w, b), common, stride)
     return run
 
 
@@ -153,15 +181,24 @@ def _conv_transpose(node, nd):
             ends.append(e)
         return begins, ends
 
+    # the transpose convolution is the input gradient of the convolution it inverts
+    transpose = KernelCall("conv_transpose2d", "conv2d_grad_input", lambda x, w, bias, padding: (
+        _spec.conv_transpose2d(x, w, None if bias is None else _spec.ShapeDtype(*bias), _pair(nd, strides, 1),
+                               padding, _pair(nd, out_pad, 0), group, _pair(nd, dilations, 1)),))
+
     def run(x, w, b=None):
+        if x.ndim != nd + 2 or w.ndim != nd + 2:
+            raise ValueError(f"pyconv.onnx: {node.where()}: x {x.shape} and w {w.shape} must both "
+                             f"have {nd + 2} dimensions (batch, channels and {nd} spatial)")
         kernel = w.shape[2:]
         begins, ends = crops(x.shape[2:], kernel)
         native = (begins == ends and min(begins) >= 0
                   and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations)))
         if native:
-            y = ops.conv_transpose2d(_to_2d(nd, x), _to_2d(nd, w), b, _pair(nd, strides, 1),
-                                     _pair(nd, begins, 0), _pair(nd, out_pad, 0), group,
-                                     _pair(nd, dilations, 1))
+            bias = None if b is None else (b.shape, b.dtype)
+            y = transpose((_to_2d(nd, x), _to_2d(nd, w)), bias, tuple(_pair(nd, begins, 0)))
+            if b is not None:
+                y += b.reshape(1, -1, 1, 1)
             return y[:, :, 0, :] if nd == 1 else y
         # The whole transpose convolution, then the window [begin, begin + out) of it, with
         # zeros where that window reaches past it (output_padding, negative pads).
@@ -207,6 +244,12 @@ def _crop_to(nd, y, sizes, kernel, strides, dilations, begins, ends, ceil_mode):
     return y[(..., *[slice(0, o) for o in _pair(nd, out, 1)])]
 
 
+def _check_rank(node, nd, x):
+    if x.ndim != nd + 2:
+        raise ValueError(f"pyconv.onnx: {node.where()}: x {x.shape} must have {nd + 2} dimensions "
+                         f"(batch, channels and {nd} spatial)")
+
+
 def _pool_common(node):
     if node.attr("kernel_shape") is None:
         raise node.refuse("kernel_shape is missing")
@@ -223,13 +266,17 @@ def _max_pool(node):
     if with_indices and node.attr("storage_order", 0) != 0:
         raise node.refuse("storage_order=1 (column-major indices) is not supported")
 
+    pool = KernelCall("max_pool2d", "max_pool2d", lambda x, k2, s2, p2, d2: (
+        _spec.max_pool2d(x, k2, s2, p2, d2, ceil_mode), with_indices))
+
     def run(x):
+        _check_rank(node, nd, x)
         begins, ends = pads(x.shape[2:], kernel, strides, dilations)
         x2 = _to_2d(nd, x)
         k2, s2, d2 = _pair(nd, kernel, 1), _pair(nd, strides, 1), _pair(nd, dilations, 1)
         if begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel)):
-            res = ops.max_pool2d(x2, k2, s2, _pair(nd, begins, 0), d2, ceil_mode,
-                                 return_indices=with_indices)
+            res = pool((x2,), k2, s2, tuple(_pair(nd, begins, 0)), d2)
+            res = res if with_indices else res[0]
         else:
             if with_indices:
                 raise node.refuse(f"the Indices output with pads {begins + ends} (asymmetric or "
@@ -254,12 +301,24 @@ def _avg_pool(node):
         raise node.refuse(f"dilations={dilations} is not supported for AveragePool")
     include_pad = bool(node.attr("count_include_pad", 0))
 
+    def prepare(x, k2, s2, p2):
+        g, divisor = _spec.avg_pool2d(x, k2, s2, p2, ceil_mode, None)
+        return g, include_pad, divisor
+    pool = KernelCall("avg_pool2d", "avg_pool2d", prepare)
+
     def run(x):
+        _check_rank(node, nd, x)
         begins, ends = pads(x.shape[2:], kernel, strides, dilations)
         x2 = _to_2d(nd, x)
-        k2, s2 = _pair(nd, kernel, 1), _pair(nd, strides, 1)
+        k2, s2 = tuple(_pair(nd, kernel, 1)), tuple(_pair(nd, strides, 1))
         if begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel)):
-            y = ops.avg_pool2d(x2, k2, s2, _pair(nd, begins, 0), ceil_mode, include_pad)
+            if not any(begins) and tuple(x2.shape[2:]) == k2 and x2.dtype.kind == "f":
+                # one window over the whole plane: a mean, which NumPy does in one pass
+                N, C = x2.shape[:2]
+                y = np.add.reduce(x2.reshape(N * C, -1), axis=1).reshape(N, C, 1, 1)
+                y /= x2.dtype.type(k2[0] * k2[1])
+            else:
+                y = pool((x2,), k2, s2, tuple(_pair(nd, begins, 0)))
         else:
             b2, e2 = _pair(nd, begins, 0), _pair(nd, ends, 0)
             geometry = (x.shape[2:], kernel, strides, dilations, begins, ends, ceil_mode)

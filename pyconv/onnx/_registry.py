@@ -9,7 +9,11 @@ specification (default domain).
 """
 from __future__ import annotations
 
-__all__ = ["BUILDERS", "VIEW_OPS", "UnsupportedError", "Node", "builder"]
+import numpy as np
+
+from ..backends import resolve, selected
+
+__all__ = ["BUILDERS", "VIEW_OPS", "UnsupportedError", "Node", "builder", "KernelCall"]
 
 
 class UnsupportedError(NotImplementedError):
@@ -62,3 +66,28 @@ def builder(*op_types):
             BUILDERS[t] = fn
         return fn
     return register
+
+
+class KernelCall:
+    """A node's call of one pyconv backend kernel with the op's argument checks and shape rules
+    run once per signature: the first call with given input shapes and dtypes, settings (hashable
+    values such as the padding) and selected backend runs ``prepare(*arrays, *settings)``, which
+    checks the arguments as the public op does and returns the kernel's trailing parameters (its
+    geometry), and picks the backend's kernel; later calls with the same signature go straight
+    to the kernel. A graph calls a node again and again with the same shapes, so the public op's
+    checks on every call would be repeated work."""
+
+    def __init__(self, op, kernel, prepare):
+        self.op, self.kernel, self.prepare = op, kernel, prepare
+        self._bound = {}
+
+    def __call__(self, arrays, *settings):
+        key = (selected(), settings) + tuple(None if a is None else (a.shape, a.dtype) for a in arrays)
+        bound = self._bound.get(key)
+        if bound is None:
+            params = self.prepare(*arrays, *settings)
+            kernel = resolve(None, arrays, self.op).kernel(self.kernel)
+            bound = self._bound[key] = (kernel, params)
+        kernel, params = bound
+        return kernel(*[a if a is None or a.flags.c_contiguous else np.ascontiguousarray(a)
+                        for a in arrays], *params)

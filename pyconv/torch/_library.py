@@ -153,9 +153,15 @@ def _direct_form(op):
         setup, backward = getattr(op, "_setup_context_fn", None), getattr(op, "_backward_fn", None)
         function = None
         if impl is not None and backward is not None and setup is not None:
+            # forward(ctx, *args) rather than a separate setup_context: with the latter,
+            # Function.apply binds the arguments to forward's signature (inspect.signature) on
+            # every call, which cost more than a small kernel.
+            def forward(ctx, *args, impl=impl, setup=setup):
+                output = impl(*args)
+                setup(ctx, args, output)
+                return output
             function = type(f"pyconv_{op._name}", (torch.autograd.Function,), {
-                "forward": staticmethod(impl),
-                "setup_context": staticmethod(setup),
+                "forward": staticmethod(forward),
                 "backward": staticmethod(backward),
             })
         _direct[op] = None if impl is None else (impl, function)
@@ -187,12 +193,66 @@ def call(op, *args):
 
 
 # --------------------------------------------------------------------------------------------
+# The kernels of the convolution and pooling operators, called directly. An operator's
+# arguments are checked by the op's shape rules (pyconv._spec) the first time it sees a given
+# signature (shapes, dtypes, settings, backend); the geometry they give is kept, and later calls
+# with that signature hand the tensors' memory straight to the backend's kernel (what the
+# public op would do after its checks). A training step calls each layer's operators with the
+# same signature every time, and the checks cost about as much as a small kernel.
+
+_GEOMETRY: dict = {}
+_GEOMETRY_LIMIT = 4096  # signatures kept (then forgotten all at once)
+
+
+def _geometry(key, rules):
+    """What `rules()` returns for the signature `key`, computed on first use."""
+    found = _GEOMETRY.get(key)
+    if found is None:
+        if len(_GEOMETRY) >= _GEOMETRY_LIMIT:
+            _GEOMETRY.clear()
+        found = _GEOMETRY[key] = rules()
+    return found
+
+
+def _host_backend(backend: str, ndim: int, *tensors):
+    """The pyconv backend `backend` where it runs on NumPy arrays and the tensors are CPU
+    tensors of the dtypes pyconv runs, the first of rank `ndim` (batched); None sends the call
+    through the public op."""
+    from ..backends import get as get_backend
+
+    if tensors[0].dim() != ndim or any(t is not None and (t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES)
+                                       for t in tensors):
+        return None  # the public op says what is wrong, or runs it
+    be = get_backend(backend)
+    return be if be.array_kind == "numpy" else None
+
+
+def _signature(*tensors):
+    return tuple(None if t is None else (t.shape, t.dtype) for t in tensors)
+
+
+def _array(t: Optional[Tensor]):
+    """A C-contiguous NumPy array of a CPU tensor (its own memory where it is contiguous)."""
+    if t is None:
+        return None
+    a = to_array(t)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+# --------------------------------------------------------------------------------------------
 # Convolution
 
 
 @torch.library.custom_op("pyconv::conv2d", mutates_args=())
 def conv2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: list[int], padding: list[int],
            same: bool, dilation: list[int], groups: int, backend: str) -> Tensor:
+    be = _host_backend(backend, 4, x, w, b)
+    if be is not None:
+        key = ("conv2d", backend, _signature(x, w, b), tuple(stride), tuple(padding), same,
+               tuple(dilation), groups)
+        g = _geometry(key, lambda: _spec.conv2d(_shape(x), _shape(w), _shape(b), tuple(stride),
+                                                _padding(padding, same), tuple(dilation), groups))
+        return to_tensor(be.kernel("conv2d")(_array(x), _array(w), _array(b), g))
     return _run(ops.conv2d, x, w, b, tuple(stride), _padding(padding, same), tuple(dilation),
                 groups, backend=backend)
 
@@ -208,6 +268,18 @@ def _(x, w, b, stride, padding, same, dilation, groups, backend):
 def conv2d_backward(grad_out: Tensor, x: Tensor, w: Tensor, stride: list[int],
                     padding: list[int], same: bool, dilation: list[int], groups: int,
                     needs: list[bool], backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    be = _host_backend(backend, 4, x, grad_out, w)
+    if be is not None:
+        key = ("conv2d_backward", backend, _signature(grad_out, x, w), tuple(stride), tuple(padding),
+               same, tuple(dilation), groups, tuple(needs))
+        g, wanted = _geometry(key, lambda: _spec.conv_backward(
+            _shape(grad_out), _shape(x), _shape(w), tuple(stride), _padding(padding, same),
+            tuple(dilation), groups, tuple(needs), 2))
+        gy = _array(grad_out)
+        grads = (be.kernel("conv2d_grad_input")(gy, _array(w), g) if wanted[0] else None,
+                 be.kernel("conv2d_grad_weight")(gy, _array(x), g) if wanted[1] else None,
+                 be.kernel("conv2d_grad_bias")(gy) if wanted[2] else None)
+        return _or_empty(_wrap(grads), x)
     grads = _run(ops.conv2d_backward, grad_out, x, w, tuple(stride), _padding(padding, same),
                  tuple(dilation), groups, tuple(needs), backend=backend)
     return _or_empty(grads, x)
@@ -274,6 +346,18 @@ conv1d.register_autograd(_conv_autograd(conv1d_backward), setup_context=_conv_se
 def conv_transpose2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride: list[int],
                      padding: list[int], output_padding: list[int], groups: int,
                      dilation: list[int], backend: str) -> Tensor:
+    be = _host_backend(backend, 4, x, w, b)
+    if be is not None:
+        key = ("conv_transpose2d", backend, _signature(x, w, b), tuple(stride), tuple(padding),
+               tuple(output_padding), groups, tuple(dilation))
+        g = _geometry(key, lambda: _spec.conv_transpose2d(
+            _shape(x), _shape(w), _shape(b), tuple(stride), tuple(padding), tuple(output_padding),
+            groups, tuple(dilation)))
+        # the transpose convolution is the input gradient of the convolution it inverts
+        y = be.kernel("conv2d_grad_input")(_array(x), _array(w), g)
+        if b is not None:
+            y += _array(b).reshape(1, -1, 1, 1)
+        return to_tensor(y)
     return _run(ops.conv_transpose2d, x, w, b, tuple(stride), tuple(padding),
                 tuple(output_padding), groups, tuple(dilation), backend=backend)
 
@@ -290,6 +374,19 @@ def conv_transpose2d_backward(grad_out: Tensor, x: Tensor, w: Tensor, stride: li
                               padding: list[int], output_padding: list[int], groups: int,
                               dilation: list[int], needs: list[bool],
                               backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    be = _host_backend(backend, 4, x, grad_out, w)
+    if be is not None:
+        key = ("conv_transpose2d_backward", backend, _signature(grad_out, x, w), tuple(stride),
+               tuple(padding), tuple(output_padding), groups, tuple(dilation), tuple(needs))
+        g, wanted = _geometry(key, lambda: _spec.conv_transpose2d_backward(
+            _shape(grad_out), _shape(x), _shape(w), tuple(stride), tuple(padding),
+            tuple(output_padding), groups, tuple(dilation), tuple(needs)))
+        gy, xa, wa = _array(grad_out), _array(x), _array(w)
+        # the direct convolution that the transpose one inverts gives each gradient
+        grads = (be.kernel("conv2d")(gy, wa, None, g) if wanted[0] else None,
+                 be.kernel("conv2d_grad_weight")(xa, gy, g) if wanted[1] else None,
+                 be.kernel("conv2d_grad_bias")(gy) if wanted[2] else None)
+        return _or_empty(_wrap(grads), x)
     grads = _run(ops.conv_transpose2d_backward, grad_out, x, w, tuple(stride), tuple(padding),
                  tuple(output_padding), groups, tuple(dilation), tuple(needs), backend=backend)
     return _or_empty(grads, x)
@@ -313,6 +410,14 @@ def max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: li
                dilation: list[int], ceil_mode: bool, return_indices: bool,
                backend: str) -> tuple[Tensor, Tensor]:
     """-> (y, indices); indices is empty unless return_indices (the backward needs them)."""
+    be = _host_backend(backend, 4, x)
+    if be is not None:
+        key = ("max_pool2d", backend, _signature(x), tuple(kernel_size), tuple(stride),
+               tuple(padding), tuple(dilation), ceil_mode)
+        g = _geometry(key, lambda: _spec.max_pool2d(_shape(x), tuple(kernel_size), tuple(stride),
+                                                    tuple(padding), tuple(dilation), ceil_mode))
+        y, indices = be.kernel("max_pool2d")(_array(x), g, bool(return_indices))
+        return to_tensor(y), (to_tensor(indices) if return_indices else x.new_empty((0,), dtype=torch.int64))
     out = _run(ops.max_pool2d, x, tuple(kernel_size), tuple(stride), tuple(padding),
                tuple(dilation), ceil_mode, return_indices, backend=backend)
     return out if return_indices else (out, x.new_empty((0,), dtype=torch.int64))
@@ -328,6 +433,14 @@ def _(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, back
 @torch.library.custom_op("pyconv::max_pool2d_backward", mutates_args=())
 def max_pool2d_backward(grad_out: Tensor, indices: Tensor, input_shape: list[int],
                         backend: str) -> Tensor:
+    # Only on the C++ kernels, which check every index they scatter to: the op's own check of
+    # the indices' values reads them all on every call.
+    be = _host_backend(backend, 4, grad_out, indices) if backend == "cpu" else None
+    if be is not None and indices.dtype == torch.int64:
+        key = ("max_pool2d_backward", backend, _signature(grad_out, indices), tuple(input_shape))
+        shape = _geometry(key, lambda: _spec.max_pool2d_backward(
+            _shape(grad_out), _spec.ShapeDtype(tuple(indices.shape), np.int64), tuple(input_shape)))
+        return to_tensor(be.kernel("max_pool2d_backward")(_array(grad_out), _array(indices), shape))
     return _run(ops.max_pool2d_backward, grad_out, indices, tuple(input_shape), backend=backend)
 
 
@@ -358,6 +471,13 @@ max_pool2d.register_autograd(_max_pool_backward, setup_context=_max_pool_setup)
 def avg_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
                backend: str) -> Tensor:
+    be = _host_backend(backend, 4, x)
+    if be is not None:
+        key = ("avg_pool2d", backend, _signature(x), tuple(kernel_size), tuple(stride),
+               tuple(padding), ceil_mode, divisor_override)
+        g, divisor = _geometry(key, lambda: _spec.avg_pool2d(
+            _shape(x), tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode, divisor_override))
+        return to_tensor(be.kernel("avg_pool2d")(_array(x), g, bool(count_include_pad), divisor))
     return _run(ops.avg_pool2d, x, tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode,
                 count_include_pad, divisor_override, backend=backend)
 
@@ -374,6 +494,15 @@ def avg_pool2d_backward(grad_out: Tensor, input_shape: list[int], kernel_size: l
                         stride: list[int], padding: list[int], ceil_mode: bool,
                         count_include_pad: bool, divisor_override: Optional[int],
                         backend: str) -> Tensor:
+    be = _host_backend(backend, 4, grad_out)
+    if be is not None:
+        key = ("avg_pool2d_backward", backend, _signature(grad_out), tuple(input_shape),
+               tuple(kernel_size), tuple(stride), tuple(padding), ceil_mode, divisor_override)
+        g, divisor = _geometry(key, lambda: _spec.avg_pool2d_backward(
+            _shape(grad_out), tuple(input_shape), tuple(kernel_size), tuple(stride), tuple(padding),
+            ceil_mode, divisor_override))
+        return to_tensor(be.kernel("avg_pool2d_backward")(_array(grad_out), g, bool(count_include_pad),
+                                                          divisor))
     return _run(ops.avg_pool2d_backward, grad_out, tuple(input_shape), tuple(kernel_size),
                 tuple(stride), tuple(padding), ceil_mode, count_include_pad, divisor_override,
                 backend=backend)

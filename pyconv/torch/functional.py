@@ -53,8 +53,21 @@ def _backend(backend: str | None, t: torch.Tensor) -> str:
     return _selected_in_pyconv() or ("cuda" if t.device.type == "cuda" else "cpu")
 
 
+_checked_ints: dict = {}
+
+
 def _ints(op: str, name: str, value, n: int, minimum: int = 0) -> list[int]:
-    return list(ntuple(op, name, value, n, minimum=minimum))
+    """`value` (an int or a sequence) as a list of n ints, checked. A module passes the same
+    stride, padding and dilation on every call, so plain ints and tuples of them, once checked,
+    are remembered (not bools, which compare equal to ints and are refused)."""
+    plain = type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
+    key = (op, name, value, n, minimum)
+    checked = _checked_ints.get(key) if plain else None
+    if checked is None:
+        checked = ntuple(op, name, value, n, minimum=minimum)
+        if plain and len(_checked_ints) < 4096:
+            _checked_ints[key] = checked
+    return list(checked)
 
 
 def _batched(op: str, x: torch.Tensor, batched_ndim: int):

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import pictures
 from .common import (LN2, Recipe, _batches, _eval_mode, bernoulli_baseline_nats, class_match,
-                     grey_level_baseline_bits, load_images)
+                     grey_level_baseline_bits, load_images, within_class_spread)
 
 
 class DCGANRecipe(Recipe):
@@ -40,13 +40,21 @@ class DCGANRecipe(Recipe):
         picture to picture."""
         folder = os.path.join(out, "epochs")
         os.makedirs(folder, exist_ok=True)
-        pictures.save_grid(trainer.sample_fixed(), os.path.join(folder, f"samples_{trainer.epoch:03d}.png"),
-                           nrow=10 if self.conditional else 8)
+        self.save_samples(trainer, os.path.join(folder, f"samples_{trainer.epoch:03d}.png"))
         return {}
+
+    def save_samples(self, trainer, path):
+        """The fixed noise batch's samples; a conditional model's row k is class k."""
+        if self.conditional:
+            rows = -(-len(trainer.fixed_labels) // 10)
+            labels = [f"class {k}" for k in trainer.fixed_labels[::10][:rows]]
+            pictures.save_grid(trainer.sample_fixed(), path, nrow=10, row_labels=labels)
+        else:
+            pictures.save_grid(trainer.sample_fixed(), path, nrow=8)
 
     def pictures(self, trainer, data, out):
         path = os.path.join(out, "samples.png")
-        pictures.save_grid(trainer.sample_fixed(), path, nrow=10 if self.conditional else 8)
+        self.save_samples(trainer, path)
         return [path, os.path.join(out, "epochs")]
 
     def sample(self, model, n, label=None, temperature=1.0, rng=None):
@@ -66,14 +74,20 @@ class CGANRecipe(DCGANRecipe):
 
     def summary(self, trainer, data):
         """Accuracy of an independently trained classifier on generated samples labelled with
-        the class they were conditioned on."""
+        the class they were conditioned on, and the samples' variety within each class against
+        the real training images'."""
         model = trainer.model
         full = len(data["train"][0]) > 500  # a tiny run (tests) gets a token check
+        drawn = {}
 
         def draw(labels):
             z = model.noise(len(labels), np.random.default_rng(12345))
-            return model.sample(z=z, labels=labels) * 2 - 1
-        return class_match(data, draw, model.num_classes, 100 if full else 5, full)
+            drawn["samples"], drawn["labels"] = model.sample(z=z, labels=labels) * 2 - 1, labels
+            return drawn["samples"]
+        figures = class_match(data, draw, model.num_classes, 100 if full else 5, full)
+        figures["within_class_spread"] = within_class_spread(drawn["samples"], drawn["labels"],
+                                                             *data["train"])
+        return figures
 
 
 class VAERecipe(Recipe):
@@ -139,10 +153,12 @@ class VAERecipe(Recipe):
         paths = [os.path.join(out, n) for n in ("samples.png", "reconstructions.png", "interpolations.png")]
         pictures.save_grid(model.sample(64, np.random.default_rng(0)), paths[0])
         originals = x[:16]
-        pictures.save_grid(np.concatenate([originals, model.reconstruct(originals)]), paths[1], nrow=16)
+        pictures.save_grid(np.concatenate([originals, model.reconstruct(originals)]), paths[1], nrow=16,
+                           row_labels=["test", "decoded"])
         firsts = [int(np.flatnonzero(y == k)[0]) for k in range(10)]
         rows = [model.interpolate(x[firsts[k]], x[firsts[(k + 1) % 10]], steps=10) for k in range(10)]
-        pictures.save_grid(np.concatenate(rows), paths[2], nrow=10)
+        pictures.save_grid(np.concatenate(rows), paths[2], nrow=10,
+                           row_labels=[f"{k} to {(k + 1) % 10}" for k in range(10)])
         return paths
 
     def sample(self, model, n, label=None, temperature=1.0, rng=None):
@@ -233,7 +249,8 @@ class PixelCNNRecipe(VAERecipe):
         if model.num_classes:
             n = 4 * model.num_classes if full else model.num_classes
             images = model.sample(n, np.arange(n) % model.num_classes, rng=rng)
-            pictures.save_grid(images, path, nrow=model.num_classes)
+            pictures.save_grid(images, path, nrow=model.num_classes,
+                               col_labels=[str(k) for k in range(model.num_classes)])
         else:
             pictures.save_grid(model.sample(32 if full else 8, rng=rng), path)
         return [path]

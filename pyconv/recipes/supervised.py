@@ -58,7 +58,8 @@ class LeNetRecipe(Recipe):
         trainer.model.train()
         maps = maps / np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-12)[:, None, None]
         path = os.path.join(out, "saliency.png")
-        pictures.save_grid(np.concatenate([images[:, 0], maps]), path, nrow=len(picks), scale=3)
+        pictures.save_grid(np.concatenate([images[:, 0], maps]), path, nrow=len(picks), scale=3,
+                           row_labels=["digit", "saliency"], col_labels=[str(y[k]) for k in picks])
         return [path]
 
 
@@ -111,7 +112,8 @@ class SegNetRecipe(Recipe):
         rows = [np.repeat(x, 3, axis=1), pictures.overlay_masks(x, masks),
                 pictures.overlay_masks(x, trainer.model.predict(x))]
         path = os.path.join(out, "segmentation.png")
-        pictures.save_grid(np.concatenate(rows), path, nrow=8, scale=3)
+        pictures.save_grid(np.concatenate(rows), path, nrow=8, scale=3,
+                           row_labels=["input", "true", "predicted"])
         return [path]
 
 

@@ -15,6 +15,7 @@ class DCGANRecipe(Recipe):
     description = "DCGAN on the digits (sample grid)"
     epochs, batch_size, lr = 40, 64, 5e-4
     conditional = False
+    mode_seeking = 0.0  # weight of the generator's term against ignoring its noise (see gan_step)
 
     def load_data(self, spec, seed=0, limit=None):
         size = 32 if spec.startswith("mnist:") else 16
@@ -33,7 +34,8 @@ class DCGANRecipe(Recipe):
     def trainer(self, model, lr, **kwargs):
         from ..train import GANTrainer
 
-        return GANTrainer(model, lr=lr, fixed_samples=100 if self.conditional else 64, **kwargs)
+        return GANTrainer(model, lr=lr, fixed_samples=100 if self.conditional else 64,
+                          mode_seeking=self.mode_seeking, **kwargs)
 
     def epoch_metrics(self, trainer, data, out):
         """The fixed noise batch's samples after every epoch (out/epochs/), comparable
@@ -71,6 +73,10 @@ class CGANRecipe(DCGANRecipe):
     name = "cgan"
     description = "class-conditional DCGAN on the digits (class-by-class grid, sample accuracy)"
     conditional = True
+    # without it the generator leans on the label and draws much the same digit whatever the
+    # noise; 0.3 widens each class's variety to the real digits' and keeps ~88% of samples in
+    # their class (1.0 pushed that under 75%)
+    mode_seeking = 0.3
 
     def summary(self, trainer, data):
         """Accuracy of an independently trained classifier on generated samples labelled with

@@ -151,3 +151,10 @@ def test_grid_labels_go_in_margins(tmp_path):
     assert top > 5 and left > 20
     np.testing.assert_array_equal(labelled[top:, left:], plain)
     assert labelled[top:, :left].min() < 128 and labelled[:top, left:].min() < 128  # text in both margins
+
+
+def test_sample_offers_only_the_models_that_sample(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "lenet", "--checkpoint", str(tmp_path / "c.npz"), "--out", str(tmp_path / "g.png")])
+    assert "invalid choice: 'lenet' (choose from 'cgan', 'charlstm', 'dcgan', 'pixelcnn', 'vae')" \
+        in capsys.readouterr().err

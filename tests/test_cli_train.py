@@ -134,6 +134,9 @@ def test_within_class_spread():
     assert np.isclose(within_class_spread(2 * real, labels, real, labels), 2)
     collapsed = np.tile(real[:2], (20, 1, 1, 1))  # each class: one image, repeated
     assert within_class_spread(collapsed, labels, real, labels) == 0
+    # a class with a single real image has no spread to compare with: left out
+    assert np.isclose(within_class_spread(real[:4], labels[:4], real[:3], labels[:3]), 1)
+    assert np.isnan(within_class_spread(real[:2], labels[:2], real, labels))
 
 
 def test_grid_labels_go_in_margins(tmp_path):

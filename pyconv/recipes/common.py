@@ -134,10 +134,12 @@ def within_class_spread(samples, labels, real, real_labels):
     """How varied a conditional generator's samples of one class are, relative to the real
     images of that class: per class, the mean pairwise distance between its samples over that
     between its real images, averaged over the classes. About 1: as varied as the data; near
-    0: one image per class whatever the noise (mode collapse)."""
+    0: one image per class whatever the noise (mode collapse). Classes with fewer than two
+    samples or two real images (tiny runs) are left out; NaN when none is left."""
     ratios = [mean_pairwise_distance(samples[labels == k]) / mean_pairwise_distance(real[real_labels == k])
-              for k in np.unique(labels)]
-    return float(np.mean(ratios))
+              for k in np.unique(labels)
+              if (labels == k).sum() > 1 and (real_labels == k).sum() > 1]
+    return float(np.mean(ratios)) if ratios else float("nan")
 
 
 def predict(model, x, batch_size=256):

@@ -80,10 +80,12 @@ def _sample(args):
                    temperature=args.temperature, label=args.label, seed=args.seed)
 
 
-def _model_names():
-    from pyconv.recipes import RECIPES
+def _model_names(sampling=False):
+    from pyconv.recipes import RECIPES, Recipe
 
-    return sorted(RECIPES)
+    # the classifiers and the segmenter have no sample(): 'pyconv sample' does not offer them
+    return sorted(name for name, recipe in RECIPES.items()
+                  if not sampling or type(recipe).sample is not Recipe.sample)
 
 
 def build_parser():
@@ -171,7 +173,7 @@ def build_parser():
     p = sub.add_parser("sample", help="draw samples from a trained model into a PNG grid",
                        description="Draws samples from the model in --checkpoint (written by "
                        "'pyconv train') into a PNG grid, or a text file for charlstm.")
-    p.add_argument("model", choices=models)
+    p.add_argument("model", choices=_model_names(sampling=True))
     p.add_argument("--checkpoint", required=True, help="checkpoint.npz written by 'pyconv train'")
     p.add_argument("--out", required=True, help="the PNG grid (text file for charlstm)")
     p.add_argument("--n", type=int, default=64, help="number of samples (characters for charlstm)")

@@ -15,6 +15,7 @@ __all__ = [
     "one_hot_dna", "load_digits", "load_mnist", "DataLoader", "train_test_split",
     "synthetic_classification", "synthetic_images", "resize_images", "synthetic_corpus",
     "TextStreams", "synthetic_shapes", "SHAPE_CLASSES", "synthetic_dna", "random_shift",
+    "random_affine",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +271,42 @@ def random_shift(max_shift):
         padded = np.pad(images, ((0, 0), (0, 0), (m, m), (m, m)))
         dy, dx = rng.integers(0, 2 * m + 1, (2, n))
         out = np.stack([padded[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+        return (out, *rest) if rest or isinstance(batch, tuple) else out
+    return transform
+
+
+def random_affine(degrees=10.0, scale=0.1, shift=2.0):
+    """A DataLoader transform: each image of the batch's first array (N, C, H, W) is rotated
+    about its centre by up to `degrees`, scaled by a factor in [1 - scale, 1 + scale] and moved
+    by up to `shift` pixels in each direction (all drawn uniformly, per image), with bilinear
+    interpolation; what comes from outside the image is zero."""
+    def transform(batch, rng):
+        images, *rest = batch if isinstance(batch, tuple) else (batch,)
+        n, _, h, w = images.shape
+        angle = np.deg2rad(rng.uniform(-degrees, degrees, n))[:, None, None]
+        factor = rng.uniform(1 - scale, 1 + scale, n)[:, None, None]
+        ty, tx = (rng.uniform(-shift, shift, (2, n))[:, :, None, None])
+        # each output pixel reads the input where the inverse transform takes it
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        yy, xx = np.mgrid[0:h, 0:w]
+        dy, dx = yy - cy - ty, xx - cx - tx
+        cos, sin = np.cos(angle), np.sin(angle)
+        sy = (cos * dy - sin * dx) / factor + cy
+        sx = (sin * dy + cos * dx) / factor + cx
+        # a border of zeros around the image: clipped reads outside it land there
+        padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        y0, x0 = np.floor(sy), np.floor(sx)
+        wy, wx = (sy - y0)[:, None], (sx - x0)[:, None]
+        batch_index = np.arange(n)[:, None, None]
+
+        def at(y, x):
+            y = np.clip(y.astype(np.int64) + 1, 0, h + 1)
+            x = np.clip(x.astype(np.int64) + 1, 0, w + 1)
+            return padded[batch_index, :, y, x].transpose(0, 3, 1, 2)
+
+        out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
+               + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+        out = out.astype(images.dtype)
         return (out, *rest) if rest or isinstance(batch, tuple) else out
     return transform
 

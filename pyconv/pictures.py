@@ -35,14 +35,46 @@ def image_grid(images, nrow=8, padding=1, scale=1, pad_value=1.0) -> np.ndarray:
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def save_grid(images, path, nrow=8, padding=1, scale=None) -> None:
+def save_grid(images, path, nrow=8, padding=1, scale=None, row_labels=None,
+              col_labels=None) -> None:
     """Writes :func:`image_grid` of `images` as a PNG. By default small images are enlarged
-    so that each is at least 48 pixels wide."""
-    from PIL import Image
+    so that each is at least 48 pixels wide. `row_labels` (one text per row of the grid) are
+    written in a margin on the left, `col_labels` (one per column) in a margin above."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    width = np.shape(images)[-1]
+    shape = np.shape(images)
+    height, width = shape[-2], shape[-1]
     scale = scale or max(1, -(-48 // width))
-    Image.fromarray(image_grid(images, nrow, padding, scale)).save(path)
+    grid = Image.fromarray(image_grid(images, nrow, padding, scale))
+    if row_labels is None and col_labels is None:
+        grid.save(path)
+        return
+    try:
+        font = ImageFont.load_default(size=14)
+    except TypeError:  # Pillow before 10.1: only its small bitmap font
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(grid)  # only to measure the texts
+
+    def text_size(text):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    left = 8 + max((text_size(str(t))[0] for t in row_labels), default=0) if row_labels else 0
+    top = 8 + max((text_size(str(t))[1] for t in col_labels), default=0) if col_labels else 0
+    white, ink = (255, 0) if grid.mode == "L" else ((255,) * 3, (0,) * 3)
+    labelled = Image.new(grid.mode, (grid.width + left, grid.height + top), white)
+    labelled.paste(grid, (left, top))
+    draw = ImageDraw.Draw(labelled)
+    step_y, step_x = height * scale + padding, width * scale + padding
+    for r, text in enumerate(row_labels or ()):
+        w, h = text_size(str(text))
+        draw.text((left - 4 - w, top + padding + r * step_y + (step_y - h) // 2), str(text),
+                  fill=ink, font=font, anchor="lt")
+    for c, text in enumerate(col_labels or ()):
+        w, h = text_size(str(text))
+        draw.text((left + padding + c * step_x + (step_x - w) // 2, 2), str(text),
+                  fill=ink, font=font, anchor="lt")
+    labelled.save(path)
 
 
 def _pyplot():

@@ -326,7 +326,11 @@ def gan_step(trainer, batch) -> dict:
     2. the generator learns to make the discriminator call its samples real, the
        discriminator frozen. The loss is the non-saturating -log D(G(z)) rather than
        log(1 - D(G(z))), whose gradient vanishes while the discriminator wins easily, as it
-       does early in training.
+       does early in training. With ``trainer.mode_seeking`` = w > 0 the generator also pays
+       w / (ratio + 1e-5), where ratio is the mean absolute difference between the images of
+       two halves of its batch (the same labels, different noise) over that of their noise
+       (Mao et al. 2019, mode seeking): a generator that ignores its noise, making one image
+       per class, pays a lot.
 
     `trainer.model` has ``generator``, ``discriminator``, ``conditional`` and ``noise(n)``;
     `trainer.optimizers` has "generator" and "discriminator"."""
@@ -337,6 +341,7 @@ def gan_step(trainer, batch) -> dict:
     real = Tensor(batch[0])
     labels = batch[1] if gan.conditional else None
     n = len(batch[0])
+    mode_seeking = getattr(trainer, "mode_seeking", 0.0)
     ones, zeros = np.ones(n, real.dtype), np.zeros(n, real.dtype)
 
     G.requires_grad_(False)
@@ -349,8 +354,18 @@ def gan_step(trainer, batch) -> dict:
     G.requires_grad_(True)
 
     D.requires_grad_(False)
-    d_gen = D(G(gan.noise(n), labels), labels)
-    loss_g = bce(d_gen, ones)
+    half = n // 2
+    if mode_seeking and half:
+        # the second half repeats the first half's labels with its own noise
+        g_labels = None if labels is None else np.concatenate([labels[:half], labels[:half]])
+        z = gan.noise(2 * half)
+        generated = G(z, g_labels)
+        image_gap = (generated[:half] - generated[half:]).abs().mean()
+        noise_gap = float(np.abs(z[:half] - z[half:]).mean())
+        loss_g = bce(D(generated, g_labels), ones[:2 * half])
+        loss_g = loss_g + mode_seeking / (image_gap / noise_gap + 1e-5)
+    else:
+        loss_g = bce(D(G(gan.noise(n), labels), labels), ones)
     trainer.optimizers["generator"].zero_grad()
     loss_g.backward()
     trainer.optimizers["generator"].step()
@@ -365,18 +380,22 @@ def gan_step(trainer, batch) -> dict:
 
 class GANTrainer(Trainer):
     """A :class:`Trainer` for a GAN (e.g. :class:`pyconv.models.DCGAN`): Adam for both networks
-    (lr 2e-4, betas (0.5, 0.999) as DCGAN) and :func:`gan_step`. A fixed batch of noise (and
-    labels in blocks of equal size, class by class, for a conditional model), drawn once from `seed`, is reused by
-    :meth:`sample_fixed` after every epoch, so that the sample grids of successive epochs and
-    of resumed runs show the same latent points.
+    (lr 2e-4, betas (0.5, 0.999) as DCGAN) and :func:`gan_step`, which reads `mode_seeking`
+    (the weight of its term against a generator that ignores its noise; 0: none). A fixed
+    batch of noise (and labels in blocks of equal size, class by class, for a conditional
+    model), drawn once from `seed`, is reused by :meth:`sample_fixed` after every epoch, so
+    that the sample grids of successive epochs and of resumed runs show the same latent
+    points.
 
         trainer = GANTrainer(DCGAN(), checkpoint_path="run/last.npz")
         trainer.fit(loader, epochs=20, on_epoch_end=lambda t, logs: save_grid(t.sample_fixed(), ...))
     """
 
-    def __init__(self, gan, lr=2e-4, betas=(0.5, 0.999), fixed_samples=64, seed=0, **kwargs):
+    def __init__(self, gan, lr=2e-4, betas=(0.5, 0.999), fixed_samples=64, seed=0, mode_seeking=0.0,
+                 **kwargs):
         from .optim import Adam
 
+        self.mode_seeking = float(mode_seeking)
         optimizers = {"generator": Adam(gan.generator.parameters(), lr=lr, betas=betas),
                       "discriminator": Adam(gan.discriminator.parameters(), lr=lr, betas=betas)}
         super().__init__(gan, optimizers, step_fn=gan_step, **kwargs)

@@ -119,3 +119,45 @@ def test_grey_level_baseline():
     x_test[:, :, 0, 0] = 7 / 255
     expected = (3 * -np.log2(10.5 / 138) + -np.log2(0.5 / 138)) / 4
     assert np.isclose(grey_level_baseline_bits(x_train, x_test), expected)
+
+
+def test_within_class_spread():
+    """1 when the samples of each class are as far apart as the real images of that class,
+    0 when every class has a single sample repeated (mode collapse)."""
+    from pyconv.recipes.common import mean_pairwise_distance, within_class_spread
+
+    assert np.isclose(mean_pairwise_distance(np.array([[0.0, 0], [3, 4], [6, 8]])), (5 + 10 + 5) / 3)
+    rng = np.random.default_rng(0)
+    real = rng.random((40, 1, 4, 4))
+    labels = np.arange(40) % 2
+    assert np.isclose(within_class_spread(real, labels, real, labels), 1)
+    assert np.isclose(within_class_spread(2 * real, labels, real, labels), 2)
+    collapsed = np.tile(real[:2], (20, 1, 1, 1))  # each class: one image, repeated
+    assert within_class_spread(collapsed, labels, real, labels) == 0
+    # a class with a single real image has no spread to compare with: left out
+    assert np.isclose(within_class_spread(real[:4], labels[:4], real[:3], labels[:3]), 1)
+    assert np.isnan(within_class_spread(real[:2], labels[:2], real, labels))
+
+
+def test_grid_labels_go_in_margins(tmp_path):
+    from PIL import Image
+
+    from pyconv import pictures
+
+    images = np.zeros((6, 1, 8, 8))  # black images on a white grid
+    pictures.save_grid(images, tmp_path / "plain.png", nrow=3)
+    pictures.save_grid(images, tmp_path / "labelled.png", nrow=3, row_labels=["first", "second"],
+                       col_labels=["a", "b", "c"])
+    plain = np.asarray(Image.open(tmp_path / "plain.png"))
+    labelled = np.asarray(Image.open(tmp_path / "labelled.png"))
+    top, left = labelled.shape[0] - plain.shape[0], labelled.shape[1] - plain.shape[1]
+    assert top > 5 and left > 20
+    np.testing.assert_array_equal(labelled[top:, left:], plain)
+    assert labelled[top:, :left].min() < 128 and labelled[:top, left:].min() < 128  # text in both margins
+
+
+def test_sample_offers_only_the_models_that_sample(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "lenet", "--checkpoint", str(tmp_path / "c.npz"), "--out", str(tmp_path / "g.png")])
+    assert "invalid choice: 'lenet' (choose from 'cgan', 'charlstm', 'dcgan', 'pixelcnn', 'vae')" \
+        in capsys.readouterr().err

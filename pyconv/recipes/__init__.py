@@ -162,8 +162,11 @@ def sample(name, checkpoint, out, n=64, npz=None, temperature=1.0, label=None, s
         with open(out, "w") as f:
             f.write(samples)
     else:
-        conditional_rows = labels is not None and label is None
-        pictures.save_grid(samples, out, nrow=10 if conditional_rows else 8)
+        if labels is not None and label is None:  # the classes cycle: column k is class k
+            columns = min(10, len(samples))
+            pictures.save_grid(samples, out, nrow=10, col_labels=[str(k) for k in labels[:columns]])
+        else:
+            pictures.save_grid(samples, out, nrow=8)
     if npz:
         arrays = {"samples": np.asarray(samples) if not isinstance(samples, str) else np.array(samples)}
         if labels is not None:

@@ -121,6 +121,27 @@ def class_match(data, draw, num_classes, per_class, full):
             "sample_accuracy": float((predict(clf, draw(labels)) == labels).mean())}
 
 
+def mean_pairwise_distance(x):
+    """The mean Euclidean distance between two different images of x (N, ...)."""
+    flat = np.asarray(x, np.float64).reshape(len(x), -1)
+    squared = (flat ** 2).sum(axis=1)
+    d2 = squared[:, None] + squared[None, :] - 2 * flat @ flat.T
+    upper = np.triu_indices(len(flat), 1)
+    return float(np.sqrt(np.maximum(d2[upper], 0)).mean())
+
+
+def within_class_spread(samples, labels, real, real_labels):
+    """How varied a conditional generator's samples of one class are, relative to the real
+    images of that class: per class, the mean pairwise distance between its samples over that
+    between its real images, averaged over the classes. About 1: as varied as the data; near
+    0: one image per class whatever the noise (mode collapse). Classes with fewer than two
+    samples or two real images (tiny runs) are left out; NaN when none is left."""
+    ratios = [mean_pairwise_distance(samples[labels == k]) / mean_pairwise_distance(real[real_labels == k])
+              for k in np.unique(labels)
+              if (labels == k).sum() > 1 and (real_labels == k).sum() > 1]
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
 def predict(model, x, batch_size=256):
     return _eval_mode(model, lambda: np.concatenate(
         [model(Tensor(b)).data.argmax(axis=1) for (b,) in _batches((x,), batch_size)]))

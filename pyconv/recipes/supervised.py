@@ -14,13 +14,16 @@ from .common import Recipe, load_images, predict
 class LeNetRecipe(Recipe):
     name = "lenet"
     description = "LeNet-5 digit classifier (test accuracy, saliency maps)"
-    epochs, batch_size, lr = 30, 32, 2e-3
-    lr_decay = 0.9
+    epochs, batch_size, lr = 60, 32, 2e-3
+    lr_decay = 0.93
 
     def train_loader(self, data, batch_size, seed, rank=0, world_size=1):
-        # shifts of up to 2 of the 32 pixels: the 1437 training digits alone overfit
+        # the 1438 training digits alone overfit: each epoch sees them rotated by up to 10
+        # degrees, scaled by up to 10% and shifted by up to 2 of the 32 pixels (shifts alone
+        # left some train/test splits under 98%)
         return _data.DataLoader(data["train"], batch_size, shuffle=True, seed=seed,
-                                transform=_data.random_shift(2), rank=rank, world_size=world_size)
+                                transform=_data.random_affine(10, 0.1, 2), rank=rank,
+                                world_size=world_size)
 
     def load_data(self, spec, seed=0, limit=None):
         x_train, y_train, x_test, y_test = load_images(spec, 32, seed, limit)
@@ -55,7 +58,8 @@ class LeNetRecipe(Recipe):
         trainer.model.train()
         maps = maps / np.maximum(maps.reshape(len(maps), -1).max(axis=1), 1e-12)[:, None, None]
         path = os.path.join(out, "saliency.png")
-        pictures.save_grid(np.concatenate([images[:, 0], maps]), path, nrow=len(picks), scale=3)
+        pictures.save_grid(np.concatenate([images[:, 0], maps]), path, nrow=len(picks), scale=3,
+                           row_labels=["digit", "saliency"], col_labels=[str(y[k]) for k in picks])
         return [path]
 
 
@@ -108,7 +112,8 @@ class SegNetRecipe(Recipe):
         rows = [np.repeat(x, 3, axis=1), pictures.overlay_masks(x, masks),
                 pictures.overlay_masks(x, trainer.model.predict(x))]
         path = os.path.join(out, "segmentation.png")
-        pictures.save_grid(np.concatenate(rows), path, nrow=8, scale=3)
+        pictures.save_grid(np.concatenate(rows), path, nrow=8, scale=3,
+                           row_labels=["input", "true", "predicted"])
         return [path]
 
 

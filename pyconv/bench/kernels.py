@@ -267,25 +267,92 @@ def _batch_norm_case(name, shape, backward, quick=False):
 
 
 def _class_rows_case(op, name, shape, quick=False):
-    """log_softmax or the fused cross-entropy (per-row loss and log-sum-exp) over rows of
-    classes, against torch.log_softmax / torch's cross_entropy(reduction="none")."""
+    """A loss-family kernel (softmax, log_softmax, the fused cross-entropy, binary
+    cross-entropy of logits, forward or backward) over rows of classes, against the torch
+    function or aten backward computing the same thing (reduction="none")."""
     def make(rng):
-        return {"x": _f32(rng, *shape), "t": rng.integers(0, shape[1], shape[0])}
+        x = _f32(rng, *shape)
+        a = {"x": x, "g": _f32(rng, *shape), "g_rows": _f32(rng, shape[0]),
+             "t": rng.integers(0, shape[1], shape[0]),
+             "t01": (rng.random(shape) < 0.5).astype(np.float32)}
+        a["softmax"] = ops.softmax(x)
+        a["log_softmax"] = ops.log_softmax(x)
+        a["lse"] = ops.cross_entropy(x, a["t"])[1]
+        return a
 
     def run(a, be):
-        if op == "log_softmax":
-            return ops.log_softmax(a["x"], backend=be)
-        return ops.cross_entropy(a["x"], a["t"], backend=be)
+        x, g = a["x"], a["g"]
+        return {
+            "softmax": lambda: ops.softmax(x, backend=be),
+            "softmax_backward": lambda: ops.softmax_backward(g, a["softmax"], backend=be),
+            "log_softmax": lambda: ops.log_softmax(x, backend=be),
+            "log_softmax_backward": lambda: ops.log_softmax_backward(g, a["log_softmax"], backend=be),
+            "cross_entropy": lambda: ops.cross_entropy(x, a["t"], backend=be),
+            "cross_entropy_backward": lambda: ops.cross_entropy_backward(
+                a["g_rows"], x, a["t"], a["lse"], backend=be),
+            "binary_cross_entropy_with_logits": lambda: ops.binary_cross_entropy_with_logits(
+                x, a["t01"], backend=be),
+            "binary_cross_entropy_with_logits_backward":
+                lambda: ops.binary_cross_entropy_with_logits_backward(g, x, a["t01"], backend=be),
+        }[op]()
 
     def torch_fn(a):
         torch = _torch()
-        x, t = torch.from_numpy(a["x"]), torch.from_numpy(a["t"])
-        if op == "log_softmax":
-            return lambda: torch.log_softmax(x, -1)
-        return lambda: torch.nn.functional.cross_entropy(x, t, reduction="none")
+        x, g, t, t01 = (torch.from_numpy(a[k]) for k in ("x", "g", "t", "t01"))
+        g_rows, y, log_y = (torch.from_numpy(a[k]) for k in ("g_rows", "softmax", "log_softmax"))
+        F = torch.nn.functional
+        return {
+            "softmax": lambda: torch.softmax(x, -1),
+            "softmax_backward": lambda: torch.ops.aten._softmax_backward_data(g, y, -1, x.dtype),
+            "log_softmax": lambda: torch.log_softmax(x, -1),
+            "log_softmax_backward":
+                lambda: torch.ops.aten._log_softmax_backward_data(g, log_y, -1, x.dtype),
+            "cross_entropy": lambda: F.cross_entropy(x, t, reduction="none"),
+            # torch has no fused backward kernel: the log-softmax backward of the NLL gradient
+            "cross_entropy_backward": lambda: torch.ops.aten._log_softmax_backward_data(
+                -g_rows[:, None] * F.one_hot(t, x.shape[1]), log_y, -1, x.dtype),
+            "binary_cross_entropy_with_logits":
+                lambda: F.binary_cross_entropy_with_logits(x, t01, reduction="none"),
+            "binary_cross_entropy_with_logits_backward": lambda: torch.ops.aten.mul(
+                g, torch.sigmoid(x) - t01),
+        }[op]
 
-    moved = 4 * math.prod(shape) * (2 if op == "log_softmax" else 1)
+    arrays = 1 if op in ("softmax", "log_softmax", "cross_entropy") else 2
+    moved = 4 * math.prod(shape) * (arrays + (0 if op.startswith("cross_entropy") else 1))
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
+def _optimizer_case(op, shapes, name):
+    """One sgd_step (momentum 0.9) or adam_step over a network's parameter list, against
+    torch.optim's step (its default, for-each implementation) on tensors sharing those arrays."""
+    def make(rng):
+        params = [_f32(rng, *s) for s in shapes]
+        return {"params": params, "grads": [_f32(rng, *s) * 1e-3 for s in shapes],
+                "m": [np.zeros(s, np.float32) for s in shapes],
+                "v": [np.zeros(s, np.float32) for s in shapes]}
+
+    def run(a, be):
+        if op == "sgd_step":
+            return ops.sgd_step(a["params"], a["grads"], a["m"], lr=1e-3, momentum=0.9, backend=be)
+        return ops.adam_step(a["params"], a["grads"], a["m"], a["v"], 3, backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        params = [torch.from_numpy(p.copy()).requires_grad_() for p in a["params"]]
+        for p, g in zip(params, a["grads"]):
+            p.grad = torch.from_numpy(g)
+        opt = (torch.optim.SGD(params, lr=1e-3, momentum=0.9) if op == "sgd_step"
+               else torch.optim.Adam(params))
+        opt.step()  # creates the state: the timed steps are steady-state steps
+        return opt.step
+
+    n = sum(math.prod(s) for s in shapes)
+    moved = 4 * n * (4 if op == "sgd_step" else 5)  # read p, g, state(s); write p, state(s)
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=True)
+
+
+_LENET_PARAMETERS = [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120), (84,),
+                     (10, 84), (10,)]
 
 
 def _lstm_params(rng, I, Hd):
@@ -526,8 +593,12 @@ def cases(quick: bool) -> list[Case]:
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=True, quick=True),
         _batch_norm_case("32x64x56x56", (32, 64, 56, 56), backward=False),
-        _class_rows_case("log_softmax", "char-LSTM 3200x65", (3200, 65), quick=True),
-        _class_rows_case("cross_entropy", "char-LSTM 3200x65", (3200, 65), quick=True),
+        *(_class_rows_case(op, "char-LSTM 3200x65", (3200, 65), quick=True) for op in (
+            "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
+            "cross_entropy", "cross_entropy_backward")),
+        *(_class_rows_case(op, "DCGAN D 64x1", (64, 1), quick=True) for op in (
+            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward")),
+        *(_optimizer_case(op, _LENET_PARAMETERS, "LeNet-5 parameters") for op in ("sgd_step", "adam_step")),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=False),
         _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),

@@ -702,6 +702,19 @@ CASES = {
         "both_transposed": matmul(3, 5, 4, trans_a=True, trans_b=True),
         "noncontiguous": matmul(4, 6, 5, noncontiguous=True),
         "one_column": matmul(64, 50, 1, trans_b=True),
+        # Matrix-vector and outer products (the cpu backend's dot, weighted-row-sum and outer
+        # product paths): every storage of the vector and the matrix, lengths past whole
+        # vectors and blocks.
+        "one_column_plain": matmul(37, 300, 1),
+        "one_column_trans_a": matmul(300, 37, 1, trans_a=True),
+        "one_row": matmul(1, 37, 300),
+        "one_row_trans_a": matmul(1, 37, 300, trans_a=True),
+        "one_row_trans_b": matmul(1, 300, 37, trans_b=True),
+        "one_by_one": matmul(1, 50, 1, trans_a=True, trans_b=True),
+        "one_column_empty_reduction": matmul(5, 0, 1),
+        "one_row_empty_reduction": matmul(1, 0, 5),
+        "outer_product": matmul(37, 1, 300),
+        "outer_product_transposed": matmul(37, 1, 300, trans_a=True, trans_b=True),
         "empty_reduction": matmul(3, 0, 4, trans_a=True),
         "empty_rows": matmul(0, 3, 4, trans_b=True),
         # Past one register tile and one reduction block, each transpose packed by its source.

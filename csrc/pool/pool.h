@@ -417,24 +417,45 @@ void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_over
     }
 }
 
-// Each output's gradient, divided by its divisor, is added to every input of its window.
+// Each output's gradient, divided by its divisor, is added to every input of its window. The
+// windows and divisors depend only on the output position, so they are worked out once per
+// call, not once per output of every plane: a window is its row range (from oh) times its
+// column range (from ow), and its divisor the product of a factor of each (see avg_window).
 template <class T>
 void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t divisor_override,
                          const T* grad_y, T* grad_x) {
     const int64_t planes = g.N * g.C;
+    std::vector<AvgWindow> rows(size_t(std::max<int64_t>(g.Ho, 0))), cols(size_t(std::max<int64_t>(g.Wo, 0)));
+    for (int64_t oh = 0; oh < g.Ho; ++oh) rows[oh] = avg_window(g, count_include_pad, 1, oh, 0);
+    for (int64_t ow = 0; ow < g.Wo; ++ow) cols[ow] = avg_window(g, count_include_pad, 1, 0, ow);
+    // The divisor's factor from rows alone and from columns alone.
+    auto row_factor = [&](int64_t oh) {
+        const int64_t hs = oh * g.sh - g.ph, he = std::min(hs + g.kh, g.H + g.ph);
+        return count_include_pad ? double(he - hs) : double(rows[oh].h_hi - rows[oh].h_lo);
+    };
+    auto col_factor = [&](int64_t ow) {
+        const int64_t ws = ow * g.sw - g.pw, we = std::min(ws + g.kw, g.W + g.pw);
+        return count_include_pad ? double(we - ws) : double(cols[ow].w_hi - cols[ow].w_lo);
+    };
+    std::vector<double> row_div(rows.size()), col_div(cols.size());
+    for (int64_t oh = 0; oh < g.Ho; ++oh) row_div[oh] = row_factor(oh);
+    for (int64_t ow = 0; ow < g.Wo; ++ow) col_div[ow] = col_factor(ow);
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) firstprivate(ftz)
+#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 8) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         T* gx = grad_x + p * g.H * g.W;
         const T* gy = grad_y + p * g.Ho * g.Wo;
         std::fill(gx, gx + g.H * g.W, T(0));
-        for (int64_t oh = 0; oh < g.Ho; ++oh)
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const int64_t h_lo = rows[oh].h_lo, h_hi = rows[oh].h_hi;
             for (int64_t ow = 0; ow < g.Wo; ++ow) {
-                const AvgWindow a = avg_window(g, count_include_pad, divisor_override, oh, ow);
-                const T share = gy[oh * g.Wo + ow] / T(a.divisor);
-                for (int64_t h = a.h_lo; h < a.h_hi; ++h)
-                    for (int64_t w = a.w_lo; w < a.w_hi; ++w) gx[h * g.W + w] += share;
+                const double divisor = divisor_override ? double(divisor_override) : row_div[oh] * col_div[ow];
+                const T share = gy[oh * g.Wo + ow] / T(divisor);
+                const int64_t w_lo = cols[ow].w_lo, w_hi = cols[ow].w_hi;
+                for (int64_t h = h_lo; h < h_hi; ++h)
+                    for (int64_t w = w_lo; w < w_hi; ++w) gx[h * g.W + w] += share;
             }
+        }
     }
 }
 

@@ -385,6 +385,9 @@ CASES = {
         "padding_as_large_as_kernel": cpu_path(conv((2, 3, 5, 5), (4, 3, 5, 5), padding=4)),
         "channel_panel_strided_dilated": cpu_path(conv((2, 9, 7, 6), (64, 9, 3, 3), stride=2, padding=1, dilation=2)),
         "channel_panel_ragged_groups": cpu_path(conv((2, 6, 5, 5), (130, 3, 2, 2), padding=1, groups=2)),
+        # Small images, wide kernels, 16+ output channels: by channels, not on the phase grid.
+        "channel_panel_small_image_wide_kernel": cpu_path(conv((3, 6, 14, 14), (16, 6, 5, 5))),
+        "channel_panel_one_vector_ragged": cpu_path(conv((2, 10, 9, 11), (20, 10, 5, 5), padding=1)),
         "channel_panel_reduction_blocks": cpu_path(conv((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
         "channel_panel_unpadded_in_place": cpu_path(conv((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
         # The channel panels again with 128+ taps (below that the forward is pixel-vectorised:

@@ -560,6 +560,9 @@ CASES = {
         "padding_as_large_as_kernel": cpu_path(conv((2, 3, 5, 5), (4, 3, 5, 5), padding=4)),
         "channel_panel_strided_dilated": cpu_path(conv((2, 9, 7, 6), (64, 9, 3, 3), stride=2, padding=1, dilation=2)),
         "channel_panel_ragged_groups": cpu_path(conv((2, 6, 5, 5), (130, 3, 2, 2), padding=1, groups=2)),
+        # Small images, wide kernels, 16+ output channels: by channels, not on the phase grid.
+        "channel_panel_small_image_wide_kernel": cpu_path(conv((3, 6, 14, 14), (16, 6, 5, 5))),
+        "channel_panel_one_vector_ragged": cpu_path(conv((2, 10, 9, 11), (20, 10, 5, 5), padding=1)),
         "channel_panel_reduction_blocks": cpu_path(conv((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
         "channel_panel_unpadded_in_place": cpu_path(conv((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
         # The channel panels again with 128+ taps (below that the forward is pixel-vectorised:
@@ -956,6 +959,19 @@ CASES = {
         "both_transposed": matmul(3, 5, 4, trans_a=True, trans_b=True),
         "noncontiguous": matmul(4, 6, 5, noncontiguous=True),
         "one_column": matmul(64, 50, 1, trans_b=True),
+        # Matrix-vector and outer products (the cpu backend's dot, weighted-row-sum and outer
+        # product paths): every storage of the vector and the matrix, lengths past whole
+        # vectors and blocks.
+        "one_column_plain": matmul(37, 300, 1),
+        "one_column_trans_a": matmul(300, 37, 1, trans_a=True),
+        "one_row": matmul(1, 37, 300),
+        "one_row_trans_a": matmul(1, 37, 300, trans_a=True),
+        "one_row_trans_b": matmul(1, 300, 37, trans_b=True),
+        "one_by_one": matmul(1, 50, 1, trans_a=True, trans_b=True),
+        "one_column_empty_reduction": matmul(5, 0, 1),
+        "one_row_empty_reduction": matmul(1, 0, 5),
+        "outer_product": matmul(37, 1, 300),
+        "outer_product_transposed": matmul(37, 1, 300, trans_a=True, trans_b=True),
         "empty_reduction": matmul(3, 0, 4, trans_a=True),
         "empty_rows": matmul(0, 3, 4, trans_b=True),
         # Past one register tile and one reduction block, each transpose packed by its source.

@@ -13,7 +13,8 @@ import zlib
 import numpy as np
 import pytest
 from test_conformance import (CASES, conv, conv_backward, conv_transpose, conv_transpose_backward,
-                              lstm, lstm_backward, lstm_cell_backward, own_copy, runnable_isas)
+                              lstm, lstm_backward, lstm_cell_backward, matmul, own_copy,
+                              runnable_isas)
 
 import pyconv
 from pyconv import ops
@@ -32,6 +33,9 @@ LARGE_CASES = {
         "grad_w_few_output_channels": conv_backward((6, 16, 30, 30), (8, 16, 3, 3), padding=1),
         "grad_w_first_layer": conv_backward((16, 1, 32, 32), (6, 1, 5, 5)),
         "grad_w_by_channels": conv_backward((4, 32, 20, 20), (32, 32, 3, 3), padding=1),
+        # First layers by channels: tap tiles x pixel chunks shared out.
+        "grad_w_by_channels_one_channel": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
+        "grad_w_by_channels_rgb": conv_backward((8, 3, 32, 32), (64, 3, 3, 3), padding=1),
         # Input gradients through col2im: batches smaller and larger than the team, channels
         # shared out when the batch is small.
         "grad_x_col2im_one_image": conv_backward((1, 32, 20, 20), (64, 32, 3, 3), stride=2, padding=1),
@@ -62,6 +66,13 @@ LARGE_CASES = {
         "wide_hidden": lstm_backward(16, 32, 16, 130),
     },
     "lstm": {"wide_hidden": lstm(8, 16, 32, 130)},
+    # Matrix-vector and outer products large enough to run on the team (rows or column blocks
+    # shared out).
+    "matmul": {
+        "one_column_long": matmul(256, 6272, 1, trans_b=True),
+        "one_row_wide": matmul(1, 256, 6272, trans_a=True),
+        "outer_product_wide": matmul(300, 1, 6272),
+    },
     "lstm_cell_backward": {"batch_512": lstm_cell_backward(512, 64, 48)},
 }
 

@@ -8,6 +8,7 @@
 #include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
+#include "gemm/chunked_reduction.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
 #include "conv/im2col.h"
@@ -123,20 +124,27 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
 // a micro-tile is MR taps x NR output channels and the reduction runs over pixels. The
 // micro-kernel broadcasts X straight from the padded input (pixel offset + tap offset: the
 // forward's addressing with the roles of the two offsets swapped); dy is transposed once into
-// NR-channel panels. Threads split the taps, so each owns its rows of dw.
+// NR-channel panels. The work is tap tiles x chunks of the pixels (gemm/chunked_reduction.h:
+// chunk bounds follow from the shape, and the chunks' partial sums are added in chunk order, so
+// the result does not depend on the thread count). Splitting the taps alone left first layers
+// unbalanced: 16 taps are 3 tiles of 6, one thread's against the other's 2.
 template <class T>
 void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x, T* dw) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     constexpr int64_t KC = 128;  // pixels per reduction block: a dy panel block is KC x NR
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S;
     const int64_t HoWo = g.Ho * g.Wo, P = g.N * HoWo, panels = (Kg + NR - 1) / NR;
-    const int64_t tiles = (taps_n + MR - 1) / MR;
+    const int64_t tiles = (taps_n + MR - 1) / MR, tile_size = panels * MR * NR;
+    // At least 8 blocks (1024 pixels) per chunk: below that the partial sums cost more than
+    // the balance gains.
+    const ReductionChunks chunks = reduction_chunks(P, tiles * tile_size, KC, 8);
     const PaddedInput<T> xp(g, x);
     std::vector<int64_t> taps = tap_offsets(g, xp), pixels(P);
     taps.resize(tiles * MR, taps.back());  // a partial last tile repeats the last tap
     for (int64_t p = 0; p < P; ++p) pixels[p] = xp.pixel(g, p);
-    Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(tiles * panels * MR * NR);
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tiles)));
+    Scratch<T> dyt = scratch<T>(panels * P * NR), dwt = scratch<T>(chunks.count * tiles * tile_size);
+    const int64_t jobs = chunks.count * tiles;
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
 #pragma omp parallel num_threads(threads) firstprivate(ftz)
@@ -145,10 +153,11 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
             // By chunks of 64 pixels of one image: each channel's chunk is read contiguously and
             // the chunk's panel rows (64 x NR) stay in L1 while every channel is written in.
             constexpr int64_t chunk = 64;
-            const int64_t chunks = (HoWo + chunk - 1) / chunk;
+            const int64_t chunks_per_image = (HoWo + chunk - 1) / chunk;
 #pragma omp for schedule(static)
-            for (int64_t job = 0; job < g.N * chunks; ++job) {
-                const int64_t n = job / chunks, q0 = job % chunks * chunk, len = std::min(chunk, HoWo - q0);
+            for (int64_t job = 0; job < g.N * chunks_per_image; ++job) {
+                const int64_t n = job / chunks_per_image, q0 = job % chunks_per_image * chunk,
+                              len = std::min(chunk, HoWo - q0);
                 T* dst = dyt.get() + (n * HoWo + q0) * NR;
                 for (int64_t k = 0; k < panels * NR; ++k) {
                     T* d = dst + (k / NR) * P * NR + k % NR;
@@ -157,29 +166,34 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
                     else for (int64_t q = 0; q < len; ++q) d[q * NR] = T(0);
                 }
             }
-            // Each thread's share of the tap tiles over every pixel block.
-            const int t = omp_get_thread_num(), team = omp_get_num_threads();
-            const int64_t tile0 = tiles * t / team, tile1 = tiles * (t + 1) / team;
+            // Job (chunk, tile): the tile's partial sums over the chunk's pixels.
             OffsetCols<T, MR> a{};
             a.base = xp.data + grp * Cg * xp.plane;
-            for (int64_t pc = 0; pc < P; pc += KC) {
-                const int64_t kc = std::min(KC, P - pc);
-                const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
-                a.k_offsets = pixels.data() + pc;
-                for (int64_t tile = tile0; tile < tile1; ++tile) {
-                    for (int i = 0; i < MR; ++i) a.i_offsets[i] = taps[tile * MR + i];
+#pragma omp for schedule(static)
+            for (int64_t job = 0; job < jobs; ++job) {
+                const int64_t ch = job / tiles, tile = job % tiles;
+                T* part = dwt.get() + (ch * tiles + tile) * tile_size;
+                for (int i = 0; i < MR; ++i) a.i_offsets[i] = taps[tile * MR + i];
+                for (int64_t pc = chunks.begin(ch); pc < chunks.end(ch); pc += KC) {
+                    const int64_t kc = std::min(KC, chunks.end(ch) - pc);
+                    const Store store = pc == chunks.begin(ch) ? Store::overwrite : Store::accumulate;
+                    a.k_offsets = pixels.data() + pc;
                     for (int64_t jp = 0; jp < panels; ++jp) {
                         const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
                         micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
-                                                 dwt.get() + (tile * panels + jp) * MR * NR, NR, store, nullptr);
+                                                 part + jp * MR * NR, NR, store, nullptr);
                     }
                 }
             }
-            // dw[grp*Kg + k, tap] from this thread's tiles.
-            for (int64_t tap = tile0 * MR; tap < std::min(taps_n, tile1 * MR); ++tap)
-                for (int64_t k = 0; k < Kg; ++k)
-                    dw[(grp * Kg + k) * taps_n + tap] =
-                        dwt[((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR];
+            // dw[grp*Kg + k, tap]: the chunks' partial sums in chunk order.
+#pragma omp for schedule(static)
+            for (int64_t tap = 0; tap < taps_n; ++tap)
+                for (int64_t k = 0; k < Kg; ++k) {
+                    const int64_t at = ((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR;
+                    T sum = dwt[at];
+                    for (int64_t ch = 1; ch < chunks.count; ++ch) sum += dwt[ch * tiles * tile_size + at];
+                    dw[(grp * Kg + k) * taps_n + tap] = sum;
+                }
         }
     }
 }

@@ -154,11 +154,26 @@ bool conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
             std::fill(d + g.Wo, d + pg.Wq, T(0));
         }
     const std::vector<int64_t> offsets = tap_offsets(g, pg);
+    // The dot-product tile pads rows to MR and columns to NR: with few output channels (LeNet's
+    // first layer: 6 channels x 25 taps, 8 x 30 slots in AVX-512's 4 x 6 tiles) the transposed
+    // product, taps x channels (28 x 6 slots), computes 30% fewer, then is transposed (a few
+    // hundred elements). Either way each element sums the same products in the same order.
+    constexpr int64_t MR = DotTile<T>::MR, NR = DotTile<T>::NR;
+    auto slots = [&](int64_t m, int64_t n) { return (m + MR - 1) / MR * MR * ((n + NR - 1) / NR * NR); };
+    const bool transposed = slots(taps_n, Kg) < slots(Kg, taps_n);
+    Scratch<T> dwt = scratch<T>(transposed ? taps_n * Kg : 1);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
         const PixelRows<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
                              pg.image};
-        gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw + grp * Kg * taps_n);
+        T* dw_group = dw + grp * Kg * taps_n;
+        if (!transposed) {
+            gemm_dot_parallel<T>(Kg, taps_n, g.N * pixels, A, B, dw_group);
+            continue;
+        }
+        gemm_dot_parallel<T>(taps_n, Kg, g.N * pixels, B, A, dwt.get());
+        for (int64_t k = 0; k < Kg; ++k)
+            for (int64_t tap = 0; tap < taps_n; ++tap) dw_group[k * taps_n + tap] = dwt[tap * Kg + k];
     }
     return true;
 }

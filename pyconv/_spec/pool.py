@@ -106,13 +106,21 @@ def _input_shape(op, input_shape):
     return (1, *shape) if len(shape) == 3 else shape, len(shape) == 3
 
 
+def _indices_below(idx, plane):
+    """Whether every index lies in [0, plane), in one pass over them rather than two (min and
+    max; the pass costs as much as the scatter it guards): read as unsigned, a negative index
+    lies above every index its type can hold, hence above plane unless plane is larger."""
+    if idx.dtype.kind == "i" and plane > np.iinfo(idx.dtype).max:
+        return int(idx.min()) >= 0
+    return int(idx.view(f"u{idx.dtype.itemsize}").max()) < plane
+
+
 def _check_indices(op, name, idx, shape, plane):
     check_array(op, name, idx, len(shape))
     check_index_dtype(op, name, idx)
     if tuple(idx.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {shape_of(idx)}")
-    has_values = not isinstance(idx, ShapeDtype) and idx.size
-    if has_values and (int(idx.min()) < 0 or int(idx.max()) >= plane):
+    if not isinstance(idx, ShapeDtype) and idx.size and not _indices_below(idx, plane):
         raise ValueError(
             f"{op}: {name} must lie in [0, {plane}) (flat offsets into each output plane), "
             f"got values in [{int(idx.min())}, {int(idx.max())}]"

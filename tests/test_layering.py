@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "pyconv"
 # Bottom to top. A module belongs to the first layer whose prefix matches its dotted name.
 LAYERS = [
     ("random", "_spec", "filters", "serialization"),
-    ("backends", "_C", "_numba_threading"),
+    ("backends", "_C", "_numba_threading", "tuning"),
     ("ops",),
     ("autograd", "torch"),
     ("testing", "nn", "onnx"),

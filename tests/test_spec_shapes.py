@@ -143,7 +143,8 @@ def test_numba_backend_is_the_package():
     backend = registry.get("numba")
     assert backend is package.backend and backend.name == "numba"
     families = {fn.__module__ for fn in backend.kernels.values()}
-    modules = ("conv", "pool", "lstm", "boxes", "elementwise", "boxes_rotated", "dense", "norm")
+    modules = ("conv", "pool", "lstm", "boxes", "elementwise", "boxes_rotated", "dense", "norm", "loss",
+               "optim")
     assert families == {f"pyconv.backends.numba.{m}" for m in modules}
     # Inside the package, `import numba` still means the Numba library.
     jit = importlib.import_module("pyconv.backends.numba._jit")

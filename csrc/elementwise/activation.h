@@ -35,12 +35,12 @@ void leaky_relu_backward(int64_t n, const T* grad_y, const T* x, T negative_slop
     for (int64_t i = 0; i < n; ++i) grad_x[i] = x[i] > T(0) ? grad_y[i] : grad_y[i] * negative_slope;
 }
 
-// ---- Smooth activations: ELU, sigmoid, tanh --------------------------------------------------
+// ---- ReLU and the smooth activations: ELU, sigmoid, tanh ------------------------------------
 //
-// Written on SIMD vectors (the vectorised e^x of elementwise/exp.h; the compiler cannot
-// vectorise std::exp). The last, partial vector goes through the same vector code on a
-// zero-padded copy, so that every element sees the same arithmetic wherever it sits and
-// however the array is split between threads.
+// Written on SIMD vectors (the vectorised e^x of elementwise/exp.h: the compiler cannot
+// vectorise std::exp; ReLU compares bit patterns). The last, partial vector goes through the
+// same vector code on a zero-padded copy, so that every element sees the same arithmetic
+// wherever it sits and however the array is split between threads.
 
 // out[i] = op(in[i]...) for the n elements of each input; op maps vectors to a vector.
 template <class T, class Op, class... In>
@@ -68,6 +68,37 @@ void map_vectors(int64_t n, T* out, Op op, const In*... in) {
 // with this build's target ISA and inlined into the loop (a lambda's conversion to a function
 // pointer would be a function that passes vectors by the baseline ABI).
 #define PYCONV_VECTOR_OP inline __attribute__((always_inline)) typename Simd<T>::V operator()
+
+// ReLU as PyTorch's max(x, 0): y = 0 where x < 0 (-inf included), else x (NaN and -0 pass
+// through); its gradient from the output: grad_x = 0 where y <= 0, else grad_y (NaN included).
+// The comparisons read the bits: the kernels run with DAZ set (common/denormals.h), under which
+// a float comparison takes a subnormal for 0 and would pass -1e-45 through, or stop the
+// gradient of +1e-45, where PyTorch does not.
+template <class T>
+struct Relu {
+    PYCONV_VECTOR_OP(typename Simd<T>::V x) const {
+        using S = Simd<T>;
+        using I = typename S::I;
+        const I bits = I(x);
+        const I magnitude = bits & ~I(S::splat(T(-0.0)));
+        const I inf = I(S::splat(std::numeric_limits<T>::infinity()));
+        const auto negative = (bits < 0) & (magnitude != 0) & (magnitude <= inf);  // not -0, not NaN
+        return negative ? typename S::V{} : x;
+    }
+};
+
+template <class T>
+struct ReluBackward {
+    PYCONV_VECTOR_OP(typename Simd<T>::V g, typename Simd<T>::V y) const {
+        using S = Simd<T>;
+        using I = typename S::I;
+        const I bits = I(y);
+        const I magnitude = bits & ~I(S::splat(T(-0.0)));
+        const I inf = I(S::splat(std::numeric_limits<T>::infinity()));
+        const auto passes = (bits > 0) | (magnitude > inf);  // y > 0, or NaN of either sign
+        return passes ? g : typename S::V{};
+    }
+};
 
 // y = x where x > 0, else alpha (e^x - 1), as torch.nn.functional.elu.
 template <class T>
@@ -119,6 +150,14 @@ struct TanhBackward {
 };
 
 #undef PYCONV_VECTOR_OP
+
+template <class T>
+void relu(int64_t n, const T* x, T* y) { map_vectors<T>(n, y, Relu<T>{}, x); }
+
+template <class T>
+void relu_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {
+    map_vectors<T>(n, grad_x, ReluBackward<T>{}, grad_y, y);
+}
 
 template <class T>
 void elu(int64_t n, const T* x, T alpha, T* y) { map_vectors<T>(n, y, Elu<T>{alpha}, x); }

@@ -45,10 +45,10 @@ def numpy_passes(x, g, w, y_sigmoid, y_tanh, keep_scale):
     }
 
 
-def pyconv_passes(x, g, w, y_sigmoid, y_tanh, mask):
+def pyconv_passes(x, g, w, y_relu, y_sigmoid, y_tanh, mask):
     return {
-        "relu": lambda: ops.leaky_relu(x, 0.0),
-        "relu_backward": lambda: ops.leaky_relu_backward(g, x, 0.0),
+        "relu": lambda: ops.relu(x),
+        "relu_backward": lambda: ops.relu_backward(g, y_relu),
         "elu": lambda: ops.elu(x),
         "elu_backward": lambda: ops.elu_backward(g, x),
         "prelu": lambda: ops.prelu(x, w),
@@ -62,13 +62,13 @@ def pyconv_passes(x, g, w, y_sigmoid, y_tanh, mask):
     }
 
 
-def torch_passes(x, g, w, y_sigmoid, y_tanh, mask):
-    x, g, w = torch.from_numpy(x), torch.from_numpy(g), torch.from_numpy(w)
+def torch_passes(x, g, w, y_relu, y_sigmoid, y_tanh, mask):
+    x, g, w, yr = torch.from_numpy(x), torch.from_numpy(g), torch.from_numpy(w), torch.from_numpy(y_relu)
     ys, yt, m = torch.from_numpy(y_sigmoid), torch.from_numpy(y_tanh), torch.from_numpy(mask.astype(bool))
     aten = torch.ops.aten
     return {
         "relu": lambda: torch.relu(x),
-        "relu_backward": lambda: aten.threshold_backward(g, x, 0),
+        "relu_backward": lambda: aten.threshold_backward(g, yr, 0),
         "elu": lambda: torch.nn.functional.elu(x),
         "elu_backward": lambda: aten.elu_backward(g, 1.0, 1, 1, False, x),
         "prelu": lambda: torch.nn.functional.prelu(x, w),
@@ -86,6 +86,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--passes", nargs="+", help="only these passes (e.g. relu relu_backward)")
     args = parser.parse_args()
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -95,13 +96,13 @@ def main():
     for shape in ((64, 64, 14, 14), (64, 128, 7, 7)):
         x, g = rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32)
         w = np.full(shape[1], 0.25, np.float32)
-        y_sigmoid, y_tanh = ops.sigmoid(x), ops.tanh(x)
+        y_relu, y_sigmoid, y_tanh = ops.relu(x), ops.sigmoid(x), ops.tanh(x)
         _, mask = ops.dropout(x, 0.5, 1)
         keep_scale = mask.astype(np.float32) * np.float32(2)
-        impls = {"fused": pyconv_passes(x, g, w, y_sigmoid, y_tanh, mask),
-                 "torch": torch_passes(x, g, w, y_sigmoid, y_tanh, mask),
+        impls = {"fused": pyconv_passes(x, g, w, y_relu, y_sigmoid, y_tanh, mask),
+                 "torch": torch_passes(x, g, w, y_relu, y_sigmoid, y_tanh, mask),
                  "numpy": numpy_passes(x, g, w, y_sigmoid, y_tanh, keep_scale)}
-        for name in impls["fused"]:
+        for name in args.passes or impls["fused"]:
             best = {impl: float("inf") for impl in impls}
             order = list(impls)
             for rep in range(args.reps):

@@ -1081,7 +1081,7 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("grad_y"), py::arg("x"), py::arg("alpha"), py::arg("grad_x"),
           "grad_x = grad_y where x > 0, else grad_y * alpha * exp(x)");
-    // sigmoid and tanh: y = f(x); their backward: grad_x from grad_y and the forward's y.
+    // relu, sigmoid and tanh: y = f(x); their backward: grad_x from grad_y and the forward's y.
     auto def_unary = [&m](const char* name, auto pick, const char* doc) {
         def_op(m, name,
               [pick](Array x, Array y) {
@@ -1109,6 +1109,9 @@ PYBIND11_MODULE(_C, m) {
               },
               py::arg("grad_y"), py::arg("y"), py::arg("grad_x"), doc);
     };
+    def_unary("relu", [](const auto& k) { return k.relu; }, "y = max(x, 0), NaN and -0 kept");
+    def_from_output("relu_backward", [](const auto& k) { return k.relu_backward; },
+                    "grad_x = 0 where y <= 0, else grad_y");
     def_unary("sigmoid", [](const auto& k) { return k.sigmoid; }, "y = 1 / (1 + exp(-x))");
     def_from_output("sigmoid_backward", [](const auto& k) { return k.sigmoid_backward; },
                     "grad_x = grad_y * (1 - y) * y");

@@ -155,6 +155,8 @@ struct KernelsFor {
     void (*conv2d_grad_bias)(int64_t N, int64_t K, int64_t plane, const T* grad_y, T* grad_b);
 
     // Elementwise over n contiguous elements.
+    void (*relu)(int64_t n, const T* x, T* y);
+    void (*relu_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
     void (*leaky_relu)(int64_t n, const T* x, T negative_slope, T* y);
     void (*leaky_relu_backward)(int64_t n, const T* grad_y, const T* x, T negative_slope,
                                 T* grad_x);

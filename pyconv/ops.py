@@ -34,7 +34,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
     "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms",
-    "leaky_relu", "leaky_relu_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
     "box_iou_rotated", "nms_rotated",
     "matmul", "batch_norm_train", "batch_norm_train_backward",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward",
@@ -505,6 +505,23 @@ def matrix_nms(boxes, scores, labels, kernel="gaussian", sigma=2.0, *, backend=N
 
 # --------------------------------------------------------------------------------------------
 # Elementwise activations
+
+
+@_takes_dlpack
+def relu(x, *, backend=None):
+    """``max(x, 0)``, as ``torch.relu``: ``x`` where ``x >= 0`` (``-0.0`` stays ``-0.0``), 0
+    where ``x < 0`` (``-inf`` included), NaN stays NaN. Any shape."""
+    _spec.relu(x)
+    return _run("relu", "relu", backend, (x,))
+
+
+@_takes_dlpack
+def relu_backward(grad_out, y, *, backend=None):
+    """Gradient of :func:`relu` from its output ``y``: 0 where ``y <= 0``, else ``grad_out``
+    (NaN included), as PyTorch's ``threshold_backward``. The input ``x`` in place of ``y``
+    gives the same gradient."""
+    _spec.relu_backward(grad_out, y)
+    return _run("relu_backward", "relu_backward", backend, (grad_out, y))
 
 
 @_takes_dlpack

@@ -342,6 +342,42 @@ def leaky_relu_backward(shape, slope):
     return build
 
 
+def unary_activation(shape, noncontiguous=False):
+    def build(rng, dtype):
+        return (activation_input(rng, shape, dtype, noncontiguous),), {}
+    return build
+
+
+def relu_edge_values(dtype):
+    """The values where ReLU's cases meet: signed zeros, subnormals of both signs, the
+    smallest normals, infinities and NaN, one of each per vector lane (37 values: a partial
+    last vector on every ISA build)."""
+    tiny, sub = np.finfo(dtype).tiny, np.finfo(dtype).smallest_subnormal
+    edges = [0.0, -0.0, sub, -sub, tiny, -tiny, 1.0, -1.0, np.inf, -np.inf, np.nan, -np.nan]
+    return np.array(edges * 3 + [np.nan], dtype)
+
+
+def relu_edges():
+    def build(rng, dtype):
+        return (relu_edge_values(dtype),), {}
+    return build
+
+
+def relu_backward(shape, from_input=False):
+    """grad_out and the forward's output (from the reference), or its input."""
+    def build(rng, dtype):
+        x = activation_input(rng, shape, dtype)
+        return (array(rng, shape, dtype), x if from_input else ops.relu(x, **REF)), {}
+    return build
+
+
+def relu_backward_edges():
+    def build(rng, dtype):
+        y = relu_edge_values(dtype)
+        return (array(rng, y.shape, dtype), y), {}
+    return build
+
+
 def class_rows(rng, shape, dtype, noncontiguous=False, offset=0.0, specials=False):
     """Logits (..., C): normal values times 3 around `offset`; with specials, -inf entries in
     the first row (classes that cannot occur), a NaN in the second row and +inf in the third."""
@@ -857,6 +893,20 @@ CASES = {
         "empty": matrix_nms(0, 2),
         "one": matrix_nms(1, 2),
         "many": cpu_path(matrix_nms(300, 3, ties=True, adversarial=True)),  # vectors and tails
+    },
+    "relu": {
+        "normal": unary_activation((2, 3, 5, 7)),
+        "noncontiguous": unary_activation((4, 9), noncontiguous=True),
+        "edges": relu_edges(),
+        "threads_split": cpu_path(unary_activation((3, 70001))),  # past the C++ parallel threshold
+        "empty": unary_activation((0, 3)),
+    },
+    "relu_backward": {
+        "normal": relu_backward((2, 3, 5, 7)),
+        "from_input": relu_backward((4, 9), from_input=True),  # x in place of y: the same gradient
+        "edges": relu_backward_edges(),
+        "threads_split": cpu_path(relu_backward((3, 70001))),
+        "empty": relu_backward((0, 3)),
     },
     "leaky_relu": {
         "relu": leaky_relu((2, 3, 5, 7), 0.0),

@@ -889,7 +889,8 @@ def unary_calls(op):
 
 
 def from_output_calls(op):
-    """grad_out and a forward's output y (values in [-1, 1], as sigmoid's and tanh's)."""
+    """grad_out and a forward's output y (values in [-1, 1]: as tanh's and sigmoid's, and on
+    both sides of relu's threshold)."""
     @st.composite
     def calls(draw):
         dtype, other = dtypes(draw)
@@ -952,6 +953,8 @@ BACKWARD_STRATEGIES = {
     "elu_backward": elu_backward_calls(),
     "prelu": prelu_calls(),
     "prelu_backward": prelu_backward_calls(),
+    "relu": unary_calls("relu"),
+    "relu_backward": from_output_calls("relu_backward"),
     "sigmoid": unary_calls("sigmoid"),
     "sigmoid_backward": from_output_calls("sigmoid_backward"),
     "tanh": unary_calls("tanh"),

@@ -112,7 +112,7 @@ KERNEL_CASES = {
                             lambda x, h, c, wi, wh, bi, bh: F.lstm_cell(x, h, c, wi, wh, bi, bh),
                             [(4,), (3,), (3,), (12, 4), (12, 3), (12,), (12,)]),
     # The fused activations and dropout, on every backend.
-    "relu_fused": (("leaky_relu", "leaky_relu_backward"), F.relu, [(3, 4)]),
+    "relu_fused": (("relu", "relu_backward"), F.relu, [(3, 4)]),
     "elu_fused": (("elu", "elu_backward"), lambda x: F.elu(x * 3, 0.7), [(3, 4, 5)]),
     "prelu_fused_channels": (("prelu", "prelu_backward"), F.prelu, [(2, 3, 2, 2), (3,)]),
     "prelu_fused_single": (("prelu", "prelu_backward"), F.prelu, [(2, 3), (1,)]),

@@ -94,6 +94,8 @@ def _opcheck_samples():
                        torch.tensor([0, 1, 0, 1, 2, 0, 1, 2]), "gaussian", 2.0, "cpu"),
         "box_iou_rotated": (_rotated(5), _rotated(3), "cpu"),
         "nms_rotated": (_rotated(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
+        "relu": (x4, "cpu"),
+        "relu_backward": (g(2, 4, 7, 7), torch.relu(x4), "cpu"),
         "leaky_relu": (x4, 0.2, "cpu"),
         "leaky_relu_backward": (g(2, 4, 7, 7), x4, 0.2, "cpu"),
         "matmul": (_randn(4, 3), _randn(5, 4), True, True, "cpu"),
@@ -200,6 +202,7 @@ GRADCHECK_CASES = {
     "elu": (lambda x: torch.ops.pyconv.elu(x, 0.7, "cpu"), (_randn(3, 4, 5),)),
     "prelu": (lambda x, w: torch.ops.pyconv.prelu(x, w, "cpu"), (_randn(3, 4, 5), _randn(4))),
     "prelu_one_slope": (lambda x, w: torch.ops.pyconv.prelu(x, w, "cpu"), (_randn(3, 4, 5), _randn(1))),
+    "relu": (lambda x: torch.ops.pyconv.relu(x, "cpu"), (_randn(3, 4, 5),)),
     "sigmoid": (lambda x: torch.ops.pyconv.sigmoid(x, "cpu"), (_randn(3, 4, 5),)),
     "tanh": (lambda x: torch.ops.pyconv.tanh(x, "cpu"), (_randn(3, 4, 5),)),
     "dropout": (lambda x: torch.ops.pyconv.dropout(x, 0.4, 9, "cpu")[0], (_randn(3, 4, 5),)),
@@ -226,8 +229,8 @@ _UNPOOL_IDX = TF.max_pool2d(torch.randn(1, 2, 6, 6), 2, return_indices=True)[1]
 @pytest.mark.parametrize("name", sorted(GRADCHECK_CASES))
 def test_gradcheck(name):
     fn, inputs = GRADCHECK_CASES[name]
-    # Keep the inputs away from the kinks of max and leaky_relu (finite differences straddle them).
-    if name in ("max_pool2d", "leaky_relu", "elu", "prelu", "prelu_one_slope"):
+    # Keep the inputs away from the kinks of max and the relus (finite differences straddle them).
+    if name in ("max_pool2d", "relu", "leaky_relu", "elu", "prelu", "prelu_one_slope"):
         inputs = tuple(torch.linspace(-3, 3, a.numel(), dtype=torch.float64)[torch.randperm(a.numel())]
                        .reshape(a.shape).requires_grad_() for a in inputs)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
@@ -262,6 +265,7 @@ def test_functions_match_torch(dtype):
     _close(pyc.elu(x, 0.7, "cpu"), TF.elu(x, 0.7), dtype)
     slopes = torch.randn(4, dtype=dtype)
     _close(pyc.prelu(x, slopes, "cpu"), TF.prelu(x, slopes), dtype)
+    _close(pyc.relu(x, "cpu"), torch.relu(x), dtype)
     _close(pyc.sigmoid(x, "cpu"), torch.sigmoid(x), dtype)
     _close(pyc.tanh(x, "cpu"), torch.tanh(x), dtype)
     a, b = x[0, 0], x[1, 1]  # (9, 8) each

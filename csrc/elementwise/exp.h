@@ -3,7 +3,7 @@
 // common/simd.h's vexp clamps its input so that it never returns inf or 0 (what the LSTM gates
 // want); an activation must instead behave as std::exp / std::expm1 do: e^x overflows to inf
 // above ln(max) (88.72 in float32, 709.78 in float64), goes to 0 below the smallest
-// subnormal, is NaN for NaN, and e^x - 1 keeps its relative accuracy near 0 (ELU, tanh).
+// subnormal, is NaN for NaN, and e^x - 1 keeps its relative accuracy near 0 (ELU, float64 tanh).
 //
 // Both start from the same reduction x = n ln2 + r, |r| <= ln2/2 (n rounded to nearest, r by
 // Cody and Waite's two-constant subtraction), then
@@ -19,9 +19,9 @@
 // Measured (tests/test_activations.py checks these bounds on every ISA build), over 1.2 10^6
 // points of [-100, 100] with a tenth near 0 and a tenth within 10^-3 of it, in ulps of the
 // exact result rounded to the type: float32 against float64 NumPy, e^x within 1.13 ulps
-// (ELU's backward), ELU (e^x - 1) within 1.21, sigmoid within 2.5 and tanh within 2.5;
-// float64 against NumPy's own float64 functions, e^x and ELU within 1 ulp, tanh within 3,
-// sigmoid within 4 (both compose a division with e^x).
+// (ELU's backward), ELU (e^x - 1) within 1.21, sigmoid within 2.5; float64 against NumPy's
+// own float64 functions, e^x and ELU within 1 ulp, tanh within 3, sigmoid within 4 (both
+// compose a division with e^x). (float32 tanh has its own path: elementwise/activation.h.)
 #pragma once
 
 #include "common/prelude.h"

@@ -41,7 +41,7 @@ from .core import (CONV_ALGORITHMS, FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeo
                    check_array, check_batch_optional, check_float_dtypes, from_dlpack,
                    is_foreign_array, shape_of, without_batch)
 from .dense import matmul
-from .elementwise import leaky_relu, leaky_relu_backward
+from .elementwise import leaky_relu, leaky_relu_backward, relu, relu_backward
 from .elementwise import (DROPOUT_RESOLUTION, DropoutDraw, dropout, dropout_backward, dropout_draw, elu,
                           elu_backward, prelu, prelu_backward, sigmoid, sigmoid_backward, tanh,
                           tanh_backward)
@@ -61,7 +61,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-    "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
+    "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward", "tanh",
     "tanh_backward", "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",
     "softmax", "softmax_backward", "cross_entropy", "cross_entropy_backward",

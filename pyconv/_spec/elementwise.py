@@ -10,6 +10,14 @@ from .core import check_array, check_float_dtypes, real, shape_of
 from .conv import _check_grad_out
 
 
+def relu(x):
+    _unary("relu", x)
+
+
+def relu_backward(grad_out, y):
+    _backward_of("relu_backward", grad_out, "y", y)
+
+
 def leaky_relu(x, negative_slope, op="leaky_relu"):
     check_array(op, "x", x)
     check_float_dtypes(op, x=x)

@@ -62,7 +62,10 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("diou_nms", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
     KernelSpec("matrix_nms", ("boxes", "scores", "labels", "kernel", "sigma"),
                "decayed scores (N,), input order"),
-    # Elementwise activations, any shape (ReLU is a slope of 0).
+    # Elementwise activations, any shape. relu_backward takes the forward's output y (its input
+    # x gives the same gradient).
+    KernelSpec("relu", ("x",), "y, x's shape"),
+    KernelSpec("relu_backward", ("grad_out", "y"), "grad_x, y's shape"),
     KernelSpec("leaky_relu", ("x", "negative_slope"), "y, x's shape"),
     KernelSpec("leaky_relu_backward", ("grad_out", "x", "negative_slope"), "grad_x, x's shape"),
     # Fused activations. prelu's weight is (C,) or (1,) (C = x.shape[1]); sigmoid and tanh
@@ -141,6 +144,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "soft_nms": ("soft_nms",),
     "diou_nms": ("diou_nms",),
     "matrix_nms": ("matrix_nms",),
+    "relu": ("relu",),
+    "relu_backward": ("relu_backward",),
     "leaky_relu": ("leaky_relu",),
     "leaky_relu_backward": ("leaky_relu_backward",),
     "elu": ("elu",),

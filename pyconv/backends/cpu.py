@@ -171,6 +171,20 @@ def matrix_nms(boxes, scores, labels, kernel, sigma):
 
 
 @backend.register
+def relu(x):
+    y = np.empty_like(x)
+    _C.relu(x, y)
+    return y
+
+
+@backend.register
+def relu_backward(grad_out, y):
+    grad_x = np.empty_like(y)
+    _C.relu_backward(grad_out, y, grad_x)
+    return grad_x
+
+
+@backend.register
 def leaky_relu(x, negative_slope):
     y = np.empty_like(x)
     _C.leaky_relu(x, negative_slope, y)

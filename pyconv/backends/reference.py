@@ -475,6 +475,18 @@ def matrix_nms(boxes, scores, labels, kernel, sigma):
 
 
 @backend.register
+def relu(x):
+    # max(x, 0) keeping x unless x < 0, as PyTorch: NaN stays NaN, -0.0 stays -0.0.
+    return np.where(x < 0, x.dtype.type(0), x)
+
+
+@backend.register
+def relu_backward(grad_out, y):
+    # 0 where y <= 0: a NaN output passes the gradient, as PyTorch's threshold_backward.
+    return np.where(y <= 0, grad_out.dtype.type(0), grad_out)
+
+
+@backend.register
 def leaky_relu(x, negative_slope):
     with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in PyTorch
         return np.where(x > 0, x, x * x.dtype.type(negative_slope))

@@ -172,12 +172,14 @@ def _fused_activation_case(op, shape, quick=False):
         x = _f32(rng, *shape)
         _, mask = ops.dropout(x, 0.5, 1, backend="reference")
         return {"x": x, "g": _f32(rng, *shape), "w": np.full(channels, 0.25, np.float32),
-                "y": ops.sigmoid(x, backend="reference") if "sigmoid" in op
-                else ops.tanh(x, backend="reference"), "mask": mask}
+                "y": getattr(ops, op.removesuffix("_backward"))(x, backend="reference")
+                if op.startswith(("relu", "sigmoid", "tanh")) else x, "mask": mask}
 
     def run(a, be):
         x, g = a["x"], a["g"]
         return {
+            "relu": lambda: ops.relu(x, backend=be),
+            "relu_backward": lambda: ops.relu_backward(g, a["y"], backend=be),
             "elu": lambda: ops.elu(x, 1.0, backend=be),
             "elu_backward": lambda: ops.elu_backward(g, x, 1.0, backend=be),
             "prelu": lambda: ops.prelu(x, a["w"], backend=be),
@@ -195,6 +197,8 @@ def _fused_activation_case(op, shape, quick=False):
         x, g, y = torch.from_numpy(a["x"]), torch.from_numpy(a["g"]), torch.from_numpy(a["y"])
         w, mask = torch.from_numpy(a["w"]), torch.from_numpy(a["mask"].astype(bool))
         return {
+            "relu": lambda: torch.relu(x),
+            "relu_backward": lambda: torch.ops.aten.threshold_backward(g, y, 0),
             "elu": lambda: torch.nn.functional.elu(x),
             "elu_backward": lambda: torch.ops.aten.elu_backward(g, 1.0, 1, 1, False, x),
             "prelu": lambda: torch.nn.functional.prelu(x, w),
@@ -214,7 +218,7 @@ def _fused_activation_case(op, shape, quick=False):
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
-_FUSED_OPS = ("elu", "prelu", "sigmoid", "tanh", "dropout")
+_FUSED_OPS = ("relu", "elu", "prelu", "sigmoid", "tanh", "dropout")
 
 
 def _matmul_case(name, m, k, n, trans_a=False, trans_b=False, quick=False):

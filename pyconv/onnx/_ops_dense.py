@@ -1,5 +1,5 @@
 """ONNX Gemm and MatMul (pyconv's packed GEMM), elementwise arithmetic and activations
-(LeakyRelu on pyconv's fused kernel, the rest NumPy), Softmax, BatchNormalization, Dropout, and
+(Relu and LeakyRelu on pyconv's kernels, the rest NumPy), Softmax, BatchNormalization, Dropout, and
 the shape, constant and indexing nodes exporters emit around the layers."""
 from __future__ import annotations
 
@@ -114,12 +114,12 @@ def _sigmoid(x, out=None):
 
 def _relu(x, out=None):
     # In place where the planner allows it: a new output's first touch of fresh pages costs
-    # more than the pass itself. Otherwise pyconv's fused kernel (a slope of 0 is ReLU). In
-    # place, NumPy's single-threaded pass rather than that kernel: on a loaded host each
-    # OpenMP region may wait a time slice for a descheduled worker (1 MiB in place: median 46
-    # us on 2 threads against 98 us, but mean 1070 us against 100 us).
+    # more than the pass itself. Otherwise pyconv's relu kernel. In place, NumPy's
+    # single-threaded pass rather than that kernel: on a loaded host each OpenMP region may
+    # wait a time slice for a descheduled worker (1 MiB in place: median 46 us on 2 threads
+    # against 98 us, but mean 1070 us against 100 us).
     if out is None and x.dtype.kind == "f":
-        return ops.leaky_relu(x, 0.0)
+        return ops.relu(x)
     return np.maximum(x, 0, out=out)
 
 

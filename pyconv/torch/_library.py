@@ -829,7 +829,7 @@ leaky_relu.register_autograd(_leaky_relu_backward, setup_context=_leaky_relu_set
 
 
 # Fused activations and dropout: forward operators differentiable through their backward
-# operators; sigmoid and tanh save their output, elu and prelu their input.
+# operators; relu, sigmoid and tanh save their output, elu and prelu their input.
 
 
 @torch.library.custom_op("pyconv::elu", mutates_args=())
@@ -905,6 +905,28 @@ def _prelu_backward(ctx, grad):
 prelu.register_autograd(_prelu_backward, setup_context=_prelu_setup)
 
 
+@torch.library.custom_op("pyconv::relu", mutates_args=())
+def relu(x: Tensor, backend: str) -> Tensor:
+    return _run(ops.relu, x, backend=backend)
+
+
+@relu.register_fake
+def _(x, backend):
+    _spec.relu(_shape(x))
+    return _new(x, x.shape)
+
+
+@torch.library.custom_op("pyconv::relu_backward", mutates_args=())
+def relu_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
+    return _run(ops.relu_backward, grad_out, y, backend=backend)
+
+
+@relu_backward.register_fake
+def _(grad_out, y, backend):
+    _spec.relu_backward(_shape(grad_out), _shape(y))
+    return _new(y, y.shape)
+
+
 @torch.library.custom_op("pyconv::sigmoid", mutates_args=())
 def sigmoid(x: Tensor, backend: str) -> Tensor:
     return _run(ops.sigmoid, x, backend=backend)
@@ -954,6 +976,11 @@ def _save_output(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
+def _relu_backward(ctx, grad):
+    (y,) = ctx.saved_tensors
+    return call(relu_backward, grad, y, ctx.backend), None
+
+
 def _sigmoid_backward(ctx, grad):
     (y,) = ctx.saved_tensors
     return call(sigmoid_backward, grad, y, ctx.backend), None
@@ -964,6 +991,7 @@ def _tanh_backward(ctx, grad):
     return call(tanh_backward, grad, y, ctx.backend), None
 
 
+relu.register_autograd(_relu_backward, setup_context=_save_output)
 sigmoid.register_autograd(_sigmoid_backward, setup_context=_save_output)
 tanh.register_autograd(_tanh_backward, setup_context=_save_output)
 
@@ -1269,7 +1297,7 @@ OPERATORS = {
     "max_unpool2d": max_unpool2d, "lstm_cell": lstm_cell, "lstm_cell_backward": lstm_cell_backward,
     "lstm": lstm, "lstm_backward": lstm_backward, "box_iou": box_iou, "nms": nms,
     "batched_nms": batched_nms, "box_iou_rotated": box_iou_rotated, "nms_rotated": nms_rotated,
-    "leaky_relu": leaky_relu,
+    "relu": relu, "relu_backward": relu_backward, "leaky_relu": leaky_relu,
     "leaky_relu_backward": leaky_relu_backward,
     "soft_nms": soft_nms, "diou_nms": diou_nms, "matrix_nms": matrix_nms, "matmul": matmul,
     "batch_norm_train": batch_norm_train, "batch_norm_train_backward": batch_norm_train_backward,

@@ -20,6 +20,17 @@ def kernels(dtype):
     dt = dtype.type
     ks = Kernels(dtype)
 
+    @ks.add("ffn")
+    def relu_kernel(x, y, n):
+        for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+            v = x[i]
+            y[i] = dt(0) if v < dt(0) else v  # NaN and -0.0 stay as they are
+
+    @ks.add("fffn")
+    def relu_backward_kernel(grad_y, y, grad_x, n):
+        for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+            grad_x[i] = dt(0) if y[i] <= dt(0) else grad_y[i]  # a NaN output passes the gradient
+
     @ks.add("fsfn")
     def leaky_relu_kernel(x, slope, y, n):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -204,6 +215,16 @@ def _from_output(kernel_name, grad_out, y):
         launch(getattr(kernels(y.dtype), kernel_name), blocks_for(y.size), THREADS,
                flat(grad_out), flat(y), flat(grad_x), y.size)
     return grad_x
+
+
+@backend.register
+def relu(x):
+    return _unary("relu_kernel", x)
+
+
+@backend.register
+def relu_backward(grad_out, y):
+    return _from_output("relu_backward_kernel", grad_out, y)
 
 
 @backend.register

@@ -14,6 +14,33 @@ from ._jit import helper, kernel
 
 
 @kernel
+def _relu(x, y):
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = 0 if v < 0 else v  # NaN and -0.0 stay as they are
+
+
+@kernel
+def _relu_backward(grad_y, y, grad_x):
+    for i in prange(y.size):
+        grad_x[i] = 0 if y[i] <= 0 else grad_y[i]  # a NaN output passes the gradient
+
+
+@backend.register
+def relu(x):
+    y = np.empty_like(x)
+    _relu(x.reshape(-1), y.reshape(-1))
+    return y
+
+
+@backend.register
+def relu_backward(grad_out, y):
+    grad_x = np.empty_like(y)
+    _relu_backward(grad_out.reshape(-1), y.reshape(-1), grad_x.reshape(-1))
+    return grad_x
+
+
+@kernel
 def _leaky_relu(x, slope, y):
     for i in prange(x.size):
         v = x[i]

@@ -13,15 +13,16 @@ __all__ = ["relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax", "
 
 class _ReLU(Function):
     def forward(self, x):
-        self.x = x
-        return ops.leaky_relu(x, 0.0)
+        self.y = ops.relu(x)
+        return self.y
 
     def backward(self, g):
-        return ops.leaky_relu_backward(g, self.x, 0.0)
+        return ops.relu_backward(g, self.y)
 
 
 def relu(x) -> Tensor:
-    """max(0, x) (the leaky_relu kernel with a slope of 0)."""
+    """max(x, 0), as ``torch.relu``: 0 for x < 0 (-inf included), NaN stays NaN, -0.0 stays
+    -0.0; the gradient is 0 where the output is <= 0."""
     return _ReLU()(x)
 
 

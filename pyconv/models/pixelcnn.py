@@ -29,6 +29,7 @@ from .. import nn
 from .. import random as _random
 from ..autograd import Tensor, no_grad
 from ..nn import functional as F
+from ..nn.modules.conv import masked_conv2d
 
 __all__ = ["PixelCNN", "VerticalMaskedConv2d"]
 
@@ -47,8 +48,7 @@ class VerticalMaskedConv2d(nn.Conv2d):
         self.mask = mask
 
     def forward(self, x):
-        weight = self.weight * Tensor(self.mask.astype(self.weight.dtype))
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return masked_conv2d(x, self.weight, self.mask, self.bias, *self._conv_args())
 
 
 def _gate(t):

@@ -25,9 +25,9 @@ import math
 
 import numpy as np
 
-from .. import nn
+from .. import nn, ops
 from .. import random as _random
-from ..autograd import Tensor, no_grad
+from ..autograd import Function, Tensor, array_module, no_grad
 from ..nn import functional as F
 from ..nn.modules.conv import masked_conv2d
 
@@ -51,9 +51,25 @@ class VerticalMaskedConv2d(nn.Conv2d):
         return masked_conv2d(x, self.weight, self.mask, self.bias, *self._conv_args())
 
 
+class _Gate(Function):
+    """tanh(a) * sigmoid(b) for t = [a, b] split on the channel axis, as one step: its
+    backward writes both halves of t's gradient straight into one array."""
+
+    def forward(self, t):
+        c = t.shape[1] // 2
+        self.shape, self.c = t.shape, c
+        self.tanh, self.sigmoid = ops.tanh(t[:, :c]), ops.sigmoid(t[:, c:])
+        return self.tanh * self.sigmoid
+
+    def backward(self, g):
+        grad = array_module(g).empty(self.shape, g.dtype)
+        grad[:, :self.c] = ops.tanh_backward(g * self.sigmoid, self.tanh)
+        grad[:, self.c:] = ops.sigmoid_backward(g * self.tanh, self.sigmoid)
+        return grad
+
+
 def _gate(t):
-    c = t.shape[1] // 2
-    return F.tanh(t[:, :c]) * F.sigmoid(t[:, c:])
+    return _Gate()(t)
 
 
 class GatedLayer(nn.Module):

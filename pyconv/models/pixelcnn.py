@@ -90,7 +90,9 @@ class GatedLayer(nn.Module):
             self.label_bias.weight.data *= 0.1
         self.num_classes = num_classes
 
-    def forward(self, v, h, labels=None):
+    def forward(self, v, h, labels=None, vertical_out=True):
+        """(the vertical stack's output, or None where ``vertical_out`` is False because no
+        layer follows to read it; the horizontal stack's output)."""
         v_feat = self.vertical(v)
         h_feat = self.horizontal(h) + self.vertical_to_horizontal(v_feat)
         if self.num_classes:
@@ -98,7 +100,7 @@ class GatedLayer(nn.Module):
             bias = bias.reshape(bias.shape[0], bias.shape[1], 1, 1)
             v_feat, h_feat = v_feat + bias, h_feat + bias
         h_out = self.horizontal_out(_gate(h_feat))
-        return _gate(v_feat), h_out if self.first else h_out + h
+        return _gate(v_feat) if vertical_out else None, h_out if self.first else h_out + h
 
 
 class PixelCNN(nn.Module):
@@ -147,8 +149,8 @@ class PixelCNN(nn.Module):
         if self.num_classes and labels is None:
             raise ValueError("PixelCNN: a class-conditional model needs labels")
         v = h = x * 2 - 1  # centred inputs
-        for layer in self.layers:
-            v, h = layer(v, h, labels)
+        for i, layer in enumerate(self.layers):
+            v, h = layer(v, h, labels, vertical_out=i + 1 < len(self.layers))
         return self.head(h)
 
     def log_prob(self, x, labels=None):

@@ -112,3 +112,10 @@ def test_loss_falls_on_a_pattern():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_gate_gradient():
+    from pyconv.models.pixelcnn import _gate
+    from pyconv.testing import gradcheck
+    t = Tensor(np.random.default_rng(0).standard_normal((2, 6, 3, 4)), requires_grad=True)
+    assert gradcheck(_gate, [t])

@@ -591,7 +591,7 @@ def _randomise_pyconv_batch_norms(model, rng):
 
 
 def _pyconv_models():
-    from pyconv.models import DCGAN, VAE, CharLSTM, LeNet5
+    from pyconv.models import DCGAN, VAE, CharLSTM, LeNet5, PixelCNN
 
     rng = np.random.default_rng(0)
     pyconv.manual_seed(0)
@@ -614,11 +614,17 @@ def _pyconv_models():
         "vae_encoder": (vae, vae.encode, (_rand(2, 1, 16, 16),)),
         "charlstm": (text, None, (rng.integers(0, 8, (3, 6)),)),
         "resnet": (resnet, None, (_rand(2, 3, 16, 16),)),
+        "pixelcnn": (PixelCNN(image_size=8, channels=4, n_layers=2, hidden=8), None,
+                     ((_rand(2, 1, 8, 8) > 0).astype(np.float32),)),
+        "masked_convs": (nn.Sequential(nn.MaskedConv2d("A", 2, 3, 5, padding=2),
+                                       nn.MaskedConv2d("B", 3, 2, (1, 4), padding=(0, 1))),
+                         None, (_rand(2, 2, 6, 7),)),
     }
 
 
 @pytest.mark.parametrize("name", ["lenet", "lenet_tanh_avg", "dcgan_generator", "cgan_generator",
-                                  "vae_decoder", "vae_encoder", "charlstm", "resnet"])
+                                  "vae_decoder", "vae_encoder", "charlstm", "resnet", "pixelcnn",
+                                  "masked_convs"])
 def test_pyconv_models_exported_run_in_onnxruntime(name, tmp_path):
     model, fn, args = _pyconv_models()[name]
     fn = fn if fn is not None else model

@@ -25,10 +25,11 @@ import math
 
 import numpy as np
 
-from .. import nn
+from .. import nn, ops
 from .. import random as _random
-from ..autograd import Tensor, no_grad
+from ..autograd import Function, Tensor, array_module, no_grad
 from ..nn import functional as F
+from ..nn.modules.conv import masked_conv2d
 
 __all__ = ["PixelCNN", "VerticalMaskedConv2d"]
 
@@ -47,13 +48,28 @@ class VerticalMaskedConv2d(nn.Conv2d):
         self.mask = mask
 
     def forward(self, x):
-        weight = self.weight * Tensor(self.mask.astype(self.weight.dtype))
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return masked_conv2d(x, self.weight, self.mask, self.bias, *self._conv_args())
+
+
+class _Gate(Function):
+    """tanh(a) * sigmoid(b) for t = [a, b] split on the channel axis, as one step: its
+    backward writes both halves of t's gradient straight into one array."""
+
+    def forward(self, t):
+        c = t.shape[1] // 2
+        self.shape, self.c = t.shape, c
+        self.tanh, self.sigmoid = ops.tanh(t[:, :c]), ops.sigmoid(t[:, c:])
+        return self.tanh * self.sigmoid
+
+    def backward(self, g):
+        grad = array_module(g).empty(self.shape, g.dtype)
+        grad[:, :self.c] = ops.tanh_backward(g * self.sigmoid, self.tanh)
+        grad[:, self.c:] = ops.sigmoid_backward(g * self.tanh, self.sigmoid)
+        return grad
 
 
 def _gate(t):
-    c = t.shape[1] // 2
-    return F.tanh(t[:, :c]) * F.sigmoid(t[:, c:])
+    return _Gate()(t)
 
 
 class GatedLayer(nn.Module):
@@ -74,7 +90,9 @@ class GatedLayer(nn.Module):
             self.label_bias.weight.data *= 0.1
         self.num_classes = num_classes
 
-    def forward(self, v, h, labels=None):
+    def forward(self, v, h, labels=None, vertical_out=True):
+        """(the vertical stack's output, or None where ``vertical_out`` is False because no
+        layer follows to read it; the horizontal stack's output)."""
         v_feat = self.vertical(v)
         h_feat = self.horizontal(h) + self.vertical_to_horizontal(v_feat)
         if self.num_classes:
@@ -82,7 +100,7 @@ class GatedLayer(nn.Module):
             bias = bias.reshape(bias.shape[0], bias.shape[1], 1, 1)
             v_feat, h_feat = v_feat + bias, h_feat + bias
         h_out = self.horizontal_out(_gate(h_feat))
-        return _gate(v_feat), h_out if self.first else h_out + h
+        return _gate(v_feat) if vertical_out else None, h_out if self.first else h_out + h
 
 
 class PixelCNN(nn.Module):
@@ -131,8 +149,8 @@ class PixelCNN(nn.Module):
         if self.num_classes and labels is None:
             raise ValueError("PixelCNN: a class-conditional model needs labels")
         v = h = x * 2 - 1  # centred inputs
-        for layer in self.layers:
-            v, h = layer(v, h, labels)
+        for i, layer in enumerate(self.layers):
+            v, h = layer(v, h, labels, vertical_out=i + 1 < len(self.layers))
         return self.head(h)
 
     def log_prob(self, x, labels=None):

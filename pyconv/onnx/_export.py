@@ -299,6 +299,28 @@ def _get_item(b, fn, names, inputs, outs, out_names):
     b.node("Reshape", [x, b.ints(b.target_shape(outs[0]))], out_names)  # drops int axes, adds None axes
 
 
+def _window(b, fn, names, inputs, outs, out_names):
+    """The masked convolutions' input window: a Slice of the part inside x, then a zero Pad."""
+    shape = inputs[0].shape
+    inside, placed = fn._placement(shape)
+    nd = len(shape)
+    axes = [nd - 2, nd - 1]
+    x = b.node("Slice", [names[0], b.ints([inside[1].start, inside[2].start]),
+                         b.ints([inside[1].stop, inside[2].stop]), b.ints(axes)])
+    size = outs[0].shape[-2:]
+    before = [0] * (nd - 2) + [placed[1].start, placed[2].start]
+    after = [0] * (nd - 2) + [size[0] - placed[1].stop, size[1] - placed[2].stop]
+    b.node("Pad", [x, b.ints(before + after)], out_names)
+
+
+def _gate(b, fn, names, inputs, outs, out_names):
+    """The PixelCNN gate: tanh of the first half of the channels times sigmoid of the second."""
+    c = fn.c
+    a = b.node("Slice", [names[0], b.ints([0]), b.ints([c]), b.ints([1])])
+    g = b.node("Slice", [names[0], b.ints([c]), b.ints([2 * c]), b.ints([1])])
+    b.node("Mul", [b.node("Tanh", [a]), b.node("Sigmoid", [g])], out_names)
+
+
 def _concat(b, fn, names, inputs, outs, out_names):
     b.node("Concat", names, out_names, axis=fn.axis)
 
@@ -373,6 +395,7 @@ CONVERTERS = {
     "Reshape": _reshape, "Transpose": _transpose, "GetItem": _get_item,
     "Concatenate": _concat, "Stack": _stack, "AsType": _as_type, "ToDevice": _simple("Identity"),
     "_LSTM": _lstm, "_LSTMCell": _lstm_cell,
+    "_Window": _window, "_Gate": _gate,
 }
 EXPORTABLE = tuple(sorted(CONVERTERS)) + ("_Embedding",)
 

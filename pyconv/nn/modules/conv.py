@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _spec
-from ...autograd import Tensor, array_module
+from ...autograd import Function, Tensor, array_module
 from .. import functional as F
 from .. import init
 from .module import Module, _empty
@@ -98,8 +98,78 @@ class MaskedConv2d(Conv2d):
         self.mask = mask
 
     def forward(self, x):
-        mask = array_module(self.weight.data).asarray(self.mask, dtype=self.weight.dtype)
-        return F.conv2d(x, self.weight * Tensor(mask), self.bias, *self._conv_args())
+        return masked_conv2d(x, self.weight, self.mask, self.bias, *self._conv_args())
+
+
+def masked_conv2d(x, weight, mask, bias, stride, padding, dilation, groups):
+    """conv2d(x, weight * mask, ...) for a spatial (R, S) mask, computing only the taps the
+    mask can keep.
+
+    The kernel is cut to the smallest top-left block [:rows, :cols] holding every kept tap, and
+    the mask multiply stays only if that block still has masked taps (slicing gives the cut
+    taps a zero gradient, as the multiply by the mask did). Output element i along an axis
+    reads x[i * stride + a * dilation - padding] for the taps a, so the cut kernel needs the
+    input window [-padding, (Ho - 1) * stride + (cut kernel span - 1) - padding]: the
+    convolution's own symmetric padding gives it only if it is symmetric, so along a cut axis
+    the window is taken explicitly (zero rows above, the unused rows below dropped) and
+    convolved unpadded, giving exactly the Ho x Wo outputs of the full kernel."""
+    R, S = mask.shape
+    kept_rows, kept_cols = np.nonzero(mask)
+    if isinstance(padding, str) and padding != "valid" or not len(kept_rows):
+        # "same" may pad unevenly; an all-zero mask has nothing to cut to.
+        mask = array_module(weight.data).asarray(mask, dtype=weight.dtype)
+        return F.conv2d(x, weight * Tensor(mask), bias, stride, padding, dilation, groups)
+    rows, cols = int(kept_rows.max()) + 1, int(kept_cols.max()) + 1
+    block = mask[:rows, :cols]
+    if (rows, cols) != (R, S):
+        weight = weight[:, :, :rows, :cols]
+    if not block.all():
+        weight = weight * Tensor(array_module(weight.data).asarray(block, dtype=weight.dtype))
+    pad = (0, 0) if padding == "valid" else _pair(padding, 2)
+    windows, conv_pad = [], []
+    for n, p, d, k, cut, s in zip(x.shape[-2:], pad, _pair(dilation, 2), (R, S), (rows, cols),
+                                  _pair(stride, 2)):
+        n_out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        end = (n_out - 1) * s + d * (cut - 1) - p + 1
+        symmetric = end == n + p
+        windows.append((0, n) if symmetric else (-p, end))
+        conv_pad.append(p if symmetric else 0)
+    if windows != [(0, n) for n in x.shape[-2:]]:
+        x = _Window(*windows)(x)
+    return F.conv2d(x, weight, bias, stride, tuple(conv_pad), dilation, groups)
+
+
+class _Window(Function):
+    """x's rows [top, bottom) and columns [left, right), zero outside x: the window may reach
+    past any edge and may leave rows or columns of x out."""
+
+    def __init__(self, rows, cols):
+        self.rows, self.cols = rows, cols
+
+    def _placement(self, shape):
+        """(the part of x inside the window, where it lies in the window) as index tuples."""
+        inside, placed = [Ellipsis], [Ellipsis]
+        for (start, stop), n in zip((self.rows, self.cols), shape[-2:]):
+            lo, hi = max(start, 0), min(stop, n)
+            inside.append(slice(lo, hi))
+            placed.append(slice(lo - start, hi - start))
+        return tuple(inside), tuple(placed)
+
+    def forward(self, x):
+        self.shape = x.shape
+        inside, placed = self._placement(x.shape)
+        (top, bottom), (left, right) = self.rows, self.cols
+        out = array_module(x).zeros(x.shape[:-2] + (bottom - top, right - left), x.dtype)
+        out[placed] = x[inside]
+        return out
+
+    def backward(self, g):
+        inside, placed = self._placement(self.shape)
+        if (inside[1].stop - inside[1].start, inside[2].stop - inside[2].start) == self.shape[-2:]:
+            return g[placed]  # the window holds all of x: its gradient is a view of g
+        grad = array_module(g).zeros(self.shape, g.dtype)
+        grad[inside] = g[placed]
+        return grad
 
 
 class ConvTranspose2d(_ConvNd):

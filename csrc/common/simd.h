@@ -154,7 +154,8 @@ struct ExpCoefficients {
 
 template <class V>
 struct ExpParts {
-    V q;           // e^r - 1
+    V r;           // the reduced argument
+    V p;           // (e^r - 1) / r
     V scale_low;   // 2^(n/2)
     V scale_high;  // 2^(n - n/2)
 };
@@ -178,7 +179,8 @@ static inline __attribute__((always_inline)) ExpParts<V> exp_parts(V x, T lo, T 
     for (int k = B::exp_degree - 1; k >= 1; --k)
         p = mul_add<T>(p, r, broadcast<T, V>(c.inverse_factorial[k]));
     ExpParts<V> out;
-    out.q = p * r;
+    out.r = r;
+    out.p = p;
     const I n_int = same_bits<I>(t) - same_bits<I>(broadcast<T, V>(B::shifter));
     const I half = n_int >> 1;  // floor(n / 2): both factors stay normal numbers
     out.scale_low = same_bits<V>((half + B::bias) << B::mantissa);
@@ -190,7 +192,9 @@ static inline __attribute__((always_inline)) ExpParts<V> exp_parts(V x, T lo, T 
 template <class T, class V>
 static inline __attribute__((always_inline)) V exp_clamped_to(V x, T lo, T hi) {
     const ExpParts<V> e = exp_parts<T, V>(x, lo, hi);
-    return mul_add<T>(e.q, e.scale_low, e.scale_low) * e.scale_high;  // 2^(n/2) (1 + q) 2^(n - n/2)
+    // e^r = 1 + p r in one rounding; the two scalings are exact unless the result overflows or
+    // is subnormal.
+    return (mul_add<T>(e.p, e.r, broadcast<T, V>(T(1))) * e.scale_low) * e.scale_high;
 }
 
 // e^x of every lane, with the input clamped so that the result is never inf or 0 (finite

@@ -36,7 +36,7 @@ static inline __attribute__((always_inline)) typename Simd<T>::V expm1_full(type
     const ExpParts<typename Simd<T>::V> e =
         exp_parts<T>(x, FloatBits<T>::lowest, FloatBits<T>::highest);
     const typename Simd<T>::V scale = e.scale_low * e.scale_high;
-    const typename Simd<T>::V y = fma<T>(scale, e.q, scale - T(1));
+    const typename Simd<T>::V y = fma<T>(scale, e.p * e.r, scale - T(1));
     return x != T(0) ? y : x;  // -0 stays -0; NaN gives NaN through q
 }
 

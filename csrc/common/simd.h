@@ -86,42 +86,133 @@ inline typename Simd<T>::V Simd<T>::fma(V a, V b, V c) {
     return pyconv::PYCONV_ISA::fma<T>(a, b, c);
 }
 
-// e^x of every lane: x = n*ln2 + r with |r| <= ln2/2, e^r by its Taylor polynomial (degree 7
-// for float, 12 for double: error below the type's rounding), 2^n built in the exponent bits.
-// Inputs are clamped so that 2^n stays a normal number (e^x saturates, no inf/NaN for finite x).
+// The one exponential algorithm of the library, written once for a scalar T (loops that
+// `#pragma omp simd` vectorises: elementwise/vector_math.h) and for a vector Simd<T>::V
+// (elementwise/exp.h, the LSTM gates below): the same steps, only arithmetic, selects and
+// integer bit operations, so neither shape has a branch or a call.
+//
+// x = n ln2 + r, |r| <= ln2/2: n rounded to nearest by adding 1.5 * 2^mantissa, r by Cody
+// and Waite's two-constant subtraction (n * ln2_hi is exact for every n of the range);
+//   q = e^r - 1 = r (1 + r/2! + r^2/3! + ...)   (Taylor, degree 8 in float, 14 in double: the
+//                                                truncation error is below a tenth of an ulp of
+//                                                q on |r| <= ln2/2)
+//   e^x = 2^n (1 + q),   e^x - 1 = 2^n q + (2^n - 1).
+// 2^n is built in the exponent bits as two factors 2^(n/2) 2^(n - n/2), each a normal number
+// for every n of the clamped range, so that their product rounds to inf, a subnormal or 0
+// exactly as the true result does.
 template <class T>
-static inline __attribute__((always_inline)) typename Simd<T>::V vexp(typename Simd<T>::V x) {
-    using S = Simd<T>;
-    using V = typename S::V;
-    using I = typename S::I;
+struct FloatBits {
+    static constexpr bool f32 = sizeof(T) == 4;
+    using Int = std::conditional_t<f32, int32_t, int64_t>;
+    static constexpr int mantissa = f32 ? 23 : 52, bias = f32 ? 127 : 1023;
+    // 1.5 * 2^mantissa: adding it rounds to an integer held in the low mantissa bits.
+    static constexpr T shifter = T(1.5) * T(int64_t(1) << mantissa);
+    // ln2 split so that n * ln2_hi is exact (few bits) for every n of the range.
+    static constexpr T ln2_hi = f32 ? T(0.693359375) : T(0.693147180369123816490);
+    static constexpr T ln2_lo = f32 ? T(-2.12194440e-4) : T(1.90821492927058770002e-10);
+    // e^x is 0 below lowest and inf above highest; within them n stays in
+    // [-2 bias - mantissa, 2 bias + 2], what the two factors of 2^n can scale.
+    static constexpr T lowest = f32 ? T(-104.0) : T(-746.0), highest = f32 ? T(89.0) : T(710.0);
+    static constexpr int exp_degree = f32 ? 8 : 14;
+};
+
+// The value type V is T itself (scalar shape) or Simd<T>::V (vector shape).
+template <class T, class V>
+static inline __attribute__((always_inline)) V broadcast(T v) {
+    if constexpr (std::is_same_v<V, T>) return v;
+    else return Simd<T>::splat(v);
+}
+
+// a*b + c: one rounding on the vector shape; on the scalar shape whatever the loop's ISA makes
+// of it (a libm fma call would stop the vectoriser on builds without FMA instructions).
+template <class T, class V>
+static inline __attribute__((always_inline)) V mul_add(V a, V b, V c) {
+    if constexpr (std::is_same_v<V, T>) return a * b + c;
+    else return fma<T>(a, b, c);
+}
+
+template <class To, class From>
+static inline __attribute__((always_inline)) To same_bits(From v) {
+    static_assert(sizeof(To) == sizeof(From));
+    To out;
+    std::memcpy(&out, &v, sizeof out);
+    return out;
+}
+
+// 1/k! for k = 0 .. degree, each rounded once to T.
+template <class T>
+struct ExpCoefficients {
+    T inverse_factorial[FloatBits<T>::exp_degree + 1] = {};
+    constexpr ExpCoefficients() {
+        double factorial = 1;  // exact up to 18!
+        for (int k = 0; k <= FloatBits<T>::exp_degree; ++k) {
+            factorial *= k > 0 ? k : 1;
+            inverse_factorial[k] = T(1.0 / factorial);
+        }
+    }
+};
+
+template <class V>
+struct ExpParts {
+    V r;           // the reduced argument
+    V p;           // (e^r - 1) / r
+    V scale_low;   // 2^(n/2)
+    V scale_high;  // 2^(n - n/2)
+};
+
+// The reduction, the polynomial and 2^n for x clamped into [lo, hi] (a sub-range of
+// [lowest, highest]).
+template <class T, class V>
+static inline __attribute__((always_inline)) ExpParts<V> exp_parts(V x, T lo, T hi) {
+    using B = FloatBits<T>;
+    using I = std::conditional_t<std::is_same_v<V, T>, typename B::Int, typename Simd<T>::I>;
+    // NaN compares false and passes, giving NaN q (its integer steps wrap harmlessly).
+    x = x < lo ? broadcast<T, V>(lo) : x;
+    x = x > hi ? broadcast<T, V>(hi) : x;
+    const V t = x * T(1.4426950408889634) + B::shifter;
+    const V n = t - B::shifter;
+    const V r = mul_add<T>(n, broadcast<T, V>(-B::ln2_lo),
+                          mul_add<T>(n, broadcast<T, V>(-B::ln2_hi), x));
+    constexpr ExpCoefficients<T> c{};
+    V p = broadcast<T, V>(c.inverse_factorial[B::exp_degree]);
+#pragma GCC unroll 16
+    for (int k = B::exp_degree - 1; k >= 1; --k)
+        p = mul_add<T>(p, r, broadcast<T, V>(c.inverse_factorial[k]));
+    ExpParts<V> out;
+    out.r = r;
+    out.p = p;
+    const I n_int = same_bits<I>(t) - same_bits<I>(broadcast<T, V>(B::shifter));
+    const I half = n_int >> 1;  // floor(n / 2): both factors stay normal numbers
+    out.scale_low = same_bits<V>((half + B::bias) << B::mantissa);
+    out.scale_high = same_bits<V>((n_int - half + B::bias) << B::mantissa);
+    return out;
+}
+
+// e^x with x clamped into [lo, hi] first, NaN for NaN.
+template <class T, class V>
+static inline __attribute__((always_inline)) V exp_clamped_to(V x, T lo, T hi) {
+    const ExpParts<V> e = exp_parts<T, V>(x, lo, hi);
+    // e^r = 1 + p r in one rounding; the two scalings are exact unless the result overflows or
+    // is subnormal.
+    return (mul_add<T>(e.p, e.r, broadcast<T, V>(T(1))) * e.scale_low) * e.scale_high;
+}
+
+// e^x of every lane, with the input clamped so that the result is never inf or 0 (finite
+// inputs give finite, nonzero gates): what the LSTM gates rely on.
+template <class T>
+static inline __attribute__((always_inline)) typename Simd<T>::V vexp_clamped(typename Simd<T>::V x) {
     constexpr bool f32 = sizeof(T) == 4;
-    constexpr int mantissa_bits = f32 ? 23 : 52, bias = f32 ? 127 : 1023, degree = f32 ? 7 : 12;
-    const T lo = f32 ? T(-87.0) : T(-708.0), hi = f32 ? T(88.0) : T(709.0);
-    // Adding 1.5 * 2^mantissa_bits rounds to an integer held in the low mantissa bits.
-    const T magic = T(1.5) * T(int64_t(1) << mantissa_bits);
-    const T ln2_hi = f32 ? T(0.693359375) : T(0.693147180369123816490);
-    const T ln2_lo = f32 ? T(-2.12194440e-4) : T(1.90821492927058770002e-10);
-    x = x < lo ? S::splat(lo) : x;
-    x = x > hi ? S::splat(hi) : x;
-    const V t = x * T(1.4426950408889634) + magic;
-    const V n = t - magic;
-    const V r = (x - n * ln2_hi) - n * ln2_lo;
-    // e^r = 1 + r(1 + r/2(1 + r/3(1 + ...))), evaluated from the innermost bracket out.
-    V p = S::splat(T(1));
-    for (int k = degree; k >= 1; --k) p = fma<T>(p, r * (T(1) / T(k)), S::splat(T(1)));
-    const I n_int = I(t) - I(S::splat(magic));
-    const V scale = V((n_int + bias) << mantissa_bits);
-    return p * scale;
+    return exp_clamped_to<T>(x, f32 ? T(-87.0) : T(-708.0), f32 ? T(88.0) : T(709.0));
 }
 
 template <class T>
 static inline __attribute__((always_inline)) typename Simd<T>::V vsigmoid(typename Simd<T>::V x) {
-    return T(1) / (T(1) + vexp<T>(-x));
+    return T(1) / (T(1) + vexp_clamped<T>(-x));
 }
 
 template <class T>
 static inline __attribute__((always_inline)) typename Simd<T>::V vtanh(typename Simd<T>::V x) {
-    return T(2) / (T(1) + vexp<T>(x * T(-2))) - T(1);
+    return T(2) / (T(1) + vexp_clamped<T>(x * T(-2))) - T(1);
 }
 
 // Transposes a lanes x lanes block held in `rows` (rows[i][j] <-> rows[j][i]) in registers:

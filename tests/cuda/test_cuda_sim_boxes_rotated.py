@@ -25,7 +25,8 @@ def test_box_iou_rotated_matches_the_oracle(dtype):
     assert ops.box_iou_rotated(a[:0], b, backend="cuda").shape == (0, len(b))
 
 
-@pytest.mark.parametrize("dtype,threshold", [(np.float32, 0.3), (np.float64, 0.6), (np.float32, 0.0)])
+@pytest.mark.parametrize("dtype,threshold", [(np.float32, 0.3), pytest.param(np.float64, 0.6, marks=pytest.mark.slow),
+                                             (np.float32, 0.0)])
 def test_nms_rotated_with_ties_matches_reference_and_oracle(dtype, threshold):
     rng = np.random.default_rng(41)
     # More than 64 boxes: several mask words per row and tiles off the diagonal.

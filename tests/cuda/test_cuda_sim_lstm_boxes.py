@@ -102,7 +102,9 @@ def test_box_iou(dtype):
     assert ops.box_iou(a[:0], b, backend="cuda").shape == (0, 7)
 
 
-@pytest.mark.parametrize("n,thr,dtype", [(70, 0.3, np.float32), (70, 0.5, np.float64), (5, 0.0, np.float32)])
+@pytest.mark.parametrize("n,thr,dtype", [(70, 0.3, np.float32),
+                                           pytest.param(70, 0.5, np.float64, marks=pytest.mark.slow),
+                                           (5, 0.0, np.float32)])
 def test_nms_matches_greedy_oracle(n, thr, dtype):
     rng = np.random.default_rng(31)
     boxes = _random_boxes(rng, n, dtype)

@@ -40,7 +40,7 @@ def test_soft_nms(dtype, method):
     assert empty[0].shape == empty[1].shape == (0,)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
 def test_diou_nms(dtype):
     rng = np.random.default_rng(41)
     boxes, scores = _boxes(rng, 70, dtype), _tied_scores(rng, 70, dtype)  # two mask words

@@ -4,14 +4,62 @@ OpenMP-parallel, compiled for AVX-512, AVX2+FMA and a generic baseline in one bu
 variant is chosen at run time (``pyconv.info()["isa"]``). This module allocates the outputs
 and hands the C++ side contiguous buffers and the geometry from ``pyconv._spec``.
 """
+import inspect
+
 import numpy as np
 
 from .. import _C, tuning
 from . import Backend, LstmSaved
+from ._contract import KERNELS
 
 tuning.apply_at_import()
 
 backend = Backend("cpu", "numpy", "C++ kernels (pybind11, OpenMP, run-time ISA dispatch)")
+
+# Most elementwise kernels only allocate an output and hand it to their _C function after
+# their own arguments: they are registered from the _C functions by the helpers below.
+
+
+def _register(c_function, body):
+    """Registers `body` (taking its arguments positionally) as the kernel named like
+    `c_function`, with that kernel's parameters in the catalogue."""
+    name = c_function.__name__
+    body.__name__ = body.__qualname__ = name
+    body.__signature__ = inspect.Signature(
+        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_ONLY) for p in KERNELS[name].params])
+    backend.register(body)
+
+
+def _output_like(argument, c_function):
+    """<kernel>(*arguments) of _C.<kernel>: allocates one output like its argument named
+    `argument`, fills it with _C.<kernel>(*arguments, output) and returns it."""
+    at = KERNELS[c_function.__name__].params.index(argument)
+
+    def kernel(*arguments):
+        output = np.empty_like(arguments[at])
+        c_function(*arguments, output)
+        return output
+
+    return kernel
+
+
+def _register_output_like(argument, *c_functions):
+    for c_function in c_functions:
+        _register(c_function, _output_like(argument, c_function))
+
+
+def _in_place(c_function):
+    """<kernel>(*arguments) of _C.<kernel>: _C.<kernel>(*arguments), which updates arrays among
+    its arguments in place."""
+    def kernel(*arguments):
+        c_function(*arguments)
+
+    return kernel
+
+
+def _register_in_place(*c_functions):
+    for c_function in c_functions:
+        _register(c_function, _in_place(c_function))
 
 
 @backend.register
@@ -171,34 +219,6 @@ def matrix_nms(boxes, scores, labels, kernel, sigma):
 
 
 @backend.register
-def relu(x):
-    y = np.empty_like(x)
-    _C.relu(x, y)
-    return y
-
-
-@backend.register
-def relu_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    _C.relu_backward(grad_out, y, grad_x)
-    return grad_x
-
-
-@backend.register
-def leaky_relu(x, negative_slope):
-    y = np.empty_like(x)
-    _C.leaky_relu(x, negative_slope, y)
-    return y
-
-
-@backend.register
-def leaky_relu_backward(grad_out, x, negative_slope):
-    grad_x = np.empty_like(x)
-    _C.leaky_relu_backward(grad_out, x, negative_slope, grad_x)
-    return grad_x
-
-
-@backend.register
 def box_iou_rotated(boxes1, boxes2):
     out = np.empty((boxes1.shape[0], boxes2.shape[0]), boxes1.dtype)
     _C.box_iou_rotated(boxes1, boxes2, out)
@@ -239,28 +259,7 @@ def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
     return grad_x, grad_weight, grad_bias
 
 
-# Fused activations and dropout (csrc/elementwise).
-
-
-@backend.register
-def elu(x, alpha):
-    y = np.empty_like(x)
-    _C.elu(x, alpha, y)
-    return y
-
-
-@backend.register
-def elu_backward(grad_out, x, alpha):
-    grad_x = np.empty_like(x)
-    _C.elu_backward(grad_out, x, alpha, grad_x)
-    return grad_x
-
-
-@backend.register
-def prelu(x, weight):
-    y = np.empty_like(x)
-    _C.prelu(x, weight, y)
-    return y
+# Activations, dropout, softmax, losses and optimiser steps (csrc/elementwise).
 
 
 @backend.register
@@ -271,76 +270,10 @@ def prelu_backward(grad_out, x, weight):
 
 
 @backend.register
-def sigmoid(x):
-    y = np.empty_like(x)
-    _C.sigmoid(x, y)
-    return y
-
-
-@backend.register
-def sigmoid_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    _C.sigmoid_backward(grad_out, y, grad_x)
-    return grad_x
-
-
-@backend.register
-def tanh(x):
-    y = np.empty_like(x)
-    _C.tanh(x, y)
-    return y
-
-
-@backend.register
-def tanh_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    _C.tanh_backward(grad_out, y, grad_x)
-    return grad_x
-
-
-@backend.register
 def dropout(x, keep_threshold, scale, seed):
     y, mask = np.empty_like(x), np.empty(x.shape, np.uint8)
     _C.dropout(x, seed, keep_threshold, scale, y, mask)
     return y, mask
-
-
-@backend.register
-def dropout_backward(grad_out, mask, scale):
-    grad_x = np.empty_like(grad_out)
-    _C.dropout_backward(grad_out, mask, scale, grad_x)
-    return grad_x
-
-
-# Fused losses and optimiser steps (csrc/elementwise).
-
-
-@backend.register
-def softmax(x):
-    y = np.empty_like(x)
-    _C.softmax(x, y)
-    return y
-
-
-@backend.register
-def softmax_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    _C.softmax_backward(grad_out, y, grad_x)
-    return grad_x
-
-
-@backend.register
-def log_softmax(x):
-    y = np.empty_like(x)
-    _C.log_softmax(x, y)
-    return y
-
-
-@backend.register
-def log_softmax_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    _C.log_softmax_backward(grad_out, y, grad_x)
-    return grad_x
 
 
 @backend.register
@@ -350,37 +283,15 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing):
     return loss, lse
 
 
-@backend.register
-def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing):
-    grad_x = np.empty_like(x)
-    _C.cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing,
-                              grad_x)
-    return grad_x
-
-
-@backend.register
-def binary_cross_entropy_with_logits(x, target, pos_weight):
-    loss = np.empty_like(x)
-    _C.binary_cross_entropy_with_logits(x, target, pos_weight, loss)
-    return loss
-
-
-@backend.register
-def binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight):
-    grad_x = np.empty_like(x)
-    _C.binary_cross_entropy_with_logits_backward(grad_out, x, target, pos_weight, grad_x)
-    return grad_x
-
-
-@backend.register
-def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
-             first_step):
-    _C.sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov, weight_decay,
-                first_step)
-
-
-@backend.register
-def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
-              decoupled_weight_decay):
-    _C.adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
-                 decoupled_weight_decay)
+# Each _C function named here is <kernel>(*arguments, output): the kernel returns an output
+# allocated like its argument "x", "y" or "grad_out".
+_register_output_like(
+    "x", _C.relu, _C.leaky_relu, _C.leaky_relu_backward, _C.elu, _C.elu_backward, _C.prelu,
+    _C.sigmoid, _C.tanh, _C.softmax, _C.log_softmax, _C.cross_entropy_backward,
+    _C.binary_cross_entropy_with_logits, _C.binary_cross_entropy_with_logits_backward)
+_register_output_like(
+    "y", _C.relu_backward, _C.sigmoid_backward, _C.tanh_backward, _C.softmax_backward,
+    _C.log_softmax_backward)
+_register_output_like("grad_out", _C.dropout_backward)
+# Optimiser steps: the kernel is the _C function.
+_register_in_place(_C.sgd_step, _C.adam_step)

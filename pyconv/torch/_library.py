@@ -19,8 +19,9 @@ is ``same=True`` with ``padding`` ignored; an unneeded gradient is returned as a
 """
 # No ``from __future__ import annotations``: torch.library reads the schemas from the
 # annotations as written.
-import inspect
 import contextlib
+import functools
+import inspect
 from typing import Optional
 
 import numpy as np
@@ -696,30 +697,78 @@ lstm.register_autograd(_lstm_seq_autograd, setup_context=_lstm_seq_setup)
 
 
 # --------------------------------------------------------------------------------------------
-# Boxes (not differentiable)
+# Operators declared by their implementation: the name, the schema and the fake implementation
+# follow from its signature and the op's shape rules, the autograd formula from the backward
+# operator's signature.
+
+_signatures: dict = {}  # operator -> the signature of its implementation
 
 
-def _checked_operator(outputs):
-    """Decorator for an operator without a gradient: registers the function as the operator
-    ``pyconv::<its name>``, with a fake implementation that checks the arguments with
-    ``_spec.<its name>`` (tensors passed as their shapes, everything but ``backend``, in the
-    signature's order) and returns ``outputs(*arguments)``, empty tensors of the outputs'
-    shapes."""
+def _checked_operator(outputs, check=None):
+    """Decorator: registers the function as the operator ``pyconv::<its name>``, with a fake
+    implementation that checks the arguments with `check`, by default ``_spec.<its name>``
+    (tensors passed as their shapes, everything but ``backend``, in the signature's order), and
+    returns ``outputs(**arguments)``, empty tensors of the outputs' shapes."""
     def register(implementation):
         name = implementation.__name__
         operator = torch.library.custom_op(f"pyconv::{name}", mutates_args=())(implementation)
-        check, signature = getattr(_spec, name), inspect.signature(implementation)
+        check_arguments = check or getattr(_spec, name)
+        signature = _signatures[operator] = inspect.signature(implementation)
 
         @operator.register_fake
         def _(*args, **kwargs):
             arguments = signature.bind(*args, **kwargs).arguments
-            check(*(_shape(v) if isinstance(v, Tensor) else v
-                    for k, v in arguments.items() if k != "backend"))
-            return outputs(*arguments.values())
+            check_arguments(*(_shape(v) if isinstance(v, Tensor) else v
+                              for k, v in arguments.items() if k != "backend"))
+            return outputs(**arguments)
 
         return operator
 
     return register
+
+
+def _like(name):
+    """The `outputs` of a _checked_operator with one output shaped and typed like its
+    argument `name`."""
+    return lambda **arguments: _new(arguments[name], arguments[name].shape)
+
+
+def _differentiable(backward, outputs=("y",)):
+    """Decorator for a _checked_operator differentiable through the operator `backward`:
+    ``backward(grad, *saved)`` is the gradient of the forward's first argument (a tuple: of its
+    first arguments), where `saved` are backward's further arguments, each the forward's
+    argument or output of that name (`outputs` names the forward's outputs; all but the first
+    are not differentiable). The tensors among them are kept with save_for_backward."""
+    saved = list(_signatures[backward].parameters.values())[1:]
+    is_tensor = [p.annotation in (Tensor, Optional[Tensor]) for p in saved]
+
+    def register(forward):
+        arguments = tuple(_signatures[forward].parameters)
+        at = [(*arguments, *outputs).index(p.name) for p in saved]  # in (*inputs, *output)
+
+        def setup(ctx, inputs, output):
+            output = output if isinstance(output, tuple) else (output,)
+            if len(output) > 1:
+                ctx.mark_non_differentiable(*output[1:])
+            available = (*inputs, *output)
+            ctx.save_for_backward(*(available[i] for i, t in zip(at, is_tensor) if t))
+            ctx.saved_values = [available[i] for i, t in zip(at, is_tensor) if not t]
+
+        def differentiate(ctx, grad, *_grads_of_the_other_outputs):
+            tensors, values = iter(ctx.saved_tensors), iter(ctx.saved_values)
+            grads = call(backward, grad.contiguous(),
+                         *(next(tensors) if t else next(values) for t in is_tensor))
+            grads = _or_none(grads if isinstance(grads, tuple) else (grads,), ctx.needs_input_grad)
+            return (*grads, *[None] * (len(arguments) - len(grads)))
+
+        forward.register_autograd(differentiate, setup_context=setup)
+        return forward
+
+    return register
+
+
+# --------------------------------------------------------------------------------------------
+# Boxes (not differentiable)
 
 
 def _kept_size():
@@ -729,10 +778,10 @@ def _kept_size():
 
 # For the NMS operators that return the int64 indices of the boxes they keep.
 _kept_indices_operator = _checked_operator(
-    lambda boxes, *_: boxes.new_empty((_kept_size(),), dtype=torch.int64))
+    lambda boxes, **_: boxes.new_empty((_kept_size(),), dtype=torch.int64))
 # For the operators that return the IoU matrix of two sets of boxes.
 _pairwise_operator = _checked_operator(
-    lambda boxes1, boxes2, *_: _new(boxes1, (boxes1.shape[0], boxes2.shape[0])))
+    lambda boxes1, boxes2, **_: _new(boxes1, (boxes1.shape[0], boxes2.shape[0])))
 
 
 @_pairwise_operator
@@ -768,7 +817,7 @@ def diou_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, backend: str) 
     return _run(ops.diou_nms, boxes, scores, iou_threshold, backend=backend)
 
 
-def _kept_indices_and_scores(boxes, scores, *_):
+def _kept_indices_and_scores(boxes, scores, **_):
     kept = _kept_size()  # one size for both outputs: one score per kept index
     return boxes.new_empty((kept,), dtype=torch.int64), _new(scores, (kept,))
 
@@ -781,7 +830,7 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float,
                 backend=backend)
 
 
-@_checked_operator(lambda boxes, scores, *_: _new(scores, scores.shape))
+@_checked_operator(_like("scores"))
 def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma: float,
                backend: str) -> Tensor:
     """-> every box's decayed score (N,), in input order."""
@@ -789,249 +838,88 @@ def matrix_nms(boxes: Tensor, scores: Tensor, labels: Tensor, kernel: str, sigma
 
 
 # --------------------------------------------------------------------------------------------
-# Elementwise
+# Elementwise: each forward operator is differentiable through its backward operator, defined
+# before it (relu, sigmoid and tanh keep their output y for it, the others their input).
 
 
-@torch.library.custom_op("pyconv::leaky_relu", mutates_args=())
-def leaky_relu(x: Tensor, negative_slope: float, backend: str) -> Tensor:
-    return _run(ops.leaky_relu, x, negative_slope, backend=backend)
-
-
-@leaky_relu.register_fake
-def _(x, negative_slope, backend):
-    _spec.leaky_relu(_shape(x), negative_slope)
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::leaky_relu_backward", mutates_args=())
+@_checked_operator(_like("x"))
 def leaky_relu_backward(grad_out: Tensor, x: Tensor, negative_slope: float, backend: str) -> Tensor:
     return _run(ops.leaky_relu_backward, grad_out, x, negative_slope, backend=backend)
 
 
-@leaky_relu_backward.register_fake
-def _(grad_out, x, negative_slope, backend):
-    _spec.leaky_relu_backward(_shape(grad_out), _shape(x), negative_slope)
-    return _new(x, x.shape)
+@_differentiable(leaky_relu_backward)
+@_checked_operator(_like("x"))
+def leaky_relu(x: Tensor, negative_slope: float, backend: str) -> Tensor:
+    return _run(ops.leaky_relu, x, negative_slope, backend=backend)
 
 
-def _leaky_relu_setup(ctx, inputs, output):
-    x, slope, backend = inputs
-    ctx.save_for_backward(x)
-    ctx.slope, ctx.backend = slope, backend
-
-
-def _leaky_relu_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return call(leaky_relu_backward, grad, x, ctx.slope, ctx.backend), None, None
-
-
-leaky_relu.register_autograd(_leaky_relu_backward, setup_context=_leaky_relu_setup)
-
-
-# Fused activations and dropout: forward operators differentiable through their backward
-# operators; relu, sigmoid and tanh save their output, elu and prelu their input.
-
-
-@torch.library.custom_op("pyconv::elu", mutates_args=())
-def elu(x: Tensor, alpha: float, backend: str) -> Tensor:
-    return _run(ops.elu, x, alpha, backend=backend)
-
-
-@elu.register_fake
-def _(x, alpha, backend):
-    _spec.elu(_shape(x), alpha)
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::elu_backward", mutates_args=())
+@_checked_operator(_like("x"))
 def elu_backward(grad_out: Tensor, x: Tensor, alpha: float, backend: str) -> Tensor:
     return _run(ops.elu_backward, grad_out, x, alpha, backend=backend)
 
 
-@elu_backward.register_fake
-def _(grad_out, x, alpha, backend):
-    _spec.elu_backward(_shape(grad_out), _shape(x), alpha)
-    return _new(x, x.shape)
+@_differentiable(elu_backward)
+@_checked_operator(_like("x"))
+def elu(x: Tensor, alpha: float, backend: str) -> Tensor:
+    return _run(ops.elu, x, alpha, backend=backend)
 
 
-def _elu_setup(ctx, inputs, output):
-    x, ctx.alpha, ctx.backend = inputs
-    ctx.save_for_backward(x)
-
-
-def _elu_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return call(elu_backward, grad, x, ctx.alpha, ctx.backend), None, None
-
-
-elu.register_autograd(_elu_backward, setup_context=_elu_setup)
-
-
-@torch.library.custom_op("pyconv::prelu", mutates_args=())
-def prelu(x: Tensor, weight: Tensor, backend: str) -> Tensor:
-    return _run(ops.prelu, x, weight, backend=backend)
-
-
-@prelu.register_fake
-def _(x, weight, backend):
-    _spec.prelu(_shape(x), _shape(weight))
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::prelu_backward", mutates_args=())
+@_checked_operator(lambda x, weight, **_: (_new(x, x.shape), _new(weight, weight.shape)))
 def prelu_backward(grad_out: Tensor, x: Tensor, weight: Tensor,
                    backend: str) -> tuple[Tensor, Tensor]:
     """-> (grad_x, grad_weight)."""
     return _run(ops.prelu_backward, grad_out, x, weight, backend=backend)
 
 
-@prelu_backward.register_fake
-def _(grad_out, x, weight, backend):
-    _spec.prelu_backward(_shape(grad_out), _shape(x), _shape(weight))
-    return _new(x, x.shape), _new(weight, weight.shape)
+@_differentiable(prelu_backward)
+@_checked_operator(_like("x"))
+def prelu(x: Tensor, weight: Tensor, backend: str) -> Tensor:
+    return _run(ops.prelu, x, weight, backend=backend)
 
 
-def _prelu_setup(ctx, inputs, output):
-    x, weight, ctx.backend = inputs
-    ctx.save_for_backward(x, weight)
-
-
-def _prelu_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    grads = call(prelu_backward, grad, x, weight, ctx.backend)
-    return (*_or_none(grads, ctx.needs_input_grad[:2]), None)
-
-
-prelu.register_autograd(_prelu_backward, setup_context=_prelu_setup)
-
-
-@torch.library.custom_op("pyconv::relu", mutates_args=())
-def relu(x: Tensor, backend: str) -> Tensor:
-    return _run(ops.relu, x, backend=backend)
-
-
-@relu.register_fake
-def _(x, backend):
-    _spec.relu(_shape(x))
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::relu_backward", mutates_args=())
+@_checked_operator(_like("y"))
 def relu_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
     return _run(ops.relu_backward, grad_out, y, backend=backend)
 
 
-@relu_backward.register_fake
-def _(grad_out, y, backend):
-    _spec.relu_backward(_shape(grad_out), _shape(y))
-    return _new(y, y.shape)
+@_differentiable(relu_backward)
+@_checked_operator(_like("x"))
+def relu(x: Tensor, backend: str) -> Tensor:
+    return _run(ops.relu, x, backend=backend)
 
 
-@torch.library.custom_op("pyconv::sigmoid", mutates_args=())
-def sigmoid(x: Tensor, backend: str) -> Tensor:
-    return _run(ops.sigmoid, x, backend=backend)
-
-
-@sigmoid.register_fake
-def _(x, backend):
-    _spec.sigmoid(_shape(x))
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::sigmoid_backward", mutates_args=())
+@_checked_operator(_like("y"))
 def sigmoid_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
     return _run(ops.sigmoid_backward, grad_out, y, backend=backend)
 
 
-@sigmoid_backward.register_fake
-def _(grad_out, y, backend):
-    _spec.sigmoid_backward(_shape(grad_out), _shape(y))
-    return _new(y, y.shape)
+@_differentiable(sigmoid_backward)
+@_checked_operator(_like("x"))
+def sigmoid(x: Tensor, backend: str) -> Tensor:
+    return _run(ops.sigmoid, x, backend=backend)
 
 
-@torch.library.custom_op("pyconv::tanh", mutates_args=())
-def tanh(x: Tensor, backend: str) -> Tensor:
-    return _run(ops.tanh, x, backend=backend)
-
-
-@tanh.register_fake
-def _(x, backend):
-    _spec.tanh(_shape(x))
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::tanh_backward", mutates_args=())
+@_checked_operator(_like("y"))
 def tanh_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
     return _run(ops.tanh_backward, grad_out, y, backend=backend)
 
 
-@tanh_backward.register_fake
-def _(grad_out, y, backend):
-    _spec.tanh_backward(_shape(grad_out), _shape(y))
-    return _new(y, y.shape)
+@_differentiable(tanh_backward)
+@_checked_operator(_like("x"))
+def tanh(x: Tensor, backend: str) -> Tensor:
+    return _run(ops.tanh, x, backend=backend)
 
 
-def _save_output(ctx, inputs, output):
-    ctx.backend = inputs[-1]
-    ctx.save_for_backward(output)
-
-
-def _relu_backward(ctx, grad):
-    (y,) = ctx.saved_tensors
-    return call(relu_backward, grad, y, ctx.backend), None
-
-
-def _sigmoid_backward(ctx, grad):
-    (y,) = ctx.saved_tensors
-    return call(sigmoid_backward, grad, y, ctx.backend), None
-
-
-def _tanh_backward(ctx, grad):
-    (y,) = ctx.saved_tensors
-    return call(tanh_backward, grad, y, ctx.backend), None
-
-
-relu.register_autograd(_relu_backward, setup_context=_save_output)
-sigmoid.register_autograd(_sigmoid_backward, setup_context=_save_output)
-tanh.register_autograd(_tanh_backward, setup_context=_save_output)
-
-
-@torch.library.custom_op("pyconv::dropout", mutates_args=())
-def dropout(x: Tensor, p: float, seed: int, backend: str) -> tuple[Tensor, Tensor]:
-    """-> (y, mask (uint8)); the mask is a function of seed (an int in [0, 2**63) here)."""
-    return _run(ops.dropout, x, p, seed, backend=backend)
-
-
-@dropout.register_fake
-def _(x, p, seed, backend):
-    _spec.dropout(_shape(x), p, seed)
-    return _new(x, x.shape), _new(x, x.shape, torch.uint8)
-
-
-@torch.library.custom_op("pyconv::dropout_backward", mutates_args=())
+@_checked_operator(_like("grad_out"))
 def dropout_backward(grad_out: Tensor, mask: Tensor, p: float, backend: str) -> Tensor:
     return _run(ops.dropout_backward, grad_out, mask, p, backend=backend)
 
 
-@dropout_backward.register_fake
-def _(grad_out, mask, p, backend):
-    _spec.dropout_backward(_shape(grad_out), _shape(mask), p)
-    return _new(grad_out, grad_out.shape)
-
-
-def _dropout_setup(ctx, inputs, output):
-    _x, ctx.p, _seed, ctx.backend = inputs
-    _, mask = output
-    ctx.mark_non_differentiable(mask)
-    ctx.save_for_backward(mask)
-
-
-def _dropout_backward(ctx, grad, _grad_mask):
-    (mask,) = ctx.saved_tensors
-    return call(dropout_backward, grad, mask, ctx.p, ctx.backend), None, None, None
-
-
-dropout.register_autograd(_dropout_backward, setup_context=_dropout_setup)
+@_differentiable(dropout_backward, outputs=("y", "mask"))
+@_checked_operator(lambda x, **_: (_new(x, x.shape), _new(x, x.shape, torch.uint8)))
+def dropout(x: Tensor, p: float, seed: int, backend: str) -> tuple[Tensor, Tensor]:
+    """-> (y, mask (uint8)); the mask is a function of seed (an int in [0, 2**63) here)."""
+    return _run(ops.dropout, x, p, seed, backend=backend)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1135,37 +1023,19 @@ batch_norm_train.register_autograd(_batch_norm_backward, setup_context=_batch_no
 
 
 def _softmax_operators(name, public, public_backward):
-    """The operator pair of softmax or log_softmax: forward, backward, and the forward's
-    autograd through the backward operator."""
-
-    @torch.library.custom_op(f"pyconv::{name}", mutates_args=())
-    def forward(x: Tensor, backend: str) -> Tensor:
-        return _run(public, x, backend=backend)
-
-    @forward.register_fake
-    def _(x, backend):
-        _spec.softmax(_shape(x), op=name)
-        return _new(x, x.shape)
-
-    @torch.library.custom_op(f"pyconv::{name}_backward", mutates_args=())
+    """The operator pair of softmax or log_softmax (whose shape rules are softmax's, told the
+    op's name): forward, differentiable through backward."""
     def backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
         return _run(public_backward, grad_out, y, backend=backend)
 
-    @backward.register_fake
-    def _(grad_out, y, backend):
-        _spec.softmax_backward(_shape(grad_out), _shape(y), op=f"{name}_backward")
-        return _new(y, y.shape)
+    def forward(x: Tensor, backend: str) -> Tensor:
+        return _run(public, x, backend=backend)
 
-    def setup(ctx, inputs, output):
-        ctx.backend = inputs[1]
-        ctx.save_for_backward(output)
-
-    def differentiate(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return call(backward, grad, y, ctx.backend), None
-
-    forward.register_autograd(differentiate, setup_context=setup)
-    return forward, backward
+    forward.__name__, backward.__name__ = name, f"{name}_backward"
+    backward = _checked_operator(_like("y"), functools.partial(_spec.softmax_backward,
+                                                               op=backward.__name__))(backward)
+    forward = _checked_operator(_like("x"), functools.partial(_spec.softmax, op=name))(forward)
+    return _differentiable(backward)(forward), backward
 
 
 softmax, softmax_backward = _softmax_operators("softmax", ops.softmax, ops.softmax_backward)
@@ -1173,21 +1043,7 @@ log_softmax, log_softmax_backward = _softmax_operators("log_softmax", ops.log_so
                                                        ops.log_softmax_backward)
 
 
-@torch.library.custom_op("pyconv::cross_entropy", mutates_args=())
-def cross_entropy(x: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
-                  label_smoothing: float, backend: str) -> tuple[Tensor, Tensor]:
-    """-> (per-row loss, per-row log-sum-exp); only the loss is differentiable (in x)."""
-    return _run(ops.cross_entropy, x, target, weight, ignore_index, label_smoothing,
-                backend=backend)
-
-
-@cross_entropy.register_fake
-def _(x, target, weight, ignore_index, label_smoothing, backend):
-    _spec.cross_entropy(_shape(x), _shape(target), _shape(weight), ignore_index, label_smoothing)
-    return _new(x, x.shape[:-1]), _new(x, x.shape[:-1])
-
-
-@torch.library.custom_op("pyconv::cross_entropy_backward", mutates_args=())
+@_checked_operator(_like("x"))
 def cross_entropy_backward(grad_loss: Tensor, x: Tensor, target: Tensor, lse: Tensor,
                            weight: Optional[Tensor], ignore_index: int, label_smoothing: float,
                            backend: str) -> Tensor:
@@ -1195,69 +1051,28 @@ def cross_entropy_backward(grad_loss: Tensor, x: Tensor, target: Tensor, lse: Te
                 label_smoothing, backend=backend)
 
 
-@cross_entropy_backward.register_fake
-def _(grad_loss, x, target, lse, weight, ignore_index, label_smoothing, backend):
-    _spec.cross_entropy_backward(*map(_shape, (grad_loss, x, target, lse, weight)), ignore_index,
-                                 label_smoothing)
-    return _new(x, x.shape)
+@_differentiable(cross_entropy_backward, outputs=("loss", "lse"))
+@_checked_operator(lambda x, **_: (_new(x, x.shape[:-1]), _new(x, x.shape[:-1])))
+def cross_entropy(x: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
+                  label_smoothing: float, backend: str) -> tuple[Tensor, Tensor]:
+    """-> (per-row loss, per-row log-sum-exp); only the loss is differentiable (in x)."""
+    return _run(ops.cross_entropy, x, target, weight, ignore_index, label_smoothing,
+                backend=backend)
 
 
-def _cross_entropy_setup(ctx, inputs, output):
-    x, target, weight, ctx.ignore_index, ctx.label_smoothing, ctx.backend = inputs
-    _, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(x, target, weight, lse)
-
-
-def _cross_entropy_backward(ctx, grad, _grad_lse):
-    x, target, weight, lse = ctx.saved_tensors
-    grad_x = call(cross_entropy_backward, grad.contiguous(), x, target, lse, weight,
-                  ctx.ignore_index, ctx.label_smoothing, ctx.backend)
-    return grad_x, None, None, None, None, None
-
-
-cross_entropy.register_autograd(_cross_entropy_backward, setup_context=_cross_entropy_setup)
-
-
-@torch.library.custom_op("pyconv::binary_cross_entropy_with_logits", mutates_args=())
-def binary_cross_entropy_with_logits(x: Tensor, target: Tensor, pos_weight: Optional[Tensor],
-                                     backend: str) -> Tensor:
-    """Element-wise loss; differentiable in x only."""
-    return _run(ops.binary_cross_entropy_with_logits, x, target, pos_weight, backend=backend)
-
-
-@binary_cross_entropy_with_logits.register_fake
-def _(x, target, pos_weight, backend):
-    _spec.binary_cross_entropy_with_logits(_shape(x), _shape(target), _shape(pos_weight))
-    return _new(x, x.shape)
-
-
-@torch.library.custom_op("pyconv::binary_cross_entropy_with_logits_backward", mutates_args=())
+@_checked_operator(_like("x"))
 def binary_cross_entropy_with_logits_backward(grad_out: Tensor, x: Tensor, target: Tensor,
                                               pos_weight: Optional[Tensor], backend: str) -> Tensor:
     return _run(ops.binary_cross_entropy_with_logits_backward, grad_out, x, target, pos_weight,
                 backend=backend)
 
 
-@binary_cross_entropy_with_logits_backward.register_fake
-def _(grad_out, x, target, pos_weight, backend):
-    _spec.binary_cross_entropy_with_logits_backward(*map(_shape, (grad_out, x, target, pos_weight)))
-    return _new(x, x.shape)
-
-
-def _bce_setup(ctx, inputs, output):
-    x, target, pos_weight, ctx.backend = inputs
-    ctx.save_for_backward(x, target, pos_weight)
-
-
-def _bce_backward(ctx, grad):
-    x, target, pos_weight = ctx.saved_tensors
-    grad_x = call(binary_cross_entropy_with_logits_backward, grad.contiguous(), x, target,
-                  pos_weight, ctx.backend)
-    return grad_x, None, None, None
-
-
-binary_cross_entropy_with_logits.register_autograd(_bce_backward, setup_context=_bce_setup)
+@_differentiable(binary_cross_entropy_with_logits_backward)
+@_checked_operator(_like("x"))
+def binary_cross_entropy_with_logits(x: Tensor, target: Tensor, pos_weight: Optional[Tensor],
+                                     backend: str) -> Tensor:
+    """Element-wise loss; differentiable in x only."""
+    return _run(ops.binary_cross_entropy_with_logits, x, target, pos_weight, backend=backend)
 
 
 # --------------------------------------------------------------------------------------------

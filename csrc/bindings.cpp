@@ -382,6 +382,44 @@ const int64_t* checked_targets(const py::array& target, int64_t M, int64_t C, in
     return t;
 }
 
+// (M, C) of the class scores x of a cross-entropy: rows of at least one class.
+std::vector<int64_t> rows_of_classes(const py::array& x) {
+    const auto shape = rows_of(x, "x");
+    if (shape[1] < 1 && shape[0] > 0) throw py::value_error("x: needs at least one class");
+    return shape;
+}
+
+// body(T(), shapes, sizes) for a non-empty list of parameter arrays of element type T (the
+// optimiser steps); nothing for an empty list.
+template <class Body>
+void for_parameters(const py::list& params, Body&& body) {
+    if (params.empty()) return;
+    const auto shapes = shapes_of(params);
+    const auto sizes = sizes_of(shapes);
+    by_dtype(params[0].cast<py::array>().dtype(), [&](auto t) { body(t, shapes, sizes); });
+}
+
+// ---- Elementwise ops over arrays of any shape ---------------------------------------------------
+
+std::vector<int64_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+// prelu's x as N rows of C channels of `inner` elements (without a channel axis, fewer than 2
+// dimensions: one row of one channel), and its w of 1 or C slopes.
+struct PreluShape {
+    std::vector<int64_t> x;
+    int64_t N, C, inner, w_size;
+};
+
+PreluShape prelu_shape(const py::array& x, const py::array& w) {
+    const std::vector<int64_t> shape = shape_of(x);
+    const bool channels = x.ndim() >= 2;
+    const int64_t N = channels ? shape[0] : 1, C = channels ? shape[1] : 1;
+    const int64_t inner = N * C > 0 ? int64_t(x.size()) / (N * C) : 0;
+    const int64_t w_size = w.ndim() == 1 ? w.shape(0) : -1;
+    if (w_size != 1 && w_size != C) throw py::value_error("w: expected 1 or x.shape[1] slopes");
+    return {shape, N, C, inner, w_size};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -897,9 +935,8 @@ PYBIND11_MODULE(_C, m) {
              Array loss, Array lse) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const auto shape = rows_of(x, "x");
+                  const auto shape = rows_of_classes(x);
                   const int64_t M = shape[0], C = shape[1];
-                  if (C < 1 && M > 0) throw py::value_error("x: needs at least one class");
                   const T* xp = checked<T>(x, shape, "x");
                   const int64_t* tp = checked_targets(target, M, C, ignore_index);
                   const T* wp = checked_or_null<T>(weight, {C}, "weight");
@@ -919,9 +956,8 @@ PYBIND11_MODULE(_C, m) {
              int64_t ignore_index, double label_smoothing, Array grad_x) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const auto shape = rows_of(x, "x");
+                  const auto shape = rows_of_classes(x);
                   const int64_t M = shape[0], C = shape[1];
-                  if (C < 1 && M > 0) throw py::value_error("x: needs at least one class");
                   const T* gl = checked<T>(grad_loss, {M}, "grad_loss");
                   const T* xp = checked<T>(x, shape, "x");
                   const int64_t* tp = checked_targets(target, M, C, ignore_index);
@@ -976,10 +1012,7 @@ PYBIND11_MODULE(_C, m) {
           [](const py::list& params, const py::list& grads, Optional momentum_buffers, double lr,
              double momentum, double dampening, bool nesterov, double weight_decay,
              bool first_step) {
-              if (params.empty()) return;
-              const auto shapes = shapes_of(params);
-              const auto sizes = sizes_of(shapes);
-              by_dtype(params[0].cast<py::array>().dtype(), [&](auto t) {
+              for_parameters(params, [&](auto t, const auto& shapes, const auto& sizes) {
                   using T = decltype(t);
                   const auto p = checked_list<T>(params, shapes, "params", true);
                   const auto g = checked_list<T>(grads, shapes, "grads");
@@ -1005,10 +1038,7 @@ PYBIND11_MODULE(_C, m) {
           [](const py::list& params, const py::list& grads, const py::list& exp_avgs,
              const py::list& exp_avg_sqs, int64_t step, double lr, double beta1, double beta2,
              double eps, double weight_decay, bool decoupled_weight_decay) {
-              if (params.empty()) return;
-              const auto shapes = shapes_of(params);
-              const auto sizes = sizes_of(shapes);
-              by_dtype(params[0].cast<py::array>().dtype(), [&](auto t) {
+              for_parameters(params, [&](auto t, const auto& shapes, const auto& sizes) {
                   using T = decltype(t);
                   const auto p = checked_list<T>(params, shapes, "params", true);
                   const auto g = checked_list<T>(grads, shapes, "grads");
@@ -1027,67 +1057,15 @@ PYBIND11_MODULE(_C, m) {
           py::arg("weight_decay"), py::arg("decoupled_weight_decay"),
           "one Adam (AdamW) step over lists of arrays, in place");
 
-    // ---- Elementwise -------------------------------------------------------------------------
-    def_op(m, "leaky_relu",
-          [](Array x, double negative_slope, Array y) {
-              by_dtype(x.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-                  const T* xp = checked<T>(x, shape, "x");
-                  T* yp = checked<T>(y, shape, "y", true);
-                  without_gil([&] { kernels<T>().leaky_relu(x.size(), xp, T(negative_slope), yp); });
-              });
-          },
-          py::arg("x"), py::arg("negative_slope"), py::arg("y"),
-          "y = x where x > 0, else negative_slope * x");
-    def_op(m, "leaky_relu_backward",
-          [](Array grad_y, Array x, double negative_slope, Array grad_x) {
-              by_dtype(x.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-                  const T* gy = checked<T>(grad_y, shape, "grad_y");
-                  const T* xp = checked<T>(x, shape, "x");
-                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
-                  without_gil([&] {
-                      kernels<T>().leaky_relu_backward(x.size(), gy, xp, T(negative_slope), gx);
-                  });
-              });
-          },
-          py::arg("grad_y"), py::arg("x"), py::arg("negative_slope"), py::arg("grad_x"),
-          "grad_x = grad_y where x > 0, else negative_slope * grad_y");
-
-    // ---- Fused activations and dropout (elementwise/activation.h, elementwise/dropout.h)
-    def_op(m, "elu",
-          [](Array x, double alpha, Array y) {
-              by_dtype(x.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-                  const T* xp = checked<T>(x, shape, "x");
-                  T* yp = checked<T>(y, shape, "y", true);
-                  without_gil([&] { kernels<T>().elu(x.size(), xp, T(alpha), yp); });
-              });
-          },
-          py::arg("x"), py::arg("alpha"), py::arg("y"), "y = x where x > 0, else alpha * expm1(x)");
-    def_op(m, "elu_backward",
-          [](Array grad_y, Array x, double alpha, Array grad_x) {
-              by_dtype(x.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-                  const T* gy = checked<T>(grad_y, shape, "grad_y");
-                  const T* xp = checked<T>(x, shape, "x");
-                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
-                  without_gil([&] { kernels<T>().elu_backward(x.size(), gy, xp, T(alpha), gx); });
-              });
-          },
-          py::arg("grad_y"), py::arg("x"), py::arg("alpha"), py::arg("grad_x"),
-          "grad_x = grad_y where x > 0, else grad_y * alpha * exp(x)");
-    // relu, sigmoid and tanh: y = f(x); their backward: grad_x from grad_y and the forward's y.
+    // ---- Elementwise (elementwise/activation.h) ------------------------------------------------
+    // y = f(x), or f(x, parameter); their gradients take grad_y and the forward's input x (and
+    // its parameter) or its output y. `pick` picks the kernel from a kernel table.
     auto def_unary = [&m](const char* name, auto pick, const char* doc) {
         def_op(m, name,
               [pick](Array x, Array y) {
                   by_dtype(x.dtype(), [&](auto t) {
                       using T = decltype(t);
-                      const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                      const auto shape = shape_of(x);
                       const T* xp = checked<T>(x, shape, "x");
                       T* yp = checked<T>(y, shape, "y", true);
                       without_gil([&] { pick(kernels<T>())(x.size(), xp, yp); });
@@ -1095,12 +1073,26 @@ PYBIND11_MODULE(_C, m) {
               },
               py::arg("x"), py::arg("y"), doc);
     };
+    auto def_unary_with = [&m](const char* name, const char* parameter, auto pick,
+                               const char* doc) {
+        def_op(m, name,
+              [pick](Array x, double value, Array y) {
+                  by_dtype(x.dtype(), [&](auto t) {
+                      using T = decltype(t);
+                      const auto shape = shape_of(x);
+                      const T* xp = checked<T>(x, shape, "x");
+                      T* yp = checked<T>(y, shape, "y", true);
+                      without_gil([&] { pick(kernels<T>())(x.size(), xp, T(value), yp); });
+                  });
+              },
+              py::arg("x"), py::arg(parameter), py::arg("y"), doc);
+    };
     auto def_from_output = [&m](const char* name, auto pick, const char* doc) {
         def_op(m, name,
               [pick](Array grad_y, Array y, Array grad_x) {
                   by_dtype(y.dtype(), [&](auto t) {
                       using T = decltype(t);
-                      const std::vector<int64_t> shape(y.shape(), y.shape() + y.ndim());
+                      const auto shape = shape_of(y);
                       const T* gy = checked<T>(grad_y, shape, "grad_y");
                       const T* yp = checked<T>(y, shape, "y");
                       T* gx = checked<T>(grad_x, shape, "grad_x", true);
@@ -1109,9 +1101,35 @@ PYBIND11_MODULE(_C, m) {
               },
               py::arg("grad_y"), py::arg("y"), py::arg("grad_x"), doc);
     };
+    auto def_from_input_with = [&m](const char* name, const char* parameter, auto pick,
+                                    const char* doc) {
+        def_op(m, name,
+              [pick](Array grad_y, Array x, double value, Array grad_x) {
+                  by_dtype(x.dtype(), [&](auto t) {
+                      using T = decltype(t);
+                      const auto shape = shape_of(x);
+                      const T* gy = checked<T>(grad_y, shape, "grad_y");
+                      const T* xp = checked<T>(x, shape, "x");
+                      T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                      without_gil([&] { pick(kernels<T>())(x.size(), gy, xp, T(value), gx); });
+                  });
+              },
+              py::arg("grad_y"), py::arg("x"), py::arg(parameter), py::arg("grad_x"), doc);
+    };
     def_unary("relu", [](const auto& k) { return k.relu; }, "y = max(x, 0), NaN and -0 kept");
     def_from_output("relu_backward", [](const auto& k) { return k.relu_backward; },
                     "grad_x = 0 where y <= 0, else grad_y");
+    def_unary_with("leaky_relu", "negative_slope", [](const auto& k) { return k.leaky_relu; },
+                   "y = x where x > 0, else negative_slope * x");
+    def_from_input_with("leaky_relu_backward", "negative_slope",
+                        [](const auto& k) { return k.leaky_relu_backward; },
+                        "grad_x = grad_y where x > 0, else negative_slope * grad_y");
+
+    // ---- Fused activations and dropout (elementwise/activation.h, elementwise/dropout.h)
+    def_unary_with("elu", "alpha", [](const auto& k) { return k.elu; },
+                   "y = x where x > 0, else alpha * expm1(x)");
+    def_from_input_with("elu_backward", "alpha", [](const auto& k) { return k.elu_backward; },
+                        "grad_x = grad_y where x > 0, else grad_y * alpha * exp(x)");
     def_unary("sigmoid", [](const auto& k) { return k.sigmoid; }, "y = 1 / (1 + exp(-x))");
     def_from_output("sigmoid_backward", [](const auto& k) { return k.sigmoid_backward; },
                     "grad_x = grad_y * (1 - y) * y");
@@ -1122,18 +1140,11 @@ PYBIND11_MODULE(_C, m) {
           [](Array x, Array w, Array y) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-                  // Without a channel axis (fewer than 2 dimensions), one row of one channel.
-                  const bool channels = x.ndim() >= 2;
-                  const int64_t N = channels ? shape[0] : 1, C = channels ? shape[1] : 1;
-                  const int64_t inner = N * C > 0 ? int64_t(x.size()) / (N * C) : 0;
-                  const int64_t w_size = w.ndim() == 1 ? w.shape(0) : -1;
-                  if (w_size != 1 && w_size != C)
-                      throw py::value_error("w: expected 1 or x.shape[1] slopes");
-                  const T* xp = checked<T>(x, shape, "x");
-                  const T* wp = checked<T>(w, {w_size}, "w");
-                  T* yp = checked<T>(y, shape, "y", true);
-                  without_gil([&] { kernels<T>().prelu(N, C, inner, xp, wp, w_size, yp); });
+                  const PreluShape s = prelu_shape(x, w);
+                  const T* xp = checked<T>(x, s.x, "x");
+                  const T* wp = checked<T>(w, {s.w_size}, "w");
+                  T* yp = checked<T>(y, s.x, "y", true);
+                  without_gil([&] { kernels<T>().prelu(s.N, s.C, s.inner, xp, wp, s.w_size, yp); });
               });
           },
           py::arg("x"), py::arg("w"), py::arg("y"),
@@ -1142,21 +1153,14 @@ PYBIND11_MODULE(_C, m) {
           [](Array grad_y, Array x, Array w, Array grad_x, Array grad_w) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
-                  // Without a channel axis (fewer than 2 dimensions), one row of one channel.
-                  const bool channels = x.ndim() >= 2;
-                  const int64_t N = channels ? shape[0] : 1, C = channels ? shape[1] : 1;
-                  const int64_t inner = N * C > 0 ? int64_t(x.size()) / (N * C) : 0;
-                  const int64_t w_size = w.ndim() == 1 ? w.shape(0) : -1;
-                  if (w_size != 1 && w_size != C)
-                      throw py::value_error("w: expected 1 or x.shape[1] slopes");
-                  const T* gy = checked<T>(grad_y, shape, "grad_y");
-                  const T* xp = checked<T>(x, shape, "x");
-                  const T* wp = checked<T>(w, {w_size}, "w");
-                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
-                  T* gw = checked<T>(grad_w, {w_size}, "grad_w", true);
+                  const PreluShape s = prelu_shape(x, w);
+                  const T* gy = checked<T>(grad_y, s.x, "grad_y");
+                  const T* xp = checked<T>(x, s.x, "x");
+                  const T* wp = checked<T>(w, {s.w_size}, "w");
+                  T* gx = checked<T>(grad_x, s.x, "grad_x", true);
+                  T* gw = checked<T>(grad_w, {s.w_size}, "grad_w", true);
                   without_gil([&] {
-                      kernels<T>().prelu_backward(N, C, inner, gy, xp, wp, w_size, gx, gw);
+                      kernels<T>().prelu_backward(s.N, s.C, s.inner, gy, xp, wp, s.w_size, gx, gw);
                   });
               });
           },
@@ -1168,7 +1172,7 @@ PYBIND11_MODULE(_C, m) {
                   throw py::value_error("keep_threshold: must be at most 2^24");
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+                  const auto shape = shape_of(x);
                   const T* xp = checked<T>(x, shape, "x");
                   T* yp = checked<T>(y, shape, "y", true);
                   uint8_t* mp = checked<uint8_t>(mask, shape, "mask", true);
@@ -1184,7 +1188,7 @@ PYBIND11_MODULE(_C, m) {
           [](Array grad_y, Array mask, double scale, Array grad_x) {
               by_dtype(grad_y.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const std::vector<int64_t> shape(grad_y.shape(), grad_y.shape() + grad_y.ndim());
+                  const auto shape = shape_of(grad_y);
                   const T* gy = checked<T>(grad_y, shape, "grad_y");
                   const uint8_t* mp = checked<uint8_t>(mask, shape, "mask");
                   T* gx = checked<T>(grad_x, shape, "grad_x", true);

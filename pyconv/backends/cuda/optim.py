@@ -6,9 +6,14 @@ import math
 
 from numba import cuda
 
+from .._optim_rules import adam_update, sgd_update
 from . import backend
 from ._kernel_util import Kernels, per_dtype
 from ._runtime import THREADS, blocks_for, dummy, flat, launch, scalar
+
+
+_sgd_update = cuda.jit(device=True)(sgd_update)
+_adam_update = cuda.jit(device=True)(adam_update)
 
 
 @per_dtype
@@ -19,35 +24,15 @@ def kernels(dtype):
     def sgd_kernel(p, grad, buf, lr, momentum, keep, weight_decay, decay, with_momentum, damp,
                    nesterov, first_step, n):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            g = grad[i]
-            if decay:
-                g = g + weight_decay * p[i]
-            if with_momentum:
-                if first_step:
-                    v = g
-                elif damp:
-                    v = buf[i] * momentum + keep * g
-                else:
-                    v = buf[i] * momentum + g
-                buf[i] = v
-                g = g + momentum * v if nesterov else v
-            p[i] = p[i] - lr * g
+            _sgd_update(p, grad, buf, i, lr, momentum, keep, weight_decay, decay, with_momentum,
+                        damp, nesterov, first_step)
 
     @ks.add("ffffsssssssssnnn")
     def adam_kernel(p, grad, m, v, b1, b2, one_minus_b1, one_minus_b2, step_size, bias2_sqrt, eps,
                     weight_decay, shrink, coupled, decoupled, n):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            pi = p[i]
-            g = grad[i]
-            if decoupled:
-                pi = pi * shrink
-            if coupled:
-                g = g + weight_decay * pi
-            mi = m[i] * b1 + one_minus_b1 * g
-            vi = v[i] * b2 + (one_minus_b2 * g) * g
-            m[i] = mi
-            v[i] = vi
-            p[i] = pi - (step_size * mi) / (math.sqrt(vi) / bias2_sqrt + eps)
+            _adam_update(p, grad, m, v, i, b1, b2, one_minus_b1, one_minus_b2, step_size,
+                         bias2_sqrt, eps, weight_decay, shrink, coupled, decoupled)
 
     return ks
 

@@ -8,44 +8,29 @@ import math
 
 from numba import prange
 
+from .._optim_rules import adam_update, sgd_update
 from . import backend
-from ._jit import kernel
+from ._jit import helper, kernel
+
+
+_sgd_update = helper(sgd_update)
+_adam_update = helper(adam_update)
 
 
 @kernel
 def _sgd(p, grad, buf, lr, momentum, keep, weight_decay, decay, with_momentum, damp, nesterov,
          first_step):
     for i in prange(p.size):
-        g = grad[i]
-        if decay:
-            g = g + weight_decay * p[i]
-        if with_momentum:
-            if first_step:
-                v = g
-            elif damp:
-                v = buf[i] * momentum + keep * g
-            else:
-                v = buf[i] * momentum + g
-            buf[i] = v
-            g = g + momentum * v if nesterov else v
-        p[i] = p[i] - lr * g
+        _sgd_update(p, grad, buf, i, lr, momentum, keep, weight_decay, decay, with_momentum, damp,
+                    nesterov, first_step)
 
 
 @kernel
 def _adam(p, grad, m, v, b1, b2, one_minus_b1, one_minus_b2, step_size, bias2_sqrt, eps,
           weight_decay, shrink, coupled, decoupled):
     for i in prange(p.size):
-        pi = p[i]
-        g = grad[i]
-        if decoupled:
-            pi = pi * shrink
-        if coupled:
-            g = g + weight_decay * pi
-        mi = m[i] * b1 + one_minus_b1 * g
-        vi = v[i] * b2 + (one_minus_b2 * g) * g
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - (step_size * mi) / (math.sqrt(vi) / bias2_sqrt + eps)
+        _adam_update(p, grad, m, v, i, b1, b2, one_minus_b1, one_minus_b2, step_size, bias2_sqrt,
+                     eps, weight_decay, shrink, coupled, decoupled)
 
 
 @backend.register

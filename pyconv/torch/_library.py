@@ -877,37 +877,27 @@ def prelu(x: Tensor, weight: Tensor, backend: str) -> Tensor:
     return _run(ops.prelu, x, weight, backend=backend)
 
 
-@_checked_operator(_like("y"))
-def relu_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
-    return _run(ops.relu_backward, grad_out, y, backend=backend)
+def _operators_through_output(name, check=None, check_backward=None):
+    """The operators pyconv::<name> (y = f(x), shaped like x) and pyconv::<name>_backward
+    (grad_x from grad_out and y), the first differentiable through the second. Their shape
+    rules are ``_spec.<name>`` and ``_spec.<name>_backward`` unless given."""
+    public, public_backward = getattr(ops, name), getattr(ops, f"{name}_backward")
+
+    def backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
+        return _run(public_backward, grad_out, y, backend=backend)
+
+    def forward(x: Tensor, backend: str) -> Tensor:
+        return _run(public, x, backend=backend)
+
+    forward.__name__, backward.__name__ = name, f"{name}_backward"
+    backward = _checked_operator(_like("y"), check_backward)(backward)
+    forward = _checked_operator(_like("x"), check)(forward)
+    return _differentiable(backward)(forward), backward
 
 
-@_differentiable(relu_backward)
-@_checked_operator(_like("x"))
-def relu(x: Tensor, backend: str) -> Tensor:
-    return _run(ops.relu, x, backend=backend)
-
-
-@_checked_operator(_like("y"))
-def sigmoid_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
-    return _run(ops.sigmoid_backward, grad_out, y, backend=backend)
-
-
-@_differentiable(sigmoid_backward)
-@_checked_operator(_like("x"))
-def sigmoid(x: Tensor, backend: str) -> Tensor:
-    return _run(ops.sigmoid, x, backend=backend)
-
-
-@_checked_operator(_like("y"))
-def tanh_backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
-    return _run(ops.tanh_backward, grad_out, y, backend=backend)
-
-
-@_differentiable(tanh_backward)
-@_checked_operator(_like("x"))
-def tanh(x: Tensor, backend: str) -> Tensor:
-    return _run(ops.tanh, x, backend=backend)
+relu, relu_backward = _operators_through_output("relu")
+sigmoid, sigmoid_backward = _operators_through_output("sigmoid")
+tanh, tanh_backward = _operators_through_output("tanh")
 
 
 @_checked_operator(_like("grad_out"))
@@ -1022,25 +1012,11 @@ batch_norm_train.register_autograd(_batch_norm_backward, setup_context=_batch_no
 # Softmax and losses over the last axis
 
 
-def _softmax_operators(name, public, public_backward):
-    """The operator pair of softmax or log_softmax (whose shape rules are softmax's, told the
-    op's name): forward, differentiable through backward."""
-    def backward(grad_out: Tensor, y: Tensor, backend: str) -> Tensor:
-        return _run(public_backward, grad_out, y, backend=backend)
-
-    def forward(x: Tensor, backend: str) -> Tensor:
-        return _run(public, x, backend=backend)
-
-    forward.__name__, backward.__name__ = name, f"{name}_backward"
-    backward = _checked_operator(_like("y"), functools.partial(_spec.softmax_backward,
-                                                               op=backward.__name__))(backward)
-    forward = _checked_operator(_like("x"), functools.partial(_spec.softmax, op=name))(forward)
-    return _differentiable(backward)(forward), backward
-
-
-softmax, softmax_backward = _softmax_operators("softmax", ops.softmax, ops.softmax_backward)
-log_softmax, log_softmax_backward = _softmax_operators("log_softmax", ops.log_softmax,
-                                                       ops.log_softmax_backward)
+# softmax's shape rules serve log_softmax, told the op's name.
+softmax, softmax_backward = _operators_through_output("softmax")
+log_softmax, log_softmax_backward = _operators_through_output(
+    "log_softmax", functools.partial(_spec.softmax, op="log_softmax"),
+    functools.partial(_spec.softmax_backward, op="log_softmax_backward"))
 
 
 @_checked_operator(_like("x"))

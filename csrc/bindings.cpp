@@ -420,6 +420,47 @@ PreluShape prelu_shape(const py::array& x, const py::array& w) {
     return {shape, N, C, inner, w_size};
 }
 
+// One double argument for each name in a pack of parameter names.
+template <class Name>
+using Scalar = double;
+
+// Binds `name`(x, parameters..., y): y = f(x, parameters...) by the kernel that `pick` takes
+// from a kernel table, called as (n, x, T(parameters)..., y).
+template <class Pick, class... Names>
+void def_map(py::module_& m, const char* name, Pick pick, const char* doc, Names... parameters) {
+    def_op(m, name,
+          [pick](Array x, Scalar<Names>... values, Array y) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = shape_of(x);
+                  const T* xp = checked<T>(x, shape, "x");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  without_gil([&] { pick(kernels<T>())(x.size(), xp, T(values)..., yp); });
+              });
+          },
+          py::arg("x"), py::arg(parameters)..., py::arg("y"), doc);
+}
+
+// Binds `name`(grad_y, input, parameters..., grad_x): the gradient of such a map from the
+// forward's input x or its output y (`input` names which), by the kernel that `pick` takes from
+// a kernel table, called as (n, grad_y, input, T(parameters)..., grad_x).
+template <class Pick, class... Names>
+void def_map_gradient(py::module_& m, const char* name, const char* input, Pick pick,
+                      const char* doc, Names... parameters) {
+    def_op(m, name,
+          [pick, input](Array grad_y, Array a, Scalar<Names>... values, Array grad_x) {
+              by_dtype(a.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = shape_of(a);
+                  const T* gy = checked<T>(grad_y, shape, "grad_y");
+                  const T* ap = checked<T>(a, shape, input);
+                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  without_gil([&] { pick(kernels<T>())(a.size(), gy, ap, T(values)..., gx); });
+              });
+          },
+          py::arg("grad_y"), py::arg(input), py::arg(parameters)..., py::arg("grad_x"), doc);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -1058,84 +1099,26 @@ PYBIND11_MODULE(_C, m) {
           "one Adam (AdamW) step over lists of arrays, in place");
 
     // ---- Elementwise (elementwise/activation.h) ------------------------------------------------
-    // y = f(x), or f(x, parameter); their gradients take grad_y and the forward's input x (and
-    // its parameter) or its output y. `pick` picks the kernel from a kernel table.
-    auto def_unary = [&m](const char* name, auto pick, const char* doc) {
-        def_op(m, name,
-              [pick](Array x, Array y) {
-                  by_dtype(x.dtype(), [&](auto t) {
-                      using T = decltype(t);
-                      const auto shape = shape_of(x);
-                      const T* xp = checked<T>(x, shape, "x");
-                      T* yp = checked<T>(y, shape, "y", true);
-                      without_gil([&] { pick(kernels<T>())(x.size(), xp, yp); });
-                  });
-              },
-              py::arg("x"), py::arg("y"), doc);
-    };
-    auto def_unary_with = [&m](const char* name, const char* parameter, auto pick,
-                               const char* doc) {
-        def_op(m, name,
-              [pick](Array x, double value, Array y) {
-                  by_dtype(x.dtype(), [&](auto t) {
-                      using T = decltype(t);
-                      const auto shape = shape_of(x);
-                      const T* xp = checked<T>(x, shape, "x");
-                      T* yp = checked<T>(y, shape, "y", true);
-                      without_gil([&] { pick(kernels<T>())(x.size(), xp, T(value), yp); });
-                  });
-              },
-              py::arg("x"), py::arg(parameter), py::arg("y"), doc);
-    };
-    auto def_from_output = [&m](const char* name, auto pick, const char* doc) {
-        def_op(m, name,
-              [pick](Array grad_y, Array y, Array grad_x) {
-                  by_dtype(y.dtype(), [&](auto t) {
-                      using T = decltype(t);
-                      const auto shape = shape_of(y);
-                      const T* gy = checked<T>(grad_y, shape, "grad_y");
-                      const T* yp = checked<T>(y, shape, "y");
-                      T* gx = checked<T>(grad_x, shape, "grad_x", true);
-                      without_gil([&] { pick(kernels<T>())(y.size(), gy, yp, gx); });
-                  });
-              },
-              py::arg("grad_y"), py::arg("y"), py::arg("grad_x"), doc);
-    };
-    auto def_from_input_with = [&m](const char* name, const char* parameter, auto pick,
-                                    const char* doc) {
-        def_op(m, name,
-              [pick](Array grad_y, Array x, double value, Array grad_x) {
-                  by_dtype(x.dtype(), [&](auto t) {
-                      using T = decltype(t);
-                      const auto shape = shape_of(x);
-                      const T* gy = checked<T>(grad_y, shape, "grad_y");
-                      const T* xp = checked<T>(x, shape, "x");
-                      T* gx = checked<T>(grad_x, shape, "grad_x", true);
-                      without_gil([&] { pick(kernels<T>())(x.size(), gy, xp, T(value), gx); });
-                  });
-              },
-              py::arg("grad_y"), py::arg("x"), py::arg(parameter), py::arg("grad_x"), doc);
-    };
-    def_unary("relu", [](const auto& k) { return k.relu; }, "y = max(x, 0), NaN and -0 kept");
-    def_from_output("relu_backward", [](const auto& k) { return k.relu_backward; },
-                    "grad_x = 0 where y <= 0, else grad_y");
-    def_unary_with("leaky_relu", "negative_slope", [](const auto& k) { return k.leaky_relu; },
-                   "y = x where x > 0, else negative_slope * x");
-    def_from_input_with("leaky_relu_backward", "negative_slope",
-                        [](const auto& k) { return k.leaky_relu_backward; },
-                        "grad_x = grad_y where x > 0, else negative_slope * grad_y");
+    def_map(m, "relu", [](const auto& k) { return k.relu; }, "y = max(x, 0), NaN and -0 kept");
+    def_map_gradient(m, "relu_backward", "y", [](const auto& k) { return k.relu_backward; },
+                     "grad_x = 0 where y <= 0, else grad_y");
+    def_map(m, "leaky_relu", [](const auto& k) { return k.leaky_relu; },
+            "y = x where x > 0, else negative_slope * x", "negative_slope");
+    def_map_gradient(m, "leaky_relu_backward", "x",
+                     [](const auto& k) { return k.leaky_relu_backward; },
+                     "grad_x = grad_y where x > 0, else negative_slope * grad_y", "negative_slope");
 
     // ---- Fused activations and dropout (elementwise/activation.h, elementwise/dropout.h)
-    def_unary_with("elu", "alpha", [](const auto& k) { return k.elu; },
-                   "y = x where x > 0, else alpha * expm1(x)");
-    def_from_input_with("elu_backward", "alpha", [](const auto& k) { return k.elu_backward; },
-                        "grad_x = grad_y where x > 0, else grad_y * alpha * exp(x)");
-    def_unary("sigmoid", [](const auto& k) { return k.sigmoid; }, "y = 1 / (1 + exp(-x))");
-    def_from_output("sigmoid_backward", [](const auto& k) { return k.sigmoid_backward; },
-                    "grad_x = grad_y * (1 - y) * y");
-    def_unary("tanh", [](const auto& k) { return k.tanh; }, "y = tanh(x)");
-    def_from_output("tanh_backward", [](const auto& k) { return k.tanh_backward; },
-                    "grad_x = grad_y * (1 - y * y)");
+    def_map(m, "elu", [](const auto& k) { return k.elu; },
+            "y = x where x > 0, else alpha * expm1(x)", "alpha");
+    def_map_gradient(m, "elu_backward", "x", [](const auto& k) { return k.elu_backward; },
+                     "grad_x = grad_y where x > 0, else grad_y * alpha * exp(x)", "alpha");
+    def_map(m, "sigmoid", [](const auto& k) { return k.sigmoid; }, "y = 1 / (1 + exp(-x))");
+    def_map_gradient(m, "sigmoid_backward", "y", [](const auto& k) { return k.sigmoid_backward; },
+                     "grad_x = grad_y * (1 - y) * y");
+    def_map(m, "tanh", [](const auto& k) { return k.tanh; }, "y = tanh(x)");
+    def_map_gradient(m, "tanh_backward", "y", [](const auto& k) { return k.tanh_backward; },
+                     "grad_x = grad_y * (1 - y * y)");
     def_op(m, "prelu",
           [](Array x, Array w, Array y) {
               by_dtype(x.dtype(), [&](auto t) {

@@ -138,42 +138,31 @@ def _optional(a, dtype):
     return (dummy(dtype), 0) if a is None else (flat(a), 1)
 
 
-@backend.register
-def softmax(x):
-    y = xp.empty_like(x)
-    M, C = x.shape
-    if x.size:
-        launch(kernels(x.dtype).softmax_kernel, blocks_for(M), THREADS, flat(x), 0, flat(y), M, C)
-    return y
+def _register_softmax(name, log):
+    """Registers the kernels <name> and <name>_backward: softmax, or log_softmax when log."""
+    def forward(x):
+        y = xp.empty_like(x)
+        M, C = x.shape
+        if x.size:
+            launch(kernels(x.dtype).softmax_kernel, blocks_for(M), THREADS, flat(x), int(log),
+                   flat(y), M, C)
+        return y
+
+    def backward(grad_out, y):
+        grad_x = xp.empty_like(y)
+        M, C = y.shape
+        if y.size:
+            launch(kernels(y.dtype).softmax_backward_kernel, blocks_for(M), THREADS,
+                   flat(grad_out), flat(y), int(log), flat(grad_x), M, C)
+        return grad_x
+
+    forward.__name__, backward.__name__ = name, f"{name}_backward"
+    backend.register(forward)
+    backend.register(backward)
 
 
-@backend.register
-def softmax_backward(grad_out, y):
-    grad_x = xp.empty_like(y)
-    M, C = y.shape
-    if y.size:
-        launch(kernels(y.dtype).softmax_backward_kernel, blocks_for(M), THREADS, flat(grad_out),
-               flat(y), 0, flat(grad_x), M, C)
-    return grad_x
-
-
-@backend.register
-def log_softmax(x):
-    y = xp.empty_like(x)
-    M, C = x.shape
-    if x.size:
-        launch(kernels(x.dtype).softmax_kernel, blocks_for(M), THREADS, flat(x), 1, flat(y), M, C)
-    return y
-
-
-@backend.register
-def log_softmax_backward(grad_out, y):
-    grad_x = xp.empty_like(y)
-    M, C = y.shape
-    if y.size:
-        launch(kernels(y.dtype).softmax_backward_kernel, blocks_for(M), THREADS, flat(grad_out),
-               flat(y), 1, flat(grad_x), M, C)
-    return grad_x
+_register_softmax("softmax", log=False)
+_register_softmax("log_softmax", log=True)
 
 
 @backend.register

@@ -140,36 +140,27 @@ def _or_placeholder(a, dtype):
     return (np.zeros(1, dtype), False) if a is None else (a, True)
 
 
-@backend.register
-def softmax(x):
-    y = np.empty_like(x)
-    if x.size:
-        _softmax(x, False, y)
-    return y
+def _register_softmax(name, log):
+    """Registers the kernels <name> and <name>_backward: softmax, or log_softmax when log."""
+    def forward(x):
+        y = np.empty_like(x)
+        if x.size:
+            _softmax(x, log, y)
+        return y
+
+    def backward(grad_out, y):
+        grad_x = np.empty_like(y)
+        if y.size:
+            _softmax_backward(grad_out, y, log, grad_x)
+        return grad_x
+
+    forward.__name__, backward.__name__ = name, f"{name}_backward"
+    backend.register(forward)
+    backend.register(backward)
 
 
-@backend.register
-def softmax_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    if y.size:
-        _softmax_backward(grad_out, y, False, grad_x)
-    return grad_x
-
-
-@backend.register
-def log_softmax(x):
-    y = np.empty_like(x)
-    if x.size:
-        _softmax(x, True, y)
-    return y
-
-
-@backend.register
-def log_softmax_backward(grad_out, y):
-    grad_x = np.empty_like(y)
-    if y.size:
-        _softmax_backward(grad_out, y, True, grad_x)
-    return grad_x
+_register_softmax("softmax", log=False)
+_register_softmax("log_softmax", log=True)
 
 
 @backend.register

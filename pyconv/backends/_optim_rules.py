@@ -26,6 +26,11 @@ def sgd_update(p, grad, buf, i, lr, momentum, keep, weight_decay, decay, with_mo
     p[i] = p[i] - lr * g
 
 
+def adam_bias_corrections(step, lr, beta1, beta2):
+    """(step_size, bias2_sqrt) of adam_update at step `step` (from 1), as Python floats."""
+    return lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step)
+
+
 def adam_update(p, grad, m, v, i, b1, b2, one_minus_b1, one_minus_b2, step_size, bias2_sqrt, eps,
                 weight_decay, shrink, coupled, decoupled):
     """Weight decay is `coupled` (added to the gradient) or `decoupled` (p shrunk first)."""

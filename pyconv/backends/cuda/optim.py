@@ -2,11 +2,9 @@
 element following the reference's sequence of roundings with scalars of the arrays' dtype."""
 from __future__ import annotations
 
-import math
-
 from numba import cuda
 
-from .._optim_rules import adam_update, sgd_update
+from .._optim_rules import adam_bias_corrections, adam_update, sgd_update
 from . import backend
 from ._kernel_util import Kernels, per_dtype
 from ._runtime import THREADS, blocks_for, dummy, flat, launch, scalar
@@ -55,8 +53,7 @@ def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov,
 @backend.register
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
               decoupled_weight_decay):
-    step_size = lr / (1 - beta1 ** step)
-    bias2_sqrt = math.sqrt(1 - beta2 ** step)
+    step_size, bias2_sqrt = adam_bias_corrections(step, lr, beta1, beta2)
     coupled = int(weight_decay != 0 and not decoupled_weight_decay)
     decoupled = int(weight_decay != 0 and decoupled_weight_decay)
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):

@@ -4,11 +4,9 @@ of roundings (Numba compiles without fused multiply-adds), so results are bit fo
 reference's."""
 from __future__ import annotations
 
-import math
-
 from numba import prange
 
-from .._optim_rules import adam_update, sgd_update
+from .._optim_rules import adam_bias_corrections, adam_update, sgd_update
 from . import backend
 from ._jit import helper, kernel
 
@@ -47,8 +45,7 @@ def sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, nesterov,
 @backend.register
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, step, lr, beta1, beta2, eps, weight_decay,
               decoupled_weight_decay):
-    step_size = lr / (1 - beta1 ** step)
-    bias2_sqrt = math.sqrt(1 - beta2 ** step)
+    step_size, bias2_sqrt = adam_bias_corrections(step, lr, beta1, beta2)
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
         t = p.dtype.type
         _adam(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), t(beta1), t(beta2),

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import _ops_conv, _ops_dense, _ops_sequence  # noqa: F401  (they fill BUILDERS)
+from . import _ops_dense
 from ._ops_dense import batch_norm_affine
 from ._registry import _ABSENT, _RUNTIME, BUILDERS, VIEW_OPS, Node, UnsupportedError
 
@@ -229,8 +230,7 @@ def _with_epilogue(fn, epilogue):
         return fn
     if epilogue == ("Relu",):
         def relu(*args):
-            y = fn(*args)
-            return np.maximum(y, 0, out=y)
+            return _ops_dense.relu_in_place(fn(*args))
         return relu
     with_relu = "Relu" in epilogue
 
@@ -240,7 +240,7 @@ def _with_epilogue(fn, epilogue):
             np.add(y, r, out=y)
         else:
             y = y + r
-        return np.maximum(y, 0, out=y) if with_relu else y
+        return _ops_dense.relu_in_place(y) if with_relu else y
     return add
 
 

@@ -12,7 +12,6 @@ import time
 import numpy as np
 
 from . import _ops_conv, _ops_dense, _ops_sequence  # noqa: F401  (they fill BUILDERS)
-from . import _ops_dense
 from ._ops_dense import batch_norm_affine
 from ._registry import _ABSENT, _RUNTIME, BUILDERS, VIEW_OPS, Node, UnsupportedError
 
@@ -343,6 +342,8 @@ class Graph:
         for k, (_, inputs, _, _, _) in enumerate(steps):
             for name in inputs:
                 last_use[name] = k
+        # a step: (fn, input slots, the output slot where there is one output else None, the
+        # output slots (None for an output left out), slots to clear after it, name, op type)
         self._steps = []
         for k, (fn, inputs, outputs, name, op_type) in enumerate(steps):
             drop = tuple(slot[v] for v in dict.fromkeys(inputs)

@@ -54,6 +54,34 @@ def test_avg_pool2d_of_an_input_larger_than_the_cache_matches_torch(isa):
         close(ops.avg_pool2d(x, k, s, p), F.avg_pool2d(t(x), k, s, p), np.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_2x2_stride_2_rows_of_every_length(isa, dtype):
+    """2x2 windows at stride 2 without padding take a path of their own (two rows per output row,
+    `lanes` outputs per step, a partial step at the end): rows shorter than a vector, of whole
+    vectors plus a tail, odd sizes (the last row and column dropped, or kept by ceil mode, which
+    the general path then runs), NaN, infinities and tied signed zeros, on one and two threads:
+    against PyTorch, and bit for bit (signed zeros too) against the general path, which runs
+    when indices are asked for."""
+    rng, threads_before = np.random.default_rng(3), pyconv.get_num_threads()
+    for H, W in [(2, 2), (4, 6), (10, 10), (28, 28), (5, 33), (6, 34), (3, 66), (8, 129)]:
+        x = rng.standard_normal((3, 4, H, W)).astype(dtype)
+        x.flat[rng.integers(0, x.size, 6)] = np.nan
+        x.flat[rng.integers(0, x.size, 4)] = np.inf
+        x.flat[rng.integers(0, x.size, 4)] = -np.inf
+        x[0, 0] = -0.0
+        x[0, 0, 0, 1::4] = 0.0
+        for threads in (1, 2):
+            pyconv.set_num_threads(threads)
+            for ceil in (False, True):
+                y = ops.max_pool2d(x, 2, 2, 0, 1, ceil)
+                close(y, F.max_pool2d(t(x), 2, 2, 0, 1, ceil), dtype)
+                # the general path, with indices, gives the same bits (signed zeros included)
+                y_general, _ = ops.max_pool2d(x, 2, 2, 0, 1, ceil, return_indices=True)
+                np.testing.assert_array_equal(np.signbit(y), np.signbit(y_general))
+                np.testing.assert_array_equal(y, y_general)
+    pyconv.set_num_threads(threads_before)
+
+
 def test_max_unpool2d_repeated_indices_last_wins(isa):
     x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
     idx = np.array([[[[5, 5], [0, 5]]]], np.int64)

@@ -264,10 +264,88 @@ def test_relu_before_max_pool_runs_after_it_with_the_same_result():
     kept = swapped + [helper.make_node("Identity", ["r"], ["r2"])]
     got = _check(swapped, x, w)[0]
     plan = [step[-1] for step in ponnx.load(_model(swapped, x, w))._steps]
-    assert plan == ["Conv", "MaxPool", "Relu"]
+    assert plan == ["Conv", "MaxPool+Relu"]
     plan = [step[-1] for step in ponnx.load(_model(kept, x, w, outputs=("y", "r2")))._steps]
-    assert plan[:3] == ["Conv", "Relu", "MaxPool"]
+    assert plan[:2] == ["Conv+Relu", "MaxPool"]
     np.testing.assert_array_equal(got, ponnx.load(_model(kept, x, w, outputs=("y", "r2"))).run(["y"], x)[0])
+
+
+def _plan(nodes, inputs, initializers=(), outputs=("y",)):
+    return [step[-1] for step in ponnx.load(_model(nodes, inputs, initializers, outputs))._steps]
+
+
+_CONV = dict(pads=[1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("case,plan", [
+    ("conv_relu", ["Conv+Relu"]),
+    ("conv_add_relu", ["Conv+Add+Relu"]),
+    ("conv_add", ["Conv+Add"]),
+    ("add_operand_first", ["Conv+Add+Relu"]),
+    ("broadcast_operand", ["Conv+Add+Relu"]),
+    ("operand_larger_than_conv", ["Conv+Add+Relu"]),
+    ("two_convs", ["Conv", "Conv+Add+Relu"]),
+    ("residual_after_conv", ["Conv+Relu", "Relu", "Conv+Add+Relu"]),
+    ("gemm_relu", ["Gemm+Relu"]),
+    ("conv_transpose_relu", ["ConvTranspose+Relu"]),
+])
+def test_fused_epilogues(case, plan):
+    """Add and Relu after a Conv, ConvTranspose, Gemm or pool run in place in its step, with
+    ONNX Runtime's results, wherever the Add's other operand comes from."""
+    x, w = _rand(2, 3, 6, 6), _rand(3, 3, 3, 3, seed=1)
+    inputs, inits = {"x": x}, {"w": w}
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], **_CONV)
+    relu = helper.make_node("Relu", ["s"], ["y"])
+    if case == "conv_relu":
+        nodes = [conv, helper.make_node("Relu", ["c"], ["y"])]
+    elif case == "conv_add_relu":
+        nodes = [conv, helper.make_node("Add", ["c", "x"], ["s"]), relu]
+    elif case == "conv_add":
+        nodes = [conv, helper.make_node("Add", ["c", "x"], ["y"])]
+    elif case == "add_operand_first":
+        nodes = [conv, helper.make_node("Add", ["x", "c"], ["s"]), relu]
+    elif case == "broadcast_operand":
+        inits["b"] = _rand(1, 3, 1, 1, seed=2)
+        nodes = [conv, helper.make_node("Add", ["c", "b"], ["s"]), relu]
+    elif case == "operand_larger_than_conv":  # the conv's output is the one broadcast
+        inputs["z"] = _rand(2, 2, 3, 1, 1, seed=3)
+        nodes = [conv, helper.make_node("Add", ["c", "z"], ["s"]), relu]
+    elif case == "two_convs":
+        inits["v"] = _rand(3, 3, 1, 1, seed=4)
+        nodes = [conv, helper.make_node("Conv", ["x", "v"], ["d"]),
+                 helper.make_node("Add", ["c", "d"], ["s"]), relu]
+    elif case == "residual_after_conv":  # the Add's operand is computed after the conv
+        nodes = [conv, helper.make_node("Conv", ["x", "w"], ["e"], **_CONV),
+                 helper.make_node("Relu", ["e"], ["f"]), helper.make_node("Relu", ["f"], ["g"]),
+                 helper.make_node("Add", ["c", "g"], ["s"]), relu]
+    elif case == "gemm_relu":
+        inputs, inits = {"x": _rand(4, 5)}, {"w": _rand(5, 3, seed=1), "b": _rand(3, seed=2)}
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    else:
+        inits = {"w": _rand(3, 2, 3, 3, seed=1)}
+        nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2]),
+                 helper.make_node("Relu", ["c"], ["y"])]
+    assert _plan(nodes, inputs, inits) == plan
+    got = _check(nodes, inputs, inits)[0]
+    assert got.min() >= 0 or "Relu" not in plan[-1]
+
+
+def test_epilogues_are_not_fused_where_the_intermediate_is_needed():
+    """An Add or Relu stays a step of its own where the producer's output (or the Add's) is a
+    graph output or has other readers; the values are those ONNX Runtime gives."""
+    x, w = {"x": _rand(2, 3, 6, 6)}, {"w": _rand(3, 3, 3, 3, seed=1)}
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], **_CONV)
+    add = helper.make_node("Add", ["c", "x"], ["s"])
+    relu = helper.make_node("Relu", ["s"], ["y"])
+    assert _plan([conv, add, relu], x, w, ("y", "c")) == ["Conv", "Add", "Relu"]
+    assert _plan([conv, add, relu], x, w, ("y", "s")) == ["Conv+Add", "Relu"]
+    twice = [conv, add, relu, helper.make_node("Sigmoid", ["c"], ["t"])]
+    assert _plan(twice, x, w, ("y", "t"))[:3] == ["Conv", "Add", "Relu"]
+    _check(twice, x, w, ("y", "t"))
+    _check([conv, add, relu], x, w, ("y", "c", "s"))
+    square = [conv, helper.make_node("Add", ["c", "c"], ["s"]), relu]
+    assert _plan(square, x, w) == ["Conv", "Add", "Relu"]
+    _check(square, x, w)
 
 
 def test_average_pool_over_the_whole_plane():
@@ -707,7 +785,7 @@ def test_bench_compare_runs_a_graph_on_both(tmp_path):
     r = onnx_graphs.compare(path, reps=2, threads=1)
     assert r["max_abs_diff"] < 1e-4
     assert r["pyconv_s"] > 0 and r["onnxruntime_s"] > 0
-    assert "Conv" in r["pyconv_per_op"] and "MaxPool" in r["pyconv_per_op"]
+    assert "Conv" in r["pyconv_per_op"] and "MaxPool+Relu" in r["pyconv_per_op"]
     assert "| Conv |" in onnx_graphs.format_result(r)
 
 

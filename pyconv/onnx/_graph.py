@@ -1,7 +1,9 @@
 """Loading an ONNX model into a plan that pyconv runs: the nodes in topological order, each
 bound once to the function that computes it (the builders of ``_registry``), constants folded, batch
 normalisation folded into the convolution before it, a Relu before a MaxPool moved after it,
-and every intermediate array dropped after its last use."""
+an Add and/or Relu after a convolution, GEMM or pool run in place in that node's step, values
+held in numbered slots rather than looked up by name, and every intermediate array dropped
+after its last use."""
 from __future__ import annotations
 
 import os
@@ -26,6 +28,8 @@ class _RawNode:
     def __init__(self, name, op_type, domain, inputs, outputs, attrs):
         self.name, self.op_type, self.domain = name, op_type, domain
         self.inputs, self.outputs, self.attrs = list(inputs), list(outputs), attrs
+        self.epilogue = ()     # ("Add", "Relu"), ("Add",) or ("Relu",): what it absorbed
+        self.fused_names = []  # the names of the nodes it absorbed
 
 
 def _read_model(path_or_model):
@@ -147,6 +151,98 @@ def _pool_before_relu(nodes, graph_outputs):
     return order
 
 
+# Ops whose output is an array of their own, fresh on every run, that a following Add or Relu
+# may therefore finish in place within the same step.
+_EPILOGUE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool"}
+
+
+def _fuse_epilogues(nodes, graph_outputs):
+    """A producer (see _EPILOGUE_PRODUCERS) whose single output is read only by an Add, a Relu,
+    or an Add and then a Relu, absorbs them: the step computes the producer and then adds the
+    Add's other operand and clamps at zero, in place on its fresh output, under the name of the
+    last node absorbed. One step instead of two or three (ONNX Runtime fuses the same chains
+    into its Conv). The fused step takes the place of the last node absorbed, where the Add's
+    other operand is known to exist; the producer's own inputs still exist there, as the drop
+    lists are computed from the final order."""
+    readers = {}
+    for n in nodes:
+        for name in n.inputs:
+            if name:
+                readers.setdefault(name, []).append(n)
+    producer = {o: n for n in nodes for o in n.outputs if o}
+
+    def sole_reader(n):
+        outs = [o for o in n.outputs if o]
+        if len(outs) != 1 or len(n.outputs) != 1 or outs[0] in graph_outputs:
+            return None
+        r = readers.get(outs[0], [])
+        return r[0] if len(r) == 1 and r[0].inputs.count(outs[0]) == 1 else None
+
+    position = {id(n): k for k, n in enumerate(nodes)}
+    replaced = {}  # id of an absorbed node -> the fused producer that takes its place
+    absorbed_producers = set()
+    for n in nodes:
+        if n.op_type not in _EPILOGUE_PRODUCERS or id(n) in replaced:
+            continue
+        absorbed, residual = [], None
+        reader = sole_reader(n)
+        if (reader is not None and reader.op_type == "Add" and len(reader.inputs) == 2
+                and all(reader.inputs) and id(reader) not in replaced):
+            other = reader.inputs[1] if reader.inputs[0] == n.outputs[0] else reader.inputs[0]
+            other_producer = producer.get(other)
+            # of two fusable operands, the later one absorbs the Add: the earlier is then done
+            if not (other_producer is not None and other_producer.op_type in _EPILOGUE_PRODUCERS
+                    and sole_reader(other_producer) is reader
+                    and position[id(other_producer)] > position[id(n)]):
+                absorbed, residual = [reader], other
+                reader = sole_reader(reader)
+        if reader is not None and reader.op_type == "Relu" and id(reader) not in replaced:
+            absorbed.append(reader)
+        if not absorbed:
+            continue
+        n.epilogue = tuple(a.op_type for a in absorbed)
+        n.fused_names = [a.name for a in absorbed]
+        while n.inputs and not n.inputs[-1]:  # trailing optional inputs left out
+            n.inputs.pop()
+        if residual is not None:
+            n.inputs.append(residual)
+        n.outputs = list(absorbed[-1].outputs)
+        for a in absorbed:
+            replaced[id(a)] = n
+        absorbed_producers.add(id(n))
+    order = []
+    for n in nodes:
+        if id(n) in absorbed_producers:
+            continue
+        fused = replaced.get(id(n))
+        if fused is None:
+            order.append(n)
+        elif n.outputs == fused.outputs:  # the last node absorbed: the fused step goes here
+            order.append(fused)
+    return order
+
+
+def _with_epilogue(fn, epilogue):
+    """fn followed by what _fuse_epilogues gave its node: the Add of a last argument (in place
+    where it broadcasts to fn's output) and a Relu, both on fn's fresh output."""
+    if not epilogue:
+        return fn
+    if epilogue == ("Relu",):
+        def relu(*args):
+            return _ops_dense.relu_in_place(fn(*args))
+        return relu
+    with_relu = "Relu" in epilogue
+
+    def add(*args):
+        y, r = fn(*args[:-1]), args[-1]
+        if r.shape == y.shape or np.broadcast_shapes(y.shape, r.shape) == y.shape:
+            np.add(y, r, out=y)
+        else:
+            y = y + r
+        return _ops_dense.relu_in_place(y) if with_relu else y
+    return add
+
+
 class Graph:
     """An ONNX graph bound to pyconv's kernels. ``run(output_names, feeds)`` mirrors
     ``onnxruntime.InferenceSession.run``; ``graph(**feeds)`` returns the single output (or a
@@ -188,6 +284,7 @@ class Graph:
                     f"{', '.join(SUPPORTED_OPS)} from the default domain")
         nodes = _fold_batch_norms(nodes, consts, set(self.output_names))
         nodes = _pool_before_relu(nodes, set(self.output_names))
+        nodes = _fuse_epilogues(nodes, set(self.output_names))
         self._plan(nodes, consts)
 
     def _plan(self, nodes, consts):
@@ -200,15 +297,16 @@ class Graph:
         fresh = set()  # values computed here into memory of their own (not views, constants, inputs)
         steps = []
         for n in nodes:
-            known = [(_ABSENT if not name else consts.get(name, _RUNTIME)) for name in n.inputs]
-            node = Node(n.name, n.op_type, self.opset, n.attrs, len(n.inputs),
-                        len([o for o in n.outputs if o]), known)
+            own = n.inputs[:len(n.inputs) - ("Add" in n.epilogue)]  # the producer's own inputs
+            known = [(_ABSENT if not name else consts.get(name, _RUNTIME)) for name in own]
+            node = Node(n.name, n.op_type, self.opset, n.attrs, len(own),
+                        len([o for o in n.outputs if o]) if not n.epilogue else 1, known)
             first = n.inputs[0] if n.inputs else None
             node.overwrite_first = (first in fresh and consumers.get(first) == 1
                                     and first not in graph_outputs)
-            fn = BUILDERS[n.op_type](node)
-            if all(v is not _RUNTIME for v in known):  # every input is known: compute it now
-                outs = fn(*[None if v is _ABSENT else v for v in known])
+            fn = _with_epilogue(BUILDERS[n.op_type](node), n.epilogue)
+            if all(name in consts or not name for name in n.inputs):  # all known: compute it now
+                outs = fn(*[consts[name] if name else None for name in n.inputs])
                 outs = outs if isinstance(outs, tuple) else (outs,)
                 for name, value in zip(n.outputs, outs):
                     if name:
@@ -216,30 +314,51 @@ class Graph:
                 continue
             if n.op_type not in VIEW_OPS:
                 fresh.update(o for o in n.outputs if o)
-            steps.append((fn, n.inputs, n.outputs, n.name, n.op_type))
-        # each step also lists the values it reads for the last time, to drop them after it
+            inputs = list(n.inputs)
+            while inputs and not inputs[-1]:  # trailing optional inputs left out
+                inputs.pop()
+            name = "+".join([n.name] + n.fused_names)
+            steps.append((fn, inputs, n.outputs, name, "+".join((n.op_type,) + n.epilogue)))
+        self._consts = consts
+        missing = [o for o in self.output_names if o not in consts
+                   and not any(o in s[2] for s in steps) and o not in self.input_names]
+        if missing:
+            raise ValueError(f"pyconv.onnx: graph outputs {missing} are computed by no node")
+
+        # Every value the steps read or write gets a slot of a list: a run fills a copy of the
+        # list of constants, and each step reads its arguments by position (no name lookups)
+        # and clears the slots of the values it reads for the last time (freeing them early).
+        slot = {"": 0}  # slot 0 holds None: an optional input left out
+        for name in list(self.input_names) + [v for _, ins, outs, _, _ in steps for v in ins + outs]:
+            slot.setdefault(name, len(slot))
+        for name in self.output_names:
+            slot.setdefault(name, len(slot))
+        self._slot = slot
+        self._template = [None] * len(slot)
+        for name, k in slot.items():
+            if name in consts:
+                self._template[k] = consts[name]
         last_use = {}
         for k, (_, inputs, _, _, _) in enumerate(steps):
             for name in inputs:
-                if name:
-                    last_use[name] = k
+                last_use[name] = k
+        # a step: (fn, input slots, the output slot where there is one output else None, the
+        # output slots (None for an output left out), slots to clear after it, name, op type)
         self._steps = []
         for k, (fn, inputs, outputs, name, op_type) in enumerate(steps):
-            drop = tuple(v for v in dict.fromkeys(inputs)
+            drop = tuple(slot[v] for v in dict.fromkeys(inputs)
                          if v and last_use.get(v) == k and v not in graph_outputs and v not in consts)
-            self._steps.append((fn, tuple(i or None for i in inputs), tuple(outputs), drop, name, op_type))
-        self._consts = consts
-        missing = [o for o in self.output_names if o not in consts
-                   and not any(o in s[2] for s in self._steps) and o not in self.input_names]
-        if missing:
-            raise ValueError(f"pyconv.onnx: graph outputs {missing} are computed by no node")
+            outs = [slot[o] if o else None for o in outputs]
+            single = outs[0] if len(outs) == 1 else None
+            self._steps.append((fn, tuple(slot[i] for i in inputs), single, tuple(outs), drop,
+                                name, op_type))
 
     def _check_feeds(self, feeds):
         unknown = [k for k in feeds if k not in self._input_specs]
         if unknown:
             raise ValueError(f"pyconv.onnx: {unknown} are not inputs of the graph; its inputs are "
                              f"{self.input_names}")
-        env = {}
+        env = list(self._template)
         for name in self.input_names:
             if name not in feeds:
                 raise ValueError(f"pyconv.onnx: input {name!r} is missing from the feeds")
@@ -252,47 +371,39 @@ class Graph:
                     d is not None and d > 0 and d != n for d, n in zip(dims, value.shape))):
                 raise ValueError(f"pyconv.onnx: input {name!r} must have shape "
                                  f"{['?' if d is None else d for d in dims]}, got {value.shape}")
-            env[name] = value
+            env[self._slot[name]] = value
         return env
 
     def _execute(self, env, timings=None):
-        consts = self._consts
-        for fn, inputs, outputs, drop, name, op_type in self._steps:
-            args = [None if i is None else (env[i] if i in env else consts[i]) for i in inputs]
-            while args and args[-1] is None:  # trailing optional inputs left out
-                args.pop()
+        for fn, inputs, single, outputs, drop, name, op_type in self._steps:
             if timings is None:
-                outs = fn(*args)
+                outs = fn(*[env[i] for i in inputs])
             else:
                 t0 = time.perf_counter()
-                outs = fn(*args)
+                outs = fn(*[env[i] for i in inputs])
                 timings.append((name, op_type, time.perf_counter() - t0))
-            if type(outs) is tuple:
-                for o, v in zip(outputs, outs):
-                    if o:
-                        env[o] = v
+            if single is not None:
+                env[single] = outs
             else:
-                env[outputs[0]] = outs
-            for v in drop:
-                del env[v]
+                for o, v in zip(outputs, outs):
+                    if o is not None:
+                        env[o] = v
+            for i in drop:
+                env[i] = None
         return env
 
     def run(self, output_names, feeds, *, timings=None):
         """Computes the graph on `feeds` (input name -> NumPy array) and returns the arrays named
         by `output_names` (None: every output), as ``onnxruntime.InferenceSession.run``. A list
         passed as `timings` receives (node name, op type, seconds) per node run."""
-        env = self._execute(self._check_feeds(feeds), timings)
         names = self.output_names if output_names is None else output_names
-        out = []
-        for n in names:
-            if n in env:
-                out.append(env[n])
-            elif n in self._consts:  # a copy: the caller may write to what it gets
-                out.append(self._consts[n].copy())
-            else:
-                raise ValueError(f"pyconv.onnx: {n!r} is not an output of the graph; its outputs "
-                                 f"are {self.output_names}")
-        return out
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise ValueError(f"pyconv.onnx: {unknown[0]!r} is not an output of the graph; its "
+                             f"outputs are {self.output_names}")
+        env = self._execute(self._check_feeds(feeds), timings)
+        # a constant output is copied: the caller may write to what it gets
+        return [self._consts[n].copy() if n in self._consts else env[self._slot[n]] for n in names]
 
     def __call__(self, **feeds):
         out = self.run(None, feeds)

@@ -11,9 +11,12 @@
 // written by the input transform directly in the GEMM's packed B layout, so the GEMM reads it
 // in place. Transforms run vectorised over tiles (one lane per tile).
 //
-// The tiles are processed in blocks of a size fixed by the shape, small enough that a block's
-// V and M stay in a core's cache; each block is transformed, multiplied and transformed back
-// by one thread, so the result does not depend on the number of threads.
+// Two layouts, with the same arithmetic and so the same bits. Block by block: the tiles are
+// processed in blocks of a size fixed by the shape, small enough that a block's V and M stay in
+// a core's cache; each block is transformed, multiplied and transformed back by one thread.
+// By position (forward_by_position; few tiles, many channel pairs): all tiles are transformed,
+// then each position's GEMM runs over all of them on one thread. Either way the result does
+// not depend on the number of threads.
 //
 // Accuracy: the transforms' coefficients (up to 8, and 1/6, 1/24) amplify rounding; the error
 // against the exact result measured 4-50x the GEMM's, largest in the last row of each tile
@@ -139,11 +142,11 @@ struct TransformedFilters {
     PositionInPlace in_place(int xi) const { return PositionInPlace{(*this)[xi]}; }
 
     // Whether the GEMMs read U in place rather than copying each panel first. Measured on one
-    // thread, block by block: the products of 64 x 64 and 128 x 128 channel pairs (U 0.6 and
-    // 2.4 MB in float32) took 2.1 against 2.4-2.6 ms and 2.0-2.1 against 2.4-3.0 ms read in
-    // place; of 256 x 256 (9.4 MB) 5.6-5.9 against 4.2-4.6 ms (by position 6.6-7.4 against
-    // 6.0-7.1 ms for the whole convolution): from memory, the copy streams U faster than the
-    // micro-kernel's own loads do.
+    // thread, block by block, batch 8 (medians of 3 runs): the products of 64 x 64 and
+    // 128 x 128 channel pairs (U 0.6 and 2.4 MB in float32) took 2.2-2.3 against 2.5-2.7 ms
+    // and 2.1-2.3 against 2.5-3.1 ms read in place; of 256 x 256 (9.4 MB) 5.8-6.1 against
+    // 4.7-5.2 ms: from beyond the L2 cache, the copy streams U faster than the micro-kernel's
+    // own loads do.
     bool read_in_place() const { return double(kPoints) * double(xi_size) * sizeof(T) <= 4.0 * (1 << 20); }
 };
 
@@ -170,8 +173,9 @@ struct TransformedTiles {
 
 // Distance between consecutive positions' matrices V[xi] or M[xi]: their size plus one cache
 // line. The transforms read or write all 36 positions of a tile at once; at a distance that is
-// a multiple of 4 KiB (48 tiles x 64 channels x 4 bytes is 12 KiB) those 36 lines fall into one
-// set of the L1 cache, which holds 8-12, and evict each other.
+// a multiple of 4 KiB (48 tiles x 64 channels x 4 bytes is 12 KiB) those 36 lines would map
+// to one set of the L1 cache, which holds 12. (On the development machine the padding
+// measured no difference; it costs nothing.)
 template <class T>
 inline int64_t position_stride(int64_t elements) {
     return checked_add(elements, int64_t(64 / sizeof(T)));

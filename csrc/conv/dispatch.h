@@ -158,7 +158,7 @@ inline bool winograd_pays(const ConvShape& g) {
 // when the transformed filters (36 K C elements) outgrow a core's cache, so that block by
 // block every block would read them from memory again, and all tiles' V and M (36 (C + K)
 // elements per tile) stay within the last-level cache. 256 -> 256 channels on 14x14, batch 8
-// (128 tiles, 9.4 MB of V and M), one thread: 7.4-8.0 against 9.4-10.4 ms block by block, and
+// (128 tiles, 9.4 MB of V and M), one thread: 6.0-7.3 against 10.1-11.2 ms block by block, and
 // on two threads the 36 positions share out evenly where the 3 blocks of 48 tiles do not; on
 // 128 x 128 pairs (28x28, batch 8) the blocks stayed faster, 4.4 against 5.3 ms.
 inline bool winograd_by_position(const ConvShape& g, size_t element_bytes) {

@@ -59,6 +59,8 @@ LARGE_CASES = {
         "by_channels_batch2": conv((2, 32, 14, 14), (64, 32, 3, 3), padding=1),
         # Winograd: 192 tiles in 4 blocks shared by the threads.
         "winograd_blocks": conv((3, 32, 30, 29), (40, 32, 3, 3), padding=1),
+        # By position: the 36 GEMMs shared out.
+        "winograd_by_position": conv((1, 256, 13, 13), (256, 256, 3, 3), padding=1, algorithm="winograd"),
     },
     "lstm_backward": {
         # Weight gradients over T * B = 2048 rows: a split reduction.

@@ -23,10 +23,13 @@ WINOGRAD_ERROR_BOUND = 64.0
 
 # (N, C, H, W, K, padding): VGG-like layers, reduced in batch, a first layer, odd sizes whose
 # tiles overhang the image, padding beyond the kernel, and enough tiles for several blocks.
+# From 256 x 256 channel pairs the layout is by position (the rule below): 32 tiles in one
+# block, and 56 overhanging tiles in two blocks of the transforms.
 SHAPES = [
     (1, 64, 56, 56, 64, 1),
     (1, 128, 28, 28, 128, 1),
     (2, 256, 14, 14, 256, 1),
+    (1, 256, 27, 29, 256, 1),
     (2, 3, 32, 32, 64, 1),
     (3, 5, 7, 9, 6, 0),
     (2, 17, 13, 11, 9, 2),
@@ -146,3 +149,16 @@ def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):
     assert pyconv._C.conv2d_algorithm(g, np.dtype(np.float32)).startswith(expected)
     forced = g._replace(algorithm=_spec.CONV_ALGORITHMS.index("gemm"))
     assert pyconv._C.conv2d_algorithm(forced, np.dtype(np.float32)).startswith("gemm")
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((8, 64, 56, 56, 64), "winograd"),                   # block by block
+    ((8, 128, 28, 28, 128), "winograd"),
+    ((8, 256, 14, 14, 256), "winograd (by position)"),   # transformed filters past the cache
+    ((64, 256, 14, 14, 256), "winograd"),                # all tiles' V and M past it too
+])
+def test_the_layout_rule(shape, layout):
+    N, C, H, W, K = shape
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32), _spec.ShapeDtype((K, C, 3, 3), np.float32),
+                     None, 1, 1, 1, 1)
+    assert pyconv._C.conv2d_algorithm(g, np.dtype(np.float32)) == layout

@@ -11,9 +11,12 @@
 // written by the input transform directly in the GEMM's packed B layout, so the GEMM reads it
 // in place. Transforms run vectorised over tiles (one lane per tile).
 //
-// The tiles are processed in blocks of a size fixed by the shape, small enough that a block's
-// V and M stay in a core's cache; each block is transformed, multiplied and transformed back
-// by one thread, so the result does not depend on the number of threads.
+// Two layouts, with the same arithmetic and so the same bits. Block by block: the tiles are
+// processed in blocks of a size fixed by the shape, small enough that a block's V and M stay in
+// a core's cache; each block is transformed, multiplied and transformed back by one thread.
+// By position (forward_by_position; few tiles, many channel pairs): all tiles are transformed,
+// then each position's GEMM runs over all of them on one thread. Either way the result does
+// not depend on the number of threads.
 //
 // Accuracy: the transforms' coefficients (up to 8, and 1/6, 1/24) amplify rounding; the error
 // against the exact result measured 4-50x the GEMM's, largest in the last row of each tile
@@ -66,21 +69,18 @@ static inline __attribute__((always_inline)) void output_1d(const V* m, int step
     o[3 * ostep] = d12 + d34 * 8 + m5;
 }
 
-// G applied to 3 arrays of n values (the filter transform, one dimension), elementwise: the
-// compiler vectorises over the arrays. Products with the reciprocals, not divisions: their
-// rounding in double precision is far below float32's.
-template <int n>
-static inline void filter_1d(const double* const* w, double* const* o) {
+// G applied to 3 values (the filter transform, one dimension), V a double or a vector of them.
+// Products with the reciprocals, not divisions: their rounding in double precision is far
+// below float32's.
+template <class V>
+static inline __attribute__((always_inline)) void filter_1d(V w0, V w1, V w2, V* o, int ostep) {
     constexpr double sixth = 1.0 / 6, twelfth = 1.0 / 12, twenty_fourth = 1.0 / 24;
-    for (int i = 0; i < n; ++i) {
-        const double w0 = w[0][i], w1 = w[1][i], w2 = w[2][i];
-        o[0][i] = w0 * 0.25;
-        o[1][i] = -(w0 + w1 + w2) * sixth;
-        o[2][i] = -(w0 - w1 + w2) * sixth;
-        o[3][i] = w0 * twenty_fourth + w1 * twelfth + w2 * sixth;
-        o[4][i] = w0 * twenty_fourth - w1 * twelfth + w2 * sixth;
-        o[5][i] = w2;
-    }
+    o[0] = w0 * 0.25;
+    o[ostep] = -(w0 + w1 + w2) * sixth;
+    o[2 * ostep] = -(w0 - w1 + w2) * sixth;
+    o[3 * ostep] = w0 * twenty_fourth + w1 * twelfth + w2 * sixth;
+    o[4 * ostep] = w0 * twenty_fourth - w1 * twelfth + w2 * sixth;
+    o[5 * ostep] = w2;
 }
 
 // The transformed filters U[xi] (K x C), each packed as the GEMM's A: MR-row panels with
@@ -101,21 +101,20 @@ struct TransformedFilters {
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
         for (int64_t job = 0; job < panels * chunks; ++job) {
             const int64_t p = job / chunks, c0 = job % chunks * channels;
-            double taps[9][n], half[kAlpha][3][n], full[kPoints][n];
+            double taps[9][n], full[kPoints][n];
             for (int e = 0; e < n; ++e) {
                 const int64_t k = p * MR + e % MR, c = c0 + e / MR;
                 for (int j = 0; j < 9; ++j) taps[j][e] = (k < g.K && c < g.C) ? double(w[(k * g.C + c) * 9 + j]) : 0.0;
             }
-            for (int s = 0; s < 3; ++s) {  // G w: column s of the 3x3 kernel
-                const double* in[3] = {taps[s], taps[3 + s], taps[6 + s]};
-                double* out[kAlpha] = {half[0][s], half[1][s], half[2][s], half[3][s], half[4][s], half[5][s]};
-                filter_1d<n>(in, out);
-            }
-            for (int a = 0; a < kAlpha; ++a) {  // (G w) G^T: row a
-                const double* in[3] = {half[a][0], half[a][1], half[a][2]};
-                double* out[kAlpha];
-                for (int b = 0; b < kAlpha; ++b) out[b] = full[a * kAlpha + b];
-                filter_1d<n>(in, out);
+            // G w G^T, vectorised over the pairs (n is a multiple of the lanes).
+            using D = Simd<double>;
+            static_assert(n % D::lanes == 0, "whole vectors of pairs");
+            for (int e = 0; e < n; e += D::lanes) {
+                typename D::V half[kAlpha][3], out[kPoints];
+                for (int s = 0; s < 3; ++s)
+                    filter_1d(D::load(taps[s] + e), D::load(taps[3 + s] + e), D::load(taps[6 + s] + e), &half[0][s], 3);
+                for (int a = 0; a < kAlpha; ++a) filter_1d(half[a][0], half[a][1], half[a][2], out + a * kAlpha, 1);
+                for (int xi = 0; xi < kPoints; ++xi) D::store(full[xi] + e, out[xi]);
             }
             const int64_t run = std::min<int64_t>(channels, g.C - c0) * MR;
             for (int xi = 0; xi < kPoints; ++xi) {
@@ -125,17 +124,39 @@ struct TransformedFilters {
         }
     }
 
-    // The A source of position xi (PrepackedA's pack_panel).
+    // The A source of position xi, copied panel by panel into the GEMM's buffer.
     struct Position {
         const T* data;
         int64_t C;
+        const T* panel(int64_t i0, int64_t k0) const { return data + i0 * C + k0 * MR; }  // i0: a multiple of MR
         void pack_panel(int64_t i0, int64_t, int64_t k0, int64_t kc, T* dst) const {
-            const T* src = data + i0 * C + k0 * MR;  // i0 is a multiple of MR
+            const T* src = panel(i0, k0);
             std::copy(src, src + kc * MR, dst);
         }
     };
+    // The same, read in place by gemm_block (it has a_panel()).
+    struct PositionInPlace : Position {
+        const T* a_panel(int64_t i0, int64_t k0) const { return this->panel(i0, k0); }
+    };
     Position operator[](int xi) const { return Position{data.get() + xi * xi_size, C}; }
+    PositionInPlace in_place(int xi) const { return PositionInPlace{(*this)[xi]}; }
+
+    // Whether the GEMMs read U in place rather than copying each panel first. Measured on one
+    // thread, block by block, batch 8 (medians of 3 runs): the products of 64 x 64 and
+    // 128 x 128 channel pairs (U 0.6 and 2.4 MB in float32) took 2.2-2.3 against 2.5-2.7 ms
+    // and 2.1-2.3 against 2.5-3.1 ms read in place; of 256 x 256 (9.4 MB) 5.8-6.1 against
+    // 4.7-5.2 ms: from beyond the L2 cache, the copy streams U faster than the micro-kernel's
+    // own loads do.
+    bool read_in_place() const { return double(kPoints) * double(xi_size) * sizeof(T) <= 4.0 * (1 << 20); }
 };
+
+// M = U[xi] B for all K rows and the columns [0, cols), U read in place or copied.
+template <class T, class BSrc>
+void multiply_position(const TransformedFilters<T>& U, int xi, int64_t K, int64_t cols, int64_t C, const BSrc& B,
+                       const OutMatrix<T>& M, GemmBuffers<T>& buf) {
+    if (U.read_in_place()) gemm_block<T>(0, K, 0, cols, 0, C, U.in_place(xi), B, M, Store::overwrite, buf);
+    else gemm_block<T>(0, K, 0, cols, 0, C, U[xi], B, M, Store::overwrite, buf);
+}
 
 // V[xi] of one block, in the packed B layout: panel p (tiles p*NR..) as [c][NR], read in place
 // by gemm_block (it has panel()).
@@ -149,6 +170,16 @@ struct TransformedTiles {
         std::copy(src, src + kc * gemm_nr<T>(), dst);
     }
 };
+
+// Distance between consecutive positions' matrices V[xi] or M[xi]: their size plus one cache
+// line. The transforms read or write all 36 positions of a tile at once; at a distance that is
+// a multiple of 4 KiB (48 tiles x 64 channels x 4 bytes is 12 KiB) those 36 lines would map
+// to one set of the L1 cache, which holds 12. (On the development machine the padding
+// measured no difference; it costs nothing.)
+template <class T>
+inline int64_t position_stride(int64_t elements) {
+    return checked_add(elements, int64_t(64 / sizeof(T)));
+}
 
 // How the output is cut into tiles and the tiles into blocks.
 struct Tiling {
@@ -257,14 +288,15 @@ static inline __attribute__((always_inline)) void deinterleave_row(const T* row,
     d[5] = __builtin_shuffle(d[1], q[4], q4_second);
 }
 
-// Input transform of tiles [t0, t0 + nt): V[xi][panel][c][lane] (see TransformedTiles).
+// Input transform of tiles [t0, t0 + nt): V[xi][panel][c][lane] (see TransformedTiles), V[xi]
+// at v + xi * stride.
 // Per channel, the six input rows under each tile row of the block are copied once, zero
 // padded, into `rows`; lanes of consecutive tiles in one tile row are then gathered with
 // shuffles (deinterleave_row), a group of L tiles that spans tile rows blending one run of
 // lanes per tile row.
 template <class T>
 void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t0, int64_t nt,
-                     T* v, int64_t block, T* rows) {
+                     T* v, int64_t stride, T* rows) {
     using S = Simd<T>;
     using V = typename S::V;
     using I = typename S::I;
@@ -299,6 +331,15 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
                 copy_run(plane + h * g.W, g.W, dst + g.pw);
                 zero_run(width - g.pw - g.W, dst + g.pw + g.W);
             }
+            // The next channel's rows, requested now: they come from memory in short runs (a
+            // few rows per plane), which the hardware prefetchers ramp up on too late; the
+            // copies above measured half of this function's time waiting for them.
+            if (c + 1 < C) {
+                const int64_t h_begin = std::max<int64_t>(o.h0, 0), h_end = std::min<int64_t>(o.h0 + kAlpha, g.H);
+                const char* begin = reinterpret_cast<const char*>(plane + HW + h_begin * g.W);
+                const char* end = reinterpret_cast<const char*>(plane + HW + h_end * g.W);
+                for (const char* line = begin; line < end; line += 64) _mm_prefetch(line, _MM_HINT_T0);
+            }
         }
         for (int64_t grp = 0; grp < groups; ++grp) {
             V in[kPoints];
@@ -326,7 +367,7 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
             for (int a = 0; a < kAlpha; ++a) input_1d(mid + a * kAlpha, 1, out + a * kAlpha, 1);  // (.) B
             const int64_t first = grp * L;
             T* dst = v + (first / NR) * NR * C + c * NR + first % NR;
-            for (int p = 0; p < kPoints; ++p) S::store(dst + p * block * C, out[p]);
+            for (int p = 0; p < kPoints; ++p) S::store(dst + p * stride, out[p]);
         }
     }
 }
@@ -357,12 +398,13 @@ static inline __attribute__((always_inline)) void interleave_row(const typename 
     S::store(z + 3 * L, __builtin_shuffle(hi01, hi23, quads[1]));
 }
 
-// Output transform of tiles [t0, t0 + nt) from M[xi] (K x block, row stride block) into y.
+// Output transform of tiles [t0, t0 + nt) from M[xi] (K x block, row stride block, at
+// m + xi * stride) into y.
 // Each output row of a group of L tiles is interleaved in registers (interleave_row) and
 // stored as one run per tile row the group spans.
 template <class T>
 void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t t0, int64_t nt,
-                      int64_t block, const T* bias, T* y) {
+                      int64_t block, int64_t stride, const T* bias, T* y) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes;
@@ -391,7 +433,7 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
         const T b = bias ? bias[k] : T(0);
         for (int64_t grp = 0; grp < groups; ++grp) {
             V in[kPoints], mid[kTile * kAlpha], out[kTile * kTile];
-            for (int p = 0; p < kPoints; ++p) in[p] = S::load(m + (p * K + k) * block + grp * L);
+            for (int p = 0; p < kPoints; ++p) in[p] = S::load(m + p * stride + k * block + grp * L);
             for (int s = 0; s < kAlpha; ++s) output_1d(in + s, kAlpha, mid + s, kAlpha);      // A^T m
             for (int r = 0; r < kTile; ++r) output_1d(mid + r * kAlpha, 1, out + r * kTile, 1);  // (.) A
             for (int p = 0; p < kTile * kTile; ++p) out[p] += b;
@@ -412,18 +454,73 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
     }
 }
 
+// All tiles' V, then per position one GEMM over every tile, then the output transform: the
+// layout for few tiles and many channel pairs. Blocks of tiles would each read all 36 U[xi]
+// (36 K C elements, past a core's cache from 256 x 256 pairs) for a GEMM of one block's
+// columns; here each U[xi] is read once, against all columns, and stays in cache with its
+// V[xi] and M[xi]. Each position's GEMM runs on one thread, and the transforms work in the
+// shape's blocks, so the result does not depend on the number of threads.
+template <class T>
+void forward_by_position(const ConvShape& g, const Tiling& tl, const TransformedFilters<T>& U, const T* x,
+                         const T* bias, T* y) {
+    constexpr int64_t NR = gemm_nr<T>();
+    constexpr int L = Simd<T>::lanes;
+    const int64_t columns = (tl.total + NR - 1) / NR * NR;  // of every V[xi] and M[xi]
+    const int64_t v_stride = position_stride<T>(checked_mul(g.C, columns));
+    const int64_t m_stride = position_stride<T>(checked_mul(g.K, columns));
+    const Scratch<T> v = scratch<T>(checked_mul(int64_t(kPoints), v_stride));
+    const Scratch<T> m = scratch<T>(checked_mul(int64_t(kPoints), m_stride));
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), kPoints)));
+    const int64_t rows_size = InputRows::size<T>(tl, tl.block);
+    std::vector<Scratch<T>> rows;
+    std::vector<GemmBuffers<T>> bufs;
+    for (int t = 0; t < threads; ++t) {
+        rows.push_back(scratch<T>(rows_size));
+        std::fill(rows.back().get(), rows.back().get() + rows_size, T(0));  // the margins stay zero
+        bufs.emplace_back(false);
+    }
+    // Columns in whole vectors: the input transform wrote them (zeros past the last tile).
+    const int64_t cols = std::min(columns, (tl.total + L - 1) / L * L);
+    FlushDenormals ftz;
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+        const int me = omp_get_thread_num();
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < tl.blocks; ++b) {
+            const int64_t t0 = b * tl.block;  // a multiple of NR: panel t0 / NR of V[xi]
+            transform_input(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C, v_stride,
+                            rows[me].get());
+        }
+#pragma omp for schedule(static)
+        for (int xi = 0; xi < kPoints; ++xi) {
+            const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
+            const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
+            multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < tl.blocks; ++b) {
+            const int64_t t0 = b * tl.block;
+            transform_output(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y);
+        }
+    }
+}
+
 }  // namespace winograd
 
+// by_position: all tiles at once, one GEMM per position (winograd::forward_by_position), else
+// block by block.
 template <class T>
-void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position) {
     using namespace winograd;
     const Tiling tl = Tiling::of<T>(g);
     const TransformedFilters<T> U(g, w);
+    if (by_position) return forward_by_position(g, tl, U, x, bias, y);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
     // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the parallel
     // region: an exception must not escape an OpenMP thread.
-    const int64_t v_size = checked_mul(checked_mul(int64_t(kPoints), g.C), tl.block);
-    const int64_t m_size = checked_mul(checked_mul(int64_t(kPoints), g.K), tl.block);
+    const int64_t v_stride = position_stride<T>(checked_mul(g.C, tl.block));
+    const int64_t m_stride = position_stride<T>(checked_mul(g.K, tl.block));
+    const int64_t v_size = checked_mul(int64_t(kPoints), v_stride), m_size = checked_mul(int64_t(kPoints), m_stride);
     const int64_t rows_size = InputRows::size<T>(tl, tl.block);
     std::vector<Scratch<T>> vs, ms, rows;
     std::vector<GemmBuffers<T>> bufs;
@@ -442,15 +539,15 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
         T* m = ms[me].get();
         for (int64_t b = me; b < tl.blocks; b += omp_get_num_threads()) {
             const int64_t t0 = b * tl.block, nt = std::min(tl.block, tl.total - t0);
-            transform_input(g, tl, x, t0, nt, v, tl.block, rows[me].get());
+            transform_input(g, tl, x, t0, nt, v, v_stride, rows[me].get());
             // Columns in whole vectors: the input transform wrote them (zeros past nt).
             const int64_t cols = std::min(tl.block, (nt + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes);
             for (int xi = 0; xi < kPoints; ++xi) {
-                const TransformedTiles<T> B{v + xi * tl.block * g.C, g.C};
-                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * g.K * tl.block, tl.block, tl.block);
-                gemm_block<T>(0, g.K, 0, cols, 0, g.C, U[xi], B, M, Store::overwrite, bufs[me]);
+                const TransformedTiles<T> B{v + xi * v_stride, g.C};
+                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
+                multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
             }
-            transform_output(g, tl, m, t0, nt, tl.block, bias, y);
+            transform_output(g, tl, m, t0, nt, tl.block, m_stride, bias, y);
         }
     }
 }

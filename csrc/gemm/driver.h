@@ -65,7 +65,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                 GemmBuffers<T>& buf) {
     constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>(), L = Simd<T>::lanes;
     const int64_t KC = buf.blocks.kc, MC = buf.blocks.mc, NC = buf.blocks.nc;
-    constexpr bool kPrepackedB = PanelsInPlace<BSrc>::value;
+    constexpr bool kPrepackedB = PanelsInPlace<BSrc>::value, kPrepackedA = APanelsInPlace<ASrc>::value;
     alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
     // Equal reduction blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
     // would pay the tile loads and stores for little arithmetic).
@@ -88,8 +88,9 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                 }
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
-                for (int64_t ir = 0; ir < mc; ir += MR)
-                    A.pack_panel(ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, buf.a.get() + ir * kc);
+                if constexpr (!kPrepackedA)
+                    for (int64_t ir = 0; ir < mc; ir += MR)
+                        A.pack_panel(ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, buf.a.get() + ir * kc);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     const int64_t nr = std::min<int64_t>(NR, nc - jr);
                     const int nv = static_cast<int>((nr + L - 1) / L);  // vectors of the panel in use
@@ -97,7 +98,9 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                     const BPanel<T, BSrc> panel(B, pc, jc + jr, nr);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int64_t mr = std::min<int64_t>(MR, mc - ir);
-                        const T* ap = buf.a.get() + ir * kc;
+                        const T* ap;
+                        if constexpr (kPrepackedA) ap = A.a_panel(ic + ir, pc);
+                        else ap = buf.a.get() + ir * kc;
                         const T* bias = C.bias ? C.bias + ic + ir : nullptr;
                         T* c = (mr == MR && nr == nv * L) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
                         if (c != nullptr) {

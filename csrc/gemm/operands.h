@@ -299,6 +299,15 @@ template <class BSrc>
 struct PanelsInPlace<BSrc, std::void_t<decltype(std::declval<const BSrc&>().panel(int64_t(0), int64_t(0)))>>
     : std::true_type {};
 
+// Whether an A source holds its panels packed already (has a_panel(i0, k0): rows i0.. from
+// reduction index k0 on, as [k][MR], zero past the last row), which gemm_block then reads in
+// place instead of copying.
+template <class ASrc, class = void>
+struct APanelsInPlace : std::false_type {};
+template <class ASrc>
+struct APanelsInPlace<ASrc, std::void_t<decltype(std::declval<const ASrc&>().a_panel(int64_t(0), int64_t(0)))>>
+    : std::true_type {};
+
 // The packed B block gemm_block multiplies: B's own panel when prepacked, else its copy in buf.
 template <class T, class BSrc>
 const T* b_block(const BSrc& B, int64_t k0, int64_t j0, const T* copied) {

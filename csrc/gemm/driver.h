@@ -45,15 +45,29 @@ namespace PYCONV_ISA {
 // Packed-panel buffers of one thread, sized for the cache blocks of this call, which gemm_block
 // follows (read once here, so that a blocking changed meanwhile cannot overrun them). Without
 // pack_b (every B is a PrepackedB) there is no B buffer: it is large, and a fresh one costs page
-// faults on every call.
+// faults on every call. Given the extents of the product (at most M x N x K), the buffers are
+// no larger than its blocks: a small product then takes a small allocation, where a full
+// block of B is megabytes. (Freeing a block that large also moves glibc's mmap threshold up to
+// its size, after which the heap keeps every freed array below it: a step of many small
+// products then grew the process by tens of MB.)
 template <class T>
 struct GemmBuffers {
     GemmBlocking blocks;
     Scratch<T> a, b;
     explicit GemmBuffers(bool pack_b = true)
+        : GemmBuffers(INT64_MAX, INT64_MAX, INT64_MAX, pack_b) {}
+    GemmBuffers(int64_t M, int64_t N, int64_t K, bool pack_b = true)
         : blocks(gemm_blocking<T>()),
-          a(scratch<T>(blocks.mc * blocks.kc)),
-          b(scratch<T>(pack_b ? blocks.kc * (blocks.nc + gemm_nr<T>()) : 1)) {}
+          a(scratch<T>(panels_of(M, blocks.mc, gemm_mr<T>()) * kc_of(K))),
+          b(scratch<T>(pack_b ? kc_of(K) * (panels_of(N, blocks.nc, gemm_nr<T>()) + gemm_nr<T>())
+                              : 1)) {}
+
+private:
+    // min(n, block) rounded up to whole panels; block is a whole number of them.
+    static int64_t panels_of(int64_t n, int64_t block, int64_t panel) {
+        return n < block ? (std::max<int64_t>(n, 1) + panel - 1) / panel * panel : block;
+    }
+    int64_t kc_of(int64_t K) const { return std::min(std::max<int64_t>(K, 1), blocks.kc); }
 };
 
 // One thread's part: rows [m0, m1) x columns [n0, n1) of C, reduction [k_begin, k_end).
@@ -157,7 +171,8 @@ void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B
     const int threads = flops < 32768 ? 1 : num_threads();
     const ThreadGrid grid = choose_grid<T>(M, N, threads);
     // Allocated before the parallel region: an exception must not escape an OpenMP thread.
-    std::vector<GemmBuffers<T>> bufs(grid.tm * grid.tn);
+    std::vector<GemmBuffers<T>> bufs;
+    for (int t = 0; t < grid.tm * grid.tn; ++t) bufs.emplace_back(M, N, K);
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
 #pragma omp parallel num_threads(grid.tm * grid.tn) firstprivate(ftz)
     {
@@ -195,7 +210,7 @@ void gemm_parallel_split_k(int64_t M, int64_t N, int64_t K, const ASrc& A, const
         gemm_parallel<T>(M, N, K, A, B, OutMatrix<T>::plain(c, N, N));
         return;
     }
-    sum_of_chunks<T>(chunks, M * N, c, [] { return GemmBuffers<T>(); },
+    sum_of_chunks<T>(chunks, M * N, c, [&] { return GemmBuffers<T>(M, N, K); },
                      [&](int64_t k0, int64_t k1, T* out, GemmBuffers<T>& buf) {
                          gemm_block<T>(0, M, 0, N, k0, k1, A, B, OutMatrix<T>::plain(out, N, N),
                                        Store::overwrite, buf);

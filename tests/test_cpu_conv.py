@@ -59,6 +59,33 @@ def test_thread_counts_agree(threads):
         close(a, e, np.float64)
 
 
+# Weight gradients along output pixels (conv/weight_grad_rows.h: stride 1, at most 32
+# channels per group, images of 256+ pixels, 16+ blocks of rows): partial tiles of output
+# channels and taps, a partial last vector per block (odd widths), blocks of unequal height
+# (37 rows in two), dilation and uneven padding, groups.
+ROWS_CASES = [
+    ((16, 16, 32, 32), (16, 16, 3, 3), dict(padding=1)),
+    ((8, 16, 37, 37), (16, 16, 3, 3), dict(padding=1)),
+    ((16, 1, 20, 23), (6, 1, 5, 5), dict(padding=2)),
+    ((16, 5, 20, 19), (7, 5, 3, 2), dict(padding=(1, 0), dilation=2)),
+    ((17, 12, 18, 17), (10, 6, 3, 3), dict(padding=(2, 1), groups=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ROWS_CASES, ids=str)
+def test_weight_grad_along_pixels_matches_torch(isa, case, dtype):
+    xs, ws, params = case
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
+    gy = rand(rng, ops.conv2d(x, w, **params, backend="reference").shape, dtype)
+    padding, dilation = params.get("padding", 0), params.get("dilation", 1)
+    grad_w = ops.conv2d_backward(gy, x, w, 1, padding, dilation, params.get("groups", 1),
+                                 needs=(False, True, False), backend="cpu")[1]
+    expected = torch_conv(x, w, np.zeros(ws[0], dtype), 1, padding, dilation, params.get("groups", 1), gy)[2]
+    close(grad_w, expected, dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # GEMM against NumPy: sizes that are primes, 1, or just off the block sizes (MR, NR, KC, MC, NC).
 

@@ -36,6 +36,9 @@ LARGE_CASES = {
         # First layers by channels: tap tiles x pixel chunks shared out.
         "grad_w_by_channels_one_channel": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
         "grad_w_by_channels_rgb": conv_backward((8, 3, 32, 32), (64, 3, 3, 3), padding=1),
+        # Few channels, stride 1, many pixels: blocks of rows in chunks (conv/weight_grad_rows.h).
+        "grad_w_along_pixels": conv_backward((16, 16, 32, 32), (16, 16, 3, 3), padding=1),
+        "grad_w_along_pixels_odd_width": conv_backward((16, 5, 20, 19), (7, 5, 3, 2), padding=(1, 0), dilation=2),
         # Input gradients through col2im: batches smaller and larger than the team, channels
         # shared out when the batch is small.
         "grad_x_col2im_one_image": conv_backward((1, 32, 20, 20), (64, 32, 3, 3), stride=2, padding=1),

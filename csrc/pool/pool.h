@@ -43,41 +43,6 @@ static inline __attribute__((always_inline)) typename Simd<T>::V load_strided(co
     }
 }
 
-// p[0 .. n-1] in the first n lanes (0 < n <= lanes), zeros in the others; reads nothing else.
-template <class T>
-static inline __attribute__((always_inline)) typename Simd<T>::V load_first(const T* p, int n) {
-    using V = typename Simd<T>::V;
-#if PYCONV_ISA_LEVEL >= 2
-    if constexpr (sizeof(T) == 4) return V(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p));
-    else return V(_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p));
-#elif PYCONV_ISA_LEVEL == 1
-    using S = Simd<T>;
-    const auto in = S::iota() < S::splat_int(typename S::Int(n));  // all-ones lanes below n
-    if constexpr (sizeof(T) == 4) return V(_mm256_maskload_ps(p, __m256i(in)));
-    else return V(_mm256_maskload_pd(p, __m256i(in)));
-#else
-    V v{};
-    std::memcpy(&v, p, size_t(n) * sizeof(T));
-    return v;
-#endif
-}
-
-// The first n lanes (0 < n <= lanes) of v to p[0 .. n-1]; writes nothing else.
-template <class T>
-static inline __attribute__((always_inline)) void store_first(T* p, typename Simd<T>::V v, int n) {
-#if PYCONV_ISA_LEVEL >= 2
-    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), __m512(v));
-    else _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), __m512d(v));
-#elif PYCONV_ISA_LEVEL == 1
-    using S = Simd<T>;
-    const auto in = S::iota() < S::splat_int(typename S::Int(n));
-    if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, __m256i(in), __m256(v));
-    else _mm256_maskstore_pd(p, __m256i(in), __m256d(v));
-#else
-    std::memcpy(p, &v, size_t(n) * sizeof(T));
-#endif
-}
-
 // load_strided's first n lanes (0 < n < lanes), zeros in the others: reads only p[0],
 // p[kStep], ..., p[(n-1)*kStep], and what lies between them.
 template <class T, int kStep>

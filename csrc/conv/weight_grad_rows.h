@@ -1,0 +1,272 @@
+// Weight gradient vectorised along output pixels, with no im2col: for stride-1 layers with few
+// channels and many pixels (SegNet's 16 -> 16 channels on 32x32 images), where dw is small
+// (K x C R S) and the reduction over pixels long.
+//
+//   dw[k, (c,r,s)] = sum_{n, ho, wo} dy[n, k, ho, wo] x_padded[n, c, ho + r*dh, wo + s*dw]
+//
+// The rows of each image are cut into blocks. Per block, x is copied once per column shift s
+// into xs[c][s] (rows of Wo, zero-padded), so that tap (c, r, s) of the block's output pixel
+// j = i*Wo + wo is xs[c][s][r*dh*Wo + j]: as flat as dy's rows, which are used in place. Each
+// entry of dw is then a dot product of two contiguous runs; the micro-kernel loads KB runs of
+// dy and TB of xs one vector at a time and keeps KB x TB vector accumulators in registers
+// (KB + TB loads per KB TB FMAs). The lanes hold partial sums, added across once per chunk.
+//
+// A block's dy rows and xs fit in L2, and every (KB, TB) tile of dw sweeps it while the
+// tile's KB dy runs stay in L1. Blocks are grouped into chunks (gemm/chunked_reduction.h),
+// each reduced into its own partial dw by one thread, summed in chunk order at the end: block,
+// chunk and tile bounds follow from the shape alone, so the result does not depend on the
+// thread count.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/denormals.h"
+#include "common/scratch.h"
+#include "common/simd.h"
+#include "gemm/chunked_reduction.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// The register tile: KB output channels x TB taps of vector accumulators, plus KB dy vectors
+// and one x vector live: 29 of AVX-512's 32 registers, 15 of AVX2's (and SSE2's) 16.
+template <class T>
+struct RowsTile {
+    static constexpr int KB = PYCONV_ISA_LEVEL == 2 ? 4 : 2, TB = 6;
+};
+
+// Lanes j = row[from + j] where 0 <= from + j < width, zeros in the others; nothing outside
+// the row is read.
+template <class T>
+static inline __attribute__((always_inline)) typename Simd<T>::V load_inside(const T* row, int64_t from,
+                                                                             int64_t width) {
+    using V = typename Simd<T>::V;
+    constexpr int L = Simd<T>::lanes;
+    const int lo = static_cast<int>(std::clamp<int64_t>(-from, 0, L));
+    const int hi = static_cast<int>(std::clamp<int64_t>(width - from, lo, L));
+#if PYCONV_ISA_LEVEL == 2
+    const unsigned mask = ((1u << hi) - 1) & ~((1u << lo) - 1);
+    // Masked-off lanes are not accessed (their addresses may lie outside the row).
+    const T* p = reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(row) + from * int64_t(sizeof(T)));
+    if constexpr (sizeof(T) == 4) return V(_mm512_maskz_loadu_ps(__mmask16(mask), p));
+    else return V(_mm512_maskz_loadu_pd(__mmask8(mask), p));
+#elif PYCONV_ISA_LEVEL == 1
+    const auto i = Simd<T>::iota();
+    const auto mask = (i >= Simd<T>::splat_int(lo)) & (i < Simd<T>::splat_int(hi));
+    const T* p = reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(row) + from * int64_t(sizeof(T)));
+    if constexpr (sizeof(T) == 4) return V(_mm256_maskload_ps(p, __m256i(mask)));
+    else return V(_mm256_maskload_pd(p, __m256i(mask)));
+#else
+    V v{};
+    for (int j = lo; j < hi; ++j) v[j] = row[from + j];
+    return v;
+#endif
+}
+
+// acc[k][t] += sum_{j < len} dy_k[j] x_t[j] with dy_k = dy + dy_at[k], x_t = x + x_at[t]: a
+// block's rows run on from one to the next in both operands, so this is one flat loop. The
+// last vector loads only its `len % lanes` lanes (of both operands: a zero lane of dy times
+// an inf of x past the end would be NaN).
+template <class T>
+static inline __attribute__((always_inline)) void rows_tile(const T* dy, const int64_t* dy_at, const T* x,
+                                                            const int64_t* x_at, int64_t len, T* acc) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, KB = RowsTile<T>::KB, TB = RowsTile<T>::TB;
+    const T* dk[KB];
+    const T* xt[TB];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) dk[k] = dy + dy_at[k];
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) xt[t] = x + x_at[t];
+    V a[KB][TB];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; ++t) a[k][t] = S::load(acc + (k * TB + t) * L);
+    const int64_t full = len / L * L;
+    for (int64_t j = 0; j < full; j += L) {
+        V d[KB];
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) d[k] = S::load(dk[k] + j);
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; ++t) {
+            const V xv = S::load(xt[t] + j);
+#pragma GCC unroll 8
+            for (int k = 0; k < KB; ++k) a[k][t] = S::fma(d[k], xv, a[k][t]);
+        }
+    }
+    if (const int tail = static_cast<int>(len - full)) {
+        V d[KB];
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) d[k] = load_first(dk[k] + full, tail);
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; ++t) {
+            const V xv = load_first(xt[t] + full, tail);
+#pragma GCC unroll 8
+            for (int k = 0; k < KB; ++k) a[k][t] = S::fma(d[k], xv, a[k][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; ++t) S::store(acc + (k * TB + t) * L, a[k][t]);
+}
+
+// How the reduction over pixels is cut, from the shape alone: the rows of each image into
+// blocks of at most `budget_bytes` of dy rows and shifted x rows, shared out evenly.
+struct RowBlocks {
+    int64_t rows;       // output rows per block
+    int64_t per_image;  // blocks per image
+    int64_t x_rows;     // input rows (padding included) a block reads
+
+    RowBlocks(const ConvShape& g, size_t element_bytes, double budget_bytes) {
+        const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+        const double per_row = double(Kg + Cg * g.S) * double(g.Wo) * double(element_bytes);
+        const int64_t most = std::max<int64_t>(1, std::min<int64_t>(g.Ho, int64_t(budget_bytes / per_row)));
+        per_image = (g.Ho + most - 1) / most;
+        rows = (g.Ho + per_image - 1) / per_image;
+        x_rows = rows - 1 + (g.R - 1) * g.dh + 1;
+    }
+};
+
+// The cache lines of a block's operands as they lie in x and dy (its input rows in every
+// channel, then its dy rows in every output channel), numbered so that they can be prefetched
+// a few at a time while the block before is computed. The operands stream from memory once,
+// in runs of a few rows per channel: too short for the hardware prefetchers to run ahead (on
+// this project's 2-core AVX-512 host, spreading these prefetches over the previous block's
+// tiles made the 16 -> 16 layer on 32x32 images 15-18% faster, one prefetch of the whole
+// block at its start nothing).
+template <class T>
+struct BlockLines {
+    const char *x0 = nullptr, *dy0 = nullptr;
+    int64_t x_stride = 0, dy_stride = 0, x_lines = 0, dy_lines = 0, x_count = 0, count = 0;
+
+    BlockLines(const ConvShape& g, const RowBlocks& rb, int64_t grp, int64_t block, const T* dy, const T* x) {
+        if (block >= g.N * rb.per_image) return;
+        const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
+        const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
+        const int64_t rows = std::min(rb.rows, g.Ho - ho0);
+        const int64_t h0 = std::max<int64_t>(0, ho0 - g.ph), h1 = std::min(g.H, ho0 - g.ph + rb.x_rows);
+        constexpr int64_t line = 64;
+        x0 = reinterpret_cast<const char*>(x + ((n * g.C + grp * Cg) * g.H + h0) * g.W);
+        x_stride = g.H * g.W * int64_t(sizeof(T));
+        x_lines = h1 > h0 ? (h1 - h0) * g.W * int64_t(sizeof(T)) / line + 2 : 0;  // + 2: unaligned ends
+        dy0 = reinterpret_cast<const char*>(dy + ((n * g.K + grp * Kg) * g.Ho + ho0) * g.Wo);
+        dy_stride = g.Ho * g.Wo * int64_t(sizeof(T));
+        dy_lines = rows * g.Wo * int64_t(sizeof(T)) / line + 2;
+        x_count = Cg * x_lines;
+        count = x_count + Kg * dy_lines;
+    }
+    // Asks for lines [from, to) to be brought into L2 (a line past a run's end is harmless:
+    // prefetches do not fault).
+    void prefetch(int64_t from, int64_t to) const {
+        for (int64_t q = from; q < std::min(to, count); ++q) {
+            const char* p = q < x_count ? x0 + q / x_lines * x_stride + q % x_lines * 64
+                                        : dy0 + (q - x_count) / dy_lines * dy_stride + (q - x_count) % dy_lines * 64;
+            __builtin_prefetch(p, 0, 2);
+        }
+    }
+};
+
+// A block's dy rows and shifted x rows, the data every tile of dw sweeps: sized for a share
+// of a typical 1-2 MiB L2 (the block size changes the summation order, so it is fixed here,
+// not read from the machine).
+constexpr double kRowBlockBytes = 192.0 * 1024;
+
+// Stride 1 only (dispatch.h routes nothing else here).
+template <class T>
+void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    using V = typename Simd<T>::V;
+    constexpr int L = Simd<T>::lanes, KB = RowsTile<T>::KB, TB = RowsTile<T>::TB;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, taps_n = Cg * RS;
+    const int64_t HoWo = g.Ho * g.Wo, outputs = Kg * taps_n;
+    const int64_t k_tiles = (Kg + KB - 1) / KB, t_tiles = (taps_n + TB - 1) / TB;
+    const RowBlocks rb(g, sizeof(T), kRowBlockBytes);
+    const int64_t shifted = rb.x_rows * g.Wo;  // one xs[c][s]
+    // At least 8 blocks per chunk: a chunk ends with a flush of its vector accumulators
+    // (lanes added across) that costs about as much as a block's FMAs.
+    const ReductionChunks chunks = reduction_chunks(g.N * rb.per_image, outputs, 1, 8);
+
+    // Offsets of the tiles' operands (a partial last tile repeats its last channel or tap):
+    // dy channel k from the block's first dy row, tap (c, r, s) from the block's xs.
+    std::vector<int64_t> dy_at(k_tiles * KB), x_at(t_tiles * TB);
+    for (int64_t k = 0; k < k_tiles * KB; ++k) dy_at[k] = std::min(k, Kg - 1) * HoWo;
+    for (int64_t t = 0; t < t_tiles * TB; ++t) {
+        const int64_t tap = std::min(t, taps_n - 1), c = tap / RS, r = tap % RS / g.S, s = tap % g.S;
+        x_at[t] = (c * g.S + s) * shifted + r * g.dh * g.Wo;
+    }
+
+    const int64_t acc_size = k_tiles * t_tiles * KB * TB * L;
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), chunks.count)));
+    // Per thread (allocated here: an exception must not leave a parallel region): the vector
+    // accumulators of every tile, and one block's xs.
+    std::vector<Scratch<T>> accs, xss;
+    for (int t = 0; t < threads; ++t) {
+        accs.push_back(scratch<T>(acc_size));
+        xss.push_back(scratch<T>(checked_mul(Cg * g.S, shifted)));
+    }
+    Scratch<T> partial = scratch<T>(checked_mul(chunks.count, outputs));
+    for (int64_t grp = 0; grp < g.groups; ++grp) {
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+        {
+            T* acc = accs[omp_get_thread_num()].get();
+            T* xs = xss[omp_get_thread_num()].get();
+#pragma omp for schedule(static)
+            for (int64_t ch = 0; ch < chunks.count; ++ch) {
+                std::fill(acc, acc + acc_size, T(0));
+                for (int64_t block = chunks.begin(ch); block < chunks.end(ch); ++block) {
+                    const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
+                    const int64_t rows = std::min(rb.rows, g.Ho - ho0);
+                    const T* x_image = x + (n * g.C + grp * Cg) * g.H * g.W;
+                    for (int64_t c = 0; c < Cg; ++c)
+                        for (int64_t i = 0; i < rb.x_rows; ++i) {
+                            const int64_t h = ho0 - g.ph + i;
+                            const bool inside = h >= 0 && h < g.H;
+                            const T* src = x_image + (c * g.H + (inside ? h : 0)) * g.W;
+                            for (int64_t s = 0; s < g.S; ++s) {
+                                T* dst = xs + (c * g.S + s) * shifted + i * g.Wo;
+                                const int64_t first = s * g.dw - g.pw;
+                                for (int64_t w = 0; w < g.Wo; w += L) {
+                                    const V v = inside ? load_inside(src, first + w, g.W) : V{};
+                                    if (w + L <= g.Wo) Simd<T>::store(dst + w, v);
+                                    else store_first<T>(dst + w, v, static_cast<int>(g.Wo - w));
+                                }
+                            }
+                        }
+                    const T* dy_block = dy + (n * g.K + grp * Kg) * HoWo + ho0 * g.Wo;
+                    const BlockLines<T> next(g, rb, grp, block + 1, dy, x);
+                    const int64_t per_tile = (next.count + k_tiles * t_tiles - 1) / (k_tiles * t_tiles);
+                    for (int64_t kt = 0; kt < k_tiles; ++kt)
+                        for (int64_t tt = 0; tt < t_tiles; ++tt) {
+                            const int64_t tile = kt * t_tiles + tt;
+                            next.prefetch(tile * per_tile, (tile + 1) * per_tile);
+                            rows_tile<T>(dy_block, dy_at.data() + kt * KB, xs, x_at.data() + tt * TB,
+                                         rows * g.Wo, acc + tile * KB * TB * L);
+                        }
+                }
+                // The chunk's partial dw: each accumulator's lanes added across.
+                T* out = partial.get() + ch * outputs;
+                for (int64_t kt = 0; kt < k_tiles; ++kt)
+                    for (int64_t tt = 0; tt < t_tiles; ++tt)
+                        for (int k = 0; k < KB; ++k)
+                            for (int t = 0; t < TB; ++t) {
+                                const int64_t kk = kt * KB + k, tap = tt * TB + t;
+                                if (kk >= Kg || tap >= taps_n) continue;
+                                const T* a = acc + (((kt * t_tiles + tt) * KB + k) * TB + t) * L;
+                                out[kk * taps_n + tap] = Simd<T>::sum(Simd<T>::load(a));
+                            }
+            }
+            // dw of the group: the chunks' partials in chunk order.
+#pragma omp for schedule(static)
+            for (int64_t e = 0; e < outputs; ++e) {
+                T sum = partial[e];
+                for (int64_t ch = 1; ch < chunks.count; ++ch) sum += partial[ch * outputs + e];
+                dw[grp * outputs + e] = sum;
+            }
+        }
+    }
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -53,8 +53,10 @@ class Function:
         out = self.forward(*[t.data if isinstance(t, Tensor) else t for t in inputs])
         creator = self if record else None
         if record:
-            self.inputs = tuple(_Edge(t._creator, t._index) if isinstance(t, Tensor) and t._creator is not None
-                                else t for t in inputs)
+            self.inputs = kept = []
+            for t in inputs:
+                producer = getattr(t, "_creator", None)
+                kept.append(t if producer is None else _Edge(producer, t._index))
         if type(out) is tuple:
             if record:
                 self._grad_outputs = [None] * len(out)

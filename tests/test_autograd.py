@@ -115,6 +115,21 @@ def test_backward_frees_the_graph_and_a_second_pass_says_retain_graph():
     np.testing.assert_allclose(b.grad, 4 * b.data)
 
 
+def test_the_graph_holds_no_intermediate_array_that_no_backward_saved():
+    """A sum saves nothing for its backward: once the caller drops its inputs, their arrays
+    are freed before the backward pass runs, and the gradients still reach the leaves."""
+    import weakref
+
+    a = t((3,))
+    h, k = a * 3, a * 2
+    alive_h, alive_k = weakref.ref(h.data), weakref.ref(k.data)
+    y = (h + k).sum()
+    del h, k
+    assert alive_h() is None and alive_k() is None
+    y.backward()
+    np.testing.assert_allclose(a.grad, np.full(3, 5.0))
+
+
 def test_a_new_graph_on_a_freed_one_cannot_reach_through_it():
     a = t((3,))
     h = a * 2

@@ -1,7 +1,9 @@
 """The backward pass: from a loss back to the leaves.
 
 Every Tensor made by a Function points at that Function (``_creator``), and every Function
-keeps its inputs, so the graph is these links alone. :func:`run_backward` orders the Functions
+keeps its inputs: the leaves themselves, and for an input another Function made only that
+Function and the output's index (not the Tensor, whose array is freed unless a backward
+saved it), so the graph is these links alone. :func:`run_backward` orders the Functions
 reachable from the root topologically and calls each ``backward`` once, after every consumer of
 its outputs has delivered its gradient: gradients meeting at one output are summed first, and
 gradients reaching a leaf are added to its ``.grad``.

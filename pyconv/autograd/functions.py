@@ -53,7 +53,10 @@ class Function:
         out = self.forward(*[t.data if isinstance(t, Tensor) else t for t in inputs])
         creator = self if record else None
         if record:
-            self.inputs = inputs
+            self.inputs = kept = []
+            for t in inputs:
+                producer = getattr(t, "_creator", None)
+                kept.append(t if producer is None else _Edge(producer, t._index))
         if type(out) is tuple:
             if record:
                 self._grad_outputs = [None] * len(out)
@@ -74,6 +77,18 @@ class Function:
         graph), so that the arrays can be freed while the pass goes on."""
         self.__dict__.clear()
         self.released = True
+
+
+class _Edge:
+    """Where the gradient of a Function's input that another Function made goes: that
+    Function, and which of its outputs the input was. The graph keeps these rather than the
+    input Tensors, so an intermediate array that no backward needs (the inputs of a sum, say)
+    is freed as soon as the caller drops it; what a backward needs, its Function saves."""
+
+    __slots__ = ("_creator", "_index")
+
+    def __init__(self, creator, index):
+        self._creator, self._index = creator, index
 
 
 def unbroadcast(grad, shape):

@@ -299,7 +299,7 @@ def _get_item(b, fn, names, inputs, outs, out_names):
     b.node("Reshape", [x, b.ints(b.target_shape(outs[0]))], out_names)  # drops int axes, adds None axes
 
 
-def _window(b, fn, names, inputs, outs, out_names):
+def _window(b, fn, names, inputs, outs, out_names=None):
     """The masked convolutions' input window: a Slice of the part inside x, then a zero Pad."""
     shape = inputs[0].shape
     inside, placed = fn._placement(shape)
@@ -307,10 +307,16 @@ def _window(b, fn, names, inputs, outs, out_names):
     axes = [nd - 2, nd - 1]
     x = b.node("Slice", [names[0], b.ints([inside[1].start, inside[2].start]),
                          b.ints([inside[1].stop, inside[2].stop]), b.ints(axes)])
-    size = outs[0].shape[-2:]
+    size = (fn.rows[1] - fn.rows[0], fn.cols[1] - fn.cols[0])
     before = [0] * (nd - 2) + [placed[1].start, placed[2].start]
     after = [0] * (nd - 2) + [size[0] - placed[1].stop, size[1] - placed[2].stop]
-    b.node("Pad", [x, b.ints(before + after)], out_names)
+    return b.node("Pad", [x, b.ints(before + after)], out_names)
+
+
+def _windowed_conv(b, fn, names, inputs, outs, out_names):
+    """A masked convolution: its input window, then the convolution."""
+    window = _window(b, fn.window, names[:1], inputs[:1], None)
+    _conv(b, fn, [window] + list(names[1:]), inputs, outs, out_names)
 
 
 def _gate(b, fn, names, inputs, outs, out_names):
@@ -395,7 +401,7 @@ CONVERTERS = {
     "Reshape": _reshape, "Transpose": _transpose, "GetItem": _get_item,
     "Concatenate": _concat, "Stack": _stack, "AsType": _as_type, "ToDevice": _simple("Identity"),
     "_LSTM": _lstm, "_LSTMCell": _lstm_cell,
-    "_Window": _window, "_Gate": _gate,
+    "_Window": _window, "_WindowedConv": _windowed_conv, "_Gate": _gate,
 }
 EXPORTABLE = tuple(sorted(CONVERTERS)) + ("_Embedding",)
 

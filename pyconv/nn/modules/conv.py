@@ -7,6 +7,7 @@ import numpy as np
 from ... import _spec
 from ...autograd import Function, Tensor, array_module
 from .. import functional as F
+from ..functional.conv import _Conv
 from .. import init
 from .module import Module, _empty
 
@@ -134,9 +135,9 @@ def masked_conv2d(x, weight, mask, bias, stride, padding, dilation, groups):
         symmetric = end == n + p
         windows.append((0, n) if symmetric else (-p, end))
         conv_pad.append(p if symmetric else 0)
-    if windows != [(0, n) for n in x.shape[-2:]]:
-        x = _Window(*windows)(x)
-    return F.conv2d(x, weight, bias, stride, tuple(conv_pad), dilation, groups)
+    if windows == [(0, n) for n in x.shape[-2:]]:
+        return F.conv2d(x, weight, bias, stride, tuple(conv_pad), dilation, groups)
+    return _WindowedConv(_Window(*windows), stride, tuple(conv_pad), dilation, groups)(x, weight, bias)
 
 
 class _Window(Function):
@@ -170,6 +171,28 @@ class _Window(Function):
         grad = array_module(g).zeros(self.shape, g.dtype)
         grad[inside] = g[placed]
         return grad
+
+
+class _WindowedConv(_Conv):
+    """conv2d of a window of x (a :class:`_Window`) as one step. It keeps x, which the graph
+    holds anyway, and builds the window again for the backward pass, rather than keeping a
+    second, padded copy of x alive from the forward pass to the backward."""
+
+    def __init__(self, window, stride, padding, dilation, groups):
+        super().__init__(2, stride, padding, dilation, groups, "auto")
+        self.window = window
+
+    def forward(self, x, w, b):
+        self.input = x
+        y = super().forward(self.window.forward(x), w, b)
+        self.x = None  # the window: built again by backward
+        return y
+
+    def backward(self, g):
+        self.x = self.window.forward(self.input)
+        gx, gw, gb = super().backward(g)
+        self.x = None
+        return None if gx is None else self.window.backward(gx), gw, gb
 
 
 class ConvTranspose2d(_ConvNd):

@@ -155,8 +155,13 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     const int64_t chunks = (tiles + kDirectGridTilesPerJob - 1) / kDirectGridTilesPerJob;
     const int64_t jobs = checked_mul(g.N, g.groups, a.channel_blocks, chunks);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    // Jobs are handed out in small batches as threads come free, not split in halves up front:
+    // each output is computed whole within one job, so which thread runs a job changes no bit,
+    // and a thread the OS deschedules for a while (a loaded machine) holds back one batch
+    // (a 32nd of the call per thread) instead of its whole share.
+    const int64_t batch = std::max<int64_t>(1, jobs / (int64_t(threads) * 32));
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, batch) firstprivate(ftz)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t chunk = job % chunks, block = job / chunks % a.channel_blocks;
         const int64_t grp = job / chunks / a.channel_blocks % g.groups, n = job / chunks / a.channel_blocks / g.groups;

@@ -139,7 +139,7 @@ def test_layer_gradients_through_winograd():
     ((8, 64, 14, 14, 64), "gemm"),         # narrow images, few channel pairs
     ((8, 256, 7, 7, 256), "gemm"),         # under 12 columns
     ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
-    ((16, 3, 32, 32, 64), "gemm"),         # 3 input channels
+    ((16, 3, 32, 32, 64), "direct"),       # 3 input channels (27 taps: the direct forward)
     ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
 ])
 def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):

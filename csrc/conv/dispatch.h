@@ -12,6 +12,7 @@
 //
 // The algorithms, one header each:
 //   conv/direct.h        direct loops over zero-padded planes (grouped, few channels per group)
+//   conv/direct_grid.h   forward: register tiles of channels x pixels read the phase grid in place
 //   conv/by_channels.h   micro-kernel vectorised over channels, x or dy read in place
 //   conv/phase_grid.h    x copied once onto a grid split by stride phase; B packing is a copy
 //   conv/im2col_gemm.h   B gathered from x row run by row run while packing (the general case)
@@ -30,6 +31,7 @@
 #include "conv/by_channels.h"
 #include "conv/col2im.h"
 #include "conv/direct.h"
+#include "conv/direct_grid.h"
 #include "conv/grad_input_as_forward.h"
 #include "conv/im2col_gemm.h"
 #include "conv/padding.h"
@@ -186,6 +188,22 @@ inline bool winograd_by_position(const ConvShape& g, size_t element_bytes) {
     return g.C * g.K >= 256 * 256 && footprint <= 16.0 * (1 << 20);
 }
 
+// Direct forward on the phase grid (conv/direct_grid.h), where the GEMM forms pack or pad
+// more than they multiply: up to 16 output channels per group (one or two register tiles of
+// channels, where a GEMM's 64-channel panels or 16-row micro-tiles run mostly empty), or 24 to
+// 127 taps per output (1-3 channel first layers with 3x3 to 7x7 kernels). Measured against
+// "auto" without it (C++ call alone, 1 thread, 3 rounds, medians, benchmarks/RESULTS.md):
+// 6 and 16 output channels (LeNet's layers) 1.75x and 1.17x; 64 -> 16 3x3 on 28x28 1.37x
+// (against Winograd, which still goes first: against it 16 -> 16 on 32x32 ran 0.92x);
+// 256 -> 16 1.14x; grouped 4 -> 4 3.4x, depthwise 1.12x; 3 -> 64 3x3 (27 taps) 1.15x,
+// 1 -> 64 7x7 (49) 1.21x, 3 -> 32 5x5 (75) 1.13x. With 64 output channels and fewer taps the
+// tile's stores weigh as much as its FMAs (1 -> 64 4x4 stride 2, 16 taps: 0.67x; 3x3, 9 taps:
+// 0.77x), and from 128 taps the channel-vectorised GEMM is faster (32 -> 64 3x3 stride 2: 0.58x).
+inline bool forward_direct_grid_pays(const ConvShape& g) {
+    const int64_t taps = (g.C / g.groups) * g.R * g.S;
+    return g.R * g.S > 1 && (g.K / g.groups <= 16 || (taps >= 24 && taps < 128)) && direct_grid_fits(g);
+}
+
 // Which pass runs which algorithm.
 inline bool use_winograd(const ConvShape& g) {
     return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
@@ -201,11 +219,15 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, direct, whole_window, by_channels, im2col, phase_grid };
+enum class ForwardAlgorithm { winograd, direct, direct_grid, whole_window, by_channels, im2col, phase_grid };
 inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (use_winograd(g)) return ForwardAlgorithm::winograd;
+    // algorithm="direct": the direct forward on the phase grid where its copy fits, else the
+    // direct loops over padded planes.
+    if (g.algorithm == conv_direct && direct_grid_fits(g)) return ForwardAlgorithm::direct_grid;
     if (direct_asked(g)) return ForwardAlgorithm::direct;
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
+    if (g.algorithm == conv_auto && forward_direct_grid_pays(g)) return ForwardAlgorithm::direct_grid;
     if (use_direct(g)) return ForwardAlgorithm::direct;
     if (!few_taps(g) && (forward_by_channels_pays(g) || forward_grid_wastes_columns(g)))
         return ForwardAlgorithm::by_channels;
@@ -221,6 +243,7 @@ const char* conv2d_forward_algorithm(const ConvShape& g) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
         case ForwardAlgorithm::direct: return "direct";
+        case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::whole_window: return "gemm (whole window)";
         case ForwardAlgorithm::by_channels: return "gemm (by channels)";
         case ForwardAlgorithm::phase_grid: return "gemm (phase grid)";
@@ -234,6 +257,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
+        case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::whole_window: return conv2d_forward_whole_window(g, x, w, bias, y);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
         case ForwardAlgorithm::phase_grid: return conv2d_forward_grid(g, x, w, bias, y);

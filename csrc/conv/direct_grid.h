@@ -1,0 +1,230 @@
+// Direct forward convolution on the phase grid (conv/phase_grid.h), for layers whose GEMM
+// would be small in one dimension: few output channels (LeNet: 6 or 16) or few taps per output
+// (first layers on 1-3 channel images). There the GEMM forms spend more time packing B (one
+// copy of the grid per tap) or filling micro-tiles with padding than multiplying; this kernel
+// reads the grid in place.
+//
+// A register tile holds KB output channels x NV vectors of consecutive grid pixels. Each tap
+// (c, r, s) reads one run of the grid (the phase grid makes every tap's pixels contiguous, for
+// any stride and dilation), loads it once into NV vectors and multiplies it with KB broadcast
+// weights: KB * NV FMAs per NV + KB loads, the weights of a channel block packed tap-major so
+// that they stream through the cache in order. Every output sums bias, then its taps in
+// (c, r, s) order, in one accumulator: the result does not depend on the thread count.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/denormals.h"
+#include "common/scratch.h"
+#include "common/simd.h"
+#include "conv/im2col.h"
+#include "conv/phase_grid.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+// Vectors of pixels per register tile, and the most output channels a tile holds: the
+// accumulators (KB * NV) plus NV loaded vectors must fit the register file (32 vector
+// registers with AVX-512, 16 with AVX2 and SSE2).
+constexpr int kDirectGridVectors = 2;
+constexpr int kDirectGridMaxChannels = PYCONV_ISA_LEVEL >= 2 ? 12 : 6;
+
+// Whether the grid (with the tile's read-ahead) stays within the scratch budget.
+inline bool direct_grid_fits(const ConvShape& g) {
+    return scratch_fits(g, PhaseGrid::elements(g) + 64);
+}
+
+// Where a tile's vectors go in y. Vector v of tile t holds grid pixels q = t * wide + v * lanes
+// + i (lane i); those of grid row ho with wo = q - ho * Wq < Wo are y[ho, wo], at plane offset
+// `offset` + i: one masked store per grid row the vector touches (lane i stored where bit i of
+// `mask` is set). The plan is the same for every image, group and channel block.
+struct GridStore {
+    int64_t offset;
+    uint32_t mask;
+};
+struct GridStorePlan {
+    std::vector<GridStore> stores;
+    std::vector<int64_t> first;  // stores of vector (t, v): [first[t*NV + v], first[t*NV + v + 1])
+};
+
+inline GridStorePlan grid_store_plan(const ConvShape& g, int64_t Wq, int64_t pixels, int64_t tiles, int lanes,
+                                     int vectors) {
+    GridStorePlan plan;
+    plan.first.push_back(0);
+    for (int64_t vec = 0; vec < tiles * vectors; ++vec) {
+        const int64_t q0 = vec * lanes;
+        int64_t row = -1;
+        for (int64_t i = 0; i < lanes && q0 + i < pixels; ++i) {
+            const int64_t q = q0 + i, ho = q / Wq, wo = q % Wq;
+            if (wo >= g.Wo) continue;
+            if (ho != row) {
+                plan.stores.push_back({ho * g.Wo - ho * Wq + q0, 0});
+                row = ho;
+            }
+            plan.stores.back().mask |= uint32_t(1) << i;
+        }
+        plan.first.push_back(int64_t(plan.stores.size()));
+    }
+    return plan;
+}
+
+template <class T>
+struct DirectGridArgs {
+    const ConvShape* g;
+    const PhaseGrid* pg;
+    const T* xq;               // the phase grid of x
+    const int64_t* offsets;    // of each tap (c, r, s) within a group's planes
+    const T* wpack;            // [group][channel block][tap][KB], zero past Kg
+    const T* bias;             // (K,) or nullptr
+    T* y;
+    int64_t channel_blocks;    // per group
+    const GridStorePlan* plan;
+};
+
+// The lanes of v selected by `mask` to p[i] (the others are neither read nor written, so p + i
+// may lie outside y for them).
+template <class T>
+static inline __attribute__((always_inline)) void store_lanes(T* p, uint32_t mask, typename Simd<T>::V v) {
+#if PYCONV_ISA_LEVEL >= 2
+    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, __mmask16(mask), __m512(v));
+    else _mm512_mask_storeu_pd(p, __mmask8(mask), __m512d(v));
+#elif PYCONV_ISA_LEVEL == 1
+    using S = Simd<T>;
+    const typename S::I selected = -((S::splat_int(typename S::Int(mask)) >> S::iota()) & 1);
+    if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, __m256i(selected), __m256(v));
+    else _mm256_maskstore_pd(p, __m256i(selected), __m256d(v));
+#else
+    for (int i = 0; i < Simd<T>::lanes; ++i)
+        if (mask >> i & 1) p[i] = v[i];
+#endif
+}
+
+// One register tile: KB channels x NV vectors of pixels from grid pixel q0 of an image's group
+// planes `xg`, stored by `stores` (the plan's entries from this tile's first vector) into the
+// planes yk + j * plane of its `channels` valid channels.
+template <class T, int KB, int NV>
+static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, const int64_t* offsets,
+                                                                   int64_t taps, const T* wb,
+                                                                   const T* bias_block, const GridStore* stores,
+                                                                   const int64_t* first, int64_t channels,
+                                                                   int64_t plane, T* yk) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    V acc[KB][NV];
+#pragma GCC unroll 16
+    for (int j = 0; j < KB; ++j)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[j][v] = S::splat(bias_block[j]);
+    for (int64_t t = 0; t < taps; ++t) {
+        const T* xt = xg + offsets[t];
+        V xv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) xv[v] = S::load(xt + v * S::lanes);
+        const T* wt = wb + t * KB;
+#pragma GCC unroll 16
+        for (int j = 0; j < KB; ++j) {
+            const V wj = S::broadcast(wt + j);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[j][v] = S::fma(wj, xv[v], acc[j][v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+        for (int64_t e = first[v]; e < first[v + 1]; ++e) {
+            T* p = yk + stores[e].offset;
+            const uint32_t mask = stores[e].mask;
+#pragma GCC unroll 16
+            for (int j = 0; j < KB; ++j)
+                if (j < channels) store_lanes<T>(p + j * plane, mask, acc[j][v]);
+        }
+}
+
+// Tiles of pixels per job: a few grid rows' worth, so a job's share of the grid stays in cache
+// while the channel block's weights stream.
+constexpr int64_t kDirectGridTilesPerJob = 8;
+
+template <class T, int KB>
+void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
+    using S = Simd<T>;
+    constexpr int NV = kDirectGridVectors;
+    constexpr int64_t wide = NV * S::lanes;
+    const ConvShape& g = *a.g;
+    const PhaseGrid& pg = *a.pg;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = Cg * g.R * g.S;
+    const int64_t pixels = pg.pixels(g), plane = g.Ho * g.Wo;
+    const int64_t tiles = (pixels + wide - 1) / wide;
+    const int64_t chunks = (tiles + kDirectGridTilesPerJob - 1) / kDirectGridTilesPerJob;
+    const int64_t jobs = checked_mul(g.N, g.groups, a.channel_blocks, chunks);
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    // Jobs are handed out in small batches as threads come free, not split in halves up front:
+    // each output is computed whole within one job, so which thread runs a job changes no bit,
+    // and a thread the OS deschedules for a while (a loaded machine) holds back one batch
+    // (a 32nd of the call per thread) instead of its whole share.
+    const int64_t batch = std::max<int64_t>(1, jobs / (int64_t(threads) * 32));
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, batch) firstprivate(ftz)
+    for (int64_t job = 0; job < jobs; ++job) {
+        const int64_t chunk = job % chunks, block = job / chunks % a.channel_blocks;
+        const int64_t grp = job / chunks / a.channel_blocks % g.groups, n = job / chunks / a.channel_blocks / g.groups;
+        const int64_t k0 = grp * Kg + block * KB, channels = std::min<int64_t>(KB, Kg - block * KB);
+        const T* xg = a.xq + n * pg.image + grp * Cg * pg.phases * pg.plane;
+        const T* wb = a.wpack + (grp * a.channel_blocks + block) * taps * KB;
+        alignas(64) T bias_block[KB] = {};
+        for (int64_t j = 0; a.bias && j < channels; ++j) bias_block[j] = a.bias[k0 + j];
+        T* yk = a.y + (n * g.K + k0) * plane;
+        const int64_t t1 = std::min(tiles, (chunk + 1) * kDirectGridTilesPerJob);
+        for (int64_t t = chunk * kDirectGridTilesPerJob; t < t1; ++t) {
+            const int64_t q0 = t * wide;
+            const GridStore* stores = a.plan->stores.data();
+            const int64_t* first = a.plan->first.data() + t * NV;
+            if (pixels - q0 <= S::lanes)  // the image's last pixels fit one vector
+                direct_grid_tile<T, KB, 1>(xg + q0, a.offsets, taps, wb, bias_block, stores, first, channels,
+                                           plane, yk);
+            else
+                direct_grid_tile<T, KB, NV>(xg + q0, a.offsets, taps, wb, bias_block, stores, first, channels,
+                                            plane, yk);
+        }
+    }
+}
+
+// The kernel instantiated for exactly KB channels per tile (KB = kb, counting down).
+template <class T, int KB = kDirectGridMaxChannels>
+void conv2d_forward_direct_grid_kb(int64_t kb, const DirectGridArgs<T>& a) {
+    if constexpr (KB > 1) {
+        if (kb < KB) return conv2d_forward_direct_grid_kb<T, KB - 1>(kb, a);
+    }
+    conv2d_forward_direct_grid_with<T, KB>(a);
+}
+
+template <class T>
+void conv2d_forward_direct_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    constexpr int64_t wide = kDirectGridVectors * Simd<T>::lanes;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = Cg * g.R * g.S;
+    // Equal channel blocks, as few as the register file allows (Kg = 16 -> 2 x 8 with AVX-512,
+    // 64 -> 6 x 11, the last with 2 zero channels that are computed and not stored).
+    const int64_t blocks = (Kg + kDirectGridMaxChannels - 1) / kDirectGridMaxChannels;
+    const int64_t kb = (Kg + blocks - 1) / blocks;
+    const PhaseGrid pg(g);
+    // The grid, then `wide` zeros: a tile that ends past an image's pixels reads up to that far
+    // past its last plane (into the next image, whose values reach only dropped pixels).
+    Scratch<T> grid = scratch<T>(checked_add(pg.size(g), wide));
+    fill_phase_grid(g, pg, x, grid.get());
+    std::fill(grid.get() + pg.size(g), grid.get() + pg.size(g) + wide, T(0));
+    Scratch<T> wpack = scratch<T>(checked_mul(g.groups, blocks, kb, taps));
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+        for (int64_t block = 0; block < blocks; ++block) {
+            T* dst = wpack.get() + (grp * blocks + block) * taps * kb;
+            for (int64_t t = 0; t < taps; ++t)
+                for (int64_t j = 0; j < kb; ++j) {
+                    const int64_t k = block * kb + j;
+                    dst[t * kb + j] = k < Kg ? w[(grp * Kg + k) * taps + t] : T(0);
+                }
+        }
+    const std::vector<int64_t> offsets = tap_offsets(g, pg);
+    const int64_t tiles = (pg.pixels(g) + wide - 1) / wide;
+    const GridStorePlan plan = grid_store_plan(g, pg.Wq, pg.pixels(g), tiles, Simd<T>::lanes, kDirectGridVectors);
+    const DirectGridArgs<T> a{&g, &pg, grid.get(), offsets.data(), wpack.get(), bias, y, blocks, &plan};
+    conv2d_forward_direct_grid_kb<T>(kb, a);
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

@@ -1,0 +1,144 @@
+"""The cpu backend's direct forward convolution on the phase grid (csrc/conv/direct_grid.h):
+its edges against the reference backend on every ISA variant this CPU runs, float32 and
+float64 — widths on either side of the vector length, padding, strides, dilation, groups,
+output-channel counts on either side of the register tile — the rule that routes small layers
+to it, what its read-ahead past an image may and may not reach, and thread counts."""
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import _C, _spec, ops
+
+pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
+
+ISAS = ("generic", "avx2", "avx512")
+RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
+TOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+@pytest.fixture(params=RUNNABLE)
+def isa(request):
+    _C.set_isa(request.param)
+    yield request.param
+    _C.set_isa(_C.best_isa())
+
+
+def algorithm_of(x_shape, w_shape, dtype=np.float32, stride=1, padding=0, dilation=1, groups=1,
+                 algorithm="auto"):
+    g = _spec.conv2d(_spec.ShapeDtype(x_shape, dtype), _spec.ShapeDtype(w_shape, dtype), None, stride,
+                     padding, dilation, groups, algorithm=algorithm)
+    return _C.conv2d_algorithm(g, np.dtype(dtype))
+
+
+def data(x_shape, w_shape, dtype, seed=0, bias=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype) if bias else None
+    return x, w, b
+
+
+def check(x, w, b, stride=1, padding=0, dilation=1, groups=1, algorithm="direct"):
+    assert algorithm_of(x.shape, w.shape, x.dtype.type, stride, padding, dilation, groups,
+                        algorithm) == "direct (phase grid)"
+    y = ops.conv2d(x, w, b, stride, padding, dilation, groups, algorithm=algorithm, backend="cpu")
+    ref = ops.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
+                     stride, padding, dilation, groups, backend="reference")
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(y, ref, rtol=0, atol=TOL[x.dtype.type] * scale)
+    return y
+
+
+# (x shape, w shape, stride, padding, dilation, groups): output widths below, at and past one
+# and two vectors (4, 8, 16 lanes), channel counts below, at and past a register tile (6 or
+# 12 channels, split into equal blocks with zero channels at the end).
+EDGES = {
+    "width1": ((2, 1, 5, 1), (3, 1, 3, 1), 1, (1, 0), 1, 1),
+    "width7_k6_5x5_pad2": ((2, 1, 7, 7), (6, 1, 5, 5), 1, 2, 1, 1),
+    "width10_lenet_conv2": ((3, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1, 1),
+    "width15_k13": ((2, 3, 9, 17), (13, 3, 3, 3), 1, 0, 1, 1),
+    "width16": ((1, 2, 6, 18), (7, 2, 3, 3), 1, 0, 1, 1),
+    "width17_k1": ((2, 2, 6, 17), (1, 2, 1, 3), 1, (0, 1), 1, 1),
+    "width33_k25": ((1, 1, 5, 35), (25, 1, 3, 3), 1, 0, 1, 1),
+    "width28_k64_7x7": ((2, 1, 28, 28), (64, 1, 7, 7), 1, 3, 1, 1),
+    "k70_blocks_with_zero_channels": ((2, 3, 8, 11), (70, 3, 3, 3), 1, 1, 1, 1),
+    "stride2_pad1_4x4": ((3, 1, 13, 12), (64, 1, 4, 4), 2, 1, 1, 1),
+    "stride_2_3_odd_input": ((2, 2, 11, 14), (5, 2, 3, 2), (2, 3), (1, 0), 1, 1),
+    "dilation_2_3": ((2, 2, 12, 13), (9, 2, 3, 3), 1, 2, (2, 3), 1),
+    "stride2_dilation2": ((2, 3, 15, 15), (8, 3, 3, 3), 2, 1, 2, 1),
+    "padding_beyond_kernel": ((1, 2, 4, 5), (3, 2, 2, 2), 1, 3, 1, 1),
+    "groups2": ((2, 4, 9, 9), (10, 2, 3, 3), 1, 1, 1, 2),
+    "depthwise": ((2, 5, 10, 19), (5, 1, 3, 3), 1, 1, 1, 5),
+    "depthwise_x3_strided": ((1, 4, 11, 11), (12, 1, 3, 3), 2, 1, 1, 4),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", EDGES, ids=str)
+def test_edges_against_reference(isa, case, dtype):
+    x_shape, w_shape, stride, padding, dilation, groups = EDGES[case]
+    x, w, b = data(x_shape, w_shape, dtype, seed=len(case))
+    check(x, w, b, stride, padding, dilation, groups)
+
+
+def test_without_bias(isa):
+    x, w, _ = data((2, 3, 9, 13), (7, 3, 3, 3), np.float32)
+    check(x, w, None, padding=1)
+
+
+# (x shape, w shape, stride, padding, groups): the rule's cases (csrc/conv/dispatch.h).
+ROUTED = {
+    "lenet_conv1": ((64, 1, 28, 28), (6, 1, 5, 5), 1, 2, 1),
+    "lenet_conv2": ((64, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1),
+    "pixelcnn_first_7x7": ((32, 1, 28, 28), (64, 1, 7, 7), 1, 3, 1),
+    "rgb_input_3x3": ((16, 3, 32, 32), (64, 3, 3, 3), 1, 1, 1),
+    "few_channels_many_taps": ((8, 256, 14, 14), (16, 256, 3, 3), 1, 1, 1),
+    "depthwise": ((8, 64, 56, 56), (64, 1, 3, 3), 1, 1, 64),
+    "grouped_4_per_group": ((8, 32, 28, 28), (32, 4, 3, 3), 1, 1, 8),
+}
+NOT_ROUTED = {
+    "dcgan_d_conv1_16_taps": ((64, 1, 28, 28), (64, 1, 4, 4), 2, 1, 1),
+    "strided_288_taps": ((16, 32, 32, 32), (64, 32, 3, 3), 2, 1, 1),
+    "pointwise": ((8, 16, 28, 28), (8, 16, 1, 1), 1, 0, 1),
+    "vgg_winograd": ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", ROUTED, ids=str)
+def test_the_rule_routes_small_layers_here(case):
+    x_shape, w_shape, stride, padding, groups = ROUTED[case]
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) == "direct (phase grid)"
+    x, w, b = data((2,) + x_shape[1:], w_shape, np.float32)
+    check(x, w, b, stride, padding, groups=groups, algorithm="auto")
+
+
+@pytest.mark.parametrize("case", NOT_ROUTED, ids=str)
+def test_the_rule_leaves_the_rest(case):
+    x_shape, w_shape, stride, padding, groups = NOT_ROUTED[case]
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) != "direct (phase grid)"
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf])
+def test_read_ahead_reaches_only_dropped_outputs(poison):
+    """A tile that ends past an image's last pixel reads the next image's planes: what it
+    computes there is never stored, so a NaN or inf in image 1 leaves image 0 untouched."""
+    x, w, b = data((2, 2, 7, 7), (6, 2, 5, 5), np.float32)
+    clean = check(x[:1], w, b, padding=2)
+    x[1] = poison
+    y = ops.conv2d(x, w, b, 1, 2, algorithm="direct", backend="cpu")
+    np.testing.assert_array_equal(y[0], clean[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_counts_give_the_same_bits(dtype):
+    x, w, b = data((5, 3, 17, 23), (13, 3, 5, 5), dtype)
+    before = pyconv.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 4):
+            pyconv.set_num_threads(threads)
+            results.append(ops.conv2d(x, w, b, 1, 2, algorithm="direct", backend="cpu"))
+    finally:
+        pyconv.set_num_threads(before)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])

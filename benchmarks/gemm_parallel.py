@@ -13,7 +13,7 @@ killed on exit. It shows how each implementation tolerates a core that is taken 
 
 --omp-env times pyconv alone at 2 threads in child processes, one per libgomp setting
 (OMP_WAIT_POLICY, GOMP_SPINCOUNT are read when the runtime starts), the children interleaved
-round by round.
+round by round; --against DIR does the same for this build and another checkout's.
 
     python benchmarks/gemm_parallel.py --rounds 9
     python benchmarks/gemm_parallel.py --small --busy --rounds 9
@@ -90,12 +90,13 @@ def implementations(shape, np, torch, _C):
 
 
 def run_rounds(shapes, impl_names, threads_list, busy_states, rounds):
+    # pyconv first: torch bundles its own libgomp.so.1, and whichever copy loads first serves
+    # both (torch's, with its spin-waiting defaults, would change pyconv's figures).
+    import pyconv
+    from pyconv import _C
     import numpy as np
     import torch
     from threadpoolctl import threadpool_limits
-
-    import pyconv
-    from pyconv import _C
 
     def set_threads(n):
         pyconv.set_num_threads(n)
@@ -147,30 +148,34 @@ def report(times, shapes, impl_names, threads_list, busy_states):
 
 
 def omp_child(shapes, busy):
-    """One child's samples: pyconv at 2 threads, each shape once (JSON on stdout)."""
-    times = run_rounds(shapes, ["pyconv"], [2], [busy], 1)
-    print(json.dumps({"x".join(map(str, k[0])): v[0] for k, v in times.items()}))
+    """One child's figure per shape: pyconv at 2 threads, the median of 3 rounds after a round of
+    warm-up (the team's threads start on the first call); JSON on stdout."""
+    times = run_rounds(shapes, ["pyconv"], [2], [busy], 4)
+    print(json.dumps({"x".join(map(str, k[0])): statistics.median(v[1:]) for k, v in times.items()}))
 
 
-def omp_env(shapes, rounds, busy):
+def compare_children(variants, shapes, rounds, busy):
+    """pyconv at 2 threads in child processes, one per variant (name -> (script, env changes)),
+    interleaved round by round; a table of GFLOP/s and of time relative to the first variant."""
     env_base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    results = {name: {"x".join(map(str, s)): [] for s in shapes} for name in OMP_SETTINGS}
-    names = list(OMP_SETTINGS)
+    names = list(variants)
+    results = {name: {"x".join(map(str, s)): [] for s in shapes} for name in names}
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
-            cmd = [sys.executable, os.path.abspath(__file__), "--omp-child",
+            script, env = variants[name]
+            cmd = [sys.executable, script, "--omp-child",
                    "--shapes", *["x".join(map(str, s)) for s in shapes]] + (["--busy"] if busy else [])
-            out = subprocess.run(cmd, env={**env_base, **OMP_SETTINGS[name]}, capture_output=True,
-                                 text=True, check=True).stdout
+            out = subprocess.run(cmd, env={**env_base, **env}, capture_output=True, text=True,
+                                 check=True).stdout
             for shape, t in json.loads(out.strip().splitlines()[-1]).items():
                 results[name][shape].append(t)
     print(f"pyconv at 2 threads, busy loop {'on' if busy else 'off'}: GFLOP/s median (min-max), "
-          "and the median time relative to the default")
+          f"and the median time relative to {names[0]}")
     print("| M x N x K | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for s in shapes:
         key = "x".join(map(str, s))
-        base = statistics.median(results["default"][key])
+        base = statistics.median(results[names[0]][key])
         cells = []
         for name in names:
             g = [gflops(s, t) for t in results[name][key]]
@@ -187,14 +192,22 @@ def main():
     p.add_argument("--busy", action="store_true", help="also with a busy loop on the last CPU")
     p.add_argument("--impls", nargs="+", default=["pyconv", "numpy", "torch"])
     p.add_argument("--omp-env", action="store_true", help="compare libgomp wait settings (pyconv)")
+    p.add_argument("--against", metavar="DIR",
+                   help="compare with the pyconv checkout in DIR (its own build), pyconv at 2 threads")
     p.add_argument("--omp-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes
               else SMALL if args.small else LARGE)
     if args.omp_child:
         return omp_child(shapes, args.busy)
+    here = os.path.abspath(__file__)
     if args.omp_env:
-        return omp_env(shapes, args.rounds, args.busy)
+        variants = {name: (here, env) for name, env in OMP_SETTINGS.items()}
+        return compare_children(variants, shapes, args.rounds, args.busy)
+    if args.against:
+        other = os.path.join(args.against, "benchmarks", os.path.basename(here))
+        variants = {"this build": (here, {}), f"build in {args.against}": (other, {})}
+        return compare_children(variants, shapes, args.rounds, args.busy)
     import pyconv
     from pyconv import _C
 

@@ -126,12 +126,12 @@ struct TileGrid {
 // team and waiting for its slowest member costs more than the second core gives back (on a
 // loaded machine a worker that is not running when the call starts can stall the call for a
 // scheduler time slice).
-constexpr int64_t kGemmParallelMacs = int64_t(1) << 21;
+constexpr int64_t kGemmParallelMacs = int64_t(1) << 20;
 // Tiles per thread, so that a thread that starts late or is descheduled leaves its share to
 // the others, and tiles of at least this many multiply-adds (each tile packs its own panels of
 // A and B, which costs per element of the tile's edges).
 constexpr int64_t kGemmTilesPerThread = 4;
-constexpr int64_t kGemmMinTileMacs = int64_t(1) << 20;
+constexpr int64_t kGemmMinTileMacs = int64_t(1) << 19;
 
 // How many threads a GEMM of M x N x K runs on: 1 below kGemmParallelMacs, else the pool's,
 // but not more than there are tiles of kGemmMinTileMacs.

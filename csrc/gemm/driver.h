@@ -127,10 +127,11 @@ struct TileGrid {
 // loaded machine a worker that is not running when the call starts can stall the call for a
 // scheduler time slice).
 constexpr int64_t kGemmParallelMacs = int64_t(1) << 20;
-// Tiles per thread, so that a thread that starts late or is descheduled leaves its share to
-// the others, and tiles of at least this many multiply-adds (each tile packs its own panels of
-// A and B, which costs per element of the tile's edges).
-constexpr int64_t kGemmTilesPerThread = 4;
+// Tiles per thread, so that a thread that starts late or is descheduled leaves most of its
+// share to the others, and tiles of at least this many multiply-adds. Each tile packs its own
+// panels of A and B over the whole reduction, so more tiles mean more packing: with two per
+// thread, a square GEMM on 2 threads packs 4 M K elements where a split in two halves packs 3.
+constexpr int64_t kGemmTilesPerThread = 2;
 constexpr int64_t kGemmMinTileMacs = int64_t(1) << 19;
 
 // How many threads a GEMM of M x N x K runs on: 1 below kGemmParallelMacs, else the pool's,
@@ -142,19 +143,25 @@ inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
 }
 
 // The tiles of an M x N x K GEMM on `threads` threads: about kGemmTilesPerThread per thread,
-// none smaller than kGemmMinTileMacs, preferring to cut columns (a tile of whole columns packs
-// each of its B panels once; each tile repacks A's rows, which the weights of a convolution have
-// ready in PrepackedA).
+// none smaller than kGemmMinTileMacs, cut so as to pack the least: a grid of tm x tn tiles
+// packs K (M tn + N tm) elements (each tile its rows of A and its columns of B).
 template <class T>
 TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
     if (threads <= 1) return TileGrid{1, 1};
     const int64_t m_panels = (M + gemm_mr<T>() - 1) / gemm_mr<T>();
     const int64_t n_panels = (N + gemm_nr<T>() - 1) / gemm_nr<T>();
     const int64_t macs = M * N * std::max<int64_t>(K, 1);
-    const int64_t target = std::clamp<int64_t>(macs / kGemmMinTileMacs, threads, threads * kGemmTilesPerThread);
-    const int64_t tn = std::min(n_panels, target);
-    const int64_t tm = std::min(m_panels, (target + tn - 1) / tn);
-    return TileGrid{tm, tn};
+    const int64_t target = std::min(m_panels * n_panels,
+                                    std::clamp<int64_t>(macs / kGemmMinTileMacs, threads, threads * kGemmTilesPerThread));
+    TileGrid best{1, std::min(n_panels, target)};
+    double best_packed = 1e300;
+    for (int64_t tm = 1; tm <= std::min(m_panels, target); ++tm) {
+        const int64_t tn = std::min(n_panels, (target + tm - 1) / tm);
+        if (tm * tn < target) continue;
+        const double packed = double(M) * double(tn) + double(N) * double(tm);
+        if (packed < best_packed) best_packed = packed, best = TileGrid{tm, tn};
+    }
+    return best;
 }
 
 // [begin, end) of part `p` of `parts` equal shares of `panels` panels of size `unit`, clipped to n.

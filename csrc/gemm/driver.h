@@ -133,6 +133,10 @@ constexpr int64_t kGemmParallelMacs = int64_t(1) << 20;
 // thread, a square GEMM on 2 threads packs 4 M K elements where a split in two halves packs 3.
 constexpr int64_t kGemmTilesPerThread = 2;
 constexpr int64_t kGemmMinTileMacs = int64_t(1) << 19;
+// From this many multiply-adds per thread, one tile per thread (the least packing; a thread
+// that starts late still leaves its tile to the first one done): at 1024^3 on 2 threads, 2 x 2
+// tiles took 1.5x the time of two column halves.
+constexpr int64_t kGemmOneTilePerThreadMacs = int64_t(1) << 25;
 
 // How many threads a GEMM of M x N x K runs on: 1 below kGemmParallelMacs, else the pool's,
 // but not more than there are tiles of kGemmMinTileMacs.
@@ -151,8 +155,9 @@ TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
     const int64_t m_panels = (M + gemm_mr<T>() - 1) / gemm_mr<T>();
     const int64_t n_panels = (N + gemm_nr<T>() - 1) / gemm_nr<T>();
     const int64_t macs = M * N * std::max<int64_t>(K, 1);
+    const int64_t per_thread = macs / threads >= kGemmOneTilePerThreadMacs ? 1 : kGemmTilesPerThread;
     const int64_t target = std::min(m_panels * n_panels,
-                                    std::clamp<int64_t>(macs / kGemmMinTileMacs, threads, threads * kGemmTilesPerThread));
+                                    std::clamp<int64_t>(macs / kGemmMinTileMacs, threads, threads * per_thread));
     TileGrid best{1, std::min(n_panels, target)};
     double best_packed = 1e300;
     for (int64_t tm = 1; tm <= std::min(m_panels, target); ++tm) {

@@ -4,7 +4,8 @@ a competing busy loop on one core, interleaved in one process.
 Every implementation writes into a preallocated output (pyconv._C.gemm, numpy.matmul(out=),
 torch.matmul(out=)), so the figures are the GEMMs' own. Each round times every (size,
 implementation, threads[, busy]) combination once, in an order that is reversed every other
-round; a sample is the mean of enough calls to take ~20 ms. The thread counts are switched
+round; a sample is the mean of enough calls to take ~20 ms, taken 0.2 s after the previous one
+(idle BLAS workers still spinning would take the second core from the next sample). The thread counts are switched
 in-process (pyconv.set_num_threads, torch.set_num_threads, threadpoolctl for NumPy's OpenBLAS).
 
 --busy adds a `python -c "while 1: pass"` pinned to the last CPU (taskset), stopped (SIGSTOP)
@@ -115,6 +116,9 @@ def run_rounds(shapes, impl_names, threads_list, busy_states, rounds):
                 set_threads(t)
                 if loop:
                     loop.set(busy)
+                # OpenBLAS's idle workers spin for ~0.1 s after a call (and any library's may):
+                # let them go to sleep before timing the next implementation.
+                time.sleep(0.2)
                 times[key].append(sample(impls[shape][name]))
     finally:
         if loop:

@@ -122,11 +122,11 @@ struct TileGrid {
     int64_t count() const { return tm * tn; }
 };
 
-// A GEMM of fewer multiply-adds than this runs on the calling thread: below it, starting the
-// team and waiting for its slowest member costs more than the second core gives back (on a
-// loaded machine a worker that is not running when the call starts can stall the call for a
-// scheduler time slice).
-constexpr int64_t kGemmParallelMacs = int64_t(1) << 20;
+// A GEMM of fewer multiply-adds than this runs on the calling thread: below it, waking the
+// sleeping workers (libgomp runs PASSIVE, see pyconv/__init__.py) and waiting for the slowest
+// at the region's end costs more than the second core gives back. Measured on a 2-vCPU KVM
+// guest, quiet and loaded: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3).
+constexpr int64_t kGemmParallelMacs = int64_t(1) << 25;
 // Tiles per thread, so that a thread that starts late or is descheduled leaves most of its
 // share to the others, and tiles of at least this many multiply-adds. Each tile packs its own
 // panels of A and B over the whole reduction, so more tiles mean more packing: with two per

@@ -162,3 +162,27 @@ def test_training_gives_the_same_parameters_at_1_and_2_threads(restore_threads):
         assert np.array_equal(one[name].view(np.uint8), two[name].view(np.uint8)), (
             f"{name}: differs between 1 and 2 threads "
             f"(largest difference {np.max(np.abs(one[name] - two[name])):.3g})")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_gemm_tiles_taken_in_any_order_give_the_same_bits(dtype, restore_threads):
+    """The packed GEMM hands its tiles of C to whichever thread asks next, so which thread
+    computes which tile changes from call to call (all the more with more threads than cores).
+    Each tile runs the whole reduction on one thread in the same blocks, so every call must give
+    the bytes of the 1-thread call. The shapes have partial tiles in both directions, K spans
+    several reduction blocks, and A is read plain and transposed."""
+    rng = np.random.default_rng(11)
+    # Large enough to run on the team (at least 2^25 multiply-adds); K = 650 is cut into
+    # blocks that a split of the reduction in halves would not reproduce.
+    for (m, n, k), trans_a in (((203, 517, 650), False), ((96, 600, 650), True), ((520, 72, 900), False)):
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        pyconv.set_num_threads(1)
+        expected = ops.matmul(a, b, trans_a=trans_a, backend="cpu")
+        for threads in (2, 3, 4):
+            pyconv.set_num_threads(threads)
+            for call in range(4):
+                got = ops.matmul(a, b, trans_a=trans_a, backend="cpu")
+                assert np.array_equal(got.view(np.uint8), expected.view(np.uint8)), (
+                    f"{m}x{n}x{k}, call {call} at {threads} threads differs from 1 thread "
+                    f"(largest difference {np.max(np.abs(got - expected)):.3g})")

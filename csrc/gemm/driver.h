@@ -130,32 +130,64 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
     }
 }
 
-// How to split an M x N output among `threads`: a grid of tm x tn blocks, preferring to split
-// columns (each thread then packs only its own B panels), in whole MR / NR panels.
-struct ThreadGrid {
-    int tm, tn;
+// The output C split into macro-tiles for the threads: tm row blocks x tn column blocks, in
+// whole MR / NR panels. Every tile runs the whole reduction on one thread in the same blocks of
+// KC, so each element of C is the same sum in the same order whichever thread takes its tile:
+// the tiles (and how they are shared out) change the schedule, never the result.
+struct TileGrid {
+    int64_t tm, tn;
+    int64_t count() const { return tm * tn; }
 };
 
+// A GEMM of fewer multiply-adds than this runs on the calling thread: below it, waking the
+// sleeping workers (libgomp runs PASSIVE, see pyconv/__init__.py) and waiting for the slowest
+// at the region's end costs more than the second core gives back. Measured on a 2-vCPU KVM
+// guest, quiet and loaded: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3).
+constexpr int64_t kGemmParallelMacs = int64_t(1) << 25;
+// Tiles per thread, so that a thread that starts late or is descheduled leaves most of its
+// share to the others, and tiles of at least this many multiply-adds. Each tile packs its own
+// panels of A and B over the whole reduction, so more tiles mean more packing: with two per
+// thread, a square GEMM on 2 threads packs 4 M K elements where a split in two halves packs 3.
+constexpr int64_t kGemmTilesPerThread = 2;
+constexpr int64_t kGemmMinTileMacs = int64_t(1) << 19;
+// From this many multiply-adds per thread, one tile per thread (the least packing; a thread
+// that starts late still leaves its tile to the first one done): at 1024^3 on 2 threads, 2 x 2
+// tiles took 1.5x the time of two column halves.
+constexpr int64_t kGemmOneTilePerThreadMacs = int64_t(1) << 25;
+
+// How many threads a GEMM of M x N x K runs on: 1 below kGemmParallelMacs, else the pool's,
+// but not more than there are tiles of kGemmMinTileMacs.
+inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
+    const int64_t macs = M * N * std::max<int64_t>(K, 1);
+    if (macs < kGemmParallelMacs) return 1;
+    return static_cast<int>(std::clamp<int64_t>(macs / kGemmMinTileMacs, 1, num_threads()));
+}
+
+// The tiles of an M x N x K GEMM on `threads` threads: about kGemmTilesPerThread per thread,
+// none smaller than kGemmMinTileMacs, cut so as to pack the least: a grid of tm x tn tiles
+// packs K (M tn + N tm) elements (each tile its rows of A and its columns of B).
 template <class T>
-ThreadGrid choose_grid(int64_t M, int64_t N, int threads) {
+TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
+    if (threads <= 1) return TileGrid{1, 1};
     const int64_t m_panels = (M + gemm_mr<T>() - 1) / gemm_mr<T>();
     const int64_t n_panels = (N + gemm_nr<T>() - 1) / gemm_nr<T>();
-    ThreadGrid best{1, 1};
-    double best_cost = 1e300;
-    for (int tm = 1; tm <= threads; ++tm) {
-        if (threads % tm) continue;
-        const int tn = threads / tm;
-        if (tm > m_panels || tn > n_panels) continue;
-        // Work of the busiest thread, in panels, plus a small price for repacking B per row block.
-        const double cost = double((m_panels + tm - 1) / tm) * double((n_panels + tn - 1) / tn) *
-                            (1.0 + 0.05 * (tm - 1));
-        if (cost < best_cost) best_cost = cost, best = ThreadGrid{tm, tn};
+    const int64_t macs = M * N * std::max<int64_t>(K, 1);
+    const int64_t per_thread = macs / threads >= kGemmOneTilePerThreadMacs ? 1 : kGemmTilesPerThread;
+    const int64_t target = std::min(m_panels * n_panels,
+                                    std::clamp<int64_t>(macs / kGemmMinTileMacs, threads, threads * per_thread));
+    TileGrid best{1, std::min(n_panels, target)};
+    double best_packed = 1e300;
+    for (int64_t tm = 1; tm <= std::min(m_panels, target); ++tm) {
+        const int64_t tn = std::min(n_panels, (target + tm - 1) / tm);
+        if (tm * tn < target) continue;
+        const double packed = double(M) * double(tn) + double(N) * double(tm);
+        if (packed < best_packed) best_packed = packed, best = TileGrid{tm, tn};
     }
     return best;
 }
 
 // [begin, end) of part `p` of `parts` equal shares of `panels` panels of size `unit`, clipped to n.
-inline void split_range(int64_t n, int64_t unit, int p, int parts, int64_t& begin, int64_t& end) {
+inline void split_range(int64_t n, int64_t unit, int64_t p, int64_t parts, int64_t& begin, int64_t& end) {
     const int64_t panels = (n + unit - 1) / unit;
     begin = std::min(n, panels * p / parts * unit);
     end = std::min(n, panels * (p + 1) / parts * unit);
@@ -163,28 +195,40 @@ inline void split_range(int64_t n, int64_t unit, int p, int parts, int64_t& begi
 
 // C = A B (+ bias per row), M x N x K, on num_threads() threads. Must be called outside any
 // parallel region.
+//
+// One parallel region per call, with no barrier inside it: the threads take tiles from an
+// atomic counter until none is left (a thread that starts late, or loses its core to another
+// process, simply takes fewer), rather than each owning a fixed share that the others would
+// wait for.
 template <class T, class ASrc, class BSrc>
 void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B,
                    const OutMatrix<T>& C, Store mode = Store::overwrite) {
     if (M <= 0 || N <= 0) return;
-    const int64_t flops = M * N * std::max<int64_t>(K, 1);
-    const int threads = flops < 32768 ? 1 : num_threads();
-    const ThreadGrid grid = choose_grid<T>(M, N, threads);
+    const int threads = gemm_threads(M, N, K);
+    const TileGrid tiles = choose_tiles<T>(M, N, K, threads);
+    auto run_tile = [&](int64_t t, GemmBuffers<T>& buf) {
+        int64_t m0, m1, n0, n1;
+        split_range(M, gemm_mr<T>(), t % tiles.tm, tiles.tm, m0, m1);
+        split_range(N, gemm_nr<T>(), t / tiles.tm, tiles.tn, n0, n1);
+        if (m0 < m1 && n0 < n1) gemm_block<T>(m0, m1, n0, n1, 0, K, A, B, C, mode, buf);
+    };
+    if (threads == 1) {
+        GemmBuffers<T> buf(M, N, K);
+        FlushDenormals ftz;
+        run_tile(0, buf);
+        return;
+    }
     // Allocated before the parallel region: an exception must not escape an OpenMP thread.
     std::vector<GemmBuffers<T>> bufs;
-    for (int t = 0; t < grid.tm * grid.tn; ++t) bufs.emplace_back(M, N, K);
+    for (int t = 0; t < threads; ++t) bufs.emplace_back(M, N, K);
+    std::atomic<int64_t> next_tile{0};
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(grid.tm * grid.tn) firstprivate(ftz)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
     {
-        // A loop, not one part per thread: OpenMP may start fewer threads than asked for.
-        const int parts = grid.tm * grid.tn;
-        for (int t = omp_get_thread_num(); t < parts; t += omp_get_num_threads()) {
-            int64_t m0, m1, n0, n1;
-            split_range(M, gemm_mr<T>(), t / grid.tn, grid.tm, m0, m1);
-            split_range(N, gemm_nr<T>(), t % grid.tn, grid.tn, n0, n1);
-            if (m0 < m1 && n0 < n1)
-                gemm_block<T>(m0, m1, n0, n1, 0, K, A, B, C, mode, bufs[omp_get_thread_num()]);
-        }
+        GemmBuffers<T>& buf = bufs[omp_get_thread_num()];
+        for (int64_t t = next_tile.fetch_add(1, std::memory_order_relaxed); t < tiles.count();
+             t = next_tile.fetch_add(1, std::memory_order_relaxed))
+            run_tile(t, buf);
     }
 }
 

@@ -164,6 +164,10 @@ struct InMatrixB {
 // column block and every thread would otherwise pack again. Panel p holds rows p*MR.. as
 // [k][MR] over the whole reduction, so any reduction block of it is one contiguous copy.
 // Row blocks must start at multiples of MR (gemm_parallel's always do).
+// Elements of A from which PrepackedA packs on the whole team (256 KiB of float32, a few tens
+// of microseconds on one core).
+constexpr int64_t kParallelPrepack = int64_t(1) << 16;
+
 template <class T>
 struct PrepackedA {
     Scratch<T> data;
@@ -175,7 +179,9 @@ struct PrepackedA {
         const int64_t panels = (M + MR - 1) / MR;
         data = scratch<T>(panels * MR * K);
         FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
+        // A copy of a small A takes less time than starting the team for it.
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (panels * MR * K >= kParallelPrepack)
         for (int64_t p = 0; p < panels; ++p)
             A.pack_panel(p * MR, std::min<int64_t>(MR, M - p * MR), 0, K_, data.get() + p * MR * K);
     }

@@ -94,3 +94,18 @@ def test_thread_counts_give_the_same_bytes(stride):
         _C.set_num_threads(before)
     for one, three in zip(*results):
         np.testing.assert_array_equal(one, three)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_convolution_with_output_padding(dtype):
+    """The transpose convolution's forward is this input gradient, onto rows and columns that
+    no input pixel reaches (output_padding)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6, 5, 7)).astype(dtype)
+    w = rng.standard_normal((6, 4, 1, 1)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    y = ops.conv_transpose2d(x, w, b, stride=(3, 2), output_padding=(2, 1), backend="cpu")
+    ref = ops.conv_transpose2d(*(a.astype(np.float64) for a in (x, w, b)), stride=(3, 2),
+                               output_padding=(2, 1), backend="reference")
+    assert y.shape == (3, 4, 15, 14)
+    assert_close(y, ref, dtype)

@@ -120,9 +120,11 @@ inline bool phase_grid_pays(const ConvShape& g) {
 // (1 thread, batch 64): 1 -> 16 and 1 -> 32 4x4 stride 2 on 32x32 3.1x, 2.0x, 3 -> 32 4x4
 // stride 2 1.34x, 1 -> 32 3x3 stride 2 1.74x, 1 -> 16 and 1 -> 32 3x3 stride 1 on 14x14 2.9x,
 // 1.65x; not from 64 channels (1 -> 64 4x4 stride 2 on 28x28 0.77x) nor from 72 taps (8 -> 32
-// 3x3 stride 2 on 8x8 0.48x).
+// 3x3 stride 2 on 8x8 0.48x). AVX-512 only: with AVX2 (channel panels of 24) the
+// channel-vectorised form stayed faster on 1 -> 32 4x4 stride 2 (about 0.85x).
 inline bool weight_grad_grid_before_by_channels(const ConvShape& g) {
-    return g.K / g.groups < 64 && (g.C / g.groups) * g.R * g.S < 64 && phase_grid_pays(g);
+    return PYCONV_ISA_LEVEL == 2 && g.K / g.groups < 64 && (g.C / g.groups) * g.R * g.S < 64 &&
+           phase_grid_pays(g);
 }
 
 // Input gradient as a forward convolution (stride 1, and padding no larger than the kernel's

@@ -86,6 +86,33 @@ def test_weight_grad_along_pixels_matches_torch(isa, case, dtype):
     close(grad_w, expected, dtype)
 
 
+# Strided first and second layers (DCGAN discriminator, VAE encoder), whose passes the rules
+# send to the direct forward on the phase grid, the weight gradient on the phase grid (under 64
+# output channels and 64 taps) and the channels-last input gradient (32+ input channels):
+# odd sizes, a stride of 2 on one axis only, channel counts on either side of a vector.
+STRIDED_CASES = [
+    ((4, 1, 32, 32), (32, 1, 4, 4), dict(stride=2, padding=1)),
+    ((3, 3, 17, 15), (24, 3, 3, 3), dict(stride=2, padding=1)),
+    ((5, 1, 14, 14), (32, 1, 3, 3), dict(stride=1, padding=1)),
+    ((4, 32, 16, 16), (64, 32, 4, 4), dict(stride=2, padding=1)),
+    ((3, 48, 9, 11), (40, 48, 4, 4), dict(stride=(2, 1), padding=1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED_CASES, ids=str)
+def test_strided_small_layers_match_torch(isa, case, dtype):
+    xs, ws, params = case
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, ws[:1], dtype)
+    y = ops.conv2d(x, w, b, **params, backend="cpu")
+    gy = rand(rng, y.shape, dtype)
+    grad_x, grad_w, _ = ops.conv2d_backward(gy, x, w, params["stride"], params["padding"], backend="cpu")
+    expected = torch_conv(x, w, b, params["stride"], params["padding"], 1, 1, gy)
+    for actual, want in zip((y, grad_x, grad_w), expected[:3]):
+        close(actual, want, dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # GEMM against NumPy: sizes that are primes, 1, or just off the block sizes (MR, NR, KC, MC, NC).
 

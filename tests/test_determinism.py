@@ -36,6 +36,9 @@ LARGE_CASES = {
         # First layers by channels: tap tiles x pixel chunks shared out.
         "grad_w_by_channels_one_channel": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
         "grad_w_by_channels_rgb": conv_backward((8, 3, 32, 32), (64, 3, 3, 3), padding=1),
+        # Under 64 output channels and 64 taps: the phase grid, strided and not.
+        "grad_w_grid_one_channel": conv_backward((16, 1, 32, 32), (32, 1, 4, 4), stride=2, padding=1),
+        "grad_w_grid_small_image": conv_backward((16, 1, 14, 14), (16, 1, 3, 3), padding=1),
         # Few channels, stride 1, many pixels: blocks of rows in chunks (conv/weight_grad_rows.h).
         "grad_w_along_pixels": conv_backward((16, 16, 32, 32), (16, 16, 3, 3), padding=1),
         "grad_w_along_pixels_odd_width": conv_backward((16, 5, 20, 19), (7, 5, 3, 2), padding=(1, 0), dilation=2),
@@ -48,6 +51,7 @@ LARGE_CASES = {
         # of the thread counts).
         "grad_x_channels_last_batch3": conv_backward((3, 64, 10, 10), (32, 64, 3, 3), stride=2, padding=1),
         "grad_x_channels_last_batch1": conv_backward((1, 130, 8, 8), (16, 130, 4, 4), stride=2, padding=1),
+        "grad_x_channels_last_32_channels": conv_backward((3, 32, 10, 10), (64, 32, 4, 4), stride=2, padding=1),
     },
     "conv_transpose2d": {
         "generator_batch3": conv_transpose((3, 64, 8, 8), (64, 32, 4, 4), stride=2, padding=1),

@@ -115,6 +115,20 @@ inline bool phase_grid_pays(const ConvShape& g) {
     return g.K / g.groups <= 64 || pg.Wq * 10 <= g.Wo * 11;
 }
 
+// The weight gradient on the phase grid before the channel-vectorised one
+// (weight_grad_by_channels_pays): with under 64 output channels per group and under 64 taps
+// (Cg R S: first layers on 1-3 channel images) the latter's vectors of output channels run
+// partly empty over a short reduction, and the pixel-vectorised phase grid measured faster
+// (1 thread, batch 64): 1 -> 16 and 1 -> 32 4x4 stride 2 on 32x32 3.1x, 2.0x, 3 -> 32 4x4
+// stride 2 1.34x, 1 -> 32 3x3 stride 2 1.74x, 1 -> 16 and 1 -> 32 3x3 stride 1 on 14x14 2.9x,
+// 1.65x; not from 64 channels (1 -> 64 4x4 stride 2 on 28x28 0.77x) nor from 72 taps (8 -> 32
+// 3x3 stride 2 on 8x8 0.48x). AVX-512 only: with AVX2 (channel panels of 24) the
+// channel-vectorised form stayed faster on 1 -> 32 4x4 stride 2 (about 0.85x).
+inline bool weight_grad_grid_before_by_channels(const ConvShape& g) {
+    return PYCONV_ISA_LEVEL == 2 && g.K / g.groups < 64 && (g.C / g.groups) * g.R * g.S < 64 &&
+           phase_grid_pays(g);
+}
+
 // Input gradient as a forward convolution (stride 1, and padding no larger than the kernel's
 // reach, so the flipped convolution's padding is not negative): the forward kernels store
 // tiles in place instead of scattering them. With few input channels (the rows of that GEMM)
@@ -170,9 +184,15 @@ inline bool forward_im2col_pays(const ConvShape& g) {
 // look at the thread count, although a batch smaller than the team leaves threads idle here
 // (threads share out images and 64-channel panels): the two algorithms sum in different
 // orders, and the result must not depend on how many threads computed it.
+// Strided layers from 32 input channels also (the second layer of a DCGAN discriminator or a
+// VAE encoder), although half of each 64-channel panel is then empty: 1 thread, batch 64,
+// 32 -> 64 4x4 stride 2 on 16x16 and 8x8 1.63x, 1.75x, 32 -> 16 4x4 stride 2 2.1x, 32 -> 64
+// 3x3 stride 2 on 32x32 1.28x; with 8-16 channels it is about even (0.89-1.25x), and stride 1
+// with 16 channels lost (0.31x).
 inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_bytes) {
     const double copy_bytes = PaddedPlane(g).area() * double((g.C + 63) / 64 * 64) * double(element_bytes);
-    return g.groups == 1 && g.C >= 64 && g.K > 0 && copy_bytes <= 16.0 * (1 << 20);
+    const bool strided = g.sh > 1 || g.sw > 1;
+    return g.groups == 1 && (g.C >= 64 || (strided && g.C >= 32)) && g.K > 0 && copy_bytes <= 16.0 * (1 << 20);
 }
 
 // Winograd F(4x4, 3x3) on 3x3 stride-1 layers: a quarter of the multiplications of the GEMMs,
@@ -210,12 +230,19 @@ inline bool winograd_by_position(const ConvShape& g, size_t element_bytes) {
 // 6 and 16 output channels (LeNet's layers) 1.75x and 1.17x; 64 -> 16 3x3 on 28x28 1.37x
 // (against Winograd, which still goes first: against it 16 -> 16 on 32x32 ran 0.92x);
 // 256 -> 16 1.14x; grouped 4 -> 4 3.4x, depthwise 1.12x; 3 -> 64 3x3 (27 taps) 1.15x,
-// 1 -> 64 7x7 (49) 1.21x, 3 -> 32 5x5 (75) 1.13x. With 64 output channels and fewer taps the
-// tile's stores weigh as much as its FMAs (1 -> 64 4x4 stride 2, 16 taps: 0.67x; 3x3, 9 taps:
-// 0.77x), and from 128 taps the channel-vectorised GEMM is faster (32 -> 64 3x3 stride 2: 0.58x).
+// 1 -> 64 7x7 (49) 1.21x, 3 -> 32 5x5 (75) 1.13x. With 64 output channels and fewer taps at
+// stride 1 the tile's stores weigh as much as its FMAs (1 -> 64 3x3, 9 taps: 0.77x), and from
+// 128 taps the channel-vectorised GEMM is faster (32 -> 64 3x3 stride 2: 0.58x).
+// Strided layers take it from any tap count: there the GEMMs gather B with the stride (im2col)
+// or compute grid columns they drop, where the direct kernel reads one contiguous run per tap
+// of its phase. Measured against "auto" without this, 1 thread, 7 rounds, medians, batch 64,
+// stride 2: 1 -> 32 4x4 on 16, 32 and 64 images 1.80x, 1.73x, 1.48x, 1 -> 64 4x4 on 28 and 32
+// 1.22x, 1.19x, 1 -> 32 and 2 -> 32 3x3 on 32 1.57x, 1.56x.
 inline bool forward_direct_grid_pays(const ConvShape& g) {
     const int64_t taps = (g.C / g.groups) * g.R * g.S;
-    return g.R * g.S > 1 && (g.K / g.groups <= 16 || (taps >= 24 && taps < 128)) && direct_grid_fits(g);
+    const bool strided = g.sh > 1 || g.sw > 1;
+    return g.R * g.S > 1 && (g.K / g.groups <= 16 || ((taps >= 24 || strided) && taps < 128)) &&
+           direct_grid_fits(g);
 }
 
 // Which pass runs which algorithm.
@@ -296,6 +323,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
     if (use_direct(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_rows_pays(g, sizeof(T))) return conv2d_grad_weight_rows(g, dy, x, dw);
+    if (weight_grad_grid_before_by_channels(g) && conv2d_grad_weight_grid(g, dy, x, dw)) return;
     if (weight_grad_by_channels_pays(g)) return conv2d_grad_weight_by_channels(g, dy, x, dw);
     if (phase_grid_pays(g) && conv2d_grad_weight_grid(g, dy, x, dw)) return;  // else x has inf/NaN
     conv2d_grad_weight_im2col(g, dy, x, dw);

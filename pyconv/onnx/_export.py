@@ -401,7 +401,7 @@ CONVERTERS = {
     "Reshape": _reshape, "Transpose": _transpose, "GetItem": _get_item,
     "Concatenate": _concat, "Stack": _stack, "AsType": _as_type, "ToDevice": _simple("Identity"),
     "_LSTM": _lstm, "_LSTMCell": _lstm_cell,
-    "_Window": _window, "_WindowedConv": _windowed_conv, "_Gate": _gate,
+    "_WindowedConv": _windowed_conv, "_Gate": _gate,
 }
 EXPORTABLE = tuple(sorted(CONVERTERS)) + ("_Embedding",)
 

@@ -1024,7 +1024,10 @@ CASES = {
         "outer_product_transposed": matmul(37, 1, 300, trans_a=True, trans_b=True),
         "empty_reduction": matmul(3, 0, 4, trans_a=True),
         "empty_rows": matmul(0, 3, 4, trans_b=True),
-        # Past one register tile and one reduction block, each transpose packed by its source.
+        # Past one register tile and one reduction block, each transpose packed by its source
+        # (plain: A's rows transposed into panels through registers, 2 x lanes columns at a
+        # time, then lanes, then one; a last panel of fewer rows element by element).
+        "blocks_plain": cpu_path(matmul(70, 600, 100)),
         "blocks_trans_a": cpu_path(matmul(70, 600, 100, trans_a=True)),
         "blocks_trans_b": cpu_path(matmul(70, 600, 100, trans_b=True)),
         "blocks_both_transposed": cpu_path(matmul(70, 600, 100, trans_a=True, trans_b=True)),

@@ -175,8 +175,10 @@ const CpuCaches& cpu_caches() {
 GemmBlocking model_gemm_blocking(const CpuCaches& c, int mr, int nr, int elem_size) {
     const int64_t S = elem_size;
     const int64_t ways = c.l1d_ways > 1 ? c.l1d_ways : 8;
-    const int64_t kc = std::min(kGemmMaxKC, round_down(c.l1d * (ways - 1) / ways / ((mr + nr) * S), 8));
     const int64_t l2 = c.l2 / std::max<int64_t>(1, c.l2_shared_by);
+    const int64_t kc_l1 = round_down(c.l1d * (ways - 1) / ways / ((mr + nr) * S), 8);
+    const int64_t kc_l2 = round_down(l2 / 2 / (nr * S), 8);  // the B sliver in half of L2
+    const int64_t kc = std::min(kGemmMaxKC, std::max(kc_l1, std::min(kGemmMinModelKC, kc_l2)));
     const int64_t mc = std::min<int64_t>(round_down(l2 / 2 / (kc * S), mr), round_down(4096, mr));
     // Without an L3 the B panel streams from memory: as many columns as the L2 holds.
     const int64_t l3 = c.l3 > 0 ? c.l3 / std::max<int64_t>(1, c.l3_shared_by) : l2;

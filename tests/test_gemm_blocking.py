@@ -82,8 +82,11 @@ def test_model_blocks_fit_the_caches_in_whole_panels(tmp_path, isa, dtype):
     mr, nr, S = tile["mr"], tile["nr"], ELEM_SIZE[dtype]
     kc, mc, nc = _C.model_gemm_blocking(isa, dtype, caches)
     assert kc % 8 == 0 and mc % mr == 0 and nc % nr == 0
-    # One way of L1 stays free; half of L2 and of this core's L3 share.
-    assert (mr + nr) * kc * S <= caches["l1d"] * 11 // 12 < (mr + nr) * (kc + 8) * S
+    # KC: A and B slivers in L1 but one way, yet at least 512 while B's sliver fits half of L2.
+    kc_l1 = caches["l1d"] * 11 // 12 // ((mr + nr) * S) // 8 * 8
+    assert (mr + nr) * kc_l1 * S <= caches["l1d"] * 11 // 12 < (mr + nr) * (kc_l1 + 8) * S
+    assert kc == max(kc_l1, min(512, caches["l2"] // 2 // (nr * S) // 8 * 8))
+    # Half of L2 and of this core's L3 share.
     assert mc * kc * S <= caches["l2"] // 2 < (mc + mr) * kc * S
     assert nc * kc * S <= caches["l3"] // 16 // 2 < (nc + nr) * kc * S
     # More cache, larger blocks.
@@ -92,10 +95,14 @@ def test_model_blocks_fit_the_caches_in_whole_panels(tmp_path, isa, dtype):
 
 
 def test_model_blocks_of_a_known_machine(tmp_path):
-    # AVX-512 float32: MR 8, NR 48. KC = 48K * 11/12 / (56 * 4) = 201 -> 200;
-    # MC = 1M / (200 * 4) = 1310 -> 1304; NC = 1M / (200 * 4) = 1310 -> 1296.
+    # AVX-512 float32: MR 8, NR 48. KC = 48K * 11/12 / (56 * 4) = 201 -> 200 in L1, raised to
+    # 512 (B's sliver, 512 * 48 * 4 = 96K, fits half of the 2M L2);
+    # MC = 1M / (512 * 4) = 512; NC = 1M / (512 * 4) = 512 -> 480.
     caches = _C.cpu_caches(fake_sysfs(tmp_path))
-    assert _C.model_gemm_blocking("avx512", "float32", caches) == (200, 1304, 1296)
+    assert _C.model_gemm_blocking("avx512", "float32", caches) == (512, 512, 480)
+    # A small L2 bounds the raise: 128K / 2 / (48 * 4) = 341 -> 336.
+    small = dict(caches, l2=128 << 10)
+    assert _C.model_gemm_blocking("avx512", "float32", small)[0] == 336
 
 
 def test_set_blocking_rounds_to_whole_panels(restore_blocking):

@@ -35,10 +35,20 @@ struct GemmBlocking {
 // Bound on KC: a reduction block's per-element bookkeeping lives on the stack (conv/im2col.h).
 constexpr int64_t kGemmMaxKC = 1024;
 
+// At least this many reduction steps per block (while the KC x NR sliver of B fits in half of
+// L2): each block of a tile loads and stores its MR x NR tile of C once, which misses L1 and L2
+// when C is larger than they are, so a short block pays it for little arithmetic. On a Zen 5
+// core (48 KiB L1d, 1 MiB L2; AVX-512 float, MR 8, NR 48) the L1 rule gives 200, and KC 512 ran
+// 1.12-1.19x KC 200 at 1000^3, 1024^3 and 2048^3 on one thread (every round faster), 0.99-1.04x
+// at 512^3 and the models' convolution shapes. The B sliver (96 KiB) then streams from L2: the
+// micro-kernel reads 192 bytes of it per 24 multiply-adds.
+constexpr int64_t kGemmMinModelKC = 512;
+
 // KC, MC, NC for a micro-kernel of MR x NR elements of `elem_size` bytes, after BLIS's analytical
 // model (Low et al., "Analytical modeling is enough for high-performance BLIS", 2016):
 //   KC: one MR x KC sliver of A and one KC x NR sliver of B fill L1 but one way of it (the
-//       B sliver is reused for every A sliver of the block; the spare way holds C's tile);
+//       B sliver is reused for every A sliver of the block; the spare way holds C's tile), but
+//       at least kGemmMinModelKC while the B sliver fits in half of L2;
 //   MC: the MC x KC block of A fills half of the L2 (the rest holds the B sliver streaming in
 //       from L3 and the C tiles);
 //   NC: the KC x NC panel of B fills half of this core's share of the L3.

@@ -33,6 +33,10 @@ def main():
     args = p.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    # OpenBLAS picks its kernels from the CPU unless these pin them (to Haswell's AVX2 kernels
+    # in some CI environments): the anchor is OpenBLAS at its best on this host.
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        os.environ.pop(var, None)
 
     import numpy as np
     import torch

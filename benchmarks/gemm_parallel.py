@@ -12,6 +12,15 @@ in-process (pyconv.set_num_threads, torch.set_num_threads, threadpoolctl for Num
 and resumed (SIGCONT) between samples, so the samples with and without it interleave; it is
 killed on exit. It shows how each implementation tolerates a core that is taken away.
 
+NumPy's OpenBLAS picks its kernels from the CPU unless OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE say
+otherwise (a CI environment may pin them to Haswell's AVX2 kernels); both are removed before
+NumPy loads, unless --keep-openblas-env. The BLAS behind each anchor is printed. The last
+column is pyconv's speed over the best of NumPy and torch, per round (median, min-max).
+
+--simulate SPEC adds "pyconv-sim": pyconv with the blocks the cache model gives for other caches
+(PYCONV_CACHE_SIZES syntax), set in-process around its samples. Only the blocks change; the
+hardware is this host's.
+
 --omp-env times pyconv alone at 2 threads in child processes, one per libgomp setting
 (OMP_WAIT_POLICY, GOMP_SPINCOUNT are read when the runtime starts), the children interleaved
 round by round; --against DIR does the same for this build and another checkout's.
@@ -19,6 +28,7 @@ round by round; --against DIR does the same for this build and another checkout'
     python benchmarks/gemm_parallel.py --rounds 9
     python benchmarks/gemm_parallel.py --small --busy --rounds 9
     python benchmarks/gemm_parallel.py --omp-env --rounds 7
+    python benchmarks/gemm_parallel.py --model-shapes --simulate l1d=32K,l1d_ways=8,l2=2M,l3=32M,l3_shared_by=16
 """
 import argparse
 import json
@@ -35,6 +45,11 @@ LARGE = [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048)]
 # M x N x K of the GEMMs inside the models' layers (a 64-channel 3x3 convolution on a 16x16
 # map is 64 x 256 x 576; an LSTM step 128 x 512 x 128).
 SMALL = [(64, 256, 256), (128, 128, 128), (64, 256, 576), (128, 512, 128), (256, 256, 256)]
+# Larger GEMMs of the models' convolutions and linear layers (M x N x K: output channels x
+# output pixels x input channels * taps; batch x features x inputs): ResNet-style 3x3 layers at
+# 56x56 and 28x28, a 1x1 expansion, a classifier and an LSTM's input projection.
+MODEL = [(64, 3136, 576), (128, 784, 1152), (256, 3136, 64), (256, 1000, 2048), (512, 1024, 256)]
+OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 OMP_SETTINGS = {
     "default": {},
     "OMP_WAIT_POLICY=passive": {"OMP_WAIT_POLICY": "passive"},
@@ -90,7 +105,7 @@ def implementations(shape, np, torch, _C):
     }
 
 
-def run_rounds(shapes, impl_names, threads_list, busy_states, rounds):
+def run_rounds(shapes, impl_names, threads_list, busy_states, rounds, simulated=None):
     # pyconv first: torch bundles its own libgomp.so.1, and whichever copy loads first serves
     # both (torch's, with its spin-waiting defaults, would change pyconv's figures).
     import pyconv
@@ -104,7 +119,17 @@ def run_rounds(shapes, impl_names, threads_list, busy_states, rounds):
         torch.set_num_threads(n)
         threadpool_limits(n, user_api="blas")
 
+    from pyconv import tuning
+
     impls = {s: implementations(s, np, torch, _C) for s in shapes}
+    if simulated:
+        for s in shapes:
+            plain = impls[s]["pyconv"]
+
+            def under_simulated_blocks(plain=plain):
+                with tuning.use_blocking(*simulated):
+                    plain()
+            impls[s]["pyconv-sim"] = under_simulated_blocks
     keys = [(s, name, t, busy) for s in shapes for name in impl_names for t in threads_list
             for busy in busy_states]
     times = {k: [] for k in keys}
@@ -131,11 +156,17 @@ def gflops(shape, seconds):
     return 2 * M * N * K / seconds / 1e9
 
 
+def spread(values, fmt="{:.2f}"):
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
 def report(times, shapes, impl_names, threads_list, busy_states):
+    vendors = [n for n in ("numpy", "torch") if n in impl_names]
     print("| M x N x K | busy loop | implementation | " +
           " | ".join(f"{t} thr GFLOP/s median (min-max)" for t in threads_list) +
-          " | 2-thread scaling median (min-max of round ratios) |")
-    print("|---|---|---|" + "---|" * len(threads_list) + "---|")
+          " | 2-thread scaling median (min-max of round ratios) | " +
+          " | ".join(f"x best vendor, {t} thr" for t in threads_list) + " |")
+    print("|---|---|---|" + "---|" * (2 * len(threads_list) + 1))
     for s in shapes:
         for busy in busy_states:
             for name in impl_names:
@@ -147,8 +178,16 @@ def report(times, shapes, impl_names, threads_list, busy_states):
                 if 1 in threads_list and 2 in threads_list:
                     ratios = [a / b for a, b in zip(times[(s, name, 1, busy)], times[(s, name, 2, busy)])]
                     scale = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                versus = []
+                for t in threads_list:
+                    if not vendors or name in vendors:
+                        versus.append("")
+                        continue
+                    # Per round: the faster vendor's time over this implementation's.
+                    rounds = zip(times[(s, name, t, busy)], *[times[(s, v, t, busy)] for v in vendors])
+                    versus.append(spread([min(vs) / mine for mine, *vs in rounds]))
                 print(f"| {'x'.join(map(str, s))} | {'yes' if busy else 'no'} | {name} | " +
-                      " | ".join(cells) + f" | {scale} |")
+                      " | ".join(cells) + f" | {scale} | " + " | ".join(versus) + " |")
 
 
 def omp_child(shapes, busy):
@@ -192,6 +231,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--small", action="store_true", help="the models' small GEMMs instead of 512-2048")
+    p.add_argument("--model-shapes", action="store_true",
+                   help="512-2048 and the models' larger GEMMs")
+    p.add_argument("--simulate", metavar="CACHES",
+                   help="also pyconv under the blocks modelled for these caches (l1d=32K,l2=2M,...)")
+    p.add_argument("--keep-openblas-env", action="store_true",
+                   help="leave OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as they are")
     p.add_argument("--shapes", nargs="+", help="MxNxK shapes instead of the default lists")
     p.add_argument("--busy", action="store_true", help="also with a busy loop on the last CPU")
     p.add_argument("--impls", nargs="+", default=["pyconv", "numpy", "torch"])
@@ -201,7 +246,10 @@ def main():
     p.add_argument("--omp-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes
-              else SMALL if args.small else LARGE)
+              else SMALL if args.small else LARGE + MODEL if args.model_shapes else LARGE)
+    if not args.keep_openblas_env:  # before NumPy loads OpenBLAS (children inherit it too)
+        for var in OPENBLAS_PINS:
+            os.environ.pop(var, None)
     if args.omp_child:
         return omp_child(shapes, args.busy)
     here = os.path.abspath(__file__)
@@ -215,11 +263,27 @@ def main():
     import pyconv
     from pyconv import _C
 
+    import torch
+    from threadpoolctl import threadpool_info
+
     busy_states = [False, True] if args.busy else [False]
     print(f"pyconv isa {_C.isa()}, caches {_C.cpu_caches()['source']}, "
           f"blocking {_C.gemm_blocking(_C.isa(), 'float32')}; load average {os.getloadavg()}")
-    times = run_rounds(shapes, args.impls, [1, 2], busy_states, args.rounds)
-    report(times, shapes, args.impls, [1, 2], busy_states)
+    blas = [f"{i['internal_api']} {i['version']} ({i.get('architecture')} kernels)"
+            for i in threadpool_info() if i["user_api"] == "blas"]
+    torch_blas = [w for w in torch.__config__.show().replace(",", " ").split() if w.startswith("BLAS_INFO")]
+    print(f"numpy BLAS: {', '.join(blas)}; torch {torch.__version__} {' '.join(torch_blas)}; "
+          + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in OPENBLAS_PINS))
+    impls = list(args.impls)
+    simulated = None
+    if args.simulate:
+        caches = _C.cpu_caches(None, args.simulate)
+        simulated = _C.model_gemm_blocking(_C.isa(), "float32", caches)
+        print(f"pyconv-sim: caches {args.simulate} -> blocks kc={simulated[0]} mc={simulated[1]} "
+              f"nc={simulated[2]} (on this host's hardware)")
+        impls.insert(impls.index("pyconv") + 1 if "pyconv" in impls else 0, "pyconv-sim")
+    times = run_rounds(shapes, impls, [1, 2], busy_states, args.rounds, simulated)
+    report(times, shapes, impls, [1, 2], busy_states)
     print(f"load average after: {os.getloadavg()}")
 
 

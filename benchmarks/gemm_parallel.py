@@ -31,6 +31,7 @@ round by round; --against DIR does the same for this build and another checkout'
     python benchmarks/gemm_parallel.py --model-shapes --simulate l1d=32K,l1d_ways=8,l2=2M,l3=32M,l3_shared_by=16
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -58,17 +59,17 @@ OMP_SETTINGS = {
 }
 
 
-def sample(fn, min_time=0.02):
+def sample(fn, min_time=0.02, clock=time.perf_counter):
     """Seconds per call: the mean over enough calls to take min_time."""
     fn()
-    calls, start = 1, time.perf_counter()
+    calls, start = 1, clock()
     fn()
-    once = max(time.perf_counter() - start, 1e-7)
+    once = max(clock() - start, 1e-7)
     calls = max(1, int(min_time / once))
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (clock() - start) / calls
 
 
 class BusyLoop:
@@ -98,14 +99,18 @@ def implementations(shape, np, torch, _C):
     b = rng.standard_normal((K, N), dtype=np.float32)
     c = np.empty((M, N), np.float32)
     ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.empty(M, N)
+    def pyconv_gemm():
+        _C.gemm(a, b, c)
+    pyconv_gemm.arrays = (a, b, c)
     return {
-        "pyconv": lambda: _C.gemm(a, b, c),
+        "pyconv": pyconv_gemm,
         "numpy": lambda: np.matmul(a, b, out=c),
         "torch": lambda: torch.matmul(ta, tb, out=tc),
     }
 
 
-def run_rounds(shapes, impl_names, threads_list, busy_states, rounds, simulated=None):
+def run_rounds(shapes, impl_names, threads_list, busy_states, rounds, simulated=None,
+               main_build=None, cpu_time=False):
     # pyconv first: torch bundles its own libgomp.so.1, and whichever copy loads first serves
     # both (torch's, with its spin-waiting defaults, would change pyconv's figures).
     import pyconv
@@ -115,6 +120,8 @@ def run_rounds(shapes, impl_names, threads_list, busy_states, rounds, simulated=
     from threadpoolctl import threadpool_limits
 
     def set_threads(n):
+        if main_build:
+            main_C.set_num_threads(n)
         pyconv.set_num_threads(n)
         torch.set_num_threads(n)
         threadpool_limits(n, user_api="blas")
@@ -122,14 +129,18 @@ def run_rounds(shapes, impl_names, threads_list, busy_states, rounds, simulated=
     from pyconv import tuning
 
     impls = {s: implementations(s, np, torch, _C) for s in shapes}
-    if simulated:
-        for s in shapes:
-            plain = impls[s]["pyconv"]
+    if main_build:  # another build of the extension (e.g. main's), called directly
+        import importlib.util
 
-            def under_simulated_blocks(plain=plain):
-                with tuning.use_blocking(*simulated):
-                    plain()
-            impls[s]["pyconv-sim"] = under_simulated_blocks
+        spec = importlib.util.spec_from_file_location("_C", main_build)
+        main_C = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(main_C)
+        for s in shapes:
+            a, b, c = (np.ascontiguousarray(x) for x in impls[s]["pyconv"].arrays)
+            impls[s]["main"] = lambda a=a, b=b, c=c: main_C.gemm(a, b, c)
+    if simulated:  # the same call, timed with the simulated blocks set (below)
+        for s in shapes:
+            impls[s]["pyconv-sim"] = impls[s]["pyconv"]
     keys = [(s, name, t, busy) for s in shapes for name in impl_names for t in threads_list
             for busy in busy_states]
     times = {k: [] for k in keys}
@@ -144,7 +155,11 @@ def run_rounds(shapes, impl_names, threads_list, busy_states, rounds, simulated=
                 # OpenBLAS's idle workers spin for ~0.1 s after a call (and any library's may):
                 # let them go to sleep before timing the next implementation.
                 time.sleep(0.2)
-                times[key].append(sample(impls[shape][name]))
+                with tuning.use_blocking(*simulated) if name == "pyconv-sim" else contextlib.nullcontext():
+                    # One thread's samples in process CPU time when asked: on a loaded host it
+                    # leaves out the time the process waited for a core.
+                    clock = time.process_time if cpu_time and t == 1 else time.perf_counter
+                    times[key].append(sample(impls[shape][name], clock=clock))
     finally:
         if loop:
             loop.close()
@@ -235,6 +250,9 @@ def main():
                    help="512-2048 and the models' larger GEMMs")
     p.add_argument("--simulate", metavar="CACHES",
                    help="also pyconv under the blocks modelled for these caches (l1d=32K,l2=2M,...)")
+    p.add_argument("--main-build", metavar="SO", help="also time this build of pyconv._C ('main')")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="1-thread samples in process CPU time (2-thread ones stay wall-clock)")
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="leave OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as they are")
     p.add_argument("--shapes", nargs="+", help="MxNxK shapes instead of the default lists")
@@ -282,7 +300,12 @@ def main():
         print(f"pyconv-sim: caches {args.simulate} -> blocks kc={simulated[0]} mc={simulated[1]} "
               f"nc={simulated[2]} (on this host's hardware)")
         impls.insert(impls.index("pyconv") + 1 if "pyconv" in impls else 0, "pyconv-sim")
-    times = run_rounds(shapes, impls, [1, 2], busy_states, args.rounds, simulated)
+    if args.main_build:
+        impls.insert(impls.index("pyconv") + 1 if "pyconv" in impls else 0, "main")
+    times = run_rounds(shapes, impls, [1, 2], busy_states, args.rounds, simulated,
+                       args.main_build, args.cpu_time)
+    if args.cpu_time:
+        print("1-thread columns: process CPU time; 2-thread columns: wall-clock")
     report(times, shapes, impls, [1, 2], busy_states)
     print(f"load average after: {os.getloadavg()}")
 

@@ -39,8 +39,8 @@ constexpr int64_t kGemmMaxKC = 1024;
 // L2): each block of a tile loads and stores its MR x NR tile of C once, which misses L1 and L2
 // when C is larger than they are, so a short block pays it for little arithmetic. On a Zen 5
 // core (48 KiB L1d, 1 MiB L2; AVX-512 float, MR 8, NR 48) the L1 rule gives 200, and KC 512 ran
-// 1.12-1.19x KC 200 at 1000^3, 1024^3 and 2048^3 on one thread (every round faster), 0.99-1.04x
-// at 512^3 and the models' convolution shapes. The B sliver (96 KiB) then streams from L2: the
+// 1.11-1.19x KC 200 at 1000^3, 1024^3 and 2048^3 on one thread (medians of interleaved rounds,
+// every round faster), 1.01-1.08x at 512^3 and the models' shapes. The B sliver (96 KiB) then streams from L2: the
 // micro-kernel reads 192 bytes of it per 24 multiply-adds.
 constexpr int64_t kGemmMinModelKC = 512;
 

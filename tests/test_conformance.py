@@ -608,7 +608,7 @@ CASES = {
         "channel_panel_unpadded_in_place_many_taps": cpu_path(conv((2, 22, 10, 9), (64, 22, 3, 2), stride=(2, 1))),
         # Strided, 16-63 output channels, 128+ taps: by channels (ResNet's 16 -> 32 stride 2).
         "strided_channel_panel_odd_width": cpu_path(conv((2, 16, 11, 9), (24, 16, 3, 3), stride=2, padding=1)),
-        "strided_channel_panel_unpadded": cpu_path(conv((3, 16, 8, 7), (16, 16, 3, 3), stride=2)),
+        "strided_channel_panel_unpadded": cpu_path(conv((3, 16, 8, 7), (20, 16, 3, 3), stride=2)),
         "strided_channel_panel_rows_only": cpu_path(conv((2, 16, 9, 6), (20, 16, 3, 3), stride=(2, 1), padding=1)),
         # Column stride 2 with fewer taps: the direct kernel on a grid split by the stride-2 copy
         # (tiny images, odd widths, padding 0 to beyond the input).

@@ -74,7 +74,7 @@ inline bool forward_by_channels_pays(const ConvShape& g) {
 // AVX-512 thread (C++ call alone, best of 5; loaded host, 3 runs), batch 16, 3x3 padding 1,
 // stride 2, against the phase-grid GEMM that ran before: 16 -> 32 on 32x32 0.30-0.34 against
 // 0.40-0.45 ms (1.2-1.45x), 16 -> 16 on 32x32 1.2x, 32 -> 32 on 32x32 1.7x, 32 -> 32 and
-// 64 -> 32 on 16x16 1.75x, 1.9x.
+// 64 -> 32 on 16x16 1.75x, 1.9x. The AVX2 build on the same machine: 16 -> 32 on 32x32 1.3-1.4x.
 inline bool forward_strided_by_channels_pays(const ConvShape& g) {
     return (g.sh > 1 || g.sw > 1) && g.K / g.groups >= 16 && g.C / g.groups > 0 && g.R * g.S > 1 &&
            padded_planes_fit(g, double(g.N) * double(g.C));
@@ -219,7 +219,8 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // On 14-16 column images from 32 x 32 channel pairs also (a small ResNet's middle stage), from
 // 256 tiles (batch 16): measured on one AVX-512 thread (C++ call alone, best of 5) against the
 // phase-grid GEMM or channel-vectorised form that ran before, 32 -> 32 on 16x16 0.29 against
-// 0.58 ms (2.0x), 32 -> 64 1.85x, 64 -> 64 2.0x, on 14x14 32 -> 32 1.19x, 64 -> 64 1.5x; with
+// 0.58 ms (2.0x), 32 -> 64 1.85x, 64 -> 64 2.0x, on 14x14 32 -> 32 1.19x, 64 -> 64 1.5x (the
+// AVX2 build: 32 -> 32 on 16x16 2.5x); batch 64, 32 -> 32 on 16x16 (SegNet's) 2.3x; with
 // fewer pairs it stays about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) and on two threads
 // the 48-tile blocks share out unevenly (256 tiles: 144 against 112), so those stay out, as
 // do fewer tiles (128: 80 against 48).

@@ -69,8 +69,8 @@ inline bool forward_by_channels_pays(const ConvShape& g) {
 
 // Strided layers from 16 output channels per group (ResNet's 16 -> 32 3x3 stride 2 on 32x32
 // images) take the channel-vectorised forward too, where from 128 taps (forward_direct_grid_pays)
-// the phase-grid forms stop paying: their grid splits x by stride phase element by element,
-// and the pixel-vectorised GEMM computes a grid column per output row it drops. Measured on one
+// the phase-grid forms stop paying: their grid copies x once more, split by stride phase, and
+// the pixel-vectorised GEMM computes a grid column per output row it drops. Measured on one
 // AVX-512 thread (C++ call alone, best of 5; loaded host, 3 runs), batch 16, 3x3 padding 1,
 // stride 2, against the phase-grid GEMM that ran before: 16 -> 32 on 32x32 0.30-0.34 against
 // 0.40-0.45 ms (1.2-1.45x), 16 -> 16 on 32x32 1.2x, 32 -> 32 on 32x32 1.7x, 32 -> 32 and

@@ -606,6 +606,17 @@ CASES = {
         "channel_panel_strided_dilated_many_taps": cpu_path(conv((2, 15, 7, 6), (64, 15, 3, 3), stride=2, padding=1, dilation=2)),
         "channel_panel_ragged_groups_many_taps": cpu_path(conv((2, 66, 5, 5), (130, 33, 2, 2), padding=1, groups=2)),
         "channel_panel_unpadded_in_place_many_taps": cpu_path(conv((2, 22, 10, 9), (64, 22, 3, 2), stride=(2, 1))),
+        # Strided, 16-63 output channels, 128+ taps: by channels (ResNet's 16 -> 32 stride 2).
+        "strided_channel_panel_odd_width": cpu_path(conv((2, 16, 11, 9), (24, 16, 3, 3), stride=2, padding=1)),
+        "strided_channel_panel_unpadded": cpu_path(conv((3, 16, 8, 7), (20, 16, 3, 3), stride=2)),
+        "strided_channel_panel_rows_only": cpu_path(conv((2, 16, 9, 6), (20, 16, 3, 3), stride=(2, 1), padding=1)),
+        # Column stride 2 with fewer taps: the direct kernel on a grid split by the stride-2 copy
+        # (tiny images, odd widths, padding 0 to beyond the input).
+        "stride2_grid_odd_width": cpu_path(conv((2, 3, 9, 11), (32, 3, 3, 3), stride=2, padding=1)),
+        "stride2_grid_tiny": cpu_path(conv((2, 4, 3, 2), (16, 4, 3, 3), stride=2, padding=1)),
+        "stride2_grid_columns_only": cpu_path(conv((2, 5, 7, 10), (8, 5, 3, 3), stride=(1, 2), padding=(1, 2))),
+        "stride2_grid_padding_over_input": cpu_path(conv((1, 2, 4, 2), (16, 2, 3, 3), stride=2, padding=3)),
+        "stride2_grid_unpadded": cpu_path(conv((2, 3, 8, 9), (16, 3, 3, 3), stride=2)),
         # Few taps, 64+ output channels: im2col up to 4x4 kernels, the phase grid above.
         "few_taps_im2col_strided": cpu_path(conv((3, 1, 13, 12), (64, 1, 4, 4), stride=2, padding=1)),
         "few_taps_grid_7x7": cpu_path(conv((2, 1, 12, 11), (66, 1, 7, 7), padding=3)),
@@ -654,6 +665,8 @@ CASES = {
         "primes_stride3_dilation2": cpu_path(conv_backward((2, 7, 17, 19), (13, 7, 5, 3), stride=3, padding=2, dilation=2)),
         "grad_x_as_forward_conv_groups": cpu_path(conv_backward((1, 64, 6, 7), (16, 32, 3, 3), padding=1, groups=2)),
         "grad_x_col2im_padding_over_kernel": cpu_path(conv_backward((1, 40, 6, 6), (8, 40, 2, 2), padding=2)),
+        # Weight gradient on the phase grid from the stride-2 copy (AVX-512: few taps, < 64 channels).
+        "stride2_grid_weight_grad": cpu_path(conv_backward((2, 3, 9, 11), (16, 3, 3, 3), stride=2, padding=1)),
         "grad_x_one_output_channel": cpu_path(conv_backward((3, 64, 14, 14), (1, 64, 4, 4), stride=2, padding=1)),
         "channel_panel_strided_dilated": cpu_path(conv_backward((2, 9, 7, 6), (64, 9, 3, 3), stride=2, padding=1, dilation=2)),
         "channel_panel_ragged_groups": cpu_path(conv_backward((2, 6, 5, 5), (130, 3, 2, 2), padding=1, groups=2)),

@@ -102,6 +102,7 @@ ROUTED = {
 NOT_ROUTED = {
     "stride_1_9_taps": ((64, 1, 28, 28), (64, 1, 3, 3), 1, 1, 1),
     "strided_288_taps": ((16, 32, 32, 32), (64, 32, 3, 3), 2, 1, 1),
+    "resnet_strided_144_taps": ((16, 16, 32, 32), (32, 16, 3, 3), 2, 1, 1),
     "pointwise": ((8, 16, 28, 28), (8, 16, 1, 1), 1, 0, 1),
     "vgg_winograd": ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1),
 }
@@ -119,6 +120,15 @@ def test_the_rule_routes_small_layers_here(case):
 def test_the_rule_leaves_the_rest(case):
     x_shape, w_shape, stride, padding, groups = NOT_ROUTED[case]
     assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) != "direct (phase grid)"
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride", [
+    ((16, 16, 32, 32), (32, 16, 3, 3), 2),        # ResNet's 16 -> 32 downsampling
+    ((16, 32, 16, 16), (24, 32, 3, 3), (2, 1)),
+])
+def test_strided_layers_with_16_to_63_channels_and_many_taps_run_by_channels(x_shape, w_shape, stride):
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=1) == "gemm (by channels)"
+    assert algorithm_of(x_shape, w_shape, stride=1, padding=1) != "gemm (by channels)"
 
 
 @pytest.mark.parametrize("poison", [np.nan, np.inf])

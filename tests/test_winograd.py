@@ -141,6 +141,11 @@ def test_layer_gradients_through_winograd():
     ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
     ((16, 3, 32, 32, 64), "direct"),       # 3 input channels (27 taps: the direct forward)
     ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
+    ((16, 32, 16, 16, 32), "winograd"),    # a small ResNet's middle stage (256 tiles)
+    ((16, 32, 14, 14, 64), "winograd"),
+    ((8, 32, 16, 16, 32), "gemm"),         # 128 tiles
+    ((16, 16, 16, 16, 16), "direct"),      # 16 x 16 channel pairs (the direct forward's 16 channels)
+    ((16, 64, 8, 8, 64), "gemm"),          # 64 tiles
 ])
 def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):
     N, C, H, W, K = shape

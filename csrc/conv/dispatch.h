@@ -67,6 +67,19 @@ inline bool forward_by_channels_pays(const ConvShape& g) {
            padded_planes_fit(g, double(g.N) * double(g.C));
 }
 
+// Strided layers from 16 output channels per group (ResNet's 16 -> 32 3x3 stride 2 on 32x32
+// images) take the channel-vectorised forward too, where from 128 taps (forward_direct_grid_pays)
+// the phase-grid forms stop paying: their grid copies x once more, split by stride phase, and
+// the pixel-vectorised GEMM computes a grid column per output row it drops. Measured on one
+// AVX-512 thread (C++ call alone, best of 5; loaded host, 3 runs), batch 16, 3x3 padding 1,
+// stride 2, against the phase-grid GEMM that ran before: 16 -> 32 on 32x32 0.30-0.34 against
+// 0.40-0.45 ms (1.2-1.45x), 16 -> 16 on 32x32 1.2x, 32 -> 32 on 32x32 1.7x, 32 -> 32 and
+// 64 -> 32 on 16x16 1.75x, 1.9x. The AVX2 build on the same machine: 16 -> 32 on 32x32 1.3-1.4x.
+inline bool forward_strided_by_channels_pays(const ConvShape& g) {
+    return (g.sh > 1 || g.sw > 1) && g.K / g.groups >= 16 && g.C / g.groups > 0 && g.R * g.S > 1 &&
+           padded_planes_fit(g, double(g.N) * double(g.C));
+}
+
 // The phase grid computes and drops Wq - Wo columns of every output row. On small images with
 // a wide kernel that is a large share (LeNet's conv2, 5x5 on 14x14: 10 of every 14 columns
 // kept), and there the channel-vectorised forward, which computes no column twice, measured
@@ -203,10 +216,20 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // columns, nor with fewer than 128 tiles (the filter transform is not amortised), nor above
 // 256 x 256 channel pairs (the transformed filters, 36 K C elements, outgrow the cache that
 // every block of tiles reads them from: 512 x 512 ran 0.4-0.8x).
+// On 14-16 column images from 32 x 32 channel pairs also (a small ResNet's middle stage), from
+// 256 tiles (batch 16): measured on one AVX-512 thread (C++ call alone, best of 5) against the
+// phase-grid GEMM or channel-vectorised form that ran before, 32 -> 32 on 16x16 0.29 against
+// 0.58 ms (2.0x), 32 -> 64 1.85x, 64 -> 64 2.0x, on 14x14 32 -> 32 1.19x, 64 -> 64 1.5x (the
+// AVX2 build: 32 -> 32 on 16x16 2.5x); batch 64, 32 -> 32 on 16x16 (SegNet's) 2.3x; with
+// fewer pairs it stays about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) and on two threads
+// the 48-tile blocks share out unevenly (256 tiles: 144 against 112), so those stay out, as
+// do fewer tiles (128: 80 against 48).
+// On 8x8 images (64 tiles, 2 blocks of 48 and 16: one thread does three quarters) it ran
+// 1.2x on one thread and would lose on two.
 inline bool winograd_pays(const ConvShape& g) {
     const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
     return winograd_applies(g) && g.C >= 16 && g.K >= 16 && pairs <= 256 * 256 && tiles >= 128 &&
-           g.Wo >= 12 && (g.Wo >= 28 || pairs >= 128 * 128);
+           g.Wo >= 12 && (g.Wo >= 28 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
 }
 
 // Winograd's layout (conv/winograd.h): one GEMM per transform-domain position over all tiles
@@ -271,7 +294,8 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
     if (g.algorithm == conv_auto && forward_direct_grid_pays(g)) return ForwardAlgorithm::direct_grid;
     if (use_direct(g)) return ForwardAlgorithm::direct;
-    if (!few_taps(g) && (forward_by_channels_pays(g) || forward_grid_wastes_columns(g)))
+    if (!few_taps(g) &&
+        (forward_by_channels_pays(g) || forward_strided_by_channels_pays(g) || forward_grid_wastes_columns(g)))
         return ForwardAlgorithm::by_channels;
     if (forward_im2col_pays(g)) return ForwardAlgorithm::im2col;
     if (phase_grid_pays(g)) return ForwardAlgorithm::phase_grid;

@@ -86,9 +86,9 @@ def test_edges_against_reference(isa, case, dtype):
 
 
 # The same edges on column copies (kernels 4+ columns wide whose phase grid would drop columns,
-# at most 16 copies of each input row, 128+ multiply-adds per copy): row strides (one plane per row phase), column strides (gathered),
-# dilation, padding on either axis, groups, widths around one and two vectors, and the
-# channel counts of a register tile.
+# at most 16 copies of each input row, 128+ multiply-adds per copy): row strides (one plane
+# per row phase), column strides (gathered), dilation, padding on either axis, groups, widths
+# around one and two vectors, and the channel counts of a register tile.
 COLUMN_EDGES = {
     "width10_k32_three_blocks": ((3, 3, 14, 14), (32, 3, 5, 5), 1, 0, 1, 1),
     "width7_pad2_k26": ((2, 1, 7, 7), (26, 1, 5, 5), 1, 2, 1, 1),

@@ -542,7 +542,7 @@ PYBIND11_MODULE(_C, m) {
     // ---- Pooling
 
     def_op(m, "max_pool2d",
-          [](Array x, Array y, Optional indices, const PoolShape& g) {
+          [](Array x, Array y, Optional indices, const PoolShape& g, bool relu) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   check_pool_shape(g);
@@ -550,11 +550,12 @@ PYBIND11_MODULE(_C, m) {
                   T* yp = checked<T>(y, {g.N, g.C, g.Ho, g.Wo}, "y", true);
                   int64_t* ip = checked_or_null<int64_t>(indices, {g.N, g.C, g.Ho, g.Wo}, "indices", true);
                   check_windows_inside(g);
-                  without_gil([&] { kernels<T>().max_pool2d(g, xp, yp, ip); });
+                  without_gil([&] { kernels<T>().max_pool2d(g, xp, yp, ip, relu); });
               });
           },
-          py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("shape"),
-          "max pooling into y (and indices, unless None); shape: a PoolGeom");
+          py::arg("x"), py::arg("y"), py::arg("indices"), py::arg("shape"), py::arg("relu") = false,
+          "max pooling into y (and indices, unless None); shape: a PoolGeom; relu: then "
+          "y = max(y, 0), NaN and -0 kept, in the same pass");
     def_op(m, "max_pool2d_backward",
           [](Array grad_out, Array indices, Array grad_x) {
               by_dtype(grad_out.dtype(), [&](auto t) {

@@ -53,7 +53,7 @@ template <class T>
 struct KernelsFor {
     GemmTileShape gemm_tile;
     // y (N,C,Ho,Wo); idx (N,C,Ho,Wo) flat offsets into each H*W plane, or nullptr.
-    void (*max_pool2d)(const PoolShape&, const T* x, T* y, int64_t* idx);
+    void (*max_pool2d)(const PoolShape&, const T* x, T* y, int64_t* idx, bool relu);
     // grad_x (planes, in_plane) = scatter-add of grad_y (planes, out_plane) at idx. The two
     // scatters skip indices out of range and return how many they skipped.
     int64_t (*max_pool2d_backward)(int64_t planes, int64_t out_plane, int64_t in_plane,

@@ -617,6 +617,12 @@ CASES = {
         "stride2_grid_columns_only": cpu_path(conv((2, 5, 7, 10), (8, 5, 3, 3), stride=(1, 2), padding=(1, 2))),
         "stride2_grid_padding_over_input": cpu_path(conv((1, 2, 4, 2), (16, 2, 3, 3), stride=2, padding=3)),
         "stride2_grid_unpadded": cpu_path(conv((2, 3, 8, 9), (16, 3, 3, 3), stride=2)),
+        # The direct forward on column copies of x (kernels 4+ columns wide on few channels,
+        # where the phase grid would drop columns): three channel blocks on a 10-column output,
+        # row and column strides with padding, dilation with groups.
+        "direct_column_copies_three_blocks": cpu_path(conv((3, 3, 14, 14), (32, 3, 5, 5))),
+        "direct_column_copies_strided": cpu_path(conv((2, 2, 11, 20), (40, 2, 4, 5), stride=(2, 3), padding=(1, 2))),
+        "direct_column_copies_dilated_groups": cpu_path(conv((2, 4, 12, 13), (60, 2, 5, 5), padding=2, dilation=(2, 1), groups=2)),
         # Few taps, 64+ output channels: im2col up to 4x4 kernels, the phase grid above.
         "few_taps_im2col_strided": cpu_path(conv((3, 1, 13, 12), (64, 1, 4, 4), stride=2, padding=1)),
         "few_taps_grid_7x7": cpu_path(conv((2, 1, 12, 11), (66, 1, 7, 7), padding=3)),

@@ -82,6 +82,30 @@ def test_max_pool2d_2x2_stride_2_rows_of_every_length(isa, dtype):
     pyconv.set_num_threads(threads_before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_with_relu_is_relu_of_the_pool_bit_for_bit(isa, dtype):
+    """relu=True (the ONNX graph's MaxPool+Relu step) clamps each output as it is stored: the
+    same bits as the pool followed by relu (NaN and -0 kept), on the 2x2 stride-2 path (rows
+    shorter than a vector, whole vectors plus a tail) and on the general path."""
+    from pyconv import _spec
+
+    rng = np.random.default_rng(4)
+    for H, W, k, s, p in [(10, 10, 2, 2, 0), (28, 28, 2, 2, 0), (6, 70, 2, 2, 0), (9, 11, 3, 2, 1),
+                          (7, 40, 3, 1, 1)]:
+        x = rng.standard_normal((2, 3, H, W)).astype(dtype)
+        x[1].flat[rng.integers(0, x[1].size, 5)] = np.nan
+        x[0, 0] = -0.0
+        x[0, 1] = -np.abs(x[0, 1])  # a plane of negative maxima
+        g = _spec.max_pool2d(x, (k, k), (s, s), (p, p), (1, 1), False)
+        y = np.empty(g.output_shape, dtype)
+        _C.max_pool2d(x, y, None, g, relu=True)
+        pooled = ops.max_pool2d(x, k, s, p, backend="cpu")
+        expected = np.where(pooled < 0, dtype(0), pooled)
+        assert (expected[0, 1] == 0).all() and np.signbit(expected[0, 0]).all()
+        np.testing.assert_array_equal(y, expected)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
+
+
 def test_max_unpool2d_repeated_indices_last_wins(isa):
     x = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
     idx = np.array([[[[5, 5], [0, 5]]]], np.int64)

@@ -1,8 +1,9 @@
-"""The cpu backend's direct forward convolution on the phase grid (csrc/conv/direct_grid.h):
-its edges against the reference backend on every ISA variant this CPU runs, float32 and
-float64 — widths on either side of the vector length, padding, strides, dilation, groups,
-output-channel counts on either side of the register tile — the rule that routes small layers
-to it, what its read-ahead past an image may and may not reach, and thread counts."""
+"""The cpu backend's direct forward convolution on the phase grid or on column copies of x
+(csrc/conv/direct_grid.h): its edges against the reference backend on every ISA variant this
+CPU runs, float32 and float64 — widths on either side of the vector length, padding, strides,
+dilation, groups, output-channel counts on either side of the register tile — the rules that
+route small layers to it and pick the layout, what its read-ahead past an image may and may
+not reach, and thread counts."""
 import numpy as np
 import pytest
 
@@ -38,9 +39,12 @@ def data(x_shape, w_shape, dtype, seed=0, bias=True):
     return x, w, b
 
 
-def check(x, w, b, stride=1, padding=0, dilation=1, groups=1, algorithm="direct"):
+GRID, COLUMNS = "direct (phase grid)", "direct (column copies)"
+
+
+def check(x, w, b, stride=1, padding=0, dilation=1, groups=1, algorithm="direct", layout=None):
     assert algorithm_of(x.shape, w.shape, x.dtype.type, stride, padding, dilation, groups,
-                        algorithm) == "direct (phase grid)"
+                        algorithm) in ((GRID, COLUMNS) if layout is None else (layout,))
     y = ops.conv2d(x, w, b, stride, padding, dilation, groups, algorithm=algorithm, backend="cpu")
     ref = ops.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
                      stride, padding, dilation, groups, backend="reference")
@@ -81,6 +85,55 @@ def test_edges_against_reference(isa, case, dtype):
     check(x, w, b, stride, padding, dilation, groups)
 
 
+# The same edges on column copies (kernels 4+ columns wide whose phase grid would drop columns,
+# at most 16 copies of each input row, 128+ multiply-adds per copy): row strides (one plane
+# per row phase), column strides (gathered), dilation, padding on either axis, groups, widths
+# around one and two vectors, and the channel counts of a register tile.
+COLUMN_EDGES = {
+    "width10_k32_three_blocks": ((3, 3, 14, 14), (32, 3, 5, 5), 1, 0, 1, 1),
+    "width7_pad2_k26": ((2, 1, 7, 7), (26, 1, 5, 5), 1, 2, 1, 1),
+    "width16_k30": ((1, 2, 9, 20), (30, 2, 5, 5), 1, 0, 1, 1),
+    "width17_k40": ((2, 2, 9, 21), (40, 2, 4, 5), 1, 0, 1, 1),
+    "width28_7x7_k64": ((2, 1, 28, 28), (64, 1, 7, 7), 1, 3, 1, 1),
+    "stride2_4x4_k64": ((3, 1, 13, 12), (64, 1, 4, 4), 2, 1, 1, 1),
+    "stride_2_3_pads_1_2": ((2, 2, 11, 20), (40, 2, 4, 5), (2, 3), (1, 2), 1, 1),
+    "stride3_dilation2": ((2, 3, 17, 19), (48, 3, 3, 5), 3, 2, 2, 1),
+    "dilation_2_1": ((2, 2, 12, 13), (30, 2, 5, 5), 1, (2, 1), (2, 1), 1),
+    "groups2": ((2, 4, 9, 9), (60, 2, 5, 5), 1, 1, 1, 2),
+    "padding_beyond_kernel": ((1, 2, 4, 5), (32, 2, 4, 4), 1, 5, 1, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", COLUMN_EDGES, ids=str)
+@pytest.mark.parametrize("algorithm", ["direct", "auto"])
+def test_column_copies_against_reference(isa, case, dtype, algorithm):
+    x_shape, w_shape, stride, padding, dilation, groups = COLUMN_EDGES[case]
+    x, w, b = data(x_shape, w_shape, dtype, seed=len(case))
+    if algorithm == "auto" and algorithm_of(x_shape, w_shape, dtype, stride, padding, dilation, groups) != COLUMNS:
+        pytest.skip("the rules send this shape to another algorithm when not asked for direct")
+    check(x, w, b, stride, padding, dilation, groups, algorithm, layout=COLUMNS)
+
+
+@pytest.mark.parametrize("case,layout", [
+    ("pixelcnn_7x7", COLUMNS), ("dcgan_d_4x4_s2_28", COLUMNS), ("vae_4x4_s2_32", COLUMNS),
+    ("rgb_3x3", GRID),                 # 3x3 kernels stay on the grid
+    ("lenet_conv1", GRID),             # 6 channels x 5 rows: 30 multiply-adds per copied element
+    ("lenet_conv2", GRID),             # 6 channels x 5 kernel columns: 30 copies of each row
+    ("many_channels_5x5", GRID),       # 40
+])
+def test_layout_rule(case, layout):
+    shapes = {"lenet_conv1": ((64, 1, 32, 32), (6, 1, 5, 5), 1, 0),
+              "lenet_conv2": ((64, 6, 14, 14), (16, 6, 5, 5), 1, 0),
+              "pixelcnn_7x7": ((32, 1, 28, 28), (64, 1, 7, 7), 1, 3),
+              "vae_4x4_s2_32": ((64, 1, 32, 32), (32, 1, 4, 4), 2, 1),
+              "rgb_3x3": ((16, 3, 32, 32), (64, 3, 3, 3), 1, 1),
+              "dcgan_d_4x4_s2_28": ((64, 1, 28, 28), (64, 1, 4, 4), 2, 1),
+              "many_channels_5x5": ((8, 8, 14, 14), (16, 8, 5, 5), 1, 0)}
+    x_shape, w_shape, stride, padding = shapes[case]
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding) == layout
+
+
 def test_without_bias(isa):
     x, w, _ = data((2, 3, 9, 13), (7, 3, 3, 3), np.float32)
     check(x, w, None, padding=1)
@@ -111,7 +164,7 @@ NOT_ROUTED = {
 @pytest.mark.parametrize("case", ROUTED, ids=str)
 def test_the_rule_routes_small_layers_here(case):
     x_shape, w_shape, stride, padding, groups = ROUTED[case]
-    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) == "direct (phase grid)"
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) in (GRID, COLUMNS)
     x, w, b = data((2,) + x_shape[1:], w_shape, np.float32)
     check(x, w, b, stride, padding, groups=groups, algorithm="auto")
 
@@ -119,7 +172,7 @@ def test_the_rule_routes_small_layers_here(case):
 @pytest.mark.parametrize("case", NOT_ROUTED, ids=str)
 def test_the_rule_leaves_the_rest(case):
     x_shape, w_shape, stride, padding, groups = NOT_ROUTED[case]
-    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) != "direct (phase grid)"
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) not in (GRID, COLUMNS)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride", [
@@ -132,19 +185,21 @@ def test_strided_layers_with_16_to_63_channels_and_many_taps_run_by_channels(x_s
 
 
 @pytest.mark.parametrize("poison", [np.nan, np.inf])
-def test_read_ahead_reaches_only_dropped_outputs(poison):
+@pytest.mark.parametrize("kernel,layout", [(5, COLUMNS), (3, GRID)])
+def test_read_ahead_reaches_only_dropped_outputs(poison, kernel, layout):
     """A tile that ends past an image's last pixel reads the next image's planes: what it
     computes there is never stored, so a NaN or inf in image 1 leaves image 0 untouched."""
-    x, w, b = data((2, 2, 7, 7), (6, 2, 5, 5), np.float32)
-    clean = check(x[:1], w, b, padding=2)
+    x, w, b = data((2, 2, 7, 7), (32 if layout == COLUMNS else 6, 2, kernel, kernel), np.float32)
+    clean = check(x[:1], w, b, padding=kernel // 2, layout=layout)
     x[1] = poison
-    y = ops.conv2d(x, w, b, 1, 2, algorithm="direct", backend="cpu")
+    y = ops.conv2d(x, w, b, 1, kernel // 2, algorithm="direct", backend="cpu")
     np.testing.assert_array_equal(y[0], clean[0])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_thread_counts_give_the_same_bits(dtype):
-    x, w, b = data((5, 3, 17, 23), (13, 3, 5, 5), dtype)
+@pytest.mark.parametrize("channels", [13, 32])  # the phase grid, column copies
+def test_thread_counts_give_the_same_bits(dtype, channels):
+    x, w, b = data((5, 3, 17, 23), (channels, 3, 5, 5), dtype)
     before = pyconv.get_num_threads()
     try:
         results = []

@@ -270,6 +270,27 @@ def test_relu_before_max_pool_runs_after_it_with_the_same_result():
     np.testing.assert_array_equal(got, ponnx.load(_model(kept, x, w, outputs=("y", "r2"))).run(["y"], x)[0])
 
 
+@pytest.mark.parametrize("attrs,shape", [
+    (dict(kernel_shape=[2, 2], strides=[2, 2]), (2, 4, 10, 10)),                      # 2x2 path
+    (dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), (2, 4, 9, 11)),    # general
+    (dict(kernel_shape=[3], strides=[2], pads=[1, 1]), (2, 4, 9)),                    # 1-D
+    (dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 1, 1, 0]), (2, 4, 9, 11)),    # padded copy
+])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_max_pool_and_relu_in_one_step(attrs, shape, backend):
+    """MaxPool+Relu: on the cpu backend the pool kernel clamps as it stores (where the pool is
+    one kernel call), elsewhere a Relu pass after the pool; both give ONNX Runtime's result."""
+    if backend not in pyconv.backends():
+        pytest.skip(f"the {backend} backend is not available")
+    x = _rand(*shape)
+    x[0, 0] -= 10.0  # a plane whose maxima are all negative
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["y"], **attrs)]
+    assert _plan(nodes, {"x": x}) == ["MaxPool+Relu"]
+    with pyconv.use_backend(backend):
+        got = _check(nodes, {"x": x})[0]
+    assert (got[0, 0] == 0).all()
+
+
 def _plan(nodes, inputs, initializers=(), outputs=("y",)):
     return [step[-1] for step in ponnx.load(_model(nodes, inputs, initializers, outputs))._steps]
 

@@ -4,6 +4,10 @@
 // copy of the grid per tap) or filling micro-tiles with padding than multiplying; this kernel
 // reads the grid in place.
 //
+// The kernel reads either the phase grid, whose rows are Wq >= Wo wide (it computes and drops
+// the Wq - Wo columns of every row), or the column copies below, whose rows are Wo wide (none
+// dropped, for S times the copy): see direct_grid_column_copies_pay in conv/dispatch.h.
+//
 // A register tile holds KB output channels x NV vectors of consecutive grid pixels. Each tap
 // (c, r, s) reads one run of the grid (the phase grid makes every tap's pixels contiguous, for
 // any stride and dilation), loads it once into NV vectors and multiplies it with KB broadcast
@@ -31,6 +35,44 @@ constexpr int kDirectGridMaxChannels = PYCONV_ISA_LEVEL >= 2 ? 12 : 6;
 // Whether the grid (with the tile's read-ahead) stays within the scratch budget.
 inline bool direct_grid_fits(const ConvShape& g) {
     return scratch_fits(g, PhaseGrid::elements(g) + 64);
+}
+
+// Column copies of x: for each channel c, kernel column s and row phase rh < sh, a plane of Hq
+// rows and Wo columns holding x[hq*sh + rh - ph, wo*sw + s*dw - pw] (zero outside x). Tap
+// (c, r, s), with r*dh = qh*sh + rh, reads for output q = ho*Wo + wo the element q + qh*Wo of
+// plane (c, s, rh): every tap's run covers whole output rows, so no column is dropped.
+struct ColumnCopies {
+    int64_t Hq, copies, plane, image;
+    explicit ColumnCopies(const ConvShape& g)
+        : Hq(g.Ho + (g.R - 1) * g.dh / g.sh),
+          copies(checked_mul(g.S, g.sh)),
+          plane(checked_mul(Hq, g.Wo)),
+          image(checked_mul(g.C, copies, plane)) {}
+    // One image's copies as a double, for the rule that weighs them before building any.
+    static double elements(const ConvShape& g) {
+        return double(g.C) * double(g.S) * double(g.sh) * double(g.Ho + (g.R - 1) * g.dh / g.sh) * double(g.Wo);
+    }
+    int64_t pixels(const ConvShape& g) const { return g.Ho * g.Wo; }
+    int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
+        return ((c * g.S + s) * g.sh + r * g.dh % g.sh) * plane + (r * g.dh / g.sh) * g.Wo;
+    }
+};
+
+// One image's column copies (x_image: its C planes) into dst (cc.image elements).
+template <class T>
+void fill_column_copies(const ConvShape& g, const ColumnCopies& cc, const T* x_image, T* dst) {
+    for (int64_t c = 0; c < g.C; ++c) {
+        const T* src = x_image + c * g.H * g.W;
+        for (int64_t s = 0; s < g.S; ++s)
+            for (int64_t rh = 0; rh < g.sh; ++rh) {
+                T* d = dst + ((c * g.S + s) * g.sh + rh) * cc.plane;
+                for (int64_t hq = 0; hq < cc.Hq; ++hq) {
+                    const int64_t h = hq * g.sh + rh - g.ph;
+                    if (h < 0 || h >= g.H) std::fill(d + hq * g.Wo, d + (hq + 1) * g.Wo, T(0));
+                    else gather_row(src + h * g.W, g.W, s * g.dw - g.pw, g.sw, g.Wo, d + hq * g.Wo, 1);
+                }
+            }
+    }
 }
 
 // Where a tile's vectors go in y. Vector v of tile t holds grid pixels q = t * wide + v * lanes
@@ -70,8 +112,11 @@ inline GridStorePlan grid_store_plan(const ConvShape& g, int64_t Wq, int64_t pix
 template <class T>
 struct DirectGridArgs {
     const ConvShape* g;
-    const PhaseGrid* pg;
-    const T* xq;               // the phase grid of x
+    const T* xq;               // the phase grid of x, or nullptr: each thread fills one image's
+    const T* x;                // column copies (`columns`) from x as its jobs reach that image
+    const ColumnCopies* columns;
+    int64_t image, group;      // elements from one image's planes to the next, one group's
+    int64_t pixels;            // grid pixels per image (Ho rows of Wq or Wo)
     const int64_t* offsets;    // of each tap (c, r, s) within a group's planes
     const T* wpack;            // [group][channel block][tap][KB], zero past Kg
     const T* bias;             // (K,) or nullptr
@@ -148,9 +193,8 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     constexpr int NV = kDirectGridVectors;
     constexpr int64_t wide = NV * S::lanes;
     const ConvShape& g = *a.g;
-    const PhaseGrid& pg = *a.pg;
-    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = Cg * g.R * g.S;
-    const int64_t pixels = pg.pixels(g), plane = g.Ho * g.Wo;
+    const int64_t Kg = g.K / g.groups, taps = (g.C / g.groups) * g.R * g.S;
+    const int64_t pixels = a.pixels, plane = g.Ho * g.Wo;
     const int64_t tiles = (pixels + wide - 1) / wide;
     const int64_t chunks = (tiles + kDirectGridTilesPerJob - 1) / kDirectGridTilesPerJob;
     const int64_t jobs = checked_mul(g.N, g.groups, a.channel_blocks, chunks);
@@ -160,13 +204,33 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     // and a thread the OS deschedules for a while (a loaded machine) holds back one batch
     // (a 32nd of the call per thread) instead of its whole share.
     const int64_t batch = std::max<int64_t>(1, jobs / (int64_t(threads) * 32));
+    // Column copies are filled image by image into a buffer of each thread's (then `wide`
+    // zeros for the read-ahead), which stays in its cache while the jobs of that image read it;
+    // the whole batch's copies filled up front measured slower than the phase grid (LeNet's
+    // conv2 at batch 64: 1.07 MB of copies, more than a core's L2). Jobs run image after image,
+    // so a thread fills an image about once (two threads on one image both fill it: the same
+    // values, so no bit changes).
+    const int64_t buffer = (a.image + wide + 15) / 16 * 16;  // a thread's, in whole cache lines
+    Scratch<T> buffers;  // allocated here: an exception must not leave the parallel region
+    if (!a.xq) {
+        buffers = scratch<T>(checked_mul(int64_t(threads), buffer));
+        for (int i = 0; i < threads; ++i) std::fill_n(buffers.get() + i * buffer + a.image, wide, T(0));
+    }
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(dynamic, batch) firstprivate(ftz)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+    T* copies = a.xq ? nullptr : buffers.get() + omp_get_thread_num() * buffer;
+    int64_t filled = -1;  // the image in `copies`
+#pragma omp for schedule(dynamic, batch)
     for (int64_t job = 0; job < jobs; ++job) {
         const int64_t chunk = job % chunks, block = job / chunks % a.channel_blocks;
         const int64_t grp = job / chunks / a.channel_blocks % g.groups, n = job / chunks / a.channel_blocks / g.groups;
         const int64_t k0 = grp * Kg + block * KB, channels = std::min<int64_t>(KB, Kg - block * KB);
-        const T* xg = a.xq + n * pg.image + grp * Cg * pg.phases * pg.plane;
+        if (!a.xq && filled != n) {
+            fill_column_copies(g, *a.columns, a.x + n * g.C * g.H * g.W, copies);
+            filled = n;
+        }
+        const T* xg = (a.xq ? a.xq + n * a.image : copies) + grp * a.group;
         const T* wb = a.wpack + (grp * a.channel_blocks + block) * taps * KB;
         alignas(64) T bias_block[KB] = {};
         for (int64_t j = 0; a.bias && j < channels; ++j) bias_block[j] = a.bias[k0 + j];
@@ -184,6 +248,7 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
                                             plane, yk);
         }
     }
+    }
 }
 
 // The kernel instantiated for exactly KB channels per tile (KB = kb, counting down).
@@ -195,20 +260,29 @@ void conv2d_forward_direct_grid_kb(int64_t kb, const DirectGridArgs<T>& a) {
     conv2d_forward_direct_grid_with<T, KB>(a);
 }
 
-template <class T>
-void conv2d_forward_direct_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+// The kernel over `source`: the phase grid (PhaseGrid), filled here, or column copies
+// (ColumnCopies), which the kernel fills image by image.
+template <class T, class Source>
+void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t row, const T* x, const T* w,
+                              const T* bias, T* y) {
     constexpr int64_t wide = kDirectGridVectors * Simd<T>::lanes;
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = Cg * g.R * g.S;
     // Equal channel blocks, as few as the register file allows (Kg = 16 -> 2 x 8 with AVX-512,
     // 64 -> 6 x 11, the last with 2 zero channels that are computed and not stored).
     const int64_t blocks = (Kg + kDirectGridMaxChannels - 1) / kDirectGridMaxChannels;
     const int64_t kb = (Kg + blocks - 1) / blocks;
-    const PhaseGrid pg(g);
     // The grid, then `wide` zeros: a tile that ends past an image's pixels reads up to that far
     // past its last plane (into the next image, whose values reach only dropped pixels).
-    Scratch<T> grid = scratch<T>(checked_add(pg.size(g), wide));
-    fill_phase_grid(g, pg, x, grid.get());
-    std::fill(grid.get() + pg.size(g), grid.get() + pg.size(g) + wide, T(0));
+    constexpr bool on_grid = std::is_same_v<Source, PhaseGrid>;
+    Scratch<T> grid;
+    const ColumnCopies* columns = nullptr;
+    if constexpr (!on_grid) columns = &source;
+    if constexpr (on_grid) {
+        const int64_t size = source.size(g);
+        grid = scratch<T>(checked_add(size, wide));
+        fill_phase_grid(g, source, x, grid.get());
+        std::fill(grid.get() + size, grid.get() + size + wide, T(0));
+    }
     Scratch<T> wpack = scratch<T>(checked_mul(g.groups, blocks, kb, taps));
     for (int64_t grp = 0; grp < g.groups; ++grp)
         for (int64_t block = 0; block < blocks; ++block) {
@@ -219,11 +293,25 @@ void conv2d_forward_direct_grid(const ConvShape& g, const T* x, const T* w, cons
                     dst[t * kb + j] = k < Kg ? w[(grp * Kg + k) * taps + t] : T(0);
                 }
         }
-    const std::vector<int64_t> offsets = tap_offsets(g, pg);
-    const int64_t tiles = (pg.pixels(g) + wide - 1) / wide;
-    const GridStorePlan plan = grid_store_plan(g, pg.Wq, pg.pixels(g), tiles, Simd<T>::lanes, kDirectGridVectors);
-    const DirectGridArgs<T> a{&g, &pg, grid.get(), offsets.data(), wpack.get(), bias, y, blocks, &plan};
+    const std::vector<int64_t> offsets = tap_offsets(g, source);
+    const int64_t pixels = source.pixels(g), tiles = (pixels + wide - 1) / wide;
+    const GridStorePlan plan = grid_store_plan(g, row, pixels, tiles, Simd<T>::lanes, kDirectGridVectors);
+    const int64_t group = source.image / g.C * Cg;
+    const DirectGridArgs<T> a{&g, on_grid ? grid.get() : nullptr, x, columns, source.image, group, pixels,
+                              offsets.data(), wpack.get(), bias, y, blocks, &plan};
     conv2d_forward_direct_grid_kb<T>(kb, a);
+}
+
+template <class T>
+void conv2d_forward_direct_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    const PhaseGrid pg(g);
+    conv2d_forward_direct_on(g, pg, pg.Wq, x, w, bias, y);
+}
+
+template <class T>
+void conv2d_forward_direct_columns(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    const ColumnCopies cc(g);
+    conv2d_forward_direct_on(g, cc, g.Wo, x, w, bias, y);
 }
 
 }  // namespace PYCONV_ISA

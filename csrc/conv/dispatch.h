@@ -268,6 +268,25 @@ inline bool forward_direct_grid_pays(const ConvShape& g) {
            direct_grid_fits(g);
 }
 
+// The direct forward (forward_direct_grid_pays) on column copies of x instead of the phase
+// grid (conv/direct_grid.h): no grid column computed and dropped, and every tile stored as whole
+// vectors of an output plane (on a strided grid a vector spans two rows: two masked stores), for
+// S copies of each row, filled image by image. Kernels 4+ columns wide whose grid drops columns,
+// with at most 16 copies of each input row (Cg S) and at least 128 multiply-adds per copied
+// element (Kg R), else filling the copies costs more than the dropped columns. Measured against
+// the phase grid on main, 1 thread, process CPU time, medians, main and this rule in alternating
+// processes (3-4 pairs on a loaded host), as speed-ups over PyTorch in the same process
+// (benchmarks/RESULTS.md): 1 -> 32 4x4 stride 2 on 32x32 (Kg R = 128) 1.02-1.18x -> 1.20-1.44x;
+// 1 -> 64 4x4 stride 2 on 28x28 1.02-1.16x -> 1.03-1.18x; 1 -> 64 7x7 on 28x28, batch 1,
+// 2.10-2.16x -> 2.21-2.48x, batch 32 even; 3 -> 32 5x5 on 32x32 1.72-1.86x -> 1.77-1.86x. Lost:
+// 1 -> 6 5x5 (Kg R = 30, LeNet's conv1) 2.7-3.2x -> 2.3-2.5x; 6 -> 16 5x5 on 14x14 (Cg S = 30)
+// 0.94-0.97x the grid. 3x3 kernels stay on the grid, which drops 2 columns a row.
+inline bool direct_grid_column_copies_pay(const ConvShape& g) {
+    const int64_t dropped = (g.S - 1) * g.dw / g.sw;  // grid columns per row past Wo
+    return g.S >= 4 && dropped > 0 && (g.C / g.groups) * g.S <= 16 && (g.K / g.groups) * g.R >= 128 &&
+           scratch_fits(g, ColumnCopies::elements(g) + 64);
+}
+
 // Which pass runs which algorithm.
 inline bool use_winograd(const ConvShape& g) {
     return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
@@ -283,16 +302,19 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, direct, direct_grid, whole_window, by_channels, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, direct, direct_grid, direct_columns, whole_window, by_channels, im2col, phase_grid, subsampled };
+inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
+    return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
+}
 inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (use_winograd(g)) return ForwardAlgorithm::winograd;
-    // algorithm="direct": the direct forward on the phase grid where its copy fits, else the
-    // direct loops over padded planes.
-    if (g.algorithm == conv_direct && direct_grid_fits(g)) return ForwardAlgorithm::direct_grid;
+    // algorithm="direct": the direct forward on the phase grid (or column copies) where its
+    // copy fits, else the direct loops over padded planes.
+    if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
     if (direct_asked(g)) return ForwardAlgorithm::direct;
     if (subsampled_pays(g)) return ForwardAlgorithm::subsampled;
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
-    if (g.algorithm == conv_auto && forward_direct_grid_pays(g)) return ForwardAlgorithm::direct_grid;
+    if (g.algorithm == conv_auto && forward_direct_grid_pays(g)) return direct_grid_layout(g);
     if (use_direct(g)) return ForwardAlgorithm::direct;
     if (!few_taps(g) &&
         (forward_by_channels_pays(g) || forward_strided_by_channels_pays(g) || forward_grid_wastes_columns(g)))
@@ -310,6 +332,7 @@ const char* conv2d_forward_algorithm(const ConvShape& g) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
+        case ForwardAlgorithm::direct_columns: return "direct (column copies)";
         case ForwardAlgorithm::whole_window: return "gemm (whole window)";
         case ForwardAlgorithm::by_channels: return "gemm (by channels)";
         case ForwardAlgorithm::phase_grid: return "gemm (phase grid)";
@@ -325,6 +348,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
+        case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
         case ForwardAlgorithm::whole_window: return conv2d_forward_whole_window(g, x, w, bias, y);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
         case ForwardAlgorithm::phase_grid: return conv2d_forward_grid(g, x, w, bias, y);

@@ -245,9 +245,11 @@ static inline __attribute__((always_inline)) typename Simd<T>::V max_of_column_p
 }
 
 template <class T, bool kPartial>
-static inline __attribute__((always_inline)) void max_2x2_step(const T* a, const T* b, T* y, int n) {
-    const typename Simd<T>::V v = later_if_larger<T>(max_of_column_pairs<T, kPartial>(a, n),
-                                                     max_of_column_pairs<T, kPartial>(b, n));
+static inline __attribute__((always_inline)) void max_2x2_step(const T* a, const T* b, T* y, int n, bool relu) {
+    using S = Simd<T>;
+    typename S::V v = later_if_larger<T>(max_of_column_pairs<T, kPartial>(a, n),
+                                         max_of_column_pairs<T, kPartial>(b, n));
+    if (relu) v = v < S::splat(T(0)) ? S::splat(T(0)) : v;  // NaN and -0 kept, as relu keeps them
     if constexpr (kPartial) store_first<T>(y, v, n);
     else Simd<T>::store(y, v);
 }
@@ -258,7 +260,7 @@ static inline __attribute__((always_inline)) void max_2x2_step(const T* a, const
 constexpr int64_t kMaxPool2x2ParallelOutputs = int64_t(1) << 18;
 
 template <class T>
-static void max_pool_2x2(const PoolShape& g, const T* x, T* y) {
+static void max_pool_2x2(const PoolShape& g, const T* x, T* y, bool relu) {
     constexpr int L = Simd<T>::lanes;
     const int64_t rows = g.N * g.C * g.Ho;
     const int threads = rows * g.Wo < kMaxPool2x2ParallelOutputs ? 1 : num_threads();
@@ -270,16 +272,17 @@ static void max_pool_2x2(const PoolShape& g, const T* x, T* y) {
         const T* b = a + g.W;
         T* yr = y + r * g.Wo;
         int64_t ow = 0;
-        for (; ow + L <= g.Wo; ow += L) max_2x2_step<T, false>(a + 2 * ow, b + 2 * ow, yr + ow, L);
-        if (ow < g.Wo) max_2x2_step<T, true>(a + 2 * ow, b + 2 * ow, yr + ow, int(g.Wo - ow));
+        for (; ow + L <= g.Wo; ow += L) max_2x2_step<T, false>(a + 2 * ow, b + 2 * ow, yr + ow, L, relu);
+        if (ow < g.Wo) max_2x2_step<T, true>(a + 2 * ow, b + 2 * ow, yr + ow, int(g.Wo - ow), relu);
     }
 }
 
 // y (N,C,Ho,Wo); idx the same shape, or nullptr. The spec guarantees that every window holds
-// at least one input element.
+// at least one input element. With `relu`, y = max(y, 0) (NaN and -0 kept) in the same pass:
+// a ReLU before or after the pool (they commute), without a pass of its own.
 template <class T>
-void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
-    if (!idx && max_pool_2x2_applies<T>(g)) return max_pool_2x2(g, x, y);
+void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx, bool relu) {
+    if (!idx && max_pool_2x2_applies<T>(g)) return max_pool_2x2(g, x, y, relu);
     const int64_t planes = g.N * g.C;
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
 #pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32) firstprivate(ftz)
@@ -289,6 +292,8 @@ void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx) {
             const int64_t out = (p * g.Ho + oh) * g.Wo;
             if (idx) max_row<T, true>(g, xp, oh, y + out, idx + out);
             else max_row<T, false>(g, xp, oh, y + out, nullptr);
+            for (int64_t ow = 0; relu && ow < g.Wo; ++ow)
+                if (y[out + ow] < T(0)) y[out + ow] = T(0);
         }
     }
 }

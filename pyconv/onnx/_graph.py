@@ -228,6 +228,9 @@ def _with_epilogue(fn, epilogue):
     if not epilogue:
         return fn
     if epilogue == ("Relu",):
+        if hasattr(fn, "with_relu"):  # a builder that does both in one pass (MaxPool)
+            return fn.with_relu
+
         def relu(*args):
             return _ops_dense.relu_in_place(fn(*args))
         return relu

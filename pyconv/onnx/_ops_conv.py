@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import ops
 from .. import _spec
+from ._ops_dense import _cpu_kernel, relu_in_place
 from ._registry import KernelCall, builder
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +292,39 @@ def _max_pool(node):
         # pyconv's indices count within each plane; ONNX's count over the whole tensor
         idx += (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1)
         return (y[:, :, 0, :], idx[:, :, 0, :]) if nd == 1 else (y, idx)
+
+    if not with_indices:
+        run.with_relu = _max_pool_then_relu(run, nd, kernel, strides, dilations, pads, ceil_mode)
     return run
+
+
+def _max_pool_then_relu(run, nd, kernel, strides, dilations, pads, ceil_mode):
+    """run (a MaxPool without indices), then a Relu (the planner's MaxPool+Relu step). On the cpu
+    backend, where run calls the pool kernel directly (symmetric padding of at most half the
+    window), the kernel clamps each output as it stores it: no pass of the Relu's own over the
+    pooled array and one kernel call fewer."""
+    k2, s2, d2 = tuple(_pair(nd, kernel, 1)), tuple(_pair(nd, strides, 1)), tuple(_pair(nd, dilations, 1))
+    geometry = {}  # (x.shape, x.dtype) -> the pool's geometry, None where run's other path applies
+
+    def fused_geometry(x):
+        if x.ndim != nd + 2 or x.dtype not in (np.float32, np.float64):
+            return None
+        begins, ends = pads(x.shape[2:], kernel, strides, dilations)
+        if begins != ends or any(p > k // 2 for p, k in zip(begins, kernel)):
+            return None
+        return _spec.max_pool2d(_to_2d(nd, x), k2, s2, tuple(_pair(nd, begins, 0)), d2, ceil_mode)
+
+    def run_with_relu(x):
+        key = (x.shape, x.dtype)
+        if key not in geometry:
+            geometry[key] = fused_geometry(x)
+        g, pool = geometry[key], _cpu_kernel("max_pool2d")
+        if g is None or pool is None:
+            return relu_in_place(run(x))
+        y = np.empty(g.output_shape, x.dtype)
+        pool(np.ascontiguousarray(_to_2d(nd, x)), y, None, g, relu=True)
+        return y[:, :, 0, :] if nd == 1 else y
+    return run_with_relu
 
 
 @builder("AveragePool")

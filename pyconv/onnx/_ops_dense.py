@@ -26,6 +26,11 @@ def _extension(name):
     return getattr(_C, name)
 
 
+def _cpu_kernel(name):
+    """The C++ kernel `name` when the cpu backend is selected, else None."""
+    return _extension(name) if get_backend() == "cpu" else None
+
+
 def _packed_gemm():
     """pyconv's own packed GEMM when the cpu backend is selected (it runs on pyconv's threads:
     NumPy's BLAS would bring a thread pool of its own, which fights pyconv's for the cores

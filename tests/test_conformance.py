@@ -679,6 +679,12 @@ CASES = {
         "channel_panel_reduction_blocks": cpu_path(conv_backward((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
         "channel_panel_unpadded_in_place": cpu_path(conv_backward((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
         "channels_last_grad_x_strided": cpu_path(conv_backward((2, 66, 9, 8), (8, 66, 3, 3), stride=2, padding=1)),
+        # Strided first layers (up to 32 taps, 64 output channels, 64+ output pixels, 16+
+        # images): the weight gradient along output pixels on x copied by row phase and column
+        # shift (conv/weight_grad_rows.h).
+        "grad_w_rows_strided": cpu_path(conv_backward((16, 1, 17, 19), (20, 1, 4, 4), stride=2, padding=1)),
+        "grad_w_rows_stride3_groups": cpu_path(conv_backward((16, 2, 26, 25), (40, 1, 5, 5), stride=(3, 2), padding=2,
+                                                             groups=2)),
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "algorithm_winograd": conv_backward((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),

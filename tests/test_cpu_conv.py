@@ -62,13 +62,23 @@ def test_thread_counts_agree(threads):
 # Weight gradients along output pixels (conv/weight_grad_rows.h: stride 1, at most 32
 # channels per group, images of 256+ pixels, 16+ blocks of rows): partial tiles of output
 # channels and taps, a partial last vector per block (odd widths), blocks of unequal height
-# (37 rows in two), dilation and uneven padding, groups.
+# (37 rows in two), dilation and uneven padding, groups. Strided, with up to 32 taps and 64
+# output channels (first layers): row phases and column shifts of x copied per block, stride
+# on one axis only, stride 3 (three row phases), dilation with stride (a row phase unread),
+# output rows whose taps reach past the input.
 ROWS_CASES = [
     ((16, 16, 32, 32), (16, 16, 3, 3), dict(padding=1)),
     ((8, 16, 37, 37), (16, 16, 3, 3), dict(padding=1)),
     ((16, 1, 20, 23), (6, 1, 5, 5), dict(padding=2)),
     ((16, 5, 20, 19), (7, 5, 3, 2), dict(padding=(1, 0), dilation=2)),
     ((17, 12, 18, 17), (10, 6, 3, 3), dict(padding=(2, 1), groups=2)),
+    ((16, 1, 28, 28), (64, 1, 4, 4), dict(stride=2, padding=1)),
+    ((16, 1, 17, 19), (20, 1, 4, 4), dict(stride=2, padding=1)),
+    ((16, 2, 15, 13), (33, 2, 3, 3), dict(stride=(2, 1), padding=1)),
+    ((16, 1, 19, 20), (9, 1, 5, 3), dict(stride=(1, 3), padding=(2, 2))),
+    ((16, 1, 26, 25), (17, 1, 5, 5), dict(stride=3, padding=2)),
+    ((16, 1, 21, 22), (8, 1, 3, 3), dict(stride=2, padding=2, dilation=2)),
+    ((18, 4, 20, 18), (40, 2, 4, 4), dict(stride=2, padding=(1, 3), groups=2)),
 ]
 
 
@@ -79,10 +89,10 @@ def test_weight_grad_along_pixels_matches_torch(isa, case, dtype):
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
     gy = rand(rng, ops.conv2d(x, w, **params, backend="reference").shape, dtype)
-    padding, dilation = params.get("padding", 0), params.get("dilation", 1)
-    grad_w = ops.conv2d_backward(gy, x, w, 1, padding, dilation, params.get("groups", 1),
+    stride, padding, dilation = params.get("stride", 1), params.get("padding", 0), params.get("dilation", 1)
+    grad_w = ops.conv2d_backward(gy, x, w, stride, padding, dilation, params.get("groups", 1),
                                  needs=(False, True, False), backend="cpu")[1]
-    expected = torch_conv(x, w, np.zeros(ws[0], dtype), 1, padding, dilation, params.get("groups", 1), gy)[2]
+    expected = torch_conv(x, w, np.zeros(ws[0], dtype), stride, padding, dilation, params.get("groups", 1), gy)[2]
     close(grad_w, expected, dtype)
 
 
@@ -96,6 +106,8 @@ STRIDED_CASES = [
     ((5, 1, 14, 14), (32, 1, 3, 3), dict(stride=1, padding=1)),
     ((4, 32, 16, 16), (64, 32, 4, 4), dict(stride=2, padding=1)),
     ((3, 48, 9, 11), (40, 48, 4, 4), dict(stride=(2, 1), padding=1)),
+    # 2304 pixels: the channel-vectorised weight gradient's reduction in two chunks.
+    ((16, 32, 24, 24), (64, 32, 4, 4), dict(stride=2, padding=1)),
 ]
 
 

@@ -33,15 +33,18 @@ LARGE_CASES = {
         "grad_w_few_output_channels": conv_backward((6, 16, 30, 30), (8, 16, 3, 3), padding=1),
         "grad_w_first_layer": conv_backward((16, 1, 32, 32), (6, 1, 5, 5)),
         "grad_w_by_channels": conv_backward((4, 32, 20, 20), (32, 32, 3, 3), padding=1),
-        # First layers by channels: tap tiles x pixel chunks shared out.
-        "grad_w_by_channels_one_channel": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
+        # By channels: tap tiles x pixel chunks shared out, a thread's run of tiles starting
+        # and ending inside a chunk.
+        "grad_w_by_channels_strided_chunks": conv_backward((16, 32, 24, 24), (64, 32, 4, 4), stride=2, padding=1),
         "grad_w_by_channels_rgb": conv_backward((8, 3, 32, 32), (64, 3, 3, 3), padding=1),
         # Under 64 output channels and 64 taps: the phase grid, strided and not.
-        "grad_w_grid_one_channel": conv_backward((16, 1, 32, 32), (32, 1, 4, 4), stride=2, padding=1),
+        "grad_w_grid_three_channels": conv_backward((16, 3, 32, 32), (32, 3, 4, 4), stride=2, padding=1),
         "grad_w_grid_small_image": conv_backward((16, 1, 14, 14), (16, 1, 3, 3), padding=1),
         # Few channels, stride 1, many pixels: blocks of rows in chunks (conv/weight_grad_rows.h).
         "grad_w_along_pixels": conv_backward((16, 16, 32, 32), (16, 16, 3, 3), padding=1),
         "grad_w_along_pixels_odd_width": conv_backward((16, 5, 20, 19), (7, 5, 3, 2), padding=(1, 0), dilation=2),
+        # Strided first layers along pixels (a DCGAN discriminator's 1 -> 64, 4x4 stride 2).
+        "grad_w_along_pixels_strided": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
         # Input gradients through col2im: batches smaller and larger than the team, channels
         # shared out when the batch is small.
         "grad_x_col2im_one_image": conv_backward((1, 32, 20, 20), (64, 32, 3, 3), stride=2, padding=1),

@@ -166,34 +166,55 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
                     else for (int64_t q = 0; q < len; ++q) d[q * NR] = T(0);
                 }
             }
-            // Job (chunk, tile): the tile's partial sums over the chunk's pixels.
+            // Job (chunk, tile): the tile's partial sums over the chunk's pixels. Each thread
+            // takes a contiguous run of jobs and, within each chunk of it, sweeps the chunk's
+            // pixels block by block with all of its tiles, so that a block's dy panel (KC x NR,
+            // 32 KiB) is read from L1 by every tile instead of the chunk's whole panel (up to
+            // megabytes) streaming from L3 once per tile. Each element still sums its chunk's
+            // blocks in order, so the result is the same whatever the thread count.
             OffsetCols<T, MR> a{};
             a.base = xp.data + grp * Cg * xp.plane;
-#pragma omp for schedule(static)
-            for (int64_t job = 0; job < jobs; ++job) {
-                const int64_t ch = job / tiles, tile = job % tiles;
-                T* part = dwt.get() + (ch * tiles + tile) * tile_size;
-                for (int i = 0; i < MR; ++i) a.i_offsets[i] = taps[tile * MR + i];
+            const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+            const int64_t first = jobs * me / team, last = jobs * (me + 1) / team;
+            for (int64_t job = first; job < last;) {
+                const int64_t ch = job / tiles, tile0 = job % tiles;
+                const int64_t tile1 = std::min(tiles, tile0 + (last - job));
                 for (int64_t pc = chunks.begin(ch); pc < chunks.end(ch); pc += KC) {
                     const int64_t kc = std::min(KC, chunks.end(ch) - pc);
                     const Store store = pc == chunks.begin(ch) ? Store::overwrite : Store::accumulate;
                     a.k_offsets = pixels.data() + pc;
                     for (int64_t jp = 0; jp < panels; ++jp) {
                         const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
-                        micro_kernel_cols<T, NV>(nv, kc, a, PackedRows<T, NR>{dyt.get() + (jp * P + pc) * NR},
-                                                 part + jp * MR * NR, NR, store, nullptr);
+                        const PackedRows<T, NR> b{dyt.get() + (jp * P + pc) * NR};
+                        for (int64_t tile = tile0; tile < tile1; ++tile) {
+                            T* part = dwt.get() + (ch * tiles + tile) * tile_size;
+                            for (int i = 0; i < MR; ++i) a.i_offsets[i] = taps[tile * MR + i];
+                            micro_kernel_cols<T, NV>(nv, kc, a, b, part + jp * MR * NR, NR, store, nullptr);
+                        }
                     }
                 }
+                job += tile1 - tile0;
             }
-            // dw[grp*Kg + k, tap]: the chunks' partial sums in chunk order.
+#pragma omp barrier
+            // dw[grp*Kg + k, tap]: the chunks' partial sums in chunk order, added into chunk 0's
+            // tile (element by element, vectorisable), then the tile stored transposed: MR taps
+            // of each of its channels are adjacent in dw. (Going tap by tap over all channels
+            // instead wrote dw a row apart at every step, a cache miss per element: a tenth of
+            // the whole gradient's time for 64 -> 128 channels 4x4 on 14x14.)
 #pragma omp for schedule(static)
-            for (int64_t tap = 0; tap < taps_n; ++tap)
-                for (int64_t k = 0; k < Kg; ++k) {
-                    const int64_t at = ((tap / MR) * panels + k / NR) * MR * NR + (tap % MR) * NR + k % NR;
-                    T sum = dwt[at];
-                    for (int64_t ch = 1; ch < chunks.count; ++ch) sum += dwt[ch * tiles * tile_size + at];
-                    dw[(grp * Kg + k) * taps_n + tap] = sum;
+            for (int64_t tile = 0; tile < tiles; ++tile) {
+                T* sum = dwt.get() + tile * tile_size;
+                for (int64_t ch = 1; ch < chunks.count; ++ch) {
+                    const T* part = dwt.get() + (ch * tiles + tile) * tile_size;
+                    for (int64_t e = 0; e < tile_size; ++e) sum[e] += part[e];
                 }
+                const int rows = static_cast<int>(std::min<int64_t>(MR, taps_n - tile * MR));
+                for (int64_t k = 0; k < Kg; ++k) {
+                    const T* src = sum + (k / NR) * MR * NR + k % NR;
+                    T* dst = dw + (grp * Kg + k) * taps_n + tile * MR;
+                    for (int i = 0; i < rows; ++i) dst[i] = src[i * NR];
+                }
+            }
         }
     }
 }

@@ -102,7 +102,7 @@ inline bool weight_grad_by_channels_pays(const ConvShape& g) {
            padded_planes_fit(g, double(g.N) * double(g.C));
 }
 
-// Weight gradient along output pixels (conv/weight_grad_rows.h): stride 1, at most 32
+// Weight gradient along output pixels (conv/weight_grad_rows.h), stride 1: at most 32
 // channels in and out per group (where the channel-vectorised form fills one or two of its
 // four vectors of output channels). Measured on one AVX-512 thread, 3x3 p1, batch 64, against
 // the channel-vectorised form: 16 -> 16 on 32x32 3.1 against 6.9 ms, 1 -> 16 on 32x32 0.44
@@ -110,13 +110,27 @@ inline bool weight_grad_by_channels_pays(const ConvShape& g) {
 // 64 -> 64 on 16x16 0.5x. Images of 16x16 or more: on 8x8 each tile's run is 4 vectors
 // long, too short for its accumulators' loads and stores (32 -> 32: 0.6x). At least 16
 // blocks of rows (two chunks of the reduction), else one thread would do all the work.
+// Strided: first layers of at most 32 taps per output (Cg R S) and 64 output channels per
+// group, where the channel-vectorised form first transposes all of dy (for a 1-channel layer,
+// whose FMAs are few, most of its time) and the phase grid computes the columns it drops.
+// Measured on one AVX-512 thread, batch 64, 4x4 stride 2 p1, C++ call alone (5 rounds,
+// medians, load average 15), against the rules' choice before (by channels, else the phase
+// grid): 1 -> 64 on 28x28 0.34 against 0.60 ms (PyTorch 0.42), 1 -> 32 and 1 -> 16 on 32x32
+// 0.33 and 0.22 against 0.47 and 0.34 ms, 2 -> 32 on 32x32 0.64 against 0.95 ms; with 48 taps
+// (3 -> 32) 0.78 against 0.83 ms, even, left to the grid; with many taps the rows lose
+// (32 -> 64 on 16x16: 5.2 against 1.8 ms). On AVX2 alike: 0.62 against 0.81 ms, 0.36 against
+// 0.55 ms, 0.85 against 0.92 ms. Images of 64+ output pixels, as at stride 1 (a
+// run of a few vectors is too short for the tile's accumulator loads and stores).
 inline bool weight_grad_rows_pays(const ConvShape& g, size_t element_bytes) {
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
-    if (g.sh != 1 || g.sw != 1 || g.R * g.S == 1 || Cg < 1 || Cg > 32 || Kg > 32 || g.Ho * g.Wo < 256)
-        return false;
+    if (g.R * g.S == 1 || Cg < 1) return false;
+    const bool strided = g.sh > 1 || g.sw > 1;
+    const bool pays = strided ? Cg * g.R * g.S <= 32 && Kg <= 64 && g.Ho * g.Wo >= 64
+                              : Cg <= 32 && Kg <= 32 && g.Ho * g.Wo >= 256;
+    if (!pays) return false;
     const RowBlocks rb(g, element_bytes, kRowBlockBytes);
     return g.N * rb.per_image >= 16 &&
-           scratch_fits(g, double(Cg) * double(g.S) * double(rb.x_rows) * double(g.Wo));
+           scratch_fits(g, double(Cg) * double(rb.copies) * double(rb.x_rows) * double(g.Wo));
 }
 
 // The phase grid (forward and weight gradient, pixel-vectorised): worth its copy of x when it
@@ -135,7 +149,8 @@ inline bool phase_grid_pays(const ConvShape& g) {
 // (1 thread, batch 64): 1 -> 16 and 1 -> 32 4x4 stride 2 on 32x32 3.1x, 2.0x, 3 -> 32 4x4
 // stride 2 1.34x, 1 -> 32 3x3 stride 2 1.74x, 1 -> 16 and 1 -> 32 3x3 stride 1 on 14x14 2.9x,
 // 1.65x; not from 64 channels (1 -> 64 4x4 stride 2 on 28x28 0.77x) nor from 72 taps (8 -> 32
-// 3x3 stride 2 on 8x8 0.48x). AVX-512 only: with AVX2 (channel panels of 24) the
+// 3x3 stride 2 on 8x8 0.48x). (Strided layers of up to 32 taps now go along pixels first,
+// weight_grad_rows_pays.) AVX-512 only: with AVX2 (channel panels of 24) the
 // channel-vectorised form stayed faster on 1 -> 32 4x4 stride 2 (about 0.85x).
 inline bool weight_grad_grid_before_by_channels(const ConvShape& g) {
     return PYCONV_ISA_LEVEL == 2 && g.K / g.groups < 64 && (g.C / g.groups) * g.R * g.S < 64 &&

@@ -1,12 +1,15 @@
-// Weight gradient vectorised along output pixels, with no im2col: for stride-1 layers with few
-// channels and many pixels (SegNet's 16 -> 16 channels on 32x32 images), where dw is small
-// (K x C R S) and the reduction over pixels long.
+// Weight gradient vectorised along output pixels, with no im2col: for layers with few channels
+// and many pixels (SegNet's 16 -> 16 channels on 32x32 images, a DCGAN discriminator's first
+// layer 1 -> 64 with 4x4 windows at stride 2), where dw is small (K x C R S) and the reduction
+// over pixels long.
 //
-//   dw[k, (c,r,s)] = sum_{n, ho, wo} dy[n, k, ho, wo] x_padded[n, c, ho + r*dh, wo + s*dw]
+//   dw[k, (c,r,s)] = sum_{n, ho, wo} dy[n, k, ho, wo] x_padded[n, c, ho*sh + r*dh, wo*sw + s*dw]
 //
-// The rows of each image are cut into blocks. Per block, x is copied once per column shift s
-// into xs[c][s] (rows of Wo, zero-padded), so that tap (c, r, s) of the block's output pixel
-// j = i*Wo + wo is xs[c][s][r*dh*Wo + j]: as flat as dy's rows, which are used in place. Each
+// The rows of each image are cut into blocks. Per block, x is copied once per row phase rh and
+// column shift s into xs[c][rh][s]: row i of it holds input row (ho0 + i)*sh + rh (padded
+// coordinates) at columns wo*sw + s*dw, wo < Wo (zero-padded). Tap (c, r, s), with
+// r*dh = qh*sh + rh, of the block's output pixel j = i*Wo + wo is then xs[c][rh][s][qh*Wo + j]:
+// as flat as dy's rows, which are used in place (at stride 1, rh = 0 and qh = r*dh). Each
 // entry of dw is then a dot product of two contiguous runs; the micro-kernel loads KB runs of
 // dy and TB of xs one vector at a time and keeps KB x TB vector accumulators in registers
 // (KB + TB loads per KB TB FMAs). The lanes hold partial sums, added across once per chunk.
@@ -23,6 +26,7 @@
 #include "common/scratch.h"
 #include "common/simd.h"
 #include "gemm/chunked_reduction.h"
+#include "conv/im2col.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -117,15 +121,17 @@ static inline __attribute__((always_inline)) void rows_tile(const T* dy, const i
 struct RowBlocks {
     int64_t rows;       // output rows per block
     int64_t per_image;  // blocks per image
-    int64_t x_rows;     // input rows (padding included) a block reads
+    int64_t x_rows;     // rows of each xs[c][rh][s]: the block's rows and the last tap's shift qh
+    int64_t copies;     // xs[c][rh][s] per input channel: row phases x column shifts
 
     RowBlocks(const ConvShape& g, size_t element_bytes, double budget_bytes) {
         const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
-        const double per_row = double(Kg + Cg * g.S) * double(g.Wo) * double(element_bytes);
+        copies = g.sh * g.S;
+        const double per_row = double(Kg + Cg * copies) * double(g.Wo) * double(element_bytes);
         const int64_t most = std::max<int64_t>(1, std::min<int64_t>(g.Ho, int64_t(budget_bytes / per_row)));
         per_image = (g.Ho + most - 1) / most;
         rows = (g.Ho + per_image - 1) / per_image;
-        x_rows = rows - 1 + (g.R - 1) * g.dh + 1;
+        x_rows = rows + (g.R - 1) * g.dh / g.sh;
     }
 };
 
@@ -146,7 +152,8 @@ struct BlockLines {
         const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
         const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
         const int64_t rows = std::min(rb.rows, g.Ho - ho0);
-        const int64_t h0 = std::max<int64_t>(0, ho0 - g.ph), h1 = std::min(g.H, ho0 - g.ph + rb.x_rows);
+        const int64_t h0 = std::max<int64_t>(0, ho0 * g.sh - g.ph);
+        const int64_t h1 = std::min(g.H, (ho0 + rows - 1) * g.sh - g.ph + (g.R - 1) * g.dh + 1);
         constexpr int64_t line = 64;
         x0 = reinterpret_cast<const char*>(x + ((n * g.C + grp * Cg) * g.H + h0) * g.W);
         x_stride = g.H * g.W * int64_t(sizeof(T));
@@ -173,7 +180,6 @@ struct BlockLines {
 // not read from the machine).
 constexpr double kRowBlockBytes = 192.0 * 1024;
 
-// Stride 1 only (dispatch.h routes nothing else here).
 template <class T>
 void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw) {
     using V = typename Simd<T>::V;
@@ -182,7 +188,7 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
     const int64_t HoWo = g.Ho * g.Wo, outputs = Kg * taps_n;
     const int64_t k_tiles = (Kg + KB - 1) / KB, t_tiles = (taps_n + TB - 1) / TB;
     const RowBlocks rb(g, sizeof(T), kRowBlockBytes);
-    const int64_t shifted = rb.x_rows * g.Wo;  // one xs[c][s]
+    const int64_t shifted = rb.x_rows * g.Wo;  // one xs[c][rh][s]
     // At least 8 blocks per chunk: a chunk ends with a flush of its vector accumulators
     // (lanes added across) that costs about as much as a block's FMAs.
     const ReductionChunks chunks = reduction_chunks(g.N * rb.per_image, outputs, 1, 8);
@@ -193,7 +199,8 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
     for (int64_t k = 0; k < k_tiles * KB; ++k) dy_at[k] = std::min(k, Kg - 1) * HoWo;
     for (int64_t t = 0; t < t_tiles * TB; ++t) {
         const int64_t tap = std::min(t, taps_n - 1), c = tap / RS, r = tap % RS / g.S, s = tap % g.S;
-        x_at[t] = (c * g.S + s) * shifted + r * g.dh * g.Wo;
+        const int64_t qh = r * g.dh / g.sh, rh = r * g.dh % g.sh;
+        x_at[t] = ((c * g.sh + rh) * g.S + s) * shifted + qh * g.Wo;
     }
 
     const int64_t acc_size = k_tiles * t_tiles * KB * TB * L;
@@ -203,7 +210,7 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
     std::vector<Scratch<T>> accs, xss;
     for (int t = 0; t < threads; ++t) {
         accs.push_back(scratch<T>(acc_size));
-        xss.push_back(scratch<T>(checked_mul(Cg * g.S, shifted)));
+        xss.push_back(scratch<T>(checked_mul(Cg * rb.copies, shifted)));
     }
     Scratch<T> partial = scratch<T>(checked_mul(chunks.count, outputs));
     for (int64_t grp = 0; grp < g.groups; ++grp) {
@@ -220,20 +227,27 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
                     const int64_t rows = std::min(rb.rows, g.Ho - ho0);
                     const T* x_image = x + (n * g.C + grp * Cg) * g.H * g.W;
                     for (int64_t c = 0; c < Cg; ++c)
-                        for (int64_t i = 0; i < rb.x_rows; ++i) {
-                            const int64_t h = ho0 - g.ph + i;
-                            const bool inside = h >= 0 && h < g.H;
-                            const T* src = x_image + (c * g.H + (inside ? h : 0)) * g.W;
-                            for (int64_t s = 0; s < g.S; ++s) {
-                                T* dst = xs + (c * g.S + s) * shifted + i * g.Wo;
-                                const int64_t first = s * g.dw - g.pw;
-                                for (int64_t w = 0; w < g.Wo; w += L) {
-                                    const V v = inside ? load_inside(src, first + w, g.W) : V{};
-                                    if (w + L <= g.Wo) Simd<T>::store(dst + w, v);
-                                    else store_first<T>(dst + w, v, static_cast<int>(g.Wo - w));
+                        for (int64_t rh = 0; rh < g.sh; ++rh)
+                            for (int64_t i = 0; i < rb.x_rows; ++i) {
+                                const int64_t h = (ho0 + i) * g.sh + rh - g.ph;
+                                const bool inside = h >= 0 && h < g.H;
+                                const T* src = x_image + (c * g.H + (inside ? h : 0)) * g.W;
+                                for (int64_t s = 0; s < g.S; ++s) {
+                                    T* dst = xs + ((c * g.sh + rh) * g.S + s) * shifted + i * g.Wo;
+                                    const int64_t first = s * g.dw - g.pw;
+                                    if (!inside) {
+                                        std::fill(dst, dst + g.Wo, T(0));
+                                    } else if (g.sw > 1) {
+                                        gather_row(src, g.W, first, g.sw, g.Wo, dst, 1);
+                                    } else {
+                                        for (int64_t w = 0; w < g.Wo; w += L) {
+                                            const V v = load_inside(src, first + w, g.W);
+                                            if (w + L <= g.Wo) Simd<T>::store(dst + w, v);
+                                            else store_first<T>(dst + w, v, static_cast<int>(g.Wo - w));
+                                        }
+                                    }
                                 }
                             }
-                        }
                     const T* dy_block = dy + (n * g.K + grp * Kg) * HoWo + ho0 * g.Wo;
                     const BlockLines<T> next(g, rb, grp, block + 1, dy, x);
                     const int64_t per_tile = (next.count + k_tiles * t_tiles - 1) / (k_tiles * t_tiles);

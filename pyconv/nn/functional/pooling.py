@@ -67,7 +67,7 @@ class _MaxUnpool2d(Function):
         xp = array_module(g)
         planes = int(np.prod(self.input_shape[:-2]))
         plane = g.shape[-2] * g.shape[-1]
-        starts = xp.arange(0, planes * plane, plane, dtype=np.int64).reshape(planes, 1)
+        starts = xp.arange(planes, dtype=np.int64).reshape(planes, 1) * plane
         flat = self.indices.reshape(planes, -1).astype(np.int64, copy=False) + starts
         return xp.take(g.reshape(-1), flat).reshape(self.input_shape)
 

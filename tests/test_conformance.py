@@ -670,6 +670,11 @@ CASES = {
                                            groups=2)),
         "primes_stride3_dilation2": cpu_path(conv_backward((2, 7, 17, 19), (13, 7, 5, 3), stride=3, padding=2, dilation=2)),
         "grad_x_as_forward_conv_groups": cpu_path(conv_backward((1, 64, 6, 7), (16, 32, 3, 3), padding=1, groups=2)),
+        # 16-31 input channels, up to 32 output channels, images up to 16 wide: also as a
+        # forward conv (whose 16-31 output channels take the direct forward on the phase grid).
+        "grad_x_as_forward_conv_narrow_image": cpu_path(conv_backward((2, 16, 9, 11), (20, 16, 3, 3), padding=1)),
+        "grad_x_as_forward_conv_narrow_image_groups": cpu_path(conv_backward((2, 48, 7, 16), (12, 24, 3, 2), padding=(2, 1),
+                                                                             groups=2)),
         "grad_x_col2im_padding_over_kernel": cpu_path(conv_backward((1, 40, 6, 6), (8, 40, 2, 2), padding=2)),
         # Weight gradient on the phase grid from the stride-2 copy (AVX-512: few taps, < 64 channels).
         "stride2_grid_weight_grad": cpu_path(conv_backward((2, 3, 9, 11), (16, 3, 3, 3), stride=2, padding=1)),

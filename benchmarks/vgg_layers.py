@@ -1,5 +1,5 @@
 """The VGG-style 3x3 layers (64@56x56 to 512@7x7, batch 8, padding 1, float32) per pass on the
-cpu backend against PyTorch (forward, input gradient, weight gradient) and ONNX Runtime
+cpu backend against PyTorch (forward, input gradient, weight gradient, both gradients) and ONNX Runtime
 (forward), interleaved in one process: rounds of `calls` calls each, the median of the round
 medians and the range of the per-round ratios.
 
@@ -62,6 +62,12 @@ def implementations(c, side, batch, threads, passes):
             "torch": lambda: backward(tgy, tx, tw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                       [False, True, False]),
         }
+    if "backward" in passes:
+        out["backward"] = {
+            "pyconv": lambda: ops.conv2d_backward(gy, x, w, 1, 1, needs=(True, True, False), backend="cpu"),
+            "torch": lambda: backward(tgy, tx, tw, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                      [True, True, False]),
+        }
     return out
 
 
@@ -86,7 +92,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
-    p.add_argument("--passes", nargs="+", default=["forward", "input", "weight"])
+    p.add_argument("--passes", nargs="+", default=["forward", "input", "weight", "backward"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--calls", type=int, default=5)
     a = p.parse_args()

@@ -33,6 +33,8 @@ LARGE_CASES = {
         "grad_w_few_output_channels": conv_backward((6, 16, 30, 30), (8, 16, 3, 3), padding=1),
         "grad_w_first_layer": conv_backward((16, 1, 32, 32), (6, 1, 5, 5)),
         "grad_w_by_channels": conv_backward((4, 32, 20, 20), (32, 32, 3, 3), padding=1),
+        # Winograd (243 tiles, 36 positions shared out, 2 chunks of tiles in float32, 3 in float64).
+        "grad_w_winograd_chunks": conv_backward((3, 40, 36, 36), (39, 40, 3, 3), padding=1),
         # First layers by channels: tap tiles x pixel chunks shared out.
         "grad_w_by_channels_one_channel": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
         "grad_w_by_channels_rgb": conv_backward((8, 3, 32, 32), (64, 3, 3, 3), padding=1),

@@ -73,7 +73,8 @@ static inline __attribute__((always_inline)) void output_grad_1d(const V* x, int
     o[5 * ostep] = g3;
 }
 
-// The two 1-D transforms that transform_tiles applies to a 6x6 window, as types.
+// The 1-D transforms that transform_input applies to the rows, then the columns, of a 6x6
+// window, as types.
 struct InputTransform {   // B^T d B
     template <class V>
     static inline __attribute__((always_inline)) void apply(const V* x, int step, V* o, int ostep) {
@@ -328,10 +329,10 @@ static inline __attribute__((always_inline)) void deinterleave_row(const T* row,
     d[5] = __builtin_shuffle(d[1], q[4], q4_second);
 }
 
-// Where transform_tiles stores: tile l (from the call's first) of channel c of a position's
-// matrix at (l / panel) * panel * C + c * row + l % panel. Packed: the forward GEMM's B panels
-// ([panel][c][NR], TransformedTiles); rows: a plain matrix with `row` tiles per channel, for
-// the weight gradient's dot products.
+// Where transform_input stores: tile l (from the call's first) of channel c (from c_begin) of
+// a position's matrix at (l / panel) * panel * C + c * row + l % panel. Packed: the forward
+// GEMM's B panels ([panel][c][NR], TransformedTiles); rows: a plain matrix with `row` tiles per
+// channel (the weight gradient's buffer, transposed from there: transform_tile_major).
 struct TilesLayout {
     int64_t panel, row;
     template <class T>
@@ -340,8 +341,9 @@ struct TilesLayout {
 };
 
 // Input transform of tiles [t0, t0 + nt), channels [c_begin, c_end) (all by default):
-// V[xi][panel][c][lane] (see TransformedTiles), V[xi] at v + xi * stride. Transform: InputTransform (x, the forward), or OutputGradTransform (dy,
-// seen as the input of a convolution without padding, for the weight gradient).
+// V[xi] at v + xi * stride, laid out as `layout` says (by default TransformedTiles' panels).
+// Transform: InputTransform (x), or OutputGradTransform (dy, seen as the input of a
+// convolution without padding, for the weight gradient).
 // Per channel, the six input rows under each tile row of the block are copied once, zero
 // padded, into `rows`; lanes of consecutive tiles in one tile row are then gathered with
 // shuffles (deinterleave_row), a group of L tiles that spans tile rows blending one run of
@@ -619,7 +621,8 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
 // shared out by blocks of tiles and the 36 products by position, each position's sum on one
 // thread, accumulated over the chunks in order: the result does not depend on the number of
 // threads. M is transformed back in double precision and rounded once.
-// 2 MiB: about a core's L2 cache and its share of the L3. Measured on one thread (CPU time,
+//
+// Chunks of 2 MiB: about a core's L2 cache and its share of the L3. Measured on one thread (CPU time,
 // loaded host, best of 4): 64 channels on 56 px 8.7 ms against 15.2 ms with 8 MiB chunks and
 // 20.8 ms with 16 MiB; 128 on 28 px 8.0 against 12.2 and 18.4 ms; 256 on 14 px 10.4 against
 // 12.6 and 16.8 ms; 1 MiB measured the same as 2.
@@ -701,6 +704,7 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
     // dy as the input of a convolution without padding: its tiles lie where the forward's are.
     ConvShape gy = g;
     gy.C = g.K, gy.H = g.Ho, gy.W = g.Wo, gy.ph = 0, gy.pw = 0;
+    if (tl.total == 0) return std::fill(dw, dw + g.K * g.C * 9, T(0));  // no products to sum
     const int64_t chunk = WeightGradChunks<T>::of(g, tl).tiles;
     const int64_t x_stride = position_stride<T>(checked_mul(g.C, chunk));
     const int64_t y_stride = position_stride<T>(checked_mul(g.K, chunk));

@@ -21,8 +21,8 @@ struct ConvShape {
 };
 
 // The algorithm a caller asks for (pyconv._spec's CONV_ALGORITHMS, in this order): automatic
-// picks by shape (conv/dispatch.h); winograd runs forward passes and input gradients;
-// direct and gemm every pass.
+// picks by shape (conv/dispatch.h); winograd runs forward passes, input gradients and weight
+// gradients; direct and gemm every pass.
 enum ConvAlgorithm : int64_t { conv_auto = 0, conv_gemm = 1, conv_winograd = 2, conv_direct = 3 };
 
 // Pooling geometry: input (N,C,H,W) -> output (N,C,Ho,Wo), window kh x kw.

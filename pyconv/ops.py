@@ -155,7 +155,8 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     """Gradients of :func:`conv2d` -> ``(grad_x, grad_w, grad_b)``, None where ``needs`` is False.
     An unbatched call (x (C, H, W), grad_out (K, Ho, Wo)) gives an unbatched grad_x.
     ``algorithm`` as for :func:`conv2d`; on the cpu backend "winograd" computes grad_x (as the
-    forward convolution with the flipped weights, when padding <= 2) and grad_w by the GEMM."""
+    forward convolution with the flipped weights, when padding <= 2; else by the GEMM) and
+    grad_w (the adjoint of the forward's transforms) with F(4x4, 3x3)."""
     g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 2,
                                    algorithm=algorithm)
     batch = _BatchAxis(x, 4)

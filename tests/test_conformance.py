@@ -694,6 +694,10 @@ CASES = {
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "algorithm_winograd": conv_backward((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),
         "algorithm_winograd_padding3": conv_backward((1, 4, 6, 7), (5, 4, 3, 3), padding=3, algorithm="winograd"),
+        # Winograd's weight gradient over several chunks of tiles (2 in float32, 4 in float64),
+        # channel counts that are not whole vectors.
+        "algorithm_winograd_weight_chunks": conv_backward((1, 40, 52, 52), (39, 40, 3, 3), padding=1,
+                                                          algorithm="winograd"),
         "algorithm_gemm": conv_backward((2, 6, 9, 8), (7, 6, 3, 3), padding=1, algorithm="gemm"),
         "algorithm_direct": conv_backward((2, 3, 9, 8), (4, 3, 3, 2), stride=2, padding=1, algorithm="direct"),
         "winograd_by_rule": cpu_path(conv_backward((3, 16, 28, 28), (17, 16, 3, 3), padding=1)),

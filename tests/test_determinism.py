@@ -36,6 +36,10 @@ LARGE_CASES = {
         # By channels: tap tiles x pixel chunks shared out, a thread's run of tiles starting
         # and ending inside a chunk.
         "grad_w_by_channels_strided_chunks": conv_backward((16, 32, 24, 24), (64, 32, 4, 4), stride=2, padding=1),
+        # Winograd (243 tiles, 36 positions shared out, 2 chunks of tiles in float32, 3 in float64).
+        "grad_w_winograd_chunks": conv_backward((3, 40, 36, 36), (39, 40, 3, 3), padding=1),
+        # First layers by channels: tap tiles x pixel chunks shared out.
+        "grad_w_by_channels_one_channel": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),
         "grad_w_by_channels_rgb": conv_backward((8, 3, 32, 32), (64, 3, 3, 3), padding=1),
         # Under 64 output channels and 64 taps: the phase grid, strided and not.
         "grad_w_grid_three_channels": conv_backward((16, 3, 32, 32), (32, 3, 4, 4), stride=2, padding=1),

@@ -269,6 +269,22 @@ inline bool winograd_by_position(const ConvShape& g, size_t element_bytes) {
     return g.C * g.K >= 256 * 256 && footprint <= 16.0 * (1 << 20);
 }
 
+// Winograd's weight gradient (conv/winograd.h, conv2d_grad_weight_winograd): a quarter of the
+// multiplications, plus transforms of x and dy per channel and tile, a transposition of both
+// into tile-major matrices and the transform back per channel pair. Measured against the GEMM
+// forms on one thread, batch 8, CPU time, medians of 5 interleaved rounds (load average
+// 12-14): 32, 64, 128, 128 and 256 channels on 56, 56, 28, 56 and 28 px 1.34x, 1.38x, 1.44x,
+// 1.68x, 1.87x; 64 and 32 channels on 28 and 32 px 1.11x; 256 channels on 14 px 1.33x
+// [0.99-1.47]. Not with 16 channels (16 on 56 px 0.87x, on 32 px 0.31x: the weight gradient
+// along pixel rows is faster there), nor on 14-px images with fewer channel pairs (128
+// channels 1.01x, and 0.84x before the transform back was vectorised), nor 512 on 7 px (0.54x:
+// 32 tiles against 262144 channel pairs, whose 36 products it writes and transforms back).
+inline bool winograd_weight_grad_pays(const ConvShape& g) {
+    const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
+    return winograd_applies(g) && g.C >= 32 && g.K >= 32 && pairs <= 256 * 256 && tiles >= 128 &&
+           (g.Wo >= 28 || (g.Wo >= 12 && pairs >= 256 * 256));
+}
+
 // Direct forward on the phase grid (conv/direct_grid.h), where the GEMM forms pack or pad
 // more than they multiply: up to 16 output channels per group (one or two register tiles of
 // channels, where a GEMM's 64-channel panels or 16-row micro-tiles run mostly empty), or 24 to
@@ -388,6 +404,8 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_asked(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g)))
+        return conv2d_grad_weight_winograd(g, dy, x, dw);
     if (subsampled_pays(g)) {
         const Scratch<T> xs = subsample(g, x);
         return conv2d_grad_weight(subsampled_shape(g), dy, xs.get(), dw);

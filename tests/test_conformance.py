@@ -606,6 +606,12 @@ CASES = {
         "channel_panel_strided_dilated_many_taps": cpu_path(conv((2, 15, 7, 6), (64, 15, 3, 3), stride=2, padding=1, dilation=2)),
         "channel_panel_ragged_groups_many_taps": cpu_path(conv((2, 66, 5, 5), (130, 33, 2, 2), padding=1, groups=2)),
         "channel_panel_unpadded_in_place_many_taps": cpu_path(conv((2, 22, 10, 9), (64, 22, 3, 2), stride=(2, 1))),
+        # The forward's transposed store (a register transpose of lanes pixels x lanes channels):
+        # channels past the last whole vector (72 = 4 x 16 + 8), 64-pixel images whose blocks
+        # of 96 pixels start mid-image; 25-pixel images, whose blocks of lanes pixels cross
+        # an image's end (stored element by element).
+        "channel_panel_transposed_store_ragged_channels": cpu_path(conv((2, 32, 16, 16), (72, 32, 4, 4), stride=2, padding=1)),
+        "channel_panel_transposed_store_across_images": cpu_path(conv((3, 20, 11, 11), (64, 20, 4, 4), stride=2, padding=1)),
         # Few taps, 64+ output channels: im2col up to 4x4 kernels, the phase grid above.
         "few_taps_im2col_strided": cpu_path(conv((3, 1, 13, 12), (64, 1, 4, 4), stride=2, padding=1)),
         "few_taps_grid_7x7": cpu_path(conv((2, 1, 12, 11), (66, 1, 7, 7), padding=3)),
@@ -660,6 +666,9 @@ CASES = {
         "channel_panel_reduction_blocks": cpu_path(conv_backward((1, 70, 9, 8), (64, 70, 3, 3), padding=1)),
         "channel_panel_unpadded_in_place": cpu_path(conv_backward((2, 5, 10, 9), (64, 5, 3, 2), stride=(2, 1))),
         "channels_last_grad_x_strided": cpu_path(conv_backward((2, 66, 9, 8), (8, 66, 3, 3), stride=2, padding=1)),
+        # The channels-last copy back to NCHW through register transposes: 40 channels (2 x 16
+        # + 8), 81 outputs per plane (5 x 16 + 1), the last row and column reached by no tap.
+        "channels_last_grad_x_ragged_unreached": cpu_path(conv_backward((2, 40, 9, 9), (64, 40, 4, 4), stride=2)),
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "algorithm_winograd": conv_backward((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),
@@ -1117,12 +1126,14 @@ CASES = {
         "vector": bce_with_logits((9,)),
         "empty": bce_with_logits((0, 3)),
         "threads_split": cpu_path(bce_with_logits((5, 9001), pos_weight=True)),  # column blocks
+        "wide_rows": bce_with_logits((4, 75)),  # whole vectors without a pos_weight, and a tail
     },
     "binary_cross_entropy_with_logits_backward": {
         "column": bce_with_logits_backward((64, 1)),
         "pos_weight": bce_with_logits_backward((6, 4), pos_weight=True, binary=False),
         "empty": bce_with_logits_backward((0, 3)),
         "threads_split": cpu_path(bce_with_logits_backward((5, 9001), pos_weight=True)),
+        "wide_rows": bce_with_logits_backward((4, 75)),
     },
     "sgd_step": {
         "plain": sgd_step(),

@@ -623,6 +623,12 @@ CASES = {
         "direct_column_copies_three_blocks": cpu_path(conv((3, 3, 14, 14), (32, 3, 5, 5))),
         "direct_column_copies_strided": cpu_path(conv((2, 2, 11, 20), (40, 2, 4, 5), stride=(2, 3), padding=(1, 2))),
         "direct_column_copies_dilated_groups": cpu_path(conv((2, 4, 12, 13), (60, 2, 5, 5), padding=2, dilation=(2, 1), groups=2)),
+        # The forward's transposed store (a register transpose of lanes pixels x lanes channels):
+        # channels past the last whole vector (72 = 4 x 16 + 8), 64-pixel images whose blocks
+        # of 96 pixels start mid-image; 25-pixel images, whose blocks of lanes pixels cross
+        # an image's end (stored element by element).
+        "channel_panel_transposed_store_ragged_channels": cpu_path(conv((2, 32, 16, 16), (72, 32, 4, 4), stride=2, padding=1)),
+        "channel_panel_transposed_store_across_images": cpu_path(conv((3, 20, 11, 11), (64, 20, 4, 4), stride=2, padding=1)),
         # Few taps, 64+ output channels: im2col up to 4x4 kernels, the phase grid above.
         "few_taps_im2col_strided": cpu_path(conv((3, 1, 13, 12), (64, 1, 4, 4), stride=2, padding=1)),
         "few_taps_grid_7x7": cpu_path(conv((2, 1, 12, 11), (66, 1, 7, 7), padding=3)),
@@ -690,6 +696,9 @@ CASES = {
         "grad_w_rows_strided": cpu_path(conv_backward((16, 1, 17, 19), (20, 1, 4, 4), stride=2, padding=1)),
         "grad_w_rows_stride3_groups": cpu_path(conv_backward((16, 2, 26, 25), (40, 1, 5, 5), stride=(3, 2), padding=2,
                                                              groups=2)),
+        # The channels-last copy back to NCHW through register transposes: 40 channels (2 x 16
+        # + 8), 81 outputs per plane (5 x 16 + 1), the last row and column reached by no tap.
+        "channels_last_grad_x_ragged_unreached": cpu_path(conv_backward((2, 40, 9, 9), (64, 40, 4, 4), stride=2)),
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "algorithm_winograd": conv_backward((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),
@@ -1154,12 +1163,14 @@ CASES = {
         "vector": bce_with_logits((9,)),
         "empty": bce_with_logits((0, 3)),
         "threads_split": cpu_path(bce_with_logits((5, 9001), pos_weight=True)),  # column blocks
+        "wide_rows": bce_with_logits((4, 75)),  # whole vectors without a pos_weight, and a tail
     },
     "binary_cross_entropy_with_logits_backward": {
         "column": bce_with_logits_backward((64, 1)),
         "pos_weight": bce_with_logits_backward((6, 4), pos_weight=True, binary=False),
         "empty": bce_with_logits_backward((0, 3)),
         "threads_split": cpu_path(bce_with_logits_backward((5, 9001), pos_weight=True)),
+        "wide_rows": bce_with_logits_backward((4, 75)),
     },
     "sgd_step": {
         "plain": sgd_step(),

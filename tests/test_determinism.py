@@ -71,6 +71,8 @@ LARGE_CASES = {
     "conv2d": {
         "im2col_batch3": conv((3, 16, 23, 21), (70, 16, 3, 3), padding=1),
         "by_channels_batch2": conv((2, 32, 14, 14), (64, 32, 3, 3), padding=1),
+        # A VAE encoder's strided layer: blocks of pixels shared out, each stored transposed.
+        "by_channels_strided_batch3": conv((3, 32, 16, 16), (72, 32, 4, 4), stride=2, padding=1),
         # Winograd: 192 tiles in 4 blocks shared by the threads.
         "winograd_blocks": conv((3, 32, 30, 29), (40, 32, 3, 3), padding=1),
         # By position: the 36 GEMMs shared out.

@@ -205,6 +205,24 @@ inline void for_column_blocks(int64_t M, int64_t C, Block&& block) {
 // that no two large terms cancel (with L = log1p(exp(-|x|)), e = exp(-|x|)):
 //   loss = (1 + (p - 1) t) L + ((1 - t) x if x >= 0 else -p t x),
 //   d loss / dx = ((1 - t - p t e) if x >= 0 else (e (1 - t) - p t)) / (1 + e).
+// Without a pos_weight the loops run with p = 1 as a constant, not a masked load from the null
+// pointer: AMD cores take a slow path for a masked vector load whose masked-off lanes point at an
+// unmapped page, even when no lane is used (64 x 1024 float32 on 1 thread: 0.51 against
+// 0.06 ms forward).
+template <class T>
+inline T bce_with_logits_element(T v, T t, T p) {
+    const T softplus = vlog1p<T>(vexp<T>(v < T(0) ? v : -v));
+    const T linear = v >= T(0) ? (T(1) - t) * v : -p * t * v;
+    return (T(1) + (p - T(1)) * t) * softplus + linear;
+}
+
+template <class T>
+inline T bce_with_logits_slope(T v, T t, T p) {
+    const T e = vexp<T>(v < T(0) ? v : -v);
+    const T slope = v >= T(0) ? T(1) - t - p * t * e : e * (T(1) - t) - p * t;
+    return slope / (T(1) + e);
+}
+
 template <class T>
 void bce_with_logits_forward(int64_t M, int64_t C, const T* x, const T* target,
                              const T* pos_weight, T* loss) {
@@ -212,13 +230,12 @@ void bce_with_logits_forward(int64_t M, int64_t C, const T* x, const T* target,
         const T* xr = x + i * C;
         const T* tr = target + i * C;
         T* lr = loss + i * C;
+        if (pos_weight) {
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) {
-            const T v = xr[c], t = tr[c];
-            const T p = pos_weight ? pos_weight[c] : T(1);
-            const T softplus = vlog1p<T>(vexp<T>(v < T(0) ? v : -v));
-            const T linear = v >= T(0) ? (T(1) - t) * v : -p * t * v;
-            lr[c] = (T(1) + (p - T(1)) * t) * softplus + linear;
+            for (int64_t c = c0; c < c1; ++c) lr[c] = bce_with_logits_element<T>(xr[c], tr[c], pos_weight[c]);
+        } else {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) lr[c] = bce_with_logits_element<T>(xr[c], tr[c], T(1));
         }
     });
 }
@@ -231,13 +248,12 @@ void bce_with_logits_backward(int64_t M, int64_t C, const T* grad_y, const T* x,
         const T* tr = target + i * C;
         const T* gr = grad_y + i * C;
         T* gx = grad_x + i * C;
+        if (pos_weight) {
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) {
-            const T v = xr[c], t = tr[c];
-            const T p = pos_weight ? pos_weight[c] : T(1);
-            const T e = vexp<T>(v < T(0) ? v : -v);
-            const T slope = v >= T(0) ? T(1) - t - p * t * e : e * (T(1) - t) - p * t;
-            gx[c] = gr[c] * (slope / (T(1) + e));
+            for (int64_t c = c0; c < c1; ++c) gx[c] = gr[c] * bce_with_logits_slope<T>(xr[c], tr[c], pos_weight[c]);
+        } else {
+#pragma omp simd
+            for (int64_t c = c0; c < c1; ++c) gx[c] = gr[c] * bce_with_logits_slope<T>(xr[c], tr[c], T(1));
         }
     });
 }

@@ -28,6 +28,7 @@
 #include <memory>
 #include <new>
 #include <numeric>
+#include <thread>
 #include <type_traits>
 #include <vector>
 

@@ -28,7 +28,6 @@
 #include <memory>
 #include <new>
 #include <numeric>
-#include <thread>
 #include <type_traits>
 #include <vector>
 

@@ -12,7 +12,6 @@
 #include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
-#include "common/step_barrier.h"
 #include "gemm/tile.h"
 #include "gemm/operands.h"
 #include "gemm/driver.h"
@@ -126,7 +125,6 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
     std::vector<T> bias(G);
     for (int64_t col = 0; col < G; ++col) bias[col] = P.bias(col);
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-    StepBarrier step_done;
 #pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
     {
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
@@ -158,7 +156,7 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
                                  std::min(U, H - u0), c_prev + b * H + u0, c_new + b * H + u0,
                                  out + (t * B + b) * H + u0);
                 }
-            step_done.wait();  // h_t complete for every thread's next product
+#pragma omp barrier
         }
     }
 }
@@ -278,7 +276,6 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     if (grad_hT) std::copy(grad_hT, grad_hT + B * H, dh_rec.begin());
     if (grad_cT) std::copy(grad_cT, grad_cT + B * H, dc.begin());
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-    StepBarrier gates_done;
 #pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
     {
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
@@ -300,7 +297,7 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
                                   grad_out ? grad_out + t * BH + at : nullptr,
                                   dh_rec.data() + at, dc.data() + at);
                 }
-            gates_done.wait();  // every column of dG_t written before the product reads it
+#pragma omp barrier
             if (u_n > 0)
                 gemm_block<T>(0, B, 0, u_n, 0, G, InMatrixA<T>::plain(dg, G, G), w_hh_p,
                               OutMatrix<T>::plain(dh_rec.data() + u_lo, H, u_n), Store::overwrite, buf);

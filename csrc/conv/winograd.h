@@ -615,7 +615,7 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
 // 36 K C multiplications per tile against the GEMM forms' 144. The packed GEMM wants each
 // tile's channels contiguous, the transforms (transform_input) produce vectors of tiles: each
 // group of `lanes` channels is transformed into a small buffer and transposed in registers
-// (transpose_square) into tile-major matrices X[xi], DY[xi] (tiles x channels).
+// (transpose_block, common/simd.h) into tile-major matrices X[xi], DY[xi] (tiles x channels).
 // The tiles go in chunks of a size fixed by the shape (their transformed matrices within
 // kWeightGradChunkBytes, so that they are read back from cache); per chunk, the transforms are
 // shared out by blocks of tiles and the 36 products by position, each position's sum on one
@@ -640,31 +640,6 @@ struct WeightGradChunks {
 
 namespace winograd {
 
-// r[i][j] <- r[j][i] for the lanes x lanes square r: log2(lanes) stages, each swapping the
-// off-diagonal blocks of size h of every 2h square (row i with row i + h).
-template <class T>
-static inline __attribute__((always_inline)) void transpose_square(typename Simd<T>::V* r) {
-    using S = Simd<T>;
-    using V = typename S::V;
-    using I = typename S::I;
-    constexpr int L = S::lanes;
-#pragma GCC unroll 8
-    for (int h = L / 2; h >= 1; h /= 2) {
-        I first, second;
-        for (int j = 0; j < L; ++j) {
-            first[j] = (j & h) ? L + j - h : j;    // a's low lanes of each 2h block, then b's
-            second[j] = (j & h) ? L + j : j + h;   // a's high lanes, then b's
-        }
-#pragma GCC unroll 16
-        for (int i = 0; i < L; ++i) {
-            if (i & h) continue;
-            const V a = r[i], b = r[i + h];
-            r[i] = __builtin_shuffle(a, b, first);
-            r[i + h] = __builtin_shuffle(a, b, second);
-        }
-    }
-}
-
 // The transform of tiles [t0, t0 + nt) of all channels of `src` (shape g) into tile-major
 // matrices: out[xi * stride + (t - t0) * g.C + c]. tmp: kPoints * tmp_stride elements, with
 // tmp_stride >= lanes * tl.block.
@@ -683,7 +658,7 @@ void transform_tile_major(const ConvShape& g, const Tiling& tl, const T* src, in
             for (int64_t first = 0; first < nt; first += L) {
                 V r[L];
                 for (int c = 0; c < L; ++c) r[c] = S::load(tmp + xi * tmp_stride + c * tl.block + first);
-                transpose_square<T>(r);
+                transpose_block<T>(r);
                 const int tiles = int(std::min<int64_t>(L, nt - first));
                 T* dst = out + xi * stride + first * g.C + c0;
                 if (channels == L)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, for a lent GPU machine: the `gpu` tests, the kernel benchmarks
+# against PyTorch/cuDNN and the models' training steps. Logs go to $OUT (default ./gpu-logs).
+#     bash benchmarks/gpu_session.sh
+set -uo pipefail
+OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+# numba-cuda 0.30 registers an overload for np.row_stack, which NumPy 2.5 removed: give it back
+# (an alias of np.vstack) when it is missing, in every Python process this script starts.
+SHIM=$(mktemp -d); printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' >"$SHIM/sitecustomize.py"
+export PYTHONPATH=$SHIM:$PYTHONPATH
+{
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+  $PY -c "import sys, numpy, numba, cupy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, torch.cuda.is_available())"
+  $PY -m pip show numba-cuda 2>/dev/null | head -2
+  $PY -c "import pyconv; print(pyconv.backends())"
+} 2>&1 | tee "$OUT/env.log"
+timeout ${TEST_S:-300} $PY -m pytest -m gpu -p no:cacheprovider -q -rfEs --durations=10 \
+  tests/cuda/test_cuda_gpu.py tests/test_torch_interop.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+timeout ${BENCH_S:-150} $PY benchmarks/bench_cuda.py 2>&1 | tee "$OUT/bench_cuda.log" | tail -40
+timeout ${MODEL_S:-150} $PY benchmarks/gpu_model_steps.py --steps 10 2>&1 | tee "$OUT/gpu_model_steps.log" | tail -30

@@ -17,6 +17,6 @@ export PYTHONPATH=$SHIM:$PYTHONPATH
   $PY -c "import pyconv; print(pyconv.backends())"
 } 2>&1 | tee "$OUT/env.log"
 timeout ${TEST_S:-300} $PY -m pytest -m gpu -p no:cacheprovider -q -rfEs --durations=10 \
-  tests/cuda/test_cuda_gpu.py tests/test_torch_interop.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+  tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 timeout ${BENCH_S:-150} $PY benchmarks/bench_cuda.py 2>&1 | tee "$OUT/bench_cuda.log" | tail -40
 timeout ${MODEL_S:-150} $PY benchmarks/gpu_model_steps.py --steps 10 2>&1 | tee "$OUT/gpu_model_steps.log" | tail -30

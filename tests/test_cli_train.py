@@ -161,3 +161,37 @@ def test_sample_offers_only_the_models_that_sample(tmp_path, capsys):
         cli.main(["sample", "lenet", "--checkpoint", str(tmp_path / "c.npz"), "--out", str(tmp_path / "g.png")])
     assert "invalid choice: 'lenet' (choose from 'cgan', 'charlstm', 'dcgan', 'pixelcnn', 'vae')" \
         in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["lenet", "segnet", "motif"])
+def test_train_on_the_gpu_follows_the_cpu_run(tmp_path, model):
+    """`--backend cuda` trains on CuPy arrays; the same seed on the CPU gives the same losses
+    to float32 round-off, and the files are written as usual."""
+    import pyconv
+    from pyconv.backends import cuda_simulator
+
+    cupy = pytest.importorskip("cupy")
+    if not cupy.is_available() or cuda_simulator():
+        pytest.skip("needs a real GPU")
+    try:
+        on_gpu = train(model, tmp_path / "gpu", "--backend", "cuda")
+    finally:
+        pyconv.set_backend(None)
+    on_cpu = train(model, tmp_path / "cpu")
+    for gpu_epoch, cpu_epoch in zip(on_gpu["history"], on_cpu["history"]):
+        np.testing.assert_allclose(gpu_epoch["loss"], cpu_epoch["loss"], rtol=1e-4)
+    assert os.path.exists(tmp_path / "gpu" / "checkpoint.npz")
+
+
+def test_train_on_the_gpu_refuses_models_whose_step_draws_on_the_host(monkeypatch):
+    import importlib
+
+    from pyconv import recipes
+
+    backends = importlib.import_module("pyconv.backends")  # pyconv.backends is also a function
+    monkeypatch.setattr(backends, "cuda_simulator", lambda: False)
+    monkeypatch.setattr(backends, "selected", lambda: "cuda")
+    with pytest.raises(ValueError, match="pyconv train dcgan: .*GPU.*lenet, motif, segnet"):
+        recipes._training_device(recipes.RECIPES["dcgan"])
+    assert recipes._training_device(recipes.RECIPES["lenet"]) == "cuda"

@@ -597,6 +597,29 @@ def test_cuda_tensors_run_on_the_cuda_backend():
                                rtol=1e-4, atol=1e-4)
 
 
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_converted_model_trains_like_torch_on_cuda(name, dtype, monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    # cuDNN would run the native model's float32 convolutions in TF32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    make, in_shape, out_shape, opt_cls, opt_kw = MODELS[name]
+    native = make(dtype).cuda()
+    converted = pt.convert(copy.deepcopy(native))
+    cpu_batches = _batches(in_shape, out_shape, dtype)
+
+    def batches(step):
+        return tuple(t.cuda() for t in cpu_batches(step))
+
+    expected = _train(native, batches, 4, opt_cls, **opt_kw)
+    got = _train(converted, batches, 4, opt_cls, **opt_kw)
+    np.testing.assert_allclose(got, expected, rtol=LOSS_TOLERANCE[dtype], atol=0)
+    assert all(p.is_cuda for p in converted.parameters())
+
 def test_readme_example_runs(tmp_path):
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## From PyTorch", 1)[1]

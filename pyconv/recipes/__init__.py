@@ -13,6 +13,7 @@ motifs, a text corpus with long-range dependencies). One module per kind of mode
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -37,6 +38,36 @@ def _format(value):
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return str(value)
+
+
+def _training_device(recipe) -> str:
+    """'cuda' when the 'cuda' backend is selected on a real GPU, else 'cpu'."""
+    from ..backends import cuda_simulator, selected
+
+    if selected() != "cuda" or cuda_simulator():
+        return "cpu"
+    if not recipe.trains_on_gpu:
+        gpu = ", ".join(sorted(n for n, r in RECIPES.items() if r.trains_on_gpu))
+        raise ValueError(f"pyconv train {recipe.name}: this model does not train on the GPU yet "
+                         f"(models that do: {gpu}); use a CPU backend")
+    return "cuda"
+
+
+@contextlib.contextmanager
+def _on_host(trainer):
+    """The recipes measure and draw on NumPy data: on a GPU run, the model visits the host
+    (and a CPU backend) for that, and goes back to the GPU after."""
+    if trainer.device == "cpu":
+        yield
+        return
+    from ..backends import _default_for_numpy, use_backend
+
+    trainer.model.to("cpu")
+    try:
+        with use_backend(_default_for_numpy()):
+            yield
+    finally:
+        trainer.model.to(trainer.device)
 
 
 def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resume=False, seed=0,
@@ -82,7 +113,8 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     model = recipe.build(config)
     metadata = {"model": name, "config": json.dumps(config), "data": spec}
     trainer = recipe.trainer(model, lr, checkpoint_path=os.path.join(out, "checkpoint.npz"),
-                             progress=progress, metadata=metadata, distributed=distributed)
+                             progress=progress, metadata=metadata, distributed=distributed,
+                             device=_training_device(recipe))
     ranks = dist.world_size() if distributed else 1
     rank = dist.rank() if distributed else 0
     loader = recipe.train_loader(dataset, batch_size, seed, rank=rank, world_size=ranks)
@@ -100,7 +132,8 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
         for opt in trainer.optimizers.values():
             opt.lr = lr * recipe.lr_decay ** trainer.epoch
         if main:  # held-out figures and pictures: the replicas are equal, one rank measures
-            logs.update(recipe.epoch_metrics(trainer, dataset, out))
+            with _on_host(trainer):
+                logs.update(recipe.epoch_metrics(trainer, dataset, out))
         now = time.perf_counter()
         logs["seconds"] = now - epoch_start[0]
         epoch_start[0] = now
@@ -111,12 +144,13 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     train_seconds = time.perf_counter() - start
     if not main:
         return None
-    summary = recipe.summary(trainer, dataset)
-    files = [os.path.join(out, "checkpoint.npz")]
-    if history:
-        pictures.save_curves(history, os.path.join(out, "loss.png"), title=name)
-        files.append(os.path.join(out, "loss.png"))
-    files += recipe.pictures(trainer, dataset, out)
+    with _on_host(trainer):
+        summary = recipe.summary(trainer, dataset)
+        files = [os.path.join(out, "checkpoint.npz")]
+        if history:
+            pictures.save_curves(history, os.path.join(out, "loss.png"), title=name)
+            files.append(os.path.join(out, "loss.png"))
+        files += recipe.pictures(trainer, dataset, out)
     result = {"model": name, "config": config, "data": spec, "epochs": trainer.epoch,
               "batch_size": batch_size, "lr": lr, "seed": seed, "history": history,
               "summary": summary, "train_seconds_this_run": train_seconds,

@@ -6,6 +6,9 @@ with CUDA is installed. Needs a CUDA GPU and CuPy; skipped without them.
     python benchmarks/bench_cuda.py                          # the same, as a script
 
 Times are medians of CUDA-event timings after a warm-up; pyconv and PyTorch run interleaved.
+After the table, the host time of one kernel launch (``launch_overhead``): pyconv's launcher
+against Numba's dispatcher (what ``PYCONV_CUDA_LAUNCH=numba`` selects) and a CuPy elementwise
+kernel.
 The design figures these should be compared with are in benchmarks/RESULTS.md, section
 "GPU backend (design figures)".
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -194,13 +198,69 @@ def run(print_fn=print):
     return rows
 
 
+def launch_overhead(cp, print_fn=print, launches=1000, rounds=5):
+    """Microseconds of host time per launch of two small pyconv kernels (on 1024 elements,
+    so the GPU keeps up), through pyconv's launcher and through Numba's dispatcher, and of a
+    CuPy elementwise kernel; best of `rounds`, the paths interleaved."""
+    from pyconv.backends.cuda import _runtime, elementwise, optim
+
+    x, g, buf = (cp.ones(1024, cp.float32) for _ in range(3))
+    y = cp.empty_like(x)
+    f = np.float32
+    kernels = {
+        "leaky_relu (2 arrays, 2 scalars)": (elementwise.kernels(f).leaky_relu_kernel,
+                                             (x, f(0.1), y, x.size)),
+        "sgd step (3 arrays, 10 scalars)": (optim.kernels(f).sgd_kernel,
+                                            (x, g, buf, f(0.01), f(0.9), f(1), f(0), 0, 1, 0, 0, 0, x.size)),
+    }
+    saved = _runtime.FAST_LAUNCH
+
+    def per_launch(fn):
+        fn()
+        cp.cuda.get_current_stream().synchronize()
+        start = time.perf_counter()
+        for _ in range(launches):
+            fn()
+        elapsed = time.perf_counter() - start
+        cp.cuda.get_current_stream().synchronize()
+        return elapsed / launches * 1e6
+
+    def pyconv_launch(kernel, args, fast):
+        def fn():
+            _runtime.FAST_LAUNCH = fast
+            _runtime.launch(kernel, 4, 256, *args)
+        return fn
+
+    rows = []
+    try:
+        for name, (kernel, args) in kernels.items():
+            best = {"pyconv": float("inf"), "numba": float("inf")}
+            for _ in range(rounds):
+                best["pyconv"] = min(best["pyconv"], per_launch(pyconv_launch(kernel, args, True)))
+                best["numba"] = min(best["numba"], per_launch(pyconv_launch(kernel, args, False)))
+            rows.append((name, best["pyconv"], best["numba"]))
+    finally:
+        _runtime.FAST_LAUNCH = saved
+    cupy_us = min(per_launch(lambda: cp.multiply(x, f(0.1), out=y)) for _ in range(rounds))
+    print_fn("| kernel (host time per launch) | pyconv launcher us | Numba dispatcher us | speed-up |")
+    print_fn("| --- | ---: | ---: | ---: |")
+    for name, fast, slow in rows:
+        print_fn(f"| {name} | {fast:.1f} | {slow:.1f} | {slow / fast:.1f}x |")
+    print_fn(f"| CuPy elementwise multiply (reference) | {cupy_us:.1f} | - | - |")
+    return rows
+
+
 def test_cuda_benchmarks():
     cp = pytest.importorskip("cupy")
     if not cp.is_available():
         pytest.skip("no usable CUDA GPU")
     rows = run()
+    launch_overhead(cp)
     assert len(rows) == len(cases()), "some cases failed (see the table)"
 
 
 if __name__ == "__main__":
+    import cupy
+
     run()
+    launch_overhead(cupy)

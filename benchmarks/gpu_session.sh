@@ -6,10 +6,6 @@ set -uo pipefail
 OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-# numba-cuda 0.30 registers an overload for np.row_stack, which NumPy 2.5 removed: give it back
-# (an alias of np.vstack) when it is missing, in every Python process this script starts.
-SHIM=$(mktemp -d); printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' >"$SHIM/sitecustomize.py"
-export PYTHONPATH=$SHIM:$PYTHONPATH
 {
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
   $PY -c "import sys, numpy, numba, cupy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, torch.cuda.is_available())"

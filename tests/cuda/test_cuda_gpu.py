@@ -134,3 +134,101 @@ def test_unbatched_and_dlpack_inputs_on_the_gpu():
     pooled_t, idx_t = F.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
     _close(pooled, pooled_t)
     np.testing.assert_array_equal(cp.asnumpy(idx), idx_t.numpy())
+
+
+def _launch_cases():
+    """Ops covering every kernel family, as functions of an rng returning CuPy arrays."""
+    def f32(rng, *s):
+        return cp.asarray(rng.standard_normal(s).astype(np.float32))
+
+    def boxes(rng, n):
+        xy, wh = rng.uniform(0, 50, (n, 2)), rng.uniform(1, 20, (n, 2))
+        return cp.asarray(np.concatenate([xy, xy + wh], 1).astype(np.float32))
+
+    def rotated(rng, n):
+        return cp.asarray(np.concatenate([rng.uniform(0, 50, (n, 2)), rng.uniform(1, 20, (n, 2)),
+                                          rng.uniform(-90, 90, (n, 1))], 1).astype(np.float32))
+
+    def sgd(rng):
+        p, g, m = [f32(rng, 100)], [f32(rng, 100)], [f32(rng, 100)]
+        ops.sgd_step(p, g, m, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+        return p + m
+
+    def adam(rng):
+        p = [cp.asarray(rng.standard_normal(50)), cp.asarray(rng.standard_normal((3, 4)))]
+        g, m = [a * 0.5 for a in p], [a * 0.1 for a in p]
+        v = [a * a for a in p]
+        ops.adam_step(p, g, m, v, 3, lr=0.01, weight_decay=0.1)
+        return p + m + v
+
+    return {
+        "conv2d": lambda rng: (ops.conv2d(f32(rng, 4, 8, 12, 12), f32(rng, 6, 8, 3, 3), None, 1, 1),
+                               *ops.conv2d_backward(f32(rng, 4, 6, 12, 12), f32(rng, 4, 8, 12, 12),
+                                                    f32(rng, 6, 8, 3, 3), 1, 1)),
+        "depthwise_float64": lambda rng: ops.conv2d(cp.asarray(rng.standard_normal((2, 3, 9, 9))),
+                                                    cp.asarray(rng.standard_normal((3, 1, 3, 3))),
+                                                    None, 1, 1, 1, 3),
+        "pool_unpool": lambda rng: (lambda y, i: (y, i, ops.max_unpool2d(y, i, 2)))(
+            *ops.max_pool2d(f32(rng, 2, 4, 8, 8), 2, return_indices=True)),
+        "avg_pool": lambda rng: ops.avg_pool2d(f32(rng, 2, 4, 9, 9), 3, 2, 1),
+        "activations": lambda rng: (ops.leaky_relu(f32(rng, 300), 0.2), ops.elu(f32(rng, 300)),
+                                    ops.prelu(f32(rng, 2, 8, 5, 5), f32(rng, 8))),
+        "softmax_cross_entropy": lambda rng: (ops.softmax(f32(rng, 16, 10)),
+                                              *ops.cross_entropy(f32(rng, 16, 10),
+                                                                 cp.asarray(rng.integers(0, 10, 16)),
+                                                                 label_smoothing=0.1)),
+        "dropout": lambda rng: ops.dropout(f32(rng, 1000), 0.3, 1234),
+        "lstm": lambda rng: ops.lstm(f32(rng, 5, 3, 7), f32(rng, 3, 6), f32(rng, 3, 6), f32(rng, 24, 7),
+                                     f32(rng, 24, 6), f32(rng, 24), f32(rng, 24)),
+        "nms_family": lambda rng: (lambda b, s: (ops.nms(b, s, 0.5), ops.soft_nms(b, s),
+                                                 ops.diou_nms(b, s, 0.5)))(
+            boxes(rng, 300), cp.asarray(rng.uniform(size=300).astype(np.float32))),
+        "rotated": lambda rng: (lambda b: (ops.box_iou_rotated(b, b[:20]),
+                                           ops.nms_rotated(b, cp.linspace(1, 0, 100, dtype=cp.float32), 0.3)))(
+            rotated(rng, 100)),
+        "sgd": sgd,
+        "adam_float64": adam,
+    }
+
+
+def _arrays_of(out):
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in _arrays_of(o)]
+    return [cp.asnumpy(out)] if isinstance(out, cp.ndarray) else []
+
+
+@pytest.mark.parametrize("case", list(_launch_cases()))
+def test_fast_launch_equals_numba_launch(case, monkeypatch):
+    """The same kernels launched by pyconv's launcher and by Numba's dispatcher give bitwise
+    equal results; no kernel falls back to Numba's launch."""
+    from pyconv.backends.cuda import _runtime
+
+    fn = _launch_cases()[case]
+    results = {}
+    for fast in (True, False):
+        monkeypatch.setattr(_runtime, "FAST_LAUNCH", fast)
+        results[fast] = _arrays_of(fn(np.random.default_rng(7)))
+    assert results[True] and len(results[True]) == len(results[False])
+    for got, want in zip(results[True], results[False]):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    fallbacks = [k[0].__name__ for k, v in _runtime._launchers.items() if v is _runtime._NUMBA]
+    assert not fallbacks, f"launched through Numba: {fallbacks}"
+
+
+def test_fast_launch_on_a_stream_and_in_a_new_thread():
+    """Kernels run on CuPy's current stream (a non-default one here), and launch from a thread
+    that has made no CUDA call yet."""
+    import threading
+
+    x = cp.asarray(np.random.default_rng(8).standard_normal(100000).astype(np.float32))
+    want = cp.asnumpy(ops.leaky_relu(x, 0.1))
+    with cp.cuda.Stream(non_blocking=True) as stream:
+        got = ops.leaky_relu(x, 0.1)
+        stream.synchronize()
+    np.testing.assert_array_equal(cp.asnumpy(got), want)
+    out = []
+    thread = threading.Thread(target=lambda: out.append(cp.asnumpy(ops.leaky_relu(x, 0.1))))
+    thread.start()
+    thread.join()
+    np.testing.assert_array_equal(out[0], want)

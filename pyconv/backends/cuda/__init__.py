@@ -6,17 +6,22 @@ LSTM with CuPy's cuBLAS GEMMs and one fused elementwise kernel per step (``lstm.
 IoU / bitmask NMS (``boxes.py``), the same for rotated boxes (``boxes_rotated.py``),
 elementwise activations (``elementwise.py``), softmax and losses (``loss.py``),
 optimiser steps (``optim.py``), and CuPy's matmul (``dense.py``) and reductions
-(``norm.py``) for matrix products and batch normalisation. Kernels are launched on CuPy arrays
-through
-``__cuda_array_interface__`` on CuPy's current stream.
+(``norm.py``) for matrix products and batch normalisation. Numba compiles the kernels;
+``_runtime.launch`` launches them on CuPy arrays on CuPy's current stream, packing the arrays'
+pointers, shapes and strides itself (``PYCONV_CUDA_LAUNCH=numba``: through Numba's dispatcher).
 
 Without a GPU, ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) runs the same kernels
 in Numba's CUDA simulator on NumPy arrays, which is how they are tested on CPU-only machines;
 ``python -m pyconv.backends.cuda.ptx`` (and tests/cuda/test_cuda_ptx.py) compiles every kernel
 to PTX for sm_75/sm_90 and assembles it with ptxas, without a device.
 """
-from .. import Backend
-from ._runtime import SIMULATOR
+import numpy as _np
+
+if not hasattr(_np, "row_stack"):  # numba-cuda 0.30 overloads np.row_stack, gone in NumPy 2.5
+    _np.row_stack = _np.vstack
+
+from .. import Backend  # noqa: E402
+from ._runtime import SIMULATOR  # noqa: E402
 
 backend = Backend(
     "cuda",

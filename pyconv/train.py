@@ -36,7 +36,7 @@ import numpy as np
 
 from . import distributed as _dist
 from . import random as _random
-from .autograd import Tensor, no_grad
+from .autograd import Tensor, array_module, no_grad
 from .serialization import CheckpointError, load, save
 
 __all__ = ["Trainer", "GANTrainer", "accuracy", "supervised_step", "gan_step"]
@@ -342,10 +342,14 @@ def gan_step(trainer, batch) -> dict:
     labels = batch[1] if gan.conditional else None
     n = len(batch[0])
     mode_seeking = getattr(trainer, "mode_seeking", 0.0)
-    ones, zeros = np.ones(n, real.dtype), np.zeros(n, real.dtype)
+    xp = array_module(batch[0])  # the batch's device: NumPy or CuPy
+    ones, zeros = xp.ones(n, real.dtype), xp.zeros(n, real.dtype)
+
+    def noise(k):  # drawn on the host from pyconv's generator: the same stream on every device
+        return xp.asarray(gan.noise(k))
 
     G.requires_grad_(False)
-    fake = G(gan.noise(n), labels)  # no graph: nothing in G requires a gradient
+    fake = G(noise(n), labels)  # no graph: nothing in G requires a gradient
     d_real, d_fake = D(real, labels), D(fake, labels)
     loss_d = bce(d_real, ones) + bce(d_fake, zeros)
     trainer.optimizers["discriminator"].zero_grad()
@@ -357,22 +361,22 @@ def gan_step(trainer, batch) -> dict:
     half = n // 2
     if mode_seeking and half:
         # the second half repeats the first half's labels with its own noise
-        g_labels = None if labels is None else np.concatenate([labels[:half], labels[:half]])
-        z = gan.noise(2 * half)
+        g_labels = None if labels is None else xp.concatenate([labels[:half], labels[:half]])
+        z = noise(2 * half)
         generated = G(z, g_labels)
         image_gap = (generated[:half] - generated[half:]).abs().mean()
-        noise_gap = float(np.abs(z[:half] - z[half:]).mean())
+        noise_gap = float(xp.abs(z[:half] - z[half:]).mean())
         loss_g = bce(D(generated, g_labels), ones[:2 * half])
         loss_g = loss_g + mode_seeking / (image_gap / noise_gap + 1e-5)
     else:
-        loss_g = bce(D(G(gan.noise(n), labels), labels), ones)
+        loss_g = bce(D(G(noise(n), labels), labels), ones)
     trainer.optimizers["generator"].zero_grad()
     loss_g.backward()
     trainer.optimizers["generator"].step()
     D.requires_grad_(True)
 
     def mean_probability(logits):
-        return float((1 / (1 + np.exp(-logits.data.astype(np.float64)))).mean())
+        return float((1 / (1 + xp.exp(-logits.data.astype(np.float64)))).mean())
 
     return {"loss_d": float(loss_d.item()), "loss_g": float(loss_g.item()),
             "D(x)": mean_probability(d_real), "D(G(z))": mean_probability(d_fake)}

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import nn
 from .. import random as _random
-from ..autograd import Tensor, no_grad, stack
+from ..autograd import Tensor, array_module, no_grad, stack
 from ..nn import functional as F
 
 __all__ = ["CharLSTM"]
@@ -70,7 +70,7 @@ class CharLSTM(nn.Module):
 
     def forward(self, ids, state=None):
         """ids (B, T) int -> (logits (B, T, V), state)."""
-        ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
+        ids = ids.data if isinstance(ids, Tensor) else array_module(ids).asarray(ids)
         x = self.embed(ids.T)  # (T, B, E): time first, as the recurrent layers want
         if self.cell == "lstm":
             h, state = self.rnn(x, state)
@@ -103,7 +103,8 @@ class CharLSTM(nn.Module):
         state)."""
         logits, state = self(ids, state)
         B, T, V = logits.shape
-        return F.cross_entropy(logits.reshape(B * T, V), np.asarray(targets).reshape(-1)), state
+        targets = array_module(targets).asarray(targets)
+        return F.cross_entropy(logits.reshape(B * T, V), targets.reshape(-1)), state
 
     def sample(self, prefix, n, temperature=1.0, rng=None) -> str:
         """`prefix` followed by n characters drawn one at a time from softmax(logits / T)."""

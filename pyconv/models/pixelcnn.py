@@ -155,13 +155,13 @@ class PixelCNN(nn.Module):
 
     def log_prob(self, x, labels=None):
         """log p(x) per image (N,), in nats."""
-        x = x.data if isinstance(x, Tensor) else np.asarray(x)
+        x = x.data if isinstance(x, Tensor) else array_module(x).asarray(x)
         logits = self(x, labels)
         n = x.shape[0]
         if self.levels == 2:
             nll = F.binary_cross_entropy_with_logits(logits, x.astype(logits.dtype), reduction="none")
         else:
-            target = np.rint(x[:, 0] * 255).astype(np.int64)
+            target = array_module(x).rint(x[:, 0] * 255).astype(np.int64)
             nll = F.cross_entropy(logits, target, reduction="none")
         return -nll.reshape(n, -1).sum(axis=1)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import nn
 from .. import random as _random
-from ..autograd import Tensor, no_grad
+from ..autograd import Tensor, array_module, no_grad
 from ..nn import functional as F
 
 __all__ = ["VAE"]
@@ -81,8 +81,8 @@ class VAE(nn.Module):
         """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of q(z | x) through
         which gradients reach mu and logvar."""
         rng = rng or _random.generator()
-        eps = rng.standard_normal(mu.shape).astype(mu.dtype)
-        return mu + (logvar * 0.5).exp() * Tensor(eps)
+        eps = rng.standard_normal(mu.shape).astype(mu.dtype)  # on the host: one stream everywhere
+        return mu + (logvar * 0.5).exp() * Tensor(array_module(mu.data).asarray(eps))
 
     def decode(self, z):
         """Latents (N, latent_dim) -> the decoder's raw outputs (N, C, H, W): Bernoulli logits

@@ -47,9 +47,8 @@ def _training_device(recipe) -> str:
     if selected() != "cuda" or cuda_simulator():
         return "cpu"
     if not recipe.trains_on_gpu:
-        gpu = ", ".join(sorted(n for n, r in RECIPES.items() if r.trains_on_gpu))
-        raise ValueError(f"pyconv train {recipe.name}: this model does not train on the GPU yet "
-                         f"(models that do: {gpu}); use a CPU backend")
+        raise ValueError(f"pyconv train {recipe.name}: this recipe's step is not known to keep "
+                         f"to the GPU (its trains_on_gpu is False); use a CPU backend")
     return "cuda"
 
 

@@ -202,3 +202,15 @@ def test_train_on_the_gpu_refuses_recipes_not_known_to_keep_to_it(monkeypatch):
     with pytest.raises(ValueError, match="pyconv train hostnoise: .*GPU.*use a CPU backend"):
         recipes._training_device(HostNoise())
     assert all(recipes._training_device(r) == "cuda" for r in recipes.RECIPES.values())
+
+
+def test_sample_refuses_the_gpu_backend_clearly(monkeypatch):
+    import importlib
+
+    from pyconv import recipes
+
+    backends = importlib.import_module("pyconv.backends")
+    monkeypatch.setattr(backends, "cuda_simulator", lambda: False)
+    monkeypatch.setattr(backends, "selected", lambda: "cuda")
+    with pytest.raises(ValueError, match="pyconv sample: sampling runs on a CPU backend"):
+        recipes.sample("dcgan", "no-such-checkpoint.npz", "grid.png")

@@ -185,6 +185,11 @@ def sample(name, checkpoint, out, n=64, npz=None, temperature=1.0, label=None, s
     """Writes n samples of the model in `checkpoint`: a PNG grid (or a text file for text
     models) at `out`, and with `npz` the raw samples (``samples``, and ``labels`` for
     conditional models)."""
+    from ..backends import cuda_simulator, selected
+
+    if selected() == "cuda" and not cuda_simulator():
+        raise ValueError("pyconv sample: sampling runs on a CPU backend (a checkpoint written by "
+                         "a GPU run samples there too); drop --backend cuda")
     saved_name, model = load_model(checkpoint)
     if saved_name != name:
         raise ValueError(f"sample: {checkpoint!r} holds a {saved_name!r} model, not {name!r}")

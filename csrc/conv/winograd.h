@@ -248,10 +248,10 @@ struct Tiling {
     }
 
     // The block-by-block forward's tiling: as of(), except that an output of fewer than 8
-    // blocks of NR tiles is cut into an even number of equal blocks of whole vectors, at most NR
-    // tiles each, where one exists: in blocks of NR the threads would share it out unevenly (64
-    // tiles, a small ResNet's 8x8 layers at batch 16: 48 + 16, one of two threads doing three
-    // quarters of the work; 128: 96 + 32 tiles of 3 blocks). Each tile is the same sum whatever
+    // blocks of NR tiles is cut into an even number of equal blocks of whole vectors, at most
+    // NR tiles each, where one exists: in blocks of NR the threads would share it out unevenly
+    // (64 tiles, a small ResNet's 8x8 layers at batch 16: 48 + 16, one of two threads doing
+    // three quarters of the work; 128 tiles: 80 against 48). Each tile is the same sum whatever
     // block holds it (its column of each GEMM), so the cut changes the schedule, not the
     // result; it is a function of the shape only. A block's V still takes whole NR panels
     // (capacity).

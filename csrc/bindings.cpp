@@ -1101,6 +1101,19 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- Elementwise (elementwise/activation.h) ------------------------------------------------
     def_map(m, "relu", [](const auto& k) { return k.relu; }, "y = max(x, 0), NaN and -0 kept");
+    def_op(m, "add_relu",
+          [](Array a, Array b, Array y) {
+              by_dtype(a.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = shape_of(a);
+                  const T* ap = checked<T>(a, shape, "a");
+                  const T* bp = checked<T>(b, shape, "b");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  without_gil([&] { kernels<T>().add_relu(a.size(), ap, bp, yp); });
+              });
+          },
+          py::arg("a"), py::arg("b"), py::arg("y"),
+          "y = max(a + b, 0) (relu's NaN and -0 rules), in one pass; y may be a or b");
     def_map_gradient(m, "relu_backward", "y", [](const auto& k) { return k.relu_backward; },
                      "grad_x = 0 where y <= 0, else grad_y");
     def_map(m, "leaky_relu", [](const auto& k) { return k.leaky_relu; },

@@ -156,6 +156,7 @@ struct KernelsFor {
 
     // Elementwise over n contiguous elements.
     void (*relu)(int64_t n, const T* x, T* y);
+    void (*add_relu)(int64_t n, const T* a, const T* b, T* y);  // y = relu(a + b)
     void (*relu_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
     void (*leaky_relu)(int64_t n, const T* x, T negative_slope, T* y);
     void (*leaky_relu_backward)(int64_t n, const T* grad_y, const T* x, T negative_slope,

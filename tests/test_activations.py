@@ -146,6 +146,40 @@ def test_relu_special_values_as_torch(dtype, relu_backend, torch):
     _same_bits_as(to_numpy(from_input), xt.grad.numpy())
 
 
+@needs_cpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_relu_is_relu_of_the_sum_bit_for_bit(dtype, isa):
+    """_C.add_relu (the ONNX graph's Conv+Add+Relu step): max(a + b, 0) with ReLU's rules (NaN
+    and -0 kept, -inf to 0) in one pass, the same bits as the sum followed by ReLU, in place
+    over either operand, on a partial last vector and on an array the threads share (2^16
+    elements), at 1 and 2 threads. Sums that would be subnormal are left out: the kernels flush
+    them to zero (README)."""
+    edges = _relu_edges(dtype)
+    tiny = np.finfo(dtype).tiny
+    edges = edges[(edges == 0) | ~(np.abs(edges) < 4 * tiny)]  # no subnormal sums with the 0s
+    rng = np.random.default_rng(7)
+    threads_before = pyconv.get_num_threads()
+    try:
+        for n in (edges.size, 1 << 16):
+            a = rng.permutation(np.resize(edges, n)).astype(dtype)
+            b = rng.permutation(np.resize(edges, n)).astype(dtype)
+            b[:8] = [0.0, -0.0, 0.0, -0.0, 1.0, -1.0, np.inf, -np.inf]
+            a[:8] = [0.0, 0.0, -0.0, -0.0, -1.0, 1.0, -np.inf, -np.inf]  # +0, +0, +0, -0, ..., NaN, -inf
+            with np.errstate(invalid="ignore", over="ignore"):
+                total = a + b
+            expected = np.where(total < 0, dtype(0), total)
+            for threads in (1, 2):
+                pyconv.set_num_threads(threads)
+                y = np.empty_like(a)
+                pyconv._C.add_relu(a, b, y)
+                _same_bits_as(y, expected)
+                in_place = a.copy()
+                pyconv._C.add_relu(in_place, b, in_place)
+                _same_bits_as(in_place, expected)
+    finally:
+        pyconv.set_num_threads(threads_before)
+
+
 def test_philox_known_answers():
     """The published known-answer vectors of Philox4x32-10 (Random123's kat_vectors)."""
     counters = [[0, 0, 0, 0], [0xFFFFFFFF] * 4, [0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344]]

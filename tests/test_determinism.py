@@ -75,6 +75,8 @@ LARGE_CASES = {
         "by_channels_strided_batch3": conv((3, 32, 16, 16), (72, 32, 4, 4), stride=2, padding=1),
         # Winograd: 192 tiles in 4 blocks shared by the threads.
         "winograd_blocks": conv((3, 32, 30, 29), (40, 32, 3, 3), padding=1),
+        # Few tiles (54) cut into equal blocks of whole vectors: 32 and 22.
+        "winograd_few_tiles": conv((6, 33, 9, 9), (35, 33, 3, 3), padding=1),
         # By position: the 36 GEMMs shared out.
         "winograd_by_position": conv((1, 256, 13, 13), (256, 256, 3, 3), padding=1, algorithm="winograd"),
     },

@@ -160,7 +160,9 @@ def test_layer_gradients_through_winograd():
     ((8, 256, 14, 14, 256), "winograd"),
     ((3, 16, 28, 28, 17), "winograd"),     # the conformance table's row for the rule
     ((8, 64, 14, 14, 64), "gemm"),         # narrow images, few channel pairs
-    ((8, 256, 7, 7, 256), "gemm"),         # under 12 columns
+    ((8, 256, 7, 7, 256), "winograd"),     # 7-11 columns: from 32 x 32 pairs and 32 tiles
+    ((4, 64, 8, 8, 64), "gemm"),           # 16 tiles
+    ((16, 64, 6, 6, 64), "gemm"),          # under 7 columns
     ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
     ((16, 3, 32, 32, 64), "direct"),       # 3 input channels (27 taps: the direct forward)
     ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
@@ -168,7 +170,7 @@ def test_layer_gradients_through_winograd():
     ((16, 32, 14, 14, 64), "winograd"),
     ((8, 32, 16, 16, 32), "gemm"),         # 128 tiles
     ((16, 16, 16, 16, 16), "direct"),      # 16 x 16 channel pairs (the direct forward's 16 channels)
-    ((16, 64, 8, 8, 64), "gemm"),          # 64 tiles
+    ((16, 64, 8, 8, 64), "winograd"),      # a small ResNet's last stage (64 tiles)
 ])
 def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):
     N, C, H, W, K = shape
@@ -177,6 +179,20 @@ def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):
     assert pyconv._C.conv2d_algorithm(g, np.dtype(np.float32)).startswith(expected)
     forced = g._replace(algorithm=_spec.CONV_ALGORITHMS.index("gemm"))
     assert pyconv._C.conv2d_algorithm(forced, np.dtype(np.float32)).startswith("gemm")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", [(16, 64, 8, 8, 64, 1), (6, 33, 9, 9, 35, 1), (3, 40, 8, 8, 40, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_each_image_gets_the_same_bits_as_alone(shape, dtype):
+    """How the tiles are cut into blocks depends on the batch (64 tiles: two blocks of 32; 54:
+    32 and 22; 12: one block), never a tile's result: each image of the batch equals the image
+    convolved alone (4 or 9 tiles, one block), bit for bit."""
+    x, w, b = _data(shape, dtype, 11)
+    padding = shape[-1]
+    y = ops.conv2d(x, w, b, 1, padding, algorithm="winograd")
+    for n in range(x.shape[0]):
+        np.testing.assert_array_equal(y[n:n + 1], ops.conv2d(x[n:n + 1], w, b, 1, padding, algorithm="winograd"))
 
 
 @pytest.mark.parametrize("shape, layout", [

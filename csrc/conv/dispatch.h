@@ -236,8 +236,8 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // plus transforms that cost per channel and tile (not per channel pair) and a filter transform
 // per call. Measured against the GEMM forms on 2 threads, batch 8 (benchmarks/RESULTS.md):
 // 1.2-1.8x from 16 channels on images of 28+ columns; on 14-column images only with
-// 128 x 128 channel pairs or more (the transforms fill few lanes per tile row); never below 12
-// columns, nor with fewer than 128 tiles (the filter transform is not amortised), nor above
+// 128 x 128 channel pairs or more (the transforms fill few lanes per tile row); not on 12-13
+// columns (below 12: see the end), nor with fewer than 128 tiles (the filter transform is not amortised), nor above
 // 256 x 256 channel pairs (the transformed filters, 36 K C elements, outgrow the cache that
 // every block of tiles reads them from: 512 x 512 ran 0.4-0.8x).
 // On 14-16 column images from 32 x 32 channel pairs also (a small ResNet's middle stage), from
@@ -246,14 +246,21 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // 0.58 ms (2.0x), 32 -> 64 1.85x, 64 -> 64 2.0x, on 14x14 32 -> 32 1.19x, 64 -> 64 1.5x (the
 // AVX2 build: 32 -> 32 on 16x16 2.5x); batch 64, 32 -> 32 on 16x16 (SegNet's) 2.3x; with
 // fewer pairs it stays about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) and on two threads
-// the 48-tile blocks share out unevenly (256 tiles: 144 against 112), so those stay out, as
-// do fewer tiles (128: 80 against 48).
-// On 8x8 images (64 tiles, 2 blocks of 48 and 16: one thread does three quarters) it ran
-// 1.2x on one thread and would lose on two.
+// the 48-tile blocks shared out unevenly (256 tiles: 144 against 112), so those stay out, as
+// do fewer tiles (128: 80 against 48; both measured before Tiling::of_forward cut fewer than
+// 384 tiles into equal blocks).
+// On 7-11 columns (a small ResNet's last stage, 8x8) from 32 x 32 channel pairs and 32 tiles,
+// now that few tiles make an even number of equal blocks (Tiling::of_forward): one AVX-512
+// thread, CPU time, best of 5, against "auto" without it (the channel-vectorised GEMM), batch
+// 16 on 8x8: 64 -> 64 1.66x, 32 -> 32 1.51x, 32 -> 64 1.43x, 128 -> 128 2.1x; batch 8 and 4,
+// 64 -> 64 (32 and 16 tiles) 1.41x, 1.24x; 7x7 64 -> 64 1.37x, 10x10 1.38x; 16 -> 16 on
+// 8x8 even (0.97x), so it stays out. Two threads: 64 tiles make 2 blocks of 32 (one each);
+// an odd number of 16-tile vectors keeps blocks of 48 (48 tiles: one block, one thread).
 inline bool winograd_pays(const ConvShape& g) {
     const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
-    return winograd_applies(g) && g.C >= 16 && g.K >= 16 && pairs <= 256 * 256 && tiles >= 128 &&
-           g.Wo >= 12 && (g.Wo >= 28 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
+    if (!winograd_applies(g) || g.C < 16 || g.K < 16 || pairs > 256 * 256) return false;
+    if (g.Wo < 12) return g.Wo >= 7 && g.C >= 32 && g.K >= 32 && tiles >= 32;
+    return tiles >= 128 && (g.Wo >= 28 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
 }
 
 // Winograd's layout (conv/winograd.h): one GEMM per transform-domain position over all tiles

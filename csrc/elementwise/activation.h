@@ -87,6 +87,13 @@ struct Relu {
     }
 };
 
+// ReLU of a sum, y = max(a + b, 0) in one pass (a residual block's Add and ReLU): the same
+// bits as the sum stored and then ReLU'd.
+template <class T>
+struct AddRelu {
+    PYCONV_VECTOR_OP(typename Simd<T>::V a, typename Simd<T>::V b) const { return Relu<T>{}(a + b); }
+};
+
 template <class T>
 struct ReluBackward {
     PYCONV_VECTOR_OP(typename Simd<T>::V g, typename Simd<T>::V y) const {
@@ -202,6 +209,9 @@ struct TanhBackward {
 
 template <class T>
 void relu(int64_t n, const T* x, T* y) { map_vectors<T>(n, y, Relu<T>{}, x); }
+
+template <class T>
+void add_relu(int64_t n, const T* a, const T* b, T* y) { map_vectors<T>(n, y, AddRelu<T>{}, a, b); }
 
 template <class T>
 void relu_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {

@@ -238,6 +238,8 @@ def _with_epilogue(fn, epilogue):
 
     def add(*args):
         y, r = fn(*args[:-1]), args[-1]
+        if with_relu and _ops_dense.add_relu_in_place(y, r) is not None:
+            return y
         if r.shape == y.shape or np.broadcast_shapes(y.shape, r.shape) == y.shape:
             np.add(y, r, out=y)
         else:

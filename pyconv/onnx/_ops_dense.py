@@ -129,6 +129,21 @@ def relu_in_place(y):
     return np.maximum(y, 0, out=y)
 
 
+def add_relu_in_place(y, r):
+    """max(y + r, 0) written over y, a fresh array of the step's own, in one pass of pyconv's
+    kernel (the sum, then relu's rules: the same bits as the Add and the Relu apart, except
+    that a sum below the normal range is flushed to zero as in all pyconv kernels; half the
+    passes over the array, on pyconv's threads); None where the kernel does not apply (other
+    backends, r not of y's shape and dtype, other dtypes, non-contiguous arrays)."""
+    if (r.shape == y.shape and r.dtype == y.dtype and y.dtype in (np.float32, np.float64)
+            and y.flags.c_contiguous and r.flags.c_contiguous and get_backend() == "cpu"):
+        add_relu = _extension("add_relu")
+        if add_relu is not None:
+            add_relu(y, r, y)
+            return y
+    return None
+
+
 def _relu(x, out=None):
     # In place where the planner allows it: a new output's first touch of fresh pages costs
     # more than the pass itself. Otherwise pyconv's relu kernel. In place, NumPy's

@@ -152,6 +152,31 @@ def test_lstm_backward_with_missing_gradients(isa, dtype):
     close(gx, tx.grad, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_reduction_across_inputs_and_states(isa, dtype):
+    # I + H = 536 spans two of the GEMM's reduction blocks (268 each), so the step's product over
+    # [x_t | h_{t-1}] has a block that starts in x and ends in h, and one that starts inside h;
+    # I = 203 is not a multiple of the 8-row panel of the weight gradient over [x | h]^T, so a
+    # panel there holds the last rows of x and the first of h.
+    T, B, I, H = 3, 5, 203, 333
+    m, params = torch_lstm(I, H, True, dtype, seed=11)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    gout = rng.standard_normal((T, B, H)).astype(dtype)
+    tx = t(x).requires_grad_()
+    tout, _ = m(tx, (t(h0)[None], t(c0)[None]))
+    tout.backward(t(gout))
+    out, _, saved = ops.lstm(x, h0, c0, *arrays(params), save_for_backward=True)
+    close(out, tout, dtype)
+    gx, _, _, gw_ih, gw_hh, gb_ih, _ = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params),
+                                                        saved=saved)
+    close(gx, tx.grad, dtype)
+    close(gw_ih, params[0].grad, dtype)
+    close(gw_hh, params[1].grad, dtype)
+    close(gb_ih, params[2].grad, dtype)
+
+
 def test_lstm_saturated_gates_stay_finite(isa):
     # Huge pre-activations must saturate the sigmoid/tanh, not overflow to NaN.
     B, I, H = 2, 3, 20

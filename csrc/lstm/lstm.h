@@ -111,6 +111,41 @@ static inline void cell_forward(T* pre, const T* bias, int64_t U, int64_t n, con
     }
 }
 
+// An operand whose reduction index runs over two sources one after the other: k < K1 from
+// first, k >= K1 from second (as k - K1). The step's product [x_t | h_{t-1}] . [W_ih | W_hh]^T
+// is one GEMM over K = I + H through these, so each gate tile is loaded and stored once per step
+// instead of once per product. Packed panels are contiguous in k (A: [k][MR], B: [k][NR]), so
+// a panel that spans both sources is the two packings back to back.
+template <class T, class First, class Second>
+struct StackedK {
+    First first;
+    Second second;
+    int64_t K1;
+
+    // A panel: rows i0.. over reduction indices [k0, k0 + kc).
+    void pack_panel(int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* dst) const {
+        constexpr int MR = GemmTile<T>::MR;
+        const int64_t n1 = std::clamp<int64_t>(K1 - k0, 0, kc);
+        if (n1 > 0) first.pack_panel(i0, rows, k0, n1, dst);
+        if (kc > n1) second.pack_panel(i0, rows, k0 + n1 - K1, kc - n1, dst + n1 * MR);
+    }
+};
+
+// The B counterpart of StackedK (B sources take (k0, kc, j0, cols, dst)).
+template <class T, class First, class Second>
+struct StackedKB {
+    First first;
+    Second second;
+    int64_t K1;
+
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        const int64_t n1 = std::clamp<int64_t>(K1 - k0, 0, kc);
+        if (n1 > 0) first.pack_panel(k0, n1, j0, cols, dst);
+        if (kc > n1) second.pack_panel(k0 + n1 - K1, kc - n1, j0, cols, dst + n1 * NR);
+    }
+};
+
 // Forward over the sequence. Step t's gate activations go to gates + t*gate_step (gate_step 0:
 // one (B, G) buffer reused by every step), its hidden states to out (T, B, H), c_t to
 // c_seq + t*c_step (c_step 0: one buffer updated in place). Each step's input projection is
@@ -130,24 +165,22 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
         const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
         const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
         GemmBuffers<T> buf(false);
-        // Column n of this thread's slice of x . W^T is weight row source_row(col0 + n).
-        const PrepackedB<T> w_ih_p(I, cols, columns_b<T>([&](int64_t n) {
-            return P.weight_row(P.w.w_ih, I, col0 + n);
-        }));
-        const PrepackedB<T> w_hh_p(H, cols, columns_b<T>([&](int64_t n) {
-            return P.weight_row(P.w.w_hh, H, col0 + n);
-        }));
+        // Column n of this thread's slice of [x | h] . [W_ih | W_hh]^T is weight row
+        // source_row(col0 + n) of both.
+        const auto w_ih_cols = columns_b<T>([&](int64_t n) { return P.weight_row(P.w.w_ih, I, col0 + n); });
+        const auto w_hh_cols = columns_b<T>([&](int64_t n) { return P.weight_row(P.w.w_hh, H, col0 + n); });
+        const PrepackedB<T> w_p(I + H, cols, StackedKB<T, decltype(w_ih_cols), decltype(w_hh_cols)>{
+                                                 w_ih_cols, w_hh_cols, I});
         for (int64_t t = 0; t < P.T_; ++t) {
             const T* h_prev = t ? out + (t - 1) * B * H : h0;
             const T* c_prev = t ? c_seq + (t - 1) * c_step : c0;
             T* c_new = c_seq + t * c_step;
             T* g_t = gates + t * gate_step;
             if (cols > 0) {
-                const OutMatrix<T> gate_cols = OutMatrix<T>::plain(g_t + col0, G, cols);
-                gemm_block<T>(0, B, 0, cols, 0, I, InMatrixA<T>::plain(x + t * B * I, I, I), w_ih_p,
-                              gate_cols, Store::overwrite, buf);
-                gemm_block<T>(0, B, 0, cols, 0, H, InMatrixA<T>::plain(h_prev, H, H), w_hh_p,
-                              gate_cols, Store::accumulate, buf);
+                const StackedK<T, InMatrixA<T>, InMatrixA<T>> inputs{
+                    InMatrixA<T>::plain(x + t * B * I, I, I), InMatrixA<T>::plain(h_prev, H, H), I};
+                gemm_block<T>(0, B, 0, cols, 0, I + H, inputs, w_p,
+                              OutMatrix<T>::plain(g_t + col0, G, cols), Store::overwrite, buf);
             }
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
@@ -234,16 +267,24 @@ static void column_sums(const T* a, int64_t rows, int64_t cols, Put&& put) {
     }
 }
 
-// B = [x | h_prev] for the weight gradients: columns [0, I) from x, [h_col0, h_col0 + H) from
-// h_prev, zeros between. h_col0 is a multiple of NR, so no packed panel straddles the two.
+// A = [x | h_prev]^T ((I + H) x TB) for the weight gradients: rows [0, I) are the columns of x,
+// rows [I, I + H) those of h_prev, both (TB x width) row-major. Reading them transposed steps
+// through rows of 512 B-1 KB; the other way round (dG^T as A) strides by the 4 KB gate rows,
+// each on a page of its own.
 template <class T>
-struct InputsAndStates {
-    InMatrixB<T> x, h;
-    int64_t I, h_col0;
+struct InputsAndStatesT {
+    const T *x, *h;
+    int64_t I, H;
 
-    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
-        if (j0 < h_col0) x.pack_panel(k0, kc, j0, std::min(cols, I - j0), dst);
-        else h.pack_panel(k0, kc, j0 - h_col0, cols, dst);
+    void pack_panel(int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* dst) const {
+        constexpr int MR = GemmTile<T>::MR;
+        const int64_t nx = std::clamp<int64_t>(I - i0, 0, rows);  // rows from x
+        if (nx == rows) return InMatrixAT<T>{x, I}.pack_panel(i0, rows, k0, kc, dst);
+        if (nx == 0) return InMatrixAT<T>{h, H}.pack_panel(i0 - I, rows, k0, kc, dst);
+        for (int64_t k = 0; k < kc; ++k) {  // the panel across the two
+            const T *xr = x + (k0 + k) * I + i0, *hr = h + (k0 + k) * H - nx;
+            for (int64_t i = 0; i < MR; ++i) dst[k * MR + i] = i < nx ? xr[i] : i < rows ? hr[i] : T(0);
+        }
     }
 };
 
@@ -311,19 +352,17 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     gemm_parallel<T>(TB, I, G, InMatrixA<T>::plain(dG, G, G),
                      rows_b<T>([&](int64_t k) { return P.weight_row(w.w_ih, I, k); }),
                      OutMatrix<T>::plain(grad_x, I, I));
-    // Both weight gradients in one GEMM, dG^T . [x | h_prev] (TB x (I + H)), so that dG^T is
-    // packed once: x fills the columns [0, I), h_prev those from the next whole panel on.
-    const int64_t h_col0 = ceil_div(I, gemm_nr<T>()) * gemm_nr<T>(), width = h_col0 + H;
-    const auto dw = scratch<T>(G * width);  // weight gradients in gate-column order
-    gemm_parallel_split_k<T>(G, width, TB, InMatrixAT<T>{dG, G},
-                             InputsAndStates<T>{InMatrixB<T>::plain(x, I, I), InMatrixB<T>::plain(hs, H, H), I, h_col0},
-                             dw.get());
+    // Both weight gradients in one GEMM, [x | h_prev]^T . dG ((I + H) x G over TB), so that dG
+    // is packed once, as B (row-major, contiguous panels).
+    const int64_t width = I + H;
+    const auto dw = scratch<T>(width * G);  // transposed weight gradients, gate-column order
+    gemm_parallel_split_k<T>(width, G, TB, InputsAndStatesT<T>{x, hs, I, H},
+                             InMatrixB<T>::plain(dG, G, G), dw.get());
     for (int64_t col = 0; col < G; ++col) {
         const int64_t r = P.source_row(col);
         if (r < 0) continue;
-        const T* row = dw.get() + col * width;
-        std::copy(row, row + I, grad_w_ih + r * I);
-        std::copy(row + h_col0, row + h_col0 + H, grad_w_hh + r * H);
+        for (int64_t i = 0; i < I; ++i) grad_w_ih[r * I + i] = dw[i * G + col];
+        for (int64_t j = 0; j < H; ++j) grad_w_hh[r * H + j] = dw[(I + j) * G + col];
     }
     if (grad_b) column_sums(dG, TB, G, [&](int64_t col, T sum) {
         const int64_t r = P.source_row(col);

@@ -11,6 +11,7 @@
 #include "gemm/chunked_reduction.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
+#include "conv/grad_input_as_forward.h"
 #include "conv/im2col.h"
 #include "conv/padding.h"
 
@@ -25,23 +26,56 @@ template <class T> struct ChannelTile { static constexpr int MR = 6, NV = 4; };
 template <class T> struct ChannelTile { static constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV; };
 #endif
 
-// w (Kg, taps) of one group as NR-channel panels [panel][tap][NR], zero-padded past Kg.
+// w (Kg, taps) of one group as NR-channel panels [panel][tap][NR], zero-padded past Kg: a
+// transpose, by register blocks of `lanes` rows x `lanes` taps (a vector load per row, one
+// cache line, and a vector store per tap). Element by element, 16 taps at a time, the rows of
+// 512 -> 512 3x3 weights (18 KiB apart) fell into two L1 sets and missed on every load:
+// 2.3 ms of a 21 ms forward on 8x512x7x7, one thread.
 template <class T, int NR>
 Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
+    using S = Simd<T>;
+    constexpr int L = S::lanes;
+    static_assert(NR % L == 0, "a panel holds whole vectors");
     const int64_t panels = (Kg + NR - 1) / NR;
     Scratch<T> packed = scratch<T>(panels * taps_n * NR);
-    // A transpose, 16 taps at a time: each weight row is read a cache line at a time (rows a
-    // power of two apart would otherwise evict each other from L1 on every tap).
-    constexpr int64_t step = 16;
     for (int64_t p = 0; p < panels; ++p)
-        for (int64_t k0 = 0; k0 < taps_n; k0 += step) {
-            const int64_t kn = std::min(step, taps_n - k0);
-            T* dst = packed.get() + (p * taps_n + k0) * NR;
-            for (int64_t j = 0; j < NR; ++j) {
-                const T* src = p * NR + j < Kg ? w + (p * NR + j) * taps_n + k0 : nullptr;
-                for (int64_t k = 0; k < kn; ++k) dst[k * NR + j] = src ? src[k] : T(0);
+        for (int64_t j0 = 0; j0 < NR; j0 += L) {
+            const int64_t row0 = p * NR + j0;
+            const int rows = static_cast<int>(std::clamp<int64_t>(Kg - row0, 0, L));
+            T* dst = packed.get() + p * taps_n * NR + j0;
+            int64_t t0 = 0;
+            for (; t0 + L <= taps_n; t0 += L) {
+                typename S::V block[L];
+#pragma GCC unroll 16
+                for (int i = 0; i < L; ++i) block[i] = i < rows ? S::load(w + (row0 + i) * taps_n + t0) : S::zero();
+                transpose_block<T>(block);
+#pragma GCC unroll 16
+                for (int t = 0; t < L; ++t) S::store(dst + (t0 + t) * NR, block[t]);
             }
+            for (; t0 < taps_n; ++t0)
+                for (int i = 0; i < L; ++i) dst[t0 * NR + i] = i < rows ? w[(row0 + i) * taps_n + t0] : T(0);
         }
+    return packed;
+}
+
+// The input gradient's weights as the forward's panels (conv/grad_input_as_forward.h): w
+// (Kg, Cg, R, S) of one group flipped in space and transposed in channels, panels of NR input
+// channels c over the taps (k, r, s):
+//   packed[panel][(k * RS + rs)][j] = w[k, panel * NR + j, RS - 1 - rs], zero past Cg.
+// Built straight from w: for each k a panel's source rows are one contiguous run.
+template <class T, int NR>
+Scratch<T> flipped_channel_panels(const T* w, int64_t Cg, int64_t Kg, int64_t RS) {
+    const int64_t panels = (Cg + NR - 1) / NR, taps_n = Kg * RS;
+    Scratch<T> packed = scratch<T>(panels * taps_n * NR);
+    for (int64_t p = 0; p < panels; ++p) {
+        const int64_t rows = std::min<int64_t>(NR, Cg - p * NR);
+        for (int64_t k = 0; k < Kg; ++k) {
+            const T* src = w + (k * Cg + p * NR) * RS;
+            T* dst = packed.get() + (p * taps_n + k * RS) * NR;
+            for (int64_t rs = 0; rs < RS; ++rs)
+                for (int64_t j = 0; j < NR; ++j) dst[rs * NR + j] = j < rows ? src[j * RS + RS - 1 - rs] : T(0);
+        }
+    }
     return packed;
 }
 
@@ -102,8 +136,10 @@ void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int
 // channels 4x4 stride 2 on 16x16, batch 64, 1 thread: 0.35 ms of a 2.3 ms forward). Without
 // padding x is read in place. Each pixel's sums run in the same order whichever job computes
 // it, so the result does not depend on the thread count.
+// `weights`: per group, its w as channel_panels<T, NR>.
 template <class T>
-void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std::vector<Scratch<T>>& weights,
+                                       const T* bias, T* y) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (smaller and
     // larger KC measured the same).
@@ -125,8 +161,6 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
     for (int64_t c = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets.push_back(c * plane + r * g.dh * row + s * g.dw);
-    std::vector<Scratch<T>> weights;
-    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs * g.groups)));
     // Per-thread accumulators and padded images, allocated here: an exception must not leave a
     // parallel region.
@@ -186,6 +220,27 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
             }
         }
     }
+}
+
+template <class T>
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t Kg = g.K / g.groups, taps_n = (g.C / g.groups) * g.R * g.S;
+    std::vector<Scratch<T>> weights;
+    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
+    conv2d_forward_by_channels_packed(g, x, weights, bias, y);
+}
+
+// grad_x at stride 1 as the forward convolution of dy (conv/grad_input_as_forward.h) on the
+// kernel above, its flipped weights packed straight from w.
+template <class T>
+void conv2d_grad_input_by_channels(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    std::vector<Scratch<T>> weights;
+    for (int64_t grp = 0; grp < g.groups; ++grp)
+        weights.push_back(flipped_channel_panels<T, NR>(w + grp * Kg * Cg * RS, Cg, Kg, RS));
+    conv2d_forward_by_channels_packed(grad_input_as_forward_shape(g), dy, weights, static_cast<const T*>(nullptr), dx);
 }
 
 // Weight gradient vectorised over output channels, the forward's counterpart:

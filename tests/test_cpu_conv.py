@@ -125,6 +125,41 @@ def test_strided_small_layers_match_torch(isa, case, dtype):
         close(actual, want, dtype)
 
 
+# Small images with many channels, every pass on the channel-vectorised forms
+# (conv/by_channels.h): the forward's tiles span images within a group of images (groups of
+# unequal size: 23 images of 7x7 in groups of 6, the last of 5), the input gradient packs the
+# flipped weights straight from w (70 input channels: a partial panel), the weight gradient's
+# register transposes of dw (630 taps, 65 output channels: partial blocks), x read in place
+# without padding, groups; on 1 and 3 threads.
+FEW_PIXELS_CASES = [
+    ((5, 70, 7, 7), (65, 70, 3, 3), dict(padding=1)),
+    ((23, 64, 7, 7), (64, 64, 3, 3), dict(padding=1)),
+    ((9, 96, 5, 5), (128, 96, 3, 3), dict(padding=0)),
+    ((3, 128, 6, 6), (192, 64, 3, 3), dict(padding=1, groups=2)),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FEW_PIXELS_CASES, ids=str)
+def test_few_pixels_many_channels_match_torch(isa, case, dtype, threads):
+    xs, ws, params = case
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, ws[:1], dtype)
+    groups = params.get("groups", 1)
+    before = _C.get_num_threads()
+    try:
+        _C.set_num_threads(threads)
+        y = ops.conv2d(x, w, b, 1, params["padding"], 1, groups, backend="cpu")
+        gy = rand(rng, y.shape, dtype)
+        grad_x, grad_w, _ = ops.conv2d_backward(gy, x, w, 1, params["padding"], 1, groups, backend="cpu")
+    finally:
+        _C.set_num_threads(before)
+    expected = torch_conv(x, w, b, 1, params["padding"], 1, groups, gy)
+    for actual, want in zip((y, grad_x, grad_w), expected[:3]):
+        close(actual, want, dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # GEMM against NumPy: sizes that are primes, 1, or just off the block sizes (MR, NR, KC, MC, NC).
 

@@ -11,6 +11,7 @@
 #include "gemm/chunked_reduction.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
+#include "conv/grad_input_as_forward.h"
 #include "conv/im2col.h"
 #include "conv/padding.h"
 
@@ -25,24 +26,48 @@ template <class T> struct ChannelTile { static constexpr int MR = 6, NV = 4; };
 template <class T> struct ChannelTile { static constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV; };
 #endif
 
-// w (Kg, taps) of one group as NR-channel panels [panel][tap][NR], zero-padded past Kg.
+// Panel p of w (Kg, taps) of one group as NR channels [tap][NR], zero past Kg: a transpose,
+// by register blocks of `lanes` rows x `lanes` taps (a vector load per row, one cache line, and
+// a vector store per tap). Element by element, 16 taps at a time, the rows of 512 -> 512 3x3
+// weights (18 KiB apart) fell into two L1 sets and missed on every load: 2.3 ms of a 21 ms
+// forward on 8x512x7x7, one thread.
 template <class T, int NR>
-Scratch<T> channel_panels(const T* w, int64_t Kg, int64_t taps_n) {
-    const int64_t panels = (Kg + NR - 1) / NR;
-    Scratch<T> packed = scratch<T>(panels * taps_n * NR);
-    // A transpose, 16 taps at a time: each weight row is read a cache line at a time (rows a
-    // power of two apart would otherwise evict each other from L1 on every tap).
-    constexpr int64_t step = 16;
-    for (int64_t p = 0; p < panels; ++p)
-        for (int64_t k0 = 0; k0 < taps_n; k0 += step) {
-            const int64_t kn = std::min(step, taps_n - k0);
-            T* dst = packed.get() + (p * taps_n + k0) * NR;
-            for (int64_t j = 0; j < NR; ++j) {
-                const T* src = p * NR + j < Kg ? w + (p * NR + j) * taps_n + k0 : nullptr;
-                for (int64_t k = 0; k < kn; ++k) dst[k * NR + j] = src ? src[k] : T(0);
-            }
+void channel_panel(const T* w, int64_t Kg, int64_t taps_n, int64_t p, T* packed) {
+    using S = Simd<T>;
+    constexpr int L = S::lanes;
+    static_assert(NR % L == 0, "a panel holds whole vectors");
+    for (int64_t j0 = 0; j0 < NR; j0 += L) {
+        const int64_t row0 = p * NR + j0;
+        const int rows = static_cast<int>(std::clamp<int64_t>(Kg - row0, 0, L));
+        T* dst = packed + j0;
+        int64_t t0 = 0;
+        for (; t0 + L <= taps_n; t0 += L) {
+            typename S::V block[L];
+#pragma GCC unroll 16
+            for (int i = 0; i < L; ++i) block[i] = i < rows ? S::load(w + (row0 + i) * taps_n + t0) : S::zero();
+            transpose_block<T>(block);
+#pragma GCC unroll 16
+            for (int t = 0; t < L; ++t) S::store(dst + (t0 + t) * NR, block[t]);
         }
-    return packed;
+        for (; t0 < taps_n; ++t0)
+            for (int i = 0; i < L; ++i) dst[t0 * NR + i] = i < rows ? w[(row0 + i) * taps_n + t0] : T(0);
+    }
+}
+
+// Panel p of the input gradient's weights as the forward's (conv/grad_input_as_forward.h): w
+// (Kg, Cg, R, S) of one group flipped in space and transposed in channels, NR input channels
+// c over the taps (k, r, s):
+//   packed[(k * RS + rs)][j] = w[k, p * NR + j, RS - 1 - rs], zero past Cg.
+// Straight from w: for each k the panel's source rows are one contiguous run.
+template <class T, int NR>
+void flipped_channel_panel(const T* w, int64_t Cg, int64_t Kg, int64_t RS, int64_t p, T* packed) {
+    const int64_t rows = std::min<int64_t>(NR, Cg - p * NR);
+    for (int64_t k = 0; k < Kg; ++k) {
+        const T* src = w + (k * Cg + p * NR) * RS;
+        T* dst = packed + k * RS * NR;
+        for (int64_t rs = 0; rs < RS; ++rs)
+            for (int64_t j = 0; j < NR; ++j) dst[rs * NR + j] = j < rows ? src[j * RS + RS - 1 - rs] : T(0);
+    }
 }
 
 // The forward's transposed store of one block: y[n, grp*Kg + k, q] = acc + bias[k] for the
@@ -92,29 +117,42 @@ void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int
 // offset), and only the weights are packed, once. The MR pixels of a tile are any consecutive
 // outputs, so nothing is wasted at row or image ends, where the pixel-vectorised GEMM drops grid
 // columns and stores tiles through the edge buffer in runs of Wo. The price: tiles are stored
-// transposed (output channels are HoWo apart in NCHW), once per MC pixels after the whole
+// transposed (output channels are HoWo apart in NCHW), once per block of tiles after the whole
 // reduction, from a per-thread accumulator that stays in cache.
 //
-// A job is a block of up to MC pixels of a group of whole images (as many as one block holds,
-// at least one). Each thread zero-pads its job's images (the group's channels) into a buffer of
-// its own, which stays in cache for the job's tiles and for its next jobs on the same images;
-// a padded copy of the whole batch made up front went to memory and came back (32 -> 64
+// A job is a block of tiles of a group of whole images (below). Each thread zero-pads its
+// job's images (the group's channels) into a buffer of its own, which stays in cache for the
+// job's tiles and for its next jobs on the same images; a padded copy of the whole batch made up front went to memory and came back (32 -> 64
 // channels 4x4 stride 2 on 16x16, batch 64, 1 thread: 0.35 ms of a 2.3 ms forward). Without
 // padding x is read in place. Each pixel's sums run in the same order whichever job computes
 // it, so the result does not depend on the thread count.
-template <class T>
-void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+//
+// pack_panel(grp, p, dst): group grp's weight panel p (Kg output channels in panels of NR,
+// [tap][NR]) into dst, run by the team before the products.
+template <class T, class PackPanel>
+void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const PackPanel& pack_panel,
+                                        const T* bias, T* y) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
-    // A weight panel of KC x NR (32 KiB) is shared by the MC pixels of a block (smaller and
+    // A weight panel of KC x NR (32 KiB) is shared by the tiles of a block (smaller and
     // larger KC measured the same).
     constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
     const int64_t panels = (Kg + NR - 1) / NR;
     const int64_t k_blocks = std::max<int64_t>(1, (taps_n + KC - 1) / KC);
     const int64_t kc_step = std::max<int64_t>(1, (taps_n + k_blocks - 1) / k_blocks);
-    const int64_t images_per_job = std::clamp<int64_t>(MC / HoWo, 1, g.N);
-    const int64_t image_groups = (g.N + images_per_job - 1) / images_per_job;
-    const int64_t blocks_per_group = (images_per_job * HoWo + MC - 1) / MC, jobs = image_groups * blocks_per_group;
+    // Jobs: blocks of at most tiles_max tiles of a group of whole images of up to 4 MC pixels
+    // (at least one image), the groups and the blocks of a group as equal as whole images and
+    // tiles allow. A tile may span two images, so small images waste only the group's last
+    // tile (7x7 images alone: 9 tiles of 6 for 49 pixels, a tenth wasted) and a block shares
+    // each weight panel read from L2 or L3 among more tiles. 8x512x7x7, one thread: 19.4
+    // against 21.0 ms with a job per image (two groups of 4 images, 3 blocks of 11 tiles each).
+    const int64_t image_groups = (g.N + std::clamp<int64_t>(4 * MC / HoWo, 1, g.N) - 1) /
+                                 std::clamp<int64_t>(4 * MC / HoWo, 1, g.N);
+    const int64_t images_per_job = (g.N + image_groups - 1) / image_groups;
+    const int64_t group_tiles = (images_per_job * HoWo + MR - 1) / MR;
+    const int64_t blocks_per_group = (group_tiles + tiles_max - 1) / tiles_max;
+    const int64_t block_tiles = (group_tiles + blocks_per_group - 1) / blocks_per_group;
+    const int64_t jobs = image_groups * blocks_per_group;
     // The source's layout: x itself, or each job's padded planes (Hp x Wp), Cg per image.
     const PaddedPlane pp(g);
     const bool in_place = g.ph == 0 && g.pw == 0 && pp.Hp <= g.H && pp.Wp <= g.W;
@@ -126,13 +164,13 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets.push_back(c * plane + r * g.dh * row + s * g.dw);
     std::vector<Scratch<T>> weights;
-    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(channel_panels<T, NR>(w + grp * Kg * taps_n, Kg, taps_n));
+    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(scratch<T>(checked_mul(panels, taps_n, NR)));
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs * g.groups)));
     // Per-thread accumulators and padded images, allocated here: an exception must not leave a
     // parallel region.
     std::vector<Scratch<T>> accs, pads;
     for (int t = 0; t < threads; ++t) {
-        accs.push_back(scratch<T>(tiles_max * panels * MR * NR));
+        accs.push_back(scratch<T>(block_tiles * panels * MR * NR));
         if (!in_place) pads.push_back(scratch<T>(checked_mul(images_per_job, Cg, plane)));
     }
     // Every group's GEMM in one parallel region; threads move on to the next group without waiting.
@@ -143,14 +181,19 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
         T* pad = in_place ? nullptr : pads[omp_get_thread_num()].get();
         int64_t padded_grp = -1, padded_images = -1;  // what `pad` holds
         OffsetCols<T, MR> tiles[tiles_max];
+        // The weights, shared out by panels (on two threads the forward of 8x512x7x7 packed
+        // 9.4 MB on one thread while the other waited).
+#pragma omp for schedule(static)
+        for (int64_t u = 0; u < g.groups * panels; ++u)
+            pack_panel(u / panels, u % panels, weights[u / panels].get() + (u % panels) * taps_n * NR);
         for (int64_t grp = 0; grp < g.groups; ++grp) {
 #pragma omp for schedule(static) nowait
             for (int64_t job = 0; job < jobs; ++job) {
                 const int64_t ig = job / blocks_per_group, n0 = ig * images_per_job;
                 const int64_t end = std::min(g.N, n0 + images_per_job) * HoWo;
-                const int64_t i0 = n0 * HoWo + job % blocks_per_group * MC;
+                const int64_t i0 = n0 * HoWo + job % blocks_per_group * block_tiles * MR;
                 if (i0 >= end) continue;  // the last group of images has fewer blocks
-                const int64_t mc = std::min(MC, end - i0), n_tiles = (mc + MR - 1) / MR;
+                const int64_t mc = std::min(block_tiles * MR, end - i0), n_tiles = (mc + MR - 1) / MR;
                 const T* source = x + (n0 * g.C + grp * Cg) * g.H * g.W;
                 if (!in_place) {
                     if (padded_grp != grp || padded_images != ig) {
@@ -186,6 +229,27 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
             }
         }
     }
+}
+
+template <class T>
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t Kg = g.K / g.groups, taps_n = (g.C / g.groups) * g.R * g.S;
+    conv2d_forward_by_channels_packing(
+        g, x, [&](int64_t grp, int64_t p, T* dst) { channel_panel<T, NR>(w + grp * Kg * taps_n, Kg, taps_n, p, dst); },
+        bias, y);
+}
+
+// grad_x at stride 1 as the forward convolution of dy (conv/grad_input_as_forward.h) on the
+// kernel above, its flipped weights packed straight from w.
+template <class T>
+void conv2d_grad_input_by_channels(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S;
+    conv2d_forward_by_channels_packing(
+        grad_input_as_forward_shape(g), dy,
+        [&](int64_t grp, int64_t p, T* dst) { flipped_channel_panel<T, NR>(w + grp * Kg * Cg * RS, Cg, Kg, RS, p, dst); },
+        static_cast<const T*>(nullptr), dx);
 }
 
 // Weight gradient vectorised over output channels, the forward's counterpart:
@@ -248,8 +312,12 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
             for (int64_t job = first; job < last;) {
                 const int64_t ch = job / tiles, tile0 = job % tiles;
                 const int64_t tile1 = std::min(tiles, tile0 + (last - job));
-                for (int64_t pc = chunks.begin(ch); pc < chunks.end(ch); pc += KC) {
-                    const int64_t kc = std::min(KC, chunks.end(ch) - pc);
+                // The chunk in equal blocks of at most KC pixels: a short last block (8 of the
+                // 392 pixels of 8x512x7x7) would load and store every tile for little arithmetic.
+                const int64_t len = chunks.end(ch) - chunks.begin(ch), blocks = (len + KC - 1) / KC;
+                const int64_t step = std::max<int64_t>(1, (len + blocks - 1) / blocks);
+                for (int64_t pc = chunks.begin(ch); pc < chunks.end(ch); pc += step) {
+                    const int64_t kc = std::min(step, chunks.end(ch) - pc);
                     const Store store = pc == chunks.begin(ch) ? Store::overwrite : Store::accumulate;
                     a.k_offsets = pixels.data() + pc;
                     for (int64_t jp = 0; jp < panels; ++jp) {
@@ -265,23 +333,45 @@ void conv2d_grad_weight_by_channels(const ConvShape& g, const T* dy, const T* x,
                 job += tile1 - tile0;
             }
 #pragma omp barrier
-            // dw[grp*Kg + k, tap]: the chunks' partial sums in chunk order, added into chunk 0's
-            // tile (element by element, vectorisable), then the tile stored transposed: MR taps
-            // of each of its channels are adjacent in dw. (Going tap by tap over all channels
-            // instead wrote dw a row apart at every step, a cache miss per element: a tenth of
-            // the whole gradient's time for 64 -> 128 channels 4x4 on 14x14.)
+            // The chunks' partial sums in chunk order, added into chunk 0's tile (element by
+            // element, vectorisable).
+            if (chunks.count > 1) {
 #pragma omp for schedule(static)
-            for (int64_t tile = 0; tile < tiles; ++tile) {
-                T* sum = dwt.get() + tile * tile_size;
-                for (int64_t ch = 1; ch < chunks.count; ++ch) {
-                    const T* part = dwt.get() + (ch * tiles + tile) * tile_size;
-                    for (int64_t e = 0; e < tile_size; ++e) sum[e] += part[e];
+                for (int64_t tile = 0; tile < tiles; ++tile) {
+                    T* sum = dwt.get() + tile * tile_size;
+                    for (int64_t ch = 1; ch < chunks.count; ++ch) {
+                        const T* part = dwt.get() + (ch * tiles + tile) * tile_size;
+                        for (int64_t e = 0; e < tile_size; ++e) sum[e] += part[e];
+                    }
                 }
-                const int rows = static_cast<int>(std::min<int64_t>(MR, taps_n - tile * MR));
-                for (int64_t k = 0; k < Kg; ++k) {
-                    const T* src = sum + (k / NR) * MR * NR + k % NR;
-                    T* dst = dw + (grp * Kg + k) * taps_n + tile * MR;
-                    for (int i = 0; i < rows; ++i) dst[i] = src[i * NR];
+            }
+            // dw[grp*Kg + k, tap] from the tiles, which hold dw^T (tap t at row t % MR of tile
+            // t / MR, its channels along the row): blocks of `lanes` taps x `lanes` channels go
+            // through a register transpose, a vector load per tap and a vector store per
+            // channel. (Element by element, MR taps of each channel at a time, the stores went
+            // to rows of dw 18 KiB apart, a sixth of the weight gradient's time on 8x512x7x7.)
+            constexpr int64_t ld = NR;
+            const int64_t tap_blocks = (taps_n + L - 1) / L, rows_alloc = tiles * MR;
+#pragma omp for schedule(static)
+            for (int64_t tb = 0; tb < tap_blocks; ++tb) {
+                const int64_t t0 = tb * L;
+                const int len = static_cast<int>(std::min<int64_t>(L, taps_n - t0));
+                for (int64_t k0 = 0; k0 < Kg; k0 += L) {
+                    typename Simd<T>::V block[L];
+#pragma GCC unroll 16
+                    for (int i = 0; i < L; ++i) {
+                        const int64_t t = t0 + i;
+                        block[i] = t < rows_alloc ? Simd<T>::load(dwt.get() + (t / MR) * tile_size + (k0 / NR) * MR * NR +
+                                                                   (t % MR) * ld + k0 % NR)
+                                                   : Simd<T>::zero();
+                    }
+                    transpose_block<T>(block);
+                    const int64_t channels = std::min<int64_t>(L, Kg - k0);
+                    for (int64_t j = 0; j < channels; ++j) {
+                        T* dst = dw + (grp * Kg + k0 + j) * taps_n + t0;
+                        if (len == L) Simd<T>::store(dst, block[j]);
+                        else store_first<T>(dst, block[j], len);
+                    }
                 }
             }
         }

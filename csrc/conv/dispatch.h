@@ -440,9 +440,11 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     if (!winograd && whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
     if (use_direct(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (winograd || grad_input_as_forward(g)) {
-        const Scratch<T> flipped = flipped_transposed_weights(g, w);
         ConvShape forward = grad_input_as_forward_shape(g);
         forward.algorithm = g.algorithm;
+        // The channel-vectorised forward packs the flipped weights straight from w.
+        if (forward_algorithm(forward) == ForwardAlgorithm::by_channels) return conv2d_grad_input_by_channels(g, dy, w, dx);
+        const Scratch<T> flipped = flipped_transposed_weights(g, w);
         return conv2d_forward(forward, dy, flipped.get(),
                               static_cast<const T*>(nullptr), dx);
     }

@@ -67,8 +67,9 @@ constexpr int64_t kColumnRowMax = 1024;
 // copy is a read with no bounds to test (gather_row per copy tests them, and with stride 1
 // calls memcpy for rows of a few elements). Stride 1 copies whole vectors: a row's last vector
 // runs on into the next rows of its plane, which are written after it, so only a vector that
-// would run past the plane's end needs a masked store. The strided copy stays a loop: GCC
-// would otherwise make it a call per row.
+// would run past the plane's end needs a masked store; strided copies likewise, from the
+// padded row split once by column phase. The copy loops stay loops: GCC would otherwise make
+// them calls per row.
 template <class T>
 __attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_copies(
     const ConvShape& g, const ColumnCopies& cc, const T* x_image, T* dst) {
@@ -78,6 +79,11 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_c
     // The row, then zeros for the last vector's read-ahead (and room for the vectors below).
     alignas(64) T padded[kColumnRowMax + 2 * S::lanes];
     const typename S::V zero = S::splat(T(0));
+    // Strided copies read phases of the padded row (each copy then a contiguous run, copied as
+    // at stride 1) where the phases, each with a vector of zeros after it, fit their buffer.
+    const int64_t phase_cols = (span + g.sw - 1) / g.sw, phase_len = phase_cols + S::lanes;
+    const bool phased = buffered && g.sw > 1 && g.sw <= S::lanes && g.sw * phase_len <= 2 * kColumnRowMax;
+    alignas(64) T phases[2 * kColumnRowMax];
     const int64_t lo = std::clamp<int64_t>(g.pw, 0, span), hi = std::clamp<int64_t>(g.pw + g.W, lo, span);
     for (int64_t c = 0; c < g.C; ++c) {
         const T* src = x_image + c * g.H * g.W;
@@ -103,10 +109,22 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_c
                         S::store(padded + t, load_first<T>(row + t, int(std::min<int64_t>(S::lanes, hi - t))));
                 }
                 for (; t < span + S::lanes; t += S::lanes) S::store(padded + t, zero);
+                if (phased) {  // the row split by column phase: phase r's element i is padded[i sw + r]
+                    for (int64_t r = 0; r < g.sw; ++r) {
+                        T* ph = phases + r * phase_len;
+                        if (g.sw == 2)  // a constant stride, which GCC vectorises as a de-interleave
+                            for (int64_t i = 0; i < phase_cols; ++i) ph[i] = padded[2 * i + r];
+                        else
+                            for (int64_t i = 0; i < phase_cols; ++i) ph[i] = padded[i * g.sw + r];
+                        for (int64_t i = phase_cols; i < phase_len; ++i) ph[i] = T(0);
+                    }
+                }
                 for (int64_t s = 0; s < g.S; ++s) {
                     T* d = dst + ((c * g.S + s) * g.sh + rh) * cc.plane + hq * g.Wo;
                     const T* p = padded + s * g.dw;
-                    if (g.sw != 1) {
+                    if (phased) {
+                        p = phases + (s * g.dw % g.sw) * phase_len + s * g.dw / g.sw;
+                    } else if (g.sw != 1) {
                         for (int64_t t = 0; t < g.Wo; ++t) d[t] = p[t * g.sw];
                         continue;
                     }

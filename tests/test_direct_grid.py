@@ -101,6 +101,13 @@ COLUMN_EDGES = {
     "dilation_2_1": ((2, 2, 12, 13), (30, 2, 5, 5), 1, (2, 1), (2, 1), 1),
     "groups2": ((2, 4, 9, 9), (60, 2, 5, 5), 1, 1, 1, 2),
     "padding_beyond_kernel": ((1, 2, 4, 5), (32, 2, 4, 4), 1, 5, 1, 1),
+    # Rows copied as whole vectors that run on into the plane's next rows: rows of 3 (a vector
+    # spans the plane's last rows and must stop at its end), a left padding wider than a
+    # vector, and rows wider than the stack buffer (kColumnRowMax: copied without it).
+    "width3_vector_spans_rows": ((2, 2, 6, 6), (32, 2, 4, 4), 1, 0, 1, 1),
+    "width3_stride2": ((2, 1, 8, 8), (32, 1, 4, 4), 2, 0, 1, 1),
+    "pad_w20": ((1, 1, 5, 6), (32, 1, 4, 4), 1, (1, 20), 1, 1),
+    "width1037_unbuffered": ((1, 1, 4, 1040), (32, 1, 4, 4), 1, 0, 1, 1),
 }
 
 
@@ -198,8 +205,9 @@ def test_read_ahead_reaches_only_dropped_outputs(poison, kernel, layout):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [13, 32])  # the phase grid, column copies
-def test_thread_counts_give_the_same_bits(dtype, channels):
-    x, w, b = data((5, 3, 17, 23), (channels, 3, 5, 5), dtype)
+@pytest.mark.parametrize("batch", [2, 12])  # below and above the one-thread floor (2^23 multiply-adds)
+def test_thread_counts_give_the_same_bits(dtype, channels, batch):
+    x, w, b = data((batch, 3, 37, 43), (channels, 3, 5, 5), dtype)
     before = pyconv.get_num_threads()
     try:
         results = []

@@ -58,18 +58,81 @@ struct ColumnCopies {
     }
 };
 
-// One image's column copies (x_image: its C planes) into dst (cc.image elements).
+// The longest zero-padded input row (the columns the copies read) that fill_column_copies
+// builds on the stack; wider rows go through gather_row.
+constexpr int64_t kColumnRowMax = 1024;
+
+// One image's column copies (x_image: its C planes) into dst (cc.image elements). Each input
+// row is zero-padded once into a buffer, with whole vectors, from which every kernel column's
+// copy is a read with no bounds to test (gather_row per copy tests them, and with stride 1
+// calls memcpy for rows of a few elements). Stride 1 copies whole vectors: a row's last vector
+// runs on into the next rows of its plane, which are written after it, so only a vector that
+// would run past the plane's end needs a masked store; strided copies likewise, from the
+// padded row split once by column phase. The copy loops stay loops: GCC would otherwise make
+// them calls per row.
 template <class T>
-void fill_column_copies(const ConvShape& g, const ColumnCopies& cc, const T* x_image, T* dst) {
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_copies(
+    const ConvShape& g, const ColumnCopies& cc, const T* x_image, T* dst) {
+    using S = Simd<T>;
+    const int64_t span = (g.Wo - 1) * g.sw + (g.S - 1) * g.dw + 1;  // padded columns read
+    const bool buffered = span <= kColumnRowMax;
+    // The row, then zeros for the last vector's read-ahead (and room for the vectors below).
+    alignas(64) T padded[kColumnRowMax + 2 * S::lanes];
+    const typename S::V zero = S::splat(T(0));
+    // Strided copies read phases of the padded row (each copy then a contiguous run, copied as
+    // at stride 1) where the phases, each with a vector of zeros after it, fit their buffer.
+    const int64_t phase_cols = (span + g.sw - 1) / g.sw, phase_len = phase_cols + S::lanes;
+    const bool phased = buffered && g.sw > 1 && g.sw <= S::lanes && g.sw * phase_len <= 2 * kColumnRowMax;
+    alignas(64) T phases[2 * kColumnRowMax];
+    const int64_t lo = std::clamp<int64_t>(g.pw, 0, span), hi = std::clamp<int64_t>(g.pw + g.W, lo, span);
     for (int64_t c = 0; c < g.C; ++c) {
         const T* src = x_image + c * g.H * g.W;
-        for (int64_t s = 0; s < g.S; ++s)
-            for (int64_t rh = 0; rh < g.sh; ++rh) {
-                T* d = dst + ((c * g.S + s) * g.sh + rh) * cc.plane;
-                for (int64_t hq = 0; hq < cc.Hq; ++hq) {
-                    const int64_t h = hq * g.sh + rh - g.ph;
-                    if (h < 0 || h >= g.H) std::fill(d + hq * g.Wo, d + (hq + 1) * g.Wo, T(0));
-                    else gather_row(src + h * g.W, g.W, s * g.dw - g.pw, g.sw, g.Wo, d + hq * g.Wo, 1);
+        for (int64_t rh = 0; rh < g.sh; ++rh)
+            for (int64_t hq = 0; hq < cc.Hq; ++hq) {
+                const int64_t h = hq * g.sh + rh - g.ph;
+                const bool outside = h < 0 || h >= g.H;
+                if (!buffered) {
+                    for (int64_t s = 0; s < g.S; ++s) {
+                        T* d = dst + ((c * g.S + s) * g.sh + rh) * cc.plane + hq * g.Wo;
+                        if (outside) std::fill(d, d + g.Wo, T(0));
+                        else gather_row(src + h * g.W, g.W, s * g.dw - g.pw, g.sw, g.Wo, d, 1);
+                    }
+                    continue;
+                }
+                // Whole vectors: zeros up to lo, then the row from lo (load_first zeroes the lanes
+                // past hi), then zeros.
+                int64_t t = 0;
+                if (!outside) {
+                    const T* row = src + h * g.W - g.pw;
+                    for (; t < lo; t += S::lanes) S::store(padded + t, zero);
+                    for (t = lo; t < hi; t += S::lanes)
+                        S::store(padded + t, load_first<T>(row + t, int(std::min<int64_t>(S::lanes, hi - t))));
+                }
+                for (; t < span + S::lanes; t += S::lanes) S::store(padded + t, zero);
+                if (phased) {  // the row split by column phase: phase r's element i is padded[i sw + r]
+                    for (int64_t r = 0; r < g.sw; ++r) {
+                        T* ph = phases + r * phase_len;
+                        if (g.sw == 2)  // a constant stride, which GCC vectorises as a de-interleave
+                            for (int64_t i = 0; i < phase_cols; ++i) ph[i] = padded[2 * i + r];
+                        else
+                            for (int64_t i = 0; i < phase_cols; ++i) ph[i] = padded[i * g.sw + r];
+                        for (int64_t i = phase_cols; i < phase_len; ++i) ph[i] = T(0);
+                    }
+                }
+                for (int64_t s = 0; s < g.S; ++s) {
+                    T* d = dst + ((c * g.S + s) * g.sh + rh) * cc.plane + hq * g.Wo;
+                    const T* p = padded + s * g.dw;
+                    if (phased) {
+                        p = phases + (s * g.dw % g.sw) * phase_len + s * g.dw / g.sw;
+                    } else if (g.sw != 1) {
+                        for (int64_t t = 0; t < g.Wo; ++t) d[t] = p[t * g.sw];
+                        continue;
+                    }
+                    t = 0;
+                    for (; t + S::lanes <= g.Wo; t += S::lanes) S::store(d + t, S::load(p + t));
+                    if (t == g.Wo) continue;
+                    if ((hq * g.Wo + t) + S::lanes > cc.plane) store_first<T>(d + t, S::load(p + t), int(g.Wo - t));
+                    else S::store(d + t, S::load(p + t));  // past the row: later rows of the plane
                 }
             }
     }
@@ -78,7 +141,9 @@ void fill_column_copies(const ConvShape& g, const ColumnCopies& cc, const T* x_i
 // Where a tile's vectors go in y. Vector v of tile t holds grid pixels q = t * wide + v * lanes
 // + i (lane i); those of grid row ho with wo = q - ho * Wq < Wo are y[ho, wo], at plane offset
 // `offset` + i: one masked store per grid row the vector touches (lane i stored where bit i of
-// `mask` is set). The plan is the same for every image, group and channel block.
+// `mask` is set), or one for all of them where their offsets agree (column copies, Wq = Wo:
+// a vector is then one store, a plain one when all its lanes are kept). The plan is the same
+// for every image, group and channel block.
 struct GridStore {
     int64_t offset;
     uint32_t mask;
@@ -99,7 +164,9 @@ inline GridStorePlan grid_store_plan(const ConvShape& g, int64_t Wq, int64_t pix
             const int64_t q = q0 + i, ho = q / Wq, wo = q % Wq;
             if (wo >= g.Wo) continue;
             if (ho != row) {
-                plan.stores.push_back({ho * g.Wo - ho * Wq + q0, 0});
+                const int64_t offset = ho * g.Wo - ho * Wq + q0;
+                if (plan.stores.size() == size_t(plan.first.back()) || plan.stores.back().offset != offset)
+                    plan.stores.push_back({offset, 0});
                 row = ho;
             }
             plan.stores.back().mask |= uint32_t(1) << i;
@@ -123,6 +190,7 @@ struct DirectGridArgs {
     T* y;
     int64_t channel_blocks;    // per group
     const GridStorePlan* plan;
+    int threads;               // the most threads the call may use
 };
 
 // The lanes of v selected by `mask` to p[i] (the others are neither read nor written, so p + i
@@ -154,6 +222,7 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
                                                                    int64_t plane, T* yk) {
     using S = Simd<T>;
     using V = typename S::V;
+    constexpr uint32_t full = uint32_t((uint64_t(1) << S::lanes) - 1);
     V acc[KB][NV];
 #pragma GCC unroll 16
     for (int j = 0; j < KB; ++j)
@@ -177,10 +246,31 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
         for (int64_t e = first[v]; e < first[v + 1]; ++e) {
             T* p = yk + stores[e].offset;
             const uint32_t mask = stores[e].mask;
+            if (mask == full) {  // every lane kept (column copies: all but an image's last vector)
+#pragma GCC unroll 16
+                for (int j = 0; j < KB; ++j)
+                    if (j < channels) S::store(p + j * plane, acc[j][v]);
+                continue;
+            }
 #pragma GCC unroll 16
             for (int j = 0; j < KB; ++j)
                 if (j < channels) store_lanes<T>(p + j * plane, mask, acc[j][v]);
         }
+}
+
+// Below this many multiply-adds the direct forward (its phase-grid copy included) runs on the
+// calling thread: waking a sleeping worker and waiting for it at the end of each region cost
+// more than the second core gives back. Measured on a 2-vCPU KVM guest, wall time, LeNet's
+// conv1 (1 -> 6 5x5 on 28x28, batch 64, 7.5M multiply-adds): 2 threads took 1.1-1.25x the
+// time of one, quiet or loaded; from 12.8M (1 -> 64 4x4 stride 2 on 28x28) and 15.4M (LeNet's
+// conv2) the second thread paid on a quiet host (1.4x, 1.17x). Results do not depend on it:
+// every output is summed whole by one thread.
+constexpr double kDirectGridParallelMacs = double(int64_t(1) << 23);
+
+inline int direct_grid_threads(const ConvShape& g) {
+    const double macs = double(g.N) * double(g.K) * double(g.Ho) * double(g.Wo) * double(g.C / g.groups) *
+                        double(g.R) * double(g.S);
+    return macs < kDirectGridParallelMacs ? 1 : num_threads();
 }
 
 // Tiles of pixels per job: a few grid rows' worth, so a job's share of the grid stays in cache
@@ -198,7 +288,7 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     const int64_t tiles = (pixels + wide - 1) / wide;
     const int64_t chunks = (tiles + kDirectGridTilesPerJob - 1) / kDirectGridTilesPerJob;
     const int64_t jobs = checked_mul(g.N, g.groups, a.channel_blocks, chunks);
-    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(a.threads, jobs)));
     // Jobs are handed out in small batches as threads come free, not split in halves up front:
     // each output is computed whole within one job, so which thread runs a job changes no bit,
     // and a thread the OS deschedules for a while (a loaded machine) holds back one batch
@@ -274,13 +364,14 @@ void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t 
     // The grid, then `wide` zeros: a tile that ends past an image's pixels reads up to that far
     // past its last plane (into the next image, whose values reach only dropped pixels).
     constexpr bool on_grid = std::is_same_v<Source, PhaseGrid>;
+    const int team = direct_grid_threads(g);
     Scratch<T> grid;
     const ColumnCopies* columns = nullptr;
     if constexpr (!on_grid) columns = &source;
     if constexpr (on_grid) {
         const int64_t size = source.size(g);
         grid = scratch<T>(checked_add(size, wide));
-        fill_phase_grid(g, source, x, grid.get());
+        fill_phase_grid(g, source, x, grid.get(), team);
         std::fill(grid.get() + size, grid.get() + size + wide, T(0));
     }
     Scratch<T> wpack = scratch<T>(checked_mul(g.groups, blocks, kb, taps));
@@ -298,7 +389,7 @@ void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t 
     const GridStorePlan plan = grid_store_plan(g, row, pixels, tiles, Simd<T>::lanes, kDirectGridVectors);
     const int64_t group = source.image / g.C * Cg;
     const DirectGridArgs<T> a{&g, on_grid ? grid.get() : nullptr, x, columns, source.image, group, pixels,
-                              offsets.data(), wpack.get(), bias, y, blocks, &plan};
+                              offsets.data(), wpack.get(), bias, y, blocks, &plan, team};
     conv2d_forward_direct_grid_kb<T>(kb, a);
 }
 

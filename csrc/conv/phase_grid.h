@@ -57,11 +57,11 @@ constexpr int64_t kStride2RowMax = 256;
 // with stride-2 scalar loads and pads it with library calls, and on the short rows of small
 // layers (17 grid columns for 32x32 images) cost as much as half the direct kernel's time.
 template <class T>
-void fill_phase_grid_stride2(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
+void fill_phase_grid_stride2(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq, int threads) {
     const int64_t planes = g.N * g.C, n = 2 * pg.Wq;
     const int64_t lo = std::min(g.pw, n), hi = std::max(lo, std::min(n, g.pw + g.W));
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
+#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         const T* src = x + p * g.H * g.W;
         alignas(64) T shifted[2 * kStride2RowMax];
@@ -89,11 +89,11 @@ void fill_phase_grid_stride2(const ConvShape& g, const PhaseGrid& pg, const T* x
 }
 
 template <class T>
-void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq) {
-    if (g.sw == 2 && pg.Wq <= kStride2RowMax) return fill_phase_grid_stride2(g, pg, x, xq);
+void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq, int threads = num_threads()) {
+    if (g.sw == 2 && pg.Wq <= kStride2RowMax) return fill_phase_grid_stride2(g, pg, x, xq, threads);
     const int64_t planes = g.N * g.C;
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
+#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
     for (int64_t p = 0; p < planes; ++p) {
         const T* src = x + p * g.H * g.W;
         for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)

@@ -2,7 +2,7 @@
 (the reference backend's kernels: the same array formulas nn.functional and pyconv.optim ran
 before the fused kernels; its Adam step is bit for bit the previous one).
 
-    OMP_WAIT_POLICY=passive python benchmarks/bench_fused_loss_optim.py [--rounds 30]
+    python benchmarks/bench_fused_loss_optim.py [--rounds 30]
 
 Each case runs its variants interleaved, `rounds` times, in one process; the table gives the
 median time per call (forward + backward for the losses, one step for the optimisers) and

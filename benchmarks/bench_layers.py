@@ -5,7 +5,7 @@ times, PyTorch time / pyconv time of the medians and of the fastest repetitions 
 pyconv faster; on a loaded machine the fastest repetitions are the ones no other job
 interrupted, so their ratio is the steadier of the two).
 
-    OMP_WAIT_POLICY=passive python benchmarks/bench_layers.py [--threads 2] [--reps 15] [FILTER...]
+    python benchmarks/bench_layers.py [--threads 2] [--reps 15] [FILTER...]
 """
 from __future__ import annotations
 

@@ -2,12 +2,15 @@
 and by the process's CPU time, in one process, interleaved round by round.
 
 On a shared host the wall clock of a step swings with other jobs; the CPU time the process
-spends on it (both threads, user and system, OMP_WAIT_POLICY=passive so that idle threads do
-not spin) moves much less, so both are printed. Each round times pyconv's step with NumPy's
-transparent-huge-page advice for large arrays on (NumPy's default on Linux) and off, then the
-twin's, each the best of a few steps.
+spends on it (both threads, user and system) moves much less, so both are printed. Each round
+times pyconv's step with NumPy's transparent-huge-page advice for large arrays on (NumPy's
+default on Linux) and off, then the twin's, each the best of a few steps.
 
-    OMP_WAIT_POLICY=passive python benchmarks/model_step_times.py "PixelCNN,VAE" --rounds 3
+Both libraries run on one OpenMP runtime (one process has one libgomp): PyTorch's, imported
+first, with libgomp's defaults. Do not set OMP_WAIT_POLICY=passive for a comparison: it holds
+for both, and it slows PyTorch's small steps up to 2x (LeNet-5: 8.9 against 4.3 ms).
+
+    python benchmarks/model_step_times.py "PixelCNN,VAE" --rounds 3
 """
 from __future__ import annotations
 

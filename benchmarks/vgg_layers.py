@@ -3,7 +3,7 @@ cpu backend against PyTorch (forward, input gradient, weight gradient, both grad
 (forward), interleaved in one process: rounds of `calls` calls each, the median of the round
 medians and the range of the per-round ratios.
 
-    OMP_WAIT_POLICY=passive PYTHONPATH=. python benchmarks/vgg_layers.py --threads 2
+    PYTHONPATH=. python benchmarks/vgg_layers.py --threads 2
     ... --threads 1 --layers 256 512 --passes weight
 """
 from __future__ import annotations

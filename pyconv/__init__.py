@@ -11,27 +11,35 @@ from __future__ import annotations
 import os as _os
 
 
-def _load_extension_with_sleeping_workers():
-    """Imports pyconv._C so that its OpenMP runtime's idle workers sleep instead of spinning.
+# Idle OpenMP workers spin this many times before they sleep: about a millisecond on the
+# development host (a worker burnt ~1 ms of CPU after each parallel region).
+_SPIN_COUNT = "20000"
 
-    Spinning workers keep a core busy while the Python thread runs the NumPy glue between
-    kernels (or while NumPy's BLAS or another library's pool wants that core), which slows
-    training on a machine with few cores.
-    libgomp reads OMP_WAIT_POLICY once, when it loads; the variable is set only for that
-    moment (and not at all if the user set it), so other libraries loaded later (PyTorch ships
-    its own libgomp) keep their defaults."""
-    if "OMP_WAIT_POLICY" in _os.environ:
+
+def _load_extension_with_short_spins():
+    """Imports pyconv._C so that its OpenMP runtime's idle workers spin briefly, then sleep.
+
+    A training step or an ONNX graph runs kernels back to back, a few to a few hundred
+    microseconds apart: a worker that sleeps at once must be woken for every parallel region
+    (a small ResNet graph then took 1.3-1.4x longer on 2 threads than with this spin), while one
+    that spins for long keeps a core from the Python thread's NumPy glue and from other
+    libraries' thread pools (libgomp's default spins 15 times longer). libgomp reads
+    OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it loads; the variable is set only for that
+    moment, and not at all if the user set either. One process has one libgomp: a library
+    that links the same one (PyTorch's wheel does) shares it with pyconv, with the settings of
+    whichever loaded it first."""
+    if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
         return
-    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    _os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
     try:
         from . import _C  # noqa: F401
     except ImportError:
         pass  # reported by backends() / info() as "cpu backend unavailable"
     finally:
-        del _os.environ["OMP_WAIT_POLICY"]
+        del _os.environ["GOMP_SPINCOUNT"]
 
 
-_load_extension_with_sleeping_workers()
+_load_extension_with_short_spins()
 
 
 def _numba_threading_layer_now():

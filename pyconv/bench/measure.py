@@ -32,9 +32,10 @@ def _onnxruntime():
 def ort_session(model, threads, profile_prefix=None):
     """An ONNX Runtime CPU session of `model` (a file path or an onnx.ModelProto) on `threads`
     intra-op threads, profiling into files starting with `profile_prefix` where given. Its idle
-    threads are told not to spin: by default they busy-wait after each run, which in an
-    interleaved comparison takes the cores from the next implementation's run (pyconv's idle
-    OpenMP threads sleep)."""
+    threads are told not to spin: by default they busy-wait long after each run, taking the
+    cores from the next implementation's run (the small ResNet graph then took pyconv 23-27 ms
+    instead of 4.3-4.7), while ONNX Runtime's own run was no faster with them (4.4-7.4
+    against 4.1-4.4 ms)."""
     onnxruntime = _onnxruntime()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -104,15 +105,36 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
+# Idle worker threads spin for a while after a call before they sleep (pyconv's OpenMP workers
+# about a millisecond).
+SETTLE_SECONDS = 0.002
+
+
+def warm(fn):
+    """Calls fn until SETTLE_SECONDS have passed (once at least): afterwards the workers of the
+    implementation that ran before have stopped spinning and fn's own workers are awake."""
+    end = time.perf_counter() + SETTLE_SECONDS
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
+
 def interleaved_medians(fns: dict, reps: int, clock=time.perf_counter) -> dict:
     """Median seconds of each zero-argument callable: one warm-up call of each (JIT compilation,
     first-touch allocation), then `reps` rounds timing one call of each in turn, so that load
-    from other processes hits them alike."""
+    from other processes hits them alike.
+
+    Each timed call runs as in a loop of calls of the same implementation: it follows untimed
+    calls of the same one (:func:`warm`). Timed right after another implementation, it shared
+    the cores with that one's still spinning workers (LeNet-5's graph on ONNX Runtime: 0.81-0.83
+    against 0.63-0.65 ms after pyconv); timed after a pause, it paid the wake-up of its own
+    sleeping workers, which on this project's virtual machines cost up to a millisecond."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            warm(fn)
             t0 = clock()
             fn()
             times[name].append(clock() - t0)

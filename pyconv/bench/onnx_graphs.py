@@ -15,12 +15,11 @@ import json
 import os
 import statistics
 import tempfile
-import time
 
 import numpy as np
 
 import pyconv
-from .measure import ort_session
+from .measure import interleaved_medians, ort_session, warm
 
 __all__ = ["BUILT_IN", "built_in_graph", "compare", "main"]
 
@@ -90,13 +89,16 @@ def _per_op(graph, path, threads, feeds, reps):
     mine = collections.defaultdict(lambda: [0.0] * reps)
     for k in range(reps):
         timings = []
+        warm(lambda: graph.run(None, feeds))
         graph.run(None, feeds, timings=timings)
         for _, op_type, seconds in timings:
             mine[op_type][k] += seconds
+        session.run(None, feeds)  # wakes its workers; left out below, as in interleaved_medians
         session.run(None, feeds)
     with open(session.end_profiling()) as fh:
         events = json.load(fh)
-    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[1:]
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    runs = runs[1:][1::2]  # after the warm-up, the second run of each pair
     theirs = collections.defaultdict(lambda: [0.0] * len(runs))
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -117,16 +119,8 @@ def compare(path, batch=1, reps=20, threads=2):
     feeds = _feeds(session, batch, np.random.default_rng(1))
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
                for a, b in zip(graph.run(None, feeds), session.run(None, feeds)))
-    fns = {"pyconv": lambda: graph.run(None, feeds), "onnxruntime": lambda: session.run(None, feeds)}
-    for fn in fns.values():  # warm-up
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = interleaved_medians({"pyconv": lambda: graph.run(None, feeds),
+                               "onnxruntime": lambda: session.run(None, feeds)}, reps)
     mine, theirs = _per_op(graph, path, threads, feeds, max(3, reps // 2))
     return {"graph": os.path.basename(path), "threads": threads, "reps": reps,
             "pyconv_s": med["pyconv"], "onnxruntime_s": med["onnxruntime"],

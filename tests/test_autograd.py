@@ -173,6 +173,37 @@ def test_a_tensor_sliced_step_by_step_gets_the_summed_gradient():
     np.testing.assert_allclose(x.grad, 2 * expected)
 
 
+@pytest.mark.parametrize("rows, index, trailing, dtype", [
+    (36, (100, 32), (32,), np.float32),  # an embedding's gradient: many repeats per row
+    (5, (7,), (3, 4), np.float64),
+    (1000, (3,), (2,), np.float32),      # rows never used stay as they were
+    (4, (0,), (3,), np.float64),
+    (6, (2, 3), (), np.float32),         # a vector target: np.add.at
+])
+@pytest.mark.parametrize("negative", [False, True])
+def test_scatter_add_matches_np_add_at(rows, index, trailing, dtype, negative):
+    """scatter_add sums the rows of one integer index by runs of equal indices; -1 and rows-1
+    name one row."""
+    from pyconv.autograd import scatter_add
+
+    rng = np.random.default_rng(0)
+    idx = rng.integers(-rows if negative else 0, rows, index)
+    values = rng.standard_normal(index + trailing).astype(dtype)
+    target = rng.standard_normal((rows,) + trailing).astype(dtype)
+    expected = target.copy()
+    np.add.at(expected, idx, values)
+    scatter_add(target, idx, values)
+    np.testing.assert_allclose(target, expected, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_scatter_add_rows_out_of_range_raises():
+    from pyconv.autograd import scatter_add
+
+    with pytest.raises(IndexError):
+        scatter_add(np.zeros((3, 2)), np.array([0, 3]), np.ones((2, 2)))
+
+
 def test_no_grad_records_nothing():
     a = t((3,))
     with pyconv.no_grad():

@@ -105,11 +105,32 @@ def unbroadcast(grad, shape):
 def scatter_add(target, index, values):
     """target[index] += values, adding repeated positions (np.add.at / cupyx.scatter_add)."""
     if isinstance(target, np.ndarray):
-        np.add.at(target, index, values)
+        if (isinstance(index, np.ndarray) and index.dtype.kind in "iu" and target.ndim > 1
+                and np.shape(values) == index.shape + target.shape[1:]):
+            _scatter_add_rows(target, index, values)
+        else:
+            np.add.at(target, index, values)
     else:
         import cupyx
 
         cupyx.scatter_add(target, index, values)
+
+
+def _scatter_add_rows(target, index, values):
+    """target[index] += values for integer `index` into axis 0 (an embedding's gradient):
+    the rows of `values` sorted by their index, each run of equal indices summed at once by
+    np.add.reduceat. np.add.at adds one element at a time, 6x slower for 3200 rows of 32."""
+    n = target.shape[0]
+    flat = index.reshape(-1)
+    if not flat.size:
+        return
+    if flat.min() < 0:  # -1 and n-1 are one row: the runs must see them as one
+        flat = np.where(flat < 0, flat + n, flat)
+    order = np.argsort(flat, kind="stable")
+    rows = flat[order]
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    sums = np.add.reduceat(values.reshape(flat.size, -1)[order], starts, axis=0)
+    target[rows[starts]] += sums.reshape((len(starts),) + target.shape[1:])
 
 
 def _shape(a):

@@ -240,6 +240,120 @@ void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, cons
         bias, y);
 }
 
+// The forward by channels with tiles across images: a tile is one output pixel (ho, wo) of MR
+// consecutive images (a last partial tile repeats its last image), so that every pixel of a
+// tile reads the same taps, and the taps that fall on padding are skipped instead of multiplied
+// by zeros. Taps run in (r, s, c) order, so the valid taps of a tile are one run of whole
+// (s, c) rows per valid kernel row r; x is read in place, without a padded copy. On small
+// padded images the skipped share is large: 4x4 stride 2 padding 1 on 14x14 -> 7x7 reads
+// padding for (26/28)^2 of its taps, 14% of the products. groups == 1. A job is a block of
+// images by a range of pixels; each output's sum runs over its taps in the same order whichever
+// job computes it, so the result does not depend on the thread count.
+template <class T>
+void conv2d_forward_by_channels_across_images(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+    using S = Simd<T>;
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = S::lanes, NR = NV * L;
+    constexpr int64_t KC = 128, tiles_max = 16;
+    const int64_t RS = g.R * g.S, taps_n = g.C * RS, HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+    const int64_t panels = (g.K + NR - 1) / NR;
+    // w as panels of NR output channels over the taps (r, s, c), zero past K.
+    Scratch<T> packed = scratch<T>(checked_mul(panels, taps_n, NR));
+    std::vector<int64_t> offsets(taps_n);  // of tap (r, s, c) from a pixel's top-left input
+    for (int64_t rs = 0; rs < RS; ++rs)
+        for (int64_t c = 0; c < g.C; ++c)
+            offsets[rs * g.C + c] = c * HW + (rs / g.S) * g.dh * g.W + (rs % g.S) * g.dw;
+    const int64_t image_blocks = (g.N + MR - 1) / MR;
+    const int64_t pixel_blocks = (HoWo + tiles_max - 1) / tiles_max;
+    const int64_t block_len = (HoWo + pixel_blocks - 1) / pixel_blocks;
+    const int64_t jobs = image_blocks * pixel_blocks;
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    std::vector<Scratch<T>> accs;
+    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(block_len * panels * MR * NR));
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+        T* acc = accs[omp_get_thread_num()].get();
+#pragma omp for schedule(static)
+        for (int64_t u = 0; u < panels * RS; ++u) {
+            const int64_t p = u / RS, rs = u % RS;
+            for (int64_t c = 0; c < g.C; ++c) {
+                T* dst = packed.get() + (p * taps_n + rs * g.C + c) * NR;
+                for (int64_t j = 0; j < NR; ++j) {
+                    const int64_t k = p * NR + j;
+                    dst[j] = k < g.K ? w[(k * g.C + c) * RS + rs] : T(0);
+                }
+            }
+        }
+        OffsetCols<T, MR> tiles[tiles_max];
+        int64_t runs[tiles_max][2];  // the tile's valid kernel rows [r0, r1) ...
+        int64_t cols[tiles_max][2];  // ... and columns [s0, s1)
+#pragma omp for schedule(static)
+        for (int64_t job = 0; job < jobs; ++job) {
+            const int64_t n0 = job / pixel_blocks * MR, q0 = job % pixel_blocks * block_len;
+            const int64_t len = std::min(block_len, HoWo - q0);
+            if (len <= 0) continue;
+            for (int64_t t = 0; t < len; ++t) {
+                const int64_t q = q0 + t, hi = (q / g.Wo) * g.sh - g.ph, wi = (q % g.Wo) * g.sw - g.pw;
+                auto valid = [](int64_t start, int64_t step, int64_t extent, int64_t taps, int64_t* range) {
+                    int64_t lo = 0, hi_ = taps;
+                    while (lo < taps && start + lo * step < 0) ++lo;
+                    while (hi_ > lo && start + (hi_ - 1) * step >= extent) --hi_;
+                    range[0] = lo, range[1] = hi_;
+                };
+                valid(hi, g.dh, g.H, g.R, runs[t]);
+                valid(wi, g.dw, g.W, g.S, cols[t]);
+                tiles[t].base = x;
+                for (int i = 0; i < MR; ++i)
+                    tiles[t].i_offsets[i] = std::min(n0 + i, g.N - 1) * g.C * HW + hi * g.W + wi;
+            }
+            for (int64_t pc = 0; pc < taps_n; pc += KC) {
+                const int64_t pe = std::min(taps_n, pc + KC);
+                for (int64_t jp = 0; jp < panels; ++jp) {
+                    const int nv = static_cast<int>((std::min<int64_t>(NR, g.K - jp * NR) + L - 1) / L);
+                    for (int64_t t = 0; t < len; ++t)
+                        for (int64_t r = runs[t][0]; r < runs[t][1]; ++r) {
+                            // The run of taps (r, s0 .. s1, all c), cut to this block of taps.
+                            const int64_t a = std::max(pc, (r * g.S + cols[t][0]) * g.C);
+                            const int64_t b = std::min(pe, (r * g.S + cols[t][1]) * g.C);
+                            if (a >= b) continue;
+                            tiles[t].k_offsets = offsets.data() + a;
+                            micro_kernel_cols<T, NV>(nv, b - a, tiles[t], PackedRows<T, NR>{packed.get() + (jp * taps_n + a) * NR},
+                                                     acc + (t * panels + jp) * MR * NR, NR,
+                                                     a == (runs[t][0] * g.S + cols[t][0]) * g.C ? Store::overwrite
+                                                                                                : Store::accumulate,
+                                                     nullptr);
+                        }
+                }
+            }
+            // A window entirely on padding: its sums are zero.
+            for (int64_t t = 0; t < len; ++t)
+                if (runs[t][0] >= runs[t][1] || cols[t][0] >= cols[t][1]) std::fill(acc + t * panels * MR * NR, acc + (t + 1) * panels * MR * NR, T(0));
+            // Tile t's row i is image n0 + i at pixel q0 + t: blocks of L pixels by L channels
+            // through a register transpose into the output planes.
+            const int64_t whole_vectors = g.K / L * L;
+            auto at = [&](int64_t t, int64_t i, int64_t k) { return acc + ((t * panels + k / NR) * MR + i) * NR + k % NR; };
+            for (int64_t i = 0; i < MR && n0 + i < g.N; ++i) {
+                T* out = y + (n0 + i) * g.K * HoWo + q0;
+                int64_t t0 = 0;
+                for (; t0 + L <= len; t0 += L)
+                    for (int64_t k = 0; k < whole_vectors; k += L) {
+                        typename S::V block[L];
+#pragma GCC unroll 16
+                        for (int j = 0; j < L; ++j) block[j] = S::load(at(t0 + j, i, k));
+                        transpose_block<T>(block);
+#pragma GCC unroll 16
+                        for (int j = 0; j < L; ++j)
+                            S::store(out + (k + j) * HoWo + t0, bias ? block[j] + S::splat(bias[k + j]) : block[j] + T(0));
+                    }
+                for (int64_t k = 0; k < g.K; ++k) {
+                    const T bk = bias ? bias[k] : T(0);
+                    for (int64_t t = k < whole_vectors ? t0 : 0; t < len; ++t) out[k * HoWo + t] = *at(t, i, k) + bk;
+                }
+            }
+        }
+    }
+}
+
 // grad_x at stride 1 as the forward convolution of dy (conv/grad_input_as_forward.h) on the
 // kernel above, its flipped weights packed straight from w.
 template <class T>

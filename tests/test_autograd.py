@@ -197,11 +197,12 @@ def test_scatter_add_matches_np_add_at(rows, index, trailing, dtype, negative):
                                atol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-def test_scatter_add_rows_out_of_range_raises():
+@pytest.mark.parametrize("bad", [3, -4])
+def test_scatter_add_rows_out_of_range_raises(bad):
     from pyconv.autograd import scatter_add
 
     with pytest.raises(IndexError):
-        scatter_add(np.zeros((3, 2)), np.array([0, 3]), np.ones((2, 2)))
+        scatter_add(np.zeros((3, 2)), np.array([0, bad]), np.ones((2, 2)))
 
 
 def test_no_grad_records_nothing():

@@ -126,6 +126,8 @@ def _scatter_add_rows(target, index, values):
         return
     if flat.min() < 0:  # -1 and n-1 are one row: the runs must see them as one
         flat = np.where(flat < 0, flat + n, flat)
+        if flat.min() < 0:  # below -n: mapped, it would wrap around instead of failing
+            raise IndexError(f"index {int(index.min())} is out of bounds for axis 0 with size {n}")
     order = np.argsort(flat, kind="stable")
     rows = flat[order]
     starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))

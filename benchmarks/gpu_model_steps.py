@@ -33,36 +33,11 @@ def run_model(name, build, shape, loss, steps, lr=1e-3):
     import torch
 
     import pyconv
-    import pyconv.nn.functional as F
-    from pyconv import Tensor, nn
-    from pyconv.bench.models import _model_inputs, _pyconv_loss, _torch_loss, _twin
-    from pyconv.optim import Adam
+    from pyconv.bench.models import training_steps
 
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32 vs float32
-    rng = np.random.default_rng(0)
-    pyconv.manual_seed(0)
-    model = build(nn)
-    _, tmodel = _twin(model)
-    x, target = _model_inputs(rng, shape, loss, model.output_shape(shape))
-    model.to("cuda")
-    tmodel = tmodel.cuda()
-    gx, gtarget = cp.asarray(x), cp.asarray(target)
-    tx, ttarget = torch.from_numpy(x).cuda(), torch.from_numpy(target).cuda()
-    opt, topt = Adam(model.parameters(), lr=lr), torch.optim.Adam(tmodel.parameters(), lr=lr)
-
-    def step():
-        value = _pyconv_loss(F, loss, model(Tensor(gx)), gtarget)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        return float(value.item())
-
-    def torch_step():
-        value = _torch_loss(loss, tmodel(tx), ttarget)
-        topt.zero_grad()
-        value.backward()
-        topt.step()
-        return float(value.item())
+    s = training_steps(build, shape, loss, np.random.default_rng(0), lr, device="cuda")
+    step, torch_step = s["step"], s["torch_step"]
 
     with pyconv.use_backend("cuda"):
         ours = step()

@@ -188,22 +188,6 @@ def test_train_on_the_gpu_follows_the_cpu_run(tmp_path, model):
     assert os.path.exists(tmp_path / "gpu" / "checkpoint.npz")
 
 
-def test_train_on_the_gpu_refuses_recipes_not_known_to_keep_to_it(monkeypatch):
-    import importlib
-
-    from pyconv import recipes
-
-    backends = importlib.import_module("pyconv.backends")  # pyconv.backends is also a function
-    monkeypatch.setattr(backends, "cuda_simulator", lambda: False)
-    monkeypatch.setattr(backends, "selected", lambda: "cuda")
-    class HostNoise(recipes.Recipe):
-        name = "hostnoise"
-
-    with pytest.raises(ValueError, match="pyconv train hostnoise: .*GPU.*use a CPU backend"):
-        recipes._training_device(HostNoise())
-    assert all(recipes._training_device(r) == "cuda" for r in recipes.RECIPES.values())
-
-
 def test_sample_refuses_the_gpu_backend_clearly(monkeypatch):
     import importlib
 
@@ -214,3 +198,17 @@ def test_sample_refuses_the_gpu_backend_clearly(monkeypatch):
     monkeypatch.setattr(backends, "selected", lambda: "cuda")
     with pytest.raises(ValueError, match="pyconv sample: sampling runs on a CPU backend"):
         recipes.sample("dcgan", "no-such-checkpoint.npz", "grid.png")
+
+
+def test_the_cuda_backend_trains_on_the_device_except_in_the_simulator(monkeypatch):
+    import importlib
+
+    from pyconv import recipes
+
+    backends = importlib.import_module("pyconv.backends")
+    assert recipes._training_device() == "cpu"
+    monkeypatch.setattr(backends, "selected", lambda: "cuda")
+    monkeypatch.setattr(backends, "cuda_simulator", lambda: True)
+    assert recipes._training_device() == "cpu"  # the simulator runs on NumPy arrays
+    monkeypatch.setattr(backends, "cuda_simulator", lambda: False)
+    assert recipes._training_device() == "cuda"

@@ -91,40 +91,60 @@ def _torch_loss(loss, out, target):
     return F.mse_loss(out, target)
 
 
-def _model_case(name, build, shape, loss, lr=1e-3):
+def training_steps(build, shape, loss, rng, lr=1e-3, device="cpu"):
+    """A model built by `build` (takes pyconv.nn) and its PyTorch twin with the same weights,
+    the same batch for both, and one Adam training step of each -> dict with ``model``,
+    ``twin``, ``x``, ``target``, ``tx``, ``ttarget`` and the zero-argument ``step`` and
+    ``torch_step`` (each returns its loss). `device`: "cpu" (NumPy) or "cuda" (CuPy and
+    PyTorch CUDA tensors)."""
     from pyconv import Tensor, nn
     import pyconv.nn.functional as F
     from pyconv.optim import Adam
 
+    torch = _torch()
+    pyconv.manual_seed(0)
+    model = build(nn)
+    _, tmodel = _twin(model)
+    x, target = _model_inputs(rng, shape, loss, model.output_shape(shape))
+    tx, ttarget = torch.from_numpy(x), torch.from_numpy(target)
+    if device == "cuda":
+        import cupy
+
+        model.to("cuda")
+        tmodel, tx, ttarget = tmodel.cuda(), tx.cuda(), ttarget.cuda()
+        x, target = cupy.asarray(x), cupy.asarray(target)
+    opt, topt = Adam(model.parameters(), lr=lr), torch.optim.Adam(tmodel.parameters(), lr=lr)
+
+    def step():
+        value = _pyconv_loss(F, loss, model(Tensor(x)), target)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        return float(value.item())
+
+    def torch_step():
+        value = _torch_loss(loss, tmodel(tx), ttarget)
+        topt.zero_grad()
+        value.backward()
+        topt.step()
+        return float(value.item())
+
+    return {"model": model, "twin": tmodel, "x": x, "target": target, "tx": tx,
+            "ttarget": ttarget, "step": step, "torch_step": torch_step}
+
+
+def _model_case(name, build, shape, loss, lr=1e-3):
+    from pyconv import Tensor
+    import pyconv.nn.functional as F
+
     def make(rng):
-        torch = _torch()
-        pyconv.manual_seed(0)
-        model = build(nn)
-        _, tmodel = _twin(model)
-        x, target = _model_inputs(rng, shape, loss, model.output_shape(shape))
-        tx, ttarget = torch.from_numpy(x), torch.from_numpy(target)
-        opt, topt = Adam(model.parameters(), lr=lr), torch.optim.Adam(tmodel.parameters(), lr=lr)
-
-        def step():
-            value = _pyconv_loss(F, loss, model(Tensor(x)), target)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-            return value.item()
-
-        def torch_step():
-            value = _torch_loss(loss, tmodel(tx), ttarget)
-            topt.zero_grad()
-            value.backward()
-            topt.step()
-            return value.item()
-
+        s = training_steps(build, shape, loss, rng, lr)
         # The twin computes the same thing: the first losses agree to float32 round-off.
         with pyconv.use_backend("cpu" if "cpu" in pyconv.backends() else "reference"):
-            ours = _pyconv_loss(F, loss, model(Tensor(x)), target).item()
-        theirs = _torch_loss(loss, tmodel(tx), ttarget).item()
+            ours = _pyconv_loss(F, loss, s["model"](Tensor(s["x"])), s["target"]).item()
+        theirs = _torch_loss(loss, s["twin"](s["tx"]), s["ttarget"]).item()
         assert abs(ours - theirs) <= 1e-4 * max(1.0, abs(theirs)), (name, ours, theirs)
-        return {"step": step, "torch_step": torch_step}
+        return s
 
     def run(a, be):
         with pyconv.use_backend(be):

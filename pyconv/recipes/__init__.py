@@ -40,16 +40,12 @@ def _format(value):
     return str(value)
 
 
-def _training_device(recipe) -> str:
-    """'cuda' when the 'cuda' backend is selected on a real GPU, else 'cpu'."""
+def _training_device() -> str:
+    """'cuda' when the 'cuda' backend is selected on a real GPU, else 'cpu'. Every recipe's
+    step keeps to its batch's device."""
     from ..backends import cuda_simulator, selected
 
-    if selected() != "cuda" or cuda_simulator():
-        return "cpu"
-    if not recipe.trains_on_gpu:
-        raise ValueError(f"pyconv train {recipe.name}: this recipe's step is not known to keep "
-                         f"to the GPU (its trains_on_gpu is False); use a CPU backend")
-    return "cuda"
+    return "cuda" if selected() == "cuda" and not cuda_simulator() else "cpu"
 
 
 @contextlib.contextmanager
@@ -113,7 +109,7 @@ def train(name, epochs=None, batch_size=None, lr=None, data=None, out=None, resu
     metadata = {"model": name, "config": json.dumps(config), "data": spec}
     trainer = recipe.trainer(model, lr, checkpoint_path=os.path.join(out, "checkpoint.npz"),
                              progress=progress, metadata=metadata, distributed=distributed,
-                             device=_training_device(recipe))
+                             device=_training_device())
     ranks = dist.world_size() if distributed else 1
     rank = dist.rank() if distributed else 0
     loader = recipe.train_loader(dataset, batch_size, seed, rank=rank, world_size=ranks)

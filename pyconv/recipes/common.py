@@ -158,9 +158,6 @@ class Recipe:
     description = ""
     epochs, batch_size, lr = 10, 64, 1e-3
     lr_decay = 1.0  # the learning rate after epoch k is lr * lr_decay ** k
-    # The training step keeps to the batch's device (CuPy arrays under the 'cuda' backend):
-    # a recipe says so once its step makes no NumPy arrays of its own.
-    trains_on_gpu = False
     default_data = "digits"
     options = ()  # names of model-specific settings (class attributes) ``pyconv train`` may change
 

@@ -14,7 +14,6 @@ class DCGANRecipe(Recipe):
     name = "dcgan"
     description = "DCGAN on the digits (sample grid)"
     epochs, batch_size, lr = 40, 64, 5e-4
-    trains_on_gpu = True
     conditional = False
     mode_seeking = 0.0  # weight of the generator's term against ignoring its noise (see gan_step)
 
@@ -101,7 +100,6 @@ class VAERecipe(Recipe):
     name = "vae"
     description = "convolutional VAE on binarised digits (test ELBO, reconstructions, interpolations)"
     epochs, batch_size, lr = 30, 64, 2e-3
-    trains_on_gpu = True
 
     def load_data(self, spec, seed=0, limit=None):
         size = 32 if spec.startswith("mnist:") else 16

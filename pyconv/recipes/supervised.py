@@ -16,7 +16,6 @@ class LeNetRecipe(Recipe):
     description = "LeNet-5 digit classifier (test accuracy, saliency maps)"
     epochs, batch_size, lr = 60, 32, 2e-3
     lr_decay = 0.93
-    trains_on_gpu = True
 
     def train_loader(self, data, batch_size, seed, rank=0, world_size=1):
         # the 1438 training digits alone overfit: each epoch sees them rotated by up to 10
@@ -69,7 +68,6 @@ class SegNetRecipe(Recipe):
     description = "SegNet on synthetic shapes with masks (pixel accuracy, IoU, overlays)"
     epochs, batch_size, lr = 10, 16, 3e-3
     default_data = "shapes"
-    trains_on_gpu = True
 
     def load_data(self, spec, seed=0, limit=None):
         if spec != "shapes":
@@ -125,7 +123,6 @@ class MotifRecipe(Recipe):
     epochs, batch_size, lr = 15, 32, 3e-3
     default_data = "dna"
     motifs = ("TGASTCA", "GGGRNTTYCC")
-    trains_on_gpu = True
 
     def load_data(self, spec, seed=0, limit=None):
         if spec != "dna":

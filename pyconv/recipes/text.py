@@ -15,7 +15,6 @@ class CharLSTMRecipe(Recipe):
     name = "charlstm"
     description = "character LSTM on a generated corpus with long-range dependencies (bits/char vs unigram and a plain RNN)"
     epochs, batch_size, lr = 16, 16, 3e-3
-    trains_on_gpu = True
     default_data = "corpus"
     seq_len = 100
     cue = "speaks "  # in the built-in corpus the next letter needs the country named long before

@@ -165,7 +165,7 @@ def build_parser():
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks: run as 'mpiexec -n N python -m pyconv train ... "
                    "--distributed' (the default under mpiexec with N > 1); --batch-size is per rank")
-    p.add_argument("--backend", help="kernel backend (default: cpu)")
+    p.add_argument("--backend", help="kernel backend (default: cpu; cuda trains on the GPU, on CuPy arrays)")
     p.add_argument("--threads", type=int, help="threads for the CPU backends (per rank; default "
                    "under mpiexec: the cores divided by the ranks on the machine)")
     p.set_defaults(func=_train)
@@ -181,7 +181,7 @@ def build_parser():
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--label", type=int, help="class to condition on (conditional models)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", help="kernel backend (default: cpu)")
+    p.add_argument("--backend", help="kernel backend (default: cpu; sampling runs on a CPU backend)")
     p.add_argument("--threads", type=int, help="threads for the CPU backends")
     p.set_defaults(func=_sample)
     return parser

@@ -5,8 +5,8 @@
   the backward pass, divided by N; beside it the same forward without a graph (no_grad), whose
   difference is the recording. pyconv and PyTorch timed interleaved, medians, in wall-clock
   and in CPU time of the process (less disturbed by other processes on a loaded machine).
-- memory: the memory a training step of each model of ``pyconv bench --models``' model zoo
-  (same shapes, same weights) needs beyond what is allocated before it, each library in a fresh
+- memory: the memory a training step of each model of ``pyconv bench --models`` (same
+  shapes, same weights) needs beyond what is allocated before it, each library in a fresh
   child process: the rise of the peak resident set size (``ru_maxrss``) over the current RSS
   just before the first step (the model, its twin, the batch and both libraries exist, no
   forward pass has run yet); and for
@@ -106,11 +106,18 @@ def _child(name, lib):
     import pyconv.nn.functional as F
     from pyconv.optim import Adam
 
-    name, build, batch, loss, torch_loss, steps = next(e for e in models._ZOO if e[0] == name)
-    make_step, make_torch_step = steps if isinstance(steps, tuple) else models._single_loss_steps(loss, torch_loss, steps)
-    model, twin, b, tb = models._zoo_setup(build, batch, np.random.default_rng(0))
-    # no forward has run yet: the peak RSS so far is the setup's, below what a step adds
-    step = make_step(model, b, F, Adam, Tensor) if lib == "pyconv" else make_torch_step(twin, tb, torch)
+    # no forward has run yet when a step is made: the peak RSS so far is the setup's, below
+    # what a step adds
+    table = next((e for e in models._MODELS if e[0] == name), None)
+    if table is not None:  # the networks assembled from pyconv.nn (LeNet-5, DCGAN halves, VGG)
+        _, build, shape, loss = table
+        steps = models.training_steps(build, shape, loss, np.random.default_rng(0))
+        step = steps["step"] if lib == "pyconv" else steps["torch_step"]
+    else:
+        name, build, batch, loss, torch_loss, steps = next(e for e in models._ZOO if e[0] == name)
+        make_step, make_torch_step = steps if isinstance(steps, tuple) else models._single_loss_steps(loss, torch_loss, steps)
+        model, twin, b, tb = models._zoo_setup(build, batch, np.random.default_rng(0))
+        step = make_step(model, b, F, Adam, Tensor) if lib == "pyconv" else make_torch_step(twin, tb, torch)
     with pyconv.use_backend("cpu"):
         before = _rss_bytes()
         step()
@@ -128,7 +135,7 @@ def _child(name, lib):
 def memory(filters=()):
     from pyconv.bench import models
 
-    names = [e[0] for e in models._ZOO if not filters or any(f in e[0] for f in filters)]
+    names = [e[0] for e in models._MODELS + models._ZOO if not filters or any(f in e[0] for f in filters)]
     print("| model | pyconv peak RSS rise MB | torch peak RSS rise MB | pyconv / torch | "
           "pyconv traced NumPy peak MB |")
     print("|---|---|---|---|---|")

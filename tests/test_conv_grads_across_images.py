@@ -3,10 +3,13 @@ on padding (csrc/conv/by_channels.h, conv2d_grad_input_across_images and
 conv2d_grad_weight_across_images; rules grad_input_across_images_pays and
 grad_weight_across_images_pays in csrc/conv/dispatch.h): against the reference backend on every
 ISA variant this CPU runs, float32 and float64, with batches that do and do not fill the last
-tile of images, input and output channels on either side of a 64-channel panel, windows wholly
+tile of images, input and output channels on either side of a 64-channel panel and half a
+panel, windows wholly
 on padding, dilation, unequal strides and padding, several reduction blocks, and on any thread
-count. The gradients' rules add channel counts to the forward's (forward_across_images_pays),
-so each case checks that its forward goes across images and that its channels qualify."""
+count. The gradients' rules add channel counts (and, for the weight gradient, the waste of its
+channel tiles) to the forward's (forward_across_images_pays), so each case checks that its
+forward goes across images and that its channels qualify; a bug planted in either kernel
+fails these cases (no routing name is exposed for the gradients)."""
 import numpy as np
 import pytest
 
@@ -32,6 +35,8 @@ CASES = {
     "dilated_unequal": ((12, 64, 10, 9), (64, 64, 3, 3), (2, 3), (2, 1), (2, 1)),
     # 200 output channels: the input gradient's reduction in two blocks of K.
     "many_output_channels": ((12, 64, 8, 8), (200, 64, 3, 3), 2, 1, 1),
+    # 32 input channels: half a panel (the input gradient), 6 channel tiles, the last of 2.
+    "half_panel": ((12, 32, 8, 8), (64, 32, 4, 4), 2, 1, 1),
     # 130 output columns: a weight-gradient row of pixels in two blocks.
     "wide_rows": ((12, 64, 3, 260), (64, 64, 3, 3), 2, 1, 1),
 }
@@ -67,7 +72,7 @@ def gradients(case, dtype, backend):
 def test_matches_the_reference(case, dtype, grad, isa):
     x_shape, w_shape, stride, padding, dilation = CASES[case]
     assert forward_algorithm(x_shape, w_shape, stride, padding, dilation, dtype) == ACROSS
-    assert x_shape[1] >= 64 and w_shape[0] >= 64 and x_shape[1] * w_shape[2] * w_shape[3] >= 128
+    assert x_shape[1] >= 32 and w_shape[0] >= 64 and x_shape[1] * w_shape[2] * w_shape[3] >= 128
     got = gradients(case, dtype, "cpu")[grad == "w"]
     # The same draws (rounded to dtype), the reference computed in float64.
     rng = np.random.default_rng(0)

@@ -497,6 +497,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
                               static_cast<const T*>(nullptr), dx);
     }
     if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);
+    if (g.algorithm == conv_auto && grad_input_col_rows_applies(g)) return conv2d_grad_input_col_rows(g, dy, w, dx);
     conv2d_grad_input_col2im(g, dy, w, dx);
 }
 

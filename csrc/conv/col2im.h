@@ -150,9 +150,10 @@ void conv2d_grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx
 // within one job, so grad_x does not depend on the thread count.
 constexpr int64_t kColBlockElements = int64_t(1) << 16;  // a job's col block: 256 KiB of floats
 
+// Whether it can run g: the shapes above, with one image's column block within a job's.
 inline bool grad_input_col_rows_applies(const ConvShape& g) {
     return PYCONV_ISA_LEVEL == 2 && g.groups == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
-           g.C > 0 && g.K > 0 && g.W <= 64 &&
+           g.C > 0 && g.K > 0 &&
            double(g.C) * double(g.R) * double(g.S) * double(g.Ho) * double(g.Wo) <= double(kColBlockElements);
 }
 

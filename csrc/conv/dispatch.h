@@ -17,7 +17,8 @@
 //   conv/by_channels.h   micro-kernel vectorised over channels, x or dy read in place
 //   conv/phase_grid.h    x copied once onto a grid split by stride phase; B packing is a copy
 //   conv/im2col_gemm.h   B gathered from x row run by row run while packing (the general case)
-//   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x
+//   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x, or
+//                        stored by column blocks whose rows are then summed into grad_x
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
 //   conv/whole_window.h  the window covers the whole input: plain matrix products
 //   conv/winograd.h      F(4x4, 3x3) Winograd: 3x3, stride 1, 36 GEMMs in the transform domain
@@ -377,6 +378,16 @@ inline bool forward_across_images_pays(const ConvShape& g) {
     return computed <= 0.92;
 }
 
+// The input gradient by column blocks (conv/col2im.h, conv2d_grad_input_col_rows) where the
+// col2im GEMM would run: stride 1, no dilation, one group, one image's column block of at most
+// 64 K elements, images up to 64 columns wide (measured up to 32). Against col2im, one AVX-512
+// thread, process CPU time, batch 64 (benchmarks/RESULTS.md): 6 -> 16 5x5 on 14x14 (LeNet's
+// conv2) 0.68 against 0.93 ms, 8 -> 16 3x3 p1 on 16x16 1.43x, 4 -> 8 3x3 p1 on 28x28 1.23x,
+// 3 -> 16 5x5 on 32x32 1.17x.
+inline bool grad_input_col_rows_pays(const ConvShape& g) {
+    return g.algorithm == conv_auto && g.W <= 64 && grad_input_col_rows_applies(g);
+}
+
 // Which pass runs which algorithm.
 inline bool use_winograd(const ConvShape& g) {
     return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
@@ -497,7 +508,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
                               static_cast<const T*>(nullptr), dx);
     }
     if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);
-    if (g.algorithm == conv_auto && grad_input_col_rows_applies(g)) return conv2d_grad_input_col_rows(g, dy, w, dx);
+    if (grad_input_col_rows_pays(g)) return conv2d_grad_input_col_rows(g, dy, w, dx);
     conv2d_grad_input_col2im(g, dy, w, dx);
 }
 

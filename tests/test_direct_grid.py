@@ -40,6 +40,9 @@ def data(x_shape, w_shape, dtype, seed=0, bias=True):
 
 
 GRID, COLUMNS = "direct (phase grid)", "direct (column copies)"
+# Layers of 16 output channels at stride 1 without padding take the direct forward by channels
+# on AVX-512 (csrc/conv/direct_channels.h, tests/test_direct_channels.py).
+BY_CHANNELS = "direct (by channels)" if _C.best_isa() == "avx512" else GRID
 
 
 def check(x, w, b, stride=1, padding=0, dilation=1, groups=1, algorithm="direct", layout=None):
@@ -126,8 +129,9 @@ def test_column_copies_against_reference(isa, case, dtype, algorithm):
     ("pixelcnn_7x7", COLUMNS), ("dcgan_d_4x4_s2_28", COLUMNS), ("vae_4x4_s2_32", COLUMNS),
     ("rgb_3x3", GRID),                 # 3x3 kernels stay on the grid
     ("lenet_conv1", GRID),             # 6 channels x 5 rows: 30 multiply-adds per copied element
-    ("lenet_conv2", GRID),             # 6 channels x 5 kernel columns: 30 copies of each row
-    ("many_channels_5x5", GRID),       # 40
+    ("lenet_conv2", BY_CHANNELS),      # 16 channels at stride 1 without padding
+    ("many_channels_5x5", BY_CHANNELS),
+    ("many_channels_5x5_padded", GRID),  # 8 channels x 5 kernel columns: 40 copies of each row
 ])
 def test_layout_rule(case, layout):
     shapes = {"lenet_conv1": ((64, 1, 32, 32), (6, 1, 5, 5), 1, 0),
@@ -136,7 +140,8 @@ def test_layout_rule(case, layout):
               "vae_4x4_s2_32": ((64, 1, 32, 32), (32, 1, 4, 4), 2, 1),
               "rgb_3x3": ((16, 3, 32, 32), (64, 3, 3, 3), 1, 1),
               "dcgan_d_4x4_s2_28": ((64, 1, 28, 28), (64, 1, 4, 4), 2, 1),
-              "many_channels_5x5": ((8, 8, 14, 14), (16, 8, 5, 5), 1, 0)}
+              "many_channels_5x5": ((8, 8, 14, 14), (16, 8, 5, 5), 1, 0),
+              "many_channels_5x5_padded": ((8, 8, 14, 14), (16, 8, 5, 5), 1, 2)}
     x_shape, w_shape, stride, padding = shapes[case]
     assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding) == layout
 
@@ -171,9 +176,10 @@ NOT_ROUTED = {
 @pytest.mark.parametrize("case", ROUTED, ids=str)
 def test_the_rule_routes_small_layers_here(case):
     x_shape, w_shape, stride, padding, groups = ROUTED[case]
-    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) in (GRID, COLUMNS)
+    assert algorithm_of(x_shape, w_shape, stride=stride, padding=padding, groups=groups) in (GRID, COLUMNS, BY_CHANNELS)
     x, w, b = data((2,) + x_shape[1:], w_shape, np.float32)
-    check(x, w, b, stride, padding, groups=groups, algorithm="auto")
+    check(x, w, b, stride, padding, groups=groups, algorithm="auto", layout=algorithm_of(
+        x.shape, w_shape, stride=stride, padding=padding, groups=groups))
 
 
 @pytest.mark.parametrize("case", NOT_ROUTED, ids=str)

@@ -139,5 +139,85 @@ void conv2d_grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx
     }
 }
 
+// The input gradient by whole column blocks (stride 1, no dilation, one group, AVX-512): for a
+// few images at a time, the GEMM col = w^T dy is stored in place into a per-thread buffer
+// (rows (c, r, s), columns (n, ho, wo)), then each row of grad_x is summed in one register
+// from the col rows that reach it, each read as a masked load shifted by its kernel column:
+//   dx[n, c, h, w] = sum_{r, s} col[(c, r, s), (n, h + ph - r, w + pw - s)]
+// and stored once, where conv2d_grad_input_col2im adds every tile element into grad_x, one
+// scalar read-modify-write each, in runs of at most Wo (LeNet's conv2: runs of 10, 0.96 M adds
+// for a 15 M multiply-add GEMM). Every element sums its (r, s) terms in one fixed order, whole
+// within one job, so grad_x does not depend on the thread count.
+constexpr int64_t kColBlockElements = int64_t(1) << 16;  // a job's col block: 256 KiB of floats
+
+// Whether it can run g: the shapes above, with one image's column block within a job's.
+inline bool grad_input_col_rows_applies(const ConvShape& g) {
+    return PYCONV_ISA_LEVEL == 2 && g.groups == 1 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
+           g.C > 0 && g.K > 0 &&
+           double(g.C) * double(g.R) * double(g.S) * double(g.Ho) * double(g.Wo) <= double(kColBlockElements);
+}
+
+template <class T>
+void conv2d_grad_input_col_rows(const ConvShape& g, const T* dy, const T* w, T* dx) {
+#if PYCONV_ISA_LEVEL == 2
+    using S = Simd<T>;
+    constexpr int L = S::lanes;
+    const int64_t RS = g.R * g.S, rows = g.C * RS, HoWo = g.Ho * g.Wo, HW = g.H * g.W;
+    const int64_t images = std::clamp<int64_t>(kColBlockElements / std::max<int64_t>(1, rows * HoWo), 1, g.N);
+    const int64_t jobs = (g.N + images - 1) / images, cols = images * HoWo;
+    Scratch<T> wt = scratch<T>(checked_mul(g.K, rows));  // w^T: (c, r, s) x k
+    for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t i = 0; i < rows; ++i) wt[i * g.K + k] = w[k * rows + i];
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    std::vector<GemmBuffers<T>> bufs;
+    bufs.reserve(size_t(threads));
+    for (int i = 0; i < threads; ++i) bufs.emplace_back(rows, cols, g.K);
+    const Scratch<T> blocks = scratch<T>(checked_mul(int64_t(threads), rows, cols));
+    const InMatrixA<T> A = InMatrixA<T>::plain(wt.get(), g.K, g.K);
+    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+        const int t = omp_get_thread_num();
+        T* col = blocks.get() + t * rows * cols;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t job = 0; job < jobs; ++job) {
+            const int64_t n0 = job * images, n1 = std::min(g.N, n0 + images);
+            const InMatrixB<T> B{dy + n0 * g.K * HoWo, HoWo, HoWo, g.K * HoWo};
+            gemm_block<T>(0, rows, 0, (n1 - n0) * HoWo, 0, g.K, A, B, OutMatrix<T>::plain(col, cols, cols),
+                          Store::overwrite, bufs[t]);
+            for (int64_t n = n0; n < n1; ++n)
+                for (int64_t c = 0; c < g.C; ++c)
+                    for (int64_t h = 0; h < g.H; ++h)
+                        for (int64_t w0 = 0; w0 < g.W; w0 += L) {
+                            typename S::V acc = S::zero();
+                            for (int64_t r = 0; r < g.R; ++r) {
+                                const int64_t ho = h + g.ph - r;
+                                if (ho < 0 || ho >= g.Ho) continue;
+                                for (int64_t s = 0; s < g.S; ++s) {
+                                    // Lane i is w = w0 + i, from wo = w + pw - s where 0 <= wo < Wo.
+                                    const int64_t shift = g.pw - s + w0;  // wo of lane 0
+                                    const int64_t lo = std::max<int64_t>(0, -shift);
+                                    const int64_t hi = std::min<int64_t>({int64_t(L), g.Wo - shift, g.W - w0});
+                                    if (lo >= hi) continue;
+                                    const T* src = col + (c * RS + r * g.S + s) * cols + (n - n0) * HoWo + ho * g.Wo + shift;
+                                    const uint32_t mask = uint32_t(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
+                                    if constexpr (sizeof(T) == 4)
+                                        acc += typename S::V(_mm512_maskz_loadu_ps(__mmask16(mask), src));
+                                    else
+                                        acc += typename S::V(_mm512_maskz_loadu_pd(__mmask8(mask), src));
+                                }
+                            }
+                            const int64_t len = std::min<int64_t>(L, g.W - w0);
+                            T* d = dx + (n * g.C + c) * HW + h * g.W + w0;
+                            if (len == L) S::store(d, acc);
+                            else store_first<T>(d, acc, int(len));
+                        }
+        }
+    }
+#else
+    conv2d_grad_input_col2im(g, dy, w, dx);
+#endif
+}
+
 }  // namespace PYCONV_ISA
 }  // namespace pyconv

@@ -13,10 +13,12 @@
 // The algorithms, one header each:
 //   conv/direct.h        direct loops over zero-padded planes (grouped, few channels per group)
 //   conv/direct_grid.h   forward: register tiles of channels x pixels read the phase grid in place
+//   conv/direct_channels.h  forward: 16 output channels per vector x a block of pixels, x in place
 //   conv/by_channels.h   micro-kernel vectorised over channels, x or dy read in place
 //   conv/phase_grid.h    x copied once onto a grid split by stride phase; B packing is a copy
 //   conv/im2col_gemm.h   B gathered from x row run by row run while packing (the general case)
-//   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x
+//   conv/col2im.h        the input gradient's GEMM with its tiles scattered into grad_x, or
+//                        stored by column blocks whose rows are then summed into grad_x
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
 //   conv/whole_window.h  the window covers the whole input: plain matrix products
 //   conv/winograd.h      F(4x4, 3x3) Winograd: 3x3, stride 1, 36 GEMMs in the transform domain
@@ -32,6 +34,7 @@
 #include "conv/by_channels.h"
 #include "conv/col2im.h"
 #include "conv/direct.h"
+#include "conv/direct_channels.h"
 #include "conv/direct_grid.h"
 #include "conv/grad_input_as_forward.h"
 #include "conv/im2col_gemm.h"
@@ -315,6 +318,20 @@ inline bool forward_direct_grid_pays(const ConvShape& g) {
            direct_grid_fits(g);
 }
 
+// The direct forward by channels (conv/direct_channels.h) before the one on the phase grid:
+// exactly 16 output channels (one AVX-512 vector), stride 1 along rows, no padding, output
+// images of at most 256 pixels (a thread's channels-last buffer of one image, 16 KiB in
+// float32, stays in L1) and at least 48 taps per output (fewer leave each tile's stores and
+// the transpose a large share). Measured against the phase grid, one AVX-512 thread, process
+// CPU time, best of 5 interleaved rounds, batch 64: 6 -> 16 5x5 on 14x14 (LeNet's conv2)
+// 0.38 against 0.50 ms (1.32x; ONNX Runtime 0.41), 2 -> 16 5x5 on 14x14 1.20x, 8 -> 16 and
+// 32 -> 16 3x3 on 12x12 and 8x8 1.33x, 1.41x, 16 -> 16 3x3 on 16x16 and 18x18 1.14x, 1.07x;
+// even with 25 taps (1 -> 16 5x5 on 16x16, 1.01x); lost on 28x28 outputs (1 -> 16 and
+// 3 -> 16 5x5 on 32x32: 0.75x, 0.91x).
+inline bool forward_direct_channels_pays(const ConvShape& g) {
+    return direct_channels_applies(g) && g.C * g.R * g.S >= 48 && g.Ho * g.Wo <= 256;
+}
+
 // The direct forward (forward_direct_grid_pays) on column copies of x instead of the phase
 // grid (conv/direct_grid.h): no grid column computed and dropped, and every tile stored as whole
 // vectors of an output plane (on a strided grid a vector spans two rows: two masked stores), for
@@ -388,6 +405,16 @@ inline bool grad_weight_across_images_pays(const ConvShape& g) {
            across_images_share(g) * double((g.C + MR - 1) / MR * MR) / double(g.C) <= 0.92;
 }
 
+// The input gradient by column blocks (conv/col2im.h, conv2d_grad_input_col_rows) where the
+// col2im GEMM would run: stride 1, no dilation, one group, one image's column block of at most
+// 64 K elements, images up to 64 columns wide (measured up to 32). Against col2im, one AVX-512
+// thread, process CPU time, batch 64 (benchmarks/RESULTS.md): 6 -> 16 5x5 on 14x14 (LeNet's
+// conv2) 0.68 against 0.93 ms, 8 -> 16 3x3 p1 on 16x16 1.43x, 4 -> 8 3x3 p1 on 28x28 1.23x,
+// 3 -> 16 5x5 on 32x32 1.17x.
+inline bool grad_input_col_rows_pays(const ConvShape& g) {
+    return g.algorithm == conv_auto && g.W <= 64 && grad_input_col_rows_applies(g);
+}
+
 // Which pass runs which algorithm.
 inline bool use_winograd(const ConvShape& g) {
     return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
@@ -403,7 +430,7 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, direct, direct_grid, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
@@ -415,7 +442,8 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (direct_asked(g)) return ForwardAlgorithm::direct;
     if (subsampled_pays(g)) return ForwardAlgorithm::subsampled;
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
-    if (g.algorithm == conv_auto && forward_direct_grid_pays(g)) return direct_grid_layout(g);
+    if (g.algorithm == conv_auto && forward_direct_grid_pays(g))
+        return forward_direct_channels_pays(g) ? ForwardAlgorithm::direct_channels : direct_grid_layout(g);
     if (use_direct(g)) return ForwardAlgorithm::direct;
     if (!few_taps(g) &&
         (forward_by_channels_pays(g) || forward_strided_by_channels_pays(g) || forward_grid_wastes_columns(g)))
@@ -434,6 +462,7 @@ const char* conv2d_forward_algorithm(const ConvShape& g) {
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::direct_columns: return "direct (column copies)";
+        case ForwardAlgorithm::direct_channels: return "direct (by channels)";
         case ForwardAlgorithm::whole_window: return "gemm (whole window)";
         case ForwardAlgorithm::by_channels: return "gemm (by channels)";
         case ForwardAlgorithm::by_channels_across_images: return "gemm (by channels, across images)";
@@ -451,6 +480,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
+        case ForwardAlgorithm::direct_channels: return conv2d_forward_direct_channels(g, x, w, bias, y, direct_grid_threads(g));
         case ForwardAlgorithm::whole_window: return conv2d_forward_whole_window(g, x, w, bias, y);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
         case ForwardAlgorithm::by_channels_across_images: return conv2d_forward_by_channels_across_images(g, x, w, bias, y);
@@ -507,6 +537,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     }
     if (grad_input_across_images_pays(g)) return conv2d_grad_input_across_images(g, dy, w, dx);
     if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);
+    if (grad_input_col_rows_pays(g)) return conv2d_grad_input_col_rows(g, dy, w, dx);
     conv2d_grad_input_col2im(g, dy, w, dx);
 }
 

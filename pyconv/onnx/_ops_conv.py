@@ -345,13 +345,7 @@ def _avg_pool(node):
         x2 = _to_2d(nd, x)
         k2, s2 = tuple(_pair(nd, kernel, 1)), tuple(_pair(nd, strides, 1))
         if begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel)):
-            if not any(begins) and tuple(x2.shape[2:]) == k2 and x2.dtype.kind == "f":
-                # one window over the whole plane: a mean, which NumPy does in one pass
-                N, C = x2.shape[:2]
-                y = np.add.reduce(x2.reshape(N * C, -1), axis=1).reshape(N, C, 1, 1)
-                y /= x2.dtype.type(k2[0] * k2[1])
-            else:
-                y = pool((x2,), k2, s2, tuple(_pair(nd, begins, 0)))
+            y = pool((x2,), k2, s2, tuple(_pair(nd, begins, 0)))
         else:
             b2, e2 = _pair(nd, begins, 0), _pair(nd, ends, 0)
             geometry = (x.shape[2:], kernel, strides, dilations, begins, ends, ceil_mode)
@@ -366,4 +360,19 @@ def _avg_pool(node):
 @builder("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(node):
     reduce = np.mean if node.op_type == "GlobalAveragePool" else np.max
-    return lambda x: reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    if node.op_type == "GlobalMaxPool":
+        return lambda x: reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    # 1-D and 2-D: the average pool whose one window covers the whole plane (a vectorised sum
+    # per plane on the cpu backend; NumPy's mean reduces the short rows of N C planes one by one)
+    def prepare(x, k2):
+        g, divisor = _spec.avg_pool2d(x, k2, k2, (0, 0), False, None)
+        return g, False, divisor
+    pool = KernelCall("avg_pool2d", "avg_pool2d", prepare)
+
+    def run(x):
+        if x.ndim not in (3, 4) or x.dtype.kind != "f" or min(x.shape[2:], default=0) < 1 or x.size == 0:
+            return reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+        x2 = _to_2d(x.ndim - 2, x)
+        y = pool((x2,), tuple(x2.shape[2:]))
+        return y[:, :, 0, :] if x.ndim == 3 else y
+    return run

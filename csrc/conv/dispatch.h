@@ -428,10 +428,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
         case ForwardAlgorithm::by_channels_across_images: return conv2d_forward_by_channels_across_images(g, x, w, bias, y);
         case ForwardAlgorithm::phase_grid: return conv2d_forward_grid(g, x, w, bias, y);
-        case ForwardAlgorithm::subsampled: {
-            const Scratch<T> xs = subsample(g, x);
-            return conv2d_forward(subsampled_shape(g), xs.get(), w, bias, y);
-        }
+        case ForwardAlgorithm::subsampled: return conv2d_forward_subsampled(g, x, w, bias, y);
         case ForwardAlgorithm::im2col: break;
     }
     conv2d_forward_im2col(g, x, w, bias, y);

@@ -33,6 +33,7 @@
 #include "conv/col2im.h"
 #include "conv/direct.h"
 #include "conv/direct_grid.h"
+#include "conv/epilogue.h"
 #include "conv/grad_input_as_forward.h"
 #include "conv/im2col_gemm.h"
 #include "conv/padding.h"
@@ -432,6 +433,18 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::im2col: break;
     }
     conv2d_forward_im2col(g, x, w, bias, y);
+}
+
+// The forward, then the epilogue (conv/epilogue.h: a residual added, relu): Winograd applies
+// it as its output transform stores, the other algorithms in one pass over y afterwards.
+template <class T>
+void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const T* residual,
+                         bool relu) {
+    const Epilogue<T> ep{residual, relu};
+    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd)
+        return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+    conv2d_forward(g, x, w, bias, y);
+    apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }
 
 template <class T>

@@ -144,6 +144,52 @@ def _conv(node, nd):
         if nd == 1:
             return conv((x[:, :, None, :], w[:, :, None, :], b), common, stride)[:, :, 0, :]
         return conv((x, w, b), common, stride)
+
+    def with_epilogue(epilogue, otherwise):
+        """run followed by `epilogue` (an Add of a last argument, a Relu; the planner's fused
+        step), where `otherwise` does it in passes of their own. On the cpu backend the
+        convolution kernel takes them (Winograd applies them as it stores its outputs, the
+        other algorithms in one pass): the same bits, without the separate kernel calls."""
+        add, relu = "Add" in epilogue, "Relu" in epilogue
+        bound = {}  # signature -> the kernel's geometry, None where otherwise applies
+
+        def kernel_geometry(x, w, b, r):
+            if (nd != 2 or x.ndim != 4 or w.ndim != 4 or x.dtype not in (np.float32, np.float64)
+                    or w.dtype != x.dtype or (b is not None and b.dtype != x.dtype)):
+                return None
+            key = x.shape[2:], w.shape
+            if key not in geometry:
+                geometry[key] = plan(x, w)
+            extra, common, stride, _ = geometry[key]
+            if extra is not None:
+                return None
+            g = _spec.conv2d(x, w, b, stride, common, tuple(dilations), group)
+            if r is not None and (r.shape != tuple(g.output_shape) or r.dtype != x.dtype):
+                return None
+            return g
+
+        def fused(*args):
+            kernel = _cpu_kernel("conv2d")
+            conv_args, r = (args[:-1], args[-1]) if add else (args, None)
+            if kernel is None or len(conv_args) < 2 or not all(
+                    isinstance(a, np.ndarray) for a in conv_args + (() if r is None else (r,)) if a is not None):
+                return otherwise(*args)
+            x, w = conv_args[0], conv_args[1]
+            b = conv_args[2] if len(conv_args) > 2 else None
+            key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
+                   None if r is None else (r.shape, r.dtype))
+            if key not in bound:
+                bound[key] = kernel_geometry(x, w, b, r)
+            g = bound[key]
+            if g is None:
+                return otherwise(*args)
+            y = np.empty(g.output_shape, x.dtype)
+            kernel(*[None if a is None else np.ascontiguousarray(a) for a in (x, w, b)], y, g,
+                   residual=None if r is None else np.ascontiguousarray(r), relu=relu)
+            return y
+        return fused
+
+    run.with_epilogue = with_epilogue
     return run
 
 

@@ -803,7 +803,7 @@ PYBIND11_MODULE(_C, m) {
     // ---- Convolution and GEMM
 
     def_op(m, "conv2d",
-          [](Array x, Array w, Optional b, Array y, const ConvShape& g) {
+          [](Array x, Array w, Optional b, Array y, const ConvShape& g, Optional residual, bool relu) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   check_conv_shape(g);
@@ -811,11 +811,14 @@ PYBIND11_MODULE(_C, m) {
                   const T* wp = checked<T>(w, weight_dims(g), "w");
                   const T* bp = checked_or_null<T>(b, {g.K}, "b");
                   T* yp = checked<T>(y, output_dims(g), "y", true);
-                  without_gil([&] { kernels<T>().conv2d(g, xp, wp, bp, yp); });
+                  const T* rp = checked_or_null<T>(residual, output_dims(g), "residual");
+                  without_gil([&] { kernels<T>().conv2d(g, xp, wp, bp, yp, rp, relu); });
               });
           },
           py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("shape"),
-          "convolution into y; shape: a ConvGeom");
+          py::arg("residual") = py::none(), py::arg("relu") = false,
+          "convolution into y; shape: a ConvGeom; then + residual (of y's shape) unless None, "
+          "then relu if asked");
     def_op(m, "conv2d_algorithm",
           [](const ConvShape& g, py::dtype dtype) {
               return by_dtype(dtype, [&](auto t) {

@@ -147,7 +147,8 @@ struct KernelsFor {
                       int64_t step, double lr, double beta1, double beta2, double eps,
                       double weight_decay, bool decoupled_weight_decay);
     // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
-    void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y);
+    // y = conv(x, w) + b, then + residual (unless null), then relu (if asked)
+    void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y, const T* residual, bool relu);
     const char* (*conv2d_algorithm)(const ConvShape&);  // the name of the algorithm conv2d runs
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);
     void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);

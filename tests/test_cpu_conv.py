@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from pyconv import _C, ops  # noqa: E402
+from pyconv import _spec  # noqa: E402
 from pyconv._spec import ConvGeom  # noqa: E402
 
 ISAS = [isa for isa in ("generic", "avx2", "avx512")
@@ -199,3 +200,44 @@ def test_bindings_reject_bad_buffers():
         _C.conv2d(x, w, None, np.zeros((1, 3, 3, 3), np.float32), tuple(g))
     with pytest.raises(ValueError, match="shape"):
         _C.gemm(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), np.zeros((2, 2), np.float32))
+
+
+# (x shape, w shape, stride, padding, algorithm): Winograd, whose output transform applies the
+# epilogue as it stores (the block layout, with tiles cut at the image's edges, and the
+# by-position layout), and forwards that apply it in a pass afterwards (by channels,
+# subsampled 1x1, direct).
+EPILOGUE_CASES = [
+    ((2, 32, 13, 11), (32, 32, 3, 3), 1, 1, "winograd"),
+    ((16, 64, 8, 8), (64, 64, 3, 3), 1, 1, "auto"),
+    ((1, 256, 6, 6), (256, 256, 3, 3), 1, 1, "winograd"),
+    ((2, 16, 15, 15), (32, 16, 3, 3), 2, 1, "auto"),
+    ((2, 16, 16, 16), (32, 16, 1, 1), 2, 0, "auto"),
+    ((2, 3, 9, 9), (6, 3, 5, 5), 1, 2, "auto"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=str)
+def test_forward_epilogue_is_the_separate_passes_bit_for_bit(isa, case, dtype):
+    """conv2d(..., residual, relu): the convolution, + residual, then relu's rules (-0 and NaN
+    kept), the same bits as the add_relu / relu kernels run over the output afterwards."""
+    x_shape, w_shape, stride, padding, algorithm = case
+    rng = np.random.default_rng(7)
+    x, w, b = rand(rng, x_shape, dtype), rand(rng, w_shape, dtype), rand(rng, w_shape[:1], dtype)
+    g = _spec.conv2d(x, w, b, stride, padding, 1, 1, algorithm=algorithm)
+    y = np.empty(g.output_shape, dtype)
+    _C.conv2d(x, w, b, y, g)
+    r = rand(rng, y.shape, dtype)
+    r.flat[::7] = -y.flat[::7]  # sums of exactly zero (+0)
+    r.flat[3] = np.nan
+    for residual, relu in ((r, True), (None, True), (r, False)):
+        expected = np.empty_like(y)
+        if residual is not None and relu:
+            _C.add_relu(y, residual, expected)
+        elif relu:
+            _C.relu(y, expected)
+        else:
+            np.add(y, residual, out=expected)
+        got = np.empty_like(y)
+        _C.conv2d(x, w, b, got, g, residual=residual, relu=relu)
+        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))

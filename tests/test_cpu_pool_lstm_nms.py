@@ -55,6 +55,28 @@ def test_avg_pool2d_of_an_input_larger_than_the_cache_matches_torch(isa):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_avg_pool2d_over_the_whole_plane_matches_torch(isa, dtype):
+    """A window that covers the whole unpadded plane (a global average) sums each plane as one
+    contiguous run: planes of one element, shorter than a vector, of whole blocks of four vectors
+    and of a block plus vectors plus a tail; with a divisor override; 1-4 threads alike."""
+    rng, threads_before = np.random.default_rng(5), pyconv.get_num_threads()
+    try:
+        for H, W in [(1, 1), (3, 2), (8, 8), (7, 7), (9, 15), (33, 17)]:
+            x = rng.standard_normal((5, 7, H, W)).astype(dtype)
+            first = None
+            for threads in (1, 2, 4):
+                pyconv.set_num_threads(threads)
+                y = ops.avg_pool2d(x, (H, W), (H, W), 0, backend="cpu")
+                first = y if first is None else first
+                np.testing.assert_array_equal(y, first)
+            close(y, F.avg_pool2d(t(x), (H, W)), dtype)
+            close(ops.avg_pool2d(x, (H, W), 1, 0, divisor_override=5, backend="cpu"),
+                  F.avg_pool2d(t(x), (H, W), 1, 0, divisor_override=5), dtype)
+    finally:
+        pyconv.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_max_pool2d_2x2_stride_2_rows_of_every_length(isa, dtype):
     """2x2 windows at stride 2 without padding take a path of their own (two rows per output row,
     `lanes` outputs per step, a partial step at the end): rows shorter than a vector, of whole

@@ -24,6 +24,7 @@ CASES = [
     ((4, 3, 9, 7), 5, (1, 2), 2),
     ((2, 33, 7, 9), 17, (2, 1), 1),
     ((2, 4, 5, 5), 3, 8, 1),
+    ((2, 3, 37, 34), 5, 2, 1),  # output rows of 17 pixels: whole vectors of a row gathered
 ]
 
 

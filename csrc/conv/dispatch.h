@@ -36,6 +36,7 @@
 #include "conv/direct.h"
 #include "conv/direct_channels.h"
 #include "conv/direct_grid.h"
+#include "conv/epilogue.h"
 #include "conv/grad_input_as_forward.h"
 #include "conv/im2col_gemm.h"
 #include "conv/padding.h"
@@ -485,13 +486,22 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
         case ForwardAlgorithm::by_channels_across_images: return conv2d_forward_by_channels_across_images(g, x, w, bias, y);
         case ForwardAlgorithm::phase_grid: return conv2d_forward_grid(g, x, w, bias, y);
-        case ForwardAlgorithm::subsampled: {
-            const Scratch<T> xs = subsample(g, x);
-            return conv2d_forward(subsampled_shape(g), xs.get(), w, bias, y);
-        }
+        case ForwardAlgorithm::subsampled: return conv2d_forward_subsampled(g, x, w, bias, y);
         case ForwardAlgorithm::im2col: break;
     }
     conv2d_forward_im2col(g, x, w, bias, y);
+}
+
+// The forward, then the epilogue (conv/epilogue.h: a residual added, relu): Winograd applies
+// it as its output transform stores, the other algorithms in one pass over y afterwards.
+template <class T>
+void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const T* residual,
+                         bool relu) {
+    const Epilogue<T> ep{residual, relu};
+    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd)
+        return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+    conv2d_forward(g, x, w, bias, y);
+    apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }
 
 template <class T>

@@ -28,6 +28,7 @@
 #include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
+#include "conv/epilogue.h"
 #include "gemm/driver.h"
 #include "gemm/operands.h"
 
@@ -489,7 +490,7 @@ static inline __attribute__((always_inline)) void interleave_row(const typename 
 // stored as one run per tile row the group spans.
 template <class T>
 void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t t0, int64_t nt,
-                      int64_t block, int64_t stride, const T* bias, T* y) {
+                      int64_t block, int64_t stride, const T* bias, T* y, const Epilogue<T>& ep) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes;
@@ -532,7 +533,11 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
                 const int64_t wo0 = column[first] * kTile;
                 const int64_t count = std::min<int64_t>(kTile * (end - l), g.Wo - wo0);
                 T* dst = y + row.offset + k * HoWo + wo0;
-                for (int r = 0; r < row.rows; ++r) copy_run(z[r] + kTile * l, count, dst + r * g.Wo);
+                if (ep.any())
+                    for (int r = 0; r < row.rows; ++r)
+                        store_with(ep, z[r] + kTile * l, count, dst + r * g.Wo, dst + r * g.Wo - y);
+                else
+                    for (int r = 0; r < row.rows; ++r) copy_run(z[r] + kTile * l, count, dst + r * g.Wo);
                 l = end;
             }
         }
@@ -547,7 +552,7 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
 // shape's blocks, so the result does not depend on the number of threads.
 template <class T>
 void forward_by_position(const ConvShape& g, const Tiling& tl, const TransformedFilters<T>& U, const T* x,
-                         const T* bias, T* y) {
+                         const T* bias, T* y, const Epilogue<T>& ep) {
     constexpr int64_t NR = gemm_nr<T>();
     constexpr int L = Simd<T>::lanes;
     const int64_t columns = (tl.total + NR - 1) / NR * NR;  // of every V[xi] and M[xi]
@@ -585,7 +590,7 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < tl.blocks; ++b) {
             const int64_t t0 = b * tl.block;
-            transform_output(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y);
+            transform_output(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y, ep);
         }
     }
 }
@@ -593,12 +598,13 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
 }  // namespace winograd
 
 // by_position: all tiles at once, one GEMM per position (winograd::forward_by_position), else
-// block by block.
+// block by block. The output transform applies `ep` as it stores.
 template <class T>
-void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position) {
+void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position,
+                             const Epilogue<T>& ep = {}) {
     using namespace winograd;
     const TransformedFilters<T> U(g, w);
-    if (by_position) return forward_by_position(g, Tiling::of<T>(g), U, x, bias, y);
+    if (by_position) return forward_by_position(g, Tiling::of<T>(g), U, x, bias, y, ep);
     const Tiling tl = Tiling::of_forward<T>(g);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
     // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the parallel
@@ -632,7 +638,7 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
                 const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
                 multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
             }
-            transform_output(g, tl, m, t0, nt, tl.block, m_stride, bias, y);
+            transform_output(g, tl, m, t0, nt, tl.block, m_stride, bias, y, ep);
         }
     }
 }

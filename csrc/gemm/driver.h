@@ -157,9 +157,9 @@ constexpr int64_t kGemmOneTilePerThreadMacs = int64_t(1) << 25;
 
 // How many threads a GEMM of M x N x K runs on: 1 below kGemmParallelMacs, else the pool's,
 // but not more than there are tiles of kGemmMinTileMacs.
-inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
+inline int gemm_threads(int64_t M, int64_t N, int64_t K, int64_t parallel_macs = kGemmParallelMacs) {
     const int64_t macs = M * N * std::max<int64_t>(K, 1);
-    if (macs < kGemmParallelMacs) return 1;
+    if (macs < parallel_macs) return 1;
     return static_cast<int>(std::clamp<int64_t>(macs / kGemmMinTileMacs, 1, num_threads()));
 }
 
@@ -216,8 +216,8 @@ TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
     return best;
 }
 
-// C = A B (+ bias per row), M x N x K, on num_threads() threads. Must be called outside any
-// parallel region.
+// C = A B (+ bias per row), M x N x K, on num_threads() threads (one below parallel_macs
+// multiply-adds, see kGemmParallelMacs). Must be called outside any parallel region.
 //
 // One parallel region per call, with no barrier inside it: the threads take tiles from an
 // atomic counter until none is left (a thread that starts late, or loses its core to another
@@ -225,9 +225,10 @@ TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
 // wait for.
 template <class T, class ASrc, class BSrc>
 void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B,
-                   const OutMatrix<T>& C, Store mode = Store::overwrite) {
+                   const OutMatrix<T>& C, Store mode = Store::overwrite,
+                   int64_t parallel_macs = kGemmParallelMacs) {
     if (M <= 0 || N <= 0) return;
-    const int threads = gemm_threads(M, N, K);
+    const int threads = gemm_threads(M, N, K, parallel_macs);
     const TileGrid tiles = choose_tiles<T>(M, N, K, threads);
     auto run_tile = [&](int64_t t, GemmBuffers<T>& buf) {
         int64_t m0, m1, n0, n1;

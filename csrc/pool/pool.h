@@ -428,11 +428,46 @@ static void stream_copy(const T* src, T* dst, int64_t n) {
 // shared) and its output is streamed.
 constexpr int64_t kStreamingPoolBytes = int64_t(24) << 20;
 
+// The sum of the n contiguous elements at p: four vector accumulators, then the tail.
+template <class T>
+static T contiguous_sum(const T* p, int64_t n) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes;
+    V a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
+    int64_t i = 0;
+    for (; i + 4 * L <= n; i += 4 * L) {
+        a0 += S::load(p + i);
+        a1 += S::load(p + i + L);
+        a2 += S::load(p + i + 2 * L);
+        a3 += S::load(p + i + 3 * L);
+    }
+    for (; i + L <= n; i += L) a0 += S::load(p + i);
+    if (i < n) a1 += load_first<T>(p + i, int(n - i));
+    return S::sum((a0 + a1) + (a2 + a3));
+}
+
+// One window over each whole plane (no padding: a global average pool, ResNet's last 8x8 or
+// 7x7 pooling): a vectorised sum of each contiguous plane. The row kernel would see an output
+// row of one column, too short for its vectors, and sum the plane element by element.
+static inline bool avg_pool_whole_plane(const PoolShape& g) {
+    return g.Ho == 1 && g.Wo == 1 && g.ph == 0 && g.pw == 0 && g.kh == g.H && g.kw == g.W;
+}
+
 // divisor_override 0 means none.
 template <class T>
 void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_override, const T* x,
                 T* y) {
     const int64_t planes = g.N * g.C;
+    if (avg_pool_whole_plane(g)) {
+        const int64_t n = g.H * g.W;
+        const T divisor = T(divisor_override ? double(divisor_override) : double(n));
+        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
+    if (planes * n >= (int64_t(1) << 14))
+        for (int64_t p = 0; p < planes; ++p) y[p] = contiguous_sum(x + p * n, n) / divisor;
+        return;
+    }
     // Large pools compute a block of whole output rows into a buffer in L1, then stream it out.
     constexpr int64_t kBlock = 4096 / sizeof(T) * 4;  // elements: 16 KiB
     const int64_t bytes = planes * (g.H * g.W + g.Ho * g.Wo) * int64_t(sizeof(T));

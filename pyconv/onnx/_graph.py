@@ -227,6 +227,14 @@ def _with_epilogue(fn, epilogue):
     where it broadcasts to fn's output) and a Relu, both on fn's fresh output."""
     if not epilogue:
         return fn
+    passes = _epilogue_passes(fn, epilogue)
+    if hasattr(fn, "with_epilogue"):  # a builder whose kernel applies it (Conv)
+        return fn.with_epilogue(epilogue, passes)
+    return passes
+
+
+def _epilogue_passes(fn, epilogue):
+    """fn, then the epilogue in passes over fn's output (see _with_epilogue)."""
     if epilogue == ("Relu",):
         if hasattr(fn, "with_relu"):  # a builder that does both in one pass (MaxPool)
             return fn.with_relu

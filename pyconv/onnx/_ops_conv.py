@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import ops
 from .. import _spec
+from ..backends import get_backend
 from ._ops_dense import _cpu_kernel, relu_in_place
 from ._registry import KernelCall, builder
 
@@ -118,10 +119,8 @@ def _conv(node, nd):
         extra = None
         if begins != common or ends != common:  # asymmetric: the extra zeros go in first
             extra = ([b_ - c for b_, c in zip(begins, common)], [e - c for e, c in zip(ends, common)])
-        stride = tuple(_pair(nd, strides, 1))
-        if all(k == 1 for k in kernel) and not any(begins + ends) and max(strides) > 1:
-            stride = None  # see run
-        return extra, tuple(_pair(nd, common, 0)), stride
+        subsampled = all(k == 1 for k in kernel) and not any(begins + ends) and max(strides) > 1
+        return extra, tuple(_pair(nd, common, 0)), tuple(_pair(nd, strides, 1)), subsampled
 
     conv = KernelCall("conv2d", "conv2d", lambda x, w, b, padding, stride: (_spec.conv2d(
         x, w, b, stride, padding, _pair(nd, dilations, 1), group),))
@@ -133,19 +132,64 @@ def _conv(node, nd):
         key = x.shape[2:], w.shape
         if key not in geometry:
             geometry[key] = plan(x, w)
-        extra, common, stride = geometry[key]
+        extra, common, stride, subsampled = geometry[key]
         if extra is not None:
             x = _pad_array(x, *extra)
-        if stride is None:
+        if subsampled and get_backend() != "cpu":
             # A strided 1x1 convolution without padding reads only every stride-th pixel: on
-            # those, copied out, it is the unstrided 1x1 convolution, a plain matrix product
-            # on x in place (the same sums, bit for bit; 1.9x faster for 16x16x32x32 -> 32
-            # channels at stride 2 than the strided kernel).
+            # those, copied out, it is the unstrided 1x1 convolution (the same sums, bit for
+            # bit). The cpu kernel does this itself, gathering the pixels as it packs them.
             x = x[(slice(None), slice(None)) + tuple(slice(None, None, s_) for s_ in strides)]
             stride = (1, 1)
         if nd == 1:
             return conv((x[:, :, None, :], w[:, :, None, :], b), common, stride)[:, :, 0, :]
         return conv((x, w, b), common, stride)
+
+    def with_epilogue(epilogue, otherwise):
+        """run followed by `epilogue` (an Add of a last argument, a Relu; the planner's fused
+        step), where `otherwise` does it in passes of their own. On the cpu backend the
+        convolution kernel takes them (Winograd applies them as it stores its outputs, the
+        other algorithms in one pass): the same bits, without the separate kernel calls."""
+        add, relu = "Add" in epilogue, "Relu" in epilogue
+        bound = {}  # signature -> the kernel's geometry, None where otherwise applies
+
+        def kernel_geometry(x, w, b, r):
+            if (nd != 2 or x.ndim != 4 or w.ndim != 4 or x.dtype not in (np.float32, np.float64)
+                    or w.dtype != x.dtype or (b is not None and b.dtype != x.dtype)):
+                return None
+            key = x.shape[2:], w.shape
+            if key not in geometry:
+                geometry[key] = plan(x, w)
+            extra, common, stride, _ = geometry[key]
+            if extra is not None:
+                return None
+            g = _spec.conv2d(x, w, b, stride, common, tuple(dilations), group)
+            if r is not None and (r.shape != tuple(g.output_shape) or r.dtype != x.dtype):
+                return None
+            return g
+
+        def fused(*args):
+            kernel = _cpu_kernel("conv2d")
+            conv_args, r = (args[:-1], args[-1]) if add else (args, None)
+            if kernel is None or len(conv_args) < 2 or not all(
+                    isinstance(a, np.ndarray) for a in conv_args + (() if r is None else (r,)) if a is not None):
+                return otherwise(*args)
+            x, w = conv_args[0], conv_args[1]
+            b = conv_args[2] if len(conv_args) > 2 else None
+            key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
+                   None if r is None else (r.shape, r.dtype))
+            if key not in bound:
+                bound[key] = kernel_geometry(x, w, b, r)
+            g = bound[key]
+            if g is None:
+                return otherwise(*args)
+            y = np.empty(g.output_shape, x.dtype)
+            kernel(*[None if a is None else np.ascontiguousarray(a) for a in (x, w, b)], y, g,
+                   residual=None if r is None else np.ascontiguousarray(r), relu=relu)
+            return y
+        return fused
+
+    run.with_epilogue = with_epilogue
     return run
 
 
@@ -345,13 +389,7 @@ def _avg_pool(node):
         x2 = _to_2d(nd, x)
         k2, s2 = tuple(_pair(nd, kernel, 1)), tuple(_pair(nd, strides, 1))
         if begins == ends and all(p <= k // 2 for p, k in zip(begins, kernel)):
-            if not any(begins) and tuple(x2.shape[2:]) == k2 and x2.dtype.kind == "f":
-                # one window over the whole plane: a mean, which NumPy does in one pass
-                N, C = x2.shape[:2]
-                y = np.add.reduce(x2.reshape(N * C, -1), axis=1).reshape(N, C, 1, 1)
-                y /= x2.dtype.type(k2[0] * k2[1])
-            else:
-                y = pool((x2,), k2, s2, tuple(_pair(nd, begins, 0)))
+            y = pool((x2,), k2, s2, tuple(_pair(nd, begins, 0)))
         else:
             b2, e2 = _pair(nd, begins, 0), _pair(nd, ends, 0)
             geometry = (x.shape[2:], kernel, strides, dilations, begins, ends, ceil_mode)
@@ -366,4 +404,19 @@ def _avg_pool(node):
 @builder("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(node):
     reduce = np.mean if node.op_type == "GlobalAveragePool" else np.max
-    return lambda x: reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    if node.op_type == "GlobalMaxPool":
+        return lambda x: reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    # 1-D and 2-D: the average pool whose one window covers the whole plane (a vectorised sum
+    # per plane on the cpu backend; NumPy's mean reduces the short rows of N C planes one by one)
+    def prepare(x, k2):
+        g, divisor = _spec.avg_pool2d(x, k2, k2, (0, 0), False, None)
+        return g, False, divisor
+    pool = KernelCall("avg_pool2d", "avg_pool2d", prepare)
+
+    def run(x):
+        if x.ndim not in (3, 4) or x.dtype.kind != "f" or min(x.shape[2:], default=0) < 1 or x.size == 0:
+            return reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+        x2 = _to_2d(x.ndim - 2, x)
+        y = pool((x2,), tuple(x2.shape[2:]))
+        return y[:, :, 0, :] if x.ndim == 3 else y
+    return run

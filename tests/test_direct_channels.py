@@ -85,7 +85,7 @@ def test_the_rule_leaves_the_rest(x_shape, w_shape, stride, padding):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch", [2, 40])  # below and above the one-thread floor (2^23 multiply-adds)
+@pytest.mark.parametrize("batch", [2, 40])  # below and above the one-thread floor (2^20 multiply-adds)
 def test_thread_counts_give_the_same_bits(dtype, batch):
     x, w, b = data((batch, 6, 14, 14), (16, 6, 5, 5), dtype)
     before = pyconv.get_num_threads()

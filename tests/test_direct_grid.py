@@ -211,9 +211,9 @@ def test_read_ahead_reaches_only_dropped_outputs(poison, kernel, layout):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [13, 32])  # the phase grid, column copies
-@pytest.mark.parametrize("batch", [2, 12])  # below and above the one-thread floor (2^23 multiply-adds)
+@pytest.mark.parametrize("batch", [1, 12])  # below and above the one-thread floor (2^20 multiply-adds)
 def test_thread_counts_give_the_same_bits(dtype, channels, batch):
-    x, w, b = data((batch, 3, 37, 43), (channels, 3, 5, 5), dtype)
+    x, w, b = data((batch, 3, 17, 23), (channels, 3, 5, 5), dtype)
     before = pyconv.get_num_threads()
     try:
         results = []

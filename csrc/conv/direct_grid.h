@@ -259,13 +259,17 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
 }
 
 // Below this many multiply-adds the direct forward (its phase-grid copy included) runs on the
-// calling thread: waking a sleeping worker and waiting for it at the end of each region cost
-// more than the second core gives back. Measured on a 2-vCPU KVM guest, wall time, LeNet's
-// conv1 (1 -> 6 5x5 on 28x28, batch 64, 7.5M multiply-adds): 2 threads took 1.1-1.25x the
-// time of one, quiet or loaded; from 12.8M (1 -> 64 4x4 stride 2 on 28x28) and 15.4M (LeNet's
-// conv2) the second thread paid on a quiet host (1.4x, 1.17x). Results do not depend on it:
-// every output is summed whole by one thread.
-constexpr double kDirectGridParallelMacs = double(int64_t(1) << 23);
+// calling thread: waking a sleeping worker and waiting for it at the end of the region cost
+// more than the second core gives back. With the workers' short spin after each region
+// (GOMP_SPINCOUNT, set where pyconv/__init__.py loads libgomp) a worker is still awake
+// between the layers of a network, and the second thread pays from about a million. Measured on a 2-vCPU KVM guest, quiet,
+// wall time of the call against a one-node ONNX Runtime session (2 threads each), floor 2^23
+// against 2^20: ResNet's stem (3 -> 16 3x3 p1 on 32x32, batch 16, 7.1M multiply-adds) 198
+// against 151-154 us (ONNX Runtime 150), LeNet's conv1 (1 -> 6 5x5 on 32x32, batch 64, 7.5M)
+// 203 against 125-131 us, LeNet's conv2 at batch 8 (2.4M) 63 against 44 us; below 2^20 (conv1
+// at batch 8, 0.94M, and batch 1) a floor of 2^17 changed nothing beyond the noise. Results do
+// not depend on it: every output is summed whole by one thread.
+constexpr double kDirectGridParallelMacs = double(int64_t(1) << 20);
 
 inline int direct_grid_threads(const ConvShape& g) {
     const double macs = double(g.N) * double(g.K) * double(g.Ho) * double(g.Wo) * double(g.C / g.groups) *

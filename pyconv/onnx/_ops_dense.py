@@ -4,6 +4,7 @@ the shape, constant and indexing nodes exporters emit around the layers."""
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -208,7 +209,7 @@ def _softmax(node):
     if node.opset >= 13:
         return lambda x: softmax(x, axis)
     # before opset 13 the input is seen as a matrix: axes before `axis` are rows, the rest columns
-    return lambda x: softmax(x.reshape(int(np.prod(x.shape[:axis % x.ndim])), -1), 1).reshape(x.shape)
+    return lambda x: softmax(x.reshape(math.prod(x.shape[:axis % x.ndim]), -1), 1).reshape(x.shape)
 
 
 @builder("BatchNormalization")
@@ -271,7 +272,7 @@ def _flatten(node):
 
     def run(x):
         a = axis % x.ndim if x.ndim else 0
-        return x.reshape(int(np.prod(x.shape[:a])), -1)
+        return x.reshape(math.prod(x.shape[:a]), -1)
     return run
 
 

@@ -272,6 +272,36 @@ void store_tiles_across_images(const T* acc, int64_t panels, int64_t n0, int64_t
     }
 }
 
+// Where kernel taps land for a strided, padded convolution along one axis: the valid taps
+// t of output o are those with 0 <= o * stride - pad + t * step < extent (one run [lo, hi)).
+struct ValidTaps {
+    int64_t lo = 0, hi = 0;
+    ValidTaps() = default;
+    ValidTaps(int64_t o, int64_t stride, int64_t pad, int64_t taps, int64_t step, int64_t extent) {
+        const int64_t start = o * stride - pad;
+        lo = 0, hi = taps;
+        while (lo < taps && start + lo * step < 0) ++lo;
+        while (hi > lo && start + (hi - 1) * step >= extent) --hi;
+    }
+};
+
+// The jobs of the kernels with tiles across images: blocks of MR consecutive images by blocks
+// of at most tiles_max consecutive pixels (of `pixels`, in equal lengths but the last), and a
+// team no larger than there are jobs.
+struct AcrossImagesJobs {
+    int64_t pixels, pixel_blocks, block_len, count;
+    int threads;
+    AcrossImagesJobs(int64_t N, int64_t pixels_, int64_t MR, int64_t tiles_max) : pixels(pixels_) {
+        pixel_blocks = (pixels + tiles_max - 1) / tiles_max;
+        block_len = (pixels + pixel_blocks - 1) / pixel_blocks;
+        count = (N + MR - 1) / MR * pixel_blocks;
+        threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), count)));
+    }
+    int64_t first_image(int64_t job, int64_t MR) const { return job / pixel_blocks * MR; }
+    int64_t first_pixel(int64_t job) const { return job % pixel_blocks * block_len; }
+    int64_t length(int64_t job) const { return std::min(block_len, pixels - first_pixel(job)); }
+};
+
 // The forward by channels with tiles across images: a tile is one output pixel (ho, wo) of MR
 // consecutive images (a last partial tile repeats its last image), so that every pixel of a
 // tile reads the same taps, and the taps that fall on padding are skipped instead of multiplied
@@ -294,15 +324,11 @@ void conv2d_forward_by_channels_across_images(const ConvShape& g, const T* x, co
     for (int64_t rs = 0; rs < RS; ++rs)
         for (int64_t c = 0; c < g.C; ++c)
             offsets[rs * g.C + c] = c * HW + (rs / g.S) * g.dh * g.W + (rs % g.S) * g.dw;
-    const int64_t image_blocks = (g.N + MR - 1) / MR;
-    const int64_t pixel_blocks = (HoWo + tiles_max - 1) / tiles_max;
-    const int64_t block_len = (HoWo + pixel_blocks - 1) / pixel_blocks;
-    const int64_t jobs = image_blocks * pixel_blocks;
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    const AcrossImagesJobs jobs(g.N, HoWo, MR, tiles_max);
     std::vector<Scratch<T>> accs;
-    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(block_len * panels * MR * NR));
+    for (int t = 0; t < jobs.threads; ++t) accs.push_back(scratch<T>(jobs.block_len * panels * MR * NR));
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
+#pragma omp parallel num_threads(jobs.threads) firstprivate(ftz)
     {
         T* acc = accs[omp_get_thread_num()].get();
 #pragma omp for schedule(static)
@@ -317,23 +343,16 @@ void conv2d_forward_by_channels_across_images(const ConvShape& g, const T* x, co
             }
         }
         OffsetCols<T, MR> tiles[tiles_max];
-        int64_t runs[tiles_max][2];  // the tile's valid kernel rows [r0, r1) ...
-        int64_t cols[tiles_max][2];  // ... and columns [s0, s1)
+        ValidTaps runs[tiles_max];  // the tile's valid kernel rows ...
+        ValidTaps cols[tiles_max];  // ... and columns
 #pragma omp for schedule(static)
-        for (int64_t job = 0; job < jobs; ++job) {
-            const int64_t n0 = job / pixel_blocks * MR, q0 = job % pixel_blocks * block_len;
-            const int64_t len = std::min(block_len, HoWo - q0);
+        for (int64_t job = 0; job < jobs.count; ++job) {
+            const int64_t n0 = jobs.first_image(job, MR), q0 = jobs.first_pixel(job), len = jobs.length(job);
             if (len <= 0) continue;
             for (int64_t t = 0; t < len; ++t) {
                 const int64_t q = q0 + t, hi = (q / g.Wo) * g.sh - g.ph, wi = (q % g.Wo) * g.sw - g.pw;
-                auto valid = [](int64_t start, int64_t step, int64_t extent, int64_t taps, int64_t* range) {
-                    int64_t lo = 0, hi_ = taps;
-                    while (lo < taps && start + lo * step < 0) ++lo;
-                    while (hi_ > lo && start + (hi_ - 1) * step >= extent) --hi_;
-                    range[0] = lo, range[1] = hi_;
-                };
-                valid(hi, g.dh, g.H, g.R, runs[t]);
-                valid(wi, g.dw, g.W, g.S, cols[t]);
+                runs[t] = ValidTaps(q / g.Wo, g.sh, g.ph, g.R, g.dh, g.H);
+                cols[t] = ValidTaps(q % g.Wo, g.sw, g.pw, g.S, g.dw, g.W);
                 tiles[t].base = x;
                 for (int i = 0; i < MR; ++i)
                     tiles[t].i_offsets[i] = std::min(n0 + i, g.N - 1) * g.C * HW + hi * g.W + wi;
@@ -343,15 +362,15 @@ void conv2d_forward_by_channels_across_images(const ConvShape& g, const T* x, co
                 for (int64_t jp = 0; jp < panels; ++jp) {
                     const int nv = static_cast<int>((std::min<int64_t>(NR, g.K - jp * NR) + L - 1) / L);
                     for (int64_t t = 0; t < len; ++t)
-                        for (int64_t r = runs[t][0]; r < runs[t][1]; ++r) {
+                        for (int64_t r = runs[t].lo; r < runs[t].hi; ++r) {
                             // The run of taps (r, s0 .. s1, all c), cut to this block of taps.
-                            const int64_t a = std::max(pc, (r * g.S + cols[t][0]) * g.C);
-                            const int64_t b = std::min(pe, (r * g.S + cols[t][1]) * g.C);
+                            const int64_t a = std::max(pc, (r * g.S + cols[t].lo) * g.C);
+                            const int64_t b = std::min(pe, (r * g.S + cols[t].hi) * g.C);
                             if (a >= b) continue;
                             tiles[t].k_offsets = offsets.data() + a;
                             micro_kernel_cols<T, NV>(nv, b - a, tiles[t], PackedRows<T, NR>{packed.get() + (jp * taps_n + a) * NR},
                                                      acc + (t * panels + jp) * MR * NR, NR,
-                                                     a == (runs[t][0] * g.S + cols[t][0]) * g.C ? Store::overwrite
+                                                     a == (runs[t].lo * g.S + cols[t].lo) * g.C ? Store::overwrite
                                                                                                 : Store::accumulate,
                                                      nullptr);
                         }
@@ -359,23 +378,11 @@ void conv2d_forward_by_channels_across_images(const ConvShape& g, const T* x, co
             }
             // A window entirely on padding: its sums are zero.
             for (int64_t t = 0; t < len; ++t)
-                if (runs[t][0] >= runs[t][1] || cols[t][0] >= cols[t][1]) std::fill(acc + t * panels * MR * NR, acc + (t + 1) * panels * MR * NR, T(0));
+                if (runs[t].lo >= runs[t].hi || cols[t].lo >= cols[t].hi) std::fill(acc + t * panels * MR * NR, acc + (t + 1) * panels * MR * NR, T(0));
             store_tiles_across_images<T, MR, NR>(acc, panels, n0, g.N, q0, len, g.K, HoWo, bias, y);
         }
     }
 }
-
-// Where kernel taps land for a strided, padded convolution along one axis: the valid taps
-// t of output o are those with 0 <= o * stride - pad + t * step < extent (one run [lo, hi)).
-struct ValidTaps {
-    int64_t lo, hi;
-    ValidTaps(int64_t o, int64_t stride, int64_t pad, int64_t taps, int64_t step, int64_t extent) {
-        const int64_t start = o * stride - pad;
-        lo = 0, hi = taps;
-        while (lo < taps && start + lo * step < 0) ++lo;
-        while (hi > lo && start + (hi - 1) * step >= extent) --hi;
-    }
-};
 
 // The input gradient with tiles across images, the forward's counterpart
 // (conv2d_forward_by_channels_across_images): a tile is one grad_x pixel (h, w) of MR
@@ -409,15 +416,11 @@ void conv2d_grad_input_across_images(const ConvShape& g, const T* dy, const T* w
     std::vector<int64_t> channel_offsets(g.K);  // of dy's channel k in an image
     for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
     Scratch<T> packed = scratch<T>(checked_mul(panels * RS, g.K, NR));
-    const int64_t image_blocks = (g.N + MR - 1) / MR;
-    const int64_t pixel_blocks = (HW + tiles_max - 1) / tiles_max;
-    const int64_t block_len = (HW + pixel_blocks - 1) / pixel_blocks;
-    const int64_t jobs = image_blocks * pixel_blocks;
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    const AcrossImagesJobs jobs(g.N, HW, MR, tiles_max);
     std::vector<Scratch<T>> accs;
-    for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(block_len * panels * MR * NR));
+    for (int t = 0; t < jobs.threads; ++t) accs.push_back(scratch<T>(jobs.block_len * panels * MR * NR));
     FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
+#pragma omp parallel num_threads(jobs.threads) firstprivate(ftz)
     {
         T* acc = accs[omp_get_thread_num()].get();
         // w as panels [cp][rs][k][NR]: packed[((cp * RS + rs) * K + k) * NR + j] = w[k, cp*NR + j, rs], zero past C.
@@ -436,9 +439,8 @@ void conv2d_grad_input_across_images(const ConvShape& g, const T* dy, const T* w
         a.base = dy;
         a.k_offsets = channel_offsets.data();
 #pragma omp for schedule(static)
-        for (int64_t job = 0; job < jobs; ++job) {
-            const int64_t n0 = job / pixel_blocks * MR, q0 = job % pixel_blocks * block_len;
-            const int64_t len = std::min(block_len, HW - q0);
+        for (int64_t job = 0; job < jobs.count; ++job) {
+            const int64_t n0 = jobs.first_image(job, MR), q0 = jobs.first_pixel(job), len = jobs.length(job);
             if (len <= 0) continue;
             std::fill(acc, acc + len * panels * MR * NR, T(0));  // pixels no tap reaches stay 0
             for (int64_t cp = 0; cp < panels; ++cp) {

@@ -204,8 +204,8 @@ def test_bindings_reject_bad_buffers():
 
 # (x shape, w shape, stride, padding, algorithm): Winograd, whose output transform applies the
 # epilogue as it stores (the block layout, with tiles cut at the image's edges, and the
-# by-position layout), and forwards that apply it in a pass afterwards (by channels,
-# subsampled 1x1, direct).
+# by-position layout, and over a larger kernel's 3x3 blocks), and forwards that apply it in a
+# pass afterwards (by channels, subsampled 1x1, direct).
 EPILOGUE_CASES = [
     ((2, 32, 13, 11), (32, 32, 3, 3), 1, 1, "winograd"),
     ((16, 64, 8, 8), (64, 64, 3, 3), 1, 1, "auto"),
@@ -213,6 +213,7 @@ EPILOGUE_CASES = [
     ((2, 16, 15, 15), (32, 16, 3, 3), 2, 1, "auto"),
     ((2, 16, 16, 16), (32, 16, 1, 1), 2, 0, "auto"),
     ((2, 3, 9, 9), (6, 3, 5, 5), 1, 2, "auto"),
+    ((3, 32, 28, 28), (32, 32, 5, 5), 1, 2, "auto"),  # Winograd over the kernel's 3x3 blocks
 ]
 
 

@@ -22,6 +22,7 @@
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
 //   conv/whole_window.h  the window covers the whole input: plain matrix products
 //   conv/winograd.h      F(4x4, 3x3) Winograd: 3x3, stride 1, 36 GEMMs in the transform domain
+//   conv/winograd_blocks.h  larger kernels, stride 1: their 3x3 blocks on Winograd
 //   conv/weight_grad_rows.h  weight gradient as dot products of dy rows and shifted x rows
 //   conv/subsampled.h    strided 1x1: the stride-1 convolution of the subsampled input
 //
@@ -45,6 +46,7 @@
 #include "conv/weight_grad_rows.h"
 #include "conv/whole_window.h"
 #include "conv/winograd.h"
+#include "conv/winograd_blocks.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -267,6 +269,24 @@ inline bool winograd_pays(const ConvShape& g) {
     return tiles >= 128 && (g.Wo >= 28 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
 }
 
+// Kernels larger than 3x3 by their 3x3 blocks on Winograd (conv/winograd_blocks.h): where at
+// least two thirds of the blocks' taps are the kernel's (3x4, 3x5, 5x5, 6x6; not 4x4 or 7x7),
+// with 32+ channels in and out, on images of 12+ output columns, where the 3x3 convolution over
+// the copies is one Winograd pays for. Measured on one AVX-512 thread (CPU time, best of 3,
+// loaded host) against the rules' choice without it, forward / input gradient / weight
+// gradient: PixelCNN's 3x5 32 -> 64 on 32x32 (batch 64) 22.1 / 28.7 / 30.6 against 38.2 / 47.3
+// / 43.8 ms; 5x5 32 -> 64 on 32x32 (16) 1.61x / 1.44x / 1.37x; 5x5 64 -> 64 on 56x56 (8) 1.62x
+// / 1.64x / 1.29x, on 16x16 (16) 1.44x / 1.48x / 1.21x; 3x4 32 -> 32 on 32x32 1.07x / 1.39x /
+// 1.04x. Lost: 7x7 64 -> 64 on 32x32 (81 block taps for 49) 0.97x / 0.97x / 1.21x, 5x5 on 8x8
+// 0.49x / 0.60x / 0.47x.
+inline bool winograd_blocks_pay(const ConvShape& g) {
+    if (g.algorithm != conv_auto || !winograd_blocks_apply(g) || g.C < 32 || g.K < 32 || g.Wo < 12) return false;
+    const int64_t blocks = kernel_blocks_down(g) * kernel_blocks_across(g);
+    if (3 * g.R * g.S < 2 * 9 * blocks) return false;
+    const ConvShape b = winograd_blocks_shape(g);
+    return winograd_pays(b) && scratch_fits(g, double(b.N) * double(b.C) * double(b.H) * double(b.W));
+}
+
 // Winograd's layout (conv/winograd.h): one GEMM per transform-domain position over all tiles
 // when the transformed filters (36 K C elements) outgrow a core's cache, so that block by
 // block every block would read them from memory again, and all tiles' V and M (36 (C + K)
@@ -431,12 +451,13 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, winograd_blocks, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
 inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (use_winograd(g)) return ForwardAlgorithm::winograd;
+    if (winograd_blocks_pay(g)) return ForwardAlgorithm::winograd_blocks;
     // algorithm="direct": the direct forward on the phase grid (or column copies) where its
     // copy fits, else the direct loops over padded planes.
     if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
@@ -460,6 +481,7 @@ template <class T>
 const char* conv2d_forward_algorithm(const ConvShape& g) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
+        case ForwardAlgorithm::winograd_blocks: return "winograd (3x3 blocks)";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::direct_columns: return "direct (column copies)";
@@ -478,6 +500,8 @@ template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
+        case ForwardAlgorithm::winograd_blocks:
+            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)));
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
@@ -500,6 +524,8 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
     const Epilogue<T> ep{residual, relu};
     if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd)
         return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd_blocks)
+        return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
     conv2d_forward(g, x, w, bias, y);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }
@@ -509,6 +535,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_asked(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g)))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
+    if (winograd_blocks_pay(g)) return conv2d_grad_weight_winograd_blocks(g, dy, x, dw);
     if (subsampled_pays(g)) {
         const Scratch<T> xs = subsample(g, x);
         return conv2d_grad_weight(subsampled_shape(g), dy, xs.get(), dw);
@@ -528,15 +555,18 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     // Winograd on the flipped forward convolution (conv/grad_input_as_forward.h), whose
     // padding 2 - ph must not be negative.
     const bool winograd = use_winograd(g) && g.ph <= 2 && g.pw <= 2;
+    // Larger kernels' blocks on Winograd, in the flipped forward convolution likewise.
+    const bool blocks = winograd_blocks_apply(g) && g.ph <= g.R - 1 && g.pw <= g.S - 1 &&
+                        winograd_blocks_pay(grad_input_as_forward_shape(g));
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
         conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());
         return scatter_subsampled(g, dxs.get(), dx);
     }
-    if (!winograd && whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
+    if (!winograd && !blocks && whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
     if (use_direct(g)) return conv2d_grad_input_direct(g, dy, w, dx);
-    if (winograd || grad_input_as_forward(g)) {
+    if (winograd || blocks || grad_input_as_forward(g)) {
         ConvShape forward = grad_input_as_forward_shape(g);
         forward.algorithm = g.algorithm;
         // The channel-vectorised forward packs the flipped weights straight from w.

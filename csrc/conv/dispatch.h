@@ -22,11 +22,12 @@
 //   conv/grad_input_as_forward.h   stride 1: the input gradient as a forward convolution
 //   conv/whole_window.h  the window covers the whole input: plain matrix products
 //   conv/winograd.h      F(4x4, 3x3) Winograd: 3x3, stride 1, 36 GEMMs in the transform domain
+//   conv/winograd_phases.h  F(4x4, 2x2) Winograd over the four stride phases: 4x4, stride 2
 //   conv/weight_grad_rows.h  weight gradient as dot products of dy rows and shifted x rows
 //   conv/subsampled.h    strided 1x1: the stride-1 convolution of the subsampled input
 //
-// ConvShape::algorithm may force one: winograd (forward and input gradient; the bindings
-// reject shapes it cannot do), direct (every pass, when its padded copies fit), or gemm (every
+// ConvShape::algorithm may force one: winograd (every pass; F(4x4, 3x3) for 3x3 stride 1,
+// F(4x4, 2x2) over phases for 4x4 stride 2; the bindings reject shapes neither can do), direct (every pass, when its padded copies fit), or gemm (every
 // algorithm but those two, by the rules below).
 #pragma once
 
@@ -45,6 +46,7 @@
 #include "conv/weight_grad_rows.h"
 #include "conv/whole_window.h"
 #include "conv/winograd.h"
+#include "conv/winograd_phases.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -296,6 +298,14 @@ inline bool winograd_weight_grad_pays(const ConvShape& g) {
            (g.Wo >= 28 || (g.Wo >= 12 && pairs >= 256 * 256));
 }
 
+// Winograd F(4x4, 2x2) over the stride phases (conv/winograd_phases.h) for 4x4 stride-2
+// layers: PROVISIONAL, to be measured.
+inline bool winograd_phases_pays(const ConvShape& g) {
+    return winograd_phases_applies(g) && g.C >= 32 && g.K >= 32;
+}
+inline bool winograd_phases_grad_input_pays(const ConvShape& g) { return winograd_phases_pays(g); }
+inline bool winograd_phases_weight_grad_pays(const ConvShape& g) { return winograd_phases_pays(g); }
+
 // Direct forward on the phase grid (conv/direct_grid.h), where the GEMM forms pack or pad
 // more than they multiply: up to 16 output channels per group (one or two register tiles of
 // channels, where a GEMM's 64-channel panels or 16-row micro-tiles run mostly empty), or 24 to
@@ -418,7 +428,11 @@ inline bool grad_input_col_rows_pays(const ConvShape& g) {
 
 // Which pass runs which algorithm.
 inline bool use_winograd(const ConvShape& g) {
-    return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
+    return winograd_applies(g) && (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g)));
+}
+inline bool use_winograd_phases(const ConvShape& g) {
+    return winograd_phases_applies(g) &&
+           (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g)));
 }
 inline bool use_direct(const ConvShape& g) {
     const bool fits = padded_planes_fit(g, double(g.N) * double(g.C));
@@ -431,12 +445,13 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, winograd_phases, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
 inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (use_winograd(g)) return ForwardAlgorithm::winograd;
+    if (use_winograd_phases(g)) return ForwardAlgorithm::winograd_phases;
     // algorithm="direct": the direct forward on the phase grid (or column copies) where its
     // copy fits, else the direct loops over padded planes.
     if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
@@ -455,11 +470,13 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
 }
 
 // Its name, for reports (pyconv bench): the GEMM forms are "gemm (<form>)", Winograd's
-// layouts "winograd" (block by block) and "winograd (by position)".
+// layouts "winograd" (block by block) and "winograd (by position)", over stride phases
+// "winograd (phases)".
 template <class T>
 const char* conv2d_forward_algorithm(const ConvShape& g) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
+        case ForwardAlgorithm::winograd_phases: return "winograd (phases)";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::direct_columns: return "direct (column copies)";
@@ -478,6 +495,7 @@ template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
+        case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y);
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
@@ -500,6 +518,8 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
     const Epilogue<T> ep{residual, relu};
     if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd)
         return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd_phases)
+        return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
     conv2d_forward(g, x, w, bias, y);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }
@@ -507,8 +527,12 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_asked(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
-    if (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g)))
+    if (winograd_applies(g) &&
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g))))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
+    if (winograd_phases_applies(g) &&
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_weight_grad_pays(g))))
+        return conv2d_grad_weight_winograd_phases(g, dy, x, dw);
     if (subsampled_pays(g)) {
         const Scratch<T> xs = subsample(g, x);
         return conv2d_grad_weight(subsampled_shape(g), dy, xs.get(), dw);
@@ -529,6 +553,9 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     // padding 2 - ph must not be negative.
     const bool winograd = use_winograd(g) && g.ph <= 2 && g.pw <= 2;
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (winograd_phases_applies(g) &&
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_grad_input_pays(g))))
+        return conv2d_grad_input_winograd_phases(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
         conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu 
 ISAS = ("generic", "avx2", "avx512")
 RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 
-# Multiples of eps times the reduction length (the module docstring); the largest measured is
-# in the README.
-FORWARD_BOUND = 16.0
-GRAD_INPUT_BOUND = 16.0
-GRAD_WEIGHT_BOUND = 16.0
+# Multiples of eps times the reduction length (the module docstring). The largest measured
+# (README): 11.2 for the forward (batch 64, 64 -> 128 on 14x14), 9.2 for the input gradient,
+# 6.0 for the weight gradient, 8.6 in float64.
+FORWARD_BOUND = 24.0
+GRAD_INPUT_BOUND = 24.0
+GRAD_WEIGHT_BOUND = 24.0
 
 # (N, C, H, W, K, padding): the DCGAN layers (smaller batches), ragged channels on either side
 # of a GEMM panel, odd image sizes whose phases are ragged and whose tiles overhang the output,

@@ -27,7 +27,8 @@
 //   conv/subsampled.h    strided 1x1: the stride-1 convolution of the subsampled input
 //
 // ConvShape::algorithm may force one: winograd (every pass; F(4x4, 3x3) for 3x3 stride 1,
-// F(4x4, 2x2) over phases for 4x4 stride 2; the bindings reject shapes neither can do), direct (every pass, when its padded copies fit), or gemm (every
+// F(4x4, 2x2) over phases for 4x4 stride 2; the bindings reject shapes neither can do),
+// direct (every pass, when its padded copies fit), or gemm (every
 // algorithm but those two, by the rules below).
 #pragma once
 
@@ -299,12 +300,26 @@ inline bool winograd_weight_grad_pays(const ConvShape& g) {
 }
 
 // Winograd F(4x4, 2x2) over the stride phases (conv/winograd_phases.h) for 4x4 stride-2
-// layers: PROVISIONAL, to be measured.
+// layers, every pass: 32+ channels in and out, and at least 1.9 times fewer products than the
+// direct sum once the tiles' overhang and the vector lanes past the batch (images go in the
+// lanes) are counted: 16 Ho Wo N against 100 (4 phases x 25) per tile of a padded batch, 2.56
+// where the tiles fit the output exactly, 1.96 on 7x7 outputs of a batch of whole vectors.
+// Measured on one AVX-512 thread, process CPU time, best of 5 rounds interleaved with PyTorch
+// in one process (loaded host), batch 64, padding 1, forward / input gradient / weight
+// gradient, against the algorithms the rules chose before (tiles across images, all three):
+//   64 -> 128 on 14x14 (the 28x28 DCGAN):  5.9-6.2 / 5.7 / 6.2-7.1 ms against 7.5-8.1 / 7.4-7.9 / 7.7-8.2
+//   32 -> 64 on 16x16:                     1.8 / 1.95 / 2.4-2.5 ms against 2.4 / 3.1 / 2.8
+//   64 -> 128 on 8x8:                      1.7 / 1.8 / 1.9-2.1 ms against 2.2-2.4 / 2.2 / 2.2-2.35
+// (benchmarks/stride2_layers.py; PyTorch 6.9-7.3 / 7.1-7.3 / 7.3-7.7, 2.2 / 3.1-3.4 / 2.4, 2.2 /
+// 2.4-2.5 / 2.8). Not measured: fewer channels, other batches; a 1-3 channel first layer stays
+// with the GEMM forms.
 inline bool winograd_phases_pays(const ConvShape& g) {
-    return winograd_phases_applies(g) && g.C >= 32 && g.K >= 32;
+    if (!winograd_phases_applies(g) || g.C < 32 || g.K < 32) return false;
+    const int64_t L = 16, padded = (g.N + L - 1) / L * L;
+    const double direct = 16.0 * double(g.Ho) * double(g.Wo) * double(g.N);
+    const double winograd = 100.0 * double((g.Ho + 3) / 4) * double((g.Wo + 3) / 4) * double(padded);
+    return direct >= 1.9 * winograd;
 }
-inline bool winograd_phases_grad_input_pays(const ConvShape& g) { return winograd_phases_pays(g); }
-inline bool winograd_phases_weight_grad_pays(const ConvShape& g) { return winograd_phases_pays(g); }
 
 // Direct forward on the phase grid (conv/direct_grid.h), where the GEMM forms pack or pad
 // more than they multiply: up to 16 output channels per group (one or two register tiles of
@@ -531,7 +546,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
         (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g))))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
     if (winograd_phases_applies(g) &&
-        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_weight_grad_pays(g))))
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
         return conv2d_grad_weight_winograd_phases(g, dy, x, dw);
     if (subsampled_pays(g)) {
         const Scratch<T> xs = subsample(g, x);
@@ -554,7 +569,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     const bool winograd = use_winograd(g) && g.ph <= 2 && g.pw <= 2;
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (winograd_phases_applies(g) &&
-        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_grad_input_pays(g))))
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
         return conv2d_grad_input_winograd_phases(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));

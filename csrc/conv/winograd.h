@@ -1,5 +1,9 @@
 // Winograd convolution F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 // Networks", 2016) for 3x3 kernels with stride 1, dilation 1 and one group, any padding.
+// Everything below is written for a transform set F (winograd::F4x3, F4x2: 4x4 output tiles
+// from alpha x alpha windows, alpha^2 positions); F(4x4, 2x2) serves the 4x4 stride-2
+// convolutions split into their stride phases (conv/winograd_phases.h). The description
+// below uses F(4x4, 3x3)'s sizes.
 //
 // Each 4x4 tile of the output is computed from the 6x6 tile of (zero-padded) input under it:
 //   Y = A^T [ sum_c (G w[k,c] G^T) * (B^T d[c] B) ] A          (* elementwise, 6x6)

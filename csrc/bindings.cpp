@@ -213,10 +213,13 @@ void check_conv_shape(const ConvShape& g) {
     check_reach(g.Wo, g.sw, g.S, g.dw, g.W, g.pw);
     if (g.algorithm < conv_auto || g.algorithm > conv_direct)
         throw py::value_error("conv shape: algorithm must be 0 (auto), 1 (gemm), 2 (winograd) or 3 (direct)");
-    const bool winograd_applies = g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 &&
-                                  g.dw == 1 && g.groups == 1;
+    // F(4x4, 3x3) for 3x3 stride 1, F(4x4, 2x2) over stride phases for 4x4 stride 2.
+    const bool winograd_applies = ((g.R == 3 && g.S == 3 && g.sh == 1 && g.sw == 1) ||
+                                   (g.R == 4 && g.S == 4 && g.sh == 2 && g.sw == 2)) &&
+                                  g.dh == 1 && g.dw == 1 && g.groups == 1;
     if (g.algorithm == conv_winograd && !winograd_applies)
-        throw py::value_error("conv shape: algorithm winograd needs a 3x3 kernel, stride 1, dilation 1, groups 1");
+        throw py::value_error("conv shape: algorithm winograd needs a 3x3 kernel with stride 1 or a 4x4 kernel "
+                              "with stride 2, and dilation 1, groups 1");
 }
 
 std::vector<int64_t> input_dims(const ConvShape& g) { return {g.N, g.C, g.H, g.W}; }

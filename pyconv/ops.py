@@ -115,8 +115,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
     (stride 1; the odd pixel of padding goes bottom/right).
 
     ``algorithm``: ``"auto"`` (the backend picks by shape), ``"gemm"``, ``"direct"`` or
-    ``"winograd"`` (F(4x4, 3x3): 3x3 kernels with stride 1, dilation 1 and groups 1 only; a
-    ValueError otherwise). The cpu backend honours it; the others accept it and pick their
+    ``"winograd"`` (F(4x4, 3x3) for 3x3 kernels with stride 1, F(4x4, 2x2) over the stride
+    phases for 4x4 kernels with stride 2; dilation 1 and groups 1 only; a ValueError
+    otherwise). The cpu backend honours it; the others accept it and pick their
     own. Winograd's float32 error is larger than a direct sum's (README, "Convolution
     algorithms").
     """
@@ -156,7 +157,8 @@ def conv2d_backward(grad_out, x, w, stride=1, padding=0, dilation=1, groups=1,
     An unbatched call (x (C, H, W), grad_out (K, Ho, Wo)) gives an unbatched grad_x.
     ``algorithm`` as for :func:`conv2d`; on the cpu backend "winograd" computes grad_x (as the
     forward convolution with the flipped weights, when padding <= 2; else by the GEMM) and
-    grad_w (the adjoint of the forward's transforms) with F(4x4, 3x3)."""
+    grad_w (the adjoint of the forward's transforms) with F(4x4, 3x3) for 3x3 stride-1 layers,
+    and both with F(4x4, 2x2) over the stride phases for 4x4 stride-2 layers."""
     g, needs = _spec.conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, 2,
                                    algorithm=algorithm)
     batch = _BatchAxis(x, 4)

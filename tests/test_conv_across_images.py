@@ -3,7 +3,9 @@ on padding (csrc/conv/by_channels.h, conv2d_forward_by_channels_across_images): 
 routes strided, padded layers on small images to it, its edges against the reference backend
 on every ISA variant this CPU runs (float32 and float64; batches that do and do not fill the
 last tile of images, output channels on either side of a panel, windows wholly on padding,
-dilation, unequal strides and padding, taps in several reduction blocks) and thread counts."""
+dilation, unequal strides and padding, taps in several reduction blocks) and thread counts. With
+algorithm="gemm": "auto" runs 4x4 stride-2 layers such as the DCGAN's through Winograd
+(tests/test_winograd_stride2.py)."""
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ ACROSS = "gemm (by channels, across images)"
 
 def algorithm_of(x_shape, w_shape, stride, padding, dilation=1, dtype=np.float32):
     g = _spec.conv2d(_spec.ShapeDtype(x_shape, dtype), _spec.ShapeDtype(w_shape, dtype), None, stride,
-                     padding, dilation, 1)
+                     padding, dilation, 1, algorithm="gemm")
     return _C.conv2d_algorithm(g, np.dtype(dtype))
 
 
@@ -53,7 +55,7 @@ def test_matches_the_reference(case, dtype, isa):
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
     b = rng.standard_normal(w_shape[0]).astype(dtype) if case != "no_bias" else None
-    y = ops.conv2d(x, w, b, stride, padding, dilation, backend="cpu")
+    y = ops.conv2d(x, w, b, stride, padding, dilation, algorithm="gemm", backend="cpu")
     ref = ops.conv2d(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64),
                      stride, padding, dilation, backend="reference")
     scale = max(1.0, float(np.abs(ref).max()))
@@ -70,7 +72,7 @@ def test_the_same_bytes_on_any_thread_count():
         outs = []
         for threads in (1, 2, 3):
             pyconv.set_num_threads(threads)
-            outs.append(ops.conv2d(x, w, None, stride, padding, dilation, backend="cpu"))
+            outs.append(ops.conv2d(x, w, None, stride, padding, dilation, algorithm="gemm", backend="cpu"))
     finally:
         pyconv.set_num_threads(before)
     assert all(np.array_equal(outs[0], o) for o in outs[1:])

@@ -9,7 +9,8 @@ on padding, dilation, unequal strides and padding, several reduction blocks, and
 count. The gradients' rules add channel counts (and, for the weight gradient, the waste of its
 channel tiles) to the forward's (forward_across_images_pays), so each case checks that its
 forward goes across images and that its channels qualify; a bug planted in either kernel
-fails these cases (no routing name is exposed for the gradients)."""
+fails these cases (no routing name is exposed for the gradients). With algorithm="gemm": "auto"
+runs 4x4 stride-2 layers such as the DCGAN's through Winograd (tests/test_winograd_stride2.py)."""
 import numpy as np
 import pytest
 
@@ -44,7 +45,7 @@ CASES = {
 
 def forward_algorithm(x_shape, w_shape, stride, padding, dilation, dtype=np.float32):
     g = _spec.conv2d(_spec.ShapeDtype(x_shape, dtype), _spec.ShapeDtype(w_shape, dtype), None, stride,
-                     padding, dilation, 1)
+                     padding, dilation, 1, algorithm="gemm")
     return _C.conv2d_algorithm(g, np.dtype(dtype))
 
 
@@ -62,7 +63,8 @@ def gradients(case, dtype, backend):
     w = rng.standard_normal(w_shape).astype(dtype)
     y = ops.conv2d(x, w, None, stride, padding, dilation, backend="reference")
     dy = rng.standard_normal(y.shape).astype(dtype)
-    gx, gw, _ = ops.conv2d_backward(dy, x, w, stride, padding, dilation, needs=(True, True, False), backend=backend)
+    gx, gw, _ = ops.conv2d_backward(dy, x, w, stride, padding, dilation, needs=(True, True, False),
+                                    algorithm="gemm" if backend == "cpu" else "auto", backend=backend)
     return gx, gw
 
 

@@ -23,11 +23,13 @@
 //   conv/whole_window.h  the window covers the whole input: plain matrix products
 //   conv/winograd.h      F(4x4, 3x3) Winograd: 3x3, stride 1, 36 GEMMs in the transform domain
 //   conv/winograd_blocks.h  larger kernels, stride 1: their 3x3 blocks on Winograd
+//   conv/winograd_phases.h  F(4x4, 2x2) Winograd over the four stride phases: 4x4, stride 2
 //   conv/weight_grad_rows.h  weight gradient as dot products of dy rows and shifted x rows
 //   conv/subsampled.h    strided 1x1: the stride-1 convolution of the subsampled input
 //
-// ConvShape::algorithm may force one: winograd (forward and input gradient; the bindings
-// reject shapes it cannot do), direct (every pass, when its padded copies fit), or gemm (every
+// ConvShape::algorithm may force one: winograd (every pass; F(4x4, 3x3) for 3x3 stride 1,
+// F(4x4, 2x2) over phases for 4x4 stride 2; the bindings reject shapes neither can do),
+// direct (every pass, when its padded copies fit), or gemm (every
 // algorithm but those two, by the rules below).
 #pragma once
 
@@ -47,6 +49,7 @@
 #include "conv/whole_window.h"
 #include "conv/winograd.h"
 #include "conv/winograd_blocks.h"
+#include "conv/winograd_phases.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -316,6 +319,28 @@ inline bool winograd_weight_grad_pays(const ConvShape& g) {
            (g.Wo >= 28 || (g.Wo >= 12 && pairs >= 256 * 256));
 }
 
+// Winograd F(4x4, 2x2) over the stride phases (conv/winograd_phases.h) for 4x4 stride-2
+// layers, every pass: 32+ channels in and out, and at least 1.9 times fewer products than the
+// direct sum once the tiles' overhang and the vector lanes past the batch (images go in the
+// lanes) are counted: 16 Ho Wo N against 100 (4 phases x 25) per tile of a padded batch, 2.56
+// where the tiles fit the output exactly, 1.96 on 7x7 outputs of a batch of whole vectors.
+// Measured on one AVX-512 thread, process CPU time, best of 5 rounds interleaved with PyTorch
+// in one process (loaded host), batch 64, padding 1, forward / input gradient / weight
+// gradient, against the algorithms the rules chose before (tiles across images, all three):
+//   64 -> 128 on 14x14 (the 28x28 DCGAN):  5.9-6.2 / 5.7 / 6.2-7.1 ms against 7.5-8.1 / 7.4-7.9 / 7.7-8.2
+//   32 -> 64 on 16x16:                     1.8 / 1.95 / 2.4-2.5 ms against 2.4 / 3.1 / 2.8
+//   64 -> 128 on 8x8:                      1.7 / 1.8 / 1.9-2.1 ms against 2.2-2.4 / 2.2 / 2.2-2.35
+// (benchmarks/stride2_layers.py; PyTorch 6.9-7.3 / 7.1-7.3 / 7.3-7.7, 2.2 / 3.1-3.4 / 2.4, 2.2 /
+// 2.4-2.5 / 2.8). Not measured: fewer channels, other batches; a 1-3 channel first layer stays
+// with the GEMM forms.
+inline bool winograd_phases_pays(const ConvShape& g) {
+    if (!winograd_phases_applies(g) || g.C < 32 || g.K < 32) return false;
+    const int64_t L = 16, padded = (g.N + L - 1) / L * L;
+    const double direct = 16.0 * double(g.Ho) * double(g.Wo) * double(g.N);
+    const double winograd = 100.0 * double((g.Ho + 3) / 4) * double((g.Wo + 3) / 4) * double(padded);
+    return direct >= 1.9 * winograd;
+}
+
 // Direct forward on the phase grid (conv/direct_grid.h), where the GEMM forms pack or pad
 // more than they multiply: up to 16 output channels per group (one or two register tiles of
 // channels, where a GEMM's 64-channel panels or 16-row micro-tiles run mostly empty), or 24 to
@@ -438,7 +463,11 @@ inline bool grad_input_col_rows_pays(const ConvShape& g) {
 
 // Which pass runs which algorithm.
 inline bool use_winograd(const ConvShape& g) {
-    return g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g));
+    return winograd_applies(g) && (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g)));
+}
+inline bool use_winograd_phases(const ConvShape& g) {
+    return winograd_phases_applies(g) &&
+           (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g)));
 }
 inline bool use_direct(const ConvShape& g) {
     const bool fits = padded_planes_fit(g, double(g.N) * double(g.C));
@@ -451,13 +480,14 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, winograd_blocks, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, winograd_blocks, winograd_phases, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
 inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     if (use_winograd(g)) return ForwardAlgorithm::winograd;
     if (winograd_blocks_pay(g)) return ForwardAlgorithm::winograd_blocks;
+    if (use_winograd_phases(g)) return ForwardAlgorithm::winograd_phases;
     // algorithm="direct": the direct forward on the phase grid (or column copies) where its
     // copy fits, else the direct loops over padded planes.
     if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
@@ -476,12 +506,14 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
 }
 
 // Its name, for reports (pyconv bench): the GEMM forms are "gemm (<form>)", Winograd's
-// layouts "winograd" (block by block) and "winograd (by position)".
+// layouts "winograd" (block by block) and "winograd (by position)", over stride phases
+// "winograd (phases)".
 template <class T>
 const char* conv2d_forward_algorithm(const ConvShape& g) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
         case ForwardAlgorithm::winograd_blocks: return "winograd (3x3 blocks)";
+        case ForwardAlgorithm::winograd_phases: return "winograd (phases)";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::direct_columns: return "direct (column copies)";
@@ -502,6 +534,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
         case ForwardAlgorithm::winograd_blocks:
             return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)));
+        case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y);
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
@@ -526,6 +559,8 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
         return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
     if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd_blocks)
         return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
+    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd_phases)
+        return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
     conv2d_forward(g, x, w, bias, y);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }
@@ -533,9 +568,13 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_asked(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
-    if (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g)))
+    if (winograd_applies(g) &&
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g))))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
     if (winograd_blocks_pay(g)) return conv2d_grad_weight_winograd_blocks(g, dy, x, dw);
+    if (winograd_phases_applies(g) &&
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
+        return conv2d_grad_weight_winograd_phases(g, dy, x, dw);
     if (subsampled_pays(g)) {
         const Scratch<T> xs = subsample(g, x);
         return conv2d_grad_weight(subsampled_shape(g), dy, xs.get(), dw);
@@ -559,6 +598,9 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     const bool blocks = winograd_blocks_apply(g) && g.ph <= g.R - 1 && g.pw <= g.S - 1 &&
                         winograd_blocks_pay(grad_input_as_forward_shape(g));
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (winograd_phases_applies(g) &&
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
+        return conv2d_grad_input_winograd_phases(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
         conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());

@@ -1,5 +1,9 @@
 // Winograd convolution F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 // Networks", 2016) for 3x3 kernels with stride 1, dilation 1 and one group, any padding.
+// Everything below is written for a transform set F (winograd::F4x3, F4x2: 4x4 output tiles
+// from alpha x alpha windows, alpha^2 positions); F(4x4, 2x2) serves the 4x4 stride-2
+// convolutions split into their stride phases (conv/winograd_phases.h). The description
+// below uses F(4x4, 3x3)'s sizes.
 //
 // Each 4x4 tile of the output is computed from the 6x6 tile of (zero-padded) input under it:
 //   Y = A^T [ sum_c (G w[k,c] G^T) * (B^T d[c] B) ] A          (* elementwise, 6x6)
@@ -42,9 +46,8 @@ inline bool winograd_applies(const ConvShape& g) {
 
 namespace winograd {
 
-constexpr int kTile = 4;        // outputs per tile side
-constexpr int kAlpha = 6;       // inputs per tile side (kTile + 3 - 1)
-constexpr int kPoints = 36;     // kAlpha * kAlpha transform-domain positions
+constexpr int kTile = 4;        // outputs per tile side, in every transform set
+constexpr int kMaxAlpha = 6;    // inputs per tile side, at most (F(4x4, 3x3): kTile + 3 - 1)
 
 // B^T applied to 6 values (input transform, one dimension).
 template <class V>
@@ -76,16 +79,18 @@ static inline __attribute__((always_inline)) void output_grad_1d(const V* x, int
 
 // The 1-D transforms that transform_input applies to the rows, then the columns, of a 6x6
 // window, as types.
+template <class F>
 struct InputTransform {   // B^T d B
     template <class V>
     static inline __attribute__((always_inline)) void apply(const V* x, int step, V* o, int ostep) {
-        input_1d(x, step, o, ostep);
+        F::input(x, step, o, ostep);
     }
 };
+template <class F>
 struct OutputGradTransform {   // A dy A^T, dy's 4x4 tile in the window's top-left corner
     template <class V>
     static inline __attribute__((always_inline)) void apply(const V* x, int step, V* o, int ostep) {
-        output_grad_1d(x, step, o, ostep);
+        F::output_grad(x, step, o, ostep);
     }
 };
 
@@ -125,11 +130,99 @@ static inline __attribute__((always_inline)) void filter_1d(V w0, V w1, V w2, V*
     o[5 * ostep] = w2;
 }
 
+// A transform set: F(4x4, R x R) with its alpha x alpha windows (alpha = 4 + R - 1) and
+// points = alpha^2 transform-domain positions, and its 1-D transforms: input (B^T), output
+// (A^T), filter (G, from R values, in double), filter_grad (G^T, to R values, in double) and
+// output_grad (A, from an output tile's 4 values). Every function below takes one as F.
+struct F4x3 {
+    static constexpr int R = 3, alpha = 6, points = 36;
+    template <class V>
+    static inline __attribute__((always_inline)) void input(const V* x, int step, V* o, int ostep) {
+        input_1d(x, step, o, ostep);
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void output(const V* m, int step, V* o, int ostep) {
+        output_1d(m, step, o, ostep);
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void filter(const V* w, int step, V* o, int ostep) {
+        filter_1d(w[0], w[step], w[2 * step], o, ostep);
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void filter_grad(const V* m, int step, V* o, int ostep) {
+        filter_grad_1d(m, step, o, ostep);
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void output_grad(const V* x, int step, V* o, int ostep) {
+        output_grad_1d(x, step, o, ostep);
+    }
+};
+
+// F(4x4, 2x2), for the 2x2 stride-1 convolutions that 4x4 stride-2 ones become over their
+// input's four stride phases (conv/winograd_phases.h). Toom-Cook on the points 0, 1, -1, 2 and
+// infinity:
+//   A^T = [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 0; 0 1 -1 8 1]
+//   G   = [1/2 0; -1/2 -1/2; -1/6 1/6; 1/6 1/3; 0 1]
+//   B^T = [2 -1 -2 1 0; 0 -2 -1 1 0; 0 2 -3 1 0; 0 -1 0 1 0; 0 2 -1 -2 1]
+// The points 0, 1, -1, 1/2 (coefficients up to 8/3 in G, down to 1/8 in A^T) gave a larger
+// float32 error in the worst case: simulated on 5x5 windows of 256 channels (200 draws), the
+// largest error relative to the output's largest magnitude was 7.5e-6 against 2.1e-5 (means
+// both 2.1e-6); 0, 1, -1, -2 measured 8.4e-6.
+struct F4x2 {
+    static constexpr int R = 2, alpha = 5, points = 25;
+    template <class V>
+    static inline __attribute__((always_inline)) void input(const V* x, int step, V* o, int ostep) {
+        const V x0 = x[0], x1 = x[step], x2 = x[2 * step], x3 = x[3 * step], x4 = x[4 * step];
+        const V d31 = x3 - x1;
+        o[0] = (x0 - x2) * 2 - x1 + x3;
+        o[ostep] = d31 - x1 - x2;
+        o[2 * ostep] = d31 + (x1 - x2) * 3;
+        o[3 * ostep] = d31;
+        o[4 * ostep] = (x1 - x3) * 2 - x2 + x4;
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void output(const V* m, int step, V* o, int ostep) {
+        const V m0 = m[0], m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step];
+        const V p12 = m1 + m2, d12 = m1 - m2;
+        o[0] = m0 + p12 + m3;
+        o[ostep] = d12 + m3 * 2;
+        o[2 * ostep] = p12 + m3 * 4;
+        o[3 * ostep] = d12 + m3 * 8 + m4;
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void filter(const V* w, int step, V* o, int ostep) {
+        constexpr double sixth = 1.0 / 6, third = 1.0 / 3;
+        const V w0 = w[0], w1 = w[step];
+        o[0] = w0 * 0.5;
+        o[ostep] = -(w0 + w1) * 0.5;
+        o[2 * ostep] = (w1 - w0) * sixth;
+        o[3 * ostep] = w0 * sixth + w1 * third;
+        o[4 * ostep] = w1;
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void filter_grad(const V* m, int step, V* o, int ostep) {
+        constexpr double sixth = 1.0 / 6, third = 1.0 / 3;
+        const V m0 = m[0], m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step];
+        o[0] = (m0 - m1) * 0.5 + (m3 - m2) * sixth;
+        o[ostep] = m4 - m1 * 0.5 + m2 * sixth + m3 * third;
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void output_grad(const V* x, int step, V* o, int ostep) {
+        const V g0 = x[0], g1 = x[step], g2 = x[2 * step], g3 = x[3 * step];
+        const V p02 = g0 + g2, p13 = g1 + g3;
+        o[0] = g0;
+        o[ostep] = p02 + p13;
+        o[2 * ostep] = p02 - p13;
+        o[3 * ostep] = g0 + g1 * 2 + g2 * 4 + g3 * 8;
+        o[4 * ostep] = g3;
+    }
+};
+
 // The transformed filters U[xi] (K x C), each packed as the GEMM's A: MR-row panels with
 // rows p*MR.. stored as [c][MR] (PrepackedA's layout), rows past K zero. Computed in double
 // precision and rounded once, for MR rows x 8 channels at a time, so that each panel's run
 // of U[xi] is stored contiguously.
-template <class T>
+template <class T, class F>
 struct TransformedFilters {
     static constexpr int MR = GemmTile<T>::MR;
     Scratch<T> data;
@@ -138,28 +231,29 @@ struct TransformedFilters {
     TransformedFilters(const ConvShape& g, const T* w)
         : C(g.C), panel_size(int64_t(MR) * g.C), xi_size(checked_mul((g.K + MR - 1) / MR, panel_size)) {
         constexpr int channels = 8, n = MR * channels;  // pairs per pass: (c, row) with the row fastest
-        data = scratch<T>(checked_mul(int64_t(kPoints), xi_size));
+        data = scratch<T>(checked_mul(int64_t(F::points), xi_size));
         const int64_t panels = (g.K + MR - 1) / MR, chunks = (g.C + channels - 1) / channels;
 #pragma omp parallel for num_threads(num_threads()) schedule(static)
         for (int64_t job = 0; job < panels * chunks; ++job) {
             const int64_t p = job / chunks, c0 = job % chunks * channels;
-            double taps[9][n], full[kPoints][n];
+            constexpr int R = F::R, RR = R * R;
+            double taps[RR][n], full[F::points][n];
             for (int e = 0; e < n; ++e) {
                 const int64_t k = p * MR + e % MR, c = c0 + e / MR;
-                for (int j = 0; j < 9; ++j) taps[j][e] = (k < g.K && c < g.C) ? double(w[(k * g.C + c) * 9 + j]) : 0.0;
+                for (int j = 0; j < RR; ++j) taps[j][e] = (k < g.K && c < g.C) ? double(w[(k * g.C + c) * RR + j]) : 0.0;
             }
             // G w G^T, vectorised over the pairs (n is a multiple of the lanes).
             using D = Simd<double>;
             static_assert(n % D::lanes == 0, "whole vectors of pairs");
             for (int e = 0; e < n; e += D::lanes) {
-                typename D::V half[kAlpha][3], out[kPoints];
-                for (int s = 0; s < 3; ++s)
-                    filter_1d(D::load(taps[s] + e), D::load(taps[3 + s] + e), D::load(taps[6 + s] + e), &half[0][s], 3);
-                for (int a = 0; a < kAlpha; ++a) filter_1d(half[a][0], half[a][1], half[a][2], out + a * kAlpha, 1);
-                for (int xi = 0; xi < kPoints; ++xi) D::store(full[xi] + e, out[xi]);
+                typename D::V tap[RR], half[F::alpha][R], out[F::points];
+                for (int j = 0; j < RR; ++j) tap[j] = D::load(taps[j] + e);
+                for (int s = 0; s < R; ++s) F::filter(tap + s, R, &half[0][s], R);                       // G w
+                for (int a = 0; a < F::alpha; ++a) F::filter(half[a], 1, out + a * F::alpha, 1);  // (.) G^T
+                for (int xi = 0; xi < F::points; ++xi) D::store(full[xi] + e, out[xi]);
             }
             const int64_t run = std::min<int64_t>(channels, g.C - c0) * MR;
-            for (int xi = 0; xi < kPoints; ++xi) {
+            for (int xi = 0; xi < F::points; ++xi) {
                 T* dst = data.get() + xi * xi_size + p * panel_size + c0 * MR;
                 for (int64_t e = 0; e < run; ++e) dst[e] = T(full[xi][e]);
             }
@@ -189,12 +283,12 @@ struct TransformedFilters {
     // and 2.1-2.3 against 2.5-3.1 ms read in place; of 256 x 256 (9.4 MB) 5.8-6.1 against
     // 4.7-5.2 ms: from beyond the L2 cache, the copy streams U faster than the micro-kernel's
     // own loads do.
-    bool read_in_place() const { return double(kPoints) * double(xi_size) * sizeof(T) <= 4.0 * (1 << 20); }
+    bool read_in_place() const { return double(F::points) * double(xi_size) * sizeof(T) <= 4.0 * (1 << 20); }
 };
 
 // M = U[xi] B for all K rows and the columns [0, cols), U read in place or copied.
-template <class T, class BSrc>
-void multiply_position(const TransformedFilters<T>& U, int xi, int64_t K, int64_t cols, int64_t C, const BSrc& B,
+template <class T, class F, class BSrc>
+void multiply_position(const TransformedFilters<T, F>& U, int xi, int64_t K, int64_t cols, int64_t C, const BSrc& B,
                        const OutMatrix<T>& M, GemmBuffers<T>& buf) {
     if (U.read_in_place()) gemm_block<T>(0, K, 0, cols, 0, C, U.in_place(xi), B, M, Store::overwrite, buf);
     else gemm_block<T>(0, K, 0, cols, 0, C, U[xi], B, M, Store::overwrite, buf);
@@ -230,7 +324,7 @@ struct Tiling {
     int64_t block;        // tiles per block: a multiple of the GEMM's NR
     int64_t blocks;
 
-    template <class T>
+    template <class T, class F>
     static Tiling of(const ConvShape& g) {
         Tiling t;
         t.rows = (g.Ho + kTile - 1) / kTile;
@@ -240,7 +334,7 @@ struct Tiling {
         // V and M of a block (36 (C + K) tiles elements) within about 1 MiB, in whole panels,
         // 1 to 4 of them; and at least 8 blocks when the output has enough tiles, so that the
         // threads share the work evenly. A function of the shape only (see the header).
-        const double per_tile = double(kPoints) * double(g.C + g.K) * double(sizeof(T));
+        const double per_tile = double(F::points) * double(g.C + g.K) * double(sizeof(T));
         const int64_t fit = int64_t(double(1 << 20) / per_tile) / NR * NR;
         const int64_t spread = (t.total / 8) / NR * NR;
         t.block = std::clamp<int64_t>(std::min(fit, std::max<int64_t>(spread, NR)), NR, 4 * NR);
@@ -256,9 +350,9 @@ struct Tiling {
     // block holds it (its column of each GEMM), so the cut changes the schedule, not the
     // result; it is a function of the shape only. A block's V still takes whole NR panels
     // (capacity).
-    template <class T>
+    template <class T, class F>
     static Tiling of_forward(const ConvShape& g) {
-        Tiling t = of<T>(g);
+        Tiling t = of<T, F>(g);
         constexpr int64_t NR = gemm_nr<T>(), L = Simd<T>::lanes;
         const int64_t vectors = (t.total + L - 1) / L;
         if (t.total >= 8 * NR) return t;  // of() made 8 or more blocks
@@ -318,7 +412,7 @@ struct InputRows {
     // block / cols + 2 tile rows.
     template <class T>
     static int64_t size(const struct Tiling& tl, int64_t block) {
-        return checked_add(checked_mul((block / tl.cols + 2) * 6, width(tl)), before<T>() + after<T>());
+        return checked_add(checked_mul((block / tl.cols + 2) * kMaxAlpha, width(tl)), before<T>() + after<T>());
     }
 };
 
@@ -379,7 +473,7 @@ struct TilesLayout {
 // padded, into `rows`; lanes of consecutive tiles in one tile row are then gathered with
 // shuffles (deinterleave_row), a group of L tiles that spans tile rows blending one run of
 // lanes per tile row.
-template <class T, class Transform = InputTransform>
+template <class T, class F, class Transform = InputTransform<F>>
 void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t0, int64_t nt,
                      T* v, int64_t stride, T* rows, TilesLayout layout = TilesLayout::packed<T>(),
                      int64_t c_begin = 0, int64_t c_end = -1) {
@@ -406,8 +500,8 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
         for (size_t q = 0; q < row_first.size(); ++q) {
             const TileOrigin o = tile_origin(g, tl, row_first[q]);
             const T* plane = x + o.image + c * HW;
-            for (int r = 0; r < kAlpha; ++r) {
-                T* dst = first_row + (int64_t(q) * kAlpha + r) * width;
+            for (int r = 0; r < F::alpha; ++r) {
+                T* dst = first_row + (int64_t(q) * kMaxAlpha + r) * width;
                 const int64_t h = o.h0 + r;
                 if (h < 0 || h >= g.H) {
                     zero_run(width, dst);
@@ -421,39 +515,40 @@ void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t
             // few rows per plane), which the hardware prefetchers ramp up on too late; the
             // copies above measured half of this function's time waiting for them.
             if (c + 1 < c_end) {
-                const int64_t h_begin = std::max<int64_t>(o.h0, 0), h_end = std::min<int64_t>(o.h0 + kAlpha, g.H);
+                const int64_t h_begin = std::max<int64_t>(o.h0, 0), h_end = std::min<int64_t>(o.h0 + F::alpha, g.H);
                 const char* begin = reinterpret_cast<const char*>(plane + HW + h_begin * g.W);
                 const char* end = reinterpret_cast<const char*>(plane + HW + h_end * g.W);
                 for (const char* line = begin; line < end; line += 64) _mm_prefetch(line, _MM_HINT_T0);
             }
         }
         for (int64_t grp = 0; grp < groups; ++grp) {
-            V in[kPoints];
+            constexpr int A = F::alpha, P = F::points;
+            V in[P];
             const int valid = int(std::min<int64_t>(L, nt - grp * L));
             for (int l = 0; l < valid;) {
                 const int64_t first = grp * L + l, q = ordinal[first];
                 int end = l + 1;
                 while (end < valid && ordinal[grp * L + end] == q) ++end;
                 // Lane l' reads tile column column[first] - l + l' of tile row q.
-                const T* base = first_row + q * kAlpha * width + 4 * (column[first] - l);
+                const T* base = first_row + q * kMaxAlpha * width + 4 * (column[first] - l);
                 const I run = (lane >= l) & (lane < end);
-                for (int r = 0; r < kAlpha; ++r) {
-                    V d[kAlpha];
+                for (int r = 0; r < A; ++r) {
+                    V d[kMaxAlpha];
                     deinterleave_row<T>(base + r * width, d);
                     // The first run sets every lane; later ones replace theirs.
-                    for (int b = 0; b < kAlpha; ++b)
-                        in[r * kAlpha + b] = l == 0 ? d[b] : (run ? d[b] : in[r * kAlpha + b]);
+                    for (int b = 0; b < A; ++b)
+                        in[r * A + b] = l == 0 ? d[b] : (run ? d[b] : in[r * A + b]);
                 }
                 l = end;
             }
             if (valid < L)  // lanes past the block's tiles: zeros
-                for (int p = 0; p < kPoints; ++p) in[p] = lane < valid ? in[p] : S::zero();
-            V mid[kPoints], out[kPoints];
-            for (int s = 0; s < kAlpha; ++s) Transform::apply(in + s, kAlpha, mid + s, kAlpha);      // B^T d
-            for (int a = 0; a < kAlpha; ++a) Transform::apply(mid + a * kAlpha, 1, out + a * kAlpha, 1);  // (.) B
+                for (int p = 0; p < P; ++p) in[p] = lane < valid ? in[p] : S::zero();
+            V mid[P], out[P];
+            for (int s = 0; s < A; ++s) Transform::apply(in + s, A, mid + s, A);      // B^T d
+            for (int a = 0; a < A; ++a) Transform::apply(mid + a * A, 1, out + a * A, 1);  // (.) B
             const int64_t first = grp * L;
             T* dst = v + (first / layout.panel) * layout.panel * C + (c - c_begin) * layout.row + first % layout.panel;
-            for (int p = 0; p < kPoints; ++p) S::store(dst + p * stride, out[p]);
+            for (int p = 0; p < P; ++p) S::store(dst + p * stride, out[p]);
         }
     }
 }
@@ -488,7 +583,7 @@ static inline __attribute__((always_inline)) void interleave_row(const typename 
 // m + xi * stride) into y.
 // Each output row of a group of L tiles is interleaved in registers (interleave_row) and
 // stored as one run per tile row the group spans.
-template <class T>
+template <class T, class F>
 void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t t0, int64_t nt,
                       int64_t block, int64_t stride, const T* bias, T* y, const Epilogue<T>& ep) {
     using S = Simd<T>;
@@ -518,10 +613,11 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
     for (int64_t k = 0; k < K; ++k) {
         const T b = bias ? bias[k] : T(0);
         for (int64_t grp = 0; grp < groups; ++grp) {
-            V in[kPoints], mid[kTile * kAlpha], out[kTile * kTile];
-            for (int p = 0; p < kPoints; ++p) in[p] = S::load(m + p * stride + k * block + grp * L);
-            for (int s = 0; s < kAlpha; ++s) output_1d(in + s, kAlpha, mid + s, kAlpha);      // A^T m
-            for (int r = 0; r < kTile; ++r) output_1d(mid + r * kAlpha, 1, out + r * kTile, 1);  // (.) A
+            constexpr int A = F::alpha;
+            V in[F::points], mid[kTile * A], out[kTile * kTile];
+            for (int p = 0; p < F::points; ++p) in[p] = S::load(m + p * stride + k * block + grp * L);
+            for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);      // A^T m
+            for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, out + r * kTile, 1);  // (.) A
             for (int p = 0; p < kTile * kTile; ++p) out[p] += b;
             for (int r = 0; r < kTile; ++r) interleave_row<T>(out + r * kTile, z[r]);
             const int valid = int(std::min<int64_t>(L, nt - grp * L));
@@ -550,17 +646,17 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
 // columns; here each U[xi] is read once, against all columns, and stays in cache with its
 // V[xi] and M[xi]. Each position's GEMM runs on one thread, and the transforms work in the
 // shape's blocks, so the result does not depend on the number of threads.
-template <class T>
-void forward_by_position(const ConvShape& g, const Tiling& tl, const TransformedFilters<T>& U, const T* x,
+template <class T, class F>
+void forward_by_position(const ConvShape& g, const Tiling& tl, const TransformedFilters<T, F>& U, const T* x,
                          const T* bias, T* y, const Epilogue<T>& ep) {
     constexpr int64_t NR = gemm_nr<T>();
     constexpr int L = Simd<T>::lanes;
     const int64_t columns = (tl.total + NR - 1) / NR * NR;  // of every V[xi] and M[xi]
     const int64_t v_stride = position_stride<T>(checked_mul(g.C, columns));
     const int64_t m_stride = position_stride<T>(checked_mul(g.K, columns));
-    const Scratch<T> v = scratch<T>(checked_mul(int64_t(kPoints), v_stride));
-    const Scratch<T> m = scratch<T>(checked_mul(int64_t(kPoints), m_stride));
-    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), kPoints)));
+    const Scratch<T> v = scratch<T>(checked_mul(int64_t(F::points), v_stride));
+    const Scratch<T> m = scratch<T>(checked_mul(int64_t(F::points), m_stride));
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), F::points)));
     const int64_t rows_size = InputRows::size<T>(tl, tl.block);
     std::vector<Scratch<T>> rows;
     std::vector<GemmBuffers<T>> bufs;
@@ -578,11 +674,11 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < tl.blocks; ++b) {
             const int64_t t0 = b * tl.block;  // a multiple of NR: panel t0 / NR of V[xi]
-            transform_input(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C, v_stride,
+            transform_input<T, F>(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C, v_stride,
                             rows[me].get());
         }
 #pragma omp for schedule(static)
-        for (int xi = 0; xi < kPoints; ++xi) {
+        for (int xi = 0; xi < F::points; ++xi) {
             const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
             const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
             multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
@@ -590,7 +686,7 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < tl.blocks; ++b) {
             const int64_t t0 = b * tl.block;
-            transform_output(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y, ep);
+            transform_output<T, F>(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y, ep);
         }
     }
 }
@@ -599,19 +695,19 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
 
 // by_position: all tiles at once, one GEMM per position (winograd::forward_by_position), else
 // block by block. The output transform applies `ep` as it stores.
-template <class T>
+template <class T, class F = winograd::F4x3>
 void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position,
                              const Epilogue<T>& ep = {}) {
     using namespace winograd;
-    const TransformedFilters<T> U(g, w);
-    if (by_position) return forward_by_position(g, Tiling::of<T>(g), U, x, bias, y, ep);
-    const Tiling tl = Tiling::of_forward<T>(g);
+    const TransformedFilters<T, F> U(g, w);
+    if (by_position) return forward_by_position(g, Tiling::of<T, F>(g), U, x, bias, y, ep);
+    const Tiling tl = Tiling::of_forward<T, F>(g);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
     // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the parallel
     // region: an exception must not escape an OpenMP thread.
     const int64_t v_stride = position_stride<T>(checked_mul(g.C, tl.capacity<T>()));
     const int64_t m_stride = position_stride<T>(checked_mul(g.K, tl.block));
-    const int64_t v_size = checked_mul(int64_t(kPoints), v_stride), m_size = checked_mul(int64_t(kPoints), m_stride);
+    const int64_t v_size = checked_mul(int64_t(F::points), v_stride), m_size = checked_mul(int64_t(F::points), m_stride);
     const int64_t rows_size = InputRows::size<T>(tl, tl.block);
     std::vector<Scratch<T>> vs, ms, rows;
     std::vector<GemmBuffers<T>> bufs;
@@ -630,15 +726,15 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
         T* m = ms[me].get();
         for (int64_t b = me; b < tl.blocks; b += omp_get_num_threads()) {
             const int64_t t0 = b * tl.block, nt = std::min(tl.block, tl.total - t0);
-            transform_input(g, tl, x, t0, nt, v, v_stride, rows[me].get());
+            transform_input<T, F>(g, tl, x, t0, nt, v, v_stride, rows[me].get());
             // Columns in whole vectors: the input transform wrote them (zeros past nt).
             const int64_t cols = std::min(tl.block, (nt + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes);
-            for (int xi = 0; xi < kPoints; ++xi) {
+            for (int xi = 0; xi < F::points; ++xi) {
                 const TransformedTiles<T> B{v + xi * v_stride, g.C};
                 const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
                 multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
             }
-            transform_output(g, tl, m, t0, nt, tl.block, m_stride, bias, y, ep);
+            transform_output<T, F>(g, tl, m, t0, nt, tl.block, m_stride, bias, y, ep);
         }
     }
 }
@@ -664,11 +760,11 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
 // 12.6 and 16.8 ms; 1 MiB measured the same as 2.
 constexpr double kWeightGradChunkBytes = 2.0 * (1 << 20);
 
-template <class T>
+template <class T, class F>
 struct WeightGradChunks {
     int64_t tiles;  // per chunk: whole blocks of the tiling
     static WeightGradChunks of(const ConvShape& g, const winograd::Tiling& tl) {
-        const double per_tile = double(winograd::kPoints) * double(g.C + g.K) * double(sizeof(T));
+        const double per_tile = double(F::points) * double(g.C + g.K) * double(sizeof(T));
         const int64_t blocks = std::max<int64_t>(1, int64_t(kWeightGradChunkBytes / per_tile) / tl.block);
         return WeightGradChunks{std::min(blocks * tl.block, (tl.total + tl.block - 1) / tl.block * tl.block)};
     }
@@ -677,9 +773,9 @@ struct WeightGradChunks {
 namespace winograd {
 
 // The transform of tiles [t0, t0 + nt) of all channels of `src` (shape g) into tile-major
-// matrices: out[xi * stride + (t - t0) * g.C + c]. tmp: kPoints * tmp_stride elements, with
+// matrices: out[xi * stride + (t - t0) * g.C + c]. tmp: F::points * tmp_stride elements, with
 // tmp_stride >= lanes * tl.block.
-template <class T, class Transform>
+template <class T, class F, class Transform>
 void transform_tile_major(const ConvShape& g, const Tiling& tl, const T* src, int64_t t0, int64_t nt, T* out,
                           int64_t stride, T* tmp, int64_t tmp_stride, T* rows) {
     using S = Simd<T>;
@@ -688,9 +784,9 @@ void transform_tile_major(const ConvShape& g, const Tiling& tl, const T* src, in
     for (int64_t c0 = 0; c0 < g.C; c0 += L) {
         const int channels = int(std::min<int64_t>(L, g.C - c0));
         // tmp[xi][c - c0][tile]
-        transform_input<T, Transform>(g, tl, src, t0, nt, tmp, tmp_stride, rows, TilesLayout::rows(tl.block), c0,
+        transform_input<T, F, Transform>(g, tl, src, t0, nt, tmp, tmp_stride, rows, TilesLayout::rows(tl.block), c0,
                                       c0 + channels);
-        for (int xi = 0; xi < kPoints; ++xi)
+        for (int xi = 0; xi < F::points; ++xi)
             for (int64_t first = 0; first < nt; first += L) {
                 V r[L];
                 for (int c = 0; c < L; ++c) r[c] = S::load(tmp + xi * tmp_stride + c * tl.block + first);
@@ -707,23 +803,47 @@ void transform_tile_major(const ConvShape& g, const Tiling& tl, const T* src, in
 
 }  // namespace winograd
 
-template <class T>
+namespace winograd {
+
+// The weight gradient's transform back, dw[p] = G^T M[., p] G (R x R) for the D::lanes pairs
+// p0.. (below `pairs`) of the position matrices M[xi] at m + xi * m_stride, in double
+// precision, rounded once.
+template <class T, class F>
+void filters_back(int64_t p0, int64_t pairs, const T* m, int64_t m_stride, T* dw) {
+    using D = Simd<double>;
+    constexpr int DL = D::lanes, P = F::points, A = F::alpha, R = F::R, RR = R * R;
+    const int n = int(std::min<int64_t>(DL, pairs - p0));
+    alignas(64) double wide[P][DL] = {}, done[RR][DL];
+    for (int xi = 0; xi < P; ++xi)
+        for (int e = 0; e < n; ++e) wide[xi][e] = double(m[xi * m_stride + p0 + e]);
+    typename D::V in[P], half[A * R], out[RR];
+    for (int xi = 0; xi < P; ++xi) in[xi] = D::load(wide[xi]);
+    for (int a = 0; a < A; ++a) F::filter_grad(in + a * A, 1, half + a * R, 1);  // (.) G
+    for (int s = 0; s < R; ++s) F::filter_grad(half + s, R, out + s, R);         // G^T (.)
+    for (int j = 0; j < RR; ++j) D::store(done[j], out[j]);
+    for (int e = 0; e < n; ++e)
+        for (int j = 0; j < RR; ++j) dw[(p0 + e) * RR + j] = T(done[j][e]);
+}
+
+}  // namespace winograd
+
+template <class T, class F = winograd::F4x3>
 void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T* dw) {
     using namespace winograd;
-    constexpr int L = Simd<T>::lanes;
-    const Tiling tl = Tiling::of<T>(g);
+    constexpr int L = Simd<T>::lanes, P = F::points, RR = F::R * F::R;
+    const Tiling tl = Tiling::of<T, F>(g);
     // dy as the input of a convolution without padding: its tiles lie where the forward's are.
     ConvShape gy = g;
     gy.C = g.K, gy.H = g.Ho, gy.W = g.Wo, gy.ph = 0, gy.pw = 0;
-    if (tl.total == 0) return std::fill(dw, dw + g.K * g.C * 9, T(0));  // no products to sum
-    const int64_t chunk = WeightGradChunks<T>::of(g, tl).tiles;
+    if (tl.total == 0) return std::fill(dw, dw + g.K * g.C * RR, T(0));  // no products to sum
+    const int64_t chunk = WeightGradChunks<T, F>::of(g, tl).tiles;
     const int64_t x_stride = position_stride<T>(checked_mul(g.C, chunk));
     const int64_t y_stride = position_stride<T>(checked_mul(g.K, chunk));
     const int64_t m_stride = position_stride<T>(checked_mul(g.K, g.C));
     const int64_t tmp_stride = position_stride<T>(L * tl.block);
-    const Scratch<T> vx = scratch<T>(checked_mul(int64_t(kPoints), x_stride));
-    const Scratch<T> vy = scratch<T>(checked_mul(int64_t(kPoints), y_stride));
-    const Scratch<T> m = scratch<T>(checked_mul(int64_t(kPoints), m_stride));
+    const Scratch<T> vx = scratch<T>(checked_mul(int64_t(P), x_stride));
+    const Scratch<T> vy = scratch<T>(checked_mul(int64_t(P), y_stride));
+    const Scratch<T> m = scratch<T>(checked_mul(int64_t(P), m_stride));
     const int threads = num_threads();
     const int64_t rows_size = InputRows::size<T>(tl, tl.block);
     std::vector<Scratch<T>> rows, tmps;
@@ -731,8 +851,8 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
     for (int t = 0; t < threads; ++t) {
         rows.push_back(scratch<T>(rows_size));
         std::fill(rows.back().get(), rows.back().get() + rows_size, T(0));  // the margins stay zero
-        tmps.push_back(scratch<T>(kPoints * tmp_stride));
-        std::fill(tmps.back().get(), tmps.back().get() + kPoints * tmp_stride, T(0));  // lanes past C
+        tmps.push_back(scratch<T>(P * tmp_stride));
+        std::fill(tmps.back().get(), tmps.back().get() + P * tmp_stride, T(0));  // lanes past C
         bufs.emplace_back(g.K, g.C, chunk);
     }
     FlushDenormals ftz;
@@ -745,37 +865,23 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
             for (int64_t job = 0; job < 2 * blocks; ++job) {
                 const int64_t b = job / 2, t0 = c0 + b * tl.block, nt = std::min(tl.block, c0 + tiles - t0);
                 if (job % 2 == 0)
-                    transform_tile_major<T, InputTransform>(g, tl, x, t0, nt, vx.get() + (t0 - c0) * g.C, x_stride,
+                    transform_tile_major<T, F, InputTransform<F>>(g, tl, x, t0, nt, vx.get() + (t0 - c0) * g.C, x_stride,
                                                             tmps[me].get(), tmp_stride, rows[me].get());
                 else
-                    transform_tile_major<T, OutputGradTransform>(gy, tl, dy, t0, nt, vy.get() + (t0 - c0) * g.K,
+                    transform_tile_major<T, F, OutputGradTransform<F>>(gy, tl, dy, t0, nt, vy.get() + (t0 - c0) * g.K,
                                                                  y_stride, tmps[me].get(), tmp_stride, rows[me].get());
             }
 #pragma omp for schedule(static)
-            for (int xi = 0; xi < kPoints; ++xi)
+            for (int xi = 0; xi < P; ++xi)
                 gemm_block<T>(0, g.K, 0, g.C, 0, tiles, InMatrixAT<T>{vy.get() + xi * y_stride, g.K},
                               InMatrixB<T>::plain(vx.get() + xi * x_stride, g.C, g.C),
                               OutMatrix<T>::plain(m.get() + xi * m_stride, g.C, g.C),
                               c0 == 0 ? Store::overwrite : Store::accumulate, bufs[me]);
         }
         // dw[k, c] = G^T M[., k, c] G, for D::lanes consecutive pairs (k, c) at a time.
-        using D = Simd<double>;
-        constexpr int DL = D::lanes;
         const int64_t pairs = g.K * g.C;
 #pragma omp for schedule(static)
-        for (int64_t p0 = 0; p0 < pairs; p0 += DL) {
-            const int n = int(std::min<int64_t>(DL, pairs - p0));
-            alignas(64) double wide[kPoints][DL] = {}, done[9][DL];
-            for (int xi = 0; xi < kPoints; ++xi)
-                for (int e = 0; e < n; ++e) wide[xi][e] = double(m[xi * m_stride + p0 + e]);
-            typename D::V in[kPoints], half[kAlpha * 3], out[9];
-            for (int xi = 0; xi < kPoints; ++xi) in[xi] = D::load(wide[xi]);
-            for (int a = 0; a < kAlpha; ++a) filter_grad_1d(in + a * kAlpha, 1, half + a * 3, 1);  // (.) G
-            for (int s = 0; s < 3; ++s) filter_grad_1d(half + s, 3, out + s, 3);                   // G^T (.)
-            for (int j = 0; j < 9; ++j) D::store(done[j], out[j]);
-            for (int e = 0; e < n; ++e)
-                for (int j = 0; j < 9; ++j) dw[(p0 + e) * 9 + j] = T(done[j][e]);
-        }
+        for (int64_t p0 = 0; p0 < pairs; p0 += Simd<double>::lanes) filters_back<T, F>(p0, pairs, m.get(), m_stride, dw);
     }
 }
 

@@ -79,14 +79,17 @@ def conv2d(x, w, b, stride, padding, dilation, groups, op="conv2d", algorithm="a
 
 def conv_algorithm(op, algorithm, kernel_size, stride, dilation, groups):
     """The index in CONV_ALGORITHMS of ``algorithm`` for a convolution with these parameters
-    (pairs); "winograd" only for the layers F(4x4, 3x3) computes."""
+    (pairs); "winograd" only for the layers F(4x4, 3x3) computes (3x3, stride 1) and F(4x4, 2x2)
+    over stride phases (4x4, stride 2)."""
     if not isinstance(algorithm, str) or algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"{op}: algorithm must be one of {', '.join(map(repr, CONV_ALGORITHMS))}, "
                          f"got {algorithm!r}")
-    if algorithm == "winograd" and not (tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1)
-                                        and tuple(dilation) == (1, 1) and groups == 1):
+    winograd = ((tuple(kernel_size) == (3, 3) and tuple(stride) == (1, 1))
+                or (tuple(kernel_size) == (4, 4) and tuple(stride) == (2, 2)))
+    if algorithm == "winograd" and not (winograd and tuple(dilation) == (1, 1) and groups == 1):
         raise ValueError(
-            f"{op}: algorithm='winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups 1, got "
+            f"{op}: algorithm='winograd' needs a 3x3 kernel with stride 1 or a 4x4 kernel with stride 2, "
+            f"dilation 1 and groups 1, got "
             f"kernel_size={tuple(kernel_size)}, stride={tuple(stride)}, dilation={tuple(dilation)}, "
             f"groups={groups}"
         )

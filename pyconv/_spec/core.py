@@ -19,7 +19,8 @@ MAX_BOXES = 2**31 - 1
 
 # The convolution algorithms a caller may ask for (ConvGeom.algorithm is an index into this; the
 # C++ kernels' ConvAlgorithm has the same order). "auto" lets the backend pick by shape;
-# "winograd" is F(4x4, 3x3): 3x3 kernels, stride 1, dilation 1, groups 1.
+# "winograd" is F(4x4, 3x3) (3x3 kernels, stride 1) or F(4x4, 2x2) over stride phases (4x4
+# kernels, stride 2); dilation 1, groups 1.
 CONV_ALGORITHMS = ("auto", "gemm", "winograd", "direct")
 
 

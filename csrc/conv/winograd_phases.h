@@ -1,0 +1,400 @@
+// 4x4 stride-2 convolutions (a DCGAN's down- and upsampling layers) through Winograd
+// F(4x4, 2x2) (conv/winograd.h, winograd::F4x2) over the input's four stride phases.
+//
+// With xp the zero-padded input, phase (a, b) in {0, 1}^2 of channel c is the plane
+//   x'[c,a,b][i, j] = xp[c, 2i + a, 2j + b]        (i in [0, Ho], j in [0, Wo])
+// and the weights split alike, w'[k, (c,a,b), u, v] = w[k, c, 2u + a, 2v + b] (u, v in {0, 1}):
+// the convolution is the 2x2 stride-1 convolution of x' (4C channels, no padding) with w'. So
+//   forward          y  = conv2x2(x', w'), by F(4x4, 2x2)
+//   weight gradient  dw' = its weight gradient between dy and x', merged back into dw
+//   input gradient   dx' = dy padded by 1 convolved with w' flipped in space and transposed in
+//                    channels (4C outputs), each phase scattered back to its rows and columns
+// Each element of xp belongs to exactly one phase, so the scatter adds nothing: the result is
+// the transform's sums alone, independent of the thread count as they are. Positions of xp past
+// phase row (column) Ho (Wo), which no output reads, get a zero gradient.
+//
+// Against the 16 multiplications per output and channel pair of the direct sum, F(4x4, 2x2)
+// needs 25 per 4x4 tile (2.56x fewer), plus the phase copies (one pass over x or dx) and the
+// transforms.
+#pragma once
+
+#include "common/prelude.h"
+#include "common/scratch.h"
+#include "conv/epilogue.h"
+#include "conv/winograd.h"
+
+namespace pyconv {
+namespace PYCONV_ISA {
+
+constexpr int64_t kWinogradTile = winograd::kTile;
+
+// Whether the phase split turns g into a convolution F(4x4, 2x2) computes (padding is free).
+inline bool winograd_phases_applies(const ConvShape& g) {
+    return g.R == 4 && g.S == 4 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1 && g.groups == 1;
+}
+
+namespace winograd_phases {
+
+// The 2x2 stride-1 convolution over the phases: x' (N, 4C, Ho + 1, Wo + 1), no padding, the
+// same output.
+inline ConvShape phase_shape(const ConvShape& g) {
+    return ConvShape{g.N, 4 * g.C, g.Ho + 1, g.Wo + 1, g.K, 2, 2, g.Ho, g.Wo, 1, 1, 0, 0, 1, 1, 1, g.algorithm};
+}
+
+// Calls f(channel of the phase split (c, a, b), row of xp, i.e. h + ph, and column) for the
+// 16 taps (r, s) = (2u + a, 2v + b) of w[k, c]: f(c', u, v, r, s).
+template <class F>
+inline void for_each_tap(int64_t c, F f) {
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+            for (int u = 0; u < 2; ++u)
+                for (int v = 0; v < 2; ++v) f(4 * c + 2 * a + b, u, v, 2 * u + a, 2 * v + b);
+}
+
+// w (K, C, 4, 4) -> w' (K, 4C, 2, 2).
+template <class T>
+Scratch<T> split_weights(const ConvShape& g, const T* w) {
+    Scratch<T> ws = scratch<T>(checked_mul(g.K, g.C, int64_t(16)));
+    for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t c = 0; c < g.C; ++c)
+            for_each_tap(c, [&](int64_t cp, int u, int v, int r, int s) {
+                ws[((k * 4 * g.C + cp) * 2 + u) * 2 + v] = w[((k * g.C + c) * 4 + r) * 4 + s];
+            });
+    return ws;
+}
+
+// dw' (K, 4C, 2, 2) -> dw (K, C, 4, 4).
+template <class T>
+void merge_weights(const ConvShape& g, const T* dws, T* dw) {
+    for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t c = 0; c < g.C; ++c)
+            for_each_tap(c, [&](int64_t cp, int u, int v, int r, int s) {
+                dw[((k * g.C + c) * 4 + r) * 4 + s] = dws[((k * 4 * g.C + cp) * 2 + u) * 2 + v];
+            });
+}
+
+// The layout of the forward and the input gradient: images in the vector lanes. The phase
+// planes of these layers are small (8x8 for a 7x7 output: 2x2 tiles), so that transform_input's
+// rows of tiles would be two tiles long and each vector of tiles would blend eight of them.
+// Here the operand is copied once with groups of `lanes` images innermost,
+// X[group][c][r][s][lane] (zeros wherever no input lies, and for the lanes past the batch;
+// rows and columns covering every tile's window), and a vector holds one tile position of a
+// group's images: the input transform loads its 25 window elements as whole vectors. Tile t is
+// lane t % L of vector t / L, which is position (t / L) % P of group (t / L) / P: a block of
+// tiles reads and writes a few groups' planes, contiguous in X and y.
+struct BatchLanes {
+    int64_t N, groups;  // images; groups of L of them
+    int64_t C, Hx, Wx;  // X's channels, rows and columns
+    template <class T>
+    static BatchLanes of(int64_t N, int64_t C, int64_t Hx, int64_t Wx) {
+        constexpr int64_t L = Simd<T>::lanes;
+        return BatchLanes{N, (N + L - 1) / L, C, Hx, Wx};
+    }
+    template <class T>
+    int64_t elements() const { return checked_mul(groups * C, Hx * Wx, int64_t(Simd<T>::lanes)); }
+    // Where X's lanes (c, r, s) of group `group` start.
+    template <class T>
+    int64_t at(int64_t group, int64_t c, int64_t r, int64_t s) const {
+        return (((group * C + c) * Hx + r) * Wx + s) * Simd<T>::lanes;
+    }
+};
+
+// x's phases in the layout bl (channel 4c + 2a + b: phase (a, b) of channel c).
+template <class T>
+Scratch<T> phases_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T* x) {
+    Scratch<T> X = scratch<T>(bl.elements<T>());
+    constexpr int L = Simd<T>::lanes;
+    const int64_t HW = g.H * g.W;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t gc = 0; gc < bl.groups * g.C; ++gc) {
+        const int64_t group = gc / g.C, c = gc % g.C, images = std::min<int64_t>(L, g.N - group * L);
+        for (int a = 0; a < 2; ++a)
+            for (int b = 0; b < 2; ++b)
+                for (int64_t r = 0; r < bl.Hx; ++r)
+                    for (int64_t s = 0; s < bl.Wx; ++s) {
+                        T* lanes = X.get() + bl.at<T>(group, 4 * c + 2 * a + b, r, s);
+                        const int64_t h = 2 * r + a - g.ph, w = 2 * s + b - g.pw;
+                        if (h < 0 || h >= g.H || w < 0 || w >= g.W) {
+                            std::fill(lanes, lanes + L, T(0));
+                            continue;
+                        }
+                        const T* src = x + (group * L * g.C + c) * HW + h * g.W + w;
+                        for (int64_t l = 0; l < images; ++l) lanes[l] = src[l * g.C * HW];
+                        std::fill(lanes + images, lanes + L, T(0));
+                    }
+    }
+    return X;
+}
+
+// dy (N, K, Ho, Wo) in the layout bl, shifted by `shift` rows and columns (zeros around).
+template <class T>
+Scratch<T> output_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T* dy, int64_t shift) {
+    Scratch<T> X = scratch<T>(bl.elements<T>());
+    constexpr int L = Simd<T>::lanes;
+    const int64_t HoWo = g.Ho * g.Wo;
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t gk = 0; gk < bl.groups * g.K; ++gk) {
+        const int64_t group = gk / g.K, k = gk % g.K, images = std::min<int64_t>(L, g.N - group * L);
+        for (int64_t r = 0; r < bl.Hx; ++r)
+            for (int64_t s = 0; s < bl.Wx; ++s) {
+                T* lanes = X.get() + bl.at<T>(group, k, r, s);
+                const int64_t i = r - shift, j = s - shift;
+                if (i < 0 || i >= g.Ho || j < 0 || j >= g.Wo) {
+                    std::fill(lanes, lanes + L, T(0));
+                    continue;
+                }
+                const T* src = dy + (group * L * g.K + k) * HoWo + i * g.Wo + j;
+                for (int64_t l = 0; l < images; ++l) lanes[l] = src[l * g.K * HoWo];
+                std::fill(lanes + images, lanes + L, T(0));
+            }
+    }
+    return X;
+}
+
+// The transform (InputTransform, or OutputGradTransform for dy: its 4x4 tile, the window's
+// last row and column unread) of the tiles of vector `vec`, channel c, window from X's row
+// oh and column ow of its tile position, into out[25].
+template <class T, class Transform>
+static inline __attribute__((always_inline)) void transform_window(const BatchLanes& bl, const T* X, int64_t vec,
+                                                                   int64_t positions, int64_t cols, int64_t c,
+                                                                   int64_t oh, int64_t ow,
+                                                                   typename Simd<T>::V* out) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, A = winograd::F4x2::alpha, P = winograd::F4x2::points;
+    const int64_t group = vec / positions, p = vec % positions;
+    const T* base = X + bl.at<T>(group, c, oh + p / cols * winograd::kTile, ow + p % cols * winograd::kTile);
+    V in[P], mid[P];
+    for (int r = 0; r < A; ++r)
+        for (int s = 0; s < A; ++s) in[r * A + s] = S::load(base + (r * bl.Wx + s) * L);
+    for (int s = 0; s < A; ++s) Transform::apply(in + s, A, mid + s, A);          // B^T d
+    for (int a = 0; a < A; ++a) Transform::apply(mid + a * A, 1, out + a * A, 1);  // (.) B
+}
+
+// One 2x2 stride-1 convolution by F(4x4, 2x2) over X (BatchLanes), output (k, n, ho, wo) for
+// ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
+// handed to store(k, n, ho, wo, value). U: the K x C filters. Blocks of tiles as
+// conv2d_forward_winograd's, each transformed, multiplied and transformed back by one thread:
+// the result does not depend on the number of threads.
+template <class T, class Store>
+void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t ow, int64_t K, int64_t Ho,
+                         int64_t Wo, const winograd::TransformedFilters<T, winograd::F4x2>& U, const T* bias,
+                         const Store& store) {
+    using namespace winograd;
+    using F = F4x2;
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, A = F::alpha, P = F::points;
+    constexpr int64_t NR = gemm_nr<T>();
+    // The tiling of a convolution of groups * L images (Tiling counts tiles image by image;
+    // only the count and the block size matter here).
+    ConvShape gt{};
+    gt.N = bl.groups * L, gt.C = bl.C, gt.K = K, gt.Ho = Ho, gt.Wo = Wo;
+    const Tiling tl = Tiling::of_forward<T, F>(gt);  // blocks of whole vectors
+    const int64_t cols = tl.cols, positions = tl.rows * tl.cols, C = bl.C;
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
+    const int64_t v_stride = position_stride<T>(checked_mul(C, tl.capacity<T>()));
+    const int64_t m_stride = position_stride<T>(checked_mul(K, tl.block));
+    std::vector<Scratch<T>> vs, ms;
+    std::vector<GemmBuffers<T>> bufs;
+    for (int t = 0; t < threads; ++t) {
+        vs.push_back(scratch<T>(checked_mul(int64_t(P), v_stride)));
+        ms.push_back(scratch<T>(checked_mul(int64_t(P), m_stride)));
+        bufs.emplace_back(false);
+    }
+    FlushDenormals ftz;
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+        const int me = omp_get_thread_num();
+        T* v = vs[me].get();
+        T* m = ms[me].get();
+        for (int64_t blk = me; blk < tl.blocks; blk += omp_get_num_threads()) {
+            const int64_t t0 = blk * tl.block, nt = std::min(tl.block, tl.total - t0);  // whole vectors
+            for (int64_t c = 0; c < C; ++c)
+                for (int64_t first = 0; first < nt; first += L) {
+                    V out[P];
+                    transform_window<T, InputTransform<F>>(bl, X, (t0 + first) / L, positions, cols, c, oh, ow, out);
+                    T* dst = v + (first / NR) * NR * C + c * NR + first % NR;
+                    for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
+                }
+            for (int xi = 0; xi < P; ++xi) {
+                const TransformedTiles<T> B{v + xi * v_stride, C};
+                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
+                multiply_position(U, xi, K, nt, C, B, M, bufs[me]);
+            }
+            alignas(64) T z[kTile * kTile][L];
+            for (int64_t k = 0; k < K; ++k) {
+                const T bk = bias ? bias[k] : T(0);
+                for (int64_t first = 0; first < nt; first += L) {
+                    const int64_t vec = (t0 + first) / L, group = vec / positions, p = vec % positions;
+                    const int64_t n0 = group * L, ho0 = p / cols * kTile, wo0 = p % cols * kTile;
+                    V in[P], mid[kTile * A], out[kTile * kTile];
+                    for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
+                    for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                  // A^T m
+                    for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, out + r * kTile, 1);  // (.) A
+                    for (int q = 0; q < kTile * kTile; ++q) S::store(z[q], out[q] + bk);
+                    const int images = int(std::min<int64_t>(L, bl.N - n0));
+                    const int rows = int(std::min<int64_t>(kTile, Ho - ho0)), columns = int(std::min<int64_t>(kTile, Wo - wo0));
+                    for (int l = 0; l < images; ++l)
+                        for (int r = 0; r < rows; ++r)
+                            for (int s = 0; s < columns; ++s) store(k, n0 + l, ho0 + r, wo0 + s, z[r * kTile + s][l]);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace winograd_phases
+
+// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
+// `ep` is applied as each output is stored.
+template <class T>
+void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                    const Epilogue<T>& ep = {}) {
+    using namespace winograd_phases;
+    const int64_t rows = (g.Ho + kWinogradTile - 1) / kWinogradTile, cols = (g.Wo + kWinogradTile - 1) / kWinogradTile;
+    const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, 4 * rows + 1, 4 * cols + 1);
+    const Scratch<T> X = phases_batch_lanes(g, bl, x);
+    const Scratch<T> ws = split_weights(g, w);
+    const winograd::TransformedFilters<T, winograd::F4x2> U(phase_shape(g), ws.get());
+    const int64_t HoWo = g.Ho * g.Wo;
+    if (ep.any())
+        forward_batch_lanes(bl, X.get(), 0, 0, g.K, g.Ho, g.Wo, U, bias,
+                            [&](int64_t k, int64_t n, int64_t ho, int64_t wo, T v) {
+                                const int64_t at = (n * g.K + k) * HoWo + ho * g.Wo + wo;
+                                store_with(ep, &v, 1, y + at, at);
+                            });
+    else
+        forward_batch_lanes(bl, X.get(), 0, 0, g.K, g.Ho, g.Wo, U, bias,
+                            [&](int64_t k, int64_t n, int64_t ho, int64_t wo, T v) {
+                                y[(n * g.K + k) * HoWo + ho * g.Wo + wo] = v;
+                            });
+}
+
+// The input gradient, phase by phase: phase (a, b) of dx, rows i in [i0, i1] of the phase
+// plane (those that land in dx and that an output reads, i <= Ho), is the 2x2 convolution of
+// dy padded by 1 (X: dy's rows and columns shifted by one) with the phase's sub-kernel flipped,
+// from X's row i0. Each phase its own call, so that its tiles cover only the rows it needs
+// (one convolution of 4C outputs over (Ho + 1) x (Wo + 1) would compute a 4x4 output's 5x5 as
+// 2x2 tiles).
+template <class T>
+void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    using namespace winograd_phases;
+    // Rows of phase a: i with 0 <= 2i + a - ph < H and i <= Ho.
+    auto first = [](int64_t pad, int a) { return std::max<int64_t>(0, (pad - a + 1) / 2); };
+    auto last = [](int64_t pad, int a, int64_t extent, int64_t out) {
+        return std::min<int64_t>(out, (extent - 1 + pad - a) / 2);
+    };
+    int64_t Hx = 0, Wx = 0;
+    for (int a = 0; a < 2; ++a) {
+        const int64_t i0 = first(g.ph, a), n = last(g.ph, a, g.H, g.Ho) - i0 + 1;
+        const int64_t j0 = first(g.pw, a), m = last(g.pw, a, g.W, g.Wo) - j0 + 1;
+        Hx = std::max(Hx, i0 + (n + kWinogradTile - 1) / kWinogradTile * kWinogradTile + 1);
+        Wx = std::max(Wx, j0 + (m + kWinogradTile - 1) / kWinogradTile * kWinogradTile + 1);
+    }
+    const BatchLanes bl = BatchLanes::of<T>(g.N, g.K, std::max(Hx, g.Ho + 2), std::max(Wx, g.Wo + 2));
+    const Scratch<T> X = output_batch_lanes(g, bl, dy, 1);
+    // Elements of dx that no phase row or column reaches (past phase row Ho): zeros.
+    if (last(g.ph, 0, g.H, g.H) > g.Ho || last(g.ph, 1, g.H, g.H) > g.Ho || last(g.pw, 0, g.W, g.W) > g.Wo ||
+        last(g.pw, 1, g.W, g.W) > g.Wo)
+        std::fill(dx, dx + checked_mul(g.N, g.C, g.H * g.W), T(0));
+    const int64_t HW = g.H * g.W;
+    Scratch<T> wf = scratch<T>(checked_mul(g.C, g.K, int64_t(4)));
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b) {
+            const int64_t i0 = first(g.ph, a), rows = last(g.ph, a, g.H, g.Ho) - i0 + 1;
+            const int64_t j0 = first(g.pw, b), cols = last(g.pw, b, g.W, g.Wo) - j0 + 1;
+            if (rows <= 0 || cols <= 0) continue;
+            // (C, K, 2, 2): w[k, c, 2u + a, 2v + b] at (1 - u, 1 - v).
+            for (int64_t c = 0; c < g.C; ++c)
+                for (int64_t k = 0; k < g.K; ++k)
+                    for (int u = 0; u < 2; ++u)
+                        for (int v = 0; v < 2; ++v)
+                            wf[((c * g.K + k) * 2 + 1 - u) * 2 + 1 - v] = w[((k * g.C + c) * 4 + 2 * u + a) * 4 + 2 * v + b];
+            ConvShape gp{};
+            gp.C = g.K, gp.K = g.C, gp.R = gp.S = 2;
+            const winograd::TransformedFilters<T, winograd::F4x2> U(gp, wf.get());
+            const int64_t h0 = 2 * i0 + a - g.ph, w0 = 2 * j0 + b - g.pw;
+            forward_batch_lanes(bl, X.get(), i0, j0, g.C, rows, cols, U, static_cast<const T*>(nullptr),
+                                [&](int64_t c, int64_t n, int64_t i, int64_t j, T v) {
+                                    dx[(n * g.C + c) * HW + (h0 + 2 * i) * g.W + w0 + 2 * j] = v;
+                                });
+        }
+}
+
+// The weight gradient: the 2x2 weight gradient between dy and the phases x',
+//   dw'[k, c'] = G^T [ sum over tiles (A dy[k] A^T) * (B^T x'[c'] B) ] G       (5x5, F4x2)
+// as 25 GEMMs over the tiles, M[xi] (K x 4C) = DY[xi] (K x tiles) X[xi] (tiles x 4C), both
+// transformed with images in the lanes, so that each channel's transformed tiles are one
+// contiguous row: DY[xi] is read as a plain matrix, X[xi] as B's columns (packing transposes
+// them). The tiles go in chunks of a size fixed by the shape (kWeightGradChunkBytes, as
+// conv2d_grad_weight_winograd); per chunk the transforms are shared out by vectors of tiles and
+// the 25 products by position, each position's sum on one thread, accumulated over the chunks
+// in order: the result does not depend on the number of threads. M is transformed back in
+// double precision and rounded once, then merged from dw' into dw.
+template <class T>
+void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    using namespace winograd_phases;
+    using namespace winograd;
+    using F = F4x2;
+    using S = Simd<T>;
+    constexpr int L = S::lanes, P = F::points;
+    const int64_t rows = (g.Ho + kTile - 1) / kTile, cols = (g.Wo + kTile - 1) / kTile, positions = rows * cols;
+    const int64_t C4 = 4 * g.C, K = g.K;
+    const BatchLanes bx = BatchLanes::of<T>(g.N, C4, 4 * rows + 1, 4 * cols + 1);
+    const BatchLanes by = BatchLanes::of<T>(g.N, K, 4 * rows + 1, 4 * cols + 1);
+    const Scratch<T> X = phases_batch_lanes(g, bx, x);
+    const Scratch<T> DY = output_batch_lanes(g, by, dy, 0);
+    const int64_t vectors = bx.groups * positions;
+    const double per_vector = double(P) * double(C4 + K) * double(L) * double(sizeof(T));
+    const int64_t chunk = std::clamp<int64_t>(int64_t(2 * kWeightGradChunkBytes / per_vector), 1, vectors);  // vectors
+    const int64_t ld = chunk * L;  // tiles per row of DY[xi], X[xi]
+    const int64_t x_stride = position_stride<T>(checked_mul(C4, ld));
+    const int64_t y_stride = position_stride<T>(checked_mul(K, ld));
+    const int64_t m_stride = position_stride<T>(checked_mul(K, C4));
+    const Scratch<T> vx = scratch<T>(checked_mul(int64_t(P), x_stride));
+    const Scratch<T> vy = scratch<T>(checked_mul(int64_t(P), y_stride));
+    const Scratch<T> m = scratch<T>(checked_mul(int64_t(P), m_stride));
+    const Scratch<T> dws = scratch<T>(checked_mul(K, C4, int64_t(4)));
+    const int threads = num_threads();
+    std::vector<GemmBuffers<T>> bufs;
+    for (int t = 0; t < threads; ++t) bufs.emplace_back(K, C4, ld);
+    FlushDenormals ftz;
+#pragma omp parallel num_threads(threads) firstprivate(ftz)
+    {
+        const int me = omp_get_thread_num();
+        for (int64_t v0 = 0; v0 < vectors; v0 += chunk) {
+            const int64_t nv = std::min(chunk, vectors - v0);
+#pragma omp for schedule(static)
+            for (int64_t job = 0; job < 2 * nv; ++job) {
+                const int64_t vec = v0 + job / 2, at = (job / 2) * L;
+                typename S::V out[P];
+                if (job % 2 == 0)
+                    for (int64_t c = 0; c < C4; ++c) {
+                        transform_window<T, InputTransform<F>>(bx, X.get(), vec, positions, cols, c, 0, 0, out);
+                        for (int q = 0; q < P; ++q) S::store(vx.get() + q * x_stride + c * ld + at, out[q]);
+                    }
+                else
+                    for (int64_t k = 0; k < K; ++k) {
+                        transform_window<T, OutputGradTransform<F>>(by, DY.get(), vec, positions, cols, k, 0, 0, out);
+                        for (int q = 0; q < P; ++q) S::store(vy.get() + q * y_stride + k * ld + at, out[q]);
+                    }
+            }
+#pragma omp for schedule(static)
+            for (int xi = 0; xi < P; ++xi) {
+                const T* bx_rows = vx.get() + xi * x_stride;
+                gemm_block<T>(0, K, 0, C4, 0, nv * L, InMatrixA<T>::plain(vy.get() + xi * y_stride, ld, nv * L),
+                              columns_b<T>([=](int64_t c) { return bx_rows + c * ld; }),
+                              OutMatrix<T>::plain(m.get() + xi * m_stride, C4, C4),
+                              v0 == 0 ? Store::overwrite : Store::accumulate, bufs[me]);
+            }
+        }
+        const int64_t pairs = K * C4;
+#pragma omp for schedule(static)
+        for (int64_t p0 = 0; p0 < pairs; p0 += Simd<double>::lanes) filters_back<T, F>(p0, pairs, m.get(), m_stride, dws.get());
+    }
+    merge_weights(g, dws.get(), dw);
+}
+
+}  // namespace PYCONV_ISA
+}  // namespace pyconv

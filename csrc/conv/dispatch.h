@@ -500,6 +500,9 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
     const Epilogue<T> ep{residual, relu};
     if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd)
         return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+    // The channel-vectorised forward applies it as it stores its transposed tiles.
+    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::by_channels)
+        return conv2d_forward_by_channels(g, x, w, bias, y, ep);
     conv2d_forward(g, x, w, bias, y);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }

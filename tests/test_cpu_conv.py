@@ -142,11 +142,10 @@ FEW_PIXELS_CASES = [
 
 # The channel-vectorised forward on strided layers (conv/by_channels.h): images in groups of
 # equal size where a divisor of N allows (16 images of 8x8 outputs as 4 groups of 4; 9 as 3 of
-# 3; 7, prime, as 6 and 1), blocks of whole vectors of pixels where output planes are whole
-# vectors long (16x16 outputs: 96, 96, 64), runs of pixels cut at image ends and block ends
-# (7x7, 9x9, 15x15 outputs) and stored with masks, output channels past the last whole vector
-# (20, 40, 70: the scalar tail and partial panels), padding 0-2, odd sizes, groups; the same
-# bits on 1, 2 and 3 threads.
+# 3; 7, prime, as 6 and 1), runs of pixels cut at image ends and block ends (blocks of 90
+# pixels of 16x16 outputs; 7x7, 9x9, 15x15 outputs) and stored with masks, output channels
+# past the last whole vector (20, 40, 70: the scalar tail and partial panels), padding 0-2, odd
+# sizes, groups; the same bits on 1, 2 and 3 threads.
 STRIDED_BY_CHANNELS_CASES = [
     ((16, 32, 16, 16), (64, 32, 3, 3), dict(stride=2, padding=1)),
     ((9, 32, 16, 16), (40, 32, 3, 3), dict(stride=2, padding=1)),

@@ -140,6 +140,47 @@ FEW_PIXELS_CASES = [
 ]
 
 
+# The channel-vectorised forward on strided layers (conv/by_channels.h): images in groups of
+# equal size where a divisor of N allows (16 images of 8x8 outputs as 4 groups of 4; 9 as 3 of
+# 3; 7, prime, as 6 and 1), runs of pixels cut at image ends and block ends (blocks of 90
+# pixels of 16x16 outputs; 7x7, 9x9, 15x15 outputs) and stored with masks, output channels
+# past the last whole vector (20, 40, 70: the scalar tail and partial panels), padding 0-2, odd
+# sizes, groups; the same bits on 1, 2 and 3 threads.
+STRIDED_BY_CHANNELS_CASES = [
+    ((16, 32, 16, 16), (64, 32, 3, 3), dict(stride=2, padding=1)),
+    ((9, 32, 16, 16), (40, 32, 3, 3), dict(stride=2, padding=1)),
+    ((7, 16, 15, 15), (20, 16, 3, 3), dict(stride=2, padding=0)),
+    ((3, 16, 32, 32), (32, 16, 3, 3), dict(stride=2, padding=1)),
+    ((2, 24, 19, 17), (70, 24, 3, 3), dict(stride=2, padding=2)),
+    ((4, 32, 17, 17), (64, 16, 3, 3), dict(stride=2, padding=1, groups=2)),
+    ((5, 16, 31, 29), (48, 16, 3, 3), dict(stride=(2, 3), padding=(1, 2))),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED_BY_CHANNELS_CASES, ids=str)
+def test_strided_forward_by_channels_matches_torch(isa, case, dtype):
+    xs, ws, params = case
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, ws[:1], dtype)
+    groups = params.get("groups", 1)
+    g = _spec.conv2d(x, w, b, params["stride"], params["padding"], 1, groups)
+    # (With the generic ISA's 4-image tiles 16 images leave no tile part empty, and 16x32x16x16
+    # goes across images.)
+    assert _C.conv2d_algorithm(g, np.dtype(dtype)).startswith("gemm (by channels")
+    results = []
+    before = _C.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            _C.set_num_threads(threads)
+            results.append(ops.conv2d(x, w, b, params["stride"], params["padding"], 1, groups, backend="cpu"))
+    finally:
+        _C.set_num_threads(before)
+    close(results[0], F.conv2d(*map(torch.tensor, (x, w, b)), params["stride"], params["padding"], 1, groups), dtype)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y.view(np.uint8), results[0].view(np.uint8))
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", FEW_PIXELS_CASES, ids=str)
@@ -204,13 +245,16 @@ def test_bindings_reject_bad_buffers():
 
 # (x shape, w shape, stride, padding, algorithm): Winograd, whose output transform applies the
 # epilogue as it stores (the block layout, with tiles cut at the image's edges, and the
-# by-position layout, and over a larger kernel's 3x3 blocks), and forwards that apply it in a
-# pass afterwards (by channels, subsampled 1x1, direct).
+# by-position layout, and over a larger kernel's 3x3 blocks), the forward by channels, which
+# applies it as it stores its transposed tiles (whole and masked runs of pixels, output
+# channels past the last whole vector: 20), and forwards that apply it in a pass afterwards
+# (subsampled 1x1, direct).
 EPILOGUE_CASES = [
     ((2, 32, 13, 11), (32, 32, 3, 3), 1, 1, "winograd"),
     ((16, 64, 8, 8), (64, 64, 3, 3), 1, 1, "auto"),
     ((1, 256, 6, 6), (256, 256, 3, 3), 1, 1, "winograd"),
     ((2, 16, 15, 15), (32, 16, 3, 3), 2, 1, "auto"),
+    ((3, 16, 13, 13), (20, 16, 3, 3), 2, 1, "auto"),
     ((2, 16, 16, 16), (32, 16, 1, 1), 2, 0, "auto"),
     ((2, 3, 9, 9), (6, 3, 5, 5), 1, 2, "auto"),
     ((3, 32, 28, 28), (32, 32, 5, 5), 1, 2, "auto"),  # Winograd over the kernel's 3x3 blocks

@@ -11,6 +11,7 @@
 #include "gemm/chunked_reduction.h"
 #include "gemm/tile.h"
 #include "gemm/micro_kernel.h"
+#include "conv/epilogue.h"
 #include "conv/grad_input_as_forward.h"
 #include "conv/im2col.h"
 #include "conv/padding.h"
@@ -72,39 +73,61 @@ void flipped_channel_panel(const T* w, int64_t Cg, int64_t Kg, int64_t RS, int64
 
 // The forward's transposed store of one block: y[n, grp*Kg + k, q] = acc + bias[k] for the
 // block's pixels i0 .. i0 + mc (p = (n, q)), from the accumulators [tile][panel][MR][NR] of
-// conv2d_forward_by_channels. Blocks of `lanes` pixels of one image by `lanes` channels go
-// through a register transpose: a vector load per pixel, a vector store per channel, where
-// element by element every store went to a different output plane (with the per-job padding
-// of the forward below, 32 -> 64 channels 4x4 stride 2 on 16x16, batch 64, 1 thread: the forward
-// 1.9 against 2.1-2.4 ms). The rest (channels past the last whole vector, pixels at an image's
-// end) element by element.
+// conv2d_forward_by_channels. Runs of up to `lanes` pixels of one image by `lanes` channels go
+// through a register transpose: a vector load per pixel, a vector store per channel (masked
+// for a run shorter than a vector: a block's or an image's last pixels), where element by
+// element every store went to a different output plane (with the per-job padding of the
+// forward below, 32 -> 64 channels 4x4 stride 2 on 16x16, batch 64, 1 thread: the forward 1.9
+// against 2.1-2.4 ms). Channels past the last whole vector element by element. (Element by
+// element, the short runs of 16x32x32x32 -> 64 3x3 stride 2, blocks of 90 pixels, kept the
+// store at 8% of a profile's samples, 5% with masks; the forward's time did not measurably
+// change.)
+// The epilogue (conv/epilogue.h: a residual added, relu) is applied on the way, in the order
+// of its separate pass over y, which it saves.
 template <class T, int MR, int NR>
 void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int64_t i0, int64_t mc,
-                            const T* acc, const T* bias, T* y) {
+                            const T* acc, const T* bias, T* y, const Epilogue<T>& ep) {
     using S = Simd<T>;
     constexpr int L = S::lanes;
     const int64_t Kg = g.K / g.groups, HoWo = g.Ho * g.Wo, whole_vectors = Kg / L * L;
     // Output channel k of pixel p of the block (an NR panel holds whole vectors: NR % L == 0).
     auto at = [&](int64_t p, int64_t k) { return acc + ((p / MR) * panels + k / NR) * MR * NR + (p % MR) * NR + k % NR; };
-    for (int64_t p0 = 0; p0 < mc; p0 += L) {
-        const int64_t len = std::min<int64_t>(L, mc - p0), n = (i0 + p0) / HoWo, q = (i0 + p0) % HoWo;
+    for (int64_t p0 = 0, len = 0; p0 < mc; p0 += len) {
+        const int64_t n = (i0 + p0) / HoWo, q = (i0 + p0) % HoWo;
+        len = std::min<int64_t>({L, mc - p0, HoWo - q});
         T* dst = y + (n * g.K + grp * Kg) * HoWo + q;
+        const T* res = ep.residual ? ep.residual + (dst - y) : nullptr;  // the residual at dst
+        // Output channel k + j of the run: its vector of sums, then bias and epilogue.
+        auto finish = [&](typename S::V v, int64_t k, int j) {
+            v = bias ? v + S::splat(bias[grp * Kg + k + j]) : v + T(0);
+            if (res) v += len == L ? S::load(res + (k + j) * HoWo) : load_first<T>(res + (k + j) * HoWo, static_cast<int>(len));
+            return ep.relu ? Relu<T>{}(v) : v;
+        };
         int64_t k = 0;
-        if (len == L && q + L <= HoWo)
+        if (len == L)
             for (; k < whole_vectors; k += L) {
                 typename S::V block[L];
 #pragma GCC unroll 16
                 for (int i = 0; i < L; ++i) block[i] = S::load(at(p0 + i, k));
                 transpose_block<T>(block);
 #pragma GCC unroll 16
+                for (int j = 0; j < L; ++j) S::store(dst + (k + j) * HoWo, finish(block[j], k, j));
+            }
+        else
+            for (; k < whole_vectors; k += L) {
+                typename S::V block[L];
+#pragma GCC unroll 16
+                for (int i = 0; i < L; ++i) block[i] = i < len ? S::load(at(p0 + i, k)) : S::zero();
+                transpose_block<T>(block);
+#pragma GCC unroll 16
                 for (int j = 0; j < L; ++j)
-                    S::store(dst + (k + j) * HoWo, bias ? block[j] + S::splat(bias[grp * Kg + k + j]) : block[j] + T(0));
+                    store_first<T>(dst + (k + j) * HoWo, finish(block[j], k, j), static_cast<int>(len));
             }
         for (; k < Kg; ++k) {
             const T b = bias ? bias[grp * Kg + k] : T(0);
             for (int64_t i = 0; i < len; ++i) {
-                const int64_t p = i0 + p0 + i;
-                y[((p / HoWo) * g.K + grp * Kg + k) * HoWo + p % HoWo] = *at(p0 + i, k) + b;
+                const T v = res ? (*at(p0 + i, k) + b) + res[k * HoWo + i] : *at(p0 + i, k) + b;
+                dst[k * HoWo + i] = ep.relu && v < T(0) ? T(0) : v;
             }
         }
     }
@@ -131,7 +154,7 @@ void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int
 // [tap][NR]) into dst, run by the team before the products.
 template <class T, class PackPanel>
 void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const PackPanel& pack_panel,
-                                        const T* bias, T* y) {
+                                        const T* bias, T* y, const Epilogue<T>& ep = {}) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     // A weight panel of KC x NR (32 KiB) is shared by the tiles of a block (smaller and
     // larger KC measured the same).
@@ -146,8 +169,17 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
     // tile (7x7 images alone: 9 tiles of 6 for 49 pixels, a tenth wasted) and a block shares
     // each weight panel read from L2 or L3 among more tiles. 8x512x7x7, one thread: 19.4
     // against 21.0 ms with a job per image (two groups of 4 images, 3 blocks of 11 tiles each).
-    const int64_t image_groups = (g.N + std::clamp<int64_t>(4 * MC / HoWo, 1, g.N) - 1) /
-                                 std::clamp<int64_t>(4 * MC / HoWo, 1, g.N);
+    // Groups of equal size where a divisor of N from half the largest group up allows it, else
+    // the last group is smaller and its thread idles for part of the time: 16 images of 8x8
+    // outputs (at most 6 per group) go as 4 groups of 4 in 12 equal jobs, not as 6, 6, 4 in 11.
+    const int64_t max_images = std::clamp<int64_t>(4 * MC / HoWo, 1, g.N);
+    int64_t group_size = max_images;
+    for (int64_t d = max_images; d > 0 && 2 * d >= max_images; --d)
+        if (g.N % d == 0) {
+            group_size = d;
+            break;
+        }
+    const int64_t image_groups = (g.N + group_size - 1) / group_size;
     const int64_t images_per_job = (g.N + image_groups - 1) / image_groups;
     const int64_t group_tiles = (images_per_job * HoWo + MR - 1) / MR;
     const int64_t blocks_per_group = (group_tiles + tiles_max - 1) / tiles_max;
@@ -225,19 +257,20 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
                         }
                     }
                 }
-                store_block_transposed<T, MR, NR>(g, grp, panels, i0, mc, acc.get(), bias, y);
+                store_block_transposed<T, MR, NR>(g, grp, panels, i0, mc, acc.get(), bias, y, ep);
             }
         }
     }
 }
 
 template <class T>
-void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                const Epilogue<T>& ep = {}) {
     constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
     const int64_t Kg = g.K / g.groups, taps_n = (g.C / g.groups) * g.R * g.S;
     conv2d_forward_by_channels_packing(
         g, x, [&](int64_t grp, int64_t p, T* dst) { channel_panel<T, NR>(w + grp * Kg * taps_n, Kg, taps_n, p, dst); },
-        bias, y);
+        bias, y, ep);
 }
 
 // The store of a block of tiles across images (the forward and input gradient below): tile t's

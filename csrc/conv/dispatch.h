@@ -549,18 +549,22 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
     conv2d_forward_im2col(g, x, w, bias, y);
 }
 
-// The forward, then the epilogue (conv/epilogue.h: a residual added, relu): Winograd applies
-// it as its output transform stores, the other algorithms in one pass over y afterwards.
+// The forward, then the epilogue (conv/epilogue.h: a residual added, relu): Winograd (every
+// form) applies it as its output transform stores, the channel-vectorised forward as it stores
+// its transposed tiles, the other algorithms in one pass over y afterwards.
 template <class T>
 void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const T* residual,
                          bool relu) {
     const Epilogue<T> ep{residual, relu};
-    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd)
-        return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
-    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd_blocks)
-        return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
-    if (ep.any() && forward_algorithm(g) == ForwardAlgorithm::winograd_phases)
-        return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
+    if (ep.any()) switch (forward_algorithm(g)) {
+        case ForwardAlgorithm::winograd:
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+        case ForwardAlgorithm::winograd_blocks:
+            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
+        case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
+        case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep);
+        default: break;
+    }
     conv2d_forward(g, x, w, bias, y);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }

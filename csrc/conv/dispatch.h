@@ -331,10 +331,12 @@ inline bool winograd_weight_grad_pays(const ConvShape& g) {
 //   32 -> 64 on 16x16:                     1.8 / 1.95 / 2.4-2.5 ms against 2.4 / 3.1 / 2.8
 //   64 -> 128 on 8x8:                      1.7 / 1.8 / 1.9-2.1 ms against 2.2-2.4 / 2.2 / 2.2-2.35
 // (benchmarks/stride2_layers.py; PyTorch 6.9-7.3 / 7.1-7.3 / 7.3-7.7, 2.2 / 3.1-3.4 / 2.4, 2.2 /
-// 2.4-2.5 / 2.8). Not measured: fewer channels, other batches; a 1-3 channel first layer stays
-// with the GEMM forms.
+// 2.4-2.5 / 2.8). Not measured: fewer channels, more than 256 x 256 channel pairs (as for
+// F(4x4, 3x3); the weight gradient's 25 K x 4C sums grow with them), other batches; a 1-3
+// channel first layer stays with the GEMM forms. The lanes counted are AVX-512's 16 floats
+// whatever the dtype and ISA (fewer lanes waste less), so the rule is the shape's alone.
 inline bool winograd_phases_pays(const ConvShape& g) {
-    if (!winograd_phases_applies(g) || g.C < 32 || g.K < 32) return false;
+    if (!winograd_phases_applies(g) || g.C < 32 || g.K < 32 || g.C * g.K > 256 * 256) return false;
     const int64_t L = 16, padded = (g.N + L - 1) / L * L;
     const double direct = 16.0 * double(g.Ho) * double(g.Wo) * double(g.N);
     const double winograd = 100.0 * double((g.Ho + 3) / 4) * double((g.Wo + 3) / 4) * double(padded);

@@ -7,15 +7,16 @@
 // the convolution is the 2x2 stride-1 convolution of x' (4C channels, no padding) with w'. So
 //   forward          y  = conv2x2(x', w'), by F(4x4, 2x2)
 //   weight gradient  dw' = its weight gradient between dy and x', merged back into dw
-//   input gradient   dx' = dy padded by 1 convolved with w' flipped in space and transposed in
-//                    channels (4C outputs), each phase scattered back to its rows and columns
-// Each element of xp belongs to exactly one phase, so the scatter adds nothing: the result is
-// the transform's sums alone, independent of the thread count as they are. Positions of xp past
-// phase row (column) Ho (Wo), which no output reads, get a zero gradient.
+//   input gradient   phase (a, b) of dx = dy padded by 1 convolved with the phase's sub-kernel
+//                    w'[., (., a, b)] flipped in space and transposed in channels, one
+//                    convolution per phase, stored to the phase's rows and columns of dx
+// Each element of xp belongs to exactly one phase, so the stores add nothing: the result is
+// the transform's sums alone, independent of the thread count as they are. Elements of dx
+// past phase row (column) Ho (Wo), which no output reads, get a zero gradient.
 //
 // Against the 16 multiplications per output and channel pair of the direct sum, F(4x4, 2x2)
-// needs 25 per 4x4 tile (2.56x fewer), plus the phase copies (one pass over x or dx) and the
-// transforms.
+// needs 100 per 4x4 tile and channel pair (25 for each of the 4 phases: 2.56x fewer), plus the
+// copies into the lane layout (BatchLanes) and the transforms.
 #pragma once
 
 #include "common/prelude.h"
@@ -41,8 +42,8 @@ inline ConvShape phase_shape(const ConvShape& g) {
     return ConvShape{g.N, 4 * g.C, g.Ho + 1, g.Wo + 1, g.K, 2, 2, g.Ho, g.Wo, 1, 1, 0, 0, 1, 1, 1, g.algorithm};
 }
 
-// Calls f(channel of the phase split (c, a, b), row of xp, i.e. h + ph, and column) for the
-// 16 taps (r, s) = (2u + a, 2v + b) of w[k, c]: f(c', u, v, r, s).
+// Calls f(c', u, v, r, s) for the 16 taps (r, s) = (2u + a, 2v + b) of channel c, c' = 4c + 2a + b
+// its channel of the phase split.
 template <class F>
 inline void for_each_tap(int64_t c, F f) {
     for (int a = 0; a < 2; ++a)

@@ -11,6 +11,7 @@
 //                grad_x where it belongs (col2im); also the transpose convolution's forward.
 //
 // The algorithms, one header each:
+//   conv/depthwise.h     one input channel per group: planes streamed along output rows, x in place
 //   conv/direct.h        direct loops over zero-padded planes (grouped, few channels per group)
 //   conv/direct_grid.h   forward: register tiles of channels x pixels read the phase grid in place
 //   conv/direct_channels.h  forward: 16 output channels per vector x a block of pixels, x in place
@@ -33,6 +34,7 @@
 #include "common/prelude.h"
 #include "conv/by_channels.h"
 #include "conv/col2im.h"
+#include "conv/depthwise.h"
 #include "conv/direct.h"
 #include "conv/direct_channels.h"
 #include "conv/direct_grid.h"
@@ -50,6 +52,14 @@ namespace pyconv {
 namespace PYCONV_ISA {
 
 // ---- The rules --------------------------------------------------------------------------------
+
+// Depthwise convolutions (one input channel per group, conv/depthwise.h), every pass, first of
+// all the rules (before direct_pays, whose loops the depthwise kernel replaces there).
+// Measured against those loops (algorithm="direct": the phase-grid forward, conv/direct.h's
+// gradients) in benchmarks/RESULTS.md.
+inline bool depthwise_pays(const ConvShape& g) {
+    return g.algorithm == conv_auto && depthwise_applies(g);
+}
 
 // Grouped convolutions with few channels per group (depthwise: Cg = Kg = 1): a GEMM would have
 // a handful of rows, so the direct loops, vectorised along output rows, win. First in every
@@ -431,7 +441,7 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, depthwise, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
@@ -441,6 +451,7 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     // copy fits, else the direct loops over padded planes.
     if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
     if (direct_asked(g)) return ForwardAlgorithm::direct;
+    if (depthwise_pays(g)) return ForwardAlgorithm::depthwise;
     if (subsampled_pays(g)) return ForwardAlgorithm::subsampled;
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
     if (g.algorithm == conv_auto && forward_direct_grid_pays(g))
@@ -460,6 +471,7 @@ template <class T>
 const char* conv2d_forward_algorithm(const ConvShape& g) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
+        case ForwardAlgorithm::depthwise: return "depthwise";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::direct_columns: return "direct (column copies)";
@@ -478,6 +490,7 @@ template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
     switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
+        case ForwardAlgorithm::depthwise: return conv2d_forward_depthwise(g, x, w, bias, y);
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
@@ -507,6 +520,7 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_asked(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (depthwise_pays(g)) return conv2d_grad_weight_depthwise(g, dy, x, dw);
     if (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g)))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
     if (subsampled_pays(g)) {
@@ -529,6 +543,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     // padding 2 - ph must not be negative.
     const bool winograd = use_winograd(g) && g.ph <= 2 && g.pw <= 2;
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (depthwise_pays(g)) return conv2d_grad_input_depthwise(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
         conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());

@@ -105,6 +105,9 @@ def test_the_rule_takes_depthwise_layers_only():
     assert algorithm_of((8, 64, 56, 56), (64, 1, 3, 3), 1, 1, 1, 64) == "depthwise"
     assert algorithm_of((1, 144, 56, 56), (144, 1, 3, 3), 2, 1, 1, 144) == "depthwise"
     assert algorithm_of((8, 32, 28, 28), (64, 1, 3, 3), 1, 1, 1, 32) == "depthwise"
+    # From 4 output channels per group the forward stays on the phase grid (the gradients
+    # still take this kernel: test_multiplier4_gradients).
+    assert algorithm_of((8, 16, 28, 28), (64, 1, 3, 3), 1, 1, 1, 16) == "direct (phase grid)"
     # Two channels per group, one group, or "direct" asked for: not this kernel.
     assert algorithm_of((2, 8, 16, 16), (8, 2, 3, 3), 1, 1, 1, 4) != "depthwise"
     assert algorithm_of((2, 1, 16, 16), (8, 1, 3, 3), 1, 1, 1, 1) != "depthwise"
@@ -133,3 +136,12 @@ def test_same_bits_at_1_2_3_threads(isa, restore_threads, stride, multiplier, dt
     for other in results[1:]:
         for a, b_ in zip(results[0], other):
             assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multiplier4_gradients(isa, dtype):
+    x, w, b, gy = data((2, 3, 9, 21), 4, (3, 3), dtype, 1, 1, 1)
+    got = ops.conv2d_backward(gy, x, w, 1, 1, 1, 3, backend="cpu")
+    want = ops.conv2d_backward(gy, x, w, 1, 1, 1, 3, backend="reference")
+    for g, r in zip(got, want):
+        close(g, r, dtype)

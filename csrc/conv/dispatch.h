@@ -53,12 +53,22 @@ namespace PYCONV_ISA {
 
 // ---- The rules --------------------------------------------------------------------------------
 
-// Depthwise convolutions (one input channel per group, conv/depthwise.h), every pass, first of
-// all the rules (before direct_pays, whose loops the depthwise kernel replaces there).
-// Measured against those loops (algorithm="direct": the phase-grid forward, conv/direct.h's
-// gradients) in benchmarks/RESULTS.md.
+// Depthwise convolutions (one input channel per group, conv/depthwise.h), first of all the
+// rules, before the direct forms that took them (direct_pays, forward_direct_grid_pays).
+// Measured against those (algorithm="direct": the phase-grid forward, conv/direct.h's
+// gradients; C++ calls alone, one AVX-512 thread, CPU time, best of 3 interleaved rounds,
+// benchmarks/depthwise_vs_direct.py): 3x3 multiplier 1, 8x64 on 56x56 forward 1.8x, input
+// gradient 4.2x, weight gradient 10x; stride 2 2.7x, 3.6x, 4.8x; 1x32 on 112x112 2.4x, 3.3x,
+// 17x; 1x144 on 56x56 stride 2 2.5x, 3.6x, 4.0x; 1x1024 on 7x7 1.8x, 5.8x, 2.1x; 8x128 5x5 on
+// 28x28 2.0x, 9.2x, 8.1x; 4x32 7x7 on 32x32 1.3x, 5.9x, 5.6x. With 2 output channels per
+// group the forward 1.35x; from 4 the phase grid, which shares each x load among its tile's
+// output channels, is faster (4: 0.88x, 8: 0.79x, 16: 0.71x), so the forward takes it there;
+// the gradients stay 5.8-6.6x faster.
 inline bool depthwise_pays(const ConvShape& g) {
     return g.algorithm == conv_auto && depthwise_applies(g);
+}
+inline bool forward_depthwise_pays(const ConvShape& g) {
+    return depthwise_pays(g) && g.K / g.groups <= 2;
 }
 
 // Grouped convolutions with few channels per group (depthwise: Cg = Kg = 1): a GEMM would have
@@ -451,7 +461,7 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     // copy fits, else the direct loops over padded planes.
     if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
     if (direct_asked(g)) return ForwardAlgorithm::direct;
-    if (depthwise_pays(g)) return ForwardAlgorithm::depthwise;
+    if (forward_depthwise_pays(g)) return ForwardAlgorithm::depthwise;
     if (subsampled_pays(g)) return ForwardAlgorithm::subsampled;
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
     if (g.algorithm == conv_auto && forward_direct_grid_pays(g))

@@ -181,7 +181,7 @@ void depthwise_unit_rows(const DepthwisePass& p, const T* in, const T* outside, 
 // tap column's masked load (first, bits) is fetched once for all rows (Masked: v is one of
 // the edges), else every load is at a fixed offset from the tap rows (an inner vector).
 // `accumulate` adds to what out holds instead of the bias.
-template <class T, int R_, int S_, int SW, int U, bool Masked, int SH>
+template <class T, int R_, int S_, int SW, int U, bool Masked, int SH, bool Skip>
 static inline __attribute__((always_inline)) void depthwise_tile(const DepthwisePass& p,
                                                                  const DepthwiseColumns<T>& cols,
                                                                  const T* const* rows, int64_t i, int64_t v,
@@ -206,9 +206,12 @@ static inline __attribute__((always_inline)) void depthwise_tile(const Depthwise
         if constexpr (SH > 0) {
             // Output row i + j, tap row r reads input row (i + j) SH + r: each of the
             // (U - 1) SH + R rows is loaded once and feeds every (j, r) pair that reads it.
+            // Skip: the rows between a strided layer's dy rows (input gradient) are null,
+            // skipped (elsewhere padding rows point to zeros: a branch per row cost more).
 #pragma GCC unroll 16
             for (int64_t q = 0; q < (U - 1) * SH + R; ++q) {
                 const T* row = rows[i * SH + q];
+                if (Skip && row == nullptr) continue;  // a row the stride spread out
                 V xv;
                 if constexpr (Masked) xv = load_columns<T, SW>(row, first, bits, p.sw);
                 else xv = load_inner_columns<T, SW>(row + first);
@@ -242,25 +245,25 @@ static inline __attribute__((always_inline)) void depthwise_tile(const Depthwise
 }
 
 // Every vector of output rows i .. i + U - 1.
-template <class T, int R_, int S_, int SW, int U, int SH>
+template <class T, int R_, int S_, int SW, int U, int SH, bool Skip>
 void depthwise_rows(const DepthwisePass& p, const DepthwiseColumns<T>& cols, const T* const* rows, int64_t i,
                     const typename Simd<T>::V* w, T bias, bool accumulate, T* out) {
     for (const int64_t v : cols.edges)
-        depthwise_tile<T, R_, S_, SW, U, true, SH>(p, cols, rows, i, v, w, bias, accumulate, out);
+        depthwise_tile<T, R_, S_, SW, U, true, SH, Skip>(p, cols, rows, i, v, w, bias, accumulate, out);
     if constexpr (SW != 0)
         for (int64_t v = cols.inner_begin; v < cols.inner_end; ++v)
-            depthwise_tile<T, R_, S_, SW, U, false, SH>(p, cols, rows, i, v, w, bias, accumulate, out);
+            depthwise_tile<T, R_, S_, SW, U, false, SH, Skip>(p, cols, rows, i, v, w, bias, accumulate, out);
 }
 
-template <class T, int R_, int S_, int SW, int SH>
+template <class T, int R_, int S_, int SW, int SH, bool Skip>
 void depthwise_all_rows(const DepthwisePass& p, const DepthwiseColumns<T>& cols, const T* const* rows,
                         const typename Simd<T>::V* w, T bias, bool accumulate, T* out) {
     int64_t i = 0;
-    for (; i + 4 <= p.out_h; i += 4) depthwise_rows<T, R_, S_, SW, 4, SH>(p, cols, rows, i, w, bias, accumulate, out);
+    for (; i + 4 <= p.out_h; i += 4) depthwise_rows<T, R_, S_, SW, 4, SH, Skip>(p, cols, rows, i, w, bias, accumulate, out);
     switch (p.out_h - i) {
-        case 3: return depthwise_rows<T, R_, S_, SW, 3, SH>(p, cols, rows, i, w, bias, accumulate, out);
-        case 2: return depthwise_rows<T, R_, S_, SW, 2, SH>(p, cols, rows, i, w, bias, accumulate, out);
-        case 1: return depthwise_rows<T, R_, S_, SW, 1, SH>(p, cols, rows, i, w, bias, accumulate, out);
+        case 3: return depthwise_rows<T, R_, S_, SW, 3, SH, Skip>(p, cols, rows, i, w, bias, accumulate, out);
+        case 2: return depthwise_rows<T, R_, S_, SW, 2, SH, Skip>(p, cols, rows, i, w, bias, accumulate, out);
+        case 1: return depthwise_rows<T, R_, S_, SW, 1, SH, Skip>(p, cols, rows, i, w, bias, accumulate, out);
         default: return;
     }
 }
@@ -273,14 +276,20 @@ void depthwise_plane(const DepthwisePass& p, const DepthwiseColumns<T>& cols, co
                      bool accumulate, const T* zero_row, const T** rows, typename Simd<T>::V* wbuf, T* out) {
     using S = Simd<T>;
     for (int64_t t = 0; t < p.R * p.S; ++t) wbuf[t] = S::splat(taps[t]);
+    if constexpr (SW == 1) {
+        if (p.sh == 1 && p.dh == 1 && p.row_step > 1) {
+            depthwise_unit_rows<T>(p, in, nullptr, rows);
+            return depthwise_all_rows<T, R_, S_, SW, 1, true>(p, cols, rows, wbuf, bias, accumulate, out);
+        }
+    }
     if constexpr (SW != 0) {
         if (p.sh == SW && p.dh == 1) {
-            depthwise_unit_rows(p, in, zero_row, rows);
-            return depthwise_all_rows<T, R_, S_, SW, SW>(p, cols, rows, wbuf, bias, accumulate, out);
+            depthwise_unit_rows<T>(p, in, zero_row, rows);
+            return depthwise_all_rows<T, R_, S_, SW, SW, false>(p, cols, rows, wbuf, bias, accumulate, out);
         }
     }
     depthwise_tap_rows(p, in, zero_row, rows);
-    depthwise_all_rows<T, R_, S_, SW, 0>(p, cols, rows, wbuf, bias, accumulate, out);
+    depthwise_all_rows<T, R_, S_, SW, 0, false>(p, cols, rows, wbuf, bias, accumulate, out);
 }
 
 // f(R_, S_, SW) with the compile-time kernel size (3x3 and 5x5, else 0: read from the pass)

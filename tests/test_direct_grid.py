@@ -158,7 +158,7 @@ ROUTED = {
     "pixelcnn_first_7x7": ((32, 1, 28, 28), (64, 1, 7, 7), 1, 3, 1),
     "rgb_input_3x3": ((16, 3, 32, 32), (64, 3, 3, 3), 1, 1, 1),
     "few_channels_many_taps": ((8, 256, 14, 14), (16, 256, 3, 3), 1, 1, 1),
-    "depthwise": ((8, 64, 56, 56), (64, 1, 3, 3), 1, 1, 64),
+    "depthwise_multiplier4": ((8, 16, 28, 28), (64, 1, 3, 3), 1, 1, 16),
     "grouped_4_per_group": ((8, 32, 28, 28), (32, 4, 3, 3), 1, 1, 8),
     "dcgan_d_conv1_strided_16_taps": ((64, 1, 28, 28), (64, 1, 4, 4), 2, 1, 1),
     "vae_conv1_strided_16_taps": ((64, 1, 32, 32), (32, 1, 4, 4), 2, 1, 1),
@@ -170,6 +170,8 @@ NOT_ROUTED = {
     "resnet_strided_144_taps": ((16, 16, 32, 32), (32, 16, 3, 3), 2, 1, 1),
     "pointwise": ((8, 16, 28, 28), (8, 16, 1, 1), 1, 0, 1),
     "vgg_winograd": ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1),
+    # Depthwise with up to 2 output channels per group: conv/depthwise.h (tests/test_depthwise.py).
+    "depthwise": ((8, 64, 56, 56), (64, 1, 3, 3), 1, 1, 64),
 }
 
 

@@ -11,6 +11,7 @@
 //                grad_x where it belongs (col2im); also the transpose convolution's forward.
 //
 // The algorithms, one header each:
+//   conv/depthwise.h     one input channel per group: planes streamed along output rows, x in place
 //   conv/direct.h        direct loops over zero-padded planes (grouped, few channels per group)
 //   conv/direct_grid.h   forward: register tiles of channels x pixels read the phase grid in place
 //   conv/direct_channels.h  forward: 16 output channels per vector x a block of pixels, x in place
@@ -36,6 +37,7 @@
 #include "common/prelude.h"
 #include "conv/by_channels.h"
 #include "conv/col2im.h"
+#include "conv/depthwise.h"
 #include "conv/direct.h"
 #include "conv/direct_channels.h"
 #include "conv/direct_grid.h"
@@ -55,6 +57,24 @@ namespace pyconv {
 namespace PYCONV_ISA {
 
 // ---- The rules --------------------------------------------------------------------------------
+
+// Depthwise convolutions (one input channel per group, conv/depthwise.h), first of all the
+// rules, before the direct forms that took them (direct_pays, forward_direct_grid_pays).
+// Measured against those (algorithm="direct": the phase-grid forward, conv/direct.h's
+// gradients; C++ calls alone, one AVX-512 thread, CPU time, best of 3 interleaved rounds,
+// benchmarks/depthwise_vs_direct.py): 3x3 multiplier 1, 8x64 on 56x56 forward 1.8x, input
+// gradient 4.2x, weight gradient 10x; stride 2 2.7x, 3.6x, 4.8x; 1x32 on 112x112 2.4x, 3.3x,
+// 17x; 1x144 on 56x56 stride 2 2.5x, 3.6x, 4.0x; 1x1024 on 7x7 1.8x, 5.8x, 2.1x; 8x128 5x5 on
+// 28x28 2.0x, 9.2x, 8.1x; 4x32 7x7 on 32x32 1.3x, 5.9x, 5.6x. With 2 output channels per
+// group the forward 1.35x; from 4 the phase grid, which shares each x load among its tile's
+// output channels, is faster (4: 0.88x, 8: 0.79x, 16: 0.71x), so the forward takes it there;
+// the gradients stay 5.8-6.6x faster.
+inline bool depthwise_pays(const ConvShape& g) {
+    return g.algorithm == conv_auto && depthwise_applies(g);
+}
+inline bool forward_depthwise_pays(const ConvShape& g) {
+    return depthwise_pays(g) && g.K / g.groups <= 2;
+}
 
 // Grouped convolutions with few channels per group (depthwise: Cg = Kg = 1): a GEMM would have
 // a handful of rows, so the direct loops, vectorised along output rows, win. First in every
@@ -482,7 +502,7 @@ inline bool direct_asked(const ConvShape& g) { return g.algorithm == conv_direct
 // ---- The entry points -------------------------------------------------------------------------
 
 // The forward's algorithm for g: the rules above, in order.
-enum class ForwardAlgorithm { winograd, winograd_blocks, winograd_phases, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
+enum class ForwardAlgorithm { winograd, winograd_blocks, winograd_phases, depthwise, direct, direct_grid, direct_channels, direct_columns, whole_window, by_channels, by_channels_across_images, im2col, phase_grid, subsampled };
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
@@ -494,6 +514,7 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
     // copy fits, else the direct loops over padded planes.
     if (g.algorithm == conv_direct && direct_grid_fits(g)) return direct_grid_layout(g);
     if (direct_asked(g)) return ForwardAlgorithm::direct;
+    if (forward_depthwise_pays(g)) return ForwardAlgorithm::depthwise;
     if (subsampled_pays(g)) return ForwardAlgorithm::subsampled;
     if (whole_window_pays(g)) return ForwardAlgorithm::whole_window;
     if (g.algorithm == conv_auto && forward_direct_grid_pays(g))
@@ -516,6 +537,7 @@ const char* conv2d_forward_algorithm(const ConvShape& g) {
         case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
         case ForwardAlgorithm::winograd_blocks: return "winograd (3x3 blocks)";
         case ForwardAlgorithm::winograd_phases: return "winograd (phases)";
+        case ForwardAlgorithm::depthwise: return "depthwise";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";
         case ForwardAlgorithm::direct_columns: return "direct (column copies)";
@@ -537,6 +559,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::winograd_blocks:
             return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)));
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y);
+        case ForwardAlgorithm::depthwise: return conv2d_forward_depthwise(g, x, w, bias, y);
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
         case ForwardAlgorithm::direct_grid: return conv2d_forward_direct_grid(g, x, w, bias, y);
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
@@ -574,6 +597,7 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
 template <class T>
 void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     if (direct_asked(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
+    if (depthwise_pays(g)) return conv2d_grad_weight_depthwise(g, dy, x, dw);
     if (winograd_applies(g) &&
         (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g))))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
@@ -607,6 +631,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     if (winograd_phases_applies(g) &&
         (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
         return conv2d_grad_input_winograd_phases(g, dy, w, dx);
+    if (depthwise_pays(g)) return conv2d_grad_input_depthwise(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
         conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());

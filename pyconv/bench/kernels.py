@@ -68,24 +68,26 @@ def _cpu_conv2d_algorithm(backend, g):
     return _C.conv2d_algorithm(g, np.dtype(np.float32))
 
 
-def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False):
+def _conv_backward_case(name, N, C, H, W, K, R, pad, quick=False, stride=1, groups=1):
+    Cg = C // groups
+
     def make(rng):
         g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
-                         _spec.ShapeDtype((K, C, R, R), np.float32), None, 1, pad, 1, 1)
-        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, C, R, R) * 0.1,
+                         _spec.ShapeDtype((K, Cg, R, R), np.float32), None, stride, pad, 1, groups)
+        return {"x": _f32(rng, N, C, H, W), "w": _f32(rng, K, Cg, R, R) * 0.1,
                 "gy": _f32(rng, *g.output_shape)}
 
     def run(a, be):
-        return ops.conv2d_backward(a["gy"], a["x"], a["w"], 1, pad, backend=be)
+        return ops.conv2d_backward(a["gy"], a["x"], a["w"], stride, pad, 1, groups, backend=be)
 
     def torch_fn(a):
         torch = _torch()
         x, w, gy = (torch.from_numpy(a[k]) for k in ("x", "w", "gy"))
         return lambda: torch.ops.aten.convolution_backward(
-            gy, x, w, [K], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, True])
+            gy, x, w, [K], [stride, stride], [pad, pad], [1, 1], False, [0, 0], groups, [True, True, True])
 
     g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32),
-                     _spec.ShapeDtype((K, C, R, R), np.float32), None, 1, pad, 1, 1)
+                     _spec.ShapeDtype((K, Cg, R, R), np.float32), None, stride, pad, 1, groups)
     kernels = ("conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
     return Case("conv2d_backward", name, kernels, make, run, 2 * g.flops, "flop", _torch_baseline(torch_fn), quick=quick)
 
@@ -566,6 +568,7 @@ def cases(quick: bool) -> list[Case]:
         _conv_case("1x1 8x256x28x28 k64", 8, 256, 28, 28, 64, 1),
         _conv_case("strided 16x32x32x32 k64 3x3 s2 p1", 16, 32, 32, 32, 64, 3, stride=2, pad=1, quick=True),
         _conv_case("depthwise 8x64x56x56 g64 3x3 p1", 8, 64, 56, 56, 64, 3, pad=1, groups=64, quick=True),
+        _conv_case("depthwise 8x64x56x56 g64 3x3 s2 p1", 8, 64, 56, 56, 64, 3, stride=2, pad=1, groups=64),
         _conv_case("batch-1 1x64x56x56 k64 3x3 p1", 1, 64, 56, 56, 64, 3, pad=1, quick=True),
         # The same convolution twice: the speed of the second must not depend on its weights
         # being subnormal (x86 handles subnormal operands 10-100x slower unless flushed).
@@ -575,6 +578,8 @@ def cases(quick: bool) -> list[Case]:
         _conv_backward_case("VGG 8x64x56x56 k64 3x3 p1", 8, 64, 56, 56, 64, 3, 1),
         _conv_backward_case("LeNet conv2 64x6x14x14 k16 5x5", 64, 6, 14, 14, 16, 5, 0, quick=True),
         _conv_backward_case("RGB input 16x3x32x32 k64 3x3 p1", 16, 3, 32, 32, 64, 3, 1),
+        _conv_backward_case("depthwise 8x64x56x56 g64 3x3 p1", 8, 64, 56, 56, 64, 3, 1, groups=64),
+        _conv_backward_case("depthwise 8x64x56x56 g64 3x3 s2 p1", 8, 64, 56, 56, 64, 3, 1, stride=2, groups=64),
         _conv_transpose_case("DCGAN 64x100x1x1 -> 128 7x7", 64, 100, 1, 1, 128, 7, 1, 0),
         _conv_transpose_case("DCGAN 64x128x7x7 -> 64 4x4 s2 p1", 64, 128, 7, 7, 64, 4, 2, 1, quick=True),
         _conv_transpose_case("DCGAN 64x64x14x14 -> 1 4x4 s2 p1", 64, 64, 14, 14, 1, 4, 2, 1, quick=True),

@@ -160,6 +160,18 @@ def test_auto_routes_the_dcgan_layers():
         assert not algorithm_of(shape).startswith("winograd"), shape
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_auto_input_gradient_from_eight_channels(dtype):
+    # The conditional DCGAN's first layer shape (11 channels in): "auto" takes the phases for
+    # the input gradient alone (winograd_phases_pays(g, 8)); the forward stays with the GEMMs.
+    shape = (64, 11, 16, 16, 32, 1)
+    assert not algorithm_of(shape, dtype).startswith("winograd")
+    x, w, _, gy = _data(shape, dtype, 5)
+    gx, _, _ = ops.conv2d_backward(gy, x, w, 2, 1, needs=(True, False, False), backend="cpu")
+    exact = ops.conv2d_backward(*_wide(gy, x, w), 2, 1, needs=(True, False, False), backend="reference")[0]
+    assert _error(gx, exact, 4 * shape[4], dtype) < GRAD_INPUT_BOUND
+
+
 @pytest.mark.parametrize("params", [dict(stride=1), dict(stride=3), dict(dilation=2), dict(groups=2)],
                          ids=["stride1", "stride3", "dilation", "groups"])
 def test_refused_where_it_does_not_apply(params):

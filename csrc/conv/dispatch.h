@@ -351,12 +351,20 @@ inline bool winograd_weight_grad_pays(const ConvShape& g) {
 //   32 -> 64 on 16x16:                     1.8 / 1.95 / 2.4-2.5 ms against 2.4 / 3.1 / 2.8
 //   64 -> 128 on 8x8:                      1.7 / 1.8 / 1.9-2.1 ms against 2.2-2.4 / 2.2 / 2.2-2.35
 // (benchmarks/stride2_layers.py; PyTorch 6.9-7.3 / 7.1-7.3 / 7.3-7.7, 2.2 / 3.1-3.4 / 2.4, 2.2 /
-// 2.4-2.5 / 2.8). Not measured: fewer channels, more than 256 x 256 channel pairs (as for
+// 2.4-2.5 / 2.8). Not measured: more than 256 x 256 channel pairs (as for
 // F(4x4, 3x3); the weight gradient's 25 K x 4C sums grow with them), other batches; a 1-3
 // channel first layer stays with the GEMM forms. The lanes counted are AVX-512's 16 floats
 // whatever the dtype and ISA (fewer lanes waste less), so the rule is the shape's alone.
-inline bool winograd_phases_pays(const ConvShape& g) {
-    if (!winograd_phases_applies(g) || g.C < 32 || g.K < 32 || g.C * g.K > 256 * 256) return false;
+//
+// The input gradient pays from 8 input channels (32 phase channels): its GEMMs produce the
+// phases of dx from K channels of dy, and the direct and GEMM forms it replaces run short rows
+// of C there. Two threads, medians of 9 interleaved calls, batch 64, against the rules' choice
+// without it: 11 -> 32 on 32x32 (the conditional DCGAN's first layer) 1.48 against 2.10 ms
+// (torch 2.15), 8 -> 32 on 32x32 1.32x, 8 -> 64 on 16x16 1.49x, 16 -> 32 on 14x14 1.74x,
+// 24 -> 64 on 8x8 2.41x (one thread 1.19-2.00x); 4 -> 32 on 32x32 0.84x, 1 -> 32 0.38x. The
+// forward and the weight gradient with 11-16 channels measured 0.83-1.21x: they keep 32.
+inline bool winograd_phases_pays(const ConvShape& g, int64_t min_channels_in = 32) {
+    if (!winograd_phases_applies(g) || g.C < min_channels_in || g.K < 32 || g.C * g.K > 256 * 256) return false;
     const int64_t L = 16, padded = (g.N + L - 1) / L * L;
     const double direct = 16.0 * double(g.Ho) * double(g.Wo) * double(g.N);
     const double winograd = 100.0 * double((g.Ho + 3) / 4) * double((g.Wo + 3) / 4) * double(padded);
@@ -629,7 +637,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
                         winograd_blocks_pay(grad_input_as_forward_shape(g));
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
     if (winograd_phases_applies(g) &&
-        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
+        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g, 8))))
         return conv2d_grad_input_winograd_phases(g, dy, w, dx);
     if (depthwise_pays(g)) return conv2d_grad_input_depthwise(g, dy, w, dx);
     if (subsampled_pays(g)) {

@@ -495,9 +495,10 @@ inline bool grad_input_col_rows_pays(const ConvShape& g) {
 inline bool use_winograd(const ConvShape& g) {
     return winograd_applies(g) && (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g)));
 }
-inline bool use_winograd_phases(const ConvShape& g) {
+// min_channels_in: the input gradient's rule takes fewer (winograd_phases_pays).
+inline bool use_winograd_phases(const ConvShape& g, int64_t min_channels_in = 32) {
     return winograd_phases_applies(g) &&
-           (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g)));
+           (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g, min_channels_in)));
 }
 inline bool use_direct(const ConvShape& g) {
     const bool fits = padded_planes_fit(g, double(g.N) * double(g.C));
@@ -610,9 +611,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
         (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_weight_grad_pays(g))))
         return conv2d_grad_weight_winograd(g, dy, x, dw);
     if (winograd_blocks_pay(g)) return conv2d_grad_weight_winograd_blocks(g, dy, x, dw);
-    if (winograd_phases_applies(g) &&
-        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g))))
-        return conv2d_grad_weight_winograd_phases(g, dy, x, dw);
+    if (use_winograd_phases(g)) return conv2d_grad_weight_winograd_phases(g, dy, x, dw);
     if (subsampled_pays(g)) {
         const Scratch<T> xs = subsample(g, x);
         return conv2d_grad_weight(subsampled_shape(g), dy, xs.get(), dw);
@@ -636,9 +635,7 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
     const bool blocks = winograd_blocks_apply(g) && g.ph <= g.R - 1 && g.pw <= g.S - 1 &&
                         winograd_blocks_pay(grad_input_as_forward_shape(g));
     if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
-    if (winograd_phases_applies(g) &&
-        (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_phases_pays(g, 8))))
-        return conv2d_grad_input_winograd_phases(g, dy, w, dx);
+    if (use_winograd_phases(g, 8)) return conv2d_grad_input_winograd_phases(g, dy, w, dx);
     if (depthwise_pays(g)) return conv2d_grad_input_depthwise(g, dy, w, dx);
     if (subsampled_pays(g)) {
         const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));

@@ -87,3 +87,23 @@ def pytest_collection_modifyitems(items):
 # process that cuda/test_cuda_simulator.py starts; other processes do not collect them at all.
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") in ("", "0"):
     collect_ignore_glob = ["cuda/test_cuda_sim_*.py"]
+
+
+def _runnable_isas():
+    """The ISA variants of the cpu backend this CPU runs, lowest first (none without it)."""
+    try:
+        from pyconv import _C
+    except ImportError:
+        return []
+    isas = ("generic", "avx2", "avx512")
+    return list(isas[:isas.index(_C.best_isa()) + 1])
+
+
+@pytest.fixture(params=_runnable_isas())
+def isa(request):
+    """Runs a test once per ISA variant of the cpu backend, restoring the best one after."""
+    from pyconv import _C
+
+    _C.set_isa(request.param)
+    yield request.param
+    _C.set_isa(_C.best_isa())

@@ -14,8 +14,6 @@ from pyconv import _C, _spec, ops
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-ISAS = ("generic", "avx2", "avx512")
-RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 BLOCKS = "winograd (3x3 blocks)"
 ERROR_BOUND = 64.0          # as WINOGRAD_ERROR_BOUND, units of eps * 9 * (blocks * C)
 WEIGHT_GRAD_BOUND = 32.0    # as WINOGRAD_WEIGHT_GRAD_ERROR_BOUND, units of eps * N Ho Wo
@@ -32,12 +30,6 @@ CASES = {
     "windows_on_padding": ((7, 32, 4, 20), (32, 32, 5, 5), 6),
 }
 
-
-@pytest.fixture(params=RUNNABLE)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def algorithm(x_shape, w_shape, padding, dtype=np.float32):

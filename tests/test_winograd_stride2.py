@@ -17,8 +17,6 @@ from pyconv import _C, _spec, ops
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-ISAS = ("generic", "avx2", "avx512")
-RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 
 # Multiples of eps times the reduction length (the module docstring). The largest measured
 # (README): 11.2 for the forward (batch 64, 64 -> 128 on 14x14), 9.2 for the input gradient,
@@ -43,12 +41,6 @@ SHAPES = [
 ]
 IDS = ["x".join(map(str, s)) for s in SHAPES]
 
-
-@pytest.fixture(params=RUNNABLE)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def _data(shape, dtype, seed):

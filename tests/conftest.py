@@ -96,14 +96,15 @@ def _runnable_isas():
     except ImportError:
         return []
     isas = ("generic", "avx2", "avx512")
-    return list(isas[:isas.index(_C.best_isa()) + 1])
+    return [isa for isa in isas[:isas.index(_C.best_isa()) + 1] if isa in _C.compiled_isas()]
 
 
 @pytest.fixture(params=_runnable_isas())
 def isa(request):
-    """Runs a test once per ISA variant of the cpu backend, restoring the best one after."""
+    """Runs a test once per ISA variant of the cpu backend, restoring the one in use after."""
     from pyconv import _C
 
+    in_use = _C.isa()
     _C.set_isa(request.param)
     yield request.param
-    _C.set_isa(_C.best_isa())
+    _C.set_isa(in_use)

@@ -24,14 +24,6 @@ def _isas():
     return [isa for isa in order[order.index(pyconv._C.best_isa()):] if isa in pyconv._C.compiled_isas()]
 
 
-@pytest.fixture(params=_isas())
-def isa(request):
-    saved = pyconv._C.isa()
-    pyconv._C.set_isa(request.param)
-    yield request.param
-    pyconv._C.set_isa(saved)
-
-
 def _ulps(actual, exact, dtype):
     """|actual - exact| in units of the last place of exact rounded to dtype (below the normal
     range, of the smallest normal number: the kernels flush subnormals)."""

@@ -14,8 +14,6 @@ from pyconv import _C, _spec, ops
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-ISAS = ("generic", "avx2", "avx512")
-RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 ACROSS = "gemm (by channels, across images)"
 
@@ -37,13 +35,6 @@ CASES = {
     "dilated_unequal": ((12, 20, 10, 9), (33, 20, 3, 3), (2, 3), (2, 1), (2, 1)),
     "no_bias": ((12, 40, 6, 6), (24, 40, 4, 4), 2, 1, 1),
 }
-
-
-@pytest.fixture(params=RUNNABLE)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

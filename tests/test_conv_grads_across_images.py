@@ -19,8 +19,6 @@ from pyconv import _C, _spec, ops
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-ISAS = ("generic", "avx2", "avx512")
-RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 TOL = {np.float32: 3e-5, np.float64: 1e-12}
 ACROSS = "gemm (by channels, across images)"
 
@@ -47,13 +45,6 @@ def forward_algorithm(x_shape, w_shape, stride, padding, dilation, dtype=np.floa
     g = _spec.conv2d(_spec.ShapeDtype(x_shape, dtype), _spec.ShapeDtype(w_shape, dtype), None, stride,
                      padding, dilation, 1, algorithm="gemm")
     return _C.conv2d_algorithm(g, np.dtype(dtype))
-
-
-@pytest.fixture(params=RUNNABLE)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def gradients(case, dtype, backend):

@@ -11,17 +11,7 @@ from pyconv import _C, ops  # noqa: E402
 from pyconv import _spec  # noqa: E402
 from pyconv._spec import ConvGeom  # noqa: E402
 
-ISAS = [isa for isa in ("generic", "avx2", "avx512")
-        if ("generic", "avx2", "avx512").index(isa) <= ("generic", "avx2", "avx512").index(_C.best_isa())]
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Runs the test with the kernels of one ISA variant, then restores the best one."""
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def close(actual, expected, dtype):

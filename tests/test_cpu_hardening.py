@@ -13,15 +13,6 @@ import pytest
 
 from pyconv import _C, ops
 
-ISAS = [isa for isa in ("generic", "avx2", "avx512")
-        if ("generic", "avx2", "avx512").index(isa) <= ("generic", "avx2", "avx512").index(_C.best_isa())]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def run_script(body, timeout=120):

@@ -17,20 +17,8 @@ _C = pytest.importorskip("pyconv._C")
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-BEST_ISA = _C.best_isa()
-ISAS = [isa for isa in ("generic", "avx2", "avx512") if isa in _C.compiled_isas()]
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    try:
-        _C.set_isa(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU cannot run {request.param}")
-    yield request.param
-    _C.set_isa(BEST_ISA)
 
 
 def t(a):

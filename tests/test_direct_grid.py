@@ -12,16 +12,7 @@ from pyconv import _C, _spec, ops
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-ISAS = ("generic", "avx2", "avx512")
-RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
-
-
-@pytest.fixture(params=RUNNABLE)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def algorithm_of(x_shape, w_shape, dtype=np.float32, stride=1, padding=0, dilation=1, groups=1,

@@ -11,21 +11,6 @@ from pyconv import ops
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
 
-def isas():
-    if "cpu" not in pyconv.backends():
-        return []
-    order = ["avx512", "avx2", "generic"]
-    return order[order.index(pyconv._C.best_isa()):]
-
-
-@pytest.fixture(params=isas())
-def isa(request):
-    saved = pyconv._C.isa()
-    pyconv._C.set_isa(request.param)
-    yield request.param
-    pyconv._C.set_isa(saved)
-
-
 def ulps(actual, exact, dtype):
     """|actual - exact| in units of the last place of exact rounded to dtype."""
     spacing = np.spacing(np.abs(exact.astype(dtype))).astype(np.float64)

@@ -11,8 +11,6 @@ from pyconv import _C, _spec, ops
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-ISAS = ("generic", "avx2", "avx512")
-RUNNABLE = ISAS[:ISAS.index(_C.best_isa()) + 1]
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 # (x shape, output channels, stride, dilation): the last row of pixels and the last column
@@ -26,13 +24,6 @@ CASES = [
     ((2, 4, 5, 5), 3, 8, 1),
     ((2, 3, 37, 34), 5, 2, 1),  # output rows of 17 pixels: whole vectors of a row gathered
 ]
-
-
-@pytest.fixture(params=RUNNABLE)
-def isa(request):
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(_C.best_isa())
 
 
 def algorithm_of(x_shape, w_shape, stride, dilation=1, padding=0, groups=1, algorithm="auto"):

@@ -533,14 +533,8 @@ PYBIND11_MODULE(_C, m) {
     m.def("compiler", [] { return std::string("GCC ") + __VERSION__; });
     m.def("mxcsr", [] { return _mm_getcsr(); },
           "this thread's MXCSR (SSE control and status: FTZ is bit 15, DAZ bit 6)");
-    m.def("worker_mxcsrs", [](int threads) {
-              if (threads < 1) throw py::value_error("worker_mxcsrs: threads must be >= 1");
-              std::vector<unsigned> csr(threads);
-#pragma omp parallel num_threads(threads)
-              csr[omp_get_thread_num()] = _mm_getcsr();
-              return csr;
-          },
-          py::arg("threads"), "the MXCSR of each thread of an OpenMP team of this size");
+    m.def("worker_mxcsrs", &pool_idle_mxcsrs,
+          "the MXCSR of each worker thread of the kernels' pool between jobs (none before the first job)");
 
     // ---- Pooling
 

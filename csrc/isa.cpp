@@ -1,7 +1,8 @@
 // Run-time choice of the kernel table, and the thread count every kernel uses.
-#include <omp.h>
 #include <pthread.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -61,13 +62,25 @@ const KernelTable& active_table() {
     }
 }
 
-static std::atomic<int> g_threads{omp_get_max_threads()};
+// The default thread count: OMP_NUM_THREADS where set (the variable every threaded numeric
+// library reads; its first entry), else the CPUs this process may run on.
+static int default_threads() {
+    if (const char* s = std::getenv("OMP_NUM_THREADS")) {
+        char* end = nullptr;
+        const long n = std::strtol(s, &end, 10);
+        if (end != s && n >= 1 && n <= 4096) return int(n);
+    }
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) return std::max(1, CPU_COUNT(&cpus));
+    return 1;
+}
 
-// Fork safety. GNU OpenMP is not fork-safe: a child forked after a parallel region ran inherits
-// a thread pool whose threads do not exist in it, and the child's next parallel region with
-// more than one thread waits for them forever. A team of one thread does not use the pool, so
-// in a forked child every kernel runs on the calling thread alone, whatever set_num_threads
-// asks for (a process pool of forked workers is parallel across its processes anyway).
+static std::atomic<int> g_threads{default_threads()};
+
+// Fork safety. A child forked while the kernels' thread pool exists (common/thread_pool.h)
+// has none of its threads: in a forked child every kernel runs on the calling thread alone,
+// whatever set_num_threads asks for (a process pool of forked workers is parallel across its
+// processes anyway).
 static std::atomic<bool> g_forked_child{false};
 
 static void on_fork_in_child() { g_forked_child.store(true); }

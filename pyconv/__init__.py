@@ -11,35 +11,33 @@ from __future__ import annotations
 import os as _os
 
 
-# Idle OpenMP workers spin this many times before they sleep: about a millisecond on the
-# development host (a worker burnt ~1 ms of CPU after each parallel region).
-_SPIN_COUNT = "20000"
+def _shorten_openmp_spins():
+    """Loads GNU OpenMP (libgomp) with idle workers that spin about a millisecond, not
+    libgomp's default of about 15, unless it is loaded already or the user set
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT.
 
-
-def _load_extension_with_short_spins():
-    """Imports pyconv._C so that its OpenMP runtime's idle workers spin briefly, then sleep.
-
-    A training step or an ONNX graph runs kernels back to back, a few to a few hundred
-    microseconds apart: a worker that sleeps at once must be woken for every parallel region
-    (a small ResNet graph then took 1.3-1.4x longer on 2 threads than with this spin), while one
-    that spins for long keeps a core from the Python thread's NumPy glue and from other
-    libraries' thread pools (libgomp's default spins 15 times longer). libgomp reads
-    OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when it loads; the variable is set only for that
-    moment, and not at all if the user set either. One process has one libgomp: a library
-    that links the same one (PyTorch's wheel does) shares it with pyconv, with the settings of
-    whichever loaded it first."""
+    pyconv's kernels do not use OpenMP (they run on their own thread pool), but PyTorch and
+    Numba's OpenMP layer do, and a process that alternates their ops with pyconv's (a model
+    converted with pyconv.torch, a benchmark against PyTorch) would otherwise have their idle
+    workers spinning on the cores for ~15 ms after each of their calls, halving what two pyconv
+    threads get (measured: the conv2d, activation and pooling rows of `pyconv bench` 1.5-2.5x
+    slower on 2 threads). libgomp reads the variable once, when it loads, and one process has
+    one libgomp (PyTorch's wheel ships one under the same name), so the variable is set only
+    for that moment."""
     if "OMP_WAIT_POLICY" in _os.environ or "GOMP_SPINCOUNT" in _os.environ:
         return
-    _os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
+    import ctypes
+
+    _os.environ["GOMP_SPINCOUNT"] = "20000"
     try:
-        from . import _C  # noqa: F401
-    except ImportError:
-        pass  # reported by backends() / info() as "cpu backend unavailable"
+        ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pass  # no GNU OpenMP on this system: nothing of it to configure
     finally:
         del _os.environ["GOMP_SPINCOUNT"]
 
 
-_load_extension_with_short_spins()
+_shorten_openmp_spins()
 
 
 def _keep_freed_memory():
@@ -114,7 +112,7 @@ _num_threads: int | None = None
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by the CPU backends (C++ OpenMP kernels and Numba's parallel loops).
+    """Threads used by the CPU backends (the C++ kernels' thread pool and Numba's parallel loops).
 
     The cpu backend's results have the same bits whatever `n` (README, "Thread-count
     determinism"); the numba backend's may differ in the last bits."""

@@ -235,11 +235,13 @@ def test_kernels_leave_every_threads_mxcsr_as_they_found_it(rng):
     threads = pyconv.get_num_threads()
     pyconv.set_num_threads(3)
     try:
-        caller, workers = _C.mxcsr(), _C.worker_mxcsrs(3)
+        caller = _C.mxcsr()
         assert not caller & FTZ_DAZ
         run_every_op(rng)
         assert _C.mxcsr() == caller
-        assert _C.worker_mxcsrs(3) == workers
+        workers = _C.worker_mxcsrs()
+        assert len(workers) >= 2  # the ops above ran on the pool's workers
+        assert not any(csr & FTZ_DAZ for csr in workers)
     finally:
         pyconv.set_num_threads(threads)
 

@@ -14,19 +14,13 @@ namespace pyconv {
 namespace PYCONV_ISA {
 
 // Sets FTZ and DAZ in this thread's MXCSR for the object's lifetime. The bindings open one on
-// the calling thread around every kernel. Parallel regions name one as firstprivate:
-//
-//     FlushDenormals ftz;
-//     #pragma omp parallel num_threads(n) firstprivate(ftz)
-//
-// OpenMP copy-constructs a private copy on every thread of the team as the region starts and
-// destroys it as the region ends, so each worker flushes exactly for the region: libgomp's
-// threads are shared with any other OpenMP code in the process, which must not inherit the
-// flags.
+// the calling thread around every kernel, and kernels open one before they hand tasks to the
+// thread pool, whose workers run every task with the caller's MXCSR (common/thread_pool.h)
+// and restore their own after it.
 class FlushDenormals {
 public:
     FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtzDaz); }
-    FlushDenormals(const FlushDenormals&) : FlushDenormals() {}
+    FlushDenormals(const FlushDenormals&) = delete;
     FlushDenormals& operator=(const FlushDenormals&) = delete;
     ~FlushDenormals() { _mm_setcsr(saved_); }
 

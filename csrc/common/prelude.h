@@ -14,7 +14,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -28,10 +27,12 @@
 #include <memory>
 #include <new>
 #include <numeric>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "common/checked.h"
+#include "common/thread_pool.h"
 #include "kernels.h"
 
 // The ISA of this compilation: kernels_<isa>.cpp define both before including anything. A

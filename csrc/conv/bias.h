@@ -10,9 +10,8 @@ namespace PYCONV_ISA {
 template <class T>
 void conv2d_grad_bias(int64_t N, int64_t K, int64_t plane, const T* dy, T* db) {
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), K));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-    for (int64_t k = 0; k < K; ++k) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(K, threads, [&](int64_t k, int) {
         double acc = 0.0;  // float32 sums of ~10^5 terms lose digits; double costs nothing here
         for (int64_t n = 0; n < N; ++n) {
             const T* p = dy + (n * K + k) * plane;
@@ -20,7 +19,7 @@ void conv2d_grad_bias(int64_t N, int64_t K, int64_t plane, const T* dy, T* db) {
             for (int64_t i = 0; i < plane; ++i) acc += double(p[i]);
         }
         db[k] = T(acc);
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -118,25 +118,21 @@ void conv2d_grad_input_col2im(const ConvShape& g, const T* dy, const T* w, T* dx
     const Col2imUnits units = col2im_units(g);
     const int threads = static_cast<int>(std::min<int64_t>(num_threads(), units.count()));
     std::vector<GemmBuffers<T>> bufs(threads);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        GemmBuffers<T>& buf = bufs[omp_get_thread_num()];
-#pragma omp for schedule(static)
-        for (int64_t unit = 0; unit < units.count(); ++unit) {
-            const int64_t n0 = units.image_begin(unit), n1 = units.image_end(unit);
-            const int64_t c0 = units.channel_begin(unit), c1 = units.channel_end(unit);
-            for (int64_t n = n0; n < n1; ++n)
-                for (int64_t grp = 0; grp < g.groups; ++grp)
-                    std::fill(dx + (n * g.C + grp * Cg + c0) * HW, dx + (n * g.C + grp * Cg + c1) * HW, T(0));
-            for (int64_t grp = 0; grp < g.groups && c0 < c1 && n0 < n1; ++grp) {
-                const InMatrixA<T> A = InMatrixA<T>::plain(wt.get() + grp * rows * Kg, Kg, Kg);
-                const InMatrixB<T> B{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
-                const Col2im<T> C{dx + grp * Cg * HW, g.C * HW, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, taps.data()};
-                gemm_block<T>(c0 * RS, c1 * RS, n0 * HoWo, n1 * HoWo, 0, Kg, A, B, C, Store::accumulate, buf);
-            }
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(units.count(), threads, [&](int64_t unit, int worker) {
+        GemmBuffers<T>& buf = bufs[size_t(worker)];
+        const int64_t n0 = units.image_begin(unit), n1 = units.image_end(unit);
+        const int64_t c0 = units.channel_begin(unit), c1 = units.channel_end(unit);
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t grp = 0; grp < g.groups; ++grp)
+                std::fill(dx + (n * g.C + grp * Cg + c0) * HW, dx + (n * g.C + grp * Cg + c1) * HW, T(0));
+        for (int64_t grp = 0; grp < g.groups && c0 < c1 && n0 < n1; ++grp) {
+            const InMatrixA<T> A = InMatrixA<T>::plain(wt.get() + grp * rows * Kg, Kg, Kg);
+            const InMatrixB<T> B{dy + grp * Kg * HoWo, HoWo, HoWo, g.K * HoWo};
+            const Col2im<T> C{dx + grp * Cg * HW, g.C * HW, g.H, g.W, g.Ho, g.Wo, g.sh, g.sw, taps.data()};
+            gemm_block<T>(c0 * RS, c1 * RS, n0 * HoWo, n1 * HoWo, 0, Kg, A, B, C, Store::accumulate, buf);
         }
-    }
+    });
 }
 
 // The input gradient by whole column blocks (stride 1, no dilation, one group, AVX-512): for a
@@ -174,46 +170,41 @@ void conv2d_grad_input_col_rows(const ConvShape& g, const T* dy, const T* w, T* 
     for (int i = 0; i < threads; ++i) bufs.emplace_back(rows, cols, g.K);
     const Scratch<T> blocks = scratch<T>(checked_mul(int64_t(threads), rows, cols));
     const InMatrixA<T> A = InMatrixA<T>::plain(wt.get(), g.K, g.K);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int t = omp_get_thread_num();
-        T* col = blocks.get() + t * rows * cols;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t job = 0; job < jobs; ++job) {
-            const int64_t n0 = job * images, n1 = std::min(g.N, n0 + images);
-            const InMatrixB<T> B{dy + n0 * g.K * HoWo, HoWo, HoWo, g.K * HoWo};
-            gemm_block<T>(0, rows, 0, (n1 - n0) * HoWo, 0, g.K, A, B, OutMatrix<T>::plain(col, cols, cols),
-                          Store::overwrite, bufs[t]);
-            for (int64_t n = n0; n < n1; ++n)
-                for (int64_t c = 0; c < g.C; ++c)
-                    for (int64_t h = 0; h < g.H; ++h)
-                        for (int64_t w0 = 0; w0 < g.W; w0 += L) {
-                            typename S::V acc = S::zero();
-                            for (int64_t r = 0; r < g.R; ++r) {
-                                const int64_t ho = h + g.ph - r;
-                                if (ho < 0 || ho >= g.Ho) continue;
-                                for (int64_t s = 0; s < g.S; ++s) {
-                                    // Lane i is w = w0 + i, from wo = w + pw - s where 0 <= wo < Wo.
-                                    const int64_t shift = g.pw - s + w0;  // wo of lane 0
-                                    const int64_t lo = std::max<int64_t>(0, -shift);
-                                    const int64_t hi = std::min<int64_t>({int64_t(L), g.Wo - shift, g.W - w0});
-                                    if (lo >= hi) continue;
-                                    const T* src = col + (c * RS + r * g.S + s) * cols + (n - n0) * HoWo + ho * g.Wo + shift;
-                                    const uint32_t mask = uint32_t(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
-                                    if constexpr (sizeof(T) == 4)
-                                        acc += typename S::V(_mm512_maskz_loadu_ps(__mmask16(mask), src));
-                                    else
-                                        acc += typename S::V(_mm512_maskz_loadu_pd(__mmask8(mask), src));
-                                }
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(jobs, threads, [&](int64_t job, int worker) {
+        T* col = blocks.get() + worker * rows * cols;
+        const int64_t n0 = job * images, n1 = std::min(g.N, n0 + images);
+        const InMatrixB<T> B{dy + n0 * g.K * HoWo, HoWo, HoWo, g.K * HoWo};
+        gemm_block<T>(0, rows, 0, (n1 - n0) * HoWo, 0, g.K, A, B, OutMatrix<T>::plain(col, cols, cols),
+                      Store::overwrite, bufs[size_t(worker)]);
+        for (int64_t n = n0; n < n1; ++n)
+            for (int64_t c = 0; c < g.C; ++c)
+                for (int64_t h = 0; h < g.H; ++h)
+                    for (int64_t w0 = 0; w0 < g.W; w0 += L) {
+                        typename S::V acc = S::zero();
+                        for (int64_t r = 0; r < g.R; ++r) {
+                            const int64_t ho = h + g.ph - r;
+                            if (ho < 0 || ho >= g.Ho) continue;
+                            for (int64_t s = 0; s < g.S; ++s) {
+                                // Lane i is w = w0 + i, from wo = w + pw - s where 0 <= wo < Wo.
+                                const int64_t shift = g.pw - s + w0;  // wo of lane 0
+                                const int64_t lo = std::max<int64_t>(0, -shift);
+                                const int64_t hi = std::min<int64_t>({int64_t(L), g.Wo - shift, g.W - w0});
+                                if (lo >= hi) continue;
+                                const T* src = col + (c * RS + r * g.S + s) * cols + (n - n0) * HoWo + ho * g.Wo + shift;
+                                const uint32_t mask = uint32_t(((uint64_t(1) << hi) - 1) & ~((uint64_t(1) << lo) - 1));
+                                if constexpr (sizeof(T) == 4)
+                                    acc += typename S::V(_mm512_maskz_loadu_ps(__mmask16(mask), src));
+                                else
+                                    acc += typename S::V(_mm512_maskz_loadu_pd(__mmask8(mask), src));
                             }
-                            const int64_t len = std::min<int64_t>(L, g.W - w0);
-                            T* d = dx + (n * g.C + c) * HW + h * g.W + w0;
-                            if (len == L) S::store(d, acc);
-                            else store_first<T>(d, acc, int(len));
                         }
-        }
-    }
+                        const int64_t len = std::min<int64_t>(L, g.W - w0);
+                        T* d = dx + (n * g.C + c) * HW + h * g.W + w0;
+                        if (len == L) S::store(d, acc);
+                        else store_first<T>(d, acc, int(len));
+                    }
+    });
 #else
     conv2d_grad_input_col2im(g, dy, w, dx);
 #endif

@@ -336,15 +336,14 @@ void conv2d_forward_depthwise(const ConvShape& g, const T* x, const T* w, const 
     auto buffers = depthwise_buffers<T>(threads, p, 0);
     std::vector<T> zero_row(size_t(g.W), T(0));
     depthwise_specialised(g.R, g.S, g.sw, [&](auto R_, auto S_, auto SW) {
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-        for (int64_t q = 0; q < planes; ++q) {
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_for(planes, threads, [&](int64_t q, int worker) {
             const int64_t n = q / g.K, k = q % g.K;
-            auto& b = buffers[size_t(omp_get_thread_num())];
+            auto& b = buffers[size_t(worker)];
             depthwise_plane<T, decltype(R_)::value, decltype(S_)::value, decltype(SW)::value>(
                 p, cols, x + (n * g.C + k / Kg) * g.H * g.W, w + k * RS, bias ? bias[k] : T(0), false,
                 zero_row.data(), b.rows.data(), b.weights(), y + q * g.Ho * g.Wo);
-        }
+        });
     });
 }
 
@@ -397,11 +396,10 @@ void conv2d_grad_input_depthwise(const ConvShape& g, const T* dy, const T* w, T*
     for (int64_t k = 0; k < g.K; ++k)
         for (int64_t t = 0; t < RS; ++t) flipped[size_t(k * RS + t)] = w[k * RS + RS - 1 - t];
     depthwise_specialised(g.R, g.S, 1, [&](auto R_, auto S_, auto SW) {
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-        for (int64_t q = 0; q < planes; ++q) {
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_for(planes, threads, [&](int64_t q, int worker) {
             const int64_t n = q / g.C, c = q % g.C;
-            auto& b = buffers[size_t(omp_get_thread_num())];
+            auto& b = buffers[size_t(worker)];
             for (int64_t kk = 0; kk < Kg; ++kk) {
                 const int64_t k = c * Kg + kk;
                 const T* in = dy + (n * g.K + k) * g.Ho * g.Wo;
@@ -413,7 +411,7 @@ void conv2d_grad_input_depthwise(const ConvShape& g, const T* dy, const T* w, T*
                     p, cols, in, flipped.data() + k * RS, T(0), kk > 0, zero_row.data(), b.rows.data(),
                     b.weights(), dx + q * g.H * g.W);
             }
-        }
+        });
     });
 }
 
@@ -500,11 +498,11 @@ void conv2d_grad_weight_depthwise(const ConvShape& g, const T* dy, const T* x, T
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.K)));
     auto buffers = depthwise_buffers<T>(threads, p, 0);
     depthwise_specialised(g.R, g.S, g.sw, [&](auto R_, auto S_, auto SW) {
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-        for (int64_t k = 0; k < g.K; ++k)
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_for(g.K, threads, [&](int64_t k, int worker) {
             depthwise_grad_weight_channel<T, decltype(R_)::value, decltype(S_)::value, decltype(SW)::value>(
-                g, p, cols, dy, x, k, buffers[size_t(omp_get_thread_num())], dw + k * g.R * g.S);
+                    g, p, cols, dy, x, k, buffers[size_t(worker)], dw + k * g.R * g.S);
+        });
     });
 }
 

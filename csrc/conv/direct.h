@@ -21,11 +21,10 @@ void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* 
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
     for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(checked_add(checked_mul(Cg, pp.size()), V::lanes)));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-    for (int64_t job = 0; job < jobs; ++job) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(jobs, threads, [&](int64_t job, int worker) {
         const int64_t n = job / g.groups, grp = job % g.groups;
-        T* xp = pads[omp_get_thread_num()].get();
+        T* xp = pads[worker].get();
         T* last = xp + Cg * pp.size();  // the vector of outputs that straddles Wo
         for (int64_t c = 0; c < Cg; ++c)
             pad_plane(g, pp, x + ((n * g.C) + grp * Cg + c) * g.H * g.W, xp + c * pp.size());
@@ -63,7 +62,7 @@ void conv2d_forward_direct(const ConvShape& g, const T* x, const T* w, const T* 
                 }
             }
         }
-    }
+    });
 }
 
 // grad_x: each output gradient element scatters into a zero-padded copy of the input planes,
@@ -76,11 +75,10 @@ void conv2d_grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs));
     std::vector<Scratch<T>> pads;
     for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(checked_mul(Cg, pp.size())));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-    for (int64_t job = 0; job < jobs; ++job) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(jobs, threads, [&](int64_t job, int worker) {
         const int64_t n = job / g.groups, grp = job % g.groups;
-        T* dxp = pads[omp_get_thread_num()].get();
+        T* dxp = pads[worker].get();
         std::fill(dxp, dxp + Cg * pp.size(), T(0));
         for (int64_t kk = 0; kk < Kg; ++kk) {
             const int64_t k = grp * Kg + kk;
@@ -112,7 +110,7 @@ void conv2d_grad_input_direct(const ConvShape& g, const T* dy, const T* w, T* dx
                 gather_row(dxp + c * pp.size() + hp * pp.Wp, pp.Wp, g.pw, 1, g.W, out + h * g.W, 1);
             }
         }
-    }
+    });
 }
 
 // grad_w: one dot product over (n, ho, wo) per weight; jobs are (group, output channel).
@@ -123,11 +121,10 @@ void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* d
     const int threads = std::max<int64_t>(1, std::min<int64_t>(num_threads(), g.K));
     std::vector<Scratch<T>> pads;
     for (int t = 0; t < threads; ++t) pads.push_back(scratch<T>(pp.size()));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-    for (int64_t k = 0; k < g.K; ++k) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(g.K, threads, [&](int64_t k, int worker) {
         const int64_t grp = k / Kg;
-        T* xp = pads[omp_get_thread_num()].get();
+        T* xp = pads[worker].get();
         T* dwk = dw + k * Cg * RS;
         std::fill(dwk, dwk + Cg * RS, T(0));
         for (int64_t n = 0; n < g.N; ++n) {
@@ -147,7 +144,7 @@ void conv2d_grad_weight_direct(const ConvShape& g, const T* dy, const T* x, T* d
                     }
             }
         }
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -122,25 +122,21 @@ void conv2d_forward_direct_channels_with(const ConvShape& g, const T* x, const T
     const int64_t taps = g.C * g.R * g.S, pixels = g.Ho * g.Wo, row_stride = g.sh * g.W;
     const int64_t buffer = (pixels * kDirectChannels + 15) / 16 * 16;  // a thread's, in whole cache lines
     const Scratch<T> buffers = scratch<T>(checked_mul(int64_t(threads), buffer));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        T* out = buffers.get() + omp_get_thread_num() * buffer;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t n = 0; n < g.N; ++n) {
-            const T* xn = x + n * g.C * g.H * g.W;
-            // The last block of rows (columns) starts early enough to end at Ho (Wo).
-            for (int64_t h = 0; h < g.Ho; h += ROWS) {
-                const int64_t ho = std::min<int64_t>(h, g.Ho - ROWS);
-                for (int64_t c = 0; c < g.Wo; c += P) {
-                    const int64_t wo = std::min<int64_t>(c, g.Wo - P);
-                    direct_channels_tile<T, P>(xn + ho * row_stride + wo, row_stride, offsets, taps, wpack, bias,
-                                               g.Wo, out + (ho * g.Wo + wo) * kDirectChannels);
-                }
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(g.N, threads, [&](int64_t n, int worker) {
+        T* out = buffers.get() + worker * buffer;
+        const T* xn = x + n * g.C * g.H * g.W;
+        // The last block of rows (columns) starts early enough to end at Ho (Wo).
+        for (int64_t h = 0; h < g.Ho; h += ROWS) {
+            const int64_t ho = std::min<int64_t>(h, g.Ho - ROWS);
+            for (int64_t c = 0; c < g.Wo; c += P) {
+                const int64_t wo = std::min<int64_t>(c, g.Wo - P);
+                direct_channels_tile<T, P>(xn + ho * row_stride + wo, row_stride, offsets, taps, wpack, bias,
+                                           g.Wo, out + (ho * g.Wo + wo) * kDirectChannels);
             }
-            store_channels_last(out, pixels, y + n * kDirectChannels * pixels);
         }
-    }
+        store_channels_last(out, pixels, y + n * kDirectChannels * pixels);
+    });
 }
 
 // The forward instantiated for exactly P columns per tile (P = cols, counting down).

@@ -305,24 +305,22 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     // so a thread fills an image about once (two threads on one image both fill it: the same
     // values, so no bit changes).
     const int64_t buffer = (a.image + wide + 15) / 16 * 16;  // a thread's, in whole cache lines
-    Scratch<T> buffers;  // allocated here: an exception must not leave the parallel region
+    Scratch<T> buffers;  // allocated here: an exception must not leave a pool thread
     if (!a.xq) {
         buffers = scratch<T>(checked_mul(int64_t(threads), buffer));
         for (int i = 0; i < threads; ++i) std::fill_n(buffers.get() + i * buffer + a.image, wide, T(0));
     }
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-    T* copies = a.xq ? nullptr : buffers.get() + omp_get_thread_num() * buffer;
-    int64_t filled = -1;  // the image in `copies`
-#pragma omp for schedule(dynamic, batch)
-    for (int64_t job = 0; job < jobs; ++job) {
+    std::vector<int64_t> filled(size_t(threads), -1);  // the image in each thread's copies
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(jobs, (jobs + batch - 1) / batch, threads, [&](int64_t begin, int64_t end, int worker) {
+    T* copies = a.xq ? nullptr : buffers.get() + worker * buffer;
+    for (int64_t job = begin; job < end; ++job) {
         const int64_t chunk = job % chunks, block = job / chunks % a.channel_blocks;
         const int64_t grp = job / chunks / a.channel_blocks % g.groups, n = job / chunks / a.channel_blocks / g.groups;
         const int64_t k0 = grp * Kg + block * KB, channels = std::min<int64_t>(KB, Kg - block * KB);
-        if (!a.xq && filled != n) {
+        if (!a.xq && filled[size_t(worker)] != n) {
             fill_column_copies(g, *a.columns, a.x + n * g.C * g.H * g.W, copies);
-            filled = n;
+            filled[size_t(worker)] = n;
         }
         const T* xg = (a.xq ? a.xq + n * a.image : copies) + grp * a.group;
         const T* wb = a.wpack + (grp * a.channel_blocks + block) * taps * KB;
@@ -342,7 +340,7 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
                                             plane, yk);
         }
     }
-    }
+    });
 }
 
 // The kernel instantiated for exactly KB channels per tile (KB = kb, counting down).

@@ -72,9 +72,8 @@ struct PaddedInput {
         }
         storage = scratch<T>(checked_mul(g.N, g.C, pp.size()));
         data = storage.get(), image = g.C * pp.size(), plane = pp.size(), row = pp.Wp;
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
-        for (int64_t p = 0; p < g.N * g.C; ++p) pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane);
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_for(g.N * g.C, num_threads(), [&](int64_t p, int) { pad_plane(g, pp, x + p * g.H * g.W, storage.get() + p * plane); });
     }
     int64_t tap_offset(const ConvShape& g, int64_t c, int64_t r, int64_t s) const {
         return c * plane + r * g.dh * row + s * g.dw;

@@ -60,9 +60,8 @@ template <class T>
 void fill_phase_grid_stride2(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq, int threads) {
     const int64_t planes = g.N * g.C, n = 2 * pg.Wq;
     const int64_t lo = std::min(g.pw, n), hi = std::max(lo, std::min(n, g.pw + g.W));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-    for (int64_t p = 0; p < planes; ++p) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(planes, threads, [&](int64_t p, int) {
         const T* src = x + p * g.H * g.W;
         alignas(64) T shifted[2 * kStride2RowMax];
         for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
@@ -84,7 +83,7 @@ void fill_phase_grid_stride2(const ConvShape& g, const PhaseGrid& pg, const T* x
                     d1[t] = shifted[2 * t + 1];
                 }
             }
-    }
+    });
     std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
 }
 
@@ -92,9 +91,8 @@ template <class T>
 void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq, int threads = num_threads()) {
     if (g.sw == 2 && pg.Wq <= kStride2RowMax) return fill_phase_grid_stride2(g, pg, x, xq, threads);
     const int64_t planes = g.N * g.C;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(static) firstprivate(ftz)
-    for (int64_t p = 0; p < planes; ++p) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(planes, threads, [&](int64_t p, int) {
         const T* src = x + p * g.H * g.W;
         for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
             for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
@@ -116,7 +114,7 @@ void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq,
                     std::fill(d + hi, d + pg.Wq, T(0));
                 }
             }
-    }
+    });
     std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
 }
 
@@ -161,14 +159,17 @@ template <class T>
 bool dropped_columns_finite(const ConvShape& g, const PhaseGrid& pg, const T* xq) {
     if (pg.Wq == g.Wo) return true;
     const int64_t rows = g.N * g.C * pg.phases * pg.Hq;
-    int64_t bad = 0;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) reduction(+ : bad) firstprivate(ftz)
-    for (int64_t r = 0; r < rows; ++r) {
-        const T* row = xq + r * pg.Wq;
-        for (int64_t w = 0; w < pg.slack; ++w) bad += !(row[w] - row[w] == T(0));  // NaN unless finite
-        for (int64_t w = g.Wo; w < pg.Wq; ++w) bad += !(row[w] - row[w] == T(0));
-    }
+    std::atomic<int64_t> bad{0};
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(rows, num_threads(), [&](int64_t begin, int64_t end, int) {
+        int64_t found = 0;
+        for (int64_t r = begin; r < end; ++r) {
+            const T* row = xq + r * pg.Wq;
+            for (int64_t w = 0; w < pg.slack; ++w) found += !(row[w] - row[w] == T(0));  // NaN unless finite
+            for (int64_t w = g.Wo; w < pg.Wq; ++w) found += !(row[w] - row[w] == T(0));
+        }
+        bad += found;
+    });
     return bad == 0;
 }
 
@@ -186,14 +187,14 @@ bool conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
     const T* xq = phase_grid_of(g, pg, x, storage);
     if (!dropped_columns_finite(g, pg, xq)) return false;
     Scratch<T> dyq = scratch<T>(checked_mul(g.N, g.K, pixels));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
-    for (int64_t p = 0; p < g.N * g.K; ++p)
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(g.N * g.K, num_threads(), [&](int64_t p, int) {
         for (int64_t ho = 0; ho < g.Ho; ++ho) {
             T* d = dyq.get() + p * pixels + ho * pg.Wq;
             std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
             std::fill(d + g.Wo, d + pg.Wq, T(0));
         }
+    });
     const std::vector<int64_t> offsets = tap_offsets(g, pg);
     // The dot-product tile pads rows to MR and columns to NR: with few output channels (LeNet's
     // first layer: 6 channels x 25 taps, 8 x 30 slots in AVX-512's 4 x 6 tiles) the transposed

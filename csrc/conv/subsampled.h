@@ -30,13 +30,13 @@ template <class T>
 Scratch<T> subsample(const ConvShape& g, const T* x) {
     Scratch<T> xs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
     T* out = xs.get();
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < g.N * g.C; ++p)
+    parallel_for(g.N * g.C, num_threads(), [&](int64_t p, int) {
         for (int64_t ho = 0; ho < g.Ho; ++ho) {
-            const T* row = x + (p * g.H + ho * g.sh) * g.W;
-            T* d = out + (p * g.Ho + ho) * g.Wo;
-            for (int64_t wo = 0; wo < g.Wo; ++wo) d[wo] = row[wo * g.sw];
-        }
+                const T* row = x + (p * g.H + ho * g.sh) * g.W;
+                T* d = out + (p * g.Ho + ho) * g.Wo;
+                for (int64_t wo = 0; wo < g.Wo; ++wo) d[wo] = row[wo * g.sw];
+            }
+    });
     return xs;
 }
 
@@ -107,8 +107,7 @@ void conv2d_forward_subsampled(const ConvShape& g, const T* x, const T* w, const
 // grad_x = 0 except at the read pixels, where it is dxs.
 template <class T>
 void scatter_subsampled(const ConvShape& g, const T* dxs, T* dx) {
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < g.N * g.C; ++p) {
+    parallel_for(g.N * g.C, num_threads(), [&](int64_t p, int) {
         T* plane = dx + p * g.H * g.W;
         std::fill(plane, plane + g.H * g.W, T(0));
         for (int64_t ho = 0; ho < g.Ho; ++ho) {
@@ -116,7 +115,7 @@ void scatter_subsampled(const ConvShape& g, const T* dxs, T* dx) {
             T* row = plane + ho * g.sh * g.W;
             for (int64_t wo = 0; wo < g.Wo; ++wo) row[wo * g.sw] = src[wo];
         }
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -205,7 +205,7 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
 
     const int64_t acc_size = k_tiles * t_tiles * KB * TB * L;
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), chunks.count)));
-    // Per thread (allocated here: an exception must not leave a parallel region): the vector
+    // Per thread (allocated here: an exception must not leave a pool thread): the vector
     // accumulators of every tile, and one block's xs.
     std::vector<Scratch<T>> accs, xss;
     for (int t = 0; t < threads; ++t) {
@@ -214,71 +214,68 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
     }
     Scratch<T> partial = scratch<T>(checked_mul(chunks.count, outputs));
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-        {
-            T* acc = accs[omp_get_thread_num()].get();
-            T* xs = xss[omp_get_thread_num()].get();
-#pragma omp for schedule(static)
-            for (int64_t ch = 0; ch < chunks.count; ++ch) {
-                std::fill(acc, acc + acc_size, T(0));
-                for (int64_t block = chunks.begin(ch); block < chunks.end(ch); ++block) {
-                    const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
-                    const int64_t rows = std::min(rb.rows, g.Ho - ho0);
-                    const T* x_image = x + (n * g.C + grp * Cg) * g.H * g.W;
-                    for (int64_t c = 0; c < Cg; ++c)
-                        for (int64_t rh = 0; rh < g.sh; ++rh)
-                            for (int64_t i = 0; i < rb.x_rows; ++i) {
-                                const int64_t h = (ho0 + i) * g.sh + rh - g.ph;
-                                const bool inside = h >= 0 && h < g.H;
-                                const T* src = x_image + (c * g.H + (inside ? h : 0)) * g.W;
-                                for (int64_t s = 0; s < g.S; ++s) {
-                                    T* dst = xs + ((c * g.sh + rh) * g.S + s) * shifted + i * g.Wo;
-                                    const int64_t first = s * g.dw - g.pw;
-                                    if (!inside) {
-                                        std::fill(dst, dst + g.Wo, T(0));
-                                    } else if (g.sw > 1) {
-                                        gather_row(src, g.W, first, g.sw, g.Wo, dst, 1);
-                                    } else {
-                                        for (int64_t w = 0; w < g.Wo; w += L) {
-                                            const V v = load_inside(src, first + w, g.W);
-                                            if (w + L <= g.Wo) Simd<T>::store(dst + w, v);
-                                            else store_first<T>(dst + w, v, static_cast<int>(g.Wo - w));
-                                        }
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_tasks(chunks.count, threads, [&](int64_t ch, int worker) {
+            T* acc = accs[size_t(worker)].get();
+            T* xs = xss[size_t(worker)].get();
+            std::fill(acc, acc + acc_size, T(0));
+            for (int64_t block = chunks.begin(ch); block < chunks.end(ch); ++block) {
+                const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
+                const int64_t rows = std::min(rb.rows, g.Ho - ho0);
+                const T* x_image = x + (n * g.C + grp * Cg) * g.H * g.W;
+                for (int64_t c = 0; c < Cg; ++c)
+                    for (int64_t rh = 0; rh < g.sh; ++rh)
+                        for (int64_t i = 0; i < rb.x_rows; ++i) {
+                            const int64_t h = (ho0 + i) * g.sh + rh - g.ph;
+                            const bool inside = h >= 0 && h < g.H;
+                            const T* src = x_image + (c * g.H + (inside ? h : 0)) * g.W;
+                            for (int64_t s = 0; s < g.S; ++s) {
+                                T* dst = xs + ((c * g.sh + rh) * g.S + s) * shifted + i * g.Wo;
+                                const int64_t first = s * g.dw - g.pw;
+                                if (!inside) {
+                                    std::fill(dst, dst + g.Wo, T(0));
+                                } else if (g.sw > 1) {
+                                    gather_row(src, g.W, first, g.sw, g.Wo, dst, 1);
+                                } else {
+                                    for (int64_t w = 0; w < g.Wo; w += L) {
+                                        const V v = load_inside(src, first + w, g.W);
+                                        if (w + L <= g.Wo) Simd<T>::store(dst + w, v);
+                                        else store_first<T>(dst + w, v, static_cast<int>(g.Wo - w));
                                     }
                                 }
                             }
-                    const T* dy_block = dy + (n * g.K + grp * Kg) * HoWo + ho0 * g.Wo;
-                    const BlockLines<T> next(g, rb, grp, block + 1, dy, x);
-                    const int64_t per_tile = (next.count + k_tiles * t_tiles - 1) / (k_tiles * t_tiles);
-                    for (int64_t kt = 0; kt < k_tiles; ++kt)
-                        for (int64_t tt = 0; tt < t_tiles; ++tt) {
-                            const int64_t tile = kt * t_tiles + tt;
-                            next.prefetch(tile * per_tile, (tile + 1) * per_tile);
-                            rows_tile<T>(dy_block, dy_at.data() + kt * KB, xs, x_at.data() + tt * TB,
-                                         rows * g.Wo, acc + tile * KB * TB * L);
                         }
-                }
-                // The chunk's partial dw: each accumulator's lanes added across.
-                T* out = partial.get() + ch * outputs;
+                const T* dy_block = dy + (n * g.K + grp * Kg) * HoWo + ho0 * g.Wo;
+                const BlockLines<T> next(g, rb, grp, block + 1, dy, x);
+                const int64_t per_tile = (next.count + k_tiles * t_tiles - 1) / (k_tiles * t_tiles);
                 for (int64_t kt = 0; kt < k_tiles; ++kt)
-                    for (int64_t tt = 0; tt < t_tiles; ++tt)
-                        for (int k = 0; k < KB; ++k)
-                            for (int t = 0; t < TB; ++t) {
-                                const int64_t kk = kt * KB + k, tap = tt * TB + t;
-                                if (kk >= Kg || tap >= taps_n) continue;
-                                const T* a = acc + (((kt * t_tiles + tt) * KB + k) * TB + t) * L;
-                                out[kk * taps_n + tap] = Simd<T>::sum(Simd<T>::load(a));
-                            }
+                    for (int64_t tt = 0; tt < t_tiles; ++tt) {
+                        const int64_t tile = kt * t_tiles + tt;
+                        next.prefetch(tile * per_tile, (tile + 1) * per_tile);
+                        rows_tile<T>(dy_block, dy_at.data() + kt * KB, xs, x_at.data() + tt * TB,
+                                     rows * g.Wo, acc + tile * KB * TB * L);
+                    }
             }
-            // dw of the group: the chunks' partials in chunk order.
-#pragma omp for schedule(static)
-            for (int64_t e = 0; e < outputs; ++e) {
+            // The chunk's partial dw: each accumulator's lanes added across.
+            T* out = partial.get() + ch * outputs;
+            for (int64_t kt = 0; kt < k_tiles; ++kt)
+                for (int64_t tt = 0; tt < t_tiles; ++tt)
+                    for (int k = 0; k < KB; ++k)
+                        for (int t = 0; t < TB; ++t) {
+                            const int64_t kk = kt * KB + k, tap = tt * TB + t;
+                            if (kk >= Kg || tap >= taps_n) continue;
+                            const T* a = acc + (((kt * t_tiles + tt) * KB + k) * TB + t) * L;
+                            out[kk * taps_n + tap] = Simd<T>::sum(Simd<T>::load(a));
+                        }
+        });
+        // dw of the group: the chunks' partials in chunk order.
+        parallel_ranges(outputs, threads, [&](int64_t begin, int64_t end, int) {
+            for (int64_t e = begin; e < end; ++e) {
                 T sum = partial[e];
                 for (int64_t ch = 1; ch < chunks.count; ++ch) sum += partial[ch * outputs + e];
                 dw[grp * outputs + e] = sum;
             }
-        }
+        });
     }
 }
 

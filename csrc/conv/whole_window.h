@@ -51,12 +51,12 @@ void conv2d_grad_input_whole_window(const ConvShape& g, const T* dy, const T* w,
     gemm_parallel<T>(g.N, taps_n, g.K, InMatrixA<T>::plain(dy, g.K, g.K),
                      InMatrixB<T>::plain(w, taps_n, taps_n), OutMatrix<T>::plain(out, taps_n, taps_n));
     if (!padded) return;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < g.N * g.C; ++p)
+    parallel_for(g.N * g.C, num_threads(), [&](int64_t p, int) {
         for (int64_t h = 0; h < g.H; ++h) {
             const T* src = out + (p * g.R + h + g.ph) * g.S + g.pw;
             std::copy(src, src + g.W, dx + (p * g.H + h) * g.W);
         }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -233,8 +233,7 @@ struct TransformedFilters {
         constexpr int channels = 8, n = MR * channels;  // pairs per pass: (c, row) with the row fastest
         data = scratch<T>(checked_mul(int64_t(F::points), xi_size));
         const int64_t panels = (g.K + MR - 1) / MR, chunks = (g.C + channels - 1) / channels;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-        for (int64_t job = 0; job < panels * chunks; ++job) {
+        parallel_for(panels * chunks, num_threads(), [&](int64_t job, int) {
             const int64_t p = job / chunks, c0 = job % chunks * channels;
             constexpr int R = F::R, RR = R * R;
             double taps[RR][n], full[F::points][n];
@@ -257,7 +256,7 @@ struct TransformedFilters {
                 T* dst = data.get() + xi * xi_size + p * panel_size + c0 * MR;
                 for (int64_t e = 0; e < run; ++e) dst[e] = T(full[xi][e]);
             }
-        }
+        });
     }
 
     // The A source of position xi, copied panel by panel into the GEMM's buffer.
@@ -667,28 +666,21 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
     }
     // Columns in whole vectors: the input transform wrote them (zeros past the last tile).
     const int64_t cols = std::min(columns, (tl.total + L - 1) / L * L);
-    FlushDenormals ftz;
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int me = omp_get_thread_num();
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < tl.blocks; ++b) {
-            const int64_t t0 = b * tl.block;  // a multiple of NR: panel t0 / NR of V[xi]
-            transform_input<T, F>(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C, v_stride,
-                            rows[me].get());
-        }
-#pragma omp for schedule(static)
-        for (int xi = 0; xi < F::points; ++xi) {
-            const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
-            const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
-            multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
-        }
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < tl.blocks; ++b) {
-            const int64_t t0 = b * tl.block;
-            transform_output<T, F>(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y, ep);
-        }
-    }
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(tl.blocks, threads, [&](int64_t b, int worker) {
+        const int64_t t0 = b * tl.block;  // a multiple of NR: panel t0 / NR of V[xi]
+        transform_input<T, F>(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C, v_stride,
+                              rows[size_t(worker)].get());
+    });
+    parallel_tasks(F::points, threads, [&](int64_t xi, int worker) {
+        const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
+        const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
+        multiply_position(U, int(xi), g.K, cols, g.C, B, M, bufs[size_t(worker)]);
+    });
+    parallel_for(tl.blocks, threads, [&](int64_t b, int) {
+        const int64_t t0 = b * tl.block;
+        transform_output<T, F>(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y, ep);
+    });
 }
 
 }  // namespace winograd
@@ -703,8 +695,8 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
     if (by_position) return forward_by_position(g, Tiling::of<T, F>(g), U, x, bias, y, ep);
     const Tiling tl = Tiling::of_forward<T, F>(g);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
-    // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the parallel
-    // region: an exception must not escape an OpenMP thread.
+    // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the tasks run:
+    // an exception must not escape a pool thread.
     const int64_t v_stride = position_stride<T>(checked_mul(g.C, tl.capacity<T>()));
     const int64_t m_stride = position_stride<T>(checked_mul(g.K, tl.block));
     const int64_t v_size = checked_mul(int64_t(F::points), v_stride), m_size = checked_mul(int64_t(F::points), m_stride);
@@ -718,25 +710,21 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
         std::fill(rows.back().get(), rows.back().get() + rows_size, T(0));  // the margins stay zero
         bufs.emplace_back(false);
     }
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int me = omp_get_thread_num();
-        T* v = vs[me].get();
-        T* m = ms[me].get();
-        for (int64_t b = me; b < tl.blocks; b += omp_get_num_threads()) {
-            const int64_t t0 = b * tl.block, nt = std::min(tl.block, tl.total - t0);
-            transform_input<T, F>(g, tl, x, t0, nt, v, v_stride, rows[me].get());
-            // Columns in whole vectors: the input transform wrote them (zeros past nt).
-            const int64_t cols = std::min(tl.block, (nt + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes);
-            for (int xi = 0; xi < F::points; ++xi) {
-                const TransformedTiles<T> B{v + xi * v_stride, g.C};
-                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
-                multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[me]);
-            }
-            transform_output<T, F>(g, tl, m, t0, nt, tl.block, m_stride, bias, y, ep);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(tl.blocks, threads, [&](int64_t b, int worker) {
+        T* v = vs[size_t(worker)].get();
+        T* m = ms[size_t(worker)].get();
+        const int64_t t0 = b * tl.block, nt = std::min(tl.block, tl.total - t0);
+        transform_input<T, F>(g, tl, x, t0, nt, v, v_stride, rows[size_t(worker)].get());
+        // Columns in whole vectors: the input transform wrote them (zeros past nt).
+        const int64_t cols = std::min(tl.block, (nt + Simd<T>::lanes - 1) / Simd<T>::lanes * Simd<T>::lanes);
+        for (int xi = 0; xi < F::points; ++xi) {
+            const TransformedTiles<T> B{v + xi * v_stride, g.C};
+            const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
+            multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[size_t(worker)]);
         }
-    }
+        transform_output<T, F>(g, tl, m, t0, nt, tl.block, m_stride, bias, y, ep);
+    });
 }
 
 // The weight gradient through F(4x4, 3x3): the adjoint of the forward's per-tile formula,
@@ -855,34 +843,31 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
         std::fill(tmps.back().get(), tmps.back().get() + P * tmp_stride, T(0));  // lanes past C
         bufs.emplace_back(g.K, g.C, chunk);
     }
-    FlushDenormals ftz;
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int me = omp_get_thread_num();
-        for (int64_t c0 = 0; c0 < tl.total; c0 += chunk) {
-            const int64_t tiles = std::min(chunk, tl.total - c0), blocks = (tiles + tl.block - 1) / tl.block;
-#pragma omp for schedule(static)
-            for (int64_t job = 0; job < 2 * blocks; ++job) {
-                const int64_t b = job / 2, t0 = c0 + b * tl.block, nt = std::min(tl.block, c0 + tiles - t0);
-                if (job % 2 == 0)
-                    transform_tile_major<T, F, InputTransform<F>>(g, tl, x, t0, nt, vx.get() + (t0 - c0) * g.C, x_stride,
-                                                            tmps[me].get(), tmp_stride, rows[me].get());
-                else
-                    transform_tile_major<T, F, OutputGradTransform<F>>(gy, tl, dy, t0, nt, vy.get() + (t0 - c0) * g.K,
-                                                                 y_stride, tmps[me].get(), tmp_stride, rows[me].get());
-            }
-#pragma omp for schedule(static)
-            for (int xi = 0; xi < P; ++xi)
-                gemm_block<T>(0, g.K, 0, g.C, 0, tiles, InMatrixAT<T>{vy.get() + xi * y_stride, g.K},
-                              InMatrixB<T>::plain(vx.get() + xi * x_stride, g.C, g.C),
-                              OutMatrix<T>::plain(m.get() + xi * m_stride, g.C, g.C),
-                              c0 == 0 ? Store::overwrite : Store::accumulate, bufs[me]);
-        }
-        // dw[k, c] = G^T M[., k, c] G, for D::lanes consecutive pairs (k, c) at a time.
-        const int64_t pairs = g.K * g.C;
-#pragma omp for schedule(static)
-        for (int64_t p0 = 0; p0 < pairs; p0 += Simd<double>::lanes) filters_back<T, F>(p0, pairs, m.get(), m_stride, dw);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    for (int64_t c0 = 0; c0 < tl.total; c0 += chunk) {
+        const int64_t tiles = std::min(chunk, tl.total - c0), blocks = (tiles + tl.block - 1) / tl.block;
+        parallel_tasks(2 * blocks, threads, [&](int64_t job, int worker) {
+            const int64_t b = job / 2, t0 = c0 + b * tl.block, nt = std::min(tl.block, c0 + tiles - t0);
+            T* tmp = tmps[size_t(worker)].get();
+            T* rows_w = rows[size_t(worker)].get();
+            if (job % 2 == 0)
+                transform_tile_major<T, F, InputTransform<F>>(g, tl, x, t0, nt, vx.get() + (t0 - c0) * g.C, x_stride,
+                                                              tmp, tmp_stride, rows_w);
+            else
+                transform_tile_major<T, F, OutputGradTransform<F>>(gy, tl, dy, t0, nt, vy.get() + (t0 - c0) * g.K,
+                                                                   y_stride, tmp, tmp_stride, rows_w);
+        });
+        parallel_tasks(P, threads, [&](int64_t xi, int worker) {
+            gemm_block<T>(0, g.K, 0, g.C, 0, tiles, InMatrixAT<T>{vy.get() + xi * y_stride, g.K},
+                          InMatrixB<T>::plain(vx.get() + xi * x_stride, g.C, g.C),
+                          OutMatrix<T>::plain(m.get() + xi * m_stride, g.C, g.C),
+                          c0 == 0 ? Store::overwrite : Store::accumulate, bufs[size_t(worker)]);
+        });
     }
+    // dw[k, c] = G^T M[., k, c] G, for D::lanes consecutive pairs (k, c) at a time.
+    constexpr int64_t D = Simd<double>::lanes;
+    const int64_t pairs = g.K * g.C;
+    parallel_for((pairs + D - 1) / D, threads, [&](int64_t q, int) { filters_back<T, F>(q * D, pairs, m.get(), m_stride, dw); });
 }
 
 }  // namespace PYCONV_ISA

@@ -48,8 +48,7 @@ Scratch<T> winograd_blocks_input(const ConvShape& g, const T* x) {
     Scratch<T> x3 = scratch<T>(checked_mul(b.N, b.C, b.H * b.W));
     T* out = x3.get();
     const int64_t across = kernel_blocks_across(g);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t p = 0; p < b.N * b.C; ++p) {
+    parallel_for(b.N * b.C, num_threads(), [&](int64_t p, int) {
         const int64_t n = p / b.C, block = (p % b.C) / g.C, c = p % g.C;
         const int64_t top = 3 * (block / across) - g.ph, left = 3 * (block % across) - g.pw;
         const T* plane = x + (n * g.C + c) * g.H * g.W;
@@ -66,7 +65,7 @@ Scratch<T> winograd_blocks_input(const ConvShape& g, const T* x) {
             std::copy(plane + row * g.W + first + left, plane + row * g.W + last + left, d + first);
             std::fill(d + last, d + b.W, T(0));
         }
-    }
+    });
     return x3;
 }
 

@@ -106,8 +106,7 @@ Scratch<T> phases_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T*
     Scratch<T> X = scratch<T>(bl.elements<T>());
     constexpr int L = Simd<T>::lanes;
     const int64_t HW = g.H * g.W;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t gc = 0; gc < bl.groups * g.C; ++gc) {
+    parallel_for(bl.groups * g.C, num_threads(), [&](int64_t gc, int) {
         const int64_t group = gc / g.C, c = gc % g.C, images = std::min<int64_t>(L, g.N - group * L);
         for (int a = 0; a < 2; ++a)
             for (int b = 0; b < 2; ++b)
@@ -123,7 +122,7 @@ Scratch<T> phases_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T*
                         for (int64_t l = 0; l < images; ++l) lanes[l] = src[l * g.C * HW];
                         std::fill(lanes + images, lanes + L, T(0));
                     }
-    }
+    });
     return X;
 }
 
@@ -133,8 +132,7 @@ Scratch<T> output_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T*
     Scratch<T> X = scratch<T>(bl.elements<T>());
     constexpr int L = Simd<T>::lanes;
     const int64_t HoWo = g.Ho * g.Wo;
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t gk = 0; gk < bl.groups * g.K; ++gk) {
+    parallel_for(bl.groups * g.K, num_threads(), [&](int64_t gk, int) {
         const int64_t group = gk / g.K, k = gk % g.K, images = std::min<int64_t>(L, g.N - group * L);
         for (int64_t r = 0; r < bl.Hx; ++r)
             for (int64_t s = 0; s < bl.Wx; ++s) {
@@ -148,7 +146,7 @@ Scratch<T> output_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T*
                 for (int64_t l = 0; l < images; ++l) lanes[l] = src[l * g.K * HoWo];
                 std::fill(lanes + images, lanes + L, T(0));
             }
-    }
+    });
     return X;
 }
 
@@ -203,46 +201,42 @@ void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t o
         ms.push_back(scratch<T>(checked_mul(int64_t(P), m_stride)));
         bufs.emplace_back(false);
     }
-    FlushDenormals ftz;
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int me = omp_get_thread_num();
-        T* v = vs[me].get();
-        T* m = ms[me].get();
-        for (int64_t blk = me; blk < tl.blocks; blk += omp_get_num_threads()) {
-            const int64_t t0 = blk * tl.block, nt = std::min(tl.block, tl.total - t0);  // whole vectors
-            for (int64_t c = 0; c < C; ++c)
-                for (int64_t first = 0; first < nt; first += L) {
-                    V out[P];
-                    transform_window<T, InputTransform<F>>(bl, X, (t0 + first) / L, positions, cols, c, oh, ow, out);
-                    T* dst = v + (first / NR) * NR * C + c * NR + first % NR;
-                    for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
-                }
-            for (int xi = 0; xi < P; ++xi) {
-                const TransformedTiles<T> B{v + xi * v_stride, C};
-                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
-                multiply_position(U, xi, K, nt, C, B, M, bufs[me]);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(tl.blocks, threads, [&](int64_t blk, int worker) {
+        T* v = vs[size_t(worker)].get();
+        T* m = ms[size_t(worker)].get();
+        const int64_t t0 = blk * tl.block, nt = std::min(tl.block, tl.total - t0);  // whole vectors
+        for (int64_t c = 0; c < C; ++c)
+            for (int64_t first = 0; first < nt; first += L) {
+                V out[P];
+                transform_window<T, InputTransform<F>>(bl, X, (t0 + first) / L, positions, cols, c, oh, ow, out);
+                T* dst = v + (first / NR) * NR * C + c * NR + first % NR;
+                for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
             }
-            alignas(64) T z[kTile * kTile][L];
-            for (int64_t k = 0; k < K; ++k) {
-                const T bk = bias ? bias[k] : T(0);
-                for (int64_t first = 0; first < nt; first += L) {
-                    const int64_t vec = (t0 + first) / L, group = vec / positions, p = vec % positions;
-                    const int64_t n0 = group * L, ho0 = p / cols * kTile, wo0 = p % cols * kTile;
-                    V in[P], mid[kTile * A], out[kTile * kTile];
-                    for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
-                    for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                  // A^T m
-                    for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, out + r * kTile, 1);  // (.) A
-                    for (int q = 0; q < kTile * kTile; ++q) S::store(z[q], out[q] + bk);
-                    const int images = int(std::min<int64_t>(L, bl.N - n0));
-                    const int rows = int(std::min<int64_t>(kTile, Ho - ho0)), columns = int(std::min<int64_t>(kTile, Wo - wo0));
-                    for (int l = 0; l < images; ++l)
-                        for (int r = 0; r < rows; ++r)
-                            for (int s = 0; s < columns; ++s) store(k, n0 + l, ho0 + r, wo0 + s, z[r * kTile + s][l]);
-                }
+        for (int xi = 0; xi < P; ++xi) {
+            const TransformedTiles<T> B{v + xi * v_stride, C};
+            const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
+            multiply_position(U, xi, K, nt, C, B, M, bufs[size_t(worker)]);
+        }
+        alignas(64) T z[kTile * kTile][L];
+        for (int64_t k = 0; k < K; ++k) {
+            const T bk = bias ? bias[k] : T(0);
+            for (int64_t first = 0; first < nt; first += L) {
+                const int64_t vec = (t0 + first) / L, group = vec / positions, p = vec % positions;
+                const int64_t n0 = group * L, ho0 = p / cols * kTile, wo0 = p % cols * kTile;
+                V in[P], mid[kTile * A], out[kTile * kTile];
+                for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
+                for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                  // A^T m
+                for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, out + r * kTile, 1);  // (.) A
+                for (int q = 0; q < kTile * kTile; ++q) S::store(z[q], out[q] + bk);
+                const int images = int(std::min<int64_t>(L, bl.N - n0));
+                const int rows = int(std::min<int64_t>(kTile, Ho - ho0)), columns = int(std::min<int64_t>(kTile, Wo - wo0));
+                for (int l = 0; l < images; ++l)
+                    for (int r = 0; r < rows; ++r)
+                        for (int s = 0; s < columns; ++s) store(k, n0 + l, ho0 + r, wo0 + s, z[r * kTile + s][l]);
             }
         }
-    }
+    });
 }
 
 }  // namespace winograd_phases
@@ -360,40 +354,35 @@ void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T
     const int threads = num_threads();
     std::vector<GemmBuffers<T>> bufs;
     for (int t = 0; t < threads; ++t) bufs.emplace_back(K, C4, ld);
-    FlushDenormals ftz;
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        const int me = omp_get_thread_num();
-        for (int64_t v0 = 0; v0 < vectors; v0 += chunk) {
-            const int64_t nv = std::min(chunk, vectors - v0);
-#pragma omp for schedule(static)
-            for (int64_t job = 0; job < 2 * nv; ++job) {
-                const int64_t vec = v0 + job / 2, at = (job / 2) * L;
-                typename S::V out[P];
-                if (job % 2 == 0)
-                    for (int64_t c = 0; c < C4; ++c) {
-                        transform_window<T, InputTransform<F>>(bx, X.get(), vec, positions, cols, c, 0, 0, out);
-                        for (int q = 0; q < P; ++q) S::store(vx.get() + q * x_stride + c * ld + at, out[q]);
-                    }
-                else
-                    for (int64_t k = 0; k < K; ++k) {
-                        transform_window<T, OutputGradTransform<F>>(by, DY.get(), vec, positions, cols, k, 0, 0, out);
-                        for (int q = 0; q < P; ++q) S::store(vy.get() + q * y_stride + k * ld + at, out[q]);
-                    }
-            }
-#pragma omp for schedule(static)
-            for (int xi = 0; xi < P; ++xi) {
-                const T* bx_rows = vx.get() + xi * x_stride;
-                gemm_block<T>(0, K, 0, C4, 0, nv * L, InMatrixA<T>::plain(vy.get() + xi * y_stride, ld, nv * L),
-                              columns_b<T>([=](int64_t c) { return bx_rows + c * ld; }),
-                              OutMatrix<T>::plain(m.get() + xi * m_stride, C4, C4),
-                              v0 == 0 ? Store::overwrite : Store::accumulate, bufs[me]);
-            }
-        }
-        const int64_t pairs = K * C4;
-#pragma omp for schedule(static)
-        for (int64_t p0 = 0; p0 < pairs; p0 += Simd<double>::lanes) filters_back<T, F>(p0, pairs, m.get(), m_stride, dws.get());
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    for (int64_t v0 = 0; v0 < vectors; v0 += chunk) {
+        const int64_t nv = std::min(chunk, vectors - v0);
+        parallel_tasks(2 * nv, threads, [&](int64_t job, int) {
+            const int64_t vec = v0 + job / 2, at = (job / 2) * L;
+            typename S::V out[P];
+            if (job % 2 == 0)
+                for (int64_t c = 0; c < C4; ++c) {
+                    transform_window<T, InputTransform<F>>(bx, X.get(), vec, positions, cols, c, 0, 0, out);
+                    for (int q = 0; q < P; ++q) S::store(vx.get() + q * x_stride + c * ld + at, out[q]);
+                }
+            else
+                for (int64_t k = 0; k < K; ++k) {
+                    transform_window<T, OutputGradTransform<F>>(by, DY.get(), vec, positions, cols, k, 0, 0, out);
+                    for (int q = 0; q < P; ++q) S::store(vy.get() + q * y_stride + k * ld + at, out[q]);
+                }
+        });
+        parallel_tasks(P, threads, [&](int64_t xi, int worker) {
+            const T* bx_rows = vx.get() + xi * x_stride;
+            gemm_block<T>(0, K, 0, C4, 0, nv * L, InMatrixA<T>::plain(vy.get() + xi * y_stride, ld, nv * L),
+                          columns_b<T>([=](int64_t c) { return bx_rows + c * ld; }),
+                          OutMatrix<T>::plain(m.get() + xi * m_stride, C4, C4),
+                          v0 == 0 ? Store::overwrite : Store::accumulate, bufs[size_t(worker)]);
+        });
     }
+    constexpr int64_t D = Simd<double>::lanes;
+    const int64_t pairs = K * C4;
+    parallel_for((pairs + D - 1) / D, threads,
+                 [&](int64_t q, int) { filters_back<T, F>(q * D, pairs, m.get(), m_stride, dws.get()); });
     merge_weights(g, dws.get(), dw);
 }
 

@@ -33,10 +33,8 @@ void rows_dot_vector(int64_t M, int64_t K, const T* a, const T* v, T* c, bool ac
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int64_t L = S::lanes;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (M * K >= kGemvParallelWork && M > 1)
-    for (int64_t i = 0; i < M; ++i) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(M, threads_if(M * K >= kGemvParallelWork && M > 1), [&](int64_t i, int) {
         const T* row = a + i * K;
         V acc0 = S::splat(T(0)), acc1 = acc0, acc2 = acc0, acc3 = acc0;
         int64_t k = 0;
@@ -50,7 +48,7 @@ void rows_dot_vector(int64_t M, int64_t K, const T* a, const T* v, T* c, bool ac
         T sum = S::sum((acc0 + acc1) + (acc2 + acc3));
         for (; k < K; ++k) sum += row[k] * v[k];
         c[i] = accumulate ? c[i] + sum : sum;
-    }
+    });
 }
 
 // c[j] (+)= sum_k v[k] b[k * N + j] for j < N: the rows of b weighted by v and summed. Threads
@@ -62,10 +60,8 @@ void vector_times_rows(int64_t K, int64_t N, const T* v, const T* b, T* c, bool 
     using V = typename S::V;
     constexpr int64_t L = S::lanes, kVectors = 8, kBlock = kVectors * L;
     const int64_t blocks = (N + kBlock - 1) / kBlock;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (N * K >= kGemvParallelWork && blocks > 1)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(blocks, threads_if(N * K >= kGemvParallelWork && blocks > 1), [&](int64_t blk, int) {
         const int64_t j0 = blk * kBlock;
         if (j0 + kBlock <= N) {
             V acc[kVectors];
@@ -84,24 +80,22 @@ void vector_times_rows(int64_t K, int64_t N, const T* v, const T* b, T* c, bool 
                 c[j] = sum;
             }
         }
-    }
+    });
 }
 
 // c[i * N + j] (+)= u[i] v[j]: a column times a row (the input gradient of a layer with one
 // output). One product per element, rows shared out between threads.
 template <class T>
 void outer_product(int64_t M, int64_t N, const T* u, const T* v, T* c, bool accumulate) {
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (M * N >= kGemvParallelWork && M > 1)
-    for (int64_t i = 0; i < M; ++i) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(M, threads_if(M * N >= kGemvParallelWork && M > 1), [&](int64_t i, int) {
         const T ui = u[i];
         T* row = c + i * N;
         if (accumulate)
             for (int64_t j = 0; j < N; ++j) row[j] += ui * v[j];
         else
             for (int64_t j = 0; j < N; ++j) row[j] = ui * v[j];
-    }
+    });
 }
 
 template <class T>

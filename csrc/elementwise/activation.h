@@ -20,19 +20,25 @@ constexpr int64_t kParallelElementwise = int64_t(1) << 15;
 // y = x where x > 0, else negative_slope * x (ReLU for a slope of 0). NaN stays NaN.
 template <class T>
 void leaky_relu(int64_t n, const T* x, T negative_slope, T* y) {
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for simd num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (n >= kParallelElementwise)
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : x[i] * negative_slope;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(n, threads_if(n >= kParallelElementwise), [&](int64_t begin, int64_t end, int) {
+        // In a register: read through the captured reference in one arm of the select, the
+        // load would have to stay conditional, and the loop would not vectorise.
+        const T slope = negative_slope;
+#pragma omp simd
+        for (int64_t i = begin; i < end; ++i) y[i] = x[i] > T(0) ? x[i] : x[i] * slope;
+    });
 }
 
 // grad_x = grad_y where x > 0, else negative_slope * grad_y.
 template <class T>
 void leaky_relu_backward(int64_t n, const T* grad_y, const T* x, T negative_slope, T* grad_x) {
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for simd num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (n >= kParallelElementwise)
-    for (int64_t i = 0; i < n; ++i) grad_x[i] = x[i] > T(0) ? grad_y[i] : grad_y[i] * negative_slope;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(n, threads_if(n >= kParallelElementwise), [&](int64_t begin, int64_t end, int) {
+        const T slope = negative_slope;  // in a register (see leaky_relu)
+#pragma omp simd
+        for (int64_t i = begin; i < end; ++i) grad_x[i] = x[i] > T(0) ? grad_y[i] : grad_y[i] * slope;
+    });
 }
 
 // ---- ReLU and the smooth activations: ELU, sigmoid, tanh ------------------------------------
@@ -48,10 +54,9 @@ void map_vectors(int64_t n, T* out, Op op, const In*... in) {
     using S = Simd<T>;
     constexpr int L = S::lanes;
     const int64_t vectors = n / L;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (n >= kParallelElementwise)
-    for (int64_t v = 0; v < vectors; ++v) S::store(out + v * L, op(S::load(in + v * L)...));
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(vectors, threads_if(n >= kParallelElementwise),
+                 [&](int64_t v, int) { S::store(out + v * L, op(S::load(in + v * L)...)); });
     const int64_t done = vectors * L, tail = n - done;
     if (tail == 0) return;
     auto padded = [&](const T* p) {
@@ -252,15 +257,13 @@ void tanh_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {
 template <class T>
 void prelu(int64_t N, int64_t C, int64_t inner, const T* x, const T* w, int64_t w_size, T* y) {
     FlushDenormals ftz;
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (N * C * inner >= kParallelElementwise)
-    for (int64_t row = 0; row < N * C; ++row) {
+    parallel_for(N * C, threads_if(N * C * inner >= kParallelElementwise), [&](int64_t row, int) {
         const T slope = w[w_size == 1 ? 0 : row % C];
         const T* xr = x + row * inner;
         T* yr = y + row * inner;
 #pragma omp simd
         for (int64_t i = 0; i < inner; ++i) yr[i] = xr[i] > T(0) ? xr[i] : xr[i] * slope;
-    }
+    });
 }
 
 template <class T>
@@ -268,9 +271,7 @@ void prelu_backward(int64_t N, int64_t C, int64_t inner, const T* grad_y, const 
                     const T* w, int64_t w_size, T* grad_x, T* grad_w) {
     std::vector<double> row_sums(size_t(N * C));
     FlushDenormals ftz;
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (N * C * inner >= kParallelElementwise)
-    for (int64_t row = 0; row < N * C; ++row) {
+    parallel_for(N * C, threads_if(N * C * inner >= kParallelElementwise), [&](int64_t row, int) {
         const T slope = w[w_size == 1 ? 0 : row % C];
         const T* xr = x + row * inner;
         const T* gr = grad_y + row * inner;
@@ -283,7 +284,7 @@ void prelu_backward(int64_t N, int64_t C, int64_t inner, const T* grad_y, const 
             sum += positive ? T(0) : gr[i] * xr[i];
         }
         row_sums[size_t(row)] = sum;
-    }
+    });
     std::vector<double> totals(size_t(w_size), 0.0);
     for (int64_t row = 0; row < N * C; ++row)
         totals[size_t(w_size == 1 ? 0 : row % C)] += row_sums[size_t(row)];

@@ -63,10 +63,8 @@ template <class T>
 void dropout(int64_t n, const T* x, uint64_t seed, uint32_t keep_threshold, T scale, T* y,
              uint8_t* mask) {
     const int64_t chunks = (n + kDropoutChunk - 1) / kDropoutChunk;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (n >= kParallelElementwise)
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(chunks, threads_if(n >= kParallelElementwise), [&](int64_t chunk, int) {
         uint32_t words[kDropoutChunk];
         philox4x32_10_chunk(uint64_t(chunk) * kPhiloxBlocksPerChunk, seed, words);
         const int64_t start = chunk * kDropoutChunk;
@@ -74,22 +72,26 @@ void dropout(int64_t n, const T* x, uint64_t seed, uint32_t keep_threshold, T sc
         const T* xc = x + start;
         T* yc = y + start;
         uint8_t* mc = mask + start;
+        const uint32_t threshold = keep_threshold;  // in registers (see leaky_relu in elementwise/activation.h)
+        const T kept = scale;
 #pragma omp simd
         for (int64_t e = 0; e < count; ++e) {
-            const bool keep = (words[e] >> 8) < keep_threshold;
-            yc[e] = xc[e] * (keep ? scale : T(0));
+            const bool keep = (words[e] >> 8) < threshold;
+            yc[e] = xc[e] * (keep ? kept : T(0));
             mc[e] = uint8_t(keep);
         }
-    }
+    });
 }
 
 // grad_x = grad_y * (mask ? scale : 0).
 template <class T>
 void dropout_backward(int64_t n, const T* grad_y, const uint8_t* mask, T scale, T* grad_x) {
     FlushDenormals ftz;
-#pragma omp parallel for simd num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (n >= kParallelElementwise)
-    for (int64_t i = 0; i < n; ++i) grad_x[i] = grad_y[i] * (mask[i] ? scale : T(0));
+    parallel_ranges(n, threads_if(n >= kParallelElementwise), [&](int64_t begin, int64_t end, int) {
+        const T kept = scale;  // in a register (see leaky_relu in elementwise/activation.h)
+#pragma omp simd
+        for (int64_t i = begin; i < end; ++i) grad_x[i] = grad_y[i] * (mask[i] ? kept : T(0));
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -48,10 +48,8 @@ inline double row_sum_exp(const T* x, int64_t C, T m) {
 // Runs row(i) for every row, on the team once there is enough work.
 template <class Row>
 inline void for_rows(int64_t M, int64_t C, Row&& row) {
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (M > 1 && M * C >= kParallelRows)
-    for (int64_t i = 0; i < M; ++i) row(i);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(M, threads_if(M > 1 && M * C >= kParallelRows), [&](int64_t i, int) { row(i); });
 }
 
 // y = softmax(x) (log_softmax when `log`) over each row.
@@ -192,12 +190,10 @@ inline void for_column_blocks(int64_t M, int64_t C, Block&& block) {
     if (M == 0 || C == 0) return;
     const int64_t per_row = (C + kColumnBlock - 1) / kColumnBlock;
     FlushDenormals ftz;
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (M * per_row > 1 && M * C >= kParallelRows)
-    for (int64_t w = 0; w < M * per_row; ++w) {
+    parallel_tasks(M * per_row, threads_if(M * per_row > 1 && M * C >= kParallelRows), [&](int64_t w, int) {
         const int64_t i = w / per_row, c0 = (w % per_row) * kColumnBlock;
         block(i, c0, std::min(C, c0 + kColumnBlock));
-    }
+    });
 }
 
 // The binary cross-entropy of logits, (1 - t) x + (1 + (p - 1) t) log(1 + exp(-x)) with p =

@@ -38,9 +38,8 @@ inline void for_tensor_chunks(int64_t count, const int64_t* sizes, Update&& upda
     }
     const int64_t items = int64_t(work.size());
     FlushDenormals ftz;
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (items > 1 && total >= kParallelOptimizer)
-    for (int64_t w = 0; w < items; ++w) update(work[w].tensor, work[w].begin, work[w].end);
+    parallel_tasks(items, threads_if(items > 1 && total >= kParallelOptimizer),
+                   [&](int64_t w, int) { update(work[w].tensor, work[w].begin, work[w].end); });
 }
 
 // SGD: g = grad + wd p; with momentum, buf = momentum buf + (1 - dampening) g (buf = g on the

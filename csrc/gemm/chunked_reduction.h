@@ -49,8 +49,8 @@ inline ReductionChunks reduction_chunks(int64_t K, int64_t outputs, int64_t gran
 
 // c[0, size) = the sum over chunks, in chunk order, of the partial results that
 // reduce_chunk(k_begin, k_end, out, buffers) writes (overwrites) into `out` (size elements).
-// make_buffers() gives one thread's working buffers, made before the parallel region (an
-// exception must not leave it). Must be called outside any parallel region.
+// make_buffers() gives one thread's working buffers, made before the tasks run (an exception
+// must not leave a pool thread).
 template <class T, class MakeBuffers, class ReduceChunk>
 void sum_of_chunks(const ReductionChunks& chunks, int64_t size, T* c, MakeBuffers&& make_buffers,
                    ReduceChunk&& reduce_chunk) {
@@ -58,20 +58,17 @@ void sum_of_chunks(const ReductionChunks& chunks, int64_t size, T* c, MakeBuffer
     std::vector<decltype(make_buffers())> buffers;
     for (int t = 0; t < threads; ++t) buffers.push_back(make_buffers());
     Scratch<T> partial = scratch<T>(checked_mul(chunks.count - 1, size));  // chunk 0 goes to c
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        auto& buf = buffers[omp_get_thread_num()];
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < chunks.count; ++i)
-            reduce_chunk(chunks.begin(i), chunks.end(i), i == 0 ? c : partial.get() + (i - 1) * size, buf);
-#pragma omp for schedule(static)
-        for (int64_t e = 0; e < size; ++e) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(chunks.count, threads, [&](int64_t i, int worker) {
+        reduce_chunk(chunks.begin(i), chunks.end(i), i == 0 ? c : partial.get() + (i - 1) * size, buffers[size_t(worker)]);
+    });
+    parallel_ranges(size, threads, [&](int64_t begin, int64_t end, int) {
+        for (int64_t e = begin; e < end; ++e) {
             T sum = c[e];
             for (int64_t i = 1; i < chunks.count; ++i) sum += partial[(i - 1) * size + e];
             c[e] = sum;
         }
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

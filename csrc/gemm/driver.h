@@ -219,10 +219,9 @@ TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
 // C = A B (+ bias per row), M x N x K, on num_threads() threads (one below parallel_macs
 // multiply-adds, see kGemmParallelMacs). Must be called outside any parallel region.
 //
-// One parallel region per call, with no barrier inside it: the threads take tiles from an
-// atomic counter until none is left (a thread that starts late, or loses its core to another
-// process, simply takes fewer), rather than each owning a fixed share that the others would
-// wait for.
+// The tiles are the thread pool's tasks (common/thread_pool.h): a thread that starts late, or
+// loses its core to another process, simply takes fewer, rather than owning a fixed share that
+// the others would wait for.
 template <class T, class ASrc, class BSrc>
 void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B,
                    const OutMatrix<T>& C, Store mode = Store::overwrite,
@@ -242,18 +241,11 @@ void gemm_parallel(int64_t M, int64_t N, int64_t K, const ASrc& A, const BSrc& B
         run_tile(0, buf);
         return;
     }
-    // Allocated before the parallel region: an exception must not escape an OpenMP thread.
+    // Allocated before the tasks run: an exception must not escape a pool thread.
     std::vector<GemmBuffers<T>> bufs;
     for (int t = 0; t < threads; ++t) bufs.emplace_back(M, N, K);
-    std::atomic<int64_t> next_tile{0};
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        GemmBuffers<T>& buf = bufs[omp_get_thread_num()];
-        for (int64_t t = next_tile.fetch_add(1, std::memory_order_relaxed); t < tiles.count();
-             t = next_tile.fetch_add(1, std::memory_order_relaxed))
-            run_tile(t, buf);
-    }
+    FlushDenormals ftz;  // the workers run with the caller's MXCSR
+    parallel_tasks(tiles.count(), threads, [&](int64_t t, int worker) { run_tile(t, bufs[worker]); });
 }
 
 // The plain row-major GEMM behind the `gemm` binding: C (M x N) = A (M x K) B (K x N) [+ C].

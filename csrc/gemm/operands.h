@@ -246,12 +246,11 @@ struct PrepackedA {
         constexpr int MR = GemmTile<T>::MR;
         const int64_t panels = (M + MR - 1) / MR;
         data = scratch<T>(panels * MR * K);
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
         // A copy of a small A takes less time than starting the team for it.
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (panels * MR * K >= kParallelPrepack)
-        for (int64_t p = 0; p < panels; ++p)
+        parallel_for(panels, threads_if(panels * MR * K >= kParallelPrepack), [&](int64_t p, int) {
             A.pack_panel(p * MR, std::min<int64_t>(MR, M - p * MR), 0, K_, data.get() + p * MR * K);
+        });
     }
 
     void pack_panel(int64_t i0, int64_t, int64_t k0, int64_t kc, T* dst) const {

@@ -159,28 +159,35 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
     const int64_t B = P.B, H = P.H, I = P.I, G = P.G;
     std::vector<T> bias(G);
     for (int64_t col = 0; col < G; ++col) bias[col] = P.bias(col);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
-    {
-        const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
-        const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
-        GemmBuffers<T> buf(false);
-        // Column n of this thread's slice of [x | h] . [W_ih | W_hh]^T is weight row
-        // source_row(col0 + n) of both.
+    // The gate columns are cut into one slice per thread, each slice's weights packed once; a
+    // step is then one pool job of a task per slice (its product, then its cells).
+    const int slices = num_threads();
+    auto packs = std::vector<std::optional<PrepackedB<T>>>(static_cast<size_t>(slices));
+    std::vector<GemmBuffers<T>> bufs;
+    for (int s = 0; s < slices; ++s) bufs.emplace_back(false);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(slices, slices, [&](int64_t s, int) {
+        const int64_t col0 = 4 * U * P.blocks_of(int(s), slices).first;
+        // Column n of the slice of [x | h] . [W_ih | W_hh]^T is weight row source_row(col0 + n) of both.
         const auto w_ih_cols = columns_b<T>([&](int64_t n) { return P.weight_row(P.w.w_ih, I, col0 + n); });
         const auto w_hh_cols = columns_b<T>([&](int64_t n) { return P.weight_row(P.w.w_hh, H, col0 + n); });
-        const PrepackedB<T> w_p(I + H, cols, StackedKB<T, decltype(w_ih_cols), decltype(w_hh_cols)>{
-                                                 w_ih_cols, w_hh_cols, I});
-        for (int64_t t = 0; t < P.T_; ++t) {
-            const T* h_prev = t ? out + (t - 1) * B * H : h0;
-            const T* c_prev = t ? c_seq + (t - 1) * c_step : c0;
-            T* c_new = c_seq + t * c_step;
-            T* g_t = gates + t * gate_step;
+        const auto [lo, hi] = P.blocks_of(int(s), slices);
+        packs[size_t(s)].emplace(I + H, 4 * U * (hi - lo),
+                                 StackedKB<T, decltype(w_ih_cols), decltype(w_hh_cols)>{w_ih_cols, w_hh_cols, I});
+    });
+    for (int64_t t = 0; t < P.T_; ++t) {
+        const T* h_prev = t ? out + (t - 1) * B * H : h0;
+        const T* c_prev = t ? c_seq + (t - 1) * c_step : c0;
+        T* c_new = c_seq + t * c_step;
+        T* g_t = gates + t * gate_step;
+        parallel_tasks(slices, slices, [&](int64_t s, int worker) {
+            const auto [lo, hi] = P.blocks_of(int(s), slices);
+            const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
             if (cols > 0) {
                 const StackedK<T, InMatrixA<T>, InMatrixA<T>> inputs{
                     InMatrixA<T>::plain(x + t * B * I, I, I), InMatrixA<T>::plain(h_prev, H, H), I};
-                gemm_block<T>(0, B, 0, cols, 0, I + H, inputs, w_p,
-                              OutMatrix<T>::plain(g_t + col0, G, cols), Store::overwrite, buf);
+                gemm_block<T>(0, B, 0, cols, 0, I + H, inputs, *packs[size_t(s)],
+                              OutMatrix<T>::plain(g_t + col0, G, cols), Store::overwrite, bufs[size_t(worker)]);
             }
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
@@ -189,8 +196,7 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
                                  std::min(U, H - u0), c_prev + b * H + u0, c_new + b * H + u0,
                                  out + (t * B + b) * H + u0);
                 }
-#pragma omp barrier
-        }
+        });
     }
 }
 
@@ -252,19 +258,18 @@ static inline void cell_backward(const T* act, T* dgate, int64_t U, int64_t n, c
 }
 
 // Calls put(col, sum of column col) for each column of a (rows x cols) row-major matrix,
-// reading it row by row (OpenMP over chunks of columns).
+// reading it row by row (a task per chunk of columns).
 template <class T, class Put>
 static void column_sums(const T* a, int64_t rows, int64_t cols, Put&& put) {
     constexpr int64_t chunk = 64;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz)
-    for (int64_t c0 = 0; c0 < cols; c0 += chunk) {
-        const int64_t n = std::min(chunk, cols - c0);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks((cols + chunk - 1) / chunk, num_threads(), [&](int64_t task, int) {
+        const int64_t c0 = task * chunk, n = std::min(chunk, cols - c0);
         T sum[chunk] = {};
         for (int64_t r = 0; r < rows; ++r)
             for (int64_t j = 0; j < n; ++j) sum[j] += a[r * cols + c0 + j];
         for (int64_t j = 0; j < n; ++j) put(c0 + j, sum[j]);
-    }
+    });
 }
 
 // A = [x | h_prev]^T ((I + H) x TB) for the weight gradients: rows [0, I) are the columns of x,
@@ -316,20 +321,39 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
     std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));
     if (grad_hT) std::copy(grad_hT, grad_hT + B * H, dh_rec.begin());
     if (grad_cT) std::copy(grad_cT, grad_cT + B * H, dc.begin());
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
-    {
-        const auto [lo, hi] = P.blocks_of(omp_get_thread_num(), omp_get_num_threads());
-        const int64_t u_lo = lo * U, u_n = std::min(hi * U, H) - u_lo;  // this thread's units
-        GemmBuffers<T> buf(false);
-        // Row k of B = W_hh in gate order is weight row source_row(k), this thread's units of it.
-        const PrepackedB<T> w_hh_p(G, std::max<int64_t>(u_n, 0), rows_b<T>([&](int64_t k) {
+    // The units are cut into one slice per thread, each slice's columns of W_hh packed once. A
+    // slice's cells at step t need only its own units of dh_rec, which its product of step t + 1
+    // wrote; the product needs every slice's dG of its step: one pool job per step, a task per
+    // slice (the product of step t + 1, then the cells of step t), and one for the last product.
+    const int slices = num_threads();
+    auto packs = std::vector<std::optional<PrepackedB<T>>>(static_cast<size_t>(slices));
+    std::vector<GemmBuffers<T>> bufs;
+    for (int s = 0; s < slices; ++s) bufs.emplace_back(false);
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    auto units_of = [&](int64_t s) {
+        const auto [lo, hi] = P.blocks_of(int(s), slices);
+        return std::pair<int64_t, int64_t>{lo * U, std::max<int64_t>(std::min(hi * U, H) - lo * U, 0)};
+    };
+    parallel_tasks(slices, slices, [&](int64_t s, int) {
+        const auto [u_lo, u_n] = units_of(s);
+        // Row k of B = W_hh in gate order is weight row source_row(k), the slice's units of it.
+        packs[size_t(s)].emplace(G, u_n, rows_b<T>([&](int64_t k) {
             const T* row = P.weight_row(w.w_hh, H, k);
             return row ? row + u_lo : nullptr;
         }));
-        for (int64_t t = T_ - 1; t >= 0; --t) {
-            T* dg = dG + t * B * G;
-            const T* act = acts + t * B * G;
+    });
+    auto recurrent_product = [&](int64_t t, int64_t s, int worker) {  // dh_rec = dG_t . W_hh, the slice's units
+        const auto [u_lo, u_n] = units_of(s);
+        if (u_n > 0)
+            gemm_block<T>(0, B, 0, u_n, 0, G, InMatrixA<T>::plain(dG + t * B * G, G, G), *packs[size_t(s)],
+                          OutMatrix<T>::plain(dh_rec.data() + u_lo, H, u_n), Store::overwrite, bufs[size_t(worker)]);
+    };
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+        T* dg = dG + t * B * G;
+        const T* act = acts + t * B * G;
+        parallel_tasks(slices, slices, [&](int64_t s, int worker) {
+            if (t + 1 < T_) recurrent_product(t + 1, s, worker);
+            const auto [lo, hi] = P.blocks_of(int(s), slices);
             for (int64_t b = 0; b < B; ++b)
                 for (int64_t j = lo; j < hi; ++j) {
                     const int64_t at = b * H + j * U, gate_at = b * G + 4 * U * j;
@@ -338,12 +362,9 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
                                   grad_out ? grad_out + t * BH + at : nullptr,
                                   dh_rec.data() + at, dc.data() + at);
                 }
-#pragma omp barrier
-            if (u_n > 0)
-                gemm_block<T>(0, B, 0, u_n, 0, G, InMatrixA<T>::plain(dg, G, G), w_hh_p,
-                              OutMatrix<T>::plain(dh_rec.data() + u_lo, H, u_n), Store::overwrite, buf);
-        }
+        });
     }
+    parallel_tasks(slices, slices, [&](int64_t s, int worker) { recurrent_product(0, s, worker); });
     std::copy(dh_rec.begin(), dh_rec.end(), grad_h0);
     std::copy(dc.begin(), dc.end(), grad_c0);
 

@@ -86,15 +86,15 @@ void matrix_nms(const T* boxes, const T* scores, const int64_t* labels, int64_t 
     for (size_t g = 0; g + 1 < groups.size(); ++g)
         for (int64_t j = groups[g]; j < groups[g + 1]; ++j) group_start[j] = groups[g];
     const T neg_sigma = -T(sigma);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
-    {
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t j = 0; j < n; ++j)
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    const int64_t chunks = (n + 15) / 16;
+    parallel_ranges(n, chunks, num_threads(), [&](int64_t begin, int64_t end, int) {
+        for (int64_t j = begin; j < end; ++j)
             comp[j] = reduce_pairs<MatrixPass::comp>(c, comp.data(), group_start[j], j);
-        // (the implied barrier: the second pass reads comp of every box)
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t j = 0; j < n; ++j) {
+    });
+    // The second pass reads comp of every box.
+    parallel_ranges(n, chunks, num_threads(), [&](int64_t begin, int64_t end, int) {
+        for (int64_t j = begin; j < end; ++j) {
             const T decay =
                 gaussian ? T(std::exp(neg_sigma * reduce_pairs<MatrixPass::gaussian>(
                                                       c, comp.data(), group_start[j], j)))
@@ -102,7 +102,7 @@ void matrix_nms(const T* boxes, const T* scores, const int64_t* labels, int64_t 
             const int64_t box = order[c.rank[j]];
             out[box] = scores[box] * decay;
         }
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -60,19 +60,20 @@ static inline T iou_of(T ax1, T ay1, T ax2, T ay2, T aarea, T bx1, T by1, T bx2,
 
 template <class T>
 void box_iou(const T* a, int64_t n, const T* b, int64_t m, T* iou) {
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 16) firstprivate(ftz)
-    for (int64_t i = 0; i < n; ++i) {
-        const T* p = a + 4 * i;
-        const T area_a = box_area(p[0], p[1], p[2], p[3]);
-        T* row = iou + i * m;
-        // Simple enough for the compiler to vectorise (min/max/select, no branches).
-        for (int64_t j = 0; j < m; ++j) {
-            const T* q = b + 4 * j;
-            row[j] = iou_of(p[0], p[1], p[2], p[3], area_a, q[0], q[1], q[2], q[3],
-                            box_area(q[0], q[1], q[2], q[3]));
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(n, (n + 15) / 16, num_threads(), [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) {
+            const T* p = a + 4 * i;
+            const T area_a = box_area(p[0], p[1], p[2], p[3]);
+            T* row = iou + i * m;
+            // Simple enough for the compiler to vectorise (min/max/select, no branches).
+            for (int64_t j = 0; j < m; ++j) {
+                const T* q = b + 4 * j;
+                row[j] = iou_of(p[0], p[1], p[2], p[3], area_a, q[0], q[1], q[2], q[3],
+                                box_area(q[0], q[1], q[2], q[3]));
+            }
         }
-    }
+    });
 }
 
 // ------------------------------------------------------------------------------------------
@@ -275,24 +276,22 @@ int64_t nms(const T* boxes, const T* scores, const int64_t* category, int64_t n,
     const T thr = floor_to<T>(iou_threshold);
     std::vector<uint8_t> kept(n, 0);
     const int64_t n_groups = int64_t(groups.size()) - 1;
-    std::exception_ptr failure;  // a failed allocation, rethrown outside the parallel region
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(num_threads()) if (n_groups > 1) firstprivate(ftz)
-    {
-        Candidates<T> c;  // one scratch list per thread, reused across its groups
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t gi = 0; gi < n_groups; ++gi) {
-            try {
-                const int64_t lo = groups[gi], size = groups[gi + 1] - lo;
-                c.fill(boxes, order.data(), ranks.data() + lo, size);
-                suppress(c, size, thr, kept.data());
-            } catch (...) {
-#pragma omp critical(pyconv_nms_failure)
-                if (!failure) failure = std::current_exception();
-            }
+    const int threads = threads_if(n_groups > 1);
+    auto lists = std::vector<Candidates<T>>(static_cast<size_t>(threads));  // one scratch list per thread, reused across its groups
+    auto failures = std::vector<std::exception_ptr>(static_cast<size_t>(n_groups));  // a failed allocation, rethrown after the tasks
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(n_groups, threads, [&](int64_t gi, int worker) {
+        try {
+            const int64_t lo = groups[gi], size = groups[gi + 1] - lo;
+            Candidates<T>& c = lists[size_t(worker)];
+            c.fill(boxes, order.data(), ranks.data() + lo, size);
+            suppress(c, size, thr, kept.data());
+        } catch (...) {
+            failures[size_t(gi)] = std::current_exception();
         }
-    }
-    if (failure) std::rethrow_exception(failure);
+    });
+    for (const std::exception_ptr& failure : failures)
+        if (failure) std::rethrow_exception(failure);
     int64_t count = 0;
     for (int64_t r = 0; r < n; ++r)
         if (kept[r]) keep[count++] = order[r];

@@ -128,13 +128,14 @@ template <class T>
 void box_iou_rotated(const T* a, int64_t n, const T* b, int64_t m, T* iou) {
     std::vector<RotatedBox> pb(m);
     for (int64_t j = 0; j < m; ++j) pb[j] = prepare_rotated(b + 5 * j);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 4) firstprivate(ftz)
-    for (int64_t i = 0; i < n; ++i) {
-        const RotatedBox pa = prepare_rotated(a + 5 * i);
-        T* row = iou + i * m;
-        for (int64_t j = 0; j < m; ++j) row[j] = T(rotated_iou(pa, pb[j]));
-    }
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(n, (n + 3) / 4, num_threads(), [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) {
+            const RotatedBox pa = prepare_rotated(a + 5 * i);
+            T* row = iou + i * m;
+            for (int64_t j = 0; j < m; ++j) row[j] = T(rotated_iou(pa, pb[j]));
+        }
+    });
 }
 
 template <class T>

@@ -29,9 +29,8 @@ template <class T>
 void batch_norm_forward(int64_t N, int64_t C, int64_t L, const T* x, const T* w, const T* b,
                         double eps, T* y, T* mean, T* var) {
     const double count = double(N) * double(L);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) firstprivate(ftz)
-    for (int64_t c = 0; c < C; ++c) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(C, num_threads(), [&](int64_t c, int) {
         double sum = 0;
         for (int64_t n = 0; n < N; ++n) {
             const T* xr = x + (n * C + c) * L;
@@ -55,7 +54,7 @@ void batch_norm_forward(int64_t N, int64_t C, int64_t L, const T* x, const T* w,
         }
         mean[c] = m;
         var[c] = T(v);
-    }
+    });
 }
 
 // The gradients of batch_norm_forward (training: mean and var depend on x) given the mean and
@@ -66,9 +65,8 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t L, const T* grad_y, const
                          const T* mean, const T* invstd, const T* w, T* grad_x, T* grad_w,
                          T* grad_b) {
     const double count = double(N) * double(L);
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) firstprivate(ftz)
-    for (int64_t c = 0; c < C; ++c) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(C, num_threads(), [&](int64_t c, int) {
         const T m = mean[c], is = invstd[c];
         double sum_g = 0, sum_gxhat = 0;
         for (int64_t n = 0; n < N; ++n) {
@@ -90,7 +88,7 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t L, const T* grad_y, const
             for (int64_t l = 0; l < L; ++l)
                 gx[l] = scale * (gr[l] - mean_g - (xr[l] - m) * is * mean_gxhat);
         }
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -264,17 +264,18 @@ static void max_pool_2x2(const PoolShape& g, const T* x, T* y, bool relu) {
     constexpr int L = Simd<T>::lanes;
     const int64_t rows = g.N * g.C * g.Ho;
     const int threads = rows * g.Wo < kMaxPool2x2ParallelOutputs ? 1 : num_threads();
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 64) firstprivate(ftz)
-    for (int64_t r = 0; r < rows; ++r) {
-        const int64_t plane = r / g.Ho, oh = r % g.Ho;
-        const T* a = x + (plane * g.H + 2 * oh) * g.W;
-        const T* b = a + g.W;
-        T* yr = y + r * g.Wo;
-        int64_t ow = 0;
-        for (; ow + L <= g.Wo; ow += L) max_2x2_step<T, false>(a + 2 * ow, b + 2 * ow, yr + ow, L, relu);
-        if (ow < g.Wo) max_2x2_step<T, true>(a + 2 * ow, b + 2 * ow, yr + ow, int(g.Wo - ow), relu);
-    }
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(rows, (rows + 63) / 64, threads, [&](int64_t begin, int64_t end, int) {
+        for (int64_t r = begin; r < end; ++r) {
+            const int64_t plane = r / g.Ho, oh = r % g.Ho;
+            const T* a = x + (plane * g.H + 2 * oh) * g.W;
+            const T* b = a + g.W;
+            T* yr = y + r * g.Wo;
+            int64_t ow = 0;
+            for (; ow + L <= g.Wo; ow += L) max_2x2_step<T, false>(a + 2 * ow, b + 2 * ow, yr + ow, L, relu);
+            if (ow < g.Wo) max_2x2_step<T, true>(a + 2 * ow, b + 2 * ow, yr + ow, int(g.Wo - ow), relu);
+        }
+    });
 }
 
 // y (N,C,Ho,Wo); idx the same shape, or nullptr. The spec guarantees that every window holds
@@ -284,18 +285,19 @@ template <class T>
 void max_pool2d(const PoolShape& g, const T* x, T* y, int64_t* idx, bool relu) {
     if (!idx && max_pool_2x2_applies<T>(g)) return max_pool_2x2(g, x, y, relu);
     const int64_t planes = g.N * g.C;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32) firstprivate(ftz)
-    for (int64_t p = 0; p < planes; ++p) {
-        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t rows = planes * g.Ho;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(rows, (rows + 31) / 32, num_threads(), [&](int64_t begin, int64_t end, int) {
+        for (int64_t r = begin; r < end; ++r) {
+            const int64_t p = r / g.Ho, oh = r % g.Ho;
             const T* xp = x + p * g.H * g.W;
-            const int64_t out = (p * g.Ho + oh) * g.Wo;
+            const int64_t out = r * g.Wo;
             if (idx) max_row<T, true>(g, xp, oh, y + out, idx + out);
             else max_row<T, false>(g, xp, oh, y + out, nullptr);
             for (int64_t ow = 0; relu && ow < g.Wo; ++ow)
                 if (y[out + ow] < T(0)) y[out + ow] = T(0);
         }
-    }
+    });
 }
 
 // out (planes, out_plane) = 0, then out[p, idx[p, j]] (+)= in[p, j] for j = 0, 1, ... of each
@@ -312,21 +314,21 @@ constexpr int64_t kScatterParallelElements = int64_t(1) << 20;
 template <bool Add, class T>
 int64_t scatter_planes(int64_t planes, int64_t in_plane, int64_t out_plane, const T* in,
                        const int64_t* idx, T* out) {
-    int64_t bad = 0;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(dynamic, 1) reduction(+ : bad) firstprivate(ftz) \
-    if (planes * out_plane >= kScatterParallelElements)
-    for (int64_t p = 0; p < planes; ++p) {
+    std::atomic<int64_t> bad{0};
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_tasks(planes, threads_if(planes * out_plane >= kScatterParallelElements), [&](int64_t p, int) {
         T* op = out + p * out_plane;
         const T* src = in + p * in_plane;
         const int64_t* ip = idx + p * in_plane;
         std::fill(op, op + out_plane, T(0));
+        int64_t skipped = 0;
         for (int64_t j = 0; j < in_plane; ++j) {
-            if (uint64_t(ip[j]) >= uint64_t(out_plane)) ++bad;
+            if (uint64_t(ip[j]) >= uint64_t(out_plane)) ++skipped;
             else if (Add) op[ip[j]] += src[j];
             else op[ip[j]] = src[j];
         }
-    }
+        if (skipped) bad += skipped;
+    });
     return bad;
 }
 
@@ -462,32 +464,30 @@ void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_over
     if (avg_pool_whole_plane(g)) {
         const int64_t n = g.H * g.W;
         const T divisor = T(divisor_override ? double(divisor_override) : double(n));
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for num_threads(num_threads()) schedule(static) firstprivate(ftz) \
-    if (planes * n >= (int64_t(1) << 14))
-        for (int64_t p = 0; p < planes; ++p) y[p] = contiguous_sum(x + p * n, n) / divisor;
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_for(planes, threads_if(planes * n >= (int64_t(1) << 14)),
+                     [&](int64_t p, int) { y[p] = contiguous_sum(x + p * n, n) / divisor; });
         return;
     }
     // Large pools compute a block of whole output rows into a buffer in L1, then stream it out.
     constexpr int64_t kBlock = 4096 / sizeof(T) * 4;  // elements: 16 KiB
     const int64_t bytes = planes * (g.H * g.W + g.Ho * g.Wo) * int64_t(sizeof(T));
     if (bytes < kStreamingPoolBytes || g.Wo > kBlock) {
-        FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel for collapse(2) num_threads(num_threads()) schedule(dynamic, 32) firstprivate(ftz)
-        for (int64_t p = 0; p < planes; ++p)
-            for (int64_t oh = 0; oh < g.Ho; ++oh)
-                avg_row(g, count_include_pad, divisor_override, x + p * g.H * g.W, oh,
-                        y + (p * g.Ho + oh) * g.Wo);
+        const int64_t out_rows = planes * g.Ho;
+        FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+        parallel_ranges(out_rows, (out_rows + 31) / 32, num_threads(), [&](int64_t begin, int64_t end, int) {
+            for (int64_t r = begin; r < end; ++r)
+                avg_row(g, count_include_pad, divisor_override, x + r / g.Ho * g.H * g.W, r % g.Ho, y + r * g.Wo);
+        });
         return;
     }
     const int64_t rows = std::min(g.Ho, kBlock / g.Wo);  // output rows per block
     const int64_t blocks_per_plane = (g.Ho + rows - 1) / rows;
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(num_threads()) firstprivate(ftz)
-    {
+    const int64_t tasks = planes * blocks_per_plane;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(tasks, (tasks + 3) / 4, num_threads(), [&](int64_t begin, int64_t end, int) {
         alignas(64) T buf[kBlock];
-#pragma omp for schedule(dynamic, 4) nowait
-        for (int64_t task = 0; task < planes * blocks_per_plane; ++task) {
+        for (int64_t task = begin; task < end; ++task) {
             const int64_t p = task / blocks_per_plane, oh0 = task % blocks_per_plane * rows;
             const int64_t oh1 = std::min(g.Ho, oh0 + rows);
             for (int64_t oh = oh0; oh < oh1; ++oh)
@@ -495,8 +495,8 @@ void avg_pool2d(const PoolShape& g, bool count_include_pad, int64_t divisor_over
                         buf + (oh - oh0) * g.Wo);
             stream_copy(buf, y + (p * g.Ho + oh0) * g.Wo, (oh1 - oh0) * g.Wo);
         }
-        _mm_sfence();  // the streamed stores are visible before the region ends
-    }
+        _mm_sfence();  // the streamed stores are visible before the task counts as done
+    });
 }
 
 // Each output's gradient, divided by its divisor, is added to every input of its window. The
@@ -526,12 +526,10 @@ void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t div
     // receives them. Every input still sums its shares in (oh, ow) order.
     const int threads = num_threads();
     std::vector<T> shares(size_t(threads) * size_t(std::max<int64_t>(g.Wo, 0)));
-    FlushDenormals ftz;  // on every thread of the team (common/denormals.h)
-#pragma omp parallel num_threads(threads) firstprivate(ftz)
-    {
-        T* share = shares.data() + int64_t(omp_get_thread_num()) * g.Wo;
-#pragma omp for schedule(dynamic, 8)
-        for (int64_t p = 0; p < planes; ++p) {
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(planes, (planes + 7) / 8, threads, [&](int64_t begin, int64_t end, int worker) {
+        T* share = shares.data() + int64_t(worker) * g.Wo;
+        for (int64_t p = begin; p < end; ++p) {
             T* gx = grad_x + p * g.H * g.W;
             const T* gy = grad_y + p * g.Ho * g.Wo;
             std::fill(gx, gx + g.H * g.W, T(0));
@@ -547,7 +545,7 @@ void avg_pool2d_backward(const PoolShape& g, bool count_include_pad, int64_t div
                 }
             }
         }
-    }
+    });
 }
 
 }  // namespace PYCONV_ISA

@@ -1,6 +1,6 @@
 """The "cpu" backend: hand-written C++ kernels (csrc/, module pyconv._C).
 
-OpenMP-parallel, compiled for AVX-512, AVX2+FMA and a generic baseline in one build; the
+Run on a thread pool of their own (csrc/common/thread_pool.h), compiled for AVX-512, AVX2+FMA and a generic baseline in one build; the
 variant is chosen at run time (``pyconv.info()["isa"]``). This module allocates the outputs
 and hands the C++ side contiguous buffers and the geometry from ``pyconv._spec``.
 """
@@ -14,7 +14,7 @@ from ._contract import KERNELS
 
 tuning.apply_at_import()
 
-backend = Backend("cpu", "numpy", "C++ kernels (pybind11, OpenMP, run-time ISA dispatch)")
+backend = Backend("cpu", "numpy", "C++ kernels (pybind11, thread pool, run-time ISA dispatch)")
 
 # Most elementwise kernels only allocate an output and hand it to their _C function after
 # their own arguments: they are registered from the _C functions by the helpers below.

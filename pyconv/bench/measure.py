@@ -105,8 +105,8 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
-# Idle worker threads spin for a while after a call before they sleep (pyconv's OpenMP workers
-# about a millisecond).
+# Idle worker threads spin for a while after a call before they sleep (pyconv's pool workers
+# about half a millisecond, PyTorch's OpenMP workers longer).
 SETTLE_SECONDS = 0.002
 
 

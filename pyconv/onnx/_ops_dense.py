@@ -148,9 +148,9 @@ def add_relu_in_place(y, r):
 def _relu(x, out=None):
     # In place where the planner allows it: a new output's first touch of fresh pages costs
     # more than the pass itself. Otherwise pyconv's relu kernel. In place, NumPy's
-    # single-threaded pass rather than that kernel: on a loaded host each OpenMP region may
-    # wait a time slice for a descheduled worker (1 MiB in place: median 46 us on 2 threads
-    # against 98 us, but mean 1070 us against 100 us).
+    # single-threaded pass rather than that kernel: it is bound by memory, and on a loaded host
+    # a parallel pass paid for descheduled workers (1 MiB in place, measured with OpenMP:
+    # median 46 us on 2 threads against 98 us, but mean 1070 us against 100 us).
     if out is None and x.dtype.kind == "f":
         return ops.relu(x)
     return np.maximum(x, 0, out=out)

@@ -198,6 +198,8 @@ CASES = {
     "bce_with_logits_pos_weight": (lambda x, t: F.binary_cross_entropy_with_logits(x, F.sigmoid(t), pos_weight=np.array([1., 2., 3., .5])),
                                    [(3, 4), (3, 4)]),
     "kl_normal": (F.kl_normal, [(3, 4), (3, 4)]),
+    "kl_normal_per_sample": (lambda m, v: F.kl_normal(m, v, reduction="none"), [(3, 2, 2), (3, 2, 2)]),
+    "kl_normal_per_element": (lambda m, v: F.kl_normal(m, v, reduction="sum"), [(5,), (5,)]),
     "contrastive_loss": (lambda a, b: F.contrastive_loss(a, b, SAME, margin=2.0), [(4, 3), (4, 3)]),
     "gram_matrix": (F.gram_matrix, [(2, 3, 2, 3)]),
     "adain": (F.adain, [(2, 3, 3, 3), (2, 3, 2, 4)]),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import (CONV_ALGORITHMS, ConvGeom, _conv_extents, _int, check_allocatable, check_array, check_batch_optional,
+from .core import (CONV_ALGORITHMS, SIZE_LIMIT, ConvGeom, _conv_extents, _int, check_allocatable, check_array, check_batch_optional,
                    check_extent, check_float_dtypes, ntuple, shape_of, without_batch)
 
 
@@ -65,16 +65,19 @@ def _conv_geom(op, x, w, b, stride, padding, dilation, groups, nd):
         (H, W), (R, S), (Ho, Wo) = spatial, kernel, out
         g = ConvGeom(N, C, H, W, K, R, S, Ho, Wo, *stride, *pad, *dilation, groups)
         out_shape = g.output_shape
-    context = f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})"
-    _conv_extents(op, g, context)
+    _conv_extents(op, g, lambda: f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})")
     check_allocatable(op, "output", out_shape, x.dtype)
     return g
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups, op="conv2d", algorithm="auto"):
-    g = _conv_geom(op, x, w, b, stride, padding, dilation, groups, 2)
-    return g._replace(algorithm=conv_algorithm(op, algorithm, (g.R, g.S), (g.sh, g.sw), (g.dh, g.dw),
-                                               g.groups))
+    return _with_algorithm(op, _conv_geom(op, x, w, b, stride, padding, dilation, groups, 2), algorithm)
+
+
+def _with_algorithm(op, g, algorithm):
+    """g with the index of ``algorithm`` (checked against g's layer) as its algorithm."""
+    index = conv_algorithm(op, algorithm, (g.R, g.S), (g.sh, g.sw), (g.dh, g.dw), g.groups)
+    return g if index == g.algorithm else g._replace(algorithm=index)
 
 
 def conv_algorithm(op, algorithm, kernel_size, stride, dilation, groups):
@@ -121,9 +124,7 @@ def _check_grad_out(op, grad_out, expected_shape, dtype):
 
 def conv_backward(grad_out, x, w, stride, padding, dilation, groups, needs, nd, algorithm="auto"):
     op = f"conv{nd}d_backward"
-    g = _conv_geom(op, x, w, None, stride, padding, dilation, groups, nd)
-    g = g._replace(algorithm=conv_algorithm(op, algorithm, (g.R, g.S), (g.sh, g.sw), (g.dh, g.dw),
-                                            g.groups))
+    g = _with_algorithm(op, _conv_geom(op, x, w, None, stride, padding, dilation, groups, nd), algorithm)
     out_shape = g.output_shape if nd == 2 else (g.N, g.K, g.Wo)
     _check_grad_out(op, grad_out, without_batch(out_shape, x.ndim == nd + 1), x.dtype)
     return g, _check_needs(op, needs)
@@ -172,13 +173,16 @@ def conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation,
         (n - 1) * s - 2 * p + d * (k - 1) + o + 1
         for n, s, p, d, k, o in zip((Hin, Win), stride, pad, dilation, (R, S), out_pad)
     )
-    context = f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})"
-    for axis, n, s, out_size in (("height", Hin, stride[0], Hout), ("width", Win, stride[1], Wout)):
-        check_extent(op, f"the output {axis} ((input {n} - 1) * stride {s} - 2*padding + "
-                         "dilated kernel + output_padding)", out_size, context)
+    def context():
+        return f" (x.shape={shape_of(x)}, w.shape={shape_of(w)})"
+
+    if max(Hout, Wout) >= SIZE_LIMIT:
+        for axis, n, s, out_size in (("height", Hin, stride[0], Hout), ("width", Win, stride[1], Wout)):
+            check_extent(op, f"the output {axis} ((input {n} - 1) * stride {s} - 2*padding + "
+                             "dilated kernel + output_padding)", out_size, context())
     if min(Hout, Wout) < 1:
         raise ValueError(
-            f"{op}: the output would be empty ({Hout}x{Wout}): padding {pad} is too large{context}"
+            f"{op}: the output would be empty ({Hout}x{Wout}): padding {pad} is too large{context()}"
         )
     g = ConvGeom(N, Cout, Hout, Wout, Cin, R, S, Hin, Win, *stride, *pad, *dilation, groups)
     _conv_extents(op, g, context)

@@ -237,7 +237,10 @@ def check_index_dtype(op, name, a):
 def _int(op, name, v):
     """An int argument: Python or NumPy integers, not bools (nor floats, even integral ones),
     in (-2**62, 2**62)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+    if type(v) is int:  # the common case, without the abstract-class checks below
+        if -SIZE_LIMIT < v < SIZE_LIMIT:
+            return v
+    elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__} {v!r}")
     v = int(v)
     if abs(v) >= SIZE_LIMIT:
@@ -265,6 +268,8 @@ def check_allocatable(op, what, shape, dtype):
 
 def ntuple(op, name, value, n, *, minimum):
     """An int or a length-n sequence of ints -> n-tuple of ints >= minimum."""
+    if type(value) is int and minimum <= value < SIZE_LIMIT:  # the common case, checked at once
+        return (value,) * n
     if isinstance(value, (tuple, list)):
         if len(value) != n:
             raise ValueError(f"{op}: {name} must be an int or a {n}-tuple, got {value!r}")
@@ -302,7 +307,13 @@ def real(op, name, v):
 
 def _check_window_extents(op, axes, context):
     """Per spatial axis (name, input size n, kernel k, stride s, padding p, dilation d, output
-    size out): the extents that window index arithmetic reaches must fit (see "Ranges")."""
+    size out): the extents that window index arithmetic reaches must fit (see "Ranges").
+    `context`: a string, or a function returning one (built only for an error message)."""
+    if all(max(n + 2 * p, d * (k - 1) + 1, (out - 1) * s + d * (k - 1) + 1) < SIZE_LIMIT
+           for _, n, k, s, p, d, out in axes):
+        return  # every extent fits
+    if callable(context):
+        context = context()
     for axis, n, k, s, p, d, out in axes:
         check_extent(op, f"the padded {axis} (input {n} + 2*padding {p})", n + 2 * p, context)
         span = d * (k - 1) + 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from .core import ShapeDtype, array_kind, check_array, check_float_dtypes, real, shape_of
+import numpy as np
+
+from .core import FLOAT_DTYPES, ShapeDtype, array_kind, check_array, check_float_dtypes, real, shape_of
 
 
 def _contiguous_writable(a):
@@ -24,6 +26,8 @@ def _tensor_lists(op, params, **lists):
             raise TypeError(f"{op}: {name} must be a list of arrays, got {type(arrays).__name__}")
         if len(arrays) != len(params):
             raise ValueError(f"{op}: {name} holds {len(arrays)} arrays, params {len(params)}")
+    if _plain_lists(params, lists):
+        return
     for i, p in enumerate(params):
         check_array(op, f"params[{i}]", p)
         check_float_dtypes(op, **{f"params[{i}]": p})
@@ -44,6 +48,27 @@ def _tensor_lists(op, params, **lists):
                     and array_kind(a) != array_kind(p)):
                 raise TypeError(f"{op}: {name}[{i}] is a {array_kind(a)} array, its parameter "
                                 f"a {array_kind(p)} array")
+
+
+def _plain_lists(params, lists):
+    """Whether every array is a NumPy array of its parameter's shape and a float dtype, and
+    those updated in place C-contiguous and writable: the common case, checked without the
+    per-array messages that _tensor_lists prepares (it then names what is wrong)."""
+    for i, p in enumerate(params):
+        if type(p) is not np.ndarray or p.dtype not in FLOAT_DTYPES or not _plain_in_place(p):
+            return False
+        for name, arrays in lists.items():
+            a = arrays[i]
+            if type(a) is not np.ndarray or a.dtype != p.dtype or a.shape != p.shape:
+                return False
+            if name != "grads" and not _plain_in_place(a):
+                return False
+    return True
+
+
+def _plain_in_place(a):
+    flags = a.flags
+    return flags.c_contiguous and flags.writeable
 
 
 def _non_negative(op, name, v):

@@ -100,7 +100,7 @@ class VAE(nn.Module):
         x = x.data if isinstance(x, Tensor) else x
         n = x.shape[0]
         if self.likelihood == "bernoulli":
-            nll = F.binary_cross_entropy_with_logits(out, x.astype(out.dtype), reduction="none")
+            nll = F.binary_cross_entropy_with_logits(out, x.astype(out.dtype, copy=False), reduction="none")
             return -nll.reshape(n, -1).sum(axis=1)
         sq = ((out - x) ** 2).reshape(n, -1).sum(axis=1)
         d = int(np.prod(x.shape[1:]))

@@ -333,14 +333,33 @@ def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
+class _KLNormal(Function):
+    """-1/2 (1 + logvar - mu^2 - exp(logvar)), summed over every axis but the first (per
+    element for 1-D inputs). One Function: as a chain of Tensor operations it recorded eight,
+    each a few microseconds forward and backward on arrays of a few hundred elements."""
+
+    def forward(self, mu, logvar):
+        self.mu, self.var = mu, array_module(logvar).exp(logvar)
+        per_element = (1 + logvar - mu * mu - self.var) * -0.5
+        return per_element.reshape(mu.shape[0], -1).sum(axis=1) if mu.ndim > 1 else per_element
+
+    def backward(self, g):
+        if self.mu.ndim > 1:
+            g = g.reshape((-1,) + (1,) * (self.mu.ndim - 1))
+        n_mu, n_logvar = self.needs_input_grad
+        return (g * self.mu if n_mu else None,
+                g * ((self.var - 1) * 0.5) if n_logvar else None)
+
+
 def kl_normal(mu, logvar, reduction="mean") -> Tensor:
     """KL( N(mu, exp(logvar)) || N(0, I) ) of a VAE's encoder, summed over the latent axes:
     -1/2 sum(1 + logvar - mu^2 - exp(logvar)) per sample; "mean" averages over the batch."""
     _same_shape("kl_normal", mu, logvar)
     mu, logvar = _tensor(mu), _tensor(logvar)
-    per_element = (1 + logvar - mu * mu - logvar.exp()) * -0.5
-    per_sample = per_element.reshape(mu.shape[0], -1).sum(axis=1) if mu.ndim > 1 else per_element
-    return _reduce(per_sample, reduction, "kl_normal")
+    if mu.dtype != logvar.dtype:
+        raise TypeError(f"kl_normal: mu is {mu.dtype} but logvar is {logvar.dtype} (convert "
+                        "explicitly; pyconv does not mix precisions)")
+    return _reduce(_KLNormal()(mu, logvar), reduction, "kl_normal")
 
 
 def contrastive_loss(a, b, same, margin=1.0, reduction="mean") -> Tensor:

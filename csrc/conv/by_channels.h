@@ -218,8 +218,10 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
 #pragma omp for schedule(static)
         for (int64_t u = 0; u < g.groups * panels; ++u)
             pack_panel(u / panels, u % panels, weights[u / panels].get() + (u % panels) * taps_n * NR);
+        // Jobs go out as threads come free, a group of images' blocks at a time (they share the
+        // padded copy), so a thread the OS deschedules holds back one group, not half the call.
         for (int64_t grp = 0; grp < g.groups; ++grp) {
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, blocks_per_group) nowait
             for (int64_t job = 0; job < jobs; ++job) {
                 const int64_t ig = job / blocks_per_group, n0 = ig * images_per_job;
                 const int64_t end = std::min(g.N, n0 + images_per_job) * HoWo;

@@ -193,8 +193,9 @@ def test_strided_layers_with_16_to_63_channels_and_many_taps_run_by_channels(x_s
 @pytest.mark.parametrize("poison", [np.nan, np.inf])
 @pytest.mark.parametrize("kernel,layout", [(5, COLUMNS), (3, GRID)])
 def test_read_ahead_reaches_only_dropped_outputs(poison, kernel, layout):
-    """A tile that ends past an image's last pixel reads the next image's planes: what it
-    computes there is never stored, so a NaN or inf in image 1 leaves image 0 untouched."""
+    """A tile that ends past an image's last pixel reads past its planes (the zeros after the
+    image in the thread's buffer): what it computes there is never stored, and a NaN or inf in
+    image 1 leaves image 0 untouched."""
     x, w, b = data((2, 2, 7, 7), (32 if layout == COLUMNS else 6, 2, kernel, kernel), np.float32)
     clean = check(x[:1], w, b, padding=kernel // 2, layout=layout)
     x[1] = poison

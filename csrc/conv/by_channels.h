@@ -211,10 +211,10 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
     parallel_for(g.groups * panels, threads, [&](int64_t u, int) {
         pack_panel(u / panels, u % panels, weights[u / panels].get() + (u % panels) * taps_n * NR);
     });
-    // Every group's jobs in one pool call, in runs of consecutive jobs (which mostly share their
-    // images' padded copy).
+    // Every group's jobs in one pool call, a task per group of images (its blocks share the
+    // padded copy), so that a thread the OS deschedules holds back one group, not half the call.
     std::vector<int64_t> padded_grp(size_t(threads), -1), padded_images(size_t(threads), -1);  // what pads hold
-    parallel_ranges(g.groups * jobs, threads, [&](int64_t first, int64_t last, int worker) {
+    parallel_ranges(g.groups * jobs, g.groups * image_groups, threads, [&](int64_t first, int64_t last, int worker) {
         const Scratch<T>& acc = accs[size_t(worker)];
         T* pad = in_place ? nullptr : pads[size_t(worker)].get();
         OffsetCols<T, MR> tiles[tiles_max];

@@ -26,11 +26,24 @@
 namespace pyconv {
 namespace PYCONV_ISA {
 
-// Vectors of pixels per register tile, and the most output channels a tile holds: the
+// Vectors of pixels per register tile (NV), and the most output channels a tile holds: the
 // accumulators (KB * NV) plus NV loaded vectors must fit the register file (32 vector
-// registers with AVX-512, 16 with AVX2 and SSE2).
-constexpr int kDirectGridVectors = 2;
-constexpr int kDirectGridMaxChannels = PYCONV_ISA_LEVEL >= 2 ? 12 : 6;
+// registers with AVX-512: 12 x 2 or 8 x 3; 16 with AVX2 and SSE2: 6 x 2).
+constexpr bool kDirectGridWideTiles = PYCONV_ISA_LEVEL >= 2;
+constexpr int direct_grid_max_channels(int NV) {
+    return PYCONV_ISA_LEVEL >= 2 ? (NV == 3 ? 8 : 12) : 6;
+}
+
+// Tiles of 3 vectors by 8 channels (AVX-512) at stride 1 from 32 output channels per group:
+// 11 loads per 24 FMAs where 2 x 12 takes 14 per 24 (13 per 22 for 64 channels in blocks of 11,
+// whose 66th channels are computed and dropped). Measured against 2 x 12 on one AVX-512 thread
+// (process CPU time, best of 5 interleaved rounds, batch as given): 3 -> 64 3x3 p1 on 32x32
+// (16) 1.075x, 1 -> 64 7x7 p3 on 28x28 (32) 1.01x, 3 -> 32 5x5 p2 on 32x32 (16) 1.02x; lost at
+// stride 2 (1 -> 64 4x4 s2 p1 on 28x28, 64 images: 0.93x) and with 16 channels (3 -> 16 3x3 p1
+// on 64x64: 0.975x); 6 channels (LeNet's conv1) even.
+inline int direct_grid_vectors(const ConvShape& g) {
+    return g.sh == 1 && g.sw == 1 && g.K / g.groups >= 32 ? 3 : 2;
+}
 
 // Whether the grid (with the tile's read-ahead) stays within the scratch budget.
 inline bool direct_grid_fits(const ConvShape& g) {
@@ -77,11 +90,12 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_c
     const int64_t span = (g.Wo - 1) * g.sw + (g.S - 1) * g.dw + 1;  // padded columns read
     const bool buffered = span <= kColumnRowMax;
     // The row, then zeros for the last vector's read-ahead (and room for the vectors below).
-    alignas(64) T padded[kColumnRowMax + 2 * S::lanes];
+    alignas(64) T padded[kColumnRowMax + 3 * S::lanes];
     const typename S::V zero = S::splat(T(0));
     // Strided copies read phases of the padded row (each copy then a contiguous run, copied as
     // at stride 1) where the phases, each with a vector of zeros after it, fit their buffer.
     const int64_t phase_cols = (span + g.sw - 1) / g.sw, phase_len = phase_cols + S::lanes;
+    const int64_t vector_cols = (phase_cols + S::lanes - 1) / S::lanes * S::lanes;
     const bool phased = buffered && g.sw > 1 && g.sw <= S::lanes && g.sw * phase_len <= 2 * kColumnRowMax;
     alignas(64) T phases[2 * kColumnRowMax];
     const int64_t lo = std::clamp<int64_t>(g.pw, 0, span), hi = std::clamp<int64_t>(g.pw + g.W, lo, span);
@@ -108,12 +122,14 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_c
                     for (t = lo; t < hi; t += S::lanes)
                         S::store(padded + t, load_first<T>(row + t, int(std::min<int64_t>(S::lanes, hi - t))));
                 }
-                for (; t < span + S::lanes; t += S::lanes) S::store(padded + t, zero);
+                for (; t < span + 2 * S::lanes; t += S::lanes) S::store(padded + t, zero);
                 if (phased) {  // the row split by column phase: phase r's element i is padded[i sw + r]
                     for (int64_t r = 0; r < g.sw; ++r) {
                         T* ph = phases + r * phase_len;
-                        if (g.sw == 2)  // a constant stride, which GCC vectorises as a de-interleave
-                            for (int64_t i = 0; i < phase_cols; ++i) ph[i] = padded[2 * i + r];
+                        if (g.sw == 2)  // a constant stride, which GCC vectorises as a de-interleave,
+                            // over whole vectors (short rows would otherwise take its scalar loop;
+                            // the zeros after the row reach that far)
+                            for (int64_t i = 0; i < vector_cols; ++i) ph[i] = padded[2 * i + r];
                         else
                             for (int64_t i = 0; i < phase_cols; ++i) ph[i] = padded[i * g.sw + r];
                         for (int64_t i = phase_cols; i < phase_len; ++i) ph[i] = T(0);
@@ -179,9 +195,10 @@ inline GridStorePlan grid_store_plan(const ConvShape& g, int64_t Wq, int64_t pix
 template <class T>
 struct DirectGridArgs {
     const ConvShape* g;
-    const T* xq;               // the phase grid of x, or nullptr: each thread fills one image's
-    const T* x;                // column copies (`columns`) from x as its jobs reach that image
+    const T* x;                // each thread fills one image's grid (`grid`) or column copies
+    const PhaseGrid* grid;     // (`columns`) from x as its jobs reach that image
     const ColumnCopies* columns;
+    int64_t slack;             // zeros the kernel reads past an image's planes (the grid's)
     int64_t image, group;      // elements from one image's planes to the next, one group's
     int64_t pixels;            // grid pixels per image (Ho rows of Wq or Wo)
     const int64_t* offsets;    // of each tap (c, r, s) within a group's planes
@@ -211,12 +228,34 @@ static inline __attribute__((always_inline)) void store_lanes(T* p, uint32_t mas
 #endif
 }
 
+// The taps a tile multiplies: for each input channel c < channels, taps c * per_channel + [lo, hi)
+// of the (c, r, s) order, i.e. the kernel rows r with lo <= r * S < hi. Rows whose taps fall on
+// padding for every output row of the tile are left out (their products are zeros of the
+// padding; a 7x7 layer with padding 3 on 28x28 images multiplies padding rows in 6% of its
+// products); the others keep their order, so each output's sum does not depend on the tiling.
+struct TapRuns {
+    int64_t channels, per_channel, lo, hi;
+};
+
+// The kernel rows that read x (not the padding above or below it) for some output row in
+// [ho_lo, ho_hi], as taps [r_lo S, r_hi S) of each channel.
+inline TapRuns tap_runs_for_rows(const ConvShape& g, int64_t ho_lo, int64_t ho_hi) {
+    int64_t r_lo = g.R, r_hi = 0;
+    for (int64_t r = 0; r < g.R; ++r) {
+        // Input row of output row ho: ho sh - ph + r dh, increasing in ho.
+        const bool reads_x = ho_hi * g.sh - g.ph + r * g.dh >= 0 && ho_lo * g.sh - g.ph + r * g.dh < g.H;
+        if (reads_x) r_lo = std::min(r_lo, r), r_hi = r + 1;
+    }
+    if (r_hi <= r_lo) r_lo = r_hi = 0;
+    return {g.C / g.groups, g.R * g.S, r_lo * g.S, r_hi * g.S};
+}
+
 // One register tile: KB channels x NV vectors of pixels from grid pixel q0 of an image's group
 // planes `xg`, stored by `stores` (the plan's entries from this tile's first vector) into the
 // planes yk + j * plane of its `channels` valid channels.
 template <class T, int KB, int NV>
 static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, const int64_t* offsets,
-                                                                   int64_t taps, const T* wb,
+                                                                   const TapRuns& runs, const T* wb,
                                                                    const T* bias_block, const GridStore* stores,
                                                                    const int64_t* first, int64_t channels,
                                                                    int64_t plane, T* yk) {
@@ -228,7 +267,8 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
     for (int j = 0; j < KB; ++j)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[j][v] = S::splat(bias_block[j]);
-    for (int64_t t = 0; t < taps; ++t) {
+    for (int64_t c = 0; c < runs.channels; ++c)
+    for (int64_t t = c * runs.per_channel + runs.lo; t < c * runs.per_channel + runs.hi; ++t) {
         const T* xt = xg + offsets[t];
         V xv[NV];
 #pragma GCC unroll 4
@@ -259,10 +299,10 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
 }
 
 // Below this many multiply-adds the direct forward (its phase-grid copy included) runs on the
-// calling thread: waking a sleeping worker and waiting for it at the end of the region cost
-// more than the second core gives back. With the workers' short spin after each region
-// (GOMP_SPINCOUNT, set where pyconv/__init__.py loads libgomp) a worker is still awake
-// between the layers of a network, and the second thread pays from about a million. Measured on a 2-vCPU KVM guest, quiet,
+// calling thread: waking a sleeping worker and waiting for it cost more than the second core
+// gives back. With the workers' short spin after each job (common/thread_pool.h) a worker is
+// still awake between the layers of a network, and the second thread pays from about a
+// million (measured when the kernels ran on OpenMP with a similar spin). Measured on a 2-vCPU KVM guest, quiet,
 // wall time of the call against a one-node ONNX Runtime session (2 threads each), floor 2^23
 // against 2^20: ResNet's stem (3 -> 16 3x3 p1 on 32x32, batch 16, 7.1M multiply-adds) 198
 // against 151-154 us (ONNX Runtime 150), LeNet's conv1 (1 -> 6 5x5 on 32x32, batch 64, 7.5M)
@@ -281,14 +321,13 @@ inline int direct_grid_threads(const ConvShape& g) {
 // while the channel block's weights stream.
 constexpr int64_t kDirectGridTilesPerJob = 8;
 
-template <class T, int KB>
+template <class T, int KB, int NV>
 void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     using S = Simd<T>;
-    constexpr int NV = kDirectGridVectors;
     constexpr int64_t wide = NV * S::lanes;
     const ConvShape& g = *a.g;
     const int64_t Kg = g.K / g.groups, taps = (g.C / g.groups) * g.R * g.S;
-    const int64_t pixels = a.pixels, plane = g.Ho * g.Wo;
+    const int64_t pixels = a.pixels, plane = g.Ho * g.Wo, row = g.Ho > 0 ? pixels / g.Ho : 1;
     const int64_t tiles = (pixels + wide - 1) / wide;
     const int64_t chunks = (tiles + kDirectGridTilesPerJob - 1) / kDirectGridTilesPerJob;
     const int64_t jobs = checked_mul(g.N, g.groups, a.channel_blocks, chunks);
@@ -298,31 +337,35 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
     // and a thread the OS deschedules for a while (a loaded machine) holds back one batch
     // (a 32nd of the call per thread) instead of its whole share.
     const int64_t batch = std::max<int64_t>(1, jobs / (int64_t(threads) * 32));
-    // Column copies are filled image by image into a buffer of each thread's (then `wide`
-    // zeros for the read-ahead), which stays in its cache while the jobs of that image read it;
-    // the whole batch's copies filled up front measured slower than the phase grid (LeNet's
-    // conv2 at batch 64: 1.07 MB of copies, more than a core's L2). Jobs run image after image,
-    // so a thread fills an image about once (two threads on one image both fill it: the same
-    // values, so no bit changes).
-    const int64_t buffer = (a.image + wide + 15) / 16 * 16;  // a thread's, in whole cache lines
-    Scratch<T> buffers;  // allocated here: an exception must not leave a pool thread
-    if (!a.xq) {
-        buffers = scratch<T>(checked_mul(int64_t(threads), buffer));
-        for (int i = 0; i < threads; ++i) std::fill_n(buffers.get() + i * buffer + a.image, wide, T(0));
-    }
+    // The grid or column copies are filled image by image into a buffer of each thread's, which
+    // stays in its cache while the jobs of that image read it; the whole batch's column copies
+    // filled up front measured slower than the phase grid (LeNet's conv2 at batch 64: 1.07 MB
+    // of copies, more than a core's L2), and the whole batch's grid, filled by a parallel region
+    // of its own before this one, even on one thread and slower on two, where the extra region
+    // waited for both threads twice (2 threads, wall time, medians of 5 rounds on a loaded host:
+    // 3 -> 64 3x3 p1 on 32x32, batch 16, 1.37x; 256 -> 16 3x3 p1 on 14x14, batch 8, 1.24x;
+    // 2 -> 32 3x3 s2 p1 on 32x32, batch 64, 1.12x). Jobs run image after image, so a thread fills
+    // an image about once (two threads on one image both fill it: the same values, so no bit
+    // changes).
+    const int64_t buffer = (a.image + a.slack + wide + 15) / 16 * 16;  // a thread's, in whole cache lines
+    // Allocated here: an exception must not leave a pool thread. Past each image: the
+    // zeros that the last taps and a tile's read-ahead reach.
+    const Scratch<T> buffers = scratch<T>(checked_mul(int64_t(threads), buffer));
+    for (int i = 0; i < threads; ++i) std::fill(buffers.get() + i * buffer + a.image, buffers.get() + (i + 1) * buffer, T(0));
     std::vector<int64_t> filled(size_t(threads), -1);  // the image in each thread's copies
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     parallel_ranges(jobs, (jobs + batch - 1) / batch, threads, [&](int64_t begin, int64_t end, int worker) {
-    T* copies = a.xq ? nullptr : buffers.get() + worker * buffer;
+    T* copies = buffers.get() + worker * buffer;
     for (int64_t job = begin; job < end; ++job) {
         const int64_t chunk = job % chunks, block = job / chunks % a.channel_blocks;
         const int64_t grp = job / chunks / a.channel_blocks % g.groups, n = job / chunks / a.channel_blocks / g.groups;
         const int64_t k0 = grp * Kg + block * KB, channels = std::min<int64_t>(KB, Kg - block * KB);
-        if (!a.xq && filled[size_t(worker)] != n) {
-            fill_column_copies(g, *a.columns, a.x + n * g.C * g.H * g.W, copies);
+        if (filled[size_t(worker)] != n) {
+            if (a.columns) fill_column_copies(g, *a.columns, a.x + n * g.C * g.H * g.W, copies);
+            else fill_phase_grid_image(g, *a.grid, a.x + n * g.C * g.H * g.W, copies);
             filled[size_t(worker)] = n;
         }
-        const T* xg = (a.xq ? a.xq + n * a.image : copies) + grp * a.group;
+        const T* xg = copies + grp * a.group;
         const T* wb = a.wpack + (grp * a.channel_blocks + block) * taps * KB;
         alignas(64) T bias_block[KB] = {};
         for (int64_t j = 0; a.bias && j < channels; ++j) bias_block[j] = a.bias[k0 + j];
@@ -332,50 +375,50 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
             const int64_t q0 = t * wide;
             const GridStore* stores = a.plan->stores.data();
             const int64_t* first = a.plan->first.data() + t * NV;
-            if (pixels - q0 <= S::lanes)  // the image's last pixels fit one vector
-                direct_grid_tile<T, KB, 1>(xg + q0, a.offsets, taps, wb, bias_block, stores, first, channels,
-                                           plane, yk);
+            const int64_t last = std::min(pixels, q0 + wide) - 1;
+            const TapRuns runs = tap_runs_for_rows(g, q0 / row, last / row);
+            // The image's last pixels may fill fewer vectors.
+            const int64_t vectors = (last - q0) / S::lanes + 1;
+            if (NV >= 3 && vectors == 3)
+                direct_grid_tile<T, KB, 3>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
+            else if (NV >= 2 && vectors == 2)
+                direct_grid_tile<T, KB, 2>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
+            else if (vectors == 1)
+                direct_grid_tile<T, KB, 1>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
             else
-                direct_grid_tile<T, KB, NV>(xg + q0, a.offsets, taps, wb, bias_block, stores, first, channels,
-                                            plane, yk);
+                direct_grid_tile<T, KB, NV>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
         }
     }
     });
 }
 
 // The kernel instantiated for exactly KB channels per tile (KB = kb, counting down).
-template <class T, int KB = kDirectGridMaxChannels>
+template <class T, int NV, int KB>
 void conv2d_forward_direct_grid_kb(int64_t kb, const DirectGridArgs<T>& a) {
     if constexpr (KB > 1) {
-        if (kb < KB) return conv2d_forward_direct_grid_kb<T, KB - 1>(kb, a);
+        if (kb < KB) return conv2d_forward_direct_grid_kb<T, NV, KB - 1>(kb, a);
     }
-    conv2d_forward_direct_grid_with<T, KB>(a);
+    conv2d_forward_direct_grid_with<T, KB, NV>(a);
 }
 
 // The kernel over `source`: the phase grid (PhaseGrid), filled here, or column copies
 // (ColumnCopies), which the kernel fills image by image.
-template <class T, class Source>
-void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t row, const T* x, const T* w,
+template <class T, int NV, class Source>
+void conv2d_forward_direct_tiles(const ConvShape& g, const Source& source, int64_t row, const T* x, const T* w,
                               const T* bias, T* y) {
-    constexpr int64_t wide = kDirectGridVectors * Simd<T>::lanes;
+    constexpr int64_t wide = NV * Simd<T>::lanes;
+    constexpr int max_channels = direct_grid_max_channels(NV);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = Cg * g.R * g.S;
     // Equal channel blocks, as few as the register file allows (Kg = 16 -> 2 x 8 with AVX-512,
-    // 64 -> 6 x 11, the last with 2 zero channels that are computed and not stored).
-    const int64_t blocks = (Kg + kDirectGridMaxChannels - 1) / kDirectGridMaxChannels;
+    // 64 -> 6 x 11 on 2 vectors, the last with 2 zero channels that are computed and not stored).
+    const int64_t blocks = (Kg + max_channels - 1) / max_channels;
     const int64_t kb = (Kg + blocks - 1) / blocks;
-    // The grid, then `wide` zeros: a tile that ends past an image's pixels reads up to that far
-    // past its last plane (into the next image, whose values reach only dropped pixels).
-    constexpr bool on_grid = std::is_same_v<Source, PhaseGrid>;
     const int team = direct_grid_threads(g);
-    Scratch<T> grid;
+    const PhaseGrid* grid = nullptr;
     const ColumnCopies* columns = nullptr;
-    if constexpr (!on_grid) columns = &source;
-    if constexpr (on_grid) {
-        const int64_t size = source.size(g);
-        grid = scratch<T>(checked_add(size, wide));
-        fill_phase_grid(g, source, x, grid.get(), team);
-        std::fill(grid.get() + size, grid.get() + size + wide, T(0));
-    }
+    int64_t slack = 0;
+    if constexpr (std::is_same_v<Source, PhaseGrid>) grid = &source, slack = source.slack;
+    else columns = &source;
     Scratch<T> wpack = scratch<T>(checked_mul(g.groups, blocks, kb, taps));
     for (int64_t grp = 0; grp < g.groups; ++grp)
         for (int64_t block = 0; block < blocks; ++block) {
@@ -388,11 +431,21 @@ void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t 
         }
     const std::vector<int64_t> offsets = tap_offsets(g, source);
     const int64_t pixels = source.pixels(g), tiles = (pixels + wide - 1) / wide;
-    const GridStorePlan plan = grid_store_plan(g, row, pixels, tiles, Simd<T>::lanes, kDirectGridVectors);
+    const GridStorePlan plan = grid_store_plan(g, row, pixels, tiles, Simd<T>::lanes, NV);
     const int64_t group = source.image / g.C * Cg;
-    const DirectGridArgs<T> a{&g, on_grid ? grid.get() : nullptr, x, columns, source.image, group, pixels,
-                              offsets.data(), wpack.get(), bias, y, blocks, &plan, team};
-    conv2d_forward_direct_grid_kb<T>(kb, a);
+    const DirectGridArgs<T> a{&g, x, grid, columns, slack, source.image, group, pixels, offsets.data(), wpack.get(),
+                              bias, y, blocks, &plan, team};
+    conv2d_forward_direct_grid_kb<T, NV, max_channels>(kb, a);
+}
+
+// The kernel on `source` with the tile shape direct_grid_vectors picks.
+template <class T, class Source>
+void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t row, const T* x, const T* w,
+                              const T* bias, T* y) {
+    if constexpr (kDirectGridWideTiles) {
+        if (direct_grid_vectors(g) == 3) return conv2d_forward_direct_tiles<T, 3>(g, source, row, x, w, bias, y);
+    }
+    conv2d_forward_direct_tiles<T, 2>(g, source, row, x, w, bias, y);
 }
 
 template <class T>

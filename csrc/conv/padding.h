@@ -4,6 +4,7 @@
 #include "common/prelude.h"
 #include "common/denormals.h"
 #include "common/scratch.h"
+#include "common/simd.h"
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -40,9 +41,15 @@ inline bool padded_planes_fit(const ConvShape& g, double copies) {
     return scratch_fits(g, copies * Hp * Wp);
 }
 
-// dst (Hp x Wp) = plane (H x W) shifted by the top/left padding, zeros around.
+// dst (Hp x Wp) = plane (H x W) shifted by the top/left padding, zeros around. Rows are copied
+// by whole vectors and one masked vector: a library copy per row cost as much as the rest of
+// the padding (32-column rows of 16x32x32x32 -> 64 3x3 stride 2: 7% of the forward by channels).
 template <class T>
 void pad_plane(const ConvShape& g, const PaddedPlane& p, const T* plane, T* dst) {
+    using S = Simd<T>;
+    constexpr int64_t L = S::lanes;
+    // Columns [lo, hi) of a padded row hold x's columns [lo - pw, hi - pw).
+    const int64_t lo = std::clamp<int64_t>(g.pw, 0, p.Wp), hi = std::clamp<int64_t>(g.pw + g.W, lo, p.Wp);
     for (int64_t hp = 0; hp < p.Hp; ++hp) {
         const int64_t h = hp - g.ph;
         T* d = dst + hp * p.Wp;
@@ -50,7 +57,12 @@ void pad_plane(const ConvShape& g, const PaddedPlane& p, const T* plane, T* dst)
             std::fill(d, d + p.Wp, T(0));
             continue;
         }
-        gather_row(plane + h * g.W, g.W, -g.pw, 1, p.Wp, d, 1);
+        const T* row = plane + h * g.W - g.pw;
+        for (int64_t t = 0; t < lo; ++t) d[t] = T(0);
+        int64_t t = lo;
+        for (; t + L <= hi; t += L) S::store(d + t, S::load(row + t));
+        if (t < hi) store_first<T>(d + t, load_first<T>(row + t, int(hi - t)), int(hi - t));
+        for (t = hi; t < p.Wp; ++t) d[t] = T(0);
     }
 }
 

@@ -56,66 +56,74 @@ constexpr int64_t kStride2RowMax = 256;
 // vectorises as a de-interleave. The general copy below gathers each phase's row separately
 // with stride-2 scalar loads and pads it with library calls, and on the short rows of small
 // layers (17 grid columns for 32x32 images) cost as much as half the direct kernel's time.
+// One plane of x (src) into its phases' planes of the grid (dst).
 template <class T>
-void fill_phase_grid_stride2(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq, int threads) {
-    const int64_t planes = g.N * g.C, n = 2 * pg.Wq;
+void fill_phase_grid_stride2_plane(const ConvShape& g, const PhaseGrid& pg, const T* src, T* dst) {
+    const int64_t n = 2 * pg.Wq;
     const int64_t lo = std::min(g.pw, n), hi = std::max(lo, std::min(n, g.pw + g.W));
-    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(planes, threads, [&](int64_t p, int) {
-        const T* src = x + p * g.H * g.W;
-        alignas(64) T shifted[2 * kStride2RowMax];
-        for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
+    alignas(64) T shifted[2 * kStride2RowMax];
+    for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
+        for (int64_t hq = 0; hq < pg.Hq; ++hq) {
+            const int64_t h = hq * g.sh + ph_h - g.ph;
+            T* d0 = dst + (ph_h * 2) * pg.plane + hq * pg.Wq;  // column phase 0
+            T* d1 = d0 + pg.plane;                             // column phase 1
+            if (h < 0 || h >= g.H) {
+                std::fill(d0, d0 + pg.Wq, T(0));
+                std::fill(d1, d1 + pg.Wq, T(0));
+                continue;
+            }
+            const T* row = src + h * g.W;
+            for (int64_t t = 0; t < lo; ++t) shifted[t] = T(0);
+            for (int64_t t = lo; t < hi; ++t) shifted[t] = row[t - g.pw];
+            for (int64_t t = hi; t < n; ++t) shifted[t] = T(0);
+            for (int64_t t = 0; t < pg.Wq; ++t) {
+                d0[t] = shifted[2 * t];
+                d1[t] = shifted[2 * t + 1];
+            }
+        }
+}
+
+// One plane of x (src) into its phases' planes of the grid (dst), any stride.
+template <class T>
+void fill_phase_grid_plane(const ConvShape& g, const PhaseGrid& pg, const T* src, T* dst) {
+    if (g.sw == 2 && pg.Wq <= kStride2RowMax) return fill_phase_grid_stride2_plane(g, pg, src, dst);
+    for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
+        for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
+            T* phase = dst + (ph_h * g.sw + ph_w) * pg.plane;
+            const int64_t first = ph_w - g.pw;  // input column of grid column 0
+            int64_t lo, hi;                     // grid columns inside the input, for every row
+            inside(first, g.sw, g.W, pg.Wq, lo, hi);
             for (int64_t hq = 0; hq < pg.Hq; ++hq) {
                 const int64_t h = hq * g.sh + ph_h - g.ph;
-                T* d0 = xq + (p * pg.phases + ph_h * 2) * pg.plane + hq * pg.Wq;  // column phase 0
-                T* d1 = d0 + pg.plane;                                           // column phase 1
+                T* d = phase + hq * pg.Wq;
                 if (h < 0 || h >= g.H) {
-                    std::fill(d0, d0 + pg.Wq, T(0));
-                    std::fill(d1, d1 + pg.Wq, T(0));
+                    std::fill(d, d + pg.Wq, T(0));
                     continue;
                 }
                 const T* row = src + h * g.W;
-                for (int64_t t = 0; t < lo; ++t) shifted[t] = T(0);
-                for (int64_t t = lo; t < hi; ++t) shifted[t] = row[t - g.pw];
-                for (int64_t t = hi; t < n; ++t) shifted[t] = T(0);
-                for (int64_t t = 0; t < pg.Wq; ++t) {
-                    d0[t] = shifted[2 * t];
-                    d1[t] = shifted[2 * t + 1];
-                }
+                std::fill(d, d + lo, T(0));
+                if (g.sw == 1) std::copy(row + first + lo, row + first + hi, d + lo);
+                else for (int64_t t = lo; t < hi; ++t) d[t] = row[first + t * g.sw];
+                std::fill(d + hi, d + pg.Wq, T(0));
             }
-    });
-    std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
+        }
 }
 
 template <class T>
 void fill_phase_grid(const ConvShape& g, const PhaseGrid& pg, const T* x, T* xq, int threads = num_threads()) {
-    if (g.sw == 2 && pg.Wq <= kStride2RowMax) return fill_phase_grid_stride2(g, pg, x, xq, threads);
     const int64_t planes = g.N * g.C;
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(planes, threads, [&](int64_t p, int) {
-        const T* src = x + p * g.H * g.W;
-        for (int64_t ph_h = 0; ph_h < g.sh; ++ph_h)
-            for (int64_t ph_w = 0; ph_w < g.sw; ++ph_w) {
-                T* dst = xq + (p * pg.phases + ph_h * g.sw + ph_w) * pg.plane;
-                const int64_t first = ph_w - g.pw;  // input column of grid column 0
-                int64_t lo, hi;                     // grid columns inside the input, for every row
-                inside(first, g.sw, g.W, pg.Wq, lo, hi);
-                for (int64_t hq = 0; hq < pg.Hq; ++hq) {
-                    const int64_t h = hq * g.sh + ph_h - g.ph;
-                    T* d = dst + hq * pg.Wq;
-                    if (h < 0 || h >= g.H) {
-                        std::fill(d, d + pg.Wq, T(0));
-                        continue;
-                    }
-                    const T* row = src + h * g.W;
-                    std::fill(d, d + lo, T(0));
-                    if (g.sw == 1) std::copy(row + first + lo, row + first + hi, d + lo);
-                    else for (int64_t t = lo; t < hi; ++t) d[t] = row[first + t * g.sw];
-                    std::fill(d + hi, d + pg.Wq, T(0));
-                }
-            }
-    });
+    parallel_for(planes, threads,
+                 [&](int64_t p, int) { fill_phase_grid_plane(g, pg, x + p * g.H * g.W, xq + p * pg.phases * pg.plane); });
     std::fill(xq + g.N * pg.image, xq + pg.size(g), T(0));
+}
+
+// One image's grid (x_image: its C planes) into dst (pg.image elements, then pg.slack zeros), on
+// the calling thread.
+template <class T>
+void fill_phase_grid_image(const ConvShape& g, const PhaseGrid& pg, const T* x_image, T* dst) {
+    for (int64_t c = 0; c < g.C; ++c) fill_phase_grid_plane(g, pg, x_image + c * g.H * g.W, dst + c * pg.phases * pg.plane);
+    std::fill(dst + pg.image, dst + pg.image + pg.slack, T(0));
 }
 
 // The phase grid of x: x itself where they coincide, else a copy filled into `storage`.

@@ -121,8 +121,8 @@ struct LaneMap {
 // channel with work in between: the rows come from L image planes, a few short runs each,
 // which the hardware prefetchers ramp up on too late).
 template <class T>
-void fill_lanes_transposed(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0, int64_t r1,
-                int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
+void fill_lanes_transposed(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0,
+                           int64_t r1, int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes;
@@ -389,7 +389,9 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
 }  // namespace winograd_phases
 
 // The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
-// `ep` is applied as each output is stored.
+// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
+// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of tiles: 3 of 4
+// columns) one output at a time (put_each), where the transposes measured no cheaper.
 template <class T>
 void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
                                     const Epilogue<T>& ep = {}) {
@@ -403,19 +405,30 @@ void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, 
     if (ep.any())
         forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
                             [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
-                                put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
-                                    const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
-                                    store_with(ep, v, run, y + at, at);
-                                });
+                                if (tile.columns == kWinogradTile)
+                                    put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
+                                        const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
+                                        store_with(ep, v, run, y + at, at);
+                                    });
+                                else
+                                    put_each(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
+                                        const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
+                                        store_with(ep, &v, 1, y + at, at);
+                                    });
                             });
     else
         forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
                             [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
-                                put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
-                                    T* dst = y + (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
-                                    if (run == kWinogradTile) std::memcpy(dst, v, kWinogradTile * sizeof(T));
-                                    else for (int e = 0; e < run; ++e) dst[e] = v[e];
-                                });
+                                if (tile.columns == kWinogradTile)
+                                    put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
+                                        T* dst = y + (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
+                                        if (run == kWinogradTile) std::memcpy(dst, v, kWinogradTile * sizeof(T));
+                                        else for (int e = 0; e < run; ++e) dst[e] = v[e];
+                                    });
+                                else
+                                    put_each(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
+                                        y[(n * g.K + tile.k) * HoWo + ho * g.Wo + wo] = v;
+                                    });
                             });
 }
 

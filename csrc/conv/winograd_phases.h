@@ -16,7 +16,9 @@
 //
 // Against the 16 multiplications per output and channel pair of the direct sum, F(4x4, 2x2)
 // needs 100 per 4x4 tile and channel pair (25 for each of the 4 phases: 2.56x fewer), plus the
-// copies into the lane layout (BatchLanes) and the transforms.
+// copies into the lane layout (BatchLanes) and the transforms. The forward stores whole tile
+// rows as runs, the lanes (images) transposed in registers (put_rows); other outputs one at a
+// time (put_each).
 #pragma once
 
 #include "common/prelude.h"
@@ -77,12 +79,15 @@ void merge_weights(const ConvShape& g, const T* dws, T* dw) {
 // The layout of the forward and the input gradient: images in the vector lanes. The phase
 // planes of these layers are small (8x8 for a 7x7 output: 2x2 tiles), so that transform_input's
 // rows of tiles would be two tiles long and each vector of tiles would blend eight of them.
-// Here the operand is copied once with groups of `lanes` images innermost,
+// Here the operand is laid out with groups of `lanes` images innermost,
 // X[group][c][r][s][lane] (zeros wherever no input lies, and for the lanes past the batch;
 // rows and columns covering every tile's window), and a vector holds one tile position of a
 // group's images: the input transform loads its 25 window elements as whole vectors. Tile t is
 // lane t % L of vector t / L, which is position (t / L) % P of group (t / L) / P: a block of
-// tiles reads and writes a few groups' planes, contiguous in X and y.
+// tiles reads and writes a few groups' planes, contiguous in X and y. The input and weight
+// gradients copy their operands whole (to_batch_lanes: read by four phases, or by two
+// transforms); the forward lays out x's rows under each block's tiles as it goes, one channel
+// at a time, in a small buffer (fill_lanes).
 struct BatchLanes {
     int64_t N, groups;  // images; groups of L of them
     int64_t C, Hx, Wx;  // X's channels, rows and columns

@@ -16,7 +16,9 @@
 //
 // Against the 16 multiplications per output and channel pair of the direct sum, F(4x4, 2x2)
 // needs 100 per 4x4 tile and channel pair (25 for each of the 4 phases: 2.56x fewer), plus the
-// copies into the lane layout (BatchLanes) and the transforms.
+// copies into the lane layout (BatchLanes) and the transforms. The forward stores whole tile
+// rows as runs, the lanes (images) transposed in registers (put_rows); other outputs one at a
+// time (put_each).
 #pragma once
 
 #include "common/prelude.h"
@@ -77,12 +79,15 @@ void merge_weights(const ConvShape& g, const T* dws, T* dw) {
 // The layout of the forward and the input gradient: images in the vector lanes. The phase
 // planes of these layers are small (8x8 for a 7x7 output: 2x2 tiles), so that transform_input's
 // rows of tiles would be two tiles long and each vector of tiles would blend eight of them.
-// Here the operand is copied once with groups of `lanes` images innermost,
+// Here the operand is laid out with groups of `lanes` images innermost,
 // X[group][c][r][s][lane] (zeros wherever no input lies, and for the lanes past the batch;
 // rows and columns covering every tile's window), and a vector holds one tile position of a
 // group's images: the input transform loads its 25 window elements as whole vectors. Tile t is
 // lane t % L of vector t / L, which is position (t / L) % P of group (t / L) / P: a block of
-// tiles reads and writes a few groups' planes, contiguous in X and y.
+// tiles reads and writes a few groups' planes, contiguous in X and y. The input and weight
+// gradients copy their operands whole (to_batch_lanes: read by four phases, or by two
+// transforms); the forward lays out x's rows under each block's tiles as it goes, one channel
+// at a time, in a small buffer (fill_lanes).
 struct BatchLanes {
     int64_t N, groups;  // images; groups of L of them
     int64_t C, Hx, Wx;  // X's channels, rows and columns
@@ -100,83 +105,212 @@ struct BatchLanes {
     }
 };
 
-// x's phases in the layout bl (channel 4c + 2a + b: phase (a, b) of channel c).
-template <class T>
-Scratch<T> phases_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T* x) {
-    Scratch<T> X = scratch<T>(bl.elements<T>());
-    constexpr int L = Simd<T>::lanes;
-    const int64_t HW = g.H * g.W;
-    parallel_for(bl.groups * g.C, num_threads(), [&](int64_t gc, int) {
-        const int64_t group = gc / g.C, c = gc % g.C, images = std::min<int64_t>(L, g.N - group * L);
-        for (int a = 0; a < 2; ++a)
-            for (int b = 0; b < 2; ++b)
-                for (int64_t r = 0; r < bl.Hx; ++r)
-                    for (int64_t s = 0; s < bl.Wx; ++s) {
-                        T* lanes = X.get() + bl.at<T>(group, 4 * c + 2 * a + b, r, s);
-                        const int64_t h = 2 * r + a - g.ph, w = 2 * s + b - g.pw;
-                        if (h < 0 || h >= g.H || w < 0 || w >= g.W) {
-                            std::fill(lanes, lanes + L, T(0));
-                            continue;
-                        }
-                        const T* src = x + (group * L * g.C + c) * HW + h * g.W + w;
-                        for (int64_t l = 0; l < images; ++l) lanes[l] = src[l * g.C * HW];
-                        std::fill(lanes + images, lanes + L, T(0));
-                    }
-    });
-    return X;
-}
+// Where a source's pixels go in the lane layout: source (N, channels, H, W); each channel
+// becomes step^2 planes of X's rows and columns, pixel (h, w) lying at row r, column s of plane
+// a * step + b, where h + pad_h = step * r + a and w + pad_w = step * s + b. step 2: x's stride
+// phases (pad: x's padding); step 1: dy shifted by pad rows and columns. Elements of a plane
+// with no pixel are zeros.
+struct LaneMap {
+    int64_t channels, H, W;
+    int step;
+    int64_t pad_h, pad_w;
+    int planes() const { return step * step; }
+    static LaneMap phases(const ConvShape& g) { return LaneMap{g.C, g.H, g.W, 2, g.ph, g.pw}; }
+    static LaneMap shifted(const ConvShape& g, int64_t shift) { return LaneMap{g.K, g.Ho, g.Wo, 1, shift, shift}; }
+};
 
-// dy (N, K, Ho, Wo) in the layout bl, shifted by `shift` rows and columns (zeros around).
+// fill_lanes (below) by register transposes: padding is zeroed where it lies; the pixels of the
+// source rows under rows [r0, r1) are read L pixels at a time from each image (one vector per
+// image) and transposed in registers, so that each pixel is one vector store. prefetch:
+// request the same rows of channel c + 1 from memory (for a caller that fills channel after
+// channel with work in between: the rows come from L image planes, a few short runs each,
+// which the hardware prefetchers ramp up on too late).
 template <class T>
-Scratch<T> output_batch_lanes(const ConvShape& g, const BatchLanes& bl, const T* dy, int64_t shift) {
-    Scratch<T> X = scratch<T>(bl.elements<T>());
-    constexpr int L = Simd<T>::lanes;
-    const int64_t HoWo = g.Ho * g.Wo;
-    parallel_for(bl.groups * g.K, num_threads(), [&](int64_t gk, int) {
-        const int64_t group = gk / g.K, k = gk % g.K, images = std::min<int64_t>(L, g.N - group * L);
-        for (int64_t r = 0; r < bl.Hx; ++r)
-            for (int64_t s = 0; s < bl.Wx; ++s) {
-                T* lanes = X.get() + bl.at<T>(group, k, r, s);
-                const int64_t i = r - shift, j = s - shift;
-                if (i < 0 || i >= g.Ho || j < 0 || j >= g.Wo) {
-                    std::fill(lanes, lanes + L, T(0));
+void fill_lanes_transposed(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0,
+                           int64_t r1, int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes;
+    const int64_t st = map.step, row = Wx * L, plane = Hx * row;
+    // The padding: rows and columns with no pixel.
+    for (int a = 0; a < st; ++a)
+        for (int b = 0; b < st; ++b) {
+            T* pl = out + (a * st + b) * plane;
+            // Columns s with 0 <= st s + b - pad_w < W: [s_lo, s_hi).
+            const int64_t s_lo = std::min(Wx, (map.pad_w - b + st - 1) / st);
+            const int64_t s_hi = std::max(s_lo, std::min(Wx, (map.W - 1 + map.pad_w - b) / st + 1));
+            for (int64_t r = r0; r < r1; ++r) {
+                const int64_t h = st * r + a - map.pad_h;
+                if (h < 0 || h >= map.H) {
+                    winograd::zero_run(row, pl + r * row);
                     continue;
                 }
-                const T* src = dy + (group * L * g.K + k) * HoWo + i * g.Wo + j;
-                for (int64_t l = 0; l < images; ++l) lanes[l] = src[l * g.K * HoWo];
-                std::fill(lanes + images, lanes + L, T(0));
+                winograd::zero_run(s_lo * L, pl + r * row);
+                winograd::zero_run((Wx - s_hi) * L, pl + r * row + s_hi * L);
             }
+        }
+    const int64_t h_begin = std::max<int64_t>(0, st * r0 - map.pad_h), h_end = std::min(map.H, st * r1 - map.pad_h);
+    if (h_begin >= h_end) return;
+    const int images = int(std::min<int64_t>(L, N - group * L));
+    const int64_t HW = map.H * map.W, image_stride = map.channels * HW;
+    const T* first = src + (group * L * map.channels + c) * HW;
+    const int shift = map.step == 2 ? 1 : 0;  // step 1 or 2: r = hp >> shift, a = hp & shift
+    int64_t h = h_begin, w = 0;  // of pixel p0
+    for (int64_t p0 = h_begin * map.W, end = h_end * map.W; p0 < end; p0 += L) {
+        const int n = int(std::min<int64_t>(L, end - p0));
+        V rows[L];
+        if (images == L && n == L)
+            for (int l = 0; l < L; ++l) rows[l] = S::load(first + l * image_stride + p0);
+        else
+            for (int l = 0; l < L; ++l) rows[l] = l < images ? load_first<T>(first + l * image_stride + p0, n) : S::zero();
+        transpose_block<T>(rows);  // rows[j]: pixel p0 + j of each image
+        for (int j = 0; j < n; ++j) {
+            const int64_t hp = h + map.pad_h, wp = w + map.pad_w, s = wp >> shift;
+            if (s < Wx) S::store(out + (((hp & shift) * st + (wp & shift)) * Hx + (hp >> shift)) * row + s * L, rows[j]);
+            if (++w == map.W) w = 0, ++h;
+        }
+    }
+    if (prefetch && c + 1 < map.channels)
+        for (int l = 0; l < images; ++l) {
+            const char* begin = reinterpret_cast<const char*>(first + l * image_stride + HW + h_begin * map.W);
+            const char* end = reinterpret_cast<const char*>(first + l * image_stride + HW + h_end * map.W);
+            for (const char* line = begin; line < end; line += 64) __builtin_prefetch(line);
+        }
+}
+
+// Rows [r0, r1) of the planes of source channel c of group `group`'s images, into `out`: the
+// map's planes of Hx x Wx lane vectors, [plane][r][s][lane] (lanes past the batch, and elements
+// with no pixel, zero). Where the source rows under them are whole vectors of pixels from a
+// multiple of L (planes of 8x8 or 16x16: the loads start where the planes' vectors do), by
+// register transposes (fill_lanes_transposed); otherwise element by element, in order. (On
+// 14x14 planes, 12.25 vectors each, the transposes measured slower than the elements: the
+// loads of x from memory dominate either way.)
+template <class T>
+void fill_lanes(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0, int64_t r1,
+                int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
+    constexpr int L = Simd<T>::lanes;
+    const int64_t st = map.step, HW = map.H * map.W, image_stride = map.channels * HW;
+    const int64_t h_begin = std::max<int64_t>(0, st * r0 - map.pad_h), h_end = std::min(map.H, st * r1 - map.pad_h);
+    if (h_begin < h_end && h_begin * map.W % L == 0 && (h_end - h_begin) * map.W % L == 0)
+        return fill_lanes_transposed(map, src, N, group, c, r0, r1, Hx, Wx, out, prefetch);
+    const int images = int(std::min<int64_t>(L, N - group * L));
+    const T* first = src + (group * L * map.channels + c) * HW;
+    for (int a = 0; a < st; ++a)
+        for (int b = 0; b < st; ++b)
+            for (int64_t r = r0; r < r1; ++r)
+                for (int64_t s = 0; s < Wx; ++s) {
+                    T* lanes = out + (((a * st + b) * Hx + r) * Wx + s) * L;
+                    const int64_t h = st * r + a - map.pad_h, w = st * s + b - map.pad_w;
+                    if (h < 0 || h >= map.H || w < 0 || w >= map.W) {
+                        std::fill(lanes, lanes + L, T(0));
+                        continue;
+                    }
+                    const T* pixel = first + h * map.W + w;
+                    for (int l = 0; l < images; ++l) lanes[l] = pixel[l * image_stride];
+                    std::fill(lanes + images, lanes + L, T(0));
+                }
+}
+
+// The whole source in the layout bl (X's channel planes() c + plane: the plane of channel c).
+template <class T>
+Scratch<T> to_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src) {
+    Scratch<T> X = scratch<T>(bl.elements<T>());
+    parallel_for(bl.groups * map.channels, num_threads(), [&](int64_t gc, int) {
+        const int64_t group = gc / map.channels, c = gc % map.channels;
+        fill_lanes(map, src, bl.N, group, c, 0, bl.Hx, bl.Hx, bl.Wx, X.get() + bl.at<T>(group, map.planes() * c, 0, 0));
     });
     return X;
 }
 
 // The transform (InputTransform, or OutputGradTransform for dy: its 4x4 tile, the window's
-// last row and column unread) of the tiles of vector `vec`, channel c, window from X's row
-// oh and column ow of its tile position, into out[25].
+// last row and column unread) of the window whose top-left lane vector is at `base` in a plane
+// of Wx columns of lane vectors, into out[25].
 template <class T, class Transform>
-static inline __attribute__((always_inline)) void transform_window(const BatchLanes& bl, const T* X, int64_t vec,
-                                                                   int64_t positions, int64_t cols, int64_t c,
-                                                                   int64_t oh, int64_t ow,
+static inline __attribute__((always_inline)) void transform_window(const T* base, int64_t Wx,
                                                                    typename Simd<T>::V* out) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes, A = winograd::F4x2::alpha, P = winograd::F4x2::points;
-    const int64_t group = vec / positions, p = vec % positions;
-    const T* base = X + bl.at<T>(group, c, oh + p / cols * winograd::kTile, ow + p % cols * winograd::kTile);
     V in[P], mid[P];
     for (int r = 0; r < A; ++r)
-        for (int s = 0; s < A; ++s) in[r * A + s] = S::load(base + (r * bl.Wx + s) * L);
+        for (int s = 0; s < A; ++s) in[r * A + s] = S::load(base + (r * Wx + s) * L);
     for (int s = 0; s < A; ++s) Transform::apply(in + s, A, mid + s, A);          // B^T d
     for (int a = 0; a < A; ++a) Transform::apply(mid + a * A, 1, out + a * A, 1);  // (.) B
 }
 
-// One 2x2 stride-1 convolution by F(4x4, 2x2) over X (BatchLanes), output (k, n, ho, wo) for
+// Where the window of tile position p (of `cols` per row) starts in channel c of group
+// `group` of X, offset by oh rows and ow columns.
+template <class T>
+inline const T* window_at(const BatchLanes& bl, const T* X, int64_t group, int64_t c, int64_t p, int64_t cols,
+                          int64_t oh, int64_t ow) {
+    return X + bl.at<T>(group, c, oh + p / cols * winograd::kTile, ow + p % cols * winograd::kTile);
+}
+
+// One output tile of forward_batch_lanes: channel k, images n0 .. n0 + images - 1 (the lanes),
+// the rows x columns outputs from (ho0, wo0) that lie in the output.
+template <class T>
+struct TileOut {
+    int64_t k, n0;
+    int images;
+    int64_t ho0, wo0;
+    int rows, columns;
+};
+
+// Hands the tile's outputs out[16] (lanes: images) to put(n, ho, wo, values, run) as runs of
+// at most kTile along a row (values[e]: output (n, ho, wo + e)). L of the 16 vectors at a time
+// are transposed in registers, so that each image's elements q0 .. q0 + L - 1 of the tile
+// (whole tile rows, or part of one) become one vector, then the runs are copied out of it.
+template <class T, class Put>
+static inline __attribute__((always_inline)) void put_rows(const TileOut<T>& tile, const typename Simd<T>::V* out,
+                                                           const Put& put) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, kTile = winograd::kTile;
+    static_assert(kTile * kTile % L == 0, "a tile is whole vectors");
+    alignas(64) T z[std::max(L, kTile)];  // (L would do; the size keeps put's fixed-size copies in bounds)
+    for (int q0 = 0; q0 < tile.rows * kTile; q0 += L) {
+        V t[L];
+        for (int j = 0; j < L; ++j) t[j] = out[q0 + j];
+        transpose_block<T>(t);
+        for (int l = 0; l < tile.images; ++l) {
+            S::store(z, t[l]);
+            for (int e = q0; e < q0 + L; e = (e / kTile + 1) * kTile) {  // runs within tile rows
+                const int r = e / kTile, s = e % kTile;
+                if (r >= tile.rows) break;
+                const int run = std::min(tile.columns, std::min(kTile, s + q0 + L - e)) - s;
+                if (run > 0) put(tile.n0 + l, tile.ho0 + r, tile.wo0 + s, z + e - q0, run);
+            }
+        }
+    }
+}
+
+// Hands the tile's outputs to put(n, ho, wo, value) one at a time, read lane by lane from a
+// copy of the 16 vectors: for outputs that are not contiguous in a row (the input gradient's
+// phases, every other column), where runs gain nothing.
+template <class T, class Put>
+static inline __attribute__((always_inline)) void put_each(const TileOut<T>& tile, const typename Simd<T>::V* out,
+                                                           const Put& put) {
+    using S = Simd<T>;
+    constexpr int L = S::lanes, kTile = winograd::kTile;
+    alignas(64) T z[kTile * kTile][L];
+    for (int q = 0; q < kTile * kTile; ++q) S::store(z[q], out[q]);
+    for (int l = 0; l < tile.images; ++l)
+        for (int r = 0; r < tile.rows; ++r)
+            for (int s = 0; s < tile.columns; ++s) put(tile.n0 + l, tile.ho0 + r, tile.wo0 + s, z[r * kTile + s][l]);
+}
+
+// One 2x2 stride-1 convolution by F(4x4, 2x2) over X (BatchLanes, the source src laid out by
+// map), output (k, n, ho, wo) for
 // ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
-// handed to store(k, n, ho, wo, value). U: the K x C filters. Blocks of tiles as
+// handed to store(tile, out) a tile of L images at a time (TileOut; out[16], the tile's
+// outputs with images in the lanes: put_rows, put_each). U: the K x C filters. Blocks of tiles as
 // conv2d_forward_winograd's, each transformed, multiplied and transformed back by one thread:
-// the result does not depend on the number of threads.
+// the result does not depend on the number of threads. X: the whole source in bl's layout
+// (to_batch_lanes), or null: each block then lays out the rows of the source its tiles read,
+// one source channel at a time, in a buffer of the thread's (fill_lanes) that stays in cache.
 template <class T, class Store>
-void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t ow, int64_t K, int64_t Ho,
+void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src, const T* X, int64_t oh,
+                         int64_t ow, int64_t K, int64_t Ho,
                          int64_t Wo, const winograd::TransformedFilters<T, winograd::F4x2>& U, const T* bias,
                          const Store& store) {
     using namespace winograd;
@@ -194,11 +328,13 @@ void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t o
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
     const int64_t v_stride = position_stride<T>(checked_mul(C, tl.capacity<T>()));
     const int64_t m_stride = position_stride<T>(checked_mul(K, tl.block));
-    std::vector<Scratch<T>> vs, ms;
+    const int64_t planes = map.planes(), plane_size = bl.Hx * bl.Wx * L;
+    std::vector<Scratch<T>> vs, ms, xs;
     std::vector<GemmBuffers<T>> bufs;
     for (int t = 0; t < threads; ++t) {
         vs.push_back(scratch<T>(checked_mul(int64_t(P), v_stride)));
         ms.push_back(scratch<T>(checked_mul(int64_t(P), m_stride)));
+        if (!X) xs.push_back(scratch<T>(checked_mul(planes, plane_size)));
         bufs.emplace_back(false);
     }
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
@@ -206,19 +342,32 @@ void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t o
         T* v = vs[size_t(worker)].get();
         T* m = ms[size_t(worker)].get();
         const int64_t t0 = blk * tl.block, nt = std::min(tl.block, tl.total - t0);  // whole vectors
-        for (int64_t c = 0; c < C; ++c)
-            for (int64_t first = 0; first < nt; first += L) {
-                V out[P];
-                transform_window<T, InputTransform<F>>(bl, X, (t0 + first) / L, positions, cols, c, oh, ow, out);
-                T* dst = v + (first / NR) * NR * C + c * NR + first % NR;
-                for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
+        // The block's vectors, a run of one group's tile positions at a time.
+        for (int64_t vb = t0 / L, ve = (t0 + nt) / L; vb < ve;) {
+            const int64_t group = vb / positions, run_end = std::min(ve, (group + 1) * positions);
+            // X's rows that the run's windows read.
+            const int64_t r0 = oh + vb % positions / cols * kTile, r1 = oh + (run_end - 1) % positions / cols * kTile + A;
+            for (int64_t c = 0; c < map.channels; ++c) {
+                const T* planes_c = X ? X + bl.at<T>(group, planes * c, 0, 0) : xs[size_t(worker)].get();
+                if (!X) fill_lanes(map, src, bl.N, group, c, r0, r1, bl.Hx, bl.Wx, xs[size_t(worker)].get(), true);
+                for (int64_t vec = vb; vec < run_end; ++vec) {
+                    const int64_t first = vec * L - t0, p = vec % positions;
+                    const int64_t at = ((oh + p / cols * kTile) * bl.Wx + ow + p % cols * kTile) * L;
+                    for (int64_t j = 0; j < planes; ++j) {
+                        V out[P];
+                        transform_window<T, InputTransform<F>>(planes_c + j * plane_size + at, bl.Wx, out);
+                        T* dst = v + (first / NR) * NR * C + (planes * c + j) * NR + first % NR;
+                        for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
+                    }
+                }
             }
+            vb = run_end;
+        }
         for (int xi = 0; xi < P; ++xi) {
             const TransformedTiles<T> B{v + xi * v_stride, C};
             const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
             multiply_position(U, xi, K, nt, C, B, M, bufs[size_t(worker)]);
         }
-        alignas(64) T z[kTile * kTile][L];
         for (int64_t k = 0; k < K; ++k) {
             const T bk = bias ? bias[k] : T(0);
             for (int64_t first = 0; first < nt; first += L) {
@@ -228,12 +377,10 @@ void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t o
                 for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
                 for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                  // A^T m
                 for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, out + r * kTile, 1);  // (.) A
-                for (int q = 0; q < kTile * kTile; ++q) S::store(z[q], out[q] + bk);
-                const int images = int(std::min<int64_t>(L, bl.N - n0));
-                const int rows = int(std::min<int64_t>(kTile, Ho - ho0)), columns = int(std::min<int64_t>(kTile, Wo - wo0));
-                for (int l = 0; l < images; ++l)
-                    for (int r = 0; r < rows; ++r)
-                        for (int s = 0; s < columns; ++s) store(k, n0 + l, ho0 + r, wo0 + s, z[r * kTile + s][l]);
+                for (int q = 0; q < kTile * kTile; ++q) out[q] += bk;
+                const TileOut<T> tile{k, n0, int(std::min<int64_t>(L, bl.N - n0)), ho0, wo0,
+                                      int(std::min<int64_t>(kTile, Ho - ho0)), int(std::min<int64_t>(kTile, Wo - wo0))};
+                store(tile, out);
             }
         }
     });
@@ -242,27 +389,46 @@ void forward_batch_lanes(const BatchLanes& bl, const T* X, int64_t oh, int64_t o
 }  // namespace winograd_phases
 
 // The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
-// `ep` is applied as each output is stored.
+// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
+// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of tiles: 3 of 4
+// columns) one output at a time (put_each), where the transposes measured no cheaper.
 template <class T>
 void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
                                     const Epilogue<T>& ep = {}) {
     using namespace winograd_phases;
     const int64_t rows = (g.Ho + kWinogradTile - 1) / kWinogradTile, cols = (g.Wo + kWinogradTile - 1) / kWinogradTile;
     const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, 4 * rows + 1, 4 * cols + 1);
-    const Scratch<T> X = phases_batch_lanes(g, bl, x);
+    const LaneMap map = LaneMap::phases(g);
     const Scratch<T> ws = split_weights(g, w);
     const winograd::TransformedFilters<T, winograd::F4x2> U(phase_shape(g), ws.get());
     const int64_t HoWo = g.Ho * g.Wo;
     if (ep.any())
-        forward_batch_lanes(bl, X.get(), 0, 0, g.K, g.Ho, g.Wo, U, bias,
-                            [&](int64_t k, int64_t n, int64_t ho, int64_t wo, T v) {
-                                const int64_t at = (n * g.K + k) * HoWo + ho * g.Wo + wo;
-                                store_with(ep, &v, 1, y + at, at);
+        forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
+                            [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
+                                if (tile.columns == kWinogradTile)
+                                    put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
+                                        const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
+                                        store_with(ep, v, run, y + at, at);
+                                    });
+                                else
+                                    put_each(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
+                                        const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
+                                        store_with(ep, &v, 1, y + at, at);
+                                    });
                             });
     else
-        forward_batch_lanes(bl, X.get(), 0, 0, g.K, g.Ho, g.Wo, U, bias,
-                            [&](int64_t k, int64_t n, int64_t ho, int64_t wo, T v) {
-                                y[(n * g.K + k) * HoWo + ho * g.Wo + wo] = v;
+        forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
+                            [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
+                                if (tile.columns == kWinogradTile)
+                                    put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
+                                        T* dst = y + (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
+                                        if (run == kWinogradTile) std::memcpy(dst, v, kWinogradTile * sizeof(T));
+                                        else for (int e = 0; e < run; ++e) dst[e] = v[e];
+                                    });
+                                else
+                                    put_each(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
+                                        y[(n * g.K + tile.k) * HoWo + ho * g.Wo + wo] = v;
+                                    });
                             });
 }
 
@@ -288,7 +454,8 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
         Wx = std::max(Wx, j0 + (m + kWinogradTile - 1) / kWinogradTile * kWinogradTile + 1);
     }
     const BatchLanes bl = BatchLanes::of<T>(g.N, g.K, std::max(Hx, g.Ho + 2), std::max(Wx, g.Wo + 2));
-    const Scratch<T> X = output_batch_lanes(g, bl, dy, 1);
+    const LaneMap map = LaneMap::shifted(g, 1);
+    const Scratch<T> X = to_batch_lanes<T>(bl, map, dy);
     // Elements of dx that no phase row or column reaches (past phase row Ho): zeros.
     if (last(g.ph, 0, g.H, g.H) > g.Ho || last(g.ph, 1, g.H, g.H) > g.Ho || last(g.pw, 0, g.W, g.W) > g.Wo ||
         last(g.pw, 1, g.W, g.W) > g.Wo)
@@ -310,9 +477,12 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
             gp.C = g.K, gp.K = g.C, gp.R = gp.S = 2;
             const winograd::TransformedFilters<T, winograd::F4x2> U(gp, wf.get());
             const int64_t h0 = 2 * i0 + a - g.ph, w0 = 2 * j0 + b - g.pw;
-            forward_batch_lanes(bl, X.get(), i0, j0, g.C, rows, cols, U, static_cast<const T*>(nullptr),
-                                [&](int64_t c, int64_t n, int64_t i, int64_t j, T v) {
-                                    dx[(n * g.C + c) * HW + (h0 + 2 * i) * g.W + w0 + 2 * j] = v;
+            forward_batch_lanes(bl, map, dy, X.get(), i0, j0, g.C, rows, cols, U, static_cast<const T*>(nullptr),
+                                [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
+                                    T* plane = dx + tile.k * HW + h0 * g.W + w0;  // tile.k: dx's channel
+                                    put_each(tile, out, [&](int64_t n, int64_t i, int64_t j, T v) {
+                                        plane[n * g.C * HW + 2 * i * g.W + 2 * j] = v;
+                                    });
                                 });
         }
 }
@@ -338,8 +508,8 @@ void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T
     const int64_t C4 = 4 * g.C, K = g.K;
     const BatchLanes bx = BatchLanes::of<T>(g.N, C4, 4 * rows + 1, 4 * cols + 1);
     const BatchLanes by = BatchLanes::of<T>(g.N, K, 4 * rows + 1, 4 * cols + 1);
-    const Scratch<T> X = phases_batch_lanes(g, bx, x);
-    const Scratch<T> DY = output_batch_lanes(g, by, dy, 0);
+    const Scratch<T> X = to_batch_lanes<T>(bx, LaneMap::phases(g), x);
+    const Scratch<T> DY = to_batch_lanes<T>(by, LaneMap::shifted(g, 0), dy);
     const int64_t vectors = bx.groups * positions;
     const double per_vector = double(P) * double(C4 + K) * double(L) * double(sizeof(T));
     const int64_t chunk = std::clamp<int64_t>(int64_t(2 * kWeightGradChunkBytes / per_vector), 1, vectors);  // vectors
@@ -362,12 +532,12 @@ void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T
             typename S::V out[P];
             if (job % 2 == 0)
                 for (int64_t c = 0; c < C4; ++c) {
-                    transform_window<T, InputTransform<F>>(bx, X.get(), vec, positions, cols, c, 0, 0, out);
+                    transform_window<T, InputTransform<F>>(window_at(bx, X.get(), vec / positions, c, vec % positions, cols, 0, 0), bx.Wx, out);
                     for (int q = 0; q < P; ++q) S::store(vx.get() + q * x_stride + c * ld + at, out[q]);
                 }
             else
                 for (int64_t k = 0; k < K; ++k) {
-                    transform_window<T, OutputGradTransform<F>>(by, DY.get(), vec, positions, cols, k, 0, 0, out);
+                    transform_window<T, OutputGradTransform<F>>(window_at(by, DY.get(), vec / positions, k, vec % positions, cols, 0, 0), by.Wx, out);
                     for (int q = 0; q < P; ++q) S::store(vy.get() + q * y_stride + k * ld + at, out[q]);
                 }
         });

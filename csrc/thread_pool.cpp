@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,6 +26,8 @@ struct Job {
     unsigned mxcsr;
     std::atomic<int64_t> next{0};  // the next task to claim
     std::atomic<int64_t> done{0};  // tasks finished
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;      // the first task's exception, written once (failed)
 };
 
 // How long an idle worker keeps polling for the next job before it sleeps: kernels in a
@@ -64,6 +67,7 @@ public:
         // the counter exhausted; a few instructions).
         job_.store(nullptr);
         for (int poll = 0; inside_.load() != 0; ++poll) pause_or_yield(poll);
+        if (job.failed.load()) std::rethrow_exception(job.error);
     }
 
     std::vector<unsigned> idle_mxcsrs() {
@@ -85,7 +89,13 @@ private:
         t_in_task = true;
         for (int64_t i = job.next.fetch_add(1, std::memory_order_relaxed); i < job.n;
              i = job.next.fetch_add(1, std::memory_order_relaxed)) {
-            job.task(job.context, i, worker);
+            // A task that throws (a failed allocation) still counts as done, so that the call
+            // ends; the caller rethrows the first exception once every task has finished.
+            try {
+                job.task(job.context, i, worker);
+            } catch (...) {
+                if (!job.failed.exchange(true)) job.error = std::current_exception();
+            }
             job.done.fetch_add(1, std::memory_order_release);
         }
         t_in_task = false;

@@ -11,8 +11,9 @@
 // finds the work done and goes back to sleep. Idle workers spin briefly, yielding the core,
 // then sleep.
 //
-// Tasks must not throw, and their results must not depend on which thread runs them (pass
-// `worker`, in [0, threads), only to pick per-thread scratch). A call from inside a task, from
+// A task's exception reaches the caller once every task has run (the first one, if several
+// throw). Results must not depend on which thread runs a task (pass `worker`, in
+// [0, threads), only to pick per-thread scratch). A call from inside a task, from
 // a second thread while the pool is busy, or in a forked child runs its tasks on the calling
 // thread, in order.
 #pragma once

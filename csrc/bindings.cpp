@@ -163,7 +163,7 @@ decltype(auto) by_dtype(const py::dtype& dtype, Body&& body) {
 }
 
 // Runs a kernel call with the GIL released, and subnormal floats flushed to zero on the calling
-// thread (the kernels' parallel regions flush on their workers; common/denormals.h).
+// thread (the thread pool's workers run each task with the caller's MXCSR; common/denormals.h).
 template <class Call>
 decltype(auto) without_gil(Call&& call) {
     py::gil_scoped_release nogil;
@@ -467,7 +467,7 @@ void def_map_gradient(py::module_& m, const char* name, const char* input, Pick 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-    m.doc() = "pyconv's C++ kernels (OpenMP, run-time ISA dispatch)";
+    m.doc() = "pyconv's C++ kernels (thread pool, run-time ISA dispatch)";
 
     m.def("isa", [] { return std::string(isa_name(active_isa())); },
           "ISA variant the kernels dispatch to");

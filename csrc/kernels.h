@@ -207,7 +207,7 @@ const KernelsFor<T>& kernels() {
     else return active_table().f64;
 }
 
-int num_threads();                 // OpenMP threads every kernel uses
+int num_threads();                 // threads every kernel uses (common/thread_pool.h)
 void set_num_threads(int n);
 
 }  // namespace pyconv

@@ -151,7 +151,7 @@ void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int
 // it, so the result does not depend on the thread count.
 //
 // pack_panel(grp, p, dst): group grp's weight panel p (Kg output channels in panels of NR,
-// [tap][NR]) into dst, run by the team before the products.
+// [tap][NR]) into dst, run by the threads before the products.
 template <class T, class PackPanel>
 void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const PackPanel& pack_panel,
                                         const T* bias, T* y, const Epilogue<T>& ep = {}) {
@@ -775,8 +775,8 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
     std::vector<int64_t> channel_offsets(g.K);  // dy's channel k of an image, for the broadcasts
     for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
     const int64_t tiles = (HoWo + MR - 1) / MR, jobs = g.N * c_panels;
-    // Per thread, NR channels of one image's grad_x, channels last (allocated outside the
-    // parallel region, which an exception must not leave).
+    // Per thread, NR channels of one image's grad_x, channels last (allocated before the tasks
+    // run).
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
     std::vector<Scratch<T>> accs;
     for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(checked_mul(pp.size(), NR)));

@@ -45,7 +45,7 @@ inline double row_sum_exp(const T* x, int64_t C, T m) {
     return s;
 }
 
-// Runs row(i) for every row, on the team once there is enough work.
+// Runs row(i) for every row, on the thread pool once there is enough work.
 template <class Row>
 inline void for_rows(int64_t M, int64_t C, Row&& row) {
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)

@@ -139,10 +139,10 @@ struct TileGrid {
     int64_t count() const { return tm * tn; }
 };
 
-// A GEMM of fewer multiply-adds than this runs on the calling thread: below it, waking the
-// sleeping workers (libgomp runs PASSIVE, see pyconv/__init__.py) and waiting for the slowest
-// at the region's end costs more than the second core gives back. Measured on a 2-vCPU KVM
-// guest, quiet and loaded: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3).
+// A GEMM of fewer multiply-adds than this runs on the calling thread: below it, waking
+// sleeping workers and waiting for the slowest costs more than the second core gives back.
+// Measured on a 2-vCPU KVM guest, quiet and loaded, when the kernels ran on OpenMP with
+// sleeping workers: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3).
 constexpr int64_t kGemmParallelMacs = int64_t(1) << 25;
 // Tiles per thread, so that a thread that starts late or is descheduled leaves most of its
 // share to the others, and tiles of at least this many multiply-adds. Each tile packs its own
@@ -217,7 +217,7 @@ TileGrid choose_tiles(int64_t M, int64_t N, int64_t K, int threads) {
 }
 
 // C = A B (+ bias per row), M x N x K, on num_threads() threads (one below parallel_macs
-// multiply-adds, see kGemmParallelMacs). Must be called outside any parallel region.
+// multiply-adds, see kGemmParallelMacs). From inside a pool task it runs on the calling thread.
 //
 // The tiles are the thread pool's tasks (common/thread_pool.h): a thread that starts late, or
 // loses its core to another process, simply takes fewer, rather than owning a fixed share that

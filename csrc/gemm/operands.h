@@ -247,7 +247,7 @@ struct PrepackedA {
         const int64_t panels = (M + MR - 1) / MR;
         data = scratch<T>(panels * MR * K);
         FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-        // A copy of a small A takes less time than starting the team for it.
+        // A copy of a small A takes less time than waking the pool for it.
         parallel_for(panels, threads_if(panels * MR * K >= kParallelPrepack), [&](int64_t p, int) {
             A.pack_panel(p * MR, std::min<int64_t>(MR, M - p * MR), 0, K_, data.get() + p * MR * K);
         });

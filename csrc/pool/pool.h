@@ -1,7 +1,7 @@
 // Pooling kernels.
 //
-// Layout NCHW; every (n, c) plane is independent, so the forward kernels run OpenMP over
-// (plane, output row) pairs and vectorise along the output row: lane j of a vector holds output
+// Layout NCHW; every (n, c) plane is independent, so the forward kernels run on the thread pool
+// over (plane, output row) pairs and vectorise along the output row: lane j of a vector holds output
 // column ow + j, whose window tap (r, s) reads input column (ow + j)*stride - pad + s*dilation.
 // For stride 1 that is one contiguous load per tap, for stride 2 two loads and one shuffle that
 // keeps every other element. A row with fewer interior columns than a vector has lanes (LeNet's
@@ -10,7 +10,7 @@
 // cross the left or right border (and any stride above 2) take the scalar path, which clips
 // each window to the input.
 //
-// The OpenMP loops hand out small chunks dynamically rather than one static half per thread:
+// The loops hand out small chunks as tasks rather than one static half per thread:
 // on a shared machine a thread that loses its core then delays only its current chunk, not
 // half the work (the kernels are memory-bound, so the chunk bookkeeping costs nothing visible).
 //

@@ -1,7 +1,8 @@
 """A process forked after the CPU backends ran can run them again.
 
-GNU OpenMP (the cpu backend's threads) and Numba's OpenMP threading layer are not fork-safe: a
-child forked after a parallel region hangs, or is killed, at its next one. Each test runs a
+A forked child has none of its parent's threads: the cpu backend's thread pool must not wait
+for workers that do not exist, and Numba's OpenMP threading layer kills a child forked after a
+parallel loop at its next one. Each test runs a
 parent in a fresh interpreter (a hang must not take pytest with it): the parent runs conv2d on
 several threads, forks a child that runs conv2d too, and checks the child's answer.
 """

@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
-    import torch  # first: it loads the process's libgomp, as in `pyconv bench`
+    import torch  # first: PyTorch's OpenMP runtime keeps its own settings
 
     import numpy as np
 

@@ -8,7 +8,7 @@ with --wall (for 2 threads on a quiet host).
 import argparse
 import time
 
-import torch  # first: pyconv and torch share one libgomp (see the helpers' notes)
+import torch  # first: PyTorch's OpenMP runtime keeps its own settings
 import numpy as np
 
 import pyconv

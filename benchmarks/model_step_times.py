@@ -6,9 +6,9 @@ spends on it (both threads, user and system) moves much less, so both are printe
 times pyconv's step with NumPy's transparent-huge-page advice for large arrays on (NumPy's
 default on Linux) and off, then the twin's, each the best of a few steps.
 
-Both libraries run on one OpenMP runtime (one process has one libgomp): PyTorch's, imported
-first, with libgomp's defaults. Do not set OMP_WAIT_POLICY=passive for a comparison: it holds
-for both, and it slows PyTorch's small steps up to 2x (LeNet-5: 8.9 against 4.3 ms).
+PyTorch is imported first, so its OpenMP runtime (libgomp) keeps its defaults; pyconv's kernels
+run on their own thread pool. Do not set OMP_WAIT_POLICY=passive for a comparison: it slows
+PyTorch's small steps up to 2x (LeNet-5: 8.9 against 4.3 ms).
 
     python benchmarks/model_step_times.py "PixelCNN,VAE" --rounds 3
 """

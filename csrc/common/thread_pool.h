@@ -6,10 +6,12 @@
 // process, or by the hypervisor) holds the caller for a scheduler time slice, and libgomp's
 // spinning waiters then compete with the very thread they wait for. On this project's 2-core
 // development host, with one other busy process, a 2-thread 384^3 GEMM took 2x the time of
-// one thread that way. Here the caller takes tasks itself, from the same counter as the
-// workers, and waits only for tasks a worker has actually started: a worker that wakes late
-// finds the work done and goes back to sleep. Idle workers spin briefly, yielding the core,
-// then sleep.
+// one thread that way. Here each thread first runs its own share of the tasks (thread t the
+// t-th of `threads` consecutive slices, so that consecutive kernels cut alike find their data
+// in the cache that wrote it), then takes tasks others have not started from the back of
+// their shares; the caller waits only for tasks a worker has actually started: a worker that
+// wakes late finds its share done and goes back to sleep. Idle workers spin briefly, yielding
+// the core, then sleep.
 //
 // A task's exception reaches the caller once every task has run (the first one, if several
 // throw). Results must not depend on which thread runs a task (pass `worker`, in

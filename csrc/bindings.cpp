@@ -301,6 +301,14 @@ const GemmTileShape& gemm_tile_of(Isa isa, int elem_size) {
 using Array = const py::array&;
 using Optional = const py::object&;  // an array or None
 
+// conv2d_prepare's result: the transformed filters (none where the shape's algorithm
+// transforms none) and the weight array they were made from, which conv2d must be given
+// with them.
+struct Conv2dFilters {
+    std::shared_ptr<const PreparedFilters> prepared;
+    py::object weights;
+};
+
 [[noreturn]] void throw_memory_error(const std::string& message) {
     PyErr_SetString(PyExc_MemoryError, message.c_str());
     throw py::error_already_set();
@@ -799,8 +807,20 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- Convolution and GEMM
 
+    py::class_<Conv2dFilters>(m, "Conv2dFilters",
+                              "a convolution's filters transformed once (conv2d_prepare), for conv2d's filters=");
     def_op(m, "conv2d",
-          [](Array x, Array w, Optional b, Array y, const ConvShape& g, Optional residual, bool relu) {
+          [](Array x, Array w, Optional b, Array y, const ConvShape& g, Optional residual, bool relu,
+             const py::object& filters) {
+              const PreparedFilters* prepared = nullptr;
+              if (!filters.is_none()) {
+                  if (!py::isinstance<Conv2dFilters>(filters))
+                      throw py::type_error("conv2d: filters must come from conv2d_prepare");
+                  const Conv2dFilters& f = py::cast<const Conv2dFilters&>(filters);
+                  if (!f.weights.is(w))
+                      throw py::value_error("conv2d: filters were prepared from another array than w");
+                  prepared = f.prepared.get();
+              }
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   check_conv_shape(g);
@@ -809,13 +829,28 @@ PYBIND11_MODULE(_C, m) {
                   const T* bp = checked_or_null<T>(b, {g.K}, "b");
                   T* yp = checked<T>(y, output_dims(g), "y", true);
                   const T* rp = checked_or_null<T>(residual, output_dims(g), "residual");
-                  without_gil([&] { kernels<T>().conv2d(g, xp, wp, bp, yp, rp, relu); });
+                  without_gil([&] { kernels<T>().conv2d(g, xp, wp, bp, yp, rp, relu, prepared); });
               });
           },
           py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("shape"),
-          py::arg("residual") = py::none(), py::arg("relu") = false,
+          py::arg("residual") = py::none(), py::arg("relu") = false, py::arg("filters") = py::none(),
           "convolution into y; shape: a ConvGeom; then + residual (of y's shape) unless None, "
-          "then relu if asked");
+          "then relu if asked. filters: conv2d_prepare(w, ...)'s result, or None; w must not "
+          "have changed since");
+    def_op(m, "conv2d_prepare",
+          [](Array w, const ConvShape& g) {
+              return by_dtype(w.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  check_conv_shape(g);
+                  const T* wp = checked<T>(w, weight_dims(g), "w");
+                  Conv2dFilters f{nullptr, w};
+                  without_gil([&] { f.prepared = kernels<T>().conv2d_prepare(g, wp); });
+                  return f;
+              });
+          },
+          py::arg("w"), py::arg("shape"),
+          "w's filters transformed for conv2d on shape (a ConvGeom), for every later conv2d call "
+          "with this w, unchanged, and shape's weight; under another ISA conv2d recomputes them");
     def_op(m, "conv2d_algorithm",
           [](const ConvShape& g, py::dtype dtype) {
               return by_dtype(dtype, [&](auto t) {

@@ -9,8 +9,17 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 namespace pyconv {
+
+// A convolution's filters transformed once for many calls with the same weights (an inference
+// graph's): made by conv2d_prepare, read by conv2d. Each ISA's kernels derive their own type
+// from it, so filters prepared under one ISA are not recognised, and simply recomputed, by
+// another.
+struct PreparedFilters {
+    virtual ~PreparedFilters() = default;
+};
 
 // Direct convolution geometry: input (N,C,H,W), weight (K,C/groups,R,S), output (N,K,Ho,Wo).
 // Only the top/left padding enters index arithmetic; bottom/right padding is implied by Ho/Wo.
@@ -147,8 +156,13 @@ struct KernelsFor {
                       int64_t step, double lr, double beta1, double beta2, double eps,
                       double weight_decay, bool decoupled_weight_decay);
     // Convolution: x (N,C,H,W), w (K,C/groups,R,S), y (N,K,Ho,Wo); b (K,) or nullptr.
-    // y = conv(x, w) + b, then + residual (unless null), then relu (if asked)
-    void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y, const T* residual, bool relu);
+    // y = conv(x, w) + b, then + residual (unless null), then relu (if asked). `prepared`
+    // (or nullptr): conv2d_prepare's result for these weights, used where it fits the shape.
+    void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y, const T* residual, bool relu,
+                   const PreparedFilters* prepared);
+    // The filters transformed for the algorithm conv2d runs for the shape, or nullptr where it
+    // transforms none (only Winograd F(4x4, 3x3) does today).
+    std::shared_ptr<const PreparedFilters> (*conv2d_prepare)(const ConvShape&, const T* w);
     const char* (*conv2d_algorithm)(const ConvShape&);  // the name of the algorithm conv2d runs
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);
     void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);

@@ -562,9 +562,11 @@ const char* conv2d_forward_algorithm(const ConvShape& g) {
 }
 
 template <class T>
-void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                    const PreparedFilters* prepared = nullptr) {
     switch (forward_algorithm(g)) {
-        case ForwardAlgorithm::winograd: return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)));
+        case ForwardAlgorithm::winograd:
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), {}, prepared);
         case ForwardAlgorithm::winograd_blocks:
             return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)));
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y);
@@ -588,19 +590,27 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 // its transposed tiles, the other algorithms in one pass over y afterwards.
 template <class T>
 void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const T* residual,
-                         bool relu) {
+                         bool relu, const PreparedFilters* prepared) {
     const Epilogue<T> ep{residual, relu};
     if (ep.any()) switch (forward_algorithm(g)) {
         case ForwardAlgorithm::winograd:
-            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep);
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep, prepared);
         case ForwardAlgorithm::winograd_blocks:
             return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep);
         default: break;
     }
-    conv2d_forward(g, x, w, bias, y);
+    conv2d_forward(g, x, w, bias, y, prepared);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
+}
+
+// Winograd's transformed filters where conv2d runs F(4x4, 3x3) for the shape; nothing to keep
+// for the other algorithms (their packing of w is a small part of a call).
+template <class T>
+std::shared_ptr<const PreparedFilters> conv2d_prepare(const ConvShape& g, const T* w) {
+    if (forward_algorithm(g) != ForwardAlgorithm::winograd) return nullptr;
+    return std::make_shared<const winograd::PreparedTransform<T, winograd::F4x3>>(g, w);
 }
 
 template <class T>

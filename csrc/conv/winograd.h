@@ -36,6 +36,8 @@
 #include "gemm/driver.h"
 #include "gemm/operands.h"
 
+#include <optional>
+
 namespace pyconv {
 namespace PYCONV_ISA {
 
@@ -685,13 +687,34 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
 
 }  // namespace winograd
 
+namespace winograd {
+
+// U for K x C filters, kept for later calls (kernels.h, PreparedFilters).
+template <class T, class F>
+struct PreparedTransform final : PreparedFilters {
+    int64_t K, C;
+    TransformedFilters<T, F> U;
+    PreparedTransform(const ConvShape& g, const T* w) : K(g.K), C(g.C), U(g, w) {}
+
+    // `prepared`'s U where it was made by these kernels for K x C filters, else nullptr.
+    static const TransformedFilters<T, F>* find(const PreparedFilters* prepared, const ConvShape& g) {
+        const auto* p = dynamic_cast<const PreparedTransform*>(prepared);
+        return p != nullptr && p->K == g.K && p->C == g.C ? &p->U : nullptr;
+    }
+};
+
+}  // namespace winograd
+
 // by_position: all tiles at once, one GEMM per position (winograd::forward_by_position), else
-// block by block. The output transform applies `ep` as it stores.
+// block by block. The output transform applies `ep` as it stores. U comes from `prepared`
+// where that holds it, else is computed here.
 template <class T, class F = winograd::F4x3>
 void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position,
-                             const Epilogue<T>& ep = {}) {
+                             const Epilogue<T>& ep = {}, const PreparedFilters* prepared = nullptr) {
     using namespace winograd;
-    const TransformedFilters<T, F> U(g, w);
+    std::optional<TransformedFilters<T, F>> computed;
+    const TransformedFilters<T, F>* found = PreparedTransform<T, F>::find(prepared, g);
+    const TransformedFilters<T, F>& U = found != nullptr ? *found : computed.emplace(g, w);
     if (by_position) return forward_by_position(g, Tiling::of<T, F>(g), U, x, bias, y, ep);
     const Tiling tl = Tiling::of_forward<T, F>(g);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));

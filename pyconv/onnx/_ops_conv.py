@@ -106,6 +106,7 @@ def _conv(node, nd):
     group = node.attr("group", 1)
     pads = _pads_rule(node, nd)
     kernel_attr = node.attr("kernel_shape")
+    weight = node.const(1)  # a constant weight gets its filters transformed once (cpu backend)
     # (x.shape[2:], w.shape) -> (extra begin and end padding or None, common padding, stride)
     geometry = {}
 
@@ -147,13 +148,15 @@ def _conv(node, nd):
 
     def with_epilogue(epilogue, otherwise):
         """run followed by `epilogue` (an Add of a last argument, a Relu; the planner's fused
-        step), where `otherwise` does it in passes of their own. On the cpu backend the
-        convolution kernel takes them (Winograd applies them as it stores its outputs, the
-        other algorithms in one pass): the same bits, without the separate kernel calls."""
+        step; none for the Conv alone), where `otherwise` does it in passes of their own. On
+        the cpu backend the convolution kernel takes them (Winograd applies them as it stores
+        its outputs, the other algorithms in one pass): the same bits, without the separate
+        kernel calls. A constant weight's filters are transformed once per signature, as
+        ONNX Runtime prepacks its initializers."""
         add, relu = "Add" in epilogue, "Relu" in epilogue
-        bound = {}  # signature -> the kernel's geometry, None where otherwise applies
+        bound = {}  # signature -> (the kernel's geometry, prepared filters), None where otherwise applies
 
-        def kernel_geometry(x, w, b, r):
+        def kernel_setup(x, w, b, r):
             if (nd != 2 or x.ndim != 4 or w.ndim != 4 or x.dtype not in (np.float32, np.float64)
                     or w.dtype != x.dtype or (b is not None and b.dtype != x.dtype)):
                 return None
@@ -166,7 +169,9 @@ def _conv(node, nd):
             g = _spec.conv2d(x, w, b, stride, common, tuple(dilations), group)
             if r is not None and (r.shape != tuple(g.output_shape) or r.dtype != x.dtype):
                 return None
-            return g
+            prepared = w is weight and w.flags.c_contiguous
+            filters = _cpu_kernel("conv2d_prepare")(w, g) if prepared else None
+            return g, filters
 
         def fused(*args):
             kernel = _cpu_kernel("conv2d")
@@ -179,18 +184,19 @@ def _conv(node, nd):
             key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
                    None if r is None else (r.shape, r.dtype))
             if key not in bound:
-                bound[key] = kernel_geometry(x, w, b, r)
-            g = bound[key]
-            if g is None:
+                bound[key] = kernel_setup(x, w, b, r)
+            if bound[key] is None:
                 return otherwise(*args)
+            g, filters = bound[key]
             y = np.empty(g.output_shape, x.dtype)
             kernel(*[None if a is None else np.ascontiguousarray(a) for a in (x, w, b)], y, g,
-                   residual=None if r is None else np.ascontiguousarray(r), relu=relu)
+                   residual=None if r is None else np.ascontiguousarray(r), relu=relu, filters=filters)
             return y
         return fused
 
-    run.with_epilogue = with_epilogue
-    return run
+    alone = with_epilogue((), run)
+    alone.with_epilogue = with_epilogue
+    return alone
 
 
 @builder("ConvTranspose")

@@ -1,0 +1,110 @@
+"""Filters transformed once for many calls (the cpu backend's conv2d_prepare, used by
+pyconv.onnx for constant weights): the same bits as the convolution that transforms them
+itself, on every layout and ISA, and a clear error for filters of another array."""
+import numpy as np
+import pytest
+
+import pyconv
+from pyconv import _spec
+
+pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
+
+# (N, C, H, W, K, padding): Winograd block by block, by position (256 x 256 pairs), with
+# overhanging tiles; then a strided layer whose algorithm transforms no filters.
+SHAPES = [(16, 64, 8, 8, 64, 1), (2, 256, 14, 14, 256, 1), (3, 5, 7, 9, 6, 0), (2, 8, 9, 9, 16, 1, 2)]
+
+
+def conv_case(shape, dtype, seed=0):
+    N, C, H, W, K, pad, *stride = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    S = _spec.ShapeDtype
+    g = _spec.conv2d(S(x.shape, dtype), S(w.shape, dtype), S(b.shape, dtype), stride[0] if stride else 1, pad, 1, 1)
+    residual = rng.standard_normal(g.output_shape).astype(dtype)
+    return x, w, b, g, residual
+
+
+def run(x, w, b, g, **kw):
+    from pyconv import _C
+    y = np.empty(g.output_shape, x.dtype)
+    _C.conv2d(x, w, b, y, g, **kw)
+    return y
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_filters_give_the_same_bits(isa, shape, dtype):
+    from pyconv import _C
+    x, w, b, g, residual = conv_case(shape, dtype)
+    filters = _C.conv2d_prepare(w, g)
+    for epilogue in ({}, {"residual": residual, "relu": True}):
+        expected = run(x, w, b, g, **epilogue)
+        for _ in range(2):
+            np.testing.assert_array_equal(run(x, w, b, g, filters=filters, **epilogue), expected)
+
+
+def test_filters_prepared_under_another_isa_are_recomputed():
+    """Each ISA's kernels lay the transformed filters out for their own GEMM tile."""
+    from pyconv import _C
+    isas = [i for i in _C.compiled_isas() if i in ("generic", "avx2", "avx512")]
+    runnable = isas[:isas.index(_C.best_isa()) + 1] if _C.best_isa() in isas else isas[:1]
+    if len(runnable) < 2:
+        pytest.skip("one ISA runs here")
+    x, w, b, g, _ = conv_case(SHAPES[0], np.float32)
+    in_use = _C.isa()
+    try:
+        for prepared_under in runnable:
+            _C.set_isa(prepared_under)
+            filters = _C.conv2d_prepare(w, g)
+            for run_under in runnable:
+                _C.set_isa(run_under)
+                np.testing.assert_array_equal(run(x, w, b, g, filters=filters), run(x, w, b, g))
+    finally:
+        _C.set_isa(in_use)
+
+
+def test_filters_of_another_array_are_refused():
+    from pyconv import _C
+    x, w, b, g, _ = conv_case(SHAPES[0], np.float32)
+    filters = _C.conv2d_prepare(w, g)
+    with pytest.raises(ValueError, match="conv2d: filters were prepared from another array than w"):
+        run(x, w.copy(), b, g, filters=filters)
+    with pytest.raises(TypeError, match="conv2d: filters must come from conv2d_prepare"):
+        run(x, w, b, g, filters=object())
+
+
+def test_onnx_graphs_prepare_constant_weights(monkeypatch, tmp_path):
+    """pyconv.onnx transforms a constant weight once, and its runs keep ONNX Runtime's result."""
+    pytest.importorskip("onnx")
+    import pyconv.onnx
+    from pyconv import nn
+    from pyconv.onnx import _ops_dense
+
+    prepared = []
+    extension = _ops_dense._extension
+
+    def counting(name):
+        kernel = extension(name)
+        if name != "conv2d_prepare":
+            return kernel
+
+        def prepare(*args):
+            prepared.append(kernel(*args))
+            return prepared[-1]
+        return prepare
+
+    monkeypatch.setattr(_ops_dense, "_extension", counting)
+    pyconv.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
+    x = np.random.default_rng(0).standard_normal((8, 16, 12, 12)).astype(np.float32)
+    path = str(tmp_path / "convs.onnx")
+    pyconv.onnx.export(model, x, path)
+    graph = pyconv.onnx.load(path)
+    prepared.clear()
+    first = graph.run(None, {graph.input_names[0]: x})[0]
+    assert len(prepared) == 2  # one per Conv
+    np.testing.assert_array_equal(graph.run(None, {graph.input_names[0]: x})[0], first)
+    assert len(prepared) == 2  # not again
+    np.testing.assert_allclose(first, model(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -21,13 +21,12 @@ column is pyconv's speed over the best of NumPy and torch, per round (median, mi
 (PYCONV_CACHE_SIZES syntax), set in-process around its samples. Only the blocks change; the
 hardware is this host's.
 
---omp-env times pyconv alone at 2 threads in child processes, one per libgomp setting
-(OMP_WAIT_POLICY, GOMP_SPINCOUNT are read when the runtime starts), the children interleaved
-round by round; --against DIR does the same for this build and another checkout's.
+--against DIR times pyconv alone at 2 threads in child processes, this build's and another
+checkout's (its own build), the children interleaved round by round.
 
     python benchmarks/gemm_parallel.py --rounds 9
     python benchmarks/gemm_parallel.py --small --busy --rounds 9
-    python benchmarks/gemm_parallel.py --omp-env --rounds 7
+    python benchmarks/gemm_parallel.py --against /tmp/other-checkout --rounds 7
     python benchmarks/gemm_parallel.py --model-shapes --simulate l1d=32K,l1d_ways=8,l2=2M,l3=32M,l3_shared_by=16
 """
 import argparse
@@ -51,12 +50,6 @@ SMALL = [(64, 256, 256), (128, 128, 128), (64, 256, 576), (128, 512, 128), (256,
 # 56x56 and 28x28, a 1x1 expansion, a classifier and an LSTM's input projection.
 MODEL = [(64, 3136, 576), (128, 784, 1152), (256, 3136, 64), (256, 1000, 2048), (512, 1024, 256)]
 OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-OMP_SETTINGS = {
-    "default": {},
-    "OMP_WAIT_POLICY=passive": {"OMP_WAIT_POLICY": "passive"},
-    "OMP_WAIT_POLICY=active": {"OMP_WAIT_POLICY": "active"},
-    "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
-}
 
 
 def sample(fn, min_time=0.02, clock=time.perf_counter):
@@ -205,9 +198,9 @@ def report(times, shapes, impl_names, threads_list, busy_states):
                       " | ".join(cells) + f" | {scale} | " + " | ".join(versus) + " |")
 
 
-def omp_child(shapes, busy):
+def child(shapes, busy):
     """One child's figure per shape: pyconv at 2 threads, the median of 3 rounds after a round of
-    warm-up (the team's threads start on the first call); JSON on stdout."""
+    warm-up (the pool's threads start on the first call); JSON on stdout."""
     times = run_rounds(shapes, ["pyconv"], [2], [busy], 4)
     print(json.dumps({"x".join(map(str, k[0])): statistics.median(v[1:]) for k, v in times.items()}))
 
@@ -215,13 +208,13 @@ def omp_child(shapes, busy):
 def compare_children(variants, shapes, rounds, busy):
     """pyconv at 2 threads in child processes, one per variant (name -> (script, env changes)),
     interleaved round by round; a table of GFLOP/s and of time relative to the first variant."""
-    env_base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env_base = dict(os.environ)
     names = list(variants)
     results = {name: {"x".join(map(str, s)): [] for s in shapes} for name in names}
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             script, env = variants[name]
-            cmd = [sys.executable, script, "--omp-child",
+            cmd = [sys.executable, script, "--child",
                    "--shapes", *["x".join(map(str, s)) for s in shapes]] + (["--busy"] if busy else [])
             out = subprocess.run(cmd, env={**env_base, **env}, capture_output=True, text=True,
                                  check=True).stdout
@@ -258,22 +251,18 @@ def main():
     p.add_argument("--shapes", nargs="+", help="MxNxK shapes instead of the default lists")
     p.add_argument("--busy", action="store_true", help="also with a busy loop on the last CPU")
     p.add_argument("--impls", nargs="+", default=["pyconv", "numpy", "torch"])
-    p.add_argument("--omp-env", action="store_true", help="compare libgomp wait settings (pyconv)")
     p.add_argument("--against", metavar="DIR",
                    help="compare with the pyconv checkout in DIR (its own build), pyconv at 2 threads")
-    p.add_argument("--omp-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes
               else SMALL if args.small else LARGE + MODEL if args.model_shapes else LARGE)
     if not args.keep_openblas_env:  # before NumPy loads OpenBLAS (children inherit it too)
         for var in OPENBLAS_PINS:
             os.environ.pop(var, None)
-    if args.omp_child:
-        return omp_child(shapes, args.busy)
+    if args.child:
+        return child(shapes, args.busy)
     here = os.path.abspath(__file__)
-    if args.omp_env:
-        variants = {name: (here, env) for name, env in OMP_SETTINGS.items()}
-        return compare_children(variants, shapes, args.rounds, args.busy)
     if args.against:
         other = os.path.join(args.against, "benchmarks", os.path.basename(here))
         variants = {"this build": (here, {}), f"build in {args.against}": (other, {})}

@@ -15,15 +15,6 @@ import sys
 import time
 
 
-def _best(fn, repeats, clock):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = clock()
-        fn()
-        best = min(best, clock() - t0)
-    return best
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -37,6 +28,7 @@ def main():
 
     import pyconv
     from pyconv.bench.kernels import cases
+    from pyconv.bench.measure import best_time
 
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -59,13 +51,15 @@ def main():
         per_round = [[] for _ in fns]
         for _ in range(args.rounds):
             for i, f in enumerate(fns):
-                per_round[i].append(_best(f, args.repeats, clock))
+                per_round[i].append(best_time(f, args.repeats, clock))
         agg = min if args.threads == 1 else statistics.median
         p, t, o = (agg(r) for r in per_round)
         xt.append(t / p)
         xo.append(o / p)
         print(f"| {case.name} | {case.algorithm('cpu')} | {p * 1e3:.3f} | {t * 1e3:.3f} | {o * 1e3:.3f} | "
               f"{t / p:.2f} | {o / p:.2f} |", flush=True)
+    if not xt:
+        raise SystemExit(f"no conv2d case of pyconv.bench.kernels matches {args.only}")
     gm = lambda v: math.exp(sum(map(math.log, v)) / len(v))  # noqa: E731
     print(f"| geometric mean (min) | | | | | {gm(xt):.2f} ({min(xt):.2f}) | {gm(xo):.2f} ({min(xo):.2f}) |")
 

@@ -15,16 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-
-
-def _best(step, repeats=20):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        step()
-        best = min(best, time.process_time() - t0)
-    return best
 
 
 def main():
@@ -38,6 +28,7 @@ def main():
     import pyconv
     from pyconv import _C
     from pyconv.bench import models
+    from pyconv.bench.measure import best_time
 
     pyconv.set_num_threads(1)
     try:
@@ -67,11 +58,11 @@ def main():
             step()
         print(f"{name}: one thread, process CPU ms, best of 20 steps")
         for _ in range(args.rounds):
-            whole = _best(step)
+            whole = best_time(step, 20)
             try:
                 for k, v in stubs.items():
                     setattr(_C, k, v)
-                outside = _best(step)
+                outside = best_time(step, 20)
             finally:
                 for k, v in real.items():
                     setattr(_C, k, v)

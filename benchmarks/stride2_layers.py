@@ -9,21 +9,11 @@ also ConvTranspose2d's forward, the weight gradient also its weight gradient.
 import argparse
 import os
 import sys
-import time
 
 # (N, C, H, K): the 64 -> 128 layer on 14x14 of the 28x28 DCGAN (its discriminator's second
 # convolution, its generator's ConvTranspose2d(128, 64) on 7x7), and the 32x32 conditional
 # DCGAN's 32 -> 64 on 16x16 and 64 -> 128 on 8x8.
 SHAPES = [(64, 64, 14, 128), (64, 32, 16, 64), (64, 64, 8, 128)]
-
-
-def _best(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t0)
-    return best
 
 
 def main():
@@ -37,6 +27,7 @@ def main():
 
     import pyconv
     from pyconv import _C, _spec, ops
+    from pyconv.bench.measure import best_time
 
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -67,8 +58,8 @@ def main():
         for name, (ours, theirs) in passes.items():
             p = t = float("inf")
             for _ in range(args.rounds):
-                p = min(p, _best(ours, args.repeats))
-                t = min(t, _best(theirs, args.repeats))
+                p = min(p, best_time(ours, args.repeats))
+                t = min(t, best_time(theirs, args.repeats))
             print(f"| {N}x{C}x{H}x{H} -> {K} | {name} | {algo if name == 'forward' else ''} | {p * 1e3:.2f} | "
                   f"{t * 1e3:.2f} | {t / p:.2f} |", flush=True)
 

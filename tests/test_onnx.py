@@ -810,6 +810,16 @@ def test_bench_compare_runs_a_graph_on_both(tmp_path):
     assert "| Conv |" in onnx_graphs.format_result(r)
 
 
+def test_bench_runs_a_built_in_graph_at_a_given_batch(capsys):
+    """`pyconv bench --onnx lenet --batch 3`: the graph is written even when the batch size is
+    not its own."""
+    from pyconv.bench import onnx_graphs
+
+    (r,) = onnx_graphs.main(["lenet"], batch=3, reps=1, threads=1)
+    assert r["max_abs_diff"] < 1e-4
+    assert "lenet" in capsys.readouterr().out
+
+
 def test_bench_conv2d_has_an_onnxruntime_anchor(monkeypatch):
     """pyconv bench times conv2d against a one-node ONNX Runtime graph too, computing the same."""
     import pyconv.bench as bench

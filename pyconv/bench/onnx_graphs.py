@@ -153,7 +153,8 @@ def main(graphs, batch=None, reps=20, threads=2, json_path=None):
             path, size = g, batch or 1
             if g in BUILT_IN:
                 path = os.path.join(tmp, f"{g}.onnx")
-                size = batch or built_in_graph(g, path).shape[0]
+                example = built_in_graph(g, path)
+                size = batch or example.shape[0]
             elif not os.path.exists(g):
                 raise SystemExit(f"pyconv bench --onnx: {g!r} is neither a file nor one of "
                                  f"{', '.join(BUILT_IN)}")

@@ -160,8 +160,9 @@ struct KernelsFor {
     // (or nullptr): conv2d_prepare's result for these weights, used where it fits the shape.
     void (*conv2d)(const ConvShape&, const T* x, const T* w, const T* b, T* y, const T* residual, bool relu,
                    const PreparedFilters* prepared);
-    // The filters transformed for the algorithm conv2d runs for the shape, or nullptr where it
-    // transforms none (only Winograd F(4x4, 3x3) does today).
+    // w as the algorithm conv2d runs for the shape transforms or packs it on every call, or
+    // nullptr where it keeps nothing (Winograd F(4x4, 3x3) and the channel-vectorised forward
+    // keep theirs).
     std::shared_ptr<const PreparedFilters> (*conv2d_prepare)(const ConvShape&, const T* w);
     const char* (*conv2d_algorithm)(const ConvShape&);  // the name of the algorithm conv2d runs
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);

@@ -9,9 +9,21 @@ from pyconv import _spec
 
 pytestmark = pytest.mark.skipif("cpu" not in pyconv.backends(), reason="the cpu backend is not built")
 
-# (N, C, H, W, K, padding): Winograd block by block, by position (256 x 256 pairs), with
-# overhanging tiles; then a strided layer whose algorithm transforms no filters.
-SHAPES = [(16, 64, 8, 8, 64, 1), (2, 256, 14, 14, 256, 1), (3, 5, 7, 9, 6, 0), (2, 8, 9, 9, 16, 1, 2)]
+# (N, C, H, W, K, padding[, stride]): Winograd block by block, by position (256 x 256 pairs),
+# with overhanging tiles; the channel-vectorised GEMM (stride 2, its weight panels kept); a
+# layer whose algorithm keeps nothing.
+SHAPES = [(16, 64, 8, 8, 64, 1), (8, 256, 14, 14, 256, 1), (16, 32, 17, 15, 32, 1), (16, 16, 32, 32, 32, 1, 2),
+          (2, 8, 9, 9, 16, 1, 2)]
+
+
+def test_the_shapes_cover_the_algorithms_that_keep_filters():
+    """(The algorithm rules differ a little between ISAs; these are the AVX-512 kernels'.)"""
+    from pyconv import _C
+    if _C.isa() != "avx512":
+        pytest.skip("the shapes were chosen for the AVX-512 kernels' rules")
+    algorithms = [_C.conv2d_algorithm(conv_case(s, np.float32)[3], np.dtype(np.float32)) for s in SHAPES]
+    assert algorithms == ["winograd", "winograd (by position)", "winograd", "gemm (by channels)",
+                          "direct (phase grid)"]  # the last keeps nothing
 
 
 def conv_case(shape, dtype, seed=0):

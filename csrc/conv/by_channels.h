@@ -150,11 +150,12 @@ void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int
 // padding x is read in place. Each pixel's sums run in the same order whichever job computes
 // it, so the result does not depend on the thread count.
 //
-// pack_panel(grp, p, dst): group grp's weight panel p (Kg output channels in panels of NR,
-// [tap][NR]) into dst, run by the threads before the products.
-template <class T, class PackPanel>
-void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const PackPanel& pack_panel,
-                                        const T* bias, T* y, const Epilogue<T>& ep = {}) {
+// The weights are packed per group as panels of NR output channels, [tap][NR] each
+// (pack_channel_panels), by the threads before the products, or once for many calls
+// (PreparedChannelPanels).
+template <class T>
+void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std::vector<Scratch<T>>& weights,
+                                       const T* bias, T* y, const Epilogue<T>& ep = {}) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     // A weight panel of KC x NR (32 KiB) is shared by the tiles of a block (smaller and
     // larger KC measured the same).
@@ -195,8 +196,6 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
     for (int64_t c = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets.push_back(c * plane + r * g.dh * row + s * g.dw);
-    std::vector<Scratch<T>> weights;
-    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(scratch<T>(checked_mul(panels, taps_n, NR)));
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs * g.groups)));
     // Per-thread accumulators and padded images, allocated here: an exception must not leave a
     // pool thread.
@@ -205,12 +204,7 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
         accs.push_back(scratch<T>(block_tiles * panels * MR * NR));
         if (!in_place) pads.push_back(scratch<T>(checked_mul(images_per_job, Cg, plane)));
     }
-    // The weights, shared out by panels (on two threads the forward of 8x512x7x7 packed 9.4 MB
-    // on one thread while the other waited).
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(g.groups * panels, threads, [&](int64_t u, int) {
-        pack_panel(u / panels, u % panels, weights[u / panels].get() + (u % panels) * taps_n * NR);
-    });
     // Every group's jobs in one pool call, a task per group of images (its blocks share the
     // padded copy), so that a thread the OS deschedules holds back one group, not half the call.
     std::vector<int64_t> padded_grp(size_t(threads), -1), padded_images(size_t(threads), -1);  // what pads hold
@@ -261,14 +255,59 @@ void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const Pa
     });
 }
 
+// pack_panel(grp, p, dst): group grp's weight panel p into dst; every panel, shared out among
+// the threads (on two threads the forward of 8x512x7x7 packed 9.4 MB on one thread while the
+// other waited).
+template <class T, class PackPanel>
+std::vector<Scratch<T>> pack_channel_panels(const ConvShape& g, const PackPanel& pack_panel) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t taps_n = (g.C / g.groups) * g.R * g.S, panels = (g.K / g.groups + NR - 1) / NR;
+    std::vector<Scratch<T>> weights;
+    for (int64_t grp = 0; grp < g.groups; ++grp) weights.push_back(scratch<T>(checked_mul(panels, taps_n, NR)));
+    FlushDenormals ftz;
+    parallel_for(g.groups * panels, threads_if(g.groups * panels > 1), [&](int64_t u, int) {
+        pack_panel(u / panels, u % panels, weights[size_t(u / panels)].get() + (u % panels) * taps_n * NR);
+    });
+    return weights;
+}
+
+template <class T, class PackPanel>
+void conv2d_forward_by_channels_packing(const ConvShape& g, const T* x, const PackPanel& pack_panel,
+                                        const T* bias, T* y, const Epilogue<T>& ep = {}) {
+    conv2d_forward_by_channels_packed(g, x, pack_channel_panels<T>(g, pack_panel), bias, y, ep);
+}
+
+// w's panels (K x C/groups x R x S filters), kept for later calls (kernels.h, PreparedFilters).
+template <class T>
+struct PreparedChannelPanels final : PreparedFilters {
+    int64_t K, C, R, S, groups;
+    std::vector<Scratch<T>> weights;
+
+    PreparedChannelPanels(const ConvShape& g, const T* w)
+        : K(g.K), C(g.C), R(g.R), S(g.S), groups(g.groups), weights(pack_channel_panels<T>(g, panel_of(g, w))) {}
+
+    static auto panel_of(const ConvShape& g, const T* w) {
+        constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+        const int64_t Kg = g.K / g.groups, taps_n = (g.C / g.groups) * g.R * g.S;
+        return [=](int64_t grp, int64_t p, T* dst) { channel_panel<T, NR>(w + grp * Kg * taps_n, Kg, taps_n, p, dst); };
+    }
+
+    // `prepared`'s panels where it was made by these kernels for filters of g's shape.
+    static const std::vector<Scratch<T>>* find(const PreparedFilters* prepared, const ConvShape& g) {
+        const auto* p = dynamic_cast<const PreparedChannelPanels*>(prepared);
+        return p != nullptr && p->K == g.K && p->C == g.C && p->R == g.R && p->S == g.S && p->groups == g.groups
+                   ? &p->weights
+                   : nullptr;
+    }
+};
+
+// The panels from `prepared` where that holds them, else packed here.
 template <class T>
 void conv2d_forward_by_channels(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
-                                const Epilogue<T>& ep = {}) {
-    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
-    const int64_t Kg = g.K / g.groups, taps_n = (g.C / g.groups) * g.R * g.S;
-    conv2d_forward_by_channels_packing(
-        g, x, [&](int64_t grp, int64_t p, T* dst) { channel_panel<T, NR>(w + grp * Kg * taps_n, Kg, taps_n, p, dst); },
-        bias, y, ep);
+                                const Epilogue<T>& ep = {}, const PreparedFilters* prepared = nullptr) {
+    if (const auto* weights = PreparedChannelPanels<T>::find(prepared, g))
+        return conv2d_forward_by_channels_packed(g, x, *weights, bias, y, ep);
+    conv2d_forward_by_channels_packing(g, x, PreparedChannelPanels<T>::panel_of(g, w), bias, y, ep);
 }
 
 // The store of a block of tiles across images (the forward and input gradient below): tile t's

@@ -576,7 +576,7 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
         case ForwardAlgorithm::direct_columns: return conv2d_forward_direct_columns(g, x, w, bias, y);
         case ForwardAlgorithm::direct_channels: return conv2d_forward_direct_channels(g, x, w, bias, y, direct_grid_threads(g));
         case ForwardAlgorithm::whole_window: return conv2d_forward_whole_window(g, x, w, bias, y);
-        case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y);
+        case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, {}, prepared);
         case ForwardAlgorithm::by_channels_across_images: return conv2d_forward_by_channels_across_images(g, x, w, bias, y);
         case ForwardAlgorithm::phase_grid: return conv2d_forward_grid(g, x, w, bias, y);
         case ForwardAlgorithm::subsampled: return conv2d_forward_subsampled(g, x, w, bias, y);
@@ -598,19 +598,22 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
         case ForwardAlgorithm::winograd_blocks:
             return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
-        case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep);
+        case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep, prepared);
         default: break;
     }
     conv2d_forward(g, x, w, bias, y, prepared);
     apply_epilogue(ep, checked_mul(g.N, g.K, g.Ho * g.Wo), y);
 }
 
-// Winograd's transformed filters where conv2d runs F(4x4, 3x3) for the shape; nothing to keep
-// for the other algorithms (their packing of w is a small part of a call).
+// What conv2d would make of w on every call for the shape: Winograd's transformed filters, the
+// channel-vectorised forward's weight panels; nothing for the other algorithms yet.
 template <class T>
 std::shared_ptr<const PreparedFilters> conv2d_prepare(const ConvShape& g, const T* w) {
-    if (forward_algorithm(g) != ForwardAlgorithm::winograd) return nullptr;
-    return std::make_shared<const winograd::PreparedTransform<T, winograd::F4x3>>(g, w);
+    switch (forward_algorithm(g)) {
+        case ForwardAlgorithm::winograd: return std::make_shared<const winograd::PreparedTransform<T, winograd::F4x3>>(g, w);
+        case ForwardAlgorithm::by_channels: return std::make_shared<const PreparedChannelPanels<T>>(g, w);
+        default: return nullptr;
+    }
 }
 
 template <class T>

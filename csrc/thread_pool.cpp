@@ -130,7 +130,7 @@ private:
         // Only tasks a worker claimed can still be running; each finishes in its own time.
         for (int poll = 0; job.done.load(std::memory_order_acquire) < n; ++poll) pause_or_yield(poll);
         // Withdraw the job, then wait out workers that may hold its address (they only find
-        // the counter exhausted; a few instructions).
+        // every share empty; a few instructions).
         job_.store(nullptr);
         for (int poll = 0; inside_.load() != 0; ++poll) pause_or_yield(poll);
         if (job.failed.load()) std::rethrow_exception(job.error);

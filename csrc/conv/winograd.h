@@ -685,10 +685,6 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
     });
 }
 
-}  // namespace winograd
-
-namespace winograd {
-
 // U for K x C filters, kept for later calls (kernels.h, PreparedFilters).
 template <class T, class F>
 struct PreparedTransform final : PreparedFilters {

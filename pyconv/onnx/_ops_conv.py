@@ -169,8 +169,8 @@ def _conv(node, nd):
             g = _spec.conv2d(x, w, b, stride, common, tuple(dilations), group)
             if r is not None and (r.shape != tuple(g.output_shape) or r.dtype != x.dtype):
                 return None
-            prepared = w is weight and w.flags.c_contiguous
-            filters = _cpu_kernel("conv2d_prepare")(w, g) if prepared else None
+            constant = w is weight and w.flags.c_contiguous  # passed to the kernel as it is
+            filters = _cpu_kernel("conv2d_prepare")(w, g) if constant else None
             return g, filters
 
         def fused(*args):

@@ -142,7 +142,8 @@ struct TileGrid {
 // A GEMM of fewer multiply-adds than this runs on the calling thread: below it, waking
 // sleeping workers and waiting for the slowest costs more than the second core gives back.
 // Measured on a 2-vCPU KVM guest, quiet and loaded, when the kernels ran on OpenMP with
-// sleeping workers: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3).
+// sleeping workers: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3). On the pool a
+// GEMM alone in a loop gains from 2^20, but the model steps did not (LeNet-5's lost; RESULTS).
 constexpr int64_t kGemmParallelMacs = int64_t(1) << 25;
 // Tiles per thread, so that a thread that starts late or is descheduled leaves most of its
 // share to the others, and tiles of at least this many multiply-adds. Each tile packs its own

@@ -849,8 +849,9 @@ PYBIND11_MODULE(_C, m) {
               });
           },
           py::arg("w"), py::arg("shape"),
-          "w's filters transformed for conv2d on shape (a ConvGeom), for every later conv2d call "
-          "with this w, unchanged, and shape's weight; under another ISA conv2d recomputes them");
+          "w's filters as conv2d transforms or packs them for shape (a ConvGeom), once, for later "
+          "conv2d(..., filters=) calls with this same w, unchanged (they hold nothing where the "
+          "shape's algorithm keeps nothing); under another ISA conv2d recomputes them");
     def_op(m, "conv2d_algorithm",
           [](const ConvShape& g, py::dtype dtype) {
               return by_dtype(dtype, [&](auto t) {

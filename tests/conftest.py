@@ -89,7 +89,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "") in ("", "0"):
     collect_ignore_glob = ["cuda/test_cuda_sim_*.py"]
 
 
-def _runnable_isas():
+def runnable_isas():
     """The ISA variants of the cpu backend this CPU runs, lowest first (none without it)."""
     try:
         from pyconv import _C
@@ -99,7 +99,7 @@ def _runnable_isas():
     return [isa for isa in isas[:isas.index(_C.best_isa()) + 1] if isa in _C.compiled_isas()]
 
 
-@pytest.fixture(params=_runnable_isas())
+@pytest.fixture(params=runnable_isas())
 def isa(request):
     """Runs a test once per ISA variant of the cpu backend, restoring the one in use after."""
     from pyconv import _C

@@ -853,14 +853,16 @@ PYBIND11_MODULE(_C, m) {
           "conv2d(..., filters=) calls with this same w, unchanged (they hold nothing where the "
           "shape's algorithm keeps nothing); under another ISA conv2d recomputes them");
     def_op(m, "conv2d_algorithm",
-          [](const ConvShape& g, py::dtype dtype) {
+          [](const ConvShape& g, py::dtype dtype, bool prepared) {
               return by_dtype(dtype, [&](auto t) {
                   using T = decltype(t);
                   check_conv_shape(g);
-                  return std::string(kernels<T>().conv2d_algorithm(g));
+                  return std::string(kernels<T>().conv2d_algorithm(g, prepared));
               });
           },
-          py::arg("shape"), py::arg("dtype"), "the name of the algorithm conv2d runs for shape");
+          py::arg("shape"), py::arg("dtype"), py::arg("prepared") = false,
+          "the name of the algorithm conv2d runs for shape, given filters from conv2d_prepare "
+          "(prepared=True) or not");
     def_op(m, "conv2d_grad_input",
           [](Array grad_y, Array w, Array grad_x, const ConvShape& g) {
               by_dtype(grad_y.dtype(), [&](auto t) {

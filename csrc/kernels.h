@@ -164,7 +164,8 @@ struct KernelsFor {
     // nullptr where it keeps nothing (Winograd F(4x4, 3x3) and the channel-vectorised forward
     // keep theirs).
     std::shared_ptr<const PreparedFilters> (*conv2d_prepare)(const ConvShape&, const T* w);
-    const char* (*conv2d_algorithm)(const ConvShape&);  // the name of the algorithm conv2d runs
+    // The name of the algorithm conv2d runs, with filters from conv2d_prepare or without.
+    const char* (*conv2d_algorithm)(const ConvShape&, bool filters_prepared);
     void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);
     void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);
     // grad_b[k] = sum over n and the plane of grad_y (N, K, plane).

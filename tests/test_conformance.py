@@ -1058,6 +1058,8 @@ CASES = {
         "one_column_plain": matmul(37, 300, 1),
         "one_column_trans_a": matmul(300, 37, 1, trans_a=True),
         "one_row": matmul(1, 37, 300),
+        "one_row_narrow": matmul(1, 37, 5),
+        "one_row_whole_vectors": matmul(1, 9, 48),
         "one_row_trans_a": matmul(1, 37, 300, trans_a=True),
         "one_row_trans_b": matmul(1, 300, 37, trans_b=True),
         "one_by_one": matmul(1, 50, 1, trans_a=True, trans_b=True),

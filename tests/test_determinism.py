@@ -79,6 +79,12 @@ LARGE_CASES = {
         "winograd_few_tiles": conv((6, 33, 9, 9), (35, 33, 3, 3), padding=1),
         # By position: the 36 GEMMs shared out.
         "winograd_by_position": conv((1, 256, 13, 13), (256, 256, 3, 3), padding=1, algorithm="winograd"),
+        # One image: one block of tiles, so from 2 threads by position, the transforms cut by
+        # channels.
+        "winograd_one_image": conv((1, 33, 16, 18), (35, 33, 3, 3), padding=1, algorithm="winograd"),
+        # One image: its pixels cut into a block per thread.
+        "by_channels_one_image": conv((1, 64, 8, 8), (70, 64, 3, 3), padding=1),
+        "by_channels_strided_one_image": conv((1, 16, 32, 32), (32, 16, 3, 3), stride=2, padding=1),
     },
     "lstm_backward": {
         # Weight gradients over T * B = 2048 rows: a split reduction.

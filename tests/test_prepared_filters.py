@@ -120,3 +120,24 @@ def test_onnx_graphs_prepare_constant_weights(monkeypatch, tmp_path):
     np.testing.assert_array_equal(graph.run(None, {graph.input_names[0]: x})[0], first)
     assert len(prepared) == 2  # not again
     np.testing.assert_allclose(first, model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+# One image on 12+ columns: with prepared filters the forward takes Winograd (the filter
+# transform, paid once, no longer outweighs the few tiles); without, the direct or GEMM forms.
+ONE_IMAGE = [(1, 32, 16, 16, 32, 1), (1, 16, 32, 32, 16, 1), (2, 64, 12, 12, 64, 1)]
+
+
+@pytest.mark.parametrize("shape", ONE_IMAGE)
+def test_prepared_filters_take_winograd_from_one_image(shape):
+    from pyconv import _C
+    x, w, b, g, residual = conv_case(shape, np.float32)
+    f32 = np.dtype(np.float32)
+    assert "winograd" not in _C.conv2d_algorithm(g, f32)
+    assert "winograd" in _C.conv2d_algorithm(g, f32, prepared=True)
+    S = _spec.ShapeDtype
+    forced = _spec.conv2d(S(x.shape, x.dtype), S(w.shape, w.dtype), S(b.shape, b.dtype), 1, 1, 1, 1,
+                          algorithm="winograd")
+    filters = _C.conv2d_prepare(w, g)
+    for epilogue in ({}, {"residual": residual, "relu": True}):
+        np.testing.assert_array_equal(run(x, w, b, g, filters=filters, **epilogue),
+                                      run(x, w, b, forced, **epilogue))

@@ -183,7 +183,14 @@ void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std
     const int64_t image_groups = (g.N + group_size - 1) / group_size;
     const int64_t images_per_job = (g.N + image_groups - 1) / image_groups;
     const int64_t group_tiles = (images_per_job * HoWo + MR - 1) / MR;
-    const int64_t blocks_per_group = (group_tiles + tiles_max - 1) / tiles_max;
+    // Fewer groups of images than threads (a batch of one image, say): the blocks are cut
+    // smaller, into a multiple of the threads, and each is a task of its own, so that every
+    // thread has a share (each pads its own copy of the images). Where a tile's pixels go
+    // changes nothing in their sums.
+    const int team = num_threads();
+    const bool few_images = g.groups * image_groups < team;
+    int64_t blocks_per_group = (group_tiles + tiles_max - 1) / tiles_max;
+    if (few_images) blocks_per_group = std::min(group_tiles, (blocks_per_group + team - 1) / team * team);
     const int64_t block_tiles = (group_tiles + blocks_per_group - 1) / blocks_per_group;
     const int64_t jobs = image_groups * blocks_per_group;
     // The source's layout: x itself, or each job's padded planes (Hp x Wp), Cg per image.
@@ -196,7 +203,7 @@ void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std
     for (int64_t c = 0; c < Cg; ++c)
         for (int64_t r = 0; r < g.R; ++r)
             for (int64_t s = 0; s < g.S; ++s) offsets.push_back(c * plane + r * g.dh * row + s * g.dw);
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs * g.groups)));
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team, jobs * g.groups)));
     // Per-thread accumulators and padded images, allocated here: an exception must not leave a
     // pool thread.
     std::vector<Scratch<T>> accs, pads;
@@ -208,7 +215,8 @@ void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std
     // Every group's jobs in one pool call, a task per group of images (its blocks share the
     // padded copy), so that a thread the OS deschedules holds back one group, not half the call.
     std::vector<int64_t> padded_grp(size_t(threads), -1), padded_images(size_t(threads), -1);  // what pads hold
-    parallel_ranges(g.groups * jobs, g.groups * image_groups, threads, [&](int64_t first, int64_t last, int worker) {
+    parallel_ranges(g.groups * jobs, g.groups * (few_images ? jobs : image_groups), threads,
+                    [&](int64_t first, int64_t last, int worker) {
         const Scratch<T>& acc = accs[size_t(worker)];
         T* pad = in_place ? nullptr : pads[size_t(worker)].get();
         OffsetCols<T, MR> tiles[tiles_max];

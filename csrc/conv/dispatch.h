@@ -285,9 +285,17 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // 64 -> 64 (32 and 16 tiles) 1.41x, 1.24x; 7x7 64 -> 64 1.37x, 10x10 1.38x; 16 -> 16 on
 // 8x8 even (0.97x), so it stays out. Two threads: 64 tiles make 2 blocks of 32 (one each);
 // an odd number of 16-tile vectors keeps blocks of 48 (48 tiles: one block, one thread).
-inline bool winograd_pays(const ConvShape& g) {
+// With the filters prepared (conv2d_prepare: transformed once, as for a model's constant
+// weights), from one image on 12+ columns: 2 threads, batch 1, against the rules' choice
+// without it (the direct or GEMM forms), 16 -> 16 on 32x32 22.6 against 36.0 us, 32 -> 32 on
+// 16x16 20.8 against 40.3, 64 -> 64 on 14x14 47.3 against 85.3, 128 -> 128 on 12x12 121
+// against 209, 256 -> 256 on 14x14 540 against 1179; batch 2, 4, 8 likewise. Not 16 -> 16 on
+// 12-15 columns from batch 4 (12x12: 74-87 against 37-58 us direct), nor on 7-11 columns below
+// 32 tiles (batch 1, 8x8: 64 -> 64 48 against 35 us, 128 -> 128 133 against 112 by channels).
+inline bool winograd_pays(const ConvShape& g, bool filters_prepared = false) {
     const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
     if (!winograd_applies(g) || g.C < 16 || g.K < 16 || pairs > 256 * 256) return false;
+    if (filters_prepared && g.Wo >= 12 && (g.Wo >= 16 || pairs >= 32 * 32)) return true;
     if (g.Wo < 12) return g.Wo >= 7 && g.C >= 32 && g.K >= 32 && tiles >= 32;
     return tiles >= 128 && (g.Wo >= 28 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
 }
@@ -317,10 +325,14 @@ inline bool winograd_blocks_pay(const ConvShape& g) {
 // (128 tiles, 9.4 MB of V and M), one thread: 6.0-7.3 against 10.1-11.2 ms block by block, and
 // on two threads the 36 positions share out evenly where the 3 blocks of 48 tiles do not; on
 // 128 x 128 pairs (28x28, batch 8) the blocks stayed faster, 4.4 against 5.3 ms.
-inline bool winograd_by_position(const ConvShape& g, size_t element_bytes) {
+// Also where the tiles make fewer blocks than threads (one image of a small layer: 16 tiles on
+// 16x16, one block), which block by block would leave threads idle.
+template <class T>
+inline bool winograd_by_position(const ConvShape& g) {
     const double tiles = double(g.N) * double((g.Ho + 3) / 4) * double((g.Wo + 3) / 4);
-    const double footprint = 36.0 * double(g.C + g.K) * tiles * double(element_bytes);
-    return g.C * g.K >= 256 * 256 && footprint <= 16.0 * (1 << 20);
+    const double footprint = 36.0 * double(g.C + g.K) * tiles * double(sizeof(T));
+    return (g.C * g.K >= 256 * 256 && footprint <= 16.0 * (1 << 20)) ||
+           winograd::Tiling::of_forward<T, winograd::F4x3>(g).blocks < num_threads();
 }
 
 // Winograd's weight gradient (conv/winograd.h, conv2d_grad_weight_winograd): a quarter of the
@@ -492,8 +504,9 @@ inline bool grad_input_col_rows_pays(const ConvShape& g) {
 }
 
 // Which pass runs which algorithm.
-inline bool use_winograd(const ConvShape& g) {
-    return winograd_applies(g) && (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g)));
+inline bool use_winograd(const ConvShape& g, bool filters_prepared = false) {
+    return winograd_applies(g) &&
+           (g.algorithm == conv_winograd || (g.algorithm == conv_auto && winograd_pays(g, filters_prepared)));
 }
 // min_channels_in: the input gradient's rule takes fewer (winograd_phases_pays).
 inline bool use_winograd_phases(const ConvShape& g, int64_t min_channels_in = 32) {
@@ -515,8 +528,8 @@ enum class ForwardAlgorithm { winograd, winograd_blocks, winograd_phases, depthw
 inline ForwardAlgorithm direct_grid_layout(const ConvShape& g) {
     return direct_grid_column_copies_pay(g) ? ForwardAlgorithm::direct_columns : ForwardAlgorithm::direct_grid;
 }
-inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
-    if (use_winograd(g)) return ForwardAlgorithm::winograd;
+inline ForwardAlgorithm forward_algorithm(const ConvShape& g, bool filters_prepared = false) {
+    if (use_winograd(g, filters_prepared)) return ForwardAlgorithm::winograd;
     if (winograd_blocks_pay(g)) return ForwardAlgorithm::winograd_blocks;
     if (use_winograd_phases(g)) return ForwardAlgorithm::winograd_phases;
     // algorithm="direct": the direct forward on the phase grid (or column copies) where its
@@ -541,9 +554,9 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g) {
 // layouts "winograd" (block by block) and "winograd (by position)", over stride phases
 // "winograd (phases)".
 template <class T>
-const char* conv2d_forward_algorithm(const ConvShape& g) {
-    switch (forward_algorithm(g)) {
-        case ForwardAlgorithm::winograd: return winograd_by_position(g, sizeof(T)) ? "winograd (by position)" : "winograd";
+const char* conv2d_forward_algorithm(const ConvShape& g, bool filters_prepared) {
+    switch (forward_algorithm(g, filters_prepared)) {
+        case ForwardAlgorithm::winograd: return winograd_by_position<T>(g) ? "winograd (by position)" : "winograd";
         case ForwardAlgorithm::winograd_blocks: return "winograd (3x3 blocks)";
         case ForwardAlgorithm::winograd_phases: return "winograd (phases)";
         case ForwardAlgorithm::depthwise: return "depthwise";
@@ -564,11 +577,11 @@ const char* conv2d_forward_algorithm(const ConvShape& g) {
 template <class T>
 void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
                     const PreparedFilters* prepared = nullptr) {
-    switch (forward_algorithm(g)) {
+    switch (forward_algorithm(g, prepared != nullptr)) {
         case ForwardAlgorithm::winograd:
-            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), {}, prepared);
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position<T>(g), {}, prepared);
         case ForwardAlgorithm::winograd_blocks:
-            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)));
+            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position<T>(winograd_blocks_shape(g)));
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y);
         case ForwardAlgorithm::depthwise: return conv2d_forward_depthwise(g, x, w, bias, y);
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
@@ -592,11 +605,11 @@ template <class T>
 void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const T* residual,
                          bool relu, const PreparedFilters* prepared) {
     const Epilogue<T> ep{residual, relu};
-    if (ep.any()) switch (forward_algorithm(g)) {
+    if (ep.any()) switch (forward_algorithm(g, prepared != nullptr)) {
         case ForwardAlgorithm::winograd:
-            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position(g, sizeof(T)), ep, prepared);
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position<T>(g), ep, prepared);
         case ForwardAlgorithm::winograd_blocks:
-            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position(winograd_blocks_shape(g), sizeof(T)), ep);
+            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position<T>(winograd_blocks_shape(g)), ep);
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep, prepared);
         default: break;
@@ -609,7 +622,7 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
 // channel-vectorised forward's weight panels; nothing for the other algorithms yet.
 template <class T>
 std::shared_ptr<const PreparedFilters> conv2d_prepare(const ConvShape& g, const T* w) {
-    switch (forward_algorithm(g)) {
+    switch (forward_algorithm(g, true)) {
         case ForwardAlgorithm::winograd: return std::make_shared<const winograd::PreparedTransform<T, winograd::F4x3>>(g, w);
         case ForwardAlgorithm::by_channels: return std::make_shared<const PreparedChannelPanels<T>>(g, w);
         default: return nullptr;

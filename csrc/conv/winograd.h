@@ -580,17 +580,19 @@ static inline __attribute__((always_inline)) void interleave_row(const typename 
     S::store(z + 3 * L, __builtin_shuffle(hi01, hi23, quads[1]));
 }
 
-// Output transform of tiles [t0, t0 + nt) from M[xi] (K x block, row stride block, at
-// m + xi * stride) into y.
+// Output transform of tiles [t0, t0 + nt), output channels [k_begin, k_end) (all by default),
+// from M[xi] (K x block, row stride block, at m + xi * stride) into y.
 // Each output row of a group of L tiles is interleaved in registers (interleave_row) and
 // stored as one run per tile row the group spans.
 template <class T, class F>
 void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t t0, int64_t nt,
-                      int64_t block, int64_t stride, const T* bias, T* y, const Epilogue<T>& ep) {
+                      int64_t block, int64_t stride, const T* bias, T* y, const Epilogue<T>& ep,
+                      int64_t k_begin = 0, int64_t k_end = -1) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes;
     const int64_t K = g.K, HoWo = g.Ho * g.Wo;
+    if (k_end < 0) k_end = K;
     const int64_t groups = (nt + L - 1) / L;
     // Per tile row of the block: where its outputs start (channel 0) and how many rows exist;
     // per tile: its tile row's ordinal and its column.
@@ -611,7 +613,7 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
         column[l] = t % tl.cols;
     }
     alignas(64) T z[kTile][kTile * L];
-    for (int64_t k = 0; k < K; ++k) {
+    for (int64_t k = k_begin; k < k_end; ++k) {
         const T b = bias ? bias[k] : T(0);
         for (int64_t grp = 0; grp < groups; ++grp) {
             constexpr int A = F::alpha;
@@ -645,8 +647,10 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
 // layout for few tiles and many channel pairs. Blocks of tiles would each read all 36 U[xi]
 // (36 K C elements, past a core's cache from 256 x 256 pairs) for a GEMM of one block's
 // columns; here each U[xi] is read once, against all columns, and stays in cache with its
-// V[xi] and M[xi]. Each position's GEMM runs on one thread, and the transforms work in the
-// shape's blocks, so the result does not depend on the number of threads.
+// V[xi] and M[xi]; and the layout for fewer blocks than threads (one image: a small layer has
+// one or two blocks), where the 36 GEMMs share out evenly. Each position's GEMM runs on one
+// thread, and the transforms work tile by tile and channel by channel, so the result does not
+// depend on the number of threads or on how the transforms are cut into tasks.
 template <class T, class F>
 void forward_by_position(const ConvShape& g, const Tiling& tl, const TransformedFilters<T, F>& U, const T* x,
                          const T* bias, T* y, const Epilogue<T>& ep) {
@@ -668,20 +672,28 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
     }
     // Columns in whole vectors: the input transform wrote them (zeros past the last tile).
     const int64_t cols = std::min(columns, (tl.total + L - 1) / L * L);
+    // The transforms' tasks: a block and a run of channels, cut so that every thread has two.
+    const int64_t runs = std::max<int64_t>(1, (2 * threads + tl.blocks - 1) / tl.blocks);
+    const int64_t c_run = (g.C + runs - 1) / runs, k_run = (g.K + runs - 1) / runs;
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(tl.blocks, threads, [&](int64_t b, int worker) {
-        const int64_t t0 = b * tl.block;  // a multiple of NR: panel t0 / NR of V[xi]
-        transform_input<T, F>(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C, v_stride,
-                              rows[size_t(worker)].get());
+    parallel_for(tl.blocks * runs, threads, [&](int64_t task, int worker) {
+        const int64_t t0 = task / runs * tl.block;  // a multiple of NR: panel t0 / NR of V[xi]
+        const int64_t c0 = task % runs * c_run, c1 = std::min(g.C, c0 + c_run);
+        if (c0 < c1)
+            transform_input<T, F>(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C + c0 * NR,
+                                  v_stride, rows[size_t(worker)].get(), TilesLayout::packed<T>(), c0, c1);
     });
     parallel_tasks(F::points, threads, [&](int64_t xi, int worker) {
         const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
         const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
         multiply_position(U, int(xi), g.K, cols, g.C, B, M, bufs[size_t(worker)]);
     });
-    parallel_for(tl.blocks, threads, [&](int64_t b, int) {
-        const int64_t t0 = b * tl.block;
-        transform_output<T, F>(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias, y, ep);
+    parallel_for(tl.blocks * runs, threads, [&](int64_t task, int) {
+        const int64_t t0 = task / runs * tl.block;
+        const int64_t k0 = task % runs * k_run, k1 = std::min(g.K, k0 + k_run);
+        if (k0 < k1)
+            transform_output<T, F>(g, tl, m.get() + t0, t0, std::min(tl.block, tl.total - t0), columns, m_stride, bias,
+                                   y, ep, k0, k1);
     });
 }
 

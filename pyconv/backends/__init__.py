@@ -99,6 +99,7 @@ _MODULES = {
 
 _loaded: dict[str, Backend] = {}
 _unavailable: dict[str, str] = {}  # name -> why it cannot be used here
+_usable: set[str] = set()  # probed and usable: the probe runs once per process, not per call
 
 
 def cuda_simulator() -> bool:
@@ -135,11 +136,13 @@ def _probe(name: str) -> str | None:
 
 
 def available(name: str) -> bool:
-    if name in _loaded:
+    if name in _loaded or name in _usable:
         return True
     if name not in _unavailable:
         why = _probe(name)
-        if why is not None:
+        if why is None:
+            _usable.add(name)
+        else:
             _unavailable[name] = why
     return name not in _unavailable
 

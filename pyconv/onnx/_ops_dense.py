@@ -32,29 +32,29 @@ def _cpu_kernel(name):
     return _extension(name) if get_backend() == "cpu" else None
 
 
-def _packed_gemm():
-    """pyconv's own packed GEMM when the cpu backend is selected (it runs on pyconv's threads:
+def _matmul_kernel():
+    """pyconv's own matrix product when the cpu backend is selected (it runs on pyconv's threads:
     NumPy's BLAS would bring a thread pool of its own, which fights pyconv's for the cores
-    between nodes), else None."""
-    return _extension("gemm") if get_backend() == "cpu" else None
+    between nodes; and a product with one row, a batch of one image, runs as a matrix-vector
+    product rather than a padded GEMM), else None."""
+    return _extension("matmul") if get_backend() == "cpu" else None
 
 
-def matmul_2d(a, b, c=None):
-    """a (M, K) @ b (K, N) [+ c, broadcast to (M, N)] on pyconv's GEMM where it applies."""
-    gemm = _packed_gemm()
-    if gemm is None or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f" \
+def matmul_2d(a, b, c=None, trans_a=False, trans_b=False):
+    """op(a) (M, K) @ op(b) (K, N) [+ c, broadcast to (M, N)], op(x) = x.T where trans_x, on
+    pyconv's kernel where it applies."""
+    matmul = _matmul_kernel()
+    if matmul is None or a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f" \
             or (c is not None and np.result_type(a, c) != a.dtype) or 0 in a.shape + b.shape:
-        y = a @ b
+        y = (a.T if trans_a else a) @ (b.T if trans_b else b)
         if c is not None:
             y += c
         return y
-    shape = (a.shape[0], b.shape[1])
-    if c is None:
-        y = np.empty(shape, a.dtype)
-    else:
-        y = np.empty(shape, a.dtype)
+    shape = (a.shape[1 if trans_a else 0], b.shape[0 if trans_b else 1])
+    y = np.empty(shape, a.dtype)
+    if c is not None:
         y[...] = c
-    gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), y, c is not None)
+    matmul(np.ascontiguousarray(a), trans_a, np.ascontiguousarray(b), trans_b, y, c is not None)
     return y
 
 
@@ -63,18 +63,16 @@ def _gemm(node):
     trans_a, trans_b = node.attr("transA", 0), node.attr("transB", 0)
     alpha, beta = node.attr("alpha", 1.0), node.attr("beta", 1.0)
     b_const, c_const = node.const(1), node.const(2)
-    if b_const is not None:  # transB and alpha folded into the constant once
-        b_const = b_const.T if trans_b else b_const
+    if b_const is not None:  # alpha folded into the constant once
         b_const = np.ascontiguousarray(b_const * b_const.dtype.type(alpha) if alpha != 1.0 else b_const)
     if c_const is not None and beta != 1.0:
         c_const = c_const * c_const.dtype.type(beta)
 
     def run(a, b, c=None):
-        a = a.T if trans_a else a
         if b_const is not None:
             return matmul_2d(a, b_const, c_const if c is not None and c_const is not None else
-                             (None if c is None else c * beta))
-        y = matmul_2d(a, b.T if trans_b else b)
+                             (None if c is None else c * beta), trans_a, trans_b)
+        y = matmul_2d(a, b, trans_a=trans_a, trans_b=trans_b)
         if alpha != 1.0:
             y *= alpha
         if c is not None:
@@ -199,6 +197,13 @@ def _softmax(node):
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
 
     def softmax(x, ax):
+        kernel = _cpu_kernel("log_softmax" if log else "softmax")
+        if kernel is not None and ax % x.ndim == x.ndim - 1 and x.dtype in (np.float32, np.float64) \
+                and x.size > 0:  # rows of the last axis: pyconv's one-pass kernel
+            rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+            y = np.empty_like(rows)
+            kernel(rows, y)
+            return y.reshape(x.shape)
         shifted = x - x.max(axis=ax, keepdims=True)
         if log:
             return shifted - np.log(np.exp(shifted).sum(axis=ax, keepdims=True))

@@ -309,6 +309,17 @@ struct Conv2dFilters {
     py::object weights;
 };
 
+// The prepared filters `filters` holds for op's call with weights w (None: nullptr); a
+// TypeError if it is not a Conv2dFilters, a ValueError if it was made from another array.
+const PreparedFilters* prepared_for(const std::string& op, const py::object& filters, const Array& w) {
+    if (filters.is_none()) return nullptr;
+    if (!py::isinstance<Conv2dFilters>(filters))
+        throw py::type_error(op + ": filters must come from " + op + "_prepare");
+    const Conv2dFilters& f = py::cast<const Conv2dFilters&>(filters);
+    if (!f.weights.is(w)) throw py::value_error(op + ": filters were prepared from another array than w");
+    return f.prepared.get();
+}
+
 [[noreturn]] void throw_memory_error(const std::string& message) {
     PyErr_SetString(PyExc_MemoryError, message.c_str());
     throw py::error_already_set();
@@ -808,19 +819,13 @@ PYBIND11_MODULE(_C, m) {
     // ---- Convolution and GEMM
 
     py::class_<Conv2dFilters>(m, "Conv2dFilters",
-                              "a convolution's filters transformed once (conv2d_prepare), for conv2d's filters=");
+                              "a convolution's filters transformed once (conv2d_prepare), for conv2d's filters=")
+        .def_property_readonly("kept", [](const Conv2dFilters& f) { return f.prepared != nullptr; },
+                               "whether the shape's algorithm keeps anything (else every call works from w)");
     def_op(m, "conv2d",
           [](Array x, Array w, Optional b, Array y, const ConvShape& g, Optional residual, bool relu,
              const py::object& filters) {
-              const PreparedFilters* prepared = nullptr;
-              if (!filters.is_none()) {
-                  if (!py::isinstance<Conv2dFilters>(filters))
-                      throw py::type_error("conv2d: filters must come from conv2d_prepare");
-                  const Conv2dFilters& f = py::cast<const Conv2dFilters&>(filters);
-                  if (!f.weights.is(w))
-                      throw py::value_error("conv2d: filters were prepared from another array than w");
-                  prepared = f.prepared.get();
-              }
+              const PreparedFilters* prepared = prepared_for("conv2d", filters, w);
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   check_conv_shape(g);
@@ -864,18 +869,35 @@ PYBIND11_MODULE(_C, m) {
           "the name of the algorithm conv2d runs for shape, given filters from conv2d_prepare "
           "(prepared=True) or not");
     def_op(m, "conv2d_grad_input",
-          [](Array grad_y, Array w, Array grad_x, const ConvShape& g) {
+          [](Array grad_y, Array w, Array grad_x, const ConvShape& g, const py::object& filters) {
+              const PreparedFilters* prepared = prepared_for("conv2d_grad_input", filters, w);
               by_dtype(grad_y.dtype(), [&](auto t) {
                   using T = decltype(t);
                   check_conv_shape(g);
                   const T* gy = checked<T>(grad_y, output_dims(g), "grad_y");
                   const T* wp = checked<T>(w, weight_dims(g), "w");
                   T* gx = checked<T>(grad_x, input_dims(g), "grad_x", true);
-                  without_gil([&] { kernels<T>().conv2d_grad_input(g, gy, wp, gx); });
+                  without_gil([&] { kernels<T>().conv2d_grad_input(g, gy, wp, gx, prepared); });
               });
           },
-          py::arg("grad_y"), py::arg("w"), py::arg("grad_x"), py::arg("shape"),
-          "input gradient (= transpose convolution) into grad_x; shape: a ConvGeom");
+          py::arg("grad_y"), py::arg("w"), py::arg("grad_x"), py::arg("shape"), py::arg("filters") = py::none(),
+          "input gradient (= transpose convolution) into grad_x; shape: a ConvGeom. filters: "
+          "conv2d_grad_input_prepare(w, ...)'s result, or None; w must not have changed since");
+    def_op(m, "conv2d_grad_input_prepare",
+          [](Array w, const ConvShape& g) {
+              return by_dtype(w.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  check_conv_shape(g);
+                  const T* wp = checked<T>(w, weight_dims(g), "w");
+                  Conv2dFilters f{nullptr, w};
+                  without_gil([&] { f.prepared = kernels<T>().conv2d_grad_input_prepare(g, wp); });
+                  return f;
+              });
+          },
+          py::arg("w"), py::arg("shape"),
+          "w's filters as conv2d_grad_input packs them for shape (a ConvGeom), once, for later "
+          "conv2d_grad_input(..., filters=) calls with this same w, unchanged (they hold nothing "
+          "where the shape's algorithm keeps nothing)");
     def_op(m, "conv2d_grad_weight",
           [](Array grad_y, Array x, Array grad_w, const ConvShape& g) {
               by_dtype(grad_y.dtype(), [&](auto t) {

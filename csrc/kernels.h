@@ -166,7 +166,13 @@ struct KernelsFor {
     std::shared_ptr<const PreparedFilters> (*conv2d_prepare)(const ConvShape&, const T* w);
     // The name of the algorithm conv2d runs, with filters from conv2d_prepare or without.
     const char* (*conv2d_algorithm)(const ConvShape&, bool filters_prepared);
-    void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x);
+    // `prepared` (or nullptr): conv2d_grad_input_prepare's result for these weights.
+    void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x,
+                              const PreparedFilters* prepared);
+    // w as conv2d_grad_input packs it on every call (a transposed convolution's constant
+    // weights), or nullptr where its algorithm keeps nothing (the channels-last form keeps its
+    // tap panels).
+    std::shared_ptr<const PreparedFilters> (*conv2d_grad_input_prepare)(const ConvShape&, const T* w);
     void (*conv2d_grad_weight)(const ConvShape&, const T* grad_y, const T* x, T* grad_w);
     // grad_b[k] = sum over n and the plane of grad_y (N, K, plane).
     void (*conv2d_grad_bias)(int64_t N, int64_t K, int64_t plane, const T* grad_y, T* grad_b);

@@ -141,3 +141,82 @@ def test_prepared_filters_take_winograd_from_one_image(shape):
     for epilogue in ({}, {"residual": residual, "relu": True}):
         np.testing.assert_array_equal(run(x, w, b, g, filters=filters, **epilogue),
                                       run(x, w, b, forced, **epilogue))
+
+
+# The input gradient, which is also the transposed convolution (pyconv.onnx's ConvTranspose):
+# the channels-last form keeps its tap panels. (N, C, H, W, K, stride, padding) of the forward
+# convolution: a DCGAN generator's upsampling at one image, two panels of channels, and a
+# shape whose algorithm keeps nothing.
+GRAD_INPUT_SHAPES = [(1, 32, 8, 8, 64, 2, 1), (2, 80, 9, 9, 48, 2, 1), (2, 8, 9, 9, 16, 1, 1)]
+
+
+def grad_input_case(shape, dtype, seed=0):
+    N, C, H, W, K, stride, pad = shape
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((K, C, 4, 4)).astype(dtype)
+    S = _spec.ShapeDtype
+    g = _spec.conv2d(S((N, C, H, W), dtype), S(w.shape, dtype), None, stride, pad, 1, 1)
+    dy = rng.standard_normal(g.output_shape).astype(dtype)
+    return dy, w, g
+
+
+def grad_input(dy, w, g, **kw):
+    from pyconv import _C
+    dx = np.empty(g.input_shape, dy.dtype)
+    _C.conv2d_grad_input(dy, w, dx, g, **kw)
+    return dx
+
+
+@pytest.mark.parametrize("shape", GRAD_INPUT_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_grad_input_filters_give_the_same_bits(isa, shape, dtype):
+    from pyconv import _C
+    dy, w, g = grad_input_case(shape, dtype)
+    filters = _C.conv2d_grad_input_prepare(w, g)
+    assert filters.kept == (shape != GRAD_INPUT_SHAPES[-1])
+    expected = grad_input(dy, w, g)
+    for _ in range(2):
+        np.testing.assert_array_equal(grad_input(dy, w, g, filters=filters), expected)
+
+
+def test_grad_input_filters_of_another_array_or_pass_are_handled():
+    from pyconv import _C
+    dy, w, g = grad_input_case(GRAD_INPUT_SHAPES[0], np.float32)
+    filters = _C.conv2d_grad_input_prepare(w, g)
+    with pytest.raises(ValueError, match="conv2d_grad_input: filters were prepared from another array than w"):
+        grad_input(dy, w.copy(), g, filters=filters)
+    with pytest.raises(TypeError, match="conv2d_grad_input: filters must come from conv2d_grad_input_prepare"):
+        grad_input(dy, w, g, filters=object())
+    # the forward's filters of the same w are not the input gradient's: recomputed, not misread
+    forward = _C.conv2d_prepare(w, g)
+    np.testing.assert_array_equal(grad_input(dy, w, g, filters=forward), grad_input(dy, w, g))
+
+
+def test_onnx_conv_transpose_packs_constant_weights_once(monkeypatch, tmp_path):
+    pytest.importorskip("onnx")
+    import pyconv.onnx
+    from pyconv import nn
+    from pyconv.onnx import _ops_dense
+
+    prepared = []
+    extension = _ops_dense._extension
+
+    def counting(name):
+        kernel = extension(name)
+        if name != "conv2d_grad_input_prepare":
+            return kernel
+        return lambda *args: prepared.append(kernel(*args)) or prepared[-1]
+
+    monkeypatch.setattr(_ops_dense, "_extension", counting)
+    pyconv.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU())
+    x = np.random.default_rng(0).standard_normal((1, 64, 4, 4)).astype(np.float32)
+    path = str(tmp_path / "transpose.onnx")
+    pyconv.onnx.export(model, x, path)
+    graph = pyconv.onnx.load(path)
+    prepared.clear()  # export checked its graph by running it
+    first = graph.run(None, {graph.input_names[0]: x})[0]
+    assert len(prepared) == 1 and prepared[0].kept
+    np.testing.assert_array_equal(graph.run(None, {graph.input_names[0]: x})[0], first)
+    assert len(prepared) == 1  # not again
+    np.testing.assert_allclose(first, model(x).numpy(), rtol=1e-5, atol=1e-5)

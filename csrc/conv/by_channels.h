@@ -27,13 +27,14 @@ template <class T> struct ChannelTile { static constexpr int MR = 6, NV = 4; };
 template <class T> struct ChannelTile { static constexpr int MR = GemmTile<T>::MR, NV = GemmTile<T>::NV; };
 #endif
 
-// Panel p of w (Kg, taps) of one group as NR channels [tap][NR], zero past Kg: a transpose,
+// Panel p of w (Kg, taps) of one group as NR channels [tap][NR] (tap rows tap_stride apart),
+// zero past Kg: a transpose,
 // by register blocks of `lanes` rows x `lanes` taps (a vector load per row, one cache line, and
 // a vector store per tap). Element by element, 16 taps at a time, the rows of 512 -> 512 3x3
 // weights (18 KiB apart) fell into two L1 sets and missed on every load: 2.3 ms of a 21 ms
 // forward on 8x512x7x7, one thread.
 template <class T, int NR>
-void channel_panel(const T* w, int64_t Kg, int64_t taps_n, int64_t p, T* packed) {
+void channel_panel(const T* w, int64_t Kg, int64_t taps_n, int64_t p, T* packed, int64_t tap_stride = NR) {
     using S = Simd<T>;
     constexpr int L = S::lanes;
     static_assert(NR % L == 0, "a panel holds whole vectors");
@@ -48,10 +49,10 @@ void channel_panel(const T* w, int64_t Kg, int64_t taps_n, int64_t p, T* packed)
             for (int i = 0; i < L; ++i) block[i] = i < rows ? S::load(w + (row0 + i) * taps_n + t0) : S::zero();
             transpose_block<T>(block);
 #pragma GCC unroll 16
-            for (int t = 0; t < L; ++t) S::store(dst + (t0 + t) * NR, block[t]);
+            for (int t = 0; t < L; ++t) S::store(dst + (t0 + t) * tap_stride, block[t]);
         }
         for (; t0 < taps_n; ++t0)
-            for (int i = 0; i < L; ++i) dst[t0 * NR + i] = i < rows ? w[(row0 + i) * taps_n + t0] : T(0);
+            for (int i = 0; i < L; ++i) dst[t0 * tap_stride + i] = i < rows ? w[(row0 + i) * taps_n + t0] : T(0);
     }
 }
 
@@ -794,6 +795,38 @@ void channels_last_to_planes(const ConvShape& g, const PaddedPlane& pp, const T*
     }
 }
 
+// w (K, C, R, S) as the channels-last input gradient's B: per block of NR channels and tap
+// (r, s), a K x NR panel [k][NR] (zero past C): w[k] (C x RS) transposed by register blocks
+// (channel_panel), its tap rows going to the panels, shared out among the threads. Element by
+// element on one thread this packing was most of a one-image call (64 -> 32 channels 4x4
+// stride 2 on 4x4: 70% of 61 us).
+template <class T>
+Scratch<T> pack_tap_panels(const ConvShape& g, const T* w) {
+    constexpr int NR = ChannelTile<T>::NV * Simd<T>::lanes;
+    const int64_t RS = g.R * g.S, c_panels = (g.C + NR - 1) / NR;
+    Scratch<T> B = scratch<T>(checked_mul(RS * c_panels, g.K, NR));
+    parallel_for(c_panels * g.K, threads_if(c_panels * g.K * RS * NR >= (int64_t(1) << 15)), [&](int64_t u, int) {
+        const int64_t cp = u / g.K, k = u % g.K;
+        channel_panel<T, NR>(w + k * g.C * RS, g.C, RS, cp, B.get() + (cp * RS * g.K + k) * NR, g.K * NR);
+    });
+    return B;
+}
+
+// pack_tap_panels' result for K x C x R x S filters, kept for later calls (kernels.h,
+// PreparedFilters): a transposed convolution with constant weights packs them once.
+template <class T>
+struct PreparedTapPanels final : PreparedFilters {
+    int64_t K, C, R, S;
+    Scratch<T> B;
+    PreparedTapPanels(const ConvShape& g, const T* w) : K(g.K), C(g.C), R(g.R), S(g.S), B(pack_tap_panels(g, w)) {}
+
+    // `prepared`'s panels where they were made by these kernels for g's filters, else nullptr.
+    static const T* find(const PreparedFilters* prepared, const ConvShape& g) {
+        const auto* p = dynamic_cast<const PreparedTapPanels*>(prepared);
+        return p != nullptr && p->K == g.K && p->C == g.C && p->R == g.R && p->S == g.S ? p->B.get() : nullptr;
+    }
+};
+
 // grad_x vectorised over input channels, for the transpose convolutions of generators (stride
 // 2, 64+ channels): per image, the GEMM dy^T[pixels, k] w[k, (r, s, c)] in tiles of 6 dy pixels
 // x 64 channels c of one tap (r, s), dy broadcast straight from NCHW. Each tile row is the
@@ -802,23 +835,17 @@ void channels_last_to_planes(const ConvShape& g, const PaddedPlane& pp, const T*
 // 4 vector adds; that copy, padded so every position any tap reaches exists, goes to NCHW once
 // at the end. A job is one image and one panel of channels, computed by one thread in a fixed
 // order: the result does not depend on the number of threads.
+// The panels come from `prepared` where it holds them, else are packed here.
 template <class T>
-void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w, T* dx) {
+void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w, T* dx,
+                                     const PreparedFilters* prepared = nullptr) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
     constexpr int64_t KC = 128;  // a weight panel block of KC x NR (32 KiB)
     const int64_t HoWo = g.Ho * g.Wo, RS = g.R * g.S, c_panels = (g.C + NR - 1) / NR;
     const PaddedPlane pp(g);  // every grad_x position a tap reaches, from (-ph, -pw)
-    // w as B: per block of NR channels and tap (r, s), a K x NR panel [k][NR] (zero past C).
-    Scratch<T> B = scratch<T>(RS * c_panels * g.K * NR);
-    for (int64_t cp = 0; cp < c_panels; ++cp)
-        for (int64_t rs = 0; rs < RS; ++rs)
-            for (int64_t k = 0; k < g.K; ++k) {
-                T* dst = B.get() + ((cp * RS + rs) * g.K + k) * NR;
-                for (int64_t j = 0; j < NR; ++j) {
-                    const int64_t c = cp * NR + j;
-                    dst[j] = c < g.C ? w[(k * g.C + c) * RS + rs] : T(0);
-                }
-            }
+    Scratch<T> packed;
+    const T* B = PreparedTapPanels<T>::find(prepared, g);
+    if (B == nullptr) B = (packed = pack_tap_panels(g, w)).get();
     std::vector<int64_t> channel_offsets(g.K);  // dy's channel k of an image, for the broadcasts
     for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
     const int64_t tiles = (HoWo + MR - 1) / MR, jobs = g.N * c_panels;
@@ -841,7 +868,7 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
         a.base = dy + n * g.K * HoWo;
         for (int64_t rs = 0; rs < RS; ++rs) {
             const int64_t tap = (rs / g.S) * g.dh * pp.Wp + (rs % g.S) * g.dw;
-            const T* panel = B.get() + (cp * RS + rs) * g.K * NR;
+            const T* panel = B + (cp * RS + rs) * g.K * NR;
             for (int64_t t = 0; t < tiles; ++t) {
                 const int rows = static_cast<int>(std::min<int64_t>(MR, HoWo - t * MR));
                 for (int i = 0; i < MR; ++i) a.i_offsets[i] = t * MR + std::min(i, rows - 1);

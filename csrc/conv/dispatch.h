@@ -652,37 +652,70 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
     conv2d_grad_weight_im2col(g, dy, x, dw);
 }
 
+// The input gradient's algorithm for g (also the transposed convolution's): the rules above,
+// in order.
+enum class GradInputAlgorithm { direct, winograd_phases, depthwise, subsampled, whole_window, by_channels, as_forward, across_images, channels_last, col_rows, col2im };
 template <class T>
-void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx) {
+GradInputAlgorithm grad_input_algorithm(const ConvShape& g) {
     // Winograd on the flipped forward convolution (conv/grad_input_as_forward.h), whose
     // padding 2 - ph must not be negative.
     const bool winograd = use_winograd(g) && g.ph <= 2 && g.pw <= 2;
     // Larger kernels' blocks on Winograd, in the flipped forward convolution likewise.
     const bool blocks = winograd_blocks_apply(g) && g.ph <= g.R - 1 && g.pw <= g.S - 1 &&
                         winograd_blocks_pay(grad_input_as_forward_shape(g));
-    if (direct_asked(g)) return conv2d_grad_input_direct(g, dy, w, dx);
-    if (use_winograd_phases(g, 8)) return conv2d_grad_input_winograd_phases(g, dy, w, dx);
-    if (depthwise_pays(g)) return conv2d_grad_input_depthwise(g, dy, w, dx);
-    if (subsampled_pays(g)) {
-        const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
-        conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());
-        return scatter_subsampled(g, dxs.get(), dx);
-    }
-    if (!winograd && !blocks && whole_window_pays(g)) return conv2d_grad_input_whole_window(g, dy, w, dx);
-    if (use_direct(g)) return conv2d_grad_input_direct(g, dy, w, dx);
+    if (direct_asked(g)) return GradInputAlgorithm::direct;
+    if (use_winograd_phases(g, 8)) return GradInputAlgorithm::winograd_phases;
+    if (depthwise_pays(g)) return GradInputAlgorithm::depthwise;
+    if (subsampled_pays(g)) return GradInputAlgorithm::subsampled;
+    if (!winograd && !blocks && whole_window_pays(g)) return GradInputAlgorithm::whole_window;
+    if (use_direct(g)) return GradInputAlgorithm::direct;
     if (winograd || blocks || grad_input_as_forward(g)) {
         ConvShape forward = grad_input_as_forward_shape(g);
         forward.algorithm = g.algorithm;
         // The channel-vectorised forward packs the flipped weights straight from w.
-        if (forward_algorithm(forward) == ForwardAlgorithm::by_channels) return conv2d_grad_input_by_channels(g, dy, w, dx);
-        const Scratch<T> flipped = flipped_transposed_weights(g, w);
-        return conv2d_forward(forward, dy, flipped.get(),
-                              static_cast<const T*>(nullptr), dx);
+        return forward_algorithm(forward) == ForwardAlgorithm::by_channels ? GradInputAlgorithm::by_channels
+                                                                           : GradInputAlgorithm::as_forward;
     }
-    if (grad_input_across_images_pays(g)) return conv2d_grad_input_across_images(g, dy, w, dx);
-    if (grad_input_channels_last_pays(g, sizeof(T))) return conv2d_grad_input_channels_last(g, dy, w, dx);
-    if (grad_input_col_rows_pays(g)) return conv2d_grad_input_col_rows(g, dy, w, dx);
+    if (grad_input_across_images_pays(g)) return GradInputAlgorithm::across_images;
+    if (grad_input_channels_last_pays(g, sizeof(T))) return GradInputAlgorithm::channels_last;
+    if (grad_input_col_rows_pays(g)) return GradInputAlgorithm::col_rows;
+    return GradInputAlgorithm::col2im;
+}
+
+template <class T>
+void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx, const PreparedFilters* prepared = nullptr) {
+    switch (grad_input_algorithm<T>(g)) {
+        case GradInputAlgorithm::direct: return conv2d_grad_input_direct(g, dy, w, dx);
+        case GradInputAlgorithm::winograd_phases: return conv2d_grad_input_winograd_phases(g, dy, w, dx);
+        case GradInputAlgorithm::depthwise: return conv2d_grad_input_depthwise(g, dy, w, dx);
+        case GradInputAlgorithm::subsampled: {
+            const Scratch<T> dxs = scratch<T>(checked_mul(g.N, g.C, g.Ho * g.Wo));
+            conv2d_grad_input(subsampled_shape(g), dy, w, dxs.get());
+            return scatter_subsampled(g, dxs.get(), dx);
+        }
+        case GradInputAlgorithm::whole_window: return conv2d_grad_input_whole_window(g, dy, w, dx);
+        case GradInputAlgorithm::by_channels: return conv2d_grad_input_by_channels(g, dy, w, dx);
+        case GradInputAlgorithm::as_forward: {
+            ConvShape forward = grad_input_as_forward_shape(g);
+            forward.algorithm = g.algorithm;
+            const Scratch<T> flipped = flipped_transposed_weights(g, w);
+            return conv2d_forward(forward, dy, flipped.get(), static_cast<const T*>(nullptr), dx);
+        }
+        case GradInputAlgorithm::across_images: return conv2d_grad_input_across_images(g, dy, w, dx);
+        case GradInputAlgorithm::channels_last: return conv2d_grad_input_channels_last(g, dy, w, dx, prepared);
+        case GradInputAlgorithm::col_rows: return conv2d_grad_input_col_rows(g, dy, w, dx);
+        case GradInputAlgorithm::col2im: break;
+    }
     conv2d_grad_input_col2im(g, dy, w, dx);
+}
+
+// What conv2d_grad_input (a transposed convolution's forward) would make of w on every call for
+// the shape: the channels-last form's tap panels; nothing for the other algorithms yet.
+template <class T>
+std::shared_ptr<const PreparedFilters> conv2d_grad_input_prepare(const ConvShape& g, const T* w) {
+    if (grad_input_algorithm<T>(g) == GradInputAlgorithm::channels_last)
+        return std::make_shared<const PreparedTapPanels<T>>(g, w);
+    return nullptr;
 }
 
 }  // namespace PYCONV_ISA

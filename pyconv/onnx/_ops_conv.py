@@ -233,21 +233,50 @@ def _conv_transpose(node, nd):
         return begins, ends
 
     # the transpose convolution is the input gradient of the convolution it inverts
-    transpose = KernelCall("conv_transpose2d", "conv2d_grad_input", lambda x, w, bias, padding: (
-        _spec.conv_transpose2d(x, w, None if bias is None else _spec.ShapeDtype(*bias), _pair(nd, strides, 1),
-                               padding, _pair(nd, out_pad, 0), group, _pair(nd, dilations, 1)),))
+    def geometry(x, w, bias, padding):
+        return _spec.conv_transpose2d(x, w, None if bias is None else _spec.ShapeDtype(*bias), _pair(nd, strides, 1),
+                                      padding, _pair(nd, out_pad, 0), group, _pair(nd, dilations, 1))
+
+    transpose = KernelCall("conv_transpose2d", "conv2d_grad_input", lambda *args: (geometry(*args),))
+    weight = node.const(1)  # a constant weight gets packed once (cpu backend)
+    packed = {}  # (x's signature, padding) -> (the kernel's geometry, prepared filters)
+
+    def transpose_packed_once(x, w, bias, padding):
+        """transpose((x, w), bias, padding); on the cpu backend with the node's constant weight,
+        with its filters packed on the first call of each signature, as ONNX Runtime prepacks
+        its initializers."""
+        kernel = _cpu_kernel("conv2d_grad_input")
+        if (kernel is None or w is not weight or not w.flags.c_contiguous or x.dtype != w.dtype
+                or x.dtype not in (np.float32, np.float64)):
+            return transpose((x, w), bias, padding)
+        key = x.shape, x.dtype, padding
+        if key not in packed:
+            g = geometry(x, w, bias, padding)
+            packed[key] = g, _cpu_kernel("conv2d_grad_input_prepare")(w, g)
+        g, filters = packed[key]
+        y = np.empty(g.input_shape, x.dtype)
+        kernel(np.ascontiguousarray(x), w, y, g, filters=filters)
+        return y
+
+    plans = {}  # (x.shape[2:], w.shape[2:]) -> (begins, ends, native padding or None)
+
+    def plan(sizes, kernel):
+        begins, ends = crops(sizes, kernel)
+        native = (begins == ends and min(begins) >= 0
+                  and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations)))
+        return begins, ends, tuple(_pair(nd, begins, 0)) if native else None
 
     def run(x, w, b=None):
         if x.ndim != nd + 2 or w.ndim != nd + 2:
             raise ValueError(f"pyconv.onnx: {node.where()}: x {x.shape} and w {w.shape} must both "
                              f"have {nd + 2} dimensions (batch, channels and {nd} spatial)")
-        kernel = w.shape[2:]
-        begins, ends = crops(x.shape[2:], kernel)
-        native = (begins == ends and min(begins) >= 0
-                  and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations)))
-        if native:
+        key = x.shape[2:], w.shape[2:]
+        if key not in plans:
+            plans[key] = plan(*key)
+        begins, ends, padding = plans[key]
+        if padding is not None:
             bias = None if b is None else (b.shape, b.dtype)
-            y = transpose((_to_2d(nd, x), _to_2d(nd, w)), bias, tuple(_pair(nd, begins, 0)))
+            y = transpose_packed_once(_to_2d(nd, x), _to_2d(nd, w), bias, padding)
             if b is not None:
                 y += b.reshape(1, -1, 1, 1)
             return y[:, :, 0, :] if nd == 1 else y

@@ -856,3 +856,33 @@ def test_cli_bench_onnx_file(tmp_path, capsys):
     assert "small.onnx: pyconv" in out and "| MaxPool |" in out
     with pytest.raises(SystemExit, match="neither a file nor"):
         cli.main(["bench", "--onnx", str(tmp_path / "missing.onnx")])
+
+
+def test_shape_arithmetic_is_done_once_per_input_shape():
+    """x (N, 3, 4) reshaped to (N, 12) through Shape -> Gather -> Unsqueeze -> Concat, as
+    exporters write a dynamic Flatten: those nodes run on the first call of each input shape
+    only; the results follow every change of shape, and a shape value that is also a graph
+    output is the caller's to change."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "rest"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["r"]),
+             helper.make_node("Relu", ["r"], ["y"]),
+             helper.make_node("Shape", ["y"], ["ys"])]
+    consts = {"zero": np.array(0, np.int64), "axes": np.array([0], np.int64), "rest": np.array([12], np.int64)}
+    model = _model(nodes, {"x": _rand(2, 3, 4)}, consts, outputs=("y", "ys"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    graph = ponnx.load(model)
+    seen = set()
+    for n in (2, 5, 2, 5, 1):
+        x = _rand(n, 3, 4, seed=n)
+        timings = []
+        y, ys = graph.run(None, {"x": x}, timings=timings)
+        np.testing.assert_array_equal(y, np.maximum(x.reshape(n, 12), 0))
+        np.testing.assert_array_equal(ys, [n, 12])
+        ys[...] = -1  # the caller's array: the next run must not see it
+        ran = [op for _, op, _ in timings]
+        assert "Reshape" in ran and "Relu" in ran
+        assert ("Concat" in ran) == (n not in seen)
+        seen.add(n)

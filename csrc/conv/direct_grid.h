@@ -173,20 +173,28 @@ inline GridStorePlan grid_store_plan(const ConvShape& g, int64_t Wq, int64_t pix
                                      int vectors) {
     GridStorePlan plan;
     plan.first.push_back(0);
+    const int64_t Wo = g.Wo;
+    plan.first.reserve(size_t(tiles * vectors + 1));
     for (int64_t vec = 0; vec < tiles * vectors; ++vec) {
         const int64_t q0 = vec * lanes;
-        int64_t row = -1;
-        for (int64_t i = 0; i < lanes && q0 + i < pixels; ++i) {
-            const int64_t q = q0 + i, ho = q / Wq, wo = q % Wq;
-            if (wo >= g.Wo) continue;
-            if (ho != row) {
-                const int64_t offset = ho * g.Wo - ho * Wq + q0;
-                if (plan.stores.size() == size_t(plan.first.back()) || plan.stores.back().offset != offset)
-                    plan.stores.push_back({offset, 0});
-                row = ho;
+        // Grid pixel q0 + i is (ho, wo), stepped along, and the vector's open store is kept in
+        // registers (a division per lane and the mask updated in the vector of stores were a
+        // fifth of a one-image LeNet-5 conv1 call).
+        int64_t ho = q0 / Wq, wo = q0 % Wq, offset = 0;
+        uint32_t mask = 0;
+        const int64_t n = std::min<int64_t>(lanes, pixels - q0);
+        for (int64_t i = 0; i < n; ++i, ++wo) {
+            if (wo == Wq) wo = 0, ++ho;
+            if (wo >= Wo) continue;
+            const int64_t row_offset = ho * (Wo - Wq) + q0;
+            if (mask != 0 && row_offset != offset) {
+                plan.stores.push_back({offset, mask});
+                mask = 0;
             }
-            plan.stores.back().mask |= uint32_t(1) << i;
+            offset = row_offset;
+            mask |= uint32_t(1) << i;
         }
+        if (mask != 0) plan.stores.push_back({offset, mask});
         plan.first.push_back(int64_t(plan.stores.size()));
     }
     return plan;

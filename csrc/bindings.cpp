@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <iterator>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -65,20 +66,54 @@ struct ShapeFields<PoolShape> {
     };
 };
 
+// A field's name as an interned Python string, made once and kept for the process (never
+// released: a static py::object would be released after the interpreter is gone). Made from
+// the C string on every call, the names were most of reading a geometry: 17 fields, twice
+// each, 1-2 us of a one-image kernel call.
+inline PyObject* interned(const char* name) {
+    PyObject* s = PyUnicode_InternFromString(name);
+    if (s == nullptr) throw py::error_already_set();
+    return s;
+}
+
+// geometry.<name> as an int64 (a TypeError naming the field where it is missing or no integer).
+template <class Shape>
+int64_t field_of(py::handle geometry, PyObject* name_object, const char* name) {
+    PyObject* value = PyObject_GetAttr(geometry.ptr(), name_object);
+    if (value == nullptr) {
+        PyErr_Clear();
+        throw py::type_error(std::string("shape: expected a ") + ShapeFields<Shape>::python_type +
+                             " (fields read by name), got " + std::string(py::str(py::type::of(geometry))) +
+                             " without field '" + name + "'");
+    }
+    const long long v = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        throw py::type_error(std::string("shape: field '") + name + "' of the " +
+                             ShapeFields<Shape>::python_type + " must be an integer");
+    }
+    return int64_t(v);
+}
+
 template <class Shape>
 Shape shape_from(py::handle geometry) {
+    constexpr size_t n = std::size(ShapeFields<Shape>::fields);
+    static PyObject* const* const names = [] {
+        auto* made = new PyObject*[n];
+        for (size_t i = 0; i < n; ++i) made[i] = interned(ShapeFields<Shape>::fields[i].first);
+        return made;
+    }();
     Shape shape{};
-    for (const auto& [name, member] : ShapeFields<Shape>::fields) {
-        if (!py::hasattr(geometry, name))
-            throw py::type_error(std::string("shape: expected a ") + ShapeFields<Shape>::python_type +
-                                 " (fields read by name), got " +
-                                 std::string(py::str(py::type::of(geometry))) + " without field '" +
-                                 name + "'");
-        shape.*member = py::cast<int64_t>(py::getattr(geometry, name));
+    for (size_t i = 0; i < n; ++i) {
+        const auto& [name, member] = ShapeFields<Shape>::fields[i];
+        shape.*member = field_of<Shape>(geometry, names[i], name);
     }
-    if constexpr (std::is_same_v<Shape, ConvShape>)  // optional: absent means automatic
-        if (py::hasattr(geometry, "algorithm"))
-            shape.algorithm = py::cast<int64_t>(py::getattr(geometry, "algorithm"));
+    if constexpr (std::is_same_v<Shape, ConvShape>) {  // optional: absent means automatic
+        static PyObject* const algorithm = interned("algorithm");
+        if (PyObject_HasAttr(geometry.ptr(), algorithm))
+            shape.algorithm = field_of<Shape>(geometry, algorithm, "algorithm");
+    }
     return shape;
 }
 

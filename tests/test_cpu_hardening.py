@@ -265,3 +265,24 @@ def test_subnormal_weights_act_as_zero(isa, rng, dtype, tiny):
     np.testing.assert_array_equal(y, np.broadcast_to(b[:, None, None], y.shape[1:])[None].repeat(2, 0))
     gx, _, _ = ops.conv2d_backward(np.ones_like(y), x, w_all, padding=1, backend="cpu")
     assert not np.any(gx)
+
+
+# ---- Geometry objects, read field by field ------------------------------------------------------
+
+def test_a_geometry_is_read_by_field_name_with_clear_errors():
+    from pyconv import _spec
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    g = _spec.conv2d(x, w, None, 1, 1, 1, 1)
+    fields = {name: getattr(g, name) for name in g._fields}
+    y = np.empty(g.output_shape, np.float32)
+    # any object with the fields, NumPy integers included
+    _C.conv2d(x, w, None, y, types.SimpleNamespace(**{k: np.int64(v) if isinstance(v, int) else v
+                                                     for k, v in fields.items()}))
+    np.testing.assert_array_equal(y, ops.conv2d(x, w, padding=1, backend="cpu"))
+    missing = types.SimpleNamespace(**{k: v for k, v in fields.items() if k != "Wo"})
+    with pytest.raises(TypeError, match="expected a ConvGeom .* without field 'Wo'"):
+        _C.conv2d(x, w, None, y, missing)
+    with pytest.raises(TypeError, match="field 'sh' of the ConvGeom must be an integer"):
+        _C.conv2d(x, w, None, y, types.SimpleNamespace(**{**fields, "sh": 1.0}))
+    with pytest.raises(TypeError, match="field 'algorithm' of the ConvGeom must be an integer"):
+        _C.conv2d(x, w, None, y, types.SimpleNamespace(**{**fields, "algorithm": "auto"}))

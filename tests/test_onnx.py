@@ -209,6 +209,10 @@ GEMM_CASES = {
     "transA": (dict(transA=1), (5, 4), (5, 3), (1, 3)),
     "alpha_beta": (dict(alpha=0.5, beta=2.0), (4, 5), (5, 3), (4, 3)),
     "no_C": (dict(transA=1, transB=1, alpha=3.0), (5, 4), (3, 5), None),
+    # one row (a batch of one): the matrix-vector kernels, past whole vectors and blocks
+    "one_row_transB": (dict(transB=1), (1, 37), (300, 37), (300,)),
+    "one_row": (dict(beta=0.5), (1, 37), (37, 130), (1, 130)),
+    "one_row_transA": (dict(transA=1), (37, 1), (37, 5), None),
 }
 
 

@@ -68,16 +68,45 @@ def _gemm(node):
     if c_const is not None and beta != 1.0:
         c_const = c_const * c_const.dtype.type(beta)
 
-    def run(a, b, c=None):
+    # A dense layer (constant B and C): per signature of A, the output's shape and C broadcast
+    # to it, settled on the first call; later calls copy C and run the kernel. At batch 1 the
+    # general path's checks took as long as the matrix-vector product (LeNet-5's three layers).
+    layer = {}  # (a.shape, a.dtype) -> (C as an (M, N) array or None), or None: the general path
+
+    def layer_plan(a, with_c):
+        if a.ndim != 2 or a.dtype != b_const.dtype or a.dtype.kind != "f" or 0 in a.shape:
+            return None
+        shape = (a.shape[1 if trans_a else 0], b_const.shape[0 if trans_b else 1])
+        if (a.shape[0 if trans_a else 1] != b_const.shape[1 if trans_b else 0]
+                or (with_c and np.broadcast_shapes(c_const.shape, shape) != shape)):
+            return None  # the general path raises NumPy's error
+        return (np.ascontiguousarray(np.broadcast_to(c_const, shape)) if with_c else None,)
+
+    def run(a, b, c=None, relu=False):
         if b_const is not None:
-            return matmul_2d(a, b_const, c_const if c is not None and c_const is not None else
-                             (None if c is None else c * beta), trans_a, trans_b)
+            kernel = _matmul_kernel()
+            if kernel is not None and type(a) is np.ndarray and (c is None or c is c_const):
+                key = a.shape, a.dtype, c is None
+                plan = layer.get(key, False)
+                if plan is False:
+                    plan = layer[key] = layer_plan(a, c is not None)
+                if plan is not None:
+                    c_full, = plan
+                    y = np.empty((a.shape[1 if trans_a else 0], b_const.shape[0 if trans_b else 1]), a.dtype) \
+                        if c_full is None else c_full.copy()
+                    kernel(np.ascontiguousarray(a), trans_a, b_const, trans_b, y, c_full is not None)
+                    return relu_in_place(y) if relu else y
+            y = matmul_2d(a, b_const, c_const if c is not None and c_const is not None else
+                          (None if c is None else c * beta), trans_a, trans_b)
+            return relu_in_place(y) if relu else y
         y = matmul_2d(a, b, trans_a=trans_a, trans_b=trans_b)
         if alpha != 1.0:
             y *= alpha
         if c is not None:
             y += c * beta if beta != 1.0 else c
-        return y
+        return relu_in_place(y) if relu else y
+
+    run.with_relu = lambda *args: run(*args, relu=True)
     return run
 
 

@@ -64,6 +64,9 @@ LARGE_CASES = {
         "generator_batch3": conv_transpose((3, 64, 8, 8), (64, 32, 4, 4), stride=2, padding=1),
         "generator_wide_batch2": conv_transpose((2, 100, 4, 4), (100, 128, 4, 4), stride=2, padding=1),
         "few_channels_batch1": conv_transpose((1, 40, 9, 9), (40, 8, 3, 3), stride=2),
+        # One image: each panel's vectors of channels cut into parts for the threads.
+        "generator_one_image": conv_transpose((1, 64, 4, 4), (64, 32, 4, 4), stride=2, padding=1),
+        "generator_one_image_two_panels": conv_transpose((1, 48, 5, 5), (48, 80, 4, 4), stride=2, padding=1),
     },
     "conv_transpose2d_backward": {
         "generator_batch3": conv_transpose_backward((3, 64, 8, 8), (64, 32, 4, 4), stride=2, padding=1),

@@ -848,18 +848,26 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
     if (B == nullptr) B = (packed = pack_tap_panels(g, w)).get();
     std::vector<int64_t> channel_offsets(g.K);  // dy's channel k of an image, for the broadcasts
     for (int64_t k = 0; k < g.K; ++k) channel_offsets[k] = k * HoWo;
-    const int64_t tiles = (HoWo + MR - 1) / MR, jobs = g.N * c_panels;
+    // Fewer panels of images than threads (a generator's layer at one image: one panel, one
+    // thread): each panel's vectors of channels cut into parts, a job each. Every channel is
+    // the same sum whichever part holds it.
+    const int team = num_threads();
+    const int64_t parts = g.N * c_panels < team ? std::min<int64_t>(team, NV) : 1;
+    const int64_t tiles = (HoWo + MR - 1) / MR, jobs = g.N * c_panels * parts;
     // Per thread, NR channels of one image's grad_x, channels last (allocated before the tasks
     // run).
-    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), jobs)));
+    const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(team, jobs)));
     std::vector<Scratch<T>> accs;
     for (int t = 0; t < threads; ++t) accs.push_back(scratch<T>(checked_mul(pp.size(), NR)));
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     parallel_tasks(jobs, threads, [&](int64_t job, int worker) {
         const Scratch<T>& acc = accs[worker];
         alignas(64) T tile[MR * NR];
-        const int64_t n = job / c_panels, cp = job % c_panels;
-        const int nv = static_cast<int>((std::min<int64_t>(NR, g.C - cp * NR) + L - 1) / L);
+        const int64_t n = job / parts / c_panels, cp = job / parts % c_panels, part = job % parts;
+        const int used = static_cast<int>((std::min<int64_t>(NR, g.C - cp * NR) + L - 1) / L);
+        const int v0 = static_cast<int>(used * part / parts), nv = static_cast<int>(used * (part + 1) / parts) - v0;
+        if (nv == 0) return;
+        const int64_t c0 = cp * NR + v0 * L;  // the part's first channel
         // Rows of the copy as long as the panel's used vectors: with 32 channels (nv = 2) the
         // copy of a 16x16 image is 41 instead of 83 KiB, within L1 for the adds below.
         const int64_t row = nv * L;
@@ -868,7 +876,7 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
         a.base = dy + n * g.K * HoWo;
         for (int64_t rs = 0; rs < RS; ++rs) {
             const int64_t tap = (rs / g.S) * g.dh * pp.Wp + (rs % g.S) * g.dw;
-            const T* panel = B + (cp * RS + rs) * g.K * NR;
+            const T* panel = B + (cp * RS + rs) * g.K * NR + v0 * L;
             for (int64_t t = 0; t < tiles; ++t) {
                 const int rows = static_cast<int>(std::min<int64_t>(MR, HoWo - t * MR));
                 for (int i = 0; i < MR; ++i) a.i_offsets[i] = t * MR + std::min(i, rows - 1);
@@ -888,8 +896,8 @@ void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w
                 }
             }
         }
-        channels_last_to_planes<T>(g, pp, acc.get(), row, std::min<int64_t>(NR, g.C - cp * NR),
-                                   dx + (n * g.C + cp * NR) * g.H * g.W);
+        channels_last_to_planes<T>(g, pp, acc.get(), row, std::min<int64_t>(row, g.C - c0),
+                                   dx + (n * g.C + c0) * g.H * g.W);
     });
 }
 

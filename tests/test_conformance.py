@@ -634,6 +634,7 @@ CASES = {
         "few_taps_grid_7x7": cpu_path(conv((2, 1, 12, 11), (66, 1, 7, 7), padding=3)),
         # The window covers the whole (padded) input: plain matrix products over the batch.
         "whole_window": cpu_path(conv((5, 20, 7, 6), (70, 20, 7, 6))),
+        "whole_window_one_image": cpu_path(conv((1, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         # Each algorithm forced (the cpu backend honours algorithm=, the others ignore it), and
         # Winograd picked by the rule (tests/test_winograd.py checks that it is).
@@ -700,6 +701,7 @@ CASES = {
         # + 8), 81 outputs per plane (5 x 16 + 1), the last row and column reached by no tap.
         "channels_last_grad_x_ragged_unreached": cpu_path(conv_backward((2, 40, 9, 9), (64, 40, 4, 4), stride=2)),
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
+        "whole_window_one_image": cpu_path(conv_backward((1, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),
         "algorithm_winograd": conv_backward((2, 5, 9, 11), (6, 5, 3, 3), padding=1, algorithm="winograd"),
         "algorithm_winograd_padding3": conv_backward((1, 4, 6, 7), (5, 4, 3, 3), padding=3, algorithm="winograd"),
@@ -743,6 +745,9 @@ CASES = {
         # From 1x1 inputs (a generator's first layer): one matrix product, then the padding cropped.
         "from_1x1_generator": cpu_path(conv_transpose((5, 100, 1, 1), (100, 70, 7, 7))),
         "from_1x1_padding_cropped": cpu_path(conv_transpose((3, 9, 1, 1), (9, 5, 4, 5), padding=(1, 2), stride=2)),
+        # One z (batch 1): a matrix-vector product, past whole vectors and blocks of columns.
+        "from_1x1_one_image": cpu_path(conv_transpose((1, 16, 1, 1), (16, 37, 4, 4))),
+        "from_1x1_one_image_padding_cropped": cpu_path(conv_transpose((1, 9, 1, 1), (9, 5, 4, 5), padding=(1, 2), stride=2)),
         "noncontiguous": conv_transpose((2, 2, 4, 5), (2, 3, 3, 3), stride=2, noncontiguous=True),
         "unbatched": conv_transpose((3, 4, 5), (3, 2, 3, 3), stride=2, padding=1, output_padding=1),
         "unbatched_noncontiguous": conv_transpose((2, 3, 4), (2, 3, 2, 2), bias=False, noncontiguous=True),

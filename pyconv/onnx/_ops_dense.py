@@ -95,7 +95,9 @@ def _gemm(node):
                     y = np.empty((a.shape[1 if trans_a else 0], b_const.shape[0 if trans_b else 1]), a.dtype) \
                         if c_full is None else c_full.copy()
                     kernel(np.ascontiguousarray(a), trans_a, b_const, trans_b, y, c_full is not None)
-                    return relu_in_place(y) if relu else y
+                    if relu:  # y: fresh, contiguous, floating point
+                        _extension("relu")(y, y)
+                    return y
             y = matmul_2d(a, b_const, c_const if c is not None and c_const is not None else
                           (None if c is None else c * beta), trans_a, trans_b)
             return relu_in_place(y) if relu else y
@@ -227,7 +229,7 @@ def _softmax(node):
 
     def softmax(x, ax):
         kernel = _cpu_kernel("log_softmax" if log else "softmax")
-        if kernel is not None and ax % x.ndim == x.ndim - 1 and x.dtype in (np.float32, np.float64) \
+        if kernel is not None and ax % x.ndim == x.ndim - 1 and x.dtype.char in "fd" \
                 and x.size > 0:  # rows of the last axis: pyconv's one-pass kernel
             rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
             y = np.empty_like(rows)

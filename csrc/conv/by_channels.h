@@ -833,9 +833,9 @@ struct PreparedTapPanels final : PreparedFilters {
 // contribution of one dy pixel through one tap to 64 channels of one grad_x position, so it
 // is added into a per-thread channels-last copy of those channels of the image's grad_x with
 // 4 vector adds; that copy, padded so every position any tap reaches exists, goes to NCHW once
-// at the end. A job is one image and one panel of channels, computed by one thread in a fixed
-// order: the result does not depend on the number of threads.
-// The panels come from `prepared` where it holds them, else are packed here.
+// at the end. A job is one image and one panel of channels (or a part of its vectors, below),
+// computed by one thread in a fixed order: the result does not depend on the number of
+// threads. The panels come from `prepared` where it holds them, else are packed here.
 template <class T>
 void conv2d_grad_input_channels_last(const ConvShape& g, const T* dy, const T* w, T* dx,
                                      const PreparedFilters* prepared = nullptr) {

@@ -151,13 +151,15 @@ def _pool_before_relu(nodes, graph_outputs):
     return order
 
 
-# Ops whose output is an array of their own, fresh on every run, that a following Add or Relu
-# may therefore finish in place within the same step.
-# Ops that, given values computed from the inputs' shapes alone (Shape's output) and constants,
-# compute such a value too: the graph's shape arithmetic, done once per signature (_execute).
+# Ops that, given values computed from the inputs' shapes alone (a graph input's Shape) and
+# constants, compute such a value too: the graph's shape arithmetic, done once per signature
+# (_execute).
 _SHAPE_ARITHMETIC = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Add", "Sub", "Mul", "Div",
                      "Reshape", "Range", "ConstantOfShape", "Expand", "Where", "Identity",
                      "ReduceSum", "ReduceMax", "ReduceMin", "Equal", "Floor", "Ceil", "Neg", "Abs", "Max", "Min"}
+
+# Ops whose output is an array of their own, fresh on every run, that a following Add or Relu
+# may therefore finish in place within the same step.
 _EPILOGUE_PRODUCERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool"}
 
 
@@ -331,8 +333,10 @@ class Graph:
                     if name:
                         consts[name] = np.asarray(value)
                 continue
+            # (Shape of a graph input only: an intermediate value's shape may depend on the data,
+            # as NonMaxSuppression's does.)
             shapes_only = not any(o in graph_outputs for o in n.outputs) and (
-                n.op_type in ("Shape", "Size") or (
+                (n.op_type in ("Shape", "Size") and n.inputs[0] in self.input_names) or (
                     n.op_type in _SHAPE_ARITHMETIC and not n.epilogue
                     and all(not name or name in consts or name in of_shapes for name in n.inputs)))
             if shapes_only:  # (never overwritten in place: a run may reuse it, see _execute)

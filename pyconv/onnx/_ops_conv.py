@@ -245,7 +245,7 @@ def _conv_transpose(node, nd):
 
     transpose = KernelCall("conv_transpose2d", "conv2d_grad_input", lambda *args: (geometry(*args),))
     weight = node.const(1)  # a constant weight gets packed once (cpu backend)
-    packed = {}  # (x's signature, padding) -> (the kernel's geometry, prepared filters)
+    packed = {}  # (x's and the bias's signatures, padding) -> (the kernel's geometry, prepared filters)
 
     def transpose_packed_once(x, w, bias, padding):
         """transpose((x, w), bias, padding); on the cpu backend with the node's constant weight,
@@ -255,7 +255,7 @@ def _conv_transpose(node, nd):
         if (kernel is None or w is not weight or not w.flags.c_contiguous or x.dtype != w.dtype
                 or x.dtype not in (np.float32, np.float64)):
             return transpose((x, w), bias, padding)
-        key = x.shape, x.dtype, padding
+        key = x.shape, x.dtype, bias, padding
         if key not in packed:
             g = geometry(x, w, bias, padding)
             packed[key] = g, _cpu_kernel("conv2d_grad_input_prepare")(w, g)

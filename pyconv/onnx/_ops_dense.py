@@ -71,7 +71,7 @@ def _gemm(node):
     # A dense layer (constant B and C): per signature of A, the output's shape and C broadcast
     # to it, settled on the first call; later calls copy C and run the kernel. At batch 1 the
     # general path's checks took as long as the matrix-vector product (LeNet-5's three layers).
-    layer = {}  # (a.shape, a.dtype) -> (C as an (M, N) array or None), or None: the general path
+    layer = {}  # (a.shape, a.dtype, no C) -> (C as an (M, N) array or None,), or None: the general path
 
     def layer_plan(a, with_c):
         if a.ndim != 2 or a.dtype != b_const.dtype or a.dtype.kind != "f" or 0 in a.shape:

@@ -877,16 +877,20 @@ PYBIND11_MODULE(_C, m) {
           "convolution into y; shape: a ConvGeom; then + residual (of y's shape) unless None, "
           "then relu if asked. filters: conv2d_prepare(w, ...)'s result, or None; w must not "
           "have changed since");
+    // w's filters as the kernel that pick(kernels<T>()) names prepares them.
+    auto prepare_with = [](Array w, const ConvShape& g, auto pick) {
+        return by_dtype(w.dtype(), [&](auto t) {
+            using T = decltype(t);
+            check_conv_shape(g);
+            const T* wp = checked<T>(w, weight_dims(g), "w");
+            Conv2dFilters f{nullptr, w};
+            without_gil([&] { f.prepared = pick(kernels<T>())(g, wp); });
+            return f;
+        });
+    };
     def_op(m, "conv2d_prepare",
-          [](Array w, const ConvShape& g) {
-              return by_dtype(w.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  check_conv_shape(g);
-                  const T* wp = checked<T>(w, weight_dims(g), "w");
-                  Conv2dFilters f{nullptr, w};
-                  without_gil([&] { f.prepared = kernels<T>().conv2d_prepare(g, wp); });
-                  return f;
-              });
+          [prepare_with](Array w, const ConvShape& g) {
+              return prepare_with(w, g, [](const auto& k) { return k.conv2d_prepare; });
           },
           py::arg("w"), py::arg("shape"),
           "w's filters as conv2d transforms or packs them for shape (a ConvGeom), once, for later "
@@ -919,15 +923,8 @@ PYBIND11_MODULE(_C, m) {
           "input gradient (= transpose convolution) into grad_x; shape: a ConvGeom. filters: "
           "conv2d_grad_input_prepare(w, ...)'s result, or None; w must not have changed since");
     def_op(m, "conv2d_grad_input_prepare",
-          [](Array w, const ConvShape& g) {
-              return by_dtype(w.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  check_conv_shape(g);
-                  const T* wp = checked<T>(w, weight_dims(g), "w");
-                  Conv2dFilters f{nullptr, w};
-                  without_gil([&] { f.prepared = kernels<T>().conv2d_grad_input_prepare(g, wp); });
-                  return f;
-              });
+          [prepare_with](Array w, const ConvShape& g) {
+              return prepare_with(w, g, [](const auto& k) { return k.conv2d_grad_input_prepare; });
           },
           py::arg("w"), py::arg("shape"),
           "w's filters as conv2d_grad_input packs them for shape (a ConvGeom), once, for later "

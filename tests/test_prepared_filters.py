@@ -87,27 +87,29 @@ def test_filters_of_another_array_are_refused():
         run(x, w, b, g, filters=object())
 
 
+def record_calls(monkeypatch, name):
+    """A list that receives the result of each call pyconv.onnx makes of the C++ kernel `name`
+    from now on."""
+    from pyconv.onnx import _ops_dense
+    results, extension = [], _ops_dense._extension
+
+    def recording(kernel_name):
+        kernel = extension(kernel_name)
+        if kernel_name != name:
+            return kernel
+        return lambda *args: results.append(kernel(*args)) or results[-1]
+
+    monkeypatch.setattr(_ops_dense, "_extension", recording)
+    return results
+
+
 def test_onnx_graphs_prepare_constant_weights(monkeypatch, tmp_path):
     """pyconv.onnx transforms a constant weight once, and its runs keep ONNX Runtime's result."""
     pytest.importorskip("onnx")
     import pyconv.onnx
     from pyconv import nn
-    from pyconv.onnx import _ops_dense
 
-    prepared = []
-    extension = _ops_dense._extension
-
-    def counting(name):
-        kernel = extension(name)
-        if name != "conv2d_prepare":
-            return kernel
-
-        def prepare(*args):
-            prepared.append(kernel(*args))
-            return prepared[-1]
-        return prepare
-
-    monkeypatch.setattr(_ops_dense, "_extension", counting)
+    prepared = record_calls(monkeypatch, "conv2d_prepare")
     pyconv.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))
     x = np.random.default_rng(0).standard_normal((8, 16, 12, 12)).astype(np.float32)
@@ -196,18 +198,8 @@ def test_onnx_conv_transpose_packs_constant_weights_once(monkeypatch, tmp_path):
     pytest.importorskip("onnx")
     import pyconv.onnx
     from pyconv import nn
-    from pyconv.onnx import _ops_dense
 
-    prepared = []
-    extension = _ops_dense._extension
-
-    def counting(name):
-        kernel = extension(name)
-        if name != "conv2d_grad_input_prepare":
-            return kernel
-        return lambda *args: prepared.append(kernel(*args)) or prepared[-1]
-
-    monkeypatch.setattr(_ops_dense, "_extension", counting)
+    prepared = record_calls(monkeypatch, "conv2d_grad_input_prepare")
     pyconv.manual_seed(0)
     model = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU())
     x = np.random.default_rng(0).standard_normal((1, 64, 4, 4)).astype(np.float32)

@@ -253,7 +253,7 @@ def _conv_transpose(node, nd):
         its initializers."""
         kernel = _cpu_kernel("conv2d_grad_input")
         if (kernel is None or w is not weight or not w.flags.c_contiguous or x.dtype != w.dtype
-                or x.dtype not in (np.float32, np.float64)):
+                or x.dtype.char not in "fd"):
             return transpose((x, w), bias, padding)
         key = x.shape, x.dtype, bias, padding
         if key not in packed:

@@ -71,7 +71,7 @@ def _gemm(node):
     # A dense layer (constant B and C): per signature of A, the output's shape and C broadcast
     # to it, settled on the first call; later calls copy C and run the kernel. At batch 1 the
     # general path's checks took as long as the matrix-vector product (LeNet-5's three layers).
-    layer = {}  # (a.shape, a.dtype, no C) -> (C as an (M, N) array or None,), or None: the general path
+    layer = {}  # (a.shape, a.dtype, no C) -> ((M, N), C as an (M, N) array or None), or None: the general path
 
     def layer_plan(a, with_c):
         if a.ndim != 2 or a.dtype != b_const.dtype or a.dtype.kind != "f" or 0 in a.shape:
@@ -80,7 +80,7 @@ def _gemm(node):
         if (a.shape[0 if trans_a else 1] != b_const.shape[1 if trans_b else 0]
                 or (with_c and np.broadcast_shapes(c_const.shape, shape) != shape)):
             return None  # the general path raises NumPy's error
-        return (np.ascontiguousarray(np.broadcast_to(c_const, shape)) if with_c else None,)
+        return shape, np.ascontiguousarray(np.broadcast_to(c_const, shape)) if with_c else None
 
     def run(a, b, c=None, relu=False):
         if b_const is not None:
@@ -91,9 +91,8 @@ def _gemm(node):
                 if plan is False:
                     plan = layer[key] = layer_plan(a, c is not None)
                 if plan is not None:
-                    c_full, = plan
-                    y = np.empty((a.shape[1 if trans_a else 0], b_const.shape[0 if trans_b else 1]), a.dtype) \
-                        if c_full is None else c_full.copy()
+                    shape, c_full = plan
+                    y = np.empty(shape, a.dtype) if c_full is None else c_full.copy()
                     kernel(np.ascontiguousarray(a), trans_a, b_const, trans_b, y, c_full is not None)
                     if relu:  # y: fresh, contiguous, floating point
                         _extension("relu")(y, y)

@@ -3,8 +3,9 @@
 // Every matrix product runs in the project GEMM (gemm/driver.h): per step the input projection
 // x_t . W_ih^T and the recurrent product h_{t-1} . W_hh^T (B x 4H x I and B x 4H x H, each
 // thread on its own gate columns, its slices of W_ih and W_hh prepacked once per call as
-// PrepackedB), and in the backward pass the per-step dG_t . W_hh, grad_x = dG . W_ih and both
-// weight gradients in one GEMM. The weights are read through RowsB / ColumnsB sources that
+// PrepackedB), and in the backward pass the per-step dG_t . W_hh, then grad_x = dG . W_ih and
+// both weight gradients in one product per chunk of steps, overlapped with the recurrence on
+// two threads (lstm_backward). The weights are read through RowsB / ColumnsB sources that
 // follow the gate layout below.
 #pragma once
 
@@ -15,6 +16,8 @@
 #include "gemm/tile.h"
 #include "gemm/operands.h"
 #include "gemm/driver.h"
+
+#include <thread>
 
 namespace pyconv {
 namespace PYCONV_ISA {
@@ -293,6 +296,29 @@ struct InputsAndStatesT {
     }
 };
 
+// The time steps in chunks of about kStepChunkRows rows of dG, for the products that follow
+// the recurrence (grad_x and the weight gradients); the bounds follow from the shape alone.
+constexpr int64_t kStepChunkRows = 256;
+struct StepChunks {
+    int64_t T, steps;  // steps per chunk
+    StepChunks(int64_t T_, int64_t B) : T(T_), steps(std::max<int64_t>(1, kStepChunkRows / B)) {}
+    int64_t count() const { return ceil_div(T, steps); }
+    int64_t begin(int64_t c) const { return std::min(T, c * steps); }
+    int64_t end(int64_t c) const { return begin(c + 1); }
+};
+
+// Backpropagation through time. The recurrence (dh_rec = dG_{t+1} . W_hh, then the cells of
+// step t) is sequential; grad_x = dG . W_ih and the weight gradients [x | h_prev]^T . dG are
+// not, and are computed chunk by chunk of steps (StepChunks), the last chunk first, as the
+// recurrence produces them. The weight gradients add up the chunks in that order, whoever
+// computes them, so the result does not depend on the number of threads.
+//
+// On two threads the recurrence runs on one of them and the other computes the chunks it has
+// finished, meanwhile; what is left when the recurrence ends is shared by both. Splitting every
+// step between the threads instead (the product's columns, then their cells) costs a hand-over
+// per step, which for a small step (B = 32, H = 128: ~20 us of work) is a large share of it,
+// and a larger one when the two cores sit in different caches. With more threads one thread's
+// recurrence would be the longer path: there every step is split between them.
 template <class T>
 void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, const T* grad_cT,
                    const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* grad_x,
@@ -317,68 +343,137 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
         acts = dG, hs = hs_run, cs = cs_run;
     }
 
-    // dh_rec = dG_t . W_hh (the gradient h_{t-1} receives through the gates); dc runs along.
-    std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));
+    const int threads = num_threads();
+    const bool pipelined = threads == 2;
+    // The recurrence's units are cut into slices, each slice's columns of W_hh packed once. A
+    // slice's cells at step t need only its own units of dh_rec, which its product of step t + 1
+    // wrote; the product needs every slice's dG of its step: per step one pool job of a task
+    // per slice (the product of step t + 1, then the cells of step t), and one for the last
+    // product. One slice when the recurrence runs on one thread.
+    const int slices = pipelined ? 1 : threads;
+    std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));  // dh_rec = dG_t . W_hh; dc runs along
     if (grad_hT) std::copy(grad_hT, grad_hT + B * H, dh_rec.begin());
     if (grad_cT) std::copy(grad_cT, grad_cT + B * H, dc.begin());
-    // The units are cut into one slice per thread, each slice's columns of W_hh packed once. A
-    // slice's cells at step t need only its own units of dh_rec, which its product of step t + 1
-    // wrote; the product needs every slice's dG of its step: one pool job per step, a task per
-    // slice (the product of step t + 1, then the cells of step t), and one for the last product.
-    const int slices = num_threads();
     auto packs = std::vector<std::optional<PrepackedB<T>>>(static_cast<size_t>(slices));
-    std::vector<GemmBuffers<T>> bufs;
-    for (int s = 0; s < slices; ++s) bufs.emplace_back(false);
+    std::vector<GemmBuffers<T>> step_bufs;
+    for (int sl = 0; sl < slices; ++sl) step_bufs.emplace_back(false);
+    const StepChunks chunks(T_, B);
+    const int64_t C = chunks.count(), width = I + H, chunk_rows = chunks.steps * B;
+    std::vector<GemmBuffers<T>> chunk_bufs;  // per worker, for the chunks' products
+    for (int t = 0; t < threads; ++t) chunk_bufs.emplace_back(std::max(width, TB), G, std::max(chunk_rows, G));
+    const auto dw = scratch<T>(width * G);  // transposed weight gradients, gate-column order
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    auto units_of = [&](int64_t s) {
-        const auto [lo, hi] = P.blocks_of(int(s), slices);
+    auto units_of = [&](int64_t sl) {
+        const auto [lo, hi] = P.blocks_of(int(sl), slices);
         return std::pair<int64_t, int64_t>{lo * U, std::max<int64_t>(std::min(hi * U, H) - lo * U, 0)};
     };
-    parallel_tasks(slices, slices, [&](int64_t s, int) {
-        const auto [u_lo, u_n] = units_of(s);
+    parallel_tasks(slices, slices, [&](int64_t sl, int) {
+        const auto [u_lo, u_n] = units_of(sl);
         // Row k of B = W_hh in gate order is weight row source_row(k), the slice's units of it.
-        packs[size_t(s)].emplace(G, u_n, rows_b<T>([&](int64_t k) {
+        packs[size_t(sl)].emplace(G, u_n, rows_b<T>([&](int64_t k) {
             const T* row = P.weight_row(w.w_hh, H, k);
             return row ? row + u_lo : nullptr;
         }));
     });
-    auto recurrent_product = [&](int64_t t, int64_t s, int worker) {  // dh_rec = dG_t . W_hh, the slice's units
-        const auto [u_lo, u_n] = units_of(s);
+    // W_ih in gate order (row k is weight row source_row(k)), for grad_x = dG . W_ih.
+    const PrepackedB<T> w_ih_rows(G, I, rows_b<T>([&](int64_t k) { return P.weight_row(w.w_ih, I, k); }));
+
+    auto recurrent_product = [&](int64_t t, int64_t sl, int worker) {  // dh_rec = dG_t . W_hh, the slice's units
+        const auto [u_lo, u_n] = units_of(sl);
         if (u_n > 0)
-            gemm_block<T>(0, B, 0, u_n, 0, G, InMatrixA<T>::plain(dG + t * B * G, G, G), *packs[size_t(s)],
-                          OutMatrix<T>::plain(dh_rec.data() + u_lo, H, u_n), Store::overwrite, bufs[size_t(worker)]);
+            gemm_block<T>(0, B, 0, u_n, 0, G, InMatrixA<T>::plain(dG + t * B * G, G, G), *packs[size_t(sl)],
+                          OutMatrix<T>::plain(dh_rec.data() + u_lo, H, u_n), Store::overwrite,
+                          step_bufs[size_t(worker)]);
     };
-    for (int64_t t = T_ - 1; t >= 0; --t) {
-        T* dg = dG + t * B * G;
-        const T* act = acts + t * B * G;
-        parallel_tasks(slices, slices, [&](int64_t s, int worker) {
-            if (t + 1 < T_) recurrent_product(t + 1, s, worker);
-            const auto [lo, hi] = P.blocks_of(int(s), slices);
-            for (int64_t b = 0; b < B; ++b)
-                for (int64_t j = lo; j < hi; ++j) {
-                    const int64_t at = b * H + j * U, gate_at = b * G + 4 * U * j;
-                    cell_backward(act + gate_at, dg + gate_at, U, std::min(U, H - j * U),
-                                  cs + (t + 1) * BH + at, cs + t * BH + at,
-                                  grad_out ? grad_out + t * BH + at : nullptr,
-                                  dh_rec.data() + at, dc.data() + at);
+    // Steps T-1 .. 0; published(t) once dG_t is complete.
+    auto recurrence = [&](auto&& published) {
+        for (int64_t t = T_ - 1; t >= 0; --t) {
+            const T* act = acts + t * B * G;
+            T* dg = dG + t * B * G;
+            parallel_tasks(slices, slices, [&](int64_t sl, int worker) {
+                if (t + 1 < T_) recurrent_product(t + 1, sl, worker);
+                const auto [lo, hi] = P.blocks_of(int(sl), slices);
+                for (int64_t b = 0; b < B; ++b)
+                    for (int64_t j = lo; j < hi; ++j) {
+                        const int64_t at = b * H + j * U, gate_at = b * G + 4 * U * j;
+                        cell_backward(act + gate_at, dg + gate_at, U, std::min(U, H - j * U),
+                                      cs + (t + 1) * BH + at, cs + t * BH + at,
+                                      grad_out ? grad_out + t * BH + at : nullptr,
+                                      dh_rec.data() + at, dc.data() + at);
+                    }
+            });
+            published(t);
+        }
+        parallel_tasks(slices, slices, [&](int64_t sl, int worker) { recurrent_product(0, sl, worker); });
+    };
+
+    // The chunks' products: grad_x rows [r0, r1), and columns [n0, n1) of chunk c's term of
+    // the weight gradients (the last chunk's overwrites, the others add to it).
+    auto grad_x_rows = [&](int64_t r0, int64_t r1, GemmBuffers<T>& buf) {
+        if (r0 < r1)
+            gemm_block<T>(r0, r1, 0, I, 0, G, InMatrixA<T>::plain(dG, G, G), w_ih_rows,
+                          OutMatrix<T>::plain(grad_x, I, I), Store::overwrite, buf);
+    };
+    auto weight_grads = [&](int64_t c, int64_t n0, int64_t n1, GemmBuffers<T>& buf) {
+        if (n0 < n1)
+            gemm_block<T>(0, width, n0, n1, chunks.begin(c) * B, chunks.end(c) * B,
+                          InputsAndStatesT<T>{x, hs, I, H}, InMatrixB<T>::plain(dG, G, G),
+                          OutMatrix<T>::plain(dw.get(), G, G), c == C - 1 ? Store::overwrite : Store::accumulate,
+                          buf);
+    };
+    // The weight gradients' columns in `threads` parts (whole panels), each part running
+    // through the chunks in order; done[p]: chunks part p has taken (from the last), done[threads]
+    // those grad_x has.
+    auto columns_of = [&](int64_t p, int64_t& n0, int64_t& n1) { split_range(G, gemm_nr<T>(), p, threads, n0, n1); };
+    std::vector<int64_t> done(size_t(threads) + 1, 0);
+
+    if (!pipelined) {
+        recurrence([](int64_t) {});
+    } else {
+        std::atomic<int64_t> ready{T_};  // dG_t is complete for every t >= ready
+        std::atomic<bool> finished{false};
+        parallel_tasks(2, 2, [&](int64_t task, int worker) {
+            if (task == 0) {
+                recurrence([&](int64_t t) { ready.store(t, std::memory_order_release); });
+                finished.store(true, std::memory_order_release);
+                return;
+            }
+            // The chunks the recurrence has finished, until it ends (then the rest is shared).
+            for (int64_t c = C - 1; c >= 0; --c)
+                for (size_t lane = 0; lane < done.size(); ++lane) {
+                    for (int poll = 1; ready.load(std::memory_order_acquire) > chunks.begin(c); ++poll)
+                        if (poll % 64 == 0) std::this_thread::yield();
+                        else _mm_pause();
+                    if (finished.load(std::memory_order_acquire)) return;
+                    if (lane < size_t(threads)) {
+                        int64_t n0, n1;
+                        columns_of(int64_t(lane), n0, n1);
+                        weight_grads(c, n0, n1, chunk_bufs[size_t(worker)]);
+                    } else {
+                        grad_x_rows(chunks.begin(c) * B, chunks.end(c) * B, chunk_bufs[size_t(worker)]);
+                    }
+                    ++done[lane];
                 }
         });
     }
-    parallel_tasks(slices, slices, [&](int64_t s, int worker) { recurrent_product(0, s, worker); });
     std::copy(dh_rec.begin(), dh_rec.end(), grad_h0);
     std::copy(dc.begin(), dc.end(), grad_c0);
 
-    // The weight-shared products over all steps at once, on dG (TB x G).
-    // grad_x = dG . W_ih in gate order (row k of B is weight row source_row(k)).
-    gemm_parallel<T>(TB, I, G, InMatrixA<T>::plain(dG, G, G),
-                     rows_b<T>([&](int64_t k) { return P.weight_row(w.w_ih, I, k); }),
-                     OutMatrix<T>::plain(grad_x, I, I));
-    // Both weight gradients in one GEMM, [x | h_prev]^T . dG ((I + H) x G over TB), so that dG
-    // is packed once, as B (row-major, contiguous panels).
-    const int64_t width = I + H;
-    const auto dw = scratch<T>(width * G);  // transposed weight gradients, gate-column order
-    gemm_parallel_split_k<T>(width, G, TB, InputsAndStatesT<T>{x, hs, I, H},
-                             InMatrixB<T>::plain(dG, G, G), dw.get());
+    // What is left of the chunks' products, on every thread: task 2p the weight gradients'
+    // columns part p, task 2p + 1 a part of grad_x's remaining rows.
+    const int64_t rows_left = chunks.begin(C - done[size_t(threads)]) * B;
+    parallel_tasks(2 * threads, threads, [&](int64_t task, int worker) {
+        const int64_t p = task / 2;
+        if (task % 2 == 0) {
+            int64_t n0, n1;
+            columns_of(p, n0, n1);
+            for (int64_t c = C - 1 - done[size_t(p)]; c >= 0; --c) weight_grads(c, n0, n1, chunk_bufs[size_t(worker)]);
+        } else {
+            int64_t r0, r1;
+            split_range(rows_left, gemm_mr<T>(), p, threads, r0, r1);
+            grad_x_rows(r0, r1, chunk_bufs[size_t(worker)]);
+        }
+    });
     for (int64_t col = 0; col < G; ++col) {
         const int64_t r = P.source_row(col);
         if (r < 0) continue;

@@ -196,7 +196,7 @@ def test_gemm_tiles_taken_in_any_order_give_the_same_bits(dtype, restore_threads
     the bytes of the 1-thread call. The shapes have partial tiles in both directions, K spans
     several reduction blocks, and A is read plain and transposed."""
     rng = np.random.default_rng(11)
-    # Large enough to run on the team (at least 2^25 multiply-adds); K = 650 is cut into
+    # Large enough to run on the team (kGemmParallelMacs in gemm/driver.h); K = 650 is cut into
     # blocks that a split of the reduction in halves would not reproduce.
     for (m, n, k), trans_a in (((203, 517, 650), False), ((96, 600, 650), True), ((520, 72, 900), False)):
         a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)

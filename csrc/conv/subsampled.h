@@ -88,7 +88,7 @@ struct SubsampledB {
 };
 
 // The forward with multiply-adds this many or more runs on the whole team (the general GEMM
-// waits for 2^25, kGemmParallelMacs, which kept ResNet's 2.1M-multiply-add shortcuts on one
+// waits for kGemmParallelMacs, which kept ResNet's 2.1M-multiply-add shortcuts on one
 // thread while ONNX Runtime ran them on two). Its reduction is short (C taps), so the work is
 // mostly moving x and y, and between a graph's layers the pool's workers are still polling
 // (common/thread_pool.h). Not yet measured on a quiet 2-core host: results do not depend on it.

@@ -140,11 +140,11 @@ struct TileGrid {
 };
 
 // A GEMM of fewer multiply-adds than this runs on the calling thread: below it, waking
-// sleeping workers and waiting for the slowest costs more than the second core gives back.
-// Measured on a 2-vCPU KVM guest, quiet and loaded, when the kernels ran on OpenMP with
-// sleeping workers: 2 threads took 1.4-3x the time of 1 up to 2^24 (256^3). On the pool a
-// GEMM alone in a loop gains from 2^20, but the model steps did not (LeNet-5's lost; RESULTS).
-constexpr int64_t kGemmParallelMacs = int64_t(1) << 25;
+// workers and waiting for the slowest costs more than the second core gives back. On the
+// pool a GEMM alone in a loop gains from 2^20, but in the model steps a threshold of 2^20 lost
+// (LeNet-5's small GEMMs); 2^23 puts a char-LSTM's output layer (3200 x 35 x 128, 14M: 477 ->
+// 245 us forward) on both threads and left LeNet-5 unchanged (RESULTS).
+constexpr int64_t kGemmParallelMacs = int64_t(1) << 23;
 // Tiles per thread, so that a thread that starts late or is descheduled leaves most of its
 // share to the others, and tiles of at least this many multiply-adds. Each tile packs its own
 // panels of A and B over the whole reduction, so more tiles mean more packing: with two per

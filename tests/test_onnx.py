@@ -862,6 +862,49 @@ def test_cli_bench_onnx_file(tmp_path, capsys):
         cli.main(["bench", "--onnx", str(tmp_path / "missing.onnx")])
 
 
+def test_generated_runner_makes_the_node_loops_calls():
+    """A run without per-node timings goes through one generated function (each value a local,
+    each step a line): it gives the node loop's results, multi-output nodes included, and its
+    source never holds a node's name (text from the file: a name with a line break and code in
+    it stays a name)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="c\nimport os; os._exit(3)\n#"),
+             helper.make_node("MaxPool", ["c"], ["p", "idx"], kernel_shape=[2, 2], name="\"'\\"),
+             helper.make_node("Relu", ["p"], ["y"])]
+    model = _model(nodes, {"x": _rand(2, 3, 6, 6)}, {"w": _rand(4, 3, 3, 3, seed=1)}, outputs=("y", "idx"))
+    graph = ponnx.load(model)
+    assert "import" not in graph._run_data.source and "os." not in graph._run_data.source
+    feeds = {"x": _rand(2, 3, 6, 6, seed=2)}
+    generated, looped, expected = graph.run(None, feeds), graph.run(None, feeds, timings=[]), _ort(model, feeds)
+    for g, l, e in zip(generated, looped, expected):
+        np.testing.assert_array_equal(g, l)
+        np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
+
+
+def test_generated_runner_releases_each_value_after_its_last_use():
+    """The generated function drops an intermediate as soon as no later step reads it (a graph's
+    peak memory is then its largest live set, not the sum of its values)."""
+    import weakref
+
+    from pyconv.onnx._graph import _straight_line
+    made = []
+
+    def make(x):
+        a = x + 1
+        made.append(weakref.ref(a))
+        return a
+
+    def probe(b):
+        assert made[0]() is None, "a value outlived its last use"
+        return b * 2
+    # steps as Graph._steps: (fn, input slots, output slot, output slots, slots to drop, name, op)
+    steps = [(make, (1,), 2, (2,), (), "make", "Make"),
+             (lambda a: a + 1, (2,), 3, (3,), (2,), "add", "Add"),
+             (probe, (3,), 4, (4,), (3,), "probe", "Probe")]
+    env = _straight_line(steps, [4])([None, np.zeros(3), None, None, None])
+    np.testing.assert_array_equal(env[4], [4, 4, 4])
+    assert made[0]() is None
+
+
 @pytest.mark.parametrize("measured", ["x", "x2"])
 def test_shape_arithmetic_is_done_once_per_input_shape(measured):
     """x (N, 3, 4) reshaped to (N, 12) through Shape -> Gather -> Unsqueeze -> Concat, as

@@ -5,7 +5,7 @@ import pytest
 
 import pyconv
 from pyconv import Tensor
-from pyconv.autograd import concatenate, stack
+from pyconv.autograd import broadcast_to, concatenate, stack
 from pyconv.testing import gradcheck
 
 try:
@@ -50,6 +50,8 @@ GRAD_CASES = {
     "getitem_advanced_repeats": (lambda a: a[[0, 2, 0, 0]], [(3, 4)]),
     "getitem_pairs": (lambda a: a[np.array([0, 1, 1]), np.array([3, 0, 0])], [(2, 4)]),
     "concatenate": (lambda a, b: concatenate([a, b, a], axis=1), [(2, 3), (2, 1)]),
+    "broadcast_to": (lambda a, b: concatenate([broadcast_to(a, (2, 3, 4, 5)), b], axis=1) * b.sum(),
+                     [(3, 1, 1), (2, 1, 4, 5)]),
     "stack": (lambda a, b: stack([a, b * 2], axis=1), [(2, 3), (2, 3)]),
     "astype_roundtrip": (lambda a: a.astype(np.float64) * 2, [(3,)]),
 }
@@ -266,6 +268,17 @@ def test_python_scalars_keep_float32():
 def test_integer_tensors_cannot_require_grad():
     with pytest.raises(TypeError, match="floating-point"):
         Tensor(np.arange(3), requires_grad=True)
+
+
+def test_broadcast_to_is_a_view_and_refuses_what_does_not_broadcast():
+    a = t((3, 1))
+    y = broadcast_to(a, (2, 3, 4))
+    assert y.shape == (2, 3, 4) and np.shares_memory(y.data, a.data)  # nothing copied
+    y.sum().backward()
+    np.testing.assert_array_equal(a.grad, np.full((3, 1), 8.0))
+    for shape in ((2, 1), (4,), (2, 4, 4)):
+        with pytest.raises(ValueError, match=r"broadcast_to.*\(3, 1\)"):
+            broadcast_to(a, shape)
 
 
 def test_stack_shape_mismatch_names_shapes():

@@ -713,6 +713,7 @@ def _pyconv_models():
         "lenet_tanh_avg": (LeNet5(activation="tanh", pool="avg"), None, (_rand(2, 1, 32, 32),)),
         "dcgan_generator": (gan.generator, None, (_rand(4, 16),)),
         "cgan_generator": (cgan.generator, None, (_rand(4, 16), np.arange(4))),
+        "cgan_discriminator": (cgan.discriminator, None, (_rand(4, 1, 16, 16), np.arange(4))),
         "vae_decoder": (vae, vae.decode, (_rand(4, 8),)),
         "vae_encoder": (vae, vae.encode, (_rand(2, 1, 16, 16),)),
         "charlstm": (text, None, (rng.integers(0, 8, (3, 6)),)),
@@ -726,7 +727,7 @@ def _pyconv_models():
 
 
 @pytest.mark.parametrize("name", ["lenet", "lenet_tanh_avg", "dcgan_generator", "cgan_generator",
-                                  "vae_decoder", "vae_encoder", "charlstm", "resnet", "pixelcnn",
+                                  "cgan_discriminator", "vae_decoder", "vae_encoder", "charlstm", "resnet", "pixelcnn",
                                   "masked_convs"])
 def test_pyconv_models_exported_run_in_onnxruntime(name, tmp_path):
     model, fn, args = _pyconv_models()[name]
@@ -756,7 +757,7 @@ def _more_samples(a, n, seed):
     return rng.integers(0, int(a.max()) + 1, (n,) + a.shape[1:]).astype(a.dtype)
 
 
-@pytest.mark.parametrize("name", ["lenet", "cgan_generator", "vae_encoder", "resnet"])
+@pytest.mark.parametrize("name", ["lenet", "cgan_generator", "cgan_discriminator", "vae_encoder", "resnet"])
 def test_exported_batch_size_is_symbolic(name):
     """The graph, exported at one batch size, runs in ONNX Runtime and pyconv at others."""
     model, fn, args = _pyconv_models()[name]

@@ -412,6 +412,18 @@ class GetItem(Function):
         return total
 
 
+class BroadcastTo(Function):
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, a):
+        self.source = a.shape
+        return array_module(a).broadcast_to(a, self.shape)
+
+    def backward(self, g):
+        return unbroadcast(g, self.source)
+
+
 class Concatenate(Function):
     def __init__(self, axis):
         self.axis = axis
@@ -441,6 +453,19 @@ def _check_same_dtype(op, tensors):
     dtypes = {t.dtype for t in tensors}
     if len(dtypes) > 1:
         raise TypeError(f"{op}: tensors have different dtypes {sorted(map(str, dtypes))}")
+
+
+def broadcast_to(tensor, shape) -> Tensor:
+    """`tensor` repeated along its axes of length 1 (and new leading axes) to `shape`, as
+    ``numpy.broadcast_to`` and ``torch.Tensor.expand``: a read-only view, nothing copied (a
+    label's embedding spread over an image's planes before a concatenate costs no pass of its
+    own). The gradient sums over the repeated axes."""
+    tensor = tensor if isinstance(tensor, Tensor) else Tensor(tensor)
+    shape = tuple(int(n) for n in shape)
+    lead = len(shape) - tensor.ndim
+    if lead < 0 or any(n != 1 and n != m for n, m in zip(tensor.shape, shape[lead:])):
+        raise ValueError(f"broadcast_to: a tensor of shape {tensor.shape} cannot be broadcast to {shape}")
+    return BroadcastTo(shape)(tensor)
 
 
 def concatenate(tensors, axis=0) -> Tensor:

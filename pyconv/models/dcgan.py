@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import nn
 from .. import random as _random
-from ..autograd import Tensor, array_module, concatenate, no_grad
+from ..autograd import Tensor, broadcast_to, concatenate, no_grad
 
 __all__ = ["DCGAN", "Generator", "Discriminator"]
 
@@ -28,8 +28,7 @@ def _label_maps(embedding, labels, height, width):
     """The labels' embeddings (N, E) spread over an (N, E, H, W) stack of constant planes."""
     e = embedding(labels)
     n, dim = e.shape
-    ones = array_module(e.data).ones((1, 1, height, width), e.dtype)
-    return e.reshape(n, dim, 1, 1) * Tensor(ones)
+    return broadcast_to(e.reshape(n, dim, 1, 1), (n, dim, height, width))
 
 
 class Generator(nn.Module):

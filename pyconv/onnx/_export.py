@@ -327,6 +327,14 @@ def _gate(b, fn, names, inputs, outs, out_names):
     b.node("Mul", [b.node("Tanh", [a]), b.node("Sigmoid", [g])], out_names)
 
 
+def _broadcast_to(b, fn, names, inputs, outs, out_names):
+    # Expand broadcasts: 1 keeps the input's own size (the batch, when it is symbolic), only the
+    # repeated axes are given
+    lead = len(fn.shape) - inputs[0].ndim
+    shape = [n if k < lead or inputs[0].shape[k - lead] != n else 1 for k, n in enumerate(fn.shape)]
+    b.node("Expand", [names[0], b.ints(shape)], out_names)
+
+
 def _concat(b, fn, names, inputs, outs, out_names):
     b.node("Concat", names, out_names, axis=fn.axis)
 
@@ -399,7 +407,7 @@ CONVERTERS = {
     "Abs": _simple("Abs"), "Pow": _pow, "Clip": _clip,
     "Sum": _reduce("ReduceSum"), "Max": _reduce("ReduceMax"),
     "Reshape": _reshape, "Transpose": _transpose, "GetItem": _get_item,
-    "Concatenate": _concat, "Stack": _stack, "AsType": _as_type, "ToDevice": _simple("Identity"),
+    "Concatenate": _concat, "BroadcastTo": _broadcast_to, "Stack": _stack, "AsType": _as_type, "ToDevice": _simple("Identity"),
     "_LSTM": _lstm, "_LSTMCell": _lstm_cell,
     "_WindowedConv": _windowed_conv, "_Gate": _gate,
 }

@@ -700,6 +700,13 @@ CASES = {
         # The channels-last copy back to NCHW through register transposes: 40 channels (2 x 16
         # + 8), 81 outputs per plane (5 x 16 + 1), the last row and column reached by no tap.
         "channels_last_grad_x_ragged_unreached": cpu_path(conv_backward((2, 40, 9, 9), (64, 40, 4, 4), stride=2)),
+        # 1x1, stride 1, no padding: the weight gradient as one GEMM over (image, pixel), images
+        # of 15 pixels (runs shorter than a vector; 37 images: reduction blocks that start
+        # inside an image) and of 20 (a vector and a tail), groups (not this form) and channel
+        # counts that are no whole panel.
+        "grad_w_pointwise": cpu_path(conv_backward((37, 24, 3, 5), (50, 24, 1, 1))),
+        "grad_w_pointwise_wider": cpu_path(conv_backward((3, 19, 4, 5), (9, 19, 1, 1), dilation=2)),
+        "grad_w_pointwise_groups": cpu_path(conv_backward((3, 12, 4, 4), (10, 6, 1, 1), groups=2)),
         "whole_window": cpu_path(conv_backward((5, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_one_image": cpu_path(conv_backward((1, 20, 7, 6), (70, 20, 7, 6))),
         "whole_window_padded_strided": cpu_path(conv_backward((3, 9, 3, 2), (17, 9, 5, 6), padding=(1, 2), stride=2)),

@@ -29,6 +29,8 @@ LARGE_CASES = {
         # Weight gradients: the reduction over (n, ho, wo) is long and C small, so it is cut
         # into pieces (the im2col GEMM, the dot-product form on the phase grid, by channels).
         "grad_w_pointwise_long_reduction": conv_backward((8, 32, 24, 24), (24, 32, 1, 1)),
+        # 1x1 on small images: one GEMM over (image, pixel), its reduction cut in chunks.
+        "grad_w_pointwise_small_images": conv_backward((64, 138, 4, 4), (128, 138, 1, 1)),
         "grad_w_pointwise_strided_wide": conv_backward((8, 64, 28, 28), (96, 64, 1, 1), stride=2),
         "grad_w_few_output_channels": conv_backward((6, 16, 30, 30), (8, 16, 3, 3), padding=1),
         "grad_w_first_layer": conv_backward((16, 1, 32, 32), (6, 1, 5, 5)),

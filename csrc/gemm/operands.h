@@ -147,11 +147,17 @@ struct InMatrixA {
     // dst[k * MR + i] = A[i0 + i, k0 + k] for i < rows, 0 for rows <= i < MR.
     void pack_panel(int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* dst) const {
         constexpr int MR = GemmTile<T>::MR;
-        if (rows == MR && k0 % k_inner + kc <= k_inner) {  // a full panel, its columns one run
-            const T* src[MR];
-            for (int64_t i = 0; i < MR; ++i)
-                src[i] = base + (i0 + i) * row_stride + (k0 / k_inner) * k_outer_stride + k0 % k_inner;
-            pack_a_rows<T>(src, kc, dst);
+        if (rows == MR) {  // a full panel: each run of contiguous columns transposed in registers
+            int64_t inner = k0 % k_inner, outer = k0 / k_inner;
+            for (int64_t k = 0; k < kc;) {
+                const int64_t run = std::min(kc - k, k_inner - inner);
+                const T* src[MR];
+                for (int64_t i = 0; i < MR; ++i) src[i] = base + (i0 + i) * row_stride + outer * k_outer_stride + inner;
+                pack_a_rows<T>(src, run, dst + k * MR);
+                k += run;
+                inner = 0;
+                ++outer;
+            }
             return;
         }
         for (int64_t i = 0; i < MR; ++i) {

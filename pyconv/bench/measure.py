@@ -105,9 +105,13 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
-# Idle worker threads spin for a while after a call before they sleep (pyconv's pool workers
-# about half a millisecond, PyTorch's OpenMP workers longer).
-SETTLE_SECONDS = 0.002
+# Idle worker threads spin for a while after a call before they sleep: pyconv's pool workers
+# about a millisecond (yielding the core as they poll), PyTorch's OpenMP workers (libgomp's
+# default spin count) about 7 ms on this project's development host. Timed after a PyTorch
+# call, a 2-thread pyconv GEMM of 180 us took 340-365 us for the first 6 ms, 263 us in the
+# 7th, 177 us from the 8th on; with 2 ms here the per-layer rows measured pyconv's layers up
+# to 1.5x slower than in blocks of their own calls.
+SETTLE_SECONDS = 0.010
 
 
 def warm(fn):

@@ -46,7 +46,6 @@
 #include "conv/im2col_gemm.h"
 #include "conv/padding.h"
 #include "conv/phase_grid.h"
-#include "conv/pointwise.h"
 #include "conv/subsampled.h"
 #include "conv/weight_grad_rows.h"
 #include "conv/whole_window.h"
@@ -227,8 +226,9 @@ inline bool whole_window_pays(const ConvShape& g) {
            scratch_fits(g, double(g.N) * double(g.C) * double(g.R) * double(g.S));  // padded copy
 }
 
-// The 1x1 weight gradient as one GEMM over (image, pixel) (conv/pointwise.h), on images of at
-// most 64 pixels with 8+ output channels. Measured on 2 AVX-512 threads, best of 15 calls,
+// The 1x1 weight gradient (stride 1, no padding, one group) on the im2col GEMM, whose X is x
+// itself there: one GEMM over (image, pixel), on images of at most 64 pixels with 8+ output
+// channels. Measured on 2 AVX-512 threads, best of 15 calls,
 // against the rules' choice before (the phase grid's dot-product form): 64 x 138 -> 128 on
 // 4x4 0.25 against 0.50-0.75 ms (PyTorch 0.29), 16 x 256 -> 256 on 4x4 0.22 against 0.60-0.82,
 // 64 x 128 -> 64 on 2x2 0.077 against 0.14-0.18, 64 x 64 -> 128 on 8x8 0.47-0.49 against
@@ -237,7 +237,8 @@ inline bool whole_window_pays(const ConvShape& g) {
 // of rows) and evened out from 16x16 (its runs of pixels are long enough for the grid's form;
 // 16 -> 4 on 32x32 3.6x slower).
 inline bool pointwise_weight_grad_pays(const ConvShape& g) {
-    return pointwise_weight_grad_applies(g) && g.H * g.W <= 64 && g.K >= 8;
+    return g.R == 1 && g.S == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && g.groups == 1 &&
+           g.H * g.W <= 64 && g.K >= 8;
 }
 
 // Few taps per output (Cg R S < 128: first layers on 1-8 channel images). The channel-vectorised
@@ -657,7 +658,7 @@ void conv2d_grad_weight(const ConvShape& g, const T* dy, const T* x, T* dw) {
         return conv2d_grad_weight(subsampled_shape(g), dy, xs.get(), dw);
     }
     if (whole_window_pays(g)) return conv2d_grad_weight_whole_window(g, dy, x, dw);
-    if (pointwise_weight_grad_pays(g)) return conv2d_grad_weight_pointwise(g, dy, x, dw);
+    if (pointwise_weight_grad_pays(g)) return conv2d_grad_weight_im2col(g, dy, x, dw);
     if (use_direct(g)) return conv2d_grad_weight_direct(g, dy, x, dw);
     if (weight_grad_rows_pays(g, sizeof(T))) return conv2d_grad_weight_rows(g, dy, x, dw);
     if (weight_grad_grid_before_by_channels(g) && conv2d_grad_weight_grid(g, dy, x, dw)) return;

@@ -237,8 +237,10 @@ def test_bindings_reject_bad_buffers():
 # epilogue as it stores (the block layout, with tiles cut at the image's edges, and the
 # by-position layout, and over a larger kernel's 3x3 blocks), the forward by channels, which
 # applies it as it stores its transposed tiles (whole and masked runs of pixels, output
-# channels past the last whole vector: 20), and forwards that apply it in a pass afterwards
-# (subsampled 1x1, direct).
+# channels past the last whole vector: 20), the direct forward on the phase grid or column
+# copies, which clamps its registers as it stores them where relu comes alone (masked stores of
+# rows cut by the grid's dropped columns, stride 2, three-vector tiles), and forwards that apply
+# it in a pass afterwards (subsampled 1x1; the direct forward's residual).
 EPILOGUE_CASES = [
     ((2, 32, 13, 11), (32, 32, 3, 3), 1, 1, "winograd"),
     ((16, 64, 8, 8), (64, 64, 3, 3), 1, 1, "auto"),
@@ -248,6 +250,10 @@ EPILOGUE_CASES = [
     ((2, 16, 16, 16), (32, 16, 1, 1), 2, 0, "auto"),
     ((2, 3, 9, 9), (6, 3, 5, 5), 1, 2, "auto"),
     ((3, 32, 28, 28), (32, 32, 5, 5), 1, 2, "auto"),  # Winograd over the kernel's 3x3 blocks
+    ((1, 1, 32, 32), (6, 1, 5, 5), 1, 0, "direct"),  # LeNet-5's conv1 at batch 1
+    ((2, 1, 28, 28), (12, 1, 5, 5), 2, 2, "direct"),
+    ((1, 1, 28, 28), (64, 1, 4, 4), 2, 1, "direct"),  # column copies
+    ((2, 3, 11, 13), (40, 3, 3, 3), 1, 1, "direct"),  # tiles of 3 vectors
 ]
 
 

@@ -20,6 +20,7 @@
 #include "common/denormals.h"
 #include "common/scratch.h"
 #include "common/simd.h"
+#include "conv/epilogue.h"
 #include "conv/im2col.h"
 #include "conv/phase_grid.h"
 
@@ -176,23 +177,25 @@ inline GridStorePlan grid_store_plan(const ConvShape& g, int64_t Wq, int64_t pix
     const int64_t Wo = g.Wo;
     plan.first.reserve(size_t(tiles * vectors + 1));
     for (int64_t vec = 0; vec < tiles * vectors; ++vec) {
-        const int64_t q0 = vec * lanes;
-        // Grid pixel q0 + i is (ho, wo), stepped along, and the vector's open store is kept in
-        // registers (a division per lane and the mask updated in the vector of stores were a
-        // fifth of a one-image LeNet-5 conv1 call).
-        int64_t ho = q0 / Wq, wo = q0 % Wq, offset = 0;
+        // The vector's lanes [q0, end) taken a grid row at a time (lane by lane, the plan was a
+        // fifth of a one-image LeNet-5 conv1 call): the row's columns wo < Wo are kept, at plane
+        // offset ho (Wo - Wq) + q0 from lane 0; rows with equal offsets share a store.
+        const int64_t q0 = vec * lanes, end = std::min<int64_t>(q0 + lanes, pixels);
+        int64_t offset = 0;
         uint32_t mask = 0;
-        const int64_t n = std::min<int64_t>(lanes, pixels - q0);
-        for (int64_t i = 0; i < n; ++i, ++wo) {
-            if (wo == Wq) wo = 0, ++ho;
-            if (wo >= Wo) continue;
-            const int64_t row_offset = ho * (Wo - Wq) + q0;
-            if (mask != 0 && row_offset != offset) {
-                plan.stores.push_back({offset, mask});
-                mask = 0;
+        for (int64_t q = q0; q < end;) {
+            const int64_t ho = q / Wq, row_end = std::min(end, (ho + 1) * Wq), kept_end = std::min(row_end, ho * Wq + Wo);
+            if (q < kept_end) {
+                const int64_t row_offset = ho * (Wo - Wq) + q0;
+                if (mask != 0 && row_offset != offset) {
+                    plan.stores.push_back({offset, mask});
+                    mask = 0;
+                }
+                offset = row_offset;
+                // lanes [q - q0, kept_end - q0), at most 16 of a 32-bit mask
+                mask |= uint32_t((uint64_t(1) << (kept_end - q0)) - (uint64_t(1) << (q - q0)));
             }
-            offset = row_offset;
-            mask |= uint32_t(1) << i;
+            q = row_end;
         }
         if (mask != 0) plan.stores.push_back({offset, mask});
         plan.first.push_back(int64_t(plan.stores.size()));
@@ -216,6 +219,7 @@ struct DirectGridArgs {
     int64_t channel_blocks;    // per group
     const GridStorePlan* plan;
     int threads;               // the most threads the call may use
+    bool relu;                 // max(y, 0) as the tiles store
 };
 
 // The lanes of v selected by `mask` to p[i] (the others are neither read nor written, so p + i
@@ -266,7 +270,7 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
                                                                    const TapRuns& runs, const T* wb,
                                                                    const T* bias_block, const GridStore* stores,
                                                                    const int64_t* first, int64_t channels,
-                                                                   int64_t plane, T* yk) {
+                                                                   int64_t plane, bool relu, T* yk) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr uint32_t full = uint32_t((uint64_t(1) << S::lanes) - 1);
@@ -289,6 +293,11 @@ static inline __attribute__((always_inline)) void direct_grid_tile(const T* xg, 
             for (int v = 0; v < NV; ++v) acc[j][v] = S::fma(wj, xv[v], acc[j][v]);
         }
     }
+    if (relu)
+#pragma GCC unroll 16
+        for (int j = 0; j < KB; ++j)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[j][v] = Relu<T>{}(acc[j][v]);
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
         for (int64_t e = first[v]; e < first[v + 1]; ++e) {
@@ -388,13 +397,13 @@ void conv2d_forward_direct_grid_with(const DirectGridArgs<T>& a) {
             // The image's last pixels may fill fewer vectors.
             const int64_t vectors = (last - q0) / S::lanes + 1;
             if (NV >= 3 && vectors == 3)
-                direct_grid_tile<T, KB, 3>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
+                direct_grid_tile<T, KB, 3>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, a.relu, yk);
             else if (NV >= 2 && vectors == 2)
-                direct_grid_tile<T, KB, 2>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
+                direct_grid_tile<T, KB, 2>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, a.relu, yk);
             else if (vectors == 1)
-                direct_grid_tile<T, KB, 1>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
+                direct_grid_tile<T, KB, 1>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, a.relu, yk);
             else
-                direct_grid_tile<T, KB, NV>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, yk);
+                direct_grid_tile<T, KB, NV>(xg + q0, a.offsets, runs, wb, bias_block, stores, first, channels, plane, a.relu, yk);
         }
     }
     });
@@ -413,7 +422,7 @@ void conv2d_forward_direct_grid_kb(int64_t kb, const DirectGridArgs<T>& a) {
 // (ColumnCopies), which the kernel fills image by image.
 template <class T, int NV, class Source>
 void conv2d_forward_direct_tiles(const ConvShape& g, const Source& source, int64_t row, const T* x, const T* w,
-                              const T* bias, T* y) {
+                              const T* bias, T* y, bool relu) {
     constexpr int64_t wide = NV * Simd<T>::lanes;
     constexpr int max_channels = direct_grid_max_channels(NV);
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps = Cg * g.R * g.S;
@@ -442,30 +451,32 @@ void conv2d_forward_direct_tiles(const ConvShape& g, const Source& source, int64
     const GridStorePlan plan = grid_store_plan(g, row, pixels, tiles, Simd<T>::lanes, NV);
     const int64_t group = source.image / g.C * Cg;
     const DirectGridArgs<T> a{&g, x, grid, columns, slack, source.image, group, pixels, offsets.data(), wpack.get(),
-                              bias, y, blocks, &plan, team};
+                              bias, y, blocks, &plan, team, relu};
     conv2d_forward_direct_grid_kb<T, NV, max_channels>(kb, a);
 }
 
-// The kernel on `source` with the tile shape direct_grid_vectors picks.
+// The kernel on `source` with the tile shape direct_grid_vectors picks; relu applied as the
+// tiles store (the same bits as a pass of its own afterwards, without the pass).
 template <class T, class Source>
 void conv2d_forward_direct_on(const ConvShape& g, const Source& source, int64_t row, const T* x, const T* w,
-                              const T* bias, T* y) {
+                              const T* bias, T* y, bool relu) {
     if constexpr (kDirectGridWideTiles) {
-        if (direct_grid_vectors(g) == 3) return conv2d_forward_direct_tiles<T, 3>(g, source, row, x, w, bias, y);
+        if (direct_grid_vectors(g) == 3) return conv2d_forward_direct_tiles<T, 3>(g, source, row, x, w, bias, y, relu);
     }
-    conv2d_forward_direct_tiles<T, 2>(g, source, row, x, w, bias, y);
+    conv2d_forward_direct_tiles<T, 2>(g, source, row, x, w, bias, y, relu);
 }
 
 template <class T>
-void conv2d_forward_direct_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward_direct_grid(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool relu = false) {
     const PhaseGrid pg(g);
-    conv2d_forward_direct_on(g, pg, pg.Wq, x, w, bias, y);
+    conv2d_forward_direct_on(g, pg, pg.Wq, x, w, bias, y, relu);
 }
 
 template <class T>
-void conv2d_forward_direct_columns(const ConvShape& g, const T* x, const T* w, const T* bias, T* y) {
+void conv2d_forward_direct_columns(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                   bool relu = false) {
     const ColumnCopies cc(g);
-    conv2d_forward_direct_on(g, cc, g.Wo, x, w, bias, y);
+    conv2d_forward_direct_on(g, cc, g.Wo, x, w, bias, y, relu);
 }
 
 }  // namespace PYCONV_ISA

@@ -615,7 +615,8 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
 
 // The forward, then the epilogue (conv/epilogue.h: a residual added, relu): Winograd (every
 // form) applies it as its output transform stores, the channel-vectorised forward as it stores
-// its transposed tiles, the other algorithms in one pass over y afterwards.
+// its transposed tiles, the direct forward on the phase grid (relu alone) from its registers,
+// the other algorithms in one pass over y afterwards.
 template <class T>
 void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const T* residual,
                          bool relu, const PreparedFilters* prepared) {
@@ -627,6 +628,12 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
             return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position<T>(winograd_blocks_shape(g)), ep);
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep, prepared);
+        case ForwardAlgorithm::direct_grid:
+            if (!residual) return conv2d_forward_direct_grid(g, x, w, bias, y, relu);
+            break;
+        case ForwardAlgorithm::direct_columns:
+            if (!residual) return conv2d_forward_direct_columns(g, x, w, bias, y, relu);
+            break;
         default: break;
     }
     conv2d_forward(g, x, w, bias, y, prepared);

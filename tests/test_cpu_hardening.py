@@ -286,3 +286,26 @@ def test_a_geometry_is_read_by_field_name_with_clear_errors():
         _C.conv2d(x, w, None, y, types.SimpleNamespace(**{**fields, "sh": 1.0}))
     with pytest.raises(TypeError, match="field 'algorithm' of the ConvGeom must be an integer"):
         _C.conv2d(x, w, None, y, types.SimpleNamespace(**{**fields, "algorithm": "auto"}))
+
+
+def test_a_named_tuple_is_read_by_position_only_when_its_fields_are_in_order():
+    """pyconv's geometries (NamedTuples) are read by position once their type lists the fields
+    in the kernels' order; a NamedTuple with the same fields in another order, or with extra
+    ones, is still read by name."""
+    import collections
+    from pyconv import _spec
+    x = np.random.default_rng(0).random((2, 3, 9, 7)).astype(np.float32)
+    w = np.random.default_rng(1).random((4, 3, 3, 2)).astype(np.float32)
+    g = _spec.conv2d(x, w, None, (2, 1), (1, 0), 1, 1)
+    expected = ops.conv2d(x, w, stride=(2, 1), padding=(1, 0), backend="reference")
+    fields = g._asdict()
+    shuffled = collections.namedtuple("Shuffled", list(reversed(g._fields)))
+    extra = collections.namedtuple("Extra", list(g._fields) + ["note"])
+    pool = _spec.max_pool2d(x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    for geometry in (g, g, shuffled(**fields), g, extra(**fields, note=7), g, g._replace(algorithm=3), pool):
+        y = np.full(g.output_shape, np.nan, np.float32)
+        if geometry is pool:  # the pool's geometry in between: the cache of its own
+            _C.max_pool2d(x, np.empty(pool.output_shape, np.float32), None, pool)
+            continue
+        _C.conv2d(x, w, None, y, geometry)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

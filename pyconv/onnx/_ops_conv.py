@@ -7,7 +7,7 @@ import numpy as np
 from .. import ops
 from .. import _spec
 from ..backends import get_backend
-from ._ops_dense import _cpu_kernel, relu_in_place
+from ._ops_dense import _cpu_kernel, _extension, relu_in_place
 from ._registry import KernelCall, builder
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +154,13 @@ def _conv(node, nd):
         kernel calls. A constant weight's filters are transformed once per signature, as
         ONNX Runtime prepacks its initializers."""
         add, relu = "Add" in epilogue, "Relu" in epilogue
-        bound = {}  # signature -> (the kernel's geometry, prepared filters), None where otherwise applies
+        # signature -> (the kernel's geometry, its output shape, prepared filters), or None
+        # where otherwise applies. A call with the node's own constant weight and bias and no
+        # residual is keyed by x alone (the whole signature's key cost a quarter of the node's
+        # Python in a batch-1 LeNet-5).
+        bound = {}
+        bias = node.const(2)
+        kernel = _extension("conv2d")
 
         def kernel_setup(x, w, b, r):
             if (nd != 2 or x.ndim != 4 or w.ndim != 4 or x.dtype not in (np.float32, np.float64)
@@ -171,29 +177,33 @@ def _conv(node, nd):
                 return None
             constant = w is weight and w.flags.c_contiguous  # passed to the kernel as it is
             filters = _cpu_kernel("conv2d_prepare")(w, g) if constant else None
-            return g, filters
+            return g, tuple(g.output_shape), filters
 
         def fused(*args):
             # (A graph of small layers at batch 1 spends as long here as in the kernel: the
             # checks are kept to what a signature's first call has not settled.)
-            kernel = _cpu_kernel("conv2d")
             conv_args, r = (args[:-1], args[-1]) if add else (args, None)
-            if kernel is None or len(conv_args) < 2:
+            if kernel is None or len(conv_args) < 2 or get_backend() != "cpu":
                 return otherwise(*args)
             x, w = conv_args[0], conv_args[1]
             b = conv_args[2] if len(conv_args) > 2 else None
-            if not (type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray)
-                    and (r is None or type(r) is np.ndarray)):
+            if type(x) is not np.ndarray:
                 return otherwise(*args)
-            key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
-                   None if r is None else (r.shape, r.dtype))
+            if w is weight and b is bias and r is None:
+                key = x.shape, x.dtype
+            elif (type(w) is np.ndarray and (b is None or type(b) is np.ndarray)
+                    and (r is None or type(r) is np.ndarray)):
+                key = (x.shape, x.dtype, w.shape, w.dtype, None if b is None else (b.shape, b.dtype),
+                       None if r is None else (r.shape, r.dtype))
+            else:
+                return otherwise(*args)
             setup = bound.get(key, False)
             if setup is False:
                 setup = bound[key] = kernel_setup(x, w, b, r)
             if setup is None:
                 return otherwise(*args)
-            g, filters = setup
-            y = np.empty(g.output_shape, x.dtype)
+            g, shape, filters = setup
+            y = np.empty(shape, x.dtype)
             contiguous = np.ascontiguousarray
             kernel(contiguous(x), contiguous(w), None if b is None else contiguous(b), y, g,
                    None if r is None else contiguous(r), relu, filters)
@@ -389,7 +399,8 @@ def _max_pool_then_relu(run, nd, kernel, strides, dilations, pads, ceil_mode):
     window), the kernel clamps each output as it stores it: no pass of the Relu's own over the
     pooled array and one kernel call fewer."""
     k2, s2, d2 = tuple(_pair(nd, kernel, 1)), tuple(_pair(nd, strides, 1)), tuple(_pair(nd, dilations, 1))
-    geometry = {}  # (x.shape, x.dtype) -> the pool's geometry, None where run's other path applies
+    geometry = {}  # (x.shape, x.dtype) -> (the pool's geometry, its output shape), None where run's other path applies
+    pool = _extension("max_pool2d")
 
     def fused_geometry(x):
         if x.ndim != nd + 2 or x.dtype not in (np.float32, np.float64):
@@ -397,17 +408,18 @@ def _max_pool_then_relu(run, nd, kernel, strides, dilations, pads, ceil_mode):
         begins, ends = pads(x.shape[2:], kernel, strides, dilations)
         if begins != ends or any(p > k // 2 for p, k in zip(begins, kernel)):
             return None
-        return _spec.max_pool2d(_to_2d(nd, x), k2, s2, tuple(_pair(nd, begins, 0)), d2, ceil_mode)
+        g = _spec.max_pool2d(_to_2d(nd, x), k2, s2, tuple(_pair(nd, begins, 0)), d2, ceil_mode)
+        return g, tuple(g.output_shape)
 
     def run_with_relu(x):
         key = (x.shape, x.dtype)
-        g = geometry.get(key, False)
-        if g is False:
-            g = geometry[key] = fused_geometry(x)
-        pool = _cpu_kernel("max_pool2d")
-        if g is None or pool is None:
+        setup = geometry.get(key, False)
+        if setup is False:
+            setup = geometry[key] = fused_geometry(x)
+        if setup is None or pool is None or get_backend() != "cpu":
             return relu_in_place(run(x))
-        y = np.empty(g.output_shape, x.dtype)
+        g, shape = setup
+        y = np.empty(shape, x.dtype)
         pool(np.ascontiguousarray(_to_2d(nd, x)), y, None, g, True)  # relu: positional, the cheaper call
         return y[:, :, 0, :] if nd == 1 else y
     return run_with_relu

@@ -82,10 +82,12 @@ def _gemm(node):
             return None  # the general path raises NumPy's error
         return shape, np.ascontiguousarray(np.broadcast_to(c_const, shape)) if with_c else None
 
+    kernel, relu_kernel = _extension("matmul"), _extension("relu")
+
     def run(a, b, c=None, relu=False):
         if b_const is not None:
-            kernel = _matmul_kernel()
-            if kernel is not None and type(a) is np.ndarray and (c is None or c is c_const):
+            if (kernel is not None and type(a) is np.ndarray and (c is None or c is c_const)
+                    and get_backend() == "cpu"):
                 key = a.shape, a.dtype, c is None
                 plan = layer.get(key, False)
                 if plan is False:
@@ -95,7 +97,7 @@ def _gemm(node):
                     y = np.empty(shape, a.dtype) if c_full is None else c_full.copy()
                     kernel(np.ascontiguousarray(a), trans_a, b_const, trans_b, y, c_full is not None)
                     if relu:  # y: fresh, contiguous, floating point
-                        _extension("relu")(y, y)
+                        relu_kernel(y, y)
                     return y
             y = matmul_2d(a, b_const, c_const if c is not None and c_const is not None else
                           (None if c is None else c * beta), trans_a, trans_b)
@@ -107,7 +109,7 @@ def _gemm(node):
             y += c * beta if beta != 1.0 else c
         return relu_in_place(y) if relu else y
 
-    run.with_relu = lambda *args: run(*args, relu=True)
+    run.with_relu = lambda a, b, c=None: run(a, b, c, True)
     return run
 
 
@@ -226,10 +228,11 @@ def _softmax(node):
     log = node.op_type == "LogSoftmax"
     axis = node.attr("axis", -1 if node.opset >= 13 else 1)
 
+    kernel = _extension("log_softmax" if log else "softmax")
+
     def softmax(x, ax):
-        kernel = _cpu_kernel("log_softmax" if log else "softmax")
         if kernel is not None and ax % x.ndim == x.ndim - 1 and x.dtype.char in "fd" \
-                and x.size > 0:  # rows of the last axis: pyconv's one-pass kernel
+                and x.size > 0 and get_backend() == "cpu":  # rows of the last axis: pyconv's one-pass kernel
             rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
             y = np.empty_like(rows)
             kernel(rows, y)

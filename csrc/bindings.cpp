@@ -963,7 +963,8 @@ PYBIND11_MODULE(_C, m) {
           "the name of the algorithm conv2d runs for shape, given filters from conv2d_prepare "
           "(prepared=True) or not");
     def_op(m, "conv2d_grad_input",
-          [](Array grad_y, Array w, Array grad_x, const ConvShape& g, const py::object& filters) {
+          [](Array grad_y, Array w, Array grad_x, const ConvShape& g, const py::object& filters, Optional bias,
+             bool relu) {
               const PreparedFilters* prepared = prepared_for("conv2d_grad_input", filters, w);
               by_dtype(grad_y.dtype(), [&](auto t) {
                   using T = decltype(t);
@@ -971,12 +972,16 @@ PYBIND11_MODULE(_C, m) {
                   const T* gy = checked<T>(grad_y, output_dims(g), "grad_y");
                   const T* wp = checked<T>(w, weight_dims(g), "w");
                   T* gx = checked<T>(grad_x, input_dims(g), "grad_x", true);
-                  without_gil([&] { kernels<T>().conv2d_grad_input(g, gy, wp, gx, prepared); });
+                  const T* bp = checked_or_null<T>(bias, {g.C}, "bias");
+                  without_gil([&] { kernels<T>().conv2d_grad_input(g, gy, wp, gx, bp, relu, prepared); });
               });
           },
           py::arg("grad_y"), py::arg("w"), py::arg("grad_x"), py::arg("shape"), py::arg("filters") = py::none(),
+          py::arg("bias") = py::none(), py::arg("relu") = false,
           "input gradient (= transpose convolution) into grad_x; shape: a ConvGeom. filters: "
-          "conv2d_grad_input_prepare(w, ...)'s result, or None; w must not have changed since");
+          "conv2d_grad_input_prepare(w, ...)'s result, or None; w must not have changed since. "
+          "Then, as a transposed convolution: + bias (C,) per channel of grad_x unless None, then "
+          "relu if asked");
     def_op(m, "conv2d_grad_input_prepare",
           [prepare_with](Array w, const ConvShape& g) {
               return prepare_with(w, g, [](const auto& k) { return k.conv2d_grad_input_prepare; });

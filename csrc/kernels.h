@@ -166,8 +166,10 @@ struct KernelsFor {
     std::shared_ptr<const PreparedFilters> (*conv2d_prepare)(const ConvShape&, const T* w);
     // The name of the algorithm conv2d runs, with filters from conv2d_prepare or without.
     const char* (*conv2d_algorithm)(const ConvShape&, bool filters_prepared);
-    // `prepared` (or nullptr): conv2d_grad_input_prepare's result for these weights.
-    void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x,
+    // `prepared` (or nullptr): conv2d_grad_input_prepare's result for these weights. Then, as
+    // a transposed convolution's forward, bias[c] (C,) added to grad_x's channel c (bias:
+    // nullptr for none) and relu applied if asked.
+    void (*conv2d_grad_input)(const ConvShape&, const T* grad_y, const T* w, T* grad_x, const T* bias, bool relu,
                               const PreparedFilters* prepared);
     // w as conv2d_grad_input packs it on every call (a transposed convolution's constant
     // weights), or nullptr where its algorithm keeps nothing (the channels-last form keeps its

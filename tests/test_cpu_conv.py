@@ -282,3 +282,39 @@ def test_forward_epilogue_is_the_separate_passes_bit_for_bit(isa, case, dtype):
         got = np.empty_like(y)
         _C.conv2d(x, w, b, got, g, residual=residual, relu=relu)
         np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+
+
+# (x, w, stride, padding) of transposed convolutions whose planes are a vector and more (16x16),
+# shorter than a vector (4x4, 5x7) or longer with a tail (13x13), one or many channels.
+GRAD_INPUT_EPILOGUE_CASES = [
+    ((1, 16, 1, 1), (16, 64, 4, 4), 1, 0),
+    ((2, 32, 8, 8), (32, 1, 4, 4), 2, 1),
+    ((2, 8, 5, 7), (8, 5, 3, 3), 1, 1),
+    ((3, 12, 6, 6), (12, 20, 3, 3), 2, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", GRAD_INPUT_EPILOGUE_CASES, ids=str)
+def test_grad_input_bias_and_relu_are_the_separate_passes_bit_for_bit(isa, case, dtype):
+    """conv2d_grad_input(..., bias, relu), a transposed convolution's forward: the kernel's
+    output + bias per channel, then relu's rules (-0 and NaN kept), the same bits as NumPy's add
+    and the relu kernel afterwards; a bias of the wrong length is refused by name."""
+    x_shape, w_shape, stride, padding = case
+    rng = np.random.default_rng(11)
+    x, w = rand(rng, x_shape, dtype), rand(rng, w_shape, dtype)
+    g = _spec.conv_transpose2d(x, w, None, stride, padding, 0, 1, 1)
+    plain = np.empty(g.input_shape, dtype)
+    _C.conv2d_grad_input(x, w, plain, g)
+    b = rand(rng, (g.C,), dtype)
+    b[0] = np.nan
+    b[-1] = -plain[0, -1].flat[0]  # an output of exactly +0
+    for bias, relu in ((b, True), (None, True), (b, False)):
+        expected = plain + bias.reshape(1, -1, 1, 1) if bias is not None else plain.copy()
+        if relu:
+            _C.relu(expected, expected)
+        got = np.empty_like(plain)
+        _C.conv2d_grad_input(x, w, got, g, None, bias, relu)
+        np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+    with pytest.raises(ValueError, match="bias"):
+        _C.conv2d_grad_input(x, w, got, g, None, b[:-1])

@@ -313,6 +313,8 @@ _CONV = dict(pads=[1, 1, 1, 1])
     ("residual_after_conv", ["Conv+Relu", "Relu", "Conv+Add+Relu"]),
     ("gemm_relu", ["Gemm+Relu"]),
     ("conv_transpose_relu", ["ConvTranspose+Relu"]),
+    ("conv_transpose_bias_relu", ["ConvTranspose+Relu"]),  # the kernel adds the bias, clamps
+    ("conv_transpose_cropped_relu", ["ConvTranspose+Relu"]),  # output_padding: a crop, then passes
 ])
 def test_fused_epilogues(case, plan):
     """Add and Relu after a Conv, ConvTranspose, Gemm or pool run in place in its step, with
@@ -346,9 +348,16 @@ def test_fused_epilogues(case, plan):
     elif case == "gemm_relu":
         inputs, inits = {"x": _rand(4, 5)}, {"w": _rand(5, 3, seed=1), "b": _rand(3, seed=2)}
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
-    else:
+    elif case == "conv_transpose_relu":
         inits = {"w": _rand(3, 2, 3, 3, seed=1)}
         nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2]),
+                 helper.make_node("Relu", ["c"], ["y"])]
+    else:
+        inits = {"w": _rand(3, 5, 4, 4, seed=1), "b": _rand(5, seed=2)}
+        attrs = dict(strides=[2, 2], pads=[1, 1, 1, 1])
+        if case == "conv_transpose_cropped_relu":
+            attrs.update(output_padding=[1, 0], pads=[0, 1, 2, 0])
+        nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], **attrs),
                  helper.make_node("Relu", ["c"], ["y"])]
     assert _plan(nodes, inputs, inits) == plan
     got = _check(nodes, inputs, inits)[0]

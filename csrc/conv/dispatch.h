@@ -732,6 +732,15 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx, const
     conv2d_grad_input_col2im(g, dy, w, dx);
 }
 
+// The input gradient, then (a transposed convolution's forward) its bias per channel and relu
+// (conv/epilogue.h's channel_bias_relu), where asked.
+template <class T>
+void conv2d_grad_input_then(const ConvShape& g, const T* dy, const T* w, T* dx, const T* bias, bool relu,
+                            const PreparedFilters* prepared) {
+    conv2d_grad_input(g, dy, w, dx, prepared);
+    if (bias != nullptr || relu) channel_bias_relu(checked_mul(g.N, g.C), g.C, g.H * g.W, bias, relu, dx);
+}
+
 // What conv2d_grad_input (a transposed convolution's forward) would make of w on every call for
 // the shape: the channels-last form's tap panels; nothing for the other algorithms yet.
 template <class T>

@@ -48,6 +48,28 @@ struct AddResidual {
     }
 };
 
+// y[n, c, :] = y[n, c, :] + bias[c] (bias: nullptr for none), then relu if asked, in place over
+// y's `rows` = N x C planes of `plane` elements: a transposed convolution's bias and activation
+// in one pass after its kernel (the NumPy broadcast add and a Relu pass took as long as a
+// DCGAN generator's small layers at batch 1).
+template <class T>
+void channel_bias_relu(int64_t rows, int64_t channels, int64_t plane, const T* bias, bool relu, T* y) {
+    using S = Simd<T>;
+    constexpr int L = S::lanes;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    const bool split = checked_mul(rows, plane) >= kParallelElementwise;
+    parallel_ranges(rows, threads_if(split), [&](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) {
+            const typename S::V b = S::splat(bias ? bias[i % channels] : T(0));
+            auto finish = [&](typename S::V v) { return relu ? Relu<T>{}(v + b) : v + b; };
+            T* p = y + i * plane;
+            int64_t e = 0;
+            for (; e + L <= plane; e += L) S::store(p + e, finish(S::load(p + e)));
+            if (e < plane) store_first<T>(p + e, finish(load_first<T>(p + e, int(plane - e))), int(plane - e));
+        }
+    });
+}
+
 // The epilogue over the n elements of y in place, for the forwards that store without it.
 template <class T>
 void apply_epilogue(const Epilogue<T>& ep, int64_t n, T* y) {

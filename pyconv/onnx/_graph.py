@@ -276,7 +276,7 @@ def _with_epilogue(fn, epilogue):
 def _epilogue_passes(fn, epilogue):
     """fn, then the epilogue in passes over fn's output (see _with_epilogue)."""
     if epilogue == ("Relu",):
-        if hasattr(fn, "with_relu"):  # a builder that does both in one pass (MaxPool)
+        if hasattr(fn, "with_relu"):  # a builder whose kernel does both (MaxPool, ConvTranspose)
             return fn.with_relu
 
         def relu(*args):

@@ -255,23 +255,26 @@ def _conv_transpose(node, nd):
 
     transpose = KernelCall("conv_transpose2d", "conv2d_grad_input", lambda *args: (geometry(*args),))
     weight = node.const(1)  # a constant weight gets packed once (cpu backend)
-    packed = {}  # (x's and the bias's signatures, padding) -> (the kernel's geometry, prepared filters)
+    kernel = _extension("conv2d_grad_input")
+    packed = {}  # (x's signature, padding) -> (the kernel's geometry, its output shape, prepared filters)
 
-    def transpose_packed_once(x, w, bias, padding):
-        """transpose((x, w), bias, padding); on the cpu backend with the node's constant weight,
-        with its filters packed on the first call of each signature, as ONNX Runtime prepacks
-        its initializers."""
-        kernel = _cpu_kernel("conv2d_grad_input")
-        if (kernel is None or w is not weight or not w.flags.c_contiguous or x.dtype != w.dtype
-                or x.dtype.char not in "fd"):
-            return transpose((x, w), bias, padding)
-        key = x.shape, x.dtype, bias, padding
+    def transpose_packed_once(x, w, b, padding, relu):
+        """The transposed convolution with its bias b (or None), then relu if asked, on the cpu
+        backend with the node's constant weight: its filters packed on the first call of each
+        signature, as ONNX Runtime prepacks its initializers, and the bias and relu applied by
+        the kernel. None where that does not apply."""
+        if (kernel is None or w is not weight or type(x) is not np.ndarray or x.dtype != w.dtype
+                or x.dtype.char not in "fd" or not w.flags.c_contiguous or get_backend() != "cpu"):
+            return None
+        key = x.shape, x.dtype, padding
         if key not in packed:
-            g = geometry(x, w, bias, padding)
-            packed[key] = g, _cpu_kernel("conv2d_grad_input_prepare")(w, g)
-        g, filters = packed[key]
-        y = np.empty(g.input_shape, x.dtype)
-        kernel(np.ascontiguousarray(x), w, y, g, filters=filters)
+            g = geometry(x, w, None, padding)
+            packed[key] = g, tuple(g.input_shape), _cpu_kernel("conv2d_grad_input_prepare")(w, g)
+        g, shape, filters = packed[key]
+        if b is not None and (type(b) is not np.ndarray or b.dtype != x.dtype or b.shape != shape[1:2]):
+            return None
+        y = np.empty(shape, x.dtype)
+        kernel(np.ascontiguousarray(x), w, y, g, filters, b, relu)
         return y
 
     plans = {}  # (x.shape[2:], w.shape[2:]) -> (begins, ends, native padding or None)
@@ -282,7 +285,7 @@ def _conv_transpose(node, nd):
                   and all(op < max(s, d) for op, s, d in zip(out_pad, strides, dilations)))
         return begins, ends, tuple(_pair(nd, begins, 0)) if native else None
 
-    def run(x, w, b=None):
+    def run(x, w, b=None, relu=False):
         if x.ndim != nd + 2 or w.ndim != nd + 2:
             raise ValueError(f"pyconv.onnx: {node.where()}: x {x.shape} and w {w.shape} must both "
                              f"have {nd + 2} dimensions (batch, channels and {nd} spatial)")
@@ -291,10 +294,14 @@ def _conv_transpose(node, nd):
             plans[key] = plan(*key)
         begins, ends, padding = plans[key]
         if padding is not None:
-            bias = None if b is None else (b.shape, b.dtype)
-            y = transpose_packed_once(_to_2d(nd, x), _to_2d(nd, w), bias, padding)
-            if b is not None:
-                y += b.reshape(1, -1, 1, 1)
+            x2, w2 = _to_2d(nd, x), _to_2d(nd, w)
+            y = transpose_packed_once(x2, w2, b, padding, relu)
+            if y is None:
+                y = transpose((x2, w2), None if b is None else (b.shape, b.dtype), padding)
+                if b is not None:
+                    y += b.reshape(1, -1, 1, 1)
+                if relu:
+                    relu_in_place(y)
             return y[:, :, 0, :] if nd == 1 else y
         # The whole transpose convolution, then the window [begin, begin + out) of it, with
         # zeros where that window reaches past it (output_padding, negative pads).
@@ -313,7 +320,10 @@ def _conv_transpose(node, nd):
         y[tuple(dst)] = full[tuple(src)]
         if b is not None:
             y += b.reshape((1, -1) + (1,) * nd)
-        return y
+        return relu_in_place(y) if relu else y
+
+    # the planner's ConvTranspose+Relu step: the kernel applies the relu with the bias
+    run.with_relu = lambda x, w, b=None: run(x, w, b, True)
     return run
 
 

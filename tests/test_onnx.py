@@ -685,6 +685,53 @@ def test_pytorch_exported_graphs(name, make, shape, fold):
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.torch
+@pytest.mark.skipif(torch is None, reason="needs PyTorch")
+@pytest.mark.parametrize("name,make,shape", [
+    ("lenet", _torch_lenet, (2, 1, 32, 32)),
+    ("dcgan_generator", _torch_dcgan_generator, (2, 16)),
+    ("resnet", _torch_resnet, (2, 3, 32, 32)),
+])
+def test_pytorch_dynamo_exported_graphs(name, make, shape):
+    """The graphs of PyTorch's default (torch.export-based) exporter: opset 18 and later,
+    adaptive average pooling as a ReduceMean with its axes as an input."""
+    pytest.importorskip("onnxscript")
+    import warnings
+
+    torch.manual_seed(0)
+    model = make()
+    _randomise_batch_norms(model)
+    model.eval()
+    x = _rand(*shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, verbose=False).model_proto
+    assert exported.opset_import[0].version >= 18
+    feeds = {exported.graph.input[0].name: x}
+    expected = _ort(exported, feeds)[0]
+    np.testing.assert_allclose(ponnx.load(exported).run(None, feeds)[0], expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("axes,keepdims,shape", [
+    ([2, 3], 1, (2, 3, 5, 4)), ([-1, -2], 0, (2, 3, 5, 4)), ([2], 0, (2, 3, 7)),
+    ([1], 1, (2, 3, 5, 4)), ([0, 2, 3], 0, (2, 3, 5, 4)),
+])
+def test_reduce_mean_over_planes(opset, axes, keepdims, shape):
+    """ReduceMean over exactly the spatial axes runs as a global average pool (axes as an
+    attribute before opset 18, an input from it); other axes as NumPy's mean; ONNX Runtime's
+    values and shapes either way."""
+    node_inputs, inits = ["x"], {}
+    attrs = dict(keepdims=keepdims)
+    if opset >= 18:
+        node_inputs.append("axes")
+        inits["axes"] = np.array(axes, np.int64)
+    else:
+        attrs["axes"] = axes
+    _check([helper.make_node("ReduceMean", node_inputs, ["y"], **attrs)], {"x": _rand(*shape)}, inits,
+           opset=opset)
+
+
 # ---------------------------------------------------------------------------------------------
 # pyconv models exported to ONNX, run by ONNX Runtime
 

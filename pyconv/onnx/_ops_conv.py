@@ -465,22 +465,28 @@ def _avg_pool(node):
     return run
 
 
+def _whole_plane_pool(x, k2):
+    g, divisor = _spec.avg_pool2d(x, k2, k2, (0, 0), False, None)
+    return g, False, divisor
+
+
+_WHOLE_PLANE_POOL = KernelCall("avg_pool2d", "avg_pool2d", _whole_plane_pool)
+
+
+def global_average(x):
+    """The mean of every (n, c) plane of x (N, C, L) or (N, C, H, W), kept as (N, C, 1[, 1]):
+    for floating point, the average pool whose one window covers the whole plane (a vectorised
+    sum per plane on the cpu backend; NumPy's mean reduces the short rows of N C planes one by
+    one)."""
+    if x.ndim not in (3, 4) or x.dtype.kind != "f" or min(x.shape[2:], default=0) < 1 or x.size == 0:
+        return np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    x2 = _to_2d(x.ndim - 2, x)
+    y = _WHOLE_PLANE_POOL((x2,), tuple(x2.shape[2:]))
+    return y[:, :, 0, :] if x.ndim == 3 else y
+
+
 @builder("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(node):
-    reduce = np.mean if node.op_type == "GlobalAveragePool" else np.max
     if node.op_type == "GlobalMaxPool":
-        return lambda x: reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
-    # 1-D and 2-D: the average pool whose one window covers the whole plane (a vectorised sum
-    # per plane on the cpu backend; NumPy's mean reduces the short rows of N C planes one by one)
-    def prepare(x, k2):
-        g, divisor = _spec.avg_pool2d(x, k2, k2, (0, 0), False, None)
-        return g, False, divisor
-    pool = KernelCall("avg_pool2d", "avg_pool2d", prepare)
-
-    def run(x):
-        if x.ndim not in (3, 4) or x.dtype.kind != "f" or min(x.shape[2:], default=0) < 1 or x.size == 0:
-            return reduce(x, axis=tuple(range(2, x.ndim)), keepdims=True)
-        x2 = _to_2d(x.ndim - 2, x)
-        y = pool((x2,), tuple(x2.shape[2:]))
-        return y[:, :, 0, :] if x.ndim == 3 else y
-    return run
+        return lambda x: np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+    return global_average

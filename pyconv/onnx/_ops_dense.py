@@ -357,9 +357,14 @@ def _gather(node):
 
 def _axes_op(node, fn):
     axes_attr = node.attr("axes")
+    axes_input = node.const(1)  # opset 13/18 on: an input, usually a constant, read once
+    constant_axes = None if axes_input is None else [int(a) for a in axes_input]
 
     def run(x, axes=None):
-        axes = axes_attr if axes is None else [int(a) for a in axes]
+        if axes is None:
+            axes = axes_attr
+        else:
+            axes = constant_axes if axes is axes_input else [int(a) for a in axes]
         return fn(x, axes)
     return run
 
@@ -385,8 +390,16 @@ def _reduce(node):
     if node.attr("noop_with_empty_axes", 0):
         raise node.refuse("noop_with_empty_axes=1 is not supported")
 
+    from ._ops_conv import global_average
+
     def reduce(x, axes):
         axes = None if axes is None or len(axes) == 0 else tuple(axes)
+        if (fn is np.mean and axes is not None and x.ndim in (3, 4) and x.dtype.kind == "f"
+                and sorted(a % x.ndim for a in axes) == list(range(2, x.ndim))):
+            # the mean over the spatial axes (PyTorch's export of adaptive average pooling to
+            # 1x1): GlobalAveragePool's kernel
+            y = global_average(x)
+            return y if keep else y.reshape(x.shape[:2])
         return np.asarray(fn(x, axis=axes, keepdims=keep))
     return _axes_op(node, reduce)
 

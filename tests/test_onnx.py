@@ -653,18 +653,24 @@ def _randomise_batch_norms(model):
             m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
 
 
-def torch_onnx(model, example, fold=True):
-    """The graph PyTorch's TorchScript-based exporter writes for `model` (opset 17)."""
+def torch_onnx(model, example, exporter="torchscript"):
+    """The graph PyTorch writes for `model`: its TorchScript-based exporter at opset 17, with
+    constants folded ("torchscript") or not ("torchscript_unfolded"), or its default,
+    torch.export-based one ("dynamo": opset 18 and later, which writes adaptive average pooling
+    as a ReduceMean with its axes as an input)."""
     import warnings
 
     torch.manual_seed(0)
     _randomise_batch_norms(model)
     model.eval()
-    f = io.BytesIO()
+    args = (torch.from_numpy(example),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.from_numpy(example),), f, dynamo=False, opset_version=17,
-                          input_names=["x"], do_constant_folding=fold)
+        if exporter == "dynamo":
+            return torch.onnx.export(model, args, dynamo=True, verbose=False).model_proto
+        f = io.BytesIO()
+        torch.onnx.export(model, args, f, dynamo=False, opset_version=17, input_names=["x"],
+                          do_constant_folding=exporter == "torchscript")
     return onnx.load_from_string(f.getvalue())
 
 
@@ -675,41 +681,19 @@ def torch_onnx(model, example, fold=True):
     ("dcgan_generator", _torch_dcgan_generator, (4, 16)),
     ("resnet", _torch_resnet, (2, 3, 32, 32)),
 ])
-@pytest.mark.parametrize("fold", [True, False])
-def test_pytorch_exported_graphs(name, make, shape, fold):
+@pytest.mark.parametrize("exporter", ["torchscript", "torchscript_unfolded", "dynamo"])
+def test_pytorch_exported_graphs(name, make, shape, exporter):
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
     torch.manual_seed(0)
     x = _rand(*shape)
-    model = torch_onnx(make(), x, fold)
-    expected = _ort(model, {"x": x})[0]
-    got = ponnx.load(model)(x=x)
+    model = torch_onnx(make(), x, exporter)
+    opset = model.opset_import[0].version
+    assert opset >= 18 if exporter == "dynamo" else opset == 17
+    feeds = {model.graph.input[0].name: x}
+    expected = _ort(model, feeds)[0]
+    got = ponnx.load(model).run(None, feeds)[0]
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.torch
-@pytest.mark.skipif(torch is None, reason="needs PyTorch")
-@pytest.mark.parametrize("name,make,shape", [
-    ("lenet", _torch_lenet, (2, 1, 32, 32)),
-    ("dcgan_generator", _torch_dcgan_generator, (2, 16)),
-    ("resnet", _torch_resnet, (2, 3, 32, 32)),
-])
-def test_pytorch_dynamo_exported_graphs(name, make, shape):
-    """The graphs of PyTorch's default (torch.export-based) exporter: opset 18 and later,
-    adaptive average pooling as a ReduceMean with its axes as an input."""
-    pytest.importorskip("onnxscript")
-    import warnings
-
-    torch.manual_seed(0)
-    model = make()
-    _randomise_batch_norms(model)
-    model.eval()
-    x = _rand(*shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exported = torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, verbose=False).model_proto
-    assert exported.opset_import[0].version >= 18
-    feeds = {exported.graph.input[0].name: x}
-    expected = _ort(exported, feeds)[0]
-    np.testing.assert_allclose(ponnx.load(exported).run(None, feeds)[0], expected, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("opset", [13, 18])

@@ -1,14 +1,18 @@
 """Per pass, 4x4 stride-2 padding-1 convolutions (the DCGAN layers) against PyTorch.
 
-One thread, process CPU time, pyconv and PyTorch interleaved in one process, best of
---repeats calls per round, best over --rounds. The forward is conv2d; the input gradient is
-also ConvTranspose2d's forward, the weight gradient also its weight gradient.
+pyconv and PyTorch interleaved in one process, best of --repeats calls per round, best over
+--rounds, each round's calls after 10 ms of untimed ones (pyconv.bench.measure.warm: the other
+library's idle workers have stopped spinning by then). One thread: process CPU time; more:
+wall time (the CPU time of several threads counts their idle spinning). The forward is conv2d;
+the input gradient is also ConvTranspose2d's forward, the weight gradient also its weight
+gradient.
 
     PYTHONPATH=$PWD python benchmarks/stride2_layers.py [--rounds 5]
 """
 import argparse
 import os
 import sys
+import time
 
 # (N, C, H, K): the 64 -> 128 layer on 14x14 of the 28x28 DCGAN (its discriminator's second
 # convolution, its generator's ConvTranspose2d(128, 64) on 7x7), and the 32x32 conditional
@@ -27,7 +31,7 @@ def main():
 
     import pyconv
     from pyconv import _C, _spec, ops
-    from pyconv.bench.measure import best_time
+    from pyconv.bench.measure import best_time, warm
 
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -56,10 +60,13 @@ def main():
         }
         algo = _C.conv2d_algorithm(_spec.conv2d(x, w, None, 2, 1, 1, 1), np.dtype(np.float32))
         for name, (ours, theirs) in passes.items():
+            clock = time.process_time if args.threads == 1 else time.perf_counter
             p = t = float("inf")
             for _ in range(args.rounds):
-                p = min(p, best_time(ours, args.repeats))
-                t = min(t, best_time(theirs, args.repeats))
+                warm(ours)
+                p = min(p, best_time(ours, args.repeats, clock))
+                warm(theirs)
+                t = min(t, best_time(theirs, args.repeats, clock))
             print(f"| {N}x{C}x{H}x{H} -> {K} | {name} | {algo if name == 'forward' else ''} | {p * 1e3:.2f} | "
                   f"{t * 1e3:.2f} | {t / p:.2f} |", flush=True)
 

@@ -35,6 +35,7 @@ def main():
 
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
     print(f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}, best of {args.rounds} rounds x "
           f"{args.repeats}")
@@ -60,7 +61,6 @@ def main():
         }
         algo = _C.conv2d_algorithm(_spec.conv2d(x, w, None, 2, 1, 1, 1), np.dtype(np.float32))
         for name, (ours, theirs) in passes.items():
-            clock = time.process_time if args.threads == 1 else time.perf_counter
             p = t = float("inf")
             for _ in range(args.rounds):
                 warm(ours)

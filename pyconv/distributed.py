@@ -242,8 +242,8 @@ def _install_failure_handler():
         previous(exc_type, exc, tb)
         sys.stderr.flush()
         # MPI_Abort ends every rank at once, and mpiexec drops the output its forwarder has not
-        # read yet (in one loaded CI run it lost all of it): a moment for the forwarder, or, when
-        # the others were told, for them to report the cause first.
+        # read yet (on a loaded machine, all of it): a moment for the forwarder, or, when the
+        # others were told, for them to report the cause first.
         time.sleep(2.0 if _world.failure_notices else 0.5)
         MPI.COMM_WORLD.Abort(1)
 

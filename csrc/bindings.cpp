@@ -98,16 +98,8 @@ int64_t field_of(py::handle geometry, PyObject* name_object, const char* name) {
                              " (fields read by name), got " + std::string(py::str(py::type::of(geometry))) +
                              " without field '" + name + "'");
     }
-    const int64_t v = [&] {
-        try {
-            return integer_field<Shape>(value, name);
-        } catch (...) {
-            Py_DECREF(value);
-            throw;
-        }
-    }();
-    Py_DECREF(value);
-    return v;
+    const py::object owned = py::reinterpret_steal<py::object>(value);  // released on every way out
+    return integer_field<Shape>(value, name);
 }
 
 // Whether `type` is a tuple type (a NamedTuple) whose _fields list Shape's fields in their

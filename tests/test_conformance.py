@@ -1158,6 +1158,11 @@ CASES = {
         "one_class": cross_entropy((4, 1)),
         "no_rows": cross_entropy((0, 3)),
         "threads_split": cpu_path(cross_entropy((3200, 65), weight=True, label_smoothing=0.1)),
+        # rows of <= 64 classes go in blocks of 64 rows along vectors (csrc/elementwise/loss.h):
+        # several blocks, the last one partial, split between threads
+        "narrow_blocks": cpu_path(cross_entropy((4133, 4), weight=True, label_smoothing=0.1, ignore_index=3)),
+        "narrow_widest": cross_entropy((70, 64), label_smoothing=0.2, ignore_index=-100),
+        "narrow_specials": cross_entropy((130, 6), specials=True),
     },
     "cross_entropy_backward": {
         "plain": cross_entropy_backward((8, 5)),
@@ -1168,6 +1173,9 @@ CASES = {
         "batched": cross_entropy_backward((2, 3, 4)),
         "no_rows": cross_entropy_backward((0, 3)),
         "threads_split": cpu_path(cross_entropy_backward((3200, 65), label_smoothing=0.1)),
+        "narrow_blocks": cpu_path(cross_entropy_backward((4133, 4), weight=True, label_smoothing=0.1, ignore_index=3)),
+        "narrow_widest": cross_entropy_backward((70, 15), label_smoothing=0.2, ignore_index=-100),
+        "rows_past_narrow": cross_entropy_backward((70, 16), weight=True, ignore_index=-100),
     },
     "binary_cross_entropy_with_logits": {
         "column": bce_with_logits((64, 1)),

@@ -53,17 +53,36 @@ def test_softplus_is_within_its_stated_error_far_from_zero_too(isa, dtype, bound
     assert ulps(softplus(x), exact, dtype).max() <= bound
 
 
-def test_cross_entropy_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("dtype, bound", [(np.float32, 2.0), (np.float64, 4.0)])
+def test_log_sum_exp_of_rows_is_within_its_stated_error(isa, dtype, bound):
+    """Each row's log-sum-exp m + log(sum exp(x - m)), which cross_entropy returns, in units of
+    the last place of |m| + log(sum): for rows of up to 64 classes the log runs along vectors of
+    rows (vlog_from_one), past that row by row (libm). The entries lie within 2 of their row's
+    maximum, so that the sum is not a rounded 1 + tiny (whose log no formula recovers)."""
+    rng = np.random.default_rng(2)
+    for classes in (1, 3, 5, 16, 64, 65, 300):
+        x = (rng.uniform(-2, 0, (2000, classes)) + rng.normal(0, 50, (2000, 1))).astype(dtype)
+        x[:7] = 0  # sums of exactly `classes` ones
+        _, lse = ops.cross_entropy(x, np.zeros(2000, np.int64), backend="cpu")
+        wide = x.astype(np.longdouble)
+        top = wide.max(axis=1)
+        log_sum = np.log(np.exp(wide - top[:, None]).sum(axis=1))
+        scale = np.spacing((np.abs(top) + log_sum).astype(dtype)).astype(np.longdouble)
+        assert (np.abs(lse - (top + log_sum)) / scale).max() <= bound, classes
+
+
+@pytest.mark.parametrize("rows, classes", [(3200, 65), (5000, 4)])  # row by row; blocks of rows
+def test_cross_entropy_results_do_not_depend_on_the_thread_count(rows, classes):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((3200, 65)).astype(np.float32)
-    t = rng.integers(0, 65, 3200)
+    x = rng.standard_normal((rows, classes)).astype(np.float32)
+    t = rng.integers(0, classes, rows)
     saved = pyconv.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             pyconv.set_num_threads(threads)
             loss, lse = ops.cross_entropy(x, t, label_smoothing=0.1, backend="cpu")
-            grad = ops.cross_entropy_backward(np.ones(3200, np.float32), x, t, lse,
+            grad = ops.cross_entropy_backward(np.ones(rows, np.float32), x, t, lse,
                                               label_smoothing=0.1, backend="cpu")
             results.append((loss, lse, grad))
     finally:

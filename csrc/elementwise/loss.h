@@ -103,13 +103,100 @@ void softmax_backward(int64_t M, int64_t C, const T* grad_y, const T* y, bool lo
     });
 }
 
+// Rows of few classes (a segmentation's pixels: 4 classes, 65536 rows) spend the row-by-row
+// loops' time on each row's scalar log and on loops shorter than a vector. There the rows go in
+// blocks of kNarrowRows, each copied into classes x rows, so that the maximum, the
+// exponentials, their sum and its log run along vectors of rows (vlog_from_one). Each row's sum
+// still runs over its classes in order, in double.
+constexpr int64_t kNarrowClasses = 64, kNarrowRows = 64;
+// The gradient has no log: there the blocks pay only below a vector's worth of classes (2
+// threads, float32, against the row-by-row loops: 65536 x 4 0.37 against 0.72 ms, 65536 x 10
+// 0.63 against 0.75; 4096 x 35 0.22 against 0.09).
+constexpr int64_t kNarrowGradClasses = 15;
+
+// f(i0, n, xt) for each block of n <= kNarrowRows rows from i0, xt[c][r] = x[i0 + r, c] (rows
+// past n zero), on the thread pool once there is enough work.
+template <class T, class Block>
+inline void for_narrow_blocks(int64_t M, int64_t C, const T* x, Block&& block) {
+    const int64_t blocks = (M + kNarrowRows - 1) / kNarrowRows;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(blocks, threads_if(blocks > 1 && M * C >= kParallelRows), [&](int64_t b, int) {
+        const int64_t i0 = b * kNarrowRows, n = std::min(kNarrowRows, M - i0);
+        alignas(64) T xt[kNarrowClasses][kNarrowRows];
+        for (int64_t c = 0; c < C; ++c) {
+            for (int64_t r = 0; r < n; ++r) xt[c][r] = x[(i0 + r) * C + c];
+            for (int64_t r = n; r < kNarrowRows; ++r) xt[c][r] = T(0);
+        }
+        block(i0, n, xt);
+    });
+}
+
+// Each row's maximum m and the log of its sum of exp(x - m), in double, along the block's rows.
+template <class T>
+inline void narrow_log_sum_exp(int64_t C, const T (*xt)[kNarrowRows], T* m, double* log_sum) {
+    alignas(64) double s[kNarrowRows] = {};
+#pragma omp simd
+    for (int64_t r = 0; r < kNarrowRows; ++r) m[r] = xt[0][r];
+    for (int64_t c = 1; c < C; ++c)
+#pragma omp simd
+        for (int64_t r = 0; r < kNarrowRows; ++r) m[r] = xt[c][r] > m[r] ? xt[c][r] : m[r];
+    for (int64_t c = 0; c < C; ++c) {
+        alignas(64) T e[kNarrowRows];
+#pragma omp simd
+        for (int64_t r = 0; r < kNarrowRows; ++r) e[r] = vexp<T>(xt[c][r] - m[r]);
+#pragma omp simd
+        for (int64_t r = 0; r < kNarrowRows; ++r) s[r] += double(e[r]);
+    }
+#pragma omp simd
+    for (int64_t r = 0; r < kNarrowRows; ++r) log_sum[r] = vlog_from_one<double>(s[r]);
+}
+
 // Cross-entropy of each row against its target class (rows whose target is ignore_index, or
 // whose class weight is 0, give 0), with label smoothing eps:
 //   loss = -(1 - eps) w[t] logp[t] - (eps / C) sum_c w[c] logp[c],  logp = x - lse.
 // weight may be nullptr (all ones). lse (M,): each row's log-sum-exp, for the backward.
+// logp[c] = (x[c] - m) - log_sum: the shifted values are <= 0, so their sums do not cancel
+// whatever the logits' offset.
 template <class T>
 void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* target,
                            const T* weight, int64_t ignore_index, double eps, T* loss, T* lse) {
+    double w_sum = double(C);
+    if (weight) {
+        w_sum = 0;
+        for (int64_t c = 0; c < C; ++c) w_sum += double(weight[c]);
+    }
+    if (C > 0 && C <= kNarrowClasses) {
+        for_narrow_blocks(M, C, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
+            alignas(64) T m[kNarrowRows], x_t[kNarrowRows] = {}, out[kNarrowRows];
+            alignas(64) double log_sum[kNarrowRows], row_w[kNarrowRows] = {}, l[kNarrowRows];
+            narrow_log_sum_exp(C, xt, m, log_sum);
+            for (int64_t r = 0; r < n; ++r) {
+                const int64_t t = target[i0 + r];
+                row_w[r] = t == ignore_index ? 0.0 : (weight ? double(weight[t]) : 1.0);
+                if (row_w[r] != 0) x_t[r] = xt[t][r];
+            }
+#pragma omp simd
+            for (int64_t r = 0; r < kNarrowRows; ++r) {
+                out[r] = T(double(m[r]) + log_sum[r]);
+                l[r] = -(1 - eps) * row_w[r] * (double(x_t[r] - m[r]) - log_sum[r]);
+            }
+            std::copy(out, out + n, lse + i0);
+            if (eps != 0) {  // (eps / C) (w_sum log_sum - sum_c w[c] (x[c] - m))
+                alignas(64) double wx[kNarrowRows] = {};
+                for (int64_t c = 0; c < C; ++c) {
+                    const double wc = weight ? double(weight[c]) : 1.0;
+#pragma omp simd
+                    for (int64_t r = 0; r < kNarrowRows; ++r) wx[r] += wc * double(xt[c][r] - m[r]);
+                }
+#pragma omp simd
+                for (int64_t r = 0; r < kNarrowRows; ++r) l[r] += (eps / double(C)) * (w_sum * log_sum[r] - wx[r]);
+            }
+#pragma omp simd
+            for (int64_t r = 0; r < kNarrowRows; ++r) out[r] = row_w[r] == 0 ? T(0) : T(l[r]);
+            std::copy(out, out + n, loss + i0);
+        });
+        return;
+    }
     for_rows(M, C, [&](int64_t i) {
         const T* xr = x + i * C;
         const T m = row_max(xr, C);
@@ -121,21 +208,15 @@ void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* targ
             loss[i] = T(0);
             return;
         }
-        // logp[c] = (x[c] - m) - log_sum: the shifted values are <= 0, so their sums do not
-        // cancel whatever the logits' offset.
         double l = -(1 - eps) * row_w * (double(xr[t] - m) - log_sum);
         if (eps != 0) {
-            double wx = 0, w_sum = 0;
+            double wx = 0;
             if (weight) {
-#pragma omp simd reduction(+ : wx, w_sum)
-                for (int64_t c = 0; c < C; ++c) {
-                    wx += double(weight[c]) * double(xr[c] - m);
-                    w_sum += double(weight[c]);
-                }
+#pragma omp simd reduction(+ : wx)
+                for (int64_t c = 0; c < C; ++c) wx += double(weight[c]) * double(xr[c] - m);
             } else {
 #pragma omp simd reduction(+ : wx)
                 for (int64_t c = 0; c < C; ++c) wx += double(xr[c] - m);
-                w_sum = double(C);
             }
             l += (eps / double(C)) * (w_sum * log_sum - wx);
         }
@@ -155,6 +236,42 @@ void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x
         w_sum = 0;
         for (int64_t c = 0; c < C; ++c) w_sum += double(weight[c]);
     }
+    const double smooth = eps / double(C);
+    if (C > 0 && C <= kNarrowGradClasses) {  // along vectors of rows, as cross_entropy_forward
+        for_narrow_blocks(M, C, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
+            // Per row: the target t (-1 where the row gives no loss), -g A, g eps / C, and what
+            // the target's class subtracts, g (1 - eps) w[t].
+            alignas(64) T l[kNarrowRows] = {}, g[kNarrowRows] = {}, minus_gA[kNarrowRows], gs[kNarrowRows],
+                at_target[kNarrowRows];
+            alignas(64) double row_w[kNarrowRows] = {};
+            alignas(64) int64_t t[kNarrowRows];
+            std::fill(t, t + kNarrowRows, int64_t(-1));
+            for (int64_t r = 0; r < n; ++r) {
+                const int64_t tr = target[i0 + r];
+                row_w[r] = tr == ignore_index ? 0.0 : (weight ? double(weight[tr]) : 1.0);
+                t[r] = row_w[r] == 0 ? -1 : tr;
+            }
+            std::copy(lse + i0, lse + i0 + n, l);
+            std::copy(grad_loss + i0, grad_loss + i0 + n, g);
+#pragma omp simd
+            for (int64_t r = 0; r < kNarrowRows; ++r) {
+                minus_gA[r] = T(double(g[r]) * ((1 - eps) * row_w[r] + smooth * w_sum));
+                gs[r] = T(double(g[r]) * smooth);
+                at_target[r] = T(double(g[r]) * (1 - eps) * row_w[r]);
+            }
+            alignas(64) T gt[kNarrowRows];
+            for (int64_t c = 0; c < C; ++c) {
+                const T wc = smooth != 0 && weight ? weight[c] : T(1);
+#pragma omp simd
+                for (int64_t r = 0; r < kNarrowRows; ++r) {
+                    const T v = (vexp<T>(xt[c][r] - l[r]) * minus_gA[r] - gs[r] * wc) - (t[r] == c ? at_target[r] : T(0));
+                    gt[r] = t[r] < 0 ? T(0) : v;
+                }
+                for (int64_t r = 0; r < n; ++r) grad_x[(i0 + r) * C + c] = gt[r];
+            }
+        });
+        return;
+    }
     for_rows(M, C, [&](int64_t i) {
         const T* xr = x + i * C;
         T* gx = grad_x + i * C;
@@ -165,7 +282,6 @@ void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x
             return;
         }
         const double g = double(grad_loss[i]);
-        const double smooth = eps / double(C);
         const T minus_gA = T(g * ((1 - eps) * row_w + smooth * w_sum));  // -g A
         const T l = lse[i];
         if (smooth != 0 && weight) {

@@ -61,5 +61,20 @@ inline T vlog1p(T u) {
     return k * FloatBits<T>::ln2_hi + (log_m + k * FloatBits<T>::ln2_lo) + c / y;
 }
 
+// log(y) for finite y >= 1 (a row's sum of exponentials whose largest term is 1): y = 2^k f
+// with f in [1, 2) taken from the bits, log(y) = k ln2 + log1p(f - 1), f - 1 exact. NaN stays
+// NaN through the added y - y (0 otherwise), which the vectoriser takes where it refuses a
+// select.
+template <class T>
+inline T vlog_from_one(T y) {
+    using B = FloatBits<T>;
+    using I = typename B::Int;
+    const I bits = same_bits<I>(y);
+    const T k = T((bits >> B::mantissa) - B::bias);
+    const T f = same_bits<T>(I((bits & ((I(1) << B::mantissa) - 1)) | (I(B::bias) << B::mantissa)));
+    const T log_y = k * B::ln2_hi + (vlog1p<T>(f - T(1)) + k * B::ln2_lo);
+    return log_y + (y - y);
+}
+
 }  // namespace PYCONV_ISA
 }  // namespace pyconv

@@ -110,8 +110,8 @@ void softmax_backward(int64_t M, int64_t C, const T* grad_y, const T* y, bool lo
 // still runs over its classes in order, in double.
 constexpr int64_t kNarrowClasses = 64, kNarrowRows = 64;
 // The gradient has no log: there the blocks pay only below a vector's worth of classes (2
-// threads, float32, against the row-by-row loops: 65536 x 4 0.37 against 0.72 ms, 65536 x 10
-// 0.63 against 0.75; 4096 x 35 0.22 against 0.09).
+// threads, float32, against the row-by-row loops: 65536 x 4 0.33 against 0.73 ms, 65536 x 10
+// 0.55-0.65 against 0.76; 32768 x 16 0.42 against 0.33, 4096 x 35 0.13 against 0.09).
 constexpr int64_t kNarrowGradClasses = 15;
 
 // f(i0, n, xt) for each block of n <= kNarrowRows rows from i0, xt[c][r] = x[i0 + r, c] (rows

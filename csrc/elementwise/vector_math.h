@@ -1,6 +1,6 @@
-// exp and log1p written for loops that vectorise (`#pragma omp simd`): no calls, no branches,
-// only arithmetic, selects and integer bit operations, so every ISA build turns them into
-// vector code (libm's exp/log1p are scalar calls that stop the vectoriser).
+// exp, log1p and log (of y >= 1) written for loops that vectorise (`#pragma omp simd`): no
+// calls, no branches, only arithmetic, selects and integer bit operations, so the ISA builds
+// can turn them into vector code (libm's exp/log1p are scalar calls that stop the vectoriser).
 //
 // exp is common/simd.h's exponential on the scalar shape, over the full range: 0 below the
 // underflow point, inf above the overflow point, NaN for NaN.

@@ -35,10 +35,8 @@ def main():
 
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    cases = {name: models._model_case(name, build, shape, loss) for name, build, shape, loss in models._MODELS}
-    cases.update({entry[0]: models._zoo_case(*entry) for entry in models._ZOO})
-    name, case = next((n, c) for n, c in cases.items() if args.model in n)
-    steps = case.make(np.random.default_rng(0))
+    case = next(c for c in models.model_cases(layers=False) if args.model in c.name)
+    name, steps = case.name, case.make(np.random.default_rng(0))
 
     calls = collections.defaultdict(lambda: [0, 0.0])  # (kernel, shapes) -> [calls, seconds]
 

@@ -151,6 +151,15 @@ inline void narrow_log_sum_exp(int64_t C, const T (*xt)[kNarrowRows], T* m, doub
     for (int64_t r = 0; r < kNarrowRows; ++r) log_sum[r] = vlog_from_one<double>(s[r]);
 }
 
+// The class weights' sum, in order (C where weight is nullptr: all ones).
+template <class T>
+inline double class_weight_sum(int64_t C, const T* weight) {
+    if (!weight) return double(C);
+    double sum = 0;
+    for (int64_t c = 0; c < C; ++c) sum += double(weight[c]);
+    return sum;
+}
+
 // Cross-entropy of each row against its target class (rows whose target is ignore_index, or
 // whose class weight is 0, give 0), with label smoothing eps:
 //   loss = -(1 - eps) w[t] logp[t] - (eps / C) sum_c w[c] logp[c],  logp = x - lse.
@@ -160,11 +169,7 @@ inline void narrow_log_sum_exp(int64_t C, const T (*xt)[kNarrowRows], T* m, doub
 template <class T>
 void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* target,
                            const T* weight, int64_t ignore_index, double eps, T* loss, T* lse) {
-    double w_sum = double(C);
-    if (weight) {
-        w_sum = 0;
-        for (int64_t c = 0; c < C; ++c) w_sum += double(weight[c]);
-    }
+    const double w_sum = class_weight_sum(C, weight);
     if (C > 0 && C <= kNarrowClasses) {
         for_narrow_blocks(M, C, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
             alignas(64) T m[kNarrowRows], x_t[kNarrowRows] = {}, out[kNarrowRows];
@@ -231,11 +236,7 @@ template <class T>
 void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x,
                             const int64_t* target, const T* weight, const T* lse,
                             int64_t ignore_index, double eps, T* grad_x) {
-    double w_sum = double(C);
-    if (weight) {
-        w_sum = 0;
-        for (int64_t c = 0; c < C; ++c) w_sum += double(weight[c]);
-    }
+    const double w_sum = class_weight_sum(C, weight);
     const double smooth = eps / double(C);
     if (C > 0 && C <= kNarrowGradClasses) {  // along vectors of rows, as cross_entropy_forward
         for_narrow_blocks(M, C, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {

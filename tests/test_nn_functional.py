@@ -320,6 +320,18 @@ def test_lstm_sequence_matches_torch():
 
 
 @needs_torch
+def test_rnn_cell_biases_get_gradients_of_their_own():
+    # One array handed to both biases would let an in-place update of one change the other.
+    rng = np.random.default_rng(0)
+    x, w_ih, w_hh = (Tensor(rng.standard_normal(s)) for s in ((2, 3), (4, 3), (4, 4)))
+    b_ih, b_hh = (Tensor(rng.standard_normal(4), requires_grad=True) for _ in range(2))
+    F.rnn_cell(x, None, w_ih, w_hh, b_ih, b_hh).sum().backward()
+    np.testing.assert_array_equal(b_ih.grad, b_hh.grad)
+    before = b_hh.grad.copy()
+    b_ih.grad += 1
+    np.testing.assert_array_equal(b_hh.grad, before)
+
+
 def test_batch_norm_running_stats_match_torch():
     x = np.random.default_rng(0).standard_normal((6, 3, 2, 2))
     rm, rv = np.zeros(3), np.ones(3)
@@ -409,6 +421,11 @@ def test_sigmoid_and_bce_with_logits_are_stable_for_large_inputs():
     (lambda: F.gram_matrix(rand((2, 3))), ValueError, r"\(N, C, H, W\)"),
     (lambda: F.contrastive_loss(rand((2, 3)), rand((2, 3)), np.ones(3)), ValueError, r"same must have shape \(2,\)"),
     (lambda: F.rnn_cell(rand((2, 3)), None, rand((4, 3)), rand((4, 4)), nonlinearity="gelu"), ValueError, "nonlinearity"),
+    (lambda: F.rnn_cell(rand((2, 3)), None, rand((4, 2)), rand((4, 4))), ValueError, r"rnn_cell: x of shape \(2, 3\)"),
+    (lambda: F.rnn_cell(rand((2, 3)), None, rand((4, 3)), rand((4, 3))), ValueError, r"rnn_cell: w_hh must have shape \(4, 4\)"),
+    (lambda: F.rnn_cell(rand((2, 3)), rand((3, 4)), rand((4, 3)), rand((4, 4))), ValueError, r"rnn_cell: h must have shape \(2, 4\)"),
+    (lambda: F.rnn_cell(rand((3,)), rand((2, 4)), rand((4, 3)), rand((4, 4))), ValueError, r"rnn_cell: h must have shape \(4,\)"),
+    (lambda: F.rnn_cell(rand((2, 3)), None, rand((4, 3)), rand((4, 4)), None, rand((3,))), ValueError, r"rnn_cell: b_hh must have shape \(4,\)"),
 ])
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):

@@ -147,6 +147,8 @@ TORCH_PAIRS = {
     "ConvTranspose2d_unbatched": (lambda: nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1),
                                   lambda: torch.nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1), (3, 3, 3)),
     "LSTMCell_unbatched": (lambda: nn.LSTMCell(3, 4), lambda: torch.nn.LSTMCell(3, 4), (3,)),
+    "RNNCell_relu_unbatched": (lambda: nn.RNNCell(3, 4, nonlinearity="relu"),
+                               lambda: torch.nn.RNNCell(3, 4, nonlinearity="relu"), (3,)),
     "LSTM_unbatched": (lambda: nn.LSTM(3, 4, num_layers=2, batch_first=True),
                        lambda: torch.nn.LSTM(3, 4, num_layers=2, batch_first=True), (5, 3)),
     "ResidualBlock": (lambda: nn.ResidualBlock(2, 3, stride=2), lambda: TorchBasicBlock(2, 3, 2), (2, 2, 5, 5)),

@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 import inspect
 
+import numpy as np
+
 from . import _spec
 from .backends import LstmSaved as _LstmSaved
 from .backends import resolve as _resolve
@@ -50,16 +52,30 @@ def _run(kernel: str, op: str, backend, arrays, *params):
     """Runs `kernel` of the chosen backend on C-contiguous copies (where needed) of `arrays`."""
     be = _resolve(backend, arrays, op)
     fn = be.kernel(kernel)
-    if be.array_kind == "cupy":
-        import cupy as xp
-    else:
-        import numpy as xp
+    xp = np if be.array_kind == "numpy" else _cupy()
     arrays = [None if a is None else xp.ascontiguousarray(a) for a in arrays]
     try:
         return fn(*arrays, *params)
     except MemoryError as e:
         # The spec bounds every output; what is left is a machine without that much memory.
         raise MemoryError(f"{op}: not enough memory on backend {be.name!r}: {e}") from e
+
+
+def _cupy():
+    import cupy  # only where CuPy arrays are used: importing it takes seconds
+
+    return cupy
+
+
+# Argument types that are never another library's array: the check below skips them at once.
+_NATIVE_TYPES = frozenset({np.ndarray, bool, int, float, str, tuple, list, type(None)})
+
+
+def _any_foreign(values):
+    for v in values:
+        if type(v) not in _NATIVE_TYPES and _spec.is_foreign_array(v):
+            return True
+    return False
 
 
 def _takes_dlpack(op):
@@ -70,7 +86,7 @@ def _takes_dlpack(op):
 
     @functools.wraps(op)
     def taking_dlpack(*args, **kwargs):
-        if any(map(_spec.is_foreign_array, args)) or any(map(_spec.is_foreign_array, kwargs.values())):
+        if _any_foreign(args) or (kwargs and _any_foreign(kwargs.values())):
             # Positional arguments beyond the signature pass through, for the call to refuse.
             args = tuple(_spec.from_dlpack(op.__name__, name, value)
                          for name, value in zip(names, args)) + args[len(names):]
@@ -374,10 +390,7 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, 
 def _zeros_like_if_none(g, like, shape):
     if g is not None:
         return g
-    if _spec.array_kind(like) == "cupy":
-        import cupy as xp
-    else:
-        import numpy as xp
+    xp = _cupy() if _spec.array_kind(like) == "cupy" else np
     return xp.zeros(shape, like.dtype)
 
 
@@ -811,10 +824,7 @@ def _run_in_place(kernel, backend, lists, *params):
     are contiguous and writable)."""
     flat = [a for arrays in lists if arrays is not None for a in arrays]
     be = _resolve(backend, flat, kernel)
-    if be.array_kind == "cupy":
-        import cupy as xp
-    else:
-        import numpy as xp
+    xp = np if be.array_kind == "numpy" else _cupy()
     lists = list(lists)
     lists[1] = [xp.ascontiguousarray(g) for g in lists[1]]
     be.kernel(kernel)(*[None if arrays is None else list(arrays) for arrays in lists], *params)

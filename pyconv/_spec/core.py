@@ -10,9 +10,12 @@ from typing import NamedTuple
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 # Bound on integer arguments and derived extents (see "Ranges" above).
 SIZE_LIMIT = 2**62
+# Fewer elements than this take fewer than SIZE_LIMIT bytes at any dtype's size (16 at most).
+_SURELY_ALLOCATABLE = SIZE_LIMIT // 16
 # NMS ranks boxes with 32-bit positions on some backends.
 MAX_BOXES = 2**31 - 1
 
@@ -171,7 +174,7 @@ def check_array(op, name, a, ndim=None, *, allow_none=False):
         if allow_none:
             return
         raise TypeError(f"{op}: {name} must be an array, got None")
-    if not isinstance(a, ShapeDtype):
+    if type(a) is not np.ndarray and not isinstance(a, ShapeDtype):
         try:
             array_kind(a)
         except TypeError:
@@ -217,11 +220,14 @@ def check_float_dtypes(op, **arrays):
     for name, a in arrays.items():
         if a is None:
             continue
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} must be float32 or float64, got {a.dtype}")
+        d = a.dtype
+        if d is dtype:  # the common case: the dtype of the first, the same object
+            continue
+        if d not in _FLOAT_DTYPE_SET:
+            raise TypeError(f"{op}: {name} must be float32 or float64, got {d}")
         if dtype is None:
-            dtype, first = a.dtype, name
-        elif a.dtype != dtype:
+            dtype, first = d, name
+        elif d != dtype:
             raise TypeError(
                 f"{op}: dtypes differ: {first} is {dtype} but {name} is {a.dtype} "
                 "(convert explicitly; pyconv does not mix precisions)"
@@ -258,7 +264,10 @@ def check_extent(op, what, value, context=""):
 
 def check_allocatable(op, what, shape, dtype):
     """An output of this shape and dtype must be addressable: fewer than 2**62 bytes."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    elements = math.prod(shape)
+    if elements < _SURELY_ALLOCATABLE:  # the common case, without making a dtype object
+        return
+    nbytes = elements * np.dtype(dtype).itemsize
     if nbytes >= SIZE_LIMIT:
         raise ValueError(
             f"{op}: the {what} of shape {tuple(shape)} and dtype {np.dtype(dtype)} would take "

@@ -7,6 +7,8 @@ from .core import check_allocatable, check_array, check_float_dtypes, shape_of
 
 
 def _flag(op, name, v):
+    if v is True or v is False:
+        return v
     if not isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be a bool, got {type(v).__name__} {v!r}")
     return bool(v)

@@ -35,6 +35,8 @@ GRAD_CASES = {
     "matmul_vec_mat": (lambda a, b: a @ b, [(4,), (4, 3)]),
     "matmul_mat_vec": (lambda a, b: a @ b, [(3, 4), (4,)]),
     "matmul_vec_vec": (lambda a, b: a @ b, [(4,), (4,)]),
+    "matmul_transposed_views": (lambda a, b: a.T @ b.T, [(4, 3), (2, 4)]),
+    "matmul_row_times_matrix": (lambda a, b: a @ b[::2], [(1, 3), (6, 2)]),
     "sum_all": (lambda a: a.sum(), [(3, 4)]),
     "sum_axis": (lambda a: a.sum(axis=(0, 2)), [(2, 3, 4)]),
     "sum_keepdims": (lambda a: a.sum(axis=1, keepdims=True) * a, [(2, 3)]),
@@ -62,6 +64,28 @@ def test_gradcheck_primitives(name):
     fn, shapes = GRAD_CASES[name]
     inputs = [t(s, seed=i) for i, s in enumerate(shapes)]
     assert gradcheck(fn, inputs)
+
+
+def test_matrix_products_run_on_the_matmul_kernel(monkeypatch):
+    # Two float matrices go to ops.matmul (pyconv's GEMM on its own threads), a transposed
+    # view as its contiguous base with the flag flipped; anything else stays with NumPy.
+    import pyconv.ops
+    calls, kernel = [], pyconv.ops.matmul
+    monkeypatch.setattr(pyconv.ops, "matmul", lambda a, b, ta, tb: calls.append((a, b, ta, tb)) or kernel(a, b, ta, tb))
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    a, b = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    y = a @ b.T
+    np.testing.assert_allclose(y.data, x @ w.T, rtol=1e-6)
+    (a0, b0, ta, tb), = calls
+    assert np.shares_memory(a0, x) and np.shares_memory(b0, w) and (ta, tb) == (False, True)  # no copies
+    y.sum().backward()
+    assert len(calls) == 3
+    np.testing.assert_allclose(a.grad, np.ones((5, 4), np.float32) @ w, rtol=1e-6)
+    np.testing.assert_allclose(b.grad, (x.T @ np.ones((5, 4), np.float32)).T, rtol=1e-6)
+    Tensor(np.ones((2, 3), np.int64)) @ Tensor(np.ones((3, 2), np.int64))  # integers: NumPy's product
+    Tensor(np.ones((2, 5, 3), np.float32)) @ Tensor(w.T.copy())  # batched: NumPy's product
+    assert len(calls) == 3
 
 
 # --- the graph

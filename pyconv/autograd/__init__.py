@@ -15,10 +15,10 @@ parts; at load time each imports only the ones listed before it:
 Layers (convolutions, pooling, LSTM, losses) are Functions in :mod:`pyconv.nn.functional`;
 :func:`pyconv.testing.gradcheck` checks any of them against finite differences.
 """
-from .functions import Function, broadcast_to, concatenate, scatter_add, stack, unbroadcast
+from .functions import Function, broadcast_to, concatenate, matrix_product, scatter_add, stack, unbroadcast
 from .tensor import Tensor, array_module, enable_grad, is_grad_enabled, no_grad
 
 __all__ = [
     "Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "array_module",
-    "broadcast_to", "concatenate", "stack", "unbroadcast", "scatter_add",
+    "broadcast_to", "concatenate", "stack", "unbroadcast", "scatter_add", "matrix_product",
 ]

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
+from .._spec import FLOAT_DTYPES
 from .tensor import Tensor, _axes, _move, array_module, is_grad_enabled
 
-__all__ = ["Function", "concatenate", "stack", "unbroadcast", "scatter_add"]
+__all__ = ["Function", "concatenate", "stack", "unbroadcast", "scatter_add", "matrix_product"]
 
 
 class Function:
@@ -250,12 +252,29 @@ class Clip(Function):
         return g * inside
 
 
+def matrix_product(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) of two matrices, ``op(m)`` being ``m.T`` where its flag is set, on the
+    selected backend's matmul kernel (on the cpu backend pyconv's packed GEMM, on pyconv's
+    threads: NumPy's BLAS would bring a thread pool of its own, which fights pyconv's for the
+    cores between layers). A transposed view is handed over as its C-contiguous base with the
+    flag flipped, so it is not copied. Mixed or non-float dtypes go to NumPy (or CuPy)."""
+    if a.dtype == b.dtype and a.dtype in FLOAT_DTYPES:
+        if not a.flags.c_contiguous and a.T.flags.c_contiguous:
+            a, trans_a = a.T, not trans_a
+        if not b.flags.c_contiguous and b.T.flags.c_contiguous:
+            b, trans_b = b.T, not trans_b
+        return ops.matmul(a, b, trans_a, trans_b)
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
 class MatMul(Function):
     """``a @ b`` with NumPy's rules: 1-D operands are promoted and the added axis dropped,
-    leading (batch) axes broadcast."""
+    leading (batch) axes broadcast. Two matrices go to the matmul kernel (matrix_product)."""
 
     def forward(self, a, b):
         self.a, self.b = a, b
+        if a.ndim == 2 and b.ndim == 2:
+            return matrix_product(a, b)
         return a @ b
 
     def backward(self, g):
@@ -268,6 +287,12 @@ class MatMul(Function):
         if b.ndim == 1:
             g = g[..., None]
         ga = gb = None
+        if a.ndim == 2 and b.ndim == 2:
+            if self.needs_input_grad[0]:
+                ga = matrix_product(g, b, trans_b=True)
+            if self.needs_input_grad[1]:
+                gb = matrix_product(a, g, trans_a=True)
+            return ga, gb
         if self.needs_input_grad[0]:
             ga = unbroadcast(g @ b2.swapaxes(-1, -2), a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:

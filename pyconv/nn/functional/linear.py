@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import ops
-from ..._spec import FLOAT_DTYPES
 from ...autograd import Function, Tensor, array_module, scatter_add
+from ...autograd import matrix_product as _product
 from ._util import _data, _tensor
 
 __all__ = ["linear", "embedding", "flatten"]
-
-
-def _product(a, b, trans_a=False, trans_b=False):
-    """op(a) @ op(b) on the selected backend's matmul kernel (on the cpu backend pyconv's packed
-    GEMM, on pyconv's threads: NumPy's BLAS would bring a thread pool of its own, which fights
-    pyconv's for the cores between layers); in NumPy for what the kernels do not take (mixed or
-    non-float dtypes)."""
-    if a.dtype == b.dtype and a.dtype in FLOAT_DTYPES:
-        return ops.matmul(a, b, trans_a, trans_b)
-    return (a.T if trans_a else a) @ (b.T if trans_b else b)
 
 
 class _Linear(Function):

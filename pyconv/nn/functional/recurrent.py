@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ... import ops
 from ...autograd import Function, Tensor, array_module
+from ...autograd import matrix_product as _product
 from ._util import _data
-from .linear import _product
 
 __all__ = ["lstm", "lstm_cell", "rnn_cell"]
 

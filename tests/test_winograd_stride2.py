@@ -1,6 +1,7 @@
 """Winograd F(4x4, 2x2) over the four stride phases for 4x4 stride-2 convolutions on the cpu
 backend (csrc/conv/winograd_phases.h): forward (with the Add/ReLU epilogue), input gradient
-(ConvTranspose2d's forward) and weight gradient against the float64 reference, on every ISA
+(ConvTranspose2d's forward) and weight gradient (F(7x7, 2x2) for the shapes of F7_SHAPES)
+against the float64 reference, on every ISA
 variant this CPU runs, float32 and float64, ragged batches, channels and image sizes, padding
 0-2; the same bits at 1-3 threads; the error bound; the routing and refusals.
 
@@ -39,6 +40,14 @@ SHAPES = [
     (1, 3, 4, 4, 2, 0),
     (5, 24, 30, 22, 40, 1),
 ]
+# Weight gradients that go by F(7x7, 2x2) (winograd_phases.h, by_7x7_tiles): 7x7 outputs over
+# 40 images, 14x13 over 10 (a ragged last tile column), the 28x28 DCGAN's layer at batch 36.
+F7_SHAPES = [
+    (40, 8, 14, 14, 12, 1),
+    (10, 6, 28, 27, 10, 1),
+    (36, 64, 14, 14, 128, 1),
+]
+SHAPES += F7_SHAPES
 IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
@@ -119,7 +128,8 @@ def test_epilogue_applied_as_it_stores(isa, relu):
     assert _error(y, exact, 16 * 32, np.float32) < FORWARD_BOUND
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[4], SHAPES[8]], ids=[IDS[0], IDS[4], IDS[8]])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[4], SHAPES[8], F7_SHAPES[1]],
+                         ids=[IDS[0], IDS[4], IDS[8], "x".join(map(str, F7_SHAPES[1]))])
 def test_same_bits_at_every_thread_count(shape):
     x, w, b, gy = _data(shape, np.float32, 4)
     pad = shape[-1]

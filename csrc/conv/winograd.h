@@ -132,12 +132,14 @@ static inline __attribute__((always_inline)) void filter_1d(V w0, V w1, V w2, V*
     o[5 * ostep] = w2;
 }
 
-// A transform set: F(4x4, R x R) with its alpha x alpha windows (alpha = 4 + R - 1) and
-// points = alpha^2 transform-domain positions, and its 1-D transforms: input (B^T), output
-// (A^T), filter (G, from R values, in double), filter_grad (G^T, to R values, in double) and
-// output_grad (A, from an output tile's 4 values). Every function below takes one as F.
+// A transform set: F(m x m, R x R) with m = tile outputs per side, its alpha x alpha windows
+// (alpha = m + R - 1) and points = alpha^2 transform-domain positions, and its 1-D transforms:
+// input (B^T), output (A^T), filter (G, from R values, in double), filter_grad (G^T, to R
+// values, in double) and output_grad (A, from an output tile's m values). Every function below
+// takes one as F; the tile-by-tile layout of this file (transform_input, transform_output)
+// handles tile = 4 only, the images-in-lanes layout of conv/winograd_phases.h any tile.
 struct F4x3 {
-    static constexpr int R = 3, alpha = 6, points = 36;
+    static constexpr int tile = 4, R = 3, alpha = 6, points = 36;
     template <class V>
     static inline __attribute__((always_inline)) void input(const V* x, int step, V* o, int ostep) {
         input_1d(x, step, o, ostep);
@@ -171,7 +173,7 @@ struct F4x3 {
 // largest error relative to the output's largest magnitude was 7.5e-6 against 2.1e-5 (means
 // both 2.1e-6); 0, 1, -1, -2 measured 8.4e-6.
 struct F4x2 {
-    static constexpr int R = 2, alpha = 5, points = 25;
+    static constexpr int tile = 4, R = 2, alpha = 5, points = 25;
     template <class V>
     static inline __attribute__((always_inline)) void input(const V* x, int step, V* o, int ostep) {
         const V x0 = x[0], x1 = x[step], x2 = x[2 * step], x3 = x[3 * step], x4 = x[4 * step];
@@ -217,6 +219,89 @@ struct F4x2 {
         o[2 * ostep] = p02 - p13;
         o[3 * ostep] = g0 + g1 * 2 + g2 * 4 + g3 * 8;
         o[4 * ostep] = g3;
+    }
+};
+
+// F(7x7, 2x2), for the weight gradient of 4x4 stride-2 convolutions whose phase planes are 7
+// (or 14) wide (conv/winograd_phases.h, by_7x7_tiles): one 8x8 window per 7x7 tile, 64 products where F(4x4, 2x2) needs 100 for the four
+// tiles that cover 7x7 (8x8). Toom-Cook on the points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity
+// (the points of the usual F(6x6, 3x3)):
+//   A^T[i] = (0^i, 1, (-1)^i, 2^i, (-2)^i, 2^-i, (-2)^-i, [i = 6])        i < 7
+//   G      = [1 0; -2/9 -2/9; -2/9 2/9; 1/90 1/45; 1/90 -1/45; 32/45 16/45; 32/45 -16/45; 0 1]
+//   B^T    = [1 0 -21/4 0 21/4 0 -1 0; 0 1 1 -17/4 -17/4 1 1 0; 0 -1 1 17/4 -17/4 -1 1 0;
+//             0 1/2 1/4 -5/2 -5/4 2 1 0; 0 -1/2 1/4 5/2 -5/4 -2 1 0; 0 2 4 -5/2 -5 1/2 1 0;
+//             0 -2 4 5/2 -5 -1/2 1 0; 0 -1 0 21/4 0 -21/4 0 1]
+// Its float32 error is about 5x F(4x4, 2x2)'s (simulated on 8x8 windows of 256 channels, 100
+// draws: the largest error relative to the output's largest magnitude 3.4e-5 against 6.9e-6,
+// means 1.2e-5 against 2.2e-6; F(4x4, 3x3) 1.9e-5 and 4.6e-6); scaling B^T's rows against G's
+// moved it by less than a third. The coefficients of the data's transforms are exact in float32.
+struct F7x2 {
+    static constexpr int tile = 7, R = 2, alpha = 8, points = 64;
+    template <class V>
+    static inline __attribute__((always_inline)) void input(const V* x, int step, V* o, int ostep) {
+        const V x0 = x[0], x1 = x[step], x2 = x[2 * step], x3 = x[3 * step], x4 = x[4 * step], x5 = x[5 * step],
+                x6 = x[6 * step], x7 = x[7 * step];
+        const V a1 = x2 + x6 - x4 * 4.25f, b1 = x1 + x5 - x3 * 4.25f;
+        const V a2 = x2 * 0.25f - x4 * 1.25f + x6, b2 = x1 * 0.5f - x3 * 2.5f + x5 * 2;
+        const V a3 = x2 * 4 - x4 * 5 + x6, b3 = x1 * 2 - x3 * 2.5f + x5 * 0.5f;
+        o[0] = x0 - x6 + (x4 - x2) * 5.25f;
+        o[ostep] = a1 + b1;
+        o[2 * ostep] = a1 - b1;
+        o[3 * ostep] = a2 + b2;
+        o[4 * ostep] = a2 - b2;
+        o[5 * ostep] = a3 + b3;
+        o[6 * ostep] = a3 - b3;
+        o[7 * ostep] = x7 - x1 + (x3 - x5) * 5.25f;
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void output(const V* m, int step, V* o, int ostep) {
+        const V m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step], m5 = m[5 * step], m6 = m[6 * step];
+        const V s1 = m1 + m2, d1 = m1 - m2, s2 = m3 + m4, d2 = m3 - m4, s3 = m5 + m6, d3 = m5 - m6;
+        o[0] = m[0] + s1 + s2 + s3;
+        o[ostep] = d1 + d2 * 2 + d3 * 0.5f;
+        o[2 * ostep] = s1 + s2 * 4 + s3 * 0.25f;
+        o[3 * ostep] = d1 + d2 * 8 + d3 * 0.125f;
+        o[4 * ostep] = s1 + s2 * 16 + s3 * 0.0625f;
+        o[5 * ostep] = d1 + d2 * 32 + d3 * 0.03125f;
+        o[6 * ostep] = s1 + s2 * 64 + s3 * 0.015625f + m[7 * step];
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void filter(const V* w, int step, V* o, int ostep) {
+        constexpr double two_ninths = 2.0 / 9, ninetieth = 1.0 / 90, sixteen_45ths = 16.0 / 45;
+        const V w0 = w[0], w1 = w[step];
+        o[0] = w0;
+        o[ostep] = -(w0 + w1) * two_ninths;
+        o[2 * ostep] = (w1 - w0) * two_ninths;
+        o[3 * ostep] = (w0 + w1 * 2) * ninetieth;
+        o[4 * ostep] = (w0 - w1 * 2) * ninetieth;
+        o[5 * ostep] = (w0 * 2 + w1) * sixteen_45ths;
+        o[6 * ostep] = (w0 * 2 - w1) * sixteen_45ths;
+        o[7 * ostep] = w1;
+    }
+    template <class V>
+    static inline __attribute__((always_inline)) void filter_grad(const V* m, int step, V* o, int ostep) {
+        constexpr double two_ninths = 2.0 / 9, ninetieth = 1.0 / 90, sixteen_45ths = 16.0 / 45;
+        const V m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step], m5 = m[5 * step], m6 = m[6 * step];
+        o[0] = m[0] - (m1 + m2) * two_ninths + (m3 + m4) * ninetieth + (m5 + m6) * (2 * sixteen_45ths);
+        o[ostep] = (m2 - m1) * two_ninths + (m3 - m4) * (2 * ninetieth) + (m5 - m6) * sixteen_45ths + m[7 * step];
+    }
+    // A applied to a tile row's 7 values: the values of the polynomial g0 + g1 t + ... + g6 t^6
+    // at the points (even and odd parts shared by +-p), and g6 for infinity.
+    template <class V>
+    static inline __attribute__((always_inline)) void output_grad(const V* x, int step, V* o, int ostep) {
+        const V g0 = x[0], g1 = x[step], g2 = x[2 * step], g3 = x[3 * step], g4 = x[4 * step], g5 = x[5 * step],
+                g6 = x[6 * step];
+        const V e1 = g0 + g2 + g4 + g6, o1 = g1 + g3 + g5;
+        const V e2 = g0 + g2 * 4 + g4 * 16 + g6 * 64, o2 = g1 * 2 + g3 * 8 + g5 * 32;
+        const V eh = g0 + g2 * 0.25f + g4 * 0.0625f + g6 * 0.015625f, oh = g1 * 0.5f + g3 * 0.125f + g5 * 0.03125f;
+        o[0] = g0;
+        o[ostep] = e1 + o1;
+        o[2 * ostep] = e1 - o1;
+        o[3 * ostep] = e2 + o2;
+        o[4 * ostep] = e2 - o2;
+        o[5 * ostep] = eh + oh;
+        o[6 * ostep] = eh - oh;
+        o[7 * ostep] = g6;
     }
 };
 
@@ -328,8 +413,8 @@ struct Tiling {
     template <class T, class F>
     static Tiling of(const ConvShape& g) {
         Tiling t;
-        t.rows = (g.Ho + kTile - 1) / kTile;
-        t.cols = (g.Wo + kTile - 1) / kTile;
+        t.rows = (g.Ho + F::tile - 1) / F::tile;
+        t.cols = (g.Wo + F::tile - 1) / F::tile;
         t.total = checked_mul(checked_mul(g.N, t.rows), t.cols);
         constexpr int64_t NR = gemm_nr<T>();
         // V and M of a block (36 (C + K) tiles elements) within about 1 MiB, in whole panels,
@@ -357,7 +442,8 @@ struct Tiling {
         constexpr int64_t NR = gemm_nr<T>(), L = Simd<T>::lanes;
         const int64_t vectors = (t.total + L - 1) / L;
         if (t.total >= 8 * NR) return t;  // of() made 8 or more blocks
-        for (int64_t per_block = NR / L; per_block >= 1; --per_block)
+        int64_t most = NR / L;
+        for (int64_t per_block = most; per_block >= 1; --per_block)
             if (vectors % per_block == 0 && (vectors / per_block) % 2 == 0) {
                 t.block = per_block * L;
                 t.blocks = vectors / per_block;
@@ -478,6 +564,7 @@ template <class T, class F, class Transform = InputTransform<F>>
 void transform_input(const ConvShape& g, const Tiling& tl, const T* x, int64_t t0, int64_t nt,
                      T* v, int64_t stride, T* rows, TilesLayout layout = TilesLayout::packed<T>(),
                      int64_t c_begin = 0, int64_t c_end = -1) {
+    static_assert(F::tile == kTile && F::alpha <= kMaxAlpha, "the tile-by-tile layout takes 4x4 tiles");
     using S = Simd<T>;
     using V = typename S::V;
     using I = typename S::I;
@@ -588,6 +675,7 @@ template <class T, class F>
 void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t t0, int64_t nt,
                       int64_t block, int64_t stride, const T* bias, T* y, const Epilogue<T>& ep,
                       int64_t k_begin = 0, int64_t k_end = -1) {
+    static_assert(F::tile == kTile, "the tile-by-tile layout takes 4x4 tiles");
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes;

@@ -1,5 +1,6 @@
 // 4x4 stride-2 convolutions (a DCGAN's down- and upsampling layers) through Winograd
-// F(4x4, 2x2) (conv/winograd.h, winograd::F4x2) over the input's four stride phases.
+// F(4x4, 2x2) (conv/winograd.h, winograd::F4x2) over the input's four stride phases, the weight
+// gradient of 7x7- and 14x14-like outputs through F(7x7, 2x2) (winograd::F7x2, by_7x7_tiles).
 //
 // With xp the zero-padded input, phase (a, b) in {0, 1}^2 of channel c is the plane
 //   x'[c,a,b][i, j] = xp[c, 2i + a, 2j + b]        (i in [0, Ho], j in [0, Wo])
@@ -28,8 +29,6 @@
 
 namespace pyconv {
 namespace PYCONV_ISA {
-
-constexpr int64_t kWinogradTile = winograd::kTile;
 
 // Whether the phase split turns g into a convolution F(4x4, 2x2) computes (padding is free).
 inline bool winograd_phases_applies(const ConvShape& g) {
@@ -222,15 +221,15 @@ Scratch<T> to_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src
     return X;
 }
 
-// The transform (InputTransform, or OutputGradTransform for dy: its 4x4 tile, the window's
+// The transform (InputTransform, or OutputGradTransform for dy: its F::tile^2 tile, the window's
 // last row and column unread) of the window whose top-left lane vector is at `base` in a plane
-// of Wx columns of lane vectors, into out[25].
-template <class T, class Transform>
+// of Wx columns of lane vectors, into out[F::points].
+template <class T, class F, class Transform>
 static inline __attribute__((always_inline)) void transform_window(const T* base, int64_t Wx,
                                                                    typename Simd<T>::V* out) {
     using S = Simd<T>;
     using V = typename S::V;
-    constexpr int L = S::lanes, A = winograd::F4x2::alpha, P = winograd::F4x2::points;
+    constexpr int L = S::lanes, A = F::alpha, P = F::points;
     V in[P], mid[P];
     for (int r = 0; r < A; ++r)
         for (int s = 0; s < A; ++s) in[r * A + s] = S::load(base + (r * Wx + s) * L);
@@ -238,12 +237,12 @@ static inline __attribute__((always_inline)) void transform_window(const T* base
     for (int a = 0; a < A; ++a) Transform::apply(mid + a * A, 1, out + a * A, 1);  // (.) B
 }
 
-// Where the window of tile position p (of `cols` per row) starts in channel c of group
-// `group` of X, offset by oh rows and ow columns.
-template <class T>
+// Where the window of tile position p (of `cols` per row, tiles of F::tile) starts in channel c
+// of group `group` of X, offset by oh rows and ow columns.
+template <class T, class F>
 inline const T* window_at(const BatchLanes& bl, const T* X, int64_t group, int64_t c, int64_t p, int64_t cols,
                           int64_t oh, int64_t ow) {
-    return X + bl.at<T>(group, c, oh + p / cols * winograd::kTile, ow + p % cols * winograd::kTile);
+    return X + bl.at<T>(group, c, oh + p / cols * F::tile, ow + p % cols * F::tile);
 }
 
 // One output tile of forward_batch_lanes: channel k, images n0 .. n0 + images - 1 (the lanes),
@@ -256,16 +255,16 @@ struct TileOut {
     int rows, columns;
 };
 
-// Hands the tile's outputs out[16] (lanes: images) to put(n, ho, wo, values, run) as runs of
-// at most kTile along a row (values[e]: output (n, ho, wo + e)). L of the 16 vectors at a time
-// are transposed in registers, so that each image's elements q0 .. q0 + L - 1 of the tile
-// (whole tile rows, or part of one) become one vector, then the runs are copied out of it.
-template <class T, class Put>
+// Hands the tile's outputs out[F::tile^2] (lanes: images) to put(n, ho, wo, values, run) as
+// runs of at most F::tile along a row (values[e]: output (n, ho, wo + e)). L of the vectors at
+// a time are transposed in registers, so that each image's elements q0 .. q0 + L - 1 of the
+// tile (whole tile rows, or parts) become one vector, then the runs are copied out of it.
+template <class T, class F, class Put>
 static inline __attribute__((always_inline)) void put_rows(const TileOut<T>& tile, const typename Simd<T>::V* out,
                                                            const Put& put) {
     using S = Simd<T>;
     using V = typename S::V;
-    constexpr int L = S::lanes, kTile = winograd::kTile;
+    constexpr int L = S::lanes, kTile = F::tile;
     static_assert(kTile * kTile % L == 0, "a tile is whole vectors");
     alignas(64) T z[std::max(L, kTile)];  // (L would do; the size keeps put's fixed-size copies in bounds)
     for (int q0 = 0; q0 < tile.rows * kTile; q0 += L) {
@@ -285,13 +284,13 @@ static inline __attribute__((always_inline)) void put_rows(const TileOut<T>& til
 }
 
 // Hands the tile's outputs to put(n, ho, wo, value) one at a time, read lane by lane from a
-// copy of the 16 vectors: for outputs that are not contiguous in a row (the input gradient's
+// copy of the F::tile^2 vectors: for outputs that are not contiguous in a row (the input gradient's
 // phases, every other column), where runs gain nothing.
-template <class T, class Put>
+template <class T, class F, class Put>
 static inline __attribute__((always_inline)) void put_each(const TileOut<T>& tile, const typename Simd<T>::V* out,
                                                            const Put& put) {
     using S = Simd<T>;
-    constexpr int L = S::lanes, kTile = winograd::kTile;
+    constexpr int L = S::lanes, kTile = F::tile;
     alignas(64) T z[kTile * kTile][L];
     for (int q = 0; q < kTile * kTile; ++q) S::store(z[q], out[q]);
     for (int l = 0; l < tile.images; ++l)
@@ -299,25 +298,24 @@ static inline __attribute__((always_inline)) void put_each(const TileOut<T>& til
             for (int s = 0; s < tile.columns; ++s) put(tile.n0 + l, tile.ho0 + r, tile.wo0 + s, z[r * kTile + s][l]);
 }
 
-// One 2x2 stride-1 convolution by F(4x4, 2x2) over X (BatchLanes, the source src laid out by
-// map), output (k, n, ho, wo) for
+// One 2x2 stride-1 convolution by F (F(4x4, 2x2) or F(7x7, 2x2)) over X (BatchLanes, the
+// source src laid out by map), output (k, n, ho, wo) for
 // ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
-// handed to store(tile, out) a tile of L images at a time (TileOut; out[16], the tile's
+// handed to store(tile, out) a tile of L images at a time (TileOut; out[F::tile^2], the tile's
 // outputs with images in the lanes: put_rows, put_each). U: the K x C filters. Blocks of tiles as
 // conv2d_forward_winograd's, each transformed, multiplied and transformed back by one thread:
 // the result does not depend on the number of threads. X: the whole source in bl's layout
 // (to_batch_lanes), or null: each block then lays out the rows of the source its tiles read,
 // one source channel at a time, in a buffer of the thread's (fill_lanes) that stays in cache.
-template <class T, class Store>
+template <class T, class F, class Store>
 void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src, const T* X, int64_t oh,
                          int64_t ow, int64_t K, int64_t Ho,
-                         int64_t Wo, const winograd::TransformedFilters<T, winograd::F4x2>& U, const T* bias,
+                         int64_t Wo, const winograd::TransformedFilters<T, F>& U, const T* bias,
                          const Store& store) {
     using namespace winograd;
-    using F = F4x2;
     using S = Simd<T>;
     using V = typename S::V;
-    constexpr int L = S::lanes, A = F::alpha, P = F::points;
+    constexpr int L = S::lanes, A = F::alpha, P = F::points, kTile = F::tile;
     constexpr int64_t NR = gemm_nr<T>();
     // The tiling of a convolution of groups * L images (Tiling counts tiles image by image;
     // only the count and the block size matter here).
@@ -355,7 +353,7 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
                     const int64_t at = ((oh + p / cols * kTile) * bl.Wx + ow + p % cols * kTile) * L;
                     for (int64_t j = 0; j < planes; ++j) {
                         V out[P];
-                        transform_window<T, InputTransform<F>>(planes_c + j * plane_size + at, bl.Wx, out);
+                        transform_window<T, F, InputTransform<F>>(planes_c + j * plane_size + at, bl.Wx, out);
                         T* dst = v + (first / NR) * NR * C + (planes * c + j) * NR + first % NR;
                         for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
                     }
@@ -386,32 +384,50 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
     });
 }
 
-}  // namespace winograd_phases
-
-// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
-// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
-// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of tiles: 3 of 4
-// columns) one output at a time (put_each), where the transposes measured no cheaper.
+// Whether the weight gradient of g goes by F(7x7, 2x2) rather than F(4x4, 2x2): when its
+// products are fewer (per image and channel pair: 7x7 outputs 64 against 100, 14x14 256
+// against 400; not 8x8, 256 against 100) by at least 32 per position it adds, over the batch,
+// and its 64 position matrices (K x 4C each) take at most 8 MiB. Measured against F(4x4, 2x2),
+// 2 threads, float32: 64 x 64 x 14x14 -> 128 1.22-1.25x, 64 x 32 x 28x28 -> 64 1.4x, but
+// 12 x 64 x 14x14 -> 128 0.94x (12 images: 432 products saved per pair against 39 more
+// positions to sum and transform back) and 64 x 128 x 14x14 -> 256 0.52x (33.5 MB of position
+// matrices, read and written again by every chunk of tiles).
+//
+// The forward and the input gradient stay with F(4x4, 2x2). On the 28x28 DCGAN's 64 -> 128
+// layer (batch 64, 2 threads; F(4x4, 2x2) against F(7x7, 2x2)): the forward took 3.22 against
+// 3.33 ms, its transformed filters 2.56 times as large (8.4 MB: writing them was a third of the
+// pass), the input gradient 3.12 against 3.06 ms with 4-6 times the error; the weight gradient
+// 3.78 against 3.22 ms (1.17x), its error in the same range (README).
 template <class T>
-void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
-                                    const Epilogue<T>& ep = {}) {
-    using namespace winograd_phases;
-    const int64_t rows = (g.Ho + kWinogradTile - 1) / kWinogradTile, cols = (g.Wo + kWinogradTile - 1) / kWinogradTile;
-    const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, 4 * rows + 1, 4 * cols + 1);
+inline bool by_7x7_tiles(const ConvShape& g) {
+    auto products = [&](int64_t tile, int64_t alpha) {
+        return (g.Ho + tile - 1) / tile * alpha * ((g.Wo + tile - 1) / tile * alpha);
+    };
+    constexpr int64_t added = winograd::F7x2::points - winograd::F4x2::points;
+    const int64_t saved = products(4, 5) - products(7, 8);
+    const double bytes = double(winograd::F7x2::points) * double(g.K) * double(4 * g.C) * double(sizeof(T));
+    return saved > 0 && g.N * saved >= 32 * added && bytes <= 8.0 * (1 << 20);
+}
+
+template <class T, class F>
+void forward_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const Epilogue<T>& ep) {
+    constexpr int kTile = F::tile;
+    const int64_t rows = (g.Ho + kTile - 1) / kTile, cols = (g.Wo + kTile - 1) / kTile;
+    const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, kTile * rows + 1, kTile * cols + 1);
     const LaneMap map = LaneMap::phases(g);
     const Scratch<T> ws = split_weights(g, w);
-    const winograd::TransformedFilters<T, winograd::F4x2> U(phase_shape(g), ws.get());
+    const winograd::TransformedFilters<T, F> U(phase_shape(g), ws.get());
     const int64_t HoWo = g.Ho * g.Wo;
     if (ep.any())
         forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
                             [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
-                                if (tile.columns == kWinogradTile)
-                                    put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
+                                if (tile.columns == kTile)
+                                    put_rows<T, F>(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
                                         const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
                                         store_with(ep, v, run, y + at, at);
                                     });
                                 else
-                                    put_each(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
+                                    put_each<T, F>(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
                                         const int64_t at = (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
                                         store_with(ep, &v, 1, y + at, at);
                                     });
@@ -419,17 +435,30 @@ void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, 
     else
         forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
                             [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
-                                if (tile.columns == kWinogradTile)
-                                    put_rows(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
+                                if (tile.columns == kTile)
+                                    put_rows<T, F>(tile, out, [&](int64_t n, int64_t ho, int64_t wo, const T* v, int run) {
                                         T* dst = y + (n * g.K + tile.k) * HoWo + ho * g.Wo + wo;
-                                        if (run == kWinogradTile) std::memcpy(dst, v, kWinogradTile * sizeof(T));
+                                        if (run == kTile) std::memcpy(dst, v, kTile * sizeof(T));
                                         else for (int e = 0; e < run; ++e) dst[e] = v[e];
                                     });
                                 else
-                                    put_each(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
+                                    put_each<T, F>(tile, out, [&](int64_t n, int64_t ho, int64_t wo, T v) {
                                         y[(n * g.K + tile.k) * HoWo + ho * g.Wo + wo] = v;
                                     });
                             });
+}
+
+}  // namespace winograd_phases
+
+// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
+// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
+// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of 4x4 tiles: 3 of 4
+// columns) one output at a time (put_each), where the transposes measured no cheaper.
+template <class T>
+void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                    const Epilogue<T>& ep = {}) {
+    using namespace winograd_phases;
+    forward_phases<T, winograd::F4x2>(g, x, w, bias, y, ep);
 }
 
 // The input gradient, phase by phase: phase (a, b) of dx, rows i in [i0, i1] of the phase
@@ -438,9 +467,11 @@ void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, 
 // from X's row i0. Each phase its own call, so that its tiles cover only the rows it needs
 // (one convolution of 4C outputs over (Ho + 1) x (Wo + 1) would compute a 4x4 output's 5x5 as
 // 2x2 tiles).
-template <class T>
-void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
-    using namespace winograd_phases;
+namespace winograd_phases {
+
+template <class T, class F>
+void grad_input_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    constexpr int kTile = F::tile;
     // Rows of phase a: i with 0 <= 2i + a - ph < H and i <= Ho.
     auto first = [](int64_t pad, int a) { return std::max<int64_t>(0, (pad - a + 1) / 2); };
     auto last = [](int64_t pad, int a, int64_t extent, int64_t out) {
@@ -450,8 +481,8 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
     for (int a = 0; a < 2; ++a) {
         const int64_t i0 = first(g.ph, a), n = last(g.ph, a, g.H, g.Ho) - i0 + 1;
         const int64_t j0 = first(g.pw, a), m = last(g.pw, a, g.W, g.Wo) - j0 + 1;
-        Hx = std::max(Hx, i0 + (n + kWinogradTile - 1) / kWinogradTile * kWinogradTile + 1);
-        Wx = std::max(Wx, j0 + (m + kWinogradTile - 1) / kWinogradTile * kWinogradTile + 1);
+        Hx = std::max(Hx, i0 + (n + kTile - 1) / kTile * kTile + 1);
+        Wx = std::max(Wx, j0 + (m + kTile - 1) / kTile * kTile + 1);
     }
     const BatchLanes bl = BatchLanes::of<T>(g.N, g.K, std::max(Hx, g.Ho + 2), std::max(Wx, g.Wo + 2));
     const LaneMap map = LaneMap::shifted(g, 1);
@@ -475,39 +506,47 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
                             wf[((c * g.K + k) * 2 + 1 - u) * 2 + 1 - v] = w[((k * g.C + c) * 4 + 2 * u + a) * 4 + 2 * v + b];
             ConvShape gp{};
             gp.C = g.K, gp.K = g.C, gp.R = gp.S = 2;
-            const winograd::TransformedFilters<T, winograd::F4x2> U(gp, wf.get());
+            const winograd::TransformedFilters<T, F> U(gp, wf.get());
             const int64_t h0 = 2 * i0 + a - g.ph, w0 = 2 * j0 + b - g.pw;
             forward_batch_lanes(bl, map, dy, X.get(), i0, j0, g.C, rows, cols, U, static_cast<const T*>(nullptr),
                                 [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
                                     T* plane = dx + tile.k * HW + h0 * g.W + w0;  // tile.k: dx's channel
-                                    put_each(tile, out, [&](int64_t n, int64_t i, int64_t j, T v) {
+                                    put_each<T, F>(tile, out, [&](int64_t n, int64_t i, int64_t j, T v) {
                                         plane[n * g.C * HW + 2 * i * g.W + 2 * j] = v;
                                     });
                                 });
         }
 }
 
+}  // namespace winograd_phases
+
+template <class T>
+void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    using namespace winograd_phases;
+    grad_input_phases<T, winograd::F4x2>(g, dy, w, dx);
+}
+
 // The weight gradient: the 2x2 weight gradient between dy and the phases x',
-//   dw'[k, c'] = G^T [ sum over tiles (A dy[k] A^T) * (B^T x'[c'] B) ] G       (5x5, F4x2)
-// as 25 GEMMs over the tiles, M[xi] (K x 4C) = DY[xi] (K x tiles) X[xi] (tiles x 4C), both
+//   dw'[k, c'] = G^T [ sum over tiles (A dy[k] A^T) * (B^T x'[c'] B) ] G   (alpha x alpha, F)
+// as F::points GEMMs over the tiles (25 for F(4x4, 2x2), 64 for F(7x7, 2x2)), M[xi] (K x 4C) = DY[xi] (K x tiles) X[xi] (tiles x 4C), both
 // transformed with images in the lanes, so that each channel's transformed tiles are one
 // contiguous row: DY[xi] is read as a plain matrix, X[xi] as B's columns (packing transposes
 // them). The tiles go in chunks of a size fixed by the shape (kWeightGradChunkBytes, as
 // conv2d_grad_weight_winograd); per chunk the transforms are shared out by vectors of tiles and
-// the 25 products by position, each position's sum on one thread, accumulated over the chunks
+// the products by position, each position's sum on one thread, accumulated over the chunks
 // in order: the result does not depend on the number of threads. M is transformed back in
 // double precision and rounded once, then merged from dw' into dw.
-template <class T>
-void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
-    using namespace winograd_phases;
+namespace winograd_phases {
+
+template <class T, class F>
+void grad_weight_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
     using namespace winograd;
-    using F = F4x2;
     using S = Simd<T>;
-    constexpr int L = S::lanes, P = F::points;
+    constexpr int L = S::lanes, P = F::points, kTile = F::tile;
     const int64_t rows = (g.Ho + kTile - 1) / kTile, cols = (g.Wo + kTile - 1) / kTile, positions = rows * cols;
     const int64_t C4 = 4 * g.C, K = g.K;
-    const BatchLanes bx = BatchLanes::of<T>(g.N, C4, 4 * rows + 1, 4 * cols + 1);
-    const BatchLanes by = BatchLanes::of<T>(g.N, K, 4 * rows + 1, 4 * cols + 1);
+    const BatchLanes bx = BatchLanes::of<T>(g.N, C4, kTile * rows + 1, kTile * cols + 1);
+    const BatchLanes by = BatchLanes::of<T>(g.N, K, kTile * rows + 1, kTile * cols + 1);
     const Scratch<T> X = to_batch_lanes<T>(bx, LaneMap::phases(g), x);
     const Scratch<T> DY = to_batch_lanes<T>(by, LaneMap::shifted(g, 0), dy);
     const int64_t vectors = bx.groups * positions;
@@ -532,12 +571,12 @@ void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T
             typename S::V out[P];
             if (job % 2 == 0)
                 for (int64_t c = 0; c < C4; ++c) {
-                    transform_window<T, InputTransform<F>>(window_at(bx, X.get(), vec / positions, c, vec % positions, cols, 0, 0), bx.Wx, out);
+                    transform_window<T, F, InputTransform<F>>(window_at<T, F>(bx, X.get(), vec / positions, c, vec % positions, cols, 0, 0), bx.Wx, out);
                     for (int q = 0; q < P; ++q) S::store(vx.get() + q * x_stride + c * ld + at, out[q]);
                 }
             else
                 for (int64_t k = 0; k < K; ++k) {
-                    transform_window<T, OutputGradTransform<F>>(window_at(by, DY.get(), vec / positions, k, vec % positions, cols, 0, 0), by.Wx, out);
+                    transform_window<T, F, OutputGradTransform<F>>(window_at<T, F>(by, DY.get(), vec / positions, k, vec % positions, cols, 0, 0), by.Wx, out);
                     for (int q = 0; q < P; ++q) S::store(vy.get() + q * y_stride + k * ld + at, out[q]);
                 }
         });
@@ -554,6 +593,15 @@ void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T
     parallel_for((pairs + D - 1) / D, threads,
                  [&](int64_t q, int) { filters_back<T, F>(q * D, pairs, m.get(), m_stride, dws.get()); });
     merge_weights(g, dws.get(), dw);
+}
+
+}  // namespace winograd_phases
+
+template <class T>
+void conv2d_grad_weight_winograd_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
+    using namespace winograd_phases;
+    if (by_7x7_tiles<T>(g)) grad_weight_phases<T, winograd::F7x2>(g, dy, x, dw);
+    else grad_weight_phases<T, winograd::F4x2>(g, dy, x, dw);
 }
 
 }  // namespace PYCONV_ISA

@@ -103,6 +103,8 @@ LARGE_CASES = {
         "one_column_long": matmul(256, 6272, 1, trans_b=True),
         "one_row_wide": matmul(1, 256, 6272, trans_a=True),
         "outer_product_wide": matmul(300, 1, 6272),
+        # Few rows, B read in place (dense/matmul.h), columns shared out between the threads.
+        "few_rows_wide": matmul(64, 700, 1000),
     },
     "lstm_cell_backward": {"batch_512": lstm_cell_backward(512, 64, 48)},
 }

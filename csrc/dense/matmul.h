@@ -141,6 +141,13 @@ void outer_product(int64_t M, int64_t N, const T* u, const T* v, T* c, bool accu
     });
 }
 
+// Up to this many rows of C, a B stored (K, N) is read in place by the micro-kernel rather than
+// packed: packing costs the same whatever M, and few rows reuse each packed element little.
+// One thread, float32, packed against in place (us): 8x128x128 4.71 / 3.83, 32x128x128 12.33 /
+// 11.45, 32x256x1024 184 / 153, 64x1024x1024 1354 / 1243, 128x512x512 627 / 598; from 256 rows
+// it varied both ways (256x128x1024 0.99x, 1024^3 0.96x).
+constexpr int64_t kMatmulBInPlaceRows = 128;
+
 template <class T>
 void matmul(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b, bool trans_b,
             T* c, bool accumulate) {
@@ -162,8 +169,17 @@ void matmul(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* 
         if (trans_b)
             gemm_parallel<T>(M, N, K, A, columns_b<T>([b, K](int64_t j) { return b + j * K; }), C,
                              mode);
-        else
+        else if (M <= kMatmulBInPlaceRows) {
+            // B's full panels read where they lie, row k at b + k N (gemm/operands.h,
+            // InMatrixB::rows_in_place), instead of packed first.
+            std::vector<int64_t> offsets(static_cast<size_t>(K));
+            for (int64_t k = 0; k < K; ++k) offsets[size_t(k)] = k * N;
+            InMatrixB<T> B = InMatrixB<T>::plain(b, N, N);
+            B.row_offsets = offsets.data();
+            gemm_parallel<T>(M, N, K, A, B, C, mode);
+        } else {
             gemm_parallel<T>(M, N, K, A, InMatrixB<T>::plain(b, N, N), C, mode);
+        }
     };
     if (trans_a) times_b(InMatrixAT<T>{a, M});
     else times_b(InMatrixA<T>::plain(a, K, K));

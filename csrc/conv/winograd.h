@@ -223,8 +223,8 @@ struct F4x2 {
 };
 
 // F(7x7, 2x2), for the weight gradient of 4x4 stride-2 convolutions whose phase planes are 7
-// (or 14) wide (conv/winograd_phases.h, by_7x7_tiles): one 8x8 window per 7x7 tile, 64 products where F(4x4, 2x2) needs 100 for the four
-// tiles that cover 7x7 (8x8). Toom-Cook on the points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity
+// (or 14) wide (conv/winograd_phases.h, by_7x7_tiles): one 8x8 window per 7x7 tile, 64
+// products where F(4x4, 2x2) needs 100 for the four tiles that cover 7x7 (8x8). Toom-Cook on the points 0, 1, -1, 2, -2, 1/2, -1/2 and infinity
 // (the points of the usual F(6x6, 3x3)):
 //   A^T[i] = (0^i, 1, (-1)^i, 2^i, (-2)^i, 2^-i, (-2)^-i, [i = 6])        i < 7
 //   G      = [1 0; -2/9 -2/9; -2/9 2/9; 1/90 1/45; 1/90 -1/45; 32/45 16/45; 32/45 -16/45; 0 1]

@@ -221,8 +221,8 @@ Scratch<T> to_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src
     return X;
 }
 
-// The transform (InputTransform, or OutputGradTransform for dy: its F::tile^2 tile, the window's
-// last row and column unread) of the window whose top-left lane vector is at `base` in a plane
+// The transform (InputTransform, or OutputGradTransform for dy: its F::tile^2 tile, the
+// window's last row and column unread) of the window whose top-left lane vector is at `base` in a plane
 // of Wx columns of lane vectors, into out[F::points].
 template <class T, class F, class Transform>
 static inline __attribute__((always_inline)) void transform_window(const T* base, int64_t Wx,
@@ -284,8 +284,8 @@ static inline __attribute__((always_inline)) void put_rows(const TileOut<T>& til
 }
 
 // Hands the tile's outputs to put(n, ho, wo, value) one at a time, read lane by lane from a
-// copy of the F::tile^2 vectors: for outputs that are not contiguous in a row (the input gradient's
-// phases, every other column), where runs gain nothing.
+// copy of the F::tile^2 vectors: for outputs that are not contiguous in a row (the input
+// gradient's phases, every other column), where runs gain nothing.
 template <class T, class F, class Put>
 static inline __attribute__((always_inline)) void put_each(const TileOut<T>& tile, const typename Simd<T>::V* out,
                                                            const Put& put) {
@@ -298,8 +298,8 @@ static inline __attribute__((always_inline)) void put_each(const TileOut<T>& til
             for (int s = 0; s < tile.columns; ++s) put(tile.n0 + l, tile.ho0 + r, tile.wo0 + s, z[r * kTile + s][l]);
 }
 
-// One 2x2 stride-1 convolution by F (F(4x4, 2x2) or F(7x7, 2x2)) over X (BatchLanes, the
-// source src laid out by map), output (k, n, ho, wo) for
+// One 2x2 stride-1 convolution by the transform set F over X (BatchLanes, the source src laid
+// out by map), output (k, n, ho, wo) for
 // ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
 // handed to store(tile, out) a tile of L images at a time (TileOut; out[F::tile^2], the tile's
 // outputs with images in the lanes: put_rows, put_each). U: the K x C filters. Blocks of tiles as
@@ -409,8 +409,17 @@ inline bool by_7x7_tiles(const ConvShape& g) {
     return saved > 0 && g.N * saved >= 32 * added && bytes <= 8.0 * (1 << 20);
 }
 
-template <class T, class F>
-void forward_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, const Epilogue<T>& ep) {
+}  // namespace winograd_phases
+
+// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
+// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
+// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of 4x4 tiles: 3 of 4
+// columns) one output at a time (put_each), where the transposes measured no cheaper.
+template <class T>
+void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                    const Epilogue<T>& ep = {}) {
+    using namespace winograd_phases;
+    using F = winograd::F4x2;
     constexpr int kTile = F::tile;
     const int64_t rows = (g.Ho + kTile - 1) / kTile, cols = (g.Wo + kTile - 1) / kTile;
     const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, kTile * rows + 1, kTile * cols + 1);
@@ -448,29 +457,16 @@ void forward_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T
                             });
 }
 
-}  // namespace winograd_phases
-
-// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
-// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
-// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of 4x4 tiles: 3 of 4
-// columns) one output at a time (put_each), where the transposes measured no cheaper.
-template <class T>
-void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
-                                    const Epilogue<T>& ep = {}) {
-    using namespace winograd_phases;
-    forward_phases<T, winograd::F4x2>(g, x, w, bias, y, ep);
-}
-
 // The input gradient, phase by phase: phase (a, b) of dx, rows i in [i0, i1] of the phase
 // plane (those that land in dx and that an output reads, i <= Ho), is the 2x2 convolution of
 // dy padded by 1 (X: dy's rows and columns shifted by one) with the phase's sub-kernel flipped,
 // from X's row i0. Each phase its own call, so that its tiles cover only the rows it needs
 // (one convolution of 4C outputs over (Ho + 1) x (Wo + 1) would compute a 4x4 output's 5x5 as
 // 2x2 tiles).
-namespace winograd_phases {
-
-template <class T, class F>
-void grad_input_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
+template <class T>
+void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
+    using namespace winograd_phases;
+    using F = winograd::F4x2;
     constexpr int kTile = F::tile;
     // Rows of phase a: i with 0 <= 2i + a - ph < H and i <= Ho.
     auto first = [](int64_t pad, int a) { return std::max<int64_t>(0, (pad - a + 1) / 2); };
@@ -518,26 +514,18 @@ void grad_input_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
         }
 }
 
-}  // namespace winograd_phases
-
-template <class T>
-void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
-    using namespace winograd_phases;
-    grad_input_phases<T, winograd::F4x2>(g, dy, w, dx);
-}
+namespace winograd_phases {
 
 // The weight gradient: the 2x2 weight gradient between dy and the phases x',
 //   dw'[k, c'] = G^T [ sum over tiles (A dy[k] A^T) * (B^T x'[c'] B) ] G   (alpha x alpha, F)
-// as F::points GEMMs over the tiles (25 for F(4x4, 2x2), 64 for F(7x7, 2x2)), M[xi] (K x 4C) = DY[xi] (K x tiles) X[xi] (tiles x 4C), both
-// transformed with images in the lanes, so that each channel's transformed tiles are one
-// contiguous row: DY[xi] is read as a plain matrix, X[xi] as B's columns (packing transposes
-// them). The tiles go in chunks of a size fixed by the shape (kWeightGradChunkBytes, as
+// as F::points GEMMs over the tiles (25 for F(4x4, 2x2), 64 for F(7x7, 2x2)),
+// M[xi] (K x 4C) = DY[xi] (K x tiles) X[xi] (tiles x 4C), both transformed with images in the
+// lanes, so that each channel's transformed tiles are one contiguous row: DY[xi] is read as a
+// plain matrix, X[xi] as B's columns (packing transposes them). The tiles go in chunks of a size fixed by the shape (kWeightGradChunkBytes, as
 // conv2d_grad_weight_winograd); per chunk the transforms are shared out by vectors of tiles and
 // the products by position, each position's sum on one thread, accumulated over the chunks
 // in order: the result does not depend on the number of threads. M is transformed back in
 // double precision and rounded once, then merged from dw' into dw.
-namespace winograd_phases {
-
 template <class T, class F>
 void grad_weight_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
     using namespace winograd;

@@ -235,6 +235,8 @@ struct F4x2 {
 // draws: the largest error relative to the output's largest magnitude 3.4e-5 against 6.9e-6,
 // means 1.2e-5 against 2.2e-6; F(4x4, 3x3) 1.9e-5 and 4.6e-6); scaling B^T's rows against G's
 // moved it by less than a third. The coefficients of the data's transforms are exact in float32.
+// It carries the weight gradient's transforms only (input, output_grad, filter_grad): its
+// forward measured slower than F(4x4, 2x2)'s (conv/winograd_phases.h, by_7x7_tiles).
 struct F7x2 {
     static constexpr int tile = 7, R = 2, alpha = 8, points = 64;
     template <class V>
@@ -252,31 +254,6 @@ struct F7x2 {
         o[5 * ostep] = a3 + b3;
         o[6 * ostep] = a3 - b3;
         o[7 * ostep] = x7 - x1 + (x3 - x5) * 5.25f;
-    }
-    template <class V>
-    static inline __attribute__((always_inline)) void output(const V* m, int step, V* o, int ostep) {
-        const V m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step], m5 = m[5 * step], m6 = m[6 * step];
-        const V s1 = m1 + m2, d1 = m1 - m2, s2 = m3 + m4, d2 = m3 - m4, s3 = m5 + m6, d3 = m5 - m6;
-        o[0] = m[0] + s1 + s2 + s3;
-        o[ostep] = d1 + d2 * 2 + d3 * 0.5f;
-        o[2 * ostep] = s1 + s2 * 4 + s3 * 0.25f;
-        o[3 * ostep] = d1 + d2 * 8 + d3 * 0.125f;
-        o[4 * ostep] = s1 + s2 * 16 + s3 * 0.0625f;
-        o[5 * ostep] = d1 + d2 * 32 + d3 * 0.03125f;
-        o[6 * ostep] = s1 + s2 * 64 + s3 * 0.015625f + m[7 * step];
-    }
-    template <class V>
-    static inline __attribute__((always_inline)) void filter(const V* w, int step, V* o, int ostep) {
-        constexpr double two_ninths = 2.0 / 9, ninetieth = 1.0 / 90, sixteen_45ths = 16.0 / 45;
-        const V w0 = w[0], w1 = w[step];
-        o[0] = w0;
-        o[ostep] = -(w0 + w1) * two_ninths;
-        o[2 * ostep] = (w1 - w0) * two_ninths;
-        o[3 * ostep] = (w0 + w1 * 2) * ninetieth;
-        o[4 * ostep] = (w0 - w1 * 2) * ninetieth;
-        o[5 * ostep] = (w0 * 2 + w1) * sixteen_45ths;
-        o[6 * ostep] = (w0 * 2 - w1) * sixteen_45ths;
-        o[7 * ostep] = w1;
     }
     template <class V>
     static inline __attribute__((always_inline)) void filter_grad(const V* m, int step, V* o, int ostep) {

@@ -229,7 +229,7 @@ def resolve(name: str | None, arrays, op: str) -> Backend:
         if type(a) is not np.ndarray and a is not None:
             break
     else:
-        backend = _loaded.get(name or _selected.get() or _global_selected or ("cpu" if "cpu" in _usable else ""))
+        backend = _loaded.get(name or selected() or ("cpu" if "cpu" in _usable else ""))
         if backend is not None and backend.array_kind == "numpy":
             return backend
     kinds = {array_kind(a) for a in arrays if a is not None}

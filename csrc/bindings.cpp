@@ -1038,6 +1038,56 @@ PYBIND11_MODULE(_C, m) {
           py::arg("a"), py::arg("trans_a"), py::arg("b"), py::arg("trans_b"), py::arg("c"),
           py::arg("accumulate") = false,
           "c = op(a) @ op(b) (or c += ...), op(x) = x.T where trans_x; C-contiguous operands");
+    def_op(m, "rnn_cell",
+          [](Array x, Array h, Array w_ih, Array w_hh, Optional b_ih, Optional b_hh, bool tanh, Array y) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (x.ndim() != 2 || w_ih.ndim() != 2) throw py::value_error("rnn_cell: x and w_ih must be 2-D");
+                  const int64_t B = x.shape(0), I = x.shape(1), H = w_ih.shape(0);
+                  const T* xp = checked<T>(x, {B, I}, "x");
+                  const T* hp = checked<T>(h, {B, H}, "h");
+                  const T* wi = checked<T>(w_ih, {H, I}, "w_ih");
+                  const T* wh = checked<T>(w_hh, {H, H}, "w_hh");
+                  const T* bi = checked_or_null<T>(b_ih, {H}, "b_ih");
+                  const T* bh = checked_or_null<T>(b_hh, {H}, "b_hh");
+                  T* yp = checked<T>(y, {B, H}, "y", true);
+                  if (std::min({B, I, H}) < 1) throw py::value_error("rnn_cell: empty input");
+                  without_gil([&] { kernels<T>().rnn_cell(B, I, H, xp, hp, wi, wh, bi, bh, tanh, yp); });
+              });
+          },
+          py::arg("x"), py::arg("h"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+          py::arg("tanh"), py::arg("y"),
+          "one Elman RNN step into y (B,H): act(x w_ih^T + b_ih + h w_hh^T + b_hh), act tanh "
+          "(else relu)");
+    def_op(m, "rnn_cell_backward",
+          [](Array grad_y, Array x, Array h, Array y, Array w_ih, Array w_hh, bool tanh, Array grad_x,
+             Array grad_h, Array grad_w_ih, Array grad_w_hh, Optional grad_b) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (x.ndim() != 2 || w_ih.ndim() != 2) throw py::value_error("rnn_cell_backward: x and w_ih must be 2-D");
+                  const int64_t B = x.shape(0), I = x.shape(1), H = w_ih.shape(0);
+                  const T* gy = checked<T>(grad_y, {B, H}, "grad_y");
+                  const T* xp = checked<T>(x, {B, I}, "x");
+                  const T* hp = checked<T>(h, {B, H}, "h");
+                  const T* yp = checked<T>(y, {B, H}, "y");
+                  const T* wi = checked<T>(w_ih, {H, I}, "w_ih");
+                  const T* wh = checked<T>(w_hh, {H, H}, "w_hh");
+                  T* gx = checked<T>(grad_x, {B, I}, "grad_x", true);
+                  T* gh = checked<T>(grad_h, {B, H}, "grad_h", true);
+                  T* gwi = checked<T>(grad_w_ih, {H, I}, "grad_w_ih", true);
+                  T* gwh = checked<T>(grad_w_hh, {H, H}, "grad_w_hh", true);
+                  T* gb = checked_or_null<T>(grad_b, {H}, "grad_b", true);
+                  if (std::min({B, I, H}) < 1) throw py::value_error("rnn_cell_backward: empty input");
+                  without_gil([&] {
+                      kernels<T>().rnn_cell_backward(B, I, H, gy, xp, hp, yp, wi, wh, tanh, gx, gh, gwi, gwh, gb);
+                  });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("h"), py::arg("y"), py::arg("w_ih"), py::arg("w_hh"),
+          py::arg("tanh"), py::arg("grad_x"), py::arg("grad_h"), py::arg("grad_w_ih"), py::arg("grad_w_hh"),
+          py::arg("grad_b"),
+          "gradients of rnn_cell given grad_y and its output y (grad_* written in place; grad_b "
+          "None when not wanted)");
     def_op(m, "batch_norm_forward",
           [](Array x, py::object w, py::object b, double eps, Array y, Array mean, Array var) {
               by_dtype(x.dtype(), [&](auto t) {

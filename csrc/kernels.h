@@ -119,6 +119,14 @@ struct KernelsFor {
     // (N, K) when trans_b.
     void (*matmul)(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b,
                    bool trans_b, T* c, bool accumulate);
+    // One Elman RNN step, y (B, H) = act(x w_ih^T + b_ih + h w_hh^T + b_hh) (act tanh, else
+    // ReLU; biases may be nullptr), and its gradients given grad_y and y (grad_b: nullptr when
+    // not wanted).
+    void (*rnn_cell)(int64_t B, int64_t I, int64_t H, const T* x, const T* h, const T* w_ih,
+                     const T* w_hh, const T* b_ih, const T* b_hh, bool tanh, T* y);
+    void (*rnn_cell_backward)(int64_t B, int64_t I, int64_t H, const T* grad_y, const T* x,
+                              const T* h, const T* y, const T* w_ih, const T* w_hh, bool tanh,
+                              T* grad_x, T* grad_h, T* grad_w_ih, T* grad_w_hh, T* grad_b);
 
     // Batch normalisation with batch statistics over x (N, C, L); w, b may be nullptr. mean,
     // var (C,): the biased statistics used.

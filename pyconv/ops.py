@@ -34,7 +34,7 @@ __all__ = [
     "conv1d", "conv2d", "conv1d_backward", "conv2d_backward",
     "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
-    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward", "rnn_cell", "rnn_cell_backward",
     "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
     "box_iou_rotated", "nms_rotated",
@@ -385,6 +385,40 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, 
     grad_x, grad_h0, grad_c0, *grad_weights = _run("lstm_backward", "lstm_backward", be.name,
                                                    arrays, saved)
     return (batch.drop(grad_x, axis=1), batch.drop(grad_h0), batch.drop(grad_c0), *grad_weights)
+
+
+@_takes_dlpack
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", *, backend=None):
+    """One Elman RNN step, as ``torch.nn.RNNCell``: ``act(x w_ih^T + b_ih + h w_hh^T + b_hh)``
+    with act tanh or relu (`nonlinearity`).
+
+    x (B, I), h (B, H) or None (zeros), w_ih (H, I), w_hh (H, H), biases (H,) or None -> (B, H);
+    unbatched, x (I,) with h (H,) -> (H,). Both products, the biases and the activation run as
+    one kernel call.
+    """
+    B, _, Hd = _spec.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    batch = _BatchAxis(x, 2)
+    x, h = batch.add(x), _zeros_like_if_none(batch.add(h), x, (B, Hd))
+    return batch.drop(_run("rnn_cell", "rnn_cell", backend, (x, h, w_ih, w_hh, b_ih, b_hh),
+                           nonlinearity))
+
+
+@_takes_dlpack
+def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh",
+                      *, backend=None):
+    """Gradients of :func:`rnn_cell` given that of its output ``h_new`` (which the backward
+    reads in place of the pre-activation) -> ``(grad_x, grad_h_prev, grad_w_ih, grad_w_hh,
+    grad_b_ih, grad_b_hh)``; bias gradients are None where the bias is None, and grad_h_prev is
+    computed for an ``h`` of None (zeros) too. Unbatched calls give unbatched grad_x and
+    grad_h_prev."""
+    B, _, Hd = _spec.rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    batch = _BatchAxis(x, 2)
+    grad_h, x, h_new = batch.add(grad_h), batch.add(x), batch.add(h_new)
+    h = _zeros_like_if_none(batch.add(h), x, (B, Hd))
+    grad_x, grad_h, *grad_weights = _run(
+        "rnn_cell_backward", "rnn_cell_backward", backend,
+        (grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh), nonlinearity)
+    return (batch.drop(grad_x), batch.drop(grad_h), *grad_weights)
 
 
 def _zeros_like_if_none(g, like, shape):

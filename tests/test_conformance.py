@@ -187,6 +187,25 @@ def lstm_backward(T, B, I, H, bias=True, grads=(True, True, True)):
     return build
 
 
+def rnn_cell(B, I, H, bias=(True, True), nonlinearity="tanh", with_h=True):
+    def build(rng, dtype):
+        x = array(rng, (*batch(B), I), dtype)
+        h = array(rng, (*batch(B), H), dtype) if with_h else None
+        w = [0.5 * array(rng, s, dtype) for s in ((H, I), (H, H))]
+        b = [0.5 * array(rng, H, dtype) if given else None for given in bias]
+        return (x, h, *w, *b, nonlinearity), {}
+    return build
+
+
+def rnn_cell_backward(B, I, H, bias=(True, True), nonlinearity="tanh", with_h=True):
+    def build(rng, dtype):
+        (x, h, w_ih, w_hh, b_ih, b_hh, _), _ = rnn_cell(B, I, H, bias, nonlinearity, with_h)(rng, dtype)
+        h_new = ops.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend="reference")
+        grad_h = array(rng, h_new.shape, dtype)
+        return (grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity), {}
+    return build
+
+
 def boxes(rng, n, dtype):
     """Integer-grid boxes (overlapping, some degenerate, a duplicate), plus a random fraction."""
     corner = rng.integers(0, 10, (n, 2))
@@ -893,6 +912,29 @@ CASES = {
         "wide_hidden": cpu_path(lstm_backward(2, 10, 17, 70)),
         "unbatched": lstm_backward(5, None, 4, 6),
         "unbatched_only_final_state": lstm_backward(4, None, 3, 2, grads=(False, True, True)),
+    },
+    "rnn_cell": {
+        "basic": rnn_cell(3, 4, 5),
+        "relu": rnn_cell(4, 3, 6, nonlinearity="relu"),
+        "no_bias": rnn_cell(2, 3, 2, bias=(False, False)),
+        "only_b_hh": rnn_cell(2, 3, 4, bias=(False, True)),
+        "h_none": rnn_cell(3, 2, 4, with_h=False),
+        "batch1_hidden1": rnn_cell(1, 1, 1),
+        "unbatched": rnn_cell(None, 4, 5),  # x (I,), h (H,)
+        "unbatched_relu_h_none": rnn_cell(None, 3, 2, nonlinearity="relu", with_h=False),
+        "over_gemm_tiles": cpu_path(rnn_cell(37, 70, 130)),
+        "char_rnn_step": cpu_path(rnn_cell(32, 128, 128, nonlinearity="relu")),
+    },
+    "rnn_cell_backward": {
+        "basic": rnn_cell_backward(3, 4, 5),
+        "relu": rnn_cell_backward(4, 3, 6, nonlinearity="relu"),
+        "no_bias": rnn_cell_backward(2, 3, 2, bias=(False, False)),
+        "only_b_ih": rnn_cell_backward(2, 3, 4, bias=(True, False)),
+        "h_none": rnn_cell_backward(3, 2, 4, with_h=False),
+        "batch1_hidden1": rnn_cell_backward(1, 1, 1),
+        "unbatched": rnn_cell_backward(None, 4, 5),
+        "over_gemm_tiles": cpu_path(rnn_cell_backward(37, 70, 130)),
+        "char_rnn_step": cpu_path(rnn_cell_backward(32, 128, 128)),
     },
     "box_iou": {
         "basic": box_iou(7, 5),

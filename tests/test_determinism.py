@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_conformance import (CASES, conv, conv_backward, conv_transpose, conv_transpose_backward,
                               lstm, lstm_backward, lstm_cell_backward, matmul, own_copy,
-                              runnable_isas)
+                              rnn_cell, rnn_cell_backward, runnable_isas)
 
 import pyconv
 from pyconv import ops
@@ -107,6 +107,9 @@ LARGE_CASES = {
         "few_rows_wide": matmul(64, 700, 1000),
     },
     "lstm_cell_backward": {"batch_512": lstm_cell_backward(512, 64, 48)},
+    # Products large enough to be shared out between the threads (from 2^23 multiply-adds).
+    "rnn_cell": {"wide": rnn_cell(128, 256, 320)},
+    "rnn_cell_backward": {"wide": rnn_cell_backward(128, 256, 320, nonlinearity="relu")},
 }
 
 

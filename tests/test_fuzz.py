@@ -556,6 +556,21 @@ def lstm_cell_calls(draw):
     return Call("lstm_cell", (x, h, c, w_ih, w_hh, b_ih, b_hh), {})
 
 
+@st.composite
+def rnn_cell_calls(draw):
+    dtype, other = dtypes(draw)
+    B, I, Hd = sizes(draw, (1, 3), (1, 4), (1, 4))
+    Hh = Hd if draw(st.integers(0, 7)) else draw(st.integers(1, 5))
+    lead = batch_axis(draw, B)
+    x = draw(arrays((*lead, I), dtype))
+    h = None if draw(st.integers(0, 4)) == 0 else draw(arrays((*lead, Hh), other))
+    w_ih, w_hh = draw(arrays((Hd, I), dtype)), draw(arrays((Hd, Hd), dtype))
+    b_ih = draw(st.one_of(st.none(), arrays((Hd,), dtype)))
+    b_hh = draw(st.one_of(st.none(), arrays((Hd,), dtype)))
+    nonlinearity = draw(st.sampled_from(("tanh", "relu", "tanh", "relu", "sigmoid")))
+    return Call("rnn_cell", (x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity), {})
+
+
 def _boxes(rng, shape):
     """(x1, y1, x2, y2) on a coarse grid, so that boxes overlap, touch, coincide or are
     inverted; a last dimension other than 4 keeps the first columns."""
@@ -705,6 +720,16 @@ def lstm_cell_backward_calls(draw):
     dtype = x[1].dtype
     grads = (optional_gradient(draw, h[1].shape, dtype), optional_gradient(draw, h[1].shape, dtype))
     return Call("lstm_cell_backward", grads + forward.args, {})
+
+
+@st.composite
+def rnn_cell_backward_calls(draw):
+    forward = draw(rnn_cell_calls())
+    x, h, w_ih = forward.args[:3]
+    dtype = x[1].dtype
+    state = x[1].shape[:-1] + w_ih[1].shape[:1]
+    h_new = draw(arrays(state, dtype, values=lambda rng, s: rng.uniform(-1, 1, s)))
+    return Call("rnn_cell_backward", (gradient(draw, state, state, dtype), x, h, h_new) + forward.args[2:], {})
 
 
 @st.composite
@@ -925,6 +950,7 @@ STRATEGIES = {
     "avg_pool2d": pool_calls("avg_pool2d"),
     "max_unpool2d": unpool_calls(),
     "lstm_cell": lstm_cell_calls(),
+    "rnn_cell": rnn_cell_calls(),
     "box_iou": box_iou_calls(),
     "nms": nms_calls(),
 }
@@ -938,6 +964,7 @@ BACKWARD_STRATEGIES = {
     "avg_pool2d_backward": avg_pool_backward_calls(),
     "lstm": lstm_calls(),
     "lstm_cell_backward": lstm_cell_backward_calls(),
+    "rnn_cell_backward": rnn_cell_backward_calls(),
     "lstm_backward": lstm_backward_calls(),
     "batched_nms": batched_nms_calls(),
     # Ops whose calls are drawn like another's (nms, batched_nms) or are cheap: half the budget.

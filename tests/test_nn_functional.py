@@ -332,6 +332,20 @@ def test_rnn_cell_biases_get_gradients_of_their_own():
     np.testing.assert_array_equal(b_hh.grad, before)
 
 
+def test_rnn_cell_runs_one_fused_kernel_each_way(monkeypatch):
+    """A step is one call of ops.rnn_cell forward and one of ops.rnn_cell_backward, with no
+    separate products or activations (the per-call cost is what a recurrent step pays for)."""
+    calls = []
+    for name in ("rnn_cell", "rnn_cell_backward", "matmul", "tanh", "tanh_backward"):
+        original = getattr(pyconv.ops, name)
+        monkeypatch.setattr(pyconv.ops, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    rng = np.random.default_rng(0)
+    x, h, w_ih, w_hh = (Tensor(rng.standard_normal(s), requires_grad=True) for s in ((2, 3), (2, 4), (4, 3), (4, 4)))
+    F.rnn_cell(x, h, w_ih, w_hh).sum().backward()
+    assert calls == ["rnn_cell", "rnn_cell_backward"]
+    assert all(t.grad is not None for t in (x, h, w_ih, w_hh))
+
+
 def test_batch_norm_running_stats_match_torch():
     x = np.random.default_rng(0).standard_normal((6, 3, 2, 2))
     rm, rv = np.zeros(3), np.ones(3)

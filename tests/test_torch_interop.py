@@ -82,6 +82,10 @@ def _opcheck_samples():
         "lstm_cell": (*cell_args, "cpu"),
         "lstm_cell_backward": (g(3, 6), g(3, 6), *cell_args, "cpu"),
         "lstm": (*lstm_args, True, "cpu"),
+        "rnn_cell": (_randn(3, 4), _randn(3, 6), _randn(6, 4), _randn(6, 6), _randn(6), None, "tanh",
+                     "cpu"),
+        "rnn_cell_backward": (g(3, 6), _randn(3, 4), None, torch.relu(g(3, 6)), _randn(6, 4),
+                              _randn(6, 6), None, _randn(6), "relu", "cpu"),
         "lstm_backward": (g(5, 3, 6), g(3, 6), g(3, 6), *lstm_args, None, None, None, "cpu"),
         "box_iou": (_boxes(5), _boxes(3), "cpu"),
         "nms": (_boxes(8), torch.rand(8, dtype=torch.float64), 0.3, "cpu"),
@@ -191,6 +195,10 @@ GRADCHECK_CASES = {
                    _randn(20), _randn(20))),
     "lstm": (lambda x, h, c, wi, wh, bi: _flat(pt.lstm(x, h, c, wi, wh, bi)),
              (_randn(4, 2, 3), _randn(2, 5), _randn(2, 5), _randn(20, 3), _randn(20, 5), _randn(20))),
+    "rnn_cell": (lambda x, h, wi, wh, bi, bh: pt.rnn_cell(x, h, wi, wh, bi, bh),
+                 (_randn(3, 4), _randn(3, 5), _randn(5, 4), _randn(5, 5), _randn(5), _randn(5))),
+    "rnn_cell_relu_unbatched": (lambda x, wi, wh, bh: pt.rnn_cell(x, None, wi, wh, None, bh, "relu"),
+                                (_randn(4), _randn(5, 4), _randn(5, 5), _randn(5))),
     "leaky_relu": (lambda x: pt.leaky_relu(x, 0.1), (_randn(3, 4, 5),)),
     "matmul": (pt.matmul, (_randn(3, 4), _randn(4, 5))),
     "matmul_trans_a": (lambda a, b: pt.matmul(a, b, trans_a=True), (_randn(4, 3), _randn(4, 5))),
@@ -535,13 +543,15 @@ def test_converted_modules_handle_torch_calling_conventions():
     pool, unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
     up = nn.ConvTranspose2d(3, 2, 3, stride=2)
     lstm, cell = nn.LSTM(3, 4, batch_first=True), nn.LSTMCell(3, 4)
+    rnn = nn.RNNCell(3, 4, nonlinearity="relu")
     x = torch.randn(3, 5, 5)
     seq = torch.randn(6, 3)
     expected = (pool(x), unpool(*pool(x), output_size=(5, 5)), up(x, output_size=(12, 12)),
-                lstm(seq), cell(seq))
-    pool, unpool, up, lstm, cell = (pt.convert(m) for m in (pool, unpool, up, lstm, cell))
+                lstm(seq), cell(seq), rnn(seq), rnn(seq[0]), rnn(seq[0], rnn(seq[1])))
+    pool, unpool, up, lstm, cell, rnn = (pt.convert(m) for m in (pool, unpool, up, lstm, cell, rnn))
+    assert type(rnn) is pt.nn.RNNCell
     got = (pool(x), unpool(*pool(x), output_size=(5, 5)), up(x, output_size=(12, 12)),
-           lstm(seq), cell(seq))
+           lstm(seq), cell(seq), rnn(seq), rnn(seq[0]), rnn(seq[0], rnn(seq[1])))
     torch.testing.assert_close(got, expected)
     packed = nn.utils.rnn.pack_sequence([torch.randn(4, 3)])
     with pytest.raises(TypeError, match="PackedSequence"):

@@ -46,7 +46,8 @@ from .elementwise import (DROPOUT_RESOLUTION, DropoutDraw, dropout, dropout_back
                           elu_backward, prelu, prelu_backward, sigmoid, sigmoid_backward, tanh,
                           tanh_backward)
 from .norm import batch_norm_train, batch_norm_train_backward
-from .lstm import lstm, lstm_backward, lstm_cell, lstm_cell_backward
+from .lstm import (RNN_NONLINEARITIES, lstm, lstm_backward, lstm_cell, lstm_cell_backward, rnn_cell,
+                   rnn_cell_backward)
 from .loss import (binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_backward,
                    cross_entropy, cross_entropy_backward, softmax, softmax_backward)
 from .optim import adam_step, sgd_step
@@ -60,8 +61,8 @@ __all__ = [
     "conv1d", "conv2d", "conv_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",
-    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward",
-    "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
+    "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward", "rnn_cell", "rnn_cell_backward",
+    "RNN_NONLINEARITIES", "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward", "tanh",
     "tanh_backward", "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",
     "softmax", "softmax_backward", "cross_entropy", "cross_entropy_backward",

@@ -1,4 +1,4 @@
-"""The LSTM cell and sequence, and their gradients."""
+"""The LSTM cell and sequence, the Elman RNN cell, and their gradients."""
 from __future__ import annotations
 
 from .core import (check_array, check_batch_optional, check_float_dtypes, shape_of, without_batch)
@@ -88,3 +88,47 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         grad_hT=(grad_hT, state), grad_cT=(grad_cT, state),
     )
     return T, B, I, Hd
+
+
+RNN_NONLINEARITIES = ("tanh", "relu")
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, op="rnn_cell"):
+    """Returns (B, I, H), B = 1 for an unbatched x (I,). h may be None (a zero state)."""
+    if nonlinearity not in RNN_NONLINEARITIES:
+        raise ValueError(f"{op}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    check_array(op, "x", x, (1, 2))
+    check_array(op, "w_ih", w_ih)
+    check_array(op, "w_hh", w_hh)
+    check_array(op, "h", h, allow_none=True)
+    check_array(op, "b_ih", b_ih, allow_none=True)
+    check_array(op, "b_hh", b_hh, allow_none=True)
+    check_float_dtypes(op, x=x, h=h, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    xs, ws = tuple(x.shape), tuple(w_ih.shape)
+    if len(ws) != 2 or xs[-1] != ws[1]:
+        raise ValueError(f"{op}: x of shape {xs} does not fit w_ih of shape {ws} (need x "
+                         "(B, input_size) or (input_size,) and w_ih (hidden_size, input_size))")
+    Hd = ws[0]
+    if tuple(w_hh.shape) != (Hd, Hd):
+        raise ValueError(f"{op}: w_hh must have shape ({Hd}, {Hd}) to match w_ih {ws}, "
+                         f"got {shape_of(w_hh)}")
+    if h is not None and tuple(h.shape) != xs[:-1] + (Hd,):
+        raise ValueError(f"{op}: h must have shape {xs[:-1] + (Hd,)} for x of shape {xs}, "
+                         f"got {shape_of(h)}")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None and tuple(b.shape) != (Hd,):
+            raise ValueError(f"{op}: {name} must have shape ({Hd},), got {shape_of(b)}")
+    B = xs[0] if len(xs) == 2 else 1
+    if min(B, ws[1], Hd) < 1:
+        raise ValueError(f"{op}: empty input (x.shape={xs}, w_ih.shape={ws})")
+    return B, ws[1], Hd
+
+
+def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    op = "rnn_cell_backward"
+    B, I, Hd = rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, op=op)
+    state = without_batch((B, Hd), x.ndim == 1)
+    check_array(op, "grad_h", grad_h)
+    check_array(op, "h_new", h_new)
+    _optional_grads(op, x.dtype, grad_h=(grad_h, state), h_new=(h_new, state))
+    return B, I, Hd

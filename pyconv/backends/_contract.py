@@ -50,6 +50,12 @@ KERNELS: dict[str, KernelSpec] = _kernels(
                ("grad_out", "grad_hT", "grad_cT", "x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh",
                 "saved"),
                "(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)"),
+    # Elman RNN step, h_new = act(x w_ih^T + b_ih + h w_hh^T + b_hh); nonlinearity is "tanh"
+    # or "relu". The backward takes h_new, from which either activation's derivative follows.
+    KernelSpec("rnn_cell", ("x", "h", "w_ih", "w_hh", "b_ih", "b_hh", "nonlinearity"), "h_new (B, H)"),
+    KernelSpec("rnn_cell_backward",
+               ("grad_h", "x", "h", "h_new", "w_ih", "w_hh", "b_ih", "b_hh", "nonlinearity"),
+               "(grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)"),
     # Boxes (x1, y1, x2, y2).
     KernelSpec("box_iou", ("boxes1", "boxes2"), "(N, M)"),
     KernelSpec("nms", ("boxes", "scores", "iou_threshold"), "kept indices (int64)"),
@@ -138,6 +144,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "lstm_cell_backward": ("lstm_cell_backward",),
     "lstm": ("lstm",),
     "lstm_backward": ("lstm_backward",),
+    "rnn_cell": ("rnn_cell",),
+    "rnn_cell_backward": ("rnn_cell_backward",),
     "box_iou": ("box_iou",),
     "nms": ("nms",),
     "batched_nms": ("batched_nms", "nms"),

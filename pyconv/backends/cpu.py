@@ -178,6 +178,24 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 
 @backend.register
+def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    y = np.empty(h.shape, x.dtype)
+    _C.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity == "tanh", y)
+    return y
+
+
+@backend.register
+def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    grads = [np.empty_like(a) for a in (x, h, w_ih, w_hh)]
+    grad_b = np.empty(w_ih.shape[0], x.dtype) if (b_ih is not None or b_hh is not None) else None
+    _C.rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, nonlinearity == "tanh", *grads, grad_b)
+    # Both biases enter the sum the same way, so they get the same gradient (in two arrays).
+    grad_b_ih = None if b_ih is None else grad_b
+    grad_b_hh = None if b_hh is None else (grad_b if b_ih is None else grad_b.copy())
+    return (*grads, grad_b_ih, grad_b_hh)
+
+
+@backend.register
 def box_iou(boxes1, boxes2):
     out = np.empty((boxes1.shape[0], boxes2.shape[0]), boxes1.dtype)
     _C.box_iou(boxes1, boxes2, out)

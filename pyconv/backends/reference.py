@@ -326,6 +326,23 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
             None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
 
 
+@backend.register
+def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    """h' = act(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh), act tanh or relu."""
+    z = x @ w_ih.T + _bias(b_ih) + h @ w_hh.T + _bias(b_hh)
+    return tanh(z) if nonlinearity == "tanh" else relu(z)
+
+
+@backend.register
+def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    """The gradient of the pre-activation from h' (tanh' = 1 - h'^2, relu' = [h' > 0]), then
+    the products of the forward, transposed."""
+    grad_z = (tanh_backward if nonlinearity == "tanh" else relu_backward)(grad_h, h_new)
+    grad_b = grad_z.sum(axis=0)
+    return (grad_z @ w_ih, grad_z @ w_hh, grad_z.T @ x, grad_z.T @ h,
+            None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())
+
+
 # --------------------------------------------------------------------------------------------
 # Boxes (x1, y1, x2, y2)
 

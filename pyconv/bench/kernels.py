@@ -452,6 +452,46 @@ def _lstm_cell_case(name, B, I, Hd, quick=False):
                 _torch_baseline(torch_fn), quick=quick)
 
 
+def _rnn_cell_case(name, B, I, Hd, backward, quick=False):
+    """One Elman step (tanh), forward or forward + backward, against torch.nn.RNNCell."""
+    def make(rng):
+        bound = 1 / math.sqrt(Hd)
+        weights = {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in
+                   (("w_ih", (Hd, I)), ("w_hh", (Hd, Hd)), ("b_ih", (Hd,)), ("b_hh", (Hd,)))}
+        return {"x": _f32(rng, B, I), "h": _f32(rng, B, Hd), "g": _f32(rng, B, Hd), **weights}
+
+    weights = ("w_ih", "w_hh", "b_ih", "b_hh")
+
+    def run(a, be):
+        h_new = ops.rnn_cell(a["x"], a["h"], *(a[k] for k in weights), backend=be)
+        if not backward:
+            return h_new
+        return ops.rnn_cell_backward(a["g"], a["x"], a["h"], h_new, *(a[k] for k in weights), backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        m = torch.nn.RNNCell(I, Hd)
+        with torch.no_grad():
+            for k in weights:
+                getattr(m, {"w": "weight", "b": "bias"}[k[0]] + "_" + k[2:]).copy_(torch.from_numpy(a[k]))
+        x, h, g = (torch.from_numpy(a[k]) for k in "xhg")
+        if not backward:
+            def fwd():
+                with torch.no_grad():
+                    return m(x, h)
+            return fwd
+        xg, hg = x.clone().requires_grad_(True), h.clone().requires_grad_(True)
+
+        def fwd_bwd():
+            m(xg, hg).backward(g)
+        return fwd_bwd
+
+    flops = 2 * B * Hd * (I + Hd) * (3 if backward else 1)
+    kernels = ("rnn_cell", "rnn_cell_backward") if backward else ("rnn_cell",)
+    return Case("rnn_cell fwd+bwd" if backward else "rnn_cell", name, kernels, make, run, flops,
+                "flop", _torch_baseline(torch_fn), quick=quick)
+
+
 def clustered_boxes(rng, n, clusters=None):
     """n boxes (x1, y1, x2, y2) scattered around a few centres, as detector outputs are."""
     clusters = clusters or max(1, n // 20)
@@ -627,6 +667,8 @@ def cases(quick: bool) -> list[Case]:
         _lstm_case("T=20 B=32 64->128", 20, 32, 64, 128, backward=False, quick=True),
         _lstm_case("T=100 B=64 128->256", 100, 64, 128, 256, backward=True),
         _lstm_cell_case("B=64 128->256", 64, 128, 256, quick=True),
+        _rnn_cell_case("char-RNN step B=32 128->128", 32, 128, 128, backward=False, quick=True),
+        _rnn_cell_case("char-RNN step B=32 128->128", 32, 128, 128, backward=True, quick=True),
         _nms_case(1000, quick=True),
         _nms_case(10000),
         _nms_case(50000),

@@ -12,7 +12,8 @@ converter. Needs PyTorch (``import pyconv`` itself never imports it).
   and ``torch.compile`` (one opaque node each, no graph break).
 * :mod:`pyconv.torch.functional`: the same ops with torch's signatures (also here, at the top).
 * :mod:`pyconv.torch.nn`: pyconv-backed ``Conv1d``, ``Conv2d``, ``ConvTranspose2d``,
-  ``MaxPool2d``, ``AvgPool2d``, ``MaxUnpool2d``, ``LSTM``, ``LSTMCell``; :func:`convert`.
+  ``MaxPool2d``, ``AvgPool2d``, ``MaxUnpool2d``, ``LSTM``, ``LSTMCell``, ``RNNCell``;
+  :func:`convert`.
 
 Tensors cross without copies: CPU tensors as NumPy arrays (``Tensor.numpy()`` /
 ``torch.from_numpy``), CUDA tensors as CuPy arrays through DLPack, on torch's current stream.
@@ -32,12 +33,12 @@ from ._library import OPERATORS
 from .functional import (avg_pool2d, batch_norm_train, batched_nms, box_iou, box_iou_rotated,
                          conv1d, conv2d, conv_transpose2d, diou_nms, get_backend, leaky_relu,
                          lstm, lstm_cell, matmul, matrix_nms, max_pool2d, max_unpool2d, nms,
-                         nms_rotated, set_backend, soft_nms)
+                         nms_rotated, rnn_cell, set_backend, soft_nms)
 from .nn import convert
 
 __all__ = [
     "convert", "set_backend", "get_backend", "OPERATORS", "functional", "nn",
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
-    "lstm_cell", "lstm", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
+    "lstm_cell", "lstm", "rnn_cell", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
     "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "batch_norm_train",
 ]

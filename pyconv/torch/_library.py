@@ -697,6 +697,52 @@ lstm.register_autograd(_lstm_seq_autograd, setup_context=_lstm_seq_setup)
 
 
 # --------------------------------------------------------------------------------------------
+# Elman RNN cell
+
+
+@torch.library.custom_op("pyconv::rnn_cell", mutates_args=())
+def rnn_cell(x: Tensor, h: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+             b_hh: Optional[Tensor], nonlinearity: str, backend: str) -> Tensor:
+    return _run(ops.rnn_cell, x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend=backend)
+
+
+@rnn_cell.register_fake
+def _(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend):
+    B, _, H = _spec.rnn_cell(*map(_shape, (x, h, w_ih, w_hh, b_ih, b_hh)), nonlinearity)
+    return _new(x, _spec.without_batch((B, H), x.dim() == 1))
+
+
+@torch.library.custom_op("pyconv::rnn_cell_backward", mutates_args=())
+def rnn_cell_backward(grad_h: Tensor, x: Tensor, h: Optional[Tensor], h_new: Tensor, w_ih: Tensor,
+                      w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                      nonlinearity: str, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grads = _run(ops.rnn_cell_backward, grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity,
+                 backend=backend)
+    return _or_empty(grads, x)
+
+
+@rnn_cell_backward.register_fake
+def _(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend):
+    return tuple(_new(x, (0,) if a is None else a.shape) for a in (x, h_new, w_ih, w_hh, b_ih, b_hh))
+
+
+def _rnn_cell_setup(ctx, inputs, output):
+    x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend = inputs
+    ctx.save_for_backward(x, h, output, w_ih, w_hh, b_ih, b_hh)
+    ctx.nonlinearity, ctx.backend = nonlinearity, backend
+
+
+def _rnn_cell_autograd(ctx, grad):
+    x, h, h_new, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+    grads = call(rnn_cell_backward, grad, x, h, h_new, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity,
+                 ctx.backend)
+    return (*_or_none(grads, ctx.needs_input_grad[:6]), None, None)
+
+
+rnn_cell.register_autograd(_rnn_cell_autograd, setup_context=_rnn_cell_setup)
+
+
+# --------------------------------------------------------------------------------------------
 # Operators declared by their implementation: the name, the schema and the fake implementation
 # follow from its signature and the op's shape rules, the autograd formula from the backward
 # operator's signature.
@@ -1086,7 +1132,8 @@ OPERATORS = {
     "max_pool2d": max_pool2d, "max_pool2d_backward": max_pool2d_backward,
     "avg_pool2d": avg_pool2d, "avg_pool2d_backward": avg_pool2d_backward,
     "max_unpool2d": max_unpool2d, "lstm_cell": lstm_cell, "lstm_cell_backward": lstm_cell_backward,
-    "lstm": lstm, "lstm_backward": lstm_backward, "box_iou": box_iou, "nms": nms,
+    "lstm": lstm, "lstm_backward": lstm_backward, "rnn_cell": rnn_cell,
+    "rnn_cell_backward": rnn_cell_backward, "box_iou": box_iou, "nms": nms,
     "batched_nms": batched_nms, "box_iou_rotated": box_iou_rotated, "nms_rotated": nms_rotated,
     "relu": relu, "relu_backward": relu_backward, "leaky_relu": leaky_relu,
     "leaky_relu_backward": leaky_relu_backward,

@@ -19,7 +19,7 @@ from . import _library as _lib
 __all__ = [
     "set_backend", "get_backend",
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
-    "lstm_cell", "lstm", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
+    "lstm_cell", "lstm", "rnn_cell", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
     "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "batch_norm_train",
 ]
 
@@ -179,6 +179,12 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step, as ``torch.nn.LSTMCell`` -> ``(h_new, c_new)``: x (B, I), h and c (B, H)."""
     return _lib.call(_lib.lstm_cell, x, h, c, w_ih, w_hh, b_ih, b_hh, _backend(backend, x))
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", *, backend=None):
+    """One Elman RNN step, as ``torch.nn.RNNCell``: act(x w_ih^T + b_ih + h w_hh^T + b_hh), act
+    "tanh" or "relu"; x (B, I) or (I,), h of x's batch shape and (H,), or None (zeros)."""
+    return _lib.call(_lib.rnn_cell, x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, _backend(backend, x))
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):

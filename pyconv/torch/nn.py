@@ -15,7 +15,7 @@ from ..backends import get as _get_backend
 from . import functional as F
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "MaxUnpool2d",
-           "LSTM", "LSTMCell", "convert", "CONVERTIBLE"]
+           "LSTM", "LSTMCell", "RNNCell", "convert", "CONVERTIBLE"]
 
 
 def _refuse_padding_mode(module, path="this module"):
@@ -93,6 +93,14 @@ class LSTMCell(nn.LSTMCell):
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
+class RNNCell(nn.RNNCell):
+    backend: str | None = None
+
+    def forward(self, input, hx=None):
+        return F.rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                          self.nonlinearity, backend=self.backend)
+
+
 def _lstm_refusal(module) -> str | None:
     if module.proj_size:
         return f"proj_size={module.proj_size}: pyconv's LSTM has no projection"
@@ -164,7 +172,7 @@ class LSTM(nn.Module):
 CONVERTIBLE: dict[type, type] = {
     nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.ConvTranspose2d: ConvTranspose2d,
     nn.MaxPool2d: MaxPool2d, nn.AvgPool2d: AvgPool2d, nn.MaxUnpool2d: MaxUnpool2d,
-    nn.LSTM: LSTM, nn.LSTMCell: LSTMCell,
+    nn.LSTM: LSTM, nn.LSTMCell: LSTMCell, nn.RNNCell: RNNCell,
 }
 
 
@@ -206,8 +214,8 @@ def _swapped(module, cls, backend):
 
 def convert(model: nn.Module, ops=None, *, backend: str | None = None) -> nn.Module:
     """Replaces, in place, every ``Conv1d``, ``Conv2d``, ``ConvTranspose2d``, ``MaxPool2d``,
-    ``AvgPool2d``, ``MaxUnpool2d``, ``LSTM`` and ``LSTMCell`` inside `model` by its pyconv-backed
-    twin (:mod:`pyconv.torch.nn`) and returns `model`.
+    ``AvgPool2d``, ``MaxUnpool2d``, ``LSTM``, ``LSTMCell`` and ``RNNCell`` inside `model` by its
+    pyconv-backed twin (:mod:`pyconv.torch.nn`) and returns `model`.
 
     The twins keep the very Parameter objects, buffers and hooks of the modules they replace,
     so ``model.state_dict()`` has the same keys and tensors and an optimiser built before the

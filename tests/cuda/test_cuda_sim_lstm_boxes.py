@@ -79,6 +79,36 @@ def test_lstm_cell_forward_and_backward(dtype):
         assert_close(got, w)
 
 
+@pytest.mark.parametrize("dtype,nonlinearity,biases", [(np.float32, "tanh", (True, True)),
+                                                       (np.float64, "relu", (False, True))])
+def test_rnn_cell_forward_and_backward(dtype, nonlinearity, biases):
+    rng = np.random.default_rng(22)
+    B, I, H = 3, 4, 6
+    x, h = randn(rng, (B, I), dtype), randn(rng, (B, H), dtype)
+    w_ih, w_hh = randn(rng, (H, I), dtype) * 0.5, randn(rng, (H, H), dtype) * 0.5
+    b_ih, b_hh = (randn(rng, (H,), dtype) if given else None for given in biases)
+    h_new = ops.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend="cuda")
+    cell = torch.nn.RNNCell(I, H, bias=True, nonlinearity=nonlinearity, dtype=torch.from_numpy(x).dtype)
+    with torch.no_grad():
+        cell.weight_ih.copy_(torch.from_numpy(w_ih))
+        cell.weight_hh.copy_(torch.from_numpy(w_hh))
+        cell.bias_ih.copy_(torch.from_numpy(b_ih) if b_ih is not None else torch.zeros(H))
+        cell.bias_hh.copy_(torch.from_numpy(b_hh) if b_hh is not None else torch.zeros(H))
+    xt, ht = (torch.from_numpy(a).requires_grad_() for a in (x, h))
+    h_t = cell(xt, ht)
+    assert_close(h_new, h_t)
+    g = randn(rng, (B, H), dtype)
+    (h_t * torch.from_numpy(g)).sum().backward()
+    grads = ops.rnn_cell_backward(g, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity, backend="cuda")
+    want = [xt.grad, ht.grad, cell.weight_ih.grad, cell.weight_hh.grad,
+            cell.bias_ih.grad if b_ih is not None else None, cell.bias_hh.grad]
+    for got, w in zip(grads, want):
+        if w is None:
+            assert got is None
+        else:
+            assert_close(got, w)
+
+
 # ------------------------------------------------------------------------------------------------
 # Boxes: NumPy oracles written from the documented semantics.
 

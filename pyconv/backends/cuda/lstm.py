@@ -1,5 +1,5 @@
-"""LSTM on the GPU: the gate products through the array module's GEMM (cuBLAS on CuPy arrays),
-everything elementwise in ONE fused kernel per step and direction.
+"""LSTM and the Elman RNN cell on the GPU: the gate products through the array module's GEMM
+(cuBLAS on CuPy arrays), everything elementwise in ONE fused kernel per step and direction.
 
 Forward, per step: gh = h @ w_hh^T (a cuBLAS GEMM; the input projection x @ w_ih^T of all T
 steps is one GEMM before the loop), then ``lstm_step_fwd`` reads the two gate pre-activations
@@ -20,6 +20,7 @@ from numba import cuda
 
 from .. import LstmSaved
 from . import backend
+from .elementwise import relu_backward, tanh_backward
 from ._kernel_util import Kernels, per_dtype
 from ._runtime import THREADS, blocks_for, dummy, flat, launch, xp
 
@@ -73,12 +74,24 @@ def kernels(dtype):
             dgates[r + 3 * Hd] = dh * tc * o_ * (dt(1) - o_)
             dc_prev[e] = dc * f_
 
+    @ks.add("ffffnnn")
+    def rnn_step_fwd(gx, gh, bias, h, B, Hd, tanh):
+        # An Elman step's pre-activation gx + gh + bias, activated: tanh, else ReLU (NaN and
+        # -0.0 pass through it, as PyTorch's).
+        for e in range(cuda.grid(1), B * Hd, cuda.gridsize(1)):
+            v = gx[e] + gh[e] + bias[e % Hd]
+            if tanh != 0:
+                h[e] = math.tanh(v)
+            else:
+                h[e] = dt(0) if v < dt(0) else v
+
     return ks
 
 
-def _bias(b_ih, b_hh, Hd, dtype):
+def _bias(b_ih, b_hh, rows, dtype):
+    """b_ih + b_hh, either of which may be None: (rows,)."""
     if b_ih is None and b_hh is None:
-        return xp.zeros(4 * Hd, dtype)
+        return xp.zeros(rows, dtype)
     if b_hh is None:
         return b_ih
     return b_hh if b_ih is None else b_ih + b_hh
@@ -114,7 +127,7 @@ def _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sav
     T, B, I = x.shape
     Hd = h0.shape[1]
     if saved is None:
-        saved = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, Hd, x.dtype), True)[3]
+        saved = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, 4 * Hd, x.dtype), True)[3]
     ks = kernels(x.dtype)
     acts, cells = saved.gates, saved.cs
     dgates = xp.empty((T, B, 4 * Hd), x.dtype)
@@ -136,7 +149,7 @@ def _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sav
 
 @backend.register
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    out, cells, last, _ = _forward(x[None], h, c, w_ih, w_hh, _bias(b_ih, b_hh, h.shape[1], x.dtype), False)
+    out, cells, last, _ = _forward(x[None], h, c, w_ih, w_hh, _bias(b_ih, b_hh, 4 * h.shape[1], x.dtype), False)
     return out[0], cells[last]
 
 
@@ -149,10 +162,29 @@ def lstm_cell_backward(grad_h, grad_c, x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 @backend.register
 def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, save):
-    out, cells, last, saved = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, h0.shape[1], x.dtype), save)
+    out, cells, last, saved = _forward(x, h0, c0, w_ih, w_hh, _bias(b_ih, b_hh, 4 * h0.shape[1], x.dtype), save)
     return out, (out[-1].copy(), cells[last].copy()), saved
 
 
 @backend.register
 def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved):
     return _backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, saved)
+
+
+@backend.register
+def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    B, Hd = h.shape
+    h_new = xp.empty_like(h)
+    launch(kernels(x.dtype).rnn_step_fwd, blocks_for(B * Hd), THREADS,
+           flat(x @ w_ih.T), flat(h @ w_hh.T), _bias(b_ih, b_hh, Hd, x.dtype), flat(h_new), B, Hd,
+           int(nonlinearity == "tanh"))
+    return h_new
+
+
+@backend.register
+def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    # The pre-activation's gradient from the output, by the activation's own backward kernel.
+    grad_pre = (tanh_backward if nonlinearity == "tanh" else relu_backward)(grad_h, h_new)
+    grad_b = grad_pre.sum(axis=0)
+    return (grad_pre @ w_ih, grad_pre @ w_hh, grad_pre.T @ x, grad_pre.T @ h,
+            None if b_ih is None else grad_b, None if b_hh is None else grad_b.copy())

@@ -1,4 +1,4 @@
-"""The LSTM on the "numba" backend. Gate rows i, f, g, o as PyTorch:
+"""The LSTM and the Elman RNN cell on the "numba" backend. LSTM gate rows i, f, g, o as PyTorch:
 gates = x @ w_ih^T + h @ w_hh^T + b_ih + b_hh, i, f, o = sigmoid, g = tanh,
 c' = f*c + i*g, h' = o*tanh(c').
 
@@ -361,3 +361,61 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
     grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads
     return (grad_x.reshape(T, B, I), grad_h0, grad_c0, grad_w_ih, grad_w_hh,
             grad_b_ih, grad_b_hh)
+
+
+# ---- The Elman RNN cell: h' = act(x w_ih^T + b_ih + h w_hh^T + b_hh), act tanh or ReLU. Its
+# products go to BLAS; the biases and the activation are one pass over the rows, and so is the
+# backward's gradient of the pre-activation.
+
+
+@helper
+def _relu_row(pre_x, pre_h, bias, out):
+    for col in range(out.shape[0]):
+        j = _u(col)
+        v = pre_x[j] + pre_h[j] + bias[j]
+        out[j] = 0 if v < 0 else v  # NaN and -0.0 pass, as PyTorch's relu
+
+
+@kernel
+def _rnn_pointwise(pre_x, pre_h, bias, tanh, out):
+    for b in prange(out.shape[0]):
+        if tanh:
+            _tanh_row(pre_x[b], pre_h[b], bias, out[b])
+        else:
+            _relu_row(pre_x[b], pre_h[b], bias, out[b])
+
+
+@kernel
+def _rnn_grad_pre(grad_y, y, tanh, out):
+    """The pre-activation's gradient from the output: tanh' = 1 - y^2, relu' = [y > 0] (a NaN
+    output passes the gradient, as PyTorch's)."""
+    for b in prange(y.shape[0]):
+        for col in range(y.shape[1]):
+            j = _u(col)
+            v = y[b, j]
+            if tanh:
+                out[b, j] = grad_y[b, j] * (1 - v * v)
+            else:
+                out[b, j] = 0 if v <= 0 else grad_y[b, j]
+
+
+@backend.register
+def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    _one_blas_thread()
+    pre_x, pre_h, h_new = (np.empty(h.shape, x.dtype) for _ in range(3))
+    _matmul(x, w_ih.T, pre_x, _threads())
+    _matmul(h, w_hh.T, pre_h, _threads())
+    _rnn_pointwise(pre_x, pre_h, _lstm_bias(b_ih, b_hh, w_ih), nonlinearity == "tanh", h_new)
+    return h_new
+
+
+@backend.register
+def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    _one_blas_thread()
+    grad_pre = np.empty_like(h_new)
+    _rnn_grad_pre(grad_h, h_new, nonlinearity == "tanh", grad_pre)
+    grad_h_prev = np.empty_like(h)
+    _matmul(grad_pre, w_hh, grad_h_prev, _threads())
+    grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = _lstm_gradients(
+        grad_pre, x, h, w_ih, w_hh, b_ih, b_hh)
+    return grad_x, grad_h_prev, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh

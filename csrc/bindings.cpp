@@ -486,11 +486,13 @@ const int64_t* checked_targets(const py::array& target, int64_t M, int64_t C, in
     return t;
 }
 
-// (M, C) of the class scores x of a cross-entropy: rows of at least one class.
-std::vector<int64_t> rows_of_classes(const py::array& x) {
-    const auto shape = rows_of(x, "x");
-    if (shape[1] < 1 && shape[0] > 0) throw py::value_error("x: needs at least one class");
-    return shape;
+// The class scores x of a cross-entropy as (N, C, P), row (n, p) holding x[n, :, p]: x (M, C)
+// is (M, C, 1). Rows of at least one class.
+std::array<int64_t, 3> class_rows_of(const py::array& x) {
+    if (x.ndim() != 2 && x.ndim() != 3) throw py::value_error("x: expected (M, C) or (N, C, P)");
+    const int64_t N = x.shape(0), C = x.shape(1), P = x.ndim() == 3 ? x.shape(2) : 1;
+    if (C < 1 && N * P > 0) throw py::value_error("x: needs at least one class");
+    return {N, C, P};
 }
 
 // body(T(), shapes, sizes) for a non-empty list of parameter arrays of element type T (the
@@ -1171,37 +1173,38 @@ PYBIND11_MODULE(_C, m) {
              Array loss, Array lse) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const auto shape = rows_of_classes(x);
-                  const int64_t M = shape[0], C = shape[1];
-                  const T* xp = checked<T>(x, shape, "x");
+                  const auto [N, C, P] = class_rows_of(x);
+                  const int64_t M = N * P;
+                  const T* xp = checked<T>(x, shape_of(x), "x");
                   const int64_t* tp = checked_targets(target, M, C, ignore_index);
                   const T* wp = checked_or_null<T>(weight, {C}, "weight");
                   T* lp = checked<T>(loss, {M}, "loss", true);
                   T* sp = checked<T>(lse, {M}, "lse", true);
                   without_gil([&] {
-                      kernels<T>().cross_entropy_forward(M, C, xp, tp, wp, ignore_index,
+                      kernels<T>().cross_entropy_forward(N, C, P, xp, tp, wp, ignore_index,
                                                          label_smoothing, lp, sp);
                   });
               });
           },
           py::arg("x"), py::arg("target"), py::arg("weight"), py::arg("ignore_index"),
           py::arg("label_smoothing"), py::arg("loss"), py::arg("lse"),
-          "per-row cross-entropy of x (M, C) against target (M,) into loss, log-sum-exp into lse");
+          "per-row cross-entropy of x (M, C), or (N, C, P) with rows (n, p), against target (M,) "
+          "(M = N P) into loss, log-sum-exp into lse");
     def_op(m, "cross_entropy_backward",
           [](Array grad_loss, Array x, Array target, Optional weight, Array lse,
              int64_t ignore_index, double label_smoothing, Array grad_x) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
-                  const auto shape = rows_of_classes(x);
-                  const int64_t M = shape[0], C = shape[1];
+                  const auto [N, C, P] = class_rows_of(x);
+                  const int64_t M = N * P;
                   const T* gl = checked<T>(grad_loss, {M}, "grad_loss");
-                  const T* xp = checked<T>(x, shape, "x");
+                  const T* xp = checked<T>(x, shape_of(x), "x");
                   const int64_t* tp = checked_targets(target, M, C, ignore_index);
                   const T* wp = checked_or_null<T>(weight, {C}, "weight");
                   const T* sp = checked<T>(lse, {M}, "lse");
-                  T* gx = checked<T>(grad_x, shape, "grad_x", true);
+                  T* gx = checked<T>(grad_x, shape_of(x), "grad_x", true);
                   without_gil([&] {
-                      kernels<T>().cross_entropy_backward(M, C, gl, xp, tp, wp, sp, ignore_index,
+                      kernels<T>().cross_entropy_backward(N, C, P, gl, xp, tp, wp, sp, ignore_index,
                                                           label_smoothing, gx);
                   });
               });

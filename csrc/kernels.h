@@ -141,12 +141,13 @@ struct KernelsFor {
     void (*softmax_forward)(int64_t M, int64_t C, const T* x, bool log, T* y);
     void (*softmax_backward)(int64_t M, int64_t C, const T* grad_y, const T* y, bool log,
                              T* grad_x);
-    // Cross-entropy of rows x (M, C) against target (M,) (entries in [0, C) or ignore_index),
-    // class weights (C,) or nullptr, label smoothing eps: loss (M,) and each row's lse (M,).
-    void (*cross_entropy_forward)(int64_t M, int64_t C, const T* x, const int64_t* target,
+    // Cross-entropy of the rows of x (N, C, P), row n P + p holding x[n, :, p] (classes last:
+    // P = 1), against target (N P,) (entries in [0, C) or ignore_index), class weights (C,) or
+    // nullptr, label smoothing eps: loss (N P,) and each row's lse (N P,).
+    void (*cross_entropy_forward)(int64_t N, int64_t C, int64_t P, const T* x, const int64_t* target,
                                   const T* weight, int64_t ignore_index, double eps, T* loss,
                                   T* lse);
-    void (*cross_entropy_backward)(int64_t M, int64_t C, const T* grad_loss, const T* x,
+    void (*cross_entropy_backward)(int64_t N, int64_t C, int64_t P, const T* grad_loss, const T* x,
                                    const int64_t* target, const T* weight, const T* lse,
                                    int64_t ignore_index, double eps, T* grad_x);
     // Binary cross-entropy of logits x (M, C) against target (M, C); pos_weight (C,) or nullptr.

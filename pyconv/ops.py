@@ -792,32 +792,39 @@ def log_softmax_backward(grad_out, y, *, backend=None):
 
 
 @_takes_dlpack
-def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, *, backend=None):
-    """Per-row cross-entropy of logits x (..., C) against integer classes target (...), as
-    ``torch.nn.functional.cross_entropy(..., reduction="none")`` with the classes on the last
-    axis: ``-(1 - s) w[t] log_softmax(x)[t] - (s / C) sum_c w[c] log_softmax(x)[c]``, s the
-    label smoothing, w the class weights (ones where None); rows whose target is ignore_index
-    (or whose class weight is 0) give 0. One pass per row, no log-probabilities stored.
+def cross_entropy(x, target, weight=None, ignore_index=-100, label_smoothing=0.0, *,
+                  class_axis=-1, backend=None):
+    """Per-row cross-entropy of logits x against integer classes target, as
+    ``torch.nn.functional.cross_entropy(..., reduction="none")``:
+    ``-(1 - s) w[t] log_softmax(x)[t] - (s / C) sum_c w[c] log_softmax(x)[c]``, s the label
+    smoothing, w the class weights (ones where None); rows whose target is ignore_index (or
+    whose class weight is 0) give 0. One pass per row, no log-probabilities stored.
 
-    Returns ``(loss (...), lse (...))``, lse each row's log-sum-exp (what
+    The classes lie on x's last axis (x (..., C), target (...)), or with ``class_axis=1`` on
+    axis 1 as in PyTorch's (N, C, d1, ...) with target (N, d1, ...): read in place, the
+    per-pixel loss of a segmentation needs no transposed copy.
+
+    Returns ``(loss, lse)`` of target's shape, lse each row's log-sum-exp (what
     :func:`cross_entropy_backward` needs). A "mean" reduction divides the summed loss by the
     summed ``w[t]`` of the rows not ignored."""
-    ignore_index, eps = _spec.cross_entropy(x, target, weight, ignore_index, label_smoothing)
+    ignore_index, eps, layout = _spec.cross_entropy(x, target, weight, ignore_index,
+                                                    label_smoothing, class_axis)
     loss, lse = _run("cross_entropy", "cross_entropy", backend,
-                     (_rows_of(x), _row_values(_as_int64(target)), weight), ignore_index, eps)
-    return loss.reshape(x.shape[:-1]), lse.reshape(x.shape[:-1])
+                     (x.reshape(layout), _row_values(_as_int64(target)), weight), ignore_index, eps)
+    return loss.reshape(target.shape), lse.reshape(target.shape)
 
 
 @_takes_dlpack
 def cross_entropy_backward(grad_loss, x, target, lse, weight=None, ignore_index=-100,
-                           label_smoothing=0.0, *, backend=None):
+                           label_smoothing=0.0, *, class_axis=-1, backend=None):
     """Gradient of :func:`cross_entropy` with respect to x, given each row's upstream gradient
-    grad_loss (...) and the lse the forward returned: ``grad_loss * (softmax(x) * A - a)`` with
-    a the loss's derivative with respect to log_softmax(x) and A its sum over the row."""
-    ignore_index, eps = _spec.cross_entropy_backward(grad_loss, x, target, lse, weight,
-                                                     ignore_index, label_smoothing)
+    grad_loss and the lse the forward returned (both of target's shape):
+    ``grad_loss * (softmax(x) * A - a)`` with a the loss's derivative with respect to
+    log_softmax(x) and A its sum over the row. ``class_axis`` as for the forward."""
+    ignore_index, eps, layout = _spec.cross_entropy_backward(
+        grad_loss, x, target, lse, weight, ignore_index, label_smoothing, class_axis)
     grad = _run("cross_entropy_backward", "cross_entropy_backward", backend,
-                (_row_values(grad_loss), _rows_of(x), _row_values(_as_int64(target)), weight,
+                (_row_values(grad_loss), x.reshape(layout), _row_values(_as_int64(target)), weight,
                  _row_values(lse)), ignore_index, eps)
     return grad.reshape(x.shape)
 

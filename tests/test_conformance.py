@@ -430,28 +430,38 @@ def class_targets(rng, shape, C, ignore_index=None):
     return t
 
 
+def without_class_axis(shape, class_axis):
+    return shape[:-1] if class_axis == -1 else shape[:1] + shape[2:]
+
+
 def cross_entropy(shape, weight=False, label_smoothing=0.0, ignore_index=None, offset=0.0,
-                  specials=False, target_dtype=np.int64):
+                  specials=False, target_dtype=np.int64, class_axis=-1):
+    """Logits of `shape` with the classes on `class_axis` (-1, or 1 as PyTorch's (N, C, ...))."""
     def build(rng, dtype):
+        C = shape[class_axis]
         x = class_rows(rng, shape, dtype, offset=offset, specials=specials)
-        t = class_targets(rng, shape[:-1], shape[-1], ignore_index).astype(target_dtype)
+        t = class_targets(rng, without_class_axis(shape, class_axis), C, ignore_index).astype(target_dtype)
         if specials:  # the -inf classes of the first row are not its target
             t.reshape(-1)[0] = 1
         kwargs = dict(label_smoothing=label_smoothing)
         if ignore_index is not None:
             kwargs["ignore_index"] = ignore_index
-        w = (rng.random(shape[-1]) + 0.25).astype(dtype) if weight else None
-        if weight and shape[-1] > 2:
+        if class_axis != -1:
+            kwargs["class_axis"] = class_axis
+        w = (rng.random(C) + 0.25).astype(dtype) if weight else None
+        if weight and C > 2:
             w[2] = 0  # a class that counts for nothing
         return (x, t, w), kwargs
     return build
 
 
-def cross_entropy_backward(shape, weight=False, label_smoothing=0.0, ignore_index=None, offset=0.0):
+def cross_entropy_backward(shape, weight=False, label_smoothing=0.0, ignore_index=None, offset=0.0,
+                           class_axis=-1):
     def build(rng, dtype):
-        (x, t, w), kwargs = cross_entropy(shape, weight, label_smoothing, ignore_index, offset)(rng, dtype)
+        (x, t, w), kwargs = cross_entropy(shape, weight, label_smoothing, ignore_index, offset,
+                                          class_axis=class_axis)(rng, dtype)
         _, lse = ops.cross_entropy(x, t, w, **kwargs, **REF)
-        return (array(rng, shape[:-1], dtype), x, t, lse, w), kwargs
+        return (array(rng, without_class_axis(shape, class_axis), dtype), x, t, lse, w), kwargs
     return build
 
 
@@ -1205,6 +1215,12 @@ CASES = {
         "narrow_blocks": cpu_path(cross_entropy((4133, 4), weight=True, label_smoothing=0.1, ignore_index=3)),
         "narrow_widest": cross_entropy((70, 64), label_smoothing=0.2, ignore_index=-100),
         "narrow_specials": cross_entropy((130, 6), specials=True),
+        # classes on axis 1, rows (n, p) along each class's plane
+        "classes_on_axis_1": cross_entropy((2, 5, 3, 4), class_axis=1),
+        "axis_1_of_a_matrix": cross_entropy((6, 4), class_axis=1),
+        "axis_1_narrow_blocks": cpu_path(cross_entropy((3, 4, 23, 30), weight=True, label_smoothing=0.1,
+                                                       ignore_index=3, class_axis=1)),
+        "axis_1_wide": cross_entropy((2, 70, 3, 5), weight=True, label_smoothing=0.2, class_axis=1),
     },
     "cross_entropy_backward": {
         "plain": cross_entropy_backward((8, 5)),
@@ -1218,6 +1234,12 @@ CASES = {
         "narrow_blocks": cpu_path(cross_entropy_backward((4133, 4), weight=True, label_smoothing=0.1, ignore_index=3)),
         "narrow_widest": cross_entropy_backward((70, 15), label_smoothing=0.2, ignore_index=-100),
         "rows_past_narrow": cross_entropy_backward((70, 16), weight=True, ignore_index=-100),
+        "classes_on_axis_1": cross_entropy_backward((2, 5, 3, 4), class_axis=1),
+        "axis_1_narrow_blocks": cpu_path(cross_entropy_backward((3, 4, 23, 30), weight=True, label_smoothing=0.1,
+                                                                ignore_index=3, class_axis=1)),
+        "axis_1_past_grad_narrow": cross_entropy_backward((2, 40, 9, 10), weight=True, ignore_index=-100,
+                                                          class_axis=1),
+        "axis_1_wide": cross_entropy_backward((2, 70, 3, 5), weight=True, label_smoothing=0.2, class_axis=1),
     },
     "binary_cross_entropy_with_logits": {
         "column": bce_with_logits((64, 1)),

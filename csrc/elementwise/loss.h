@@ -1,6 +1,7 @@
 // Softmax, log_softmax and the losses over rows x (M, C) of C classes, forward and backward,
 // each one pass per row (after the row's maximum): the exponentials come from
-// elementwise/vector_math.h, so the passes vectorise.
+// elementwise/vector_math.h, so the passes vectorise. The cross-entropy also takes its classes
+// on axis 1 of an (N, C, P) array (ClassRows), as a segmentation's per-pixel loss has them.
 //
 // Sums over a row accumulate in double (float32 rows lose nothing to cancellation or
 // ordering); a row is always summed by one thread, in one order, so results do not depend on
@@ -114,21 +115,55 @@ constexpr int64_t kNarrowClasses = 64, kNarrowRows = 64;
 // 0.55-0.65 against 0.76; 32768 x 16 0.42 against 0.33, 4096 x 35 0.13 against 0.09).
 constexpr int64_t kNarrowGradClasses = 15;
 
-// f(i0, n, xt) for each block of n <= kNarrowRows rows from i0, xt[c][r] = x[i0 + r, c] (rows
-// past n zero), on the thread pool once there is enough work.
+// Rows of classes as the cross-entropy takes them: x (N, C, P), row i = n P + p holding
+// x[n, :, p]. Classes last is P = 1 (row i at x + i C); classes on axis 1 of an (N, C, H, W)
+// tensor is P = H W, where the rows of one image lie side by side along each class's plane.
+struct ClassRows {
+    int64_t N, C, P;
+    int64_t rows() const { return N * P; }
+    // Offset of element (row i, class 0); class c is c * P further.
+    int64_t start(int64_t i) const { return P == 1 ? i * C : (i / P) * C * P + i % P; }
+};
+
+// f(i0, n, xt) for each block of n <= kNarrowRows rows from i0, xt[c][r] = x[row i0 + r, c]
+// (rows past n zero), on the thread pool once there is enough work. With P > 1 a block stays
+// within one image, so each class's n values are one contiguous run of x.
 template <class T, class Block>
-inline void for_narrow_blocks(int64_t M, int64_t C, const T* x, Block&& block) {
-    const int64_t blocks = (M + kNarrowRows - 1) / kNarrowRows;
+inline void for_narrow_blocks(const ClassRows& g, const T* x, Block&& block) {
+    const int64_t per_image = g.P == 1 ? 0 : (g.P + kNarrowRows - 1) / kNarrowRows;
+    const int64_t blocks = g.P == 1 ? (g.N + kNarrowRows - 1) / kNarrowRows : g.N * per_image;
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(blocks, threads_if(blocks > 1 && M * C >= kParallelRows), [&](int64_t b, int) {
-        const int64_t i0 = b * kNarrowRows, n = std::min(kNarrowRows, M - i0);
+    parallel_for(blocks, threads_if(blocks > 1 && g.rows() * g.C >= kParallelRows), [&](int64_t b, int) {
+        const int64_t i0 = g.P == 1 ? b * kNarrowRows : (b / per_image) * g.P + (b % per_image) * kNarrowRows;
+        const int64_t n = g.P == 1 ? std::min(kNarrowRows, g.N - i0)
+                                   : std::min(kNarrowRows, g.P - (b % per_image) * kNarrowRows);
         alignas(64) T xt[kNarrowClasses][kNarrowRows];
-        for (int64_t c = 0; c < C; ++c) {
-            for (int64_t r = 0; r < n; ++r) xt[c][r] = x[(i0 + r) * C + c];
+        for (int64_t c = 0; c < g.C; ++c) {
+            if (g.P == 1)
+                for (int64_t r = 0; r < n; ++r) xt[c][r] = x[(i0 + r) * g.C + c];
+            else
+                std::copy(x + g.start(i0) + c * g.P, x + g.start(i0) + c * g.P + n, xt[c]);
             for (int64_t r = n; r < kNarrowRows; ++r) xt[c][r] = T(0);
         }
         block(i0, n, xt);
     });
+}
+
+// row(i, xr, buffer) for every row i, xr its C classes contiguous: in place where P = 1, else
+// gathered into `buffer` (room for C) first.
+template <class T, class Row>
+inline void for_class_rows(const ClassRows& g, const T* x, Row&& row) {
+    if (g.P == 1) return for_rows(g.N, g.C, [&](int64_t i) { row(i, x + i * g.C, static_cast<T*>(nullptr)); });
+    FlushDenormals ftz;
+    parallel_ranges(g.rows(), threads_if(g.rows() > 1 && g.rows() * g.C >= kParallelRows),
+                    [&](int64_t begin, int64_t end, int) {
+                        std::vector<T> buffer(static_cast<size_t>(g.C));
+                        for (int64_t i = begin; i < end; ++i) {
+                            const T* src = x + g.start(i);
+                            for (int64_t c = 0; c < g.C; ++c) buffer[size_t(c)] = src[c * g.P];
+                            row(i, buffer.data(), buffer.data());
+                        }
+                    });
 }
 
 // Each row's maximum m and the log of its sum of exp(x - m), in double, along the block's rows.
@@ -167,11 +202,12 @@ inline double class_weight_sum(int64_t C, const T* weight) {
 // logp[c] = (x[c] - m) - log_sum: the shifted values are <= 0, so their sums do not cancel
 // whatever the logits' offset.
 template <class T>
-void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* target,
+void cross_entropy_forward(int64_t N, int64_t C, int64_t P, const T* x, const int64_t* target,
                            const T* weight, int64_t ignore_index, double eps, T* loss, T* lse) {
+    const ClassRows layout{N, C, P};
     const double w_sum = class_weight_sum(C, weight);
     if (C > 0 && C <= kNarrowClasses) {
-        for_narrow_blocks(M, C, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
+        for_narrow_blocks(layout, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
             alignas(64) T m[kNarrowRows], x_t[kNarrowRows] = {}, out[kNarrowRows];
             alignas(64) double log_sum[kNarrowRows], row_w[kNarrowRows] = {}, l[kNarrowRows];
             narrow_log_sum_exp(C, xt, m, log_sum);
@@ -202,8 +238,7 @@ void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* targ
         });
         return;
     }
-    for_rows(M, C, [&](int64_t i) {
-        const T* xr = x + i * C;
+    for_class_rows(layout, x, [&](int64_t i, const T* xr, T*) {
         const T m = row_max(xr, C);
         const double log_sum = std::log(row_sum_exp(xr, C, m));
         lse[i] = T(double(m) + log_sum);
@@ -231,15 +266,18 @@ void cross_entropy_forward(int64_t M, int64_t C, const T* x, const int64_t* targ
 
 // grad_x[i, c] = grad_loss[i] * (p[c] A - a[c]) with p = exp(x - lse), a the loss's derivative
 // with respect to logp (-(1 - eps) w[t] at t, -(eps / C) w[c] everywhere) and A = sum(a);
-// rows that give no loss get zeros.
+// rows that give no loss get zeros. grad_x has x's layout.
 template <class T>
-void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x,
+void cross_entropy_backward(int64_t N, int64_t C, int64_t P, const T* grad_loss, const T* x,
                             const int64_t* target, const T* weight, const T* lse,
                             int64_t ignore_index, double eps, T* grad_x) {
+    const ClassRows layout{N, C, P};
     const double w_sum = class_weight_sum(C, weight);
     const double smooth = eps / double(C);
-    if (C > 0 && C <= kNarrowGradClasses) {  // along vectors of rows, as cross_entropy_forward
-        for_narrow_blocks(M, C, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
+    // Along vectors of rows, as cross_entropy_forward: below a vector's worth of classes, and
+    // for every narrow row of classes on axis 1, whose rows lie along the planes.
+    if (C > 0 && (C <= kNarrowGradClasses || (layout.P > 1 && C <= kNarrowClasses))) {
+        for_narrow_blocks(layout, x, [&](int64_t i0, int64_t n, const T (*xt)[kNarrowRows]) {
             // Per row: the target t (-1 where the row gives no loss), -g A, g eps / C, and what
             // the target's class subtracts, g (1 - eps) w[t].
             alignas(64) T l[kNarrowRows] = {}, g[kNarrowRows] = {}, minus_gA[kNarrowRows], gs[kNarrowRows],
@@ -268,14 +306,17 @@ void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x
                     const T v = (vexp<T>(xt[c][r] - l[r]) * minus_gA[r] - gs[r] * wc) - (t[r] == c ? at_target[r] : T(0));
                     gt[r] = t[r] < 0 ? T(0) : v;
                 }
-                for (int64_t r = 0; r < n; ++r) grad_x[(i0 + r) * C + c] = gt[r];
+                if (layout.P == 1)
+                    for (int64_t r = 0; r < n; ++r) grad_x[(i0 + r) * C + c] = gt[r];
+                else
+                    std::copy(gt, gt + n, grad_x + layout.start(i0) + c * layout.P);
             }
         });
         return;
     }
-    for_rows(M, C, [&](int64_t i) {
-        const T* xr = x + i * C;
-        T* gx = grad_x + i * C;
+    // Row i's gradient into gx (which may be xr itself: each element is read before it is
+    // written).
+    auto row_gradient = [&](int64_t i, const T* xr, T* gx) {
         const int64_t t = target[i];
         const double row_w = t == ignore_index ? 0.0 : (weight ? double(weight[t]) : 1.0);
         if (row_w == 0) {
@@ -295,6 +336,13 @@ void cross_entropy_backward(int64_t M, int64_t C, const T* grad_loss, const T* x
             for (int64_t c = 0; c < C; ++c) gx[c] = vexp<T>(xr[c] - l) * minus_gA - gs;
         }
         gx[t] -= T(g * (1 - eps) * row_w);
+    };
+    // In place where P = 1; else in the gathered row's buffer, then scattered along the planes.
+    for_class_rows(layout, x, [&](int64_t i, const T* xr, T* buffer) {
+        if (!buffer) return row_gradient(i, xr, grad_x + i * C);
+        row_gradient(i, xr, buffer);
+        T* out = grad_x + layout.start(i);
+        for (int64_t c = 0; c < C; ++c) out[c * layout.P] = buffer[c];
     });
 }
 

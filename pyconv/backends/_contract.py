@@ -108,11 +108,13 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("softmax_backward", ("grad_out", "y"), "grad_x (M, C)"),
     KernelSpec("log_softmax", ("x",), "y (M, C)"),
     KernelSpec("log_softmax_backward", ("grad_out", "y"), "grad_x (M, C)"),
+    # The cross-entropy's x is (N, C, P): row (n, p) is x[n, :, p] (classes last: P = 1), and
+    # its M = N * P rows (target, loss, lse, grad_loss) go in (n, p) order.
     KernelSpec("cross_entropy", ("x", "target", "weight", "ignore_index", "label_smoothing"),
                "(loss (M,), lse (M,))"),
     KernelSpec("cross_entropy_backward",
                ("grad_loss", "x", "target", "weight", "lse", "ignore_index", "label_smoothing"),
-               "grad_x (M, C)"),
+               "grad_x (N, C, P)"),
     # Binary cross-entropy of logits x (M, C) against target (M, C); pos_weight (C,) or None.
     KernelSpec("binary_cross_entropy_with_logits", ("x", "target", "pos_weight"), "loss (M, C)"),
     KernelSpec("binary_cross_entropy_with_logits_backward",

@@ -296,7 +296,7 @@ def dropout(x, keep_threshold, scale, seed):
 
 @backend.register
 def cross_entropy(x, target, weight, ignore_index, label_smoothing):
-    loss, lse = np.empty(x.shape[0], x.dtype), np.empty(x.shape[0], x.dtype)
+    loss, lse = np.empty(target.shape, x.dtype), np.empty(target.shape, x.dtype)
     _C.cross_entropy(x, target, weight, ignore_index, label_smoothing, loss, lse)
     return loss, lse
 

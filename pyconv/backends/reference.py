@@ -810,9 +810,15 @@ def _target_weights(target, weight, ignore_index, dtype):
     return safe, row_w
 
 
+def _class_rows(x):
+    """x (N, C, P) as rows (N * P, C) in (n, p) order (a copy unless P = 1)."""
+    return _module_of(x).moveaxis(x, 1, 2).reshape(-1, x.shape[1])
+
+
 @backend.register
 def cross_entropy(x, target, weight, ignore_index, label_smoothing):
     xp = _module_of(x)
+    x = _class_rows(x)
     M, C = x.shape
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m = x.max(axis=1, keepdims=True)
@@ -831,7 +837,9 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing):
 @backend.register
 def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing):
     xp = _module_of(x)
-    M, C = x.shape
+    N, C, P = x.shape
+    x = _class_rows(x)
+    M = N * P
     safe, row_w = _target_weights(target, weight, ignore_index, x.dtype)
     counts = (row_w != 0)[:, None]
     a = xp.zeros((M, C), x.dtype)  # d loss / d log_softmax(x)
@@ -842,7 +850,8 @@ def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, labe
     with np.errstate(invalid="ignore", over="ignore"):
         p = xp.exp(x - lse[:, None])
         grad = grad_loss[:, None] * (a - p * a.sum(axis=1, keepdims=True))
-    return xp.where(counts, grad, x.dtype.type(0))
+    grad = xp.where(counts, grad, x.dtype.type(0))
+    return xp.ascontiguousarray(xp.moveaxis(grad.reshape(N, P, C), 2, 1))
 
 
 def _positive_weights(pos_weight):

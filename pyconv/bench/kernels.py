@@ -276,9 +276,9 @@ def _class_rows_case(op, name, shape, quick=False, images=None):
     """A loss-family kernel (softmax, log_softmax, the fused cross-entropy, binary
     cross-entropy of logits, forward or backward) over rows of classes, against the torch
     function or aten backward computing the same thing (reduction="none"). images=(N, H, W):
-    the rows are the pixels of N images of H x W, and the torch cross-entropy gets them the way
-    a segmentation network hands them over, classes on axis 1 of an (N, C, H, W) array (where
-    torch's kernel is several times faster than on rows of a few classes)."""
+    the rows are the pixels of N images of H x W, and both libraries' cross-entropies get them
+    the way a segmentation network hands them over, classes on axis 1 of an (N, C, H, W)
+    array."""
     def make(rng):
         x = _f32(rng, *shape)
         a = {"x": x, "g": _f32(rng, *shape), "g_rows": _f32(rng, shape[0]),
@@ -287,10 +287,19 @@ def _class_rows_case(op, name, shape, quick=False, images=None):
         a["softmax"] = ops.softmax(x)
         a["log_softmax"] = ops.log_softmax(x)
         a["lse"] = ops.cross_entropy(x, a["t"])[1]
+        if images is not None:
+            n, h, w = images
+            a["x_img"] = np.ascontiguousarray(x.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
+            a["t_img"], a["g_img"], a["lse_img"] = (a[k].reshape(n, h, w) for k in ("t", "g_rows", "lse"))
         return a
 
     def run(a, be):
         x, g = a["x"], a["g"]
+        if images is not None and op == "cross_entropy":
+            return ops.cross_entropy(a["x_img"], a["t_img"], class_axis=1, backend=be)
+        if images is not None and op == "cross_entropy_backward":
+            return ops.cross_entropy_backward(a["g_img"], a["x_img"], a["t_img"], a["lse_img"],
+                                              class_axis=1, backend=be)
         return {
             "softmax": lambda: ops.softmax(x, backend=be),
             "softmax_backward": lambda: ops.softmax_backward(g, a["softmax"], backend=be),

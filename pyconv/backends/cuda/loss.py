@@ -70,47 +70,70 @@ def kernels(dtype):
             return float64(0)
         return float64(weight[t]) if has_weight else float64(1)
 
-    @ks.add("flfnnsffnn")
-    def cross_entropy_kernel(x, target, weight, has_weight, ignore_index, eps, loss, lse, M, C):
+    # The cross-entropy's rows are x[n, :, p] of x (N, C, P) (classes last: P = 1): row i
+    # starts at (i // P) C P + i % P, its classes P apart. With P > 1 consecutive threads read
+    # consecutive elements of each class plane.
+    @cuda.jit(device=True)
+    def class_row_start(i, C, P):
+        return (i // P) * C * P + i % P
+
+    @cuda.jit(device=True)
+    def strided_row_max(x, base, C, P):
+        m = x[base]
+        for c in range(1, C):
+            v = x[base + c * P]
+            if v > m:
+                m = v
+        return m
+
+    @cuda.jit(device=True)
+    def strided_row_sum_exp(x, base, C, P, m):
+        s = float64(0)
+        for c in range(C):
+            s += math.exp(float64(x[base + c * P] - m))
+        return s
+
+    @ks.add("flfnnsffnnn")
+    def cross_entropy_kernel(x, target, weight, has_weight, ignore_index, eps, loss, lse, M, C, P):
         for i in range(cuda.grid(1), M, cuda.gridsize(1)):
-            base = i * C
-            m = row_max(x, base, C)
-            log_sum = math.log(row_sum_exp(x, base, C, m))
+            base = class_row_start(i, C, P)
+            m = strided_row_max(x, base, C, P)
+            log_sum = math.log(strided_row_sum_exp(x, base, C, P, m))
             lse[i] = dt(m + log_sum)
             row_w = row_weight(target, weight, has_weight, ignore_index, i)
             if row_w == 0:
                 loss[i] = dt(0)
                 continue
-            value = -(1 - float64(eps)) * row_w * (float64(x[base + target[i]] - m) - log_sum)
+            value = -(1 - float64(eps)) * row_w * (float64(x[base + target[i] * P] - m) - log_sum)
             if eps != 0:
                 wx = float64(0)
                 w_sum = float64(0)
                 for c in range(C):
                     w = float64(weight[c]) if has_weight else float64(1)
-                    wx += w * float64(x[base + c] - m)
+                    wx += w * float64(x[base + c * P] - m)
                     w_sum += w
                 value += (float64(eps) / C) * (w_sum * log_sum - wx)
             loss[i] = dt(value)
 
-    @ks.add("fflfnfnssfnn")
+    @ks.add("fflfnfnssfnnn")
     def cross_entropy_backward_kernel(grad_loss, x, target, weight, has_weight, lse, ignore_index,
-                                      eps, w_sum, grad_x, M, C):
+                                      eps, w_sum, grad_x, M, C, P):
         smooth = float64(eps) / C
         for i in range(cuda.grid(1), M, cuda.gridsize(1)):
-            base = i * C
+            base = class_row_start(i, C, P)
             row_w = row_weight(target, weight, has_weight, ignore_index, i)
             if row_w == 0:
                 for c in range(C):
-                    grad_x[base + c] = dt(0)
+                    grad_x[base + c * P] = dt(0)
                 continue
             g = float64(grad_loss[i])
             minus_gA = g * ((1 - float64(eps)) * row_w + smooth * w_sum)
             for c in range(C):
                 w = float64(weight[c]) if has_weight else float64(1)
-                p = math.exp(float64(x[base + c] - lse[i]))
-                grad_x[base + c] = dt(p * minus_gA - g * smooth * w)
-            t = target[i]
-            grad_x[base + t] = dt(grad_x[base + t] - g * (1 - float64(eps)) * row_w)
+                p = math.exp(float64(x[base + c * P] - lse[i]))
+                grad_x[base + c * P] = dt(p * minus_gA - g * smooth * w)
+            t = base + target[i] * P
+            grad_x[t] = dt(grad_x[t] - g * (1 - float64(eps)) * row_w)
 
     # Per sign of x, so that no two large terms cancel (see the reference backend).
     @ks.add("fffnfnn")
@@ -167,25 +190,27 @@ _register_softmax("log_softmax", log=True)
 
 @backend.register
 def cross_entropy(x, target, weight, ignore_index, label_smoothing):
-    M, C = x.shape
+    N, C, P = x.shape
+    M = N * P
     loss, lse = xp.empty(M, x.dtype), xp.empty(M, x.dtype)
     w, has_w = _optional(weight, x.dtype)
     if M:
         launch(kernels(x.dtype).cross_entropy_kernel, blocks_for(M), THREADS, flat(x), target, w,
-               has_w, ignore_index, scalar(x.dtype, label_smoothing), loss, lse, M, C)
+               has_w, ignore_index, scalar(x.dtype, label_smoothing), loss, lse, M, C, P)
     return loss, lse
 
 
 @backend.register
 def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing):
-    M, C = x.shape
+    N, C, P = x.shape
+    M = N * P
     grad_x = xp.empty_like(x)
     w, has_w = _optional(weight, x.dtype)
     w_sum = float(C) if weight is None else float(weight.astype("float64").sum())
     if M:
         launch(kernels(x.dtype).cross_entropy_backward_kernel, blocks_for(M), THREADS, grad_loss,
                flat(x), target, w, has_w, lse, ignore_index, scalar(x.dtype, label_smoothing),
-               scalar(x.dtype, w_sum), flat(grad_x), M, C)
+               scalar(x.dtype, w_sum), flat(grad_x), M, C, P)
     return grad_x
 
 

@@ -1,5 +1,6 @@
 """Softmax and the losses of the "numba" backend: rows x (M, C) spread over the threads
-(``prange``), each row one pass after its maximum, sums in float64."""
+(``prange``), each row one pass after its maximum, sums in float64. The cross-entropy's rows
+are x[n, :, p] of x (N, C, P) (classes last: P = 1)."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,23 +68,30 @@ def _row_weight(target, weight, has_weight, ignore_index, i):
 
 @kernel
 def _cross_entropy(x, target, weight, has_weight, ignore_index, eps, loss, lse):
-    C = x.shape[1]
-    for i in prange(x.shape[0]):
-        m = _row_max(x, i)
-        log_sum = np.log(_row_sum_exp(x, i, m))
+    C, P = x.shape[1], x.shape[2]
+    for i in prange(x.shape[0] * P):
+        n, p = i // P, i % P
+        m = x[n, 0, p]
+        for c in range(1, C):
+            if x[n, c, p] > m:
+                m = x[n, c, p]
+        s = 0.0
+        for c in range(C):
+            s += np.exp(np.float64(x[n, c, p] - m))
+        log_sum = np.log(s)
         lse[i] = m + log_sum
         row_w = _row_weight(target, weight, has_weight, ignore_index, i)
         if row_w == 0:
             loss[i] = 0
             continue
         t = target[i]
-        value = -(1 - eps) * row_w * (np.float64(x[i, t] - m) - log_sum)
+        value = -(1 - eps) * row_w * (np.float64(x[n, t, p] - m) - log_sum)
         if eps != 0:
             wx = 0.0
             w_sum = 0.0
             for c in range(C):
                 w = np.float64(weight[c]) if has_weight else 1.0
-                wx += w * (x[i, c] - m)
+                wx += w * (x[n, c, p] - m)
                 w_sum += w
             value += (eps / C) * (w_sum * log_sum - wx)
         loss[i] = value
@@ -92,24 +100,25 @@ def _cross_entropy(x, target, weight, has_weight, ignore_index, eps, loss, lse):
 @kernel
 def _cross_entropy_backward(grad_loss, x, target, weight, has_weight, lse, ignore_index, eps,
                             grad_x):
-    C = x.shape[1]
+    C, P = x.shape[1], x.shape[2]
     w_sum = 0.0
     for c in range(C):
         w_sum += np.float64(weight[c]) if has_weight else 1.0
     smooth = eps / C
-    for i in prange(x.shape[0]):
+    for i in prange(x.shape[0] * P):
+        n, p = i // P, i % P
         row_w = _row_weight(target, weight, has_weight, ignore_index, i)
         if row_w == 0:
             for c in range(C):
-                grad_x[i, c] = 0
+                grad_x[n, c, p] = 0
             continue
         g = np.float64(grad_loss[i])
         minus_gA = g * ((1 - eps) * row_w + smooth * w_sum)
         for c in range(C):
             w = np.float64(weight[c]) if has_weight else 1.0
-            grad_x[i, c] = np.exp(np.float64(x[i, c] - lse[i])) * minus_gA - g * smooth * w
+            grad_x[n, c, p] = np.exp(np.float64(x[n, c, p] - lse[i])) * minus_gA - g * smooth * w
         t = target[i]
-        grad_x[i, t] -= g * (1 - eps) * row_w
+        grad_x[n, t, p] -= g * (1 - eps) * row_w
 
 
 # Per sign of x, so that no two large terms cancel (see the reference backend).
@@ -165,9 +174,9 @@ _register_softmax("log_softmax", log=True)
 
 @backend.register
 def cross_entropy(x, target, weight, ignore_index, label_smoothing):
-    loss, lse = np.empty(x.shape[0], x.dtype), np.empty(x.shape[0], x.dtype)
+    loss, lse = np.empty(target.shape, x.dtype), np.empty(target.shape, x.dtype)
     w, has_w = _or_placeholder(weight, x.dtype)
-    if x.shape[0]:
+    if target.size:
         _cross_entropy(x, target, w, has_w, ignore_index, label_smoothing, loss, lse)
     return loss, lse
 
@@ -176,7 +185,7 @@ def cross_entropy(x, target, weight, ignore_index, label_smoothing):
 def cross_entropy_backward(grad_loss, x, target, weight, lse, ignore_index, label_smoothing):
     grad_x = np.empty_like(x)
     w, has_w = _or_placeholder(weight, x.dtype)
-    if x.shape[0]:
+    if target.size:
         _cross_entropy_backward(grad_loss, x, target, w, has_w, lse, ignore_index,
                                 label_smoothing, grad_x)
     return grad_x

@@ -24,9 +24,11 @@ def _reduce(loss, reduction, op):
     raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _class_targets(op, scores, target, ignore_index=None):
+def _class_targets(op, scores, target, ignore_index=None, check_values=True):
     """Checks integer class targets for scores (N, C) or (N, C, d1, ...) and returns them as an
-    array on the scores' device. Entries equal to ignore_index are allowed anywhere."""
+    array on the scores' device. Entries equal to ignore_index are allowed anywhere; the
+    entries' range is left to the op when check_values is False (an op of pyconv.ops checks
+    it itself)."""
     scores_shape = _data(scores).shape
     t = _data(target)
     if not hasattr(t, "dtype"):
@@ -40,6 +42,8 @@ def _class_targets(op, scores, target, ignore_index=None):
         raise ValueError(f"{op}: target must have shape {want} for input of shape "
                          f"{tuple(scores_shape)}, got {tuple(t.shape)}")
     C = scores_shape[1]
+    if not check_values:
+        return array_module(_data(scores)).asarray(t)
     real = t if ignore_index is None else t[t != ignore_index]
     if real.size and (int(real.min()) < 0 or int(real.max()) >= C):
         raise ValueError(f"{op}: target classes must lie in [0, {C}), got values from "
@@ -93,34 +97,37 @@ def _grad_per_row(g, reduction, rows, denominator, dtype):
 
 class _CrossEntropy(Function):
     """log_softmax + weighted negative log-likelihood (+ label smoothing) in one node, run by
-    the fused kernels of pyconv.ops: the forward is one pass per row of logits, giving the
-    row's loss and log-sum-exp; the backward is one more pass from the logits and that
-    log-sum-exp (no log-probabilities are stored)."""
+    the fused kernels of pyconv.ops on the classes of axis 1 where they lie: the forward is
+    one pass per row of logits, giving the row's loss and log-sum-exp; the backward is one
+    more pass from the logits and that log-sum-exp (no log-probabilities are stored)."""
 
     def __init__(self, target, weight, ignore_index, reduction, label_smoothing):
         self.target, self.weight, self.ignore_index = target, weight, ignore_index
         self.reduction, self.eps = reduction, label_smoothing
 
     def forward(self, x):
-        self.input_shape = x.shape
-        self.rows = _classes_last(x)
-        self.target = self.target.reshape(-1)
-        losses, self.lse = ops.cross_entropy(self.rows, self.target, self.weight,
-                                             self.ignore_index, self.eps)
+        self.x = x
+        losses, self.lse = ops.cross_entropy(x, self.target, self.weight, self.ignore_index,
+                                             self.eps, class_axis=1)
         if self.reduction == "none":
-            return losses.reshape((x.shape[0],) + x.shape[2:])
+            return losses
         if self.reduction == "sum":
             return losses.sum()
-        _, row_w = _target_rows(self.target, self.weight, self.ignore_index, x.dtype)
-        self.denominator = row_w.sum()
+        if self.weight is None:  # the rows not ignored
+            xp = array_module(x)
+            kept = self.target.size - xp.count_nonzero(self.target == self.ignore_index)
+            self.denominator = xp.asarray(kept, x.dtype)
+        else:
+            self.denominator = _target_rows(self.target, self.weight, self.ignore_index, x.dtype)[1].sum()
         return losses.sum() / self.denominator
 
     def backward(self, g):
-        grad_loss = _grad_per_row(g, self.reduction, self.rows.shape[0],
-                                  getattr(self, "denominator", None), self.rows.dtype)
-        grad = ops.cross_entropy_backward(grad_loss, self.rows, self.target, self.lse,
-                                          self.weight, self.ignore_index, self.eps)
-        return _classes_back(grad, self.input_shape)
+        grad_loss = _grad_per_row(g, self.reduction, self.target.size,
+                                  getattr(self, "denominator", None), self.x.dtype)
+        grad = ops.cross_entropy_backward(grad_loss.reshape(self.target.shape), self.x, self.target,
+                                          self.lse, self.weight, self.ignore_index, self.eps,
+                                          class_axis=1)
+        return grad
 
 
 def _check_reduction(op, reduction):
@@ -138,7 +145,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     _check_reduction("cross_entropy", reduction)
     if not 0 <= label_smoothing <= 1:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    t = _class_targets("cross_entropy", input, target, ignore_index)
+    t = _class_targets("cross_entropy", input, target, ignore_index, check_values=False)
     w = _class_weights("cross_entropy", weight, _data(input).shape[1], _data(input))
     return _CrossEntropy(t, w, ignore_index, reduction, label_smoothing)(input)
 

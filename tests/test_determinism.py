@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from test_conformance import (CASES, conv, conv_backward, conv_transpose, conv_transpose_backward,
                               lstm, lstm_backward, lstm_cell_backward, matmul, own_copy,
-                              rnn_cell, rnn_cell_backward, runnable_isas)
+                              rnn_cell, rnn_cell_backward, runnable_isas, cross_entropy,
+                              cross_entropy_backward)
 
 import pyconv
 from pyconv import ops
@@ -107,6 +108,13 @@ LARGE_CASES = {
         "few_rows_wide": matmul(64, 700, 1000),
     },
     "lstm_cell_backward": {"batch_512": lstm_cell_backward(512, 64, 48)},
+    # Classes on axis 1: blocks of pixels within each image, and rows of 80 classes gathered
+    # one by one, both shared out between the threads.
+    "cross_entropy": {"axis_1_blocks": cross_entropy((4, 6, 40, 40), weight=True, label_smoothing=0.1, class_axis=1),
+                      "axis_1_gathered": cross_entropy((4, 80, 16, 16), class_axis=1)},
+    "cross_entropy_backward": {
+        "axis_1_blocks": cross_entropy_backward((4, 6, 40, 40), label_smoothing=0.1, class_axis=1),
+        "axis_1_gathered": cross_entropy_backward((4, 80, 16, 16), weight=True, class_axis=1)},
     # Products large enough to be shared out between the threads (from 2^23 multiply-adds).
     "rnn_cell": {"wide": rnn_cell(128, 256, 320)},
     "rnn_cell_backward": {"wide": rnn_cell_backward(128, 256, 320, nonlinearity="relu")},

@@ -10,6 +10,7 @@
 
 #include "common/denormals.h"
 #include "common/prelude.h"
+#include "common/scratch.h"
 #include "elementwise/vector_math.h"
 
 namespace pyconv {
@@ -150,20 +151,22 @@ inline void for_narrow_blocks(const ClassRows& g, const T* x, Block&& block) {
 }
 
 // row(i, xr, buffer) for every row i, xr its C classes contiguous: in place where P = 1, else
-// gathered into `buffer` (room for C) first.
+// gathered into `buffer` (room for C) first. (The buffers are allocated before the threads run:
+// an exception must not escape a pool thread.)
 template <class T, class Row>
 inline void for_class_rows(const ClassRows& g, const T* x, Row&& row) {
     if (g.P == 1) return for_rows(g.N, g.C, [&](int64_t i) { row(i, x + i * g.C, static_cast<T*>(nullptr)); });
+    const int threads = threads_if(g.rows() > 1 && g.rows() * g.C >= kParallelRows);
+    Scratch<T> buffers = scratch<T>(checked_mul(int64_t(threads), g.C));
     FlushDenormals ftz;
-    parallel_ranges(g.rows(), threads_if(g.rows() > 1 && g.rows() * g.C >= kParallelRows),
-                    [&](int64_t begin, int64_t end, int) {
-                        std::vector<T> buffer(static_cast<size_t>(g.C));
-                        for (int64_t i = begin; i < end; ++i) {
-                            const T* src = x + g.start(i);
-                            for (int64_t c = 0; c < g.C; ++c) buffer[size_t(c)] = src[c * g.P];
-                            row(i, buffer.data(), buffer.data());
-                        }
-                    });
+    parallel_ranges(g.rows(), threads, [&](int64_t begin, int64_t end, int worker) {
+        T* buffer = buffers.get() + worker * g.C;
+        for (int64_t i = begin; i < end; ++i) {
+            const T* src = x + g.start(i);
+            for (int64_t c = 0; c < g.C; ++c) buffer[c] = src[c * g.P];
+            row(i, buffer, buffer);
+        }
+    });
 }
 
 // Each row's maximum m and the log of its sum of exp(x - m), in double, along the block's rows.

@@ -43,7 +43,7 @@ def _ignore_index(op, ignore_index):
     return int(ignore_index)
 
 
-def class_layout(op, x, class_axis):
+def _class_layout(op, x, class_axis):
     """x as (N, C, P) rows of classes: row (n, p) holds x[n, :, p]. Classes last (class_axis
     -1): (rows, C, 1); classes on axis 1 of (N, C, d1, ...): (N, C, d1 * ...)."""
     if isinstance(class_axis, bool) or class_axis not in (1, -1):
@@ -89,9 +89,9 @@ def _class_weight(op, x, weight, class_axis=-1):
 
 def cross_entropy(x, target, weight, ignore_index, label_smoothing, class_axis=-1, op="cross_entropy"):
     """-> (ignore_index, label_smoothing, (N, C, P)): the first two normalised, the last x's
-    class_layout."""
+    rows of classes (_class_layout)."""
     _rows(op, x)
-    layout = class_layout(op, x, class_axis)
+    layout = _class_layout(op, x, class_axis)
     if layout[1] < 1:
         raise ValueError(f"{op}: x needs at least one class, got shape {shape_of(x)}")
     ignore_index = _ignore_index(op, ignore_index)

@@ -124,10 +124,9 @@ class _CrossEntropy(Function):
     def backward(self, g):
         grad_loss = _grad_per_row(g, self.reduction, self.target.size,
                                   getattr(self, "denominator", None), self.x.dtype)
-        grad = ops.cross_entropy_backward(grad_loss.reshape(self.target.shape), self.x, self.target,
+        return ops.cross_entropy_backward(grad_loss.reshape(self.target.shape), self.x, self.target,
                                           self.lse, self.weight, self.ignore_index, self.eps,
                                           class_axis=1)
-        return grad
 
 
 def _check_reduction(op, reduction):

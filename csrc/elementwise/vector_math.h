@@ -47,24 +47,29 @@ inline double atanh_series<double>(double z) {
     return p;
 }
 
-// log(1 + u) for u in [0, 1] (what softplus needs: u = exp(-|x|)); NaN stays NaN.
+// log(y) for y in [1, 2], taken as exact.
 template <class T>
-inline T vlog1p(T u) {
-    const T y = T(1) + u;
-    const T c = u - (y - T(1));  // the rounding error of 1 + u, exactly
+inline T vlog_1_to_2(T y) {
     const bool upper = y > T(1.4142135623730951);
     const T m = upper ? y * T(0.5) : y;
     const T k = upper ? T(1) : T(0);
     const T s = (m - T(1)) / (m + T(1));
     const T z = s * s;
     const T log_m = T(2) * s + T(2) * s * z * atanh_series<T>(z);
-    return k * FloatBits<T>::ln2_hi + (log_m + k * FloatBits<T>::ln2_lo) + c / y;
+    return k * FloatBits<T>::ln2_hi + (log_m + k * FloatBits<T>::ln2_lo);
+}
+
+// log(1 + u) for u in [0, 1] (what softplus needs: u = exp(-|x|)); NaN stays NaN.
+template <class T>
+inline T vlog1p(T u) {
+    const T y = T(1) + u;
+    const T c = u - (y - T(1));  // the rounding error of 1 + u, exactly
+    return vlog_1_to_2(y) + c / y;
 }
 
 // log(y) for finite y >= 1 (a row's sum of exponentials whose largest term is 1): y = 2^k f
-// with f in [1, 2) taken from the bits, log(y) = k ln2 + log1p(f - 1), f - 1 exact. NaN stays
-// NaN through the added y - y (0 otherwise), which the vectoriser takes where it refuses a
-// select.
+// with f in [1, 2) taken from the bits, log(y) = k ln2 + log(f). NaN stays NaN through the
+// added y - y (0 otherwise), which the vectoriser takes where it refuses a select.
 template <class T>
 inline T vlog_from_one(T y) {
     using B = FloatBits<T>;
@@ -72,7 +77,8 @@ inline T vlog_from_one(T y) {
     const I bits = same_bits<I>(y);
     const T k = T((bits >> B::mantissa) - B::bias);
     const T f = same_bits<T>(I((bits & ((I(1) << B::mantissa) - 1)) | (I(B::bias) << B::mantissa)));
-    const T log_y = k * B::ln2_hi + (vlog1p<T>(f - T(1)) + k * B::ln2_lo);
+    // f is exact, so vlog1p's correction for the rounding of 1 + u (and its division) is 0.
+    const T log_y = k * B::ln2_hi + (vlog_1_to_2<T>(f) + k * B::ln2_lo);
     return log_y + (y - y);
 }
 

@@ -184,7 +184,7 @@ CASES = [
     ("lstm_cell_backward", "grad_h_list", (LH.tolist(), LC, LX, LH, LC, WIH, WHH), {}, TypeError, "grad_h"),
     # rnn_cell(_backward): x (3, 4), h (3, 5), w_ih (5, 4), w_hh (5, 5)
     ("rnn_cell", "nonlinearity", (LX, LH, f32(5, 4), f32(5, 5)), dict(nonlinearity="gelu"), ValueError, "rnn_cell: nonlinearity must be 'tanh' or 'relu', got 'gelu'"),
-    ("rnn_cell", "x_rank", (f32(1, 3, 4), LH, f32(5, 4), f32(5, 5)), {}, ValueError, "rnn_cell: x must be 1-D or 2-D"),
+    ("rnn_cell", "x_rank", (f32(1, 3, 4), LH, f32(5, 4), f32(5, 5)), {}, ValueError, "rnn_cell: x must be 1-D (I,) or 2-D (B, I)"),
     ("rnn_cell", "x_list", (LX.tolist(), LH, f32(5, 4), f32(5, 5)), {}, TypeError, "rnn_cell: x must be a numpy.ndarray"),
     ("rnn_cell", "w_ih_columns", (LX, LH, f32(5, 3), f32(5, 5)), {}, ValueError, "rnn_cell: x of shape (3, 4) does not fit w_ih of shape (5, 3)"),
     ("rnn_cell", "w_ih_rank", (LX, LH, f32(4), f32(5, 5)), {}, ValueError, "does not fit w_ih of shape (4,)"),

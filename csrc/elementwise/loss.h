@@ -123,7 +123,7 @@ struct ClassRows {
     int64_t N, C, P;
     int64_t rows() const { return N * P; }
     // Offset of element (row i, class 0); class c is c * P further.
-    int64_t start(int64_t i) const { return P == 1 ? i * C : (i / P) * C * P + i % P; }
+    int64_t start(int64_t i) const { return (i / P) * C * P + i % P; }
 };
 
 // f(i0, n, xt) for each block of n <= kNarrowRows rows from i0, xt[c][r] = x[row i0 + r, c]

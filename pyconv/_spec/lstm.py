@@ -97,7 +97,7 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, op="rnn_cell"):
     """Returns (B, I, H), B = 1 for an unbatched x (I,). h may be None (a zero state)."""
     if nonlinearity not in RNN_NONLINEARITIES:
         raise ValueError(f"{op}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    check_array(op, "x", x, (1, 2))
+    (B, _), _ = check_batch_optional(op, "x", x, "BI")
     check_array(op, "w_ih", w_ih)
     check_array(op, "w_hh", w_hh)
     check_array(op, "h", h, allow_none=True)
@@ -118,7 +118,6 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity, op="rnn_cell"):
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None and tuple(b.shape) != (Hd,):
             raise ValueError(f"{op}: {name} must have shape ({Hd},), got {shape_of(b)}")
-    B = xs[0] if len(xs) == 2 else 1
     if min(B, ws[1], Hd) < 1:
         raise ValueError(f"{op}: empty input (x.shape={xs}, w_ih.shape={ws})")
     return B, ws[1], Hd

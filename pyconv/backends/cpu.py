@@ -160,10 +160,16 @@ def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, s
     kept = (saved.gates, saved.hs, saved.cs) if saved is not None else (None, None, None)
     _C.lstm_backward(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih, b_hh, *grads, grad_b,
                      *kept)
-    # Both biases enter the gates the same way, so they get the same gradient.
+    return (*grads, *_bias_grads(grad_b, b_ih, b_hh))
+
+
+def _bias_grads(grad_b, b_ih, b_hh):
+    """(grad_b_ih, grad_b_hh) of a cell whose two biases enter the same sum, so they get the
+    same gradient: None for a bias that is None, and two arrays where both exist (an in-place
+    update of one must not change the other)."""
     grad_b_ih = None if b_ih is None else grad_b
     grad_b_hh = None if b_hh is None else (grad_b if b_ih is None else grad_b.copy())
-    return (*grads, grad_b_ih, grad_b_hh)
+    return grad_b_ih, grad_b_hh
 
 
 @backend.register
@@ -189,10 +195,7 @@ def rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     grads = [np.empty_like(a) for a in (x, h, w_ih, w_hh)]
     grad_b = np.empty(w_ih.shape[0], x.dtype) if (b_ih is not None or b_hh is not None) else None
     _C.rnn_cell_backward(grad_h, x, h, h_new, w_ih, w_hh, nonlinearity == "tanh", *grads, grad_b)
-    # Both biases enter the sum the same way, so they get the same gradient (in two arrays).
-    grad_b_ih = None if b_ih is None else grad_b
-    grad_b_hh = None if b_hh is None else (grad_b if b_ih is None else grad_b.copy())
-    return (*grads, grad_b_ih, grad_b_hh)
+    return (*grads, *_bias_grads(grad_b, b_ih, b_hh))
 
 
 @backend.register

@@ -298,16 +298,52 @@ static inline __attribute__((always_inline)) void put_each(const TileOut<T>& til
             for (int s = 0; s < tile.columns; ++s) put(tile.n0 + l, tile.ho0 + r, tile.wo0 + s, z[r * kTile + s][l]);
 }
 
+// Hands out the four stride phases of one 4x4 tile, out[2a + b][4r + s] (images in the lanes),
+// as the 8x8 block of dx they interleave into: element (2r + a, 2s + b) at row h0 + 2r + a and
+// column w0 + 2s + b of plane (the tile's first image; images image_stride apart), those that
+// lie in the H x W plane. The block goes through a buffer, L of its elements at a time
+// transposed so that each image's are one vector, and out of it as runs along dx's rows.
+template <class T>
+static inline __attribute__((always_inline)) void put_phase_block(const TileOut<T>& tile, const typename Simd<T>::V* out,
+                                                                  T* plane, int64_t image_stride, int64_t H, int64_t W,
+                                                                  int64_t h0, int64_t w0) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, kTile = winograd::F4x2::tile, B = 2 * kTile;
+    static_assert(B * B % L == 0, "the block is whole vectors");
+    const int r_lo = int(std::max<int64_t>(0, -h0)), r_hi = int(std::min<int64_t>(B, H - h0));
+    const int s_lo = int(std::max<int64_t>(0, -w0)), run = int(std::min<int64_t>(B, W - w0)) - s_lo;
+    if (r_lo >= r_hi || run <= 0) return;
+    alignas(64) T block[L][B * B];  // [image][row][column]
+    for (int q0 = r_lo * B / L * L; q0 < r_hi * B; q0 += L) {
+        V t[L];
+        for (int j = 0; j < L; ++j) {
+            const int r = (q0 + j) / B, c = (q0 + j) % B;
+            t[j] = out[(r % 2 * 2 + c % 2) * kTile * kTile + r / 2 * kTile + c / 2];
+        }
+        transpose_block<T>(t);
+        for (int l = 0; l < tile.images; ++l) S::store(block[l] + q0, t[l]);
+    }
+    for (int l = 0; l < tile.images; ++l) {
+        T* image = plane + l * image_stride + (h0 + r_lo) * W + w0 + s_lo;
+        for (int r = r_lo; r < r_hi; ++r, image += W)
+            for (int e = 0; e < run; e += L)  // one vector unless L < 8
+                store_first<T>(image + e, load_first<T>(block[l] + r * B + s_lo + e, std::min(L, run - e)),
+                               std::min(L, run - e));
+    }
+}
+
 // One 2x2 stride-1 convolution by the transform set F over X (BatchLanes, the source src laid
 // out by map), output (k, n, ho, wo) for
 // ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
-// handed to store(tile, out) a tile of L images at a time (TileOut; out[F::tile^2], the tile's
-// outputs with images in the lanes: put_rows, put_each). U: the K x C filters. Blocks of tiles as
+// handed to store(tile, out) a tile of L images and KG outputs k0 .. k0 + KG - 1 at a time
+// (TileOut, its k = k0; out[KG][F::tile^2], the tile's outputs with images in the lanes: put_rows,
+// put_each, put_phase_block; KG divides K). U: the K x C filters. Blocks of tiles as
 // conv2d_forward_winograd's, each transformed, multiplied and transformed back by one thread:
 // the result does not depend on the number of threads. X: the whole source in bl's layout
 // (to_batch_lanes), or null: each block then lays out the rows of the source its tiles read,
 // one source channel at a time, in a buffer of the thread's (fill_lanes) that stays in cache.
-template <class T, class F, class Store>
+template <int KG = 1, class T, class F, class Store>
 void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src, const T* X, int64_t oh,
                          int64_t ow, int64_t K, int64_t Ho,
                          int64_t Wo, const winograd::TransformedFilters<T, F>& U, const T* bias,
@@ -366,21 +402,23 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
             const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
             multiply_position(U, xi, K, nt, C, B, M, bufs[size_t(worker)]);
         }
-        for (int64_t k = 0; k < K; ++k) {
-            const T bk = bias ? bias[k] : T(0);
+        for (int64_t k0 = 0; k0 < K; k0 += KG)
             for (int64_t first = 0; first < nt; first += L) {
                 const int64_t vec = (t0 + first) / L, group = vec / positions, p = vec % positions;
                 const int64_t n0 = group * L, ho0 = p / cols * kTile, wo0 = p % cols * kTile;
-                V in[P], mid[kTile * A], out[kTile * kTile];
-                for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
-                for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                  // A^T m
-                for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, out + r * kTile, 1);  // (.) A
-                for (int q = 0; q < kTile * kTile; ++q) out[q] += bk;
-                const TileOut<T> tile{k, n0, int(std::min<int64_t>(L, bl.N - n0)), ho0, wo0,
+                V out[KG * kTile * kTile];
+                for (int64_t k = k0; k < k0 + KG; ++k) {
+                    V in[P], mid[kTile * A], *o = out + (k - k0) * kTile * kTile;
+                    for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
+                    for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                // A^T m
+                    for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, o + r * kTile, 1);  // (.) A
+                    if (bias)
+                        for (int q = 0; q < kTile * kTile; ++q) o[q] += bias[k];
+                }
+                const TileOut<T> tile{k0, n0, int(std::min<int64_t>(L, bl.N - n0)), ho0, wo0,
                                       int(std::min<int64_t>(kTile, Ho - ho0)), int(std::min<int64_t>(kTile, Wo - wo0))};
                 store(tile, out);
             }
-        }
     });
 }
 
@@ -457,54 +495,102 @@ void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, 
                             });
 }
 
-// The input gradient, phase by phase: phase (a, b) of dx, rows i in [i0, i1] of the phase
-// plane (those that land in dx and that an output reads, i <= Ho), is the 2x2 convolution of
-// dy padded by 1 (X: dy's rows and columns shifted by one) with the phase's sub-kernel flipped,
-// from X's row i0. Each phase its own call, so that its tiles cover only the rows it needs
-// (one convolution of 4C outputs over (Ho + 1) x (Wo + 1) would compute a 4x4 output's 5x5 as
-// 2x2 tiles).
+namespace winograd_phases {
+
+// Rows of phase a of a padded extent (dx's rows or columns) that the input gradient computes:
+// i with 0 <= 2i + a - pad < extent and i <= out (past the outputs' last row no output reads
+// dx), [phase_first, phase_last].
+inline int64_t phase_first(int64_t pad, int a) { return std::max<int64_t>(0, (pad - a + 1) / 2); }
+inline int64_t phase_last(int64_t pad, int a, int64_t extent, int64_t out) {
+    return std::min<int64_t>(out, (extent - 1 + pad - a) / 2);
+}
+
+// The input gradient's sub-kernels: for dx's channel c and phase (a, b), the (K, 2, 2) taps
+// w[k, c, 2u + a, 2v + b] flipped in space, at (1 - u, 1 - v), as row row(c, 2a + b) of out
+// (rows of 4K). w is read in order.
+template <class T, class Row>
+void flipped_phase_filters(const ConvShape& g, const T* w, T* out, const Row& row) {
+    for (int64_t k = 0; k < g.K; ++k)
+        for (int64_t c = 0; c < g.C; ++c)
+            for (int r = 0; r < 4; ++r)
+                for (int s = 0; s < 4; ++s) {
+                    const int a = r % 2, u = r / 2, b = s % 2, v = s / 2;
+                    out[row(c, 2 * a + b) * 4 * g.K + (k * 2 + 1 - u) * 2 + 1 - v] = w[((k * g.C + c) * 4 + r) * 4 + s];
+                }
+}
+
+}  // namespace winograd_phases
+
+// The input gradient: phase (a, b) of dx, rows i in [phase_first, phase_last] of the phase
+// plane, is the 2x2 convolution of dy padded by 1 (X: dy's rows and columns shifted by one)
+// with the phase's sub-kernel flipped, from X's row i. Where the four phases' rows and columns
+// together need no more tiles than each phase's own (a 7x7 or 14x14 output of a padding-1
+// layer: each phase's 7 rows and their union of 8 are two tiles), the phases go as one
+// convolution of 4C outputs over the union: each tile of dy transformed once instead of four
+// times, products with four times the rows, and each tile's four phases stored together as
+// the 8x8 block of dx they interleave into (put_phase_block). Otherwise each phase is its own
+// call, so that its tiles cover only the rows it needs (the union of a 4x4 output's phases is
+// 5x5: 2x2 tiles where each phase takes one).
 template <class T>
 void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T* w, T* dx) {
     using namespace winograd_phases;
     using F = winograd::F4x2;
     constexpr int kTile = F::tile;
-    // Rows of phase a: i with 0 <= 2i + a - ph < H and i <= Ho.
-    auto first = [](int64_t pad, int a) { return std::max<int64_t>(0, (pad - a + 1) / 2); };
-    auto last = [](int64_t pad, int a, int64_t extent, int64_t out) {
-        return std::min<int64_t>(out, (extent - 1 + pad - a) / 2);
-    };
-    int64_t Hx = 0, Wx = 0;
+    auto tiles = [](int64_t n) { return (n + kTile - 1) / kTile; };
+    int64_t i_lo = g.Ho, i_hi = 0, j_lo = g.Wo, j_hi = 0, apart = 0;
+    int64_t Hx = g.Ho + 2, Wx = g.Wo + 2;  // dy padded by one on each side
     for (int a = 0; a < 2; ++a) {
-        const int64_t i0 = first(g.ph, a), n = last(g.ph, a, g.H, g.Ho) - i0 + 1;
-        const int64_t j0 = first(g.pw, a), m = last(g.pw, a, g.W, g.Wo) - j0 + 1;
-        Hx = std::max(Hx, i0 + (n + kTile - 1) / kTile * kTile + 1);
-        Wx = std::max(Wx, j0 + (m + kTile - 1) / kTile * kTile + 1);
+        const int64_t i0 = phase_first(g.ph, a), i1 = phase_last(g.ph, a, g.H, g.Ho);
+        const int64_t j0 = phase_first(g.pw, a), j1 = phase_last(g.pw, a, g.W, g.Wo);
+        i_lo = std::min(i_lo, i0), i_hi = std::max(i_hi, i1), j_lo = std::min(j_lo, j0), j_hi = std::max(j_hi, j1);
+        Hx = std::max(Hx, i0 + tiles(i1 - i0 + 1) * kTile + 1);
+        Wx = std::max(Wx, j0 + tiles(j1 - j0 + 1) * kTile + 1);
     }
-    const BatchLanes bl = BatchLanes::of<T>(g.N, g.K, std::max(Hx, g.Ho + 2), std::max(Wx, g.Wo + 2));
+    for (int a = 0; a < 2; ++a)
+        for (int b = 0; b < 2; ++b)
+            apart += tiles(phase_last(g.ph, a, g.H, g.Ho) - phase_first(g.ph, a) + 1) *
+                     tiles(phase_last(g.pw, b, g.W, g.Wo) - phase_first(g.pw, b) + 1);
+    const int64_t rows = i_hi - i_lo + 1, cols = j_hi - j_lo + 1;
+    const bool together = rows > 0 && cols > 0 && 4 * tiles(rows) * tiles(cols) <= apart;
+    if (together) {
+        Hx = std::max(Hx, i_lo + tiles(rows) * kTile + 1);
+        Wx = std::max(Wx, j_lo + tiles(cols) * kTile + 1);
+    }
+    const BatchLanes bl = BatchLanes::of<T>(g.N, g.K, Hx, Wx);
     const LaneMap map = LaneMap::shifted(g, 1);
     const Scratch<T> X = to_batch_lanes<T>(bl, map, dy);
     // Elements of dx that no phase row or column reaches (past phase row Ho): zeros.
-    if (last(g.ph, 0, g.H, g.H) > g.Ho || last(g.ph, 1, g.H, g.H) > g.Ho || last(g.pw, 0, g.W, g.W) > g.Wo ||
-        last(g.pw, 1, g.W, g.W) > g.Wo)
+    if (phase_last(g.ph, 0, g.H, g.H) > g.Ho || phase_last(g.ph, 1, g.H, g.H) > g.Ho ||
+        phase_last(g.pw, 0, g.W, g.W) > g.Wo || phase_last(g.pw, 1, g.W, g.W) > g.Wo)
         std::fill(dx, dx + checked_mul(g.N, g.C, g.H * g.W), T(0));
     const int64_t HW = g.H * g.W;
-    Scratch<T> wf = scratch<T>(checked_mul(g.C, g.K, int64_t(4)));
+    ConvShape gp{};  // the sub-kernels' shapes: dy's channels in, phases of dx's channels out
+    gp.C = g.K, gp.R = gp.S = 2;
+    if (together) {
+        // Output 4c + 2a + b: phase (a, b) of channel c, so that a group of KG = 4 is one channel's.
+        Scratch<T> wf = scratch<T>(checked_mul(g.C, g.K, int64_t(16)));
+        flipped_phase_filters(g, w, wf.get(), [](int64_t c, int p) { return 4 * c + p; });
+        gp.K = 4 * g.C;
+        const winograd::TransformedFilters<T, F> U(gp, wf.get());
+        forward_batch_lanes<4>(bl, map, dy, X.get(), i_lo, j_lo, gp.K, rows, cols, U, static_cast<const T*>(nullptr),
+                               [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
+                                   put_phase_block<T>(tile, out, dx + (tile.n0 * g.C + tile.k / 4) * HW, g.C * HW, g.H, g.W,
+                                                      2 * (i_lo + tile.ho0) - g.ph, 2 * (j_lo + tile.wo0) - g.pw);
+                               });
+        return;
+    }
+    // Phase p's filters: rows p C .. p C + C - 1.
+    Scratch<T> wf = scratch<T>(checked_mul(g.C, g.K, int64_t(16)));
+    flipped_phase_filters(g, w, wf.get(), [&](int64_t c, int p) { return p * g.C + c; });
+    gp.K = g.C;
     for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
-            const int64_t i0 = first(g.ph, a), rows = last(g.ph, a, g.H, g.Ho) - i0 + 1;
-            const int64_t j0 = first(g.pw, b), cols = last(g.pw, b, g.W, g.Wo) - j0 + 1;
-            if (rows <= 0 || cols <= 0) continue;
-            // (C, K, 2, 2): w[k, c, 2u + a, 2v + b] at (1 - u, 1 - v).
-            for (int64_t c = 0; c < g.C; ++c)
-                for (int64_t k = 0; k < g.K; ++k)
-                    for (int u = 0; u < 2; ++u)
-                        for (int v = 0; v < 2; ++v)
-                            wf[((c * g.K + k) * 2 + 1 - u) * 2 + 1 - v] = w[((k * g.C + c) * 4 + 2 * u + a) * 4 + 2 * v + b];
-            ConvShape gp{};
-            gp.C = g.K, gp.K = g.C, gp.R = gp.S = 2;
-            const winograd::TransformedFilters<T, F> U(gp, wf.get());
+            const int64_t i0 = phase_first(g.ph, a), rows_a = phase_last(g.ph, a, g.H, g.Ho) - i0 + 1;
+            const int64_t j0 = phase_first(g.pw, b), cols_b = phase_last(g.pw, b, g.W, g.Wo) - j0 + 1;
+            if (rows_a <= 0 || cols_b <= 0) continue;
+            const winograd::TransformedFilters<T, F> U(gp, wf.get() + (2 * a + b) * g.C * g.K * 4);
             const int64_t h0 = 2 * i0 + a - g.ph, w0 = 2 * j0 + b - g.pw;
-            forward_batch_lanes(bl, map, dy, X.get(), i0, j0, g.C, rows, cols, U, static_cast<const T*>(nullptr),
+            forward_batch_lanes(bl, map, dy, X.get(), i0, j0, g.C, rows_a, cols_b, U, static_cast<const T*>(nullptr),
                                 [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
                                     T* plane = dx + tile.k * HW + h0 * g.W + w0;  // tile.k: dx's channel
                                     put_each<T, F>(tile, out, [&](int64_t n, int64_t i, int64_t j, T v) {

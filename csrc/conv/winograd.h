@@ -897,11 +897,21 @@ void filters_back(int64_t p0, int64_t pairs, const T* m, int64_t m_stride, T* dw
     using D = Simd<double>;
     constexpr int DL = D::lanes, P = F::points, A = F::alpha, R = F::R, RR = R * R;
     const int n = int(std::min<int64_t>(DL, pairs - p0));
-    alignas(64) double wide[P][DL] = {}, done[RR][DL];
-    for (int xi = 0; xi < P; ++xi)
-        for (int e = 0; e < n; ++e) wide[xi][e] = double(m[xi * m_stride + p0 + e]);
     typename D::V in[P], half[A * R], out[RR];
-    for (int xi = 0; xi < P; ++xi) in[xi] = D::load(wide[xi]);
+    if (n == DL) {  // whole vectors: DL values of T widened in registers
+        typedef T Narrow __attribute__((vector_size(DL * sizeof(T))));
+        for (int xi = 0; xi < P; ++xi) {
+            Narrow v;
+            std::memcpy(&v, m + xi * m_stride + p0, sizeof(v));
+            in[xi] = __builtin_convertvector(v, typename D::V);
+        }
+    } else {
+        alignas(64) double wide[P][DL] = {};
+        for (int xi = 0; xi < P; ++xi)
+            for (int e = 0; e < n; ++e) wide[xi][e] = double(m[xi * m_stride + p0 + e]);
+        for (int xi = 0; xi < P; ++xi) in[xi] = D::load(wide[xi]);
+    }
+    alignas(64) double done[RR][DL];
     for (int a = 0; a < A; ++a) F::filter_grad(in + a * A, 1, half + a * R, 1);  // (.) G
     for (int s = 0; s < R; ++s) F::filter_grad(half + s, R, out + s, R);         // G^T (.)
     for (int j = 0; j < RR; ++j) D::store(done[j], out[j]);

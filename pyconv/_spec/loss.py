@@ -72,9 +72,10 @@ def _class_targets(op, x, target, ignore_index, class_axis=-1):
     C = x.shape[class_axis]
     if isinstance(target, ShapeDtype) or target.size == 0:
         return
-    real_targets = target[target != ignore_index]
-    if real_targets.size:
-        lo, hi = int(real_targets.min()), int(real_targets.max())
+    lo, hi = int(target.min()), int(target.max())
+    if lo < 0 or hi >= C:  # out of range, or ignore_index: look again without the latter
+        real_targets = target[target != ignore_index]
+        lo, hi = (int(real_targets.min()), int(real_targets.max())) if real_targets.size else (0, 0)
         if lo < 0 or hi >= C:
             raise ValueError(f"{op}: target classes must lie in [0, {C}) or equal ignore_index "
                              f"{ignore_index}, got values from {lo} to {hi}")

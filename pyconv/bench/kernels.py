@@ -319,15 +319,21 @@ def _class_rows_case(op, name, shape, quick=False, images=None):
         x, g, t, t01 = (torch.from_numpy(a[k]) for k in ("x", "g", "t", "t01"))
         g_rows, y, log_y = (torch.from_numpy(a[k]) for k in ("g_rows", "softmax", "log_softmax"))
         F = torch.nn.functional
+        # PyTorch's cross-entropy backward, as its autograd runs it for reduction="none": the
+        # NLL's backward (a zero gradient with -g at each target), then the log-softmax's, from
+        # the log-softmax the forward saved. total_weight is unused without a reduction.
+        unused_total_weight = torch.tensor(0.0)
         if images is not None and op.startswith("cross_entropy"):
             n, h, w = images
             to_images = lambda rows: rows.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()  # noqa: E731
             x_img, log_y_img, t_img = to_images(x), to_images(log_y), t.reshape(n, h, w)
-            nll_grad = to_images(-g_rows[:, None] * F.one_hot(t, x.shape[1]))
+            g_img = g_rows.reshape(n, h, w)
             return {
                 "cross_entropy": lambda: F.cross_entropy(x_img, t_img, reduction="none"),
                 "cross_entropy_backward": lambda: torch.ops.aten._log_softmax_backward_data(
-                    nll_grad, log_y_img, 1, x.dtype),
+                    torch.ops.aten.nll_loss2d_backward(g_img, log_y_img, t_img, None, 0, -100,
+                                                       unused_total_weight),
+                    log_y_img, 1, x.dtype),
             }[op]
         return {
             "softmax": lambda: torch.softmax(x, -1),
@@ -336,9 +342,9 @@ def _class_rows_case(op, name, shape, quick=False, images=None):
             "log_softmax_backward":
                 lambda: torch.ops.aten._log_softmax_backward_data(g, log_y, -1, x.dtype),
             "cross_entropy": lambda: F.cross_entropy(x, t, reduction="none"),
-            # torch has no fused backward kernel: the log-softmax backward of the NLL gradient
             "cross_entropy_backward": lambda: torch.ops.aten._log_softmax_backward_data(
-                -g_rows[:, None] * F.one_hot(t, x.shape[1]), log_y, -1, x.dtype),
+                torch.ops.aten.nll_loss_backward(g_rows, log_y, t, None, 0, -100, unused_total_weight),
+                log_y, -1, x.dtype),
             "binary_cross_entropy_with_logits":
                 lambda: F.binary_cross_entropy_with_logits(x, t01, reduction="none"),
             "binary_cross_entropy_with_logits_backward": lambda: torch.ops.aten.mul(

@@ -345,7 +345,6 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None, save_for_
     """A single-layer LSTM over a whole sequence: x (T, B, I) -> ``(out (T, B, H), (h_T, c_T))``
     with h0, c0, h_T and c_T (B, H); unbatched, x (T, I) -> out (T, H) with states (H,).
 
-    The input projection of all T steps is one GEMM; then the recurrence runs step by step.
     With ``save_for_backward=True`` it returns ``(out, (h_T, c_T), saved)``: ``saved`` holds
     the gates and states of every step (opaque; pass it to :func:`lstm_backward`, which then
     skips running the forward again). Do not modify ``out`` in place while ``saved`` is in use:

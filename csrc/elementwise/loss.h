@@ -28,6 +28,36 @@ inline T row_max(const T* x, int64_t C) {
     return m;
 }
 
+// Sums of a row's float terms in double: widened a vector at a time into one vector of
+// partial sums (lane j: the terms c with c = j modulo the lanes), then added up in a halving
+// tree. The vectoriser's own reduction ended in a chain of as many dependent scalar additions
+// as it kept partial sums (16) per row (a cross-entropy of 3200 rows of 65 classes, one thread:
+// 218 us with it, 206 us so).
+using DoubleLanes = Simd<double>::V;
+
+template <class T>
+inline DoubleLanes add_widened(DoubleLanes acc, const T* v, int64_t n) {
+    constexpr int DL = Simd<double>::lanes;
+    typedef T Narrow __attribute__((vector_size(DL * sizeof(T))));
+    Narrow w;
+    int64_t j = 0;
+    for (; j + DL <= n; j += DL) {
+        std::memcpy(&w, v + j, sizeof(w));
+        acc += __builtin_convertvector(w, DoubleLanes);
+    }
+    for (int64_t k = j; k < n; ++k) acc[k - j] += double(v[k]);  // the last terms, in the first lanes
+    return acc;
+}
+
+inline double lane_sum(DoubleLanes acc) {
+    constexpr int DL = Simd<double>::lanes;
+    alignas(64) double lanes[DL];
+    Simd<double>::store(lanes, acc);
+    for (int w = DL / 2; w >= 1; w /= 2)
+        for (int j = 0; j < w; ++j) lanes[j] += lanes[j + w];
+    return lanes[0];
+}
+
 // Sum of exp(x - m) over a row, accumulated in double. The exponentials go through a block on
 // the stack first: a loop that only computes them vectorises fully, while one that also widens
 // them into a double sum runs several times slower (measured with GCC 12).
@@ -35,16 +65,16 @@ constexpr int64_t kExpBlock = 256;
 
 template <class T>
 inline double row_sum_exp(const T* x, int64_t C, T m) {
-    T e[kExpBlock];
-    double s = 0;
+    static_assert(kExpBlock % Simd<double>::lanes == 0, "every block starts at lane 0");
+    alignas(64) T e[kExpBlock];
+    DoubleLanes acc = Simd<double>::zero();
     for (int64_t c0 = 0; c0 < C; c0 += kExpBlock) {
         const int64_t n = std::min(kExpBlock, C - c0);
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) e[j] = vexp<T>(x[c0 + j] - m);
-#pragma omp simd reduction(+ : s)
-        for (int64_t j = 0; j < n; ++j) s += double(e[j]);
+        acc = add_widened(acc, e, n);
     }
-    return s;
+    return lane_sum(acc);
 }
 
 // Runs row(i) for every row, on the thread pool once there is enough work.
@@ -69,10 +99,7 @@ void softmax_forward(int64_t M, int64_t C, const T* x, bool log, T* y) {
         } else {
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) yr[c] = vexp<T>(xr[c] - m);
-            double s = 0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t c = 0; c < C; ++c) s += double(yr[c]);
-            const T inv = T(1 / s);
+            const T inv = T(1 / lane_sum(add_widened(Simd<double>::zero(), yr, C)));
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
         }

@@ -10,7 +10,8 @@
 //   weight gradient  dw' = its weight gradient between dy and x', merged back into dw
 //   input gradient   phase (a, b) of dx = dy padded by 1 convolved with the phase's sub-kernel
 //                    w'[., (., a, b)] flipped in space and transposed in channels, one
-//                    convolution per phase, stored to the phase's rows and columns of dx
+//                    convolution per phase, or the four as one of 4C outputs where that
+//                    takes no more tiles, stored to the phase's rows and columns of dx
 // Each element of xp belongs to exactly one phase, so the stores add nothing: the result is
 // the transform's sums alone, independent of the thread count as they are. Elements of dx
 // past phase row (column) Ho (Wo), which no output reads, get a zero gradient.
@@ -18,8 +19,9 @@
 // Against the 16 multiplications per output and channel pair of the direct sum, F(4x4, 2x2)
 // needs 100 per 4x4 tile and channel pair (25 for each of the 4 phases: 2.56x fewer), plus the
 // copies into the lane layout (BatchLanes) and the transforms. The forward stores whole tile
-// rows as runs, the lanes (images) transposed in registers (put_rows); other outputs one at a
-// time (put_each).
+// rows as runs, the lanes (images) transposed in registers (put_rows), the input gradient's
+// four phases together the 8x8 blocks of dx they interleave into (put_phase_block); other
+// outputs one at a time (put_each).
 #pragma once
 
 #include "common/prelude.h"

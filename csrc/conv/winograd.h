@@ -292,7 +292,14 @@ struct TransformedFilters {
     Scratch<T> data;
     int64_t C, panel_size, xi_size;
 
+    // w: the K x C filters, R x R each, in order.
     TransformedFilters(const ConvShape& g, const T* w)
+        : TransformedFilters(g, [w, C = g.C](int64_t k, int64_t c, int j) { return w[(k * C + c) * F::R * F::R + j]; }) {}
+
+    // tap(k, c, j): tap j (row-major) of filter k's channel c, for filters that are read from
+    // another layout (conv/winograd_phases.h: a 4x4 filter's stride phases) without a copy.
+    template <class Tap, class = std::enable_if_t<std::is_invocable_v<const Tap&, int64_t, int64_t, int>>>
+    TransformedFilters(const ConvShape& g, const Tap& tap)
         : C(g.C), panel_size(int64_t(MR) * g.C), xi_size(checked_mul((g.K + MR - 1) / MR, panel_size)) {
         constexpr int channels = 8, n = MR * channels;  // pairs per pass: (c, row) with the row fastest
         data = scratch<T>(checked_mul(int64_t(F::points), xi_size));
@@ -303,7 +310,7 @@ struct TransformedFilters {
             double taps[RR][n], full[F::points][n];
             for (int e = 0; e < n; ++e) {
                 const int64_t k = p * MR + e % MR, c = c0 + e / MR;
-                for (int j = 0; j < RR; ++j) taps[j][e] = (k < g.K && c < g.C) ? double(w[(k * g.C + c) * RR + j]) : 0.0;
+                for (int j = 0; j < RR; ++j) taps[j][e] = (k < g.K && c < g.C) ? double(tap(k, c, j)) : 0.0;
             }
             // G w G^T, vectorised over the pairs (n is a multiple of the lanes).
             using D = Simd<double>;

@@ -55,16 +55,11 @@ inline void for_each_tap(int64_t c, F f) {
                 for (int v = 0; v < 2; ++v) f(4 * c + 2 * a + b, u, v, 2 * u + a, 2 * v + b);
 }
 
-// w (K, C, 4, 4) -> w' (K, 4C, 2, 2).
+// Tap j = 2u + v of w'[k, c'] (c' = 4c + 2a + b), read from w (K, C, 4, 4) in place.
 template <class T>
-Scratch<T> split_weights(const ConvShape& g, const T* w) {
-    Scratch<T> ws = scratch<T>(checked_mul(g.K, g.C, int64_t(16)));
-    for (int64_t k = 0; k < g.K; ++k)
-        for (int64_t c = 0; c < g.C; ++c)
-            for_each_tap(c, [&](int64_t cp, int u, int v, int r, int s) {
-                ws[((k * 4 * g.C + cp) * 2 + u) * 2 + v] = w[((k * g.C + c) * 4 + r) * 4 + s];
-            });
-    return ws;
+T split_tap(const ConvShape& g, const T* w, int64_t k, int64_t cp, int j) {
+    const int64_t c = cp / 4, a = cp % 4 / 2, b = cp % 2, u = j / 2, v = j % 2;
+    return w[((k * g.C + c) * 4 + 2 * u + a) * 4 + 2 * v + b];
 }
 
 // dw' (K, 4C, 2, 2) -> dw (K, C, 4, 4).
@@ -464,8 +459,8 @@ void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, 
     const int64_t rows = (g.Ho + kTile - 1) / kTile, cols = (g.Wo + kTile - 1) / kTile;
     const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, kTile * rows + 1, kTile * cols + 1);
     const LaneMap map = LaneMap::phases(g);
-    const Scratch<T> ws = split_weights(g, w);
-    const winograd::TransformedFilters<T, F> U(phase_shape(g), ws.get());
+    const winograd::TransformedFilters<T, F> U(
+        phase_shape(g), [&](int64_t k, int64_t cp, int j) { return split_tap(g, w, k, cp, j); });
     const int64_t HoWo = g.Ho * g.Wo;
     if (ep.any())
         forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
@@ -507,18 +502,13 @@ inline int64_t phase_last(int64_t pad, int a, int64_t extent, int64_t out) {
     return std::min<int64_t>(out, (extent - 1 + pad - a) / 2);
 }
 
-// The input gradient's sub-kernels: for dx's channel c and phase (a, b), the (K, 2, 2) taps
-// w[k, c, 2u + a, 2v + b] flipped in space, at (1 - u, 1 - v), as row row(c, 2a + b) of out
-// (rows of 4K). w is read in order.
-template <class T, class Row>
-void flipped_phase_filters(const ConvShape& g, const T* w, T* out, const Row& row) {
-    for (int64_t k = 0; k < g.K; ++k)
-        for (int64_t c = 0; c < g.C; ++c)
-            for (int r = 0; r < 4; ++r)
-                for (int s = 0; s < 4; ++s) {
-                    const int a = r % 2, u = r / 2, b = s % 2, v = s / 2;
-                    out[row(c, 2 * a + b) * 4 * g.K + (k * 2 + 1 - u) * 2 + 1 - v] = w[((k * g.C + c) * 4 + r) * 4 + s];
-                }
+// Tap j = 2u' + v' of the input gradient's sub-kernel of phase (a, b) for dx's channel c and
+// dy's channel k: w[k, c, 2u + a, 2v + b] flipped in space (u = 1 - u', v = 1 - v'), read
+// from w (K, C, 4, 4) in place.
+template <class T>
+T flipped_phase_tap(const ConvShape& g, const T* w, int a, int b, int64_t c, int64_t k, int j) {
+    const int u = 1 - j / 2, v = 1 - j % 2;
+    return w[((k * g.C + c) * 4 + 2 * u + a) * 4 + 2 * v + b];
 }
 
 }  // namespace winograd_phases
@@ -570,10 +560,10 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
     gp.C = g.K, gp.R = gp.S = 2;
     if (together) {
         // Output 4c + 2a + b: phase (a, b) of channel c, so that a group of KG = 4 is one channel's.
-        Scratch<T> wf = scratch<T>(checked_mul(g.C, g.K, int64_t(16)));
-        flipped_phase_filters(g, w, wf.get(), [](int64_t c, int p) { return 4 * c + p; });
         gp.K = 4 * g.C;
-        const winograd::TransformedFilters<T, F> U(gp, wf.get());
+        const winograd::TransformedFilters<T, F> U(gp, [&](int64_t out, int64_t k, int j) {
+            return flipped_phase_tap(g, w, int(out % 4 / 2), int(out % 2), out / 4, k, j);
+        });
         forward_batch_lanes<4>(bl, map, dy, X.get(), i_lo, j_lo, gp.K, rows, cols, U, static_cast<const T*>(nullptr),
                                [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
                                    put_phase_block<T>(tile, out, dx + (tile.n0 * g.C + tile.k / 4) * HW, g.C * HW, g.H, g.W,
@@ -581,16 +571,14 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
                                });
         return;
     }
-    // Phase p's filters: rows p C .. p C + C - 1.
-    Scratch<T> wf = scratch<T>(checked_mul(g.C, g.K, int64_t(16)));
-    flipped_phase_filters(g, w, wf.get(), [&](int64_t c, int p) { return p * g.C + c; });
     gp.K = g.C;
     for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
             const int64_t i0 = phase_first(g.ph, a), rows_a = phase_last(g.ph, a, g.H, g.Ho) - i0 + 1;
             const int64_t j0 = phase_first(g.pw, b), cols_b = phase_last(g.pw, b, g.W, g.Wo) - j0 + 1;
             if (rows_a <= 0 || cols_b <= 0) continue;
-            const winograd::TransformedFilters<T, F> U(gp, wf.get() + (2 * a + b) * g.C * g.K * 4);
+            const winograd::TransformedFilters<T, F> U(
+                gp, [&](int64_t c, int64_t k, int j) { return flipped_phase_tap(g, w, a, b, c, k, j); });
             const int64_t h0 = 2 * i0 + a - g.ph, w0 = 2 * j0 + b - g.pw;
             forward_batch_lanes(bl, map, dy, X.get(), i0, j0, g.C, rows_a, cols_b, U, static_cast<const T*>(nullptr),
                                 [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {

@@ -121,6 +121,23 @@ static inline __attribute__((always_inline)) void store_first(T* p, typename Sim
 #endif
 }
 
+// Short copies and fills in whole vectors, inline (a library call costs as much as the copy
+// for the few dozen elements of an image row).
+template <class T>
+static inline void copy_run(const T* src, int64_t n, T* dst) {
+    using S = Simd<T>;
+    int64_t e = 0;
+    for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::load(src + e));
+    for (; e < n; ++e) dst[e] = src[e];
+}
+template <class T>
+static inline void zero_run(int64_t n, T* dst) {
+    using S = Simd<T>;
+    int64_t e = 0;
+    for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::zero());
+    for (; e < n; ++e) dst[e] = T(0);
+}
+
 // The one exponential algorithm of the library, written once for a scalar T (loops that
 // `#pragma omp simd` vectorises: elementwise/vector_math.h) and for a vector Simd<T>::V
 // (elementwise/exp.h, the LSTM gates below): the same steps, only arithmetic, selects and

@@ -444,23 +444,6 @@ struct Tiling {
     }
 };
 
-// Short copies and fills in whole vectors, inline (a library call costs as much as the copy
-// for the few dozen elements of an image row).
-template <class T>
-static inline void copy_run(const T* src, int64_t n, T* dst) {
-    using S = Simd<T>;
-    int64_t e = 0;
-    for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::load(src + e));
-    for (; e < n; ++e) dst[e] = src[e];
-}
-template <class T>
-static inline void zero_run(int64_t n, T* dst) {
-    using S = Simd<T>;
-    int64_t e = 0;
-    for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::zero());
-    for (; e < n; ++e) dst[e] = T(0);
-}
-
 // Where a tile's 6x6 input window starts: x's plane offset of its image, top-left corner.
 struct TileOrigin {
     int64_t image;   // n * C * H * W

@@ -138,11 +138,11 @@ void fill_lanes_transposed(const LaneMap& map, const T* src, int64_t N, int64_t 
             for (int64_t r = r0; r < r1; ++r) {
                 const int64_t h = st * r + a - map.pad_h;
                 if (h < 0 || h >= map.H) {
-                    winograd::zero_run(row, pl + r * row);
+                    zero_run(row, pl + r * row);
                     continue;
                 }
-                winograd::zero_run(s_lo * L, pl + r * row);
-                winograd::zero_run((Wx - s_hi) * L, pl + r * row + s_hi * L);
+                zero_run(s_lo * L, pl + r * row);
+                zero_run((Wx - s_hi) * L, pl + r * row + s_hi * L);
             }
         }
     const int64_t h_begin = std::max<int64_t>(0, st * r0 - map.pad_h), h_end = std::min(map.H, st * r1 - map.pad_h);
@@ -529,21 +529,26 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
     using F = winograd::F4x2;
     constexpr int kTile = F::tile;
     auto tiles = [](int64_t n) { return (n + kTile - 1) / kTile; };
-    int64_t i_lo = g.Ho, i_hi = 0, j_lo = g.Wo, j_hi = 0, apart = 0;
-    int64_t Hx = g.Ho + 2, Wx = g.Wo + 2;  // dy padded by one on each side
+    // Phase a's rows [i0[a], i0[a] + rows_of[a]), phase b's columns [j0[b], j0[b] + cols_of[b]).
+    int64_t i0[2], rows_of[2], j0[2], cols_of[2];
     for (int a = 0; a < 2; ++a) {
-        const int64_t i0 = phase_first(g.ph, a), i1 = phase_last(g.ph, a, g.H, g.Ho);
-        const int64_t j0 = phase_first(g.pw, a), j1 = phase_last(g.pw, a, g.W, g.Wo);
-        i_lo = std::min(i_lo, i0), i_hi = std::max(i_hi, i1), j_lo = std::min(j_lo, j0), j_hi = std::max(j_hi, j1);
-        Hx = std::max(Hx, i0 + tiles(i1 - i0 + 1) * kTile + 1);
-        Wx = std::max(Wx, j0 + tiles(j1 - j0 + 1) * kTile + 1);
+        i0[a] = phase_first(g.ph, a), rows_of[a] = phase_last(g.ph, a, g.H, g.Ho) - i0[a] + 1;
+        j0[a] = phase_first(g.pw, a), cols_of[a] = phase_last(g.pw, a, g.W, g.Wo) - j0[a] + 1;
     }
+    int64_t apart = 0;
     for (int a = 0; a < 2; ++a)
-        for (int b = 0; b < 2; ++b)
-            apart += tiles(phase_last(g.ph, a, g.H, g.Ho) - phase_first(g.ph, a) + 1) *
-                     tiles(phase_last(g.pw, b, g.W, g.Wo) - phase_first(g.pw, b) + 1);
-    const int64_t rows = i_hi - i_lo + 1, cols = j_hi - j_lo + 1;
+        for (int b = 0; b < 2; ++b) apart += tiles(rows_of[a]) * tiles(cols_of[b]);
+    // The union of the phases' rows and columns.
+    const int64_t i_lo = std::min(i0[0], i0[1]), j_lo = std::min(j0[0], j0[1]);
+    const int64_t rows = std::max(i0[0] + rows_of[0], i0[1] + rows_of[1]) - i_lo;
+    const int64_t cols = std::max(j0[0] + cols_of[0], j0[1] + cols_of[1]) - j_lo;
     const bool together = rows > 0 && cols > 0 && 4 * tiles(rows) * tiles(cols) <= apart;
+    // X: dy padded by one on each side, and room for every window the tiles read.
+    int64_t Hx = g.Ho + 2, Wx = g.Wo + 2;
+    for (int a = 0; a < 2; ++a) {
+        Hx = std::max(Hx, i0[a] + tiles(rows_of[a]) * kTile + 1);
+        Wx = std::max(Wx, j0[a] + tiles(cols_of[a]) * kTile + 1);
+    }
     if (together) {
         Hx = std::max(Hx, i_lo + tiles(rows) * kTile + 1);
         Wx = std::max(Wx, j_lo + tiles(cols) * kTile + 1);
@@ -574,13 +579,12 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
     gp.K = g.C;
     for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
-            const int64_t i0 = phase_first(g.ph, a), rows_a = phase_last(g.ph, a, g.H, g.Ho) - i0 + 1;
-            const int64_t j0 = phase_first(g.pw, b), cols_b = phase_last(g.pw, b, g.W, g.Wo) - j0 + 1;
-            if (rows_a <= 0 || cols_b <= 0) continue;
+            if (rows_of[a] <= 0 || cols_of[b] <= 0) continue;
             const winograd::TransformedFilters<T, F> U(
                 gp, [&](int64_t c, int64_t k, int j) { return flipped_phase_tap(g, w, a, b, c, k, j); });
-            const int64_t h0 = 2 * i0 + a - g.ph, w0 = 2 * j0 + b - g.pw;
-            forward_batch_lanes(bl, map, dy, X.get(), i0, j0, g.C, rows_a, cols_b, U, static_cast<const T*>(nullptr),
+            const int64_t h0 = 2 * i0[a] + a - g.ph, w0 = 2 * j0[b] + b - g.pw;
+            forward_batch_lanes(bl, map, dy, X.get(), i0[a], j0[b], g.C, rows_of[a], cols_of[b], U,
+                                static_cast<const T*>(nullptr),
                                 [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
                                     T* plane = dx + tile.k * HW + h0 * g.W + w0;  // tile.k: dx's channel
                                     put_each<T, F>(tile, out, [&](int64_t n, int64_t i, int64_t j, T v) {

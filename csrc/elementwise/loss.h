@@ -143,19 +143,12 @@ constexpr int64_t kNarrowClasses = 64, kNarrowRows = 64;
 // 0.55-0.65 against 0.76; 32768 x 16 0.42 against 0.33, 4096 x 35 0.13 against 0.09).
 constexpr int64_t kNarrowGradClasses = 15;
 
-// A block's run of n <= kNarrowRows values from src into dst, `fill` past n (read_block), or
-// back out (write_block). A whole block's copy has a constant size, inlined as a few vector
-// moves: a library call per run of 64 costs as much as the copy.
+// A block's run of n <= kNarrowRows values from src into dst, `fill` past n (copied inline:
+// a library call per run of 64 costs as much as the copy).
 template <class T>
 static inline void read_block(const T* src, int64_t n, T* dst, T fill) {
-    if (n == kNarrowRows) return static_cast<void>(std::memcpy(dst, src, sizeof(T) * kNarrowRows));
-    std::copy(src, src + n, dst);
+    copy_run(src, n, dst);
     std::fill(dst + n, dst + kNarrowRows, fill);
-}
-template <class T>
-static inline void write_block(const T* src, int64_t n, T* dst) {
-    if (n == kNarrowRows) return static_cast<void>(std::memcpy(dst, src, sizeof(T) * kNarrowRows));
-    std::copy(src, src + n, dst);
 }
 
 // Rows of classes as the cross-entropy takes them: x (N, C, P), row i = n P + p holding
@@ -232,13 +225,13 @@ inline void narrow_log_sum_exp(int64_t C, const T (*xt)[kNarrowRows], T* m, doub
     for (int64_t r = 0; r < kNarrowRows; ++r) log_sum[r] = vlog_from_one<double>(s[r]);
 }
 
-// Each row's class weight w[t] (0 where t is ignore_index or past the block's n rows) and,
-// when x_t is given, its target's logit xt[t][r], for the rows of a block: one select per
-// class along the rows (row by row, an indexed load per row was a seventh of the forward).
+// Each row's target t (ignore_index past the block's n rows), its class weight w[t] (0 where t
+// is ignore_index) and, when x_t is given, its target's logit xt[t][r], for the rows of a
+// block: one select per class along the rows (row by row, an indexed load per row was a
+// seventh of the forward).
 template <class T>
 inline void narrow_targets(int64_t C, const T (*xt)[kNarrowRows], const int64_t* target, int64_t n,
-                           const T* weight, int64_t ignore_index, double* row_w, T* x_t) {
-    alignas(64) int64_t t[kNarrowRows];
+                           const T* weight, int64_t ignore_index, int64_t* t, double* row_w, T* x_t) {
     read_block(target, n, t, ignore_index);
 #pragma omp simd
     for (int64_t r = 0; r < kNarrowRows; ++r) row_w[r] = 0.0;
@@ -282,13 +275,14 @@ void cross_entropy_forward(int64_t N, int64_t C, int64_t P, const T* x, const in
             alignas(64) double log_sum[kNarrowRows], row_w[kNarrowRows], l[kNarrowRows];
             narrow_log_sum_exp(C, xt, m, log_sum);
             // x_t of a row of weight 0 may be -inf: its l is then NaN, and dropped below.
-            narrow_targets(C, xt, target + i0, n, weight, ignore_index, row_w, x_t);
+            alignas(64) int64_t t[kNarrowRows];
+            narrow_targets(C, xt, target + i0, n, weight, ignore_index, t, row_w, x_t);
 #pragma omp simd
             for (int64_t r = 0; r < kNarrowRows; ++r) {
                 out[r] = T(double(m[r]) + log_sum[r]);
                 l[r] = -(1 - eps) * row_w[r] * (double(x_t[r] - m[r]) - log_sum[r]);
             }
-            write_block(out, n, lse + i0);
+            copy_run(out, n, lse + i0);
             if (eps != 0) {  // (eps / C) (w_sum log_sum - sum_c w[c] (x[c] - m))
                 alignas(64) double wx[kNarrowRows] = {};
                 for (int64_t c = 0; c < C; ++c) {
@@ -304,7 +298,7 @@ void cross_entropy_forward(int64_t N, int64_t C, int64_t P, const T* x, const in
             for (int64_t r = 0; r < kNarrowRows; ++r) l[r] = row_w[r] == 0 ? 0.0 : l[r];
 #pragma omp simd
             for (int64_t r = 0; r < kNarrowRows; ++r) out[r] = T(l[r]);
-            write_block(out, n, loss + i0);
+            copy_run(out, n, loss + i0);
         });
         return;
     }
@@ -354,8 +348,7 @@ void cross_entropy_backward(int64_t N, int64_t C, int64_t P, const T* grad_loss,
                 at_target[kNarrowRows];
             alignas(64) double row_w[kNarrowRows];
             alignas(64) int64_t t[kNarrowRows];
-            narrow_targets<T>(C, xt, target + i0, n, weight, ignore_index, row_w, nullptr);
-            read_block(target + i0, n, t, int64_t(-1));
+            narrow_targets<T>(C, xt, target + i0, n, weight, ignore_index, t, row_w, nullptr);
 #pragma omp simd
             for (int64_t r = 0; r < kNarrowRows; ++r) t[r] = row_w[r] == 0 ? -1 : t[r];
             read_block(lse + i0, n, l, T(0));
@@ -377,7 +370,7 @@ void cross_entropy_backward(int64_t N, int64_t C, int64_t P, const T* grad_loss,
                 if (layout.P == 1)
                     for (int64_t r = 0; r < n; ++r) grad_x[(i0 + r) * C + c] = gt[r];
                 else
-                    write_block(gt, n, grad_x + layout.start(i0) + c * layout.P);
+                    copy_run(gt, n, grad_x + layout.start(i0) + c * layout.P);
             }
         });
         return;

@@ -93,11 +93,15 @@ LARGE_CASES = {
         "by_channels_strided_one_image": conv((1, 16, 32, 32), (32, 16, 3, 3), stride=2, padding=1),
     },
     "lstm_backward": {
-        # Weight gradients over T * B = 2048 rows: a split reduction.
+        # Weight gradients over T * B = 2048 rows: a split reduction. The batch rows shared out
+        # (grad_x in the recurrence's product).
         "long_sequence": lstm_backward(64, 32, 24, 40),
         "wide_hidden": lstm_backward(16, 32, 16, 130),
+        # Fewer row panels than threads from 2 (AVX-512) or 3 threads: grad_x by chunks of steps.
+        "small_batch": lstm_backward(40, 12, 24, 40),
     },
-    "lstm": {"wide_hidden": lstm(8, 16, 32, 130)},
+    # The batch rows shared out, and (12 rows) each step's gate columns.
+    "lstm": {"wide_hidden": lstm(8, 16, 32, 130), "small_batch": lstm(8, 12, 32, 130)},
     # Matrix-vector and outer products large enough to run on the team (rows or column blocks
     # shared out).
     "matmul": {

@@ -1,12 +1,12 @@
 // LSTM kernels (gate order i, f, g, o as PyTorch).
 //
 // Every matrix product runs in the project GEMM (gemm/driver.h): per step the input projection
-// x_t . W_ih^T and the recurrent product h_{t-1} . W_hh^T (B x 4H x I and B x 4H x H, each
-// thread on its own gate columns, its slices of W_ih and W_hh prepacked once per call as
-// PrepackedB), and in the backward pass the per-step dG_t . W_hh, then grad_x = dG . W_ih and
-// both weight gradients in one product per chunk of steps, overlapped with the recurrence on
-// two threads (lstm_backward). The weights are read through RowsB / ColumnsB sources that
-// follow the gate layout below.
+// and the recurrent product in one, [x_t | h_{t-1}] . [W_ih | W_hh]^T, and in the backward pass
+// dG_t . W_hh (with W_ih beside it: grad_x in the same product, when every thread has batch
+// rows), the weights prepacked once per call (PrepackedB); the weight gradients are one product
+// per chunk of steps, taken by whichever thread is free as the recurrences finish them. The batch rows are independent through the
+// whole sequence, so threads share them out and each runs every step on its rows alone. The
+// weights are read through sources that follow the gate layout below.
 #pragma once
 
 #include "common/prelude.h"
@@ -17,6 +17,8 @@
 #include "gemm/operands.h"
 #include "gemm/driver.h"
 
+#include <atomic>
+#include <memory>
 #include <thread>
 
 namespace pyconv {
@@ -149,12 +151,27 @@ struct StackedKB {
     }
 };
 
+// How many threads share the batch rows of a sequence (whole MR-row panels each): the rows
+// are independent from the first step to the last, so a thread that owns some of them runs
+// every step on them alone, with no hand-over between threads at all. One when the batch is
+// smaller than two panels (the steps' columns are then split instead, see below).
+template <class T>
+static int batch_row_parts(int64_t B) {
+    return int(std::clamp<int64_t>(B / GemmTile<T>::MR, 1, num_threads()));
+}
+
 // Forward over the sequence. Step t's gate activations go to gates + t*gate_step (gate_step 0:
 // one (B, G) buffer reused by every step), its hidden states to out (T, B, H), c_t to
 // c_seq + t*c_step (c_step 0: one buffer updated in place). Each step's input projection is
 // computed right before its recurrent product, so the step's gates stay in cache between the
 // two products and the cell update (projecting all steps first wrote and re-read T*B*4H gates
 // in memory: 26 MB for T=100, B=64, H=256).
+//
+// With enough batch rows (batch_row_parts) each thread runs the whole sequence on its rows.
+// Otherwise each step's gate columns are cut into one slice per thread, each slice's weights
+// packed once, and a step is one pool job of a task per slice (its product, then its cells):
+// a hand-over per step, which for a small step (B = 32, H = 128: ~20 us of work) is a large
+// share of it, and a larger one when the cores sit in different caches.
 template <class T>
 static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, const T* c0,
                               T* gates, int64_t gate_step, T* out, T* c_seq, int64_t c_step) {
@@ -162,12 +179,10 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
     const int64_t B = P.B, H = P.H, I = P.I, G = P.G;
     std::vector<T> bias(G);
     for (int64_t col = 0; col < G; ++col) bias[col] = P.bias(col);
-    // The gate columns are cut into one slice per thread, each slice's weights packed once; a
-    // step is then one pool job of a task per slice (its product, then its cells).
-    const int slices = num_threads();
+    const int row_parts = batch_row_parts<T>(B), slices = row_parts > 1 ? 1 : num_threads();
     auto packs = std::vector<std::optional<PrepackedB<T>>>(static_cast<size_t>(slices));
     std::vector<GemmBuffers<T>> bufs;
-    for (int s = 0; s < slices; ++s) bufs.emplace_back(false);
+    for (int i = 0; i < std::max(slices, row_parts); ++i) bufs.emplace_back(false);
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     parallel_tasks(slices, slices, [&](int64_t s, int) {
         const int64_t col0 = 4 * U * P.blocks_of(int(s), slices).first;
@@ -178,28 +193,36 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
         packs[size_t(s)].emplace(I + H, 4 * U * (hi - lo),
                                  StackedKB<T, decltype(w_ih_cols), decltype(w_hh_cols)>{w_ih_cols, w_hh_cols, I});
     });
-    for (int64_t t = 0; t < P.T_; ++t) {
+    // Step t on batch rows [r0, r1) and the gate columns of slice s.
+    auto step = [&](int64_t t, int64_t r0, int64_t r1, int s, GemmBuffers<T>& buf) {
         const T* h_prev = t ? out + (t - 1) * B * H : h0;
         const T* c_prev = t ? c_seq + (t - 1) * c_step : c0;
         T* c_new = c_seq + t * c_step;
         T* g_t = gates + t * gate_step;
-        parallel_tasks(slices, slices, [&](int64_t s, int worker) {
-            const auto [lo, hi] = P.blocks_of(int(s), slices);
-            const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
-            if (cols > 0) {
-                const StackedK<T, InMatrixA<T>, InMatrixA<T>> inputs{
-                    InMatrixA<T>::plain(x + t * B * I, I, I), InMatrixA<T>::plain(h_prev, H, H), I};
-                gemm_block<T>(0, B, 0, cols, 0, I + H, inputs, *packs[size_t(s)],
-                              OutMatrix<T>::plain(g_t + col0, G, cols), Store::overwrite, bufs[size_t(worker)]);
+        const auto [lo, hi] = P.blocks_of(s, slices);
+        const int64_t col0 = 4 * U * lo, cols = 4 * U * (hi - lo);
+        if (cols > 0) {
+            const StackedK<T, InMatrixA<T>, InMatrixA<T>> inputs{
+                InMatrixA<T>::plain(x + t * B * I, I, I), InMatrixA<T>::plain(h_prev, H, H), I};
+            gemm_block<T>(r0, r1, 0, cols, 0, I + H, inputs, *packs[size_t(s)],
+                          OutMatrix<T>::plain(g_t + col0, G, cols), Store::overwrite, buf);
+        }
+        for (int64_t b = r0; b < r1; ++b)
+            for (int64_t j = lo; j < hi; ++j) {
+                const int64_t u0 = j * U;
+                cell_forward(g_t + b * G + 4 * U * j, bias.data() + 4 * U * j, U, std::min(U, H - u0),
+                             c_prev + b * H + u0, c_new + b * H + u0, out + (t * B + b) * H + u0);
             }
-            for (int64_t b = 0; b < B; ++b)
-                for (int64_t j = lo; j < hi; ++j) {
-                    const int64_t u0 = j * U;
-                    cell_forward(g_t + b * G + 4 * U * j, bias.data() + 4 * U * j, U,
-                                 std::min(U, H - u0), c_prev + b * H + u0, c_new + b * H + u0,
-                                 out + (t * B + b) * H + u0);
-                }
+    };
+    if (slices == 1) {
+        parallel_tasks(row_parts, row_parts, [&](int64_t p, int worker) {
+            int64_t r0, r1;
+            split_range(B, GemmTile<T>::MR, p, row_parts, r0, r1);
+            for (int64_t t = 0; t < P.T_; ++t) step(t, r0, r1, 0, bufs[size_t(worker)]);
         });
+    } else {
+        for (int64_t t = 0; t < P.T_; ++t)
+            parallel_tasks(slices, slices, [&](int64_t s, int worker) { step(t, 0, B, int(s), bufs[size_t(worker)]); });
     }
 }
 
@@ -260,21 +283,6 @@ static inline void cell_backward(const T* act, T* dgate, int64_t U, int64_t n, c
         dgate[u] = dgate[U + u] = dgate[2 * U + u] = dgate[3 * U + u] = T(0);
 }
 
-// Calls put(col, sum of column col) for each column of a (rows x cols) row-major matrix,
-// reading it row by row (a task per chunk of columns).
-template <class T, class Put>
-static void column_sums(const T* a, int64_t rows, int64_t cols, Put&& put) {
-    constexpr int64_t chunk = 64;
-    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_tasks((cols + chunk - 1) / chunk, num_threads(), [&](int64_t task, int) {
-        const int64_t c0 = task * chunk, n = std::min(chunk, cols - c0);
-        T sum[chunk] = {};
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t j = 0; j < n; ++j) sum[j] += a[r * cols + c0 + j];
-        for (int64_t j = 0; j < n; ++j) put(c0 + j, sum[j]);
-    });
-}
-
 // A = [x | h_prev]^T ((I + H) x TB) for the weight gradients: rows [0, I) are the columns of x,
 // rows [I, I + H) those of h_prev, both (TB x width) row-major. Reading them transposed steps
 // through rows of 512 B-1 KB; the other way round (dG^T as A) strides by the 4 KB gate rows,
@@ -307,18 +315,43 @@ struct StepChunks {
     int64_t end(int64_t c) const { return begin(c + 1); }
 };
 
-// Backpropagation through time. The recurrence (dh_rec = dG_{t+1} . W_hh, then the cells of
-// step t) is sequential; grad_x = dG . W_ih and the weight gradients [x | h_prev]^T . dG are
-// not, and are computed chunk by chunk of steps (StepChunks), the last chunk first, as the
-// recurrence produces them. The weight gradients add up the chunks in that order, whoever
-// computes them, so the result does not depend on the number of threads.
+// B = [W_hh | W_ih] in gate order (G x (H + I)): one step's dG_t . B is the gradient reaching
+// h_{t-1} (its first H columns) and the one reaching x_t (the last I), both in one product.
+template <class T>
+struct RecurrentAndInputWeights {
+    const LstmPlan<T>& P;
+
+    void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
+        constexpr int NR = gemm_nr<T>();
+        const int64_t H = P.H;
+        for (int64_t k = 0; k < kc; ++k) {
+            const T* hh = P.weight_row(P.w.w_hh, H, k0 + k);  // nullptr together for a padding unit
+            const T* ih = P.weight_row(P.w.w_ih, P.I, k0 + k);
+            T* d = dst + k * NR;
+            for (int64_t j = 0; j < NR; ++j) {
+                const int64_t col = j0 + j;
+                d[j] = (j >= cols || !hh) ? T(0) : col < H ? hh[col] : ih[col - H];
+            }
+        }
+    }
+};
+
+// Backpropagation through time. The recurrence runs from the last step to the first: step t's
+// cells turn the gradients reaching h_t and c_t into dG_t, and dG_t . W_hh is the gradient
+// reaching h_{t-1}. Each thread that owns batch rows (batch_row_parts) runs it on them alone.
+// The rest is products that can follow it: the weight gradients [x | h_prev]^T . dG, which need
+// every row of a step, computed chunk by chunk of steps (StepChunks) in parts of their columns,
+// each part running through the chunks from the last in the same order whoever computes it (so
+// the result does not depend on the number of threads); and grad_x = dG . W_ih.
 //
-// On two threads the recurrence runs on one of them and the other computes the chunks it has
-// finished, meanwhile; what is left when the recurrence ends is shared by both. Splitting every
-// step between the threads instead (the product's columns, then their cells) costs a hand-over
-// per step, which for a small step (B = 32, H = 128: ~20 us of work) is a large share of it,
-// and a larger one when the two cores sit in different caches. With more threads one thread's
-// recurrence would be the longer path: there every step is split between them.
+// When the batch rows fill the threads, each thread runs its recurrence with grad_x in the same
+// product (dG_t . [W_hh | W_ih]), and at each chunk boundary adds its own weight-gradient
+// parts' pieces of the chunks every thread has finished (only its own: otherwise the one that
+// completes a chunk, the later one, would take all of its pieces and fall further behind). With
+// fewer row parts than threads (a small batch) the recurrences are the critical path: they run
+// alone, and the other threads take the pieces, grad_x's rows by chunk among them, as they
+// become ready. A thread whose recurrence has ended takes any piece while another runs; what is
+// left is shared out at the end.
 template <class T>
 void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, const T* grad_cT,
                    const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* grad_x,
@@ -326,7 +359,7 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
                    const T* saved_gates, const T* saved_hs, const T* saved_cs) {
     constexpr int64_t U = LstmPlan<T>::U;
     const LstmPlan<T> P(s, w);
-    const int64_t B = P.B, H = P.H, I = P.I, G = P.G, T_ = P.T_, TB = T_ * B, BH = B * H;
+    const int64_t B = P.B, H = P.H, I = P.I, G = P.G, T_ = P.T_, BH = B * H, width = I + H;
 
     // The gate gradients dG of every step. The forward's activations come from the caller's
     // saved buffers, or from running the forward again into dG itself (the backward sweep then
@@ -343,147 +376,176 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
         acts = dG, hs = hs_run, cs = cs_run;
     }
 
-    const int threads = num_threads();
-    const bool pipelined = threads == 2;
-    // The recurrence's units are cut into slices, each slice's columns of W_hh packed once. A
-    // slice's cells at step t need only its own units of dh_rec, which its product of step t + 1
-    // wrote; the product needs every slice's dG of its step: per step one pool job of a task
-    // per slice (the product of step t + 1, then the cells of step t), and one for the last
-    // product. One slice when the recurrence runs on one thread.
-    const int slices = pipelined ? 1 : threads;
-    std::vector<T> dh_rec(B * H, T(0)), dc(B * H, T(0));  // dh_rec = dG_t . W_hh; dc runs along
-    if (grad_hT) std::copy(grad_hT, grad_hT + B * H, dh_rec.begin());
-    if (grad_cT) std::copy(grad_cT, grad_cT + B * H, dc.begin());
-    auto packs = std::vector<std::optional<PrepackedB<T>>>(static_cast<size_t>(slices));
-    std::vector<GemmBuffers<T>> step_bufs;
-    for (int sl = 0; sl < slices; ++sl) step_bufs.emplace_back(false);
+    const int threads = num_threads(), row_parts = batch_row_parts<T>(B);
+    const bool fused = row_parts == threads;  // grad_x in the recurrence's product
+    const int64_t step_cols = fused ? width : H;
+    auto rows_of = [&](int64_t p, int64_t& r0, int64_t& r1) { split_range(B, GemmTile<T>::MR, p, row_parts, r0, r1); };
+    const PrepackedB<T> back_weights(G, step_cols, RecurrentAndInputWeights<T>{P});
+    std::optional<PrepackedB<T>> w_ih_rows;  // W_ih in gate order, for grad_x by chunks
+    if (!fused) w_ih_rows.emplace(G, I, rows_b<T>([&](int64_t k) { return P.weight_row(w.w_ih, I, k); }));
+    // Per row part: d_prev (rows x step_cols), the product of the last step (the gradient
+    // reaching h_{t-1}, then, fused, the one reaching x_t), and dc (rows x H), the gradient
+    // reaching c_t.
+    std::vector<std::vector<T>> d_prev(static_cast<size_t>(row_parts)), dc(static_cast<size_t>(row_parts));
+    for (int p = 0; p < row_parts; ++p) {
+        int64_t r0, r1;
+        rows_of(p, r0, r1);
+        d_prev[size_t(p)].assign(size_t((r1 - r0) * step_cols), T(0));
+        dc[size_t(p)].assign(size_t((r1 - r0) * H), T(0));
+        for (int64_t b = r0; b < r1; ++b) {
+            if (grad_hT) std::copy(grad_hT + b * H, grad_hT + (b + 1) * H, d_prev[size_t(p)].begin() + (b - r0) * step_cols);
+            if (grad_cT) std::copy(grad_cT + b * H, grad_cT + (b + 1) * H, dc[size_t(p)].begin() + (b - r0) * H);
+        }
+    }
     const StepChunks chunks(T_, B);
-    const int64_t C = chunks.count(), width = I + H, chunk_rows = chunks.steps * B;
-    std::vector<GemmBuffers<T>> chunk_bufs;  // per worker, for the chunks' products
-    for (int t = 0; t < threads; ++t) chunk_bufs.emplace_back(std::max(width, TB), G, std::max(chunk_rows, G));
+    const int64_t C = chunks.count(), chunk_rows = chunks.steps * B;
+    std::vector<GemmBuffers<T>> step_bufs, chunk_bufs;  // per worker
+    for (int t = 0; t < threads; ++t) {
+        step_bufs.emplace_back(B, step_cols, G, false);
+        chunk_bufs.emplace_back(std::max(width, chunk_rows), G, std::max(chunk_rows, G));
+    }
     const auto dw = scratch<T>(width * G);  // transposed weight gradients, gate-column order
+    std::vector<T> bias_sums(size_t(G), T(0));
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    auto units_of = [&](int64_t sl) {
-        const auto [lo, hi] = P.blocks_of(int(sl), slices);
-        return std::pair<int64_t, int64_t>{lo * U, std::max<int64_t>(std::min(hi * U, H) - lo * U, 0)};
-    };
-    parallel_tasks(slices, slices, [&](int64_t sl, int) {
-        const auto [u_lo, u_n] = units_of(sl);
-        // Row k of B = W_hh in gate order is weight row source_row(k), the slice's units of it.
-        packs[size_t(sl)].emplace(G, u_n, rows_b<T>([&](int64_t k) {
-            const T* row = P.weight_row(w.w_hh, H, k);
-            return row ? row + u_lo : nullptr;
-        }));
-    });
-    // W_ih in gate order (row k is weight row source_row(k)), for grad_x = dG . W_ih.
-    const PrepackedB<T> w_ih_rows(G, I, rows_b<T>([&](int64_t k) { return P.weight_row(w.w_ih, I, k); }));
 
-    auto recurrent_product = [&](int64_t t, int64_t sl, int worker) {  // dh_rec = dG_t . W_hh, the slice's units
-        const auto [u_lo, u_n] = units_of(sl);
-        if (u_n > 0)
-            gemm_block<T>(0, B, 0, u_n, 0, G, InMatrixA<T>::plain(dG + t * B * G, G, G), *packs[size_t(sl)],
-                          OutMatrix<T>::plain(dh_rec.data() + u_lo, H, u_n), Store::overwrite,
-                          step_bufs[size_t(worker)]);
-    };
-    // Steps T-1 .. 0; published(t) once dG_t is complete.
-    auto recurrence = [&](auto&& published) {
-        for (int64_t t = T_ - 1; t >= 0; --t) {
-            const T* act = acts + t * B * G;
-            T* dg = dG + t * B * G;
-            parallel_tasks(slices, slices, [&](int64_t sl, int worker) {
-                if (t + 1 < T_) recurrent_product(t + 1, sl, worker);
-                const auto [lo, hi] = P.blocks_of(int(sl), slices);
-                for (int64_t b = 0; b < B; ++b)
-                    for (int64_t j = lo; j < hi; ++j) {
-                        const int64_t at = b * H + j * U, gate_at = b * G + 4 * U * j;
-                        cell_backward(act + gate_at, dg + gate_at, U, std::min(U, H - j * U),
-                                      cs + (t + 1) * BH + at, cs + t * BH + at,
-                                      grad_out ? grad_out + t * BH + at : nullptr,
-                                      dh_rec.data() + at, dc.data() + at);
-                    }
-            });
-            published(t);
-        }
-        parallel_tasks(slices, slices, [&](int64_t sl, int worker) { recurrent_product(0, sl, worker); });
-    };
-
-    // The chunks' products: grad_x rows [r0, r1), and columns [n0, n1) of chunk c's term of
-    // the weight gradients (the last chunk's overwrites, the others add to it).
-    auto grad_x_rows = [&](int64_t r0, int64_t r1, GemmBuffers<T>& buf) {
-        if (r0 < r1)
-            gemm_block<T>(r0, r1, 0, I, 0, G, InMatrixA<T>::plain(dG, G, G), w_ih_rows,
-                          OutMatrix<T>::plain(grad_x, I, I), Store::overwrite, buf);
-    };
-    auto weight_grads = [&](int64_t c, int64_t n0, int64_t n1, GemmBuffers<T>& buf) {
-        if (n0 < n1)
-            gemm_block<T>(0, width, n0, n1, chunks.begin(c) * B, chunks.end(c) * B,
-                          InputsAndStatesT<T>{x, hs, I, H}, InMatrixB<T>::plain(dG, G, G),
-                          OutMatrix<T>::plain(dw.get(), G, G), c == C - 1 ? Store::overwrite : Store::accumulate,
-                          buf);
-    };
-    // The weight gradients' columns in `threads` parts (whole panels), each part running
-    // through the chunks in order; done[p]: chunks part p has taken (from the last), done[threads]
-    // those grad_x has.
-    auto columns_of = [&](int64_t p, int64_t& n0, int64_t& n1) { split_range(G, gemm_nr<T>(), p, threads, n0, n1); };
-    std::vector<int64_t> done(size_t(threads) + 1, 0);
-
-    if (!pipelined) {
-        recurrence([](int64_t) {});
-    } else {
-        std::atomic<int64_t> ready{T_};  // dG_t is complete for every t >= ready
-        std::atomic<bool> finished{false};
-        parallel_tasks(2, 2, [&](int64_t task, int worker) {
-            if (task == 0) {
-                recurrence([&](int64_t t) { ready.store(t, std::memory_order_release); });
-                finished.store(true, std::memory_order_release);
-                return;
+    // Step t of row part p: its cells, then its product.
+    auto step = [&](int64_t p, int64_t t, GemmBuffers<T>& buf) {
+        int64_t r0, r1;
+        rows_of(p, r0, r1);
+        T *d = d_prev[size_t(p)].data(), *dcp = dc[size_t(p)].data();
+        const T* act = acts + t * B * G;
+        T* dg = dG + t * B * G;
+        for (int64_t b = r0; b < r1; ++b)
+            for (int64_t j = 0; j < P.blocks; ++j) {
+                const int64_t u0 = j * U, at = b * H + u0, gate_at = b * G + 4 * U * j;
+                cell_backward(act + gate_at, dg + gate_at, U, std::min(U, H - u0), cs + (t + 1) * BH + at,
+                              cs + t * BH + at, grad_out ? grad_out + t * BH + at : nullptr,
+                              d + (b - r0) * step_cols + u0, dcp + (b - r0) * H + u0);
             }
-            // The chunks the recurrence has finished, until it ends (then the rest is shared).
-            for (int64_t c = C - 1; c >= 0; --c)
-                for (size_t lane = 0; lane < done.size(); ++lane) {
-                    for (int poll = 1; ready.load(std::memory_order_acquire) > chunks.begin(c); ++poll)
-                        if (poll % 64 == 0) std::this_thread::yield();
-                        else _mm_pause();
-                    if (finished.load(std::memory_order_acquire)) return;
-                    if (lane < size_t(threads)) {
-                        int64_t n0, n1;
-                        columns_of(int64_t(lane), n0, n1);
-                        weight_grads(c, n0, n1, chunk_bufs[size_t(worker)]);
-                    } else {
-                        grad_x_rows(chunks.begin(c) * B, chunks.end(c) * B, chunk_bufs[size_t(worker)]);
-                    }
-                    ++done[lane];
-                }
-        });
-    }
-    std::copy(dh_rec.begin(), dh_rec.end(), grad_h0);
-    std::copy(dc.begin(), dc.end(), grad_c0);
+        gemm_block<T>(0, r1 - r0, 0, step_cols, 0, G, InMatrixA<T>::plain(dg + r0 * G, G, G), back_weights,
+                      OutMatrix<T>::plain(d, step_cols, step_cols), Store::overwrite, buf);
+        if (fused)
+            for (int64_t b = r0; b < r1; ++b) {
+                const T* dx = d + (b - r0) * step_cols + H;
+                std::copy(dx, dx + I, grad_x + (t * B + b) * I);
+            }
+    };
 
-    // What is left of the chunks' products, on every thread: task 2p the weight gradients'
-    // columns part p, task 2p + 1 a part of grad_x's remaining rows.
-    const int64_t rows_left = chunks.begin(C - done[size_t(threads)]) * B;
-    parallel_tasks(2 * threads, threads, [&](int64_t task, int worker) {
-        const int64_t p = task / 2;
-        if (task % 2 == 0) {
+    // Columns [n0, n1) of chunk c's term of the weight gradients (the last chunk's overwrites,
+    // the others add to it) and of the bias gradient's sums over dG's rows; after the first
+    // chunk, those columns of the results, in PyTorch's layout.
+    auto weight_grads = [&](int64_t c, int64_t n0, int64_t n1, GemmBuffers<T>& buf) {
+        if (n0 >= n1) return;
+        const int64_t k0 = chunks.begin(c) * B, k1 = chunks.end(c) * B;
+        gemm_block<T>(0, width, n0, n1, k0, k1, InputsAndStatesT<T>{x, hs, I, H}, InMatrixB<T>::plain(dG, G, G),
+                      OutMatrix<T>::plain(dw.get(), G, G), c == C - 1 ? Store::overwrite : Store::accumulate, buf);
+        for (int64_t k = k0; k < k1; ++k)
+            for (int64_t col = n0; col < n1; ++col) bias_sums[col] += dG[k * G + col];
+        if (c > 0) return;
+        for (int64_t col = n0; col < n1; ++col) {
+            const int64_t r = P.source_row(col);
+            if (r < 0) continue;
+            for (int64_t i = 0; i < I; ++i) grad_w_ih[r * I + i] = dw[i * G + col];
+            for (int64_t j = 0; j < H; ++j) grad_w_hh[r * H + j] = dw[(I + j) * G + col];
+            if (grad_b) grad_b[r] = bias_sums[col];
+        }
+    };
+    // The pieces: a chunk of one of `threads` parts of the weight gradients' columns, or
+    // (unfused) a chunk of grad_x's rows. Part q: the next chunk it adds (from C - 1 down; -1
+    // when done), and whether a thread is adding one now.
+    const int column_parts = threads, parts_count = column_parts + (fused ? 0 : 1);
+    auto piece = [&](int q, int64_t c, GemmBuffers<T>& buf) {
+        if (q < column_parts) {
             int64_t n0, n1;
-            columns_of(p, n0, n1);
-            for (int64_t c = C - 1 - done[size_t(p)]; c >= 0; --c) weight_grads(c, n0, n1, chunk_bufs[size_t(worker)]);
-        } else {
-            int64_t r0, r1;
-            split_range(rows_left, gemm_mr<T>(), p, threads, r0, r1);
-            grad_x_rows(r0, r1, chunk_bufs[size_t(worker)]);
+            split_range(G, gemm_nr<T>(), q, column_parts, n0, n1);
+            return weight_grads(c, n0, n1, buf);
+        }
+        gemm_block<T>(chunks.begin(c) * B, chunks.end(c) * B, 0, I, 0, G, InMatrixA<T>::plain(dG, G, G), *w_ih_rows,
+                      OutMatrix<T>::plain(grad_x, I, I), Store::overwrite, buf);
+    };
+    struct alignas(64) Part {
+        std::atomic<int64_t> next;
+        std::atomic<bool> busy;
+    };
+    struct alignas(64) Progress {
+        std::atomic<int64_t> lowest;  // the first step the row part has finished (T_ before it starts)
+    };
+    const std::unique_ptr<Part[]> parts(new Part[size_t(parts_count)]);
+    const std::unique_ptr<Progress[]> progress(new Progress[size_t(row_parts)]);
+    for (int q = 0; q < parts_count; ++q) parts[q].next.store(C - 1), parts[q].busy.store(false);
+    for (int p = 0; p < row_parts; ++p) progress[p].lowest.store(T_);
+    auto chunk_ready = [&](int64_t c) {
+        for (int p = 0; p < row_parts; ++p)
+            if (progress[p].lowest.load(std::memory_order_acquire) > chunks.begin(c)) return false;
+        return true;
+    };
+    // Adds one piece whose chunk is ready, of one of thread `owner`'s parts (q % threads ==
+    // owner) or, for owner -1, of any part, if there is one; whether it did.
+    auto take_piece = [&](int worker, int owner) {
+        for (int q = 0; q < parts_count; ++q) {
+            Part& part = parts[q];
+            if ((owner >= 0 && q % threads != owner) || part.next.load(std::memory_order_relaxed) < 0 ||
+                part.busy.load(std::memory_order_relaxed) || part.busy.exchange(true, std::memory_order_acquire))
+                continue;
+            const int64_t c = part.next.load(std::memory_order_relaxed);
+            const bool ready = c >= 0 && chunk_ready(c);
+            if (ready) {
+                piece(q, c, chunk_bufs[size_t(worker)]);
+                part.next.store(c - 1, std::memory_order_relaxed);
+            }
+            part.busy.store(false, std::memory_order_release);
+            if (ready) return true;
+        }
+        return false;
+    };
+    auto all_taken = [&] {
+        for (int q = 0; q < parts_count; ++q)
+            if (parts[q].next.load(std::memory_order_acquire) >= 0) return false;
+        return true;
+    };
+
+    // A thread without rows waits for pieces until every recurrence has ended: the row parts'
+    // tasks have started, or will be run by a thread that finishes its own
+    // (common/thread_pool.h). A thread with rows, once done, waits only while another
+    // recurrence runs (one that has not started may be waiting for this thread to run it).
+    std::atomic<int> running{0}, finished{0};  // row parts started and not finished; finished
+    parallel_tasks(threads, threads, [&](int64_t task, int worker) {
+        const bool has_rows = task < row_parts;
+        if (has_rows) {
+            running.fetch_add(1, std::memory_order_relaxed);
+            for (int64_t t = T_ - 1; t >= 0; --t) {
+                step(task, t, step_bufs[size_t(worker)]);
+                progress[task].lowest.store(t, std::memory_order_release);
+                if (fused && t > 0 && t % chunks.steps == 0)  // a chunk finished (the last one: below)
+                    while (take_piece(worker, int(task))) {
+                    }
+            }
+            running.fetch_sub(1, std::memory_order_relaxed);
+            finished.fetch_add(1, std::memory_order_relaxed);
+        }
+        auto waiting = [&] {
+            return has_rows ? running.load(std::memory_order_relaxed) > 0
+                            : finished.load(std::memory_order_relaxed) < row_parts && !all_taken();
+        };
+        for (int poll = 1; waiting(); ++poll)
+            if (!take_piece(worker, -1)) {
+                if (poll % 64 == 0) std::this_thread::yield();
+                else _mm_pause();
+            }
+    });
+    parallel_tasks(threads, threads, [&](int64_t, int worker) {  // every chunk is ready now
+        while (take_piece(worker, -1)) {
         }
     });
-    for (int64_t col = 0; col < G; ++col) {
-        const int64_t r = P.source_row(col);
-        if (r < 0) continue;
-        for (int64_t i = 0; i < I; ++i) grad_w_ih[r * I + i] = dw[i * G + col];
-        for (int64_t j = 0; j < H; ++j) grad_w_hh[r * H + j] = dw[(I + j) * G + col];
+    for (int p = 0; p < row_parts; ++p) {
+        int64_t r0, r1;
+        rows_of(p, r0, r1);
+        for (int64_t b = r0; b < r1; ++b) {
+            const T* dh = d_prev[size_t(p)].data() + (b - r0) * step_cols;
+            std::copy(dh, dh + H, grad_h0 + b * H);
+            std::copy(dc[size_t(p)].begin() + (b - r0) * H, dc[size_t(p)].begin() + (b - r0 + 1) * H, grad_c0 + b * H);
+        }
     }
-    if (grad_b) column_sums(dG, TB, G, [&](int64_t col, T sum) {
-        const int64_t r = P.source_row(col);
-        if (r >= 0) grad_b[r] = sum;
-    });
 }
 
 }  // namespace PYCONV_ISA

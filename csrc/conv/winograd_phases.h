@@ -404,8 +404,9 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
                 const int64_t vec = (t0 + first) / L, group = vec / positions, p = vec % positions;
                 const int64_t n0 = group * L, ho0 = p / cols * kTile, wo0 = p % cols * kTile;
                 V out[KG * kTile * kTile];
-                for (int64_t k = k0; k < k0 + KG; ++k) {
-                    V in[P], mid[kTile * A], *o = out + (k - k0) * kTile * kTile;
+                for (int g = 0; g < KG; ++g) {  // a constant count: every output is seen to be written
+                    const int64_t k = k0 + g;
+                    V in[P], mid[kTile * A], *o = out + g * kTile * kTile;
                     for (int q = 0; q < P; ++q) in[q] = S::load(m + q * m_stride + k * tl.block + first);
                     for (int s = 0; s < A; ++s) F::output(in + s, A, mid + s, A);                // A^T m
                     for (int r = 0; r < kTile; ++r) F::output(mid + r * A, 1, o + r * kTile, 1);  // (.) A

@@ -97,7 +97,8 @@ LARGE_CASES = {
         # (grad_x in the recurrence's product).
         "long_sequence": lstm_backward(64, 32, 24, 40),
         "wide_hidden": lstm_backward(16, 32, 16, 130),
-        # Fewer row panels than threads from 2 (AVX-512) or 3 threads: grad_x by chunks of steps.
+        # Fewer row panels than threads (AVX-512 from 2 threads, AVX2 from 3): the recurrence
+        # alone, grad_x by chunks of steps on the other threads.
         "small_batch": lstm_backward(40, 12, 24, 40),
     },
     # The batch rows shared out, and (12 rows) each step's gate columns.

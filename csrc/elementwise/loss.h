@@ -86,29 +86,28 @@ inline void for_rows(int64_t M, int64_t C, Row&& row) {
 
 // Rows whose log-sum-exp is wanted go in groups of kLogRows, so that the logs of their sums run
 // along a vector (vlog_from_one) instead of one libm call per row: 15% of a 3200 x 65
-// log_softmax on one thread. group(i0, n) for each group of n <= kLogRows rows from i0.
+// log_softmax on one thread. group(i0, n, m, log_sum) for each group of n <= kLogRows rows from
+// i0 (row i at x + i C), with each row's maximum m[r] and the log of its sum of exp(x - m),
+// summed in double; on the thread pool once there is enough work.
 constexpr int64_t kLogRows = 16;
 
-template <class Group>
-inline void for_row_groups(int64_t M, int64_t C, Group&& group) {
+template <class T, class Group>
+inline void for_log_sum_exp_groups(const T* x, int64_t M, int64_t C, Group&& group) {
     const int64_t groups = (M + kLogRows - 1) / kLogRows;
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(groups, threads_if(groups > 1 && M * C >= kParallelRows),
-                 [&](int64_t g, int) { group(g * kLogRows, std::min(kLogRows, M - g * kLogRows)); });
-}
-
-// The maximum m[r] of each of n <= kLogRows rows (row r at x + r C) and the log of its sum of
-// exp(x - m), summed in double.
-template <class T>
-inline void rows_log_sum_exp(const T* x, int64_t C, int64_t n, T* m, double* log_sum) {
-    alignas(64) double s[kLogRows];
-    for (int64_t r = 0; r < n; ++r) {
-        m[r] = row_max(x + r * C, C);
-        s[r] = row_sum_exp(x + r * C, C, m[r]);
-    }
-    for (int64_t r = n; r < kLogRows; ++r) s[r] = 1;
+    parallel_for(groups, threads_if(groups > 1 && M * C >= kParallelRows), [&](int64_t g, int) {
+        const int64_t i0 = g * kLogRows, n = std::min(kLogRows, M - i0);
+        alignas(64) T m[kLogRows];
+        alignas(64) double s[kLogRows], log_sum[kLogRows];
+        for (int64_t r = 0; r < n; ++r) {
+            m[r] = row_max(x + (i0 + r) * C, C);
+            s[r] = row_sum_exp(x + (i0 + r) * C, C, m[r]);
+        }
+        for (int64_t r = n; r < kLogRows; ++r) s[r] = 1;
 #pragma omp simd
-    for (int64_t r = 0; r < kLogRows; ++r) log_sum[r] = vlog_from_one<double>(s[r]);
+        for (int64_t r = 0; r < kLogRows; ++r) log_sum[r] = vlog_from_one<double>(s[r]);
+        group(i0, n, m, log_sum);
+    });
 }
 
 // y = softmax(x) (log_softmax when `log`) over each row.
@@ -116,10 +115,7 @@ template <class T>
 void softmax_forward(int64_t M, int64_t C, const T* x, bool log, T* y) {
     if (C == 0) return;
     if (log)
-        return for_row_groups(M, C, [&](int64_t i0, int64_t n) {
-            alignas(64) T m[kLogRows];
-            alignas(64) double log_sum[kLogRows];
-            rows_log_sum_exp(x + i0 * C, C, n, m, log_sum);
+        return for_log_sum_exp_groups(x, M, C, [&](int64_t i0, int64_t n, const T* m, const double* log_sum) {
             for (int64_t r = 0; r < n; ++r) {
                 const T* xr = x + (i0 + r) * C;
                 const T mr = m[r], lr = T(log_sum[r]);
@@ -360,10 +356,7 @@ void cross_entropy_forward(int64_t N, int64_t C, int64_t P, const T* x, const in
         loss[i] = T(l);
     };
     if (P == 1)
-        return for_row_groups(N, C, [&](int64_t i0, int64_t n) {
-            alignas(64) T m[kLogRows];
-            alignas(64) double log_sum[kLogRows];
-            rows_log_sum_exp(x + i0 * C, C, n, m, log_sum);
+        return for_log_sum_exp_groups(x, N, C, [&](int64_t i0, int64_t n, const T* m, const double* log_sum) {
             for (int64_t r = 0; r < n; ++r) row_loss(i0 + r, x + (i0 + r) * C, m[r], log_sum[r]);
         });
     for_class_rows(layout, x, [&](int64_t i, const T* xr, T*) {

@@ -439,8 +439,9 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
         const int64_t k0 = chunks.begin(c) * B, k1 = chunks.end(c) * B;
         gemm_block<T>(0, width, n0, n1, k0, k1, InputsAndStatesT<T>{x, hs, I, H}, InMatrixB<T>::plain(dG, G, G),
                       OutMatrix<T>::plain(dw.get(), G, G), c == C - 1 ? Store::overwrite : Store::accumulate, buf);
-        for (int64_t k = k0; k < k1; ++k)
-            for (int64_t col = n0; col < n1; ++col) bias_sums[col] += dG[k * G + col];
+        if (grad_b)
+            for (int64_t k = k0; k < k1; ++k)
+                for (int64_t col = n0; col < n1; ++col) bias_sums[col] += dG[k * G + col];
         if (c > 0) return;
         for (int64_t col = n0; col < n1; ++col) {
             const int64_t r = P.source_row(col);

@@ -889,12 +889,7 @@ void filters_back(int64_t p0, int64_t pairs, const T* m, int64_t m_stride, T* dw
     const int n = int(std::min<int64_t>(DL, pairs - p0));
     typename D::V in[P], half[A * R], out[RR];
     if (n == DL) {  // whole vectors: DL values of T widened in registers
-        typedef T Narrow __attribute__((vector_size(DL * sizeof(T))));
-        for (int xi = 0; xi < P; ++xi) {
-            Narrow v;
-            std::memcpy(&v, m + xi * m_stride + p0, sizeof(v));
-            in[xi] = __builtin_convertvector(v, typename D::V);
-        }
+        for (int xi = 0; xi < P; ++xi) in[xi] = load_as_double(m + xi * m_stride + p0);
     } else {
         alignas(64) double wide[P][DL] = {};
         for (int xi = 0; xi < P; ++xi)

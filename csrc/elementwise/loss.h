@@ -28,34 +28,71 @@ inline T row_max(const T* x, int64_t C) {
     return m;
 }
 
-// Sums of a row's float terms in double: widened a vector at a time into one vector of
-// partial sums (lane j: the terms c with c = j modulo the lanes), then added up in a halving
-// tree. The vectoriser's own reduction ended in a chain of as many dependent scalar additions
-// as it kept partial sums (16) per row (a cross-entropy of 3200 rows of 65 classes, one thread:
-// 218 us with it, 206 us so).
-using DoubleLanes = Simd<double>::V;
+// A sum of a row's float terms in double: widened a vector at a time into one vector of partial
+// sums (lane j: the terms c with c = j modulo the lanes), the terms past the last whole vector
+// into a scalar, then added up in a halving tree in registers. The vectoriser's own reduction
+// ended in a chain of as many dependent scalar additions as it kept partial sums (16) per row
+// (a cross-entropy of 3200 rows of 65 classes, one thread: 218 us with it, 206 us so), and
+// writing the last terms into lanes in memory stalled the vector's reload (a fifth of a softmax
+// gradient).
+class WideSum {
+public:
+    WideSum() : lanes_{Simd<double>::zero(), Simd<double>::zero()}, tail_(0) {}
+    // Adds v[0..n); every n but the last call's must be a multiple of the lanes.
+    template <class T>
+    void add(const T* v, int64_t n) {
+        add_terms(n, [v](int64_t j) { return load_as_double(v + j); }, [v](int64_t j) { return double(v[j]); });
+    }
+    // Adds the products a[j] b[j], each factor widened before they are multiplied.
+    template <class T>
+    void add_products(const T* a, const T* b, int64_t n) {
+        add_terms(
+            n, [a, b](int64_t j) { return load_as_double(a + j) * load_as_double(b + j); },
+            [a, b](int64_t j) { return double(a[j]) * double(b[j]); });
+    }
+    double total() const {
+        // Lane j += lane j + w for w = lanes / 2, ..., 1 (the masks' other lanes are not used).
+        using I = Simd<double>::I;
+        Lanes v = lanes_[0] + lanes_[1];
+#if PYCONV_ISA_LEVEL >= 2
+        v += __builtin_shuffle(v, I{4, 5, 6, 7});
+#endif
+#if PYCONV_ISA_LEVEL >= 1
+        v += __builtin_shuffle(v, I{2, 3});
+#endif
+        v += __builtin_shuffle(v, I{1});
+        return v[0] + tail_;
+    }
+
+private:
+    static constexpr int DL = Simd<double>::lanes;
+    using Lanes = Simd<double>::V;
+
+    // The whole vectors alternate between two partial sums, so that a row's additions form two
+    // dependency chains of half the length.
+    template <class Vector, class Scalar>
+    inline __attribute__((always_inline)) void add_terms(int64_t n, Vector&& vector, Scalar&& scalar) {
+        int64_t j = 0;
+        for (; j + 2 * DL <= n; j += 2 * DL) {
+            lanes_[0] += vector(j);
+            lanes_[1] += vector(j + DL);
+        }
+        if (j + DL <= n) {
+            lanes_[0] += vector(j);
+            j += DL;
+        }
+        for (; j < n; ++j) tail_ += scalar(j);
+    }
+
+    Lanes lanes_[2];
+    double tail_;
+};
 
 template <class T>
-inline DoubleLanes add_widened(DoubleLanes acc, const T* v, int64_t n) {
-    constexpr int DL = Simd<double>::lanes;
-    typedef T Narrow __attribute__((vector_size(DL * sizeof(T))));
-    Narrow w;
-    int64_t j = 0;
-    for (; j + DL <= n; j += DL) {
-        std::memcpy(&w, v + j, sizeof(w));
-        acc += __builtin_convertvector(w, DoubleLanes);
-    }
-    for (int64_t k = j; k < n; ++k) acc[k - j] += double(v[k]);  // the last terms, in the first lanes
-    return acc;
-}
-
-inline double lane_sum(DoubleLanes acc) {
-    constexpr int DL = Simd<double>::lanes;
-    alignas(64) double lanes[DL];
-    Simd<double>::store(lanes, acc);
-    for (int w = DL / 2; w >= 1; w /= 2)
-        for (int j = 0; j < w; ++j) lanes[j] += lanes[j + w];
-    return lanes[0];
+inline double sum_in_double(const T* v, int64_t n) {
+    WideSum s;
+    s.add(v, n);
+    return s.total();
 }
 
 // Sum of exp(x - m) over a row, accumulated in double. The exponentials go through a block on
@@ -65,16 +102,16 @@ constexpr int64_t kExpBlock = 256;
 
 template <class T>
 inline double row_sum_exp(const T* x, int64_t C, T m) {
-    static_assert(kExpBlock % Simd<double>::lanes == 0, "every block starts at lane 0");
+    static_assert(kExpBlock % Simd<double>::lanes == 0, "every block but the last whole vectors");
     alignas(64) T e[kExpBlock];
-    DoubleLanes acc = Simd<double>::zero();
+    WideSum sum;
     for (int64_t c0 = 0; c0 < C; c0 += kExpBlock) {
         const int64_t n = std::min(kExpBlock, C - c0);
 #pragma omp simd
         for (int64_t j = 0; j < n; ++j) e[j] = vexp<T>(x[c0 + j] - m);
-        acc = add_widened(acc, e, n);
+        sum.add(e, n);
     }
-    return lane_sum(acc);
+    return sum.total();
 }
 
 // Runs row(i) for every row, on the thread pool once there is enough work.
@@ -130,7 +167,7 @@ void softmax_forward(int64_t M, int64_t C, const T* x, bool log, T* y) {
         const T m = row_max(xr, C);
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) yr[c] = vexp<T>(xr[c] - m);
-        const T inv = T(1 / lane_sum(add_widened(Simd<double>::zero(), yr, C)));
+        const T inv = T(1 / sum_in_double(yr, C));
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
     });
@@ -145,17 +182,14 @@ void softmax_backward(int64_t M, int64_t C, const T* grad_y, const T* y, bool lo
         const T* g = grad_y + i * C;
         const T* yr = y + i * C;
         T* gx = grad_x + i * C;
-        double s = 0;
         if (log) {
-#pragma omp simd reduction(+ : s)
-            for (int64_t c = 0; c < C; ++c) s += double(g[c]);
-            const T sum = T(s);
+            const T sum = T(sum_in_double(g, C));
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) gx[c] = g[c] - vexp<T>(yr[c]) * sum;
         } else {
-#pragma omp simd reduction(+ : s)
-            for (int64_t c = 0; c < C; ++c) s += double(g[c]) * double(yr[c]);
-            const T dot = T(s);
+            WideSum dot_sum;
+            dot_sum.add_products(g, yr, C);
+            const T dot = T(dot_sum.total());
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) gx[c] = yr[c] * (g[c] - dot);
         }

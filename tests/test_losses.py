@@ -38,6 +38,22 @@ def test_exp_is_within_its_stated_error(isa, dtype, bound):
     assert ulps(kernel_exp(y), np.exp(y.astype(np.float64)), dtype).max() <= bound
 
 
+@pytest.mark.parametrize("dtype, bound", [(np.float32, 1.5), (np.float64, 1.5)])
+def test_softmax_exp_is_within_its_stated_error_and_zero_below_the_normal_range(isa, dtype, bound):
+    """The forwards' exp of x - max(x) <= 0 (vexp_nonpositive): softmax of a row [0, y] is
+    exp(y) / (1 + exp(y)), which is exp(y) itself, rounded once, while exp(y) is below half an
+    ulp of 1 (y < -17.4 in float32, -37.5 in float64). Below the log of the smallest normal
+    number it is 0 (a subnormal would be flushed), -inf gives 0 and NaN stays NaN."""
+    lowest, highest = (-87.0, -17.5) if dtype == np.float32 else (-700.0, -38.0)
+    y = arguments(dtype, lowest, highest)
+    softmax_of = lambda v: ops.softmax(np.stack([np.zeros_like(v), v], axis=1), backend="cpu")[:, 1]
+    assert ulps(softmax_of(y), np.exp(y.astype(np.float64)), dtype).max() <= bound
+    tiny = np.finfo(dtype).tiny
+    beyond = np.concatenate([arguments(dtype, 3 * np.log(tiny), np.log(tiny)), [-np.inf]]).astype(dtype)
+    assert np.all((softmax_of(beyond) >= 0) & (softmax_of(beyond) <= tiny))
+    assert np.isnan(softmax_of(np.array([np.nan], dtype)))[0]
+
+
 def softplus(x):
     """log(1 + exp(x)) by the kernels: the binary cross-entropy of logit x against target 0."""
     return ops.binary_cross_entropy_with_logits(x[None], np.zeros((1, x.size), x.dtype), backend="cpu")[0]

@@ -219,6 +219,39 @@ struct ExpCoefficients {
     }
 };
 
+// e^x = 2^n (1 + p r) for x within [lowest, highest] of FloatBits<T>.
+template <class V, class I>
+struct ExpReduction {
+    V r;    // the reduced argument, x - n ln2
+    V p;    // (e^r - 1) / r
+    I n;    // round(x / ln2)
+};
+
+template <class T, class V>
+static inline __attribute__((always_inline)) auto exp_reduction(V x) {
+    using B = FloatBits<T>;
+    using I = std::conditional_t<std::is_same_v<V, T>, typename B::Int, typename Simd<T>::I>;
+    const V t = x * T(1.4426950408889634) + B::shifter;
+    const V n = t - B::shifter;
+    ExpReduction<V, I> out;
+    out.r = mul_add<T>(n, broadcast<T, V>(-B::ln2_lo), mul_add<T>(n, broadcast<T, V>(-B::ln2_hi), x));
+    constexpr ExpCoefficients<T> c{};
+    V p = broadcast<T, V>(c.inverse_factorial[B::exp_degree]);
+#pragma GCC unroll 16
+    for (int k = B::exp_degree - 1; k >= 1; --k)
+        p = mul_add<T>(p, out.r, broadcast<T, V>(c.inverse_factorial[k]));
+    out.p = p;
+    out.n = same_bits<I>(t) - same_bits<I>(broadcast<T, V>(B::shifter));
+    return out;
+}
+
+// 2^n for integers n that give a normal number.
+template <class T, class V, class I>
+static inline __attribute__((always_inline)) V exp2_normal(I n) {
+    using B = FloatBits<T>;
+    return same_bits<V>((n + B::bias) << B::mantissa);
+}
+
 template <class V>
 struct ExpParts {
     V r;           // the reduced argument
@@ -231,27 +264,16 @@ struct ExpParts {
 // [lowest, highest]).
 template <class T, class V>
 static inline __attribute__((always_inline)) ExpParts<V> exp_parts(V x, T lo, T hi) {
-    using B = FloatBits<T>;
-    using I = std::conditional_t<std::is_same_v<V, T>, typename B::Int, typename Simd<T>::I>;
     // NaN compares false and passes, giving NaN q (its integer steps wrap harmlessly).
     x = x < lo ? broadcast<T, V>(lo) : x;
     x = x > hi ? broadcast<T, V>(hi) : x;
-    const V t = x * T(1.4426950408889634) + B::shifter;
-    const V n = t - B::shifter;
-    const V r = mul_add<T>(n, broadcast<T, V>(-B::ln2_lo),
-                          mul_add<T>(n, broadcast<T, V>(-B::ln2_hi), x));
-    constexpr ExpCoefficients<T> c{};
-    V p = broadcast<T, V>(c.inverse_factorial[B::exp_degree]);
-#pragma GCC unroll 16
-    for (int k = B::exp_degree - 1; k >= 1; --k)
-        p = mul_add<T>(p, r, broadcast<T, V>(c.inverse_factorial[k]));
+    const auto e = exp_reduction<T>(x);
     ExpParts<V> out;
-    out.r = r;
-    out.p = p;
-    const I n_int = same_bits<I>(t) - same_bits<I>(broadcast<T, V>(B::shifter));
-    const I half = n_int >> 1;  // floor(n / 2): both factors stay normal numbers
-    out.scale_low = same_bits<V>((half + B::bias) << B::mantissa);
-    out.scale_high = same_bits<V>((n_int - half + B::bias) << B::mantissa);
+    out.r = e.r;
+    out.p = e.p;
+    const auto half = e.n >> 1;  // floor(n / 2): both factors stay normal numbers
+    out.scale_low = exp2_normal<T, V>(half);
+    out.scale_high = exp2_normal<T, V>(e.n - half);
     return out;
 }
 

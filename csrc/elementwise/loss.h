@@ -37,7 +37,7 @@ inline T row_max(const T* x, int64_t C) {
 // gradient).
 class WideSum {
 public:
-    WideSum() : lanes_{Simd<double>::zero(), Simd<double>::zero()}, tail_(0) {}
+    WideSum() : lanes_(Simd<double>::zero()), tail_(0) {}
     // Adds v[0..n); every n but the last call's must be a multiple of the lanes.
     template <class T>
     void add(const T* v, int64_t n) {
@@ -53,7 +53,7 @@ public:
     double total() const {
         // Lane j += lane j + w for w = lanes / 2, ..., 1 (the masks' other lanes are not used).
         using I = Simd<double>::I;
-        Lanes v = lanes_[0] + lanes_[1];
+        Lanes v = lanes_;
 #if PYCONV_ISA_LEVEL >= 2
         v += __builtin_shuffle(v, I{4, 5, 6, 7});
 #endif
@@ -68,23 +68,14 @@ private:
     static constexpr int DL = Simd<double>::lanes;
     using Lanes = Simd<double>::V;
 
-    // The whole vectors alternate between two partial sums, so that a row's additions form two
-    // dependency chains of half the length.
     template <class Vector, class Scalar>
     inline __attribute__((always_inline)) void add_terms(int64_t n, Vector&& vector, Scalar&& scalar) {
         int64_t j = 0;
-        for (; j + 2 * DL <= n; j += 2 * DL) {
-            lanes_[0] += vector(j);
-            lanes_[1] += vector(j + DL);
-        }
-        if (j + DL <= n) {
-            lanes_[0] += vector(j);
-            j += DL;
-        }
+        for (; j + DL <= n; j += DL) lanes_ += vector(j);
         for (; j < n; ++j) tail_ += scalar(j);
     }
 
-    Lanes lanes_[2];
+    Lanes lanes_;
     double tail_;
 };
 
@@ -108,7 +99,7 @@ inline double row_sum_exp(const T* x, int64_t C, T m) {
     for (int64_t c0 = 0; c0 < C; c0 += kExpBlock) {
         const int64_t n = std::min(kExpBlock, C - c0);
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) e[j] = vexp<T>(x[c0 + j] - m);
+        for (int64_t j = 0; j < n; ++j) e[j] = vexp_nonpositive<T>(x[c0 + j] - m);
         sum.add(e, n);
     }
     return sum.total();
@@ -166,7 +157,7 @@ void softmax_forward(int64_t M, int64_t C, const T* x, bool log, T* y) {
         T* yr = y + i * C;
         const T m = row_max(xr, C);
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yr[c] = vexp<T>(xr[c] - m);
+        for (int64_t c = 0; c < C; ++c) yr[c] = vexp_nonpositive<T>(xr[c] - m);
         const T inv = T(1 / sum_in_double(yr, C));
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
@@ -281,7 +272,7 @@ inline void narrow_log_sum_exp(int64_t C, const T (*xt)[kNarrowRows], T* m, doub
     for (int64_t c = 0; c < C; ++c) {
         alignas(64) T e[kNarrowRows];
 #pragma omp simd
-        for (int64_t r = 0; r < kNarrowRows; ++r) e[r] = vexp<T>(xt[c][r] - m[r]);
+        for (int64_t r = 0; r < kNarrowRows; ++r) e[r] = vexp_nonpositive<T>(xt[c][r] - m[r]);
 #pragma omp simd
         for (int64_t r = 0; r < kNarrowRows; ++r) s[r] += double(e[r]);
     }

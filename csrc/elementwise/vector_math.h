@@ -25,6 +25,18 @@ inline T vexp(T x) {
     return exp_clamped_to<T>(x, FloatBits<T>::lowest, FloatBits<T>::highest);
 }
 
+// e^x for x <= 0 where subnormal results are flushed to zero (within FlushDenormals): the
+// softmax family's exponentials of x - max(x). 0 below the log of the smallest normal number,
+// above which one scaling by 2^n is exact and nothing overflows; NaN for NaN. vexp's second
+// scaling and clamps were a fifth of a log_softmax.
+template <class T>
+inline T vexp_nonpositive(T x) {
+    constexpr T log_smallest_normal = sizeof(T) == 4 ? T(-87.33654) : T(-708.3964);
+    const auto e = exp_reduction<T>(x);
+    const T y = mul_add<T>(e.p, e.r, T(1)) * exp2_normal<T, T>(e.n);
+    return x < log_smallest_normal ? T(0) : y;
+}
+
 template <class T>
 inline T atanh_series(T z);  // (atanh(s) / s - 1) / z for z = s^2
 

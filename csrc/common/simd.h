@@ -137,16 +137,18 @@ static inline __attribute__((always_inline)) void store_first(T* p, typename Sim
 }
 
 // Short copies and fills in whole vectors, inline (a library call costs as much as the copy
-// for the few dozen elements of an image row).
+// for the few dozen elements of an image row). GCC would turn the loops back into memcpy and
+// memset calls (a seventh of a segmentation's cross-entropy gradient went to those calls).
+#define PYCONV_KEEP_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
 template <class T>
-static inline void copy_run(const T* src, int64_t n, T* dst) {
+PYCONV_KEEP_LOOPS static inline void copy_run(const T* src, int64_t n, T* dst) {
     using S = Simd<T>;
     int64_t e = 0;
     for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::load(src + e));
     for (; e < n; ++e) dst[e] = src[e];
 }
 template <class T>
-static inline void zero_run(int64_t n, T* dst) {
+PYCONV_KEEP_LOOPS static inline void zero_run(int64_t n, T* dst) {
     using S = Simd<T>;
     int64_t e = 0;
     for (; e + S::lanes <= n; e += S::lanes) S::store(dst + e, S::zero());

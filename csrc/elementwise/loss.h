@@ -198,12 +198,12 @@ constexpr int64_t kNarrowClasses = 64, kNarrowRows = 64;
 // 0.55-0.65 against 0.76; 32768 x 16 0.42 against 0.33, 4096 x 35 0.13 against 0.09).
 constexpr int64_t kNarrowGradClasses = 15;
 
-// A block's run of n <= kNarrowRows values from src into dst, `fill` past n (copied inline:
-// a library call per run of 64 costs as much as the copy).
+// A block's run of n <= kNarrowRows values from src into dst, `fill` past n (in loops: a
+// library call per run of 64 costs as much as the copy).
 template <class T>
-static inline void read_block(const T* src, int64_t n, T* dst, T fill) {
+PYCONV_KEEP_LOOPS static inline void read_block(const T* src, int64_t n, T* dst, T fill) {
     copy_run(src, n, dst);
-    std::fill(dst + n, dst + kNarrowRows, fill);
+    for (int64_t r = n; r < kNarrowRows; ++r) dst[r] = fill;
 }
 
 // Rows of classes as the cross-entropy takes them: x (N, C, P), row i = n P + p holding

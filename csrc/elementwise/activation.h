@@ -86,10 +86,11 @@ struct Relu {
     PYCONV_VECTOR_OP(typename Simd<T>::V x) const {
         using S = Simd<T>;
         using I = typename S::I;
+        // As signed integers the negative numbers from -0 (the smallest integer) to -inf are a
+        // range below the negative NaNs: two comparisons select it without -0.
         const I bits = I(x);
-        const I magnitude = bits & ~I(S::splat(T(-0.0)));
-        const I inf = I(S::splat(std::numeric_limits<T>::infinity()));
-        const auto negative = (bits < 0) & (magnitude != 0) & (magnitude <= inf);  // not -0, not NaN
+        const I minus_zero = I(S::splat(T(-0.0))), minus_inf = I(S::splat(-std::numeric_limits<T>::infinity()));
+        const auto negative = (bits > minus_zero) & (bits <= minus_inf);
         return negative ? typename S::V{} : x;
     }
 };
@@ -106,11 +107,11 @@ struct ReluBackward {
     PYCONV_VECTOR_OP(typename Simd<T>::V g, typename Simd<T>::V y) const {
         using S = Simd<T>;
         using I = typename S::I;
+        // y <= 0: +0, or the range from -0 to -inf (see Relu); NaN of either sign passes.
         const I bits = I(y);
-        const I magnitude = bits & ~I(S::splat(T(-0.0)));
-        const I inf = I(S::splat(std::numeric_limits<T>::infinity()));
-        const auto passes = (bits > 0) | (magnitude > inf);  // y > 0, or NaN of either sign
-        return passes ? g : typename S::V{};
+        const I minus_inf = I(S::splat(-std::numeric_limits<T>::infinity()));
+        const auto stops = (bits <= minus_inf) | (bits == I{});
+        return stops ? typename S::V{} : g;
     }
 };
 

@@ -93,7 +93,7 @@ constexpr int64_t kExpBlock = 256;
 
 template <class T>
 inline double row_sum_exp(const T* x, int64_t C, T m) {
-    static_assert(kExpBlock % Simd<double>::lanes == 0, "every block but the last whole vectors");
+    static_assert(kExpBlock % Simd<double>::lanes == 0, "blocks before the last hold whole vectors");
     alignas(64) T e[kExpBlock];
     WideSum sum;
     for (int64_t c0 = 0; c0 < C; c0 += kExpBlock) {

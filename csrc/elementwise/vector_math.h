@@ -3,7 +3,8 @@
 // can turn them into vector code (libm's exp/log1p are scalar calls that stop the vectoriser).
 //
 // exp is common/simd.h's exponential on the scalar shape, over the full range: 0 below the
-// underflow point, inf above the overflow point, NaN for NaN.
+// underflow point, inf above the overflow point, NaN for NaN; vexp_nonpositive the same
+// polynomial for the x - max(x) <= 0 of a softmax, with one scaling.
 //
 // log1p(u), u in [0, 1]: y = 1 + u rounded, c = u - (y - 1) the rounding error (exact), and
 // log1p(u) = log(y) + c / y; log(y) = k ln2 + log(m) with m = y or y/2 in [sqrt(1/2), sqrt(2)],
@@ -28,7 +29,7 @@ inline T vexp(T x) {
 // e^x for x <= 0 where subnormal results are flushed to zero (within FlushDenormals): the
 // softmax family's exponentials of x - max(x). 0 below the log of the smallest normal number,
 // above which one scaling by 2^n is exact and nothing overflows; NaN for NaN. vexp's second
-// scaling and clamps were a fifth of a log_softmax.
+// scaling and clamps were a seventh of a log_softmax.
 template <class T>
 inline T vexp_nonpositive(T x) {
     constexpr T log_smallest_normal = sizeof(T) == 4 ? T(-87.33654) : T(-708.3964);

@@ -181,6 +181,37 @@ def test_summed_gradients_never_write_into_arrays_seen_elsewhere():
     np.testing.assert_array_equal(a.grad, np.full((2, 3), 7.0))
 
 
+def test_a_later_pass_adds_into_a_grad_only_the_leaf_holds():
+    """As PyTorch's gradient accumulation: a .grad that nothing else refers to takes the next
+    pass's gradient in place (no new array per pass); one the caller kept, a view and the
+    caller's own seed array are replaced by a new sum instead."""
+    a = t((2, 3))
+    (a * 2).sum().backward()
+    first = id(a.grad)
+    (a * 3).sum().backward()
+    assert id(a.grad) == first
+    np.testing.assert_array_equal(a.grad, np.full((2, 3), 5.0))
+
+    kept = a.grad
+    (a * 1).sum().backward()
+    np.testing.assert_array_equal(kept, np.full((2, 3), 5.0))
+    np.testing.assert_array_equal(a.grad, np.full((2, 3), 6.0))
+
+    storage = np.zeros((4, 3))
+    a.grad = storage[:2]  # a view: its memory is also storage's
+    del kept
+    (a * 1).sum().backward()
+    np.testing.assert_array_equal(storage, np.zeros((4, 3)))
+    np.testing.assert_array_equal(a.grad, np.ones((2, 3)))
+
+    b = t((2, 3))
+    seed = np.ones((2, 3))
+    b.reshape(2, 3).backward(seed)  # b.grad is the seed array itself, which the caller holds
+    b.reshape(2, 3).backward(seed)
+    np.testing.assert_array_equal(seed, np.ones((2, 3)))
+    np.testing.assert_array_equal(b.grad, np.full((2, 3), 2.0))
+
+
 def test_a_tensor_sliced_step_by_step_gets_the_summed_gradient():
     """Indexing adds its gradient into the input's in place (basic and advanced indices,
     repeated positions included)."""

@@ -14,7 +14,8 @@ still running, and a graph kept alive by a Tensor the caller holds costs nothing
 second backward through the same graph then raises, unless the first was told
 ``retain_graph=True``. Gradients meeting at one tensor are summed into one array, in place once
 the pass has allocated that array itself (never into an array that a Function's backward
-handed over, which may be a view of the caller's own ``grad`` or another tensor's gradient).
+handed over, which may be a view of the caller's own ``grad`` or another tensor's gradient),
+and into a leaf's ``.grad`` from an earlier pass when nothing but the leaf refers to it.
 
 Two hooks let other code (data-parallel training) act while the backward pass runs:
 
@@ -29,6 +30,10 @@ This module works on any object with ``_creator``/``_index`` (Tensors) and ``inp
 ``backward`` (Functions); it imports neither class, so both can import it.
 """
 from __future__ import annotations
+
+import sys
+
+import numpy as np
 
 __all__ = ["run_backward", "queue_callback", "current_pass", "RemovableHandle"]
 
@@ -80,11 +85,24 @@ def _add(total, g, owned):
     return total
 
 
+def _only_the_leaf_holds(t):
+    """Whether t.grad is a NumPy array that owns its memory and that nothing but t refers to:
+    then a later pass may add into it in place, as PyTorch's gradient accumulation does when no
+    one else holds the gradient. An array the caller kept (``old = t.grad``), a view, or an
+    array another library lent is replaced by a new sum instead."""
+    grad = t.grad
+    # The references: t's slot, `grad` here and getrefcount's own argument.
+    return (type(grad) is np.ndarray and grad.flags.owndata and grad.flags.writeable
+            and sys.getrefcount(grad) <= 3)
+
+
 def _accumulate_into_leaf(t, g, owned):
     if g.shape != t.data.shape:  # a Function's backward returned the wrong shape: a bug
         raise RuntimeError(f"gradient of shape {g.shape} for a tensor of shape {t.data.shape}")
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
+    if t.grad is not None and id(t.grad) not in owned and _only_the_leaf_holds(t):
+        owned[id(t.grad)] = t.grad  # a sum from an earlier pass, private to t
     t.grad = _add(t.grad, g, owned)
 
 

@@ -140,6 +140,7 @@ static inline __attribute__((always_inline)) void store_first(T* p, typename Sim
 // for the few dozen elements of an image row). GCC would turn the loops back into memcpy and
 // memset calls (7% of a segmentation's cross-entropy gradient went to those calls); the
 // attribute that stops it also stops their inlining, so they are calls to these small loops.
+// (PYCONV_KEEP_LOOPS: for any function whose copy loops must stay loops.)
 #define PYCONV_KEEP_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
 template <class T>
 PYCONV_KEEP_LOOPS static inline void copy_run(const T* src, int64_t n, T* dst) {

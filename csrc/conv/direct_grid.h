@@ -85,7 +85,7 @@ constexpr int64_t kColumnRowMax = 1024;
 // padded row split once by column phase. The copy loops stay loops: GCC would otherwise make
 // them calls per row.
 template <class T>
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) void fill_column_copies(
+PYCONV_KEEP_LOOPS void fill_column_copies(
     const ConvShape& g, const ColumnCopies& cc, const T* x_image, T* dst) {
     using S = Simd<T>;
     const int64_t span = (g.Wo - 1) * g.sw + (g.S - 1) * g.dw + 1;  // padded columns read

@@ -168,8 +168,10 @@ def test_layer_gradients_through_winograd():
     ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
     ((16, 32, 16, 16, 32), "winograd"),    # a small ResNet's middle stage (256 tiles)
     ((16, 32, 14, 14, 64), "winograd"),
-    ((8, 32, 16, 16, 32), "gemm"),         # 128 tiles
-    ((16, 16, 16, 16, 16), "direct"),      # 16 x 16 channel pairs (the direct forward's 16 channels)
+    ((8, 32, 16, 16, 32), "winograd"),     # 16+ columns: from 16 x 16 pairs and 128 tiles
+    ((16, 16, 16, 16, 16), "winograd"),
+    ((16, 16, 14, 14, 16), "direct"),      # 14 columns, 16 x 16 pairs (the direct forward's 16 channels)
+    ((4, 16, 16, 16, 16), "direct"),       # 64 tiles
     ((16, 64, 8, 8, 64), "winograd"),      # a small ResNet's last stage (64 tiles)
 ])
 def test_the_rule_picks_winograd_for_vgg_layers(shape, expected):

@@ -289,10 +289,18 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // phase-grid GEMM or channel-vectorised form that ran before, 32 -> 32 on 16x16 0.29 against
 // 0.58 ms (2.0x), 32 -> 64 1.85x, 64 -> 64 2.0x, on 14x14 32 -> 32 1.19x, 64 -> 64 1.5x (the
 // AVX2 build: 32 -> 32 on 16x16 2.5x); batch 64, 32 -> 32 on 16x16 (SegNet's) 2.3x; with
-// fewer pairs it stays about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) and on two threads
-// the 48-tile blocks shared out unevenly (256 tiles: 144 against 112), so those stay out, as
-// do fewer tiles (128: 80 against 48; both measured before Tiling::of_forward cut fewer than
-// 384 tiles into equal blocks).
+// fewer pairs it measured about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) while two
+// threads shared the 48-tile blocks out unevenly (256 tiles: 144 against 112). Since
+// Tiling::of_forward cuts fewer than 384 tiles into equal blocks, from 16 output columns it
+// pays with 16 x 16 channel pairs and 128 tiles: 2 threads, medians of 15 interleaved calls
+// against the GEMM forms that ran before and PyTorch: batch 64, 16 -> 32 on 16x16 (SegNet's)
+// 0.56 against 0.88 ms (PyTorch 0.72), 32 -> 16 0.67 against 0.94 (0.73), 16 -> 16 0.37-0.43
+// against 0.48-0.50 (0.40); batch 8 and 16, 16 -> 32 0.11 and 0.17 against 0.15 and 0.25 ms;
+// 16 -> 16 on 20x20 and 24x24 (batch 16) 1.14x, 1.20x PyTorch against 0.93x, 0.96x; 16 -> 32 on
+// 24x24 1.52x against 0.93x; one thread, 16 -> 32 and 32 -> 16 on 16x16 (batch 64) 1.75x and
+// 1.47x the GEMM; 16 -> 16 on 16x16 outputs without padding 0.39-0.47 against 0.46-0.52 ms for
+// the direct forward by channels. Even on 18x18 (32 -> 16: 0.295 against 0.314 ms), and on 14 columns with
+// fewer than 32 x 32 pairs the direct forms stay ahead (16 -> 16, batch 16: 0.105 against 0.116).
 // On 7-11 columns (a small ResNet's last stage, 8x8) from 32 x 32 channel pairs and 32 tiles,
 // now that few tiles make an even number of equal blocks (Tiling::of_forward): one AVX-512
 // thread, CPU time, best of 5, against "auto" without it (the channel-vectorised GEMM), batch
@@ -312,7 +320,7 @@ inline bool winograd_pays(const ConvShape& g, bool filters_prepared = false) {
     if (!winograd_applies(g) || g.C < 16 || g.K < 16 || pairs > 256 * 256) return false;
     if (filters_prepared && g.Wo >= 12 && (g.Wo >= 16 || pairs >= 32 * 32)) return true;
     if (g.Wo < 12) return g.Wo >= 7 && g.C >= 32 && g.K >= 32 && tiles >= 32;
-    return tiles >= 128 && (g.Wo >= 28 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
+    return tiles >= 128 && (g.Wo >= 16 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
 }
 
 // Kernels larger than 3x3 by their 3x3 blocks on Winograd (conv/winograd_blocks.h): where at
@@ -428,7 +436,8 @@ inline bool forward_direct_grid_pays(const ConvShape& g) {
 // the transpose a large share). Measured against the phase grid, one AVX-512 thread, process
 // CPU time, best of 5 interleaved rounds, batch 64: 6 -> 16 5x5 on 14x14 (LeNet's conv2)
 // 0.38 against 0.50 ms (1.32x; ONNX Runtime 0.41), 2 -> 16 5x5 on 14x14 1.20x, 8 -> 16 and
-// 32 -> 16 3x3 on 12x12 and 8x8 1.33x, 1.41x, 16 -> 16 3x3 on 16x16 and 18x18 1.14x, 1.07x;
+// 32 -> 16 3x3 on 12x12 and 8x8 1.33x, 1.41x, 16 -> 16 3x3 on 16x16 and 18x18 1.14x, 1.07x
+// (where Winograd, first, now pays);
 // even with 25 taps (1 -> 16 5x5 on 16x16, 1.01x); lost on 28x28 outputs (1 -> 16 and
 // 3 -> 16 5x5 on 32x32: 0.75x, 0.91x).
 inline bool forward_direct_channels_pays(const ConvShape& g) {

@@ -71,8 +71,9 @@ static inline __attribute__((always_inline)) typename Simd<T>::V load_inside(con
 // last vector loads only its `len % lanes` lanes (of both operands: a zero lane of dy times
 // an inf of x past the end would be NaN).
 template <class T>
-static inline __attribute__((always_inline)) void rows_tile(const T* dy, const int64_t* dy_at, const T* x,
-                                                            const int64_t* x_at, int64_t len, T* acc) {
+static inline __attribute__((always_inline)) void rows_run(const T* dy, const int64_t* dy_at, const T* x,
+                                                           const int64_t* x_at, int64_t len,
+                                                           typename Simd<T>::V (&a)[RowsTile<T>::KB][RowsTile<T>::TB]) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes, KB = RowsTile<T>::KB, TB = RowsTile<T>::TB;
@@ -82,11 +83,6 @@ static inline __attribute__((always_inline)) void rows_tile(const T* dy, const i
     for (int k = 0; k < KB; ++k) dk[k] = dy + dy_at[k];
 #pragma GCC unroll 8
     for (int t = 0; t < TB; ++t) xt[t] = x + x_at[t];
-    V a[KB][TB];
-#pragma GCC unroll 8
-    for (int k = 0; k < KB; ++k)
-#pragma GCC unroll 8
-        for (int t = 0; t < TB; ++t) a[k][t] = S::load(acc + (k * TB + t) * L);
     const int64_t full = len / L * L;
     for (int64_t j = 0; j < full; j += L) {
         V d[KB];
@@ -110,6 +106,23 @@ static inline __attribute__((always_inline)) void rows_tile(const T* dy, const i
             for (int k = 0; k < KB; ++k) a[k][t] = S::fma(d[k], xv, a[k][t]);
         }
     }
+}
+
+// rows_run over a block's images (`images` runs, dy's and xs's each `dy_image` and `x_image`
+// elements after the one before), the tile's accumulators loaded and stored once.
+template <class T>
+static inline __attribute__((always_inline)) void rows_tile(const T* dy, const int64_t* dy_at, int64_t dy_image,
+                                                            const T* x, const int64_t* x_at, int64_t x_image,
+                                                            int64_t images, int64_t len, T* acc) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, KB = RowsTile<T>::KB, TB = RowsTile<T>::TB;
+    V a[KB][TB];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+        for (int t = 0; t < TB; ++t) a[k][t] = S::load(acc + (k * TB + t) * L);
+    for (int64_t m = 0; m < images; ++m) rows_run<T>(dy + m * dy_image, dy_at, x + m * x_image, x_at, len, a);
 #pragma GCC unroll 8
     for (int k = 0; k < KB; ++k)
 #pragma GCC unroll 8
@@ -117,10 +130,17 @@ static inline __attribute__((always_inline)) void rows_tile(const T* dy, const i
 }
 
 // How the reduction over pixels is cut, from the shape alone: the rows of each image into
-// blocks of at most `budget_bytes` of dy rows and shifted x rows, shared out evenly.
+// blocks of at most `budget_bytes` of dy rows and shifted x rows, shared out evenly; where a
+// whole image is less than half of that, a block is several whole images, so that each tile's
+// accumulators are loaded and stored once per block (on 16x16 images a run of 16 vectors
+// per image is too short to hide that).
+// Whole images per block at most (see RowBlocks).
+constexpr int64_t kMaxImagesPerRowBlock = 4;
+
 struct RowBlocks {
-    int64_t rows;       // output rows per block
+    int64_t rows;       // output rows per block (of each of its images)
     int64_t per_image;  // blocks per image
+    int64_t images;     // images per block (1 where per_image > 1)
     int64_t x_rows;     // rows of each xs[c][rh][s]: the block's rows and the last tap's shift qh
     int64_t copies;     // xs[c][rh][s] per input channel: row phases x column shifts
 
@@ -128,70 +148,128 @@ struct RowBlocks {
         const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
         copies = g.sh * g.S;
         const double per_row = double(Kg + Cg * copies) * double(g.Wo) * double(element_bytes);
-        const int64_t most = std::max<int64_t>(1, std::min<int64_t>(g.Ho, int64_t(budget_bytes / per_row)));
-        per_image = (g.Ho + most - 1) / most;
+        const int64_t most = std::max<int64_t>(1, int64_t(budget_bytes / per_row));
+        per_image = (g.Ho + std::min(g.Ho, most) - 1) / std::min(g.Ho, most);
         rows = (g.Ho + per_image - 1) / per_image;
         x_rows = rows + (g.R - 1) * g.dh / g.sh;
+        images = per_image == 1 ? std::clamp<int64_t>(most / g.Ho, 1, kMaxImagesPerRowBlock) : 1;
     }
+    int64_t count(int64_t N) const { return per_image > 1 ? N * per_image : (N + images - 1) / images; }
+    // Block b: its first image, its number of images, its first output row.
+    int64_t first_image(int64_t b) const { return per_image > 1 ? b / per_image : b * images; }
+    int64_t images_in(int64_t b, int64_t N) const { return std::min(images, N - first_image(b)); }
+    int64_t first_row(int64_t b) const { return per_image > 1 ? b % per_image * rows : 0; }
 };
 
-// The cache lines of a block's operands as they lie in x and dy (its input rows in every
-// channel, then its dy rows in every output channel), numbered so that they can be prefetched
-// a few at a time while the block before is computed. The operands stream from memory once,
-// in runs of a few rows per channel: too short for the hardware prefetchers to run ahead (on
-// this project's 2-core AVX-512 host, spreading these prefetches over the previous block's
-// tiles made the 16 -> 16 layer on 32x32 images 15-18% faster, one prefetch of the whole
-// block at its start nothing).
+// The cache lines of a block's operands as they lie in x and dy (per image: its input rows in
+// every channel, then its dy rows in every output channel), walked a few at a time while the
+// block before is computed. The operands stream from memory once, in runs of a few rows per
+// channel: too short for the hardware prefetchers to run ahead (on this project's 2-core
+// AVX-512 host, spreading these prefetches over the previous block's tiles made the 16 -> 16
+// layer on 32x32 images 15-18% faster, one prefetch of the whole block at its start nothing).
 template <class T>
-struct BlockLines {
-    const char *x0 = nullptr, *dy0 = nullptr;
-    int64_t x_stride = 0, dy_stride = 0, x_lines = 0, dy_lines = 0, x_count = 0, count = 0;
-
+class BlockLines {
+  public:
     BlockLines(const ConvShape& g, const RowBlocks& rb, int64_t grp, int64_t block, const T* dy, const T* x) {
-        if (block >= g.N * rb.per_image) return;
+        if (block >= rb.count(g.N)) return;
         const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups;
-        const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
+        const int64_t n = rb.first_image(block), ho0 = rb.first_row(block);
         const int64_t rows = std::min(rb.rows, g.Ho - ho0);
         const int64_t h0 = std::max<int64_t>(0, ho0 * g.sh - g.ph);
         const int64_t h1 = std::min(g.H, (ho0 + rows - 1) * g.sh - g.ph + (g.R - 1) * g.dh + 1);
-        constexpr int64_t line = 64;
-        x0 = reinterpret_cast<const char*>(x + ((n * g.C + grp * Cg) * g.H + h0) * g.W);
-        x_stride = g.H * g.W * int64_t(sizeof(T));
-        x_lines = h1 > h0 ? (h1 - h0) * g.W * int64_t(sizeof(T)) / line + 2 : 0;  // + 2: unaligned ends
-        dy0 = reinterpret_cast<const char*>(dy + ((n * g.K + grp * Kg) * g.Ho + ho0) * g.Wo);
-        dy_stride = g.Ho * g.Wo * int64_t(sizeof(T));
-        dy_lines = rows * g.Wo * int64_t(sizeof(T)) / line + 2;
-        x_count = Cg * x_lines;
-        count = x_count + Kg * dy_lines;
+        x0_ = reinterpret_cast<const char*>(x + ((n * g.C + grp * Cg) * g.H + h0) * g.W);
+        dy0_ = reinterpret_cast<const char*>(dy + ((n * g.K + grp * Kg) * g.Ho + ho0) * g.Wo);
+        x_stride_ = g.H * g.W * int64_t(sizeof(T));
+        dy_stride_ = g.Ho * g.Wo * int64_t(sizeof(T));
+        x_image_ = g.C * x_stride_;
+        dy_image_ = g.K * dy_stride_;
+        x_lines_ = h1 > h0 ? (h1 - h0) * g.W * int64_t(sizeof(T)) / kLine + 2 : 0;  // + 2: unaligned ends
+        dy_lines_ = rows * g.Wo * int64_t(sizeof(T)) / kLine + 2;
+        x_runs_ = x_lines_ > 0 ? Cg : 0;
+        runs_ = x_runs_ + Kg;
+        images_ = rb.images_in(block, g.N);
+        count_ = images_ * (x_runs_ * x_lines_ + Kg * dy_lines_);
+        at_ = x_runs_ > 0 ? x0_ : dy0_;
     }
-    // Asks for lines [from, to) to be brought into L2 (a line past a run's end is harmless:
-    // prefetches do not fault).
-    void prefetch(int64_t from, int64_t to) const {
-        for (int64_t q = from; q < std::min(to, count); ++q) {
-            const char* p = q < x_count ? x0 + q / x_lines * x_stride + q % x_lines * 64
-                                        : dy0 + (q - x_count) / dy_lines * dy_stride + (q - x_count) % dy_lines * 64;
-            __builtin_prefetch(p, 0, 2);
+    int64_t count() const { return count_; }
+    // Asks for the next `lines` lines to be brought into the caches (a line past a run's end
+    // is harmless: prefetches do not fault).
+    void prefetch(int64_t lines) {
+        for (; lines > 0 && image_ < images_; --lines) {
+            __builtin_prefetch(at_ + line_ * kLine, 0, 2);
+            if (++line_ < (run_ < x_runs_ ? x_lines_ : dy_lines_)) continue;
+            line_ = 0;
+            if (++run_ == runs_) {
+                run_ = 0;
+                ++image_;
+            }
+            at_ = run_ < x_runs_ ? x0_ + image_ * x_image_ + run_ * x_stride_
+                                 : dy0_ + image_ * dy_image_ + (run_ - x_runs_) * dy_stride_;
         }
     }
+
+  private:
+    static constexpr int64_t kLine = 64;
+    const char *x0_ = nullptr, *dy0_ = nullptr, *at_ = nullptr;
+    int64_t x_stride_ = 0, dy_stride_ = 0, x_image_ = 0, dy_image_ = 0, x_lines_ = 0, dy_lines_ = 0;
+    int64_t x_runs_ = 0, runs_ = 0, images_ = 0, count_ = 0;
+    int64_t image_ = 0, run_ = 0, line_ = 0;  // the cursor
 };
 
 // A block's dy rows and shifted x rows, the data every tile of dw sweeps: sized for a share
 // of a typical 1-2 MiB L2 (the block size changes the summation order, so it is fixed here,
 // not read from the machine).
-constexpr double kRowBlockBytes = 192.0 * 1024;
+constexpr double kRowBlockBytes = 384.0 * 1024;
+
+// What copy_shifted_rows needs of the shape, held by value: the copy's stores may alias
+// anything (vector types), which would make it reload every field of a ConvShape read by
+// reference on every row.
+struct ShiftedRows {
+    int64_t Cg, H, W, Wo, S, sh, sw, ph, pw, dw, x_rows;
+};
+
+// One image's xs for the block from output row ho0: xs[c][rh][s] row i = input row
+// (ho0 + i) sh + rh - ph at columns wo sw + s dw - pw, wo < Wo, zeros outside x.
+template <class T>
+static void copy_shifted_rows(const ShiftedRows p, const T* x_image, int64_t ho0, T* xs) {
+    using V = typename Simd<T>::V;
+    constexpr int L = Simd<T>::lanes;
+    const int64_t shifted = p.x_rows * p.Wo;
+    for (int64_t c = 0; c < p.Cg; ++c)
+        for (int64_t rh = 0; rh < p.sh; ++rh)
+            for (int64_t i = 0; i < p.x_rows; ++i) {
+                const int64_t h = (ho0 + i) * p.sh + rh - p.ph;
+                const bool inside = h >= 0 && h < p.H;
+                const T* src = x_image + (c * p.H + (inside ? h : 0)) * p.W;
+                for (int64_t s = 0; s < p.S; ++s) {
+                    T* dst = xs + ((c * p.sh + rh) * p.S + s) * shifted + i * p.Wo;
+                    const int64_t first = s * p.dw - p.pw;
+                    if (!inside) {
+                        std::fill(dst, dst + p.Wo, T(0));
+                    } else if (p.sw > 1) {
+                        gather_row(src, p.W, first, p.sw, p.Wo, dst, 1);
+                    } else {
+                        for (int64_t w = 0; w < p.Wo; w += L) {
+                            const V v = load_inside(src, first + w, p.W);
+                            if (w + L <= p.Wo) Simd<T>::store(dst + w, v);
+                            else store_first<T>(dst + w, v, static_cast<int>(p.Wo - w));
+                        }
+                    }
+                }
+            }
+}
 
 template <class T>
 void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw) {
-    using V = typename Simd<T>::V;
     constexpr int L = Simd<T>::lanes, KB = RowsTile<T>::KB, TB = RowsTile<T>::TB;
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, RS = g.R * g.S, taps_n = Cg * RS;
     const int64_t HoWo = g.Ho * g.Wo, outputs = Kg * taps_n;
     const int64_t k_tiles = (Kg + KB - 1) / KB, t_tiles = (taps_n + TB - 1) / TB;
     const RowBlocks rb(g, sizeof(T), kRowBlockBytes);
     const int64_t shifted = rb.x_rows * g.Wo;  // one xs[c][rh][s]
-    // At least 8 blocks per chunk: a chunk ends with a flush of its vector accumulators
-    // (lanes added across) that costs about as much as a block's FMAs.
-    const ReductionChunks chunks = reduction_chunks(g.N * rb.per_image, outputs, 1, 8);
+    // At least 8 images' rows per chunk: a chunk ends with a flush of its vector accumulators
+    // (lanes added across) that costs about as much as an image's FMAs on 16x16 images.
+    const ReductionChunks chunks = reduction_chunks(rb.count(g.N), outputs, 1, (8 + rb.images - 1) / rb.images);
 
     // Offsets of the tiles' operands (a partial last tile repeats its last channel or tap):
     // dy channel k from the block's first dy row, tap (c, r, s) from the block's xs.
@@ -204,15 +282,17 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
     }
 
     const int64_t acc_size = k_tiles * t_tiles * KB * TB * L;
+    const int64_t xs_image = Cg * rb.copies * shifted;  // one image's xs
     const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), chunks.count)));
     // Per thread (allocated here: an exception must not leave a pool thread): the vector
     // accumulators of every tile, and one block's xs.
     std::vector<Scratch<T>> accs, xss;
     for (int t = 0; t < threads; ++t) {
         accs.push_back(scratch<T>(acc_size));
-        xss.push_back(scratch<T>(checked_mul(Cg * rb.copies, shifted)));
+        xss.push_back(scratch<T>(checked_mul(rb.images, xs_image)));
     }
     Scratch<T> partial = scratch<T>(checked_mul(chunks.count, outputs));
+    const ShiftedRows shifts{Cg, g.H, g.W, g.Wo, g.S, g.sh, g.sw, g.ph, g.pw, g.dw, rb.x_rows};
     for (int64_t grp = 0; grp < g.groups; ++grp) {
         FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
         parallel_tasks(chunks.count, threads, [&](int64_t ch, int worker) {
@@ -220,40 +300,18 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
             T* xs = xss[size_t(worker)].get();
             std::fill(acc, acc + acc_size, T(0));
             for (int64_t block = chunks.begin(ch); block < chunks.end(ch); ++block) {
-                const int64_t n = block / rb.per_image, ho0 = block % rb.per_image * rb.rows;
+                const int64_t n0 = rb.first_image(block), images = rb.images_in(block, g.N), ho0 = rb.first_row(block);
                 const int64_t rows = std::min(rb.rows, g.Ho - ho0);
-                const T* x_image = x + (n * g.C + grp * Cg) * g.H * g.W;
-                for (int64_t c = 0; c < Cg; ++c)
-                    for (int64_t rh = 0; rh < g.sh; ++rh)
-                        for (int64_t i = 0; i < rb.x_rows; ++i) {
-                            const int64_t h = (ho0 + i) * g.sh + rh - g.ph;
-                            const bool inside = h >= 0 && h < g.H;
-                            const T* src = x_image + (c * g.H + (inside ? h : 0)) * g.W;
-                            for (int64_t s = 0; s < g.S; ++s) {
-                                T* dst = xs + ((c * g.sh + rh) * g.S + s) * shifted + i * g.Wo;
-                                const int64_t first = s * g.dw - g.pw;
-                                if (!inside) {
-                                    std::fill(dst, dst + g.Wo, T(0));
-                                } else if (g.sw > 1) {
-                                    gather_row(src, g.W, first, g.sw, g.Wo, dst, 1);
-                                } else {
-                                    for (int64_t w = 0; w < g.Wo; w += L) {
-                                        const V v = load_inside(src, first + w, g.W);
-                                        if (w + L <= g.Wo) Simd<T>::store(dst + w, v);
-                                        else store_first<T>(dst + w, v, static_cast<int>(g.Wo - w));
-                                    }
-                                }
-                            }
-                        }
-                const T* dy_block = dy + (n * g.K + grp * Kg) * HoWo + ho0 * g.Wo;
-                const BlockLines<T> next(g, rb, grp, block + 1, dy, x);
-                const int64_t per_tile = (next.count + k_tiles * t_tiles - 1) / (k_tiles * t_tiles);
+                for (int64_t m = 0; m < images; ++m)
+                    copy_shifted_rows<T>(shifts, x + ((n0 + m) * g.C + grp * Cg) * g.H * g.W, ho0, xs + m * xs_image);
+                const T* dy_block = dy + (n0 * g.K + grp * Kg) * HoWo + ho0 * g.Wo;
+                BlockLines<T> next(g, rb, grp, block + 1, dy, x);
+                const int64_t per_tile = (next.count() + k_tiles * t_tiles - 1) / (k_tiles * t_tiles);
                 for (int64_t kt = 0; kt < k_tiles; ++kt)
                     for (int64_t tt = 0; tt < t_tiles; ++tt) {
-                        const int64_t tile = kt * t_tiles + tt;
-                        next.prefetch(tile * per_tile, (tile + 1) * per_tile);
-                        rows_tile<T>(dy_block, dy_at.data() + kt * KB, xs, x_at.data() + tt * TB,
-                                     rows * g.Wo, acc + tile * KB * TB * L);
+                        next.prefetch(per_tile);
+                        rows_tile<T>(dy_block, dy_at.data() + kt * KB, g.K * HoWo, xs, x_at.data() + tt * TB,
+                                     xs_image, images, rows * g.Wo, acc + (kt * t_tiles + tt) * KB * TB * L);
                     }
             }
             // The chunk's partial dw: each accumulator's lanes added across.

@@ -215,6 +215,8 @@ def test_the_layout_rule(shape, layout):
     ((8, 256, 14, 14, 256), True),   # 256 x 256 pairs on 14 columns, 128 tiles
     ((3, 16, 28, 28, 16), False),    # 16 channels: the weight gradient along pixel rows
     ((8, 128, 14, 14, 128), False),  # 14 columns with fewer pairs
+    ((8, 64, 16, 16, 64), True),     # 16-27 columns from 64 x 64 pairs
+    ((8, 32, 16, 16, 64), False),    # there 32 channels on a side: along pixels or by channels
     ((2, 32, 28, 28, 32), False),    # 98 tiles
 ])
 def test_the_weight_gradient_rule(shape, winograd):

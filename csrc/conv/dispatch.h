@@ -289,18 +289,19 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // phase-grid GEMM or channel-vectorised form that ran before, 32 -> 32 on 16x16 0.29 against
 // 0.58 ms (2.0x), 32 -> 64 1.85x, 64 -> 64 2.0x, on 14x14 32 -> 32 1.19x, 64 -> 64 1.5x (the
 // AVX2 build: 32 -> 32 on 16x16 2.5x); batch 64, 32 -> 32 on 16x16 (SegNet's) 2.3x; with
-// fewer pairs it measured about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) while two
-// threads shared the 48-tile blocks out unevenly (256 tiles: 144 against 112). Since
-// Tiling::of_forward cuts fewer than 384 tiles into equal blocks, from 16 output columns it
-// pays with 16 x 16 channel pairs and 128 tiles: 2 threads, medians of 15 interleaved calls
-// against the GEMM forms that ran before and PyTorch: batch 64, 16 -> 32 on 16x16 (SegNet's)
-// 0.56 against 0.88 ms (PyTorch 0.72), 32 -> 16 0.67 against 0.94 (0.73), 16 -> 16 0.37-0.43
-// against 0.48-0.50 (0.40); batch 8 and 16, 16 -> 32 0.11 and 0.17 against 0.15 and 0.25 ms;
-// 16 -> 16 on 20x20 and 24x24 (batch 16) 1.14x, 1.20x PyTorch against 0.93x, 0.96x; 16 -> 32 on
-// 24x24 1.52x against 0.93x; one thread, 16 -> 32 and 32 -> 16 on 16x16 (batch 64) 1.75x and
-// 1.47x the GEMM; 16 -> 16 on 16x16 outputs without padding 0.39-0.47 against 0.46-0.52 ms for
-// the direct forward by channels. Even on 18x18 (32 -> 16: 0.295 against 0.314 ms), and on 14 columns with
-// fewer than 32 x 32 pairs the direct forms stay ahead (16 -> 16, batch 16: 0.105 against 0.116).
+// fewer pairs it measured about even (16 -> 16 on 16x16 1.02x, 16 -> 32 1.26x) while two threads
+// shared the 48-tile blocks out unevenly (256 tiles: 144 against 112). Since Tiling::of_forward
+// cuts fewer than 384 tiles into equal blocks, from 16 output columns it pays with 16 x 16 channel
+// pairs and 128 tiles: 2 threads, medians of 15 interleaved calls against the GEMM forms that ran
+// before and PyTorch: batch 64, 16 -> 32 on 16x16 (SegNet's) 0.56 against 0.88 ms (PyTorch 0.72),
+// 32 -> 16 0.67 against 0.94 (0.73), 16 -> 16 0.37-0.43 against 0.48-0.50 (0.40); batch 8 and 16,
+// 16 -> 32 0.11 and 0.17 against 0.15 and 0.25 ms; 16 -> 16 on 20x20 and 24x24 (batch 16) 1.14x,
+// 1.20x PyTorch against 0.93x, 0.96x; 16 -> 32 on 24x24 1.52x against 0.93x; one thread, 16 -> 32
+// and 32 -> 16 on 16x16 (batch 64) 1.75x and 1.47x the GEMM (the AVX2 build, forward and input
+// gradient: 16 -> 32 2.3x and 1.7x, 32 -> 16 1.7x and 1.8x, 16 -> 16 1.5x and 1.4x); 16 -> 16 on
+// 16x16 outputs without padding 0.39-0.47 against 0.46-0.52 ms for the direct forward by channels.
+// Even on 18x18 (32 -> 16: 0.295 against 0.314 ms), and on 14 columns with fewer than 32 x 32 pairs
+// the direct forms stay ahead (16 -> 16, batch 16: 0.105 against 0.116).
 // On 7-11 columns (a small ResNet's last stage, 8x8) from 32 x 32 channel pairs and 32 tiles,
 // now that few tiles make an even number of equal blocks (Tiling::of_forward): one AVX-512
 // thread, CPU time, best of 5, against "auto" without it (the channel-vectorised GEMM), batch
@@ -368,10 +369,19 @@ inline bool winograd_by_position(const ConvShape& g) {
 // along pixel rows is faster there), nor on 14-px images with fewer channel pairs (128
 // channels 1.01x, and 0.84x before the transform back was vectorised), nor 512 on 7 px (0.54x:
 // 32 tiles against 262144 channel pairs, whose 36 products it writes and transforms back).
+// On 16-27 columns from 64 x 64 channel pairs: 2 threads, medians of 15 interleaved calls,
+// against the rules' choice without it (the channel-vectorised form) and PyTorch, batch 16:
+// 64 -> 64 on 16x16 1.05-1.50 against 1.50-1.84 ms (PyTorch 1.49-1.71), 128 -> 128 3.6 against
+// 7.1 (6.2), 64 -> 128 2.7 against 3.6 (3.3), 64 -> 64 on 24x24 2.1 against 3.6 (3.3); batch 64,
+// 64 -> 64 on 16x16 4.1-5.5 against 7.1-7.7 ms (6.1-6.6); batch 8, 128 -> 128 on 16x16 2.0
+// against 3.4, 64 -> 64 on 20x20 0.84 against 1.23. Not with 32 channels on either side there
+// (the weight gradient along pixels, or by channels, stays ahead: 32 -> 32 on 16x16, batch 16
+// and 64, 0.69-0.76 against 0.54-0.56 and 3.3-3.4 against 1.9-2.5 ms; 64 -> 32 and 32 -> 64
+// 1.08 against 0.89-0.92), nor on 14 columns (64 -> 64, batch 16: 1.11-1.51 against 1.19-1.30).
 inline bool winograd_weight_grad_pays(const ConvShape& g) {
     const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
     return winograd_applies(g) && g.C >= 32 && g.K >= 32 && pairs <= 256 * 256 && tiles >= 128 &&
-           (g.Wo >= 28 || (g.Wo >= 12 && pairs >= 256 * 256));
+           (g.Wo >= 28 || (g.Wo >= 16 && g.C >= 64 && g.K >= 64) || (g.Wo >= 12 && pairs >= 256 * 256));
 }
 
 // Winograd F(4x4, 2x2) over the stride phases (conv/winograd_phases.h) for 4x4 stride-2

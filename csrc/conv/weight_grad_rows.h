@@ -110,11 +110,12 @@ static inline __attribute__((always_inline)) void rows_run(const T* dy, const in
 }
 
 // rows_run over a block's images (`images` runs, dy's and xs's each `dy_image` and `x_image`
-// elements after the one before), the tile's accumulators loaded and stored once.
+// elements after the one before), the tile's accumulators loaded (or, for a chunk's first
+// block, started at zero) and stored once.
 template <class T>
 static inline __attribute__((always_inline)) void rows_tile(const T* dy, const int64_t* dy_at, int64_t dy_image,
                                                             const T* x, const int64_t* x_at, int64_t x_image,
-                                                            int64_t images, int64_t len, T* acc) {
+                                                            int64_t images, int64_t len, bool first, T* acc) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes, KB = RowsTile<T>::KB, TB = RowsTile<T>::TB;
@@ -122,7 +123,7 @@ static inline __attribute__((always_inline)) void rows_tile(const T* dy, const i
 #pragma GCC unroll 8
     for (int k = 0; k < KB; ++k)
 #pragma GCC unroll 8
-        for (int t = 0; t < TB; ++t) a[k][t] = S::load(acc + (k * TB + t) * L);
+        for (int t = 0; t < TB; ++t) a[k][t] = first ? S::zero() : S::load(acc + (k * TB + t) * L);
     for (int64_t m = 0; m < images; ++m) rows_run<T>(dy + m * dy_image, dy_at, x + m * x_image, x_at, len, a);
 #pragma GCC unroll 8
     for (int k = 0; k < KB; ++k)
@@ -301,7 +302,6 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
         parallel_tasks(chunks.count, threads, [&](int64_t ch, int worker) {
             T* acc = accs[size_t(worker)].get();
             T* xs = xss[size_t(worker)].get();
-            std::fill(acc, acc + acc_size, T(0));
             for (int64_t block = chunks.begin(ch); block < chunks.end(ch); ++block) {
                 const int64_t n0 = rb.first_image(block), images = rb.images_in(block, g.N), ho0 = rb.first_row(block);
                 const int64_t rows = std::min(rb.rows, g.Ho - ho0);
@@ -314,7 +314,8 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
                     for (int64_t tt = 0; tt < t_tiles; ++tt) {
                         next.prefetch(per_tile);
                         rows_tile<T>(dy_block, dy_at.data() + kt * KB, g.K * HoWo, xs, x_at.data() + tt * TB,
-                                     xs_image, images, rows * g.Wo, acc + (kt * t_tiles + tt) * KB * TB * L);
+                                     xs_image, images, rows * g.Wo, block == chunks.begin(ch),
+                                     acc + (kt * t_tiles + tt) * KB * TB * L);
                     }
             }
             // The chunk's partial dw: each accumulator's lanes added across.

@@ -203,7 +203,7 @@ class BlockLines {
             line_ = 0;
             if (++run_ == runs_) {
                 run_ = 0;
-                ++image_;
+                if (++image_ == images_) return;
             }
             at_ = run_ < x_runs_ ? x0_ + image_ * x_image_ + run_ * x_stride_
                                  : dy0_ + image_ * dy_image_ + (run_ - x_runs_) * dy_stride_;
@@ -271,8 +271,9 @@ void conv2d_grad_weight_rows(const ConvShape& g, const T* dy, const T* x, T* dw)
     const int64_t k_tiles = (Kg + KB - 1) / KB, t_tiles = (taps_n + TB - 1) / TB;
     const RowBlocks rb(g, sizeof(T), kRowBlockBytes);
     const int64_t shifted = rb.x_rows * g.Wo;  // one xs[c][rh][s]
-    // At least 8 images' rows per chunk: a chunk ends with a flush of its vector accumulators
-    // (lanes added across) that costs about as much as an image's FMAs on 16x16 images.
+    // At least 8 blocks per chunk, a block of several whole images counting as that many: a
+    // chunk ends with a flush of its vector accumulators (lanes added across) that costs about
+    // as much as a block's FMAs (one 16x16 image's).
     const ReductionChunks chunks = reduction_chunks(rb.count(g.N), outputs, 1, (8 + rb.images - 1) / rb.images);
 
     // Offsets of the tiles' operands (a partial last tile repeats its last channel or tap):

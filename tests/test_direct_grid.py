@@ -154,11 +154,16 @@ ROUTED = {
     "dcgan_d_conv1_strided_16_taps": ((64, 1, 28, 28), (64, 1, 4, 4), 2, 1, 1),
     "vae_conv1_strided_16_taps": ((64, 1, 32, 32), (32, 1, 4, 4), 2, 1, 1),
     "strided_9_taps": ((64, 1, 32, 32), (32, 1, 3, 3), 2, 1, 1),
+    # Stride 1, up to 32 outputs: any tap count.
+    "pixelcnn_horizontal_grad_input_192_taps": ((64, 64, 32, 32), (32, 64, 1, 3), 1, (0, 2), 1),
+    "k32_1x3_384_taps": ((16, 128, 16, 16), (32, 128, 1, 3), 1, (0, 1), 1),
+    "k32_3x3_144_taps_14x14": ((64, 16, 14, 14), (32, 16, 3, 3), 1, 1, 1),
 }
 NOT_ROUTED = {
     "stride_1_9_taps": ((64, 1, 28, 28), (64, 1, 3, 3), 1, 1, 1),
     "strided_288_taps": ((16, 32, 32, 32), (64, 32, 3, 3), 2, 1, 1),
     "resnet_strided_144_taps": ((16, 16, 32, 32), (32, 16, 3, 3), 2, 1, 1),
+    "k64_1x3_192_taps": ((64, 64, 32, 32), (64, 64, 1, 3), 1, (0, 1), 1),
     "pointwise": ((8, 16, 28, 28), (8, 16, 1, 1), 1, 0, 1),
     "vgg_winograd": ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1),
     # Depthwise with up to 2 output channels per group: conv/depthwise.h (tests/test_depthwise.py).

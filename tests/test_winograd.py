@@ -165,7 +165,7 @@ def test_layer_gradients_through_winograd():
     ((16, 64, 6, 6, 64), "gemm"),          # under 7 columns
     ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
     ((16, 3, 32, 32, 64), "direct"),       # 3 input channels (27 taps: the direct forward)
-    ((1, 32, 20, 20, 32), "gemm"),         # 25 tiles
+    ((1, 32, 20, 20, 32), "direct"),       # 25 tiles (32 outputs: the direct forward)
     ((16, 32, 16, 16, 32), "winograd"),    # a small ResNet's middle stage (256 tiles)
     ((16, 32, 14, 14, 64), "winograd"),
     ((8, 32, 16, 16, 32), "winograd"),     # 16+ columns: from 16 x 16 pairs and 128 tiles

@@ -432,11 +432,21 @@ inline bool winograd_phases_pays(const ConvShape& g, int64_t min_channels_in = 3
 // of its phase. Measured against "auto" without this, 1 thread, 7 rounds, medians, batch 64,
 // stride 2: 1 -> 32 4x4 on 16, 32 and 64 images 1.80x, 1.73x, 1.48x, 1 -> 64 4x4 on 28 and 32
 // 1.22x, 1.19x, 1 -> 32 and 2 -> 32 3x3 on 32 1.57x, 1.56x.
+// Stride-1 layers of up to 32 output channels per group take it from any tap count (those
+// Winograd leaves: other kernel shapes, small images): there the pixel-vectorised GEMM's
+// product has too few rows (4 micro-tiles) to reuse its B panels. Measured against the
+// phase-grid GEMM on an Intel Xeon host (2 threads, batch 64, best of 7, three rounds):
+// 64 -> 32 1x3 on 32x32 (a PixelCNN's horizontal input gradient) 3.5 against 5.6-6.4 ms
+// (PyTorch 3.6), 128 -> 32 1x3 8.1 against 13.3-14.1, 64 -> 32 1x5 4.9-5.0 against 7.3,
+// 16 -> 32 3x3 on 14x14 0.48-0.50 against 0.58-0.62, 32, 64 and 128 -> 32 3x3 on 8x8 0.37,
+// 0.70-0.73 and 1.35-1.41 against 0.41, 0.89-0.92 and 1.66-1.70. With 64 outputs it won some
+// and lost others (64 -> 64 1x3 on 32x32 5.3-5.6 against 6.2-6.4, on 16x16 1.61-1.65 against
+// 1.51-1.52; 32 -> 64 3x3 on 7x7 0.56-0.57 against 0.45-0.46): those keep the tap bound.
 inline bool forward_direct_grid_pays(const ConvShape& g) {
-    const int64_t taps = (g.C / g.groups) * g.R * g.S;
+    const int64_t taps = (g.C / g.groups) * g.R * g.S, Kg = g.K / g.groups;
     const bool strided = g.sh > 1 || g.sw > 1;
-    return g.R * g.S > 1 && (g.K / g.groups <= 16 || ((taps >= 24 || strided) && taps < 128)) &&
-           direct_grid_fits(g);
+    const bool few_taps_or_outputs = taps < 128 || (!strided && Kg <= 32);
+    return g.R * g.S > 1 && (Kg <= 16 || ((taps >= 24 || strided) && few_taps_or_outputs)) && direct_grid_fits(g);
 }
 
 // The direct forward by channels (conv/direct_channels.h) before the one on the phase grid:

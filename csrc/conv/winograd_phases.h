@@ -115,14 +115,19 @@ struct LaneMap {
     static LaneMap shifted(const ConvShape& g, int64_t shift) { return LaneMap{g.K, g.Ho, g.Wo, 1, shift, shift}; }
 };
 
-// fill_lanes (below) by register transposes: padding is zeroed where it lies; the pixels of the
-// source rows under rows [r0, r1) are read L pixels at a time from each image (one vector per
-// image) and transposed in registers, so that each pixel is one vector store. prefetch:
-// request the same rows of channel c + 1 from memory (for a caller that fills channel after
-// channel with work in between: the rows come from L image planes, a few short runs each,
-// which the hardware prefetchers ramp up on too late).
+// Rows [r0, r1) of the planes of source channel c of group `group`'s images, into `out`: the
+// map's planes of Hx x Wx lane vectors, [plane][r][s][lane] (lanes past the batch, and elements
+// with no pixel, zero). Padding is zeroed where it lies; the pixels of the source rows under
+// rows [r0, r1) are read L pixels at a time from each image (one vector per image, the last
+// one masked) and transposed in registers, so that each pixel is one vector store. (On 14x14
+// planes, 12.25 vectors each, a copy element by element measured faster on a Zen 4 host; on an
+// Intel Xeon host it took 14% of the 64 -> 128 4x4 stride-2 forward against the transposes'
+// 10%, 2.57-2.64 against 2.38-2.57 ms on two threads, and was dropped.) prefetch: request the
+// same rows of channel c + 1 from memory (for a caller that fills channel after channel with
+// work in between: the rows come from L image planes, a few short runs each, which the
+// hardware prefetchers ramp up on too late).
 template <class T>
-void fill_lanes_transposed(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0,
+void fill_lanes(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0,
                            int64_t r1, int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
     using S = Simd<T>;
     using V = typename S::V;
@@ -172,39 +177,6 @@ void fill_lanes_transposed(const LaneMap& map, const T* src, int64_t N, int64_t 
             const char* end = reinterpret_cast<const char*>(first + l * image_stride + HW + h_end * map.W);
             for (const char* line = begin; line < end; line += 64) __builtin_prefetch(line);
         }
-}
-
-// Rows [r0, r1) of the planes of source channel c of group `group`'s images, into `out`: the
-// map's planes of Hx x Wx lane vectors, [plane][r][s][lane] (lanes past the batch, and elements
-// with no pixel, zero). Where the source rows under them are whole vectors of pixels from a
-// multiple of L (planes of 8x8 or 16x16: the loads start where the planes' vectors do), by
-// register transposes (fill_lanes_transposed); otherwise element by element, in order. (On
-// 14x14 planes, 12.25 vectors each, the transposes measured slower than the elements: the
-// loads of x from memory dominate either way.)
-template <class T>
-void fill_lanes(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0, int64_t r1,
-                int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
-    constexpr int L = Simd<T>::lanes;
-    const int64_t st = map.step, HW = map.H * map.W, image_stride = map.channels * HW;
-    const int64_t h_begin = std::max<int64_t>(0, st * r0 - map.pad_h), h_end = std::min(map.H, st * r1 - map.pad_h);
-    if (h_begin < h_end && h_begin * map.W % L == 0 && (h_end - h_begin) * map.W % L == 0)
-        return fill_lanes_transposed(map, src, N, group, c, r0, r1, Hx, Wx, out, prefetch);
-    const int images = int(std::min<int64_t>(L, N - group * L));
-    const T* first = src + (group * L * map.channels + c) * HW;
-    for (int a = 0; a < st; ++a)
-        for (int b = 0; b < st; ++b)
-            for (int64_t r = r0; r < r1; ++r)
-                for (int64_t s = 0; s < Wx; ++s) {
-                    T* lanes = out + (((a * st + b) * Hx + r) * Wx + s) * L;
-                    const int64_t h = st * r + a - map.pad_h, w = st * s + b - map.pad_w;
-                    if (h < 0 || h >= map.H || w < 0 || w >= map.W) {
-                        std::fill(lanes, lanes + L, T(0));
-                        continue;
-                    }
-                    const T* pixel = first + h * map.W + w;
-                    for (int l = 0; l < images; ++l) lanes[l] = pixel[l * image_stride];
-                    std::fill(lanes + images, lanes + L, T(0));
-                }
 }
 
 // The whole source in the layout bl (X's channel planes() c + plane: the plane of channel c).

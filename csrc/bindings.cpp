@@ -526,6 +526,25 @@ PreluShape prelu_shape(const py::array& x, const py::array& w) {
     return {shape, N, C, inner, w_size};
 }
 
+// gated_tanh's x as (outer, 2, inner) around axis `dim` (its length even), and y's shape: x's
+// with that axis halved.
+struct GateShape {
+    std::vector<int64_t> x, y;
+    int64_t outer = 1, inner = 1;
+};
+
+GateShape gate_shape(const py::array& x, int64_t dim) {
+    GateShape s{shape_of(x), shape_of(x)};
+    if (dim < 0 || dim >= int64_t(s.x.size()) || s.x[size_t(dim)] % 2 != 0)
+        throw py::value_error("dim: expected an axis of x of even length");
+    s.y[size_t(dim)] /= 2;
+    for (int64_t i = 0; i < int64_t(s.x.size()); ++i) {
+        if (i < dim) s.outer *= s.x[size_t(i)];
+        else s.inner *= s.y[size_t(i)];
+    }
+    return s;
+}
+
 // One double argument for each name in a pack of parameter names.
 template <class Name>
 using Scalar = double;
@@ -1330,6 +1349,31 @@ PYBIND11_MODULE(_C, m) {
     def_map(m, "tanh", [](const auto& k) { return k.tanh; }, "y = tanh(x)");
     def_map_gradient(m, "tanh_backward", "y", [](const auto& k) { return k.tanh_backward; },
                      "grad_x = grad_y * (1 - y * y)");
+    def_op(m, "gated_tanh",
+          [](Array x, int64_t dim, Array y) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const GateShape s = gate_shape(x, dim);
+                  const T* xp = checked<T>(x, s.x, "x");
+                  T* yp = checked<T>(y, s.y, "y", true);
+                  without_gil([&] { kernels<T>().gated_tanh(s.outer, s.inner, xp, yp); });
+              });
+          },
+          py::arg("x"), py::arg("dim"), py::arg("y"),
+          "y = tanh(a) * sigmoid(b) for x = [a, b] split in halves along axis dim");
+    def_op(m, "gated_tanh_backward",
+          [](Array grad_y, Array x, int64_t dim, Array grad_x) {
+              by_dtype(x.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const GateShape s = gate_shape(x, dim);
+                  const T* gy = checked<T>(grad_y, s.y, "grad_y");
+                  const T* xp = checked<T>(x, s.x, "x");
+                  T* gx = checked<T>(grad_x, s.x, "grad_x", true);
+                  without_gil([&] { kernels<T>().gated_tanh_backward(s.outer, s.inner, gy, xp, gx); });
+              });
+          },
+          py::arg("grad_y"), py::arg("x"), py::arg("dim"), py::arg("grad_x"),
+          "the gradient of gated_tanh into grad_x (x's shape)");
     def_op(m, "prelu",
           [](Array x, Array w, Array y) {
               by_dtype(x.dtype(), [&](auto t) {

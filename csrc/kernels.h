@@ -201,6 +201,9 @@ struct KernelsFor {
     void (*sigmoid_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
     void (*tanh)(int64_t n, const T* x, T* y);
     void (*tanh_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
+    // tanh(a) sigmoid(b) for x = [a, b]: x (outer, 2, inner), y (outer, inner).
+    void (*gated_tanh)(int64_t outer, int64_t inner, const T* x, T* y);
+    void (*gated_tanh_backward)(int64_t outer, int64_t inner, const T* grad_y, const T* x, T* grad_x);
     // x (N, C, inner); w (w_size,) with w_size C or 1 (one slope for every channel).
     void (*prelu)(int64_t N, int64_t C, int64_t inner, const T* x, const T* w, int64_t w_size,
                   T* y);

@@ -40,7 +40,7 @@ __all__ = [
     "box_iou_rotated", "nms_rotated",
     "matmul", "batch_norm_train", "batch_norm_train_backward",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward", "dropout", "dropout_backward",
+    "tanh", "tanh_backward", "gated_tanh", "gated_tanh_backward", "dropout", "dropout_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "cross_entropy", "cross_entropy_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
@@ -649,6 +649,23 @@ def tanh_backward(grad_out, y, *, backend=None):
     """Gradient of :func:`tanh` from its output ``y``: ``grad_out * (1 - y * y)``."""
     _spec.tanh_backward(grad_out, y)
     return _run("tanh_backward", "tanh_backward", backend, (grad_out, y))
+
+
+@_takes_dlpack
+def gated_tanh(x, dim=1, *, backend=None):
+    """The gated activation ``tanh(a) * sigmoid(b)`` of ``x = [a, b]``, split in halves along
+    ``dim`` (the gate of a gated PixelCNN or WaveNet; ``torch.nn.functional.glu`` with tanh
+    on the first half): one pass over x. The output has x's shape with axis dim halved."""
+    dim = _spec.gated_tanh(x, dim)
+    return _run("gated_tanh", "gated_tanh", backend, (x,), dim)
+
+
+@_takes_dlpack
+def gated_tanh_backward(grad_out, x, dim=1, *, backend=None):
+    """Gradient of :func:`gated_tanh` at ``x`` (x's shape): ``grad_out * s * (1 - t**2)`` for
+    the half a and ``grad_out * t * s * (1 - s)`` for b, with t = tanh(a), s = sigmoid(b)."""
+    dim = _spec.gated_tanh_backward(grad_out, x, dim)
+    return _run("gated_tanh_backward", "gated_tanh_backward", backend, (grad_out, x), dim)
 
 
 @_takes_dlpack

@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_close, on_backend, to_numpy
 
 import pyconv
-from pyconv import ops
+from pyconv import _spec, ops
 
 registry = importlib.import_module("pyconv.backends")
 
@@ -582,6 +582,20 @@ def dropout_backward(shape, p):
     return build
 
 
+def gated_tanh(shape, dim, spread=3.0, noncontiguous=False):
+    def build(rng, dtype):
+        return (smooth_input(rng, shape, dtype, spread, noncontiguous), dim), {}
+    return build
+
+
+def gated_tanh_backward(shape, dim, spread=3.0):
+    def build(rng, dtype):
+        x = smooth_input(rng, shape, dtype, spread)
+        out_shape = _spec.gated_tanh_output_shape(shape, dim % len(shape))
+        return (array(rng, out_shape, dtype), x, dim), {}
+    return build
+
+
 def cpu_path(build):
     """Marks a case whose shape exists to reach a branch of the C++ kernels. The CUDA simulator
     runs every GPU thread in Python, where such shapes take minutes each: it leaves them to the
@@ -1080,6 +1094,22 @@ CASES = {
         "saturated": smooth_backward("tanh", (3, 33), spread=300.0),
         "threads_split": cpu_path(smooth_backward("tanh", (3, 70001))),
         "empty": smooth_backward("tanh", (0, 3)),
+    },
+    "gated_tanh": {
+        # Rows of odd lengths (a partial vector at every row's end), the split on any axis.
+        "channels": gated_tanh((2, 6, 5, 7), 1),
+        "last_axis_noncontiguous": gated_tanh((3, 5, 34), -1, spread=300.0, noncontiguous=True),
+        "first_axis": gated_tanh((4, 3, 3), 0),
+        "vector": gated_tanh((38,), 0),
+        "threads_split": cpu_path(gated_tanh((2, 8, 64, 70), 1)),
+        "empty": gated_tanh((0, 4, 3), 1),
+    },
+    "gated_tanh_backward": {
+        "channels": gated_tanh_backward((2, 6, 5, 7), 1),
+        "saturated_last_axis": gated_tanh_backward((3, 5, 34), 2, spread=300.0),
+        "first_axis": gated_tanh_backward((4, 3, 3), 0),
+        "threads_split": cpu_path(gated_tanh_backward((2, 8, 64, 70), 1)),
+        "empty": gated_tanh_backward((0, 4, 3), 1),
     },
     "dropout": {
         "half": dropout((2, 3, 5, 7), 0.5),

@@ -114,6 +114,8 @@ def _opcheck_samples():
         "sigmoid_backward": (g(2, 4, 7, 7), torch.sigmoid(g(2, 4, 7, 7)), "cpu"),
         "tanh": (x4, "cpu"),
         "tanh_backward": (g(2, 4, 7, 7), torch.tanh(g(2, 4, 7, 7)), "cpu"),
+        "gated_tanh": (x4, 1, "cpu"),
+        "gated_tanh_backward": (g(2, 2, 7, 7), x4, -3, "cpu"),
         "dropout": (x4, 0.3, 5, "cpu"),
         "dropout_backward": (g(2, 4, 7, 7), (torch.rand(2, 4, 7, 7) > 0.3).to(torch.uint8), 0.3,
                              "cpu"),

@@ -250,6 +250,61 @@ void tanh_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {
     map_vectors<T>(n, grad_x, TanhBackward<T>{}, grad_y, y);
 }
 
+// ---- The gated activation tanh(a) sigmoid(b) ---------------------------------------------------
+//
+// x = [a, b] split in halves along one axis (a gated PixelCNN's or WaveNet's gate), seen as
+// (outer, 2, inner): row r holds a's run x[r, 0, :] and b's run x[r, 1, :]; y is (outer, inner).
+// One pass over x where the separate activations and the product took five over halves that
+// are not contiguous. The rows' vectors are split between threads as one range; a row's last,
+// partial vector goes through the same vector code on masked loads.
+
+// body(row, at, n): the n <= L elements [at, at + n) of row `row`.
+template <class T, class Body>
+void for_row_vectors(int64_t outer, int64_t inner, Body body) {
+    constexpr int L = Simd<T>::lanes;
+    const int64_t per_row = (inner + L - 1) / L, vectors = outer * per_row;
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_ranges(vectors, threads_if(outer * inner >= kParallelElementwise), [=](int64_t begin, int64_t end, int) {
+        int64_t row = begin / per_row, at = begin % per_row * L;
+        for (int64_t v = begin; v < end; ++v) {
+            body(row, at, int(std::min<int64_t>(L, inner - at)));
+            if ((at += L) >= inner) at = 0, ++row;
+        }
+    });
+}
+
+template <class T>
+static inline __attribute__((always_inline)) typename Simd<T>::V load_some(const T* p, int n) {
+    return n == Simd<T>::lanes ? Simd<T>::load(p) : load_first<T>(p, n);
+}
+
+template <class T>
+static inline __attribute__((always_inline)) void store_some(T* p, typename Simd<T>::V v, int n) {
+    if (n == Simd<T>::lanes) Simd<T>::store(p, v);
+    else store_first<T>(p, v, n);
+}
+
+template <class T>
+void gated_tanh(int64_t outer, int64_t inner, const T* x, T* y) {
+    for_row_vectors<T>(outer, inner, [=](int64_t row, int64_t at, int n) {
+        const T* a = x + row * 2 * inner + at;
+        store_some<T>(y + row * inner + at, Tanh<T>{}(load_some<T>(a, n)) * Sigmoid<T>{}(load_some<T>(a + inner, n)), n);
+    });
+}
+
+// grad_a = grad_y s (1 - t^2), grad_b = grad_y t s (1 - s), with t = tanh(a), s = sigmoid(b)
+// computed again from x.
+template <class T>
+void gated_tanh_backward(int64_t outer, int64_t inner, const T* grad_y, const T* x, T* grad_x) {
+    for_row_vectors<T>(outer, inner, [=](int64_t row, int64_t at, int n) {
+        const int64_t a_at = row * 2 * inner + at;
+        const auto g = load_some<T>(grad_y + row * inner + at, n);
+        const auto t = Tanh<T>{}(load_some<T>(x + a_at, n)), s = Sigmoid<T>{}(load_some<T>(x + a_at + inner, n));
+        store_some<T>(grad_x + a_at, g * s * (T(1) - t * t), n);
+        store_some<T>(grad_x + a_at + inner, g * t * (s * (T(1) - s)), n);
+    });
+}
+
 // ---- PReLU: a learned slope per channel ------------------------------------------------------
 //
 // x is (N, C, inner) (inner: the product of the axes after the channel); w has C slopes, or

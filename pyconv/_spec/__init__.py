@@ -43,8 +43,8 @@ from .core import (CONV_ALGORITHMS, FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeo
 from .dense import matmul
 from .elementwise import leaky_relu, leaky_relu_backward, relu, relu_backward
 from .elementwise import (DROPOUT_RESOLUTION, DropoutDraw, dropout, dropout_backward, dropout_draw, elu,
-                          elu_backward, prelu, prelu_backward, sigmoid, sigmoid_backward, tanh,
-                          tanh_backward)
+                          elu_backward, gated_tanh, gated_tanh_backward, gated_tanh_output_shape,
+                          prelu, prelu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward)
 from .norm import batch_norm_train, batch_norm_train_backward
 from .lstm import (RNN_NONLINEARITIES, lstm, lstm_backward, lstm_cell, lstm_cell_backward, rnn_cell,
                    rnn_cell_backward)
@@ -64,7 +64,7 @@ __all__ = [
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward", "rnn_cell", "rnn_cell_backward",
     "RNN_NONLINEARITIES", "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward", "tanh",
-    "tanh_backward", "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",
+    "tanh_backward", "gated_tanh", "gated_tanh_backward", "gated_tanh_output_shape", "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",
     "softmax", "softmax_backward", "cross_entropy", "cross_entropy_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "sgd_step", "adam_step",

@@ -75,6 +75,33 @@ def tanh_backward(grad_out, y):
     _backward_of("tanh_backward", grad_out, "y", y)
 
 
+def gated_tanh(x, dim, op="gated_tanh"):
+    """-> dim as an axis in [0, x.ndim): x splits along it into halves a, b (its length even)."""
+    _unary(op, x)
+    ndim = len(x.shape)
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"{op}: dim must be an integer, got {dim!r}")
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{op}: dim must be an axis of x (shape {shape_of(x)}), got {dim}")
+    dim = int(dim) % ndim
+    if x.shape[dim] % 2:
+        raise ValueError(f"{op}: x's axis {dim} must have an even length (two halves), "
+                         f"got shape {shape_of(x)}")
+    return dim
+
+
+def gated_tanh_output_shape(x_shape, dim):
+    """x's shape with axis dim halved."""
+    return tuple(n // 2 if i == dim else n for i, n in enumerate(x_shape))
+
+
+def gated_tanh_backward(grad_out, x, dim):
+    op = "gated_tanh_backward"
+    dim = gated_tanh(x, dim, op=op)
+    _check_grad_out(op, grad_out, gated_tanh_output_shape(x.shape, dim), x.dtype)
+    return dim
+
+
 def prelu(x, weight, op="prelu"):
     """weight holds one slope per channel (axis 1 of x) or one for all: (C,) or (1,)."""
     check_array(op, "x", x)

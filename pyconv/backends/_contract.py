@@ -84,6 +84,10 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("sigmoid_backward", ("grad_out", "y"), "grad_x, y's shape"),
     KernelSpec("tanh", ("x",), "y, x's shape"),
     KernelSpec("tanh_backward", ("grad_out", "y"), "grad_x, y's shape"),
+    # The gated activation tanh(a) * sigmoid(b) of x = [a, b], split in halves along axis dim
+    # (an int in [0, x.ndim)); its backward computes both from x again.
+    KernelSpec("gated_tanh", ("x", "dim"), "y, x's shape with axis dim halved"),
+    KernelSpec("gated_tanh_backward", ("grad_out", "x", "dim"), "grad_x, x's shape"),
     # Dropout: Philox4x32-10 keyed by seed (an int in [0, 2^64)), element i reading word i % 4
     # of block i // 4; kept where the word's top 24 bits are below keep_threshold.
     KernelSpec("dropout", ("x", "keep_threshold", "scale", "seed"),
@@ -166,6 +170,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "sigmoid_backward": ("sigmoid_backward",),
     "tanh": ("tanh",),
     "tanh_backward": ("tanh_backward",),
+    "gated_tanh": ("gated_tanh",),
+    "gated_tanh_backward": ("gated_tanh_backward",),
     "dropout": ("dropout",),
     "dropout_backward": ("dropout_backward",),
     "box_iou_rotated": ("box_iou_rotated",),

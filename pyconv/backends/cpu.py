@@ -8,7 +8,7 @@ import inspect
 
 import numpy as np
 
-from .. import _C, tuning
+from .. import _C, _spec, tuning
 from . import Backend, LstmSaved
 from ._contract import KERNELS
 
@@ -288,6 +288,20 @@ def prelu_backward(grad_out, x, weight):
     grad_x, grad_weight = np.empty_like(x), np.empty_like(weight)
     _C.prelu_backward(grad_out, x, weight, grad_x, grad_weight)
     return grad_x, grad_weight
+
+
+@backend.register
+def gated_tanh(x, dim):
+    y = np.empty(_spec.gated_tanh_output_shape(x.shape, dim), x.dtype)
+    _C.gated_tanh(x, dim, y)
+    return y
+
+
+@backend.register
+def gated_tanh_backward(grad_out, x, dim):
+    grad_x = np.empty_like(x)
+    _C.gated_tanh_backward(grad_out, x, dim, grad_x)
+    return grad_x
 
 
 @backend.register

@@ -571,6 +571,19 @@ def tanh_backward(grad_out, y):
     return grad_out * (1 - y * y)
 
 
+@backend.register
+def gated_tanh(x, dim):
+    a, b = np.split(x, 2, axis=dim)
+    return np.tanh(a) * sigmoid(b)
+
+
+@backend.register
+def gated_tanh_backward(grad_out, x, dim):
+    a, b = np.split(x, 2, axis=dim)
+    t, s = np.tanh(a), sigmoid(b)
+    return np.concatenate((grad_out * s * (1 - t * t), grad_out * t * (s * (1 - s))), axis=dim)
+
+
 _PHILOX_M0, _PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 _LOW32 = np.uint64(0xFFFFFFFF)

@@ -223,6 +223,35 @@ def _fused_activation_case(op, shape, quick=False):
 _FUSED_OPS = ("relu", "elu", "prelu", "sigmoid", "tanh", "dropout")
 
 
+def _gated_tanh_case(shape, backward, quick=False):
+    """The gated activation tanh(a) * sigmoid(b) of x = [a, b] (channel halves), forward or
+    backward, against PyTorch's tanh and sigmoid on the halves and their backward kernels
+    (what its autograd runs for the expression)."""
+    half = shape[1] // 2
+
+    def make(rng):
+        return {"x": _f32(rng, *shape), "g": _f32(rng, shape[0], half, *shape[2:])}
+
+    def run(a, be):
+        if backward:
+            return ops.gated_tanh_backward(a["g"], a["x"], backend=be)
+        return ops.gated_tanh(a["x"], backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        x, g = torch.from_numpy(a["x"]), torch.from_numpy(a["g"])
+        t, s = torch.tanh(x[:, :half]), torch.sigmoid(x[:, half:])
+        if backward:
+            return lambda: torch.cat((torch.ops.aten.tanh_backward(g * s, t),
+                                      torch.ops.aten.sigmoid_backward(g * t, s)), 1)
+        return lambda: torch.tanh(x[:, :half]) * torch.sigmoid(x[:, half:])
+
+    op = "gated_tanh_backward" if backward else "gated_tanh"
+    moved = 4 * math.prod(shape) // 2 * (5 if backward else 3)
+    return Case(op, "x".join(map(str, shape)), (op,), make, run, moved, "byte",
+                _torch_baseline(torch_fn), quick=quick)
+
+
 def _matmul_case(name, m, k, n, trans_a=False, trans_b=False, quick=False):
     """op(a) (m, k) @ op(b) (k, n), the transposed operands as stored (a dense layer's x W^T
     is trans_b, its weight gradient g^T x trans_a)."""
@@ -664,6 +693,9 @@ def cases(quick: bool) -> list[Case]:
         *(_fused_activation_case(f"{op}{suffix}", shape, quick=shape[1] == 64)
           for op in _FUSED_OPS for suffix in ("", "_backward")
           for shape in ((64, 64, 14, 14), (64, 128, 7, 7))),
+        # A gated PixelCNN's gate (64 channels: 32 tanh, 32 sigmoid).
+        _gated_tanh_case((64, 64, 32, 32), backward=False, quick=True),
+        _gated_tanh_case((64, 64, 32, 32), backward=True, quick=True),
         _matmul_case("LeNet fc1 x W^T 64x400 -> 120", 64, 400, 120, trans_b=True, quick=True),
         _matmul_case("LeNet fc1 grad_w g^T x 120x64 . 64x400", 120, 64, 400, trans_a=True),
         _matmul_case("1024x1024 . (1024x1024)^T", 1024, 1024, 1024, trans_b=True),

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import nn, ops
 from .. import random as _random
-from ..autograd import Function, Tensor, array_module, no_grad
+from ..autograd import Tensor, array_module, no_grad
 from ..nn import functional as F
 from ..nn.modules.conv import masked_conv2d
 
@@ -49,27 +49,6 @@ class VerticalMaskedConv2d(nn.Conv2d):
 
     def forward(self, x):
         return masked_conv2d(x, self.weight, self.mask, self.bias, *self._conv_args())
-
-
-class _Gate(Function):
-    """tanh(a) * sigmoid(b) for t = [a, b] split on the channel axis, as one step: its
-    backward writes both halves of t's gradient straight into one array."""
-
-    def forward(self, t):
-        c = t.shape[1] // 2
-        self.shape, self.c = t.shape, c
-        self.tanh, self.sigmoid = ops.tanh(t[:, :c]), ops.sigmoid(t[:, c:])
-        return self.tanh * self.sigmoid
-
-    def backward(self, g):
-        grad = array_module(g).empty(self.shape, g.dtype)
-        grad[:, :self.c] = ops.tanh_backward(g * self.sigmoid, self.tanh)
-        grad[:, self.c:] = ops.sigmoid_backward(g * self.tanh, self.sigmoid)
-        return grad
-
-
-def _gate(t):
-    return _Gate()(t)
 
 
 class GatedLayer(nn.Module):
@@ -99,8 +78,8 @@ class GatedLayer(nn.Module):
             bias = self.label_bias(labels)
             bias = bias.reshape(bias.shape[0], bias.shape[1], 1, 1)
             v_feat, h_feat = v_feat + bias, h_feat + bias
-        h_out = self.horizontal_out(_gate(h_feat))
-        return _gate(v_feat) if vertical_out else None, h_out if self.first else h_out + h
+        h_out = self.horizontal_out(F.gated_tanh(h_feat))
+        return F.gated_tanh(v_feat) if vertical_out else None, h_out if self.first else h_out + h
 
 
 class PixelCNN(nn.Module):

@@ -319,11 +319,11 @@ def _windowed_conv(b, fn, names, inputs, outs, out_names):
     _conv(b, fn, [window] + list(names[1:]), inputs, outs, out_names)
 
 
-def _gate(b, fn, names, inputs, outs, out_names):
-    """The PixelCNN gate: tanh of the first half of the channels times sigmoid of the second."""
-    c = fn.c
-    a = b.node("Slice", [names[0], b.ints([0]), b.ints([c]), b.ints([1])])
-    g = b.node("Slice", [names[0], b.ints([c]), b.ints([2 * c]), b.ints([1])])
+def _gated_tanh(b, fn, names, inputs, outs, out_names):
+    """The gated activation: tanh of the first half of axis dim times sigmoid of the second."""
+    c = inputs[0].shape[fn.dim] // 2
+    a = b.node("Slice", [names[0], b.ints([0]), b.ints([c]), b.ints([fn.dim])])
+    g = b.node("Slice", [names[0], b.ints([c]), b.ints([2 * c]), b.ints([fn.dim])])
     b.node("Mul", [b.node("Tanh", [a]), b.node("Sigmoid", [g])], out_names)
 
 
@@ -409,7 +409,7 @@ CONVERTERS = {
     "Reshape": _reshape, "Transpose": _transpose, "GetItem": _get_item,
     "Concatenate": _concat, "BroadcastTo": _broadcast_to, "Stack": _stack, "AsType": _as_type, "ToDevice": _simple("Identity"),
     "_LSTM": _lstm, "_LSTMCell": _lstm_cell,
-    "_WindowedConv": _windowed_conv, "_Gate": _gate,
+    "_WindowedConv": _windowed_conv, "_GatedTanh": _gated_tanh,
 }
 EXPORTABLE = tuple(sorted(CONVERTERS)) + ("_Embedding",)
 

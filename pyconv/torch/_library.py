@@ -946,6 +946,18 @@ sigmoid, sigmoid_backward = _operators_through_output("sigmoid")
 tanh, tanh_backward = _operators_through_output("tanh")
 
 
+@_checked_operator(_like("x"))
+def gated_tanh_backward(grad_out: Tensor, x: Tensor, dim: int, backend: str) -> Tensor:
+    return _run(ops.gated_tanh_backward, grad_out, x, dim, backend=backend)
+
+
+@_differentiable(gated_tanh_backward)
+@_checked_operator(lambda x, dim, **_: _new(x, _spec.gated_tanh_output_shape(x.shape, dim % x.dim())))
+def gated_tanh(x: Tensor, dim: int, backend: str) -> Tensor:
+    """-> tanh(a) * sigmoid(b) of x = [a, b] split in halves along dim."""
+    return _run(ops.gated_tanh, x, dim, backend=backend)
+
+
 @_checked_operator(_like("grad_out"))
 def dropout_backward(grad_out: Tensor, mask: Tensor, p: float, backend: str) -> Tensor:
     return _run(ops.dropout_backward, grad_out, mask, p, backend=backend)
@@ -1141,7 +1153,8 @@ OPERATORS = {
     "batch_norm_train": batch_norm_train, "batch_norm_train_backward": batch_norm_train_backward,
     "elu": elu, "elu_backward": elu_backward, "prelu": prelu, "prelu_backward": prelu_backward,
     "sigmoid": sigmoid, "sigmoid_backward": sigmoid_backward, "tanh": tanh,
-    "tanh_backward": tanh_backward, "dropout": dropout, "dropout_backward": dropout_backward,
+    "tanh_backward": tanh_backward, "gated_tanh": gated_tanh, "gated_tanh_backward": gated_tanh_backward,
+    "dropout": dropout, "dropout_backward": dropout_backward,
     "softmax": softmax, "softmax_backward": softmax_backward, "log_softmax": log_softmax,
     "log_softmax_backward": log_softmax_backward, "cross_entropy": cross_entropy,
     "cross_entropy_backward": cross_entropy_backward,

@@ -101,6 +101,35 @@ def kernels(dtype):
             v = y[i]
             grad_x[i] = grad_y[i] * (dt(1) - v * v)
 
+    @ks.add("ffnn")
+    def gated_tanh_kernel(x, y, inner, n):
+        # x as (outer, 2, inner), y as (outer, inner); n = outer * inner. The sigmoid as
+        # sigmoid_kernel's, e^x only of non-positive x.
+        for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+            row = i // inner
+            a, b = x[i + row * inner], x[i + (row + 1) * inner]
+            if b >= dt(0):
+                s = dt(1) / (dt(1) + dt(math.exp(-b)))
+            else:
+                e = dt(math.exp(b))
+                s = e / (dt(1) + e)
+            y[i] = dt(math.tanh(a)) * s
+
+    @ks.add("fffnn")
+    def gated_tanh_backward_kernel(grad_y, x, grad_x, inner, n):
+        for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+            row = i // inner
+            at_a, at_b = i + row * inner, i + (row + 1) * inner
+            a, b, g = x[at_a], x[at_b], grad_y[i]
+            if b >= dt(0):
+                s = dt(1) / (dt(1) + dt(math.exp(-b)))
+            else:
+                e = dt(math.exp(b))
+                s = e / (dt(1) + e)
+            t = dt(math.tanh(a))
+            grad_x[at_a] = g * s * (dt(1) - t * t)
+            grad_x[at_b] = g * t * (s * (dt(1) - s))
+
     @ks.add("fnnnsfbn")
     def dropout_kernel(x, key0, key1, keep_threshold, scale, y, mask, n):
         low = np.uint64(0xFFFFFFFF)
@@ -165,6 +194,29 @@ def elu_backward(grad_out, x, alpha):
     if x.size:
         launch(kernels(x.dtype).elu_backward_kernel, blocks_for(x.size), THREADS,
                flat(grad_out), flat(x), scalar(x.dtype, alpha), flat(grad_x), x.size)
+    return grad_x
+
+
+def _gate_inner(x, dim):
+    """Elements of one half of each (outer) row of x = [a, b] split along axis dim."""
+    return max(math.prod(x.shape[dim:]) // 2, 1)
+
+
+@backend.register
+def gated_tanh(x, dim):
+    y = xp.empty(tuple(n // 2 if a == dim else n for a, n in enumerate(x.shape)), x.dtype)
+    if y.size:
+        launch(kernels(x.dtype).gated_tanh_kernel, blocks_for(y.size), THREADS,
+               flat(x), flat(y), _gate_inner(x, dim), y.size)
+    return y
+
+
+@backend.register
+def gated_tanh_backward(grad_out, x, dim):
+    grad_x = xp.empty_like(x)
+    if x.size:
+        launch(kernels(x.dtype).gated_tanh_backward_kernel, blocks_for(grad_out.size), THREADS,
+               flat(grad_out), flat(x), flat(grad_x), _gate_inner(x, dim), grad_out.size)
     return grad_x
 
 

@@ -197,6 +197,46 @@ def tanh_backward(grad_out, y):
     return grad_x
 
 
+def _gate_rows(x, dim):
+    """x as (outer, 2, inner) around axis dim: row r holds the halves a and b of x = [a, b]."""
+    outer = math.prod(x.shape[:dim])
+    return x.reshape(outer, 2, x.size // (2 * outer) if outer else 0)
+
+
+@kernel
+def _gated_tanh(x, y):
+    inner = x.shape[2]
+    for p in prange(x.shape[0] * inner):
+        r, i = p // inner, p % inner
+        y[r, i] = math.tanh(x[r, 0, i]) / (1 + math.exp(-x[r, 1, i]))
+
+
+@kernel
+def _gated_tanh_backward(grad_y, x, grad_x):
+    inner = x.shape[2]
+    for p in prange(x.shape[0] * inner):
+        r, i = p // inner, p % inner
+        t, s, g = math.tanh(x[r, 0, i]), 1 / (1 + math.exp(-x[r, 1, i])), grad_y[r, i]
+        grad_x[r, 0, i] = g * s * (1 - t * t)
+        grad_x[r, 1, i] = g * t * (s * (1 - s))
+
+
+@backend.register
+def gated_tanh(x, dim):
+    rows = _gate_rows(x, dim)
+    y = np.empty(rows.shape[:1] + rows.shape[2:], x.dtype)
+    _gated_tanh(rows, y)
+    return y.reshape(tuple(n // 2 if a == dim else n for a, n in enumerate(x.shape)))
+
+
+@backend.register
+def gated_tanh_backward(grad_out, x, dim):
+    rows = _gate_rows(x, dim)
+    grad_x = np.empty_like(rows)
+    _gated_tanh_backward(grad_out.reshape(rows.shape[0], rows.shape[2]), rows, grad_x)
+    return grad_x.reshape(x.shape)
+
+
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
 _LOW = np.uint64(0xFFFFFFFF)

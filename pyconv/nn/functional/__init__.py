@@ -11,7 +11,7 @@ One module per family: :mod:`.conv`, :mod:`.pooling`, :mod:`.linear` (linear, em
 flatten), :mod:`.activation`, :mod:`.dropout`, :mod:`.normalization`, :mod:`.recurrent`,
 :mod:`.loss` and :mod:`.style` (Gram matrix, AdaIN).
 """
-from .activation import elu, leaky_relu, log_softmax, maxout, prelu, relu, sigmoid, softmax, tanh
+from .activation import elu, gated_tanh, leaky_relu, log_softmax, maxout, prelu, relu, sigmoid, softmax, tanh
 from .conv import conv1d, conv2d, conv_transpose2d
 from .dropout import dropout
 from .linear import embedding, flatten, linear
@@ -26,7 +26,7 @@ from .style import adain, gram_matrix
 
 __all__ = [
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
-    "linear", "relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax",
+    "linear", "relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "gated_tanh", "softmax",
     "log_softmax", "maxout", "dropout", "batch_norm", "embedding", "flatten",
     "lstm", "lstm_cell", "rnn_cell",
     "cross_entropy", "nll_loss", "multi_margin_loss", "mse_loss", "l1_loss", "mean_bias_error",

@@ -1,14 +1,14 @@
-"""Activation functions: relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax, log_softmax and
-maxout. relu, leaky_relu, prelu, elu, sigmoid, tanh, softmax and log_softmax run the selected
-backend's fused kernels (pyconv.ops), forward and backward; maxout is array code on the input's
-array module (NumPy or CuPy)."""
+"""Activation functions: relu, leaky_relu, prelu, elu, sigmoid, tanh, gated_tanh, softmax,
+log_softmax and maxout. All but maxout run the selected backend's fused kernels (pyconv.ops),
+forward and backward; maxout is array code on the input's array module (NumPy or CuPy)."""
 from __future__ import annotations
 
 from ... import _spec, ops
 from ...autograd import Function, Tensor, array_module
 from ._util import _data, _tensor
 
-__all__ = ["relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "softmax", "log_softmax", "maxout"]
+__all__ = ["relu", "leaky_relu", "prelu", "elu", "sigmoid", "tanh", "gated_tanh", "softmax", "log_softmax",
+           "maxout"]
 
 
 class _ReLU(Function):
@@ -101,6 +101,24 @@ class _Tanh(Function):
 
 def tanh(x) -> Tensor:
     return _Tanh()(x)
+
+
+class _GatedTanh(Function):
+    def __init__(self, dim):
+        self.dim = dim
+
+    def forward(self, x):
+        self.x = x  # tanh and sigmoid are computed again from it: no second half-sized array kept
+        return ops.gated_tanh(x, self.dim)
+
+    def backward(self, g):
+        return ops.gated_tanh_backward(g, self.x, self.dim)
+
+
+def gated_tanh(x, dim=1) -> Tensor:
+    """tanh(a) * sigmoid(b) for x = [a, b] split in halves along ``dim`` (the gated activation
+    of a gated PixelCNN or WaveNet), one pass each way."""
+    return _GatedTanh(_spec.gated_tanh(_data(x), dim))(x)
 
 
 class _Softmax(Function):

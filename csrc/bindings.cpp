@@ -1349,6 +1349,21 @@ PYBIND11_MODULE(_C, m) {
     def_map(m, "tanh", [](const auto& k) { return k.tanh; }, "y = tanh(x)");
     def_map_gradient(m, "tanh_backward", "y", [](const auto& k) { return k.tanh_backward; },
                      "grad_x = grad_y * (1 - y * y)");
+    def_op(m, "add",
+          [](Array a, Array b, Array y) {
+              by_dtype(a.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = shape_of(a);
+                  const T* ap = checked<T>(a, shape, "a");
+                  const T* bp = checked<T>(b, shape, "b");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  // Not without_gil: no flush of subnormals, so that the sums are NumPy's bits.
+                  py::gil_scoped_release nogil;
+                  kernels<T>().add(a.size(), ap, bp, yp);
+              });
+          },
+          py::arg("a"), py::arg("b"), py::arg("y"),
+          "y = a + b (IEEE, subnormals kept) on the pool's threads; y may be a or b");
     def_op(m, "gated_tanh",
           [](Array x, int64_t dim, Array y) {
               by_dtype(x.dtype(), [&](auto t) {

@@ -201,6 +201,8 @@ struct KernelsFor {
     void (*sigmoid_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
     void (*tanh)(int64_t n, const T* x, T* y);
     void (*tanh_backward)(int64_t n, const T* grad_y, const T* y, T* grad_x);
+    // y = a + b, IEEE (subnormals kept); y may be a or b.
+    void (*add)(int64_t n, const T* a, const T* b, T* y);
     // tanh(a) sigmoid(b) for x = [a, b]: x (outer, 2, inner), y (outer, inner).
     void (*gated_tanh)(int64_t outer, int64_t inner, const T* x, T* y);
     void (*gated_tanh_backward)(int64_t outer, int64_t inner, const T* grad_y, const T* x, T* grad_x);

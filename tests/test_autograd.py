@@ -525,3 +525,28 @@ def test_a_hook_on_a_root_leaf_and_on_an_unused_input():
     unused.register_post_accumulate_grad_hook(lambda p: calls.append("unused"))
     x.backward(np.ones(2))  # the root is the leaf itself
     assert calls == ["x"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_sums_run_threaded_with_numpys_bits(dtype):
+    """Tensor + Tensor and the backward pass's gradient sums add large arrays on pyconv's
+    threads: the same bits as NumPy, subnormal sums kept (the kernels elsewhere flush them)."""
+    from pyconv.autograd.engine import add_arrays
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 50001)).astype(dtype)
+    b = rng.standard_normal((3, 50001)).astype(dtype)
+    tiny = np.finfo(dtype).tiny
+    a[0, :4] = [tiny, -tiny, 3 * tiny, 1e-3]
+    b[0, :4] = [-tiny / 2, tiny / 4, -2.5 * tiny, -1e-3]  # sums below the normal range
+    expected = a + b
+    assert np.count_nonzero(np.abs(expected[0, :3]) < tiny) == 3
+    got = add_arrays(a, b)
+    assert got.dtype == dtype and got.tobytes() == expected.tobytes()
+    assert (Tensor(a) + Tensor(b)).data.tobytes() == expected.tobytes()
+    total = a.copy()
+    assert add_arrays(total, b, in_place=True) is total and total.tobytes() == expected.tobytes()
+    # Shapes, dtypes or layouts the kernel does not take: NumPy's operators.
+    assert np.array_equal(add_arrays(a, b[:1]), a + b[:1])
+    assert np.array_equal(add_arrays(a[:, ::2], b[:, ::2]), a[:, ::2] + b[:, ::2])
+    assert np.array_equal(add_arrays(a, b.astype(np.float16)), a + b.astype(np.float16))

@@ -250,6 +250,19 @@ void tanh_backward(int64_t n, const T* grad_y, const T* y, T* grad_x) {
     map_vectors<T>(n, grad_x, TanhBackward<T>{}, grad_y, y);
 }
 
+// ---- Sums of two arrays -----------------------------------------------------------------------
+//
+// y = a + b element by element (y may be a or b): the autograd's sums of large arrays (a
+// residual connection's forward, the gradients that reach one tensor along several paths),
+// which NumPy adds on one thread. Plain IEEE sums, subnormals kept: the caller does not flush
+// them (the binding opens no FlushDenormals), so the bits are NumPy's.
+template <class T>
+void add(int64_t n, const T* a, const T* b, T* y) {
+    parallel_ranges(n, threads_if(n >= kParallelElementwise), [=](int64_t begin, int64_t end, int) {
+        for (int64_t i = begin; i < end; ++i) y[i] = a[i] + b[i];
+    });
+}
+
 // ---- The gated activation tanh(a) sigmoid(b) ---------------------------------------------------
 //
 // x = [a, b] split in halves along one axis (a gated PixelCNN's or WaveNet's gate), seen as

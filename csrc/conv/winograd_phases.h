@@ -127,8 +127,8 @@ struct LaneMap {
 // work in between: the rows come from L image planes, a few short runs each, which the
 // hardware prefetchers ramp up on too late).
 template <class T>
-void fill_lanes(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0,
-                           int64_t r1, int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
+void fill_lanes(const LaneMap& map, const T* src, int64_t N, int64_t group, int64_t c, int64_t r0, int64_t r1,
+                int64_t Hx, int64_t Wx, T* out, bool prefetch = false) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int L = S::lanes;

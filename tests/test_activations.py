@@ -277,3 +277,48 @@ def test_prelu_weight_gradient_does_not_depend_on_the_thread_count():
         for (gx, gw), (gx0, gw0) in zip(other, results[0]):
             np.testing.assert_array_equal(gx, gx0)
             np.testing.assert_array_equal(gw, gw0)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gated_tanh_on_every_isa(dtype, isa):
+    """gated_tanh and its backward under each ISA build against the reference backend: rows of
+    a length that ends on a partial vector (masked loads and stores), the split on the first
+    and the last axis, and a size the threads share."""
+    rng = np.random.default_rng(3)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for shape, dim in (((3, 6, 5, 7), 1), ((10, 3, 3), 0), ((5, 38), -1), ((2, 8, 64, 70), 1)):
+        x = (rng.standard_normal(shape) * 4).astype(dtype)
+        out_shape = list(shape)
+        out_shape[dim] //= 2
+        g = rng.standard_normal(out_shape).astype(dtype)
+        np.testing.assert_allclose(ops.gated_tanh(x, dim, backend="cpu"),
+                                   ops.gated_tanh(x, dim, backend="reference"), **tol)
+        np.testing.assert_allclose(ops.gated_tanh_backward(g, x, dim, backend="cpu"),
+                                   ops.gated_tanh_backward(g, x, dim, backend="reference"), **tol)
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_is_numpys_sum_bit_for_bit(dtype, isa):
+    """_C.add (the autograd's threaded sums) gives NumPy's bits under each ISA build, at 1 and 2
+    threads, in place too: subnormal sums kept (it runs without the kernels' flush)."""
+    tiny = np.finfo(dtype).tiny
+    rng = np.random.default_rng(5)
+    threads_before = pyconv.get_num_threads()
+    try:
+        for n in (37, 1 << 16):
+            a = rng.standard_normal(n).astype(dtype)
+            b = rng.standard_normal(n).astype(dtype)
+            a[:4], b[:4] = [tiny, -tiny, 3 * tiny, 1.0], [-tiny / 2, tiny / 4, -2.5 * tiny, -1.0]
+            expected = a + b
+            for threads in (1, 2):
+                pyconv.set_num_threads(threads)
+                y = np.empty_like(a)
+                pyconv._C.add(a, b, y)
+                assert y.tobytes() == expected.tobytes()
+                in_place = a.copy()
+                pyconv._C.add(in_place, b, in_place)
+                assert in_place.tobytes() == expected.tobytes()
+    finally:
+        pyconv.set_num_threads(threads_before)

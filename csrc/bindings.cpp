@@ -586,6 +586,27 @@ void def_map_gradient(py::module_& m, const char* name, const char* input, Pick 
           py::arg("grad_y"), py::arg(input), py::arg(parameters)..., py::arg("grad_x"), doc);
 }
 
+// Binds `name`(a, b, y): y = f(a, b) elementwise by the kernel that `pick` takes from a kernel
+// table, called as (n, a, b, y), with subnormals flushed (as every kernel) where `flush`.
+template <class Pick>
+void def_sum(py::module_& m, const char* name, Pick pick, bool flush, const char* doc) {
+    def_op(m, name,
+          [pick, flush](Array a, Array b, Array y) {
+              by_dtype(a.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  const auto shape = shape_of(a);
+                  const T* ap = checked<T>(a, shape, "a");
+                  const T* bp = checked<T>(b, shape, "b");
+                  T* yp = checked<T>(y, shape, "y", true);
+                  auto call = [&] { pick(kernels<T>())(a.size(), ap, bp, yp); };
+                  if (flush) return without_gil(call);
+                  py::gil_scoped_release nogil;
+                  call();
+              });
+          },
+          py::arg("a"), py::arg("b"), py::arg("y"), doc);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -1317,19 +1338,8 @@ PYBIND11_MODULE(_C, m) {
 
     // ---- Elementwise (elementwise/activation.h) ------------------------------------------------
     def_map(m, "relu", [](const auto& k) { return k.relu; }, "y = max(x, 0), NaN and -0 kept");
-    def_op(m, "add_relu",
-          [](Array a, Array b, Array y) {
-              by_dtype(a.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  const auto shape = shape_of(a);
-                  const T* ap = checked<T>(a, shape, "a");
-                  const T* bp = checked<T>(b, shape, "b");
-                  T* yp = checked<T>(y, shape, "y", true);
-                  without_gil([&] { kernels<T>().add_relu(a.size(), ap, bp, yp); });
-              });
-          },
-          py::arg("a"), py::arg("b"), py::arg("y"),
-          "y = max(a + b, 0) (relu's NaN and -0 rules), in one pass; y may be a or b");
+    def_sum(m, "add_relu", [](const auto& k) { return k.add_relu; }, true,
+            "y = max(a + b, 0) (relu's NaN and -0 rules), in one pass; y may be a or b");
     def_map_gradient(m, "relu_backward", "y", [](const auto& k) { return k.relu_backward; },
                      "grad_x = 0 where y <= 0, else grad_y");
     def_map(m, "leaky_relu", [](const auto& k) { return k.leaky_relu; },
@@ -1349,21 +1359,9 @@ PYBIND11_MODULE(_C, m) {
     def_map(m, "tanh", [](const auto& k) { return k.tanh; }, "y = tanh(x)");
     def_map_gradient(m, "tanh_backward", "y", [](const auto& k) { return k.tanh_backward; },
                      "grad_x = grad_y * (1 - y * y)");
-    def_op(m, "add",
-          [](Array a, Array b, Array y) {
-              by_dtype(a.dtype(), [&](auto t) {
-                  using T = decltype(t);
-                  const auto shape = shape_of(a);
-                  const T* ap = checked<T>(a, shape, "a");
-                  const T* bp = checked<T>(b, shape, "b");
-                  T* yp = checked<T>(y, shape, "y", true);
-                  // Not without_gil: no flush of subnormals, so that the sums are NumPy's bits.
-                  py::gil_scoped_release nogil;
-                  kernels<T>().add(a.size(), ap, bp, yp);
-              });
-          },
-          py::arg("a"), py::arg("b"), py::arg("y"),
-          "y = a + b (IEEE, subnormals kept) on the pool's threads; y may be a or b");
+    // No flush of subnormals: the sums are NumPy's bits.
+    def_sum(m, "add", [](const auto& k) { return k.add; }, false,
+            "y = a + b (IEEE, subnormals kept) on the pool's threads; y may be a or b");
     def_op(m, "gated_tanh",
           [](Array x, int64_t dim, Array y) {
               by_dtype(x.dtype(), [&](auto t) {

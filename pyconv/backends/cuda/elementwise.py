@@ -10,6 +10,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from ... import _spec
 from . import backend
 from ._kernel_util import Kernels, per_dtype
 from ._runtime import THREADS, blocks_for, flat, launch, scalar, xp
@@ -73,16 +74,18 @@ def kernels(dtype):
                 grad_x[i] = g * w[(i // inner) % channels]
                 per_element[i] = g * v
 
+    @cuda.jit(device=True)
+    def sigmoid(v):
+        # e^x only of non-positive x: it never overflows (the simulator's math.exp would raise).
+        if v >= dt(0):
+            return dt(1) / (dt(1) + dt(math.exp(-v)))
+        e = dt(math.exp(v))
+        return e / (dt(1) + e)
+
     @ks.add("ffn")
     def sigmoid_kernel(x, y, n):
-        # e^x only of non-positive x: it never overflows (the simulator's math.exp would raise).
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-            v = x[i]
-            if v >= dt(0):
-                y[i] = dt(1) / (dt(1) + dt(math.exp(-v)))
-            else:
-                e = dt(math.exp(v))
-                y[i] = e / (dt(1) + e)
+            y[i] = sigmoid(x[i])
 
     @ks.add("fffn")
     def sigmoid_backward_kernel(grad_y, y, grad_x, n):
@@ -103,30 +106,17 @@ def kernels(dtype):
 
     @ks.add("ffnn")
     def gated_tanh_kernel(x, y, inner, n):
-        # x as (outer, 2, inner), y as (outer, inner); n = outer * inner. The sigmoid as
-        # sigmoid_kernel's, e^x only of non-positive x.
+        # x as (outer, 2, inner), y as (outer, inner); n = outer * inner.
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             row = i // inner
-            a, b = x[i + row * inner], x[i + (row + 1) * inner]
-            if b >= dt(0):
-                s = dt(1) / (dt(1) + dt(math.exp(-b)))
-            else:
-                e = dt(math.exp(b))
-                s = e / (dt(1) + e)
-            y[i] = dt(math.tanh(a)) * s
+            y[i] = dt(math.tanh(x[i + row * inner])) * sigmoid(x[i + (row + 1) * inner])
 
     @ks.add("fffnn")
     def gated_tanh_backward_kernel(grad_y, x, grad_x, inner, n):
         for i in range(cuda.grid(1), n, cuda.gridsize(1)):
             row = i // inner
             at_a, at_b = i + row * inner, i + (row + 1) * inner
-            a, b, g = x[at_a], x[at_b], grad_y[i]
-            if b >= dt(0):
-                s = dt(1) / (dt(1) + dt(math.exp(-b)))
-            else:
-                e = dt(math.exp(b))
-                s = e / (dt(1) + e)
-            t = dt(math.tanh(a))
+            t, s, g = dt(math.tanh(x[at_a])), sigmoid(x[at_b]), grad_y[i]
             grad_x[at_a] = g * s * (dt(1) - t * t)
             grad_x[at_b] = g * t * (s * (dt(1) - s))
 
@@ -204,7 +194,7 @@ def _gate_inner(x, dim):
 
 @backend.register
 def gated_tanh(x, dim):
-    y = xp.empty(tuple(n // 2 if a == dim else n for a, n in enumerate(x.shape)), x.dtype)
+    y = xp.empty(_spec.gated_tanh_output_shape(x.shape, dim), x.dtype)
     if y.size:
         launch(kernels(x.dtype).gated_tanh_kernel, blocks_for(y.size), THREADS,
                flat(x), flat(y), _gate_inner(x, dim), y.size)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 from numba import prange
 
+from ... import _spec
 from . import backend
 from ._jit import helper, kernel
 
@@ -226,7 +227,7 @@ def gated_tanh(x, dim):
     rows = _gate_rows(x, dim)
     y = np.empty(rows.shape[:1] + rows.shape[2:], x.dtype)
     _gated_tanh(rows, y)
-    return y.reshape(tuple(n // 2 if a == dim else n for a, n in enumerate(x.shape)))
+    return y.reshape(_spec.gated_tanh_output_shape(x.shape, dim))
 
 
 @backend.register

@@ -347,20 +347,27 @@ ColumnsB<T, ColFn> columns_b(ColFn col) { return ColumnsB<T, ColFn>{col}; }
 // B packed into NR-column panels once, for a B that many GEMMs reuse (an LSTM's recurrent
 // weights, once per time step). Panel p holds columns p*NR.. as [k][NR] over the whole
 // reduction, the layout gemm_block packs into, so gemm_block reads its blocks in place (see
-// panel()) instead of copying them. Packs serially: threads that share a GEMM by columns each
-// prepack their own columns.
+// panel()) instead of copying them. The panels are packed on the pool's threads when there are
+// enough of them (a single LSTM cell, 64 x 384 x 1024: packing its weights on one thread took
+// longer than the product on two); from inside a pool task (threads that share a GEMM by
+// columns, each prepacking its own) serially.
 template <class T>
 struct PrepackedB {
     Scratch<T> data;
     int64_t K;
+
+    // Elements from which packing is split between threads: ~10 us of copying, the cost of
+    // waking a worker.
+    static constexpr int64_t kParallelElements = int64_t(1) << 16;
 
     template <class BSrc>
     PrepackedB(int64_t K_, int64_t N, const BSrc& B) : K(std::max<int64_t>(K_, 1)) {
         constexpr int NR = gemm_nr<T>();
         const int64_t panels = (N + NR - 1) / NR;
         data = scratch<T>(panels * NR * K);
-        for (int64_t p = 0; p < panels; ++p)
+        parallel_for(panels, threads_if(panels > 1 && panels * NR * K >= kParallelElements), [&](int64_t p, int) {
             B.pack_panel(0, K_, p * NR, std::min<int64_t>(NR, N - p * NR), data.get() + p * NR * K);
+        });
     }
 
     // The packed kc x NR block at reduction row k0 of the panel starting at column j0 (a

@@ -167,11 +167,14 @@ static int batch_row_parts(int64_t B) {
 // two products and the cell update (projecting all steps first wrote and re-read T*B*4H gates
 // in memory: 26 MB for T=100, B=64, H=256).
 //
-// With enough batch rows (batch_row_parts) each thread runs the whole sequence on its rows.
-// Otherwise each step's gate columns are cut into one slice per thread, each slice's weights
+// With enough batch rows (batch_row_parts) and more than two steps each thread runs the whole
+// sequence on its rows. Otherwise each step's gate columns are cut into one slice per thread, each slice's weights
 // packed once, and a step is one pool job of a task per slice (its product, then its cells):
 // a hand-over per step, which for a small step (B = 32, H = 128: ~20 us of work) is a large
-// share of it, and a larger one when the cores sit in different caches.
+// share of it, and a larger one when the cores sit in different caches. For one or two steps
+// the hand-over costs less than what owning rows costs: every thread reading every weight,
+// half of them packed in the other core's cache (2 threads, 64 x 128 -> 256: one step 0.43 ->
+// 0.31 ms, two 0.62 -> 0.47; with four steps of 32 x 64 -> 128 the rows won, 0.16 against 0.18).
 template <class T>
 static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, const T* c0,
                               T* gates, int64_t gate_step, T* out, T* c_seq, int64_t c_step) {
@@ -179,12 +182,12 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
     const int64_t B = P.B, H = P.H, I = P.I, G = P.G;
     std::vector<T> bias(G);
     for (int64_t col = 0; col < G; ++col) bias[col] = P.bias(col);
-    const int row_parts = batch_row_parts<T>(B), slices = row_parts > 1 ? 1 : num_threads();
+    const int row_parts = P.T_ > 2 ? batch_row_parts<T>(B) : 1, slices = row_parts > 1 ? 1 : num_threads();
     auto packs = std::vector<std::optional<PrepackedB<T>>>(static_cast<size_t>(slices));
     std::vector<GemmBuffers<T>> bufs;
     for (int i = 0; i < std::max(slices, row_parts); ++i) bufs.emplace_back(false);
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_tasks(slices, slices, [&](int64_t s, int) {
+    auto pack_slice = [&](int64_t s, int) {
         const int64_t col0 = 4 * U * P.blocks_of(int(s), slices).first;
         // Column n of the slice of [x | h] . [W_ih | W_hh]^T is weight row source_row(col0 + n) of both.
         const auto w_ih_cols = columns_b<T>([&](int64_t n) { return P.weight_row(P.w.w_ih, I, col0 + n); });
@@ -192,7 +195,10 @@ static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, con
         const auto [lo, hi] = P.blocks_of(int(s), slices);
         packs[size_t(s)].emplace(I + H, 4 * U * (hi - lo),
                                  StackedKB<T, decltype(w_ih_cols), decltype(w_hh_cols)>{w_ih_cols, w_hh_cols, I});
-    });
+    };
+    // One slice is packed by every thread (PrepackedB), several each by the thread that uses it.
+    if (slices == 1) pack_slice(0, 0);
+    else parallel_tasks(slices, slices, pack_slice);
     // Step t on batch rows [r0, r1) and the gate columns of slice s.
     auto step = [&](int64_t t, int64_t r0, int64_t r1, int s, GemmBuffers<T>& buf) {
         const T* h_prev = t ? out + (t - 1) * B * H : h0;
@@ -324,14 +330,19 @@ struct RecurrentAndInputWeights {
     void pack_panel(int64_t k0, int64_t kc, int64_t j0, int64_t cols, T* dst) const {
         constexpr int NR = gemm_nr<T>();
         const int64_t H = P.H;
+        // Row k of the panel: columns [j0, j0 + cols) of [w_hh row | w_ih row], zero past them.
+        const int64_t from_hh = std::clamp<int64_t>(H - j0, 0, cols);
         for (int64_t k = 0; k < kc; ++k) {
             const T* hh = P.weight_row(P.w.w_hh, H, k0 + k);  // nullptr together for a padding unit
             const T* ih = P.weight_row(P.w.w_ih, P.I, k0 + k);
             T* d = dst + k * NR;
-            for (int64_t j = 0; j < NR; ++j) {
-                const int64_t col = j0 + j;
-                d[j] = (j >= cols || !hh) ? T(0) : col < H ? hh[col] : ih[col - H];
+            if (!hh) {
+                std::fill(d, d + NR, T(0));
+                continue;
             }
+            std::copy(hh + j0, hh + j0 + from_hh, d);
+            if (cols > from_hh) std::copy(ih + (j0 + from_hh - H), ih + (j0 + cols - H), d + from_hh);
+            std::fill(d + cols, d + NR, T(0));
         }
     }
 };
@@ -443,13 +454,39 @@ void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, cons
             for (int64_t k = k0; k < k1; ++k)
                 for (int64_t col = n0; col < n1; ++col) bias_sums[col] += dG[k * G + col];
         if (c > 0) return;
-        for (int64_t col = n0; col < n1; ++col) {
-            const int64_t r = P.source_row(col);
-            if (r < 0) continue;
-            for (int64_t i = 0; i < I; ++i) grad_w_ih[r * I + i] = dw[i * G + col];
-            for (int64_t j = 0; j < H; ++j) grad_w_hh[r * H + j] = dw[(I + j) * G + col];
-            if (grad_b) grad_b[r] = bias_sums[col];
-        }
+        // dw's rows (inputs, then states) are the weights' columns: a transpose, by blocks of
+        // lanes x lanes in registers (column by column, each read was a line of its own, 4G
+        // bytes apart: an eighth of a one-step backward's time). The lanes columns of a block
+        // (n0 is a multiple of NR) are consecutive units of one gate, so consecutive weight
+        // rows, unless the block reaches into the padding units.
+        using S = Simd<T>;
+        constexpr int64_t L = S::lanes;
+        auto transpose_into = [&](T* grad_w, int64_t w_cols, int64_t first_row) {
+            for (int64_t c0 = n0; c0 < n1; c0 += L) {
+                const int64_t r0 = P.source_row(c0), c1 = std::min(c0 + L, n1);
+                const bool rows_follow = c1 - c0 == L && r0 >= 0 && P.source_row(c1 - 1) == r0 + L - 1;
+                for (int64_t i0 = 0; i0 < w_cols; i0 += L) {
+                    if (rows_follow && i0 + L <= w_cols) {
+                        typename S::V block[L];
+                        for (int64_t i = 0; i < L; ++i) block[i] = S::load(dw.get() + (first_row + i0 + i) * G + c0);
+                        transpose_block<T>(block);
+                        for (int64_t j = 0; j < L; ++j) S::store(grad_w + (r0 + j) * w_cols + i0, block[j]);
+                        continue;
+                    }
+                    for (int64_t col = c0; col < c1; ++col) {
+                        const int64_t r = P.source_row(col);
+                        if (r < 0) continue;
+                        for (int64_t i = i0; i < std::min(i0 + L, w_cols); ++i)
+                            grad_w[r * w_cols + i] = dw[(first_row + i) * G + col];
+                    }
+                }
+            }
+        };
+        transpose_into(grad_w_ih, I, 0);
+        transpose_into(grad_w_hh, H, I);
+        if (grad_b)
+            for (int64_t col = n0; col < n1; ++col)
+                if (P.source_row(col) >= 0) grad_b[P.source_row(col)] = bias_sums[col];
     };
     // The pieces: a chunk of one of `threads` parts of the weight gradients' columns, or
     // (unfused) a chunk of grad_x's rows. Part q: the next chunk it adds (from C - 1 down; -1

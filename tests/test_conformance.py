@@ -1170,6 +1170,10 @@ CASES = {
         "blocks_trans_a": cpu_path(matmul(70, 600, 100, trans_a=True)),
         "blocks_trans_b": cpu_path(matmul(70, 600, 100, trans_b=True)),
         "blocks_both_transposed": cpu_path(matmul(70, 600, 100, trans_a=True, trans_b=True)),
+        # A reduction long against C, cut into chunks (a dense layer's weight gradient); B's
+        # last panel partly used, packed by masked loads.
+        "long_reduction_trans_a": cpu_path(matmul(35, 1200, 40, trans_a=True)),
+        "long_reduction_trans_b": cpu_path(matmul(16, 1300, 10, trans_b=True)),
     },
     "batch_norm_train": {
         "nchw": batch_norm_train((4, 3, 5, 6)),

@@ -111,6 +111,9 @@ LARGE_CASES = {
         "outer_product_wide": matmul(300, 1, 6272),
         # Few rows, B read in place (dense/matmul.h), columns shared out between the threads.
         "few_rows_wide": matmul(64, 700, 1000),
+        # A long reduction in chunks, whichever thread takes each (a dense layer's weight
+        # gradient over a batch of 3200).
+        "long_reduction": matmul(35, 3200, 128, trans_a=True),
     },
     "lstm_cell_backward": {"batch_512": lstm_cell_backward(512, 64, 48)},
     # Classes on axis 1: blocks of pixels within each image, and rows of 80 classes gathered

@@ -227,6 +227,17 @@ struct InMatrixB {
                 for (int v = 0; v < GemmTile<T>::NV; ++v) V::store(d + v * V::lanes, V::load(src + v * V::lanes));
                 continue;
             }
+            // The last, partial panel: masked loads, zeros past its columns (a copy was a call
+            // to memmove per row: 7% of a 35 x 128 x 3200 product).
+            if (runs == 1) {
+                const T* src = row + run_offset[0];
+#pragma GCC unroll 8
+                for (int v = 0; v < GemmTile<T>::NV; ++v) {
+                    const int valid = int(std::clamp<int64_t>(cols - v * V::lanes, 0, V::lanes));
+                    V::store(d + v * V::lanes, load_first<T>(src + v * V::lanes, valid));
+                }
+                continue;
+            }
             for (int64_t r = 0; r < runs; ++r) {
                 std::copy(row + run_offset[r], row + run_offset[r] + run_length[r], d);
                 d += run_length[r];
@@ -275,17 +286,17 @@ struct InMatrixAT {
     const T* base;
     int64_t col_stride;
 
-    // dst[k * MR + i] = A[i0 + i, k0 + k] for i < rows, 0 for rows <= i < MR.
+    // dst[k * MR + i] = A[i0 + i, k0 + k] for i < rows, 0 for rows <= i < MR: MR contiguous
+    // elements per k, moved by masked vectors (as a loop, g++ made each k a call to memmove).
     void pack_panel(int64_t i0, int64_t rows, int64_t k0, int64_t kc, T* dst) const {
-        constexpr int MR = GemmTile<T>::MR;
+        constexpr int MR = GemmTile<T>::MR, L = Simd<T>::lanes;
         for (int64_t k = 0; k < kc; ++k) {
             const T* src = base + (k0 + k) * col_stride + i0;
             T* d = dst + k * MR;
-            if (rows == MR) {
-#pragma GCC unroll 8
-                for (int i = 0; i < MR; ++i) d[i] = src[i];
-            } else {
-                for (int64_t i = 0; i < MR; ++i) d[i] = i < rows ? src[i] : T(0);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i += L) {
+                const int n = std::min(L, MR - i), valid = int(std::clamp<int64_t>(rows - i, 0, n));
+                store_first<T>(d + i, load_first<T>(src + i, valid), n);
             }
         }
     }

@@ -1174,6 +1174,13 @@ CASES = {
         # last panel partly used, packed by masked loads.
         "long_reduction_trans_a": cpu_path(matmul(35, 1200, 40, trans_a=True)),
         "long_reduction_trans_b": cpu_path(matmul(16, 1300, 10, trans_b=True)),
+        # x W^T with a long reduction as dot products of rows in place: partial row tiles
+        # of A and B, the last vector of each row masked.
+        "dot_rows": cpu_path(matmul(18, 1300, 7, trans_b=True)),
+        # Fewer columns than a vector's lanes against many rows: computed transposed.
+        "few_columns": cpu_path(matmul(40, 50, 8)),
+        "few_columns_trans_a": cpu_path(matmul(100, 64, 8, trans_a=True)),
+        "few_columns_trans_b": cpu_path(matmul(64, 30, 10, trans_b=True)),
     },
     "batch_norm_train": {
         "nchw": batch_norm_train((4, 3, 5, 6)),

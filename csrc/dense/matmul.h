@@ -11,6 +11,7 @@
 #include "common/prelude.h"
 #include "common/denormals.h"
 #include "common/simd.h"
+#include "gemm/dot.h"
 #include "gemm/driver.h"
 
 namespace pyconv {
@@ -148,6 +149,9 @@ void outer_product(int64_t M, int64_t N, const T* u, const T* v, T* c, bool accu
 // it varied both ways (256x128x1024 0.99x, 1024^3 0.96x).
 constexpr int64_t kMatmulBInPlaceRows = 128;
 
+// From a reduction this many times the larger side of C, x W^T runs as dot products.
+constexpr int64_t kMatmulDotReduction = 4;
+
 template <class T>
 void matmul(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b, bool trans_b,
             T* c, bool accumulate) {
@@ -163,6 +167,21 @@ void matmul(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* 
     }
     // A reduction of length 1: op(A) is a column and op(B) a row, each contiguous.
     if (K == 1) return outer_product(M, N, a, b, c, accumulate);
+    // Both operands along the reduction (x W^T), which is long against C: dot products of
+    // rows read where they lie (gemm/dot.h). The packed form would transpose both into panels,
+    // B's few rows padded to a whole panel (16 x 8192 x 10: 10 rows of B packed as 48).
+    if (trans_b && !trans_a && !accumulate && K >= kMatmulDotReduction * std::max(M, N))
+        return gemm_dot_rows_parallel<T>(M, N, K, a, K, b, K, c);
+    // Fewer columns than a vector's lanes, against many rows: C^T = op(B)^T op(A)^T instead,
+    // then transposed (M N elements against M N K multiply-adds). Its rows are C's columns:
+    // a register tile of whole vectors rather than one vector mostly idle.
+    if (N < Simd<T>::lanes && M >= 2 * Simd<T>::lanes && !accumulate) {
+        const Scratch<T> ct = scratch<T>(checked_mul(M, N));
+        matmul<T>(N, M, K, b, !trans_b, a, !trans_a, ct.get(), false);
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) c[i * N + j] = ct[j * M + i];
+        return;
+    }
     // A reduction long against C (a dense layer's weight gradient over a large batch) is cut
     // into chunks of the reduction, one per task, each operand read once, and the partial
     // results summed in an order fixed by the shape (gemm_parallel_split_k). Cut into tiles of

@@ -122,5 +122,66 @@ void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
                      });
 }
 
+// dot_micro_kernel on rows read where they lie: row i of A at a + i lda, row j of B at
+// b + j ldb, reduction [0, kc) (the last partial vector masked). Rows past mr (nr) repeat the
+// last one; their sums are not stored.
+template <class T>
+inline void dot_micro_kernel_rows(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
+                                  int64_t ldc, int64_t mr, int64_t nr, Store mode) {
+    using V = Simd<T>;
+    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = V::lanes;
+    const T* arow[MR];
+    const T* brow[NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) arow[i] = a + std::min<int64_t>(i, mr - 1) * lda;
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) brow[j] = b + std::min<int64_t>(j, nr - 1) * ldb;
+    typename V::reg acc[MR][NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
+    auto step = [&](int64_t k, int n) {
+        typename V::reg bv[NR];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; ++j) bv[j] = n == L ? V::load(brow[j] + k) : load_first<T>(brow[j] + k, n);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) {
+            const typename V::reg av = n == L ? V::load(arow[i] + k) : load_first<T>(arow[i] + k, n);
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+        }
+    };
+    int64_t k = 0;
+    for (; k + L <= kc; k += L) step(k, L);
+    if (k < kc) step(k, int(kc - k));
+    for (int i = 0; i < mr; ++i)
+        for (int j = 0; j < nr; ++j) {
+            const T v = V::sum(acc[i][j]);
+            c[i * ldc + j] = mode == Store::accumulate ? c[i * ldc + j] + v : v;
+        }
+}
+
+// C (plain M x N) = A B^T for A (M x K) and B (N x K) stored by rows (strides lda, ldb), read
+// in place: no copies, which for a dense layer's x W^T took more time than the products. The
+// reduction is cut into chunks fixed by the shape, as gemm_dot_parallel's, and each chunk into
+// blocks of dot_kc, so that a tile's rows of B stay in L1 while the rows of A go past.
+template <class T>
+void gemm_dot_rows_parallel(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b,
+                            int64_t ldb, T* c) {
+    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR;
+    const ReductionChunks chunks = reduction_chunks(K, M * N, dot_kc<T>(), 1);
+    sum_of_chunks<T>(chunks, M * N, c, [] { return 0; }, [&](int64_t k0, int64_t k1, T* out, int) {
+        for (int64_t pc = k0; pc == k0 || pc < k1; pc += dot_kc<T>()) {
+            const int64_t kc = std::min(dot_kc<T>(), k1 - pc);
+            const Store mode = pc == k0 ? Store::overwrite : Store::accumulate;
+            for (int64_t jr = 0; jr < N; jr += NR)
+                for (int64_t ir = 0; ir < M; ir += MR)
+                    dot_micro_kernel_rows<T>(kc, a + ir * lda + pc, lda, b + jr * ldb + pc, ldb, out + ir * N + jr, N,
+                                             std::min<int64_t>(MR, M - ir), std::min<int64_t>(NR, N - jr), mode);
+        }
+    });
+}
+
 }  // namespace PYCONV_ISA
 }  // namespace pyconv

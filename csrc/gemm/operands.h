@@ -325,7 +325,8 @@ RowsB<T, RowFn> rows_b(RowFn row) { return RowsB<T, RowFn>{row}; }
 
 // B given column by column: col(j) points at B[0..K), j], or is nullptr for a column of zeros
 // (B = W^T for a row-major weight W, as in x . W^T). Packing is a transpose: lanes x lanes
-// blocks go through registers (transpose_block), the last kc % lanes rows element by element.
+// blocks go through registers (transpose_block), the last kc % lanes rows too, from masked
+// loads (element by element they were most of a short reduction's product: 64 x 8 x 2048).
 template <class T, class ColFn>
 struct ColumnsB {
     ColFn col;
@@ -347,8 +348,13 @@ struct ColumnsB {
                 transpose_block<T>(block);
                 for (int64_t r = 0; r < L; ++r) V::store(dst + (k + r) * NR + v * L, block[r]);
             }
-            for (; k < kc; ++k)
-                for (int64_t r = 0; r < L; ++r) dst[k * NR + v * L + r] = src[r] ? src[r][k] : T(0);
+            if (k < kc) {
+                const int rest = int(kc - k);
+                typename V::reg block[L];
+                for (int64_t r = 0; r < L; ++r) block[r] = src[r] ? load_first<T>(src[r] + k, rest) : V::zero();
+                transpose_block<T>(block);
+                for (int64_t r = 0; r < rest; ++r) V::store(dst + (k + r) * NR + v * L, block[r]);
+            }
         }
     }
 };

@@ -44,5 +44,16 @@ struct OffsetCols {
     int64_t row(int i) const { return i_offsets[i]; }
 };
 
+// An A read in place by rows: row i at base + i_offsets[i], its elements k contiguous (a
+// dense product's x, see RowMajorA in gemm/operands.h).
+template <class T>
+struct RowsInPlaceCols {
+    static constexpr int rows = GemmTile<T>::MR;
+    const T* base;
+    int64_t i_offsets[rows];
+    const T* col(int64_t k) const { return base + k; }
+    int64_t row(int i) const { return i_offsets[i]; }
+};
+
 }  // namespace PYCONV_ISA
 }  // namespace pyconv

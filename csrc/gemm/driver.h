@@ -80,6 +80,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
     constexpr int MR = GemmTile<T>::MR, NR = gemm_nr<T>(), L = Simd<T>::lanes;
     const int64_t KC = buf.blocks.kc, MC = buf.blocks.mc, NC = buf.blocks.nc;
     constexpr bool kPrepackedB = PanelsInPlace<BSrc>::value, kPrepackedA = APanelsInPlace<ASrc>::value;
+    constexpr bool kAInPlace = AColsInPlace<ASrc>::value;  // read by rows where it lies
     alignas(64) T edge[MR * NR];  // tiles that cannot be stored in place go through here
     // Equal reduction blocks of at most KC (288 = 144 + 144, not 256 + 32: a short last block
     // would pay the tile loads and stores for little arithmetic).
@@ -102,7 +103,7 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                 }
             for (int64_t ic = m0; ic < m1; ic += MC) {
                 const int64_t mc = std::min(MC, m1 - ic);
-                if constexpr (!kPrepackedA)
+                if constexpr (!kPrepackedA && !kAInPlace)
                     for (int64_t ir = 0; ir < mc; ir += MR)
                         A.pack_panel(ic + ir, std::min<int64_t>(MR, mc - ir), pc, kc, buf.a.get() + ir * kc);
                 for (int64_t jr = 0; jr < nc; jr += NR) {
@@ -112,15 +113,17 @@ void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_begin,
                     const BPanel<T, BSrc> panel(B, pc, jc + jr, nr);
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int64_t mr = std::min<int64_t>(MR, mc - ir);
-                        const T* ap;
-                        if constexpr (kPrepackedA) ap = A.a_panel(ic + ir, pc);
-                        else ap = buf.a.get() + ir * kc;
+                        auto a_panel = [&] {
+                            if constexpr (kAInPlace) return A.cols(ic + ir, mr, pc);
+                            else if constexpr (kPrepackedA) return A.a_panel(ic + ir, pc);
+                            else return static_cast<const T*>(buf.a.get() + ir * kc);
+                        };
                         const T* bias = C.bias ? C.bias + ic + ir : nullptr;
                         T* c = (mr == MR && nr == nv * L) ? C.tile_ptr(ic + ir, jc + jr, nr) : nullptr;
                         if (c != nullptr) {
-                            panel.multiply(nv, kc, ap, bp, c, C.row_stride, store, bias);
+                            panel.multiply(nv, kc, a_panel(), bp, c, C.row_stride, store, bias);
                         } else {
-                            panel.multiply(nv, kc, ap, bp, edge, NR, Store::overwrite, nullptr);
+                            panel.multiply(nv, kc, a_panel(), bp, edge, NR, Store::overwrite, nullptr);
                             C.scatter(ic + ir, jc + jr, mr, nr, edge, NR, store);
                         }
                     }

@@ -426,6 +426,29 @@ struct HasRowsInPlace : std::false_type {};
 template <class BSrc>
 struct HasRowsInPlace<BSrc, std::void_t<decltype(&BSrc::rows_in_place)>> : std::true_type {};
 
+// A row-major A (M, K) that the micro-kernel reads where it lies, with no packing: for a
+// product of one or two column panels, where packing would copy (transpose) all of A for as
+// many passes over it (a dense layer's x W^T with few outputs: 3200 x 128 -> 35).
+template <class T>
+struct RowMajorA {
+    const T* base;
+    int64_t lda;
+    // Rows i0.. (rows of them; the panel's rows past them repeat the last, and are not stored)
+    // from column k0.
+    RowsInPlaceCols<T> cols(int64_t i0, int64_t rows, int64_t k0) const {
+        RowsInPlaceCols<T> a{base + i0 * lda + k0, {}};
+        for (int i = 0; i < RowsInPlaceCols<T>::rows; ++i) a.i_offsets[i] = std::min<int64_t>(i, rows - 1) * lda;
+        return a;
+    }
+};
+
+// Whether an A source is read in place by rows (has cols(i0, rows, k0), see RowMajorA).
+template <class ASrc, class = void>
+struct AColsInPlace : std::false_type {};
+template <class ASrc>
+struct AColsInPlace<ASrc, std::void_t<decltype(std::declval<const ASrc&>().cols(int64_t(0), int64_t(0), int64_t(0)))>>
+    : std::true_type {};
+
 // One B panel of gemm_block: read in place when the source allows it, else packed.
 template <class T, class BSrc>
 struct BPanel {
@@ -434,12 +457,18 @@ struct BPanel {
     BPanel(const BSrc& B, int64_t k0, int64_t j0, int64_t cols) {
         if constexpr (HasRowsInPlace<BSrc>::value) in_place = B.rows_in_place(k0, j0, cols, rows);
     }
-    // c = a_panel times this panel's first nv vectors (see micro_kernel).
-    void multiply(int nv, int64_t kc, const T* a, const T* packed, T* c, int64_t ldc, Store mode,
+    // c = the A panel (packed, or ACols read in place) times this panel's first nv vectors
+    // (see micro_kernel).
+    template <class ACols>
+    void multiply(int nv, int64_t kc, const ACols& a, const T* packed, T* c, int64_t ldc, Store mode,
                   const T* bias) const {
         if constexpr (HasRowsInPlace<BSrc>::value)
-            if (in_place) return micro_kernel_cols<T>(nv, kc, PackedCols<T>{a}, rows, c, ldc, mode, bias);
-        micro_kernel_cols<T>(nv, kc, PackedCols<T>{a}, PackedRows<T>{packed}, c, ldc, mode, bias);
+            if (in_place) return micro_kernel_cols<T>(nv, kc, a, rows, c, ldc, mode, bias);
+        micro_kernel_cols<T>(nv, kc, a, PackedRows<T>{packed}, c, ldc, mode, bias);
+    }
+    void multiply(int nv, int64_t kc, const T* a, const T* packed, T* c, int64_t ldc, Store mode,
+                  const T* bias) const {
+        multiply(nv, kc, PackedCols<T>{a}, packed, c, ldc, mode, bias);
     }
 };
 

@@ -699,6 +699,11 @@ def cases(quick: bool) -> list[Case]:
         _matmul_case("LeNet fc1 x W^T 64x400 -> 120", 64, 400, 120, trans_b=True, quick=True),
         _matmul_case("LeNet fc1 grad_w g^T x 120x64 . 64x400", 120, 64, 400, trans_a=True),
         _matmul_case("1024x1024 . (1024x1024)^T", 1024, 1024, 1024, trans_b=True),
+        # The dense layers of the model zoo: few outputs, a long or a short reduction.
+        _matmul_case("VGG fc x W^T 16x8192 -> 10", 16, 8192, 10, trans_b=True),
+        _matmul_case("VAE from_latent grad_w g^T x 2048x64 . 64x8", 2048, 64, 8, trans_a=True),
+        _matmul_case("char-LSTM out x W^T 3200x128 -> 35", 3200, 128, 35, trans_b=True),
+        _matmul_case("char-LSTM out grad_w g^T x 35x3200 . 3200x128", 35, 3200, 128, trans_a=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=True, quick=True),
         _batch_norm_case("32x64x56x56", (32, 64, 56, 56), backward=False),

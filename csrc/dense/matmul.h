@@ -5,7 +5,9 @@
 // weight gradient: a matrix-vector product) runs as vector dot products or a weighted sum of
 // rows instead, and one with a reduction of length 1 (that layer's input gradient) as an outer
 // product: the packed GEMM would pad the single row, column or reduction step to a whole
-// register tile or block and spend its time packing.
+// register tile or block and spend its time packing. Likewise x W^T with a long reduction runs
+// as dot products of rows (gemm/dot.h), a product of fewer columns than a vector's lanes
+// transposed, and a long reduction into a small C in chunks on the threads (see matmul below).
 #pragma once
 
 #include "common/prelude.h"

@@ -168,10 +168,11 @@ static int batch_row_parts(int64_t B) {
 // in memory: 26 MB for T=100, B=64, H=256).
 //
 // With enough batch rows (batch_row_parts) and more than two steps each thread runs the whole
-// sequence on its rows. Otherwise each step's gate columns are cut into one slice per thread, each slice's weights
-// packed once, and a step is one pool job of a task per slice (its product, then its cells):
-// a hand-over per step, which for a small step (B = 32, H = 128: ~20 us of work) is a large
-// share of it, and a larger one when the cores sit in different caches. For one or two steps
+// sequence on its rows. Otherwise each step's gate columns are cut into one slice per thread,
+// each slice's weights packed once, and a step is one pool job of a task per slice (its
+// product, then its cells): a hand-over per step, which for a small step (B = 32, H = 128:
+// ~20 us of work) is a large share of it, and a larger one when the cores sit in different
+// caches. For one or two steps
 // the hand-over costs less than what owning rows costs: every thread reading every weight,
 // half of them packed in the other core's cache (2 threads, 64 x 128 -> 256: one step 0.43 ->
 // 0.31 ms, two 0.62 -> 0.47; with four steps of 32 x 64 -> 128 the rows won, 0.16 against 0.18).

@@ -1,8 +1,9 @@
 // Dot-product form, for a long reduction that is contiguous in memory in both operands (the
 // weight gradient: output gradient and input both run along pixels). Panels are packed
 // k-contiguous (dst[row * kcp + k], kcp = kc rounded up to whole vectors), so packing is a
-// plain copy; the micro-kernel keeps DotTile::MR x NR vector accumulators and sums each one
-// across lanes once per reduction block.
+// plain copy, or rows already contiguous are read where they lie (gemm_dot_rows_parallel); the
+// micro-kernel keeps DotTile::MR x NR vector accumulators and sums each one across lanes once
+// per reduction block.
 //
 //   C[i, j] (+)= sum_k A[i, k] * B[j, k]
 #pragma once
@@ -21,27 +22,40 @@ namespace PYCONV_ISA {
 template <class T>
 constexpr int64_t dot_kc() { return 1024 * 4 / sizeof(T); }
 
+// The micro-kernel: DotTile::MR x NR vector accumulators over reduction [0, kc) of rows of A
+// (row i at a + i lda) and of B (row j at b + j ldb), packed or where they lie, the last partial
+// vector masked; each summed across lanes into c at the end. Rows past mr (nr) repeat the last
+// one; their sums are not stored.
 template <class T>
-inline void dot_micro_kernel(int64_t kcp, const T* __restrict a, const T* __restrict b, T* c,
+inline void dot_micro_kernel(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                              int64_t ldc, int64_t mr, int64_t nr, Store mode) {
     using V = Simd<T>;
     constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = V::lanes;
+    const T* arow[MR];
+    const T* brow[NR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) arow[i] = a + std::min<int64_t>(i, mr - 1) * lda;
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) brow[j] = b + std::min<int64_t>(j, nr - 1) * ldb;
     typename V::reg acc[MR][NR];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
         for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
-    for (int64_t k = 0; k < kcp; k += L) {
+    auto step = [&](int64_t k, int n) {
         typename V::reg bv[NR];
 #pragma GCC unroll 8
-        for (int j = 0; j < NR; ++j) bv[j] = V::load(b + j * kcp + k);
+        for (int j = 0; j < NR; ++j) bv[j] = n == L ? V::load(brow[j] + k) : load_first<T>(brow[j] + k, n);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
-            const typename V::reg av = V::load(a + i * kcp + k);
+            const typename V::reg av = n == L ? V::load(arow[i] + k) : load_first<T>(arow[i] + k, n);
 #pragma GCC unroll 8
             for (int j = 0; j < NR; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
         }
-    }
+    };
+    int64_t k = 0;
+    for (; k + L <= kc; k += L) step(k, L);
+    if (k < kc) step(k, int(kc - k));
     for (int i = 0; i < mr; ++i)
         for (int j = 0; j < nr; ++j) {
             const T v = V::sum(acc[i][j]);
@@ -103,7 +117,7 @@ void gemm_dot_block(int64_t M, int64_t N, int64_t k_begin, int64_t k_end, const 
             B.pack(jc, nc, ncp, pc, kc, kcp, buf.b.get());
             for (int64_t jr = 0; jr < nc; jr += NR)
                 for (int64_t ir = 0; ir < M; ir += MR)
-                    dot_micro_kernel<T>(kcp, buf.a.get() + ir * kcp, buf.b.get() + jr * kcp,
+                    dot_micro_kernel<T>(kcp, buf.a.get() + ir * kcp, kcp, buf.b.get() + jr * kcp, kcp,
                                         c + ir * ldc + jc + jr, ldc, std::min<int64_t>(MR, M - ir),
                                         std::min<int64_t>(NR, nc - jr), mode);
         }
@@ -122,50 +136,10 @@ void gemm_dot_parallel(int64_t M, int64_t N, int64_t K, const PixelRows<T>& A,
                      });
 }
 
-// dot_micro_kernel on rows read where they lie: row i of A at a + i lda, row j of B at
-// b + j ldb, reduction [0, kc) (the last partial vector masked). Rows past mr (nr) repeat the
-// last one; their sums are not stored.
-template <class T>
-inline void dot_micro_kernel_rows(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
-                                  int64_t ldc, int64_t mr, int64_t nr, Store mode) {
-    using V = Simd<T>;
-    constexpr int MR = DotTile<T>::MR, NR = DotTile<T>::NR, L = V::lanes;
-    const T* arow[MR];
-    const T* brow[NR];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) arow[i] = a + std::min<int64_t>(i, mr - 1) * lda;
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) brow[j] = b + std::min<int64_t>(j, nr - 1) * ldb;
-    typename V::reg acc[MR][NR];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-        for (int j = 0; j < NR; ++j) acc[i][j] = V::zero();
-    auto step = [&](int64_t k, int n) {
-        typename V::reg bv[NR];
-#pragma GCC unroll 8
-        for (int j = 0; j < NR; ++j) bv[j] = n == L ? V::load(brow[j] + k) : load_first<T>(brow[j] + k, n);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
-            const typename V::reg av = n == L ? V::load(arow[i] + k) : load_first<T>(arow[i] + k, n);
-#pragma GCC unroll 8
-            for (int j = 0; j < NR; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
-        }
-    };
-    int64_t k = 0;
-    for (; k + L <= kc; k += L) step(k, L);
-    if (k < kc) step(k, int(kc - k));
-    for (int i = 0; i < mr; ++i)
-        for (int j = 0; j < nr; ++j) {
-            const T v = V::sum(acc[i][j]);
-            c[i * ldc + j] = mode == Store::accumulate ? c[i * ldc + j] + v : v;
-        }
-}
-
 // C (plain M x N) = A B^T for A (M x K) and B (N x K) stored by rows (strides lda, ldb), read
-// in place: no copies, which for a dense layer's x W^T took more time than the products. The
-// reduction is cut into chunks fixed by the shape, as gemm_dot_parallel's, and each chunk into
-// blocks of dot_kc, so that a tile's rows of B stay in L1 while the rows of A go past.
+// in place: no copies (gemm_dot_parallel's took more time than the products for a dense layer's
+// x W^T). The reduction is cut into chunks fixed by the shape, as gemm_dot_parallel's, and each
+// chunk into blocks of dot_kc, so that a tile's rows of B stay in L1 while the rows of A go past.
 template <class T>
 void gemm_dot_rows_parallel(int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b,
                             int64_t ldb, T* c) {
@@ -177,7 +151,7 @@ void gemm_dot_rows_parallel(int64_t M, int64_t N, int64_t K, const T* a, int64_t
             const Store mode = pc == k0 ? Store::overwrite : Store::accumulate;
             for (int64_t jr = 0; jr < N; jr += NR)
                 for (int64_t ir = 0; ir < M; ir += MR)
-                    dot_micro_kernel_rows<T>(kc, a + ir * lda + pc, lda, b + jr * ldb + pc, ldb, out + ir * N + jr, N,
+                    dot_micro_kernel<T>(kc, a + ir * lda + pc, lda, b + jr * ldb + pc, ldb, out + ir * N + jr, N,
                                              std::min<int64_t>(MR, M - ir), std::min<int64_t>(NR, N - jr), mode);
         }
     });

@@ -154,15 +154,17 @@ void store_block_transposed(const ConvShape& g, int64_t grp, int64_t panels, int
 // The weights are packed per group as panels of NR output channels, [tap][NR] each
 // (pack_channel_panels), by the threads before the products, or once for many calls
 // (PreparedChannelPanels).
-template <class T>
-void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std::vector<Scratch<T>>& weights,
-                                       const T* bias, T* y, const Epilogue<T>& ep = {}) {
-    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, L = Simd<T>::lanes, NR = NV * L;
+//
+// Tile MR x NV of the panels' NR_PANEL channels; the accumulators hold NV vectors per pixel.
+template <class T, int MR, int NV, int NR_PANEL>
+void conv2d_forward_by_channels_tiles(const ConvShape& g, const T* x, const std::vector<Scratch<T>>& weights,
+                                      const T* bias, T* y, const Epilogue<T>& ep) {
+    constexpr int L = Simd<T>::lanes, NR = NV * L;
     // A weight panel of KC x NR (32 KiB) is shared by the tiles of a block (smaller and
     // larger KC measured the same).
     constexpr int64_t KC = 128, MC = 16 * MR, tiles_max = MC / MR;
     const int64_t Cg = g.C / g.groups, Kg = g.K / g.groups, taps_n = Cg * g.R * g.S, HoWo = g.Ho * g.Wo;
-    const int64_t panels = (Kg + NR - 1) / NR;
+    const int64_t panels = (Kg + NR_PANEL - 1) / NR_PANEL;
     const int64_t k_blocks = std::max<int64_t>(1, (taps_n + KC - 1) / KC);
     const int64_t kc_step = std::max<int64_t>(1, (taps_n + k_blocks - 1) / k_blocks);
     // Jobs: blocks of at most tiles_max tiles of a group of whole images of up to 4 MC pixels
@@ -250,8 +252,8 @@ void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std
                 const int64_t kc = std::min(kc_step, taps_n - pc);
                 const Store store = pc == 0 ? Store::overwrite : Store::accumulate;
                 for (int64_t jp = 0; jp < panels; ++jp) {
-                    const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR) + L - 1) / L);
-                    const PackedRows<T, NR> b{weights[grp].get() + (jp * taps_n + pc) * NR};
+                    const int nv = static_cast<int>((std::min<int64_t>(NR, Kg - jp * NR_PANEL) + L - 1) / L);
+                    const PackedRows<T, NR_PANEL> b{weights[grp].get() + (jp * taps_n + pc) * NR_PANEL};
                     for (int64_t t = 0; t < n_tiles; ++t) {
                         tiles[t].k_offsets = offsets.data() + pc;
                         micro_kernel_cols<T, NV>(nv, kc, tiles[t], b, acc.get() + (t * panels + jp) * MR * NR,
@@ -262,6 +264,19 @@ void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std
             store_block_transposed<T, MR, NR>(g, grp, panels, i0, mc, acc.get(), bias, y, ep);
         }
     });
+}
+
+// At most half a panel of output channels per group (11 -> 32 4x4 stride 2 with AVX-512's
+// 64-channel panels) runs a tile of twice the pixels by half the vectors: as many accumulators,
+// but each broadcast feeds the vectors that hold channels, not zeros.
+template <class T>
+void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std::vector<Scratch<T>>& weights,
+                                       const T* bias, T* y, const Epilogue<T>& ep = {}) {
+    constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, NR = NV * Simd<T>::lanes;
+    if constexpr (NV % 2 == 0)
+        if (g.K / g.groups <= NR / 2)
+            return conv2d_forward_by_channels_tiles<T, 2 * MR, NV / 2, NR>(g, x, weights, bias, y, ep);
+    conv2d_forward_by_channels_tiles<T, MR, NV, NR>(g, x, weights, bias, y, ep);
 }
 
 // pack_panel(grp, p, dst): group grp's weight panel p into dst; every panel, shared out among

@@ -18,33 +18,33 @@ inline void micro_kernel(int64_t kc, const ACols& a, const BRows& b, T* c,
     using V = Simd<T>;
     constexpr int MR = ACols::rows, L = V::lanes;
     typename V::reg acc[MR][NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
     // The C tile is read after the k loop: start fetching it now (an LSTM step adds to the
     // input projection of its gates, written long before and no longer in cache).
     if (mode == Store::accumulate)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int i = 0; i < MR; ++i)
             for (int64_t byte = 0; byte < int64_t(NV * L * sizeof(T)); byte += 64)
                 __builtin_prefetch(reinterpret_cast<const char*>(c + i * ldc) + byte);
     for (int64_t k = 0; k < kc; ++k) {
         const T* bk = b(k);
         typename V::reg bv[NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) bv[v] = V::load(bk + v * L);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
             const typename V::reg ai = V::broadcast(a.col(k) + a.row(i));
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
         }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
         T* row = c + i * ldc;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int v = 0; v < NV; ++v) {
             typename V::reg out = acc[i][v];
             if (mode == Store::accumulate) out = V::add(out, V::load(row + v * L));

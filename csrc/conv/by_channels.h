@@ -268,12 +268,14 @@ void conv2d_forward_by_channels_tiles(const ConvShape& g, const T* x, const std:
 
 // At most half a panel of output channels per group (11 -> 32 4x4 stride 2 with AVX-512's
 // 64-channel panels) runs a tile of twice the pixels by half the vectors: as many accumulators,
-// but each broadcast feeds the vectors that hold channels, not zeros.
+// but each broadcast feeds the vectors that hold channels, not zeros. 11 -> 32 4x4 stride 2 on
+// 32x32, batch 64, two threads: 0.91 -> 0.85 ms. For float32 with AVX-512 only: elsewhere half a
+// panel is at most 16 channels, which dispatch.h sends to the direct forward.
 template <class T>
 void conv2d_forward_by_channels_packed(const ConvShape& g, const T* x, const std::vector<Scratch<T>>& weights,
                                        const T* bias, T* y, const Epilogue<T>& ep = {}) {
     constexpr int MR = ChannelTile<T>::MR, NV = ChannelTile<T>::NV, NR = NV * Simd<T>::lanes;
-    if constexpr (NV % 2 == 0)
+    if constexpr (NR == 64)
         if (g.K / g.groups <= NR / 2)
             return conv2d_forward_by_channels_tiles<T, 2 * MR, NV / 2, NR>(g, x, weights, bias, y, ep);
     conv2d_forward_by_channels_tiles<T, MR, NV, NR>(g, x, weights, bias, y, ep);

@@ -264,14 +264,19 @@ struct ExpParts {
     V scale_high;  // 2^(n - n/2)
 };
 
+// x clamped into [lo, hi]; NaN compares false and passes.
+template <class T, class V>
+static inline __attribute__((always_inline)) V clamp_keeping_nan(V x, T lo, T hi) {
+    x = x < lo ? broadcast<T, V>(lo) : x;
+    return x > hi ? broadcast<T, V>(hi) : x;
+}
+
 // The reduction, the polynomial and 2^n for x clamped into [lo, hi] (a sub-range of
 // [lowest, highest]).
 template <class T, class V>
 static inline __attribute__((always_inline)) ExpParts<V> exp_parts(V x, T lo, T hi) {
-    // NaN compares false and passes, giving NaN q (its integer steps wrap harmlessly).
-    x = x < lo ? broadcast<T, V>(lo) : x;
-    x = x > hi ? broadcast<T, V>(hi) : x;
-    const auto e = exp_reduction<T>(x);
+    // A NaN gives NaN q (its integer steps wrap harmlessly).
+    const auto e = exp_reduction<T>(clamp_keeping_nan<T>(x, lo, hi));
     ExpParts<V> out;
     out.r = e.r;
     out.p = e.p;
@@ -291,17 +296,14 @@ static inline __attribute__((always_inline)) V exp_clamped_to(V x, T lo, T hi) {
 }
 
 // e^x of every lane, with the input clamped so that the result is never inf or 0 (finite
-// inputs give finite, nonzero gates): what the LSTM gates rely on.
-// The clamp keeps 2^n normal (n within [-126, 127] for float, [-1021, 1023] for double), so
-// one scaling is exact where exp_clamped_to needs two.
+// inputs give finite, nonzero gates): what the LSTM gates rely on. The clamp keeps 2^n
+// normal (n within [-126, 127] for float, [-1021, 1023] for double), so one scaling is exact
+// where exp_clamped_to needs two.
 template <class T>
 static inline __attribute__((always_inline)) typename Simd<T>::V vexp_clamped(typename Simd<T>::V x) {
     using V = typename Simd<T>::V;
     constexpr bool f32 = sizeof(T) == 4;
-    constexpr T lo = f32 ? T(-87.0) : T(-708.0), hi = f32 ? T(88.0) : T(709.0);
-    x = x < lo ? broadcast<T, V>(lo) : x;
-    x = x > hi ? broadcast<T, V>(hi) : x;
-    const auto e = exp_reduction<T>(x);
+    const auto e = exp_reduction<T>(clamp_keeping_nan<T>(x, f32 ? T(-87.0) : T(-708.0), f32 ? T(88.0) : T(709.0)));
     return mul_add<T>(e.p, e.r, broadcast<T, V>(T(1))) * exp2_normal<T, V>(e.n);
 }
 

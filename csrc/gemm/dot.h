@@ -152,7 +152,7 @@ void gemm_dot_rows_parallel(int64_t M, int64_t N, int64_t K, const T* a, int64_t
             for (int64_t jr = 0; jr < N; jr += NR)
                 for (int64_t ir = 0; ir < M; ir += MR)
                     dot_micro_kernel<T>(kc, a + ir * lda + pc, lda, b + jr * ldb + pc, ldb, out + ir * N + jr, N,
-                                             std::min<int64_t>(MR, M - ir), std::min<int64_t>(NR, N - jr), mode);
+                                        std::min<int64_t>(MR, M - ir), std::min<int64_t>(NR, N - jr), mode);
         }
     });
 }

@@ -427,8 +427,9 @@ template <class BSrc>
 struct HasRowsInPlace<BSrc, std::void_t<decltype(&BSrc::rows_in_place)>> : std::true_type {};
 
 // A row-major A (M, K) that the micro-kernel reads where it lies, with no packing: for a
-// product of one or two column panels, where packing would copy (transpose) all of A for as
-// many passes over it (a dense layer's x W^T with few outputs: 3200 x 128 -> 35).
+// product of a few column panels (dense/matmul.h, kMatmulAInPlacePanels), where packing would
+// copy (transpose) all of A for as few passes over it (a dense layer's x W^T with few outputs:
+// 3200 x 128 -> 35).
 template <class T>
 struct RowMajorA {
     const T* base;

@@ -172,10 +172,10 @@ static int batch_row_parts(int64_t B) {
 // each slice's weights packed once, and a step is one pool job of a task per slice (its
 // product, then its cells): a hand-over per step, which for a small step (B = 32, H = 128:
 // ~20 us of work) is a large share of it, and a larger one when the cores sit in different
-// caches. For one or two steps
-// the hand-over costs less than what owning rows costs: every thread reading every weight,
-// half of them packed in the other core's cache (2 threads, 64 x 128 -> 256: one step 0.43 ->
-// 0.31 ms, two 0.62 -> 0.47; with four steps of 32 x 64 -> 128 the rows won, 0.16 against 0.18).
+// caches. For one or two steps the hand-over costs less than what owning rows costs: every
+// thread reading every weight, half of them packed in the other core's cache (2 threads,
+// 64 x 128 -> 256: one step 0.43 -> 0.31 ms, two 0.62 -> 0.47; with four steps of 32 x 64 ->
+// 128 the rows won, 0.16 against 0.18).
 template <class T>
 static void lstm_forward_core(const LstmPlan<T>& P, const T* x, const T* h0, const T* c0,
                               T* gates, int64_t gate_step, T* out, T* c_seq, int64_t c_step) {

@@ -51,9 +51,10 @@ def test_thread_counts_agree(threads):
 
 
 # Weight gradients along output pixels (conv/weight_grad_rows.h: stride 1, at most 32
-# channels per group, images of 256+ pixels, 16+ blocks of rows): partial tiles of output
-# channels and taps, a partial last vector per block (odd widths), blocks of unequal height
-# (37 rows in two), dilation and uneven padding, groups. Strided, with up to 32 taps and 64
+# channels per group or 64 outputs from fewer inputs, images of 256+ pixels, 16+ blocks of
+# rows): partial tiles of output channels and taps, a partial last vector per block (odd
+# widths), blocks of unequal height (37 rows in two), dilation and uneven padding, groups.
+# Strided, with up to 32 taps and 64
 # output channels (first layers): row phases and column shifts of x copied per block, stride
 # on one axis only, stride 3 (three row phases), dilation with stride (a row phase unread),
 # output rows whose taps reach past the input.
@@ -61,6 +62,9 @@ ROWS_CASES = [
     ((16, 16, 32, 32), (16, 16, 3, 3), dict(padding=1)),
     ((8, 16, 37, 37), (16, 16, 3, 3), dict(padding=1)),
     ((16, 1, 20, 23), (6, 1, 5, 5), dict(padding=2)),
+    ((16, 3, 20, 21), (64, 3, 3, 3), dict(padding=1)),
+    ((16, 1, 17, 18), (40, 1, 2, 5), dict(padding=(0, 2))),
+    ((16, 24, 24, 25), (48, 24, 1, 3), dict(padding=(0, 1))),
     ((16, 5, 20, 19), (7, 5, 3, 2), dict(padding=(1, 0), dilation=2)),
     ((17, 12, 18, 17), (10, 6, 3, 3), dict(padding=(2, 1), groups=2)),
     ((16, 1, 28, 28), (64, 1, 4, 4), dict(stride=2, padding=1)),

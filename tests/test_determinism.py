@@ -49,6 +49,7 @@ LARGE_CASES = {
         "grad_w_grid_small_image": conv_backward((16, 1, 14, 14), (16, 1, 3, 3), padding=1),
         # Few channels, stride 1, many pixels: blocks of rows in chunks (conv/weight_grad_rows.h).
         "grad_w_along_pixels": conv_backward((16, 16, 32, 32), (16, 16, 3, 3), padding=1),
+        "grad_w_along_pixels_rgb": conv_backward((16, 3, 32, 32), (64, 3, 3, 3), padding=1),
         "grad_w_along_pixels_odd_width": conv_backward((16, 5, 20, 19), (7, 5, 3, 2), padding=(1, 0), dilation=2),
         # Strided first layers along pixels (a DCGAN discriminator's 1 -> 64, 4x4 stride 2).
         "grad_w_along_pixels_strided": conv_backward((16, 1, 28, 28), (64, 1, 4, 4), stride=2, padding=1),

@@ -136,9 +136,18 @@ inline bool weight_grad_by_channels_pays(const ConvShape& g) {
 // four vectors of output channels). Measured on one AVX-512 thread, 3x3 p1, batch 64, against
 // the channel-vectorised form: 16 -> 16 on 32x32 3.1 against 6.9 ms, 1 -> 16 on 32x32 0.44
 // against 3.8 ms, 16 -> 32 and 32 -> 16 on 16x16 1.2-1.4x faster, 32 -> 32 on 16x16 even,
-// 64 -> 64 on 16x16 0.5x. Images of 16x16 or more: on 8x8 each tile's run is 4 vectors
-// long, too short for its accumulators' loads and stores (32 -> 32: 0.6x). At least 16
-// blocks of rows (two chunks of the reduction), else one thread would do all the work.
+// 64 -> 64 on 16x16 0.5x. Also 64 output channels from at most 16 inputs (first layers, the
+// gated PixelCNN's 1 -> 64): on the Intel host, 2 threads, batch 64 unless named, against the
+// rules' choice before (by channels; best of 20 calls): 1 -> 64 1x2 on 32x33 0.57 against 2.40
+// ms (PyTorch 1.11), 2x5 0.72 against 2.56 (1.22), 7x7 1.96 against 4.20 (2.06-2.19), on
+// 16x16 0.52 against 0.91 (0.54); 3 -> 64 3x3 on 32x32, batch 16, 0.34 against 0.74 (0.45);
+// 8 -> 64 5x5 7.1 against 9.3 (11.0); 16 -> 64 3x3 on 16x16 and 24x24 1.32 against 1.52 and
+// 3.17 against 3.47 (1.22, 2.70). From 32 inputs on images of 24x24 or more: 32 -> 64 1x3
+// on 32x34 (the PixelCNN's horizontal stack) 4.46 against 5.94 (4.79-6.25), 3x3 on 24x24 6.07
+// against 6.56 (5.09-5.24), on 32x32 even (11.6, 11.5), on 16x16 2.96 against 2.51 (2.16).
+// Images of 16x16 or more: on 8x8 each tile's run is 4 vectors long, too short for its
+// accumulators' loads and stores (32 -> 32: 0.6x). At least 16 blocks of rows (two chunks of
+// the reduction), else one thread would do all the work.
 // Strided: first layers of at most 32 taps per output (Cg R S) and 64 output channels per
 // group, where the channel-vectorised form first transposes all of dy (for a 1-channel layer,
 // whose FMAs are few, most of its time) and the phase grid computes the columns it drops.
@@ -155,7 +164,8 @@ inline bool weight_grad_rows_pays(const ConvShape& g, size_t element_bytes) {
     if (g.R * g.S == 1 || Cg < 1) return false;
     const bool strided = g.sh > 1 || g.sw > 1;
     const bool pays = strided ? Cg * g.R * g.S <= 32 && Kg <= 64 && g.Ho * g.Wo >= 64
-                              : Cg <= 32 && Kg <= 32 && g.Ho * g.Wo >= 256;
+                              : Cg <= 32 && g.Ho * g.Wo >= 256 &&
+                                    (Kg <= 32 || (Kg <= 64 && (Cg <= 16 || g.Ho * g.Wo >= 576)));
     if (!pays) return false;
     const RowBlocks rb(g, element_bytes, kRowBlockBytes);
     return g.N * rb.per_image >= 16 &&

@@ -79,6 +79,8 @@ KERNEL_CASES = {
     "linear_nobias": (("matmul",), lambda x, w: F.linear(x, w), [(3, 4), (2, 4)]),
     # More rows and columns than one register tile of the C++ GEMM.
     "linear_past_a_tile": (("matmul",), lambda x, w, b: F.linear(x, w, b), [(17, 9), (50, 9), (50,)]),
+    # 260 rows: the bias gradient as a product with a row of ones.
+    "linear_many_rows": (("matmul",), lambda x, w, b: F.linear(x, w, b), [(2, 130, 3), (5, 3), (5,)]),
     "batch_norm_train_fused": (("batch_norm_train", "batch_norm_train_backward"),
                                lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
                                [(4, 3, 2, 5), (3,), (3,)]),
@@ -263,6 +265,7 @@ TORCH_CASES = {
                   lambda x, h, c, wi, wh, bi, bh: torch._VF.lstm_cell(x, (h, c), wi, wh, bi, bh),
                   [(2, 4), (2, 3), (2, 3), (12, 4), (12, 3), (12,), (12,)]),
     "linear": (F.linear, TF.linear, [(2, 3, 4), (5, 4), (5,)]),
+    "linear_many_rows": (F.linear, TF.linear, [(2, 130, 3), (5, 3), (5,)]),
     "relu": (F.relu, TF.relu, [(3, 4)]),
     "leaky_relu": (lambda x: F.leaky_relu(x, 0.1), lambda x: TF.leaky_relu(x, 0.1), [(3, 4)]),
     "prelu": (F.prelu, TF.prelu, [(2, 3, 4), (3,)]),

@@ -145,6 +145,7 @@ inline bool weight_grad_by_channels_pays(const ConvShape& g) {
 // 3.17 against 3.47 (1.22, 2.70). From 32 inputs on images of 24x24 or more: 32 -> 64 1x3
 // on 32x34 (the PixelCNN's horizontal stack) 4.46 against 5.94 (4.79-6.25), 3x3 on 24x24 6.07
 // against 6.56 (5.09-5.24), on 32x32 even (11.6, 11.5), on 16x16 2.96 against 2.51 (2.16).
+// Up to 288 taps (Cg R S) with 64 outputs: 3x5 32 -> 64 on 34x32 (480) 21.1 against 18.9.
 // Images of 16x16 or more: on 8x8 each tile's run is 4 vectors long, too short for its
 // accumulators' loads and stores (32 -> 32: 0.6x). At least 16 blocks of rows (two chunks of
 // the reduction), else one thread would do all the work.
@@ -165,7 +166,8 @@ inline bool weight_grad_rows_pays(const ConvShape& g, size_t element_bytes) {
     const bool strided = g.sh > 1 || g.sw > 1;
     const bool pays = strided ? Cg * g.R * g.S <= 32 && Kg <= 64 && g.Ho * g.Wo >= 64
                               : Cg <= 32 && g.Ho * g.Wo >= 256 &&
-                                    (Kg <= 32 || (Kg <= 64 && (Cg <= 16 || g.Ho * g.Wo >= 576)));
+                                    (Kg <= 32 || (Kg <= 64 && Cg * g.R * g.S <= 288 &&
+                                                  (Cg <= 16 || g.Ho * g.Wo >= 576)));
     if (!pays) return false;
     const RowBlocks rb(g, element_bytes, kRowBlockBytes);
     return g.N * rb.per_image >= 16 &&

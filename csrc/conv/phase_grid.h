@@ -182,8 +182,10 @@ bool dropped_columns_finite(const ConvShape& g, const PhaseGrid& pg, const T* xq
 }
 
 // Weight gradient on the phase grid, in the GEMM's dot-product form: both dy and the grid run
-// along pixels, so no packing has to transpose. dy is copied onto the grid's columns first,
-// with zeros in the columns wo >= Wo that the grid computes and drops. Returns false, having
+// along pixels, so no packing has to transpose. Where the grid has columns wo >= Wo (computed
+// and dropped), dy is copied onto the grid's columns first, with zeros in those; else (1x1
+// kernels, kernels no wider than the stride) dy is read in place (its copy was 35% of a
+// 32 -> 32 1x1 weight gradient on 32x32 images). Returns false, having
 // written nothing, when those columns meet an inf or NaN of x (dropped_columns_finite): the
 // caller then takes another algorithm.
 template <class T>
@@ -194,15 +196,20 @@ bool conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
     Scratch<T> storage;
     const T* xq = phase_grid_of(g, pg, x, storage);
     if (!dropped_columns_finite(g, pg, xq)) return false;
-    Scratch<T> dyq = scratch<T>(checked_mul(g.N, g.K, pixels));
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
-    parallel_for(g.N * g.K, num_threads(), [&](int64_t p, int) {
-        for (int64_t ho = 0; ho < g.Ho; ++ho) {
-            T* d = dyq.get() + p * pixels + ho * pg.Wq;
-            std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
-            std::fill(d + g.Wo, d + pg.Wq, T(0));
-        }
-    });
+    Scratch<T> dyq;
+    const T* dy_grid = dy;
+    if (pg.Wq != g.Wo) {
+        dyq = scratch<T>(checked_mul(g.N, g.K, pixels));
+        parallel_for(g.N * g.K, num_threads(), [&](int64_t p, int) {
+            for (int64_t ho = 0; ho < g.Ho; ++ho) {
+                T* d = dyq.get() + p * pixels + ho * pg.Wq;
+                std::copy(dy + (p * g.Ho + ho) * g.Wo, dy + (p * g.Ho + ho + 1) * g.Wo, d);
+                std::fill(d + g.Wo, d + pg.Wq, T(0));
+            }
+        });
+        dy_grid = dyq.get();
+    }
     const std::vector<int64_t> offsets = tap_offsets(g, pg);
     // The dot-product tile pads rows to MR and columns to NR: with few output channels (LeNet's
     // first layer: 6 channels x 25 taps, 8 x 30 slots in AVX-512's 4 x 6 tiles) the transposed
@@ -213,7 +220,7 @@ bool conv2d_grad_weight_grid(const ConvShape& g, const T* dy, const T* x, T* dw)
     const bool transposed = slots(taps_n, Kg) < slots(Kg, taps_n);
     Scratch<T> dwt = scratch<T>(transposed ? taps_n * Kg : 1);
     for (int64_t grp = 0; grp < g.groups; ++grp) {
-        const PixelRows<T> A{dyq.get() + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
+        const PixelRows<T> A{dy_grid + grp * Kg * pixels, pixels, nullptr, pixels, g.K * pixels};
         const PixelRows<T> B{xq + grp * Cg * pg.phases * pg.plane, 0, offsets.data(), pixels,
                              pg.image};
         T* dw_group = dw + grp * Kg * taps_n;

@@ -1181,6 +1181,12 @@ CASES = {
         "few_columns": cpu_path(matmul(40, 50, 8)),
         "few_columns_trans_a": cpu_path(matmul(100, 64, 8, trans_a=True)),
         "few_columns_trans_b": cpu_path(matmul(64, 30, 10, trans_b=True)),
+        # A reduction shorter than a vector (rank-K updates): rows past one job, columns past
+        # one register block and a partial last vector, op(B) stored transposed.
+        "short_reduction": cpu_path(matmul(70, 7, 300)),
+        "short_reduction_trans_a": cpu_path(matmul(130, 3, 150, trans_a=True)),
+        "short_reduction_trans_b": cpu_path(matmul(70, 7, 300, trans_b=True)),
+        "short_reduction_both": cpu_path(matmul(70, 5, 260, trans_a=True, trans_b=True)),
     },
     "batch_norm_train": {
         "nchw": batch_norm_train((4, 3, 5, 6)),

@@ -112,6 +112,8 @@ LARGE_CASES = {
         "outer_product_wide": matmul(300, 1, 6272),
         # Few rows, B read in place (dense/matmul.h), columns shared out between the threads.
         "few_rows_wide": matmul(64, 700, 1000),
+        # A reduction shorter than a vector: blocks of columns and rows shared out.
+        "short_reduction": matmul(300, 8, 600, trans_b=True),
         # A long reduction in chunks, whichever thread takes each (a dense layer's weight
         # gradient over a batch of 3200).
         "long_reduction": matmul(35, 3200, 128, trans_a=True),

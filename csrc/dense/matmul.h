@@ -5,9 +5,10 @@
 // weight gradient: a matrix-vector product) runs as vector dot products or a weighted sum of
 // rows instead, and one with a reduction of length 1 (that layer's input gradient) as an outer
 // product: the packed GEMM would pad the single row, column or reduction step to a whole
-// register tile or block and spend its time packing. Likewise x W^T with a long reduction runs
-// as dot products of rows (gemm/dot.h), a product of fewer columns than a vector's lanes
-// transposed, and a long reduction into a small C in chunks on the threads (see matmul below).
+// register tile or block and spend its time packing. Likewise a reduction shorter than a
+// vector runs as weighted sums of rows, x W^T with a long reduction as dot products of rows
+// (gemm/dot.h), a product of fewer columns than a vector's lanes transposed, and a long
+// reduction into a small C in chunks on the threads (see matmul below).
 #pragma once
 
 #include "common/prelude.h"
@@ -93,38 +94,85 @@ static inline void rows_block_times_vector(int64_t K, int64_t N, const T* v, con
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int64_t L = S::lanes;
-    V acc[NV];
+    V acc[NV];  // in registers: every loop over it unrolled (else GCC kept it on the stack)
+#pragma GCC unroll 8
     for (int q = 0; q < NV - 1; ++q) acc[q] = accumulate ? S::load(c + q * L) : S::zero();
     acc[NV - 1] = accumulate ? load_first<T>(c + (NV - 1) * L, last) : S::zero();
     for (int64_t k = 0; k < K; ++k) {
         const V w = S::splat(v[k]);
         const T* row = b + k * N;
+#pragma GCC unroll 8
         for (int q = 0; q < NV - 1; ++q) acc[q] = fma<T>(w, S::load(row + q * L), acc[q]);
         acc[NV - 1] = fma<T>(w, load_first<T>(row + (NV - 1) * L, last), acc[NV - 1]);
     }
+#pragma GCC unroll 8
     for (int q = 0; q < NV - 1; ++q) S::store(c + q * L, acc[q]);
     store_first<T>(c + (NV - 1) * L, acc[NV - 1], last);
 }
 
+// c[0, n) (+)= v . b[:, 0, n) for b's K rows (row stride ldb), n <= rows_block_columns<T>(): one
+// register block.
+template <class T>
+constexpr int64_t rows_block_columns() { return 8 * Simd<T>::lanes; }
+template <class T>
+static inline void rows_times_vector_block(int64_t K, int64_t ldb, const T* v, const T* b, T* c, bool accumulate,
+                                           int64_t n) {
+    constexpr int64_t L = Simd<T>::lanes;
+    const int vectors = int((n + L - 1) / L), last = int(n - (vectors - 1) * L);
+    switch (vectors) {
+        case 1: return rows_block_times_vector<T, 1>(K, ldb, v, b, c, accumulate, last);
+        case 2: return rows_block_times_vector<T, 2>(K, ldb, v, b, c, accumulate, last);
+        case 3: return rows_block_times_vector<T, 3>(K, ldb, v, b, c, accumulate, last);
+        case 4: return rows_block_times_vector<T, 4>(K, ldb, v, b, c, accumulate, last);
+        case 5: return rows_block_times_vector<T, 5>(K, ldb, v, b, c, accumulate, last);
+        case 6: return rows_block_times_vector<T, 6>(K, ldb, v, b, c, accumulate, last);
+        case 7: return rows_block_times_vector<T, 7>(K, ldb, v, b, c, accumulate, last);
+        default: return rows_block_times_vector<T, 8>(K, ldb, v, b, c, accumulate, last);
+    }
+}
+
 template <class T>
 void vector_times_rows(int64_t K, int64_t N, const T* v, const T* b, T* c, bool accumulate) {
-    constexpr int64_t L = Simd<T>::lanes, kVectors = 8, kBlock = kVectors * L;
+    constexpr int64_t kBlock = rows_block_columns<T>();
     const int64_t blocks = (N + kBlock - 1) / kBlock;
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     parallel_for(blocks, threads_if(N * K >= kGemvParallelWork && blocks > 1), [&](int64_t blk, int) {
-        const int64_t j0 = blk * kBlock, n = std::min(kBlock, N - j0);
-        const int vectors = int((n + L - 1) / L), last = int(n - (vectors - 1) * L);
+        const int64_t j0 = blk * kBlock;
+        rows_times_vector_block<T>(K, N, v, b + j0, c + j0, accumulate, std::min(kBlock, N - j0));
+    });
+}
+
+// A reduction shorter than a vector (a VAE's 8 latent dimensions into 2048 features): each row
+// of C is a weighted sum of op(B)'s K rows, as in vector_times_rows. A job is one register
+// block of columns for up to kShortReductionRows rows of C; when B is stored transposed, (N, K),
+// the job first copies its block of op(B) row-major (K x rows_block_columns elements, into L1).
+// The packed GEMM packed both operands and loaded and stored every C tile for a few steps of
+// reduction: 64 x 8 -> 2048 (x W^T) took 36 us, now 19-23 (PyTorch 14). Each element sums its
+// K terms in order, whatever the thread count.
+constexpr int64_t kShortReductionRows = 64;
+template <class T>
+void short_reduction(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b, bool trans_b, T* c,
+                     bool accumulate) {
+    constexpr int64_t L = Simd<T>::lanes, kBlock = rows_block_columns<T>();
+    const int64_t blocks = (N + kBlock - 1) / kBlock, row_parts = (M + kShortReductionRows - 1) / kShortReductionRows;
+    const int threads = threads_if(M * N * K >= kGemvParallelWork && blocks * row_parts > 1);
+    const Scratch<T> blocks_of_b = scratch<T>(trans_b ? threads * L * kBlock : 1);  // one per thread
+    FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
+    parallel_for(blocks * row_parts, threads, [&](int64_t job, int worker) {
+        const int64_t j0 = job / row_parts * kBlock, n = std::min(kBlock, N - j0);
+        const int64_t i0 = job % row_parts * kShortReductionRows, i1 = std::min(M, i0 + kShortReductionRows);
         const T* bj = b + j0;
-        T* cj = c + j0;
-        switch (vectors) {
-            case 1: return rows_block_times_vector<T, 1>(K, N, v, bj, cj, accumulate, last);
-            case 2: return rows_block_times_vector<T, 2>(K, N, v, bj, cj, accumulate, last);
-            case 3: return rows_block_times_vector<T, 3>(K, N, v, bj, cj, accumulate, last);
-            case 4: return rows_block_times_vector<T, 4>(K, N, v, bj, cj, accumulate, last);
-            case 5: return rows_block_times_vector<T, 5>(K, N, v, bj, cj, accumulate, last);
-            case 6: return rows_block_times_vector<T, 6>(K, N, v, bj, cj, accumulate, last);
-            case 7: return rows_block_times_vector<T, 7>(K, N, v, bj, cj, accumulate, last);
-            default: return rows_block_times_vector<T, kVectors>(K, N, v, bj, cj, accumulate, last);
+        int64_t ldb = N;
+        if (trans_b) {
+            T* block = blocks_of_b.get() + worker * L * kBlock;
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t j = 0; j < n; ++j) block[k * kBlock + j] = b[(j0 + j) * K + k];
+            bj = block, ldb = kBlock;
+        }
+        for (int64_t i = i0; i < i1; ++i) {
+            T v[L];
+            for (int64_t k = 0; k < K; ++k) v[k] = trans_a ? a[k * M + i] : a[i * K + k];
+            rows_times_vector_block<T>(K, ldb, v, bj, c + i * N + j0, accumulate, n);
         }
     });
 }
@@ -175,6 +223,7 @@ void matmul(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* 
     }
     // A reduction of length 1: op(A) is a column and op(B) a row, each contiguous.
     if (K == 1) return outer_product(M, N, a, b, c, accumulate);
+    if (K < Simd<T>::lanes) return short_reduction<T>(M, N, K, a, trans_a, b, trans_b, c, accumulate);
     // Both operands along the reduction (x W^T), which is long against C: dot products of
     // rows read where they lie (gemm/dot.h). The packed form would transpose both into panels,
     // B's few rows padded to a whole panel (16 x 8192 x 10: 10 rows of B packed as 48).

@@ -1177,6 +1177,8 @@ CASES = {
         # x W^T with a long reduction as dot products of rows in place: partial row tiles
         # of A and B, the last vector of each row masked.
         "dot_rows": cpu_path(matmul(18, 1300, 7, trans_b=True)),
+        # The same with B stored (K, N), N short of a vector: B copied into rows first.
+        "dot_rows_narrow_b": cpu_path(matmul(20, 1300, 7)),
         # Fewer columns than a vector's lanes against many rows: computed transposed.
         "few_columns": cpu_path(matmul(40, 50, 8)),
         "few_columns_trans_a": cpu_path(matmul(100, 64, 8, trans_a=True)),

@@ -114,6 +114,8 @@ LARGE_CASES = {
         "few_rows_wide": matmul(64, 700, 1000),
         # A reduction shorter than a vector: blocks of columns and rows shared out.
         "short_reduction": matmul(300, 8, 600, trans_b=True),
+        # Dot products of rows, a narrow B copied into rows, the reduction in chunks.
+        "dot_rows_narrow_b": matmul(64, 6000, 8),
         # A long reduction in chunks, whichever thread takes each (a dense layer's weight
         # gradient over a batch of 3200).
         "long_reduction": matmul(35, 3200, 128, trans_a=True),

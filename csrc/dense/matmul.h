@@ -81,15 +81,12 @@ void rows_dot_vector(int64_t M, int64_t K, const T* a, const T* v, T* c, bool ac
     });
 }
 
-// c[j] (+)= sum_k v[k] b[k * N + j] for j < N: the rows of b weighted by v and summed. Threads
-// share out blocks of columns; every column sums its K terms in order k = 0, 1, ..., whatever
-// the thread count.
-//
-// One block: columns [j0, j0 + (NV - 1) L + last) in NV vectors, the last holding `last` lanes
-// (a partial block: LeNet-5's 120 and 84 columns are one, where column by column the strided
-// reads took 37 us for a 400 x 120 matrix).
+// c[j] (+)= sum_k v[k] b[k * ldb + j] for the columns j < (NV - 1) L + last of one register
+// block: NV vectors, the last holding `last` lanes (a partial block: LeNet-5's 120 and 84
+// columns are one, where column by column the strided reads took 37 us for a 400 x 120
+// matrix). Each column sums its K terms in order k = 0, 1, ...
 template <class T, int NV>
-static inline void rows_block_times_vector(int64_t K, int64_t N, const T* v, const T* b, T* c, bool accumulate,
+static inline void rows_block_times_vector(int64_t K, int64_t ldb, const T* v, const T* b, T* c, bool accumulate,
                                            int last) {
     using S = Simd<T>;
     using V = typename S::V;
@@ -100,7 +97,7 @@ static inline void rows_block_times_vector(int64_t K, int64_t N, const T* v, con
     acc[NV - 1] = accumulate ? load_first<T>(c + (NV - 1) * L, last) : S::zero();
     for (int64_t k = 0; k < K; ++k) {
         const V w = S::splat(v[k]);
-        const T* row = b + k * N;
+        const T* row = b + k * ldb;
 #pragma GCC unroll 8
         for (int q = 0; q < NV - 1; ++q) acc[q] = fma<T>(w, S::load(row + q * L), acc[q]);
         acc[NV - 1] = fma<T>(w, load_first<T>(row + (NV - 1) * L, last), acc[NV - 1]);
@@ -110,8 +107,7 @@ static inline void rows_block_times_vector(int64_t K, int64_t N, const T* v, con
     store_first<T>(c + (NV - 1) * L, acc[NV - 1], last);
 }
 
-// c[0, n) (+)= v . b[:, 0, n) for b's K rows (row stride ldb), n <= rows_block_columns<T>(): one
-// register block.
+// The same for any n <= rows_block_columns<T>() columns.
 template <class T>
 constexpr int64_t rows_block_columns() { return 8 * Simd<T>::lanes; }
 template <class T>
@@ -131,6 +127,8 @@ static inline void rows_times_vector_block(int64_t K, int64_t ldb, const T* v, c
     }
 }
 
+// c[j] (+)= sum_k v[k] b[k * N + j] for j < N: the rows of b weighted by v and summed. Threads
+// share out blocks of columns, so the result does not depend on the thread count.
 template <class T>
 void vector_times_rows(int64_t K, int64_t N, const T* v, const T* b, T* c, bool accumulate) {
     constexpr int64_t kBlock = rows_block_columns<T>();
@@ -229,6 +227,16 @@ void matmul(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* 
     // B's few rows padded to a whole panel (16 x 8192 x 10: 10 rows of B packed as 48).
     if (trans_b && !trans_a && !accumulate && K >= kMatmulDotReduction * std::max(M, N))
         return gemm_dot_rows_parallel<T>(M, N, K, a, K, b, K, c);
+    // The same with B stored (K, N) but only a few columns (g W, the input gradient of a layer
+    // with few outputs: the VAE's 2048 -> 8): B copied into rows first (N K elements against
+    // M N K multiply-adds). Computed transposed (below), B's rows were packed from g's: 64 x
+    // 2048 -> 8 took 51 us, PyTorch 30.
+    if (!trans_b && !trans_a && !accumulate && N < Simd<T>::lanes && K >= kMatmulDotReduction * std::max(M, N)) {
+        const Scratch<T> b_rows = scratch<T>(checked_mul(N, K));
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t j = 0; j < N; ++j) b_rows[j * K + k] = b[k * N + j];
+        return gemm_dot_rows_parallel<T>(M, N, K, a, K, b_rows.get(), K, c);
+    }
     // Fewer columns than a vector's lanes, against many rows: C^T = op(B)^T op(A)^T instead,
     // then transposed (M N elements against M N K multiply-adds). Its rows are C's columns:
     // a register tile of whole vectors rather than one vector mostly idle.

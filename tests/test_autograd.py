@@ -336,6 +336,21 @@ def test_broadcast_to_is_a_view_and_refuses_what_does_not_broadcast():
             broadcast_to(a, shape)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_broadcast_gradient_sums_rows_as_numpy(dtype):
+    # A bias added to 260 and 300 x 2 rows: its gradient summed on the matmul kernel (sum_rows);
+    # a stretched axis beside the added ones still goes to NumPy.
+    rng = np.random.default_rng(5)
+    for x_shape, b_shape in (((260, 7), (7,)), ((300, 2, 3), (2, 3)), ((300, 4, 3), (1, 3))):
+        b = Tensor(rng.standard_normal(b_shape).astype(dtype), requires_grad=True)
+        g = rng.standard_normal(x_shape).astype(dtype)
+        (Tensor(np.zeros(x_shape, dtype)) + b).backward(g)
+        lead = len(x_shape) - len(b_shape)
+        expected = g.sum(axis=tuple(range(lead))).sum(axis=tuple(i for i, n in enumerate(b_shape) if n == 1),
+                                                       keepdims=True)
+        np.testing.assert_allclose(b.grad, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
 def test_stack_shape_mismatch_names_shapes():
     with pytest.raises(ValueError, match=r"\(2,\).*\(3,\)"):
         stack([t((2,)), t((3,))])

@@ -702,6 +702,8 @@ def cases(quick: bool) -> list[Case]:
         # The dense layers of the model zoo: few outputs, a long or a short reduction.
         _matmul_case("VGG fc x W^T 16x8192 -> 10", 16, 8192, 10, trans_b=True),
         _matmul_case("VAE from_latent grad_w g^T x 2048x64 . 64x8", 2048, 64, 8, trans_a=True),
+        _matmul_case("VAE from_latent x W^T 64x8 -> 2048", 64, 8, 2048, trans_b=True),
+        _matmul_case("VAE from_latent grad_x g W 64x2048 . 2048x8", 64, 2048, 8),
         _matmul_case("char-LSTM out x W^T 3200x128 -> 35", 3200, 128, 35, trans_b=True),
         _matmul_case("char-LSTM out grad_w g^T x 35x3200 . 3200x128", 35, 3200, 128, trans_a=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),

@@ -1417,6 +1417,39 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("grad_y"), py::arg("x"), py::arg("w"), py::arg("grad_x"), py::arg("grad_w"),
           "gradients of prelu into grad_x and grad_w");
+    // ---- Embedding rows (dense/embedding.h)
+    def_op(m, "embedding",
+          [](Array weight, Array indices, Array out) {
+              by_dtype(weight.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (weight.ndim() != 2) throw py::value_error("embedding: weight must be 2-D");
+                  const int64_t rows = weight.shape(0), dim = weight.shape(1), n = indices.size();
+                  const T* wp = checked<T>(weight, {rows, dim}, "weight");
+                  const int64_t* ip = checked<int64_t>(indices, shape_of(indices), "indices");
+                  T* outp = checked<T>(out, {n, dim}, "out", true);
+                  const int64_t skipped = without_gil([&] { return kernels<T>().embedding(n, dim, rows, wp, ip, outp); });
+                  check_scatter(skipped, "embedding", "num_embeddings");
+              });
+          },
+          py::arg("weight"), py::arg("indices"), py::arg("out"),
+          "out (n, dim) = weight[indices] for the n indices (any shape, int64)");
+    def_op(m, "embedding_backward",
+          [](Array grad_out, Array indices, int64_t padding_idx, Array grad_weight) {
+              by_dtype(grad_out.dtype(), [&](auto t) {
+                  using T = decltype(t);
+                  if (grad_weight.ndim() != 2) throw py::value_error("embedding_backward: grad_weight must be 2-D");
+                  const int64_t rows = grad_weight.shape(0), dim = grad_weight.shape(1), n = indices.size();
+                  const T* gp = checked<T>(grad_out, {n, dim}, "grad_out");
+                  const int64_t* ip = checked<int64_t>(indices, shape_of(indices), "indices");
+                  T* wp = checked<T>(grad_weight, {rows, dim}, "grad_weight", true);
+                  const int64_t skipped = without_gil(
+                      [&] { return kernels<T>().embedding_backward(n, dim, rows, ip, gp, padding_idx, wp); });
+                  check_scatter(skipped, "embedding_backward", "num_embeddings");
+              });
+          },
+          py::arg("grad_out"), py::arg("indices"), py::arg("padding_idx"), py::arg("grad_weight"),
+          "grad_weight (rows, dim) = grad_out's rows (n, dim) summed by their indices (int64), "
+          "row padding_idx (if >= 0) zero");
     def_op(m, "dropout",
           [](Array x, uint64_t seed, uint32_t keep_threshold, double scale, Array y, Array mask) {
               if (keep_threshold > (uint32_t(1) << 24))

@@ -119,6 +119,12 @@ struct KernelsFor {
     // (N, K) when trans_b.
     void (*matmul)(int64_t M, int64_t N, int64_t K, const T* a, bool trans_a, const T* b,
                    bool trans_b, T* c, bool accumulate);
+    // Embedding rows (dense/embedding.h): out (n, dim) = weight[index], and grad_weight
+    // (rows, dim) = the gradient rows summed by index, row padding_idx (if >= 0) zero. Both
+    // return how many indices lay outside [0, rows) (skipped).
+    int64_t (*embedding)(int64_t n, int64_t dim, int64_t rows, const T* weight, const int64_t* index, T* out);
+    int64_t (*embedding_backward)(int64_t n, int64_t dim, int64_t rows, const int64_t* index,
+                                  const T* grad_out, int64_t padding_idx, T* grad_weight);
     // One Elman RNN step, y (B, H) = act(x w_ih^T + b_ih + h w_hh^T + b_hh) (act tanh, else
     // ReLU; biases may be nullptr), and its gradients given grad_y and y (grad_b: nullptr when
     // not wanted).

@@ -38,7 +38,7 @@ __all__ = [
     "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward",
     "box_iou_rotated", "nms_rotated",
-    "matmul", "batch_norm_train", "batch_norm_train_backward",
+    "matmul", "embedding", "embedding_backward", "batch_norm_train", "batch_norm_train_backward",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "gated_tanh", "gated_tanh_backward", "dropout", "dropout_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
@@ -734,6 +734,25 @@ def matmul(a, b, trans_a=False, trans_b=False, *, backend=None):
     ``matmul(g, x, trans_a=True)``, with no transposed copy made."""
     trans_a, trans_b = _spec.matmul(a, b, trans_a, trans_b)
     return _run("matmul", "matmul", backend, (a, b), trans_a, trans_b)
+
+
+@_takes_dlpack
+def embedding(weight, indices, *, backend=None):
+    """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` of any shape, as
+    ``torch.nn.functional.embedding``: shape ``indices.shape + (dim,)``."""
+    _spec.embedding(weight, indices)
+    return _run("embedding", "embedding", backend, (weight, _as_int64(indices)))
+
+
+@_takes_dlpack
+def embedding_backward(grad_out, indices, num_embeddings, padding_idx=None, *, backend=None):
+    """Gradient of :func:`embedding` with respect to its table: ``grad_out``'s rows
+    (``indices.shape + (dim,)``) summed into the rows of a (num_embeddings, dim) table their
+    indices picked, in the order of the indices (the same sums for any number of threads and on
+    every backend); row ``padding_idx`` (if given; negative counts from the end) stays zero."""
+    padding_idx = _spec.embedding_backward(grad_out, indices, num_embeddings, padding_idx)
+    return _run("embedding_backward", "embedding_backward", backend, (grad_out, _as_int64(indices)),
+                int(num_embeddings), padding_idx)
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,6 +48,11 @@ MANY_ROTATED = np.broadcast_to(np.float32(1), (2**31, 5))
 OUT_OF_RANGE = [
     # integer arguments beyond (-2**62, 2**62)
     ("avg_pool2d", "divisor_override_2**70", (X, 2), dict(divisor_override=2**70), ["divisor_override"]),
+    ("embedding_backward", "num_embeddings_2**62", (f32(2, 3), np.zeros(2, np.int64), 2**62), {}, ["num_embeddings"]),
+    ("embedding_backward", "num_embeddings_too_large_a_table", (f32(2, 3), np.zeros(2, np.int64), 2**60), {},
+     ["output"]),
+    ("embedding_backward", "padding_idx_2**70", (f32(2, 3), np.zeros(2, np.int64), 4), dict(padding_idx=2**70),
+     ["padding_idx"]),
     ("avg_pool2d", "divisor_override_-2**62", (X, 2), dict(divisor_override=-2**62), ["divisor_override"]),
     ("avg_pool2d_backward", "divisor_override_2**70", (PG, X.shape, 2), dict(divisor_override=2**70), ["divisor_override"]),
     ("conv2d", "stride_2**62", (X, W), dict(stride=2**62), ["stride"]),

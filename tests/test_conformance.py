@@ -131,6 +131,20 @@ def matmul(m, k, n, trans_a=False, trans_b=False, noncontiguous=False):
     return build
 
 
+def embedding(rows, dim, index_shape, noncontiguous=False, index_dtype=np.int64):
+    def build(rng, dtype):
+        w = array(rng, (rows, dim), dtype, noncontiguous)
+        return (w, rng.integers(0, rows, index_shape).astype(index_dtype)), {}
+    return build
+
+
+def embedding_backward(rows, dim, index_shape, padding_idx=None, index_dtype=np.int64):
+    def build(rng, dtype):
+        indices = rng.integers(0, rows, index_shape).astype(index_dtype)
+        return (array(rng, tuple(index_shape) + (dim,), dtype), indices, rows), dict(padding_idx=padding_idx)
+    return build
+
+
 def batch_norm_train(shape, affine=True, offset=0.0, noncontiguous=False):
     def build(rng, dtype):
         C = shape[1]
@@ -1138,6 +1152,27 @@ CASES = {
         "negative_threshold": nms_rotated(12, -0.5, nan=True),
         "empty": nms_rotated(0, 0.5),
         "one": nms_rotated(1, 0.5),
+    },
+    "embedding": {
+        "plain": embedding(10, 4, (7,)),
+        "sequences": embedding(65, 35, (5, 9)),  # rows past whole vectors
+        "int32_indices": embedding(12, 16, (3, 4), index_dtype=np.int32),
+        "noncontiguous_table": embedding(9, 6, (11,), noncontiguous=True),
+        "one_index": embedding(5, 3, ()),
+        "threads_split": cpu_path(embedding(100, 64, (3200,))),
+        "empty": embedding(5, 3, (0, 4)),
+        "zero_width": embedding(5, 0, (6,)),
+    },
+    "embedding_backward": {
+        "plain": embedding_backward(10, 4, (30,)),
+        "sequences": embedding_backward(65, 35, (5, 9)),
+        "padding": embedding_backward(6, 5, (40,), padding_idx=2),
+        "padding_from_the_end": embedding_backward(6, 5, (40,), padding_idx=-1),
+        "int32_indices": embedding_backward(12, 16, (3, 4), index_dtype=np.int32),
+        "many_repeats": embedding_backward(2, 17, (500,)),
+        "many_indices": cpu_path(embedding_backward(65, 64, (3200,))),
+        "empty": embedding_backward(4, 3, (0,)),
+        "no_rows": embedding_backward(0, 3, (0, 2)),
     },
     "matmul": {
         "plain": matmul(5, 7, 3),

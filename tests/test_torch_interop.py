@@ -103,6 +103,8 @@ def _opcheck_samples():
         "leaky_relu": (x4, 0.2, "cpu"),
         "leaky_relu_backward": (g(2, 4, 7, 7), x4, 0.2, "cpu"),
         "matmul": (_randn(4, 3), _randn(5, 4), True, True, "cpu"),
+        "embedding": (_randn(5, 3), torch.tensor([[0, 4], [2, 0]]), 2, "cpu"),
+        "embedding_backward": (g(2, 2, 3), torch.tensor([[0, 4], [2, 0]]), 5, -1, "cpu"),
         "batch_norm_train": (x4, _randn(4), None, 1e-5, "cpu"),
         "batch_norm_train_backward": (g(2, 4, 7, 7), x4, g(4), g(4).abs() + 0.5, _randn(4),
                                       "cpu"),
@@ -203,6 +205,7 @@ GRADCHECK_CASES = {
                                 (_randn(4), _randn(5, 4), _randn(5, 5), _randn(5))),
     "leaky_relu": (lambda x: pt.leaky_relu(x, 0.1), (_randn(3, 4, 5),)),
     "matmul": (pt.matmul, (_randn(3, 4), _randn(4, 5))),
+    "embedding": (lambda w: pt.embedding(torch.tensor([[0, 4, 4], [2, 0, 1]]), w), (_randn(5, 3),)),
     "matmul_trans_a": (lambda a, b: pt.matmul(a, b, trans_a=True), (_randn(4, 3), _randn(4, 5))),
     "matmul_trans_b": (lambda a, b: pt.matmul(a, b, trans_b=True), (_randn(3, 4), _randn(5, 4))),
     "matmul_trans_both": (lambda a, b: pt.matmul(a, b, True, True), (_randn(4, 3), _randn(5, 4))),
@@ -278,6 +281,12 @@ def test_functions_match_torch(dtype):
     _close(pyc.relu(x, "cpu"), torch.relu(x), dtype)
     _close(pyc.sigmoid(x, "cpu"), torch.sigmoid(x), dtype)
     _close(pyc.tanh(x, "cpu"), torch.tanh(x), dtype)
+    table, picks = torch.randn(7, 5, dtype=dtype, requires_grad=True), torch.randint(0, 7, (4, 6))
+    _close(pt.embedding(picks, table, padding_idx=2), TF.embedding(picks, table, padding_idx=2), dtype)
+    grad = torch.randn(4, 6, 5, dtype=dtype)
+    ours, = torch.autograd.grad(pt.embedding(picks, table, padding_idx=2), table, grad)
+    theirs, = torch.autograd.grad(TF.embedding(picks, table, padding_idx=2), table, grad)
+    _close(ours, theirs, dtype)
     a, b = x[0, 0], x[1, 1]  # (9, 8) each
     _close(pt.matmul(a, b, trans_b=True), a @ b.T, dtype)
     _close(pt.matmul(a, b, trans_a=True), a.T @ b, dtype)

@@ -40,7 +40,7 @@ from .conv import (_conv_geom, conv1d, conv2d, conv_algorithm, conv_backward, co
 from .core import (CONV_ALGORITHMS, FLOAT_DTYPES, MAX_BOXES, SIZE_LIMIT, ConvGeom, PoolGeom, ShapeDtype, array_kind,
                    check_array, check_batch_optional, check_float_dtypes, from_dlpack,
                    is_foreign_array, shape_of, without_batch)
-from .dense import matmul
+from .dense import embedding, embedding_backward, matmul
 from .elementwise import leaky_relu, leaky_relu_backward, relu, relu_backward
 from .elementwise import (DROPOUT_RESOLUTION, DropoutDraw, dropout, dropout_backward, dropout_draw, elu,
                           elu_backward, gated_tanh, gated_tanh_backward, gated_tanh_output_shape,
@@ -62,7 +62,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "max_unpool2d",
     "pool_geom", "pool_output_size", "windows_touch_input",
     "lstm_cell", "lstm_cell_backward", "lstm", "lstm_backward", "rnn_cell", "rnn_cell_backward",
-    "RNN_NONLINEARITIES", "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "matmul", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
+    "RNN_NONLINEARITIES", "box_iou", "nms", "batched_nms", "soft_nms", "diou_nms", "matrix_nms", "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "matmul", "embedding", "embedding_backward", "batch_norm_train", "batch_norm_train_backward", "_conv_geom",
     "elu", "elu_backward", "prelu", "prelu_backward", "sigmoid", "sigmoid_backward", "tanh",
     "tanh_backward", "gated_tanh", "gated_tanh_backward", "gated_tanh_output_shape",
     "dropout", "dropout_backward", "dropout_draw", "DropoutDraw", "DROPOUT_RESOLUTION",

@@ -240,6 +240,15 @@ def check_index_dtype(op, name, a):
         raise TypeError(f"{op}: {name} must be an integer array, got {a.dtype}")
 
 
+def indices_below(idx, plane):
+    """Whether every index lies in [0, plane), in one pass over them rather than two (min and
+    max; the pass costs as much as the scatter it guards): read as unsigned, a negative index
+    lies above every index its type can hold, hence above plane unless plane is larger."""
+    if idx.dtype.kind == "i" and plane > np.iinfo(idx.dtype).max:
+        return int(idx.min()) >= 0
+    return int(idx.view(f"u{idx.dtype.itemsize}").max()) < plane
+
+
 def _int(op, name, v):
     """An int argument: Python or NumPy integers, not bools (nor floats, even integral ones),
     in (-2**62, 2**62)."""

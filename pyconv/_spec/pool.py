@@ -5,7 +5,7 @@ import numpy as np
 
 from .core import (PoolGeom, ShapeDtype, _check_window_extents, _int, check_allocatable, check_array,
                    check_batch_optional, check_extent, check_float_dtypes, check_index_dtype,
-                   check_shape_tuple, ntuple, shape_of, without_batch)
+                   check_shape_tuple, indices_below, ntuple, shape_of, without_batch)
 
 
 def pool_output_size(n, k, s, p, d, ceil_mode):
@@ -106,21 +106,12 @@ def _input_shape(op, input_shape):
     return (1, *shape) if len(shape) == 3 else shape, len(shape) == 3
 
 
-def _indices_below(idx, plane):
-    """Whether every index lies in [0, plane), in one pass over them rather than two (min and
-    max; the pass costs as much as the scatter it guards): read as unsigned, a negative index
-    lies above every index its type can hold, hence above plane unless plane is larger."""
-    if idx.dtype.kind == "i" and plane > np.iinfo(idx.dtype).max:
-        return int(idx.min()) >= 0
-    return int(idx.view(f"u{idx.dtype.itemsize}").max()) < plane
-
-
 def _check_indices(op, name, idx, shape, plane):
     check_array(op, name, idx, len(shape))
     check_index_dtype(op, name, idx)
     if tuple(idx.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {shape_of(idx)}")
-    if not isinstance(idx, ShapeDtype) and idx.size and not _indices_below(idx, plane):
+    if not isinstance(idx, ShapeDtype) and idx.size and not indices_below(idx, plane):
         raise ValueError(
             f"{op}: {name} must lie in [0, {plane}) (flat offsets into each output plane), "
             f"got values in [{int(idx.min())}, {int(idx.max())}]"

@@ -99,6 +99,11 @@ KERNELS: dict[str, KernelSpec] = _kernels(
 
     # Dense: op(a) (M, K) @ op(b) (K, N), op(m) = m.T where its flag is set.
     KernelSpec("matmul", ("a", "b", "trans_a", "trans_b"), "(M, N)"),
+    # Embedding rows: indices (any shape) in [0, rows of the table); the backward sums grad_out's
+    # rows by their index in the order of the indices, row padding_idx (-1: none) zero.
+    KernelSpec("embedding", ("weight", "indices"), "out, indices' shape + (dim,)"),
+    KernelSpec("embedding_backward", ("grad_out", "indices", "num_embeddings", "padding_idx"),
+               "grad_weight (num_embeddings, dim)"),
     # Batch normalisation with batch statistics over every axis but 1 of x (N, C, ...); weight
     # and bias (C,) or None. var is the biased variance; invstd = 1/sqrt(var + eps).
     KernelSpec("batch_norm_train", ("x", "weight", "bias", "eps"), "(y, mean (C,), var (C,))"),
@@ -177,6 +182,8 @@ OPS: dict[str, tuple[str, ...]] = {
     "box_iou_rotated": ("box_iou_rotated",),
     "nms_rotated": ("nms_rotated",),
     "matmul": ("matmul",),
+    "embedding": ("embedding",),
+    "embedding_backward": ("embedding_backward",),
     "batch_norm_train": ("batch_norm_train",),
     "batch_norm_train_backward": ("batch_norm_train_backward",),
     "softmax": ("softmax",),

@@ -280,6 +280,21 @@ def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
     return grad_x, grad_weight, grad_bias
 
 
+@backend.register
+def embedding(weight, indices):
+    out = np.empty(indices.shape + (weight.shape[1],), weight.dtype)
+    _C.embedding(weight, indices, out.reshape(indices.size, weight.shape[1]))
+    return out
+
+
+@backend.register
+def embedding_backward(grad_out, indices, num_embeddings, padding_idx):
+    dim = grad_out.shape[-1]
+    grad_weight = np.empty((num_embeddings, dim), grad_out.dtype)
+    _C.embedding_backward(grad_out.reshape(indices.size, dim), indices, padding_idx, grad_weight)
+    return grad_weight
+
+
 # Activations, dropout, softmax, losses and optimiser steps (csrc/elementwise).
 
 

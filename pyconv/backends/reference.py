@@ -732,6 +732,21 @@ def matmul(a, b, trans_a, trans_b):
     return np.ascontiguousarray((a.T if trans_a else a) @ (b.T if trans_b else b))
 
 
+@backend.register
+def embedding(weight, indices):
+    return weight[indices]
+
+
+@backend.register
+def embedding_backward(grad_out, indices, num_embeddings, padding_idx):
+    grad_weight = np.zeros((num_embeddings, grad_out.shape[-1]), grad_out.dtype)
+    # np.add.at adds one row after another, in the order of the indices.
+    np.add.at(grad_weight, indices.reshape(-1), grad_out.reshape(indices.size, grad_out.shape[-1]))
+    if padding_idx >= 0:
+        grad_weight[padding_idx] = 0
+    return grad_weight
+
+
 # --------------------------------------------------------------------------------------------
 # Normalisation
 

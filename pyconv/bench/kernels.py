@@ -271,6 +271,30 @@ def _matmul_case(name, m, k, n, trans_a=False, trans_b=False, quick=False):
                 _torch_baseline(torch_fn), quick=quick)
 
 
+def _embedding_case(name, rows, dim, count, backward, quick=False):
+    """An embedding's lookup of `count` indices into a (rows, dim) table, or its backward (the
+    gradient rows summed into the table), against PyTorch's embedding and
+    embedding_dense_backward."""
+    def make(rng):
+        return {"w": _f32(rng, rows, dim), "i": rng.integers(0, rows, count), "g": _f32(rng, count, dim)}
+
+    def run(a, be):
+        if backward:
+            return ops.embedding_backward(a["g"], a["i"], rows, backend=be)
+        return ops.embedding(a["w"], a["i"], backend=be)
+
+    def torch_fn(a):
+        torch = _torch()
+        w, i, g = (torch.from_numpy(a[k]) for k in ("w", "i", "g"))
+        if backward:
+            return lambda: torch.ops.aten.embedding_dense_backward(g, i, rows, -1, False)
+        return lambda: torch.nn.functional.embedding(i, w)
+
+    op = "embedding_backward" if backward else "embedding"
+    moved = 4 * count * dim * 2 + 8 * count  # rows read and written, indices read
+    return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
+
+
 def _batch_norm_case(name, shape, backward, quick=False):
     """Batch normalisation with batch statistics, forward or backward, against PyTorch's
     native_batch_norm (training) and its backward."""
@@ -706,6 +730,10 @@ def cases(quick: bool) -> list[Case]:
         _matmul_case("VAE from_latent grad_x g W 64x2048 . 2048x8", 64, 2048, 8),
         _matmul_case("char-LSTM out x W^T 3200x128 -> 35", 3200, 128, 35, trans_b=True),
         _matmul_case("char-LSTM out grad_w g^T x 35x3200 . 3200x128", 35, 3200, 128, trans_a=True),
+        # The char-LSTM's embedding (100 steps x 32 sequences into 65 characters x 32).
+        _embedding_case("char-LSTM 3200 into 65x32", 65, 32, 3200, backward=False, quick=True),
+        _embedding_case("char-LSTM 3200 into 65x32", 65, 32, 3200, backward=True, quick=True),
+        _embedding_case("6400 into 1000x128", 1000, 128, 6400, backward=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=True, quick=True),
         _batch_norm_case("32x64x56x56", (32, 64, 56, 56), backward=False),

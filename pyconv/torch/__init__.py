@@ -31,7 +31,7 @@ except ImportError as e:
 from . import _library, functional, nn
 from ._library import OPERATORS
 from .functional import (avg_pool2d, batch_norm_train, batched_nms, box_iou, box_iou_rotated,
-                         conv1d, conv2d, conv_transpose2d, diou_nms, get_backend, leaky_relu,
+                         conv1d, conv2d, conv_transpose2d, diou_nms, embedding, get_backend, leaky_relu,
                          lstm, lstm_cell, matmul, matrix_nms, max_pool2d, max_unpool2d, nms,
                          nms_rotated, rnn_cell, set_backend, soft_nms)
 from .nn import convert
@@ -40,5 +40,5 @@ __all__ = [
     "convert", "set_backend", "get_backend", "OPERATORS", "functional", "nn",
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
     "lstm_cell", "lstm", "rnn_cell", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
-    "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "batch_norm_train",
+    "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "embedding", "batch_norm_train",
 ]

@@ -1013,6 +1013,58 @@ def _matmul_backward(ctx, grad):
 matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
 
 
+def _index_shape(t: Tensor):
+    """The abstract array of an integer index tensor, for pyconv's shape rules."""
+    if t.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"pyconv: int64 or int32 index tensors expected, got {t.dtype}")
+    return _spec.ShapeDtype(tuple(int(n) for n in t.shape), np.int64)
+
+
+@torch.library.custom_op("pyconv::embedding_backward", mutates_args=())
+def embedding_backward(grad_out: Tensor, indices: Tensor, num_embeddings: int, padding_idx: Optional[int],
+                       backend: str) -> Tensor:
+    """grad_out's rows summed into a (num_embeddings, dim) table by their indices."""
+    return _run(ops.embedding_backward, grad_out, indices.to(torch.int64), num_embeddings, padding_idx,
+                backend=backend)
+
+
+@embedding_backward.register_fake
+def _(grad_out, indices, num_embeddings, padding_idx, backend):
+    if isinstance(num_embeddings, int):  # else a traced size: the forward's table, checked there
+        _spec.embedding_backward(_shape(grad_out), _index_shape(indices), num_embeddings, padding_idx)
+    return _new(grad_out, (num_embeddings, grad_out.shape[-1]))
+
+
+@torch.library.custom_op("pyconv::embedding", mutates_args=())
+def embedding(weight: Tensor, indices: Tensor, padding_idx: Optional[int], backend: str) -> Tensor:
+    """weight's rows picked by indices; row padding_idx (if given) gets no gradient."""
+    return _run(ops.embedding, weight, indices.to(torch.int64), backend=backend)
+
+
+@embedding.register_fake
+def _(weight, indices, padding_idx, backend):
+    table, picks = _shape(weight), _index_shape(indices)
+    shape = _spec.embedding(table, picks)
+    if padding_idx is not None:
+        _spec.embedding_backward(_spec.ShapeDtype(shape, table.dtype), picks, table.shape[0], padding_idx)
+    return _new(weight, shape)
+
+
+def _embedding_setup(ctx, inputs, output):
+    weight, indices, ctx.padding_idx, ctx.backend = inputs
+    ctx.num_embeddings = weight.shape[0]
+    ctx.save_for_backward(indices)
+
+
+def _embedding_backward(ctx, grad):
+    (indices,) = ctx.saved_tensors
+    return (call(embedding_backward, grad, indices, ctx.num_embeddings, ctx.padding_idx, ctx.backend),
+            None, None, None)
+
+
+embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup)
+
+
 # --------------------------------------------------------------------------------------------
 # Normalisation
 
@@ -1150,6 +1202,7 @@ OPERATORS = {
     "relu": relu, "relu_backward": relu_backward, "leaky_relu": leaky_relu,
     "leaky_relu_backward": leaky_relu_backward,
     "soft_nms": soft_nms, "diou_nms": diou_nms, "matrix_nms": matrix_nms, "matmul": matmul,
+    "embedding": embedding, "embedding_backward": embedding_backward,
     "batch_norm_train": batch_norm_train, "batch_norm_train_backward": batch_norm_train_backward,
     "elu": elu, "elu_backward": elu_backward, "prelu": prelu, "prelu_backward": prelu_backward,
     "sigmoid": sigmoid, "sigmoid_backward": sigmoid_backward, "tanh": tanh,

@@ -20,7 +20,7 @@ __all__ = [
     "set_backend", "get_backend",
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
     "lstm_cell", "lstm", "rnn_cell", "leaky_relu", "box_iou", "nms", "batched_nms", "box_iou_rotated",
-    "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "batch_norm_train",
+    "nms_rotated", "soft_nms", "diou_nms", "matrix_nms", "matmul", "embedding", "batch_norm_train",
 ]
 
 _chosen: str | None = None
@@ -275,6 +275,13 @@ def matmul(a, b, trans_a=False, trans_b=False, *, backend=None):
     """``op(a) @ op(b)`` of 2-D tensors, ``op(m)`` being ``m.T`` where its flag is set, without
     a transposed copy: a linear layer's ``x @ w.T`` is ``matmul(x, w, trans_b=True)``."""
     return _lib.call(_lib.matmul, a, b, bool(trans_a), bool(trans_b), _backend(backend, a))
+
+
+def embedding(input, weight, padding_idx=None, *, backend=None):
+    """Rows of ``weight`` (num_embeddings, dim) picked by the integer tensor ``input``, as
+    ``torch.nn.functional.embedding``; row padding_idx (if given) receives no gradient."""
+    return _lib.call(_lib.embedding, weight, input, None if padding_idx is None else int(padding_idx),
+                     _backend(backend, weight))
 
 
 def batch_norm_train(input, weight=None, bias=None, eps=1e-5, *, backend=None):

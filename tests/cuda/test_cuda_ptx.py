@@ -13,7 +13,8 @@ pytestmark = [
                        reason="PTX compilation needs a process without the CUDA simulator"),
 ]
 
-FAMILIES = ["conv", "pool", "lstm", "boxes", "boxes_rotated", "nms_family", "elementwise", "loss", "optim"]
+FAMILIES = ["conv", "pool", "lstm", "boxes", "boxes_rotated", "nms_family", "elementwise", "loss", "optim",
+            "dense"]
 
 
 @pytest.fixture(scope="module")

@@ -37,4 +37,4 @@ from . import loss, optim  # noqa: E402,F401
 KERNEL_FAMILIES = {"conv": conv.kernels, "pool": pool.kernels, "lstm": lstm.kernels,
                    "boxes": boxes.kernels, "nms_family": boxes.nms_family_kernels,
                    "elementwise": elementwise.kernels, "boxes_rotated": boxes_rotated.kernels,
-                   "loss": loss.kernels, "optim": optim.kernels}
+                   "loss": loss.kernels, "optim": optim.kernels, "dense": dense.kernels}

@@ -1,12 +1,15 @@
 """Dense products of the "numba" backend: the row-blocked BLAS products of ``_jit`` (one block
 per thread, BLAS itself on one thread), a transposed B handed to BLAS as a transposed view
-rather than copied."""
+rather than copied; embedding lookups, the backward's threads sharing the table's columns
+(each sum is then added in the order of the indices, whatever the thread count)."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend
-from ._jit import _matmul, _matmul_tn, _one_blas_thread, _threads
+from numba import prange
+
+from ._jit import _matmul, _matmul_tn, _one_blas_thread, _threads, kernel
 
 
 @backend.register
@@ -23,3 +26,33 @@ def matmul(a, b, trans_a, trans_b):
     else:
         _matmul(a, b.T if trans_b else b, out, _threads())
     return out
+
+
+@kernel
+def _gather_rows(weight, index, out):
+    for i in prange(index.size):
+        out[i, :] = weight[index[i], :]
+
+
+@kernel
+def _sum_rows_by_index(grad, index, grad_weight):
+    for c in prange(grad.shape[1]):
+        for i in range(index.size):
+            grad_weight[index[i], c] += grad[i, c]
+
+
+@backend.register
+def embedding(weight, indices):
+    out = np.empty((indices.size, weight.shape[1]), weight.dtype)
+    _gather_rows(weight, indices.reshape(-1), out)
+    return out.reshape(indices.shape + (weight.shape[1],))
+
+
+@backend.register
+def embedding_backward(grad_out, indices, num_embeddings, padding_idx):
+    dim = grad_out.shape[-1]
+    grad_weight = np.zeros((num_embeddings, dim), grad_out.dtype)
+    _sum_rows_by_index(grad_out.reshape(indices.size, dim), indices.reshape(-1), grad_weight)
+    if padding_idx >= 0:
+        grad_weight[padding_idx] = 0
+    return grad_weight

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...autograd import Function, Tensor, array_module, scatter_add
+from ... import _spec, ops
+from ...autograd import Function, Tensor, array_module
 from ...autograd import matrix_product as _product
 from ...autograd.functions import sum_rows
 from ._util import _data, _tensor
@@ -46,32 +47,26 @@ class _Embedding(Function):
         self.indices, self.padding_idx = indices, padding_idx
 
     def forward(self, w):
-        self.weight_shape, self.dtype = w.shape, w.dtype
-        return w[self.indices]
+        self.num_embeddings = w.shape[0]
+        return ops.embedding(w, self.indices)
 
     def backward(self, g):
-        grad = array_module(g).zeros(self.weight_shape, self.dtype)
-        scatter_add(grad, self.indices, g)  # a row used twice gets both gradients
-        if self.padding_idx is not None:
-            grad[self.padding_idx] = 0  # the padding row stays fixed, as in PyTorch
-        return grad
+        # A row used twice gets both gradients; the padding row none, as in PyTorch.
+        return ops.embedding_backward(g, self.indices, self.num_embeddings, self.padding_idx)
 
 
 def embedding(indices, weight, padding_idx=None) -> Tensor:
     """Rows of `weight` (num_embeddings, dim) picked by integer `indices` of any shape; the row
-    padding_idx (if given) receives no gradient."""
+    padding_idx (if given; negative counts from the end) receives no gradient."""
     idx = _data(indices)
     if not hasattr(idx, "dtype"):
         idx = np.asarray(idx)
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"embedding: indices must be integers, got {idx.dtype}")
-    n = _data(weight).shape[0]
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ValueError(f"embedding: indices must lie in [0, {n}), got values from "
-                         f"{int(idx.min())} to {int(idx.max())}")
-    if padding_idx is not None and padding_idx < 0:
-        padding_idx += n
-    return _Embedding(array_module(_data(weight)).asarray(idx), padding_idx)(weight)
+    w = _data(weight)
+    if padding_idx is not None:  # a row of the table, checked now rather than by the backward
+        padding_idx = _spec.embedding_backward(
+            _spec.ShapeDtype(idx.shape + w.shape[1:], w.dtype), _spec.ShapeDtype(idx.shape, np.int64),
+            w.shape[0], padding_idx)
+    return _Embedding(array_module(w).asarray(idx), padding_idx)(weight)
 
 
 def flatten(x, start_dim=1, end_dim=-1) -> Tensor:

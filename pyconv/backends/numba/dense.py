@@ -1,15 +1,14 @@
 """Dense products of the "numba" backend: the row-blocked BLAS products of ``_jit`` (one block
 per thread, BLAS itself on one thread), a transposed B handed to BLAS as a transposed view
-rather than copied; embedding lookups, the backward's threads sharing the table's columns
-(each sum is then added in the order of the indices, whatever the thread count)."""
+rather than copied; embedding lookups on one thread (a parallel loop's start costs more than a
+lookup's copies), the backward adding the gradient rows in the order of the indices, as the
+reference does."""
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend
-from numba import prange
-
-from ._jit import _matmul, _matmul_tn, _one_blas_thread, _threads, kernel
+from ._jit import _matmul, _matmul_tn, _one_blas_thread, _threads, driver
 
 
 @backend.register
@@ -28,17 +27,20 @@ def matmul(a, b, trans_a, trans_b):
     return out
 
 
-@kernel
+@driver
 def _gather_rows(weight, index, out):
-    for i in prange(index.size):
-        out[i, :] = weight[index[i], :]
+    for i in range(index.size):
+        r = index[i]
+        for c in range(out.shape[1]):
+            out[i, c] = weight[r, c]
 
 
-@kernel
+@driver
 def _sum_rows_by_index(grad, index, grad_weight):
-    for c in prange(grad.shape[1]):
-        for i in range(index.size):
-            grad_weight[index[i], c] += grad[i, c]
+    for i in range(index.size):
+        r = index[i]
+        for c in range(grad.shape[1]):
+            grad_weight[r, c] += grad[i, c]
 
 
 @backend.register

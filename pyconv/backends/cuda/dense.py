@@ -59,8 +59,9 @@ def embedding_backward(grad_out, indices, num_embeddings, padding_idx):
         index = flat(indices)
         # CuPy's argsort is always stable (and takes no kind); NumPy's (the simulator's) is asked.
         order = xp.argsort(index, kind="stable") if SIMULATOR else xp.argsort(index)
-        starts = xp.searchsorted(index[order], xp.arange(num_embeddings + 1)).astype(xp.int64)
+        # Row r's indices are order[starts[r]:starts[r + 1]].
+        starts = xp.searchsorted(index[order], xp.arange(num_embeddings + 1))
         launch(kernels(grad_out.dtype).embedding_backward_kernel, blocks_for(grad_weight.size), THREADS,
-               flat(grad_out), order.astype(xp.int64), starts, padding_idx, dim, grad_weight.size,
-               flat(grad_weight))
+               flat(grad_out), order.astype(xp.int64, copy=False), starts.astype(xp.int64, copy=False),
+               padding_idx, dim, grad_weight.size, flat(grad_weight))
     return grad_weight

@@ -327,7 +327,7 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
     ConvShape gt{};
     gt.N = bl.groups * L, gt.C = bl.C, gt.K = K, gt.Ho = Ho, gt.Wo = Wo;
     const Tiling tl = Tiling::of_forward<T, F>(gt);  // blocks of whole vectors
-    const int64_t cols = tl.cols, positions = tl.rows * tl.cols, C = bl.C;
+    const int64_t cols = tl.cols, positions = tl.rows * tl.cols, C = bl.C, width = tl.panel_width<T>();
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
     const int64_t v_stride = position_stride<T>(checked_mul(C, tl.capacity<T>()));
     const int64_t m_stride = position_stride<T>(checked_mul(K, tl.block));
@@ -359,7 +359,7 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
                     for (int64_t j = 0; j < planes; ++j) {
                         V out[P];
                         transform_window<T, F, InputTransform<F>>(planes_c + j * plane_size + at, bl.Wx, out);
-                        T* dst = v + (first / NR) * NR * C + (planes * c + j) * NR + first % NR;
+                        T* dst = v + (first / NR) * NR * C + (planes * c + j) * width + first % NR;
                         for (int q = 0; q < P; ++q) S::store(dst + q * v_stride, out[q]);
                     }
                 }
@@ -367,7 +367,7 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
             vb = run_end;
         }
         for (int xi = 0; xi < P; ++xi) {
-            const TransformedTiles<T> B{v + xi * v_stride, C};
+            const TransformedTiles<T> B{v + xi * v_stride, C, width};
             const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
             multiply_position(U, xi, K, nt, C, B, M, bufs[size_t(worker)]);
         }

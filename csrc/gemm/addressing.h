@@ -17,6 +17,14 @@ struct PackedRows {
     const T* b;
     const T* operator()(int64_t k) const { return b + k * NR; }
 };
+// A panel read in place whose rows lie `stride` apart: a panel narrower than NR stored at its
+// own width, so that the rows' unused columns are not fetched with the used ones.
+template <class T>
+struct StridedRows {
+    const T* b;
+    int64_t stride;
+    const T* operator()(int64_t k) const { return b + k * stride; }
+};
 template <class T>
 struct OffsetRows {
     const T* base;

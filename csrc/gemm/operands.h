@@ -450,13 +450,22 @@ template <class ASrc>
 struct AColsInPlace<ASrc, std::void_t<decltype(std::declval<const ASrc&>().cols(int64_t(0), int64_t(0), int64_t(0)))>>
     : std::true_type {};
 
+// Whether a B source's panels in place may be narrower than NR (has panel_width(): the
+// distance between a panel's rows).
+template <class BSrc, class = void>
+struct HasPanelWidth : std::false_type {};
+template <class BSrc>
+struct HasPanelWidth<BSrc, std::void_t<decltype(&BSrc::panel_width)>> : std::true_type {};
+
 // One B panel of gemm_block: read in place when the source allows it, else packed.
 template <class T, class BSrc>
 struct BPanel {
     bool in_place = false;
     OffsetRows<T> rows{};
+    int64_t width = gemm_nr<T>();  // of a packed panel's rows
     BPanel(const BSrc& B, int64_t k0, int64_t j0, int64_t cols) {
         if constexpr (HasRowsInPlace<BSrc>::value) in_place = B.rows_in_place(k0, j0, cols, rows);
+        if constexpr (HasPanelWidth<BSrc>::value) width = B.panel_width();
     }
     // c = the A panel (packed, or ACols read in place) times this panel's first nv vectors
     // (see micro_kernel).
@@ -465,6 +474,8 @@ struct BPanel {
                   const T* bias) const {
         if constexpr (HasRowsInPlace<BSrc>::value)
             if (in_place) return micro_kernel_cols<T>(nv, kc, a, rows, c, ldc, mode, bias);
+        if constexpr (HasPanelWidth<BSrc>::value)
+            return micro_kernel_cols<T>(nv, kc, a, StridedRows<T>{packed, width}, c, ldc, mode, bias);
         micro_kernel_cols<T>(nv, kc, a, PackedRows<T>{packed}, c, ldc, mode, bias);
     }
     void multiply(int nv, int64_t kc, const T* a, const T* packed, T* c, int64_t ldc, Store mode,

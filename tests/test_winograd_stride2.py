@@ -28,7 +28,7 @@ GRAD_WEIGHT_BOUND = 24.0
 
 # (N, C, H, W, K, padding): the DCGAN layers (smaller batches), ragged channels on either side
 # of a GEMM panel, odd image sizes whose phases are ragged and whose tiles overhang the output,
-# padding 0-2, a one-pixel output, and more tiles than one block.
+# padding 0-2, a one-pixel output, more tiles than one block, and more than one chunk of them.
 SHAPES = [
     (4, 64, 14, 14, 128, 1),
     (3, 32, 16, 16, 64, 1),
@@ -39,6 +39,7 @@ SHAPES = [
     (2, 16, 9, 10, 33, 2),
     (1, 3, 4, 4, 2, 0),
     (5, 24, 30, 22, 40, 1),
+    (16, 16, 72, 72, 16, 1),  # the weight gradient's tiles in three chunks
 ]
 # Weight gradients that go by F(7x7, 2x2) (winograd_phases.h, by_7x7_tiles): 7x7 outputs over
 # 40 images, 14x13 over 10 (a ragged last tile column), the 28x28 DCGAN's layer at batch 36.
@@ -128,8 +129,8 @@ def test_epilogue_applied_as_it_stores(isa, relu):
     assert _error(y, exact, 16 * 32, np.float32) < FORWARD_BOUND
 
 
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[4], SHAPES[8], F7_SHAPES[1]],
-                         ids=[IDS[0], IDS[4], IDS[8], "x".join(map(str, F7_SHAPES[1]))])
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[4], SHAPES[8], SHAPES[9], F7_SHAPES[1]],
+                         ids=[IDS[0], IDS[4], IDS[8], IDS[9], "x".join(map(str, F7_SHAPES[1]))])
 def test_same_bits_at_every_thread_count(shape):
     x, w, b, gy = _data(shape, np.float32, 4)
     pad = shape[-1]

@@ -574,8 +574,8 @@ namespace winograd_phases {
 // as F::points GEMMs over the tiles (25 for F(4x4, 2x2), 64 for F(7x7, 2x2)),
 // M[xi] (K x 4C) = DY[xi] (K x tiles) X[xi] (tiles x 4C), both transformed with images in the
 // lanes, so that each channel's transformed tiles are one contiguous row: DY[xi] is read as a
-// plain matrix, X[xi] as B's columns (packing transposes them). The tiles go in chunks of a size fixed by the shape (kWeightGradChunkBytes, as
-// conv2d_grad_weight_winograd); per chunk the transforms are shared out by channels and
+// plain matrix, X[xi] as B's columns (packing transposes them). The tiles go in chunks of a
+// size fixed by the shape (below); per chunk the transforms are shared out by channels and
 // the products by position, each position's sum on one thread, accumulated over the chunks
 // in order: the result does not depend on the number of threads. M is transformed back in
 // double precision and rounded once, then merged from dw' into dw.
@@ -592,7 +592,18 @@ void grad_weight_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
     const Scratch<T> DY = to_batch_lanes<T>(by, LaneMap::shifted(g, 0), dy);
     const int64_t vectors = bx.groups * positions;
     const double per_vector = double(P) * double(C4 + K) * double(L) * double(sizeof(T));
-    const int64_t chunk = std::clamp<int64_t>(int64_t(2 * kWeightGradChunkBytes / per_vector), 1, vectors);  // vectors
+    // A chunk's transformed tiles are written and read back once; M, every position's K x 4C
+    // sums, is read and written again by each chunk after the first. So a chunk's tiles take
+    // twice M's bytes, within 4 to 8 MiB, in equal chunks of whole vectors. Against chunks of
+    // 4 MiB, 2 threads, ms: 64 x 64 x 14x14 -> 128 by F(7x7, 2x2) (M 8.4 MB) 2.73-2.76 ->
+    // 2.41-2.44 (one chunk); 64 x 64 x 16x16 -> 128 (M 3.3 MB) 3.10-3.12 -> 2.91-2.93;
+    // 64 x 128 x 14x14 -> 256 (M 13 MB) 12.2-12.5 -> 11.8-12.0; 128 x 64 x 14x14 -> 128
+    // 5.4-5.5 -> 5.0-5.4. Up to 12 MiB was no better (5.1-5.8 on the last).
+    const double m_bytes = double(P) * double(K) * double(C4) * double(sizeof(T));
+    const double chunk_bytes = std::clamp(2 * m_bytes, 2 * kWeightGradChunkBytes, 4 * kWeightGradChunkBytes);
+    const int64_t most = std::clamp<int64_t>(int64_t(chunk_bytes / per_vector), 1, vectors);
+    const int64_t chunks = (vectors + most - 1) / most;
+    const int64_t chunk = (vectors + chunks - 1) / chunks;  // vectors
     const int64_t ld = chunk * L;  // tiles per row of DY[xi], X[xi]
     const int64_t x_stride = position_stride<T>(checked_mul(C4, ld));
     const int64_t y_stride = position_stride<T>(checked_mul(K, ld));

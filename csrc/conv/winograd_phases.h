@@ -80,10 +80,10 @@ void merge_weights(const ConvShape& g, const T* dws, T* dw) {
 // rows and columns covering every tile's window), and a vector holds one tile position of a
 // group's images: the input transform loads its 25 window elements as whole vectors. Tile t is
 // lane t % L of vector t / L, which is position (t / L) % P of group (t / L) / P: a block of
-// tiles reads and writes a few groups' planes, contiguous in X and y. The input and weight
-// gradients copy their operands whole (to_batch_lanes: read by four phases, or by two
-// transforms); the forward lays out x's rows under each block's tiles as it goes, one channel
-// at a time, in a small buffer (fill_lanes).
+// tiles reads and writes a few groups' planes, contiguous in X and y. The input gradient
+// copies dy whole (to_batch_lanes: read by four phases); the forward lays out x's rows under
+// each block's tiles as it goes, one channel at a time, in a small buffer (fill_lanes), and the
+// weight gradient one channel of a group of images at a time.
 struct BatchLanes {
     int64_t N, groups;  // images; groups of L of them
     int64_t C, Hx, Wx;  // X's channels, rows and columns
@@ -588,8 +588,6 @@ void grad_weight_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
     const int64_t C4 = 4 * g.C, K = g.K;
     const BatchLanes bx = BatchLanes::of<T>(g.N, C4, kTile * rows + 1, kTile * cols + 1);
     const BatchLanes by = BatchLanes::of<T>(g.N, K, kTile * rows + 1, kTile * cols + 1);
-    const Scratch<T> X = to_batch_lanes<T>(bx, LaneMap::phases(g), x);
-    const Scratch<T> DY = to_batch_lanes<T>(by, LaneMap::shifted(g, 0), dy);
     const int64_t vectors = bx.groups * positions;
     const double per_vector = double(P) * double(C4 + K) * double(L) * double(sizeof(T));
     // A chunk's transformed tiles are written and read back once; M, every position's K x 4C
@@ -618,28 +616,48 @@ void grad_weight_phases(const ConvShape& g, const T* dy, const T* x, T* dw) {
     // The transforms are shared out by channels: each thread writes whole rows of vx and vy
     // (all of a chunk's tiles of its channels). Shared out by vectors of tiles (each thread a
     // 64-byte piece of every row), they took 1.8 times on two threads the CPU time they take on
-    // one: 64 -> 128 on 8x8, batch 64, the pass 1.10 -> 0.90 ms on two threads.
-    constexpr int64_t kChannelsPerJob = 8;
-    const int64_t x_jobs = (C4 + kChannelsPerJob - 1) / kChannelsPerJob, y_jobs = (K + kChannelsPerJob - 1) / kChannelsPerJob;
+    // one: 64 -> 128 on 8x8, batch 64, the pass 1.10 -> 0.90 ms on two threads. A job lays out
+    // one source channel of one group of images at a time in a buffer of its thread's
+    // (fill_lanes) and transforms the windows of the chunk's vectors from there.
+    constexpr int64_t kXChannelsPerJob = 2, kYChannelsPerJob = 8;  // 8 rows of vx (4 phases each), 8 of vy
+    const int64_t x_jobs = (g.C + kXChannelsPerJob - 1) / kXChannelsPerJob;
+    const int64_t y_jobs = (K + kYChannelsPerJob - 1) / kYChannelsPerJob;
+    const LaneMap x_map = LaneMap::phases(g), y_map = LaneMap::shifted(g, 0);
+    std::vector<Scratch<T>> lanes;
+    for (int t = 0; t < threads; ++t)
+        lanes.push_back(scratch<T>(std::max(x_map.planes() * bx.Hx * bx.Wx, by.Hx * by.Wx) * L));
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     for (int64_t v0 = 0; v0 < vectors; v0 += chunk) {
         const int64_t nv = std::min(chunk, vectors - v0);
-        parallel_tasks(x_jobs + y_jobs, threads, [&](int64_t job, int) {
+        parallel_tasks(x_jobs + y_jobs, threads, [&](int64_t job, int worker) {
             const bool of_x = job < x_jobs;
-            const int64_t c0 = (of_x ? job : job - x_jobs) * kChannelsPerJob;
-            const int64_t c1 = std::min(c0 + kChannelsPerJob, of_x ? C4 : K);
+            const LaneMap& map = of_x ? x_map : y_map;
+            const BatchLanes& bl = of_x ? bx : by;
+            const BatchLanes one{bl.N, 1, map.planes(), bl.Hx, bl.Wx};  // the buffer: one group's planes
+            const int64_t c0 = of_x ? job * kXChannelsPerJob : (job - x_jobs) * kYChannelsPerJob;
+            const int64_t c1 = std::min(c0 + (of_x ? kXChannelsPerJob : kYChannelsPerJob), map.channels);
+            T* buf = lanes[size_t(worker)].get();
             typename S::V out[P];
-            for (int64_t c = c0; c < c1; ++c)
-                for (int64_t j = 0; j < nv; ++j) {
-                    const int64_t vec = v0 + j, at = j * L;
-                    if (of_x) {
-                        transform_window<T, F, InputTransform<F>>(window_at<T, F>(bx, X.get(), vec / positions, c, vec % positions, cols, 0, 0), bx.Wx, out);
-                        for (int q = 0; q < P; ++q) S::store(vx.get() + q * x_stride + c * ld + at, out[q]);
-                    } else {
-                        transform_window<T, F, OutputGradTransform<F>>(window_at<T, F>(by, DY.get(), vec / positions, c, vec % positions, cols, 0, 0), by.Wx, out);
-                        for (int q = 0; q < P; ++q) S::store(vy.get() + q * y_stride + c * ld + at, out[q]);
-                    }
+            for (int64_t j0 = 0; j0 < nv;) {  // the chunk's vectors, a group's run at a time
+                const int64_t group = (v0 + j0) / positions, j1 = std::min(nv, (group + 1) * positions - v0);
+                for (int64_t c = c0; c < c1; ++c) {
+                    fill_lanes(map, of_x ? x : dy, bl.N, group, c, 0, bl.Hx, bl.Hx, bl.Wx, buf, true);
+                    for (int64_t j = j0; j < j1; ++j)
+                        for (int plane = 0; plane < map.planes(); ++plane) {
+                            const T* window = window_at<T, F>(one, buf, 0, plane, (v0 + j) % positions, cols, 0, 0);
+                            if (of_x) {
+                                transform_window<T, F, InputTransform<F>>(window, bl.Wx, out);
+                                T* row = vx.get() + (map.planes() * c + plane) * ld + j * L;
+                                for (int q = 0; q < P; ++q) S::store(row + q * x_stride, out[q]);
+                            } else {
+                                transform_window<T, F, OutputGradTransform<F>>(window, bl.Wx, out);
+                                T* row = vy.get() + c * ld + j * L;
+                                for (int q = 0; q < P; ++q) S::store(row + q * y_stride, out[q]);
+                            }
+                        }
                 }
+                j0 = j1;
+            }
         });
         parallel_tasks(P, threads, [&](int64_t xi, int worker) {
             const T* bx_rows = vx.get() + xi * x_stride;

@@ -531,7 +531,7 @@ void conv2d_grad_input_winograd_phases(const ConvShape& g, const T* dy, const T*
     // Apart, the four phases read dy's layout once each: it is copied whole. Together, on at
     // most two rows of tiles, each block lays out the rows its tiles read as it goes
     // (forward_batch_lanes), a fifth of them twice: 64 -> 128 on 14x14, batch 64, 2.42-2.53
-    // -> 2.28-2.39 ms, and 3.55-4.12 -> 2.98-3.29 after 64 MB of other traffic. On more rows
+    // -> 2.25-2.39 ms, and 3.55-4.12 -> 2.93-3.29 after 64 MB of other traffic. On more rows
     // the blocks' rows overlap more (32 -> 64 on 28x28: 2.76-2.89 -> 3.06-3.26 ms).
     const bool rows_by_block = together && tiles(rows) <= 2;
     const Scratch<T> X = rows_by_block ? Scratch<T>() : to_batch_lanes<T>(bl, map, dy);

@@ -141,11 +141,11 @@ def _scatter_add_rows(target, index, values):
     flat = index.reshape(-1)
     if not flat.size:
         return
-    if flat.min() < 0:
+    lo, hi = int(flat.min()), int(flat.max())
+    if lo < -n or hi >= n:
+        raise IndexError(f"index {lo if lo < -n else hi} is out of bounds for axis 0 with size {n}")
+    if lo < 0:
         flat = np.where(flat < 0, flat + n, flat)
-    if flat.min() < 0 or flat.max() >= n:
-        raise IndexError(f"index {int(index.min()) if flat.min() < 0 else int(index.max())} is out of "
-                         f"bounds for axis 0 with size {n}")
     rows, slot = np.unique(flat, return_inverse=True)
     sums = ops.embedding_backward(values.reshape(flat.size, -1), slot.reshape(-1), len(rows))
     target[rows] += sums.reshape((len(rows),) + target.shape[1:])

@@ -383,6 +383,15 @@ const GemmTileShape& gemm_tile_of(Isa isa, int elem_size) {
 using Array = const py::array&;
 using Optional = const py::object&;  // an array or None
 
+// batch_norm's activation code (0 none, 1 relu, 2 leaky_relu), checked: its gradient is taken
+// from the output, which needs a slope >= 0 (y > 0 exactly where the input is).
+NormActivation norm_activation(int code, double negative_slope) {
+    if (code < 0 || code > 2) throw py::value_error("activation: expected 0 (none), 1 (relu) or 2 (leaky_relu)");
+    if (code == 2 && !(negative_slope >= 0 && negative_slope < std::numeric_limits<double>::infinity()))
+        throw py::value_error("negative_slope: must be finite and >= 0 for the fused leaky_relu");
+    return NormActivation(code);
+}
+
 // conv2d_prepare's result: the transformed filters (none where the shape's algorithm
 // transforms none) and the weight array they were made from, which conv2d must be given
 // with them.
@@ -1131,7 +1140,9 @@ PYBIND11_MODULE(_C, m) {
           "gradients of rnn_cell given grad_y and its output y (grad_* written in place; grad_b "
           "None when not wanted)");
     def_op(m, "batch_norm_forward",
-          [](Array x, py::object w, py::object b, double eps, Array y, Array mean, Array var) {
+          [](Array x, py::object w, py::object b, double eps, Array y, Array mean, Array var, int activation,
+             double negative_slope) {
+              const NormActivation act = norm_activation(activation, negative_slope);
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   if (x.ndim() < 2) throw py::value_error("x: expected (N, C, ...)");
@@ -1146,14 +1157,19 @@ PYBIND11_MODULE(_C, m) {
                   T* mp = checked<T>(mean, {C}, "mean", true);
                   T* vp = checked<T>(var, {C}, "var", true);
                   if (N * L < 1) throw py::value_error("x: needs at least one value per channel");
-                  without_gil([&] { kernels<T>().batch_norm_forward(N, C, L, xp, wp, bp, eps, yp, mp, vp); });
+                  without_gil([&] {
+                      kernels<T>().batch_norm_forward(N, C, L, xp, wp, bp, eps, act, T(negative_slope), yp, mp, vp);
+                  });
               });
           },
           py::arg("x"), py::arg("w"), py::arg("b"), py::arg("eps"), py::arg("y"), py::arg("mean"),
-          py::arg("var"), "batch normalisation with batch statistics; mean and var (biased) out");
+          py::arg("var"), py::arg("activation") = 0, py::arg("negative_slope") = 0.0,
+          "batch normalisation with batch statistics; mean and var (biased) out; activation: 0 none, "
+          "1 relu, 2 leaky_relu (negative_slope >= 0) applied to y as it is stored");
     def_op(m, "batch_norm_backward",
           [](Array grad_y, Array x, Array mean, Array invstd, py::object w, Array grad_x,
-             Array grad_w, Array grad_b) {
+             Array grad_w, Array grad_b, py::object y, int activation, double negative_slope) {
+              const NormActivation act = norm_activation(activation, negative_slope);
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   if (x.ndim() < 2) throw py::value_error("x: expected (N, C, ...)");
@@ -1166,18 +1182,24 @@ PYBIND11_MODULE(_C, m) {
                   const T* mp = checked<T>(mean, {C}, "mean");
                   const T* ip = checked<T>(invstd, {C}, "invstd");
                   const T* wp = checked_or_null<T>(w, {C}, "w");
+                  const T* yp = checked_or_null<T>(y, shape, "y");
+                  if (act != NormActivation::none && yp == nullptr)
+                      throw py::value_error("y: the forward's output is needed for its activation's gradient");
                   T* gx = checked<T>(grad_x, shape, "grad_x", true);
                   T* gw = checked<T>(grad_w, {C}, "grad_w", true);
                   T* gb = checked<T>(grad_b, {C}, "grad_b", true);
                   if (N * L < 1) throw py::value_error("x: needs at least one value per channel");
                   without_gil([&] {
-                      kernels<T>().batch_norm_backward(N, C, L, gy, xp, mp, ip, wp, gx, gw, gb);
+                      kernels<T>().batch_norm_backward(N, C, L, gy, xp, mp, ip, wp, act, T(negative_slope), yp, gx,
+                                                       gw, gb);
                   });
               });
           },
           py::arg("grad_y"), py::arg("x"), py::arg("mean"), py::arg("invstd"), py::arg("w"),
-          py::arg("grad_x"), py::arg("grad_w"), py::arg("grad_b"),
-          "gradients of batch_norm_forward (training) into grad_x, grad_w, grad_b");
+          py::arg("grad_x"), py::arg("grad_w"), py::arg("grad_b"), py::arg("y") = py::none(),
+          py::arg("activation") = 0, py::arg("negative_slope") = 0.0,
+          "gradients of batch_norm_forward (training) into grad_x, grad_w, grad_b; with an activation, "
+          "grad_y is its output's gradient and y the forward's output");
 
     // ---- Softmax and losses over rows (M, C) ---------------------------------------------------
     for (const bool log : {false, true}) {

@@ -21,6 +21,10 @@ struct PreparedFilters {
     virtual ~PreparedFilters() = default;
 };
 
+// The activation a batch normalisation applies to its output in the same pass (a network's
+// BatchNorm -> ReLU / LeakyReLU pair), with the bits of the separate activation kernels.
+enum class NormActivation : int { none = 0, relu = 1, leaky_relu = 2 };
+
 // Direct convolution geometry: input (N,C,H,W), weight (K,C/groups,R,S), output (N,K,Ho,Wo).
 // Only the top/left padding enters index arithmetic; bottom/right padding is implied by Ho/Wo.
 // Transpose convolution is described by the geometry of the direct convolution it inverts.
@@ -134,14 +138,17 @@ struct KernelsFor {
                               const T* h, const T* y, const T* w_ih, const T* w_hh, bool tanh,
                               T* grad_x, T* grad_h, T* grad_w_ih, T* grad_w_hh, T* grad_b);
 
-    // Batch normalisation with batch statistics over x (N, C, L); w, b may be nullptr. mean,
-    // var (C,): the biased statistics used.
+    // Batch normalisation with batch statistics over x (N, C, L), then `act` (with its
+    // negative slope, >= 0, for leaky_relu); w, b may be nullptr. mean, var (C,): the biased
+    // statistics used.
     void (*batch_norm_forward)(int64_t N, int64_t C, int64_t L, const T* x, const T* w,
-                               const T* b, double eps, T* y, T* mean, T* var);
-    // Its gradients given the mean and invstd = 1/sqrt(var + eps); w may be nullptr.
+                               const T* b, double eps, NormActivation act, T slope, T* y,
+                               T* mean, T* var);
+    // Its gradients given the mean and invstd = 1/sqrt(var + eps), and (for an activation) the
+    // forward's output y, from which the activation's gradient is taken; w may be nullptr.
     void (*batch_norm_backward)(int64_t N, int64_t C, int64_t L, const T* grad_y, const T* x,
-                                const T* mean, const T* invstd, const T* w, T* grad_x,
-                                T* grad_w, T* grad_b);
+                                const T* mean, const T* invstd, const T* w, NormActivation act,
+                                T slope, const T* y, T* grad_x, T* grad_w, T* grad_b);
 
     // Softmax (log_softmax where `log`) over the rows of x (M, C), and its gradient given y.
     void (*softmax_forward)(int64_t M, int64_t C, const T* x, bool log, T* y);

@@ -760,23 +760,31 @@ def embedding_backward(grad_out, indices, num_embeddings, padding_idx=None, *, b
 
 
 @_takes_dlpack
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, backend=None):
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, *, activation=None, negative_slope=0.01,
+                     backend=None):
     """Batch normalisation with the batch's statistics, as ``torch.nn.functional.batch_norm``
     in training mode: x (N, C, ...) normalised per channel over every other axis, then scaled by
     weight and shifted by bias (C,) where given. Returns ``(y, mean, var)``, var the biased
-    variance the normalisation divided by (the running statistics are the caller's)."""
-    eps = _spec.batch_norm_train(x, weight, bias, eps)
-    return _run("batch_norm_train", "batch_norm_train", backend, (x, weight, bias), eps)
+    variance the normalisation divided by (the running statistics are the caller's).
+
+    ``activation`` ("relu", or "leaky_relu" with ``negative_slope`` >= 0) is applied to y in
+    the same pass, with the bits of :func:`relu` / :func:`leaky_relu` run on y afterwards (a
+    network's BatchNorm -> ReLU pair without a pass of its own)."""
+    eps, slope = _spec.batch_norm_train(x, weight, bias, eps, activation, negative_slope)
+    return _run("batch_norm_train", "batch_norm_train", backend, (x, weight, bias), eps, activation, slope)
 
 
 @_takes_dlpack
-def batch_norm_train_backward(grad_out, x, mean, invstd, weight=None, *, backend=None):
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight=None, *, y=None, activation=None,
+                              negative_slope=0.01, backend=None):
     """Gradients ``(grad_x, grad_weight, grad_bias)`` of :func:`batch_norm_train` at x, given
     the mean and ``invstd = 1 / sqrt(var + eps)`` of its forward (grad_x includes the path
-    through the batch statistics)."""
-    _spec.batch_norm_train_backward(grad_out, x, mean, invstd, weight)
+    through the batch statistics). With an ``activation``, grad_out is the gradient of the
+    activated output ``y`` (the forward's result, from which the activation's gradient is
+    taken, as :func:`relu_backward` does)."""
+    slope = _spec.batch_norm_train_backward(grad_out, x, mean, invstd, weight, y, activation, negative_slope)
     return _run("batch_norm_train_backward", "batch_norm_train_backward", backend,
-                (grad_out, x, mean, invstd, weight))
+                (grad_out, x, mean, invstd, weight, y), activation, slope)
 
 
 # --------------------------------------------------------------------------------------------

@@ -145,23 +145,25 @@ def embedding_backward(rows, dim, index_shape, padding_idx=None, index_dtype=np.
     return build
 
 
-def batch_norm_train(shape, affine=True, offset=0.0, noncontiguous=False):
+def batch_norm_train(shape, affine=True, offset=0.0, noncontiguous=False, **activation):
     def build(rng, dtype):
         C = shape[1]
         x = array(rng, shape, dtype, noncontiguous) * 3 + offset
         w, b = (array(rng, C, dtype), array(rng, C, dtype)) if affine else (None, None)
-        return (x, w, b), dict(eps=1e-3)
+        return (x, w, b), dict(eps=1e-3, **activation)
     return build
 
 
-def batch_norm_train_backward(shape, affine=True):
+def batch_norm_train_backward(shape, affine=True, **activation):
+    """With an activation, y is the fused forward's output (about half of it at or below 0)."""
     def build(rng, dtype):
         C = shape[1]
         x = array(rng, shape, dtype) * 2 + 1
-        _, mean, var = ops.batch_norm_train(x, **REF)
-        invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
         w = array(rng, C, dtype) if affine else None
-        return (array(rng, shape, dtype), x, mean, invstd, w), {}
+        y, mean, var = ops.batch_norm_train(x, w, None, **activation, **REF)
+        invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+        extra = dict(y=y, **activation) if activation else {}
+        return (array(rng, shape, dtype), x, mean, invstd, w), extra
     return build
 
 
@@ -1234,12 +1236,22 @@ CASES = {
         "noncontiguous": batch_norm_train((2, 3, 4, 4), noncontiguous=True),
         # Rows past whole vectors with a tail, channels over both threads.
         "dcgan_rows": cpu_path(batch_norm_train((8, 16, 14, 14))),
+        # Short rows: tasks of several channels (3-10 by the thread count), each pass image
+        # by image over a block's channels; 40 channels leave a partial last block.
+        "channel_blocks": cpu_path(batch_norm_train((8, 40, 3, 3))),
+        "relu": batch_norm_train((4, 6, 5, 5), activation="relu"),
+        "leaky_relu": batch_norm_train((4, 6, 5, 5), activation="leaky_relu", negative_slope=0.2),
+        "leaky_relu_blocks": cpu_path(batch_norm_train((8, 40, 3, 3), activation="leaky_relu", negative_slope=0.3)),
     },
     "batch_norm_train_backward": {
         "nchw": batch_norm_train_backward((4, 3, 5, 6)),
         "no_affine": batch_norm_train_backward((3, 4, 2, 3), affine=False),
         "vectors": batch_norm_train_backward((7, 5)),
         "dcgan_rows": cpu_path(batch_norm_train_backward((8, 16, 14, 14))),
+        "channel_blocks": cpu_path(batch_norm_train_backward((8, 40, 3, 3))),
+        "relu": batch_norm_train_backward((4, 6, 5, 5), activation="relu"),
+        "leaky_relu": batch_norm_train_backward((4, 6, 5, 5), activation="leaky_relu", negative_slope=0.2),
+        "relu_blocks": cpu_path(batch_norm_train_backward((8, 40, 3, 3), activation="relu")),
     },
     "softmax": {
         "rows": softmax((5, 7)),

@@ -105,9 +105,13 @@ KERNELS: dict[str, KernelSpec] = _kernels(
     KernelSpec("embedding_backward", ("grad_out", "indices", "num_embeddings", "padding_idx"),
                "grad_weight (num_embeddings, dim)"),
     # Batch normalisation with batch statistics over every axis but 1 of x (N, C, ...); weight
-    # and bias (C,) or None. var is the biased variance; invstd = 1/sqrt(var + eps).
-    KernelSpec("batch_norm_train", ("x", "weight", "bias", "eps"), "(y, mean (C,), var (C,))"),
-    KernelSpec("batch_norm_train_backward", ("grad_out", "x", "mean", "invstd", "weight"),
+    # and bias (C,) or None. var is the biased variance; invstd = 1/sqrt(var + eps). activation
+    # (None, "relu" or "leaky_relu" with negative_slope >= 0) applies to y; its gradient comes
+    # from the forward's output y (None without an activation).
+    KernelSpec("batch_norm_train", ("x", "weight", "bias", "eps", "activation", "negative_slope"),
+               "(y, mean (C,), var (C,))"),
+    KernelSpec("batch_norm_train_backward",
+               ("grad_out", "x", "mean", "invstd", "weight", "y", "activation", "negative_slope"),
                "(grad_x, grad_weight (C,), grad_bias (C,))"),
 
     # Softmax and losses over the class axis of x (M, C): rows of C classes. target (M,) is

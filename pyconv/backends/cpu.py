@@ -264,19 +264,23 @@ def matmul(a, b, trans_a, trans_b):
     return y
 
 
+_NORM_ACTIVATION_CODES = {None: 0, "relu": 1, "leaky_relu": 2}
+
+
 @backend.register
-def batch_norm_train(x, weight, bias, eps):
+def batch_norm_train(x, weight, bias, eps, activation, negative_slope):
     y = np.empty_like(x)
     mean, var = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
-    _C.batch_norm_forward(x, weight, bias, eps, y, mean, var)
+    _C.batch_norm_forward(x, weight, bias, eps, y, mean, var, _NORM_ACTIVATION_CODES[activation], negative_slope)
     return y, mean, var
 
 
 @backend.register
-def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight, y, activation, negative_slope):
     grad_x = np.empty_like(x)
     grad_weight, grad_bias = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
-    _C.batch_norm_backward(grad_out, x, mean, invstd, weight, grad_x, grad_weight, grad_bias)
+    _C.batch_norm_backward(grad_out, x, mean, invstd, weight, grad_x, grad_weight, grad_bias, y,
+                           _NORM_ACTIVATION_CODES[activation], negative_slope)
     return grad_x, grad_weight, grad_bias
 
 

@@ -755,8 +755,23 @@ def _per_channel_axes(x):
     return (0,) + tuple(range(2, x.ndim)), (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
+def activated(y, activation, negative_slope, relu, leaky_relu):
+    """y through batch_norm_train's activation, given a backend's relu and leaky_relu."""
+    if activation == "relu":
+        return relu(y)
+    return leaky_relu(y, negative_slope) if activation == "leaky_relu" else y
+
+
+def through_activation(grad_out, y, activation, negative_slope, relu_backward, leaky_relu_backward):
+    """batch_norm_train_backward's grad_out through the activation, from the output y (for a
+    slope >= 0, y > 0 exactly where the activation's input is)."""
+    if activation == "relu":
+        return relu_backward(grad_out, y)
+    return leaky_relu_backward(grad_out, y, negative_slope) if activation == "leaky_relu" else grad_out
+
+
 @backend.register
-def batch_norm_train(x, weight, bias, eps):
+def batch_norm_train(x, weight, bias, eps, activation, negative_slope):
     axes, shape = _per_channel_axes(x)
     mean = x.mean(axis=axes)
     var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
@@ -766,11 +781,12 @@ def batch_norm_train(x, weight, bias, eps):
         y = y * weight.reshape(shape)
     if bias is not None:
         y = y + bias.reshape(shape)
-    return y, mean, var
+    return activated(y, activation, negative_slope, relu, leaky_relu), mean, var
 
 
 @backend.register
-def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight, y, activation, negative_slope):
+    grad_out = through_activation(grad_out, y, activation, negative_slope, relu_backward, leaky_relu_backward)
     axes, shape = _per_channel_axes(x)
     xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
     grad_bias = grad_out.sum(axis=axes)

@@ -100,11 +100,9 @@ class Discriminator(nn.Module):
         if labels is None:
             raise ValueError("Discriminator: a conditional discriminator needs labels")
         h = concatenate([x, _label_maps(self.embed, labels, x.shape[2], x.shape[3])], axis=1)
-        *features, score = self.net
-        for layer in features:
-            h = layer(h)
+        h = self.net[:-1](h)  # the features (a Sequential, which fuses batch norm + LeakyReLU)
         h = concatenate([h, _label_maps(self.embed, labels, h.shape[2], h.shape[3])], axis=1)
-        return score(self.joint(h)).reshape(x.shape[0])
+        return self.net[-1](self.joint(h)).reshape(x.shape[0])
 
 
 def _dcgan_init(module):

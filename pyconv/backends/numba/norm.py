@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ..reference import activated, through_activation
 from . import backend
 from ._jit import kernel
+from .elementwise import leaky_relu, leaky_relu_backward, relu, relu_backward
 
 
 @kernel
@@ -67,16 +69,17 @@ def _or_empty(a, dtype):
 
 
 @backend.register
-def batch_norm_train(x, weight, bias, eps):
+def batch_norm_train(x, weight, bias, eps, activation, negative_slope):
     y = np.empty_like(x)
     mean, var = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
     _forward(_ncl(x), _or_empty(weight, x.dtype), _or_empty(bias, x.dtype), weight is not None,
              bias is not None, eps, _ncl(y), mean, var)
-    return y, mean, var
+    return activated(y, activation, negative_slope, relu, leaky_relu), mean, var
 
 
 @backend.register
-def batch_norm_train_backward(grad_out, x, mean, invstd, weight):
+def batch_norm_train_backward(grad_out, x, mean, invstd, weight, y, activation, negative_slope):
+    grad_out = through_activation(grad_out, y, activation, negative_slope, relu_backward, leaky_relu_backward)
     grad_x = np.empty_like(x)
     grad_weight, grad_bias = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
     _backward(_ncl(grad_out), _ncl(x), mean, invstd, _or_empty(weight, x.dtype), weight is not None,

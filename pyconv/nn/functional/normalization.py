@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from ... import ops
 from ..._spec import FLOAT_DTYPES
+from ..._spec.norm import _activation
 from ...autograd import Function, Tensor, array_module
 from ._util import _channel_shape, _data
+from .activation import leaky_relu, relu
 
 __all__ = ["batch_norm"]
 
@@ -41,22 +43,27 @@ class _BatchNorm(Function):
 
 class _BatchNormTrain(Function):
     """Training mode on the fused kernels of the selected backend: one pass per channel for the
-    statistics and the normalisation, one for the three gradients."""
+    statistics and the normalisation (and the activation, if any), one for the three gradients
+    (through the activation)."""
 
     training = True  # what exporters read: batch statistics, not running ones
 
-    def __init__(self, eps):
-        self.eps = eps
+    def __init__(self, eps, activation=None, negative_slope=0.01):
+        self.eps, self.activation, self.negative_slope = eps, activation, negative_slope
 
     def forward(self, x, w, b):
-        y, self.mean, self.var = ops.batch_norm_train(x, w, b, self.eps)
+        y, self.mean, self.var = ops.batch_norm_train(x, w, b, self.eps, activation=self.activation,
+                                                      negative_slope=self.negative_slope)
         self.x, self.w = x, w
+        self.y = y if self.activation else None  # the activation's gradient is read from it
         return y
 
     def backward(self, g):
         nx, nw, nb = self.needs_input_grad
         invstd = 1 / array_module(g).sqrt(self.var + self.x.dtype.type(self.eps))
-        gx, gw, gb = ops.batch_norm_train_backward(g, self.x, self.mean, invstd, self.w)
+        gx, gw, gb = ops.batch_norm_train_backward(g, self.x, self.mean, invstd, self.w, y=self.y,
+                                                   activation=self.activation,
+                                                   negative_slope=self.negative_slope)
         return gx if nx else None, gw if nw else None, gb if nb else None
 
 
@@ -67,10 +74,16 @@ def _fused_kernels_apply(xd, weight, bias):
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5) -> Tensor:
+               momentum=0.1, eps=1e-5, *, activation=None, negative_slope=0.01) -> Tensor:
     """Batch normalisation over axis 1, as ``torch.nn.functional.batch_norm``. In training it
     normalises with the batch statistics and updates running_mean / running_var in place
-    (running_var with the unbiased variance); otherwise it uses the running statistics."""
+    (running_var with the unbiased variance); otherwise it uses the running statistics.
+
+    ``activation`` ("relu", or "leaky_relu" with ``negative_slope`` >= 0) follows the
+    normalisation: ``relu(batch_norm(...))`` / ``leaky_relu(batch_norm(...), negative_slope)``
+    with the same bits, in training as one kernel each way (no pass over the normalised
+    output, no Function of its own)."""
+    _activation("batch_norm", activation, negative_slope)
     xd = _data(x)
     if xd.ndim < 2:
         raise ValueError(f"batch_norm: x must be at least 2-D (N, C, ...), got shape {xd.shape}")
@@ -88,7 +101,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if n < 2:
             raise ValueError(f"batch_norm: training needs more than one value per channel, got x of shape {xd.shape}")
         if _fused_kernels_apply(xd, weight, bias):
-            fn = _BatchNormTrain(eps)
+            fn = _BatchNormTrain(eps, activation, negative_slope)
             y = fn(x, weight, bias)
             _update_running(rm, rv, fn.mean, fn.var, momentum, n)
             return y
@@ -100,7 +113,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
         mean, var = rm, rv
     invstd = 1.0 / xp.sqrt(var + eps)
-    return _BatchNorm(mean.astype(xd.dtype), invstd.astype(xd.dtype), training)(x, weight, bias)
+    y = _BatchNorm(mean.astype(xd.dtype), invstd.astype(xd.dtype), training)(x, weight, bias)
+    if activation == "relu":
+        return relu(y)
+    return leaky_relu(y, negative_slope) if activation == "leaky_relu" else y
 
 
 def _update_running(rm, rv, mean, var, momentum, n):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .module import Module
+from .module import Module, _forward_hooks
 
 __all__ = ["Sequential"]
 
@@ -24,8 +24,18 @@ class Sequential(Module):
             setattr(self, name, m)
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        modules = tuple(self._modules.values())
+        i = 0
+        while i < len(modules):
+            # A pair the first module runs as one (Module._fused_with), unless a forward hook
+            # must see the output in between.
+            fused = None if _forward_hooks or i + 1 == len(modules) else modules[i]._fused_with(modules[i + 1])
+            if fused is None:
+                x = modules[i](x)
+                i += 1
+            else:
+                x = fused(x)
+                i += 2
         return x
 
     def __getitem__(self, i):

@@ -87,6 +87,12 @@ class Module:
                 hook(self, out)
         return out
 
+    def _fused_with(self, follower):
+        """A function of one argument that runs this module and then `follower` as one step (a
+        batch norm and the activation after it: one kernel instead of two), or None.
+        Sequential asks each neighbouring pair."""
+        return None
+
     # -- traversal
     def named_children(self):
         return iter(self._modules.items())

@@ -5,6 +5,7 @@ import numpy as np
 
 from ...autograd import Tensor
 from .. import functional as F
+from .activation import LeakyReLU, ReLU
 from .module import Module, Parameter, _ShapePreserving
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -32,6 +33,20 @@ class _BatchNorm(_ShapePreserving, Module):
             self.running_mean = self.running_var = None
 
     def forward(self, x):
+        return self._forward(x)
+
+    def _fused_with(self, follower):
+        # ReLU or LeakyReLU (as themselves, not subclasses that may change them) after this
+        # module's own forward: the batch norm applies them as it stores.
+        if type(self).forward is not _BatchNorm.forward:
+            return None
+        if type(follower) is ReLU:
+            return lambda x: self._forward(x, "relu")
+        if type(follower) is LeakyReLU and follower.negative_slope >= 0:
+            return lambda x: self._forward(x, "leaky_relu", follower.negative_slope)
+        return None
+
+    def _forward(self, x, activation=None, negative_slope=0.01):
         ndim = x.ndim if isinstance(x, Tensor) else np.ndim(x)
         if ndim not in self.ndims:
             raise ValueError(f"{type(self).__name__}: expected a {' or '.join(f'{d}-D' for d in self.ndims)} "
@@ -43,7 +58,8 @@ class _BatchNorm(_ShapePreserving, Module):
             if momentum is None:  # PyTorch's cumulative moving average
                 momentum = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, momentum or 0.0, self.eps)
+                            use_batch_stats, momentum or 0.0, self.eps, activation=activation,
+                            negative_slope=negative_slope)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

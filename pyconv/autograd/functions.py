@@ -10,6 +10,8 @@ gradient, links the outputs to the Function: that link is the whole graph. The h
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .. import ops
@@ -472,7 +474,7 @@ class Concatenate(Function):
         return array_module(arrays[0]).concatenate(arrays, axis=self.axis)
 
     def backward(self, g):
-        bounds = np.cumsum(self.sizes)[:-1].tolist()
+        bounds = list(itertools.accumulate(self.sizes[:-1]))
         return tuple(array_module(g).split(g, bounds, axis=self.axis))
 
 

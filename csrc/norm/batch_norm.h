@@ -60,6 +60,11 @@ struct RowPart {
         if (n == Simd<T>::lanes) Simd<T>::store(row + l, v);
         else store_first<T>(row + l, v, n);
     }
+    // v with the lanes past the row cleared.
+    inline __attribute__((always_inline)) typename Simd<T>::V kept(typename Simd<T>::V v) const {
+        using S = Simd<T>;
+        return n == S::lanes ? v : S::iota() < S::splat_int(typename S::Int(n)) ? v : S::zero();
+    }
 };
 
 // Channels' running sums: one double per lane of T's vectors (Simd<T>::lanes per channel, in a
@@ -138,9 +143,8 @@ void batch_norm_forward_with(int64_t N, int64_t C, int64_t L, const T* x, const 
                 const V m = S::splat(mean[c]);
                 V acc = S::zero();
                 each_part<T>(L, [&](RowPart<T> p) {
-                    const V d = p.load(xr) - m;
-                    // past the row x reads 0, and 0 - mean is not: those lanes cleared
-                    acc += p.n == S::lanes ? d * d : S::iota() < S::splat_int(typename S::Int(p.n)) ? d * d : S::zero();
+                    const V d = p.kept(p.load(xr) - m);  // past the row x reads 0, and 0 - mean is not 0
+                    acc += d * d;
                 });
                 squares.add(c - c0, acc);
             }

@@ -42,9 +42,9 @@ class _BatchNorm(Function):
 
 
 class _BatchNormTrain(Function):
-    """Training mode on the fused kernels of the selected backend: one pass per channel for the
-    statistics and the normalisation (and the activation, if any), one for the three gradients
-    (through the activation)."""
+    """Training mode on the fused kernels of the selected backend: one task per block of
+    channels for the statistics and the normalisation (and the activation, if any), one for the
+    three gradients (through the activation)."""
 
     training = True  # what exporters read: batch statistics, not running ones
 

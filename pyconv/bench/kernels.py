@@ -295,33 +295,46 @@ def _embedding_case(name, rows, dim, count, backward, quick=False):
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
-def _batch_norm_case(name, shape, backward, quick=False):
+def _batch_norm_case(name, shape, backward, quick=False, slope=None):
     """Batch normalisation with batch statistics, forward or backward, against PyTorch's
-    native_batch_norm (training) and its backward."""
+    native_batch_norm (training) and its backward; with `slope`, a LeakyReLU after it (fused in
+    pyconv; torch's leaky_relu and its backward run after / before the batch norm's)."""
     C, eps = shape[1], 1e-5
+    act = dict(activation="leaky_relu", negative_slope=slope) if slope is not None else {}
 
     def make(rng):
         x = _f32(rng, *shape)
-        _, mean, var = ops.batch_norm_train(x, backend="reference")
-        return {"x": x, "g": _f32(rng, *shape), "w": _f32(rng, C), "b": _f32(rng, C), "mean": mean,
+        w, b = _f32(rng, C), _f32(rng, C)
+        y, mean, var = ops.batch_norm_train(x, w, b, eps, **act, backend="reference")
+        return {"x": x, "g": _f32(rng, *shape), "w": w, "b": b, "mean": mean, "y": y,
                 "invstd": (1 / np.sqrt(var + eps)).astype(np.float32)}
 
     def run(a, be):
         if backward:
-            return ops.batch_norm_train_backward(a["g"], a["x"], a["mean"], a["invstd"], a["w"], backend=be)
-        return ops.batch_norm_train(a["x"], a["w"], a["b"], eps, backend=be)
+            y = {"y": a["y"]} if act else {}
+            return ops.batch_norm_train_backward(a["g"], a["x"], a["mean"], a["invstd"], a["w"], **y, **act,
+                                                 backend=be)
+        return ops.batch_norm_train(a["x"], a["w"], a["b"], eps, **act, backend=be)
 
     def torch_fn(a):
         torch = _torch()
-        x, g, w, b = (torch.from_numpy(a[k]) for k in ("x", "g", "w", "b"))
+        x, g, w, b, y = (torch.from_numpy(a[k]) for k in ("x", "g", "w", "b", "y"))
         mean, invstd = torch.from_numpy(a["mean"]), torch.from_numpy(a["invstd"])
+        F = torch.ops.aten
         if backward:
-            return lambda: torch.ops.aten.native_batch_norm_backward(
-                g, x, w, None, None, mean, invstd, True, eps, [True, True, True])
-        return lambda: torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.1, eps)
+            def through(g):
+                return g if slope is None else F.leaky_relu_backward(g, y, slope, False)
+            return lambda: F.native_batch_norm_backward(
+                through(g), x, w, None, None, mean, invstd, True, eps, [True, True, True])
+        if slope is None:
+            return lambda: F.native_batch_norm(x, w, b, None, None, True, 0.1, eps)
+        return lambda: F.leaky_relu(F.native_batch_norm(x, w, b, None, None, True, 0.1, eps)[0], slope)
 
     op = "batch_norm_train_backward" if backward else "batch_norm_train"
-    moved = 4 * math.prod(shape) * (3 if backward else 2)  # x (and grad) read, result written
+    if slope is not None:
+        name += f" + LeakyReLU({slope})"
+    # x (and grad, and y with an activation's backward) read, the result written
+    moved = 4 * math.prod(shape) * ((4 if act else 3) if backward else 2)
     return Case(op, name, (op,), make, run, moved, "byte", _torch_baseline(torch_fn), quick=quick)
 
 
@@ -736,6 +749,8 @@ def cases(quick: bool) -> list[Case]:
         _embedding_case("6400 into 1000x128", 1000, 128, 6400, backward=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=False, quick=True),
         _batch_norm_case("DCGAN 64x64x14x14", (64, 64, 14, 14), backward=True, quick=True),
+        _batch_norm_case("DCGAN 64x128x7x7", (64, 128, 7, 7), backward=False, slope=0.2),
+        _batch_norm_case("DCGAN 64x128x7x7", (64, 128, 7, 7), backward=True, slope=0.2),
         _batch_norm_case("32x64x56x56", (32, 64, 56, 56), backward=False),
         *(_class_rows_case(op, "char-LSTM 3200x65", (3200, 65), quick=True) for op in (
             "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",

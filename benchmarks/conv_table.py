@@ -28,7 +28,7 @@ def main():
 
     import pyconv
     from pyconv.bench.kernels import cases
-    from pyconv.bench.measure import best_time
+    from pyconv.bench.measure import best_time, warm
 
     pyconv.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
@@ -51,6 +51,7 @@ def main():
         per_round = [[] for _ in fns]
         for _ in range(args.rounds):
             for i, f in enumerate(fns):
+                warm(f)  # the implementation timed before has stopped spinning, f's workers are awake
                 per_round[i].append(best_time(f, args.repeats, clock))
         agg = min if args.threads == 1 else statistics.median
         p, t, o = (agg(r) for r in per_round)

@@ -136,6 +136,23 @@ static inline __attribute__((always_inline)) void store_first(T* p, typename Sim
 #endif
 }
 
+// Copies n elements from src to dst with non-temporal (streaming) 16-byte stores wherever dst
+// is aligned for them. Streamed lines go to memory without first being read into the cache (the
+// read-for-ownership of a normal store), for output that would not stay in cache
+// anyway. SSE2 stores, so every ISA build has them. Needs an _mm_sfence() before
+// other threads read dst.
+template <class T>
+static void stream_copy(const T* src, T* dst, int64_t n) {
+    constexpr int64_t per = 16 / sizeof(T);
+    int64_t i = 0;
+    for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 16 != 0; ++i) dst[i] = src[i];
+    for (; i + per <= n; i += per) {
+        if constexpr (std::is_same_v<T, float>) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+        else _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+    }
+    for (; i < n; ++i) dst[i] = src[i];
+}
+
 // Short copies and fills in whole vectors, as loops (a library call costs as much as the copy
 // for the few dozen elements of an image row). GCC would turn the loops back into memcpy and
 // memset calls (7% of a segmentation's cross-entropy gradient went to those calls); the

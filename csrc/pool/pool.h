@@ -409,23 +409,6 @@ static void avg_row(const PoolShape& g, bool count_include_pad, int64_t divisor_
     });
 }
 
-// Copies n elements from src to dst with non-temporal (streaming) 16-byte stores wherever dst
-// is aligned for them. Streamed lines go to memory without first being read into the cache (the
-// read-for-ownership of a normal store), which saves a quarter of the DRAM traffic of a large
-// 2x2 average pooling. SSE2 stores, so every ISA build has them. Needs an _mm_sfence() before
-// other threads read dst.
-template <class T>
-static void stream_copy(const T* src, T* dst, int64_t n) {
-    constexpr int64_t per = 16 / sizeof(T);
-    int64_t i = 0;
-    for (; i < n && reinterpret_cast<uintptr_t>(dst + i) % 16 != 0; ++i) dst[i] = src[i];
-    for (; i + per <= n; i += per) {
-        if constexpr (std::is_same_v<T, float>) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
-        else _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
-    }
-    for (; i < n; ++i) dst[i] = src[i];
-}
-
 // Above this many bytes of input + output the pooling runs from DRAM (the L3 holds 32 MiB,
 // shared) and its output is streamed.
 constexpr int64_t kStreamingPoolBytes = int64_t(24) << 20;

@@ -343,38 +343,23 @@ struct TransformedFilters {
         });
     }
 
-    // The A source of position xi, copied panel by panel into the GEMM's buffer.
+    // The A source of position xi, its panels read in place by gemm_block (it has a_panel()).
+    // A copy of each panel first, once faster for U beyond the L2 cache, lost to the
+    // micro-kernel's prefetch of A (2 threads, 8 x 256 x 14x14 -> 256 by position 4.74-4.81
+    // -> 4.57-4.62 ms, 64 x 256 x 14x14 block by block 34.3-34.6 -> 28.9-29.5 ms).
     struct Position {
         const T* data;
         int64_t C;
-        const T* panel(int64_t i0, int64_t k0) const { return data + i0 * C + k0 * MR; }  // i0: a multiple of MR
-        void pack_panel(int64_t i0, int64_t, int64_t k0, int64_t kc, T* dst) const {
-            const T* src = panel(i0, k0);
-            std::copy(src, src + kc * MR, dst);
-        }
-    };
-    // The same, read in place by gemm_block (it has a_panel()).
-    struct PositionInPlace : Position {
-        const T* a_panel(int64_t i0, int64_t k0) const { return this->panel(i0, k0); }
+        const T* a_panel(int64_t i0, int64_t k0) const { return data + i0 * C + k0 * MR; }  // i0: a multiple of MR
     };
     Position operator[](int xi) const { return Position{data.get() + xi * xi_size, C}; }
-    PositionInPlace in_place(int xi) const { return PositionInPlace{(*this)[xi]}; }
-
-    // Whether the GEMMs read U in place rather than copying each panel first. Measured on one
-    // thread, block by block, batch 8 (medians of 3 runs): the products of 64 x 64 and
-    // 128 x 128 channel pairs (U 0.6 and 2.4 MB in float32) took 2.2-2.3 against 2.5-2.7 ms
-    // and 2.1-2.3 against 2.5-3.1 ms read in place; of 256 x 256 (9.4 MB) 5.8-6.1 against
-    // 4.7-5.2 ms: from beyond the L2 cache, the copy streams U faster than the micro-kernel's
-    // own loads do.
-    bool read_in_place() const { return double(F::points) * double(xi_size) * sizeof(T) <= 4.0 * (1 << 20); }
 };
 
-// M = U[xi] B for all K rows and the columns [0, cols), U read in place or copied.
+// M = U[xi] B for all K rows and the columns [0, cols).
 template <class T, class F, class BSrc>
 void multiply_position(const TransformedFilters<T, F>& U, int xi, int64_t K, int64_t cols, int64_t C, const BSrc& B,
                        const OutMatrix<T>& M, GemmBuffers<T>& buf) {
-    if (U.read_in_place()) gemm_block<T>(0, K, 0, cols, 0, C, U.in_place(xi), B, M, Store::overwrite, buf);
-    else gemm_block<T>(0, K, 0, cols, 0, C, U[xi], B, M, Store::overwrite, buf);
+    gemm_block<T>(0, K, 0, cols, 0, C, U[xi], B, M, Store::overwrite, buf);
 }
 
 // V[xi] of one block, in the packed B layout: panel p (tiles p*NR..) as [c][NR], read in place

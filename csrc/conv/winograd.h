@@ -284,7 +284,7 @@ struct F7x2 {
 
 // Above this many bytes the transformed filters are written with streaming stores: they do not
 // stay in a core's cache until the products read them, and a normal store first reads each line
-// (8 x 256 x 14x14 -> 256, 2 threads: the transform 1.3-1.5 -> 0.6-0.7 ms of a 5 ms forward).
+// (8 x 256 x 14x14 -> 256, 2 threads: the transform 1.3-1.6 -> 0.6-0.7 ms of a 5 ms forward).
 constexpr double kStreamFiltersBytes = 1.0 * (1 << 20);
 
 // The transformed filters U[xi] (K x C), each packed as the GEMM's A: MR-row panels with

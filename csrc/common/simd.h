@@ -138,9 +138,8 @@ static inline __attribute__((always_inline)) void store_first(T* p, typename Sim
 
 // Copies n elements from src to dst with non-temporal (streaming) 16-byte stores wherever dst
 // is aligned for them. Streamed lines go to memory without first being read into the cache (the
-// read-for-ownership of a normal store), for output that would not stay in cache
-// anyway. SSE2 stores, so every ISA build has them. Needs an _mm_sfence() before
-// other threads read dst.
+// read-for-ownership of a normal store): for output that would not stay in cache anyway. SSE2
+// stores, so every ISA build has them. Needs an _mm_sfence() before other threads read dst.
 template <class T>
 static void stream_copy(const T* src, T* dst, int64_t n) {
     constexpr int64_t per = 16 / sizeof(T);

@@ -343,10 +343,11 @@ struct TransformedFilters {
         });
     }
 
-    // The A source of position xi, its panels read in place by gemm_block (it has a_panel()).
-    // A copy of each panel first, once faster for U beyond the L2 cache, lost to the
-    // micro-kernel's prefetch of A (2 threads, 8 x 256 x 14x14 -> 256 by position 4.74-4.81
-    // -> 4.57-4.62 ms, 64 x 256 x 14x14 block by block 34.3-34.6 -> 28.9-29.5 ms).
+    // The A source of position xi, its panels read in place by gemm_block (it has a_panel()):
+    // with the micro-kernel's prefetch of A, copying each panel first measured slower at every
+    // size of U, beyond the L2 cache too (2 threads, copied against in place: 8 x 256 x 14x14
+    // -> 256 by position 4.74-4.81 against 4.57-4.62 ms, 64 x 256 x 14x14 block by block
+    // 34.3-34.6 against 28.9-29.5 ms).
     struct Position {
         const T* data;
         int64_t C;

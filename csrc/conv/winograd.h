@@ -332,12 +332,9 @@ struct TransformedFilters {
             T rounded[n];
             for (int xi = 0; xi < F::points; ++xi) {
                 T* dst = data.get() + xi * xi_size + p * panel_size + c0 * MR;
-                if (!stream) {
-                    for (int64_t e = 0; e < run; ++e) dst[e] = T(full[xi][e]);
-                    continue;
-                }
                 for (int64_t e = 0; e < run; ++e) rounded[e] = T(full[xi][e]);
-                stream_copy(rounded, dst, run);
+                if (stream) stream_copy(rounded, dst, run);
+                else std::copy(rounded, rounded + run, dst);
             }
             if (stream) _mm_sfence();  // the streamed stores are visible before the job counts as done
         });

@@ -608,13 +608,14 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g, bool filters_prepa
 
 // Its name, for reports (pyconv bench): the GEMM forms are "gemm (<form>)", Winograd's
 // layouts "winograd" (block by block) and "winograd (by position)", over stride phases
-// "winograd (phases)".
+// "winograd (phases)" (F(4x4, 2x2)) or "winograd (phases, 7x7 tiles)" (F(7x7, 2x2)).
 template <class T>
 const char* conv2d_forward_algorithm(const ConvShape& g, bool filters_prepared) {
     switch (forward_algorithm(g, filters_prepared)) {
         case ForwardAlgorithm::winograd: return winograd_by_position<T>(g) ? "winograd (by position)" : "winograd";
         case ForwardAlgorithm::winograd_blocks: return "winograd (3x3 blocks)";
-        case ForwardAlgorithm::winograd_phases: return "winograd (phases)";
+        case ForwardAlgorithm::winograd_phases:
+            return winograd_phases::forward_by_7x7_tile<T>(g) ? "winograd (phases, 7x7 tiles)" : "winograd (phases)";
         case ForwardAlgorithm::depthwise: return "depthwise";
         case ForwardAlgorithm::direct: return "direct";
         case ForwardAlgorithm::direct_grid: return "direct (phase grid)";

@@ -235,8 +235,10 @@ struct F4x2 {
 // draws: the largest error relative to the output's largest magnitude 3.4e-5 against 6.9e-6,
 // means 1.2e-5 against 2.2e-6; F(4x4, 3x3) 1.9e-5 and 4.6e-6); scaling B^T's rows against G's
 // moved it by less than a third. The coefficients of the data's transforms are exact in float32.
-// It carries the weight gradient's transforms only (input, output_grad, filter_grad): its
-// forward measured slower than F(4x4, 2x2)'s (conv/winograd_phases.h, by_7x7_tiles).
+// It serves the weight gradient (input, output_grad, filter_grad) and the forward of 7x7
+// outputs (input, filter, output; conv/winograd_phases.h, forward_by_7x7_tile), whose
+// transformed filters are computed per position there (FiltersOnDemand): stored whole, as
+// TransformedFilters, they made that forward slower than F(4x4, 2x2)'s.
 struct F7x2 {
     static constexpr int tile = 7, R = 2, alpha = 8, points = 64;
     template <class V>
@@ -254,6 +256,35 @@ struct F7x2 {
         o[5 * ostep] = a3 + b3;
         o[6 * ostep] = a3 - b3;
         o[7 * ostep] = x7 - x1 + (x3 - x5) * 5.25f;
+    }
+    // A^T applied to 8 values: the products at the points, back to the tile's 7 outputs (the
+    // even and odd parts of each pair +-p shared).
+    template <class V>
+    static inline __attribute__((always_inline)) void output(const V* m, int step, V* o, int ostep) {
+        const V m1 = m[step], m2 = m[2 * step], m3 = m[3 * step], m4 = m[4 * step], m5 = m[5 * step], m6 = m[6 * step];
+        const V p1 = m1 + m2, d1 = m1 - m2, p2 = m3 + m4, d2 = m3 - m4, ph = m5 + m6, dh = m5 - m6;
+        o[0] = m[0] + p1 + p2 + ph;
+        o[ostep] = d1 + d2 * 2 + dh * 0.5f;
+        o[2 * ostep] = p1 + p2 * 4 + ph * 0.25f;
+        o[3 * ostep] = d1 + d2 * 8 + dh * 0.125f;
+        o[4 * ostep] = p1 + p2 * 16 + ph * 0.0625f;
+        o[5 * ostep] = d1 + d2 * 32 + dh * 0.03125f;
+        o[6 * ostep] = p1 + p2 * 64 + ph * 0.015625f + m[7 * step];
+    }
+    // G applied to 2 values (V a double or a vector of them).
+    template <class V>
+    static inline __attribute__((always_inline)) void filter(const V* w, int step, V* o, int ostep) {
+        constexpr double two_ninths = 2.0 / 9, ninetieth = 1.0 / 90, fortyfifth = 1.0 / 45;
+        constexpr double sixteen_45ths = 16.0 / 45;
+        const V w0 = w[0], w1 = w[step];
+        o[0] = w0;
+        o[ostep] = -(w0 + w1) * two_ninths;
+        o[2 * ostep] = (w1 - w0) * two_ninths;
+        o[3 * ostep] = w0 * ninetieth + w1 * fortyfifth;
+        o[4 * ostep] = w0 * ninetieth - w1 * fortyfifth;
+        o[5 * ostep] = w0 * (2 * sixteen_45ths) + w1 * sixteen_45ths;
+        o[6 * ostep] = w0 * (2 * sixteen_45ths) - w1 * sixteen_45ths;
+        o[7 * ostep] = w1;
     }
     template <class V>
     static inline __attribute__((always_inline)) void filter_grad(const V* m, int step, V* o, int ostep) {
@@ -351,6 +382,8 @@ struct TransformedFilters {
         const T* a_panel(int64_t i0, int64_t k0) const { return data + i0 * C + k0 * MR; }  // i0: a multiple of MR
     };
     Position operator[](int xi) const { return Position{data.get() + xi * xi_size, C}; }
+    Position position(int xi, int /*worker*/) const { return (*this)[xi]; }
+    static int order(int i) { return i; }
 };
 
 // M = U[xi] B for all K rows and the columns [0, cols).

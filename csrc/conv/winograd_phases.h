@@ -1,6 +1,7 @@
 // 4x4 stride-2 convolutions (a DCGAN's down- and upsampling layers) through Winograd
 // F(4x4, 2x2) (conv/winograd.h, winograd::F4x2) over the input's four stride phases, the weight
-// gradient of 7x7- and 14x14-like outputs through F(7x7, 2x2) (winograd::F7x2, by_7x7_tiles).
+// gradient of 7x7- and 14x14-like outputs and the forward of 7x7 ones through F(7x7, 2x2)
+// (winograd::F7x2, by_7x7_tiles, forward_by_7x7_tile).
 //
 // With xp the zero-padded input, phase (a, b) in {0, 1}^2 of channel c is the plane
 //   x'[c,a,b][i, j] = xp[c, 2i + a, 2j + b]        (i in [0, Ho], j in [0, Wo])
@@ -267,6 +268,28 @@ static inline __attribute__((always_inline)) void put_each(const TileOut<T>& til
             for (int s = 0; s < tile.columns; ++s) put(tile.n0 + l, tile.ho0 + r, tile.wo0 + s, z[r * kTile + s][l]);
 }
 
+// Hands the tile's outputs to put(n, values, count) as each image's tile^2 outputs in order
+// (values[e]: output e of image n), for a tile that is its images' whole output plane: L of the
+// vectors at a time transposed in registers, each image's run of them one vector.
+template <class T, class F, class Put>
+static inline __attribute__((always_inline)) void put_planes(const TileOut<T>& tile, const typename Simd<T>::V* out,
+                                                             const Put& put) {
+    using S = Simd<T>;
+    using V = typename S::V;
+    constexpr int L = S::lanes, Q = F::tile * F::tile;
+    alignas(64) T z[L];
+    for (int q0 = 0; q0 < Q; q0 += L) {
+        V t[L];
+        for (int j = 0; j < L; ++j) t[j] = q0 + j < Q ? out[q0 + j] : S::zero();
+        transpose_block<T>(t);
+        const int run = std::min(L, Q - q0);
+        for (int l = 0; l < tile.images; ++l) {
+            S::store(z, t[l]);
+            put(tile.n0 + l, q0, z, run);
+        }
+    }
+}
+
 // Hands out the four stride phases of one 4x4 tile, out[2a + b][4r + s] (images in the lanes),
 // as the 8x8 block of dx they interleave into: element (2r + a, 2s + b) at row h0 + 2r + a and
 // column w0 + 2s + b of plane (the tile's first image; images image_stride apart), those that
@@ -302,6 +325,88 @@ static inline __attribute__((always_inline)) void put_phase_block(const TileOut<
     }
 }
 
+// The transformed filters U[xi] of F for the phase split of 4x4 filters, computed position by
+// position as a block's products need them, into a buffer of the worker's that stays in its
+// cache: for F(7x7, 2x2), whose 64 positions make U 8.4 MB on a 64 -> 128 layer, writing U to
+// memory and reading it back (TransformedFilters) took a third of the forward, and two
+// threads reading it both waited on memory. U = G w G^T is separable: with H[b][r] = sum_s G[b][s] w[r][s] (the
+// filters' rows transformed, alpha x R planes laid out once in U's packed layout,
+// TransformedFilters': MR-row panels [c][MR], rows past K zero), U[a alpha + b] = sum_r G[a][r]
+// H[b][r], R multiply-adds per element. The positions are visited b-major (order()), so that
+// the R planes of H[b] stay in cache for alpha positions in a row.
+template <class T, class F>
+struct FiltersOnDemand {
+    static constexpr int MR = GemmTile<T>::MR, R = F::R;
+    int64_t C, xi_size;
+    Scratch<T> rows;  // H: [alpha][R][xi_size]
+    T G[F::alpha][R];
+    std::vector<Scratch<T>> bufs;  // per worker
+
+    // The phase split (split_tap) of w (K, C, 4, 4): g is phase_shape's (4C channels, 2x2).
+    FiltersOnDemand(const ConvShape& g, const T* w, int workers)
+        : C(g.C), xi_size(checked_mul((g.K + MR - 1) / MR, int64_t(MR) * g.C)) {
+        static_assert(R == 2, "the phase split's 2x2 filters");
+        for (int r = 0; r < R; ++r) {
+            double unit[R] = {}, column[F::alpha];
+            unit[r] = 1.0;
+            F::filter(unit, 1, column, 1);
+            for (int a = 0; a < F::alpha; ++a) G[a][r] = T(column[a]);
+        }
+        rows = scratch<T>(checked_mul(int64_t(F::alpha * R), xi_size));
+        const int64_t K = g.K, C4 = g.C / 4, panels = (K + MR - 1) / MR, panel_size = int64_t(MR) * g.C;
+        // The split's taps first, tap (u, v) of channel 4c + 2a + b being w's (2u + a, 2v + b)
+        // of channel c, in the packed layout: [u][v][xi_size].
+        const Scratch<T> taps = scratch<T>(checked_mul(int64_t(R * R), xi_size));
+        parallel_for(panels, num_threads(), [&](int64_t p, int) {
+            for (int64_t c = 0; c < C4; ++c) {
+                T filter[16][MR];  // the 4x4 filters of channel c, tap-major
+                for (int row = 0; row < MR; ++row) {
+                    const int64_t k = p * MR + row;
+                    for (int q = 0; q < 16; ++q) filter[q][row] = k < K ? w[(k * C4 + c) * 16 + q] : T(0);
+                }
+                for (int a = 0; a < 2; ++a)
+                    for (int b = 0; b < 2; ++b)
+                        for (int u = 0; u < 2; ++u)
+                            for (int v = 0; v < 2; ++v)
+                                std::copy(filter[(2 * u + a) * 4 + 2 * v + b], filter[(2 * u + a) * 4 + 2 * v + b] + MR,
+                                          taps.get() + (2 * u + v) * xi_size + p * panel_size + (4 * c + 2 * a + b) * MR);
+            }
+        });
+        // H[b][u] = G[b][0] tap(u, 0) + G[b][1] tap(u, 1), by panels.
+        parallel_for(panels, num_threads(), [&](int64_t p, int) {
+            for (int b = 0; b < F::alpha; ++b)
+                for (int u = 0; u < R; ++u) {
+                    const T* __restrict t0 = taps.get() + (2 * u) * xi_size + p * panel_size;
+                    const T* __restrict t1 = t0 + xi_size;
+                    T* __restrict dst = rows.get() + (b * R + u) * xi_size + p * panel_size;
+                    const T g0 = G[b][0], g1 = G[b][1];
+                    for (int64_t e = 0; e < panel_size; ++e) dst[e] = g0 * t0[e] + g1 * t1[e];
+                }
+        });
+        for (int t = 0; t < workers; ++t) bufs.push_back(scratch<T>(xi_size));
+    }
+
+    // The i-th position to compute.
+    static int order(int i) { return i % F::alpha * F::alpha + i / F::alpha; }
+
+    // U[xi], computed into worker's buffer (valid until its next call), as gemm_block's A.
+    typename winograd::TransformedFilters<T, F>::Position position(int xi, int worker) const {
+        using S = Simd<T>;
+        using V = typename S::V;
+        constexpr int64_t L = S::lanes;
+        const int a = xi / F::alpha, b = xi % F::alpha;
+        T* __restrict out = bufs[size_t(worker)].get();
+        const int64_t n = xi_size;
+        const T* __restrict h0 = rows.get() + b * R * n;
+        const T* __restrict h1 = h0 + n;
+        const V c0 = S::splat(G[a][0]), c1 = S::splat(G[a][1]);
+        int64_t e = 0;
+        for (; e + L <= n; e += L) S::store(out + e, fma<T>(S::load(h1 + e), c1, S::load(h0 + e) * c0));
+        for (; e < n; ++e) out[e] = std::fma(h1[e], G[a][1], h0[e] * G[a][0]);
+        return {out, C};
+    }
+};
+
 // One 2x2 stride-1 convolution by the transform set F over X (BatchLanes, the source src laid
 // out by map), output (k, n, ho, wo) for
 // ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
@@ -312,10 +417,10 @@ static inline __attribute__((always_inline)) void put_phase_block(const TileOut<
 // the result does not depend on the number of threads. X: the whole source in bl's layout
 // (to_batch_lanes), or null: each block then lays out the rows of the source its tiles read,
 // one source channel at a time, in a buffer of the thread's (fill_lanes) that stays in cache.
-template <int KG = 1, class T, class F, class Store>
+template <int KG = 1, class T, class F, template <class, class> class Filters, class Store>
 void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src, const T* X, int64_t oh,
                          int64_t ow, int64_t K, int64_t Ho,
-                         int64_t Wo, const winograd::TransformedFilters<T, F>& U, const T* bias,
+                         int64_t Wo, const Filters<T, F>& U, const T* bias,
                          const Store& store) {
     using namespace winograd;
     using S = Simd<T>;
@@ -366,10 +471,12 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
             }
             vb = run_end;
         }
-        for (int xi = 0; xi < P; ++xi) {
+        for (int i = 0; i < P; ++i) {
+            const int xi = U.order(i);
             const TransformedTiles<T> B{v + xi * v_stride, C, width};
             const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
-            multiply_position(U, xi, K, nt, C, B, M, bufs[size_t(worker)]);
+            gemm_block<T>(0, K, 0, nt, 0, C, U.position(xi, worker), B, M, PYCONV_ISA::Store::overwrite,
+                          bufs[size_t(worker)]);
         }
         for (int64_t k0 = 0; k0 < K; k0 += KG)
             for (int64_t first = 0; first < nt; first += L) {
@@ -401,11 +508,10 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
 // positions to sum and transform back) and 64 x 128 x 14x14 -> 256 0.52x (33.5 MB of position
 // matrices, read and written again by every chunk of tiles).
 //
-// The forward and the input gradient stay with F(4x4, 2x2). On the 28x28 DCGAN's 64 -> 128
-// layer (batch 64, 2 threads; F(4x4, 2x2) against F(7x7, 2x2)): the forward took 3.22 against
-// 3.33 ms, its transformed filters 2.56 times as large (8.4 MB: writing them was a third of the
-// pass), the input gradient 3.12 against 3.06 ms with 4-6 times the error; the weight gradient
-// 3.78 against 3.22 ms (1.17x), its error in the same range (README).
+// The input gradient stays with F(4x4, 2x2): on the 28x28 DCGAN's 64 -> 128 layer (batch 64,
+// 2 threads) it took 3.12 against 3.06 ms by F(7x7, 2x2), with 4-6 times the error; the weight
+// gradient 3.78 against 3.22 ms (1.17x), its error in the same range (README). (The forward:
+// forward_by_7x7_tile.)
 template <class T>
 inline bool by_7x7_tiles(const ConvShape& g) {
     auto products = [&](int64_t tile, int64_t alpha) {
@@ -417,16 +523,51 @@ inline bool by_7x7_tiles(const ConvShape& g) {
     return saved > 0 && g.N * saved >= 32 * added && bytes <= 8.0 * (1 << 20);
 }
 
+// Whether the forward goes by F(7x7, 2x2) (conv2d_forward_winograd_phases_7x7): a 7x7 output
+// (the 28x28 DCGAN's 64 -> 128 layer, and its generator's 128 -> 64 transpose's input
+// gradient) is one 7x7 tile, 64 products per channel pair where F(4x4, 2x2) needs 100 for the
+// four tiles that cover it, and at least two vectors of images, so that both of two threads
+// have a block (one block per vector of 16 images): measured against F(4x4, 2x2), 2 threads,
+// float32, ms: 64 x 64 -> 128 2.08-2.16 against 2.79-2.81, 32 x 64 -> 128 1.18-1.19 against
+// 1.46, 128 x 64 -> 128 4.03-4.16 against 5.70-5.76, 64 x 128 -> 256 7.97-8.01 against
+// 10.3-10.8, 64 x 32 -> 64 0.63-0.64 against 0.83-0.84; 16 images (one block) 1.26-1.31
+// against 0.93-0.94, 64 x 16 -> 32 level. Its error is about 3x F(4x4, 2x2)'s (README).
+template <class T>
+inline bool forward_by_7x7_tile(const ConvShape& g) {
+    return g.Ho == 7 && g.Wo == 7 && g.N >= 2 * Simd<T>::lanes;
+}
+
 }  // namespace winograd_phases
 
 // The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
 // `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
 // (put_rows); a tile cut by y's right edge (a 7x7 output's second column of 4x4 tiles: 3 of 4
 // columns) one output at a time (put_each), where the transposes measured no cheaper.
+// The forward of a 7x7 output by F(7x7, 2x2): one tile per image, its window the whole 8x8
+// phase plane, its outputs the image's whole output plane (put_planes); the transformed filters
+// computed per position (FiltersOnDemand).
+template <class T>
+void conv2d_forward_winograd_phases_7x7(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                        const Epilogue<T>& ep) {
+    using namespace winograd_phases;
+    using F = winograd::F7x2;
+    const BatchLanes bl = BatchLanes::of<T>(g.N, 4 * g.C, 8, 8);
+    const LaneMap map = LaneMap::phases(g);
+    const FiltersOnDemand<T, F> U(phase_shape(g), w, num_threads());
+    forward_batch_lanes(bl, map, x, static_cast<const T*>(nullptr), 0, 0, g.K, g.Ho, g.Wo, U, bias,
+                        [&](const TileOut<T>& tile, const typename Simd<T>::V* out) {
+                            put_planes<T, F>(tile, out, [&](int64_t n, int64_t q0, const T* v, int run) {
+                                const int64_t at = (n * g.K + tile.k) * F::tile * F::tile + q0;
+                                store_with(ep, v, run, y + at, at);
+                            });
+                        });
+}
+
 template <class T>
 void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
                                     const Epilogue<T>& ep = {}) {
     using namespace winograd_phases;
+    if (winograd_phases::forward_by_7x7_tile<T>(g)) return conv2d_forward_winograd_phases_7x7(g, x, w, bias, y, ep);
     using F = winograd::F4x2;
     constexpr int kTile = F::tile;
     const int64_t rows = (g.Ho + kTile - 1) / kTile, cols = (g.Wo + kTile - 1) / kTile;

@@ -329,8 +329,8 @@ static inline __attribute__((always_inline)) typename Simd<T>::V vexp_clamped(ty
 // divides five times per vector of units (its update 14% -> 12% of the forward without them).
 template <class T>
 static inline __attribute__((always_inline)) typename Simd<T>::V reciprocal(typename Simd<T>::V d) {
-    using V = typename Simd<T>::V;
 #if PYCONV_ISA_LEVEL >= 1
+    using V = typename Simd<T>::V;
     if constexpr (sizeof(T) == 4) {
 #if PYCONV_ISA_LEVEL >= 2
         const V r = V(_mm512_rcp14_ps(__m512(d)));

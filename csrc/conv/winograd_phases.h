@@ -328,12 +328,13 @@ static inline __attribute__((always_inline)) void put_phase_block(const TileOut<
 // The transformed filters U[xi] of F for the phase split of 4x4 filters, computed position by
 // position as a block's products need them, into a buffer of the worker's that stays in its
 // cache: for F(7x7, 2x2), whose 64 positions make U 8.4 MB on a 64 -> 128 layer, writing U to
-// memory and reading it back (TransformedFilters) took a third of the forward, and two
-// threads reading it both waited on memory. U = G w G^T is separable: with H[b][r] = sum_s G[b][s] w[r][s] (the
-// filters' rows transformed, alpha x R planes laid out once in U's packed layout,
-// TransformedFilters': MR-row panels [c][MR], rows past K zero), U[a alpha + b] = sum_r G[a][r]
-// H[b][r], R multiply-adds per element. The positions are visited b-major (order()), so that
-// the R planes of H[b] stay in cache for alpha positions in a row.
+// memory and reading it back (TransformedFilters) took a third of the forward, and two threads
+// reading it both waited on memory. U = G w G^T is separable: with H[b][r] = sum_s G[b][s]
+// w[r][s] (the filters' rows transformed, alpha x R planes laid out once in U's packed layout,
+// TransformedFilters': MR-row panels [c][MR], rows past K zero), U[a alpha + b] = sum_r
+// G[a][r] H[b][r], R multiply-adds per element, in T (TransformedFilters computes in double
+// and rounds once). The positions are visited b-major (order()), so that the R planes of H[b]
+// stay in cache for alpha positions in a row.
 template <class T, class F>
 struct FiltersOnDemand {
     static constexpr int MR = GemmTile<T>::MR, R = F::R;
@@ -421,16 +422,18 @@ winograd::Tiling batch_lanes_tiling(const BatchLanes& bl, int64_t K, int64_t Ho,
 // ho < Ho, wo < Wo computed from X's rows oh + ho + u and columns ow + wo + v, plus bias[k],
 // handed to store(tile, out) a tile of L images and KG outputs k0 .. k0 + KG - 1 at a time
 // (TileOut, its k = k0; out[KG][F::tile^2], the tile's outputs with images in the lanes: put_rows,
-// put_each, put_phase_block; KG divides K). U: the K x C filters. Blocks of tiles as
+// put_each, put_phase_block; KG divides K). U: the K x C filters transformed, stored whole
+// (winograd::TransformedFilters) or per position (FiltersOnDemand): U.position(xi, worker) is
+// position xi's, the positions taken in U.order(). Blocks of tiles as
 // conv2d_forward_winograd's, each transformed, multiplied and transformed back by one thread:
 // the result does not depend on the number of threads. X: the whole source in bl's layout
 // (to_batch_lanes), or null: each block then lays out the rows of the source its tiles read,
 // one source channel at a time, in a buffer of the thread's (fill_lanes) that stays in cache.
-template <int KG = 1, class T, class F, template <class, class> class Filters, class Store>
+template <int KG = 1, class T, class F, template <class, class> class Filters, class PutTile>
 void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src, const T* X, int64_t oh,
                          int64_t ow, int64_t K, int64_t Ho,
                          int64_t Wo, const Filters<T, F>& U, const T* bias,
-                         const Store& store) {
+                         const PutTile& store) {
     using namespace winograd;
     using S = Simd<T>;
     using V = typename S::V;
@@ -480,8 +483,7 @@ void forward_batch_lanes(const BatchLanes& bl, const LaneMap& map, const T* src,
             const int xi = U.order(i);
             const TransformedTiles<T> B{v + xi * v_stride, C, width};
             const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
-            gemm_block<T>(0, K, 0, nt, 0, C, U.position(xi, worker), B, M, PYCONV_ISA::Store::overwrite,
-                          bufs[size_t(worker)]);
+            gemm_block<T>(0, K, 0, nt, 0, C, U.position(xi, worker), B, M, Store::overwrite, bufs[size_t(worker)]);
         }
         for (int64_t k0 = 0; k0 < K; k0 += KG)
             for (int64_t first = 0; first < nt; first += L) {
@@ -544,10 +546,6 @@ inline bool forward_by_7x7_tile(const ConvShape& g) {
 
 }  // namespace winograd_phases
 
-// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
-// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
-// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of 4x4 tiles: 3 of 4
-// columns) one output at a time (put_each), where the transposes measured no cheaper.
 // The forward of a 7x7 output by F(7x7, 2x2): one tile per image, its window the whole 8x8
 // phase plane, its outputs the image's whole output plane (put_planes); the transformed filters
 // computed per position (FiltersOnDemand).
@@ -568,6 +566,11 @@ void conv2d_forward_winograd_phases_7x7(const ConvShape& g, const T* x, const T*
                         });
 }
 
+// The forward: X holds the phases of x, (c, a, b) as channel 4c + 2a + b. The epilogue
+// `ep` is applied as each output is stored. Tiles whose rows lie whole in y store them as runs
+// (put_rows); a tile cut by y's right edge (a 7x7 output's second column of 4x4 tiles: 3 of 4
+// columns) one output at a time (put_each), where the transposes measured no cheaper. A 7x7
+// output goes by F(7x7, 2x2) where forward_by_7x7_tile says so.
 template <class T>
 void conv2d_forward_winograd_phases(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
                                     const Epilogue<T>& ep = {}) {

@@ -386,11 +386,12 @@ struct TransformedFilters {
     static int order(int i) { return i; }
 };
 
-// M = U[xi] B for all K rows and the columns [0, cols).
-template <class T, class F, class BSrc>
-void multiply_position(const TransformedFilters<T, F>& U, int xi, int64_t K, int64_t cols, int64_t C, const BSrc& B,
-                       const OutMatrix<T>& M, GemmBuffers<T>& buf) {
-    gemm_block<T>(0, K, 0, cols, 0, C, U[xi], B, M, Store::overwrite, buf);
+// M = U[xi] B for all K rows and the columns [0, cols); u: U[xi] as gemm_block's A (a
+// TransformedFilters' Position).
+template <class T, class ASrc, class BSrc>
+void multiply_position(const ASrc& u, int64_t K, int64_t cols, int64_t C, const BSrc& B, const OutMatrix<T>& M,
+                       GemmBuffers<T>& buf) {
+    gemm_block<T>(0, K, 0, cols, 0, C, u, B, M, Store::overwrite, buf);
 }
 
 // V[xi] of one block, in the packed B layout: panel p (tiles p*NR..) as [c][NR], read in place
@@ -780,7 +781,7 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
     parallel_tasks(F::points, threads, [&](int64_t xi, int worker) {
         const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
         const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
-        multiply_position(U, int(xi), g.K, cols, g.C, B, M, bufs[size_t(worker)]);
+        multiply_position(U[int(xi)], g.K, cols, g.C, B, M, bufs[size_t(worker)]);
     });
     parallel_for(tl.blocks * runs, threads, [&](int64_t task, int) {
         const int64_t t0 = task / runs * tl.block;
@@ -847,7 +848,7 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
         for (int xi = 0; xi < F::points; ++xi) {
             const TransformedTiles<T> B{v + xi * v_stride, g.C, tl.panel_width<T>()};
             const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, tl.block, tl.block);
-            multiply_position(U, xi, g.K, cols, g.C, B, M, bufs[size_t(worker)]);
+            multiply_position(U[xi], g.K, cols, g.C, B, M, bufs[size_t(worker)]);
         }
         transform_output<T, F>(g, tl, m, t0, nt, tl.block, m_stride, bias, y, ep);
     });

@@ -163,7 +163,6 @@ def test_layer_gradients_through_winograd():
     ((8, 256, 7, 7, 256), "winograd"),     # 7-11 columns: from 32 x 32 pairs and 32 tiles
     ((4, 64, 8, 8, 64), "gemm"),           # 16 tiles
     ((16, 64, 6, 6, 64), "gemm"),          # under 7 columns
-    ((8, 512, 14, 14, 512), "gemm"),       # transformed filters beyond the cache
     ((16, 3, 32, 32, 64), "direct"),       # 3 input channels (27 taps: the direct forward)
     ((1, 32, 20, 20, 32), "direct"),       # 25 tiles (32 outputs: the direct forward)
     ((16, 32, 16, 16, 32), "winograd"),    # a small ResNet's middle stage (256 tiles)
@@ -226,3 +225,81 @@ def test_the_weight_gradient_rule(shape, winograd):
     auto, forced = (ops.conv2d_backward(grad_out, x, w, 1, 1, needs=(False, True, False), algorithm=a,
                                         backend="cpu")[1] for a in ("auto", "winograd"))
     assert np.array_equal(auto, forced) == winograd
+
+
+# Past 256 x 256 channel pairs U is computed per block of output channels, never stored
+# (winograd.h, multiply_filter_blocks), by position and a batch of images at a time (all tiles'
+# V and M within 16 MiB): 260 -> 260 on 40x40 goes two images a pass (3 images: two passes),
+# with a last block of 4 output channels; 300 -> 230 ends in a block of 6.
+FILTER_BLOCK_SHAPES = [(2, 512, 7, 7, 512, 1), (3, 260, 40, 40, 260, 1), (2, 300, 9, 11, 230, 0)]
+FILTER_BLOCK_IDS = ["x".join(map(str, s)) for s in FILTER_BLOCK_SHAPES]
+
+
+def _layout(shape):
+    N, C, H, W, K, pad = shape
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32), _spec.ShapeDtype((K, C, 3, 3), np.float32),
+                     None, 1, pad, 1, 1, algorithm="winograd")
+    return pyconv._C.conv2d_algorithm(g, np.dtype(np.float32))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", FILTER_BLOCK_SHAPES, ids=FILTER_BLOCK_IDS)
+def test_filters_per_block_forward_with_epilogue(isa, shape, dtype, relu):
+    assert _layout(shape) == "winograd (by position, filters per block)"
+    x, w, b = _data(shape, dtype, 12)
+    pad = shape[-1]
+    g = _spec.conv2d(x, w, b, 1, pad, 1, 1, algorithm="winograd")
+    exact = _exact(x, w, b, pad)
+    residual = np.random.default_rng(13).standard_normal(exact.shape).astype(dtype)
+    y = np.empty(exact.shape, dtype)
+    pyconv._C.conv2d(x, w, b, y, g, residual, relu)
+    exact = exact + residual
+    if relu:
+        exact = np.maximum(exact, 0)
+    assert relative_error(y, exact, shape[1], dtype) < WINOGRAD_ERROR_BOUND
+
+
+@pytest.mark.parametrize("shape", FILTER_BLOCK_SHAPES, ids=FILTER_BLOCK_IDS)
+def test_filters_per_block_input_gradient(shape):
+    x, w, _ = _data(shape, np.float32, 14)
+    pad = shape[-1]
+    grad_out = np.random.default_rng(15).standard_normal(ops.conv2d(x, w, None, 1, pad).shape).astype(np.float32)
+    gx = ops.conv2d_backward(grad_out, x, w, 1, pad, needs=(True, False, False), algorithm="winograd",
+                             backend="cpu")[0]
+    exact = ops.conv2d_backward(grad_out.astype(np.float64), x.astype(np.float64), w.astype(np.float64), 1, pad,
+                                needs=(True, False, False), backend="reference")[0]
+    assert relative_error(gx, exact, shape[4], np.float32) < WINOGRAD_ERROR_BOUND
+
+
+@pytest.mark.parametrize("shape", FILTER_BLOCK_SHAPES[1:], ids=FILTER_BLOCK_IDS[1:])
+def test_filters_per_block_bits_independent_of_threads_and_batch(isa, shape):
+    x, w, b = _data(shape, np.float32, 16)
+    pad = shape[-1]
+    saved = pyconv.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            pyconv.set_num_threads(threads)
+            results.append(ops.conv2d(x, w, b, 1, pad, algorithm="winograd", backend="cpu"))
+    finally:
+        pyconv.set_num_threads(saved)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+    for n in range(x.shape[0]):
+        alone = ops.conv2d(x[n:n + 1], w, b, 1, pad, algorithm="winograd", backend="cpu")
+        np.testing.assert_array_equal(results[0][n:n + 1], alone)
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((8, 512, 7, 7, 512), "winograd (by position, filters per block)"),    # ResNet's last stage, 32 tiles
+    ((32, 512, 7, 7, 512), "winograd (by position, filters per block)"),
+    ((8, 512, 14, 14, 512), "winograd (by position, filters per block)"),
+    ((4, 512, 7, 7, 512), "gemm"),     # 16 tiles
+    ((64, 512, 6, 6, 512), "gemm"),    # under 7 columns
+])
+def test_the_rule_for_many_channel_pairs(shape, expected):
+    N, C, H, W, K = shape
+    g = _spec.conv2d(_spec.ShapeDtype((N, C, H, W), np.float32), _spec.ShapeDtype((K, C, 3, 3), np.float32),
+                     None, 1, 1, 1, 1)
+    assert pyconv._C.conv2d_algorithm(g, np.dtype(np.float32)).startswith(expected)

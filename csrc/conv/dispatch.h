@@ -293,9 +293,10 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // per call. Measured against the GEMM forms on 2 threads, batch 8 (benchmarks/RESULTS.md):
 // 1.2-1.8x from 16 channels on images of 28+ columns; on 14-column images only with
 // 128 x 128 channel pairs or more (the transforms fill few lanes per tile row); not on 12-13
-// columns (below 12: see the end), nor with fewer than 128 tiles (the filter transform is not amortised), nor above
-// 256 x 256 channel pairs (the transformed filters, 36 K C elements, outgrow the cache that
-// every block of tiles reads them from: 512 x 512 ran 0.4-0.8x).
+// columns (below 12: see the end), nor with fewer than 128 tiles (the filter transform is not amortised).
+// Above 256 x 256 channel pairs the transformed filters (36 K C elements) outgrow the caches:
+// stored, 512 x 512 ran 0.4-0.8x; computed per block of output channels (winograd_layout) from
+// 32 tiles on 7+ columns, see there.
 // On 14-16 column images from 32 x 32 channel pairs also (a small ResNet's middle stage), from
 // 256 tiles (batch 16): measured on one AVX-512 thread (C++ call alone, best of 5) against the
 // phase-grid GEMM or channel-vectorised form that ran before, 32 -> 32 on 16x16 0.29 against
@@ -330,7 +331,8 @@ inline bool grad_input_channels_last_pays(const ConvShape& g, size_t element_byt
 // 32 tiles (batch 1, 8x8: 64 -> 64 48 against 35 us, 128 -> 128 133 against 112 by channels).
 inline bool winograd_pays(const ConvShape& g, bool filters_prepared = false) {
     const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
-    if (!winograd_applies(g) || g.C < 16 || g.K < 16 || pairs > 256 * 256) return false;
+    if (!winograd_applies(g) || g.C < 16 || g.K < 16) return false;
+    if (pairs > 256 * 256) return g.Wo >= 7 && tiles >= 32;
     if (filters_prepared && g.Wo >= 12 && (g.Wo >= 16 || pairs >= 32 * 32)) return true;
     if (g.Wo < 12) return g.Wo >= 7 && g.C >= 32 && g.K >= 32 && tiles >= 32;
     return tiles >= 128 && (g.Wo >= 16 || pairs >= 128 * 128 || (g.Wo >= 14 && pairs >= 32 * 32 && tiles >= 256));
@@ -369,6 +371,19 @@ inline bool winograd_by_position(const ConvShape& g) {
     const double footprint = 36.0 * double(g.C + g.K) * tiles * double(sizeof(T));
     return (g.C * g.K >= 256 * 256 && footprint <= 16.0 * (1 << 20)) ||
            winograd::Tiling::of_forward<T, winograd::F4x3>(g).blocks < num_threads();
+}
+
+// Winograd's layout: past 256 x 256 channel pairs U is computed per block of output channels
+// (winograd::multiply_filter_blocks), never stored: 2 threads, medians of 7 alternated calls
+// (loaded host), against the channel-vectorised GEMM that ran before and the stored U: 512 ->
+// 512 on 7x7, batch 8 (ResNet's last stage) 8.0-8.7 against 10.8-12.7 and 24.6-28.1 ms, batch
+// 16 15.9 against 28.6 and 36.0, batch 32 23.7 against 47.2 and 43.4; on 14x14, batch 8, 40.6
+// against 54-77 and 48.2. With fewer pairs the stored U stays ahead (256 -> 256 on 14x14,
+// batch 16: 20.9 against 15.2 ms; on 28x28, batch 8: 24.1 against 16.2).
+template <class T>
+inline WinogradLayout winograd_layout(const ConvShape& g) {
+    if (g.C * g.K > 256 * 256) return WinogradLayout::filter_blocks;
+    return winograd_by_position<T>(g) ? WinogradLayout::by_position : WinogradLayout::blocks;
 }
 
 // Winograd's weight gradient (conv/winograd.h, conv2d_grad_weight_winograd): a quarter of the
@@ -612,7 +627,12 @@ inline ForwardAlgorithm forward_algorithm(const ConvShape& g, bool filters_prepa
 template <class T>
 const char* conv2d_forward_algorithm(const ConvShape& g, bool filters_prepared) {
     switch (forward_algorithm(g, filters_prepared)) {
-        case ForwardAlgorithm::winograd: return winograd_by_position<T>(g) ? "winograd (by position)" : "winograd";
+        case ForwardAlgorithm::winograd:
+            switch (winograd_layout<T>(g)) {
+                case WinogradLayout::filter_blocks: return "winograd (by position, filters per block)";
+                case WinogradLayout::by_position: return "winograd (by position)";
+                default: return "winograd";
+            }
         case ForwardAlgorithm::winograd_blocks: return "winograd (3x3 blocks)";
         case ForwardAlgorithm::winograd_phases:
             return winograd_phases::forward_by_7x7_tile<T>(g) ? "winograd (phases, 7x7 tiles)" : "winograd (phases)";
@@ -636,9 +656,9 @@ void conv2d_forward(const ConvShape& g, const T* x, const T* w, const T* bias, T
                     const PreparedFilters* prepared = nullptr) {
     switch (forward_algorithm(g, prepared != nullptr)) {
         case ForwardAlgorithm::winograd:
-            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position<T>(g), {}, prepared);
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_layout<T>(g), {}, prepared);
         case ForwardAlgorithm::winograd_blocks:
-            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position<T>(winograd_blocks_shape(g)));
+            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_layout<T>(winograd_blocks_shape(g)));
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y);
         case ForwardAlgorithm::depthwise: return conv2d_forward_depthwise(g, x, w, bias, y);
         case ForwardAlgorithm::direct: return conv2d_forward_direct(g, x, w, bias, y);
@@ -665,9 +685,9 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
     const Epilogue<T> ep{residual, relu};
     if (ep.any()) switch (forward_algorithm(g, prepared != nullptr)) {
         case ForwardAlgorithm::winograd:
-            return conv2d_forward_winograd(g, x, w, bias, y, winograd_by_position<T>(g), ep, prepared);
+            return conv2d_forward_winograd(g, x, w, bias, y, winograd_layout<T>(g), ep, prepared);
         case ForwardAlgorithm::winograd_blocks:
-            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_by_position<T>(winograd_blocks_shape(g)), ep);
+            return conv2d_forward_winograd_blocks(g, x, w, bias, y, winograd_layout<T>(winograd_blocks_shape(g)), ep);
         case ForwardAlgorithm::winograd_phases: return conv2d_forward_winograd_phases(g, x, w, bias, y, ep);
         case ForwardAlgorithm::by_channels: return conv2d_forward_by_channels(g, x, w, bias, y, ep, prepared);
         case ForwardAlgorithm::direct_grid:
@@ -687,7 +707,9 @@ void conv2d_forward_then(const ConvShape& g, const T* x, const T* w, const T* bi
 template <class T>
 std::shared_ptr<const PreparedFilters> conv2d_prepare(const ConvShape& g, const T* w) {
     switch (forward_algorithm(g, true)) {
-        case ForwardAlgorithm::winograd: return std::make_shared<const winograd::PreparedTransform<T, winograd::F4x3>>(g, w);
+        case ForwardAlgorithm::winograd:  // U is not kept where it is computed per block
+            if (winograd_layout<T>(g) == WinogradLayout::filter_blocks) return nullptr;
+            return std::make_shared<const winograd::PreparedTransform<T, winograd::F4x3>>(g, w);
         case ForwardAlgorithm::by_channels: return std::make_shared<const PreparedChannelPanels<T>>(g, w);
         default: return nullptr;
     }

@@ -20,12 +20,13 @@
 // a core's cache; each block is transformed, multiplied and transformed back by one thread.
 // By position (forward_by_position; few tiles, many channel pairs): all tiles are transformed,
 // then each position's GEMM runs over all of them on one thread. Either way the result does
-// not depend on the number of threads.
+// not depend on the number of threads. Past 256 x 256 channel pairs, by position with U
+// computed per block of output channels in T, never stored (multiply_filter_blocks): other bits.
 //
 // Accuracy: the transforms' coefficients (up to 8, and 1/6, 1/24) amplify rounding; the error
 // against the exact result measured 4-50x the GEMM's, largest in the last row of each tile
-// (README, "Convolution algorithms"; tests/test_winograd.py holds it to a bound). Filters are
-// transformed in double precision and rounded once.
+// (README, "Convolution algorithms"; tests/test_winograd.py holds it to a bound). Stored
+// filters are transformed in double precision and rounded once.
 #pragma once
 
 #include "common/prelude.h"
@@ -738,6 +739,93 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
     }
 }
 
+// Every M[xi] = U[xi] V[xi] with U stored: a task per position.
+template <class T, class F>
+auto multiply_positions(const ConvShape& g, const TransformedFilters<T, F>& U) {
+    return [&g, &U](const T* v, int64_t v_stride, T* m, int64_t m_stride, int64_t columns, int64_t cols, int threads,
+                    std::vector<GemmBuffers<T>>& bufs) {
+        parallel_tasks(F::points, threads, [&](int64_t xi, int worker) {
+            const TransformedTiles<T> B{v + xi * v_stride, g.C};
+            const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride, columns, columns);
+            multiply_position(U[int(xi)], g.K, cols, g.C, B, M, bufs[size_t(worker)]);
+        });
+    };
+}
+
+// Every M[xi] = U[xi] V[xi] with U computed block by block of output channels, right before
+// the block's products, never stored whole: for many channel pairs (512 x 512: U is 36 K C
+// floats, 38 MB) writing U to memory and reading it back cost more than the products it
+// saves (the forward ran at half the speed of the GEMM forms). A block is 2 MR output
+// channels: their taps are gathered once into RR planes in the GEMM's packed A layout (MR-row
+// panels, [c][MR]), and each position's U rows are a linear combination of those planes, the
+// coefficients G[a][r] G[b][s] (zeros skipped: 5.4 of 9 on average for F(4x4, 3x3)), in
+// vectors over the whole block, summed in T: a few roundings against the stored U's one, well
+// below the transforms' own error. The planes (RR x 2 MR x C) stay in L2 for the 36
+// positions; each position's V[xi] is read from the shared cache. Each M[xi] entry is one
+// GEMM's sum over all channels on one thread: the result does not depend on the thread count.
+// tap(k, c, j): tap j (row-major) of filter k's channel c.
+template <class T, class F, class Tap>
+auto multiply_filter_blocks(const ConvShape& g, const Tap& tap) {
+    return [&g, tap](const T* v, int64_t v_stride, T* m, int64_t m_stride, int64_t columns, int64_t cols,
+                     int threads, std::vector<GemmBuffers<T>>& bufs) {
+        using S = Simd<T>;
+        constexpr int MR = GemmTile<T>::MR, R = F::R, RR = R * R, L = S::lanes;
+        constexpr int64_t KB = 2 * MR;
+        // plane: one tap's block, packed, in whole vectors (the tail stays zero); the planes a
+        // line further apart than that (position_stride)
+        const int64_t blocks = (g.K + KB - 1) / KB, plane = (KB * g.C + L - 1) / L * L;
+        const int64_t stride = position_stride<T>(plane);
+        // G's entries, from G applied to unit vectors; each position's nonzero products.
+        double G[F::alpha][R];
+        for (int r = 0; r < R; ++r) {
+            double unit[R] = {}, column[F::alpha];
+            unit[r] = 1.0;
+            F::filter(unit, 1, column, 1);
+            for (int a = 0; a < F::alpha; ++a) G[a][r] = column[a];
+        }
+        struct Term {
+            int tap;
+            T coef;
+        };
+        Term terms[F::points][RR];
+        int counts[F::points];
+        for (int xi = 0; xi < F::points; ++xi) {
+            counts[xi] = 0;
+            for (int j = 0; j < RR; ++j) {
+                const double c = G[xi / F::alpha][j / R] * G[xi % F::alpha][j % R];
+                if (c != 0.0) terms[xi][counts[xi]++] = Term{j, T(c)};
+            }
+        }
+        std::vector<Scratch<T>> taps, us;
+        for (int t = 0; t < threads; ++t) {
+            taps.push_back(scratch<T>(RR * stride)), us.push_back(scratch<T>(plane));
+            std::fill(taps.back().get(), taps.back().get() + RR * stride, T(0));
+        }
+        parallel_for(blocks, threads, [&](int64_t blk, int worker) {
+            const int64_t k0 = blk * KB, rows = std::min(KB, g.K - k0);
+            T* w = taps[size_t(worker)].get();
+            T* u = us[size_t(worker)].get();
+            for (int64_t kk = 0; kk < KB; ++kk) {
+                T* at = w + kk / MR * MR * g.C + kk % MR;  // row kk of the block in its panel
+                for (int64_t c = 0; c < g.C; ++c)
+                    for (int j = 0; j < RR; ++j) at[j * stride + c * MR] = kk < rows ? tap(k0 + kk, c, j) : T(0);
+            }
+            for (int xi = 0; xi < F::points; ++xi) {
+                const Term* t = terms[xi];
+                for (int64_t e = 0; e < plane; e += L) {
+                    auto sum = S::splat(t[0].coef) * S::load(w + t[0].tap * stride + e);
+                    for (int n = 1; n < counts[xi]; ++n) sum = S::fma(S::splat(t[n].coef), S::load(w + t[n].tap * stride + e), sum);
+                    S::store(u + e, sum);
+                }
+                const TransformedTiles<T> B{v + xi * v_stride, g.C};
+                const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride + k0 * columns, columns, columns);
+                gemm_block<T>(0, rows, 0, cols, 0, g.C, typename TransformedFilters<T, F>::Position{u, g.C}, B, M,
+                              Store::overwrite, bufs[size_t(worker)]);
+            }
+        });
+    };
+}
+
 // All tiles' V, then per position one GEMM over every tile, then the output transform: the
 // layout for few tiles and many channel pairs. Blocks of tiles would each read all 36 U[xi]
 // (36 K C elements, past a core's cache from 256 x 256 pairs) for a GEMM of one block's
@@ -746,9 +834,13 @@ void transform_output(const ConvShape& g, const Tiling& tl, const T* m, int64_t 
 // one or two blocks), where the 36 GEMMs share out evenly. Each position's GEMM runs on one
 // thread, and the transforms work tile by tile and channel by channel, so the result does not
 // depend on the number of threads or on how the transforms are cut into tasks.
-template <class T, class F>
-void forward_by_position(const ConvShape& g, const Tiling& tl, const TransformedFilters<T, F>& U, const T* x,
-                         const T* bias, T* y, const Epilogue<T>& ep) {
+//
+// products(v, v_stride, m, m_stride, cols, threads, bufs) computes every M[xi] (K x columns, at
+// m + xi * m_stride) from V[xi] (at v + xi * v_stride) for the tile columns [0, cols):
+// multiply_positions (U stored) or multiply_filter_blocks (U per block of output channels).
+template <class T, class F, class Products>
+void forward_by_position(const ConvShape& g, const Tiling& tl, const T* x, const T* bias, T* y,
+                         const Epilogue<T>& ep, const Products& products) {
     constexpr int64_t NR = gemm_nr<T>();
     constexpr int L = Simd<T>::lanes;
     const int64_t columns = (tl.total + NR - 1) / NR * NR;  // of every V[xi] and M[xi]
@@ -778,11 +870,7 @@ void forward_by_position(const ConvShape& g, const Tiling& tl, const Transformed
             transform_input<T, F>(g, tl, x, t0, std::min(tl.block, tl.total - t0), v.get() + t0 * g.C + c0 * NR,
                                   v_stride, rows[size_t(worker)].get(), TilesLayout::packed<T>(), c0, c1);
     });
-    parallel_tasks(F::points, threads, [&](int64_t xi, int worker) {
-        const TransformedTiles<T> B{v.get() + xi * v_stride, g.C};
-        const OutMatrix<T> M = OutMatrix<T>::plain(m.get() + xi * m_stride, columns, columns);
-        multiply_position(U[int(xi)], g.K, cols, g.C, B, M, bufs[size_t(worker)]);
-    });
+    products(v.get(), v_stride, m.get(), m_stride, columns, cols, threads, bufs);
     parallel_for(tl.blocks * runs, threads, [&](int64_t task, int) {
         const int64_t t0 = task / runs * tl.block;
         const int64_t k0 = task % runs * k_run, k1 = std::min(g.K, k0 + k_run);
@@ -808,17 +896,45 @@ struct PreparedTransform final : PreparedFilters {
 
 }  // namespace winograd
 
-// by_position: all tiles at once, one GEMM per position (winograd::forward_by_position), else
-// block by block. The output transform applies `ep` as it stores. U comes from `prepared`
-// where that holds it, else is computed here.
+// Winograd's layouts (conv/dispatch.h, winograd_layout, says which pays): block by block;
+// by position (all tiles at once, one GEMM per position: winograd::forward_by_position); by
+// position with U computed per block of output channels (winograd::multiply_filter_blocks),
+// a batch of images at a time.
+enum class WinogradLayout { blocks, by_position, filter_blocks };
+
+// The forward in `layout`. The output transform applies `ep` as it stores. U comes from
+// `prepared` where that holds it, else is computed here (never stored whole for filter_blocks).
 template <class T, class F = winograd::F4x3>
-void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position,
+void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, WinogradLayout layout,
                              const Epilogue<T>& ep = {}, const PreparedFilters* prepared = nullptr) {
     using namespace winograd;
-    std::optional<TransformedFilters<T, F>> computed;
     const TransformedFilters<T, F>* found = PreparedTransform<T, F>::find(prepared, g);
+    if (layout == WinogradLayout::filter_blocks && found == nullptr) {
+        // Images per pass: all tiles' V and M (36 (C + K) elements per tile) within 16 MiB, the
+        // by-position layout's bound (winograd_by_position), so that every block of output
+        // channels reads V from the shared cache.
+        auto images = [&g](int64_t n) {
+            ConvShape part = g;
+            part.N = n;
+            return part;
+        };
+        const Tiling one = Tiling::of<T, F>(images(1));
+        const double per_image = double(F::points) * double(g.C + g.K) * double(one.total) * double(sizeof(T));
+        const int64_t batch = std::clamp<int64_t>(int64_t(16.0 * (1 << 20) / per_image), 1, g.N);
+        const auto tap = [w, C = g.C](int64_t k, int64_t c, int j) { return w[(k * C + c) * F::R * F::R + j]; };
+        for (int64_t n0 = 0; n0 < g.N; n0 += batch) {
+            const ConvShape part = images(std::min(batch, g.N - n0));
+            Epilogue<T> part_ep = ep;
+            if (ep.residual) part_ep.residual = ep.residual + n0 * g.K * g.Ho * g.Wo;
+            forward_by_position<T, F>(part, Tiling::of<T, F>(part), x + n0 * g.C * g.H * g.W, bias,
+                                      y + n0 * g.K * g.Ho * g.Wo, part_ep, multiply_filter_blocks<T, F>(part, tap));
+        }
+        return;
+    }
+    std::optional<TransformedFilters<T, F>> computed;
     const TransformedFilters<T, F>& U = found != nullptr ? *found : computed.emplace(g, w);
-    if (by_position) return forward_by_position(g, Tiling::of<T, F>(g), U, x, bias, y, ep);
+    if (layout != WinogradLayout::blocks)
+        return forward_by_position<T, F>(g, Tiling::of<T, F>(g), x, bias, y, ep, multiply_positions(g, U));
     const Tiling tl = Tiling::of_forward<T, F>(g);
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), tl.blocks)));
     // Per thread: V and M of one block, and the GEMM's A buffer. Allocated before the tasks run:

@@ -88,13 +88,13 @@ Scratch<T> winograd_blocks_weights(const ConvShape& g, const T* w) {
     return w3;
 }
 
-// by_position: Winograd's layout for the 3x3 convolution over the copies.
+// layout: Winograd's layout for the 3x3 convolution over the copies.
 template <class T>
-void conv2d_forward_winograd_blocks(const ConvShape& g, const T* x, const T* w, const T* bias, T* y, bool by_position,
-                                    const Epilogue<T>& ep = {}) {
+void conv2d_forward_winograd_blocks(const ConvShape& g, const T* x, const T* w, const T* bias, T* y,
+                                    WinogradLayout layout, const Epilogue<T>& ep = {}) {
     const ConvShape b = winograd_blocks_shape(g);
     const Scratch<T> x3 = winograd_blocks_input(g, x), w3 = winograd_blocks_weights(g, w);
-    conv2d_forward_winograd(b, x3.get(), w3.get(), bias, y, by_position, ep);
+    conv2d_forward_winograd(b, x3.get(), w3.get(), bias, y, layout, ep);
 }
 
 template <class T>

@@ -894,6 +894,29 @@ struct PreparedTransform final : PreparedFilters {
     }
 };
 
+// The forward by position with U per block of output channels (multiply_filter_blocks), a
+// batch of images at a time: all tiles' V and M (36 (C + K) elements per tile) within 16 MiB,
+// the by-position layout's bound (winograd_by_position), so that every block of output
+// channels reads V from the shared cache. tap(k, c, j) as multiply_filter_blocks takes it.
+template <class T, class F, class Tap>
+void forward_filter_blocks(const ConvShape& g, const T* x, const Tap& tap, const T* bias, T* y, const Epilogue<T>& ep) {
+    auto images = [&g](int64_t n) {
+        ConvShape part = g;
+        part.N = n;
+        return part;
+    };
+    const Tiling one = Tiling::of<T, F>(images(1));
+    const double per_image = double(F::points) * double(g.C + g.K) * double(one.total) * double(sizeof(T));
+    const int64_t batch = std::clamp<int64_t>(int64_t(16.0 * (1 << 20) / per_image), 1, g.N);
+    for (int64_t n0 = 0; n0 < g.N; n0 += batch) {
+        const ConvShape part = images(std::min(batch, g.N - n0));
+        Epilogue<T> part_ep = ep;
+        if (ep.residual) part_ep.residual = ep.residual + n0 * g.K * g.Ho * g.Wo;
+        forward_by_position<T, F>(part, Tiling::of<T, F>(part), x + n0 * g.C * g.H * g.W, bias,
+                                  y + n0 * g.K * g.Ho * g.Wo, part_ep, multiply_filter_blocks<T, F>(part, tap));
+    }
+}
+
 }  // namespace winograd
 
 // Winograd's layouts (conv/dispatch.h, winograd_layout, says which pays): block by block;
@@ -910,26 +933,8 @@ void conv2d_forward_winograd(const ConvShape& g, const T* x, const T* w, const T
     using namespace winograd;
     const TransformedFilters<T, F>* found = PreparedTransform<T, F>::find(prepared, g);
     if (layout == WinogradLayout::filter_blocks && found == nullptr) {
-        // Images per pass: all tiles' V and M (36 (C + K) elements per tile) within 16 MiB, the
-        // by-position layout's bound (winograd_by_position), so that every block of output
-        // channels reads V from the shared cache.
-        auto images = [&g](int64_t n) {
-            ConvShape part = g;
-            part.N = n;
-            return part;
-        };
-        const Tiling one = Tiling::of<T, F>(images(1));
-        const double per_image = double(F::points) * double(g.C + g.K) * double(one.total) * double(sizeof(T));
-        const int64_t batch = std::clamp<int64_t>(int64_t(16.0 * (1 << 20) / per_image), 1, g.N);
         const auto tap = [w, C = g.C](int64_t k, int64_t c, int j) { return w[(k * C + c) * F::R * F::R + j]; };
-        for (int64_t n0 = 0; n0 < g.N; n0 += batch) {
-            const ConvShape part = images(std::min(batch, g.N - n0));
-            Epilogue<T> part_ep = ep;
-            if (ep.residual) part_ep.residual = ep.residual + n0 * g.K * g.Ho * g.Wo;
-            forward_by_position<T, F>(part, Tiling::of<T, F>(part), x + n0 * g.C * g.H * g.W, bias,
-                                      y + n0 * g.K * g.Ho * g.Wo, part_ep, multiply_filter_blocks<T, F>(part, tap));
-        }
-        return;
+        return forward_filter_blocks<T, F>(g, x, tap, bias, y, ep);
     }
     std::optional<TransformedFilters<T, F>> computed;
     const TransformedFilters<T, F>& U = found != nullptr ? *found : computed.emplace(g, w);

@@ -353,7 +353,10 @@ inline bool winograd_blocks_pay(const ConvShape& g) {
     const int64_t blocks = kernel_blocks_down(g) * kernel_blocks_across(g);
     if (3 * g.R * g.S < 2 * 9 * blocks) return false;
     const ConvShape b = winograd_blocks_shape(g);
-    return winograd_pays(b) && scratch_fits(g, double(b.N) * double(b.C) * double(b.H) * double(b.W));
+    // Not past 256 x 256 channel pairs over the copies: the 3x3 forward's rule takes those
+    // (winograd_layout), but not measured here.
+    return b.C * b.K <= 256 * 256 && winograd_pays(b) &&
+           scratch_fits(g, double(b.N) * double(b.C) * double(b.H) * double(b.W));
 }
 
 // Winograd's layout (conv/winograd.h): one GEMM per transform-domain position over all tiles

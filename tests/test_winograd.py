@@ -217,6 +217,9 @@ def test_the_layout_rule(shape, layout):
     ((8, 64, 16, 16, 64), True),     # 16-27 columns from 64 x 64 pairs
     ((8, 32, 16, 16, 64), False),    # there 32 channels on a side: along pixels or by channels
     ((2, 32, 28, 28, 32), False),    # 98 tiles
+    ((8, 512, 7, 7, 512), True),     # past 256 x 256 pairs: by blocks of output channels from 8 tiles
+    ((1, 512, 7, 7, 512), False),    # 4 tiles
+    ((8, 512, 14, 14, 512), False),  # 128 tiles: their transforms past one chunk
 ])
 def test_the_weight_gradient_rule(shape, winograd):
     # "auto" ran Winograd's weight gradient when its bits are those of algorithm="winograd".
@@ -289,6 +292,31 @@ def test_filters_per_block_bits_independent_of_threads_and_batch(isa, shape):
     for n in range(x.shape[0]):
         alone = ops.conv2d(x[n:n + 1], w, b, 1, pad, algorithm="winograd", backend="cpu")
         np.testing.assert_array_equal(results[0][n:n + 1], alone)
+
+
+@pytest.mark.parametrize("shape", [FILTER_BLOCK_SHAPES[0], FILTER_BLOCK_SHAPES[2]], ids=[FILTER_BLOCK_IDS[0], FILTER_BLOCK_IDS[2]])
+def test_filters_per_block_weight_gradient(isa, shape):
+    # All tiles in one chunk, then the 36 products and the transform back per block of output
+    # channels (winograd.h, weight_grad_by_filter_blocks); 300 -> 230 ends in a block of 6.
+    x, w, _ = _data(shape, np.float32, 17)
+    N, pad = shape[0], shape[-1]
+    grad_out = np.random.default_rng(18).standard_normal(ops.conv2d(x, w, None, 1, pad).shape).astype(np.float32)
+    exact = ops.conv2d_backward(grad_out.astype(np.float64), x.astype(np.float64), w.astype(np.float64), 1, pad,
+                                needs=(False, True, False), backend="reference")[1]
+    saved = pyconv.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            pyconv.set_num_threads(threads)
+            results.append(ops.conv2d_backward(grad_out, x, w, 1, pad, needs=(False, True, False),
+                                               algorithm="winograd", backend="cpu")[1])
+    finally:
+        pyconv.set_num_threads(saved)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+    reduction = N * grad_out.shape[2] * grad_out.shape[3]
+    error = float(np.max(np.abs(results[0] - exact))) / (np.finfo(np.float32).eps * reduction)
+    assert error < WINOGRAD_WEIGHT_GRAD_ERROR_BOUND
 
 
 @pytest.mark.parametrize("shape, expected", [

@@ -397,7 +397,7 @@ inline WinogradLayout winograd_layout(const ConvShape& g) {
 // 1.68x, 1.87x; 64 and 32 channels on 28 and 32 px 1.11x; 256 channels on 14 px 1.33x
 // [0.99-1.47]. Not with 16 channels (16 on 56 px 0.87x, on 32 px 0.31x: the weight gradient
 // along pixel rows is faster there), nor on 14-px images with fewer channel pairs (128
-// channels 1.01x, and 0.84x before the transform back was vectorised), nor 512 on 7 px (0.54x:
+// channels 1.01x, and 0.84x before the transform back was vectorised), nor 512 on 7 px with M stored (0.54x:
 // 32 tiles against 262144 channel pairs, whose 36 products it writes and transforms back).
 // On 16-27 columns from 64 x 64 channel pairs: 2 threads, medians of 15 interleaved calls,
 // against the rules' choice without it (the channel-vectorised form) and PyTorch, batch 16:
@@ -408,8 +408,15 @@ inline WinogradLayout winograd_layout(const ConvShape& g) {
 // (the weight gradient along pixels, or by channels, stays ahead: 32 -> 32 on 16x16, batch 16
 // and 64, 0.69-0.76 against 0.54-0.56 and 3.3-3.4 against 1.9-2.5 ms; 64 -> 32 and 32 -> 64
 // 1.08 against 0.89-0.92), nor on 14 columns (64 -> 64, batch 16: 1.11-1.51 against 1.19-1.30).
+// Past 256 x 256 pairs by blocks of output channels (conv/winograd.h,
+// weight_grad_by_filter_blocks), where all tiles' transforms fit one chunk, on 7+ columns from
+// 8 tiles: 2 threads, medians of 5 alternated calls, against the channel-vectorised form that
+// ran before, 512 -> 512 on 7x7, batch 8 6.2 against 9.7 ms, batch 16 12.6 against 19.3,
+// batch 2 2.8 against 3.3. (On 14x14, batch 8, the chunked form with M stored: 31.9 against
+// 37.0 ms, not taken.)
 inline bool winograd_weight_grad_pays(const ConvShape& g) {
     const int64_t tiles = g.N * ((g.Ho + 3) / 4) * ((g.Wo + 3) / 4), pairs = g.C * g.K;
+    if (pairs > 256 * 256) return winograd_applies(g) && g.Wo >= 7 && tiles >= 8 && weight_grad_by_filter_blocks<float>(g);
     return winograd_applies(g) && g.C >= 32 && g.K >= 32 && pairs <= 256 * 256 && tiles >= 128 &&
            (g.Wo >= 28 || (g.Wo >= 16 && g.C >= 64 && g.K >= 64) || (g.Wo >= 12 && pairs >= 256 * 256));
 }

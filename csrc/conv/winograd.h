@@ -1085,6 +1085,21 @@ void filters_back(int64_t p0, int64_t pairs, const T* m, int64_t m_stride, T* dw
 
 }  // namespace winograd
 
+// Whether the weight gradient goes by blocks of output channels (below): past 256 x 256
+// channel pairs, where M (36 K C elements) would go to memory and back, and when all tiles'
+// transformed x and dy fit kFilterBlockTilesBytes (one chunk: each block needs every tile).
+constexpr double kFilterBlockTilesBytes = 16.0 * (1 << 20);
+template <class T, class F = winograd::F4x3>
+inline bool weight_grad_by_filter_blocks(const ConvShape& g) {
+    const winograd::Tiling tl = winograd::Tiling::of<T, F>(g);
+    return g.C * g.K > 256 * 256 &&
+           double(F::points) * double(g.C + g.K) * double(tl.total) * double(sizeof(T)) <= kFilterBlockTilesBytes;
+}
+
+// by_filter_blocks (weight_grad_by_filter_blocks): all tiles in one chunk, then a task per
+// block of 2 MR output channels computes its rows of the 36 M[xi] (16 x C: cache-resident) and
+// transforms them back at once; M is never stored whole. The same sums in the same order as
+// the chunked form with one chunk, so the same bits.
 template <class T, class F = winograd::F4x3>
 void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T* dw) {
     using namespace winograd;
@@ -1094,17 +1109,20 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
     ConvShape gy = g;
     gy.C = g.K, gy.H = g.Ho, gy.W = g.Wo, gy.ph = 0, gy.pw = 0;
     if (tl.total == 0) return std::fill(dw, dw + g.K * g.C * RR, T(0));  // no products to sum
-    const int64_t chunk = WeightGradChunks<T, F>::of(g, tl).tiles;
+    const bool by_filter_blocks = weight_grad_by_filter_blocks<T, F>(g);
+    constexpr int64_t KB = 2 * GemmTile<T>::MR;
+    const int64_t chunk = by_filter_blocks ? (tl.total + tl.block - 1) / tl.block * tl.block
+                                           : WeightGradChunks<T, F>::of(g, tl).tiles;
     const int64_t x_stride = position_stride<T>(checked_mul(g.C, chunk));
     const int64_t y_stride = position_stride<T>(checked_mul(g.K, chunk));
-    const int64_t m_stride = position_stride<T>(checked_mul(g.K, g.C));
+    const int64_t m_stride = position_stride<T>(checked_mul(by_filter_blocks ? KB : g.K, g.C));
     const int64_t tmp_stride = position_stride<T>(L * tl.block);
     const Scratch<T> vx = scratch<T>(checked_mul(int64_t(P), x_stride));
     const Scratch<T> vy = scratch<T>(checked_mul(int64_t(P), y_stride));
-    const Scratch<T> m = scratch<T>(checked_mul(int64_t(P), m_stride));
+    const Scratch<T> m = by_filter_blocks ? Scratch<T>() : scratch<T>(checked_mul(int64_t(P), m_stride));
     const int threads = num_threads();
     const int64_t rows_size = InputRows::size<T>(tl, tl.block);
-    std::vector<Scratch<T>> rows, tmps;
+    std::vector<Scratch<T>> rows, tmps, m_blocks;
     std::vector<GemmBuffers<T>> bufs;
     for (int t = 0; t < threads; ++t) {
         rows.push_back(scratch<T>(rows_size));
@@ -1112,6 +1130,7 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
         tmps.push_back(scratch<T>(P * tmp_stride));
         std::fill(tmps.back().get(), tmps.back().get() + P * tmp_stride, T(0));  // lanes past C
         bufs.emplace_back(g.K, g.C, chunk);
+        if (by_filter_blocks) m_blocks.push_back(scratch<T>(checked_mul(int64_t(P), m_stride)));
     }
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     for (int64_t c0 = 0; c0 < tl.total; c0 += chunk) {
@@ -1127,6 +1146,18 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
                 transform_tile_major<T, F, OutputGradTransform<F>>(gy, tl, dy, t0, nt, vy.get() + (t0 - c0) * g.K,
                                                                    y_stride, tmp, tmp_stride, rows_w);
         });
+        constexpr int64_t D = Simd<double>::lanes;
+        if (by_filter_blocks)
+            return parallel_for((g.K + KB - 1) / KB, threads, [&](int64_t blk, int worker) {
+                const int64_t k0 = blk * KB, rows_k = std::min(KB, g.K - k0);
+                T* mb = m_blocks[size_t(worker)].get();
+                for (int xi = 0; xi < P; ++xi)
+                    gemm_block<T>(0, rows_k, 0, g.C, 0, tiles, InMatrixAT<T>{vy.get() + xi * y_stride + k0, g.K},
+                                  InMatrixB<T>::plain(vx.get() + xi * x_stride, g.C, g.C),
+                                  OutMatrix<T>::plain(mb + xi * m_stride, g.C, g.C), Store::overwrite,
+                                  bufs[size_t(worker)]);
+                for (int64_t p = 0; p < rows_k * g.C; p += D) filters_back<T, F>(p, rows_k * g.C, mb, m_stride, dw + k0 * g.C * RR);
+            });
         parallel_tasks(P, threads, [&](int64_t xi, int worker) {
             gemm_block<T>(0, g.K, 0, g.C, 0, tiles, InMatrixAT<T>{vy.get() + xi * y_stride, g.K},
                           InMatrixB<T>::plain(vx.get() + xi * x_stride, g.C, g.C),

@@ -799,7 +799,8 @@ void conv2d_grad_input(const ConvShape& g, const T* dy, const T* w, T* dx, const
                 winograd_layout<T>(forward) == WinogradLayout::filter_blocks) {
                 // The flipped, transposed taps read where they lie in w: no copy of w (9.4 MB for
                 // 512 x 512, copied on one thread: a third of the input gradient's time).
-                const auto tap = [w, C = g.C](int64_t c, int64_t k, int j) { return w[(k * C + c) * 9 + 8 - j]; };
+                constexpr int RR = winograd::F4x3::R * winograd::F4x3::R;
+                const auto tap = [w, C = g.C](int64_t c, int64_t k, int j) { return w[(k * C + c) * RR + RR - 1 - j]; };
                 return winograd::forward_filter_blocks<T, winograd::F4x3>(forward, dy, tap, nullptr, dx, {});
             }
             const Scratch<T> flipped = flipped_transposed_weights(g, w);

@@ -836,8 +836,8 @@ auto multiply_filter_blocks(const ConvShape& g, const Tap& tap) {
                 }
                 const TransformedTiles<T> B{v + xi * v_stride, g.C};
                 const OutMatrix<T> M = OutMatrix<T>::plain(m + xi * m_stride + k0 * columns, columns, columns);
-                gemm_block<T>(0, rows, 0, cols, 0, g.C, typename TransformedFilters<T, F>::Position{u, g.C}, B, M,
-                              Store::overwrite, bufs[size_t(worker)]);
+                multiply_position(typename TransformedFilters<T, F>::Position{u, g.C}, rows, cols, g.C, B, M,
+                                  bufs[size_t(worker)]);
             }
         });
     };
@@ -1132,6 +1132,7 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
         bufs.emplace_back(g.K, g.C, chunk);
         if (by_filter_blocks) m_blocks.push_back(scratch<T>(checked_mul(int64_t(P), m_stride)));
     }
+    constexpr int64_t D = Simd<double>::lanes;  // pairs transformed back at a time (filters_back)
     FlushDenormals ftz;  // for the caller and the pool's workers (common/thread_pool.h)
     for (int64_t c0 = 0; c0 < tl.total; c0 += chunk) {
         const int64_t tiles = std::min(chunk, tl.total - c0), blocks = (tiles + tl.block - 1) / tl.block;
@@ -1146,7 +1147,6 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
                 transform_tile_major<T, F, OutputGradTransform<F>>(gy, tl, dy, t0, nt, vy.get() + (t0 - c0) * g.K,
                                                                    y_stride, tmp, tmp_stride, rows_w);
         });
-        constexpr int64_t D = Simd<double>::lanes;
         if (by_filter_blocks)
             return parallel_for((g.K + KB - 1) / KB, threads, [&](int64_t blk, int worker) {
                 const int64_t k0 = blk * KB, rows_k = std::min(KB, g.K - k0);
@@ -1165,8 +1165,7 @@ void conv2d_grad_weight_winograd(const ConvShape& g, const T* dy, const T* x, T*
                           c0 == 0 ? Store::overwrite : Store::accumulate, bufs[size_t(worker)]);
         });
     }
-    // dw[k, c] = G^T M[., k, c] G, for D::lanes consecutive pairs (k, c) at a time.
-    constexpr int64_t D = Simd<double>::lanes;
+    // dw[k, c] = G^T M[., k, c] G, for D consecutive pairs (k, c) at a time.
     const int64_t pairs = g.K * g.C;
     parallel_for((pairs + D - 1) / D, threads, [&](int64_t q, int) { filters_back<T, F>(q * D, pairs, m.get(), m_stride, dw); });
 }

@@ -41,3 +41,33 @@ def test_module_entry_point_help():
 
 def test_every_catalogue_kernel_has_a_benchmark_case():
     assert bench.untimed_kernels() == []
+
+
+def test_machine_limit_runs_every_gemm_on_pyconvs_thread_count(monkeypatch):
+    """The "% limit" columns divide by the best GEMM of the process: on one thread it must not be
+    NumPy's BLAS on every core, nor PyTorch on its own count."""
+    import pyconv
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from pyconv.bench import measure
+
+    seen = {}
+
+    def impls(n):
+        def blas_threads():
+            seen["numpy"] = {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+        return {"numpy": blas_threads, "torch": lambda: seen.__setitem__("torch", torch.get_num_threads())}
+
+    monkeypatch.setattr(measure, "gemm_impls", impls)
+    torch_before = torch.get_num_threads()
+    threads_before = pyconv.get_num_threads()
+    pyconv.set_num_threads(1)
+    try:
+        limits = measure.measure_limits()
+    finally:
+        pyconv.set_num_threads(threads_before)
+    assert seen == {"numpy": {1}, "torch": 1}
+    assert "on 1 thread(s)" in limits.source["gemm"]
+    assert torch.get_num_threads() == torch_before

@@ -2,6 +2,7 @@
 (GEMM GFLOP/s, copy GB/s) measured in the same process."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -184,19 +185,50 @@ def gemm_impls(n=GEMM_N) -> dict:
     return impls
 
 
+def _limit_numpy_blas(threads):
+    """Limits NumPy's BLAS to `threads` threads at once, returning the limiter (a context that
+    undoes it on exit), or None where threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
 def measure_limits() -> Limits:
+    """The best float32 GEMM rate this process reaches on pyconv's thread count (the FLOP limit
+    the tables' "% limit" refer to) and the DRAM copy bandwidth. PyTorch and NumPy's BLAS run on
+    that many threads too; NumPy is left out of the limit where its count cannot be set (on its
+    default of every core it would hold a one-thread table against an all-core GEMM)."""
+    import pyconv
+
     n = GEMM_N
-    gemm = {}
-    for name, fn in gemm_impls(n).items():
-        gemm[name] = 2 * n**3 / _median_time(fn, 3) / 1e9
-        if name == "numpy":
-            time.sleep(_BLAS_SPIN_SECONDS)  # OpenBLAS's threads spin a while after the call
+    threads = pyconv.get_num_threads()
+    torch = _torch()
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    gemm, counted = {}, []
+    try:
+        for name, fn in gemm_impls(n).items():
+            limiter = _limit_numpy_blas(threads) if name == "numpy" else contextlib.nullcontext()
+            if limiter is None:  # NumPy's BLAS on its own thread count: timed, not counted
+                limiter = contextlib.nullcontext()
+            else:
+                counted.append(name)
+            with limiter:
+                gemm[name] = 2 * n**3 / _median_time(fn, 3) / 1e9
+            if name == "numpy":
+                time.sleep(_BLAS_SPIN_SECONDS)  # OpenBLAS's threads spin a while after the call
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
     # Copy bandwidth from DRAM: 128 MiB read + 128 MiB written per copy.
     src = np.ones(32 * 2**20, np.float32)
     dst = np.empty_like(src)
     copy = 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), 5) / 1e9
-    best = max(gemm, key=gemm.get)  # the best GEMM this process can reach is the FLOP limit
-    return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32", "gemm_all": gemm})
+    best = max(counted or gemm, key=gemm.get)  # the best GEMM on these threads is the FLOP limit
+    return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32 on {threads} thread(s)", "gemm_all": gemm})
 
 
 def measure_gpu_limits():

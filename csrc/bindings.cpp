@@ -814,7 +814,7 @@ PYBIND11_MODULE(_C, m) {
           [](Array x, Optional grad_out, Optional grad_hT, Optional grad_cT, Array h0, Array c0,
              Array w_ih, Array w_hh, Optional b_ih, Optional b_hh, Array grad_x, Array grad_h0,
              Array grad_c0, Array grad_w_ih, Array grad_w_hh, Optional grad_b,
-             Optional saved_gates, Optional saved_hs, Optional saved_cs) {
+             Optional saved_gates, Optional saved_hs, Optional saved_cs, bool overwrite_saved_gates) {
               by_dtype(x.dtype(), [&](auto t) {
                   using T = decltype(t);
                   const LstmShape s = lstm_shape(x, h0);
@@ -835,8 +835,10 @@ PYBIND11_MODULE(_C, m) {
                   if (std::min({s.T, s.B, s.I, s.H}) < 1)
                       throw py::value_error("lstm_backward: empty input");
                   const std::vector<int64_t> states{s.T + 1, s.B, s.H};
-                  const T* sg = checked_or_null<T>(
-                      saved_gates, {s.T, s.B, kernels<T>().lstm_gate_columns(s.H)}, "saved_gates");
+                  if (overwrite_saved_gates && saved_gates.is_none())
+                      throw py::value_error("lstm_backward: overwrite_saved_gates needs saved_gates");
+                  T* sg = checked_or_null<T>(saved_gates, {s.T, s.B, kernels<T>().lstm_gate_columns(s.H)},
+                                             "saved_gates", overwrite_saved_gates);
                   const T* sh = checked_or_null<T>(saved_hs, states, "saved_hs");
                   const T* sc = checked_or_null<T>(saved_cs, states, "saved_cs");
                   if (!sg != !sh || !sg != !sc)
@@ -844,7 +846,7 @@ PYBIND11_MODULE(_C, m) {
                           "lstm_backward: pass all of saved_gates, saved_hs and saved_cs, or none");
                   without_gil([&] {
                       kernels<T>().lstm_backward(s, gop, ghT, gcT, xp, hp, cp, w, gx, gh0, gc0, gwi,
-                                                 gwh, gb, sg, sh, sc);
+                                                 gwh, gb, sg, sh, sc, overwrite_saved_gates ? sg : nullptr);
                   });
               });
           },
@@ -853,10 +855,11 @@ PYBIND11_MODULE(_C, m) {
           py::arg("b_hh"), py::arg("grad_x"), py::arg("grad_h0"), py::arg("grad_c0"),
           py::arg("grad_w_ih"), py::arg("grad_w_hh"), py::arg("grad_b"),
           py::arg("saved_gates") = py::none(), py::arg("saved_hs") = py::none(),
-          py::arg("saved_cs") = py::none(),
+          py::arg("saved_cs") = py::none(), py::arg("overwrite_saved_gates") = false,
           "backpropagation through time of lstm (grad_* outputs written in place), from the "
           "saved forward (gates as lstm saved them, hs and cs (T+1,B,H) = h_0..h_T, c_0..c_T) "
-          "or, when they are None, running the forward again");
+          "or, when they are None, running the forward again; overwrite_saved_gates: the last "
+          "use of the saved forward, whose gates then hold the gate gradients afterwards");
 
     // ---- Boxes
 

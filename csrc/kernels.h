@@ -91,12 +91,15 @@ struct KernelsFor {
     // Backpropagation through time. grad_out (T,B,H), grad_hT, grad_cT (B,H) may be nullptr
     // (zero). grad_b is the gradient of each bias (both are the same), nullptr to skip it.
     // saved_gates as from lstm, saved_hs and saved_cs (T+1,B,H) = h_0..h_T and c_0..c_T: the
-    // forward of the same inputs (read only), or all nullptr to run the forward again.
+    // forward of the same inputs, or all nullptr to run the forward again. gate_grads: where
+    // the gate gradients go, nullptr for a buffer of the kernel's own, or saved_gates itself
+    // when the caller is done with the saved forward: the backward then writes over the gates
+    // (no second buffer of that size to bring into the caches).
     void (*lstm_backward)(const LstmShape&, const T* grad_out, const T* grad_hT,
                           const T* grad_cT, const T* x, const T* h0, const T* c0,
                           LstmWeights<T> w, T* grad_x, T* grad_h0, T* grad_c0, T* grad_w_ih,
                           T* grad_w_hh, T* grad_b, const T* saved_gates, const T* saved_hs,
-                          const T* saved_cs);
+                          const T* saved_cs, T* gate_grads);
 
     // iou (n, m) of boxes a (n,4) and b (m,4) as (x1, y1, x2, y2).
     void (*box_iou)(const T* a, int64_t n, const T* b, int64_t m, T* iou);

@@ -367,7 +367,9 @@ def lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih=None, 
     grad_w_hh, grad_b_ih, grad_b_hh)``, unbatched for an unbatched call (x (T, I), grad_out
     (T, H), states (H,)). Any of grad_out, grad_hT, grad_cT may be None (zero).
     ``saved``: what ``lstm(..., save_for_backward=True)`` returned for the same inputs on the
-    same backend; without it the forward recurrence is computed again."""
+    same backend; without it the forward recurrence is computed again. Its arrays are left as
+    they are, unless it is marked as their last use (``dataclasses.replace(saved,
+    last_use=True)``, as the autograd does): the backend may then use them as scratch."""
     T, B, _, Hd = _spec.lstm_backward(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     batch = _BatchAxis(x, 3)
     grad_out, x = batch.add(grad_out, axis=1), batch.add(x, axis=1)

@@ -187,6 +187,53 @@ def test_lstm_reduction_across_inputs_and_states(isa, dtype):
     close(gb_ih, params[2].grad, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_backward_on_the_last_use_writes_over_the_saved_gates_only(isa, dtype):
+    """A record marked last_use lends its gates to the backward as the gate gradients' buffer:
+    the same gradients, bit for bit, and a record not so marked comes back untouched. Two
+    threads' batch rows (B = 20) and the padding units of H = 9 both run."""
+    import dataclasses
+
+    T, B, I, H = 5, 20, 6, 9
+    _, params = torch_lstm(I, H, True, dtype, seed=3)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    gout = rng.standard_normal((T, B, H)).astype(dtype)
+    _, _, saved = ops.lstm(x, h0, c0, *arrays(params), save_for_backward=True)
+    gates = saved.gates.copy()
+    kept = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params), saved=saved)
+    np.testing.assert_array_equal(saved.gates, gates)
+    lent = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params),
+                             saved=dataclasses.replace(saved, last_use=True))
+    for a, b in zip(kept, lent):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(saved.gates, gates)  # the gate gradients are there now
+
+
+def test_lstm_graph_kept_for_a_second_backward_keeps_its_saved_gates(isa):
+    """retain_graph=True: the LSTM's saved gates must survive the first pass, so a second pass
+    adds the same gradients again; without it the pass may use them as scratch and gives the
+    same gradients."""
+    from pyconv import nn
+
+    rng = np.random.default_rng(5)
+    layer = nn.LSTM(6, 9)
+    x = pyconv.Tensor(rng.standard_normal((5, 20, 6)).astype(np.float32))
+    grads = []
+    for retain in (True, False):
+        layer.zero_grad()
+        loss = (layer(x)[0] ** 2).sum()
+        loss.backward(retain_graph=retain)
+        grads.append([p.grad.copy() for p in layer.parameters()])
+        if retain:
+            loss.backward()
+            for first, twice in zip(grads[0], layer.parameters()):
+                np.testing.assert_allclose(twice.grad, 2 * first, rtol=1e-6, atol=1e-6)
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_lstm_saturated_gates_stay_finite(isa):
     # Huge pre-activations must saturate the sigmoid/tanh, not overflow to NaN.
     B, I, H = 2, 3, 20

@@ -368,16 +368,17 @@ template <class T>
 void lstm_backward(const LstmShape& s, const T* grad_out, const T* grad_hT, const T* grad_cT,
                    const T* x, const T* h0, const T* c0, LstmWeights<T> w, T* grad_x,
                    T* grad_h0, T* grad_c0, T* grad_w_ih, T* grad_w_hh, T* grad_b,
-                   const T* saved_gates, const T* saved_hs, const T* saved_cs) {
+                   const T* saved_gates, const T* saved_hs, const T* saved_cs, T* gate_grads) {
     constexpr int64_t U = LstmPlan<T>::U;
     const LstmPlan<T> P(s, w);
     const int64_t B = P.B, H = P.H, I = P.I, G = P.G, T_ = P.T_, BH = B * H, width = I + H;
 
-    // The gate gradients dG of every step. The forward's activations come from the caller's
-    // saved buffers, or from running the forward again into dG itself (the backward sweep then
-    // overwrites each step's activations with their gradients), with hs = [h0, h_1, ..., h_T]
-    // and cs = [c0, c_1, ..., c_T].
-    T* dG = reused_scratch<T>(kGates, T_ * B * G);
+    // The gate gradients dG of every step, in gate_grads where the caller gives it. The
+    // forward's activations come from the caller's saved buffers, or from running the forward
+    // again into dG itself; either way the backward sweep may overwrite each step's
+    // activations with their gradients (cell_backward reads a vector before writing it). hs =
+    // [h0, h_1, ..., h_T] and cs = [c0, c_1, ..., c_T].
+    T* dG = gate_grads ? gate_grads : reused_scratch<T>(kGates, T_ * B * G);
     const T *acts = saved_gates, *hs = saved_hs, *cs = saved_cs;
     if (!saved_gates) {
         T* hs_run = reused_scratch<T>(kStatesH, (T_ + 1) * BH);

@@ -12,10 +12,12 @@ Memory: once a Function's backward has run, the pass drops what its forward save
 links to its inputs (``Function.release``), so intermediate arrays are freed while the pass is
 still running, and a graph kept alive by a Tensor the caller holds costs nothing afterwards. A
 second backward through the same graph then raises, unless the first was told
-``retain_graph=True``. Gradients meeting at one tensor are summed into one array, in place once
-the pass has allocated that array itself (never into an array that a Function's backward
-handed over, which may be a view of the caller's own ``grad`` or another tensor's gradient),
-and into a leaf's ``.grad`` from an earlier pass when nothing but the leaf refers to it.
+``retain_graph=True``; a Function's backward knows whether it is its last
+(``Function.last_backward``), and may then use what its forward saved as scratch. Gradients
+meeting at one tensor are summed into one array, in place once the pass has allocated that
+array itself (never into an array that a Function's backward handed over, which may be a view
+of the caller's own ``grad`` or another tensor's gradient), and into a leaf's ``.grad`` from an
+earlier pass when nothing but the leaf refers to it.
 
 Two hooks let other code (data-parallel training) act while the backward pass runs:
 
@@ -220,6 +222,7 @@ def _propagate(root, grad, retain_graph):
         if _added_in_place(fn, grad_outputs, owned):
             grads = ()
         else:
+            fn.last_backward = not retain_graph
             grads = fn.backward(*grad_outputs)
             if type(grads) is not tuple:
                 grads = (grads,)

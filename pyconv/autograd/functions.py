@@ -50,6 +50,9 @@ class Function:
     inputs = ()
     needs_input_grad = ()
     released = False  # True once a backward pass has used and dropped what forward saved
+    # True while the backward running is the last this Function sees (the pass releases it
+    # next, not told to retain the graph): backward may then use what forward saved as scratch.
+    last_backward = False
 
     def __call__(self, *inputs):
         needs = tuple(isinstance(t, Tensor) and t.requires_grad for t in inputs) if is_grad_enabled() else ()

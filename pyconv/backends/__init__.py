@@ -61,7 +61,10 @@ class LstmSaved:
     """What an LSTM forward keeps so that its backward need not run the recurrence again
     (cuDNN's "reserve space"): made by a backend's ``lstm`` kernel when asked to save, handed
     back to the same backend's ``lstm_backward``. Its arrays belong to that backend and are
-    read, never written, by the backward (so one record serves several backward calls).
+    read, never written, by the backward (so one record serves several backward calls), unless
+    ``last_use`` is set: the backward may then use them as scratch (the cpu backend writes its
+    gate gradients over ``gates``), and the record must not serve another call. The autograd
+    sets it on the backward after which it frees the graph.
 
         gates  (T, B, G)      the activated gates i, f, g, o of every step; G = 4H, or wider
                               in a backend's own (padded, interleaved) gate layout
@@ -72,6 +75,7 @@ class LstmSaved:
     gates: object
     hs: object
     cs: object
+    last_use: bool = False
 
     def check(self, op: str, backend: "Backend", x, h0) -> None:
         """ValueError unless this record can serve a backward of `backend` on x (T, B, I), h0."""

@@ -159,7 +159,7 @@ def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, s
     grad_b = np.empty(w_ih.shape[0], x.dtype) if (b_ih is not None or b_hh is not None) else None
     kept = (saved.gates, saved.hs, saved.cs) if saved is not None else (None, None, None)
     _C.lstm_backward(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih, b_hh, *grads, grad_b,
-                     *kept)
+                     *kept, overwrite_saved_gates=saved is not None and saved.last_use)
     return (*grads, *_bias_grads(grad_b, b_ih, b_hh))
 
 

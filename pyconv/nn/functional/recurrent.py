@@ -2,6 +2,8 @@
 ordered i, f, g, o, as PyTorch; each forward and backward is one fused :mod:`pyconv.ops` kernel."""
 from __future__ import annotations
 
+import dataclasses
+
 from ... import ops
 from ...autograd import Function, Tensor, array_module
 from ._util import _data
@@ -29,6 +31,8 @@ class _LSTM(Function):
     def backward(self, g_out, g_h, g_c):
         record = self.forward_record
         backend = None if record is None else record.backend  # where the forward ran
+        if record is not None and self.last_backward:  # the graph goes after this backward
+            record = dataclasses.replace(record, last_use=True)
         return tuple(ops.lstm_backward(g_out, g_h, g_c, *self.saved, backend=backend, saved=record))
 
 

@@ -85,10 +85,12 @@ struct LstmPlan {
 };
 
 // Cell update of units [u0, u0 + n) of one batch row, vectorised. pre points at the block's
-// 4U pre-activations (i, f, g, o), which are replaced by the activations.
+// 4U pre-activations (i, f, g, o), which are replaced by the activations. Inlined into the
+// step's loop over rows and blocks, which then loads the activations' dozen constants once
+// (a call per block of 2 vectors loaded them each time: forward 1-4% slower).
 template <class T>
-static inline void cell_forward(T* pre, const T* bias, int64_t U, int64_t n, const T* c_prev,
-                                T* c_new, T* h_new) {
+static inline __attribute__((always_inline)) void cell_forward(T* pre, const T* bias, int64_t U, int64_t n,
+                                                               const T* c_prev, T* c_new, T* h_new) {
     using S = Simd<T>;
     using V = typename S::V;
     constexpr int64_t L = S::lanes;

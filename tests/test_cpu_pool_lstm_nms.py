@@ -209,6 +209,12 @@ def test_lstm_backward_on_the_last_use_writes_over_the_saved_gates_only(isa, dty
     for a, b in zip(kept, lent):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(saved.gates, gates)  # the gate gradients are there now
+    _, _, saved = ops.lstm(x, h0, c0, *arrays(params), save_for_backward=True)
+    saved.gates.flags.writeable = False  # may, not must: read-only gates stay as they are
+    read_only = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params),
+                                  saved=dataclasses.replace(saved, last_use=True))
+    for a, b in zip(kept, read_only):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_lstm_graph_kept_for_a_second_backward_keeps_its_saved_gates(isa):

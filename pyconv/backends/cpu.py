@@ -158,8 +158,10 @@ def _lstm_grads(grad_out, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, s
     grads = [np.empty_like(a) for a in (x, h0, c0, w_ih, w_hh)]
     grad_b = np.empty(w_ih.shape[0], x.dtype) if (b_ih is not None or b_hh is not None) else None
     kept = (saved.gates, saved.hs, saved.cs) if saved is not None else (None, None, None)
+    # The gate gradients go over the saved gates where the record's last use allows it.
+    lend = saved is not None and saved.last_use and saved.gates.flags.writeable
     _C.lstm_backward(x, grad_out, grad_hT, grad_cT, h0, c0, w_ih, w_hh, b_ih, b_hh, *grads, grad_b,
-                     *kept, overwrite_saved_gates=saved is not None and saved.last_use)
+                     *kept, overwrite_saved_gates=lend)
     return (*grads, *_bias_grads(grad_b, b_ih, b_hh))
 
 

@@ -228,7 +228,8 @@ def measure_limits() -> Limits:
     dst = np.empty_like(src)
     copy = 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), 5) / 1e9
     best = max(counted or gemm, key=gemm.get)  # the best GEMM on these threads is the FLOP limit
-    return Limits(gemm[best], copy, {"gemm": f"{best} matmul {n}^3 f32 on {threads} thread(s)", "gemm_all": gemm})
+    source = {"gemm": f"{best} matmul {n}^3 f32 on {threads} thread(s)", "gemm_all": gemm}
+    return Limits(gemm[best], copy, source)
 
 
 def measure_gpu_limits():

@@ -16,7 +16,7 @@ import numpy as np
 
 import pyconv
 from pyconv.backends import get
-from pyconv.bench.measure import measure_limits
+from pyconv.bench.measure import measure_limits, warm
 
 CHAR_LSTM = ["100,32,32,128", "100,32,128,128"]  # the char-LSTM's two layers
 
@@ -54,7 +54,7 @@ def rounds(shape, rounds_n, rng):
 
     for _ in range(rounds_n):
         for name, one_pass in (("pyconv", pyconv_pass), ("torch", torch_pass)):
-            one_pass()  # runs as in a loop of its own calls (measure.interleaved_medians)
+            warm(one_pass)  # timed as in a loop of its own calls (measure.interleaved_medians)
             forward, backward = one_pass()
             times[f"{name} forward"].append(forward)
             times[f"{name} backward"].append(backward)

@@ -148,6 +148,14 @@ def arrays(params):
     return [None if p is None else p.detach().numpy() for p in params]
 
 
+def sequence_inputs(T, B, I, H, dtype, seed):
+    """x (T, B, I), h0 and c0 (B, H) and a grad_out (T, B, H), standard normal."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    return x, h0, c0, rng.standard_normal((T, B, H)).astype(dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_backward_with_missing_gradients(isa, dtype):
     T, B, I, H = 3, 4, 6, 9
@@ -170,10 +178,7 @@ def test_lstm_reduction_across_inputs_and_states(isa, dtype):
     # panel there holds the last rows of x and the first of h.
     T, B, I, H = 3, 5, 203, 333
     m, params = torch_lstm(I, H, True, dtype, seed=11)
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
-    gout = rng.standard_normal((T, B, H)).astype(dtype)
+    x, h0, c0, gout = sequence_inputs(T, B, I, H, dtype, seed=11)
     tx = t(x).requires_grad_()
     tout, _ = m(tx, (t(h0)[None], t(c0)[None]))
     tout.backward(t(gout))
@@ -196,25 +201,28 @@ def test_lstm_backward_on_the_last_use_writes_over_the_saved_gates_only(isa, dty
 
     T, B, I, H = 5, 20, 6, 9
     _, params = torch_lstm(I, H, True, dtype, seed=3)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
-    gout = rng.standard_normal((T, B, H)).astype(dtype)
-    _, _, saved = ops.lstm(x, h0, c0, *arrays(params), save_for_backward=True)
+    x, h0, c0, gout = sequence_inputs(T, B, I, H, dtype, seed=3)
+
+    def forward():
+        return ops.lstm(x, h0, c0, *arrays(params), save_for_backward=True)[2]
+
+    def backward(saved, last_use):
+        return ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params),
+                                 saved=dataclasses.replace(saved, last_use=last_use))
+
+    saved = forward()
     gates = saved.gates.copy()
-    kept = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params), saved=saved)
+    kept = backward(saved, last_use=False)
     np.testing.assert_array_equal(saved.gates, gates)
-    lent = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params),
-                             saved=dataclasses.replace(saved, last_use=True))
-    for a, b in zip(kept, lent):
-        np.testing.assert_array_equal(a, b)
+    lent = backward(saved, last_use=True)
     assert not np.array_equal(saved.gates, gates)  # the gate gradients are there now
-    _, _, saved = ops.lstm(x, h0, c0, *arrays(params), save_for_backward=True)
+    saved = forward()
     saved.gates.flags.writeable = False  # may, not must: read-only gates stay as they are
-    read_only = ops.lstm_backward(gout, None, None, x, h0, c0, *arrays(params),
-                                  saved=dataclasses.replace(saved, last_use=True))
-    for a, b in zip(kept, read_only):
+    read_only = backward(saved, last_use=True)
+    np.testing.assert_array_equal(saved.gates, gates)
+    for a, b, c in zip(kept, lent, read_only):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
 
 
 def test_lstm_graph_kept_for_a_second_backward_keeps_its_saved_gates(isa):
